@@ -1,0 +1,186 @@
+/**
+ * createApp(config, deps): the whole proxy as an object the tests and `serve` build alike.
+ * The world (logger, clock, upstream, decider, checks) is injected here; nothing below reads
+ * the environment or the real clock directly. start() opens the listeners and the HTTP
+ * endpoint; stop() drains: no new connections, `421 4.3.2` to sessions that are not in the
+ * middle of a message, messages in flight finish within the shutdown timeout.
+ */
+import type { Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import type { Config } from './config/types.ts';
+import { createHttpServer } from './http.ts';
+import { createListener, type AuthBackend, type RunningListener } from './listener.ts';
+import { createLogger, type Logger } from './log.ts';
+import { createMetrics, type Metrics } from './metrics.ts';
+import { acceptAll, type Check } from './pipeline.ts';
+import { replyFor } from './reply.ts';
+import type { Decider } from './types.ts';
+import { createUpstream } from './upstream/index.ts';
+import type { Upstream } from './upstream/types.ts';
+import { VERSION } from './version.ts';
+
+export interface AppDeps {
+    readonly logger?: Logger;
+    readonly now?: () => number;
+    readonly upstream?: Upstream;
+    readonly decider?: Decider;
+    readonly checks?: readonly Check[];
+    readonly auth?: AuthBackend | null;
+    readonly metrics?: Metrics;
+}
+
+export interface App {
+    readonly config: Config;
+    readonly metrics: Metrics;
+    readonly log: Logger;
+    /** Bound listeners with their actual ports (port 0 in config picks a free one). */
+    readonly listeners: readonly { name: string; host: string; port: number }[];
+    readonly httpPort: number | null;
+    start(): Promise<void>;
+    /** Drains and stops; resolves when every session has ended. */
+    stop(): Promise<void>;
+    /** Replaces the decider (rule reload); sessions pick it up at their next stage. */
+    setDecider(decider: Decider): void;
+    /** SIGHUP: re-reads every reloadable input (registered with onReload). */
+    reload(): void;
+    /** Registers something to re-read on reload; it reports success or throws. */
+    onReload(name: string, fn: () => void): void;
+    readonly draining: boolean;
+}
+
+interface SmtpConnectionLike {
+    session: { id: string };
+    send(code: number, text: string): void;
+    close(): void;
+}
+
+export function createApp(config: Config, deps: AppDeps = {}): App {
+    const log = deps.logger ?? createLogger(config.log.level);
+    const metrics = deps.metrics ?? createMetrics(VERSION);
+    const now = deps.now ?? Date.now;
+    const upstream = deps.upstream ?? createUpstream(config.upstream, { hostname: config.hostname, logger: log });
+    let decider = deps.decider ?? acceptAll;
+    let draining = false;
+    let started = false;
+    let http: Server | null = null;
+    let httpPort: number | null = null;
+    const reloaders: { name: string; fn: () => void }[] = [];
+
+    const listeners: RunningListener[] = config.listeners.map((l) =>
+        createListener(config, l, {
+            config,
+            upstream,
+            decider: () => decider,
+            checks: deps.checks ?? [],
+            metrics,
+            log,
+            now,
+            isDraining: () => draining,
+            auth: deps.auth ?? null,
+        }),
+    );
+
+    const readiness = async (): Promise<string | null> => {
+        if (!started || draining) return draining ? 'shutting down' : 'starting';
+        try {
+            await upstream.probe();
+        } catch (err) {
+            return `upstream ${upstream.description}: ${err instanceof Error ? err.message : String(err)}`;
+        }
+        return null;
+    };
+
+    const app: App = {
+        config,
+        metrics,
+        log,
+        get listeners() {
+            return listeners.map((l) => ({ name: l.config.name, host: l.config.host, port: l.port }));
+        },
+        get httpPort() {
+            return httpPort;
+        },
+        get draining() {
+            return draining;
+        },
+        setDecider(d: Decider) {
+            decider = d;
+        },
+        onReload(name: string, fn: () => void) {
+            reloaders.push({ name, fn });
+        },
+        reload() {
+            for (const r of reloaders) {
+                try {
+                    r.fn();
+                    metrics.configReloads.inc({ result: 'ok' });
+                    log.info({ reload: r.name }, 'reloaded');
+                } catch (err) {
+                    metrics.configReloads.inc({ result: 'error' });
+                    log.error(
+                        { reload: r.name, err: err instanceof Error ? err.message : String(err) },
+                        'reload failed; keeping the previous version',
+                    );
+                }
+            }
+            if (reloaders.length === 0) log.info('reload: nothing reloadable is configured');
+        },
+        async start() {
+            for (const l of listeners) await l.listen();
+            if (config.http) {
+                const server = createHttpServer({ metrics, readiness });
+                http = server;
+                await new Promise<void>((resolve, reject) => {
+                    server.once('error', reject);
+                    server.listen(config.http!.port, config.http!.host, () => {
+                        server.removeListener('error', reject);
+                        httpPort = (server.address() as AddressInfo).port;
+                        resolve();
+                    });
+                });
+                log.info({ host: config.http.host, port: httpPort }, 'http endpoint listening');
+            }
+            started = true;
+            log.info(
+                { version: VERSION, upstream: upstream.description, config: config.source ?? 'embedded defaults' },
+                'mailwarden started',
+            );
+        },
+        async stop() {
+            if (draining) return;
+            draining = true;
+            log.info({ timeoutMs: config.shutdownTimeoutMs }, 'shutting down: draining sessions');
+            await Promise.all(listeners.map((l) => l.stopAccepting()));
+            let expired = false;
+            let gone = false;
+            const timer = setTimeout(() => (expired = true), config.shutdownTimeoutMs);
+            const giveUp = setTimeout(() => (gone = true), config.shutdownTimeoutMs + 1000);
+            const bye = replyFor('shutting-down', { id: '' });
+            for (;;) {
+                let open = 0;
+                for (const l of listeners) {
+                    const conns = (l.server as unknown as { connections: Set<SmtpConnectionLike> }).connections;
+                    for (const conn of conns) {
+                        open++;
+                        const session = l.sessions.get(conn.session.id);
+                        if (expired) conn.close();
+                        else if (!session?.inData) conn.send(bye.code, `${bye.enhanced} ${bye.text}`);
+                    }
+                }
+                if (open === 0 || gone) break;
+                await new Promise((r) => setTimeout(r, 50));
+            }
+            clearTimeout(timer);
+            clearTimeout(giveUp);
+            if (http) {
+                const server = http;
+                await new Promise<void>((resolve) => {
+                    server.close(() => resolve());
+                    server.closeAllConnections();
+                });
+            }
+            log.info('stopped');
+        },
+    };
+    return app;
+}

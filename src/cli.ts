@@ -1,0 +1,74 @@
+/**
+ * The `mailwarden` command line: parses arguments and dispatches to a command.
+ * serve (run the proxy), check (validate config and rules), --version, help.
+ * Exit codes: 0 success, 1 invalid configuration or failed command, 2 usage error.
+ * It must stay a thin dispatcher: commands live in src/commands/.
+ */
+import { parseArgs } from 'node:util';
+import { VERSION } from './version.ts';
+
+const USAGE = `Usage: mailwarden <command> [options]
+
+Commands:
+  serve [-c FILE]     run the proxy
+  check [-c FILE]     validate the configuration and every rule file
+  help                show this text
+
+Options:
+  -c, --config FILE   configuration file (else $MAILWARDEN_CONFIG, else ./mailwarden.yaml,
+                      else the embedded defaults)
+  --version           print the version
+
+Documentation: README.md and docs/ in the distribution.
+`;
+
+async function main(argv: string[]): Promise<number> {
+    const { values, positionals } = parseArgs({
+        args: argv,
+        allowPositionals: true,
+        strict: false,
+        options: {
+            config: { type: 'string', short: 'c' },
+            version: { type: 'boolean' },
+            help: { type: 'boolean', short: 'h' },
+        },
+    });
+    if (values.version) {
+        process.stdout.write(`mailwarden ${VERSION}\n`);
+        return 0;
+    }
+    const command = positionals[0] ?? (values.help ? 'help' : undefined);
+    const configFlag = typeof values.config === 'string' ? values.config : undefined;
+    switch (command) {
+        case 'serve': {
+            const { runServe } = await import('./commands/serve.ts');
+            return runServe({ configFlag });
+        }
+        case 'check': {
+            const { resolveConfigPath } = await import('./config/load.ts');
+            const { runCheck } = await import('./commands/check.ts');
+            return runCheck({
+                configPath: resolveConfigPath({ flag: configFlag, env: process.env, cwd: process.cwd() }),
+                env: process.env,
+                out: (line) => process.stdout.write(`${line}\n`),
+                err: (line) => process.stderr.write(`${line}\n`),
+            });
+        }
+        case 'help':
+            process.stdout.write(USAGE);
+            return 0;
+        default:
+            process.stderr.write(command ? `mailwarden: unknown command '${command}'\n\n${USAGE}` : USAGE);
+            return 2;
+    }
+}
+
+main(process.argv.slice(2)).then(
+    (code) => {
+        if (code !== -1) process.exitCode = code;
+    },
+    (err: unknown) => {
+        process.stderr.write(`mailwarden: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
+        process.exitCode = 1;
+    },
+);

@@ -1,0 +1,51 @@
+/**
+ * `mailwarden check`: loads the config, then runs each further validator (rule files and
+ * the like) on it, and reports every problem as `FILE:LINE:COL: message`.
+ * It only reads and reports: it must not start listeners or connect anywhere.
+ */
+import { ConfigError, formatIssue, loadConfig, type Issue } from '../config/load.ts';
+import type { Config } from '../config/types.ts';
+
+/** A further check run on a loaded config (for example: every rule file parses and validates). */
+export interface CheckValidator {
+    /** Short name, for the summary line. */
+    readonly name: string;
+    /** Returns the issues found (an empty array when all is well). */
+    readonly validate: (config: Config) => Promise<readonly Issue[]> | readonly Issue[];
+}
+
+/** Validators run by `mailwarden check` after the config loaded cleanly, in order. */
+export const checkValidators: CheckValidator[] = [];
+
+export interface CheckOptions {
+    readonly configPath: string | null;
+    readonly env: NodeJS.ProcessEnv;
+    readonly out: (line: string) => void;
+    readonly err: (line: string) => void;
+    /** Folder a relative config path resolves against (default: the process working directory). */
+    readonly cwd?: string;
+    /** Replaces `checkValidators` (tests). */
+    readonly validators?: readonly CheckValidator[];
+}
+
+/** Returns the exit code: 0 when everything is valid, 1 otherwise. */
+export async function runCheck(opts: CheckOptions): Promise<number> {
+    let config: Config;
+    try {
+        config = loadConfig(opts.configPath, opts.env, opts.cwd === undefined ? {} : { cwd: opts.cwd });
+    } catch (e) {
+        if (!(e instanceof ConfigError)) throw e;
+        for (const issue of e.issues) opts.err(formatIssue(issue));
+        return 1;
+    }
+    const issues: Issue[] = [];
+    for (const validator of opts.validators ?? checkValidators) {
+        issues.push(...(await validator.validate(config)));
+    }
+    if (issues.length > 0) {
+        for (const issue of issues) opts.err(formatIssue(issue));
+        return 1;
+    }
+    opts.out(`ok: ${opts.configPath ?? 'embedded defaults'}`);
+    return 0;
+}

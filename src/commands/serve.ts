@@ -1,0 +1,46 @@
+/**
+ * `mailwarden serve`: loads the configuration, builds the app with the real world
+ * (system clock, pino on stdout, the configured upstream), starts it, and handles signals:
+ * SIGTERM/SIGINT drain and exit 0, SIGHUP reloads what can be reloaded.
+ * Returns -1 while serving (the process lives on), 1 when the configuration is invalid.
+ */
+import { createApp } from '../app.ts';
+import { ConfigError, loadConfig, resolveConfigPath } from '../config/load.ts';
+import { createLogger } from '../log.ts';
+
+export async function runServe(opts: { configFlag: string | undefined }): Promise<number> {
+    const path = resolveConfigPath({ flag: opts.configFlag, env: process.env, cwd: process.cwd() });
+    let config;
+    try {
+        config = loadConfig(path, process.env);
+    } catch (err) {
+        if (err instanceof ConfigError) {
+            process.stderr.write(`${err.message}\n`);
+            return 1;
+        }
+        throw err;
+    }
+    const log = createLogger(config.log.level);
+    const app = createApp(config, { logger: log });
+    await app.start();
+    let stopping = false;
+    const shutdown = (signal: string): void => {
+        if (stopping) return;
+        stopping = true;
+        log.info({ signal }, 'signal received');
+        app.stop().then(
+            () => process.exit(0),
+            (err: unknown) => {
+                log.error({ err }, 'shutdown failed');
+                process.exit(1);
+            },
+        );
+    };
+    process.on('SIGTERM', () => shutdown('SIGTERM'));
+    process.on('SIGINT', () => shutdown('SIGINT'));
+    process.on('SIGHUP', () => {
+        log.info({ signal: 'SIGHUP' }, 'reload requested');
+        app.reload();
+    });
+    return -1;
+}

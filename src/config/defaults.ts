@@ -1,0 +1,112 @@
+/**
+ * The embedded defaults: the configuration used when no config file exists, and the value
+ * every key takes when a config file leaves it out (SPEC "Embedded defaults").
+ * Builds values only; it must not read files, validate input or look at the environment.
+ */
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import type { Config, ListenerConfig, ListenerMode, UpstreamConfig } from './types.ts';
+
+const SECOND = 1000;
+const MINUTE = 60 * SECOND;
+const MB = 1024 * 1024;
+
+/** The `rules/` folder shipped with the package (`<package root>/rules`). */
+export const PACKAGE_RULES_DIR: string = fileURLToPath(new URL('../../rules/', import.meta.url)).replace(/[\\/]$/, '');
+
+export const DEFAULT_MAILDIR = './data/maildir';
+
+export const DEFAULTS = {
+    listener: { name: 'mx', host: '127.0.0.1', port: 2525, mode: 'mx' },
+    /** Per listener. */
+    maxClients: 100,
+    maxMessageSize: 50 * MB,
+    /** RFC 5321 section 4.5.3.2.7: a server should wait at least 5 minutes for the next command. */
+    socketTimeoutMs: 5 * MINUTE,
+    upstream: {
+        smtpPort: 25,
+        smtpsPort: 465,
+        xclient: true,
+        tlsVerify: false,
+        /** Connecting to an MTA on the same host or network is quick; a slow connect means trouble. */
+        connectTimeoutMs: 10 * SECOND,
+        /**
+         * Waiting for the greeting and each command reply. RFC 5321 section 4.5.3.2 allows 5 minutes,
+         * but the client is waiting on the other side of the proxy and Postfix answers in milliseconds.
+         */
+        commandTimeoutMs: 60 * SECOND,
+        /** Waiting for the reply to the final dot (RFC 5321 section 4.5.3.2.6: 10 minutes). */
+        dataTimeoutMs: 10 * MINUTE,
+    },
+    dns: { timeoutMs: 5 * SECOND },
+    http: { host: '127.0.0.1', port: 9465 },
+    spool: { memoryLimit: 1 * MB },
+    shutdownTimeoutMs: 30 * SECOND,
+    logLevel: 'info',
+} as const;
+
+/** Defaults of one listener of the given mode. `tls` follows whether top-level `tls` is configured. */
+export function defaultListener(
+    name: string,
+    host: string,
+    port: number,
+    mode: ListenerMode,
+    haveTls: boolean,
+): ListenerConfig {
+    return {
+        name,
+        host,
+        port,
+        mode,
+        tls: haveTls ? 'starttls' : 'none',
+        proxyProtocol: null,
+        maxClients: DEFAULTS.maxClients,
+        maxMessageSize: DEFAULTS.maxMessageSize,
+        bareNewline: mode === 'mx' ? 'reject' : 'normalize',
+        socketTimeoutMs: DEFAULTS.socketTimeoutMs,
+    };
+}
+
+/** True for names and addresses that stay on this host (127.0.0.0/8, ::1, localhost). */
+export function isLoopbackHost(host: string): boolean {
+    const h = host.toLowerCase().replace(/\.$/, '');
+    return h === 'localhost' || h.endsWith('.localhost') || /^127\.\d+\.\d+\.\d+$/.test(h) || h === '::1';
+}
+
+/**
+ * STARTTLS towards an `smtp://` upstream: `off` on loopback (nothing to protect, and Postfix's
+ * loopback listener usually has no certificate), `opportunistic` elsewhere.
+ */
+export function defaultUpstreamStarttls(host: string): 'off' | 'opportunistic' {
+    return isLoopbackHost(host) ? 'off' : 'opportunistic';
+}
+
+/** The default `maildir:` upstream, resolved against `baseDir`. */
+export function defaultUpstream(baseDir: string): UpstreamConfig {
+    return { kind: 'maildir', url: `maildir:${DEFAULT_MAILDIR}`, path: path.resolve(baseDir, DEFAULT_MAILDIR) };
+}
+
+/**
+ * The whole embedded configuration. `baseDir` is where relative defaults resolve: the current
+ * working directory without a config file, the config file's folder otherwise.
+ */
+export function defaultConfig(baseDir: string, source: string | null = null): Config {
+    const l = DEFAULTS.listener;
+    return {
+        source,
+        hostname: os.hostname(),
+        domains: [],
+        listeners: [defaultListener(l.name, l.host, l.port, l.mode, false)],
+        tls: null,
+        upstream: defaultUpstream(baseDir),
+        dns: { servers: null, timeoutMs: DEFAULTS.dns.timeoutMs },
+        redis: null,
+        auth: null,
+        rules: PACKAGE_RULES_DIR,
+        http: { host: DEFAULTS.http.host, port: DEFAULTS.http.port },
+        spool: { dir: null, memoryLimit: DEFAULTS.spool.memoryLimit },
+        shutdownTimeoutMs: DEFAULTS.shutdownTimeoutMs,
+        log: { level: DEFAULTS.logLevel },
+    };
+}

@@ -1,0 +1,37 @@
+/**
+ * The error shape shared by config and rule-file validation: positioned issues rendered as
+ * `FILE:LINE:COL: message`, and the ConfigError that carries all of them at once.
+ * Formatting only; it must not decide what is valid.
+ */
+
+export interface Issue {
+    /** The file as the user named it. */
+    readonly file: string;
+    /** 1-based. */
+    readonly line: number;
+    /** 1-based. */
+    readonly col: number;
+    readonly message: string;
+}
+
+export function formatIssue(issue: Issue): string {
+    return `${issue.file}:${issue.line}:${issue.col}: ${issue.message}`;
+}
+
+/** Orders issues by file, then position, so output is stable. */
+export function sortIssues(issues: readonly Issue[]): Issue[] {
+    return [...issues].sort((a, b) =>
+        a.file === b.file ? a.line - b.line || a.col - b.col : a.file < b.file ? -1 : 1,
+    );
+}
+
+export class ConfigError extends Error {
+    readonly issues: readonly Issue[];
+
+    constructor(issues: readonly Issue[]) {
+        const sorted = sortIssues(issues);
+        super(sorted.map(formatIssue).join('\n'));
+        this.name = 'ConfigError';
+        this.issues = Object.freeze(sorted.map((i) => Object.freeze({ ...i })));
+    }
+}

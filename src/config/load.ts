@@ -1,0 +1,705 @@
+/**
+ * Finds, reads and validates the config file into the frozen Config the program runs with.
+ * Every problem is collected in one pass and thrown together as a ConfigError with
+ * `FILE:LINE:COL` positions. It must not start anything, open sockets or read rule files.
+ */
+import { X509Certificate, createPrivateKey } from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+import {
+    DEFAULTS,
+    DEFAULT_MAILDIR,
+    PACKAGE_RULES_DIR,
+    defaultConfig,
+    defaultListener,
+    defaultUpstreamStarttls,
+} from './defaults.ts';
+import { ConfigError } from './issues.ts';
+import { isIpv6, normalizeHost, normalizeHostname, parseCidr, parseDnsServer } from './net.ts';
+import { SourceReader, type Field } from './reader.ts';
+import type {
+    BareNewlinePolicy,
+    Config,
+    DnsConfig,
+    HttpConfig,
+    ListenerConfig,
+    ListenerMode,
+    ListenerTls,
+    SpoolConfig,
+    TlsConfig,
+    UpstreamConfig,
+} from './types.ts';
+
+export { ConfigError, formatIssue, type Issue } from './issues.ts';
+
+export const CONFIG_ENV_VAR = 'MAILWARDEN_CONFIG';
+export const DEFAULT_CONFIG_FILE = 'mailwarden.yaml';
+
+/** Longest timer Node.js supports (about 24.8 days); longer values would fire at once. */
+const MAX_TIMER_MS = 2_147_483_647;
+
+const TOP_KEYS = [
+    'hostname',
+    'domains',
+    'listeners',
+    'tls',
+    'upstream',
+    'dns',
+    'redis',
+    'auth',
+    'rules',
+    'http',
+    'spool',
+    'shutdownTimeout',
+    'log',
+] as const;
+const LISTENER_KEYS = [
+    'name',
+    'host',
+    'port',
+    'mode',
+    'tls',
+    'proxyProtocol',
+    'maxClients',
+    'maxMessageSize',
+    'bareNewline',
+    'socketTimeout',
+] as const;
+const UPSTREAM_KEYS = ['url', 'xclient', 'starttls', 'tlsVerify', 'connectTimeout', 'timeout', 'dataTimeout'] as const;
+const SMTP_ONLY_KEYS = ['xclient', 'starttls', 'tlsVerify', 'connectTimeout', 'timeout', 'dataTimeout'] as const;
+const LOG_LEVELS = ['trace', 'debug', 'info', 'warn', 'error'] as const;
+const LISTENER_NAME_RE = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/;
+const WILDCARDS = new Set(['0.0.0.0', '::']);
+
+/**
+ * Which config file to use (SPEC "Config file lookup"): `-c FILE`, else `$MAILWARDEN_CONFIG`,
+ * else `mailwarden.yaml` when it exists in `cwd`, else null (the embedded defaults).
+ * The flag and variable are returned as written; a relative result is relative to `cwd`,
+ * which should then also be given to loadConfig.
+ */
+export function resolveConfigPath(opts: {
+    flag?: string | undefined;
+    env: NodeJS.ProcessEnv;
+    cwd: string;
+}): string | null {
+    if (opts.flag !== undefined && opts.flag !== '') return opts.flag;
+    const fromEnv = opts.env[CONFIG_ENV_VAR];
+    if (fromEnv !== undefined && fromEnv !== '') return fromEnv;
+    return fs.existsSync(path.join(opts.cwd, DEFAULT_CONFIG_FILE)) ? DEFAULT_CONFIG_FILE : null;
+}
+
+export interface LoadOptions {
+    /** Folder that a relative config path (and, without a config file, relative defaults) resolve against. */
+    readonly cwd?: string;
+}
+
+/**
+ * Loads and validates a config file, or returns the embedded defaults for `null`.
+ * Returns a deep-frozen Config; throws ConfigError listing every problem found.
+ * Issue positions name the file exactly as `configPath` was given.
+ */
+export function loadConfig(
+    configPath: string | null,
+    env: NodeJS.ProcessEnv = process.env,
+    options: LoadOptions = {},
+): Config {
+    const cwd = options.cwd ?? process.cwd();
+    if (configPath === null) return deepFreeze(defaultConfig(cwd, null));
+
+    const absolute = path.resolve(cwd, configPath);
+    let text: string;
+    try {
+        text = fs.readFileSync(absolute, 'utf8');
+    } catch (err) {
+        throw new ConfigError([
+            { file: configPath, line: 1, col: 1, message: `cannot read config file: ${ioReason(err)}` },
+        ]);
+    }
+    const reader = new SourceReader(configPath, text);
+    if (reader.failed) throw new ConfigError(reader.issues);
+    reader.expandEnvironment(env);
+    const config = new ConfigBuilder(reader, path.dirname(absolute), absolute).build();
+    if (reader.failed) throw new ConfigError(reader.issues);
+    return deepFreeze(config);
+}
+
+function ioReason(err: unknown): string {
+    const code = (err as NodeJS.ErrnoException | null)?.code;
+    if (code === 'ENOENT') return 'no such file';
+    if (code === 'EACCES' || code === 'EPERM') return 'permission denied';
+    if (code === 'EISDIR') return 'is a folder, not a file';
+    return err instanceof Error ? err.message : String(err);
+}
+
+/** Freezes an object graph so that no part of the config can change after loading. */
+export function deepFreeze<T>(value: T): T {
+    if (value !== null && typeof value === 'object' && !Object.isFrozen(value)) {
+        Object.freeze(value);
+        for (const v of Object.values(value)) deepFreeze(v);
+    }
+    return value;
+}
+
+interface Bound {
+    readonly host: string;
+    readonly port: number;
+    readonly owner: string;
+    readonly line: number;
+    /** Where a clash with a later binding is reported (its port value). */
+    readonly at: Field;
+}
+
+/** Validates the sections of one parsed file; issues go to the reader. */
+class ConfigBuilder {
+    private readonly r: SourceReader;
+    private readonly baseDir: string;
+    private readonly source: string;
+    /** Addresses and ports taken so far, to report clashes. */
+    private readonly bound: Bound[] = [];
+
+    constructor(reader: SourceReader, baseDir: string, source: string) {
+        this.r = reader;
+        this.baseDir = baseDir;
+        this.source = source;
+    }
+
+    build(): Config {
+        const r = this.r;
+        const defaults = defaultConfig(this.baseDir, this.source);
+        const root = r.root();
+        const top = r.isEmpty(root) ? new Map<string, Field>() : r.map(root, TOP_KEYS);
+        if (top === null) return defaults;
+        const get = (key: string): Field | undefined => (r.isEmpty(top.get(key)) ? undefined : top.get(key));
+
+        const tlsField = get('tls');
+        const tls = tlsField ? this.tls(tlsField) : null;
+        const auth = get('auth');
+        const authConfig = auth ? this.auth(auth) : null;
+        const listenersField = get('listeners');
+        const listeners = listenersField
+            ? this.listeners(listenersField, tlsField !== undefined, auth !== undefined)
+            : defaults.listeners.map((l) => ({ ...l, tls: tlsField ? ('starttls' as const) : l.tls }));
+        const httpField = get('http');
+        const http = httpField ? this.http(httpField) : defaults.http;
+        if (!httpField && http) this.checkDefaultHttp(http);
+
+        const hostnameField = get('hostname');
+        const domainsField = get('domains');
+        const upstreamField = get('upstream');
+        const dnsField = get('dns');
+        const redisField = get('redis');
+        const rulesField = get('rules');
+        const spoolField = get('spool');
+        const shutdownField = get('shutdownTimeout');
+        const logField = get('log');
+        return {
+            source: this.source,
+            hostname: (hostnameField && this.hostname(hostnameField)) ?? defaults.hostname,
+            domains: (domainsField && this.domains(domainsField)) ?? defaults.domains,
+            listeners,
+            tls,
+            upstream: (upstreamField && this.upstream(upstreamField)) ?? defaults.upstream,
+            dns: dnsField ? this.dns(dnsField) : defaults.dns,
+            redis: redisField ? this.redis(redisField) : null,
+            auth: authConfig,
+            rules: (rulesField && this.existingPath(rulesField, 'folder')) ?? PACKAGE_RULES_DIR,
+            http,
+            spool: spoolField ? this.spool(spoolField) : defaults.spool,
+            shutdownTimeoutMs:
+                (shutdownField && r.duration(shutdownField, 0, MAX_TIMER_MS)) ?? defaults.shutdownTimeoutMs,
+            log: { level: (logField && this.logLevel(logField)) ?? defaults.log.level },
+        };
+    }
+
+    /** Entries of a section map, with `key:` (no value) treated as absent. */
+    private section(field: Field, keys: readonly string[]): Map<string, Field> {
+        const entries = this.r.map(field, keys) ?? new Map<string, Field>();
+        for (const [k, f] of entries) if (this.r.isEmpty(f)) entries.delete(k);
+        return entries;
+    }
+
+    private hostname(field: Field): string | null {
+        const text = this.r.string(field, 'a host name');
+        if (text === null) return null;
+        const name = normalizeHostname(text);
+        if (name === null) this.r.fail(field, `"${text}" is not a valid host name`);
+        return name;
+    }
+
+    private domains(field: Field): string[] | null {
+        const items = this.r.list(field, 'domain names');
+        if (items === null) return null;
+        const seen = new Set<string>();
+        const out: string[] = [];
+        for (const item of items) {
+            const text = this.r.string(item, 'a domain name');
+            if (text === null) continue;
+            const name = normalizeHostname(text);
+            if (name === null) {
+                this.r.fail(item, `"${text}" is not a valid domain name`);
+            } else if (seen.has(name)) {
+                this.r.fail(item, `"${text}" is listed twice`);
+            } else {
+                seen.add(name);
+                out.push(name);
+            }
+        }
+        return out;
+    }
+
+    private tls(field: Field): TlsConfig | null {
+        const r = this.r;
+        const entries = this.section(field, ['cert', 'key']);
+        if (!r.isMap(field)) return null;
+        const certField = entries.get('cert');
+        const keyField = entries.get('key');
+        if (!certField) r.fail(field, 'missing "cert" (the certificate chain file, PEM)');
+        if (!keyField) r.fail(field, 'missing "key" (the private key file, PEM)');
+        const cert = certField ? this.pemFile(certField) : null;
+        const key = keyField ? this.pemFile(keyField) : null;
+        if (!cert || !key || !certField || !keyField) return null;
+        let x509: X509Certificate;
+        try {
+            x509 = new X509Certificate(cert.content);
+        } catch {
+            r.fail(certField, `${cert.path} does not hold a readable certificate`);
+            return null;
+        }
+        let privateKey;
+        try {
+            privateKey = createPrivateKey(key.content);
+        } catch {
+            r.fail(keyField, `${key.path} does not hold a readable private key (encrypted keys are not supported)`);
+            return null;
+        }
+        if (!x509.checkPrivateKey(privateKey)) {
+            r.fail(keyField, `${key.path} is not the private key of the certificate in ${cert.path}`);
+            return null;
+        }
+        return { cert: cert.path, key: key.path };
+    }
+
+    /** A readable file that looks like PEM. */
+    private pemFile(field: Field): { path: string; content: string } | null {
+        const file = this.existingPath(field, 'file');
+        if (file === null) return null;
+        let content: string;
+        try {
+            content = fs.readFileSync(file, 'utf8');
+        } catch (err) {
+            this.r.fail(field, `cannot read ${file}: ${ioReason(err)}`);
+            return null;
+        }
+        if (!content.includes('-----BEGIN')) {
+            this.r.fail(field, `${file} is not a PEM file (no "-----BEGIN" line)`);
+            return null;
+        }
+        return { path: file, content };
+    }
+
+    /** A path (relative to the config file's folder) that must exist as a file or folder. */
+    private existingPath(field: Field, kind: 'file' | 'folder'): string | null {
+        const text = this.r.string(field, `a ${kind} path`);
+        if (text === null) return null;
+        const resolved = path.resolve(this.baseDir, text);
+        let stat: fs.Stats;
+        try {
+            stat = fs.statSync(resolved);
+        } catch (err) {
+            const code = (err as NodeJS.ErrnoException).code;
+            this.r.fail(
+                field,
+                code === 'ENOENT' ? `no such ${kind}: ${resolved}` : `cannot use ${resolved}: ${ioReason(err)}`,
+            );
+            return null;
+        }
+        if (kind === 'file' && !stat.isFile()) {
+            this.r.fail(field, `${resolved} is not a file`);
+            return null;
+        }
+        if (kind === 'folder' && !stat.isDirectory()) {
+            this.r.fail(field, `${resolved} is not a folder`);
+            return null;
+        }
+        try {
+            fs.accessSync(resolved, fs.constants.R_OK | (kind === 'folder' ? fs.constants.X_OK : 0));
+        } catch (err) {
+            this.r.fail(field, `cannot read ${resolved}: ${ioReason(err)}`);
+            return null;
+        }
+        return resolved;
+    }
+
+    private auth(field: Field): { users: string } | null {
+        const entries = this.section(field, ['users']);
+        if (!this.r.isMap(field)) return null;
+        const users = entries.get('users');
+        if (!users) {
+            this.r.fail(field, 'missing "users" (the submission users file)');
+            return null;
+        }
+        const file = this.existingPath(users, 'file');
+        return file === null ? null : { users: file };
+    }
+
+    private listeners(field: Field, haveTls: boolean, haveAuth: boolean): ListenerConfig[] {
+        const r = this.r;
+        const items = r.list(field, 'listeners');
+        if (items === null) return [];
+        if (items.length === 0) r.fail(field, 'at least one listener is needed');
+        const out: ListenerConfig[] = [];
+        const names = new Map<string, number>();
+        for (const item of items) {
+            const entries = this.section(item, LISTENER_KEYS);
+            if (!r.isMap(item)) continue;
+            const nameField = entries.get('name');
+            const hostField = entries.get('host');
+            const portField = entries.get('port');
+            const missing = (['name', 'host', 'port'] as const).filter((k) => !entries.has(k)).map((k) => `"${k}"`);
+            if (missing.length > 0) r.fail(item, `missing ${missing.join(' and ')}`);
+            const name = nameField ? this.listenerName(nameField) : null;
+            if (name !== null && nameField) {
+                const earlier = names.get(name);
+                if (earlier !== undefined)
+                    r.fail(nameField, `listener name "${name}" is already used (line ${earlier})`);
+                else names.set(name, this.lineOf(nameField));
+            }
+            const host = hostField ? this.host(hostField) : null;
+            const port = portField ? r.integer(portField, 0, 65535, 'a port number') : null;
+            const modeField = entries.get('mode');
+            const mode: ListenerMode = (modeField && r.oneOf(modeField, ['mx', 'submission'] as const)) ?? 'mx';
+            const base = defaultListener(name ?? '', host ?? '', port ?? 0, mode, haveTls);
+
+            const tlsField = entries.get('tls');
+            let tls: ListenerTls = base.tls;
+            if (tlsField) {
+                tls = r.oneOf(tlsField, ['starttls', 'implicit', 'none'] as const) ?? tls;
+                if (tls !== 'none' && !haveTls) {
+                    r.fail(tlsField, `"${tls}" needs the top-level tls section (cert and key)`);
+                }
+            }
+            if (mode === 'submission' && !haveAuth) {
+                r.fail(modeField ?? item, 'a submission listener needs auth.users (the file of submission users)');
+            }
+            if (mode === 'submission' && tlsField && tls === 'none') {
+                // RFC 8314 section 3: passwords only over TLS; a listener without TLS could never log anyone in
+                r.fail(
+                    tlsField,
+                    'a submission listener needs TLS (starttls or implicit): passwords are never accepted in clear text',
+                );
+            } else if (mode === 'submission' && !tlsField && !haveTls) {
+                r.fail(
+                    modeField ?? item,
+                    'a submission listener needs the top-level tls section (cert and key): passwords are never accepted in clear text',
+                );
+            }
+            const ppField = entries.get('proxyProtocol');
+            const maxClientsField = entries.get('maxClients');
+            const sizeField = entries.get('maxMessageSize');
+            const bareField = entries.get('bareNewline');
+            const timeoutField = entries.get('socketTimeout');
+            const listener: ListenerConfig = {
+                ...base,
+                tls,
+                proxyProtocol: ppField ? this.proxyProtocol(ppField) : null,
+                maxClients: (maxClientsField && r.integer(maxClientsField, 1, Infinity)) ?? base.maxClients,
+                maxMessageSize: (sizeField && r.size(sizeField, 1)) ?? base.maxMessageSize,
+                bareNewline:
+                    (bareField && r.oneOf<BareNewlinePolicy>(bareField, ['reject', 'normalize'])) ?? base.bareNewline,
+                socketTimeoutMs: (timeoutField && r.duration(timeoutField, 1000, MAX_TIMER_MS)) ?? base.socketTimeoutMs,
+            };
+            out.push(listener);
+            if (host !== null && port !== null && port !== 0 && portField) {
+                this.checkBinding({
+                    host,
+                    port,
+                    owner: `listener "${name ?? '?'}"`,
+                    line: this.lineOf(item),
+                    at: portField,
+                });
+            }
+        }
+        return out;
+    }
+
+    private listenerName(field: Field): string | null {
+        const v = this.r.string(field, 'a listener name');
+        if (v !== null && !LISTENER_NAME_RE.test(v)) {
+            this.r.fail(field, `"${v}" is not a usable name (letters, digits, "-", "_" and "."; up to 64)`);
+            return null;
+        }
+        return v;
+    }
+
+    private host(field: Field): string | null {
+        const text = this.r.string(field, 'an IP address or host name');
+        if (text === null) return null;
+        const host = normalizeHost(text);
+        if (host === null) {
+            const hint = /^\[.*\]$/.test(text) ? ' (write IPv6 addresses without brackets)' : '';
+            this.r.fail(field, `"${text}" is not an IP address or host name${hint}`);
+        }
+        return host;
+    }
+
+    private lineOf(field: Field): number {
+        const before = this.r.text.slice(0, field.offset);
+        return before.split('\n').length;
+    }
+
+    /** Reports a second use of an address and port (wildcards overlap with every address of the port). */
+    private checkBinding(b: Bound): void {
+        const clash = this.bound.find(
+            (o) =>
+                o.port === b.port &&
+                (o.host === b.host ||
+                    o.host === '::' ||
+                    b.host === '::' ||
+                    (o.host === '0.0.0.0' && !isIpv6(b.host)) ||
+                    (b.host === '0.0.0.0' && !isIpv6(o.host))),
+        );
+        if (clash) {
+            const addr = (h: string): string => (isIpv6(h) ? `[${h}]` : h);
+            const same = clash.host === b.host;
+            const what = same
+                ? `${addr(b.host)}:${b.port}`
+                : `${addr(b.host)}:${b.port} overlaps ${addr(clash.host)}:${clash.port}, which`;
+            this.r.fail(b.at, `${what} is already used by ${clash.owner} (line ${clash.line})`);
+        }
+        this.bound.push(b);
+    }
+
+    /** A listener on the address HTTP takes by default. */
+    private checkDefaultHttp(http: HttpConfig): void {
+        for (const b of this.bound) {
+            if (b.port === http.port && (b.host === http.host || WILDCARDS.has(b.host))) {
+                this.r.fail(
+                    b.at,
+                    `${b.host}:${b.port} is also where HTTP (metrics, health) listens by default; move one of them (http: { port: … })`,
+                );
+            }
+        }
+    }
+
+    private proxyProtocol(field: Field): readonly string[] | null {
+        const r = this.r;
+        if (!r.isList(field)) {
+            if (!r.isBoolean(field)) {
+                r.fail(field, `expected true, false or a list of trusted addresses or CIDRs; got ${r.describe(field)}`);
+                return null;
+            }
+            return r.boolean(field) ? ['0.0.0.0/0', '::/0'] : null;
+        }
+        const items = r.list(field, 'trusted addresses or CIDRs, or true or false');
+        if (items === null) return null;
+        if (items.length === 0) r.fail(field, 'an empty list lets no client send a PROXY header; write false instead');
+        const out: string[] = [];
+        for (const item of items) {
+            const text = r.string(item, 'an IP address or CIDR');
+            if (text === null) continue;
+            const parsed = parseCidr(text);
+            if ('error' in parsed) r.fail(item, parsed.error);
+            else out.push(parsed.cidr);
+        }
+        return out;
+    }
+
+    private upstream(field: Field): UpstreamConfig | null {
+        const r = this.r;
+        const entries = this.section(field, UPSTREAM_KEYS);
+        if (!r.isMap(field)) return null;
+        const urlField = entries.get('url');
+        if (!urlField) {
+            r.fail(field, 'missing "url" (smtp://HOST[:PORT], smtps://HOST[:PORT] or maildir:PATH)');
+            return null;
+        }
+        const url = r.string(urlField, 'a URL');
+        if (url === null) return null;
+        const accepted = 'write smtp://HOST[:PORT], smtps://HOST[:PORT] or maildir:PATH';
+        const scheme = /^([a-z][a-z0-9+.-]*):/i.exec(url)?.[1]?.toLowerCase();
+        if (scheme === 'maildir') {
+            const dir = url.slice('maildir:'.length);
+            if (dir.trim() === '') {
+                r.fail(urlField, `"${url}" names no folder; write maildir:PATH, e.g. maildir:${DEFAULT_MAILDIR}`);
+                return null;
+            }
+            for (const key of SMTP_ONLY_KEYS) {
+                const f = entries.get(key);
+                if (f) r.report(f.keyOffset, `upstream.${key}: applies only to smtp:// and smtps:// upstreams`);
+            }
+            return { kind: 'maildir', url, path: path.resolve(this.baseDir, dir) };
+        }
+        if (scheme !== 'smtp' && scheme !== 'smtps') {
+            r.fail(urlField, `unsupported upstream "${url}": ${accepted}`);
+            return null;
+        }
+        const target = this.smtpTarget(urlField, url, scheme);
+        const starttlsField = entries.get('starttls');
+        let starttls: 'opportunistic' | 'required' | 'off' = target ? defaultUpstreamStarttls(target.host) : 'off';
+        if (starttlsField) {
+            if (scheme === 'smtps') {
+                r.report(
+                    starttlsField.keyOffset,
+                    'upstream.starttls: does not apply to smtps:// (TLS from the first byte)',
+                );
+            } else if (r.isBoolean(starttlsField) && r.boolean(starttlsField) === false) {
+                starttls = 'off';
+            } else {
+                starttls = r.oneOf(starttlsField, ['opportunistic', 'required', 'off'] as const) ?? starttls;
+            }
+        }
+        const d = DEFAULTS.upstream;
+        const opt = <T>(key: string, read: (f: Field) => T | null, fallback: T): T => {
+            const f = entries.get(key);
+            return (f && read(f)) ?? fallback;
+        };
+        const xclient = opt('xclient', (f) => r.boolean(f), d.xclient);
+        const tlsVerify = opt('tlsVerify', (f) => r.boolean(f), d.tlsVerify);
+        const connectTimeoutMs = opt('connectTimeout', (f) => r.duration(f, 1, MAX_TIMER_MS), d.connectTimeoutMs);
+        const commandTimeoutMs = opt('timeout', (f) => r.duration(f, 1, MAX_TIMER_MS), d.commandTimeoutMs);
+        const dataTimeoutMs = opt('dataTimeout', (f) => r.duration(f, 1, MAX_TIMER_MS), d.dataTimeoutMs);
+        if (target === null) return null;
+        return {
+            kind: scheme,
+            url,
+            host: target.host,
+            port: target.port,
+            xclient,
+            starttls,
+            tlsVerify,
+            connectTimeoutMs,
+            commandTimeoutMs,
+            dataTimeoutMs,
+        };
+    }
+
+    private smtpTarget(field: Field, url: string, scheme: 'smtp' | 'smtps'): { host: string; port: number } | null {
+        const form = `write ${scheme}://HOST or ${scheme}://HOST:PORT`;
+        let parsed: URL;
+        try {
+            parsed = new URL(url);
+        } catch {
+            const bad = /:(\d+)\/?$/.test(url) ? 'has a bad port (1 to 65535)' : 'is not a valid URL';
+            this.r.fail(field, `"${url}" ${bad}; ${form}`);
+            return null;
+        }
+        const extra = parsed.username || parsed.password || (parsed.pathname !== '' && parsed.pathname !== '/');
+        if (extra || parsed.search || parsed.hash) {
+            this.r.fail(field, `"${url}" has parts an SMTP upstream cannot use (user, path or query); ${form}`);
+            return null;
+        }
+        const rawHost = parsed.hostname.replace(/^\[(.*)\]$/, '$1');
+        const host = rawHost === '' ? null : normalizeHost(rawHost);
+        if (host === null) {
+            this.r.fail(field, `"${url}" has no valid host; ${form}`);
+            return null;
+        }
+        const defaultPort = scheme === 'smtp' ? DEFAULTS.upstream.smtpPort : DEFAULTS.upstream.smtpsPort;
+        const port = parsed.port === '' ? defaultPort : Number(parsed.port);
+        if (port === 0) {
+            this.r.fail(field, `"${url}" has a bad port (1 to 65535); ${form}`);
+            return null;
+        }
+        return { host, port };
+    }
+
+    private dns(field: Field): DnsConfig {
+        const r = this.r;
+        const entries = this.section(field, ['servers', 'timeout']);
+        const serversField = entries.get('servers');
+        let servers: string[] | null = null;
+        if (serversField) {
+            const items = r.list(serversField, 'DNS server addresses');
+            if (items?.length === 0)
+                r.fail(serversField, 'an empty list; leave "servers" out to use the system resolvers');
+            servers = [];
+            for (const item of items ?? []) {
+                const text = r.string(item, 'a DNS server address');
+                if (text === null) continue;
+                const parsed = parseDnsServer(text);
+                if ('error' in parsed) r.fail(item, parsed.error);
+                else servers.push(parsed.server);
+            }
+        }
+        const timeoutField = entries.get('timeout');
+        return {
+            servers,
+            timeoutMs: (timeoutField && r.duration(timeoutField, 1, MAX_TIMER_MS)) ?? DEFAULTS.dns.timeoutMs,
+        };
+    }
+
+    private redis(field: Field): { url: string } | null {
+        const r = this.r;
+        const entries = this.section(field, ['url']);
+        if (!r.isMap(field)) return null;
+        const urlField = entries.get('url');
+        if (!urlField) {
+            r.fail(field, 'missing "url" (redis://HOST[:PORT][/DB] or rediss://…)');
+            return null;
+        }
+        const url = r.string(urlField, 'a URL');
+        if (url === null) return null;
+        const form =
+            'write redis://[[USER]:PASSWORD@]HOST[:PORT][/DB] or rediss://… (cluster and sentinel set-ups are not supported yet)';
+        let parsed: URL | null = null;
+        try {
+            parsed = new URL(url);
+        } catch {
+            parsed = null;
+        }
+        if (
+            parsed === null ||
+            (parsed.protocol !== 'redis:' && parsed.protocol !== 'rediss:') ||
+            parsed.hostname === ''
+        ) {
+            r.fail(urlField, `unsupported Redis URL "${redactUrl(url)}": ${form}`);
+            return null;
+        }
+        const db = parsed.pathname.replace(/^\//, '');
+        if (db !== '' && !/^\d+$/.test(db)) {
+            r.fail(urlField, `"${redactUrl(url)}" has a bad database number "${db}"`);
+            return null;
+        }
+        return { url };
+    }
+
+    private http(field: Field): HttpConfig | null {
+        const r = this.r;
+        const d = DEFAULTS.http;
+        if (!r.isMap(field)) {
+            if (r.isBoolean(field)) return r.boolean(field) ? { ...d } : null;
+            r.fail(field, `expected a map of host, port, or false to turn HTTP off; got ${r.describe(field)}`);
+            return null;
+        }
+        const entries = this.section(field, ['host', 'port']);
+        const hostField = entries.get('host');
+        const portField = entries.get('port');
+        const host = hostField ? this.host(hostField) : d.host;
+        const port = portField ? r.integer(portField, 0, 65535, 'a port number') : d.port;
+        if (host !== null && port !== null && port !== 0) {
+            this.checkBinding({ host, port, owner: 'http', line: this.lineOf(field), at: portField ?? field });
+        }
+        return { host: host ?? d.host, port: port ?? d.port };
+    }
+
+    private spool(field: Field): SpoolConfig {
+        const entries = this.section(field, ['dir', 'memoryLimit']);
+        const dirField = entries.get('dir');
+        const limitField = entries.get('memoryLimit');
+        return {
+            dir: (dirField && this.existingPath(dirField, 'folder')) ?? null,
+            memoryLimit: (limitField && this.r.size(limitField, 0)) ?? DEFAULTS.spool.memoryLimit,
+        };
+    }
+
+    private logLevel(field: Field): Config['log']['level'] | null {
+        const entries = this.section(field, ['level']);
+        const level = entries.get('level');
+        return level ? this.r.oneOf(level, LOG_LEVELS) : null;
+    }
+}
+
+/** A URL with its password hidden, for messages. */
+function redactUrl(url: string): string {
+    return url.replace(/^([a-z][a-z0-9+.-]*:\/\/[^/@:]*:)[^/@]*@/i, '$1***@');
+}

@@ -1,0 +1,307 @@
+/**
+ * Reads a parsed YAML document into typed values while collecting positioned issues:
+ * maps with a closed key set, lists, strings, numbers, booleans, enums, durations, sizes,
+ * and `${VAR}` expansion of every string value. Generic: it must not know the config's keys
+ * or defaults, and it never throws on bad input.
+ */
+import { isAlias, isMap, isScalar, isSeq, LineCounter, parseDocument, visit, type Document, type Node } from 'yaml';
+import { expandEnv } from './env.ts';
+import type { Issue } from './issues.ts';
+import { didYouMean } from './suggest.ts';
+import { parseDuration, parseSize, formatDuration } from './units.ts';
+
+/** A value found in the document, with what is needed to point at it. */
+export interface Field {
+    /** Dotted key path for messages, e.g. `listeners[1].port`. */
+    readonly path: string;
+    /** The value node; null when the key has no value at all (`key:`). */
+    readonly node: Node | null;
+    /** Source offset used when reporting on this field. */
+    readonly offset: number;
+    /** Source offset of the key, when the field is a map entry. */
+    readonly keyOffset: number;
+}
+
+export class SourceReader {
+    readonly file: string;
+    readonly text: string;
+    readonly issues: Issue[] = [];
+    readonly doc: Document.Parsed;
+    private readonly lines: LineCounter;
+    private readonly expanded = new WeakSet<Node>();
+    /** Values whose `${…}` could not be expanded: already reported, so not judged again. */
+    private readonly broken = new WeakSet<Node>();
+
+    constructor(file: string, text: string) {
+        this.file = file;
+        this.text = text;
+        this.lines = new LineCounter();
+        this.doc = parseDocument(text, { lineCounter: this.lines, prettyErrors: false, uniqueKeys: true });
+        const lines = new Set<number>();
+        for (const e of [...this.doc.errors, ...this.doc.warnings]) {
+            // Once the parser has given up, every later token is "unexpected": report the cause only.
+            if (lines.size > 0 && / in YAML stream/.test(e.message)) continue;
+            const { line } = this.lines.linePos(e.pos[0]);
+            if (lines.has(line)) continue;
+            lines.add(line);
+            this.report(e.pos[0], `YAML syntax: ${e.message}${this.syntaxHint(e.pos[0])}`);
+        }
+    }
+
+    /** Explains the two syntax errors config files meet most. */
+    private syntaxHint(offset: number): string {
+        if (this.text.startsWith('${', offset - 1) || this.text.startsWith('${', offset)) {
+            return ' (inside { } or [ ], put values that contain ${…} in quotes)';
+        }
+        if (this.text.startsWith('::', offset)) return ' (put IPv6 addresses in quotes, e.g. "::")';
+        return '';
+    }
+
+    /** Issues so far (syntax errors are reported by the constructor). */
+    get failed(): boolean {
+        return this.issues.length > 0;
+    }
+
+    report(offset: number, message: string): void {
+        const { line, col } = this.lines.linePos(Math.max(0, Math.min(offset, this.text.length)));
+        this.issues.push({ file: this.file, line, col, message });
+    }
+
+    fail(field: Field, message: string): void {
+        if (field.node !== null && this.broken.has(field.node)) return;
+        this.report(field.offset, field.path === '' ? message : `${field.path}: ${message}`);
+    }
+
+    /** The document's top-level value as a field. */
+    root(): Field {
+        const node = (this.doc.contents as Node | null) ?? null;
+        const offset = node?.range?.[0] ?? 0;
+        return { path: '', node, offset, keyOffset: offset };
+    }
+
+    /** Replaces `${VAR}` / `${VAR:-default}` in every string value (map keys stay as written). */
+    expandEnvironment(env: Readonly<Record<string, string | undefined>>): void {
+        visit(this.doc, {
+            Scalar: (key, node) => {
+                if (key === 'key' || typeof node.value !== 'string') return;
+                const result = expandEnv(node.value, env);
+                for (const p of result.problems) {
+                    this.report(this.offsetInScalar(node, p.index, p.reference), p.message);
+                }
+                if (result.problems.length > 0) this.broken.add(node);
+                if (result.expanded || result.value !== node.value) {
+                    node.value = result.value;
+                    if (result.expanded) this.expanded.add(node);
+                }
+            },
+        });
+    }
+
+    /** Best source offset of `reference`, found at `index` of a scalar's value. */
+    private offsetInScalar(node: Node, index: number, reference: string): number {
+        const [start, end] = node.range ?? [0, 0];
+        const quoted = isScalar(node) && (node.type === 'QUOTE_DOUBLE' || node.type === 'QUOTE_SINGLE') ? 1 : 0;
+        const direct = start + quoted + index;
+        if (this.text.startsWith(reference, direct)) return direct;
+        const found = this.text.indexOf(reference, start);
+        return found >= 0 && found < end ? found : start;
+    }
+
+    /** Follows YAML aliases (`*name`). */
+    private deref(field: Field): Node | null {
+        let node = field.node;
+        if (node !== null && isAlias(node)) {
+            const target = node.resolve(this.doc);
+            if (target === undefined) {
+                if (!this.broken.has(node)) {
+                    this.fail(field, `unknown alias *${node.source}`);
+                    this.broken.add(node);
+                }
+                return null;
+            }
+            node = target;
+        }
+        return node;
+    }
+
+    /** True when the key is absent or written without a value (`key:`, `key: null`, `key: ~`). */
+    isEmpty(field: Field | undefined): boolean {
+        if (field === undefined) return true;
+        const node = this.deref(field);
+        return node === null || (isScalar(node) && node.value === null);
+    }
+
+    /** A human description of what a node holds, for "expected X, got Y" messages. */
+    describe(field: Field): string {
+        const node = this.deref(field);
+        if (node === null) return 'nothing';
+        if (isMap(node)) return 'a map';
+        if (isSeq(node)) return 'a list';
+        if (isScalar(node)) {
+            const v = node.value;
+            if (v === null) return 'nothing';
+            if (typeof v === 'string') return `"${v}"`;
+            if (typeof v === 'number' || typeof v === 'boolean' || typeof v === 'bigint') return String(v);
+        }
+        return 'an unsupported value';
+    }
+
+    private scalar(field: Field): unknown {
+        const node = this.deref(field);
+        return node !== null && isScalar(node) ? node.value : undefined;
+    }
+
+    private wasExpanded(field: Field): boolean {
+        const node = this.deref(field);
+        return node !== null && this.expanded.has(node);
+    }
+
+    /**
+     * A map whose keys must all be among `keys`. Returns the present entries by key (unknown
+     * keys reported with a suggestion), or null (reported) when the value is not a map.
+     */
+    map(field: Field, keys: readonly string[]): Map<string, Field> | null {
+        const node = this.deref(field);
+        if (node === null || !isMap(node)) {
+            const shown = keys.length > 4 ? [...keys.slice(0, 3), '…'] : keys;
+            this.fail(field, `expected a map (${shown.join(', ')}); got ${this.describe(field)}`);
+            return null;
+        }
+        const out = new Map<string, Field>();
+        for (const pair of node.items) {
+            const keyNode = pair.key as Node | null;
+            const keyOffset = keyNode?.range?.[0] ?? node.range?.[0] ?? 0;
+            const keyValue = keyNode !== null && isScalar(keyNode) ? keyNode.value : undefined;
+            if (typeof keyValue !== 'string') {
+                this.report(keyOffset, `${field.path ? `${field.path}: ` : ''}keys must be plain words`);
+                continue;
+            }
+            if (!keys.includes(keyValue)) {
+                const where = field.path ? ` in ${field.path}` : '';
+                this.report(keyOffset, `unknown key "${keyValue}"${where}${didYouMean(keyValue, keys)}`);
+                continue;
+            }
+            const valueNode = (pair.value as Node | null) ?? null;
+            const path = field.path ? `${field.path}.${keyValue}` : keyValue;
+            out.set(keyValue, { path, node: valueNode, offset: valueNode?.range?.[0] ?? keyOffset, keyOffset });
+        }
+        return out;
+    }
+
+    /** A list; returns its items as fields, or null (reported) when the value is not a list. */
+    list(field: Field, what: string): Field[] | null {
+        const node = this.deref(field);
+        if (node === null || !isSeq(node)) {
+            this.fail(field, `expected a list of ${what}; got ${this.describe(field)}`);
+            return null;
+        }
+        return node.items.map((item, i) => {
+            const n = (item as Node | null) ?? null;
+            const offset = n?.range?.[0] ?? node.range?.[0] ?? 0;
+            return { path: `${field.path}[${i}]`, node: n, offset, keyOffset: offset };
+        });
+    }
+
+    /** True when the value is a map (after aliases). */
+    isMap(field: Field): boolean {
+        const node = this.deref(field);
+        return node !== null && isMap(node);
+    }
+
+    /** True when the value is a list (after aliases). */
+    isList(field: Field): boolean {
+        const node = this.deref(field);
+        return node !== null && isSeq(node);
+    }
+
+    /** True when the value reads as `true` or `false` (see `boolean`). */
+    isBoolean(field: Field): boolean {
+        const v = this.scalar(field);
+        return (
+            typeof v === 'boolean' ||
+            (typeof v === 'string' && this.wasExpanded(field) && /^(true|false)$/i.test(v.trim()))
+        );
+    }
+
+    /** A non-empty string. */
+    string(field: Field, what = 'a string'): string | null {
+        const v = this.scalar(field);
+        if (typeof v !== 'string') {
+            this.fail(field, `expected ${what}; got ${this.describe(field)}`);
+            return null;
+        }
+        if (v.trim() === '') {
+            this.fail(field, `expected ${what}; got an empty string`);
+            return null;
+        }
+        return v.trim();
+    }
+
+    /** An integer between min and max. A `${VAR}` value is read as a number. */
+    integer(field: Field, min: number, max: number, what = 'a whole number'): number | null {
+        let v = this.scalar(field);
+        if (typeof v === 'string' && this.wasExpanded(field) && /^[-+]?\d+$/.test(v.trim())) v = Number(v.trim());
+        const range = max === Infinity ? `${min} or more` : `${min} to ${max}`;
+        if (typeof v !== 'number' || !Number.isInteger(v) || v < min || v > max) {
+            this.fail(field, `expected ${what} (${range}); got ${this.describe(field)}`);
+            return null;
+        }
+        return v;
+    }
+
+    /** `true` or `false`. A `${VAR}` value may be written `true` or `false`. */
+    boolean(field: Field): boolean | null {
+        let v = this.scalar(field);
+        if (typeof v === 'string' && this.wasExpanded(field) && /^(true|false)$/i.test(v.trim())) {
+            v = v.trim().toLowerCase() === 'true';
+        }
+        if (typeof v !== 'boolean') {
+            this.fail(field, `expected true or false; got ${this.describe(field)}`);
+            return null;
+        }
+        return v;
+    }
+
+    /** One of a closed set of words. */
+    oneOf<T extends string>(field: Field, values: readonly T[]): T | null {
+        const v = this.scalar(field);
+        if (typeof v === 'string' && (values as readonly string[]).includes(v.trim())) return v.trim() as T;
+        const hint = typeof v === 'string' ? didYouMean(v, values) : '';
+        this.fail(field, `expected one of ${values.join(', ')}; got ${this.describe(field)}${hint}`);
+        return null;
+    }
+
+    /** A duration (`500ms`, `5s`, `10m`, `1h`, `2d`) in milliseconds, within bounds. */
+    duration(field: Field, minMs: number, maxMs: number): number | null {
+        const v = this.scalar(field);
+        const ms = parseDuration(v);
+        if (ms === null) {
+            const hint = typeof v === 'number' ? ` (add a unit: ${v}s, ${v}ms, …)` : '';
+            this.fail(
+                field,
+                `expected a duration such as 500ms, 5s, 10m, 1h or 2d; got ${this.describe(field)}${hint}`,
+            );
+            return null;
+        }
+        if (ms < minMs || ms > maxMs) {
+            this.fail(field, `must be between ${formatDuration(minMs)} and ${formatDuration(maxMs)}`);
+            return null;
+        }
+        return ms;
+    }
+
+    /** A size (`1234`, `512B`, `100KB`, `50MB`, `1GB`; KB = 1024 bytes) in bytes, at least `min`. */
+    size(field: Field, min: number): number | null {
+        const v = this.scalar(field);
+        const bytes = parseSize(v);
+        if (bytes === null) {
+            this.fail(field, `expected a size such as 1048576, 512KB, 50MB or 1GB; got ${this.describe(field)}`);
+            return null;
+        }
+        if (bytes < min) {
+            this.fail(field, `must be at least ${min} bytes`);
+            return null;
+        }
+        return bytes;
+    }
+}

@@ -1,0 +1,181 @@
+/**
+ * Wires one configured listener to smtp-server: TLS (STARTTLS or implicit, TLS 1.2+),
+ * SIZE, PIPELINING, 8BITMIME, SMTPUTF8, client limits, idle timeouts, PROXY protocol v1
+ * from trusted CIDRs only, AUTH only in submission mode. Each callback hands over to the
+ * Session and answers only with replies built by reply.ts; it holds no policy.
+ */
+import { readFileSync } from 'node:fs';
+import type { Socket } from 'node:net';
+import { SMTPServer, type SMTPServerOptions, type SMTPServerSession } from 'smtp-server';
+import type { Config, ListenerConfig } from './config/types.ts';
+import { smtpServerLogger, type Logger } from './log.ts';
+import { compileCidrs } from './net/cidr.ts';
+import { replyFor, toCallbackError, SmtpReplyError } from './reply.ts';
+import { Session, type SessionDeps } from './session.ts';
+
+/** Verifies SMTP AUTH credentials. */
+export interface AuthBackend {
+    verify(login: string, password: string): Promise<'ok' | 'invalid' | 'unavailable'>;
+}
+
+export interface ListenerDeps extends Omit<SessionDeps, 'listener' | 'log'> {
+    readonly log: Logger;
+    readonly auth: AuthBackend | null;
+}
+
+/** smtp-server trusts PROXY senders by exact address; we trust CIDR ranges instead. */
+class CidrProxyServer extends SMTPServer {
+    trustProxy: (ip: string) => boolean = () => false;
+    override _expectsProxyHeader(socket: Socket): boolean {
+        return this.trustProxy(socket.remoteAddress ?? '');
+    }
+}
+
+export interface RunningListener {
+    readonly config: ListenerConfig;
+    readonly server: SMTPServer;
+    readonly sessions: Map<string, Session>;
+    port: number;
+    listen(): Promise<void>;
+    /** Stops accepting new connections. */
+    stopAccepting(): Promise<void>;
+}
+
+function internalError(log: Logger, id: string, err: unknown): SmtpReplyError {
+    if (err instanceof SmtpReplyError) return err;
+    log.error({ session: id, err }, 'unexpected error in SMTP callback');
+    return toCallbackError(replyFor('internal-error', { id }));
+}
+
+export function createListener(config: Config, listener: ListenerConfig, deps: ListenerDeps): RunningListener {
+    const sessions = new Map<string, Session>();
+    const log = deps.log.child({ listener: listener.name });
+    const sessionDeps: SessionDeps = { ...deps, listener, log: deps.log };
+    const submission = listener.mode === 'submission';
+    const useTls = listener.tls !== 'none' && config.tls !== null;
+    const tlsFiles =
+        useTls && config.tls ? { key: readFileSync(config.tls.key), cert: readFileSync(config.tls.cert) } : {};
+
+    const options: SMTPServerOptions = {
+        name: config.hostname,
+        banner: 'mailwarden',
+        secure: listener.tls === 'implicit',
+        hideSTARTTLS: !useTls || listener.tls === 'implicit',
+        ...tlsFiles,
+        minVersion: 'TLSv1.2',
+        size: listener.maxMessageSize,
+        maxClients: listener.maxClients,
+        socketTimeout: listener.socketTimeoutMs,
+        closeTimeout: config.shutdownTimeoutMs,
+        disableReverseLookup: true,
+        hideENHANCEDSTATUSCODES: true,
+        logger: smtpServerLogger(log),
+        useProxy: listener.proxyProtocol !== null,
+        authOptional: !submission,
+        disabledCommands: submission ? [] : ['AUTH'],
+        authMethods: ['PLAIN', 'LOGIN'],
+        allowInsecureAuth: false,
+
+        onConnect(smtp: SMTPServerSession, cb: (err?: Error | null) => void) {
+            const session = new Session(sessionDeps, smtp);
+            sessions.set(smtp.id, session);
+            deps.metrics.connections.inc({ listener: listener.name });
+            deps.metrics.sessionsActive.inc({ listener: listener.name });
+            session.onConnect().then(
+                () => cb(),
+                (err: unknown) => cb(internalError(log, smtp.id, err)),
+            );
+        },
+
+        onAuth(auth, smtp, cb) {
+            const backend = deps.auth;
+            const done = (result: 'ok' | 'invalid' | 'unavailable'): void => {
+                deps.metrics.smtpAuth.inc({ listener: listener.name, result });
+                if (result === 'ok') return cb(null, { user: auth.username });
+                const reply = replyFor(result === 'invalid' ? 'auth-invalid' : 'auth-unavailable', { id: smtp.id });
+                cb(toCallbackError(reply));
+            };
+            if (!backend || auth.method === 'XOAUTH2' || auth.method === 'CRAM-MD5') return done('unavailable');
+            backend.verify(auth.username ?? '', auth.password ?? '').then(done, (err: unknown) => {
+                log.error({ session: smtp.id, err }, 'auth backend failed');
+                done('unavailable');
+            });
+        },
+
+        onMailFrom(address, smtp, cb) {
+            const session = sessions.get(smtp.id);
+            if (!session) return cb(internalError(log, smtp.id, new Error('no session')));
+            session.onMailFrom(address).then(
+                () => cb(),
+                (err: unknown) => cb(internalError(log, smtp.id, err)),
+            );
+        },
+
+        onRcptTo(address, smtp, cb) {
+            const session = sessions.get(smtp.id);
+            if (!session) return cb(internalError(log, smtp.id, new Error('no session')));
+            session.onRcptTo(address).then(
+                () => cb(),
+                (err: unknown) => cb(internalError(log, smtp.id, err)),
+            );
+        },
+
+        onData(stream, smtp, cb) {
+            const session = sessions.get(smtp.id);
+            if (!session) {
+                stream.resume();
+                return cb(internalError(log, smtp.id, new Error('no session')));
+            }
+            session.onData(stream).then(
+                (text) => cb(null, text),
+                (err: unknown) => cb(internalError(log, smtp.id, err)),
+            );
+        },
+
+        onClose(smtp) {
+            const session = sessions.get(smtp.id);
+            if (!session) return;
+            sessions.delete(smtp.id);
+            deps.metrics.sessionsActive.dec({ listener: listener.name });
+            session.close().catch((err: unknown) => log.warn({ session: smtp.id, err }, 'closing the upstream failed'));
+        },
+    };
+
+    const server = new CidrProxyServer(options);
+    if (listener.proxyProtocol) server.trustProxy = compileCidrs(listener.proxyProtocol);
+    server.on('error', (err) => log.error({ err }, 'listener error'));
+
+    const running: RunningListener = {
+        config: listener,
+        server,
+        sessions,
+        port: listener.port,
+        listen: () =>
+            new Promise<void>((resolve, reject) => {
+                const onError = (err: Error): void => reject(err);
+                server.server.once('error', onError);
+                server.listen(listener.port, listener.host, () => {
+                    server.server.removeListener('error', onError);
+                    const addr = server.server.address();
+                    if (addr && typeof addr === 'object') running.port = addr.port;
+                    log.info(
+                        {
+                            host: listener.host,
+                            port: running.port,
+                            mode: listener.mode,
+                            tls: useTls ? listener.tls : 'none',
+                        },
+                        'listening',
+                    );
+                    resolve();
+                });
+            }),
+        stopAccepting: () =>
+            new Promise<void>((resolve) => {
+                // net.Server#close stops accepting at once; its callback would wait for every connection
+                if (server.server.listening) server.server.close();
+                resolve();
+            }),
+    };
+    return running;
+}

@@ -1,0 +1,454 @@
+/**
+ * One client connection: the transaction state machine between smtp-server's callbacks
+ * and the upstream MTA. It mirrors MAIL FROM and every RCPT TO upstream in lock-step and
+ * relays the upstream's per-recipient answers; it spools DATA, runs the data-stage checks,
+ * asks the decider, and forwards the message only after the verdict. The client hears
+ * `250` for DATA only after the upstream said `250`; every failure of our own, or of the
+ * upstream, is a 4xx and the mail stays with the client (SPEC, "The transaction").
+ * It must not choose reply texts itself (reply.ts does) nor decide policy (the decider does).
+ */
+import { Readable } from 'node:stream';
+import type { SMTPServerAddress, SMTPServerDataStream, SMTPServerSession } from 'smtp-server';
+import type { Config, ListenerConfig } from './config/types.ts';
+import { MessageSpool, type SpoolSummary } from './data/spool.ts';
+import {
+    filterIncomingFields,
+    formatField,
+    parseHeaderSection,
+    receivedField,
+    verdictField,
+    type RawField,
+} from './headers.ts';
+import type { Logger } from './log.ts';
+import type { Metrics } from './metrics.ts';
+import { runStage, type Check, type CheckOutcome } from './pipeline.ts';
+import { replyFor, replyForDecision, toCallbackError, type SmtpReplyError } from './reply.ts';
+import { relayedReply } from './upstream-reply.ts';
+import type { Decider, Decision, Facts, FactValue, HeaderField, SmtpReply, Stage } from './types.ts';
+import {
+    UpstreamError,
+    type ClientIdentity,
+    type MailParams,
+    type Upstream,
+    type UpstreamReply,
+    type UpstreamSession,
+} from './upstream/types.ts';
+
+export interface SessionDeps {
+    readonly config: Config;
+    readonly listener: ListenerConfig;
+    readonly upstream: Upstream;
+    /** Returns the decider in force now (rules can be reloaded between messages). */
+    readonly decider: () => Decider;
+    readonly checks: readonly Check[];
+    readonly metrics: Metrics;
+    readonly log: Logger;
+    readonly now: () => number;
+    readonly isDraining: () => boolean;
+}
+
+/** Largest header section we parse in memory (Postfix's header_size_limit is 100 KB). */
+const MAX_HEADER_SECTION = 1024 * 1024;
+
+function domainOf(address: string): string | null {
+    const at = address.lastIndexOf('@');
+    return at >= 0 ? address.slice(at + 1).toLowerCase() : null;
+}
+
+/** The first address of a From field value (RFC 5322 section 3.4), or null. */
+export function firstAddress(value: string): { address: string | null; count: number } {
+    const angle = [...value.matchAll(/<([^<>\s]*@[^<>\s]+)>/g)].map((m) => m[1]!);
+    if (angle.length > 0) return { address: angle[0]!, count: angle.length };
+    const bare = [...value.matchAll(/[^\s<>,;:"()]+@[^\s<>,;:"()]+/g)].map((m) => m[0]);
+    return { address: bare[0] ?? null, count: bare.length };
+}
+
+interface Transaction {
+    readonly mailFrom: string;
+    readonly rcpts: string[];
+    facts: Facts;
+    readonly rulesSeen: Set<string>;
+}
+
+export class Session {
+    readonly id: string;
+    private readonly deps: SessionDeps;
+    private readonly smtp: SMTPServerSession;
+    private readonly log: Logger;
+    private upstream: UpstreamSession | null = null;
+    private upstreamFor: string | null = null;
+    private tx: Transaction | null = null;
+    /** True while a message is being received or forwarded (shutdown lets it finish). */
+    inData = false;
+    private closed = false;
+
+    constructor(deps: SessionDeps, smtp: SMTPServerSession) {
+        this.deps = deps;
+        this.smtp = smtp;
+        this.id = smtp.id;
+        this.log = deps.log.child({ session: smtp.id, listener: deps.listener.name, client: smtp.remoteAddress });
+    }
+
+    private refuse(reply: SmtpReply): SmtpReplyError {
+        return toCallbackError(reply);
+    }
+
+    private withId(reply: SmtpReply): SmtpReply {
+        return reply.text.includes(this.id) ? reply : { ...reply, text: `${reply.text} (id ${this.id})` };
+    }
+
+    identity(): ClientIdentity {
+        const helo = this.smtp.hostNameAppearsAs || null;
+        const user = this.smtp.user as { username?: string } | string | undefined;
+        const login = typeof user === 'string' ? user : (user?.username ?? null);
+        return {
+            ip: this.smtp.remoteAddress.replace(/^::ffff:/i, ''),
+            port: this.smtp.remotePort,
+            ptr: null,
+            helo,
+            proto: this.smtp.openingCommand === 'EHLO' ? 'ESMTP' : 'SMTP',
+            login,
+        };
+    }
+
+    /** Facts every stage knows about the connection. */
+    private connectionFacts(): Record<string, FactValue> {
+        const id = this.identity();
+        return {
+            listener: this.deps.listener.name,
+            'listener.mode': this.deps.listener.mode,
+            'client.ip': id.ip,
+            'client.ptr': id.ptr,
+            tls: this.smtp.secure,
+            helo: id.helo,
+            'auth.user': id.login,
+        };
+    }
+
+    /** Connect stage: runs once when the client connects. Throws a reply error to refuse. */
+    async onConnect(): Promise<void> {
+        if (this.deps.isDraining()) throw this.refuse(replyFor('shutting-down', { id: this.id }));
+        await this.decideStage('connect', this.connectionFacts());
+    }
+
+    private async decideStage(
+        stage: Stage,
+        facts: Facts,
+    ): Promise<{ facts: Facts; decision: Decision; checks: readonly CheckOutcome[] }> {
+        const result = await runStage(stage, this.deps.checks, facts, this.deps.decider(), this.deps.now);
+        const refusal = replyForDecision(result.decision, { id: this.id });
+        if (refusal) {
+            this.log.info(
+                { stage, action: result.decision.action, rules: result.decision.rules, reason: result.decision.reason },
+                'refused',
+            );
+            this.deps.metrics.messages.inc({ listener: this.deps.listener.name, action: result.decision.action });
+            const reply = this.withId(refusal);
+            // RFC 5321 section 3.1: a server refusing the connection answers 554
+            throw this.refuse(stage === 'connect' && reply.code === 550 ? { ...reply, code: 554 } : reply);
+        }
+        return result;
+    }
+
+    /** Opens (or reuses) the upstream session for the current client identity. */
+    private async upstreamSession(): Promise<UpstreamSession> {
+        const identity = this.identity();
+        const key = JSON.stringify(identity);
+        if (this.upstream && this.upstream.usable && this.upstreamFor === key) return this.upstream;
+        if (this.upstream) await this.upstream.close();
+        this.upstream = null;
+        this.upstream = await this.deps.upstream.open(identity);
+        this.upstreamFor = key;
+        return this.upstream;
+    }
+
+    private upstreamFailed(err: unknown, step: string): SmtpReplyError {
+        if (err instanceof UpstreamError) {
+            this.deps.metrics.upstreamReplies.inc({ class: err.kind });
+            this.log.warn({ step, upstreamError: err.kind, err: err.message }, 'upstream failed');
+            return this.refuse(replyFor('upstream-unavailable', { id: this.id }));
+        }
+        this.log.error({ step, err }, 'internal error');
+        return this.refuse(replyFor('internal-error', { id: this.id }));
+    }
+
+    private countReply(reply: UpstreamReply): void {
+        this.deps.metrics.upstreamReplies.inc({ class: `${Math.floor(reply.code / 100)}xx` });
+    }
+
+    async onMailFrom(address: SMTPServerAddress): Promise<void> {
+        if (this.deps.isDraining()) throw this.refuse(replyFor('shutting-down', { id: this.id }));
+        this.tx = null;
+        const from = address.address;
+        const facts: Facts = {
+            ...this.connectionFacts(),
+            'mail.from': from,
+            'mail.from.domain': domainOf(from),
+        };
+        const result = await this.decideStage('mail', facts);
+        const args = (address.args || {}) as Record<string, string | boolean>;
+        const params: MailParams = {
+            ...(typeof args.SIZE === 'string' && /^\d+$/.test(args.SIZE) ? { size: Number(args.SIZE) } : {}),
+            ...(typeof args.BODY === 'string' && /^(7BIT|8BITMIME)$/i.test(args.BODY)
+                ? { body: args.BODY.toUpperCase() as '7BIT' | '8BITMIME' }
+                : {}),
+            ...(args.SMTPUTF8 ? { smtputf8: true } : {}),
+        };
+        let reply: UpstreamReply;
+        try {
+            const up = await this.upstreamSession();
+            reply = await up.mailFrom(from, params);
+        } catch (err) {
+            throw this.upstreamFailed(err, 'mail');
+        }
+        this.countReply(reply);
+        if (reply.code >= 300) {
+            this.log.info(
+                { step: 'mail', upstream: `${reply.code} ${reply.enhanced ?? ''} ${reply.text}` },
+                'upstream refused sender',
+            );
+            throw this.refuse(this.withId(relayedReply('mail', reply)));
+        }
+        this.tx = { mailFrom: from, rcpts: [], facts: result.facts, rulesSeen: new Set(result.decision.rules) };
+    }
+
+    async onRcptTo(address: SMTPServerAddress): Promise<void> {
+        if (this.deps.isDraining()) throw this.refuse(replyFor('shutting-down', { id: this.id }));
+        const tx = this.tx;
+        if (!tx) throw this.refuse(replyFor('internal-error', { id: this.id }));
+        const to = address.address;
+        const rcpts = [...tx.rcpts, to];
+        const facts: Facts = { ...tx.facts, 'rcpt.to': rcpts, 'rcpt.count': rcpts.length, 'rcpt.domain': domainOf(to) };
+        await this.decideStage('rcpt', facts);
+        let reply: UpstreamReply;
+        try {
+            const up = this.upstream;
+            if (!up || !up.usable) throw new UpstreamError('closed', 'upstream connection lost before RCPT');
+            reply = await up.rcptTo(to);
+        } catch (err) {
+            throw this.upstreamFailed(err, 'rcpt');
+        }
+        this.countReply(reply);
+        if (reply.code >= 300) {
+            this.log.info(
+                { step: 'rcpt', rcpt: to, upstream: `${reply.code} ${reply.enhanced ?? ''} ${reply.text}` },
+                'upstream refused recipient',
+            );
+            throw this.refuse(this.withId(relayedReply('rcpt', reply)));
+        }
+        tx.rcpts.push(to);
+        tx.facts = { ...tx.facts, 'rcpt.to': [...tx.rcpts], 'rcpt.count': tx.rcpts.length };
+    }
+
+    /**
+     * Receives the message, decides, forwards. Resolves with the 250 text, or rejects with
+     * a reply error. The spool is removed in every outcome.
+     */
+    async onData(stream: SMTPServerDataStream): Promise<string> {
+        const started = this.deps.now();
+        const tx = this.tx;
+        this.tx = null;
+        this.inData = true;
+        const spool = new MessageSpool({
+            memoryLimit: this.deps.config.spool.memoryLimit,
+            dir: this.deps.config.spool.dir,
+            maxSize: this.deps.listener.maxMessageSize,
+            maxHeaderSize: MAX_HEADER_SECTION,
+        });
+        const record: Record<string, unknown> = {
+            from: tx?.mailFrom,
+            rcptCount: tx?.rcpts.length ?? 0,
+            helo: this.identity().helo,
+            authUser: this.identity().login,
+        };
+        let action = 'tempfail';
+        try {
+            let summary: SpoolSummary;
+            try {
+                summary = await spool.ingest(stream as AsyncIterable<Buffer>);
+            } catch (err) {
+                record.reason = `message not received in full: ${err instanceof Error ? err.message : String(err)}`;
+                await this.abandonUpstream();
+                throw this.refuse(replyFor('internal-error', { id: this.id }));
+            }
+            record.size = summary.size;
+            this.deps.metrics.messageSize.observe(summary.size);
+            if (!tx) throw this.refuse(replyFor('internal-error', { id: this.id }));
+            const refused = this.protocolRefusal(summary);
+            if (refused) {
+                action = 'reject';
+                record.reason = refused.reason;
+                await this.abandonUpstream();
+                throw this.refuse(refused.reply);
+            }
+            const section = await spool.readBuffer(0, summary.headerLength);
+            const fields = parseHeaderSection(section);
+            const { kept, removed } = filterIncomingFields(fields, this.deps.config.hostname);
+            if (removed.length > 0) record.removedHeaders = removed;
+            const facts = { ...tx.facts, ...this.messageFacts(kept, summary) };
+            const result = await runStage('data', this.deps.checks, facts, this.deps.decider(), this.deps.now);
+            const decision = result.decision;
+            action = decision.action;
+            record.rules = [...tx.rulesSeen, ...decision.rules];
+            record.score = decision.score;
+            record.reason = decision.reason;
+            record.checks = Object.fromEntries(
+                result.checks.map((c) => [c.name, c.error ? { ms: c.ms, error: c.error } : c.ms]),
+            );
+            const refusal = replyForDecision(decision, { id: this.id });
+            if (refusal) {
+                await this.abandonUpstream();
+                throw this.refuse(this.withId(refusal));
+            }
+            const head = this.ourHeaders(decision, tx, [...tx.rulesSeen, ...decision.rules]);
+            const message = this.composeMessage(head, kept, spool, summary);
+            const up = this.upstream;
+            let reply: UpstreamReply;
+            const upstreamStarted = this.deps.now();
+            try {
+                if (!up || !up.usable) throw new UpstreamError('closed', 'upstream connection lost before DATA');
+                reply = await up.data(message);
+            } catch (err) {
+                action = 'tempfail';
+                record.reason = `upstream: ${err instanceof Error ? err.message : String(err)}`;
+                throw this.upstreamFailed(err, 'data');
+            } finally {
+                this.deps.metrics.upstreamDuration.observe((this.deps.now() - upstreamStarted) / 1000);
+            }
+            this.countReply(reply);
+            record.upstream = `${reply.code} ${reply.enhanced ?? ''} ${reply.text}`.replace(/\s+/g, ' ');
+            if (reply.code >= 300) {
+                action = reply.code >= 500 ? 'reject' : 'tempfail';
+                record.reason = 'upstream refused the message';
+                throw this.refuse(this.withId(relayedReply('data', reply)));
+            }
+            const queueId = /queued as ([A-Za-z0-9._-]+)/i.exec(reply.text)?.[1] ?? null;
+            const ok = replyFor('accepted', { id: this.id, queueId });
+            return `${ok.enhanced} ${ok.text}`;
+        } catch (err) {
+            if ((err as SmtpReplyError).name === 'SmtpReplyError') {
+                record.reply = (err as SmtpReplyError).responseCode;
+                throw err;
+            }
+            this.log.error({ err }, 'internal error while processing a message');
+            action = 'tempfail';
+            record.reason = 'internal error';
+            await this.abandonUpstream();
+            throw this.refuse(replyFor('internal-error', { id: this.id }));
+        } finally {
+            this.inData = false;
+            await spool.dispose();
+            const seconds = (this.deps.now() - started) / 1000;
+            this.deps.metrics.messageProcessing.observe(seconds);
+            this.deps.metrics.messages.inc({ listener: this.deps.listener.name, action });
+            this.log.info({ ...record, action, ms: Math.round(seconds * 1000) }, 'decision');
+        }
+    }
+
+    /** Refusals that come from the protocol, before any policy: size, line endings, header size. */
+    private protocolRefusal(summary: SpoolSummary): { reply: SmtpReply; reason: string } | null {
+        const id = this.id;
+        if (summary.tooBig) {
+            return {
+                reply: replyFor('message-too-big', { id, limit: this.deps.listener.maxMessageSize }),
+                reason: `message larger than ${this.deps.listener.maxMessageSize} bytes`,
+            };
+        }
+        if (summary.bareLf + summary.bareCr + summary.nul > 0) {
+            const policy = this.deps.listener.bareNewline;
+            this.deps.metrics.bareNewlines.inc({ listener: this.deps.listener.name, policy });
+            if (policy === 'reject') {
+                return {
+                    reply: replyFor('bare-newline', { id }),
+                    reason: `bare LF ${summary.bareLf}, bare CR ${summary.bareCr}, NUL ${summary.nul}`,
+                };
+            }
+        }
+        if (summary.headerLength < 0) {
+            return {
+                reply: replyFor('header-too-big', { id, limit: MAX_HEADER_SECTION }),
+                reason: 'header section too big',
+            };
+        }
+        return null;
+    }
+
+    private messageFacts(fields: readonly RawField[], summary: SpoolSummary): Record<string, FactValue> {
+        const from = fields.filter((f) => f.name.toLowerCase() === 'from');
+        const value = from[0]
+            ? from[0].raw
+                  .toString('utf8')
+                  .replace(/^[^:]*:/, '')
+                  .replace(/\r\n/g, '')
+            : '';
+        const parsed = firstAddress(value);
+        return {
+            'message.size': summary.size,
+            'message.bare_newlines': summary.bareLf + summary.bareCr + summary.nul,
+            'header.from': parsed.address,
+            'header.from.domain': parsed.address ? domainOf(parsed.address) : null,
+            'header.from.count': from.length === 0 ? 0 : parsed.count,
+            score: 0,
+        };
+    }
+
+    private ourHeaders(decision: Decision, tx: Transaction, rules: readonly string[]): HeaderField[] {
+        const id = this.identity();
+        const tlsInfo = this.smtp.tlsOptions;
+        const fields: HeaderField[] = [
+            receivedField({
+                helo: id.helo,
+                ip: id.ip,
+                ptr: id.ptr,
+                hostname: this.deps.config.hostname,
+                protocol: this.smtp.transmissionType || (id.proto === 'ESMTP' ? 'ESMTP' : 'SMTP'),
+                id: this.id,
+                recipient: tx.rcpts.length === 1 ? tx.rcpts[0]! : null,
+                tlsCipher: tlsInfo ? `${tlsInfo.version} with cipher ${tlsInfo.name}` : null,
+                date: new Date(this.deps.now()),
+            }),
+            verdictField(decision.action, rules, decision.score, this.id),
+        ];
+        if (decision.action === 'tag') fields.push({ name: 'X-Spam-Flag', value: 'YES' });
+        if (decision.action === 'quarantine') fields.push({ name: 'X-Mailwarden-Quarantine', value: this.id });
+        fields.push(...decision.headers);
+        return fields;
+    }
+
+    /** Our fields, then the kept incoming fields, then the rest of the message from the empty line on. */
+    private composeMessage(
+        head: readonly HeaderField[],
+        kept: readonly RawField[],
+        spool: MessageSpool,
+        summary: SpoolSummary,
+    ): Readable {
+        const prefix = Buffer.concat([Buffer.from(head.map(formatField).join(''), 'utf8'), ...kept.map((f) => f.raw)]);
+        const rest = spool.read(summary.headerLength);
+        async function* generate(): AsyncGenerator<Buffer> {
+            yield prefix;
+            for await (const chunk of rest) yield chunk as Buffer;
+        }
+        return Readable.from(generate(), { objectMode: false });
+    }
+
+    /** Abandons the upstream transaction; a failing RSET drops the connection instead. */
+    private async abandonUpstream(): Promise<void> {
+        const up = this.upstream;
+        if (!up || !up.usable) return;
+        try {
+            await up.reset();
+        } catch {
+            await up.close();
+            this.upstream = null;
+        }
+    }
+
+    /** Client went away: QUIT upstream (an open transaction there is discarded). */
+    async close(): Promise<void> {
+        if (this.closed) return;
+        this.closed = true;
+        const up = this.upstream;
+        this.upstream = null;
+        if (up) await up.close();
+    }
+}

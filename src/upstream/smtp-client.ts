@@ -1,0 +1,664 @@
+/**
+ * The SMTP client towards the mail server behind the proxy (usually Postfix): one small
+ * lock-step connection per client session (no PIPELINING), plain with optional STARTTLS
+ * (RFC 3207) or implicit TLS (RFC 8314), passing the real client on with XCLIENT
+ * (Postfix XCLIENT_README), then mirroring MAIL, RCPT and DATA (RFC 5321).
+ *
+ * Replies of every class are returned, never thrown; only a broken connection (refused,
+ * timed out, closed, garbage, TLS or XCLIENT failure, failing message source) becomes an
+ * UpstreamError, after which the session is no longer usable.
+ * It must not decide policy, retry, queue, or ever write the end-of-data terminator for
+ * a message whose source did not end cleanly.
+ */
+import type { EventEmitter } from 'node:events';
+import net from 'node:net';
+import type { Readable } from 'node:stream';
+import tls from 'node:tls';
+import type { UpstreamConfig } from '../config/types.ts';
+import { DotStuffer } from '../data/dot-stuff.ts';
+import { assertSafeArgument, silentLogger, type UpstreamDeps, type UpstreamLogger } from './common.ts';
+import {
+    UpstreamError,
+    type ClientIdentity,
+    type MailParams,
+    type Upstream,
+    type UpstreamFailure,
+    type UpstreamReply,
+    type UpstreamSession,
+} from './types.ts';
+import { MAX_XCLIENT_VALUE, xclientCommand } from './xtext.ts';
+
+export type SmtpUpstreamConfig = Extract<UpstreamConfig, { kind: 'smtp' | 'smtps' }>;
+export type { UpstreamDeps, UpstreamLogger } from './common.ts';
+
+/** A reply as read from the wire: the code and the text of each line. */
+interface RawReply {
+    readonly code: number;
+    readonly lines: readonly string[];
+}
+
+/** Longest reply line we accept (RFC 5321 section 4.5.3.1.5 allows 512 octets; be generous). */
+const MAX_REPLY_LINE = 4096;
+/** Most lines in one multi-line reply. */
+const MAX_REPLY_LINES = 256;
+/** Upper bound for waiting on the answer to QUIT. */
+const QUIT_TIMEOUT_MS = 2000;
+
+const REPLY_LINE = /^([2-5]\d\d)(?:([ -])(.*))?$/;
+const ENHANCED = /^([245])\.(\d{1,3})\.(\d{1,3})(?:\s+|$)/;
+
+/** Splits the byte stream from the upstream into replies (RFC 5321 section 4.2.1). */
+class ReplyParser {
+    private buf: Buffer = Buffer.alloc(0);
+    private lines: string[] = [];
+    private code = 0;
+
+    /** Bytes or lines received that are not yet a complete reply. */
+    get pending(): boolean {
+        return this.buf.length > 0 || this.lines.length > 0;
+    }
+
+    /** Returns the replies completed by `chunk`; throws UpstreamError('protocol') on garbage. */
+    feed(chunk: Buffer): RawReply[] {
+        const buf = this.buf.length > 0 ? Buffer.concat([this.buf, chunk]) : chunk;
+        const out: RawReply[] = [];
+        let start = 0;
+        for (;;) {
+            const nl = buf.indexOf(0x0a, start);
+            if (nl < 0) break;
+            const end = nl > start && buf[nl - 1] === 0x0d ? nl - 1 : nl;
+            if (end - start > MAX_REPLY_LINE) throw new UpstreamError('protocol', 'upstream reply line too long');
+            const reply = this.line(buf.toString('utf8', start, end));
+            if (reply) out.push(reply);
+            start = nl + 1;
+        }
+        this.buf = buf.subarray(start);
+        if (this.buf.length > MAX_REPLY_LINE) throw new UpstreamError('protocol', 'upstream reply line too long');
+        return out;
+    }
+
+    private line(text: string): RawReply | null {
+        const m = REPLY_LINE.exec(text);
+        if (!m)
+            throw new UpstreamError('protocol', `malformed upstream reply line ${JSON.stringify(text.slice(0, 80))}`);
+        const code = Number(m[1]);
+        if (this.lines.length > 0 && code !== this.code) {
+            throw new UpstreamError('protocol', 'upstream multi-line reply mixes reply codes');
+        }
+        this.code = code;
+        this.lines.push(m[3] ?? '');
+        if (this.lines.length > MAX_REPLY_LINES)
+            throw new UpstreamError('protocol', 'upstream reply has too many lines');
+        if (m[2] === '-') return null;
+        const reply = { code, lines: this.lines };
+        this.lines = [];
+        return reply;
+    }
+}
+
+/** Turns a raw reply into the public form: enhanced status code (RFC 3463) split off the text. */
+function toReply(raw: RawReply): UpstreamReply {
+    const first = ENHANCED.exec(raw.lines[0] ?? '');
+    // RFC 2034 section 3: the class of the enhanced code matches the first digit of the reply code.
+    const enhanced = first && first[1] === String(raw.code)[0] ? `${first[1]}.${first[2]}.${first[3]}` : null;
+    const texts = raw.lines.map((l) => {
+        if (enhanced === null) return l;
+        const m = ENHANCED.exec(l);
+        return m && `${m[1]}.${m[2]}.${m[3]}` === enhanced ? l.slice(m[0].length) : l;
+    });
+    return { code: raw.code, enhanced, text: texts.join(' ').trim() };
+}
+
+function describe(reply: UpstreamReply): string {
+    return `${reply.code}${reply.enhanced ? ' ' + reply.enhanced : ''} ${reply.text}`.trim();
+}
+
+function errorMessage(err: unknown): string {
+    return err instanceof Error ? err.message : String(err);
+}
+
+/** Resolves on the next `name` event; errors are the connection's business, not this promise's. */
+function event(emitter: EventEmitter, name: string): Promise<void> {
+    return new Promise((resolve) => emitter.once(name, () => resolve()));
+}
+
+/** EHLO keywords (upper case) with their parameters (RFC 5321 section 4.1.1.1). */
+type Capabilities = ReadonlyMap<string, readonly string[]>;
+
+function parseCapabilities(lines: readonly string[]): Capabilities {
+    const caps = new Map<string, string[]>();
+    for (const l of lines.slice(1)) {
+        const [keyword, ...params] = l.trim().split(/\s+/);
+        if (keyword) caps.set(keyword.toUpperCase(), params);
+    }
+    return caps;
+}
+
+/**
+ * One socket to the upstream and the replies read from it. Any failure is final: the
+ * socket is destroyed, `failure` is set, the pending reader and `dead` reject.
+ */
+class Connection {
+    socket: net.Socket;
+    failure: UpstreamError | null = null;
+    /** What an error event on the socket means at this moment. */
+    errorKind: UpstreamFailure = 'connect';
+    private readonly parser = new ReplyParser();
+    private readonly queue: RawReply[] = [];
+    private waiter: { resolve: (r: RawReply) => void; reject: (e: UpstreamError) => void } | null = null;
+    private rejectDead: (e: UpstreamError) => void = () => {};
+    /** Rejects with the failure once the connection breaks; never resolves. */
+    readonly dead: Promise<never>;
+    private readonly log: UpstreamLogger;
+    private readonly label: string;
+
+    constructor(socket: net.Socket, log: UpstreamLogger, label: string) {
+        this.socket = socket;
+        this.log = log;
+        this.label = label;
+        this.dead = new Promise<never>((_, reject) => {
+            this.rejectDead = reject;
+        });
+        this.dead.catch(() => {});
+        this.listen(socket);
+        socket.on('data', this.onData);
+    }
+
+    private listen(socket: net.Socket): void {
+        socket.on('error', (err) => {
+            this.fail(new UpstreamError(this.errorKind, `upstream ${this.label}: ${err.message}`, { cause: err }));
+        });
+        socket.on('close', () => {
+            this.fail(new UpstreamError('closed', `upstream ${this.label} closed the connection`));
+        });
+    }
+
+    private readonly onData = (chunk: Buffer): void => {
+        let replies: RawReply[];
+        try {
+            replies = this.parser.feed(chunk);
+        } catch (err) {
+            this.fail(err instanceof UpstreamError ? err : new UpstreamError('protocol', errorMessage(err)));
+            return;
+        }
+        for (const r of replies) {
+            this.log.debug({ upstream: this.label, reply: `${r.code} ${r.lines.join(' / ')}` }, 'upstream reply');
+            const w = this.waiter;
+            if (w) {
+                this.waiter = null;
+                w.resolve(r);
+            } else {
+                this.queue.push(r);
+            }
+        }
+    };
+
+    /** True when reply bytes arrived that nobody asked for yet. */
+    get unsolicited(): boolean {
+        return this.queue.length > 0 || this.parser.pending;
+    }
+
+    /** Ends the connection for good (idempotent). */
+    fail(err: UpstreamError): void {
+        if (this.failure) return;
+        this.failure = err;
+        this.socket.destroy();
+        this.rejectDead(err);
+        const w = this.waiter;
+        this.waiter = null;
+        w?.reject(err);
+    }
+
+    private assertAlive(): void {
+        if (this.failure) {
+            throw new UpstreamError('closed', `upstream ${this.label} connection is no longer usable`, {
+                cause: this.failure,
+            });
+        }
+    }
+
+    /** Waits for the next reply; a timeout ends the connection. */
+    readReply(timeoutMs: number, what: string): Promise<RawReply> {
+        const queued = this.queue.shift();
+        if (queued) return Promise.resolve(queued);
+        if (this.failure) return Promise.reject(this.failure);
+        return new Promise<RawReply>((resolve, reject) => {
+            const timer = setTimeout(() => {
+                this.fail(
+                    new UpstreamError('timeout', `upstream ${this.label}: no reply to ${what} within ${timeoutMs} ms`),
+                );
+            }, timeoutMs);
+            this.waiter = {
+                resolve: (r) => {
+                    clearTimeout(timer);
+                    resolve(r);
+                },
+                reject: (e) => {
+                    clearTimeout(timer);
+                    reject(e);
+                },
+            };
+        });
+    }
+
+    /** Sends one command line and waits for its reply. */
+    async command(line: string, timeoutMs: number): Promise<RawReply> {
+        this.assertAlive();
+        const verb = line.split(' ', 1)[0] ?? line;
+        this.log.debug({ upstream: this.label, command: line }, 'upstream command');
+        this.socket.write(line + '\r\n');
+        return this.readReply(timeoutMs, verb);
+    }
+
+    /** Writes message bytes, waiting for the socket to drain when its buffer is full. */
+    async write(chunk: Buffer, timeoutMs: number): Promise<void> {
+        this.assertAlive();
+        if (this.socket.write(chunk)) return;
+        const timer = setTimeout(() => {
+            this.fail(
+                new UpstreamError('timeout', `upstream ${this.label} stopped reading the message for ${timeoutMs} ms`),
+            );
+        }, timeoutMs);
+        try {
+            await Promise.race([event(this.socket, 'drain'), this.dead]);
+        } finally {
+            clearTimeout(timer);
+        }
+    }
+
+    /** Waits until `promise` settles, the connection breaks, or `timeoutMs` passes. */
+    async within<T>(promise: Promise<T>, timeoutMs: number, what: string, kind: UpstreamFailure): Promise<T> {
+        const timer = setTimeout(() => {
+            this.fail(new UpstreamError(kind, `upstream ${this.label}: ${what} took longer than ${timeoutMs} ms`));
+        }, timeoutMs);
+        try {
+            return await Promise.race([promise, this.dead]);
+        } finally {
+            clearTimeout(timer);
+        }
+    }
+
+    /** Upgrades the connection after `220` to STARTTLS (RFC 3207 section 4). */
+    async startTls(options: tls.ConnectionOptions, timeoutMs: number): Promise<void> {
+        this.assertAlive();
+        if (this.unsolicited) {
+            // Bytes after the 220 were sent before the handshake and could be taken as
+            // answers inside TLS (plaintext injection, RFC 3207 section 6 notes the risk).
+            const err = new UpstreamError('protocol', `upstream ${this.label} sent data after its STARTTLS reply`);
+            this.fail(err);
+            throw err;
+        }
+        const plain = this.socket;
+        plain.removeListener('data', this.onData);
+        this.errorKind = 'tls';
+        const secure = tls.connect({ ...options, socket: plain });
+        this.socket = secure;
+        this.listen(secure);
+        secure.on('data', this.onData);
+        await this.within(event(secure, 'secureConnect'), timeoutMs, 'TLS handshake', 'timeout');
+        this.errorKind = 'closed';
+    }
+
+    /** Sends QUIT, waits briefly for the answer and closes; never throws. */
+    async quit(timeoutMs: number): Promise<void> {
+        if (!this.failure) {
+            try {
+                await this.command('QUIT', timeoutMs);
+            } catch {
+                // closing anyway
+            }
+        }
+        this.fail(new UpstreamError('closed', `upstream ${this.label} session closed`));
+    }
+}
+
+/**
+ * The client's HELO name as an EHLO/HELO argument after XCLIENT: control characters
+ * shown as `?` (as Postfix itself does), at most 255 characters; ours when it gave none.
+ */
+function greetingName(helo: string | null, fallback: string): string {
+    // eslint-disable-next-line no-control-regex
+    const name = (helo ?? '').replace(/[\x00-\x1f\x7f]/g, '?').trim();
+    return name === '' ? fallback : name.slice(0, MAX_XCLIENT_VALUE);
+}
+
+/** TLS options towards the upstream; no SNI for an IP address (RFC 6066 section 3). */
+function tlsOptions(config: SmtpUpstreamConfig): tls.ConnectionOptions {
+    return {
+        host: config.host,
+        servername: net.isIP(config.host) ? undefined : config.host,
+        rejectUnauthorized: config.tlsVerify,
+    };
+}
+
+interface Established {
+    readonly conn: Connection;
+    readonly caps: Capabilities;
+    readonly greetingName: string;
+}
+
+class SmtpClient {
+    private readonly config: SmtpUpstreamConfig;
+    private readonly hostname: string;
+    private readonly log: UpstreamLogger;
+    readonly label: string;
+
+    constructor(config: SmtpUpstreamConfig, deps: UpstreamDeps) {
+        this.config = config;
+        this.hostname = deps.hostname;
+        this.log = deps.logger ?? silentLogger;
+        this.label = `${config.host.includes(':') ? `[${config.host}]` : config.host}:${config.port}`;
+    }
+
+    private async connect(): Promise<Connection> {
+        const { config } = this;
+        const socket =
+            config.kind === 'smtps'
+                ? tls.connect({ ...tlsOptions(config), port: config.port })
+                : net.connect({ host: config.host, port: config.port });
+        const conn = new Connection(socket, this.log, this.label);
+        // Once TCP is up, a failure of implicit TLS is a TLS failure, not an unreachable host.
+        socket.once('connect', () => {
+            if (conn.errorKind === 'connect' && config.kind === 'smtps') conn.errorKind = 'tls';
+        });
+        await conn.within(
+            event(socket, config.kind === 'smtps' ? 'secureConnect' : 'connect'),
+            config.connectTimeoutMs,
+            'connecting',
+            'timeout',
+        );
+        conn.errorKind = 'closed';
+        return conn;
+    }
+
+    /** EHLO, or HELO when the upstream refuses EHLO with 5xx (RFC 5321 section 4.1.1.1). */
+    private async hello(conn: Connection, allowHelo: boolean): Promise<Capabilities> {
+        const t = this.config.commandTimeoutMs;
+        const ehlo = await conn.command(`EHLO ${this.hostname}`, t);
+        if (ehlo.code === 250) return parseCapabilities(ehlo.lines);
+        if (allowHelo && ehlo.code >= 500) {
+            const helo = await conn.command(`HELO ${this.hostname}`, t);
+            if (helo.code === 250) return new Map();
+            throw new UpstreamError('connect', `upstream ${this.label} refused HELO: ${describe(toReply(helo))}`);
+        }
+        throw new UpstreamError('connect', `upstream ${this.label} refused EHLO: ${describe(toReply(ehlo))}`);
+    }
+
+    /**
+     * XCLIENT, then the greeting again in the client's own words. The upstream answers
+     * XCLIENT with a fresh 220 greeting and starts the session over; Postfix then takes
+     * the name given with EHLO/HELO as the client's HELO name (and EHLO sets the protocol
+     * to ESMTP), so, as in the XCLIENT_README example, an ESMTP client's name goes in EHLO
+     * and an SMTP client's in HELO. Returns the capabilities to use from then on.
+     */
+    private async xclient(conn: Connection, caps: Capabilities, client: ClientIdentity): Promise<Capabilities> {
+        const t = this.config.commandTimeoutMs;
+        const advertised = new Set((caps.get('XCLIENT') ?? []).map((a) => a.toUpperCase()));
+        if (!advertised.has('ADDR')) {
+            throw new UpstreamError(
+                'xclient',
+                `upstream ${this.label} does not accept the client address with XCLIENT`,
+            );
+        }
+        const line = xclientCommand(client, advertised) ?? '';
+        const reply = await conn.command(line, t);
+        if (reply.code < 200 || reply.code >= 300) {
+            throw new UpstreamError('xclient', `upstream ${this.label} refused XCLIENT: ${describe(toReply(reply))}`);
+        }
+        // Before Postfix 2.3, XCLIENT answered 250 and kept the session as it was.
+        if (reply.code !== 220) return caps;
+        const name = greetingName(client.helo, this.hostname);
+        const verb = client.proto === 'SMTP' ? 'HELO' : 'EHLO';
+        const hello = await conn.command(`${verb} ${name}`, t);
+        if (hello.code !== 250) {
+            throw new UpstreamError(
+                'xclient',
+                `upstream ${this.label} refused ${verb} after XCLIENT: ${describe(toReply(hello))}`,
+            );
+        }
+        return verb === 'EHLO' ? parseCapabilities(hello.lines) : new Map();
+    }
+
+    /** Connects, greets, upgrades to TLS where configured and passes the client on. */
+    async establish(client: ClientIdentity | null): Promise<Established> {
+        const { config } = this;
+        const conn = await this.connect();
+        try {
+            const greeting = await conn.readReply(config.commandTimeoutMs, 'the greeting');
+            if (greeting.code !== 220) {
+                throw new UpstreamError(
+                    'connect',
+                    `upstream ${this.label} greeted with ${describe(toReply(greeting))}`,
+                );
+            }
+            const greetingName = (greeting.lines[0] ?? '').split(/\s+/, 1)[0] ?? '';
+            let caps = await this.hello(conn, true);
+
+            if (config.kind === 'smtp' && config.starttls !== 'off') {
+                if (caps.has('STARTTLS')) {
+                    const reply = await conn.command('STARTTLS', config.commandTimeoutMs);
+                    if (reply.code === 220) {
+                        await conn.startTls(tlsOptions(config), config.connectTimeoutMs);
+                        caps = await this.hello(conn, false);
+                    } else if (config.starttls === 'required') {
+                        throw new UpstreamError(
+                            'tls',
+                            `upstream ${this.label} refused STARTTLS: ${describe(toReply(reply))}`,
+                        );
+                    } else {
+                        this.log.warn(
+                            { upstream: this.label, reply: describe(toReply(reply)) },
+                            'upstream refused STARTTLS; continuing without TLS',
+                        );
+                    }
+                } else if (config.starttls === 'required') {
+                    throw new UpstreamError('tls', `upstream ${this.label} does not offer STARTTLS`);
+                }
+            }
+
+            // Without XCLIENT, Postfix would see the proxy (often on loopback, listed in
+            // mynetworks) as the client and could relay internet mail anywhere: an open
+            // relay. So when XCLIENT is configured, no XCLIENT means no delivery at all.
+            if (config.xclient) {
+                if (!caps.has('XCLIENT')) {
+                    throw new UpstreamError('xclient', `upstream ${this.label} does not advertise XCLIENT`);
+                }
+                if (client) caps = await this.xclient(conn, caps, client);
+            }
+            return { conn, caps, greetingName };
+        } catch (err) {
+            const error =
+                err instanceof UpstreamError ? err : new UpstreamError('protocol', errorMessage(err), { cause: err });
+            conn.fail(error);
+            throw error;
+        }
+    }
+
+    async open(client: ClientIdentity): Promise<UpstreamSession> {
+        const est = await this.establish(client);
+        return new SmtpSession(est, this.config, est.greetingName ? `${this.label} (${est.greetingName})` : this.label);
+    }
+
+    async probe(): Promise<void> {
+        const { conn } = await this.establish(null);
+        await conn.quit(Math.min(this.config.commandTimeoutMs, QUIT_TIMEOUT_MS));
+    }
+}
+
+function toBytes(chunk: unknown): Uint8Array {
+    if (chunk instanceof Uint8Array) return chunk;
+    if (typeof chunk === 'string') return Buffer.from(chunk, 'utf8');
+    throw new TypeError('message source yielded something other than bytes');
+}
+
+/** Marks an error thrown by the message source, as opposed to the connection. */
+class SourceFailure extends Error {
+    constructor(cause: unknown) {
+        super('message source failed', { cause });
+        this.name = 'SourceFailure';
+    }
+}
+
+class SmtpSession implements UpstreamSession {
+    readonly peer: string;
+    private readonly conn: Connection;
+    private readonly caps: Capabilities;
+    private readonly config: SmtpUpstreamConfig;
+    private txOpen = false;
+    private closed = false;
+    /** Set by a 421 reply (RFC 5321 section 3.8) or a reply that arrived out of turn. */
+    private spent = false;
+    private running = 0;
+    private chain: Promise<unknown> = Promise.resolve();
+
+    constructor(est: Established, config: SmtpUpstreamConfig, peer: string) {
+        this.conn = est.conn;
+        this.caps = est.caps;
+        this.config = config;
+        this.peer = peer;
+    }
+
+    get usable(): boolean {
+        return !this.closed && !this.spent && this.conn.failure === null;
+    }
+
+    /** Runs operations one at a time, in call order (lock-step). */
+    private run<T>(op: () => Promise<T>): Promise<T> {
+        this.running++;
+        const result = this.chain.then(() => {
+            if (this.closed) throw new UpstreamError('closed', `upstream ${this.peer} session is closed`);
+            return op();
+        });
+        const done = (): void => {
+            this.running--;
+        };
+        this.chain = result.then(done, done);
+        return result;
+    }
+
+    private async cmd(line: string, timeoutMs = this.config.commandTimeoutMs): Promise<UpstreamReply> {
+        const reply = toReply(await this.conn.command(line, timeoutMs));
+        if (reply.code === 421) this.spent = true;
+        return reply;
+    }
+
+    private async rset(): Promise<void> {
+        const reply = await this.cmd('RSET');
+        if (reply.code !== 250) {
+            const err = new UpstreamError('protocol', `upstream ${this.peer} refused RSET: ${describe(reply)}`);
+            this.conn.fail(err);
+            throw err;
+        }
+        this.txOpen = false;
+    }
+
+    async mailFrom(address: string, params: MailParams): Promise<UpstreamReply> {
+        assertSafeArgument(address, 'sender address');
+        return this.run(async () => {
+            if (this.txOpen) await this.rset();
+            let line = `MAIL FROM:<${address}>`;
+            // Parameters only where the upstream advertised the extension (RFC 5321 section 4.1.4).
+            if (
+                params.size !== undefined &&
+                this.caps.has('SIZE') &&
+                Number.isSafeInteger(params.size) &&
+                params.size >= 0
+            ) {
+                line += ` SIZE=${params.size}`; // RFC 1870
+            }
+            if (params.body !== undefined && this.caps.has('8BITMIME')) line += ` BODY=${params.body}`; // RFC 6152
+            if (params.smtputf8 === true && this.caps.has('SMTPUTF8')) line += ' SMTPUTF8'; // RFC 6531
+            const reply = await this.cmd(line);
+            this.txOpen = reply.code >= 200 && reply.code < 300;
+            return reply;
+        });
+    }
+
+    async rcptTo(address: string): Promise<UpstreamReply> {
+        assertSafeArgument(address, 'recipient address');
+        return this.run(() => this.cmd(`RCPT TO:<${address}>`));
+    }
+
+    data(message: Readable): Promise<UpstreamReply> {
+        return this.run(async () => {
+            const go = await this.cmd('DATA');
+            if (go.code !== 354) return go;
+            const { conn } = this;
+            const stuffer = new DotStuffer();
+            const source = message[Symbol.asyncIterator]() as AsyncIterator<unknown>;
+            try {
+                for (;;) {
+                    let step: IteratorResult<unknown>;
+                    try {
+                        step = await Promise.race([source.next(), conn.dead]);
+                    } catch (err) {
+                        if (conn.failure !== null && err === conn.failure) throw err;
+                        throw new SourceFailure(err);
+                    }
+                    if (step.done) break;
+                    let bytes: Uint8Array;
+                    try {
+                        bytes = toBytes(step.value);
+                    } catch (err) {
+                        throw new SourceFailure(err);
+                    }
+                    const out = stuffer.push(bytes);
+                    if (out.length > 0) await conn.write(out, this.config.dataTimeoutMs);
+                }
+            } catch (err) {
+                this.txOpen = false;
+                if (err instanceof SourceFailure) {
+                    // Drop the connection without the terminator: the upstream must not
+                    // take the part it received as a complete message.
+                    const error = new UpstreamError('io', `message source failed: ${errorMessage(err.cause)}`, {
+                        cause: err.cause,
+                    });
+                    conn.fail(error);
+                    throw error;
+                }
+                void source.return?.().catch(() => {});
+                throw err;
+            }
+            // A reply that came before the terminator is out of turn: take it as the final
+            // answer, but do not trust the connection for another transaction.
+            if (conn.unsolicited) this.spent = true;
+            await conn.write(stuffer.end(), this.config.dataTimeoutMs);
+            this.txOpen = false;
+            const reply = toReply(await conn.readReply(this.config.dataTimeoutMs, 'the end of data'));
+            if (reply.code === 421) this.spent = true;
+            return reply;
+        });
+    }
+
+    async reset(): Promise<void> {
+        if (!this.usable) return;
+        return this.run(async () => {
+            if (!this.usable) return;
+            await this.rset();
+        });
+    }
+
+    async close(): Promise<void> {
+        if (this.closed) return;
+        this.closed = true;
+        if (this.running > 0) {
+            // An operation is in flight (perhaps mid-DATA): QUIT now would land inside it.
+            this.conn.fail(new UpstreamError('closed', `upstream ${this.peer} session closed during an operation`));
+            return;
+        }
+        await this.conn.quit(Math.min(this.config.commandTimeoutMs, QUIT_TIMEOUT_MS));
+    }
+}
+
+/** An upstream reached over SMTP (`smtp:` with optional STARTTLS) or SMTPS (`smtps:`, implicit TLS). */
+export function createSmtpUpstream(config: SmtpUpstreamConfig, deps: UpstreamDeps): Upstream {
+    const client = new SmtpClient(config, deps);
+    const features = [config.xclient ? 'xclient' : null, config.kind === 'smtp' ? `starttls ${config.starttls}` : null]
+        .filter((f) => f !== null)
+        .join(', ');
+    return {
+        description: `${config.kind}://${client.label}${features ? ` (${features})` : ''}`,
+        open: (identity) => client.open(identity),
+        probe: () => client.probe(),
+    };
+}

@@ -1,0 +1,138 @@
+/**
+ * Formatting of XCLIENT attributes (Postfix XCLIENT_README): values are xtext
+ * (RFC 3461 section 4), IPv6 client addresses carry the `IPV6:` prefix, unknown names
+ * are `[UNAVAILABLE]`, and all attributes go in one command line of at most 512 octets
+ * including CRLF (RFC 5321 section 4.5.3.1.4).
+ * Pure functions: no I/O, and no decision about whether XCLIENT is used at all.
+ */
+import net from 'node:net';
+import ipaddr from 'ipaddr.js';
+import { UpstreamError, type ClientIdentity } from './types.ts';
+
+/** The value Postfix expects when an attribute is not known. */
+export const XCLIENT_UNAVAILABLE = '[UNAVAILABLE]';
+
+/** Longest command line without its CRLF (RFC 5321 section 4.5.3.1.4: 512 octets with it). */
+export const MAX_COMMAND_LENGTH = 510;
+
+/** Longest attribute value (as sent, xtext-encoded) Postfix accepts; longer ones get 501. */
+export const MAX_XCLIENT_VALUE = 255;
+
+const PLUS = 0x2b;
+const EQUALS = 0x3d;
+
+/**
+ * xtext (RFC 3461 section 4): every octet outside `!`..`~`, and `+` and `=` themselves,
+ * becomes `+` followed by two upper-case hex digits. The string is taken as UTF-8.
+ */
+export function xtextEncode(value: string): string {
+    let out = '';
+    for (const b of Buffer.from(value, 'utf8')) {
+        if (b >= 0x21 && b <= 0x7e && b !== PLUS && b !== EQUALS) out += String.fromCharCode(b);
+        else out += '+' + b.toString(16).toUpperCase().padStart(2, '0');
+    }
+    return out;
+}
+
+/** Decodes xtext (RFC 3461 section 4) into a UTF-8 string; throws RangeError on malformed input. */
+export function xtextDecode(value: string): string {
+    const bytes: number[] = [];
+    for (let i = 0; i < value.length; i++) {
+        const c = value.charCodeAt(i);
+        if (c === PLUS) {
+            const hex = value.slice(i + 1, i + 3);
+            if (!/^[0-9A-F]{2}$/.test(hex)) throw new RangeError(`malformed xtext at offset ${i}`);
+            bytes.push(parseInt(hex, 16));
+            i += 2;
+        } else if (c >= 0x21 && c <= 0x7e && c !== EQUALS) {
+            bytes.push(c);
+        } else {
+            throw new RangeError(`character not allowed in xtext at offset ${i}`);
+        }
+    }
+    return Buffer.from(bytes).toString('utf8');
+}
+
+/**
+ * The ADDR value: IPv4 in dotted form, IPv6 as `IPV6:` plus the compressed form
+ * (an IPv4-mapped IPv6 address is given as the IPv4 address it maps), anything else
+ * `[UNAVAILABLE]`.
+ */
+export function xclientAddr(ip: string): string {
+    const bare = ip.replace(/%.*$/, ''); // a zone index means nothing to the upstream
+    const family = net.isIP(bare);
+    if (family === 4) return bare;
+    if (family !== 6) return XCLIENT_UNAVAILABLE;
+    const addr = ipaddr.IPv6.parse(bare);
+    if (addr.isIPv4MappedAddress()) return addr.toIPv4Address().toString();
+    return `IPV6:${addr.toString()}`;
+}
+
+const LABEL = /^[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?$/;
+
+/**
+ * The NAME value: the verified reverse name, or `[UNAVAILABLE]` when there is none or
+ * when it is not a host name Postfix accepts (it answers 501 to the whole command then).
+ */
+export function xclientName(ptr: string | null): string {
+    const name = (ptr ?? '').replace(/\.$/, '');
+    const labels = name.split('.');
+    const valid =
+        name.length > 0 &&
+        name.length <= MAX_XCLIENT_VALUE &&
+        labels.every((l) => LABEL.test(l)) &&
+        !/^\d+$/.test(labels[labels.length - 1] ?? '');
+    return valid ? name : XCLIENT_UNAVAILABLE;
+}
+
+/** The HELO value: the client's HELO/EHLO argument, or `[UNAVAILABLE]` when unknown or too long. */
+export function xclientHelo(helo: string | null): string {
+    if (helo === null || helo === '') return XCLIENT_UNAVAILABLE;
+    const value = xtextEncode(helo);
+    return value.length <= MAX_XCLIENT_VALUE ? value : XCLIENT_UNAVAILABLE;
+}
+
+function xclientPort(port: number): string {
+    return Number.isInteger(port) && port > 0 && port < 65536 ? String(port) : XCLIENT_UNAVAILABLE;
+}
+
+type Attribute = [name: string, value: string];
+
+function line(attrs: readonly Attribute[]): string {
+    return 'XCLIENT ' + attrs.map(([n, v]) => `${n}=${v}`).join(' ');
+}
+
+/**
+ * The XCLIENT command that passes `client` on, using only the attributes the upstream
+ * advertised (`advertised` holds upper-case names); null when none applies.
+ *
+ * Always one command. Postfix (smtpd xclient_cmd) resets HELO, PROTO and LOGIN that the
+ * latest XCLIENT did not carry, and once NAME and ADDR are the real client's it checks
+ * any further XCLIENT against smtpd_authorized_xclient_hosts with them and refuses it, so
+ * no split into several commands keeps every attribute. To stay within 512 octets, HELO
+ * and then NAME fall back to `[UNAVAILABLE]` (the EHLO that follows carries the HELO name
+ * anyway). A LOGIN that cannot be sent as is fails with UpstreamError('xclient'): passing
+ * the client on without its login would turn a submission into anonymous mail.
+ */
+export function xclientCommand(client: ClientIdentity, advertised: ReadonlySet<string>): string | null {
+    const attrs: Attribute[] = [];
+    if (advertised.has('NAME')) attrs.push(['NAME', xclientName(client.ptr)]);
+    if (advertised.has('ADDR')) attrs.push(['ADDR', xclientAddr(client.ip)]);
+    if (advertised.has('PORT')) attrs.push(['PORT', xclientPort(client.port)]);
+    if (advertised.has('PROTO')) attrs.push(['PROTO', client.proto]);
+    if (advertised.has('HELO')) attrs.push(['HELO', xclientHelo(client.helo)]);
+    if (advertised.has('LOGIN') && client.login !== null) {
+        const login = xtextEncode(client.login);
+        if (login.length > MAX_XCLIENT_VALUE) {
+            throw new UpstreamError('xclient', 'login name too long to pass on with XCLIENT');
+        }
+        attrs.push(['LOGIN', login]);
+    }
+    if (attrs.length === 0) return null;
+    for (const fallback of ['HELO', 'NAME']) {
+        if (line(attrs).length <= MAX_COMMAND_LENGTH) break;
+        const attr = attrs.find(([n]) => n === fallback);
+        if (attr) attr[1] = XCLIENT_UNAVAILABLE;
+    }
+    return line(attrs);
+}

@@ -1,0 +1,68 @@
+/**
+ * Starts a real mailwarden app in-process for tests: writes the given YAML config into a
+ * temporary folder, loads it with the real loader, builds the app with createApp and a
+ * logger that records every JSON line, and starts it. `stop()` drains the app and removes
+ * the folder. It must not replace any part of the product with a fake unless a test passes one in.
+ */
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Writable } from 'node:stream';
+import { createApp, type App, type AppDeps } from '../../src/app.ts';
+import { loadConfig } from '../../src/config/load.ts';
+import { createLogger } from '../../src/log.ts';
+
+export interface TestApp {
+    readonly app: App;
+    readonly dir: string;
+    /** Port of the listener with this name (the first listener by default). */
+    port(name?: string): number;
+    /** Parsed JSON log lines written so far. */
+    readonly logs: Record<string, unknown>[];
+    stop(): Promise<void>;
+}
+
+export async function startApp(yaml: string, deps: Omit<AppDeps, 'logger'> = {}): Promise<TestApp> {
+    const dir = await mkdtemp(join(tmpdir(), 'mw-app-'));
+    const file = join(dir, 'mailwarden.yaml');
+    await writeFile(file, yaml);
+    const config = loadConfig(file, {});
+    const logs: Record<string, unknown>[] = [];
+    const sink = new Writable({
+        write(chunk: Buffer, _enc, cb) {
+            for (const line of chunk.toString('utf8').split('\n')) {
+                if (line.trim()) logs.push(JSON.parse(line) as Record<string, unknown>);
+            }
+            cb();
+        },
+    });
+    const app = createApp(config, { ...deps, logger: createLogger('debug', sink) });
+    try {
+        await app.start();
+    } catch (err) {
+        await rm(dir, { recursive: true, force: true });
+        throw err;
+    }
+    let stopped = false;
+    return {
+        app,
+        dir,
+        logs,
+        port(name?: string) {
+            const l = name ? app.listeners.find((x) => x.name === name) : app.listeners[0];
+            if (!l) throw new Error(`no listener ${name ?? ''}`);
+            return l.port;
+        },
+        async stop() {
+            if (stopped) return;
+            stopped = true;
+            await app.stop();
+            await rm(dir, { recursive: true, force: true });
+        },
+    };
+}
+
+/** The decision log lines recorded so far. */
+export function decisions(logs: readonly Record<string, unknown>[]): Record<string, unknown>[] {
+    return logs.filter((l) => l.msg === 'decision');
+}

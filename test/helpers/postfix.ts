@@ -1,0 +1,325 @@
+/**
+ * Runs a real Postfix (Debian's) for tests and benchmarks: its own config, queue, data and
+ * mail folders in a fresh temporary folder, an smtpd on a free loopback port that accepts
+ * XCLIENT from loopback, and delivery of `@example.test` recipients into Maildirs.
+ * It must not read or change the system's Postfix (/etc/postfix, /var/spool/postfix) and must
+ * not listen on anything but 127.0.0.1; stop() stops the instance and removes its folder.
+ * The deployment constants below are the Postfix settings the proxy relies on; the test
+ * instance uses them verbatim so the documented lines are the tested ones.
+ */
+import { execFile } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { chmod, chown, mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { freePort, smtpConnect } from './smtp-client.ts';
+
+/**
+ * main.cf lines for the Postfix behind mailwarden: trust XCLIENT only from the proxy's host,
+ * and hold messages that mailwarden marked for quarantine. Postfix expands `$config_directory`.
+ */
+export const POSTFIX_DEPLOYMENT_MAIN_CF: Readonly<Record<string, string>> = {
+    smtpd_authorized_xclient_hosts: '127.0.0.1',
+    header_checks: 'regexp:$config_directory/mailwarden_header_checks',
+};
+
+/** The file named by `header_checks` above (`/etc/postfix/mailwarden_header_checks`). */
+export const POSTFIX_HEADER_CHECKS_FILE = 'mailwarden_header_checks';
+export const POSTFIX_HEADER_CHECKS = '/^X-Mailwarden-Quarantine:/ HOLD quarantined by mailwarden\n';
+
+/**
+ * Defence in depth against SMTP smuggling on the Postfix side (Postfix 3.5.24, 3.6.14, 3.7.10,
+ * 3.8.5 and later): normalise bare LF for every client, the proxy's included.
+ */
+export const POSTFIX_BARE_NEWLINE_MAIN_CF: Readonly<Record<string, string>> = {
+    smtpd_forbid_bare_newline: 'normalize',
+    smtpd_forbid_bare_newline_exclusions: '',
+};
+
+/** master.cf line of the loopback smtpd that mailwarden forwards to (`smtp://127.0.0.1:10026`). */
+export function postfixUpstreamMasterCf(port = 10026, chroot: 'y' | 'n' = 'y'): string {
+    return `127.0.0.1:${port} inet n - ${chroot} - - smtpd`;
+}
+
+/** Recipients with a Maildir in every test instance. */
+export const POSTFIX_DOMAIN = 'example.test';
+export const POSTFIX_HOSTNAME = 'postfix.test';
+
+export interface PostfixOptions {
+    /** Local parts that get a Maildir (default: alice, bob). */
+    users?: readonly string[];
+    /** Extra or overriding main.cf settings. */
+    mainCf?: Readonly<Record<string, string>>;
+}
+
+export interface PostfixInstance {
+    readonly host: '127.0.0.1';
+    readonly port: number;
+    /** The temporary folder holding everything. */
+    readonly dir: string;
+    readonly configDir: string;
+    readonly queueDir: string;
+    /** Maildir folder of a virtual user (`alice` or `alice@example.test`). */
+    maildir(user: string): string;
+    /** Contents of the files in the user's Maildir `new/`, oldest first. */
+    messages(user: string): Promise<string[]>;
+    /** Waits until the user has at least `n` messages and returns them all. */
+    waitForMessages(user: string, n: number, timeoutMs?: number): Promise<string[]>;
+    /** Queue ids of messages on hold (quarantined). */
+    held(): Promise<string[]>;
+    /** The Postfix log so far. */
+    log(): Promise<string>;
+    stop(): Promise<void>;
+}
+
+const MASTER_CF_SERVICES = `
+pickup    unix  n       -       n       60      1       pickup
+cleanup   unix  n       -       n       -       0       cleanup
+qmgr      unix  n       -       n       300     1       qmgr
+rewrite   unix  -       -       n       -       -       trivial-rewrite
+bounce    unix  -       -       n       -       0       bounce
+defer     unix  -       -       n       -       0       bounce
+trace     unix  -       -       n       -       0       bounce
+verify    unix  -       -       n       -       1       verify
+flush     unix  n       -       n       1000?   0       flush
+proxymap  unix  -       -       n       -       -       proxymap
+proxywrite unix -       -       n       -       1       proxymap
+smtp      unix  -       -       n       -       -       smtp
+relay     unix  -       -       n       -       -       smtp
+showq     unix  n       -       n       -       -       showq
+error     unix  -       -       n       -       -       error
+retry     unix  -       -       n       -       -       error
+discard   unix  -       -       n       -       -       discard
+virtual   unix  -       n       n       -       -       virtual
+anvil     unix  -       -       n       -       1       anvil
+scache    unix  -       -       n       -       1       scache
+postlog   unix-dgram n  -       n       -       1       postlogd
+`;
+
+function sbin(command: string): string {
+    return existsSync(`/usr/sbin/${command}`) ? `/usr/sbin/${command}` : command;
+}
+
+/** The bare-newline settings, when this Postfix knows them. */
+async function bareNewlineSettings(): Promise<Readonly<Record<string, string>>> {
+    const known = await run(sbin('postconf'), ['-d', 'smtpd_forbid_bare_newline']);
+    return known.code === 0 && known.output.startsWith('smtpd_forbid_bare_newline =')
+        ? POSTFIX_BARE_NEWLINE_MAIN_CF
+        : {};
+}
+
+function run(command: string, args: readonly string[]): Promise<{ code: number; output: string }> {
+    return new Promise((resolve) => {
+        execFile(command, args, { timeout: 30_000 }, (error, stdout, stderr) => {
+            const code = error ? (typeof error.code === 'number' ? error.code : 1) : 0;
+            const output = `${stdout}${stderr}${error && typeof error.code !== 'number' ? error.message : ''}`;
+            resolve({ code, output });
+        });
+    });
+}
+
+async function userIds(name: string): Promise<{ uid: number; gid: number }> {
+    const passwd = await readFile('/etc/passwd', 'utf8');
+    for (const line of passwd.split('\n')) {
+        const f = line.split(':');
+        if (f[0] === name && f[2] !== undefined && f[3] !== undefined) return { uid: Number(f[2]), gid: Number(f[3]) };
+    }
+    throw new Error(`user ${name} not found in /etc/passwd`);
+}
+
+function alive(pid: number): boolean {
+    try {
+        process.kill(pid, 0);
+        return true;
+    } catch {
+        return false;
+    }
+}
+
+async function readOr(file: string, fallback: string): Promise<string> {
+    try {
+        return await readFile(file, 'utf8');
+    } catch {
+        return fallback;
+    }
+}
+
+/** Starts a Postfix instance; it is ready to answer SMTP when the promise resolves. */
+export async function startPostfix(options: PostfixOptions = {}): Promise<PostfixInstance> {
+    if (process.getuid?.() !== 0) {
+        throw new Error('the Postfix tests must run as root: the Postfix master process starts as root');
+    }
+    const users = options.users ?? ['alice', 'bob'];
+    const dir = await mkdtemp(path.join(os.tmpdir(), 'mailwarden-postfix-'));
+    // The delivery agent runs as `nobody` and must reach the Maildirs below this folder.
+    await chmod(dir, 0o755);
+    const configDir = path.join(dir, 'etc');
+    const queueDir = path.join(dir, 'spool');
+    const dataDir = path.join(dir, 'data');
+    const mailDir = path.join(dir, 'mail');
+    const logFile = path.join(dir, 'maillog');
+    // data_directory is left to `postfix start`, which creates it owned by the postfix user.
+    for (const d of [configDir, queueDir, mailDir]) await mkdir(d);
+    const owner = await userIds('nobody');
+    await chown(mailDir, owner.uid, owner.gid);
+    const port = await freePort();
+
+    const mailboxes = users.map((u) => `{${u}@${POSTFIX_DOMAIN}=${u}/}`).join(', ');
+    const mainCf: Record<string, string> = {
+        compatibility_level: '3.6',
+        config_directory: configDir,
+        queue_directory: queueDir,
+        data_directory: dataDir,
+        myhostname: POSTFIX_HOSTNAME,
+        mydestination: '',
+        // Nobody is trusted: after XCLIENT the client is the address passed, as in production.
+        mynetworks: '',
+        inet_interfaces: '127.0.0.1',
+        inet_protocols: 'ipv4',
+        alias_maps: '',
+        alias_database: '',
+        biff: 'no',
+        smtpd_peername_lookup: 'no',
+        disable_dns_lookups: 'yes',
+        smtp_dns_support_level: 'disabled',
+        maillog_file: logFile,
+        maillog_file_prefixes: dir,
+        virtual_mailbox_domains: POSTFIX_DOMAIN,
+        virtual_mailbox_base: mailDir,
+        virtual_mailbox_maps: `inline:{ ${mailboxes} }`,
+        virtual_uid_maps: `static:${owner.uid}`,
+        virtual_gid_maps: `static:${owner.gid}`,
+        queue_run_delay: '1s',
+        minimal_backoff_time: '1s',
+        maximal_backoff_time: '2s',
+        in_flow_delay: '0s',
+        smtpd_error_sleep_time: '0s',
+        ...POSTFIX_DEPLOYMENT_MAIN_CF,
+        ...(await bareNewlineSettings()),
+        ...options.mainCf,
+    };
+    await writeFile(
+        path.join(configDir, 'main.cf'),
+        Object.entries(mainCf)
+            .map(([k, v]) => `${k} = ${v}\n`)
+            .join(''),
+    );
+    await writeFile(path.join(configDir, 'master.cf'), `${postfixUpstreamMasterCf(port, 'n')}\n${MASTER_CF_SERVICES}`);
+    await writeFile(path.join(configDir, POSTFIX_HEADER_CHECKS_FILE), POSTFIX_HEADER_CHECKS);
+
+    const postfix = sbin('postfix');
+    const masterPidFile = path.join(queueDir, 'pid', 'master.pid');
+    let masterPid: number | null = null;
+    let stopped = false;
+
+    const maildir = (user: string): string => path.join(mailDir, user.split('@')[0] ?? user);
+    const log = (): Promise<string> => readOr(logFile, '');
+
+    const messages = async (user: string): Promise<string[]> => {
+        const newDir = path.join(maildir(user), 'new');
+        let names: string[];
+        try {
+            names = await readdir(newDir);
+        } catch {
+            return [];
+        }
+        const files = await Promise.all(
+            names.map(async (name) => {
+                const file = path.join(newDir, name);
+                return { name, mtime: (await stat(file)).mtimeMs, body: await readFile(file, 'utf8') };
+            }),
+        );
+        files.sort((a, b) => a.mtime - b.mtime || a.name.localeCompare(b.name));
+        return files.map((f) => f.body);
+    };
+
+    const waitForMessages = async (user: string, n: number, timeoutMs = 10_000): Promise<string[]> => {
+        const deadline = Date.now() + timeoutMs;
+        for (;;) {
+            const found = await messages(user);
+            if (found.length >= n) return found;
+            if (Date.now() > deadline) {
+                const tail = (await log()).split('\n').slice(-30).join('\n');
+                throw new Error(
+                    `${user} has ${found.length} of ${n} messages after ${timeoutMs} ms; Postfix log:\n${tail}`,
+                );
+            }
+            await sleep(50);
+        }
+    };
+
+    const held = async (): Promise<string[]> => {
+        try {
+            return (await readdir(path.join(queueDir, 'hold'))).sort();
+        } catch {
+            return [];
+        }
+    };
+
+    const stop = async (): Promise<void> => {
+        if (stopped) return;
+        stopped = true;
+        if (masterPid === null) {
+            const pid = Number.parseInt(await readOr(masterPidFile, ''), 10);
+            if (pid > 0) masterPid = pid;
+        }
+        await run(postfix, ['-c', configDir, 'stop']);
+        // `postfix stop` only signals the master: wait until it has gone before removing its folder.
+        if (masterPid !== null) {
+            const deadline = Date.now() + 10_000;
+            while (alive(masterPid) && Date.now() < deadline) await sleep(25);
+            if (alive(masterPid)) process.kill(masterPid, 'SIGKILL');
+        }
+        await rm(dir, { recursive: true, force: true, maxRetries: 5, retryDelay: 100 });
+    };
+
+    const fail = async (reason: string): Promise<never> => {
+        const check = await run(postfix, ['-c', configDir, 'check']);
+        const maillog = await log();
+        await stop();
+        throw new Error(
+            `Postfix did not start: ${reason}\n--- postfix check (exit ${check.code}) ---\n${check.output}` +
+                `\n--- maillog ---\n${maillog}`,
+        );
+    };
+
+    const started = await run(postfix, ['-c', configDir, 'start']);
+    if (started.code !== 0) return fail(`postfix start exited ${started.code}: ${started.output}`);
+    const pid = Number.parseInt(await readOr(masterPidFile, ''), 10);
+    if (pid > 0) masterPid = pid;
+
+    // Ready when the smtpd answers with its greeting.
+    const deadline = Date.now() + 15_000;
+    for (;;) {
+        let problem: string;
+        try {
+            const client = await smtpConnect(port, { timeoutMs: 5_000 });
+            try {
+                const greeting = await client.greeting();
+                if (greeting.code === 220) break;
+                problem = `greeting ${greeting.raw.trim()}`;
+            } finally {
+                client.close();
+            }
+        } catch (error) {
+            problem = String(error);
+        }
+        if (Date.now() > deadline) return fail(`no SMTP greeting on 127.0.0.1:${port}: ${problem}`);
+        await sleep(50);
+    }
+
+    return {
+        host: '127.0.0.1',
+        port,
+        dir,
+        configDir,
+        queueDir,
+        maildir,
+        messages,
+        waitForMessages,
+        held,
+        log,
+        stop,
+    };
+}

@@ -1,0 +1,131 @@
+/**
+ * Line-ending handling of received messages (spool) and of forwarded ones (dot-stuffing):
+ * bare LF/CR counted and normalised, header end found, memory bounded, spool files removed.
+ */
+import assert from 'node:assert/strict';
+import { readdir, mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Readable } from 'node:stream';
+import { describe, it } from 'node:test';
+import { DotStuffer } from '../../src/data/dot-stuff.ts';
+import { MessageSpool } from '../../src/data/spool.ts';
+
+function stuff(...chunks: string[]): string {
+    const d = new DotStuffer();
+    const parts = chunks.map((c) => d.push(Buffer.from(c, 'latin1')));
+    parts.push(d.end());
+    return Buffer.concat(parts).toString('latin1');
+}
+
+async function spoolOf(chunks: string[], opts: Partial<ConstructorParameters<typeof MessageSpool>[0]> = {}) {
+    const spool = new MessageSpool({
+        memoryLimit: 1 << 20,
+        dir: null,
+        maxSize: 1 << 20,
+        maxHeaderSize: 1 << 16,
+        ...opts,
+    });
+    const summary = await spool.ingest(Readable.from(chunks.map((c) => Buffer.from(c, 'latin1'))));
+    const body = (await spool.readBuffer(0, summary.size)).toString('latin1');
+    await spool.dispose();
+    return { summary, body };
+}
+
+describe('DotStuffer', () => {
+    it('stuffs leading dots and terminates', () => {
+        assert.equal(stuff('.a\r\nb\r\n..c\r\n'), '..a\r\nb\r\n...c\r\n.\r\n');
+    });
+    it('closes an unterminated last line', () => {
+        assert.equal(stuff('abc'), 'abc\r\n.\r\n');
+    });
+    it('writes an empty message as the terminator alone', () => {
+        assert.equal(stuff(), '.\r\n');
+    });
+    it('turns bare LF and bare CR into CRLF, so no smuggled terminator survives', () => {
+        assert.equal(stuff('hello\n.\r\nMAIL FROM:<x>\r'), 'hello\r\n..\r\nMAIL FROM:<x>\r\n.\r\n');
+        assert.equal(stuff('a\r.\rb'), 'a\r\n..\r\nb\r\n.\r\n');
+    });
+    it('keeps a CRLF split across chunks intact', () => {
+        assert.equal(stuff('a\r', '\n.b\r\n'), 'a\r\n..b\r\n.\r\n');
+    });
+});
+
+describe('MessageSpool', () => {
+    it('counts bare LF and bare CR and stores canonical CRLF', async () => {
+        const { summary, body } = await spoolOf(['Subject: x\r\n\r\nline1\nline2\rline3\r\n']);
+        assert.equal(summary.bareLf, 1);
+        assert.equal(summary.bareCr, 1);
+        assert.equal(body, 'Subject: x\r\n\r\nline1\r\nline2\r\nline3\r\n');
+    });
+    it('sees a CRLF split across chunks as one line ending', async () => {
+        const { summary } = await spoolOf(['a: b\r', '\n\r', '\nbody\r', '\n']);
+        assert.equal(summary.bareLf + summary.bareCr, 0);
+        assert.equal(summary.headerLength, 'a: b\r\n'.length);
+    });
+    it('counts a trailing lone CR as bare', async () => {
+        const { summary } = await spoolOf(['x\r']);
+        assert.equal(summary.bareCr, 1);
+    });
+    it('finds the end of the header section', async () => {
+        const msg = 'From: a@b\r\nTo: c@d\r\n\r\nbody\r\n';
+        const { summary } = await spoolOf([msg]);
+        assert.equal(summary.headerLength, 'From: a@b\r\nTo: c@d\r\n'.length);
+    });
+    it('treats a message without an empty line as all header', async () => {
+        const { summary } = await spoolOf(['From: a@b\r\n']);
+        assert.equal(summary.headerLength, summary.size);
+    });
+    it('flags oversized messages but drains them', async () => {
+        const { summary } = await spoolOf(['x'.repeat(100), 'y'.repeat(100)], { maxSize: 150 });
+        assert.equal(summary.tooBig, true);
+        assert.equal(summary.receivedBytes, 200);
+    });
+    it('flags an oversized header section', async () => {
+        const { summary } = await spoolOf(['X-Long: ' + 'a'.repeat(500) + '\r\n\r\nbody'], { maxHeaderSize: 100 });
+        assert.equal(summary.headerLength, -1);
+    });
+    it('spills to a file past the memory limit and removes it on dispose', async () => {
+        const dir = await mkdtemp(join(tmpdir(), 'mw-spool-'));
+        try {
+            const spool = new MessageSpool({ memoryLimit: 1000, dir, maxSize: 1 << 20, maxHeaderSize: 1 << 16 });
+            const chunks = Array.from({ length: 50 }, (_, i) => Buffer.from(`line ${i} ${'z'.repeat(90)}\r\n`));
+            const summary = await spool.ingest(Readable.from(chunks));
+            assert.equal(summary.spilled, true);
+            assert.equal((await readdir(dir)).length, 1);
+            const all = await spool.readBuffer(0, summary.size);
+            assert.deepEqual(all, Buffer.concat(chunks));
+            const middle = await spool.readBuffer(950, 1100);
+            assert.deepEqual(middle, Buffer.concat(chunks).subarray(950, 1100));
+            await spool.dispose();
+            assert.deepEqual(await readdir(dir), []);
+        } finally {
+            await rm(dir, { recursive: true, force: true });
+        }
+    });
+    it('rejects when the stream fails and leaves nothing behind after dispose', async () => {
+        const dir = await mkdtemp(join(tmpdir(), 'mw-spool-'));
+        try {
+            const spool = new MessageSpool({ memoryLimit: 10, dir, maxSize: 1 << 20, maxHeaderSize: 1 << 16 });
+            const failing = new Readable({
+                read() {
+                    this.push(Buffer.from('0123456789abcdef'));
+                    this.destroy(new Error('client went away'));
+                },
+            });
+            await assert.rejects(spool.ingest(failing), /client went away/);
+            await spool.dispose();
+            assert.deepEqual(await readdir(dir), []);
+        } finally {
+            await rm(dir, { recursive: true, force: true });
+        }
+    });
+});
+
+describe('MessageSpool NUL handling', () => {
+    it('counts and drops NUL bytes', async () => {
+        const { summary, body } = await spoolOf(['a\r\n\x00.\r\nb\r\n']);
+        assert.equal(summary.nul, 1);
+        assert.equal(body, 'a\r\n.\r\nb\r\n');
+    });
+});

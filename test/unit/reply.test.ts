@@ -1,0 +1,73 @@
+/**
+ * The reply table: every situation has a well-formed code and enhanced code of the same
+ * class, refusals carry the session id, and relayed upstream refusals keep their class.
+ */
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import { formatReply, replyFor, replyForDecision, toCallbackError, type Situation } from '../../src/reply.ts';
+import { relayedReply } from '../../src/upstream-reply.ts';
+
+const situations: Situation[] = [
+    'accepted',
+    'policy-reject',
+    'policy-tempfail',
+    'message-too-big',
+    'header-too-big',
+    'bare-newline',
+    'upstream-unavailable',
+    'internal-error',
+    'shutting-down',
+    'auth-required',
+    'auth-tls-required',
+    'auth-invalid',
+    'auth-unavailable',
+];
+
+describe('reply table', () => {
+    for (const s of situations) {
+        it(`${s} is well formed`, () => {
+            const r = replyFor(s, { id: 'SID1', limit: 10 });
+            assert.match(String(r.code), /^[2-5]\d\d$/);
+            assert.equal(r.enhanced[0], String(r.code)[0], 'enhanced code class matches');
+            assert.doesNotMatch(r.text, /[\r\n]/);
+        });
+    }
+    it('matches the SPEC codes', () => {
+        const codes = Object.fromEntries(situations.map((s) => [s, formatReply(replyFor(s, { id: 'x' })).slice(0, 9)]));
+        assert.equal(codes['message-too-big'], '552 5.3.4');
+        assert.equal(codes['bare-newline'], '550 5.5.2');
+        assert.equal(codes['upstream-unavailable'], '451 4.4.1');
+        assert.equal(codes['internal-error'], '451 4.3.0');
+        assert.equal(codes['shutting-down'], '421 4.3.2');
+        assert.equal(codes['auth-required'], '530 5.7.0');
+        assert.equal(codes['auth-invalid'], '535 5.7.8');
+        assert.equal(codes['auth-unavailable'], '454 4.7.0');
+    });
+    it('names the session id in refusals people may report', () => {
+        for (const s of ['policy-reject', 'bare-newline', 'upstream-unavailable', 'internal-error'] as const) {
+            assert.match(replyFor(s, { id: 'SID42' }).text, /SID42/);
+        }
+    });
+    it('maps decisions: forwarding actions have no refusal reply', () => {
+        const base = { rules: [], score: 0, reason: '', headers: [] };
+        assert.equal(replyForDecision({ ...base, action: 'accept' }, { id: 'x' }), null);
+        assert.equal(replyForDecision({ ...base, action: 'quarantine' }, { id: 'x' }), null);
+        assert.equal(replyForDecision({ ...base, action: 'reject' }, { id: 'x' })?.code, 550);
+        assert.equal(replyForDecision({ ...base, action: 'tempfail' }, { id: 'x' })?.code, 451);
+    });
+    it('builds callback errors with responseCode and no control characters', () => {
+        const e = toCallbackError({ code: 550, enhanced: '5.7.1', text: 'bad\r\nthing' });
+        assert.equal(e.responseCode, 550);
+        assert.equal(e.message, '5.7.1 bad thing');
+    });
+    it('relays upstream refusals keeping code and enhanced code, with our own text', () => {
+        const r = relayedReply('rcpt', { code: 550, enhanced: '5.1.1', text: 'User unknown in virtual mailbox table' });
+        assert.deepEqual([r.code, r.enhanced], [550, '5.1.1']);
+        assert.match(r.text, /does not exist/);
+        assert.doesNotMatch(r.text, /virtual mailbox/);
+        const t = relayedReply('data', { code: 452, enhanced: null, text: 'full' });
+        assert.deepEqual([t.code, t.enhanced], [452, '4.0.0']);
+        const odd = relayedReply('mail', { code: 250, enhanced: '2.0.0', text: '' });
+        assert.equal(odd.code, 451);
+    });
+});

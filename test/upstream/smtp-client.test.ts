@@ -1,0 +1,546 @@
+// Tests for the SMTP client towards the upstream: XCLIENT, parameter passthrough, reply
+// handling, failures (closed, timeout, garbage, failing source), DATA encoding on the wire,
+// STARTTLS and implicit TLS against smtp-server, and reuse of a session.
+import assert from 'node:assert/strict';
+import net from 'node:net';
+import { Readable } from 'node:stream';
+import { after, before, describe, it } from 'node:test';
+import { SMTPServer, type SMTPServerOptions } from 'smtp-server';
+import { createSmtpUpstream, type SmtpUpstreamConfig } from '../../src/upstream/smtp-client.ts';
+import { UpstreamError, type ClientIdentity, type UpstreamSession } from '../../src/upstream/types.ts';
+import { startScriptedUpstream, unstuff, type ScriptedUpstreamOptions } from '../helpers/scripted-upstream.ts';
+import { createTestCertificate, type TestCertificate } from '../helpers/tls-cert.ts';
+
+const HOSTNAME = 'mx.mailwarden.test';
+const FULL_XCLIENT = 'XCLIENT NAME ADDR PORT PROTO HELO LOGIN';
+
+function config(port: number, over: Partial<SmtpUpstreamConfig> = {}): SmtpUpstreamConfig {
+    return {
+        kind: 'smtp',
+        url: `smtp://127.0.0.1:${port}`,
+        host: '127.0.0.1',
+        port,
+        xclient: false,
+        starttls: 'off',
+        tlsVerify: false,
+        connectTimeoutMs: 2000,
+        commandTimeoutMs: 2000,
+        dataTimeoutMs: 2000,
+        ...over,
+    };
+}
+
+function client(over: Partial<ClientIdentity> = {}): ClientIdentity {
+    return {
+        ip: '192.0.2.10',
+        port: 41000,
+        ptr: 'mail.example.net',
+        helo: 'mail.example.net',
+        proto: 'ESMTP',
+        login: null,
+        ...over,
+    };
+}
+
+function upstreamError(kind: string): (err: unknown) => boolean {
+    return (err: unknown) => {
+        assert.ok(err instanceof UpstreamError, `expected UpstreamError, got ${String(err)}`);
+        assert.equal(err.kind, kind, err.message);
+        return true;
+    };
+}
+
+/** Starts a scripted upstream for the test and closes it afterwards. */
+async function scripted(t: { after(fn: () => Promise<void>): void }, options: ScriptedUpstreamOptions = {}) {
+    const up = await startScriptedUpstream(options);
+    t.after(() => up.close());
+    return up;
+}
+
+async function open(port: number, over: Partial<SmtpUpstreamConfig> = {}, who = client()): Promise<UpstreamSession> {
+    return createSmtpUpstream(config(port, over), { hostname: HOSTNAME }).open(who);
+}
+
+async function send(session: UpstreamSession, message: string | Buffer | Readable) {
+    assert.equal((await session.mailFrom('sender@example.org', {})).code, 250);
+    assert.equal((await session.rcptTo('rcpt@example.com')).code, 250);
+    const source = message instanceof Readable ? message : Readable.from([Buffer.from(message)]);
+    return session.data(source);
+}
+
+/** A port on which nothing listens. */
+async function closedPort(): Promise<number> {
+    const server = net.createServer();
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    const { port } = server.address() as net.AddressInfo;
+    await new Promise<void>((resolve) => server.close(() => resolve()));
+    return port;
+}
+
+describe('XCLIENT', () => {
+    it('passes the client with xtext values, IPV6: form and [UNAVAILABLE], then EHLOs in its name', async (t) => {
+        const up = await scripted(t, { ehlo: [FULL_XCLIENT, '8BITMIME'] });
+        const session = await open(
+            up.port,
+            { xclient: true },
+            client({ ip: '2001:db8::25', ptr: null, helo: 'odd+helo=x y', login: 'user+tag=1 x' }),
+        );
+        assert.deepEqual(up.commands, [
+            `EHLO ${HOSTNAME}`,
+            'XCLIENT NAME=[UNAVAILABLE] ADDR=IPV6:2001:db8::25 PORT=41000 PROTO=ESMTP HELO=odd+2Bhelo+3Dx+20y LOGIN=user+2Btag+3D1+20x',
+            'EHLO odd+helo=x y',
+        ]);
+        const conn = up.connections[0];
+        assert.ok(conn);
+        assert.deepEqual(conn.xclient, [
+            {
+                NAME: '[UNAVAILABLE]',
+                ADDR: 'IPV6:2001:db8::25',
+                PORT: '41000',
+                PROTO: 'ESMTP',
+                HELO: 'odd+helo=x y',
+                LOGIN: 'user+tag=1 x',
+            },
+        ]);
+        assert.ok(session.usable);
+        assert.match(session.peer, /upstream\.test/);
+        await session.close();
+    });
+
+    it('greets with HELO after XCLIENT for an SMTP client', async (t) => {
+        const up = await scripted(t, { ehlo: [FULL_XCLIENT, 'SIZE 1000'] });
+        const session = await open(up.port, { xclient: true }, client({ proto: 'SMTP', helo: 'old.example.net' }));
+        await session.mailFrom('a@example.org', { size: 10 });
+        assert.deepEqual(up.commands.slice(2), ['HELO old.example.net', 'MAIL FROM:<a@example.org>']);
+        await session.close();
+    });
+
+    it('omits LOGIN for a client that did not log in and sends only advertised attributes', async (t) => {
+        const up = await scripted(t, { ehlo: ['XCLIENT NAME ADDR'] });
+        const session = await open(up.port, { xclient: true });
+        assert.deepEqual(up.connections[0]?.xclientRaw, [{ NAME: 'mail.example.net', ADDR: '192.0.2.10' }]);
+        await session.close();
+    });
+
+    it('fails with kind xclient when the upstream does not advertise XCLIENT', async (t) => {
+        const up = await scripted(t, { ehlo: ['8BITMIME'] });
+        await assert.rejects(open(up.port, { xclient: true }), upstreamError('xclient'));
+        await assert.rejects(
+            createSmtpUpstream(config(up.port, { xclient: true }), { hostname: HOSTNAME }).probe(),
+            upstreamError('xclient'),
+        );
+        assert.ok(!up.commands.some((c) => c.startsWith('MAIL')));
+    });
+
+    it('fails with kind xclient when the upstream refuses XCLIENT', async (t) => {
+        const up = await scripted(t, {
+            ehlo: [FULL_XCLIENT],
+            onCommand: (line) =>
+                line.startsWith('XCLIENT') ? '550 5.7.0 Error: insufficient authorization' : undefined,
+        });
+        await assert.rejects(open(up.port, { xclient: true }), upstreamError('xclient'));
+    });
+
+    it('fails with kind xclient when the upstream refuses the greeting after XCLIENT', async (t) => {
+        const up = await scripted(t, {
+            ehlo: [FULL_XCLIENT],
+            onCommand: (line) =>
+                line === 'EHLO bad.example' ? '550 5.7.1 <bad.example>: Helo command rejected' : undefined,
+        });
+        await assert.rejects(
+            open(up.port, { xclient: true }, client({ helo: 'bad.example' })),
+            upstreamError('xclient'),
+        );
+    });
+});
+
+describe('MAIL, RCPT and replies', () => {
+    it('passes SIZE, BODY and SMTPUTF8 only when advertised', async (t) => {
+        const rich = await scripted(t, { ehlo: ['SIZE 1000000', '8BITMIME', 'SMTPUTF8'] });
+        const plain = await scripted(t, { ehlo: ['PIPELINING'] });
+        const params = { size: 1234, body: '8BITMIME', smtputf8: true } as const;
+        for (const up of [rich, plain]) {
+            const session = await open(up.port);
+            await session.mailFrom('sender@example.org', params);
+            await session.close();
+        }
+        assert.ok(rich.commands.includes('MAIL FROM:<sender@example.org> SIZE=1234 BODY=8BITMIME SMTPUTF8'));
+        assert.ok(plain.commands.includes('MAIL FROM:<sender@example.org>'));
+    });
+
+    it('returns each recipient reply with its enhanced status code', async (t) => {
+        const up = await scripted(t, {
+            onCommand(line) {
+                if (line === 'RCPT TO:<nobody@example.com>')
+                    return '550 5.1.1 <nobody@example.com>: Recipient address rejected';
+                if (line === 'RCPT TO:<busy@example.com>') return '450 4.2.1 Mailbox busy';
+                if (line === 'RCPT TO:<multi@example.com>') return ['250-2.1.5 first line', '250 2.1.5 second line'];
+                return undefined;
+            },
+        });
+        const session = await open(up.port);
+        await session.mailFrom('', {});
+        assert.deepEqual(await session.rcptTo('ok@example.com'), { code: 250, enhanced: '2.1.5', text: 'Ok' });
+        assert.deepEqual(await session.rcptTo('nobody@example.com'), {
+            code: 550,
+            enhanced: '5.1.1',
+            text: '<nobody@example.com>: Recipient address rejected',
+        });
+        assert.deepEqual(await session.rcptTo('busy@example.com'), {
+            code: 450,
+            enhanced: '4.2.1',
+            text: 'Mailbox busy',
+        });
+        assert.deepEqual(await session.rcptTo('multi@example.com'), {
+            code: 250,
+            enhanced: '2.1.5',
+            text: 'first line second line',
+        });
+        assert.ok(up.commands.includes('MAIL FROM:<>'));
+        assert.deepEqual(up.transactions[0]?.rcpts, ['ok@example.com', 'multi@example.com']);
+        assert.ok(session.usable);
+        await session.close();
+    });
+
+    it('returns 4xx and 5xx at MAIL and at the end of DATA', async (t) => {
+        let final = '554 5.7.1 Message rejected as spam';
+        const up = await scripted(t, {
+            onCommand: (line) => (line.startsWith('MAIL FROM:<blocked@') ? '451 4.3.0 Try again later' : undefined),
+            onData: () => final,
+        });
+        const session = await open(up.port);
+        assert.deepEqual(await session.mailFrom('blocked@example.org', {}), {
+            code: 451,
+            enhanced: '4.3.0',
+            text: 'Try again later',
+        });
+        assert.deepEqual(await send(session, 'Subject: x\r\n\r\nbody\r\n'), {
+            code: 554,
+            enhanced: '5.7.1',
+            text: 'Message rejected as spam',
+        });
+        final = '452 4.3.1 Insufficient system storage';
+        assert.equal((await send(session, 'Subject: y\r\n\r\nbody\r\n')).code, 452);
+        assert.ok(session.usable);
+        await session.close();
+    });
+
+    it('returns a refused DATA command as a reply', async (t) => {
+        const up = await scripted(t, {
+            onCommand: (line) => (line === 'DATA' ? '554 5.5.1 Error: no valid recipients' : undefined),
+        });
+        const session = await open(up.port);
+        assert.equal((await send(session, 'x\r\n')).code, 554);
+        assert.equal(up.transactions[0]?.data, null);
+        await session.close();
+    });
+
+    it('refuses CR, LF and other control characters in addresses without sending anything', async (t) => {
+        const up = await scripted(t);
+        const session = await open(up.port);
+        await assert.rejects(
+            session.mailFrom('a@example.org>\r\nRCPT TO:<x@example.com', {}),
+            upstreamError('protocol'),
+        );
+        await assert.rejects(session.mailFrom('a\x00@example.org', {}), upstreamError('protocol'));
+        await session.mailFrom('a@example.org', {});
+        await assert.rejects(session.rcptTo('b@example.com\nDATA'), upstreamError('protocol'));
+        assert.deepEqual(up.commands, [`EHLO ${HOSTNAME}`, 'MAIL FROM:<a@example.org>']);
+        assert.ok(session.usable);
+        await session.close();
+    });
+
+    it('falls back to HELO when EHLO is refused', async (t) => {
+        const up = await scripted(t, {
+            ehlo: ['SIZE 1000'],
+            onCommand: (line) => (line.startsWith('EHLO') ? '502 5.5.2 Error: command not recognized' : undefined),
+        });
+        const session = await open(up.port);
+        await session.mailFrom('a@example.org', { size: 10 });
+        assert.deepEqual(up.commands.slice(0, 3), [
+            `EHLO ${HOSTNAME}`,
+            `HELO ${HOSTNAME}`,
+            'MAIL FROM:<a@example.org>',
+        ]);
+        await session.close();
+    });
+
+    it('runs a second transaction on the same session, with RSET before MAIL when one is open', async (t) => {
+        const up = await scripted(t);
+        const session = await open(up.port);
+        assert.equal((await send(session, 'Subject: one\r\n\r\n1\r\n')).code, 250);
+        await session.mailFrom('sender@example.org', {});
+        await session.rcptTo('rcpt@example.com');
+        assert.equal((await send(session, 'Subject: two\r\n\r\n2\r\n')).code, 250);
+        await session.reset();
+        await session.close();
+        assert.deepEqual(
+            up.commands.map((c) => c.split(/[ :]/)[0]),
+            ['EHLO', 'MAIL', 'RCPT', 'DATA', 'MAIL', 'RCPT', 'RSET', 'MAIL', 'RCPT', 'DATA', 'RSET', 'QUIT'],
+        );
+        assert.equal(up.transactions.length, 3);
+        assert.equal(up.transactions[0]?.completed, true);
+        assert.equal(up.transactions[1]?.completed, false);
+        assert.equal(up.transactions[2]?.completed, true);
+        assert.equal(up.transactions[2]?.data?.toString(), 'Subject: two\r\n\r\n2\r\n');
+        assert.equal(up.connections.length, 1);
+    });
+
+    it('marks the session unusable after a 421 reply', async (t) => {
+        const up = await scripted(t, {
+            onCommand: (line) => (line.startsWith('MAIL') ? '421 4.4.2 Error: timeout exceeded' : undefined),
+        });
+        const session = await open(up.port);
+        assert.equal((await session.mailFrom('a@example.org', {})).code, 421);
+        assert.equal(session.usable, false);
+        await session.close();
+    });
+
+    it('probe greets, EHLOs and QUITs', async (t) => {
+        const up = await scripted(t, { ehlo: [FULL_XCLIENT] });
+        await createSmtpUpstream(config(up.port, { xclient: true }), { hostname: HOSTNAME }).probe();
+        assert.deepEqual(up.commands, [`EHLO ${HOSTNAME}`, 'QUIT']);
+    });
+});
+
+describe('DATA on the wire', () => {
+    it('dot-stuffs and turns bare CR and bare LF into CRLF', async (t) => {
+        const up = await scripted(t);
+        const session = await open(up.port);
+        const source = Readable.from([Buffer.from('a\n.b\r\n..c\rd\r'), Buffer.from('\n.\r\nend')]);
+        assert.equal((await send(session, source)).code, 250);
+        await session.close();
+        const tx = up.transactions[0];
+        assert.ok(tx?.completed);
+        assert.equal(tx.data?.toString('latin1'), 'a\r\n..b\r\n...c\r\nd\r\n..\r\nend\r\n');
+        assert.equal(unstuff(tx.data ?? Buffer.alloc(0)).toString('latin1'), 'a\r\n.b\r\n..c\r\nd\r\n.\r\nend\r\n');
+    });
+
+    it('streams a large message with backpressure', async (t) => {
+        const up = await scripted(t);
+        const session = await open(up.port);
+        const line = Buffer.from('x'.repeat(998) + '\r\n');
+        const chunks = Array.from({ length: 4000 }, () => line);
+        assert.equal((await send(session, Readable.from(chunks))).code, 250);
+        await session.close();
+        assert.equal(up.transactions[0]?.data?.length, 4000 * 1000);
+    });
+
+    it('gives kind closed and no terminator when the upstream closes mid-DATA', async (t) => {
+        const up = await scripted(t, {
+            onCommand: (line) => (line === 'DATA' ? { closeAfterDataBytes: 1000 } : undefined),
+        });
+        const session = await open(up.port);
+        const chunks = Array.from({ length: 2000 }, () => Buffer.from('y'.repeat(1022) + '\r\n'));
+        await assert.rejects(send(session, Readable.from(chunks)), upstreamError('closed'));
+        assert.equal(session.usable, false);
+        await session.close();
+        const tx = up.transactions[0];
+        assert.equal(tx?.completed, false);
+        assert.equal(tx.data?.length, 1000);
+        assert.ok(!tx.data.includes('\r\n.\r\n'));
+    });
+
+    it('never sends the terminator when the message source fails', async (t) => {
+        const up = await scripted(t);
+        const session = await open(up.port);
+        async function* failing() {
+            yield Buffer.from('Subject: partial\r\n\r\nfirst part\r\n.\r\n');
+            await new Promise((resolve) => setTimeout(resolve, 20));
+            throw new Error('spool file vanished');
+        }
+        await assert.rejects(send(session, Readable.from(failing())), upstreamError('io'));
+        assert.equal(session.usable, false);
+        await session.close();
+        await up.idle();
+        const tx = up.transactions[0];
+        assert.equal(tx?.completed, false);
+        assert.equal(tx.data?.toString(), 'Subject: partial\r\n\r\nfirst part\r\n..\r\n');
+        assert.ok(!tx.data.includes('\r\n.\r\n'));
+        assert.equal(tx.finalReply, null);
+    });
+});
+
+describe('failures', () => {
+    it('gives kind timeout when the upstream never answers a command', async (t) => {
+        const up = await scripted(t, { onCommand: (line) => (line.startsWith('MAIL') ? { silent: true } : undefined) });
+        const session = await open(up.port, { commandTimeoutMs: 300 });
+        const started = Date.now();
+        await assert.rejects(session.mailFrom('a@example.org', {}), upstreamError('timeout'));
+        const elapsed = Date.now() - started;
+        assert.ok(elapsed >= 250 && elapsed < 1500, `${elapsed} ms`);
+        assert.equal(session.usable, false);
+        await assert.rejects(session.rcptTo('b@example.com'), upstreamError('closed'));
+        await session.close();
+    });
+
+    it('gives kind timeout when the final DATA reply never comes', async (t) => {
+        const up = await scripted(t, { onData: () => ({ silent: true }) });
+        const session = await open(up.port, { dataTimeoutMs: 300 });
+        const started = Date.now();
+        await assert.rejects(send(session, 'x\r\n'), upstreamError('timeout'));
+        assert.ok(Date.now() - started < 1500);
+        assert.equal(up.transactions[0]?.completed, true);
+        await session.close();
+    });
+
+    it('gives kind timeout when there is no greeting', async (t) => {
+        const up = await scripted(t, { greeting: { silent: true } });
+        await assert.rejects(open(up.port, { commandTimeoutMs: 300 }), upstreamError('timeout'));
+    });
+
+    it('gives kind connect when nothing listens', async () => {
+        await assert.rejects(open(await closedPort()), upstreamError('connect'));
+    });
+
+    it('gives kind connect for a refusing greeting', async (t) => {
+        const up = await scripted(t, { greeting: { reply: '554 5.3.2 Service unavailable', close: true } });
+        await assert.rejects(open(up.port), upstreamError('connect'));
+    });
+
+    it('gives kind protocol for garbage replies', async (t) => {
+        const up = await scripted(t, { greeting: 'hello, this is not SMTP' });
+        await assert.rejects(open(up.port), upstreamError('protocol'));
+        const mixed = await scripted(t, {
+            onCommand: (line) => (line.startsWith('MAIL') ? ['250-2.1.0 one', '550 5.1.0 two'] : undefined),
+        });
+        const session = await open(mixed.port);
+        await assert.rejects(session.mailFrom('a@example.org', {}), upstreamError('protocol'));
+        assert.equal(session.usable, false);
+    });
+
+    it('gives kind closed when the upstream drops the connection after a command', async (t) => {
+        const up = await scripted(t, { onCommand: (line) => (line.startsWith('RCPT') ? { close: true } : undefined) });
+        const session = await open(up.port);
+        await session.mailFrom('a@example.org', {});
+        await assert.rejects(session.rcptTo('b@example.com'), upstreamError('closed'));
+        assert.equal(session.usable, false);
+        await session.close();
+    });
+
+    it('close() during DATA drops the connection without the terminator', async (t) => {
+        const up = await scripted(t);
+        const session = await open(up.port);
+        async function* slow() {
+            yield Buffer.from('Subject: slow\r\n\r\n');
+            await new Promise((resolve) => setTimeout(resolve, 200));
+            yield Buffer.from('never sent\r\n');
+        }
+        const sending = send(session, Readable.from(slow()));
+        await new Promise((resolve) => setTimeout(resolve, 50));
+        await session.close();
+        await assert.rejects(sending, upstreamError('closed'));
+        await up.idle();
+        assert.equal(up.transactions[0]?.completed, false);
+        assert.ok(!up.commands.includes('QUIT'));
+    });
+
+    it('logs commands and replies at debug level', async (t) => {
+        const up = await scripted(t);
+        const lines: Array<{ obj: Record<string, unknown>; msg: string | undefined }> = [];
+        const record = (obj: object, msg?: string): void => {
+            lines.push({ obj: obj as Record<string, unknown>, msg });
+        };
+        const logger = { debug: record, info: record, warn: record, error: record };
+        const session = await createSmtpUpstream(config(up.port), { hostname: HOSTNAME, logger }).open(client());
+        await session.close();
+        assert.ok(lines.some((l) => l.obj.command === `EHLO ${HOSTNAME}`));
+        assert.ok(lines.some((l) => typeof l.obj.reply === 'string' && l.obj.reply.startsWith('220 ')));
+        assert.ok(lines.some((l) => l.obj.reply === '221 2.0.0 Bye'));
+    });
+
+    it('close() never throws, also on a dead connection', async (t) => {
+        const up = await scripted(t);
+        const session = await open(up.port);
+        await up.close();
+        await session.close();
+        await session.close();
+        assert.equal(session.usable, false);
+    });
+});
+
+describe('TLS', () => {
+    let cert: TestCertificate;
+    before(async () => {
+        cert = await createTestCertificate();
+    });
+    after(() => cert.cleanup());
+
+    interface Received {
+        secure: boolean;
+        from: string;
+        data: string;
+    }
+
+    /** An smtp-server upstream with the test certificate, closed after the test. */
+    async function tlsServer(t: { after(fn: () => Promise<void>): void }, options: SMTPServerOptions) {
+        const received: Received[] = [];
+        const server = new SMTPServer({
+            key: cert.key,
+            cert: cert.cert,
+            name: 'tls.upstream.test',
+            logger: false,
+            disabledCommands: ['AUTH'],
+            ...options,
+            onData(stream, session, callback) {
+                const chunks: Buffer[] = [];
+                stream.on('data', (c: Buffer) => chunks.push(c));
+                stream.on('end', () => {
+                    received.push({
+                        secure: session.secure,
+                        from: session.envelope.mailFrom ? session.envelope.mailFrom.address : '',
+                        data: Buffer.concat(chunks).toString(),
+                    });
+                    callback(null);
+                });
+            },
+        });
+        await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+        t.after(() => new Promise<void>((resolve) => server.close(() => resolve())));
+        return { port: (server.server.address() as net.AddressInfo).port, received };
+    }
+
+    for (const mode of ['opportunistic', 'required'] as const) {
+        it(`uses STARTTLS when offered (${mode})`, async (t) => {
+            const up = await tlsServer(t, {});
+            const session = await open(up.port, { starttls: mode });
+            assert.equal((await send(session, 'Subject: tls\r\n\r\nsecret\r\n')).code, 250);
+            await session.close();
+            assert.equal(up.received.length, 1);
+            assert.equal(up.received[0]?.secure, true);
+            assert.match(up.received[0]?.data ?? '', /secret/);
+        });
+    }
+
+    it('fails with kind tls when STARTTLS is required but not offered', async (t) => {
+        const up = await tlsServer(t, { hideSTARTTLS: true });
+        await assert.rejects(open(up.port, { starttls: 'required' }), upstreamError('tls'));
+    });
+
+    it('continues in plain text when STARTTLS is opportunistic and not offered', async (t) => {
+        const up = await tlsServer(t, { hideSTARTTLS: true });
+        const session = await open(up.port, { starttls: 'opportunistic' });
+        assert.equal((await send(session, 'x\r\n')).code, 250);
+        await session.close();
+        assert.equal(up.received[0]?.secure, false);
+    });
+
+    it('fails with kind tls when the certificate is verified and self-signed', async (t) => {
+        const up = await tlsServer(t, {});
+        await assert.rejects(open(up.port, { starttls: 'required', tlsVerify: true }), upstreamError('tls'));
+    });
+
+    it('speaks implicit TLS for smtps', async (t) => {
+        const up = await tlsServer(t, { secure: true });
+        const session = await open(up.port, { kind: 'smtps', url: `smtps://127.0.0.1:${up.port}` });
+        assert.equal((await send(session, 'Subject: smtps\r\n\r\nbody\r\n')).code, 250);
+        await session.close();
+        assert.equal(up.received[0]?.secure, true);
+        assert.equal(up.received[0]?.from, 'sender@example.org');
+    });
+
+    it('fails with kind tls when an smtps upstream speaks plain text', async (t) => {
+        const up = await scripted(t);
+        await assert.rejects(open(up.port, { kind: 'smtps' }), upstreamError('tls'));
+    });
+});
