@@ -1,0 +1,117 @@
+/**
+ * A 50 MB message passes through the proxy with bounded memory: the listener keeps at most
+ * `spool.memoryLimit` bytes of a message in memory and spools the rest to a private file,
+ * which is removed afterwards. The peak of heap plus external memory is sampled during the
+ * transfer and must stay far below the message size.
+ */
+import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
+import { createReadStream } from 'node:fs';
+import { mkdtemp, readdir, rm, stat } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { it } from 'node:test';
+import { setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
+import { startApp } from '../helpers/app.ts';
+import { smtpConnect } from '../helpers/smtp-client.ts';
+
+const MB = 1024 * 1024;
+const LINE = Buffer.from(`${'0123456789abcdefghijklmnopqrstuvwxyz'.repeat(2)}\r\n`); // 74 bytes
+const LINES = Math.ceil((50 * MB) / LINE.length);
+
+setFlagsFromString('--expose-gc');
+/** A full collection, so the samples count live memory and not garbage awaiting collection. */
+const gc = runInNewContext('gc') as () => void;
+
+function memory(): number {
+    gc();
+    const m = process.memoryUsage();
+    return m.heapUsed + m.external;
+}
+
+it('forwards a 50 MB message with bounded memory and removes its spool file', { timeout: 120_000 }, async (t) => {
+    const dir = await mkdtemp(join(tmpdir(), 'mw-large-'));
+    const spool = join(dir, 'spool');
+    const { mkdir } = await import('node:fs/promises');
+    await mkdir(spool);
+    const mw = await startApp(
+        [
+            'hostname: mx.example.test',
+            'listeners: [{ name: mx, host: 127.0.0.1, port: 0, mode: mx, maxMessageSize: 60MB }]',
+            `upstream: { url: "maildir:${join(dir, 'maildir')}" }`,
+            `spool: { dir: "${spool}", memoryLimit: 1MB }`,
+            'http: false',
+        ].join('\n'),
+    );
+    t.after(async () => {
+        await mw.stop();
+        await rm(dir, { recursive: true, force: true });
+    });
+    const c = await smtpConnect(mw.port(), { timeoutMs: 60_000 });
+    await c.greeting();
+    await c.cmd('EHLO client.example');
+    await c.cmd('MAIL FROM:<a@example.org>');
+    await c.cmd('RCPT TO:<b@example.test>');
+    assert.equal((await c.cmd('DATA')).code, 354);
+
+    const baseline = memory();
+    let peak = baseline;
+    let sawSpool = false;
+    const sampler = setInterval(() => {
+        peak = Math.max(peak, memory());
+        readdir(spool).then(
+            (f) => (sawSpool ||= f.length > 0),
+            () => undefined,
+        );
+    }, 50);
+    const sent = createHash('sha256');
+    const header = Buffer.from('From: a@example.org\r\nSubject: large\r\n\r\n');
+    sent.update(header);
+    c.socket.write(header);
+    const batch = Buffer.concat(Array.from({ length: 1000 }, () => LINE));
+    for (let i = 0; i < LINES; i += 1000) {
+        sent.update(batch);
+        if (!c.socket.write(batch)) await new Promise((r) => c.socket.once('drain', r));
+    }
+    c.socket.write('.\r\n');
+    const reply = await c.reply(60_000);
+    clearInterval(sampler);
+    c.close();
+    assert.equal(reply.code, 250, reply.raw);
+    const grew = (peak - baseline) / MB;
+    t.diagnostic(
+        `message ${((header.length + Math.ceil(LINES / 1000) * 1000 * LINE.length) / MB).toFixed(1)} MB, memory peak +${grew.toFixed(1)} MB`,
+    );
+    assert.ok(grew < 25, `memory grew by ${grew.toFixed(1)} MB`);
+    assert.ok(sawSpool, 'the message went through a spool file');
+    assert.deepEqual(await readdir(spool), [], 'spool file removed');
+
+    const files = await readdir(join(dir, 'maildir', 'new'));
+    assert.equal(files.length, 1);
+    const path = join(dir, 'maildir', 'new', files[0]!);
+    assert.ok((await stat(path)).size > 50 * MB - 2 * LINES);
+    // the stored body (LF line endings in Maildir) matches what was sent
+    const stored = createHash('sha256');
+    let inBody = false;
+    let carry = '';
+    for await (const chunk of createReadStream(path, { encoding: 'latin1' })) {
+        const text = carry + (chunk as string);
+        if (!inBody) {
+            const at = text.indexOf('\n\n');
+            if (at < 0) {
+                carry = text;
+                continue;
+            }
+            inBody = true;
+            carry = '';
+            stored.update(
+                Buffer.from(
+                    'From: a@example.org\r\nSubject: large\r\n\r\n' + text.slice(at + 2).replace(/\n/g, '\r\n'),
+                    'latin1',
+                ),
+            );
+        } else stored.update(Buffer.from(text.replace(/\n/g, '\r\n'), 'latin1'));
+    }
+    assert.equal(stored.digest('hex'), sent.digest('hex'));
+});

@@ -1,0 +1,217 @@
+/**
+ * Listener behaviour end to end: STARTTLS and implicit TLS with a generated certificate
+ * (TLS 1.2 or newer only), PROXY protocol v1 accepted only from trusted CIDRs, the HTTP
+ * endpoints, and the drain on shutdown (421 4.3.2 to idle sessions, messages in flight finish).
+ */
+import assert from 'node:assert/strict';
+import net from 'node:net';
+import tls from 'node:tls';
+import { after, before, describe, it } from 'node:test';
+import { startApp, type TestApp } from '../helpers/app.ts';
+import { startScriptedUpstream, unstuff, type ScriptedUpstream } from '../helpers/scripted-upstream.ts';
+import { sendMail, smtpConnect } from '../helpers/smtp-client.ts';
+import { createTestCertificate, type TestCertificate } from '../helpers/tls-cert.ts';
+
+const MSG = 'From: a@example.org\r\nSubject: t\r\n\r\nbody\r\n';
+const EHLO = ['XCLIENT NAME ADDR PORT PROTO HELO LOGIN', 'SIZE 1000000'];
+
+describe('TLS', () => {
+    let cert: TestCertificate;
+    let up: ScriptedUpstream;
+    let mw: TestApp;
+    before(async () => {
+        cert = await createTestCertificate();
+        up = await startScriptedUpstream({ ehlo: EHLO });
+        mw = await startApp(
+            [
+                'hostname: mx.example.test',
+                `tls: { cert: "${cert.certPath}", key: "${cert.keyPath}" }`,
+                'listeners:',
+                '  - { name: mx, host: 127.0.0.1, port: 0, mode: mx }',
+                '  - { name: implicit, host: 127.0.0.1, port: 0, mode: mx, tls: implicit }',
+                `upstream: { url: "smtp://127.0.0.1:${up.port}" }`,
+                'http: false',
+            ].join('\n'),
+        );
+    });
+    after(async () => {
+        await mw.stop();
+        await up.close();
+        cert.cleanup();
+    });
+
+    it('offers STARTTLS, upgrades with a verified certificate, and records ESMTPS', async () => {
+        const c = await smtpConnect(mw.port('mx'));
+        await c.greeting();
+        const ehlo = await c.cmd('EHLO client.example');
+        assert.ok(ehlo.lines.includes('STARTTLS'));
+        assert.equal((await c.starttls({ ca: cert.cert, servername: 'localhost' })).code, 220);
+        const ehlo2 = await c.cmd('EHLO client.example');
+        assert.ok(!ehlo2.lines.includes('STARTTLS'));
+        assert.equal((await c.cmd('MAIL FROM:<a@example.org>')).code, 250);
+        assert.equal((await c.cmd('RCPT TO:<b@example.test>')).code, 250);
+        assert.equal((await c.cmd('DATA')).code, 354);
+        c.write(MSG + '.\r\n');
+        assert.equal((await c.reply()).code, 250);
+        c.close();
+        const data = unstuff(up.transactions.at(-1)!.data!)
+            .toString('latin1')
+            .replace(/\r\n\t/g, ' ');
+        assert.match(data, /with ESMTPS \(using TLSv1\.[23] with cipher [A-Z0-9_-]+\) id /);
+    });
+
+    it('speaks TLS from the first byte on an implicit-TLS listener', async () => {
+        const c = await smtpConnect(mw.port('implicit'), { tls: 'implicit', ca: cert.cert, servername: 'localhost' });
+        assert.equal((await c.greeting()).code, 220);
+        assert.equal((await c.cmd('EHLO client.example')).code, 250);
+        assert.equal((await c.cmd('MAIL FROM:<a@example.org>')).code, 250);
+        c.close();
+    });
+
+    it('refuses TLS versions older than 1.2', async () => {
+        const socket = tls.connect({
+            port: mw.port('implicit'),
+            host: '127.0.0.1',
+            rejectUnauthorized: false,
+            minVersion: 'TLSv1',
+            maxVersion: 'TLSv1.1',
+        });
+        const outcome = await new Promise<string>((resolve) => {
+            socket.once('secureConnect', () => resolve('connected'));
+            socket.once('error', (err) => resolve(`error: ${err.message}`));
+        });
+        socket.destroy();
+        assert.match(outcome, /^error/);
+    });
+});
+
+describe('PROXY protocol v1', () => {
+    let up: ScriptedUpstream;
+    let mw: TestApp;
+    before(async () => {
+        up = await startScriptedUpstream({ ehlo: EHLO });
+        mw = await startApp(
+            [
+                'hostname: mx.example.test',
+                'listeners:',
+                '  - { name: trusted, host: 127.0.0.1, port: 0, mode: mx, proxyProtocol: [127.0.0.0/8] }',
+                '  - { name: untrusted, host: 127.0.0.1, port: 0, mode: mx, proxyProtocol: [10.0.0.0/8, "2001:db8::/32"] }',
+                `upstream: { url: "smtp://127.0.0.1:${up.port}" }`,
+                'http: false',
+            ].join('\n'),
+        );
+    });
+    after(async () => {
+        await mw.stop();
+        await up.close();
+    });
+
+    it('takes the client address from a trusted proxy and passes it on with XCLIENT', async () => {
+        const c = await smtpConnect(mw.port('trusted'));
+        c.write('PROXY TCP4 203.0.113.9 127.0.0.1 40000 25\r\n');
+        assert.equal((await c.greeting()).code, 220);
+        await c.cmd('EHLO client.example');
+        assert.equal((await c.cmd('MAIL FROM:<a@example.org>')).code, 250);
+        c.close();
+        await up.idle();
+        assert.equal(up.connections.at(-1)!.xclient[0]!.ADDR, '203.0.113.9');
+        assert.equal(up.connections.at(-1)!.xclient[0]!.PORT, '40000');
+    });
+
+    it('ignores PROXY from a peer outside the trusted CIDRs', async () => {
+        const c = await smtpConnect(mw.port('untrusted'));
+        assert.equal((await c.greeting()).code, 220);
+        const r = await c.cmd('PROXY TCP4 203.0.113.9 127.0.0.1 40000 25');
+        assert.ok(r.code >= 500, `PROXY as a command is refused (${r.code})`);
+        await c.cmd('EHLO client.example');
+        assert.equal((await c.cmd('MAIL FROM:<a@example.org>')).code, 250);
+        c.close();
+        await up.idle();
+        assert.equal(up.connections.at(-1)!.xclient[0]!.ADDR, '127.0.0.1');
+    });
+});
+
+describe('HTTP endpoints', () => {
+    it('serves /healthz, /metrics and /readyz that follows the upstream', async (t) => {
+        const up = await startScriptedUpstream({ ehlo: EHLO });
+        const port = await new Promise<number>((resolve) => {
+            const s = net.createServer().listen(0, '127.0.0.1', () => {
+                const p = (s.address() as net.AddressInfo).port;
+                s.close(() => resolve(p));
+            });
+        });
+        const mw = await startApp(
+            [
+                'hostname: mx.example.test',
+                'listeners: [{ name: mx, host: 127.0.0.1, port: 0, mode: mx }]',
+                `upstream: { url: "smtp://127.0.0.1:${up.port}", connectTimeout: 500ms }`,
+                `http: { host: 127.0.0.1, port: ${port} }`,
+            ].join('\n'),
+        );
+        t.after(async () => {
+            await mw.stop();
+            await up.close();
+        });
+        const base = `http://127.0.0.1:${mw.app.httpPort}`;
+        assert.equal((await fetch(`${base}/healthz`)).status, 200);
+        assert.equal((await fetch(`${base}/readyz`)).status, 200);
+        await sendMail(mw.port(), { from: 'a@example.org', to: ['b@example.test'], data: MSG });
+        const metrics = await (await fetch(`${base}/metrics`)).text();
+        for (const name of [
+            'mailwarden_connections_total{listener="mx"} 1',
+            'mailwarden_messages_total{listener="mx",action="accept"} 1',
+            'mailwarden_upstream_replies_total{class="2xx"}',
+            'mailwarden_build_info{version=',
+            'mailwarden_message_size_bytes_bucket',
+            'process_resident_memory_bytes',
+        ]) {
+            assert.ok(metrics.includes(name), `metrics has ${name}`);
+        }
+        assert.doesNotMatch(metrics, /127\.0\.0\.1|example\.org/, 'no address becomes a label value');
+        assert.equal((await fetch(`${base}/nope`)).status, 404);
+        await up.close();
+        const notReady = await fetch(`${base}/readyz`);
+        assert.equal(notReady.status, 503);
+        assert.match(await notReady.text(), /not ready: upstream/);
+    });
+});
+
+describe('shutdown', () => {
+    it('answers 421 4.3.2 to idle sessions, lets a message in flight finish, and stops accepting', async (t) => {
+        const up = await startScriptedUpstream({ ehlo: EHLO, onData: () => ({ delayMs: 400 }) });
+        const mw = await startApp(
+            [
+                'hostname: mx.example.test',
+                'listeners: [{ name: mx, host: 127.0.0.1, port: 0, mode: mx }]',
+                `upstream: { url: "smtp://127.0.0.1:${up.port}" }`,
+                'http: false',
+                'shutdownTimeout: 5s',
+            ].join('\n'),
+        );
+        t.after(async () => {
+            await mw.stop();
+            await up.close();
+        });
+        const port = mw.port();
+        const idle = await smtpConnect(port);
+        await idle.greeting();
+        await idle.cmd('EHLO idle.example');
+        const busy = await smtpConnect(port);
+        await busy.greeting();
+        await busy.cmd('EHLO busy.example');
+        await busy.cmd('MAIL FROM:<a@example.org>');
+        await busy.cmd('RCPT TO:<b@example.test>');
+        await busy.cmd('DATA');
+        busy.write(MSG + '.\r\n');
+        await new Promise((r) => setTimeout(r, 100));
+        const stopping = mw.stop();
+        const bye = await idle.reply();
+        assert.equal(bye.code, 421);
+        assert.match(bye.text, /^4\.3\.2 /);
+        const done = await busy.reply();
+        assert.equal(done.code, 250, 'the message in flight finished');
+        assert.equal(up.transactions.at(-1)!.completed, true);
+        await stopping;
+        await assert.rejects(smtpConnect(port), /ECONNREFUSED/);
+    });
+});
