@@ -17,7 +17,10 @@ dir="$root/.tools/node24"
 bin="$dir/node_modules/node/bin"
 if [ ! -x "$bin/node" ] || [ "$("$bin/node" -p process.versions.node 2>/dev/null)" != "$NODE_VERSION" ]; then
     mkdir -p "$dir"
+    # A package.json of its own keeps npm from taking the project (and its engine-strict
+    # .npmrc, which the old Node fails) as the place to install into.
+    [ -f "$dir/package.json" ] || echo '{ "private": true }' >"$dir/package.json"
     echo "installing Node.js $NODE_VERSION into .tools/node24 (npm registry package 'node')" >&2
-    (cd "$dir" && npm install --no-save --no-package-lock --no-audit --no-fund --loglevel=error "node@$NODE_VERSION" >&2)
+    (cd "$dir" && npm install --prefix "$dir" --no-save --no-package-lock --no-audit --no-fund --loglevel=error "node@$NODE_VERSION" >&2)
 fi
 echo "$bin"

@@ -356,6 +356,8 @@ class SmtpClient {
             config.kind === 'smtps'
                 ? tls.connect({ ...tlsOptions(config), port: config.port })
                 : net.connect({ host: config.host, port: config.port });
+        // lock-step commands are tiny writes; Nagle's algorithm would hold each one back (~40 ms)
+        socket.setNoDelay(true);
         const conn = new Connection(socket, this.log, this.label);
         // Once TCP is up, a failure of implicit TLS is a TLS failure, not an unreachable host.
         socket.once('connect', () => {

@@ -78,7 +78,7 @@ describe('TLS', () => {
         });
         const outcome = await new Promise<string>((resolve) => {
             socket.once('secureConnect', () => resolve('connected'));
-            socket.once('error', (err) => resolve(`error: ${err.message}`));
+            socket.once('error', (err: Error) => resolve(`error: ${err.message}`));
         });
         socket.destroy();
         assert.match(outcome, /^error/);

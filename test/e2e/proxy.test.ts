@@ -64,7 +64,7 @@ describe('proxy: the happy path', () => {
             helo: 'client.example',
         });
         assert.equal(r.message?.code, 250, r.message?.raw);
-        assert.match(r.message!.text, /^2\.0\.0 Message accepted for delivery as SCRIPTED\d+ \(id \w+\)$/);
+        assert.match(r.message.text, /^2\.0\.0 Message accepted for delivery as SCRIPTED\d+ \(id \w+\)$/);
         const tx = env.up.transactions.at(-1)!;
         assert.equal(tx.completed, true);
         assert.equal(tx.mail, 'alice@example.org');
@@ -208,7 +208,7 @@ describe('proxy: upstream answers and failures', () => {
             const r = await sendMail(env.mw.port(), { from: 'a@example.org', to: ['b@example.test'], data: MSG });
             assert.equal(r.message?.code, code);
             assert.match(
-                r.message!.text,
+                r.message.text,
                 new RegExp(`^${enhanced.replaceAll('.', '\\.')} The destination mail server refused the message`),
             );
             const d = decisions(env.mw.logs).at(-1)!;
@@ -228,7 +228,7 @@ describe('proxy: upstream answers and failures', () => {
             data: MSG + 'x'.repeat(5000) + '\r\n',
         });
         assert.equal(r.message?.code, 451);
-        assert.match(r.message!.text, /^4\.4\.1 /);
+        assert.match(r.message.text, /^4\.4\.1 /);
         assert.equal(env.up.transactions.at(-1)!.completed, false);
     });
 
@@ -238,7 +238,7 @@ describe('proxy: upstream answers and failures', () => {
         const started = Date.now();
         const r = await sendMail(env.mw.port(), { from: 'a@example.org', to: ['b@example.test'], data: MSG });
         assert.equal(r.message?.code, 451);
-        assert.match(r.message!.text, /^4\.4\.1 /);
+        assert.match(r.message.text, /^4\.4\.1 /);
         assert.ok(Date.now() - started < 5000);
     });
 
@@ -297,7 +297,7 @@ describe('proxy: size and line endings', () => {
             data: MSG + ('y'.repeat(998) + '\r\n').repeat(120),
         });
         assert.equal(r.message?.code, 552);
-        assert.match(r.message!.text, /^5\.3\.4 Message too big: this server accepts at most 102400 bytes/);
+        assert.match(r.message.text, /^5\.3\.4 Message too big: this server accepts at most 102400 bytes/);
         assert.equal(r.quit?.code, 221, 'the session is still in sync after the refusal');
         assert.equal(env.up.transactions.filter((tx) => tx.completed).length, before);
     });
@@ -309,7 +309,7 @@ describe('proxy: size and line endings', () => {
             data: 'Subject: x\r\n\r\nline one\nline two\r\n',
         });
         assert.equal(r.message?.code, 550);
-        assert.match(r.message!.text, /^5\.5\.2 /);
+        assert.match(r.message.text, /^5\.5\.2 /);
     });
 
     it('normalises bare LF and CR where configured, and forwards canonical CRLF', async () => {

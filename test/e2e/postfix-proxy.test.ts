@@ -1,0 +1,112 @@
+/**
+ * End-to-end through mailwarden into a real Postfix: a message lands in the Maildir, Postfix
+ * sees the proxy's client (not the proxy) through XCLIENT, both Received lines and the
+ * verdict header are there, and Postfix's per-recipient 550 is relayed at RCPT time while
+ * the other recipient still gets the message. DNS stays on loopback (every name NXDOMAIN)
+ * and the rules folder is empty, so the outcome depends on the transport alone.
+ */
+import assert from 'node:assert/strict';
+import { mkdtemp, rm } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { startApp, type TestApp } from '../helpers/app.ts';
+import { startNxdomainDns, type NxdomainDns } from '../helpers/dns-nxdomain.ts';
+import { startPostfix, type PostfixInstance } from '../helpers/postfix.ts';
+import { sendMail, smtpConnect } from '../helpers/smtp-client.ts';
+
+const MESSAGE =
+    'From: Sender <sender@sender.test>\r\nTo: alice@example.test\r\nSubject: through the proxy\r\n' +
+    'Message-ID: <proxy-1@sender.test>\r\n\r\nHello Alice.\r\n';
+
+/** Joins folded header lines, so patterns need not care where a line was folded. */
+function unfold(message: string): string {
+    return message.replace(/\r?\n[ \t]+/g, ' ');
+}
+
+describe('mailwarden in front of Postfix', () => {
+    let postfix: PostfixInstance;
+    let dns: NxdomainDns;
+    let rulesDir: string;
+    let mw: TestApp;
+
+    before(async () => {
+        postfix = await startPostfix();
+        dns = await startNxdomainDns();
+        rulesDir = await mkdtemp(path.join(os.tmpdir(), 'mailwarden-rules-'));
+        mw = await startApp(
+            [
+                'hostname: mx.test',
+                'listeners: [{ name: mx, host: 127.0.0.1, port: 0, mode: mx }]',
+                `upstream: { url: "smtp://127.0.0.1:${postfix.port}", xclient: true }`,
+                `dns: { servers: ["${dns.server}"], timeout: 1s }`,
+                `rules: ${rulesDir}`,
+                'http: false',
+            ].join('\n'),
+        );
+    });
+    after(async () => {
+        await mw?.stop();
+        await dns?.stop();
+        await postfix?.stop();
+        if (rulesDir) await rm(rulesDir, { recursive: true, force: true });
+    });
+
+    it('delivers into the Maildir, with the real client passed to Postfix by XCLIENT', async () => {
+        const result = await sendMail(mw.port(), {
+            from: 'sender@sender.test',
+            to: ['alice@example.test'],
+            data: MESSAGE,
+            helo: 'proxy-client.example',
+        });
+        assert.equal(result.message?.code, 250, result.message?.raw);
+
+        const messages = await postfix.waitForMessages('alice', 1);
+        const found = messages.find((m) => m.includes('<proxy-1@sender.test>'));
+        assert.ok(found, 'the message is in alice/new');
+        const message = unfold(found);
+        const received = message.split('\n').filter((l) => l.startsWith('Received: '));
+        assert.equal(received.length, 2, received.join('\n'));
+        // Postfix's own Received line names the proxy's client and its HELO, not the proxy,
+        // and mailwarden's comes below it.
+        assert.match(
+            received[0] ?? '',
+            /^Received: from proxy-client\.example \(\S+ \[127\.0\.0\.1\]\) by postfix\.test /,
+        );
+        assert.match(
+            received[1] ?? '',
+            /^Received: from proxy-client\.example \(.*\[127\.0\.0\.1\]\) by mx\.test \(mailwarden\) /,
+        );
+        assert.match(message, /^X-Mailwarden-Verdict: accept; rules=[^;]*; score=[\d.-]+; id=\S+$/m);
+        assert.match(message, /^Subject: through the proxy$/m);
+        assert.match(await postfix.log(), /client=\S+\[127\.0\.0\.1\]/);
+    });
+
+    it("relays Postfix's 550 5.1.1 at RCPT and still delivers to the other recipient", async () => {
+        const before = (await postfix.messages('alice')).length;
+        const c = await smtpConnect(mw.port());
+        try {
+            assert.equal((await c.greeting()).code, 220);
+            assert.equal((await c.cmd('EHLO proxy-client.example')).code, 250);
+            assert.equal((await c.cmd('MAIL FROM:<sender@sender.test>')).code, 250);
+            const alice = await c.cmd('RCPT TO:<alice@example.test>');
+            assert.equal(alice.code, 250, alice.raw);
+            const nobody = await c.cmd('RCPT TO:<nobody@example.test>');
+            assert.equal(nobody.code, 550, nobody.raw);
+            assert.match(nobody.text, /^5\.1\.1 /);
+            assert.equal((await c.cmd('DATA')).code, 354);
+            c.write(MESSAGE.replace('proxy-1@', 'proxy-2@') + '.\r\n');
+            const queued = await c.reply();
+            assert.equal(queued.code, 250, queued.raw);
+            await c.cmd('QUIT');
+        } finally {
+            c.close();
+        }
+        const messages = await postfix.waitForMessages('alice', before + 1);
+        const message = messages.find((m) => m.includes('<proxy-2@sender.test>'));
+        assert.ok(message, 'alice got the second message');
+        assert.match(message, /^Delivered-To: alice@example\.test$/m);
+        assert.doesNotMatch(message, /nobody@example\.test/);
+        assert.match(await postfix.log(), /reject: RCPT from \S+\[127\.0\.0\.1\]: 550 5\.1\.1 <nobody@example\.test>/);
+    });
+});
