@@ -12,6 +12,7 @@ import { smtpServerLogger, type Logger } from './log.ts';
 import { compileCidrs } from './net/cidr.ts';
 import { replyFor, toCallbackError, SmtpReplyError } from './reply.ts';
 import { Session, type SessionDeps } from './session.ts';
+import { patchConnectionReplies } from './smtp-server-replies.ts';
 
 /** Verifies SMTP AUTH credentials. */
 export interface AuthBackend {
@@ -23,11 +24,24 @@ export interface ListenerDeps extends Omit<SessionDeps, 'listener' | 'log'> {
     readonly auth: AuthBackend | null;
 }
 
-/** smtp-server trusts PROXY senders by exact address; we trust CIDR ranges instead. */
-class CidrProxyServer extends SMTPServer {
+/**
+ * smtp-server with two adjustments: PROXY senders are trusted by CIDR range (smtp-server
+ * only knows exact addresses), and every connection's built-in replies go through
+ * smtp-server-replies.ts so they carry enhanced status codes and our texts.
+ */
+class MailwardenSmtpServer extends SMTPServer {
     trustProxy: (ip: string) => boolean = () => false;
+    submission = false;
     override _expectsProxyHeader(socket: Socket): boolean {
         return this.trustProxy(socket.remoteAddress ?? '');
+    }
+    override connect(socket: Socket, socketOptions?: Parameters<SMTPServer['connect']>[1]): void {
+        super.connect(socket, socketOptions);
+        const connection = [...(this as unknown as { connections: Set<unknown> }).connections].at(-1);
+        if (connection)
+            patchConnectionReplies(connection as Parameters<typeof patchConnectionReplies>[0], {
+                submission: this.submission,
+            });
     }
 }
 
@@ -71,7 +85,8 @@ export function createListener(config: Config, listener: ListenerConfig, deps: L
         hideENHANCEDSTATUSCODES: true,
         logger: smtpServerLogger(log),
         useProxy: listener.proxyProtocol !== null,
-        authOptional: !submission,
+        // submission: AUTH is enforced in onMailFrom, so the refusal comes from our reply table
+        authOptional: true,
         disabledCommands: submission ? [] : ['AUTH'],
         authMethods: ['PLAIN', 'LOGIN'],
         allowInsecureAuth: false,
@@ -103,6 +118,7 @@ export function createListener(config: Config, listener: ListenerConfig, deps: L
         },
 
         onMailFrom(address, smtp, cb) {
+            if (submission && !smtp.user) return cb(toCallbackError(replyFor('auth-required', { id: smtp.id })));
             const session = sessions.get(smtp.id);
             if (!session) return cb(internalError(log, smtp.id, new Error('no session')));
             session.onMailFrom(address).then(
@@ -141,7 +157,8 @@ export function createListener(config: Config, listener: ListenerConfig, deps: L
         },
     };
 
-    const server = new CidrProxyServer(options);
+    const server = new MailwardenSmtpServer(options);
+    server.submission = submission;
     if (listener.proxyProtocol) server.trustProxy = compileCidrs(listener.proxyProtocol);
     server.on('error', (err) => log.error({ err }, 'listener error'));
 

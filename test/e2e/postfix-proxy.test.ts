@@ -37,7 +37,9 @@ describe('mailwarden in front of Postfix', () => {
         mw = await startApp(
             [
                 'hostname: mx.test',
-                'listeners: [{ name: mx, host: 127.0.0.1, port: 0, mode: mx }]',
+                'listeners:',
+                '  - { name: mx, host: 127.0.0.1, port: 0, mode: mx }',
+                '  - { name: behind-lb, host: 127.0.0.1, port: 0, mode: mx, proxyProtocol: [127.0.0.1/32] }',
                 `upstream: { url: "smtp://127.0.0.1:${postfix.port}", xclient: true }`,
                 `dns: { servers: ["${dns.server}"], timeout: 1s }`,
                 `rules: ${rulesDir}`,
@@ -80,6 +82,39 @@ describe('mailwarden in front of Postfix', () => {
         assert.match(message, /^X-Mailwarden-Verdict: accept; rules=[^;]*; score=[\d.-]+; id=\S+$/m);
         assert.match(message, /^Subject: through the proxy$/m);
         assert.match(await postfix.log(), /client=\S+\[127\.0\.0\.1\]/);
+    });
+
+    it('passes a client address that differs from the proxy (learnt by PROXY protocol) to Postfix', async () => {
+        const before = (await postfix.messages('alice')).length;
+        const c = await smtpConnect(mw.port('behind-lb'));
+        try {
+            c.write('PROXY TCP4 192.0.2.10 127.0.0.1 40001 25\r\n');
+            assert.equal((await c.greeting()).code, 220);
+            assert.equal((await c.cmd('EHLO far-client.example')).code, 250);
+            assert.equal((await c.cmd('MAIL FROM:<sender@sender.test>')).code, 250);
+            assert.equal((await c.cmd('RCPT TO:<alice@example.test>')).code, 250);
+            assert.equal((await c.cmd('DATA')).code, 354);
+            c.write(MESSAGE.replace('proxy-1@', 'proxy-far@') + '.\r\n');
+            assert.equal((await c.reply()).code, 250);
+            await c.cmd('QUIT');
+        } finally {
+            c.close();
+        }
+        const messages = await postfix.waitForMessages('alice', before + 1);
+        const found = messages.find((m) => m.includes('<proxy-far@sender.test>'));
+        assert.ok(found, 'delivered');
+        const received = unfold(found)
+            .split('\n')
+            .filter((l) => l.startsWith('Received: '));
+        assert.match(
+            received[0] ?? '',
+            /^Received: from far-client\.example \(\S+ \[192\.0\.2\.10\]\) by postfix\.test /,
+        );
+        assert.match(
+            received[1] ?? '',
+            /^Received: from far-client\.example \(.*\[192\.0\.2\.10\]\) by mx\.test \(mailwarden\) /,
+        );
+        assert.match(await postfix.log(), /client=\S+\[192\.0\.2\.10\]/);
     });
 
     it("relays Postfix's 550 5.1.1 at RCPT and still delivers to the other recipient", async () => {
