@@ -91,6 +91,13 @@ export function createMetrics(version: string) {
             labelNames: ['type', 'result'],
             registers: r,
         }),
+        dnsQueryDuration: new Histogram({
+            name: `${P}dns_query_duration_seconds`,
+            help: 'Time DNS lookups spent on the network (cache misses), by record type, across all servers and tries',
+            labelNames: ['type'],
+            buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
+            registers: r,
+        }),
         redisErrors: new Counter({
             name: `${P}redis_errors_total`,
             help: 'Redis commands that failed or timed out',

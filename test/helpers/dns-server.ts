@@ -116,7 +116,7 @@ function compile(zone: Zone): Compiled {
     const entries = new Map<string, ZoneEntry>();
     for (const [name, value] of Object.entries(zone)) {
         if (name === 'soa' || !value) continue;
-        entries.set(norm(name), value as ZoneEntry);
+        entries.set(norm(name), value);
     }
     return { entries, soa: zone.soa === null ? null : (zone.soa ?? DEFAULT_SOA) };
 }

@@ -1,0 +1,374 @@
+/**
+ * The product's DNS stub resolver: what SPF, DKIM, DMARC and ARC (through mailauth) and
+ * the reverse lookup of SMTP clients use. It asks the configured recursive resolvers in
+ * order, `tries` rounds, one UDP exchange per attempt with a per-exchange timeout, and
+ * repeats the exchange over TCP when the answer is truncated (RFC 7766 section 5). Answers
+ * come back in node:dns `resolve()` shapes and failures as node:dns error codes, because
+ * mailauth tells "no record" (ENOTFOUND, ENODATA) from "temporary error" (everything else)
+ * by code.
+ *
+ * In front of the network sits a bounded LRU cache: positive answers live for the smallest
+ * TTL of the records used (CNAME chain included), clamped to [minTtl, maxTtl]; NXDOMAIN and
+ * NODATA live for min(SOA TTL, SOA MINIMUM) of the SOA in the authority section (RFC 2308
+ * section 5), capped by maxNegativeTtl, and are not cached without an SOA; SERVFAIL,
+ * REFUSED, timeouts and connection errors are never cached (RFC 2308 section 7 allows it;
+ * we prefer to ask again). Identical lookups in flight share one exchange.
+ *
+ * It must not validate DNSSEC (run a validating resolver such as unbound as `dns.servers`),
+ * must not follow referrals (it is a stub, RD set), must not touch node:dns's global state,
+ * and must not cache promises (only settled values, so no cached rejection can ever be
+ * reported as unhandled).
+ */
+import { setMaxListeners } from 'node:events';
+import { performance } from 'node:perf_hooks';
+import type { Answer, DecodedPacket } from 'dns-packet';
+import type { Metrics } from '../metrics.ts';
+import { dnsError, rcodeError, type DnsErrorCode } from './errors.ts';
+import { Lru } from './lru.ts';
+import { isSubdomain, normalizeName, parseServer, reverseName, type ServerAddress } from './names.ts';
+import { systemServers } from './system.ts';
+import { ExchangeError, tcpExchange, udpExchange, type Question } from './transport.ts';
+
+export interface Resolver {
+    /**
+     * mailauth's resolver contract, same shapes as node:dns promises resolve(name, rrtype).
+     * Does not use `this`: pass `resolver.resolve` on its own.
+     */
+    resolve(this: void, name: string, rrtype: string): Promise<unknown>;
+    /** Reverse lookup (PTR) of an IP address. Does not use `this`. */
+    reverse(this: void, ip: string): Promise<string[]>;
+    stats(): { entries: number; hits: number; misses: number };
+    close(): void;
+}
+
+export interface CacheOptions {
+    /** Entries kept at most (least recently used dropped first). 0 disables caching. */
+    maxEntries?: number;
+    /** Floor on how long any cached answer lives. */
+    minTtlMs?: number;
+    /** Ceiling for positive answers. */
+    maxTtlMs?: number;
+    /** Ceiling for NXDOMAIN/NODATA answers. */
+    maxNegativeTtlMs?: number;
+}
+
+export interface ResolverOptions {
+    /** `IP`, `IPv4:PORT`, `[IPv6]:PORT`; null: the system resolvers (/etc/resolv.conf). */
+    servers: readonly string[] | null;
+    /** Time allowed for one exchange with one server. */
+    timeoutMs: number;
+    /** Rounds over the whole server list. */
+    tries?: number;
+    cache?: CacheOptions;
+    metrics?: Pick<Metrics, 'dnsQueries' | 'dnsQueryDuration'>;
+    /** Clock for cache expiry, in milliseconds. */
+    now?: () => number;
+}
+
+export const RESOLVER_DEFAULTS = {
+    tries: 2,
+    maxEntries: 10_000,
+    minTtlMs: 5_000,
+    maxTtlMs: 3_600_000,
+    maxNegativeTtlMs: 900_000,
+} as const;
+
+/** Supported record types and the syscall name node:dns puts in its errors. */
+const SYSCALLS = {
+    A: 'queryA',
+    AAAA: 'queryAaaa',
+    CNAME: 'queryCname',
+    MX: 'queryMx',
+    NS: 'queryNs',
+    PTR: 'queryPtr',
+    SOA: 'querySoa',
+    TXT: 'queryTxt',
+} as const;
+type Rrtype = keyof typeof SYSCALLS;
+
+function isRrtype(t: string): t is Rrtype {
+    return Object.hasOwn(SYSCALLS, t);
+}
+
+/** A CNAME chain longer than this is treated as a loop. */
+const MAX_CNAME_HOPS = 16;
+
+type Outcome =
+    | { kind: 'data'; value: unknown; ttlMs: number }
+    | { kind: 'negative'; code: 'ENOTFOUND' | 'ENODATA'; ttlMs: number | null }
+    | { kind: 'error'; code: DnsErrorCode };
+
+type Cached = { kind: 'data'; value: unknown } | { kind: 'negative'; code: 'ENOTFOUND' | 'ENODATA' };
+
+/**
+ * When every attempt failed, the error reported is the most telling one seen: a server's
+ * own answer (SERVFAIL, REFUSED, …) beats a refused or broken connection, which beats
+ * silence.
+ */
+const ERROR_RANK: Partial<Record<DnsErrorCode, number>> = { ETIMEOUT: 0, ECONNREFUSED: 1, EBADRESP: 1 };
+const rank = (code: DnsErrorCode): number => ERROR_RANK[code] ?? 2;
+
+function ttlOf(a: Answer): number {
+    return 'ttl' in a && typeof a.ttl === 'number' ? a.ttl : 0;
+}
+
+/** A root name (`.`) as node:dns prints it: the empty string. */
+function hostOf(name: string): string {
+    return name === '.' ? '' : name;
+}
+
+/** Record data in the shapes node:dns `resolve()` returns. */
+function shape(type: Rrtype, rrs: Answer[]): unknown {
+    switch (type) {
+        case 'A':
+        case 'AAAA':
+            return rrs.map((a) => String(a.type === type ? a.data : ''));
+        case 'CNAME':
+        case 'NS':
+        case 'PTR':
+            return rrs.map((a) => hostOf(String(a.type === type ? a.data : '')));
+        case 'TXT':
+            // Each character-string is its own element (RFC 1035 section 3.3.14); node:dns reads them as latin1.
+            return rrs.map((a) => {
+                if (a.type !== 'TXT') return [];
+                const chunks = Array.isArray(a.data) ? a.data : [a.data];
+                return chunks.map((c) => (typeof c === 'string' ? c : c.toString('latin1')));
+            });
+        case 'MX':
+            return rrs.map((a) =>
+                // node:dns (24) adds `type: 'MX'` to each entry; kept for an identical shape
+                a.type === 'MX'
+                    ? { exchange: hostOf(a.data.exchange), priority: a.data.preference ?? 0, type: 'MX' }
+                    : null,
+            );
+        case 'SOA': {
+            const a = rrs[0];
+            if (a?.type !== 'SOA') return null;
+            return {
+                nsname: hostOf(a.data.mname),
+                hostmaster: hostOf(a.data.rname),
+                serial: a.data.serial ?? 0,
+                refresh: a.data.refresh ?? 0,
+                retry: a.data.retry ?? 0,
+                expire: a.data.expire ?? 0,
+                minttl: a.data.minimum ?? 0,
+            };
+        }
+    }
+}
+
+/**
+ * Reads an answer for (qname, type): the records of that type at the end of the CNAME chain
+ * found in the answer section, or a negative answer with its RFC 2308 TTL, or an error for
+ * an RCODE other than NOERROR and NXDOMAIN.
+ */
+export function interpret(p: DecodedPacket, qname: string, type: Rrtype): Outcome {
+    const rcode = (p.flags ?? 0) & 0xf;
+    if (rcode !== 0 && rcode !== 3) return { kind: 'error', code: rcodeError(rcode) };
+    const answers = (p.answers ?? []).filter((a) => a.type !== 'OPT' && (a.class ?? 'IN') === 'IN');
+    let current = qname;
+    let chainTtl = Infinity;
+    const seen = new Set([qname]);
+    for (let hop = 0; hop <= MAX_CNAME_HOPS; hop++) {
+        const rrs = answers.filter((a) => a.type === type && a.name.toLowerCase() === current);
+        if (rrs.length > 0) {
+            const ttl = Math.min(chainTtl, ...rrs.map(ttlOf));
+            return { kind: 'data', value: shape(type, rrs), ttlMs: ttl * 1000 };
+        }
+        if (type === 'CNAME') break;
+        const cname = answers.find((a) => a.type === 'CNAME' && a.name.toLowerCase() === current);
+        if (cname?.type !== 'CNAME') break;
+        const next = cname.data.toLowerCase().replace(/\.$/, '');
+        if (seen.has(next)) break;
+        seen.add(next);
+        chainTtl = Math.min(chainTtl, ttlOf(cname));
+        current = next;
+    }
+    const code = rcode === 3 ? 'ENOTFOUND' : 'ENODATA';
+    // RFC 2308 section 5: the negative TTL is min(SOA TTL, SOA MINIMUM) of an SOA for an enclosing zone.
+    const soa = (p.authorities ?? []).find(
+        (a) =>
+            a.type === 'SOA' &&
+            (isSubdomain(current, a.name.toLowerCase()) || isSubdomain(qname, a.name.toLowerCase())),
+    );
+    if (soa?.type !== 'SOA') return { kind: 'negative', code, ttlMs: null };
+    const ttl = Math.min(chainTtl, ttlOf(soa), soa.data.minimum ?? 0);
+    return { kind: 'negative', code, ttlMs: ttl * 1000 };
+}
+
+/** A private copy of a cached value, so a caller that sorts or edits its answer cannot change the cache. */
+function copy<T>(value: T): T {
+    if (Array.isArray(value)) return value.map(copy) as T;
+    if (value !== null && typeof value === 'object') return { ...value };
+    return value;
+}
+
+function clamp(value: number, min: number, max: number): number {
+    return Math.min(Math.max(value, min), max);
+}
+
+export function createResolver(opts: ResolverOptions): Resolver {
+    const servers: ServerAddress[] = (opts.servers ?? systemServers()).map(parseServer);
+    if (servers.length === 0) throw new Error('no DNS servers configured');
+    const timeoutMs = opts.timeoutMs;
+    if (!(Number.isFinite(timeoutMs) && timeoutMs > 0)) throw new Error(`bad DNS timeout ${timeoutMs}`);
+    const tries = Math.max(1, Math.floor(opts.tries ?? RESOLVER_DEFAULTS.tries));
+    const maxEntries = opts.cache?.maxEntries ?? RESOLVER_DEFAULTS.maxEntries;
+    const minTtlMs = opts.cache?.minTtlMs ?? RESOLVER_DEFAULTS.minTtlMs;
+    const maxTtlMs = opts.cache?.maxTtlMs ?? RESOLVER_DEFAULTS.maxTtlMs;
+    const maxNegativeTtlMs = opts.cache?.maxNegativeTtlMs ?? RESOLVER_DEFAULTS.maxNegativeTtlMs;
+    const now = opts.now ?? Date.now;
+    const metrics = opts.metrics;
+
+    const cache = new Lru<Cached>(maxEntries);
+    const inflight = new Map<string, Promise<Outcome>>();
+    const controller = new AbortController();
+    // every exchange in flight listens for close(); hundreds at once are normal, not a leak
+    setMaxListeners(0, controller.signal);
+    let closed = false;
+    let hits = 0;
+    let misses = 0;
+
+    const exchangeOpts = (edns: boolean) => ({ timeoutMs, edns, signal: controller.signal });
+
+    /** One server: UDP with EDNS(0); without it after a FORMERR (RFC 6891 section 7); TCP after TC. */
+    async function ask(server: ServerAddress, q: Question): Promise<DecodedPacket> {
+        let edns = true;
+        let packet = await udpExchange(server, q, exchangeOpts(edns));
+        if (((packet.flags ?? 0) & 0xf) === 1 && !(packet.additionals ?? []).some((a) => a.type === 'OPT')) {
+            edns = false;
+            packet = await udpExchange(server, q, exchangeOpts(edns));
+        }
+        if (packet.flag_tc) packet = await tcpExchange(server, q, exchangeOpts(edns));
+        return packet;
+    }
+
+    /** Every server in order, `tries` rounds; the first NOERROR or NXDOMAIN answer wins. */
+    async function network(qname: string, type: Rrtype): Promise<Outcome> {
+        const q: Question = { name: qname, type };
+        let worst: DnsErrorCode | null = null;
+        for (let round = 0; round < tries; round++) {
+            for (const server of servers) {
+                let outcome: Outcome;
+                try {
+                    outcome = interpret(await ask(server, q), qname, type);
+                } catch (err) {
+                    outcome = { kind: 'error', code: err instanceof ExchangeError ? err.code : 'EBADRESP' };
+                }
+                if (outcome.kind !== 'error') return outcome;
+                if (outcome.code === 'ECANCELLED') return outcome;
+                if (worst === null || rank(outcome.code) >= rank(worst)) worst = outcome.code;
+            }
+        }
+        return { kind: 'error', code: worst ?? 'ETIMEOUT' };
+    }
+
+    function store(key: string, o: Outcome): void {
+        if (o.kind === 'data') {
+            cache.set(key, { kind: 'data', value: o.value }, now() + clamp(o.ttlMs, minTtlMs, maxTtlMs));
+        } else if (o.kind === 'negative' && o.ttlMs !== null) {
+            const ttl = clamp(o.ttlMs, minTtlMs, maxNegativeTtlMs);
+            if (ttl > 0) cache.set(key, { kind: 'negative', code: o.code }, now() + ttl);
+        }
+    }
+
+    function settle(o: Outcome | Cached, syscall: string, hostname: string): unknown {
+        if (o.kind === 'data') return copy(o.value);
+        throw dnsError(o.code, syscall, hostname);
+    }
+
+    function count(type: Rrtype, result: 'hit' | 'miss' | 'error'): void {
+        metrics?.dnsQueries.inc({ type, result });
+    }
+
+    /** `display` is what errors name: the name asked, or the address for reverse(). */
+    function lookup(hostname: string, type: Rrtype, syscall: string, display = hostname): Promise<unknown> {
+        let qname: string;
+        try {
+            qname = normalizeName(hostname, syscall, display);
+        } catch (err) {
+            count(type, 'error');
+            return Promise.reject(err instanceof Error ? err : new Error(String(err)));
+        }
+        if (closed) return Promise.reject(dnsError('ECANCELLED', syscall, display));
+        const key = `${type} ${qname}`;
+        const cached = cache.get(key, now());
+        if (cached) {
+            hits++;
+            count(type, 'hit');
+            return new Promise((resolve) => resolve(settle(cached, syscall, display)));
+        }
+        const shared = inflight.get(key);
+        if (shared) {
+            // Served by another caller's exchange: a hit unless that exchange failed.
+            return shared.then((o) => {
+                if (o.kind === 'error') count(type, 'error');
+                else {
+                    hits++;
+                    count(type, 'hit');
+                }
+                return settle(o, syscall, display);
+            });
+        }
+        misses++;
+        const started = performance.now();
+        const flight = network(qname, type)
+            .catch((): Outcome => ({ kind: 'error', code: 'EBADRESP' }))
+            .then((o) => {
+                inflight.delete(key);
+                metrics?.dnsQueryDuration.observe({ type }, (performance.now() - started) / 1000);
+                if (!closed) store(key, o);
+                return o;
+            });
+        inflight.set(key, flight);
+        return flight.then((o) => {
+            count(type, o.kind === 'error' ? 'error' : 'miss');
+            return settle(o, syscall, display);
+        });
+    }
+
+    return {
+        resolve(name: string, rrtype: string): Promise<unknown> {
+            // like node:dns, a missing type means A
+            const type = rrtype === undefined ? 'A' : typeof rrtype === 'string' ? rrtype.toUpperCase() : '';
+            if (!isRrtype(type)) {
+                const err = new TypeError(`DNS record type "${String(rrtype)}" is not supported`) as TypeError & {
+                    code: string;
+                };
+                err.code = 'ERR_INVALID_ARG_VALUE';
+                return Promise.reject(err);
+            }
+            return lookup(name, type, SYSCALLS[type]);
+        },
+        reverse(ip: string): Promise<string[]> {
+            const name = typeof ip === 'string' ? reverseName(ip) : null;
+            if (name === null) return Promise.reject(dnsError('EINVAL', 'getHostByAddr', String(ip)));
+            return lookup(name, 'PTR', 'getHostByAddr', ip) as Promise<string[]>;
+        },
+        stats() {
+            return { entries: cache.size, hits, misses };
+        },
+        close() {
+            closed = true;
+            controller.abort();
+            cache.clear();
+            inflight.clear();
+        },
+    };
+}
+
+/**
+ * The callback form smtp-server's `resolver` option takes, over `resolver.reverse()`.
+ */
+export function smtpServerResolver(resolver: Pick<Resolver, 'reverse'>): {
+    reverse(ip: string, callback: (err: Error | null, hostnames?: string[]) => void): void;
+} {
+    return {
+        reverse(ip, callback) {
+            resolver.reverse(ip).then(
+                (names) => callback(null, names),
+                (err: unknown) => callback(err instanceof Error ? err : new Error(String(err))),
+            );
+        },
+    };
+}

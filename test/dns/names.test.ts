@@ -1,0 +1,123 @@
+// Unit tests for the DNS layer's pure parts: query-name validation, reverse names, server
+// address syntax, resolv.conf parsing and the LRU map. No sockets.
+import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { describe, it } from 'node:test';
+import { Lru } from '../../src/dns/lru.ts';
+import { normalizeName, parseServer, reverseName } from '../../src/dns/names.ts';
+import { parseResolvConf, systemServers } from '../../src/dns/system.ts';
+
+describe('normalizeName', () => {
+    it('lower-cases and strips one trailing dot', () => {
+        assert.equal(normalizeName('Sel1._DomainKey.Example.COM.', 'queryTxt'), 'sel1._domainkey.example.com');
+        assert.equal(normalizeName('_dmarc.example.com', 'queryTxt'), '_dmarc.example.com');
+    });
+
+    it('enforces RFC 1035 limits with EBADNAME', () => {
+        const label63 = 'a'.repeat(63);
+        assert.equal(normalizeName(`${label63}.test`, 'queryA'), `${label63}.test`);
+        const name253 = `${'a'.repeat(63)}.${'b'.repeat(63)}.${'c'.repeat(63)}.${'d'.repeat(61)}`;
+        assert.equal(name253.length, 253);
+        assert.equal(normalizeName(name253, 'queryA'), name253);
+        for (const bad of [
+            '',
+            '.',
+            '..',
+            'a..b',
+            '.a',
+            `${'a'.repeat(64)}.test`,
+            `${name253}x`,
+            'tab\there',
+            'back\\slash',
+        ]) {
+            assert.throws(
+                () => normalizeName(bad, 'queryA'),
+                (err: Error & { code?: string; syscall?: string }) =>
+                    err.code === 'EBADNAME' && err.syscall === 'queryA',
+                JSON.stringify(bad),
+            );
+        }
+    });
+});
+
+describe('reverseName', () => {
+    it('builds in-addr.arpa and ip6.arpa names', () => {
+        assert.equal(reverseName('192.0.2.1'), '1.2.0.192.in-addr.arpa');
+        assert.equal(
+            reverseName('2001:db8::1'),
+            '1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.8.b.d.0.1.0.0.2.ip6.arpa',
+        );
+        assert.equal(reverseName('fe80::1%eth0')?.endsWith('.0.8.e.f.ip6.arpa'), true);
+        assert.equal(reverseName('example.com'), null);
+        assert.equal(reverseName('300.1.1.1'), null);
+    });
+});
+
+describe('parseServer', () => {
+    it('accepts IP, IPv4:PORT, IPv6, [IPv6] and [IPv6]:PORT', () => {
+        assert.deepEqual(parseServer('127.0.0.1'), { host: '127.0.0.1', port: 53, family: 4 });
+        assert.deepEqual(parseServer('127.0.0.1:5353'), { host: '127.0.0.1', port: 5353, family: 4 });
+        assert.deepEqual(parseServer('::1'), { host: '::1', port: 53, family: 6 });
+        assert.deepEqual(parseServer('[::1]'), { host: '::1', port: 53, family: 6 });
+        assert.deepEqual(parseServer('[2001:DB8::53]:5300'), { host: '2001:db8::53', port: 5300, family: 6 });
+    });
+
+    it('rejects names and bad ports', () => {
+        for (const bad of ['dns.example.com', 'localhost:53', '127.0.0.1:0', '127.0.0.1:70000', '[127.0.0.1]:53', '']) {
+            assert.throws(() => parseServer(bad), /not a DNS server address/, bad);
+        }
+    });
+});
+
+describe('system resolvers', () => {
+    it('reads nameserver lines from resolv.conf', () => {
+        const text = [
+            '# generated',
+            'search example.com',
+            'nameserver 10.0.0.53',
+            'nameserver   2001:db8::53   # v6',
+            '; nameserver 10.9.9.9',
+            'nameserver bogus',
+            'options ndots:2',
+        ].join('\n');
+        assert.deepEqual(parseResolvConf(text), ['10.0.0.53', '[2001:db8::53]:53']);
+    });
+
+    it('falls back to node:dns servers when resolv.conf is missing or empty', () => {
+        const dir = mkdtempSync(join(tmpdir(), 'mailwarden-resolv-'));
+        try {
+            const empty = join(dir, 'resolv.conf');
+            writeFileSync(empty, '# nothing\n');
+            for (const path of [empty, join(dir, 'missing')]) {
+                const servers = systemServers(path);
+                assert.ok(servers.length > 0);
+            }
+            writeFileSync(empty, 'nameserver 127.0.0.53\n');
+            assert.deepEqual(systemServers(empty), ['127.0.0.53']);
+        } finally {
+            rmSync(dir, { recursive: true, force: true });
+        }
+    });
+});
+
+describe('Lru', () => {
+    it('evicts the least recently used entry and expires by the given clock', () => {
+        const lru = new Lru<number>(2);
+        lru.set('a', 1, 100);
+        lru.set('b', 2, 100);
+        assert.equal(lru.get('a', 0), 1);
+        lru.set('c', 3, 100);
+        assert.equal(lru.has('b'), false);
+        assert.equal(lru.get('a', 99), 1);
+        assert.equal(lru.get('a', 100), undefined);
+        assert.equal(lru.size, 1);
+    });
+
+    it('keeps nothing with a bound of 0', () => {
+        const lru = new Lru<number>(0);
+        lru.set('a', 1, 100);
+        assert.equal(lru.size, 0);
+    });
+});
