@@ -5,12 +5,33 @@
  * check's facts. A failing check is recorded as the fact `<check>.error`. Our own failures
  * are never turned into a 5xx and never let mail through silently.
  */
-import type { Decider, Decision, Facts, FactValue, Stage } from './types.ts';
+import type { Readable } from 'node:stream';
+import type { Decider, Decision, Facts, FactValue, HeaderField, Stage } from './types.ts';
+import type { ClientIdentity } from './upstream/types.ts';
+
+/** The received message, for data-stage checks. */
+export interface MessageSource {
+    /** The message exactly as received, in canonical CRLF form, from the first header on. */
+    stream(): Readable;
+    readonly size: number;
+}
 
 export interface CheckContext {
     readonly stage: Stage;
     /** Facts known before this stage's checks ran. */
     readonly facts: Facts;
+    /** The client as seen by the listener. */
+    readonly client: ClientIdentity;
+    /** Envelope sender (empty string for the null reverse-path) and recipients so far. */
+    readonly envelope: { readonly mailFrom: string | null; readonly rcptTo: readonly string[] };
+    /** The message, at the data stage only. */
+    readonly message: MessageSource | null;
+}
+
+/** What a check reports: facts, and header fields to prepend when the message is forwarded. */
+export interface CheckResult {
+    readonly facts: Facts;
+    readonly headers?: readonly HeaderField[];
 }
 
 export interface Check {
@@ -19,7 +40,7 @@ export interface Check {
     readonly stages: readonly Stage[];
     readonly timeoutMs: number;
     readonly onError: 'tempfail' | 'ignore';
-    run(ctx: CheckContext, signal: AbortSignal): Promise<Facts>;
+    run(ctx: CheckContext, signal: AbortSignal): Promise<CheckResult>;
 }
 
 export interface CheckOutcome {
@@ -30,6 +51,8 @@ export interface CheckOutcome {
 
 export interface StageResult {
     readonly facts: Facts;
+    /** Header fields from the checks, in check order. */
+    readonly headers: readonly HeaderField[];
     readonly decision: Decision;
     readonly checks: readonly CheckOutcome[];
 }
@@ -45,12 +68,12 @@ async function runOne(
     check: Check,
     ctx: CheckContext,
     now: () => number,
-): Promise<{ facts: Facts; outcome: CheckOutcome }> {
+): Promise<{ result: CheckResult; outcome: CheckOutcome }> {
     const started = now();
     const controller = new AbortController();
     let timer: NodeJS.Timeout | undefined;
     try {
-        const facts = await Promise.race([
+        const result = await Promise.race([
             check.run(ctx, controller.signal),
             new Promise<never>((_, reject) => {
                 timer = setTimeout(
@@ -59,11 +82,11 @@ async function runOne(
                 );
             }),
         ]);
-        return { facts, outcome: { name: check.name, ms: now() - started, error: null } };
+        return { result, outcome: { name: check.name, ms: now() - started, error: null } };
     } catch (err) {
         controller.abort();
         const message = err instanceof CheckTimeout ? 'timeout' : err instanceof Error ? err.message : String(err);
-        return { facts: {}, outcome: { name: check.name, ms: now() - started, error: message } };
+        return { result: { facts: {} }, outcome: { name: check.name, ms: now() - started, error: message } };
     } finally {
         clearTimeout(timer);
     }
@@ -77,17 +100,20 @@ async function runOne(
 export async function runStage(
     stage: Stage,
     checks: readonly Check[],
-    facts: Facts,
+    context: Omit<CheckContext, 'stage'>,
     decider: Decider,
     now: () => number = Date.now,
 ): Promise<StageResult> {
-    const ctx: CheckContext = { stage, facts };
+    const ctx: CheckContext = { ...context, stage };
+    const facts = context.facts;
     const active = checks.filter((c) => c.stages.includes(stage));
     const results = await Promise.all(active.map((c) => runOne(c, ctx, now)));
     const merged: Record<string, FactValue> = { ...facts };
     let failed: CheckOutcome | null = null;
+    const headers: HeaderField[] = [];
     for (const [i, r] of results.entries()) {
-        Object.assign(merged, r.facts);
+        Object.assign(merged, r.result.facts);
+        headers.push(...(r.result.headers ?? []));
         if (r.outcome.error !== null) {
             merged[`${r.outcome.name}.error`] = r.outcome.error;
             if (active[i]!.onError === 'tempfail' && !failed) failed = r.outcome;
@@ -108,5 +134,5 @@ export async function runStage(
               headers: [],
           }
         : decider.decide(stage, frozen);
-    return { facts: frozen, decision, checks: results.map((r) => r.outcome) };
+    return { facts: frozen, headers, decision, checks: results.map((r) => r.outcome) };
 }

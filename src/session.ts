@@ -135,7 +135,16 @@ export class Session {
         stage: Stage,
         facts: Facts,
     ): Promise<{ facts: Facts; decision: Decision; checks: readonly CheckOutcome[] }> {
-        const result = await runStage(stage, this.deps.checks, facts, this.deps.decider(), this.deps.now);
+        const context = {
+            facts,
+            client: this.identity(),
+            envelope: {
+                mailFrom: typeof facts['mail.from'] === 'string' ? facts['mail.from'] : null,
+                rcptTo: Array.isArray(facts['rcpt.to']) ? (facts['rcpt.to'] as readonly string[]) : [],
+            },
+            message: null,
+        };
+        const result = await runStage(stage, this.deps.checks, context, this.deps.decider(), this.deps.now);
         const refusal = replyForDecision(result.decision, { id: this.id });
         if (refusal) {
             this.log.info(
@@ -286,7 +295,18 @@ export class Session {
             const { kept, removed } = filterIncomingFields(fields, this.deps.config.hostname);
             if (removed.length > 0) record.removedHeaders = removed;
             const facts = { ...tx.facts, ...this.messageFacts(kept, summary) };
-            const result = await runStage('data', this.deps.checks, facts, this.deps.decider(), this.deps.now);
+            const result = await runStage(
+                'data',
+                this.deps.checks,
+                {
+                    facts,
+                    client: this.identity(),
+                    envelope: { mailFrom: tx.mailFrom, rcptTo: tx.rcpts },
+                    message: { stream: () => spool.read(0, summary.size), size: summary.size },
+                },
+                this.deps.decider(),
+                this.deps.now,
+            );
             const decision = result.decision;
             action = decision.action;
             record.rules = [...tx.rulesSeen, ...decision.rules];
@@ -300,7 +320,7 @@ export class Session {
                 await this.abandonUpstream();
                 throw this.refuse(this.withId(refusal));
             }
-            const head = this.ourHeaders(decision, tx, [...tx.rulesSeen, ...decision.rules]);
+            const head = this.ourHeaders(decision, tx, [...tx.rulesSeen, ...decision.rules], result.headers);
             const message = this.composeMessage(head, kept, spool, summary);
             const up = this.upstream;
             let reply: UpstreamReply;
@@ -392,7 +412,12 @@ export class Session {
         };
     }
 
-    private ourHeaders(decision: Decision, tx: Transaction, rules: readonly string[]): HeaderField[] {
+    private ourHeaders(
+        decision: Decision,
+        tx: Transaction,
+        rules: readonly string[],
+        fromChecks: readonly HeaderField[],
+    ): HeaderField[] {
         const id = this.identity();
         const tlsInfo = this.smtp.tlsOptions;
         const fields: HeaderField[] = [
@@ -407,6 +432,7 @@ export class Session {
                 tlsCipher: tlsInfo ? `${tlsInfo.version} with cipher ${tlsInfo.name}` : null,
                 date: new Date(this.deps.now()),
             }),
+            ...fromChecks,
             verdictField(decision.action, rules, decision.score, this.id),
         ];
         if (decision.action === 'tag') fields.push({ name: 'X-Spam-Flag', value: 'YES' });
