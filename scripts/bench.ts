@@ -19,7 +19,7 @@ import { parseArgs } from 'node:util';
 import { pino } from 'pino';
 import { createApp, type App } from '../src/app.ts';
 import { loadConfig } from '../src/config/load.ts';
-import { startNxdomainDns, type NxdomainDns } from '../test/helpers/dns-nxdomain.ts';
+import { startDnsServer, type DnsTestServer } from '../test/helpers/dns-server.ts';
 import { startPostfix, type PostfixInstance } from '../test/helpers/postfix.ts';
 import { smtpConnect } from '../test/helpers/smtp-client.ts';
 
@@ -93,12 +93,12 @@ function line(label: string, r: RunResult): string {
 }
 
 let postfix: PostfixInstance | null = null;
-let dns: NxdomainDns | null = null;
+let dns: DnsTestServer | null = null;
 let app: App | null = null;
 let dir: string | null = null;
 try {
     postfix = await startPostfix();
-    dns = await startNxdomainDns();
+    dns = await startDnsServer({});
     dir = await mkdtemp(path.join(os.tmpdir(), 'mailwarden-bench-'));
     const configFile = path.join(dir, 'mailwarden.yaml');
     await writeFile(
@@ -107,7 +107,7 @@ try {
             'hostname: mx.test',
             'listeners: [{ name: mx, host: 127.0.0.1, port: 0, mode: mx }]',
             `upstream: { url: "smtp://127.0.0.1:${postfix.port}", xclient: true }`,
-            `dns: { servers: ["${dns.server}"], timeout: 1s }`,
+            `dns: { servers: ["${dns.address}"], timeout: 1s }`,
             'http: false',
             '',
         ].join('\n'),
@@ -146,7 +146,7 @@ try {
     }
 } finally {
     await app?.stop();
-    await dns?.stop();
+    await dns?.close();
     await postfix?.stop();
     if (dir) await rm(dir, { recursive: true, force: true });
 }

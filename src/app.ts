@@ -12,6 +12,8 @@ import { createHttpServer } from './http.ts';
 import { createListener, type AuthBackend, type RunningListener } from './listener.ts';
 import { createLogger, type Logger } from './log.ts';
 import { createMetrics, type Metrics } from './metrics.ts';
+import { createIprevCheck } from './checks/iprev.ts';
+import { createResolver, type Resolver } from './dns/resolver.ts';
 import { acceptAll, type Check } from './pipeline.ts';
 import { replyFor } from './reply.ts';
 import type { Decider } from './types.ts';
@@ -27,6 +29,7 @@ export interface AppDeps {
     readonly checks?: readonly Check[];
     readonly auth?: AuthBackend | null;
     readonly metrics?: Metrics;
+    readonly resolver?: Resolver;
 }
 
 export interface App {
@@ -60,6 +63,9 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
     const now = deps.now ?? Date.now;
     const upstream = deps.upstream ?? createUpstream(config.upstream, { hostname: config.hostname, logger: log });
     let decider = deps.decider ?? acceptAll;
+    const resolver =
+        deps.resolver ?? createResolver({ servers: config.dns.servers, timeoutMs: config.dns.timeoutMs, metrics, now });
+    const checks: readonly Check[] = deps.checks ?? [createIprevCheck(resolver, config.dns.timeoutMs * 2)];
     let draining = false;
     let started = false;
     let http: Server | null = null;
@@ -71,7 +77,7 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
             config,
             upstream,
             decider: () => decider,
-            checks: deps.checks ?? [],
+            checks,
             metrics,
             log,
             now,
@@ -179,6 +185,7 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
                     server.closeAllConnections();
                 });
             }
+            if (!deps.resolver) resolver.close();
             log.info('stopped');
         },
     };

@@ -78,6 +78,8 @@ export class Session {
     private upstream: UpstreamSession | null = null;
     private upstreamFor: string | null = null;
     private tx: Transaction | null = null;
+    /** Forward-confirmed reverse name from the connect stage, or null. */
+    private ptr: string | null = null;
     /** True while a message is being received or forwarded (shutdown lets it finish). */
     inData = false;
     private closed = false;
@@ -104,17 +106,20 @@ export class Session {
         return {
             ip: this.smtp.remoteAddress.replace(/^::ffff:/i, ''),
             port: this.smtp.remotePort,
-            ptr: null,
+            ptr: this.ptr,
             helo,
             proto: this.smtp.openingCommand === 'EHLO' ? 'ESMTP' : 'SMTP',
             login,
         };
     }
 
+    private connectFacts: Facts = {};
+
     /** Facts every stage knows about the connection. */
     private connectionFacts(): Record<string, FactValue> {
         const id = this.identity();
         return {
+            ...this.connectFacts,
             listener: this.deps.listener.name,
             'listener.mode': this.deps.listener.mode,
             'client.ip': id.ip,
@@ -128,7 +133,10 @@ export class Session {
     /** Connect stage: runs once when the client connects. Throws a reply error to refuse. */
     async onConnect(): Promise<void> {
         if (this.deps.isDraining()) throw this.refuse(replyFor('shutting-down', { id: this.id }));
-        await this.decideStage('connect', this.connectionFacts());
+        const result = await this.decideStage('connect', this.connectionFacts());
+        const ptr = result.facts['client.ptr'];
+        this.ptr = typeof ptr === 'string' ? ptr : null;
+        this.connectFacts = result.facts;
     }
 
     private async decideStage(

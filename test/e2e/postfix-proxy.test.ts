@@ -11,7 +11,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { startApp, type TestApp } from '../helpers/app.ts';
-import { startNxdomainDns, type NxdomainDns } from '../helpers/dns-nxdomain.ts';
+import { startDnsServer, type DnsTestServer } from '../helpers/dns-server.ts';
 import { startPostfix, type PostfixInstance } from '../helpers/postfix.ts';
 import { sendMail, smtpConnect } from '../helpers/smtp-client.ts';
 
@@ -26,13 +26,13 @@ function unfold(message: string): string {
 
 describe('mailwarden in front of Postfix', () => {
     let postfix: PostfixInstance;
-    let dns: NxdomainDns;
+    let dns: DnsTestServer;
     let rulesDir: string;
     let mw: TestApp;
 
     before(async () => {
         postfix = await startPostfix();
-        dns = await startNxdomainDns();
+        dns = await startDnsServer({});
         rulesDir = await mkdtemp(path.join(os.tmpdir(), 'mailwarden-rules-'));
         mw = await startApp(
             [
@@ -41,7 +41,7 @@ describe('mailwarden in front of Postfix', () => {
                 '  - { name: mx, host: 127.0.0.1, port: 0, mode: mx }',
                 '  - { name: behind-lb, host: 127.0.0.1, port: 0, mode: mx, proxyProtocol: [127.0.0.1/32] }',
                 `upstream: { url: "smtp://127.0.0.1:${postfix.port}", xclient: true }`,
-                `dns: { servers: ["${dns.server}"], timeout: 1s }`,
+                `dns: { servers: ["${dns.address}"], timeout: 1s }`,
                 `rules: ${rulesDir}`,
                 'http: false',
             ].join('\n'),
@@ -49,7 +49,7 @@ describe('mailwarden in front of Postfix', () => {
     });
     after(async () => {
         await mw?.stop();
-        await dns?.stop();
+        await dns?.close();
         await postfix?.stop();
         if (rulesDir) await rm(rulesDir, { recursive: true, force: true });
     });

@@ -1,8 +1,10 @@
 /**
  * Starts a real mailwarden app in-process for tests: writes the given YAML config into a
  * temporary folder, loads it with the real loader, builds the app with createApp and a
- * logger that records every JSON line, and starts it. `stop()` drains the app and removes
- * the folder. It must not replace any part of the product with a fake unless a test passes one in.
+ * logger that records every JSON line, and starts it. Unless the config names DNS servers,
+ * a loopback test DNS server with an empty zone (every name NXDOMAIN) is started and used,
+ * so no lookup ever leaves the machine. `stop()` drains the app, stops that server and
+ * removes the folder. It must not replace any part of the product with a fake unless a test passes one in.
  */
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -11,6 +13,7 @@ import { Writable } from 'node:stream';
 import { createApp, type App, type AppDeps } from '../../src/app.ts';
 import { loadConfig } from '../../src/config/load.ts';
 import { createLogger } from '../../src/log.ts';
+import { startDnsServer, type DnsTestServer } from './dns-server.ts';
 
 export interface TestApp {
     readonly app: App;
@@ -25,6 +28,11 @@ export interface TestApp {
 export async function startApp(yaml: string, deps: Omit<AppDeps, 'logger'> = {}): Promise<TestApp> {
     const dir = await mkdtemp(join(tmpdir(), 'mw-app-'));
     const file = join(dir, 'mailwarden.yaml');
+    let dns: DnsTestServer | null = null;
+    if (!/^dns:/m.test(yaml)) {
+        dns = await startDnsServer({});
+        yaml = `${yaml}\ndns: { servers: ["${dns.address}"], timeout: 1s }\n`;
+    }
     await writeFile(file, yaml);
     const config = loadConfig(file, {});
     const logs: Record<string, unknown>[] = [];
@@ -40,6 +48,7 @@ export async function startApp(yaml: string, deps: Omit<AppDeps, 'logger'> = {})
     try {
         await app.start();
     } catch (err) {
+        await dns?.close();
         await rm(dir, { recursive: true, force: true });
         throw err;
     }
@@ -57,6 +66,7 @@ export async function startApp(yaml: string, deps: Omit<AppDeps, 'logger'> = {})
             if (stopped) return;
             stopped = true;
             await app.stop();
+            await dns?.close();
             await rm(dir, { recursive: true, force: true });
         },
     };

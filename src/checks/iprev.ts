@@ -1,0 +1,68 @@
+/**
+ * The `iprev` check (RFC 8601 section 3): the client's reverse name, accepted only when it
+ * is forward-confirmed (the PTR name resolves back to the client address, RFC 8601
+ * section 3, "iprev"; Postfix calls this the "verified" client name). Reports `client.ptr`
+ * (the confirmed name or null) and `iprev.result` (pass | fail | temperror | permerror).
+ * A DNS failure never refuses anything by itself: it is reported, and rules decide.
+ */
+import { isIP } from 'node:net';
+import type { Resolver } from '../dns/resolver.ts';
+import type { Check, CheckResult } from '../pipeline.ts';
+
+const TEMPORARY = new Set(['ETIMEOUT', 'ESERVFAIL', 'ECONNREFUSED', 'EREFUSED', 'ECANCELLED']);
+
+function temporary(err: unknown): boolean {
+    return TEMPORARY.has((err as { code?: string } | null)?.code ?? '');
+}
+
+/** At most this many PTR names are forward-checked (RFC 8601 section 3: a bounded number). */
+const MAX_NAMES = 5;
+
+export function createIprevCheck(resolver: Resolver, timeoutMs: number): Check {
+    return {
+        name: 'iprev',
+        stages: ['connect'],
+        timeoutMs,
+        onError: 'ignore',
+        async run(ctx): Promise<CheckResult> {
+            const ip = ctx.client.ip;
+            const family = isIP(ip);
+            if (family === 0) return { facts: { 'client.ptr': null, 'iprev.result': 'permerror' } };
+            let names: string[];
+            try {
+                names = (await resolver.reverse(ip)).slice(0, MAX_NAMES);
+            } catch (err) {
+                return { facts: { 'client.ptr': null, 'iprev.result': temporary(err) ? 'temperror' : 'fail' } };
+            }
+            let sawTemporary = false;
+            for (const name of names) {
+                try {
+                    const addrs = (await resolver.resolve(name, family === 6 ? 'AAAA' : 'A')) as string[];
+                    if (addrs.some((a) => sameAddress(a, ip))) {
+                        return {
+                            facts: { 'client.ptr': name.toLowerCase().replace(/\.$/, ''), 'iprev.result': 'pass' },
+                        };
+                    }
+                } catch (err) {
+                    if (temporary(err)) sawTemporary = true;
+                }
+            }
+            return { facts: { 'client.ptr': null, 'iprev.result': sawTemporary ? 'temperror' : 'fail' } };
+        },
+    };
+}
+
+function sameAddress(a: string, b: string): boolean {
+    if (a === b) return true;
+    if (isIP(a) === 6 && isIP(b) === 6) return expand6(a) === expand6(b);
+    return false;
+}
+
+/** Full eight-group form of an IPv6 address, for comparison. */
+function expand6(ip: string): string {
+    const [head = '', tail = ''] = ip.toLowerCase().split('::');
+    const h = head ? head.split(':') : [];
+    const t = ip.includes('::') ? (tail ? tail.split(':') : []) : [];
+    const fill = ip.includes('::') ? Array(8 - h.length - t.length).fill('0') : [];
+    return [...h, ...fill, ...t].map((g) => g.padStart(4, '0')).join(':');
+}
