@@ -63,6 +63,6 @@ function expand6(ip: string): string {
     const [head = '', tail = ''] = ip.toLowerCase().split('::');
     const h = head ? head.split(':') : [];
     const t = ip.includes('::') ? (tail ? tail.split(':') : []) : [];
-    const fill = ip.includes('::') ? Array(8 - h.length - t.length).fill('0') : [];
+    const fill: string[] = ip.includes('::') ? new Array<string>(8 - h.length - t.length).fill('0') : [];
     return [...h, ...fill, ...t].map((g) => g.padStart(4, '0')).join(':');
 }
