@@ -37,6 +37,19 @@ export function createMetrics(version: string) {
             labelNames: ['check', 'result'],
             registers: r,
         }),
+        dmarcOverrides: new Counter({
+            name: `${P}dmarc_overrides_total`,
+            help: 'DMARC failures whose disposition was lowered, by reason (arc: trusted ARC sealer, local: authenticated submission, testing: t=y or pct=0)',
+            labelNames: ['reason'],
+            registers: r,
+        }),
+        checkDuration: new Histogram({
+            name: `${P}check_duration_seconds`,
+            help: 'Time one check took for one message or connection, by check',
+            labelNames: ['check'],
+            buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
+            registers: r,
+        }),
         ruleHits: new Counter({
             name: `${P}rule_hits_total`,
             help: 'Rules that matched, by rule id, action and mode (enforce or monitor)',
@@ -100,7 +113,14 @@ export function createMetrics(version: string) {
         }),
         redisErrors: new Counter({
             name: `${P}redis_errors_total`,
-            help: 'Redis commands that failed or timed out',
+            help: 'Redis errors: store operations that failed or timed out, and connection errors',
+            registers: r,
+        }),
+        redisCommandDuration: new Histogram({
+            name: `${P}redis_command_duration_seconds`,
+            help: 'Time of shared-store operations against Redis, failures included, by operation (take, acquire, renew, release, greylist, ping)',
+            labelNames: ['command'],
+            buckets: [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1],
             registers: r,
         }),
         configReloads: new Counter({

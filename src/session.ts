@@ -153,6 +153,7 @@ export class Session {
             message: null,
         };
         const result = await runStage(stage, this.deps.checks, context, this.deps.decider(), this.deps.now);
+        this.observeChecks(result.checks);
         const refusal = replyForDecision(result.decision, { id: this.id });
         if (refusal) {
             this.log.info(
@@ -315,6 +316,7 @@ export class Session {
                 this.deps.decider(),
                 this.deps.now,
             );
+            this.observeChecks(result.checks);
             const decision = result.decision;
             action = decision.action;
             record.rules = [...tx.rulesSeen, ...decision.rules];
@@ -371,6 +373,10 @@ export class Session {
             this.deps.metrics.messages.inc({ listener: this.deps.listener.name, action });
             this.log.info({ ...record, action, ms: Math.round(seconds * 1000) }, 'decision');
         }
+    }
+
+    private observeChecks(checks: readonly CheckOutcome[]): void {
+        for (const c of checks) this.deps.metrics.checkDuration.observe({ check: c.name }, c.ms / 1000);
     }
 
     /** Refusals that come from the protocol, before any policy: size, line endings, header size. */

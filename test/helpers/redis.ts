@@ -1,11 +1,12 @@
 /**
  * Runs Debian's redis-server for tests: a child process on a free loopback port, without
- * persistence, working in a fresh temporary folder. It must not touch the system's Redis or
- * its data, and stop() ends only the process it started (by PID) and removes its folder.
+ * persistence, working in a fresh temporary folder; also a three-master Redis Cluster and a
+ * Sentinel watching one server. It must not touch the system's Redis or its data, and
+ * stop() ends only the processes it started (by PID) and removes their folders.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
+import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
@@ -47,10 +48,17 @@ async function ping(port: number): Promise<boolean> {
     });
 }
 
+export interface StartRedisOptions {
+    /** A fixed port (e.g. to restart a server where a client expects it); default: a free one. */
+    port?: number;
+    /** More `--name value` settings (e.g. cluster mode). */
+    settings?: Record<string, string>;
+}
+
 /** Starts redis-server; it answers PING when the promise resolves. */
-export async function startRedis(): Promise<RedisInstance> {
+export async function startRedis(options: StartRedisOptions = {}): Promise<RedisInstance> {
     const dir = await mkdtemp(path.join(os.tmpdir(), 'mailwarden-redis-'));
-    const port = await freePort();
+    const port = options.port ?? (await freePort());
     const settings: Record<string, string> = {
         port: String(port),
         bind: '127.0.0.1',
@@ -59,8 +67,14 @@ export async function startRedis(): Promise<RedisInstance> {
         daemonize: 'no',
         dir,
         logfile: '',
+        ...options.settings,
     };
     const args = Object.entries(settings).flatMap(([key, value]) => [`--${key}`, value]);
+    return launch(args, port, dir);
+}
+
+/** Runs redis-server with `args` (it must listen on `port`); `dir` is removed by stop(). */
+async function launch(args: string[], port: number, dir: string): Promise<RedisInstance> {
     const child: ChildProcess = spawn(redisCommand(), args, { stdio: ['ignore', 'pipe', 'pipe'] });
     let output = '';
     child.stdout?.on('data', (chunk: Buffer) => (output += chunk.toString()));
@@ -128,4 +142,105 @@ export async function startRedis(): Promise<RedisInstance> {
         output: () => output,
         stop,
     };
+}
+
+function redisCli(): string {
+    return existsSync('/usr/bin/redis-cli') ? '/usr/bin/redis-cli' : 'redis-cli';
+}
+
+/** Runs redis-cli with `args`; resolves its stdout, rejects with its output on failure. */
+export function runRedisCli(args: readonly string[], timeoutMs = 30_000): Promise<string> {
+    return new Promise((resolve, reject) => {
+        execFile(redisCli(), args, { timeout: timeoutMs }, (error, stdout, stderr) => {
+            if (error) reject(new Error(`redis-cli ${args.join(' ')} failed: ${error.message}\n${stdout}${stderr}`));
+            else resolve(stdout);
+        });
+    });
+}
+
+/** `count` distinct free loopback ports. */
+async function freePorts(count: number): Promise<number[]> {
+    const ports = new Set<number>();
+    while (ports.size < count) ports.add(await freePort());
+    return [...ports];
+}
+
+export interface RedisClusterInstance {
+    readonly nodes: readonly RedisInstance[];
+    /** `127.0.0.1:PORT` of each master. */
+    readonly seeds: readonly string[];
+    stop(): Promise<void>;
+}
+
+/**
+ * Starts `masters` redis-server processes in cluster mode (each with its own folder and an
+ * explicit cluster bus port), joins them with `redis-cli --cluster create` (no replicas) and
+ * waits until every node reports `cluster_state:ok`. Fails with the reason; never skips.
+ */
+export async function startRedisCluster(masters = 3): Promise<RedisClusterInstance> {
+    const nodes: RedisInstance[] = [];
+    const stop = async (): Promise<void> => {
+        await Promise.all(nodes.map((n) => n.stop()));
+    };
+    try {
+        const ports = await freePorts(masters * 2);
+        for (let i = 0; i < masters; i++) {
+            nodes.push(
+                await startRedis({
+                    port: ports[i * 2]!,
+                    settings: {
+                        'cluster-enabled': 'yes',
+                        'cluster-config-file': 'nodes.conf',
+                        'cluster-port': String(ports[i * 2 + 1]!),
+                        'cluster-node-timeout': '2000',
+                    },
+                }),
+            );
+        }
+        const seeds = nodes.map((n) => `127.0.0.1:${n.port}`);
+        await runRedisCli(['--cluster', 'create', ...seeds, '--cluster-replicas', '0', '--cluster-yes']);
+        const deadline = Date.now() + 20_000;
+        for (const node of nodes) {
+            for (;;) {
+                const info = await runRedisCli(['-h', '127.0.0.1', '-p', String(node.port), 'cluster', 'info']);
+                if (/cluster_state:ok/.test(info) && /cluster_known_nodes:(\d+)/.exec(info)?.[1] === String(masters))
+                    break;
+                if (Date.now() > deadline) throw new Error(`cluster node ${node.port} did not become ready:\n${info}`);
+                await sleep(100);
+            }
+        }
+        return { nodes, seeds, stop };
+    } catch (error) {
+        await stop();
+        throw error;
+    }
+}
+
+export interface RedisSentinelInstance extends RedisInstance {
+    /** The master name the sentinel monitors. */
+    readonly masterName: string;
+}
+
+/** Starts a Sentinel (`redis-server CONF --sentinel`) that monitors `master` under `masterName`. */
+export async function startRedisSentinel(
+    master: RedisInstance,
+    masterName = 'mymaster',
+): Promise<RedisSentinelInstance> {
+    const dir = await mkdtemp(path.join(os.tmpdir(), 'mailwarden-sentinel-'));
+    const port = await freePort();
+    const conf = path.join(dir, 'sentinel.conf');
+    await writeFile(
+        conf,
+        [
+            `port ${port}`,
+            'bind 127.0.0.1',
+            'daemonize no',
+            `dir ${dir}`,
+            `sentinel monitor ${masterName} 127.0.0.1 ${master.port} 1`,
+            `sentinel down-after-milliseconds ${masterName} 5000`,
+            '',
+        ].join('\n'),
+    );
+    const instance = await launch([conf, '--sentinel'], port, dir);
+    return { ...instance, masterName };
 }

@@ -1,0 +1,101 @@
+/**
+ * The GCRA arithmetic (generic cell rate algorithm, the "virtual scheduling" form) for one or
+ * several windows at once, in exact integers. The memory store runs it directly; gcra.lua
+ * is a line-by-line copy for Redis, and both are tested against one table of cases. Must
+ * stay pure: no clock (the caller passes `now`), no storage.
+ *
+ * Per window (limit L, period P): the emission interval is T = P / L and the burst is L,
+ * so the tolerance is T x L = P. The state is the theoretical arrival time (TAT); an empty
+ * bucket has TAT <= now. Taking `cost` moves TAT to max(TAT, now) + cost x T and is admitted
+ * when the new TAT - P <= now. T is rarely a whole number of milliseconds, so TAT is kept
+ * as whole milliseconds plus a remainder counted in 1/L ms (0 <= frac < L): no rounding,
+ * hence exactly L admitted per empty window and identical answers from Lua and TypeScript.
+ */
+import type { TakeResult, Window } from './types.ts';
+
+/** TAT = whole + frac / limit milliseconds. */
+export interface GcraState {
+    readonly whole: number;
+    readonly frac: number;
+}
+
+export interface GcraOutcome {
+    readonly result: TakeResult;
+    /** When admitted with cost > 0: the new state of each window and its time to live (ms). */
+    readonly writes: readonly { readonly state: GcraState; readonly ttlMs: number }[] | null;
+}
+
+/** Floor division and remainder that stay exact for integers below 2^53. */
+export function divmod(a: number, b: number): [number, number] {
+    let q = Math.floor(a / b);
+    let r = a - q * b;
+    if (r < 0) {
+        q -= 1;
+        r += b;
+    } else if (r >= b) {
+        q += 1;
+        r -= b;
+    }
+    return [q, r];
+}
+
+/** Stored form, also used by the Lua script: `whole:frac`. */
+export function encodeState(s: GcraState): string {
+    return `${s.whole}:${s.frac}`;
+}
+
+export function decodeState(value: string | null | undefined): GcraState | null {
+    if (!value) return null;
+    const m = /^(-?\d+):(\d+)$/.exec(value);
+    if (!m) return null;
+    return { whole: Number(m[1]), frac: Number(m[2]) };
+}
+
+/**
+ * One decision over all windows; `states[i]` belongs to `windows[i]` (null: nothing stored).
+ * Arguments are assumed valid (types.ts checkTake).
+ */
+export function gcra(
+    states: readonly (GcraState | null)[],
+    windows: readonly Window[],
+    cost: number,
+    now: number,
+): GcraOutcome {
+    let allowed = true;
+    let retryAfterMs = 0;
+    let charged = Infinity;
+    let uncharged = Infinity;
+    const next: GcraState[] = [];
+    for (let i = 0; i < windows.length; i++) {
+        const { limit, periodMs } = windows[i]!;
+        const s = states[i];
+        // An empty or past TAT means a full bucket: start from now.
+        let baseW = now;
+        let baseF = 0;
+        if (s && s.whole >= now) {
+            baseW = s.whole;
+            baseF = s.frac;
+        }
+        const [q, r] = divmod(baseF + cost * periodMs, limit);
+        const newW = baseW + q;
+        // allowAt = newTat - P: the earliest time this cost fits.
+        const allowW = newW - periodMs;
+        if (allowW > now || (allowW === now && r > 0)) {
+            allowed = false;
+            const wait = allowW - now + (r > 0 ? 1 : 0);
+            if (wait > retryAfterMs) retryAfterMs = wait;
+        } else {
+            const [rem] = divmod((now - allowW) * limit - r, periodMs);
+            if (rem < charged) charged = rem;
+        }
+        const [cur] = divmod((now - baseW + periodMs) * limit - baseF, periodMs);
+        if (cur < uncharged) uncharged = cur;
+        next.push({ whole: newW, frac: r });
+    }
+    if (!allowed) return { result: { allowed, retryAfterMs, remaining: Math.max(0, uncharged) }, writes: null };
+    const writes =
+        cost > 0
+            ? next.map((state) => ({ state, ttlMs: Math.max(1, state.whole - now + (state.frac > 0 ? 1 : 0)) }))
+            : null;
+    return { result: { allowed, retryAfterMs: 0, remaining: Math.max(0, charged) }, writes };
+}

@@ -1,0 +1,31 @@
+/**
+ * Names of the shared-state keys: `<prefix>:<kind>:v1:{<key>}[:suffix]`. The version lets a
+ * later release change a value's format without misreading old values; the braces are a
+ * Redis Cluster hash tag, so every key of one limit key (all its windows) lands in one slot
+ * and one script may touch them together. Must not build a key from anything but its
+ * arguments (no clocks, no randomness).
+ */
+import type { Window } from './types.ts';
+
+export const KEY_VERSION = 'v1';
+
+export interface KeyNames {
+    /** The GCRA state of one window of one limit key. The limit is part of the name: changing it starts afresh. */
+    rate(key: string, window: Window): string;
+    /** The lease set (sorted set, score = expiry) of one concurrency key. */
+    lease(key: string): string;
+    /** One greylisting triplet. */
+    triplet(triplet: string): string;
+    /** One client's greylisting pass count (auto-allowlist). */
+    client(client: string): string;
+}
+
+export function keyNames(prefix = 'mw'): KeyNames {
+    const v = KEY_VERSION;
+    return {
+        rate: (key, w) => `${prefix}:rl:${v}:{${key}}:${w.limit}:${w.periodMs}`,
+        lease: (key) => `${prefix}:cc:${v}:{${key}}`,
+        triplet: (triplet) => `${prefix}:glt:${v}:{${triplet}}`,
+        client: (client) => `${prefix}:glc:${v}:{${client}}`,
+    };
+}

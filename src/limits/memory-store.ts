@@ -1,0 +1,198 @@
+/**
+ * The in-process store, used when no Redis is configured: the same GCRA math (gcra.ts), the
+ * same lease and greylisting rules as the Lua scripts, decided from the caller's `nowMs`
+ * only. Bounded: at most `maxKeys` entries, least recently used dropped first, and expired
+ * entries swept a few at a time on every call. Must not read the wall clock, start timers
+ * or share state between instances (each mailwarden process has its own counts).
+ */
+import { gcra, type GcraState } from './gcra.ts';
+import { keyNames } from './keys.ts';
+import {
+    checkGreylist,
+    checkLease,
+    checkRelease,
+    checkTake,
+    type AcquireResult,
+    type GreylistOptions,
+    type GreylistResult,
+    type LimitStore,
+    type TakeResult,
+    type Window,
+} from './types.ts';
+
+type Value =
+    | { readonly type: 'rate'; readonly state: GcraState }
+    | { readonly type: 'lease'; readonly holders: Map<string, number> }
+    | { readonly type: 'triplet'; readonly kind: 'g' | 'p'; readonly time: number }
+    | { readonly type: 'client'; readonly count: number; readonly until: number };
+
+interface Entry {
+    value: Value;
+    /** Caller-clock time after which the entry can no longer matter (the Redis key's TTL). */
+    expiresAt: number;
+}
+
+export interface MemoryStoreOptions {
+    /** Entries kept at most (default 100 000); the least recently used is dropped first. */
+    maxKeys?: number;
+}
+
+export interface MemoryLimitStore extends LimitStore {
+    readonly kind: 'memory';
+    /** Entries currently held (expired ones may linger until swept). */
+    size(): number;
+}
+
+/** Runs `fn` now; its result or its exception becomes the promise's outcome. */
+function settle<T>(fn: () => T): Promise<T> {
+    try {
+        return Promise.resolve(fn());
+    } catch (error) {
+        return Promise.reject(error instanceof Error ? error : new Error(String(error)));
+    }
+}
+
+/** Expired entries examined at the old end of the LRU order on each call. */
+const SWEEP_PER_CALL = 4;
+
+export function createMemoryStore(options: MemoryStoreOptions = {}): MemoryLimitStore {
+    const maxKeys = options.maxKeys ?? 100_000;
+    if (!Number.isSafeInteger(maxKeys) || maxKeys < 1) throw new RangeError('maxKeys must be a positive integer');
+    const names = keyNames('mw');
+    const entries = new Map<string, Entry>();
+
+    /** Drops a few expired entries from the least recently used end. */
+    const sweep = (now: number): void => {
+        let n = 0;
+        for (const [k, e] of entries) {
+            if (n++ >= SWEEP_PER_CALL || e.expiresAt >= now) break;
+            entries.delete(k);
+        }
+    };
+
+    /** The live value under `k` (refreshing its LRU position), or undefined. */
+    const read = (k: string, now: number): Value | undefined => {
+        const e = entries.get(k);
+        if (!e) return undefined;
+        entries.delete(k);
+        if (e.expiresAt < now) return undefined;
+        entries.set(k, e);
+        return e.value;
+    };
+
+    const write = (k: string, value: Value, expiresAt: number): void => {
+        entries.delete(k);
+        entries.set(k, { value, expiresAt });
+        while (entries.size > maxKeys) {
+            const oldest = entries.keys().next();
+            if (oldest.done) break;
+            entries.delete(oldest.value);
+        }
+    };
+
+    const take = (key: string, windows: readonly Window[], cost: number, now: number): TakeResult => {
+        checkTake(key, windows, cost, now);
+        sweep(now);
+        const ks = windows.map((w) => names.rate(key, w));
+        const states = ks.map((k) => {
+            const v = read(k, now);
+            return v?.type === 'rate' ? v.state : null;
+        });
+        const { result, writes } = gcra(states, windows, cost, now);
+        writes?.forEach((w, i) => write(ks[i]!, { type: 'rate', state: w.state }, now + w.ttlMs));
+        return result;
+    };
+
+    const lease = (op: 'acquire' | 'renew', key: string, holder: string, max: number, ttlMs: number, now: number) => {
+        sweep(now);
+        const k = names.lease(key);
+        const v = read(k, now);
+        const holders = v?.type === 'lease' ? v.holders : new Map<string, number>();
+        let last = 0;
+        for (const [h, until] of holders) {
+            if (until <= now) holders.delete(h);
+            else if (until > last) last = until;
+        }
+        let ok = false;
+        if (holders.has(holder) || (op === 'acquire' && holders.size < max)) {
+            holders.set(holder, now + ttlMs);
+            ok = true;
+            // A renewal may shorten this holder's lease: the longest one decides the expiry.
+            last = 0;
+            for (const until of holders.values()) if (until > last) last = until;
+        }
+        if (holders.size > 0) write(k, { type: 'lease', holders }, last);
+        else entries.delete(k);
+        return { ok, active: holders.size };
+    };
+
+    const greylist = (triplet: string, client: string, opts: GreylistOptions, now: number): GreylistResult => {
+        checkGreylist(triplet, client, opts, now);
+        sweep(now);
+        const ck = names.client(client);
+        if (opts.autoAllowAfter > 0) {
+            const c = read(ck, now);
+            if (c?.type === 'client' && c.until > now && c.count >= opts.autoAllowAfter) {
+                const until = now + opts.passTtlMs;
+                write(ck, { type: 'client', count: c.count, until }, until);
+                return { verdict: 'known-client', retryAfterMs: 0 };
+            }
+        }
+        const tk = names.triplet(triplet);
+        const t = read(tk, now);
+        const passUntil = now + opts.passTtlMs;
+        if (t?.type === 'triplet') {
+            if (t.kind === 'p' && t.time > now) {
+                write(tk, { type: 'triplet', kind: 'p', time: passUntil }, passUntil);
+                return { verdict: 'pass', retryAfterMs: 0 };
+            }
+            if (t.kind === 'g') {
+                const elapsed = now - t.time;
+                if (elapsed < opts.delayMs) return { verdict: 'early', retryAfterMs: opts.delayMs - elapsed };
+                if (elapsed <= opts.retryWindowMs) {
+                    write(tk, { type: 'triplet', kind: 'p', time: passUntil }, passUntil);
+                    if (opts.autoAllowAfter > 0) {
+                        const c = read(ck, now);
+                        const count = c?.type === 'client' && c.until > now ? c.count + 1 : 1;
+                        write(ck, { type: 'client', count, until: passUntil }, passUntil);
+                    }
+                    return { verdict: 'pass', retryAfterMs: 0 };
+                }
+            }
+        }
+        write(tk, { type: 'triplet', kind: 'g', time: now }, now + opts.retryWindowMs + 1);
+        return { verdict: 'new', retryAfterMs: opts.delayMs };
+    };
+
+    return {
+        kind: 'memory',
+        take: (key, windows, cost, nowMs) => settle(() => take(key, windows, cost, nowMs)),
+        acquire: (key, holder, max, ttlMs, nowMs) =>
+            settle((): AcquireResult => {
+                checkLease(key, holder, ttlMs, nowMs, max);
+                const { ok, active } = lease('acquire', key, holder, max, ttlMs, nowMs);
+                return { acquired: ok, active };
+            }),
+        renew: (key, holder, ttlMs, nowMs) =>
+            settle(() => {
+                checkLease(key, holder, ttlMs, nowMs);
+                return lease('renew', key, holder, 0, ttlMs, nowMs).ok;
+            }),
+        release: (key, holder) =>
+            settle(() => {
+                checkRelease(key, holder);
+                const e = entries.get(names.lease(key));
+                if (e?.value.type === 'lease') {
+                    e.value.holders.delete(holder);
+                    if (e.value.holders.size === 0) entries.delete(names.lease(key));
+                }
+            }),
+        greylist: (triplet, client, opts, nowMs) => settle(() => greylist(triplet, client, opts, nowMs)),
+        ping: () => Promise.resolve(true),
+        size: () => entries.size,
+        close: () =>
+            settle(() => {
+                entries.clear();
+            }),
+    };
+}

@@ -1,0 +1,291 @@
+/**
+ * The shared store in Redis (single server, Sentinel or Cluster), so that every mailwarden
+ * instance enforces the same limits. Each decision is one Lua script (gcra.lua, lease.lua,
+ * greylist.lua) sent with EVALSHA, falling back to EVAL when the server lost its script
+ * cache; each script sets a TTL on every key it writes and takes the time from the caller.
+ *
+ * It fails fast instead of queueing: no offline queue, no command retries, a command timeout
+ * and an overall deadline per operation, so a dead or hung Redis costs at most
+ * `commandTimeoutMs` and surfaces as a StoreError the caller turns into allow or tempfail.
+ * The client reconnects by itself; recovery needs no restart. It must not log secrets (URLs
+ * are never logged), must not read the server clock in scripts, and must never let an
+ * ioredis error event go unhandled.
+ */
+import { readFileSync } from 'node:fs';
+import { performance } from 'node:perf_hooks';
+import { Cluster, Redis, type RedisOptions } from 'ioredis';
+import type { Logger } from '../log.ts';
+import type { Metrics } from '../metrics.ts';
+import { keyNames } from './keys.ts';
+import {
+    StoreError,
+    checkGreylist,
+    checkLease,
+    checkRelease,
+    checkTake,
+    type GreylistResult,
+    type GreylistVerdict,
+    type LimitStore,
+    type StoreErrorKind,
+} from './types.ts';
+
+export interface RedisStoreOptions {
+    /** `redis://[[USER]:PASSWORD@]HOST[:PORT][/DB]` or `rediss://…` (one server). */
+    url?: string;
+    /** Cluster seed nodes, `host:port` each. */
+    cluster?: readonly string[];
+    /** Sentinels to ask for the current master named `sentinelName`. */
+    sentinels?: readonly { host: string; port: number }[];
+    sentinelName?: string;
+    /** For cluster nodes and the master found through Sentinel (a URL carries its own). */
+    username?: string;
+    password?: string;
+    sentinelPassword?: string;
+    /** Longest wait for one store operation; the answer is then a StoreError 'timeout'. */
+    commandTimeoutMs: number;
+    /** Longest wait for a TCP connection (default 1000). */
+    connectTimeoutMs?: number;
+    /** First part of every key name (default 'mw'). */
+    prefix?: string;
+    metrics?: Pick<Metrics, 'redisErrors' | 'redisCommandDuration'>;
+    logger?: Pick<Logger, 'warn' | 'info'>;
+    /** At most one error log line per this interval (default 10 000 ms); the rest are counted. */
+    errorLogIntervalMs?: number;
+}
+
+export interface RedisLimitStore extends LimitStore {
+    readonly kind: 'redis';
+    /** Resolves once the connection is ready; rejects with StoreError 'unavailable' after `timeoutMs`. */
+    waitUntilReady(timeoutMs: number): Promise<void>;
+}
+
+const lua = (name: string): string => readFileSync(new URL(`./${name}`, import.meta.url), 'utf8');
+const SCRIPTS = { mwGcra: lua('gcra.lua'), mwLease: lua('lease.lua'), mwGreylist: lua('greylist.lua') };
+
+type ScriptCall = (...args: (string | number)[]) => Promise<unknown>;
+type Scripted = Record<keyof typeof SCRIPTS, ScriptCall>;
+
+/** Reconnect soon after a loss, then at most every 2 s (ioredis' default backs off to 5 s). */
+export function reconnectDelay(times: number): number {
+    return Math.min(50 * 2 ** Math.min(times, 6), 2_000) + Math.floor(Math.random() * 100);
+}
+
+const UNAVAILABLE =
+    /enableOfflineQueue|Connection is closed|max retries per request|isn't ready|ECONNREFUSED|ECONNRESET|EPIPE|ETIMEDOUT|EHOSTUNREACH|ENETUNREACH|All sentinels are unreachable|Failed to refresh slots cache|None of startup nodes|^(LOADING|CLUSTERDOWN|MASTERDOWN|TRYAGAIN|READONLY|BUSY|NOREPLICAS|MOVED|ASK)\b/;
+
+/** Turns whatever ioredis rejected with into a StoreError. */
+export function classifyRedisError(error: unknown): StoreError {
+    if (error instanceof StoreError) return error;
+    const err = error instanceof Error ? error : new Error(String(error));
+    let kind: StoreErrorKind = 'error';
+    if (/Command timed out/.test(err.message)) kind = 'timeout';
+    else if (err.name === 'MaxRetriesPerRequestError' || UNAVAILABLE.test(err.message)) kind = 'unavailable';
+    return new StoreError(kind, `Redis ${kind}: ${err.message}`, { cause: err });
+}
+
+function parseSeed(seed: string): { host: string; port: number } {
+    const m = /^\[?([^\]]+?)\]?:(\d{1,5})$/.exec(seed.trim());
+    if (!m) throw new TypeError(`cluster seed "${seed}" is not host:port`);
+    return { host: m[1]!, port: Number(m[2]) };
+}
+
+function numbers(reply: unknown, n: number): number[] {
+    if (!Array.isArray(reply) || reply.length < n) throw new StoreError('error', 'unexpected reply from Redis script');
+    return reply.slice(0, n).map(Number);
+}
+
+export function createRedisStore(options: RedisStoreOptions): RedisLimitStore {
+    const forms = [options.url, options.cluster, options.sentinels].filter((x) => x !== undefined).length;
+    if (forms !== 1) throw new TypeError('give exactly one of url, cluster or sentinels');
+    const timeoutMs = options.commandTimeoutMs;
+    if (!Number.isSafeInteger(timeoutMs) || timeoutMs < 1) throw new RangeError('commandTimeoutMs must be >= 1');
+    const { metrics, logger } = options;
+    const names = keyNames(options.prefix ?? 'mw');
+    const logEvery = options.errorLogIntervalMs ?? 10_000;
+
+    const common: RedisOptions = {
+        enableOfflineQueue: false,
+        maxRetriesPerRequest: 0,
+        commandTimeout: timeoutMs,
+        connectTimeout: options.connectTimeoutMs ?? 1_000,
+        // How long close() waits for a dead socket to close (ioredis' 2 s would hold up exit).
+        disconnectTimeout: timeoutMs,
+        enableReadyCheck: true,
+        autoResubscribe: false,
+        connectionName: 'mailwarden',
+        // After a failover the old master answers READONLY: reconnect to find the new one.
+        reconnectOnError: (err) => err.message.startsWith('READONLY'),
+    };
+    let redis: Redis | Cluster;
+    if (options.url !== undefined) {
+        redis = new Redis(options.url, { ...common, retryStrategy: reconnectDelay });
+    } else if (options.cluster !== undefined) {
+        if (options.cluster.length === 0) throw new TypeError('cluster needs at least one seed');
+        redis = new Cluster(options.cluster.map(parseSeed), {
+            enableOfflineQueue: false,
+            enableReadyCheck: true,
+            clusterRetryStrategy: reconnectDelay,
+            slotsRefreshTimeout: options.connectTimeoutMs ?? 1_000,
+            redisOptions: { ...common, username: options.username, password: options.password },
+        });
+    } else {
+        if (!options.sentinelName) throw new TypeError('sentinels need sentinelName (the master name)');
+        redis = new Redis({
+            ...common,
+            sentinels: options.sentinels!.map((s) => ({ host: s.host, port: s.port })),
+            name: options.sentinelName,
+            username: options.username,
+            password: options.password,
+            sentinelPassword: options.sentinelPassword,
+            retryStrategy: reconnectDelay,
+            sentinelRetryStrategy: reconnectDelay,
+        });
+    }
+    for (const [name, script] of Object.entries(SCRIPTS)) redis.defineCommand(name, { lua: script });
+    const scripts = redis as unknown as Scripted;
+
+    // Errors: always handled, always counted, logged at most once per interval.
+    let lastLog = -Infinity;
+    let suppressed = 0;
+    let failing = false;
+    const report = (err: Error, source: 'operation' | 'connection'): void => {
+        metrics?.redisErrors.inc();
+        failing = true;
+        const now = performance.now();
+        if (now - lastLog < logEvery) {
+            suppressed++;
+            return;
+        }
+        lastLog = now;
+        logger?.warn({ source, error: err.message, suppressed }, 'Redis error; rate limits use their onError policy');
+        suppressed = 0;
+    };
+    const onConnectionError = (err: unknown): void =>
+        report(err instanceof Error ? err : new Error(String(err)), 'connection');
+    redis.on('error', onConnectionError);
+    if (redis instanceof Cluster) redis.on('node error', onConnectionError);
+    redis.on('ready', () => {
+        if (failing) logger?.info({ suppressed }, 'Redis connection ready again');
+        failing = false;
+    });
+
+    let closed = false;
+    /** Runs one store operation under the deadline, with timing, error counting and typing. */
+    const run = async <T>(command: string, fn: () => Promise<T>): Promise<T> => {
+        if (closed) throw new StoreError('unavailable', 'the Redis store is closed');
+        const start = performance.now();
+        let timer: NodeJS.Timeout | undefined;
+        const deadline = new Promise<never>((_, reject) => {
+            timer = setTimeout(
+                () => reject(new StoreError('timeout', `Redis did not answer ${command} within ${timeoutMs} ms`)),
+                timeoutMs,
+            );
+        });
+        try {
+            return await Promise.race([fn(), deadline]);
+        } catch (error) {
+            const err = classifyRedisError(error);
+            report(err, 'operation');
+            throw err;
+        } finally {
+            clearTimeout(timer);
+            metrics?.redisCommandDuration.observe({ command }, (performance.now() - start) / 1000);
+        }
+    };
+
+    const greylistSteps = async (
+        triplet: string,
+        client: string,
+        o: Parameters<LimitStore['greylist']>[2],
+        now: number,
+    ): Promise<GreylistResult> => {
+        const ck = names.client(client);
+        if (o.autoAllowAfter > 0) {
+            const known = await scripts.mwGreylist(1, ck, 'client-check', now, o.passTtlMs, o.autoAllowAfter);
+            if (Number(known) === 1) return { verdict: 'known-client', retryAfterMs: 0 };
+        }
+        const reply = await scripts.mwGreylist(
+            1,
+            names.triplet(triplet),
+            'triplet',
+            now,
+            o.delayMs,
+            o.retryWindowMs,
+            o.passTtlMs,
+        );
+        if (!Array.isArray(reply) || reply.length < 3) throw new StoreError('error', 'unexpected reply from Redis');
+        const verdict = String(reply[0]) as GreylistVerdict;
+        if (Number(reply[2]) === 1 && o.autoAllowAfter > 0)
+            await scripts.mwGreylist(1, ck, 'client-count', now, o.passTtlMs);
+        return { verdict, retryAfterMs: Number(reply[1]) };
+    };
+
+    return {
+        kind: 'redis',
+        async take(key, windows, cost, nowMs) {
+            checkTake(key, windows, cost, nowMs);
+            const keys = windows.map((w) => names.rate(key, w));
+            const args = windows.flatMap((w) => [w.limit, w.periodMs]);
+            const reply = await run('take', () => scripts.mwGcra(keys.length, ...keys, nowMs, cost, ...args));
+            const [allowed, retryAfterMs, remaining] = numbers(reply, 3) as [number, number, number];
+            return { allowed: allowed === 1, retryAfterMs, remaining };
+        },
+        async acquire(key, holder, max, ttlMs, nowMs) {
+            checkLease(key, holder, ttlMs, nowMs, max);
+            const reply = await run('acquire', () =>
+                scripts.mwLease(1, names.lease(key), 'acquire', holder, max, ttlMs, nowMs),
+            );
+            const [ok, active] = numbers(reply, 2) as [number, number];
+            return { acquired: ok === 1, active };
+        },
+        async renew(key, holder, ttlMs, nowMs) {
+            checkLease(key, holder, ttlMs, nowMs);
+            const reply = await run('renew', () =>
+                scripts.mwLease(1, names.lease(key), 'renew', holder, 0, ttlMs, nowMs),
+            );
+            return numbers(reply, 1)[0] === 1;
+        },
+        async release(key, holder) {
+            checkRelease(key, holder);
+            await run('release', () => redis.zrem(names.lease(key), holder));
+        },
+        async greylist(triplet, client, opts, nowMs) {
+            checkGreylist(triplet, client, opts, nowMs);
+            return run('greylist', () => greylistSteps(triplet, client, opts, nowMs));
+        },
+        async ping() {
+            try {
+                return (await run('ping', () => redis.ping())) === 'PONG';
+            } catch {
+                return false;
+            }
+        },
+        waitUntilReady(waitMs) {
+            if (redis.status === 'ready') return Promise.resolve();
+            return new Promise<void>((resolve, reject) => {
+                const timer = setTimeout(() => {
+                    redis.off('ready', onReady);
+                    reject(new StoreError('unavailable', `Redis was not ready within ${waitMs} ms`));
+                }, waitMs);
+                const onReady = (): void => {
+                    clearTimeout(timer);
+                    resolve();
+                };
+                redis.once('ready', onReady);
+            });
+        },
+        async close() {
+            if (closed) return;
+            closed = true;
+            if (redis.status === 'ready') {
+                let timer: NodeJS.Timeout | undefined;
+                await Promise.race([
+                    redis.quit().catch(() => undefined),
+                    new Promise((resolve) => (timer = setTimeout(resolve, timeoutMs))),
+                ]);
+                clearTimeout(timer);
+            }
+            redis.disconnect();
+        },
+    };
+}

@@ -1,0 +1,148 @@
+/**
+ * The contract of the shared-state store behind rate limits, concurrency limits and
+ * greylisting, the typed error its callers branch on, and the argument checks both stores
+ * share. It must not hold any state or talk to Redis: the two implementations are
+ * redis-store.ts and memory-store.ts, and they must behave identically.
+ */
+
+/** A rate: at most `limit` units per `periodMs`, with a burst of `limit`. */
+export interface Window {
+    readonly limit: number;
+    readonly periodMs: number;
+}
+
+export interface TakeResult {
+    readonly allowed: boolean;
+    /** 0 when allowed; otherwise how long until the same cost would be admitted by every window. */
+    readonly retryAfterMs: number;
+    /**
+     * Units of cost 1 still admissible now, smallest across windows: after the charge when
+     * allowed, as things stand (nothing charged) when refused.
+     */
+    readonly remaining: number;
+}
+
+export interface AcquireResult {
+    readonly acquired: boolean;
+    /** Live leases on the key after this call (including the caller's when acquired). */
+    readonly active: number;
+}
+
+export interface GreylistOptions {
+    /** How long a new triplet is refused. */
+    readonly delayMs: number;
+    /** A retry counts only within this time of the first attempt; later ones start over. */
+    readonly retryWindowMs: number;
+    /** How long a passed triplet and a client's pass count live after their last use. */
+    readonly passTtlMs: number;
+    /** Passes (triplets that passed the delay) after which the client is known; 0: never. */
+    readonly autoAllowAfter: number;
+}
+
+export type GreylistVerdict = 'new' | 'early' | 'pass' | 'known-client';
+
+export interface GreylistResult {
+    readonly verdict: GreylistVerdict;
+    /** For 'new' and 'early': how long until a retry would pass. 0 otherwise. */
+    readonly retryAfterMs: number;
+}
+
+export interface LimitStore {
+    /**
+     * GCRA over several windows at once, atomically: either every window admits `cost` and
+     * all are charged, or none is charged. `cost` 0 only reads. `nowMs` is the caller's clock.
+     */
+    take(key: string, windows: readonly Window[], cost: number, nowMs: number): Promise<TakeResult>;
+    /**
+     * Concurrency: a lease per holder id with a TTL, so leases of a dead instance expire.
+     * Acquiring a lease the holder already has renews it and always succeeds.
+     */
+    acquire(key: string, holder: string, max: number, ttlMs: number, nowMs: number): Promise<AcquireResult>;
+    /** Extends a live lease; resolves false when the lease had already expired or was released. */
+    renew(key: string, holder: string, ttlMs: number, nowMs: number): Promise<boolean>;
+    release(key: string, holder: string): Promise<void>;
+    /**
+     * Greylisting (RFC 6647). The triplet key (e.g. client network, sender, recipient) is
+     * built by the caller; `client` (IP or network) is what the auto-allowlist counts.
+     */
+    greylist(triplet: string, client: string, opts: GreylistOptions, nowMs: number): Promise<GreylistResult>;
+    /** True when the store answers (always for memory); for readiness checks. Never rejects. */
+    ping(): Promise<boolean>;
+    readonly kind: 'redis' | 'memory';
+    close(): Promise<void>;
+}
+
+/**
+ * 'timeout': no answer within the command timeout (server hung, overloaded, partitioned).
+ * 'unavailable': not connected, connection lost, cluster or replica not serving.
+ * 'error': anything else the server or client reported.
+ */
+export type StoreErrorKind = 'timeout' | 'unavailable' | 'error';
+
+/** Every failure of the shared store; the caller applies its `onError` (allow | tempfail). */
+export class StoreError extends Error {
+    readonly kind: StoreErrorKind;
+
+    constructor(kind: StoreErrorKind, message: string, options?: { cause?: unknown }) {
+        super(message, options);
+        this.name = 'StoreError';
+        this.kind = kind;
+    }
+}
+
+/** Largest product limit x period (and cost x period): keeps the exact integer GCRA math within 2^53. */
+const MAX_PRODUCT = 2 ** 52;
+const MAX_PERIOD_MS = 366 * 24 * 3_600_000;
+
+function fail(message: string): never {
+    throw new RangeError(message);
+}
+
+function checkKey(what: string, key: string): void {
+    if (typeof key !== 'string' || key.length === 0) fail(`${what} must be a non-empty string`);
+}
+
+function checkInt(what: string, value: number, min: number, max = Number.MAX_SAFE_INTEGER): void {
+    if (!Number.isSafeInteger(value) || value < min || value > max)
+        fail(`${what} must be an integer from ${min} to ${max}, not ${String(value)}`);
+}
+
+export function checkTake(key: string, windows: readonly Window[], cost: number, nowMs: number): void {
+    checkKey('key', key);
+    checkInt('nowMs', nowMs, 0);
+    if (windows.length === 0) fail('at least one window is needed');
+    checkInt('cost', cost, 0);
+    const seen = new Set<string>();
+    for (const w of windows) {
+        checkInt('limit', w.limit, 1);
+        checkInt('periodMs', w.periodMs, 1, MAX_PERIOD_MS);
+        if (w.limit * w.periodMs > MAX_PRODUCT) fail(`limit x periodMs must not exceed 2^52`);
+        if (cost * w.periodMs > MAX_PRODUCT) fail(`cost x periodMs must not exceed 2^52`);
+        const id = `${w.limit}/${w.periodMs}`;
+        if (seen.has(id)) fail(`window ${id} is given twice`);
+        seen.add(id);
+    }
+}
+
+export function checkLease(key: string, holder: string, ttlMs: number, nowMs: number, max?: number): void {
+    checkKey('key', key);
+    checkKey('holder', holder);
+    checkInt('ttlMs', ttlMs, 1, MAX_PERIOD_MS);
+    checkInt('nowMs', nowMs, 0);
+    if (max !== undefined) checkInt('max', max, 0);
+}
+
+export function checkRelease(key: string, holder: string): void {
+    checkKey('key', key);
+    checkKey('holder', holder);
+}
+
+export function checkGreylist(triplet: string, client: string, opts: GreylistOptions, nowMs: number): void {
+    checkKey('triplet', triplet);
+    checkKey('client', client);
+    checkInt('nowMs', nowMs, 0);
+    checkInt('delayMs', opts.delayMs, 1, MAX_PERIOD_MS);
+    checkInt('retryWindowMs', opts.retryWindowMs, opts.delayMs + 1, MAX_PERIOD_MS);
+    checkInt('passTtlMs', opts.passTtlMs, 1, MAX_PERIOD_MS);
+    checkInt('autoAllowAfter', opts.autoAllowAfter, 0);
+}

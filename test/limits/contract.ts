@@ -1,0 +1,232 @@
+/**
+ * The behaviour every LimitStore must show, as node:test cases that any test file can run
+ * against a store of its own (memory, one Redis server, a Redis Cluster). Time is the
+ * `nowMs` argument only: nothing here sleeps. Must not depend on how a store keeps its state.
+ */
+import assert from 'node:assert/strict';
+import { randomUUID } from 'node:crypto';
+import { it } from 'node:test';
+import type { GreylistOptions, LimitStore } from '../../src/limits/index.ts';
+
+/** A fixed, realistic clock origin (2027); stores must not care about the real time. */
+export const T0 = 1_800_000_000_000;
+const MIN = 60_000;
+const HOUR = 3_600_000;
+
+/** A key no other case uses (all cases share one store). */
+export const fresh = (label: string): string => `${label}:${randomUUID()}`;
+
+export const GREY: GreylistOptions = {
+    delayMs: 5 * MIN,
+    retryWindowMs: 4 * HOUR,
+    passTtlMs: 36 * 24 * HOUR,
+    autoAllowAfter: 3,
+};
+
+/** The cases also run against a Redis Cluster. */
+export function coreContract(store: () => LimitStore): void {
+    it('a limit of N per window admits exactly N, then refuses with the emission interval as retryAfterMs', async () => {
+        const s = store();
+        const key = fresh('n');
+        const w = [{ limit: 5, periodMs: MIN }];
+        for (let i = 1; i <= 5; i++)
+            assert.deepEqual(await s.take(key, w, 1, T0), { allowed: true, retryAfterMs: 0, remaining: 5 - i });
+        assert.deepEqual(await s.take(key, w, 1, T0), { allowed: false, retryAfterMs: 12_000, remaining: 0 });
+        assert.deepEqual(await s.take(key, w, 1, T0 + 11_999), { allowed: false, retryAfterMs: 1, remaining: 0 });
+        assert.deepEqual(await s.take(key, w, 1, T0 + 12_000), { allowed: true, retryAfterMs: 0, remaining: 0 });
+    });
+
+    it('an emission interval that is not a whole number of ms still admits exactly N and rounds the wait up', async () => {
+        const s = store();
+        const key = fresh('frac');
+        const w = [{ limit: 7, periodMs: MIN }]; // T = 8571.43 ms
+        for (let i = 1; i <= 7; i++) assert.equal((await s.take(key, w, 1, T0)).allowed, true, `take ${i}`);
+        assert.deepEqual(await s.take(key, w, 1, T0), { allowed: false, retryAfterMs: 8_572, remaining: 0 });
+        assert.equal((await s.take(key, w, 1, T0 + 8_571)).allowed, false);
+        assert.equal((await s.take(key, w, 1, T0 + 8_572)).allowed, true);
+    });
+
+    it('refills with time: one unit per emission interval, the whole burst after one period', async () => {
+        const s = store();
+        const key = fresh('refill');
+        const w = [{ limit: 4, periodMs: MIN }]; // T = 15 s
+        for (let i = 0; i < 4; i++) await s.take(key, w, 1, T0);
+        assert.equal((await s.take(key, w, 1, T0)).allowed, false);
+        // Two intervals later: exactly two more.
+        assert.deepEqual(await s.take(key, w, 1, T0 + 30_000), { allowed: true, retryAfterMs: 0, remaining: 1 });
+        assert.deepEqual(await s.take(key, w, 1, T0 + 30_000), { allowed: true, retryAfterMs: 0, remaining: 0 });
+        assert.equal((await s.take(key, w, 1, T0 + 30_000)).allowed, false);
+        // A full period after the last charge: the whole burst again, never more.
+        const later = T0 + 30_000 + MIN;
+        for (let i = 1; i <= 4; i++) assert.equal((await s.take(key, w, 1, later)).remaining, 4 - i);
+        assert.equal((await s.take(key, w, 1, later)).allowed, false);
+        // Idle for ten periods: still only the burst.
+        const idle = later + 10 * MIN;
+        assert.equal((await s.take(key, w, 0, idle)).remaining, 4);
+    });
+
+    it('several windows: all or nothing (the hour window refuses, the minute window is not charged)', async () => {
+        const s = store();
+        const key = fresh('multi');
+        const minute = { limit: 10, periodMs: MIN };
+        const hour = { limit: 3, periodMs: HOUR };
+        for (let i = 1; i <= 3; i++)
+            assert.deepEqual(await s.take(key, [minute, hour], 1, T0), {
+                allowed: true,
+                retryAfterMs: 0,
+                remaining: 3 - i,
+            });
+        for (let i = 0; i < 5; i++)
+            assert.deepEqual(await s.take(key, [minute, hour], 1, T0 + i), {
+                allowed: false,
+                retryAfterMs: HOUR / 3 - i,
+                remaining: 0,
+            });
+        // The minute window was charged 3 times, not 8: 7 left.
+        assert.deepEqual(await s.take(key, [minute], 0, T0), { allowed: true, retryAfterMs: 0, remaining: 7 });
+        // And the other way round: the minute window refuses, the hour window is not charged.
+        const key2 = fresh('multi2');
+        const tight = { limit: 2, periodMs: MIN };
+        const wide = { limit: 100, periodMs: HOUR };
+        await s.take(key2, [tight, wide], 2, T0);
+        const refused = await s.take(key2, [tight, wide], 1, T0);
+        assert.equal(refused.allowed, false);
+        assert.equal(refused.retryAfterMs, 30_000);
+        assert.equal((await s.take(key2, [wide], 0, T0)).remaining, 98);
+    });
+
+    it('cost above 1 charges that many units; cost 0 only reads', async () => {
+        const s = store();
+        const key = fresh('cost');
+        const w = [{ limit: 10, periodMs: MIN }]; // T = 6 s
+        assert.deepEqual(await s.take(key, w, 4, T0), { allowed: true, retryAfterMs: 0, remaining: 6 });
+        assert.deepEqual(await s.take(key, w, 4, T0), { allowed: true, retryAfterMs: 0, remaining: 2 });
+        assert.deepEqual(await s.take(key, w, 4, T0), { allowed: false, retryAfterMs: 12_000, remaining: 2 });
+        assert.deepEqual(await s.take(key, w, 0, T0), { allowed: true, retryAfterMs: 0, remaining: 2 });
+        assert.deepEqual(await s.take(key, w, 2, T0), { allowed: true, retryAfterMs: 0, remaining: 0 });
+        // A cost above the limit never fits.
+        const big = await s.take(fresh('big'), w, 11, T0);
+        assert.equal(big.allowed, false);
+        assert.equal(big.remaining, 10);
+    });
+
+    it('concurrency: acquire up to max, release frees a slot, re-acquire by the same holder renews', async () => {
+        const s = store();
+        const key = fresh('cc');
+        assert.deepEqual(await s.acquire(key, 'h1', 2, 30_000, T0), { acquired: true, active: 1 });
+        assert.deepEqual(await s.acquire(key, 'h2', 2, 30_000, T0), { acquired: true, active: 2 });
+        assert.deepEqual(await s.acquire(key, 'h3', 2, 30_000, T0), { acquired: false, active: 2 });
+        assert.deepEqual(await s.acquire(key, 'h2', 2, 30_000, T0 + 1), { acquired: true, active: 2 });
+        await s.release(key, 'h1');
+        await s.release(key, 'h1'); // twice is harmless
+        assert.deepEqual(await s.acquire(key, 'h3', 2, 30_000, T0 + 2), { acquired: true, active: 2 });
+        await s.release(key, 'h2');
+        await s.release(key, 'h3');
+        assert.deepEqual(await s.acquire(key, 'h4', 1, 30_000, T0 + 3), { acquired: true, active: 1 });
+        assert.deepEqual(await s.acquire(fresh('zero'), 'h', 0, 30_000, T0), { acquired: false, active: 0 });
+    });
+
+    it('concurrency: the lease of a dead holder expires after its TTL; renew keeps a live one', async () => {
+        const s = store();
+        const key = fresh('lease');
+        assert.equal((await s.acquire(key, 'dead', 1, 10_000, T0)).acquired, true);
+        assert.equal((await s.acquire(key, 'alive', 1, 10_000, T0 + 9_999)).acquired, false);
+        // The dead holder never renews or releases: at its expiry the slot is free.
+        assert.deepEqual(await s.acquire(key, 'alive', 1, 10_000, T0 + 10_000), { acquired: true, active: 1 });
+        assert.equal(await s.renew(key, 'alive', 10_000, T0 + 15_000), true);
+        assert.deepEqual(await s.acquire(key, 'other', 1, 10_000, T0 + 24_999), { acquired: false, active: 1 });
+        assert.equal(await s.renew(key, 'dead', 10_000, T0 + 24_999), false);
+        assert.equal(await s.renew(key, 'alive', 10_000, T0 + 25_000), false); // expired at 25 000
+        assert.deepEqual(await s.acquire(key, 'other', 1, 10_000, T0 + 25_000), { acquired: true, active: 1 });
+    });
+
+    it("greylisting: 'new', then 'early' with the remaining delay, then 'pass', and 'pass' while passTtl lasts", async () => {
+        const s = store();
+        const client = fresh('192.0.2.0/24');
+        const triplet = `${client}|a@example.org|b@example.net`;
+        assert.deepEqual(await s.greylist(triplet, client, GREY, T0), { verdict: 'new', retryAfterMs: 5 * MIN });
+        assert.deepEqual(await s.greylist(triplet, client, GREY, T0 + MIN), {
+            verdict: 'early',
+            retryAfterMs: 4 * MIN,
+        });
+        assert.deepEqual(await s.greylist(triplet, client, GREY, T0 + 5 * MIN), { verdict: 'pass', retryAfterMs: 0 });
+        const later = T0 + 10 * 24 * HOUR;
+        assert.deepEqual(await s.greylist(triplet, client, GREY, later), { verdict: 'pass', retryAfterMs: 0 });
+        // Each pass extends the record; after passTtl without mail the triplet starts over.
+        assert.equal((await s.greylist(triplet, client, GREY, later + GREY.passTtlMs - 1)).verdict, 'pass');
+        assert.equal((await s.greylist(triplet, client, GREY, later + 2 * GREY.passTtlMs)).verdict, 'new');
+    });
+
+    it('greylisting: a retry after the retry window starts over', async () => {
+        const s = store();
+        const client = fresh('198.51.100.7');
+        const triplet = `${client}|x@example.org|y@example.net`;
+        assert.equal((await s.greylist(triplet, client, GREY, T0)).verdict, 'new');
+        assert.deepEqual(await s.greylist(triplet, client, GREY, T0 + GREY.retryWindowMs + 1), {
+            verdict: 'new',
+            retryAfterMs: GREY.delayMs,
+        });
+        assert.equal(
+            (await s.greylist(triplet, client, GREY, T0 + GREY.retryWindowMs + 1 + GREY.delayMs)).verdict,
+            'pass',
+        );
+        // The last moment of the window still counts.
+        const t2 = `${triplet}2`;
+        assert.equal((await s.greylist(t2, client, GREY, T0)).verdict, 'new');
+        assert.equal((await s.greylist(t2, client, GREY, T0 + GREY.retryWindowMs)).verdict, 'pass');
+    });
+
+    it('greylisting: after autoAllowAfter passes the client is known, until passTtl passes without mail', async () => {
+        const s = store();
+        const client = fresh('203.0.113.9');
+        let t = T0;
+        for (let i = 1; i <= GREY.autoAllowAfter; i++) {
+            const triplet = `${client}|s${i}@example.org|r@example.net`;
+            // 'new' here also shows that the repeated passes below were not counted.
+            assert.equal((await s.greylist(triplet, client, GREY, t)).verdict, 'new');
+            assert.equal((await s.greylist(triplet, client, GREY, t + GREY.delayMs)).verdict, 'pass');
+            if (i < GREY.autoAllowAfter)
+                assert.equal((await s.greylist(triplet, client, GREY, t + GREY.delayMs + 1)).verdict, 'pass');
+            t += GREY.delayMs + HOUR;
+        }
+        const unseen = `${client}|never@example.org|r@example.net`;
+        assert.deepEqual(await s.greylist(unseen, client, GREY, t), { verdict: 'known-client', retryAfterMs: 0 });
+        // Known-client hits keep the client known...
+        t += GREY.passTtlMs - 1;
+        assert.equal((await s.greylist(unseen, client, GREY, t)).verdict, 'known-client');
+        // ...and it lapses after passTtl of silence.
+        t += GREY.passTtlMs;
+        assert.equal((await s.greylist(unseen, client, GREY, t)).verdict, 'new');
+        // autoAllowAfter 0 never allowlists.
+        const other = fresh('203.0.113.10');
+        const off = { ...GREY, autoAllowAfter: 0 };
+        assert.equal((await s.greylist(`${other}|a|b`, other, off, T0)).verdict, 'new');
+        assert.equal((await s.greylist(`${other}|a|b`, other, off, T0 + GREY.delayMs)).verdict, 'pass');
+        assert.equal((await s.greylist(`${other}|c|d`, other, off, T0 + GREY.delayMs)).verdict, 'new');
+    });
+}
+
+/** Everything: the core cases plus argument checks. */
+export function storeContract(store: () => LimitStore): void {
+    coreContract(store);
+
+    it('refuses malformed arguments with a RangeError', async () => {
+        const s = store();
+        const w = [{ limit: 1, periodMs: 1_000 }];
+        await assert.rejects(s.take('', w, 1, T0), RangeError);
+        await assert.rejects(s.take('k', [], 1, T0), RangeError);
+        await assert.rejects(s.take('k', [{ limit: 0, periodMs: 1_000 }], 1, T0), RangeError);
+        await assert.rejects(s.take('k', [{ limit: 1.5, periodMs: 1_000 }], 1, T0), RangeError);
+        await assert.rejects(s.take('k', [...w, ...w], 1, T0), RangeError);
+        await assert.rejects(s.take('k', w, -1, T0), RangeError);
+        await assert.rejects(s.take('k', w, 1, Number.NaN), RangeError);
+        await assert.rejects(s.acquire('k', '', 1, 1_000, T0), RangeError);
+        await assert.rejects(s.acquire('k', 'h', 1, 0, T0), RangeError);
+        await assert.rejects(s.release('', 'h'), RangeError);
+        await assert.rejects(s.greylist('t', 'c', { ...GREY, retryWindowMs: GREY.delayMs }, T0), RangeError);
+    });
+
+    it('answers ping', async () => {
+        assert.equal(await store().ping(), true);
+    });
+}

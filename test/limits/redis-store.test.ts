@@ -1,0 +1,308 @@
+/**
+ * The Redis store against a real redis-server: key layout and TTLs, one limit shared by two
+ * instances, exactness under parallel load, the script cache being flushed, and the failure
+ * modes an operator meets (server killed, restarted, hung, absent). Every server a case
+ * starts is stopped by that case; a paused server is always resumed.
+ */
+import assert from 'node:assert/strict';
+import { after, before, describe, it } from 'node:test';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { Redis } from 'ioredis';
+import { createRedisStore, StoreError, type RedisLimitStore } from '../../src/limits/index.ts';
+import { createMetrics, type Metrics } from '../../src/metrics.ts';
+import { freePort } from '../helpers/smtp-client.ts';
+import { startRedis, type RedisInstance } from '../helpers/redis.ts';
+import { fresh, GREY, T0 } from './contract.ts';
+
+const TIMEOUT = 200;
+const MINUTE = [{ limit: 10, periodMs: 60_000 }];
+
+async function counter(m: Metrics['redisErrors']): Promise<number> {
+    return (await m.get()).values[0]?.value ?? 0;
+}
+
+async function histogramCount(m: Metrics['redisCommandDuration'], command: string): Promise<number> {
+    const v = (await m.get()).values.find((x) => x.labels.command === command && x.metricName?.endsWith('_count'));
+    return v?.value ?? 0;
+}
+
+interface LogLine {
+    level: 'warn' | 'info';
+    obj: unknown;
+    msg: string;
+}
+
+function fakeLogger(lines: LogLine[]) {
+    return {
+        warn: (obj: unknown, msg: string) => lines.push({ level: 'warn', obj, msg }),
+        info: (obj: unknown, msg: string) => lines.push({ level: 'info', obj, msg }),
+    } as unknown as Parameters<typeof createRedisStore>[0]['logger'];
+}
+
+/** Awaits `p` and returns how long it took and how it settled. */
+async function timed<T>(p: Promise<T>): Promise<{ ms: number; value?: T; error?: unknown }> {
+    const start = performance.now();
+    try {
+        const value = await p;
+        return { ms: performance.now() - start, value };
+    } catch (error) {
+        return { ms: performance.now() - start, error };
+    }
+}
+
+describe('redis store: keys, sharing, exactness', () => {
+    let redis: RedisInstance;
+    let a: RedisLimitStore;
+    let b: RedisLimitStore;
+    let raw: Redis;
+    let metrics: Metrics;
+    before(async () => {
+        redis = await startRedis();
+        metrics = createMetrics('test');
+        a = createRedisStore({ url: redis.url, commandTimeoutMs: 1_000, metrics });
+        b = createRedisStore({ url: redis.url, commandTimeoutMs: 1_000 });
+        raw = new Redis(redis.url, { maxRetriesPerRequest: 0 });
+        await Promise.all([a.waitUntilReady(5_000), b.waitUntilReady(5_000)]);
+    });
+    after(async () => {
+        await a?.close();
+        await b?.close();
+        raw?.disconnect();
+        await redis?.stop();
+    });
+
+    it('every key carries the version and a hash tag, and has a TTL, after a mixed workload', async () => {
+        await raw.flushall();
+        const windows = [
+            { limit: 10, periodMs: 60_000 },
+            { limit: 100, periodMs: 3_600_000 },
+        ];
+        for (let i = 0; i < 30; i++) await a.take(`ip:192.0.2.${i % 7}`, windows, 1 + (i % 3), T0 + i * 100);
+        await a.take('user:alice', windows, 0, T0); // a read writes nothing
+        for (let i = 0; i < 6; i++) await a.acquire('conn:192.0.2.1', `h${i}`, 4, 30_000, T0);
+        await a.renew('conn:192.0.2.1', 'h1', 60_000, T0 + 1_000);
+        await a.release('conn:192.0.2.1', 'h2');
+        await a.acquire('conn:192.0.2.2', 'solo', 1, 30_000, T0);
+        await a.release('conn:192.0.2.2', 'solo'); // last lease gone: key gone
+        for (let i = 0; i < 3; i++) {
+            const triplet = `192.0.2.0/24|s${i}@example.org|r@example.net`;
+            await a.greylist(triplet, '192.0.2.0/24', GREY, T0);
+            await a.greylist(triplet, '192.0.2.0/24', GREY, T0 + GREY.delayMs);
+        }
+        assert.equal(
+            (await a.greylist('192.0.2.0/24|x|y', '192.0.2.0/24', GREY, T0 + GREY.delayMs)).verdict,
+            'known-client',
+        );
+
+        const keys: string[] = [];
+        let cursor = '0';
+        do {
+            const [next, batch] = await raw.scan(cursor, 'COUNT', 100);
+            cursor = next;
+            keys.push(...batch);
+        } while (cursor !== '0');
+        const kinds = new Set(keys.map((k) => k.split(':')[1]));
+        assert.deepEqual([...kinds].sort(), ['cc', 'glc', 'glt', 'rl']);
+        assert.equal(keys.length, 7 * 2 + 1 + 3 + 1, keys.join('\n'));
+        for (const key of keys) {
+            assert.match(key, /^mw:(rl|cc|glt|glc):v1:\{[^{}]+\}(:\d+:\d+)?$/);
+            if (key.startsWith('mw:rl:')) assert.match(key, /:(10:60000|100:3600000)$/);
+            const pttl = await raw.pttl(key);
+            assert.ok(pttl > 0, `${key} has PTTL ${pttl}`);
+        }
+        assert.ok(keys.includes('mw:rl:v1:{ip:192.0.2.3}:10:60000'));
+        assert.ok(keys.includes('mw:cc:v1:{conn:192.0.2.1}'));
+        assert.equal(await raw.zcard('mw:cc:v1:{conn:192.0.2.1}'), 3);
+        // The lease set lives as long as its longest lease (h1, renewed to T0 + 61 000).
+        const pttl = await raw.pttl('mw:cc:v1:{conn:192.0.2.1}');
+        assert.ok(pttl > 55_000 && pttl <= 60_000, `lease set PTTL ${pttl}`);
+    });
+
+    it('honours another prefix', async () => {
+        const other = createRedisStore({ url: redis.url, commandTimeoutMs: 1_000, prefix: 'edge1' });
+        try {
+            await other.waitUntilReady(5_000);
+            await other.take('k', MINUTE, 1, T0);
+            assert.equal(await raw.exists('edge1:rl:v1:{k}:10:60000'), 1);
+        } finally {
+            await other.close();
+        }
+    });
+
+    it('two instances on one Redis enforce one shared limit', async () => {
+        const key = fresh('shared');
+        let admitted = 0;
+        for (let i = 0; i < 30; i++) {
+            const r = await (i % 2 ? a : b).take(key, MINUTE, 1, T0 + i);
+            if (r.allowed) admitted++;
+        }
+        assert.equal(admitted, 10);
+        // One instance's leases count against the other's.
+        const cc = fresh('cc-shared');
+        assert.equal((await a.acquire(cc, 'a1', 2, 30_000, T0)).acquired, true);
+        assert.equal((await b.acquire(cc, 'b1', 2, 30_000, T0)).acquired, true);
+        assert.deepEqual(await a.acquire(cc, 'a2', 2, 30_000, T0), { acquired: false, active: 2 });
+        // Greylisting seen by one instance is known to the other.
+        const t = fresh('198.51.100.1|a|b');
+        assert.equal((await a.greylist(t, 'c', GREY, T0)).verdict, 'new');
+        assert.equal((await b.greylist(t, 'c', GREY, T0 + GREY.delayMs)).verdict, 'pass');
+    });
+
+    it('20 parallel takes (10 per instance) against a limit of 10: exactly 10 admitted', async () => {
+        for (let round = 0; round < 5; round++) {
+            const key = fresh('parallel');
+            const results = await Promise.all(
+                Array.from({ length: 20 }, (_, i) => (i % 2 ? a : b).take(key, MINUTE, 1, T0)),
+            );
+            assert.equal(results.filter((r) => r.allowed).length, 10);
+            const remaining = results.filter((r) => r.allowed).map((r) => r.remaining);
+            assert.deepEqual(
+                remaining.sort((x, y) => x - y),
+                [0, 1, 2, 3, 4, 5, 6, 7, 8, 9],
+            );
+        }
+    });
+
+    it('50 parallel acquires against max 5: exactly 5 leases', async () => {
+        const key = fresh('cc-parallel');
+        const results = await Promise.all(
+            Array.from({ length: 50 }, (_, i) => (i % 2 ? a : b).acquire(key, `h${i}`, 5, 30_000, T0)),
+        );
+        assert.equal(results.filter((r) => r.acquired).length, 5);
+        assert.ok(results.every((r) => r.active === 5 || r.acquired));
+    });
+
+    it('keeps working after SCRIPT FLUSH (EVALSHA falls back to EVAL)', async () => {
+        const key = fresh('flush');
+        assert.equal((await a.take(key, MINUTE, 1, T0)).remaining, 9);
+        await raw.script('FLUSH');
+        assert.equal((await a.take(key, MINUTE, 1, T0)).remaining, 8);
+        await raw.script('FLUSH');
+        assert.equal((await a.acquire(key, 'h', 1, 1_000, T0)).acquired, true);
+        await raw.script('FLUSH');
+        assert.equal((await a.greylist(`${key}|x`, key, GREY, T0)).verdict, 'new');
+    });
+
+    it('times every operation in mailwarden_redis_command_duration_seconds', async () => {
+        await a.take(fresh('m'), MINUTE, 1, T0);
+        assert.ok((await histogramCount(metrics.redisCommandDuration, 'take')) > 0);
+        assert.ok((await histogramCount(metrics.redisCommandDuration, 'greylist')) > 0);
+        assert.equal(await counter(metrics.redisErrors), 0);
+    });
+});
+
+describe('redis store: failures', () => {
+    it('Redis killed: fails within the timeout, counts and logs once, recovers on restart without a new store', async () => {
+        let redis = await startRedis();
+        const metrics = createMetrics('test');
+        const lines: LogLine[] = [];
+        const store = createRedisStore({
+            url: redis.url,
+            commandTimeoutMs: TIMEOUT,
+            metrics,
+            logger: fakeLogger(lines),
+        });
+        try {
+            await store.waitUntilReady(5_000);
+            const key = fresh('kill');
+            assert.equal((await store.take(key, MINUTE, 1, T0)).allowed, true);
+
+            // Operations in flight when the server dies all settle, quickly.
+            const inFlight = Array.from({ length: 20 }, () => timed(store.take(key, MINUTE, 1, T0)));
+            process.kill(redis.pid, 'SIGKILL');
+            for (const r of await Promise.all(inFlight)) {
+                assert.ok(r.ms < 1_000, `settled after ${r.ms} ms`);
+                if (r.error) assert.ok(r.error instanceof StoreError, (r.error as Error).message);
+            }
+            await redis.stop(); // reaps the killed process, removes its folder
+
+            const failed = await timed(store.take(key, MINUTE, 1, T0));
+            assert.ok(failed.error instanceof StoreError, String(failed.error));
+            assert.equal(failed.error.kind, 'unavailable');
+            assert.ok(failed.ms < 1_000, `rejected after ${failed.ms} ms`);
+            const failures = await timed(
+                Promise.allSettled(Array.from({ length: 10 }, () => store.acquire(key, 'h', 1, 1_000, T0))),
+            );
+            assert.ok(failures.ms < 1_000);
+            assert.ok((await counter(metrics.redisErrors)) >= 11);
+            assert.equal(await store.ping(), false);
+            assert.equal(lines.filter((l) => l.level === 'warn').length, 1, JSON.stringify(lines));
+
+            // Same port, new process: the store reconnects by itself.
+            redis = await startRedis({ port: redis.port });
+            const deadline = Date.now() + 10_000;
+            let recovered = false;
+            while (!recovered && Date.now() < deadline) {
+                try {
+                    recovered = (await store.take(fresh('back'), MINUTE, 1, T0)).allowed;
+                } catch (error) {
+                    assert.ok(error instanceof StoreError);
+                    await sleep(50);
+                }
+            }
+            assert.ok(recovered, 'no recovery within 10 s');
+            assert.equal(await store.ping(), true);
+            assert.ok(lines.some((l) => l.level === 'info' && /ready again/.test(l.msg)));
+        } finally {
+            await store.close();
+            await redis.stop();
+        }
+    });
+
+    it("Redis hung (SIGSTOP): StoreError 'timeout' within the command timeout; fine again after SIGCONT", async () => {
+        const redis = await startRedis();
+        const metrics = createMetrics('test');
+        const store = createRedisStore({ url: redis.url, commandTimeoutMs: TIMEOUT, metrics });
+        try {
+            await store.waitUntilReady(5_000);
+            const key = fresh('hang');
+            await store.take(key, MINUTE, 1, T0);
+            process.kill(redis.pid, 'SIGSTOP');
+            try {
+                const results = await Promise.all([
+                    timed(store.take(key, MINUTE, 1, T0)),
+                    timed(store.greylist(`${key}|g`, key, GREY, T0)),
+                    timed(store.acquire(key, 'h', 1, 1_000, T0)),
+                ]);
+                for (const r of results) {
+                    assert.ok(r.error instanceof StoreError, String(r.error));
+                    assert.equal(r.error.kind, 'timeout');
+                    assert.ok(r.ms >= TIMEOUT - 5 && r.ms < 1_000, `rejected after ${r.ms} ms`);
+                }
+                assert.equal(await counter(metrics.redisErrors), 3);
+            } finally {
+                process.kill(redis.pid, 'SIGCONT');
+            }
+            // The late replies are matched to their (already failed) commands and dropped.
+            assert.deepEqual(await store.take(key, MINUTE, 1, T0), { allowed: true, retryAfterMs: 0, remaining: 7 });
+        } finally {
+            await store.close();
+            await redis.stop();
+        }
+    });
+
+    it('no Redis at start: operations fail fast as unavailable, waitUntilReady gives up, close works', async () => {
+        const port = await freePort();
+        const store = createRedisStore({ url: `redis://127.0.0.1:${port}`, commandTimeoutMs: TIMEOUT });
+        try {
+            const r = await timed(store.take('k', MINUTE, 1, T0));
+            assert.ok(r.error instanceof StoreError && r.error.kind === 'unavailable', String(r.error));
+            assert.ok(r.ms < 100, `${r.ms} ms`);
+            const w = await timed(store.waitUntilReady(300));
+            assert.ok(w.error instanceof StoreError && w.error.kind === 'unavailable');
+            assert.equal(await store.ping(), false);
+        } finally {
+            await store.close();
+        }
+        await assert.rejects(store.take('k', MINUTE, 1, T0), StoreError);
+    });
+
+    it('refuses an ambiguous or empty connection setting', () => {
+        assert.throws(() => createRedisStore({ commandTimeoutMs: 100 }), TypeError);
+        assert.throws(() => createRedisStore({ url: 'redis://x', cluster: ['x:1'], commandTimeoutMs: 100 }), TypeError);
+        assert.throws(
+            () => createRedisStore({ sentinels: [{ host: 'x', port: 1 }], commandTimeoutMs: 100 }),
+            TypeError,
+        );
+    });
+});
