@@ -12,6 +12,7 @@ import { createHttpServer } from './http.ts';
 import { createListener, type AuthBackend, type RunningListener } from './listener.ts';
 import { createLogger, type Logger } from './log.ts';
 import { createMetrics, type Metrics } from './metrics.ts';
+import { createMailauthCheck } from './auth/mailauth.ts';
 import { createIprevCheck } from './checks/iprev.ts';
 import { createResolver, type Resolver } from './dns/resolver.ts';
 import { acceptAll, type Check } from './pipeline.ts';
@@ -57,6 +58,20 @@ interface SmtpConnectionLike {
     close(): void;
 }
 
+/** The checks of a running proxy, in the order their facts and headers are merged. */
+export function defaultChecks(config: Config, resolver: Resolver, metrics: Metrics): Check[] {
+    return [
+        createIprevCheck(resolver, config.dns.timeoutMs * 2),
+        createMailauthCheck({
+            hostname: config.hostname,
+            resolver,
+            localDomains: config.domains,
+            settings: config.authentication,
+            metrics,
+        }),
+    ];
+}
+
 export function createApp(config: Config, deps: AppDeps = {}): App {
     const log = deps.logger ?? createLogger(config.log.level);
     const metrics = deps.metrics ?? createMetrics(VERSION);
@@ -65,7 +80,7 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
     let decider = deps.decider ?? acceptAll;
     const resolver =
         deps.resolver ?? createResolver({ servers: config.dns.servers, timeoutMs: config.dns.timeoutMs, metrics, now });
-    const checks: readonly Check[] = deps.checks ?? [createIprevCheck(resolver, config.dns.timeoutMs * 2)];
+    const checks: readonly Check[] = deps.checks ?? defaultChecks(config, resolver, metrics);
     let draining = false;
     let started = false;
     let http: Server | null = null;

@@ -6,7 +6,7 @@
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import type { Config, ListenerConfig, ListenerMode, UpstreamConfig } from './types.ts';
+import type { AuthenticationConfig, Config, ListenerConfig, ListenerMode, UpstreamConfig } from './types.ts';
 
 const SECOND = 1000;
 const MINUTE = 60 * SECOND;
@@ -43,8 +43,27 @@ export const DEFAULTS = {
     http: { host: '127.0.0.1', port: 9465 },
     spool: { memoryLimit: 1 * MB },
     shutdownTimeoutMs: 30 * SECOND,
+    /** Postfix's usual recipient_delimiter: `alice+tag@` may be used where `alice@` may (RFC 5233). */
+    recipientDelimiter: '+',
     logLevel: 'info',
 } as const;
+
+/**
+ * Sender authentication. 15 s covers several DNS round trips per check with the 5 s DNS timeout;
+ * RSA keys under 1024 bits and rsa-sha1 are refused as RFC 8301 requires; 10 SPF lookups is the
+ * RFC 7208 section 4.6.4 limit; DMARC by the RFC 9989 tree walk; no ARC sealer trusted.
+ */
+export function defaultAuthentication(): AuthenticationConfig {
+    return {
+        timeoutMs: 15 * SECOND,
+        minRsaBits: 1024,
+        strict: false,
+        spf: { maxLookups: 10 },
+        dkim: { rejectRsaSha1: true },
+        dmarc: { mode: 'rfc9989', rejectMultipleFrom: true },
+        arc: { trustedSealers: [] },
+    };
+}
 
 /** Defaults of one listener of the given mode. `tls` follows whether top-level `tls` is configured. */
 export function defaultListener(
@@ -106,6 +125,8 @@ export function defaultConfig(baseDir: string, source: string | null = null): Co
         rules: PACKAGE_RULES_DIR,
         http: { host: DEFAULTS.http.host, port: DEFAULTS.http.port },
         spool: { dir: null, memoryLimit: DEFAULTS.spool.memoryLimit },
+        dkim: null,
+        authentication: defaultAuthentication(),
         shutdownTimeoutMs: DEFAULTS.shutdownTimeoutMs,
         log: { level: DEFAULTS.logLevel },
     };

@@ -6,10 +6,12 @@
 import { X509Certificate, createPrivateKey } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
+import { isScalar } from 'yaml';
 import {
     DEFAULTS,
     DEFAULT_MAILDIR,
     PACKAGE_RULES_DIR,
+    defaultAuthentication,
     defaultConfig,
     defaultListener,
     defaultUpstreamStarttls,
@@ -18,14 +20,20 @@ import { ConfigError } from './issues.ts';
 import { isIpv6, normalizeHost, normalizeHostname, parseCidr, parseDnsServer } from './net.ts';
 import { SourceReader, type Field } from './reader.ts';
 import type {
+    AuthenticationConfig,
     BareNewlinePolicy,
     Config,
+    DkimAlgorithm,
+    DkimConfig,
+    DkimSignKey,
     DnsConfig,
+    DovecotAuthAddress,
     HttpConfig,
     ListenerConfig,
     ListenerMode,
     ListenerTls,
     SpoolConfig,
+    SubmissionAuthConfig,
     TlsConfig,
     UpstreamConfig,
 } from './types.ts';
@@ -50,6 +58,8 @@ const TOP_KEYS = [
     'rules',
     'http',
     'spool',
+    'dkim',
+    'authentication',
     'shutdownTimeout',
     'log',
 ] as const;
@@ -68,6 +78,14 @@ const LISTENER_KEYS = [
 const UPSTREAM_KEYS = ['url', 'xclient', 'starttls', 'tlsVerify', 'connectTimeout', 'timeout', 'dataTimeout'] as const;
 const SMTP_ONLY_KEYS = ['xclient', 'starttls', 'tlsVerify', 'connectTimeout', 'timeout', 'dataTimeout'] as const;
 const LOG_LEVELS = ['trace', 'debug', 'info', 'warn', 'error'] as const;
+const AUTHENTICATION_KEYS = ['timeout', 'minRsaBits', 'strict', 'spf', 'dkim', 'dmarc', 'arc'] as const;
+const DMARC_MODES = ['rfc9989', 'rfc7489'] as const;
+const AUTH_KEYS = ['users', 'dovecot', 'sendAs', 'recipientDelimiter'] as const;
+const DKIM_ALGORITHMS = ['rsa-sha256', 'ed25519-sha256'] as const;
+/** RFC 6376 section 3.1: selector = sub-domain *("." sub-domain). */
+const DKIM_SELECTOR_RE = /^[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*$/;
+/** RFC 5322 section 3.6.8: printable ASCII except ":". */
+const FIELD_NAME_RE = /^[\x21-\x39\x3b-\x7e]+$/;
 const LISTENER_NAME_RE = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/;
 const WILDCARDS = new Set(['0.0.0.0', '::']);
 
@@ -190,6 +208,8 @@ class ConfigBuilder {
         const redisField = get('redis');
         const rulesField = get('rules');
         const spoolField = get('spool');
+        const dkimField = get('dkim');
+        const authenticationField = get('authentication');
         const shutdownField = get('shutdownTimeout');
         const logField = get('log');
         return {
@@ -205,6 +225,8 @@ class ConfigBuilder {
             rules: (rulesField && this.existingPath(rulesField, 'folder')) ?? PACKAGE_RULES_DIR,
             http,
             spool: spoolField ? this.spool(spoolField) : defaults.spool,
+            dkim: dkimField ? this.dkim(dkimField) : null,
+            authentication: authenticationField ? this.authentication(authenticationField) : defaults.authentication,
             shutdownTimeoutMs:
                 (shutdownField && r.duration(shutdownField, 0, MAX_TIMER_MS)) ?? defaults.shutdownTimeoutMs,
             log: { level: (logField && this.logLevel(logField)) ?? defaults.log.level },
@@ -330,16 +352,196 @@ class ConfigBuilder {
         return resolved;
     }
 
-    private auth(field: Field): { users: string } | null {
-        const entries = this.section(field, ['users']);
-        if (!this.r.isMap(field)) return null;
+    /** `auth:` — exactly one credential backend: the users file or Dovecot. */
+    private auth(field: Field): SubmissionAuthConfig | null {
+        const r = this.r;
+        const entries = this.section(field, AUTH_KEYS);
+        if (!r.isMap(field)) return null;
         const users = entries.get('users');
-        if (!users) {
-            this.r.fail(field, 'missing "users" (the submission users file)');
+        const dovecot = entries.get('dovecot');
+        const sendAs = entries.get('sendAs');
+        const delimiterField = entries.get('recipientDelimiter');
+        const recipientDelimiter =
+            (delimiterField && this.recipientDelimiter(delimiterField)) ?? DEFAULTS.recipientDelimiter;
+        if (users && dovecot) {
+            r.report(
+                dovecot.keyOffset,
+                'auth.dovecot: write either auth.users (the users file) or auth.dovecot (Dovecot checks passwords), not both',
+            );
             return null;
         }
-        const file = this.existingPath(users, 'file');
-        return file === null ? null : { users: file };
+        if (users) {
+            if (sendAs) {
+                r.report(
+                    sendAs.keyOffset,
+                    "auth.sendAs: applies only with auth.dovecot; with auth.users each user's sendAs is in the users file",
+                );
+            }
+            const file = this.existingPath(users, 'file');
+            return file === null ? null : { users: file, dovecot: null, sendAs: null, recipientDelimiter };
+        }
+        if (!dovecot) {
+            r.fail(field, 'missing "users" (the submission users file) or "dovecot" (the address of Dovecot\'s auth service)');
+            return null;
+        }
+        const address = this.dovecotAddress(dovecot);
+        const sendAsFile = sendAs ? this.existingPath(sendAs, 'file') : null;
+        if (address === null || (sendAs && sendAsFile === null)) return null;
+        return { users: null, dovecot: address, sendAs: sendAsFile, recipientDelimiter };
+    }
+
+    /** `unix:PATH` (or an absolute path), or `[inet:]HOST:PORT`. */
+    private dovecotAddress(field: Field): DovecotAuthAddress | null {
+        const r = this.r;
+        const text = r.string(field, "the address of Dovecot's auth service");
+        if (text === null) return null;
+        const form = 'write unix:PATH (e.g. unix:/run/dovecot/auth-client) or HOST:PORT (an inet_listener of service auth)';
+        if (text.startsWith('unix:') || text.startsWith('/')) {
+            const socket = text.startsWith('unix:') ? text.slice('unix:'.length).trim() : text;
+            if (socket === '') {
+                r.fail(field, `"${text}" names no socket; ${form}`);
+                return null;
+            }
+            return { kind: 'unix', path: path.resolve(this.baseDir, socket) };
+        }
+        const rest = text.startsWith('inet:') ? text.slice('inet:'.length) : text;
+        const m = /^\[([^\]]+)\]:(\d{1,5})$/.exec(rest) ?? /^([^:[\]]+):(\d{1,5})$/.exec(rest);
+        const host = m?.[1] === undefined ? null : normalizeHost(m[1]);
+        const port = Number(m?.[2]);
+        if (host === null || !(port >= 1 && port <= 65535)) {
+            r.fail(field, `"${text}" is not an address of Dovecot's auth service; ${form}`);
+            return null;
+        }
+        return { kind: 'tcp', host, port };
+    }
+
+    /** Subaddress delimiter characters; `false` or "" for none. */
+    private recipientDelimiter(field: Field): string | null {
+        const r = this.r;
+        if (r.isBoolean(field)) {
+            if (r.boolean(field) === false) return '';
+            r.fail(field, 'expected delimiter characters such as "+", or false for none');
+            return null;
+        }
+        const node = field.node;
+        const value = node !== null && isScalar(node) && typeof node.value === 'string' ? node.value : null;
+        if (value === null) {
+            r.fail(field, `expected delimiter characters such as "+", or false for none; got ${r.describe(field)}`);
+            return null;
+        }
+        if (!/^[!#$%&'*+\-/=?^_`{|}~.]{0,8}$/.test(value)) {
+            r.fail(field, `"${value}": use punctuation such as "+" or "-" (not letters, digits, "@", quotes or spaces)`);
+            return null;
+        }
+        return value;
+    }
+
+    /** `dkim:` — outbound signing keys, each checked to exist and parse. */
+    private dkim(field: Field): DkimConfig | null {
+        const r = this.r;
+        const entries = this.section(field, ['sign', 'headers']);
+        if (!r.isMap(field)) return null;
+        const signField = entries.get('sign');
+        if (!signField) {
+            r.fail(field, 'missing "sign" (the domains to sign for: a list of { domain, selector, key })');
+            return null;
+        }
+        const items = r.list(signField, 'signing keys ({ domain, selector, key })') ?? [];
+        if (r.isList(signField) && items.length === 0) r.fail(signField, 'an empty list; leave dkim out to sign nothing');
+        const sign: DkimSignKey[] = [];
+        const domains = new Map<string, number>();
+        for (const item of items) {
+            const e = this.section(item, ['domain', 'selector', 'key', 'algorithm']);
+            if (!r.isMap(item)) continue;
+            const missing = (['domain', 'selector', 'key'] as const).filter((k) => !e.has(k)).map((k) => `"${k}"`);
+            if (missing.length > 0) r.fail(item, `missing ${missing.join(' and ')}`);
+            const domainField = e.get('domain');
+            const selectorField = e.get('selector');
+            const keyField = e.get('key');
+            const algorithmField = e.get('algorithm');
+            let domain: string | null = null;
+            if (domainField) {
+                domain = this.hostname(domainField);
+                const earlier = domain === null ? undefined : domains.get(domain);
+                if (earlier !== undefined) {
+                    r.fail(domainField, `"${domain}" has a signing key already (line ${earlier})`);
+                    domain = null;
+                } else if (domain !== null) {
+                    domains.set(domain, this.lineOf(domainField));
+                }
+            }
+            let selector: string | null = null;
+            if (selectorField) {
+                selector = r.string(selectorField, 'a selector');
+                if (selector !== null && !DKIM_SELECTOR_RE.test(selector)) {
+                    r.fail(selectorField, `"${selector}" is not a DKIM selector (letters, digits, "-", labels joined by ".")`);
+                    selector = null;
+                }
+            }
+            const algorithm = algorithmField ? r.oneOf(algorithmField, DKIM_ALGORITHMS) : null;
+            const key = keyField ? this.dkimKey(keyField, algorithm, algorithmField) : null;
+            if (domain !== null && selector !== null && key !== null) {
+                sign.push({ domain, selector, keyFile: key.file, algorithm: key.algorithm });
+            }
+        }
+        const headersField = entries.get('headers');
+        return { sign, headers: headersField ? this.dkimHeaders(headersField) : null };
+    }
+
+    /** A readable PEM private key usable for DKIM (RSA of 1024 bits or more, or Ed25519). */
+    private dkimKey(
+        field: Field,
+        wanted: DkimAlgorithm | null,
+        algorithmField: Field | undefined,
+    ): { file: string; algorithm: DkimAlgorithm } | null {
+        const r = this.r;
+        const pem = this.pemFile(field);
+        if (pem === null) return null;
+        let key;
+        try {
+            key = createPrivateKey(pem.content);
+        } catch {
+            r.fail(field, `${pem.path} does not hold a readable private key (encrypted keys are not supported)`);
+            return null;
+        }
+        const type = key.asymmetricKeyType;
+        if (type !== 'rsa' && type !== 'ed25519') {
+            r.fail(field, `${pem.path} holds a ${type ?? 'unknown'} key; DKIM signs with RSA or Ed25519 keys`);
+            return null;
+        }
+        const bits = key.asymmetricKeyDetails?.modulusLength ?? 0;
+        if (type === 'rsa' && bits < 1024) {
+            // RFC 8301 section 3.2: signers must use RSA keys of at least 1024 bits
+            r.fail(field, `${pem.path} holds a ${bits}-bit RSA key; DKIM needs at least 1024 bits (2048 recommended)`);
+            return null;
+        }
+        const algorithm: DkimAlgorithm = type === 'rsa' ? 'rsa-sha256' : 'ed25519-sha256';
+        if (wanted !== null && wanted !== algorithm && algorithmField) {
+            r.fail(algorithmField, `"${wanted}" does not fit the ${type === 'rsa' ? 'RSA' : 'Ed25519'} key in ${pem.path}`);
+            return null;
+        }
+        return { file: pem.path, algorithm };
+    }
+
+    /** Header field names to sign; From must be among them (RFC 6376 section 5.4). */
+    private dkimHeaders(field: Field): string[] | null {
+        const r = this.r;
+        const items = r.list(field, 'header field names');
+        if (items === null) return null;
+        const out: string[] = [];
+        const seen = new Set<string>();
+        for (const item of items) {
+            const name = r.string(item, 'a header field name');
+            if (name === null) continue;
+            if (!FIELD_NAME_RE.test(name)) r.fail(item, `"${name}" is not a header field name`);
+            else if (seen.has(name.toLowerCase())) r.fail(item, `"${name}" is listed twice`);
+            else {
+                seen.add(name.toLowerCase());
+                out.push(name);
+            }
+        }
+        if (!seen.has('from')) r.fail(field, 'must include From (RFC 6376 section 5.4: the From field is always signed)');
+        return out;
     }
 
     private listeners(field: Field, haveTls: boolean, haveAuth: boolean): ListenerConfig[] {
@@ -379,7 +581,7 @@ class ConfigBuilder {
                 }
             }
             if (mode === 'submission' && !haveAuth) {
-                r.fail(modeField ?? item, 'a submission listener needs auth.users (the file of submission users)');
+                r.fail(modeField ?? item, 'a submission listener needs the auth section (auth.users or auth.dovecot)');
             }
             if (mode === 'submission' && tlsField && tls === 'none') {
                 // RFC 8314 section 3: passwords only over TLS; a listener without TLS could never log anyone in
@@ -690,6 +892,62 @@ class ConfigBuilder {
             dir: (dirField && this.existingPath(dirField, 'folder')) ?? null,
             memoryLimit: (limitField && this.r.size(limitField, 0)) ?? DEFAULTS.spool.memoryLimit,
         };
+    }
+
+    /** The `authentication:` section (SPF, DKIM, DMARC, ARC); every key optional. */
+    private authentication(field: Field): AuthenticationConfig {
+        const r = this.r;
+        const d = defaultAuthentication();
+        const entries = this.section(field, AUTHENTICATION_KEYS);
+        const timeoutField = entries.get('timeout');
+        const bitsField = entries.get('minRsaBits');
+        const strictField = entries.get('strict');
+        const spf = entries.get('spf');
+        const dkim = entries.get('dkim');
+        const dmarc = entries.get('dmarc');
+        const arc = entries.get('arc');
+        const spfEntries = spf ? this.section(spf, ['maxLookups']) : new Map<string, Field>();
+        const dkimEntries = dkim ? this.section(dkim, ['rejectRsaSha1']) : new Map<string, Field>();
+        const dmarcEntries = dmarc ? this.section(dmarc, ['mode', 'rejectMultipleFrom']) : new Map<string, Field>();
+        const arcEntries = arc ? this.section(arc, ['trustedSealers']) : new Map<string, Field>();
+        const maxLookups = spfEntries.get('maxLookups');
+        const rejectRsaSha1 = dkimEntries.get('rejectRsaSha1');
+        const mode = dmarcEntries.get('mode');
+        const rejectMultipleFrom = dmarcEntries.get('rejectMultipleFrom');
+        const sealers = arcEntries.get('trustedSealers');
+        return {
+            timeoutMs: (timeoutField && r.duration(timeoutField, 100, MAX_TIMER_MS)) ?? d.timeoutMs,
+            // RFC 8301 section 3.2: verifiers must accept 1024 to 4096 bits; smaller keys only by choice
+            minRsaBits: (bitsField && r.integer(bitsField, 512, 4096, 'a key size in bits')) ?? d.minRsaBits,
+            strict: (strictField && r.boolean(strictField)) ?? d.strict,
+            // RFC 7208 section 4.6.4: at most 10 DNS-querying terms
+            spf: { maxLookups: (maxLookups && r.integer(maxLookups, 1, 10)) ?? d.spf.maxLookups },
+            dkim: { rejectRsaSha1: (rejectRsaSha1 && r.boolean(rejectRsaSha1)) ?? d.dkim.rejectRsaSha1 },
+            dmarc: {
+                mode: (mode && r.oneOf(mode, DMARC_MODES)) ?? d.dmarc.mode,
+                rejectMultipleFrom: (rejectMultipleFrom && r.boolean(rejectMultipleFrom)) ?? d.dmarc.rejectMultipleFrom,
+            },
+            arc: { trustedSealers: sealers ? this.domainList(sealers, 'ARC sealer domains') : d.arc.trustedSealers },
+        };
+    }
+
+    /** A list of distinct domain names (possibly empty), lower-case A-labels. */
+    private domainList(field: Field, what: string): string[] {
+        const items = this.r.list(field, what);
+        const seen = new Set<string>();
+        const out: string[] = [];
+        for (const item of items ?? []) {
+            const text = this.r.string(item, 'a domain name');
+            if (text === null) continue;
+            const name = normalizeHostname(text);
+            if (name === null) this.r.fail(item, `"${text}" is not a valid domain name`);
+            else if (seen.has(name)) this.r.fail(item, `"${text}" is listed twice`);
+            else {
+                seen.add(name);
+                out.push(name);
+            }
+        }
+        return out;
     }
 
     private logLevel(field: Field): Config['log']['level'] | null {

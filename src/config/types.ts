@@ -69,6 +69,73 @@ export interface SpoolConfig {
     readonly memoryLimit: number;
 }
 
+/** How the DMARC organizational domain is found: DNS tree walk (RFC 9989) or Public Suffix List (RFC 7489). */
+export type DmarcMode = 'rfc9989' | 'rfc7489';
+
+/** Sender-domain authentication: SPF, DKIM, DMARC and ARC (checks in src/auth). */
+export interface AuthenticationConfig {
+    /** Time allowed for all of a message's SPF, DKIM, DMARC and ARC work together. */
+    readonly timeoutMs: number;
+    /** Shortest RSA key accepted for DKIM and ARC signatures (RFC 8301 section 3.2). */
+    readonly minRsaBits: number;
+    /** Follow the RFCs to the letter instead of mailauth's lenient defaults. */
+    readonly strict: boolean;
+    readonly spf: {
+        /** DNS-querying terms allowed in one SPF evaluation (RFC 7208 section 4.6.4). */
+        readonly maxLookups: number;
+    };
+    readonly dkim: {
+        /** rsa-sha1 signatures count as `policy`, not `pass` (RFC 8301 section 3.1). */
+        readonly rejectRsaSha1: boolean;
+    };
+    readonly dmarc: {
+        readonly mode: DmarcMode;
+        /** A From field with several mailboxes (or several From fields) gets the disposition `reject`. */
+        readonly rejectMultipleFrom: boolean;
+    };
+    readonly arc: {
+        /** ARC sealers (d= of ARC-Seal) whose results may override a DMARC failure. */
+        readonly trustedSealers: readonly string[];
+    };
+}
+
+/** Where Dovecot's auth service listens: a unix socket, or TCP (an `inet_listener` of `service auth`). */
+export type DovecotAuthAddress =
+    | { readonly kind: 'unix'; readonly path: string }
+    | { readonly kind: 'tcp'; readonly host: string; readonly port: number };
+
+/** SMTP AUTH on submission listeners (src/submission). Exactly one of `users` and `dovecot` is set. */
+export interface SubmissionAuthConfig {
+    /** The users file (logins, password hashes, sendAs); null when Dovecot checks passwords. */
+    readonly users: string | null;
+    /** Dovecot's auth socket; null when the users file checks passwords. */
+    readonly dovecot: DovecotAuthAddress | null;
+    /** With Dovecot: the file of login → sendAs addresses; null: each login may send as itself only. */
+    readonly sendAs: string | null;
+    /** Characters that start a subaddress (`alice+tag@`), as Postfix's recipient_delimiter; '' for none. */
+    readonly recipientDelimiter: string;
+}
+
+export type DkimAlgorithm = 'rsa-sha256' | 'ed25519-sha256';
+
+/** One signing key of outbound DKIM (RFC 6376, RFC 8463). */
+export interface DkimSignKey {
+    /** d=, a lower-case A-label. */
+    readonly domain: string;
+    /** s=. */
+    readonly selector: string;
+    /** The private key file (PEM), absolute. */
+    readonly keyFile: string;
+    readonly algorithm: DkimAlgorithm;
+}
+
+/** Outbound DKIM signing of authenticated submissions. */
+export interface DkimConfig {
+    readonly sign: readonly DkimSignKey[];
+    /** Header fields to sign; null: the built-in list. */
+    readonly headers: readonly string[] | null;
+}
+
 export interface Config {
     /** Where the config came from (`null` for the embedded defaults). */
     readonly source: string | null;
@@ -79,10 +146,12 @@ export interface Config {
     readonly upstream: UpstreamConfig;
     readonly dns: DnsConfig;
     readonly redis: { readonly url: string } | null;
-    readonly auth: { readonly users: string } | null;
+    readonly auth: SubmissionAuthConfig | null;
     readonly rules: string;
     readonly http: HttpConfig | null;
     readonly spool: SpoolConfig;
+    readonly dkim: DkimConfig | null;
+    readonly authentication: AuthenticationConfig;
     /** How long transactions in flight may take to finish after SIGTERM. */
     readonly shutdownTimeoutMs: number;
     readonly log: { readonly level: 'trace' | 'debug' | 'info' | 'warn' | 'error' };

@@ -165,7 +165,12 @@ log: { level: debug }
         });
         assert.deepEqual(config.dns, { servers: ['127.0.0.1', '127.0.0.1:5353', '[::1]:53', '::1'], timeoutMs: 2000 });
         assert.deepEqual(config.redis, { url: 'rediss://:secret@redis.example.net:6380/2' });
-        assert.deepEqual(config.auth, { users: path.join(dir, 'users.yaml') });
+        assert.deepEqual(config.auth, {
+            users: path.join(dir, 'users.yaml'),
+            dovecot: null,
+            sendAs: null,
+            recipientDelimiter: '+',
+        });
         assert.equal(config.rules, path.join(dir, 'my-rules'));
         assert.deepEqual(config.http, { host: '127.0.0.1', port: 9100 });
         assert.deepEqual(config.spool, { dir: path.join(dir, 'spool'), memoryLimit: 256 * 1024 });
@@ -371,7 +376,7 @@ describe('validation', () => {
             '4:40: listeners[0].port: expected a port number (0 to 65535); got 99999',
             '4:59: listeners[0].maxClients: expected a whole number (1 or more); got 0',
             '5:13: listeners[1].name: listener name "mx" is already used (line 4)',
-            '5:52: listeners[1].mode: a submission listener needs auth.users (the file of submission users)',
+            '5:52: listeners[1].mode: a submission listener needs the auth section (auth.users or auth.dovecot)',
             '5:69: listeners[1].tls: "implicit" needs the top-level tls section (cert and key)',
             '6:18: upstream.url: unsupported upstream "lmtp://127.0.0.1:24": write smtp://HOST[:PORT], smtps://HOST[:PORT] or maildir:PATH',
             '7:17: dns.timeout: expected a duration such as 500ms, 5s, 10m, 1h or 2d; got 5 (add a unit: 5s, 5ms, …)',

@@ -1,0 +1,313 @@
+/**
+ * The `mailauth` check (data stage): SPF (RFC 7208), DKIM (RFC 6376, RFC 8301, RFC 8463),
+ * ARC (RFC 8617) and DMARC (RFC 9989, or RFC 7489 in `rfc7489` mode) for one received message,
+ * verified by mailauth over our resolver; the DMARC disposition is decided here
+ * (dmarc-policy.ts), with the trusted-ARC override (arc-trust.ts). Reports facts for the rules
+ * and returns `Authentication-Results` (RFC 8601) and `Received-SPF` (RFC 7208 section 9.1)
+ * for the forwarded message.
+ *
+ * It must not choose a reply (rules do, from `dmarc.disposition`), must not trust Received or
+ * Return-Path fields for the client identity (the session's values are used), must never let
+ * mailauth query the system resolver (every lookup goes through the resolver given), and must
+ * never turn a temporary DNS error into a permanent verdict.
+ */
+import { authenticate, type DNSResolver } from 'mailauth';
+import type { AuthenticationConfig } from '../config/types.ts';
+import { dnsError } from '../dns/errors.ts';
+import type { Resolver } from '../dns/resolver.ts';
+import type { Metrics } from '../metrics.ts';
+import type { Check, CheckContext, CheckResult } from '../pipeline.ts';
+import type { FactValue, HeaderField } from '../types.ts';
+import { evaluateArcTrust, type ArcHop, type ArcTrustOutput } from './arc-trust.ts';
+import { dmarcResInfo, joinAuthResults, receivedSpfValue, withHeaderD } from './auth-results.ts';
+import {
+    authorExistence,
+    evaluateRfc7489,
+    fromMailauth,
+    type DmarcEvaluation,
+    type MailauthDmarcResponse,
+} from './dmarc-evaluate.ts';
+import {
+    alignedRelaxed,
+    couldAlign,
+    decideDisposition,
+    normalizeDomain,
+    type DispositionOutput,
+} from './dmarc-policy.ts';
+import type { DnsResolve } from './mailauth-internals.ts';
+import { organizationalDomain } from './psl.ts';
+
+export interface MailauthCheckOptions {
+    /** The authserv-id of Authentication-Results and the host named in SPF comments. */
+    readonly hostname: string;
+    readonly resolver: Pick<Resolver, 'resolve'>;
+    /** The operator's own domains (`domains:`), for `local.sender`. */
+    readonly localDomains: readonly string[];
+    readonly settings: AuthenticationConfig;
+    /** Results and overrides; the check's duration is recorded by the session for every check. */
+    readonly metrics?: Pick<Metrics, 'authChecks' | 'dmarcOverrides'>;
+}
+
+export const SPF_RESULTS = ['pass', 'fail', 'softfail', 'neutral', 'none', 'temperror', 'permerror'] as const;
+export type SpfResult = (typeof SPF_RESULTS)[number];
+
+/** DKIM results from best to worst: a temporary error may still turn into a pass on retry. */
+export const DKIM_ORDER = ['pass', 'temperror', 'fail', 'policy', 'neutral', 'permerror', 'none'] as const;
+export type DkimResult = (typeof DKIM_ORDER)[number];
+
+/** The part of mailauth's result this check reads (its typings are looser than its output). */
+interface DkimRow {
+    readonly signingDomain?: string;
+    readonly status: { readonly result: string; readonly aligned?: string | false };
+    readonly info?: string;
+}
+interface ArcChainEntry {
+    readonly i?: number;
+    readonly 'arc-seal'?: { readonly parsed?: { readonly d?: { readonly value?: unknown } } };
+    readonly 'arc-authentication-results'?: { readonly original?: Buffer | string };
+}
+interface AuthResult {
+    readonly dkim: { readonly headerFrom?: string[]; readonly fromFields?: number; readonly results?: DkimRow[] };
+    readonly spf:
+        | false
+        | {
+              readonly domain?: string;
+              readonly status: { readonly result: string };
+              readonly header?: string;
+              readonly info?: string;
+          };
+    readonly dmarc: false | MailauthDmarcResponse;
+    readonly dmarcSkipReason?: string;
+    readonly arc:
+        | false
+        | {
+              readonly status: { readonly result: string };
+              readonly i?: number | false;
+              readonly info?: string;
+              readonly chain?: ArcChainEntry[];
+          };
+}
+
+function spfResult(r: string | undefined): SpfResult {
+    return (SPF_RESULTS as readonly string[]).includes(r ?? '') ? (r as SpfResult) : 'permerror';
+}
+
+function dkimResult(r: string): DkimResult {
+    return (DKIM_ORDER as readonly string[]).includes(r) ? (r as DkimResult) : 'permerror';
+}
+
+/** The best of several DKIM results (DKIM_ORDER); `none` without signatures. */
+export function bestDkim(results: readonly string[]): DkimResult {
+    let best: DkimResult = 'none';
+    for (const r of results.map(dkimResult)) if (DKIM_ORDER.indexOf(r) < DKIM_ORDER.indexOf(best)) best = r;
+    return best;
+}
+
+function domainOf(address: string | null | undefined): string | null {
+    if (!address) return null;
+    const at = address.lastIndexOf('@');
+    if (at < 0) return null;
+    const d = normalizeDomain(address.slice(at + 1));
+    return d === '' ? null : d;
+}
+
+function isLocal(domain: string | null, locals: readonly string[]): boolean {
+    return domain !== null && locals.some((l) => domain === l || domain.endsWith(`.${l}`));
+}
+
+/** The ARC sets of a validated chain, oldest first. */
+function arcHops(chain: readonly ArcChainEntry[] | undefined): ArcHop[] {
+    return (chain ?? []).map((e, k) => {
+        const d = e['arc-seal']?.parsed?.d?.value;
+        const original = e['arc-authentication-results']?.original;
+        const text = original === undefined ? '' : Buffer.isBuffer(original) ? original.toString('utf8') : original;
+        return {
+            instance: typeof e.i === 'number' ? e.i : k + 1,
+            sealer: typeof d === 'string' ? normalizeDomain(d) : null,
+            results: text.replace(/^[^:]*:/, ''),
+        };
+    });
+}
+
+/** Our resolver, refusing new lookups once the check was abandoned (timeout), so mailauth ends quickly. */
+function cancellable(resolve: DnsResolve, signal: AbortSignal): DnsResolve {
+    return (name, rrtype) =>
+        signal.aborted ? Promise.reject(dnsError('ECANCELLED', 'query', String(name))) : resolve(name, rrtype);
+}
+
+export function createMailauthCheck(opts: MailauthCheckOptions): Check {
+    const settings = opts.settings;
+    const mode = settings.dmarc.mode;
+    const trustedSealers = new Set(settings.arc.trustedSealers);
+    const locals = opts.localDomains.map(normalizeDomain);
+    const metrics = opts.metrics;
+
+    async function run(ctx: CheckContext, signal: AbortSignal): Promise<CheckResult> {
+        if (!ctx.message) return { facts: {} };
+        const resolve = cancellable(opts.resolver.resolve, signal);
+        const mailFrom = ctx.envelope.mailFrom ?? '';
+        const res = (await authenticate(ctx.message.stream(), {
+            ip: ctx.client.ip,
+            helo: ctx.client.helo ?? undefined,
+            sender: mailFrom,
+            mta: opts.hostname,
+            resolver: resolve as DNSResolver,
+            trustReceived: false,
+            disableBimi: true,
+            disableArc: false,
+            // in rfc7489 mode DMARC is evaluated below, with the Public Suffix List
+            disableDmarc: mode === 'rfc7489',
+            minBitLength: settings.minRsaBits,
+            rejectRsaSha1: settings.dkim.rejectRsaSha1,
+            strict: settings.strict,
+            maxResolveCount: settings.spf.maxLookups,
+            // SPF gives temperror before the check as a whole runs out of time
+            maxElapsedTime: Math.max(1, Math.floor(settings.timeoutMs * 0.8)),
+            // the SPF limits are passed through to spf() but missing from mailauth's typings
+        } as Parameters<typeof authenticate>[1])) as unknown as AuthResult;
+
+        const spf = res.spf || null;
+        const spfRes = spfResult(spf?.status.result);
+        const spfDomain = spf?.domain ? normalizeDomain(spf.domain) : null;
+        const dkimRows = res.dkim.results ?? [];
+        const signatures = dkimRows.filter((r) => r.signingDomain !== undefined);
+        const dkimRes = bestDkim(signatures.map((r) => r.status.result));
+        const passingDomains = [
+            ...new Set(
+                signatures.filter((r) => r.status.result === 'pass').map((r) => normalizeDomain(r.signingDomain!)),
+            ),
+        ];
+        const headerFrom = res.dkim.headerFrom ?? [];
+        const fromFields = res.dkim.fromFields ?? 0;
+
+        const dmarc: DmarcEvaluation =
+            mode === 'rfc7489'
+                ? await evaluateRfc7489(
+                      {
+                          headerFrom,
+                          fromFields,
+                          spfDomains: spfRes === 'pass' && spfDomain ? [spfDomain] : [],
+                          dkimDomains: passingDomains,
+                      },
+                      resolve,
+                      { strict: settings.strict },
+                  )
+                : fromMailauth(res.dmarc, res.dmarcSkipReason);
+        const author = dmarc.authorDomain;
+
+        // alignment of an identifier with the author domain, per adkim / aspf of the applied record
+        const orgOf = (d: string): string => organizationalDomain(d);
+        const aligned = (d: string, kind: 'dkim' | 'spf'): boolean => {
+            if (author === null) return false;
+            const strict = kind === 'dkim' ? dmarc.adkimStrict : dmarc.aspfStrict;
+            if (strict) return d === author;
+            return mode === 'rfc7489'
+                ? alignedRelaxed(d, author, orgOf)
+                : couldAlign(d, author, dmarc.orgDomain, false);
+        };
+
+        // np applies only to a non-existent author subdomain (RFC 9989 section 4.10.1, appendix A.4)
+        const authorExists = await authorExistence(dmarc, resolve);
+        const rec = dmarc.record;
+
+        const arc = res.arc || null;
+        const arcRes = arc?.status.result === 'pass' || arc?.status.result === 'fail' ? arc.status.result : 'none';
+        const trust: ArcTrustOutput = evaluateArcTrust({
+            result: arcRes,
+            hops: arcRes === 'pass' ? arcHops(arc?.chain) : [],
+            trustedSealers,
+            authorDomain: author,
+            aligned,
+        });
+
+        const orgForTemperror = mode === 'rfc7489' && author !== null ? orgOf(author) : dmarc.orgDomain;
+        const mayAlign = (d: string | null, strict: boolean): boolean =>
+            d !== null && author !== null && couldAlign(d, author, orgForTemperror, strict);
+        const alignedTemperror =
+            (spfRes === 'temperror' && mayAlign(spfDomain, dmarc.aspfStrict)) ||
+            signatures.some(
+                (r) =>
+                    r.status.result === 'temperror' && mayAlign(normalizeDomain(r.signingDomain!), dmarc.adkimStrict),
+            );
+        const exactlyAlignedPass =
+            author !== null && ((spfRes === 'pass' && spfDomain === author) || passingDomains.includes(author));
+
+        const mailboxes = Math.max(headerFrom.length, fromFields);
+        const sessionCount = typeof ctx.facts['header.from.count'] === 'number' ? ctx.facts['header.from.count'] : 0;
+        const fromCount = Math.max(mailboxes, sessionCount);
+
+        const decision: DispositionOutput = decideDisposition({
+            result: dmarc.result,
+            authorDomain: author,
+            recordDomain: dmarc.recordDomain,
+            record: rec,
+            authorExists,
+            exactlyAlignedPass,
+            alignedTemperror,
+            fromCount,
+            rejectMultipleFrom: settings.dmarc.rejectMultipleFrom,
+            arcTrusted: dmarc.result === 'fail' && trust.vouching !== null,
+            authenticated: ctx.client.login !== null,
+        });
+
+        const dkimAligned =
+            dmarc.dkimAligned !== null ||
+            (author !== null && rec === null && passingDomains.some((d) => aligned(d, 'dkim')));
+
+        const sessionDomain = ctx.facts['header.from.domain'];
+        const mailFromDomain = domainOf(mailFrom);
+        const authorDomains = headerFrom.map(domainOf).filter((d): d is string => d !== null);
+        const facts: Record<string, FactValue> = {
+            'spf.result': spfRes,
+            'spf.domain': spfDomain,
+            'dkim.result': dkimRes,
+            'dkim.domains': passingDomains,
+            'dkim.aligned': dkimAligned,
+            'dkim.count': signatures.length,
+            'dmarc.result': dmarc.result,
+            'dmarc.policy': decision.policy,
+            'dmarc.disposition': decision.disposition,
+            'dmarc.override': decision.override,
+            'dmarc.reason': dmarc.result === 'permerror' ? (dmarc.skipReason ?? decision.reason) : decision.reason,
+            'dmarc.domain': dmarc.recordDomain,
+            'arc.result': arcRes,
+            'arc.trusted': trust.trusted,
+            'arc.sealer': trust.sealer,
+            'header.from.count': fromCount,
+            'header.from.mismatch':
+                author !== null && typeof sessionDomain === 'string' && normalizeDomain(sessionDomain) !== author,
+            'local.sender': isLocal(mailFromDomain, locals) || authorDomains.some((d) => isLocal(d, locals)),
+            'auth.temperror': decision.temperror,
+        };
+        if (author !== null) facts['header.from.domain'] = author;
+
+        const headers: HeaderField[] = [];
+        const parts = [
+            ...(signatures.length > 0 ? signatures : dkimRows.slice(0, 1)).map((r) =>
+                withHeaderD(r.info ?? `dkim=${dkimResult(r.status.result)}`, r.signingDomain),
+            ),
+            spf?.info ?? `spf=${spfRes}`,
+            arc?.info ?? `arc=${arcRes}`,
+            dmarcResInfo(dmarc, decision, trust),
+        ];
+        headers.push({ name: 'Authentication-Results', value: joinAuthResults(opts.hostname, parts) });
+        if (spf?.header) headers.push({ name: 'Received-SPF', value: receivedSpfValue(spf.header) });
+
+        if (metrics) {
+            metrics.authChecks.inc({ check: 'spf', result: spfRes });
+            metrics.authChecks.inc({ check: 'dkim', result: dkimRes });
+            metrics.authChecks.inc({ check: 'dmarc', result: dmarc.result });
+            metrics.authChecks.inc({ check: 'arc', result: arcRes });
+            if (decision.override !== null) metrics.dmarcOverrides.inc({ reason: decision.override });
+        }
+        return { facts, headers };
+    }
+
+    return {
+        name: 'mailauth',
+        stages: ['data'],
+        timeoutMs: settings.timeoutMs,
+        onError: 'tempfail',
+        run,
+    };
+}

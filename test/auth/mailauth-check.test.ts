@@ -1,0 +1,364 @@
+// The `mailauth` check end to end against the loopback test DNS server: SPF, DKIM (signed here
+// with generated keys published in the zone), DMARC dispositions (reject, quarantine, t=y, np,
+// several From mailboxes, temporary DNS errors), ARC sealed by a trusted or an untrusted
+// forwarder, the rfc7489 mode, the header fields produced, metrics, and the resolver cache
+// (a second message from the same domain asks the DNS server nothing new).
+import assert from 'node:assert/strict';
+import { after, before, describe, it } from 'node:test';
+import { createMailauthCheck } from '../../src/auth/mailauth.ts';
+import type { Resolver } from '../../src/dns/resolver.ts';
+import { createMetrics } from '../../src/metrics.ts';
+import type { Check, CheckResult } from '../../src/pipeline.ts';
+import { startDnsServer, type DnsTestServer, type Zone } from '../helpers/dns-server.ts';
+import {
+    basicMessage,
+    context,
+    rsaKey,
+    seal,
+    settings,
+    sign,
+    testResolver,
+    type ContextOptions,
+    type TestKey,
+} from './helpers.ts';
+import type { AuthenticationConfig } from '../../src/config/types.ts';
+
+const HOST = 'mx.test';
+const CLIENT = '192.0.2.10';
+const FORWARDER_IP = '198.51.100.7';
+
+let dns: DnsTestServer;
+let resolver: Resolver;
+let bankKey: TestKey;
+let forwarderKey: TestKey;
+let otherSealerKey: TestKey;
+
+function baseZone(): Zone {
+    return {
+        'bank.example': { TXT: [`v=spf1 ip4:${CLIENT} -all`], A: ['192.0.2.1'] },
+        'sel._domainkey.bank.example': { TXT: [bankKey.record] },
+        '_dmarc.bank.example': { TXT: ['v=DMARC1; p=reject; sp=quarantine; np=reject'] },
+        'shop.example': { TXT: ['v=spf1 -all'] },
+        '_dmarc.shop.example': { TXT: ['v=DMARC1; p=quarantine'] },
+        'test.example': { TXT: ['v=spf1 -all'] },
+        '_dmarc.test.example': { TXT: ['v=DMARC1; p=reject; t=y'] },
+        'legacy.example': { TXT: ['v=spf1 -all'] },
+        '_dmarc.legacy.example': { TXT: ['v=DMARC1; p=reject; pct=0'] },
+        'slow.example': { TXT: ['v=spf1 -all'] },
+        '_dmarc.slow.example': { TIMEOUT: true },
+        'flaky.example': { TIMEOUT: true },
+        '_dmarc.flaky.example': { TXT: ['v=DMARC1; p=reject'] },
+        'forwarder.example': { TXT: [`v=spf1 ip4:${FORWARDER_IP} -all`] },
+        'arc._domainkey.forwarder.example': { TXT: [forwarderKey.record] },
+        'arc._domainkey.sealer.example': { TXT: [otherSealerKey.record] },
+        'sender.test': { TXT: ['v=spf1 -all'] },
+        'mail.bank.example': { A: ['192.0.2.2'] },
+    };
+}
+
+function check(over: Partial<AuthenticationConfig> = {}, localDomains: string[] = ['mx.test']): Check {
+    return createMailauthCheck({
+        hostname: HOST,
+        resolver,
+        localDomains,
+        settings: settings(over),
+    });
+}
+
+async function run(c: Check, msg: string, o: ContextOptions = {}): Promise<CheckResult> {
+    return c.run(context(msg, o), new AbortController().signal);
+}
+
+function header(r: CheckResult, name: string): string {
+    const h = r.headers?.find((f) => f.name === name);
+    assert.ok(h, `no ${name} header`);
+    return h.value;
+}
+
+before(async () => {
+    bankKey = rsaKey();
+    forwarderKey = rsaKey();
+    otherSealerKey = rsaKey();
+    dns = await startDnsServer({});
+    dns.setZone(baseZone());
+    resolver = testResolver(dns.address);
+});
+
+after(async () => {
+    resolver.close();
+    await dns.close();
+});
+
+describe('mailauth check', () => {
+    it('declares itself as a data-stage check that tempfails on error', () => {
+        const c = check({ timeoutMs: 15_000 });
+        assert.equal(c.name, 'mailauth');
+        assert.deepEqual(c.stages, ['data']);
+        assert.equal(c.timeoutMs, 15_000);
+        assert.equal(c.onError, 'tempfail');
+    });
+
+    it('a spoofed message from a p=reject domain: dmarc fail, disposition reject', async () => {
+        const r = await run(check(), basicMessage('Bank <alerts@bank.example>'), { mailFrom: 'x@sender.test' });
+        assert.equal(r.facts['spf.result'], 'fail');
+        assert.equal(r.facts['spf.domain'], 'sender.test');
+        assert.equal(r.facts['dkim.result'], 'none');
+        assert.deepEqual(r.facts['dkim.domains'], []);
+        assert.equal(r.facts['dkim.aligned'], false);
+        assert.equal(r.facts['dmarc.result'], 'fail');
+        assert.equal(r.facts['dmarc.policy'], 'reject');
+        assert.equal(r.facts['dmarc.disposition'], 'reject');
+        assert.equal(r.facts['dmarc.override'], null);
+        assert.equal(r.facts['auth.temperror'], false);
+        assert.equal(r.facts['header.from.domain'], 'bank.example');
+        assert.equal(r.facts['arc.result'], 'none');
+        const ar = header(r, 'Authentication-Results');
+        assert.match(ar, /^mx\.test; /);
+        assert.match(
+            ar,
+            /dmarc=fail \(p=REJECT sp=QUARANTINE np=REJECT dis=REJECT\) policy\.dmarc=reject header\.from=bank\.example/,
+        );
+        assert.match(ar, /spf=fail /);
+        assert.match(ar, /dkim=none/);
+        assert.match(ar, /arc=none/);
+        assert.match(header(r, 'Received-SPF'), /^fail \(mx\.test: .*client-ip=192\.0\.2\.10;/);
+    });
+
+    it('an aligned DKIM signature: dkim pass, aligned, dmarc pass', async () => {
+        const msg = await sign(basicMessage('alerts@bank.example'), 'bank.example', 'sel', bankKey);
+        const r = await run(check(), msg, { mailFrom: 'bounce@sender.test' });
+        assert.equal(r.facts['dkim.result'], 'pass');
+        assert.deepEqual(r.facts['dkim.domains'], ['bank.example']);
+        assert.equal(r.facts['dkim.aligned'], true);
+        assert.equal(r.facts['dkim.count'], 1);
+        assert.equal(r.facts['spf.result'], 'fail');
+        assert.equal(r.facts['dmarc.result'], 'pass');
+        assert.equal(r.facts['dmarc.policy'], 'reject');
+        assert.equal(r.facts['dmarc.disposition'], 'none');
+        const ar = header(r, 'Authentication-Results');
+        assert.match(ar, /dkim=pass header\.d=bank\.example header\.i=@bank\.example header\.s=sel/);
+        assert.match(ar, /dmarc=pass \(p=REJECT sp=QUARANTINE np=REJECT dis=NONE\) policy\.dmarc=reject/);
+    });
+
+    it('SPF pass aligned with the From domain passes DMARC', async () => {
+        const r = await run(check(), basicMessage('alerts@bank.example'), { mailFrom: 'bounce@bank.example' });
+        assert.equal(r.facts['spf.result'], 'pass');
+        assert.equal(r.facts['dmarc.result'], 'pass');
+        assert.equal(r.facts['dmarc.disposition'], 'none');
+    });
+
+    it('p=quarantine failure: disposition quarantine', async () => {
+        const r = await run(check(), basicMessage('news@shop.example'), { mailFrom: 'news@shop.example' });
+        assert.equal(r.facts['dmarc.result'], 'fail');
+        assert.equal(r.facts['dmarc.policy'], 'quarantine');
+        assert.equal(r.facts['dmarc.disposition'], 'quarantine');
+    });
+
+    it('sp= applies to an existing subdomain, np= to a non-existent one', async () => {
+        const existing = await run(check(), basicMessage('a@mail.bank.example'));
+        assert.equal(existing.facts['dmarc.policy'], 'quarantine');
+        assert.equal(existing.facts['dmarc.disposition'], 'quarantine');
+        const missing = await run(check(), basicMessage('a@nowhere.bank.example'));
+        assert.equal(missing.facts['dmarc.policy'], 'reject');
+        assert.equal(missing.facts['dmarc.disposition'], 'reject');
+    });
+
+    it('t=y lowers the disposition one level (override testing)', async () => {
+        const r = await run(check(), basicMessage('a@test.example'));
+        assert.equal(r.facts['dmarc.policy'], 'reject');
+        assert.equal(r.facts['dmarc.disposition'], 'quarantine');
+        assert.equal(r.facts['dmarc.override'], 'testing');
+        assert.match(
+            header(r, 'Authentication-Results'),
+            /\(p=REJECT t=Y dis=QUARANTINE override=testing\) policy\.dmarc=quarantine/,
+        );
+    });
+
+    it('pct=0 is read as t=y', async () => {
+        const r = await run(check(), basicMessage('a@legacy.example'));
+        assert.equal(r.facts['dmarc.disposition'], 'quarantine');
+        assert.equal(r.facts['dmarc.override'], 'testing');
+    });
+
+    it('a DNS timeout for _dmarc: disposition tempfail, never reject', async () => {
+        const r = await run(check(), basicMessage('a@slow.example'), { mailFrom: 'a@slow.example' });
+        assert.equal(r.facts['dmarc.result'], 'temperror');
+        assert.equal(r.facts['dmarc.disposition'], 'tempfail');
+        assert.equal(r.facts['auth.temperror'], true);
+        assert.match(
+            header(r, 'Authentication-Results'),
+            /dmarc=temperror \(dis=TEMPFAIL\) header\.from=slow\.example/,
+        );
+    });
+
+    it('an SPF temperror on the aligned domain with nothing passing: tempfail', async () => {
+        const r = await run(check(), basicMessage('a@flaky.example'), { mailFrom: 'a@flaky.example' });
+        assert.equal(r.facts['spf.result'], 'temperror');
+        assert.equal(r.facts['dmarc.result'], 'fail');
+        assert.equal(r.facts['dmarc.disposition'], 'tempfail');
+        assert.equal(r.facts['auth.temperror'], true);
+    });
+
+    it('several From mailboxes: reject by default, DMARC evaluated per RFC 9989 when one domain', async () => {
+        const two = await run(check(), basicMessage('a@bank.example, b@shop.example'));
+        assert.equal(two.facts['dmarc.result'], 'permerror');
+        assert.equal(two.facts['dmarc.reason'], 'multiple-author-domains');
+        assert.equal(two.facts['header.from.count'], 2);
+        assert.equal(two.facts['dmarc.disposition'], 'reject');
+        const off = await run(
+            check({ dmarc: { mode: 'rfc9989', rejectMultipleFrom: false } }),
+            basicMessage('a@bank.example, b@shop.example'),
+        );
+        assert.equal(off.facts['dmarc.disposition'], 'none');
+        const sameDomain = await run(check(), basicMessage('a@bank.example, b@bank.example'));
+        assert.equal(sameDomain.facts['dmarc.result'], 'fail');
+        assert.equal(sameDomain.facts['header.from.count'], 2);
+        assert.equal(sameDomain.facts['dmarc.disposition'], 'reject');
+        assert.equal(sameDomain.facts['dmarc.reason'], 'several From mailboxes');
+        const twoFields = await run(check(), basicMessage('a@bank.example', [['From', 'b@bank.example']]));
+        assert.equal(twoFields.facts['dmarc.result'], 'permerror');
+        assert.equal(twoFields.facts['dmarc.reason'], 'multiple-from-fields');
+        assert.equal(twoFields.facts['dmarc.disposition'], 'reject');
+    });
+
+    it('an authenticated submission client is never held to DMARC (override local)', async () => {
+        const r = await run(check(), basicMessage('me@bank.example'), { login: 'me' });
+        assert.equal(r.facts['dmarc.result'], 'fail');
+        assert.equal(r.facts['dmarc.disposition'], 'none');
+        assert.equal(r.facts['dmarc.override'], 'local');
+    });
+
+    it('local.sender: envelope or From in our domains, subdomains included', async () => {
+        const c = check({}, ['bank.example']);
+        assert.equal(
+            (await run(c, basicMessage('x@other.test'), { mailFrom: 'a@mail.bank.example' })).facts['local.sender'],
+            true,
+        );
+        assert.equal(
+            (await run(c, basicMessage('x@bank.example'), { mailFrom: 'a@other.test' })).facts['local.sender'],
+            true,
+        );
+        assert.equal(
+            (await run(c, basicMessage('x@other.test'), { mailFrom: 'a@other.test' })).facts['local.sender'],
+            false,
+        );
+    });
+
+    it('header.from.domain follows the author domain DMARC evaluated; a different session parse is flagged', async () => {
+        const r = await run(check(), basicMessage('"a@bank.example" <x@shop.example>'), {
+            facts: { 'header.from.domain': 'bank.example', 'header.from.count': 1 },
+        });
+        assert.equal(r.facts['header.from.domain'], 'shop.example');
+        assert.equal(r.facts['header.from.mismatch'], true);
+        const same = await run(check(), basicMessage('x@shop.example'), {
+            facts: { 'header.from.domain': 'SHOP.example' },
+        });
+        assert.equal(same.facts['header.from.mismatch'], false);
+    });
+
+    describe('ARC', () => {
+        /** The bank signs, the forwarder authenticates it, rewrites the subject and seals; we receive it from the forwarder. */
+        async function forwarded(sealer: string, selector: string, key: TestKey): Promise<string> {
+            const original = await sign(basicMessage('alerts@bank.example'), 'bank.example', 'sel', bankKey);
+            const changed = original.replace('Subject: Test message', 'Subject: [list] Test message');
+            return seal(changed, {
+                domain: sealer,
+                selector,
+                key,
+                authResults: `${sealer}; dkim=pass header.d=bank.example header.s=sel; spf=pass smtp.mailfrom=alerts@bank.example; dmarc=pass header.from=bank.example`,
+                cv: 'none',
+            });
+        }
+
+        it('a trusted sealer vouching for the author domain overrides the DMARC failure', async () => {
+            const metrics = createMetrics('test');
+            const c = createMailauthCheck({
+                hostname: HOST,
+                resolver,
+                localDomains: [],
+                settings: settings({ arc: { trustedSealers: ['forwarder.example'] } }),
+                metrics,
+            });
+            const msg = await forwarded('forwarder.example', 'arc', forwarderKey);
+            const r = await run(c, msg, { ip: FORWARDER_IP, mailFrom: 'list-bounces@forwarder.example' });
+            assert.equal(r.facts['dkim.result'], 'fail');
+            assert.equal(r.facts['spf.result'], 'pass');
+            assert.equal(r.facts['arc.result'], 'pass');
+            assert.equal(r.facts['arc.trusted'], true);
+            assert.equal(r.facts['arc.sealer'], 'forwarder.example');
+            assert.equal(r.facts['dmarc.result'], 'fail');
+            assert.equal(r.facts['dmarc.disposition'], 'none');
+            assert.equal(r.facts['dmarc.override'], 'arc');
+            assert.match(
+                header(r, 'Authentication-Results'),
+                /dmarc=fail \(p=REJECT sp=QUARANTINE np=REJECT dis=NONE override=arc sealer=forwarder\.example i=1\) policy\.dmarc=reject header\.from=bank\.example/,
+            );
+            assert.match(header(r, 'Authentication-Results'), /arc=pass/);
+            const text = await metrics.registry.metrics();
+            assert.match(text, /mailwarden_dmarc_overrides_total\{reason="arc"\} 1/);
+            assert.match(text, /mailwarden_auth_checks_total\{check="arc",result="pass"\} 1/);
+            assert.match(text, /mailwarden_auth_checks_total\{check="dmarc",result="fail"\} 1/);
+        });
+
+        it('the same chain from a sealer that is not trusted proves nothing', async () => {
+            const msg = await forwarded('sealer.example', 'arc', otherSealerKey);
+            const r = await run(check({ arc: { trustedSealers: ['forwarder.example'] } }), msg, { ip: FORWARDER_IP });
+            assert.equal(r.facts['arc.result'], 'pass');
+            assert.equal(r.facts['arc.trusted'], false);
+            assert.equal(r.facts['dmarc.disposition'], 'reject');
+            assert.equal(r.facts['dmarc.override'], null);
+        });
+
+        it('a trusted sealer whose results do not vouch for the author domain does not override', async () => {
+            const original = basicMessage('alerts@bank.example');
+            const msg = await seal(original, {
+                domain: 'forwarder.example',
+                selector: 'arc',
+                key: forwarderKey,
+                authResults:
+                    'forwarder.example; dkim=none; spf=fail smtp.mailfrom=x@sender.test; dmarc=fail header.from=bank.example',
+                cv: 'none',
+            });
+            const r = await run(check({ arc: { trustedSealers: ['forwarder.example'] } }), msg, { ip: FORWARDER_IP });
+            assert.equal(r.facts['arc.trusted'], true);
+            assert.equal(r.facts['dmarc.disposition'], 'reject');
+        });
+    });
+
+    it('rfc7489 mode finds the policy with the Public Suffix List', async () => {
+        const c = check({ dmarc: { mode: 'rfc7489', rejectMultipleFrom: true } });
+        const r = await run(c, basicMessage('a@mail.bank.example'));
+        assert.equal(r.facts['dmarc.result'], 'fail');
+        assert.equal(r.facts['dmarc.policy'], 'quarantine');
+        assert.equal(r.facts['dmarc.domain'], 'bank.example');
+        const signed = await sign(basicMessage('a@mail.bank.example'), 'bank.example', 'sel', bankKey);
+        const ok = await run(c, signed);
+        assert.equal(ok.facts['dmarc.result'], 'pass');
+        assert.equal(ok.facts['dkim.aligned'], true);
+        assert.match(header(ok, 'Authentication-Results'), /dmarc=pass /);
+    });
+
+    it('caches: a second message from the same domain asks the DNS server nothing new', async () => {
+        const own = await startDnsServer(baseZone());
+        const cached = testResolver(own.address);
+        try {
+            const c = createMailauthCheck({ hostname: HOST, resolver: cached, localDomains: [], settings: settings() });
+            const msg = async () => sign(basicMessage('alerts@bank.example'), 'bank.example', 'sel', bankKey);
+            await c.run(context(await msg(), { mailFrom: 'a@bank.example' }), new AbortController().signal);
+            const first = own.queries.length;
+            assert.ok(first > 0);
+            const seen = own.queries.map((q) => `${q.type} ${q.name}`);
+            assert.equal(new Set(seen).size, seen.length, `a record was asked for twice: ${seen.join(', ')}`);
+            await c.run(context(await msg(), { mailFrom: 'a@bank.example' }), new AbortController().signal);
+            assert.equal(own.queries.length, first, 'the second message caused DNS queries');
+        } finally {
+            cached.close();
+            await own.close();
+        }
+    });
+
+    it('without a message (not the data stage) it reports nothing', async () => {
+        const ctx = { ...context('x'), message: null };
+        assert.deepEqual(await check().run(ctx, new AbortController().signal), { facts: {} });
+    });
+});
