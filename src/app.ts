@@ -17,6 +17,7 @@ import { createIprevCheck } from './checks/iprev.ts';
 import { createResolver, type Resolver } from './dns/resolver.ts';
 import { acceptAll, type Check } from './pipeline.ts';
 import { replyFor } from './reply.ts';
+import { loadRuleSet, watchRuleSet, withRuleHits, type RuleSet, type RuleWatcher } from './rules/index.ts';
 import type { Decider } from './types.ts';
 import { createUpstream } from './upstream/index.ts';
 import type { Upstream } from './upstream/types.ts';
@@ -77,7 +78,16 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
     const metrics = deps.metrics ?? createMetrics(VERSION);
     const now = deps.now ?? Date.now;
     const upstream = deps.upstream ?? createUpstream(config.upstream, { hostname: config.hostname, logger: log });
-    let decider = deps.decider ?? acceptAll;
+    const countHits = (rs: RuleSet): Decider =>
+        withRuleHits(rs, (hit) => metrics.ruleHits.inc({ rule: hit.id, action: hit.action, mode: hit.mode }));
+    // Rule files are validated before anything listens: an invalid set stops the start (RuleError).
+    let ruleSet: RuleSet | null = deps.decider ? null : loadRuleSet(config.rules, { softReject: config.softReject });
+    let decider = deps.decider ?? (ruleSet ? countHits(ruleSet) : acceptAll);
+    let watcher: RuleWatcher | null = null;
+    const applyRules = (rs: RuleSet): void => {
+        ruleSet = rs;
+        decider = countHits(rs);
+    };
     const resolver =
         deps.resolver ?? createResolver({ servers: config.dns.servers, timeoutMs: config.dns.timeoutMs, metrics, now });
     const checks: readonly Check[] = deps.checks ?? defaultChecks(config, resolver, metrics);
@@ -111,6 +121,14 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
         return null;
     };
 
+    if (ruleSet) {
+        reloaders.push({
+            name: 'rules',
+            // throws RuleError on an invalid set; reload() keeps the old one and counts the error
+            fn: () => applyRules(loadRuleSet(config.rules, { softReject: config.softReject })),
+        });
+    }
+
     const app: App = {
         config,
         metrics,
@@ -135,12 +153,16 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
                 try {
                     r.fn();
                     metrics.configReloads.inc({ result: 'ok' });
-                    log.info({ reload: r.name }, 'reloaded');
+                    log.info({ reload: r.name, how: 'signal' }, 'reloaded');
                 } catch (err) {
                     metrics.configReloads.inc({ result: 'error' });
                     log.error(
-                        { reload: r.name, err: err instanceof Error ? err.message : String(err) },
-                        'reload failed; keeping the previous version',
+                        {
+                            reload: r.name,
+                            how: 'signal',
+                            issues: (err instanceof Error ? err.message : String(err)).split('\n'),
+                        },
+                        'reload failed; the previous version stays in force',
                     );
                 }
             }
@@ -161,6 +183,25 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
                 });
                 log.info({ host: config.http.host, port: httpPort }, 'http endpoint listening');
             }
+            if (ruleSet) {
+                watcher = watchRuleSet(config.rules, {
+                    softReject: config.softReject,
+                    current: ruleSet,
+                    onChange: (r) => {
+                        if ('ok' in r) {
+                            applyRules(r.ok);
+                            metrics.configReloads.inc({ result: 'ok' });
+                            log.info({ reload: 'rules', rules: r.ok.rules.length, how: 'file change' }, 'reloaded');
+                        } else {
+                            metrics.configReloads.inc({ result: 'error' });
+                            log.error(
+                                { reload: 'rules', how: 'file change', issues: r.error.message.split('\n') },
+                                'reload failed; the previous rules stay in force',
+                            );
+                        }
+                    },
+                });
+            }
             started = true;
             log.info(
                 { version: VERSION, upstream: upstream.description, config: config.source ?? 'embedded defaults' },
@@ -171,6 +212,7 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
             if (draining) return;
             draining = true;
             log.info({ timeoutMs: config.shutdownTimeoutMs }, 'shutting down: draining sessions');
+            watcher?.close();
             await Promise.all(listeners.map((l) => l.stopAccepting()));
             let expired = false;
             let gone = false;

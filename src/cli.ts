@@ -11,7 +11,10 @@ const USAGE = `Usage: mailwarden <command> [options]
 
 Commands:
   serve [-c FILE]     run the proxy
-  check [-c FILE]     validate the configuration and every rule file
+  check [-c FILE]     validate the configuration and every rule file (and run their cases)
+  explain [-c FILE] --client-ip IP [--helo NAME] --mail-from ADDR --rcpt ADDR [--rcpt ADDR…]
+          [--listener NAME] [--auth-user USER] [--json] MESSAGE.eml
+                      run every check and rule on a message without sending it, and show why
   help                show this text
 
 Options:
@@ -52,6 +55,16 @@ async function main(argv: string[]): Promise<number> {
                 env: process.env,
                 out: (line) => process.stdout.write(`${line}\n`),
                 err: (line) => process.stderr.write(`${line}\n`),
+            });
+        }
+        case 'explain': {
+            const { resolveConfigPath } = await import('./config/load.ts');
+            const { runExplain } = await import('./commands/explain.ts');
+            return runExplain(argv.slice(argv.indexOf('explain') + 1), {
+                out: (text) => process.stdout.write(text),
+                err: (text) => process.stderr.write(text),
+                env: process.env,
+                resolveConfigPath: (flag) => resolveConfigPath({ flag, env: process.env, cwd: process.cwd() }),
             });
         }
         case 'help':

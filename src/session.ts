@@ -11,19 +11,13 @@ import { Readable } from 'node:stream';
 import type { SMTPServerAddress, SMTPServerDataStream, SMTPServerSession } from 'smtp-server';
 import type { Config, ListenerConfig } from './config/types.ts';
 import { MessageSpool, type SpoolSummary } from './data/spool.ts';
-import {
-    filterIncomingFields,
-    formatField,
-    parseHeaderSection,
-    receivedField,
-    verdictField,
-    type RawField,
-} from './headers.ts';
+import { filterIncomingFields, formatField, parseHeaderSection, type RawField } from './headers.ts';
 import type { Logger } from './log.ts';
 import type { Metrics } from './metrics.ts';
 import { runStage, type Check, type CheckOutcome } from './pipeline.ts';
 import { replyFor, replyForDecision, toCallbackError, type SmtpReplyError } from './reply.ts';
 import { relayedReply } from './upstream-reply.ts';
+import { domainOf, forwardHeaders, messageFacts } from './message-facts.ts';
 import type { Decider, Decision, Facts, FactValue, HeaderField, SmtpReply, Stage } from './types.ts';
 import {
     UpstreamError,
@@ -48,26 +42,27 @@ export interface SessionDeps {
 }
 
 /** Largest header section we parse in memory (Postfix's header_size_limit is 100 KB). */
-const MAX_HEADER_SECTION = 1024 * 1024;
-
-function domainOf(address: string): string | null {
-    const at = address.lastIndexOf('@');
-    return at >= 0 ? address.slice(at + 1).toLowerCase() : null;
-}
-
-/** The first address of a From field value (RFC 5322 section 3.4), or null. */
-export function firstAddress(value: string): { address: string | null; count: number } {
-    const angle = [...value.matchAll(/<([^<>\s]*@[^<>\s]+)>/g)].map((m) => m[1]!);
-    if (angle.length > 0) return { address: angle[0]!, count: angle.length };
-    const bare = [...value.matchAll(/[^\s<>,;:"()]+@[^\s<>,;:"()]+/g)].map((m) => m[0]);
-    return { address: bare[0] ?? null, count: bare.length };
-}
+export const MAX_HEADER_SECTION = 1024 * 1024;
 
 interface Transaction {
     readonly mailFrom: string;
     readonly rcpts: string[];
     facts: Facts;
     readonly rulesSeen: Set<string>;
+    /** Score so far (tag rules of earlier stages), fed to the next stage as the `score` fact. */
+    score: number;
+    /** Header fields added by tag rules of earlier stages. */
+    readonly headers: HeaderField[];
+    /** A tag rule matched at an earlier stage. */
+    tagged: boolean;
+}
+
+/** What the connect and helo stages leave for every transaction of the connection. */
+interface ConnectionVerdict {
+    score: number;
+    readonly headers: HeaderField[];
+    readonly rules: string[];
+    tagged: boolean;
 }
 
 export class Session {
@@ -114,6 +109,16 @@ export class Session {
     }
 
     private connectFacts: Facts = {};
+    private readonly conn: ConnectionVerdict = { score: 0, headers: [], rules: [], tagged: false };
+    /** The HELO name the helo stage was evaluated for. */
+    private heloEvaluated: string | null | undefined = undefined;
+
+    /** Folds a forwarding decision of an earlier stage (tags, score) into `into`. */
+    private static keep(into: { score: number; headers: HeaderField[]; tagged: boolean }, decision: Decision): void {
+        into.score = decision.score;
+        into.headers.push(...decision.headers);
+        if (decision.action === 'tag') into.tagged = true;
+    }
 
     /** Facts every stage knows about the connection. */
     private connectionFacts(): Record<string, FactValue> {
@@ -133,7 +138,9 @@ export class Session {
     /** Connect stage: runs once when the client connects. Throws a reply error to refuse. */
     async onConnect(): Promise<void> {
         if (this.deps.isDraining()) throw this.refuse(replyFor('shutting-down', { id: this.id }));
-        const result = await this.decideStage('connect', this.connectionFacts());
+        const result = await this.decideStage('connect', { ...this.connectionFacts(), score: 0 });
+        Session.keep(this.conn, result.decision);
+        this.conn.rules.push(...result.decision.rules);
         const ptr = result.facts['client.ptr'];
         this.ptr = typeof ptr === 'string' ? ptr : null;
         this.connectFacts = result.facts;
@@ -197,11 +204,20 @@ export class Session {
     async onMailFrom(address: SMTPServerAddress): Promise<void> {
         if (this.deps.isDraining()) throw this.refuse(replyFor('shutting-down', { id: this.id }));
         this.tx = null;
+        const helo = this.identity().helo;
+        if (this.heloEvaluated !== helo) {
+            // smtp-server has no EHLO hook: helo rules run at the first MAIL after each EHLO/HELO
+            const heloResult = await this.decideStage('helo', { ...this.connectionFacts(), score: this.conn.score });
+            Session.keep(this.conn, heloResult.decision);
+            this.conn.rules.push(...heloResult.decision.rules);
+            this.heloEvaluated = helo;
+        }
         const from = address.address;
         const facts: Facts = {
             ...this.connectionFacts(),
             'mail.from': from,
             'mail.from.domain': domainOf(from),
+            score: this.conn.score,
         };
         const result = await this.decideStage('mail', facts);
         const args = (address.args || {}) as Record<string, string | boolean>;
@@ -227,7 +243,17 @@ export class Session {
             );
             throw this.refuse(this.withId(relayedReply('mail', reply)));
         }
-        this.tx = { mailFrom: from, rcpts: [], facts: result.facts, rulesSeen: new Set(result.decision.rules) };
+        const tx: Transaction = {
+            mailFrom: from,
+            rcpts: [],
+            facts: result.facts,
+            rulesSeen: new Set([...this.conn.rules, ...result.decision.rules]),
+            score: this.conn.score,
+            headers: [...this.conn.headers],
+            tagged: this.conn.tagged,
+        };
+        Session.keep(tx, result.decision);
+        this.tx = tx;
     }
 
     async onRcptTo(address: SMTPServerAddress): Promise<void> {
@@ -236,8 +262,14 @@ export class Session {
         if (!tx) throw this.refuse(replyFor('internal-error', { id: this.id }));
         const to = address.address;
         const rcpts = [...tx.rcpts, to];
-        const facts: Facts = { ...tx.facts, 'rcpt.to': rcpts, 'rcpt.count': rcpts.length, 'rcpt.domain': domainOf(to) };
-        await this.decideStage('rcpt', facts);
+        const facts: Facts = {
+            ...tx.facts,
+            'rcpt.to': rcpts,
+            'rcpt.count': rcpts.length,
+            'rcpt.domain': domainOf(to),
+            score: tx.score,
+        };
+        const result = await this.decideStage('rcpt', facts);
         let reply: UpstreamReply;
         try {
             const up = this.upstream;
@@ -256,6 +288,8 @@ export class Session {
         }
         tx.rcpts.push(to);
         tx.facts = { ...tx.facts, 'rcpt.to': [...tx.rcpts], 'rcpt.count': tx.rcpts.length };
+        Session.keep(tx, result.decision);
+        for (const r of result.decision.rules) tx.rulesSeen.add(r);
     }
 
     /**
@@ -303,7 +337,7 @@ export class Session {
             const fields = parseHeaderSection(section);
             const { kept, removed } = filterIncomingFields(fields, this.deps.config.hostname);
             if (removed.length > 0) record.removedHeaders = removed;
-            const facts = { ...tx.facts, ...this.messageFacts(kept, summary) };
+            const facts = { ...tx.facts, ...messageFacts(kept, summary), score: tx.score };
             const result = await runStage(
                 'data',
                 this.deps.checks,
@@ -317,7 +351,11 @@ export class Session {
                 this.deps.now,
             );
             this.observeChecks(result.checks);
-            const decision = result.decision;
+            // a tag from an earlier stage still marks a message the data stage accepts
+            const decision: Decision =
+                result.decision.action === 'accept' && tx.tagged
+                    ? { ...result.decision, action: 'tag' }
+                    : result.decision;
             action = decision.action;
             record.rules = [...tx.rulesSeen, ...decision.rules];
             record.score = decision.score;
@@ -407,25 +445,6 @@ export class Session {
         return null;
     }
 
-    private messageFacts(fields: readonly RawField[], summary: SpoolSummary): Record<string, FactValue> {
-        const from = fields.filter((f) => f.name.toLowerCase() === 'from');
-        const value = from[0]
-            ? from[0].raw
-                  .toString('utf8')
-                  .replace(/^[^:]*:/, '')
-                  .replace(/\r\n/g, '')
-            : '';
-        const parsed = firstAddress(value);
-        return {
-            'message.size': summary.size,
-            'message.bare_newlines': summary.bareLf + summary.bareCr + summary.nul,
-            'header.from': parsed.address,
-            'header.from.domain': parsed.address ? domainOf(parsed.address) : null,
-            'header.from.count': from.length === 0 ? 0 : parsed.count,
-            score: 0,
-        };
-    }
-
     private ourHeaders(
         decision: Decision,
         tx: Transaction,
@@ -434,8 +453,13 @@ export class Session {
     ): HeaderField[] {
         const id = this.identity();
         const tlsInfo = this.smtp.tlsOptions;
-        const fields: HeaderField[] = [
-            receivedField({
+        return forwardHeaders({
+            decision,
+            rules,
+            fromChecks,
+            earlier: tx.headers,
+            sessionId: this.id,
+            received: {
                 helo: id.helo,
                 ip: id.ip,
                 ptr: id.ptr,
@@ -445,14 +469,8 @@ export class Session {
                 recipient: tx.rcpts.length === 1 ? tx.rcpts[0]! : null,
                 tlsCipher: tlsInfo ? `${tlsInfo.version} with cipher ${tlsInfo.name}` : null,
                 date: new Date(this.deps.now()),
-            }),
-            ...fromChecks,
-            verdictField(decision.action, rules, decision.score, this.id),
-        ];
-        if (decision.action === 'tag') fields.push({ name: 'X-Spam-Flag', value: 'YES' });
-        if (decision.action === 'quarantine') fields.push({ name: 'X-Mailwarden-Quarantine', value: this.id });
-        fields.push(...decision.headers);
-        return fields;
+            },
+        });
     }
 
     /** Our fields, then the kept incoming fields, then the rest of the message from the empty line on. */

@@ -5,6 +5,7 @@
  */
 import { ConfigError, formatIssue, loadConfig, type Issue } from '../config/load.ts';
 import type { Config } from '../config/types.ts';
+import { checkRules } from '../rules/index.ts';
 
 /** A further check run on a loaded config (for example: every rule file parses and validates). */
 export interface CheckValidator {
@@ -15,7 +16,10 @@ export interface CheckValidator {
 }
 
 /** Validators run by `mailwarden check` after the config loaded cleanly, in order. */
-export const checkValidators: CheckValidator[] = [];
+export const checkValidators: CheckValidator[] = [
+    // every rule file and list parses and validates, and every `cases:` example gives its expected decision
+    { name: 'rules', validate: (config) => checkRules(config.rules, { softReject: config.softReject }) },
+];
 
 export interface CheckOptions {
     readonly configPath: string | null;

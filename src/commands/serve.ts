@@ -7,6 +7,7 @@
 import { createApp } from '../app.ts';
 import { ConfigError, loadConfig, resolveConfigPath } from '../config/load.ts';
 import { createLogger } from '../log.ts';
+import { RuleError } from '../rules/index.ts';
 
 export async function runServe(opts: { configFlag: string | undefined }): Promise<number> {
     const path = resolveConfigPath({ flag: opts.configFlag, env: process.env, cwd: process.cwd() });
@@ -21,7 +22,16 @@ export async function runServe(opts: { configFlag: string | undefined }): Promis
         throw err;
     }
     const log = createLogger(config.log.level);
-    const app = createApp(config, { logger: log });
+    let app;
+    try {
+        app = createApp(config, { logger: log });
+    } catch (err) {
+        if (err instanceof RuleError) {
+            process.stderr.write(`${err.message}\n`);
+            return 1;
+        }
+        throw err;
+    }
     await app.start();
     let stopping = false;
     const shutdown = (signal: string): void => {

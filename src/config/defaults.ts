@@ -123,6 +123,7 @@ export function defaultConfig(baseDir: string, source: string | null = null): Co
         redis: null,
         auth: null,
         rules: PACKAGE_RULES_DIR,
+        softReject: false,
         http: { host: DEFAULTS.http.host, port: DEFAULTS.http.port },
         spool: { dir: null, memoryLimit: DEFAULTS.spool.memoryLimit },
         dkim: null,

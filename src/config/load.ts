@@ -56,6 +56,7 @@ const TOP_KEYS = [
     'redis',
     'auth',
     'rules',
+    'softReject',
     'http',
     'spool',
     'dkim',
@@ -207,6 +208,7 @@ class ConfigBuilder {
         const dnsField = get('dns');
         const redisField = get('redis');
         const rulesField = get('rules');
+        const softRejectField = get('softReject');
         const spoolField = get('spool');
         const dkimField = get('dkim');
         const authenticationField = get('authentication');
@@ -223,6 +225,7 @@ class ConfigBuilder {
             redis: redisField ? this.redis(redisField) : null,
             auth: authConfig,
             rules: (rulesField && this.existingPath(rulesField, 'folder')) ?? PACKAGE_RULES_DIR,
+            softReject: (softRejectField && r.boolean(softRejectField)) ?? false,
             http,
             spool: spoolField ? this.spool(spoolField) : defaults.spool,
             dkim: dkimField ? this.dkim(dkimField) : null,
@@ -381,7 +384,10 @@ class ConfigBuilder {
             return file === null ? null : { users: file, dovecot: null, sendAs: null, recipientDelimiter };
         }
         if (!dovecot) {
-            r.fail(field, 'missing "users" (the submission users file) or "dovecot" (the address of Dovecot\'s auth service)');
+            r.fail(
+                field,
+                'missing "users" (the submission users file) or "dovecot" (the address of Dovecot\'s auth service)',
+            );
             return null;
         }
         const address = this.dovecotAddress(dovecot);
@@ -395,7 +401,8 @@ class ConfigBuilder {
         const r = this.r;
         const text = r.string(field, "the address of Dovecot's auth service");
         if (text === null) return null;
-        const form = 'write unix:PATH (e.g. unix:/run/dovecot/auth-client) or HOST:PORT (an inet_listener of service auth)';
+        const form =
+            'write unix:PATH (e.g. unix:/run/dovecot/auth-client) or HOST:PORT (an inet_listener of service auth)';
         if (text.startsWith('unix:') || text.startsWith('/')) {
             const socket = text.startsWith('unix:') ? text.slice('unix:'.length).trim() : text;
             if (socket === '') {
@@ -430,7 +437,10 @@ class ConfigBuilder {
             return null;
         }
         if (!/^[!#$%&'*+\-/=?^_`{|}~.]{0,8}$/.test(value)) {
-            r.fail(field, `"${value}": use punctuation such as "+" or "-" (not letters, digits, "@", quotes or spaces)`);
+            r.fail(
+                field,
+                `"${value}": use punctuation such as "+" or "-" (not letters, digits, "@", quotes or spaces)`,
+            );
             return null;
         }
         return value;
@@ -447,7 +457,8 @@ class ConfigBuilder {
             return null;
         }
         const items = r.list(signField, 'signing keys ({ domain, selector, key })') ?? [];
-        if (r.isList(signField) && items.length === 0) r.fail(signField, 'an empty list; leave dkim out to sign nothing');
+        if (r.isList(signField) && items.length === 0)
+            r.fail(signField, 'an empty list; leave dkim out to sign nothing');
         const sign: DkimSignKey[] = [];
         const domains = new Map<string, number>();
         for (const item of items) {
@@ -474,7 +485,10 @@ class ConfigBuilder {
             if (selectorField) {
                 selector = r.string(selectorField, 'a selector');
                 if (selector !== null && !DKIM_SELECTOR_RE.test(selector)) {
-                    r.fail(selectorField, `"${selector}" is not a DKIM selector (letters, digits, "-", labels joined by ".")`);
+                    r.fail(
+                        selectorField,
+                        `"${selector}" is not a DKIM selector (letters, digits, "-", labels joined by ".")`,
+                    );
                     selector = null;
                 }
             }
@@ -506,7 +520,7 @@ class ConfigBuilder {
         }
         const type = key.asymmetricKeyType;
         if (type !== 'rsa' && type !== 'ed25519') {
-            r.fail(field, `${pem.path} holds a ${type ?? 'unknown'} key; DKIM signs with RSA or Ed25519 keys`);
+            r.fail(field, `${pem.path} holds a key of type ${type ?? 'unknown'}; DKIM signs with RSA or Ed25519 keys`);
             return null;
         }
         const bits = key.asymmetricKeyDetails?.modulusLength ?? 0;
@@ -517,7 +531,10 @@ class ConfigBuilder {
         }
         const algorithm: DkimAlgorithm = type === 'rsa' ? 'rsa-sha256' : 'ed25519-sha256';
         if (wanted !== null && wanted !== algorithm && algorithmField) {
-            r.fail(algorithmField, `"${wanted}" does not fit the ${type === 'rsa' ? 'RSA' : 'Ed25519'} key in ${pem.path}`);
+            r.fail(
+                algorithmField,
+                `"${wanted}" does not fit the ${type === 'rsa' ? 'RSA' : 'Ed25519'} key in ${pem.path}`,
+            );
             return null;
         }
         return { file: pem.path, algorithm };
@@ -540,7 +557,8 @@ class ConfigBuilder {
                 out.push(name);
             }
         }
-        if (!seen.has('from')) r.fail(field, 'must include From (RFC 6376 section 5.4: the From field is always signed)');
+        if (!seen.has('from'))
+            r.fail(field, 'must include From (RFC 6376 section 5.4: the From field is always signed)');
         return out;
     }
 

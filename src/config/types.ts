@@ -148,6 +148,8 @@ export interface Config {
     readonly redis: { readonly url: string } | null;
     readonly auth: SubmissionAuthConfig | null;
     readonly rules: string;
+    /** Turn every 5xx decision into its 4xx equivalent (Postfix soft_bounce): for trying new rules safely. */
+    readonly softReject: boolean;
     readonly http: HttpConfig | null;
     readonly spool: SpoolConfig;
     readonly dkim: DkimConfig | null;

@@ -1,0 +1,337 @@
+/**
+ * `mailwarden explain`: runs every check and rule on a message file without sending it, and
+ * prints the facts, each rule considered (matched or not, and why), the decision, the SMTP
+ * reply the client would get and the header fields that would be added (SPEC, "Commands").
+ * It uses the same checks, rules and header code as the live proxy, with the configured DNS;
+ * it never connects to the upstream and changes no state.
+ */
+import { readFile } from 'node:fs/promises';
+import { relative } from 'node:path';
+import { Readable } from 'node:stream';
+import { parseArgs } from 'node:util';
+import { defaultChecks } from '../app.ts';
+import { ConfigError, loadConfig } from '../config/load.ts';
+import type { Config } from '../config/types.ts';
+import { MessageSpool } from '../data/spool.ts';
+import { createResolver } from '../dns/resolver.ts';
+import { filterIncomingFields, formatField, parseHeaderSection } from '../headers.ts';
+import { domainOf, forwardHeaders, messageFacts } from '../message-facts.ts';
+import { createMetrics } from '../metrics.ts';
+import { runStage, type CheckContext, type CheckOutcome } from '../pipeline.ts';
+import { formatReply, replyFor, replyForDecision } from '../reply.ts';
+import { RuleError, loadRuleSet, type RuleSet, type TraceEntry } from '../rules/index.ts';
+import { MAX_HEADER_SECTION } from '../session.ts';
+import type { Decider, Decision, Facts, FactValue, HeaderField, SmtpReply, Stage } from '../types.ts';
+import type { ClientIdentity } from '../upstream/types.ts';
+import { VERSION } from '../version.ts';
+
+export interface ExplainIo {
+    readonly out: (text: string) => void;
+    readonly err: (text: string) => void;
+    readonly env: NodeJS.ProcessEnv;
+    readonly resolveConfigPath: (flag: string | undefined) => string | null;
+}
+
+interface StageReport {
+    readonly stage: Stage;
+    readonly facts: Facts;
+    readonly checks: readonly CheckOutcome[];
+    readonly rules: readonly TraceEntry[];
+    readonly decision: Decision;
+}
+
+export interface ExplainReport {
+    readonly version: string;
+    readonly stages: readonly StageReport[];
+    readonly decision: Decision;
+    readonly reply: SmtpReply;
+    readonly headers: readonly HeaderField[];
+    /** Where the message stopped: the stage of a refusal, or `data` when it would be forwarded. */
+    readonly stoppedAt: Stage;
+}
+
+const USAGE =
+    'usage: mailwarden explain [-c FILE] --client-ip IP [--helo NAME] --mail-from ADDR --rcpt ADDR [--rcpt ADDR…] ' +
+    '[--listener NAME] [--auth-user USER] [--json] MESSAGE.eml';
+
+/** Runs the pipeline on one message; exported for tests. */
+export async function explainMessage(
+    config: Config,
+    ruleSet: RuleSet,
+    input: {
+        clientIp: string;
+        helo: string | null;
+        mailFrom: string;
+        rcpts: readonly string[];
+        listener: string | null;
+        authUser: string | null;
+        message: Buffer;
+    },
+): Promise<ExplainReport> {
+    const listener = input.listener ? config.listeners.find((l) => l.name === input.listener) : config.listeners[0];
+    if (!listener) throw new Error(`no listener named ${input.listener ?? ''} in the configuration`);
+    const resolver = createResolver({ servers: config.dns.servers, timeoutMs: config.dns.timeoutMs });
+    const metrics = createMetrics(VERSION);
+    const checks = defaultChecks(config, resolver, metrics);
+    const stages: StageReport[] = [];
+    let trace: readonly TraceEntry[] = [];
+    const tracing: Decider = {
+        decide(stage, facts) {
+            const r = ruleSet.evaluate(stage, facts, { trace: true });
+            // rule files named relative to the rules folder, as `mailwarden check` does
+            trace = r.trace.map((t) => ({ ...t, file: relative(ruleSet.dir, t.file) || t.file }));
+            return r.decision;
+        },
+    };
+    const sessionId = 'explain';
+    let client: ClientIdentity = {
+        ip: input.clientIp,
+        port: 0,
+        ptr: null,
+        helo: input.helo,
+        proto: 'ESMTP',
+        login: input.authUser,
+    };
+    const base: Record<string, FactValue> = {
+        listener: listener.name,
+        'listener.mode': listener.mode,
+        'client.ip': input.clientIp,
+        'client.ptr': null,
+        tls: listener.tls === 'implicit',
+        helo: input.helo,
+        'auth.user': input.authUser,
+    };
+    let score = 0;
+    let earlier: HeaderField[] = [];
+    let tagged = false;
+    const rulesSeen: string[] = [];
+    const spool = new MessageSpool({
+        memoryLimit: config.spool.memoryLimit,
+        dir: config.spool.dir,
+        maxSize: listener.maxMessageSize,
+        maxHeaderSize: MAX_HEADER_SECTION,
+    });
+    try {
+        const run = async (
+            stage: Stage,
+            facts: Facts,
+            extra: Partial<Omit<CheckContext, 'stage' | 'facts'>> = {},
+        ): Promise<{ decision: Decision; facts: Facts; headers: readonly HeaderField[] }> => {
+            trace = [];
+            const ctx = {
+                facts: { ...facts, score },
+                client,
+                envelope: { mailFrom: input.mailFrom, rcptTo: input.rcpts },
+                message: null,
+                ...extra,
+            };
+            const r = await runStage(stage, checks, ctx, tracing);
+            stages.push({ stage, facts: r.facts, checks: r.checks, rules: trace, decision: r.decision });
+            rulesSeen.push(...r.decision.rules);
+            if (stage !== 'data' && !replyForDecision(r.decision, { id: sessionId })) {
+                score = r.decision.score;
+                earlier = [...earlier, ...r.decision.headers];
+                if (r.decision.action === 'tag') tagged = true;
+            }
+            return { decision: r.decision, facts: r.facts, headers: r.headers };
+        };
+        const stop = (stage: Stage, decision: Decision): ExplainReport | null => {
+            const refusal = replyForDecision(decision, { id: sessionId });
+            if (!refusal) return null;
+            return { version: VERSION, stages, decision, reply: refusal, headers: [], stoppedAt: stage };
+        };
+
+        const connect = await run('connect', base);
+        const ptr = connect.facts['client.ptr'];
+        client = { ...client, ptr: typeof ptr === 'string' ? ptr : null };
+        const connFacts = { ...base, ...connect.facts };
+        let stopped = stop('connect', connect.decision);
+        if (stopped) return stopped;
+        const helo = await run('helo', connFacts);
+        if ((stopped = stop('helo', helo.decision))) return stopped;
+        const mailFacts = {
+            ...connFacts,
+            'mail.from': input.mailFrom,
+            'mail.from.domain': domainOf(input.mailFrom),
+        };
+        const mail = await run('mail', mailFacts);
+        if ((stopped = stop('mail', mail.decision))) return stopped;
+        let rcptFacts: Facts = mail.facts;
+        const accepted: string[] = [];
+        for (const to of input.rcpts) {
+            const rcpt = await run('rcpt', {
+                ...rcptFacts,
+                'rcpt.to': [...accepted, to],
+                'rcpt.count': accepted.length + 1,
+                'rcpt.domain': domainOf(to),
+            });
+            if ((stopped = stop('rcpt', rcpt.decision))) return stopped;
+            accepted.push(to);
+            rcptFacts = { ...rcpt.facts, 'rcpt.to': [...accepted], 'rcpt.count': accepted.length };
+        }
+
+        const summary = await spool.ingest(Readable.from([input.message]));
+        const protocol = summary.tooBig
+            ? replyFor('message-too-big', { id: sessionId, limit: listener.maxMessageSize })
+            : summary.bareLf + summary.bareCr + summary.nul > 0 && listener.bareNewline === 'reject'
+              ? replyFor('bare-newline', { id: sessionId })
+              : summary.headerLength < 0
+                ? replyFor('header-too-big', { id: sessionId, limit: MAX_HEADER_SECTION })
+                : null;
+        if (protocol) {
+            const decision: Decision = {
+                action: 'reject',
+                rules: [],
+                score,
+                reason: 'refused before the rules',
+                headers: [],
+            };
+            return { version: VERSION, stages, decision, reply: protocol, headers: [], stoppedAt: 'data' };
+        }
+        const fields = parseHeaderSection(await spool.readBuffer(0, summary.headerLength));
+        const { kept } = filterIncomingFields(fields, config.hostname);
+        const data = await run(
+            'data',
+            { ...rcptFacts, ...messageFacts(kept, summary) },
+            { message: { stream: () => spool.read(0, summary.size), size: summary.size } },
+        );
+        const decision: Decision =
+            data.decision.action === 'accept' && tagged ? { ...data.decision, action: 'tag' } : data.decision;
+        if ((stopped = stop('data', decision))) return stopped;
+        const headers = forwardHeaders({
+            decision,
+            rules: rulesSeen,
+            fromChecks: data.headers,
+            earlier,
+            sessionId,
+            received: {
+                helo: input.helo,
+                ip: input.clientIp,
+                ptr: client.ptr,
+                hostname: config.hostname,
+                protocol: input.authUser ? 'ESMTPA' : 'ESMTP',
+                id: sessionId,
+                recipient: accepted.length === 1 ? accepted[0]! : null,
+                tlsCipher: null,
+                date: new Date(),
+            },
+        });
+        const ok = replyFor('accepted', { id: sessionId, queueId: null });
+        return { version: VERSION, stages, decision, reply: ok, headers, stoppedAt: 'data' };
+    } finally {
+        await spool.dispose();
+        resolver.close();
+    }
+}
+
+function show(value: FactValue | undefined): string {
+    if (value === null || value === undefined) return 'null';
+    if (Array.isArray(value)) return `[${value.join(', ')}]`;
+    return typeof value === 'string' ? JSON.stringify(value) : String(value);
+}
+
+/** The report as text for people. */
+export function renderReport(report: ExplainReport): string {
+    const lines: string[] = [];
+    for (const s of report.stages) {
+        lines.push(`== ${s.stage} ==`);
+        if (s.checks.length > 0) {
+            lines.push(
+                `checks: ${s.checks.map((c) => `${c.name} ${c.ms} ms${c.error ? ` (error: ${c.error})` : ''}`).join(', ')}`,
+            );
+        }
+        lines.push('facts:');
+        for (const key of Object.keys(s.facts).sort()) lines.push(`  ${key} = ${show(s.facts[key])}`);
+        lines.push(s.rules.length === 0 ? 'rules: none for this stage' : 'rules:');
+        for (const r of s.rules) {
+            const mark = r.skipped ? '-' : r.matched ? (r.mode === 'monitor' ? '~' : '+') : ' ';
+            const state = r.skipped
+                ? 'not evaluated (an earlier rule decided)'
+                : r.matched
+                  ? r.mode === 'monitor'
+                      ? `matched, monitor only: would ${r.action}`
+                      : `matched: ${r.action}`
+                  : 'no match';
+            lines.push(`  ${mark} ${r.id} (${r.file}:${r.line}) ${state}`);
+            if (!r.skipped && r.detail) lines.push(`      ${r.detail}`);
+        }
+        lines.push(`decision: ${s.decision.action} (${s.decision.reason})`, '');
+    }
+    lines.push(`== result ==`);
+    lines.push(
+        `decision: ${report.decision.action}; rules: ${report.decision.rules.join(', ') || 'none'}; score ${report.decision.score}`,
+    );
+    lines.push(`stopped at: ${report.stoppedAt}`);
+    lines.push(`reply: ${formatReply(report.reply)}`);
+    if (report.headers.length === 0) lines.push('headers added: none (the message would not be forwarded)');
+    else {
+        lines.push('headers added:');
+        for (const h of report.headers)
+            lines.push(
+                ...formatField(h)
+                    .trimEnd()
+                    .split('\r\n')
+                    .map((l) => `  ${l}`),
+            );
+    }
+    return `${lines.join('\n')}\n`;
+}
+
+export async function runExplain(argv: readonly string[], io: ExplainIo): Promise<number> {
+    let parsed;
+    try {
+        parsed = parseArgs({
+            args: [...argv],
+            allowPositionals: true,
+            options: {
+                config: { type: 'string', short: 'c' },
+                'client-ip': { type: 'string' },
+                helo: { type: 'string' },
+                'mail-from': { type: 'string' },
+                rcpt: { type: 'string', multiple: true },
+                listener: { type: 'string' },
+                'auth-user': { type: 'string' },
+                json: { type: 'boolean' },
+            },
+        });
+    } catch (err) {
+        io.err(`mailwarden explain: ${err instanceof Error ? err.message : String(err)}\n${USAGE}\n`);
+        return 2;
+    }
+    const v = parsed.values;
+    const file = parsed.positionals[0];
+    if (!v['client-ip'] || v['mail-from'] === undefined || !v.rcpt?.length || !file) {
+        io.err(`${USAGE}\n`);
+        return 2;
+    }
+    let config: Config;
+    let ruleSet: RuleSet;
+    try {
+        config = loadConfig(io.resolveConfigPath(v.config), io.env);
+        ruleSet = loadRuleSet(config.rules, { softReject: config.softReject });
+    } catch (err) {
+        if (err instanceof ConfigError || err instanceof RuleError) {
+            io.err(`${err.message}\n`);
+            return 1;
+        }
+        throw err;
+    }
+    let message: Buffer;
+    try {
+        message = await readFile(file);
+    } catch (err) {
+        io.err(`mailwarden explain: cannot read ${file}: ${err instanceof Error ? err.message : String(err)}\n`);
+        return 1;
+    }
+    const report = await explainMessage(config, ruleSet, {
+        clientIp: v['client-ip'],
+        helo: v.helo ?? null,
+        mailFrom: v['mail-from'],
+        rcpts: v.rcpt,
+        listener: v.listener ?? null,
+        authUser: v['auth-user'] ?? null,
+        message,
+    });
+    io.out(v.json ? `${JSON.stringify(report, null, 2)}\n` : renderReport(report));
+    return 0;
+}

@@ -1,0 +1,71 @@
+/**
+ * What the proxy knows about a received message and what it adds when forwarding it,
+ * shared by the live session and `mailwarden explain` so both give the same answer:
+ * the message facts (size, From, bare line endings) and the header fields to prepend.
+ * Pure functions; no I/O.
+ */
+import type { SpoolSummary } from './data/spool.ts';
+import { receivedField, verdictField, type RawField, type ReceivedInfo } from './headers.ts';
+import type { Decision, FactValue, HeaderField } from './types.ts';
+
+export function domainOf(address: string): string | null {
+    const at = address.lastIndexOf('@');
+    return at >= 0 ? address.slice(at + 1).toLowerCase() : null;
+}
+
+/** The first address of a From field value (RFC 5322 section 3.4), and how many there are. */
+export function firstAddress(value: string): { address: string | null; count: number } {
+    const angle = [...value.matchAll(/<([^<>\s]*@[^<>\s]+)>/g)].map((m) => m[1]!);
+    if (angle.length > 0) return { address: angle[0]!, count: angle.length };
+    const bare = [...value.matchAll(/[^\s<>,;:"()]+@[^\s<>,;:"()]+/g)].map((m) => m[0]);
+    return { address: bare[0] ?? null, count: bare.length };
+}
+
+/** Facts about the message itself, from its kept header fields and the spool summary. */
+export function messageFacts(fields: readonly RawField[], summary: SpoolSummary): Record<string, FactValue> {
+    const from = fields.filter((f) => f.name.toLowerCase() === 'from');
+    const value = from[0]
+        ? from[0].raw
+              .toString('utf8')
+              .replace(/^[^:]*:/, '')
+              .replace(/\r\n/g, '')
+        : '';
+    const parsed = firstAddress(value);
+    return {
+        'message.size': summary.size,
+        'message.bare_newlines': summary.bareLf + summary.bareCr + summary.nul,
+        'header.from': parsed.address,
+        'header.from.domain': parsed.address ? domainOf(parsed.address) : null,
+        'header.from.count': from.length === 0 ? 0 : parsed.count,
+    };
+}
+
+export interface ForwardHeadersInput {
+    readonly decision: Decision;
+    /** Every rule that contributed, across stages. */
+    readonly rules: readonly string[];
+    readonly received: ReceivedInfo;
+    /** Fields reported by the checks (Authentication-Results, Received-SPF). */
+    readonly fromChecks: readonly HeaderField[];
+    /** Fields added by tag rules of earlier stages. */
+    readonly earlier: readonly HeaderField[];
+    readonly sessionId: string;
+}
+
+/**
+ * The fields prepended to a forwarded message, top first: our Received, the checks'
+ * results, the verdict, then tag and quarantine markers (SPEC, "Headers").
+ */
+export function forwardHeaders(input: ForwardHeadersInput): HeaderField[] {
+    const { decision } = input;
+    const fields: HeaderField[] = [
+        receivedField(input.received),
+        ...input.fromChecks,
+        verdictField(decision.action, input.rules, decision.score, input.sessionId),
+        ...input.earlier,
+    ];
+    if (decision.action === 'tag') fields.push({ name: 'X-Spam-Flag', value: 'YES' });
+    if (decision.action === 'quarantine') fields.push({ name: 'X-Mailwarden-Quarantine', value: input.sessionId });
+    fields.push(...decision.headers);
+    return fields;
+}

@@ -1,0 +1,862 @@
+/**
+ * Rule conditions: compiled once from the YAML of a rule's `when:` into predicates over facts,
+ * with explanations for `mailwarden explain`. The operator set is closed (OPERATORS below, which
+ * the generated rules/README.md also lists); a mapping means all of its conditions, `any:`,
+ * `all:` and `not:` combine them. Compilation reports every problem with its position and
+ * never throws for bad input; evaluation is pure and never changes the facts.
+ */
+import { isAlias, isMap, isScalar, isSeq, type Document, type Node } from 'yaml';
+import { didYouMean } from '../config/suggest.ts';
+import type { Facts, FactValue, Stage } from '../types.ts';
+import { elementType, isListType, stageIndex, type FactSpec, type FactType } from './facts.ts';
+import { IpSet, formatIp, parseIp, parseRange, type IpRange } from './ip.ts';
+import type { ListMatcher, ListType } from './lists.ts';
+import { domainOfAddress, foldAddress, foldDomain, parseAddress, parseDomain } from './names.ts';
+import type { RegexArena } from './regex.ts';
+
+export type OperatorName =
+    | 'eq'
+    | 'ne'
+    | 'in'
+    | 'cidr'
+    | 'domain'
+    | 'suffix'
+    | 'matches'
+    | 'gt'
+    | 'gte'
+    | 'lt'
+    | 'lte'
+    | 'exists'
+    | 'list';
+
+type Elem = Exclude<FactType, `${string}[]`>;
+
+export interface OperatorDoc {
+    readonly name: OperatorName;
+    /** What the operator's value is. */
+    readonly value: string;
+    /** Fact types it applies to (element types for list facts). */
+    readonly types: readonly Elem[];
+    readonly description: string;
+    readonly example: string;
+}
+
+const TEXT: readonly Elem[] = ['string', 'ip', 'domain', 'address'];
+const ALL: readonly Elem[] = ['string', 'number', 'boolean', 'ip', 'domain', 'address'];
+
+/** The closed operator set, as documented. */
+export const OPERATORS: readonly OperatorDoc[] = Object.freeze(
+    [
+        {
+            name: 'eq',
+            value: 'a value of the fact’s type',
+            types: ALL,
+            description:
+                'Equal. Text compares case-insensitively, domains also ignore a trailing dot, IP addresses compare by value. Writing `fact: value` means the same.',
+            example: '`dmarc.result: fail` or `dmarc.result: { eq: fail }`',
+        },
+        {
+            name: 'ne',
+            value: 'a value of the fact’s type',
+            types: ALL,
+            description:
+                'Not equal: exactly when `eq` does not hold (so it holds for a missing fact, and for a list fact when no element is equal).',
+            example: '`spf.result: { ne: pass }`',
+        },
+        {
+            name: 'in',
+            value: 'a list of values',
+            types: ALL,
+            description: 'Equal to one of the values.',
+            example: '`dmarc.policy: { in: [quarantine, reject] }`',
+        },
+        {
+            name: 'cidr',
+            value: 'a list of addresses or CIDR ranges',
+            types: ['ip'],
+            description:
+                'The address lies in one of the ranges (IPv4 and IPv6; IPv4-mapped IPv6 addresses count as IPv4).',
+            example: '`client.ip: { cidr: [192.0.2.0/24, "2001:db8::/32"] }`',
+        },
+        {
+            name: 'domain',
+            value: 'a list of domain names',
+            types: ['domain', 'address'],
+            description: 'The domain (for an address: its domain part) is exactly one of these.',
+            example: '`header.from.domain: { domain: [example.com] }`',
+        },
+        {
+            name: 'suffix',
+            value: 'a list of domain names',
+            types: ['domain', 'address'],
+            description: 'The domain (for an address: its domain part) is one of these or a subdomain of one.',
+            example: '`client.ptr: { suffix: [example.net] }`',
+        },
+        {
+            name: 'matches',
+            value: 'an RE2 regular expression',
+            types: TEXT,
+            description:
+                'The pattern matches anywhere in the value, ignoring case (anchor with `^` and `$`). RE2 syntax: matching time is linear in the input; backreferences and lookaround are refused.',
+            example: '`helo: { matches: "^\\\\[?[0-9.]+\\\\]?$" }`',
+        },
+        {
+            name: 'gt',
+            value: 'a number',
+            types: ['number'],
+            description: 'Greater than.',
+            example: '`rcpt.count: { gt: 50 }`',
+        },
+        {
+            name: 'gte',
+            value: 'a number',
+            types: ['number'],
+            description: 'Greater than or equal.',
+            example: '`score: { gte: 10 }`',
+        },
+        {
+            name: 'lt',
+            value: 'a number',
+            types: ['number'],
+            description: 'Less than.',
+            example: '`message.size: { lt: 1024 }`',
+        },
+        {
+            name: 'lte',
+            value: 'a number',
+            types: ['number'],
+            description: 'Less than or equal.',
+            example: '`header.from.count: { lte: 0 }`',
+        },
+        {
+            name: 'exists',
+            value: '`true` or `false`',
+            types: ALL,
+            description: 'The fact has a value (is not null); for a list fact: it is not empty.',
+            example: '`auth.user: { exists: false }`',
+        },
+        {
+            name: 'list',
+            value: 'the name of a declared list',
+            types: TEXT,
+            description:
+                'Membership in a list file: `ip` lists for ip facts, `domain` lists for domain and address facts (the address’s domain), `address` lists for address facts, `pattern` lists for any text.',
+            example: '`mail.from: { list: block-senders }`',
+        },
+    ].map((o) => Object.freeze({ ...o, types: Object.freeze([...o.types]) }) as OperatorDoc),
+);
+
+const OPERATOR_NAMES = OPERATORS.map((o) => o.name);
+const COMBINATORS = ['any', 'all', 'not'] as const;
+
+/** A compiled condition. */
+export interface Condition {
+    test(facts: Facts): boolean;
+    /** Evaluates every part (no short cut) and says why each held or not. */
+    explain(facts: Facts): { readonly ok: boolean; readonly text: string };
+}
+
+/** A list as the loader declared it; `matcher` is null when its file could not be loaded. */
+export interface DeclaredList {
+    readonly name: string;
+    readonly type: ListType;
+    readonly matcher: ListMatcher | null;
+}
+
+export interface CompileContext {
+    readonly doc: Document.Parsed;
+    report(offset: number, message: string): void;
+    readonly facts: ReadonlyMap<string, FactSpec>;
+    readonly stage: Stage;
+    readonly lists: ReadonlyMap<string, DeclaredList>;
+    readonly arena: RegexArena;
+}
+
+const ALWAYS: Condition = Object.freeze({
+    test: () => true,
+    explain: () => ({ ok: true, text: 'no conditions (always matches)' }),
+});
+
+function offsetOf(node: Node | null | undefined, fallback: number): number {
+    return node?.range?.[0] ?? fallback;
+}
+
+function deref(doc: Document.Parsed, node: unknown): Node | null {
+    if (node === null || node === undefined) return null;
+    if (isAlias(node)) return (node.resolve(doc) as Node | undefined) ?? null;
+    return node as Node;
+}
+
+function mark(ok: boolean): string {
+    return ok ? '✓' : '✗';
+}
+
+/** A fact value shortened for explanations. */
+export function showValue(value: FactValue | undefined): string {
+    if (value === undefined || value === null) return 'null';
+    const text = JSON.stringify(value);
+    return text.length > 80 ? `${text.slice(0, 77)}…` : text;
+}
+
+function listOfWords(values: readonly (string | number | boolean)[]): string {
+    const shown = values.slice(0, 5).map(String).join(', ');
+    return values.length > 5 ? `${shown}, … (${values.length} in all)` : shown;
+}
+
+/** Folds a scalar of a fact's element type for equality; null for values that cannot be equal to anything. */
+function foldFor(type: Elem, v: unknown): string | number | boolean | null {
+    switch (type) {
+        case 'number':
+            return typeof v === 'number' ? v : null;
+        case 'boolean':
+            return typeof v === 'boolean' ? v : null;
+        case 'ip': {
+            if (typeof v !== 'string') return null;
+            const ip = parseIp(v);
+            return ip === null ? v.toLowerCase() : `${ip.family}:${ip.value}`;
+        }
+        case 'domain':
+            return typeof v === 'string' ? foldDomain(v) : null;
+        case 'address':
+            return typeof v === 'string' ? foldAddress(v) : null;
+        case 'string':
+            return typeof v === 'string' || typeof v === 'number' ? String(v).toLowerCase() : null;
+    }
+}
+
+interface Leaf {
+    readonly op: OperatorName;
+    /** For element-wise operators: the test of one element. */
+    readonly element: (v: unknown) => boolean;
+    /** What holding means, e.g. `is fail`, `in list block-senders`. */
+    readonly says: string;
+    readonly negative: string;
+}
+
+function leafCondition(spec: FactSpec, leaf: Leaf, expectExists: boolean): Condition {
+    const name = spec.name;
+    const many = isListType(spec.type);
+    const test = (facts: Facts): boolean => {
+        const value = facts[name];
+        if (leaf.op === 'exists') {
+            const present = value !== null && value !== undefined && !(Array.isArray(value) && value.length === 0);
+            return present === expectExists;
+        }
+        if (leaf.op === 'ne') {
+            if (value === null || value === undefined) return true;
+            return Array.isArray(value) ? !value.some((v) => leaf.element(v)) : !leaf.element(value);
+        }
+        if (value === null || value === undefined) return false;
+        return Array.isArray(value) ? value.some((v) => leaf.element(v)) : leaf.element(value);
+    };
+    const elementwise = many && leaf.op !== 'exists' && leaf.op !== 'ne';
+    return {
+        test,
+        explain(facts) {
+            const ok = test(facts);
+            const why = elementwise
+                ? ok
+                    ? `an element ${leaf.says}`
+                    : `no element ${leaf.says}`
+                : many && leaf.op === 'ne'
+                  ? ok
+                      ? `no element ${leaf.negative}`
+                      : `an element ${leaf.negative}`
+                  : ok
+                    ? leaf.says
+                    : leaf.negative;
+            return { ok, text: `${name} = ${showValue(facts[name])} (${why}) ${mark(ok)}` };
+        },
+    };
+}
+
+type Scalar = string | number | boolean | null;
+
+class Compiler {
+    readonly ctx: CompileContext;
+    constructor(ctx: CompileContext) {
+        this.ctx = ctx;
+    }
+
+    scalar(node: Node | null): { ok: true; value: Scalar } | { ok: false } {
+        if (node === null) return { ok: true, value: null };
+        if (!isScalar(node)) return { ok: false };
+        const v = node.value;
+        if (v === null || typeof v === 'string' || typeof v === 'number' || typeof v === 'boolean')
+            return { ok: true, value: v };
+        return { ok: false };
+    }
+
+    describe(node: Node | null): string {
+        if (node === null) return 'nothing';
+        if (isMap(node)) return 'a map';
+        if (isSeq(node)) return 'a list';
+        const s = this.scalar(node);
+        if (!s.ok) return 'an unsupported value';
+        return s.value === null ? 'nothing' : typeof s.value === 'string' ? `"${s.value}"` : String(s.value);
+    }
+
+    /** A mapping (all of its conditions). */
+    compile(raw: unknown, fallback: number, where: string): Condition | null {
+        const node = deref(this.ctx.doc, raw);
+        const at = offsetOf(node, fallback);
+        if (node === null || (isScalar(node) && node.value === null)) {
+            this.ctx.report(at, `${where}: expected a map of conditions (fact: value, any:, all:, not:); got nothing`);
+            return null;
+        }
+        if (!isMap(node)) {
+            this.ctx.report(
+                at,
+                `${where}: expected a map of conditions (fact: value, any:, all:, not:); got ${this.describe(node)}`,
+            );
+            return null;
+        }
+        const parts: Condition[] = [];
+        let bad = false;
+        for (const pair of node.items) {
+            const keyNode = deref(this.ctx.doc, pair.key);
+            const keyAt = offsetOf(keyNode, at);
+            const key = keyNode !== null && isScalar(keyNode) ? keyNode.value : undefined;
+            if (typeof key !== 'string') {
+                this.ctx.report(keyAt, `${where}: condition keys are fact names or any, all, not`);
+                bad = true;
+                continue;
+            }
+            const value = deref(this.ctx.doc, pair.value);
+            const c = this.entry(key, keyAt, value);
+            if (c === null) bad = true;
+            else parts.push(c);
+        }
+        if (bad) return null;
+        return allOf(parts, false);
+    }
+
+    entry(key: string, keyAt: number, value: Node | null): Condition | null {
+        const valueAt = offsetOf(value, keyAt);
+        if (key === 'any' || key === 'all') {
+            if (value === null || !isSeq(value) || value.items.length === 0) {
+                this.ctx.report(
+                    valueAt,
+                    `${key}: expected a non-empty list of conditions; got ${value !== null && isSeq(value) ? 'an empty list' : this.describe(value)}`,
+                );
+                return null;
+            }
+            const parts: Condition[] = [];
+            let bad = false;
+            for (const item of value.items) {
+                const c = this.compile(item, valueAt, key);
+                if (c === null) bad = true;
+                else parts.push(c);
+            }
+            if (bad) return null;
+            return key === 'any' ? anyOf(parts) : allOf(parts, true);
+        }
+        if (key === 'not') {
+            const inner = this.compile(value, valueAt, 'not');
+            return inner === null ? null : notOf(inner);
+        }
+        const spec = this.ctx.facts.get(key);
+        if (spec === undefined) {
+            const hint = didYouMean(key, [...this.ctx.facts.keys(), ...COMBINATORS]);
+            this.ctx.report(keyAt, `unknown fact "${key}"${hint}`);
+            return null;
+        }
+        if (stageIndex(spec.stage) > stageIndex(this.ctx.stage)) {
+            this.ctx.report(
+                keyAt,
+                `fact "${key}" is not known until the ${spec.stage} stage, and this rule runs at the ${this.ctx.stage} stage (set stage: ${spec.stage})`,
+            );
+            return null;
+        }
+        return this.factTest(spec, value, keyAt);
+    }
+
+    factTest(spec: FactSpec, value: Node | null, keyAt: number): Condition | null {
+        const at = offsetOf(value, keyAt);
+        if (value !== null && isSeq(value)) {
+            this.ctx.report(at, `${spec.name}: a list of values needs an operator, e.g. { in: [...] }`);
+            return null;
+        }
+        if (value === null || !isMap(value)) {
+            const s = this.scalar(value);
+            if (!s.ok) {
+                this.ctx.report(at, `${spec.name}: expected a value or an operator map; got ${this.describe(value)}`);
+                return null;
+            }
+            if (s.value === null) {
+                this.ctx.report(
+                    at,
+                    `${spec.name}: no value given (to test for a missing fact, write { exists: false })`,
+                );
+                return null;
+            }
+            return this.operator(spec, 'eq', value, at);
+        }
+        if (value.items.length !== 1) {
+            this.ctx.report(
+                at,
+                `${spec.name}: an operator map holds exactly one operator (got ${value.items.length}); combine several with all: [...]`,
+            );
+            return null;
+        }
+        const pair = value.items[0]!;
+        const opNode = deref(this.ctx.doc, pair.key);
+        const opAt = offsetOf(opNode, at);
+        const op = opNode !== null && isScalar(opNode) ? opNode.value : undefined;
+        if (typeof op !== 'string' || !(OPERATOR_NAMES as readonly string[]).includes(op)) {
+            const hint = typeof op === 'string' ? didYouMean(op, OPERATOR_NAMES) : '';
+            this.ctx.report(opAt, `unknown operator "${String(op)}"${hint}; operators: ${OPERATOR_NAMES.join(', ')}`);
+            return null;
+        }
+        return this.operator(spec, op as OperatorName, deref(this.ctx.doc, pair.value), opAt);
+    }
+
+    /** Reads one value of the fact's element type for eq/ne/in; reports and returns undefined when bad. */
+    typedValue(spec: FactSpec, node: Node | null, fallback: number, op: string): string | number | boolean | undefined {
+        const at = offsetOf(node, fallback);
+        const what = op === '' ? spec.name : op;
+        const elem = elementType(spec.type);
+        const s = this.scalar(node);
+        const got = this.describe(node);
+        if (!s.ok || s.value === null) {
+            this.ctx.report(at, `${what}: expected ${typeWord(elem)}; got ${got}`);
+            return undefined;
+        }
+        const v = s.value;
+        switch (elem) {
+            case 'number':
+                if (typeof v !== 'number') {
+                    this.ctx.report(at, `${what}: expected a number; got ${got}`);
+                    return undefined;
+                }
+                return v;
+            case 'boolean':
+                if (typeof v !== 'boolean') {
+                    this.ctx.report(at, `${what}: expected true or false; got ${got}`);
+                    return undefined;
+                }
+                return v;
+            default: {
+                if (typeof v === 'boolean') {
+                    this.ctx.report(at, `${what}: expected text; got ${got} (quote it to compare with the word)`);
+                    return undefined;
+                }
+                const text = String(v);
+                if (elem === 'ip' && parseIp(text) === null) {
+                    this.ctx.report(at, `${what}: "${text}" is not an IP address`);
+                    return undefined;
+                }
+                if (elem === 'domain' && parseDomain(text) === null) {
+                    this.ctx.report(at, `${what}: "${text}" is not a domain name`);
+                    return undefined;
+                }
+                if (elem === 'address' && text !== '' && parseAddress(text) === null) {
+                    this.ctx.report(at, `${what}: "${text}" is not a mail address`);
+                    return undefined;
+                }
+                if (spec.values && !spec.values.includes(text.toLowerCase())) {
+                    this.ctx.report(
+                        at,
+                        `${spec.name} is never "${text}"${didYouMean(text, spec.values)}; its values are ${spec.values.join(', ')}`,
+                    );
+                    return undefined;
+                }
+                return text;
+            }
+        }
+    }
+
+    /** A non-empty list of strings (for cidr, domain, suffix). */
+    stringList(node: Node | null, fallback: number, op: string): { text: string; at: number }[] | null {
+        const at = offsetOf(node, fallback);
+        if (node === null || !isSeq(node) || node.items.length === 0) {
+            this.ctx.report(
+                at,
+                `${op}: expected a non-empty list; got ${node !== null && isSeq(node) ? 'an empty list' : this.describe(node)}`,
+            );
+            return null;
+        }
+        const out: { text: string; at: number }[] = [];
+        let bad = false;
+        for (const raw of node.items) {
+            const item = deref(this.ctx.doc, raw);
+            const s = this.scalar(item);
+            if (!s.ok || typeof s.value !== 'string') {
+                this.ctx.report(offsetOf(item, at), `${op}: expected text; got ${this.describe(item)}`);
+                bad = true;
+                continue;
+            }
+            out.push({ text: s.value, at: offsetOf(item, at) });
+        }
+        return bad ? null : out;
+    }
+
+    operator(spec: FactSpec, op: OperatorName, node: Node | null, at: number): Condition | null {
+        const elem = elementType(spec.type);
+        const doc = OPERATORS.find((o) => o.name === op)!;
+        if (!doc.types.includes(elem)) {
+            const fits = OPERATORS.filter((o) => o.types.includes(elem)).map((o) => o.name);
+            this.ctx.report(
+                at,
+                `${op}: does not apply to ${spec.name}, which is ${typeWord(spec.type)}; use ${fits.join(', ')}`,
+            );
+            return null;
+        }
+        const valueAt = offsetOf(node, at);
+        switch (op) {
+            case 'eq':
+            case 'ne': {
+                const v = this.typedValue(spec, node, at, op === 'eq' && node !== null && !isMap(node) ? '' : op);
+                if (v === undefined) return null;
+                const want = foldFor(elem, v);
+                const shown = elem === 'ip' ? formatIp(parseIp(String(v))!) : String(v);
+                const leaf: Leaf = {
+                    op,
+                    element: (x) => foldFor(elem, x) === want,
+                    says: `is ${shown}`,
+                    negative: `is not ${shown}`,
+                };
+                return leafCondition(
+                    spec,
+                    op === 'ne' ? { ...leaf, says: leaf.negative, negative: leaf.says } : leaf,
+                    true,
+                );
+            }
+            case 'in': {
+                if (node === null || !isSeq(node) || node.items.length === 0) {
+                    this.ctx.report(
+                        valueAt,
+                        `in: expected a non-empty list of values; got ${node !== null && isSeq(node) ? 'an empty list' : this.describe(node)}`,
+                    );
+                    return null;
+                }
+                const values: (string | number | boolean)[] = [];
+                let bad = false;
+                for (const raw of node.items) {
+                    const v = this.typedValue(spec, deref(this.ctx.doc, raw), valueAt, 'in');
+                    if (v === undefined) bad = true;
+                    else values.push(v);
+                }
+                if (bad) return null;
+                const set = new Set(values.map((v) => foldFor(elem, v)));
+                const shown = `[${listOfWords(values)}]`;
+                return leafCondition(
+                    spec,
+                    { op, element: (x) => set.has(foldFor(elem, x)), says: `in ${shown}`, negative: `not in ${shown}` },
+                    true,
+                );
+            }
+            case 'cidr': {
+                const items = this.stringList(node, valueAt, 'cidr');
+                if (items === null) return null;
+                const ranges: IpRange[] = [];
+                let bad = false;
+                for (const { text, at: itemAt } of items) {
+                    const r = parseRange(text);
+                    if ('error' in r) {
+                        this.ctx.report(itemAt, `cidr: ${r.error}`);
+                        bad = true;
+                    } else {
+                        ranges.push(r);
+                    }
+                }
+                if (bad) return null;
+                const set = new IpSet(ranges);
+                const shown = listOfWords(items.map((i) => i.text));
+                return leafCondition(
+                    spec,
+                    {
+                        op,
+                        element: (x) => typeof x === 'string' && set.has(x),
+                        says: `in ${shown}`,
+                        negative: `not in ${shown}`,
+                    },
+                    true,
+                );
+            }
+            case 'domain':
+            case 'suffix': {
+                const items = this.stringList(node, valueAt, op);
+                if (items === null) return null;
+                const set = new Set<string>();
+                let bad = false;
+                for (const { text, at: itemAt } of items) {
+                    const d = parseDomain(text);
+                    if (d === null) {
+                        this.ctx.report(itemAt, `${op}: "${text}" is not a domain name`);
+                        bad = true;
+                    } else {
+                        set.add(d);
+                    }
+                }
+                if (bad) return null;
+                const domainOf = (x: unknown): string | null =>
+                    typeof x !== 'string' ? null : elem === 'address' ? domainOfAddress(x) : foldDomain(x);
+                const shown = listOfWords(items.map((i) => i.text));
+                if (op === 'domain') {
+                    return leafCondition(
+                        spec,
+                        {
+                            op,
+                            element: (x) => {
+                                const d = domainOf(x);
+                                return d !== null && set.has(d);
+                            },
+                            says: `is one of ${shown}`,
+                            negative: `is none of ${shown}`,
+                        },
+                        true,
+                    );
+                }
+                return leafCondition(
+                    spec,
+                    {
+                        op,
+                        element: (x) => {
+                            let d = domainOf(x);
+                            while (d !== null && d !== '') {
+                                if (set.has(d)) return true;
+                                const dot = d.indexOf('.');
+                                d = dot < 0 ? null : d.slice(dot + 1);
+                            }
+                            return false;
+                        },
+                        says: `is or is under ${shown}`,
+                        negative: `is not and is not under ${shown}`,
+                    },
+                    true,
+                );
+            }
+            case 'matches': {
+                const s = this.scalar(node);
+                if (!s.ok || typeof s.value !== 'string') {
+                    this.ctx.report(
+                        valueAt,
+                        `matches: expected a regular expression in quotes; got ${this.describe(node)}`,
+                    );
+                    return null;
+                }
+                if (s.value === '') {
+                    this.ctx.report(valueAt, 'matches: an empty pattern matches everything; use { exists: true }');
+                    return null;
+                }
+                const added = this.ctx.arena.add(s.value);
+                if ('error' in added) {
+                    this.ctx.report(valueAt, `matches: "${s.value}" is not a valid RE2 pattern: ${added.error}`);
+                    return null;
+                }
+                const pattern = added.pattern;
+                return leafCondition(
+                    spec,
+                    {
+                        op,
+                        element: (x) => (typeof x === 'string' ? pattern.test(x) : false),
+                        says: `matches /${s.value}/`,
+                        negative: `does not match /${s.value}/`,
+                    },
+                    true,
+                );
+            }
+            case 'gt':
+            case 'gte':
+            case 'lt':
+            case 'lte': {
+                const s = this.scalar(node);
+                if (!s.ok || typeof s.value !== 'number' || !Number.isFinite(s.value)) {
+                    this.ctx.report(valueAt, `${op}: expected a number; got ${this.describe(node)}`);
+                    return null;
+                }
+                const n = s.value;
+                const sign = { gt: '>', gte: '>=', lt: '<', lte: '<=' }[op];
+                const cmp =
+                    op === 'gt'
+                        ? (x: number) => x > n
+                        : op === 'gte'
+                          ? (x: number) => x >= n
+                          : op === 'lt'
+                            ? (x: number) => x < n
+                            : (x: number) => x <= n;
+                return leafCondition(
+                    spec,
+                    {
+                        op,
+                        element: (x) => typeof x === 'number' && cmp(x),
+                        says: `${sign} ${n}`,
+                        negative: `not ${sign} ${n}`,
+                    },
+                    true,
+                );
+            }
+            case 'exists': {
+                const s = this.scalar(node);
+                if (!s.ok || typeof s.value !== 'boolean') {
+                    this.ctx.report(valueAt, `exists: expected true or false; got ${this.describe(node)}`);
+                    return null;
+                }
+                const want = s.value;
+                return leafCondition(
+                    spec,
+                    {
+                        op,
+                        element: () => true,
+                        says: want ? 'exists' : 'does not exist',
+                        negative: want ? 'does not exist' : 'exists',
+                    },
+                    want,
+                );
+            }
+            case 'list':
+                return this.listOperator(spec, elem, node, valueAt);
+        }
+    }
+
+    listOperator(spec: FactSpec, elem: Elem, node: Node | null, at: number): Condition | null {
+        const s = this.scalar(node);
+        if (!s.ok || typeof s.value !== 'string' || s.value === '') {
+            this.ctx.report(at, `list: expected the name of a list; got ${this.describe(node)}`);
+            return null;
+        }
+        const name = s.value;
+        const declared = this.ctx.lists.get(name);
+        if (declared === undefined) {
+            const names = [...this.ctx.lists.keys()];
+            const hint = didYouMean(name, names);
+            this.ctx.report(at, `list "${name}" is not declared${hint}; declare it under lists: in a rule file`);
+            return null;
+        }
+        const fits: Record<ListType, readonly Elem[]> = {
+            ip: ['ip'],
+            domain: ['domain', 'address'],
+            address: ['address'],
+            pattern: TEXT,
+        };
+        if (!fits[declared.type].includes(elem)) {
+            this.ctx.report(
+                at,
+                `list "${name}" is ${declared.type === 'ip' || declared.type === 'address' ? 'an' : 'a'} ${declared.type} list and cannot be used with ${spec.name}, which is ${typeWord(spec.type)}`,
+            );
+            return null;
+        }
+        const matcher = declared.matcher;
+        const element = (x: unknown): boolean => {
+            if (matcher === null || typeof x !== 'string') return false;
+            if (declared.type === 'domain' && elem === 'address') {
+                const d = domainOfAddress(x);
+                return d !== null && matcher.has(d);
+            }
+            return matcher.has(x);
+        };
+        return leafCondition(
+            spec,
+            { op: 'list', element, says: `in list ${name}`, negative: `not in list ${name}` },
+            true,
+        );
+    }
+}
+
+const TYPE_WORDS: Readonly<Record<FactType, string>> = {
+    string: 'text',
+    number: 'a number',
+    boolean: 'true or false',
+    ip: 'an IP address',
+    domain: 'a domain name',
+    address: 'a mail address',
+    'string[]': 'a list of texts',
+    'domain[]': 'a list of domain names',
+    'address[]': 'a list of mail addresses',
+};
+
+function typeWord(type: FactType): string {
+    return TYPE_WORDS[type];
+}
+
+function allOf(parts: readonly Condition[], explicit: boolean): Condition {
+    if (parts.length === 0) return ALWAYS;
+    if (parts.length === 1 && !explicit) return parts[0]!;
+    return {
+        test: (facts) => parts.every((p) => p.test(facts)),
+        explain(facts) {
+            const rs = parts.map((p) => p.explain(facts));
+            const ok = rs.every((r) => r.ok);
+            const inner = rs.map((r) => r.text).join('; ');
+            return { ok, text: explicit ? `all of (${inner}) ${mark(ok)}` : inner };
+        },
+    };
+}
+
+/** A nested AND shown in brackets so it reads unambiguously inside any/not. */
+function grouped(c: Condition, facts: Facts): { ok: boolean; text: string } {
+    const r = c.explain(facts);
+    return r.text.includes('; ') && !r.text.startsWith('all of (')
+        ? { ok: r.ok, text: `(${r.text}) ${mark(r.ok)}` }
+        : r;
+}
+
+function anyOf(parts: readonly Condition[]): Condition {
+    return {
+        test: (facts) => parts.some((p) => p.test(facts)),
+        explain(facts) {
+            const rs = parts.map((p) => grouped(p, facts));
+            const ok = rs.some((r) => r.ok);
+            return { ok, text: `any of (${rs.map((r) => r.text).join(' | ')}) ${mark(ok)}` };
+        },
+    };
+}
+
+function notOf(inner: Condition): Condition {
+    return {
+        test: (facts) => !inner.test(facts),
+        explain(facts) {
+            const r = grouped(inner, facts);
+            return { ok: !r.ok, text: `not (${r.text}) ${mark(!r.ok)}` };
+        },
+    };
+}
+
+/**
+ * Compiles a rule's `when:` (absent: always matches). Returns null when it had problems,
+ * which are reported through the context.
+ */
+export function compileWhen(raw: unknown, fallback: number, ctx: CompileContext): Condition | null {
+    if (raw === undefined) return ALWAYS;
+    const node = deref(ctx.doc, raw);
+    if (node === null || (isScalar(node) && node.value === null)) return ALWAYS;
+    if (isMap(node) && node.items.length === 0) return ALWAYS;
+    return new Compiler(ctx).compile(node, fallback, 'when');
+}
+
+/**
+ * Checks one fact value of a `cases:` example against the catalogue. Returns the value in
+ * the shape facts have (null kept), or an error message.
+ */
+export function caseFactValue(spec: FactSpec, value: unknown): { value: FactValue } | { error: string } {
+    if (value === null) return { value: null };
+    const elem = elementType(spec.type);
+    const one = (v: unknown): string | number | boolean | { error: string } => {
+        if (elem === 'number') return typeof v === 'number' ? v : { error: `${spec.name} is a number` };
+        if (elem === 'boolean') return typeof v === 'boolean' ? v : { error: `${spec.name} is true or false` };
+        if (typeof v !== 'string' && typeof v !== 'number') return { error: `${spec.name} is ${typeWord(elem)}` };
+        const text = String(v);
+        // Domains and addresses are taken as given: checks report what clients sent, odd or hostile.
+        if (elem === 'ip' && parseIp(text) === null) return { error: `"${text}" is not an IP address` };
+        if (spec.values && !spec.values.includes(text.toLowerCase())) {
+            return {
+                error: `${spec.name} is never "${text}"${didYouMean(text, spec.values)}; its values are ${spec.values.join(', ')}`,
+            };
+        }
+        return text;
+    };
+    if (isListType(spec.type)) {
+        if (!Array.isArray(value)) return { error: `${spec.name} is a list; write [ ... ]` };
+        const out: string[] = [];
+        for (const v of value as unknown[]) {
+            const r = one(v);
+            if (typeof r === 'object') return r;
+            out.push(String(r));
+        }
+        return { value: out };
+    }
+    if (Array.isArray(value)) return { error: `${spec.name} is ${typeWord(spec.type)}, not a list` };
+    const r = one(value);
+    return typeof r === 'object' ? r : { value: r };
+}

@@ -1,0 +1,216 @@
+/**
+ * The facts catalogue: every fact a rule may read, with its type, the first stage at which it
+ * is known and a one-line description. Rule validation, `cases:` validation, reply templates
+ * and the generated rules/README.md all read this one list, so the documentation cannot drift
+ * from what the loader accepts. Declarations only: it must not compute facts (checks do that).
+ */
+import type { Stage } from '../types.ts';
+
+/** SMTP stages in session order (RFC 5321 section 3: connect, HELO, MAIL, RCPT, DATA). */
+export const STAGES: readonly Stage[] = Object.freeze(['connect', 'helo', 'mail', 'rcpt', 'data']);
+
+/** Position of a stage in the session (connect = 0). */
+export function stageIndex(stage: Stage): number {
+    return STAGES.indexOf(stage);
+}
+
+/**
+ * Value types. `ip`, `domain` and `address` are strings with matching semantics (CIDR
+ * containment, suffix matching, case-insensitive comparison); `…[]` facts are lists whose
+ * operators hold when they hold for any element.
+ */
+export type FactType =
+    | 'string'
+    | 'number'
+    | 'boolean'
+    | 'ip'
+    | 'domain'
+    | 'address'
+    | 'string[]'
+    | 'domain[]'
+    | 'address[]';
+
+export const FACT_TYPES: readonly FactType[] = Object.freeze([
+    'string',
+    'number',
+    'boolean',
+    'ip',
+    'domain',
+    'address',
+    'string[]',
+    'domain[]',
+    'address[]',
+]);
+
+export interface FactSpec {
+    /** Stable dot name used in rules, logs and `explain`. */
+    readonly name: string;
+    readonly type: FactType;
+    /** The first stage at which the fact is known; rules of earlier stages may not read it. */
+    readonly stage: Stage;
+    readonly description: string;
+    /** For enumerated string facts: every value a check may report (compared case-insensitively). */
+    readonly values?: readonly string[];
+}
+
+/** The element type of a list type, or the type itself. */
+export function elementType(type: FactType): Exclude<FactType, `${string}[]`> {
+    return (type.endsWith('[]') ? type.slice(0, -2) : type) as Exclude<FactType, `${string}[]`>;
+}
+
+export function isListType(type: FactType): boolean {
+    return type.endsWith('[]');
+}
+
+const AUTH_RESULTS = {
+    spf: ['pass', 'fail', 'softfail', 'neutral', 'none', 'temperror', 'permerror'],
+    dkim: ['pass', 'fail', 'neutral', 'none', 'policy', 'temperror', 'permerror'],
+    dmarc: ['pass', 'fail', 'none', 'temperror', 'permerror'],
+    arc: ['pass', 'fail', 'none'],
+    iprev: ['pass', 'fail', 'temperror', 'permerror'],
+} as const;
+
+function fact(name: string, type: FactType, stage: Stage, description: string, values?: readonly string[]): FactSpec {
+    return Object.freeze(
+        values
+            ? { name, type, stage, description, values: Object.freeze([...values]) }
+            : { name, type, stage, description },
+    );
+}
+
+/** The catalogue, in the order the documentation lists it. */
+export const FACTS: readonly FactSpec[] = Object.freeze([
+    fact('listener', 'string', 'connect', 'Name of the listener the client connected to (from the config)'),
+    fact('listener.mode', 'string', 'connect', 'Mode of that listener', ['mx', 'submission']),
+    fact('client.ip', 'ip', 'connect', 'Address of the SMTP client (the real client when PROXY protocol is used)'),
+    fact(
+        'client.ptr',
+        'domain',
+        'connect',
+        'Forward-confirmed reverse DNS name of the client; null when there is none (RFC 8601 iprev)',
+    ),
+    fact('iprev.result', 'string', 'connect', 'Result of the reverse DNS check', AUTH_RESULTS.iprev),
+    fact('tls', 'boolean', 'connect', 'True once the session is encrypted (implicit TLS, or after STARTTLS)'),
+    fact('helo', 'string', 'helo', 'Name the client gave in HELO or EHLO, as written (may be an address literal)'),
+    fact('auth.user', 'string', 'mail', 'User name the client logged in with (SMTP AUTH); null when not logged in'),
+    fact('mail.from', 'address', 'mail', 'Envelope sender (MAIL FROM); the empty string for the null sender <>'),
+    fact('mail.from.domain', 'domain', 'mail', 'Domain of the envelope sender; null for the null sender'),
+    fact(
+        'rcpt.to',
+        'address[]',
+        'rcpt',
+        'Recipients of the transaction so far (at the rcpt stage: including the one being checked)',
+    ),
+    fact('rcpt.domain', 'domain', 'rcpt', 'Domain of the recipient being checked (rcpt stage)'),
+    fact('rcpt.count', 'number', 'rcpt', 'Number of recipients so far'),
+    fact('header.from', 'address', 'data', 'Address in the From header field (the author, RFC 5322 section 3.6.2)'),
+    fact(
+        'header.from.domain',
+        'domain',
+        'data',
+        'Domain of the From header address: the author domain exactly as DMARC evaluated it',
+    ),
+    fact(
+        'header.from.count',
+        'number',
+        'data',
+        'Mailboxes in the From field(s), all fields counted (more than one is a spoofing tool)',
+    ),
+    fact(
+        'header.from.mismatch',
+        'boolean',
+        'data',
+        'The session read a different From domain than the DMARC parser did: a sign of a message crafted to show one domain and authenticate another',
+    ),
+    fact(
+        'local.sender',
+        'boolean',
+        'data',
+        'The envelope sender domain or a From domain is one of the local domains (config domains) or below one',
+    ),
+    fact('message.size', 'number', 'data', 'Size of the message in bytes'),
+    fact(
+        'message.bare_newlines',
+        'number',
+        'data',
+        'Number of bare LF, bare CR and NUL characters seen in the message data',
+    ),
+    fact(
+        'spf.result',
+        'string',
+        'data',
+        'SPF result (RFC 7208 section 2.6) for the envelope sender, or for the HELO name with the null sender',
+        AUTH_RESULTS.spf,
+    ),
+    fact('spf.domain', 'domain', 'data', 'Domain SPF checked'),
+    fact(
+        'dkim.result',
+        'string',
+        'data',
+        'Best DKIM result over all signatures (pass if any passes); none when the message is not signed',
+        AUTH_RESULTS.dkim,
+    ),
+    fact('dkim.domains', 'domain[]', 'data', 'Signing domains (d=) of the DKIM signatures that pass'),
+    fact(
+        'dkim.aligned',
+        'boolean',
+        'data',
+        'A passing DKIM signature is aligned with the From header domain (DMARC alignment)',
+    ),
+    fact('dkim.count', 'number', 'data', 'Number of DKIM signatures found'),
+    fact(
+        'dmarc.result',
+        'string',
+        'data',
+        'DMARC result for the author domain (permerror: there is no single author domain)',
+        AUTH_RESULTS.dmarc,
+    ),
+    fact(
+        'dmarc.policy',
+        'string',
+        'data',
+        'Published policy that applies to the author domain (p=, sp= or np=, before t=); null without a policy or when undecided',
+        ['none', 'quarantine', 'reject'],
+    ),
+    fact(
+        'dmarc.disposition',
+        'string',
+        'data',
+        'What to do with the message after p/sp/np/t/pct and overrides: the final DMARC verdict (tempfail: a temporary DNS error decides)',
+        ['none', 'quarantine', 'reject', 'tempfail'],
+    ),
+    fact(
+        'dmarc.override',
+        'string',
+        'data',
+        'Why the disposition is lower than the policy: arc (a trusted ARC sealer vouches), local (an authenticated submission client), testing (the domain asks for test mode); null otherwise',
+        ['arc', 'local', 'testing'],
+    ),
+    fact('dmarc.reason', 'string', 'data', 'Short explanation of the DMARC outcome, for logs and explain'),
+    fact('dmarc.domain', 'domain', 'data', 'Domain where the applied DMARC record was published'),
+    fact('arc.result', 'string', 'data', 'Validation of the ARC chain (RFC 8617 section 5.2)', AUTH_RESULTS.arc),
+    fact(
+        'arc.trusted',
+        'boolean',
+        'data',
+        'The ARC chain passes and its newest seal is from a sealer the operator trusts',
+    ),
+    fact('arc.sealer', 'domain', 'data', 'Domain (d=) of the newest ARC seal; null when there is none'),
+    fact(
+        'auth.temperror',
+        'boolean',
+        'data',
+        'A temporary DNS error decided the DMARC outcome (the disposition is tempfail)',
+    ),
+    fact(
+        'score',
+        'number',
+        'connect',
+        'Sum of the scores of the tag rules matched so far (tag rules add to it as they match)',
+    ),
+]);
+
+/** Looks a fact up by name in a catalogue. */
+export function catalogueIndex(facts: readonly FactSpec[]): ReadonlyMap<string, FactSpec> {
+    return new Map(facts.map((f) => [f.name, f]));
+}

@@ -1,0 +1,148 @@
+/**
+ * Sender-domain verification through the real proxy, with the shipped rules, a real DNS
+ * server on loopback serving the sender domains, and a scripted upstream: spoofed mail from
+ * a p=reject domain is refused with 550 5.7.1 and never reaches the upstream; aligned,
+ * DKIM-signed mail arrives with dkim=pass and dmarc=pass; a p=quarantine failure is
+ * quarantined; a DNS timeout gives 451 and the mail stays with the client; a forged
+ * Authentication-Results with our authserv-id is removed; DNS answers are cached by TTL.
+ */
+import assert from 'node:assert/strict';
+import { after, before, describe, it } from 'node:test';
+import { startApp, type TestApp } from '../helpers/app.ts';
+import { rsaKey, sign } from '../auth/helpers.ts';
+import { startDnsServer, type DnsTestServer } from '../helpers/dns-server.ts';
+import { startScriptedUpstream, unstuff, type ScriptedUpstream } from '../helpers/scripted-upstream.ts';
+import { sendMail } from '../helpers/smtp-client.ts';
+
+const key = rsaKey();
+
+function zone(): Record<string, object> {
+    return {
+        'bank.example': { TXT: ['v=spf1 ip4:192.0.2.10 -all'], MX: [{ exchange: 'mx.bank.example', priority: 10 }] },
+        '_dmarc.bank.example': { TXT: ['v=DMARC1; p=reject; adkim=s; aspf=s'] },
+        'shop.example': { TXT: ['v=spf1 ip4:192.0.2.20 -all'] },
+        '_dmarc.shop.example': { TXT: ['v=DMARC1; p=quarantine'] },
+        'news.example': { TXT: ['v=spf1 -all'], ttl: 300 },
+        '_dmarc.news.example': { TXT: ['v=DMARC1; p=reject'], ttl: 300 },
+        'sel._domainkey.news.example': { TXT: [key.record], ttl: 300 },
+        'slow.example': { TXT: ['v=spf1 -all'] },
+        '_dmarc.slow.example': { TIMEOUT: true },
+    };
+}
+
+function msg(from: string, subject: string, extra = ''): string {
+    return `${extra}From: ${from}\r\nTo: bob@example.test\r\nSubject: ${subject}\r\nDate: Sun, 29 Nov 2026 01:00:00 +0000\r\nMessage-ID: <${subject.replace(/\W/g, '')}@test>\r\n\r\nHello.\r\n`;
+}
+
+describe('sender authentication through the proxy', () => {
+    let dns: DnsTestServer;
+    let up: ScriptedUpstream;
+    let mw: TestApp;
+    before(async () => {
+        dns = await startDnsServer(zone());
+        up = await startScriptedUpstream({ ehlo: ['XCLIENT NAME ADDR PORT PROTO HELO LOGIN', 'SIZE 1000000'] });
+        mw = await startApp(
+            [
+                'hostname: mx.example.test',
+                'domains: [example.test]',
+                'listeners: [{ name: mx, host: 127.0.0.1, port: 0, mode: mx }]',
+                `upstream: { url: "smtp://127.0.0.1:${up.port}" }`,
+                `dns: { servers: ["${dns.address}"], timeout: 300ms }`,
+                'authentication: { timeout: 5s }',
+                'http: false',
+            ].join('\n'),
+        );
+    });
+    after(async () => {
+        await mw.stop();
+        await up.close();
+        await dns.close();
+    });
+
+    it('refuses spoofed mail from a p=reject domain with 550 5.7.1 and a plain reason; nothing goes upstream', async () => {
+        const before = up.transactions.filter((t) => t.completed).length;
+        const r = await sendMail(mw.port(), {
+            from: 'ceo@bank.example',
+            to: ['bob@example.test'],
+            data: msg('CEO <ceo@bank.example>', 'spoof'),
+        });
+        assert.equal(r.message?.code, 550, r.message?.raw);
+        assert.match(r.message.text, /^5\.7\.1 .*bank\.example.*DMARC/);
+        assert.equal(up.transactions.filter((t) => t.completed).length, before);
+    });
+
+    it('delivers aligned DKIM-signed mail with dkim=pass and dmarc=pass', async () => {
+        const signed = await sign(msg('News <letters@news.example>', 'signed'), 'news.example', 'sel', key);
+        const r = await sendMail(mw.port(), { from: 'bounce@other.example', to: ['bob@example.test'], data: signed });
+        assert.equal(r.message?.code, 250, r.message?.raw);
+        const data = unstuff(up.transactions.at(-1)!.data!)
+            .toString('latin1')
+            .replace(/\r\n[ \t]+/g, ' ');
+        assert.match(data, /^Authentication-Results: mx\.example\.test; .*dkim=pass/m);
+        assert.match(data, /^Authentication-Results: mx\.example\.test; .*dmarc=pass/m);
+        assert.match(data, /^Received-SPF: /m);
+        assert.match(data, /^X-Mailwarden-Verdict: accept;/m);
+    });
+
+    it('quarantines a p=quarantine failure: forwarded with the quarantine header', async () => {
+        const r = await sendMail(mw.port(), {
+            from: 'sales@shop.example',
+            to: ['bob@example.test'],
+            data: msg('sales@shop.example', 'quarantine'),
+        });
+        assert.equal(r.message?.code, 250, r.message?.raw);
+        const data = unstuff(up.transactions.at(-1)!.data!).toString('latin1');
+        assert.match(data, /^X-Mailwarden-Quarantine: \w+$/m);
+        assert.match(data, /^X-Mailwarden-Verdict: quarantine; rules=[^;]*dmarc[^;]*;/m);
+    });
+
+    it('answers 451 when a DNS timeout decides the outcome, and the upstream gets nothing', async () => {
+        const before = up.transactions.filter((t) => t.completed).length;
+        const r = await sendMail(mw.port(), {
+            from: 'x@slow.example',
+            to: ['bob@example.test'],
+            data: msg('x@slow.example', 'slow'),
+        });
+        assert.equal(r.message?.code, 451, r.message?.raw);
+        assert.match(r.message.text, /^4\.7\.5 /);
+        assert.equal(up.transactions.filter((t) => t.completed).length, before);
+    });
+
+    it('removes a forged Authentication-Results that claims our authserv-id', async () => {
+        const forged = 'Authentication-Results: mx.example.test; dmarc=pass header.from=bank.example\r\n';
+        const signed = await sign(msg('News <letters@news.example>', 'forged', forged), 'news.example', 'sel', key);
+        const r = await sendMail(mw.port(), { from: 'bounce@other.example', to: ['bob@example.test'], data: signed });
+        assert.equal(r.message?.code, 250);
+        const data = unstuff(up.transactions.at(-1)!.data!).toString('latin1');
+        assert.doesNotMatch(data, /header\.from=bank\.example/);
+        assert.equal(data.match(/^Authentication-Results: mx\.example\.test;/gm)?.length, 1);
+    });
+
+    it('asks DNS once per record while its TTL lasts', async () => {
+        const count = (): number => dns.queries.filter((q) => q.name.endsWith('news.example')).length;
+        const signed = await sign(msg('News <letters@news.example>', 'cache1'), 'news.example', 'sel', key);
+        await sendMail(mw.port(), { from: 'bounce@other.example', to: ['bob@example.test'], data: signed });
+        const afterFirst = count();
+        for (let i = 0; i < 3; i++) {
+            const again = await sign(
+                msg('News <letters@news.example>', `cache-again-${i}`),
+                'news.example',
+                'sel',
+                key,
+            );
+            const r = await sendMail(mw.port(), {
+                from: 'bounce@other.example',
+                to: ['bob@example.test'],
+                data: again,
+            });
+            assert.equal(r.message?.code, 250);
+        }
+        assert.equal(count(), afterFirst, 'no new queries for news.example records within their TTL');
+        const perRecord = new Map<string, number>();
+        for (const q of dns.queries.filter((q) => q.name.endsWith('news.example'))) {
+            const k = `${q.type} ${q.name}`;
+            perRecord.set(k, (perRecord.get(k) ?? 0) + 1);
+        }
+        for (const [k, n] of perRecord) assert.equal(n, 1, `${k} asked ${n} times`);
+    });
+});

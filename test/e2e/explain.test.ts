@@ -1,0 +1,140 @@
+/**
+ * `mailwarden explain` through the real command line, with the shipped rules and a DNS
+ * server on loopback: a spoofed message from a p=reject domain shows the failing facts, the
+ * matching rule with its reasons, the 550 reply and no headers; a clean, DKIM-signed one
+ * shows dkim=pass, the accept decision and the headers that would be added. Also --json.
+ */
+import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { after, before, describe, it } from 'node:test';
+import { rsaKey, sign } from '../auth/helpers.ts';
+import { startDnsServer, type DnsTestServer } from '../helpers/dns-server.ts';
+
+const run = promisify(execFile);
+const BIN = new URL('../../bin/mailwarden.js', import.meta.url).pathname;
+const key = rsaKey();
+
+describe('mailwarden explain', () => {
+    let dns: DnsTestServer;
+    let dir: string;
+    let config: string;
+    let spoofed: string;
+    let clean: string;
+    before(async () => {
+        dns = await startDnsServer({
+            'bank.example': { TXT: ['v=spf1 ip4:192.0.2.10 -all'] },
+            '_dmarc.bank.example': { TXT: ['v=DMARC1; p=reject'] },
+            'news.example': { TXT: ['v=spf1 -all'] },
+            '_dmarc.news.example': { TXT: ['v=DMARC1; p=reject'] },
+            'sel._domainkey.news.example': { TXT: [key.record] },
+        });
+        dir = await mkdtemp(join(tmpdir(), 'mw-explain-'));
+        config = join(dir, 'mailwarden.yaml');
+        await writeFile(
+            config,
+            [
+                'hostname: mx.example.test',
+                'listeners: [{ name: mx, host: 127.0.0.1, port: 2525, mode: mx }]',
+                `dns: { servers: ["${dns.address}"], timeout: 500ms }`,
+                'http: false',
+                '',
+            ].join('\n'),
+        );
+        spoofed = join(dir, 'spoofed.eml');
+        await writeFile(
+            spoofed,
+            'From: CEO <ceo@bank.example>\r\nTo: bob@example.test\r\nSubject: wire money\r\n\r\nPlease pay.\r\n',
+        );
+        clean = join(dir, 'clean.eml');
+        await writeFile(
+            clean,
+            await sign(
+                'From: News <letters@news.example>\r\nTo: bob@example.test\r\nSubject: news\r\nDate: Sun, 29 Nov 2026 01:00:00 +0000\r\nMessage-ID: <n1@news.example>\r\n\r\nToday.\r\n',
+                'news.example',
+                'sel',
+                key,
+            ),
+        );
+    });
+    after(async () => {
+        await dns.close();
+        await rm(dir, { recursive: true, force: true });
+    });
+
+    const explain = (file: string, from: string, ...extra: string[]) =>
+        run(process.execPath, [
+            BIN,
+            'explain',
+            '-c',
+            config,
+            '--client-ip',
+            '198.51.100.7',
+            '--helo',
+            'mail.sender.example',
+            '--mail-from',
+            from,
+            '--rcpt',
+            'bob@example.test',
+            ...extra,
+            file,
+        ]);
+
+    it('explains why a spoofed message is refused', async () => {
+        const { stdout } = await explain(spoofed, 'ceo@bank.example');
+        assert.match(stdout, /== data ==/);
+        assert.match(stdout, /dmarc\.result = "fail"/);
+        assert.match(stdout, /spf\.result = "fail"/);
+        assert.match(stdout, /\+ dmarc-reject \(20-dmarc\.yaml:\d+\) matched: reject/);
+        assert.match(stdout, /dmarc\.result = "fail" .*✓/);
+        assert.match(stdout, /^decision: reject; rules: dmarc-reject/m);
+        assert.match(stdout, /^reply: 550 5\.7\.1 Message refused: it claims to be from bank\.example/m);
+        assert.match(stdout, /headers added: none/);
+    });
+
+    it('explains why a clean, signed message is accepted and what it would carry', async () => {
+        const { stdout } = await explain(clean, 'bounce@other.example');
+        assert.match(stdout, /dkim\.result = "pass"/);
+        assert.match(stdout, /dkim\.aligned = true/);
+        assert.match(stdout, /dmarc\.result = "pass"/);
+        assert.match(stdout, / {2}dmarc-reject \(20-dmarc\.yaml:\d+\) no match/);
+        assert.match(stdout, /^decision: accept;/m);
+        assert.match(stdout, /^reply: 250 2\.0\.0 /m);
+        assert.match(
+            stdout,
+            /^ {2}Received: from mail\.sender\.example \(unknown \[198\.51\.100\.7\]\) by mx\.example\.test/m,
+        );
+        assert.match(stdout, /^ {2}Authentication-Results: mx\.example\.test;/m);
+        assert.match(stdout, /^ {2}X-Mailwarden-Verdict: accept;/m);
+    });
+
+    it('prints JSON for scripts', async () => {
+        const { stdout } = await explain(spoofed, 'ceo@bank.example', '--json');
+        const report = JSON.parse(stdout) as {
+            decision: { action: string; rules: string[] };
+            reply: { code: number };
+            stages: { stage: string }[];
+        };
+        assert.equal(report.decision.action, 'reject');
+        assert.deepEqual(report.decision.rules, ['dmarc-reject']);
+        assert.equal(report.reply.code, 550);
+        assert.deepEqual(
+            report.stages.map((s) => s.stage),
+            ['connect', 'helo', 'mail', 'rcpt', 'data'],
+        );
+    });
+
+    it('says how to use it when arguments are missing', async () => {
+        await assert.rejects(
+            run(process.execPath, [BIN, 'explain', '-c', config]),
+            (err: { code: number; stderr: string }) => {
+                assert.equal(err.code, 2);
+                assert.match(err.stderr, /^usage: mailwarden explain/);
+                return true;
+            },
+        );
+    });
+});

@@ -1,0 +1,70 @@
+/**
+ * The shipped rules/ folder: it loads without a single issue, every example in its `cases:`
+ * holds, `mailwarden check` has nothing to say about it, and rules/README.md is what
+ * scripts/gen-rules-readme.ts generates from the code (so the documentation cannot drift).
+ */
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import path from 'node:path';
+import { describe, it } from 'node:test';
+import { main as readmeMain } from '../../scripts/gen-rules-readme.ts';
+import { PACKAGE_RULES_DIR } from '../../src/config/defaults.ts';
+import { OPERATORS } from '../../src/rules/conditions.ts';
+import { FACTS } from '../../src/rules/facts.ts';
+import { RULE_KEYS } from '../../src/rules/load.ts';
+import { loadRules, runCases, validateRulesForCheck } from '../../src/rules/index.ts';
+
+describe('shipped rules', () => {
+    it('load without issues', () => {
+        const r = loadRules(PACKAGE_RULES_DIR, { softReject: false });
+        assert.deepEqual(r.issues, []);
+        const set = r.ruleSet!;
+        assert.deepEqual(
+            set.files.map((f) => path.basename(f)),
+            ['10-allow-block.yaml', '20-dmarc.yaml', '30-spf.yaml', '40-own-domain.yaml'],
+        );
+        assert.deepEqual(
+            set.lists.map((l) => [l.name, l.type, l.entries]),
+            [
+                ['allow-networks', 'ip', 0],
+                ['block-networks', 'ip', 0],
+                ['block-senders', 'address', 0],
+                ['block-domains', 'domain', 0],
+            ],
+        );
+        assert.ok(Object.isFrozen(set) && Object.isFrozen(set.rules) && Object.isFrozen(set.rules[0]));
+    });
+
+    it('pass every case they carry, and each file carries some', () => {
+        const set = loadRules(PACKAGE_RULES_DIR, { softReject: false }).ruleSet!;
+        const results = runCases(set);
+        assert.deepEqual(results.failed, []);
+        assert.equal(results.passed, set.cases.length);
+        for (const file of set.files)
+            assert.ok(
+                set.cases.some((c) => c.file === file),
+                `${file} has cases`,
+            );
+        assert.deepEqual(validateRulesForCheck(PACKAGE_RULES_DIR, false), []);
+        assert.deepEqual(validateRulesForCheck(PACKAGE_RULES_DIR, true), [], 'cases run with softReject off');
+    });
+
+    it('say what happened, why and what to do in every reply', () => {
+        const set = loadRules(PACKAGE_RULES_DIR, { softReject: false }).ruleSet!;
+        for (const rule of set.rules) {
+            if (rule.action !== 'reject' && rule.action !== 'tempfail') continue;
+            assert.ok(rule.reply, `${rule.id} has its own reply`);
+            const text = rule.reply.text.source;
+            assert.ok(text.length > 80 && /[.:]/.test(text), `${rule.id}: ${text}`);
+        }
+    });
+
+    it('have an up-to-date, generated README covering every fact, operator and rule key', async () => {
+        const lines: string[] = [];
+        assert.equal(await readmeMain(['--check'], (l) => lines.push(l)), 0, lines.join('\n'));
+        const readme = fs.readFileSync(path.join(PACKAGE_RULES_DIR, 'README.md'), 'utf8');
+        for (const f of FACTS) assert.ok(readme.includes(`\`${f.name}\``), f.name);
+        for (const o of OPERATORS) assert.ok(readme.includes(`| \`${o.name}\``), o.name);
+        for (const k of RULE_KEYS) assert.ok(readme.includes(`| \`${k}\``), k);
+    });
+});

@@ -1,0 +1,156 @@
+/**
+ * Live reload: a change to a rule file or a list file (written in place or renamed over the
+ * old one, as editors and deploy tools do) produces a new rule set; a broken change produces
+ * the error, so the caller can keep the rules it has; close() stops everything.
+ */
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import path from 'node:path';
+import { after, describe, it } from 'node:test';
+import { loadRuleSet, watchRuleSet, type RuleSet, type WatchResult } from '../../src/rules/index.ts';
+import { cleanup, folderWith } from './helpers.ts';
+
+after(cleanup);
+
+const RULES = (action: string): string =>
+    `lists:\n  nets: { type: ip, file: lists/nets.txt }\nrules:\n  - id: nets\n    stage: connect\n    when: { client.ip: { list: nets } }\n    action: ${action}\n`;
+
+/**
+ * Collects onChange results and lets a test wait for the next one, or for the first that
+ * satisfies a predicate (a busy machine may split one burst of changes into two reloads).
+ */
+function recorder(): {
+    onChange: (r: WatchResult) => void;
+    readonly received: number;
+    next: () => Promise<WatchResult>;
+    until: (pred: (r: WatchResult) => boolean) => Promise<WatchResult>;
+} {
+    const queue: WatchResult[] = [];
+    let waiting: ((r: WatchResult) => void) | null = null;
+    let received = 0;
+    return {
+        get received() {
+            return received;
+        },
+        onChange(r) {
+            received++;
+            if (waiting) {
+                const w = waiting;
+                waiting = null;
+                w(r);
+            } else {
+                queue.push(r);
+            }
+        },
+        next() {
+            const r = queue.shift();
+            if (r) return Promise.resolve(r);
+            return new Promise((resolve, reject) => {
+                const timer = setTimeout(() => reject(new Error('no reload within 5 s')), 5000);
+                waiting = (x) => {
+                    clearTimeout(timer);
+                    resolve(x);
+                };
+            });
+        },
+        async until(pred) {
+            for (;;) {
+                const r = await this.next();
+                if (pred(r)) return r;
+            }
+        },
+    };
+}
+
+const decides =
+    (ip: string, action: string) =>
+    (r: WatchResult): boolean =>
+        'ok' in r && r.ok.decide('connect', { 'client.ip': ip }).action === action;
+const failed = (r: WatchResult): boolean => 'error' in r;
+
+function replaceFile(file: string, content: string): void {
+    const tmp = `${file}.tmp-${process.pid}`;
+    fs.writeFileSync(tmp, content);
+    fs.renameSync(tmp, file);
+}
+
+function ok(r: WatchResult): RuleSet {
+    assert.ok('ok' in r, 'error' in r ? r.error.message : '');
+    return r.ok;
+}
+
+describe('watchRuleSet', () => {
+    it('reloads on rule and list changes, reports broken files, and stops on close', async () => {
+        const dir = folderWith({ '10-nets.yaml': RULES('reject'), 'lists/nets.txt': '192.0.2.0/24\n' });
+        const current = loadRuleSet(dir, { softReject: false });
+        assert.equal(current.decide('connect', { 'client.ip': '192.0.2.1' }).action, 'reject');
+        const rec = recorder();
+        const watcher = watchRuleSet(dir, { softReject: false, debounceMs: 50, current, onChange: rec.onChange });
+        try {
+            // A rule file replaced by rename.
+            replaceFile(path.join(dir, '10-nets.yaml'), RULES('tempfail'));
+            let set = ok(await rec.until(decides('192.0.2.1', 'tempfail')));
+            assert.equal(set.decide('connect', { 'client.ip': '192.0.2.1' }).action, 'tempfail');
+
+            // A list file written in place.
+            fs.writeFileSync(path.join(dir, 'lists', 'nets.txt'), '198.51.100.0/24\n');
+            set = ok(await rec.until(decides('192.0.2.1', 'accept')));
+            assert.equal(set.decide('connect', { 'client.ip': '192.0.2.1' }).action, 'accept');
+            assert.equal(set.decide('connect', { 'client.ip': '198.51.100.7' }).action, 'tempfail');
+
+            // A broken rule file: the error, with its position.
+            replaceFile(path.join(dir, '10-nets.yaml'), RULES('rejct'));
+            const broken = await rec.until(failed);
+            assert.ok('error' in broken);
+            assert.deepEqual(
+                broken.error.issues.map((i) => `${path.basename(i.file)}:${i.line}:${i.col}`),
+                ['10-nets.yaml:7:13'],
+            );
+
+            // A broken list file.
+            replaceFile(path.join(dir, '10-nets.yaml'), RULES('reject'));
+            ok(await rec.until(decides('198.51.100.7', 'reject')));
+            fs.writeFileSync(path.join(dir, 'lists', 'nets.txt'), 'not-an-ip\n');
+            const badList = await rec.until(failed);
+            assert.ok('error' in badList);
+            assert.match(badList.error.message, /lists\/nets\.txt:1:1: "not-an-ip" is not an IP address/);
+
+            // A new rule file appears.
+            fs.writeFileSync(path.join(dir, 'lists', 'nets.txt'), '192.0.2.0/24\n');
+            ok(await rec.until(decides('192.0.2.1', 'reject')));
+            fs.writeFileSync(
+                path.join(dir, '20-more.yaml'),
+                'rules:\n  - { id: all, stage: connect, action: tag, score: 1 }\n',
+            );
+            set = ok(await rec.until((r) => 'ok' in r && r.ok.rules.length === 2));
+            assert.deepEqual(
+                set.rules.map((r) => r.id),
+                ['nets', 'all'],
+            );
+        } finally {
+            watcher.close();
+        }
+        // After close, changes are not reported.
+        const before = rec.received;
+        fs.writeFileSync(path.join(dir, '10-nets.yaml'), RULES('accept'));
+        await new Promise((r) => setTimeout(r, 400));
+        assert.equal(rec.received, before);
+    });
+
+    it('starts watching a lists folder created after the watcher', async () => {
+        const dir = folderWith({ '10-rules.yaml': 'rules: []\n' });
+        const rec = recorder();
+        const watcher = watchRuleSet(dir, { softReject: false, debounceMs: 50, onChange: rec.onChange });
+        try {
+            fs.mkdirSync(path.join(dir, 'lists'));
+            fs.writeFileSync(path.join(dir, 'lists', 'nets.txt'), '192.0.2.0/24\n');
+            fs.writeFileSync(path.join(dir, '10-rules.yaml'), RULES('reject'));
+            ok(await rec.until(decides('192.0.2.1', 'reject')));
+            fs.writeFileSync(path.join(dir, 'lists', 'nets.txt'), '203.0.113.0/24\n');
+            const set = ok(await rec.until(decides('203.0.113.1', 'reject')));
+            assert.equal(set.decide('connect', { 'client.ip': '192.0.2.1' }).action, 'accept');
+        } finally {
+            watcher.close();
+        }
+    });
+});
