@@ -18,6 +18,8 @@ export interface MessageSource {
 
 export interface CheckContext {
     readonly stage: Stage;
+    /** The SMTP session's id (for state a check keeps per connection, such as concurrency leases). */
+    readonly sessionId: string;
     /** Facts known before this stage's checks ran. */
     readonly facts: Facts;
     /** The client as seen by the listener. */
@@ -41,6 +43,8 @@ export interface Check {
     readonly timeoutMs: number;
     readonly onError: 'tempfail' | 'ignore';
     run(ctx: CheckContext, signal: AbortSignal): Promise<CheckResult>;
+    /** Called once when the SMTP session ends, to release per-connection state; must not throw. */
+    end?(sessionId: string): Promise<void>;
 }
 
 export interface CheckOutcome {

@@ -151,6 +151,7 @@ export class Session {
         facts: Facts,
     ): Promise<{ facts: Facts; decision: Decision; checks: readonly CheckOutcome[] }> {
         const context = {
+            sessionId: this.id,
             facts,
             client: this.identity(),
             envelope: {
@@ -342,6 +343,7 @@ export class Session {
                 'data',
                 this.deps.checks,
                 {
+                    sessionId: this.id,
                     facts,
                     client: this.identity(),
                     envelope: { mailFrom: tx.mailFrom, rcptTo: tx.rcpts },
@@ -507,6 +509,7 @@ export class Session {
         this.closed = true;
         const up = this.upstream;
         this.upstream = null;
+        await Promise.all(this.deps.checks.map((c) => c.end?.(this.id).catch(() => undefined)));
         if (up) await up.close();
     }
 }

@@ -119,6 +119,7 @@ export async function explainMessage(
         ): Promise<{ decision: Decision; facts: Facts; headers: readonly HeaderField[] }> => {
             trace = [];
             const ctx = {
+                sessionId,
                 facts: { ...facts, score },
                 client,
                 envelope: { mailFrom: input.mailFrom, rcptTo: input.rcpts },
@@ -219,6 +220,7 @@ export async function explainMessage(
         const ok = replyFor('accepted', { id: sessionId, queueId: null });
         return { version: VERSION, stages, decision, reply: ok, headers, stoppedAt: 'data' };
     } finally {
+        await Promise.all(checks.map((c) => c.end?.(sessionId).catch(() => undefined)));
         await spool.dispose();
         resolver.close();
     }

@@ -79,6 +79,7 @@ export function context(msg: string, o: ContextOptions = {}): CheckContext {
     const buf = Buffer.from(msg);
     return {
         stage: 'data',
+        sessionId: 'test',
         facts: o.facts ?? {},
         client: {
             ip: o.ip ?? '192.0.2.10',

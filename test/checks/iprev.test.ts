@@ -17,6 +17,7 @@ import { sendMail } from '../helpers/smtp-client.ts';
 function ctx(ip: string): CheckContext {
     return {
         stage: 'connect',
+        sessionId: 'test',
         facts: {},
         client: { ip, port: 1, ptr: null, helo: null, proto: 'ESMTP', login: null },
         envelope: { mailFrom: null, rcptTo: [] },
