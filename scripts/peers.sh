@@ -1,12 +1,15 @@
 # Sourced by test.sh and bench.sh: mw_install_peers installs the Debian packages the
-# real-peer tests and the benchmark run (Postfix, Redis, OpenSSL) when their binaries are
-# missing, without letting the package install start the system's Postfix or Redis.
+# real-peer tests and the benchmark run (Postfix, Redis, OpenSSL, Dovecot, Prometheus with
+# promtool) when their binaries are missing, without letting the package install start the
+# system's Postfix, Redis, Dovecot or Prometheus.
 # It must not change any other system setting, and without root it only explains what to install.
 mw_install_peers() {
     mw_missing=""
     [ -x /usr/sbin/postfix ] || command -v postfix >/dev/null 2>&1 || mw_missing="$mw_missing postfix"
     [ -x /usr/bin/redis-server ] || command -v redis-server >/dev/null 2>&1 || mw_missing="$mw_missing redis-server"
     command -v openssl >/dev/null 2>&1 || mw_missing="$mw_missing openssl"
+    [ -x /usr/sbin/dovecot ] || command -v dovecot >/dev/null 2>&1 || mw_missing="$mw_missing dovecot-core"
+    { [ -x /usr/bin/prometheus ] && [ -x /usr/bin/promtool ]; } || mw_missing="$mw_missing prometheus"
     [ -n "$mw_missing" ] || return 0
 
     printf '\n=== installing test peers:%s ===\n' "$mw_missing"

@@ -18,6 +18,7 @@ import { createResolver, type Resolver } from './dns/resolver.ts';
 import { acceptAll, type Check } from './pipeline.ts';
 import { replyFor } from './reply.ts';
 import { loadRuleSet, watchRuleSet, withRuleHits, type RuleSet, type RuleWatcher } from './rules/index.ts';
+import { createDkimSignerFromConfig, createSubmissionAuth, type DkimSigner } from './submission/index.ts';
 import type { Decider } from './types.ts';
 import { createUpstream } from './upstream/index.ts';
 import type { Upstream } from './upstream/types.ts';
@@ -29,7 +30,9 @@ export interface AppDeps {
     readonly upstream?: Upstream;
     readonly decider?: Decider;
     readonly checks?: readonly Check[];
+    /** Overrides the login backend built from `auth:` (tests). */
     readonly auth?: AuthBackend | null;
+    readonly signer?: DkimSigner | null;
     readonly metrics?: Metrics;
     readonly resolver?: Resolver;
 }
@@ -97,6 +100,28 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
     let httpPort: number | null = null;
     const reloaders: { name: string; fn: () => void }[] = [];
 
+    const submission =
+        deps.auth !== undefined
+            ? null
+            : config.auth
+              ? createSubmissionAuth(config.auth, {
+                    // the users (or sendAs) file changed on disk and was re-read
+                    onReload: (e) => {
+                        metrics.configReloads.inc({ result: e.ok ? 'ok' : 'error' });
+                        if (e.ok) log.info({ reload: 'users', how: 'file change' }, 'reloaded');
+                        else
+                            log.error(
+                                { reload: 'users', how: 'file change', issues: String(e.error ?? '').split('\n') },
+                                'reload failed; the previous version stays in force',
+                            );
+                    },
+                })
+              : null;
+    const auth: AuthBackend | null = deps.auth !== undefined ? deps.auth : submission;
+    const signer =
+        deps.signer !== undefined ? deps.signer : config.dkim ? createDkimSignerFromConfig(config.dkim) : null;
+    if (submission) reloaders.push({ name: 'users', fn: () => submission.reload() });
+
     const listeners: RunningListener[] = config.listeners.map((l) =>
         createListener(config, l, {
             config,
@@ -107,7 +132,8 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
             log,
             now,
             isDraining: () => draining,
-            auth: deps.auth ?? null,
+            auth,
+            signer,
         }),
     );
 
@@ -243,6 +269,7 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
                 });
             }
             if (!deps.resolver) resolver.close();
+            submission?.close();
             log.info('stopped');
         },
     };

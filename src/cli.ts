@@ -15,6 +15,10 @@ Commands:
   explain [-c FILE] --client-ip IP [--helo NAME] --mail-from ADDR --rcpt ADDR [--rcpt ADDR…]
           [--listener NAME] [--auth-user USER] [--json] MESSAGE.eml
                       run every check and rule on a message without sending it, and show why
+  users add|passwd|remove|list [--file FILE] [--send-as ADDR…] [LOGIN]
+                      manage the submission users file (passwords stored as argon2id only)
+  dkim keygen --domain D --selector S [--type rsa|ed25519] [--bits N] [--out FILE]
+                      make a DKIM signing key and print the DNS record to publish
   help                show this text
 
 Options:
@@ -65,6 +69,25 @@ async function main(argv: string[]): Promise<number> {
                 err: (text) => process.stderr.write(text),
                 env: process.env,
                 resolveConfigPath: (flag) => resolveConfigPath({ flag, env: process.env, cwd: process.cwd() }),
+            });
+        }
+        case 'users': {
+            const { runUsers } = await import('./commands/users.ts');
+            return runUsers(argv.slice(argv.indexOf('users') + 1), {
+                stdin: process.stdin,
+                out: (line) => process.stdout.write(`${line}\n`),
+                err: (line) => process.stderr.write(`${line}\n`),
+                prompt: (text) => process.stderr.write(text),
+                env: process.env,
+                cwd: process.cwd(),
+            });
+        }
+        case 'dkim': {
+            const { runDkim } = await import('./commands/dkim.ts');
+            return runDkim(argv.slice(argv.indexOf('dkim') + 1), {
+                out: (line) => process.stdout.write(`${line}\n`),
+                err: (line) => process.stderr.write(`${line}\n`),
+                cwd: process.cwd(),
             });
         }
         case 'help':

@@ -12,16 +12,18 @@ import { smtpServerLogger, type Logger } from './log.ts';
 import { compileCidrs } from './net/cidr.ts';
 import { replyFor, toCallbackError, SmtpReplyError } from './reply.ts';
 import { Session, type SessionDeps } from './session.ts';
+import type { AuthContext, AuthOutcome, SenderPolicy } from './submission/index.ts';
 import { patchConnectionReplies } from './smtp-server-replies.ts';
 
-/** Verifies SMTP AUTH credentials. */
+/** Verifies SMTP AUTH credentials and knows which addresses each login may send as. */
 export interface AuthBackend {
-    verify(login: string, password: string): Promise<'ok' | 'invalid' | 'unavailable'>;
+    authenticate(login: string, password: string, context?: AuthContext): Promise<AuthOutcome>;
+    /** The addresses `login` may use as envelope and header sender. */
+    sendAs(login: string): SenderPolicy;
 }
 
 export interface ListenerDeps extends Omit<SessionDeps, 'listener' | 'log'> {
     readonly log: Logger;
-    readonly auth: AuthBackend | null;
 }
 
 /**
@@ -104,16 +106,32 @@ export function createListener(config: Config, listener: ListenerConfig, deps: L
 
         onAuth(auth, smtp, cb) {
             const backend = deps.auth;
-            const done = (result: 'ok' | 'invalid' | 'unavailable'): void => {
-                deps.metrics.smtpAuth.inc({ listener: listener.name, result });
-                if (result === 'ok') return cb(null, { user: auth.username });
-                const reply = replyFor(result === 'invalid' ? 'auth-invalid' : 'auth-unavailable', { id: smtp.id });
+            const done = (outcome: AuthOutcome): void => {
+                deps.metrics.smtpAuth.inc({ listener: listener.name, result: outcome.result });
+                // the login is logged, the password never is
+                log.info(
+                    { session: smtp.id, login: auth.username, result: outcome.result, reason: outcome.reason },
+                    'auth',
+                );
+                if (outcome.result === 'ok') return cb(null, { user: outcome.user ?? auth.username });
+                const reply = replyFor(outcome.result === 'invalid' ? 'auth-invalid' : 'auth-unavailable', {
+                    id: smtp.id,
+                });
                 cb(toCallbackError(reply));
             };
-            if (!backend || auth.method === 'XOAUTH2' || auth.method === 'CRAM-MD5') return done('unavailable');
-            backend.verify(auth.username ?? '', auth.password ?? '').then(done, (err: unknown) => {
+            if (!backend || (auth.method !== 'PLAIN' && auth.method !== 'LOGIN')) {
+                return done({ result: 'unavailable', reason: 'no login service for this method' });
+            }
+            const context: AuthContext = {
+                localIp: smtp.localAddress,
+                localPort: smtp.localPort,
+                remoteIp: smtp.remoteAddress,
+                remotePort: smtp.remotePort,
+                secured: smtp.secure,
+            };
+            backend.authenticate(auth.username ?? '', auth.password ?? '', context).then(done, (err: unknown) => {
                 log.error({ session: smtp.id, err }, 'auth backend failed');
-                done('unavailable');
+                done({ result: 'unavailable', reason: 'backend error' });
             });
         },
 

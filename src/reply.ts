@@ -20,7 +20,8 @@ export type Situation =
     | 'auth-tls-required'
     | 'auth-invalid'
     | 'auth-unavailable'
-    | 'header-too-big';
+    | 'header-too-big'
+    | 'sender-not-owned';
 
 interface ReplyTemplate {
     code: number;
@@ -33,6 +34,9 @@ export interface ReplyDetail {
     readonly id: string;
     readonly limit?: number;
     readonly queueId?: string | null;
+    /** Sender address and login, for `sender-not-owned`. */
+    readonly address?: string;
+    readonly login?: string;
 }
 
 const TABLE: Readonly<Record<Situation, ReplyTemplate>> = {
@@ -99,6 +103,12 @@ const TABLE: Readonly<Record<Situation, ReplyTemplate>> = {
         code: 535,
         enhanced: '5.7.8',
         text: () => 'Authentication failed: the user name or password is wrong',
+    },
+    'sender-not-owned': {
+        code: 553,
+        enhanced: '5.7.1',
+        text: (d) =>
+            `Sender address rejected: ${d.address ?? ''} is not an address the login ${d.login ?? ''} may send as; use one of your own addresses or ask your postmaster to add this one`,
     },
     'auth-unavailable': {
         code: 454,

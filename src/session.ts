@@ -18,6 +18,8 @@ import { runStage, type Check, type CheckOutcome } from './pipeline.ts';
 import { replyFor, replyForDecision, toCallbackError, type SmtpReplyError } from './reply.ts';
 import { relayedReply } from './upstream-reply.ts';
 import { domainOf, forwardHeaders, messageFacts } from './message-facts.ts';
+import type { AuthBackend } from './listener.ts';
+import { checkHeaderSenders, mayUse, parseAddresses, type DkimSigner } from './submission/index.ts';
 import type { Decider, Decision, Facts, FactValue, HeaderField, SmtpReply, Stage } from './types.ts';
 import {
     UpstreamError,
@@ -39,6 +41,10 @@ export interface SessionDeps {
     readonly log: Logger;
     readonly now: () => number;
     readonly isDraining: () => boolean;
+    /** Submission logins and their sender bindings (null: no submission listener). */
+    readonly auth: AuthBackend | null;
+    /** Signs authenticated mail before it goes upstream (null: no DKIM keys configured). */
+    readonly signer: DkimSigner | null;
 }
 
 /** Largest header section we parse in memory (Postfix's header_size_limit is 100 KB). */
@@ -214,6 +220,7 @@ export class Session {
             this.heloEvaluated = helo;
         }
         const from = address.address;
+        this.checkEnvelopeSender(from);
         const facts: Facts = {
             ...this.connectionFacts(),
             'mail.from': from,
@@ -338,6 +345,13 @@ export class Session {
             const fields = parseHeaderSection(section);
             const { kept, removed } = filterIncomingFields(fields, this.deps.config.hostname);
             if (removed.length > 0) record.removedHeaders = removed;
+            const notOwned = this.headerSenderRefusal(kept);
+            if (notOwned) {
+                action = 'reject';
+                record.reason = notOwned.reason;
+                await this.abandonUpstream();
+                throw this.refuse(notOwned.reply);
+            }
             const facts = { ...tx.facts, ...messageFacts(kept, summary), score: tx.score };
             const result = await runStage(
                 'data',
@@ -371,7 +385,9 @@ export class Session {
                 throw this.refuse(this.withId(refusal));
             }
             const head = this.ourHeaders(decision, tx, [...tx.rulesSeen, ...decision.rules], result.headers);
-            const message = this.composeMessage(head, kept, spool, summary);
+            const signature = await this.dkimSignature(head, kept, spool, summary, result.facts['header.from.domain']);
+            if (signature) record.dkimSigned = true;
+            const message = this.composeMessage(signature ? [signature, ...head] : head, kept, spool, summary);
             const up = this.upstream;
             let reply: UpstreamReply;
             const upstreamStarted = this.deps.now();
@@ -417,6 +433,56 @@ export class Session {
 
     private observeChecks(checks: readonly CheckOutcome[]): void {
         for (const c of checks) this.deps.metrics.checkDuration.observe({ check: c.name }, c.ms / 1000);
+    }
+
+    /** The SASL login of this session on a submission listener, or null. */
+    private submissionLogin(): string | null {
+        return this.deps.listener.mode === 'submission' ? this.identity().login : null;
+    }
+
+    /**
+     * Submission: the envelope sender must be one the login may use (Postfix's
+     * reject_sender_login_mismatch); `553 5.7.1` otherwise. The null sender is never allowed.
+     */
+    private checkEnvelopeSender(from: string): void {
+        const login = this.submissionLogin();
+        if (login === null || !this.deps.auth) return;
+        if (mayUse(login, from, this.deps.auth.sendAs(login))) return;
+        this.log.info({ login, from }, 'sender not owned by login');
+        throw this.refuse(this.withId(replyFor('sender-not-owned', { id: this.id, address: from || '<>', login })));
+    }
+
+    /** Submission: every From and Sender address must be one the login may use. */
+    private headerSenderRefusal(fields: readonly RawField[]): { reply: SmtpReply; reason: string } | null {
+        const login = this.submissionLogin();
+        if (login === null || !this.deps.auth) return null;
+        const values = (name: string): string[] => {
+            const out: string[] = [];
+            for (const f of fields.filter((x) => x.name.toLowerCase() === name)) {
+                const value = f.raw
+                    .toString('utf8')
+                    .replace(/^[^:]*:/, '')
+                    .replace(/\r\n/g, '');
+                const parsed = parseAddresses(value);
+                // an unparsable field fails closed: it cannot be shown to belong to the login
+                out.push(...(parsed ?? [value.trim() || '(unreadable)']));
+            }
+            return out;
+        };
+        const result = checkHeaderSenders(
+            login,
+            { from: values('from'), sender: values('sender') },
+            this.deps.auth.sendAs(login),
+        );
+        if (result.ok) return null;
+        return {
+            reply: replyFor('sender-not-owned', {
+                id: this.id,
+                address: 'address' in result ? result.address : result.field,
+                login,
+            }),
+            reason: `header ${result.field}: ${result.reason}`,
+        };
     }
 
     /** Refusals that come from the protocol, before any policy: size, line endings, header size. */
@@ -475,6 +541,22 @@ export class Session {
         });
     }
 
+    /**
+     * Submission: a DKIM-Signature over exactly what goes upstream, for logged-in senders whose
+     * From domain has a key. It goes on top, so our other fields are not part of what it covers
+     * unless listed in h= (they are not).
+     */
+    private async dkimSignature(
+        head: readonly HeaderField[],
+        kept: readonly RawField[],
+        spool: MessageSpool,
+        summary: SpoolSummary,
+        fromDomain: FactValue | undefined,
+    ): Promise<HeaderField | null> {
+        if (!this.deps.signer || this.submissionLogin() === null || typeof fromDomain !== 'string') return null;
+        return this.deps.signer.sign(this.composeMessage(head, kept, spool, summary), fromDomain);
+    }
+
     /** Our fields, then the kept incoming fields, then the rest of the message from the empty line on. */
     private composeMessage(
         head: readonly HeaderField[],
@@ -509,7 +591,9 @@ export class Session {
         this.closed = true;
         const up = this.upstream;
         this.upstream = null;
-        await Promise.all(this.deps.checks.map((c) => c.end?.(this.id).catch(() => undefined)));
+        await Promise.all(
+            this.deps.checks.map((c) => (c.end ? c.end(this.id).catch(() => undefined) : Promise.resolve())),
+        );
         if (up) await up.close();
     }
 }

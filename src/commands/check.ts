@@ -6,6 +6,7 @@
 import { ConfigError, formatIssue, loadConfig, type Issue } from '../config/load.ts';
 import type { Config } from '../config/types.ts';
 import { checkRules } from '../rules/index.ts';
+import { submissionFilesCheck } from '../submission/index.ts';
 
 /** A further check run on a loaded config (for example: every rule file parses and validates). */
 export interface CheckValidator {
@@ -19,6 +20,8 @@ export interface CheckValidator {
 export const checkValidators: CheckValidator[] = [
     // every rule file and list parses and validates, and every `cases:` example gives its expected decision
     { name: 'rules', validate: (config) => checkRules(config.rules, { softReject: config.softReject }) },
+    // the submission users (or sendAs) file parses, and holds only password hashes
+    submissionFilesCheck,
 ];
 
 export interface CheckOptions {

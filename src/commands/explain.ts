@@ -220,7 +220,7 @@ export async function explainMessage(
         const ok = replyFor('accepted', { id: sessionId, queueId: null });
         return { version: VERSION, stages, decision, reply: ok, headers, stoppedAt: 'data' };
     } finally {
-        await Promise.all(checks.map((c) => c.end?.(sessionId).catch(() => undefined)));
+        await Promise.all(checks.map((c) => (c.end ? c.end(sessionId).catch(() => undefined) : Promise.resolve())));
         await spool.dispose();
         resolver.close();
     }

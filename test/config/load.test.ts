@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import { generateKeyPairSync } from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -605,7 +606,13 @@ describe('docs/configuration.md', () => {
         const section = doc.slice(doc.indexOf('## A complete example'));
         const yaml = /```yaml\n([\s\S]*?)```/.exec(section)?.[1];
         assert.ok(yaml, 'the example is a yaml block');
-        const dir = folderWith({ ...USERS, 'rules/.keep': '', 'spool/.keep': '' });
+        const dkimKey = generateKeyPairSync('ed25519').privateKey.export({ type: 'pkcs8', format: 'pem' }).toString();
+        const dir = folderWith({
+            ...USERS,
+            'rules/.keep': '',
+            'spool/.keep': '',
+            'dkim/example.com.s2026.key': dkimKey,
+        });
         fs.copyFileSync(CERT, path.join(dir, 'tls.crt'));
         fs.copyFileSync(KEY, path.join(dir, 'tls.key'));
         const local = yaml
@@ -618,5 +625,9 @@ describe('docs/configuration.md', () => {
             ['mx mx starttls', 'submission submission starttls', 'submissions submission implicit'],
         );
         assert.deepEqual(config.redis, { url: 'redis://127.0.0.1:6379' });
+        assert.deepEqual(
+            config.dkim?.sign.map((k) => `${k.domain} ${k.selector}`),
+            ['example.com s2026'],
+        );
     });
 });

@@ -1,60 +1,81 @@
 /**
- * Submission listeners end to end with real TLS: AUTH is neither offered nor accepted before
- * STARTTLS (538 5.7.11), MAIL before AUTH gets 530 5.7.0, wrong credentials 535 5.7.8, a
- * login service that cannot answer 454 4.7.0 (never 535), and a successful login reaches the
- * upstream as XCLIENT LOGIN. The credential backend is injected (the users-file backend has
- * its own tests); everything else is the real listener.
+ * Submission listeners end to end with real TLS and the real users file: AUTH is neither
+ * offered nor accepted before STARTTLS (538 5.7.11), MAIL before AUTH gets 530 5.7.0, wrong
+ * credentials 535 5.7.8, a login service that cannot answer 454 4.7.0 (never 535); the
+ * sender-binding matrix (envelope and header From/Sender: own address, own domain wildcard,
+ * subaddress, someone else's, the null sender) answers 553 5.7.1; a successful login reaches
+ * the upstream as XCLIENT LOGIN; outgoing mail is DKIM-signed and the signature verifies.
  */
 import assert from 'node:assert/strict';
+import { generateKeyPairSync } from 'node:crypto';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import type { AuthBackend } from '../../src/listener.ts';
+import { hash } from '@node-rs/argon2';
+import { authenticate } from 'mailauth';
+import { createResolver } from '../../src/dns/resolver.ts';
 import { startApp, type TestApp } from '../helpers/app.ts';
-import { startScriptedUpstream, type ScriptedUpstream } from '../helpers/scripted-upstream.ts';
-import { smtpConnect } from '../helpers/smtp-client.ts';
+import { startDnsServer, type DnsTestServer } from '../helpers/dns-server.ts';
+import { startScriptedUpstream, unstuff, type ScriptedUpstream } from '../helpers/scripted-upstream.ts';
+import { freePort, smtpConnect, type SmtpClient } from '../helpers/smtp-client.ts';
 import { createTestCertificate, type TestCertificate } from '../helpers/tls-cert.ts';
 
-const backend: AuthBackend = {
-    verify: (login, password) =>
-        Promise.resolve(
-            login === 'down@example.test'
-                ? 'unavailable'
-                : login === 'alice@example.test' && password === 'correct horse'
-                  ? 'ok'
-                  : 'invalid',
-        ),
-};
 const plain = (user: string, pass: string): string => Buffer.from(`\0${user}\0${pass}`).toString('base64');
 
 describe('submission listener', () => {
     let cert: TestCertificate;
     let up: ScriptedUpstream;
+    let dns: DnsTestServer;
     let mw: TestApp;
+    let dkimRecord: string;
     before(async () => {
         cert = await createTestCertificate();
         up = await startScriptedUpstream({ ehlo: ['XCLIENT NAME ADDR PORT PROTO HELO LOGIN', 'SIZE 1000000'] });
         const users = join(cert.dir, 'users.yaml');
-        writeFileSync(users, 'users: []\n');
+        const pw = await hash('correct horse');
+        writeFileSync(
+            users,
+            `users:\n  - login: alice@example.test\n    password: '${pw}'\n    sendAs: [alice@example.test, '@alice.example']\n`,
+        );
+        const { privateKey, publicKey } = generateKeyPairSync('rsa', { modulusLength: 2048 });
+        const keyFile = join(cert.dir, 'dkim.key');
+        writeFileSync(keyFile, privateKey.export({ type: 'pkcs8', format: 'pem' }), { mode: 0o600 });
+        dkimRecord = `v=DKIM1; k=rsa; p=${publicKey.export({ type: 'spki', format: 'der' }).toString('base64')}`;
+        dns = await startDnsServer({ 'mw._domainkey.example.test': { TXT: [dkimRecord] } });
         mw = await startApp(
             [
                 'hostname: mx.example.test',
                 `tls: { cert: "${cert.certPath}", key: "${cert.keyPath}" }`,
                 `auth: { users: "${users}" }`,
+                `dkim: { sign: [ { domain: example.test, selector: mw, key: "${keyFile}" } ] }`,
                 'listeners:',
                 '  - { name: submission, host: 127.0.0.1, port: 0, mode: submission }',
                 '  - { name: submissions, host: 127.0.0.1, port: 0, mode: submission, tls: implicit }',
                 `upstream: { url: "smtp://127.0.0.1:${up.port}" }`,
+                `dns: { servers: ["${dns.address}"], timeout: 1s }`,
                 'http: false',
             ].join('\n'),
-            { auth: backend },
         );
     });
     after(async () => {
         await mw.stop();
         await up.close();
+        await dns.close();
         cert.cleanup();
     });
+
+    async function loggedIn(): Promise<SmtpClient> {
+        const c = await smtpConnect(mw.port('submissions'), {
+            tls: 'implicit',
+            ca: cert.cert,
+            servername: 'localhost',
+        });
+        await c.greeting();
+        await c.cmd('EHLO laptop.example');
+        const r = await c.cmd(`AUTH PLAIN ${plain('alice@example.test', 'correct horse')}`);
+        assert.equal(r.code, 235, r.raw);
+        return c;
+    }
 
     it('offers STARTTLS but not AUTH before TLS, and refuses AUTH there with 538 5.7.11', async () => {
         const c = await smtpConnect(mw.port('submission'));
@@ -78,12 +99,11 @@ describe('submission listener', () => {
         await c.starttls({ ca: cert.cert, servername: 'localhost' });
         const ehlo = await c.cmd('EHLO laptop.example');
         assert.ok(ehlo.lines.includes('AUTH PLAIN LOGIN'), ehlo.text);
-        const r2 = await c.cmd('MAIL FROM:<alice@example.test>');
-        assert.equal(r2.code, 530);
+        assert.equal((await c.cmd('MAIL FROM:<alice@example.test>')).code, 530);
         c.close();
     });
 
-    it('answers 535 5.7.8 to wrong credentials and 454 4.7.0 when the login service is down', async () => {
+    it('answers 535 5.7.8 to a wrong password and to an unknown login', async () => {
         const c = await smtpConnect(mw.port('submissions'), {
             tls: 'implicit',
             ca: cert.cert,
@@ -94,45 +114,124 @@ describe('submission listener', () => {
         const wrong = await c.cmd(`AUTH PLAIN ${plain('alice@example.test', 'wrong')}`);
         assert.equal(wrong.code, 535);
         assert.match(wrong.text, /^5\.7\.8 /);
-        const down = await c.cmd(`AUTH PLAIN ${plain('down@example.test', 'whatever')}`);
-        assert.equal(down.code, 454);
-        assert.match(down.text, /^4\.7\.0 /);
+        const unknown = await c.cmd(`AUTH PLAIN ${plain('mallory@example.test', 'x')}`);
+        assert.equal(unknown.code, 535);
+        c.close();
+        assert.ok(!JSON.stringify(mw.logs).includes('correct horse'), 'no password in the logs');
+    });
+
+    it('binds the envelope sender to the login: own address, domain wildcard and subaddress pass; others get 553 5.7.1', async () => {
+        const c = await loggedIn();
+        for (const ok of [
+            'alice@example.test',
+            'Alice@Example.Test',
+            'alice+lists@example.test',
+            'anyone@alice.example',
+        ]) {
+            assert.equal((await c.cmd(`MAIL FROM:<${ok}>`)).code, 250, ok);
+            await c.cmd('RSET');
+        }
+        for (const bad of ['bob@example.test', 'alice@example.test.evil', '']) {
+            const r = await c.cmd(`MAIL FROM:<${bad}>`);
+            assert.equal(r.code, 553, `${bad}: ${r.raw}`);
+            assert.match(
+                r.text,
+                /^5\.7\.1 Sender address rejected: .* is not an address the login alice@example\.test may send as/,
+            );
+        }
         c.close();
     });
 
-    it('passes the login upstream with XCLIENT LOGIN after a successful AUTH', async () => {
-        const c = await smtpConnect(mw.port('submissions'), {
-            tls: 'implicit',
-            ca: cert.cert,
-            servername: 'localhost',
-        });
-        await c.greeting();
-        const ehlo = await c.cmd('EHLO laptop.example');
-        assert.ok(ehlo.lines.includes('AUTH PLAIN LOGIN'));
-        assert.equal((await c.cmd(`AUTH PLAIN ${plain('alice@example.test', 'correct horse')}`)).code, 235);
+    it('binds header From and Sender to the login too', async () => {
+        const cases: [string, number][] = [
+            ['From: Alice <alice@example.test>\r\n', 250],
+            ['From: Someone <anyone@alice.example>\r\n', 250],
+            ['From: Bob <bob@example.test>\r\n', 553],
+            ['From: Alice <alice@example.test>\r\nSender: bob@example.test\r\n', 553],
+            ['From: alice@example.test, ceo@bank.example\r\n', 553],
+        ];
+        for (const [head, code] of cases) {
+            const c = await loggedIn();
+            await c.cmd('MAIL FROM:<alice@example.test>');
+            await c.cmd('RCPT TO:<bob@example.net>');
+            await c.cmd('DATA');
+            c.write(`${head}Subject: binding\r\n\r\nbody\r\n.\r\n`);
+            const r = await c.reply();
+            assert.equal(r.code, code, `${JSON.stringify(head)}: ${r.raw}`);
+            if (code === 553) assert.match(r.text, /^5\.7\.1 /);
+            c.close();
+        }
+    });
+
+    it('passes the login upstream with XCLIENT LOGIN and DKIM-signs the message', async () => {
+        const c = await loggedIn();
         assert.equal((await c.cmd('MAIL FROM:<alice@example.test>')).code, 250);
         assert.equal((await c.cmd('RCPT TO:<bob@example.net>')).code, 250);
+        await c.cmd('DATA');
+        c.write(
+            'From: Alice <alice@example.test>\r\nTo: bob@example.net\r\nSubject: signed\r\nDate: Sun, 29 Nov 2026 01:00:00 +0000\r\nMessage-ID: <s1@example.test>\r\n\r\nHello Bob.\r\n.\r\n',
+        );
+        assert.equal((await c.reply()).code, 250);
         c.close();
         await up.idle();
         const xclient = up.connections.at(-1)!.xclient[0]!;
         assert.equal(xclient.LOGIN, 'alice@example.test');
-        assert.equal(xclient.HELO, 'laptop.example');
+        const data = unstuff(up.transactions.at(-1)!.data!);
+        assert.match(data.toString('latin1'), /^DKIM-Signature: /);
+        const resolver = createResolver({ servers: [dns.address], timeoutMs: 1000 });
+        try {
+            const res = await authenticate(data, {
+                ip: '192.0.2.1',
+                helo: 'laptop.example',
+                sender: 'alice@example.test',
+                mta: 'verifier.test',
+                resolver: resolver.resolve as never,
+                disableBimi: true,
+            });
+            const dkim = res.dkim.results[0];
+            assert.equal(dkim?.status.result, 'pass', JSON.stringify(dkim?.status));
+            assert.equal(dkim?.signingDomain, 'example.test');
+        } finally {
+            resolver.close();
+        }
     });
 
     it('gives smtp-server replies enhanced codes too', async () => {
-        const c = await smtpConnect(mw.port('submissions'), {
-            tls: 'implicit',
-            ca: cert.cert,
-            servername: 'localhost',
-        });
-        await c.greeting();
-        await c.cmd('EHLO laptop.example');
+        const c = await loggedIn();
         const r = await c.cmd('RCPT TO:<bob@example.net>');
         assert.equal(r.code, 503);
         assert.match(r.text, /^5\.5\.1 /);
         const u = await c.cmd('FOO bar');
         assert.equal(u.code, 500);
         assert.match(u.text, /^5\.5\.2 /);
+        c.close();
+    });
+});
+
+describe('submission with Dovecot unreachable', () => {
+    it('answers 454 4.7.0, never 535', async (t) => {
+        const cert = await createTestCertificate();
+        const port = await freePort();
+        const mw = await startApp(
+            [
+                'hostname: mx.example.test',
+                `tls: { cert: "${cert.certPath}", key: "${cert.keyPath}" }`,
+                `auth: { dovecot: "127.0.0.1:${port}" }`,
+                'listeners: [{ name: submissions, host: 127.0.0.1, port: 0, mode: submission, tls: implicit }]',
+                'upstream: { url: "smtp://127.0.0.1:1" }',
+                'http: false',
+            ].join('\n'),
+        );
+        t.after(async () => {
+            await mw.stop();
+            cert.cleanup();
+        });
+        const c = await smtpConnect(mw.port(), { tls: 'implicit', ca: cert.cert, servername: 'localhost' });
+        await c.greeting();
+        await c.cmd('EHLO laptop.example');
+        const r = await c.cmd(`AUTH PLAIN ${plain('alice@example.test', 'whatever')}`);
+        assert.equal(r.code, 454, r.raw);
+        assert.match(r.text, /^4\.7\.0 /);
         c.close();
     });
 });

@@ -1,0 +1,26 @@
+/**
+ * The shapes shared by the submission credential backends (users file, Dovecot): the result of
+ * checking SMTP AUTH credentials (RFC 4954), the connection facts passed along, and the
+ * canonical user name. Declarations only.
+ */
+
+/** 'invalid' → 535 5.7.8; 'unavailable' → 454 4.7.0 (RFC 4954 section 6). */
+export type AuthResult = 'ok' | 'invalid' | 'unavailable';
+
+/** What the proxy knows about the connection; Dovecot uses it for its logs, penalties and policies. */
+export interface AuthContext {
+    readonly localIp?: string;
+    readonly localPort?: number;
+    readonly remoteIp?: string;
+    readonly remotePort?: number;
+    /** The connection is protected by TLS (default true: submission takes AUTH only after TLS). */
+    readonly secured?: boolean;
+}
+
+export interface AuthOutcome {
+    readonly result: AuthResult;
+    /** On 'ok': the canonical user name (as the users file writes it, or as Dovecot reports it). */
+    readonly user?: string;
+    /** Why it is not 'ok', for logs (never contains the password). */
+    readonly reason?: string;
+}
