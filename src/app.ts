@@ -5,6 +5,7 @@
  * endpoint; stop() drains: no new connections, `421 4.3.2` to sessions that are not in the
  * middle of a message, messages in flight finish within the shutdown timeout.
  */
+import { randomUUID } from 'node:crypto';
 import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { Config } from './config/types.ts';
@@ -15,10 +16,19 @@ import { createMetrics, type Metrics } from './metrics.ts';
 import { createMailauthCheck } from './auth/mailauth.ts';
 import { createIprevCheck } from './checks/iprev.ts';
 import { createResolver, type Resolver } from './dns/resolver.ts';
+import {
+    createConfiguredStore,
+    createRateLimitCheck,
+    waitForStore,
+    type LimitStore,
+    type RateLimitCheckOptions,
+} from './limits/index.ts';
 import { acceptAll, type Check } from './pipeline.ts';
 import { replyFor } from './reply.ts';
 import { loadRuleSet, watchRuleSet, withRuleHits, type RuleSet, type RuleWatcher } from './rules/index.ts';
 import { createDkimSignerFromConfig, createSubmissionAuth, type DkimSigner } from './submission/index.ts';
+import { createLoginGuard } from './submission/login-guard.ts';
+import { createLoginSignalsCheck } from './submission/login-signals.ts';
 import type { Decider } from './types.ts';
 import { createUpstream } from './upstream/index.ts';
 import type { Upstream } from './upstream/types.ts';
@@ -35,6 +45,8 @@ export interface AppDeps {
     readonly signer?: DkimSigner | null;
     readonly metrics?: Metrics;
     readonly resolver?: Resolver;
+    /** The store of rate limits and greylisting; built from `redis:` (or in memory) when left out. */
+    readonly limitStore?: LimitStore;
 }
 
 export interface App {
@@ -63,8 +75,17 @@ interface SmtpConnectionLike {
 }
 
 /** The checks of a running proxy, in the order their facts and headers are merged. */
-export function defaultChecks(config: Config, resolver: Resolver, metrics: Metrics): Check[] {
+export function defaultChecks(
+    config: Config,
+    resolver: Resolver,
+    metrics: Metrics,
+    limits?: RateLimitCheckOptions,
+): Check[] {
     return [
+        ...(limits ? [createRateLimitCheck(limits)] : []),
+        ...(limits && config.auth
+            ? [createLoginSignalsCheck({ store: limits.store, windowMs: 60 * 60_000, now: limits.now ?? Date.now })]
+            : []),
         createIprevCheck(resolver, config.dns.timeoutMs * 2),
         createMailauthCheck({
             hostname: config.hostname,
@@ -93,7 +114,18 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
     };
     const resolver =
         deps.resolver ?? createResolver({ servers: config.dns.servers, timeoutMs: config.dns.timeoutMs, metrics, now });
-    const checks: readonly Check[] = deps.checks ?? defaultChecks(config, resolver, metrics);
+    const limitStore = deps.limitStore ?? createConfiguredStore(config.redis, { metrics, logger: log });
+    const checks: readonly Check[] =
+        deps.checks ??
+        defaultChecks(config, resolver, metrics, {
+            store: limitStore,
+            declarations: () => ruleSet,
+            metrics,
+            now,
+            logger: log,
+            instanceId: randomUUID(),
+            storeTimeoutMs: config.redis?.commandTimeoutMs,
+        });
     let draining = false;
     let started = false;
     let http: Server | null = null;
@@ -134,6 +166,7 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
             isDraining: () => draining,
             auth,
             signer,
+            loginGuard: auth ? createLoginGuard(limitStore) : null,
         }),
     );
 
@@ -144,6 +177,7 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
         } catch (err) {
             return `upstream ${upstream.description}: ${err instanceof Error ? err.message : String(err)}`;
         }
+        if (config.redis && !(await limitStore.ping())) return 'redis: not answering';
         return null;
     };
 
@@ -195,6 +229,7 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
             if (reloaders.length === 0) log.info('reload: nothing reloadable is configured');
         },
         async start() {
+            await waitForStore(limitStore, config.redis, 2 * (config.redis?.connectTimeoutMs ?? 0), log);
             for (const l of listeners) await l.listen();
             if (config.http) {
                 const server = createHttpServer({ metrics, readiness });
@@ -269,6 +304,7 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
                 });
             }
             if (!deps.resolver) resolver.close();
+            if (!deps.limitStore) await limitStore.close();
             submission?.close();
             log.info('stopped');
         },

@@ -13,6 +13,7 @@ import { compileCidrs } from './net/cidr.ts';
 import { replyFor, toCallbackError, SmtpReplyError } from './reply.ts';
 import { Session, type SessionDeps } from './session.ts';
 import type { AuthContext, AuthOutcome, SenderPolicy } from './submission/index.ts';
+import type { LoginGuard } from './submission/login-guard.ts';
 import { patchConnectionReplies } from './smtp-server-replies.ts';
 
 /** Verifies SMTP AUTH credentials and knows which addresses each login may send as. */
@@ -24,7 +25,12 @@ export interface AuthBackend {
 
 export interface ListenerDeps extends Omit<SessionDeps, 'listener' | 'log'> {
     readonly log: Logger;
+    /** Counts failed logins per IP and per login; null when there is no login service. */
+    readonly loginGuard: LoginGuard | null;
 }
+
+/** Refused AUTH attempts in one session after which the connection is closed (421 4.7.0). */
+const MAX_REFUSED_AUTH = 3;
 
 /**
  * smtp-server with two adjustments: PROXY senders are trusted by CIDR range (smtp-server
@@ -65,6 +71,8 @@ function internalError(log: Logger, id: string, err: unknown): SmtpReplyError {
 
 export function createListener(config: Config, listener: ListenerConfig, deps: ListenerDeps): RunningListener {
     const sessions = new Map<string, Session>();
+    /** AUTH attempts refused per session, for the disconnect after MAX_REFUSED_AUTH. */
+    const refusedAuth = new Map<string, number>();
     const log = deps.log.child({ listener: listener.name });
     const sessionDeps: SessionDeps = { ...deps, listener, log: deps.log };
     const submission = listener.mode === 'submission';
@@ -106,14 +114,28 @@ export function createListener(config: Config, listener: ListenerConfig, deps: L
 
         onAuth(auth, smtp, cb) {
             const backend = deps.auth;
-            const done = (outcome: AuthOutcome): void => {
-                deps.metrics.smtpAuth.inc({ listener: listener.name, result: outcome.result });
+            const guard = deps.loginGuard;
+            const login = auth.username ?? '';
+            const ip = smtp.remoteAddress.replace(/^::ffff:/i, '');
+            const done = (outcome: AuthOutcome, locked?: { retryAfterMs: number }): void => {
+                const result = locked ? 'locked' : outcome.result;
+                deps.metrics.smtpAuth.inc({ listener: listener.name, result });
                 // the login is logged, the password never is
-                log.info(
-                    { session: smtp.id, login: auth.username, result: outcome.result, reason: outcome.reason },
-                    'auth',
-                );
-                if (outcome.result === 'ok') return cb(null, { user: outcome.user ?? auth.username });
+                log.info({ session: smtp.id, login, result, reason: outcome.reason }, 'auth');
+                if (outcome.result === 'ok' && !locked) return cb(null, { user: outcome.user ?? login });
+                const refused = (refusedAuth.get(smtp.id) ?? 0) + 1;
+                refusedAuth.set(smtp.id, refused);
+                if (locked) {
+                    const minutes = Math.max(1, Math.ceil(locked.retryAfterMs / 60_000));
+                    // RFC 4954 section 6: 454 4.7.0 is a temporary refusal; past a few, 421 closes the connection
+                    return cb(
+                        toCallbackError(
+                            refused >= MAX_REFUSED_AUTH
+                                ? replyFor('auth-locked-disconnect', { id: smtp.id, minutes })
+                                : replyFor('auth-locked', { id: smtp.id, minutes }),
+                        ),
+                    );
+                }
                 const reply = replyFor(outcome.result === 'invalid' ? 'auth-invalid' : 'auth-unavailable', {
                     id: smtp.id,
                 });
@@ -129,7 +151,17 @@ export function createListener(config: Config, listener: ListenerConfig, deps: L
                 remotePort: smtp.remotePort,
                 secured: smtp.secure,
             };
-            backend.authenticate(auth.username ?? '', auth.password ?? '', context).then(done, (err: unknown) => {
+            const attempt = async (): Promise<void> => {
+                const verdict = guard ? await guard.check(ip, login, deps.now()) : { allowed: true as const };
+                if (!verdict.allowed) {
+                    // no password is checked while the IP or the login is locked
+                    return done({ result: 'invalid', reason: `too many failed logins (${verdict.scope})` }, verdict);
+                }
+                const outcome = await backend.authenticate(login, auth.password ?? '', context);
+                if (outcome.result === 'invalid' && guard) await guard.failed(ip, login, deps.now());
+                done(outcome);
+            };
+            attempt().catch((err: unknown) => {
                 log.error({ session: smtp.id, err }, 'auth backend failed');
                 done({ result: 'unavailable', reason: 'backend error' });
             });
@@ -170,6 +202,7 @@ export function createListener(config: Config, listener: ListenerConfig, deps: L
             const session = sessions.get(smtp.id);
             if (!session) return;
             sessions.delete(smtp.id);
+            refusedAuth.delete(smtp.id);
             deps.metrics.sessionsActive.dec({ listener: listener.name });
             session.close().catch((err: unknown) => log.warn({ session: smtp.id, err }, 'closing the upstream failed'));
         },

@@ -137,6 +137,8 @@ export function createMetrics(version: string) {
         }),
     };
     m.buildInfo.set({ version }, 1);
+    // series that alerts compute rates over exist from the start, at 0
+    for (const result of ['ok', 'error']) m.configReloads.inc({ result }, 0);
     return m;
 }
 

@@ -21,7 +21,9 @@ export type Situation =
     | 'auth-invalid'
     | 'auth-unavailable'
     | 'header-too-big'
-    | 'sender-not-owned';
+    | 'sender-not-owned'
+    | 'auth-locked'
+    | 'auth-locked-disconnect';
 
 interface ReplyTemplate {
     code: number;
@@ -34,6 +36,8 @@ export interface ReplyDetail {
     readonly id: string;
     readonly limit?: number;
     readonly queueId?: string | null;
+    /** Minutes until a login may be tried again, for `auth-locked`. */
+    readonly minutes?: number;
     /** Sender address and login, for `sender-not-owned`. */
     readonly address?: string;
     readonly login?: string;
@@ -109,6 +113,17 @@ const TABLE: Readonly<Record<Situation, ReplyTemplate>> = {
         enhanced: '5.7.1',
         text: (d) =>
             `Sender address rejected: ${d.address ?? ''} is not an address the login ${d.login ?? ''} may send as; use one of your own addresses or ask your postmaster to add this one`,
+    },
+    'auth-locked': {
+        code: 454,
+        enhanced: '4.7.0',
+        text: (d) =>
+            `Too many failed logins from your address or for this user; try again in ${d.minutes ?? 1} minutes, and check the password your mail program uses`,
+    },
+    'auth-locked-disconnect': {
+        code: 421,
+        enhanced: '4.7.0',
+        text: (d) => `Too many failed logins; closing the connection. Try again in ${d.minutes ?? 1} minutes`,
     },
     'auth-unavailable': {
         code: 454,

@@ -40,6 +40,8 @@ export const DEFAULTS = {
         dataTimeoutMs: 10 * MINUTE,
     },
     dns: { timeoutMs: 5 * SECOND },
+    /** A limit decision is a single script call; Redis answers in well under a millisecond when healthy. */
+    redis: { commandTimeoutMs: 250, connectTimeoutMs: SECOND },
     http: { host: '127.0.0.1', port: 9465 },
     spool: { memoryLimit: 1 * MB },
     shutdownTimeoutMs: 30 * SECOND,

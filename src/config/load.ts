@@ -17,7 +17,7 @@ import {
     defaultUpstreamStarttls,
 } from './defaults.ts';
 import { ConfigError } from './issues.ts';
-import { isIpv6, normalizeHost, normalizeHostname, parseCidr, parseDnsServer } from './net.ts';
+import { isIpv6, normalizeHost, normalizeHostname, parseCidr, parseDnsServer, parsePort } from './net.ts';
 import { SourceReader, type Field } from './reader.ts';
 import type {
     AuthenticationConfig,
@@ -32,6 +32,7 @@ import type {
     ListenerConfig,
     ListenerMode,
     ListenerTls,
+    RedisConfig,
     SpoolConfig,
     SubmissionAuthConfig,
     TlsConfig,
@@ -848,19 +849,86 @@ class ConfigBuilder {
         };
     }
 
-    private redis(field: Field): { url: string } | null {
+    /** The `redis:` section: one server (`url`), a Cluster (`cluster`) or Sentinel (`sentinels`, `name`). */
+    private redis(field: Field): RedisConfig | null {
         const r = this.r;
-        const entries = this.section(field, ['url']);
+        const entries = this.section(field, [
+            'url',
+            'cluster',
+            'sentinels',
+            'name',
+            'username',
+            'password',
+            'commandTimeout',
+            'connectTimeout',
+        ]);
         if (!r.isMap(field)) return null;
         const urlField = entries.get('url');
-        if (!urlField) {
-            r.fail(field, 'missing "url" (redis://HOST[:PORT][/DB] or rediss://…)');
+        const clusterField = entries.get('cluster');
+        const sentinelsField = entries.get('sentinels');
+        const nameField = entries.get('name');
+        const forms = [urlField, clusterField, sentinelsField].filter((f) => f !== undefined);
+        if (forms.length === 0) {
+            r.fail(
+                field,
+                'missing "url" (redis://HOST[:PORT][/DB] or rediss://…), "cluster" (seed nodes HOST:PORT) or "sentinels" (HOST:PORT, with "name")',
+            );
             return null;
         }
+        if (forms.length > 1) {
+            r.fail(forms[1]!, 'give exactly one of url, cluster and sentinels');
+            return null;
+        }
+        const d = DEFAULTS.redis;
+        const commandField = entries.get('commandTimeout');
+        const connectField = entries.get('connectTimeout');
+        const usernameField = entries.get('username');
+        const passwordField = entries.get('password');
+        const username = usernameField ? r.string(usernameField, 'a user name') : null;
+        const password = passwordField
+            ? r.string(passwordField, 'a password (write ${VAR} to keep it out of the file)')
+            : null;
+        const common = {
+            ...(username !== null ? { username } : {}),
+            ...(password !== null ? { password } : {}),
+            commandTimeoutMs: (commandField && r.duration(commandField, 1, 60_000)) ?? d.commandTimeoutMs,
+            connectTimeoutMs: (connectField && r.duration(connectField, 1, 60_000)) ?? d.connectTimeoutMs,
+        };
+        if (nameField && !sentinelsField)
+            r.fail(nameField, 'name is the master name the sentinels know; it goes with sentinels');
+        if (urlField) {
+            for (const f of [usernameField, passwordField]) {
+                if (f) r.fail(f, 'a Redis URL carries its own user and password (redis://USER:PASSWORD@HOST)');
+            }
+            const url = this.redisUrl(urlField);
+            return url === null ? null : { url, ...common };
+        }
+        if (clusterField) {
+            const nodes = this.hostPorts(clusterField, 'Redis Cluster seed nodes');
+            return nodes === null
+                ? null
+                : {
+                      cluster: nodes.map((n) => (isIpv6(n.host) ? `[${n.host}]:${n.port}` : `${n.host}:${n.port}`)),
+                      ...common,
+                  };
+        }
+        const sentinels = this.hostPorts(sentinelsField!, 'sentinel addresses');
+        if (!nameField)
+            r.fail(
+                sentinelsField!,
+                'missing "name" beside sentinels (the master name in the sentinels\' configuration, e.g. mymaster)',
+            );
+        const name = nameField ? r.string(nameField, 'a master name') : null;
+        if (sentinels === null || name === null) return null;
+        return { sentinels, name, ...common };
+    }
+
+    private redisUrl(urlField: Field): string | null {
+        const r = this.r;
         const url = r.string(urlField, 'a URL');
         if (url === null) return null;
         const form =
-            'write redis://[[USER]:PASSWORD@]HOST[:PORT][/DB] or rediss://… (cluster and sentinel set-ups are not supported yet)';
+            'write redis://[[USER]:PASSWORD@]HOST[:PORT][/DB] or rediss://… (for Redis Cluster give cluster:, for Sentinel sentinels: and name:)';
         let parsed: URL | null = null;
         try {
             parsed = new URL(url);
@@ -880,7 +948,46 @@ class ConfigBuilder {
             r.fail(urlField, `"${redactUrl(url)}" has a bad database number "${db}"`);
             return null;
         }
-        return { url };
+        return url;
+    }
+
+    /** A non-empty list of `HOST:PORT` (IPv6 as `[ADDR]:PORT`) entries. */
+    private hostPorts(field: Field, what: string): { host: string; port: number }[] | null {
+        const r = this.r;
+        const items = r.list(field, what);
+        if (items === null) return null;
+        if (items.length === 0) {
+            r.fail(field, `expected a list of ${what}; got an empty list`);
+            return null;
+        }
+        const out: { host: string; port: number }[] = [];
+        let bad = false;
+        for (const item of items) {
+            const text = r.string(item, 'HOST:PORT');
+            if (text === null) {
+                bad = true;
+                continue;
+            }
+            const m = /^\[([^\]]+)\]:(\d{1,5})$/.exec(text) ?? /^([^:[\]]+):(\d{1,5})$/.exec(text);
+            const host = m
+                ? text.startsWith('[')
+                    ? isIpv6(m[1]!)
+                        ? m[1]!.toLowerCase()
+                        : null
+                    : normalizeHost(m[1]!)
+                : null;
+            const port = m ? parsePort(m[2]!) : null;
+            if (host === null || port === null || port === 0) {
+                r.fail(
+                    item,
+                    `"${text}" is not HOST:PORT (e.g. 10.0.0.5:6379, redis-1.example.net:7000 or [2001:db8::5]:6379)`,
+                );
+                bad = true;
+                continue;
+            }
+            out.push({ host, port });
+        }
+        return bad ? null : out;
     }
 
     private http(field: Field): HttpConfig | null {

@@ -136,6 +136,23 @@ export interface DkimConfig {
     readonly headers: readonly string[] | null;
 }
 
+/** Where the shared limit store lives: exactly one of `url`, `cluster` and `sentinels` is set. */
+export interface RedisConfig {
+    /** One server: `redis://…` or `rediss://…`. */
+    readonly url?: string;
+    /** Redis Cluster seed nodes, `host:port` each. */
+    readonly cluster?: readonly string[];
+    /** Sentinels (`host:port` each) to ask for the master called `name`. */
+    readonly sentinels?: readonly { readonly host: string; readonly port: number }[];
+    readonly name?: string;
+    /** For cluster nodes and the master found through Sentinel (a URL carries its own). */
+    readonly username?: string;
+    readonly password?: string;
+    /** Longest wait for one limit decision before `onError` applies. */
+    readonly commandTimeoutMs: number;
+    readonly connectTimeoutMs: number;
+}
+
 export interface Config {
     /** Where the config came from (`null` for the embedded defaults). */
     readonly source: string | null;
@@ -145,7 +162,8 @@ export interface Config {
     readonly tls: TlsConfig | null;
     readonly upstream: UpstreamConfig;
     readonly dns: DnsConfig;
-    readonly redis: { readonly url: string } | null;
+    /** The shared store of rate limits and greylisting; null: in memory, per process. */
+    readonly redis: RedisConfig | null;
     readonly auth: SubmissionAuthConfig | null;
     readonly rules: string;
     /** Turn every 5xx decision into its 4xx equivalent (Postfix soft_bounce): for trying new rules safely. */

@@ -170,6 +170,11 @@ export interface CompileContext {
     readonly stage: Stage;
     readonly lists: ReadonlyMap<string, DeclaredList>;
     readonly arena: RegexArena;
+    /**
+     * Why a known fact cannot be read here, or null when it can. Left out: a fact may be read
+     * from its stage on. Rate limits use it to refuse facts their own stage's checks report.
+     */
+    readonly factProblem?: (spec: FactSpec) => string | null;
 }
 
 const ALWAYS: Condition = Object.freeze({
@@ -361,11 +366,13 @@ class Compiler {
             this.ctx.report(keyAt, `unknown fact "${key}"${hint}`);
             return null;
         }
-        if (stageIndex(spec.stage) > stageIndex(this.ctx.stage)) {
-            this.ctx.report(
-                keyAt,
-                `fact "${key}" is not known until the ${spec.stage} stage, and this rule runs at the ${this.ctx.stage} stage (set stage: ${spec.stage})`,
-            );
+        const problem = this.ctx.factProblem
+            ? this.ctx.factProblem(spec)
+            : stageIndex(spec.stage) > stageIndex(this.ctx.stage)
+              ? `fact "${key}" is not known until the ${spec.stage} stage, and this rule runs at the ${this.ctx.stage} stage (set stage: ${spec.stage})`
+              : null;
+        if (problem !== null) {
+            this.ctx.report(keyAt, problem);
             return null;
         }
         return this.factTest(spec, value, keyAt);

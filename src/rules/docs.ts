@@ -4,8 +4,21 @@
  * the documentation cannot drift from the code. Returns Markdown; writing and formatting the
  * file is the job of scripts/gen-rules-readme.ts. Pure.
  */
+import { formatDuration } from '../config/units.ts';
 import { OPERATORS } from './conditions.ts';
 import { FACTS, STAGES, type FactSpec } from './facts.ts';
+import {
+    CONCURRENCY_RETRY_SECONDS,
+    DEFAULT_IPV6_PREFIX,
+    GREYLIST_DEFAULTS,
+    GREYLIST_IPV4_PREFIX,
+    GREYLIST_IPV6_PREFIX,
+    GREYLIST_KEYS,
+    LIMIT_KEYS,
+    LIMIT_PERS,
+    PER_STAGE,
+    type LimitPer,
+} from './limits.ts';
 import { LIST_TYPES, LIST_TYPE_DOCS, MAX_PATTERN_ENTRIES } from './lists.ts';
 import { ACTIONS, RESERVED_HEADERS } from './load.ts';
 import { ENGINE_HEAP_BYTES } from './regex.ts';
@@ -28,6 +41,145 @@ const ACTION_DOCS: Readonly<Record<(typeof ACTIONS)[number], string>> = {
     tempfail: 'Ends evaluation: the client gets a 4xx reply and keeps the message to try again later.',
     reject: 'Ends evaluation: the client gets a 5xx reply (4xx when `softReject` is on).',
 };
+
+const LIMIT_KEY_DOCS: Readonly<Record<(typeof LIMIT_KEYS)[number], string>> = {
+    id: 'yes | Kebab-case, unique together with the rule ids: it is the id of the limit’s implicit rule (logs, `rule_hits_total{rule}`, `ratelimit_decisions_total{limit}`, `explain`, `cases:`).',
+    description: 'no | Free text for people.',
+    key: 'yes | What is counted: a fact name, `client.ip/N`, `global`, or a list of facts counted together (`[auth.user, client.ip]`). See below.',
+    rate: 'one of rate, concurrency | `COUNT/PERIOD` (`100/1h`, `20/1m`, `5/s`), or a list of them, all enforced together (`[20/1m, 300/1h]`). For `per: byte` the count is a size (`200MB/1h`).',
+    per: 'no | What one unit of the rate is, and so when it is counted (default `message`); see the table below.',
+    concurrency: `one of rate, concurrency | At most this many simultaneous connections per key (counted at connect; refused with \`421 4.7.0\`, retry after ${CONCURRENCY_RETRY_SECONDS} s).`,
+    ipv6Prefix: `no | Prefix length IPv6 clients are counted by when the key has \`client.ip\` (default ${DEFAULT_IPV6_PREFIX}).`,
+    when: 'no | Conditions, as in rules: the limit counts only what they match. Left out: everything.',
+    mode: 'no | `enforce` (default) or `monitor`: counted and reported (`ratelimit.monitor`, a monitor hit of the implicit rule), never refused.',
+    onError:
+        'no | What a store failure (Redis down or slow) does to the mail: `allow` (default: fail open, logged and counted) or `tempfail` (a 4xx asking to retry).',
+};
+
+const PER_DOCS: Readonly<Record<LimitPer, string>> = {
+    connection: 'each new connection; refused with `421 4.7.0`, which closes it',
+    message: 'each MAIL FROM (each transaction), like Postfix anvil’s message rate; refused with `450 4.7.1`',
+    recipient: 'each RCPT TO; that recipient is refused with `450 4.7.1`, the others stay',
+    byte: 'the size of each message at the end of DATA; the message is refused with `450 4.7.1`',
+};
+
+const GREYLIST_KEY_DOCS: Readonly<Record<(typeof GREYLIST_KEYS)[number], string>> = {
+    id: 'Kebab-case, unique together with the rule ids (the implicit rule’s id). Required.',
+    description: 'Free text for people.',
+    when: 'Conditions (facts known at RCPT): only matching recipients are greylisted. Left out: all.',
+    delay: `How long a new triplet is refused (default ${formatDuration(GREYLIST_DEFAULTS.delayMs)}).`,
+    retryWindow: `A retry passes only between \`delay\` and this long after the first try; later it starts over (default ${formatDuration(GREYLIST_DEFAULTS.retryWindowMs)}).`,
+    expire: `How long a passed triplet, and a client's pass count, are kept after their last use (default ${formatDuration(GREYLIST_DEFAULTS.expireMs)}).`,
+    autoAllowAfter: `After this many passed triplets a client network is no longer greylisted while it keeps sending (default ${GREYLIST_DEFAULTS.autoAllowAfter}; 0: never).`,
+    mode: '`enforce` (default) or `monitor`: triplets are recorded and counted, nothing is delayed.',
+    onError: '`allow` (default) or `tempfail`, as for limits.',
+};
+
+function limitsSection(): string {
+    const limitKeys = LIMIT_KEYS.map((k) => `| \`${k}\` | ${LIMIT_KEY_DOCS[k]} |`);
+    const pers = LIMIT_PERS.map((p) => `| \`${p}\` | ${PER_STAGE[p]} | ${PER_DOCS[p]} |`);
+    const greylistKeys = GREYLIST_KEYS.map((k) => `| \`${k}\` | ${cell(GREYLIST_KEY_DOCS[k])} |`);
+    // Facts checks report, by check and stage; a family of two or more shown as `spf.*`.
+    const groups = new Map<string, string[]>();
+    for (const f of FACTS) {
+        if (f.check === undefined || f.check === 'ratelimit') continue;
+        const k = `the ${f.check} check at ${f.stage}`;
+        groups.set(k, [...(groups.get(k) ?? []), f.name]);
+    }
+    const byCheck = [...groups]
+        .map(([k, names]) => {
+            const shown: string[] = [];
+            for (const n of names) {
+                const family = n.split('.')[0]!;
+                const many = names.filter((m) => m.startsWith(`${family}.`)).length > 1;
+                const text = many ? `${family}.*` : n;
+                if (!shown.includes(text)) shown.push(text);
+            }
+            return `${k} (${shown.map((n) => `\`${n}\``).join(', ')})`;
+        })
+        .join('; ');
+    return `## Limits and greylisting
+
+One line in a rule file caps a sender, a login, an IP address, a network or a domain. With
+\`redis:\` in the config the counts are kept in Redis and shared by every mailwarden instance;
+without it each process counts on its own. How the counting works and what happens when Redis
+fails is described in \`docs/rate-limits.md\`.
+
+\`\`\`yaml
+limits:
+  - { id: sender-rate, key: mail.from, rate: 100/1h } # per message by default
+  - { id: ip-rcpts, key: client.ip/24, rate: [200/1m, 2000/1h], per: recipient }
+  - { id: login-rate, key: auth.user, rate: 500/1d, when: { listener.mode: submission } }
+  - { id: ip-conns, key: client.ip, concurrency: 10 } # simultaneous connections
+  - { id: big-senders, key: mail.from.domain, rate: 200MB/1h, per: byte, mode: monitor, onError: tempfail }
+greylist:
+  - { id: greylist, when: { iprev.result: { ne: pass } }, delay: 5m, retryWindow: 4h, expire: 36d, autoAllowAfter: 5 }
+\`\`\`
+
+### Limit keys
+
+| key | required | meaning |
+| --- | --- | --- |
+${limitKeys.join('\n')}
+
+| \`per\` | counted at | one unit is |
+| --- | --- | --- |
+${pers.join('\n')}
+
+- **Rates** use GCRA: \`20/1m\` admits 20 at once, then one every 3 seconds; it never admits 40
+  around a minute boundary. Several rates are decided together: a message refused by one of them
+  uses up none of the others. A byte rate larger than exact arithmetic allows is counted in KB.
+- **Keys**: \`client.ip\` counts one IPv4 address, or one IPv6 /${DEFAULT_IPV6_PREFIX}; \`client.ip/24\` an IPv4
+  network (IPv6 still per \`ipv6Prefix\`). \`rcpt.to\` and \`rcpt.domain\` count the recipient being
+  checked (at RCPT) or every recipient of the message (\`per: byte\`). \`global\` is one counter for
+  all traffic. Any other fact known at the counting stage may be used. Values are normalised
+  (addresses and domains lower-cased, IP addresses cut to the prefix) and long or unusual values are
+  hashed, so a client cannot make huge keys. The limit id is part of every key.
+- A limit does not apply when one of its key facts is missing: no login (\`auth.user\`), the null
+  sender (\`mail.from\`, \`mail.from.domain\`).
+- A key or \`when\` may read facts known at the counting stage, except the facts checks report at
+  that same stage (the checks run side by side): ${byCheck}.
+- A limit’s implicit rule runs **first** in its stage, before allow-list rules: exempt a network
+  with \`when: { not: { client.ip: { list: allow-networks } } }\`.
+- The reply says which limit was reached and when to retry (\`{ratelimit.retry_after}\` seconds);
+  a byte limit whose smallest window is smaller than the message says so. A store failure with
+  \`onError: tempfail\` answers \`451 4.7.1\` (\`421 4.7.0\` at connect): a temporary problem applying a
+  sending limit.
+- Each counted limit adds to \`ratelimit_decisions_total{limit,result}\` with result \`allowed\`,
+  \`limited\`, \`monitor_limited\`, \`error_allowed\` or \`error_tempfail\`.
+
+### Greylisting
+
+Greylisting (RFC 6647) refuses the first delivery attempt of a new **triplet**: the client's network
+(IPv4 /${GREYLIST_IPV4_PREFIX}, IPv6 /${GREYLIST_IPV6_PREFIX}), the envelope sender and the recipient. A real mail server retries
+after a few minutes and passes; much spam software never does. It runs at RCPT, after the limits
+of that stage; the first entry whose \`when\` holds applies. The sender is compared as postgrey does:
+lower-cased, a BATV \`prvs=…=\` prefix removed and digit runs replaced, so VERP and SRS senders match
+on a retry.
+
+| key | meaning |
+| --- | --- |
+${greylistKeys.join('\n')}
+
+The refusal is \`450 4.7.1 Greylisted: please try again in N seconds (RFC 6647)…\`; a retry that comes
+too early is told the remaining wait. Results are counted as
+\`ratelimit_decisions_total{limit="greylist",result}\` (\`new\`, \`early\`, \`pass\`, \`known\`).
+
+### Facts and cases
+
+The \`ratelimit\` check reports \`ratelimit.exceeded\`, \`ratelimit.monitor\`, \`ratelimit.error\`,
+\`ratelimit.retry_after\` at every stage, and \`greylist.id\`, \`greylist.result\`, \`greylist.retry_after\`
+at RCPT. Cases test the implicit rules through them:
+
+\`\`\`yaml
+cases:
+  - name: a sender over its rate gets 450 at MAIL FROM
+    stage: mail
+    facts: { mail.from: a@example.org, ratelimit.exceeded: [sender-rate], ratelimit.retry_after: 36 }
+    expect: { action: tempfail, rule: sender-rate }
+\`\`\`
+`;
+}
 
 /** The whole README as Markdown (not yet formatted). */
 export function renderRulesReadme(): string {
@@ -57,8 +209,9 @@ operator can run unchanged, and this reference.
 
 ## A rule file
 
-A file is a map with up to three keys: \`lists:\` (list declarations), \`rules:\` (a list of rules) and
-\`cases:\` (examples that must hold). Unknown keys are errors everywhere.
+A file is a map with up to five keys: \`lists:\` (list declarations), \`rules:\` (a list of rules),
+\`limits:\` and \`greylist:\` (see [Limits and greylisting](#limits-and-greylisting)) and \`cases:\`
+(examples that must hold). Unknown keys are errors everywhere.
 
 \`\`\`yaml
 lists:
@@ -207,6 +360,7 @@ literal braces. Fact names are checked when the rules load.
   a \`tempfail\` whose reply is the 4xx equivalent (\`550 5.7.1\` → \`450 4.7.1\`): senders retry, so
   mistakes in new rules can be fixed without losing mail.
 
+${limitsSection()}
 ## Cases
 
 Examples in \`cases:\` make rules tested code; \`mailwarden check\` fails when one does not hold.

@@ -51,6 +51,12 @@ export interface FactSpec {
     readonly description: string;
     /** For enumerated string facts: every value a check may report (compared case-insensitively). */
     readonly values?: readonly string[];
+    /**
+     * The check that reports the fact at its stage (absent: the session knows it before any
+     * check of the stage runs). Checks of one stage run side by side, so a rate limit or a
+     * greylisting entry counted at that stage cannot read what a check reports there.
+     */
+    readonly check?: string;
 }
 
 /** The element type of a list type, or the type itself. */
@@ -78,8 +84,17 @@ function fact(name: string, type: FactType, stage: Stage, description: string, v
     );
 }
 
-/** The catalogue, in the order the documentation lists it. */
-export const FACTS: readonly FactSpec[] = Object.freeze([
+/** The check that reports a fact (see FactSpec.check), or undefined. */
+function reportedBy(name: string): string | undefined {
+    if (name === 'client.ptr' || name.startsWith('iprev.')) return 'iprev';
+    if (/^(spf|dkim|dmarc|arc)\./.test(name)) return 'mailauth';
+    if (name === 'local.sender' || name === 'header.from.mismatch' || name === 'auth.temperror') return 'mailauth';
+    if (name.startsWith('ratelimit.') || name.startsWith('greylist.')) return 'ratelimit';
+    if (name.startsWith('auth.login.')) return 'login_signals';
+    return undefined;
+}
+
+const CATALOGUE: readonly FactSpec[] = [
     fact('listener', 'string', 'connect', 'Name of the listener the client connected to (from the config)'),
     fact('listener.mode', 'string', 'connect', 'Mode of that listener', ['mx', 'submission']),
     fact('client.ip', 'ip', 'connect', 'Address of the SMTP client (the real client when PROXY protocol is used)'),
@@ -93,6 +108,24 @@ export const FACTS: readonly FactSpec[] = Object.freeze([
     fact('tls', 'boolean', 'connect', 'True once the session is encrypted (implicit TLS, or after STARTTLS)'),
     fact('helo', 'string', 'helo', 'Name the client gave in HELO or EHLO, as written (may be an address literal)'),
     fact('auth.user', 'string', 'mail', 'User name the client logged in with (SMTP AUTH); null when not logged in'),
+    fact(
+        'auth.login.ips',
+        'number',
+        'mail',
+        'Submission: distinct client IPs the logged-in user sent from in the last hour, all instances together (null when not logged in)',
+    ),
+    fact(
+        'auth.login.recipients',
+        'number',
+        'mail',
+        'Submission: recipients the logged-in user sent to in the last hour (updated at each RCPT)',
+    ),
+    fact(
+        'auth.login.failures',
+        'number',
+        'mail',
+        'Submission: failed logins for this user name in the last hour, from any address',
+    ),
     fact('mail.from', 'address', 'mail', 'Envelope sender (MAIL FROM); the empty string for the null sender <>'),
     fact('mail.from.domain', 'domain', 'mail', 'Domain of the envelope sender; null for the null sender'),
     fact(
@@ -208,7 +241,58 @@ export const FACTS: readonly FactSpec[] = Object.freeze([
         'connect',
         'Sum of the scores of the tag rules matched so far (tag rules add to it as they match)',
     ),
-]);
+    fact(
+        'ratelimit.exceeded',
+        'string[]',
+        'connect',
+        'Ids of the limits (rule files, limits:) this connection, message or recipient goes over at this stage, in enforce mode; their implicit rules refuse it',
+    ),
+    fact(
+        'ratelimit.monitor',
+        'string[]',
+        'connect',
+        'Ids of the mode: monitor limits that would have been exceeded at this stage (counted, nothing refused)',
+    ),
+    fact(
+        'ratelimit.retry_after',
+        'number',
+        'connect',
+        'Seconds, rounded up, until what the exceeded limits refused would be admitted; null when no limit was exceeded',
+    ),
+    fact(
+        'ratelimit.error',
+        'string[]',
+        'connect',
+        'Ids of the limits whose shared store failed at this stage and whose onError is tempfail',
+    ),
+    fact(
+        'greylist.id',
+        'string',
+        'rcpt',
+        'Id of the greylisting entry (rule files, greylist:) that applied to this recipient; null when none did',
+    ),
+    fact(
+        'greylist.result',
+        'string',
+        'rcpt',
+        'Greylisting of this recipient: new (first try, refused), early (retried too soon, refused), pass (retried after the delay), known-client (the client retried correctly often enough), skipped (no entry applied), error (the store failed)',
+        ['new', 'early', 'pass', 'known-client', 'skipped', 'error'],
+    ),
+    fact(
+        'greylist.retry_after',
+        'number',
+        'rcpt',
+        'For new and early: seconds, rounded up, until a retry passes; null otherwise',
+    ),
+];
+
+/** The catalogue, in the order the documentation lists it. */
+export const FACTS: readonly FactSpec[] = Object.freeze(
+    CATALOGUE.map((f) => {
+        const check = reportedBy(f.name);
+        return check === undefined ? f : Object.freeze({ ...f, check });
+    }),
+);
 
 /** Looks a fact up by name in a catalogue. */
 export function catalogueIndex(facts: readonly FactSpec[]): ReadonlyMap<string, FactSpec> {

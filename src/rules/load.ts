@@ -1,10 +1,10 @@
 /**
  * Loads a rules folder: every `*.yaml` / `*.yml` file in name order (dot files ignored), the
- * list files they declare, their rules and their `cases:`. Everything is validated before
- * anything is used, and every problem is collected and reported as `FILE:LINE:COL: message`
- * (a RuleError), so an operator fixes all of them in one go and a reload that fails keeps
- * the previous rules. The result is deeply frozen. Reads files only: it must not open
- * sockets, start timers or evaluate anything.
+ * list files they declare, their rules, limits and greylisting (with the rules those imply)
+ * and their `cases:`. Everything is validated before anything is used, and every problem is
+ * collected and reported as `FILE:LINE:COL: message` (a RuleError), so an operator fixes
+ * all of them in one go and a reload that fails keeps the previous rules. The result is
+ * deeply frozen. Reads files only: it must not open sockets, start timers or evaluate anything.
  */
 import fs from 'node:fs';
 import path from 'node:path';
@@ -14,8 +14,17 @@ import { SourceReader, type Field } from '../config/reader.ts';
 import { didYouMean } from '../config/suggest.ts';
 import type { Action, FactValue, SmtpReply, Stage } from '../types.ts';
 import { caseIssue, runCases } from './cases.ts';
-import { caseFactValue, compileWhen, type CompileContext, type DeclaredList } from './conditions.ts';
+import { caseFactValue, compileWhen, type CompileContext, type Condition, type DeclaredList } from './conditions.ts';
 import { FACTS, STAGES, catalogueIndex, stageIndex, type FactSpec } from './facts.ts';
+import {
+    greylistRule,
+    limitRule,
+    readGreylist,
+    readLimit,
+    type DeclarationContext,
+    type GreylistSpec,
+    type LimitSpec,
+} from './limits.ts';
 import { LIST_TYPES, buildList, type ListType } from './lists.ts';
 import { RegexArena } from './regex.ts';
 import {
@@ -32,7 +41,7 @@ import { MAX_HEADER_VALUE, MAX_REPLY_TEXT, firstNonPrintable, parseTemplate, typ
 export const ACTIONS: readonly Action[] = Object.freeze(['accept', 'tag', 'quarantine', 'tempfail', 'reject']);
 export const MODES: readonly RuleMode[] = Object.freeze(['enforce', 'monitor']);
 
-const FILE_KEYS = ['rules', 'lists', 'cases'] as const;
+const FILE_KEYS = ['rules', 'lists', 'limits', 'greylist', 'cases'] as const;
 export const RULE_KEYS = ['id', 'description', 'stage', 'when', 'action', 'reply', 'score', 'headers', 'mode'] as const;
 const LIST_KEYS = ['type', 'file'] as const;
 const REPLY_KEYS = ['code', 'enhanced', 'text'] as const;
@@ -134,6 +143,8 @@ class Loader {
     readonly rules: Rule[] = [];
     readonly ruleIds = new Map<string, { file: string; line: number }>();
     readonly cases: RuleCase[] = [];
+    readonly limits: LimitSpec[] = [];
+    readonly greylists: GreylistSpec[] = [];
     readonly watchDirs = new Set<string>();
     readonly arena = new RegexArena();
     /** Rule ids named by cases, checked once every rule is known. */
@@ -180,6 +191,7 @@ class Loader {
         }
         for (const name of names) this.parse(name);
         for (const f of this.files) this.declareLists(f);
+        for (const f of this.files) this.readLimits(f);
         for (const f of this.files) this.readRules(f);
         for (const f of this.files) this.readCases(f);
         for (const ref of this.idRefs) {
@@ -204,13 +216,17 @@ class Loader {
             file: d.listFile,
             entries: d.entries,
         }));
+        // The rules limits and greylisting stand for come first in their stage (RuleSet.limits).
+        const implicit = [...this.limits.map(limitRule), ...this.greylists.map(greylistRule)];
         const ruleSet = makeRuleSet({
             dir: this.dir,
             softReject: this.opts.softReject,
             files: this.files.map((f) => f.file),
-            rules: this.rules,
+            rules: [...implicit, ...this.rules],
             lists,
             cases: this.cases,
+            limits: this.limits,
+            greylists: this.greylists,
             watchDirs,
         });
         return { ruleSet, issues: [], watchDirs };
@@ -406,29 +422,7 @@ class Loader {
         const get = (k: (typeof RULE_KEYS)[number]): Field | undefined => keys.get(k);
         const at = this.position(f, item.offset);
 
-        let id: string | null = null;
-        const idField = get('id');
-        if (idField === undefined) {
-            f.reader.fail(item, 'missing id (a kebab-case name such as dmarc-reject)');
-        } else {
-            id = f.reader.string(idField, 'a rule id');
-            if (id !== null && !KEBAB.test(id)) {
-                f.reader.fail(
-                    idField,
-                    `"${id}" is not kebab-case (lower-case letters, digits and single hyphens, e.g. dmarc-reject)`,
-                );
-                id = null;
-            }
-            if (id !== null) {
-                const first = this.ruleIds.get(id);
-                if (first) {
-                    f.reader.fail(idField, `duplicate rule id "${id}" (first defined at ${first.file}:${first.line})`);
-                    id = null;
-                } else {
-                    this.ruleIds.set(id, { file: f.file, line: this.position(f, idField.offset).line });
-                }
-            }
-        }
+        const id = this.claimId(f, item, get('id'), 'dmarc-reject');
         const descField = get('description');
         const description =
             descField && !f.reader.isEmpty(descField) ? f.reader.string(descField, 'a description') : null;
@@ -516,6 +510,63 @@ class Loader {
             reply,
             headers,
         });
+    }
+
+    /**
+     * Reads and registers the id of a rule, limit or greylisting entry: kebab-case and unique
+     * across all three (limits and greylisting stand for rules of the same name). Null when reported.
+     */
+    claimId(f: ParsedFile, item: Field, idField: Field | undefined, example: string): string | null {
+        if (idField === undefined) {
+            f.reader.fail(item, `missing id (a kebab-case name such as ${example})`);
+            return null;
+        }
+        const id = f.reader.string(idField, 'a rule id');
+        if (id === null) return null;
+        if (!KEBAB.test(id)) {
+            f.reader.fail(
+                idField,
+                `"${id}" is not kebab-case (lower-case letters, digits and single hyphens, e.g. ${example})`,
+            );
+            return null;
+        }
+        const first = this.ruleIds.get(id);
+        if (first) {
+            f.reader.fail(idField, `duplicate rule id "${id}" (first defined at ${first.file}:${first.line})`);
+            return null;
+        }
+        this.ruleIds.set(id, { file: f.file, line: this.position(f, idField.offset).line });
+        return id;
+    }
+
+    /** The `limits:` and `greylist:` sections of a file. */
+    readLimits(f: ParsedFile): void {
+        const ctx: DeclarationContext = {
+            reader: f.reader,
+            file: f.file,
+            facts: this.facts,
+            line: (offset) => this.position(f, offset).line,
+            claimId: (item, idField, example) => this.claimId(f, item, idField, example),
+            compileWhen: (field, fallback, stage, factProblem): Condition | null =>
+                compileWhen(field?.node ?? undefined, field?.offset ?? fallback, {
+                    ...this.compileContext(f, stage),
+                    factProblem,
+                }),
+        };
+        const limitsField = f.keys?.get('limits');
+        if (limitsField !== undefined && !f.reader.isEmpty(limitsField)) {
+            for (const item of f.reader.list(limitsField, 'limits') ?? []) {
+                const spec = readLimit(ctx, item);
+                if (spec !== null) this.limits.push(spec);
+            }
+        }
+        const greylistField = f.keys?.get('greylist');
+        if (greylistField !== undefined && !f.reader.isEmpty(greylistField)) {
+            for (const item of f.reader.list(greylistField, 'greylisting entries') ?? []) {
+                const spec = readGreylist(ctx, item);
+                if (spec !== null) this.greylists.push(spec);
+            }
+        }
     }
 
     compileContext(f: ParsedFile, stage: Stage): CompileContext {

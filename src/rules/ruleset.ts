@@ -4,10 +4,12 @@
  * the first matching rule with any other action (accept, quarantine, tempfail, reject) ends
  * evaluation; `mode: monitor` rules are recorded as "would <action>" and change nothing.
  * With `softReject` (Postfix soft_bounce) a reject becomes a tempfail and its reply's 5xx
- * codes the 4xx equivalents. Pure and synchronous: no I/O, facts are never modified.
+ * codes the 4xx equivalents. Limits and greylisting entries stand for ordinary tempfail rules
+ * placed first in their stage. Pure and synchronous: no I/O, facts are never modified.
  */
 import type { Action, Decider, Decision, Facts, HeaderField, SmtpReply, Stage } from '../types.ts';
 import type { Condition } from './conditions.ts';
+import type { GreylistSpec, LimitSpec } from './limits.ts';
 import type { ListType } from './lists.ts';
 import { MAX_HEADER_VALUE, MAX_REPLY_TEXT, renderTemplate, type Template } from './template.ts';
 
@@ -34,6 +36,10 @@ export interface Rule {
     readonly when: Condition;
     readonly reply: RuleReplySpec | null;
     readonly headers: readonly { readonly name: string; readonly value: Template }[];
+    /** Set on the rules a limit or a greylisting entry implies; they come first in their stage. */
+    readonly implicit?: 'limit' | 'greylist';
+    /** Chooses the reply from the facts when it depends on them (implicit rules); null: `reply`. */
+    readonly pickReply?: (facts: Facts) => RuleReplySpec | null;
 }
 
 export interface ListInfo {
@@ -115,6 +121,10 @@ export interface RuleSet extends Decider {
     readonly rules: readonly Rule[];
     readonly lists: readonly ListInfo[];
     readonly cases: readonly RuleCase[];
+    /** Rate and concurrency limits (`limits:`), in file order; their implicit rules are in `rules`. */
+    readonly limits: readonly LimitSpec[];
+    /** Greylisting entries (`greylist:`), in file order; their implicit rules are in `rules`. */
+    readonly greylists: readonly GreylistSpec[];
     /** Folders whose changes can change this rule set (the rules folder, lists/, list file folders). */
     readonly watchDirs: readonly string[];
     /** Evaluates and returns only the decision. */
@@ -193,11 +203,12 @@ export function evaluateRules(
             continue;
         }
         terminal = rule;
-        if (rule.reply) {
+        const spec = rule.pickReply?.(view) ?? rule.reply;
+        if (spec) {
             reply = {
-                code: rule.reply.code,
-                enhanced: rule.reply.enhanced,
-                text: renderTemplate(rule.reply.text, view, MAX_REPLY_TEXT),
+                code: spec.code,
+                enhanced: spec.enhanced,
+                text: renderTemplate(spec.text, view, MAX_REPLY_TEXT),
             };
         }
     }
@@ -244,6 +255,8 @@ export function makeRuleSet(parts: {
     rules: readonly Rule[];
     lists: readonly ListInfo[];
     cases: readonly RuleCase[];
+    limits?: readonly LimitSpec[];
+    greylists?: readonly GreylistSpec[];
     watchDirs: readonly string[];
 }): RuleSet {
     const byStage = new Map<Stage, Rule[]>();
@@ -261,6 +274,8 @@ export function makeRuleSet(parts: {
         rules: parts.rules,
         lists: parts.lists,
         cases: parts.cases,
+        limits: parts.limits ?? [],
+        greylists: parts.greylists ?? [],
         watchDirs: parts.watchDirs,
         decide: (stage, facts) => evaluateRules(byStage.get(stage) ?? none, facts, parts.softReject, false).decision,
         evaluate: (stage, facts, options) =>

@@ -165,7 +165,11 @@ log: { level: debug }
             dataTimeoutMs: 300_000,
         });
         assert.deepEqual(config.dns, { servers: ['127.0.0.1', '127.0.0.1:5353', '[::1]:53', '::1'], timeoutMs: 2000 });
-        assert.deepEqual(config.redis, { url: 'rediss://:secret@redis.example.net:6380/2' });
+        assert.deepEqual(config.redis, {
+            url: 'rediss://:secret@redis.example.net:6380/2',
+            commandTimeoutMs: 250,
+            connectTimeoutMs: 1000,
+        });
         assert.deepEqual(config.auth, {
             users: path.join(dir, 'users.yaml'),
             dovecot: null,
@@ -624,7 +628,11 @@ describe('docs/configuration.md', () => {
             config.listeners.map((l) => `${l.name} ${l.mode} ${l.tls}`),
             ['mx mx starttls', 'submission submission starttls', 'submissions submission implicit'],
         );
-        assert.deepEqual(config.redis, { url: 'redis://127.0.0.1:6379' });
+        assert.deepEqual(config.redis, {
+            url: 'redis://127.0.0.1:6379',
+            commandTimeoutMs: 250,
+            connectTimeoutMs: 1000,
+        });
         assert.deepEqual(
             config.dkim?.sign.map((k) => `${k.domain} ${k.selector}`),
             ['example.com s2026'],

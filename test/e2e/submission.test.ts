@@ -235,3 +235,63 @@ describe('submission with Dovecot unreachable', () => {
         c.close();
     });
 });
+
+describe('password guessing on submission', () => {
+    it('locks the address after 10 failures, refuses even the right password, disconnects, and lets it in again later', async (t) => {
+        const cert = await createTestCertificate();
+        const users = join(cert.dir, 'users.yaml');
+        writeFileSync(
+            users,
+            `users:\n  - login: carol@example.test\n    password: '${await hash('right password')}'\n`,
+        );
+        let now = Date.UTC(2026, 10, 29, 12, 0, 0);
+        const up = await startScriptedUpstream({ ehlo: ['XCLIENT NAME ADDR PORT PROTO HELO LOGIN'] });
+        const mw = await startApp(
+            [
+                'hostname: mx.example.test',
+                `tls: { cert: "${cert.certPath}", key: "${cert.keyPath}" }`,
+                `auth: { users: "${users}" }`,
+                'listeners: [{ name: submissions, host: 127.0.0.1, port: 0, mode: submission, tls: implicit }]',
+                `upstream: { url: "smtp://127.0.0.1:${up.port}" }`,
+                'http: false',
+            ].join('\n'),
+            { now: () => now },
+        );
+        t.after(async () => {
+            await mw.stop();
+            await up.close();
+            cert.cleanup();
+        });
+        const session = async (): Promise<SmtpClient> => {
+            const c = await smtpConnect(mw.port(), { tls: 'implicit', ca: cert.cert, servername: 'localhost' });
+            await c.greeting();
+            await c.cmd('EHLO guesser.example');
+            return c;
+        };
+        let c = await session();
+        for (let i = 0; i < 10; i++) {
+            if (i % 3 === 0 && i > 0) {
+                c.close();
+                c = await session();
+            }
+            const r = await c.cmd(`AUTH PLAIN ${plain(`user${i}@example.test`, 'guess')}`);
+            assert.equal(r.code, 535, `guess ${i}: ${r.raw}`);
+        }
+        c.close();
+        c = await session();
+        const locked = await c.cmd(`AUTH PLAIN ${plain('carol@example.test', 'right password')}`);
+        assert.equal(locked.code, 454, locked.raw);
+        assert.match(locked.text, /^4\.7\.0 Too many failed logins .* try again in 2 minutes/);
+        assert.equal((await c.cmd(`AUTH PLAIN ${plain('carol@example.test', 'right password')}`)).code, 454);
+        const bye = await c.cmd(`AUTH PLAIN ${plain('carol@example.test', 'right password')}`);
+        assert.equal(bye.code, 421, 'the third refusal closes the connection');
+        await c.waitClosed();
+        now += 91_000; // one failure has drained (10 per 15 minutes: one every 90 s)
+        c = await session();
+        assert.equal((await c.cmd(`AUTH PLAIN ${plain('carol@example.test', 'right password')}`)).code, 235);
+        c.close();
+        const metrics = await mw.app.metrics.registry.metrics();
+        assert.match(metrics, /mailwarden_smtp_auth_total\{listener="submissions",result="locked"\} 3/);
+        assert.match(metrics, /mailwarden_smtp_auth_total\{listener="submissions",result="invalid"\} 10/);
+    });
+});

@@ -21,7 +21,14 @@ describe('shipped rules', () => {
         const set = r.ruleSet!;
         assert.deepEqual(
             set.files.map((f) => path.basename(f)),
-            ['10-allow-block.yaml', '20-dmarc.yaml', '30-spf.yaml', '40-own-domain.yaml'],
+            [
+                '10-allow-block.yaml',
+                '20-dmarc.yaml',
+                '30-spf.yaml',
+                '40-own-domain.yaml',
+                '50-limits.yaml',
+                '60-accounts.yaml',
+            ],
         );
         assert.deepEqual(
             set.lists.map((l) => [l.name, l.type, l.entries]),
@@ -33,6 +40,30 @@ describe('shipped rules', () => {
             ],
         );
         assert.ok(Object.isFrozen(set) && Object.isFrozen(set.rules) && Object.isFrozen(set.rules[0]));
+    });
+
+    it('cap connections, senders and logins, and try greylisting in monitor mode only', () => {
+        const set = loadRules(PACKAGE_RULES_DIR, { softReject: false }).ruleSet!;
+        assert.deepEqual(
+            set.limits.map(
+                (l) => `${l.id} ${l.stage} ${l.keyText} ${l.rateText ?? `concurrency ${l.concurrency}`} ${l.mode}`,
+            ),
+            [
+                'client-concurrency connect client.ip concurrency 10 enforce',
+                'client-connection-rate connect client.ip/24 100/1m, 1000/1h enforce',
+                'mx-sender-recipients rcpt mail.from 300/1h, 2000/1d enforce',
+                'login-messages mail auth.user 100/1h, 500/1d enforce',
+                'login-recipients rcpt auth.user 300/1h, 1000/1d enforce',
+            ],
+        );
+        assert.ok(
+            set.limits.every((l) => l.onError === 'allow'),
+            'Redis trouble never stops mail by default',
+        );
+        assert.deepEqual(
+            set.greylists.map((g) => `${g.id} ${g.mode}`),
+            ['greylist-unverified monitor'],
+        );
     });
 
     it('pass every case they carry, and each file carries some', () => {

@@ -21,6 +21,9 @@ const situations: Situation[] = [
     'auth-tls-required',
     'auth-invalid',
     'auth-unavailable',
+    'auth-locked',
+    'auth-locked-disconnect',
+    'sender-not-owned',
 ];
 
 describe('reply table', () => {

@@ -1,0 +1,212 @@
+/**
+ * Rate limits and greylisting in a real redis-server shared by two proxy instances: one limit
+ * holds across both, concurrency leases and greylisting triplets are seen by both, and every
+ * key Redis holds has a TTL. Then Redis is killed mid-test: a limit with `onError: allow`
+ * lets mail through (and `redis_errors_total` rises), one with `onError: tempfail` answers
+ * 451 4.7.1, `/readyz` reports it; when Redis is back on the same port the limits apply
+ * again without restarting either instance.
+ */
+import assert from 'node:assert/strict';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { Redis } from 'ioredis';
+import { startApp, type TestApp } from '../helpers/app.ts';
+import { startRedis, type RedisInstance } from '../helpers/redis.ts';
+import { startScriptedUpstream, type ScriptedUpstream } from '../helpers/scripted-upstream.ts';
+import { sendMail, smtpConnect, type SmtpClient } from '../helpers/smtp-client.ts';
+
+const MSG = 'From: a@sender.example\r\nTo: b@example.test\r\nSubject: t\r\n\r\nbody\r\n';
+
+const RULES = `limits:
+  - { id: shared-rate, key: mail.from, rate: [5/1h, 50/1d], when: { mail.from.domain: { domain: [shared.example] } } }
+  - { id: strict-rate, key: mail.from, rate: 100/1h, onError: tempfail, when: { mail.from.domain: { domain: [strict.example] } } }
+  - { id: conn-max, key: client.ip, concurrency: 2 }
+greylist:
+  - { id: grey, when: { rcpt.domain: { domain: [grey.example] } }, delay: 5m, retryWindow: 4h }
+`;
+
+async function counter(mw: TestApp, name: 'ratelimitDecisions' | 'redisErrors', labels: Record<string, string> = {}) {
+    const values = (await mw.app.metrics[name].get()).values;
+    return values
+        .filter((v) =>
+            Object.entries(labels).every(
+                ([k, x]) => (v.labels as Record<string, string | number | undefined>)[k] === x,
+            ),
+        )
+        .reduce((sum, v) => sum + v.value, 0);
+}
+
+const send = (mw: TestApp, from: string, to = 'b@example.test') => sendMail(mw.port(), { from, to: [to], data: MSG });
+
+describe('rate limits in Redis shared by two instances', () => {
+    let dir: string;
+    let up: ScriptedUpstream;
+    let redis: RedisInstance;
+    let a: TestApp;
+    let b: TestApp;
+    let clock = Date.UTC(2026, 0, 5, 12, 0, 0);
+    before(async () => {
+        dir = await mkdtemp(join(tmpdir(), 'mw-limits-redis-'));
+        await writeFile(join(dir, '10-limits.yaml'), RULES);
+        up = await startScriptedUpstream({ ehlo: ['XCLIENT NAME ADDR PORT PROTO HELO LOGIN'] });
+        redis = await startRedis();
+        const yaml = [
+            'hostname: mx.example.test',
+            'listeners: [{ name: mx, host: 127.0.0.1, port: 0, mode: mx }]',
+            `upstream: { url: "smtp://127.0.0.1:${up.port}" }`,
+            `rules: "${dir}"`,
+            `redis: { url: "${redis.url}", commandTimeout: 200ms, connectTimeout: 500ms }`,
+            'http: { host: 127.0.0.1, port: 0 }',
+        ].join('\n');
+        a = await startApp(yaml, { now: () => clock });
+        b = await startApp(yaml, { now: () => clock });
+    });
+    after(async () => {
+        await a?.stop();
+        await b?.stop();
+        await up?.close();
+        await redis?.stop();
+        await rm(dir, { recursive: true, force: true });
+    });
+
+    it('enforces one limit across both instances: 5 in all, the sixth gets 450 4.7.1 on either', async () => {
+        const codes: number[] = [];
+        for (let i = 0; i < 5; i++) {
+            const r = await send(i % 2 === 0 ? a : b, 'alice@shared.example');
+            codes.push(r.message?.code ?? r.mail.code);
+        }
+        assert.deepEqual(codes, [250, 250, 250, 250, 250]);
+        for (const mw of [a, b]) {
+            const r = await send(mw, 'alice@shared.example');
+            assert.equal(r.mail.code, 450);
+            assert.match(
+                r.mail.text,
+                /^4\.7\.1 Rate limit reached: .* Please try again in 720 seconds \(limit shared-rate\)/,
+            );
+        }
+        assert.equal(
+            (await counter(a, 'ratelimitDecisions', { limit: 'shared-rate', result: 'allowed' })) +
+                (await counter(b, 'ratelimitDecisions', { limit: 'shared-rate', result: 'allowed' })),
+            5,
+        );
+    });
+
+    it('shares concurrency leases: two held on one instance, the third on the other is refused', async () => {
+        const held: SmtpClient[] = [];
+        for (let i = 0; i < 2; i++) {
+            const c = await smtpConnect(a.port());
+            assert.equal((await c.greeting()).code, 220);
+            held.push(c);
+        }
+        const c = await smtpConnect(b.port());
+        const refused = await c.greeting();
+        assert.equal(refused.code, 421);
+        assert.match(refused.text, /^4\.7\.0 Too many simultaneous connections .*\(limit conn-max\)/);
+        await c.waitClosed(5000);
+        for (const h of held) {
+            await h.cmd('QUIT');
+            h.close();
+        }
+        // Released when the sessions end: the other instance admits connections again.
+        let code = 0;
+        for (let i = 0; i < 50 && code !== 220; i++) {
+            await sleep(50);
+            const again = await smtpConnect(b.port());
+            code = (await again.greeting()).code;
+            again.close();
+            await again.waitClosed(5000).catch(() => undefined);
+        }
+        assert.equal(code, 220);
+    });
+
+    it('shares greylisting: first try on one instance, the retry on the other passes', async () => {
+        const first = await send(a, 'news@far.example', 'ann@grey.example');
+        assert.equal(first.rcpt[0]!.code, 450);
+        assert.match(first.rcpt[0]!.text, /^4\.7\.1 Greylisted: please try again in 300 seconds \(RFC 6647\)/);
+        clock += 2 * 60_000;
+        const early = await send(b, 'news@far.example', 'ann@grey.example');
+        assert.match(early.rcpt[0]!.text, /please try again in 180 seconds/);
+        clock += 3 * 60_000;
+        const retry = await send(b, 'news@far.example', 'ann@grey.example');
+        assert.equal(retry.rcpt[0]!.code, 250);
+        assert.equal(retry.message?.code, 250);
+    });
+
+    it('gives every key it wrote a TTL', async () => {
+        const raw = new Redis(redis.url, { lazyConnect: true, maxRetriesPerRequest: 1 });
+        try {
+            await raw.connect();
+            const keys: string[] = [];
+            let cursor = '0';
+            do {
+                const [next, batch] = await raw.scan(cursor, 'COUNT', 1000);
+                cursor = next;
+                keys.push(...batch);
+            } while (cursor !== '0');
+            assert.ok(
+                keys.some((k) => k.startsWith('mw:rl:v1:{shared-rate|alice@shared.example}:')),
+                keys.join(' '),
+            );
+            assert.ok(
+                keys.some((k) => k.startsWith('mw:glt:v1:{grey|127.0.0.0/24|news@far.example|ann@grey.example}')),
+            );
+            for (const k of keys) {
+                const ttl = await raw.pttl(k);
+                assert.ok(ttl > 0, `${k} has TTL ${ttl}`);
+            }
+        } finally {
+            raw.disconnect();
+        }
+    });
+
+    it('fails open or tempfails as each limit says while Redis is down, and recovers without a restart', async () => {
+        const readyz = async (mw: TestApp) => (await fetch(`http://127.0.0.1:${mw.app.httpPort}/readyz`)).status;
+        assert.equal(await readyz(a), 200);
+        const errorsBefore = await counter(a, 'redisErrors');
+        const port = redis.port;
+        process.kill(redis.pid, 'SIGKILL');
+        await redis.stop();
+
+        // onError: allow (the default): over the limit or not, mail goes through.
+        const open = await send(a, 'alice@shared.example');
+        assert.equal(open.message?.code, 250, 'fails open');
+        assert.ok((await counter(a, 'redisErrors')) > errorsBefore, 'redis_errors_total rises');
+        assert.ok((await counter(a, 'ratelimitDecisions', { limit: 'shared-rate', result: 'error_allowed' })) >= 1);
+        // onError: tempfail: the sender is asked to retry, never refused for good.
+        const strict = await send(a, 'bob@strict.example');
+        assert.equal(strict.mail.code, 451);
+        assert.match(
+            strict.mail.text,
+            /^4\.7\.1 Temporary problem applying a sending limit; nothing is wrong with your mail\..*\(limit strict-rate\)/,
+        );
+        assert.equal(await counter(a, 'ratelimitDecisions', { limit: 'strict-rate', result: 'error_tempfail' }), 1);
+        // Greylisting fails open too (its onError is allow).
+        const grey = await send(b, 'other@far.example', 'bob@grey.example');
+        assert.equal(grey.rcpt[0]!.code, 250);
+        // Connections are not held up by the concurrency limit either.
+        const c = await smtpConnect(a.port());
+        assert.equal((await c.greeting()).code, 220);
+        c.close();
+        assert.equal(await readyz(a), 503, '/readyz reports Redis');
+
+        redis = await startRedis({ port });
+        let code = 0;
+        const deadline = Date.now() + 10_000;
+        while (code !== 250 && Date.now() < deadline) {
+            await sleep(100);
+            code = (await send(a, 'bob@strict.example')).message?.code ?? 0;
+        }
+        assert.equal(code, 250, 'the tempfail limit passes again once Redis answers');
+        // The new server starts empty: the shared limit counts afresh, across both instances.
+        const codes: number[] = [];
+        for (let i = 0; i < 6; i++) {
+            const r = await send(i % 2 === 0 ? b : a, 'carol@shared.example');
+            codes.push(r.message?.code ?? r.mail.code);
+        }
+        assert.deepEqual(codes, [250, 250, 250, 250, 250, 450]);
+        assert.equal(await readyz(a), 200);
+    });
+});

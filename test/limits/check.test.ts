@@ -1,0 +1,275 @@
+/**
+ * The `ratelimit` check on its own, with real stores: the keys it builds from facts
+ * (normalised, prefixed, hashed when hostile), the greylisting triplet, the facts it reports
+ * at each stage, concurrency leases given back when a session ends, and each limit's
+ * onError applied when the store fails (a Redis store pointed at a port where nothing
+ * listens). The clock is the only thing injected.
+ */
+import assert from 'node:assert/strict';
+import { after, describe, it } from 'node:test';
+import { createMemoryStore, createRedisStore, type LimitStore } from '../../src/limits/index.ts';
+import { createRateLimitCheck } from '../../src/limits/check.ts';
+import { greylistSender, greylistTriplet, ipNetwork, limitKeys, safePart } from '../../src/limits/limit-keys.ts';
+import { createMetrics } from '../../src/metrics.ts';
+import type { CheckContext } from '../../src/pipeline.ts';
+import { loadRules, type RuleSet } from '../../src/rules/index.ts';
+import type { Facts, Stage } from '../../src/types.ts';
+import { cleanup, folderWith } from '../rules/helpers.ts';
+import { freePort } from '../helpers/smtp-client.ts';
+
+after(cleanup);
+
+function rules(text: string): RuleSet {
+    const r = loadRules(folderWith({ '10-limits.yaml': text }), { softReject: false });
+    assert.deepEqual(r.issues, []);
+    return r.ruleSet!;
+}
+
+function ctx(stage: Stage, facts: Facts, sessionId = 's1'): CheckContext {
+    const rcpt = facts['rcpt.to'];
+    return {
+        stage,
+        sessionId,
+        facts,
+        client: {
+            ip: String(facts['client.ip'] ?? '192.0.2.1'),
+            port: 1,
+            ptr: null,
+            helo: null,
+            proto: 'ESMTP',
+            login: null,
+        },
+        envelope: {
+            mailFrom: typeof facts['mail.from'] === 'string' ? facts['mail.from'] : null,
+            rcptTo: Array.isArray(rcpt) ? rcpt : [],
+        },
+        message: null,
+    };
+}
+
+const signal = new AbortController().signal;
+
+describe('limit keys', () => {
+    const set = rules(`limits:
+  - { id: ip, key: client.ip, concurrency: 5 }
+  - { id: net, key: client.ip/24, rate: 5/1m, per: connection }
+  - { id: net48, key: client.ip/16, ipv6Prefix: 48, rate: 5/1m, per: connection }
+  - { id: sender, key: mail.from, rate: 5/1m }
+  - { id: login-ip, key: [auth.user, client.ip], rate: 5/1m }
+  - { id: rcpt, key: rcpt.to, rate: 5/1m, per: recipient }
+  - { id: rcpt-bytes, key: rcpt.domain, rate: 5MB/1h, per: byte }
+  - { id: helo, key: helo, rate: 5/1m }
+  - { id: all, key: global, rate: 5/1m }
+`);
+    const spec = (id: string) => set.limits.find((l) => l.id === id)!;
+
+    it('cut client addresses to their prefix, IPv4-mapped IPv6 counting as IPv4', () => {
+        assert.deepEqual(limitKeys(spec('ip'), { 'client.ip': '203.0.113.7' }, 'connect'), ['ip|203.0.113.7']);
+        assert.deepEqual(limitKeys(spec('ip'), { 'client.ip': '::ffff:203.0.113.7' }, 'connect'), ['ip|203.0.113.7']);
+        assert.deepEqual(limitKeys(spec('ip'), { 'client.ip': '2001:db8:1:2:a:b:c:d' }, 'connect'), [
+            'ip|2001:db8:1:2::/64',
+        ]);
+        assert.deepEqual(limitKeys(spec('net'), { 'client.ip': '203.0.113.7' }, 'connect'), ['net|203.0.113.0/24']);
+        assert.deepEqual(limitKeys(spec('net48'), { 'client.ip': '2001:db8:1:2::9' }, 'connect'), [
+            'net48|2001:db8:1::/48',
+        ]);
+        assert.equal(ipNetwork('10.1.2.3', 8, 64), '10.0.0.0/8');
+    });
+
+    it('lower-case addresses, skip missing facts, and join several facts', () => {
+        assert.deepEqual(limitKeys(spec('sender'), { 'mail.from': 'Alice@Example.ORG' }, 'mail'), [
+            'sender|alice@example.org',
+        ]);
+        assert.deepEqual(limitKeys(spec('sender'), { 'mail.from': '' }, 'mail'), [], 'the null sender');
+        assert.deepEqual(limitKeys(spec('login-ip'), { 'auth.user': null, 'client.ip': '192.0.2.1' }, 'mail'), []);
+        assert.deepEqual(limitKeys(spec('login-ip'), { 'auth.user': 'Bob', 'client.ip': '192.0.2.1' }, 'mail'), [
+            'login-ip|bob|192.0.2.1',
+        ]);
+        assert.deepEqual(limitKeys(spec('all'), {}, 'mail'), ['all|*']);
+    });
+
+    it('count the recipient being checked at RCPT, and every recipient domain at DATA', () => {
+        const facts = { 'rcpt.to': ['a@x.example', 'B@Y.example', 'c@x.example'] };
+        assert.deepEqual(limitKeys(spec('rcpt'), facts, 'rcpt'), ['rcpt|c@x.example']);
+        assert.deepEqual(limitKeys(spec('rcpt-bytes'), facts, 'data'), [
+            'rcpt-bytes|x.example',
+            'rcpt-bytes|y.example',
+        ]);
+    });
+
+    it('hash values that are long or could break the key format', () => {
+        const long = limitKeys(spec('helo'), { helo: 'a'.repeat(10_000) }, 'mail');
+        assert.equal(long.length, 1);
+        assert.ok(long[0]!.length < 40, long[0]);
+        const [braces] = limitKeys(spec('helo'), { helo: 'evil}{x' }, 'mail');
+        assert.match(braces!, /^helo\|#[\w-]{27}$/);
+        assert.notEqual(
+            limitKeys(spec('helo'), { helo: 'a b' }, 'mail')[0],
+            limitKeys(spec('helo'), { helo: 'a c' }, 'mail')[0],
+        );
+        assert.equal(safePart('mx.example.org'), 'mx.example.org');
+        assert.match(safePart('a|b'), /^#/);
+    });
+
+    it('compare greylisting senders as postgrey does', () => {
+        assert.equal(greylistSender(''), '<>');
+        assert.equal(greylistSender('prvs=1234abcd=Bob@Example.org'), 'bob@example.org');
+        assert.equal(greylistSender('list-bounces+123-456@lists.example'), 'list-bounces+#-#@lists.example');
+        assert.deepEqual(greylistTriplet('grey', '198.51.100.77', 'a@b.example', 'Ann@Grey.Example'), {
+            triplet: 'grey|198.51.100.0/24|a@b.example|ann@grey.example',
+            client: 'grey|198.51.100.0/24',
+        });
+        assert.equal(greylistTriplet('grey', '2001:db8:5:6::1', '', 'x@y.example').client, 'grey|2001:db8:5:6::/64');
+    });
+});
+
+describe('ratelimit check', () => {
+    const set = rules(`limits:
+  - { id: conns, key: client.ip, concurrency: 2 }
+  - { id: sender, key: mail.from, rate: 2/1h }
+  - { id: watch, key: mail.from, rate: 1/1h, mode: monitor }
+  - { id: strict, key: mail.from.domain, rate: 100/1h, onError: tempfail }
+greylist:
+  - { id: grey, when: { rcpt.domain: { domain: [grey.example] } }, delay: 5m, retryWindow: 4h }
+`);
+    const clock = 1_000_000_000;
+    const make = (store: LimitStore, metrics = createMetrics('test')) => ({
+        metrics,
+        check: createRateLimitCheck({
+            store,
+            declarations: () => set,
+            metrics,
+            now: () => clock,
+            instanceId: 'test',
+            storeTimeoutMs: 100,
+        }),
+    });
+    const mailFacts = { 'client.ip': '192.0.2.1', 'mail.from': 'a@b.example', 'mail.from.domain': 'b.example' };
+
+    it('reports exceeded, monitored and retry facts at each stage', async () => {
+        const { check, metrics } = make(createMemoryStore());
+        const run = async () => (await check.run(ctx('mail', mailFacts), signal)).facts;
+        assert.deepEqual(await run(), {
+            'ratelimit.exceeded': [],
+            'ratelimit.monitor': [],
+            'ratelimit.error': [],
+            'ratelimit.retry_after': null,
+        });
+        assert.deepEqual(await run(), {
+            'ratelimit.exceeded': [],
+            'ratelimit.monitor': ['watch'],
+            'ratelimit.error': [],
+            'ratelimit.retry_after': 3600,
+        });
+        assert.deepEqual(await run(), {
+            'ratelimit.exceeded': ['sender'],
+            'ratelimit.monitor': ['watch'],
+            'ratelimit.error': [],
+            'ratelimit.retry_after': 1800,
+        });
+        const helo = await check.run(ctx('helo', mailFacts), signal);
+        assert.deepEqual(helo.facts['ratelimit.exceeded'], [], 'stale facts of an earlier stage are replaced');
+        const values = (await metrics.ratelimitDecisions.get()).values.map(
+            (v) => `${v.labels.limit} ${v.labels.result} ${v.value}`,
+        );
+        assert.deepEqual(values.sort(), [
+            'sender allowed 2',
+            'sender limited 1',
+            'strict allowed 3',
+            'watch allowed 1',
+            'watch monitor_limited 2',
+        ]);
+    });
+
+    it('reports nothing when no limits are declared', async () => {
+        const check = createRateLimitCheck({
+            store: createMemoryStore(),
+            declarations: () => null,
+            metrics: createMetrics('test'),
+            now: () => clock,
+            instanceId: 'x',
+        });
+        assert.deepEqual((await check.run(ctx('mail', mailFacts), signal)).facts, {});
+    });
+
+    it('gives concurrency leases back when the session ends', async () => {
+        const store = createMemoryStore();
+        const { check } = make(store);
+        const connect = (id: string) => check.run(ctx('connect', { 'client.ip': '192.0.2.9' }, id), signal);
+        assert.deepEqual((await connect('a')).facts['ratelimit.exceeded'], []);
+        assert.deepEqual((await connect('b')).facts['ratelimit.exceeded'], []);
+        assert.deepEqual((await connect('c')).facts['ratelimit.exceeded'], ['conns']);
+        await check.end!('c');
+        assert.deepEqual((await connect('d')).facts['ratelimit.exceeded'], ['conns'], 'a refused session held nothing');
+        await check.end!('a');
+        assert.deepEqual((await connect('e')).facts['ratelimit.exceeded'], []);
+        // A session that ended before its connect stage finished keeps nothing.
+        await check.end!('late');
+        await check.end!('b');
+        assert.deepEqual((await connect('late')).facts['ratelimit.exceeded'], []);
+        assert.deepEqual((await connect('f')).facts['ratelimit.exceeded'], [], 'the late lease was given back');
+        for (const id of ['d', 'e', 'f']) await check.end!(id);
+    });
+
+    it('greylists the recipient being checked', async () => {
+        const { check } = make(createMemoryStore());
+        const facts = {
+            ...mailFacts,
+            'rcpt.to': ['x@other.example', 'ann@grey.example'],
+            'rcpt.domain': 'grey.example',
+        };
+        const r = await check.run(ctx('rcpt', facts), signal);
+        assert.equal(r.facts['greylist.id'], 'grey');
+        assert.equal(r.facts['greylist.result'], 'new');
+        assert.equal(r.facts['greylist.retry_after'], 300);
+        const other = await check.run(
+            ctx('rcpt', { ...facts, 'rcpt.to': ['x@other.example'], 'rcpt.domain': 'other.example' }),
+            signal,
+        );
+        assert.deepEqual(
+            [other.facts['greylist.id'], other.facts['greylist.result'], other.facts['greylist.retry_after']],
+            [null, 'skipped', null],
+        );
+    });
+
+    it('applies each limit’s onError when the store fails', async () => {
+        const port = await freePort();
+        const store = createRedisStore({
+            url: `redis://127.0.0.1:${port}`,
+            commandTimeoutMs: 100,
+            connectTimeoutMs: 100,
+        });
+        try {
+            const { check, metrics } = make(store);
+            const mail = await check.run(ctx('mail', mailFacts), signal);
+            assert.deepEqual(mail.facts, {
+                'ratelimit.exceeded': [],
+                'ratelimit.monitor': [],
+                'ratelimit.error': ['strict'],
+                'ratelimit.retry_after': null,
+            });
+            const connect = await check.run(ctx('connect', { 'client.ip': '192.0.2.1' }), signal);
+            assert.deepEqual(connect.facts['ratelimit.error'], [], 'onError allow: the connection goes on');
+            const rcpt = await check.run(
+                ctx('rcpt', { ...mailFacts, 'rcpt.to': ['ann@grey.example'], 'rcpt.domain': 'grey.example' }),
+                signal,
+            );
+            assert.equal(rcpt.facts['greylist.result'], 'error');
+            const values = (await metrics.ratelimitDecisions.get()).values.map(
+                (v) => `${v.labels.limit} ${v.labels.result}`,
+            );
+            assert.deepEqual(values.sort(), [
+                'conns error_allowed',
+                'greylist error_allowed',
+                'sender error_allowed',
+                'strict error_tempfail',
+                'watch error_allowed',
+            ]);
+            const decision = set.decide('mail', { ...mailFacts, ...mail.facts });
+            assert.equal(decision.action, 'tempfail');
+            assert.equal(decision.reply?.code, 451);
+        } finally {
+            await store.close();
+        }
+    });
+});
