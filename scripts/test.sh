@@ -1,9 +1,9 @@
 #!/bin/sh
 # The project's test command (`npm test`, and what CI runs): prepares Node.js 24, the
-# Debian test peers (Postfix, Redis, OpenSSL) and the locked npm dependencies, then runs
-# the type check, lint, format check and the whole test suite, stopping at the first failure.
-# It must not start the system's own Postfix or Redis, and changes nothing outside the
-# project folder except installing those packages.
+# Debian test peers (Postfix, Redis, Dovecot, Prometheus, OpenSSL) and the locked npm
+# dependencies, then runs the type check, lint, format check and the whole test suite,
+# stopping at the first failure. It must not start the system services of those packages,
+# and changes nothing outside the project folder except installing them.
 set -eu
 . "$(dirname "$0")/env.sh"
 . "$MW_ROOT/scripts/peers.sh"

@@ -14,6 +14,7 @@ import { ConfigError, loadConfig } from '../config/load.ts';
 import type { Config } from '../config/types.ts';
 import { MessageSpool } from '../data/spool.ts';
 import { createResolver } from '../dns/resolver.ts';
+import { createMemoryStore } from '../limits/memory-store.ts';
 import { filterIncomingFields, formatField, parseHeaderSection } from '../headers.ts';
 import { domainOf, forwardHeaders, messageFacts } from '../message-facts.ts';
 import { createMetrics } from '../metrics.ts';
@@ -72,7 +73,16 @@ export async function explainMessage(
     if (!listener) throw new Error(`no listener named ${input.listener ?? ''} in the configuration`);
     const resolver = createResolver({ servers: config.dns.servers, timeoutMs: config.dns.timeoutMs });
     const metrics = createMetrics(VERSION);
-    const checks = defaultChecks(config, resolver, metrics);
+    // limits are evaluated against a fresh in-memory store: explain shows what a first message
+    // from this client would meet, and never charges the counters of the running proxy
+    const store = createMemoryStore();
+    const checks = defaultChecks(config, resolver, metrics, {
+        store,
+        declarations: () => ruleSet,
+        metrics,
+        now: Date.now,
+        instanceId: 'explain',
+    });
     const stages: StageReport[] = [];
     let trace: readonly TraceEntry[] = [];
     const tracing: Decider = {
@@ -222,6 +232,7 @@ export async function explainMessage(
     } finally {
         await Promise.all(checks.map((c) => (c.end ? c.end(sessionId).catch(() => undefined) : Promise.resolve())));
         await spool.dispose();
+        await store.close();
         resolver.close();
     }
 }

@@ -4,8 +4,9 @@
  * XCLIENT from loopback, and delivery of `@example.test` recipients into Maildirs.
  * It must not read or change the system's Postfix (/etc/postfix, /var/spool/postfix) and must
  * not listen on anything but 127.0.0.1; stop() stops the instance and removes its folder.
- * The deployment constants below are the Postfix settings the proxy relies on; the test
- * instance uses them verbatim so the documented lines are the tested ones.
+ * The deployment settings are read from docs/postfix/ (main.cf lines, the master.cf entry, the
+ * header_checks table), the files the deployment guide includes, so the documented lines are
+ * the tested ones.
  */
 import { execFile } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
@@ -15,32 +16,69 @@ import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { freePort, smtpConnect } from './smtp-client.ts';
 
-/**
- * main.cf lines for the Postfix behind mailwarden: trust XCLIENT only from the proxy's host,
- * and hold messages that mailwarden marked for quarantine. Postfix expands `$config_directory`.
- */
-export const POSTFIX_DEPLOYMENT_MAIN_CF: Readonly<Record<string, string>> = {
-    smtpd_authorized_xclient_hosts: '127.0.0.1',
-    header_checks: 'regexp:$config_directory/mailwarden_header_checks',
-};
+/** The deployment snippets the guide (docs/deploy-postfix.md) includes; the test instance uses them as written. */
+const SNIPPETS = new URL('../../docs/postfix/', import.meta.url);
 
-/** The file named by `header_checks` above (`/etc/postfix/mailwarden_header_checks`). */
+/** Parses main.cf text: `name = value` lines, continuation lines starting with white space, `#` comments. */
+export function parseMainCf(text: string): Record<string, string> {
+    const out: Record<string, string> = {};
+    let last: string | null = null;
+    for (const line of text.split('\n')) {
+        if (/^\s*(#|$)/.test(line)) continue;
+        if (/^\s/.test(line)) {
+            if (last === null) throw new Error(`main.cf continuation line without a parameter: ${line}`);
+            out[last] = `${out[last]} ${line.trim()}`.trim();
+            continue;
+        }
+        const m = /^([A-Za-z0-9_]+)\s*=\s*(.*)$/.exec(line);
+        if (!m) throw new Error(`not a main.cf line: ${line}`);
+        last = m[1]!;
+        out[last] = m[2]!.trim();
+    }
+    return out;
+}
+
+/**
+ * main.cf lines for the Postfix behind mailwarden (docs/postfix/main.cf): hold messages that
+ * mailwarden marked for quarantine, normalise bare newlines. Postfix expands `$config_directory`.
+ */
+export const POSTFIX_DEPLOYMENT_MAIN_CF: Readonly<Record<string, string>> = parseMainCf(
+    readFileSync(new URL('main.cf', SNIPPETS), 'utf8'),
+);
+
+/** The file named by `header_checks` above (`/etc/postfix/mailwarden_header_checks`), as documented. */
 export const POSTFIX_HEADER_CHECKS_FILE = 'mailwarden_header_checks';
-export const POSTFIX_HEADER_CHECKS = '/^X-Mailwarden-Quarantine:/ HOLD quarantined by mailwarden\n';
+export const POSTFIX_HEADER_CHECKS = readFileSync(new URL(POSTFIX_HEADER_CHECKS_FILE, SNIPPETS), 'utf8');
 
 /**
- * Defence in depth against SMTP smuggling on the Postfix side: normalise bare LF for every
- * client, the proxy's included. Recent patch releases only (Debian bookworm's 3.7.11 has it);
- * the test instance leaves it out where postconf does not know the parameter.
+ * Parameters of the documented main.cf that only recent patch releases know (Debian bookworm's
+ * 3.7.11 has them); the test instance leaves these, and only these, out where postconf does not
+ * know them. Any other unknown parameter fails the start.
  */
-export const POSTFIX_BARE_NEWLINE_MAIN_CF: Readonly<Record<string, string>> = {
-    smtpd_forbid_bare_newline: 'normalize',
-    smtpd_forbid_bare_newline_exclusions: '',
-};
+const RECENT_PARAMETERS: ReadonlySet<string> = new Set([
+    'smtpd_forbid_bare_newline',
+    'smtpd_forbid_bare_newline_exclusions',
+]);
 
-/** master.cf line of the loopback smtpd that mailwarden forwards to (`smtp://127.0.0.1:10026`). */
+/** The documented master.cf entry (docs/postfix/master.cf) without its comments. */
+const MASTER_CF_ENTRY = readFileSync(new URL('master.cf', SNIPPETS), 'utf8')
+    .split('\n')
+    .filter((l) => l.trim() !== '' && !l.startsWith('#'))
+    .join('\n');
+
+/**
+ * The documented master.cf entry of the loopback smtpd that mailwarden forwards to
+ * (`smtp://127.0.0.1:10026`), with its port and chroot column set for a test instance.
+ */
 export function postfixUpstreamMasterCf(port = 10026, chroot: 'y' | 'n' = 'y'): string {
-    return `127.0.0.1:${port} inet n - ${chroot} - - smtpd`;
+    const [first = '', ...options] = MASTER_CF_ENTRY.split('\n');
+    const fields = first.trim().split(/\s+/);
+    if (fields[0] !== '127.0.0.1:10026' || fields[1] !== 'inet' || fields[7] !== 'smtpd' || fields.length !== 8) {
+        throw new Error(`docs/postfix/master.cf: unexpected service line: ${first}`);
+    }
+    fields[0] = `127.0.0.1:${port}`;
+    fields[4] = chroot;
+    return [fields.join(' '), ...options].join('\n');
 }
 
 /** The virtual domain whose users get Maildirs, and the instance's host name (seen in Received). */
@@ -102,12 +140,17 @@ function sbin(command: string): string {
     return existsSync(`/usr/sbin/${command}`) ? `/usr/sbin/${command}` : command;
 }
 
-/** The bare-newline settings, when this Postfix knows them. */
-async function bareNewlineSettings(): Promise<Readonly<Record<string, string>>> {
-    const known = await run(sbin('postconf'), ['-d', 'smtpd_forbid_bare_newline']);
-    return known.code === 0 && known.output.startsWith('smtpd_forbid_bare_newline =')
-        ? POSTFIX_BARE_NEWLINE_MAIN_CF
-        : {};
+/** The documented main.cf lines, without the recent parameters this Postfix does not know. */
+async function deploymentSettings(): Promise<Readonly<Record<string, string>>> {
+    const out: Record<string, string> = {};
+    for (const [name, value] of Object.entries(POSTFIX_DEPLOYMENT_MAIN_CF)) {
+        if (RECENT_PARAMETERS.has(name)) {
+            const known = await run(sbin('postconf'), ['-d', name]);
+            if (known.code !== 0 || !known.output.startsWith(`${name} =`)) continue;
+        }
+        out[name] = value;
+    }
+    return out;
 }
 
 function run(command: string, args: readonly string[]): Promise<{ code: number; output: string }> {
@@ -203,8 +246,7 @@ export async function startPostfix(options: PostfixOptions = {}): Promise<Postfi
         maximal_backoff_time: '2s',
         in_flow_delay: '0s',
         smtpd_error_sleep_time: '0s',
-        ...POSTFIX_DEPLOYMENT_MAIN_CF,
-        ...(await bareNewlineSettings()),
+        ...(await deploymentSettings()),
         ...options.mainCf,
     };
     await writeFile(

@@ -1,0 +1,112 @@
+/**
+ * The Prometheus alert rules (grafana/alerts.yml) with Prometheus's own tool: `promtool check
+ * rules` accepts them, `promtool test rules` passes their unit tests (grafana/alerts.test.yml),
+ * and those tests make every alert fire at least once and stay quiet at least once. Every alert
+ * carries a severity, a summary, a description and a runbook link to a section that exists, and
+ * the docker-compose Prometheus configuration that loads them passes `promtool check config`.
+ */
+import assert from 'node:assert/strict';
+import { copyFileSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { describe, it } from 'node:test';
+import { parse } from 'yaml';
+import { promtool } from '../helpers/prometheus.ts';
+
+const root = new URL('../../', import.meta.url);
+const grafanaDir = fileURLToPath(new URL('grafana/', root));
+const read = (file: string): string => readFileSync(new URL(file, root), 'utf8');
+
+interface AlertRule {
+    alert: string;
+    expr: string;
+    labels?: Record<string, string>;
+    annotations?: Record<string, string>;
+}
+const rules = (parse(read('grafana/alerts.yml')) as { groups: { rules: AlertRule[] }[] }).groups.flatMap(
+    (g) => g.rules,
+);
+const unitTests = parse(read('grafana/alerts.test.yml')) as {
+    rule_files: string[];
+    tests: { name: string; alert_rule_test: { alertname: string; exp_alerts: unknown[] }[] }[];
+};
+
+/** GitHub's anchor for a Markdown heading. */
+function anchor(heading: string): string {
+    return heading
+        .trim()
+        .toLowerCase()
+        .replace(/[^\w\- ]/g, '')
+        .replace(/ /g, '-');
+}
+
+describe('alert rules', () => {
+    it('pass promtool check rules', async () => {
+        const r = await promtool(['check', 'rules', 'alerts.yml'], grafanaDir);
+        assert.equal(r.code, 0, r.output);
+        assert.match(r.output, new RegExp(`SUCCESS: ${rules.length} rules found`));
+    });
+
+    it('pass their unit tests (promtool test rules alerts.test.yml)', async () => {
+        assert.deepEqual(unitTests.rule_files, ['alerts.yml']);
+        const r = await promtool(['test', 'rules', 'alerts.test.yml'], grafanaDir);
+        assert.equal(r.code, 0, r.output);
+        assert.match(r.output, /SUCCESS/);
+    });
+
+    it('have a unit test in which each alert fires, and one in which it stays quiet', () => {
+        const cases = unitTests.tests.flatMap((t) => t.alert_rule_test);
+        for (const rule of rules) {
+            const mine = cases.filter((c) => c.alertname === rule.alert);
+            assert.ok(
+                mine.some((c) => c.exp_alerts.length > 0),
+                `${rule.alert} fires in a test`,
+            );
+            assert.ok(
+                mine.some((c) => c.exp_alerts.length === 0),
+                `${rule.alert} stays quiet in a test`,
+            );
+        }
+    });
+
+    it('carry a severity, a summary, a description and a runbook section that exists', () => {
+        const runbook = read('docs/runbook.md');
+        const anchors = new Set([...runbook.matchAll(/^#{2,3} (.+)$/gm)].map((m) => anchor(m[1]!)));
+        assert.ok(rules.length >= 5);
+        for (const rule of rules) {
+            assert.match(rule.labels?.severity ?? '', /^(critical|warning)$/, rule.alert);
+            assert.ok(rule.annotations?.summary, `${rule.alert} summary`);
+            assert.ok(rule.annotations?.description, `${rule.alert} description`);
+            const url = rule.annotations?.runbook_url ?? '';
+            assert.equal(url, `docs/runbook.md#${rule.alert.toLowerCase()}`, rule.alert);
+            assert.ok(anchors.has(rule.alert.toLowerCase()), `docs/runbook.md has a section ${rule.alert}`);
+        }
+    });
+
+    it('cover what the operator must hear about: upstream, DNS, Redis, rejects, AUTH', () => {
+        const all = rules.map((r) => `${r.alert} ${r.expr}`).join('\n');
+        for (const metric of [
+            'mailwarden_upstream_replies_total',
+            'mailwarden_dns_queries_total',
+            'mailwarden_redis_errors_total',
+            'mailwarden_messages_total{action="reject"}',
+            'mailwarden_smtp_auth_total{result="invalid"}',
+        ]) {
+            assert.ok(all.includes(metric), `an alert reads ${metric}`);
+        }
+    });
+
+    it('are loaded by the docker-compose Prometheus configuration, which promtool accepts', async () => {
+        const dir = mkdtempSync(join(tmpdir(), 'mailwarden-promtool-'));
+        try {
+            copyFileSync(new URL('deploy/compose/prometheus.yml', root), join(dir, 'prometheus.yml'));
+            copyFileSync(new URL('grafana/alerts.yml', root), join(dir, 'alerts.yml'));
+            const r = await promtool(['check', 'config', 'prometheus.yml'], dir);
+            assert.equal(r.code, 0, r.output);
+            assert.match(r.output, /SUCCESS: 1 rule files found/);
+        } finally {
+            rmSync(dir, { recursive: true, force: true });
+        }
+    });
+});

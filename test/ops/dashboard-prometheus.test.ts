@@ -1,0 +1,483 @@
+/**
+ * The Grafana dashboard and the alert rules work against a real Prometheus: Debian's
+ * prometheus, started with the shipped deploy/compose/prometheus.yml (scrape interval shortened,
+ * target pointed at the test app) and grafana/alerts.yml, scrapes a running mailwarden that has
+ * handled real traffic: accepted, tagged, rejected, quarantined and tempfailed mail, a DMARC
+ * override, a bare LF, an upstream 4xx and an upstream failure, AUTH successes and failures
+ * against a real users file, a paused Redis, and good and bad rule reloads. Then every expression of the dashboard (panel
+ * targets, the annotation, the instance variable) is evaluated the way Grafana sends it, through
+ * Prometheus's query API, for one selected instance and for "All": each must parse and return a
+ * finite, non-zero value during the traffic. Every alert expression must parse and run, and
+ * Prometheus must have evaluated every rule without error.
+ */
+import assert from 'node:assert/strict';
+import { cpSync, mkdtempSync, readFileSync, rmSync, unlinkSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { after, before, describe, it } from 'node:test';
+import { parse } from 'yaml';
+import { hashPassword } from '../../src/submission/hashes.ts';
+import { rsaKey, sign } from '../auth/helpers.ts';
+import { startApp, type TestApp } from '../helpers/app.ts';
+import { startDnsServer, type DnsTestServer, type Zone } from '../helpers/dns-server.ts';
+import { startPrometheus, PromQueryError, type PrometheusInstance, type PromSeries } from '../helpers/prometheus.ts';
+import { startRedis, type RedisInstance } from '../helpers/redis.ts';
+import { startScriptedUpstream, type ScriptedUpstream } from '../helpers/scripted-upstream.ts';
+import { sendMail, smtpConnect, type SmtpClient } from '../helpers/smtp-client.ts';
+import { createTestCertificate, type TestCertificate } from '../helpers/tls-cert.ts';
+
+const root = new URL('../../', import.meta.url);
+const read = (file: string): string => readFileSync(new URL(file, root), 'utf8');
+
+interface GrafanaTarget {
+    expr: string;
+    refId: string;
+}
+interface GrafanaPanel {
+    type: string;
+    title: string;
+    targets?: GrafanaTarget[];
+}
+const dashboard = JSON.parse(read('grafana/dashboard.json')) as {
+    panels: GrafanaPanel[];
+    annotations: { list: { name: string; expr?: string }[] };
+    templating: { list: { name: string; allValue?: string; definition?: string }[] };
+};
+const alertsText = read('grafana/alerts.yml');
+const alertRules = (
+    parse(alertsText) as { groups: { rules: { alert?: string; record?: string; expr: string }[] }[] }
+).groups
+    .flatMap((g) => g.rules)
+    .filter((r): r is { alert: string; expr: string } => typeof r.alert === 'string');
+const composePrometheus = parse(read('deploy/compose/prometheus.yml')) as {
+    global: Record<string, unknown>;
+    rule_files: string[];
+    scrape_configs: { job_name: string; static_configs: { targets: string[] }[] }[];
+};
+
+/** Scrape and evaluation interval of the test Prometheus, in seconds. */
+const SCRAPE = 1;
+/** Range-query step, as Grafana picks it for a short time range. */
+const STEP = 1;
+/** Grafana's $__rate_interval: max($__interval + scrape interval, 4 × scrape interval). */
+const RATE_INTERVAL = `${Math.max(STEP + SCRAPE, 4 * SCRAPE)}s`;
+
+/** Grafana's regex escaping of a multi-value variable's value (Prometheus data source). */
+function grafanaRegexEscape(value: string): string {
+    return value.replace(/\\/g, '\\\\\\\\').replace(/[$^*{}[\]'+?.()|]/g, '\\\\$&');
+}
+
+/** The expression as Grafana sends it to Prometheus, for the given `instance` variable value. */
+function interpolate(expr: string, instance: string): string {
+    const out = expr
+        .replaceAll('${__rate_interval}', RATE_INTERVAL)
+        .replaceAll('$__rate_interval', RATE_INTERVAL)
+        .replaceAll('${__interval}', `${STEP}s`)
+        .replaceAll('$__interval', `${STEP}s`)
+        .replaceAll('${instance}', instance)
+        .replaceAll('$instance', instance);
+    const unknown = /\$\{?\w+/.exec(out);
+    if (unknown) throw new Error(`unknown Grafana variable ${unknown[0]} in ${expr}`);
+    return out;
+}
+
+/** Metric names an expression reads. */
+function metricsOf(expr: string): string[] {
+    return [...new Set([...expr.matchAll(/\b((?:mailwarden|process|nodejs)_[a-z0-9_]+|up)\{/g)].map((m) => m[1]!))];
+}
+
+function finiteNonZero(series: readonly PromSeries[]): boolean {
+    return series.some((s) =>
+        s.values.some(([, v]) => {
+            const n = Number(v);
+            return Number.isFinite(n) && n !== 0;
+        }),
+    );
+}
+
+/** The shipped per-client concurrency limit, which the traffic exceeds once per round. */
+const concurrencyLimit = (() => {
+    const file = parse(read('rules/50-limits.yaml')) as { limits?: { id: string; concurrency?: number }[] };
+    const limit = file.limits?.find((l) => l.id === 'client-concurrency')?.concurrency;
+    if (typeof limit !== 'number') throw new Error('rules/50-limits.yaml has no client-concurrency limit');
+    return limit;
+})();
+
+const key = rsaKey();
+const zone: Zone = {
+    // p=reject, SPF only for 192.0.2.10: mail from 127.0.0.1 is a spoof
+    'bank.example': { TXT: ['v=spf1 ip4:192.0.2.10 -all'] },
+    '_dmarc.bank.example': { TXT: ['v=DMARC1; p=reject; adkim=s; aspf=s'] },
+    // DKIM-signed and aligned
+    'news.example': { TXT: ['v=spf1 -all'], ttl: 300 },
+    '_dmarc.news.example': { TXT: ['v=DMARC1; p=reject'], ttl: 300 },
+    'sel._domainkey.news.example': { TXT: [key.record], ttl: 300 },
+    // p=quarantine
+    'shop.example': { TXT: ['v=spf1 ip4:192.0.2.20 -all'] },
+    '_dmarc.shop.example': { TXT: ['v=DMARC1; p=quarantine'] },
+    // p=reject in test mode: the disposition is lowered (override "testing")
+    'beta.example': { TXT: ['v=spf1 ip4:192.0.2.30 -all'] },
+    '_dmarc.beta.example': { TXT: ['v=DMARC1; p=reject; t=y'] },
+    // SPF fail, no DMARC: tagged
+    'plain.example': { TXT: ['v=spf1 ip4:192.0.2.40 -all'] },
+    // the DMARC lookup times out: 451 4.7.5
+    'slow.example': { TXT: ['v=spf1 -all'] },
+    '_dmarc.slow.example': { TIMEOUT: true },
+};
+
+function msg(from: string, subject: string, extra = ''): string {
+    const id = `${subject.replace(/\W/g, '')}.${Math.random().toString(36).slice(2)}@test`;
+    return (
+        `${extra}From: ${from}\r\nTo: bob@example.test\r\nSubject: ${subject}\r\n` +
+        `Date: Sun, 29 Nov 2026 01:00:00 +0000\r\nMessage-ID: <${id}>\r\n\r\nHello.\r\n`
+    );
+}
+
+const plain = (user: string, pass: string): string => Buffer.from(`\0${user}\0${pass}`).toString('base64');
+
+describe('the Grafana dashboard and the alert rules against a real Prometheus', () => {
+    let cert: TestCertificate;
+    let dns: DnsTestServer;
+    let up: ScriptedUpstream;
+    let redis: RedisInstance;
+    let rulesDir: string;
+    let mw: TestApp;
+    let prom: PrometheusInstance;
+    let instance: string;
+    let trafficStart = 0;
+    let trafficEnd = 0;
+    const began = Date.now();
+
+    async function mx(from: string, data: string): Promise<number | undefined> {
+        const r = await sendMail(mw.port('mx'), { from, to: ['bob@example.test'], data, helo: 'client.example' });
+        return r.message?.code ?? r.rcpt[0]?.code ?? r.mail.code;
+    }
+
+    async function submission(user: string, pass: string, send: boolean): Promise<void> {
+        const c = await smtpConnect(mw.port('submissions'), {
+            tls: 'implicit',
+            ca: cert.cert,
+            servername: 'localhost',
+        });
+        try {
+            await c.greeting();
+            await c.cmd('EHLO laptop.example');
+            const auth = await c.cmd(`AUTH PLAIN ${plain(user, pass)}`);
+            if (send && auth.code === 235) {
+                assert.equal((await c.cmd(`MAIL FROM:<${user}>`)).code, 250);
+                assert.equal((await c.cmd('RCPT TO:<carol@example.net>')).code, 250);
+                assert.equal((await c.cmd('DATA')).code, 354);
+                c.write(`${msg(`Alice <${user}>`, 'from alice')}.\r\n`);
+                assert.equal((await c.reply()).code, 250);
+            }
+            await c.cmd('QUIT');
+        } finally {
+            c.close();
+        }
+    }
+
+    /** One round of every kind of traffic the dashboard shows; each reply is what the product promises. */
+    async function round(): Promise<void> {
+        const signed = (subject: string): Promise<string> =>
+            sign(msg('News <letters@news.example>', subject), 'news.example', 'sel', key);
+        assert.equal(await mx('bounce@other.example', await signed('accepted')), 250, 'accepted');
+        assert.equal(await mx('ceo@bank.example', msg('CEO <ceo@bank.example>', 'spoof')), 550, 'DMARC reject');
+        assert.equal(await mx('boss@example.test', msg('Boss <boss@example.test>', 'own')), 550, 'own-domain spoof');
+        assert.equal(await mx('sales@shop.example', msg('sales@shop.example', 'quarantined')), 250, 'quarantine');
+        assert.equal(await mx('beta@beta.example', msg('beta@beta.example', 'testing')), 250, 'DMARC t=y');
+        assert.equal(await mx('x@plain.example', msg('x@plain.example', 'tagged')), 250, 'SPF fail tag');
+        assert.equal(await mx('x@slow.example', msg('x@slow.example', 'slow')), 451, 'DNS timeout tempfail');
+        const bare = msg('News <letters@news.example>', 'bare').replace('Hello.\r\n', 'Hello.\nBare line.\r\n');
+        assert.equal(await mx('bounce@other.example', bare), 550, 'bare LF');
+        assert.equal(await mx('bounce@other.example', await signed('defer me')), 451, 'upstream 4xx');
+        assert.equal(await mx('bounce@other.example', await signed('drop me')), 451, 'upstream closes');
+        // One client opening more connections than the shipped client-concurrency limit allows.
+        const burst = await Promise.all(Array.from({ length: concurrencyLimit + 1 }, () => smtpConnect(mw.port('mx'))));
+        const greetings = await Promise.all(burst.map((c) => c.greeting().then((g) => g.code)));
+        for (const c of burst) c.close();
+        assert.ok(
+            greetings.includes(421),
+            `a connection over the concurrency limit is refused: ${greetings.join(' ')}`,
+        );
+        await submission('alice@example.test', 'wrong', false);
+        await submission('mallory@example.test', 'guess', false);
+        await submission('alice@example.test', 'correct horse', true);
+    }
+
+    before(async () => {
+        cert = await createTestCertificate();
+        dns = await startDnsServer(zone);
+        redis = await startRedis();
+        up = await startScriptedUpstream({
+            ehlo: ['XCLIENT NAME ADDR PORT PROTO HELO LOGIN', 'SIZE 1000000'],
+            onData(tx) {
+                const data = tx.data?.toString('latin1') ?? '';
+                if (/^Subject: defer me/m.test(data)) return '451 4.3.0 try again later';
+                if (/^Subject: drop me/m.test(data)) return { close: true };
+                return undefined;
+            },
+        });
+        rulesDir = mkdtempSync(join(tmpdir(), 'mailwarden-ops-rules-'));
+        cpSync(new URL('rules/', root), rulesDir, { recursive: true });
+        writeFileSync(
+            join(rulesDir, '50-try-out.yaml'),
+            [
+                '# A rule being tried out: counted and logged, never applied.',
+                'rules:',
+                '  - id: try-refuse-shop',
+                '    description: would refuse mail that claims to be from shop.example',
+                '    when: { header.from.domain: shop.example }',
+                '    action: reject',
+                '    mode: monitor',
+                '',
+            ].join('\n'),
+        );
+        const users = join(cert.dir, 'users.yaml');
+        writeFileSync(
+            users,
+            `users:\n  - login: alice@example.test\n    password: "${await hashPassword('correct horse')}"\n`,
+        );
+        mw = await startApp(
+            [
+                'hostname: mx.example.test',
+                'domains: [example.test]',
+                `tls: { cert: "${cert.certPath}", key: "${cert.keyPath}" }`,
+                `auth: { users: "${users}" }`,
+                'listeners:',
+                '  - { name: mx, host: 127.0.0.1, port: 0, mode: mx }',
+                '  - { name: submissions, host: 127.0.0.1, port: 0, mode: submission, tls: implicit }',
+                `upstream: { url: "smtp://127.0.0.1:${up.port}" }`,
+                `dns: { servers: ["${dns.address}"], timeout: 300ms }`,
+                `redis: { url: "${redis.url}" }`,
+                `rules: "${rulesDir}"`,
+                'authentication: { timeout: 5s }',
+                'http: { host: 127.0.0.1, port: 0 }',
+            ].join('\n'),
+        );
+        instance = `127.0.0.1:${mw.app.httpPort}`;
+
+        // The shipped Prometheus configuration, with a short interval and the test app as target.
+        const job = composePrometheus.scrape_configs.find((s) => s.job_name === 'mailwarden');
+        assert.ok(job, 'deploy/compose/prometheus.yml scrapes a job named mailwarden');
+        assert.deepEqual(composePrometheus.rule_files, ['alerts.yml']);
+        prom = await startPrometheus({
+            config: {
+                ...composePrometheus,
+                global: {
+                    ...composePrometheus.global,
+                    scrape_interval: `${SCRAPE}s`,
+                    evaluation_interval: `${SCRAPE}s`,
+                },
+                scrape_configs: [{ ...job, static_configs: [{ targets: [instance] }] }],
+            },
+            files: { 'alerts.yml': alertsText },
+        });
+        await waitFor('Prometheus scrapes mailwarden', async () => {
+            const r = await prom.query('up{job="mailwarden"} == 1');
+            return r.length === 1;
+        });
+
+        // Traffic in two rounds, a few scrapes apart, so every counter has grown while scraped.
+        trafficStart = Date.now() / 1000;
+        const idle: SmtpClient = await smtpConnect(mw.port('mx'));
+        await idle.greeting();
+        await round();
+        await sleep(2_500);
+        await round();
+
+        // Rule reloads: one good (SIGHUP), one bad (an invalid file), then good again.
+        mw.app.reload();
+        const bad = join(rulesDir, '60-broken.yaml');
+        writeFileSync(bad, 'rules:\n  - id: broken\n    action: explode\n');
+        mw.app.reload();
+        unlinkSync(bad);
+        mw.app.reload();
+
+        // Redis paused: operations fail or time out while a message comes in.
+        process.kill(redis.pid, 'SIGSTOP');
+        try {
+            await mx(
+                'bounce@other.example',
+                await sign(msg('News <letters@news.example>', 'redis paused'), 'news.example', 'sel', key),
+            ).catch(() => undefined);
+            await sleep(1_500);
+        } finally {
+            process.kill(redis.pid, 'SIGCONT');
+        }
+        await idle.cmd('QUIT').catch(() => undefined);
+        idle.close();
+        trafficEnd = Date.now() / 1000;
+        // Two more scrapes, and every rule evaluated after them.
+        await sleep(2_500 * SCRAPE);
+        await waitFor('Prometheus evaluated every alert rule', async () => {
+            const rules = await prom.rules();
+            return (
+                rules.length === alertRules.length &&
+                rules.every((r) => Date.parse(r.lastEvaluation) / 1000 > trafficEnd)
+            );
+        });
+    });
+
+    after(async () => {
+        await prom?.stop();
+        await mw?.stop();
+        await up?.close();
+        await dns?.close();
+        if (redis) {
+            try {
+                process.kill(redis.pid, 'SIGCONT');
+            } catch {
+                // already gone
+            }
+            await redis.stop();
+        }
+        if (rulesDir) rmSync(rulesDir, { recursive: true, force: true });
+        cert?.cleanup();
+    });
+
+    async function waitFor(what: string, test: () => Promise<boolean>, timeoutMs = 15_000): Promise<void> {
+        const deadline = Date.now() + timeoutMs;
+        for (;;) {
+            if (await test().catch(() => false)) return;
+            if (Date.now() > deadline) throw new Error(`timed out waiting until ${what}\n${prom?.output() ?? ''}`);
+            await sleep(200);
+        }
+    }
+
+    /** Why a metric contributes nothing to a panel during the traffic; '' when it does. */
+    async function whyEmpty(name: string): Promise<string> {
+        const selector = `{__name__=~"${name}(_bucket|_count|_sum)?",instance="${instance}"}`;
+        const now = Math.ceil(Date.now() / 1000);
+        const series = await prom.queryRange(selector, Math.floor(trafficStart) - 5, now, STEP);
+        if (series.length === 0) {
+            return `${name} has no series at all: nothing produced it during the traffic (is the feature wired?)`;
+        }
+        const moved = series.some((s) => new Set(s.values.map(([, v]) => v)).size > 1);
+        if (moved) return '';
+        const late = series.filter((s) => s.values[0]![0] > trafficStart && Number(s.values[0]![1]) !== 0);
+        if (late.length > 0) {
+            const first = late[0]!;
+            const labels = Object.entries(first.metric)
+                .filter(([k]) => k !== 'instance' && k !== 'job' && k !== '__name__')
+                .map(([k, v]) => `${k}="${v}"`)
+                .join(',');
+            return (
+                `${first.metric.__name__ ?? name}{${labels}} first appeared at ${first.values[0]![1]}, ` +
+                'already counted: a counter created by its first increment hides that increment from rate() and ' +
+                'increase(). Create its label values at 0 when the process starts.'
+            );
+        }
+        return `${name} exists but never changed during the traffic`;
+    }
+
+    /** Evaluates one dashboard expression as Grafana would, and explains what is missing when it shows nothing. */
+    async function shows(where: string, expr: string, variable: string): Promise<void> {
+        const q = interpolate(expr, variable);
+        let series: PromSeries[];
+        try {
+            series = await prom.queryRange(q, Math.floor(trafficStart) - 5, Math.ceil(Date.now() / 1000), STEP);
+        } catch (err) {
+            if (err instanceof PromQueryError) assert.fail(`${where}: Prometheus refused the query: ${err.message}`);
+            throw err;
+        }
+        if (finiteNonZero(series)) return;
+        const reasons = await Promise.all(metricsOf(expr).map((m) => whyEmpty(m)));
+        assert.fail(
+            `${where} shows no data: ${series.length} series, none with a finite non-zero value.\n` +
+                `  query: ${q}\n  ${reasons.filter(Boolean).join('\n  ') || 'every metric it reads has data; the expression itself filters it all out'}`,
+        );
+    }
+
+    it('lists the instance in the "instance" variable (label_values(mailwarden_build_info, instance))', async () => {
+        const variable = dashboard.templating.list.find((v) => v.name === 'instance');
+        const m = /^label_values\((\w+), (\w+)\)$/.exec(variable?.definition ?? '');
+        assert.ok(m, 'the instance variable is a label_values() query');
+        assert.deepEqual(await prom.labelValues(m[2]!, m[1]!), [instance]);
+    });
+
+    for (const panel of dashboard.panels.filter((p) => p.type !== 'row')) {
+        it(`panel "${panel.title}" returns data`, async () => {
+            assert.ok(panel.targets?.length, 'the panel has queries');
+            const all = dashboard.templating.list.find((v) => v.name === 'instance')?.allValue ?? '.*';
+            for (const target of panel.targets ?? []) {
+                await shows(
+                    `panel "${panel.title}" (${target.refId}, instance ${instance})`,
+                    target.expr,
+                    grafanaRegexEscape(instance),
+                );
+                await shows(`panel "${panel.title}" (${target.refId}, instance All)`, target.expr, all);
+            }
+        });
+    }
+
+    for (const annotation of dashboard.annotations.list.filter((a) => a.expr)) {
+        it(`annotation "${annotation.name}" returns data`, async () => {
+            await shows(`annotation "${annotation.name}"`, annotation.expr!, grafanaRegexEscape(instance));
+        });
+    }
+
+    for (const rule of alertRules) {
+        it(`alert ${rule.alert}: its expression parses and runs`, async () => {
+            try {
+                await prom.query(rule.expr);
+            } catch (err) {
+                if (err instanceof PromQueryError) assert.fail(`${rule.alert}: ${err.message}`);
+                throw err;
+            }
+        });
+    }
+
+    it('alert MailwardenConfigReloadFailed fires after the failed reload', async () => {
+        const rule = (await prom.rules()).find((r) => r.name === 'MailwardenConfigReloadFailed');
+        assert.ok(rule, 'the rule is loaded');
+        assert.equal(
+            rule.state,
+            'firing',
+            `state ${rule.state}: increase(mailwarden_config_reloads_total{result="error"}[15m]) did not see the failed reload`,
+        );
+    });
+
+    it('exposes no IP address, mail address, domain or message id as a label value', async () => {
+        const series = await prom.query(`{__name__=~"mailwarden_.+",instance="${instance}"}`);
+        assert.ok(series.length > 50, `${series.length} series`);
+        const perLabel = new Map<string, Set<string>>();
+        const bad: string[] = [];
+        for (const s of series) {
+            for (const [label, value] of Object.entries(s.metric)) {
+                if (label === '__name__' || label === 'instance' || label === 'job' || label === 'le') continue;
+                const key = `${s.metric.__name__!.replace(/_(bucket|count|sum)$/, '')}{${label}}`;
+                perLabel.set(key, (perLabel.get(key) ?? new Set()).add(value));
+                if (label === 'version') continue;
+                if (
+                    value.includes('@') ||
+                    /^\d{1,3}(\.\d{1,3}){3}$/.test(value) ||
+                    value.includes(':') ||
+                    /[a-z0-9-]\.[a-z]{2,}$/i.test(value) ||
+                    /\.example|127\.0\.0\.1/.test(value) ||
+                    value.length > 64
+                ) {
+                    bad.push(`${key} = ${value}`);
+                }
+            }
+        }
+        assert.deepEqual(bad, []);
+        for (const [key, values] of perLabel) assert.ok(values.size <= 20, `${key} has ${values.size} values`);
+    });
+
+    it('Prometheus loaded grafana/alerts.yml and evaluated every rule without error', async () => {
+        const rules = await prom.rules();
+        assert.deepEqual(
+            rules.map((r) => r.name),
+            alertRules.map((r) => r.alert),
+        );
+        for (const r of rules) assert.equal(r.health, 'ok', `${r.name}: ${r.lastError ?? ''}`);
+    });
+
+    it('scraped mailwarden without errors, and the whole run stayed within 90 seconds', async () => {
+        const targets = await prom.targets();
+        assert.equal(targets.length, 1);
+        assert.equal(targets[0]!.health, 'up', targets[0]!.lastError);
+        assert.ok(Date.now() - began < 90_000, `took ${Date.now() - began} ms`);
+    });
+});
