@@ -153,6 +153,7 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
     const signer =
         deps.signer !== undefined ? deps.signer : config.dkim ? createDkimSignerFromConfig(config.dkim) : null;
     if (submission) reloaders.push({ name: 'users', fn: () => submission.reload() });
+    if (config.tls) reloaders.push({ name: 'tls', fn: () => listeners.forEach((l) => l.reloadTls()) });
 
     const listeners: RunningListener[] = config.listeners.map((l) =>
         createListener(config, l, {

@@ -6,6 +6,7 @@
  */
 import { readFileSync } from 'node:fs';
 import type { Socket } from 'node:net';
+import { createSecureContext } from 'node:tls';
 import { SMTPServer, type SMTPServerOptions, type SMTPServerSession } from 'smtp-server';
 import type { Config, ListenerConfig } from './config/types.ts';
 import { smtpServerLogger, type Logger } from './log.ts';
@@ -61,6 +62,11 @@ export interface RunningListener {
     listen(): Promise<void>;
     /** Stops accepting new connections. */
     stopAccepting(): Promise<void>;
+    /**
+     * Re-reads the certificate and key (after a renewal); new connections use them, open ones
+     * keep theirs. Throws, keeping the old pair, when the files do not make a valid pair.
+     */
+    reloadTls(): void;
 }
 
 function internalError(log: Logger, id: string, err: unknown): SmtpReplyError {
@@ -238,6 +244,12 @@ export function createListener(config: Config, listener: ListenerConfig, deps: L
                     resolve();
                 });
             }),
+        reloadTls: () => {
+            if (!useTls || !config.tls) return;
+            const pair = { key: readFileSync(config.tls.key), cert: readFileSync(config.tls.cert) };
+            createSecureContext(pair); // throws on a bad or mismatched pair before anything changes
+            server.updateSecureContext(pair);
+        },
         stopAccepting: () =>
             new Promise<void>((resolve) => {
                 // net.Server#close stops accepting at once; its callback would wait for every connection

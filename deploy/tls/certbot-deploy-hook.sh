@@ -1,9 +1,9 @@
 #!/bin/sh
 # certbot deploy hook for mailwarden (docs/deploy-postfix.md, "TLS certificates"): after certbot
 # renewed the certificate of MAILWARDEN_TLS_NAME, copies it where mailwarden reads it, readable
-# by the mailwarden group only, and restarts mailwarden so new connections get the new
-# certificate. The restart drains: messages in flight finish, senders that connect in the
-# second it takes retry as SMTP senders do.
+# by the mailwarden group only, and reloads mailwarden (SIGHUP) so new connections get the new
+# certificate; open sessions keep theirs, nothing is interrupted. A broken pair is refused and
+# logged, and the previous certificate stays in use.
 # Install: install -m 0755 certbot-deploy-hook.sh /etc/letsencrypt/renewal-hooks/deploy/mailwarden
 set -eu
 name=${MAILWARDEN_TLS_NAME:-mx.example.com}
@@ -19,4 +19,4 @@ install -m 0640 -o root -g mailwarden "$RENEWED_LINEAGE/fullchain.pem" "$dir/tls
 install -m 0640 -o root -g mailwarden "$RENEWED_LINEAGE/privkey.pem" "$dir/tls.key.new"
 mv -f "$dir/tls.crt.new" "$dir/tls.crt"
 mv -f "$dir/tls.key.new" "$dir/tls.key"
-systemctl try-restart mailwarden.service
+systemctl try-reload-or-restart mailwarden.service

@@ -136,7 +136,14 @@ export function decideDisposition(i: DispositionInput): DispositionOutput {
         temperror = false,
     ): DispositionOutput => ({ policy, effective, disposition, override, temperror, reason });
 
-    if (i.authenticated) return out('none', 'authenticated submission client', 'local');
+    if (i.authenticated) {
+        // our own logged-in user: nothing is enforced; an override is recorded only when DMARC did not pass
+        return out(
+            'none',
+            'authenticated submission client',
+            i.result === 'pass' || i.result === 'none' ? null : 'local',
+        );
+    }
     if (i.rejectMultipleFrom && i.fromCount > 1) return out('reject', 'several From mailboxes');
 
     switch (i.result) {

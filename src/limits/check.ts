@@ -12,7 +12,13 @@ import type { Logger } from '../log.ts';
 import type { Metrics } from '../metrics.ts';
 import type { Check, CheckContext } from '../pipeline.ts';
 import { STAGES } from '../rules/facts.ts';
-import { CONCURRENCY_RETRY_SECONDS, byteCeiling, type GreylistSpec, type LimitSpec } from '../rules/limits.ts';
+import {
+    CONCURRENCY_RETRY_SECONDS,
+    GREYLIST_LABEL,
+    byteCeiling,
+    type GreylistSpec,
+    type LimitSpec,
+} from '../rules/limits.ts';
 import type { FactValue } from '../types.ts';
 import { greylistTriplet, limitKeys } from './limit-keys.ts';
 import type { GreylistVerdict, LimitStore } from './types.ts';
@@ -170,12 +176,12 @@ export function createRateLimitCheck(options: RateLimitCheckOptions): Check {
             );
             verdict = r.verdict;
             retryAfterMs = r.retryAfterMs;
-            count('greylist', verdict === 'known-client' ? 'known' : verdict);
+            count(GREYLIST_LABEL, verdict === 'known-client' ? 'known' : verdict);
         } catch (err) {
             logger?.debug({ greylist: entry.id, err: errorText(err) }, 'greylisting store failed; applying onError');
             verdict = 'error';
             count(
-                'greylist',
+                GREYLIST_LABEL,
                 entry.onError === 'tempfail' && entry.mode === 'enforce' ? 'error_tempfail' : 'error_allowed',
             );
         }

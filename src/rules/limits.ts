@@ -563,6 +563,9 @@ function readRates(
     };
 }
 
+/** The `limit` label under which greylisting decisions are counted. */
+export const GREYLIST_LABEL = 'greylist';
+
 /** Reads one `limits:` entry; null when it had problems (reported). */
 export function readLimit(ctx: DeclarationContext, item: Field): LimitSpec | null {
     const r = ctx.reader;
@@ -570,6 +573,13 @@ export function readLimit(ctx: DeclarationContext, item: Field): LimitSpec | nul
     if (keys === null) return null;
     const before = r.issues.length;
     const id = ctx.claimId(item, keys.get('id'), 'sender-rate');
+    if (id === GREYLIST_LABEL) {
+        // greylisting is counted as ratelimit_decisions_total{limit="greylist"}; a limit of that name would mix in
+        r.fail(
+            keys.get('id') ?? item,
+            `the limit id "${GREYLIST_LABEL}" is reserved for greylisting's metrics; choose another`,
+        );
+    }
     const description = readDescription(ctx, keys);
     const { mode, onError } = readMode(ctx, keys);
     const rateField = keys.get('rate');

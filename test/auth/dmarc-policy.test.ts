@@ -166,9 +166,13 @@ describe('overrides and multiple From', () => {
         assert.equal(decideDisposition(input({ arcTrusted: true, alignedTemperror: true })).disposition, 'none');
     });
 
-    it('an authenticated client: none (local), whatever the result', () => {
+    it('an authenticated client: none whatever the result; an override (local) only when DMARC did not pass', () => {
         const d = decideDisposition(input({ authenticated: true, fromCount: 3 }));
         assert.deepEqual([d.disposition, d.override], ['none', 'local']);
+        const passed = decideDisposition(input({ authenticated: true, result: 'pass' }));
+        assert.deepEqual([passed.disposition, passed.override], ['none', null]);
+        const noPolicy = decideDisposition(input({ authenticated: true, result: 'none', record: null }));
+        assert.deepEqual([noPolicy.disposition, noPolicy.override], ['none', null]);
     });
 
     it('several From mailboxes: reject with rejectMultipleFrom, even when DMARC passes', () => {

@@ -4,6 +4,7 @@
  * endpoints, and the drain on shutdown (421 4.3.2 to idle sessions, messages in flight finish).
  */
 import assert from 'node:assert/strict';
+import { copyFileSync } from 'node:fs';
 import net from 'node:net';
 import tls from 'node:tls';
 import { after, before, describe, it } from 'node:test';
@@ -66,6 +67,43 @@ describe('TLS', () => {
         assert.equal((await c.cmd('EHLO client.example')).code, 250);
         assert.equal((await c.cmd('MAIL FROM:<a@example.org>')).code, 250);
         c.close();
+    });
+
+    it('serves a renewed certificate after a reload (SIGHUP), and keeps the old one when the new pair is broken', async () => {
+        const fingerprint = async (): Promise<string> => {
+            const socket = tls.connect({ port: mw.port('implicit'), host: '127.0.0.1', rejectUnauthorized: false });
+            await new Promise((resolve, reject) => {
+                socket.once('secureConnect', resolve);
+                socket.once('error', reject);
+            });
+            const fp = socket.getPeerCertificate().fingerprint256;
+            socket.destroy();
+            return fp;
+        };
+        const before = await fingerprint();
+        const renewed = await createTestCertificate();
+        try {
+            copyFileSync(renewed.certPath, cert.certPath);
+            copyFileSync(renewed.keyPath, cert.keyPath);
+            mw.app.reload();
+            const after = await fingerprint();
+            assert.notEqual(after, before);
+            // a certificate without its key: refused, the renewed pair stays in use
+            const other = await createTestCertificate();
+            copyFileSync(other.certPath, cert.certPath);
+            const errors = (await mw.app.metrics.configReloads.get()).values.find(
+                (v) => v.labels.result === 'error',
+            )!.value;
+            mw.app.reload();
+            const errorsNow = (await mw.app.metrics.configReloads.get()).values.find(
+                (v) => v.labels.result === 'error',
+            )!.value;
+            assert.equal(errorsNow, errors + 1);
+            assert.equal(await fingerprint(), after);
+            other.cleanup();
+        } finally {
+            renewed.cleanup();
+        }
     });
 
     it('refuses TLS versions older than 1.2', async () => {

@@ -378,7 +378,7 @@ describe('shell scripts', () => {
         }
     });
 
-    it('the certbot hook installs the renewed certificate and restarts mailwarden, for its name only', async () => {
+    it('the certbot hook installs the renewed certificate and reloads mailwarden, for its name only', async () => {
         const dir = mkdtempSync(join(tmpdir(), 'mailwarden-hook-'));
         try {
             const bin = join(dir, 'bin');
@@ -413,7 +413,7 @@ describe('shell scripts', () => {
             assert.equal(readFileSync(join(etc, 'tls.key'), 'utf8'), 'KEY\n');
             const calls = readFileSync(log, 'utf8');
             assert.match(calls, /^install -m 0640 -o root -g mailwarden .*privkey\.pem /m);
-            assert.match(calls, /^systemctl try-restart mailwarden\.service$/m);
+            assert.match(calls, /^systemctl try-reload-or-restart mailwarden\.service$/m);
         } finally {
             rmSync(dir, { recursive: true, force: true });
         }
