@@ -12,12 +12,13 @@
  *
  * Usage: node scripts/bench.ts [--messages 1000] [--concurrency 10]
  */
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { cp, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { pino } from 'pino';
 import { createApp, type App } from '../src/app.ts';
+import { PACKAGE_RULES_DIR } from '../src/config/defaults.ts';
 import { loadConfig } from '../src/config/load.ts';
 import { startDnsServer, type DnsTestServer } from '../test/helpers/dns-server.ts';
 import { startPostfix, type PostfixInstance } from '../test/helpers/postfix.ts';
@@ -100,6 +101,12 @@ try {
     postfix = await startPostfix();
     dns = await startDnsServer({});
     dir = await mkdtemp(path.join(os.tmpdir(), 'mailwarden-bench-'));
+    // The shipped rules, with the benchmark client on the allow list: every check still runs on
+    // every message, but the shipped per-IP limits (10 connections at once, 100 a minute) do
+    // not throttle a load generator that sends everything from 127.0.0.1.
+    const rules = path.join(dir, 'rules');
+    await cp(PACKAGE_RULES_DIR, rules, { recursive: true });
+    await writeFile(path.join(rules, 'lists', 'allow-networks.txt'), '127.0.0.1\n');
     const configFile = path.join(dir, 'mailwarden.yaml');
     await writeFile(
         configFile,
@@ -108,6 +115,7 @@ try {
             'listeners: [{ name: mx, host: 127.0.0.1, port: 0, mode: mx }]',
             `upstream: { url: "smtp://127.0.0.1:${postfix.port}", xclient: true }`,
             `dns: { servers: ["${dns.address}"], timeout: 1s }`,
+            `rules: "${rules}"`,
             'http: false',
             '',
         ].join('\n'),
