@@ -12,13 +12,14 @@
  *   dovecot.port, dovecot.socket (unix socket path), dovecot.log()
  *   await dovecot.stop()
  */
-import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { execFile } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import { chmod, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { startDaemon } from './daemon.ts';
 import { freePort } from './smtp-client.ts';
 
 export interface DovecotUser {
@@ -137,46 +138,15 @@ service auth {
 `;
     await writeFile(path.join(dir, 'dovecot.conf'), conf);
 
-    const child: ChildProcess = spawn(DOVECOT, ['-F', '-c', path.join(dir, 'dovecot.conf')], {
-        stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    let output = '';
-    child.stdout?.on('data', (c: Buffer) => (output += c.toString()));
-    child.stderr?.on('data', (c: Buffer) => (output += c.toString()));
-    let running = true;
-    let spawnError: Error | null = null;
-    const exited = new Promise<void>((resolve) => {
-        child.once('exit', () => {
-            running = false;
-            resolve();
-        });
-        child.once('error', (e) => {
-            spawnError = e;
-            running = false;
-            resolve();
-        });
-    });
+    const daemon = startDaemon(DOVECOT, ['-F', '-c', path.join(dir, 'dovecot.conf')]);
     const log = async (): Promise<string> => {
         const file = await readFile(path.join(dir, 'dovecot.log'), 'utf8').catch(() => '');
-        return `${output}${file}`;
+        return `${daemon.output()}${file}`;
     };
     const stop = async (): Promise<void> => {
-        if (running) {
-            const children = descendants(child.pid ?? 0);
-            try {
-                child.kill('SIGTERM');
-            } catch {
-                // it exited meanwhile
-            }
-            const killer = setTimeout(() => {
-                try {
-                    child.kill('SIGKILL');
-                } catch {
-                    // gone
-                }
-            }, 10_000);
-            await exited;
-            clearTimeout(killer);
+        if (daemon.running()) {
+            const children = descendants(daemon.pid);
+            await daemon.stop(10_000);
             // The master is gone, but its auth process keeps serving the connections it has
             // (answering FAIL) until they close. A service manager stops the whole group; so do we.
             const signalAll = (signal: NodeJS.Signals): void => {
@@ -200,11 +170,13 @@ service auth {
     const deadline = Date.now() + 15_000;
     for (;;) {
         await sleep(50);
-        if (spawnError) {
+        if (daemon.spawnError()) {
             await stop();
-            throw new Error(`dovecot could not be started: ${String(spawnError)} (install the dovecot-core package)`);
+            throw new Error(
+                `dovecot could not be started: ${String(daemon.spawnError())} (install the dovecot-core package)`,
+            );
         }
-        if (!running) {
+        if (!daemon.running()) {
             const text = await log();
             await stop();
             throw new Error(`dovecot exited during start:\n${text}`);
@@ -216,5 +188,5 @@ service auth {
             throw new Error(`dovecot did not listen on 127.0.0.1:${port}:\n${text}`);
         }
     }
-    return { host: '127.0.0.1', port, socket, dir, pid: child.pid ?? 0, log, stop };
+    return { host: '127.0.0.1', port, socket, dir, pid: daemon.pid, log, stop };
 }

@@ -5,13 +5,14 @@
  * It must not touch the system's Prometheus (its service, /etc/prometheus, /var/lib/prometheus);
  * stop() ends only the process it started (by PID) and removes its folder.
  */
-import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { execFile } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { stringify } from 'yaml';
+import { startDaemon } from './daemon.ts';
 import { freePort } from './smtp-client.ts';
 
 function binary(name: 'prometheus' | 'promtool'): string {
@@ -84,7 +85,7 @@ export async function startPrometheus(options: StartPrometheusOptions): Promise<
     await writeFile(configFile, stringify(options.config));
     for (const [name, text] of Object.entries(options.files ?? {})) await writeFile(path.join(dir, name), text);
 
-    const child: ChildProcess = spawn(
+    const daemon = startDaemon(
         binary('prometheus'),
         [
             `--config.file=${configFile}`,
@@ -93,38 +94,10 @@ export async function startPrometheus(options: StartPrometheusOptions): Promise<
             '--storage.tsdb.retention.time=1h',
             '--log.level=warn',
         ],
-        { cwd: dir, stdio: ['ignore', 'pipe', 'pipe'] },
+        { cwd: dir },
     );
-    let output = '';
-    child.stdout?.on('data', (chunk: Buffer) => (output += chunk.toString()));
-    child.stderr?.on('data', (chunk: Buffer) => (output += chunk.toString()));
-    let running = true;
-    let spawnError: Error | null = null;
-    const exited = new Promise<void>((resolve) => {
-        child.once('exit', () => {
-            running = false;
-            resolve();
-        });
-        child.once('error', (error) => {
-            spawnError = error;
-            running = false;
-            resolve();
-        });
-    });
-
     const stop = async (): Promise<void> => {
-        if (running) {
-            try {
-                child.kill('SIGTERM');
-            } catch {
-                // It exited in the meantime.
-            }
-            const killer = setTimeout(() => {
-                if (running) child.kill('SIGKILL');
-            }, 5_000);
-            await exited;
-            clearTimeout(killer);
-        }
+        await daemon.stop();
         await rm(dir, { recursive: true, force: true, maxRetries: 5, retryDelay: 100 });
     };
 
@@ -150,13 +123,15 @@ export async function startPrometheus(options: StartPrometheusOptions): Promise<
     const deadline = Date.now() + 20_000;
     for (;;) {
         await sleep(100);
-        if (spawnError) {
+        if (daemon.spawnError()) {
             await stop();
-            throw new Error(`prometheus could not be started: ${String(spawnError)} (install the prometheus package)`);
+            throw new Error(
+                `prometheus could not be started: ${String(daemon.spawnError())} (install the prometheus package)`,
+            );
         }
-        if (!running) {
+        if (!daemon.running()) {
             await stop();
-            throw new Error(`prometheus exited during start:\n${output}`);
+            throw new Error(`prometheus exited during start:\n${daemon.output()}`);
         }
         try {
             if ((await fetch(`${url}/-/ready`)).ok) break;
@@ -165,7 +140,7 @@ export async function startPrometheus(options: StartPrometheusOptions): Promise<
         }
         if (Date.now() > deadline) {
             await stop();
-            throw new Error(`prometheus did not become ready on ${url}:\n${output}`);
+            throw new Error(`prometheus did not become ready on ${url}:\n${daemon.output()}`);
         }
     }
 
@@ -207,7 +182,7 @@ export async function startPrometheus(options: StartPrometheusOptions): Promise<
             }>('targets');
             return data.activeTargets;
         },
-        output: () => output,
+        output: () => daemon.output(),
         stop,
     };
 }

@@ -4,13 +4,14 @@
  * Sentinel watching one server. It must not touch the system's Redis or its data, and
  * stop() ends only the processes it started (by PID) and removes their folders.
  */
-import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { execFile } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { startDaemon } from './daemon.ts';
 import { freePort } from './smtp-client.ts';
 
 export interface RedisInstance {
@@ -75,62 +76,30 @@ export async function startRedis(options: StartRedisOptions = {}): Promise<Redis
 
 /** Runs redis-server with `args` (it must listen on `port`); `dir` is removed by stop(). */
 async function launch(args: string[], port: number, dir: string): Promise<RedisInstance> {
-    const child: ChildProcess = spawn(redisCommand(), args, { stdio: ['ignore', 'pipe', 'pipe'] });
-    let output = '';
-    child.stdout?.on('data', (chunk: Buffer) => (output += chunk.toString()));
-    child.stderr?.on('data', (chunk: Buffer) => (output += chunk.toString()));
-    let running = true;
-    let spawnError: Error | null = null;
-    // 'exit' may not follow an 'error' (binary missing): either one ends the process's life.
-    const exited = new Promise<void>((resolve) => {
-        child.once('exit', () => {
-            running = false;
-            resolve();
-        });
-        child.once('error', (error) => {
-            spawnError = error;
-            running = false;
-            resolve();
-        });
-    });
-
-    const signal = (name: NodeJS.Signals): void => {
-        if (!running) return;
-        try {
-            child.kill(name);
-        } catch {
-            // It exited in the meantime.
-        }
-    };
+    const daemon = startDaemon(redisCommand(), args);
     const stop = async (): Promise<void> => {
-        if (running) {
-            // SIGCONT first, in case a test left it paused.
-            signal('SIGCONT');
-            signal('SIGTERM');
-            const killer = setTimeout(() => signal('SIGKILL'), 5_000);
-            await exited;
-            clearTimeout(killer);
-        }
+        // SIGCONT first, in case a test left it paused
+        await daemon.stop(5_000, 'SIGCONT');
         await rm(dir, { recursive: true, force: true });
     };
 
     const deadline = Date.now() + 10_000;
     for (;;) {
         await sleep(50);
-        if (spawnError) {
+        if (daemon.spawnError()) {
             await stop();
             throw new Error(
-                `redis-server could not be started: ${String(spawnError)} (install the redis-server package)`,
+                `redis-server could not be started: ${String(daemon.spawnError())} (install the redis-server package)`,
             );
         }
-        if (!running) {
+        if (!daemon.running()) {
             await stop();
-            throw new Error(`redis-server exited during start:\n${output}`);
+            throw new Error(`redis-server exited during start:\n${daemon.output()}`);
         }
         if (await ping(port)) break;
         if (Date.now() > deadline) {
             await stop();
-            throw new Error(`redis-server did not answer PING on 127.0.0.1:${port}:\n${output}`);
+            throw new Error(`redis-server did not answer PING on 127.0.0.1:${port}:\n${daemon.output()}`);
         }
     }
 
@@ -138,8 +107,8 @@ async function launch(args: string[], port: number, dir: string): Promise<RedisI
         host: '127.0.0.1',
         port,
         url: `redis://127.0.0.1:${port}`,
-        pid: child.pid ?? 0,
-        output: () => output,
+        pid: daemon.pid,
+        output: () => daemon.output(),
         stop,
     };
 }
