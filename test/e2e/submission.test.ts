@@ -16,6 +16,7 @@ import { authenticate } from 'mailauth';
 import { createResolver } from '../../src/dns/resolver.ts';
 import { startApp, type TestApp } from '../helpers/app.ts';
 import { startDnsServer, type DnsTestServer } from '../helpers/dns-server.ts';
+import { startDovecot } from '../helpers/dovecot.ts';
 import { startScriptedUpstream, unstuff, type ScriptedUpstream } from '../helpers/scripted-upstream.ts';
 import { freePort, smtpConnect, type SmtpClient } from '../helpers/smtp-client.ts';
 import { createTestCertificate, type TestCertificate } from '../helpers/tls-cert.ts';
@@ -293,5 +294,44 @@ describe('password guessing on submission', () => {
         const metrics = await mw.app.metrics.registry.metrics();
         assert.match(metrics, /mailwarden_smtp_auth_total\{listener="submissions",result="locked"\} 3/);
         assert.match(metrics, /mailwarden_smtp_auth_total\{listener="submissions",result="invalid"\} 10/);
+    });
+});
+
+describe('submission with Dovecot checking passwords', () => {
+    it('logs in with the right password, refuses the wrong one with 535, over real TLS', async (t) => {
+        const dovecot = await startDovecot({ users: [{ login: 'dave@example.test', password: 'dovecot secret' }] });
+        const cert = await createTestCertificate();
+        const up = await startScriptedUpstream({ ehlo: ['XCLIENT NAME ADDR PORT PROTO HELO LOGIN'] });
+        const mw = await startApp(
+            [
+                'hostname: mx.example.test',
+                `tls: { cert: "${cert.certPath}", key: "${cert.keyPath}" }`,
+                `auth: { dovecot: "127.0.0.1:${dovecot.port}" }`,
+                'listeners: [{ name: submission, host: 127.0.0.1, port: 0, mode: submission }]',
+                `upstream: { url: "smtp://127.0.0.1:${up.port}" }`,
+                'http: false',
+            ].join('\n'),
+        );
+        t.after(async () => {
+            await mw.stop();
+            await up.close();
+            await dovecot.stop();
+            cert.cleanup();
+        });
+        const c = await smtpConnect(mw.port());
+        await c.greeting();
+        await c.cmd('EHLO laptop.example');
+        await c.starttls({ ca: cert.cert, servername: 'localhost' });
+        await c.cmd('EHLO laptop.example');
+        const wrong = await c.cmd(`AUTH PLAIN ${plain('dave@example.test', 'not it')}`);
+        assert.equal(wrong.code, 535, wrong.raw);
+        const right = await c.cmd(`AUTH PLAIN ${plain('dave@example.test', 'dovecot secret')}`);
+        assert.equal(right.code, 235, right.raw);
+        // without a sendAs file a Dovecot login may send as itself
+        assert.equal((await c.cmd('MAIL FROM:<dave@example.test>')).code, 250);
+        assert.equal((await c.cmd('RCPT TO:<bob@example.net>')).code, 250);
+        c.close();
+        await up.idle();
+        assert.equal(up.connections.at(-1)!.xclient[0]!.LOGIN, 'dave@example.test');
     });
 });
