@@ -76,30 +76,49 @@ function abortError(): ExchangeError {
     return new ExchangeError('ECANCELLED');
 }
 
-/** Sends `q` over UDP and waits up to `timeoutMs` for a matching answer. */
-export function udpExchange(
-    server: ServerAddress,
-    q: Question,
-    opts: { timeoutMs: number; edns: boolean; signal: AbortSignal },
+type Finish = (err: ExchangeError | null, packet?: DecodedPacket) => void;
+
+/**
+ * The life of one exchange, common to UDP and TCP: the promise settles once, on the first of
+ * an answer, an error, the timeout or the caller's abort; then the timer and the abort
+ * listener are removed and `close` releases the socket.
+ */
+function exchange(
+    opts: { timeoutMs: number; signal: AbortSignal },
+    start: (finish: Finish) => () => void,
 ): Promise<DecodedPacket> {
     return new Promise((resolve, reject) => {
         if (opts.signal.aborted) return reject(abortError());
-        const id = randomInt(0, 0x10000);
-        const query = buildQuery(id, q, opts.edns);
-        const socket = dgram.createSocket(server.family === 6 ? 'udp6' : 'udp4');
         let done = false;
-        const finish = (err: ExchangeError | null, packet?: DecodedPacket): void => {
+        let close: () => void = () => undefined;
+        const finish: Finish = (err, packet) => {
             if (done) return;
             done = true;
             clearTimeout(timer);
             opts.signal.removeEventListener('abort', onAbort);
-            socket.close();
+            close();
             if (err) reject(err);
             else resolve(packet as DecodedPacket);
         };
         const onAbort = (): void => finish(abortError());
         const timer = setTimeout(() => finish(new ExchangeError('ETIMEOUT')), opts.timeoutMs);
         opts.signal.addEventListener('abort', onAbort);
+        close = start(finish);
+        if (done) close();
+    });
+}
+
+/** Sends `q` over UDP and waits up to `timeoutMs` for a matching answer. */
+export function udpExchange(
+    server: ServerAddress,
+    q: Question,
+    opts: { timeoutMs: number; edns: boolean; signal: AbortSignal },
+): Promise<DecodedPacket> {
+    return exchange(opts, (finish) => {
+        const id = randomInt(0, 0x10000);
+        const query = buildQuery(id, q, opts.edns);
+        const socket = dgram.createSocket(server.family === 6 ? 'udp6' : 'udp4');
+        let sent = false;
         // A connected socket also receives the ICMP "port unreachable" of a closed port as ECONNREFUSED.
         socket.on('error', () => finish(new ExchangeError('ECONNREFUSED')));
         socket.on('message', (msg, rinfo) => {
@@ -108,11 +127,16 @@ export function udpExchange(
             if (packet && matches(packet, id, q)) finish(null, packet);
         });
         socket.connect(server.port, server.host, () => {
-            if (done) return;
+            if (sent) return;
+            sent = true;
             socket.send(query, (err) => {
                 if (err) finish(new ExchangeError('ECONNREFUSED'));
             });
         });
+        return () => {
+            sent = true;
+            socket.close();
+        };
     });
 }
 
@@ -122,28 +146,14 @@ export function tcpExchange(
     q: Question,
     opts: { timeoutMs: number; edns: boolean; signal: AbortSignal },
 ): Promise<DecodedPacket> {
-    return new Promise((resolve, reject) => {
-        if (opts.signal.aborted) return reject(abortError());
+    return exchange(opts, (finish) => {
         const id = randomInt(0, 0x10000);
         const query = buildQuery(id, q, opts.edns);
         const frame = Buffer.alloc(2 + query.length);
         frame.writeUInt16BE(query.length, 0);
         query.copy(frame, 2);
         const socket = net.connect({ host: server.host, port: server.port });
-        let done = false;
         let received = Buffer.alloc(0);
-        const finish = (err: ExchangeError | null, packet?: DecodedPacket): void => {
-            if (done) return;
-            done = true;
-            clearTimeout(timer);
-            opts.signal.removeEventListener('abort', onAbort);
-            socket.destroy();
-            if (err) reject(err);
-            else resolve(packet as DecodedPacket);
-        };
-        const onAbort = (): void => finish(abortError());
-        const timer = setTimeout(() => finish(new ExchangeError('ETIMEOUT')), opts.timeoutMs);
-        opts.signal.addEventListener('abort', onAbort);
         socket.setNoDelay(true);
         socket.on('connect', () => socket.write(frame));
         socket.on('error', () => finish(new ExchangeError('ECONNREFUSED')));
@@ -157,5 +167,6 @@ export function tcpExchange(
             if (packet && matches(packet, id, q)) finish(null, packet);
             else finish(new ExchangeError('EBADRESP'));
         });
+        return () => socket.destroy();
     });
 }
