@@ -131,6 +131,18 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
     let http: Server | null = null;
     let httpPort: number | null = null;
     const reloaders: { name: string; fn: () => void }[] = [];
+    /** The one place a reload (by signal or file change) is counted and logged. */
+    const recordReload = (name: string, how: 'signal' | 'file change', error: unknown): void => {
+        metrics.configReloads.inc({ result: error ? 'error' : 'ok' });
+        if (!error) {
+            log.info({ reload: name, how }, 'reloaded');
+            return;
+        }
+        const text = error instanceof Error ? error.message : typeof error === 'string' ? error : 'invalid input';
+        const issues = text.split('\n');
+        const kept = name === 'rules' ? 'the previous rules stay in force' : 'the previous version stays in force';
+        log.error({ reload: name, how, issues }, `reload failed; ${kept}`);
+    };
 
     const submission =
         deps.auth !== undefined
@@ -138,15 +150,7 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
             : config.auth
               ? createSubmissionAuth(config.auth, {
                     // the users (or sendAs) file changed on disk and was re-read
-                    onReload: (e) => {
-                        metrics.configReloads.inc({ result: e.ok ? 'ok' : 'error' });
-                        if (e.ok) log.info({ reload: 'users', how: 'file change' }, 'reloaded');
-                        else
-                            log.error(
-                                { reload: 'users', how: 'file change', issues: String(e.error ?? '').split('\n') },
-                                'reload failed; the previous version stays in force',
-                            );
-                    },
+                    onReload: (e) => recordReload('users', 'file change', e.ok ? null : e.error),
                 })
               : null;
     const auth: AuthBackend | null = deps.auth !== undefined ? deps.auth : submission;
@@ -211,21 +215,13 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
         },
         reload() {
             for (const r of reloaders) {
+                let error: unknown = null;
                 try {
                     r.fn();
-                    metrics.configReloads.inc({ result: 'ok' });
-                    log.info({ reload: r.name, how: 'signal' }, 'reloaded');
                 } catch (err) {
-                    metrics.configReloads.inc({ result: 'error' });
-                    log.error(
-                        {
-                            reload: r.name,
-                            how: 'signal',
-                            issues: (err instanceof Error ? err.message : String(err)).split('\n'),
-                        },
-                        'reload failed; the previous version stays in force',
-                    );
+                    error = err ?? 'reload failed';
                 }
+                recordReload(r.name, 'signal', error);
             }
             if (reloaders.length === 0) log.info('reload: nothing reloadable is configured');
         },
@@ -250,17 +246,8 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
                     softReject: config.softReject,
                     current: ruleSet,
                     onChange: (r) => {
-                        if ('ok' in r) {
-                            applyRules(r.ok);
-                            metrics.configReloads.inc({ result: 'ok' });
-                            log.info({ reload: 'rules', rules: r.ok.rules.length, how: 'file change' }, 'reloaded');
-                        } else {
-                            metrics.configReloads.inc({ result: 'error' });
-                            log.error(
-                                { reload: 'rules', how: 'file change', issues: r.error.message.split('\n') },
-                                'reload failed; the previous rules stay in force',
-                            );
-                        }
+                        if ('ok' in r) applyRules(r.ok);
+                        recordReload('rules', 'file change', 'ok' in r ? null : r.error);
                     },
                 });
             }

@@ -58,8 +58,9 @@ export function authservIdOf(value: string): string {
     return token.toLowerCase();
 }
 
-function fieldValue(field: RawField): string {
-    const text = field.raw.toString('latin1');
+/** A field's value: everything after the first colon, continuation lines unfolded (RFC 5322 section 2.2.3). */
+export function fieldValue(field: RawField): string {
+    const text = field.raw.toString('utf8');
     return text.slice(text.indexOf(':') + 1).replace(/\r\n/g, '');
 }
 

@@ -122,7 +122,7 @@ export function createListener(config: Config, listener: ListenerConfig, deps: L
             const backend = deps.auth;
             const guard = deps.loginGuard;
             const login = auth.username ?? '';
-            const ip = smtp.remoteAddress.replace(/^::ffff:/i, '');
+            const ip = sessions.get(smtp.id)?.identity().ip ?? smtp.remoteAddress;
             const done = (outcome: AuthOutcome, locked?: { retryAfterMs: number }): void => {
                 const result = locked ? 'locked' : outcome.result;
                 deps.metrics.smtpAuth.inc({ listener: listener.name, result });

@@ -5,13 +5,12 @@
  * Pure functions; no I/O.
  */
 import type { SpoolSummary } from './data/spool.ts';
-import { receivedField, verdictField, type RawField, type ReceivedInfo } from './headers.ts';
+import { fieldValue, receivedField, verdictField, type RawField, type ReceivedInfo } from './headers.ts';
+import { domainOfAddress } from './rules/names.ts';
 import type { Decision, FactValue, HeaderField } from './types.ts';
 
-export function domainOf(address: string): string | null {
-    const at = address.lastIndexOf('@');
-    return at >= 0 ? address.slice(at + 1).toLowerCase() : null;
-}
+/** The domain of an address, folded as the rules compare it (lower case, A-labels); null when there is none. */
+export const domainOf = domainOfAddress;
 
 /** The first address of a From field value (RFC 5322 section 3.4), and how many there are. */
 export function firstAddress(value: string): { address: string | null; count: number } {
@@ -24,12 +23,7 @@ export function firstAddress(value: string): { address: string | null; count: nu
 /** Facts about the message itself, from its kept header fields and the spool summary. */
 export function messageFacts(fields: readonly RawField[], summary: SpoolSummary): Record<string, FactValue> {
     const from = fields.filter((f) => f.name.toLowerCase() === 'from');
-    const value = from[0]
-        ? from[0].raw
-              .toString('utf8')
-              .replace(/^[^:]*:/, '')
-              .replace(/\r\n/g, '')
-        : '';
+    const value = from[0] ? fieldValue(from[0]) : '';
     const parsed = firstAddress(value);
     return {
         'message.size': summary.size,

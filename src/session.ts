@@ -11,7 +11,7 @@ import { Readable } from 'node:stream';
 import type { SMTPServerAddress, SMTPServerDataStream, SMTPServerSession } from 'smtp-server';
 import type { Config, ListenerConfig } from './config/types.ts';
 import { MessageSpool, type SpoolSummary } from './data/spool.ts';
-import { filterIncomingFields, formatField, parseHeaderSection, type RawField } from './headers.ts';
+import { fieldValue, filterIncomingFields, formatField, parseHeaderSection, type RawField } from './headers.ts';
 import type { Logger } from './log.ts';
 import type { Metrics } from './metrics.ts';
 import { runStage, type Check, type CheckOutcome } from './pipeline.ts';
@@ -459,10 +459,7 @@ export class Session {
         const values = (name: string): string[] => {
             const out: string[] = [];
             for (const f of fields.filter((x) => x.name.toLowerCase() === name)) {
-                const value = f.raw
-                    .toString('utf8')
-                    .replace(/^[^:]*:/, '')
-                    .replace(/\r\n/g, '');
+                const value = fieldValue(f);
                 const parsed = parseAddresses(value);
                 // an unparsable field fails closed: it cannot be shown to belong to the login
                 out.push(...(parsed ?? [value.trim() || '(unreadable)']));
