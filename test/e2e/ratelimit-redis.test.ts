@@ -200,6 +200,12 @@ describe('rate limits in Redis shared by two instances', () => {
             code = (await send(a, 'bob@strict.example')).message?.code ?? 0;
         }
         assert.equal(code, 250, 'the tempfail limit passes again once Redis answers');
+        // each instance reconnects on its own back-off: count only once both answer again
+        const both = Date.now() + 10_000;
+        while ((await readyz(a)) !== 200 || (await readyz(b)) !== 200) {
+            if (Date.now() > both) break;
+            await sleep(100);
+        }
         // The new server starts empty: the shared limit counts afresh, across both instances.
         const codes: number[] = [];
         for (let i = 0; i < 6; i++) {
