@@ -43,6 +43,12 @@ export interface Check {
     readonly timeoutMs: number;
     readonly onError: 'tempfail' | 'ignore';
     run(ctx: CheckContext, signal: AbortSignal): Promise<CheckResult>;
+    /**
+     * Called when the client connects, before the greeting: starts lookups the check will need
+     * at its own (later) stage, so they are under way or cached by then. It must not wait,
+     * throw, or report anything; `run` still does all the work that decides.
+     */
+    prefetch?(client: ClientIdentity): void;
     /** Called once when the SMTP session ends, to release per-connection state; must not throw. */
     end?(sessionId: string): Promise<void>;
 }

@@ -4,6 +4,8 @@
  * section 3, "iprev"; Postfix calls this the "verified" client name). Reports `client.ptr`
  * (the confirmed name or null) and `iprev.result` (pass | fail | temperror | permerror).
  * A DNS failure never refuses anything by itself: it is reported, and rules decide.
+ * The lookups start when the client connects (prefetch) but the facts are reported at the helo
+ * stage, so a slow or dead resolver never delays the greeting.
  */
 import { isIP } from 'node:net';
 import type { Resolver } from '../dns/resolver.ts';
@@ -21,9 +23,24 @@ const MAX_NAMES = 5;
 export function createIprevCheck(resolver: Resolver, timeoutMs: number): Check {
     return {
         name: 'iprev',
-        stages: ['connect'],
+        // Reported at the helo stage (the first MAIL after EHLO), looked up from the connect on:
+        // the greeting never waits for DNS, however slow or dead it is.
+        stages: ['helo'],
         timeoutMs,
         onError: 'ignore',
+        prefetch(client) {
+            const family = isIP(client.ip);
+            if (family === 0) return;
+            // the resolver caches and shares queries in flight, so run() finds these answers
+            resolver.reverse(client.ip).then(
+                (names) => {
+                    for (const name of names.slice(0, MAX_NAMES)) {
+                        resolver.resolve(name, family === 6 ? 'AAAA' : 'A').catch(() => undefined);
+                    }
+                },
+                () => undefined,
+            );
+        },
         async run(ctx): Promise<CheckResult> {
             const ip = ctx.client.ip;
             const family = isIP(ip);

@@ -36,8 +36,12 @@ export const DEFAULTS = {
          * but the client is waiting on the other side of the proxy and Postfix answers in milliseconds.
          */
         commandTimeoutMs: 60 * SECOND,
-        /** Waiting for the reply to the final dot (RFC 5321 section 4.5.3.2.6: 10 minutes). */
-        dataTimeoutMs: 10 * MINUTE,
+        /**
+         * Waiting for the upstream to take each part of the message and to answer the final dot.
+         * RFC 5321 section 4.5.3.2.6 lets an MTA wait 10 minutes, but here a client waits on the
+         * other side: Postfix's own before-queue proxy gives up after 100 s (smtpd_proxy_timeout).
+         */
+        dataTimeoutMs: 100 * SECOND,
     },
     dns: { timeoutMs: 5 * SECOND },
     /** A limit decision is a single script call; Redis answers in well under a millisecond when healthy. */
@@ -89,6 +93,14 @@ export function defaultListener(
     };
 }
 
+/**
+ * The spool folder when `spool.dir` is left out: a folder of mailwarden's own under the OS
+ * temporary folder, per user (serve creates it with mode 0700 and refuses one another user owns).
+ */
+export function defaultSpoolDir(): string {
+    return path.join(os.tmpdir(), `mailwarden-spool-${process.getuid?.() ?? 'user'}`);
+}
+
 /** True for names and addresses that stay on this host (127.0.0.0/8, ::1, localhost). */
 export function isLoopbackHost(host: string): boolean {
     const h = host.toLowerCase().replace(/\.$/, '');
@@ -127,7 +139,7 @@ export function defaultConfig(baseDir: string, source: string | null = null): Co
         rules: PACKAGE_RULES_DIR,
         softReject: false,
         http: { host: DEFAULTS.http.host, port: DEFAULTS.http.port },
-        spool: { dir: null, memoryLimit: DEFAULTS.spool.memoryLimit },
+        spool: { dir: defaultSpoolDir(), memoryLimit: DEFAULTS.spool.memoryLimit },
         dkim: null,
         authentication: defaultAuthentication(),
         shutdownTimeoutMs: DEFAULTS.shutdownTimeoutMs,

@@ -9,6 +9,7 @@ import path from 'node:path';
 import { isScalar } from 'yaml';
 import {
     DEFAULTS,
+    defaultSpoolDir,
     DEFAULT_MAILDIR,
     PACKAGE_RULES_DIR,
     defaultAuthentication,
@@ -1014,9 +1015,28 @@ class ConfigBuilder {
         const dirField = entries.get('dir');
         const limitField = entries.get('memoryLimit');
         return {
-            dir: (dirField && this.existingPath(dirField, 'folder')) ?? null,
+            dir: (dirField && this.spoolDir(dirField)) ?? defaultSpoolDir(),
             memoryLimit: (limitField && this.r.size(limitField, 0)) ?? DEFAULTS.spool.memoryLimit,
         };
+    }
+
+    /** `spool.dir`: a folder, or a path that does not exist yet (serve creates it, mode 0700). */
+    private spoolDir(field: Field): string | null {
+        const text = this.r.string(field, 'a folder path');
+        if (text === null) return null;
+        const resolved = path.resolve(this.baseDir, text);
+        try {
+            if (!fs.statSync(resolved).isDirectory()) {
+                this.r.fail(field, `${resolved} is not a folder`);
+                return null;
+            }
+        } catch (err) {
+            if ((err as NodeJS.ErrnoException).code !== 'ENOENT') {
+                this.r.fail(field, `cannot use ${resolved}: ${ioReason(err)}`);
+                return null;
+            }
+        }
+        return resolved;
     }
 
     /** The `authentication:` section (SPF, DKIM, DMARC, ARC); every key optional. */

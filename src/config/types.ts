@@ -63,8 +63,8 @@ export interface HttpConfig {
 }
 
 export interface SpoolConfig {
-    /** Folder for messages larger than `memoryLimit`; null means the OS temporary folder. */
-    readonly dir: string | null;
+    /** Folder of our own for messages larger than `memoryLimit`; created (mode 0700) by `serve`. */
+    readonly dir: string;
     /** Bytes kept in memory per message before it is written to a spool file. */
     readonly memoryLimit: number;
 }

@@ -101,10 +101,10 @@ const CATALOGUE: readonly FactSpec[] = [
     fact(
         'client.ptr',
         'domain',
-        'connect',
+        'helo',
         'Forward-confirmed reverse DNS name of the client; null when there is none (RFC 8601 iprev)',
     ),
-    fact('iprev.result', 'string', 'connect', 'Result of the reverse DNS check', AUTH_RESULTS.iprev),
+    fact('iprev.result', 'string', 'helo', 'Result of the reverse DNS check', AUTH_RESULTS.iprev),
     fact('tls', 'boolean', 'connect', 'True once the session is encrypted (implicit TLS, or after STARTTLS)'),
     fact('helo', 'string', 'helo', 'Name the client gave in HELO or EHLO, as written (may be an address literal)'),
     fact('auth.user', 'string', 'mail', 'User name the client logged in with (SMTP AUTH); null when not logged in'),

@@ -5,7 +5,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, describe, it } from 'node:test';
 import { runCheck } from '../../src/commands/check.ts';
-import { PACKAGE_RULES_DIR } from '../../src/config/defaults.ts';
+import { PACKAGE_RULES_DIR, defaultSpoolDir } from '../../src/config/defaults.ts';
 import { ConfigError, loadConfig, resolveConfigPath } from '../../src/config/load.ts';
 import { CERT, KEY, OTHER_KEY, PEM_FILES, cleanup, folderWith, issuesOf, loadText, tempDir } from './helpers.ts';
 
@@ -52,7 +52,8 @@ describe('embedded defaults', () => {
             'rules/ sits in the package root',
         );
         assert.deepEqual(config.http, { host: '127.0.0.1', port: 9465 });
-        assert.deepEqual(config.spool, { dir: null, memoryLimit: 1024 * 1024 });
+        assert.deepEqual(config.spool, { dir: defaultSpoolDir(), memoryLimit: 1024 * 1024 });
+        assert.ok(config.spool.dir.startsWith(os.tmpdir()), 'a folder of our own under the temporary folder');
         assert.equal(config.shutdownTimeoutMs, 30_000);
         assert.deepEqual(config.log, { level: 'info' });
     });
@@ -227,7 +228,7 @@ describe('upstream', () => {
             tlsVerify: false,
             connectTimeoutMs: 10_000,
             commandTimeoutMs: 60_000,
-            dataTimeoutMs: 600_000,
+            dataTimeoutMs: 100_000,
         });
         assert.equal((upstream('smtp://localhost:10026') as { starttls: string }).starttls, 'off');
         assert.equal((upstream('smtp://[::1]:10026') as { host: string }).host, '::1');
@@ -501,12 +502,15 @@ describe('validation', () => {
         assert.equal(loadText('http: false\n').config.http, null);
     });
 
-    it('requires existing folders for rules and spool.dir', () => {
+    it('requires an existing rules folder; spool.dir is a folder or one serve will create', () => {
         assert.match(issuesOf('rules: ./absent\n')[0] ?? '', /^1:8: rules: no such folder: .*absent$/);
         assert.match(
             issuesOf('spool: { dir: x.txt }\n', {}, { 'x.txt': '' })[0] ?? '',
             /^1:15: spool.dir: .*x.txt is not a folder$/,
         );
+        // the same file that `check` accepts before the first start is what serve starts with
+        const { config } = loadText('spool: { dir: ./not-yet/spool }\n');
+        assert.match(config.spool.dir, /not-yet\/spool$/);
     });
 
     it('checks hostnames and domains', () => {
