@@ -9,6 +9,7 @@ import { randomUUID } from 'node:crypto';
 import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { Config } from './config/types.ts';
+import { prepareSpoolFolder } from './data/spool.ts';
 import { createHttpServer } from './http.ts';
 import { createListener, type AuthBackend, type RunningListener } from './listener.ts';
 import { createLogger, type Logger } from './log.ts';
@@ -226,6 +227,13 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
             if (reloaders.length === 0) log.info('reload: nothing reloadable is configured');
         },
         async start() {
+            const spool = await prepareSpoolFolder(config.spool.dir);
+            if (spool.removed > 0) {
+                log.warn(
+                    { spoolDir: config.spool.dir, removed: spool.removed },
+                    'removed spool files left by a process that ended without cleaning up (a crash); no client was told they were accepted',
+                );
+            }
             await waitForStore(limitStore, config.redis, 2 * (config.redis?.connectTimeoutMs ?? 0), log);
             for (const l of listeners) await l.listen();
             if (config.http) {

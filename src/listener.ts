@@ -41,16 +41,29 @@ const MAX_REFUSED_AUTH = 3;
 class MailwardenSmtpServer extends SMTPServer {
     trustProxy: (ip: string) => boolean = () => false;
     submission = false;
+    /** Each connection by session id, to tell whether its client is still there (STARTTLS replaces `_socket`). */
+    private readonly byId = new Map<string, { _socket: Socket }>();
     override _expectsProxyHeader(socket: Socket): boolean {
         return this.trustProxy(socket.remoteAddress ?? '');
     }
     override connect(socket: Socket, socketOptions?: Parameters<SMTPServer['connect']>[1]): void {
         super.connect(socket, socketOptions);
-        const connection = [...(this as unknown as { connections: Set<unknown> }).connections].at(-1);
-        if (connection)
-            patchConnectionReplies(connection as Parameters<typeof patchConnectionReplies>[0], {
+        const connection = [
+            ...(this as unknown as { connections: Set<{ id: string; _socket: Socket }> }).connections,
+        ].at(-1);
+        if (connection) {
+            patchConnectionReplies(connection as unknown as Parameters<typeof patchConnectionReplies>[0], {
                 submission: this.submission,
             });
+            const id = connection.id;
+            this.byId.set(id, connection);
+            socket.once('close', () => this.byId.delete(id));
+        }
+    }
+    /** True when the client of this session can no longer be written to. */
+    clientGone(id: string): boolean {
+        const socket = this.byId.get(id)?._socket;
+        return !socket || socket.destroyed || !socket.writable;
     }
 }
 
@@ -199,8 +212,15 @@ export function createListener(config: Config, listener: ListenerConfig, deps: L
                 return cb(internalError(log, smtp.id, new Error('no session')));
             }
             session.onData(stream).then(
-                (text) => cb(null, text),
-                (err: unknown) => cb(internalError(log, smtp.id, err)),
+                (text) => {
+                    const clientGone = server.clientGone(smtp.id);
+                    cb(null, text);
+                    session.dataReplied({ accepted: true, clientGone });
+                },
+                (err: unknown) => {
+                    cb(internalError(log, smtp.id, err));
+                    session.dataReplied({ accepted: false, clientGone: false });
+                },
             );
         },
 

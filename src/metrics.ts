@@ -80,6 +80,12 @@ export function createMetrics(version: string) {
             buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60],
             registers: r,
         }),
+        acceptedUnconfirmed: new Counter({
+            name: `${P}accepted_unconfirmed_total`,
+            help: 'Messages the upstream accepted whose 250 could not reach the client, which went away first: it may send them again (a duplicate), by listener',
+            labelNames: ['listener'],
+            registers: r,
+        }),
         messageProcessing: new Histogram({
             name: `${P}message_processing_seconds`,
             help: 'Time from the end of DATA to the reply sent to the client',

@@ -11,7 +11,14 @@ import { Readable } from 'node:stream';
 import type { SMTPServerAddress, SMTPServerDataStream, SMTPServerSession } from 'smtp-server';
 import type { Config, ListenerConfig } from './config/types.ts';
 import { MessageSpool, type SpoolSummary } from './data/spool.ts';
-import { fieldValue, filterIncomingFields, formatField, parseHeaderSection, type RawField } from './headers.ts';
+import {
+    fieldValue,
+    filterIncomingFields,
+    formatField,
+    headerSafe,
+    parseHeaderSection,
+    type RawField,
+} from './headers.ts';
 import type { Logger } from './log.ts';
 import type { Metrics } from './metrics.ts';
 import { runStage, type Check, type CheckOutcome } from './pipeline.ts';
@@ -81,7 +88,11 @@ export class Session {
     private tx: Transaction | null = null;
     /** Forward-confirmed reverse name from the connect stage, or null. */
     private ptr: string | null = null;
-    /** True while a message is being received or forwarded (shutdown lets it finish). */
+    /**
+     * True from the DATA command until its reply was handed to the client (dataReplied):
+     * shutdown lets such a session finish instead of answering `421`, so a message the
+     * upstream accepted always gets our `250`.
+     */
     inData = false;
     private closed = false;
 
@@ -115,6 +126,8 @@ export class Session {
     }
 
     private connectFacts: Facts = {};
+    /** Facts of the last helo-stage evaluation (checks reporting there, such as iprev). */
+    private heloFacts: Facts = {};
     private readonly conn: ConnectionVerdict = { score: 0, headers: [], rules: [], tagged: false };
     /** The HELO name the helo stage was evaluated for. */
     private heloEvaluated: string | null | undefined = undefined;
@@ -131,6 +144,7 @@ export class Session {
         const id = this.identity();
         return {
             ...this.connectFacts,
+            ...this.heloFacts,
             listener: this.deps.listener.name,
             'listener.mode': this.deps.listener.mode,
             'client.ip': id.ip,
@@ -141,14 +155,18 @@ export class Session {
         };
     }
 
-    /** Connect stage: runs once when the client connects. Throws a reply error to refuse. */
+    /**
+     * Connect stage: runs once when the client connects. Throws a reply error to refuse.
+     * Lookups of later stages (the reverse name) start here without being waited for, so the
+     * greeting never waits on DNS.
+     */
     async onConnect(): Promise<void> {
         if (this.deps.isDraining()) throw this.refuse(replyFor('shutting-down', { id: this.id }));
+        const client = this.identity();
+        for (const c of this.deps.checks) c.prefetch?.(client);
         const result = await this.decideStage('connect', { ...this.connectionFacts(), score: 0 });
         Session.keep(this.conn, result.decision);
         this.conn.rules.push(...result.decision.rules);
-        const ptr = result.facts['client.ptr'];
-        this.ptr = typeof ptr === 'string' ? ptr : null;
         this.connectFacts = result.facts;
     }
 
@@ -218,6 +236,10 @@ export class Session {
             Session.keep(this.conn, heloResult.decision);
             this.conn.rules.push(...heloResult.decision.rules);
             this.heloEvaluated = helo;
+            // the iprev check reports at the helo stage; its name is the client's from then on
+            const ptr = heloResult.facts['client.ptr'];
+            this.ptr = typeof ptr === 'string' ? ptr : null;
+            this.heloFacts = heloResult.facts;
         }
         const from = address.address;
         this.checkEnvelopeSender(from);
@@ -345,6 +367,9 @@ export class Session {
             const fields = parseHeaderSection(section);
             const { kept, removed } = filterIncomingFields(fields, this.deps.config.hostname);
             if (removed.length > 0) record.removedHeaders = removed;
+            // to spot a message delivered twice (the duplicate window of docs/flow.md)
+            const messageId = kept.find((f) => f.name.toLowerCase() === 'message-id');
+            if (messageId) record.messageId = headerSafe(fieldValue(messageId)).trim().slice(0, 256);
             const notOwned = this.headerSenderRefusal(kept);
             if (notOwned) {
                 action = 'reject';
@@ -422,12 +447,27 @@ export class Session {
             await this.abandonUpstream();
             throw this.refuse(replyFor('internal-error', { id: this.id }));
         } finally {
-            this.inData = false;
+            // inData stays set until the listener has written the reply (dataReplied)
             await spool.dispose();
             const seconds = (this.deps.now() - started) / 1000;
             this.deps.metrics.messageProcessing.observe(seconds);
             this.deps.metrics.messages.inc({ listener: this.deps.listener.name, action });
             this.log.info({ ...record, action, ms: Math.round(seconds * 1000) }, 'decision');
+        }
+    }
+
+    /**
+     * The reply to DATA was handed to smtp-server. `clientGone`: the client's connection had
+     * already closed, so a `250` never reached it and it may send the message again.
+     */
+    dataReplied(reply: { accepted: boolean; clientGone: boolean }): void {
+        this.inData = false;
+        if (reply.accepted && reply.clientGone) {
+            this.deps.metrics.acceptedUnconfirmed.inc({ listener: this.deps.listener.name });
+            this.log.warn(
+                { duplicateRisk: true },
+                'the upstream accepted the message but the client had gone before our 250; it may send it again',
+            );
         }
     }
 

@@ -12,7 +12,7 @@ import { parseArgs } from 'node:util';
 import { defaultChecks } from '../app.ts';
 import { ConfigError, loadConfig } from '../config/load.ts';
 import type { Config } from '../config/types.ts';
-import { MessageSpool } from '../data/spool.ts';
+import { MessageSpool, prepareSpoolFolder } from '../data/spool.ts';
 import { createResolver } from '../dns/resolver.ts';
 import { createMemoryStore } from '../limits/memory-store.ts';
 import { filterIncomingFields, formatField, parseHeaderSection } from '../headers.ts';
@@ -71,6 +71,8 @@ export async function explainMessage(
 ): Promise<ExplainReport> {
     const listener = input.listener ? config.listeners.find((l) => l.name === input.listener) : config.listeners[0];
     if (!listener) throw new Error(`no listener named ${input.listener ?? ''} in the configuration`);
+    // a message bigger than the memory limit is read through the spool folder, as serve does
+    await prepareSpoolFolder(config.spool.dir);
     const resolver = createResolver({ servers: config.dns.servers, timeoutMs: config.dns.timeoutMs });
     const metrics = createMetrics(VERSION);
     // limits are evaluated against a fresh in-memory store: explain shows what a first message
@@ -153,15 +155,15 @@ export async function explainMessage(
         };
 
         const connect = await run('connect', base);
-        const ptr = connect.facts['client.ptr'];
-        client = { ...client, ptr: typeof ptr === 'string' ? ptr : null };
-        const connFacts = { ...base, ...connect.facts };
         let stopped = stop('connect', connect.decision);
         if (stopped) return stopped;
-        const helo = await run('helo', connFacts);
+        const helo = await run('helo', { ...base, ...connect.facts });
         if ((stopped = stop('helo', helo.decision))) return stopped;
+        // the reverse name is known from the helo stage on (the iprev check runs there)
+        const ptr = helo.facts['client.ptr'];
+        client = { ...client, ptr: typeof ptr === 'string' ? ptr : null };
         const mailFacts = {
-            ...connFacts,
+            ...helo.facts,
             'mail.from': input.mailFrom,
             'mail.from.domain': domainOf(input.mailFrom),
         };

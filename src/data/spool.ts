@@ -8,14 +8,69 @@
  * - Size: past `maxSize` bytes nothing more is stored, but the stream is still drained so
  *   the SMTP dialogue stays in sync.
  * - Records where the header section ends (the first empty line, RFC 5322 section 2.1).
+ * - The spool folder is mailwarden's own (mode 0700); at start, files left there by a process
+ *   that ended without removing them (a crash, SIGKILL) are deleted: they hold message text
+ *   that no client was ever told was accepted, so nothing is lost by removing them.
  * It never decides what happens to the message; the session does.
  */
 import { randomBytes } from 'node:crypto';
-import { open, unlink, type FileHandle } from 'node:fs/promises';
+import { chmod, lstat, mkdir, open, readdir, unlink, type FileHandle } from 'node:fs/promises';
 import { createReadStream } from 'node:fs';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
+
+/**
+ * Tells this process's spool files from those of an earlier process that had the same PID
+ * (a restarted container is PID 1 again).
+ */
+const INSTANCE = randomBytes(4).toString('hex');
+
+/** `mailwarden-<pid>-<instance>-<random>.eml` */
+const SPOOL_FILE = /^mailwarden-(\d+)-([0-9a-f]{8})-[0-9a-f]{16}\.eml$/;
+
+/** True when a process with this PID runs (another instance sharing the folder keeps its files). */
+function processAlive(pid: number): boolean {
+    try {
+        process.kill(pid, 0);
+        return true;
+    } catch (err) {
+        return (err as NodeJS.ErrnoException).code === 'EPERM';
+    }
+}
+
+/**
+ * Creates the spool folder when missing (mode 0700), refuses one that is not a folder or that
+ * another user owns, takes group and other permissions away, and removes the spool files of
+ * processes that no longer run. Returns how many such files were removed.
+ */
+export async function prepareSpoolFolder(
+    dir: string,
+    isAlive: (pid: number) => boolean = processAlive,
+): Promise<{ removed: number }> {
+    await mkdir(dir, { recursive: true, mode: 0o700 });
+    const st = await lstat(dir);
+    if (!st.isDirectory()) throw new Error(`spool folder ${dir} is not a folder`);
+    const uid = process.getuid?.();
+    if (uid !== undefined && st.uid !== uid) {
+        throw new Error(`spool folder ${dir} belongs to another user (uid ${st.uid}); it would hold message text`);
+    }
+    if ((st.mode & 0o077) !== 0) await chmod(dir, 0o700);
+    let removed = 0;
+    for (const name of await readdir(dir)) {
+        const m = SPOOL_FILE.exec(name);
+        if (!m) continue;
+        const pid = Number(m[1]);
+        const stale = pid === process.pid ? m[2] !== INSTANCE : !isAlive(pid);
+        if (!stale) continue;
+        try {
+            await unlink(join(dir, name));
+            removed++;
+        } catch (err) {
+            if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+        }
+    }
+    return { removed };
+}
 
 const CR = 0x0d;
 const LF = 0x0a;
@@ -23,8 +78,8 @@ const LF = 0x0a;
 export interface SpoolOptions {
     /** Bytes kept in memory before spilling to a file. */
     readonly memoryLimit: number;
-    /** Folder for spool files; null means the OS temporary folder. */
-    readonly dir: string | null;
+    /** Folder for spool files (prepared by prepareSpoolFolder). */
+    readonly dir: string;
     /** Largest message accepted, in bytes (after line-ending normalisation). */
     readonly maxSize: number;
     /** Largest header section accepted, in bytes. */
@@ -163,7 +218,8 @@ export class MessageSpool {
     }
 
     private async openFile(): Promise<void> {
-        const path = join(this.opts.dir ?? tmpdir(), `mailwarden-${process.pid}-${randomBytes(8).toString('hex')}.eml`);
+        const name = `mailwarden-${process.pid}-${INSTANCE}-${randomBytes(8).toString('hex')}.eml`;
+        const path = join(this.opts.dir, name);
         this.file = await open(path, 'wx+', 0o600);
         this.filePath = path;
     }

@@ -8,9 +8,11 @@ import { copyFileSync } from 'node:fs';
 import net from 'node:net';
 import tls from 'node:tls';
 import { after, before, describe, it } from 'node:test';
+import type { App } from '../../src/app.ts';
+import type { Upstream } from '../../src/upstream/types.ts';
 import { startApp, type TestApp } from '../helpers/app.ts';
 import { startScriptedUpstream, unstuff, type ScriptedUpstream } from '../helpers/scripted-upstream.ts';
-import { sendMail, smtpConnect } from '../helpers/smtp-client.ts';
+import { sendMail, smtpConnect, type SmtpClient } from '../helpers/smtp-client.ts';
 import { createTestCertificate, type TestCertificate } from '../helpers/tls-cert.ts';
 
 const MSG = 'From: a@example.org\r\nSubject: t\r\n\r\nbody\r\n';
@@ -251,5 +253,103 @@ describe('shutdown', () => {
         assert.equal(up.transactions.at(-1)!.completed, true);
         await stopping;
         await assert.rejects(smtpConnect(port), /ECONNREFUSED/);
+    });
+
+    it('gives 250 to a message the upstream accepted just as the shutdown began', async (t) => {
+        // The upstream answers 250 and, at that very moment, the drain starts: the session is
+        // then between the upstream's 250 and its own, removing its spool file. A 421 there
+        // would make the client send again a message that was delivered.
+        let app: App | null = null;
+        const shutdown: { done?: Promise<void> } = {};
+        const upstream: Upstream = {
+            description: 'accepting upstream that starts the shutdown',
+            probe: () => Promise.resolve(),
+            open: () =>
+                Promise.resolve({
+                    usable: true,
+                    peer: 'test',
+                    mailFrom: () => Promise.resolve({ code: 250, enhanced: '2.1.0', text: 'ok' }),
+                    rcptTo: () => Promise.resolve({ code: 250, enhanced: '2.1.5', text: 'ok' }),
+                    async data(message) {
+                        for await (const _ of message) void _;
+                        shutdown.done = app!.stop();
+                        return { code: 250, enhanced: '2.0.0', text: 'queued as ABC123' };
+                    },
+                    reset: () => Promise.resolve(),
+                    close: () => Promise.resolve(),
+                }),
+        };
+        const mw = await startApp(
+            [
+                'hostname: mx.example.test',
+                'listeners: [{ name: mx, host: 127.0.0.1, port: 0, mode: mx }]',
+                'http: false',
+                'shutdownTimeout: 5s',
+                // bigger than the memory limit: the message goes through a spool file
+                'spool: { memoryLimit: 1KB }',
+            ].join('\n'),
+            { upstream },
+        );
+        app = mw.app;
+        t.after(() => mw.stop());
+        const result = await sendMail(mw.port(), {
+            from: 'a@example.org',
+            to: ['b@example.test'],
+            data: MSG + 'x'.repeat(4096) + '\r\n',
+        });
+        assert.equal(result.message?.code, 250, result.message?.raw);
+        assert.match(result.message?.text ?? '', /ABC123/);
+        await shutdown.done;
+    });
+});
+
+describe('a client that goes away while the upstream accepts', () => {
+    it('is counted and logged as a possible duplicate', async (t) => {
+        let client: SmtpClient | null = null;
+        const upstream: Upstream = {
+            description: 'upstream that accepts after the client left',
+            probe: () => Promise.resolve(),
+            open: () =>
+                Promise.resolve({
+                    usable: true,
+                    peer: 'test',
+                    mailFrom: () => Promise.resolve({ code: 250, enhanced: '2.1.0', text: 'ok' }),
+                    rcptTo: () => Promise.resolve({ code: 250, enhanced: '2.1.5', text: 'ok' }),
+                    async data(message) {
+                        for await (const _ of message) void _;
+                        client!.socket.destroy();
+                        await new Promise((r) => setTimeout(r, 50));
+                        return { code: 250, enhanced: '2.0.0', text: 'queued as DUP1' };
+                    },
+                    reset: () => Promise.resolve(),
+                    close: () => Promise.resolve(),
+                }),
+        };
+        const mw = await startApp(
+            [
+                'hostname: mx.example.test',
+                'listeners: [{ name: mx, host: 127.0.0.1, port: 0, mode: mx }]',
+                'http: false',
+            ].join('\n'),
+            { upstream },
+        );
+        t.after(() => mw.stop());
+        client = await smtpConnect(mw.port());
+        await client.greeting();
+        await client.cmd('EHLO gone.example');
+        await client.cmd('MAIL FROM:<a@example.org>');
+        await client.cmd('RCPT TO:<b@example.test>');
+        await client.cmd('DATA');
+        client.write(MSG + '.\r\n');
+        await client.waitClosed();
+        for (let i = 0; i < 50 && !mw.logs.some((l) => l.duplicateRisk === true); i++) {
+            await new Promise((r) => setTimeout(r, 20));
+        }
+        assert.ok(
+            mw.logs.some((l) => l.duplicateRisk === true && l.level === 40),
+            'a warning names the risk',
+        );
+        const metrics = await mw.app.metrics.registry.getSingleMetricAsString('mailwarden_accepted_unconfirmed_total');
+        assert.match(metrics, /mailwarden_accepted_unconfirmed_total\{listener="mx"\} 1/);
     });
 });

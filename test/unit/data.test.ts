@@ -3,13 +3,13 @@
  * bare LF/CR counted and normalised, header end found, memory bounded, spool files removed.
  */
 import assert from 'node:assert/strict';
-import { readdir, mkdtemp, rm } from 'node:fs/promises';
+import { chmod, mkdir, mkdtemp, readdir, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { describe, it } from 'node:test';
 import { DotStuffer } from '../../src/data/dot-stuff.ts';
-import { MessageSpool } from '../../src/data/spool.ts';
+import { MessageSpool, prepareSpoolFolder } from '../../src/data/spool.ts';
 
 function stuff(...chunks: string[]): string {
     const d = new DotStuffer();
@@ -21,7 +21,7 @@ function stuff(...chunks: string[]): string {
 async function spoolOf(chunks: string[], opts: Partial<ConstructorParameters<typeof MessageSpool>[0]> = {}) {
     const spool = new MessageSpool({
         memoryLimit: 1 << 20,
-        dir: null,
+        dir: join(tmpdir(), 'mw-spool-unused'),
         maxSize: 1 << 20,
         maxHeaderSize: 1 << 16,
         ...opts,
@@ -116,6 +116,63 @@ describe('MessageSpool', () => {
             await assert.rejects(spool.ingest(failing), /client went away/);
             await spool.dispose();
             assert.deepEqual(await readdir(dir), []);
+        } finally {
+            await rm(dir, { recursive: true, force: true });
+        }
+    });
+});
+
+describe('spool folder', () => {
+    it('is created with mode 0700, and a looser existing folder is tightened', async () => {
+        const parent = await mkdtemp(join(tmpdir(), 'mw-spool-'));
+        try {
+            const dir = join(parent, 'a', 'spool');
+            await prepareSpoolFolder(dir);
+            assert.equal((await stat(dir)).mode & 0o777, 0o700);
+            await chmod(dir, 0o755);
+            await prepareSpoolFolder(dir);
+            assert.equal((await stat(dir)).mode & 0o777, 0o700);
+        } finally {
+            await rm(parent, { recursive: true, force: true });
+        }
+    });
+
+    it('refuses a path that is a file', async () => {
+        const parent = await mkdtemp(join(tmpdir(), 'mw-spool-'));
+        try {
+            await writeFile(join(parent, 'f'), '');
+            await assert.rejects(prepareSpoolFolder(join(parent, 'f')));
+        } finally {
+            await rm(parent, { recursive: true, force: true });
+        }
+    });
+
+    it('removes the files of processes that no longer run, and only those', async () => {
+        const dir = await mkdtemp(join(tmpdir(), 'mw-spool-'));
+        try {
+            await mkdir(dir, { recursive: true });
+            const dead = 'mailwarden-999999-0badc0de-0123456789abcdef.eml';
+            const alive = 'mailwarden-4242-0badc0de-0123456789abcdef.eml';
+            // our own PID, but written by an earlier process (a restarted container is PID 1 again)
+            const reused = `mailwarden-${process.pid}-00000000-0123456789abcdef.eml`;
+            const other = 'notes.txt';
+            for (const f of [dead, alive, reused, other]) await writeFile(join(dir, f), 'Subject: x\r\n\r\nbody\r\n');
+            const { removed } = await prepareSpoolFolder(dir, (pid) => pid === 4242);
+            assert.equal(removed, 2);
+            assert.deepEqual((await readdir(dir)).sort(), [alive, other].sort());
+        } finally {
+            await rm(dir, { recursive: true, force: true });
+        }
+    });
+
+    it('keeps the files of this process', async () => {
+        const dir = await mkdtemp(join(tmpdir(), 'mw-spool-'));
+        try {
+            const spool = new MessageSpool({ memoryLimit: 10, dir, maxSize: 1 << 20, maxHeaderSize: 1 << 16 });
+            await spool.ingest(Readable.from([Buffer.from('Subject: x\r\n\r\n' + 'y'.repeat(100))]));
+            assert.equal((await prepareSpoolFolder(dir, () => false)).removed, 0);
+            assert.equal((await readdir(dir)).length, 1);
+            await spool.dispose();
         } finally {
             await rm(dir, { recursive: true, force: true });
         }
