@@ -1,61 +1,213 @@
 /**
- * Builds the header fields mailwarden prepends and filters the incoming header section.
- * - Received (RFC 5321 section 4.4, protocol names from RFC 3848), X-Mailwarden-Verdict,
- *   and any header a decision adds, all folded to 78 columns (RFC 5322 section 2.2.3).
- * - Incoming copies of every X-Mailwarden-* field and Authentication-Results fields that
- *   carry our authserv-id (RFC 8601 section 5) are removed, so nobody can forge our verdict.
- * Values never contain CR or LF: anything a client sent is sanitised before it is written.
- * Pure functions; no I/O.
+ * Reads the incoming header section the way Postfix and DKIM verifiers read it, filters it,
+ * and builds the header fields mailwarden prepends.
+ * - Parsing (RFC 5322 sections 2.2 and 3.6.8, obsolete syntax of section 4.5): every line is
+ *   either a field line, `ftext+ *WSP ":" value` (the field is the field its name names, so
+ *   `From :` IS a From field, as Postfix's is_header() and DKIM relaxed canonicalisation read
+ *   it), or a continuation line (starting with WSP) of the field above. A section that starts
+ *   with WSP, a line without a colon, a name with other characters (space inside, 8-bit,
+ *   control), an empty line, a NUL or a bare CR/LF do not parse: readers disagree on what such
+ *   bytes mean (Postfix ends the header section there; mailauth glues the line to the field
+ *   above), so the whole section is refused rather than guessed at.
+ * - Filtering: incoming copies of every X-Mailwarden-* field and Authentication-Results fields
+ *   whose authserv-id is ours in any spelling (RFC 8601 sections 2.2 and 5: quoted or not,
+ *   comments, case, a trailing dot) are removed, so nobody can forge our verdict.
+ * - Building: Received (RFC 5321 section 4.4, protocol names from RFC 3848), X-Mailwarden-Verdict
+ *   and any header a decision adds, folded to 78 columns (RFC 5322 section 2.2.3). Values never
+ *   contain CR or LF: anything a client sent is sanitised before it is written.
+ * Pure functions; no I/O. It must not decide replies (reply.ts) or policy.
  */
+import { domainToASCII } from 'node:url';
 import type { Action, HeaderField } from './types.ts';
 
 /** One field of the incoming header section, kept byte for byte. */
 export interface RawField {
-    /** Field name as written, or '' for a line that is not a field (kept as is). */
+    /** Field name as every reader takes it: the characters before the colon, without the WSP of the obsolete syntax. */
     readonly name: string;
-    /** The field including continuation lines and the final CRLF. */
+    /** Line number (from 1) of the field's first line in the message. */
+    readonly line: number;
+    /** The field including continuation lines and the final CRLF (absent only at the very end of input). */
     readonly raw: Buffer;
 }
 
-const OWN_PREFIX = 'x-mailwarden-';
+/** Why a header section does not parse. */
+export type HeaderProblem = 'leading-whitespace' | 'no-colon' | 'invalid-name' | 'empty-line' | 'invalid-character';
 
-/** Splits a canonical (CRLF) header section into fields; continuation lines stay with their field. */
-export function parseHeaderSection(section: Buffer): RawField[] {
-    const fields: RawField[] = [];
-    let start = 0;
-    let fieldStart = -1;
-    let name = '';
-    const flush = (end: number): void => {
-        if (fieldStart >= 0) fields.push({ name, raw: section.subarray(fieldStart, end) });
-        fieldStart = -1;
-    };
-    while (start < section.length) {
-        let eol = section.indexOf('\r\n', start);
-        const next = eol === -1 ? section.length : eol + 2;
-        if (eol === -1) eol = section.length;
-        const first = section[start];
-        const isContinuation = first === 0x20 || first === 0x09;
-        if (!isContinuation || fieldStart < 0) {
-            flush(start);
-            fieldStart = start;
-            const line = section.subarray(start, eol).toString('latin1');
-            const colon = line.indexOf(':');
-            const candidate = colon > 0 ? line.slice(0, colon) : '';
-            // RFC 5322 section 3.6.8: printable US-ASCII except colon
-            name = /^[\x21-\x39\x3b-\x7e]+$/.test(candidate) ? candidate : '';
-        }
-        start = next;
-    }
-    flush(section.length);
-    return fields;
+export type ParsedHeaderSection =
+    | { readonly ok: true; readonly fields: readonly RawField[] }
+    | { readonly ok: false; readonly line: number; readonly problem: HeaderProblem };
+
+const OWN_PREFIX = 'x-mailwarden-';
+const CR = 0x0d;
+const LF = 0x0a;
+const SP = 0x20;
+const TAB = 0x09;
+const COLON = 0x3a;
+
+/** ftext of RFC 5322 section 3.6.8: printable US-ASCII except the colon. */
+function isFtext(b: number): boolean {
+    return b >= 0x21 && b <= 0x7e && b !== COLON;
 }
 
-/** The authserv-id of an Authentication-Results value: the first token, comments removed (RFC 8601 section 2.2). */
-export function authservIdOf(value: string): string {
-    const withoutComments = value.replace(/\((?:[^()\\]|\\.)*\)/g, ' ');
-    const first = withoutComments.split(';')[0] ?? '';
-    const token = first.trim().split(/\s+/)[0] ?? '';
-    return token.toLowerCase();
+/**
+ * Where a field line's name ends: the offset of its colon and the name, or the problem.
+ * `field-name *WSP ":"` (RFC 5322 sections 3.6.8 and 4.5.8), which is also Postfix's
+ * is_header(): any other byte before the colon makes the line something other than a field.
+ */
+function fieldLine(line: Buffer): { name: string } | { problem: HeaderProblem } {
+    let i = 0;
+    while (i < line.length && isFtext(line[i]!)) i++;
+    const nameEnd = i;
+    while (i < line.length && (line[i] === SP || line[i] === TAB)) i++;
+    if (nameEnd > 0 && i < line.length && line[i] === COLON) return { name: line.toString('latin1', 0, nameEnd) };
+    return { problem: line.includes(COLON) ? 'invalid-name' : 'no-colon' };
+}
+
+/**
+ * Splits a canonical (CRLF) header section, without the empty line that ends it, into fields;
+ * continuation lines stay with their field and the raw bytes of the fields concatenate back to
+ * the input. Refuses (with the 1-based line number) anything that is not such a section.
+ */
+export function parseHeaderSection(section: Buffer): ParsedHeaderSection {
+    const fields: RawField[] = [];
+    let start = 0;
+    let lineNo = 0;
+    let current: { name: string; line: number; start: number } | null = null;
+    const flush = (end: number): void => {
+        if (current) fields.push({ name: current.name, line: current.line, raw: section.subarray(current.start, end) });
+        current = null;
+    };
+    while (start < section.length) {
+        lineNo++;
+        const crlf = section.indexOf('\r\n', start);
+        const eol = crlf === -1 ? section.length : crlf;
+        const line = section.subarray(start, eol);
+        // NUL, and CR or LF that are not one CRLF pair, mean different lines to different readers
+        if (line.includes(0) || line.includes(CR) || line.includes(LF)) {
+            return { ok: false, line: lineNo, problem: 'invalid-character' };
+        }
+        if (line.length === 0) return { ok: false, line: lineNo, problem: 'empty-line' };
+        if (line[0] === SP || line[0] === TAB) {
+            // a continuation line (RFC 5322 section 2.2.3); with no field above it, Postfix would
+            // glue it to the last field we prepend
+            if (!current) return { ok: false, line: lineNo, problem: 'leading-whitespace' };
+        } else {
+            const parsed = fieldLine(line);
+            if ('problem' in parsed) return { ok: false, line: lineNo, problem: parsed.problem };
+            flush(start);
+            current = { name: parsed.name, line: lineNo, start };
+        }
+        start = crlf === -1 ? section.length : crlf + 2;
+    }
+    flush(section.length);
+    return { ok: true, fields };
+}
+
+/** Skips CFWS (RFC 5322 section 3.2.2: white space, line breaks and nested comments) from `i`; -1 for an open comment. */
+function skipCfws(value: string, i: number): number {
+    for (;;) {
+        while (i < value.length && /[ \t\r\n]/.test(value[i]!)) i++;
+        if (value[i] !== '(') return i;
+        let depth = 0;
+        for (; i < value.length; i++) {
+            const c = value[i];
+            if (c === '\\') i++;
+            else if (c === '(') depth++;
+            else if (c === ')' && --depth === 0) break;
+        }
+        if (depth !== 0) return -1;
+        i++;
+    }
+}
+
+/** tspecials of RFC 2045 section 5.1, which end a token. */
+const TSPECIALS = '()<>@,;:\\"/[]?=';
+
+/**
+ * The authserv-id of an Authentication-Results value as RFC 8601 section 2.2 defines it:
+ * `[CFWS] authserv-id` where authserv-id is a `value` (RFC 2045: a token, or a quoted-string
+ * whose quoted-pairs are unescaped and folds removed). Null when the value does not start so.
+ * Returned as written; compare with sameAuthservId.
+ */
+export function authservIdOf(value: string): string | null {
+    let i = skipCfws(value, 0);
+    if (i < 0 || i >= value.length) return null;
+    if (value[i] === '"') {
+        let out = '';
+        for (i++; i < value.length; i++) {
+            const c = value[i]!;
+            if (c === '\\') out += value[++i] ?? '';
+            else if (c === '"') return out;
+            else if (c !== '\r' && c !== '\n') out += c;
+        }
+        return null;
+    }
+    let j = i;
+    // eslint-disable-next-line no-control-regex
+    while (j < value.length && !TSPECIALS.includes(value[j]!) && !/[\x00-\x20\x7f]/.test(value[j]!)) j++;
+    return j > i ? value.slice(i, j) : null;
+}
+
+/** The value with its comments (nested, with quoted-pairs) turned into spaces; an open comment runs to the end. One pass. */
+function withoutComments(value: string): string {
+    let out = '';
+    let depth = 0;
+    let quoted = false;
+    for (let i = 0; i < value.length; i++) {
+        const c = value[i]!;
+        if (depth === 0) {
+            if (quoted && c === '\\') {
+                out += c + (value[i + 1] ?? '');
+                i++;
+            } else if (!quoted && c === '(') {
+                depth = 1;
+                out += ' ';
+            } else {
+                if (c === '"') quoted = !quoted;
+                out += c;
+            }
+        } else if (c === '\\') {
+            i++;
+        } else if (c === '(') {
+            depth++;
+        } else if (c === ')') {
+            depth--;
+        }
+    }
+    return out;
+}
+
+/**
+ * Every way a reader may take the authserv-id of an Authentication-Results value: the RFC 8601
+ * reading, and the readings of looser parsers (comments dropped and quotes ignored, or no
+ * comment syntax at all). A field is ours when any of them is our id.
+ */
+export function authservIdReadings(value: string): string[] {
+    const readings = new Set<string>();
+    const strict = authservIdOf(value);
+    if (strict !== null) readings.add(strict);
+    for (const text of [withoutComments(value), value]) {
+        const beforeSemicolon = text.split(';')[0] ?? '';
+        const word = beforeSemicolon
+            .replace(/["\\()]/g, ' ')
+            .trim()
+            .split(/\s+/)[0];
+        if (word) readings.add(word);
+    }
+    return [...readings];
+}
+
+/** A host name as authserv-ids compare (RFC 8601 section 2.5): ASCII case folded, A-labels, no trailing dot. */
+function hostKey(id: string): string {
+    const trimmed = id.trim().replace(/\.+$/, '');
+    // eslint-disable-next-line no-control-regex
+    const ascii = /[^\x00-\x7f]/.test(trimmed) ? domainToASCII(trimmed) || trimmed : trimmed;
+    return ascii.replace(/[A-Z]/g, (c) => c.toLowerCase());
+}
+
+/** True when two authserv-ids name the same host: case-insensitive, a trailing dot ignored. */
+export function sameAuthservId(a: string, b: string): boolean {
+    return hostKey(a) === hostKey(b);
 }
 
 /** A field's value: everything after the first colon, continuation lines unfolded (RFC 5322 section 2.2.3). */
@@ -64,23 +216,27 @@ export function fieldValue(field: RawField): string {
     return text.slice(text.indexOf(':') + 1).replace(/\r\n/g, '');
 }
 
-/** True for fields that must not pass: our own headers and A-R fields claiming our authserv-id. */
-export function isForgedOwnField(field: RawField, authservId: string): boolean {
-    const lower = field.name.toLowerCase();
-    if (lower.startsWith(OWN_PREFIX)) return true;
-    if (lower === 'authentication-results') return authservIdOf(fieldValue(field)) === authservId.toLowerCase();
-    return false;
+/** True when the name is one of ours (`X-Mailwarden-*`, any case). */
+export function isOwnFieldName(name: string): boolean {
+    return name.toLowerCase().startsWith(OWN_PREFIX);
 }
 
-/** Removes forged own fields; returns what is kept and the names of what was removed. */
+/** True for fields that must not pass: our own headers and A-R fields claiming our authserv-id. */
+export function isForgedOwnField(field: RawField, authservId: string): boolean {
+    if (isOwnFieldName(field.name)) return true;
+    if (field.name.toLowerCase() !== 'authentication-results') return false;
+    return authservIdReadings(fieldValue(field)).some((id) => sameAuthservId(id, authservId));
+}
+
+/** Removes forged own fields; returns what is kept and what was removed. */
 export function filterIncomingFields(
     fields: readonly RawField[],
     authservId: string,
-): { kept: RawField[]; removed: string[] } {
+): { kept: RawField[]; removed: RawField[] } {
     const kept: RawField[] = [];
-    const removed: string[] = [];
+    const removed: RawField[] = [];
     for (const f of fields) {
-        if (isForgedOwnField(f, authservId)) removed.push(f.name);
+        if (isForgedOwnField(f, authservId)) removed.push(f);
         else kept.push(f);
     }
     return { kept, removed };

@@ -7,6 +7,7 @@
 import type { SpoolSummary } from './data/spool.ts';
 import { fieldValue, receivedField, verdictField, type RawField, type ReceivedInfo } from './headers.ts';
 import { domainOfAddress } from './rules/names.ts';
+import { parseAddresses } from './submission/sender-policy.ts';
 import type { Decision, FactValue, HeaderField } from './types.ts';
 
 /** The domain of an address, folded as the rules compare it (lower case, A-labels); null when there is none. */
@@ -20,17 +21,41 @@ export function firstAddress(value: string): { address: string | null; count: nu
     return { address: bare[0] ?? null, count: bare.length };
 }
 
+/**
+ * The author of a message from its From fields (RFC 5322 section 3.6.2), read with the RFC 5322
+ * address parser so that comments, quoted strings and display names cannot hide or fake an
+ * address: the first mailbox of the first From field, and the mailboxes of all From fields
+ * counted. A value that does not parse falls back to the loose reading of firstAddress, so a
+ * block list still sees the address a reader would most likely show.
+ */
+export function authorOf(fields: readonly RawField[]): { address: string | null; count: number } {
+    let address: string | null = null;
+    let count = 0;
+    for (const f of fields) {
+        if (f.name.toLowerCase() !== 'from') continue;
+        const value = fieldValue(f);
+        const parsed = parseAddresses(value);
+        if (parsed !== null) {
+            address ??= parsed[0] ?? null;
+            count += parsed.length;
+        } else {
+            const loose = firstAddress(value);
+            address ??= loose.address;
+            count += loose.count;
+        }
+    }
+    return { address, count };
+}
+
 /** Facts about the message itself, from its kept header fields and the spool summary. */
 export function messageFacts(fields: readonly RawField[], summary: SpoolSummary): Record<string, FactValue> {
-    const from = fields.filter((f) => f.name.toLowerCase() === 'from');
-    const value = from[0] ? fieldValue(from[0]) : '';
-    const parsed = firstAddress(value);
+    const author = authorOf(fields);
     return {
         'message.size': summary.size,
         'message.bare_newlines': summary.bareLf + summary.bareCr + summary.nul,
-        'header.from': parsed.address,
-        'header.from.domain': parsed.address ? domainOf(parsed.address) : null,
-        'header.from.count': from.length === 0 ? 0 : parsed.count,
+        'header.from': author.address,
+        'header.from.domain': author.address ? domainOf(author.address) : null,
+        'header.from.count': author.count,
     };
 }
 

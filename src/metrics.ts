@@ -104,6 +104,18 @@ export function createMetrics(version: string) {
             labelNames: ['listener', 'policy'],
             registers: r,
         }),
+        headerRefusals: new Counter({
+            name: `${P}header_refusals_total`,
+            help: 'Messages refused for their header section, by listener and problem (a line that does not parse, or on submission author fields that cannot be bound to the login)',
+            labelNames: ['listener', 'problem'],
+            registers: r,
+        }),
+        forgedFieldsRemoved: new Counter({
+            name: `${P}forged_header_fields_removed_total`,
+            help: 'Incoming header fields removed because they claim to be ours (x-mailwarden, or authentication-results with our authserv-id), by listener',
+            labelNames: ['listener', 'field'],
+            registers: r,
+        }),
         dnsQueries: new Counter({
             name: `${P}dns_queries_total`,
             help: 'DNS lookups by record type and result (hit, miss, error)',

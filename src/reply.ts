@@ -5,6 +5,7 @@
  * so no bare `Error` (which smtp-server maps to 535/550/554 by default) ever reaches one.
  * Public text never names internal mechanisms or hosts; details go to the logs.
  */
+import type { HeaderProblem } from './headers.ts';
 import type { Action, Decision, SmtpReply } from './types.ts';
 
 export type Situation =
@@ -22,6 +23,8 @@ export type Situation =
     | 'auth-unavailable'
     | 'header-too-big'
     | 'sender-not-owned'
+    | 'header-malformed'
+    | 'header-sender-invalid'
     | 'auth-locked'
     | 'auth-locked-disconnect';
 
@@ -41,7 +44,39 @@ export interface ReplyDetail {
     /** Sender address and login, for `sender-not-owned`. */
     readonly address?: string;
     readonly login?: string;
+    /** Line number in the message and what is wrong with it, for `header-malformed`. */
+    readonly line?: number;
+    readonly headerProblem?: HeaderProblem;
+    /** What is wrong with the author fields, for `header-sender-invalid`. */
+    readonly senderProblem?: HeaderSenderProblem;
+    /** How many fields of the kind there are, for `header-sender-invalid`. */
+    readonly count?: number;
 }
+
+/** Author-field problems on submission that no login can own (RFC 5322 section 3.6). */
+export type HeaderSenderProblem =
+    | 'several-from'
+    | 'several-sender'
+    | 'no-from'
+    | 'unreadable-from'
+    | 'unreadable-sender';
+
+/** What is wrong with a header line, as a clause after "line N of the header section". */
+const HEADER_PROBLEM_TEXT: Readonly<Record<HeaderProblem, string>> = {
+    'leading-whitespace': 'starts with white space, but there is no header field above it to continue',
+    'no-colon': 'has no colon, so it is neither a header field nor the empty line that ends the header section',
+    'invalid-name': 'has a field name with characters a field name may not contain',
+    'empty-line': 'is empty',
+    'invalid-character': 'contains a NUL byte or a line break that is not CRLF',
+};
+
+const SENDER_PROBLEM_TEXT: Readonly<Record<HeaderSenderProblem, (d: ReplyDetail) => string>> = {
+    'several-from': (d) => `the message has ${d.count ?? 2} From fields, and exactly one is allowed`,
+    'several-sender': (d) => `the message has ${d.count ?? 2} Sender fields, and at most one is allowed`,
+    'no-from': () => 'the message has no From field with an address',
+    'unreadable-from': () => 'its From field cannot be read as a list of addresses',
+    'unreadable-sender': () => 'its Sender field cannot be read as an address',
+};
 
 const TABLE: Readonly<Record<Situation, ReplyTemplate>> = {
     accepted: {
@@ -112,7 +147,19 @@ const TABLE: Readonly<Record<Situation, ReplyTemplate>> = {
         code: 553,
         enhanced: '5.7.1',
         text: (d) =>
-            `Sender address rejected: ${d.address ?? ''} is not an address the login ${d.login ?? ''} may send as; use one of your own addresses or ask your postmaster to add this one`,
+            `Sender address rejected: ${d.address ?? ''} is not an address the login ${d.login ?? ''} may send as; use one of your own addresses or ask your postmaster to add this one (id ${d.id})`,
+    },
+    'header-malformed': {
+        code: 550,
+        enhanced: '5.6.0',
+        text: (d) =>
+            `Message refused: line ${d.line ?? 0} of the header section ${HEADER_PROBLEM_TEXT[d.headerProblem ?? 'no-colon']}; each header line must be "Name: value" or a continuation starting with white space (RFC 5322 section 2.2), and the sending software must be fixed (id ${d.id})`,
+    },
+    'header-sender-invalid': {
+        code: 553,
+        enhanced: '5.7.1',
+        text: (d) =>
+            `Sender address rejected: ${SENDER_PROBLEM_TEXT[d.senderProblem ?? 'no-from'](d)} (RFC 5322 section 3.6), so it cannot be shown to belong to the login ${d.login ?? ''}; send one From field with your own address (id ${d.id})`,
     },
     'auth-locked': {
         code: 454,

@@ -11,14 +11,8 @@ import { Readable } from 'node:stream';
 import type { SMTPServerAddress, SMTPServerDataStream, SMTPServerSession } from 'smtp-server';
 import type { Config, ListenerConfig } from './config/types.ts';
 import { MessageSpool, type SpoolSummary } from './data/spool.ts';
-import {
-    fieldValue,
-    filterIncomingFields,
-    formatField,
-    headerSafe,
-    parseHeaderSection,
-    type RawField,
-} from './headers.ts';
+import { fieldValue, formatField, headerSafe, isOwnFieldName, type RawField } from './headers.ts';
+import { headerStep } from './incoming-header.ts';
 import type { Logger } from './log.ts';
 import type { Metrics } from './metrics.ts';
 import { runStage, type Check, type CheckOutcome } from './pipeline.ts';
@@ -26,7 +20,7 @@ import { replyFor, replyForDecision, toCallbackError, type SmtpReplyError } from
 import { relayedReply } from './upstream-reply.ts';
 import { domainOf, forwardHeaders, messageFacts } from './message-facts.ts';
 import type { AuthBackend } from './listener.ts';
-import { checkHeaderSenders, mayUse, parseAddresses, type DkimSigner } from './submission/index.ts';
+import { mayUse, type DkimSigner, type SenderPolicy } from './submission/index.ts';
 import type { Decider, Decision, Facts, FactValue, HeaderField, SmtpReply, Stage } from './types.ts';
 import {
     UpstreamError,
@@ -363,19 +357,32 @@ export class Session {
                 await this.abandonUpstream();
                 throw this.refuse(refused.reply);
             }
-            const section = await spool.readBuffer(0, summary.headerLength);
-            const fields = parseHeaderSection(section);
-            const { kept, removed } = filterIncomingFields(fields, this.deps.config.hostname);
-            if (removed.length > 0) record.removedHeaders = removed;
+            const header = headerStep({
+                section: await spool.readBuffer(0, summary.headerLength),
+                authservId: this.deps.config.hostname,
+                sessionId: this.id,
+                binding: this.senderBinding(),
+            });
+            if (!header.ok) {
+                action = 'reject';
+                record.reason = header.reason;
+                record.headerProblem = header.problem;
+                this.deps.metrics.headerRefusals.inc({ listener: this.deps.listener.name, problem: header.problem });
+                await this.abandonUpstream();
+                throw this.refuse(this.withId(header.reply));
+            }
+            const { kept, removed } = header;
             // to spot a message delivered twice (the duplicate window of docs/flow.md)
             const messageId = kept.find((f) => f.name.toLowerCase() === 'message-id');
             if (messageId) record.messageId = headerSafe(fieldValue(messageId)).trim().slice(0, 256);
-            const notOwned = this.headerSenderRefusal(kept);
-            if (notOwned) {
-                action = 'reject';
-                record.reason = notOwned.reason;
-                await this.abandonUpstream();
-                throw this.refuse(notOwned.reply);
+            if (removed.length > 0) {
+                record.removedHeaders = removed.map((f) => f.name);
+                for (const f of removed) {
+                    this.deps.metrics.forgedFieldsRemoved.inc({
+                        listener: this.deps.listener.name,
+                        field: isOwnFieldName(f.name) ? 'x-mailwarden' : 'authentication-results',
+                    });
+                }
             }
             const facts = { ...tx.facts, ...messageFacts(kept, summary), score: tx.score };
             const result = await runStage(
@@ -492,34 +499,11 @@ export class Session {
         throw this.refuse(this.withId(replyFor('sender-not-owned', { id: this.id, address: from || '<>', login })));
     }
 
-    /** Submission: every From and Sender address must be one the login may use. */
-    private headerSenderRefusal(fields: readonly RawField[]): { reply: SmtpReply; reason: string } | null {
+    /** Submission: the login and the addresses it may use, for the author-field binding; null otherwise. */
+    private senderBinding(): { login: string; policy: SenderPolicy } | null {
         const login = this.submissionLogin();
         if (login === null || !this.deps.auth) return null;
-        const values = (name: string): string[] => {
-            const out: string[] = [];
-            for (const f of fields.filter((x) => x.name.toLowerCase() === name)) {
-                const value = fieldValue(f);
-                const parsed = parseAddresses(value);
-                // an unparsable field fails closed: it cannot be shown to belong to the login
-                out.push(...(parsed ?? [value.trim() || '(unreadable)']));
-            }
-            return out;
-        };
-        const result = checkHeaderSenders(
-            login,
-            { from: values('from'), sender: values('sender') },
-            this.deps.auth.sendAs(login),
-        );
-        if (result.ok) return null;
-        return {
-            reply: replyFor('sender-not-owned', {
-                id: this.id,
-                address: 'address' in result ? result.address : result.field,
-                login,
-            }),
-            reason: `header ${result.field}: ${result.reason}`,
-        };
+        return { login, policy: this.deps.auth.sendAs(login) };
     }
 
     /** Refusals that come from the protocol, before any policy: size, line endings, header size. */

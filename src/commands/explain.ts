@@ -15,13 +15,15 @@ import type { Config } from '../config/types.ts';
 import { MessageSpool, prepareSpoolFolder } from '../data/spool.ts';
 import { createResolver } from '../dns/resolver.ts';
 import { createMemoryStore } from '../limits/memory-store.ts';
-import { filterIncomingFields, formatField, parseHeaderSection } from '../headers.ts';
+import { formatField } from '../headers.ts';
+import { headerStep } from '../incoming-header.ts';
 import { domainOf, forwardHeaders, messageFacts } from '../message-facts.ts';
 import { createMetrics } from '../metrics.ts';
 import { runStage, type CheckContext, type CheckOutcome } from '../pipeline.ts';
 import { formatReply, replyFor, replyForDecision } from '../reply.ts';
 import { RuleError, loadRuleSet, type RuleSet, type TraceEntry } from '../rules/index.ts';
 import { MAX_HEADER_SECTION } from '../session.ts';
+import { createSubmissionAuth, mayUse } from '../submission/index.ts';
 import type { Decider, Decision, Facts, FactValue, HeaderField, SmtpReply, Stage } from '../types.ts';
 import type { ClientIdentity } from '../upstream/types.ts';
 import { VERSION } from '../version.ts';
@@ -85,6 +87,13 @@ export async function explainMessage(
         now: Date.now,
         instanceId: 'explain',
     });
+    // submission: the login's sender binding, from the same users (or sendAs) file the proxy reads
+    const auth =
+        listener.mode === 'submission' && input.authUser !== null && config.auth !== null
+            ? createSubmissionAuth(config.auth)
+            : null;
+    const binding =
+        auth && input.authUser !== null ? { login: input.authUser, policy: auth.sendAs(input.authUser) } : null;
     const stages: StageReport[] = [];
     let trace: readonly TraceEntry[] = [];
     const tracing: Decider = {
@@ -151,7 +160,11 @@ export async function explainMessage(
         const stop = (stage: Stage, decision: Decision): ExplainReport | null => {
             const refusal = replyForDecision(decision, { id: sessionId });
             if (!refusal) return null;
-            return { version: VERSION, stages, decision, reply: refusal, headers: [], stoppedAt: stage };
+            // as the session does: a refusal names the session id, a rule's own text included
+            const reply = refusal.text.includes(sessionId)
+                ? refusal
+                : { ...refusal, text: `${refusal.text} (id ${sessionId})` };
+            return { version: VERSION, stages, decision, reply, headers: [], stoppedAt: stage };
         };
 
         const connect = await run('connect', base);
@@ -162,6 +175,21 @@ export async function explainMessage(
         // the reverse name is known from the helo stage on (the iprev check runs there)
         const ptr = helo.facts['client.ptr'];
         client = { ...client, ptr: typeof ptr === 'string' ? ptr : null };
+        if (binding && !mayUse(binding.login, input.mailFrom, binding.policy)) {
+            const reply = replyFor('sender-not-owned', {
+                id: sessionId,
+                address: input.mailFrom || '<>',
+                login: binding.login,
+            });
+            const decision: Decision = {
+                action: 'reject',
+                rules: [],
+                score,
+                reason: 'envelope sender not owned by the login',
+                headers: [],
+            };
+            return { version: VERSION, stages, decision, reply, headers: [], stoppedAt: 'mail' };
+        }
         const mailFacts = {
             ...helo.facts,
             'mail.from': input.mailFrom,
@@ -201,8 +229,17 @@ export async function explainMessage(
             };
             return { version: VERSION, stages, decision, reply: protocol, headers: [], stoppedAt: 'data' };
         }
-        const fields = parseHeaderSection(await spool.readBuffer(0, summary.headerLength));
-        const { kept } = filterIncomingFields(fields, config.hostname);
+        const header = headerStep({
+            section: await spool.readBuffer(0, summary.headerLength),
+            authservId: config.hostname,
+            sessionId,
+            binding,
+        });
+        if (!header.ok) {
+            const decision: Decision = { action: 'reject', rules: [], score, reason: header.reason, headers: [] };
+            return { version: VERSION, stages, decision, reply: header.reply, headers: [], stoppedAt: 'data' };
+        }
+        const { kept } = header;
         const data = await run(
             'data',
             { ...rcptFacts, ...messageFacts(kept, summary) },
@@ -236,6 +273,7 @@ export async function explainMessage(
         await spool.dispose();
         await store.close();
         resolver.close();
+        auth?.close();
     }
 }
 

@@ -16,6 +16,7 @@ import { pipeline, Transform, type Readable, type TransformCallback } from 'node
 import { domainToASCII } from 'node:url';
 import { dkimSign } from 'mailauth';
 import type { DkimAlgorithm } from '../config/types.ts';
+import { parseHeaderSection } from '../headers.ts';
 import type { HeaderField } from '../types.ts';
 
 /** Header fields signed when the configuration names none (each instance present is signed). */
@@ -230,22 +231,22 @@ class HeadCapture extends Transform {
     }
 }
 
-/** The fields of a header section as latin1 strings (bytes kept), continuation lines joined. */
+/**
+ * The fields of a header section as latin1 strings (bytes kept, without the final CRLF), read
+ * by the same strict parser as the session (headers.ts), so that what is signed is what Postfix
+ * and every verifier will read. A section that does not parse is not signed.
+ */
 function headerFields(section: Buffer): { name: string; raw: string }[] {
-    const text = section.toString('latin1');
-    const out: { name: string; raw: string }[] = [];
-    for (const line of text.split(/\r?\n/)) {
-        if (line === '') continue;
-        const last = out.at(-1);
-        if ((line.startsWith(' ') || line.startsWith('\t')) && last) {
-            last.raw += `\r\n${line}`;
-            continue;
-        }
-        const colon = line.indexOf(':');
-        if (colon <= 0) continue;
-        out.push({ name: line.slice(0, colon).trim().toLowerCase(), raw: line });
+    const parsed = parseHeaderSection(section);
+    if (!parsed.ok) {
+        throw new Error(
+            `DKIM signing failed: line ${parsed.line} of the header section does not parse (${parsed.problem})`,
+        );
     }
-    return out;
+    return parsed.fields.map((f) => ({
+        name: f.name.toLowerCase(),
+        raw: f.raw.toString('latin1').replace(/\r\n$/, ''),
+    }));
 }
 
 /** Relaxed header canonicalization (RFC 6376 section 3.4.2), without the final CRLF. */

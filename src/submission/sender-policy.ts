@@ -157,19 +157,25 @@ export function mayUse(login: string, address: string, policy: SenderPolicy): bo
 export type HeaderSenderResult =
     | { readonly ok: true }
     | { readonly ok: false; readonly reason: 'no-from' | 'malformed'; readonly field: 'From' | 'Sender' }
+    | { readonly ok: false; readonly reason: 'several'; readonly field: 'From' | 'Sender'; readonly count: number }
     | { readonly ok: false; readonly reason: 'not-owned'; readonly field: 'From' | 'Sender'; readonly address: string };
 
 /**
- * Checks the author fields: every mailbox of every From field must be usable by the login, and
- * so must the Sender mailbox when there is one (RFC 5322 section 3.6.2). Stricter than "From or
- * Sender" on purpose: recipients see From. A From without any mailbox, and fields that do not
- * parse, fail.
+ * Checks the author fields: exactly one From field and at most one Sender field (RFC 5322
+ * section 3.6: readers that see several pick different ones), every mailbox of the From field
+ * usable by the login, and the Sender mailbox too when there is one (section 3.6.2). Stricter
+ * than "From or Sender" on purpose: recipients see From. A From without any mailbox, and fields
+ * that do not parse, fail.
  */
 export function checkHeaderSenders(
     login: string,
     fields: { readonly from: readonly string[]; readonly sender: readonly string[] },
     policy: SenderPolicy,
 ): HeaderSenderResult {
+    if (fields.from.length > 1) return { ok: false, reason: 'several', field: 'From', count: fields.from.length };
+    if (fields.sender.length > 1) {
+        return { ok: false, reason: 'several', field: 'Sender', count: fields.sender.length };
+    }
     let fromCount = 0;
     for (const [field, values] of [
         ['From', fields.from],

@@ -159,8 +159,72 @@ describe('submission listener', () => {
             c.write(`${head}Subject: binding\r\n\r\nbody\r\n.\r\n`);
             const r = await c.reply();
             assert.equal(r.code, code, `${JSON.stringify(head)}: ${r.raw}`);
-            if (code === 553) assert.match(r.text, /^5\.7\.1 /);
+            // every refusal names the session id, the end-of-data 553 included
+            if (code === 553) assert.match(r.text, /^5\.7\.1 .* \(id \w+\)$/);
             c.close();
+        }
+    });
+
+    it('refuses forged From spellings and malformed header sections before signing, with the session id', async () => {
+        const cases: [string, string, RegExp, string][] = [
+            [
+                'an obsolete-syntax From, a line without a colon, then our From',
+                'From : ceo@victim.test\r\nthis line has no colon\r\nFrom: alice@example.test\r\n',
+                /^550 5\.6\.0 Message refused: line 2 of the header section has no colon/,
+                'no-colon',
+            ],
+            [
+                'an obsolete-syntax From before our From',
+                'From : ceo@victim.test\r\nFrom: alice@example.test\r\n',
+                /^553 5\.7\.1 Sender address rejected: the message has 2 From fields, and exactly one is allowed/,
+                'several-from',
+            ],
+            [
+                'two From fields that are both ours',
+                'From: alice@example.test\r\nFrom:\talice+x@example.test\r\n',
+                /^553 5\.7\.1 Sender address rejected: the message has 2 From fields/,
+                'several-from',
+            ],
+            [
+                'a From written with tabs before the colon',
+                'From\t \t: ceo@victim.test\r\n',
+                /^553 5\.7\.1 Sender address rejected: ceo@victim\.test is not an address the login/,
+                'not-owned',
+            ],
+            [
+                'two Sender fields',
+                'From: alice@example.test\r\nSender : alice@example.test\r\nSender: ceo@victim.test\r\n',
+                /^553 5\.7\.1 Sender address rejected: the message has 2 Sender fields/,
+                'several-sender',
+            ],
+            [
+                'a From that does not parse',
+                'From: Alice <alice@example.test\r\n',
+                /^553 5\.7\.1 Sender address rejected: its From field cannot be read/,
+                'unreadable-from',
+            ],
+            [
+                'a leading continuation line',
+                ' ; rules=allow\r\nFrom: alice@example.test\r\n',
+                /^550 5\.6\.0 Message refused: line 1 of the header section starts with white space/,
+                'leading-whitespace',
+            ],
+        ];
+        for (const [what, head, reply, problem] of cases) {
+            const before = up.transactions.filter((t) => t.data !== null).length;
+            const c = await loggedIn();
+            assert.equal((await c.cmd('MAIL FROM:<alice@example.test>')).code, 250);
+            assert.equal((await c.cmd('RCPT TO:<bob@example.net>')).code, 250);
+            await c.cmd('DATA');
+            c.write(`${head}Subject: binding\r\n\r\nbody\r\n.\r\n`);
+            const r = await c.reply();
+            c.close();
+            assert.match(`${r.code} ${r.text}`, reply, `${what}: ${r.raw}`);
+            const decision = mw.logs.filter((l) => l.msg === 'decision').at(-1)!;
+            assert.equal(decision.headerProblem, problem, what);
+            assert.ok(r.text.endsWith(`(id ${String(decision.session)})`), `${what}: the session id`);
+            assert.equal(decision.dkimSigned, undefined, `${what}: nothing was signed`);
+            assert.equal(up.transactions.filter((t) => t.data !== null).length, before, `${what}: nothing upstream`);
         }
     });
 
@@ -192,6 +256,34 @@ describe('submission listener', () => {
             const dkim = res.dkim.results[0];
             assert.equal(dkim?.status.result, 'pass', JSON.stringify(dkim?.status));
             assert.equal(dkim?.signingDomain, 'example.test');
+        } finally {
+            resolver.close();
+        }
+    });
+
+    it('signs a From written in the obsolete syntax so that it verifies (relaxed canonicalisation reads it as From)', async () => {
+        const c = await loggedIn();
+        assert.equal((await c.cmd('MAIL FROM:<alice@example.test>')).code, 250);
+        assert.equal((await c.cmd('RCPT TO:<bob@example.net>')).code, 250);
+        await c.cmd('DATA');
+        c.write('From \t: Alice <alice@example.test>\r\nTo: bob@example.net\r\nSubject : obs\r\n\r\nHello.\r\n.\r\n');
+        assert.equal((await c.reply()).code, 250);
+        c.close();
+        await up.idle();
+        const data = unstuff(up.transactions.at(-1)!.data!);
+        assert.match(data.toString('latin1'), /^DKIM-Signature: [^]*h=From:From:Subject:To;/);
+        const resolver = createResolver({ servers: [dns.address], timeoutMs: 1000 });
+        try {
+            const res = await authenticate(data, {
+                ip: '192.0.2.1',
+                helo: 'laptop.example',
+                sender: 'alice@example.test',
+                mta: 'verifier.test',
+                resolver: resolver.resolve as never,
+                disableBimi: true,
+            });
+            assert.equal(res.dkim.results[0]?.status.result, 'pass', JSON.stringify(res.dkim.results[0]?.status));
+            assert.deepEqual(res.dkim.headerFrom, ['alice@example.test']);
         } finally {
             resolver.close();
         }

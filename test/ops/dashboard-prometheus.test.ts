@@ -3,8 +3,9 @@
  * prometheus, started with the shipped deploy/compose/prometheus.yml (scrape interval shortened,
  * target pointed at the test app) and grafana/alerts.yml, scrapes a running mailwarden that has
  * handled real traffic: accepted, tagged, rejected, quarantined and tempfailed mail, a DMARC
- * override, a bare LF, an upstream 4xx and an upstream failure, AUTH successes and failures
- * against a real users file, a paused Redis, and good and bad rule reloads. Then every expression of the dashboard (panel
+ * override, a bare LF, a forged own header field and a header section that does not parse, an
+ * upstream 4xx and an upstream failure, AUTH successes and failures against a real users file,
+ * a paused Redis, and good and bad rule reloads. Then every expression of the dashboard (panel
  * targets, the annotation, the instance variable) is evaluated the way Grafana sends it, through
  * Prometheus's query API, for one selected instance and for "All": each must parse and return a
  * finite, non-zero value during the traffic. Every alert expression must parse and run, and
@@ -190,6 +191,10 @@ describe('the Grafana dashboard and the alert rules against a real Prometheus', 
         assert.equal(await mx('x@slow.example', msg('x@slow.example', 'slow')), 451, 'DNS timeout tempfail');
         const bare = msg('News <letters@news.example>', 'bare').replace('Hello.\r\n', 'Hello.\nBare line.\r\n');
         assert.equal(await mx('bounce@other.example', bare), 550, 'bare LF');
+        const forged = `X-Mailwarden-Verdict : accept\r\n${await signed('forged verdict')}`;
+        assert.equal(await mx('bounce@other.example', forged), 250, 'forged own field removed');
+        const glued = ` ; rules=allow\r\n${msg('News <letters@news.example>', 'glued')}`;
+        assert.equal(await mx('bounce@other.example', glued), 550, 'header section does not parse');
         assert.equal(await mx('bounce@other.example', await signed('defer me')), 451, 'upstream 4xx');
         assert.equal(await mx('bounce@other.example', await signed('drop me')), 451, 'upstream closes');
         // One client opening more connections than the shipped client-concurrency limit allows.

@@ -168,11 +168,26 @@ describe('checkHeaderSenders', () => {
             field: 'Sender',
             address: 'bob@example.com',
         });
+    });
+
+    it('refuses more than one From field, or more than one Sender field, even when every address is owned', () => {
         assert.deepEqual(check(['alice@example.com', 'bob@example.com']), {
             ok: false,
-            reason: 'not-owned',
+            reason: 'several',
             field: 'From',
-            address: 'bob@example.com',
+            count: 2,
+        });
+        assert.deepEqual(check(['alice@example.com', 'alice@example.com', 'a@example.org']), {
+            ok: false,
+            reason: 'several',
+            field: 'From',
+            count: 3,
+        });
+        assert.deepEqual(check(['alice@example.com'], ['alice@example.com', 'a@example.org']), {
+            ok: false,
+            reason: 'several',
+            field: 'Sender',
+            count: 2,
         });
     });
 

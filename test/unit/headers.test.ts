@@ -1,6 +1,9 @@
 /**
- * Header building and filtering: forged own headers and A-R fields with our authserv-id
- * are removed (RFC 8601 section 5), folding keeps lines short, values never carry CR/LF.
+ * Header parsing, filtering and building. The parser reads field names as Postfix's is_header()
+ * and DKIM relaxed canonicalisation do (`name *WSP ":"`, RFC 5322 sections 3.6.8 and 4.5.8) and
+ * refuses, with the line number, every line that is neither a field nor a continuation; forged
+ * own headers and A-R fields with our authserv-id in any spelling (RFC 8601 sections 2.2, 2.5
+ * and 5) are removed; folding keeps lines short; values never carry CR/LF.
  */
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
@@ -11,8 +14,25 @@ import {
     parseHeaderSection,
     receivedField,
     rfc5322Date,
+    sameAuthservId,
     verdictField,
+    type RawField,
 } from '../../src/headers.ts';
+import { messageFacts } from '../../src/message-facts.ts';
+
+const OUR_ID = 'mx.example.com';
+
+/** The fields of a section that must parse. */
+function fieldsOf(text: string | Buffer): readonly RawField[] {
+    const parsed = parseHeaderSection(Buffer.isBuffer(text) ? text : Buffer.from(text, 'utf8'));
+    assert.ok(parsed.ok, `parses: ${JSON.stringify(parsed)}`);
+    return parsed.fields;
+}
+
+/** Names of the fields kept by the filter. */
+function keptNames(text: string): string[] {
+    return filterIncomingFields(fieldsOf(text), OUR_ID).kept.map((f) => f.name);
+}
 
 const section = Buffer.from(
     [
@@ -30,17 +50,33 @@ const section = Buffer.from(
 
 describe('headers', () => {
     it('parses folded fields byte for byte', () => {
-        const fields = parseHeaderSection(section);
+        const fields = fieldsOf(section);
         assert.equal(fields.length, 7);
         assert.equal(fields[0]!.name, 'Received');
+        assert.deepEqual(
+            fields.map((f) => f.line),
+            [1, 3, 4, 5, 6, 7, 8],
+        );
         assert.equal(Buffer.concat(fields.map((f) => f.raw)).toString(), section.toString());
     });
-    it('finds the authserv-id past comments and case', () => {
-        assert.equal(authservIdOf(' (c) MX.Example.COM (x); spf=pass'), 'mx.example.com');
+    it('finds the RFC 8601 authserv-id past comments and quoting', () => {
+        assert.equal(authservIdOf(' (c) MX.Example.COM (x); spf=pass'), 'MX.Example.COM');
         assert.equal(authservIdOf(' mx.example.com 1; none'), 'mx.example.com');
+        assert.equal(authservIdOf(' "mx\\.example.com" ; none'), 'mx.example.com');
+        assert.equal(authservIdOf('\r\n (a (nested) comment)\r\n\t"mx.example.com."; none'), 'mx.example.com.');
+        assert.equal(authservIdOf(' "open; none'), null);
+        assert.equal(authservIdOf(' (open; none'), null);
+        assert.equal(authservIdOf(' ; none'), null);
+    });
+    it('compares authserv-ids as host names: case, a trailing dot and U-labels do not matter', () => {
+        assert.ok(sameAuthservId('MX.Example.COM.', 'mx.example.com'));
+        assert.ok(sameAuthservId('mx.example.com', 'mx.example.com.'));
+        assert.ok(sameAuthservId('mx\u3002example\u3002com', 'mx.example.com'));
+        assert.ok(!sameAuthservId('mx.example.com.evil', 'mx.example.com'));
+        assert.ok(!sameAuthservId('sub.mx.example.com', 'mx.example.com'));
     });
     it('removes our own headers and A-R fields with our authserv-id only', () => {
-        const { kept, removed } = filterIncomingFields(parseHeaderSection(section), 'mx.example.com');
+        const { kept, removed } = filterIncomingFields(fieldsOf(section), OUR_ID);
         assert.deepEqual(
             kept.map((f) => f.name),
             ['Received', 'Authentication-Results', 'From'],
@@ -86,5 +122,150 @@ describe('headers', () => {
             date: new Date(0),
         });
         assert.match(r.value, /^from unknown \(unknown \[IPv6:2001:db8::1\]\) by mx/);
+    });
+});
+
+describe('header section parser: field names as Postfix reads them', () => {
+    for (const [line, name] of [
+        ['From: a@example.org', 'From'],
+        ['From : a@example.org', 'From'],
+        ['From\t: a@example.org', 'From'],
+        ['From \t  \t: a@example.org', 'From'],
+        ['fROM:a@example.org', 'fROM'],
+        ['X-Mailwarden-Verdict\t: accept', 'X-Mailwarden-Verdict'],
+        ['Subject: Gr\u00fc\u00dfe \u2014 8-bit values are RFC 6532 text', 'Subject'],
+        ["Odd!#$%&'*+-/=?^_`{|}~Name: x", "Odd!#$%&'*+-/=?^_`{|}~Name"],
+    ] as const) {
+        it(`${JSON.stringify(line)} is a ${name} field`, () => {
+            const fields = fieldsOf(Buffer.from(`${line}\r\n continued\r\n`, 'utf8'));
+            assert.equal(fields.length, 1);
+            assert.equal(fields[0]!.name, name);
+        });
+    }
+
+    const refused: readonly [string, string, number, string][] = [
+        [
+            'a section starting with a space',
+            ' ; rules=allow; score=-100\r\nFrom: a@example.org\r\n',
+            1,
+            'leading-whitespace',
+        ],
+        ['a section starting with a tab', '\tx\r\nFrom: a@example.org\r\n', 1, 'leading-whitespace'],
+        ['a section starting with white space only', ' \r\nFrom: a@example.org\r\n', 1, 'leading-whitespace'],
+        [
+            'a line without a colon between two From fields',
+            'From : ceo@victim.test\r\nnot a header\r\nFrom: alice@example.com\r\n',
+            2,
+            'no-colon',
+        ],
+        ['a fold between name and colon', 'Subject: x\r\nFrom\r\n : a@example.org\r\n', 2, 'no-colon'],
+        ['a name with a space inside', 'X Mailwarden-Verdict: accept\r\n', 1, 'invalid-name'],
+        ['a name with text after white space', 'From x: a@example.org\r\n', 1, 'invalid-name'],
+        ['an empty name', ': value\r\n', 1, 'invalid-name'],
+        ['a name with an 8-bit byte', 'Subject: x\r\nX-Mailwarden-Verdict\u00a0: accept\r\n', 2, 'invalid-name'],
+        ['a name with UTF-8', 'Subject: x\r\nFr\u00c3\u00b6m: a@example.org\r\n', 2, 'invalid-name'],
+        ['a name with a control character', 'X-Mail\u0001warden-Verdict: accept\r\n', 1, 'invalid-name'],
+        ['a name with DEL', 'From\u007f: a@example.org\r\n', 1, 'invalid-name'],
+        ['an empty line inside', 'Subject: x\r\n\r\nFrom: a@example.org\r\n', 2, 'empty-line'],
+        ['a bare LF', 'Subject: x\nFrom: a@example.org\r\n', 1, 'invalid-character'],
+        ['a bare CR', 'Subject: x\rFrom: a@example.org\r\n', 1, 'invalid-character'],
+        ['a NUL in a value', 'Subject: x\u0000y\r\n', 1, 'invalid-character'],
+    ];
+    for (const [what, text, line, problem] of refused) {
+        it(`refuses ${what} (line ${line}: ${problem})`, () => {
+            assert.deepEqual(parseHeaderSection(Buffer.from(text, 'latin1')), { ok: false, line, problem });
+        });
+    }
+
+    it('reads the empty section and a last line without CRLF', () => {
+        assert.deepEqual(parseHeaderSection(Buffer.alloc(0)), { ok: true, fields: [] });
+        assert.equal(fieldsOf('Subject: x\r\nFrom: a@example.org').length, 2);
+    });
+});
+
+describe('forged own fields in every spelling', () => {
+    for (const name of [
+        'X-Mailwarden-Verdict',
+        'X-Mailwarden-Verdict ',
+        'X-Mailwarden-Verdict\t',
+        'X-Mailwarden-Verdict \t \t',
+        'x-mailwarden-verdict',
+        'X-MAILWARDEN-VERDICT  ',
+        'x-MailWarden-Quarantine',
+        'X-Mailwarden-Anything-Else',
+    ]) {
+        it(`removes ${JSON.stringify(`${name}:`)}`, () => {
+            assert.deepEqual(keptNames(`Subject: s\r\n${name}: accept; rules=allow; score=-100\r\n\tfolded\r\n`), [
+                'Subject',
+            ]);
+        });
+    }
+
+    const ours = [
+        'mx.example.com; dmarc=pass',
+        ' mx.example.com; dmarc=pass',
+        'MX.Example.COM; dmarc=pass',
+        ' mx.example.com.; dmarc=pass',
+        ' MX.EXAMPLE.COM. 1; dmarc=pass',
+        ' "mx.example.com"; dmarc=pass',
+        '\t"MX.example.com." ; dmarc=pass',
+        ' "mx\\.example\\.com"; dmarc=pass',
+        ' (comment) mx.example.com (another); dmarc=pass',
+        ' (nested (comment)) "mx.example.com"(c);dmarc=pass',
+        '\r\n (folded)\r\n\t"MX.Example.Com."\r\n ; spf=pass',
+        ' mx.example.com',
+        ' mx.example.com; none',
+        ' mx\u3002example\u3002com; dmarc=pass',
+    ];
+    for (const value of ours) {
+        for (const colon of [':', ' :', '\t:', ' \t :']) {
+            it(`removes Authentication-Results${JSON.stringify(colon)}${JSON.stringify(value)}`, () => {
+                for (const name of ['Authentication-Results', 'authentication-RESULTS']) {
+                    const text = `Subject: s\r\n${name}${colon}${value}\r\nFrom: a@example.org\r\n`;
+                    assert.deepEqual(keptNames(text), ['Subject', 'From'], text);
+                }
+            });
+        }
+    }
+
+    for (const value of [
+        ' other.example; dmarc=pass',
+        ' mx.example.com.evil; dmarc=pass',
+        ' mx.example.community; dmarc=pass',
+        ' sub.mx.example.com; dmarc=pass',
+        ' "other.example"; dkim=pass header.d=mx.example.com',
+        ' other.example; spf=pass smtp.helo=mx.example.com',
+    ]) {
+        it(`keeps the A-R of another server: ${JSON.stringify(value)}`, () => {
+            assert.deepEqual(keptNames(`Authentication-Results :${value}\r\n`), ['Authentication-Results']);
+        });
+    }
+});
+
+describe('message facts read the author as RFC 5322 and the parser do', () => {
+    const summary = {
+        receivedBytes: 0,
+        size: 0,
+        bareLf: 0,
+        bareCr: 0,
+        nul: 0,
+        tooBig: false,
+        headerLength: 0,
+        spilled: false,
+    };
+    const facts = (text: string) => messageFacts(fieldsOf(text), summary);
+
+    it('takes the address, not one hidden in a comment or a display name', () => {
+        assert.equal(facts('From: (alice@good.example) ceo@victim.test\r\n')['header.from'], 'ceo@victim.test');
+        assert.equal(facts('From: "alice@good.example" <ceo@victim.test>\r\n')['header.from'], 'ceo@victim.test');
+        assert.equal(facts('From\t: ceo@victim.test\r\n')['header.from.domain'], 'victim.test');
+    });
+    it('counts the mailboxes of every From field', () => {
+        assert.equal(facts('From: a@example.org\r\nFrom : b@example.org, c@example.org\r\n')['header.from.count'], 3);
+        assert.equal(facts('From: a@example.org\r\nFrom : b@example.org\r\n')['header.from'], 'a@example.org');
+        assert.equal(facts('Subject: none\r\n')['header.from.count'], 0);
+    });
+    it('falls back to a loose reading for a From that does not parse', () => {
+        assert.equal(facts('From: Alice <alice@example.org\r\n')['header.from'], 'alice@example.org');
     });
 });

@@ -24,6 +24,8 @@ const situations: Situation[] = [
     'auth-locked',
     'auth-locked-disconnect',
     'sender-not-owned',
+    'header-malformed',
+    'header-sender-invalid',
 ];
 
 describe('reply table', () => {
@@ -45,11 +47,34 @@ describe('reply table', () => {
         assert.equal(codes['auth-required'], '530 5.7.0');
         assert.equal(codes['auth-invalid'], '535 5.7.8');
         assert.equal(codes['auth-unavailable'], '454 4.7.0');
+        assert.equal(codes['sender-not-owned'], '553 5.7.1');
+        assert.equal(codes['header-sender-invalid'], '553 5.7.1');
+        assert.equal(codes['header-malformed'], '550 5.6.0');
     });
     it('names the session id in refusals people may report', () => {
-        for (const s of ['policy-reject', 'bare-newline', 'upstream-unavailable', 'internal-error'] as const) {
+        for (const s of [
+            'policy-reject',
+            'bare-newline',
+            'upstream-unavailable',
+            'internal-error',
+            'sender-not-owned',
+            'header-malformed',
+            'header-sender-invalid',
+        ] as const) {
             assert.match(replyFor(s, { id: 'SID42' }).text, /SID42/);
         }
+    });
+    it('names the header line and the author-field problem in plain words', () => {
+        const malformed = replyFor('header-malformed', { id: 'S', line: 3, headerProblem: 'no-colon' });
+        assert.match(malformed.text, /^Message refused: line 3 of the header section has no colon/);
+        const several = replyFor('header-sender-invalid', {
+            id: 'S',
+            login: 'alice@example.com',
+            senderProblem: 'several-from',
+            count: 2,
+        });
+        assert.match(several.text, /the message has 2 From fields, and exactly one is allowed/);
+        assert.match(several.text, /login alice@example\.com/);
     });
     it('maps decisions: forwarding actions have no refusal reply', () => {
         const base = { rules: [], score: 0, reason: '', headers: [] };

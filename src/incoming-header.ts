@@ -1,0 +1,87 @@
+/**
+ * The header-section step at the end of DATA, shared by the live session and `mailwarden
+ * explain` so that both give the same answer for the same bytes:
+ *   1. parse the section strictly, as Postfix and DKIM verifiers read it (headers.ts); a section
+ *      that does not parse is refused with `550 5.6.0` naming the line, on every listener;
+ *   2. remove incoming X-Mailwarden-* fields and Authentication-Results fields with our
+ *      authserv-id (RFC 8601 section 5), whatever their spelling;
+ *   3. on submission, bind the author fields to the login before anything is signed: exactly one
+ *      From, at most one Sender, every mailbox owned (`553 5.7.1`).
+ * Replies come from the reply table. It must not log, count metrics or touch the upstream; the
+ * caller does, with the `problem` it returns.
+ */
+import { fieldValue, filterIncomingFields, parseHeaderSection, type RawField } from './headers.ts';
+import { replyFor, type HeaderSenderProblem } from './reply.ts';
+import { checkHeaderSenders, type SenderPolicy } from './submission/index.ts';
+import type { SmtpReply } from './types.ts';
+
+export interface HeaderStepInput {
+    /** The header section: the message up to, not including, the empty line that ends it. */
+    readonly section: Buffer;
+    /** Our authserv-id (the configured hostname). */
+    readonly authservId: string;
+    readonly sessionId: string;
+    /** Submission: the login and the addresses it may use; null on mx listeners. */
+    readonly binding: { readonly login: string; readonly policy: SenderPolicy } | null;
+}
+
+export type HeaderStepResult =
+    | { readonly ok: true; readonly kept: readonly RawField[]; readonly removed: readonly RawField[] }
+    | {
+          readonly ok: false;
+          readonly reply: SmtpReply;
+          /** For the decision log line. */
+          readonly reason: string;
+          /** Metric label: a header problem or an author-field problem. */
+          readonly problem: string;
+      };
+
+/** Runs the three steps; the first refusal wins. */
+export function headerStep(input: HeaderStepInput): HeaderStepResult {
+    const id = input.sessionId;
+    const parsed = parseHeaderSection(input.section);
+    if (!parsed.ok) {
+        return {
+            ok: false,
+            reply: replyFor('header-malformed', { id, line: parsed.line, headerProblem: parsed.problem }),
+            reason: `header section does not parse: line ${parsed.line}: ${parsed.problem}`,
+            problem: parsed.problem,
+        };
+    }
+    const { kept, removed } = filterIncomingFields(parsed.fields, input.authservId);
+    if (input.binding === null) return { ok: true, kept, removed };
+    const { login, policy } = input.binding;
+    const values = (name: string): string[] =>
+        kept.filter((f) => f.name.toLowerCase() === name).map((f) => fieldValue(f));
+    const result = checkHeaderSenders(login, { from: values('from'), sender: values('sender') }, policy);
+    if (result.ok) return { ok: true, kept, removed };
+    if (result.reason === 'not-owned') {
+        return {
+            ok: false,
+            reply: replyFor('sender-not-owned', { id, address: result.address, login }),
+            reason: `header ${result.field}: not-owned`,
+            problem: 'not-owned',
+        };
+    }
+    const problem: HeaderSenderProblem =
+        result.reason === 'several'
+            ? result.field === 'From'
+                ? 'several-from'
+                : 'several-sender'
+            : result.reason === 'no-from'
+              ? 'no-from'
+              : result.field === 'From'
+                ? 'unreadable-from'
+                : 'unreadable-sender';
+    return {
+        ok: false,
+        reply: replyFor('header-sender-invalid', {
+            id,
+            login,
+            senderProblem: problem,
+            ...('count' in result ? { count: result.count } : {}),
+        }),
+        reason: `header ${result.field}: ${problem}`,
+        problem,
+    };
+}
