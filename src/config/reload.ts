@@ -2,9 +2,9 @@
  * What a reload (SIGHUP) may change in a running proxy. SETTINGS is THE table: every leaf key
  * of Config is `live` (a reload applies it) or `restart` (a reload names it in the log line
  * "needs a restart: <keys>" and keeps the running value until the next start). A new config
- * key must get an entry here; test/config/reload.test.ts walks a full Config and fails for a
- * key without one. At run time a key missing from the table counts as `restart`, so a change
- * is never silently ignored.
+ * key must get an entry here: test/e2e/config-reload.test.ts walks full Configs and fails for a
+ * key without one, and for a key none of its edits (EDITS) changes. At run time a key missing
+ * from the table counts as `restart`, so a change is never silently ignored.
  *
  * Also here: the comparison of two configs into the list of changed keys, and the config in
  * force after a reload (new values of live keys, running values of restart keys).

@@ -372,7 +372,7 @@ describe('config reload on SIGHUP', () => {
         assert.deepEqual(
             Object.keys(SETTINGS).filter((k) => !patterns.has(k)),
             [],
-            'SETTINGS entries that no config has',
+            'SETTINGS entries that none of the full configs has: write them in fullConfig() above',
         );
     });
 
