@@ -4,10 +4,17 @@
  * the environment or the real clock directly. start() opens the listeners and the HTTP
  * endpoint; stop() drains: no new connections, `421 4.3.2` to sessions that are not in the
  * middle of a message, messages in flight finish within the shutdown timeout.
+ * reload() (SIGHUP) re-reads the config file and applies the settings that can change live
+ * (src/config/reload.ts says which), naming the others in a "needs a restart" log line, then
+ * re-reads rules, lists, users and certificates.
  */
 import { randomUUID } from 'node:crypto';
 import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
+import { isDeepStrictEqual } from 'node:util';
+import { formatIssue, type Issue } from './config/issues.ts';
+import { loadConfig } from './config/load.ts';
+import { changedKeys, configAfterReload, diffConfig } from './config/reload.ts';
 import type { Config } from './config/types.ts';
 import { prepareSpoolFolder } from './data/spool.ts';
 import { createHttpServer } from './http.ts';
@@ -26,7 +33,7 @@ import {
 } from './limits/index.ts';
 import { acceptAll, type Check } from './pipeline.ts';
 import { replyFor } from './reply.ts';
-import { loadRuleSet, watchRuleSet, withRuleHits, type RuleSet, type RuleWatcher } from './rules/index.ts';
+import { RuleError, loadRules, watchRuleSet, withRuleHits, type RuleSet, type RuleWatcher } from './rules/index.ts';
 import { createDkimSignerFromConfig, createSubmissionAuth, type DkimSigner } from './submission/index.ts';
 import { createLoginGuard } from './submission/login-guard.ts';
 import { createLoginSignalsCheck } from './submission/login-signals.ts';
@@ -48,9 +55,16 @@ export interface AppDeps {
     readonly resolver?: Resolver;
     /** The store of rate limits and greylisting; built from `redis:` (or in memory) when left out. */
     readonly limitStore?: LimitStore;
+    /**
+     * The config file reload() reads again: the path as given at start (so its messages name the
+     * file the same way), the environment its `${VAR}`s expand from, and the folder a relative
+     * path is relative to. Left out (or the embedded defaults): reload() re-reads no config.
+     */
+    readonly configFile?: { readonly path: string; readonly env: NodeJS.ProcessEnv; readonly cwd?: string };
 }
 
 export interface App {
+    /** The config in force: the start config with the live settings of every reload since. */
     readonly config: Config;
     readonly metrics: Metrics;
     readonly log: Logger;
@@ -62,7 +76,10 @@ export interface App {
     stop(): Promise<void>;
     /** Replaces the decider (rule reload); sessions pick it up at their next stage. */
     setDecider(decider: Decider): void;
-    /** SIGHUP: re-reads every reloadable input (registered with onReload). */
+    /**
+     * SIGHUP: re-reads the config file (live settings applied, the others named in a
+     * "needs a restart" warning), then every reloadable input (registered with onReload).
+     */
     reload(): void;
     /** Registers something to re-read on reload; it reports success or throws. */
     onReload(name: string, fn: () => void): void;
@@ -75,18 +92,22 @@ interface SmtpConnectionLike {
     close(): void;
 }
 
-/** The checks of a running proxy, in the order their facts and headers are merged. */
-export function defaultChecks(
-    config: Config,
-    resolver: Resolver,
-    metrics: Metrics,
-    limits?: RateLimitCheckOptions,
-): Check[] {
+/** The checks that keep per-session state in the limit store (built once, never replaced). */
+function limitChecks(config: Config, limits?: RateLimitCheckOptions): Check[] {
     return [
         ...(limits ? [createRateLimitCheck(limits)] : []),
         ...(limits && config.auth
             ? [createLoginSignalsCheck({ store: limits.store, windowMs: 60 * 60_000, now: limits.now ?? Date.now })]
             : []),
+    ];
+}
+
+/**
+ * The checks that verify the client and the sender (iprev; SPF, DKIM, DMARC, ARC). They hold
+ * no state, so a reload that changes `dns` or `authentication` settings builds new ones.
+ */
+export function verificationChecks(config: Config, resolver: Resolver, metrics: Metrics): Check[] {
+    return [
         createIprevCheck(resolver, config.dns.timeoutMs * 2),
         createMailauthCheck({
             hostname: config.hostname,
@@ -98,27 +119,77 @@ export function defaultChecks(
     ];
 }
 
+/** The checks of a running proxy, in the order their facts and headers are merged. */
+export function defaultChecks(
+    config: Config,
+    resolver: Resolver,
+    metrics: Metrics,
+    limits?: RateLimitCheckOptions,
+): Check[] {
+    return [...limitChecks(config, limits), ...verificationChecks(config, resolver, metrics)];
+}
+
+/**
+ * A check that forwards every call to what `current()` returns then: the listeners keep this
+ * object while a reload replaces the check behind it (a run in progress finishes on the old one).
+ */
+function delegate(current: () => Check): Check {
+    const first = current();
+    return {
+        name: first.name,
+        stages: first.stages,
+        onError: first.onError,
+        get timeoutMs() {
+            return current().timeoutMs;
+        },
+        run: (ctx, signal) => current().run(ctx, signal),
+        ...(first.end ? { end: (id: string) => current().end?.(id) ?? Promise.resolve() } : {}),
+    };
+}
+
 export function createApp(config: Config, deps: AppDeps = {}): App {
+    /** The config in force; reload() replaces it (live settings only, see src/config/reload.ts). */
+    let current = config;
     const log = deps.logger ?? createLogger(config.log.level);
     const metrics = deps.metrics ?? createMetrics(VERSION);
     const now = deps.now ?? Date.now;
     const upstream = deps.upstream ?? createUpstream(config.upstream, { hostname: config.hostname, logger: log });
     const countHits = (rs: RuleSet): Decider =>
-        withRuleHits(rs, (hit) => metrics.ruleHits.inc({ rule: hit.id, action: hit.action, mode: hit.mode }));
+        withRuleHits(rs, (hit) => metrics.ruleHits.inc({ rule: hit.id, action: hit.action, mode: hit.mode }), {
+            softReject: () => current.softReject,
+        });
+    /** Cases that do not hold refuse nothing (as in `mailwarden check`); they are logged. */
+    const warnCases = (dir: string, warnings: readonly Issue[]): void => {
+        if (warnings.length === 0) return;
+        log.warn(
+            { rules: dir, warnings: warnings.map(formatIssue) },
+            'rule cases do not hold; the rules are in force (mailwarden check shows the same)',
+        );
+    };
+    /** Loads the rules folder of the config in force; throws RuleError when it has problems. */
+    const loadCurrentRules = (): RuleSet => {
+        const r = loadRules(current.rules, { softReject: current.softReject });
+        if (r.ruleSet === null) throw new RuleError(r.issues);
+        warnCases(current.rules, r.warnings);
+        return r.ruleSet;
+    };
     // Rule files are validated before anything listens: an invalid set stops the start (RuleError).
-    let ruleSet: RuleSet | null = deps.decider ? null : loadRuleSet(config.rules, { softReject: config.softReject });
+    let ruleSet: RuleSet | null = deps.decider ? null : loadCurrentRules();
     let decider = deps.decider ?? (ruleSet ? countHits(ruleSet) : acceptAll);
     let watcher: RuleWatcher | null = null;
     const applyRules = (rs: RuleSet): void => {
         ruleSet = rs;
         decider = countHits(rs);
     };
-    const resolver =
-        deps.resolver ?? createResolver({ servers: config.dns.servers, timeoutMs: config.dns.timeoutMs, metrics, now });
+    const newResolver = (c: Config): Resolver =>
+        createResolver({ servers: c.dns.servers, timeoutMs: c.dns.timeoutMs, metrics, now });
+    let resolver = deps.resolver ?? newResolver(config);
+    /** Resolvers replaced by a reload, closed once the lookups they may still serve are over. */
+    const retired = new Map<Resolver, NodeJS.Timeout>();
     const limitStore = deps.limitStore ?? createConfiguredStore(config.redis, { metrics, logger: log });
-    const checks: readonly Check[] =
-        deps.checks ??
-        defaultChecks(config, resolver, metrics, {
+    let verification: Check[] = deps.checks ? [] : verificationChecks(config, resolver, metrics);
+    const checks: readonly Check[] = deps.checks ?? [
+        ...limitChecks(config, {
             store: limitStore,
             declarations: () => ruleSet,
             metrics,
@@ -126,24 +197,37 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
             logger: log,
             instanceId: randomUUID(),
             storeTimeoutMs: config.redis?.commandTimeoutMs,
-        });
+        }),
+        ...verification.map((_, i) => delegate(() => verification[i]!)),
+    ];
     let draining = false;
     let started = false;
     let http: Server | null = null;
     let httpPort: number | null = null;
     const reloaders: { name: string; fn: () => void }[] = [];
     /** The one place a reload (by signal or file change) is counted and logged. */
-    const recordReload = (name: string, how: 'signal' | 'file change', error: unknown): void => {
+    const recordReload = (
+        name: string,
+        how: 'signal' | 'file change',
+        error: unknown,
+        details: Record<string, unknown> = {},
+    ): void => {
         metrics.configReloads.inc({ result: error ? 'error' : 'ok' });
         if (!error) {
-            log.info({ reload: name, how }, 'reloaded');
+            log.info({ reload: name, how, ...details }, 'reloaded');
             return;
         }
         const text = error instanceof Error ? error.message : typeof error === 'string' ? error : 'invalid input';
         const issues = text.split('\n');
-        const kept = name === 'rules' ? 'the previous rules stay in force' : 'the previous version stays in force';
+        const kept =
+            name === 'rules'
+                ? 'the previous rules stay in force'
+                : name === 'config'
+                  ? 'the running configuration stays in force'
+                  : 'the previous version stays in force';
         log.error({ reload: name, how, issues }, `reload failed; ${kept}`);
     };
+    const configFile = config.source === null ? null : (deps.configFile ?? null);
 
     const submission =
         deps.auth !== undefined
@@ -191,12 +275,69 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
         reloaders.push({
             name: 'rules',
             // throws RuleError on an invalid set; reload() keeps the old one and counts the error
-            fn: () => applyRules(loadRuleSet(config.rules, { softReject: config.softReject })),
+            fn: () => applyRules(loadCurrentRules()),
         });
     }
 
+    /** Watches the rules folder of the config in force; a change reloads the rules. */
+    const watchRules = (): RuleWatcher =>
+        watchRuleSet(current.rules, {
+            softReject: current.softReject,
+            ...(ruleSet && ruleSet.dir === current.rules ? { current: ruleSet } : {}),
+            onChange: (r) => {
+                if ('ok' in r) {
+                    applyRules(r.ok);
+                    warnCases(current.rules, r.warnings);
+                }
+                recordReload('rules', 'file change', 'ok' in r ? null : r.error);
+            },
+        });
+
+    /** Puts the live settings that differ between `before` and the config in force to work. */
+    const applyLive = (before: Config): void => {
+        const after = current;
+        if (after.log.level !== before.log.level) log.level = after.log.level;
+        const dnsChanged = !isDeepStrictEqual(before.dns, after.dns);
+        if (dnsChanged && !deps.resolver) {
+            // lookups in flight finish on the old resolver: close it once every check using it has timed out
+            const old = resolver;
+            const graceMs = before.authentication.timeoutMs + 2 * before.dns.timeoutMs + 1000;
+            const timer = setTimeout(() => {
+                retired.delete(old);
+                old.close();
+            }, graceMs);
+            timer.unref();
+            retired.set(old, timer);
+            resolver = newResolver(after);
+        }
+        if (!deps.checks && (dnsChanged || !isDeepStrictEqual(before.authentication, after.authentication))) {
+            verification = verificationChecks(after, resolver, metrics);
+        }
+        if (after.rules !== before.rules && watcher) {
+            watcher.close();
+            watcher = watchRules();
+        }
+    };
+
+    /**
+     * Reads the config file again with the same loader as at start (a ConfigError keeps the
+     * running config); applies the live settings and returns the changed keys by kind.
+     */
+    const reloadConfig = (file: NonNullable<typeof configFile>): { changed: string[]; restart: string[] } => {
+        const next = loadConfig(file.path, file.env, file.cwd === undefined ? {} : { cwd: file.cwd });
+        const changes = diffConfig(current, next);
+        const before = current;
+        current = configAfterReload(current, next, changes);
+        applyLive(before);
+        const restart = changedKeys(changes.filter((c) => c.reload === 'restart'));
+        metrics.configRestartPending.set(restart.length);
+        return { changed: changedKeys(changes.filter((c) => c.reload === 'live')), restart };
+    };
+
     const app: App = {
-        config,
+        get config() {
+            return current;
+        },
         metrics,
         log,
         get listeners() {
@@ -215,6 +356,26 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
             reloaders.push({ name, fn });
         },
         reload() {
+            if (draining) {
+                log.info('reload ignored: shutting down');
+                return;
+            }
+            if (configFile) {
+                let error: unknown = null;
+                let outcome: { changed: string[]; restart: string[] } | null = null;
+                try {
+                    outcome = reloadConfig(configFile);
+                } catch (err) {
+                    error = err ?? 'reload failed';
+                }
+                recordReload('config', 'signal', error, outcome ? { file: configFile.path, ...outcome } : {});
+                if (outcome && outcome.restart.length > 0) {
+                    log.warn(
+                        { reload: 'config', restart: outcome.restart },
+                        `needs a restart: ${outcome.restart.join(', ')}`,
+                    );
+                }
+            }
             for (const r of reloaders) {
                 let error: unknown = null;
                 try {
@@ -224,7 +385,7 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
                 }
                 recordReload(r.name, 'signal', error);
             }
-            if (reloaders.length === 0) log.info('reload: nothing reloadable is configured');
+            if (reloaders.length === 0 && !configFile) log.info('reload: nothing reloadable is configured');
         },
         async start() {
             const spool = await prepareSpoolFolder(config.spool.dir);
@@ -249,16 +410,7 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
                 });
                 log.info({ host: config.http.host, port: httpPort }, 'http endpoint listening');
             }
-            if (ruleSet) {
-                watcher = watchRuleSet(config.rules, {
-                    softReject: config.softReject,
-                    current: ruleSet,
-                    onChange: (r) => {
-                        if ('ok' in r) applyRules(r.ok);
-                        recordReload('rules', 'file change', 'ok' in r ? null : r.error);
-                    },
-                });
-            }
+            if (ruleSet) watcher = watchRules();
             started = true;
             log.info(
                 { version: VERSION, upstream: upstream.description, config: config.source ?? 'embedded defaults' },
@@ -268,13 +420,14 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
         async stop() {
             if (draining) return;
             draining = true;
-            log.info({ timeoutMs: config.shutdownTimeoutMs }, 'shutting down: draining sessions');
+            const shutdownTimeoutMs = current.shutdownTimeoutMs;
+            log.info({ timeoutMs: shutdownTimeoutMs }, 'shutting down: draining sessions');
             watcher?.close();
             await Promise.all(listeners.map((l) => l.stopAccepting()));
             let expired = false;
             let gone = false;
-            const timer = setTimeout(() => (expired = true), config.shutdownTimeoutMs);
-            const giveUp = setTimeout(() => (gone = true), config.shutdownTimeoutMs + 1000);
+            const timer = setTimeout(() => (expired = true), shutdownTimeoutMs);
+            const giveUp = setTimeout(() => (gone = true), shutdownTimeoutMs + 1000);
             const bye = replyFor('shutting-down', { id: '' });
             for (;;) {
                 let open = 0;
@@ -300,6 +453,11 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
                 });
             }
             if (!deps.resolver) resolver.close();
+            for (const [old, timer] of retired) {
+                clearTimeout(timer);
+                old.close();
+            }
+            retired.clear();
             if (!deps.limitStore) await limitStore.close();
             submission?.close();
             log.info('stopped');

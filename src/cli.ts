@@ -11,7 +11,10 @@ const USAGE = `Usage: mailwarden <command> [options]
 
 Commands:
   serve [-c FILE]     run the proxy
-  check [-c FILE]     validate the configuration and every rule file (and run their cases)
+  check [-c FILE] [--strict]
+                      validate the configuration and every rule file, as serve and reload do,
+                      and run the rules' cases (one that does not hold is a warning;
+                      --strict exits 1 on warnings, for CI)
   explain [-c FILE] --client-ip IP [--helo NAME] --mail-from ADDR --rcpt ADDR [--rcpt ADDR…]
           [--listener NAME] [--auth-user USER] [--json] MESSAGE.eml
                       run every check and rule on a message without sending it, and show why
@@ -36,6 +39,7 @@ async function main(argv: string[]): Promise<number> {
         strict: false,
         options: {
             config: { type: 'string', short: 'c' },
+            strict: { type: 'boolean' },
             version: { type: 'boolean' },
             help: { type: 'boolean', short: 'h' },
         },
@@ -59,6 +63,7 @@ async function main(argv: string[]): Promise<number> {
                 env: process.env,
                 out: (line) => process.stdout.write(`${line}\n`),
                 err: (line) => process.stderr.write(`${line}\n`),
+                strict: values.strict === true,
             });
         }
         case 'explain': {

@@ -143,8 +143,13 @@ export function createMetrics(version: string) {
         }),
         configReloads: new Counter({
             name: `${P}config_reloads_total`,
-            help: 'Rule and list reloads, by result (ok, error)',
+            help: 'Reloads of the config file, rules and lists, users and certificates, by result (ok, error)',
             labelNames: ['result'],
+            registers: r,
+        }),
+        configRestartPending: new Gauge({
+            name: `${P}config_restart_pending`,
+            help: 'Config keys changed in the file since the start that take effect only after a restart (0: the running config is the file)',
             registers: r,
         }),
         buildInfo: new Gauge({

@@ -1,6 +1,9 @@
 /**
  * `mailwarden check`: loads the config, then runs each further validator (rule files and
- * the like) on it, and reports every problem as `FILE:LINE:COL: message`.
+ * the like) on it, and reports every problem as `FILE:LINE:COL: message`. It refuses exactly
+ * what `serve` and a reload refuse (it is the systemd unit's ExecStartPre): errors exit 1;
+ * warnings (rule cases that do not hold) are printed as `FILE:LINE:COL: warning: message`
+ * and exit 0, because `serve` runs such rules too. `--strict` (for CI) exits 1 on warnings.
  * It only reads and reports: it must not start listeners or connect anywhere.
  */
 import { ConfigError, formatIssue, loadConfig, type Issue } from '../config/load.ts';
@@ -12,13 +15,13 @@ import { submissionFilesCheck } from '../submission/index.ts';
 export interface CheckValidator {
     /** Short name, for the summary line. */
     readonly name: string;
-    /** Returns the issues found (an empty array when all is well). */
+    /** Returns the issues found (an empty array when all is well); those of severity `warning` refuse nothing. */
     readonly validate: (config: Config) => Promise<readonly Issue[]> | readonly Issue[];
 }
 
 /** Validators run by `mailwarden check` after the config loaded cleanly, in order. */
 export const checkValidators: CheckValidator[] = [
-    // every rule file and list parses and validates, and every `cases:` example gives its expected decision
+    // every rule file and list parses and validates (errors); every `cases:` example gives its expected decision (warnings)
     { name: 'rules', validate: (config) => checkRules(config.rules, { softReject: config.softReject }) },
     // the submission users (or sendAs) file parses, and holds only password hashes
     submissionFilesCheck,
@@ -33,9 +36,11 @@ export interface CheckOptions {
     readonly cwd?: string;
     /** Replaces `checkValidators` (tests). */
     readonly validators?: readonly CheckValidator[];
+    /** Exit 1 on warnings too (for CI; `serve` would run with them). */
+    readonly strict?: boolean;
 }
 
-/** Returns the exit code: 0 when everything is valid, 1 otherwise. */
+/** Returns the exit code: 0 when everything is valid (warnings allowed unless `strict`), 1 otherwise. */
 export async function runCheck(opts: CheckOptions): Promise<number> {
     let config: Config;
     try {
@@ -49,10 +54,20 @@ export async function runCheck(opts: CheckOptions): Promise<number> {
     for (const validator of opts.validators ?? checkValidators) {
         issues.push(...(await validator.validate(config)));
     }
-    if (issues.length > 0) {
-        for (const issue of issues) opts.err(formatIssue(issue));
+    const errors = issues.filter((i) => i.severity !== 'warning');
+    const warnings = issues.filter((i) => i.severity === 'warning');
+    for (const issue of [...errors, ...warnings]) opts.err(formatIssue(issue));
+    if (errors.length > 0) return 1;
+    const source = opts.configPath ?? 'embedded defaults';
+    if (warnings.length === 0) {
+        opts.out(`ok: ${source}`);
+        return 0;
+    }
+    const counted = `${warnings.length} warning${warnings.length === 1 ? '' : 's'}`;
+    if (opts.strict) {
+        opts.err(`${source}: ${counted}, and --strict refuses warnings (serve and reload would accept these files)`);
         return 1;
     }
-    opts.out(`ok: ${opts.configPath ?? 'embedded defaults'}`);
+    opts.out(`ok: ${source} (${counted}; serve and reload accept these files as they are)`);
     return 0;
 }

@@ -1,7 +1,9 @@
 /**
  * `mailwarden serve`: loads the configuration, builds the app with the real world
  * (system clock, pino on stdout, the configured upstream), starts it, and handles signals:
- * SIGTERM/SIGINT drain and exit 0, SIGHUP reloads what can be reloaded.
+ * SIGTERM/SIGINT drain and exit 0, SIGHUP re-reads the config file (live settings applied,
+ * the others named in a "needs a restart" warning), rules, lists, users and certificates.
+ * It refuses exactly what `mailwarden check` refuses, with the same `FILE:LINE:COL` lines.
  * Returns -1 while serving (the process lives on), 1 when the configuration is invalid.
  */
 import { createApp } from '../app.ts';
@@ -10,10 +12,11 @@ import { createLogger } from '../log.ts';
 import { RuleError } from '../rules/index.ts';
 
 export async function runServe(opts: { configFlag: string | undefined }): Promise<number> {
-    const path = resolveConfigPath({ flag: opts.configFlag, env: process.env, cwd: process.cwd() });
+    const cwd = process.cwd();
+    const path = resolveConfigPath({ flag: opts.configFlag, env: process.env, cwd });
     let config;
     try {
-        config = loadConfig(path, process.env);
+        config = loadConfig(path, process.env, { cwd });
     } catch (err) {
         if (err instanceof ConfigError) {
             process.stderr.write(`${err.message}\n`);
@@ -24,9 +27,13 @@ export async function runServe(opts: { configFlag: string | undefined }): Promis
     const log = createLogger(config.log.level);
     let app;
     try {
-        app = createApp(config, { logger: log });
+        app = createApp(config, {
+            logger: log,
+            ...(path === null ? {} : { configFile: { path, env: process.env, cwd } }),
+        });
     } catch (err) {
-        if (err instanceof RuleError) {
+        // invalid rule files, or an invalid users or sendAs file: the lines `check` prints
+        if (err instanceof RuleError || err instanceof ConfigError) {
             process.stderr.write(`${err.message}\n`);
             return 1;
         }

@@ -1,6 +1,7 @@
 /**
  * The error shape shared by config and rule-file validation: positioned issues rendered as
- * `FILE:LINE:COL: message`, and the ConfigError that carries all of them at once.
+ * `FILE:LINE:COL: message` (`FILE:LINE:COL: warning: message` for a warning, which refuses
+ * nothing), and the ConfigError that carries all of them at once.
  * Formatting only; it must not decide what is valid.
  */
 
@@ -12,10 +13,13 @@ export interface Issue {
     /** 1-based. */
     readonly col: number;
     readonly message: string;
+    /** Left out: an error, which refuses the file. `warning`: reported, the file is used anyway. */
+    readonly severity?: 'warning';
 }
 
 export function formatIssue(issue: Issue): string {
-    return `${issue.file}:${issue.line}:${issue.col}: ${issue.message}`;
+    const label = issue.severity === 'warning' ? 'warning: ' : '';
+    return `${issue.file}:${issue.line}:${issue.col}: ${label}${issue.message}`;
 }
 
 /** Orders issues by file, then position, so output is stable. */

@@ -1,7 +1,8 @@
 /**
  * The validated, frozen configuration the rest of the program reads.
  * Declarations only: parsing and validation live in config/load.ts, defaults in config/defaults.ts.
- * Durations are stored in milliseconds and sizes in bytes.
+ * Durations are stored in milliseconds and sizes in bytes. Every key added here also needs its
+ * reload classification (live or restart) in SETTINGS, config/reload.ts.
  */
 
 export type ListenerMode = 'mx' | 'submission';

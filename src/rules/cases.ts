@@ -1,12 +1,24 @@
 /**
  * Runs the examples written in rule files (`cases:`): facts in, expected decision out. This
- * makes rules tested code: `mailwarden check` fails when a case does not hold. Cases run with
+ * makes rules tested code. A case that does not hold is a warning, never a refusal: `serve`,
+ * reload and `mailwarden check` all load such rules and report it (rules/README.md, "Cases").
+ * When a case fails only because a rule it involves has been switched between `mode: enforce`
+ * and `mode: monitor`, the failure names that rule and says what to change. Cases run with
  * softReject off unless told otherwise, because they describe what the rules decide, not how
  * the deployment switch softens it. Pure: evaluation only.
  */
 import type { Issue } from '../config/issues.ts';
 import type { HeaderField, SmtpReply } from '../types.ts';
-import type { CaseExpectation, Evaluation, RuleCase, RuleSet } from './ruleset.ts';
+import { greylistRule, limitRule } from './limits.ts';
+import {
+    evaluateRules,
+    type CaseExpectation,
+    type Evaluation,
+    type Rule,
+    type RuleCase,
+    type RuleMode,
+    type RuleSet,
+} from './ruleset.ts';
 
 export interface CaseFailure {
     readonly file: string;
@@ -15,6 +27,11 @@ export interface CaseFailure {
     readonly name: string;
     readonly expected: string;
     readonly actual: string;
+    /**
+     * Set when the case would hold with these rules in the other mode: they are now in `mode`
+     * and the case was written for the other one (typically a rule switched to monitor mode).
+     */
+    readonly modeSwitch?: { readonly rules: readonly string[]; readonly mode: RuleMode };
 }
 
 export interface CaseResults {
@@ -65,6 +82,40 @@ function compare(expect: CaseExpectation, ev: Evaluation): { expected: string[];
     return { expected, actual, ok };
 }
 
+/** Single rules tried per mode when explaining a failed case; a stage rarely has more. */
+const MAX_SWITCH_TRIES = 200;
+
+/** `rule` as it would be in `mode` (a limit's or greylisting entry's rule is built again: its condition depends on the mode). */
+function inMode(ruleSet: RuleSet, rule: Rule, mode: RuleMode): Rule {
+    const limit = rule.implicit === 'limit' ? ruleSet.limits.find((l) => l.id === rule.id) : undefined;
+    if (limit) return limitRule({ ...limit, mode });
+    const greylist = rule.implicit === 'greylist' ? ruleSet.greylists.find((g) => g.id === rule.id) : undefined;
+    if (greylist) return greylistRule({ ...greylist, mode });
+    return { ...rule, mode };
+}
+
+/**
+ * Which rules of the case's stage, now in mode `from`, make a failed case hold when switched
+ * to the other mode: each alone first, then all of them together. Null when no switch does.
+ */
+function modeSwitch(
+    ruleSet: RuleSet,
+    c: RuleCase,
+    from: RuleMode,
+    softReject: boolean,
+): CaseFailure['modeSwitch'] | null {
+    const stage = ruleSet.rules.filter((r) => r.stage === c.stage);
+    const ids = stage.filter((r) => r.mode === from).map((r) => r.id);
+    if (ids.length === 0 || ids.length > MAX_SWITCH_TRIES) return null;
+    const to: RuleMode = from === 'monitor' ? 'enforce' : 'monitor';
+    const tries = ids.length > 1 ? [...ids.map((id) => [id]), ids] : [ids];
+    for (const t of tries) {
+        const rules = stage.map((r) => (t.includes(r.id) ? inMode(ruleSet, r, to) : r));
+        if (compare(c.expect, evaluateRules(rules, c.facts, softReject, false)).ok) return { rules: t, mode: from };
+    }
+    return null;
+}
+
 /** Runs `cases` (default: every case in the rule set) and reports those that do not hold. */
 export function runCases(
     ruleSet: RuleSet,
@@ -88,26 +139,55 @@ export function runCases(
             continue;
         }
         const r = compare(c.expect, ev);
-        if (r.ok) passed++;
-        else
-            failed.push({
-                file: c.file,
-                line: c.line,
-                col: c.col,
-                name: c.name,
-                expected: r.expected.join(', '),
-                actual: r.actual.join(', '),
-            });
+        if (r.ok) {
+            passed++;
+            continue;
+        }
+        const softReject = options.softReject ?? false;
+        const switched = modeSwitch(ruleSet, c, 'monitor', softReject) ?? modeSwitch(ruleSet, c, 'enforce', softReject);
+        failed.push({
+            file: c.file,
+            line: c.line,
+            col: c.col,
+            name: c.name,
+            expected: r.expected.join(', '),
+            actual: r.actual.join(', '),
+            ...(switched ? { modeSwitch: switched } : {}),
+        });
     }
     return { passed, failed };
 }
 
-/** A failed case as a `FILE:LINE:COL: message` issue. */
+/** What to do about a case that fails because of a switched mode. */
+function modeHint(s: NonNullable<CaseFailure['modeSwitch']>): string {
+    const ids = s.rules.join(', ');
+    const one = s.rules.length === 1;
+    const rule = `${one ? 'rule' : 'rules'} ${ids} ${one ? 'is' : 'are'} in ${s.mode} mode`;
+    if (s.mode === 'monitor') {
+        return (
+            `${rule}; this case expects ${one ? 'its' : 'their'} enforce outcome — update the case ` +
+            `(expect what happens without ${one ? 'the rule' : 'them'}, and add monitor: [${ids}]) ` +
+            `or set ${one ? 'the rule' : 'them'} back to mode: enforce`
+        );
+    }
+    return (
+        `${rule}; this case expects ${one ? 'it' : 'them'} in monitor mode — update the case ` +
+        `(expect the enforced outcome, and remove ${ids} from monitor:) or set ${one ? 'the rule' : 'them'} ` +
+        'back to mode: monitor'
+    );
+}
+
+/**
+ * A failed case as a `FILE:LINE:COL: warning: message` issue. A warning, not an error: the
+ * rules are valid and in force; the example no longer describes them.
+ */
 export function caseIssue(f: CaseFailure): Issue {
+    const hint = f.modeSwitch ? `; ${modeHint(f.modeSwitch)}` : '';
     return {
         file: f.file,
         line: f.line,
         col: f.col,
-        message: `case "${f.name}" failed: expected ${f.expected}; got ${f.actual}`,
+        message: `case "${f.name}" does not hold: expected ${f.expected}; got ${f.actual}${hint}`,
+        severity: 'warning',
     };
 }

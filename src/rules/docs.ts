@@ -202,7 +202,9 @@ operator can run unchanged, and this reference.
   (\`10-allow-block.yaml\` before \`20-dmarc.yaml\`). Files whose name starts with a dot are ignored.
 - List files (allow and block lists) usually live in the \`lists/\` sub-folder.
 - \`mailwarden check\` validates every file and runs every \`cases:\` example; problems are printed as
-  \`FILE:LINE:COL: message\`, all at once.
+  \`FILE:LINE:COL: message\`, all at once. \`serve\`, a reload and \`check\` accept exactly the same
+  files: what \`check\` refuses, \`serve\` refuses to start with and a reload refuses, with the same
+  lines; a case that does not hold is a warning in all three (see [Cases](#cases)).
 - Rules are reloaded on \`SIGHUP\` and when a file in the folder, in \`lists/\` or in the folder of a
   declared list file changes. When the new files have a problem, the previous rules stay in force and
   the problem is logged.
@@ -355,7 +357,9 @@ literal braces. Fact names are checked when the rules load.
   \`score: { gte: 10 }\`.
 - \`mode: monitor\` rules are evaluated, counted (\`rule_hits_total{mode="monitor"}\`) and logged as
   "would <action>", and change nothing: no score, no headers, no reply, evaluation goes on. Use it to
-  try a new rule on real traffic before enforcing it.
+  try a new rule on real traffic before enforcing it, or to stop a rule from refusing mail at once
+  (save the file: it is reloaded within a second). The rule's \`cases:\` that expect it enforced then
+  become warnings that name it (see [Cases](#cases)); nothing is refused because of them.
 - The config switch \`softReject: true\` (like Postfix \`soft_bounce\`) turns every \`reject\` decision into
   a \`tempfail\` whose reply is the 4xx equivalent (\`550 5.7.1\` → \`450 4.7.1\`): senders retry, so
   mistakes in new rules can be fixed without losing mail.
@@ -363,7 +367,7 @@ literal braces. Fact names are checked when the rules load.
 ${limitsSection()}
 ## Cases
 
-Examples in \`cases:\` make rules tested code; \`mailwarden check\` fails when one does not hold.
+Examples in \`cases:\` make rules tested code.
 
 \`\`\`yaml
 cases:
@@ -382,6 +386,29 @@ cases:
 
 Facts left out are missing (null); facts are checked against the catalogue below. Cases run with
 \`softReject\` off.
+
+### When a case does not hold
+
+Every load (\`serve\`, each reload, \`mailwarden check\`) runs the cases, and one that does not hold is
+reported as a **warning**:
+
+\`\`\`
+rules/40-own-domain.yaml:24:5: warning: case "a message from outside claiming our domain without SPF or DKIM is refused" does not hold: expected action reject, rule own-domain-spoof; got action accept, rule none; rule own-domain-spoof is in monitor mode; this case expects its enforce outcome — update the case (expect what happens without the rule, and add monitor: [own-domain-spoof]) or set the rule back to mode: enforce
+\`\`\`
+
+- \`mailwarden check\` prints warnings after any errors and still exits 0 (\`ok: FILE (N warnings; …)\`);
+  \`serve\` starts and a reload applies the rules, logging the same lines (\`rule cases do not hold\`,
+  level warn). \`mailwarden check --strict\` exits 1 on warnings: use it in the CI of your rule files,
+  never as the service's start check.
+- When a case fails only because a rule it involves was switched between \`mode: enforce\` and
+  \`mode: monitor\` (a limit's or greylisting entry's too), the warning names the rule, its mode and
+  what to change.
+- Why warnings and not errors: a rule file that loads is valid, and it is the file in force. Refusing
+  it for an example would make \`check\` (the systemd unit's \`ExecStartPre\`) stop the next start, or a
+  reload keep yesterday's rules, in the middle of an incident, for instance right after a rule was
+  put in monitor mode to stop it refusing mail. Everything that makes a file invalid (syntax,
+  unknown keys, facts, operators, values, lists, ids named by cases) stays an error in all three.
+
 
 ## Facts
 

@@ -4,7 +4,10 @@
  * and their `cases:`. Everything is validated before anything is used, and every problem is
  * collected and reported as `FILE:LINE:COL: message` (a RuleError), so an operator fixes
  * all of them in one go and a reload that fails keeps the previous rules. The result is
- * deeply frozen. Reads files only: it must not open sockets, start timers or evaluate anything.
+ * deeply frozen. `loadRules` is the one verdict `serve`, reload and `check` share: problems
+ * refuse the folder; `cases:` examples that do not hold are warnings and refuse nothing.
+ * Reads files only: it must not open sockets or start timers, and evaluates nothing but the
+ * files' own cases.
  */
 import fs from 'node:fs';
 import path from 'node:path';
@@ -130,6 +133,8 @@ function describeError(err: unknown): string {
 export interface LoadResult {
     readonly ruleSet: RuleSet | null;
     readonly issues: readonly Issue[];
+    /** With a rule set: the `cases:` examples that do not hold (severity `warning`); they refuse nothing. */
+    readonly warnings: readonly Issue[];
     readonly watchDirs: readonly string[];
 }
 
@@ -209,7 +214,7 @@ class Loader {
 
     result(): LoadResult {
         const watchDirs = Object.freeze([...this.watchDirs]);
-        if (this.issues.length > 0) return { ruleSet: null, issues: sortIssues(this.issues), watchDirs };
+        if (this.issues.length > 0) return { ruleSet: null, issues: sortIssues(this.issues), warnings: [], watchDirs };
         const lists: ListInfo[] = [...this.lists.values()].map((d) => ({
             name: d.name,
             type: d.type,
@@ -229,7 +234,7 @@ class Loader {
             greylists: this.greylists,
             watchDirs,
         });
-        return { ruleSet, issues: [], watchDirs };
+        return { ruleSet, issues: [], warnings: [], watchDirs };
     }
 
     parse(name: string): void {
@@ -818,14 +823,21 @@ class Loader {
     }
 }
 
-/** Loads and validates; returns the rule set or every issue, and the folders to watch. */
+/**
+ * Loads and validates; returns the rule set or every issue, and the folders to watch. With a
+ * rule set, also runs its `cases:`: those that do not hold come back as warnings. `serve`
+ * (start), every reload and `mailwarden check` go through here, so they accept exactly the
+ * same folders and report the same lines.
+ */
 export function loadRules(dir: string, opts: LoadOptions): LoadResult {
-    return new Loader(dir, opts).run();
+    const r = new Loader(dir, opts).run();
+    if (r.ruleSet === null) return r;
+    return { ...r, warnings: sortIssues(runCases(r.ruleSet).failed.map(caseIssue)) };
 }
 
 /**
- * Loads a rules folder. Called at start and on every reload (SIGHUP, file change).
- * Throws RuleError carrying every problem found; nothing is partially applied.
+ * Loads a rules folder. Throws RuleError carrying every problem found; nothing is partially
+ * applied. Cases that do not hold are not problems (see loadRules for them).
  */
 export function loadRuleSet(dir: string, opts: LoadOptions): RuleSet {
     const r = loadRules(dir, opts);
@@ -834,16 +846,15 @@ export function loadRuleSet(dir: string, opts: LoadOptions): RuleSet {
 }
 
 /**
- * What `mailwarden check` reports for a rules folder: every load problem, or, when it loads,
- * every `cases:` example that does not hold. An empty array means all is well.
+ * What `mailwarden check` reports for a rules folder: every load problem (errors), or, when it
+ * loads, every `cases:` example that does not hold (warnings). An empty array means all is well.
  */
 export function checkRules(dir: string, opts: LoadOptions): Issue[] {
     const r = loadRules(dir, opts);
-    if (r.ruleSet === null) return [...r.issues];
-    return runCases(r.ruleSet).failed.map(caseIssue);
+    return r.ruleSet === null ? [...r.issues] : [...r.warnings];
 }
 
-/** checkRules rendered as `FILE:LINE:COL: message` lines. */
+/** checkRules rendered as `FILE:LINE:COL: [warning: ]message` lines. */
 export function validateRulesForCheck(dir: string, softReject: boolean): string[] {
     return checkRules(dir, { softReject }).map(formatIssue);
 }

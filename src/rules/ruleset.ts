@@ -291,12 +291,23 @@ export function makeRuleSet(parts: {
 
 /**
  * A Decider over a rule set that reports every matched rule (for the metric
- * `rule_hits_total{rule,action,mode}`) before returning the decision.
+ * `rule_hits_total{rule,action,mode}`) before returning the decision. `softReject`, when
+ * given, is asked at every decision (the running config's switch, which a reload can flip
+ * without reloading the rules); otherwise the rule set's own setting applies.
  */
-export function withRuleHits(ruleSet: RuleSet, onHit: (hit: RuleHit) => void): Decider {
+export function withRuleHits(
+    ruleSet: RuleSet,
+    onHit: (hit: RuleHit) => void,
+    options: { readonly softReject?: () => boolean } = {},
+): Decider {
+    const softReject = options.softReject;
     return {
         decide(stage, facts) {
-            const r = ruleSet.evaluate(stage, facts, { trace: false });
+            const r = ruleSet.evaluate(
+                stage,
+                facts,
+                softReject ? { trace: false, softReject: softReject() } : { trace: false },
+            );
             for (const hit of r.matchedRules) onHit(hit);
             return r.decision;
         },

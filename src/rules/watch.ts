@@ -9,10 +9,12 @@
  */
 import fs from 'node:fs';
 import path from 'node:path';
+import type { Issue } from '../config/issues.ts';
 import { RuleError, loadRules, type LoadOptions } from './load.ts';
 import type { RuleSet } from './ruleset.ts';
 
-export type WatchResult = { readonly ok: RuleSet } | { readonly error: RuleError };
+/** The new rule set with its warnings (cases that do not hold), or every problem. */
+export type WatchResult = { readonly ok: RuleSet; readonly warnings: readonly Issue[] } | { readonly error: RuleError };
 
 export interface WatchOptions extends LoadOptions {
     /** Called after each reload caused by a change. */
@@ -69,7 +71,7 @@ export function watchRuleSet(dir: string, opts: WatchOptions): RuleWatcher {
         if (closed) return;
         const r = loadRules(dir, opts);
         watchDirs(r.watchDirs);
-        opts.onChange(r.ruleSet ? { ok: r.ruleSet } : { error: new RuleError(r.issues) });
+        opts.onChange(r.ruleSet ? { ok: r.ruleSet, warnings: r.warnings } : { error: new RuleError(r.issues) });
     }
 
     watchDirs(opts.current?.watchDirs ?? loadRules(dir, opts).watchDirs);

@@ -6,7 +6,7 @@ import path from 'node:path';
 import { after, describe, it } from 'node:test';
 import { runCheck } from '../../src/commands/check.ts';
 import { PACKAGE_RULES_DIR, defaultSpoolDir } from '../../src/config/defaults.ts';
-import { ConfigError, loadConfig, resolveConfigPath } from '../../src/config/load.ts';
+import { ConfigError, loadConfig, resolveConfigPath, type Issue } from '../../src/config/load.ts';
 import { CERT, KEY, OTHER_KEY, PEM_FILES, cleanup, folderWith, issuesOf, loadText, tempDir } from './helpers.ts';
 
 after(cleanup);
@@ -605,6 +605,41 @@ describe('runCheck', () => {
         assert.equal(code, 1);
         assert.deepEqual(seen, [PACKAGE_RULES_DIR]);
         assert.deepEqual(err, ['rules/10-x.yaml:3:7: unknown fact "clientip"']);
+    });
+
+    it('prints warnings after errors; warnings alone exit 0, or 1 with --strict', async () => {
+        const warning = { file: 'rules/10-x.yaml', line: 9, col: 5, message: 'case "y" does not hold' } as const;
+        const run = async (issues: Issue[], strict = false) => {
+            const out: string[] = [];
+            const err: string[] = [];
+            const code = await runCheck({
+                configPath: null,
+                env: {},
+                out: (l) => out.push(l),
+                err: (l) => err.push(l),
+                strict,
+                validators: [{ name: 'rules', validate: () => issues }],
+            });
+            return { code, out, err };
+        };
+        const warned = await run([{ ...warning, severity: 'warning' }]);
+        assert.equal(warned.code, 0);
+        assert.deepEqual(warned.err, ['rules/10-x.yaml:9:5: warning: case "y" does not hold']);
+        assert.deepEqual(warned.out, [
+            'ok: embedded defaults (1 warning; serve and reload accept these files as they are)',
+        ]);
+        const strict = await run([{ ...warning, severity: 'warning' }], true);
+        assert.equal(strict.code, 1);
+        assert.deepEqual(strict.out, []);
+        const both = await run([
+            { ...warning, severity: 'warning' },
+            { file: 'rules/10-x.yaml', line: 3, col: 7, message: 'unknown fact "clientip"' },
+        ]);
+        assert.equal(both.code, 1);
+        assert.deepEqual(both.err, [
+            'rules/10-x.yaml:3:7: unknown fact "clientip"',
+            'rules/10-x.yaml:9:5: warning: case "y" does not hold',
+        ]);
     });
 });
 

@@ -1,7 +1,8 @@
 /**
  * Starts a real mailwarden app in-process for tests: writes the given YAML config into a
  * temporary folder, loads it with the real loader, builds the app with createApp and a
- * logger that records every JSON line, and starts it. Unless the config names DNS servers,
+ * logger that records every JSON line, and starts it; its reload() re-reads that file, as
+ * SIGHUP does under `serve`. Unless the config names DNS servers,
  * a loopback test DNS server with an empty zone (every name NXDOMAIN) is started and used,
  * so no lookup ever leaves the machine. `stop()` drains the app, stops that server and
  * removes the folder. It must not replace any part of the product with a fake unless a test passes one in.
@@ -44,7 +45,12 @@ export async function startApp(yaml: string, deps: Omit<AppDeps, 'logger'> = {})
             cb();
         },
     });
-    const app = createApp(config, { ...deps, logger: createLogger('debug', sink) });
+    // as `serve` does: reload() (SIGHUP) reads this file again, with the same environment
+    const app = createApp(config, {
+        configFile: { path: file, env: {} },
+        ...deps,
+        logger: createLogger('debug', sink),
+    });
     try {
         await app.start();
     } catch (err) {

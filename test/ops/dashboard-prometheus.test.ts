@@ -291,7 +291,10 @@ describe('the Grafana dashboard and the alert rules against a real Prometheus', 
         await sleep(2_500);
         await round();
 
-        // Rule reloads: one good (SIGHUP), one bad (an invalid file), then good again.
+        // Rule reloads: one good (SIGHUP), one bad (an invalid file), then good again. A key
+        // that needs a restart changed in the config file on the way: it stays pending.
+        const configFile = join(mw.dir, 'mailwarden.yaml');
+        writeFileSync(configFile, readFileSync(configFile, 'utf8').replace('hostname: mx.', 'hostname: mx2.'));
         mw.app.reload();
         const bad = join(rulesDir, '60-broken.yaml');
         writeFileSync(bad, 'rules:\n  - id: broken\n    action: explode\n');
