@@ -143,6 +143,7 @@ function delegate(current: () => Check): Check {
             return current().timeoutMs;
         },
         run: (ctx, signal) => current().run(ctx, signal),
+        ...(first.prefetch ? { prefetch: (client) => current().prefetch?.(client) } : {}),
         ...(first.end ? { end: (id: string) => current().end?.(id) ?? Promise.resolve() } : {}),
     };
 }
