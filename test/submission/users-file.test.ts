@@ -8,6 +8,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import bcrypt from 'bcryptjs';
+import { defaultAuthLockout } from '../../src/config/defaults.ts';
 import { ConfigError } from '../../src/config/issues.ts';
 import type { Config } from '../../src/config/types.ts';
 import { submissionFilesCheck } from '../../src/submission/check.ts';
@@ -347,12 +348,38 @@ describe('users file backend', () => {
     it('authenticate() names the login as the file writes it', async () => {
         const backend = createUsersFileBackend(writeUsers(usersYaml()), { watch: false });
         try {
-            assert.deepEqual(await backend.authenticate('ALICE@EXAMPLE.COM', 'alice-pw'), {
-                result: 'ok',
-                user: 'alice@example.com',
-            });
+            const ok = await backend.authenticate('ALICE@EXAMPLE.COM', 'alice-pw');
+            assert.equal(ok.result, 'ok');
+            assert.equal(ok.user, 'alice@example.com');
+            assert.match(ok.credential ?? '', /^[A-Za-z0-9_-]{22}$/, 'a fingerprint, never the hash');
+            assert.ok(!aliceHash.includes(ok.credential ?? '-'));
             assert.deepEqual(await backend.authenticate('nobody', 'x'), { result: 'invalid', reason: 'unknown login' });
             assert.deepEqual(await backend.authenticate('bob', 'x'), { result: 'invalid', reason: 'wrong password' });
+        } finally {
+            backend.close();
+        }
+    });
+
+    it("tells whether a login's credential still holds after reloads: current, changed, removed", async () => {
+        const file = writeUsers(usersYaml());
+        const backend = createUsersFileBackend(file, { watch: false });
+        try {
+            const alice = (await backend.authenticate('alice@example.com', 'alice-pw')).credential!;
+            const bob = (await backend.authenticate('bob', 'bob-pw')).credential!;
+            replaceFile(file, `${usersYaml()}# a comment changes nothing\n`);
+            backend.reload();
+            assert.equal(backend.credentialState('alice@example.com', alice), 'current');
+            assert.equal(backend.credentialState('ALICE@example.com', alice), 'current', 'logins ignore case');
+            const newHash = await hashPassword('alice-new');
+            replaceFile(
+                file,
+                usersYaml()
+                    .replace(aliceHash, newHash)
+                    .replace(/ {2}- login: bob\n.*\n/, ''),
+            );
+            backend.reload();
+            assert.equal(backend.credentialState('alice@example.com', alice), 'changed');
+            assert.equal(backend.credentialState('bob', bob), 'removed');
         } finally {
             backend.close();
         }
@@ -398,14 +425,14 @@ describe('mailwarden check: submission files', () => {
     it('validates the users file or the sendAs file named by the config', async () => {
         const good = writeUsers(usersYaml());
         const bad = writeUsers('users:\n  - login: a\n    password: plain\n');
-        const base = { dovecot: null, sendAs: null, recipientDelimiter: '+' };
+        const base = { dovecot: null, sendAs: null, recipientDelimiter: '+', lockout: defaultAuthLockout() };
         assert.deepEqual(await submissionFilesCheck.validate(configWith({ ...base, users: good })), []);
         const issues = await submissionFilesCheck.validate(configWith({ ...base, users: bad }));
         assert.equal(issues.length, 1);
         assert.equal(issues[0]?.line, 3);
         const dovecot = { kind: 'tcp' as const, host: '127.0.0.1', port: 1 };
         const sendAs = await submissionFilesCheck.validate(
-            configWith({ users: null, dovecot, sendAs: good, recipientDelimiter: '+' }),
+            configWith({ users: null, dovecot, sendAs: good, recipientDelimiter: '+', lockout: defaultAuthLockout() }),
         );
         assert.equal(sendAs.length, 2, 'passwords are refused in a sendAs file');
         assert.deepEqual(await submissionFilesCheck.validate(configWith(null)), []);
