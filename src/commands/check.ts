@@ -1,6 +1,8 @@
 /**
  * `mailwarden check`: loads the config, then runs each further validator (rule files and
- * the like) on it, and reports every problem as `FILE:LINE:COL: message`.
+ * the like) on it, and reports every problem as `FILE:LINE:COL: message`; what only deserves a
+ * warning (a users file other users can read) is printed as `FILE: warning: message` and does
+ * not change the exit code.
  * It only reads and reports: it must not start listeners or connect anywhere.
  */
 import { ConfigError, formatIssue, loadConfig, type Issue } from '../config/load.ts';
@@ -8,12 +10,20 @@ import type { Config } from '../config/types.ts';
 import { checkRules } from '../rules/index.ts';
 import { submissionFilesCheck } from '../submission/index.ts';
 
+/** Something that works but should be fixed: printed as `FILE: warning: message`, exit code unchanged. */
+export interface CheckWarning {
+    readonly file: string;
+    readonly message: string;
+}
+
 /** A further check run on a loaded config (for example: every rule file parses and validates). */
 export interface CheckValidator {
     /** Short name, for the summary line. */
     readonly name: string;
     /** Returns the issues found (an empty array when all is well). */
     readonly validate: (config: Config) => Promise<readonly Issue[]> | readonly Issue[];
+    /** Returns what deserves a warning only (for example: file permissions). */
+    readonly warn?: (config: Config) => readonly CheckWarning[];
 }
 
 /** Validators run by `mailwarden check` after the config loaded cleanly, in order. */
@@ -48,6 +58,7 @@ export async function runCheck(opts: CheckOptions): Promise<number> {
     const issues: Issue[] = [];
     for (const validator of opts.validators ?? checkValidators) {
         issues.push(...(await validator.validate(config)));
+        for (const w of validator.warn?.(config) ?? []) opts.err(`${w.file}: warning: ${w.message}`);
     }
     if (issues.length > 0) {
         for (const issue of issues) opts.err(formatIssue(issue));

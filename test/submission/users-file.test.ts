@@ -8,6 +8,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import bcrypt from 'bcryptjs';
+import { runCheck } from '../../src/commands/check.ts';
 import { defaultAuthLockout } from '../../src/config/defaults.ts';
 import { ConfigError } from '../../src/config/issues.ts';
 import type { Config } from '../../src/config/types.ts';
@@ -436,5 +437,57 @@ describe('mailwarden check: submission files', () => {
         );
         assert.equal(sendAs.length, 2, 'passwords are refused in a sendAs file');
         assert.deepEqual(await submissionFilesCheck.validate(configWith(null)), []);
+    });
+
+    it('warns (exit code 0) about a users file other users can read, or anyone but its owner can write', async () => {
+        const file = writeUsers(usersYaml());
+        const configFile = path.join(dir, `perm-${++counter}.yaml`);
+        fs.writeFileSync(configFile, `auth: { users: "${file}" }\n`);
+        const run = async (mode: number): Promise<{ code: number; out: string[]; err: string[] }> => {
+            fs.chmodSync(file, mode);
+            const out: string[] = [];
+            const err: string[] = [];
+            const code = await runCheck({
+                configPath: configFile,
+                env: {},
+                out: (l) => out.push(l),
+                err: (l) => err.push(l),
+            });
+            return { code, out, err };
+        };
+        const fix = `Fix: chmod 600 ${file} (or 640 with a group only mailwarden is in)`;
+        assert.deepEqual(await run(0o644), {
+            code: 0,
+            out: [`ok: ${configFile}`],
+            err: [
+                `${file}: warning: readable by every user of this machine, and the password hashes in it can be cracked offline (mode 0644). ${fix}`,
+            ],
+        });
+        assert.deepEqual((await run(0o660)).err, [
+            `${file}: warning: writable by its group (mode 0660); a writer could add a login or replace a hash. ${fix}`,
+        ]);
+        assert.deepEqual((await run(0o606)).err, [
+            `${file}: warning: readable by every user of this machine, and the password hashes in it can be cracked offline, and writable by every user of this machine (mode 0606); a writer could add a login or replace a hash. ${fix}`,
+        ]);
+        for (const quiet of [0o600, 0o640, 0o400]) {
+            assert.deepEqual(await run(quiet), { code: 0, out: [`ok: ${configFile}`], err: [] }, quiet.toString(8));
+        }
+        // the sendAs file beside Dovecot holds no hashes: only writers are a problem
+        const sendAs = writeUsers('users:\n  - login: a@example.com\n    sendAs: ["@example.com"]\n');
+        const dovecot = { kind: 'tcp' as const, host: '127.0.0.1', port: 1 };
+        const withSendAs = configWith({
+            users: null,
+            dovecot,
+            sendAs,
+            recipientDelimiter: '+',
+            lockout: defaultAuthLockout(),
+        });
+        fs.chmodSync(sendAs, 0o644);
+        assert.deepEqual(submissionFilesCheck.warn?.(withSendAs), []);
+        fs.chmodSync(sendAs, 0o666);
+        assert.match(
+            submissionFilesCheck.warn?.(withSendAs)[0]?.message ?? '',
+            /^writable by every user of this machine \(mode 0666\); a writer could let a login send as any address\. Fix: chmod 644 /,
+        );
     });
 });
