@@ -164,7 +164,7 @@ export function createListener(config: Config, listener: ListenerConfig, deps: L
                     deps.metrics.smtpAuthLocked.inc({ listener: listener.name, scope: verdict.scope });
                     const f = failed();
                     const retryAfterS = Math.ceil(verdict.retryAfterMs / 1000);
-                    record('locked', { lockout: verdict.scope, retryAfterS, failures: f.count, ...via });
+                    record('locked', { lockout: verdict.scope, retryAfterS, sessionFailures: f.count, ...via });
                     const minutes = Math.max(1, Math.ceil(verdict.retryAfterMs / 60_000));
                     // RFC 4954 section 6: 454 4.7.0 is a temporary refusal; the last one allowed closes with 421
                     return cb(
@@ -187,7 +187,7 @@ export function createListener(config: Config, listener: ListenerConfig, deps: L
                     return cb(toCallbackError(replyFor('auth-unavailable', { id: smtp.id })));
                 }
                 const f = failed();
-                record('invalid', { reason: outcome.reason, failures: f.count, ...via, ...exempt });
+                record('invalid', { reason: outcome.reason, sessionFailures: f.count, ...via, ...exempt });
                 cb(toCallbackError(replyFor(f.last ? 'auth-failures-disconnect' : 'auth-invalid', { id: smtp.id })));
             };
             if (!backend || (auth.method !== 'PLAIN' && auth.method !== 'LOGIN')) {

@@ -638,5 +638,6 @@ describe('docs/configuration.md', () => {
             config.dkim?.sign.map((k) => `${k.domain} ${k.selector}`),
             ['example.com s2026'],
         );
+        assert.deepEqual(config.auth?.lockout.exempt, ['192.0.2.0/24']);
     });
 });

@@ -16,6 +16,7 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
+import { defaultAuthLockout } from '../../src/config/defaults.ts';
 import { hashPassword } from '../../src/submission/hashes.ts';
 import { acceptAll } from '../../src/pipeline.ts';
 import { startApp, type TestApp } from '../helpers/app.ts';
@@ -217,6 +218,26 @@ describe('the reply sequence of a session', () => {
         const metrics = await mw.app.metrics.registry.metrics();
         assert.match(metrics, /mailwarden_smtp_auth_locked_total\{listener="submissions",scope="ip"\} 4/);
         assert.match(metrics, /mailwarden_smtp_auth_locked_total\{listener="submissions",scope="login"\} 0/);
+    });
+
+    it('is the sequence docs/flow.md and docs/security.md describe', () => {
+        const read = (f: string): string => readFileSync(new URL(f, root), 'utf8').replace(/ +/g, ' ');
+        const flow = read('docs/flow.md')
+            .split('\n')
+            .find((l) => l.startsWith('| AUTH (submission)'));
+        assert.equal(defaultAuthLockout().perSession, 3);
+        assert.match(
+            flow ?? '',
+            /the third failure of a connection \(`535` or lockout `454`\) is `421 4\.7\.0` and closes it/,
+        );
+        const security = read('docs/security.md');
+        for (const row of [
+            '| three wrong passwords | `535 5.7.8`, `535 5.7.8`, `421 4.7.0` and close |',
+            '| while locked, even with the right password | `454 4.7.0`, `454 4.7.0`, `421 4.7.0` and close |',
+            '| two wrong passwords, then the limit is reached | `535 5.7.8`, `535 5.7.8`, `421 4.7.0` and close |',
+        ]) {
+            assert.ok(security.includes(row), row);
+        }
     });
 
     it('an exempt network is never locked out, and its lines say so', async () => {
