@@ -39,7 +39,9 @@ const DEFAULT_FAILURES_PER_SESSION = 3;
 /**
  * smtp-server with two adjustments: PROXY senders are trusted by CIDR range (smtp-server
  * only knows exact addresses), and every connection's built-in replies go through
- * smtp-server-replies.ts so they carry enhanced status codes and our texts.
+ * smtp-server-replies.ts so they carry enhanced status codes and our texts. On submission
+ * listeners, each command of a logged-in session also passes the gate of
+ * smtp-server-commands.ts (a changed password ends the session).
  */
 class MailwardenSmtpServer extends SMTPServer {
     trustProxy: (ip: string) => boolean = () => false;
