@@ -1,7 +1,7 @@
 # Sourced by test.sh and bench.sh: mw_install_peers installs the Debian packages the
 # real-peer tests and the benchmark run (Postfix, Redis, OpenSSL, Dovecot, Prometheus with
-# promtool) when their binaries are missing, without letting the package install start the
-# system's Postfix, Redis, Dovecot or Prometheus.
+# promtool, fail2ban for fail2ban-regex) when their binaries are missing, without letting the
+# package install start the system's Postfix, Redis, Dovecot, Prometheus or fail2ban.
 # It must not change any other system setting, and without root it only explains what to install.
 mw_install_peers() {
     mw_missing=""
@@ -10,6 +10,7 @@ mw_install_peers() {
     command -v openssl >/dev/null 2>&1 || mw_missing="$mw_missing openssl"
     [ -x /usr/sbin/dovecot ] || command -v dovecot >/dev/null 2>&1 || mw_missing="$mw_missing dovecot-core"
     { [ -x /usr/bin/prometheus ] && [ -x /usr/bin/promtool ]; } || mw_missing="$mw_missing prometheus"
+    [ -x /usr/bin/fail2ban-regex ] || command -v fail2ban-regex >/dev/null 2>&1 || mw_missing="$mw_missing fail2ban"
     [ -n "$mw_missing" ] || return 0
 
     printf '\n=== installing test peers:%s ===\n' "$mw_missing"

@@ -97,7 +97,14 @@ function limitChecks(config: Config, limits?: RateLimitCheckOptions): Check[] {
     return [
         ...(limits ? [createRateLimitCheck(limits)] : []),
         ...(limits && config.auth
-            ? [createLoginSignalsCheck({ store: limits.store, windowMs: 60 * 60_000, now: limits.now ?? Date.now })]
+            ? [
+                  createLoginSignalsCheck({
+                      store: limits.store,
+                      windowMs: 60 * 60_000,
+                      now: limits.now ?? Date.now,
+                      guard: config.auth.lockout,
+                  }),
+              ]
             : []),
     ];
 }
@@ -245,6 +252,10 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
     if (submission) reloaders.push({ name: 'users', fn: () => submission.reload() });
     if (config.tls) reloaders.push({ name: 'tls', fn: () => listeners.forEach((l) => l.reloadTls()) });
 
+    // one guard for every listener: a client's failures count the same on 587 and 465
+    const loginGuard = auth
+        ? createLoginGuard({ store: limitStore, ...(config.auth ? { settings: config.auth.lockout } : {}) })
+        : null;
     const listeners: RunningListener[] = config.listeners.map((l) =>
         createListener(config, l, {
             config,
@@ -257,7 +268,7 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
             isDraining: () => draining,
             auth,
             signer,
-            loginGuard: auth ? createLoginGuard(limitStore) : null,
+            loginGuard,
         }),
     );
 

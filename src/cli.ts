@@ -1,6 +1,7 @@
 /**
  * The `mailwarden` command line: parses arguments and dispatches to a command.
- * serve (run the proxy), check (validate config and rules), --version, help.
+ * serve (run the proxy), check (validate config and rules), explain, users, dkim, auth,
+ * --version, help.
  * Exit codes: 0 success, 1 invalid configuration or failed command, 2 usage error.
  * It must stay a thin dispatcher: commands live in src/commands/.
  */
@@ -22,6 +23,8 @@ Commands:
                       manage the submission users file (passwords stored as argon2id only)
   dkim keygen --domain D --selector S [--type rsa|ed25519] [--bits N] [--out FILE]
                       make a DKIM signing key and print the DNS record to publish
+  auth status|unlock [--ip ADDRESS] [--login LOGIN]
+                      show or clear the failed-login counts of the login lockout
   help                show this text
 
 Options:
@@ -92,6 +95,15 @@ async function main(argv: string[]): Promise<number> {
             return runDkim(argv.slice(argv.indexOf('dkim') + 1), {
                 out: (line) => process.stdout.write(`${line}\n`),
                 err: (line) => process.stderr.write(`${line}\n`),
+                cwd: process.cwd(),
+            });
+        }
+        case 'auth': {
+            const { runAuth } = await import('./commands/auth.ts');
+            return runAuth(argv.slice(argv.indexOf('auth') + 1), {
+                out: (line) => process.stdout.write(`${line}\n`),
+                err: (line) => process.stderr.write(`${line}\n`),
+                env: process.env,
                 cwd: process.cwd(),
             });
         }

@@ -13,8 +13,9 @@ import { smtpServerLogger, type Logger } from './log.ts';
 import { compileCidrs } from './net/cidr.ts';
 import { replyFor, toCallbackError, SmtpReplyError } from './reply.ts';
 import { Session, type SessionDeps } from './session.ts';
-import type { AuthContext, AuthOutcome, SenderPolicy } from './submission/index.ts';
-import type { LoginGuard } from './submission/login-guard.ts';
+import type { AuthContext, AuthOutcome, CredentialState, SenderPolicy } from './submission/index.ts';
+import type { GuardVerdict, LoginGuard } from './submission/login-guard.ts';
+import { checkCommandGateSupport, gateConnectionCommands, type CommandGate } from './smtp-server-commands.ts';
 import { patchConnectionReplies } from './smtp-server-replies.ts';
 
 /** Verifies SMTP AUTH credentials and knows which addresses each login may send as. */
@@ -22,6 +23,8 @@ export interface AuthBackend {
     authenticate(login: string, password: string, context?: AuthContext): Promise<AuthOutcome>;
     /** The addresses `login` may use as envelope and header sender. */
     sendAs(login: string): SenderPolicy;
+    /** Whether the credential a session logged in with (AuthOutcome.credential) still holds. */
+    credentialState?(login: string, credential: string): CredentialState;
 }
 
 export interface ListenerDeps extends Omit<SessionDeps, 'listener' | 'log'> {
@@ -30,19 +33,23 @@ export interface ListenerDeps extends Omit<SessionDeps, 'listener' | 'log'> {
     readonly loginGuard: LoginGuard | null;
 }
 
-/** Refused AUTH attempts in one session after which the connection is closed (421 4.7.0). */
-const MAX_REFUSED_AUTH = 3;
+/** Failed logins in one session after which the connection is closed, when no guard says otherwise. */
+const DEFAULT_FAILURES_PER_SESSION = 3;
 
 /**
  * smtp-server with two adjustments: PROXY senders are trusted by CIDR range (smtp-server
  * only knows exact addresses), and every connection's built-in replies go through
- * smtp-server-replies.ts so they carry enhanced status codes and our texts.
+ * smtp-server-replies.ts so they carry enhanced status codes and our texts. On submission
+ * listeners, each command of a logged-in session also passes the gate of
+ * smtp-server-commands.ts (a changed password ends the session).
  */
 class MailwardenSmtpServer extends SMTPServer {
     trustProxy: (ip: string) => boolean = () => false;
     submission = false;
     /** Each connection by session id, to tell whether its client is still there (STARTTLS replaces `_socket`). */
     private readonly byId = new Map<string, { _socket: Socket }>();
+    /** Runs before each command of a logged-in session (smtp-server-commands.ts); null: none. */
+    commandGate: CommandGate | null = null;
     override _expectsProxyHeader(socket: Socket): boolean {
         return this.trustProxy(socket.remoteAddress ?? '');
     }
@@ -55,6 +62,7 @@ class MailwardenSmtpServer extends SMTPServer {
             patchConnectionReplies(connection as unknown as Parameters<typeof patchConnectionReplies>[0], {
                 submission: this.submission,
             });
+            if (this.commandGate) gateConnectionCommands(connection, this.commandGate);
             const id = connection.id;
             this.byId.set(id, connection);
             socket.once('close', () => this.byId.delete(id));
@@ -90,8 +98,10 @@ function internalError(log: Logger, id: string, err: unknown): SmtpReplyError {
 
 export function createListener(config: Config, listener: ListenerConfig, deps: ListenerDeps): RunningListener {
     const sessions = new Map<string, Session>();
-    /** AUTH attempts refused per session, for the disconnect after MAX_REFUSED_AUTH. */
-    const refusedAuth = new Map<string, number>();
+    /** Failed AUTH attempts per session, for the disconnect at the guard's perSession. */
+    const failedAuth = new Map<string, number>();
+    /** What each logged-in session logged in with, to end it when the password changes. */
+    const loggedIn = new Map<string, { login: string; credential: string; mechanism: string }>();
     const log = deps.log.child({ listener: listener.name });
     const sessionDeps: SessionDeps = { ...deps, listener, log: deps.log };
     const submission = listener.mode === 'submission';
@@ -135,33 +145,67 @@ export function createListener(config: Config, listener: ListenerConfig, deps: L
             const backend = deps.auth;
             const guard = deps.loginGuard;
             const login = auth.username ?? '';
-            const ip = sessions.get(smtp.id)?.identity().ip ?? smtp.remoteAddress;
-            const done = (outcome: AuthOutcome, locked?: { retryAfterMs: number }): void => {
-                const result = locked ? 'locked' : outcome.result;
+            const ip = sessions.get(smtp.id)?.identity().ip ?? smtp.remoteAddress.replace(/^::ffff:/i, '');
+            const perSession = guard?.settings.perSession ?? DEFAULT_FAILURES_PER_SESSION;
+            /** The one log line and count of this attempt (the login is logged, the password never is). */
+            const record = (result: string, fields: Record<string, unknown>): void => {
                 deps.metrics.smtpAuth.inc({ listener: listener.name, result });
-                // the login is logged, the password never is
-                log.info({ session: smtp.id, login, result, reason: outcome.reason }, 'auth');
-                if (outcome.result === 'ok' && !locked) return cb(null, { user: outcome.user ?? login });
-                const refused = (refusedAuth.get(smtp.id) ?? 0) + 1;
-                refusedAuth.set(smtp.id, refused);
-                if (locked) {
-                    const minutes = Math.max(1, Math.ceil(locked.retryAfterMs / 60_000));
-                    // RFC 4954 section 6: 454 4.7.0 is a temporary refusal; past a few, 421 closes the connection
+                log.info(
+                    {
+                        session: smtp.id,
+                        client: ip,
+                        clientPort: smtp.remotePort,
+                        mechanism: auth.method,
+                        login,
+                        result,
+                        ...fields,
+                    },
+                    'auth',
+                );
+            };
+            /** A wrong password or a locked-out attempt: counts towards the session's disconnect. */
+            const failed = (): { count: number; last: boolean } => {
+                const count = (failedAuth.get(smtp.id) ?? 0) + 1;
+                failedAuth.set(smtp.id, count);
+                return { count, last: count >= perSession };
+            };
+            const finish = (outcome: AuthOutcome, verdict: GuardVerdict | null): void => {
+                const via = verdict?.store === 'fallback' ? { store: 'fallback' } : {};
+                if (verdict?.store === 'fallback') deps.metrics.smtpAuthFallback.inc({ listener: listener.name });
+                const exempt = verdict?.allowed && verdict.exempt ? { exempt: true } : {};
+                if (verdict && !verdict.allowed) {
+                    // no password was checked: the IP or the login is over its failure limit
+                    deps.metrics.smtpAuthLocked.inc({ listener: listener.name, scope: verdict.scope });
+                    const f = failed();
+                    const retryAfterS = Math.ceil(verdict.retryAfterMs / 1000);
+                    record('locked', { lockout: verdict.scope, retryAfterS, sessionFailures: f.count, ...via });
+                    const minutes = Math.max(1, Math.ceil(verdict.retryAfterMs / 60_000));
+                    // RFC 4954 section 6: 454 4.7.0 is a temporary refusal; the last one allowed closes with 421
                     return cb(
                         toCallbackError(
-                            refused >= MAX_REFUSED_AUTH
-                                ? replyFor('auth-locked-disconnect', { id: smtp.id, minutes })
-                                : replyFor('auth-locked', { id: smtp.id, minutes }),
+                            replyFor(f.last ? 'auth-locked-disconnect' : 'auth-locked', { id: smtp.id, minutes }),
                         ),
                     );
                 }
-                const reply = replyFor(outcome.result === 'invalid' ? 'auth-invalid' : 'auth-unavailable', {
-                    id: smtp.id,
-                });
-                cb(toCallbackError(reply));
+                if (outcome.result === 'ok') {
+                    const user = outcome.user ?? login;
+                    record('ok', { user, ...via, ...exempt });
+                    if (outcome.credential !== undefined) {
+                        loggedIn.set(smtp.id, { login: user, credential: outcome.credential, mechanism: auth.method });
+                    }
+                    return cb(null, { user });
+                }
+                if (outcome.result === 'unavailable') {
+                    // our failure, not the client's: not counted anywhere
+                    record('unavailable', { reason: outcome.reason, ...via });
+                    return cb(toCallbackError(replyFor('auth-unavailable', { id: smtp.id })));
+                }
+                const f = failed();
+                record('invalid', { reason: outcome.reason, sessionFailures: f.count, ...via, ...exempt });
+                cb(toCallbackError(replyFor(f.last ? 'auth-failures-disconnect' : 'auth-invalid', { id: smtp.id })));
             };
             if (!backend || (auth.method !== 'PLAIN' && auth.method !== 'LOGIN')) {
-                return done({ result: 'unavailable', reason: 'no login service for this method' });
+                return finish({ result: 'unavailable', reason: 'no login service for this method' }, null);
             }
             const context: AuthContext = {
                 localIp: smtp.localAddress,
@@ -171,18 +215,22 @@ export function createListener(config: Config, listener: ListenerConfig, deps: L
                 secured: smtp.secure,
             };
             const attempt = async (): Promise<void> => {
-                const verdict = guard ? await guard.check(ip, login, deps.now()) : { allowed: true as const };
-                if (!verdict.allowed) {
-                    // no password is checked while the IP or the login is locked
-                    return done({ result: 'invalid', reason: `too many failed logins (${verdict.scope})` }, verdict);
+                // one failure is reserved before the password is checked, atomically for the IP and the login
+                const verdict = guard ? await guard.reserve(ip, login, deps.now()) : null;
+                if (verdict && !verdict.allowed) return finish({ result: 'invalid' }, verdict);
+                let outcome: AuthOutcome;
+                try {
+                    outcome = await backend.authenticate(login, auth.password ?? '', context);
+                } catch (err) {
+                    log.error({ session: smtp.id, err }, 'auth backend failed');
+                    outcome = { result: 'unavailable', reason: 'backend error' };
                 }
-                const outcome = await backend.authenticate(login, auth.password ?? '', context);
-                if (outcome.result === 'invalid' && guard) await guard.failed(ip, login, deps.now());
-                done(outcome);
+                if (guard && verdict?.allowed) await guard.settle(verdict.ticket, outcome.result, deps.now());
+                finish(outcome, verdict);
             };
             attempt().catch((err: unknown) => {
-                log.error({ session: smtp.id, err }, 'auth backend failed');
-                done({ result: 'unavailable', reason: 'backend error' });
+                log.error({ session: smtp.id, err }, 'auth failed');
+                finish({ result: 'unavailable', reason: 'internal error' }, null);
             });
         },
 
@@ -228,7 +276,8 @@ export function createListener(config: Config, listener: ListenerConfig, deps: L
             const session = sessions.get(smtp.id);
             if (!session) return;
             sessions.delete(smtp.id);
-            refusedAuth.delete(smtp.id);
+            failedAuth.delete(smtp.id);
+            loggedIn.delete(smtp.id);
             deps.metrics.sessionsActive.dec({ listener: listener.name });
             session.close().catch((err: unknown) => log.warn({ session: smtp.id, err }, 'closing the upstream failed'));
         },
@@ -236,6 +285,39 @@ export function createListener(config: Config, listener: ListenerConfig, deps: L
 
     const server = new MailwardenSmtpServer(options);
     server.submission = submission;
+    if (submission) {
+        for (const scope of ['ip', 'login']) deps.metrics.smtpAuthLocked.inc({ listener: listener.name, scope }, 0);
+        deps.metrics.smtpAuthFallback.inc({ listener: listener.name }, 0);
+        deps.metrics.smtpAuthRevoked.inc({ listener: listener.name }, 0);
+    }
+    const credentialState = deps.auth?.credentialState?.bind(deps.auth);
+    if (submission && credentialState) {
+        checkCommandGateSupport();
+        // a session whose password changed (or whose login was removed) ends at its next command
+        server.commandGate = (smtp) => {
+            const held = loggedIn.get(smtp.id);
+            if (!held) return null;
+            const state = credentialState(held.login, held.credential);
+            if (state === 'current') return null;
+            loggedIn.delete(smtp.id);
+            const session = sessions.get(smtp.id);
+            const id = session?.identity();
+            deps.metrics.smtpAuthRevoked.inc({ listener: listener.name });
+            log.info(
+                {
+                    session: smtp.id,
+                    client: id?.ip,
+                    clientPort: id?.port,
+                    mechanism: held.mechanism,
+                    login: held.login,
+                    result: 'revoked',
+                    reason: state === 'removed' ? 'login removed' : 'password changed',
+                },
+                'auth',
+            );
+            return replyFor('auth-revoked', { id: smtp.id });
+        };
+    }
     if (listener.proxyProtocol) server.trustProxy = compileCidrs(listener.proxyProtocol);
     server.on('error', (err) => log.error({ err }, 'listener error'));
 

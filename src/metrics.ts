@@ -68,6 +68,24 @@ export function createMetrics(version: string) {
             labelNames: ['listener', 'result'],
             registers: r,
         }),
+        smtpAuthLocked: new Counter({
+            name: `${P}smtp_auth_locked_total`,
+            help: 'SMTP AUTH attempts refused without checking the password because the client IP or the login has too many failed logins, by listener and scope (ip, login)',
+            labelNames: ['listener', 'scope'],
+            registers: r,
+        }),
+        smtpAuthFallback: new Counter({
+            name: `${P}smtp_auth_fallback_total`,
+            help: 'SMTP AUTH attempts whose failures were counted in this process only, because the shared store (Redis) did not answer',
+            labelNames: ['listener'],
+            registers: r,
+        }),
+        smtpAuthRevoked: new Counter({
+            name: `${P}smtp_auth_revoked_total`,
+            help: "Authenticated sessions ended at their next command because the login's password changed or the login was removed",
+            labelNames: ['listener'],
+            registers: r,
+        }),
         upstreamReplies: new Counter({
             name: `${P}upstream_replies_total`,
             help: 'Replies from the upstream MTA by class (2xx, 4xx, 5xx) or failure (timeout, closed, connect, protocol, xclient, tls, io)',
@@ -136,7 +154,7 @@ export function createMetrics(version: string) {
         }),
         redisCommandDuration: new Histogram({
             name: `${P}redis_command_duration_seconds`,
-            help: 'Time of shared-store operations against Redis, failures included, by operation (take, acquire, renew, release, greylist, ping)',
+            help: 'Time of shared-store operations against Redis, failures included, by operation (take, charge, reset, acquire, renew, release, greylist, ping)',
             labelNames: ['command'],
             buckets: [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1],
             registers: r,

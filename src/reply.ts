@@ -26,7 +26,9 @@ export type Situation =
     | 'header-malformed'
     | 'header-sender-invalid'
     | 'auth-locked'
-    | 'auth-locked-disconnect';
+    | 'auth-locked-disconnect'
+    | 'auth-failures-disconnect'
+    | 'auth-revoked';
 
 interface ReplyTemplate {
     code: number;
@@ -171,6 +173,18 @@ const TABLE: Readonly<Record<Situation, ReplyTemplate>> = {
         code: 421,
         enhanced: '4.7.0',
         text: (d) => `Too many failed logins; closing the connection. Try again in ${d.minutes ?? 1} minutes`,
+    },
+    'auth-failures-disconnect': {
+        code: 421,
+        enhanced: '4.7.0',
+        text: () =>
+            'Too many failed logins on this connection; closing it. Check the user name and password your mail program uses',
+    },
+    'auth-revoked': {
+        code: 421,
+        enhanced: '4.7.0',
+        text: () =>
+            'Your password was changed or your login was removed since you logged in; closing the connection, log in again with your current password',
     },
     'auth-unavailable': {
         code: 454,

@@ -2,8 +2,9 @@
  * `mailwarden check`: loads the config, then runs each further validator (rule files and
  * the like) on it, and reports every problem as `FILE:LINE:COL: message`. It refuses exactly
  * what `serve` and a reload refuse (it is the systemd unit's ExecStartPre): errors exit 1;
- * warnings (rule cases that do not hold) are printed as `FILE:LINE:COL: warning: message`
- * and exit 0, because `serve` runs such rules too. `--strict` (for CI) exits 1 on warnings.
+ * warnings (rule cases that do not hold, a users file other users can read) are printed as
+ * `FILE[:LINE:COL]: warning: message` and exit 0, because `serve` runs with them too.
+ * `--strict` (for CI) exits 1 on warnings.
  * It only reads and reports: it must not start listeners or connect anywhere.
  */
 import { ConfigError, formatIssue, loadConfig, type Issue } from '../config/load.ts';
@@ -11,12 +12,20 @@ import type { Config } from '../config/types.ts';
 import { checkRules } from '../rules/index.ts';
 import { submissionFilesCheck } from '../submission/index.ts';
 
+/** Something that works but should be fixed: printed as `FILE: warning: message`, exit code unchanged. */
+export interface CheckWarning {
+    readonly file: string;
+    readonly message: string;
+}
+
 /** A further check run on a loaded config (for example: every rule file parses and validates). */
 export interface CheckValidator {
     /** Short name, for the summary line. */
     readonly name: string;
     /** Returns the issues found (an empty array when all is well); those of severity `warning` refuse nothing. */
     readonly validate: (config: Config) => Promise<readonly Issue[]> | readonly Issue[];
+    /** Returns what deserves a warning only (for example: file permissions). */
+    readonly warn?: (config: Config) => readonly CheckWarning[];
 }
 
 /** Validators run by `mailwarden check` after the config loaded cleanly, in order. */
@@ -53,6 +62,7 @@ export async function runCheck(opts: CheckOptions): Promise<number> {
     const issues: Issue[] = [];
     for (const validator of opts.validators ?? checkValidators) {
         issues.push(...(await validator.validate(config)));
+        for (const w of validator.warn?.(config) ?? []) opts.err(`${w.file}: warning: ${w.message}`);
     }
     const errors = issues.filter((i) => i.severity !== 'warning');
     const warnings = issues.filter((i) => i.severity === 'warning');

@@ -6,7 +6,14 @@
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import type { AuthenticationConfig, Config, ListenerConfig, ListenerMode, UpstreamConfig } from './types.ts';
+import type {
+    AuthLockoutConfig,
+    AuthenticationConfig,
+    Config,
+    ListenerConfig,
+    ListenerMode,
+    UpstreamConfig,
+} from './types.ts';
 
 const SECOND = 1000;
 const MINUTE = 60 * SECOND;
@@ -53,6 +60,20 @@ export const DEFAULTS = {
     recipientDelimiter: '+',
     logLevel: 'info',
 } as const;
+
+/**
+ * Password guessing on submission: 10 failed logins per client address per 15 minutes (one
+ * more every 90 s after that), 20 per login per hour from everywhere (a login guessed from many
+ * addresses), and the connection closed at the third failure, as Dovecot's login processes do.
+ */
+export function defaultAuthLockout(): AuthLockoutConfig {
+    return {
+        perIp: { limit: 10, periodMs: 15 * MINUTE },
+        perLogin: { limit: 20, periodMs: 60 * MINUTE },
+        perSession: 3,
+        exempt: [],
+    };
+}
 
 /**
  * Sender authentication. 15 s covers several DNS round trips per check with the 5 s DNS timeout;

@@ -12,6 +12,7 @@ import {
     defaultSpoolDir,
     DEFAULT_MAILDIR,
     PACKAGE_RULES_DIR,
+    defaultAuthLockout,
     defaultAuthentication,
     defaultConfig,
     defaultListener,
@@ -20,10 +21,13 @@ import {
 import { ConfigError } from './issues.ts';
 import { isIpv6, normalizeHost, normalizeHostname, parseCidr, parseDnsServer, parsePort } from './net.ts';
 import { SourceReader, type Field } from './reader.ts';
+import { parseDuration } from './units.ts';
 import type {
+    AuthLockoutConfig,
     AuthenticationConfig,
     BareNewlinePolicy,
     Config,
+    CountPerPeriod,
     DkimAlgorithm,
     DkimConfig,
     DkimSignKey,
@@ -83,7 +87,10 @@ const SMTP_ONLY_KEYS = ['xclient', 'starttls', 'tlsVerify', 'connectTimeout', 't
 const LOG_LEVELS = ['trace', 'debug', 'info', 'warn', 'error'] as const;
 const AUTHENTICATION_KEYS = ['timeout', 'minRsaBits', 'strict', 'spf', 'dkim', 'dmarc', 'arc'] as const;
 const DMARC_MODES = ['rfc9989', 'rfc7489'] as const;
-const AUTH_KEYS = ['users', 'dovecot', 'sendAs', 'recipientDelimiter'] as const;
+const AUTH_KEYS = ['users', 'dovecot', 'sendAs', 'recipientDelimiter', 'lockout'] as const;
+const LOCKOUT_KEYS = ['perIp', 'perLogin', 'perSession', 'exempt'] as const;
+/** The longest period of a failure count (as rate limits: GCRA state must stay exact within 2^53). */
+const MAX_LOCKOUT_PERIOD_MS = 366 * 24 * 3_600_000;
 const DKIM_ALGORITHMS = ['rsa-sha256', 'ed25519-sha256'] as const;
 /** RFC 6376 section 3.1: selector = sub-domain *("." sub-domain). */
 const DKIM_SELECTOR_RE = /^[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*$/;
@@ -368,6 +375,8 @@ class ConfigBuilder {
         const delimiterField = entries.get('recipientDelimiter');
         const recipientDelimiter =
             (delimiterField && this.recipientDelimiter(delimiterField)) ?? DEFAULTS.recipientDelimiter;
+        const lockoutField = entries.get('lockout');
+        const lockout = lockoutField ? this.lockout(lockoutField) : defaultAuthLockout();
         if (users && dovecot) {
             r.report(
                 dovecot.keyOffset,
@@ -383,7 +392,7 @@ class ConfigBuilder {
                 );
             }
             const file = this.existingPath(users, 'file');
-            return file === null ? null : { users: file, dovecot: null, sendAs: null, recipientDelimiter };
+            return file === null ? null : { users: file, dovecot: null, sendAs: null, recipientDelimiter, lockout };
         }
         if (!dovecot) {
             r.fail(
@@ -395,7 +404,71 @@ class ConfigBuilder {
         const address = this.dovecotAddress(dovecot);
         const sendAsFile = sendAs ? this.existingPath(sendAs, 'file') : null;
         if (address === null || (sendAs && sendAsFile === null)) return null;
-        return { users: null, dovecot: address, sendAs: sendAsFile, recipientDelimiter };
+        return { users: null, dovecot: address, sendAs: sendAsFile, recipientDelimiter, lockout };
+    }
+
+    /** `auth.lockout:` — failed-login limits per client IP, per login and per connection; exempt networks. */
+    private lockout(field: Field): AuthLockoutConfig {
+        const r = this.r;
+        const d = defaultAuthLockout();
+        const entries = this.section(field, LOCKOUT_KEYS);
+        if (!r.isMap(field)) return d;
+        const perIp = entries.get('perIp');
+        const perLogin = entries.get('perLogin');
+        const perSession = entries.get('perSession');
+        const exempt = entries.get('exempt');
+        return {
+            perIp: perIp ? this.failureRate(perIp) : d.perIp,
+            perLogin: perLogin ? this.failureRate(perLogin) : d.perLogin,
+            perSession: (perSession && r.integer(perSession, 1, 100, 'a number of failed logins')) ?? d.perSession,
+            exempt: exempt ? this.cidrList(exempt) : d.exempt,
+        };
+    }
+
+    /** `COUNT/PERIOD` (`10/15m`), or `false` for no limit. */
+    private failureRate(field: Field): CountPerPeriod | null {
+        const r = this.r;
+        const form = 'write a count per period such as 10/15m or 20/1h, or false for no limit';
+        if (r.isBoolean(field)) {
+            if (r.boolean(field) === false) return null;
+            r.fail(field, `true is not a rate; ${form}`);
+            return null;
+        }
+        const text = r.string(field, `a count per period such as 10/15m`);
+        if (text === null) return null;
+        const m = /^(\d+)\s*\/\s*(\S+)$/.exec(text);
+        if (!m) {
+            r.fail(field, `"${text}" is not a rate; ${form}`);
+            return null;
+        }
+        const limit = Number(m[1]);
+        const unit = m[2]!;
+        const periodMs = /^(s|m|h|d)$/.test(unit) ? parseDuration(`1${unit}`) : parseDuration(unit);
+        if (!Number.isSafeInteger(limit) || limit < 1 || limit > 100_000) {
+            r.fail(field, `"${text}": the count must be a whole number from 1 to 100000`);
+            return null;
+        }
+        if (periodMs === null || periodMs < 1_000 || periodMs > MAX_LOCKOUT_PERIOD_MS) {
+            r.fail(field, `"${text}": the period must be a duration from 1s to 366d, such as 15m or 1h`);
+            return null;
+        }
+        return { limit, periodMs };
+    }
+
+    /** A list of addresses or CIDRs, normalised (`192.0.2.7` → `192.0.2.7/32`). */
+    private cidrList(field: Field): string[] {
+        const r = this.r;
+        const items = r.list(field, 'addresses or CIDRs such as 192.0.2.0/24') ?? [];
+        const out: string[] = [];
+        for (const item of items) {
+            const text = r.string(item, 'an IP address or CIDR');
+            if (text === null) continue;
+            const parsed = parseCidr(text);
+            if ('error' in parsed) r.fail(item, parsed.error);
+            else if (out.includes(parsed.cidr)) r.fail(item, `"${text}" is listed twice`);
+            else out.push(parsed.cidr);
+        }
+        return out;
     }
 
     /** `unix:PATH` (or an absolute path), or `[inet:]HOST:PORT`. */

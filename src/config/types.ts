@@ -105,6 +105,24 @@ export type DovecotAuthAddress =
     | { readonly kind: 'unix'; readonly path: string }
     | { readonly kind: 'tcp'; readonly host: string; readonly port: number };
 
+/** A count per period, enforced as GCRA: a burst of `limit`, then one more every periodMs / limit. */
+export interface CountPerPeriod {
+    readonly limit: number;
+    readonly periodMs: number;
+}
+
+/** Password-guessing protection of SMTP AUTH (src/submission/login-guard.ts). */
+export interface AuthLockoutConfig {
+    /** Failed logins allowed per client IP (IPv6: per /64); null: not limited. */
+    readonly perIp: CountPerPeriod | null;
+    /** Failed logins allowed per login name, from all addresses together; null: not limited. */
+    readonly perLogin: CountPerPeriod | null;
+    /** Failed logins in one connection; the last of them is answered 421 and the connection closed. */
+    readonly perSession: number;
+    /** Client networks (CIDRs) never counted and never locked out. */
+    readonly exempt: readonly string[];
+}
+
 /** SMTP AUTH on submission listeners (src/submission). Exactly one of `users` and `dovecot` is set. */
 export interface SubmissionAuthConfig {
     /** The users file (logins, password hashes, sendAs); null when Dovecot checks passwords. */
@@ -115,6 +133,7 @@ export interface SubmissionAuthConfig {
     readonly sendAs: string | null;
     /** Characters that start a subaddress (`alice+tag@`), as Postfix's recipient_delimiter; '' for none. */
     readonly recipientDelimiter: string;
+    readonly lockout: AuthLockoutConfig;
 }
 
 export type DkimAlgorithm = 'rsa-sha256' | 'ed25519-sha256';

@@ -99,3 +99,75 @@ export function gcra(
             : null;
     return { result: { allowed, retryAfterMs: 0, remaining: Math.max(0, charged) }, writes };
 }
+
+/** What one step over several independent counters came to (gcraCounters). */
+export interface CountersOutcome {
+    /** Every counter admits the cost (a negative cost is always admitted). */
+    readonly allowed: boolean;
+    /** Per counter: whether it alone admits, its wait, and units of cost 1 left (after the charge when charged). */
+    readonly results: readonly TakeResult[];
+    /**
+     * When charged (allowed and cost ≠ 0): per counter its new state and time to live, or null
+     * when the counter is back to a full bucket and its state can be dropped.
+     */
+    readonly writes: readonly ({ readonly state: GcraState; readonly ttlMs: number } | null)[] | null;
+}
+
+/**
+ * Several counters of one window each, charged together or not at all: the step of
+ * LimitStore.charge (counters.lua is a line-by-line copy). Unlike gcra(), each counter reports
+ * its own verdict, so a caller knows which one refused. A negative cost gives units back
+ * (never refused; the bucket never holds more than its limit). Arguments are assumed valid.
+ */
+export function gcraCounters(
+    states: readonly (GcraState | null)[],
+    windows: readonly Window[],
+    cost: number,
+    now: number,
+): CountersOutcome {
+    let allowed = true;
+    const ok: boolean[] = [];
+    const retry: number[] = [];
+    const charged: number[] = [];
+    const uncharged: number[] = [];
+    const next: GcraState[] = [];
+    for (let i = 0; i < windows.length; i++) {
+        const { limit, periodMs } = windows[i]!;
+        const s = states[i];
+        let baseW = now;
+        let baseF = 0;
+        if (s && s.whole >= now) {
+            baseW = s.whole;
+            baseF = s.frac;
+        }
+        const [q, r] = divmod(baseF + cost * periodMs, limit);
+        const newW = baseW + q;
+        const allowW = newW - periodMs;
+        if (allowW > now || (allowW === now && r > 0)) {
+            allowed = false;
+            ok.push(false);
+            retry.push(allowW - now + (r > 0 ? 1 : 0));
+            charged.push(0);
+        } else {
+            ok.push(true);
+            retry.push(0);
+            const [rem] = divmod((now - allowW) * limit - r, periodMs);
+            charged.push(Math.min(limit, Math.max(0, rem)));
+        }
+        const [cur] = divmod((now - baseW + periodMs) * limit - baseF, periodMs);
+        uncharged.push(Math.min(limit, Math.max(0, cur)));
+        next.push({ whole: newW, frac: r });
+    }
+    const results = windows.map((_, i) => ({
+        allowed: ok[i]!,
+        retryAfterMs: retry[i]!,
+        remaining: allowed ? charged[i]! : uncharged[i]!,
+    }));
+    if (!allowed || cost === 0) return { allowed, results, writes: null };
+    const writes = next.map((state) =>
+        state.whole < now || (state.whole === now && state.frac === 0)
+            ? null
+            : { state, ttlMs: Math.max(1, state.whole - now + (state.frac > 0 ? 1 : 0)) },
+    );
+    return { allowed, results, writes };
+}

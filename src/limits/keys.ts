@@ -12,6 +12,11 @@ export const KEY_VERSION = 'v1';
 export interface KeyNames {
     /** The GCRA state of one window of one limit key. The limit is part of the name: changing it starts afresh. */
     rate(key: string, window: Window): string;
+    /**
+     * One counter of a group (LimitStore.charge): the group is the hash tag, so every counter of
+     * a group lands in one Cluster slot and one script may charge them together.
+     */
+    counter(group: string, key: string, window: Window): string;
     /** The lease set (sorted set, score = expiry) of one concurrency key. */
     lease(key: string): string;
     /** One greylisting triplet. */
@@ -24,6 +29,7 @@ export function keyNames(prefix = 'mw'): KeyNames {
     const v = KEY_VERSION;
     return {
         rate: (key, w) => `${prefix}:rl:${v}:{${key}}:${w.limit}:${w.periodMs}`,
+        counter: (group, key, w) => `${prefix}:gc:${v}:{${group}}:${key}:${w.limit}:${w.periodMs}`,
         lease: (key) => `${prefix}:cc:${v}:{${key}}`,
         triplet: (triplet) => `${prefix}:glt:${v}:{${triplet}}`,
         client: (client) => `${prefix}:glc:${v}:{${client}}`,

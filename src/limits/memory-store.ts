@@ -5,14 +5,18 @@
  * entries swept a few at a time on every call. Must not read the wall clock, start timers
  * or share state between instances (each mailwarden process has its own counts).
  */
-import { gcra, type GcraState } from './gcra.ts';
+import { gcra, gcraCounters, type GcraState } from './gcra.ts';
 import { keyNames } from './keys.ts';
 import {
+    checkCharge,
+    checkCounters,
     checkGreylist,
     checkLease,
     checkRelease,
     checkTake,
     type AcquireResult,
+    type ChargeResult,
+    type Counter,
     type GreylistOptions,
     type GreylistResult,
     type LimitStore,
@@ -103,6 +107,38 @@ export function createMemoryStore(options: MemoryStoreOptions = {}): MemoryLimit
         return result;
     };
 
+    const charge = (group: string, counters: readonly Counter[], cost: number, now: number): ChargeResult => {
+        checkCharge(group, counters, cost, now);
+        sweep(now);
+        const ks = counters.map((c) => names.counter(group, c.key, c.window));
+        const states = ks.map((k) => {
+            const v = read(k, now);
+            return v?.type === 'rate' ? v.state : null;
+        });
+        const out = gcraCounters(
+            states,
+            counters.map((c) => c.window),
+            cost,
+            now,
+        );
+        out.writes?.forEach((w, i) => {
+            if (w === null) entries.delete(ks[i]!);
+            else write(ks[i]!, { type: 'rate', state: w.state }, now + w.ttlMs);
+        });
+        return { allowed: out.allowed, counters: out.results };
+    };
+
+    const reset = (group: string, counters: readonly Counter[], now: number): number => {
+        checkCounters(group, counters, now);
+        let held = 0;
+        for (const c of counters) {
+            const k = names.counter(group, c.key, c.window);
+            if (read(k, now) !== undefined) held++;
+            entries.delete(k);
+        }
+        return held;
+    };
+
     const lease = (op: 'acquire' | 'renew', key: string, holder: string, max: number, ttlMs: number, now: number) => {
         sweep(now);
         const k = names.lease(key);
@@ -167,6 +203,8 @@ export function createMemoryStore(options: MemoryStoreOptions = {}): MemoryLimit
     return {
         kind: 'memory',
         take: (key, windows, cost, nowMs) => settle(() => take(key, windows, cost, nowMs)),
+        charge: (group, counters, cost, nowMs) => settle(() => charge(group, counters, cost, nowMs)),
+        reset: (group, counters, nowMs) => settle(() => reset(group, counters, nowMs)),
         acquire: (key, holder, max, ttlMs, nowMs) =>
             settle((): AcquireResult => {
                 checkLease(key, holder, ttlMs, nowMs, max);

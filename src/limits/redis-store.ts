@@ -1,7 +1,7 @@
 /**
  * The shared store in Redis (single server, Sentinel or Cluster), so that every mailwarden
- * instance enforces the same limits. Each decision is one Lua script (gcra.lua, lease.lua,
- * greylist.lua) sent with EVALSHA, falling back to EVAL when the server lost its script
+ * instance enforces the same limits. Each decision is one Lua script (gcra.lua, counters.lua,
+ * lease.lua, greylist.lua) sent with EVALSHA, falling back to EVAL when the server lost its script
  * cache; each script sets a TTL on every key it writes and takes the time from the caller.
  *
  * It fails fast instead of queueing: no offline queue, no command retries, a command timeout
@@ -19,6 +19,8 @@ import type { Metrics } from '../metrics.ts';
 import { keyNames } from './keys.ts';
 import {
     StoreError,
+    checkCharge,
+    checkCounters,
     checkGreylist,
     checkLease,
     checkRelease,
@@ -60,7 +62,12 @@ export interface RedisLimitStore extends LimitStore {
 }
 
 const lua = (name: string): string => readFileSync(new URL(`./${name}`, import.meta.url), 'utf8');
-const SCRIPTS = { mwGcra: lua('gcra.lua'), mwLease: lua('lease.lua'), mwGreylist: lua('greylist.lua') };
+const SCRIPTS = {
+    mwGcra: lua('gcra.lua'),
+    mwCounters: lua('counters.lua'),
+    mwLease: lua('lease.lua'),
+    mwGreylist: lua('greylist.lua'),
+};
 
 type ScriptCall = (...args: (string | number)[]) => Promise<unknown>;
 type Scripted = Record<keyof typeof SCRIPTS, ScriptCall>;
@@ -229,6 +236,26 @@ export function createRedisStore(options: RedisStoreOptions): RedisLimitStore {
             const reply = await run('take', () => scripts.mwGcra(keys.length, ...keys, nowMs, cost, ...args));
             const [allowed, retryAfterMs, remaining] = numbers(reply, 3) as [number, number, number];
             return { allowed: allowed === 1, retryAfterMs, remaining };
+        },
+        async charge(group, counters, cost, nowMs) {
+            checkCharge(group, counters, cost, nowMs);
+            const keys = counters.map((c) => names.counter(group, c.key, c.window));
+            const args = counters.flatMap((c) => [c.window.limit, c.window.periodMs]);
+            const reply = await run('charge', () => scripts.mwCounters(keys.length, ...keys, nowMs, cost, ...args));
+            const n = numbers(reply, 1 + 3 * counters.length);
+            return {
+                allowed: n[0] === 1,
+                counters: counters.map((_, i) => ({
+                    allowed: n[1 + 3 * i] === 1,
+                    retryAfterMs: n[2 + 3 * i]!,
+                    remaining: n[3 + 3 * i]!,
+                })),
+            };
+        },
+        async reset(group, counters, nowMs) {
+            checkCounters(group, counters, nowMs);
+            const keys = counters.map((c) => names.counter(group, c.key, c.window));
+            return Number(await run('reset', () => redis.del(...keys)));
         },
         async acquire(key, holder, max, ttlMs, nowMs) {
             checkLease(key, holder, ttlMs, nowMs, max);

@@ -22,6 +22,19 @@ export interface TakeResult {
     readonly remaining: number;
 }
 
+/** One counter of a group charged by LimitStore.charge: a key and its one window. */
+export interface Counter {
+    readonly key: string;
+    readonly window: Window;
+}
+
+export interface ChargeResult {
+    /** Every counter admitted the cost, and all were charged (a negative cost always is). */
+    readonly allowed: boolean;
+    /** Per counter, in the order given: its own verdict (allowed alone, wait, units left). */
+    readonly counters: readonly TakeResult[];
+}
+
 export interface AcquireResult {
     readonly acquired: boolean;
     /** Live leases on the key after this call (including the caller's when acquired). */
@@ -53,6 +66,15 @@ export interface LimitStore {
      * all are charged, or none is charged. `cost` 0 only reads. `nowMs` is the caller's clock.
      */
     take(key: string, windows: readonly Window[], cost: number, nowMs: number): Promise<TakeResult>;
+    /**
+     * GCRA over several counters of one group at once, atomically (one script): either every
+     * counter admits `cost` and all are charged, or none is; each counter reports its own
+     * verdict. `group` is the Redis Cluster hash tag the counters share. `cost` 0 only reads;
+     * a negative cost gives units back (a refund) and is never refused.
+     */
+    charge(group: string, counters: readonly Counter[], cost: number, nowMs: number): Promise<ChargeResult>;
+    /** Forgets the counters (they are full again); resolves how many held anything. */
+    reset(group: string, counters: readonly Counter[], nowMs: number): Promise<number>;
     /**
      * Concurrency: a lease per holder id with a TTL, so leases of a dead instance expire.
      * Acquiring a lease the holder already has renews it and always succeeds.
@@ -121,6 +143,35 @@ export function checkTake(key: string, windows: readonly Window[], cost: number,
         const id = `${w.limit}/${w.periodMs}`;
         if (seen.has(id)) fail(`window ${id} is given twice`);
         seen.add(id);
+    }
+}
+
+/** A group name is a Redis Cluster hash tag: no braces, nothing that needs quoting. */
+const GROUP_RE = /^[A-Za-z0-9._:-]{1,64}$/;
+/** Counters charged together at most (one script call). */
+const MAX_COUNTERS = 16;
+
+export function checkCounters(group: string, counters: readonly Counter[], nowMs: number): void {
+    if (typeof group !== 'string' || !GROUP_RE.test(group)) fail('group must be 1 to 64 of A-Z a-z 0-9 . _ : -');
+    checkInt('nowMs', nowMs, 0);
+    if (counters.length === 0 || counters.length > MAX_COUNTERS) fail(`1 to ${MAX_COUNTERS} counters are needed`);
+    const seen = new Set<string>();
+    for (const c of counters) {
+        checkKey('key', c.key);
+        checkInt('limit', c.window.limit, 1);
+        checkInt('periodMs', c.window.periodMs, 1, MAX_PERIOD_MS);
+        if (c.window.limit * c.window.periodMs > MAX_PRODUCT) fail(`limit x periodMs must not exceed 2^52`);
+        const id = `${c.key}|${c.window.limit}/${c.window.periodMs}`;
+        if (seen.has(id)) fail(`counter ${id} is given twice`);
+        seen.add(id);
+    }
+}
+
+export function checkCharge(group: string, counters: readonly Counter[], cost: number, nowMs: number): void {
+    checkCounters(group, counters, nowMs);
+    checkInt('cost', Math.abs(cost), 0);
+    for (const c of counters) {
+        if (Math.abs(cost) * c.window.periodMs > MAX_PRODUCT) fail(`cost x periodMs must not exceed 2^52`);
     }
 }
 

@@ -124,7 +124,7 @@ const CATALOGUE: readonly FactSpec[] = [
         'auth.login.failures',
         'number',
         'mail',
-        'Submission: failed logins for this user name in the last hour, from any address',
+        'Submission: failed logins for this user name from any address, as the login lockout counts them (`auth.lockout.perLogin`; absent when that is false)',
     ),
     fact('mail.from', 'address', 'mail', 'Envelope sender (MAIL FROM); the empty string for the null sender <>'),
     fact('mail.from.domain', 'domain', 'mail', 'Domain of the envelope sender; null for the null sender'),

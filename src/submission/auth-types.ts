@@ -23,4 +23,12 @@ export interface AuthOutcome {
     readonly user?: string;
     /** Why it is not 'ok', for logs (never contains the password). */
     readonly reason?: string;
+    /**
+     * On 'ok', from a backend that can tell when a password changes (the users file): an opaque
+     * fingerprint of the stored credential, to compare later with credentialState(). Never the hash.
+     */
+    readonly credential?: string;
 }
+
+/** Whether the credential a session logged in with still holds. */
+export type CredentialState = 'current' | 'changed' | 'removed';

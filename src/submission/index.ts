@@ -12,7 +12,7 @@ import { createDovecotBackend } from './dovecot-sasl.ts';
 import type { SenderPolicy } from './sender-policy.ts';
 import { createUsersFileBackend, type ReloadEvent } from './users-file.ts';
 
-export type { AuthContext, AuthOutcome, AuthResult } from './auth-types.ts';
+export type { AuthContext, AuthOutcome, AuthResult, CredentialState } from './auth-types.ts';
 export type { DkimSigner } from './dkim-sign.ts';
 export {
     checkHeaderSenders,
@@ -54,6 +54,7 @@ export function createSubmissionAuth(auth: SubmissionAuthConfig, opts: Submissio
             kind: 'users',
             verify: (login, password) => backend.verify(login, password),
             authenticate: (login, password) => backend.authenticate(login, password),
+            credentialState: (login, credential) => backend.credentialState(login, credential),
             sendAs: (login) => backend.sendAs(login),
             reload: () => backend.reload(),
             close: () => backend.close(),

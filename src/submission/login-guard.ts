@@ -1,40 +1,75 @@
 /**
- * Brute-force protection for SMTP AUTH: failed logins are counted per client IP and per
- * login in the shared limit store (Redis when configured, memory otherwise), so every
- * instance sees the same counts. Past the limit, AUTH is refused before any password is
- * checked (`454 4.7.0`, and `421 4.7.0` with disconnection once a client keeps trying), until
- * the counts have drained. A successful login resets nothing: an attacker who owns one account
- * must not be able to clear the failures of an IP or of another login. A store failure never
- * locks anyone out (the password check goes on), and is counted by the store's metrics.
- * It decides only whether to check credentials; replies come from reply.ts.
+ * Password-guessing protection for SMTP AUTH (RFC 4954 section 4; RFC 6409 submission). Before
+ * a password is checked, one failure is reserved for the client IP (IPv6: its /64) and for the
+ * login, both in one atomic step of the limit store (Redis when configured, so every instance
+ * counts together). Over either limit, nothing is checked: the attempt is refused, whatever the
+ * password. After the check the reservation is given back unless the credentials were wrong,
+ * so only failures count and parallel attempts can never check more passwords than the limit
+ * leaves. When the shared store does not answer, a per-process memory store takes over, so
+ * guessing stays bounded while Redis is away. Exempt networks are neither counted nor refused.
+ * It decides only whether credentials may be checked; replies come from reply.ts, and it must
+ * never see a password.
  */
 import { createHash } from 'node:crypto';
-import type { LimitStore, Window } from '../limits/types.ts';
+import type { AuthLockoutConfig } from '../config/types.ts';
+import { defaultAuthLockout } from '../config/defaults.ts';
+import { ipNetwork } from '../limits/limit-keys.ts';
+import { createMemoryStore } from '../limits/memory-store.ts';
+import type { Counter, LimitStore } from '../limits/types.ts';
+import { compileCidrs } from '../net/cidr.ts';
+import type { AuthResult } from './auth-types.ts';
 
-export interface LoginGuardSettings {
-    /** Failed logins allowed per client IP, per window. */
-    readonly perIp: Window;
-    /** Failed logins allowed per login name, per window (slows guessing one account from many IPs). */
-    readonly perLogin: Window;
+export type LoginGuardSettings = AuthLockoutConfig;
+
+export const DEFAULT_LOGIN_GUARD: LoginGuardSettings = defaultAuthLockout();
+
+/** The hash tag every failure counter shares, so one script charges an IP and a login together. */
+export const GUARD_GROUP = 'authfail';
+
+export type GuardScope = 'ip' | 'login';
+
+/** Which store took the reservation: the shared one, or this process's memory while it is away. */
+export type GuardStore = 'shared' | 'fallback';
+
+/** A reservation to settle once the credentials were checked. */
+export interface GuardTicket {
+    readonly store: GuardStore | null;
+    readonly counters: readonly Counter[];
 }
 
-export const DEFAULT_LOGIN_GUARD: LoginGuardSettings = {
-    perIp: { limit: 10, periodMs: 15 * 60_000 },
-    perLogin: { limit: 20, periodMs: 60 * 60_000 },
-};
-
 export type GuardVerdict =
-    | { readonly allowed: true }
-    | { readonly allowed: false; readonly retryAfterMs: number; readonly scope: 'ip' | 'login' };
+    | {
+          readonly allowed: true;
+          readonly ticket: GuardTicket;
+          /** The client is in an exempt network: nothing was counted. */
+          readonly exempt: boolean;
+          readonly store: GuardStore | null;
+      }
+    | {
+          readonly allowed: false;
+          /** The limit that refused (the one with the longer wait when both did). */
+          readonly scope: GuardScope;
+          /** When one more attempt would be admitted. */
+          readonly retryAfterMs: number;
+          readonly store: GuardStore;
+      };
 
-/** IPv6 clients are counted per /64, where one host usually owns every address. */
-function ipKey(ip: string): string {
-    if (!ip.includes(':')) return ip;
-    const groups = ip.toLowerCase().split('::');
-    const head = (groups[0] ?? '').split(':').filter(Boolean);
-    const tail = groups.length > 1 ? (groups[1] ?? '').split(':').filter(Boolean) : [];
-    const full = [...head, ...Array<string>(Math.max(0, 8 - head.length - tail.length)).fill('0'), ...tail];
-    return `${full.slice(0, 4).join(':')}::/64`;
+/** The counters of an IP or a login, for `mailwarden auth status`. */
+export interface GuardCount {
+    readonly scope: GuardScope;
+    /** The IP network or the login as counted. */
+    readonly subject: string;
+    /** Failures counted now (they drain one every period / limit). */
+    readonly failures: number;
+    readonly limit: number;
+    readonly periodMs: number;
+    /** No attempt is admitted now. */
+    readonly locked: boolean;
+}
+
+/** What the client and login are counted as: the IP (IPv6: its /64), or the lower-cased login. */
+export function ipSubject(ip: string): string {
+    return ipNetwork(ip, 32, 64) ?? ip.toLowerCase();
 }
 
 /** Login names are attacker-chosen: hash them so keys stay short and printable. */
@@ -42,48 +77,107 @@ export function loginKey(login: string): string {
     return createHash('sha256').update(login.toLowerCase()).digest('base64url').slice(0, 22);
 }
 
-export interface LoginGuard {
-    /** Before checking credentials: may this client try to log in as `login` now? */
-    check(ip: string, login: string, nowMs: number): Promise<GuardVerdict>;
-    /** After a wrong password or an unknown login. */
-    failed(ip: string, login: string, nowMs: number): Promise<void>;
+export interface LoginGuardOptions {
+    /** The shared store (Redis, or memory when there is none). */
+    readonly store: LimitStore;
+    readonly settings?: LoginGuardSettings;
+    /** Takes over while the shared store fails (default: a memory store of this process). */
+    readonly fallback?: LimitStore;
+    /** Each reservation the fallback took because the shared store failed. */
+    readonly onFallback?: () => void;
 }
 
-export function createLoginGuard(store: LimitStore, settings: LoginGuardSettings = DEFAULT_LOGIN_GUARD): LoginGuard {
-    const keys = (ip: string, login: string): { ip: string; login: string } => ({
-        ip: `authfail:ip:${ipKey(ip)}`,
-        login: `authfail:login:${loginKey(login)}`,
-    });
+export interface LoginGuard {
+    readonly settings: LoginGuardSettings;
+    /** Before checking credentials: reserves one failure for the IP and the login, or refuses. */
+    reserve(ip: string, login: string, nowMs: number): Promise<GuardVerdict>;
+    /** After checking: gives the reservation back unless the result is 'invalid'. Never rejects. */
+    settle(ticket: GuardTicket, result: AuthResult, nowMs: number): Promise<void>;
+    /** Failures counted now for a login in the shared store; null when logins are not counted. */
+    loginFailures(login: string, nowMs: number): Promise<number | null>;
+    /** The counters of an IP and/or a login in the shared store (operators). */
+    status(target: { ip?: string; login?: string }, nowMs: number): Promise<GuardCount[]>;
+    /** Forgets the failures of an IP and/or a login in the shared store (operators); resolves how many were held. */
+    unlock(target: { ip?: string; login?: string }, nowMs: number): Promise<number>;
+}
+
+export function createLoginGuard(opts: LoginGuardOptions): LoginGuard {
+    const settings = opts.settings ?? DEFAULT_LOGIN_GUARD;
+    const shared = opts.store;
+    const fallback = opts.fallback ?? createMemoryStore({ maxKeys: 100_000 });
+    const exempt = compileCidrs(settings.exempt);
+
+    const ipCounter = (ip: string): Counter | null =>
+        settings.perIp && { key: `ip:${ipSubject(ip)}`, window: settings.perIp };
+    const loginCounter = (login: string): Counter | null =>
+        settings.perLogin && { key: `login:${loginKey(login)}`, window: settings.perLogin };
+    const targets = (t: { ip?: string; login?: string }): { scope: GuardScope; subject: string; c: Counter }[] => {
+        const out: { scope: GuardScope; subject: string; c: Counter }[] = [];
+        const i = t.ip === undefined ? null : ipCounter(t.ip);
+        const l = t.login === undefined ? null : loginCounter(t.login);
+        if (i && t.ip !== undefined) out.push({ scope: 'ip', subject: ipSubject(t.ip), c: i });
+        if (l && t.login !== undefined) out.push({ scope: 'login', subject: t.login.toLowerCase(), c: l });
+        return out;
+    };
+
     return {
-        async check(ip, login, nowMs) {
-            const k = keys(ip, login);
-            try {
-                // cost 0 reads without charging; a bucket with nothing left means the limit is reached
-                const [byIp, byLogin] = await Promise.all([
-                    store.take(k.ip, [settings.perIp], 0, nowMs),
-                    store.take(k.login, [settings.perLogin], 0, nowMs),
-                ]);
-                if (byIp.remaining < 1)
-                    return { allowed: false, scope: 'ip', retryAfterMs: retryAfter(settings.perIp) };
-                if (byLogin.remaining < 1) {
-                    return { allowed: false, scope: 'login', retryAfterMs: retryAfter(settings.perLogin) };
-                }
-            } catch {
-                // fail open: a store outage must not lock every user out; passwords are still checked
+        settings,
+        async reserve(ip, login, nowMs) {
+            const counters = [ipCounter(ip), loginCounter(login)].filter((c): c is Counter => c !== null);
+            if (exempt(ip) || counters.length === 0) {
+                return { allowed: true, ticket: { store: null, counters: [] }, exempt: exempt(ip), store: null };
             }
-            return { allowed: true };
+            let store: GuardStore = 'shared';
+            let result;
+            try {
+                result = await shared.charge(GUARD_GROUP, counters, 1, nowMs);
+            } catch {
+                // the shared store is away: this process counts alone until it answers again
+                store = 'fallback';
+                opts.onFallback?.();
+                result = await fallback.charge(GUARD_GROUP, counters, 1, nowMs);
+            }
+            if (result.allowed) return { allowed: true, ticket: { store, counters }, exempt: false, store };
+            const refused = result.counters.map((r, i) => ({ r, i })).filter(({ r }) => !r.allowed);
+            const longest = refused.reduce((a, b) => (b.r.retryAfterMs > a.r.retryAfterMs ? b : a));
+            const scope: GuardScope = counters[longest.i]!.key.startsWith('ip:') ? 'ip' : 'login';
+            return { allowed: false, scope, retryAfterMs: longest.r.retryAfterMs, store };
         },
-        async failed(ip, login, nowMs) {
-            const k = keys(ip, login);
-            await Promise.all([
-                store.take(k.ip, [settings.perIp], 1, nowMs).catch(() => undefined),
-                store.take(k.login, [settings.perLogin], 1, nowMs).catch(() => undefined),
-            ]);
+        async settle(ticket, result, nowMs) {
+            if (ticket.store === null || result === 'invalid') return;
+            const store = ticket.store === 'shared' ? shared : fallback;
+            // a success or our own failure is not a guess: the unit goes back
+            await store.charge(GUARD_GROUP, ticket.counters, -1, nowMs).catch(() => undefined);
+        },
+        async loginFailures(login, nowMs) {
+            const c = loginCounter(login);
+            if (!c) return null;
+            const r = await shared.charge(GUARD_GROUP, [c], 0, nowMs);
+            return Math.max(0, c.window.limit - Math.floor(r.counters[0]!.remaining));
+        },
+        async status(target, nowMs) {
+            const out: GuardCount[] = [];
+            for (const t of targets(target)) {
+                const r = (await shared.charge(GUARD_GROUP, [t.c], 0, nowMs)).counters[0]!;
+                out.push({
+                    scope: t.scope,
+                    subject: t.subject,
+                    failures: t.c.window.limit - r.remaining,
+                    limit: t.c.window.limit,
+                    periodMs: t.c.window.periodMs,
+                    locked: r.remaining < 1,
+                });
+            }
+            return out;
+        },
+        async unlock(target, nowMs) {
+            const list = targets(target);
+            if (list.length === 0) return 0;
+            return shared.reset(
+                GUARD_GROUP,
+                list.map((t) => t.c),
+                nowMs,
+            );
         },
     };
-}
-
-/** GCRA frees one unit every period/limit: the earliest time a new try can be admitted. */
-function retryAfter(w: Window): number {
-    return Math.ceil(w.periodMs / w.limit);
 }

@@ -10,7 +10,7 @@
 import { createHash } from 'node:crypto';
 import type { LimitStore, Window } from '../limits/types.ts';
 import type { Check, CheckResult } from '../pipeline.ts';
-import { DEFAULT_LOGIN_GUARD, loginKey, type LoginGuardSettings } from './login-guard.ts';
+import { createLoginGuard, loginKey, type LoginGuardSettings } from './login-guard.ts';
 
 /** A counter: a bucket so large it never refuses; what is used of it is the count. */
 const BIG = 1_000_000;
@@ -23,13 +23,14 @@ export interface LoginSignalsOptions {
     readonly store: LimitStore;
     readonly windowMs: number;
     readonly now: () => number;
+    /** The failed-login limits whose per-login count becomes `auth.login.failures` (default: the defaults). */
     readonly guard?: LoginGuardSettings;
     readonly timeoutMs?: number;
 }
 
 export function createLoginSignalsCheck(opts: LoginSignalsOptions): Check {
     const counter: Window = { limit: BIG, periodMs: opts.windowMs };
-    const guard = opts.guard ?? DEFAULT_LOGIN_GUARD;
+    const guard = createLoginGuard({ store: opts.store, ...(opts.guard ? { settings: opts.guard } : {}) });
     const count = async (key: string, cost: number): Promise<number> => {
         const r = await opts.store.take(key, [counter], cost, opts.now());
         return Math.max(0, BIG - r.remaining);
@@ -55,12 +56,12 @@ export function createLoginSignalsCheck(opts: LoginSignalsOptions): Check {
                 now,
             );
             const ips = await count(`sig:ips:${user}`, seen.allowed ? 1 : 0);
-            const failures = await opts.store.take(`authfail:login:${user}`, [guard.perLogin], 0, now);
+            const failures = await guard.loginFailures(login, now);
             return {
                 facts: {
                     'auth.login.ips': ips,
                     'auth.login.recipients': await count(`sig:rcpts:${user}`, 0),
-                    'auth.login.failures': Math.max(0, guard.perLogin.limit - Math.floor(failures.remaining)),
+                    ...(failures === null ? {} : { 'auth.login.failures': failures }),
                 },
             };
         },

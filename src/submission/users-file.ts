@@ -13,13 +13,16 @@
  * invalid new version is reported and the previous set stays in force.
  * Verification (RFC 4954 AUTH, checked here) costs CPU on purpose, so it runs under a small
  * semaphore; an unknown login is verified against a dummy hash of the same cost, so the time
- * taken does not tell which logins exist. Passwords and hashes never reach logs or messages.
+ * taken does not tell which logins exist. A login is handed a fingerprint of its hash, so a
+ * session can learn at its next command that the password changed (or the login went away) in a
+ * reload. Passwords and hashes never reach logs or messages.
  */
+import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { isScalar } from 'yaml';
 import type { AuthBackend } from '../listener.ts';
-import type { AuthOutcome, AuthResult } from './auth-types.ts';
+import type { AuthOutcome, AuthResult, CredentialState } from './auth-types.ts';
 import { ConfigError, type Issue } from '../config/issues.ts';
 import { SourceReader, type Field } from '../config/reader.ts';
 import { costKey, inspectHash, makeDummyHash, Semaphore, verifyPassword, type HashInfo } from './hashes.ts';
@@ -320,6 +323,8 @@ export interface UsersFileBackend extends AuthBackend {
     authenticate(login: string, password: string): Promise<AuthOutcome>;
     /** The addresses `login` may send as (nothing for an unknown login). */
     sendAs(login: string): SenderPolicy;
+    /** Whether the credential a login was handed (AuthOutcome.credential) is still the one in force. */
+    credentialState(login: string, credential: string): CredentialState;
     /** Re-reads the file now (SIGHUP); throws ConfigError and keeps the current users when invalid. */
     reload(): void;
     /** Users currently loaded. */
@@ -330,6 +335,11 @@ export interface UsersFileBackend extends AuthBackend {
 /** Longest login and password considered; longer ones are refused without hashing. */
 const MAX_LOGIN = 256;
 const MAX_PASSWORD = 1024;
+
+/** A fingerprint of a stored hash: tells a changed password apart without keeping or showing the hash. */
+function fingerprint(hash: string): string {
+    return createHash('sha256').update(hash).digest('base64url').slice(0, 22);
+}
 
 /** Loads the users file (throws ConfigError when invalid) and returns the backend. */
 export function createUsersFileBackend(file: string, opts: UsersFileBackendOptions = {}): UsersFileBackend {
@@ -377,7 +387,7 @@ export function createUsersFileBackend(file: string, opts: UsersFileBackendOptio
             } catch {
                 return { result: 'unavailable', reason: 'the password hash could not be checked' };
             }
-            if (user && match) return { result: 'ok', user: user.login };
+            if (user?.hash && match) return { result: 'ok', user: user.login, credential: fingerprint(user.hash) };
             return { result: 'invalid', reason: user ? 'wrong password' : 'unknown login' };
         }, busy);
     };
@@ -395,6 +405,11 @@ export function createUsersFileBackend(file: string, opts: UsersFileBackendOptio
                 entries,
                 delimiter === undefined ? {} : { recipientDelimiter: delimiter },
             );
+        },
+        credentialState(login: string, credential: string): CredentialState {
+            const user = table.get(login);
+            if (!user?.hash) return 'removed';
+            return fingerprint(user.hash) === credential ? 'current' : 'changed';
         },
         reload: () => table.reload(),
         get size() {

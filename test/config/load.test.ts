@@ -5,7 +5,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, describe, it } from 'node:test';
 import { runCheck } from '../../src/commands/check.ts';
-import { PACKAGE_RULES_DIR, defaultSpoolDir } from '../../src/config/defaults.ts';
+import { PACKAGE_RULES_DIR, defaultAuthLockout, defaultSpoolDir } from '../../src/config/defaults.ts';
 import { ConfigError, loadConfig, resolveConfigPath, type Issue } from '../../src/config/load.ts';
 import { CERT, KEY, OTHER_KEY, PEM_FILES, cleanup, folderWith, issuesOf, loadText, tempDir } from './helpers.ts';
 
@@ -176,6 +176,7 @@ log: { level: debug }
             dovecot: null,
             sendAs: null,
             recipientDelimiter: '+',
+            lockout: defaultAuthLockout(),
         });
         assert.equal(config.rules, path.join(dir, 'my-rules'));
         assert.deepEqual(config.http, { host: '127.0.0.1', port: 9100 });
@@ -676,5 +677,6 @@ describe('docs/configuration.md', () => {
             config.dkim?.sign.map((k) => `${k.domain} ${k.selector}`),
             ['example.com s2026'],
         );
+        assert.deepEqual(config.auth?.lockout.exempt, ['192.0.2.0/24']);
     });
 });

@@ -23,6 +23,8 @@ export interface TestApp {
     port(name?: string): number;
     /** Parsed JSON log lines written so far. */
     readonly logs: Record<string, unknown>[];
+    /** The same lines exactly as the logger wrote them. */
+    readonly lines: string[];
     stop(): Promise<void>;
 }
 
@@ -37,10 +39,13 @@ export async function startApp(yaml: string, deps: Omit<AppDeps, 'logger'> = {})
     await writeFile(file, yaml);
     const config = loadConfig(file, {});
     const logs: Record<string, unknown>[] = [];
+    const lines: string[] = [];
     const sink = new Writable({
         write(chunk: Buffer, _enc, cb) {
             for (const line of chunk.toString('utf8').split('\n')) {
-                if (line.trim()) logs.push(JSON.parse(line) as Record<string, unknown>);
+                if (!line.trim()) continue;
+                lines.push(line);
+                logs.push(JSON.parse(line) as Record<string, unknown>);
             }
             cb();
         },
@@ -63,6 +68,7 @@ export async function startApp(yaml: string, deps: Omit<AppDeps, 'logger'> = {})
         app,
         dir,
         logs,
+        lines,
         port(name?: string) {
             const l = name ? app.listeners.find((x) => x.name === name) : app.listeners[0];
             if (!l) throw new Error(`no listener ${name ?? ''}`);

@@ -110,6 +110,50 @@ export function coreContract(store: () => LimitStore): void {
         assert.equal(big.remaining, 10);
     });
 
+    it('counters of one group: charged together or not at all, each with its own verdict, refunded exactly', async () => {
+        const s = store();
+        const group = fresh('grp')
+            .replace(/[^A-Za-z0-9._:-]/g, '')
+            .slice(0, 60);
+        const ip = { key: 'ip:192.0.2.1', window: { limit: 3, periodMs: 15 * MIN } };
+        const login = { key: 'login:abc', window: { limit: 2, periodMs: HOUR } };
+        const both = [ip, login];
+        assert.deepEqual(await s.charge(group, both, 1, T0), {
+            allowed: true,
+            counters: [
+                { allowed: true, retryAfterMs: 0, remaining: 2 },
+                { allowed: true, retryAfterMs: 0, remaining: 1 },
+            ],
+        });
+        await s.charge(group, both, 1, T0);
+        // the login counter is spent: nothing is charged, the IP counter still has one
+        assert.deepEqual(await s.charge(group, both, 1, T0), {
+            allowed: false,
+            counters: [
+                { allowed: true, retryAfterMs: 0, remaining: 1 },
+                { allowed: false, retryAfterMs: 30 * MIN, remaining: 0 },
+            ],
+        });
+        assert.equal((await s.charge(group, [ip], 1, T0)).allowed, true, 'the IP counter was not charged above');
+        assert.equal((await s.charge(group, [ip], 1, T0)).allowed, false);
+        // a refund gives one unit back to each counter, never more than the limit
+        assert.deepEqual((await s.charge(group, both, -1, T0)).counters, [
+            { allowed: true, retryAfterMs: 0, remaining: 1 },
+            { allowed: true, retryAfterMs: 0, remaining: 1 },
+        ]);
+        assert.deepEqual((await s.charge(group, both, -5, T0)).counters, [
+            { allowed: true, retryAfterMs: 0, remaining: 3 },
+            { allowed: true, retryAfterMs: 0, remaining: 2 },
+        ]);
+        await s.charge(group, both, 2, T0);
+        assert.equal(await s.reset(group, [login], T0), 1, 'reset reports a counter that held something');
+        assert.equal(await s.reset(group, [login], T0), 0);
+        assert.deepEqual((await s.charge(group, both, 0, T0)).counters, [
+            { allowed: true, retryAfterMs: 0, remaining: 1 },
+            { allowed: true, retryAfterMs: 0, remaining: 2 },
+        ]);
+    });
+
     it('concurrency: acquire up to max, release frees a slot, re-acquire by the same holder renews', async () => {
         const s = store();
         const key = fresh('cc');
@@ -220,6 +264,12 @@ export function storeContract(store: () => LimitStore): void {
         await assert.rejects(s.take('k', [...w, ...w], 1, T0), RangeError);
         await assert.rejects(s.take('k', w, -1, T0), RangeError);
         await assert.rejects(s.take('k', w, 1, Number.NaN), RangeError);
+        const c = { key: 'k', window: { limit: 1, periodMs: 1_000 } };
+        await assert.rejects(s.charge('bad{tag}', [c], 1, T0), RangeError);
+        await assert.rejects(s.charge('g', [], 1, T0), RangeError);
+        await assert.rejects(s.charge('g', [c, c], 1, T0), RangeError);
+        await assert.rejects(s.charge('g', [c], 0.5, T0), RangeError);
+        await assert.rejects(s.reset('g', [{ key: '', window: c.window }], T0), RangeError);
         await assert.rejects(s.acquire('k', '', 1, 1_000, T0), RangeError);
         await assert.rejects(s.acquire('k', 'h', 1, 0, T0), RangeError);
         await assert.rejects(s.release('', 'h'), RangeError);

@@ -1,18 +1,21 @@
 /**
  * One table of GCRA cases run against the TypeScript arithmetic (gcra.ts) and against the
  * Lua copy (gcra.lua) on a real redis-server, so that the two implementations cannot drift
- * apart. Also pins the stored format and the TTL the script sets. Must not sleep.
+ * apart; the same for the counters step (gcraCounters and counters.lua: several counters
+ * charged together, each with its own verdict, refunds included). Also pins the stored format
+ * and the TTL the scripts set. Must not sleep.
  */
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { after, before, describe, it } from 'node:test';
 import { Redis } from 'ioredis';
-import { decodeState, divmod, encodeState, gcra, type GcraState } from '../../src/limits/gcra.ts';
+import { decodeState, divmod, encodeState, gcra, gcraCounters, type GcraState } from '../../src/limits/gcra.ts';
 import type { Window } from '../../src/limits/index.ts';
 import { startRedis, type RedisInstance } from '../helpers/redis.ts';
 import { T0 } from './contract.ts';
 
 const LUA = readFileSync(new URL('../../src/limits/gcra.lua', import.meta.url), 'utf8');
+const COUNTERS_LUA = readFileSync(new URL('../../src/limits/counters.lua', import.meta.url), 'utf8');
 const DAY = 86_400_000;
 
 interface Case {
@@ -108,6 +111,70 @@ const CASES: readonly Case[] = [
     },
 ];
 
+interface CountersCase {
+    readonly name: string;
+    readonly windows: readonly Window[];
+    /** at: ms after T0; expect: [allowed, then per counter [allowed, retryAfterMs, remaining]]. */
+    readonly steps: readonly { at: number; cost: number; expect: [boolean, ...[boolean, number, number][]] }[];
+}
+
+const COUNTER_CASES: readonly CountersCase[] = [
+    {
+        name: 'two counters: the second refuses, nothing is charged, each reports its own verdict',
+        windows: [
+            { limit: 3, periodMs: 900_000 },
+            { limit: 2, periodMs: 3_600_000 },
+        ],
+        steps: [
+            { at: 0, cost: 1, expect: [true, [true, 0, 2], [true, 0, 1]] },
+            { at: 0, cost: 1, expect: [true, [true, 0, 1], [true, 0, 0]] },
+            { at: 0, cost: 1, expect: [false, [true, 0, 1], [false, 1_800_000, 0]] },
+            { at: 0, cost: 0, expect: [true, [true, 0, 1], [true, 0, 0]] },
+            // a refund gives one unit back to each counter
+            { at: 1_000, cost: -1, expect: [true, [true, 0, 2], [true, 0, 1]] },
+            { at: 1_000, cost: 1, expect: [true, [true, 0, 1], [true, 0, 0]] },
+        ],
+    },
+    {
+        name: 'a refund never fills a bucket beyond its limit',
+        windows: [{ limit: 2, periodMs: 60_000 }],
+        steps: [
+            { at: 0, cost: -1, expect: [true, [true, 0, 2]] },
+            { at: 0, cost: 1, expect: [true, [true, 0, 1]] },
+            { at: 45_000, cost: -1, expect: [true, [true, 0, 2]] },
+            { at: 45_000, cost: 2, expect: [true, [true, 0, 0]] },
+            { at: 45_000, cost: 1, expect: [false, [false, 30_000, 0]] },
+        ],
+    },
+    {
+        name: 'a fractional emission interval, charged and refunded exactly',
+        windows: [
+            { limit: 7, periodMs: 60_000 },
+            { limit: 10, periodMs: 900_000 },
+        ],
+        steps: [
+            ...Array.from({ length: 7 }, (_, i) => ({
+                at: 0,
+                cost: 1,
+                expect: [true, [true, 0, 6 - i], [true, 0, 9 - i]] as [boolean, ...[boolean, number, number][]],
+            })),
+            { at: 0, cost: 1, expect: [false, [false, 8_572, 0], [true, 0, 3]] },
+            { at: 100, cost: -3, expect: [true, [true, 0, 3], [true, 0, 6]] },
+            { at: 100, cost: 3, expect: [true, [true, 0, 0], [true, 0, 3]] },
+            { at: 8_672, cost: 1, expect: [true, [true, 0, 0], [true, 0, 2]] },
+        ],
+    },
+];
+
+function runCountersTs(c: CountersCase): unknown[] {
+    let states: (GcraState | null)[] = c.windows.map(() => null);
+    return c.steps.map((s) => {
+        const out = gcraCounters(states, c.windows, s.cost, T0 + s.at);
+        if (out.writes) states = out.writes.map((w) => w?.state ?? null);
+        return [out.allowed, ...out.results.map((r) => [r.allowed, r.retryAfterMs, r.remaining])];
+    });
+}
+
 /** Fills in the remaining count of leading "-1" steps: a burst counts down. */
 function expected(c: Case): [boolean, number, number][] {
     let burst = 0;
@@ -147,6 +214,23 @@ describe('GCRA arithmetic', () => {
             assert.deepEqual(runTs(c), expected(c));
         });
     }
+
+    for (const c of COUNTER_CASES) {
+        it(`TypeScript counters: ${c.name}`, () => {
+            assert.deepEqual(
+                runCountersTs(c),
+                c.steps.map((s) => s.expect),
+            );
+        });
+    }
+
+    it('a counter back to a full bucket is dropped, not stored', () => {
+        const w = [{ limit: 2, periodMs: 60_000 }];
+        const charged = gcraCounters([null], w, 1, T0);
+        assert.deepEqual(charged.writes, [{ state: { whole: T0 + 30_000, frac: 0 }, ttlMs: 30_000 }]);
+        assert.deepEqual(gcraCounters([charged.writes[0]!.state], w, -1, T0 + 5).writes, [null]);
+        assert.equal(gcraCounters([null], w, 0, T0).writes, null, 'a read writes nothing');
+    });
 });
 
 describe('GCRA in Lua on redis-server', () => {
@@ -177,6 +261,42 @@ describe('GCRA in Lua on redis-server', () => {
             assert.deepEqual(await evalCase(c, `case${i}`), expected(c));
         });
     }
+
+    const evalCounters = async (c: CountersCase, tag: string): Promise<unknown[]> => {
+        const keys = c.windows.map((w, i) => `c:{${tag}}:${i}:${w.limit}:${w.periodMs}`);
+        const out: unknown[] = [];
+        for (const s of c.steps) {
+            const args = [T0 + s.at, s.cost, ...c.windows.flatMap((w) => [w.limit, w.periodMs])];
+            const reply = ((await client.eval(COUNTERS_LUA, keys.length, ...keys, ...args)) as number[]).map(Number);
+            out.push([
+                reply[0] === 1,
+                ...c.windows.map((_, i) => [reply[1 + 3 * i] === 1, reply[2 + 3 * i], reply[3 + 3 * i]]),
+            ]);
+        }
+        return out;
+    };
+
+    for (const [i, c] of COUNTER_CASES.entries()) {
+        it(`Lua counters: ${c.name}`, async () => {
+            assert.deepEqual(
+                await evalCounters(c, `counters${i}`),
+                c.steps.map((s) => s.expect),
+            );
+        });
+    }
+
+    it('counters: stores what TypeScript stores, and deletes a counter a refund makes full', async () => {
+        const w = [{ limit: 7, periodMs: 60_000 }];
+        await client.eval(COUNTERS_LUA, 1, 'c:{st}', T0, 3, 7, 60_000);
+        const ts = gcraCounters([null], w, 3, T0);
+        assert.equal(await client.get('c:{st}'), encodeState(ts.writes![0]!.state));
+        const pttl = await client.pttl('c:{st}');
+        assert.ok(pttl > 25_000 && pttl <= 25_715, `PTTL ${pttl}`);
+        await client.eval(COUNTERS_LUA, 1, 'c:{st}', T0, -3, 7, 60_000);
+        assert.equal(await client.exists('c:{st}'), 0);
+        await client.eval(COUNTERS_LUA, 1, 'c:{st}', T0, 0, 7, 60_000);
+        assert.equal(await client.exists('c:{st}'), 0, 'a read writes nothing');
+    });
 
     it('stores the same state as TypeScript, with a TTL that ends when the bucket is full again', async () => {
         const w = [{ limit: 7, periodMs: 60_000 }];

@@ -87,7 +87,18 @@ describe('memory and redis stores agree on a random workload', () => {
             let op: string;
             let a: unknown;
             let b: unknown;
-            if (r < 0.5) {
+            if (r < 0.15) {
+                const group = `g${Math.floor(rnd() * 2)}`;
+                const counters = [
+                    { key: `ip${Math.floor(rnd() * 3)}`, window: { limit: 4, periodMs: 3_600_000 } },
+                    { key: `login${Math.floor(rnd() * 3)}`, window: { limit: 6, periodMs: 86_400_000 } },
+                ].slice(0, pick([1, 2]));
+                const cost = pick([-1, 0, 1, 1, 2, 3]);
+                op = `charge ${group} ${counters.map((c) => c.key).join(',')} cost ${cost}`;
+                [a, b] = await Promise.all([local, remote].map((s) => s.charge(group, counters, cost, now)));
+                const all = (a as { allowed: boolean }).allowed;
+                seen[`charge:${all}`] = (seen[`charge:${all}`] ?? 0) + 1;
+            } else if (r < 0.5) {
                 const set = Math.floor(rnd() * windowSets.length);
                 const key = `k${Math.floor(rnd() * 3)}:${set}`;
                 const cost = pick([0, 1, 1, 1, 2, 3, 6]);
@@ -120,7 +131,16 @@ describe('memory and redis stores agree on a random workload', () => {
             assert.deepEqual(b, a, `operation ${i} at ${now - T0} ms: ${op}`);
         }
         // The workload reached every branch.
-        for (const k of ['new', 'early', 'pass', 'known-client', 'take:true', 'take:false'])
+        for (const k of [
+            'new',
+            'early',
+            'pass',
+            'known-client',
+            'take:true',
+            'take:false',
+            'charge:true',
+            'charge:false',
+        ])
             assert.ok((seen[k] ?? 0) > 0, `never saw ${k}: ${JSON.stringify(seen)}`);
     });
 });

@@ -5,7 +5,8 @@
  * handled real traffic: accepted, tagged, rejected, quarantined and tempfailed mail, a DMARC
  * override, a bare LF, a forged own header field and a header section that does not parse, an
  * upstream 4xx and an upstream failure, AUTH successes and failures against a real users file,
- * a paused Redis, and good and bad rule reloads. Then every expression of the dashboard (panel
+ * a login locked out, a session ended by a password change, a failed login while Redis is
+ * paused, and good and bad rule reloads. Then every expression of the dashboard (panel
  * targets, the annotation, the instance variable) is evaluated the way Grafana sends it, through
  * Prometheus's query API, for one selected instance and for "All": each must parse and return a
  * finite, non-zero value during the traffic. Every alert expression must parse and run, and
@@ -143,6 +144,7 @@ describe('the Grafana dashboard and the alert rules against a real Prometheus', 
     let up: ScriptedUpstream;
     let redis: RedisInstance;
     let rulesDir: string;
+    let users: string;
     let mw: TestApp;
     let prom: PrometheusInstance;
     let instance: string;
@@ -208,6 +210,8 @@ describe('the Grafana dashboard and the alert rules against a real Prometheus', 
         await submission('alice@example.test', 'wrong', false);
         await submission('mallory@example.test', 'guess', false);
         await submission('alice@example.test', 'correct horse', true);
+        // one account guessed from one address until the per-login limit locks it out
+        for (let i = 0; i < 4; i++) await submission('victim@example.test', `guess ${i}`, false);
     }
 
     before(async () => {
@@ -238,7 +242,7 @@ describe('the Grafana dashboard and the alert rules against a real Prometheus', 
                 '',
             ].join('\n'),
         );
-        const users = join(cert.dir, 'users.yaml');
+        users = join(cert.dir, 'users.yaml');
         writeFileSync(
             users,
             `users:\n  - login: alice@example.test\n    password: "${await hashPassword('correct horse')}"\n`,
@@ -248,7 +252,8 @@ describe('the Grafana dashboard and the alert rules against a real Prometheus', 
                 'hostname: mx.example.test',
                 'domains: [example.test]',
                 `tls: { cert: "${cert.certPath}", key: "${cert.keyPath}" }`,
-                `auth: { users: "${users}" }`,
+                // a low per-login limit, so that the traffic locks one login out
+                `auth: { users: "${users}", lockout: { perIp: 100/1h, perLogin: 3/1h } }`,
                 'listeners:',
                 '  - { name: mx, host: 127.0.0.1, port: 0, mode: mx }',
                 '  - { name: submissions, host: 127.0.0.1, port: 0, mode: submission, tls: implicit }',
@@ -302,6 +307,23 @@ describe('the Grafana dashboard and the alert rules against a real Prometheus', 
         unlinkSync(bad);
         mw.app.reload();
 
+        // A password change ends the session logged in with the old one at its next command.
+        const session = await smtpConnect(mw.port('submissions'), {
+            tls: 'implicit',
+            ca: cert.cert,
+            servername: 'localhost',
+        });
+        await session.greeting();
+        await session.cmd('EHLO laptop.example');
+        assert.equal((await session.cmd(`AUTH PLAIN ${plain('alice@example.test', 'correct horse')}`)).code, 235);
+        writeFileSync(
+            users,
+            `users:\n  - login: alice@example.test\n    password: "${await hashPassword('new horse')}"\n`,
+        );
+        mw.app.reload();
+        assert.equal((await session.cmd('NOOP')).code, 421, 'the old password no longer holds');
+        session.close();
+
         // Redis paused: operations fail or time out while a message comes in.
         process.kill(redis.pid, 'SIGSTOP');
         try {
@@ -309,6 +331,8 @@ describe('the Grafana dashboard and the alert rules against a real Prometheus', 
                 'bounce@other.example',
                 await sign(msg('News <letters@news.example>', 'redis paused'), 'news.example', 'sel', key),
             ).catch(() => undefined);
+            // a failed login while Redis does not answer is counted in this process's memory
+            await submission('mallory@example.test', 'guess', false);
             await sleep(1_500);
         } finally {
             process.kill(redis.pid, 'SIGCONT');

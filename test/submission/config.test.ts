@@ -7,6 +7,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { after, describe, it } from 'node:test';
+import { defaultAuthLockout } from '../../src/config/defaults.ts';
 import { ConfigError } from '../../src/config/issues.ts';
 import { loadConfig } from '../../src/config/load.ts';
 
@@ -49,6 +50,7 @@ describe('auth config', () => {
             dovecot: null,
             sendAs: null,
             recipientDelimiter: '+',
+            lockout: defaultAuthLockout(),
         });
     });
 
@@ -59,6 +61,7 @@ describe('auth config', () => {
             dovecot: { kind: 'unix', path: '/run/dovecot/auth-client' },
             sendAs: null,
             recipientDelimiter: '+',
+            lockout: defaultAuthLockout(),
         });
         const relative = load('auth: { dovecot: "unix:run/auth" }\n');
         assert.deepEqual(relative.config.auth?.dovecot, { kind: 'unix', path: path.join(relative.dir, 'run', 'auth') });
@@ -74,6 +77,7 @@ describe('auth config', () => {
             dovecot: { kind: 'tcp', host: '127.0.0.1', port: 12345 },
             sendAs: path.join(tcp.dir, 'sendas.yaml'),
             recipientDelimiter: '+-',
+            lockout: defaultAuthLockout(),
         });
         assert.deepEqual(load('auth: { dovecot: "inet:[::1]:12345" }\n').config.auth?.dovecot, {
             kind: 'tcp',
@@ -105,6 +109,68 @@ describe('auth config', () => {
         assert.equal(issues('auth: { dovecot: "127.0.0.1:70000" }\n').length, 1);
         assert.deepEqual(issues('auth: { dovecot: "unix:" }\n'), [
             '1:18: auth.dovecot: "unix:" names no socket; write unix:PATH (e.g. unix:/run/dovecot/auth-client) or HOST:PORT (an inet_listener of service auth)',
+        ]);
+    });
+
+    it('takes the login lockout: failure rates per IP and per login (or false), per session, exempt networks', () => {
+        const { config } = load(
+            [
+                'auth:',
+                '  dovecot: "127.0.0.1:1"',
+                '  lockout:',
+                '    perIp: 5/10m',
+                '    perLogin: false',
+                '    perSession: 2',
+                '    exempt: [192.0.2.0/24, "2001:DB8::7", 198.51.100.9]',
+                '',
+            ].join('\n'),
+        );
+        assert.deepEqual(config.auth?.lockout, {
+            perIp: { limit: 5, periodMs: 600_000 },
+            perLogin: null,
+            perSession: 2,
+            exempt: ['192.0.2.0/24', '2001:db8::7/128', '198.51.100.9/32'],
+        });
+        assert.deepEqual(
+            load('auth: { dovecot: "127.0.0.1:1", lockout: { perLogin: 3/h } }\n').config.auth?.lockout,
+            { ...defaultAuthLockout(), perLogin: { limit: 3, periodMs: 3_600_000 } },
+            'keys left out keep their defaults',
+        );
+        assert.deepEqual(defaultAuthLockout(), {
+            perIp: { limit: 10, periodMs: 900_000 },
+            perLogin: { limit: 20, periodMs: 3_600_000 },
+            perSession: 3,
+            exempt: [],
+        });
+    });
+
+    it('refuses a malformed lockout with FILE:LINE:COL positions', () => {
+        assert.deepEqual(
+            issues(
+                [
+                    'auth:',
+                    '  dovecot: "127.0.0.1:1"',
+                    '  lockout:',
+                    '    perIp: 10 per 15m',
+                    '    perLogin: 0/1h',
+                    '    perSession: 0',
+                    '    exempt: [10.0.0.0/33, 10.1.0.0/16, 10.1.0.0/16]',
+                    '    perUser: 3/1h',
+                    '',
+                ].join('\n'),
+            ),
+            [
+                '4:12: auth.lockout.perIp: "10 per 15m" is not a rate; write a count per period such as 10/15m or 20/1h, or false for no limit',
+                '5:15: auth.lockout.perLogin: "0/1h": the count must be a whole number from 1 to 100000',
+                '6:17: auth.lockout.perSession: expected a number of failed logins (1 to 100); got 0',
+                '7:14: auth.lockout.exempt[0]: "10.0.0.0/33" has a bad prefix length (0 to 32 for IPv4)',
+                '7:40: auth.lockout.exempt[2]: "10.1.0.0/16" is listed twice',
+                '8:5: unknown key "perUser" in auth.lockout',
+            ],
+        );
+        assert.deepEqual(issues('auth: { dovecot: "127.0.0.1:1", lockout: { perIp: true, perLogin: 3/2y } }\n'), [
+            '1:51: auth.lockout.perIp: true is not a rate; write a count per period such as 10/15m or 20/1h, or false for no limit',
+            '1:67: auth.lockout.perLogin: "3/2y": the period must be a duration from 1s to 366d, such as 15m or 1h',
         ]);
     });
 

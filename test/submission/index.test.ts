@@ -5,6 +5,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
+import { defaultAuthLockout } from '../../src/config/defaults.ts';
 import { generateDkimKey } from '../../src/submission/dkim-keys.ts';
 import { hashPassword } from '../../src/submission/hashes.ts';
 import {
@@ -30,16 +31,15 @@ describe('createSubmissionAuth', () => {
         );
         const events: ReloadEvent[] = [];
         const auth = createSubmissionAuth(
-            { users: file, dovecot: null, sendAs: null, recipientDelimiter: '' },
+            { users: file, dovecot: null, sendAs: null, recipientDelimiter: '', lockout: defaultAuthLockout() },
             { onReload: (e) => events.push(e) },
         );
         try {
             assert.equal(auth.kind, 'users');
             assert.equal(await auth.verify('alice@example.com', 'pw'), 'ok');
-            assert.deepEqual(await auth.authenticate('alice@example.com', 'pw'), {
-                result: 'ok',
-                user: 'Alice@Example.com',
-            });
+            const ok = await auth.authenticate('alice@example.com', 'pw');
+            assert.deepEqual([ok.result, ok.user], ['ok', 'Alice@Example.com']);
+            assert.equal(auth.credentialState?.('alice@example.com', ok.credential!), 'current');
             const policy = auth.sendAs('Alice@Example.com');
             assert.equal(mayUse('Alice@Example.com', 'anyone@example.com', policy), true);
             assert.equal(policy.recipientDelimiter, '');
@@ -55,6 +55,7 @@ describe('createSubmissionAuth', () => {
             dovecot: { kind: 'tcp', host: '127.0.0.1', port: await freePort() },
             sendAs: null,
             recipientDelimiter: '+',
+            lockout: defaultAuthLockout(),
         });
         try {
             assert.equal(auth.kind, 'dovecot');

@@ -8,6 +8,8 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import bcrypt from 'bcryptjs';
+import { runCheck } from '../../src/commands/check.ts';
+import { defaultAuthLockout } from '../../src/config/defaults.ts';
 import { ConfigError } from '../../src/config/issues.ts';
 import type { Config } from '../../src/config/types.ts';
 import { submissionFilesCheck } from '../../src/submission/check.ts';
@@ -347,12 +349,38 @@ describe('users file backend', () => {
     it('authenticate() names the login as the file writes it', async () => {
         const backend = createUsersFileBackend(writeUsers(usersYaml()), { watch: false });
         try {
-            assert.deepEqual(await backend.authenticate('ALICE@EXAMPLE.COM', 'alice-pw'), {
-                result: 'ok',
-                user: 'alice@example.com',
-            });
+            const ok = await backend.authenticate('ALICE@EXAMPLE.COM', 'alice-pw');
+            assert.equal(ok.result, 'ok');
+            assert.equal(ok.user, 'alice@example.com');
+            assert.match(ok.credential ?? '', /^[A-Za-z0-9_-]{22}$/, 'a fingerprint, never the hash');
+            assert.ok(!aliceHash.includes(ok.credential ?? '-'));
             assert.deepEqual(await backend.authenticate('nobody', 'x'), { result: 'invalid', reason: 'unknown login' });
             assert.deepEqual(await backend.authenticate('bob', 'x'), { result: 'invalid', reason: 'wrong password' });
+        } finally {
+            backend.close();
+        }
+    });
+
+    it("tells whether a login's credential still holds after reloads: current, changed, removed", async () => {
+        const file = writeUsers(usersYaml());
+        const backend = createUsersFileBackend(file, { watch: false });
+        try {
+            const alice = (await backend.authenticate('alice@example.com', 'alice-pw')).credential!;
+            const bob = (await backend.authenticate('bob', 'bob-pw')).credential!;
+            replaceFile(file, `${usersYaml()}# a comment changes nothing\n`);
+            backend.reload();
+            assert.equal(backend.credentialState('alice@example.com', alice), 'current');
+            assert.equal(backend.credentialState('ALICE@example.com', alice), 'current', 'logins ignore case');
+            const newHash = await hashPassword('alice-new');
+            replaceFile(
+                file,
+                usersYaml()
+                    .replace(aliceHash, newHash)
+                    .replace(/ {2}- login: bob\n.*\n/, ''),
+            );
+            backend.reload();
+            assert.equal(backend.credentialState('alice@example.com', alice), 'changed');
+            assert.equal(backend.credentialState('bob', bob), 'removed');
         } finally {
             backend.close();
         }
@@ -398,16 +426,68 @@ describe('mailwarden check: submission files', () => {
     it('validates the users file or the sendAs file named by the config', async () => {
         const good = writeUsers(usersYaml());
         const bad = writeUsers('users:\n  - login: a\n    password: plain\n');
-        const base = { dovecot: null, sendAs: null, recipientDelimiter: '+' };
+        const base = { dovecot: null, sendAs: null, recipientDelimiter: '+', lockout: defaultAuthLockout() };
         assert.deepEqual(await submissionFilesCheck.validate(configWith({ ...base, users: good })), []);
         const issues = await submissionFilesCheck.validate(configWith({ ...base, users: bad }));
         assert.equal(issues.length, 1);
         assert.equal(issues[0]?.line, 3);
         const dovecot = { kind: 'tcp' as const, host: '127.0.0.1', port: 1 };
         const sendAs = await submissionFilesCheck.validate(
-            configWith({ users: null, dovecot, sendAs: good, recipientDelimiter: '+' }),
+            configWith({ users: null, dovecot, sendAs: good, recipientDelimiter: '+', lockout: defaultAuthLockout() }),
         );
         assert.equal(sendAs.length, 2, 'passwords are refused in a sendAs file');
         assert.deepEqual(await submissionFilesCheck.validate(configWith(null)), []);
+    });
+
+    it('warns (exit code 0) about a users file other users can read, or anyone but its owner can write', async () => {
+        const file = writeUsers(usersYaml());
+        const configFile = path.join(dir, `perm-${++counter}.yaml`);
+        fs.writeFileSync(configFile, `auth: { users: "${file}" }\n`);
+        const run = async (mode: number): Promise<{ code: number; out: string[]; err: string[] }> => {
+            fs.chmodSync(file, mode);
+            const out: string[] = [];
+            const err: string[] = [];
+            const code = await runCheck({
+                configPath: configFile,
+                env: {},
+                out: (l) => out.push(l),
+                err: (l) => err.push(l),
+            });
+            return { code, out, err };
+        };
+        const fix = `Fix: chmod 600 ${file} (or 640 with a group only mailwarden is in)`;
+        assert.deepEqual(await run(0o644), {
+            code: 0,
+            out: [`ok: ${configFile}`],
+            err: [
+                `${file}: warning: readable by every user of this machine, and the password hashes in it can be cracked offline (mode 0644). ${fix}`,
+            ],
+        });
+        assert.deepEqual((await run(0o660)).err, [
+            `${file}: warning: writable by its group (mode 0660); a writer could add a login or replace a hash. ${fix}`,
+        ]);
+        assert.deepEqual((await run(0o606)).err, [
+            `${file}: warning: readable by every user of this machine, and the password hashes in it can be cracked offline, and writable by every user of this machine (mode 0606); a writer could add a login or replace a hash. ${fix}`,
+        ]);
+        for (const quiet of [0o600, 0o640, 0o400]) {
+            assert.deepEqual(await run(quiet), { code: 0, out: [`ok: ${configFile}`], err: [] }, quiet.toString(8));
+        }
+        // the sendAs file beside Dovecot holds no hashes: only writers are a problem
+        const sendAs = writeUsers('users:\n  - login: a@example.com\n    sendAs: ["@example.com"]\n');
+        const dovecot = { kind: 'tcp' as const, host: '127.0.0.1', port: 1 };
+        const withSendAs = configWith({
+            users: null,
+            dovecot,
+            sendAs,
+            recipientDelimiter: '+',
+            lockout: defaultAuthLockout(),
+        });
+        fs.chmodSync(sendAs, 0o644);
+        assert.deepEqual(submissionFilesCheck.warn?.(withSendAs), []);
+        fs.chmodSync(sendAs, 0o666);
+        assert.match(
+            submissionFilesCheck.warn?.(withSendAs)[0]?.message ?? '',
+            /^writable by every user of this machine \(mode 0666\); a writer could let a login send as any address\. Fix: chmod 644 /,
+        );
     });
 });

@@ -23,6 +23,8 @@ const situations: Situation[] = [
     'auth-unavailable',
     'auth-locked',
     'auth-locked-disconnect',
+    'auth-failures-disconnect',
+    'auth-revoked',
     'sender-not-owned',
     'header-malformed',
     'header-sender-invalid',
