@@ -88,6 +88,13 @@ export const SETTINGS: Readonly<Record<string, Setting>> = Object.freeze({
     'auth.dovecot.port': restart('auth.dovecot'),
     'auth.sendAs': restart(),
     'auth.recipientDelimiter': restart(),
+    // The login guard is built once per app with its limits; its counts live in the store.
+    'auth.lockout.perIp.limit': restart('auth.lockout.perIp'),
+    'auth.lockout.perIp.periodMs': restart('auth.lockout.perIp'),
+    'auth.lockout.perLogin.limit': restart('auth.lockout.perLogin'),
+    'auth.lockout.perLogin.periodMs': restart('auth.lockout.perLogin'),
+    'auth.lockout.perSession': restart(),
+    'auth.lockout.exempt': restart(),
     // The rules are loaded from the new folder and the watcher follows it.
     rules: live(),
     // Asked at every decision.

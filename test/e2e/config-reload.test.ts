@@ -120,7 +120,11 @@ function fullConfig(variant: Variant, f: Record<string, string>, dns: string, up
                   : { sentinels: ['127.0.0.1:26379'], name: 'mymaster', connectTimeout: '50ms' },
         auth:
             variant === 'A'
-                ? { users: f.users, recipientDelimiter: '+' }
+                ? {
+                      users: f.users,
+                      recipientDelimiter: '+',
+                      lockout: { perIp: '10/15m', perLogin: '20/1h', perSession: 3, exempt: ['192.0.2.0/24'] },
+                  }
                 : variant === 'B'
                   ? { dovecot: 'unix:/nonexistent/auth-client', sendAs: f.sendAs }
                   : { dovecot: '127.0.0.1:12345' },
@@ -294,6 +298,10 @@ describe('config reload on SIGHUP', () => {
         { variant: 'C', set: { 'redis.name': 'othermaster' } },
         { variant: 'A', set: { 'auth.users': '__users2' } },
         { variant: 'A', set: { 'auth.recipientDelimiter': '-' } },
+        { variant: 'A', set: { 'auth.lockout.perIp': '5/10m' } },
+        { variant: 'A', set: { 'auth.lockout.perLogin': '30/2h' } },
+        { variant: 'A', set: { 'auth.lockout.perSession': 5 } },
+        { variant: 'A', set: { 'auth.lockout.exempt': ['198.51.100.0/24'] } },
         { variant: 'B', set: { 'auth.dovecot': 'unix:/nonexistent/other' } },
         { variant: 'B', set: { 'auth.sendAs': '__sendAs2' } },
         { variant: 'C', set: { 'auth.dovecot': '127.0.0.2:12345' } },
