@@ -344,7 +344,15 @@ describe('a new operator follows docs/deploy-postfix.md on a stock Debian Postfi
         const u = await step(users, 'correct horse battery\n');
         assert.equal(u.code, 0, `${u.out}${u.err}`);
         assert.match(u.out, /^ok: /m);
-        assert.match(readFileSync(join(dir, 'etc/mailwarden/users.yaml'), 'utf8'), /alice@example\.com/);
+        const usersFile = readFileSync(join(dir, 'etc/mailwarden/users.yaml'), 'utf8');
+        assert.match(usersFile, /alice@example\.com/);
+
+        // Running the folder commands again keeps the edited configuration and the users.
+        const again = await step(folders);
+        assert.equal(again.code, 0, again.err);
+        assert.equal(readFileSync(paths.mwConfig, 'utf8'), edited);
+        assert.equal(readFileSync(join(dir, 'etc/mailwarden/users.yaml'), 'utf8'), usersFile);
+        assert.ok(!existsSync(join(dir, 'etc/mailwarden/rules/rules')), 'the rules are not copied into themselves');
     });
 
     it('step 2: shows header_checks before replacing it, then adds the main.cf lines (twice: no change)', async () => {
