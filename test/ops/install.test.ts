@@ -13,6 +13,7 @@ import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import {
+    chmodSync,
     copyFileSync,
     cpSync,
     existsSync,
@@ -210,6 +211,34 @@ describe('installing with npm on a machine whose Node.js is older than 24', { ti
         } finally {
             if (child.exitCode === null) child.kill('SIGKILL');
         }
+    });
+
+    it('listens on 25, 587 and 465 as the unit runs it: an unprivileged user with CAP_NET_BIND_SERVICE only', async () => {
+        // The unit's User= and AmbientCapabilities=, in a private network namespace (unshare) so
+        // that the real port numbers are free; the capability must reach the Node.js 24 child.
+        const unit = readRepo('deploy/systemd/mailwarden.service');
+        assert.match(unit, /^AmbientCapabilities=CAP_NET_BIND_SERVICE$/m);
+        const config = join(dir, 'unit.yaml');
+        writeFileSync(config, readFileSync(join(etc, 'mailwarden.yaml'), 'utf8').replace(/^http: .*$/m, 'http: false'));
+        chmodSync(dir, 0o755);
+        const script = [
+            'ip link set lo up',
+            `setpriv --reuid=65534 --regid=65534 --clear-groups --inh-caps=+net_bind_service --ambient-caps=+net_bind_service "${join(prefix, 'bin/mailwarden')}" serve -c "${config}" >"${join(dir, 'unit.log')}" 2>&1 &`,
+            'pid=$!',
+            'i=0; while [ $i -lt 600 ] && ! grep -q \'"port":465\' "' +
+                join(dir, 'unit.log') +
+                '"; do sleep 0.1; i=$((i + 1)); done',
+            'ss -ltnH',
+            'kill -TERM $pid; wait $pid',
+        ].join('\n');
+        const r = await runFile('unshare', ['--net', 'sh', '-c', script], {
+            env: operatorEnv({}, oldPath),
+            timeoutMs: 120_000,
+        });
+        const log = readFileSync(join(dir, 'unit.log'), 'utf8');
+        assert.equal(r.code, 0, `${r.out}${r.err}${log}`);
+        for (const port of [25, 587, 465]) assert.match(r.out, new RegExp(` \\*:${port} `), `${port}: ${log}`);
+        assert.match(log, /"msg":"stopped"/);
     });
 
     it('without its Node.js 24 runtime, says so and what to do', async () => {
