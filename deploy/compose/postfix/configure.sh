@@ -34,7 +34,5 @@ cp "$snippets/mailwarden_header_checks" "$conf/mailwarden_header_checks"
 
 # Steps 3 and 5: Postfix's own listeners on 25, 587 and 465 are turned off (mailwarden owns the
 # ports), and the loopback smtpd that mailwarden forwards to is added.
-postconf -c "$conf" -M# smtp/inet submission/inet submissions/inet smtps/inet
-if [ -z "$(postconf -c "$conf" -M 127.0.0.1:10026/inet 2>/dev/null)" ]; then
-    cat "$snippets/master.cf" >>"$conf/master.cf"
-fi
+postconf -c "$conf" -M# smtp/inet submission/inet submissions/inet smtps/inet 2>/dev/null
+postconf -c "$conf" -Me "127.0.0.1:10026/inet=$(grep -v '^#' "$snippets/master.cf" | tr -s ' \n' ' ')"

@@ -1,0 +1,154 @@
+/**
+ * The runbook (docs/runbook.md) and the deployment guide stay usable by an operator on a stock
+ * Debian host: the runbook names every tool its commands use and the package it comes from; no
+ * command reads /var/log/mail.log (a stock Debian 12 has no syslog daemon writing it); every
+ * `mailwarden` command names the configuration with `-c` (or the users file with `--file`),
+ * because only the service has MAILWARDEN_CONFIG; the runbook's `users passwd` finds the users
+ * file through the deployed configuration from any folder; and step 6 of the guide tests with a
+ * sender of a foreign domain, which own-domain protection does not refuse.
+ */
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { cpSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { after, before, describe, it } from 'node:test';
+import { parse } from 'yaml';
+import { hashPassword } from '../../src/submission/hashes.ts';
+import { allShellBlocks, GUIDE_FILE, readRepo, runShell, section, shellBlocks, substitute } from '../helpers/guide.ts';
+
+const repo = fileURLToPath(new URL('../../', import.meta.url));
+const runbook = readRepo('docs/runbook.md');
+const guide = readRepo(GUIDE_FILE);
+
+/** Command lines of a Markdown text: every line of its ```sh blocks and every `code span` that starts with a word and a space. */
+function commandLines(markdown: string): string[] {
+    const spans = [...markdown.replace(/^```[\s\S]*?^```$/gm, '').matchAll(/`([a-z][\w.-]* [^`]+)`/g)].map(
+        (m) => m[1]!,
+    );
+    return [...allShellBlocks(markdown).flatMap((b) => b.split('\n')), ...spans].filter((l) => l.trim() !== '');
+}
+
+/** The program of each pipeline stage and `&&` / `;` part of a command line. */
+function programs(line: string): string[] {
+    return line
+        .split(/\|\||&&|\||;/)
+        .map((part) => part.trim().split(/\s+/)[0] ?? '')
+        .filter((word) => /^[a-z][\w.-]*$/.test(word));
+}
+
+function onPath(word: string): boolean {
+    try {
+        execFileSync('sh', ['-c', `command -v ${word}`], { stdio: 'ignore' });
+        return true;
+    } catch {
+        return false;
+    }
+}
+
+describe('the runbook', () => {
+    const requirements = section(runbook, 'Requirements');
+    const listed = new Set(
+        requirements
+            .split('\n')
+            .filter((l) => l.startsWith('| `'))
+            .flatMap((l) => [...l.split('|')[1]!.matchAll(/`([^`]+)`/g)].map((m) => m[1]!)),
+    );
+
+    it('names every tool its commands use, with its package', () => {
+        // Tools an operator may lack even where they are not installed on this machine.
+        const known = new Set(['dig', 'iostat', 'redis-cli', 'swaks', 'jq', 'curl', 'mailwarden']);
+        // Shell built-ins and what every Debian system has (essential packages).
+        const essential = new Set(['apt', 'cat', 'cd', 'echo', 'find', 'grep', 'kill', 'ls', 'sed', 'test', 'true']);
+        const used = new Set(commandLines(runbook).flatMap(programs));
+        for (const word of used) {
+            if (known.has(word) || (onPath(word) && !essential.has(word))) {
+                assert.ok(listed.has(word), `the Requirements section lists ${word}`);
+            }
+        }
+        for (const word of ['dig', 'iostat', 'jq', 'journalctl']) assert.ok(used.has(word), `the runbook uses ${word}`);
+        assert.match(requirements, /`dig` +\| `bind9-dnsutils`/);
+        assert.match(requirements, /`iostat` +\| `sysstat`/);
+    });
+
+    it('reads logs from the journal, never from /var/log/mail.log', () => {
+        for (const line of [...commandLines(runbook), ...commandLines(guide)]) {
+            assert.doesNotMatch(line, /^(grep|tail|less|cat) .*\/var\/log\/mail\.log/, line);
+        }
+        assert.match(runbook, /journalctl -t postfix\/mailwarden\/smtpd/);
+    });
+
+    it('names the configuration in every mailwarden command of the runbook and the guide', () => {
+        const lines = [...commandLines(runbook), ...commandLines(guide)].filter((l) =>
+            /^mailwarden (check|users|explain|dkim)\b/.test(l),
+        );
+        assert.ok(lines.length >= 5);
+        for (const line of lines) assert.match(line, / -c \/etc\/mailwarden\/mailwarden\.yaml\b| --file /, line);
+    });
+});
+
+describe("the runbook's `users passwd`, typed in root's shell", () => {
+    let dir: string;
+    before(async () => {
+        dir = mkdtempSync(join(tmpdir(), 'mailwarden-runbook-'));
+        const etc = join(dir, 'etc/mailwarden');
+        mkdirSync(join(dir, 'var/lib/mailwarden/spool'), { recursive: true });
+        mkdirSync(etc, { recursive: true });
+        cpSync(join(repo, 'rules'), join(etc, 'rules'), { recursive: true });
+        cpSync(join(repo, 'test/config/fixtures/tls/cert.pem'), join(etc, 'tls.crt'));
+        cpSync(join(repo, 'test/config/fixtures/tls/key.pem'), join(etc, 'tls.key'));
+        writeFileSync(
+            join(etc, 'users.yaml'),
+            `users:\n  - login: alice@example.com\n    password: "${await hashPassword('old password')}"\n`,
+        );
+        writeFileSync(
+            join(etc, 'mailwarden.yaml'),
+            substitute(readRepo('deploy/mailwarden.yaml'), {
+                '/etc/mailwarden': etc,
+                '/var/lib/mailwarden': join(dir, 'var/lib/mailwarden'),
+            }).replace(/^redis: .*\n/m, ''),
+        );
+    });
+    after(() => rmSync(dir, { recursive: true, force: true }));
+
+    it('finds the users file through the deployed configuration, from any folder', async () => {
+        const line = commandLines(runbook).find((l) => l.startsWith('mailwarden users passwd '));
+        assert.ok(line, 'the runbook has a users passwd command');
+        const command = substitute(
+            line.replace(/^mailwarden /, `"${process.execPath}" "${join(repo, 'bin/mailwarden.js')}" `),
+            {
+                LOGIN: 'alice@example.com',
+                '/etc/mailwarden/': `${join(dir, 'etc/mailwarden')}/`,
+            },
+        );
+        const env: NodeJS.ProcessEnv = { ...process.env };
+        delete env.MAILWARDEN_CONFIG;
+        const before = readFileSync(join(dir, 'etc/mailwarden/users.yaml'), 'utf8');
+        const r = await runShell(command, { env, cwd: tmpdir(), input: 'a new password\n' });
+        assert.equal(r.code, 0, `${r.out}${r.err}`);
+        const users = parse(readFileSync(join(dir, 'etc/mailwarden/users.yaml'), 'utf8')) as {
+            users: { login: string; password: string }[];
+        };
+        assert.notEqual(readFileSync(join(dir, 'etc/mailwarden/users.yaml'), 'utf8'), before);
+        assert.equal(users.users[0]?.login, 'alice@example.com');
+        assert.match(users.users[0].password, /^\$argon2id\$/);
+    });
+});
+
+describe("the guide's step 6", () => {
+    it('tests port 25 with a sender of a foreign domain, and says why', () => {
+        const config = parse(readRepo('deploy/mailwarden.yaml')) as { domains: string[]; hostname: string };
+        const ours = (domain: string): boolean =>
+            [...config.domains, config.hostname].some((d) => domain === d || domain.endsWith(`.${d}`));
+        const [checks] = shellBlocks(guide, 'Step 6: check that it works');
+        const toPort25 = checks!.split('\n').filter((l) => l.startsWith('swaks ') && !/--port|--auth/.test(l));
+        assert.ok(toPort25.length >= 2);
+        for (const line of toPort25) {
+            const from = /--from (\S+)/.exec(line)?.[1] ?? '';
+            assert.ok(from.includes('@'), `${line}: names its sender (swaks's default is root@ this host)`);
+            assert.ok(!ours(from.split('@')[1]!), `${line}: the sender is not of our domains`);
+        }
+        assert.match(section(guide, 'Step 6: check that it works'), /swaks's default sender/);
+    });
+});
