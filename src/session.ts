@@ -88,6 +88,9 @@ export class Session {
      * upstream accepted always gets our `250`.
      */
     inData = false;
+    /** Settles when the reply to the current DATA was handed over (dataReplied). */
+    private dataSettled: Promise<void> = Promise.resolve();
+    private settleData: () => void = () => undefined;
     private closed = false;
 
     constructor(deps: SessionDeps, smtp: SMTPServerSession) {
@@ -325,6 +328,7 @@ export class Session {
         const tx = this.tx;
         this.tx = null;
         this.inData = true;
+        this.dataSettled = new Promise((resolve) => (this.settleData = resolve));
         const spool = new MessageSpool({
             memoryLimit: this.deps.config.spool.memoryLimit,
             dir: this.deps.config.spool.dir,
@@ -469,6 +473,7 @@ export class Session {
      */
     dataReplied(reply: { accepted: boolean; clientGone: boolean }): void {
         this.inData = false;
+        this.settleData();
         if (reply.accepted && reply.clientGone) {
             this.deps.metrics.acceptedUnconfirmed.inc({ listener: this.deps.listener.name });
             this.log.warn(
@@ -606,10 +611,16 @@ export class Session {
         }
     }
 
-    /** Client went away: QUIT upstream (an open transaction there is discarded). */
+    /**
+     * Client went away: QUIT upstream (an open transaction there is discarded). A message being
+     * forwarded is let finish first: once its end was written upstream, only the upstream's answer
+     * tells whether it was delivered, and a 250 the client can no longer hear is counted
+     * (dataReplied) instead of being cut off unseen.
+     */
     async close(): Promise<void> {
         if (this.closed) return;
         this.closed = true;
+        if (this.inData) await this.dataSettled;
         const up = this.upstream;
         this.upstream = null;
         await Promise.all(

@@ -305,6 +305,42 @@ describe('shutdown', () => {
     });
 });
 
+describe('a client that hangs up after sending the message', () => {
+    it('does not cut the upstream off: the upstream answers, and its 250 is counted as unconfirmed', async (t) => {
+        const up = await startScriptedUpstream({ ehlo: EHLO, onData: () => ({ delayMs: 300 }) });
+        const mw = await startApp(
+            [
+                'hostname: mx.example.test',
+                'domains: [example.test]',
+                'listeners: [{ name: mx, host: 127.0.0.1, port: 0, mode: mx }]',
+                `upstream: { url: "smtp://127.0.0.1:${up.port}" }`,
+                'http: false',
+            ].join('\n'),
+        );
+        t.after(async () => {
+            await mw.stop();
+            await up.close();
+        });
+        const c = await smtpConnect(mw.port());
+        await c.greeting();
+        await c.cmd('EHLO leaving.example');
+        await c.cmd('MAIL FROM:<a@example.org>');
+        await c.cmd('RCPT TO:<b@example.test>');
+        await c.cmd('DATA');
+        c.write(MSG + '.\r\n');
+        await new Promise((r) => setTimeout(r, 50));
+        c.close();
+        for (let i = 0; i < 100 && !mw.logs.some((l) => l.duplicateRisk === true); i++) {
+            await new Promise((r) => setTimeout(r, 20));
+        }
+        const tx = up.transactions.at(-1)!;
+        assert.equal(tx.completed, true);
+        assert.match(tx.finalReply ?? '', /^250/);
+        const metrics = await mw.app.metrics.registry.getSingleMetricAsString('mailwarden_accepted_unconfirmed_total');
+        assert.match(metrics, /mailwarden_accepted_unconfirmed_total\{listener="mx"\} 1/);
+    });
+});
+
 describe('a client that goes away while the upstream accepts', () => {
     it('is counted and logged as a possible duplicate', async (t) => {
         let client: SmtpClient | null = null;

@@ -4,7 +4,7 @@
  * target pointed at the test app) and grafana/alerts.yml, scrapes a running mailwarden that has
  * handled real traffic: accepted, tagged, rejected, quarantined and tempfailed mail, a DMARC
  * override, a bare LF, a forged own header field and a header section that does not parse, an
- * upstream 4xx and an upstream failure, AUTH successes and failures against a real users file,
+ * upstream 4xx and an upstream failure, a client gone before the upstream's slow 250, AUTH successes and failures against a real users file,
  * a login locked out, a session ended by a password change, a failed login while Redis is
  * paused, and good and bad rule reloads. Then every expression of the dashboard (panel
  * targets, the annotation, the instance variable) is evaluated the way Grafana sends it, through
@@ -199,6 +199,16 @@ describe('the Grafana dashboard and the alert rules against a real Prometheus', 
         assert.equal(await mx('bounce@other.example', glued), 550, 'header section does not parse');
         assert.equal(await mx('bounce@other.example', await signed('defer me')), 451, 'upstream 4xx');
         assert.equal(await mx('bounce@other.example', await signed('drop me')), 451, 'upstream closes');
+        // a client that hangs up before Postfix's slow 250 reaches it: a possible duplicate
+        const leaving = await smtpConnect(mw.port('mx'));
+        await leaving.greeting();
+        await leaving.cmd('EHLO client.example');
+        await leaving.cmd('MAIL FROM:<bounce@other.example>');
+        await leaving.cmd('RCPT TO:<bob@example.test>');
+        assert.equal((await leaving.cmd('DATA')).code, 354);
+        leaving.write(`${await signed('slow to accept')}.\r\n`);
+        await new Promise((r) => setTimeout(r, 50));
+        leaving.close();
         // One client opening more connections than the shipped client-concurrency limit allows.
         const burst = await Promise.all(Array.from({ length: concurrencyLimit + 1 }, () => smtpConnect(mw.port('mx'))));
         const greetings = await Promise.all(burst.map((c) => c.greeting().then((g) => g.code)));
@@ -224,6 +234,7 @@ describe('the Grafana dashboard and the alert rules against a real Prometheus', 
                 const data = tx.data?.toString('latin1') ?? '';
                 if (/^Subject: defer me/m.test(data)) return '451 4.3.0 try again later';
                 if (/^Subject: drop me/m.test(data)) return { close: true };
+                if (/^Subject: slow to accept/m.test(data)) return { delayMs: 300 };
                 return undefined;
             },
         });

@@ -14,6 +14,7 @@ import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import {
     chmodSync,
+    chownSync,
     copyFileSync,
     cpSync,
     existsSync,
@@ -221,6 +222,8 @@ describe('installing with npm on a machine whose Node.js is older than 24', { ti
         const config = join(dir, 'unit.yaml');
         writeFileSync(config, readFileSync(join(etc, 'mailwarden.yaml'), 'utf8').replace(/^http: .*$/m, 'http: false'));
         chmodSync(dir, 0o755);
+        // as step 1 of the guide makes it (install -d -o mailwarden): the service user owns the spool
+        chownSync(join(dir, 'var/lib/mailwarden/spool'), 65534, 65534);
         const script = [
             'ip link set lo up',
             `setpriv --reuid=65534 --regid=65534 --clear-groups --inh-caps=+net_bind_service --ambient-caps=+net_bind_service "${join(prefix, 'bin/mailwarden')}" serve -c "${config}" >"${join(dir, 'unit.log')}" 2>&1 &`,
