@@ -1,9 +1,12 @@
 /**
  * `mailwarden check`: loads the config, then runs each further validator (rule files and
- * the like) on it, and reports every problem as `FILE:LINE:COL: message`.
- * It only reads and reports: it must not start listeners or connect anywhere.
+ * the like) on it, and reports every problem as `FILE:LINE:COL: message`. Settings that are
+ * valid but risky (such as `upstream.xclient: false`) are printed as
+ * `FILE:LINE:COL: warning: message` and do not change the exit code.
+ * It only reads and reports: it must not start listeners or connect anywhere (so what the
+ * upstream offers, such as its SIZE, is checked by `serve` at start, not here).
  */
-import { ConfigError, formatIssue, loadConfig, type Issue } from '../config/load.ts';
+import { ConfigError, formatIssue, loadConfigWithWarnings, type Issue } from '../config/load.ts';
 import type { Config } from '../config/types.ts';
 import { checkRules } from '../rules/index.ts';
 import { submissionFilesCheck } from '../submission/index.ts';
@@ -38,8 +41,13 @@ export interface CheckOptions {
 /** Returns the exit code: 0 when everything is valid, 1 otherwise. */
 export async function runCheck(opts: CheckOptions): Promise<number> {
     let config: Config;
+    let warnings: readonly Issue[];
     try {
-        config = loadConfig(opts.configPath, opts.env, opts.cwd === undefined ? {} : { cwd: opts.cwd });
+        ({ config, warnings } = loadConfigWithWarnings(
+            opts.configPath,
+            opts.env,
+            opts.cwd === undefined ? {} : { cwd: opts.cwd },
+        ));
     } catch (e) {
         if (!(e instanceof ConfigError)) throw e;
         for (const issue of e.issues) opts.err(formatIssue(issue));
@@ -49,10 +57,12 @@ export async function runCheck(opts: CheckOptions): Promise<number> {
     for (const validator of opts.validators ?? checkValidators) {
         issues.push(...(await validator.validate(config)));
     }
+    for (const w of warnings) opts.err(formatIssue({ ...w, message: `warning: ${w.message}` }));
     if (issues.length > 0) {
         for (const issue of issues) opts.err(formatIssue(issue));
         return 1;
     }
-    opts.out(`ok: ${opts.configPath ?? 'embedded defaults'}`);
+    const note = warnings.length > 0 ? ` (${warnings.length} warning${warnings.length > 1 ? 's' : ''})` : '';
+    opts.out(`ok: ${opts.configPath ?? 'embedded defaults'}${note}`);
     return 0;
 }

@@ -26,6 +26,7 @@ describe('TLS', () => {
         mw = await startApp(
             [
                 'hostname: mx.example.test',
+                'domains: [example.test]',
                 `tls: { cert: "${cert.certPath}", key: "${cert.keyPath}" }`,
                 'listeners:',
                 '  - { name: mx, host: 127.0.0.1, port: 0, mode: mx }',
@@ -131,6 +132,7 @@ describe('PROXY protocol v1', () => {
         mw = await startApp(
             [
                 'hostname: mx.example.test',
+                'domains: [example.test]',
                 'listeners:',
                 '  - { name: trusted, host: 127.0.0.1, port: 0, mode: mx, proxyProtocol: [127.0.0.0/8] }',
                 '  - { name: untrusted, host: 127.0.0.1, port: 0, mode: mx, proxyProtocol: [10.0.0.0/8, "2001:db8::/32"] }',
@@ -181,6 +183,7 @@ describe('HTTP endpoints', () => {
         const mw = await startApp(
             [
                 'hostname: mx.example.test',
+                'domains: [example.test]',
                 'listeners: [{ name: mx, host: 127.0.0.1, port: 0, mode: mx }]',
                 `upstream: { url: "smtp://127.0.0.1:${up.port}", connectTimeout: 500ms }`,
                 `http: { host: 127.0.0.1, port: ${port} }`,
@@ -220,6 +223,7 @@ describe('shutdown', () => {
         const mw = await startApp(
             [
                 'hostname: mx.example.test',
+                'domains: [example.test]',
                 'listeners: [{ name: mx, host: 127.0.0.1, port: 0, mode: mx }]',
                 `upstream: { url: "smtp://127.0.0.1:${up.port}" }`,
                 'http: false',
