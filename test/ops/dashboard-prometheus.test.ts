@@ -3,7 +3,7 @@
  * prometheus, started with the shipped deploy/compose/prometheus.yml (scrape interval shortened,
  * target pointed at the test app) and grafana/alerts.yml, scrapes a running mailwarden that has
  * handled real traffic: accepted, tagged, rejected, quarantined and tempfailed mail, a DMARC
- * override, a bare LF, an upstream 4xx and an upstream failure, AUTH successes and failures
+ * override, a bare LF, an upstream 4xx and an upstream failure, a relay attempt, AUTH successes and failures
  * against a real users file, a paused Redis, and good and bad rule reloads. Then every expression of the dashboard (panel
  * targets, the annotation, the instance variable) is evaluated the way Grafana sends it, through
  * Prometheus's query API, for one selected instance and for "All": each must parse and return a
@@ -192,6 +192,13 @@ describe('the Grafana dashboard and the alert rules against a real Prometheus', 
         assert.equal(await mx('bounce@other.example', bare), 550, 'bare LF');
         assert.equal(await mx('bounce@other.example', await signed('defer me')), 451, 'upstream 4xx');
         assert.equal(await mx('bounce@other.example', await signed('drop me')), 451, 'upstream closes');
+        // A relay attempt: a recipient outside our domains on the mx listener.
+        const relay = await sendMail(mw.port('mx'), {
+            from: 'x@other.example',
+            to: ['victim@elsewhere.example'],
+            data: 'x',
+        });
+        assert.equal(relay.rcpt[0]?.code, 550, 'relay refused');
         // One client opening more connections than the shipped client-concurrency limit allows.
         const burst = await Promise.all(Array.from({ length: concurrencyLimit + 1 }, () => smtpConnect(mw.port('mx'))));
         const greetings = await Promise.all(burst.map((c) => c.greeting().then((g) => g.code)));
