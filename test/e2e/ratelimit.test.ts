@@ -296,7 +296,6 @@ describe('explain with limits', () => {
                 config,
                 [
                     'hostname: mx.example.test',
-                    'domains: [example.test]',
                     'listeners: [{ name: mx, host: 127.0.0.1, port: 2525, mode: mx }]',
                     `dns: { servers: ["${dns.address}"], timeout: 500ms }`,
                     `rules: "${rules}"`,
