@@ -1,9 +1,10 @@
 /**
  * createApp(config, deps): the whole proxy as an object the tests and `serve` build alike.
  * The world (logger, clock, upstream, decider, checks) is injected here; nothing below reads
- * the environment or the real clock directly. start() opens the listeners and the HTTP
- * endpoint; stop() drains: no new connections, `421 4.3.2` to sessions that are not in the
- * middle of a message, messages in flight finish within the shutdown timeout.
+ * the environment or the real clock directly. start() learns what the upstream offers (one
+ * probe, bounded in time), opens the listeners and the HTTP endpoint; stop() drains: no new
+ * connections, `421 4.3.2` to sessions that are not in the middle of a message, messages in
+ * flight finish within the shutdown timeout.
  * reload() (SIGHUP) re-reads the config file and applies the settings that can change live
  * (src/config/reload.ts says which), naming the others in a "needs a restart" log line, then
  * re-reads rules, lists, users and certificates.
@@ -38,6 +39,7 @@ import { createDkimSignerFromConfig, createSubmissionAuth, type DkimSigner } fro
 import { createLoginGuard } from './submission/login-guard.ts';
 import { createLoginSignalsCheck } from './submission/login-signals.ts';
 import type { Decider } from './types.ts';
+import { CapabilityTracker } from './upstream/capabilities.ts';
 import { createUpstream } from './upstream/index.ts';
 import type { Upstream } from './upstream/types.ts';
 import { VERSION } from './version.ts';
@@ -85,6 +87,9 @@ export interface App {
     onReload(name: string, fn: () => void): void;
     readonly draining: boolean;
 }
+
+/** Longest wait at start for the upstream's EHLO before the listeners open (it goes on in the background). */
+const STARTUP_PROBE_MS = 5000;
 
 interface SmtpConnectionLike {
     session: { id: string };
@@ -162,6 +167,11 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
     const metrics = deps.metrics ?? createMetrics(VERSION);
     const now = deps.now ?? Date.now;
     const upstream = deps.upstream ?? createUpstream(config.upstream, { hostname: config.hostname, logger: log });
+    const capabilities = new CapabilityTracker({ log, listeners: config.listeners });
+    /** Asks the upstream what it offers; throws UpstreamError when it does not answer. */
+    const probeUpstream = async (): Promise<void> => {
+        capabilities.update(await upstream.probe());
+    };
     const countHits = (rs: RuleSet): Decider =>
         withRuleHits(rs, (hit) => metrics.ruleHits.inc({ rule: hit.id, action: hit.action, mode: hit.mode }), {
             softReject: () => current.softReject,
@@ -268,6 +278,7 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
             isDraining: () => draining,
             auth,
             signer,
+            capabilities,
             loginGuard,
         }),
     );
@@ -275,7 +286,7 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
     const readiness = async (): Promise<string | null> => {
         if (!started || draining) return draining ? 'shutting down' : 'starting';
         try {
-            await upstream.probe();
+            await probeUpstream();
         } catch (err) {
             return `upstream ${upstream.description}: ${err instanceof Error ? err.message : String(err)}`;
         }
@@ -408,6 +419,27 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
                 );
             }
             await waitForStore(limitStore, config.redis, 2 * (config.redis?.connectTimeoutMs ?? 0), log);
+            if (config.upstream.kind !== 'maildir' && !config.upstream.xclient) {
+                log.warn(
+                    { upstream: upstream.description },
+                    'upstream.xclient is false: the upstream sees mailwarden, not the real client, so its client restrictions judge mailwarden and permit_mynetworks would let any client relay; mailwarden refuses relaying on mx listeners itself',
+                );
+            }
+            // what EHLO offers (SIZE, DSN, …) follows the upstream; an upstream that is down now
+            // is asked again by each readiness probe and each connection
+            let timer: NodeJS.Timeout | undefined;
+            await Promise.race([
+                probeUpstream().catch((err: unknown) =>
+                    log.warn(
+                        { upstream: upstream.description, err: err instanceof Error ? err.message : String(err) },
+                        'upstream not answering at start; its capabilities will be learnt at the first connection',
+                    ),
+                ),
+                new Promise<void>((resolve) => {
+                    timer = setTimeout(resolve, STARTUP_PROBE_MS);
+                }),
+            ]);
+            clearTimeout(timer);
             for (const l of listeners) await l.listen();
             if (config.http) {
                 const server = createHttpServer({ metrics, readiness });

@@ -18,6 +18,7 @@
  * Pure functions; no I/O. It must not decide replies (reply.ts) or policy.
  */
 import { domainToASCII } from 'node:url';
+import net from 'node:net';
 import type { Action, HeaderField } from './types.ts';
 
 /** One field of the incoming header section, kept byte for byte. */
@@ -296,12 +297,37 @@ export interface ReceivedInfo {
     readonly date: Date;
 }
 
-/** Our trace field (RFC 5321 section 4.4). */
+/** A DNS host name label as found in the wild (underscores included, as in some PTR records). */
+const TRACE_LABEL = /^[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?$/;
+
+/** True for a host name fit for a trace field: labels of letters, digits, `-`, `_`; at most 253 characters. */
+export function isTraceHostname(name: string): boolean {
+    const n = name.endsWith('.') ? name.slice(0, -1) : name;
+    return n.length > 0 && n.length <= 253 && n.split('.').every((l) => TRACE_LABEL.test(l));
+}
+
+/** True for an address literal (RFC 5321 section 4.1.3): `[192.0.2.1]` or `[IPv6:2001:db8::1]`. */
+export function isAddressLiteral(text: string): boolean {
+    const m = /^\[(?:IPv6:([0-9A-Fa-f:.]+)|(\d{1,3}(?:\.\d{1,3}){3}))\]$/.exec(text);
+    if (!m) return false;
+    return m[1] !== undefined ? net.isIPv6(m[1]) : net.isIPv4(m[2]!);
+}
+
+/**
+ * Our trace field (RFC 5321 section 4.4): `from HELO (PTR [IP]) by … with … id …; date`.
+ * The HELO name and the reverse name come from the client and its DNS: each is written only
+ * when it is a host name (the HELO name may also be an address literal), `unknown` otherwise,
+ * so a name with `(`, `[`, `;` or spaces can never shape the field or pose as another hop.
+ */
 export function receivedField(info: ReceivedInfo): HeaderField {
     const addr = info.ip.includes(':') ? `IPv6:${info.ip}` : info.ip;
-    const from = `from ${info.helo ? headerSafe(info.helo).replace(/[()\s]/g, '') : 'unknown'} (${info.ptr ?? 'unknown'} [${addr}])`;
+    const helo =
+        info.helo !== null && (isTraceHostname(info.helo) || isAddressLiteral(info.helo)) ? info.helo : 'unknown';
+    const ptr = info.ptr !== null && isTraceHostname(info.ptr) ? info.ptr : 'unknown';
+    const from = `from ${helo} (${ptr} [${addr}])`;
     const tls = info.tlsCipher ? ` (using ${headerSafe(info.tlsCipher)})` : '';
-    const forClause = info.recipient ? ` for <${headerSafe(info.recipient)}>` : '';
+    // a quoted local part with spaces would be changed by folding: such a recipient is not named
+    const forClause = info.recipient && !/\s/.test(info.recipient) ? ` for <${headerSafe(info.recipient)}>` : '';
     return {
         name: 'Received',
         value: `${from} by ${info.hostname} (mailwarden) with ${info.protocol}${tls} id ${info.id}${forClause}; ${rfc5322Date(info.date)}`,

@@ -1,6 +1,7 @@
 /**
  * Wires one configured listener to smtp-server: TLS (STARTTLS or implicit, TLS 1.2+),
- * SIZE, PIPELINING, 8BITMIME, SMTPUTF8, client limits, idle timeouts, PROXY protocol v1
+ * PIPELINING, the envelope extensions the upstream can honour (SIZE, 8BITMIME, SMTPUTF8,
+ * DSN, REQUIRETLS: smtp-server-envelope.ts), client limits, idle timeouts, PROXY protocol v1
  * from trusted CIDRs only, AUTH only in submission mode. Each callback hands over to the
  * Session and answers only with replies built by reply.ts; it holds no policy.
  */
@@ -13,6 +14,15 @@ import { smtpServerLogger, type Logger } from './log.ts';
 import { compileCidrs } from './net/cidr.ts';
 import { replyFor, toCallbackError, SmtpReplyError } from './reply.ts';
 import { Session, type SessionDeps } from './session.ts';
+import { ENVELOPE_REFUSALS } from './envelope/gate.ts';
+import { computeOffer } from './envelope/extensions.ts';
+import { relayPolicy } from './envelope/relay.ts';
+import {
+    adaptEnvelopeCommands,
+    assertSmtpServerInternals,
+    type EnvelopeAdaptableConnection,
+    type EnvelopeHooks,
+} from './smtp-server-envelope.ts';
 import type { AuthContext, AuthOutcome, CredentialState, SenderPolicy } from './submission/index.ts';
 import type { GuardVerdict, LoginGuard } from './submission/login-guard.ts';
 import { checkCommandGateSupport, gateConnectionCommands, type CommandGate } from './smtp-server-commands.ts';
@@ -27,7 +37,7 @@ export interface AuthBackend {
     credentialState?(login: string, credential: string): CredentialState;
 }
 
-export interface ListenerDeps extends Omit<SessionDeps, 'listener' | 'log'> {
+export interface ListenerDeps extends Omit<SessionDeps, 'listener' | 'log' | 'relay'> {
     readonly log: Logger;
     /** Counts failed logins per IP and per login; null when there is no login service. */
     readonly loginGuard: LoginGuard | null;
@@ -37,11 +47,12 @@ export interface ListenerDeps extends Omit<SessionDeps, 'listener' | 'log'> {
 const DEFAULT_FAILURES_PER_SESSION = 3;
 
 /**
- * smtp-server with two adjustments: PROXY senders are trusted by CIDR range (smtp-server
- * only knows exact addresses), and every connection's built-in replies go through
- * smtp-server-replies.ts so they carry enhanced status codes and our texts. On submission
- * listeners, each command of a logged-in session also passes the gate of
- * smtp-server-commands.ts (a changed password ends the session).
+ * smtp-server with these adjustments: PROXY senders are trusted by CIDR range (smtp-server
+ * only knows exact addresses); every connection's built-in replies go through
+ * smtp-server-replies.ts so they carry enhanced status codes and our texts; EHLO, MAIL and
+ * RCPT go through smtp-server-envelope.ts; on submission listeners, each command of a
+ * logged-in session also passes the gate of smtp-server-commands.ts (a changed password ends
+ * the session).
  */
 class MailwardenSmtpServer extends SMTPServer {
     trustProxy: (ip: string) => boolean = () => false;
@@ -50,6 +61,7 @@ class MailwardenSmtpServer extends SMTPServer {
     private readonly byId = new Map<string, { _socket: Socket }>();
     /** Runs before each command of a logged-in session (smtp-server-commands.ts); null: none. */
     commandGate: CommandGate | null = null;
+    envelope: EnvelopeHooks | null = null;
     override _expectsProxyHeader(socket: Socket): boolean {
         return this.trustProxy(socket.remoteAddress ?? '');
     }
@@ -63,6 +75,9 @@ class MailwardenSmtpServer extends SMTPServer {
                 submission: this.submission,
             });
             if (this.commandGate) gateConnectionCommands(connection, this.commandGate);
+            if (this.envelope) {
+                adaptEnvelopeCommands(connection as unknown as EnvelopeAdaptableConnection, this.envelope);
+            }
             const id = connection.id;
             this.byId.set(id, connection);
             socket.once('close', () => this.byId.delete(id));
@@ -103,7 +118,10 @@ export function createListener(config: Config, listener: ListenerConfig, deps: L
     /** What each logged-in session logged in with, to end it when the password changes. */
     const loggedIn = new Map<string, { login: string; credential: string; mechanism: string }>();
     const log = deps.log.child({ listener: listener.name });
-    const sessionDeps: SessionDeps = { ...deps, listener, log: deps.log };
+    assertSmtpServerInternals();
+    // every reason exists from the start, so the first refusal shows in rate()
+    for (const reason of ENVELOPE_REFUSALS) deps.metrics.envelopeRefusals.inc({ listener: listener.name, reason }, 0);
+    const sessionDeps: SessionDeps = { ...deps, listener, log: deps.log, relay: relayPolicy(config, listener) };
     const submission = listener.mode === 'submission';
     const useTls = listener.tls !== 'none' && config.tls !== null;
     const tlsFiles =
@@ -116,7 +134,13 @@ export function createListener(config: Config, listener: ListenerConfig, deps: L
         hideSTARTTLS: !useTls || listener.tls === 'implicit',
         ...tlsFiles,
         minVersion: 'TLSv1.2',
+        // EHLO sets these per session from what the upstream offers (smtp-server-envelope.ts);
+        // DSN and REQUIRETLS stay hidden unless the upstream can honour them
         size: listener.maxMessageSize,
+        hideDSN: true,
+        hideREQUIRETLS: true,
+        // the recipient limit is the session's (it counts repeated recipients too): 452 4.5.3
+        maxRecipients: 0,
         maxClients: listener.maxClients,
         socketTimeout: listener.socketTimeoutMs,
         closeTimeout: config.shutdownTimeoutMs,
@@ -318,6 +342,7 @@ export function createListener(config: Config, listener: ListenerConfig, deps: L
             return replyFor('auth-revoked', { id: smtp.id });
         };
     }
+    server.envelope = { offer: (s) => computeOffer(listener, deps.capabilities.current, s) };
     if (listener.proxyProtocol) server.trustProxy = compileCidrs(listener.proxyProtocol);
     server.on('error', (err) => log.error({ err }, 'listener error'));
 

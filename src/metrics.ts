@@ -92,6 +92,12 @@ export function createMetrics(version: string) {
             labelNames: ['class'],
             registers: r,
         }),
+        envelopeRefusals: new Counter({
+            name: `${P}envelope_refusals_total`,
+            help: 'MAIL and RCPT commands refused before any rule, by listener and reason (address-syntax, command-syntax, smtputf8, param-invalid, param-not-offered, size, relay, too-many-recipients, upstream-feature)',
+            labelNames: ['listener', 'reason'],
+            registers: r,
+        }),
         upstreamDuration: new Histogram({
             name: `${P}upstream_duration_seconds`,
             help: 'Time from sending DATA upstream to its final reply',

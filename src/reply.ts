@@ -28,7 +28,16 @@ export type Situation =
     | 'auth-locked'
     | 'auth-locked-disconnect'
     | 'auth-failures-disconnect'
-    | 'auth-revoked';
+    | 'auth-revoked'
+    | 'command-syntax'
+    | 'sender-syntax'
+    | 'recipient-syntax'
+    | 'smtputf8-required'
+    | 'param-invalid'
+    | 'param-not-offered'
+    | 'relay-denied'
+    | 'too-many-recipients'
+    | 'upstream-feature-missing';
 
 interface ReplyTemplate {
     code: number;
@@ -53,6 +62,16 @@ export interface ReplyDetail {
     readonly senderProblem?: HeaderSenderProblem;
     /** How many fields of the kind there are, for `header-sender-invalid`. */
     readonly count?: number;
+    /** What is wrong, in a few words (syntax refusals). */
+    readonly reason?: string;
+    /** An ESMTP parameter keyword, for `param-not-offered`. */
+    readonly param?: string;
+    /** A recipient domain (A-label form), for `relay-denied`. */
+    readonly domain?: string;
+    /** An SMTP service extension (`DSN`, `SMTPUTF8`, …), for `upstream-feature-missing`. */
+    readonly feature?: string;
+    /** `sender` or `recipient`, for `smtputf8-required`. */
+    readonly which?: 'sender' | 'recipient';
 }
 
 /** Author-field problems on submission that no login can own (RFC 5322 section 3.6). */
@@ -185,6 +204,59 @@ const TABLE: Readonly<Record<Situation, ReplyTemplate>> = {
         enhanced: '4.7.0',
         text: () =>
             'Your password was changed or your login was removed since you logged in; closing the connection, log in again with your current password',
+    },
+    // MAIL and RCPT syntax: RFC 5321 section 4.1.2; 553 and 555 per section 4.3.2, 501 per section 4.2.2
+    'command-syntax': {
+        code: 501,
+        enhanced: '5.5.4',
+        text: (d) => `Syntax error: ${d.reason ?? 'malformed command'}`,
+    },
+    'sender-syntax': {
+        code: 553,
+        enhanced: '5.1.7',
+        text: (d) => `Bad sender address syntax: ${d.reason ?? 'not an address'}`,
+    },
+    'recipient-syntax': {
+        code: 553,
+        enhanced: '5.1.3',
+        text: (d) => `Bad recipient address syntax: ${d.reason ?? 'not an address'}`,
+    },
+    // RFC 6531 section 3.4 and 3.7.4.1
+    'smtputf8-required': {
+        code: 553,
+        enhanced: '5.6.7',
+        text: (d) =>
+            `The ${d.which ?? 'sender'} address contains non-ASCII characters, which needs the SMTPUTF8 parameter of MAIL FROM (RFC 6531); send it with SMTPUTF8 where this server offers it`,
+    },
+    'param-invalid': {
+        code: 501,
+        enhanced: '5.5.4',
+        text: (d) => `Bad parameter: ${d.reason ?? 'malformed'}`,
+    },
+    // RFC 5321 section 4.1.1.11
+    'param-not-offered': {
+        code: 555,
+        enhanced: '5.5.4',
+        text: (d) =>
+            `The ${d.param ?? ''} parameter is not supported in this session (see this server's EHLO reply); send the command without it`,
+    },
+    'relay-denied': {
+        code: 550,
+        enhanced: '5.7.1',
+        text: (d) =>
+            `Relaying denied: this server accepts mail only for its own domains, and ${d.domain ?? 'that domain'} is not one of them; send the message to the recipient domain's own mail server`,
+    },
+    'too-many-recipients': {
+        code: 452,
+        enhanced: '4.5.3',
+        text: (d) =>
+            `Too many recipients for one message${d.limit ? ` (at most ${d.limit})` : ''}; send the rest in another message`,
+    },
+    'upstream-feature-missing': {
+        code: 451,
+        enhanced: '4.3.3',
+        text: (d) =>
+            `The mail server behind this gateway does not offer ${d.feature ?? 'a feature'} at the moment, and this message asks for it; nothing was accepted, please try again later (id ${d.id})`,
     },
     'auth-unavailable': {
         code: 454,

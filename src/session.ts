@@ -5,12 +5,16 @@
  * asks the decider, and forwards the message only after the verdict. The client hears
  * `250` for DATA only after the upstream said `250`; every failure of our own, or of the
  * upstream, is a 4xx and the mail stays with the client (SPEC, "The transaction").
+ * Before any rule, MAIL and RCPT pass the envelope rules (envelope/gate.ts: syntax,
+ * SMTPUTF8, offered parameters, the recipient limit, relay control).
  * It must not choose reply texts itself (reply.ts does) nor decide policy (the decider does).
  */
 import { Readable } from 'node:stream';
 import type { SMTPServerAddress, SMTPServerDataStream, SMTPServerSession } from 'smtp-server';
 import type { Config, ListenerConfig } from './config/types.ts';
 import { MessageSpool, type SpoolSummary } from './data/spool.ts';
+import { EnvelopeGate } from './envelope/gate.ts';
+import type { RelayPolicy } from './envelope/relay.ts';
 import { fieldValue, formatField, headerSafe, isOwnFieldName, type RawField } from './headers.ts';
 import { headerStep } from './incoming-header.ts';
 import type { Logger } from './log.ts';
@@ -22,10 +26,11 @@ import { domainOf, forwardHeaders, messageFacts } from './message-facts.ts';
 import type { AuthBackend } from './listener.ts';
 import { mayUse, type DkimSigner, type SenderPolicy } from './submission/index.ts';
 import type { Decider, Decision, Facts, FactValue, HeaderField, SmtpReply, Stage } from './types.ts';
+import type { CapabilityTracker } from './upstream/capabilities.ts';
 import {
+    UnsupportedFeatureError,
     UpstreamError,
     type ClientIdentity,
-    type MailParams,
     type Upstream,
     type UpstreamReply,
     type UpstreamSession,
@@ -46,6 +51,10 @@ export interface SessionDeps {
     readonly auth: AuthBackend | null;
     /** Signs authenticated mail before it goes upstream (null: no DKIM keys configured). */
     readonly signer: DkimSigner | null;
+    /** What the upstream advertised last; every upstream connection updates it. */
+    readonly capabilities: CapabilityTracker;
+    /** Which recipients this listener accepts without a login. */
+    readonly relay: RelayPolicy;
 }
 
 /** Largest header section we parse in memory (Postfix's header_size_limit is 100 KB). */
@@ -53,6 +62,10 @@ export const MAX_HEADER_SECTION = 1024 * 1024;
 
 interface Transaction {
     readonly mailFrom: string;
+    /** MAIL FROM carried SMTPUTF8: non-ASCII recipients are allowed (RFC 6531 section 3.4). */
+    readonly smtputf8: boolean;
+    /** The largest message this transaction may carry (the SIZE offered to the session). */
+    readonly sizeLimit: number;
     readonly rcpts: string[];
     facts: Facts;
     readonly rulesSeen: Set<string>;
@@ -77,6 +90,7 @@ export class Session {
     private readonly deps: SessionDeps;
     private readonly smtp: SMTPServerSession;
     private readonly log: Logger;
+    private readonly envelope: EnvelopeGate;
     private upstream: UpstreamSession | null = null;
     private upstreamFor: string | null = null;
     private tx: Transaction | null = null;
@@ -98,6 +112,7 @@ export class Session {
         this.smtp = smtp;
         this.id = smtp.id;
         this.log = deps.log.child({ session: smtp.id, listener: deps.listener.name, client: smtp.remoteAddress });
+        this.envelope = new EnvelopeGate({ ...deps, log: this.log }, smtp);
     }
 
     private refuse(reply: SmtpReply): SmtpReplyError {
@@ -206,10 +221,18 @@ export class Session {
         this.upstream = null;
         this.upstream = await this.deps.upstream.open(identity);
         this.upstreamFor = key;
+        // after XCLIENT the upstream greets in the client's words: a HELO client's connection
+        // has no extensions, which says nothing about the upstream
+        if (identity.proto === 'ESMTP') this.deps.capabilities.update(this.upstream.capabilities);
         return this.upstream;
     }
 
-    private upstreamFailed(err: unknown, step: string): SmtpReplyError {
+    private upstreamFailed(err: unknown, step: 'mail' | 'rcpt' | 'data'): SmtpReplyError {
+        if (err instanceof UnsupportedFeatureError) {
+            // we offered it when the client said EHLO, and the upstream no longer does; nothing
+            // was sent, so it is counted as an envelope refusal, not as an upstream failure
+            return this.envelope.featureMissing(step === 'data' ? 'mail' : step, err);
+        }
         if (err instanceof UpstreamError) {
             this.deps.metrics.upstreamReplies.inc({ class: err.kind });
             this.log.warn({ step, upstreamError: err.kind, err: err.message }, 'upstream failed');
@@ -226,6 +249,7 @@ export class Session {
     async onMailFrom(address: SMTPServerAddress): Promise<void> {
         if (this.deps.isDraining()) throw this.refuse(replyFor('shutting-down', { id: this.id }));
         this.tx = null;
+        const { mailbox, params, sizeLimit } = this.envelope.mail(address);
         const helo = this.identity().helo;
         if (this.heloEvaluated !== helo) {
             // smtp-server has no EHLO hook: helo rules run at the first MAIL after each EHLO/HELO
@@ -238,7 +262,7 @@ export class Session {
             this.ptr = typeof ptr === 'string' ? ptr : null;
             this.heloFacts = heloResult.facts;
         }
-        const from = address.address;
+        const from = mailbox.address;
         this.checkEnvelopeSender(from);
         const facts: Facts = {
             ...this.connectionFacts(),
@@ -247,14 +271,6 @@ export class Session {
             score: this.conn.score,
         };
         const result = await this.decideStage('mail', facts);
-        const args = (address.args || {}) as Record<string, string | boolean>;
-        const params: MailParams = {
-            ...(typeof args.SIZE === 'string' && /^\d+$/.test(args.SIZE) ? { size: Number(args.SIZE) } : {}),
-            ...(typeof args.BODY === 'string' && /^(7BIT|8BITMIME)$/i.test(args.BODY)
-                ? { body: args.BODY.toUpperCase() as '7BIT' | '8BITMIME' }
-                : {}),
-            ...(args.SMTPUTF8 ? { smtputf8: true } : {}),
-        };
         let reply: UpstreamReply;
         try {
             const up = await this.upstreamSession();
@@ -272,6 +288,8 @@ export class Session {
         }
         const tx: Transaction = {
             mailFrom: from,
+            smtputf8: params.smtputf8 === true,
+            sizeLimit,
             rcpts: [],
             facts: result.facts,
             rulesSeen: new Set([...this.conn.rules, ...result.decision.rules]),
@@ -287,7 +305,12 @@ export class Session {
         if (this.deps.isDraining()) throw this.refuse(replyFor('shutting-down', { id: this.id }));
         const tx = this.tx;
         if (!tx) throw this.refuse(replyFor('internal-error', { id: this.id }));
-        const to = address.address;
+        const { mailbox: recipient, params: rcptParams } = this.envelope.rcpt(
+            address,
+            { smtputf8: tx.smtputf8, accepted: tx.rcpts.length },
+            this.identity().login !== null,
+        );
+        const to = recipient.address;
         const rcpts = [...tx.rcpts, to];
         const facts: Facts = {
             ...tx.facts,
@@ -301,7 +324,7 @@ export class Session {
         try {
             const up = this.upstream;
             if (!up || !up.usable) throw new UpstreamError('closed', 'upstream connection lost before RCPT');
-            reply = await up.rcptTo(to);
+            reply = await up.rcptTo(to, rcptParams);
         } catch (err) {
             throw this.upstreamFailed(err, 'rcpt');
         }
@@ -332,7 +355,7 @@ export class Session {
         const spool = new MessageSpool({
             memoryLimit: this.deps.config.spool.memoryLimit,
             dir: this.deps.config.spool.dir,
-            maxSize: this.deps.listener.maxMessageSize,
+            maxSize: tx?.sizeLimit ?? this.deps.listener.maxMessageSize,
             maxHeaderSize: MAX_HEADER_SECTION,
         });
         const record: Record<string, unknown> = {
@@ -354,7 +377,7 @@ export class Session {
             record.size = summary.size;
             this.deps.metrics.messageSize.observe(summary.size);
             if (!tx) throw this.refuse(replyFor('internal-error', { id: this.id }));
-            const refused = this.protocolRefusal(summary);
+            const refused = this.protocolRefusal(summary, tx.sizeLimit);
             if (refused) {
                 action = 'reject';
                 record.reason = refused.reason;
@@ -512,12 +535,12 @@ export class Session {
     }
 
     /** Refusals that come from the protocol, before any policy: size, line endings, header size. */
-    private protocolRefusal(summary: SpoolSummary): { reply: SmtpReply; reason: string } | null {
+    private protocolRefusal(summary: SpoolSummary, sizeLimit: number): { reply: SmtpReply; reason: string } | null {
         const id = this.id;
         if (summary.tooBig) {
             return {
-                reply: replyFor('message-too-big', { id, limit: this.deps.listener.maxMessageSize }),
-                reason: `message larger than ${this.deps.listener.maxMessageSize} bytes`,
+                reply: replyFor('message-too-big', { id, limit: sizeLimit }),
+                reason: `message larger than ${sizeLimit} bytes`,
             };
         }
         if (summary.bareLf + summary.bareCr + summary.nul > 0) {

@@ -13,6 +13,7 @@ const SITUATIONS: ReadonlyArray<[number, RegExp, Situation]> = [
     [530, /^Error: authentication Required/i, 'auth-required'],
     [538, /^Error: Must issue a STARTTLS command first/, 'auth-tls-required'],
     [421, /^Server shutting down/, 'shutting-down'],
+    [452, /^Error: too many recipients/, 'too-many-recipients'],
 ];
 
 /** Other built-in texts rewritten into plain sentences, with their enhanced codes. */
@@ -32,12 +33,6 @@ const TEXTS: ReadonlyArray<[number, RegExp, string, string]> = [
         'Too many commands without logging in; closing the connection',
     ],
     [421, /^HTTP requests not allowed/, '4.7.0', 'This is an SMTP server, not a web server'],
-    [
-        452,
-        /^Error: too many recipients/,
-        '4.5.3',
-        'Too many recipients for one message; send the rest in another message',
-    ],
 ];
 
 /** Enhanced codes for the remaining built-in replies, by reply code (RFC 3463, RFC 5321 section 4.2.3). */

@@ -2,8 +2,8 @@
  * `mailwarden explain`: runs every check and rule on a message file without sending it, and
  * prints the facts, each rule considered (matched or not, and why), the decision, the SMTP
  * reply the client would get and the header fields that would be added (SPEC, "Commands").
- * It uses the same checks, rules and header code as the live proxy, with the configured DNS;
- * it never connects to the upstream and changes no state.
+ * It uses the same checks, rules, relay control and header code as the live proxy, with the
+ * configured DNS; it never connects to the upstream and changes no state.
  */
 import { readFile } from 'node:fs/promises';
 import { relative } from 'node:path';
@@ -13,6 +13,8 @@ import { defaultChecks } from '../app.ts';
 import { ConfigError, loadConfig } from '../config/load.ts';
 import type { Config } from '../config/types.ts';
 import { MessageSpool, prepareSpoolFolder } from '../data/spool.ts';
+import { parseEnvelopeCommand } from '../envelope/command.ts';
+import { relayPolicy } from '../envelope/relay.ts';
 import { createResolver } from '../dns/resolver.ts';
 import { createMemoryStore } from '../limits/memory-store.ts';
 import { formatField } from '../headers.ts';
@@ -199,7 +201,21 @@ export async function explainMessage(
         if ((stopped = stop('mail', mail.decision))) return stopped;
         let rcptFacts: Facts = mail.facts;
         const accepted: string[] = [];
+        const relay = relayPolicy(config, listener);
         for (const to of input.rcpts) {
+            // relay control comes before the rcpt rules, as in the live session
+            const parsed = parseEnvelopeCommand('rcpt', Buffer.from(`RCPT TO:<${to}>`, 'utf8'));
+            if (parsed.ok && relay.verdict(parsed.mailbox, input.authUser !== null) === 'refused') {
+                const decision: Decision = {
+                    action: 'reject',
+                    rules: [],
+                    score,
+                    reason: `relaying denied: ${parsed.mailbox.asciiDomain ?? ''} is not in domains or relayDomains`,
+                    headers: [],
+                };
+                const reply = replyFor('relay-denied', { id: sessionId, domain: parsed.mailbox.asciiDomain ?? '' });
+                return { version: VERSION, stages, decision, reply, headers: [], stoppedAt: 'rcpt' };
+            }
             const rcpt = await run('rcpt', {
                 ...rcptFacts,
                 'rcpt.to': [...accepted, to],

@@ -29,6 +29,8 @@ export const DEFAULTS = {
     /** Per listener. */
     maxClients: 100,
     maxMessageSize: 50 * MB,
+    /** Postfix's smtpd_recipient_limit. */
+    maxRecipients: 1000,
     /** RFC 5321 section 4.5.3.2.7: a server should wait at least 5 minutes for the next command. */
     socketTimeoutMs: 5 * MINUTE,
     upstream: {
@@ -111,6 +113,7 @@ export function defaultListener(
         maxMessageSize: DEFAULTS.maxMessageSize,
         bareNewline: mode === 'mx' ? 'reject' : 'normalize',
         socketTimeoutMs: DEFAULTS.socketTimeoutMs,
+        maxRecipients: DEFAULTS.maxRecipients,
     };
 }
 
@@ -151,6 +154,7 @@ export function defaultConfig(baseDir: string, source: string | null = null): Co
         source,
         hostname: os.hostname(),
         domains: [],
+        relayDomains: [],
         listeners: [defaultListener(l.name, l.host, l.port, l.mode, false)],
         tls: null,
         upstream: defaultUpstream(baseDir),

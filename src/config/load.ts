@@ -18,7 +18,7 @@ import {
     defaultListener,
     defaultUpstreamStarttls,
 } from './defaults.ts';
-import { ConfigError } from './issues.ts';
+import { ConfigError, type Issue } from './issues.ts';
 import { isIpv6, normalizeHost, normalizeHostname, parseCidr, parseDnsServer, parsePort } from './net.ts';
 import { SourceReader, type Field } from './reader.ts';
 import { parseDuration } from './units.ts';
@@ -56,6 +56,7 @@ const TOP_KEYS = [
     'hostname',
     'domains',
     'listeners',
+    'relayDomains',
     'tls',
     'upstream',
     'dns',
@@ -81,6 +82,7 @@ const LISTENER_KEYS = [
     'maxMessageSize',
     'bareNewline',
     'socketTimeout',
+    'maxRecipients',
 ] as const;
 const UPSTREAM_KEYS = ['url', 'xclient', 'starttls', 'tlsVerify', 'connectTimeout', 'timeout', 'dataTimeout'] as const;
 const SMTP_ONLY_KEYS = ['xclient', 'starttls', 'tlsVerify', 'connectTimeout', 'timeout', 'dataTimeout'] as const;
@@ -131,8 +133,21 @@ export function loadConfig(
     env: NodeJS.ProcessEnv = process.env,
     options: LoadOptions = {},
 ): Config {
+    return loadConfigWithWarnings(configPath, env, options).config;
+}
+
+/**
+ * As loadConfig, and also returns the warnings: settings that are valid but risky (for
+ * example `upstream.xclient: false`), rendered like issues. `check` prints them and `serve`
+ * logs them at start.
+ */
+export function loadConfigWithWarnings(
+    configPath: string | null,
+    env: NodeJS.ProcessEnv = process.env,
+    options: LoadOptions = {},
+): { config: Config; warnings: readonly Issue[] } {
     const cwd = options.cwd ?? process.cwd();
-    if (configPath === null) return deepFreeze(defaultConfig(cwd, null));
+    if (configPath === null) return { config: deepFreeze(defaultConfig(cwd, null)), warnings: [] };
 
     const absolute = path.resolve(cwd, configPath);
     let text: string;
@@ -148,7 +163,7 @@ export function loadConfig(
     reader.expandEnvironment(env);
     const config = new ConfigBuilder(reader, path.dirname(absolute), absolute).build();
     if (reader.failed) throw new ConfigError(reader.issues);
-    return deepFreeze(config);
+    return { config: deepFreeze(config), warnings: Object.freeze([...reader.warnings]) };
 }
 
 function ioReason(err: unknown): string {
@@ -184,6 +199,9 @@ class ConfigBuilder {
     private readonly source: string;
     /** Addresses and ports taken so far, to report clashes. */
     private readonly bound: Bound[] = [];
+    /** The upstream's `url` and `xclient` fields, for the checks that combine sections. */
+    private upstreamUrlField: Field | null = null;
+    private xclientField: Field | null = null;
 
     constructor(reader: SourceReader, baseDir: string, source: string) {
         this.r = reader;
@@ -213,6 +231,7 @@ class ConfigBuilder {
 
         const hostnameField = get('hostname');
         const domainsField = get('domains');
+        const relayDomainsField = get('relayDomains');
         const upstreamField = get('upstream');
         const dnsField = get('dns');
         const redisField = get('redis');
@@ -223,13 +242,18 @@ class ConfigBuilder {
         const authenticationField = get('authentication');
         const shutdownField = get('shutdownTimeout');
         const logField = get('log');
+        const domains = (domainsField && this.domains(domainsField)) ?? defaults.domains;
+        const relayDomains = (relayDomainsField && this.relayDomains(relayDomainsField, domains)) ?? [];
+        const upstream = (upstreamField && this.upstream(upstreamField)) ?? defaults.upstream;
+        this.checkRelayControl(listeners, domains, relayDomains, upstream);
         return {
             source: this.source,
             hostname: (hostnameField && this.hostname(hostnameField)) ?? defaults.hostname,
-            domains: (domainsField && this.domains(domainsField)) ?? defaults.domains,
+            domains,
+            relayDomains,
             listeners,
             tls,
-            upstream: (upstreamField && this.upstream(upstreamField)) ?? defaults.upstream,
+            upstream,
             dns: dnsField ? this.dns(dnsField) : defaults.dns,
             redis: redisField ? this.redis(redisField) : null,
             auth: authConfig,
@@ -279,6 +303,65 @@ class ConfigBuilder {
             }
         }
         return out;
+    }
+
+    /**
+     * `relayDomains`: `example.net` (that domain) or `.example.net` (every name below it, as
+     * Postfix's relay_domains reads a leading dot). Stored lower-case, A-labels, dot kept.
+     */
+    private relayDomains(field: Field, domains: readonly string[]): string[] | null {
+        const items = this.r.list(field, 'domain names (.example.net for every subdomain)');
+        if (items === null) return null;
+        const seen = new Set<string>();
+        const out: string[] = [];
+        for (const item of items) {
+            const text = this.r.string(item, 'a domain name');
+            if (text === null) continue;
+            const dot = text.startsWith('.');
+            const name = normalizeHostname(dot ? text.slice(1) : text);
+            const entry = name === null ? null : `${dot ? '.' : ''}${name}`;
+            if (entry === null) {
+                this.r.fail(
+                    item,
+                    `"${text}" is not a domain name (write example.net, or .example.net for its subdomains)`,
+                );
+            } else if (seen.has(entry)) {
+                this.r.fail(item, `"${text}" is listed twice`);
+            } else if (!dot && domains.includes(entry)) {
+                this.r.fail(item, `"${text}" is already one of domains`);
+            } else {
+                seen.add(entry);
+                out.push(entry);
+            }
+        }
+        return out;
+    }
+
+    /**
+     * An mx listener in front of an SMTP upstream must know which recipients are ours:
+     * without `domains` (or `relayDomains`) it would have to refuse every recipient, or relay
+     * for anyone. And `xclient: false` hides the real client from the upstream.
+     */
+    private checkRelayControl(
+        listeners: readonly ListenerConfig[],
+        domains: readonly string[],
+        relayDomains: readonly string[],
+        upstream: UpstreamConfig,
+    ): void {
+        if (upstream.kind === 'maildir') return;
+        const mx = listeners.find((l) => l.mode === 'mx');
+        if (mx && domains.length === 0 && relayDomains.length === 0 && this.upstreamUrlField) {
+            this.r.fail(
+                this.upstreamUrlField,
+                `the mx listener "${mx.name}" forwards to an SMTP upstream, so mailwarden must know which recipients to accept: list your domains in "domains" (and the ones you relay for in "relayDomains")`,
+            );
+        }
+        if (!upstream.xclient && this.xclientField) {
+            this.r.warn(
+                this.xclientField,
+                "false: the upstream sees mailwarden (for example 127.0.0.1) as the client, not the real one, so its client restrictions judge mailwarden and permit_mynetworks would let every client relay through it. mailwarden refuses relaying on mx listeners itself, but turn xclient on (smtpd_authorized_xclient_hosts) or keep mailwarden out of the upstream's mynetworks",
+            );
+        }
     }
 
     private tls(field: Field): TlsConfig | null {
@@ -693,6 +776,7 @@ class ConfigBuilder {
             const sizeField = entries.get('maxMessageSize');
             const bareField = entries.get('bareNewline');
             const timeoutField = entries.get('socketTimeout');
+            const maxRecipientsField = entries.get('maxRecipients');
             const listener: ListenerConfig = {
                 ...base,
                 tls,
@@ -702,6 +786,9 @@ class ConfigBuilder {
                 bareNewline:
                     (bareField && r.oneOf<BareNewlinePolicy>(bareField, ['reject', 'normalize'])) ?? base.bareNewline,
                 socketTimeoutMs: (timeoutField && r.duration(timeoutField, 1000, MAX_TIMER_MS)) ?? base.socketTimeoutMs,
+                maxRecipients:
+                    (maxRecipientsField && r.integer(maxRecipientsField, 1, 100_000, 'a number of recipients')) ??
+                    base.maxRecipients,
             };
             out.push(listener);
             if (host !== null && port !== null && port !== 0 && portField) {
@@ -808,6 +895,8 @@ class ConfigBuilder {
             r.fail(field, 'missing "url" (smtp://HOST[:PORT], smtps://HOST[:PORT] or maildir:PATH)');
             return null;
         }
+        this.upstreamUrlField = urlField;
+        this.xclientField = entries.get('xclient') ?? null;
         const url = r.string(urlField, 'a URL');
         if (url === null) return null;
         const accepted = 'write smtp://HOST[:PORT], smtps://HOST[:PORT] or maildir:PATH';

@@ -26,6 +26,8 @@ export class SourceReader {
     readonly file: string;
     readonly text: string;
     readonly issues: Issue[] = [];
+    /** Things that are valid but probably not what the operator wants (`mailwarden check` prints them). */
+    readonly warnings: Issue[] = [];
     readonly doc: Document.Parsed;
     private readonly lines: LineCounter;
     private readonly expanded = new WeakSet<Node>();
@@ -65,6 +67,12 @@ export class SourceReader {
     report(offset: number, message: string): void {
         const { line, col } = this.lines.linePos(Math.max(0, Math.min(offset, this.text.length)));
         this.issues.push({ file: this.file, line, col, message });
+    }
+
+    /** Records a warning at the field's key (the config stays valid). */
+    warn(field: Field, message: string): void {
+        const { line, col } = this.lines.linePos(Math.max(0, Math.min(field.keyOffset, this.text.length)));
+        this.warnings.push({ file: this.file, line, col, message: `${field.path}: ${message}` });
     }
 
     fail(field: Field, message: string): void {

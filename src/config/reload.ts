@@ -40,6 +40,7 @@ export const SETTINGS: Readonly<Record<string, Setting>> = Object.freeze({
     hostname: restart(),
     // Own-domain protection and relay control are built once with the listeners.
     domains: restart(),
+    relayDomains: restart(),
     // Sockets, smtp-server options and TLS mode are fixed when a listener binds.
     'listeners[].name': restart(),
     'listeners[].host': restart(),
@@ -49,6 +50,7 @@ export const SETTINGS: Readonly<Record<string, Setting>> = Object.freeze({
     'listeners[].proxyProtocol': restart(),
     'listeners[].maxClients': restart(),
     'listeners[].maxMessageSize': restart(),
+    'listeners[].maxRecipients': restart(),
     'listeners[].bareNewline': restart(),
     'listeners[].socketTimeoutMs': restart('listeners[].socketTimeout'),
     // Which files: fixed per listener. Their contents are re-read on every SIGHUP.

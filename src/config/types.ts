@@ -24,6 +24,8 @@ export interface ListenerConfig {
     readonly bareNewline: BareNewlinePolicy;
     /** Idle time allowed between client commands. */
     readonly socketTimeoutMs: number;
+    /** Recipients accepted in one transaction (Postfix's smtpd_recipient_limit); more get `452 4.5.3`. */
+    readonly maxRecipients: number;
 }
 
 export interface TlsConfig {
@@ -177,7 +179,13 @@ export interface Config {
     /** Where the config came from (`null` for the embedded defaults). */
     readonly source: string | null;
     readonly hostname: string;
+    /** The local domains (lower case, A-labels): accepted on mx listeners, matched exactly. */
     readonly domains: readonly string[];
+    /**
+     * Further recipient domains mx listeners accept and pass on (a backup MX, a relay for
+     * other hosts): `example.net` exactly, `.example.net` every name below it.
+     */
+    readonly relayDomains: readonly string[];
     readonly listeners: readonly ListenerConfig[];
     readonly tls: TlsConfig | null;
     readonly upstream: UpstreamConfig;

@@ -1,9 +1,10 @@
 /**
  * Pieces shared by the upstream implementations: the dependencies they are given
- * (our own host name, an optional pino-like logger) and the check that keeps envelope
- * arguments from smuggling extra commands, parameters or header lines.
+ * (our own host name, an optional pino-like logger) and the checks that keep envelope
+ * addresses and parameters from smuggling extra commands, parameters or header lines.
  * Nothing here performs I/O or decides policy.
  */
+import { isCanonicalAddress, type CommandKind } from '../envelope/command.ts';
 import { UpstreamError } from './types.ts';
 
 /** The subset of a pino logger the upstreams use. */
@@ -26,16 +27,25 @@ const noop = (): void => {};
 export const silentLogger: UpstreamLogger = { debug: noop, info: noop, warn: noop, error: noop };
 
 // eslint-disable-next-line no-control-regex
-const UNSAFE = /[\x00-\x1f\x7f<>]/;
+const CONTROL = /[\x00-\x1f\x7f]/;
+// eslint-disable-next-line no-control-regex
+const UNSAFE_PARAM = /[\x00-\x20\x7f<>=]/;
 
 /**
- * Refuses an envelope address or parameter that contains a control character (CR and LF
- * above all: RFC 5321 section 2.3.8 allows them only as the line ending) or an angle
- * bracket, either of which would let the value end the path early and add parameters,
- * commands or, in a Maildir, header lines of its own.
+ * Refuses an envelope address that is not exactly one mailbox in canonical form (see
+ * envelope/command.ts): a control character (CR and LF above all: RFC 5321 section 2.3.8
+ * allows them only as the line ending) or an angle bracket outside quotes would let the value
+ * end the path early and add parameters, commands or, in a Maildir, header lines of its own.
  */
-export function assertSafeArgument(value: string, what: string): void {
-    if (UNSAFE.test(value)) {
-        throw new UpstreamError('protocol', `${what} contains a control character or angle bracket; refused`);
+export function assertSafeAddress(value: string, kind: CommandKind, what: string): void {
+    if (CONTROL.test(value) || !isCanonicalAddress(value, kind)) {
+        throw new UpstreamError('protocol', `${what} is not a well-formed address; refused`);
+    }
+}
+
+/** Refuses a parameter value that could end the parameter early: controls, space, `<`, `>`, `=`. */
+export function assertSafeParam(value: string, what: string): void {
+    if (value === '' || UNSAFE_PARAM.test(value)) {
+        throw new UpstreamError('protocol', `${what} value contains a character not allowed in a parameter; refused`);
     }
 }

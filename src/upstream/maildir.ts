@@ -10,8 +10,17 @@
 import { mkdir, open, rename, rm, type FileHandle } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import type { Readable } from 'node:stream';
-import { assertSafeArgument, silentLogger, type UpstreamLogger } from './common.ts';
-import { UpstreamError, type MailParams, type Upstream, type UpstreamReply, type UpstreamSession } from './types.ts';
+import { missingCapability, type UpstreamCapabilities } from './capabilities.ts';
+import { assertSafeAddress, silentLogger, type UpstreamLogger } from './common.ts';
+import {
+    UnsupportedFeatureError,
+    UpstreamError,
+    type MailParams,
+    type RcptParams,
+    type Upstream,
+    type UpstreamReply,
+    type UpstreamSession,
+} from './types.ts';
 
 export interface MaildirUpstreamOptions {
     /** The Maildir folder (holding `tmp/`, `new/`, `cur/`); relative paths resolve against the working directory. */
@@ -58,6 +67,23 @@ export class LfNormalizer {
 }
 
 let counter = 0;
+
+/**
+ * A Maildir takes any size and any octet (8BITMIME, SMTPUTF8), but it is the final stop: it
+ * sends no delivery status notifications (no DSN) and is no SMTP hop (no REQUIRETLS).
+ */
+export const MAILDIR_CAPABILITIES: UpstreamCapabilities = Object.freeze({
+    size: null,
+    eightBitMime: true,
+    smtputf8: true,
+    dsn: false,
+    requireTls: false,
+});
+
+function assertSupported(mail: MailParams | null, rcpt: RcptParams | null): void {
+    const missing = missingCapability(MAILDIR_CAPABILITIES, mail, rcpt);
+    if (missing !== null) throw new UnsupportedFeatureError(missing, `a Maildir does not offer ${missing}`);
+}
 
 /**
  * A unique file name in the usual Maildir form `<secs>.M<usecs>P<pid>Q<counter>.<host>`,
@@ -110,6 +136,7 @@ function attempt<T>(fn: () => T): Promise<T> {
 class MaildirSession implements UpstreamSession {
     readonly peer: string;
     readonly usable = true;
+    readonly capabilities = MAILDIR_CAPABILITIES;
     private readonly store: MaildirStore;
     private sender: string | null = null;
     private recipients: string[] = [];
@@ -119,18 +146,20 @@ class MaildirSession implements UpstreamSession {
         this.peer = `maildir:${store.dir}`;
     }
 
-    mailFrom(address: string, _params: MailParams): Promise<UpstreamReply> {
+    mailFrom(address: string, params: MailParams): Promise<UpstreamReply> {
         return attempt(() => {
-            assertSafeArgument(address, 'sender address');
+            assertSafeAddress(address, 'mail', 'sender address');
+            assertSupported(params, null);
             this.sender = address;
             this.recipients = [];
             return { code: 250, enhanced: '2.1.0', text: 'Ok' };
         });
     }
 
-    rcptTo(address: string): Promise<UpstreamReply> {
+    rcptTo(address: string, params: RcptParams = {}): Promise<UpstreamReply> {
         return attempt(() => {
-            assertSafeArgument(address, 'recipient address');
+            assertSafeAddress(address, 'rcpt', 'recipient address');
+            assertSupported(null, params);
             if (this.sender === null) return { code: 503, enhanced: '5.5.1', text: 'Error: need MAIL command' };
             this.recipients.push(address);
             return { code: 250, enhanced: '2.1.5', text: 'Ok' };
@@ -238,6 +267,9 @@ export function createMaildirUpstream(options: MaildirUpstreamOptions): Upstream
     return {
         description: `maildir:${store.dir}`,
         open: () => Promise.resolve(new MaildirSession(store)),
-        probe: () => store.probe(),
+        probe: async () => {
+            await store.probe();
+            return MAILDIR_CAPABILITIES;
+        },
     };
 }

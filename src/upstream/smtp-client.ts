@@ -16,11 +16,14 @@ import type { Readable } from 'node:stream';
 import tls from 'node:tls';
 import type { UpstreamConfig } from '../config/types.ts';
 import { DotStuffer } from '../data/dot-stuff.ts';
-import { assertSafeArgument, silentLogger, type UpstreamDeps, type UpstreamLogger } from './common.ts';
+import { capabilitiesFromEhlo, missingCapability, type UpstreamCapabilities } from './capabilities.ts';
+import { assertSafeAddress, assertSafeParam, silentLogger, type UpstreamDeps, type UpstreamLogger } from './common.ts';
 import {
+    UnsupportedFeatureError,
     UpstreamError,
     type ClientIdentity,
     type MailParams,
+    type RcptParams,
     type Upstream,
     type UpstreamFailure,
     type UpstreamReply,
@@ -334,6 +337,8 @@ function tlsOptions(config: SmtpUpstreamConfig): tls.ConnectionOptions {
 interface Established {
     readonly conn: Connection;
     readonly caps: Capabilities;
+    /** True when the connection is encrypted (smtps, or STARTTLS done). */
+    readonly tls: boolean;
     readonly greetingName: string;
 }
 
@@ -435,12 +440,14 @@ class SmtpClient {
             }
             const greetingName = (greeting.lines[0] ?? '').split(/\s+/, 1)[0] ?? '';
             let caps = await this.hello(conn, true);
+            let tls = config.kind === 'smtps';
 
             if (config.kind === 'smtp' && config.starttls !== 'off') {
                 if (caps.has('STARTTLS')) {
                     const reply = await conn.command('STARTTLS', config.commandTimeoutMs);
                     if (reply.code === 220) {
                         await conn.startTls(tlsOptions(config), config.connectTimeoutMs);
+                        tls = true;
                         caps = await this.hello(conn, false);
                     } else if (config.starttls === 'required') {
                         throw new UpstreamError(
@@ -467,7 +474,7 @@ class SmtpClient {
                 }
                 if (client) caps = await this.xclient(conn, caps, client);
             }
-            return { conn, caps, greetingName };
+            return { conn, caps, tls, greetingName };
         } catch (err) {
             const error =
                 err instanceof UpstreamError ? err : new UpstreamError('protocol', errorMessage(err), { cause: err });
@@ -481,9 +488,10 @@ class SmtpClient {
         return new SmtpSession(est, this.config, est.greetingName ? `${this.label} (${est.greetingName})` : this.label);
     }
 
-    async probe(): Promise<void> {
-        const { conn } = await this.establish(null);
+    async probe(): Promise<UpstreamCapabilities> {
+        const { conn, caps, tls } = await this.establish(null);
         await conn.quit(Math.min(this.config.commandTimeoutMs, QUIT_TIMEOUT_MS));
+        return capabilitiesFromEhlo(caps, tls);
     }
 }
 
@@ -503,6 +511,7 @@ class SourceFailure extends Error {
 
 class SmtpSession implements UpstreamSession {
     readonly peer: string;
+    readonly capabilities: UpstreamCapabilities;
     private readonly conn: Connection;
     private readonly caps: Capabilities;
     private readonly config: SmtpUpstreamConfig;
@@ -516,6 +525,7 @@ class SmtpSession implements UpstreamSession {
     constructor(est: Established, config: SmtpUpstreamConfig, peer: string) {
         this.conn = est.conn;
         this.caps = est.caps;
+        this.capabilities = capabilitiesFromEhlo(est.caps, est.tls);
         this.config = config;
         this.peer = peer;
     }
@@ -554,8 +564,18 @@ class SmtpSession implements UpstreamSession {
         this.txOpen = false;
     }
 
+    /** Fails, before anything is sent, a transaction that needs an extension this upstream lacks. */
+    private assertSupported(mail: MailParams | null, rcpt: RcptParams | null): void {
+        const missing = missingCapability(this.capabilities, mail, rcpt);
+        if (missing !== null) {
+            throw new UnsupportedFeatureError(missing, `upstream ${this.peer} does not offer ${missing}`);
+        }
+    }
+
     async mailFrom(address: string, params: MailParams): Promise<UpstreamReply> {
-        assertSafeArgument(address, 'sender address');
+        assertSafeAddress(address, 'mail', 'sender address');
+        this.assertSupported(params, null);
+        if (params.envid !== undefined) assertSafeParam(params.envid, 'ENVID');
         return this.run(async () => {
             if (this.txOpen) await this.rset();
             let line = `MAIL FROM:<${address}>`;
@@ -568,17 +588,27 @@ class SmtpSession implements UpstreamSession {
             ) {
                 line += ` SIZE=${params.size}`; // RFC 1870
             }
-            if (params.body !== undefined && this.caps.has('8BITMIME')) line += ` BODY=${params.body}`; // RFC 6152
-            if (params.smtputf8 === true && this.caps.has('SMTPUTF8')) line += ' SMTPUTF8'; // RFC 6531
+            // BODY=7BIT is the default and may go unsaid; 8BITMIME was checked above (RFC 6152)
+            if (params.body !== undefined && this.caps.has('8BITMIME')) line += ` BODY=${params.body}`;
+            if (params.smtputf8 === true) line += ' SMTPUTF8'; // RFC 6531
+            if (params.ret !== undefined) line += ` RET=${params.ret}`; // RFC 3461 section 4.3
+            if (params.envid !== undefined) line += ` ENVID=${params.envid}`; // RFC 3461 section 4.4
+            if (params.requireTls === true) line += ' REQUIRETLS'; // RFC 8689 section 4
             const reply = await this.cmd(line);
             this.txOpen = reply.code >= 200 && reply.code < 300;
             return reply;
         });
     }
 
-    async rcptTo(address: string): Promise<UpstreamReply> {
-        assertSafeArgument(address, 'recipient address');
-        return this.run(() => this.cmd(`RCPT TO:<${address}>`));
+    async rcptTo(address: string, params: RcptParams = {}): Promise<UpstreamReply> {
+        assertSafeAddress(address, 'rcpt', 'recipient address');
+        this.assertSupported(null, params);
+        if (params.notify !== undefined) assertSafeParam(params.notify, 'NOTIFY');
+        if (params.orcpt !== undefined) assertSafeParam(params.orcpt, 'ORCPT');
+        let line = `RCPT TO:<${address}>`;
+        if (params.notify !== undefined) line += ` NOTIFY=${params.notify}`; // RFC 3461 section 4.1
+        if (params.orcpt !== undefined) line += ` ORCPT=${params.orcpt}`; // RFC 3461 section 4.2
+        return this.run(() => this.cmd(line));
     }
 
     data(message: Readable): Promise<UpstreamReply> {

@@ -5,6 +5,7 @@
  * the session turns into `451 4.4.1`. Nothing here decides policy.
  */
 import type { Readable } from 'node:stream';
+import type { UpstreamCapabilities } from './capabilities.ts';
 
 /** Who the real client is, passed on with XCLIENT where the upstream allows it. */
 export interface ClientIdentity {
@@ -28,14 +29,35 @@ export interface UpstreamReply {
     readonly text: string;
 }
 
-/** MAIL FROM parameters passed through when the upstream supports them (RFC 1870, 6152, 6531). */
+/**
+ * MAIL FROM parameters to pass on (RFC 1870 SIZE, RFC 6152 BODY, RFC 6531 SMTPUTF8, RFC 3461
+ * RET and ENVID, RFC 8689 REQUIRETLS). Values are as the client wrote them, already validated.
+ * SIZE is left out where the upstream does not take it; any other parameter the upstream does
+ * not advertise fails the command with UpstreamError('unsupported'): nothing is dropped.
+ */
 export interface MailParams {
     readonly size?: number;
     readonly body?: '7BIT' | '8BITMIME';
     readonly smtputf8?: boolean;
+    readonly ret?: 'FULL' | 'HDRS';
+    /** xtext, as received. */
+    readonly envid?: string;
+    readonly requireTls?: boolean;
 }
 
-export type UpstreamFailure = 'connect' | 'timeout' | 'closed' | 'protocol' | 'xclient' | 'tls' | 'io';
+/** RCPT TO parameters to pass on (RFC 3461 NOTIFY and ORCPT), as the client wrote them. */
+export interface RcptParams {
+    /** `NEVER`, or a comma-separated list of SUCCESS, FAILURE, DELAY (upper case). */
+    readonly notify?: string;
+    /** `addr-type;xtext`, as received. */
+    readonly orcpt?: string;
+}
+
+/**
+ * Why an upstream operation failed. `unsupported`: the transaction asked for an extension the
+ * upstream does not offer; nothing was sent and the connection stays usable.
+ */
+export type UpstreamFailure = 'connect' | 'timeout' | 'closed' | 'protocol' | 'xclient' | 'tls' | 'io' | 'unsupported';
 
 export class UpstreamError extends Error {
     readonly kind: UpstreamFailure;
@@ -46,11 +68,21 @@ export class UpstreamError extends Error {
     }
 }
 
+/** The transaction asked for an extension (`feature`, as named in EHLO) the upstream does not offer. */
+export class UnsupportedFeatureError extends UpstreamError {
+    readonly feature: string;
+    constructor(feature: string, message: string) {
+        super('unsupported', message);
+        this.name = 'UnsupportedFeatureError';
+        this.feature = feature;
+    }
+}
+
 /** One connection to the upstream, used for the transactions of one client session in turn. */
 export interface UpstreamSession {
     /** Sends MAIL FROM (RSET first if a transaction is open). */
     mailFrom(address: string, params: MailParams): Promise<UpstreamReply>;
-    rcptTo(address: string): Promise<UpstreamReply>;
+    rcptTo(address: string, params?: RcptParams): Promise<UpstreamReply>;
     /**
      * Sends DATA and then the message. `message` yields the message in canonical form
      * (CRLF line endings, dots not stuffed); the session dot-stuffs it and writes the
@@ -67,12 +99,17 @@ export interface UpstreamSession {
     readonly usable: boolean;
     /** Short description for logs (for example the upstream's greeting name). */
     readonly peer: string;
+    /** What this connection's upstream advertised (after XCLIENT, the EHLO that followed it). */
+    readonly capabilities: UpstreamCapabilities;
 }
 
 export interface Upstream {
     /** Opens a session for one client; may throw UpstreamError. */
     open(client: ClientIdentity): Promise<UpstreamSession>;
-    /** Readiness probe: connects and greets (or checks the folder); throws UpstreamError when unusable. */
-    probe(): Promise<void>;
+    /**
+     * Readiness probe: connects and greets (or checks the folder) and returns what the upstream
+     * advertised; throws UpstreamError when unusable.
+     */
+    probe(): Promise<UpstreamCapabilities>;
     readonly description: string;
 }

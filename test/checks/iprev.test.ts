@@ -67,6 +67,7 @@ describe('iprev check', () => {
         const mw = await startApp(
             [
                 'hostname: mx.example.test',
+                'domains: [example.test]',
                 'listeners: [{ name: mx, host: 127.0.0.1, port: 0, mode: mx }]',
                 `upstream: { url: "smtp://127.0.0.1:${up.port}" }`,
                 `dns: { servers: ["${dns.address}"], timeout: 1s }`,

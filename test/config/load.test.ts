@@ -34,6 +34,7 @@ describe('embedded defaults', () => {
                 maxMessageSize: 50 * 1024 * 1024,
                 bareNewline: 'reject',
                 socketTimeoutMs: 300_000,
+                maxRecipients: 1000,
             },
         ]);
         assert.equal(config.tls, null);
@@ -151,6 +152,7 @@ log: { level: debug }
             maxMessageSize: 50 * 1024 * 1024,
             bareNewline: 'reject',
             socketTimeoutMs: 120_000,
+            maxRecipients: 1000,
         });
         assert.deepEqual(config.tls, { cert: path.join(dir, 'tls/cert.pem'), key: path.join(dir, 'tls/key.pem') });
         assert.deepEqual(config.upstream, {
@@ -216,7 +218,8 @@ log: { level: debug }
 });
 
 describe('upstream', () => {
-    const upstream = (url: string): unknown => loadText(`upstream: { url: "${url}" }\n`).config.upstream;
+    const upstream = (url: string): unknown =>
+        loadText(`upstream: { url: "${url}" }\ndomains: [example.com]\n`).config.upstream;
 
     it('smtp:// defaults to port 25 and no STARTTLS on loopback', () => {
         assert.deepEqual(upstream('smtp://127.0.0.1'), {
@@ -256,7 +259,8 @@ describe('upstream', () => {
     });
 
     it('STARTTLS can be required', () => {
-        const u = loadText('upstream: { url: "smtp://127.0.0.1:10026", starttls: required }\n').config.upstream;
+        const u = loadText('upstream: { url: "smtp://127.0.0.1:10026", starttls: required }\ndomains: [example.com]\n')
+            .config.upstream;
         assert.equal(u.kind === 'smtp' && u.starttls, 'required');
     });
 
@@ -264,9 +268,10 @@ describe('upstream', () => {
         assert.deepEqual(issuesOf('upstream:\n  url: maildir:./m\n  xclient: true\n'), [
             '3:3: upstream.xclient: applies only to smtp:// and smtps:// upstreams',
         ]);
-        assert.deepEqual(issuesOf('upstream:\n  url: smtps://10.0.0.1\n  starttls: required\n'), [
-            '3:3: upstream.starttls: does not apply to smtps:// (TLS from the first byte)',
-        ]);
+        assert.deepEqual(
+            issuesOf('upstream:\n  url: smtps://10.0.0.1\n  starttls: required\ndomains: [example.com]\n'),
+            ['3:3: upstream.starttls: does not apply to smtps:// (TLS from the first byte)'],
+        );
     });
 
     it('rejects URLs with paths, users or bad ports', () => {
@@ -292,7 +297,7 @@ describe('environment expansion', () => {
     it('reads expanded values as numbers and booleans where those are expected', () => {
         const yaml =
             'listeners:\n  - name: mx\n    host: 127.0.0.1\n    port: ${PORT}\n    proxyProtocol: ${PP:-false}\n' +
-            'upstream:\n  url: smtp://127.0.0.1\n  xclient: ${XCLIENT}\n';
+            'upstream:\n  url: smtp://127.0.0.1\n  xclient: ${XCLIENT}\ndomains: [example.com]\n';
         const { config } = loadText(yaml, { PORT: '2526', XCLIENT: 'false' });
         assert.equal(config.listeners[0]?.port, 2526);
         assert.equal(config.listeners[0]?.proxyProtocol, null);

@@ -17,6 +17,7 @@ after(cleanup);
 
 const BASE = [
     'hostname: mx.example.test',
+    'domains: [example.test]',
     'listeners: [{ name: mx, host: 127.0.0.1, port: 2525, mode: mx }]',
     'upstream: { url: "smtp://127.0.0.1:10026", timeout: 30s }',
     'softReject: false',

@@ -83,6 +83,7 @@ function fullConfig(variant: Variant, f: Record<string, string>, dns: string, up
     return {
         hostname: 'mx.example.test',
         domains: ['example.test'],
+        relayDomains: ['.relay.example'],
         listeners: [
             {
                 name: 'mx',
@@ -93,6 +94,7 @@ function fullConfig(variant: Variant, f: Record<string, string>, dns: string, up
                 proxyProtocol: false,
                 maxClients: 10,
                 maxMessageSize: '1MB',
+                maxRecipients: 100,
                 bareNewline: 'reject',
                 socketTimeout: '1m',
             },
@@ -259,6 +261,8 @@ describe('config reload on SIGHUP', () => {
         { variant: 'A', set: { 'listeners.0.proxyProtocol': ['10.0.0.0/8'] } },
         { variant: 'A', set: { 'listeners.0.maxClients': 11 } },
         { variant: 'A', set: { 'listeners.0.maxMessageSize': '2MB' } },
+        { variant: 'A', set: { 'listeners.0.maxRecipients': 200 } },
+        { variant: 'A', set: { relayDomains: ['.relay.example', 'backup.example'] } },
         { variant: 'A', set: { 'listeners.0.bareNewline': 'normalize' } },
         { variant: 'A', set: { 'listeners.0.socketTimeout': '2m' } },
         { variant: 'C', set: { listeners: [{ name: 'mx', host: '127.0.0.1', port: 0, mode: 'mx' }] } },

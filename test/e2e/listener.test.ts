@@ -9,6 +9,7 @@ import net from 'node:net';
 import tls from 'node:tls';
 import { after, before, describe, it } from 'node:test';
 import type { App } from '../../src/app.ts';
+import { NO_CAPABILITIES } from '../../src/upstream/capabilities.ts';
 import type { Upstream } from '../../src/upstream/types.ts';
 import { startApp, type TestApp } from '../helpers/app.ts';
 import { startScriptedUpstream, unstuff, type ScriptedUpstream } from '../helpers/scripted-upstream.ts';
@@ -28,6 +29,7 @@ describe('TLS', () => {
         mw = await startApp(
             [
                 'hostname: mx.example.test',
+                'domains: [example.test]',
                 `tls: { cert: "${cert.certPath}", key: "${cert.keyPath}" }`,
                 'listeners:',
                 '  - { name: mx, host: 127.0.0.1, port: 0, mode: mx }',
@@ -135,6 +137,7 @@ describe('PROXY protocol v1', () => {
         mw = await startApp(
             [
                 'hostname: mx.example.test',
+                'domains: [example.test]',
                 'listeners:',
                 '  - { name: trusted, host: 127.0.0.1, port: 0, mode: mx, proxyProtocol: [127.0.0.0/8] }',
                 '  - { name: untrusted, host: 127.0.0.1, port: 0, mode: mx, proxyProtocol: [10.0.0.0/8, "2001:db8::/32"] }',
@@ -185,6 +188,7 @@ describe('HTTP endpoints', () => {
         const mw = await startApp(
             [
                 'hostname: mx.example.test',
+                'domains: [example.test]',
                 'listeners: [{ name: mx, host: 127.0.0.1, port: 0, mode: mx }]',
                 `upstream: { url: "smtp://127.0.0.1:${up.port}", connectTimeout: 500ms }`,
                 `http: { host: 127.0.0.1, port: ${port} }`,
@@ -224,6 +228,7 @@ describe('shutdown', () => {
         const mw = await startApp(
             [
                 'hostname: mx.example.test',
+                'domains: [example.test]',
                 'listeners: [{ name: mx, host: 127.0.0.1, port: 0, mode: mx }]',
                 `upstream: { url: "smtp://127.0.0.1:${up.port}" }`,
                 'http: false',
@@ -265,11 +270,12 @@ describe('shutdown', () => {
         const shutdown: { done?: Promise<void> } = {};
         const upstream: Upstream = {
             description: 'accepting upstream that starts the shutdown',
-            probe: () => Promise.resolve(),
+            probe: () => Promise.resolve(NO_CAPABILITIES),
             open: () =>
                 Promise.resolve({
                     usable: true,
                     peer: 'test',
+                    capabilities: NO_CAPABILITIES,
                     mailFrom: () => Promise.resolve({ code: 250, enhanced: '2.1.0', text: 'ok' }),
                     rcptTo: () => Promise.resolve({ code: 250, enhanced: '2.1.5', text: 'ok' }),
                     async data(message) {
@@ -346,11 +352,12 @@ describe('a client that goes away while the upstream accepts', () => {
         let client: SmtpClient | null = null;
         const upstream: Upstream = {
             description: 'upstream that accepts after the client left',
-            probe: () => Promise.resolve(),
+            probe: () => Promise.resolve(NO_CAPABILITIES),
             open: () =>
                 Promise.resolve({
                     usable: true,
                     peer: 'test',
+                    capabilities: NO_CAPABILITIES,
                     mailFrom: () => Promise.resolve({ code: 250, enhanced: '2.1.0', text: 'ok' }),
                     rcptTo: () => Promise.resolve({ code: 250, enhanced: '2.1.5', text: 'ok' }),
                     async data(message) {

@@ -37,6 +37,7 @@ describe('mailwarden in front of Postfix', () => {
         mw = await startApp(
             [
                 'hostname: mx.test',
+                'domains: [example.test]',
                 'listeners:',
                 '  - { name: mx, host: 127.0.0.1, port: 0, mode: mx }',
                 '  - { name: behind-lb, host: 127.0.0.1, port: 0, mode: mx, proxyProtocol: [127.0.0.1/32] }',

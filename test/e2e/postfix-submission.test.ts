@@ -28,6 +28,7 @@ describe('submission in front of Postfix', () => {
         mw = await startApp(
             [
                 'hostname: mx.test',
+                'domains: [example.test]',
                 `tls: { cert: "${cert.certPath}", key: "${cert.keyPath}" }`,
                 `auth: { users: "${users}" }`,
                 'listeners: [{ name: submissions, host: 127.0.0.1, port: 0, mode: submission, tls: implicit }]',

@@ -15,13 +15,20 @@ import {
 } from '../helpers/scripted-upstream.ts';
 import { freePort, sendMail, smtpConnect } from '../helpers/smtp-client.ts';
 
-const XCLIENT_EHLO = ['XCLIENT NAME ADDR PORT PROTO HELO LOGIN', 'SIZE 100000000', '8BITMIME', 'PIPELINING'];
+const XCLIENT_EHLO = [
+    'XCLIENT NAME ADDR PORT PROTO HELO LOGIN',
+    'SIZE 100000000',
+    '8BITMIME',
+    'SMTPUTF8',
+    'PIPELINING',
+];
 const MSG =
     'From: Alice <alice@example.org>\r\nTo: bob@example.test\r\nSubject: hello\r\n\r\nHello Bob.\r\n.leading dot\r\n';
 
 function config(upstreamPort: number, extra = ''): string {
     return [
         'hostname: mx.example.test',
+        'domains: [example.test]',
         'listeners:',
         '  - { name: mx, host: 127.0.0.1, port: 0, mode: mx, maxMessageSize: 100KB }',
         '  - { name: lenient, host: 127.0.0.1, port: 0, mode: mx, bareNewline: normalize }',
@@ -331,6 +338,7 @@ describe('proxy: listener limits', () => {
         const mw = await startApp(
             [
                 'hostname: mx.example.test',
+                'domains: [example.test]',
                 'listeners: [{ name: mx, host: 127.0.0.1, port: 0, mode: mx, maxClients: 1 }]',
                 `upstream: { url: "smtp://127.0.0.1:${up.port}" }`,
                 'http: false',

@@ -34,6 +34,7 @@ describe('rate limits in a Redis Cluster shared by two instances', () => {
         cluster = await startRedisCluster(3);
         const yaml = [
             'hostname: mx.example.test',
+            'domains: [example.test]',
             'listeners: [{ name: mx, host: 127.0.0.1, port: 0, mode: mx }]',
             `upstream: { url: "smtp://127.0.0.1:${up.port}" }`,
             `rules: "${dir}"`,

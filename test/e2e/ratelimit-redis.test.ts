@@ -55,6 +55,7 @@ describe('rate limits in Redis shared by two instances', () => {
         redis = await startRedis();
         const yaml = [
             'hostname: mx.example.test',
+            'domains: [example.test, grey.example]',
             'listeners: [{ name: mx, host: 127.0.0.1, port: 0, mode: mx }]',
             `upstream: { url: "smtp://127.0.0.1:${up.port}" }`,
             `rules: "${dir}"`,

@@ -76,6 +76,7 @@ describe('rate limits end to end (memory store)', () => {
         mw = await startApp(
             [
                 'hostname: mx.example.test',
+                'domains: [example.test, grey.example]',
                 'listeners:',
                 '  - { name: mx, host: 127.0.0.1, port: 0, mode: mx }',
                 '  - { name: conn, host: 127.0.0.1, port: 0, mode: mx }',
@@ -341,6 +342,7 @@ describe('the shipped limits', () => {
         const mw = await startApp(
             [
                 'hostname: mx.example.test',
+                'domains: [example.test]',
                 'listeners: [{ name: mx, host: 127.0.0.1, port: 0, mode: mx }]',
                 `upstream: { url: "smtp://127.0.0.1:${up.port}" }`,
                 'http: false',

@@ -54,6 +54,7 @@ describe('SMTP smuggling corpus', () => {
         mw = await startApp(
             [
                 'hostname: mx.example.test',
+                'domains: [example.test]',
                 'listeners:',
                 '  - { name: strict, host: 127.0.0.1, port: 0, mode: mx }',
                 '  - { name: lenient, host: 127.0.0.1, port: 0, mode: mx, bareNewline: normalize }',

@@ -46,6 +46,7 @@ describe('submission listener', () => {
         mw = await startApp(
             [
                 'hostname: mx.example.test',
+                'domains: [example.test]',
                 `tls: { cert: "${cert.certPath}", key: "${cert.keyPath}" }`,
                 `auth: { users: "${users}" }`,
                 `dkim: { sign: [ { domain: example.test, selector: mw, key: "${keyFile}" } ] }`,
@@ -308,6 +309,7 @@ describe('submission with Dovecot unreachable', () => {
         const mw = await startApp(
             [
                 'hostname: mx.example.test',
+                'domains: [example.test]',
                 `tls: { cert: "${cert.certPath}", key: "${cert.keyPath}" }`,
                 `auth: { dovecot: "127.0.0.1:${port}" }`,
                 'listeners: [{ name: submissions, host: 127.0.0.1, port: 0, mode: submission, tls: implicit }]',
@@ -342,6 +344,7 @@ describe('password guessing on submission', () => {
         const mw = await startApp(
             [
                 'hostname: mx.example.test',
+                'domains: [example.test]',
                 `tls: { cert: "${cert.certPath}", key: "${cert.keyPath}" }`,
                 `auth: { users: "${users}" }`,
                 'listeners: [{ name: submissions, host: 127.0.0.1, port: 0, mode: submission, tls: implicit }]',
@@ -399,6 +402,7 @@ describe('submission with Dovecot checking passwords', () => {
         const mw = await startApp(
             [
                 'hostname: mx.example.test',
+                'domains: [example.test]',
                 `tls: { cert: "${cert.certPath}", key: "${cert.keyPath}" }`,
                 `auth: { dovecot: "127.0.0.1:${dovecot.port}" }`,
                 'listeners: [{ name: submission, host: 127.0.0.1, port: 0, mode: submission }]',

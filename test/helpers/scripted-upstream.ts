@@ -4,7 +4,9 @@
  * EHLO with the given capability lines, XCLIENT answered with a new 220, MAIL/RCPT/DATA
  * accepted); per test, any command or the end of data can get another reply, a delay,
  * no answer at all, or a closed connection, and DATA can be cut off after N bytes.
- * It records every command line, every XCLIENT attribute and the raw DATA bytes.
+ * It records every command line, every XCLIENT attribute and the raw DATA bytes. With `tls`
+ * it speaks TLS from the first byte (an `smtps://` upstream). The `ehlo` array is read at
+ * every EHLO, so a test may change it to make the upstream's capabilities change.
  * Test code only: it never listens beyond loopback, and `close()` ends every connection.
  *
  * ```ts
@@ -23,6 +25,7 @@
  * ```
  */
 import net from 'node:net';
+import tls from 'node:tls';
 import { xtextDecode } from '../../src/upstream/xtext.ts';
 
 /** One reply line (`'550 5.1.1 no such user'`), or all lines of a multi-line reply, each with its code. */
@@ -91,6 +94,8 @@ export interface ScriptedUpstreamOptions {
     readonly greeting?: ScriptedAction;
     /** EHLO capability lines after the first line, without the code (`'SIZE 1000000'`). */
     readonly ehlo?: readonly string[];
+    /** Certificate and key: TLS from the first byte (implicit TLS, RFC 8314). */
+    readonly tls?: { readonly key: string | Buffer; readonly cert: string | Buffer };
     /**
      * Called for every command line (without CRLF) before the default handling; return
      * undefined for the default reply. The default side effects (transaction start,
@@ -147,7 +152,9 @@ export async function startScriptedUpstream(options: ScriptedUpstreamOptions = {
     const idleWaiters: Array<() => void> = [];
     let queued = 0;
 
-    const server = net.createServer((socket) => handle(socket));
+    const server = options.tls
+        ? tls.createServer({ key: options.tls.key, cert: options.tls.cert }, (socket) => handle(socket))
+        : net.createServer((socket) => handle(socket));
     server.listen(0, '127.0.0.1');
     await new Promise<void>((resolve, reject) => {
         server.once('listening', resolve);

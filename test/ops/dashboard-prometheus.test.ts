@@ -4,7 +4,8 @@
  * target pointed at the test app) and grafana/alerts.yml, scrapes a running mailwarden that has
  * handled real traffic: accepted, tagged, rejected, quarantined and tempfailed mail, a DMARC
  * override, a bare LF, a forged own header field and a header section that does not parse, an
- * upstream 4xx and an upstream failure, a client gone before the upstream's slow 250, AUTH successes and failures against a real users file,
+ * upstream 4xx and an upstream failure, a client gone before the upstream's slow 250, a relay
+ * attempt, AUTH successes and failures against a real users file,
  * a login locked out, a session ended by a password change, a failed login while Redis is
  * paused, and good and bad rule reloads. Then every expression of the dashboard (panel
  * targets, the annotation, the instance variable) is evaluated the way Grafana sends it, through
@@ -209,6 +210,13 @@ describe('the Grafana dashboard and the alert rules against a real Prometheus', 
         leaving.write(`${await signed('slow to accept')}.\r\n`);
         await new Promise((r) => setTimeout(r, 50));
         leaving.close();
+        // A relay attempt: a recipient outside our domains on the mx listener.
+        const relay = await sendMail(mw.port('mx'), {
+            from: 'x@other.example',
+            to: ['victim@elsewhere.example'],
+            data: 'x',
+        });
+        assert.equal(relay.rcpt[0]?.code, 550, 'relay refused');
         // One client opening more connections than the shipped client-concurrency limit allows.
         const burst = await Promise.all(Array.from({ length: concurrencyLimit + 1 }, () => smtpConnect(mw.port('mx'))));
         const greetings = await Promise.all(burst.map((c) => c.greeting().then((g) => g.code)));

@@ -68,6 +68,7 @@ describe('the operations HTTP endpoint', () => {
         mw = await startApp(
             [
                 'hostname: mx.example.test',
+                'domains: [example.test]',
                 'listeners: [{ name: mx, host: 127.0.0.1, port: 0, mode: mx }]',
                 `upstream: { url: "smtp://127.0.0.1:${up.port}" }`,
                 `redis: { url: "${redis.url}" }`,
@@ -155,6 +156,7 @@ describe('/readyz with an upstream that does not answer', () => {
         const closed = await freePort();
         mw = await startApp(
             [
+                'domains: [example.test]',
                 'listeners: [{ name: mx, host: 127.0.0.1, port: 0, mode: mx }]',
                 `upstream: { url: "smtp://127.0.0.1:${closed}", connectTimeout: 1s }`,
                 'http: { host: 127.0.0.1, port: 0 }',

@@ -2,11 +2,12 @@
  * The deployment guide's Postfix configuration (docs/postfix/, used verbatim by the Postfix test
  * peer) behind a real mailwarden: a user who logged in on a submission listener may relay
  * (XCLIENT LOGIN counts for permit_sasl_authenticated on the loopback smtpd), a client of the mx
- * listener may not (Postfix's relay control stays, and mailwarden relays its 454), a message
- * mailwarden quarantines lands in Postfix's hold queue through the documented header_checks and
- * stays there until the guide's commands ("Quarantined mail") list, release or delete it (a
- * requeue would only hold it again, as the guide warns), and Postfix logs the loopback service
- * under its documented syslog name.
+ * listener may not (mailwarden refuses domains outside its lists with 550 5.7.1, and Postfix's
+ * relay control stays behind it: for a relayDomains domain Postfix does not serve, mailwarden
+ * relays its 454), a message mailwarden quarantines lands in Postfix's hold queue through the
+ * documented header_checks and stays there until the guide's commands ("Quarantined mail")
+ * list, release or delete it (a requeue would only hold it again, as the guide warns), and
+ * Postfix logs the loopback service under its documented syslog name.
  */
 import assert from 'node:assert/strict';
 import { existsSync, utimesSync, writeFileSync } from 'node:fs';
@@ -52,6 +53,8 @@ describe('the documented Postfix configuration behind mailwarden', () => {
             [
                 'hostname: mx.example.test',
                 'domains: [example.test]',
+                // passed on by mailwarden, but not a domain Postfix relays for
+                'relayDomains: [relayed.example]',
                 `tls: { cert: "${cert.certPath}", key: "${cert.keyPath}" }`,
                 `auth: { users: "${users}" }`,
                 'listeners:',
@@ -98,17 +101,28 @@ describe('the documented Postfix configuration behind mailwarden', () => {
         );
     });
 
-    it('keeps relay control in Postfix: an mx client gets its 454 Relay access denied', async () => {
+    it('refuses relaying on mx itself: a domain outside domains and relayDomains gets 550 5.7.1 before Postfix', async () => {
         const r = await sendMail(mw.port('mx'), {
             from: 'someone@sender.example',
-            to: ['carol@elsewhere.example'],
-            data: message('someone@sender.example', 'carol@elsewhere.example', 'no relay'),
+            to: ['dave@nowhere.example'],
+            data: message('someone@sender.example', 'dave@nowhere.example', 'no relay'),
+        });
+        assert.equal(r.rcpt[0]?.code, 550, r.rcpt[0]?.raw);
+        assert.match(r.rcpt[0].text, /^5\.7\.1 Relaying denied: .*nowhere\.example/);
+        assert.doesNotMatch(await postfix.log(), /nowhere\.example/, 'Postfix never saw the recipient');
+    });
+
+    it('keeps relay control in Postfix too: a relayDomains domain Postfix does not serve gets its 454 Relay access denied', async () => {
+        const r = await sendMail(mw.port('mx'), {
+            from: 'someone@sender.example',
+            to: ['carol@relayed.example'],
+            data: message('someone@sender.example', 'carol@relayed.example', 'no relay'),
         });
         assert.equal(r.rcpt[0]?.code, 454, r.rcpt[0]?.raw);
         assert.match(r.rcpt[0].text, /^4\.7\.1 /);
         assert.match(
             await postfix.log(),
-            /reject: RCPT from \S+: 454 4\.7\.1 <carol@elsewhere\.example>: Relay access denied/,
+            /reject: RCPT from \S+: 454 4\.7\.1 <carol@relayed\.example>: Relay access denied/,
         );
     });
 

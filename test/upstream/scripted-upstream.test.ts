@@ -48,8 +48,16 @@ describe('scripted upstream helper', () => {
         t.after(() => up.close());
         const socket = net.connect(up.port, '127.0.0.1');
         socket.on('error', () => {});
+        // the message starts only once DATA was answered with 354, however long that takes
+        const dataMode = new Promise<void>((resolve) => {
+            let seen = '';
+            socket.on('data', (c: Buffer) => {
+                seen += c.toString('latin1');
+                if (/^354 /m.test(seen)) resolve();
+            });
+        });
         socket.write('HELO c\r\nMAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nDATA\r\n');
-        await new Promise((resolve) => setTimeout(resolve, 30));
+        await dataMode;
         socket.end('partial\r\n');
         await up.idle();
         assert.equal(up.transactions[0]?.data?.toString(), 'partial\r\n');

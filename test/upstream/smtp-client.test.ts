@@ -155,17 +155,61 @@ describe('XCLIENT', () => {
 });
 
 describe('MAIL, RCPT and replies', () => {
-    it('passes SIZE, BODY and SMTPUTF8 only when advertised', async (t) => {
-        const rich = await scripted(t, { ehlo: ['SIZE 1000000', '8BITMIME', 'SMTPUTF8'] });
+    it('passes SIZE, BODY, SMTPUTF8, DSN and REQUIRETLS parameters exactly when advertised', async (t) => {
+        const rich = await scripted(t, { ehlo: ['SIZE 1000000', '8BITMIME', 'SMTPUTF8', 'DSN'] });
+        const session = await open(rich.port);
+        assert.deepEqual(session.capabilities, {
+            size: 1000000,
+            eightBitMime: true,
+            smtputf8: true,
+            dsn: true,
+            requireTls: false,
+        });
+        const params = { size: 1234, body: '8BITMIME', smtputf8: true, ret: 'HDRS', envid: 'QQ+2Bid' } as const;
+        assert.equal((await session.mailFrom('sender@example.org', params)).code, 250);
+        assert.equal(
+            (await session.rcptTo('rcpt@example.com', { notify: 'SUCCESS,DELAY', orcpt: 'rfc822;rcpt@example.com' }))
+                .code,
+            250,
+        );
+        // REQUIRETLS is never taken on a connection that is not encrypted (RFC 8689 section 4)
+        await assert.rejects(
+            session.mailFrom('sender@example.org', { requireTls: true }),
+            upstreamError('unsupported'),
+        );
+        await session.close();
+        assert.ok(
+            rich.commands.includes(
+                'MAIL FROM:<sender@example.org> SIZE=1234 BODY=8BITMIME SMTPUTF8 RET=HDRS ENVID=QQ+2Bid',
+            ),
+        );
+        assert.ok(
+            rich.commands.includes('RCPT TO:<rcpt@example.com> NOTIFY=SUCCESS,DELAY ORCPT=rfc822;rcpt@example.com'),
+        );
+    });
+
+    it('leaves out SIZE where not advertised, and refuses every other unadvertised parameter without sending anything', async (t) => {
         const plain = await scripted(t, { ehlo: ['PIPELINING'] });
-        const params = { size: 1234, body: '8BITMIME', smtputf8: true } as const;
-        for (const up of [rich, plain]) {
-            const session = await open(up.port);
-            await session.mailFrom('sender@example.org', params);
-            await session.close();
+        const session = await open(plain.port);
+        assert.equal((await session.mailFrom('sender@example.org', { size: 1234, body: '7BIT' })).code, 250);
+        for (const params of [
+            { body: '8BITMIME' },
+            { smtputf8: true },
+            { ret: 'FULL' },
+            { envid: 'x' },
+            { requireTls: true },
+        ] as const) {
+            await assert.rejects(
+                session.mailFrom('sender@example.org', params),
+                upstreamError('unsupported'),
+                JSON.stringify(params),
+            );
         }
-        assert.ok(rich.commands.includes('MAIL FROM:<sender@example.org> SIZE=1234 BODY=8BITMIME SMTPUTF8'));
-        assert.ok(plain.commands.includes('MAIL FROM:<sender@example.org>'));
+        await assert.rejects(session.rcptTo('rcpt@example.com', { notify: 'NEVER' }), upstreamError('unsupported'));
+        await assert.rejects(session.rcptTo('rcpt@example.com', { orcpt: 'rfc822;x@y' }), upstreamError('unsupported'));
+        assert.ok(session.usable, 'a refused parameter does not end the connection');
+        await session.close();
+        assert.deepEqual(plain.commands, [`EHLO ${HOSTNAME}`, 'MAIL FROM:<sender@example.org>', 'QUIT']);
     });
 
     it('returns each recipient reply with its enhanced status code', async (t) => {

@@ -1,0 +1,190 @@
+/**
+ * The SMTP service extensions mailwarden offers in its EHLO reply, and the check of the
+ * MAIL and RCPT parameters a client sends against that offer.
+ *
+ * Only what can be honoured end to end is offered: SIZE as the smaller of the listener's
+ * limit and the upstream's (RFC 1870); 8BITMIME (RFC 6152), SMTPUTF8 (RFC 6531) and DSN
+ * (RFC 3461) when the upstream offers them; REQUIRETLS (RFC 8689) only on an encrypted
+ * session and when the upstream offers it over TLS; AUTH (RFC 4954) on submission listeners.
+ * A client that says HELO gets no extension at all (RFC 5321 section 4.1.1.1).
+ * A parameter of an extension not offered in this session is refused with 555 (RFC 5321
+ * section 4.1.1.11), a malformed value with 501: nothing a client asks for is dropped.
+ * Pure functions; the reply texts come from reply.ts.
+ */
+import type { ListenerConfig } from '../config/types.ts';
+import type { Situation } from '../reply.ts';
+import type { UpstreamCapabilities } from '../upstream/capabilities.ts';
+import type { MailParams, RcptParams } from '../upstream/types.ts';
+import type { EnvelopeParam } from './command.ts';
+
+/** What one EHLO (or HELO) reply offered to the client. */
+export interface EhloOffer {
+    /** False after HELO: no service extension was offered. */
+    readonly extended: boolean;
+    /** The largest message accepted: the SIZE announced after EHLO, enforced after HELO too. */
+    readonly sizeLimit: number;
+    readonly eightBitMime: boolean;
+    readonly smtputf8: boolean;
+    readonly dsn: boolean;
+    readonly requireTls: boolean;
+    /** The AUTH extension (and so the AUTH= MAIL parameter, RFC 4954 section 5). */
+    readonly auth: boolean;
+}
+
+/**
+ * The offer for a session. `upstream` null: nothing learnt yet, so only what every usual
+ * upstream (Postfix) takes is offered, and nothing whose loss would go unnoticed (DSN, REQUIRETLS).
+ */
+export function computeOffer(
+    listener: ListenerConfig,
+    upstream: UpstreamCapabilities | null,
+    session: { readonly secure: boolean; readonly extended: boolean },
+): EhloOffer {
+    const sizeLimit =
+        upstream?.size != null ? Math.min(listener.maxMessageSize, upstream.size) : listener.maxMessageSize;
+    const ext = session.extended;
+    return {
+        extended: ext,
+        sizeLimit,
+        eightBitMime: ext && (upstream?.eightBitMime ?? true),
+        smtputf8: ext && (upstream?.smtputf8 ?? true),
+        dsn: ext && (upstream?.dsn ?? false),
+        requireTls: ext && session.secure && (upstream?.requireTls ?? false),
+        auth: ext && listener.mode === 'submission',
+    };
+}
+
+/** Why a command's parameters are refused: the situation of the reply table and its detail. */
+export interface ParamRefusal {
+    readonly situation: Extract<Situation, 'param-not-offered' | 'param-invalid' | 'message-too-big'>;
+    readonly keyword: string;
+    /** For `param-invalid`: what is wrong, in a few words. */
+    readonly why?: string;
+}
+
+type Checked<T> = { readonly ok: T } | { readonly refused: ParamRefusal };
+
+const notOffered = (keyword: string): { refused: ParamRefusal } => ({
+    refused: { situation: 'param-not-offered', keyword },
+});
+const invalid = (keyword: string, why: string): { refused: ParamRefusal } => ({
+    refused: { situation: 'param-invalid', keyword, why },
+});
+
+/** xtext (RFC 3461 section 4): `!`..`~` except `+` and `=`, and `+XX` hex escapes. */
+const XTEXT = /^(?:[!-*,-<>-~]|\+[0-9A-Fa-f]{2})*$/;
+/** `addr-type ";" xtext` (RFC 3461 section 4.2), addr-type an atom. */
+const ORCPT = /^([A-Za-z0-9!#$%&'*+\-/=?^_`{|}~]+);(.+)$/;
+
+function xtextLength(value: string): number {
+    return value.replace(/\+[0-9A-Fa-f]{2}/g, 'x').length;
+}
+
+/** Checks MAIL FROM parameters against the offer; returns what to pass upstream. */
+export function checkMailParams(params: readonly EnvelopeParam[], offer: EhloOffer): Checked<MailParams> {
+    const out: {
+        size?: number;
+        body?: '7BIT' | '8BITMIME';
+        smtputf8?: boolean;
+        ret?: 'FULL' | 'HDRS';
+        envid?: string;
+        requireTls?: boolean;
+    } = {};
+    for (const p of params) {
+        const { keyword, value } = p;
+        switch (keyword) {
+            case 'SIZE': {
+                // RFC 1870 section 6: size-value ::= 1*20DIGIT
+                if (!offer.extended) return notOffered(keyword);
+                if (value === null || !/^\d{1,20}$/.test(value)) return invalid(keyword, 'must be a number of bytes');
+                const size = Number(value);
+                if (size > offer.sizeLimit) return { refused: { situation: 'message-too-big', keyword } };
+                out.size = size;
+                break;
+            }
+            case 'BODY': {
+                if (!offer.eightBitMime) return notOffered(keyword);
+                const body = value?.toUpperCase();
+                if (body !== '7BIT' && body !== '8BITMIME') return invalid(keyword, 'must be 7BIT or 8BITMIME');
+                out.body = body;
+                break;
+            }
+            case 'SMTPUTF8':
+                if (!offer.smtputf8) return notOffered(keyword);
+                if (value !== null) return invalid(keyword, 'takes no value');
+                out.smtputf8 = true;
+                break;
+            case 'REQUIRETLS':
+                if (!offer.requireTls) return notOffered(keyword);
+                if (value !== null) return invalid(keyword, 'takes no value');
+                out.requireTls = true;
+                break;
+            case 'RET': {
+                if (!offer.dsn) return notOffered(keyword);
+                const ret = value?.toUpperCase();
+                if (ret !== 'FULL' && ret !== 'HDRS') return invalid(keyword, 'must be FULL or HDRS');
+                out.ret = ret;
+                break;
+            }
+            case 'ENVID':
+                if (!offer.dsn) return notOffered(keyword);
+                // RFC 3461 section 4.4: xtext, at most 100 characters once decoded
+                if (value === null || !XTEXT.test(value)) return invalid(keyword, 'must be xtext (RFC 3461)');
+                if (xtextLength(value) > 100) return invalid(keyword, 'is longer than 100 characters');
+                out.envid = value;
+                break;
+            case 'AUTH':
+                // RFC 4954 section 5: AUTH=<> or an xtext mailbox. The login itself goes upstream
+                // with XCLIENT LOGIN, so the parameter is checked and not repeated there.
+                if (!offer.auth) return notOffered(keyword);
+                if (value === null || !(value === '<>' || XTEXT.test(value))) {
+                    return invalid(keyword, 'must be <> or an xtext address (RFC 4954)');
+                }
+                break;
+            default:
+                return notOffered(keyword);
+        }
+    }
+    return { ok: out };
+}
+
+const NOTIFY_VALUES = new Set(['SUCCESS', 'FAILURE', 'DELAY']);
+
+/** Checks RCPT TO parameters against the offer; `smtputf8`: the transaction declared SMTPUTF8. */
+export function checkRcptParams(
+    params: readonly EnvelopeParam[],
+    offer: EhloOffer,
+    smtputf8: boolean,
+): Checked<RcptParams> {
+    const out: { notify?: string; orcpt?: string } = {};
+    for (const p of params) {
+        const { keyword, value } = p;
+        switch (keyword) {
+            case 'NOTIFY': {
+                // RFC 3461 section 4.1: NEVER, or a list of SUCCESS, FAILURE, DELAY
+                if (!offer.dsn) return notOffered(keyword);
+                const list = (value ?? '').toUpperCase().split(',');
+                const ok =
+                    value !== null &&
+                    ((list.length === 1 && list[0] === 'NEVER') ||
+                        (list.every((v) => NOTIFY_VALUES.has(v)) && new Set(list).size === list.length));
+                if (!ok) return invalid(keyword, 'must be NEVER or a list of SUCCESS, FAILURE, DELAY');
+                out.notify = list.join(',');
+                break;
+            }
+            case 'ORCPT': {
+                // RFC 3461 section 4.2: addr-type ";" xtext; RFC 6533 section 3 allows UTF-8 after SMTPUTF8
+                if (!offer.dsn) return notOffered(keyword);
+                const m = value === null ? null : ORCPT.exec(value);
+                const text = m?.[2] ?? '';
+                const xtextOk = XTEXT.test(text) || (smtputf8 && p.nonAscii && !/\+(?![0-9A-Fa-f]{2})/.test(text));
+                if (!m || !xtextOk) return invalid(keyword, 'must be addr-type;xtext (RFC 3461)');
+                out.orcpt = value!;
+                break;
+            }
+            default:
+                return notOffered(keyword);
+        }
+    }
+    return { ok: out };
+}

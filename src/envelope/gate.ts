@@ -1,0 +1,177 @@
+/**
+ * The envelope rules of one client session, applied to each MAIL and RCPT before any rule
+ * file and before the upstream is asked: the address must parse (command.ts), a non-ASCII
+ * address needs SMTPUTF8 on MAIL (RFC 6531 section 3.4), every parameter must belong to an
+ * extension this session was offered and be well-formed (extensions.ts), a transaction takes
+ * at most `maxRecipients` recipients, and an mx listener accepts only recipients of our domains
+ * unless the client logged in (relay.ts). Each refusal is counted
+ * (`mailwarden_envelope_refusals_total{listener,reason}`), logged, and answered from reply.ts.
+ * It must not talk to the upstream or run rules.
+ */
+import type { SMTPServerAddress, SMTPServerSession } from 'smtp-server';
+import type { ListenerConfig } from '../config/types.ts';
+import type { Logger } from '../log.ts';
+import type { Metrics } from '../metrics.ts';
+import { replyFor, toCallbackError, type SmtpReplyError } from '../reply.ts';
+import { envelopeOf, offerOf } from '../smtp-server-envelope.ts';
+import type { SmtpReply } from '../types.ts';
+import type { CapabilityTracker } from '../upstream/capabilities.ts';
+import type { MailParams, RcptParams, UnsupportedFeatureError } from '../upstream/types.ts';
+import type { EnvelopeParse, Mailbox } from './command.ts';
+import { checkMailParams, checkRcptParams, computeOffer, type EhloOffer, type ParamRefusal } from './extensions.ts';
+import type { RelayPolicy } from './relay.ts';
+
+/** Label values of `mailwarden_envelope_refusals_total{reason}` (docs/flow.md lists each). */
+export const ENVELOPE_REFUSALS = [
+    'command-syntax',
+    'address-syntax',
+    'smtputf8',
+    'param-invalid',
+    'param-not-offered',
+    'size',
+    'relay',
+    'too-many-recipients',
+    'upstream-feature',
+] as const;
+export type EnvelopeRefusal = (typeof ENVELOPE_REFUSALS)[number];
+
+export interface EnvelopeGateDeps {
+    readonly listener: ListenerConfig;
+    readonly relay: RelayPolicy;
+    readonly capabilities: CapabilityTracker;
+    readonly metrics: Metrics;
+    readonly log: Logger;
+}
+
+/** A MAIL command that passed: the sender and what the transaction may do. */
+export interface AcceptedMail {
+    readonly mailbox: Mailbox;
+    readonly params: MailParams;
+    /** The largest message the transaction may carry (the SIZE offered to the session). */
+    readonly sizeLimit: number;
+}
+
+export class EnvelopeGate {
+    private readonly deps: EnvelopeGateDeps;
+    private readonly smtp: SMTPServerSession;
+    private readonly id: string;
+
+    constructor(deps: EnvelopeGateDeps, smtp: SMTPServerSession) {
+        this.deps = deps;
+        this.smtp = smtp;
+        this.id = smtp.id;
+    }
+
+    /** Checks a MAIL command; throws the refusal. */
+    mail(address: SMTPServerAddress): AcceptedMail {
+        const parsed = this.parsed('mail', address);
+        const offer = this.offer();
+        const checked = checkMailParams(parsed.params, offer);
+        if ('refused' in checked) throw this.paramRefusal('mail', checked.refused, offer);
+        if (parsed.mailbox.nonAscii && checked.ok.smtputf8 !== true) {
+            throw this.refused('mail', 'smtputf8', replyFor('smtputf8-required', { id: this.id, which: 'sender' }));
+        }
+        return { mailbox: parsed.mailbox, params: checked.ok, sizeLimit: offer.sizeLimit };
+    }
+
+    /**
+     * Checks a RCPT command of a transaction that declared SMTPUTF8 (or not) and has
+     * `accepted` recipients so far; throws the refusal.
+     */
+    rcpt(
+        address: SMTPServerAddress,
+        tx: { readonly smtputf8: boolean; readonly accepted: number },
+        authenticated: boolean,
+    ): { readonly mailbox: Mailbox; readonly params: RcptParams } {
+        const parsed = this.parsed('rcpt', address);
+        const offer = this.offer();
+        const checked = checkRcptParams(parsed.params, offer, tx.smtputf8);
+        if ('refused' in checked) throw this.paramRefusal('rcpt', checked.refused, offer);
+        const recipient = parsed.mailbox;
+        if (recipient.nonAscii && !tx.smtputf8) {
+            throw this.refused('rcpt', 'smtputf8', replyFor('smtputf8-required', { id: this.id, which: 'recipient' }));
+        }
+        // Postfix's smtpd_recipient_limit: accepted recipients of this transaction, null sender or not
+        const limit = this.deps.listener.maxRecipients;
+        if (tx.accepted >= limit) {
+            throw this.refused('rcpt', 'too-many-recipients', replyFor('too-many-recipients', { id: this.id, limit }), {
+                limit,
+            });
+        }
+        if (this.deps.relay.verdict(recipient, authenticated) === 'refused') {
+            const reply = replyFor('relay-denied', { id: this.id, domain: recipient.asciiDomain ?? '' });
+            throw this.refused(
+                'rcpt',
+                'relay',
+                { ...reply, text: `${reply.text} (id ${this.id})` },
+                {
+                    rcptDomain: recipient.asciiDomain,
+                },
+            );
+        }
+        return { mailbox: recipient, params: checked.ok };
+    }
+
+    /** The refusal when the upstream no longer offers an extension this session was offered. */
+    featureMissing(step: 'mail' | 'rcpt', err: UnsupportedFeatureError): SmtpReplyError {
+        const reply = replyFor('upstream-feature-missing', { id: this.id, feature: err.feature });
+        return this.refused(step, 'upstream-feature', reply, { feature: err.feature });
+    }
+
+    /** What this session was offered at its latest EHLO (or HELO). */
+    private offer(): EhloOffer {
+        return (
+            offerOf(this.smtp) ??
+            computeOffer(this.deps.listener, this.deps.capabilities.current, {
+                secure: this.smtp.secure,
+                extended: false,
+            })
+        );
+    }
+
+    /** The parse behind `address`, or the refusal of a command that did not parse. */
+    private parsed(step: 'mail' | 'rcpt', address: SMTPServerAddress): Extract<EnvelopeParse, { ok: true }> {
+        const parse = envelopeOf(address);
+        if (!parse) throw toCallbackError(replyFor('internal-error', { id: this.id }));
+        if (parse.ok) return parse;
+        const { id } = this;
+        const reason = parse.reason;
+        if (parse.part === 'command') {
+            throw this.refused(step, 'command-syntax', replyFor('command-syntax', { id, reason }));
+        }
+        if (parse.part === 'parameter') {
+            throw this.refused(step, 'param-invalid', replyFor('param-invalid', { id, reason }));
+        }
+        const situation = step === 'mail' ? 'sender-syntax' : 'recipient-syntax';
+        throw this.refused(step, 'address-syntax', replyFor(situation, { id, reason }), { why: reason });
+    }
+
+    private paramRefusal(step: 'mail' | 'rcpt', refused: ParamRefusal, offer: EhloOffer): SmtpReplyError {
+        const { id } = this;
+        const param = refused.keyword;
+        switch (refused.situation) {
+            case 'message-too-big':
+                return this.refused(step, 'size', replyFor('message-too-big', { id, limit: offer.sizeLimit }), {
+                    limit: offer.sizeLimit,
+                });
+            case 'param-invalid': {
+                const reason = `${param} ${refused.why ?? 'is malformed'}`;
+                return this.refused(step, 'param-invalid', replyFor('param-invalid', { id, reason }), { param });
+            }
+            case 'param-not-offered':
+                return this.refused(step, 'param-not-offered', replyFor('param-not-offered', { id, param }), { param });
+        }
+    }
+
+    /** Counts, logs and builds one refusal. */
+    private refused(
+        step: 'mail' | 'rcpt',
+        reason: EnvelopeRefusal,
+        reply: SmtpReply,
+        details: Record<string, unknown> = {},
+    ): SmtpReplyError {
+        this.deps.metrics.envelopeRefusals.inc({ listener: this.deps.listener.name, reason });
+        this.deps.log.info({ step, refused: reason, reply: reply.code, ...details }, 'envelope refused');
+        return toCallbackError(reply);
+    }
+}

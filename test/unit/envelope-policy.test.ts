@@ -1,0 +1,217 @@
+/**
+ * The envelope decisions without a network: what EHLO offers for a listener and an upstream
+ * (src/envelope/extensions.ts), the check of MAIL and RCPT parameters against that offer, and
+ * relay control (src/envelope/relay.ts).
+ */
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import { defaultListener } from '../../src/config/defaults.ts';
+import type { ListenerConfig, UpstreamConfig } from '../../src/config/types.ts';
+import { parseEnvelopeCommand, type EnvelopeParam, type Mailbox } from '../../src/envelope/command.ts';
+import { checkMailParams, checkRcptParams, computeOffer, type EhloOffer } from '../../src/envelope/extensions.ts';
+import { relayPolicy } from '../../src/envelope/relay.ts';
+import type { UpstreamCapabilities } from '../../src/upstream/capabilities.ts';
+
+const MX: ListenerConfig = { ...defaultListener('mx', '127.0.0.1', 25, 'mx', true), maxMessageSize: 50_000_000 };
+const SUBMISSION: ListenerConfig = defaultListener('sub', '127.0.0.1', 587, 'submission', true);
+const POSTFIX: UpstreamCapabilities = {
+    size: 10_240_000,
+    eightBitMime: true,
+    smtputf8: true,
+    dsn: true,
+    requireTls: false,
+};
+
+function params(line: string): EnvelopeParam[] {
+    const p = parseEnvelopeCommand('mail', Buffer.from(`MAIL FROM:<a@example.org> ${line}`));
+    assert.ok(p.ok, line);
+    return [...p.params];
+}
+
+function mailbox(address: string): Mailbox {
+    const p = parseEnvelopeCommand('rcpt', Buffer.from(`RCPT TO:<${address}>`));
+    assert.ok(p.ok, address);
+    return p.mailbox;
+}
+
+describe('what EHLO offers', () => {
+    it('SIZE is the smaller of the listener limit and the upstream limit', () => {
+        const plain = { secure: false, extended: true };
+        assert.equal(computeOffer(MX, POSTFIX, plain).sizeLimit, 10_240_000);
+        assert.equal(computeOffer({ ...MX, maxMessageSize: 1000 }, POSTFIX, plain).sizeLimit, 1000);
+        assert.equal(computeOffer(MX, { ...POSTFIX, size: null }, plain).sizeLimit, 50_000_000);
+        assert.equal(computeOffer(MX, null, plain).sizeLimit, 50_000_000);
+    });
+
+    it('DSN and SMTPUTF8 follow the upstream; REQUIRETLS needs TLS on both sides; AUTH only on submission', () => {
+        assert.deepEqual(computeOffer(MX, POSTFIX, { secure: false, extended: true }), {
+            extended: true,
+            sizeLimit: 10_240_000,
+            eightBitMime: true,
+            smtputf8: true,
+            dsn: true,
+            requireTls: false,
+            auth: false,
+        });
+        const tlsUpstream = { ...POSTFIX, requireTls: true };
+        assert.equal(computeOffer(MX, tlsUpstream, { secure: false, extended: true }).requireTls, false);
+        assert.equal(computeOffer(MX, tlsUpstream, { secure: true, extended: true }).requireTls, true);
+        assert.equal(computeOffer(SUBMISSION, POSTFIX, { secure: true, extended: true }).auth, true);
+        const lean = computeOffer(MX, { ...POSTFIX, dsn: false, smtputf8: false }, { secure: true, extended: true });
+        assert.equal(lean.dsn, false);
+        assert.equal(lean.smtputf8, false);
+    });
+
+    it('before anything is learnt: no DSN, no REQUIRETLS; after HELO: nothing', () => {
+        const unknown = computeOffer(MX, null, { secure: true, extended: true });
+        assert.equal(unknown.dsn, false);
+        assert.equal(unknown.requireTls, false);
+        assert.equal(unknown.smtputf8, true);
+        const helo = computeOffer(SUBMISSION, { ...POSTFIX, requireTls: true }, { secure: true, extended: false });
+        assert.deepEqual(
+            [helo.extended, helo.eightBitMime, helo.smtputf8, helo.dsn, helo.requireTls, helo.auth],
+            [false, false, false, false, false, false],
+        );
+        assert.equal(helo.sizeLimit, 10_240_000, 'the limit still applies');
+    });
+});
+
+describe('MAIL and RCPT parameters against the offer', () => {
+    const offer: EhloOffer = computeOffer(MX, POSTFIX, { secure: false, extended: true });
+
+    it('passes on what was offered, values as written', () => {
+        assert.deepEqual(checkMailParams(params('SIZE=42 BODY=8bitmime SMTPUTF8 RET=full ENVID=x+2By'), offer), {
+            ok: { size: 42, body: '8BITMIME', smtputf8: true, ret: 'FULL', envid: 'x+2By' },
+        });
+        const rcpt = parseEnvelopeCommand(
+            'rcpt',
+            Buffer.from('RCPT TO:<b@x.example> notify=delay,failure ORCPT=rfc822;b@x.example'),
+        );
+        assert.ok(rcpt.ok);
+        assert.deepEqual(checkRcptParams(rcpt.params, offer, false), {
+            ok: { notify: 'DELAY,FAILURE', orcpt: 'rfc822;b@x.example' },
+        });
+    });
+
+    it('refuses what was not offered with param-not-offered (555)', () => {
+        for (const line of ['REQUIRETLS', 'AUTH=<>', 'MT-PRIORITY=1', 'X-ANYTHING']) {
+            assert.deepEqual(checkMailParams(params(line), offer), {
+                refused: { situation: 'param-not-offered', keyword: line.split('=')[0] },
+            });
+        }
+        const noDsn = { ...offer, dsn: false };
+        assert.equal('refused' in checkMailParams(params('RET=HDRS'), noDsn), true);
+        assert.equal('refused' in checkMailParams(params('ENVID=x'), noDsn), true);
+        assert.equal('refused' in checkMailParams(params('SIZE=1'), { ...offer, extended: false }), true);
+    });
+
+    it('takes AUTH= where AUTH was offered (submission): <> or an xtext mailbox', () => {
+        const sub = computeOffer(SUBMISSION, POSTFIX, { secure: true, extended: true });
+        assert.deepEqual(checkMailParams(params('AUTH=<>'), sub), { ok: {} });
+        assert.deepEqual(checkMailParams(params('AUTH=alice+40example.com'), sub), { ok: {} });
+        assert.equal('refused' in checkMailParams(params('AUTH=a+zz'), sub), true);
+    });
+
+    it('refuses malformed values with param-invalid (501), and a SIZE over the limit with message-too-big', () => {
+        const invalid = (line: string): string | undefined => {
+            const r = checkMailParams(params(line), offer);
+            return 'refused' in r ? r.refused.situation : undefined;
+        };
+        for (const line of [
+            'SIZE=12a',
+            'SIZE=123456789012345678901',
+            'BODY=BINARYMIME',
+            'SMTPUTF8=1',
+            'RET=BOTH',
+            'ENVID=a+4',
+            `ENVID=${'x'.repeat(101)}`,
+        ]) {
+            assert.equal(invalid(line), 'param-invalid', line);
+        }
+        assert.equal(invalid(`ENVID=${'+41'.repeat(100)}`), undefined, '100 characters once decoded');
+        assert.equal(invalid('SIZE=10240001'), 'message-too-big');
+        assert.equal(invalid('SIZE=10240000'), undefined);
+        const rcpt = (line: string, smtputf8 = false): string | undefined => {
+            const p = parseEnvelopeCommand('rcpt', Buffer.from(`RCPT TO:<b@x.example> ${line}`));
+            assert.ok(p.ok, line);
+            const r = checkRcptParams(p.params, offer, smtputf8);
+            return 'refused' in r ? r.refused.situation : undefined;
+        };
+        for (const line of [
+            'NOTIFY=NEVER,DELAY',
+            'NOTIFY=SUCCESS,SUCCESS',
+            'ORCPT=rfc822',
+            'ORCPT=rfc822;a+zz',
+            'ORCPT=;x',
+        ]) {
+            assert.equal(rcpt(line), 'param-invalid', line);
+        }
+        // RFC 6533: UTF-8 in ORCPT only in an SMTPUTF8 transaction
+        assert.equal(rcpt('ORCPT=utf-8;jörg@x.example'), 'param-invalid');
+        assert.equal(rcpt('ORCPT=utf-8;jörg@x.example', true), undefined);
+    });
+});
+
+describe('relay control', () => {
+    const smtp: UpstreamConfig = {
+        kind: 'smtp',
+        url: 'smtp://127.0.0.1:10026',
+        host: '127.0.0.1',
+        port: 10026,
+        xclient: true,
+        starttls: 'off',
+        tlsVerify: false,
+        connectTimeoutMs: 1,
+        commandTimeoutMs: 1,
+        dataTimeoutMs: 1,
+    };
+    const config = {
+        domains: ['example.com', 'xn--bcher-kva.example'],
+        relayDomains: ['partner.example', '.sub.example'],
+        upstream: smtp,
+    };
+
+    it('on mx: our domains exactly, relayDomains as written, Postmaster; otherwise refused unless logged in', () => {
+        const policy = relayPolicy(config, MX);
+        const verdicts = Object.fromEntries(
+            [
+                'a@example.com',
+                'a@EXAMPLE.COM',
+                'a@bücher.example',
+                'a@xn--bcher-kva.example',
+                'a@partner.example',
+                'a@x.y.sub.example',
+                'Postmaster',
+                'a@www.example.com',
+                'a@sub.example',
+                'a@notexample.com',
+                'a@[192.0.2.1]',
+            ].map((a) => [a, policy.verdict(mailbox(a), false)]),
+        );
+        assert.deepEqual(verdicts, {
+            'a@example.com': 'local',
+            'a@EXAMPLE.COM': 'local',
+            'a@bücher.example': 'local',
+            'a@xn--bcher-kva.example': 'local',
+            'a@partner.example': 'relay',
+            'a@x.y.sub.example': 'relay',
+            Postmaster: 'local',
+            'a@www.example.com': 'refused',
+            'a@sub.example': 'refused',
+            'a@notexample.com': 'refused',
+            'a@[192.0.2.1]': 'refused',
+        });
+        assert.equal(policy.verdict(mailbox('a@elsewhere.example'), true), 'authenticated');
+    });
+
+    it('submission listeners and the Maildir defaults without domains accept every recipient', () => {
+        assert.equal(relayPolicy(config, SUBMISSION).verdict(mailbox('a@elsewhere.example'), false), 'open');
+        const maildir: UpstreamConfig = { kind: 'maildir', url: 'maildir:./m', path: '/tmp/m' };
+        const open = relayPolicy({ domains: [], relayDomains: [], upstream: maildir }, MX);
+        assert.equal(open.verdict(mailbox('a@elsewhere.example'), false), 'open');
+        const closed = relayPolicy({ domains: ['example.com'], relayDomains: [], upstream: maildir }, MX);
+        assert.equal(closed.verdict(mailbox('a@elsewhere.example'), false), 'refused');
+        const none = relayPolicy({ domains: [], relayDomains: [], upstream: smtp }, MX);
+        assert.equal(none.verdict(mailbox('a@elsewhere.example'), false), 'refused', 'never open in front of SMTP');
+    });
+});
