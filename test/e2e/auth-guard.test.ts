@@ -65,6 +65,7 @@ async function start(extra: string[] = [], now?: () => number): Promise<TestApp>
     const app = await startApp(
         [
             'hostname: mx.example.test',
+            'domains: [example.test]',
             `tls: { cert: "${cert.certPath}", key: "${cert.keyPath}" }`,
             `auth:`,
             `  users: "${users}"`,

@@ -39,6 +39,7 @@ describe('forged and malformed header sections on mx', () => {
         mw = await startApp(
             [
                 'hostname: mx.example.test',
+                'domains: [example.test]',
                 'listeners: [{ name: mx, host: 127.0.0.1, port: 0, mode: mx }]',
                 `upstream: { url: "smtp://127.0.0.1:${up.port}", xclient: true }`,
                 'http: false',

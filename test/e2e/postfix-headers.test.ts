@@ -41,6 +41,7 @@ describe('header forgeries in front of a real Postfix', () => {
         mw = await startApp(
             [
                 'hostname: mx.test',
+                'domains: [example.test]',
                 `tls: { cert: "${cert.certPath}", key: "${cert.keyPath}" }`,
                 `auth: { users: "${users}" }`,
                 'listeners:',

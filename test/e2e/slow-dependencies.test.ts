@@ -22,6 +22,7 @@ describe('a resolver that never answers', () => {
         mw = await startApp(
             [
                 'hostname: mx.example.test',
+                'domains: [example.test]',
                 'listeners: [{ name: mx, host: 127.0.0.1, port: 0, mode: mx }]',
                 `upstream: { url: "smtp://127.0.0.1:${up.port}" }`,
                 // each lookup may take 1.5 s; the iprev check up to twice that
