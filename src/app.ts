@@ -93,6 +93,7 @@ export function defaultChecks(
             localDomains: config.domains,
             settings: config.authentication,
             metrics,
+            ...(limits?.logger ? { log: limits.logger } : {}),
         }),
     ];
 }

@@ -276,7 +276,7 @@ describe('mailauth check', () => {
                 hostname: HOST,
                 resolver,
                 localDomains: [],
-                settings: settings({ arc: { trustedSealers: ['forwarder.example'] } }),
+                settings: settings({ arc: { trustedSealers: ['forwarder.example'], maxSets: 10 } }),
                 metrics,
             });
             const msg = await forwarded('forwarder.example', 'arc', forwarderKey);
@@ -302,7 +302,9 @@ describe('mailauth check', () => {
 
         it('the same chain from a sealer that is not trusted proves nothing', async () => {
             const msg = await forwarded('sealer.example', 'arc', otherSealerKey);
-            const r = await run(check({ arc: { trustedSealers: ['forwarder.example'] } }), msg, { ip: FORWARDER_IP });
+            const r = await run(check({ arc: { trustedSealers: ['forwarder.example'], maxSets: 10 } }), msg, {
+                ip: FORWARDER_IP,
+            });
             assert.equal(r.facts['arc.result'], 'pass');
             assert.equal(r.facts['arc.trusted'], false);
             assert.equal(r.facts['dmarc.disposition'], 'reject');
@@ -319,7 +321,9 @@ describe('mailauth check', () => {
                     'forwarder.example; dkim=none; spf=fail smtp.mailfrom=x@sender.test; dmarc=fail header.from=bank.example',
                 cv: 'none',
             });
-            const r = await run(check({ arc: { trustedSealers: ['forwarder.example'] } }), msg, { ip: FORWARDER_IP });
+            const r = await run(check({ arc: { trustedSealers: ['forwarder.example'], maxSets: 10 } }), msg, {
+                ip: FORWARDER_IP,
+            });
             assert.equal(r.facts['arc.trusted'], true);
             assert.equal(r.facts['dmarc.disposition'], 'reject');
         });
