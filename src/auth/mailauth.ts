@@ -13,6 +13,10 @@
  * ended (dns/scoped.ts). When the pipeline gives up on the check, the message stream is
  * destroyed, which stops the hashing.
  *
+ * For an authenticated submission client SPF is not evaluated (the client is our own user, and
+ * SPF says nothing about it): `spf.result` is `none`, and neither `Received-SPF` nor an spf
+ * clause of Authentication-Results is written.
+ *
  * It must not choose a reply (rules do, from `dmarc.disposition`), must not trust Received or
  * Return-Path fields for the client identity (the session's values are used), must never let
  * mailauth query the system resolver (every lookup goes through the resolver given), and must
@@ -158,6 +162,7 @@ export function createMailauthCheck(opts: MailauthCheckOptions): Check {
         const dns = scopedResolver(opts.resolver.resolve, { maxQueries: settings.maxDnsQueries, signal });
         const resolve = dns.resolve;
         const mailFrom = ctx.envelope.mailFrom ?? '';
+        const authenticated = ctx.client.login !== null;
         const sessionAuthor = ctx.facts['header.from.domain'];
         const verification = await openVerification(ctx.message.stream(), (header) =>
             planVerification(header, {
@@ -168,7 +173,8 @@ export function createMailauthCheck(opts: MailauthCheckOptions): Check {
         );
         const plan: VerificationPlan = verification.plan;
         const res = (await authenticate(verification.stream, {
-            ip: ctx.client.ip,
+            // SPF is not evaluated for our own users: without a client address mailauth makes no SPF query
+            ip: authenticated ? undefined : ctx.client.ip,
             helo: ctx.client.helo ?? undefined,
             sender: mailFrom,
             mta: opts.hostname,
@@ -188,8 +194,8 @@ export function createMailauthCheck(opts: MailauthCheckOptions): Check {
         } as Parameters<typeof authenticate>[1])) as unknown as AuthResult;
         signal.throwIfAborted();
 
-        const spf = res.spf || null;
-        const spfRes = spfResult(spf?.status.result);
+        const spf = authenticated ? null : res.spf || null;
+        const spfRes = authenticated ? 'none' : spfResult(spf?.status.result);
         const spfDomain = spf?.domain ? normalizeDomain(spf.domain) : null;
         const dkimRows = res.dkim.results ?? [];
         const signatures = dkimRows.filter((r) => r.signingDomain !== undefined);
@@ -327,7 +333,8 @@ export function createMailauthCheck(opts: MailauthCheckOptions): Check {
                   : dkimRows.slice(0, 1).map((r) => r.info ?? `dkim=${dkimResult(r.status.result)}`);
         const parts = [
             ...dkimParts,
-            spf?.info ?? `spf=${spfRes}`,
+            // no spf clause for our own users: SPF was not evaluated
+            ...(authenticated ? [] : [spf?.info ?? `spf=${spfRes}`]),
             arcOverLimit
                 ? `arc=fail (${plan.arcSets} ARC sets: over the per-message limits)`
                 : (arc?.info ?? `arc=${arcRes}`),
@@ -337,7 +344,7 @@ export function createMailauthCheck(opts: MailauthCheckOptions): Check {
         if (spf?.header) headers.push({ name: 'Received-SPF', value: receivedSpfValue(spf.header) });
 
         if (metrics) {
-            metrics.authChecks.inc({ check: 'spf', result: spfRes });
+            if (!authenticated) metrics.authChecks.inc({ check: 'spf', result: spfRes });
             metrics.authChecks.inc({ check: 'dkim', result: dkimRes });
             metrics.authChecks.inc({ check: 'dmarc', result: dmarc.result });
             metrics.authChecks.inc({ check: 'arc', result: arcRes });
