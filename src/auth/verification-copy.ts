@@ -63,7 +63,9 @@ export interface VerificationPlan {
     readonly arcVerified: boolean;
     /** From fields in the message. */
     readonly fromFields: number;
-    /** Distinct relaxed body hashes mailauth will compute for what is kept (DKIM and the newest AMS). */
+    /** Distinct body hashes mailauth will compute for what is kept (DKIM and the newest AMS); 0: the body is not needed. */
+    readonly bodyHashes: number;
+    /** Of those, the relaxed ones (each rewrites every damaged body line). */
     readonly relaxedBodyHashes: number;
     /** The limits this header section ran into. */
     readonly limits: readonly LimitName[];
@@ -228,7 +230,7 @@ interface Signature {
     readonly at: number;
     readonly signed: ReadonlyMap<string, number>;
     readonly signedCount: number;
-    /** The body hash this signature needs (mailauth's key), or null when it computes none. */
+    /** The body hash mailauth computes for this DKIM signature (its key), or null when it computes none. */
     readonly bodyHash: string | null;
     /** Every body hash mailauth may compute for it (an ARC-Message-Signature without c= also gets relaxed). */
     readonly bodyHashes: readonly string[];
@@ -239,8 +241,13 @@ interface Signature {
 const ARC_KEYS = new Set(['arc-seal', 'arc-message-signature', 'arc-authentication-results']);
 const BODY_CANONS = new Set(['simple', 'relaxed']);
 
-/** The body hash mailauth registers for a signature: canonicalization, hash algorithm and l= (dkim-verifier.js). */
-function bodyHashKey(tags: ReadonlyMap<string, string>): { key: string; usable: boolean } {
+/**
+ * The body hash mailauth registers for a signature (canonicalization, hash algorithm and l=, as in
+ * dkim-verifier.js), whether it registers one at all (`hashed`: a known algorithm and
+ * canonicalization, d=, s=, and From among the signed fields), and whether the signature could
+ * pass (`usable`: also b= and bh=).
+ */
+function bodyHashKey(tags: ReadonlyMap<string, string>): { key: string; hashed: boolean; usable: boolean } {
     const c = tags.get('c') ?? '';
     const header = (c.split('/')[0] ?? '').toLowerCase().trim() || 'simple';
     const body = (c.split('/')[1] ?? '').toLowerCase().trim() || 'simple';
@@ -251,35 +258,33 @@ function bodyHashKey(tags: ReadonlyMap<string, string>): { key: string; usable: 
     const length = l !== undefined && l !== '' && !Number.isNaN(Number(l)) ? String(Number(l)) : '';
     const supported =
         (sign === 'rsa' && (hash === 'sha256' || hash === 'sha1')) || (sign === 'ed25519' && hash === 'sha256');
-    const usable =
+    const hashed =
         supported &&
         BODY_CANONS.has(header) &&
         BODY_CANONS.has(body) &&
         !!tags.get('d') &&
         !!tags.get('s') &&
-        !!tags.get('b') &&
-        !!tags.get('bh') &&
         signedNames(tags.get('h')).includes('from');
-    return { key: `${body}:${hash}:${length}`, usable };
+    return { key: `${body}:${hash}:${length}`, hashed, usable: hashed && !!tags.get('b') && !!tags.get('bh') };
 }
 
-function describe(f: SplitField, at: number, strict: boolean, author: string | null): Signature {
+/** `authorOrg`: the organizational domain of the author domain, or null. */
+function describe(f: SplitField, at: number, strict: boolean, authorOrg: string | null): Signature {
     const tags = parseTags(fieldValue(f), strict);
     const names = signedNames(tags.get('h'));
-    const { key, usable } = bodyHashKey(tags);
+    const { key, hashed, usable } = bodyHashKey(tags);
     // mailauth's lenient mode also tries relaxed for an ARC-Message-Signature without c= (dkim-verifier.js)
     const fallback = f.key === 'arc-message-signature' && !strict && tags.get('c') === undefined;
-    const bodyHashes = f.key === 'arc-message-signature' ? [key] : usable ? [key] : [];
+    const bodyHashes = f.key === 'arc-message-signature' || hashed ? [key] : [];
     if (fallback) bodyHashes.push(`relaxed${key.slice(key.indexOf(':'))}`);
     const d = normalizeDomain(tags.get('d') ?? '');
     // a name longer than DNS allows (RFC 1035 section 2.3.4) aligns with nothing
-    const aligned =
-        author !== null && d !== '' && d.length <= 253 && organizationalDomain(d) === organizationalDomain(author);
+    const aligned = authorOrg !== null && d !== '' && d.length <= 253 && organizationalDomain(d) === authorOrg;
     return {
         at,
         signed: counts(names),
         signedCount: names.length,
-        bodyHash: usable ? key : null,
+        bodyHash: hashed ? key : null,
         bodyHashes,
         aligned,
         usable,
@@ -327,6 +332,7 @@ export function planVerification(
 
     const given = opts.authorDomain === null ? null : normalizeDomain(opts.authorDomain) || null;
     const author = given ?? (fromAt.length === 1 ? domainIn(fieldValue(fields[fromAt[0]!]!)) : null);
+    const authorOrg = author === null || author.length > 253 ? null : organizationalDomain(author);
 
     // ARC: every set is verified or none is; the newest ARC-Message-Signature is a signature too
     const instances = new Set<number>();
@@ -350,7 +356,7 @@ export function planVerification(
     const signature = (at: number): Signature => {
         let s = sigs.get(at);
         if (!s) {
-            s = describe(fields[at]!, at, opts.strict, author);
+            s = describe(fields[at]!, at, opts.strict, authorOrg);
             sigs.set(at, s);
         }
         return s;
@@ -441,6 +447,7 @@ export function planVerification(
         arcSets: instances.size,
         arcVerified,
         fromFields: fromAt.length,
+        bodyHashes: computed.size,
         relaxedBodyHashes: [...computed].filter((k) => k.startsWith('relaxed:')).length,
         limits: LIMIT_NAMES.filter((l) => hit.has(l)),
     };

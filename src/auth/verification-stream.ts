@@ -16,8 +16,9 @@
  *   tens of seconds for 50 MB of such lines. The lines it will rewrite are counted here (a
  *   regex scan, cheap on clean text); once lines times relaxed body hashes would pass
  *   MAX_RELAXED_REWRITES, the verified body is cut there too.
- * - After every piece it waits for the event loop (setImmediate), so that hashing a large
- *   message never holds up other connections for longer than one piece takes.
+ * - Once 10 ms of hashing went by it waits for the event loop (setImmediate), so that hashing a
+ *   large message never holds up other connections for much longer than one piece takes.
+ * - When nothing hashes the body (no signature is verified), the body is not read at all.
  * - When the copy is destroyed (the check ended), the message stream is destroyed with it.
  *
  * It never changes the message that is forwarded and never decides anything.
@@ -33,6 +34,8 @@ export const MAX_HEADER_READ = 4 * 1024 * 1024;
  * of short whitespace-damaged lines keeps the event loop busy for tens of milliseconds at most.
  */
 export const BODY_PIECE = 16 * 1024;
+/** Hashing work after which the feed waits for the event loop once. */
+export const YIELD_AFTER_MS = 10;
 /** A body line longer than this ends the verified body. */
 export const MAX_BODY_LINE = 1024 * 1024;
 /** Line rewrites (lines times relaxed body hashes) allowed per message, a second or two of CPU. */
@@ -53,7 +56,9 @@ export interface FeedStats {
 export interface FeedPlan {
     /** The header section to verify. */
     readonly header: Buffer;
-    /** Relaxed body hashes mailauth will compute (each canonicalizes the whole body). */
+    /** Body hashes mailauth will compute; with none the body is not read at all. */
+    readonly bodyHashes: number;
+    /** Of those, the relaxed ones (each canonicalizes the whole body). */
     readonly relaxedBodyHashes: number;
 }
 
@@ -144,6 +149,7 @@ async function* bodyPieces(
     relaxed: number,
 ): AsyncGenerator<Buffer> {
     let rewrites = 0;
+    let since = performance.now();
     /** Passes on whole lines in pieces of about BODY_PIECE bytes; false once the rewrites would pass their limit. */
     async function* emit(lines: Buffer): AsyncGenerator<Buffer, boolean> {
         for (let off = 0; off < lines.length; ) {
@@ -163,7 +169,12 @@ async function* bodyPieces(
             }
             stats.bodyBytes += piece.length;
             yield piece;
-            await nextTurn();
+            // mailauth hashed the piece before asking for the next one: let other connections in
+            // once YIELD_AFTER_MS of such work has gone by
+            if (performance.now() - since >= YIELD_AFTER_MS) {
+                await nextTurn();
+                since = performance.now();
+            }
             off = end;
         }
         return true;
@@ -220,7 +231,8 @@ export async function openVerification<T extends FeedPlan>(
             }
             if (read.body === null) return;
             yield CRLF;
-            yield* bodyPieces(read.body, it, stats, planned.relaxedBodyHashes);
+            // nothing hashes the body (no signature to verify): mailauth does not need it
+            if (planned.bodyHashes > 0) yield* bodyPieces(read.body, it, stats, planned.relaxedBodyHashes);
         } finally {
             // stop reading the message, whether the copy ended, was cut short or was destroyed
             if (!source.destroyed) source.destroy();

@@ -220,30 +220,48 @@ describe('the verification stream', () => {
 
     it('gives mailauth the planned header, the empty line and the body unchanged', async () => {
         const body = canonicalBody(200_000).toString('latin1');
-        const message = `Received: x\r\nFrom: a@b.example\r\nSubject: s\r\n\r\n${body}`;
+        const signature = sig('b.example');
+        const message = `Received: x\r\nFrom: a@b.example\r\nSubject: s\r\n${signature}\r\n${body}`;
         const v = await openVerification(source(message), (h) => plan(h.toString('latin1')));
         const out = await collect(v.stream);
-        assert.equal(out.toString('latin1'), `From: a@b.example\r\n\r\n${body}`);
+        assert.equal(out.toString('latin1'), `From: a@b.example\r\n${signature}\r\n${body}`);
         assert.equal(v.stats.bodyBytes, body.length);
         assert.equal(v.stats.cut, null);
     });
 
+    it('without a signature to verify, the body is not read at all', async () => {
+        let read = 0;
+        async function* message(): AsyncGenerator<Buffer> {
+            yield Buffer.from('From: a@b.example\r\nSubject: s\r\n\r\nfirst\r\n');
+            for (let i = 0; i < 100; i++) {
+                read++;
+                yield Buffer.alloc(64 * 1024, 'b');
+                await new Promise((resolve) => setImmediate(resolve));
+            }
+        }
+        const v = await openVerification(Readable.from(message()), (h) => plan(h.toString('latin1')));
+        assert.equal((await collect(v.stream)).toString('latin1'), 'From: a@b.example\r\n\r\n');
+        assert.equal(v.stats.bodyBytes, 0);
+        assert.ok(read <= 1, String(read));
+    });
+
     it('a message without body, and one without header fields', async () => {
-        const noBody = await openVerification(source('From: a@b.example\r\nSubject: s\r\n'), (h) =>
+        const noBody = await openVerification(source(`From: a@b.example\r\n${sig('b.example')}`), (h) =>
             plan(h.toString('latin1')),
         );
-        assert.equal((await collect(noBody.stream)).toString('latin1'), 'From: a@b.example\r\n');
+        assert.equal((await collect(noBody.stream)).toString('latin1'), `From: a@b.example\r\n${sig('b.example')}`);
         const noHeader = await openVerification(source('\r\nFrom: not a header\r\n'), (h) =>
             plan(h.toString('latin1')),
         );
-        assert.equal((await collect(noHeader.stream)).toString('latin1'), '\r\nFrom: not a header\r\n');
+        assert.equal((await collect(noHeader.stream)).toString('latin1'), '\r\n');
     });
 
     it('cuts the verified body before a line longer than 1 MiB', async () => {
-        const message = `From: a@b.example\r\n\r\nshort line\r\n${'x'.repeat(2 * 1024 * 1024)}\r\nafter\r\n`;
+        const header = `From: a@b.example\r\n${sig('b.example')}`;
+        const message = `${header}\r\nshort line\r\n${'x'.repeat(2 * 1024 * 1024)}\r\nafter\r\n`;
         const v = await openVerification(Readable.from([Buffer.from(message)]), (h) => plan(h.toString('latin1')));
         const out = await collect(v.stream);
-        assert.equal(out.toString('latin1'), 'From: a@b.example\r\n\r\nshort line\r\n');
+        assert.equal(out.toString('latin1'), `${header}\r\nshort line\r\n`);
         assert.equal(v.stats.cut, 'body_line_length');
     });
 
