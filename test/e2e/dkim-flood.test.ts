@@ -66,8 +66,14 @@ describe('a DKIM signature flood through the proxy', () => {
         }
         const r = await sending;
         assert.equal(r.message?.code, 250, r.message?.raw);
-        const keys = dns.queries.slice(before).filter((q) => q.name.includes('._domainkey.'));
-        assert.equal(keys.length, 3, keys.map((q) => q.name).join(', '));
+        // distinct names: a resolver retry after a slow answer asks the same name twice
+        const keys = new Set(
+            dns.queries
+                .slice(before)
+                .filter((q) => q.name.includes('._domainkey.'))
+                .map((q) => q.name),
+        );
+        assert.equal(keys.size, 3, [...keys].join(', '));
         const forwarded = unstuff(up.transactions.at(-1)!.data!)
             .toString('latin1')
             .replace(/\r\n[ \t]+/g, ' ');
