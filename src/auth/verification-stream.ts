@@ -30,8 +30,8 @@ import { setImmediate as nextTurn } from 'node:timers/promises';
 export const MAX_HEADER_READ = 4 * 1024 * 1024;
 /**
  * Body bytes passed to mailauth at once, about (pieces end at a line break). mailauth's relaxed
- * canonicalization spends about 2 µs per line it rewrites, per body hash: a piece of this size
- * of short whitespace-damaged lines keeps the event loop busy for tens of milliseconds at most.
+ * canonicalization spends a microsecond or two per line it rewrites, per body hash: a piece this
+ * size of short whitespace-damaged lines keeps the event loop busy for tens of milliseconds at most.
  */
 export const BODY_PIECE = 16 * 1024;
 /** Hashing work after which the feed waits for the event loop once. */
