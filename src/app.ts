@@ -118,7 +118,12 @@ function limitChecks(config: Config, limits?: RateLimitCheckOptions): Check[] {
  * The checks that verify the client and the sender (iprev; SPF, DKIM, DMARC, ARC). They hold
  * no state, so a reload that changes `dns` or `authentication` settings builds new ones.
  */
-export function verificationChecks(config: Config, resolver: Resolver, metrics: Metrics): Check[] {
+export function verificationChecks(
+    config: Config,
+    resolver: Resolver,
+    metrics: Metrics,
+    log?: Pick<Logger, 'debug' | 'warn'>,
+): Check[] {
     return [
         createIprevCheck(resolver, config.dns.timeoutMs * 2),
         createMailauthCheck({
@@ -127,6 +132,7 @@ export function verificationChecks(config: Config, resolver: Resolver, metrics: 
             localDomains: config.domains,
             settings: config.authentication,
             metrics,
+            ...(log ? { log } : {}),
         }),
     ];
 }
@@ -138,7 +144,7 @@ export function defaultChecks(
     metrics: Metrics,
     limits?: RateLimitCheckOptions,
 ): Check[] {
-    return [...limitChecks(config, limits), ...verificationChecks(config, resolver, metrics)];
+    return [...limitChecks(config, limits), ...verificationChecks(config, resolver, metrics, limits?.logger)];
 }
 
 /**
@@ -205,7 +211,7 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
     /** Resolvers replaced by a reload, closed once the lookups they may still serve are over. */
     const retired = new Map<Resolver, NodeJS.Timeout>();
     const limitStore = deps.limitStore ?? createConfiguredStore(config.redis, { metrics, logger: log });
-    let verification: Check[] = deps.checks ? [] : verificationChecks(config, resolver, metrics);
+    let verification: Check[] = deps.checks ? [] : verificationChecks(config, resolver, metrics, log);
     const checks: readonly Check[] = deps.checks ?? [
         ...limitChecks(config, {
             store: limitStore,
@@ -334,7 +340,7 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
             resolver = newResolver(after);
         }
         if (!deps.checks && (dnsChanged || !isDeepStrictEqual(before.authentication, after.authentication))) {
-            verification = verificationChecks(after, resolver, metrics);
+            verification = verificationChecks(after, resolver, metrics, log);
         }
         if (after.rules !== before.rules && watcher) {
             watcher.close();

@@ -43,6 +43,23 @@ export function createMetrics(version: string) {
             labelNames: ['reason'],
             registers: r,
         }),
+        authLimits: new Counter({
+            name: `${P}auth_limits_total`,
+            help: 'Messages whose sender authentication ran into a per-message limit, by limit (dkim_signatures, dkim_body_hashes, dkim_signed_fields, arc_sets, body_line_length, dns_queries)',
+            labelNames: ['limit'],
+            registers: r,
+        }),
+        dkimSkipped: new Counter({
+            name: `${P}dkim_signatures_skipped_total`,
+            help: 'DKIM signatures not verified because a message carried more than the per-message limits allow',
+            registers: r,
+        }),
+        authDnsQueries: new Histogram({
+            name: `${P}auth_dns_queries`,
+            help: 'DNS queries one message made for SPF, DKIM, DMARC and ARC (cache hits included)',
+            buckets: [1, 2, 5, 10, 20, 50, 100, 200, 500],
+            registers: r,
+        }),
         checkDuration: new Histogram({
             name: `${P}check_duration_seconds`,
             help: 'Time one check took for one message or connection, by check',

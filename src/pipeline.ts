@@ -4,6 +4,11 @@
  * verdict (`onError`): `tempfail` makes the stage answer 4xx, `ignore` goes on without that
  * check's facts. A failing check is recorded as the fact `<check>.error`. Our own failures
  * are never turned into a 5xx and never let mail through silently.
+ *
+ * A timeout stops the check's work, not only the wait for it: when a check times out, fails or
+ * returns, its signal is aborted and every message stream it opened is destroyed, so reading
+ * and hashing the message stop; checks refuse new DNS queries once the signal is aborted
+ * (dns/scoped.ts). Nothing a check started may keep burning CPU after its verdict.
  */
 import type { Readable } from 'node:stream';
 import type { Decider, Decision, Facts, FactValue, HeaderField, Stage } from './types.ts';
@@ -42,6 +47,11 @@ export interface Check {
     readonly stages: readonly Stage[];
     readonly timeoutMs: number;
     readonly onError: 'tempfail' | 'ignore';
+    /**
+     * `signal` aborts when the check times out, fails or returns; the check must then start no
+     * new work (no DNS query, no further reading). Message streams it opened through
+     * `ctx.message` are destroyed by the pipeline at that moment.
+     */
     run(ctx: CheckContext, signal: AbortSignal): Promise<CheckResult>;
     /**
      * Called when the client connects, before the greeting: starts lookups the check will need
@@ -74,6 +84,38 @@ export const acceptAll: Decider = {
 
 class CheckTimeout extends Error {}
 
+/** Why a check's signal aborted and its streams were destroyed. */
+export class CheckEnded extends Error {
+    override readonly name = 'CheckEnded';
+}
+
+/**
+ * The message as one check sees it: every stream the check opens is destroyed when the check's
+ * signal aborts, which ends any reading or hashing still going on.
+ */
+function ownedMessage(message: MessageSource | null, signal: AbortSignal): MessageSource | null {
+    if (!message) return null;
+    return {
+        size: message.size,
+        stream(): Readable {
+            const stream = message.stream();
+            const destroy = (): void => {
+                if (stream.destroyed) return;
+                // a stream nobody reads has no error listener: its destruction must not crash the process
+                stream.on('error', () => undefined);
+                stream.destroy(signal.reason instanceof Error ? signal.reason : new CheckEnded('check ended'));
+            };
+            if (signal.aborted) {
+                destroy();
+                return stream;
+            }
+            signal.addEventListener('abort', destroy, { once: true });
+            stream.once('close', () => signal.removeEventListener('abort', destroy));
+            return stream;
+        },
+    };
+}
+
 async function runOne(
     check: Check,
     ctx: CheckContext,
@@ -81,10 +123,12 @@ async function runOne(
 ): Promise<{ result: CheckResult; outcome: CheckOutcome }> {
     const started = now();
     const controller = new AbortController();
+    const own: CheckContext = { ...ctx, message: ownedMessage(ctx.message, controller.signal) };
     let timer: NodeJS.Timeout | undefined;
+    let ended = 'check returned';
     try {
         const result = await Promise.race([
-            check.run(ctx, controller.signal),
+            check.run(own, controller.signal),
             new Promise<never>((_, reject) => {
                 timer = setTimeout(
                     () => reject(new CheckTimeout(`timed out after ${check.timeoutMs} ms`)),
@@ -94,11 +138,13 @@ async function runOne(
         ]);
         return { result, outcome: { name: check.name, ms: now() - started, error: null } };
     } catch (err) {
-        controller.abort();
         const message = err instanceof CheckTimeout ? 'timeout' : err instanceof Error ? err.message : String(err);
+        ended = message === 'timeout' ? `check ${check.name} timed out` : `check ${check.name} failed`;
         return { result: { facts: {} }, outcome: { name: check.name, ms: now() - started, error: message } };
     } finally {
         clearTimeout(timer);
+        // whatever the outcome, the check's work ends here: no more DNS, its streams destroyed
+        controller.abort(new CheckEnded(ended));
     }
 }
 

@@ -9,6 +9,9 @@
  * Nothing else may reach into mailauth's `lib/`.
  */
 import { createRequire } from 'node:module';
+import type { DnsResolve } from '../dns/scoped.ts';
+
+export type { DnsResolve };
 
 const require = createRequire(import.meta.url);
 
@@ -24,8 +27,6 @@ export interface PolicyTags {
     readonly sp?: 'none' | 'quarantine' | 'reject';
     readonly np?: 'none' | 'quarantine' | 'reject';
 }
-
-export type DnsResolve = (name: string, rrtype: string) => Promise<unknown>;
 
 interface GetDmarcRecordModule {
     /** The record that applies to a domain (tree walk), with `recordDomain` and `orgDomain`; or false. */

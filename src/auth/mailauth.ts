@@ -6,6 +6,17 @@
  * and returns `Authentication-Results` (RFC 8601) and `Received-SPF` (RFC 7208 section 9.1)
  * for the forwarded message.
  *
+ * Every message costs a bounded amount of CPU and DNS: mailauth verifies a copy of the message
+ * that carries only the signatures chosen within the per-message limits (verification-copy.ts),
+ * fed in whole lines with pauses for the event loop (verification-stream.ts), through a resolver
+ * that counts the message's queries against `maxDnsQueries` and refuses new ones once the check
+ * ended (dns/scoped.ts). When the pipeline gives up on the check, the message stream is
+ * destroyed, which stops the hashing.
+ *
+ * For an authenticated submission client SPF is not evaluated (the client is our own user, and
+ * SPF says nothing about it): `spf.result` is `none`, and neither `Received-SPF` nor an spf
+ * clause of Authentication-Results is written.
+ *
  * It must not choose a reply (rules do, from `dmarc.disposition`), must not trust Received or
  * Return-Path fields for the client identity (the session's values are used), must never let
  * mailauth query the system resolver (every lookup goes through the resolver given), and must
@@ -13,8 +24,9 @@
  */
 import { authenticate, type DNSResolver } from 'mailauth';
 import type { AuthenticationConfig } from '../config/types.ts';
-import { dnsError } from '../dns/errors.ts';
 import type { Resolver } from '../dns/resolver.ts';
+import { scopedResolver } from '../dns/scoped.ts';
+import type { Logger } from '../log.ts';
 import type { Metrics } from '../metrics.ts';
 import type { Check, CheckContext, CheckResult } from '../pipeline.ts';
 import type { FactValue, HeaderField } from '../types.ts';
@@ -34,8 +46,9 @@ import {
     normalizeDomain,
     type DispositionOutput,
 } from './dmarc-policy.ts';
-import type { DnsResolve } from './mailauth-internals.ts';
 import { organizationalDomain } from './psl.ts';
+import { planVerification, type LimitName, type VerificationPlan } from './verification-copy.ts';
+import { openVerification } from './verification-stream.ts';
 
 export interface MailauthCheckOptions {
     /** The authserv-id of Authentication-Results and the host named in SPF comments. */
@@ -45,7 +58,9 @@ export interface MailauthCheckOptions {
     readonly localDomains: readonly string[];
     readonly settings: AuthenticationConfig;
     /** Results and overrides; the check's duration is recorded by the session for every check. */
-    readonly metrics?: Pick<Metrics, 'authChecks' | 'dmarcOverrides'>;
+    readonly metrics?: Pick<Metrics, 'authChecks' | 'dmarcOverrides' | 'authLimits' | 'dkimSkipped' | 'authDnsQueries'>;
+    /** Where a message that ran into a per-message limit is logged. */
+    readonly log?: Pick<Logger, 'warn'>;
 }
 
 export const SPF_RESULTS = ['pass', 'fail', 'softfail', 'neutral', 'none', 'temperror', 'permerror'] as const;
@@ -129,25 +144,37 @@ function arcHops(chain: readonly ArcChainEntry[] | undefined): ArcHop[] {
     });
 }
 
-/** Our resolver, refusing new lookups once the check was abandoned (timeout), so mailauth ends quickly. */
-function cancellable(resolve: DnsResolve, signal: AbortSignal): DnsResolve {
-    return (name, rrtype) =>
-        signal.aborted ? Promise.reject(dnsError('ECANCELLED', 'query', String(name))) : resolve(name, rrtype);
-}
-
 export function createMailauthCheck(opts: MailauthCheckOptions): Check {
     const settings = opts.settings;
     const mode = settings.dmarc.mode;
     const trustedSealers = new Set(settings.arc.trustedSealers);
     const locals = opts.localDomains.map(normalizeDomain);
     const metrics = opts.metrics;
+    const limits = {
+        maxSignatures: settings.dkim.maxSignatures,
+        maxBodyHashes: settings.dkim.maxBodyHashes,
+        maxSignedFields: settings.dkim.maxSignedFields,
+        maxArcSets: settings.arc.maxSets,
+    };
 
     async function run(ctx: CheckContext, signal: AbortSignal): Promise<CheckResult> {
         if (!ctx.message) return { facts: {} };
-        const resolve = cancellable(opts.resolver.resolve, signal);
+        const dns = scopedResolver(opts.resolver.resolve, { maxQueries: settings.maxDnsQueries, signal });
+        const resolve = dns.resolve;
         const mailFrom = ctx.envelope.mailFrom ?? '';
-        const res = (await authenticate(ctx.message.stream(), {
-            ip: ctx.client.ip,
+        const authenticated = ctx.client.login !== null;
+        const sessionAuthor = ctx.facts['header.from.domain'];
+        const verification = await openVerification(ctx.message.stream(), (header) =>
+            planVerification(header, {
+                limits,
+                authorDomain: typeof sessionAuthor === 'string' ? sessionAuthor : null,
+                strict: settings.strict,
+            }),
+        );
+        const plan: VerificationPlan = verification.plan;
+        const res = (await authenticate(verification.stream, {
+            // SPF is not evaluated for our own users: without a client address mailauth makes no SPF query
+            ip: authenticated ? undefined : ctx.client.ip,
             helo: ctx.client.helo ?? undefined,
             sender: mailFrom,
             mta: opts.hostname,
@@ -165,13 +192,17 @@ export function createMailauthCheck(opts: MailauthCheckOptions): Check {
             maxElapsedTime: Math.max(1, Math.floor(settings.timeoutMs * 0.8)),
             // the SPF limits are passed through to spf() but missing from mailauth's typings
         } as Parameters<typeof authenticate>[1])) as unknown as AuthResult;
+        signal.throwIfAborted();
 
-        const spf = res.spf || null;
-        const spfRes = spfResult(spf?.status.result);
+        const spf = authenticated ? null : res.spf || null;
+        const spfRes = authenticated ? 'none' : spfResult(spf?.status.result);
         const spfDomain = spf?.domain ? normalizeDomain(spf.domain) : null;
         const dkimRows = res.dkim.results ?? [];
         const signatures = dkimRows.filter((r) => r.signingDomain !== undefined);
-        const dkimRes = bestDkim(signatures.map((r) => r.status.result));
+        const dkimSkipped = plan.dkimFound - plan.dkimEvaluated;
+        // signed, but nothing could be verified within the limits: a local policy refusal (RFC 8601 section 2.7.1)
+        const dkimRes =
+            signatures.length === 0 && dkimSkipped > 0 ? 'policy' : bestDkim(signatures.map((r) => r.status.result));
         const passingDomains = [
             ...new Set(
                 signatures.filter((r) => r.status.result === 'pass').map((r) => normalizeDomain(r.signingDomain!)),
@@ -210,8 +241,14 @@ export function createMailauthCheck(opts: MailauthCheckOptions): Check {
         const authorExists = await authorExistence(dmarc, resolve);
         const rec = dmarc.record;
 
-        const arc = res.arc || null;
-        const arcRes = arc?.status.result === 'pass' || arc?.status.result === 'fail' ? arc.status.result : 'none';
+        // a chain over the limits is not verified and fails, as RFC 8617 section 5.1.1 fails one of more than 50 sets
+        const arcOverLimit = plan.arcFields > 0 && !plan.arcVerified;
+        const arc = arcOverLimit ? null : res.arc || null;
+        const arcRes = arcOverLimit
+            ? 'fail'
+            : arc?.status.result === 'pass' || arc?.status.result === 'fail'
+              ? arc.status.result
+              : 'none';
         const trust: ArcTrustOutput = evaluateArcTrust({
             result: arcRes,
             hops: arcRes === 'pass' ? arcHops(arc?.chain) : [],
@@ -232,7 +269,7 @@ export function createMailauthCheck(opts: MailauthCheckOptions): Check {
         const exactlyAlignedPass =
             author !== null && ((spfRes === 'pass' && spfDomain === author) || passingDomains.includes(author));
 
-        const mailboxes = Math.max(headerFrom.length, fromFields);
+        const mailboxes = Math.max(headerFrom.length, fromFields, plan.fromFields);
         const sessionCount = typeof ctx.facts['header.from.count'] === 'number' ? ctx.facts['header.from.count'] : 0;
         const fromCount = Math.max(mailboxes, sessionCount);
 
@@ -254,8 +291,11 @@ export function createMailauthCheck(opts: MailauthCheckOptions): Check {
             dmarc.dkimAligned !== null ||
             (author !== null && rec === null && passingDomains.some((d) => aligned(d, 'dkim')));
 
-        const sessionDomain = ctx.facts['header.from.domain'];
+        const sessionDomain = sessionAuthor;
         const mailFromDomain = domainOf(mailFrom);
+        const limited: LimitName[] = [...plan.limits];
+        if (verification.stats.cut !== null) limited.push(verification.stats.cut);
+        if (dns.exhausted) limited.push('dns_queries');
         const authorDomains = headerFrom.map(domainOf).filter((d): d is string => d !== null);
         const facts: Record<string, FactValue> = {
             'spf.result': spfRes,
@@ -264,6 +304,7 @@ export function createMailauthCheck(opts: MailauthCheckOptions): Check {
             'dkim.domains': passingDomains,
             'dkim.aligned': dkimAligned,
             'dkim.count': signatures.length,
+            'dkim.skipped': dkimSkipped,
             'dmarc.result': dmarc.result,
             'dmarc.policy': decision.policy,
             'dmarc.disposition': decision.disposition,
@@ -278,27 +319,53 @@ export function createMailauthCheck(opts: MailauthCheckOptions): Check {
                 author !== null && typeof sessionDomain === 'string' && normalizeDomain(sessionDomain) !== author,
             'local.sender': isLocal(mailFromDomain, locals) || authorDomains.some((d) => isLocal(d, locals)),
             'auth.temperror': decision.temperror,
+            'auth.limits': limited,
+            'auth.dns_queries': dns.queries,
         };
         if (author !== null) facts['header.from.domain'] = author;
 
         const headers: HeaderField[] = [];
+        const dkimParts =
+            signatures.length > 0
+                ? signatures.map((r) => withHeaderD(r.info ?? `dkim=${dkimResult(r.status.result)}`, r.signingDomain))
+                : dkimSkipped > 0
+                  ? [`dkim=policy (${dkimSkipped} signatures not verified: over the per-message limits)`]
+                  : dkimRows.slice(0, 1).map((r) => r.info ?? `dkim=${dkimResult(r.status.result)}`);
         const parts = [
-            ...(signatures.length > 0 ? signatures : dkimRows.slice(0, 1)).map((r) =>
-                withHeaderD(r.info ?? `dkim=${dkimResult(r.status.result)}`, r.signingDomain),
-            ),
-            spf?.info ?? `spf=${spfRes}`,
-            arc?.info ?? `arc=${arcRes}`,
+            ...dkimParts,
+            // no spf clause for our own users: SPF was not evaluated
+            ...(authenticated ? [] : [spf?.info ?? `spf=${spfRes}`]),
+            arcOverLimit
+                ? `arc=fail (${plan.arcSets} ARC sets: over the per-message limits)`
+                : (arc?.info ?? `arc=${arcRes}`),
             dmarcResInfo(dmarc, decision, trust),
         ];
         headers.push({ name: 'Authentication-Results', value: joinAuthResults(opts.hostname, parts) });
         if (spf?.header) headers.push({ name: 'Received-SPF', value: receivedSpfValue(spf.header) });
 
         if (metrics) {
-            metrics.authChecks.inc({ check: 'spf', result: spfRes });
+            if (!authenticated) metrics.authChecks.inc({ check: 'spf', result: spfRes });
             metrics.authChecks.inc({ check: 'dkim', result: dkimRes });
             metrics.authChecks.inc({ check: 'dmarc', result: dmarc.result });
             metrics.authChecks.inc({ check: 'arc', result: arcRes });
             if (decision.override !== null) metrics.dmarcOverrides.inc({ reason: decision.override });
+            for (const limit of limited) metrics.authLimits.inc({ limit });
+            if (dkimSkipped > 0) metrics.dkimSkipped.inc(dkimSkipped);
+            metrics.authDnsQueries.observe(dns.queries);
+        }
+        if (limited.length > 0) {
+            opts.log?.warn(
+                {
+                    session: ctx.sessionId,
+                    limits: limited,
+                    dkimSignatures: plan.dkimFound,
+                    dkimVerified: plan.dkimEvaluated,
+                    arcSets: plan.arcSets,
+                    dnsQueries: dns.queries,
+                    bodyBytesVerified: verification.stats.bodyBytes,
+                },
+                'per-message verification limits applied',
+            );
         }
         return { facts, headers };
     }

@@ -41,7 +41,7 @@ export function createIprevCheck(resolver: Resolver, timeoutMs: number): Check {
                 () => undefined,
             );
         },
-        async run(ctx): Promise<CheckResult> {
+        async run(ctx, signal): Promise<CheckResult> {
             const ip = ctx.client.ip;
             const family = isIP(ip);
             if (family === 0) return { facts: { 'client.ptr': null, 'iprev.result': 'permerror' } };
@@ -53,6 +53,8 @@ export function createIprevCheck(resolver: Resolver, timeoutMs: number): Check {
             }
             let sawTemporary = false;
             for (const name of names) {
+                // the pipeline gave up on the check (timeout): no new query
+                if (signal.aborted) break;
                 try {
                     const addrs = (await resolver.resolve(name, family === 6 ? 'AAAA' : 'A')) as string[];
                     if (addrs.some((a) => sameAddress(a, ip))) {

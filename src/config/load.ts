@@ -87,7 +87,16 @@ const LISTENER_KEYS = [
 const UPSTREAM_KEYS = ['url', 'xclient', 'starttls', 'tlsVerify', 'connectTimeout', 'timeout', 'dataTimeout'] as const;
 const SMTP_ONLY_KEYS = ['xclient', 'starttls', 'tlsVerify', 'connectTimeout', 'timeout', 'dataTimeout'] as const;
 const LOG_LEVELS = ['trace', 'debug', 'info', 'warn', 'error'] as const;
-const AUTHENTICATION_KEYS = ['timeout', 'minRsaBits', 'strict', 'spf', 'dkim', 'dmarc', 'arc'] as const;
+const AUTHENTICATION_KEYS = [
+    'timeout',
+    'minRsaBits',
+    'strict',
+    'maxDnsQueries',
+    'spf',
+    'dkim',
+    'dmarc',
+    'arc',
+] as const;
 const DMARC_MODES = ['rfc9989', 'rfc7489'] as const;
 const AUTH_KEYS = ['users', 'dovecot', 'sendAs', 'recipientDelimiter', 'lockout'] as const;
 const LOCKOUT_KEYS = ['perIp', 'perLogin', 'perSession', 'exempt'] as const;
@@ -1209,16 +1218,23 @@ class ConfigBuilder {
         const timeoutField = entries.get('timeout');
         const bitsField = entries.get('minRsaBits');
         const strictField = entries.get('strict');
+        const maxDnsQueries = entries.get('maxDnsQueries');
         const spf = entries.get('spf');
         const dkim = entries.get('dkim');
         const dmarc = entries.get('dmarc');
         const arc = entries.get('arc');
         const spfEntries = spf ? this.section(spf, ['maxLookups']) : new Map<string, Field>();
-        const dkimEntries = dkim ? this.section(dkim, ['rejectRsaSha1']) : new Map<string, Field>();
+        const dkimEntries = dkim
+            ? this.section(dkim, ['rejectRsaSha1', 'maxSignatures', 'maxBodyHashes', 'maxSignedFields'])
+            : new Map<string, Field>();
         const dmarcEntries = dmarc ? this.section(dmarc, ['mode', 'rejectMultipleFrom']) : new Map<string, Field>();
-        const arcEntries = arc ? this.section(arc, ['trustedSealers']) : new Map<string, Field>();
+        const arcEntries = arc ? this.section(arc, ['trustedSealers', 'maxSets']) : new Map<string, Field>();
         const maxLookups = spfEntries.get('maxLookups');
         const rejectRsaSha1 = dkimEntries.get('rejectRsaSha1');
+        const maxSignatures = dkimEntries.get('maxSignatures');
+        const maxBodyHashes = dkimEntries.get('maxBodyHashes');
+        const maxSignedFields = dkimEntries.get('maxSignedFields');
+        const maxSets = arcEntries.get('maxSets');
         const mode = dmarcEntries.get('mode');
         const rejectMultipleFrom = dmarcEntries.get('rejectMultipleFrom');
         const sealers = arcEntries.get('trustedSealers');
@@ -1227,14 +1243,25 @@ class ConfigBuilder {
             // RFC 8301 section 3.2: verifiers must accept 1024 to 4096 bits; smaller keys only by choice
             minRsaBits: (bitsField && r.integer(bitsField, 512, 4096, 'a key size in bits')) ?? d.minRsaBits,
             strict: (strictField && r.boolean(strictField)) ?? d.strict,
+            // enough for one SPF evaluation at the RFC limits plus DKIM, ARC and DMARC; never unbounded
+            maxDnsQueries: (maxDnsQueries && r.integer(maxDnsQueries, 10, 1000)) ?? d.maxDnsQueries,
             // RFC 7208 section 4.6.4: at most 10 DNS-querying terms
             spf: { maxLookups: (maxLookups && r.integer(maxLookups, 1, 10)) ?? d.spf.maxLookups },
-            dkim: { rejectRsaSha1: (rejectRsaSha1 && r.boolean(rejectRsaSha1)) ?? d.dkim.rejectRsaSha1 },
+            dkim: {
+                rejectRsaSha1: (rejectRsaSha1 && r.boolean(rejectRsaSha1)) ?? d.dkim.rejectRsaSha1,
+                maxSignatures: (maxSignatures && r.integer(maxSignatures, 1, 50)) ?? d.dkim.maxSignatures,
+                maxBodyHashes: (maxBodyHashes && r.integer(maxBodyHashes, 1, 50)) ?? d.dkim.maxBodyHashes,
+                maxSignedFields: (maxSignedFields && r.integer(maxSignedFields, 10, 1000)) ?? d.dkim.maxSignedFields,
+            },
             dmarc: {
                 mode: (mode && r.oneOf(mode, DMARC_MODES)) ?? d.dmarc.mode,
                 rejectMultipleFrom: (rejectMultipleFrom && r.boolean(rejectMultipleFrom)) ?? d.dmarc.rejectMultipleFrom,
             },
-            arc: { trustedSealers: sealers ? this.domainList(sealers, 'ARC sealer domains') : d.arc.trustedSealers },
+            arc: {
+                trustedSealers: sealers ? this.domainList(sealers, 'ARC sealer domains') : d.arc.trustedSealers,
+                // RFC 8617 section 4.2.1: a chain has at most 50 sets
+                maxSets: (maxSets && r.integer(maxSets, 1, 50)) ?? d.arc.maxSets,
+            },
         };
     }
 

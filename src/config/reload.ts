@@ -122,6 +122,11 @@ export const SETTINGS: Readonly<Record<string, Setting>> = Object.freeze({
     'authentication.dmarc.mode': live(),
     'authentication.dmarc.rejectMultipleFrom': live(),
     'authentication.arc.trustedSealers': live(),
+    'authentication.maxDnsQueries': live(),
+    'authentication.dkim.maxSignatures': live(),
+    'authentication.dkim.maxBodyHashes': live(),
+    'authentication.dkim.maxSignedFields': live(),
+    'authentication.arc.maxSets': live(),
     // Read when the drain starts.
     shutdownTimeoutMs: live('shutdownTimeout'),
     // The root logger's level; session loggers follow it.

@@ -83,6 +83,8 @@ export interface AuthenticationConfig {
     readonly minRsaBits: number;
     /** Follow the RFCs to the letter instead of mailauth's lenient defaults. */
     readonly strict: boolean;
+    /** DNS queries one message's SPF, DKIM, DMARC and ARC may make together (cache hits included). */
+    readonly maxDnsQueries: number;
     readonly spf: {
         /** DNS-querying terms allowed in one SPF evaluation (RFC 7208 section 4.6.4). */
         readonly maxLookups: number;
@@ -90,6 +92,12 @@ export interface AuthenticationConfig {
     readonly dkim: {
         /** rsa-sha1 signatures count as `policy`, not `pass` (RFC 8301 section 3.1). */
         readonly rejectRsaSha1: boolean;
+        /** DKIM-Signature fields evaluated per message; the others are skipped. */
+        readonly maxSignatures: number;
+        /** Distinct body hashes (canonicalization, algorithm, l=) computed per message. */
+        readonly maxBodyHashes: number;
+        /** Names a signature's h= may list and still be evaluated (DKIM and ARC-Message-Signature). */
+        readonly maxSignedFields: number;
     };
     readonly dmarc: {
         readonly mode: DmarcMode;
@@ -99,6 +107,8 @@ export interface AuthenticationConfig {
     readonly arc: {
         /** ARC sealers (d= of ARC-Seal) whose results may override a DMARC failure. */
         readonly trustedSealers: readonly string[];
+        /** ARC sets verified per message; a longer chain fails (RFC 8617 section 5.1.1 allows 50). */
+        readonly maxSets: number;
     };
 }
 

@@ -88,7 +88,8 @@ function fact(name: string, type: FactType, stage: Stage, description: string, v
 function reportedBy(name: string): string | undefined {
     if (name === 'client.ptr' || name.startsWith('iprev.')) return 'iprev';
     if (/^(spf|dkim|dmarc|arc)\./.test(name)) return 'mailauth';
-    if (name === 'local.sender' || name === 'header.from.mismatch' || name === 'auth.temperror') return 'mailauth';
+    if (name === 'local.sender' || name === 'header.from.mismatch') return 'mailauth';
+    if (name === 'auth.temperror' || name === 'auth.limits' || name === 'auth.dns_queries') return 'mailauth';
     if (name.startsWith('ratelimit.') || name.startsWith('greylist.')) return 'ratelimit';
     if (name.startsWith('auth.login.')) return 'login_signals';
     return undefined;
@@ -190,7 +191,13 @@ const CATALOGUE: readonly FactSpec[] = [
         'data',
         'A passing DKIM signature is aligned with the From header domain (DMARC alignment)',
     ),
-    fact('dkim.count', 'number', 'data', 'Number of DKIM signatures found'),
+    fact('dkim.count', 'number', 'data', 'Number of DKIM signatures verified'),
+    fact(
+        'dkim.skipped',
+        'number',
+        'data',
+        'DKIM signatures not verified because the message carried more than the per-message limits allow',
+    ),
     fact(
         'dmarc.result',
         'string',
@@ -234,6 +241,18 @@ const CATALOGUE: readonly FactSpec[] = [
         'boolean',
         'data',
         'A temporary DNS error decided the DMARC outcome (the disposition is tempfail)',
+    ),
+    fact(
+        'auth.limits',
+        'string[]',
+        'data',
+        'Per-message verification limits the message ran into: dkim_signatures, dkim_body_hashes, dkim_signed_fields, arc_sets, body_line_length, dns_queries (empty for normal mail)',
+    ),
+    fact(
+        'auth.dns_queries',
+        'number',
+        'data',
+        'DNS queries the message needed for SPF, DKIM, DMARC and ARC, cache hits included (at most authentication.maxDnsQueries)',
     ),
     fact(
         'score',

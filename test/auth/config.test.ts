@@ -26,10 +26,11 @@ describe('authentication config', () => {
         timeoutMs: 15_000,
         minRsaBits: 1024,
         strict: false,
+        maxDnsQueries: 100,
         spf: { maxLookups: 10 },
-        dkim: { rejectRsaSha1: true },
+        dkim: { rejectRsaSha1: true, maxSignatures: 5, maxBodyHashes: 3, maxSignedFields: 100 },
         dmarc: { mode: 'rfc9989', rejectMultipleFrom: true },
-        arc: { trustedSealers: [] },
+        arc: { trustedSealers: [], maxSets: 10 },
     };
 
     it('has defaults without a config file and when the section is left out', () => {
@@ -45,10 +46,11 @@ describe('authentication config', () => {
                 '  timeout: 20s',
                 '  minRsaBits: 2048',
                 '  strict: true',
+                '  maxDnsQueries: 40',
                 '  spf: { maxLookups: 5 }',
-                '  dkim: { rejectRsaSha1: false }',
+                '  dkim: { rejectRsaSha1: false, maxSignatures: 3, maxBodyHashes: 2, maxSignedFields: 50 }',
                 '  dmarc: { mode: rfc7489, rejectMultipleFrom: false }',
-                '  arc: { trustedSealers: [Google.COM, "bücher.example."] }',
+                '  arc: { trustedSealers: [Google.COM, "bücher.example."], maxSets: 50 }',
                 '',
             ].join('\n'),
         );
@@ -56,17 +58,18 @@ describe('authentication config', () => {
             timeoutMs: 20_000,
             minRsaBits: 2048,
             strict: true,
+            maxDnsQueries: 40,
             spf: { maxLookups: 5 },
-            dkim: { rejectRsaSha1: false },
+            dkim: { rejectRsaSha1: false, maxSignatures: 3, maxBodyHashes: 2, maxSignedFields: 50 },
             dmarc: { mode: 'rfc7489', rejectMultipleFrom: false },
-            arc: { trustedSealers: ['google.com', 'xn--bcher-kva.example'] },
+            arc: { trustedSealers: ['google.com', 'xn--bcher-kva.example'], maxSets: 50 },
         });
         assert.ok(Object.isFrozen(c.authentication.arc.trustedSealers));
     });
 
     it('keeps defaults for the keys a partial section leaves out', () => {
         const c = load('authentication:\n  arc: { trustedSealers: [google.com] }\n');
-        assert.deepEqual(c.authentication, { ...defaults, arc: { trustedSealers: ['google.com'] } });
+        assert.deepEqual(c.authentication, { ...defaults, arc: { trustedSealers: ['google.com'], maxSets: 10 } });
     });
 
     it('rejects unknown keys with their position', () => {

@@ -1,8 +1,9 @@
 // The `mailauth` check end to end against the loopback test DNS server: SPF, DKIM (signed here
 // with generated keys published in the zone), DMARC dispositions (reject, quarantine, t=y, np,
 // several From mailboxes, temporary DNS errors), ARC sealed by a trusted or an untrusted
-// forwarder, the rfc7489 mode, the header fields produced, metrics, and the resolver cache
-// (a second message from the same domain asks the DNS server nothing new).
+// forwarder, the rfc7489 mode, the header fields produced (no SPF verdict for authenticated
+// submission), metrics, and the resolver cache (a second message from the same domain asks
+// the DNS server nothing new).
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { createMailauthCheck } from '../../src/auth/mailauth.ts';
@@ -228,6 +229,28 @@ describe('mailauth check', () => {
         assert.equal(r.facts['dmarc.override'], 'local');
     });
 
+    it('an authenticated submission client gets no SPF verdict: no query, no Received-SPF, no spf clause', async () => {
+        const before = dns.queries.length;
+        const r = await run(check(), basicMessage('me@bank.example'), { login: 'me', mailFrom: 'me@bank.example' });
+        assert.equal(r.facts['spf.result'], 'none');
+        assert.equal(r.facts['spf.domain'], null);
+        assert.equal(
+            r.headers?.find((h) => h.name === 'Received-SPF'),
+            undefined,
+        );
+        assert.doesNotMatch(header(r, 'Authentication-Results'), /spf=/);
+        assert.match(
+            header(r, 'Authentication-Results'),
+            /^mx\.test; dkim=none \(message not signed\); arc=none; dmarc=fail /,
+        );
+        const asked = dns.queries.slice(before).map((q) => `${q.type} ${q.name}`);
+        assert.ok(!asked.includes('TXT bank.example'), asked.join(', '));
+        // the same message from a client that did not log in is SPF-checked as usual
+        const mx = await run(check(), basicMessage('me@bank.example'), { mailFrom: 'me@bank.example' });
+        assert.equal(mx.facts['spf.result'], 'pass');
+        assert.match(header(mx, 'Received-SPF'), /^pass /);
+    });
+
     it('local.sender: envelope or From in our domains, subdomains included', async () => {
         const c = check({}, ['bank.example']);
         assert.equal(
@@ -276,7 +299,7 @@ describe('mailauth check', () => {
                 hostname: HOST,
                 resolver,
                 localDomains: [],
-                settings: settings({ arc: { trustedSealers: ['forwarder.example'] } }),
+                settings: settings({ arc: { trustedSealers: ['forwarder.example'], maxSets: 10 } }),
                 metrics,
             });
             const msg = await forwarded('forwarder.example', 'arc', forwarderKey);
@@ -302,7 +325,9 @@ describe('mailauth check', () => {
 
         it('the same chain from a sealer that is not trusted proves nothing', async () => {
             const msg = await forwarded('sealer.example', 'arc', otherSealerKey);
-            const r = await run(check({ arc: { trustedSealers: ['forwarder.example'] } }), msg, { ip: FORWARDER_IP });
+            const r = await run(check({ arc: { trustedSealers: ['forwarder.example'], maxSets: 10 } }), msg, {
+                ip: FORWARDER_IP,
+            });
             assert.equal(r.facts['arc.result'], 'pass');
             assert.equal(r.facts['arc.trusted'], false);
             assert.equal(r.facts['dmarc.disposition'], 'reject');
@@ -319,7 +344,9 @@ describe('mailauth check', () => {
                     'forwarder.example; dkim=none; spf=fail smtp.mailfrom=x@sender.test; dmarc=fail header.from=bank.example',
                 cv: 'none',
             });
-            const r = await run(check({ arc: { trustedSealers: ['forwarder.example'] } }), msg, { ip: FORWARDER_IP });
+            const r = await run(check({ arc: { trustedSealers: ['forwarder.example'], maxSets: 10 } }), msg, {
+                ip: FORWARDER_IP,
+            });
             assert.equal(r.facts['arc.trusted'], true);
             assert.equal(r.facts['dmarc.disposition'], 'reject');
         });

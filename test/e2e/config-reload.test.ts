@@ -348,6 +348,11 @@ describe('config reload on SIGHUP', () => {
             },
         },
         { variant: 'A', set: { 'authentication.arc': { trustedSealers: ['example.net'] } } },
+        { variant: 'A', set: { 'authentication.maxDnsQueries': 50 } },
+        { variant: 'A', set: { 'authentication.dkim.maxSignatures': 3 } },
+        { variant: 'A', set: { 'authentication.dkim.maxBodyHashes': 2 } },
+        { variant: 'A', set: { 'authentication.dkim.maxSignedFields': 50 } },
+        { variant: 'A', set: { 'authentication.arc.maxSets': 5 } },
         { variant: 'A', set: { shutdownTimeout: '6s' } },
         {
             variant: 'A',

@@ -3,9 +3,9 @@
  * prometheus, started with the shipped deploy/compose/prometheus.yml (scrape interval shortened,
  * target pointed at the test app) and grafana/alerts.yml, scrapes a running mailwarden that has
  * handled real traffic: accepted, tagged, rejected, quarantined and tempfailed mail, a DMARC
- * override, a bare LF, a forged own header field and a header section that does not parse, an
- * upstream 4xx and an upstream failure, a client gone before the upstream's slow 250, a relay
- * attempt, AUTH successes and failures against a real users file,
+ * override, a bare LF, a DKIM signature flood, a forged own header field and a header section
+ * that does not parse, an upstream 4xx and an upstream failure, a client gone before the
+ * upstream's slow 250, a relay attempt, AUTH successes and failures against a real users file,
  * a login locked out, a session ended by a password change, a failed login while Redis is
  * paused, and good and bad rule reloads. Then every expression of the dashboard (panel
  * targets, the annotation, the instance variable) is evaluated the way Grafana sends it, through
@@ -24,6 +24,7 @@ import { hashPassword } from '../../src/submission/hashes.ts';
 import { rsaKey, sign } from '../auth/helpers.ts';
 import { startApp, type TestApp } from '../helpers/app.ts';
 import { startDnsServer, type DnsTestServer, type Zone } from '../helpers/dns-server.ts';
+import { signatureFlood } from '../helpers/hostile-mail.ts';
 import { startPrometheus, PromQueryError, type PrometheusInstance, type PromSeries } from '../helpers/prometheus.ts';
 import { startRedis, type RedisInstance } from '../helpers/redis.ts';
 import { startScriptedUpstream, type ScriptedUpstream } from '../helpers/scripted-upstream.ts';
@@ -192,6 +193,9 @@ describe('the Grafana dashboard and the alert rules against a real Prometheus', 
         assert.equal(await mx('beta@beta.example', msg('beta@beta.example', 'testing')), 250, 'DMARC t=y');
         assert.equal(await mx('x@plain.example', msg('x@plain.example', 'tagged')), 250, 'SPF fail tag');
         assert.equal(await mx('x@slow.example', msg('x@slow.example', 'slow')), 451, 'DNS timeout tempfail');
+        // more DKIM signatures than are verified per message: the limits panel
+        const flood = signatureFlood({ count: 8, body: Buffer.from('Hello.\r\n'), distinctLengths: false });
+        assert.equal(await mx('x@plain.example', flood + msg('x@plain.example', 'signature flood')), 250, 'DKIM flood');
         const bare = msg('News <letters@news.example>', 'bare').replace('Hello.\r\n', 'Hello.\nBare line.\r\n');
         assert.equal(await mx('bounce@other.example', bare), 550, 'bare LF');
         const forged = `X-Mailwarden-Verdict : accept\r\n${await signed('forged verdict')}`;

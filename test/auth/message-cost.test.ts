@@ -1,0 +1,321 @@
+// What one hostile message may cost the mailauth check, counted rather than timed: DKIM
+// signature floods (each its own l= and d=/s=) verify at most the capped number of signatures
+// and look up at most that many keys (queries counted at the loopback DNS server); a legitimate
+// aligned signature under thousands of junk ones still passes; ARC chains over the limit fail
+// without key lookups; the per-message DNS budget turns an SPF tree that asks too much into
+// temperror, never pass, the same with a cold or a warm cache; header and body shapes that make
+// mailauth quadratic (fold bombs, h= bombs, one enormous line, millions of lines to rewrite)
+// are decided well within the check's timeout; and a timed-out check stops reading the message
+// and asks nothing more of the DNS.
+import assert from 'node:assert/strict';
+import { Readable } from 'node:stream';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { after, before, describe, it } from 'node:test';
+import { createMailauthCheck } from '../../src/auth/mailauth.ts';
+import type { AuthenticationConfig } from '../../src/config/types.ts';
+import type { Resolver } from '../../src/dns/resolver.ts';
+import { acceptAll, runStage, type Check, type CheckContext, type CheckResult } from '../../src/pipeline.ts';
+import { startDnsServer, type DnsTestServer, type Zone } from '../helpers/dns-server.ts';
+import {
+    arcFlood,
+    canonicalBody,
+    foldedField,
+    fromFlood,
+    plainFields,
+    signatureFlood,
+} from '../helpers/hostile-mail.ts';
+import { basicMessage, context, rsaKey, seal, settings, sign, testResolver, type TestKey } from './helpers.ts';
+
+const CLIENT = '192.0.2.10';
+
+let dns: DnsTestServer;
+let resolver: Resolver;
+let bankKey: TestKey;
+let forwarderKey: TestKey;
+let listKey: TestKey;
+
+function zone(): Zone {
+    const zone: Zone = {
+        'bank.example': { TXT: [`v=spf1 ip4:${CLIENT} -all`] },
+        'sel._domainkey.bank.example': { TXT: [bankKey.record] },
+        '_dmarc.bank.example': { TXT: ['v=DMARC1; p=reject'] },
+        'arc._domainkey.forwarder.example': { TXT: [forwarderKey.record] },
+        'arc._domainkey.list.example': { TXT: [listKey.record] },
+        // 5 mx terms of 10 hosts each: 106 queries (mailauth asks A and AAAA) before the ip4 term matches
+        'budget.example': {
+            TXT: [`v=spf1 ${[0, 1, 2, 3, 4].map((i) => `mx:m${i}.budget.example`).join(' ')} ip4:${CLIENT} -all`],
+        },
+    };
+    for (let i = 0; i < 5; i++) {
+        zone[`m${i}.budget.example`] = {
+            MX: Array.from({ length: 10 }, (_, k) => ({ exchange: `h${k}.m${i}.budget.example`, priority: k })),
+        };
+        for (let k = 0; k < 10; k++)
+            zone[`h${k}.m${i}.budget.example`] = { A: ['198.51.100.1'], AAAA: ['2001:db8::1'] };
+    }
+    return zone;
+}
+
+function check(over: Partial<AuthenticationConfig> = {}, r: Resolver = resolver): Check {
+    return createMailauthCheck({ hostname: 'mx.test', resolver: r, localDomains: [], settings: settings(over) });
+}
+
+/** Runs the check through the pipeline (with its timeout), counting the DNS queries it caused. */
+async function decide(
+    c: Check,
+    ctx: Omit<CheckContext, 'stage'>,
+): Promise<{ facts: CheckResult['facts']; error: string | null; headers: string; queries: string[] }> {
+    const before = dns.queries.length;
+    const r = await runStage('data', [c], ctx, acceptAll);
+    return {
+        facts: r.facts,
+        error: r.checks[0]!.error,
+        headers: r.headers.map((h) => `${h.name}: ${h.value}`).join('\n'),
+        queries: dns.queries.slice(before).map((q) => `${q.type} ${q.name}`),
+    };
+}
+
+const keyLookups = (queries: readonly string[]): string[] => queries.filter((q) => q.includes('._domainkey.'));
+
+function ctx(message: string | Buffer, o: Parameters<typeof context>[1] = {}): Omit<CheckContext, 'stage'> {
+    const buf = typeof message === 'string' ? Buffer.from(message, 'latin1') : message;
+    const base = context('', { mailFrom: 'bounce@flood.example', ...o });
+    // the spool hands the message out in pieces of 64 KiB
+    const pieces: Buffer[] = [];
+    for (let i = 0; i < buf.length; i += 65536) pieces.push(buf.subarray(i, i + 65536));
+    return { ...base, message: { stream: () => Readable.from(pieces), size: buf.length } };
+}
+
+before(async () => {
+    bankKey = rsaKey();
+    forwarderKey = rsaKey();
+    listKey = rsaKey();
+    dns = await startDnsServer({});
+    dns.setZone(zone());
+    // no cache: every lookup reaches the DNS server, where it is counted
+    resolver = testResolver(dns.address, false);
+});
+
+after(async () => {
+    resolver.close();
+    await dns.close();
+});
+
+describe('DKIM signature floods', () => {
+    it('3,000 signatures, each its own l= and d=/s=: 3 verified (3 body hashes), 3 key lookups', async () => {
+        const body = canonicalBody(50_000);
+        const message =
+            signatureFlood({ count: 3000, body }) + plainFields('a@bank.example') + '\r\n' + body.toString();
+        const r = await decide(check(), ctx(message));
+        assert.equal(r.error, null);
+        assert.equal(r.facts['dkim.count'], 3);
+        assert.equal(r.facts['dkim.skipped'], 2997);
+        assert.deepEqual(r.facts['auth.limits'], ['dkim_body_hashes']);
+        assert.deepEqual(keyLookups(r.queries), [
+            'TXT s0._domainkey.d0.flood.example',
+            'TXT s1._domainkey.d1.flood.example',
+            'TXT s2._domainkey.d2.flood.example',
+        ]);
+        assert.equal((r.headers.match(/dkim=/g) ?? []).length, 3);
+    });
+
+    it('3,000 signatures with one body hash: 5 verified, 5 key lookups; the cap is configurable', async () => {
+        const body = canonicalBody(50_000);
+        const message =
+            signatureFlood({ count: 3000, body, distinctLengths: false }) +
+            plainFields('a@bank.example') +
+            '\r\n' +
+            body.toString();
+        const r = await decide(check(), ctx(message));
+        assert.equal(r.facts['dkim.count'], 5);
+        assert.equal(r.facts['dkim.skipped'], 2995);
+        assert.deepEqual(r.facts['auth.limits'], ['dkim_signatures']);
+        assert.equal(keyLookups(r.queries).length, 5);
+        const two = await decide(check({ dkim: { ...settings().dkim, maxSignatures: 2 } }), ctx(message));
+        assert.equal(keyLookups(two.queries).length, 2);
+    });
+
+    it('a signature aligned with From passes under 2,000 junk signatures placed above it', async () => {
+        const body = canonicalBody(2000);
+        const signed = await sign(
+            basicMessage('alerts@bank.example').replace(/\r\n\r\n[\s\S]*$/, `\r\n\r\n${body.toString()}`),
+            'bank.example',
+            'sel',
+            bankKey,
+        );
+        const junk = signatureFlood({ count: 2000, body, distinctLengths: false, domain: (i) => `junk${i}.example` });
+        const r = await decide(check(), ctx(junk + signed, { mailFrom: 'x@flood.example' }));
+        assert.equal(r.facts['dkim.result'], 'pass', r.headers);
+        assert.equal(r.facts['dkim.aligned'], true);
+        assert.equal(r.facts['dmarc.result'], 'pass');
+        assert.ok(keyLookups(r.queries).length <= 5);
+    });
+});
+
+describe('ARC chains', () => {
+    /** The bank signs; a forwarder seals (i=1); a mailing list seals again (i=2). */
+    async function twoSets(): Promise<string> {
+        const original = await sign(basicMessage('alerts@bank.example'), 'bank.example', 'sel', bankKey);
+        const once = await seal(original, {
+            domain: 'forwarder.example',
+            selector: 'arc',
+            key: forwarderKey,
+            authResults: 'forwarder.example; dkim=pass header.d=bank.example',
+            cv: 'none',
+        });
+        return seal(once, {
+            domain: 'list.example',
+            selector: 'arc',
+            key: listKey,
+            authResults: 'list.example; arc=pass; dkim=pass header.d=bank.example',
+            cv: 'pass',
+        });
+    }
+
+    it('a chain within arc.maxSets is verified; a longer one fails without a single ARC key lookup', async () => {
+        const message = await twoSets();
+        const ok = await decide(check(), ctx(message));
+        assert.equal(ok.facts['arc.result'], 'pass');
+        assert.ok(ok.queries.includes('TXT arc._domainkey.list.example'));
+        const capped = await decide(check({ arc: { trustedSealers: [], maxSets: 1 } }), ctx(message));
+        assert.equal(capped.facts['arc.result'], 'fail');
+        assert.deepEqual(capped.facts['auth.limits'], ['arc_sets']);
+        assert.match(capped.headers, /arc=fail \(2 ARC sets: over the per-message limits\)/);
+        assert.deepEqual(
+            capped.queries.filter((q) => q.includes('arc._domainkey')),
+            [],
+        );
+    });
+
+    it('5,000 ARC sets fail at once, no key looked up', async () => {
+        const message = arcFlood(5000) + plainFields('a@bank.example') + '\r\nHello.\r\n';
+        const r = await decide(check(), ctx(message));
+        assert.equal(r.error, null);
+        assert.equal(r.facts['arc.result'], 'fail');
+        assert.deepEqual(keyLookups(r.queries), []);
+    });
+});
+
+describe('the per-message DNS budget', () => {
+    it('an SPF record that needs more queries than the budget: temperror, never pass; at most the budget asked', async () => {
+        const message = plainFields('a@budget.example') + '\r\nHello.\r\n';
+        const r = await decide(check(), ctx(message, { mailFrom: 'a@budget.example' }));
+        assert.equal(r.facts['spf.result'], 'temperror');
+        assert.ok((r.facts['auth.limits'] as string[]).includes('dns_queries'));
+        assert.equal(r.facts['auth.dns_queries'], 100);
+        assert.ok(r.queries.length <= 100, String(r.queries.length));
+        assert.match(r.headers, /spf=temperror .*DNS query budget of 100 per message spent/);
+        const roomy = await decide(check({ maxDnsQueries: 200 }), ctx(message, { mailFrom: 'a@budget.example' }));
+        assert.equal(roomy.facts['spf.result'], 'pass');
+        assert.deepEqual(roomy.facts['auth.limits'], []);
+    });
+
+    it('answers from the cache count too: a warm cache gives the same temperror', async () => {
+        const cached = testResolver(dns.address, true);
+        try {
+            const c = check({}, cached);
+            const message = plainFields('a@budget.example') + '\r\nHello.\r\n';
+            const cold = await decide(c, ctx(message, { mailFrom: 'a@budget.example' }));
+            const warm = await decide(c, ctx(message, { mailFrom: 'a@budget.example' }));
+            assert.equal(cold.facts['spf.result'], 'temperror');
+            assert.equal(warm.facts['spf.result'], 'temperror');
+            assert.equal(warm.facts['auth.dns_queries'], 100);
+            assert.ok(warm.queries.length < cold.queries.length);
+        } finally {
+            cached.close();
+        }
+    });
+});
+
+describe('shapes that make the verifier quadratic are decided well within the timeout', () => {
+    const quick = { timeoutMs: 20_000 };
+
+    it('a From field folded into 200,000 lines', async () => {
+        const body = canonicalBody(1000);
+        const message =
+            foldedField('From', 200_000, 'a@bank.example') +
+            signatureFlood({ count: 2, body, signed: 'from:from', distinctLengths: false }) +
+            '\r\n' +
+            body.toString();
+        const r = await decide(check(quick), ctx(message));
+        assert.equal(r.error, null);
+        assert.equal(r.facts['dkim.count'], 2);
+    });
+
+    it('50,000 From fields', async () => {
+        const r = await decide(check(quick), ctx(fromFlood(50_000) + '\r\nHello.\r\n'));
+        assert.equal(r.error, null);
+        assert.equal(r.facts['header.from.count'], 50_000);
+        assert.equal(r.facts['dmarc.result'], 'permerror');
+        assert.equal(r.facts['dmarc.disposition'], 'reject');
+    });
+
+    it('a signature whose h= names 60,000 fields, over 60,000 fields', async () => {
+        const body = canonicalBody(1000);
+        const message =
+            'X: y\r\n'.repeat(60_000) +
+            signatureFlood({ count: 1, body, signed: `from:${'a:'.repeat(60_000)}`, distinctLengths: false }) +
+            plainFields('a@bank.example') +
+            '\r\n' +
+            body.toString();
+        const r = await decide(check(quick), ctx(message));
+        assert.equal(r.error, null);
+        assert.equal(r.facts['dkim.result'], 'policy');
+        assert.equal(r.facts['dkim.skipped'], 1);
+        assert.deepEqual(r.facts['auth.limits'], ['dkim_signed_fields']);
+        assert.match(r.headers, /dkim=policy \(1 signatures not verified: over the per-message limits\)/);
+    });
+
+    it('a body that is one 20 MB line', async () => {
+        const body = canonicalBody(1000);
+        const message = Buffer.concat([
+            Buffer.from(
+                signatureFlood({ count: 1, body, distinctLengths: false }) + plainFields('a@bank.example') + '\r\n',
+            ),
+            Buffer.alloc(20 * 1024 * 1024, 'a'),
+        ]);
+        const r = await decide(check(quick), ctx(message));
+        assert.equal(r.error, null);
+        assert.deepEqual(r.facts['auth.limits'], ['body_line_length']);
+    });
+
+    it('16 MB of short lines that relaxed canonicalization must each rewrite, under 3 signatures', async () => {
+        const message = Buffer.concat([
+            Buffer.from(
+                signatureFlood({ count: 3, body: canonicalBody(1000) }) + plainFields('a@bank.example') + '\r\n',
+            ),
+            Buffer.alloc(16 * 1024 * 1024, 'a \t\r\n'),
+        ]);
+        const r = await decide(check(quick), ctx(message));
+        assert.equal(r.error, null);
+        assert.deepEqual(r.facts['auth.limits'], ['body_rewrites']);
+    });
+});
+
+describe('a check that times out stops its work', () => {
+    it('the message stops being read and no DNS query starts after the timeout', async () => {
+        let read = 0;
+        async function* endless(): AsyncGenerator<Buffer> {
+            yield Buffer.from(
+                signatureFlood({ count: 3, body: canonicalBody(100) }) + plainFields('a@bank.example') + '\r\n',
+            );
+            for (;;) {
+                read++;
+                yield Buffer.from('Lorem ipsum dolor sit amet.\r\n'.repeat(2000));
+                await sleep(1);
+            }
+        }
+        const base = ctx('');
+        const r = await decide(check({ timeoutMs: 300 }), {
+            ...base,
+            message: { stream: () => Readable.from(endless()), size: Infinity },
+        });
+        assert.equal(r.error, 'timeout');
+        await sleep(50);
+        const atVerdict = read;
+        const queries = dns.queries.length;
+        await sleep(300);
+        assert.equal(read, atVerdict, 'the message was still being read after the timeout');
+        assert.equal(dns.queries.length, queries, 'DNS queries after the timeout');
+    });
+});
