@@ -1,21 +1,23 @@
 /**
- * Wires one configured listener to smtp-server: TLS (STARTTLS or implicit, TLS 1.2+),
- * SIZE, PIPELINING, 8BITMIME, SMTPUTF8, client limits, idle timeouts, PROXY protocol v1
- * from trusted CIDRs only, AUTH only in submission mode. Each callback hands over to the
+ * Wires one configured listener to smtp-server: TLS (STARTTLS or implicit, with the profile
+ * of net/tls-profile.ts), SIZE, PIPELINING, 8BITMIME, SMTPUTF8, ENHANCEDSTATUSCODES, client
+ * limits (per listener and per client network), the pre-transaction and idle timeouts, PROXY
+ * protocol v1 from trusted CIDRs only, AUTH only in submission mode. Every change to
+ * smtp-server's own behaviour lives in smtp-server-adapter.ts. Each callback hands over to the
  * Session and answers only with replies built by reply.ts; it holds no policy.
  */
 import { readFileSync } from 'node:fs';
-import type { Socket } from 'node:net';
 import { createSecureContext } from 'node:tls';
-import { SMTPServer, type SMTPServerOptions, type SMTPServerSession } from 'smtp-server';
+import type { SMTPServer, SMTPServerOptions, SMTPServerSession } from 'smtp-server';
 import type { Config, ListenerConfig } from './config/types.ts';
 import { smtpServerLogger, type Logger } from './log.ts';
 import { compileCidrs } from './net/cidr.ts';
+import { TLS_PROFILE } from './net/tls-profile.ts';
 import { replyFor, toCallbackError, SmtpReplyError } from './reply.ts';
 import { Session, type SessionDeps } from './session.ts';
+import { MailwardenSmtpServer } from './smtp-server-adapter.ts';
 import type { AuthContext, AuthOutcome, SenderPolicy } from './submission/index.ts';
 import type { LoginGuard } from './submission/login-guard.ts';
-import { patchConnectionReplies } from './smtp-server-replies.ts';
 
 /** Verifies SMTP AUTH credentials and knows which addresses each login may send as. */
 export interface AuthBackend {
@@ -32,27 +34,6 @@ export interface ListenerDeps extends Omit<SessionDeps, 'listener' | 'log'> {
 
 /** Refused AUTH attempts in one session after which the connection is closed (421 4.7.0). */
 const MAX_REFUSED_AUTH = 3;
-
-/**
- * smtp-server with two adjustments: PROXY senders are trusted by CIDR range (smtp-server
- * only knows exact addresses), and every connection's built-in replies go through
- * smtp-server-replies.ts so they carry enhanced status codes and our texts.
- */
-class MailwardenSmtpServer extends SMTPServer {
-    trustProxy: (ip: string) => boolean = () => false;
-    submission = false;
-    override _expectsProxyHeader(socket: Socket): boolean {
-        return this.trustProxy(socket.remoteAddress ?? '');
-    }
-    override connect(socket: Socket, socketOptions?: Parameters<SMTPServer['connect']>[1]): void {
-        super.connect(socket, socketOptions);
-        const connection = [...(this as unknown as { connections: Set<unknown> }).connections].at(-1);
-        if (connection)
-            patchConnectionReplies(connection as Parameters<typeof patchConnectionReplies>[0], {
-                submission: this.submission,
-            });
-    }
-}
 
 export interface RunningListener {
     readonly config: ListenerConfig;
@@ -92,18 +73,21 @@ export function createListener(config: Config, listener: ListenerConfig, deps: L
         secure: listener.tls === 'implicit',
         hideSTARTTLS: !useTls || listener.tls === 'implicit',
         ...tlsFiles,
-        minVersion: 'TLSv1.2',
+        ...TLS_PROFILE,
         size: listener.maxMessageSize,
         maxClients: listener.maxClients,
         socketTimeout: listener.socketTimeoutMs,
         closeTimeout: config.shutdownTimeoutMs,
         disableReverseLookup: true,
-        hideENHANCEDSTATUSCODES: true,
+        // advertised; the adapter puts exactly one enhanced code on every reply (RFC 2034)
+        hideENHANCEDSTATUSCODES: false,
         logger: smtpServerLogger(log),
         useProxy: listener.proxyProtocol !== null,
         // submission: AUTH is enforced in onMailFrom, so the refusal comes from our reply table
         authOptional: true,
-        disabledCommands: submission ? [] : ['AUTH'],
+        // STARTTLS only where TLS is configured: smtp-server would otherwise upgrade with its
+        // built-in certificate, whose private key is public
+        disabledCommands: [...(submission ? [] : ['AUTH']), ...(useTls ? [] : ['STARTTLS'])],
         authMethods: ['PLAIN', 'LOGIN'],
         allowInsecureAuth: false,
 
@@ -214,9 +198,22 @@ export function createListener(config: Config, listener: ListenerConfig, deps: L
         },
     };
 
-    const server = new MailwardenSmtpServer(options);
-    server.submission = submission;
-    if (listener.proxyProtocol) server.trustProxy = compileCidrs(listener.proxyProtocol);
+    // series that dashboards compute rates over exist from the start, at 0
+    for (const reason of ['max_clients', 'network_limit']) {
+        deps.metrics.connectionsRefused.inc({ listener: listener.name, reason }, 0);
+    }
+    for (const timeout of ['pre_transaction', 'idle', ...(listener.tls === 'implicit' ? ['handshake'] : [])]) {
+        deps.metrics.connectionTimeouts.inc({ listener: listener.name, timeout }, 0);
+    }
+    const server = new MailwardenSmtpServer(options, {
+        listener: listener.name,
+        submission,
+        trustProxy: listener.proxyProtocol ? compileCidrs(listener.proxyProtocol) : () => false,
+        maxClientsPerNetwork: listener.maxClientsPerNetwork,
+        preTransactionTimeoutMs: listener.preTransactionTimeoutMs,
+        log,
+        metrics: deps.metrics,
+    });
     server.on('error', (err) => log.error({ err }, 'listener error'));
 
     const running: RunningListener = {

@@ -19,8 +19,17 @@ export const DEFAULT_MAILDIR = './data/maildir';
 
 export const DEFAULTS = {
     listener: { name: 'mx', host: '127.0.0.1', port: 2525, mode: 'mx' },
-    /** Per listener. */
-    maxClients: 100,
+    /**
+     * Per listener. An idle connection costs about 27 KiB of memory, 64 KiB with TLS (measured
+     * with scripts/idle-connections.ts; docs/security.md, "Connections and TLS"), so 2000 cost
+     * 55 to 130 MiB. What must be small is the share one network can hold and how long an idle
+     * client keeps its slot.
+     */
+    maxClients: 2000,
+    /** Per listener: the most one network may hold, unless a quarter of `maxClients` is less. */
+    maxClientsPerNetwork: 50,
+    /** Like postscreen: a real client starts a transaction within seconds of connecting. */
+    preTransactionTimeoutMs: 30 * SECOND,
     maxMessageSize: 50 * MB,
     /** RFC 5321 section 4.5.3.2.7: a server should wait at least 5 minutes for the next command. */
     socketTimeoutMs: 5 * MINUTE,
@@ -83,10 +92,21 @@ export function defaultListener(
         tls: haveTls ? 'starttls' : 'none',
         proxyProtocol: null,
         maxClients: DEFAULTS.maxClients,
+        maxClientsPerNetwork: defaultMaxClientsPerNetwork(DEFAULTS.maxClients),
         maxMessageSize: DEFAULTS.maxMessageSize,
         bareNewline: mode === 'mx' ? 'reject' : 'normalize',
         socketTimeoutMs: DEFAULTS.socketTimeoutMs,
+        preTransactionTimeoutMs: DEFAULTS.preTransactionTimeoutMs,
     };
+}
+
+/**
+ * The per-network share of a listener with `maxClients` slots when the config does not set it:
+ * 50, or a quarter of the slots when that is less (at least 1), so that at least four networks
+ * always fit.
+ */
+export function defaultMaxClientsPerNetwork(maxClients: number): number {
+    return Math.min(DEFAULTS.maxClientsPerNetwork, Math.max(1, Math.floor(maxClients / 4)));
 }
 
 /** True for names and addresses that stay on this host (127.0.0.0/8, ::1, localhost). */

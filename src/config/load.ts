@@ -14,6 +14,7 @@ import {
     defaultAuthentication,
     defaultConfig,
     defaultListener,
+    defaultMaxClientsPerNetwork,
     defaultUpstreamStarttls,
 } from './defaults.ts';
 import { ConfigError } from './issues.ts';
@@ -73,9 +74,11 @@ const LISTENER_KEYS = [
     'tls',
     'proxyProtocol',
     'maxClients',
+    'maxClientsPerNetwork',
     'maxMessageSize',
     'bareNewline',
     'socketTimeout',
+    'preTransactionTimeout',
 ] as const;
 const UPSTREAM_KEYS = ['url', 'xclient', 'starttls', 'tlsVerify', 'connectTimeout', 'timeout', 'dataTimeout'] as const;
 const SMTP_ONLY_KEYS = ['xclient', 'starttls', 'tlsVerify', 'connectTimeout', 'timeout', 'dataTimeout'] as const;
@@ -619,15 +622,29 @@ class ConfigBuilder {
             const sizeField = entries.get('maxMessageSize');
             const bareField = entries.get('bareNewline');
             const timeoutField = entries.get('socketTimeout');
+            const perNetworkField = entries.get('maxClientsPerNetwork');
+            const preTransactionField = entries.get('preTransactionTimeout');
+            const maxClients = (maxClientsField && r.integer(maxClientsField, 1, Infinity)) ?? base.maxClients;
+            const perNetwork = perNetworkField ? r.integer(perNetworkField, 1, Infinity) : null;
+            if (perNetworkField && perNetwork !== null && perNetwork > maxClients) {
+                r.fail(
+                    perNetworkField,
+                    `must not be more than maxClients (${maxClients}); equal to it lets one network take every connection`,
+                );
+            }
             const listener: ListenerConfig = {
                 ...base,
                 tls,
                 proxyProtocol: ppField ? this.proxyProtocol(ppField) : null,
-                maxClients: (maxClientsField && r.integer(maxClientsField, 1, Infinity)) ?? base.maxClients,
+                maxClients,
+                maxClientsPerNetwork: perNetwork ?? defaultMaxClientsPerNetwork(maxClients),
                 maxMessageSize: (sizeField && r.size(sizeField, 1)) ?? base.maxMessageSize,
                 bareNewline:
                     (bareField && r.oneOf<BareNewlinePolicy>(bareField, ['reject', 'normalize'])) ?? base.bareNewline,
                 socketTimeoutMs: (timeoutField && r.duration(timeoutField, 1000, MAX_TIMER_MS)) ?? base.socketTimeoutMs,
+                preTransactionTimeoutMs:
+                    (preTransactionField && r.duration(preTransactionField, 1000, MAX_TIMER_MS)) ??
+                    base.preTransactionTimeoutMs,
             };
             out.push(listener);
             if (host !== null && port !== null && port !== 0 && portField) {
