@@ -103,7 +103,8 @@ try {
     dir = await mkdtemp(path.join(os.tmpdir(), 'mailwarden-bench-'));
     // The shipped rules, with the benchmark client on the allow list: every check still runs on
     // every message, but the shipped per-IP limits (10 connections at once, 100 a minute) do
-    // not throttle a load generator that sends everything from 127.0.0.1.
+    // not throttle a load generator that sends everything from 127.0.0.1; nor does the listener's
+    // built-in share of one network (maxClientsPerNetwork), which knows no allow list.
     const rules = path.join(dir, 'rules');
     await cp(PACKAGE_RULES_DIR, rules, { recursive: true });
     await writeFile(path.join(rules, 'lists', 'allow-networks.txt'), '127.0.0.1\n');
@@ -112,7 +113,7 @@ try {
         configFile,
         [
             'hostname: mx.test',
-            'listeners: [{ name: mx, host: 127.0.0.1, port: 0, mode: mx }]',
+            'listeners: [{ name: mx, host: 127.0.0.1, port: 0, mode: mx, maxClientsPerNetwork: 2000 }]',
             `upstream: { url: "smtp://127.0.0.1:${postfix.port}", xclient: true }`,
             `dns: { servers: ["${dns.address}"], timeout: 1s }`,
             `rules: "${rules}"`,

@@ -74,8 +74,12 @@ export interface App {
     readonly listeners: readonly { name: string; host: string; port: number }[];
     readonly httpPort: number | null;
     start(): Promise<void>;
-    /** Drains and stops; resolves when every session has ended. */
-    stop(): Promise<void>;
+    /**
+     * Drains and stops; resolves when every session has ended. Sessions are told `421 4.3.2`
+     * "Service shutting down", or "Service restarting" when `restart` says the operator
+     * asked for a restart (mailwarden is then back within seconds).
+     */
+    stop(options?: { readonly restart?: boolean }): Promise<void>;
     /** Replaces the decider (rule reload); sessions pick it up at their next stage. */
     setDecider(decider: Decider): void;
     /**
@@ -467,18 +471,19 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
                 'mailwarden started',
             );
         },
-        async stop() {
+        async stop(options = {}) {
             if (draining) return;
             draining = true;
             const shutdownTimeoutMs = current.shutdownTimeoutMs;
-            log.info({ timeoutMs: shutdownTimeoutMs }, 'shutting down: draining sessions');
+            const restart = options.restart === true;
+            log.info({ timeoutMs: shutdownTimeoutMs, restart }, 'shutting down: draining sessions');
             watcher?.close();
             await Promise.all(listeners.map((l) => l.stopAccepting()));
             let expired = false;
             let gone = false;
             const timer = setTimeout(() => (expired = true), shutdownTimeoutMs);
             const giveUp = setTimeout(() => (gone = true), shutdownTimeoutMs + 1000);
-            const bye = replyFor('shutting-down', { id: '' });
+            const bye = replyFor(restart ? 'restarting' : 'shutting-down', { id: '' });
             for (;;) {
                 let open = 0;
                 for (const l of listeners) {

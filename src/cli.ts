@@ -53,6 +53,11 @@ async function main(argv: string[]): Promise<number> {
     }
     const command = positionals[0] ?? (values.help ? 'help' : undefined);
     const configFlag = typeof values.config === 'string' ? values.config : undefined;
+    // `serve --help` must not start serving, nor `check --help` check; the other commands have their own help
+    if (values.help && (command === 'serve' || command === 'check')) {
+        process.stdout.write(USAGE);
+        return 0;
+    }
     switch (command) {
         case 'serve': {
             const { runServe } = await import('./commands/serve.ts');

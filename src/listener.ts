@@ -1,32 +1,29 @@
 /**
- * Wires one configured listener to smtp-server: TLS (STARTTLS or implicit, TLS 1.2+),
- * PIPELINING, the envelope extensions the upstream can honour (SIZE, 8BITMIME, SMTPUTF8,
- * DSN, REQUIRETLS: smtp-server-envelope.ts), client limits, idle timeouts, PROXY protocol v1
- * from trusted CIDRs only, AUTH only in submission mode. Each callback hands over to the
+ * Wires one configured listener to smtp-server: TLS (STARTTLS or implicit, with the profile
+ * of net/tls-profile.ts), PIPELINING, ENHANCEDSTATUSCODES, the envelope extensions the upstream
+ * can honour (SIZE, 8BITMIME, SMTPUTF8, DSN, REQUIRETLS: smtp-server-envelope.ts), client
+ * limits (per listener and per client network), the pre-transaction and idle timeouts, PROXY
+ * protocol v1 from trusted CIDRs only, AUTH only in submission mode. Every change to
+ * smtp-server's own behaviour lives in smtp-server-adapter.ts. Each callback hands over to the
  * Session and answers only with replies built by reply.ts; it holds no policy.
  */
 import { readFileSync } from 'node:fs';
-import type { Socket } from 'node:net';
 import { createSecureContext } from 'node:tls';
-import { SMTPServer, type SMTPServerOptions, type SMTPServerSession } from 'smtp-server';
+import type { SMTPServer, SMTPServerOptions, SMTPServerSession } from 'smtp-server';
 import type { Config, ListenerConfig } from './config/types.ts';
 import { smtpServerLogger, type Logger } from './log.ts';
 import { compileCidrs } from './net/cidr.ts';
+import { TLS_PROFILE } from './net/tls-profile.ts';
 import { replyFor, toCallbackError, SmtpReplyError } from './reply.ts';
 import { Session, type SessionDeps } from './session.ts';
 import { ENVELOPE_REFUSALS } from './envelope/gate.ts';
 import { computeOffer } from './envelope/extensions.ts';
 import { relayPolicy } from './envelope/relay.ts';
-import {
-    adaptEnvelopeCommands,
-    assertSmtpServerInternals,
-    type EnvelopeAdaptableConnection,
-    type EnvelopeHooks,
-} from './smtp-server-envelope.ts';
+import { MailwardenSmtpServer } from './smtp-server-adapter.ts';
+import { checkCommandGateSupport, type CommandGate } from './smtp-server-commands.ts';
+import { assertSmtpServerInternals } from './smtp-server-envelope.ts';
 import type { AuthContext, AuthOutcome, CredentialState, SenderPolicy } from './submission/index.ts';
 import type { GuardVerdict, LoginGuard } from './submission/login-guard.ts';
-import { checkCommandGateSupport, gateConnectionCommands, type CommandGate } from './smtp-server-commands.ts';
-import { patchConnectionReplies } from './smtp-server-replies.ts';
 
 /** Verifies SMTP AUTH credentials and knows which addresses each login may send as. */
 export interface AuthBackend {
@@ -45,50 +42,6 @@ export interface ListenerDeps extends Omit<SessionDeps, 'listener' | 'log' | 're
 
 /** Failed logins in one session after which the connection is closed, when no guard says otherwise. */
 const DEFAULT_FAILURES_PER_SESSION = 3;
-
-/**
- * smtp-server with these adjustments: PROXY senders are trusted by CIDR range (smtp-server
- * only knows exact addresses); every connection's built-in replies go through
- * smtp-server-replies.ts so they carry enhanced status codes and our texts; EHLO, MAIL and
- * RCPT go through smtp-server-envelope.ts; on submission listeners, each command of a
- * logged-in session also passes the gate of smtp-server-commands.ts (a changed password ends
- * the session).
- */
-class MailwardenSmtpServer extends SMTPServer {
-    trustProxy: (ip: string) => boolean = () => false;
-    submission = false;
-    /** Each connection by session id, to tell whether its client is still there (STARTTLS replaces `_socket`). */
-    private readonly byId = new Map<string, { _socket: Socket }>();
-    /** Runs before each command of a logged-in session (smtp-server-commands.ts); null: none. */
-    commandGate: CommandGate | null = null;
-    envelope: EnvelopeHooks | null = null;
-    override _expectsProxyHeader(socket: Socket): boolean {
-        return this.trustProxy(socket.remoteAddress ?? '');
-    }
-    override connect(socket: Socket, socketOptions?: Parameters<SMTPServer['connect']>[1]): void {
-        super.connect(socket, socketOptions);
-        const connection = [
-            ...(this as unknown as { connections: Set<{ id: string; _socket: Socket }> }).connections,
-        ].at(-1);
-        if (connection) {
-            patchConnectionReplies(connection as unknown as Parameters<typeof patchConnectionReplies>[0], {
-                submission: this.submission,
-            });
-            if (this.commandGate) gateConnectionCommands(connection, this.commandGate);
-            if (this.envelope) {
-                adaptEnvelopeCommands(connection as unknown as EnvelopeAdaptableConnection, this.envelope);
-            }
-            const id = connection.id;
-            this.byId.set(id, connection);
-            socket.once('close', () => this.byId.delete(id));
-        }
-    }
-    /** True when the client of this session can no longer be written to. */
-    clientGone(id: string): boolean {
-        const socket = this.byId.get(id)?._socket;
-        return !socket || socket.destroyed || !socket.writable;
-    }
-}
 
 export interface RunningListener {
     readonly config: ListenerConfig;
@@ -133,7 +86,7 @@ export function createListener(config: Config, listener: ListenerConfig, deps: L
         secure: listener.tls === 'implicit',
         hideSTARTTLS: !useTls || listener.tls === 'implicit',
         ...tlsFiles,
-        minVersion: 'TLSv1.2',
+        ...TLS_PROFILE,
         // EHLO sets these per session from what the upstream offers (smtp-server-envelope.ts);
         // DSN and REQUIRETLS stay hidden unless the upstream can honour them
         size: listener.maxMessageSize,
@@ -145,12 +98,15 @@ export function createListener(config: Config, listener: ListenerConfig, deps: L
         socketTimeout: listener.socketTimeoutMs,
         closeTimeout: config.shutdownTimeoutMs,
         disableReverseLookup: true,
-        hideENHANCEDSTATUSCODES: true,
+        // advertised; the adapter puts exactly one enhanced code on every reply (RFC 2034)
+        hideENHANCEDSTATUSCODES: false,
         logger: smtpServerLogger(log),
         useProxy: listener.proxyProtocol !== null,
         // submission: AUTH is enforced in onMailFrom, so the refusal comes from our reply table
         authOptional: true,
-        disabledCommands: submission ? [] : ['AUTH'],
+        // STARTTLS only where TLS is configured: smtp-server would otherwise upgrade with its
+        // built-in certificate, whose private key is public
+        disabledCommands: [...(submission ? [] : ['AUTH']), ...(useTls ? [] : ['STARTTLS'])],
         authMethods: ['PLAIN', 'LOGIN'],
         allowInsecureAuth: false,
 
@@ -307,18 +263,17 @@ export function createListener(config: Config, listener: ListenerConfig, deps: L
         },
     };
 
-    const server = new MailwardenSmtpServer(options);
-    server.submission = submission;
     if (submission) {
         for (const scope of ['ip', 'login']) deps.metrics.smtpAuthLocked.inc({ listener: listener.name, scope }, 0);
         deps.metrics.smtpAuthFallback.inc({ listener: listener.name }, 0);
         deps.metrics.smtpAuthRevoked.inc({ listener: listener.name }, 0);
     }
     const credentialState = deps.auth?.credentialState?.bind(deps.auth);
+    let commandGate: CommandGate | null = null;
     if (submission && credentialState) {
         checkCommandGateSupport();
         // a session whose password changed (or whose login was removed) ends at its next command
-        server.commandGate = (smtp) => {
+        commandGate = (smtp) => {
             const held = loggedIn.get(smtp.id);
             if (!held) return null;
             const state = credentialState(held.login, held.credential);
@@ -342,8 +297,24 @@ export function createListener(config: Config, listener: ListenerConfig, deps: L
             return replyFor('auth-revoked', { id: smtp.id });
         };
     }
-    server.envelope = { offer: (s) => computeOffer(listener, deps.capabilities.current, s) };
-    if (listener.proxyProtocol) server.trustProxy = compileCidrs(listener.proxyProtocol);
+    // series that dashboards compute rates over exist from the start, at 0
+    for (const reason of ['max_clients', 'network_limit']) {
+        deps.metrics.connectionsRefused.inc({ listener: listener.name, reason }, 0);
+    }
+    for (const timeout of ['pre_transaction', 'idle', ...(listener.tls === 'implicit' ? ['handshake'] : [])]) {
+        deps.metrics.connectionTimeouts.inc({ listener: listener.name, timeout }, 0);
+    }
+    const server = new MailwardenSmtpServer(options, {
+        listener: listener.name,
+        submission,
+        trustProxy: listener.proxyProtocol ? compileCidrs(listener.proxyProtocol) : () => false,
+        maxClientsPerNetwork: listener.maxClientsPerNetwork,
+        preTransactionTimeoutMs: listener.preTransactionTimeoutMs,
+        log,
+        metrics: deps.metrics,
+        commandGate,
+        envelope: { offer: (s) => computeOffer(listener, deps.capabilities.current, s) },
+    });
     server.on('error', (err) => log.error({ err }, 'listener error'));
 
     const running: RunningListener = {

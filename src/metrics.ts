@@ -25,6 +25,18 @@ export function createMetrics(version: string) {
             labelNames: ['listener'],
             registers: r,
         }),
+        connectionsRefused: new Counter({
+            name: `${P}connections_refused_total`,
+            help: 'Connections refused with 421 4.7.0 before the session started, by listener and reason (max_clients: the listener is full; network_limit: the client network already holds maxClientsPerNetwork)',
+            labelNames: ['listener', 'reason'],
+            registers: r,
+        }),
+        connectionTimeouts: new Counter({
+            name: `${P}connection_timeouts_total`,
+            help: 'Connections closed by a timeout, by listener and timeout (pre_transaction: no MAIL FROM within preTransactionTimeout; idle: socketTimeout between commands; handshake: implicit TLS handshake not done in time)',
+            labelNames: ['listener', 'timeout'],
+            registers: r,
+        }),
         messages: new Counter({
             name: `${P}messages_total`,
             help: 'Messages decided, by listener and final action (accept, tag, quarantine, tempfail, reject)',

@@ -17,6 +17,10 @@ export type Situation =
     | 'upstream-unavailable'
     | 'internal-error'
     | 'shutting-down'
+    | 'restarting'
+    | 'too-many-connections'
+    | 'too-many-network-connections'
+    | 'no-transaction-timeout'
     | 'auth-required'
     | 'auth-tls-required'
     | 'auth-invalid'
@@ -72,6 +76,10 @@ export interface ReplyDetail {
     readonly feature?: string;
     /** `sender` or `recipient`, for `smtputf8-required`. */
     readonly which?: 'sender' | 'recipient';
+    /** The client's network, for `too-many-network-connections`. */
+    readonly network?: string;
+    /** Seconds of a timeout, for `no-transaction-timeout`. */
+    readonly seconds?: number;
 }
 
 /** Author-field problems on submission that no login can own (RFC 5322 section 3.6). */
@@ -144,10 +152,34 @@ const TABLE: Readonly<Record<Situation, ReplyTemplate>> = {
         enhanced: '4.3.0',
         text: (d) => `Temporary internal error; your message was not accepted, please try again later (id ${d.id})`,
     },
+    // RFC 5321 section 3.8: a server that must close answers 421 to every command;
+    // "restarting" only when the operator asked for a restart (it is then back within seconds)
     'shutting-down': {
         code: 421,
         enhanced: '4.3.2',
+        text: () => 'Service shutting down; please try again later',
+    },
+    restarting: {
+        code: 421,
+        enhanced: '4.3.2',
         text: () => 'Service restarting; please try again in a moment',
+    },
+    'too-many-connections': {
+        code: 421,
+        enhanced: '4.7.0',
+        text: () => 'Too many connections to this server right now; please try again in a few minutes',
+    },
+    'too-many-network-connections': {
+        code: 421,
+        enhanced: '4.7.0',
+        text: (d) =>
+            `Too many simultaneous connections from your network${d.network ? ` ${d.network}` : ''}; close some and try again in a few minutes`,
+    },
+    'no-transaction-timeout': {
+        code: 421,
+        enhanced: '4.4.2',
+        text: (d) =>
+            `No mail transaction started within ${d.seconds ?? 0} second${d.seconds === 1 ? '' : 's'}; closing the connection`,
     },
     'auth-required': {
         code: 530,

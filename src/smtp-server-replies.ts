@@ -1,10 +1,13 @@
 /**
- * Gives smtp-server's own replies (the ones it sends without asking us: command syntax,
- * sequence errors, timeouts, client limits, AUTH before TLS) an enhanced status code
- * (RFC 3463) and, where the situation is ours to explain, the text of our reply table.
- * It also keeps AUTH out of the EHLO list of a submission session that has not started
- * TLS yet (RFC 8314 section 3; RFC 4954 section 4). Replies we built ourselves already
- * start with an enhanced code and pass through untouched. Nothing here decides policy.
+ * The enhanced status code (RFC 3463) and the text of every single-line reply smtp-server
+ * builds itself (command syntax, sequence errors, timeouts, client limits, AUTH before TLS,
+ * and its `250` to MAIL, RCPT, RSET, NOOP, `221` to QUIT, `235` to AUTH), so that every reply
+ * carries exactly one enhanced code, as ENHANCEDSTATUSCODES promises (RFC 2034 section 4).
+ * Where the situation is ours to explain, the text comes from the reply table. Replies we built
+ * ourselves already start with an enhanced code and pass through untouched, as do `3xx`
+ * replies (RFC 3463 has no class 3). The greeting and the replies to HELO/EHLO carry none
+ * (RFC 2034 section 4); smtp-server-adapter.ts does not pass those here.
+ * Pure: text in, text out; nothing here decides policy or touches smtp-server itself.
  */
 import { replyFor, type Situation } from './reply.ts';
 
@@ -14,16 +17,11 @@ const SITUATIONS: ReadonlyArray<[number, RegExp, Situation]> = [
     [538, /^Error: Must issue a STARTTLS command first/, 'auth-tls-required'],
     [421, /^Server shutting down/, 'shutting-down'],
     [452, /^Error: too many recipients/, 'too-many-recipients'],
+    [421, /Too many connected clients/, 'too-many-connections'],
 ];
 
 /** Other built-in texts rewritten into plain sentences, with their enhanced codes. */
 const TEXTS: ReadonlyArray<[number, RegExp, string, string]> = [
-    [
-        421,
-        /Too many connected clients/,
-        '4.7.0',
-        'Too many connections to this server right now; please try again in a moment',
-    ],
     [421, /^Timeout - closing connection/, '4.4.2', 'Idle too long; closing the connection'],
     [421, /^Error: too many unrecognized commands/, '4.7.0', 'Too many unrecognized commands; closing the connection'],
     [
@@ -33,10 +31,28 @@ const TEXTS: ReadonlyArray<[number, RegExp, string, string]> = [
         'Too many commands without logging in; closing the connection',
     ],
     [421, /^HTTP requests not allowed/, '4.7.0', 'This is an SMTP server, not a web server'],
+    [
+        252,
+        /^Try to send something/,
+        '2.0.0',
+        'Addresses are not verified here; send the message and each recipient is answered at RCPT TO',
+    ],
 ];
+
+/** smtp-server's reply contexts that name the situation more precisely than the reply code. */
+const CONTEXT_ENHANCED: Readonly<Record<string, string>> = {
+    MAIL_FROM_OK: '2.1.0', // RFC 3463 section 3.2: X.1.0 other address status (the sender)
+    RCPT_TO_OK: '2.1.5', // X.1.5 destination address valid
+    DATA_OK: '2.0.0',
+    SENDER_SYNTAX_ERROR: '5.1.7', // X.1.7 bad sender's mailbox address syntax
+    MAILBOX_SYNTAX_ERROR: '5.1.3', // X.1.3 bad destination mailbox address syntax
+    TOO_MANY_RECIPIENTS: '4.5.3',
+    MESSAGE_TOO_BIG: '5.3.4',
+};
 
 /** Enhanced codes for the remaining built-in replies, by reply code (RFC 3463, RFC 5321 section 4.2.3). */
 const DEFAULT_ENHANCED: Readonly<Record<number, string>> = {
+    235: '2.7.0', // RFC 4954 section 6
     421: '4.3.0',
     451: '4.3.0',
     452: '4.5.3',
@@ -56,11 +72,14 @@ const DEFAULT_ENHANCED: Readonly<Record<number, string>> = {
     555: '5.5.4',
 };
 
-const HAS_ENHANCED = /^[245]\.\d{1,3}\.\d{1,3} /;
+const HAS_ENHANCED = /^[245]\.\d{1,3}\.\d{1,3}(?: |$)/;
 
-/** Rewrites one single-line reply text for `code`; returns the text to send. */
-export function rewriteBuiltinReply(code: number, text: string): string {
-    if (code < 400 || HAS_ENHANCED.test(text)) return text;
+/**
+ * Rewrites one single-line reply text for `code` (`context` is smtp-server's hint, such as
+ * `MAIL_FROM_OK`); returns the text to send, starting with its enhanced code.
+ */
+export function rewriteBuiltinReply(code: number, text: string, context?: string): string {
+    if ((code >= 300 && code < 400) || HAS_ENHANCED.test(text)) return text;
     for (const [c, re, situation] of SITUATIONS) {
         if (c === code && re.test(text)) {
             const r = replyFor(situation, { id: '' });
@@ -70,25 +89,11 @@ export function rewriteBuiltinReply(code: number, text: string): string {
     for (const [c, re, enhanced, plain] of TEXTS) {
         if (c === code && re.test(text)) return `${enhanced} ${plain}`;
     }
-    const enhanced = DEFAULT_ENHANCED[code] ?? `${Math.floor(code / 100)}.0.0`;
-    return `${enhanced} ${text.replace(/^Error: /, '')}`;
-}
-
-interface PatchableConnection {
-    secure: boolean;
-    send(code: number, data?: string | string[], context?: unknown): void;
-}
-
-/** Wraps one smtp-server connection's `send`; called once per connection, before its greeting. */
-export function patchConnectionReplies(connection: PatchableConnection, opts: { submission: boolean }): void {
-    const send = connection.send.bind(connection);
-    connection.send = (code: number, data?: string | string[], context?: unknown): void => {
-        if (Array.isArray(data)) {
-            // EHLO: on submission, AUTH is offered only once the session is encrypted
-            const lines = opts.submission && !connection.secure ? data.filter((l) => !/^AUTH\b/i.test(l)) : data;
-            send(code, lines, context);
-            return;
-        }
-        send(code, typeof data === 'string' ? rewriteBuiltinReply(code, data) : data, context);
-    };
+    const byContext = context !== undefined ? CONTEXT_ENHANCED[context] : undefined;
+    const enhanced =
+        byContext !== undefined && byContext[0] === String(code)[0]
+            ? byContext
+            : (DEFAULT_ENHANCED[code] ?? `${Math.floor(code / 100)}.0.0`);
+    const plain = text.replace(/^Error: /, '');
+    return plain ? `${enhanced} ${plain}` : enhanced;
 }

@@ -59,6 +59,26 @@ const USAGE =
     'usage: mailwarden explain [-c FILE] --client-ip IP [--helo NAME] --mail-from ADDR --rcpt ADDR [--rcpt ADDR…] ' +
     '[--listener NAME] [--auth-user USER] [--json] MESSAGE.eml';
 
+/** `explain --help`: the usage line and what each option means. */
+export const EXPLAIN_HELP = `${USAGE}
+
+Runs every check and rule on MESSAGE.eml without sending it anywhere, and prints the facts,
+each rule considered and whether it matched, the decision, the SMTP reply and the header
+fields that would be added. Limits are counted on a fresh store, as for a first message.
+
+Options:
+  -c, --config FILE   configuration file (else $MAILWARDEN_CONFIG, else ./mailwarden.yaml,
+                      else the embedded defaults)
+  --client-ip IP      address of the connecting client (required)
+  --helo NAME         name the client gives in HELO/EHLO
+  --mail-from ADDR    envelope sender (required; "" for the null sender of bounces)
+  --rcpt ADDR         envelope recipient (required; repeat it for several)
+  --listener NAME     listener the message arrives on (default: the first one)
+  --auth-user USER    SMTP AUTH login, as on a submission listener
+  --json              print the report as JSON
+  -h, --help          show this text
+`;
+
 /** Runs the pipeline on one message; exported for tests. */
 export async function explainMessage(
     config: Config,
@@ -361,6 +381,7 @@ export async function runExplain(argv: readonly string[], io: ExplainIo): Promis
                 listener: { type: 'string' },
                 'auth-user': { type: 'string' },
                 json: { type: 'boolean' },
+                help: { type: 'boolean', short: 'h' },
             },
         });
     } catch (err) {
@@ -368,6 +389,10 @@ export async function runExplain(argv: readonly string[], io: ExplainIo): Promis
         return 2;
     }
     const v = parsed.values;
+    if (v.help) {
+        io.out(EXPLAIN_HELP);
+        return 0;
+    }
     const file = parsed.positionals[0];
     if (!v['client-ip'] || v['mail-from'] === undefined || !v.rcpt?.length || !file) {
         io.err(`${USAGE}\n`);

@@ -1,15 +1,22 @@
 /**
  * `mailwarden serve`: loads the configuration, builds the app with the real world
  * (system clock, pino on stdout, the configured upstream), starts it, and handles signals:
- * SIGTERM/SIGINT drain and exit 0, SIGHUP re-reads the config file (live settings applied,
- * the others named in a "needs a restart" warning), rules, lists, users and certificates.
- * It refuses exactly what `mailwarden check` refuses, with the same `FILE:LINE:COL` lines.
+ * SIGTERM/SIGINT drain ("Service shutting down") and exit 0; SIGUSR2 drains with "Service
+ * restarting" and exits with RESTART_EXIT_CODE, which the shipped systemd unit restarts on
+ * (a supervisor's own restart sends SIGTERM, indistinguishable from a stop, so "restarting"
+ * is said only when the operator asks for it); SIGHUP re-reads the config file (live settings
+ * applied, the others named in a "needs a restart" warning), rules, lists, users and
+ * certificates. It refuses exactly what `mailwarden check` refuses, with the same
+ * `FILE:LINE:COL` lines.
  * Returns -1 while serving (the process lives on), 1 when the configuration is invalid.
  */
 import { createApp } from '../app.ts';
 import { ConfigError, loadConfig, resolveConfigPath } from '../config/load.ts';
 import { createLogger } from '../log.ts';
 import { RuleError } from '../rules/index.ts';
+
+/** Exit status after a SIGUSR2 drain: EX_TEMPFAIL (sysexits.h), "try again", so a supervisor starts it again. */
+export const RESTART_EXIT_CODE = 75;
 
 export async function runServe(opts: { configFlag: string | undefined }): Promise<number> {
     const cwd = process.cwd();
@@ -41,12 +48,12 @@ export async function runServe(opts: { configFlag: string | undefined }): Promis
     }
     await app.start();
     let stopping = false;
-    const shutdown = (signal: string): void => {
+    const shutdown = (signal: string, restart = false): void => {
         if (stopping) return;
         stopping = true;
-        log.info({ signal }, 'signal received');
-        app.stop().then(
-            () => process.exit(0),
+        log.info({ signal, restart }, 'signal received');
+        app.stop({ restart }).then(
+            () => process.exit(restart ? RESTART_EXIT_CODE : 0),
             (err: unknown) => {
                 log.error({ err }, 'shutdown failed');
                 process.exit(1);
@@ -55,6 +62,7 @@ export async function runServe(opts: { configFlag: string | undefined }): Promis
     };
     process.on('SIGTERM', () => shutdown('SIGTERM'));
     process.on('SIGINT', () => shutdown('SIGINT'));
+    process.on('SIGUSR2', () => shutdown('SIGUSR2', true));
     process.on('SIGHUP', () => {
         log.info({ signal: 'SIGHUP' }, 'reload requested');
         app.reload();

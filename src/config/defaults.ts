@@ -26,8 +26,17 @@ export const DEFAULT_MAILDIR = './data/maildir';
 
 export const DEFAULTS = {
     listener: { name: 'mx', host: '127.0.0.1', port: 2525, mode: 'mx' },
-    /** Per listener. */
-    maxClients: 100,
+    /**
+     * Per listener. An idle connection costs about 27 KiB of memory, 64 KiB with TLS (measured
+     * with scripts/idle-connections.ts; docs/security.md, "Connections and TLS"), so 2000 cost
+     * 55 to 130 MiB. What must be small is the share one network can hold and how long an idle
+     * client keeps its slot.
+     */
+    maxClients: 2000,
+    /** Per listener: the most one network may hold, unless a quarter of `maxClients` is less. */
+    maxClientsPerNetwork: 50,
+    /** Like postscreen: a real client starts a transaction within seconds of connecting. */
+    preTransactionTimeoutMs: 30 * SECOND,
     maxMessageSize: 50 * MB,
     /** Postfix's smtpd_recipient_limit. */
     maxRecipients: 1000,
@@ -114,10 +123,12 @@ export function defaultListener(
         tls: haveTls ? 'starttls' : 'none',
         proxyProtocol: null,
         maxClients: DEFAULTS.maxClients,
+        maxClientsPerNetwork: defaultMaxClientsPerNetwork(DEFAULTS.maxClients),
         maxMessageSize: DEFAULTS.maxMessageSize,
         bareNewline: mode === 'mx' ? 'reject' : 'normalize',
         socketTimeoutMs: DEFAULTS.socketTimeoutMs,
         maxRecipients: DEFAULTS.maxRecipients,
+        preTransactionTimeoutMs: DEFAULTS.preTransactionTimeoutMs,
     };
 }
 
@@ -127,6 +138,15 @@ export function defaultListener(
  */
 export function defaultSpoolDir(): string {
     return path.join(os.tmpdir(), `mailwarden-spool-${process.getuid?.() ?? 'user'}`);
+}
+
+/**
+ * The per-network share of a listener with `maxClients` slots when the config does not set it:
+ * 50, or a quarter of the slots when that is less (at least 1), so that at least four networks
+ * always fit.
+ */
+export function defaultMaxClientsPerNetwork(maxClients: number): number {
+    return Math.min(DEFAULTS.maxClientsPerNetwork, Math.max(1, Math.floor(maxClients / 4)));
 }
 
 /** True for names and addresses that stay on this host (127.0.0.0/8, ::1, localhost). */

@@ -16,6 +16,7 @@ import {
     defaultAuthentication,
     defaultConfig,
     defaultListener,
+    defaultMaxClientsPerNetwork,
     defaultUpstreamStarttls,
 } from './defaults.ts';
 import { ConfigError, type Issue } from './issues.ts';
@@ -79,10 +80,12 @@ const LISTENER_KEYS = [
     'tls',
     'proxyProtocol',
     'maxClients',
+    'maxClientsPerNetwork',
     'maxMessageSize',
     'bareNewline',
     'socketTimeout',
     'maxRecipients',
+    'preTransactionTimeout',
 ] as const;
 const UPSTREAM_KEYS = ['url', 'xclient', 'starttls', 'tlsVerify', 'connectTimeout', 'timeout', 'dataTimeout'] as const;
 const SMTP_ONLY_KEYS = ['xclient', 'starttls', 'tlsVerify', 'connectTimeout', 'timeout', 'dataTimeout'] as const;
@@ -786,11 +789,22 @@ class ConfigBuilder {
             const bareField = entries.get('bareNewline');
             const timeoutField = entries.get('socketTimeout');
             const maxRecipientsField = entries.get('maxRecipients');
+            const perNetworkField = entries.get('maxClientsPerNetwork');
+            const preTransactionField = entries.get('preTransactionTimeout');
+            const maxClients = (maxClientsField && r.integer(maxClientsField, 1, Infinity)) ?? base.maxClients;
+            const perNetwork = perNetworkField ? r.integer(perNetworkField, 1, Infinity) : null;
+            if (perNetworkField && perNetwork !== null && perNetwork > maxClients) {
+                r.fail(
+                    perNetworkField,
+                    `must not be more than maxClients (${maxClients}); equal to it lets one network take every connection`,
+                );
+            }
             const listener: ListenerConfig = {
                 ...base,
                 tls,
                 proxyProtocol: ppField ? this.proxyProtocol(ppField) : null,
-                maxClients: (maxClientsField && r.integer(maxClientsField, 1, Infinity)) ?? base.maxClients,
+                maxClients,
+                maxClientsPerNetwork: perNetwork ?? defaultMaxClientsPerNetwork(maxClients),
                 maxMessageSize: (sizeField && r.size(sizeField, 1)) ?? base.maxMessageSize,
                 bareNewline:
                     (bareField && r.oneOf<BareNewlinePolicy>(bareField, ['reject', 'normalize'])) ?? base.bareNewline,
@@ -798,6 +812,9 @@ class ConfigBuilder {
                 maxRecipients:
                     (maxRecipientsField && r.integer(maxRecipientsField, 1, 100_000, 'a number of recipients')) ??
                     base.maxRecipients,
+                preTransactionTimeoutMs:
+                    (preTransactionField && r.duration(preTransactionField, 1000, MAX_TIMER_MS)) ??
+                    base.preTransactionTimeoutMs,
             };
             out.push(listener);
             if (host !== null && port !== null && port !== 0 && portField) {

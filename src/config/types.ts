@@ -19,13 +19,21 @@ export interface ListenerConfig {
     readonly tls: ListenerTls;
     /** null: PROXY protocol off; otherwise the CIDRs allowed to send a PROXY v1 header. */
     readonly proxyProtocol: readonly string[] | null;
+    /** Connections served at once (after the PROXY header and an implicit TLS handshake, and while those run). */
     readonly maxClients: number;
+    /** Connections at once from one client network (IPv4 /24, IPv6 /48); at most `maxClients`. */
+    readonly maxClientsPerNetwork: number;
     readonly maxMessageSize: number;
     readonly bareNewline: BareNewlinePolicy;
     /** Idle time allowed between client commands. */
     readonly socketTimeoutMs: number;
     /** Recipients accepted in one transaction (Postfix's smtpd_recipient_limit); more get `452 4.5.3`. */
     readonly maxRecipients: number;
+    /**
+     * Time from the start of the session to the first accepted MAIL FROM; also the limit for a
+     * PROXY header or an implicit TLS handshake to complete.
+     */
+    readonly preTransactionTimeoutMs: number;
 }
 
 export interface TlsConfig {

@@ -30,11 +30,13 @@ describe('embedded defaults', () => {
                 mode: 'mx',
                 tls: 'none',
                 proxyProtocol: null,
-                maxClients: 100,
+                maxClients: 2000,
+                maxClientsPerNetwork: 50,
                 maxMessageSize: 50 * 1024 * 1024,
                 bareNewline: 'reject',
                 socketTimeoutMs: 300_000,
                 maxRecipients: 1000,
+                preTransactionTimeoutMs: 30_000,
             },
         ]);
         assert.equal(config.tls, null);
@@ -114,8 +116,10 @@ listeners:
     tls: implicit
     proxyProtocol: true
     maxClients: 20
+    maxClientsPerNetwork: 4
     bareNewline: reject
     socketTimeout: 2m
+    preTransactionTimeout: 45s
 ${TLS}
 upstream:
   url: smtp://mail.example.net:10026
@@ -149,10 +153,12 @@ log: { level: debug }
             tls: 'implicit',
             proxyProtocol: ['0.0.0.0/0', '::/0'],
             maxClients: 20,
+            maxClientsPerNetwork: 4,
             maxMessageSize: 50 * 1024 * 1024,
             bareNewline: 'reject',
             socketTimeoutMs: 120_000,
             maxRecipients: 1000,
+            preTransactionTimeoutMs: 45_000,
         });
         assert.deepEqual(config.tls, { cert: path.join(dir, 'tls/cert.pem'), key: path.join(dir, 'tls/key.pem') });
         assert.deepEqual(config.upstream, {
@@ -456,6 +462,17 @@ describe('validation', () => {
         assert.match(mismatch ?? '', /^1:33: tls.key: .*other-key.pem is not the private key of the certificate/);
         const [folder] = issuesOf('tls: { cert: tls, key: tls/key.pem }\n', {}, files);
         assert.match(folder ?? '', /^1:14: tls.cert: .*tls is not a file$/);
+    });
+
+    it('derives maxClientsPerNetwork from maxClients when it is not set: 50, or a quarter, at least 1', () => {
+        const perNetwork = (maxClients: number): number =>
+            loadText(`listeners: [{ name: mx, host: 127.0.0.1, port: 0, maxClients: ${maxClients} }]`).config
+                .listeners[0]!.maxClientsPerNetwork;
+        assert.deepEqual([5000, 200, 100, 20, 3, 1].map(perNetwork), [50, 50, 25, 5, 1, 1]);
+        const same = loadText(
+            'listeners: [{ name: mx, host: 127.0.0.1, port: 0, maxClients: 8, maxClientsPerNetwork: 8 }]',
+        );
+        assert.equal(same.config.listeners[0]!.maxClientsPerNetwork, 8, 'equal to maxClients is allowed');
     });
 
     it('reads proxyProtocol as false, true or a list of CIDRs', () => {

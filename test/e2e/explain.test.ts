@@ -127,6 +127,15 @@ describe('mailwarden explain', () => {
         );
     });
 
+    it('prints its usage and options for --help, and exits 0', async () => {
+        for (const flag of ['--help', '-h']) {
+            const { stdout, stderr } = await run(process.execPath, [BIN, 'explain', flag]);
+            assert.match(stdout, /^usage: mailwarden explain \[-c FILE\] --client-ip IP /);
+            assert.match(stdout, /^ {2}--rcpt ADDR {9}envelope recipient/m);
+            assert.equal(stderr, '');
+        }
+    });
+
     it('says how to use it when arguments are missing', async () => {
         await assert.rejects(
             run(process.execPath, [BIN, 'explain', '-c', config]),

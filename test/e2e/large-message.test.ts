@@ -67,6 +67,8 @@ it('forwards a 50 MB message with bounded memory and removes its spool file', { 
             () => undefined,
         );
     }, 200);
+    // a failure before the clearInterval below must not leave a collection running every 200 ms
+    t.after(() => clearInterval(sampler));
     const sent = createHash('sha256');
     const header = Buffer.from('From: a@example.org\r\nSubject: large\r\n\r\n');
     sent.update(header);

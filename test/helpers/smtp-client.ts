@@ -26,6 +26,8 @@ export interface ConnectOptions {
     servername?: string;
     /** Default timeout for each reply, in milliseconds. */
     timeoutMs?: number;
+    /** Source address to connect from (any 127.x.y.z works on Linux loopback). */
+    localAddress?: string;
 }
 
 export interface StartTlsOptions {
@@ -79,11 +81,15 @@ export async function smtpConnect(port: number, options: ConnectOptions = {}): P
                 ? tls.connect({
                       host,
                       port,
+                      // a source address needs a socket of our own underneath
+                      ...(options.localAddress
+                          ? { socket: net.connect({ host, port, localAddress: options.localAddress }) }
+                          : {}),
                       ca: options.ca,
                       rejectUnauthorized: options.ca !== undefined,
                       servername: options.servername ?? (net.isIP(host) ? undefined : host),
                   })
-                : net.connect({ host, port });
+                : net.connect({ host, port, localAddress: options.localAddress });
         const ready = options.tls === 'implicit' ? 'secureConnect' : 'connect';
         s.once(ready, () => {
             s.off('error', reject);

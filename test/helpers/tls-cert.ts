@@ -35,6 +35,8 @@ export interface TestCertificateOptions {
     readonly commonName?: string;
     /** subjectAltName entries; default `DNS:localhost`, `IP:127.0.0.1`, `IP:::1`. */
     readonly altNames?: readonly string[];
+    /** Key type; default `ec` (P-256). `rsa` (2048 bits) makes static-RSA cipher suites possible at all. */
+    readonly keyType?: 'ec' | 'rsa';
 }
 
 /** Creates the certificate; throws with a clear message when `openssl` is missing. */
@@ -55,9 +57,7 @@ export async function createTestCertificate(options: TestCertificateOptions = {}
             'req',
             '-x509',
             '-newkey',
-            'ec',
-            '-pkeyopt',
-            'ec_paramgen_curve:prime256v1',
+            ...(options.keyType === 'rsa' ? ['rsa:2048'] : ['ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1']),
             '-nodes',
             '-days',
             '2',

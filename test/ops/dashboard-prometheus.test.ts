@@ -100,6 +100,9 @@ function finiteNonZero(series: readonly PromSeries[]): boolean {
     );
 }
 
+/** The mx listener's share of one client network, which the traffic exceeds once per round. */
+const NETWORK_SHARE = 12;
+
 /** The shipped per-client concurrency limit, which the traffic exceeds once per round. */
 const concurrencyLimit = (() => {
     const file = parse(read('rules/50-limits.yaml')) as { limits?: { id: string; concurrency?: number }[] };
@@ -229,6 +232,18 @@ describe('the Grafana dashboard and the alert rules against a real Prometheus', 
             greetings.includes(421),
             `a connection over the concurrency limit is refused: ${greetings.join(' ')}`,
         );
+        // One network opening more connections than its share, from as many addresses.
+        const crowd = await Promise.all(
+            Array.from({ length: NETWORK_SHARE + 1 }, (_, i) =>
+                smtpConnect(mw.port('mx'), { localAddress: `127.0.9.${i + 1}` }),
+            ),
+        );
+        const crowdGreetings = await Promise.all(crowd.map((c) => c.greeting().then((g) => g.raw)));
+        for (const c of crowd) c.close();
+        assert.ok(
+            crowdGreetings.some((g) => g.startsWith('421 4.7.0 Too many simultaneous connections from your network')),
+            `a connection over the network's share is refused: ${crowdGreetings.join(' ')}`,
+        );
         await submission('alice@example.test', 'wrong', false);
         await submission('mallory@example.test', 'guess', false);
         await submission('alice@example.test', 'correct horse', true);
@@ -278,7 +293,7 @@ describe('the Grafana dashboard and the alert rules against a real Prometheus', 
                 // a low per-login limit, so that the traffic locks one login out
                 `auth: { users: "${users}", lockout: { perIp: 100/1h, perLogin: 3/1h } }`,
                 'listeners:',
-                '  - { name: mx, host: 127.0.0.1, port: 0, mode: mx }',
+                `  - { name: mx, host: 127.0.0.1, port: 0, mode: mx, maxClientsPerNetwork: ${NETWORK_SHARE}, preTransactionTimeout: 2s }`,
                 '  - { name: submissions, host: 127.0.0.1, port: 0, mode: submission, tls: implicit }',
                 `upstream: { url: "smtp://127.0.0.1:${up.port}" }`,
                 `dns: { servers: ["${dns.address}"], timeout: 300ms }`,
@@ -315,6 +330,12 @@ describe('the Grafana dashboard and the alert rules against a real Prometheus', 
         trafficStart = Date.now() / 1000;
         const idle: SmtpClient = await smtpConnect(mw.port('mx'));
         await idle.greeting();
+        // a transaction started: the pre-transaction timeout leaves it open
+        await idle.cmd('EHLO idle.example');
+        assert.equal((await idle.cmd('MAIL FROM:<idle@other.example>')).code, 250);
+        // one that never starts a transaction is closed after preTransactionTimeout
+        const silent = await smtpConnect(mw.port('mx'), { localAddress: '127.0.8.1' });
+        await silent.greeting();
         await round();
         await sleep(2_500);
         await round();
@@ -362,6 +383,8 @@ describe('the Grafana dashboard and the alert rules against a real Prometheus', 
         }
         await idle.cmd('QUIT').catch(() => undefined);
         idle.close();
+        assert.match((await silent.reply()).raw, /^421 4\.4\.2 No mail transaction started/);
+        silent.close();
         trafficEnd = Date.now() / 1000;
         // Two more scrapes, and every rule evaluated after them.
         await sleep(2_500 * SCRAPE);

@@ -27,6 +27,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { after, before, describe, it } from 'node:test';
 import { parse } from 'yaml';
+import { RESTART_EXIT_CODE } from '../../src/commands/serve.ts';
 import { loadConfig } from '../../src/config/load.ts';
 import type { Config } from '../../src/config/types.ts';
 import { parseMainCf, postfixUpstreamMasterCf } from '../helpers/postfix.ts';
@@ -335,6 +336,11 @@ describe('systemd unit', () => {
         assert.deepEqual(keys('ExecStart'), ['mailwarden serve']);
         assert.deepEqual(keys('ExecReload'), ['/bin/kill -HUP $MAINPID']);
         assert.ok(keys('Environment').includes('MAILWARDEN_CONFIG=/etc/mailwarden/mailwarden.yaml'));
+    });
+
+    it('starts mailwarden again after a drain for a restart (SIGUSR2), counting it as a success', () => {
+        assert.deepEqual(keys('SuccessExitStatus'), [String(RESTART_EXIT_CODE)]);
+        assert.deepEqual(keys('RestartForceExitStatus'), [String(RESTART_EXIT_CODE)]);
     });
 
     it('passes systemd-analyze verify where systemd is installed', async (t) => {

@@ -1,6 +1,7 @@
 /**
  * The reply table: every situation has a well-formed code and enhanced code of the same
- * class, refusals carry the session id, and relayed upstream refusals keep their class.
+ * class, refusals carry the session id, and relayed upstream refusals keep their class;
+ * the shutdown reply says "restarting" only for a restart.
  */
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
@@ -28,6 +29,10 @@ const situations: Situation[] = [
     'sender-not-owned',
     'header-malformed',
     'header-sender-invalid',
+    'restarting',
+    'too-many-connections',
+    'too-many-network-connections',
+    'no-transaction-timeout',
 ];
 
 describe('reply table', () => {
@@ -52,6 +57,14 @@ describe('reply table', () => {
         assert.equal(codes['sender-not-owned'], '553 5.7.1');
         assert.equal(codes['header-sender-invalid'], '553 5.7.1');
         assert.equal(codes['header-malformed'], '550 5.6.0');
+        assert.equal(codes['restarting'], '421 4.3.2');
+        assert.equal(codes['too-many-connections'], '421 4.7.0');
+        assert.equal(codes['too-many-network-connections'], '421 4.7.0');
+        assert.equal(codes['no-transaction-timeout'], '421 4.4.2');
+    });
+    it('says "shutting down" on a stop and "restarting" only on a restart', () => {
+        assert.match(replyFor('shutting-down', { id: 'x' }).text, /^Service shutting down;/);
+        assert.match(replyFor('restarting', { id: 'x' }).text, /^Service restarting;/);
     });
     it('names the session id in refusals people may report', () => {
         for (const s of [

@@ -1,0 +1,391 @@
+/**
+ * Everything mailwarden changes in smtp-server's own behaviour, in one place. It subclasses
+ * SMTPServer and SMTPConnection of the pinned smtp-server and overrides a few of their
+ * internal (underscore) methods, which that version declares in its .d.ts:
+ *
+ * - PROXY senders are trusted by CIDR range (smtp-server only knows exact addresses).
+ * - Replies: every reply of every connection, from the very first one (the `421` of a full
+ *   listener is sent before any handler runs), passes through send() here. EHLO advertises
+ *   ENHANCEDSTATUSCODES and every reply except the greeting and the replies to HELO/EHLO
+ *   carries exactly one enhanced code (RFC 2034 section 4), from smtp-server-replies.ts;
+ *   smtp-server's own codes are switched off so none is ever doubled. On submission, AUTH is
+ *   offered only once the session is encrypted (RFC 8314 section 3; RFC 4954 section 4).
+ * - Connection slots: `maxClients` per listener and `maxClientsPerNetwork` per client network
+ *   (network-slots.ts), counted from the moment the client's address is known (at accept on
+ *   an implicit-TLS listener, so a network cannot fill the handshake queue either); a refused
+ *   client gets `421 4.7.0` (an implicit-TLS client that cannot be answered is disconnected).
+ * - A pre-transaction deadline (postscreen-like): a session that has not had a MAIL FROM
+ *   accepted within `preTransactionTimeout` is closed with `421 4.4.2`; a PROXY header or an
+ *   implicit TLS handshake gets the same time (smtp-server would wait `socketTimeout`).
+ * - Logging: a client that resets or drops the connection is logged once, at info, with the
+ *   session id, address, port and where the session was; real errors once, at error.
+ * - Envelope commands: EHLO offers, and MAIL/RCPT parse, through smtp-server-envelope.ts; on
+ *   submission, each command of a logged-in session first passes smtp-server-commands.ts's gate.
+ * - Whether a session's client is still there (clientGone), for a 250 that cannot reach it.
+ *
+ * Texts come from reply.ts; limits and timeouts from the listener's config. No policy here.
+ */
+import type net from 'node:net';
+import type tls from 'node:tls';
+import { SMTPServer, type SMTPServerOptions } from 'smtp-server';
+import { SMTPConnection, type SMTPConnectionOptions, type TLSError } from 'smtp-server/lib/smtp-connection.js';
+import type { Logger } from './log.ts';
+import type { Metrics } from './metrics.ts';
+import { clientNetwork, createNetworkSlots, type NetworkSlot, type NetworkSlots } from './net/network-slots.ts';
+import { replyFor } from './reply.ts';
+import { gateConnectionCommands, type CommandGate } from './smtp-server-commands.ts';
+import { adaptEnvelopeCommands, type EnvelopeAdaptableConnection, type EnvelopeHooks } from './smtp-server-envelope.ts';
+import { rewriteBuiltinReply } from './smtp-server-replies.ts';
+import type { SmtpReply } from './types.ts';
+
+export interface AdapterOptions {
+    /** Listener name, for metrics (the logger already carries it). */
+    readonly listener: string;
+    readonly submission: boolean;
+    /** True for peers allowed to send a PROXY protocol header. */
+    readonly trustProxy: (ip: string) => boolean;
+    readonly maxClientsPerNetwork: number;
+    readonly preTransactionTimeoutMs: number;
+    readonly log: Logger;
+    readonly metrics: Metrics;
+    /** Runs before each command of a logged-in session (a changed password ends it); null: none. */
+    readonly commandGate?: CommandGate | null;
+    /** What EHLO offers and how MAIL/RCPT are read (smtp-server-envelope.ts); null: smtp-server's own. */
+    readonly envelope?: EnvelopeHooks | null;
+}
+
+/** Socket errors that mean the client went away or its network failed: not our errors. */
+const CLIENT_GONE = new Set(['ECONNRESET', 'EPIPE', 'ETIMEDOUT', 'ECONNABORTED', 'EHOSTUNREACH', 'ENETUNREACH']);
+
+type SocketError = Error & { code?: string; meta?: { stage?: string; remoteAddress?: string } };
+
+/** A TLS failure the client caused (bad handshake, alert, no shared cipher, renegotiation attempt). */
+function isClientTlsFailure(err: SocketError): boolean {
+    const code = err.code ?? '';
+    return err.meta?.stage === 'connect' || code.startsWith('ERR_SSL_') || code.startsWith('ERR_TLS_');
+}
+
+/** What a client failure is called in logs. */
+function clientEvent(err: SocketError): string {
+    if (err.code && CLIENT_GONE.has(err.code)) return 'client reset';
+    if (err.code === 'ERR_TLS_HANDSHAKE_TIMEOUT') return 'TLS handshake timeout';
+    return 'TLS failure';
+}
+
+function line(reply: SmtpReply): string {
+    return `${reply.enhanced} ${reply.text}`;
+}
+
+function plainAddress(ip: string | undefined): string {
+    return (ip ?? '').replace(/^::ffff:/i, '');
+}
+
+/** Why a connection is refused before its session starts. */
+type Refusal = { readonly reason: 'network_limit'; readonly network: string } | { readonly reason: 'max_clients' };
+
+class MailwardenConnection extends SMTPConnection {
+    readonly #adapter: AdapterOptions;
+    #slot: NetworkSlot | null;
+    readonly #refusal: Refusal | null;
+    /** True while smtp-server sends the greeting or answers HELO/EHLO: those carry no enhanced code. */
+    #plain = false;
+    #transactionStarted = false;
+    #deadline: NodeJS.Timeout | null = null;
+    #failureLogged = false;
+
+    constructor(
+        server: MailwardenSmtpServer,
+        socket: net.Socket | tls.TLSSocket,
+        options: SMTPConnectionOptions | null | undefined,
+        extra: { adapter: AdapterOptions; slot: NetworkSlot | null; refusal: Refusal | null },
+    ) {
+        super(server, socket, options);
+        this.#adapter = extra.adapter;
+        this.#slot = extra.slot;
+        this.#refusal = extra.refusal;
+    }
+
+    #fields(): Record<string, unknown> {
+        return { session: this.id, client: plainAddress(this.remoteAddress), clientPort: this.remotePort };
+    }
+
+    /** Where the session was when something happened, for log lines. */
+    #stage(): string {
+        if (this._dataStream) return 'data';
+        if (this.session.envelope?.mailFrom) return 'transaction';
+        if (this.#transactionStarted) return 'between transactions';
+        return this.hostNameAppearsAs ? 'before MAIL' : 'before HELO';
+    }
+
+    override init(): void {
+        const maxClients = this._server.options.maxClients;
+        // smtp-server's own check, made here so its 421 gets our code and text (it counts this connection too)
+        const refusal: Refusal | null =
+            this.#refusal ??
+            (maxClients && this._server.connections.size > maxClients ? { reason: 'max_clients' } : null);
+        if (refusal) {
+            const reply =
+                refusal.reason === 'network_limit'
+                    ? replyFor('too-many-network-connections', { id: this.id, network: refusal.network })
+                    : replyFor('too-many-connections', { id: this.id });
+            this.#adapter.metrics.connectionsRefused.inc({ listener: this.#adapter.listener, reason: refusal.reason });
+            this.#adapter.log.info(
+                { ...this.#fields(), reason: refusal.reason, ...(refusal.reason === 'network_limit' ? refusal : {}) },
+                'connection refused: too many connections',
+            );
+            this._setListeners(() => this.send(reply.code, line(reply)));
+            return;
+        }
+        this.#armDeadline(this.#adapter.preTransactionTimeoutMs);
+        super.init();
+    }
+
+    #armDeadline(ms: number): void {
+        this.#deadline = setTimeout(() => this.#deadlinePassed(), ms);
+        this.#deadline.unref();
+    }
+
+    #deadlinePassed(): void {
+        this.#deadline = null;
+        if (this._closing || this._closed || this.#transactionStarted) return;
+        // a command is being answered (a slow check, the login service): its outcome decides
+        if (this._handlerPending) return this.#armDeadline(1000);
+        const seconds = Math.round(this.#adapter.preTransactionTimeoutMs / 1000);
+        this.#adapter.metrics.connectionTimeouts.inc({ listener: this.#adapter.listener, timeout: 'pre_transaction' });
+        this.#adapter.log.info(
+            { ...this.#fields(), stage: this.#stage(), seconds },
+            'closing: no mail transaction started in time',
+        );
+        const reply = replyFor('no-transaction-timeout', { id: this.id, seconds });
+        this.send(reply.code, line(reply));
+    }
+
+    #releaseSlot(): void {
+        if (this.#deadline) clearTimeout(this.#deadline);
+        this.#deadline = null;
+        this.#slot?.release();
+        this.#slot = null;
+    }
+
+    override send(code: number, data?: string | string[] | null, context?: string | false): void {
+        if (Array.isArray(data)) {
+            // EHLO (the only multi-line reply); on submission, AUTH only once the session is encrypted
+            const lines = this.#adapter.submission && !this.secure ? data.filter((l) => !/^AUTH\b/i.test(l)) : data;
+            super.send(code, lines, false);
+            return;
+        }
+        if (this.#plain || (code >= 300 && code < 400)) {
+            super.send(code, data, false);
+            return;
+        }
+        if (code === 250 && context === 'MAIL_FROM_OK') this.#transactionStarted = true;
+        super.send(
+            code,
+            rewriteBuiltinReply(code, data ?? '', typeof context === 'string' ? context : undefined),
+            false,
+        );
+    }
+
+    /** smtp-server's own enhanced codes are never added: send() above puts in exactly one. */
+    override _getEnhancedStatusCode(): string {
+        return '';
+    }
+
+    override _sendGreeting(): void {
+        this.#plain = true;
+        try {
+            super._sendGreeting();
+        } finally {
+            this.#plain = false;
+        }
+    }
+
+    override handler_EHLO(command: Buffer, callback: () => void): void {
+        this.#plain = true;
+        try {
+            super.handler_EHLO(command, callback);
+        } finally {
+            this.#plain = false;
+        }
+    }
+
+    override handler_HELO(command: Buffer, callback: () => void): void {
+        this.#plain = true;
+        try {
+            super.handler_HELO(command, callback);
+        } finally {
+            this.#plain = false;
+        }
+    }
+
+    override _onTimeout(): void {
+        const open = !this._closing;
+        super._onTimeout();
+        if (open && this._closing) {
+            this.#adapter.metrics.connectionTimeouts.inc({ listener: this.#adapter.listener, timeout: 'idle' });
+            this.#adapter.log.info({ ...this.#fields(), stage: this.#stage() }, 'closing: client idle too long');
+        }
+    }
+
+    /**
+     * Socket errors. smtp-server logs every one at error with unformatted placeholders and
+     * reports those inside a transaction a second time through the server's 'error' event; a
+     * client that went away is not an error of ours, so it is logged once, at info.
+     */
+    override _onError(err: SocketError): void {
+        const code = err.code ?? '';
+        if (CLIENT_GONE.has(code) || isClientTlsFailure(err)) {
+            if (!this.#failureLogged) {
+                this.#failureLogged = true;
+                this.#adapter.log.info(
+                    { ...this.#fields(), stage: this.#stage(), code: code || undefined, reason: err.message },
+                    `connection ended by the client: ${clientEvent(err)}`,
+                );
+            }
+            // outside a transaction there is nothing to finish; inside, the socket's close event ends it
+            if (!this.session.envelope?.mailFrom) this.close();
+            return;
+        }
+        this.#adapter.log.error({ ...this.#fields(), stage: this.#stage(), err }, 'connection error');
+    }
+
+    override close(): void {
+        // a connection the server has closed no longer holds a slot (as for maxClients)
+        this.#releaseSlot();
+        super.close();
+    }
+
+    override _onClose(): void {
+        this.#releaseSlot();
+        super._onClose();
+    }
+}
+
+/**
+ * smtp-server with mailwarden's connection handling (see the file comment). Build it with the
+ * listener's smtp-server options and the adapter options; `options.maxClients` is the listener's.
+ */
+export class MailwardenSmtpServer extends SMTPServer {
+    readonly #adapter: AdapterOptions;
+    readonly #networks: NetworkSlots;
+    /** Slots taken at accept (implicit TLS), by raw socket and then by the TLS socket on top of it. */
+    readonly #accepted = new WeakMap<net.Socket, NetworkSlot>();
+    /** Open connections by session id (STARTTLS replaces a connection's `_socket`). */
+    readonly #byId = new Map<string, MailwardenConnection>();
+
+    constructor(options: SMTPServerOptions, adapter: AdapterOptions) {
+        super(options);
+        this.#adapter = adapter;
+        this.#networks = createNetworkSlots(adapter.maxClientsPerNetwork);
+    }
+
+    /** True when the client of this session can no longer be written to. */
+    clientGone(id: string): boolean {
+        const socket = this.#byId.get(id)?._socket;
+        return !socket || socket.destroyed || !socket.writable;
+    }
+
+    /** Connections open now from `ip`'s network (tests and diagnostics). */
+    networkConnections(ip: string): number {
+        return this.#networks.count(ip);
+    }
+
+    override _expectsProxyHeader(socket: net.Socket): boolean {
+        return this.#adapter.trustProxy(plainAddress(socket.remoteAddress));
+    }
+
+    override _acceptSocket(socket: net.Socket, handshake: boolean): (() => void) | false {
+        let slot: NetworkSlot | null = null;
+        const proxied = this._expectsProxyHeader(socket);
+        if (handshake && !proxied) {
+            // implicit TLS: the address is known now, and nothing can be said before the handshake
+            const ip = plainAddress(socket.remoteAddress);
+            slot = this.#networks.acquire(ip);
+            if (!slot) {
+                this.#adapter.metrics.connectionsRefused.inc({
+                    listener: this.#adapter.listener,
+                    reason: 'network_limit',
+                });
+                this.#adapter.log.info(
+                    { client: ip, clientPort: socket.remotePort, reason: 'network_limit', network: clientNetwork(ip) },
+                    'connection refused before the TLS handshake: too many connections',
+                );
+                socket.on('error', () => undefined);
+                socket.destroy();
+                return false;
+            }
+            const taken = slot;
+            this.#accepted.set(socket, taken);
+            socket.once('close', () => taken.release());
+        }
+        const release = super._acceptSocket(socket, handshake);
+        if (release === false) {
+            slot?.release();
+            return false;
+        }
+        // the PROXY header and the TLS handshake get the pre-transaction time, not socketTimeout
+        if (handshake || proxied) socket.setTimeout(this.#adapter.preTransactionTimeoutMs);
+        return release;
+    }
+
+    override _upgrade(socket: net.Socket, callback: (err: TLSError | null, tlsSocket?: tls.TLSSocket) => void): void {
+        super._upgrade(socket, (err, tlsSocket) => {
+            const slot = this.#accepted.get(socket);
+            if (slot && tlsSocket) this.#accepted.set(tlsSocket, slot);
+            callback(err, tlsSocket);
+        });
+        const top = this._pendingSockets.get(socket);
+        if (top && top !== socket) top.setTimeout(this.#adapter.preTransactionTimeoutMs);
+    }
+
+    /** smtp-server's connect(), with our connection class, so its very first reply is ours too. */
+    override connect(socket: net.Socket | tls.TLSSocket, socketOptions?: SMTPConnectionOptions | null): void {
+        let slot = this.#accepted.get(socket) ?? null;
+        let refusal: Refusal | null = null;
+        if (!slot) {
+            const ip = plainAddress(socketOptions?.remoteAddress ?? socket.remoteAddress);
+            slot = this.#networks.acquire(ip);
+            if (slot) {
+                const taken = slot;
+                socket.once('close', () => taken.release());
+            } else refusal = { reason: 'network_limit', network: clientNetwork(ip) };
+        }
+        const connection = new MailwardenConnection(this, socket, socketOptions, {
+            adapter: this.#adapter,
+            slot,
+            refusal,
+        });
+        if (this.#adapter.commandGate) gateConnectionCommands(connection, this.#adapter.commandGate);
+        if (this.#adapter.envelope) {
+            adaptEnvelopeCommands(connection as unknown as EnvelopeAdaptableConnection, this.#adapter.envelope);
+        }
+        const id = connection.id;
+        this.#byId.set(id, connection);
+        socket.once('close', () => this.#byId.delete(id));
+        this.connections.add(connection);
+        connection.on('error', (err: Error) => this._onError(err));
+        connection.on('connect', (data: Parameters<SMTPServer['_onClientConnect']>[0]) => this._onClientConnect(data));
+        connection.init();
+    }
+
+    /**
+     * Server-level errors. A failed implicit TLS handshake arrives here: the client's doing,
+     * logged once at info; anything else goes to the listener's 'error' handler.
+     */
+    override _onError(err: SocketError): void {
+        if (isClientTlsFailure(err) || (err.code && CLIENT_GONE.has(err.code))) {
+            if (err.code === 'ERR_TLS_HANDSHAKE_TIMEOUT') {
+                this.#adapter.metrics.connectionTimeouts.inc({
+                    listener: this.#adapter.listener,
+                    timeout: 'handshake',
+                });
+            }
+            this.#adapter.log.info(
+                { client: plainAddress(err.meta?.remoteAddress), code: err.code, reason: err.message },
+                `connection ended before the session: ${clientEvent(err)}`,
+            );
+            return;
+        }
+        super._onError(err);
+    }
+}
