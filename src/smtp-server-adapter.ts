@@ -34,7 +34,7 @@ import type { Metrics } from './metrics.ts';
 import { clientNetwork, createNetworkSlots, type NetworkSlot, type NetworkSlots } from './net/network-slots.ts';
 import { replyFor } from './reply.ts';
 import { gateConnectionCommands, type CommandGate } from './smtp-server-commands.ts';
-import { adaptEnvelopeCommands, type EnvelopeAdaptableConnection, type EnvelopeHooks } from './smtp-server-envelope.ts';
+import { adaptEnvelopeCommands, type EnvelopeHooks } from './smtp-server-envelope.ts';
 import { rewriteBuiltinReply } from './smtp-server-replies.ts';
 import type { SmtpReply } from './types.ts';
 
@@ -357,7 +357,7 @@ export class MailwardenSmtpServer extends SMTPServer {
         });
         if (this.#adapter.commandGate) gateConnectionCommands(connection, this.#adapter.commandGate);
         if (this.#adapter.envelope) {
-            adaptEnvelopeCommands(connection as unknown as EnvelopeAdaptableConnection, this.#adapter.envelope);
+            adaptEnvelopeCommands(connection, this.#adapter.envelope);
         }
         const id = connection.id;
         this.#byId.set(id, connection);
