@@ -308,7 +308,8 @@ export interface FaultContext {
     readonly strikes: number;
     /** True once the client has settled every message. */
     clientDone(): boolean;
-    event(kind: string, detail?: string): void;
+    /** Records a strike; `at` (default now) is when it began, e.g. just before a signal was sent. */
+    event(kind: string, detail?: string, at?: number): void;
     /** Waits until `fraction` of the spread time has passed (returns at once when past). */
     at(fraction: number): Promise<void>;
 }
@@ -324,6 +325,12 @@ export interface FaultSpec {
     /** Strikes while the mail flows; must leave every part healthy when it returns. */
     readonly inject?: (ctx: FaultContext) => Promise<void>;
 }
+
+/**
+ * After a process struck down is back, the next strike waits at least this long, so mail flows
+ * between strikes even where a start takes seconds.
+ */
+const MIN_UPTIME_MS = 2_000;
 
 /** Fault times spread evenly over the middle of the run: strikes 1..n at (i / (n + 1)). */
 function strikeTimes(n: number): number[] {
@@ -379,8 +386,9 @@ export const FAULTS: readonly FaultSpec[] = [
             const until = ctx.startedAt + ctx.spreadMs * 0.9;
             while (Date.now() < until && !ctx.clientDone()) {
                 await sleep(150 + ctx.random() * 400);
+                const at = Date.now();
                 const n = await ctx.lab.postfix.killSmtpd();
-                if (n > 0) ctx.event('smtpd-sigkill', `${n}`);
+                if (n > 0) ctx.event('smtpd-sigkill', `${n}`, at);
             }
         },
     },
@@ -390,13 +398,14 @@ export const FAULTS: readonly FaultSpec[] = [
         inject: async (ctx) => {
             for (const f of strikeTimes(ctx.strikes)) {
                 await ctx.at(f);
+                const at = Date.now();
                 await ctx.lab.postfix.crash();
-                ctx.event('postfix-crash');
+                ctx.event('postfix-crash', undefined, at);
                 await sleep(300 + ctx.random() * 700);
                 await ctx.lab.postfix.restart();
                 ctx.event('postfix-start');
                 // up for a while before the next crash, so mail flows in between
-                await sleep(1500);
+                await sleep(MIN_UPTIME_MS);
             }
         },
     },
@@ -475,9 +484,12 @@ export const FAULTS: readonly FaultSpec[] = [
         inject: async (ctx) => {
             for (const f of strikeTimes(ctx.strikes)) {
                 await ctx.at(f);
+                const at = Date.now();
                 await ctx.mw.signal('SIGKILL');
-                ctx.event('mailwarden-sigkill');
+                const restarted = Date.now();
                 await ctx.mw.start();
+                ctx.event('mailwarden-sigkill', `started again in ${Date.now() - restarted} ms`, at);
+                await sleep(MIN_UPTIME_MS);
             }
         },
     },
@@ -487,9 +499,16 @@ export const FAULTS: readonly FaultSpec[] = [
         inject: async (ctx) => {
             for (const f of strikeTimes(ctx.strikes)) {
                 await ctx.at(f);
+                const at = Date.now();
                 const exit = await ctx.mw.signal('SIGTERM', 20_000);
-                ctx.event('mailwarden-sigterm', `exit ${exit.code ?? exit.signal} after ${exit.ms} ms`);
+                const restarted = Date.now();
                 await ctx.mw.start();
+                ctx.event(
+                    'mailwarden-sigterm',
+                    `exit ${exit.code ?? exit.signal} after ${exit.ms} ms, started again in ${Date.now() - restarted} ms`,
+                    at,
+                );
+                await sleep(MIN_UPTIME_MS);
             }
         },
     },
@@ -500,8 +519,9 @@ async function redisOutage(ctx: FaultContext): Promise<void> {
     if (!redis) throw new Error('this fault needs Redis');
     for (const f of strikeTimes(ctx.strikes)) {
         await ctx.at(f);
+        const at = Date.now();
         await redis.kill();
-        ctx.event('redis-sigkill');
+        ctx.event('redis-sigkill', undefined, at);
         await sleep(1500);
         await redis.start();
         ctx.event('redis-start');
@@ -787,9 +807,9 @@ export async function runFault(lab: Lab, spec: FaultSpec, options: RunOptions): 
             spreadMs: size.spreadMs,
             strikes: size.strikes,
             clientDone: () => clientDone,
-            event: (kind, detail) => {
-                events.push({ at: Date.now(), kind, ...(detail !== undefined ? { detail } : {}) });
-                say(`  ${((Date.now() - startedAt) / 1000).toFixed(1)}s ${kind}${detail ? ` (${detail})` : ''}`);
+            event: (kind, detail, at = Date.now()) => {
+                events.push({ at, kind, ...(detail !== undefined ? { detail } : {}) });
+                say(`  ${((at - startedAt) / 1000).toFixed(1)}s ${kind}${detail ? ` (${detail})` : ''}`);
             },
             at: async (fraction) => {
                 const wait = startedAt + fraction * size.spreadMs - Date.now();

@@ -322,7 +322,8 @@ export async function runClient(messages: readonly OutboundMessage[], options: C
                     inTx.push(address);
                     continue;
                 }
-                last = rcpt;
+                // the reply the attempt is remembered by: a 4xx (why it will be tried again) wins
+                if (!last || last.code >= 500) last = rcpt;
                 if (rcpt.code >= 500) refuse(r, [address], rcpt);
                 if (rcpt.code === 421) {
                     end(a, 'tempfail', step, rcpt);
