@@ -3,7 +3,8 @@
  * into a real Postfix, then many idle connections, measuring what an operator sizes a host by:
  *   - throughput (messages the client got a 250 for, per second of sending) and zero loss;
  *   - memory per idle connection: the growth of the process's resident memory (/proc/PID/status)
- *     and of its V8 heap (`nodejs_heap_size_used_bytes` on /metrics) divided by the connections;
+ *     and of its V8 heap in use after a full garbage collection (asked of the V8 inspector,
+ *     which the harness starts on a loopback port) divided by the connections;
  *   - no leak afterwards: open file descriptors (/proc/PID/fd) back to where they were before
  *     the traffic, the spool folder empty, no session left (`mailwarden_sessions_active`).
  * The configuration is that of a load test, not of the shipped rules: the shipped per-IP
@@ -82,26 +83,17 @@ export function loopbackSources(count = 250): string[] {
 }
 
 /**
- * Resident memory and V8 heap in use, each the smallest of a few samples half a second apart
- * (garbage not yet collected only ever adds to a sample).
+ * Resident memory and the V8 heap in use right after a full garbage collection (through the
+ * inspector), so neither figure carries garbage of the traffic before.
  */
-async function memoryOf(mw: MailwardenProcess, httpPort: number): Promise<{ rss: number; heap: number }> {
-    let rss = Infinity;
-    let heap = Infinity;
-    for (let i = 0; i < 5; i++) {
-        if (i > 0) await sleep(500);
-        rss = Math.min(rss, await mw.rss());
-        heap = Math.min(heap, (await metricsOf(mw, httpPort)).heap);
-    }
-    return { rss, heap };
+async function memoryOf(mw: MailwardenProcess): Promise<{ rss: number; heap: number }> {
+    const heap = await mw.heapAfterGc();
+    await sleep(500);
+    return { rss: await mw.rss(), heap };
 }
 
-async function metricsOf(mw: MailwardenProcess, httpPort: number): Promise<{ sessions: number; heap: number }> {
-    const text = await mw.metrics(httpPort);
-    return {
-        sessions: metricValue(text, 'mailwarden_sessions_active{listener="mx"}') ?? 0,
-        heap: metricValue(text, 'nodejs_heap_size_used_bytes') ?? 0,
-    };
+async function sessionsOf(mw: MailwardenProcess, httpPort: number): Promise<number> {
+    return metricValue(await mw.metrics(httpPort), 'mailwarden_sessions_active{listener="mx"}') ?? 0;
 }
 
 /** Polls `read` until it returns `want` (or `timeoutMs` passes); returns the last value. */
@@ -170,6 +162,7 @@ export async function runLoad(options: LoadOptions): Promise<LoadReport> {
             maxClients: options.idleConnections + options.concurrency + 100,
             upstreamTimeouts: '',
             dnsTimeout: '5s',
+            inspect: true,
         });
         const mw = setup.process;
         await mw.start();
@@ -220,7 +213,7 @@ export async function runLoad(options: LoadOptions): Promise<LoadReport> {
 
         // Back to rest: no session, the descriptors of the start.
         await settleTo(
-            async () => (await metricsOf(mw, setup.httpPort)).sessions,
+            () => sessionsOf(mw, setup.httpPort),
             (n) => n === 0,
             30_000,
         );
@@ -232,18 +225,18 @@ export async function runLoad(options: LoadOptions): Promise<LoadReport> {
         const spoolAfterMessages = (await spoolFiles(setup.spoolDir)).length;
 
         // Idle connections.
-        const before = await memoryOf(mw, setup.httpPort);
+        const before = await memoryOf(mw);
         say(`opening ${options.idleConnections} idle connections…`);
         const opened = Date.now();
         const sockets = await openIdle(setup.port, options.idleConnections, sources);
         const openSeconds = (Date.now() - opened) / 1000;
         await sleep(1_000);
-        const sessionsWithIdle = (await metricsOf(mw, setup.httpPort)).sessions;
-        const withIdle = await memoryOf(mw, setup.httpPort);
+        const sessionsWithIdle = await sessionsOf(mw, setup.httpPort);
+        const withIdle = await memoryOf(mw);
         const fdsWithIdle = await mw.fds();
         for (const s of sockets) s.destroy();
         const sessionsLeft = await settleTo(
-            async () => (await metricsOf(mw, setup.httpPort)).sessions,
+            () => sessionsOf(mw, setup.httpPort),
             (n) => n === 0,
             30_000,
         );

@@ -3,7 +3,10 @@
  * so a fault test can SIGKILL it, SIGTERM it and start it again on the same ports. Every JSON
  * log line of every run is kept (with the number of the run it came from), and the process can
  * be measured from outside: resident memory (/proc/PID/status), open file descriptors
- * (/proc/PID/fd) and its /metrics. It only ever signals the process it started.
+ * (/proc/PID/fd) and its /metrics; started with `inspect`, it also listens for the V8
+ * inspector on a free loopback port, so the harness can collect garbage before it reads the
+ * heap (a figure not blurred by garbage not yet collected). It only ever signals the process
+ * it started.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { readdir, readFile } from 'node:fs/promises';
@@ -49,10 +52,57 @@ export interface MailwardenProcess {
     fds(): Promise<number>;
     /** The Prometheus text of /metrics (needs `http:` in the config). */
     metrics(httpPort: number): Promise<string>;
+    /** V8 heap in use right after a full garbage collection, in bytes (needs `inspect`). */
+    heapAfterGc(): Promise<number>;
 }
 
-export function mailwardenProcess(configFile: string): MailwardenProcess {
+export interface ProcessOptions {
+    /** Listen for the V8 inspector on a free loopback port (for heapAfterGc). */
+    readonly inspect?: boolean;
+}
+
+/** Sends inspector protocol commands over one WebSocket and returns each result. */
+async function inspectorCall(url: string, methods: readonly string[]): Promise<unknown[]> {
+    const ws = new WebSocket(url);
+    try {
+        await new Promise<void>((resolve, reject) => {
+            ws.addEventListener('open', () => resolve(), { once: true });
+            ws.addEventListener('error', () => reject(new Error(`cannot reach the inspector at ${url}`)), {
+                once: true,
+            });
+        });
+        const results: unknown[] = [];
+        for (const [i, method] of methods.entries()) {
+            const id = i + 1;
+            results.push(
+                await new Promise((resolve, reject) => {
+                    const timer = setTimeout(() => reject(new Error(`inspector: no answer to ${method}`)), 60_000);
+                    const onMessage = (event: MessageEvent): void => {
+                        const msg = JSON.parse(String(event.data)) as {
+                            id?: number;
+                            result?: unknown;
+                            error?: unknown;
+                        };
+                        if (msg.id !== id) return;
+                        clearTimeout(timer);
+                        ws.removeEventListener('message', onMessage);
+                        if (msg.error) reject(new Error(`inspector: ${method}: ${JSON.stringify(msg.error)}`));
+                        else resolve(msg.result);
+                    };
+                    ws.addEventListener('message', onMessage);
+                    ws.send(JSON.stringify({ id, method }));
+                }),
+            );
+        }
+        return results;
+    } finally {
+        ws.close();
+    }
+}
+
+export function mailwardenProcess(configFile: string, options: ProcessOptions = {}): MailwardenProcess {
     let child: ChildProcess | null = null;
+    let inspectorUrl: string | null = null;
     let exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }> | null = null;
     let runs = 0;
     let other = '';
@@ -81,7 +131,12 @@ export function mailwardenProcess(configFile: string): MailwardenProcess {
             }
         });
         c.stderr?.setEncoding('utf8');
-        c.stderr?.on('data', (chunk: string) => (other += chunk));
+        let stderr = '';
+        c.stderr?.on('data', (chunk: string) => {
+            other += chunk;
+            stderr += chunk;
+            inspectorUrl = /Debugger listening on (ws:\/\/127\.0\.0\.1:\d+\/\S+)/.exec(stderr)?.[1] ?? inspectorUrl;
+        });
     };
 
     const self: MailwardenProcess = {
@@ -102,7 +157,9 @@ export function mailwardenProcess(configFile: string): MailwardenProcess {
         async start(timeoutMs = 30_000) {
             if (child) throw new Error('mailwarden already runs');
             const run = ++runs;
-            const c = spawn(process.execPath, [BIN, 'serve', '-c', configFile], {
+            inspectorUrl = null;
+            const flags = options.inspect ? ['--inspect=127.0.0.1:0'] : [];
+            const c = spawn(process.execPath, [...flags, BIN, 'serve', '-c', configFile], {
                 stdio: ['ignore', 'pipe', 'pipe'],
             });
             child = c;
@@ -146,6 +203,14 @@ export function mailwardenProcess(configFile: string): MailwardenProcess {
         },
         async fds() {
             return (await readdir(`/proc/${self.pid}/fd`)).length;
+        },
+        async heapAfterGc() {
+            if (!inspectorUrl) throw new Error('mailwarden was not started with inspect');
+            const [, usage] = await inspectorCall(inspectorUrl, [
+                'HeapProfiler.collectGarbage',
+                'Runtime.getHeapUsage',
+            ]);
+            return (usage as { usedSize: number }).usedSize;
         },
         metrics(httpPort) {
             return new Promise((resolve, reject) => {
