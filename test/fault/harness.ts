@@ -769,6 +769,7 @@ export async function runFault(lab: Lab, spec: FaultSpec, options: RunOptions): 
     const work = path.join(lab.dir, spec.name);
     let rulesDir = lab.rulesDir;
     let redis: RestartableRedis | null = null;
+    let mwProcess: MailwardenProcess | null = null;
     const problems: string[] = [];
     const events: FaultEvent[] = [];
     const injectedBefore = { ...lab.proxy.injected };
@@ -786,6 +787,7 @@ export async function runFault(lab: Lab, spec: FaultSpec, options: RunOptions): 
             ...(redis ? { redisUrl: redis.url } : {}),
         });
         const mw = setup.process;
+        mwProcess = mw;
         await mw.start();
         lab.proxy.setPolicy(spec.proxy ? spec.proxy(random) : null);
         lab.dnsProxy.setMode({ kind: 'pass' });
@@ -893,6 +895,8 @@ export async function runFault(lab: Lab, spec: FaultSpec, options: RunOptions): 
     } finally {
         lab.proxy.setPolicy(null);
         lab.dnsProxy.setMode({ kind: 'pass' });
+        // after a failure on the way; a no-op when the run stopped it
+        await mwProcess?.stop();
         await redis?.stop();
     }
 }
