@@ -16,11 +16,13 @@ const SYMPTOMS: Readonly<Record<string, (r: FaultReport) => void>> = {
         assert.deepEqual(r.injected, {});
     },
     'redis-killed-allow': (r) => {
+        assert.ok((r.redisErrors ?? 0) > 0, 'mailwarden met the dead Redis');
         // onError: allow lets mail through while the store is away: none of the limits' replies
         const limits = Object.keys(r.tempfails).filter((code) => /^4\d\d 4\.7\.[01]$/.test(code));
         assert.deepEqual(limits, [], 'no limit refusal with onError: allow');
     },
     'redis-killed-tempfail': (r) => {
+        assert.ok((r.redisErrors ?? 0) > 0, 'mailwarden met the dead Redis');
         assert.ok(
             Object.keys(r.tempfails).every((code) => /^4\d\d 4\.7\.\d$/.test(code)),
             `only the limits' 4.7.x refusals: ${JSON.stringify(r.tempfails)}`,

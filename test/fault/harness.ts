@@ -26,7 +26,7 @@ import { startRedis, type RedisInstance } from '../helpers/redis.ts';
 import { freePort } from '../helpers/smtp-client.ts';
 import { startDnsFaultProxy, type DnsFaultProxy } from './dns-fault-proxy.ts';
 import { mailboxScanner, TOKEN_FIELD, type Delivery, type MailboxScanner } from './mailbox.ts';
-import { mailwardenProcess, type MailwardenProcess } from './mailwarden-process.ts';
+import { mailwardenProcess, metricValue, type MailwardenProcess } from './mailwarden-process.ts';
 import { runClient, type ClientOptions, type MessageRecord, type OutboundMessage } from './mta-client.ts';
 import {
     startSmtpFaultProxy,
@@ -599,6 +599,8 @@ export interface FaultReport {
     /** Recipients delivered that a healthy system refuses. */
     readonly deliveredUnexpectedly: number;
     readonly spoolFilesLeft: number;
+    /** `mailwarden_redis_errors_total` at the end of a run with limits in Redis (null without). */
+    readonly redisErrors: number | null;
     readonly injected: Readonly<Record<string, number>>;
     readonly events: readonly FaultEvent[];
     /** Problems that fail the run (beyond the counts above), e.g. a SIGTERM exit that was not 0. */
@@ -631,7 +633,7 @@ export function judge(
     deliveries: ReadonlyMap<string, readonly Delivery[]>,
     risks: ReadonlyMap<string, number>,
     events: readonly FaultEvent[],
-): Omit<FaultReport, 'spoolFilesLeft' | 'injected' | 'problems' | 'seconds' | 'ok'> {
+): Omit<FaultReport, 'spoolFilesLeft' | 'redisErrors' | 'injected' | 'problems' | 'seconds' | 'ok'> {
     const kills = events.filter((e) => e.kind === 'mailwarden-sigkill').map((e) => e.at);
     const postfixCrashed = events.some((e) => e.kind === 'postfix-crash');
     let recipients = 0;
@@ -864,6 +866,9 @@ export async function runFault(lab: Lab, spec: FaultSpec, options: RunOptions): 
         }
         deliveries = await lab.scanner.scan();
 
+        const redisErrors = redis
+            ? (metricValue(await mw.metrics(setup.httpPort), 'mailwarden_redis_errors_total') ?? 0)
+            : null;
         const exit = await mw.signal('SIGTERM', 20_000);
         if (exit.code !== 0) problems.push(`mailwarden exited with ${exit.code ?? exit.signal} on SIGTERM`);
         for (const e of events.filter((x) => x.kind === 'mailwarden-sigterm')) {
@@ -887,6 +892,7 @@ export async function runFault(lab: Lab, spec: FaultSpec, options: RunOptions): 
         return {
             ...verdict,
             spoolFilesLeft: left.length,
+            redisErrors,
             injected,
             problems,
             seconds: Math.round((Date.now() - started) / 100) / 10,
@@ -943,7 +949,7 @@ export function formatReports(reports: readonly FaultReport[]): string {
         out.push(
             `  duplicateRisk logged ${r.duplicateRiskLogged}, Postfix redeliveries ${r.postfixRedeliveries}, ` +
                 `unexpected 5xx ${r.unexpected5xx}, accepted but not delivered ${r.acceptedNotDelivered}, ` +
-                `spool files left ${r.spoolFilesLeft}`,
+                `spool files left ${r.spoolFilesLeft}${r.redisErrors === null ? '' : `, Redis errors ${r.redisErrors}`}`,
         );
         for (const p of r.problems) out.push(`  PROBLEM: ${p}`);
         for (const d of r.details.slice(0, 20)) out.push(`  ${d}`);

@@ -46,7 +46,7 @@ export interface LoadOptions {
 }
 
 export interface LoadReport {
-    readonly messages: Omit<FaultReport, 'spoolFilesLeft' | 'injected' | 'problems' | 'seconds' | 'ok'>;
+    readonly messages: Omit<FaultReport, 'spoolFilesLeft' | 'redisErrors' | 'injected' | 'problems' | 'seconds' | 'ok'>;
     /** Seconds from the first connection to the last reply. */
     readonly sendSeconds: number;
     /** Messages the client got a 250 for, per second of sending. */
