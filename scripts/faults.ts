@@ -1,6 +1,6 @@
 /**
  * The fault run (`npm run faults`): drives mail through mailwarden into a real Postfix while each
- * fault of test/fault/harness.ts strikes, and prints a report per fault (messages, delivered,
+ * fault of test/fault/catalogue.ts strikes, and prints a report per fault (messages, delivered,
  * refused with a 5xx, retries, temporary failures by code, duplicates inside and outside the
  * documented window, lost). Exits 1 when any fault lost a message, gave a 5xx of its own, left a
  * spool file or delivered a duplicate outside the window. docs/reliability.md explains the report.
@@ -11,15 +11,10 @@
  */
 import { writeFile } from 'node:fs/promises';
 import { parseArgs } from 'node:util';
-import {
-    CI_SIZE,
-    FAULTS,
-    FULL_SIZE,
-    formatReports,
-    runFault,
-    startLab,
-    type FaultReport,
-} from '../test/fault/harness.ts';
+import { FAULTS } from '../test/fault/catalogue.ts';
+import { CI_SIZE, FULL_SIZE, runFault } from '../test/fault/harness.ts';
+import { formatReports, type FaultReport } from '../test/fault/judge.ts';
+import { startLab } from '../test/fault/lab.ts';
 
 const { values } = parseArgs({
     options: {

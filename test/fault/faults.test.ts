@@ -1,13 +1,17 @@
 /**
- * Every fault of the fault harness (test/fault/harness.ts), at CI size: a few dozen messages
- * through a real mailwarden process into a real Postfix while the fault strikes once. Each run
- * must lose nothing, give no 5xx of its own, deliver no duplicate outside the documented window
- * and leave no spool file; and the fault must have struck, so a harness that silently stopped
- * injecting cannot pass. `npm run faults` runs the same faults at full size (docs/reliability.md).
+ * Every fault of the fault harness (test/fault/catalogue.ts, run by harness.ts), at CI size:
+ * a few dozen messages through a real mailwarden process into a real Postfix while the fault
+ * strikes once. Each run must lose nothing, give no 5xx of its own, deliver no duplicate
+ * outside the documented window and leave no spool file; and the fault must have struck, so a
+ * harness that silently stopped injecting cannot pass. `npm run faults` runs the same faults at
+ * full size (docs/reliability.md).
  */
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
-import { CI_SIZE, FAULTS, formatReports, runFault, startLab, type FaultReport, type Lab } from './harness.ts';
+import { FAULTS } from './catalogue.ts';
+import { CI_SIZE, runFault } from './harness.ts';
+import { formatReports, type FaultReport } from './judge.ts';
+import { startLab, type Lab } from './lab.ts';
 
 /** What each fault must visibly do to the mail, beyond the shared invariants. */
 const SYMPTOMS: Readonly<Record<string, (r: FaultReport) => void>> = {

@@ -21,17 +21,8 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { PACKAGE_RULES_DIR } from '../../src/config/defaults.ts';
 import { startDnsServer } from '../helpers/dns-server.ts';
 import { startPostfix } from '../helpers/postfix.ts';
-import {
-    duplicateRisks,
-    harnessZone,
-    judge,
-    makeMessages,
-    prepareMailwarden,
-    seededRandom,
-    spoolFiles,
-    USERS,
-    type FaultReport,
-} from './harness.ts';
+import { duplicateRisks, judge, type FaultReport } from './judge.ts';
+import { harnessZone, makeMessages, prepareMailwarden, seededRandom, spoolFiles, USERS } from './lab.ts';
 import { mailboxScanner, type Delivery } from './mailbox.ts';
 import { metricValue, type MailwardenProcess } from './mailwarden-process.ts';
 import { runClient } from './mta-client.ts';
