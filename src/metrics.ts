@@ -135,8 +135,8 @@ export function createMetrics(version: string) {
         }),
         acceptedUnconfirmed: new Counter({
             name: `${P}accepted_unconfirmed_total`,
-            help: 'Messages the upstream accepted whose 250 could not reach the client, which went away first: it may send them again (a duplicate), by listener',
-            labelNames: ['listener'],
+            help: 'Messages the upstream may have accepted without the client hearing so, which it may send again (a possible duplicate), by listener and reason: client-gone (the 250 could not reach the client, which went away first) or no-upstream-answer (the end of the message reached the upstream but its answer never came; the client got 451 4.4.1)',
+            labelNames: ['listener', 'reason'],
             registers: r,
         }),
         messageProcessing: new Histogram({

@@ -106,6 +106,8 @@ export class Session {
     private dataSettled: Promise<void> = Promise.resolve();
     private settleData: () => void = () => undefined;
     private closed = false;
+    /** The Message-ID of the message in the current (or last) DATA, for the duplicate-risk warning. */
+    private messageId: string | null = null;
 
     constructor(deps: SessionDeps, smtp: SMTPServerSession) {
         this.deps = deps;
@@ -365,6 +367,7 @@ export class Session {
             authUser: this.identity().login,
         };
         let action = 'tempfail';
+        this.messageId = null;
         try {
             let summary: SpoolSummary;
             try {
@@ -401,7 +404,10 @@ export class Session {
             const { kept, removed } = header;
             // to spot a message delivered twice (the duplicate window of docs/flow.md)
             const messageId = kept.find((f) => f.name.toLowerCase() === 'message-id');
-            if (messageId) record.messageId = headerSafe(fieldValue(messageId)).trim().slice(0, 256);
+            if (messageId) {
+                this.messageId = headerSafe(fieldValue(messageId)).trim().slice(0, 256);
+                record.messageId = this.messageId;
+            }
             if (removed.length > 0) {
                 record.removedHeaders = removed.map((f) => f.name);
                 for (const f of removed) {
@@ -456,6 +462,8 @@ export class Session {
             } catch (err) {
                 action = 'tempfail';
                 record.reason = `upstream: ${err instanceof Error ? err.message : String(err)}`;
+                // the client is told to try again, though the upstream may have the message
+                if (err instanceof UpstreamError && err.endOfDataSent) this.possibleDuplicate('no-upstream-answer');
                 throw this.upstreamFailed(err, 'data');
             } finally {
                 this.deps.metrics.upstreamDuration.observe((this.deps.now() - upstreamStarted) / 1000);
@@ -497,13 +505,21 @@ export class Session {
     dataReplied(reply: { accepted: boolean; clientGone: boolean }): void {
         this.inData = false;
         this.settleData();
-        if (reply.accepted && reply.clientGone) {
-            this.deps.metrics.acceptedUnconfirmed.inc({ listener: this.deps.listener.name });
-            this.log.warn(
-                { duplicateRisk: true },
-                'the upstream accepted the message but the client had gone before our 250; it may send it again',
-            );
-        }
+        if (reply.accepted && reply.clientGone) this.possibleDuplicate('client-gone');
+    }
+
+    /**
+     * The upstream may have accepted the message while the client never heard so: the client
+     * keeps it and may send it again (the duplicate window of docs/flow.md). Counted and logged.
+     */
+    private possibleDuplicate(reason: 'client-gone' | 'no-upstream-answer'): void {
+        this.deps.metrics.acceptedUnconfirmed.inc({ listener: this.deps.listener.name, reason });
+        this.log.warn(
+            { duplicateRisk: true, reason, messageId: this.messageId ?? undefined },
+            reason === 'client-gone'
+                ? 'the upstream accepted the message but the client had gone before our 250; it may send it again'
+                : 'the end of the message reached the upstream but its answer did not; it may have accepted the message, which the client, told to try again, may send twice',
+        );
     }
 
     private observeChecks(checks: readonly CheckOutcome[]): void {

@@ -6,7 +6,8 @@
  *
  * Replies of every class are returned, never thrown; only a broken connection (refused,
  * timed out, closed, garbage, TLS or XCLIENT failure, failing message source) becomes an
- * UpstreamError, after which the session is no longer usable.
+ * UpstreamError, after which the session is no longer usable. One that breaks after the
+ * end-of-data marker went out is marked `endOfDataSent`: the upstream may have the message.
  * It must not decide policy, retry, queue, or ever write the end-of-data terminator for
  * a message whose source did not end cleanly.
  */
@@ -654,9 +655,20 @@ class SmtpSession implements UpstreamSession {
             // A reply that came before the terminator is out of turn: take it as the final
             // answer, but do not trust the connection for another transaction.
             if (conn.unsolicited) this.spent = true;
-            await conn.write(stuffer.end(), this.config.dataTimeoutMs);
-            this.txOpen = false;
-            const reply = toReply(await conn.readReply(this.config.dataTimeoutMs, 'the end of data'));
+            // A dead connection refuses the write before a byte of the terminator goes out.
+            const endCanArrive = conn.failure === null;
+            let raw: RawReply;
+            try {
+                await conn.write(stuffer.end(), this.config.dataTimeoutMs);
+                this.txOpen = false;
+                raw = await conn.readReply(this.config.dataTimeoutMs, 'the end of data');
+            } catch (err) {
+                this.txOpen = false;
+                if (!endCanArrive || !(err instanceof UpstreamError)) throw err;
+                // The upstream may have the whole message and have accepted it: say so.
+                throw new UpstreamError(err.kind, err.message, { cause: err, endOfDataSent: true });
+            }
+            const reply = toReply(raw);
             if (reply.code === 421) this.spent = true;
             return reply;
         });

@@ -61,10 +61,17 @@ export type UpstreamFailure = 'connect' | 'timeout' | 'closed' | 'protocol' | 'x
 
 export class UpstreamError extends Error {
     readonly kind: UpstreamFailure;
-    constructor(kind: UpstreamFailure, message: string, options?: { cause?: unknown }) {
+    /**
+     * The end-of-data marker had been sent when the connection failed, so the upstream may have
+     * accepted the message without our hearing so (RFC 1047): the client, told to try again,
+     * may deliver it twice.
+     */
+    readonly endOfDataSent: boolean;
+    constructor(kind: UpstreamFailure, message: string, options?: { cause?: unknown; endOfDataSent?: boolean }) {
         super(message, options);
         this.name = 'UpstreamError';
         this.kind = kind;
+        this.endOfDataSent = options?.endOfDataSent ?? false;
     }
 }
 

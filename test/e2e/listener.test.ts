@@ -395,6 +395,76 @@ describe('a client that goes away while the upstream accepts', () => {
             'a warning names the risk',
         );
         const metrics = await mw.app.metrics.registry.getSingleMetricAsString('mailwarden_accepted_unconfirmed_total');
-        assert.match(metrics, /mailwarden_accepted_unconfirmed_total\{listener="mx"\} 1/);
+        assert.match(metrics, /mailwarden_accepted_unconfirmed_total\{listener="mx",reason="client-gone"\} 1/);
+    });
+});
+
+describe('an upstream whose answer to the end of data never comes', () => {
+    const ID = '<unanswered-1@example.org>';
+    const message = `From: a@example.org\r\nSubject: t\r\nMessage-ID: ${ID}\r\n\r\nbody\r\n`;
+
+    async function through(t: { after(fn: () => Promise<void>): void }, onData: () => { silent?: true; close?: true }) {
+        const up = await startScriptedUpstream({ ehlo: EHLO, onData });
+        const mw = await startApp(
+            [
+                'hostname: mx.example.test',
+                'listeners: [{ name: mx, host: 127.0.0.1, port: 0, mode: mx }]',
+                `upstream: { url: "smtp://127.0.0.1:${up.port}", dataTimeout: 1s }`,
+                'http: false',
+            ].join('\n'),
+        );
+        t.after(async () => {
+            await mw.stop();
+            await up.close();
+        });
+        const result = await sendMail(mw.port(), { from: 'a@example.org', to: ['b@example.test'], data: message });
+        return { up, mw, result };
+    }
+
+    for (const [name, onData] of [
+        ['times out', () => ({ silent: true as const })],
+        ['closes the connection', () => ({ close: true as const })],
+    ] as const) {
+        it(`is a possible duplicate when the upstream ${name} after the end of data: logged and counted`, async (t) => {
+            const { up, mw, result } = await through(t, onData);
+            assert.equal(result.message?.code, 451, result.message?.raw);
+            assert.match(result.message?.text ?? '', /^4\.4\.1 /);
+            assert.equal(up.transactions[0]?.completed, true, 'the upstream got the whole message');
+            const warning = mw.logs.find((l) => l.duplicateRisk === true);
+            assert.ok(warning, 'a warning names the risk');
+            assert.equal(warning.level, 40);
+            assert.equal(warning.messageId, ID);
+            assert.equal(warning.reason, 'no-upstream-answer');
+            const metrics = await mw.app.metrics.registry.getSingleMetricAsString(
+                'mailwarden_accepted_unconfirmed_total',
+            );
+            assert.match(
+                metrics,
+                /mailwarden_accepted_unconfirmed_total\{listener="mx",reason="no-upstream-answer"\} 1/,
+            );
+        });
+    }
+
+    it('is no duplicate risk when the upstream fails before the end of data', async (t) => {
+        const up = await startScriptedUpstream({
+            ehlo: EHLO,
+            onCommand: (line) => (line === 'DATA' ? { silent: true } : undefined),
+        });
+        const mw = await startApp(
+            [
+                'hostname: mx.example.test',
+                'listeners: [{ name: mx, host: 127.0.0.1, port: 0, mode: mx }]',
+                `upstream: { url: "smtp://127.0.0.1:${up.port}", timeout: 1s }`,
+                'http: false',
+            ].join('\n'),
+        );
+        t.after(async () => {
+            await mw.stop();
+            await up.close();
+        });
+        const result = await sendMail(mw.port(), { from: 'a@example.org', to: ['b@example.test'], data: message });
+        assert.equal(result.message?.code, 451);
+        assert.equal(up.transactions[0]?.data, null, 'DATA was never answered');
+        assert.ok(!mw.logs.some((l) => l.duplicateRisk === true));
     });
 });

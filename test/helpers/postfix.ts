@@ -4,6 +4,9 @@
  * XCLIENT from loopback, and delivery of `@example.test` recipients into Maildirs.
  * It must not read or change the system's Postfix (/etc/postfix, /var/spool/postfix) and must
  * not listen on anything but 127.0.0.1; stop() stops the instance and removes its folder.
+ * For fault tests it can crash (SIGKILL of the master and every process it started, the
+ * queue and Maildirs kept) and start again on the same port; it only ever signals processes
+ * of its own instance, found by their parent PID.
  * The deployment settings are read from docs/postfix/ (main.cf lines, the master.cf entry, the
  * header_checks table), the files the deployment guide includes, so the documented lines are
  * the tested ones.
@@ -109,6 +112,20 @@ export interface PostfixInstance {
     held(): Promise<string[]>;
     /** The Postfix log so far. */
     log(): Promise<string>;
+    /**
+     * Messages not yet delivered: complete queue files (Postfix sets the owner-execute bit on a
+     * file once it is complete) in incoming, active, deferred and hold. The empty, incomplete
+     * files a crash leaves in incoming are not mail and are not counted.
+     */
+    queued(): Promise<number>;
+    /** The processes the master started, by PID and program name (`smtpd`, `qmgr`, `virtual`, …). */
+    children(): Promise<{ pid: number; name: string }[]>;
+    /** SIGKILLs the `smtpd` processes (sessions in progress break; the master starts new ones). Returns how many. */
+    killSmtpd(): Promise<number>;
+    /** SIGKILLs the master and every process it started, as a crash would; queue and Maildirs stay. */
+    crash(): Promise<void>;
+    /** Starts the instance again after crash(), on the same port; resolves when it greets. */
+    restart(): Promise<void>;
     stop(): Promise<void>;
 }
 
@@ -185,6 +202,38 @@ function alive(pid: number): boolean {
         return state !== 'Z';
     } catch {
         return true;
+    }
+}
+
+/** Parent PID and program name of a process, or null when it is gone. */
+async function processInfo(pid: number): Promise<{ ppid: number; name: string } | null> {
+    try {
+        const line = await readFile(`/proc/${pid}/stat`, 'utf8');
+        const close = line.lastIndexOf(')');
+        const name = line.slice(line.indexOf('(') + 1, close);
+        const fields = line.slice(close + 2).split(' ');
+        return fields[0] === 'Z' ? null : { ppid: Number(fields[1]), name };
+    } catch {
+        return null;
+    }
+}
+
+/** The live processes whose parent is `parent`. */
+async function childrenOf(parent: number): Promise<{ pid: number; name: string }[]> {
+    const out: { pid: number; name: string }[] = [];
+    for (const entry of await readdir('/proc')) {
+        if (!/^\d+$/.test(entry)) continue;
+        const info = await processInfo(Number(entry));
+        if (info && info.ppid === parent) out.push({ pid: Number(entry), name: info.name });
+    }
+    return out;
+}
+
+function killQuietly(pid: number): void {
+    try {
+        process.kill(pid, 'SIGKILL');
+    } catch {
+        // already gone
     }
 }
 
@@ -266,6 +315,8 @@ export async function startPostfix(options: PostfixOptions = {}): Promise<Postfi
     const masterPidFile = path.join(queueDir, 'pid', 'master.pid');
     let masterPid: number | null = null;
     let stopped = false;
+    /** Set by crash() until restart(): no master runs, and the pid file names a dead process. */
+    let crashed = false;
 
     const maildir = (user: string): string => path.join(mailDir, user.split('@')[0] ?? user);
     const log = (): Promise<string> => readOr(logFile, '');
@@ -314,6 +365,10 @@ export async function startPostfix(options: PostfixOptions = {}): Promise<Postfi
     const stop = async (): Promise<void> => {
         if (stopped) return;
         stopped = true;
+        if (crashed) {
+            await rm(dir, { recursive: true, force: true, maxRetries: 5, retryDelay: 100 });
+            return;
+        }
         if (masterPid === null) {
             const pid = Number.parseInt(await readOr(masterPidFile, ''), 10);
             if (pid > 0) masterPid = pid;
@@ -323,10 +378,10 @@ export async function startPostfix(options: PostfixOptions = {}): Promise<Postfi
         } else {
             // What `postfix stop` does, without its one-second polling: SIGTERM makes the master
             // stop its children and exit. Wait for it before removing its folder.
-            process.kill(masterPid, 'SIGTERM');
+            if (alive(masterPid)) process.kill(masterPid, 'SIGTERM');
             const deadline = Date.now() + 10_000;
             while (alive(masterPid) && Date.now() < deadline) await sleep(20);
-            if (alive(masterPid)) process.kill(masterPid, 'SIGKILL');
+            if (alive(masterPid)) killQuietly(masterPid);
         }
         await rm(dir, { recursive: true, force: true, maxRetries: 5, retryDelay: 100 });
     };
@@ -341,30 +396,83 @@ export async function startPostfix(options: PostfixOptions = {}): Promise<Postfi
         );
     };
 
-    const started = await run(postfix, ['-c', configDir, 'start']);
-    if (started.code !== 0) return fail(`postfix start exited ${started.code}: ${started.output}`);
-    const pid = Number.parseInt(await readOr(masterPidFile, ''), 10);
-    if (pid > 0) masterPid = pid;
+    /** Runs `postfix start` and waits until the smtpd answers with its greeting. */
+    const launch = async (): Promise<void> => {
+        const started = await run(postfix, ['-c', configDir, 'start']);
+        if (started.code !== 0) return fail(`postfix start exited ${started.code}: ${started.output}`);
+        const pid = Number.parseInt(await readOr(masterPidFile, ''), 10);
+        if (pid > 0) masterPid = pid;
 
-    // Ready when the smtpd answers with its greeting.
-    const deadline = Date.now() + 15_000;
-    for (;;) {
-        let problem: string;
-        try {
-            const client = await smtpConnect(port, { timeoutMs: 5_000 });
+        // Ready when the smtpd answers with its greeting.
+        const deadline = Date.now() + 15_000;
+        for (;;) {
+            let problem: string;
             try {
-                const greeting = await client.greeting();
-                if (greeting.code === 220) break;
-                problem = `greeting ${greeting.raw.trim()}`;
-            } finally {
-                client.close();
+                const client = await smtpConnect(port, { timeoutMs: 5_000 });
+                try {
+                    const greeting = await client.greeting();
+                    if (greeting.code === 220) break;
+                    problem = `greeting ${greeting.raw.trim()}`;
+                } finally {
+                    client.close();
+                }
+            } catch (error) {
+                problem = String(error);
             }
-        } catch (error) {
-            problem = String(error);
+            if (Date.now() > deadline) return fail(`no SMTP greeting on 127.0.0.1:${port}: ${problem}`);
+            await sleep(50);
         }
-        if (Date.now() > deadline) return fail(`no SMTP greeting on 127.0.0.1:${port}: ${problem}`);
-        await sleep(50);
-    }
+    };
+    await launch();
+
+    const children = async (): Promise<{ pid: number; name: string }[]> =>
+        masterPid === null || !alive(masterPid) ? [] : childrenOf(masterPid);
+
+    const killSmtpd = async (): Promise<number> => {
+        const smtpd = (await children()).filter((c) => c.name === 'smtpd');
+        for (const c of smtpd) killQuietly(c.pid);
+        return smtpd.length;
+    };
+
+    const crash = async (): Promise<void> => {
+        if (masterPid === null) throw new Error('the Postfix master is not running');
+        const master = masterPid;
+        // Stopped first, the master cannot start a child between the listing and the kill.
+        process.kill(master, 'SIGSTOP');
+        const kids = await childrenOf(master);
+        for (const c of kids) killQuietly(c.pid);
+        killQuietly(master);
+        const deadline = Date.now() + 10_000;
+        while (Date.now() < deadline && (alive(master) || kids.some((c) => alive(c.pid)))) await sleep(20);
+        masterPid = null;
+        crashed = true;
+    };
+
+    const restart = async (): Promise<void> => {
+        if (stopped) throw new Error('the Postfix instance was stopped');
+        if (masterPid !== null && alive(masterPid)) throw new Error('the Postfix master still runs');
+        crashed = false;
+        await launch();
+    };
+
+    const queued = async (): Promise<number> => {
+        let n = 0;
+        const walk = async (d: string): Promise<void> => {
+            let entries;
+            try {
+                entries = await readdir(d, { withFileTypes: true });
+            } catch {
+                return;
+            }
+            for (const e of entries) {
+                const file = path.join(d, e.name);
+                if (e.isDirectory()) await walk(file);
+                else if (((await stat(file).catch(() => null))?.mode ?? 0) & 0o100) n++;
+            }
+        };
+        for (const folder of ['incoming', 'active', 'deferred', 'hold']) await walk(path.join(queueDir, folder));
+        return n;
+    };
 
     return {
         host: '127.0.0.1',
@@ -377,6 +485,11 @@ export async function startPostfix(options: PostfixOptions = {}): Promise<Postfi
         waitForMessages,
         held,
         log,
+        queued,
+        children,
+        killSmtpd,
+        crash,
+        restart,
         stop,
     };
 }

@@ -428,6 +428,49 @@ describe('failures', () => {
         await session.close();
     });
 
+    it('marks a failure after the end of data was sent: the upstream may have taken the message', async (t) => {
+        const silent = await scripted(t, { onData: () => ({ silent: true }) });
+        const session = await open(silent.port, { dataTimeoutMs: 300 });
+        await assert.rejects(send(session, 'x\r\n'), (err: unknown) => {
+            assert.ok(err instanceof UpstreamError && err.kind === 'timeout', String(err));
+            assert.equal(err.endOfDataSent, true);
+            return true;
+        });
+        const closing = await scripted(t, { onData: () => ({ close: true }) });
+        const other = await open(closing.port);
+        await assert.rejects(send(other, 'x\r\n'), (err: unknown) => {
+            assert.ok(err instanceof UpstreamError && err.kind === 'closed', String(err));
+            assert.equal(err.endOfDataSent, true);
+            return true;
+        });
+        assert.equal(closing.transactions[0]?.completed, true);
+    });
+
+    it('does not mark a failure before the end of data: the upstream cannot have taken the message', async (t) => {
+        const cut = await scripted(t, {
+            onCommand: (line) => (line === 'DATA' ? { closeAfterDataBytes: 10 } : undefined),
+        });
+        const session = await open(cut.port);
+        async function* slow() {
+            yield Buffer.from('Subject: cut\r\n\r\nfirst part\r\n');
+            // the upstream closes meanwhile; the client notices before sending more
+            await new Promise((resolve) => setTimeout(resolve, 100));
+            yield Buffer.from('second part\r\n');
+        }
+        await assert.rejects(send(session, Readable.from(slow())), (err: unknown) => {
+            assert.ok(err instanceof UpstreamError && err.kind === 'closed', String(err));
+            assert.equal(err.endOfDataSent, false);
+            return true;
+        });
+        const silent = await scripted(t, { onCommand: (line) => (line === 'DATA' ? { silent: true } : undefined) });
+        const other = await open(silent.port, { commandTimeoutMs: 300 });
+        await assert.rejects(send(other, 'x\r\n'), (err: unknown) => {
+            assert.ok(err instanceof UpstreamError && err.kind === 'timeout', String(err));
+            assert.equal(err.endOfDataSent, false);
+            return true;
+        });
+    });
+
     it('gives kind timeout when there is no greeting', async (t) => {
         const up = await scripted(t, { greeting: { silent: true } });
         await assert.rejects(open(up.port, { commandTimeoutMs: 300 }), upstreamError('timeout'));
