@@ -20,7 +20,6 @@ import path from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
-import { parseArgs } from 'node:util';
 import { Redis } from 'ioredis';
 import { startDnsServer, type DnsTestServer } from '../test/helpers/dns-server.ts';
 import { startRedis } from '../test/helpers/redis.ts';
@@ -36,6 +35,7 @@ import {
     type CorpusMessage,
 } from './bench/corpus.ts';
 import { runLoad, type PreparedMessage } from './bench/load.ts';
+import { BenchUsageError, parseBenchArgs, USAGE, type BenchOptions } from './bench/options.ts';
 import {
     benchConfig,
     checkConfig,
@@ -60,93 +60,23 @@ import {
     TABLE_HEADER,
     tableRows,
     TARGET_LABEL,
-    TARGETS,
     type Target,
     type WindowResult,
 } from './bench/report.ts';
 import { fmt, markdownTable, textTable } from './bench/stats.ts';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
-const USAGE = `Usage: npm run bench -- [options]   (or: node scripts/bench.ts [options])
-
-  --messages N        messages per measurement window (default 2000)
-  --concurrency C     SMTP sessions in parallel (default 20)
-  --rounds R          rounds; each visits every path and mode once, in a rotated order (default 3)
-  --per-connection L  messages per connection, a comma-separated list (default 1,10)
-  --warmup W          messages per path before the first round, not measured (default 1000)
-  --targets T         paths to measure, from direct,passthrough,mailwarden (default: all three)
-  --large-share F     share of messages with a ~100 KB attachment (default 0.05)
-  --seed S            corpus seed (default 42)
-  --idle N            idle connections opened to measure memory per connection (default 500; 0: skip)
-  --limit-factor F    multiply every rate and concurrency limit of the shipped rules (default 10000)
-  --max-seconds S     time bound of the whole run; windows not done by then are skipped (default 900)
-  --window-seconds S  time bound of one window (default 300)
-  --profile           run mailwarden with --cpu-prof and print the top costs
-  --heap-profile      run mailwarden with --heap-prof as well and print the top allocation sites
-  --top N             functions listed by --profile (default 25)
-  --out DIR           where to write results.json and the logs (default: a new folder in the OS temp dir)
-  --help`;
-
-const { values: args } = parseArgs({
-    options: {
-        messages: { type: 'string', default: '2000' },
-        concurrency: { type: 'string', default: '20' },
-        rounds: { type: 'string', default: '3' },
-        'per-connection': { type: 'string', default: '1,10' },
-        warmup: { type: 'string', default: '1000' },
-        targets: { type: 'string', default: TARGETS.join(',') },
-        'large-share': { type: 'string', default: '0.05' },
-        seed: { type: 'string', default: '42' },
-        idle: { type: 'string', default: '500' },
-        'limit-factor': { type: 'string', default: '10000' },
-        'max-seconds': { type: 'string', default: '900' },
-        'window-seconds': { type: 'string', default: '300' },
-        profile: { type: 'boolean', default: false },
-        'heap-profile': { type: 'boolean', default: false },
-        top: { type: 'string', default: '25' },
-        out: { type: 'string' },
-        help: { type: 'boolean', default: false },
-    },
-});
-if (args.help) {
+let opts: BenchOptions;
+try {
+    opts = parseBenchArgs(process.argv.slice(2));
+} catch (e) {
+    if (!(e instanceof BenchUsageError)) throw e;
+    console.error(`${e.message}\n\n${USAGE}`);
+    process.exit(2);
+}
+if (opts.help) {
     console.log(USAGE);
     process.exit(0);
-}
-
-function int(name: string, value: string, min: number): number {
-    const n = Number(value);
-    if (!Number.isInteger(n) || n < min) {
-        console.error(`--${name} must be a whole number of at least ${min}\n\n${USAGE}`);
-        process.exit(2);
-    }
-    return n;
-}
-const opts = {
-    messages: int('messages', args.messages, 1),
-    concurrency: int('concurrency', args.concurrency, 1),
-    rounds: int('rounds', args.rounds, 1),
-    perConnection: args['per-connection'].split(',').map((s) => int('per-connection', s.trim(), 1)),
-    warmup: int('warmup', args.warmup, 0),
-    targets: args.targets.split(',').map((t) => t.trim()) as Target[],
-    largeShare: Number(args['large-share']),
-    seed: int('seed', args.seed, 0),
-    idle: int('idle', args.idle, 0),
-    limitFactor: int('limit-factor', args['limit-factor'], 1),
-    maxSeconds: int('max-seconds', args['max-seconds'], 10),
-    windowSeconds: int('window-seconds', args['window-seconds'], 5),
-    profile: args.profile || args['heap-profile'],
-    heapProfile: args['heap-profile'],
-    top: int('top', args.top, 1),
-};
-for (const t of opts.targets) {
-    if (!TARGETS.includes(t)) {
-        console.error(`--targets: unknown path "${t}" (known: ${TARGETS.join(', ')})`);
-        process.exit(2);
-    }
-}
-if (!(opts.largeShare >= 0 && opts.largeShare <= 1)) {
-    console.error('--large-share must be between 0 and 1');
-    process.exit(2);
 }
 
 const startedAt = new Date();
@@ -322,7 +252,7 @@ function printProfile(summary: CpuSummary, top: number): string {
 
 async function main(): Promise<number> {
     const outDir = path.resolve(
-        args.out ??
+        opts.out ??
             path.join(os.tmpdir(), 'mailwarden-bench', startedAt.toISOString().replace(/[:.]/g, '-').slice(0, 19)),
     );
     await mkdir(outDir, { recursive: true });
@@ -545,8 +475,12 @@ async function main(): Promise<number> {
         console.error(`bench failed: ${e instanceof Error ? (e.stack ?? e.message) : String(e)}`);
         notes.push(`failed: ${e instanceof Error ? e.message : String(e)}`);
     } finally {
-        const mwHwm = mailwarden ? (readStatus(mailwarden.pid)?.vmHwmKb ?? 0) / 1024 : null;
-        if (mwHwm !== null) notes.push(`mailwarden's VmHWM over its whole life: ${mwHwm.toFixed(0)} MB`);
+        for (const c of children.list()) {
+            const status = c.exitStatus();
+            if (status !== null) notes.push(`${c.name} ended before the bench stopped it (${status})`);
+        }
+        const mwHwm = mailwarden && mailwarden.exitStatus() === null ? readStatus(mailwarden.pid)?.vmHwmKb : undefined;
+        if (mwHwm !== undefined) notes.push(`mailwarden's VmHWM over its whole life: ${(mwHwm / 1024).toFixed(0)} MB`);
         await redisClient?.quit().catch(() => undefined);
         await children.stopAll(opts.profile ? 60_000 : 10_000);
         await dns?.close();

@@ -100,6 +100,11 @@ export class Children {
         return entry;
     }
 
+    /** Every process tracked and not yet stopped, oldest first. */
+    list(): readonly Started[] {
+        return [...this.started];
+    }
+
     /** Stops every tracked process, newest first; never throws. */
     async stopAll(graceMs = 10_000): Promise<void> {
         while (this.started.length > 0) {

@@ -45,6 +45,7 @@ import { createPassthrough } from '../../scripts/bench/passthrough.ts';
 import { parseStat, parseStatus, processTree, readStat, TreeMonitor } from '../../scripts/bench/procfs.ts';
 import { summariseCpuProfiles, summariseHeapProfiles, type CpuProfile } from '../../scripts/bench/profile.ts';
 import { evaluateWindow, ratios, summarise, type WindowInput } from '../../scripts/bench/report.ts';
+import { BenchUsageError, OPTIONS, parseBenchArgs, USAGE } from '../../scripts/bench/options.ts';
 import { createSink, messageIdOf } from '../../scripts/bench/sink.ts';
 import { fmtSpread, median, percentile, spread } from '../../scripts/bench/stats.ts';
 import { startDnsServer } from '../helpers/dns-server.ts';
@@ -613,5 +614,45 @@ describe('bench sink, pass-through and load client', () => {
         });
         assert.deepEqual([late.outcomes.length, late.timedOut], [0, true]);
         sink.take();
+    });
+});
+
+describe('bench options', () => {
+    it('has bounded defaults and refuses what it cannot run', () => {
+        const o = parseBenchArgs([]);
+        assert.deepEqual(
+            [o.messages, o.concurrency, o.rounds, o.perConnection, o.warmup, o.targets, o.maxSeconds, o.profile],
+            [2000, 20, 3, [1, 10], 1000, ['direct', 'passthrough', 'mailwarden'], 900, false],
+        );
+        const p = parseBenchArgs(['--heap-profile', '--targets', 'mailwarden', '--per-connection', '5', '--out', 'x']);
+        assert.deepEqual(
+            [p.profile, p.heapProfile, p.targets, p.perConnection, p.out],
+            [true, true, ['mailwarden'], [5], 'x'],
+        );
+        for (const bad of [
+            ['--rounds', '0'],
+            ['--messages', '1.5'],
+            ['--messages', ''],
+            ['--targets', 'postfix'],
+            ['--targets', 'direct,direct'],
+            ['--per-connection', '1,1'],
+            ['--large-share', '2'],
+            ['--max-seconds', '1'],
+            ['--nonsense'],
+            ['positional'],
+        ]) {
+            assert.throws(() => parseBenchArgs(bad), BenchUsageError, bad.join(' '));
+        }
+    });
+
+    it('documents every option in the usage text and in docs/performance.md, linked from the README', async () => {
+        const root = path.resolve(import.meta.dirname, '../..');
+        const doc = await readFile(path.join(root, 'docs/performance.md'), 'utf8');
+        for (const name of Object.keys(OPTIONS)) {
+            assert.match(USAGE, new RegExp(`--${name}\\b`), `usage lacks --${name}`);
+            if (name !== 'help') assert.ok(doc.includes(`--${name}`), `docs/performance.md does not mention --${name}`);
+        }
+        const readme = await readFile(path.join(root, 'README.md'), 'utf8');
+        assert.match(readme, /npm run bench[\s\S]*\(docs\/performance\.md\)/);
     });
 });
