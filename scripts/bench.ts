@@ -53,6 +53,8 @@ import {
 import { processTree, readStatus, TreeMonitor, type TreeUsage } from './bench/procfs.ts';
 import {
     evaluateWindow,
+    OTHER_CPU_HEADER,
+    otherCpuRows,
     RATIO_HEADER,
     ratioRows,
     ratios,
@@ -314,7 +316,6 @@ async function main(): Promise<number> {
         children.adopt('redis', redis.pid, () => redis.stop());
         redisClient = new Redis(redis.url, { maxRetriesPerRequest: 1, lazyConnect: true });
         await redisClient.connect();
-        const auxRoots = [sink.pid, redis.pid];
 
         const ports: Partial<Record<Target, number>> = { direct: sinkPort };
         const roots: Partial<Record<Target, number[]>> = { direct: [] };
@@ -431,15 +432,18 @@ async function main(): Promise<number> {
                     await redisClient.flushall();
                     await takeSinkIds(sink);
                     const filterMonitor = new TreeMonitor(roots[target] ?? []);
-                    const auxMonitor = new TreeMonitor(auxRoots, 250);
+                    const sinkMonitor = new TreeMonitor([sink.pid], 250);
+                    const redisMonitor = new TreeMonitor([redis.pid], 250);
                     const cpu0 = process.cpuUsage();
                     filterMonitor.start();
-                    auxMonitor.start();
+                    sinkMonitor.start();
+                    redisMonitor.start();
                     const planned = sequence((round * 7919) % wire.length, opts.messages);
                     const result = await run(target, perConnection, planned);
                     const filter: TreeUsage | null = target === 'direct' ? null : filterMonitor.stop();
                     if (target === 'direct') filterMonitor.stop();
-                    const aux = auxMonitor.stop();
+                    const sinkUsage = sinkMonitor.stop();
+                    const redisUsage = redisMonitor.stop();
                     const cpu = process.cpuUsage(cpu0);
                     const w = evaluateWindow({
                         round,
@@ -453,7 +457,8 @@ async function main(): Promise<number> {
                         connections: result.connections,
                         timedOut: result.timedOut,
                         filter,
-                        aux,
+                        sink: sinkUsage,
+                        redis: redisUsage,
                         clientCpuMs: (cpu.user + cpu.system) / 1000,
                     });
                     windows.push(w);
@@ -524,6 +529,10 @@ async function main(): Promise<number> {
         lines.push('', 'mailwarden against the other paths (paired round by round):', '');
         lines.push(textTable([...RATIO_HEADER], ratioRows(ratioList)));
     }
+    if (summaries.length > 0) {
+        lines.push('', 'CPU ms per message of each process (medians; the bench client includes the DNS server):', '');
+        lines.push(textTable([...OTHER_CPU_HEADER], otherCpuRows(summaries)));
+    }
     if (idle.length > 0) {
         lines.push(
             '',
@@ -583,6 +592,8 @@ async function main(): Promise<number> {
             markdownTable([...TABLE_HEADER], tableRows(summaries)),
             '',
             ratioList.length > 0 ? markdownTable([...RATIO_HEADER], ratioRows(ratioList)) : '',
+            '',
+            markdownTable([...OTHER_CPU_HEADER], otherCpuRows(summaries)),
             '',
         ].join('\n'),
     );

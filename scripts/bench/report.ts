@@ -36,8 +36,8 @@ export interface WindowInput {
     timedOut: boolean;
     /** The filter process tree (null for `direct`: there is none). */
     filter: TreeUsage | null;
-    /** Sink and Redis. */
-    aux: TreeUsage;
+    sink: TreeUsage;
+    redis: TreeUsage;
     /** CPU of the bench process itself (load client, DNS server, sampling). */
     clientCpuMs: number;
 }
@@ -64,7 +64,8 @@ export interface WindowResult {
     filterCpuMsPerMsg: number | null;
     filterPeakRssMb: number | null;
     filterMaxHwmMb: number | null;
-    auxCpuMsPerMsg: number;
+    sinkCpuMsPerMsg: number;
+    redisCpuMsPerMsg: number;
     clientCpuMsPerMsg: number;
     connections: number;
     timedOut: boolean;
@@ -175,7 +176,8 @@ export function evaluateWindow(w: WindowInput): WindowResult {
         filterCpuMsPerMsg: w.filter ? per(w.filter.cpuMs) : null,
         filterPeakRssMb: w.filter ? w.filter.peakRssMb : null,
         filterMaxHwmMb: w.filter ? w.filter.maxHwmMb : null,
-        auxCpuMsPerMsg: per(w.aux.cpuMs),
+        sinkCpuMsPerMsg: per(w.sink.cpuMs),
+        redisCpuMsPerMsg: per(w.redis.cpuMs),
         clientCpuMsPerMsg: per(w.clientCpuMs),
         connections: w.connections,
         timedOut: w.timedOut,
@@ -194,7 +196,8 @@ export interface VariantSummary {
     p99Ms: Spread;
     filterCpuMsPerMsg: Spread;
     filterPeakRssMb: Spread;
-    auxCpuMsPerMsg: Spread;
+    sinkCpuMsPerMsg: Spread;
+    redisCpuMsPerMsg: Spread;
     clientCpuMsPerMsg: Spread;
     /** Per round: accepted, refused (5xx), tempfailed (4xx), errors, at the sink. Medians. */
     accepted: number;
@@ -230,7 +233,8 @@ export function summarise(windows: readonly WindowResult[]): VariantSummary[] {
             p99Ms: spread(list.map((w) => w.latencyMs.p99)),
             filterCpuMsPerMsg: spread(nums(list.map((w) => w.filterCpuMsPerMsg))),
             filterPeakRssMb: spread(nums(list.map((w) => w.filterPeakRssMb))),
-            auxCpuMsPerMsg: spread(list.map((w) => w.auxCpuMsPerMsg)),
+            sinkCpuMsPerMsg: spread(list.map((w) => w.sinkCpuMsPerMsg)),
+            redisCpuMsPerMsg: spread(list.map((w) => w.redisCpuMsPerMsg)),
             clientCpuMsPerMsg: spread(list.map((w) => w.clientCpuMsPerMsg)),
             accepted: median(list.map((w) => w.accepted)),
             refused: median(list.map((w) => w.refused)),
@@ -335,5 +339,19 @@ export function ratioRows(list: readonly Ratios[]): string[][] {
         fmtSpread(r.throughputVsDirect, 2),
         fmtSpread(r.p99OverDirectMs, 1),
         fmtSpread(r.cpuVsPassthrough, 1),
+    ]);
+}
+
+export const OTHER_CPU_HEADER = ['path', 'msgs/conn', 'filter', 'Redis', 'sink', 'bench client'] as const;
+
+/** CPU ms per message of every process of the machine's load, per path (medians). */
+export function otherCpuRows(summaries: readonly VariantSummary[]): string[][] {
+    return summaries.map((s) => [
+        TARGET_LABEL[s.target],
+        String(s.perConnection),
+        s.target === 'direct' ? '–' : fmt(s.filterCpuMsPerMsg.median, 2),
+        fmt(s.redisCpuMsPerMsg.median, 2),
+        fmt(s.sinkCpuMsPerMsg.median, 2),
+        fmt(s.clientCpuMsPerMsg.median, 2),
     ]);
 }

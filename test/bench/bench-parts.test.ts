@@ -423,7 +423,8 @@ describe('bench verification', () => {
         connections: 3,
         timedOut: false,
         filter: usage,
-        aux: usage,
+        sink: usage,
+        redis: usage,
         clientCpuMs: 3,
     };
 
