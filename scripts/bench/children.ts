@@ -113,10 +113,10 @@ export class Children {
         }
     }
 
-    /** Sends SIGKILL to every tracked child still running (the last resort when time is up). */
+    /** Sends SIGKILL to every tracked process not yet stopped (the last resort when time is up). */
     killAll(): void {
         for (const entry of this.started) {
-            if (entry.child && entry.exitStatus() === null) {
+            if (entry.exitStatus() === null) {
                 try {
                     process.kill(entry.pid, 'SIGKILL');
                 } catch {

@@ -143,7 +143,7 @@ export function evaluateWindow(w: WindowInput): WindowResult {
     }
     if (w.outcomes.length < w.planned) {
         fail(
-            `${w.target} ${w.perConnection}/conn round ${w.round + 1}: only ${w.outcomes.length} of ${w.planned} messages were sent before the time bound`,
+            `${w.target} ${w.perConnection}/conn round ${w.round + 1}: only ${w.outcomes.length} of ${w.planned} messages were sent before the window was cut short (time bound or Ctrl-C)`,
         );
     }
 
