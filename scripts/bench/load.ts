@@ -61,6 +61,8 @@ interface Reply {
     text: string;
 }
 
+const NO_REPLY: Reply = { code: 0, text: '' };
+
 class Connection {
     private buffer = '';
     private waiter: { resolve: (r: Reply) => void; reject: (e: Error) => void; timer: NodeJS.Timeout } | null = null;
@@ -175,7 +177,7 @@ export async function runLoad(options: LoadOptions): Promise<LoadResult> {
             }
             const message = options.messages[next++]!;
             const started = performance.now();
-            let stage: Stage = 'connect';
+            let stage = 'connect' as Stage; // (not narrowed: step() changes it)
             let last: Reply = { code: 0, text: '' };
             let recorded = false;
             const record = (detail?: string): void => {
@@ -189,34 +191,37 @@ export async function runLoad(options: LoadOptions): Promise<LoadResult> {
                 };
                 outcomes.push(detail === undefined ? outcome : { ...outcome, detail });
             };
+            // `last` is cleared before each step, so a step that fails records code 0, not the previous reply
+            const step = async (at: Stage, exchange: () => Promise<Reply>): Promise<number> => {
+                stage = at;
+                last = NO_REPLY;
+                last = await exchange();
+                return last.code;
+            };
             try {
                 if (conn === null) {
-                    conn = await Connection.open(host, options.port, options.replyTimeoutMs);
+                    const fresh = await Connection.open(host, options.port, options.replyTimeoutMs);
+                    conn = fresh;
                     connections++;
                     sentOnConn = 0;
-                    stage = 'greeting';
-                    last = await conn.reply();
-                    if (last.code !== 220) throw new Error(last.text);
-                    stage = 'ehlo';
-                    last = await conn.send(`EHLO ${options.helo}\r\n`);
-                    if (last.code !== 250) throw new Error(last.text);
-                }
-                const c: Connection = conn;
-                stage = 'mail';
-                last = await c.send(`MAIL FROM:<${message.mailFrom}>\r\n`);
-                if (last.code === 250) {
-                    stage = 'rcpt';
-                    last = await c.send(`RCPT TO:<${message.rcptTo}>\r\n`);
-                    if (last.code === 250 || last.code === 251) {
-                        stage = 'data';
-                        last = await c.send('DATA\r\n');
-                        if (last.code === 354) {
-                            stage = 'eod';
-                            last = await c.send(message.wire);
-                        }
+                    if (
+                        (await step('greeting', () => fresh.reply())) !== 220 ||
+                        (await step('ehlo', () => fresh.send(`EHLO ${options.helo}\r\n`))) !== 250
+                    ) {
+                        record(last.text.slice(0, 300));
+                        drop();
+                        continue;
                     }
                 }
-                record(last.code >= 200 && last.code < 300 && stage === 'eod' ? undefined : last.text.slice(0, 300));
+                const c: Connection = conn;
+                if ((await step('mail', () => c.send(`MAIL FROM:<${message.mailFrom}>\r\n`))) === 250) {
+                    const rcpt = await step('rcpt', () => c.send(`RCPT TO:<${message.rcptTo}>\r\n`));
+                    if ((rcpt === 250 || rcpt === 251) && (await step('data', () => c.send('DATA\r\n'))) === 354) {
+                        await step('eod', () => c.send(message.wire));
+                    }
+                }
+                const ok = last.code >= 200 && last.code < 300 && stage === 'eod';
+                record(ok ? undefined : last.text.slice(0, 300));
                 sentOnConn++;
                 if (last.code === 421) drop();
                 else if (stage !== 'eod') await c.send('RSET\r\n');

@@ -10,7 +10,7 @@ import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import type { AddressInfo } from 'node:net';
-import type net from 'node:net';
+import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
@@ -577,6 +577,73 @@ describe('bench sink, pass-through and load client', () => {
                 corpus.map((m) => [m.index, 250, 'eod']),
             );
             assert.deepEqual(sink.take().sort(), corpus.map((m) => m.id).sort());
+        }
+    });
+
+    it('records the reply that ended each message: a refusal at end of data, a 421 greeting, a lost connection', async () => {
+        // a server that refuses every message at end of data; on its second connection it is busy,
+        // on its third it closes the connection when asked RCPT
+        let connectionsSeen = 0;
+        const server = net.createServer((socket) => {
+            connectionsSeen++;
+            const seen = connectionsSeen;
+            if (seen === 2) return socket.end('421 4.7.0 Too busy\r\n');
+            socket.write('220 refuser ESMTP\r\n');
+            let inData = false;
+            let buffered = '';
+            socket.on('data', (d: Buffer) => {
+                buffered += d.toString('latin1');
+                for (;;) {
+                    if (inData) {
+                        const end = buffered.indexOf('\r\n.\r\n');
+                        if (end < 0) return;
+                        buffered = buffered.slice(end + 5);
+                        inData = false;
+                        socket.write('550 5.7.1 No\r\n');
+                        continue;
+                    }
+                    const nl = buffered.indexOf('\r\n');
+                    if (nl < 0) return;
+                    const verb = buffered.slice(0, 4).toUpperCase();
+                    buffered = buffered.slice(nl + 2);
+                    if (verb === 'RCPT' && seen === 3) return socket.destroy();
+                    if (verb === 'DATA') {
+                        inData = true;
+                        socket.write('354 go\r\n');
+                    } else if (verb === 'QUIT') socket.end('221 bye\r\n');
+                    else socket.write('250 ok\r\n');
+                }
+            });
+        });
+        await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+        try {
+            const messages = [0, 1, 2, 3].map((index) => ({
+                index,
+                mailFrom: 'a@good.test',
+                rcptTo: 'b@dest.test',
+                wire: Buffer.from(`Message-ID: <r${index}@t>\r\n\r\nx\r\n.\r\n`),
+            }));
+            const r = await runLoad({
+                port: (server.address() as AddressInfo).port,
+                helo: CLIENT_HELO,
+                messages,
+                concurrency: 1,
+                perConnection: 2,
+                deadline: performance.now() + 60_000,
+                replyTimeoutMs: 5_000,
+            });
+            assert.deepEqual(
+                r.outcomes.map((o) => [o.index, o.code, o.stage, o.detail]),
+                [
+                    [0, 550, 'eod', '550 5.7.1 No'],
+                    [1, 550, 'eod', '550 5.7.1 No'],
+                    [2, 421, 'greeting', '421 4.7.0 Too busy'],
+                    [3, 0, 'rcpt', 'connection closed'],
+                ],
+            );
+            assert.equal(r.connections, 3);
+        } finally {
+            await new Promise((resolve) => server.close(resolve));
         }
     });
 
