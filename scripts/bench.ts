@@ -50,7 +50,7 @@ import {
     type CpuSummary,
     type HeapProfile,
 } from './bench/profile.ts';
-import { processTree, readStatus, TreeMonitor, type TreeUsage } from './bench/procfs.ts';
+import { clockTicksPerSecond, processTree, readStat, readStatus, TreeMonitor, type TreeUsage } from './bench/procfs.ts';
 import {
     evaluateWindow,
     OTHER_CPU_HEADER,
@@ -280,6 +280,8 @@ async function main(): Promise<number> {
     let cpuSummary: CpuSummary | null = null;
     let heapSummary: ReturnType<typeof summariseHeapProfiles> | null = null;
     let corpusInfo: ReturnType<typeof describeCorpus> | null = null;
+    /** CPU mailwarden used over its whole life, read just before it is stopped. */
+    let mailwardenLifeCpu: { userS: number; systemS: number } | null = null;
     let exitCode = 0;
 
     try {
@@ -484,6 +486,11 @@ async function main(): Promise<number> {
             const status = c.exitStatus();
             if (status !== null) notes.push(`${c.name} ended before the bench stopped it (${status})`);
         }
+        const mwStat = mailwarden && mailwarden.exitStatus() === null ? readStat(mailwarden.pid) : null;
+        if (mwStat) {
+            const perTick = 1 / clockTicksPerSecond();
+            mailwardenLifeCpu = { userS: mwStat.utime * perTick, systemS: mwStat.stime * perTick };
+        }
         const mwHwm = mailwarden && mailwarden.exitStatus() === null ? readStatus(mailwarden.pid)?.vmHwmKb : undefined;
         if (mwHwm !== undefined) notes.push(`mailwarden's VmHWM over its whole life: ${(mwHwm / 1024).toFixed(0)} MB`);
         await redisClient?.quit().catch(() => undefined);
@@ -540,7 +547,19 @@ async function main(): Promise<number> {
         );
     }
     for (const n of notes) lines.push(`note: ${n}`);
-    if (cpuSummary) lines.push('', printProfile(cpuSummary, opts.top));
+    if (cpuSummary) {
+        lines.push('', printProfile(cpuSummary, opts.top));
+        if (mailwardenLifeCpu) {
+            const { userS, systemS } = mailwardenLifeCpu;
+            lines.push(
+                '',
+                `Cross-check: mailwarden used ${fmt(userS + systemS, 1)} s of CPU over its life (user ${fmt(userS, 1)} s, ` +
+                    `kernel ${fmt(systemS, 1)} s); the profile counts ${fmt(cpuSummary.busyMs / 1000, 1)} s busy. The profiler ` +
+                    'samples wall time: on a busy machine, time spent waiting for a core is charged to the frame that was ' +
+                    'running, most often a socket write that woke another process.',
+            );
+        }
+    }
     if (heapSummary) {
         lines.push('', `Heap profile (live at exit, sampled): ${(heapSummary.totalBytes / 1024 ** 2).toFixed(1)} MB`);
         lines.push(
@@ -582,7 +601,9 @@ async function main(): Promise<number> {
         windows,
         notes,
         verification: { ok: failureCount === 0 && complete, failureCount, failures },
-        profile: cpuSummary ? { ...cpuSummary, functions: cpuSummary.functions.slice(0, 200), dir: profDir } : null,
+        profile: cpuSummary
+            ? { ...cpuSummary, functions: cpuSummary.functions.slice(0, 200), dir: profDir, mailwardenLifeCpu }
+            : null,
         heapProfile: heapSummary ? { ...heapSummary, sites: heapSummary.sites.slice(0, 200) } : null,
     };
     await writeFile(path.join(outDir, 'results.json'), JSON.stringify(results, null, 2) + '\n');

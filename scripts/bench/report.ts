@@ -62,6 +62,9 @@ export interface WindowResult {
     latencyMs: { p50: number; p90: number; p99: number; max: number };
     filterCpuMs: number | null;
     filterCpuMsPerMsg: number | null;
+    /** The same split into user and kernel (system) time: socket I/O is mostly the latter. */
+    filterUserMsPerMsg: number | null;
+    filterSystemMsPerMsg: number | null;
     filterPeakRssMb: number | null;
     filterMaxHwmMb: number | null;
     sinkCpuMsPerMsg: number;
@@ -174,6 +177,8 @@ export function evaluateWindow(w: WindowInput): WindowResult {
         },
         filterCpuMs: w.filter ? w.filter.cpuMs : null,
         filterCpuMsPerMsg: w.filter ? per(w.filter.cpuMs) : null,
+        filterUserMsPerMsg: w.filter ? per(w.filter.userMs) : null,
+        filterSystemMsPerMsg: w.filter ? per(w.filter.systemMs) : null,
         filterPeakRssMb: w.filter ? w.filter.peakRssMb : null,
         filterMaxHwmMb: w.filter ? w.filter.maxHwmMb : null,
         sinkCpuMsPerMsg: per(w.sink.cpuMs),
@@ -195,6 +200,7 @@ export interface VariantSummary {
     p50Ms: Spread;
     p99Ms: Spread;
     filterCpuMsPerMsg: Spread;
+    filterSystemMsPerMsg: Spread;
     filterPeakRssMb: Spread;
     sinkCpuMsPerMsg: Spread;
     redisCpuMsPerMsg: Spread;
@@ -232,6 +238,7 @@ export function summarise(windows: readonly WindowResult[]): VariantSummary[] {
             p50Ms: spread(list.map((w) => w.latencyMs.p50)),
             p99Ms: spread(list.map((w) => w.latencyMs.p99)),
             filterCpuMsPerMsg: spread(nums(list.map((w) => w.filterCpuMsPerMsg))),
+            filterSystemMsPerMsg: spread(nums(list.map((w) => w.filterSystemMsPerMsg))),
             filterPeakRssMb: spread(nums(list.map((w) => w.filterPeakRssMb))),
             sinkCpuMsPerMsg: spread(list.map((w) => w.sinkCpuMsPerMsg)),
             redisCpuMsPerMsg: spread(list.map((w) => w.redisCpuMsPerMsg)),
@@ -342,7 +349,15 @@ export function ratioRows(list: readonly Ratios[]): string[][] {
     ]);
 }
 
-export const OTHER_CPU_HEADER = ['path', 'msgs/conn', 'filter', 'Redis', 'sink', 'bench client'] as const;
+export const OTHER_CPU_HEADER = [
+    'path',
+    'msgs/conn',
+    'filter',
+    'of it kernel',
+    'Redis',
+    'sink',
+    'bench client',
+] as const;
 
 /** CPU ms per message of every process of the machine's load, per path (medians). */
 export function otherCpuRows(summaries: readonly VariantSummary[]): string[][] {
@@ -350,6 +365,7 @@ export function otherCpuRows(summaries: readonly VariantSummary[]): string[][] {
         TARGET_LABEL[s.target],
         String(s.perConnection),
         s.target === 'direct' ? '–' : fmt(s.filterCpuMsPerMsg.median, 2),
+        s.target === 'direct' ? '–' : fmt(s.filterSystemMsPerMsg.median, 2),
         fmt(s.redisCpuMsPerMsg.median, 2),
         fmt(s.sinkCpuMsPerMsg.median, 2),
         fmt(s.clientCpuMsPerMsg.median, 2),
