@@ -53,6 +53,7 @@ import {
 import { clockTicksPerSecond, processTree, readStat, readStatus, TreeMonitor, type TreeUsage } from './bench/procfs.ts';
 import {
     evaluateWindow,
+    parseCommandStats,
     OTHER_CPU_HEADER,
     otherCpuRows,
     RATIO_HEADER,
@@ -432,6 +433,7 @@ async function main(): Promise<number> {
                         break outer;
                     }
                     await redisClient.flushall();
+                    await redisClient.config('RESETSTAT');
                     await takeSinkIds(sink);
                     const filterMonitor = new TreeMonitor(roots[target] ?? []);
                     const sinkMonitor = new TreeMonitor([sink.pid], 250);
@@ -461,6 +463,7 @@ async function main(): Promise<number> {
                         filter,
                         sink: sinkUsage,
                         redis: redisUsage,
+                        redisCommands: parseCommandStats(await redisClient.info('commandstats')),
                         clientCpuMs: (cpu.user + cpu.system) / 1000,
                     });
                     windows.push(w);

@@ -38,6 +38,8 @@ export interface WindowInput {
     filter: TreeUsage | null;
     sink: TreeUsage;
     redis: TreeUsage;
+    /** Redis commands run during the window, by name (see parseCommandStats), the bench's own left out. */
+    redisCommands: Record<string, number>;
     /** CPU of the bench process itself (load client, DNS server, sampling). */
     clientCpuMs: number;
 }
@@ -69,6 +71,11 @@ export interface WindowResult {
     filterMaxHwmMb: number | null;
     sinkCpuMsPerMsg: number;
     redisCpuMsPerMsg: number;
+    /** Every command Redis ran, those run inside scripts included. */
+    redisCommandsPerMsg: number;
+    /** Script calls (EVALSHA and the like): one round trip each, unless pipelined. */
+    redisScriptsPerMsg: number;
+    redisCommands: Record<string, number>;
     clientCpuMsPerMsg: number;
     connections: number;
     timedOut: boolean;
@@ -80,6 +87,8 @@ export interface WindowResult {
 }
 
 const MAX_FAILURE_SAMPLES = 10;
+/** Redis commands that run a script (each a round trip of its own unless pipelined). */
+const SCRIPT_COMMANDS = new Set(['evalsha', 'eval', 'evalsha_ro', 'eval_ro', 'fcall', 'fcall_ro']);
 
 function outcomeKey(o: Outcome): string {
     if (o.code >= 200 && o.code < 300 && o.stage === 'eod') return 'accepted';
@@ -183,6 +192,13 @@ export function evaluateWindow(w: WindowInput): WindowResult {
         filterMaxHwmMb: w.filter ? w.filter.maxHwmMb : null,
         sinkCpuMsPerMsg: per(w.sink.cpuMs),
         redisCpuMsPerMsg: per(w.redis.cpuMs),
+        redisCommandsPerMsg: per(Object.values(w.redisCommands).reduce((a, b) => a + b, 0)),
+        redisScriptsPerMsg: per(
+            Object.entries(w.redisCommands)
+                .filter(([name]) => SCRIPT_COMMANDS.has(name))
+                .reduce((a, [, n]) => a + n, 0),
+        ),
+        redisCommands: w.redisCommands,
         clientCpuMsPerMsg: per(w.clientCpuMs),
         connections: w.connections,
         timedOut: w.timedOut,
@@ -204,6 +220,8 @@ export interface VariantSummary {
     filterPeakRssMb: Spread;
     sinkCpuMsPerMsg: Spread;
     redisCpuMsPerMsg: Spread;
+    redisCommandsPerMsg: Spread;
+    redisScriptsPerMsg: Spread;
     clientCpuMsPerMsg: Spread;
     /** Per round: accepted, refused (5xx), tempfailed (4xx), errors, at the sink. Medians. */
     accepted: number;
@@ -242,6 +260,8 @@ export function summarise(windows: readonly WindowResult[]): VariantSummary[] {
             filterPeakRssMb: spread(nums(list.map((w) => w.filterPeakRssMb))),
             sinkCpuMsPerMsg: spread(list.map((w) => w.sinkCpuMsPerMsg)),
             redisCpuMsPerMsg: spread(list.map((w) => w.redisCpuMsPerMsg)),
+            redisCommandsPerMsg: spread(list.map((w) => w.redisCommandsPerMsg)),
+            redisScriptsPerMsg: spread(list.map((w) => w.redisScriptsPerMsg)),
             clientCpuMsPerMsg: spread(list.map((w) => w.clientCpuMsPerMsg)),
             accepted: median(list.map((w) => w.accepted)),
             refused: median(list.map((w) => w.refused)),
@@ -355,11 +375,13 @@ export const OTHER_CPU_HEADER = [
     'filter',
     'of it kernel',
     'Redis',
+    'Redis scripts',
+    'Redis commands',
     'sink',
     'bench client',
 ] as const;
 
-/** CPU ms per message of every process of the machine's load, per path (medians). */
+/** CPU ms per message of every process of the machine's load, and Redis commands per message, per path (medians). */
 export function otherCpuRows(summaries: readonly VariantSummary[]): string[][] {
     return summaries.map((s) => [
         TARGET_LABEL[s.target],
@@ -367,7 +389,32 @@ export function otherCpuRows(summaries: readonly VariantSummary[]): string[][] {
         s.target === 'direct' ? '–' : fmt(s.filterCpuMsPerMsg.median, 2),
         s.target === 'direct' ? '–' : fmt(s.filterSystemMsPerMsg.median, 2),
         fmt(s.redisCpuMsPerMsg.median, 2),
+        fmt(s.redisScriptsPerMsg.median, 1),
+        fmt(s.redisCommandsPerMsg.median, 1),
         fmt(s.sinkCpuMsPerMsg.median, 2),
         fmt(s.clientCpuMsPerMsg.median, 2),
     ]);
+}
+
+/** Commands the bench itself sends to Redis between windows: not the filter's work. */
+const OWN_REDIS_COMMANDS = new Set([
+    'flushall',
+    'info',
+    'config|resetstat',
+    'config',
+    'ping',
+    'client|setname',
+    'select',
+]);
+
+/**
+ * Calls per command from Redis's `INFO commandstats` (`cmdstat_evalsha:calls=12,usec=…`), the
+ * bench's own commands left out.
+ */
+export function parseCommandStats(info: string): Record<string, number> {
+    const out: Record<string, number> = {};
+    for (const m of info.matchAll(/^cmdstat_([^:]+):calls=(\d+)/gm)) {
+        if (!OWN_REDIS_COMMANDS.has(m[1]!)) out[m[1]!] = Number(m[2]);
+    }
+    return out;
 }

@@ -44,7 +44,7 @@ import {
 import { createPassthrough } from '../../scripts/bench/passthrough.ts';
 import { parseStat, parseStatus, processTree, readStat, TreeMonitor } from '../../scripts/bench/procfs.ts';
 import { summariseCpuProfiles, summariseHeapProfiles, type CpuProfile } from '../../scripts/bench/profile.ts';
-import { evaluateWindow, ratios, summarise, type WindowInput } from '../../scripts/bench/report.ts';
+import { evaluateWindow, parseCommandStats, ratios, summarise, type WindowInput } from '../../scripts/bench/report.ts';
 import { BenchUsageError, OPTIONS, parseBenchArgs, USAGE } from '../../scripts/bench/options.ts';
 import { createSink, messageIdOf } from '../../scripts/bench/sink.ts';
 import { fmtSpread, median, percentile, spread } from '../../scripts/bench/stats.ts';
@@ -425,6 +425,7 @@ describe('bench verification', () => {
         filter: usage,
         sink: usage,
         redis: usage,
+        redisCommands: { evalsha: 6, get: 3 },
         clientCpuMs: 3,
     };
 
@@ -434,6 +435,8 @@ describe('bench verification', () => {
         assert.deepEqual([w.accepted, w.refused, w.spoofs, w.spoofsRefused, w.completed], [2, 1, 1, 1, 3]);
         assert.equal(w.msgsPerS, 3);
         assert.equal(w.filterCpuMsPerMsg, 10);
+        assert.equal(w.redisCommandsPerMsg, 3);
+        assert.equal(w.redisScriptsPerMsg, 2);
         assert.deepEqual(w.latencyMs, { p50: 20, p90: 30, p99: 30, max: 30 });
         assert.deepEqual(w.byClass, { aligned: { accepted: 2 }, 'spoof-envelope': { '5xx@eod': 1 } });
     });
@@ -464,6 +467,18 @@ describe('bench verification', () => {
         const direct = evaluateWindow({ ...base, target: 'direct', filter: null });
         assert.match(direct.failures.join('\n'), /message 1 \(spoof-envelope\) should have been accepted/);
         assert.equal(direct.filterCpuMsPerMsg, null);
+    });
+
+    it("counts Redis's commands without the bench's own", () => {
+        const info = [
+            '# Commandstats',
+            'cmdstat_evalsha:calls=12,usec=340,usec_per_call=28.33,rejected_calls=0,failed_calls=0',
+            'cmdstat_flushall:calls=1,usec=30,usec_per_call=30.00,rejected_calls=0,failed_calls=0',
+            'cmdstat_config|resetstat:calls=1,usec=3,usec_per_call=3.00,rejected_calls=0,failed_calls=0',
+            'cmdstat_script|load:calls=2,usec=90,usec_per_call=45.00,rejected_calls=0,failed_calls=0',
+            '',
+        ].join('\r\n');
+        assert.deepEqual(parseCommandStats(info), { evalsha: 12, 'script|load': 2 });
     });
 
     it('summarises rounds and pairs mailwarden with the other paths round by round', () => {
