@@ -554,13 +554,19 @@ async function main(): Promise<number> {
         lines.push('', printProfile(cpuSummary, opts.top));
         if (mailwardenLifeCpu) {
             const { userS, systemS } = mailwardenLifeCpu;
+            const busyS = cpuSummary.busyMs / 1000;
             lines.push(
                 '',
                 `Cross-check: mailwarden used ${fmt(userS + systemS, 1)} s of CPU over its life (user ${fmt(userS, 1)} s, ` +
-                    `kernel ${fmt(systemS, 1)} s); the profile counts ${fmt(cpuSummary.busyMs / 1000, 1)} s busy. The profiler ` +
-                    'samples wall time: on a busy machine, time spent waiting for a core is charged to the frame that was ' +
-                    'running, most often a socket write that woke another process.',
+                    `kernel ${fmt(systemS, 1)} s, all threads); the profile counts ${fmt(busyS, 1)} s busy on the main thread.`,
             );
+            if (busyS > 1.15 * (userS + systemS)) {
+                lines.push(
+                    'The profile counts more than the CPU used: the profiler samples wall time, so time spent waiting ' +
+                        'for a core on this busy machine is charged to the frame that was running, most often a socket ' +
+                        'write that woke another process. Compare the other entries with each other.',
+                );
+            }
         }
     }
     if (heapSummary) {
