@@ -49,6 +49,8 @@ export const SETTINGS: Readonly<Record<string, Setting>> = Object.freeze({
     'listeners[].tls': restart(),
     'listeners[].proxyProtocol': restart(),
     'listeners[].maxClients': restart(),
+    'listeners[].maxClientsPerNetwork': restart(),
+    'listeners[].preTransactionTimeoutMs': restart('listeners[].preTransactionTimeout'),
     'listeners[].maxMessageSize': restart(),
     'listeners[].maxRecipients': restart(),
     'listeners[].bareNewline': restart(),

@@ -20,6 +20,7 @@ const EHLO = ['XCLIENT NAME ADDR PORT PROTO HELO LOGIN', 'SIZE 1000000'];
 function config(listener: string, upstreamPort: number, extra: string[] = []): string {
     return [
         'hostname: mx.example.test',
+        'domains: [example.test]',
         ...extra,
         'listeners:',
         `  - ${listener}`,
