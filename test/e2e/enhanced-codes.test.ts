@@ -41,6 +41,7 @@ describe('enhanced status codes on an mx listener', () => {
         mw = await startApp(
             [
                 'hostname: mx.example.test',
+                'domains: [example.test]',
                 'listeners: [{ name: mx, host: 127.0.0.1, port: 0, mode: mx }]',
                 `upstream: { url: "smtp://127.0.0.1:${up.port}" }`,
                 'http: false',
@@ -73,10 +74,10 @@ describe('enhanced status codes on an mx listener', () => {
                 ['STARTTLS', '500 5.5.2 '],
                 ['AUTH PLAIN AGFAYg==', '500 5.5.2 '],
                 ['RCPT TO:<b@example.test>', '503 5.5.1 '],
-                ['MAIL FROM:<not an address', '501 5.1.7 '],
+                ['MAIL FROM:<not an address', '553 5.1.7 '],
                 ['MAIL FROM:<a@example.org>', '250 2.1.0 '],
                 ['MAIL FROM:<a@example.org>', '503 5.5.1 '],
-                ['RCPT TO:<no address', '501 5.1.3 '],
+                ['RCPT TO:<no address', '553 5.1.3 '],
                 ['RCPT TO:<b@example.test>', '250 2.1.5 '],
                 ['DATA', '354 End data with <CR><LF>.<CR><LF>'],
             ];

@@ -78,6 +78,7 @@ describe('TLS profile (openssl s_client)', () => {
         mw = await startApp(
             [
                 'hostname: mx.example.test',
+                'domains: [example.test]',
                 `tls: { cert: "${cert.certPath}", key: "${cert.keyPath}" }`,
                 'listeners:',
                 '  - { name: starttls, host: 127.0.0.1, port: 0, mode: mx }',
