@@ -343,7 +343,7 @@ describe('a client that hangs up after sending the message', () => {
         assert.equal(tx.completed, true);
         assert.match(tx.finalReply ?? '', /^250/);
         const metrics = await mw.app.metrics.registry.getSingleMetricAsString('mailwarden_accepted_unconfirmed_total');
-        assert.match(metrics, /mailwarden_accepted_unconfirmed_total\{listener="mx"\} 1/);
+        assert.match(metrics, /mailwarden_accepted_unconfirmed_total\{listener="mx",reason="client-gone"\} 1/);
     });
 });
 
@@ -408,6 +408,7 @@ describe('an upstream whose answer to the end of data never comes', () => {
         const mw = await startApp(
             [
                 'hostname: mx.example.test',
+                'domains: [example.test]',
                 'listeners: [{ name: mx, host: 127.0.0.1, port: 0, mode: mx }]',
                 `upstream: { url: "smtp://127.0.0.1:${up.port}", dataTimeout: 1s }`,
                 'http: false',
@@ -453,6 +454,7 @@ describe('an upstream whose answer to the end of data never comes', () => {
         const mw = await startApp(
             [
                 'hostname: mx.example.test',
+                'domains: [example.test]',
                 'listeners: [{ name: mx, host: 127.0.0.1, port: 0, mode: mx }]',
                 `upstream: { url: "smtp://127.0.0.1:${up.port}", timeout: 1s }`,
                 'http: false',
