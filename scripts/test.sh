@@ -28,4 +28,4 @@ step "format: prettier --check ."
 prettier --check .
 
 step "tests: node --test"
-node --test --test-timeout=120000 'test/**/*.test.ts'
+node --test --test-force-exit --test-timeout=120000 'test/**/*.test.ts'
