@@ -16,6 +16,9 @@ import type { Resolve } from './lookup.ts';
 import { configuredSites } from './sites.ts';
 import { ZoneHealth, type ZoneKind } from './zone-health.ts';
 
+/** The kinds of `dnsbl_errors_total` (lookup.ts). */
+const ERROR_KINDS = ['refused', 'bogus', 'unexpected', 'dns', 'timeout'] as const;
+
 /** An unhealthy list is probed again after at most this long. */
 const MAX_RETRY_MS = 60_000;
 
@@ -78,7 +81,12 @@ export function createReputationService(config: Config, deps: ReputationServiceD
         },
     });
     const zones = [...new Set(tracked.map((t) => t.site.zone))];
-    for (const zone of zones) gauge.set({ zone }, 0);
+    for (const zone of zones) {
+        gauge.set({ zone }, 0);
+        // series that panels and alerts compute rates over exist from the start, at 0
+        deps.metrics.dnsblHits.inc({ zone }, 0);
+        for (const kind of ERROR_KINDS) deps.metrics.dnsblErrors.inc({ zone, kind }, 0);
+    }
     const lookup = new ReputationLookup({
         resolve: deps.resolve,
         reverse: deps.reverse,
