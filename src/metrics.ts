@@ -1,7 +1,8 @@
 /**
  * Every Prometheus metric of the product, defined once, in one registry per app instance
  * (SPEC, "Metrics"). Label values are bounded: listener names, actions, rule ids and result
- * words from closed sets. No IP, address, domain or message id ever becomes a label value.
+ * words from closed sets. No IP, address, domain or message id of a client or a message ever
+ * becomes a label value; the one domain label is `zone`, a DNS list named in the config.
  */
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 

@@ -4,7 +4,9 @@
  * for everything else.
  */
 import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
 import { after, describe, it } from 'node:test';
+import { parseConfiguredSite, type ListKind } from '../../src/reputation/sites.ts';
 import { cleanup, issuesOf, loadText } from './helpers.ts';
 
 after(cleanup);
@@ -59,5 +61,26 @@ describe('reputation config', () => {
         assert.match(byLine(8), /^8:11: reputation\.dnswl\[0\]: an allow list needs a negative weight/);
         assert.match(byLine(9), /^9:18: reputation\.probeInterval: must be between 10s and 1d/);
         assert.match(byLine(10), /^10:3: unknown key "zones" in reputation/);
+    });
+
+    it('ships the public lists commented out, each a valid site once its line is uncommented', () => {
+        const text = readFileSync(new URL('../../deploy/mailwarden.yaml', import.meta.url), 'utf8');
+        const section = text.slice(text.indexOf('\nreputation:'));
+        let kind: ListKind | null = null;
+        const sites: [ListKind, string][] = [];
+        for (const line of section.split('\n')) {
+            const k = /^ {2}(dnsbl|dnswl|rhsbl):\s*$/.exec(line);
+            if (k) kind = k[1] as ListKind;
+            const site = /^ {4}# - (.+)$/.exec(line);
+            if (site && kind) sites.push([kind, site[1]!]);
+            assert.ok(!/^ {4}- /.test(line), `no public list is on by default: ${line}`);
+        }
+        assert.ok(sites.length >= 4, JSON.stringify(sites));
+        for (const [k, site] of sites) assert.ok(!('error' in parseConfiguredSite(site, k)), `${k}: ${site}`);
+        const { config } = loadText(section.replace(/^ {4}# - /gm, '    - ').replace(/^\n/, ''));
+        assert.equal(
+            config.reputation.dnsbl.length + config.reputation.dnswl.length + config.reputation.rhsbl.length,
+            sites.length,
+        );
     });
 });
