@@ -9,6 +9,8 @@
  * answers are sane.
  */
 import assert from 'node:assert/strict';
+import { writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { after, before, describe, it } from 'node:test';
 import { startApp, type TestApp } from '../helpers/app.ts';
@@ -112,6 +114,11 @@ describe('reputation lists in front of a real Postfix', () => {
                 localAddress: ALLOWED,
             });
             assert.equal(r.message?.code, 250, JSON.stringify(r));
+            assert.doesNotMatch(
+                await metric(mw, 'ratelimit_decisions_total'),
+                /limit="greylist"/,
+                'allow-list credit spares greylisting (the shipped entry, in monitor mode)',
+            );
             assert.equal(await mw.app.dnswlCredit(ALLOWED), true, 'the pregreet exemption answer');
             assert.equal(await mw.app.dnswlCredit(CLEAN), false);
         });
@@ -137,6 +144,66 @@ describe('reputation lists in front of a real Postfix', () => {
             const decision = mw.logs.filter((l) => l.msg === 'decision').at(-1);
             assert.deepEqual(decision?.dnsbl, ['dbl.test=127.0.1.2']);
             assert.ok(delivered.some((m) => m.includes('Subject: clean')));
+            // no reverse DNS and no allow-list credit: greylisted (counted only, in monitor mode)
+            assert.match(await metric(mw, 'ratelimit_decisions_total'), /limit="greylist",result="new"\} [1-9]/);
+        });
+
+        it('reports a stranger that names itself as us, and a HELO name that does not resolve', async () => {
+            const r = await sendMail(mw.port(), {
+                from: 'a@sender.example',
+                to: ['alice@example.test'],
+                data: message('claims us'),
+                helo: 'mx.test',
+                localAddress: CLEAN,
+            });
+            assert.equal(r.message?.code, 250, 'helo-claims-us is shipped in monitor mode');
+            assert.match(await metric(mw, 'helo_checks_total'), /check="claims_us",result="fail"\} 1/);
+            assert.match(await metric(mw, 'helo_checks_total'), /check="resolves",result="fail"\} [1-9]/);
+            assert.match(
+                await metric(mw, 'rule_hits_total'),
+                /rule="helo-claims-us",action="reject",mode="monitor"\} 1/,
+            );
+            assert.match(
+                await metric(mw, 'rule_hits_total'),
+                /rule="fcrdns-fail-tag",action="tag",mode="monitor"\} [1-9]/,
+            );
+        });
+    });
+
+    describe('when a reload adds a list', () => {
+        let mw: TestApp;
+        before(async () => {
+            dns.setZone(SANE);
+            const yaml = config(dns, postfix.port, '5m').replace(/^reputation:\n( {2}.*\n)+/m, '');
+            mw = await startApp(yaml);
+        });
+        after(async () => {
+            await mw?.stop();
+        });
+
+        it('asks the new list from the next connection on, once its probe passed', async () => {
+            const before = await sendMail(mw.port(), {
+                from: 'a@sender.example',
+                to: ['alice@example.test'],
+                data: message('before the reload'),
+                localAddress: LISTED,
+            });
+            assert.equal(before.mail.code, 250, 'no list configured yet');
+            const file = join(mw.dir, 'mailwarden.yaml');
+            await writeFile(file, config(dns, postfix.port, '5m'));
+            mw.app.reload();
+            const deadline = Date.now() + 10_000;
+            while (!/zone="bl.test"\} 1/.test(await metric(mw, 'dnsbl_zone_healthy'))) {
+                assert.ok(Date.now() < deadline, 'the new list is probed healthy');
+                await sleep(50);
+            }
+            const after = await sendMail(mw.port(), {
+                from: 'a@sender.example',
+                to: ['alice@example.test'],
+                data: message('after the reload'),
+                localAddress: LISTED,
+            });
+            assert.equal(after.mail.code, 550, after.mail.raw);
         });
     });
 
