@@ -125,12 +125,21 @@ async function resolves(resolve: Resolve, name: string, timeoutMs: number): Prom
     return a === false && aaaa === false ? false : null;
 }
 
-/** The first reverse name of the client (confirmed or not), or null. */
-async function firstPtr(reverse: ReputationOptions['reverse'], ip: string): Promise<string | null> {
+/** The first reverse name of the client (confirmed or not), or null; waits at most `timeoutMs`. */
+async function firstPtr(reverse: ReputationOptions['reverse'], ip: string, timeoutMs: number): Promise<string | null> {
+    let timer: NodeJS.Timeout | undefined;
     try {
-        return (await reverse(ip))[0] ?? null;
+        const names = await Promise.race([
+            reverse(ip),
+            new Promise<string[]>((resolve) => {
+                timer = setTimeout(() => resolve([]), timeoutMs);
+            }),
+        ]);
+        return names[0] ?? null;
     } catch {
         return null;
+    } finally {
+        clearTimeout(timer);
     }
 }
 
@@ -182,7 +191,7 @@ export function createReputationCheck(lookup: ReputationLookup, timeoutMs: numbe
                 h.domain && !signal.aborted
                     ? resolves(o.resolve, h.domain, o.dnsTimeoutMs)
                     : Promise.resolve<boolean | null>(null),
-                firstPtr(o.reverse, ip),
+                firstPtr(o.reverse, ip, o.dnsTimeoutMs),
             ]);
             count('syntax', h.syntax === 'invalid' ? 'fail' : 'pass');
             if (h.syntax === 'address-literal') count('literal', h.literalMismatch ? 'fail' : 'pass');

@@ -250,6 +250,17 @@ describe('reputation check', () => {
         assert.equal(health.healthy(lists.dnsbl[1]!.site, 'address'), false);
     });
 
+    it('waits at most the DNS timeout for a list that does not answer, and keeps the other answers', async () => {
+        dns.setZone({ ...BASE, '10.2.0.192.bl2.test': { TIMEOUT: true } });
+        const started = Date.now();
+        const f = await run(ctx('helo', '192.0.2.10', null));
+        assert.ok(Date.now() - started < 1500, `${Date.now() - started} ms`);
+        assert.deepEqual(f['dnsbl.zones'], ['bl.test']);
+        assert.equal(f['dnsbl.score'], 2);
+        assert.deepEqual(f['dnsbl.errors'], ['bl2.test: timeout']);
+        assert.equal(await value(metrics, 'dnsbl_errors_total', { zone: 'bl2.test', kind: 'timeout' }), 1);
+    });
+
     it('starts no query once the check was given up on', async () => {
         const controller = new AbortController();
         controller.abort();
