@@ -25,6 +25,7 @@ import { createMetrics, type Metrics } from './metrics.ts';
 import { createMailauthCheck } from './auth/mailauth.ts';
 import { createIprevCheck } from './checks/iprev.ts';
 import { createResolver, type Resolver } from './dns/resolver.ts';
+import { createReputationService, type ReputationService } from './reputation/service.ts';
 import {
     createConfiguredStore,
     createRateLimitCheck,
@@ -90,6 +91,11 @@ export interface App {
     /** Registers something to re-read on reload; it reports success or throws. */
     onReload(name: string, fn: () => void): void;
     readonly draining: boolean;
+    /**
+     * True when DNS allow lists vouch for the client (`dnswl.score < 0`); false without an
+     * answer within the DNS timeout. For waits a known sender skips (the pregreet wait).
+     */
+    dnswlCredit(ip: string): Promise<boolean>;
 }
 
 /** Longest wait at start for the upstream's EHLO before the listeners open (it goes on in the background). */
@@ -216,6 +222,15 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
     const retired = new Map<Resolver, NodeJS.Timeout>();
     const limitStore = deps.limitStore ?? createConfiguredStore(config.redis, { metrics, logger: log });
     let verification: Check[] = deps.checks ? [] : verificationChecks(config, resolver, metrics, log);
+    const newReputation = (c: Config): ReputationService =>
+        createReputationService(c, {
+            resolve: (name, rrtype) => resolver.resolve(name, rrtype),
+            reverse: (ip) => resolver.reverse(ip),
+            metrics,
+            log,
+            now,
+        });
+    let reputation = newReputation(config);
     const checks: readonly Check[] = deps.checks ?? [
         ...limitChecks(config, {
             store: limitStore,
@@ -227,6 +242,7 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
             storeTimeoutMs: config.redis?.commandTimeoutMs,
         }),
         ...verification.map((_, i) => delegate(() => verification[i]!)),
+        delegate(() => reputation.check),
     ];
     let draining = false;
     let started = false;
@@ -346,6 +362,15 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
         if (!deps.checks && (dnsChanged || !isDeepStrictEqual(before.authentication, after.authentication))) {
             verification = verificationChecks(after, resolver, metrics, log);
         }
+        if (!isDeepStrictEqual(before.reputation, after.reputation) || dnsChanged) {
+            const old = reputation;
+            reputation = newReputation(after);
+            old.stop();
+            for (const zone of old.zones) {
+                if (!reputation.zones.includes(zone)) metrics.dnsblZoneHealthy.remove({ zone });
+            }
+            void reputation.start(2 * after.dns.timeoutMs);
+        }
         if (after.rules !== before.rules && watcher) {
             watcher.close();
             watcher = watchRules();
@@ -381,6 +406,9 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
         },
         get draining() {
             return draining;
+        },
+        dnswlCredit(ip: string) {
+            return reputation.lookup.dnswlCredit(ip);
         },
         setDecider(d: Decider) {
             decider = d;
@@ -450,6 +478,8 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
                 }),
             ]);
             clearTimeout(timer);
+            // the lists are trusted only once a probe passed: probe them before the first client
+            await reputation.start(2 * config.dns.timeoutMs);
             for (const l of listeners) await l.listen();
             if (config.http) {
                 const server = createHttpServer({ metrics, readiness });
@@ -507,6 +537,7 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
                     server.closeAllConnections();
                 });
             }
+            reputation.stop();
             if (!deps.resolver) resolver.close();
             for (const [old, timer] of retired) {
                 clearTimeout(timer);

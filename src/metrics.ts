@@ -1,7 +1,8 @@
 /**
  * Every Prometheus metric of the product, defined once, in one registry per app instance
  * (SPEC, "Metrics"). Label values are bounded: listener names, actions, rule ids and result
- * words from closed sets. No IP, address, domain or message id ever becomes a label value.
+ * words from closed sets. No IP, address, domain or message id of a client or a message ever
+ * becomes a label value; the one domain label is `zone`, a DNS list named in the config.
  */
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 
@@ -180,6 +181,30 @@ export function createMetrics(version: string) {
             help: 'Time DNS lookups spent on the network (cache misses), by record type, across all servers and tries',
             labelNames: ['type'],
             buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
+            registers: r,
+        }),
+        dnsblHits: new Counter({
+            name: `${P}dnsbl_hits_total`,
+            help: 'Answers of DNS block, allow and domain lists that listed the client, its HELO name or the sender domain, by zone (zones come from the config)',
+            labelNames: ['zone'],
+            registers: r,
+        }),
+        dnsblErrors: new Counter({
+            name: `${P}dnsbl_errors_total`,
+            help: 'DNS list answers that were errors and not listings, by zone and kind (refused: the list refused the query, e.g. Spamhaus 127.255.255.x; bogus: not in 127.0.0.0/8; unexpected: outside the filter; dns: lookup failed; timeout)',
+            labelNames: ['zone', 'kind'],
+            registers: r,
+        }),
+        dnsblZoneHealthy: new Gauge({
+            name: `${P}dnsbl_zone_healthy`,
+            help: '1 while a DNS list passes its health probes (RFC 5782 test entries) and is asked; 0 while it is disabled, by zone',
+            labelNames: ['zone'],
+            registers: r,
+        }),
+        heloChecks: new Counter({
+            name: `${P}helo_checks_total`,
+            help: 'HELO name checks, by check (syntax, literal, claims_us, resolves) and result (pass, fail, unknown)',
+            labelNames: ['check', 'result'],
             registers: r,
         }),
         redisErrors: new Counter({

@@ -20,6 +20,7 @@ import { headerStep } from './incoming-header.ts';
 import type { Logger } from './log.ts';
 import type { Metrics } from './metrics.ts';
 import { runStage, type Check, type CheckOutcome } from './pipeline.ts';
+import { listedZones } from './reputation/check.ts';
 import { replyFor, replyForDecision, toCallbackError, type SmtpReplyError } from './reply.ts';
 import { relayedReply } from './upstream-reply.ts';
 import { domainOf, forwardHeaders, messageFacts } from './message-facts.ts';
@@ -203,7 +204,13 @@ export class Session {
         const refusal = replyForDecision(result.decision, { id: this.id });
         if (refusal) {
             this.log.info(
-                { stage, action: result.decision.action, rules: result.decision.rules, reason: result.decision.reason },
+                {
+                    stage,
+                    action: result.decision.action,
+                    rules: result.decision.rules,
+                    reason: result.decision.reason,
+                    ...listedZones(result.facts),
+                },
                 'refused',
             );
             this.deps.metrics.messages.inc({ listener: this.deps.listener.name, action: result.decision.action });
@@ -365,6 +372,7 @@ export class Session {
             rcptCount: tx?.rcpts.length ?? 0,
             helo: this.identity().helo,
             authUser: this.identity().login,
+            ...(tx ? listedZones(tx.facts) : {}),
         };
         let action = 'tempfail';
         this.messageId = null;

@@ -23,6 +23,7 @@ import { domainOf, forwardHeaders, messageFacts } from '../message-facts.ts';
 import { createMetrics } from '../metrics.ts';
 import { runStage, type CheckContext, type CheckOutcome } from '../pipeline.ts';
 import { formatReply, replyFor, replyForDecision } from '../reply.ts';
+import { createReputationService } from '../reputation/service.ts';
 import { RuleError, loadRuleSet, type RuleSet, type TraceEntry } from '../rules/index.ts';
 import { MAX_HEADER_SECTION } from '../session.ts';
 import { createSubmissionAuth, mayUse } from '../submission/index.ts';
@@ -53,6 +54,8 @@ export interface ExplainReport {
     readonly headers: readonly HeaderField[];
     /** Where the message stopped: the stage of a refusal, or `data` when it would be forwarded. */
     readonly stoppedAt: Stage;
+    /** The DNS lists of `reputation:` and whether their health probe passed (unhealthy lists are not asked). */
+    readonly lists: readonly { zone: string; kind: string; healthy: boolean; reason: string }[];
 }
 
 const USAGE =
@@ -102,13 +105,33 @@ export async function explainMessage(
     // limits are evaluated against a fresh in-memory store: explain shows what a first message
     // from this client would meet, and never charges the counters of the running proxy
     const store = createMemoryStore();
-    const checks = defaultChecks(config, resolver, metrics, {
-        store,
-        declarations: () => ruleSet,
+    // the DNS lists are probed first, as serve does before its first client: a list whose
+    // probe fails is not asked, and the report says why
+    const reputation = createReputationService(config, {
+        resolve: resolver.resolve,
+        reverse: resolver.reverse,
         metrics,
+        log: { info: () => undefined, warn: () => undefined },
         now: Date.now,
-        instanceId: 'explain',
     });
+    await reputation.start(2 * config.dns.timeoutMs);
+    reputation.stop();
+    const lists = reputation.health.states().map((s) => ({
+        zone: s.site.zone,
+        kind: s.kind,
+        healthy: s.state.healthy,
+        reason: s.state.reason,
+    }));
+    const checks = [
+        ...defaultChecks(config, resolver, metrics, {
+            store,
+            declarations: () => ruleSet,
+            metrics,
+            now: Date.now,
+            instanceId: 'explain',
+        }),
+        reputation.check,
+    ];
     // submission: the login's sender binding, from the same users (or sendAs) file the proxy reads
     const auth =
         listener.mode === 'submission' && input.authUser !== null && config.auth !== null
@@ -186,7 +209,7 @@ export async function explainMessage(
             const reply = refusal.text.includes(sessionId)
                 ? refusal
                 : { ...refusal, text: `${refusal.text} (id ${sessionId})` };
-            return { version: VERSION, stages, decision, reply, headers: [], stoppedAt: stage };
+            return { version: VERSION, stages, decision, reply, headers: [], stoppedAt: stage, lists };
         };
 
         const connect = await run('connect', base);
@@ -210,7 +233,7 @@ export async function explainMessage(
                 reason: 'envelope sender not owned by the login',
                 headers: [],
             };
-            return { version: VERSION, stages, decision, reply, headers: [], stoppedAt: 'mail' };
+            return { version: VERSION, stages, decision, reply, headers: [], stoppedAt: 'mail', lists };
         }
         const mailFacts = {
             ...helo.facts,
@@ -234,7 +257,7 @@ export async function explainMessage(
                     headers: [],
                 };
                 const reply = replyFor('relay-denied', { id: sessionId, domain: parsed.mailbox.asciiDomain ?? '' });
-                return { version: VERSION, stages, decision, reply, headers: [], stoppedAt: 'rcpt' };
+                return { version: VERSION, stages, decision, reply, headers: [], stoppedAt: 'rcpt', lists };
             }
             const rcpt = await run('rcpt', {
                 ...rcptFacts,
@@ -263,7 +286,7 @@ export async function explainMessage(
                 reason: 'refused before the rules',
                 headers: [],
             };
-            return { version: VERSION, stages, decision, reply: protocol, headers: [], stoppedAt: 'data' };
+            return { version: VERSION, stages, decision, reply: protocol, headers: [], stoppedAt: 'data', lists };
         }
         const header = headerStep({
             section: await spool.readBuffer(0, summary.headerLength),
@@ -273,7 +296,7 @@ export async function explainMessage(
         });
         if (!header.ok) {
             const decision: Decision = { action: 'reject', rules: [], score, reason: header.reason, headers: [] };
-            return { version: VERSION, stages, decision, reply: header.reply, headers: [], stoppedAt: 'data' };
+            return { version: VERSION, stages, decision, reply: header.reply, headers: [], stoppedAt: 'data', lists };
         }
         const { kept } = header;
         const data = await run(
@@ -303,7 +326,7 @@ export async function explainMessage(
             },
         });
         const ok = replyFor('accepted', { id: sessionId, queueId: null });
-        return { version: VERSION, stages, decision, reply: ok, headers, stoppedAt: 'data' };
+        return { version: VERSION, stages, decision, reply: ok, headers, stoppedAt: 'data', lists };
     } finally {
         await Promise.all(checks.map((c) => (c.end ? c.end(sessionId).catch(() => undefined) : Promise.resolve())));
         await spool.dispose();
@@ -322,6 +345,13 @@ function show(value: FactValue | undefined): string {
 /** The report as text for people. */
 export function renderReport(report: ExplainReport): string {
     const lines: string[] = [];
+    if (report.lists.length > 0) {
+        lines.push('dns lists:');
+        for (const l of report.lists) {
+            lines.push(`  ${l.zone} (${l.kind}): ${l.healthy ? 'healthy, asked' : `disabled, not asked: ${l.reason}`}`);
+        }
+        lines.push('');
+    }
     for (const s of report.stages) {
         lines.push(`== ${s.stage} ==`);
         if (s.checks.length > 0) {

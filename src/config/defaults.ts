@@ -6,6 +6,7 @@
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { defaultReputation } from './reputation.ts';
 import type {
     AuthLockoutConfig,
     AuthenticationConfig,
@@ -191,6 +192,7 @@ export function defaultConfig(baseDir: string, source: string | null = null): Co
         spool: { dir: defaultSpoolDir(), memoryLimit: DEFAULTS.spool.memoryLimit },
         dkim: null,
         authentication: defaultAuthentication(),
+        reputation: defaultReputation(),
         shutdownTimeoutMs: DEFAULTS.shutdownTimeoutMs,
         log: { level: DEFAULTS.logLevel },
     };

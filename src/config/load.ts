@@ -22,6 +22,7 @@ import {
 import { ConfigError, type Issue } from './issues.ts';
 import { isIpv6, normalizeHost, normalizeHostname, parseCidr, parseDnsServer, parsePort } from './net.ts';
 import { SourceReader, type Field } from './reader.ts';
+import { reputationSection } from './reputation.ts';
 import { parseDuration } from './units.ts';
 import type {
     AuthLockoutConfig,
@@ -69,6 +70,7 @@ const TOP_KEYS = [
     'spool',
     'dkim',
     'authentication',
+    'reputation',
     'shutdownTimeout',
     'log',
 ] as const;
@@ -252,6 +254,7 @@ class ConfigBuilder {
         const spoolField = get('spool');
         const dkimField = get('dkim');
         const authenticationField = get('authentication');
+        const reputationField = get('reputation');
         const shutdownField = get('shutdownTimeout');
         const logField = get('log');
         const domains = (domainsField && this.domains(domainsField)) ?? defaults.domains;
@@ -275,6 +278,7 @@ class ConfigBuilder {
             spool: spoolField ? this.spool(spoolField) : defaults.spool,
             dkim: dkimField ? this.dkim(dkimField) : null,
             authentication: authenticationField ? this.authentication(authenticationField) : defaults.authentication,
+            reputation: reputationField ? reputationSection(r, reputationField) : defaults.reputation,
             shutdownTimeoutMs:
                 (shutdownField && r.duration(shutdownField, 0, MAX_TIMER_MS)) ?? defaults.shutdownTimeoutMs,
             log: { level: (logField && this.logLevel(logField)) ?? defaults.log.level },

@@ -129,6 +129,11 @@ export const SETTINGS: Readonly<Record<string, Setting>> = Object.freeze({
     'authentication.dkim.maxBodyHashes': live(),
     'authentication.dkim.maxSignedFields': live(),
     'authentication.arc.maxSets': live(),
+    // The reputation check and the list probes are rebuilt; sessions in progress keep the old lists.
+    'reputation.dnsbl': live(),
+    'reputation.dnswl': live(),
+    'reputation.rhsbl': live(),
+    'reputation.probeIntervalMs': live('reputation.probeInterval'),
     // Read when the drain starts.
     shutdownTimeoutMs: live('shutdownTimeout'),
     // The root logger's level; session loggers follow it.

@@ -193,6 +193,18 @@ export interface RedisConfig {
     readonly connectTimeoutMs: number;
 }
 
+/** DNS block and allow lists (docs/reputation.md); sites as written, validated by config/reputation.ts. */
+export interface ReputationConfig {
+    /** Address block lists: `zone[=filter][*weight][ delisting-page]`, positive weights. */
+    readonly dnsbl: readonly string[];
+    /** Address allow lists, negative weights. */
+    readonly dnswl: readonly string[];
+    /** Domain block lists asked for the HELO name and the envelope sender domain. */
+    readonly rhsbl: readonly string[];
+    /** Time between health probes of each list (an unhealthy list is probed sooner). */
+    readonly probeIntervalMs: number;
+}
+
 export interface Config {
     /** Where the config came from (`null` for the embedded defaults). */
     readonly source: string | null;
@@ -218,6 +230,7 @@ export interface Config {
     readonly spool: SpoolConfig;
     readonly dkim: DkimConfig | null;
     readonly authentication: AuthenticationConfig;
+    readonly reputation: ReputationConfig;
     /** How long transactions in flight may take to finish after SIGTERM. */
     readonly shutdownTimeoutMs: number;
     readonly log: { readonly level: 'trace' | 'debug' | 'info' | 'warn' | 'error' };

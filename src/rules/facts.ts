@@ -92,6 +92,8 @@ function reportedBy(name: string): string | undefined {
     if (name === 'auth.temperror' || name === 'auth.limits' || name === 'auth.dns_queries') return 'mailauth';
     if (name.startsWith('ratelimit.') || name.startsWith('greylist.')) return 'ratelimit';
     if (name.startsWith('auth.login.')) return 'login_signals';
+    if (/^(dnsbl|dnswl|rhsbl)\./.test(name) || name === 'client.ptr.generic') return 'reputation';
+    if (name.startsWith('helo.')) return 'reputation';
     return undefined;
 }
 
@@ -106,6 +108,81 @@ const CATALOGUE: readonly FactSpec[] = [
         'Forward-confirmed reverse DNS name of the client; null when there is none (RFC 8601 iprev)',
     ),
     fact('iprev.result', 'string', 'helo', 'Result of the reverse DNS check', AUTH_RESULTS.iprev),
+    fact(
+        'client.ptr.generic',
+        'boolean',
+        'helo',
+        "The client's reverse DNS name (confirmed or not) looks generic: it carries the address, as names of dynamically assigned addresses do (null without a reverse name)",
+    ),
+    fact(
+        'dnsbl.score',
+        'number',
+        'helo',
+        'Sum of the weights of the DNS block lists (reputation.dnsbl) that list the client address; 0 when none does or none is configured',
+    ),
+    fact(
+        'dnsbl.listed',
+        'string[]',
+        'helo',
+        'The block list answers that are listings, as zone=code (zen.spamhaus.org=127.0.0.4)',
+    ),
+    fact('dnsbl.zones', 'domain[]', 'helo', 'The block lists that list the client, in config order'),
+    fact(
+        'dnsbl.delist',
+        'string[]',
+        'helo',
+        'The web pages (from the config) where the client can ask those lists for removal',
+    ),
+    fact(
+        'dnsbl.errors',
+        'string[]',
+        'helo',
+        'Block lists whose answer was an error, never a listing (refusal codes such as 127.255.255.254, answers outside the filter, DNS failures), as zone: what',
+    ),
+    fact(
+        'dnswl.score',
+        'number',
+        'helo',
+        'Sum of the (negative) weights of the DNS allow lists (reputation.dnswl) that list the client; below 0 the client has allow-list credit',
+    ),
+    fact('dnswl.listed', 'string[]', 'helo', 'The allow list answers that are listings, as zone=code'),
+    fact(
+        'rhsbl.helo.score',
+        'number',
+        'helo',
+        'Sum of the weights of the domain lists (reputation.rhsbl) that list the HELO name',
+    ),
+    fact(
+        'rhsbl.helo.listed',
+        'string[]',
+        'helo',
+        'The domain list answers for the HELO name that are listings, as zone=code',
+    ),
+    fact(
+        'helo.syntax',
+        'string',
+        'helo',
+        'What the HELO/EHLO argument is (RFC 5321 section 4.1.1.1): a domain, an address literal, or invalid (neither)',
+        ['domain', 'address-literal', 'invalid'],
+    ),
+    fact(
+        'helo.literal_mismatch',
+        'boolean',
+        'helo',
+        'The HELO argument is an address literal that is not the client address',
+    ),
+    fact(
+        'helo.claims_us',
+        'boolean',
+        'helo',
+        'The client names itself as us: our hostname, one of our domains, or one of our listener addresses',
+    ),
+    fact(
+        'helo.resolves',
+        'boolean',
+        'helo',
+        'The HELO domain has an A or AAAA record (false: it does not exist or has no address; null: not a domain, or DNS did not answer)',
+    ),
     fact('tls', 'boolean', 'connect', 'True once the session is encrypted (implicit TLS, or after STARTTLS)'),
     fact('helo', 'string', 'helo', 'Name the client gave in HELO or EHLO, as written (may be an address literal)'),
     fact('auth.user', 'string', 'mail', 'User name the client logged in with (SMTP AUTH); null when not logged in'),
@@ -129,6 +206,18 @@ const CATALOGUE: readonly FactSpec[] = [
     ),
     fact('mail.from', 'address', 'mail', 'Envelope sender (MAIL FROM); the empty string for the null sender <>'),
     fact('mail.from.domain', 'domain', 'mail', 'Domain of the envelope sender; null for the null sender'),
+    fact(
+        'rhsbl.sender.score',
+        'number',
+        'mail',
+        'Sum of the weights of the domain lists (reputation.rhsbl) that list the envelope sender domain',
+    ),
+    fact(
+        'rhsbl.sender.listed',
+        'string[]',
+        'mail',
+        'The domain list answers for the envelope sender domain that are listings, as zone=code',
+    ),
     fact(
         'rcpt.to',
         'address[]',

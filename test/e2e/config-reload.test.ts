@@ -146,6 +146,7 @@ function fullConfig(variant: Variant, f: Record<string, string>, dns: string, up
             dmarc: { mode: 'rfc9989', rejectMultipleFrom: true },
             arc: { trustedSealers: [] },
         },
+        reputation: { dnsbl: [], dnswl: [], rhsbl: [], probeInterval: '5m' },
         shutdownTimeout: '5s',
         log: { level: 'debug' },
     };
@@ -357,6 +358,10 @@ describe('config reload on SIGHUP', () => {
         { variant: 'A', set: { 'authentication.dkim.maxBodyHashes': 2 } },
         { variant: 'A', set: { 'authentication.dkim.maxSignedFields': 50 } },
         { variant: 'A', set: { 'authentication.arc.maxSets': 5 } },
+        { variant: 'A', set: { 'reputation.dnsbl': ['bl.example.test=127.0.0.[2..11]*3'] } },
+        { variant: 'A', set: { 'reputation.dnswl': ['wl.example.test*-5'] } },
+        { variant: 'A', set: { 'reputation.rhsbl': ['dbl.example.test'] } },
+        { variant: 'A', set: { 'reputation.probeInterval': '10m' } },
         { variant: 'A', set: { shutdownTimeout: '6s' } },
         {
             variant: 'A',

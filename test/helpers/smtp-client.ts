@@ -269,6 +269,8 @@ export interface SendMailOptions {
     /** Attributes of an XCLIENT command sent after EHLO (followed by a new EHLO). */
     xclient?: string;
     timeoutMs?: number;
+    /** Source address of the connection (any of 127.0.0.0/8 on loopback). */
+    localAddress?: string;
 }
 
 export interface SendMailResult {
@@ -286,7 +288,11 @@ export interface SendMailResult {
 
 /** One message on one connection: EHLO, [XCLIENT, EHLO], MAIL, RCPT…, DATA, QUIT. */
 export async function sendMail(port: number, options: SendMailOptions): Promise<SendMailResult> {
-    const client = await smtpConnect(port, { host: options.host, timeoutMs: options.timeoutMs });
+    const client = await smtpConnect(port, {
+        host: options.host,
+        timeoutMs: options.timeoutMs,
+        ...(options.localAddress ? { localAddress: options.localAddress } : {}),
+    });
     try {
         const helo = options.helo ?? 'client.example';
         const greeting = await client.greeting();

@@ -7,7 +7,8 @@
  * that does not parse, an upstream 4xx and an upstream failure, a client gone before the
  * upstream's slow 250, a relay attempt, AUTH successes and failures against a real users file,
  * a login locked out, a session ended by a password change, a failed login while Redis is
- * paused, and good and bad rule reloads. Then every expression of the dashboard (panel
+ * paused, good and bad rule reloads, a client a DNS block list names and a DNS list refusing
+ * a query. Then every expression of the dashboard (panel
  * targets, the annotation, the instance variable) is evaluated the way Grafana sends it, through
  * Prometheus's query API, for one selected instance and for "All": each must parse and return a
  * finite, non-zero value during the traffic. Every alert expression must parse and run, and
@@ -131,6 +132,12 @@ const zone: Zone = {
     // the DMARC lookup times out: 451 4.7.5
     'slow.example': { TXT: ['v=spf1 -all'] },
     '_dmarc.slow.example': { TIMEOUT: true },
+    // DNS lists (reputation:): bl.test lists 127.0.1.10; refusing.test refuses the query for
+    // 127.0.1.13 as Spamhaus refuses public resolvers (an error, never a listing)
+    '2.0.0.127.bl.test': { A: ['127.0.0.2'] },
+    '10.1.0.127.bl.test': { A: ['127.0.0.2'] },
+    '2.0.0.127.refusing.test': { A: ['127.0.0.2'] },
+    '13.1.0.127.refusing.test': { A: ['127.255.255.254'] },
 };
 
 function msg(from: string, subject: string, extra = ''): string {
@@ -224,6 +231,22 @@ describe('the Grafana dashboard and the alert rules against a real Prometheus', 
             data: 'x',
         });
         assert.equal(relay.rcpt[0]?.code, 550, 'relay refused');
+        // A client a block list names is refused at MAIL FROM; a list that refuses the query for
+        // another client lists nobody (its answer is an error) and the message is delivered.
+        const listed = await sendMail(mw.port('mx'), {
+            from: 'bounce@other.example',
+            to: ['bob@example.test'],
+            data: await signed('listed'),
+            localAddress: '127.0.1.10',
+        });
+        assert.equal(listed.mail.code, 550, 'DNSBL reject');
+        const refusing = await sendMail(mw.port('mx'), {
+            from: 'bounce@other.example',
+            to: ['bob@example.test'],
+            data: await signed('refused query'),
+            localAddress: '127.0.1.13',
+        });
+        assert.equal(refusing.message?.code, 250, 'a list refusing the query lists nobody');
         // One client opening more connections than the shipped client-concurrency limit allows.
         const burst = await Promise.all(Array.from({ length: concurrencyLimit + 1 }, () => smtpConnect(mw.port('mx'))));
         const greetings = await Promise.all(burst.map((c) => c.greeting().then((g) => g.code)));
@@ -300,6 +323,7 @@ describe('the Grafana dashboard and the alert rules against a real Prometheus', 
                 `redis: { url: "${redis.url}" }`,
                 `rules: "${rulesDir}"`,
                 'authentication: { timeout: 5s }',
+                "reputation: { dnsbl: ['bl.test=127.0.0.[2..11]*3', 'refusing.test*3'], probeInterval: 10s }",
                 'http: { host: 127.0.0.1, port: 0 }',
             ].join('\n'),
         );
@@ -516,7 +540,7 @@ describe('the Grafana dashboard and the alert rules against a real Prometheus', 
         );
     });
 
-    it('exposes no IP address, mail address, domain or message id as a label value', async () => {
+    it('exposes no IP address, mail address, domain or message id as a label value (but the configured DNS list zones)', async () => {
         const series = await prom.query(`{__name__=~"mailwarden_.+",instance="${instance}"}`);
         assert.ok(series.length > 50, `${series.length} series`);
         const perLabel = new Map<string, Set<string>>();
@@ -527,6 +551,11 @@ describe('the Grafana dashboard and the alert rules against a real Prometheus', 
                 const key = `${s.metric.__name__!.replace(/_(bucket|count|sum)$/, '')}{${label}}`;
                 perLabel.set(key, (perLabel.get(key) ?? new Set()).add(value));
                 if (label === 'version') continue;
+                // the zones of the DNS lists are names from the config (at most 20 per kind), never the client's
+                if (label === 'zone' && key.startsWith('mailwarden_dnsbl_')) {
+                    if (!['bl.test', 'refusing.test'].includes(value)) bad.push(`${key} = ${value}`);
+                    continue;
+                }
                 if (
                     value.includes('@') ||
                     /^\d{1,3}(\.\d{1,3}){3}$/.test(value) ||

@@ -28,6 +28,7 @@ describe('shipped rules', () => {
                 '40-own-domain.yaml',
                 '50-limits.yaml',
                 '60-accounts.yaml',
+                '70-reputation.yaml',
             ],
         );
         assert.deepEqual(

@@ -76,6 +76,10 @@ const ROWS: readonly [string, readonly RegExp[]][] = [
             /^Event-loop lag/,
         ],
     ],
+    [
+        'Reputation',
+        [/^DNS list hits per second by zone$/, /^DNS lists healthy/, /^DNS list errors/, /^HELO checks per second/],
+    ],
 ];
 
 const metrics = createMetrics('test');

@@ -1,0 +1,214 @@
+/**
+ * The `reputation` check: what DNS lists and names say about the client, as facts for rules.
+ *
+ * - helo stage: the address lists (`dnsbl.*`, `dnswl.*`; RFC 5782 section 2.1), the domain
+ *   lists about the HELO name (`rhsbl.helo.*`, section 2.2), the HELO name itself (`helo.*`:
+ *   syntax of RFC 5321 section 4.1.1.1, an address literal that is not the client, a stranger
+ *   naming itself as us, a name that does not resolve) and `client.ptr.generic`.
+ * - mail stage: the domain lists about the envelope sender domain (`rhsbl.sender.*`).
+ *
+ * The address lists and the reverse name are asked when the client connects (prefetch), so
+ * the greeting never waits for DNS and the answers are in the resolver's cache by the time the
+ * facts are reported. Every lookup goes through the caching resolver and is bounded by the DNS
+ * timeout; the check as a whole has a timeout and the declared failure verdict `ignore`: a
+ * dead resolver or list leaves the facts out (rules then treat the client as not listed), it
+ * never refuses mail by itself. It decides nothing and sends no reply.
+ */
+import { isIP } from 'node:net';
+import type { Metrics } from '../metrics.ts';
+import type { Check, CheckResult } from '../pipeline.ts';
+import type { Facts, FactValue } from '../types.ts';
+import { askLists, EMPTY_VERDICT, type ListVerdict, type Resolve } from './lookup.ts';
+import { genericPtr, heloFacts, type OwnIdentity } from './names.ts';
+import type { ConfiguredSite } from './sites.ts';
+import type { ZoneHealth } from './zone-health.ts';
+
+export interface ReputationLists {
+    readonly dnsbl: readonly ConfiguredSite[];
+    readonly dnswl: readonly ConfiguredSite[];
+    readonly rhsbl: readonly ConfiguredSite[];
+}
+
+export interface ReputationOptions {
+    readonly resolve: Resolve;
+    readonly reverse: (ip: string) => Promise<string[]>;
+    readonly lists: ReputationLists;
+    readonly health: Pick<ZoneHealth, 'healthy' | 'distrust'>;
+    /** Longest wait for one DNS answer (the resolver's timeout). */
+    readonly dnsTimeoutMs: number;
+    readonly own: OwnIdentity;
+    readonly metrics?: Pick<Metrics, 'dnsblHits' | 'dnsblErrors' | 'heloChecks'>;
+}
+
+/** What the address lists said about one client. */
+export interface AddressVerdict {
+    readonly dnsbl: ListVerdict;
+    readonly dnswl: ListVerdict;
+}
+
+/**
+ * The lookups of the check, usable on their own: `address(ip)` asks the address lists (the
+ * resolver shares and caches the queries, so asking again is cheap), `dnswlCredit(ip)` says
+ * whether allow lists vouch for the client (`dnswl.score < 0`), for waits a known sender
+ * should skip (greylisting, the pregreet wait).
+ */
+export class ReputationLookup {
+    readonly opts: ReputationOptions;
+
+    constructor(opts: ReputationOptions) {
+        this.opts = opts;
+    }
+
+    async address(ip: string, signal?: AbortSignal): Promise<AddressVerdict> {
+        const o = this.opts;
+        const common = {
+            resolve: o.resolve,
+            health: o.health,
+            timeoutMs: o.dnsTimeoutMs,
+            ...(o.metrics ? { metrics: o.metrics } : {}),
+            ...(signal ? { signal } : {}),
+        };
+        if (isIP(ip) === 0) return { dnsbl: EMPTY_VERDICT, dnswl: EMPTY_VERDICT };
+        const [dnsbl, dnswl] = await Promise.all([
+            askLists(ip, o.lists.dnsbl, 'address', common),
+            askLists(ip, o.lists.dnswl, 'address', common),
+        ]);
+        return { dnsbl, dnswl };
+    }
+
+    async domain(domain: string, signal?: AbortSignal): Promise<ListVerdict> {
+        const o = this.opts;
+        return askLists(domain, o.lists.rhsbl, 'domain', {
+            resolve: o.resolve,
+            health: o.health,
+            timeoutMs: o.dnsTimeoutMs,
+            ...(o.metrics ? { metrics: o.metrics } : {}),
+            ...(signal ? { signal } : {}),
+        });
+    }
+
+    /**
+     * True when allow lists vouch for the client (`dnswl.score < 0`). Never throws and never
+     * waits longer than the DNS timeout: without an answer the client has no credit.
+     */
+    async dnswlCredit(ip: string): Promise<boolean> {
+        if (this.opts.lists.dnswl.length === 0) return false;
+        try {
+            return (await this.address(ip)).dnswl.score < 0;
+        } catch {
+            return false;
+        }
+    }
+}
+
+/** Whether a name resolves (A or AAAA): true, false (NXDOMAIN or no address), null (no answer). */
+async function resolves(resolve: Resolve, name: string, timeoutMs: number): Promise<boolean | null> {
+    const one = async (type: 'A' | 'AAAA'): Promise<boolean | null> => {
+        let timer: NodeJS.Timeout | undefined;
+        try {
+            const r = await Promise.race([
+                resolve(name, type),
+                new Promise<never>((_, reject) => {
+                    timer = setTimeout(() => reject(new Error('timeout')), timeoutMs);
+                }),
+            ]);
+            return Array.isArray(r) && r.length > 0;
+        } catch (err) {
+            const code = (err as { code?: unknown } | null)?.code;
+            return code === 'ENOTFOUND' || code === 'ENODATA' ? false : null;
+        } finally {
+            clearTimeout(timer);
+        }
+    };
+    const [a, aaaa] = await Promise.all([one('A'), one('AAAA')]);
+    if (a === true || aaaa === true) return true;
+    return a === false && aaaa === false ? false : null;
+}
+
+/** The first reverse name of the client (confirmed or not), or null; waits at most `timeoutMs`. */
+async function firstPtr(reverse: ReputationOptions['reverse'], ip: string, timeoutMs: number): Promise<string | null> {
+    let timer: NodeJS.Timeout | undefined;
+    try {
+        const names = await Promise.race([
+            reverse(ip),
+            new Promise<string[]>((resolve) => {
+                timer = setTimeout(() => resolve([]), timeoutMs);
+            }),
+        ]);
+        return names[0] ?? null;
+    } catch {
+        return null;
+    } finally {
+        clearTimeout(timer);
+    }
+}
+
+function verdictFacts(prefix: string, v: ListVerdict, full: boolean): Record<string, FactValue> {
+    const facts: Record<string, FactValue> = { [`${prefix}.score`]: v.score, [`${prefix}.listed`]: v.listed };
+    if (full) {
+        facts[`${prefix}.zones`] = v.zones;
+        facts[`${prefix}.delist`] = v.delist;
+        facts[`${prefix}.errors`] = v.errors;
+    }
+    return facts;
+}
+
+/** The zones that listed the client or the sender, for the decision log line ({} when none). */
+export function listedZones(facts: Facts): { dnsbl?: readonly string[] } {
+    const zones = [facts['dnsbl.listed'], facts['rhsbl.helo.listed'], facts['rhsbl.sender.listed']].flatMap((v) =>
+        Array.isArray(v) ? (v as readonly string[]) : [],
+    );
+    return zones.length > 0 ? { dnsbl: zones } : {};
+}
+
+export function createReputationCheck(lookup: ReputationLookup, timeoutMs: number): Check {
+    const o = lookup.opts;
+    const count = (check: string, result: string): void => o.metrics?.heloChecks.inc({ check, result });
+    return {
+        name: 'reputation',
+        stages: ['helo', 'mail'],
+        timeoutMs,
+        onError: 'ignore',
+        prefetch(client) {
+            if (isIP(client.ip) === 0) return;
+            // the resolver caches and shares queries in flight, so run() finds these answers
+            lookup.address(client.ip).catch(() => undefined);
+            o.reverse(client.ip).catch(() => undefined);
+        },
+        async run(ctx, signal): Promise<CheckResult> {
+            if (ctx.stage === 'mail') {
+                const domain = ctx.facts['mail.from.domain'];
+                const v =
+                    typeof domain === 'string' && domain !== '' ? await lookup.domain(domain, signal) : EMPTY_VERDICT;
+                return { facts: verdictFacts('rhsbl.sender', v, false) };
+            }
+            const ip = ctx.client.ip;
+            const helo = ctx.client.helo ?? '';
+            const h = heloFacts(helo, ip, o.own);
+            const [address, heloLists, heloResolves, ptr] = await Promise.all([
+                lookup.address(ip, signal),
+                h.domain ? lookup.domain(h.domain, signal) : Promise.resolve(EMPTY_VERDICT),
+                h.domain && !signal.aborted
+                    ? resolves(o.resolve, h.domain, o.dnsTimeoutMs)
+                    : Promise.resolve<boolean | null>(null),
+                firstPtr(o.reverse, ip, o.dnsTimeoutMs),
+            ]);
+            count('syntax', h.syntax === 'invalid' ? 'fail' : 'pass');
+            if (h.syntax === 'address-literal') count('literal', h.literalMismatch ? 'fail' : 'pass');
+            count('claims_us', h.claimsUs ? 'fail' : 'pass');
+            if (h.domain) count('resolves', heloResolves === null ? 'unknown' : heloResolves ? 'pass' : 'fail');
+            return {
+                facts: {
+                    ...verdictFacts('dnsbl', address.dnsbl, true),
+                    ...verdictFacts('dnswl', address.dnswl, false),
+                    ...verdictFacts('rhsbl.helo', heloLists, false),
+                    'helo.syntax': h.syntax,
+                    'helo.literal_mismatch': h.literalMismatch,
+                    'helo.claims_us': h.claimsUs,
+                    'helo.resolves': heloResolves,
+                    'client.ptr.generic': ptr === null ? null : genericPtr(ptr, ip),
+                },
+            };
+        },
+    };
+}
