@@ -569,7 +569,7 @@ describe('validation', () => {
 
 describe('runCheck', () => {
     it('prints ok for a valid file and returns 0', async () => {
-        const dir = folderWith({ 'mw.yaml': 'hostname: mx.example.com\n' });
+        const dir = folderWith({ 'mw.yaml': 'hostname: mx.example.org\n' });
         const out: string[] = [];
         const err: string[] = [];
         const code = await runCheck({

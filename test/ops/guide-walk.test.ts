@@ -344,6 +344,9 @@ describe('a new operator follows docs/deploy-postfix.md on a stock Debian Postfi
         const u = await step(users, 'correct horse battery\n');
         assert.equal(u.code, 0, `${u.out}${u.err}`);
         assert.match(u.out, /^ok: /m);
+        // The example's names are still there: check warns, at their lines, and still passes.
+        assert.match(u.err, /mailwarden\.yaml:\d+:\d+: warning: hostname: still the example's "mx\.example\.com"/);
+        assert.match(u.err, /mailwarden\.yaml:\d+:\d+: warning: domains: still the example's "example\.com"/);
         const usersFile = readFileSync(join(dir, 'etc/mailwarden/users.yaml'), 'utf8');
         assert.match(usersFile, /alice@example\.com/);
 

@@ -88,6 +88,18 @@ describe('the runbook', () => {
     });
 });
 
+describe('the runbook on refusals softReject does not soften', () => {
+    it('says softReject does not cover relay refusals, and what to do instead', () => {
+        const reload = section(runbook, 'Reloading (SIGHUP)');
+        assert.match(reload, /softReject/);
+        assert.match(reload, /does not cover relay refusals/);
+        const relay = section(runbook, 'MailwardenRelayRefusalsRising');
+        assert.match(relay, /postconf mydestination virtual_mailbox_domains/);
+        assert.match(relay, /postmap -s/);
+        assert.match(relay, /systemctl restart mailwarden/);
+    });
+});
+
 describe("the runbook's `users passwd`, typed in root's shell", () => {
     let dir: string;
     before(async () => {
