@@ -88,6 +88,37 @@ describe('the runbook', () => {
     });
 });
 
+describe('jq over the journal', () => {
+    /** What `journalctl -u mailwarden -o cat` prints: JSON lines among systemd's and the check's plain ones. */
+    const journal = [
+        'Started mailwarden.service - mailwarden anti-abuse SMTP proxy in front of Postfix.',
+        'ok: /etc/mailwarden/mailwarden.yaml',
+        JSON.stringify({ level: 30, msg: 'decision', action: 'reject', rules: ['x'], reason: 'r', from: 'a@b' }),
+        JSON.stringify({ level: 50, msg: 'upstream failed' }),
+        JSON.stringify({ level: 30, msg: 'auth', result: 'invalid', client: '192.0.2.1', login: 'a' }),
+        JSON.stringify({ level: 30, msg: 'reloaded', reload: 'config', changed: ['softReject'] }),
+        JSON.stringify({ level: 30, msg: 'envelope refused', refused: 'relay', rcptDomain: 'example.org' }),
+        'Stopping mailwarden.service - mailwarden anti-abuse SMTP proxy in front of Postfix...',
+        '',
+    ].join('\n');
+    const jqCommands = [...commandLines(runbook), ...commandLines(guide)]
+        .filter((l) => /journalctl\b.*\|\s*jq\b/.test(l))
+        .map((l) => /\bjq -\w+ '[^']*'/.exec(l)?.[0] ?? l);
+
+    it('reads every line as text and skips what is not JSON (-R, fromjson?)', () => {
+        assert.ok(jqCommands.length >= 7, jqCommands.join('\n'));
+        for (const jq of jqCommands) assert.match(jq, /^jq -[a-z]*R[a-z]* 'fromjson\?( \||')/, jq);
+    });
+
+    it('runs each of them over a journal with systemd lines in it', async () => {
+        for (const jq of jqCommands) {
+            const r = await runShell(jq, { env: process.env, cwd: tmpdir(), input: journal });
+            assert.equal(r.code, 0, `${jq}: ${r.err}`);
+            assert.notEqual(r.out, '', `${jq} finds its lines`);
+        }
+    });
+});
+
 describe('the runbook on refusals softReject does not soften', () => {
     it('says softReject does not cover relay refusals, and what to do instead', () => {
         const reload = section(runbook, 'Reloading (SIGHUP)');
