@@ -81,7 +81,7 @@ describe('the runbook', () => {
 
     it('names the configuration in every mailwarden command of the runbook and the guide', () => {
         const lines = [...commandLines(runbook), ...commandLines(guide)].filter((l) =>
-            /^mailwarden (check|users|explain|dkim)\b/.test(l),
+            /^(runuser -u mailwarden -- )?mailwarden (check|users|explain|dkim|auth)\b/.test(l),
         );
         assert.ok(lines.length >= 5);
         for (const line of lines) assert.match(line, / -c \/etc\/mailwarden\/mailwarden\.yaml\b| --file /, line);
