@@ -119,6 +119,27 @@ describe('jq over the journal', () => {
     });
 });
 
+describe('the runbook on failures the set-up itself causes', () => {
+    it('names the log line of a loopback smtpd without a SASL backend, which the master.cf entry needs', () => {
+        assert.match(readRepo('docs/postfix/master.cf'), /^ +-o smtpd_sasl_auth_enable=yes$/m);
+        const line = 'fatal: no SASL authentication mechanisms';
+        assert.ok(section(runbook, 'MailwardenUpstreamFailing').includes(line));
+        assert.ok(section(guide, 'Step 3: Postfix master.cf').includes(line));
+    });
+
+    it("points Dovecot logins at a socket of mailwarden's own, not Postfix's private folder", () => {
+        for (const file of ['docs/submission.md', 'docs/configuration.md']) {
+            const text = readRepo(file);
+            assert.match(text, /dovecot: unix:\/run\/dovecot\/auth-mailwarden/, file);
+            assert.doesNotMatch(text, /dovecot: unix:\/var\/spool\/postfix\/private\/auth/, file);
+        }
+        assert.match(
+            readRepo('docs/submission.md'),
+            /unix_listener \/run\/dovecot\/auth-mailwarden \{.*\n +mode = 0600\n +user = mailwarden/,
+        );
+    });
+});
+
 describe('the runbook on refusals softReject does not soften', () => {
     it('says softReject does not cover relay refusals, and what to do instead', () => {
         const reload = section(runbook, 'Reloading (SIGHUP)');
