@@ -174,6 +174,14 @@ describe('example configurations', () => {
         // unit keeps it.
         assert.match(read('deploy/systemd/mailwarden.service'), /^StateDirectory=mailwarden mailwarden\/spool$/m);
         assert.match(guide, /^install -d .* \/var\/lib\/mailwarden\/spool$/m);
+        // One mode for the spool folder everywhere: the guide's, the unit's and the one serve sets.
+        assert.match(
+            guide,
+            /^install -d -m 0700 -o mailwarden -g mailwarden \/var\/lib\/mailwarden \/var\/lib\/mailwarden\/spool$/m,
+        );
+        assert.match(read('deploy/systemd/mailwarden.service'), /^StateDirectoryMode=0700$/m);
+        assert.match(read('src/data/spool.ts'), /mkdir\(dir, \{ recursive: true, mode: 0o700 \}\)/);
+        assert.doesNotMatch(guide, /spool[^\n]*0750|0750[^\n]*spool/);
         assert.match(read('deploy/mailwarden.yaml'), /spool: \{ dir: \/var\/lib\/mailwarden\/spool \}/);
     });
 

@@ -330,8 +330,15 @@ describe('a new operator follows docs/deploy-postfix.md on a stock Debian Postfi
     });
 
     it('step 1: installs the configuration, and `mailwarden check` passes before any service ran', async () => {
-        const [install, folders, hook, users] = shellBlocks(guide, 'Step 1: install mailwarden');
-        assert.ok(install && folders && hook && users, 'step 1 has its four command blocks');
+        const [source, install, folders, hook, users] = shellBlocks(guide, 'Step 1: install mailwarden');
+        assert.ok(source && install && folders && hook && users, 'step 1 has its five command blocks');
+        // The package is made from the project's source at a tag (not run here: no network); the
+        // folder it is made in is where the install runs.
+        assert.match(
+            source,
+            /^git clone https:\/\/github\.com\/mailwarden\/mailwarden\.git (\S+)\ncd \1 && git checkout v\d+\.\d+\.\d+ && npm pack\n$/,
+        );
+        assert.match(section(guide, 'Step 1: install mailwarden'), /`apt install git`/);
         const i = await step(install);
         assert.equal(i.code, 0, i.err);
         assert.match(i.out, /^mailwarden \d+\.\d+\.\d+$/m);
