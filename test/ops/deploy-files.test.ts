@@ -30,6 +30,7 @@ import { parse } from 'yaml';
 import { RESTART_EXIT_CODE } from '../../src/commands/serve.ts';
 import { loadConfig } from '../../src/config/load.ts';
 import type { Config } from '../../src/config/types.ts';
+import { section } from '../helpers/guide.ts';
 import { parseMainCf, postfixUpstreamMasterCf } from '../helpers/postfix.ts';
 
 const root = new URL('../../', import.meta.url);
@@ -84,6 +85,7 @@ describe('the deployment guide', () => {
             ...postfixFiles,
             'deploy/mailwarden.yaml',
             'deploy/systemd/mailwarden.service',
+            'deploy/nftables/mailwarden.nft',
             'deploy/tls/certbot-deploy-hook.sh',
         ]) {
             assert.ok(shown.has(file), `the guide includes ${file}`);
@@ -112,6 +114,31 @@ describe('the deployment guide', () => {
         for (const topic of ['What stays in Postfix', 'CAP_NET_BIND_SERVICE', 'TLS certificates', 'runbook.md']) {
             assert.ok(guide.includes(topic), `the guide covers ${topic}`);
         }
+    });
+
+    it('keeps every program but mailwarden off the XCLIENT port with a complete nftables table', () => {
+        const nft = read('deploy/nftables/mailwarden.nft');
+        const [host, port] = upstreamAddress.split(':');
+        // A table of its own, replaced as a whole when loaded again.
+        assert.match(nft, /^table inet mailwarden\ndelete table inet mailwarden\n\ntable inet mailwarden \{$/m);
+        assert.match(nft, /^\tchain output \{\n\t\ttype filter hook output priority filter; policy accept;$/m);
+        assert.match(
+            nft,
+            new RegExp(
+                `^\\t\\toif "lo" ip daddr ${host!.replaceAll('.', '\\.')} tcp dport ${port} meta skuid != "mailwarden" .*reject`,
+                'm',
+            ),
+        );
+        const steps = section(guide, 'Other programs on this host');
+        assert.match(
+            steps,
+            /^install -m 0644 "\$\(npm root -g\)\/mailwarden\/deploy\/nftables\/mailwarden\.nft" \/etc\/nftables-mailwarden\.nft$/m,
+        );
+        assert.match(
+            steps,
+            /^nft -c -f \/etc\/nftables\.conf && systemctl enable nftables\.service && systemctl restart nftables\.service$/m,
+        );
+        assert.match(steps, /does not help/, 'allow-networks.txt does not open relaying');
     });
 
     it('asks for nothing but npm: no Node.js of its own, no unpacked release folder', () => {
