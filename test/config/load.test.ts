@@ -683,7 +683,7 @@ describe('docs/configuration.md', () => {
         fs.copyFileSync(KEY, path.join(dir, 'tls.key'));
         const local = yaml
             .replaceAll('/etc/mailwarden/', `${dir}/`)
-            .replaceAll('/var/spool/mailwarden', `${dir}/spool`);
+            .replaceAll('/var/lib/mailwarden/spool', `${dir}/spool`);
         fs.writeFileSync(path.join(dir, 'mailwarden.yaml'), local);
         const config = loadConfig(path.join(dir, 'mailwarden.yaml'), {});
         assert.deepEqual(

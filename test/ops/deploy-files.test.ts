@@ -28,6 +28,7 @@ import { fileURLToPath } from 'node:url';
 import { after, before, describe, it } from 'node:test';
 import { parse } from 'yaml';
 import { RESTART_EXIT_CODE } from '../../src/commands/serve.ts';
+import { DEFAULTS } from '../../src/config/defaults.ts';
 import { loadConfig } from '../../src/config/load.ts';
 import type { Config } from '../../src/config/types.ts';
 import { section } from '../helpers/guide.ts';
@@ -210,6 +211,26 @@ describe('example configurations', () => {
         assert.match(read('src/data/spool.ts'), /mkdir\(dir, \{ recursive: true, mode: 0o700 \}\)/);
         assert.doesNotMatch(guide, /spool[^\n]*0750|0750[^\n]*spool/);
         assert.match(read('deploy/mailwarden.yaml'), /spool: \{ dir: \/var\/lib\/mailwarden\/spool \}/);
+    });
+
+    it("docs/configuration.md's complete example fits the unit and the Postfix entry", () => {
+        const doc = read('docs/configuration.md');
+        const yaml = /```yaml\n([\s\S]*?)```/.exec(doc.slice(doc.indexOf('## A complete example')))?.[1];
+        const example = parse(yaml!) as {
+            listeners: { host: string; maxClients?: number }[];
+            spool: { dir: string };
+        };
+        const unit = read('deploy/systemd/mailwarden.service');
+        const state = /^StateDirectory=(\S+)/m.exec(unit)![1]!;
+        assert.match(unit, /^ProtectSystem=strict$/m);
+        assert.ok(
+            example.spool.dir.startsWith(`/var/lib/${state}/`),
+            `${example.spool.dir} is writable under ProtectSystem=strict`,
+        );
+        for (const l of example.listeners) assert.equal(l.host, '::', 'IPv6 and IPv4, as Postfix listened');
+        const maxproc = Number(postfixUpstreamMasterCf().split('\n')[0]!.trim().split(/\s+/)[6]);
+        const sum = example.listeners.reduce((n, l) => n + (l.maxClients ?? DEFAULTS.maxClients), 0);
+        assert.ok(sum <= maxproc, `maxClients ${sum} <= maxproc ${maxproc}`);
     });
 
     it('deploy/compose/mailwarden.yaml validates and matches the compose wiring', () => {
