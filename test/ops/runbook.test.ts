@@ -140,6 +140,26 @@ describe('the runbook on failures the set-up itself causes', () => {
     });
 });
 
+describe('the runbook replays and unlocks with complete commands', () => {
+    it('replays a refused message with the envelope explain needs and a message file, and says where the message comes from', () => {
+        const line = commandLines(runbook).find((l) => l.startsWith('mailwarden explain '));
+        assert.ok(line, 'the runbook has an explain command');
+        for (const option of ['--client-ip \\S+', '--helo \\S+', '--mail-from \\S+@\\S+', '--rcpt \\S+@\\S+']) {
+            assert.match(line, new RegExp(` ${option}( |$)`), option);
+        }
+        assert.match(line, / \S+\.eml$/, 'the message file comes last');
+        const spike = section(runbook, 'MailwardenRejectRatioSpike');
+        assert.match(spike, /ask the sender for theirs/);
+        assert.match(spike, /postcat -bhq QUEUEID/);
+    });
+
+    it('says that without Redis a restart clears the login lockout', () => {
+        const text = section(runbook, 'MailwardenAuthFailureSpike');
+        assert.match(text, /mailwarden auth unlock -c /);
+        assert.match(text, /without a `redis:` section[\s\S]*`systemctl restart mailwarden` clears the counts/);
+    });
+});
+
 describe('the runbook on refusals softReject does not soften', () => {
     it('says softReject does not cover relay refusals, and what to do instead', () => {
         const reload = section(runbook, 'Reloading (SIGHUP)');
