@@ -481,7 +481,11 @@ describe('shell scripts', () => {
                 join(bin, 'install'),
                 `#!/bin/sh\necho "install $*" >>"${log}"\nfor last; do :; done\neval "src=\\\${$(($#-1))}"\ncp "$src" "$last"\n`,
             );
-            writeFileSync(join(bin, 'systemctl'), `#!/bin/sh\necho "systemctl $*" >>"${log}"\n`);
+            // `systemctl is-active` answers as $ACTIVE says
+            writeFileSync(
+                join(bin, 'systemctl'),
+                `#!/bin/sh\necho "systemctl $*" >>"${log}"\ncase "$1" in is-active) exit "\${ACTIVE:-0}" ;; esac\n`,
+            );
             chmodSync(join(bin, 'install'), 0o755);
             chmodSync(join(bin, 'systemctl'), 0o755);
             const hook = join(rootDir, 'deploy/tls/certbot-deploy-hook.sh');
@@ -501,7 +505,15 @@ describe('shell scripts', () => {
             assert.equal(readFileSync(join(etc, 'tls.key'), 'utf8'), 'KEY\n');
             const calls = readFileSync(log, 'utf8');
             assert.match(calls, /^install -m 0640 -o root -g mailwarden .*privkey\.pem /m);
-            assert.match(calls, /^systemctl try-reload-or-restart mailwarden\.service$/m);
+            assert.match(
+                calls,
+                /^systemctl is-active --quiet mailwarden\.service\nsystemctl reload mailwarden\.service\n$/m,
+            );
+            // Not running yet (step 1) or stopped: the certificate is copied, nothing is reloaded.
+            rmSync(log);
+            const stopped = await run('sh', [hook], { ...env, ACTIVE: '3', RENEWED_DOMAINS: 'mx.example.com' });
+            assert.equal(stopped.code, 0, stopped.err);
+            assert.doesNotMatch(readFileSync(log, 'utf8'), /systemctl reload/);
         } finally {
             rmSync(dir, { recursive: true, force: true });
         }

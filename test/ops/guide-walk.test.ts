@@ -364,7 +364,7 @@ describe('a new operator follows docs/deploy-postfix.md on a stock Debian Postfi
             readRepo('deploy/tls/certbot-deploy-hook.sh'),
         );
         assert.equal(readFileSync(join(dir, 'etc/mailwarden/tls.crt'), 'utf8'), readFileSync(cert.certPath, 'utf8'));
-        assert.match(readFileSync(paths.calls, 'utf8'), /^systemctl try-reload-or-restart mailwarden\.service$/m);
+        assert.match(readFileSync(paths.calls, 'utf8'), /^systemctl is-active --quiet mailwarden\.service$/m);
 
         // The operator's edits: hostname and domains stay the example's; no Redis here. The test
         // also moves the paths and points DNS at the namespace's resolver.
