@@ -5,10 +5,16 @@
  * warnings (rule cases that do not hold, settings that are valid but risky such as
  * `upstream.xclient: false`, a users file other users can read) are printed as
  * `FILE[:LINE:COL]: warning: message` and exit 0, because `serve` runs with them too.
- * `--strict` (for CI) exits 1 on warnings.
+ * `--strict` (for CI) exits 1 on warnings. It also warns when `hostname` or `domains` still hold
+ * the shipped example's placeholders (mx.example.com, example.com): with them, mail for the real
+ * domains is refused as relaying (`550 5.7.1`, which `softReject` does not soften). Only a
+ * warning, as test and example set-ups use those names on purpose.
  * It only reads and reports: it must not start listeners or connect anywhere (so what the
  * upstream offers, such as its SIZE, is checked by `serve` at start, not here).
  */
+import fs from 'node:fs';
+import path from 'node:path';
+import { isMap, isScalar, isSeq, LineCounter, parseDocument, type Node } from 'yaml';
 import { ConfigError, formatIssue, loadConfigWithWarnings, type Issue } from '../config/load.ts';
 import type { Config } from '../config/types.ts';
 import { checkRules } from '../rules/index.ts';
@@ -37,6 +43,49 @@ export const checkValidators: CheckValidator[] = [
     // the submission users (or sendAs) file parses, and holds only password hashes
     submissionFilesCheck,
 ];
+
+/** The example configuration's names (deploy/mailwarden.yaml), which are nobody's real domains (RFC 2606). */
+export const PLACEHOLDER_HOSTNAME = 'mx.example.com';
+export const PLACEHOLDER_DOMAIN = 'example.com';
+
+/**
+ * Warnings for `hostname` and `domains` entries that are still the example's placeholders, at
+ * their place in the file (`text`, named `file`). Reads the YAML source only for positions.
+ */
+export function placeholderWarnings(file: string, text: string, config: Config): Issue[] {
+    const lines = new LineCounter();
+    const doc = parseDocument(text, { lineCounter: lines });
+    const at = (node: unknown, message: string): Issue => {
+        const offset = (node as Node | null)?.range?.[0] ?? 0;
+        const { line, col } = lines.linePos(offset);
+        return { file, line, col, message, severity: 'warning' };
+    };
+    const warnings: Issue[] = [];
+    const root = doc.contents;
+    if (!isMap(root)) return warnings;
+    if (config.hostname.toLowerCase() === PLACEHOLDER_HOSTNAME) {
+        warnings.push(
+            at(
+                root.get('hostname', true),
+                `hostname: still the example's "${PLACEHOLDER_HOSTNAME}"; write the name of your MX records and certificate`,
+            ),
+        );
+    }
+    const domains = root.get('domains', true);
+    const items: unknown[] = isSeq(domains) ? domains.items : [domains];
+    for (const item of items) {
+        if (!isScalar(item) || typeof item.value !== 'string') continue;
+        if (item.value.toLowerCase() !== PLACEHOLDER_DOMAIN) continue;
+        warnings.push(
+            at(
+                item,
+                `domains: still the example's "${PLACEHOLDER_DOMAIN}"; list every domain Postfix receives mail for, ` +
+                    'or mail to them is refused as relaying (550 5.7.1, not softened by softReject)',
+            ),
+        );
+    }
+    return warnings;
+}
 
 export interface CheckOptions {
     readonly configPath: string | null;
@@ -67,6 +116,10 @@ export async function runCheck(opts: CheckOptions): Promise<number> {
         return 1;
     }
     const issues: Issue[] = [];
+    if (opts.configPath !== null) {
+        const text = fs.readFileSync(path.resolve(opts.cwd ?? process.cwd(), opts.configPath), 'utf8');
+        issues.push(...placeholderWarnings(opts.configPath, text, config));
+    }
     for (const validator of opts.validators ?? checkValidators) {
         issues.push(...(await validator.validate(config)));
         for (const w of validator.warn?.(config) ?? []) opts.err(`${w.file}: warning: ${w.message}`);

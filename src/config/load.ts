@@ -89,6 +89,10 @@ const LISTENER_KEYS = [
     'maxRecipients',
     'preTransactionTimeout',
 ] as const;
+/** Listener keys written at the top level by mistake: the unknown-key error points at `listeners[]`. */
+const LISTENER_ONLY_KEYS: Readonly<Record<string, string>> = Object.fromEntries(
+    LISTENER_KEYS.filter((k) => !['name', 'host', 'port', 'tls'].includes(k)).map((k) => [k, 'listeners[]']),
+);
 const UPSTREAM_KEYS = ['url', 'xclient', 'starttls', 'tlsVerify', 'connectTimeout', 'timeout', 'dataTimeout'] as const;
 const SMTP_ONLY_KEYS = ['xclient', 'starttls', 'tlsVerify', 'connectTimeout', 'timeout', 'dataTimeout'] as const;
 const LOG_LEVELS = ['trace', 'debug', 'info', 'warn', 'error'] as const;
@@ -227,7 +231,7 @@ class ConfigBuilder {
         const r = this.r;
         const defaults = defaultConfig(this.baseDir, this.source);
         const root = r.root();
-        const top = r.isEmpty(root) ? new Map<string, Field>() : r.map(root, TOP_KEYS);
+        const top = r.isEmpty(root) ? new Map<string, Field>() : r.map(root, TOP_KEYS, LISTENER_ONLY_KEYS);
         if (top === null) return defaults;
         const get = (key: string): Field | undefined => (r.isEmpty(top.get(key)) ? undefined : top.get(key));
 

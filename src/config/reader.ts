@@ -167,8 +167,14 @@ export class SourceReader {
     /**
      * A map whose keys must all be among `keys`. Returns the present entries by key (unknown
      * keys reported with a suggestion), or null (reported) when the value is not a map.
+     * `elsewhere` names, for keys that belong one level down, where they go (`maxMessageSize`
+     * → `listeners[]`): the suggestion then points there.
      */
-    map(field: Field, keys: readonly string[]): Map<string, Field> | null {
+    map(
+        field: Field,
+        keys: readonly string[],
+        elsewhere: Readonly<Record<string, string>> = {},
+    ): Map<string, Field> | null {
         const node = this.deref(field);
         if (node === null || !isMap(node)) {
             const shown = keys.length > 4 ? [...keys.slice(0, 3), '…'] : keys;
@@ -186,7 +192,12 @@ export class SourceReader {
             }
             if (!keys.includes(keyValue)) {
                 const where = field.path ? ` in ${field.path}` : '';
-                this.report(keyOffset, `unknown key "${keyValue}"${where}${didYouMean(keyValue, keys)}`);
+                const parent = Object.hasOwn(elsewhere, keyValue) ? elsewhere[keyValue] : undefined;
+                const hint =
+                    parent === undefined
+                        ? didYouMean(keyValue, keys)
+                        : ` (did you mean "${parent}.${keyValue}"? it is set on each entry of ${parent.replace(/\[\]$/, '')})`;
+                this.report(keyOffset, `unknown key "${keyValue}"${where}${hint}`);
                 continue;
             }
             const valueNode = (pair.value as Node | null) ?? null;

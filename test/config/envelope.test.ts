@@ -82,7 +82,7 @@ describe('an mx listener in front of an SMTP upstream', () => {
 });
 
 describe('upstream.xclient: false', () => {
-    const yaml = 'domains: [example.com]\nupstream:\n  url: smtp://127.0.0.1:10026\n  xclient: false\n';
+    const yaml = 'domains: [example.org]\nupstream:\n  url: smtp://127.0.0.1:10026\n  xclient: false\n';
 
     it('loads, with a warning at the key', () => {
         const dir = folderWith({ 'mailwarden.yaml': yaml });

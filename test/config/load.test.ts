@@ -569,7 +569,7 @@ describe('validation', () => {
 
 describe('runCheck', () => {
     it('prints ok for a valid file and returns 0', async () => {
-        const dir = folderWith({ 'mw.yaml': 'hostname: mx.example.com\n' });
+        const dir = folderWith({ 'mw.yaml': 'hostname: mx.example.org\n' });
         const out: string[] = [];
         const err: string[] = [];
         const code = await runCheck({
@@ -683,7 +683,7 @@ describe('docs/configuration.md', () => {
         fs.copyFileSync(KEY, path.join(dir, 'tls.key'));
         const local = yaml
             .replaceAll('/etc/mailwarden/', `${dir}/`)
-            .replaceAll('/var/spool/mailwarden', `${dir}/spool`);
+            .replaceAll('/var/lib/mailwarden/spool', `${dir}/spool`);
         fs.writeFileSync(path.join(dir, 'mailwarden.yaml'), local);
         const config = loadConfig(path.join(dir, 'mailwarden.yaml'), {});
         assert.deepEqual(

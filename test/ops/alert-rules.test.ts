@@ -7,7 +7,7 @@
  * passes `promtool check config`.
  */
 import assert from 'node:assert/strict';
-import { copyFileSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { copyFileSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -112,6 +112,45 @@ describe('alert rules', () => {
             'mailwarden_smtp_auth_total{result="invalid"}',
         ]) {
             assert.ok(all.includes(metric), `an alert reads ${metric}`);
+        }
+    });
+
+    it('are installed and loaded as the guide says for a Prometheus on the mail host, which promtool accepts', async () => {
+        const guide = read('docs/deploy-postfix.md');
+        const monitoring = guide.slice(guide.indexOf('## Monitoring: Prometheus, Grafana, alerts'));
+        const install =
+            /^install -m 0644 "\$\(npm root -g\)\/mailwarden\/(grafana\/alerts\.yml)" \/etc\/prometheus\/(\S+)$/m.exec(
+                monitoring,
+            );
+        assert.ok(install, 'the guide installs alerts.yml into /etc/prometheus');
+        const snippet = /```yaml\n(rule_files:[\s\S]*?)```/.exec(monitoring)?.[1];
+        assert.ok(snippet, 'the guide shows the prometheus.yml lines');
+        const config = parse(snippet) as {
+            rule_files: string[];
+            scrape_configs: { job_name: string; static_configs: { targets: string[] }[] }[];
+        };
+        assert.deepEqual(config.rule_files, [install[2]]);
+        const job = config.scrape_configs.find((j) => j.job_name === 'mailwarden');
+        const http = (parse(read('deploy/mailwarden.yaml')) as { http: { host: string; port: number } }).http;
+        assert.deepEqual(
+            job?.static_configs[0]?.targets,
+            [`${http.host}:${http.port}`],
+            "the target is step 1's http address",
+        );
+        assert.match(
+            monitoring,
+            /^promtool check config \/etc\/prometheus\/prometheus\.yml && systemctl reload prometheus$/m,
+        );
+        assert.match(monitoring, new RegExp(`^sed -i .* /etc/prometheus/${install[2]!.replaceAll('.', '\\.')}$`, 'm'));
+        const dir = mkdtempSync(join(tmpdir(), 'mailwarden-promtool-'));
+        try {
+            writeFileSync(join(dir, 'prometheus.yml'), snippet);
+            copyFileSync(new URL(install[1]!, root), join(dir, install[2]!));
+            const r = await promtool(['check', 'config', 'prometheus.yml'], dir);
+            assert.equal(r.code, 0, r.output);
+            assert.match(r.output, /SUCCESS: 1 rule files found/);
+        } finally {
+            rmSync(dir, { recursive: true, force: true });
         }
     });
 

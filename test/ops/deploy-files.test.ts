@@ -28,8 +28,10 @@ import { fileURLToPath } from 'node:url';
 import { after, before, describe, it } from 'node:test';
 import { parse } from 'yaml';
 import { RESTART_EXIT_CODE } from '../../src/commands/serve.ts';
+import { DEFAULTS } from '../../src/config/defaults.ts';
 import { loadConfig } from '../../src/config/load.ts';
 import type { Config } from '../../src/config/types.ts';
+import { section } from '../helpers/guide.ts';
 import { parseMainCf, postfixUpstreamMasterCf } from '../helpers/postfix.ts';
 
 const root = new URL('../../', import.meta.url);
@@ -84,6 +86,7 @@ describe('the deployment guide', () => {
             ...postfixFiles,
             'deploy/mailwarden.yaml',
             'deploy/systemd/mailwarden.service',
+            'deploy/nftables/mailwarden.nft',
             'deploy/tls/certbot-deploy-hook.sh',
         ]) {
             assert.ok(shown.has(file), `the guide includes ${file}`);
@@ -112,6 +115,31 @@ describe('the deployment guide', () => {
         for (const topic of ['What stays in Postfix', 'CAP_NET_BIND_SERVICE', 'TLS certificates', 'runbook.md']) {
             assert.ok(guide.includes(topic), `the guide covers ${topic}`);
         }
+    });
+
+    it('keeps every program but mailwarden off the XCLIENT port with a complete nftables table', () => {
+        const nft = read('deploy/nftables/mailwarden.nft');
+        const [host, port] = upstreamAddress.split(':');
+        // A table of its own, replaced as a whole when loaded again.
+        assert.match(nft, /^table inet mailwarden\ndelete table inet mailwarden\n\ntable inet mailwarden \{$/m);
+        assert.match(nft, /^\tchain output \{\n\t\ttype filter hook output priority filter; policy accept;$/m);
+        assert.match(
+            nft,
+            new RegExp(
+                `^\\t\\toif "lo" ip daddr ${host!.replaceAll('.', '\\.')} tcp dport ${port} meta skuid != "mailwarden" .*reject`,
+                'm',
+            ),
+        );
+        const steps = section(guide, 'Other programs on this host');
+        assert.match(
+            steps,
+            /^install -m 0644 "\$\(npm root -g\)\/mailwarden\/deploy\/nftables\/mailwarden\.nft" \/etc\/nftables-mailwarden\.nft$/m,
+        );
+        assert.match(
+            steps,
+            /^nft -c -f \/etc\/nftables\.conf && systemctl enable nftables\.service && systemctl restart nftables\.service$/m,
+        );
+        assert.match(steps, /does not help/, 'allow-networks.txt does not open relaying');
     });
 
     it('asks for nothing but npm: no Node.js of its own, no unpacked release folder', () => {
@@ -174,7 +202,35 @@ describe('example configurations', () => {
         // unit keeps it.
         assert.match(read('deploy/systemd/mailwarden.service'), /^StateDirectory=mailwarden mailwarden\/spool$/m);
         assert.match(guide, /^install -d .* \/var\/lib\/mailwarden\/spool$/m);
+        // One mode for the spool folder everywhere: the guide's, the unit's and the one serve sets.
+        assert.match(
+            guide,
+            /^install -d -m 0700 -o mailwarden -g mailwarden \/var\/lib\/mailwarden \/var\/lib\/mailwarden\/spool$/m,
+        );
+        assert.match(read('deploy/systemd/mailwarden.service'), /^StateDirectoryMode=0700$/m);
+        assert.match(read('src/data/spool.ts'), /mkdir\(dir, \{ recursive: true, mode: 0o700 \}\)/);
+        assert.doesNotMatch(guide, /spool[^\n]*0750|0750[^\n]*spool/);
         assert.match(read('deploy/mailwarden.yaml'), /spool: \{ dir: \/var\/lib\/mailwarden\/spool \}/);
+    });
+
+    it("docs/configuration.md's complete example fits the unit and the Postfix entry", () => {
+        const doc = read('docs/configuration.md');
+        const yaml = /```yaml\n([\s\S]*?)```/.exec(doc.slice(doc.indexOf('## A complete example')))?.[1];
+        const example = parse(yaml!) as {
+            listeners: { host: string; maxClients?: number }[];
+            spool: { dir: string };
+        };
+        const unit = read('deploy/systemd/mailwarden.service');
+        const state = /^StateDirectory=(\S+)/m.exec(unit)![1]!;
+        assert.match(unit, /^ProtectSystem=strict$/m);
+        assert.ok(
+            example.spool.dir.startsWith(`/var/lib/${state}/`),
+            `${example.spool.dir} is writable under ProtectSystem=strict`,
+        );
+        for (const l of example.listeners) assert.equal(l.host, '::', 'IPv6 and IPv4, as Postfix listened');
+        const maxproc = Number(postfixUpstreamMasterCf().split('\n')[0]!.trim().split(/\s+/)[6]);
+        const sum = example.listeners.reduce((n, l) => n + (l.maxClients ?? DEFAULTS.maxClients), 0);
+        assert.ok(sum <= maxproc, `maxClients ${sum} <= maxproc ${maxproc}`);
     });
 
     it('deploy/compose/mailwarden.yaml validates and matches the compose wiring', () => {
@@ -425,7 +481,11 @@ describe('shell scripts', () => {
                 join(bin, 'install'),
                 `#!/bin/sh\necho "install $*" >>"${log}"\nfor last; do :; done\neval "src=\\\${$(($#-1))}"\ncp "$src" "$last"\n`,
             );
-            writeFileSync(join(bin, 'systemctl'), `#!/bin/sh\necho "systemctl $*" >>"${log}"\n`);
+            // `systemctl is-active` answers as $ACTIVE says
+            writeFileSync(
+                join(bin, 'systemctl'),
+                `#!/bin/sh\necho "systemctl $*" >>"${log}"\ncase "$1" in is-active) exit "\${ACTIVE:-0}" ;; esac\n`,
+            );
             chmodSync(join(bin, 'install'), 0o755);
             chmodSync(join(bin, 'systemctl'), 0o755);
             const hook = join(rootDir, 'deploy/tls/certbot-deploy-hook.sh');
@@ -445,7 +505,15 @@ describe('shell scripts', () => {
             assert.equal(readFileSync(join(etc, 'tls.key'), 'utf8'), 'KEY\n');
             const calls = readFileSync(log, 'utf8');
             assert.match(calls, /^install -m 0640 -o root -g mailwarden .*privkey\.pem /m);
-            assert.match(calls, /^systemctl try-reload-or-restart mailwarden\.service$/m);
+            assert.match(
+                calls,
+                /^systemctl is-active --quiet mailwarden\.service\nsystemctl reload mailwarden\.service\n$/m,
+            );
+            // Not running yet (step 1) or stopped: the certificate is copied, nothing is reloaded.
+            rmSync(log);
+            const stopped = await run('sh', [hook], { ...env, ACTIVE: '3', RENEWED_DOMAINS: 'mx.example.com' });
+            assert.equal(stopped.code, 0, stopped.err);
+            assert.doesNotMatch(readFileSync(log, 'utf8'), /systemctl reload/);
         } finally {
             rmSync(dir, { recursive: true, force: true });
         }

@@ -24,6 +24,7 @@ import {
     symlinkSync,
     writeFileSync,
     chmodSync,
+    statSync,
     chownSync,
 } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -184,6 +185,7 @@ describe('a new operator follows docs/deploy-postfix.md on a stock Debian Postfi
         cert = await createTestCertificate();
         const live = join(dir, 'etc/letsencrypt/live/mx.example.com');
         mkdirSync(live, { recursive: true });
+        mkdirSync(join(dir, 'etc/letsencrypt/renewal-hooks/deploy'), { recursive: true });
         copyFileSync(cert.certPath, join(live, 'fullchain.pem'));
         copyFileSync(cert.keyPath, join(live, 'privkey.pem'));
         symlinkSync(repo, join(dir, 'npm-root/mailwarden'));
@@ -246,6 +248,8 @@ describe('a new operator follows docs/deploy-postfix.md on a stock Debian Postfi
             npm: 'case "$1" in root) echo "$NPM_ROOT" ;; *) echo "npm $*" >>"$CALLS" ;; esac',
             useradd: 'echo "useradd $*" >>"$CALLS"',
             chgrp: 'echo "chgrp $*" >>"$CALLS"',
+            // runs the command as root here: the mailwarden user does not exist
+            runuser: 'echo "runuser $*" >>"$CALLS"; while [ "$1" != -- ]; do shift; done; shift; exec "$@"',
             // install without -o and -g: the mailwarden user does not exist here
             install: [
                 'n=$#',
@@ -259,7 +263,7 @@ describe('a new operator follows docs/deploy-postfix.md on a stock Debian Postfi
             systemctl: [
                 'echo "systemctl $*" >>"$CALLS"',
                 'case "$*" in',
-                '"start mailwarden")',
+                '"start mailwarden" | "enable --now mailwarden")',
                 `    nsenter --net="$NETNS" -- env MAILWARDEN_CONFIG="$MW_CONFIG" "${LAUNCHER}" serve >>"$MW_LOG" 2>&1 </dev/null &`,
                 '    echo $! >"$MW_PID" ;;',
                 '"stop mailwarden" | "disable --now mailwarden")',
@@ -283,6 +287,8 @@ describe('a new operator follows docs/deploy-postfix.md on a stock Debian Postfi
             MW_CONFIG: paths.mwConfig,
             MW_LOG: paths.mwLog,
             MW_PID: paths.mwPid,
+            // where the certbot hook writes (its default is /etc/mailwarden)
+            MAILWARDEN_ETC: join(dir, 'etc/mailwarden'),
         };
         table = {
             '/etc/postfix': conf,
@@ -324,8 +330,15 @@ describe('a new operator follows docs/deploy-postfix.md on a stock Debian Postfi
     });
 
     it('step 1: installs the configuration, and `mailwarden check` passes before any service ran', async () => {
-        const [install, folders, users] = shellBlocks(guide, 'Step 1: install mailwarden');
-        assert.ok(install && folders && users, 'step 1 has its three command blocks');
+        const [source, install, folders, hook, users] = shellBlocks(guide, 'Step 1: install mailwarden');
+        assert.ok(source && install && folders && hook && users, 'step 1 has its five command blocks');
+        // The package is made from the project's source at a tag (not run here: no network); the
+        // folder it is made in is where the install runs.
+        assert.match(
+            source,
+            /^git clone https:\/\/github\.com\/mailwarden\/mailwarden\.git (\S+)\ncd \1 && git checkout v\d+\.\d+\.\d+ && npm pack\n$/,
+        );
+        assert.match(section(guide, 'Step 1: install mailwarden'), /`apt install git`/);
         const i = await step(install);
         assert.equal(i.code, 0, i.err);
         assert.match(i.out, /^mailwarden \d+\.\d+\.\d+$/m);
@@ -334,6 +347,24 @@ describe('a new operator follows docs/deploy-postfix.md on a stock Debian Postfi
         const f = await step(folders);
         assert.equal(f.code, 0, f.err);
         assert.ok(existsSync(join(dir, 'var/lib/mailwarden/spool')), 'the spool folder exists before the first check');
+        assert.match(readFileSync(paths.calls, 'utf8'), /^chgrp -R mailwarden \S+\/etc\/mailwarden\/rules$/m);
+        const ruleFile = join(
+            dir,
+            'etc/mailwarden/rules',
+            readdirSync(join(dir, 'etc/mailwarden/rules')).find((f) => f.endsWith('.yaml'))!,
+        );
+        assert.equal(statSync(ruleFile).mode & 0o040, 0o040, 'rule files are readable by the group');
+
+        // The certbot hook is installed with the certificate, and tried once: nothing runs yet.
+        writeFileSync(join(dir, 'etc/mailwarden/tls.crt'), 'stale\n');
+        const h = await step(hook);
+        assert.equal(h.code, 0, `${h.out}${h.err}`);
+        assert.equal(
+            readFileSync(join(dir, 'etc/letsencrypt/renewal-hooks/deploy/mailwarden'), 'utf8'),
+            readRepo('deploy/tls/certbot-deploy-hook.sh'),
+        );
+        assert.equal(readFileSync(join(dir, 'etc/mailwarden/tls.crt'), 'utf8'), readFileSync(cert.certPath, 'utf8'));
+        assert.match(readFileSync(paths.calls, 'utf8'), /^systemctl is-active --quiet mailwarden\.service$/m);
 
         // The operator's edits: hostname and domains stay the example's; no Redis here. The test
         // also moves the paths and points DNS at the namespace's resolver.
@@ -344,6 +375,10 @@ describe('a new operator follows docs/deploy-postfix.md on a stock Debian Postfi
         const u = await step(users, 'correct horse battery\n');
         assert.equal(u.code, 0, `${u.out}${u.err}`);
         assert.match(u.out, /^ok: /m);
+        assert.match(readFileSync(paths.calls, 'utf8'), /^runuser -u mailwarden -- mailwarden check -c /m);
+        // The example's names are still there: check warns, at their lines, and still passes.
+        assert.match(u.err, /mailwarden\.yaml:\d+:\d+: warning: hostname: still the example's "mx\.example\.com"/);
+        assert.match(u.err, /mailwarden\.yaml:\d+:\d+: warning: domains: still the example's "example\.com"/);
         const usersFile = readFileSync(join(dir, 'etc/mailwarden/users.yaml'), 'utf8');
         assert.match(usersFile, /alice@example\.com/);
 
@@ -375,7 +410,9 @@ describe('a new operator follows docs/deploy-postfix.md on a stock Debian Postfi
     });
 
     it('step 3: adds the loopback smtpd (twice: still one entry); it answers without offering AUTH', async () => {
-        const [apply, resize] = shellBlocks(guide, 'Step 3: Postfix master.cf');
+        const blocks = shellBlocks(guide, 'Step 3: Postfix master.cf');
+        const apply = blocks[0];
+        const resize = blocks.find((b) => b.includes('process_limit='));
         for (let i = 0; i < 2; i++) {
             const r = await step(apply!);
             assert.equal(r.code, 0, r.err);
@@ -412,13 +449,29 @@ describe('a new operator follows docs/deploy-postfix.md on a stock Debian Postfi
             readFileSync(join(dir, 'etc/systemd/system/mailwarden.service'), 'utf8'),
             readRepo('deploy/systemd/mailwarden.service'),
         );
-        assert.match(readFileSync(paths.calls, 'utf8'), /^systemctl enable mailwarden$/m);
+        // Enabled at boot only by step 5: a reboot before it must leave port 25 to Postfix.
+        assert.doesNotMatch(readFileSync(paths.calls, 'utf8'), /^systemctl (enable|start)/m);
     });
 
     it('step 5: hands 25, 587 and 465 to mailwarden, on IPv4 and IPv6', async () => {
-        const [switchOver] = shellBlocks(guide, 'Step 5: the switch-over');
+        const [review, precheck, switchOver, goNoGo] = shellBlocks(guide, 'Step 5: the switch-over');
+        // The review lists every inet service, whatever its address.
+        const listed = await step(review!);
+        assert.equal(listed.code, 0, listed.err);
+        assert.deepEqual(
+            listed.out
+                .trim()
+                .split('\n')
+                .map((l) => l.split(/\s+/)[0])
+                .sort(),
+            ['127.0.0.1:10026', 'smtp'],
+        );
+        const checked = await step(precheck!);
+        assert.equal(checked.code, 0, `${checked.out}${checked.err}`);
+        assert.match(precheck!, /^runuser -u mailwarden -- mailwarden check -c /m);
         const r = await step(switchOver!);
         assert.equal(r.code, 0, `${r.out}${r.err}`);
+        assert.match(readFileSync(paths.calls, 'utf8'), /^systemctl enable --now mailwarden$/m);
         assert.deepEqual(
             services(await postconf('-M')).filter((s) => s.includes('/inet')),
             ['127.0.0.1:10026/inet smtpd'],
@@ -429,7 +482,12 @@ describe('a new operator follows docs/deploy-postfix.md on a stock Debian Postfi
         // One dual-stack socket per port, as the guide says ss shows it.
         const listening = await inNetns('ss', ['-ltnH']);
         for (const port of [25, 587, 465]) assert.match(listening.out, new RegExp(` \\*:${port} `), `*:${port}`);
-        assert.match(section(guide, 'Step 5: the switch-over'), /`\*:25`, `\*:587` and `\*:465`/);
+        assert.match(section(guide, 'Step 5: the switch-over'), /`\*:25`, `\*:587` and\s+`\*:465`/);
+        // Go or no-go: mailwarden on port 25, /readyz 200.
+        const go = await inNetns('sh', ['-e', '-c', goNoGo!]);
+        assert.equal(go.code, 0, go.err);
+        assert.match(go.out, /\*:25 .*users:\(\("MainThread",/, 'Node.js 24 names its process as the guide says');
+        assert.match(go.out, /^200$/m);
     });
 
     it('step 6: mail arrives over IPv4 and IPv6 from another domain, relaying needs a login', async () => {
@@ -485,6 +543,9 @@ describe('a new operator follows docs/deploy-postfix.md on a stock Debian Postfi
 
     it('rolling back gives port 25 to Postfix again, without its commented postscreen', async () => {
         const [rollback, removal] = shellBlocks(guide, 'Rolling back');
+        // Postfix checks the restored services while mailwarden still holds the ports; then the
+        // ports change hands in one line.
+        assert.match(rollback!, /^cat .*\npostfix check\nsystemctl disable --now mailwarden && postfix reload\n$/);
         const r = await step(rollback!);
         assert.equal(r.code, 0, `${r.out}${r.err}`);
         assert.match(readFileSync(paths.calls, 'utf8'), /^systemctl disable --now mailwarden$/m);

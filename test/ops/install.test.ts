@@ -133,7 +133,8 @@ describe('installing with npm on a machine whose Node.js is older than 24', { ti
     });
 
     it("installs with the guide's `npm install -g` and runs on the Node.js 24 that came with it", async () => {
-        const [install] = shellBlocks(guide, 'Step 1: install mailwarden');
+        // The block that installs (the one before it makes the package from the source).
+        const install = shellBlocks(guide, 'Step 1: install mailwarden').find((b) => b.startsWith('npm install -g '));
         assert.match(
             install!,
             new RegExp(`\\./mailwarden-${pkg.version.replaceAll('.', '\\.')}\\.tgz`),
@@ -262,27 +263,53 @@ describe('installing with npm on a machine whose Node.js is older than 24', { ti
     });
 
     it("upgrades with the guide's commands: the new release checks first; configuration and data stay", async () => {
-        const [upgrade] = shellBlocks(guide, 'Upgrading mailwarden');
+        const [stage, upgrade] = shellBlocks(guide, 'Upgrading mailwarden');
         const calls = join(dir, 'calls');
-        const shims = writeShims(join(dir, 'shims'), { systemctl: `echo "systemctl $*" >>"${calls}"` });
+        const shims = writeShims(join(dir, 'shims'), {
+            systemctl: `echo "systemctl $*" >>"${calls}"`,
+            // runs the command as this user: the mailwarden user does not exist here
+            runuser: `echo "runuser $*" >>"${calls}"; while [ "$1" != -- ]; do shift; done; shift; exec "$@"`,
+        });
+        // The unit and the certbot hook as step 1 and step 4 installed them.
+        mkdirSync(join(dir, 'etc/systemd/system'), { recursive: true });
+        mkdirSync(join(dir, 'etc/letsencrypt/renewal-hooks/deploy'), { recursive: true });
+        copyFileSync(
+            join(repo, 'deploy/systemd/mailwarden.service'),
+            join(dir, 'etc/systemd/system/mailwarden.service'),
+        );
+        copyFileSync(
+            join(repo, 'deploy/tls/certbot-deploy-hook.sh'),
+            join(dir, 'etc/letsencrypt/renewal-hooks/deploy/mailwarden'),
+        );
         const table = {
             './mailwarden-0.2.0.tgz': nextTarball,
             '/var/tmp/mailwarden-next': join(dir, 'mailwarden-next'),
             '/etc/mailwarden': etc,
+            '/etc/systemd/system': join(dir, 'etc/systemd/system'),
+            '/etc/letsencrypt': join(dir, 'etc/letsencrypt'),
         };
-        const run = (): Promise<{ code: number; out: string; err: string }> =>
-            runShell(substitute(upgrade!, table), {
-                env: operatorEnv({ npm_config_prefix: prefix }, `${shims}:${oldPath}`),
-                cwd: dir,
-                timeoutMs: 600_000,
-            });
+        const run = async (): Promise<{ code: number; out: string; err: string }> => {
+            let out = '';
+            let err = '';
+            for (const block of [stage!, upgrade!]) {
+                const r = await runShell(substitute(block, table), {
+                    env: operatorEnv({ npm_config_prefix: prefix }, `${shims}:${oldPath}`),
+                    cwd: dir,
+                    timeoutMs: 600_000,
+                });
+                out += r.out;
+                err += r.err;
+                if (r.code !== 0) return { code: r.code, out, err };
+            }
+            return { code: 0, out, err };
+        };
         const version = async (): Promise<string> => (await mailwarden(['--version'])).out.trim();
         assert.equal(await version(), `mailwarden ${pkg.version}`);
 
         // Nothing is replaced or restarted unless the new release accepted the configuration.
         assert.match(
             upgrade!,
-            /^\/var\/tmp\/mailwarden-next\/bin\/mailwarden check -c \/etc\/mailwarden\/mailwarden\.yaml && npm install -g \S+ && systemctl restart mailwarden$/m,
+            /^runuser -u mailwarden -- \/var\/tmp\/mailwarden-next\/bin\/mailwarden check -c \/etc\/mailwarden\/mailwarden\.yaml && npm install -g \S+ && systemctl restart mailwarden$/m,
         );
         writeFileSync(join(dir, 'var/lib/mailwarden/spool/kept'), 'data\n');
         const before = [digest(etc), digest(join(dir, 'var/lib/mailwarden'))];
@@ -294,7 +321,27 @@ describe('installing with npm on a machine whose Node.js is older than 24', { ti
             before,
             'configuration and data unchanged',
         );
-        assert.equal(readFileSync(calls, 'utf8'), 'systemctl restart mailwarden\n');
+        assert.match(
+            readFileSync(calls, 'utf8'),
+            /^runuser -u mailwarden -- \S+ check -c \S+\nsystemctl restart mailwarden\n$/,
+        );
+        // The staged release is compared with the installed rules, unit and hook before anything changes.
+        for (const path of [
+            '/etc/mailwarden/rules',
+            '/etc/systemd/system/mailwarden.service',
+            '/etc/letsencrypt/renewal-hooks/deploy/mailwarden',
+        ]) {
+            assert.match(
+                stage!,
+                new RegExp(`^diff -r?u ${path.replaceAll('.', '\\.')} /var/tmp/mailwarden-next/`, 'm'),
+                path,
+            );
+        }
+        assert.doesNotMatch(
+            stage!,
+            /^(cp|install) .*\/etc\/mailwarden\/rules/m,
+            'new rule files are not copied in before the restart',
+        );
         assert.ok(!existsSync(join(dir, 'mailwarden-next')), 'the staging copy is removed');
         const check = await mailwarden(['check', '-c', join(etc, 'mailwarden.yaml')]);
         assert.equal(check.code, 0, `the upgraded release runs on Node.js 24: ${check.err}`);

@@ -81,10 +81,95 @@ describe('the runbook', () => {
 
     it('names the configuration in every mailwarden command of the runbook and the guide', () => {
         const lines = [...commandLines(runbook), ...commandLines(guide)].filter((l) =>
-            /^mailwarden (check|users|explain|dkim)\b/.test(l),
+            /^(runuser -u mailwarden -- )?mailwarden (check|users|explain|dkim|auth)\b/.test(l),
         );
         assert.ok(lines.length >= 5);
         for (const line of lines) assert.match(line, / -c \/etc\/mailwarden\/mailwarden\.yaml\b| --file /, line);
+    });
+});
+
+describe('jq over the journal', () => {
+    /** What `journalctl -u mailwarden -o cat` prints: JSON lines among systemd's and the check's plain ones. */
+    const journal = [
+        'Started mailwarden.service - mailwarden anti-abuse SMTP proxy in front of Postfix.',
+        'ok: /etc/mailwarden/mailwarden.yaml',
+        JSON.stringify({ level: 30, msg: 'decision', action: 'reject', rules: ['x'], reason: 'r', from: 'a@b' }),
+        JSON.stringify({ level: 50, msg: 'upstream failed' }),
+        JSON.stringify({ level: 30, msg: 'auth', result: 'invalid', client: '192.0.2.1', login: 'a' }),
+        JSON.stringify({ level: 30, msg: 'reloaded', reload: 'config', changed: ['softReject'] }),
+        JSON.stringify({ level: 30, msg: 'envelope refused', refused: 'relay', rcptDomain: 'example.org' }),
+        JSON.stringify({ level: 40, msg: 'DNS list disabled', zone: 'zen.example', reason: 'refused' }),
+        'Stopping mailwarden.service - mailwarden anti-abuse SMTP proxy in front of Postfix...',
+        '',
+    ].join('\n');
+    const jqCommands = [...commandLines(runbook), ...commandLines(guide)]
+        .filter((l) => /journalctl\b.*\|\s*jq\b/.test(l))
+        .map((l) => /\bjq -\w+ '[^']*'/.exec(l)?.[0] ?? l);
+
+    it('reads every line as text and skips what is not JSON (-R, fromjson?)', () => {
+        assert.ok(jqCommands.length >= 7, jqCommands.join('\n'));
+        for (const jq of jqCommands) assert.match(jq, /^jq -[a-z]*R[a-z]* 'fromjson\?( \||')/, jq);
+    });
+
+    it('runs each of them over a journal with systemd lines in it', async () => {
+        for (const jq of jqCommands) {
+            const r = await runShell(jq, { env: process.env, cwd: tmpdir(), input: journal });
+            assert.equal(r.code, 0, `${jq}: ${r.err}`);
+            assert.notEqual(r.out, '', `${jq} finds its lines`);
+        }
+    });
+});
+
+describe('the runbook on failures the set-up itself causes', () => {
+    it('names the log line of a loopback smtpd without a SASL backend, which the master.cf entry needs', () => {
+        assert.match(readRepo('docs/postfix/master.cf'), /^ +-o smtpd_sasl_auth_enable=yes$/m);
+        const line = 'fatal: no SASL authentication mechanisms';
+        assert.ok(section(runbook, 'MailwardenUpstreamFailing').includes(line));
+        assert.ok(section(guide, 'Step 3: Postfix master.cf').includes(line));
+    });
+
+    it("points Dovecot logins at a socket of mailwarden's own, not Postfix's private folder", () => {
+        for (const file of ['docs/submission.md', 'docs/configuration.md']) {
+            const text = readRepo(file);
+            assert.match(text, /dovecot: unix:\/run\/dovecot\/auth-mailwarden/, file);
+            assert.doesNotMatch(text, /dovecot: unix:\/var\/spool\/postfix\/private\/auth/, file);
+        }
+        assert.match(
+            readRepo('docs/submission.md'),
+            /unix_listener \/run\/dovecot\/auth-mailwarden \{.*\n +mode = 0600\n +user = mailwarden/,
+        );
+    });
+});
+
+describe('the runbook replays and unlocks with complete commands', () => {
+    it('replays a refused message with the envelope explain needs and a message file, and says where the message comes from', () => {
+        const line = commandLines(runbook).find((l) => l.startsWith('mailwarden explain '));
+        assert.ok(line, 'the runbook has an explain command');
+        for (const option of ['--client-ip \\S+', '--helo \\S+', '--mail-from \\S+@\\S+', '--rcpt \\S+@\\S+']) {
+            assert.match(line, new RegExp(` ${option}( |$)`), option);
+        }
+        assert.match(line, / \S+\.eml$/, 'the message file comes last');
+        const spike = section(runbook, 'MailwardenRejectRatioSpike');
+        assert.match(spike, /ask the sender for theirs/);
+        assert.match(spike, /postcat -bhq QUEUEID/);
+    });
+
+    it('says that without Redis a restart clears the login lockout', () => {
+        const text = section(runbook, 'MailwardenAuthFailureSpike');
+        assert.match(text, /mailwarden auth unlock -c /);
+        assert.match(text, /without a `redis:` section[\s\S]*`systemctl restart mailwarden` clears the counts/);
+    });
+});
+
+describe('the runbook on refusals softReject does not soften', () => {
+    it('says softReject does not cover relay refusals, and what to do instead', () => {
+        const reload = section(runbook, 'Reloading (SIGHUP)');
+        assert.match(reload, /softReject/);
+        assert.match(reload, /does not cover relay refusals/);
+        const relay = section(runbook, 'MailwardenRelayRefusalsRising');
+        assert.match(relay, /postconf mydestination virtual_mailbox_domains/);
+        assert.match(relay, /postmap -s/);
+        assert.match(relay, /systemctl restart mailwarden/);
     });
 });
 

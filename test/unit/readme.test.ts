@@ -4,10 +4,12 @@
  * the package scripts that exist, and every document it links to exists.
  */
 import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import { mkdtemp, rm, writeFile, copyFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { describe, it } from 'node:test';
 import { loadConfig } from '../../src/config/load.ts';
 
@@ -50,6 +52,24 @@ describe('README', () => {
         assert.ok(scripts.start && scripts.test);
         const ci = readFileSync(new URL('.ci/run', root), 'utf8');
         assert.match(ci, /^npm test$/m, '.ci/run runs the README test command');
+    });
+
+    it('lists every command of `mailwarden help` in its command table', () => {
+        const help = execFileSync(process.execPath, [fileURLToPath(new URL('bin/mailwarden.js', root)), 'help'], {
+            encoding: 'utf8',
+        });
+        const commands = [
+            ...help.slice(help.indexOf('Commands:'), help.indexOf('Options:')).matchAll(/^ {2}([a-z]+)\b/gm),
+        ].map((m) => m[1]!);
+        assert.ok(commands.length >= 7, help);
+        const table = readme.slice(readme.indexOf('## Commands'));
+        const listed = new Set([...table.matchAll(/^\| `mailwarden ([a-z-]+)/gm)].map((m) => m[1]!));
+        for (const command of commands) {
+            assert.ok(
+                listed.has(command) || table.includes(`\`mailwarden ${command}\``),
+                `the README lists ${command}`,
+            );
+        }
     });
 
     it('links only to files that exist', () => {
