@@ -20,7 +20,8 @@ import { Readable } from 'node:stream';
 import { createMailauthCheck } from '../src/auth/mailauth.ts';
 import { defaultAuthentication } from '../src/config/defaults.ts';
 import { createResolver } from '../src/dns/resolver.ts';
-import { acceptAll, runStage, type CheckContext } from '../src/pipeline.ts';
+import type { CheckContext } from '../src/types.ts';
+import { acceptAll, runStage } from '../src/pipeline.ts';
 import { startApp } from '../test/helpers/app.ts';
 import { startDnsServer, type Zone } from '../test/helpers/dns-server.ts';
 import {

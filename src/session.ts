@@ -19,19 +19,17 @@ import { fieldValue, formatField, headerSafe, isOwnFieldName, type RawField } fr
 import { headerStep } from './incoming-header.ts';
 import type { Logger } from './log.ts';
 import type { Metrics } from './metrics.ts';
-import { runStage, type Check, type CheckOutcome, type StageResult } from './pipeline.ts';
+import { runStage, type CheckOutcome, type StageResult } from './pipeline.ts';
 import { replyFor, toCallbackError, type SmtpReplyError } from './reply.ts';
 import { relayedReply } from './upstream-reply.ts';
 import { messageFacts } from './message-facts.ts';
-import type { AuthBackend } from './listener.ts';
-import type { DkimSigner, SenderPolicy } from './submission/index.ts';
+import type { DkimSigner, SenderPolicy, AuthBackend } from './submission/index.ts';
 import { MAX_HEADER_SECTION, MessageFlow, type FinalVerdict, type Transaction } from './transaction.ts';
-import type { Decider, Facts, FactValue, HeaderField, SmtpReply, Stage } from './types.ts';
+import type { Decider, Facts, FactValue, HeaderField, SmtpReply, Stage, Check, ClientIdentity } from './types.ts';
 import type { CapabilityTracker } from './upstream/capabilities.ts';
 import {
     UnsupportedFeatureError,
     UpstreamError,
-    type ClientIdentity,
     type Upstream,
     type UpstreamReply,
     type UpstreamSession,

@@ -12,11 +12,19 @@
 import type { ListenerConfig } from './config/types.ts';
 import type { SpoolSummary } from './data/spool.ts';
 import { domainOf, forwardHeaders, type ForwardHeadersInput } from './message-facts.ts';
-import type { CheckContext, StageResult } from './pipeline.ts';
+import type { StageResult } from './pipeline.ts';
 import { replyFor, replyForDecision } from './reply.ts';
 import { mayUse, type SenderPolicy } from './submission/index.ts';
-import type { Decision, Facts, FactValue, HeaderField, SmtpReply, Stage } from './types.ts';
-import type { ClientIdentity } from './upstream/types.ts';
+import type {
+    Decision,
+    Facts,
+    FactValue,
+    HeaderField,
+    SmtpReply,
+    Stage,
+    CheckContext,
+    ClientIdentity,
+} from './types.ts';
 
 /** Largest header section we parse in memory (Postfix's header_size_limit is 100 KB). */
 export const MAX_HEADER_SECTION = 1024 * 1024;

@@ -21,7 +21,7 @@ import { formatField } from '../headers.ts';
 import { headerStep } from '../incoming-header.ts';
 import { messageFacts } from '../message-facts.ts';
 import { createMetrics } from '../metrics.ts';
-import { runStage, type CheckContext, type CheckOutcome, type StageResult } from '../pipeline.ts';
+import { runStage, type CheckOutcome, type StageResult } from '../pipeline.ts';
 import { formatReply, replyFor } from '../reply.ts';
 import { RuleError, loadRuleSet, type RuleSet, type TraceEntry } from '../rules/index.ts';
 import { createSubmissionAuth } from '../submission/index.ts';
@@ -32,8 +32,17 @@ import {
     type ProtocolRefusal,
     type Transaction,
 } from '../transaction.ts';
-import type { Decider, Decision, Facts, FactValue, HeaderField, SmtpReply, Stage } from '../types.ts';
-import type { ClientIdentity } from '../upstream/types.ts';
+import type {
+    Decider,
+    Decision,
+    Facts,
+    FactValue,
+    HeaderField,
+    SmtpReply,
+    Stage,
+    CheckContext,
+    ClientIdentity,
+} from '../types.ts';
 import { VERSION } from '../version.ts';
 
 export interface ExplainIo {

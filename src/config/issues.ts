@@ -1,9 +1,11 @@
 /**
  * The error shape shared by config and rule-file validation: positioned issues rendered as
  * `FILE:LINE:COL: message` (`FILE:LINE:COL: warning: message` for a warning, which refuses
- * nothing), and the ConfigError that carries all of them at once.
+ * nothing), and the ConfigError that carries all of them at once; and the contract of the further
+ * validators `mailwarden check` runs on a loaded config.
  * Formatting only; it must not decide what is valid.
  */
+import type { Config } from './types.ts';
 
 export interface Issue {
     /** The file as the user named it. */
@@ -38,4 +40,20 @@ export class ConfigError extends Error {
         this.name = 'ConfigError';
         this.issues = Object.freeze(sorted.map((i) => Object.freeze({ ...i })));
     }
+}
+
+/** Something that works but should be fixed: printed as `FILE: warning: message`, exit code unchanged. */
+export interface CheckWarning {
+    readonly file: string;
+    readonly message: string;
+}
+
+/** A further check run on a loaded config (for example: every rule file parses and validates). */
+export interface CheckValidator {
+    /** Short name, for the summary line. */
+    readonly name: string;
+    /** Returns the issues found (an empty array when all is well); those of severity `warning` refuse nothing. */
+    readonly validate: (config: Config) => Promise<readonly Issue[]> | readonly Issue[];
+    /** Returns what deserves a warning only (for example: file permissions). */
+    readonly warn?: (config: Config) => readonly CheckWarning[];
 }

@@ -13,7 +13,7 @@ import type { Window } from '../limits/types.ts';
 import type { Facts, Stage } from '../types.ts';
 import { showValue, type Condition } from './conditions.ts';
 import { stageIndex, type FactSpec, type FactType } from './facts.ts';
-import type { Rule, RuleMode, RuleReplySpec } from './ruleset.ts';
+import type { Rule, RuleMode, RuleReplySpec } from './rule.ts';
 import { parseTemplate, type Template } from './template.ts';
 
 /** What one unit of a rate is, and so when it is counted. */
