@@ -11,6 +11,7 @@
  * (dns/scoped.ts). Nothing a check started may keep burning CPU after its verdict.
  */
 import type { Readable } from 'node:stream';
+import { replyFor } from './reply.ts';
 import type {
     Check,
     CheckContext,
@@ -143,11 +144,7 @@ export async function runStage(
               rules: [],
               score: 0,
               reason: `check ${failed.name} failed: ${failed.error}`,
-              reply: {
-                  code: 451,
-                  enhanced: '4.4.3',
-                  text: 'A policy check could not be completed; please try again later',
-              },
+              reply: replyFor('check-failed', { id: context.sessionId }),
               headers: [],
           }
         : decider.decide(stage, frozen);

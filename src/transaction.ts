@@ -139,10 +139,8 @@ export class MessageFlow {
      * It names the session id; RFC 5321 section 3.1: a server refusing the connection answers 554.
      */
     refusal(stage: Stage, decision: Decision): SmtpReply | null {
-        const refusal = replyForDecision(decision, { id: this.id });
-        if (!refusal) return null;
-        const reply = this.withId(refusal);
-        return stage === 'connect' && reply.code === 550 ? { ...reply, code: 554 } : reply;
+        const refusal = replyForDecision(decision, { id: this.id }, stage);
+        return refusal ? this.withId(refusal) : null;
     }
 
     /** Facts for the connect stage. */
