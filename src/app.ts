@@ -22,7 +22,7 @@ import { createHttpServer } from './http.ts';
 import { createListener, type RunningListener } from './listener.ts';
 import { createLogger, type Logger } from './log.ts';
 import { createMetrics, type Metrics } from './metrics.ts';
-import { createMailauthCheck } from './auth/mailauth.ts';
+import { createMailauthCheck } from './sender-auth/mailauth.ts';
 import { createIprevCheck } from './checks/iprev.ts';
 import { createResolver, type Resolver } from './dns/resolver.ts';
 import {
