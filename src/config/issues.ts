@@ -31,15 +31,32 @@ export function sortIssues(issues: readonly Issue[]): Issue[] {
     );
 }
 
-export class ConfigError extends Error {
+/** Every issue of a file at once, sorted and frozen, its message one `FILE:LINE:COL: …` line each. */
+export class IssuesError extends Error {
     readonly issues: readonly Issue[];
 
-    constructor(issues: readonly Issue[]) {
+    constructor(issues: readonly Issue[], name: string) {
         const sorted = sortIssues(issues);
         super(sorted.map(formatIssue).join('\n'));
-        this.name = 'ConfigError';
+        this.name = name;
         this.issues = Object.freeze(sorted.map((i) => Object.freeze({ ...i })));
     }
+}
+
+/** The issues of a configuration (or users) file. */
+export class ConfigError extends IssuesError {
+    constructor(issues: readonly Issue[]) {
+        super(issues, 'ConfigError');
+    }
+}
+
+/** Why a file could not be read, in words (no such file, permission denied, …). */
+export function ioReason(err: unknown): string {
+    const code = (err as NodeJS.ErrnoException | null)?.code;
+    if (code === 'ENOENT') return 'no such file';
+    if (code === 'EACCES' || code === 'EPERM') return 'permission denied';
+    if (code === 'EISDIR') return 'is a folder, not a file';
+    return err instanceof Error ? err.message : String(err);
 }
 
 /** Something that works but should be fixed: printed as `FILE: warning: message`, exit code unchanged. */
