@@ -777,7 +777,8 @@ function typeWord(type: FactType): string {
     return TYPE_WORDS[type];
 }
 
-function allOf(parts: readonly Condition[], explicit: boolean): Condition {
+/** All of `parts`; `explicit` (an `all:` in a rule file) shows them as "all of (…)". */
+export function allOf(parts: readonly Condition[], explicit: boolean): Condition {
     if (parts.length === 0) return ALWAYS;
     if (parts.length === 1 && !explicit) return parts[0]!;
     return {
@@ -799,7 +800,8 @@ function grouped(c: Condition, facts: Facts): { ok: boolean; text: string } {
         : r;
 }
 
-function anyOf(parts: readonly Condition[]): Condition {
+/** Any of `parts` (an `any:` in a rule file). */
+export function anyOf(parts: readonly Condition[]): Condition {
     return {
         test: (facts) => parts.some((p) => p.test(facts)),
         explain(facts) {

@@ -12,7 +12,7 @@ import { formatDuration, formatSize, parseDuration, parseSize } from '../config/
 import type { Window } from '../limits/types.ts';
 import { replyFor, type ReplyDetail, type Situation } from '../reply.ts';
 import type { Facts, Stage } from '../types.ts';
-import { showValue, type Condition } from './conditions.ts';
+import { allOf, anyOf, showValue, type Condition } from './conditions.ts';
 import { stageIndex, type FactSpec, type FactType } from './facts.ts';
 import type { Rule, RuleMode, RuleReplySpec } from './rule.ts';
 import { parseTemplate, type Template } from './template.ts';
@@ -274,27 +274,6 @@ function isOneOf(fact: string, values: readonly string[]): Condition {
     };
 }
 
-function allOf(parts: readonly Condition[]): Condition {
-    return {
-        test: (facts) => parts.every((p) => p.test(facts)),
-        explain(facts) {
-            const rs = parts.map((p) => p.explain(facts));
-            return { ok: rs.every((r) => r.ok), text: rs.map((r) => r.text).join('; ') };
-        },
-    };
-}
-
-function anyOf(parts: readonly Condition[]): Condition {
-    return {
-        test: (facts) => parts.some((p) => p.test(facts)),
-        explain(facts) {
-            const rs = parts.map((p) => p.explain(facts));
-            const ok = rs.some((r) => r.ok);
-            return { ok, text: `any of (${rs.map((r) => r.text).join(' | ')}) ${ok ? '✓' : '✗'}` };
-        },
-    };
-}
-
 /** The size in bytes of the smallest window of a byte rate: a message above it can never fit. */
 export function byteCeiling(spec: LimitSpec): number {
     if (spec.per !== 'byte' || spec.windows === null) return Infinity;
@@ -367,7 +346,7 @@ export function greylistRule(spec: GreylistSpec): Rule {
         action: 'tempfail',
         mode: spec.mode,
         score: 0,
-        when: allOf([isOneOf('greylist.id', [spec.id]), isOneOf('greylist.result', refused)]),
+        when: allOf([isOneOf('greylist.id', [spec.id]), isOneOf('greylist.result', refused)], false),
         reply: ruleReply('greylisted', { id: '', retry: '{greylist.retry_after}' }),
         headers: [],
         implicit: 'greylist',
