@@ -9,7 +9,7 @@ import { isAlias, isMap, isScalar, isSeq, type Document, type Node } from 'yaml'
 import { didYouMean } from '../config/suggest.ts';
 import type { Facts, FactValue, Stage } from '../types.ts';
 import { elementType, isListType, stageIndex, type FactSpec, type FactType } from './facts.ts';
-import { IpSet, formatIp, parseIp, parseRange, type IpRange } from './ip.ts';
+import { IpSet, formatIp, parseIp, parseRange, type IpRange } from '../net/ip.ts';
 import type { ListMatcher, ListType } from './lists.ts';
 import { domainOfAddress, foldAddress, foldDomain, parseAddress, parseDomain } from './names.ts';
 import type { RegexArena } from './regex.ts';
