@@ -17,10 +17,11 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { Readable } from 'node:stream';
-import { createMailauthCheck } from '../src/auth/mailauth.ts';
+import { createMailauthCheck } from '../src/sender-auth/mailauth.ts';
 import { defaultAuthentication } from '../src/config/defaults.ts';
 import { createResolver } from '../src/dns/resolver.ts';
-import { acceptAll, runStage, type CheckContext } from '../src/pipeline.ts';
+import type { CheckContext } from '../src/types.ts';
+import { acceptAll, runStage } from '../src/pipeline.ts';
 import { startApp } from '../test/helpers/app.ts';
 import { startDnsServer, type Zone } from '../test/helpers/dns-server.ts';
 import {

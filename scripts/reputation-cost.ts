@@ -11,7 +11,7 @@
  */
 import { createResolver } from '../src/dns/resolver.ts';
 import { createMetrics } from '../src/metrics.ts';
-import type { CheckContext } from '../src/pipeline.ts';
+import type { CheckContext } from '../src/types.ts';
 import { createReputationCheck, ReputationLookup } from '../src/reputation/check.ts';
 import { configuredSites } from '../src/reputation/sites.ts';
 import { ZoneHealth } from '../src/reputation/zone-health.ts';

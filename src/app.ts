@@ -19,10 +19,10 @@ import { changedKeys, configAfterReload, diffConfig } from './config/reload.ts';
 import type { Config } from './config/types.ts';
 import { prepareSpoolFolder } from './data/spool.ts';
 import { createHttpServer } from './http.ts';
-import { createListener, type AuthBackend, type RunningListener } from './listener.ts';
+import { createListener, type RunningListener } from './listener.ts';
 import { createLogger, type Logger } from './log.ts';
 import { createMetrics, type Metrics } from './metrics.ts';
-import { createMailauthCheck } from './auth/mailauth.ts';
+import { createMailauthCheck } from './sender-auth/mailauth.ts';
 import { createIprevCheck } from './checks/iprev.ts';
 import { createResolver, type Resolver } from './dns/resolver.ts';
 import { createReputationService, type ReputationService } from './reputation/service.ts';
@@ -33,13 +33,18 @@ import {
     type LimitStore,
     type RateLimitCheckOptions,
 } from './limits/index.ts';
-import { acceptAll, type Check } from './pipeline.ts';
+import { acceptAll } from './pipeline.ts';
 import { replyFor } from './reply.ts';
 import { RuleError, loadRules, watchRuleSet, withRuleHits, type RuleSet, type RuleWatcher } from './rules/index.ts';
-import { createDkimSignerFromConfig, createSubmissionAuth, type DkimSigner } from './submission/index.ts';
+import {
+    createDkimSignerFromConfig,
+    createSubmissionAuth,
+    type DkimSigner,
+    type AuthBackend,
+} from './submission/index.ts';
 import { createLoginGuard } from './submission/login-guard.ts';
 import { createLoginSignalsCheck } from './submission/login-signals.ts';
-import type { Decider } from './types.ts';
+import type { Decider, Check } from './types.ts';
 import { CapabilityTracker } from './upstream/capabilities.ts';
 import { createUpstream } from './upstream/index.ts';
 import type { Upstream } from './upstream/types.ts';

@@ -22,17 +22,8 @@ import { relayPolicy } from './envelope/relay.ts';
 import { MailwardenSmtpServer } from './smtp-server-adapter.ts';
 import { checkCommandGateSupport, type CommandGate } from './smtp-server-commands.ts';
 import { assertSmtpServerInternals } from './smtp-server-envelope.ts';
-import type { AuthContext, AuthOutcome, CredentialState, SenderPolicy } from './submission/index.ts';
+import type { AuthContext, AuthOutcome } from './submission/index.ts';
 import type { GuardVerdict, LoginGuard } from './submission/login-guard.ts';
-
-/** Verifies SMTP AUTH credentials and knows which addresses each login may send as. */
-export interface AuthBackend {
-    authenticate(login: string, password: string, context?: AuthContext): Promise<AuthOutcome>;
-    /** The addresses `login` may use as envelope and header sender. */
-    sendAs(login: string): SenderPolicy;
-    /** Whether the credential a session logged in with (AuthOutcome.credential) still holds. */
-    credentialState?(login: string, credential: string): CredentialState;
-}
 
 export interface ListenerDeps extends Omit<SessionDeps, 'listener' | 'log' | 'relay'> {
     readonly log: Logger;

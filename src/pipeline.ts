@@ -11,57 +11,19 @@
  * (dns/scoped.ts). Nothing a check started may keep burning CPU after its verdict.
  */
 import type { Readable } from 'node:stream';
-import type { Decider, Decision, Facts, FactValue, HeaderField, Stage } from './types.ts';
-import type { ClientIdentity } from './upstream/types.ts';
-
-/** The received message, for data-stage checks. */
-export interface MessageSource {
-    /** The message exactly as received, in canonical CRLF form, from the first header on. */
-    stream(): Readable;
-    readonly size: number;
-}
-
-export interface CheckContext {
-    readonly stage: Stage;
-    /** The SMTP session's id (for state a check keeps per connection, such as concurrency leases). */
-    readonly sessionId: string;
-    /** Facts known before this stage's checks ran. */
-    readonly facts: Facts;
-    /** The client as seen by the listener. */
-    readonly client: ClientIdentity;
-    /** Envelope sender (empty string for the null reverse-path) and recipients so far. */
-    readonly envelope: { readonly mailFrom: string | null; readonly rcptTo: readonly string[] };
-    /** The message, at the data stage only. */
-    readonly message: MessageSource | null;
-}
-
-/** What a check reports: facts, and header fields to prepend when the message is forwarded. */
-export interface CheckResult {
-    readonly facts: Facts;
-    readonly headers?: readonly HeaderField[];
-}
-
-export interface Check {
-    /** Stable snake_case name used in facts, logs and metric labels. */
-    readonly name: string;
-    readonly stages: readonly Stage[];
-    readonly timeoutMs: number;
-    readonly onError: 'tempfail' | 'ignore';
-    /**
-     * `signal` aborts when the check times out, fails or returns; the check must then start no
-     * new work (no DNS query, no further reading). Message streams it opened through
-     * `ctx.message` are destroyed by the pipeline at that moment.
-     */
-    run(ctx: CheckContext, signal: AbortSignal): Promise<CheckResult>;
-    /**
-     * Called when the client connects, before the greeting: starts lookups the check will need
-     * at its own (later) stage, so they are under way or cached by then. It must not wait,
-     * throw, or report anything; `run` still does all the work that decides.
-     */
-    prefetch?(client: ClientIdentity): void;
-    /** Called once when the SMTP session ends, to release per-connection state; must not throw. */
-    end?(sessionId: string): Promise<void>;
-}
+import { replyFor } from './reply.ts';
+import type {
+    Check,
+    CheckContext,
+    CheckResult,
+    Decider,
+    Decision,
+    Facts,
+    FactValue,
+    HeaderField,
+    MessageSource,
+    Stage,
+} from './types.ts';
 
 export interface CheckOutcome {
     readonly name: string;
@@ -182,11 +144,7 @@ export async function runStage(
               rules: [],
               score: 0,
               reason: `check ${failed.name} failed: ${failed.error}`,
-              reply: {
-                  code: 451,
-                  enhanced: '4.4.3',
-                  text: 'A policy check could not be completed; please try again later',
-              },
+              reply: replyFor('check-failed', { id: context.sessionId }),
               headers: [],
           }
         : decider.decide(stage, frozen);

@@ -6,7 +6,8 @@
  * Public text never names internal mechanisms or hosts; details go to the logs.
  */
 import type { HeaderProblem } from './headers.ts';
-import type { Action, Decision, SmtpReply } from './types.ts';
+import type { Action, Decision, SmtpReply, Stage } from './types.ts';
+import type { UpstreamReply } from './upstream/types.ts';
 
 export type Situation =
     | 'accepted'
@@ -41,7 +42,39 @@ export type Situation =
     | 'param-not-offered'
     | 'relay-denied'
     | 'too-many-recipients'
-    | 'upstream-feature-missing';
+    | 'upstream-feature-missing'
+    | 'check-failed'
+    | 'limit-exceeded'
+    | 'connection-limit-exceeded'
+    | 'limit-failed'
+    | 'connection-limit-failed'
+    | 'limit-message-too-big'
+    | 'greylisted'
+    | 'greylist-failed';
+
+/** What a limit counts, for the limit situations. */
+export type LimitKind = 'concurrency' | 'connection' | 'recipient' | 'byte' | 'message';
+
+const LIMIT_WHAT: Readonly<Record<LimitKind, string>> = {
+    concurrency: 'Too many simultaneous connections',
+    connection: 'Rate limit reached: too many connections',
+    recipient: 'Rate limit reached: too many recipients',
+    byte: 'Rate limit reached: too much mail (in bytes)',
+    message: 'Rate limit reached: too many messages',
+};
+
+/** The text of a limit refusal: what was counted, whose, and when to try again. */
+function limitText(d: ReplyDetail): string {
+    const kind = d.limitKind ?? 'message';
+    const advice =
+        kind === 'concurrency'
+            ? `Please close other connections and try again in ${d.retry ?? ''} seconds`
+            : `Please try again in ${d.retry ?? ''} seconds`;
+    return `${LIMIT_WHAT[kind]} ${d.whose ?? ''}. ${advice} (limit ${d.limitId ?? ''}).`;
+}
+
+const LIMIT_FAILED_TEXT = (d: ReplyDetail): string =>
+    `Temporary problem applying a sending limit; nothing is wrong with your mail. Please try again in a few minutes (limit ${d.limitId ?? ''}).`;
 
 interface ReplyTemplate {
     code: number;
@@ -80,6 +113,17 @@ export interface ReplyDetail {
     readonly network?: string;
     /** Seconds of a timeout, for `no-transaction-timeout`. */
     readonly seconds?: number;
+    /** The limit's id, what it counts and whose mail it counts, for the limit situations. */
+    readonly limitId?: string;
+    readonly limitKind?: LimitKind;
+    readonly whose?: string;
+    /** The limit's rate as written, for `limit-message-too-big`. */
+    readonly rate?: string;
+    /**
+     * When to try again, in seconds: for limits and greylisting, a rule template placeholder
+     * (`{ratelimit.retry_after}`) the rule set fills in from the facts.
+     */
+    readonly retry?: string;
 }
 
 /** Author-field problems on submission that no login can own (RFC 5322 section 3.6). */
@@ -295,7 +339,40 @@ const TABLE: Readonly<Record<Situation, ReplyTemplate>> = {
         enhanced: '4.7.0',
         text: () => 'Temporary authentication failure: the login service is not available, please try again later',
     },
+    // a check with onError: tempfail could not complete (pipeline.ts)
+    'check-failed': {
+        code: 451,
+        enhanced: '4.4.3',
+        text: () => 'A policy check could not be completed; please try again later',
+    },
+    // limits and greylisting (rules/limits.ts): rule templates, filled in from the facts
+    'limit-exceeded': { code: 450, enhanced: '4.7.1', text: limitText },
+    'connection-limit-exceeded': { code: 421, enhanced: '4.7.0', text: limitText },
+    'limit-failed': { code: 451, enhanced: '4.7.1', text: LIMIT_FAILED_TEXT },
+    'connection-limit-failed': { code: 421, enhanced: '4.7.0', text: LIMIT_FAILED_TEXT },
+    'limit-message-too-big': {
+        code: 450,
+        enhanced: '4.7.1',
+        text: (d) =>
+            `Rate limit reached: this message alone is larger than the limit ${d.limitId ?? ''} allows ${d.whose ?? ''} (${d.rate ?? ''}), so it cannot be accepted under this limit; please ask the postmaster.`,
+    },
+    // RFC 6647
+    greylisted: {
+        code: 450,
+        enhanced: '4.7.1',
+        text: (d) =>
+            `Greylisted: please try again in ${d.retry ?? ''} seconds (RFC 6647). This server delays mail from senders it has not seen before; your server will retry by itself.`,
+    },
+    'greylist-failed': {
+        code: 451,
+        enhanced: '4.7.1',
+        text: () =>
+            'Temporary problem applying greylisting; nothing is wrong with your mail. Please try again in a few minutes.',
+    },
 };
+
+/** Every situation of the table, for the documentation test. */
+export const SITUATIONS = Object.keys(TABLE) as readonly Situation[];
 
 /** The reply for a situation. */
 export function replyFor(situation: Situation, detail: ReplyDetail): SmtpReply {
@@ -311,12 +388,14 @@ const ACTION_SITUATION: Readonly<Partial<Record<Action, Situation>>> = {
 
 /**
  * The reply for a decision that refuses the message (reject or tempfail), or null when
- * the decision forwards it (accept, tag, quarantine).
+ * the decision forwards it (accept, tag, quarantine). At the connect stage a `550` is sent as
+ * `554` (RFC 5321 section 3.1: a server refusing the connection answers 554).
  */
-export function replyForDecision(decision: Decision, detail: ReplyDetail): SmtpReply | null {
+export function replyForDecision(decision: Decision, detail: ReplyDetail, stage?: Stage): SmtpReply | null {
     const situation = ACTION_SITUATION[decision.action];
     if (!situation) return null;
-    return decision.reply ?? replyFor(situation, detail);
+    const reply = decision.reply ?? replyFor(situation, detail);
+    return stage === 'connect' && reply.code === 550 ? { ...reply, code: 554 } : reply;
 }
 
 /** Renders a reply as one SMTP reply line without the trailing CRLF. */
@@ -345,4 +424,42 @@ export function toCallbackError(reply: SmtpReply): SmtpReplyError {
 export function sanitizeReplyText(text: string): string {
     // eslint-disable-next-line no-control-regex
     return text.replace(/[\x00-\x1f\x7f]+/g, ' ').slice(0, 450);
+}
+
+/*
+ * An upstream MTA's refusal relayed to the client: the reply code and enhanced status code
+ * are kept (so the class and meaning reach the sender), the text is our own plain sentence
+ * chosen from the enhanced code (RFC 3463); the upstream's own text goes only to the logs,
+ * because it may name internal hosts or software.
+ */
+export type RelayStep = 'mail' | 'rcpt' | 'data';
+
+const SUBJECTS: ReadonlyArray<[RegExp, string]> = [
+    [/^\d\.1\.1$/, 'the recipient address does not exist there'],
+    [/^\d\.1\.2$/, "the recipient's domain is not handled there"],
+    [/^\d\.1\.[0-9]+$/, 'an address in the message envelope was not accepted'],
+    [/^\d\.2\.2$/, "the recipient's mailbox is full"],
+    [/^\d\.2\.[0-9]+$/, "the recipient's mailbox is not available"],
+    [/^\d\.3\.4$/, 'the message is too big'],
+    [/^\d\.3\.[0-9]+$/, 'the mail system there has a problem'],
+    [/^\d\.4\.[0-9]+$/, 'the mail system there could not route the message'],
+    [/^\d\.5\.[0-9]+$/, 'the command was not accepted there'],
+    [/^\d\.6\.[0-9]+$/, 'the message content was not accepted there'],
+    [/^\d\.7\.[0-9]+$/, 'the destination refused it for policy reasons'],
+];
+
+const WHAT: Readonly<Record<RelayStep, string>> = {
+    mail: 'The destination mail server refused the sender',
+    rcpt: 'The destination mail server refused this recipient',
+    data: 'The destination mail server refused the message',
+};
+
+/** Our reply for an upstream 4xx/5xx at MAIL, RCPT or the end of DATA. */
+export function relayedReply(step: RelayStep, reply: UpstreamReply): SmtpReply {
+    const klass = reply.code >= 500 ? 5 : 4;
+    const code = reply.code >= 400 && reply.code < 600 ? reply.code : 451;
+    const enhanced = reply.enhanced && Number(reply.enhanced[0]) === klass ? reply.enhanced : `${klass}.0.0`;
+    const why = SUBJECTS.find(([re]) => re.test(enhanced))?.[1];
+    const retry = klass === 4 ? '; please try again later' : '';
+    return { code, enhanced, text: `${WHAT[step]}${why ? `: ${why}` : ''}${retry}` };
 }

@@ -19,19 +19,17 @@ import { fieldValue, formatField, headerSafe, isOwnFieldName, type RawField } fr
 import { headerStep } from './incoming-header.ts';
 import type { Logger } from './log.ts';
 import type { Metrics } from './metrics.ts';
-import { runStage, type Check, type CheckOutcome } from './pipeline.ts';
+import { runStage, type CheckOutcome, type StageResult } from './pipeline.ts';
 import { listedZones } from './reputation/check.ts';
-import { replyFor, replyForDecision, toCallbackError, type SmtpReplyError } from './reply.ts';
-import { relayedReply } from './upstream-reply.ts';
-import { domainOf, forwardHeaders, messageFacts } from './message-facts.ts';
-import type { AuthBackend } from './listener.ts';
-import { mayUse, type DkimSigner, type SenderPolicy } from './submission/index.ts';
-import type { Decider, Decision, Facts, FactValue, HeaderField, SmtpReply, Stage } from './types.ts';
+import { relayedReply, replyFor, toCallbackError, type SmtpReplyError } from './reply.ts';
+import { messageFacts } from './message-facts.ts';
+import type { DkimSigner, SenderPolicy, AuthBackend } from './submission/index.ts';
+import { MAX_HEADER_SECTION, MessageFlow, type FinalVerdict, type Transaction } from './transaction.ts';
+import type { Decider, Facts, FactValue, HeaderField, SmtpReply, Stage, Check, ClientIdentity } from './types.ts';
 import type { CapabilityTracker } from './upstream/capabilities.ts';
 import {
     UnsupportedFeatureError,
     UpstreamError,
-    type ClientIdentity,
     type Upstream,
     type UpstreamReply,
     type UpstreamSession,
@@ -58,40 +56,14 @@ export interface SessionDeps {
     readonly relay: RelayPolicy;
 }
 
-/** Largest header section we parse in memory (Postfix's header_size_limit is 100 KB). */
-export const MAX_HEADER_SECTION = 1024 * 1024;
-
-interface Transaction {
-    readonly mailFrom: string;
-    /** MAIL FROM carried SMTPUTF8: non-ASCII recipients are allowed (RFC 6531 section 3.4). */
-    readonly smtputf8: boolean;
-    /** The largest message this transaction may carry (the SIZE offered to the session). */
-    readonly sizeLimit: number;
-    readonly rcpts: string[];
-    facts: Facts;
-    readonly rulesSeen: Set<string>;
-    /** Score so far (tag rules of earlier stages), fed to the next stage as the `score` fact. */
-    score: number;
-    /** Header fields added by tag rules of earlier stages. */
-    readonly headers: HeaderField[];
-    /** A tag rule matched at an earlier stage. */
-    tagged: boolean;
-}
-
-/** What the connect and helo stages leave for every transaction of the connection. */
-interface ConnectionVerdict {
-    score: number;
-    readonly headers: HeaderField[];
-    readonly rules: string[];
-    tagged: boolean;
-}
-
 export class Session {
     readonly id: string;
     private readonly deps: SessionDeps;
     private readonly smtp: SMTPServerSession;
     private readonly log: Logger;
     private readonly envelope: EnvelopeGate;
+    /** Facts, carry-over between stages and the refusals of the protocol (transaction.ts). */
+    private readonly flow: MessageFlow;
     private upstream: UpstreamSession | null = null;
     private upstreamFor: string | null = null;
     private tx: Transaction | null = null;
@@ -116,14 +88,11 @@ export class Session {
         this.id = smtp.id;
         this.log = deps.log.child({ session: smtp.id, listener: deps.listener.name, client: smtp.remoteAddress });
         this.envelope = new EnvelopeGate({ ...deps, log: this.log }, smtp);
+        this.flow = new MessageFlow(smtp.id, deps.listener);
     }
 
     private refuse(reply: SmtpReply): SmtpReplyError {
         return toCallbackError(reply);
-    }
-
-    private withId(reply: SmtpReply): SmtpReply {
-        return reply.text.includes(this.id) ? reply : { ...reply, text: `${reply.text} (id ${this.id})` };
     }
 
     identity(): ClientIdentity {
@@ -140,34 +109,12 @@ export class Session {
         };
     }
 
-    private connectFacts: Facts = {};
-    /** Facts of the last helo-stage evaluation (checks reporting there, such as iprev). */
-    private heloFacts: Facts = {};
-    private readonly conn: ConnectionVerdict = { score: 0, headers: [], rules: [], tagged: false };
     /** The HELO name the helo stage was evaluated for. */
     private heloEvaluated: string | null | undefined = undefined;
 
-    /** Folds a forwarding decision of an earlier stage (tags, score) into `into`. */
-    private static keep(into: { score: number; headers: HeaderField[]; tagged: boolean }, decision: Decision): void {
-        into.score = decision.score;
-        into.headers.push(...decision.headers);
-        if (decision.action === 'tag') into.tagged = true;
-    }
-
-    /** Facts every stage knows about the connection. */
-    private connectionFacts(): Record<string, FactValue> {
-        const id = this.identity();
-        return {
-            ...this.connectFacts,
-            ...this.heloFacts,
-            listener: this.deps.listener.name,
-            'listener.mode': this.deps.listener.mode,
-            'client.ip': id.ip,
-            'client.ptr': id.ptr,
-            tls: this.smtp.secure,
-            helo: id.helo,
-            'auth.user': id.login,
-        };
+    /** The client as the message flow sees it. */
+    private client(): { identity: ClientIdentity; tls: boolean } {
+        return { identity: this.identity(), tls: this.smtp.secure };
     }
 
     /**
@@ -179,29 +126,15 @@ export class Session {
         if (this.deps.isDraining()) throw this.refuse(replyFor('shutting-down', { id: this.id }));
         const client = this.identity();
         for (const c of this.deps.checks) c.prefetch?.(client);
-        const result = await this.decideStage('connect', { ...this.connectionFacts(), score: 0 });
-        Session.keep(this.conn, result.decision);
-        this.conn.rules.push(...result.decision.rules);
-        this.connectFacts = result.facts;
+        const result = await this.decideStage('connect', this.flow.connectStageFacts(this.client()));
+        this.flow.connected(result);
     }
 
-    private async decideStage(
-        stage: Stage,
-        facts: Facts,
-    ): Promise<{ facts: Facts; decision: Decision; checks: readonly CheckOutcome[] }> {
-        const context = {
-            sessionId: this.id,
-            facts,
-            client: this.identity(),
-            envelope: {
-                mailFrom: typeof facts['mail.from'] === 'string' ? facts['mail.from'] : null,
-                rcptTo: Array.isArray(facts['rcpt.to']) ? (facts['rcpt.to'] as readonly string[]) : [],
-            },
-            message: null,
-        };
+    private async decideStage(stage: Stage, facts: Facts): Promise<StageResult> {
+        const context = this.flow.context(facts, this.identity());
         const result = await runStage(stage, this.deps.checks, context, this.deps.decider(), this.deps.now);
         this.observeChecks(result.checks);
-        const refusal = replyForDecision(result.decision, { id: this.id });
+        const refusal = this.flow.refusal(stage, result.decision);
         if (refusal) {
             this.log.info(
                 {
@@ -214,9 +147,7 @@ export class Session {
                 'refused',
             );
             this.deps.metrics.messages.inc({ listener: this.deps.listener.name, action: result.decision.action });
-            const reply = this.withId(refusal);
-            // RFC 5321 section 3.1: a server refusing the connection answers 554
-            throw this.refuse(stage === 'connect' && reply.code === 550 ? { ...reply, code: 554 } : reply);
+            throw this.refuse(refusal);
         }
         return result;
     }
@@ -262,24 +193,18 @@ export class Session {
         const helo = this.identity().helo;
         if (this.heloEvaluated !== helo) {
             // smtp-server has no EHLO hook: helo rules run at the first MAIL after each EHLO/HELO
-            const heloResult = await this.decideStage('helo', { ...this.connectionFacts(), score: this.conn.score });
-            Session.keep(this.conn, heloResult.decision);
-            this.conn.rules.push(...heloResult.decision.rules);
+            const heloResult = await this.decideStage('helo', this.flow.heloStageFacts(this.client()));
             this.heloEvaluated = helo;
             // the iprev check reports at the helo stage; its name is the client's from then on
-            const ptr = heloResult.facts['client.ptr'];
-            this.ptr = typeof ptr === 'string' ? ptr : null;
-            this.heloFacts = heloResult.facts;
+            this.ptr = this.flow.heloDone(heloResult);
         }
         const from = mailbox.address;
-        this.checkEnvelopeSender(from);
-        const facts: Facts = {
-            ...this.connectionFacts(),
-            'mail.from': from,
-            'mail.from.domain': domainOf(from),
-            score: this.conn.score,
-        };
-        const result = await this.decideStage('mail', facts);
+        const notOwned = this.flow.senderRefusal(this.senderBinding(), from);
+        if (notOwned) {
+            this.log.info({ login: this.submissionLogin(), from }, 'sender not owned by login');
+            throw this.refuse(notOwned.reply);
+        }
+        const result = await this.decideStage('mail', this.flow.mailStageFacts(this.client(), from));
         let reply: UpstreamReply;
         try {
             const up = await this.upstreamSession();
@@ -293,21 +218,9 @@ export class Session {
                 { step: 'mail', upstream: `${reply.code} ${reply.enhanced ?? ''} ${reply.text}` },
                 'upstream refused sender',
             );
-            throw this.refuse(this.withId(relayedReply('mail', reply)));
+            throw this.refuse(this.flow.withId(relayedReply('mail', reply)));
         }
-        const tx: Transaction = {
-            mailFrom: from,
-            smtputf8: params.smtputf8 === true,
-            sizeLimit,
-            rcpts: [],
-            facts: result.facts,
-            rulesSeen: new Set([...this.conn.rules, ...result.decision.rules]),
-            score: this.conn.score,
-            headers: [...this.conn.headers],
-            tagged: this.conn.tagged,
-        };
-        Session.keep(tx, result.decision);
-        this.tx = tx;
+        this.tx = this.flow.begin(result, { mailFrom: from, smtputf8: params.smtputf8 === true, sizeLimit });
     }
 
     async onRcptTo(address: SMTPServerAddress): Promise<void> {
@@ -320,15 +233,7 @@ export class Session {
             this.identity().login !== null,
         );
         const to = recipient.address;
-        const rcpts = [...tx.rcpts, to];
-        const facts: Facts = {
-            ...tx.facts,
-            'rcpt.to': rcpts,
-            'rcpt.count': rcpts.length,
-            'rcpt.domain': domainOf(to),
-            score: tx.score,
-        };
-        const result = await this.decideStage('rcpt', facts);
+        const result = await this.decideStage('rcpt', this.flow.rcptStageFacts(tx, to));
         let reply: UpstreamReply;
         try {
             const up = this.upstream;
@@ -343,12 +248,9 @@ export class Session {
                 { step: 'rcpt', rcpt: to, upstream: `${reply.code} ${reply.enhanced ?? ''} ${reply.text}` },
                 'upstream refused recipient',
             );
-            throw this.refuse(this.withId(relayedReply('rcpt', reply)));
+            throw this.refuse(this.flow.withId(relayedReply('rcpt', reply)));
         }
-        tx.rcpts.push(to);
-        tx.facts = { ...tx.facts, 'rcpt.to': [...tx.rcpts], 'rcpt.count': tx.rcpts.length };
-        Session.keep(tx, result.decision);
-        for (const r of result.decision.rules) tx.rulesSeen.add(r);
+        this.flow.recipientAccepted(tx, to, result);
     }
 
     /**
@@ -388,7 +290,11 @@ export class Session {
             record.size = summary.size;
             this.deps.metrics.messageSize.observe(summary.size);
             if (!tx) throw this.refuse(replyFor('internal-error', { id: this.id }));
-            const refused = this.protocolRefusal(summary, tx.sizeLimit);
+            if (!summary.tooBig && MessageFlow.hasBareNewline(summary)) {
+                const policy = this.deps.listener.bareNewline;
+                this.deps.metrics.bareNewlines.inc({ listener: this.deps.listener.name, policy });
+            }
+            const refused = this.flow.protocolRefusal(summary, tx.sizeLimit);
             if (refused) {
                 action = 'reject';
                 record.reason = refused.reason;
@@ -407,7 +313,7 @@ export class Session {
                 record.headerProblem = header.problem;
                 this.deps.metrics.headerRefusals.inc({ listener: this.deps.listener.name, problem: header.problem });
                 await this.abandonUpstream();
-                throw this.refuse(this.withId(header.reply));
+                throw this.refuse(this.flow.headerRefusal(header.reply));
             }
             const { kept, removed } = header;
             // to spot a message delivered twice (the duplicate window of docs/flow.md)
@@ -425,39 +331,32 @@ export class Session {
                     });
                 }
             }
-            const facts = { ...tx.facts, ...messageFacts(kept, summary), score: tx.score };
+            const facts = this.flow.dataStageFacts(tx, messageFacts(kept, summary));
             const result = await runStage(
                 'data',
                 this.deps.checks,
                 {
-                    sessionId: this.id,
-                    facts,
-                    client: this.identity(),
-                    envelope: { mailFrom: tx.mailFrom, rcptTo: tx.rcpts },
+                    ...this.flow.context(facts, this.identity()),
                     message: { stream: () => spool.read(0, summary.size), size: summary.size },
                 },
                 this.deps.decider(),
                 this.deps.now,
             );
             this.observeChecks(result.checks);
-            // a tag from an earlier stage still marks a message the data stage accepts
-            const decision: Decision =
-                result.decision.action === 'accept' && tx.tagged
-                    ? { ...result.decision, action: 'tag' }
-                    : result.decision;
+            const verdict = this.flow.finish(tx, result);
+            const { decision } = verdict;
             action = decision.action;
-            record.rules = [...tx.rulesSeen, ...decision.rules];
+            record.rules = verdict.rules;
             record.score = decision.score;
             record.reason = decision.reason;
             record.checks = Object.fromEntries(
                 result.checks.map((c) => [c.name, c.error ? { ms: c.ms, error: c.error } : c.ms]),
             );
-            const refusal = replyForDecision(decision, { id: this.id });
-            if (refusal) {
+            if (verdict.refusal) {
                 await this.abandonUpstream();
-                throw this.refuse(this.withId(refusal));
+                throw this.refuse(verdict.refusal);
             }
-            const head = this.ourHeaders(decision, tx, [...tx.rulesSeen, ...decision.rules], result.headers);
+            const head = this.ourHeaders(verdict, tx, result.headers);
             const signature = await this.dkimSignature(head, kept, spool, summary, result.facts['header.from.domain']);
             if (signature) record.dkimSigned = true;
             const message = this.composeMessage(signature ? [signature, ...head] : head, kept, spool, summary);
@@ -481,7 +380,7 @@ export class Session {
             if (reply.code >= 300) {
                 action = reply.code >= 500 ? 'reject' : 'tempfail';
                 record.reason = 'upstream refused the message';
-                throw this.refuse(this.withId(relayedReply('data', reply)));
+                throw this.refuse(this.flow.withId(relayedReply('data', reply)));
             }
             const queueId = /queued as ([A-Za-z0-9._-]+)/i.exec(reply.text)?.[1] ?? null;
             const ok = replyFor('accepted', { id: this.id, queueId });
@@ -539,18 +438,6 @@ export class Session {
         return this.deps.listener.mode === 'submission' ? this.identity().login : null;
     }
 
-    /**
-     * Submission: the envelope sender must be one the login may use (Postfix's
-     * reject_sender_login_mismatch); `553 5.7.1` otherwise. The null sender is never allowed.
-     */
-    private checkEnvelopeSender(from: string): void {
-        const login = this.submissionLogin();
-        if (login === null || !this.deps.auth) return;
-        if (mayUse(login, from, this.deps.auth.sendAs(login))) return;
-        this.log.info({ login, from }, 'sender not owned by login');
-        throw this.refuse(this.withId(replyFor('sender-not-owned', { id: this.id, address: from || '<>', login })));
-    }
-
     /** Submission: the login and the addresses it may use, for the author-field binding; null otherwise. */
     private senderBinding(): { login: string; policy: SenderPolicy } | null {
         const login = this.submissionLogin();
@@ -558,59 +445,18 @@ export class Session {
         return { login, policy: this.deps.auth.sendAs(login) };
     }
 
-    /** Refusals that come from the protocol, before any policy: size, line endings, header size. */
-    private protocolRefusal(summary: SpoolSummary, sizeLimit: number): { reply: SmtpReply; reason: string } | null {
-        const id = this.id;
-        if (summary.tooBig) {
-            return {
-                reply: replyFor('message-too-big', { id, limit: sizeLimit }),
-                reason: `message larger than ${sizeLimit} bytes`,
-            };
-        }
-        if (summary.bareLf + summary.bareCr + summary.nul > 0) {
-            const policy = this.deps.listener.bareNewline;
-            this.deps.metrics.bareNewlines.inc({ listener: this.deps.listener.name, policy });
-            if (policy === 'reject') {
-                return {
-                    reply: replyFor('bare-newline', { id }),
-                    reason: `bare LF ${summary.bareLf}, bare CR ${summary.bareCr}, NUL ${summary.nul}`,
-                };
-            }
-        }
-        if (summary.headerLength < 0) {
-            return {
-                reply: replyFor('header-too-big', { id, limit: MAX_HEADER_SECTION }),
-                reason: 'header section too big',
-            };
-        }
-        return null;
-    }
-
-    private ourHeaders(
-        decision: Decision,
-        tx: Transaction,
-        rules: readonly string[],
-        fromChecks: readonly HeaderField[],
-    ): HeaderField[] {
+    private ourHeaders(verdict: FinalVerdict, tx: Transaction, fromChecks: readonly HeaderField[]): HeaderField[] {
         const id = this.identity();
         const tlsInfo = this.smtp.tlsOptions;
-        return forwardHeaders({
-            decision,
-            rules,
-            fromChecks,
-            earlier: tx.headers,
-            sessionId: this.id,
-            received: {
-                helo: id.helo,
-                ip: id.ip,
-                ptr: id.ptr,
-                hostname: this.deps.config.hostname,
-                protocol: this.smtp.transmissionType || (id.proto === 'ESMTP' ? 'ESMTP' : 'SMTP'),
-                id: this.id,
-                recipient: tx.rcpts.length === 1 ? tx.rcpts[0]! : null,
-                tlsCipher: tlsInfo ? `${tlsInfo.version} with cipher ${tlsInfo.name}` : null,
-                date: new Date(this.deps.now()),
-            },
+        return this.flow.headers(verdict, tx, fromChecks, {
+            helo: id.helo,
+            ip: id.ip,
+            ptr: id.ptr,
+            hostname: this.deps.config.hostname,
+            protocol: this.smtp.transmissionType || (id.proto === 'ESMTP' ? 'ESMTP' : 'SMTP'),
+            id: this.id,
+            tlsCipher: tlsInfo ? `${tlsInfo.version} with cipher ${tlsInfo.name}` : null,
+            date: new Date(this.deps.now()),
         });
     }
 

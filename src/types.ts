@@ -1,7 +1,9 @@
 /**
- * Shared domain types: stages, facts, actions and decisions.
+ * Shared domain types: stages, facts, actions and decisions, the client's identity, and the
+ * contract every check implements (pipeline.ts runs them).
  * Pure declarations only; nothing here performs I/O or holds state.
  */
+import type { Readable } from 'node:stream';
 
 /** The SMTP stages at which checks run and rules are evaluated, in session order. */
 export type Stage = 'connect' | 'helo' | 'mail' | 'rcpt' | 'data';
@@ -45,4 +47,66 @@ export interface Decision {
 /** Turns the facts known at a stage into a decision. Pure and synchronous. */
 export interface Decider {
     decide(stage: Stage, facts: Facts): Decision;
+}
+
+/** Who the real client is, passed on with XCLIENT where the upstream allows it. */
+export interface ClientIdentity {
+    readonly ip: string;
+    readonly port: number;
+    /** Verified reverse name, or null when unknown. */
+    readonly ptr: string | null;
+    /** HELO/EHLO argument, or null before one was given. */
+    readonly helo: string | null;
+    readonly proto: 'SMTP' | 'ESMTP';
+    /** SASL login of an authenticated submission client. */
+    readonly login: string | null;
+}
+
+/** The received message, for data-stage checks. */
+export interface MessageSource {
+    /** The message exactly as received, in canonical CRLF form, from the first header on. */
+    stream(): Readable;
+    readonly size: number;
+}
+
+export interface CheckContext {
+    readonly stage: Stage;
+    /** The SMTP session's id (for state a check keeps per connection, such as concurrency leases). */
+    readonly sessionId: string;
+    /** Facts known before this stage's checks ran. */
+    readonly facts: Facts;
+    /** The client as seen by the listener. */
+    readonly client: ClientIdentity;
+    /** Envelope sender (empty string for the null reverse-path) and recipients so far. */
+    readonly envelope: { readonly mailFrom: string | null; readonly rcptTo: readonly string[] };
+    /** The message, at the data stage only. */
+    readonly message: MessageSource | null;
+}
+
+/** What a check reports: facts, and header fields to prepend when the message is forwarded. */
+export interface CheckResult {
+    readonly facts: Facts;
+    readonly headers?: readonly HeaderField[];
+}
+
+export interface Check {
+    /** Stable snake_case name used in facts, logs and metric labels. */
+    readonly name: string;
+    readonly stages: readonly Stage[];
+    readonly timeoutMs: number;
+    readonly onError: 'tempfail' | 'ignore';
+    /**
+     * `signal` aborts when the check times out, fails or returns; the check must then start no
+     * new work (no DNS query, no further reading). Message streams it opened through
+     * `ctx.message` are destroyed by the pipeline at that moment.
+     */
+    run(ctx: CheckContext, signal: AbortSignal): Promise<CheckResult>;
+    /**
+     * Called when the client connects, before the greeting: starts lookups the check will need
+     * at its own (later) stage, so they are under way or cached by then. It must not wait,
+     * throw, or report anything; `run` still does all the work that decides.
+     */
+    prefetch?(client: ClientIdentity): void;
+    /** Called once when the SMTP session ends, to release per-connection state; must not throw. */
+    end?(sessionId: string): Promise<void>;
 }

@@ -9,7 +9,7 @@
  */
 import { isIP } from 'node:net';
 import type { Resolver } from '../dns/resolver.ts';
-import type { Check, CheckResult } from '../pipeline.ts';
+import type { Check, CheckResult } from '../types.ts';
 
 const TEMPORARY = new Set(['ETIMEOUT', 'ESERVFAIL', 'ECONNREFUSED', 'EREFUSED', 'ECANCELLED']);
 

@@ -17,7 +17,7 @@ import type { LimitStore } from '../limits/types.ts';
 import type { Logger } from '../log.ts';
 import { createMetrics } from '../metrics.ts';
 import { compileCidrs } from '../net/cidr.ts';
-import { parseIp } from '../rules/ip.ts';
+import { parseIp } from '../net/ip.ts';
 import { createLoginGuard, type GuardCount } from '../submission/login-guard.ts';
 import { VERSION } from '../version.ts';
 

@@ -16,25 +16,10 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { isMap, isScalar, isSeq, LineCounter, parseDocument, type Node } from 'yaml';
 import { ConfigError, formatIssue, loadConfigWithWarnings, type Issue } from '../config/load.ts';
+import type { CheckValidator } from '../config/issues.ts';
 import type { Config } from '../config/types.ts';
 import { checkRules } from '../rules/index.ts';
 import { submissionFilesCheck } from '../submission/index.ts';
-
-/** Something that works but should be fixed: printed as `FILE: warning: message`, exit code unchanged. */
-export interface CheckWarning {
-    readonly file: string;
-    readonly message: string;
-}
-
-/** A further check run on a loaded config (for example: every rule file parses and validates). */
-export interface CheckValidator {
-    /** Short name, for the summary line. */
-    readonly name: string;
-    /** Returns the issues found (an empty array when all is well); those of severity `warning` refuse nothing. */
-    readonly validate: (config: Config) => Promise<readonly Issue[]> | readonly Issue[];
-    /** Returns what deserves a warning only (for example: file permissions). */
-    readonly warn?: (config: Config) => readonly CheckWarning[];
-}
 
 /** Validators run by `mailwarden check` after the config loaded cleanly, in order. */
 export const checkValidators: CheckValidator[] = [

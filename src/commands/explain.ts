@@ -19,16 +19,31 @@ import { createResolver } from '../dns/resolver.ts';
 import { createMemoryStore } from '../limits/memory-store.ts';
 import { formatField } from '../headers.ts';
 import { headerStep } from '../incoming-header.ts';
-import { domainOf, forwardHeaders, messageFacts } from '../message-facts.ts';
+import { messageFacts } from '../message-facts.ts';
 import { createMetrics } from '../metrics.ts';
-import { runStage, type CheckContext, type CheckOutcome } from '../pipeline.ts';
-import { formatReply, replyFor, replyForDecision } from '../reply.ts';
+import { runStage, type CheckOutcome, type StageResult } from '../pipeline.ts';
+import { formatReply, replyFor } from '../reply.ts';
 import { createReputationService } from '../reputation/service.ts';
 import { RuleError, loadRuleSet, type RuleSet, type TraceEntry } from '../rules/index.ts';
-import { MAX_HEADER_SECTION } from '../session.ts';
-import { createSubmissionAuth, mayUse } from '../submission/index.ts';
-import type { Decider, Decision, Facts, FactValue, HeaderField, SmtpReply, Stage } from '../types.ts';
-import type { ClientIdentity } from '../upstream/types.ts';
+import { createSubmissionAuth } from '../submission/index.ts';
+import {
+    MAX_HEADER_SECTION,
+    MessageFlow,
+    type FlowClient,
+    type ProtocolRefusal,
+    type Transaction,
+} from '../transaction.ts';
+import type {
+    Decider,
+    Decision,
+    Facts,
+    FactValue,
+    HeaderField,
+    SmtpReply,
+    Stage,
+    CheckContext,
+    ClientIdentity,
+} from '../types.ts';
 import { VERSION } from '../version.ts';
 
 export interface ExplainIo {
@@ -150,7 +165,9 @@ export async function explainMessage(
         },
     };
     const sessionId = 'explain';
-    let client: ClientIdentity = {
+    // the same message flow as the live session (transaction.ts); only the I/O differs
+    const flow = new MessageFlow(sessionId, listener);
+    let identity: ClientIdentity = {
         ip: input.clientIp,
         port: 0,
         ptr: null,
@@ -158,19 +175,7 @@ export async function explainMessage(
         proto: 'ESMTP',
         login: input.authUser,
     };
-    const base: Record<string, FactValue> = {
-        listener: listener.name,
-        'listener.mode': listener.mode,
-        'client.ip': input.clientIp,
-        'client.ptr': null,
-        tls: listener.tls === 'implicit',
-        helo: input.helo,
-        'auth.user': input.authUser,
-    };
-    let score = 0;
-    let earlier: HeaderField[] = [];
-    let tagged = false;
-    const rulesSeen: string[] = [];
+    const client = (): FlowClient => ({ identity, tls: listener.tls === 'implicit' });
     const spool = new MessageSpool({
         memoryLimit: config.spool.memoryLimit,
         dir: config.spool.dir,
@@ -181,152 +186,80 @@ export async function explainMessage(
         const run = async (
             stage: Stage,
             facts: Facts,
-            extra: Partial<Omit<CheckContext, 'stage' | 'facts'>> = {},
-        ): Promise<{ decision: Decision; facts: Facts; headers: readonly HeaderField[] }> => {
+            message: CheckContext['message'] = null,
+        ): Promise<StageResult> => {
             trace = [];
-            const ctx = {
-                sessionId,
-                facts: { ...facts, score },
-                client,
-                envelope: { mailFrom: input.mailFrom, rcptTo: input.rcpts },
-                message: null,
-                ...extra,
-            };
-            const r = await runStage(stage, checks, ctx, tracing);
+            const r = await runStage(stage, checks, { ...flow.context(facts, identity), message }, tracing);
             stages.push({ stage, facts: r.facts, checks: r.checks, rules: trace, decision: r.decision });
-            rulesSeen.push(...r.decision.rules);
-            if (stage !== 'data' && !replyForDecision(r.decision, { id: sessionId })) {
-                score = r.decision.score;
-                earlier = [...earlier, ...r.decision.headers];
-                if (r.decision.action === 'tag') tagged = true;
-            }
-            return { decision: r.decision, facts: r.facts, headers: r.headers };
+            return r;
         };
-        const stop = (stage: Stage, decision: Decision): ExplainReport | null => {
-            const refusal = replyForDecision(decision, { id: sessionId });
-            if (!refusal) return null;
-            // as the session does: a refusal names the session id, a rule's own text included
-            const reply = refusal.text.includes(sessionId)
-                ? refusal
-                : { ...refusal, text: `${refusal.text} (id ${sessionId})` };
-            return { version: VERSION, stages, decision, reply, headers: [], stoppedAt: stage, lists };
-        };
+        const stop = (stage: Stage, decision: Decision, reply: SmtpReply | null): ExplainReport | null =>
+            reply ? { version: VERSION, stages, decision, reply, headers: [], stoppedAt: stage, lists } : null;
+        const refused = (stage: Stage, tx: Transaction | null, r: ProtocolRefusal): ExplainReport =>
+            stop(stage, MessageFlow.refusedBeforeRules(flow.score(tx), r.reason), r.reply)!;
 
-        const connect = await run('connect', base);
-        let stopped = stop('connect', connect.decision);
+        const connect = await run('connect', flow.connectStageFacts(client()));
+        let stopped = stop('connect', connect.decision, flow.refusal('connect', connect.decision));
         if (stopped) return stopped;
-        const helo = await run('helo', { ...base, ...connect.facts });
-        if ((stopped = stop('helo', helo.decision))) return stopped;
+        flow.connected(connect);
+        const helo = await run('helo', flow.heloStageFacts(client()));
+        if ((stopped = stop('helo', helo.decision, flow.refusal('helo', helo.decision)))) return stopped;
         // the reverse name is known from the helo stage on (the iprev check runs there)
-        const ptr = helo.facts['client.ptr'];
-        client = { ...client, ptr: typeof ptr === 'string' ? ptr : null };
-        if (binding && !mayUse(binding.login, input.mailFrom, binding.policy)) {
-            const reply = replyFor('sender-not-owned', {
-                id: sessionId,
-                address: input.mailFrom || '<>',
-                login: binding.login,
-            });
-            const decision: Decision = {
-                action: 'reject',
-                rules: [],
-                score,
-                reason: 'envelope sender not owned by the login',
-                headers: [],
-            };
-            return { version: VERSION, stages, decision, reply, headers: [], stoppedAt: 'mail', lists };
-        }
-        const mailFacts = {
-            ...helo.facts,
-            'mail.from': input.mailFrom,
-            'mail.from.domain': domainOf(input.mailFrom),
-        };
-        const mail = await run('mail', mailFacts);
-        if ((stopped = stop('mail', mail.decision))) return stopped;
-        let rcptFacts: Facts = mail.facts;
-        const accepted: string[] = [];
+        identity = { ...identity, ptr: flow.heloDone(helo) };
+        const notOwned = flow.senderRefusal(binding, input.mailFrom);
+        if (notOwned) return refused('mail', null, notOwned);
+        const mail = await run('mail', flow.mailStageFacts(client(), input.mailFrom));
+        if ((stopped = stop('mail', mail.decision, flow.refusal('mail', mail.decision)))) return stopped;
+        const tx = flow.begin(mail, {
+            mailFrom: input.mailFrom,
+            smtputf8: false,
+            sizeLimit: listener.maxMessageSize,
+        });
         const relay = relayPolicy(config, listener);
         for (const to of input.rcpts) {
             // relay control comes before the rcpt rules, as in the live session
             const parsed = parseEnvelopeCommand('rcpt', Buffer.from(`RCPT TO:<${to}>`, 'utf8'));
             if (parsed.ok && relay.verdict(parsed.mailbox, input.authUser !== null) === 'refused') {
-                const decision: Decision = {
-                    action: 'reject',
-                    rules: [],
-                    score,
-                    reason: `relaying denied: ${parsed.mailbox.asciiDomain ?? ''} is not in domains or relayDomains`,
-                    headers: [],
-                };
-                const reply = replyFor('relay-denied', { id: sessionId, domain: parsed.mailbox.asciiDomain ?? '' });
-                return { version: VERSION, stages, decision, reply, headers: [], stoppedAt: 'rcpt', lists };
+                const domain = parsed.mailbox.asciiDomain ?? '';
+                return refused('rcpt', tx, {
+                    reason: `relaying denied: ${domain} is not in domains or relayDomains`,
+                    reply: flow.withId(replyFor('relay-denied', { id: sessionId, domain })),
+                });
             }
-            const rcpt = await run('rcpt', {
-                ...rcptFacts,
-                'rcpt.to': [...accepted, to],
-                'rcpt.count': accepted.length + 1,
-                'rcpt.domain': domainOf(to),
-            });
-            if ((stopped = stop('rcpt', rcpt.decision))) return stopped;
-            accepted.push(to);
-            rcptFacts = { ...rcpt.facts, 'rcpt.to': [...accepted], 'rcpt.count': accepted.length };
+            const rcpt = await run('rcpt', flow.rcptStageFacts(tx, to));
+            if ((stopped = stop('rcpt', rcpt.decision, flow.refusal('rcpt', rcpt.decision)))) return stopped;
+            flow.recipientAccepted(tx, to, rcpt);
         }
 
         const summary = await spool.ingest(Readable.from([input.message]));
-        const protocol = summary.tooBig
-            ? replyFor('message-too-big', { id: sessionId, limit: listener.maxMessageSize })
-            : summary.bareLf + summary.bareCr + summary.nul > 0 && listener.bareNewline === 'reject'
-              ? replyFor('bare-newline', { id: sessionId })
-              : summary.headerLength < 0
-                ? replyFor('header-too-big', { id: sessionId, limit: MAX_HEADER_SECTION })
-                : null;
-        if (protocol) {
-            const decision: Decision = {
-                action: 'reject',
-                rules: [],
-                score,
-                reason: 'refused before the rules',
-                headers: [],
-            };
-            return { version: VERSION, stages, decision, reply: protocol, headers: [], stoppedAt: 'data', lists };
-        }
+        const protocol = flow.protocolRefusal(summary, tx.sizeLimit);
+        if (protocol) return refused('data', tx, protocol);
         const header = headerStep({
             section: await spool.readBuffer(0, summary.headerLength),
             authservId: config.hostname,
             sessionId,
             binding,
         });
-        if (!header.ok) {
-            const decision: Decision = { action: 'reject', rules: [], score, reason: header.reason, headers: [] };
-            return { version: VERSION, stages, decision, reply: header.reply, headers: [], stoppedAt: 'data', lists };
-        }
+        if (!header.ok) return refused('data', tx, { reason: header.reason, reply: flow.headerRefusal(header.reply) });
         const { kept } = header;
-        const data = await run(
-            'data',
-            { ...rcptFacts, ...messageFacts(kept, summary) },
-            { message: { stream: () => spool.read(0, summary.size), size: summary.size } },
-        );
-        const decision: Decision =
-            data.decision.action === 'accept' && tagged ? { ...data.decision, action: 'tag' } : data.decision;
-        if ((stopped = stop('data', decision))) return stopped;
-        const headers = forwardHeaders({
-            decision,
-            rules: rulesSeen,
-            fromChecks: data.headers,
-            earlier,
-            sessionId,
-            received: {
-                helo: input.helo,
-                ip: input.clientIp,
-                ptr: client.ptr,
-                hostname: config.hostname,
-                protocol: input.authUser ? 'ESMTPA' : 'ESMTP',
-                id: sessionId,
-                recipient: accepted.length === 1 ? accepted[0]! : null,
-                tlsCipher: null,
-                date: new Date(),
-            },
+        const data = await run('data', flow.dataStageFacts(tx, messageFacts(kept, summary)), {
+            stream: () => spool.read(0, summary.size),
+            size: summary.size,
+        });
+        const verdict = flow.finish(tx, data);
+        if ((stopped = stop('data', verdict.decision, verdict.refusal))) return stopped;
+        const headers = flow.headers(verdict, tx, data.headers, {
+            helo: input.helo,
+            ip: input.clientIp,
+            ptr: identity.ptr,
+            hostname: config.hostname,
+            protocol: input.authUser ? 'ESMTPA' : 'ESMTP',
+            id: sessionId,
+            tlsCipher: null,
+            date: new Date(),
         });
         const ok = replyFor('accepted', { id: sessionId, queueId: null });
-        return { version: VERSION, stages, decision, reply: ok, headers, stoppedAt: 'data', lists };
+        return { version: VERSION, stages, decision: verdict.decision, reply: ok, headers, stoppedAt: 'data', lists };
     } finally {
         await Promise.all(checks.map((c) => (c.end ? c.end(sessionId).catch(() => undefined) : Promise.resolve())));
         await spool.dispose();

@@ -1,9 +1,11 @@
 /**
  * The error shape shared by config and rule-file validation: positioned issues rendered as
  * `FILE:LINE:COL: message` (`FILE:LINE:COL: warning: message` for a warning, which refuses
- * nothing), and the ConfigError that carries all of them at once.
+ * nothing), and the ConfigError that carries all of them at once; and the contract of the further
+ * validators `mailwarden check` runs on a loaded config.
  * Formatting only; it must not decide what is valid.
  */
+import type { Config } from './types.ts';
 
 export interface Issue {
     /** The file as the user named it. */
@@ -29,13 +31,46 @@ export function sortIssues(issues: readonly Issue[]): Issue[] {
     );
 }
 
-export class ConfigError extends Error {
+/** Every issue of a file at once, sorted and frozen, its message one `FILE:LINE:COL: …` line each. */
+export class IssuesError extends Error {
     readonly issues: readonly Issue[];
 
-    constructor(issues: readonly Issue[]) {
+    constructor(issues: readonly Issue[], name: string) {
         const sorted = sortIssues(issues);
         super(sorted.map(formatIssue).join('\n'));
-        this.name = 'ConfigError';
+        this.name = name;
         this.issues = Object.freeze(sorted.map((i) => Object.freeze({ ...i })));
     }
+}
+
+/** The issues of a configuration (or users) file. */
+export class ConfigError extends IssuesError {
+    constructor(issues: readonly Issue[]) {
+        super(issues, 'ConfigError');
+    }
+}
+
+/** Why a file could not be read, in words (no such file, permission denied, …). */
+export function ioReason(err: unknown): string {
+    const code = (err as NodeJS.ErrnoException | null)?.code;
+    if (code === 'ENOENT') return 'no such file';
+    if (code === 'EACCES' || code === 'EPERM') return 'permission denied';
+    if (code === 'EISDIR') return 'is a folder, not a file';
+    return err instanceof Error ? err.message : String(err);
+}
+
+/** Something that works but should be fixed: printed as `FILE: warning: message`, exit code unchanged. */
+export interface CheckWarning {
+    readonly file: string;
+    readonly message: string;
+}
+
+/** A further check run on a loaded config (for example: every rule file parses and validates). */
+export interface CheckValidator {
+    /** Short name, for the summary line. */
+    readonly name: string;
+    /** Returns the issues found (an empty array when all is well); those of severity `warning` refuse nothing. */
+    readonly validate: (config: Config) => Promise<readonly Issue[]> | readonly Issue[];
+    /** Returns what deserves a warning only (for example: file permissions). */
+    readonly warn?: (config: Config) => readonly CheckWarning[];
 }

@@ -19,7 +19,7 @@ import {
     defaultMaxClientsPerNetwork,
     defaultUpstreamStarttls,
 } from './defaults.ts';
-import { ConfigError, type Issue } from './issues.ts';
+import { ConfigError, ioReason, type Issue } from './issues.ts';
 import { isIpv6, normalizeHost, normalizeHostname, parseCidr, parseDnsServer, parsePort } from './net.ts';
 import { SourceReader, type Field } from './reader.ts';
 import { reputationSection } from './reputation.ts';
@@ -182,14 +182,6 @@ export function loadConfigWithWarnings(
     const config = new ConfigBuilder(reader, path.dirname(absolute), absolute).build();
     if (reader.failed) throw new ConfigError(reader.issues);
     return { config: deepFreeze(config), warnings: Object.freeze([...reader.warnings]) };
-}
-
-function ioReason(err: unknown): string {
-    const code = (err as NodeJS.ErrnoException | null)?.code;
-    if (code === 'ENOENT') return 'no such file';
-    if (code === 'EACCES' || code === 'EPERM') return 'permission denied';
-    if (code === 'EISDIR') return 'is a folder, not a file';
-    return err instanceof Error ? err.message : String(err);
 }
 
 /** Freezes an object graph so that no part of the config can change after loading. */

@@ -10,7 +10,6 @@
  */
 import type { Logger } from '../log.ts';
 import type { Metrics } from '../metrics.ts';
-import type { Check, CheckContext } from '../pipeline.ts';
 import { STAGES } from '../rules/facts.ts';
 import {
     CONCURRENCY_RETRY_SECONDS,
@@ -19,7 +18,7 @@ import {
     type GreylistSpec,
     type LimitSpec,
 } from '../rules/limits.ts';
-import type { FactValue } from '../types.ts';
+import type { FactValue, Check, CheckContext } from '../types.ts';
 import { greylistTriplet, limitKeys } from './limit-keys.ts';
 import type { GreylistVerdict, LimitStore } from './types.ts';
 

@@ -16,7 +16,7 @@
  */
 import { isIP } from 'node:net';
 import type { Metrics } from '../metrics.ts';
-import type { Check, CheckResult } from '../pipeline.ts';
+import type { Check, CheckResult } from '../types.ts';
 import type { Facts, FactValue } from '../types.ts';
 import { askLists, EMPTY_VERDICT, type ListVerdict, type Resolve } from './lookup.ts';
 import { genericPtr, heloFacts, type OwnIdentity } from './names.ts';

@@ -10,7 +10,7 @@
 import type { Config } from '../config/types.ts';
 import type { Logger } from '../log.ts';
 import type { Metrics } from '../metrics.ts';
-import type { Check } from '../pipeline.ts';
+import type { Check } from '../types.ts';
 import { createReputationCheck, ReputationLookup, type ReputationLists } from './check.ts';
 import type { Resolve } from './lookup.ts';
 import { configuredSites } from './sites.ts';

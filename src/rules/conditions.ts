@@ -9,7 +9,7 @@ import { isAlias, isMap, isScalar, isSeq, type Document, type Node } from 'yaml'
 import { didYouMean } from '../config/suggest.ts';
 import type { Facts, FactValue, Stage } from '../types.ts';
 import { elementType, isListType, stageIndex, type FactSpec, type FactType } from './facts.ts';
-import { IpSet, formatIp, parseIp, parseRange, type IpRange } from './ip.ts';
+import { IpSet, formatIp, parseIp, parseRange, type IpRange } from '../net/ip.ts';
 import type { ListMatcher, ListType } from './lists.ts';
 import { domainOfAddress, foldAddress, foldDomain, parseAddress, parseDomain } from './names.ts';
 import type { RegexArena } from './regex.ts';
@@ -777,7 +777,8 @@ function typeWord(type: FactType): string {
     return TYPE_WORDS[type];
 }
 
-function allOf(parts: readonly Condition[], explicit: boolean): Condition {
+/** All of `parts`; `explicit` (an `all:` in a rule file) shows them as "all of (…)". */
+export function allOf(parts: readonly Condition[], explicit: boolean): Condition {
     if (parts.length === 0) return ALWAYS;
     if (parts.length === 1 && !explicit) return parts[0]!;
     return {
@@ -799,7 +800,8 @@ function grouped(c: Condition, facts: Facts): { ok: boolean; text: string } {
         : r;
 }
 
-function anyOf(parts: readonly Condition[]): Condition {
+/** Any of `parts` (an `any:` in a rule file). */
+export function anyOf(parts: readonly Condition[]): Condition {
     return {
         test: (facts) => parts.some((p) => p.test(facts)),
         explain(facts) {

@@ -224,7 +224,12 @@ const CATALOGUE: readonly FactSpec[] = [
         'rcpt',
         'Recipients of the transaction so far (at the rcpt stage: including the one being checked)',
     ),
-    fact('rcpt.domain', 'domain', 'rcpt', 'Domain of the recipient being checked (rcpt stage)'),
+    fact(
+        'rcpt.domain',
+        'domain',
+        'rcpt',
+        'Domain of the recipient being checked (rcpt stage); at the data stage, of the last accepted recipient',
+    ),
     fact('rcpt.count', 'number', 'rcpt', 'Number of recipients so far'),
     fact('header.from', 'address', 'data', 'Address in the From header field (the author, RFC 5322 section 3.6.2)'),
     fact(

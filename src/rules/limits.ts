@@ -10,10 +10,11 @@ import type { Field, SourceReader } from '../config/reader.ts';
 import { didYouMean } from '../config/suggest.ts';
 import { formatDuration, formatSize, parseDuration, parseSize } from '../config/units.ts';
 import type { Window } from '../limits/types.ts';
+import { replyFor, type ReplyDetail, type Situation } from '../reply.ts';
 import type { Facts, Stage } from '../types.ts';
-import { showValue, type Condition } from './conditions.ts';
+import { allOf, anyOf, showValue, type Condition } from './conditions.ts';
 import { stageIndex, type FactSpec, type FactType } from './facts.ts';
-import type { Rule, RuleMode, RuleReplySpec } from './ruleset.ts';
+import type { Rule, RuleMode, RuleReplySpec } from './rule.ts';
 import { parseTemplate, type Template } from './template.ts';
 
 /** What one unit of a rate is, and so when it is counted. */
@@ -230,6 +231,12 @@ function template(text: string): Template {
     return t;
 }
 
+/** A reply of the table (reply.ts) as a rule reply, its placeholders filled in from the facts. */
+function ruleReply(situation: Situation, detail: ReplyDetail): RuleReplySpec {
+    const r = replyFor(situation, detail);
+    return { code: r.code, enhanced: r.enhanced, text: template(r.text) };
+}
+
 /** A condition: the list fact `fact` holds `value`. */
 function listHolds(fact: string, value: string): Condition {
     const test = (facts: Facts): boolean => {
@@ -267,27 +274,6 @@ function isOneOf(fact: string, values: readonly string[]): Condition {
     };
 }
 
-function allOf(parts: readonly Condition[]): Condition {
-    return {
-        test: (facts) => parts.every((p) => p.test(facts)),
-        explain(facts) {
-            const rs = parts.map((p) => p.explain(facts));
-            return { ok: rs.every((r) => r.ok), text: rs.map((r) => r.text).join('; ') };
-        },
-    };
-}
-
-function anyOf(parts: readonly Condition[]): Condition {
-    return {
-        test: (facts) => parts.some((p) => p.test(facts)),
-        explain(facts) {
-            const rs = parts.map((p) => p.explain(facts));
-            const ok = rs.some((r) => r.ok);
-            return { ok, text: `any of (${rs.map((r) => r.text).join(' | ')}) ${ok ? '✓' : '✗'}` };
-        },
-    };
-}
-
 /** The size in bytes of the smallest window of a byte rate: a message above it can never fit. */
 export function byteCeiling(spec: LimitSpec): number {
     if (spec.per !== 'byte' || spec.windows === null) return Infinity;
@@ -297,44 +283,18 @@ export function byteCeiling(spec: LimitSpec): number {
 /** The rule a limit stands for: tempfail when the check reports its id. */
 export function limitRule(spec: LimitSpec): Rule {
     const connection = spec.stage === 'connect';
-    const retry = '{ratelimit.retry_after}';
-    const what =
-        spec.concurrency !== null
-            ? 'Too many simultaneous connections'
-            : spec.per === 'connection'
-              ? 'Rate limit reached: too many connections'
-              : spec.per === 'recipient'
-                ? 'Rate limit reached: too many recipients'
-                : spec.per === 'byte'
-                  ? 'Rate limit reached: too much mail (in bytes)'
-                  : 'Rate limit reached: too many messages';
-    const advice =
-        spec.concurrency !== null
-            ? `Please close other connections and try again in ${retry} seconds`
-            : `Please try again in ${retry} seconds`;
-    const reply: RuleReplySpec = {
-        code: connection ? 421 : 450,
-        enhanced: connection ? '4.7.0' : '4.7.1',
-        text: template(`${what} ${whose(spec.key)}. ${advice} (limit ${spec.id}).`),
+    const detail: ReplyDetail = {
+        id: '',
+        limitId: spec.id,
+        limitKind: spec.concurrency !== null ? 'concurrency' : (spec.per ?? 'message'),
+        whose: whose(spec.key),
+        rate: spec.rateText ?? '',
+        retry: '{ratelimit.retry_after}',
     };
-    const failed: RuleReplySpec = {
-        code: connection ? 421 : 451,
-        enhanced: connection ? '4.7.0' : '4.7.1',
-        text: template(
-            `Temporary problem applying a sending limit; nothing is wrong with your mail. Please try again in a few minutes (limit ${spec.id}).`,
-        ),
-    };
+    const reply = ruleReply(connection ? 'connection-limit-exceeded' : 'limit-exceeded', detail);
+    const failed = ruleReply(connection ? 'connection-limit-failed' : 'limit-failed', detail);
     const ceiling = byteCeiling(spec);
-    const tooBig: RuleReplySpec | null =
-        ceiling === Infinity
-            ? null
-            : {
-                  code: 450,
-                  enhanced: '4.7.1',
-                  text: template(
-                      `Rate limit reached: this message alone is larger than the limit ${spec.id} allows ${whose(spec.key)} (${spec.rateText ?? ''}), so it cannot be accepted under this limit; please ask the postmaster.`,
-                  ),
-              };
+    const tooBig: RuleReplySpec | null = ceiling === Infinity ? null : ruleReply('limit-message-too-big', detail);
     const enforce = spec.mode === 'enforce';
     const when = enforce
         ? spec.onError === 'tempfail'
@@ -374,13 +334,7 @@ export function limitRule(spec: LimitSpec): Rule {
 export function greylistRule(spec: GreylistSpec): Rule {
     const refused =
         spec.mode === 'enforce' && spec.onError === 'tempfail' ? ['new', 'early', 'error'] : ['new', 'early'];
-    const failed: RuleReplySpec = {
-        code: 451,
-        enhanced: '4.7.1',
-        text: template(
-            'Temporary problem applying greylisting; nothing is wrong with your mail. Please try again in a few minutes.',
-        ),
-    };
+    const failed = ruleReply('greylist-failed', { id: '' });
     return {
         id: spec.id,
         description:
@@ -392,14 +346,8 @@ export function greylistRule(spec: GreylistSpec): Rule {
         action: 'tempfail',
         mode: spec.mode,
         score: 0,
-        when: allOf([isOneOf('greylist.id', [spec.id]), isOneOf('greylist.result', refused)]),
-        reply: {
-            code: 450,
-            enhanced: '4.7.1',
-            text: template(
-                'Greylisted: please try again in {greylist.retry_after} seconds (RFC 6647). This server delays mail from senders it has not seen before; your server will retry by itself.',
-            ),
-        },
+        when: allOf([isOneOf('greylist.id', [spec.id]), isOneOf('greylist.result', refused)], false),
+        reply: ruleReply('greylisted', { id: '', retry: '{greylist.retry_after}' }),
         headers: [],
         implicit: 'greylist',
         pickReply: (facts) => (facts['greylist.result'] === 'error' ? failed : null),

@@ -11,7 +11,7 @@
  * Measured (test/rules/lists.test.ts): a 100,000-entry ip, domain or address list builds in
  * about 100 to 150 ms; a 2,000-entry pattern list compiles in about 0.4 s.
  */
-import { IpSet, parseRange, type IpRange } from './ip.ts';
+import { IpSet, parseRange, type IpRange } from '../net/ip.ts';
 import { domainOfAddress, foldAddress, foldDomain, parseAddress, parseDomain } from './names.ts';
 import { RegexArena, type Pattern } from './regex.ts';
 

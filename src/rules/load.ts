@@ -12,7 +12,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { isAlias, isMap, isScalar, type Node } from 'yaml';
-import { formatIssue, sortIssues, type Issue } from '../config/issues.ts';
+import { formatIssue, IssuesError, sortIssues, type Issue } from '../config/issues.ts';
 import { SourceReader, type Field } from '../config/reader.ts';
 import { didYouMean } from '../config/suggest.ts';
 import type { Action, FactValue, SmtpReply, Stage } from '../types.ts';
@@ -65,14 +65,9 @@ export const RESERVED_HEADERS: readonly string[] = Object.freeze([
 const ENHANCED = /^[245]\.\d{1,3}\.\d{1,3}$/;
 
 /** All the problems found in a rules folder. */
-export class RuleError extends Error {
-    readonly issues: readonly Issue[];
-
+export class RuleError extends IssuesError {
     constructor(issues: readonly Issue[]) {
-        const sorted = sortIssues(issues);
-        super(sorted.map(formatIssue).join('\n'));
-        this.name = 'RuleError';
-        this.issues = Object.freeze(sorted.map((i) => Object.freeze({ ...i })));
+        super(issues, 'RuleError');
     }
 }
 

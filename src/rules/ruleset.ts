@@ -8,39 +8,12 @@
  * placed first in their stage. Pure and synchronous: no I/O, facts are never modified.
  */
 import type { Action, Decider, Decision, Facts, HeaderField, SmtpReply, Stage } from '../types.ts';
-import type { Condition } from './conditions.ts';
 import type { GreylistSpec, LimitSpec } from './limits.ts';
 import type { ListType } from './lists.ts';
-import { MAX_HEADER_VALUE, MAX_REPLY_TEXT, renderTemplate, type Template } from './template.ts';
+import { MAX_HEADER_VALUE, MAX_REPLY_TEXT, renderTemplate } from './template.ts';
+import type { Rule, RuleMode } from './rule.ts';
 
-export type RuleMode = 'enforce' | 'monitor';
-
-export interface RuleReplySpec {
-    readonly code: number;
-    readonly enhanced: string;
-    readonly text: Template;
-}
-
-/** A validated, compiled rule. */
-export interface Rule {
-    readonly id: string;
-    readonly description: string | null;
-    /** The rule file as named in messages, and the line of the rule's `id`. */
-    readonly file: string;
-    readonly line: number;
-    readonly stage: Stage;
-    readonly action: Action;
-    readonly mode: RuleMode;
-    /** Added to the score when a tag rule matches (0 for other actions). */
-    readonly score: number;
-    readonly when: Condition;
-    readonly reply: RuleReplySpec | null;
-    readonly headers: readonly { readonly name: string; readonly value: Template }[];
-    /** Set on the rules a limit or a greylisting entry implies; they come first in their stage. */
-    readonly implicit?: 'limit' | 'greylist';
-    /** Chooses the reply from the facts when it depends on them (implicit rules); null: `reply`. */
-    readonly pickReply?: (facts: Facts) => RuleReplySpec | null;
-}
+export type { Rule, RuleMode, RuleReplySpec } from './rule.ts';
 
 export interface ListInfo {
     readonly name: string;

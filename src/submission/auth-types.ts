@@ -1,8 +1,9 @@
 /**
  * The shapes shared by the submission credential backends (users file, Dovecot): the result of
  * checking SMTP AUTH credentials (RFC 4954), the connection facts passed along, and the
- * canonical user name. Declarations only.
+ * canonical user name, and the contract a credential backend implements. Declarations only.
  */
+import type { SenderPolicy } from './sender-policy.ts';
 
 /** 'invalid' → 535 5.7.8; 'unavailable' → 454 4.7.0 (RFC 4954 section 6). */
 export type AuthResult = 'ok' | 'invalid' | 'unavailable';
@@ -32,3 +33,12 @@ export interface AuthOutcome {
 
 /** Whether the credential a session logged in with still holds. */
 export type CredentialState = 'current' | 'changed' | 'removed';
+
+/** Verifies SMTP AUTH credentials and knows which addresses each login may send as. */
+export interface AuthBackend {
+    authenticate(login: string, password: string, context?: AuthContext): Promise<AuthOutcome>;
+    /** The addresses `login` may use as envelope and header sender. */
+    sendAs(login: string): SenderPolicy;
+    /** Whether the credential a session logged in with (AuthOutcome.credential) still holds. */
+    credentialState?(login: string, credential: string): CredentialState;
+}

@@ -14,8 +14,7 @@
  * Passwords travel only inside the `resp=` field and are never logged or kept.
  */
 import net from 'node:net';
-import type { AuthBackend } from '../listener.ts';
-import type { AuthContext, AuthOutcome, AuthResult } from './auth-types.ts';
+import type { AuthContext, AuthOutcome, AuthResult, AuthBackend } from './auth-types.ts';
 import type { DovecotAuthAddress } from '../config/types.ts';
 import type { SenderPolicy } from './sender-policy.ts';
 import { compileSenderPolicy } from './sender-policy.ts';

@@ -5,14 +5,13 @@
  * listeners, log, or decide replies (the listener and session map results to replies).
  */
 import type { DkimConfig, SubmissionAuthConfig } from '../config/types.ts';
-import type { AuthBackend } from '../listener.ts';
-import type { AuthContext, AuthOutcome, AuthResult } from './auth-types.ts';
+import type { AuthContext, AuthOutcome, AuthResult, AuthBackend } from './auth-types.ts';
 import { createDkimSigner, type DkimSigner } from './dkim-sign.ts';
 import { createDovecotBackend } from './dovecot-sasl.ts';
 import type { SenderPolicy } from './sender-policy.ts';
 import { createUsersFileBackend, type ReloadEvent } from './users-file.ts';
 
-export type { AuthContext, AuthOutcome, AuthResult, CredentialState } from './auth-types.ts';
+export type { AuthBackend, AuthContext, AuthOutcome, AuthResult, CredentialState } from './auth-types.ts';
 export type { DkimSigner } from './dkim-sign.ts';
 export {
     checkHeaderSenders,

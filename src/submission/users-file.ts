@@ -21,9 +21,8 @@ import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { isScalar } from 'yaml';
-import type { AuthBackend } from '../listener.ts';
-import type { AuthOutcome, AuthResult, CredentialState } from './auth-types.ts';
-import { ConfigError, type Issue } from '../config/issues.ts';
+import type { AuthOutcome, AuthResult, CredentialState, AuthBackend } from './auth-types.ts';
+import { ConfigError, ioReason, type Issue } from '../config/issues.ts';
 import { SourceReader, type Field } from '../config/reader.ts';
 import { costKey, inspectHash, makeDummyHash, Semaphore, verifyPassword, type HashInfo } from './hashes.ts';
 import { compileSenderPolicy, parseSendAsEntry, type SenderPolicy } from './sender-policy.ts';
@@ -172,14 +171,6 @@ export function loadUsersFile(file: string, passwords: PasswordMode): UserRecord
     const { users, issues } = parseUsersText(file, text, passwords);
     if (issues.length > 0) throw new ConfigError(issues);
     return users;
-}
-
-function ioReason(err: unknown): string {
-    const code = (err as NodeJS.ErrnoException | null)?.code;
-    if (code === 'ENOENT') return 'no such file';
-    if (code === 'EACCES' || code === 'EPERM') return 'permission denied';
-    if (code === 'EISDIR') return 'is a folder, not a file';
-    return err instanceof Error ? err.message : String(err);
 }
 
 /** What an automatic reload (the file changed) came to: for logs and `config_reloads_total`. */

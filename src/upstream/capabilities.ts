@@ -8,18 +8,9 @@
  * It must not open connections itself, nor decide what a client may send (envelope/ does).
  */
 import type { UpstreamLogger } from './common.ts';
-import type { MailParams, RcptParams } from './types.ts';
+import type { MailParams, RcptParams, UpstreamCapabilities } from './types.ts';
 
-export interface UpstreamCapabilities {
-    /** The upstream's message size limit; null when it declared none (no SIZE, `SIZE`, or `SIZE 0`). */
-    readonly size: number | null;
-    readonly eightBitMime: boolean;
-    readonly smtputf8: boolean;
-    /** DSN (RFC 3461): RET and ENVID on MAIL, NOTIFY and ORCPT on RCPT. */
-    readonly dsn: boolean;
-    /** REQUIRETLS (RFC 8689): advertised, and the connection to the upstream is encrypted. */
-    readonly requireTls: boolean;
-}
+export type { UpstreamCapabilities } from './types.ts';
 
 /** What an upstream without any service extension (HELO only) can take. */
 export const NO_CAPABILITIES: UpstreamCapabilities = Object.freeze({

@@ -17,12 +17,12 @@ import type { Readable } from 'node:stream';
 import tls from 'node:tls';
 import type { UpstreamConfig } from '../config/types.ts';
 import { DotStuffer } from '../data/dot-stuff.ts';
+import type { ClientIdentity } from '../types.ts';
 import { capabilitiesFromEhlo, missingCapability, type UpstreamCapabilities } from './capabilities.ts';
 import { assertSafeAddress, assertSafeParam, silentLogger, type UpstreamDeps, type UpstreamLogger } from './common.ts';
 import {
     UnsupportedFeatureError,
     UpstreamError,
-    type ClientIdentity,
     type MailParams,
     type RcptParams,
     type Upstream,

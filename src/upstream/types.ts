@@ -5,19 +5,18 @@
  * the session turns into `451 4.4.1`. Nothing here decides policy.
  */
 import type { Readable } from 'node:stream';
-import type { UpstreamCapabilities } from './capabilities.ts';
+import type { ClientIdentity } from '../types.ts';
 
-/** Who the real client is, passed on with XCLIENT where the upstream allows it. */
-export interface ClientIdentity {
-    readonly ip: string;
-    readonly port: number;
-    /** Verified reverse name, or null when unknown. */
-    readonly ptr: string | null;
-    /** HELO/EHLO argument, or null before one was given. */
-    readonly helo: string | null;
-    readonly proto: 'SMTP' | 'ESMTP';
-    /** SASL login of an authenticated submission client. */
-    readonly login: string | null;
+/** What the upstream can take, from its EHLO reply (capabilities.ts reads it). */
+export interface UpstreamCapabilities {
+    /** The upstream's message size limit; null when it declared none (no SIZE, `SIZE`, or `SIZE 0`). */
+    readonly size: number | null;
+    readonly eightBitMime: boolean;
+    readonly smtputf8: boolean;
+    /** DSN (RFC 3461): RET and ENVID on MAIL, NOTIFY and ORCPT on RCPT. */
+    readonly dsn: boolean;
+    /** REQUIRETLS (RFC 8689): advertised, and the connection to the upstream is encrypted. */
+    readonly requireTls: boolean;
 }
 
 /** A reply received from the upstream. */

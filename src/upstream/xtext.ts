@@ -7,7 +7,8 @@
  */
 import net from 'node:net';
 import ipaddr from 'ipaddr.js';
-import { UpstreamError, type ClientIdentity } from './types.ts';
+import type { ClientIdentity } from '../types.ts';
+import { UpstreamError } from './types.ts';
 
 /** The value Postfix expects when an attribute is not known. */
 export const XCLIENT_UNAVAILABLE = '[UNAVAILABLE]';

@@ -8,7 +8,7 @@ import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { createIprevCheck } from '../../src/checks/iprev.ts';
 import { createResolver, type Resolver } from '../../src/dns/resolver.ts';
-import type { CheckContext } from '../../src/pipeline.ts';
+import type { CheckContext } from '../../src/types.ts';
 import { startApp } from '../helpers/app.ts';
 import { startDnsServer, type DnsTestServer } from '../helpers/dns-server.ts';
 import { startScriptedUpstream } from '../helpers/scripted-upstream.ts';

@@ -9,7 +9,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { startApp, type TestApp } from '../helpers/app.ts';
-import { rsaKey, sign } from '../auth/helpers.ts';
+import { rsaKey, sign } from '../sender-auth/helpers.ts';
 import { startDnsServer, type DnsTestServer } from '../helpers/dns-server.ts';
 import { startScriptedUpstream, unstuff, type ScriptedUpstream } from '../helpers/scripted-upstream.ts';
 import { sendMail } from '../helpers/smtp-client.ts';

@@ -11,7 +11,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { after, before, describe, it } from 'node:test';
-import { rsaKey, sign } from '../auth/helpers.ts';
+import { rsaKey, sign } from '../sender-auth/helpers.ts';
 import { startDnsServer, type DnsTestServer } from '../helpers/dns-server.ts';
 
 const run = promisify(execFile);

@@ -11,9 +11,8 @@ import { createMemoryStore, createRedisStore, type LimitStore } from '../../src/
 import { createRateLimitCheck } from '../../src/limits/check.ts';
 import { greylistSender, greylistTriplet, ipNetwork, limitKeys, safePart } from '../../src/limits/limit-keys.ts';
 import { createMetrics } from '../../src/metrics.ts';
-import type { CheckContext } from '../../src/pipeline.ts';
 import { loadRules, type RuleSet } from '../../src/rules/index.ts';
-import type { Facts, Stage } from '../../src/types.ts';
+import type { Facts, Stage, CheckContext } from '../../src/types.ts';
 import { cleanup, folderWith } from '../rules/helpers.ts';
 import { freePort } from '../helpers/smtp-client.ts';
 

@@ -22,7 +22,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { after, before, describe, it } from 'node:test';
 import { parse } from 'yaml';
 import { hashPassword } from '../../src/submission/hashes.ts';
-import { rsaKey, sign } from '../auth/helpers.ts';
+import { rsaKey, sign } from '../sender-auth/helpers.ts';
 import { startApp, type TestApp } from '../helpers/app.ts';
 import { startDnsServer, type DnsTestServer, type Zone } from '../helpers/dns-server.ts';
 import { signatureFlood } from '../helpers/hostile-mail.ts';

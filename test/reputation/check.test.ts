@@ -9,7 +9,7 @@ import assert from 'node:assert/strict';
 import { after, before, beforeEach, describe, it } from 'node:test';
 import { createResolver, type Resolver } from '../../src/dns/resolver.ts';
 import { createMetrics, type Metrics } from '../../src/metrics.ts';
-import type { CheckContext } from '../../src/pipeline.ts';
+import type { CheckContext } from '../../src/types.ts';
 import { createReputationCheck, ReputationLookup, type ReputationLists } from '../../src/reputation/check.ts';
 import { configuredSites } from '../../src/reputation/sites.ts';
 import { ZoneHealth } from '../../src/reputation/zone-health.ts';

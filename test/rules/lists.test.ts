@@ -7,7 +7,7 @@
 import assert from 'node:assert/strict';
 import { after, describe, it } from 'node:test';
 import { loadRuleSet } from '../../src/rules/index.ts';
-import { IpSet, formatIp, parseIp, parseRange, type IpRange } from '../../src/rules/ip.ts';
+import { IpSet, formatIp, parseIp, parseRange, type IpRange } from '../../src/net/ip.ts';
 import { MAX_PATTERN_ENTRIES, buildList, unbalanced } from '../../src/rules/lists.ts';
 import { cleanup, folderWith, seeded } from './helpers.ts';
 

@@ -12,7 +12,7 @@ import { defaultAuthLockout } from '../../src/config/defaults.ts';
 import { createMemoryStore } from '../../src/limits/memory-store.ts';
 import { createRedisStore, type RedisLimitStore } from '../../src/limits/redis-store.ts';
 import type { LimitStore } from '../../src/limits/types.ts';
-import type { CheckContext } from '../../src/pipeline.ts';
+import type { CheckContext } from '../../src/types.ts';
 import { createLoginGuard, type LoginGuard, type LoginGuardSettings } from '../../src/submission/login-guard.ts';
 import { createLoginSignalsCheck } from '../../src/submission/login-signals.ts';
 import { startRedis, type RedisInstance } from '../helpers/redis.ts';

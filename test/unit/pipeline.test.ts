@@ -7,7 +7,8 @@ import { once } from 'node:events';
 import { Readable } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { describe, it } from 'node:test';
-import { acceptAll, runStage, type Check, type CheckContext, type MessageSource } from '../../src/pipeline.ts';
+import type { Check, CheckContext, MessageSource } from '../../src/types.ts';
+import { acceptAll, runStage } from '../../src/pipeline.ts';
 
 /** A message that never ends: every chunk read is counted; `closed` tells when its stream was torn down. */
 function endlessMessage(): { source: MessageSource; read: () => number; closed: () => boolean } {

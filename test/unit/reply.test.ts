@@ -5,8 +5,14 @@
  */
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { formatReply, replyFor, replyForDecision, toCallbackError, type Situation } from '../../src/reply.ts';
-import { relayedReply } from '../../src/upstream-reply.ts';
+import {
+    formatReply,
+    relayedReply,
+    replyFor,
+    replyForDecision,
+    toCallbackError,
+    type Situation,
+} from '../../src/reply.ts';
 
 const situations: Situation[] = [
     'accepted',

@@ -7,7 +7,8 @@ import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { after, before, describe, it } from 'node:test';
 import { createMaildirUpstream, maildirFileName } from '../../src/upstream/maildir.ts';
-import { UpstreamError, type ClientIdentity } from '../../src/upstream/types.ts';
+import type { ClientIdentity } from '../../src/types.ts';
+import { UpstreamError } from '../../src/upstream/types.ts';
 
 const CLIENT: ClientIdentity = {
     ip: '192.0.2.10',

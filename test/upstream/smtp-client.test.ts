@@ -7,7 +7,8 @@ import { Readable } from 'node:stream';
 import { after, before, describe, it } from 'node:test';
 import { SMTPServer, type SMTPServerOptions } from 'smtp-server';
 import { createSmtpUpstream, type SmtpUpstreamConfig } from '../../src/upstream/smtp-client.ts';
-import { UpstreamError, type ClientIdentity, type UpstreamSession } from '../../src/upstream/types.ts';
+import type { ClientIdentity } from '../../src/types.ts';
+import { UpstreamError, type UpstreamSession } from '../../src/upstream/types.ts';
 import { startScriptedUpstream, unstuff, type ScriptedUpstreamOptions } from '../helpers/scripted-upstream.ts';
 import { createTestCertificate, type TestCertificate } from '../helpers/tls-cert.ts';
 

@@ -2,7 +2,7 @@
 // [UNAVAILABLE], and the one command line within 512 octets.
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import type { ClientIdentity } from '../../src/upstream/types.ts';
+import type { ClientIdentity } from '../../src/types.ts';
 import {
     MAX_COMMAND_LENGTH,
     MAX_XCLIENT_VALUE,

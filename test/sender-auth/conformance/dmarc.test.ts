@@ -11,7 +11,7 @@
 //   - `dmarc-opendmarc`: OpenDMARC's record-parsing cases (a record is accepted when it makes
 //     a failing message get a policy), alignment cases (our strict and relaxed alignment with
 //     the Public Suffix List) and organizational-domain cases (the PSL).
-//   - `psl`: the Public Suffix List's own test cases against src/auth/psl.ts.
+//   - `psl`: the Public Suffix List's own test cases against src/sender-auth/psl.ts.
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -22,10 +22,15 @@ import {
     evaluateRfc9989,
     type DmarcEvaluation,
     type DmarcInput,
-} from '../../../src/auth/dmarc-evaluate.ts';
-import { alignedRelaxed, alignedStrict, decideDisposition, normalizeDomain } from '../../../src/auth/dmarc-policy.ts';
-import { getDmarcRecord, type DnsResolve } from '../../../src/auth/mailauth-internals.ts';
-import { organizationalDomain, publicSuffixList } from '../../../src/auth/psl.ts';
+} from '../../../src/sender-auth/dmarc-evaluate.ts';
+import {
+    alignedRelaxed,
+    alignedStrict,
+    decideDisposition,
+    normalizeDomain,
+} from '../../../src/sender-auth/dmarc-policy.ts';
+import { getDmarcRecord, type DnsResolve } from '../../../src/sender-auth/mailauth-internals.ts';
+import { organizationalDomain, publicSuffixList } from '../../../src/sender-auth/psl.ts';
 import { startDnsServer, type DnsTestServer, type Zone, type ZoneEntry } from '../../helpers/dns-server.ts';
 import { testResolver } from '../helpers.ts';
 import { FIXTURES, settle, type Outcome } from './harness.ts';

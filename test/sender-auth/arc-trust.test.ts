@@ -1,9 +1,9 @@
-// Unit tests of the ARC trust decision (src/auth/arc-trust.ts): reading an
+// Unit tests of the ARC trust decision (src/sender-auth/arc-trust.ts): reading an
 // ARC-Authentication-Results payload, which hop may vouch for the author domain, and that an
 // untrusted hop newer than a trusted one cancels the override.
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { evaluateArcTrust, parseAuthResults, type ArcHop } from '../../src/auth/arc-trust.ts';
+import { evaluateArcTrust, parseAuthResults, type ArcHop } from '../../src/sender-auth/arc-trust.ts';
 
 const aligned = (d: string) => d === 'bank.example' || d.endsWith('.bank.example');
 

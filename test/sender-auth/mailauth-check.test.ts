@@ -6,10 +6,10 @@
 // the DNS server nothing new).
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
-import { createMailauthCheck } from '../../src/auth/mailauth.ts';
+import { createMailauthCheck } from '../../src/sender-auth/mailauth.ts';
 import type { Resolver } from '../../src/dns/resolver.ts';
 import { createMetrics } from '../../src/metrics.ts';
-import type { Check, CheckResult } from '../../src/pipeline.ts';
+import type { Check, CheckResult } from '../../src/types.ts';
 import { startDnsServer, type DnsTestServer, type Zone } from '../helpers/dns-server.ts';
 import {
     basicMessage,

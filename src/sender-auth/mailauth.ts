@@ -28,8 +28,7 @@ import type { Resolver } from '../dns/resolver.ts';
 import { scopedResolver } from '../dns/scoped.ts';
 import type { Logger } from '../log.ts';
 import type { Metrics } from '../metrics.ts';
-import type { Check, CheckContext, CheckResult } from '../pipeline.ts';
-import type { FactValue, HeaderField } from '../types.ts';
+import type { FactValue, HeaderField, Check, CheckContext, CheckResult } from '../types.ts';
 import { evaluateArcTrust, type ArcHop, type ArcTrustOutput } from './arc-trust.ts';
 import { dmarcResInfo, joinAuthResults, receivedSpfValue, withHeaderD } from './auth-results.ts';
 import {

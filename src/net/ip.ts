@@ -1,5 +1,5 @@
 /**
- * IP addresses and CIDR ranges for rules: strict parsing (dotted-quad IPv4, RFC 4291 section
+ * IP addresses and CIDR ranges for rules, lists and limit keys: strict parsing (dotted-quad IPv4, RFC 4291 section
  * 2.2 IPv6 text forms, no zone ids), and IpSet, a lookup structure built once from many
  * ranges: per address family, sorted and merged ranges searched by bisection (O(log n)).
  * IPv4-mapped IPv6 addresses (::ffff:a.b.c.d, RFC 4291 section 2.5.5.2) are treated as the

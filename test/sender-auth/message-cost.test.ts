@@ -11,10 +11,11 @@ import assert from 'node:assert/strict';
 import { Readable } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { after, before, describe, it } from 'node:test';
-import { createMailauthCheck } from '../../src/auth/mailauth.ts';
+import { createMailauthCheck } from '../../src/sender-auth/mailauth.ts';
 import type { AuthenticationConfig } from '../../src/config/types.ts';
 import type { Resolver } from '../../src/dns/resolver.ts';
-import { acceptAll, runStage, type Check, type CheckContext, type CheckResult } from '../../src/pipeline.ts';
+import type { Check, CheckContext, CheckResult } from '../../src/types.ts';
+import { acceptAll, runStage } from '../../src/pipeline.ts';
 import { startDnsServer, type DnsTestServer, type Zone } from '../helpers/dns-server.ts';
 import {
     arcFlood,

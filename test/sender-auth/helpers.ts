@@ -9,8 +9,7 @@ import { dkimSign, sealMessage } from 'mailauth';
 import { defaultAuthentication } from '../../src/config/defaults.ts';
 import type { AuthenticationConfig } from '../../src/config/types.ts';
 import { createResolver, type Resolver } from '../../src/dns/resolver.ts';
-import type { CheckContext } from '../../src/pipeline.ts';
-import type { Facts } from '../../src/types.ts';
+import type { Facts, CheckContext } from '../../src/types.ts';
 
 export interface TestKey {
     readonly privateKey: string;

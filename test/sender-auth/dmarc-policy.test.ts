@@ -1,4 +1,4 @@
-// Unit tests of the DMARC disposition (src/auth/dmarc-policy.ts): p / sp / np, t=y and the
+// Unit tests of the DMARC disposition (src/sender-auth/dmarc-policy.ts): p / sp / np, t=y and the
 // historic pct, psd records applied as inherited policies, strict and relaxed alignment,
 // several From mailboxes, temporary errors (tempfail, never reject), ARC and local overrides.
 import assert from 'node:assert/strict';
@@ -14,8 +14,8 @@ import {
     pctOf,
     type AppliedRecord,
     type DispositionInput,
-} from '../../src/auth/dmarc-policy.ts';
-import { organizationalDomain } from '../../src/auth/psl.ts';
+} from '../../src/sender-auth/dmarc-policy.ts';
+import { organizationalDomain } from '../../src/sender-auth/psl.ts';
 
 function input(over: Partial<DispositionInput> = {}): DispositionInput {
     return {
