@@ -63,6 +63,8 @@ export interface AppDeps {
      * path is relative to. Left out (or the embedded defaults): reload() re-reads no config.
      */
     readonly configFile?: { readonly path: string; readonly env: NodeJS.ProcessEnv; readonly cwd?: string };
+    /** false: no HTTP endpoint even when `http:` is set (a worker; the primary serves it for all). */
+    readonly http?: boolean;
 }
 
 export interface App {
@@ -89,6 +91,8 @@ export interface App {
     reload(): void;
     /** Registers something to re-read on reload; it reports success or throws. */
     onReload(name: string, fn: () => void): void;
+    /** What /readyz reports: null when ready, else a short reason. */
+    readiness(): Promise<string | null>;
     readonly draining: boolean;
 }
 
@@ -388,6 +392,7 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
         onReload(name: string, fn: () => void) {
             reloaders.push({ name, fn });
         },
+        readiness,
         reload() {
             if (draining) {
                 log.info('reload ignored: shutting down');
@@ -451,7 +456,7 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
             ]);
             clearTimeout(timer);
             for (const l of listeners) await l.listen();
-            if (config.http) {
+            if (config.http && deps.http !== false) {
                 const server = createHttpServer({ metrics, readiness });
                 http = server;
                 await new Promise<void>((resolve, reject) => {

@@ -2,6 +2,8 @@
  * Every Prometheus metric of the product, defined once, in one registry per app instance
  * (SPEC, "Metrics"). Label values are bounded: listener names, actions, rule ids and result
  * words from closed sets. No IP, address, domain or message id ever becomes a label value.
+ * With several workers each process has its own registry and the primary sums them
+ * (src/cluster/primary.ts); a gauge that must not be summed says how it is combined.
  */
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 
@@ -202,6 +204,8 @@ export function createMetrics(version: string) {
         }),
         configRestartPending: new Gauge({
             name: `${P}config_restart_pending`,
+            // with several workers: the most any of them has pending
+            aggregator: 'max',
             help: 'Config keys changed in the file since the start that take effect only after a restart (0: the running config is the file)',
             registers: r,
         }),
@@ -209,12 +213,26 @@ export function createMetrics(version: string) {
             name: `${P}build_info`,
             help: 'Always 1; the version label names the running release',
             labelNames: ['version'],
+            // with several workers: one series of 1, not their sum
+            aggregator: 'first',
+            registers: r,
+        }),
+        workers: new Gauge({
+            name: `${P}workers`,
+            help: 'Processes serving the listeners and ready (the workers setting; 1 in a single process)',
+            registers: r,
+        }),
+        workerRestarts: new Counter({
+            name: `${P}worker_restarts_total`,
+            help: 'Worker processes that ended unexpectedly and were replaced, by reason (signal: killed by a signal; error: exited with a non-zero status; exit: exited with status 0)',
+            labelNames: ['reason'],
             registers: r,
         }),
     };
     m.buildInfo.set({ version }, 1);
     // series that alerts compute rates over exist from the start, at 0
     for (const result of ['ok', 'error']) m.configReloads.inc({ result }, 0);
+    for (const reason of ['signal', 'error', 'exit']) m.workerRestarts.inc({ reason }, 0);
     return m;
 }
 

@@ -8,11 +8,19 @@
  * applied, the others named in a "needs a restart" warning), rules, lists, users and
  * certificates. It refuses exactly what `mailwarden check` refuses, with the same
  * `FILE:LINE:COL` lines.
+ * With `workers` above 1 this process becomes the primary (src/cluster/primary.ts) and forks
+ * workers that run this same command; each worker builds the app without the HTTP endpoint and
+ * handles its signals as a single process does.
  * Returns -1 while serving (the process lives on), 1 when the configuration is invalid.
  */
+import cluster from 'node:cluster';
 import { createApp } from '../app.ts';
+import { runPrimary, workerCount } from '../cluster/primary.ts';
+import { serveAsWorker } from '../cluster/worker.ts';
 import { ConfigError, loadConfig, resolveConfigPath } from '../config/load.ts';
 import { createLogger } from '../log.ts';
+import { createMetrics } from '../metrics.ts';
+import { VERSION } from '../version.ts';
 import { RuleError } from '../rules/index.ts';
 
 /** Exit status after a SIGUSR2 drain: EX_TEMPFAIL (sysexits.h), "try again", so a supervisor starts it again. */
@@ -31,12 +39,34 @@ export async function runServe(opts: { configFlag: string | undefined }): Promis
         }
         throw err;
     }
-    const log = createLogger(config.log.level);
+    const count = workerCount(config);
+    const worker = cluster.isWorker ? cluster.worker : undefined;
+    if (!worker && count > 1) {
+        const log = createLogger(config.log.level).child({ role: 'primary' });
+        return runPrimary({
+            config,
+            count,
+            log,
+            metrics: createMetrics(VERSION),
+            reloadConfig: () => {
+                if (path === null) return null;
+                try {
+                    return loadConfig(path, process.env, { cwd });
+                } catch {
+                    return null; // each worker logs why
+                }
+            },
+            exit: (code) => process.exit(code),
+        });
+    }
+    const root = createLogger(config.log.level);
+    const log = worker ? root.child({ worker: worker.id, pid: process.pid }) : root;
     let app;
     try {
         app = createApp(config, {
             logger: log,
             ...(path === null ? {} : { configFile: { path, env: process.env, cwd } }),
+            ...(worker ? { http: false } : {}),
         });
     } catch (err) {
         // invalid rule files, or an invalid users or sendAs file: the lines `check` prints
@@ -47,6 +77,7 @@ export async function runServe(opts: { configFlag: string | undefined }): Promis
         throw err;
     }
     await app.start();
+    if (!worker) app.metrics.workers.set(1);
     let stopping = false;
     const shutdown = (signal: string, restart = false): void => {
         if (stopping) return;
@@ -67,5 +98,7 @@ export async function runServe(opts: { configFlag: string | undefined }): Promis
         log.info({ signal: 'SIGHUP' }, 'reload requested');
         app.reload();
     });
+    // a worker drains like a stop when its primary is gone: nobody would stop or replace it
+    if (worker) serveAsWorker(app, () => shutdown('primary gone'));
     return -1;
 }

@@ -192,6 +192,7 @@ export function defaultConfig(baseDir: string, source: string | null = null): Co
         dkim: null,
         authentication: defaultAuthentication(),
         shutdownTimeoutMs: DEFAULTS.shutdownTimeoutMs,
+        workers: 'auto',
         log: { level: DEFAULTS.logLevel },
     };
 }

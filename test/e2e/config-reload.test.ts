@@ -147,6 +147,7 @@ function fullConfig(variant: Variant, f: Record<string, string>, dns: string, up
             arc: { trustedSealers: [] },
         },
         shutdownTimeout: '5s',
+        workers: 2,
         log: { level: 'debug' },
     };
 }
@@ -358,6 +359,7 @@ describe('config reload on SIGHUP', () => {
         { variant: 'A', set: { 'authentication.dkim.maxSignedFields': 50 } },
         { variant: 'A', set: { 'authentication.arc.maxSets': 5 } },
         { variant: 'A', set: { shutdownTimeout: '6s' } },
+        { variant: 'A', set: { workers: 3 } },
         {
             variant: 'A',
             set: { 'log.level': 'trace' },
