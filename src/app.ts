@@ -63,8 +63,11 @@ export interface AppDeps {
      * path is relative to. Left out (or the embedded defaults): reload() re-reads no config.
      */
     readonly configFile?: { readonly path: string; readonly env: NodeJS.ProcessEnv; readonly cwd?: string };
-    /** false: no HTTP endpoint even when `http:` is set (a worker; the primary serves it for all). */
-    readonly http?: boolean;
+    /**
+     * True in one of several workers (src/cluster): no HTTP endpoint even when `http:` is set (the
+     * primary serves it for all) and `mailwarden_workers` left to the primary.
+     */
+    readonly worker?: boolean;
 }
 
 export interface App {
@@ -456,7 +459,8 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
             ]);
             clearTimeout(timer);
             for (const l of listeners) await l.listen();
-            if (config.http && deps.http !== false) {
+            if (!deps.worker) metrics.workers.set(1);
+            if (config.http && !deps.worker) {
                 const server = createHttpServer({ metrics, readiness });
                 http = server;
                 await new Promise<void>((resolve, reject) => {

@@ -70,7 +70,7 @@ export async function runServe(opts: { configFlag: string | undefined }): Promis
         app = createApp(config, {
             logger: log,
             ...(path === null ? {} : { configFile: { path, env: process.env, cwd } }),
-            ...(worker ? { http: false } : {}),
+            ...(worker ? { worker: true } : {}),
         });
     } catch (err) {
         // invalid rule files, or an invalid users or sendAs file: the lines `check` prints
@@ -81,7 +81,6 @@ export async function runServe(opts: { configFlag: string | undefined }): Promis
         throw err;
     }
     await app.start();
-    if (!worker) app.metrics.workers.set(1);
     let stopping = false;
     const shutdown = (signal: string, restart = false): void => {
         if (stopping) return;
