@@ -24,6 +24,20 @@ import { VERSION } from '../version.ts';
 export const RESTART_EXIT_CODE = 75;
 
 export async function runServe(opts: { configFlag: string | undefined }): Promise<number> {
+    if (!cluster.isWorker) return serve(opts);
+    // A worker that cannot start ends now: its IPC channel to the primary would keep it alive,
+    // and the primary waits for it to be ready or to end.
+    try {
+        const code = await serve(opts);
+        if (code !== -1) process.exit(code);
+        return code;
+    } catch (err) {
+        process.stderr.write(`mailwarden: ${err instanceof Error && err.stack ? err.stack : String(err)}\n`);
+        process.exit(1);
+    }
+}
+
+async function serve(opts: { configFlag: string | undefined }): Promise<number> {
     const cwd = process.cwd();
     const path = resolveConfigPath({ flag: opts.configFlag, env: process.env, cwd });
     let config;

@@ -220,3 +220,44 @@ describe('serve with workers: 2', () => {
         assert.equal(stopped.length, 2);
     });
 });
+
+describe('serve with workers: 2 and a rule file that does not load', () => {
+    it('prints the FILE:LINE:COL line once and exits 1, leaving no worker behind', async () => {
+        const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'mw-workers-bad-'));
+        try {
+            fs.mkdirSync(path.join(dir, 'rules'));
+            fs.writeFileSync(
+                path.join(dir, 'rules', '10-bad.yaml'),
+                "rules: [ { id: x, when: 'nonsense', action: reject } ]\n",
+            );
+            const file = path.join(dir, 'mailwarden.yaml');
+            fs.writeFileSync(
+                file,
+                [
+                    'hostname: mx.example.test',
+                    'domains: [example.test]',
+                    'listeners: [{ name: mx, host: 127.0.0.1, port: 0, mode: mx }]',
+                    `upstream: { url: "maildir:${path.join(dir, 'maildir')}" }`,
+                    'redis: { url: "redis://127.0.0.1:9", connectTimeout: 50ms }',
+                    'rules: rules',
+                    'workers: 2',
+                    'http: false',
+                    '',
+                ].join('\n'),
+            );
+            const serve = startServe(file, dir);
+            const killer = setTimeout(() => serve.signal('SIGKILL'), START_MS);
+            const code = await serve.exited;
+            clearTimeout(killer);
+            assert.equal(code, 1, serve.stderr());
+            const lines = serve
+                .stderr()
+                .split('\n')
+                .filter((l) => l.includes('10-bad.yaml:1:'));
+            assert.equal(lines.length, 1, serve.stderr());
+            assert.ok(serve.logs.some((l) => l.msg === 'start failed; stopping the workers'));
+        } finally {
+            fs.rmSync(dir, { recursive: true, force: true });
+        }
+    });
+});
