@@ -349,6 +349,7 @@ async function main(): Promise<number> {
                 httpPort,
                 spoolDir: path.join(work, 'spool'),
                 maxClients: Math.max(2000, opts.idle + 4 * opts.concurrency),
+                workers: opts.workers,
             };
             await writeFile(configFile, benchConfig(configOptions));
             let check = await checkConfig(ROOT, configFile);

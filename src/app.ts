@@ -69,6 +69,11 @@ export interface AppDeps {
      * path is relative to. Left out (or the embedded defaults): reload() re-reads no config.
      */
     readonly configFile?: { readonly path: string; readonly env: NodeJS.ProcessEnv; readonly cwd?: string };
+    /**
+     * True in one of several workers (src/cluster): no HTTP endpoint even when `http:` is set (the
+     * primary serves it for all) and `mailwarden_workers` left to the primary.
+     */
+    readonly worker?: boolean;
 }
 
 export interface App {
@@ -95,6 +100,8 @@ export interface App {
     reload(): void;
     /** Registers something to re-read on reload; it reports success or throws. */
     onReload(name: string, fn: () => void): void;
+    /** What /readyz reports: null when ready, else a short reason. */
+    readiness(): Promise<string | null>;
     readonly draining: boolean;
     /**
      * True when DNS allow lists vouch for the client (`dnswl.score < 0`); false without an
@@ -421,6 +428,7 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
         onReload(name: string, fn: () => void) {
             reloaders.push({ name, fn });
         },
+        readiness,
         reload() {
             if (draining) {
                 log.info('reload ignored: shutting down');
@@ -486,7 +494,8 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
             // the lists are trusted only once a probe passed: probe them before the first client
             await reputation.start(2 * config.dns.timeoutMs);
             for (const l of listeners) await l.listen();
-            if (config.http) {
+            if (!deps.worker) metrics.workers.set(1);
+            if (config.http && !deps.worker) {
                 const server = createHttpServer({ metrics, readiness });
                 http = server;
                 await new Promise<void>((resolve, reject) => {

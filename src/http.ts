@@ -4,10 +4,11 @@
  * the upstream answers). Read-only; it never changes state and never exposes message data.
  */
 import { createServer, type Server } from 'node:http';
-import type { Metrics } from './metrics.ts';
+import type { Registry } from 'prom-client';
 
 export interface HttpDeps {
-    readonly metrics: Metrics;
+    /** The app's registry, or (several workers) one that answers with every worker's metrics combined. */
+    readonly metrics: { readonly registry: Pick<Registry, 'metrics' | 'contentType'> };
     /** Resolves with null when ready, or a short reason when not. */
     readonly readiness: () => Promise<string | null>;
 }

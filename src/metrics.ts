@@ -3,6 +3,8 @@
  * (SPEC, "Metrics"). Label values are bounded: listener names, actions, rule ids and result
  * words from closed sets. No IP, address, domain or message id of a client or a message ever
  * becomes a label value; the one domain label is `zone`, a DNS list named in the config.
+ * With several workers each process has its own registry and the primary sums them
+ * (src/cluster/primary.ts); a gauge that must not be summed says how it is combined.
  */
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 
@@ -199,6 +201,8 @@ export function createMetrics(version: string) {
             name: `${P}dnsbl_zone_healthy`,
             help: '1 while a DNS list passes its health probes (RFC 5782 test entries) and is asked; 0 while it is disabled, by zone',
             labelNames: ['zone'],
+            // with several workers: 0 as soon as one worker has disabled the list
+            aggregator: 'min',
             registers: r,
         }),
         heloChecks: new Counter({
@@ -227,6 +231,8 @@ export function createMetrics(version: string) {
         }),
         configRestartPending: new Gauge({
             name: `${P}config_restart_pending`,
+            // with several workers: the most any of them has pending
+            aggregator: 'max',
             help: 'Config keys changed in the file since the start that take effect only after a restart (0: the running config is the file)',
             registers: r,
         }),
@@ -234,12 +240,26 @@ export function createMetrics(version: string) {
             name: `${P}build_info`,
             help: 'Always 1; the version label names the running release',
             labelNames: ['version'],
+            // with several workers: one series of 1, not their sum
+            aggregator: 'first',
+            registers: r,
+        }),
+        workers: new Gauge({
+            name: `${P}workers`,
+            help: 'Processes serving the listeners and ready (the workers setting; 1 in a single process)',
+            registers: r,
+        }),
+        workerRestarts: new Counter({
+            name: `${P}worker_restarts_total`,
+            help: 'Worker processes that ended unexpectedly and were replaced, by reason (signal: killed by a signal; error: exited with a non-zero status; exit: exited with status 0)',
+            labelNames: ['reason'],
             registers: r,
         }),
     };
     m.buildInfo.set({ version }, 1);
     // series that alerts compute rates over exist from the start, at 0
     for (const result of ['ok', 'error']) m.configReloads.inc({ result }, 0);
+    for (const reason of ['signal', 'error', 'exit']) m.workerRestarts.inc({ reason }, 0);
     return m;
 }
 

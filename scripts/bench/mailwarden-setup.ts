@@ -87,6 +87,8 @@ export interface BenchConfigOptions {
     spoolDir: string;
     /** Connections at once the listener allows (and per client network, where the checkout has that key). */
     maxClients: number;
+    /** `workers:` to write; null or left out: not written. */
+    workers?: number | 'auto' | null;
     /** Listener keys to leave out (unknown to this checkout). */
     without?: readonly string[];
 }
@@ -119,6 +121,7 @@ export function benchConfig(o: BenchConfigOptions): string {
         `rules: ${q(o.rulesDir)}`,
         `http: { host: 127.0.0.1, port: ${o.httpPort} }`,
         `spool: { dir: ${q(o.spoolDir)} }`,
+        ...(o.workers === undefined || o.workers === null ? [] : [`workers: ${o.workers}`]),
         '',
     ].join('\n');
 }

@@ -22,6 +22,7 @@ export const USAGE = `Usage: npm run bench -- [options]   (or: node scripts/benc
   --limit-factor F    multiply every rate and concurrency limit of the shipped rules (default 10000)
   --max-seconds S     time bound of the whole run; windows not done by then are skipped (default 900)
   --window-seconds S  time bound of one window (default 300)
+  --workers W         mailwarden's workers setting, a number or auto (default: not written, the checkout's default)
   --profile           run mailwarden with --cpu-prof and print the top costs
   --heap-profile      run mailwarden with --heap-prof as well and print the top allocation sites
   --top N             functions listed by --profile (default 25)
@@ -41,6 +42,7 @@ export const OPTIONS = {
     'limit-factor': { type: 'string', default: '10000' },
     'max-seconds': { type: 'string', default: '900' },
     'window-seconds': { type: 'string', default: '300' },
+    workers: { type: 'string' },
     profile: { type: 'boolean', default: false },
     'heap-profile': { type: 'boolean', default: false },
     top: { type: 'string', default: '25' },
@@ -61,6 +63,8 @@ export interface BenchOptions {
     limitFactor: number;
     maxSeconds: number;
     windowSeconds: number;
+    /** mailwarden's `workers`; null: left out of the config (the checkout's default). */
+    workers: number | 'auto' | null;
     profile: boolean;
     heapProfile: boolean;
     top: number;
@@ -112,6 +116,12 @@ export function parseBenchArgs(argv: readonly string[]): BenchOptions {
         limitFactor: int('limit-factor', values['limit-factor'], 1),
         maxSeconds: int('max-seconds', values['max-seconds'], 10),
         windowSeconds: int('window-seconds', values['window-seconds'], 5),
+        workers:
+            values.workers === undefined
+                ? null
+                : values.workers === 'auto'
+                  ? 'auto'
+                  : int('workers', values.workers, 1),
         profile: values.profile || values['heap-profile'],
         heapProfile: values['heap-profile'],
         top: int('top', values.top, 1),

@@ -194,6 +194,7 @@ export function defaultConfig(baseDir: string, source: string | null = null): Co
         authentication: defaultAuthentication(),
         reputation: defaultReputation(),
         shutdownTimeoutMs: DEFAULTS.shutdownTimeoutMs,
+        workers: 'auto',
         log: { level: DEFAULTS.logLevel },
     };
 }

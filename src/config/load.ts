@@ -51,6 +51,8 @@ export { ConfigError, formatIssue, type Issue } from './issues.ts';
 export const CONFIG_ENV_VAR = 'MAILWARDEN_CONFIG';
 export const DEFAULT_CONFIG_FILE = 'mailwarden.yaml';
 
+/** The most worker processes `workers` may ask for. */
+const MAX_WORKERS = 256;
 /** Longest timer Node.js supports (about 24.8 days); longer values would fire at once. */
 const MAX_TIMER_MS = 2_147_483_647;
 
@@ -72,6 +74,7 @@ const TOP_KEYS = [
     'authentication',
     'reputation',
     'shutdownTimeout',
+    'workers',
     'log',
 ] as const;
 const LISTENER_KEYS = [
@@ -252,6 +255,7 @@ class ConfigBuilder {
         const authenticationField = get('authentication');
         const reputationField = get('reputation');
         const shutdownField = get('shutdownTimeout');
+        const workersField = get('workers');
         const logField = get('log');
         const domains = (domainsField && this.domains(domainsField)) ?? defaults.domains;
         const relayDomains = (relayDomainsField && this.relayDomains(relayDomainsField, domains)) ?? [];
@@ -277,8 +281,26 @@ class ConfigBuilder {
             reputation: reputationField ? reputationSection(r, reputationField) : defaults.reputation,
             shutdownTimeoutMs:
                 (shutdownField && r.duration(shutdownField, 0, MAX_TIMER_MS)) ?? defaults.shutdownTimeoutMs,
+            workers: (workersField && this.workers(workersField, redisField !== undefined)) ?? defaults.workers,
             log: { level: (logField && this.logLevel(logField)) ?? defaults.log.level },
         };
+    }
+
+    /**
+     * `workers`: a number of processes, or `auto`. More than one needs `redis:`: the in-memory
+     * store counts per process, so each limit would let through that many times as much.
+     */
+    private workers(field: Field, hasRedis: boolean): number | 'auto' | null {
+        if (this.r.isWord(field, 'auto')) return 'auto';
+        const n = this.r.integer(field, 1, MAX_WORKERS, 'a number of processes, or auto');
+        if (n !== null && n > 1 && !hasRedis) {
+            this.r.fail(
+                field,
+                `${n} processes need redis: rate limits, greylisting and login failures kept in memory are counted per process, so every limit would let ${n} times as much through; configure redis: or write workers: 1`,
+            );
+            return null;
+        }
+        return n;
     }
 
     /** Entries of a section map, with `key:` (no value) treated as absent. */

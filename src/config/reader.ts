@@ -233,6 +233,12 @@ export class SourceReader {
         return node !== null && isSeq(node);
     }
 
+    /** True when the value is the plain word `word` (as written or from a `${VAR}`). */
+    isWord(field: Field, word: string): boolean {
+        const v = this.scalar(field);
+        return typeof v === 'string' && v.trim() === word;
+    }
+
     /** True when the value reads as `true` or `false` (see `boolean`). */
     isBoolean(field: Field): boolean {
         const v = this.scalar(field);

@@ -136,6 +136,8 @@ export const SETTINGS: Readonly<Record<string, Setting>> = Object.freeze({
     'reputation.probeIntervalMs': live('reputation.probeInterval'),
     // Read when the drain starts.
     shutdownTimeoutMs: live('shutdownTimeout'),
+    // The processes are forked at start; each one's sockets and sessions are its own.
+    workers: restart(),
     // The root logger's level; session loggers follow it.
     'log.level': live(),
 } satisfies Record<string, Setting>);

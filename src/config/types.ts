@@ -233,5 +233,10 @@ export interface Config {
     readonly reputation: ReputationConfig;
     /** How long transactions in flight may take to finish after SIGTERM. */
     readonly shutdownTimeoutMs: number;
+    /**
+     * Processes serving the listeners (src/cluster): a number, or `auto` (one per core when the
+     * limits are in Redis, one with the in-memory store, whose counts are per process).
+     */
+    readonly workers: number | 'auto';
     readonly log: { readonly level: 'trace' | 'debug' | 'info' | 'warn' | 'error' };
 }

@@ -5,6 +5,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, describe, it } from 'node:test';
 import { runCheck } from '../../src/commands/check.ts';
+import { workerCount } from '../../src/cluster/primary.ts';
 import { PACKAGE_RULES_DIR, defaultAuthLockout, defaultSpoolDir } from '../../src/config/defaults.ts';
 import { ConfigError, loadConfig, resolveConfigPath, type Issue } from '../../src/config/load.ts';
 import { CERT, KEY, OTHER_KEY, PEM_FILES, cleanup, folderWith, issuesOf, loadText, tempDir } from './helpers.ts';
@@ -558,6 +559,33 @@ describe('validation', () => {
             '1:18: dns.servers[0]: "ns.example.com" is not a DNS server address (write an IP address, IP:PORT, or [IPv6]:PORT)',
             '1:34: dns.servers[1]: "[::1]:99999" has a bad port (1 to 65535)',
         ]);
+    });
+
+    it('reads workers as a number of processes or auto, and refuses several without redis', () => {
+        assert.equal(loadText('hostname: mx.example.com\n').config.workers, 'auto');
+        assert.equal(loadText('workers: auto\n').config.workers, 'auto');
+        assert.equal(loadText('workers: 1\n').config.workers, 1);
+        assert.equal(loadText('workers: 4\nredis: { url: "redis://127.0.0.1:6379" }\n').config.workers, 4);
+        assert.equal(
+            loadText('workers: ${N}\nredis: { url: "redis://127.0.0.1:6379" }\n', { N: '3' }).config.workers,
+            3,
+        );
+        assert.deepEqual(issuesOf('workers: 2\n'), [
+            '1:10: workers: 2 processes need redis: rate limits, greylisting and login failures kept in memory are counted per process, so every limit would let 2 times as much through; configure redis: or write workers: 1',
+        ]);
+        assert.deepEqual(issuesOf('workers: 0\n'), [
+            '1:10: workers: expected a number of processes, or auto (1 to 256); got 0',
+        ]);
+        assert.deepEqual(issuesOf('workers: many\n'), [
+            '1:10: workers: expected a number of processes, or auto (1 to 256); got "many"',
+        ]);
+    });
+
+    it('runs one worker per core with Redis and one with the in-memory store when workers is auto', () => {
+        const redis = loadText('redis: { url: "redis://127.0.0.1:6379" }\n').config;
+        assert.equal(workerCount(redis, 8), 8);
+        assert.equal(workerCount(loadText('hostname: mx.example.com\n').config, 8), 1);
+        assert.equal(workerCount(loadText('workers: 1\nredis: { url: "redis://127.0.0.1:6379" }\n').config, 8), 1);
     });
 
     it('rejects durations beyond what timers support', () => {

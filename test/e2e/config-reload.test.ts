@@ -148,6 +148,7 @@ function fullConfig(variant: Variant, f: Record<string, string>, dns: string, up
         },
         reputation: { dnsbl: [], dnswl: [], rhsbl: [], probeInterval: '5m' },
         shutdownTimeout: '5s',
+        workers: 2,
         log: { level: 'debug' },
     };
 }
@@ -363,6 +364,7 @@ describe('config reload on SIGHUP', () => {
         { variant: 'A', set: { 'reputation.rhsbl': ['dbl.example.test'] } },
         { variant: 'A', set: { 'reputation.probeInterval': '10m' } },
         { variant: 'A', set: { shutdownTimeout: '6s' } },
+        { variant: 'A', set: { workers: 3 } },
         {
             variant: 'A',
             set: { 'log.level': 'trace' },

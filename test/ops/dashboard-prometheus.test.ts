@@ -101,6 +101,12 @@ function finiteNonZero(series: readonly PromSeries[]): boolean {
     );
 }
 
+/**
+ * Metrics only the primary of several workers moves (a worker replaced): the app here is one
+ * process, so their panel queries must parse and run but cannot show data.
+ */
+const ONE_PROCESS_CANNOT_SHOW = ['mailwarden_worker_restarts_total'];
+
 /** The mx listener's share of one client network, which the traffic exceeds once per round. */
 const NETWORK_SHARE = 12;
 
@@ -503,6 +509,11 @@ describe('the Grafana dashboard and the alert rules against a real Prometheus', 
             assert.ok(panel.targets?.length, 'the panel has queries');
             const all = dashboard.templating.list.find((v) => v.name === 'instance')?.allValue ?? '.*';
             for (const target of panel.targets ?? []) {
+                if (ONE_PROCESS_CANNOT_SHOW.some((m) => target.expr.includes(m))) {
+                    // parses and runs; its data comes from a real primary (test/e2e/workers.test.ts)
+                    await prom.query(interpolate(target.expr, grafanaRegexEscape(instance)));
+                    continue;
+                }
                 await shows(
                     `panel "${panel.title}" (${target.refId}, instance ${instance})`,
                     target.expr,

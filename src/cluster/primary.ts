@@ -1,0 +1,292 @@
+/**
+ * The primary of several processes (`workers` > 1, node:cluster): forks the workers, which run
+ * the listeners on shared ports (the primary accepts and hands each connection to the next
+ * worker), serves the HTTP endpoint for all of them (/metrics: every worker's metrics summed,
+ * with the primary's own; /readyz: ready when every worker is), passes SIGHUP, SIGTERM, SIGINT
+ * and SIGUSR2 on to every worker and exits when they have drained. A worker that ends
+ * unexpectedly is logged, counted (mailwarden_worker_restarts_total) and replaced; the others
+ * and their sessions are not touched. The primary holds no session, runs no check and never
+ * reads a message: everything SMTP happens in the workers.
+ */
+import cluster, { type Worker } from 'node:cluster';
+import type { Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { availableParallelism } from 'node:os';
+import { AggregatorRegistry } from 'prom-client';
+import type { Config } from '../config/types.ts';
+import { createHttpServer } from '../http.ts';
+import type { Logger } from '../log.ts';
+import type { Metrics } from '../metrics.ts';
+import { isAnswer, type Answer, type WorkerMetrics } from './protocol.ts';
+
+/** The processes `workers` asks for: `auto` is one per core with Redis, one with the in-memory store. */
+export function workerCount(config: Pick<Config, 'workers' | 'redis'>, cores = availableParallelism()): number {
+    if (config.workers !== 'auto') return config.workers;
+    return config.redis ? cores : 1;
+}
+
+/** Longest wait for a worker to answer a /metrics or /readyz question. */
+const ASK_TIMEOUT_MS = 5000;
+/** A worker that lived less than this before ending is started again after a growing pause. */
+const SHORT_LIFE_MS = 10_000;
+const MAX_RESTART_DELAY_MS = 30_000;
+/** Margin after shutdownTimeout (the workers' own bound) before the primary kills what is left. */
+const DRAIN_MARGIN_MS = 5000;
+
+export interface PrimaryOptions {
+    readonly config: Config;
+    readonly count: number;
+    readonly log: Logger;
+    readonly metrics: Metrics;
+    /** Re-reads the config file (SIGHUP), for the drain bound; null when there is no file or it is invalid. */
+    readonly reloadConfig: () => Config | null;
+    /** Ends the process with this status (process.exit in serve). */
+    readonly exit: (code: number) => void;
+}
+
+interface Slot {
+    readonly worker: Worker;
+    readonly startedAt: number;
+    ready: boolean;
+}
+
+type Pending = (answer: Answer | null) => void;
+
+/** Why a worker ended, as the metric's reason label. */
+function endReason(code: number | null, signal: string | null): 'signal' | 'error' | 'exit' {
+    if (signal) return 'signal';
+    return code === 0 ? 'exit' : 'error';
+}
+
+/**
+ * Starts the workers and the HTTP endpoint. Resolves with -1 while serving (the process lives
+ * on and exit() is called after the drain) or with 1 when the start failed (every worker
+ * started is stopped first; a worker that cannot start says why on stderr itself).
+ */
+export async function runPrimary(o: PrimaryOptions): Promise<number> {
+    const { count, log, metrics } = o;
+    let config = o.config;
+    const slots = new Map<number, Slot>();
+    const pending = new Map<number, Pending>();
+    let nextQuestion = 1;
+    let serving = false;
+    let stopping: { restart: boolean } | null = null;
+    let failed = false;
+    let shortLives = 0;
+    const restartTimers = new Set<NodeJS.Timeout>();
+    let http: Server | null = null;
+
+    const readyCount = (): number => [...slots.values()].filter((s) => s.ready).length;
+    const updateGauge = (): void => metrics.workers.set(readyCount());
+
+    cluster.on('message', (worker, m: unknown) => {
+        if (!isAnswer(m)) return;
+        if (m.mailwarden === 'ready') {
+            const slot = slots.get(worker.id);
+            if (!slot || slot.ready) return;
+            slot.ready = true;
+            updateGauge();
+            log.info(
+                { worker: worker.id, pid: worker.process.pid, ready: readyCount(), workers: count },
+                'worker ready',
+            );
+            return;
+        }
+        const answer = pending.get(m.id);
+        if (answer) {
+            pending.delete(m.id);
+            answer(m);
+        }
+    });
+
+    /** Asks one worker; resolves with null when it does not answer in time. */
+    const ask = (slot: Slot, what: 'metrics' | 'readiness'): Promise<Answer | null> =>
+        new Promise((resolve) => {
+            const id = nextQuestion++;
+            const timer = setTimeout(() => {
+                pending.delete(id);
+                resolve(null);
+            }, ASK_TIMEOUT_MS);
+            pending.set(id, (a) => {
+                clearTimeout(timer);
+                resolve(a);
+            });
+            try {
+                slot.worker.send({ mailwarden: what, id });
+            } catch {
+                pending.delete(id);
+                clearTimeout(timer);
+                resolve(null);
+            }
+        });
+
+    const fork = (): Slot => {
+        const worker = cluster.fork();
+        const slot: Slot = { worker, startedAt: Date.now(), ready: false };
+        slots.set(worker.id, slot);
+        return slot;
+    };
+
+    /** Resolves when the slot's worker is ready; rejects with its exit status when it ends first. */
+    const whenReady = (slot: Slot): Promise<void> =>
+        new Promise((resolve, reject) => {
+            if (slot.ready) return resolve();
+            const onMessage = (m: unknown): void => {
+                if (isAnswer(m) && m.mailwarden === 'ready') {
+                    done();
+                    resolve();
+                }
+            };
+            const onExit = (code: number | null, signal: string | null): void => {
+                done();
+                reject(new Error(signal ? `worker ended by ${signal}` : `worker exited with status ${code}`));
+            };
+            const done = (): void => {
+                slot.worker.off('message', onMessage);
+                slot.worker.off('exit', onExit);
+            };
+            slot.worker.on('message', onMessage);
+            slot.worker.once('exit', onExit);
+        });
+
+    const replace = (): void => {
+        const delay = shortLives === 0 ? 0 : Math.min(MAX_RESTART_DELAY_MS, 500 * 2 ** shortLives);
+        const timer = setTimeout(() => {
+            restartTimers.delete(timer);
+            if (stopping) return;
+            const slot = fork();
+            log.info(
+                { worker: slot.worker.id, pid: slot.worker.process.pid },
+                'starting a worker in place of the one that ended',
+            );
+        }, delay);
+        restartTimers.add(timer);
+    };
+
+    let allGone: () => void = () => undefined;
+    const gone = new Promise<void>((resolve) => (allGone = resolve));
+    cluster.on('exit', (worker, code, signal) => {
+        const slot = slots.get(worker.id);
+        slots.delete(worker.id);
+        updateGauge();
+        // answers this worker owed will not come: their waits time out on their own
+        if (stopping) {
+            const expected = code === 0 || code === 75 || code === null;
+            if (!expected) failed = true;
+            log.info({ worker: worker.id, pid: worker.process.pid, code, signal, left: slots.size }, 'worker stopped');
+            if (slots.size === 0) allGone();
+            return;
+        }
+        if (!serving) return; // the start handles it
+        const reason = endReason(code, signal);
+        metrics.workerRestarts.inc({ reason });
+        const lived = slot ? Date.now() - slot.startedAt : 0;
+        shortLives = lived < SHORT_LIFE_MS ? shortLives + 1 : 0;
+        log.error(
+            { worker: worker.id, pid: worker.process.pid, code, signal, reason, livedMs: lived, workers: count },
+            'worker ended unexpectedly; its sessions are lost, the other workers go on; starting another',
+        );
+        replace();
+    });
+
+    const stop = (signal: NodeJS.Signals): void => {
+        if (stopping) return;
+        const restart = signal === 'SIGUSR2';
+        stopping = { restart };
+        for (const t of restartTimers) clearTimeout(t);
+        restartTimers.clear();
+        log.info({ signal, restart, workers: slots.size }, 'signal received; draining every worker');
+        for (const slot of slots.values()) slot.worker.process.kill(restart ? 'SIGUSR2' : 'SIGTERM');
+        const killer = setTimeout(() => {
+            for (const slot of slots.values()) {
+                log.error(
+                    { worker: slot.worker.id, pid: slot.worker.process.pid },
+                    'worker did not end after the drain; killing it',
+                );
+                failed = true;
+                slot.worker.process.kill('SIGKILL');
+            }
+        }, config.shutdownTimeoutMs + DRAIN_MARGIN_MS);
+        killer.unref();
+        if (slots.size === 0) allGone();
+        void gone.then(async () => {
+            clearTimeout(killer);
+            if (http) {
+                const server = http;
+                await new Promise<void>((resolve) => {
+                    server.close(() => resolve());
+                    server.closeAllConnections();
+                });
+            }
+            log.info({ restart }, 'stopped');
+            o.exit(failed ? 1 : restart ? 75 : 0);
+        });
+    };
+    process.on('SIGTERM', () => stop('SIGTERM'));
+    process.on('SIGINT', () => stop('SIGINT'));
+    process.on('SIGUSR2', () => stop('SIGUSR2'));
+    process.on('SIGHUP', () => {
+        if (stopping) return;
+        config = o.reloadConfig() ?? config;
+        // a worker still starting reads the files as they are now; a SIGHUP before its handler would end it
+        const ready = [...slots.values()].filter((s) => s.ready);
+        log.info({ signal: 'SIGHUP', workers: ready.length }, 'reload requested; passed to every worker');
+        for (const slot of ready) slot.worker.process.kill('SIGHUP');
+    });
+
+    const readiness = async (): Promise<string | null> => {
+        if (stopping) return 'shutting down';
+        const ready = [...slots.values()].filter((s) => s.ready);
+        if (!serving || ready.length < count) return `${ready.length} of ${count} workers ready`;
+        const answers = await Promise.all(ready.map((s) => ask(s, 'readiness')));
+        for (let i = 0; i < ready.length; i++) {
+            const a = answers[i];
+            const reason = a && a.mailwarden === 'readiness' ? a.reason : 'not answering';
+            if (reason !== null) return `worker ${ready[i]!.worker.id}: ${reason}`;
+        }
+        return null;
+    };
+    const aggregated = {
+        registry: {
+            contentType: metrics.registry.contentType,
+            metrics: async (): Promise<string> => {
+                const ready = [...slots.values()].filter((s) => s.ready);
+                const answers = await Promise.all(ready.map((s) => ask(s, 'metrics')));
+                const parts: WorkerMetrics[] = [await metrics.registry.getMetricsAsJSON()];
+                for (const a of answers) if (a && a.mailwarden === 'metrics') parts.push(a.metrics);
+                return AggregatorRegistry.aggregate(parts).metrics();
+            },
+        },
+    };
+
+    // One worker first: a config, rule or users file it refuses is said once, not once per worker.
+    try {
+        const first = fork();
+        await whenReady(first);
+        if (!stopping) await Promise.all(Array.from({ length: count - 1 }, () => whenReady(fork())));
+        if (config.http && !stopping) {
+            const h = config.http;
+            const server = createHttpServer({ metrics: aggregated, readiness });
+            http = server;
+            await new Promise<void>((resolve, reject) => {
+                server.once('error', reject);
+                server.listen(h.port, h.host, () => {
+                    server.removeListener('error', reject);
+                    resolve();
+                });
+            });
+            log.info({ host: h.host, port: (server.address() as AddressInfo).port }, 'http endpoint listening');
+        }
+    } catch (err) {
+        if (stopping) return -1;
+        log.error({ err: err instanceof Error ? err.message : String(err) }, 'start failed; stopping the workers');
+        stopping = { restart: false };
+        for (const slot of slots.values()) slot.worker.process.kill('SIGTERM');
+        if (slots.size > 0) await gone;
+        http?.close();
+        return 1;
+    }
+    serving = true;
+    log.info({ workers: count, pids: [...slots.values()].map((s) => s.worker.process.pid) }, 'workers started');
+    return -1;
+}
