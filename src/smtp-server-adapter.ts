@@ -19,12 +19,14 @@
  *   implicit TLS handshake gets the same time (smtp-server would wait `socketTimeout`).
  * - Logging: a client that resets or drops the connection is logged once, at info, with the
  *   session id, address, port and where the session was; real errors once, at error.
+ * - HELO/EHLO: a name that is not valid UTF-8 is refused with `501 5.5.4` (never rewritten).
  * - Envelope commands: EHLO offers, and MAIL/RCPT parse, through smtp-server-envelope.ts; on
  *   submission, each command of a logged-in session first passes smtp-server-commands.ts's gate.
  * - Whether a session's client is still there (clientGone), for a 250 that cannot reach it.
  *
  * Texts come from reply.ts; limits and timeouts from the listener's config. No policy here.
  */
+import { isUtf8 } from 'node:buffer';
 import type net from 'node:net';
 import type tls from 'node:tls';
 import { SMTPServer, type SMTPServerOptions } from 'smtp-server';
@@ -200,7 +202,21 @@ class MailwardenConnection extends SMTPConnection {
         }
     }
 
+    /**
+     * A HELO/EHLO argument that is not valid UTF-8 (RFC 6531 section 3.3 allows U-labels, not
+     * other 8-bit bytes) is refused, never decoded into replacement characters and passed on
+     * upstream (XCLIENT HELO=, the EHLO after it) and into Received. True when it was refused.
+     */
+    #refuseHelloName(command: Buffer, callback: () => void): boolean {
+        if (isUtf8(command)) return false;
+        const reply = replyFor('command-syntax', { id: this.id, reason: 'the host name is not valid UTF-8' });
+        this.send(reply.code, line(reply));
+        callback();
+        return true;
+    }
+
     override handler_EHLO(command: Buffer, callback: () => void): void {
+        if (this.#refuseHelloName(command, callback)) return;
         this.#plain = true;
         try {
             super.handler_EHLO(command, callback);
@@ -210,6 +226,7 @@ class MailwardenConnection extends SMTPConnection {
     }
 
     override handler_HELO(command: Buffer, callback: () => void): void {
+        if (this.#refuseHelloName(command, callback)) return;
         this.#plain = true;
         try {
             super.handler_HELO(command, callback);
