@@ -25,6 +25,7 @@ export type Situation =
     | 'auth-required'
     | 'auth-tls-required'
     | 'auth-invalid'
+    | 'auth-response-invalid'
     | 'auth-unavailable'
     | 'header-too-big'
     | 'sender-not-owned'
@@ -239,6 +240,12 @@ const TABLE: Readonly<Record<Situation, ReplyTemplate>> = {
         code: 535,
         enhanced: '5.7.8',
         text: () => 'Authentication failed: the user name or password is wrong',
+    },
+    // RFC 4954 section 4: a response that cannot be base64-decoded ends the exchange with 501
+    'auth-response-invalid': {
+        code: 501,
+        enhanced: '5.5.2',
+        text: () => 'Authentication cancelled: the response is not valid base64 (RFC 4954 section 4)',
     },
     'sender-not-owned': {
         code: 553,

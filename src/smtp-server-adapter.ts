@@ -19,12 +19,16 @@
  *   implicit TLS handshake gets the same time (smtp-server would wait `socketTimeout`).
  * - Logging: a client that resets or drops the connection is logged once, at info, with the
  *   session id, address, port and where the session was; real errors once, at error.
+ * - HELO/EHLO: a name that is not valid UTF-8 is refused with `501 5.5.4` (never rewritten).
+ * - AUTH on submission: every PLAIN/LOGIN response is checked (base64, PLAIN authzid) before
+ *   smtp-server decodes it (submission/sasl-response.ts).
  * - Envelope commands: EHLO offers, and MAIL/RCPT parse, through smtp-server-envelope.ts; on
  *   submission, each command of a logged-in session first passes smtp-server-commands.ts's gate.
  * - Whether a session's client is still there (clientGone), for a 250 that cannot reach it.
  *
  * Texts come from reply.ts; limits and timeouts from the listener's config. No policy here.
  */
+import { isUtf8 } from 'node:buffer';
 import type net from 'node:net';
 import type tls from 'node:tls';
 import { SMTPServer, type SMTPServerOptions } from 'smtp-server';
@@ -33,6 +37,7 @@ import type { Logger } from './log.ts';
 import type { Metrics } from './metrics.ts';
 import { clientNetwork, createNetworkSlots, type NetworkSlot, type NetworkSlots } from './net/network-slots.ts';
 import { replyFor } from './reply.ts';
+import { saslResponseProblem } from './submission/sasl-response.ts';
 import { gateConnectionCommands, type CommandGate } from './smtp-server-commands.ts';
 import { adaptEnvelopeCommands, type EnvelopeHooks } from './smtp-server-envelope.ts';
 import { rewriteBuiltinReply } from './smtp-server-replies.ts';
@@ -92,6 +97,8 @@ class MailwardenConnection extends SMTPConnection {
     #transactionStarted = false;
     #deadline: NodeJS.Timeout | null = null;
     #failureLogged = false;
+    /** The SASL exchange under way on submission: its mechanism and how many responses were checked. */
+    #sasl: { readonly mechanism: string; step: number } | null = null;
 
     constructor(
         server: MailwardenSmtpServer,
@@ -186,6 +193,53 @@ class MailwardenConnection extends SMTPConnection {
         );
     }
 
+    /**
+     * On submission, each response of a PLAIN or LOGIN exchange is checked before smtp-server
+     * decodes it (submission/sasl-response.ts): a response that is not base64 gets `501 5.5.2`,
+     * a PLAIN authorization identity other than the login `535 5.7.8`; either ends the exchange.
+     */
+    override _onCommand(command: Buffer, callback?: () => void): void {
+        if (this.#adapter.submission && command) {
+            const text = command.toString('latin1').trim();
+            let response: string | null = null;
+            if (this._nextHandler && this.#sasl) {
+                response = text;
+            } else if (!this._nextHandler) {
+                const m = /^AUTH\s+(\S+)(?:\s+(\S+))?$/i.exec(text);
+                this.#sasl = m ? { mechanism: m[1]!.toUpperCase(), step: 0 } : null;
+                response = m?.[2] ?? null;
+            }
+            const sasl = this.#sasl;
+            if (sasl && (sasl.mechanism === 'PLAIN' || sasl.mechanism === 'LOGIN')) {
+                if (response !== null) {
+                    const problem = saslResponseProblem(sasl.mechanism, sasl.step++, response);
+                    if (problem) {
+                        this._nextHandler = false;
+                        this.#sasl = null;
+                        // one auth line per attempt, as for checked ones; no password was checked
+                        this.#adapter.metrics.smtpAuth.inc({ listener: this.#adapter.listener, result: 'invalid' });
+                        this.#adapter.log.info(
+                            {
+                                ...this.#fields(),
+                                mechanism: sasl.mechanism,
+                                result: 'invalid',
+                                reason: problem === 'authzid' ? 'authorization identity' : 'malformed credentials',
+                            },
+                            'auth',
+                        );
+                        const reply = replyFor(problem === 'authzid' ? 'auth-invalid' : 'auth-response-invalid', {
+                            id: this.id,
+                        });
+                        this.send(reply.code, line(reply));
+                        callback?.();
+                        return;
+                    }
+                }
+            }
+        }
+        super._onCommand(command, callback);
+    }
+
     /** smtp-server's own enhanced codes are never added: send() above puts in exactly one. */
     override _getEnhancedStatusCode(): string {
         return '';
@@ -200,7 +254,21 @@ class MailwardenConnection extends SMTPConnection {
         }
     }
 
+    /**
+     * A HELO/EHLO argument that is not valid UTF-8 (RFC 6531 section 3.3 allows U-labels, not
+     * other 8-bit bytes) is refused, never decoded into replacement characters and passed on
+     * upstream (XCLIENT HELO=, the EHLO after it) and into Received. True when it was refused.
+     */
+    #refuseHelloName(command: Buffer, callback: () => void): boolean {
+        if (isUtf8(command)) return false;
+        const reply = replyFor('command-syntax', { id: this.id, reason: 'the host name is not valid UTF-8' });
+        this.send(reply.code, line(reply));
+        callback();
+        return true;
+    }
+
     override handler_EHLO(command: Buffer, callback: () => void): void {
+        if (this.#refuseHelloName(command, callback)) return;
         this.#plain = true;
         try {
             super.handler_EHLO(command, callback);
@@ -210,6 +278,7 @@ class MailwardenConnection extends SMTPConnection {
     }
 
     override handler_HELO(command: Buffer, callback: () => void): void {
+        if (this.#refuseHelloName(command, callback)) return;
         this.#plain = true;
         try {
             super.handler_HELO(command, callback);
