@@ -3,7 +3,7 @@
  * of net/tls-profile.ts), PIPELINING, ENHANCEDSTATUSCODES, the envelope extensions the upstream
  * can honour (SIZE, 8BITMIME, SMTPUTF8, DSN, REQUIRETLS: smtp-server-envelope.ts), client
  * limits (per listener and per client network), the pre-transaction and idle timeouts, PROXY
- * protocol v1 from trusted CIDRs only, AUTH only in submission mode. Every change to
+ * protocol (v1 and v2, read by the adapter) from trusted CIDRs only, AUTH only in submission mode. Every change to
  * smtp-server's own behaviour lives in smtp-server-adapter.ts. Each callback hands over to the
  * Session and answers only with replies built by reply.ts; it holds no policy.
  */
@@ -101,7 +101,8 @@ export function createListener(config: Config, listener: ListenerConfig, deps: L
         // advertised; the adapter puts exactly one enhanced code on every reply (RFC 2034)
         hideENHANCEDSTATUSCODES: false,
         logger: smtpServerLogger(log),
-        useProxy: listener.proxyProtocol !== null,
+        // PROXY headers are read by the adapter (smtp-server-adapter.ts), from trusted CIDRs only
+        useProxy: false,
         // submission: AUTH is enforced in onMailFrom, so the refusal comes from our reply table
         authOptional: true,
         // STARTTLS only where TLS is configured: smtp-server would otherwise upgrade with its
@@ -301,6 +302,11 @@ export function createListener(config: Config, listener: ListenerConfig, deps: L
     for (const reason of ['max_clients', 'network_limit']) {
         deps.metrics.connectionsRefused.inc({ listener: listener.name, reason }, 0);
     }
+    for (const result of ['proxy', 'local', 'invalid', 'timeout', 'closed', 'untrusted']) {
+        if (listener.proxyProtocol !== null || result === 'untrusted') {
+            deps.metrics.proxyHeaders.inc({ listener: listener.name, result }, 0);
+        }
+    }
     for (const timeout of ['pre_transaction', 'idle', ...(listener.tls === 'implicit' ? ['handshake'] : [])]) {
         deps.metrics.connectionTimeouts.inc({ listener: listener.name, timeout }, 0);
     }
@@ -308,6 +314,7 @@ export function createListener(config: Config, listener: ListenerConfig, deps: L
         listener: listener.name,
         submission,
         trustProxy: listener.proxyProtocol ? compileCidrs(listener.proxyProtocol) : () => false,
+        proxyEnabled: listener.proxyProtocol !== null,
         maxClientsPerNetwork: listener.maxClientsPerNetwork,
         preTransactionTimeoutMs: listener.preTransactionTimeoutMs,
         log,

@@ -37,6 +37,12 @@ export function createMetrics(version: string) {
             labelNames: ['listener', 'timeout'],
             registers: r,
         }),
+        proxyHeaders: new Counter({
+            name: `${P}proxy_headers_total`,
+            help: 'PROXY protocol headers, by listener and result (proxy: a relayed client; local: the balancer itself, such as a health check; invalid, timeout, closed: a trusted peer that sent no valid header in time, closed; untrusted: a header from a peer outside proxyProtocol, closed)',
+            labelNames: ['listener', 'result'],
+            registers: r,
+        }),
         messages: new Counter({
             name: `${P}messages_total`,
             help: 'Messages decided, by listener and final action (accept, tag, quarantine, tempfail, reject)',

@@ -3,7 +3,12 @@
  * SMTPServer and SMTPConnection of the pinned smtp-server and overrides a few of their
  * internal (underscore) methods, which that version declares in its .d.ts:
  *
- * - PROXY senders are trusted by CIDR range (smtp-server only knows exact addresses).
+ * - PROXY protocol: a peer in the listener's trusted CIDRs must open with a v1 or v2 header,
+ *   read by our own parser (net/proxy-socket.ts, net/proxy-protocol.ts) within
+ *   `preTransactionTimeout`; the client it names is the session's client from then on (slots,
+ *   checks, XCLIENT). A v2 LOCAL header (a balancer's health check) or a v1 UNKNOWN line keeps
+ *   the socket's own addresses. A missing, malformed or late header, and a header from any
+ *   other peer, closes the connection without a reply, with a log line and a count.
  * - Replies: every reply of every connection, from the very first one (the `421` of a full
  *   listener is sent before any handler runs), passes through send() here. EHLO advertises
  *   ENHANCEDSTATUSCODES and every reply except the greeting and the replies to HELO/EHLO
@@ -25,12 +30,15 @@
  *
  * Texts come from reply.ts; limits and timeouts from the listener's config. No policy here.
  */
+import { randomBytes } from 'node:crypto';
 import type net from 'node:net';
 import type tls from 'node:tls';
 import { SMTPServer, type SMTPServerOptions } from 'smtp-server';
 import { SMTPConnection, type SMTPConnectionOptions, type TLSError } from 'smtp-server/lib/smtp-connection.js';
 import type { Logger } from './log.ts';
 import type { Metrics } from './metrics.ts';
+import { classifyOpening, OPENING_BYTES } from './net/opening-bytes.ts';
+import { readProxyHeader } from './net/proxy-socket.ts';
 import { clientNetwork, createNetworkSlots, type NetworkSlot, type NetworkSlots } from './net/network-slots.ts';
 import { replyFor } from './reply.ts';
 import { gateConnectionCommands, type CommandGate } from './smtp-server-commands.ts';
@@ -42,8 +50,10 @@ export interface AdapterOptions {
     /** Listener name, for metrics (the logger already carries it). */
     readonly listener: string;
     readonly submission: boolean;
-    /** True for peers allowed to send a PROXY protocol header. */
+    /** True for peers that must open with a PROXY protocol header. */
     readonly trustProxy: (ip: string) => boolean;
+    /** Whether the listener reads PROXY headers at all (for the log line of an untrusted one). */
+    readonly proxyEnabled: boolean;
     readonly maxClientsPerNetwork: number;
     readonly preTransactionTimeoutMs: number;
     readonly log: Logger;
@@ -92,6 +102,8 @@ class MailwardenConnection extends SMTPConnection {
     #transactionStarted = false;
     #deadline: NodeJS.Timeout | null = null;
     #failureLogged = false;
+    /** Set when the opening bytes were not SMTP: nothing more is read or answered. */
+    #foreign = false;
 
     constructor(
         server: MailwardenSmtpServer,
@@ -137,7 +149,49 @@ class MailwardenConnection extends SMTPConnection {
             return;
         }
         this.#armDeadline(this.#adapter.preTransactionTimeoutMs);
+        this.#watchOpening();
         super.init();
+    }
+
+    /**
+     * Reads the first bytes the client sends alongside the SMTP parser (this listener runs
+     * first): a PROXY header here came from a peer that is not trusted to send one (a trusted
+     * peer's header was read and removed before the session), and the connection is closed.
+     */
+    #watchOpening(): void {
+        const socket = this._socket;
+        let seen = Buffer.alloc(0);
+        const onData = (chunk: Buffer): void => {
+            seen = Buffer.concat([seen, chunk.subarray(0, OPENING_BYTES)]);
+            const kind = classifyOpening(seen);
+            if (kind === null && seen.length < OPENING_BYTES) return;
+            socket.removeListener('data', onData);
+            if (kind === 'proxy') this.#refuseForeign(kind);
+        };
+        socket.on('data', onData);
+    }
+
+    #refuseForeign(kind: 'proxy'): void {
+        this.#foreign = true;
+        const adapter = this.#adapter;
+        adapter.metrics.proxyHeaders.inc({ listener: adapter.listener, result: 'untrusted' });
+        adapter.log.info(
+            {
+                ...this.#fields(),
+                reason: adapter.proxyEnabled
+                    ? 'PROXY header from a peer outside proxyProtocol'
+                    : 'PROXY header on a listener without proxyProtocol',
+                kind,
+            },
+            'connection closed: PROXY header from an untrusted peer',
+        );
+        this._socket.destroy();
+    }
+
+    override _onCommand(command: Buffer, callback?: () => void): void {
+        // the opening bytes were refused: the socket is being destroyed, nothing is answered
+        if (this.#foreign) return;
+        super._onCommand(command, callback);
     }
 
     #armDeadline(ms: number): void {
@@ -292,6 +346,52 @@ export class MailwardenSmtpServer extends SMTPServer {
 
     override _expectsProxyHeader(socket: net.Socket): boolean {
         return this.#adapter.trustProxy(plainAddress(socket.remoteAddress));
+    }
+
+    /**
+     * Trusted peers: the PROXY header is read here, by our parser (smtp-server's reads v1
+     * only). Other peers go to smtp-server, which then reads nothing before the session.
+     */
+    override _handleProxy(socket: net.Socket, callback: Parameters<SMTPServer['_handleProxy']>[1]): void {
+        if (!this._expectsProxyHeader(socket)) return super._handleProxy(socket, callback);
+        const id = BigInt('0x' + randomBytes(10).toString('hex'))
+            .toString(32)
+            .padStart(16, '0');
+        const peer = plainAddress(socket.remoteAddress);
+        const adapter = this.#adapter;
+        const refuse = (result: string, reason: string): void => {
+            adapter.metrics.proxyHeaders.inc({ listener: adapter.listener, result });
+            adapter.log.info(
+                { session: id, client: peer, clientPort: socket.remotePort, result, reason },
+                'connection closed: no valid PROXY header',
+            );
+            socket.on('error', () => undefined);
+            socket.destroy();
+            callback(new Error(`PROXY header: ${reason}`));
+        };
+        readProxyHeader(socket).then(
+            (read) => {
+                if (!read.ok) return refuse(read.reason, read.detail);
+                const { header } = read;
+                if (header.command === 'local' || !header.source) {
+                    // the balancer speaking for itself (a health check): the socket's own addresses
+                    adapter.metrics.proxyHeaders.inc({ listener: adapter.listener, result: 'local' });
+                    adapter.log.debug({ session: id, client: peer, version: header.version }, 'PROXY LOCAL header');
+                    return callback(null, { id });
+                }
+                adapter.metrics.proxyHeaders.inc({ listener: adapter.listener, result: 'proxy' });
+                adapter.log.debug(
+                    { session: id, proxy: peer, client: header.source.address, version: header.version },
+                    'PROXY header',
+                );
+                callback(null, {
+                    id,
+                    remoteAddress: header.source.address,
+                    remotePort: header.source.port,
+                });
+            },
+            (err: unknown) => refuse('invalid', err instanceof Error ? err.message : String(err)),
+        );
     }
 
     override _acceptSocket(socket: net.Socket, handshake: boolean): (() => void) | false {

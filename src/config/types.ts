@@ -17,7 +17,7 @@ export interface ListenerConfig {
     readonly port: number;
     readonly mode: ListenerMode;
     readonly tls: ListenerTls;
-    /** null: PROXY protocol off; otherwise the CIDRs allowed to send a PROXY v1 header. */
+    /** null: PROXY protocol off; otherwise the CIDRs that must open with a PROXY v1 or v2 header. */
     readonly proxyProtocol: readonly string[] | null;
     /** Connections served at once (after the PROXY header and an implicit TLS handshake, and while those run). */
     readonly maxClients: number;
