@@ -4,7 +4,7 @@
  * target pointed at the test app) and grafana/alerts.yml, scrapes a running mailwarden that has
  * handled real traffic: accepted, tagged, rejected, quarantined and tempfailed mail, a DMARC
  * override, a bare LF, a DKIM signature flood, a forged own header field and a header section
- * that does not parse, an upstream 4xx and an upstream failure, a client gone before the
+ * that does not parse, a PROXY header from an untrusted peer, an upstream 4xx and an upstream failure, a client gone before the
  * upstream's slow 250, a relay attempt, AUTH successes and failures against a real users file,
  * a login locked out, a session ended by a password change, a failed login while Redis is
  * paused, and good and bad rule reloads. Then every expression of the dashboard (panel
@@ -244,6 +244,10 @@ describe('the Grafana dashboard and the alert rules against a real Prometheus', 
             crowdGreetings.some((g) => g.startsWith('421 4.7.0 Too many simultaneous connections from your network')),
             `a connection over the network's share is refused: ${crowdGreetings.join(' ')}`,
         );
+        // a PROXY header from a peer that is not trusted to send one: closed without a reply
+        const proxied = await smtpConnect(mw.port('mx'));
+        proxied.write('PROXY TCP4 192.0.2.1 127.0.0.1 1 25\r\n');
+        await proxied.waitClosed(3000);
         await submission('alice@example.test', 'wrong', false);
         await submission('mallory@example.test', 'guess', false);
         await submission('alice@example.test', 'correct horse', true);
