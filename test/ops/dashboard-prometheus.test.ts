@@ -4,8 +4,8 @@
  * target pointed at the test app) and grafana/alerts.yml, scrapes a running mailwarden that has
  * handled real traffic: accepted, tagged, rejected, quarantined and tempfailed mail, a DMARC
  * override, a bare LF, a DKIM signature flood, a forged own header field and a header section
- * that does not parse, a PROXY header from an untrusted peer, an upstream 4xx and an upstream failure, a client gone before the
- * upstream's slow 250, a relay attempt, AUTH successes and failures against a real users file,
+ * that does not parse, a PROXY header from an untrusted peer, an upstream 4xx and an upstream
+ * failure, a client gone before the upstream's slow 250, a relay attempt, AUTH successes and failures against a real users file,
  * a login locked out, a session ended by a password change, a failed login while Redis is
  * paused, and good and bad rule reloads. Then every expression of the dashboard (panel
  * targets, the annotation, the instance variable) is evaluated the way Grafana sends it, through
