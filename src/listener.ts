@@ -24,6 +24,7 @@ import { checkCommandGateSupport, type CommandGate } from './smtp-server-command
 import { assertSmtpServerInternals } from './smtp-server-envelope.ts';
 import type { AuthContext, AuthOutcome, CredentialState, SenderPolicy } from './submission/index.ts';
 import type { GuardVerdict, LoginGuard } from './submission/login-guard.ts';
+import { PREGREET_RESULTS, type PregreetGate } from './pregreet.ts';
 
 /** Verifies SMTP AUTH credentials and knows which addresses each login may send as. */
 export interface AuthBackend {
@@ -38,6 +39,8 @@ export interface ListenerDeps extends Omit<SessionDeps, 'listener' | 'log' | 're
     readonly log: Logger;
     /** Counts failed logins per IP and per login; null when there is no login service. */
     readonly loginGuard: LoginGuard | null;
+    /** The pregreet test's pass cache and exemptions; null: no listener waits. */
+    readonly pregreet: PregreetGate | null;
 }
 
 /** Failed logins in one session after which the connection is closed, when no guard says otherwise. */
@@ -112,7 +115,11 @@ export function createListener(config: Config, listener: ListenerConfig, deps: L
         allowInsecureAuth: false,
 
         onConnect(smtp: SMTPServerSession, cb: (err?: Error | null) => void) {
-            const session = new Session(sessionDeps, smtp);
+            const pregreet = server.pregreetOutcome(smtp.id);
+            const session = new Session(sessionDeps, smtp, {
+                'client.pregreet': pregreet?.result === 'fail',
+                'client.pregreet.data': pregreet?.sent ?? null,
+            });
             sessions.set(smtp.id, session);
             deps.metrics.connections.inc({ listener: listener.name });
             deps.metrics.sessionsActive.inc({ listener: listener.name });
@@ -302,6 +309,7 @@ export function createListener(config: Config, listener: ListenerConfig, deps: L
     for (const reason of ['max_clients', 'network_limit']) {
         deps.metrics.connectionsRefused.inc({ listener: listener.name, reason }, 0);
     }
+    if (listener.pregreetWaitMs > 0) for (const result of PREGREET_RESULTS) deps.metrics.pregreet.inc({ result }, 0);
     for (const result of ['proxy', 'local', 'invalid', 'timeout', 'closed', 'untrusted']) {
         if (listener.proxyProtocol !== null || result === 'untrusted') {
             deps.metrics.proxyHeaders.inc({ listener: listener.name, result }, 0);
@@ -321,6 +329,14 @@ export function createListener(config: Config, listener: ListenerConfig, deps: L
         metrics: deps.metrics,
         commandGate,
         envelope: { offer: (s) => computeOffer(listener, deps.capabilities.current, s) },
+        pregreet:
+            deps.pregreet && listener.pregreetWaitMs > 0
+                ? {
+                      waitMs: listener.pregreetWaitMs,
+                      lookup: (ip) => deps.pregreet!.lookup(ip, listener),
+                      remember: (ip) => deps.pregreet!.remember(ip),
+                  }
+                : null,
     });
     server.on('error', (err) => log.error({ err }, 'listener error'));
 

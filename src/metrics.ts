@@ -43,6 +43,12 @@ export function createMetrics(version: string) {
             labelNames: ['listener', 'result'],
             registers: r,
         }),
+        pregreet: new Counter({
+            name: `${P}pregreet_total`,
+            help: 'Connections through the pregreet test, by result (pass: waited for the greeting; fail: talked before it; cached: passed before, greeted at once; exempt: allow-listed, greeted at once; error: the pass cache or an exemption could not be asked, the client waited as a new one)',
+            labelNames: ['result'],
+            registers: r,
+        }),
         messages: new Counter({
             name: `${P}messages_total`,
             help: 'Messages decided, by listener and final action (accept, tag, quarantine, tempfail, reject)',

@@ -109,9 +109,13 @@ export class Session {
     /** The Message-ID of the message in the current (or last) DATA, for the duplicate-risk warning. */
     private messageId: string | null = null;
 
-    constructor(deps: SessionDeps, smtp: SMTPServerSession) {
+    /** Facts the listener learnt before the session (the pregreet test), for every stage. */
+    private readonly earlyFacts: Facts;
+
+    constructor(deps: SessionDeps, smtp: SMTPServerSession, earlyFacts: Facts = {}) {
         this.deps = deps;
         this.smtp = smtp;
+        this.earlyFacts = earlyFacts;
         this.id = smtp.id;
         this.log = deps.log.child({ session: smtp.id, listener: deps.listener.name, client: smtp.remoteAddress });
         this.envelope = new EnvelopeGate({ ...deps, log: this.log }, smtp);
@@ -159,6 +163,7 @@ export class Session {
         return {
             ...this.connectFacts,
             ...this.heloFacts,
+            ...this.earlyFacts,
             listener: this.deps.listener.name,
             'listener.mode': this.deps.listener.mode,
             'client.ip': id.ip,

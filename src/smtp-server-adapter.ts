@@ -40,6 +40,7 @@ import type { Metrics } from './metrics.ts';
 import { classifyOpening, OPENING_BYTES } from './net/opening-bytes.ts';
 import { readProxyHeader } from './net/proxy-socket.ts';
 import { clientNetwork, createNetworkSlots, type NetworkSlot, type NetworkSlots } from './net/network-slots.ts';
+import { pregreetSample, PREGREET_SAMPLE_BYTES, type PregreetLookup, type PregreetResult } from './pregreet.ts';
 import { replyFor } from './reply.ts';
 import { gateConnectionCommands, type CommandGate } from './smtp-server-commands.ts';
 import { adaptEnvelopeCommands, type EnvelopeHooks } from './smtp-server-envelope.ts';
@@ -62,6 +63,22 @@ export interface AdapterOptions {
     readonly commandGate?: CommandGate | null;
     /** What EHLO offers and how MAIL/RCPT are read (smtp-server-envelope.ts); null: smtp-server's own. */
     readonly envelope?: EnvelopeHooks | null;
+    /** The pregreet test; null or a wait of 0: the greeting goes out as soon as onConnect allows. */
+    readonly pregreet?: PregreetHooks | null;
+}
+
+/** The pregreet test as the adapter runs it (pregreet.ts holds the memory and exemptions). */
+export interface PregreetHooks {
+    readonly waitMs: number;
+    lookup(ip: string): Promise<PregreetLookup>;
+    remember(ip: string): Promise<void>;
+}
+
+/** What the pregreet test found on one connection, for the session's facts. */
+export interface PregreetOutcome {
+    readonly result: PregreetResult;
+    /** What the client sent before the greeting (pregreetSample), or null. */
+    readonly sent: string | null;
 }
 
 /** Socket errors that mean the client went away or its network failed: not our errors. */
@@ -104,6 +121,10 @@ class MailwardenConnection extends SMTPConnection {
     #failureLogged = false;
     /** Set when the opening bytes were not SMTP: nothing more is read or answered. */
     #foreign = false;
+    /** True while the pregreet wait runs: what arrives is recorded, not answered. */
+    #pregreetWatching = false;
+    #pregreetBytes: Buffer | null = null;
+    #pregreetOutcome: PregreetOutcome | null = null;
 
     constructor(
         server: MailwardenSmtpServer,
@@ -148,9 +169,76 @@ class MailwardenConnection extends SMTPConnection {
             this._setListeners(() => this.send(reply.code, line(reply)));
             return;
         }
-        this.#armDeadline(this.#adapter.preTransactionTimeoutMs);
+        // the pre-transaction time runs from the greeting: the pregreet wait comes on top
+        this.#armDeadline(this.#adapter.preTransactionTimeoutMs + this.#pregreetWait());
         this.#watchOpening();
-        super.init();
+        // smtp-server's init() waits a fixed 100 ms before every greeting; the wait is ours here
+        this._setListeners(() => {
+            this.#greetWhenReady().catch((err: unknown) => {
+                this.#adapter.log.error({ ...this.#fields(), err }, 'pregreet test failed');
+                if (!this._closing && !this._closed) this.connectionReady();
+            });
+        });
+    }
+
+    #pregreetWait(): number {
+        return this.#adapter.pregreet?.waitMs ?? 0;
+    }
+
+    /** What the pregreet test found (null: not tested on this listener). */
+    pregreetOutcome(): PregreetOutcome | null {
+        return this.#pregreetOutcome;
+    }
+
+    /**
+     * The pregreet test (postscreen's greet test): a client neither exempt nor remembered waits
+     * `pregreetWait` for the greeting; anything it sends meanwhile is recorded and not answered.
+     */
+    async #greetWhenReady(): Promise<void> {
+        const hooks = this.#adapter.pregreet;
+        if (!hooks || hooks.waitMs <= 0) return this.connectionReady();
+        const ip = plainAddress(this.remoteAddress);
+        const started = performance.now();
+        this.#pregreetWatching = true;
+        const socket = this._socket;
+        const onData = (chunk: Buffer): void => {
+            const held = this.#pregreetBytes ?? Buffer.alloc(0);
+            if (held.length < PREGREET_SAMPLE_BYTES) {
+                this.#pregreetBytes = Buffer.concat([held, chunk.subarray(0, PREGREET_SAMPLE_BYTES - held.length)]);
+            }
+        };
+        socket.on('data', onData);
+        let timer: NodeJS.Timeout | undefined;
+        const waited = new Promise<null>((resolve) => {
+            timer = setTimeout(() => resolve(null), hooks.waitMs);
+        });
+        const lookup = hooks.lookup(ip).catch((): PregreetLookup => 'error');
+        const early = await Promise.race([lookup, waited]);
+        const skip = (early === 'cached' || early === 'exempt') && this.#pregreetBytes === null;
+        if (!skip) await waited;
+        clearTimeout(timer);
+        socket.removeListener('data', onData);
+        this.#pregreetWatching = false;
+        if (this._closing || this._closed) return;
+        const talked = this.#pregreetBytes !== null;
+        const result: PregreetResult = skip
+            ? early
+            : talked
+              ? 'fail'
+              : early === 'error' || early === null
+                ? 'error'
+                : 'pass';
+        const sent = this.#pregreetBytes ? pregreetSample(this.#pregreetBytes) : null;
+        this.#pregreetOutcome = { result, sent };
+        this.#adapter.metrics.pregreet.inc({ result });
+        const ms = Math.round(performance.now() - started);
+        const fields = { ...this.#fields(), pregreet: result, waitedMs: ms };
+        if (talked) this.#adapter.log.info({ ...fields, sent }, 'pregreet: the client talked before the greeting');
+        else if (result === 'pass' || result === 'error') {
+            this.#adapter.log.info(fields, 'pregreet: the client waited for the greeting');
+            void hooks.remember(ip);
+        } else this.#adapter.log.debug(fields, 'pregreet: greeted at once');
+        this.connectionReady();
     }
 
     /**
@@ -191,6 +279,11 @@ class MailwardenConnection extends SMTPConnection {
     override _onCommand(command: Buffer, callback?: () => void): void {
         // the opening bytes were refused: the socket is being destroyed, nothing is answered
         if (this.#foreign) return;
+        // talking before the greeting: recorded by the pregreet test, the rules decide
+        if (this.#pregreetWatching) {
+            callback?.();
+            return;
+        }
         super._onCommand(command, callback);
     }
 
@@ -337,6 +430,11 @@ export class MailwardenSmtpServer extends SMTPServer {
     clientGone(id: string): boolean {
         const socket = this.#byId.get(id)?._socket;
         return !socket || socket.destroyed || !socket.writable;
+    }
+
+    /** What the pregreet test found for this session (null: not tested). */
+    pregreetOutcome(id: string): PregreetOutcome | null {
+        return this.#byId.get(id)?.pregreetOutcome() ?? null;
     }
 
     /** Connections open now from `ip`'s network (tests and diagnostics). */

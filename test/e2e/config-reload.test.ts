@@ -99,9 +99,11 @@ function fullConfig(variant: Variant, f: Record<string, string>, dns: string, up
                 maxRecipients: 100,
                 bareNewline: 'reject',
                 socketTimeout: '1m',
+                pregreetWait: '5s',
             },
             { name: 'submission', host: '127.0.0.1', port: 0, mode: 'submission' },
         ],
+        pregreet: { wait: '6s', ttl: '1d' },
         tls: { cert: f.cert, key: f.key },
         upstream:
             variant === 'B'
@@ -269,6 +271,9 @@ describe('config reload on SIGHUP', () => {
         { variant: 'A', set: { relayDomains: ['.relay.example', 'backup.example'] } },
         { variant: 'A', set: { 'listeners.0.bareNewline': 'normalize' } },
         { variant: 'A', set: { 'listeners.0.socketTimeout': '2m' } },
+        { variant: 'A', set: { 'listeners.0.pregreetWait': '3s' } },
+        { variant: 'A', set: { 'pregreet.wait': '4s' } },
+        { variant: 'A', set: { 'pregreet.ttl': '2h' } },
         { variant: 'C', set: { listeners: [{ name: 'mx', host: '127.0.0.1', port: 0, mode: 'mx' }] } },
         { variant: 'A', set: { 'tls.cert': '__cert2' } },
         { variant: 'A', set: { 'tls.key': '__key2' } },

@@ -203,9 +203,10 @@ describe('PROXY protocol', () => {
 
     it('closes the connection of a peer outside the trusted CIDRs that sends a PROXY header', async () => {
         const c = await smtpConnect(mw.port('untrusted'));
+        assert.equal((await c.greeting()).code, 220);
         c.write('PROXY TCP4 203.0.113.9 127.0.0.1 40000 25\r\n');
         await c.waitClosed(3000);
-        await assert.rejects(c.reply(100));
+        await assert.rejects(c.reply(100), 'the PROXY line gets no answer');
         const line = mw.logs.find(
             (l) => l.msg === 'connection closed: PROXY header from an untrusted peer' && l.listener === 'untrusted',
         );

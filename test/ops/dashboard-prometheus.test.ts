@@ -4,7 +4,8 @@
  * target pointed at the test app) and grafana/alerts.yml, scrapes a running mailwarden that has
  * handled real traffic: accepted, tagged, rejected, quarantined and tempfailed mail, a DMARC
  * override, a bare LF, a DKIM signature flood, a forged own header field and a header section
- * that does not parse, a PROXY header from an untrusted peer, an upstream 4xx and an upstream
+ * that does not parse, a PROXY header from an untrusted peer, clients through the pregreet test
+ * (waiting, known, talking first), an upstream 4xx and an upstream
  * failure, a client gone before the upstream's slow 250, a relay attempt, AUTH successes and failures against a real users file,
  * a login locked out, a session ended by a password change, a failed login while Redis is
  * paused, and good and bad rule reloads. Then every expression of the dashboard (panel
@@ -155,6 +156,8 @@ describe('the Grafana dashboard and the alert rules against a real Prometheus', 
     let instance: string;
     let trafficStart = 0;
     let trafficEnd = 0;
+    /** Rounds so far: each round's patient pregreet client comes from a new address. */
+    let rounds = 0;
     const began = Date.now();
 
     async function mx(from: string, data: string): Promise<number | undefined> {
@@ -244,6 +247,18 @@ describe('the Grafana dashboard and the alert rules against a real Prometheus', 
             crowdGreetings.some((g) => g.startsWith('421 4.7.0 Too many simultaneous connections from your network')),
             `a connection over the network's share is refused: ${crowdGreetings.join(' ')}`,
         );
+        // the pregreet test: a new client waits (pass), then is greeted at once (cached); one that talks first is refused
+        rounds++;
+        const patient = `127.0.5.${rounds}`;
+        for (let i = 0; i < 2; i++) {
+            const c = await smtpConnect(mw.port('mx-pregreet'), { localAddress: patient });
+            assert.equal((await c.greeting()).code, 220, 'patient client greeted');
+            c.close();
+        }
+        const talker = await smtpConnect(mw.port('mx-pregreet'), { localAddress: '127.0.6.1' });
+        talker.write('EHLO bot.example\r\n');
+        assert.equal((await talker.reply()).code, 554, 'pregreeting client refused');
+        talker.close();
         // a PROXY header from a peer that is not trusted to send one: closed without a reply
         const proxied = await smtpConnect(mw.port('mx'));
         proxied.write('PROXY TCP4 192.0.2.1 127.0.0.1 1 25\r\n');
@@ -299,6 +314,7 @@ describe('the Grafana dashboard and the alert rules against a real Prometheus', 
                 'listeners:',
                 `  - { name: mx, host: 127.0.0.1, port: 0, mode: mx, maxClientsPerNetwork: ${NETWORK_SHARE}, preTransactionTimeout: 2s }`,
                 '  - { name: submissions, host: 127.0.0.1, port: 0, mode: submission, tls: implicit }',
+                '  - { name: mx-pregreet, host: 127.0.0.1, port: 0, mode: mx, pregreetWait: 300ms }',
                 `upstream: { url: "smtp://127.0.0.1:${up.port}" }`,
                 `dns: { servers: ["${dns.address}"], timeout: 300ms }`,
                 `redis: { url: "${redis.url}" }`,
