@@ -310,6 +310,7 @@ export function createListener(config: Config, listener: ListenerConfig, deps: L
         deps.metrics.connectionsRefused.inc({ listener: listener.name, reason }, 0);
     }
     if (listener.pregreetWaitMs > 0) for (const result of PREGREET_RESULTS) deps.metrics.pregreet.inc({ result }, 0);
+    for (const kind of ['http', 'tls']) deps.metrics.foreignProtocol.inc({ listener: listener.name, kind }, 0);
     for (const result of ['proxy', 'local', 'invalid', 'timeout', 'closed', 'untrusted']) {
         if (listener.proxyProtocol !== null || result === 'untrusted') {
             deps.metrics.proxyHeaders.inc({ listener: listener.name, result }, 0);

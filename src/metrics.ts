@@ -43,6 +43,12 @@ export function createMetrics(version: string) {
             labelNames: ['listener', 'result'],
             registers: r,
         }),
+        foreignProtocol: new Counter({
+            name: `${P}foreign_protocol_total`,
+            help: 'Connections closed at once because their first bytes were another protocol, by listener and kind (http: an HTTP request line; tls: a TLS ClientHello on a plain SMTP connection)',
+            labelNames: ['listener', 'kind'],
+            registers: r,
+        }),
         pregreet: new Counter({
             name: `${P}pregreet_total`,
             help: 'Connections through the pregreet test, by result (pass: waited for the greeting; fail: talked before it; cached: passed before, greeted at once; exempt: allow-listed, greeted at once; error: the pass cache or an exemption could not be asked, the client waited as a new one)',

@@ -244,7 +244,8 @@ class MailwardenConnection extends SMTPConnection {
     /**
      * Reads the first bytes the client sends alongside the SMTP parser (this listener runs
      * first): a PROXY header here came from a peer that is not trusted to send one (a trusted
-     * peer's header was read and removed before the session), and the connection is closed.
+     * peer's header was read and removed before the session); an HTTP request line or a TLS
+     * ClientHello is not SMTP at all. Each closes the connection at once, without a reply.
      */
     #watchOpening(): void {
         const socket = this._socket;
@@ -254,14 +255,28 @@ class MailwardenConnection extends SMTPConnection {
             const kind = classifyOpening(seen);
             if (kind === null && seen.length < OPENING_BYTES) return;
             socket.removeListener('data', onData);
-            if (kind === 'proxy') this.#refuseForeign(kind);
+            if (kind === 'proxy' || kind === 'http' || kind === 'tls') this.#refuseForeign(kind);
         };
         socket.on('data', onData);
     }
 
-    #refuseForeign(kind: 'proxy'): void {
+    #refuseForeign(kind: 'proxy' | 'http' | 'tls'): void {
         this.#foreign = true;
         const adapter = this.#adapter;
+        if (kind !== 'proxy') {
+            // as Postfix ("HTTP command from …") and postscreen: no SMTP client sends this; no reply
+            adapter.metrics.foreignProtocol.inc({ listener: adapter.listener, kind });
+            adapter.log.info(
+                {
+                    ...this.#fields(),
+                    kind,
+                    reason: kind === 'http' ? 'HTTP request line' : 'TLS ClientHello on a plain SMTP connection',
+                },
+                `connection closed: ${kind === 'http' ? 'HTTP request' : 'TLS handshake'} on the SMTP port`,
+            );
+            this._socket.destroy();
+            return;
+        }
         adapter.metrics.proxyHeaders.inc({ listener: adapter.listener, result: 'untrusted' });
         adapter.log.info(
             {

@@ -5,7 +5,7 @@
  * handled real traffic: accepted, tagged, rejected, quarantined and tempfailed mail, a DMARC
  * override, a bare LF, a DKIM signature flood, a forged own header field and a header section
  * that does not parse, a PROXY header from an untrusted peer, clients through the pregreet test
- * (waiting, known, talking first), an upstream 4xx and an upstream
+ * (waiting, known, talking first), an HTTP request on the SMTP port, an upstream 4xx and an upstream
  * failure, a client gone before the upstream's slow 250, a relay attempt, AUTH successes and failures against a real users file,
  * a login locked out, a session ended by a password change, a failed login while Redis is
  * paused, and good and bad rule reloads. Then every expression of the dashboard (panel
@@ -259,6 +259,11 @@ describe('the Grafana dashboard and the alert rules against a real Prometheus', 
         talker.write('EHLO bot.example\r\n');
         assert.equal((await talker.reply()).code, 554, 'pregreeting client refused');
         talker.close();
+        // an HTTP request on the SMTP port: closed at once
+        const browser = await smtpConnect(mw.port('mx'));
+        await browser.greeting();
+        browser.write('GET / HTTP/1.1\r\nHost: mx.example.test\r\n\r\n');
+        await browser.waitClosed(3000);
         // a PROXY header from a peer that is not trusted to send one: closed without a reply
         const proxied = await smtpConnect(mw.port('mx'));
         proxied.write('PROXY TCP4 192.0.2.1 127.0.0.1 1 25\r\n');
