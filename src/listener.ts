@@ -4,8 +4,9 @@
  * can honour (SIZE, 8BITMIME, SMTPUTF8, DSN, REQUIRETLS: smtp-server-envelope.ts), client
  * limits (per listener and per client network), the pre-transaction and idle timeouts, PROXY
  * protocol (v1 and v2, read by the adapter) from trusted CIDRs only, AUTH only in submission
- * mode. Every change to smtp-server's own behaviour lives in smtp-server-adapter.ts. Each callback hands over to the
- * Session and answers only with replies built by reply.ts; it holds no policy.
+ * mode. Every change to smtp-server's own behaviour lives in smtp-server-adapter.ts. Each
+ * callback hands over to the Session and answers only with replies built by reply.ts; it holds
+ * no policy.
  */
 import { readFileSync } from 'node:fs';
 import { createSecureContext } from 'node:tls';
