@@ -117,6 +117,8 @@ try {
             'hostname: mx.test',
             ...tlsLines,
             `listeners: [{ name: mx, host: 127.0.0.1, port: 0, mode: mx, maxClients: ${N + 10}, maxClientsPerNetwork: ${N + 10}, preTransactionTimeout: 10m, socketTimeout: 10m }]`,
+            // greeted at once: the connections are measured idle after the greeting
+            'pregreet: { wait: 0s }',
             // a closed port: DNS answers "refused" at once, as a broken resolver would
             'dns: { servers: ["127.0.0.1:9"], timeout: 100ms }',
             `rules: "${path.join(dir, 'rules')}"`,

@@ -20,6 +20,7 @@ import type { Config } from './config/types.ts';
 import { prepareSpoolFolder } from './data/spool.ts';
 import { createHttpServer } from './http.ts';
 import { createListener, type RunningListener } from './listener.ts';
+import { createPregreetGate } from './pregreet.ts';
 import { createLogger, type Logger } from './log.ts';
 import { createMetrics, type Metrics } from './metrics.ts';
 import { createMailauthCheck } from './sender-auth/mailauth.ts';
@@ -63,6 +64,11 @@ export interface AppDeps {
     readonly resolver?: Resolver;
     /** The store of rate limits and greylisting; built from `redis:` (or in memory) when left out. */
     readonly limitStore?: LimitStore;
+    /**
+     * Clients that skip the pregreet wait besides those a connect-stage rule accepts (the allow
+     * lists): a DNSWL check, for one. A rejection counts as "not exempt" (the client waits).
+     */
+    readonly pregreetExempt?: (ip: string) => Promise<boolean>;
     /**
      * The config file reload() reads again: the path as given at start (so its messages name the
      * file the same way), the environment its `${VAR}`s expand from, and the folder a relative
@@ -304,6 +310,18 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
     const loginGuard = auth
         ? createLoginGuard({ store: limitStore, ...(config.auth ? { settings: config.auth.lockout } : {}) })
         : null;
+    const pregreet = config.listeners.some((l) => l.pregreetWaitMs > 0)
+        ? createPregreetGate({
+              store: limitStore,
+              ttlMs: config.pregreet.ttlMs,
+              // the rule set itself, so that asking does not count as a rule hit
+              decider: () => ruleSet ?? decider,
+              // allow-list credit (a negative dnswl.score) spares the wait, as postscreen's dnswl does
+              exempt: deps.pregreetExempt ?? ((ip) => reputation.lookup.dnswlCredit(ip)),
+              now,
+              log,
+          })
+        : null;
     const listeners: RunningListener[] = config.listeners.map((l) =>
         createListener(config, l, {
             config,
@@ -318,6 +336,7 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
             signer,
             capabilities,
             loginGuard,
+            pregreet,
         }),
     );
 

@@ -3,9 +3,10 @@
  * of net/tls-profile.ts), PIPELINING, ENHANCEDSTATUSCODES, the envelope extensions the upstream
  * can honour (SIZE, 8BITMIME, SMTPUTF8, DSN, REQUIRETLS: smtp-server-envelope.ts), client
  * limits (per listener and per client network), the pre-transaction and idle timeouts, PROXY
- * protocol v1 from trusted CIDRs only, AUTH only in submission mode. Every change to
- * smtp-server's own behaviour lives in smtp-server-adapter.ts. Each callback hands over to the
- * Session and answers only with replies built by reply.ts; it holds no policy.
+ * protocol (v1 and v2, read by the adapter) from trusted CIDRs only, AUTH only in submission
+ * mode. Every change to smtp-server's own behaviour lives in smtp-server-adapter.ts. Each
+ * callback hands over to the Session and answers only with replies built by reply.ts; it holds
+ * no policy.
  */
 import { readFileSync } from 'node:fs';
 import { createSecureContext } from 'node:tls';
@@ -24,11 +25,14 @@ import { checkCommandGateSupport, type CommandGate } from './smtp-server-command
 import { assertSmtpServerInternals } from './smtp-server-envelope.ts';
 import type { AuthContext, AuthOutcome } from './submission/index.ts';
 import type { GuardVerdict, LoginGuard } from './submission/login-guard.ts';
+import { PREGREET_RESULTS, type PregreetGate } from './pregreet.ts';
 
 export interface ListenerDeps extends Omit<SessionDeps, 'listener' | 'log' | 'relay'> {
     readonly log: Logger;
     /** Counts failed logins per IP and per login; null when there is no login service. */
     readonly loginGuard: LoginGuard | null;
+    /** The pregreet test's pass cache and exemptions; null: no listener waits. */
+    readonly pregreet: PregreetGate | null;
 }
 
 /** Failed logins in one session after which the connection is closed, when no guard says otherwise. */
@@ -92,7 +96,8 @@ export function createListener(config: Config, listener: ListenerConfig, deps: L
         // advertised; the adapter puts exactly one enhanced code on every reply (RFC 2034)
         hideENHANCEDSTATUSCODES: false,
         logger: smtpServerLogger(log),
-        useProxy: listener.proxyProtocol !== null,
+        // PROXY headers are read by the adapter (smtp-server-adapter.ts), from trusted CIDRs only
+        useProxy: false,
         // submission: AUTH is enforced in onMailFrom, so the refusal comes from our reply table
         authOptional: true,
         // STARTTLS only where TLS is configured: smtp-server would otherwise upgrade with its
@@ -102,7 +107,11 @@ export function createListener(config: Config, listener: ListenerConfig, deps: L
         allowInsecureAuth: false,
 
         onConnect(smtp: SMTPServerSession, cb: (err?: Error | null) => void) {
-            const session = new Session(sessionDeps, smtp);
+            const pregreet = server.pregreetOutcome(smtp.id);
+            const session = new Session(sessionDeps, smtp, {
+                'client.pregreet': pregreet?.result === 'fail',
+                'client.pregreet.data': pregreet?.sent ?? null,
+            });
             sessions.set(smtp.id, session);
             deps.metrics.connections.inc({ listener: listener.name });
             deps.metrics.sessionsActive.inc({ listener: listener.name });
@@ -292,6 +301,13 @@ export function createListener(config: Config, listener: ListenerConfig, deps: L
     for (const reason of ['max_clients', 'network_limit']) {
         deps.metrics.connectionsRefused.inc({ listener: listener.name, reason }, 0);
     }
+    if (listener.pregreetWaitMs > 0) for (const result of PREGREET_RESULTS) deps.metrics.pregreet.inc({ result }, 0);
+    for (const kind of ['http', 'tls']) deps.metrics.foreignProtocol.inc({ listener: listener.name, kind }, 0);
+    for (const result of ['proxy', 'local', 'invalid', 'timeout', 'closed', 'untrusted']) {
+        if (listener.proxyProtocol !== null || result === 'untrusted') {
+            deps.metrics.proxyHeaders.inc({ listener: listener.name, result }, 0);
+        }
+    }
     for (const timeout of ['pre_transaction', 'idle', ...(listener.tls === 'implicit' ? ['handshake'] : [])]) {
         deps.metrics.connectionTimeouts.inc({ listener: listener.name, timeout }, 0);
     }
@@ -299,12 +315,21 @@ export function createListener(config: Config, listener: ListenerConfig, deps: L
         listener: listener.name,
         submission,
         trustProxy: listener.proxyProtocol ? compileCidrs(listener.proxyProtocol) : () => false,
+        proxyEnabled: listener.proxyProtocol !== null,
         maxClientsPerNetwork: listener.maxClientsPerNetwork,
         preTransactionTimeoutMs: listener.preTransactionTimeoutMs,
         log,
         metrics: deps.metrics,
         commandGate,
         envelope: { offer: (s) => computeOffer(listener, deps.capabilities.current, s) },
+        pregreet:
+            deps.pregreet && listener.pregreetWaitMs > 0
+                ? {
+                      waitMs: listener.pregreetWaitMs,
+                      lookup: (ip) => deps.pregreet!.lookup(ip, listener),
+                      remember: (ip) => deps.pregreet!.remember(ip),
+                  }
+                : null,
     });
     server.on('error', (err) => log.error({ err }, 'listener error'));
 

@@ -40,6 +40,24 @@ export function createMetrics(version: string) {
             labelNames: ['listener', 'timeout'],
             registers: r,
         }),
+        proxyHeaders: new Counter({
+            name: `${P}proxy_headers_total`,
+            help: 'PROXY protocol headers, by listener and result (proxy: a relayed client; local: the balancer itself, such as a health check; invalid, timeout, closed: a trusted peer that sent no valid header in time, closed; untrusted: a header from a peer outside proxyProtocol, closed)',
+            labelNames: ['listener', 'result'],
+            registers: r,
+        }),
+        foreignProtocol: new Counter({
+            name: `${P}foreign_protocol_total`,
+            help: 'Connections closed at once because their first bytes were another protocol, by listener and kind (http: an HTTP request line; tls: a TLS ClientHello on a plain SMTP connection)',
+            labelNames: ['listener', 'kind'],
+            registers: r,
+        }),
+        pregreet: new Counter({
+            name: `${P}pregreet_total`,
+            help: 'Connections through the pregreet test, by result (pass: waited for the greeting; fail: talked before it; cached: passed before, greeted at once; exempt: allow-listed, greeted at once; error: the pass cache or an exemption could not be asked, the client waited as a new one)',
+            labelNames: ['result'],
+            registers: r,
+        }),
         messages: new Counter({
             name: `${P}messages_total`,
             help: 'Messages decided, by listener and final action (accept, tag, quarantine, tempfail, reject)',

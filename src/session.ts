@@ -82,13 +82,13 @@ export class Session {
     /** The Message-ID of the message in the current (or last) DATA, for the duplicate-risk warning. */
     private messageId: string | null = null;
 
-    constructor(deps: SessionDeps, smtp: SMTPServerSession) {
+    constructor(deps: SessionDeps, smtp: SMTPServerSession, earlyFacts: Facts = {}) {
         this.deps = deps;
         this.smtp = smtp;
         this.id = smtp.id;
         this.log = deps.log.child({ session: smtp.id, listener: deps.listener.name, client: smtp.remoteAddress });
         this.envelope = new EnvelopeGate({ ...deps, log: this.log }, smtp);
-        this.flow = new MessageFlow(smtp.id, deps.listener);
+        this.flow = new MessageFlow(smtp.id, deps.listener, earlyFacts);
     }
 
     private refuse(reply: SmtpReply): SmtpReplyError {

@@ -3,7 +3,12 @@
  * SMTPServer and SMTPConnection of the pinned smtp-server and overrides a few of their
  * internal (underscore) methods, which that version declares in its .d.ts:
  *
- * - PROXY senders are trusted by CIDR range (smtp-server only knows exact addresses).
+ * - PROXY protocol: a peer in the listener's trusted CIDRs must open with a v1 or v2 header,
+ *   read by our own parser (net/proxy-socket.ts, net/proxy-protocol.ts) within
+ *   `preTransactionTimeout`; the client it names is the session's client from then on (slots,
+ *   checks, XCLIENT). A v2 LOCAL header (a balancer's health check) or a v1 UNKNOWN line keeps
+ *   the socket's own addresses. A missing, malformed or late header, and a header from any
+ *   other peer, closes the connection without a reply, with a log line and a count.
  * - Replies: every reply of every connection, from the very first one (the `421` of a full
  *   listener is sent before any handler runs), passes through send() here. EHLO advertises
  *   ENHANCEDSTATUSCODES and every reply except the greeting and the replies to HELO/EHLO
@@ -29,13 +34,17 @@
  * Texts come from reply.ts; limits and timeouts from the listener's config. No policy here.
  */
 import { isUtf8 } from 'node:buffer';
+import { randomBytes } from 'node:crypto';
 import type net from 'node:net';
 import type tls from 'node:tls';
 import { SMTPServer, type SMTPServerOptions } from 'smtp-server';
 import { SMTPConnection, type SMTPConnectionOptions, type TLSError } from 'smtp-server/lib/smtp-connection.js';
 import type { Logger } from './log.ts';
 import type { Metrics } from './metrics.ts';
+import { classifyOpening, OPENING_BYTES } from './net/opening-bytes.ts';
+import { readProxyHeader } from './net/proxy-socket.ts';
 import { clientNetwork, createNetworkSlots, type NetworkSlot, type NetworkSlots } from './net/network-slots.ts';
+import { pregreetSample, PREGREET_SAMPLE_BYTES, type PregreetLookup, type PregreetResult } from './pregreet.ts';
 import { replyFor } from './reply.ts';
 import { saslResponseProblem } from './submission/sasl-response.ts';
 import { gateConnectionCommands, type CommandGate } from './smtp-server-commands.ts';
@@ -47,8 +56,10 @@ export interface AdapterOptions {
     /** Listener name, for metrics (the logger already carries it). */
     readonly listener: string;
     readonly submission: boolean;
-    /** True for peers allowed to send a PROXY protocol header. */
+    /** True for peers that must open with a PROXY protocol header. */
     readonly trustProxy: (ip: string) => boolean;
+    /** Whether the listener reads PROXY headers at all (for the log line of an untrusted one). */
+    readonly proxyEnabled: boolean;
     readonly maxClientsPerNetwork: number;
     readonly preTransactionTimeoutMs: number;
     readonly log: Logger;
@@ -57,6 +68,22 @@ export interface AdapterOptions {
     readonly commandGate?: CommandGate | null;
     /** What EHLO offers and how MAIL/RCPT are read (smtp-server-envelope.ts); null: smtp-server's own. */
     readonly envelope?: EnvelopeHooks | null;
+    /** The pregreet test; null or a wait of 0: the greeting goes out as soon as onConnect allows. */
+    readonly pregreet?: PregreetHooks | null;
+}
+
+/** The pregreet test as the adapter runs it (pregreet.ts holds the memory and exemptions). */
+export interface PregreetHooks {
+    readonly waitMs: number;
+    lookup(ip: string): Promise<PregreetLookup>;
+    remember(ip: string): Promise<void>;
+}
+
+/** What the pregreet test found on one connection, for the session's facts. */
+export interface PregreetOutcome {
+    readonly result: PregreetResult;
+    /** What the client sent before the greeting (pregreetSample), or null. */
+    readonly sent: string | null;
 }
 
 /** Socket errors that mean the client went away or its network failed: not our errors. */
@@ -99,6 +126,12 @@ class MailwardenConnection extends SMTPConnection {
     #failureLogged = false;
     /** The SASL exchange under way on submission: its mechanism and how many responses were checked. */
     #sasl: { readonly mechanism: string; step: number } | null = null;
+    /** Set when the opening bytes were not SMTP: nothing more is read or answered. */
+    #foreign = false;
+    /** True while the pregreet wait runs: what arrives is recorded, not answered. */
+    #pregreetWatching = false;
+    #pregreetBytes: Buffer | null = null;
+    #pregreetOutcome: PregreetOutcome | null = null;
 
     constructor(
         server: MailwardenSmtpServer,
@@ -143,8 +176,137 @@ class MailwardenConnection extends SMTPConnection {
             this._setListeners(() => this.send(reply.code, line(reply)));
             return;
         }
-        this.#armDeadline(this.#adapter.preTransactionTimeoutMs);
-        super.init();
+        // the pre-transaction time runs from the greeting: the pregreet wait comes on top
+        this.#armDeadline(this.#adapter.preTransactionTimeoutMs + this.#pregreetWait());
+        this.#watchOpening();
+        // smtp-server's init() waits a fixed 100 ms before every greeting; the wait is ours here
+        this._setListeners(() => {
+            this.#greetWhenReady().catch((err: unknown) => {
+                this.#adapter.log.error({ ...this.#fields(), err }, 'pregreet test failed');
+                if (!this._closing && !this._closed) this.connectionReady();
+            });
+        });
+    }
+
+    #pregreetWait(): number {
+        return this.#adapter.pregreet?.waitMs ?? 0;
+    }
+
+    /** What the pregreet test found (null: not tested on this listener). */
+    pregreetOutcome(): PregreetOutcome | null {
+        return this.#pregreetOutcome;
+    }
+
+    /**
+     * The pregreet test (postscreen's greet test): a client neither exempt nor remembered waits
+     * `pregreetWait` for the greeting; anything it sends meanwhile is recorded and not answered.
+     */
+    async #greetWhenReady(): Promise<void> {
+        const hooks = this.#adapter.pregreet;
+        if (!hooks || hooks.waitMs <= 0) return this.connectionReady();
+        const ip = plainAddress(this.remoteAddress);
+        const started = performance.now();
+        this.#pregreetWatching = true;
+        const socket = this._socket;
+        const onData = (chunk: Buffer): void => {
+            const held = this.#pregreetBytes ?? Buffer.alloc(0);
+            if (held.length < PREGREET_SAMPLE_BYTES) {
+                this.#pregreetBytes = Buffer.concat([held, chunk.subarray(0, PREGREET_SAMPLE_BYTES - held.length)]);
+            }
+        };
+        socket.on('data', onData);
+        let timer: NodeJS.Timeout | undefined;
+        const waited = new Promise<null>((resolve) => {
+            timer = setTimeout(() => resolve(null), hooks.waitMs);
+        });
+        const lookup = hooks.lookup(ip).catch((): PregreetLookup => 'error');
+        const early = await Promise.race([lookup, waited]);
+        const skip = (early === 'cached' || early === 'exempt') && this.#pregreetBytes === null;
+        if (!skip) await waited;
+        clearTimeout(timer);
+        socket.removeListener('data', onData);
+        this.#pregreetWatching = false;
+        if (this._closing || this._closed) return;
+        const talked = this.#pregreetBytes !== null;
+        const result: PregreetResult = skip
+            ? early
+            : talked
+              ? 'fail'
+              : early === 'error' || early === null
+                ? 'error'
+                : 'pass';
+        const sent = this.#pregreetBytes ? pregreetSample(this.#pregreetBytes) : null;
+        this.#pregreetOutcome = { result, sent };
+        this.#adapter.metrics.pregreet.inc({ result });
+        const ms = Math.round(performance.now() - started);
+        const fields = { ...this.#fields(), pregreet: result, waitedMs: ms };
+        if (talked) this.#adapter.log.info({ ...fields, sent }, 'pregreet: the client talked before the greeting');
+        else if (result === 'pass' || result === 'error') {
+            this.#adapter.log.info(fields, 'pregreet: the client waited for the greeting');
+            void hooks.remember(ip);
+        } else this.#adapter.log.debug(fields, 'pregreet: greeted at once');
+        this.connectionReady();
+    }
+
+    /**
+     * Reads the first bytes the client sends alongside the SMTP parser (this listener runs
+     * first): a PROXY header here came from a peer that is not trusted to send one (a trusted
+     * peer's header was read and removed before the session); an HTTP request line or a TLS
+     * ClientHello is not SMTP at all. Each closes the connection at once, without a reply.
+     */
+    #watchOpening(): void {
+        const socket = this._socket;
+        let seen = Buffer.alloc(0);
+        const onData = (chunk: Buffer): void => {
+            seen = Buffer.concat([seen, chunk.subarray(0, OPENING_BYTES)]);
+            const kind = classifyOpening(seen);
+            if (kind === null && seen.length < OPENING_BYTES) return;
+            socket.removeListener('data', onData);
+            if (kind === 'proxy' || kind === 'http' || kind === 'tls') this.#refuseForeign(kind);
+        };
+        socket.on('data', onData);
+    }
+
+    #refuseForeign(kind: 'proxy' | 'http' | 'tls'): void {
+        this.#foreign = true;
+        const adapter = this.#adapter;
+        if (kind !== 'proxy') {
+            // as Postfix ("HTTP command from …") and postscreen: no SMTP client sends this; no reply
+            adapter.metrics.foreignProtocol.inc({ listener: adapter.listener, kind });
+            adapter.log.info(
+                {
+                    ...this.#fields(),
+                    kind,
+                    reason: kind === 'http' ? 'HTTP request line' : 'TLS ClientHello on a plain SMTP connection',
+                },
+                `connection closed: ${kind === 'http' ? 'HTTP request' : 'TLS handshake'} on the SMTP port`,
+            );
+            this._socket.destroy();
+            return;
+        }
+        adapter.metrics.proxyHeaders.inc({ listener: adapter.listener, result: 'untrusted' });
+        adapter.log.info(
+            {
+                ...this.#fields(),
+                reason: adapter.proxyEnabled
+                    ? 'PROXY header from a peer outside proxyProtocol'
+                    : 'PROXY header on a listener without proxyProtocol',
+                kind,
+            },
+            'connection closed: PROXY header from an untrusted peer',
+        );
+        this._socket.destroy();
+    }
+
+    override _onCommand(command: Buffer, callback?: () => void): void {
+        // the opening bytes were refused: the socket is being destroyed, nothing is answered
+        if (this.#foreign) return;
+        // talking before the greeting: recorded by the pregreet test, the rules decide
+        if (this.#pregreetWatching) {
+            callback?.();
+            return;
+        }
+        this.#checkSaslResponse(command, callback);
     }
 
     #armDeadline(ms: number): void {
@@ -198,7 +360,7 @@ class MailwardenConnection extends SMTPConnection {
      * decodes it (submission/sasl-response.ts): a response that is not base64 gets `501 5.5.2`,
      * a PLAIN authorization identity other than the login `535 5.7.8`; either ends the exchange.
      */
-    override _onCommand(command: Buffer, callback?: () => void): void {
+    #checkSaslResponse(command: Buffer, callback?: () => void): void {
         if (this.#adapter.submission && command) {
             const text = command.toString('latin1').trim();
             let response: string | null = null;
@@ -354,6 +516,11 @@ export class MailwardenSmtpServer extends SMTPServer {
         return !socket || socket.destroyed || !socket.writable;
     }
 
+    /** What the pregreet test found for this session (null: not tested). */
+    pregreetOutcome(id: string): PregreetOutcome | null {
+        return this.#byId.get(id)?.pregreetOutcome() ?? null;
+    }
+
     /** Connections open now from `ip`'s network (tests and diagnostics). */
     networkConnections(ip: string): number {
         return this.#networks.count(ip);
@@ -361,6 +528,52 @@ export class MailwardenSmtpServer extends SMTPServer {
 
     override _expectsProxyHeader(socket: net.Socket): boolean {
         return this.#adapter.trustProxy(plainAddress(socket.remoteAddress));
+    }
+
+    /**
+     * Trusted peers: the PROXY header is read here, by our parser (smtp-server's reads v1
+     * only). Other peers go to smtp-server, which then reads nothing before the session.
+     */
+    override _handleProxy(socket: net.Socket, callback: Parameters<SMTPServer['_handleProxy']>[1]): void {
+        if (!this._expectsProxyHeader(socket)) return super._handleProxy(socket, callback);
+        const id = BigInt('0x' + randomBytes(10).toString('hex'))
+            .toString(32)
+            .padStart(16, '0');
+        const peer = plainAddress(socket.remoteAddress);
+        const adapter = this.#adapter;
+        const refuse = (result: string, reason: string): void => {
+            adapter.metrics.proxyHeaders.inc({ listener: adapter.listener, result });
+            adapter.log.info(
+                { session: id, client: peer, clientPort: socket.remotePort, result, reason },
+                'connection closed: no valid PROXY header',
+            );
+            socket.on('error', () => undefined);
+            socket.destroy();
+            callback(new Error(`PROXY header: ${reason}`));
+        };
+        readProxyHeader(socket).then(
+            (read) => {
+                if (!read.ok) return refuse(read.reason, read.detail);
+                const { header } = read;
+                if (header.command === 'local' || !header.source) {
+                    // the balancer speaking for itself (a health check): the socket's own addresses
+                    adapter.metrics.proxyHeaders.inc({ listener: adapter.listener, result: 'local' });
+                    adapter.log.debug({ session: id, client: peer, version: header.version }, 'PROXY LOCAL header');
+                    return callback(null, { id });
+                }
+                adapter.metrics.proxyHeaders.inc({ listener: adapter.listener, result: 'proxy' });
+                adapter.log.debug(
+                    { session: id, proxy: peer, client: header.source.address, version: header.version },
+                    'PROXY header',
+                );
+                callback(null, {
+                    id,
+                    remoteAddress: header.source.address,
+                    remotePort: header.source.port,
+                });
+            },
+            (err: unknown) => refuse('invalid', err instanceof Error ? err.message : String(err)),
+        );
     }
 
     override _acceptSocket(socket: net.Socket, handshake: boolean): (() => void) | false {

@@ -87,9 +87,13 @@ export class MessageFlow {
     /** What the connect and helo stages leave for every transaction of the connection. */
     private readonly conn: Carry & { readonly rules: string[] } = { score: 0, headers: [], rules: [], tagged: false };
 
-    constructor(id: string, listener: FlowListener) {
+    /** Facts the listener learnt before the session (the pregreet test), for every stage. */
+    private readonly earlyFacts: Facts;
+
+    constructor(id: string, listener: FlowListener, earlyFacts: Facts = {}) {
         this.id = id;
         this.listener = listener;
+        this.earlyFacts = earlyFacts;
     }
 
     /** Folds a forwarding decision (tags, score) into `into`. */
@@ -110,6 +114,7 @@ export class MessageFlow {
         return {
             ...this.connectFacts,
             ...this.heloFacts,
+            ...this.earlyFacts,
             listener: this.listener.name,
             'listener.mode': this.listener.mode,
             'client.ip': id.ip,

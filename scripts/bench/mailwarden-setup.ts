@@ -115,6 +115,8 @@ export function benchConfig(o: BenchConfigOptions): string {
         `  - { ${Object.entries(listener)
             .map(([k, v]) => `${k}: ${v}`)
             .join(', ')} }`,
+        // the benchmark's clients all come from one address, known after its first connection
+        'pregreet: { wait: 0s }',
         `upstream: { url: ${q(`smtp://127.0.0.1:${o.sinkPort}`)}, xclient: true }`,
         `dns: { servers: [${q(o.dns)}], timeout: 5s }`,
         `redis: { url: ${q(o.redisUrl)} }`,

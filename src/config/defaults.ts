@@ -36,6 +36,12 @@ export const DEFAULTS = {
     maxClients: 2000,
     /** Per listener: the most one network may hold, unless a quarter of `maxClients` is less. */
     maxClientsPerNetwork: 50,
+    /**
+     * postscreen's greet_wait is 6 s; a real MTA waits for the greeting (RFC 5321 section
+     * 4.3.1), a bot that speaks first is seen. A client that passed is greeted at once for a day
+     * (postscreen_greet_ttl).
+     */
+    pregreet: { waitMs: 6 * SECOND, ttlMs: 24 * 60 * MINUTE },
     /** Like postscreen: a real client starts a transaction within seconds of connecting. */
     preTransactionTimeoutMs: 30 * SECOND,
     maxMessageSize: 50 * MB,
@@ -115,6 +121,7 @@ export function defaultListener(
     port: number,
     mode: ListenerMode,
     haveTls: boolean,
+    mxPregreetWaitMs: number = DEFAULTS.pregreet.waitMs,
 ): ListenerConfig {
     return {
         name,
@@ -130,6 +137,7 @@ export function defaultListener(
         socketTimeoutMs: DEFAULTS.socketTimeoutMs,
         maxRecipients: DEFAULTS.maxRecipients,
         preTransactionTimeoutMs: DEFAULTS.preTransactionTimeoutMs,
+        pregreetWaitMs: mode === 'mx' ? mxPregreetWaitMs : 0,
     };
 }
 
@@ -181,6 +189,7 @@ export function defaultConfig(baseDir: string, source: string | null = null): Co
         domains: [],
         relayDomains: [],
         listeners: [defaultListener(l.name, l.host, l.port, l.mode, false)],
+        pregreet: { ...DEFAULTS.pregreet },
         tls: null,
         upstream: defaultUpstream(baseDir),
         dns: { servers: null, timeoutMs: DEFAULTS.dns.timeoutMs },

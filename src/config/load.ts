@@ -37,6 +37,7 @@ import type {
     DovecotAuthAddress,
     HttpConfig,
     ListenerConfig,
+    PregreetConfig,
     ListenerMode,
     ListenerTls,
     RedisConfig,
@@ -61,6 +62,7 @@ const TOP_KEYS = [
     'domains',
     'listeners',
     'relayDomains',
+    'pregreet',
     'tls',
     'upstream',
     'dns',
@@ -91,6 +93,7 @@ const LISTENER_KEYS = [
     'socketTimeout',
     'maxRecipients',
     'preTransactionTimeout',
+    'pregreetWait',
 ] as const;
 /** Listener keys written at the top level by mistake: the unknown-key error points at `listeners[]`. */
 const LISTENER_ONLY_KEYS: Readonly<Record<string, string>> = Object.fromEntries(
@@ -121,6 +124,10 @@ const DKIM_SELECTOR_RE = /^[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0
 const FIELD_NAME_RE = /^[\x21-\x39\x3b-\x7e]+$/;
 const LISTENER_NAME_RE = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/;
 const WILDCARDS = new Set(['0.0.0.0', '::']);
+/** postscreen allows any greet_wait; more than a minute only keeps real MTAs waiting. */
+const MAX_PREGREET_WAIT_MS = 60_000;
+/** A pass is remembered at most a month (postscreen_greet_ttl is a day by default). */
+const MAX_PREGREET_TTL_MS = 31 * 24 * 3_600_000;
 
 /**
  * Which config file to use (SPEC "Config file lookup"): `-c FILE`, else `$MAILWARDEN_CONFIG`,
@@ -234,10 +241,16 @@ class ConfigBuilder {
         const tls = tlsField ? this.tls(tlsField) : null;
         const auth = get('auth');
         const authConfig = auth ? this.auth(auth) : null;
+        const pregreetField = get('pregreet');
+        const pregreet = pregreetField ? this.pregreet(pregreetField) : defaults.pregreet;
         const listenersField = get('listeners');
         const listeners = listenersField
-            ? this.listeners(listenersField, tlsField !== undefined, auth !== undefined)
-            : defaults.listeners.map((l) => ({ ...l, tls: tlsField ? ('starttls' as const) : l.tls }));
+            ? this.listeners(listenersField, tlsField !== undefined, auth !== undefined, pregreet.waitMs)
+            : defaults.listeners.map((l) => ({
+                  ...l,
+                  tls: tlsField ? ('starttls' as const) : l.tls,
+                  pregreetWaitMs: l.mode === 'mx' ? pregreet.waitMs : 0,
+              }));
         const httpField = get('http');
         const http = httpField ? this.http(httpField) : defaults.http;
         if (!httpField && http) this.checkDefaultHttp(http);
@@ -267,6 +280,7 @@ class ConfigBuilder {
             domains,
             relayDomains,
             listeners,
+            pregreet,
             tls,
             upstream,
             dns: dnsField ? this.dns(dnsField) : defaults.dns,
@@ -754,7 +768,18 @@ class ConfigBuilder {
         return out;
     }
 
-    private listeners(field: Field, haveTls: boolean, haveAuth: boolean): ListenerConfig[] {
+    /** `pregreet: { wait, ttl }`. */
+    private pregreet(field: Field): PregreetConfig {
+        const entries = this.section(field, ['wait', 'ttl']);
+        const waitField = entries.get('wait');
+        const ttlField = entries.get('ttl');
+        return {
+            waitMs: (waitField && this.r.duration(waitField, 0, MAX_PREGREET_WAIT_MS)) ?? DEFAULTS.pregreet.waitMs,
+            ttlMs: (ttlField && this.r.duration(ttlField, 60_000, MAX_PREGREET_TTL_MS)) ?? DEFAULTS.pregreet.ttlMs,
+        };
+    }
+
+    private listeners(field: Field, haveTls: boolean, haveAuth: boolean, mxPregreetWaitMs: number): ListenerConfig[] {
         const r = this.r;
         const items = r.list(field, 'listeners');
         if (items === null) return [];
@@ -780,7 +805,7 @@ class ConfigBuilder {
             const port = portField ? r.integer(portField, 0, 65535, 'a port number') : null;
             const modeField = entries.get('mode');
             const mode: ListenerMode = (modeField && r.oneOf(modeField, ['mx', 'submission'] as const)) ?? 'mx';
-            const base = defaultListener(name ?? '', host ?? '', port ?? 0, mode, haveTls);
+            const base = defaultListener(name ?? '', host ?? '', port ?? 0, mode, haveTls, mxPregreetWaitMs);
 
             const tlsField = entries.get('tls');
             let tls: ListenerTls = base.tls;
@@ -813,6 +838,7 @@ class ConfigBuilder {
             const maxRecipientsField = entries.get('maxRecipients');
             const perNetworkField = entries.get('maxClientsPerNetwork');
             const preTransactionField = entries.get('preTransactionTimeout');
+            const pregreetWaitField = entries.get('pregreetWait');
             const maxClients = (maxClientsField && r.integer(maxClientsField, 1, Infinity)) ?? base.maxClients;
             const perNetwork = perNetworkField ? r.integer(perNetworkField, 1, Infinity) : null;
             if (perNetworkField && perNetwork !== null && perNetwork > maxClients) {
@@ -837,6 +863,9 @@ class ConfigBuilder {
                 preTransactionTimeoutMs:
                     (preTransactionField && r.duration(preTransactionField, 1000, MAX_TIMER_MS)) ??
                     base.preTransactionTimeoutMs,
+                pregreetWaitMs:
+                    (pregreetWaitField && this.r.duration(pregreetWaitField, 0, MAX_PREGREET_WAIT_MS)) ??
+                    base.pregreetWaitMs,
             };
             out.push(listener);
             if (host !== null && port !== null && port !== 0 && portField) {

@@ -55,6 +55,10 @@ export const SETTINGS: Readonly<Record<string, Setting>> = Object.freeze({
     'listeners[].maxRecipients': restart(),
     'listeners[].bareNewline': restart(),
     'listeners[].socketTimeoutMs': restart('listeners[].socketTimeout'),
+    'listeners[].pregreetWaitMs': restart('listeners[].pregreetWait'),
+    // The pregreet test is built once per listener; its passes live in the store.
+    'pregreet.waitMs': restart('pregreet.wait'),
+    'pregreet.ttlMs': restart('pregreet.ttl'),
     // Which files: fixed per listener. Their contents are re-read on every SIGHUP.
     'tls.cert': restart(),
     'tls.key': restart(),

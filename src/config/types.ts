@@ -17,7 +17,7 @@ export interface ListenerConfig {
     readonly port: number;
     readonly mode: ListenerMode;
     readonly tls: ListenerTls;
-    /** null: PROXY protocol off; otherwise the CIDRs allowed to send a PROXY v1 header. */
+    /** null: PROXY protocol off; otherwise the CIDRs that must open with a PROXY v1 or v2 header. */
     readonly proxyProtocol: readonly string[] | null;
     /** Connections served at once (after the PROXY header and an implicit TLS handshake, and while those run). */
     readonly maxClients: number;
@@ -34,6 +34,20 @@ export interface ListenerConfig {
      * PROXY header or an implicit TLS handshake to complete.
      */
     readonly preTransactionTimeoutMs: number;
+    /**
+     * The pregreet test (postscreen's greet_wait): how long a client not in the pass cache waits
+     * for the greeting, watched for talking first. 0: greeted at once, not tested. Set from the
+     * listener's `pregreetWait`, else `pregreet.wait` on mx listeners and 0 on submission ones.
+     */
+    readonly pregreetWaitMs: number;
+}
+
+/** The pregreet test's shared settings (per-listener waits are in ListenerConfig). */
+export interface PregreetConfig {
+    /** The wait of mx listeners that do not set `pregreetWait`. */
+    readonly waitMs: number;
+    /** How long a client that waited is remembered (in the shared store) and greeted at once. */
+    readonly ttlMs: number;
 }
 
 export interface TlsConfig {
@@ -217,6 +231,7 @@ export interface Config {
      */
     readonly relayDomains: readonly string[];
     readonly listeners: readonly ListenerConfig[];
+    readonly pregreet: PregreetConfig;
     readonly tls: TlsConfig | null;
     readonly upstream: UpstreamConfig;
     readonly dns: DnsConfig;

@@ -183,6 +183,18 @@ const CATALOGUE: readonly FactSpec[] = [
         'helo',
         'The HELO domain has an A or AAAA record (false: it does not exist or has no address; null: not a domain, or DNS did not answer)',
     ),
+    fact(
+        'client.pregreet',
+        'boolean',
+        'connect',
+        "True when the client sent something before the greeting during the pregreet wait (`pregreetWait`; postscreen's PREGREET)",
+    ),
+    fact(
+        'client.pregreet.data',
+        'string',
+        'connect',
+        'The first bytes (at most 64) a pregreeting client sent, non-printable ones as \\xHH; null when it did not talk first',
+    ),
     fact('tls', 'boolean', 'connect', 'True once the session is encrypted (implicit TLS, or after STARTTLS)'),
     fact('helo', 'string', 'helo', 'Name the client gave in HELO or EHLO, as written (may be an address literal)'),
     fact('auth.user', 'string', 'mail', 'User name the client logged in with (SMTP AUTH); null when not logged in'),

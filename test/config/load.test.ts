@@ -38,8 +38,10 @@ describe('embedded defaults', () => {
                 socketTimeoutMs: 300_000,
                 maxRecipients: 1000,
                 preTransactionTimeoutMs: 30_000,
+                pregreetWaitMs: 6000,
             },
         ]);
+        assert.deepEqual(config.pregreet, { waitMs: 6000, ttlMs: 24 * 3_600_000 });
         assert.equal(config.tls, null);
         assert.deepEqual(config.upstream, {
             kind: 'maildir',
@@ -121,6 +123,8 @@ listeners:
     bareNewline: reject
     socketTimeout: 2m
     preTransactionTimeout: 45s
+    pregreetWait: 2s
+pregreet: { wait: 3s, ttl: 2h }
 ${TLS}
 upstream:
   url: smtp://mail.example.net:10026
@@ -160,7 +164,12 @@ log: { level: debug }
             socketTimeoutMs: 120_000,
             maxRecipients: 1000,
             preTransactionTimeoutMs: 45_000,
+            pregreetWaitMs: 2000,
         });
+        // pregreet.wait is the default of mx listeners only
+        assert.equal(config.listeners[0]?.pregreetWaitMs, 3000);
+        assert.equal(config.listeners[1]?.pregreetWaitMs, 0);
+        assert.deepEqual(config.pregreet, { waitMs: 3000, ttlMs: 2 * 3_600_000 });
         assert.deepEqual(config.tls, { cert: path.join(dir, 'tls/cert.pem'), key: path.join(dir, 'tls/key.pem') });
         assert.deepEqual(config.upstream, {
             kind: 'smtp',

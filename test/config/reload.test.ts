@@ -63,10 +63,10 @@ describe('config reload classification', () => {
 
     it('counts a key missing from SETTINGS as needing a restart', () => {
         const before = load(BASE);
-        const after = { ...before, pregreet: { delayMs: 3000 } } as unknown as Config;
+        const after = { ...before, greetDelay: { delayMs: 3000 } } as unknown as Config;
         assert.deepEqual(
             diffConfig(before, after).map((c) => [c.key, c.reload]),
-            [['pregreet', 'restart']],
+            [['greetDelay', 'restart']],
         );
         assert.equal(reloadOf('authentication'), 'live', 'a section whose keys are all live');
         assert.equal(reloadOf('dkim'), 'restart');

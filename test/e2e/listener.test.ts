@@ -1,6 +1,6 @@
 /**
  * Listener behaviour end to end: STARTTLS and implicit TLS with a generated certificate
- * (TLS 1.2 or newer only), PROXY protocol v1 accepted only from trusted CIDRs, the HTTP
+ * (TLS 1.2 or newer only), PROXY protocol (v1 and v2) read only from trusted CIDRs, the HTTP
  * endpoints, and the drain on shutdown (421 4.3.2 to idle sessions, messages in flight finish).
  */
 import assert from 'node:assert/strict';
@@ -11,6 +11,7 @@ import { after, before, describe, it } from 'node:test';
 import type { App } from '../../src/app.ts';
 import { NO_CAPABILITIES } from '../../src/upstream/capabilities.ts';
 import type { Upstream } from '../../src/upstream/types.ts';
+import { formatProxyHeader } from '../../src/net/proxy-protocol.ts';
 import { startApp, type TestApp } from '../helpers/app.ts';
 import { startScriptedUpstream, unstuff, type ScriptedUpstream } from '../helpers/scripted-upstream.ts';
 import { sendMail, smtpConnect, type SmtpClient } from '../helpers/smtp-client.ts';
@@ -34,6 +35,7 @@ describe('TLS', () => {
                 'listeners:',
                 '  - { name: mx, host: 127.0.0.1, port: 0, mode: mx }',
                 '  - { name: implicit, host: 127.0.0.1, port: 0, mode: mx, tls: implicit }',
+                '  - { name: implicit-lb, host: 127.0.0.1, port: 0, mode: mx, tls: implicit, proxyProtocol: [127.0.0.1] }',
                 `upstream: { url: "smtp://127.0.0.1:${up.port}" }`,
                 'http: false',
             ].join('\n'),
@@ -71,6 +73,42 @@ describe('TLS', () => {
         assert.equal((await c.cmd('EHLO client.example')).code, 250);
         assert.equal((await c.cmd('MAIL FROM:<a@example.org>')).code, 250);
         c.close();
+    });
+
+    it('reads a PROXY v2 header before the TLS handshake of an implicit-TLS listener, sent with the ClientHello', async () => {
+        const raw = net.connect(mw.port('implicit-lb'), '127.0.0.1');
+        await new Promise((resolve) => raw.once('connect', resolve));
+        // header and ClientHello leave in one segment
+        raw.cork();
+        raw.write(formatProxyHeader(2, { address: '198.51.100.4', port: 4444 }, { address: '127.0.0.1', port: 465 }));
+        const secure = tls.connect({ socket: raw, ca: cert.cert, servername: 'localhost' });
+        process.nextTick(() => raw.uncork());
+        await new Promise((resolve, reject) => {
+            secure.once('secureConnect', resolve);
+            secure.once('error', reject);
+        });
+        let text = '';
+        const until = (re: RegExp): Promise<void> =>
+            new Promise((resolve) => {
+                const check = (): void => {
+                    if (re.test(text)) {
+                        secure.off('data', onData);
+                        resolve();
+                    }
+                };
+                const onData = (d: Buffer): void => {
+                    text += d.toString('latin1');
+                    check();
+                };
+                secure.on('data', onData);
+                check();
+            });
+        await until(/^220 /m);
+        secure.write('EHLO client.example\r\nMAIL FROM:<a@example.org>\r\n');
+        await until(/^250 [\d.]* ?.*\r\n[\s\S]*^250 /m);
+        secure.destroy();
+        await up.idle();
+        assert.equal(up.connections.at(-1)!.xclient[0]!.ADDR, '198.51.100.4');
     });
 
     it('serves a renewed certificate after a reload (SIGHUP), and keeps the old one when the new pair is broken', async () => {
@@ -129,7 +167,7 @@ describe('TLS', () => {
     });
 });
 
-describe('PROXY protocol v1', () => {
+describe('PROXY protocol', () => {
     let up: ScriptedUpstream;
     let mw: TestApp;
     before(async () => {
@@ -163,11 +201,22 @@ describe('PROXY protocol v1', () => {
         assert.equal(up.connections.at(-1)!.xclient[0]!.PORT, '40000');
     });
 
-    it('ignores PROXY from a peer outside the trusted CIDRs', async () => {
+    it('closes the connection of a peer outside the trusted CIDRs that sends a PROXY header', async () => {
         const c = await smtpConnect(mw.port('untrusted'));
         assert.equal((await c.greeting()).code, 220);
-        const r = await c.cmd('PROXY TCP4 203.0.113.9 127.0.0.1 40000 25');
-        assert.ok(r.code >= 500, `PROXY as a command is refused (${r.code})`);
+        c.write('PROXY TCP4 203.0.113.9 127.0.0.1 40000 25\r\n');
+        await c.waitClosed(3000);
+        await assert.rejects(c.reply(100), 'the PROXY line gets no answer');
+        const line = mw.logs.find(
+            (l) => l.msg === 'connection closed: PROXY header from an untrusted peer' && l.listener === 'untrusted',
+        );
+        assert.ok(line, 'logged');
+        assert.equal(line.client, '127.0.0.1');
+    });
+
+    it('serves a peer outside the trusted CIDRs that speaks plain SMTP', async () => {
+        const c = await smtpConnect(mw.port('untrusted'));
+        assert.equal((await c.greeting()).code, 220);
         await c.cmd('EHLO client.example');
         assert.equal((await c.cmd('MAIL FROM:<a@example.org>')).code, 250);
         c.close();

@@ -36,6 +36,7 @@ describe('serve: softReject on SIGHUP', () => {
             'hostname: mx.example.test',
             'domains: [example.test]',
             'listeners: [{ name: mx, host: 127.0.0.1, port: 0, mode: mx }]',
+            'pregreet: { wait: 0s }',
             `upstream: { url: "smtp://127.0.0.1:${up.port}" }`,
             `dns: { servers: ["${dns.address}"], timeout: 1s }`,
             'http: false',

@@ -27,6 +27,7 @@ async function serveAndSignal(signal: NodeJS.Signals): Promise<{ bye: string; ex
         [
             'hostname: mx.example.test',
             'listeners: [{ name: mx, host: 127.0.0.1, port: 0, mode: mx }]',
+            'pregreet: { wait: 0s }',
             `dns: { servers: ["${dns.address}"], timeout: 500ms }`,
             'http: false',
             'shutdownTimeout: 2s',
@@ -96,6 +97,7 @@ describe('serve and signals', () => {
                 [
                     'hostname: mx.example.test',
                     'listeners: [{ name: mx, host: 127.0.0.1, port: 0, mode: mx }]',
+                    'pregreet: { wait: 0s }',
                     'http: false',
                 ].join('\n'),
             );

@@ -243,6 +243,8 @@ export async function prepareMailwarden(dir: string, options: ConfigOptions): Pr
             `domains: [${POSTFIX_DOMAIN}]`,
             'listeners:',
             `  - { name: mx, host: 127.0.0.1, port: ${port}, mode: mx, maxClients: ${options.maxClients ?? 1000} }`,
+            // the harness measures delivery under faults, not the pregreet test
+            'pregreet: { wait: 0s }',
             `upstream: { ${[
                 `url: "smtp://127.0.0.1:${options.upstreamPort}"`,
                 'xclient: true',

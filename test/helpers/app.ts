@@ -4,7 +4,8 @@
  * logger that records every JSON line, and starts it; its reload() re-reads that file, as
  * SIGHUP does under `serve`. Unless the config names DNS servers,
  * a loopback test DNS server with an empty zone (every name NXDOMAIN) is started and used,
- * so no lookup ever leaves the machine. `stop()` drains the app, stops that server and
+ * so no lookup ever leaves the machine. Unless the config has a `pregreet:` section, the pregreet
+ * wait is 0 (tests of it set it). `stop()` drains the app, stops that server and
  * removes the folder. It must not replace any part of the product with a fake unless a test passes one in.
  */
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
@@ -36,6 +37,9 @@ export async function startApp(yaml: string, deps: Omit<AppDeps, 'logger'> = {})
         dns = await startDnsServer({});
         yaml = `${yaml}\ndns: { servers: ["${dns.address}"], timeout: 1s }\n`;
     }
+    // No pregreet wait unless the test is about it: every other test's first connection would
+    // wait pregreet.wait (6 s) for its greeting.
+    if (!/^pregreet:/m.test(yaml)) yaml = `${yaml}\npregreet: { wait: 0s }\n`;
     await writeFile(file, yaml);
     const config = loadConfig(file, {});
     const logs: Record<string, unknown>[] = [];

@@ -4,8 +4,9 @@
  * target pointed at the test app) and grafana/alerts.yml, scrapes a running mailwarden that has
  * handled real traffic: accepted, tagged, rejected, quarantined and tempfailed mail, a DMARC
  * override, a bare LF, a DKIM signature flood, a forged own header field and a header section
- * that does not parse, an upstream 4xx and an upstream failure, a client gone before the
- * upstream's slow 250, a relay attempt, AUTH successes and failures against a real users file,
+ * that does not parse, a PROXY header from an untrusted peer, clients through the pregreet test
+ * (waiting, known, talking first), an HTTP request on the SMTP port, an upstream 4xx and an upstream
+ * failure, a client gone before the upstream's slow 250, a relay attempt, AUTH successes and failures against a real users file,
  * a login locked out, a session ended by a password change, a failed login while Redis is
  * paused, good and bad rule reloads, a client a DNS block list names and a DNS list refusing
  * a query. Then every expression of the dashboard (panel
@@ -168,6 +169,8 @@ describe('the Grafana dashboard and the alert rules against a real Prometheus', 
     let instance: string;
     let trafficStart = 0;
     let trafficEnd = 0;
+    /** Rounds so far: each round's patient pregreet client comes from a new address. */
+    let rounds = 0;
     const began = Date.now();
 
     async function mx(from: string, data: string): Promise<number | undefined> {
@@ -273,6 +276,27 @@ describe('the Grafana dashboard and the alert rules against a real Prometheus', 
             crowdGreetings.some((g) => g.startsWith('421 4.7.0 Too many simultaneous connections from your network')),
             `a connection over the network's share is refused: ${crowdGreetings.join(' ')}`,
         );
+        // the pregreet test: a new client waits (pass), then is greeted at once (cached); one that talks first is refused
+        rounds++;
+        const patient = `127.0.5.${rounds}`;
+        for (let i = 0; i < 2; i++) {
+            const c = await smtpConnect(mw.port('mx-pregreet'), { localAddress: patient });
+            assert.equal((await c.greeting()).code, 220, 'patient client greeted');
+            c.close();
+        }
+        const talker = await smtpConnect(mw.port('mx-pregreet'), { localAddress: '127.0.6.1' });
+        talker.write('EHLO bot.example\r\n');
+        assert.equal((await talker.reply()).code, 554, 'pregreeting client refused');
+        talker.close();
+        // an HTTP request on the SMTP port: closed at once
+        const browser = await smtpConnect(mw.port('mx'));
+        await browser.greeting();
+        browser.write('GET / HTTP/1.1\r\nHost: mx.example.test\r\n\r\n');
+        await browser.waitClosed(3000);
+        // a PROXY header from a peer that is not trusted to send one: closed without a reply
+        const proxied = await smtpConnect(mw.port('mx'));
+        proxied.write('PROXY TCP4 192.0.2.1 127.0.0.1 1 25\r\n');
+        await proxied.waitClosed(3000);
         await submission('alice@example.test', 'wrong', false);
         await submission('mallory@example.test', 'guess', false);
         await submission('alice@example.test', 'correct horse', true);
@@ -324,6 +348,7 @@ describe('the Grafana dashboard and the alert rules against a real Prometheus', 
                 'listeners:',
                 `  - { name: mx, host: 127.0.0.1, port: 0, mode: mx, maxClientsPerNetwork: ${NETWORK_SHARE}, preTransactionTimeout: 2s }`,
                 '  - { name: submissions, host: 127.0.0.1, port: 0, mode: submission, tls: implicit }',
+                '  - { name: mx-pregreet, host: 127.0.0.1, port: 0, mode: mx, pregreetWait: 300ms }',
                 `upstream: { url: "smtp://127.0.0.1:${up.port}" }`,
                 `dns: { servers: ["${dns.address}"], timeout: 300ms }`,
                 `redis: { url: "${redis.url}" }`,

@@ -23,6 +23,7 @@ describe('shipped rules', () => {
             set.files.map((f) => path.basename(f)),
             [
                 '10-allow-block.yaml',
+                '15-pregreet.yaml',
                 '20-dmarc.yaml',
                 '30-spf.yaml',
                 '40-own-domain.yaml',
