@@ -318,6 +318,7 @@ export function createListener(config: Config, listener: ListenerConfig, deps: L
         proxyEnabled: listener.proxyProtocol !== null,
         maxClientsPerNetwork: listener.maxClientsPerNetwork,
         preTransactionTimeoutMs: listener.preTransactionTimeoutMs,
+        socketTimeoutMs: listener.socketTimeoutMs,
         log,
         metrics: deps.metrics,
         commandGate,

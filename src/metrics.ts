@@ -34,6 +34,12 @@ export function createMetrics(version: string) {
             labelNames: ['listener', 'reason'],
             registers: r,
         }),
+        sessionsCut: new Counter({
+            name: `${P}sessions_cut_total`,
+            help: 'Sessions closed with 421 for their conduct, by listener and reason (error_limit: 20 error replies, as Postfix smtpd_hard_error_limit; data_rate: message data slower than 500 bytes a second after socketTimeout, as Postfix smtpd_min_data_rate)',
+            labelNames: ['listener', 'reason'],
+            registers: r,
+        }),
         connectionTimeouts: new Counter({
             name: `${P}connection_timeouts_total`,
             help: 'Connections closed by a timeout, by listener and timeout (pre_transaction: no MAIL FROM within preTransactionTimeout; idle: socketTimeout between commands; handshake: implicit TLS handshake not done in time)',

@@ -22,6 +22,8 @@ export type Situation =
     | 'too-many-connections'
     | 'too-many-network-connections'
     | 'no-transaction-timeout'
+    | 'too-many-errors'
+    | 'data-too-slow'
     | 'auth-required'
     | 'auth-tls-required'
     | 'auth-invalid'
@@ -219,6 +221,18 @@ const TABLE: Readonly<Record<Situation, ReplyTemplate>> = {
         enhanced: '4.7.0',
         text: (d) =>
             `Too many simultaneous connections from your network${d.network ? ` ${d.network}` : ''}; close some and try again in a few minutes`,
+    },
+    // Postfix's smtpd_hard_error_limit: the session is closed after that many error replies
+    'too-many-errors': {
+        code: 421,
+        enhanced: '4.7.0',
+        text: () => 'Too many errors in this session; closing the connection',
+    },
+    // Postfix's smtpd_min_data_rate: DATA may take socketTimeout plus a second per `rate` bytes
+    'data-too-slow': {
+        code: 421,
+        enhanced: '4.4.2',
+        text: (d) => `Message data arrives slower than ${d.rate ?? 0} bytes a second; closing the connection`,
     },
     'no-transaction-timeout': {
         code: 421,

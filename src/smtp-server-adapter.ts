@@ -62,6 +62,8 @@ export interface AdapterOptions {
     readonly proxyEnabled: boolean;
     readonly maxClientsPerNetwork: number;
     readonly preTransactionTimeoutMs: number;
+    /** The listener's idle timeout; also the base of the time a message's data may take. */
+    readonly socketTimeoutMs: number;
     readonly log: Logger;
     readonly metrics: Metrics;
     /** Runs before each command of a logged-in session (a changed password ends it); null: none. */
@@ -85,6 +87,21 @@ export interface PregreetOutcome {
     /** What the client sent before the greeting (pregreetSample), or null. */
     readonly sent: string | null;
 }
+
+/**
+ * Error replies (4xx and 5xx, 421 aside) one session may collect before it is closed with
+ * `421 4.7.0`: Postfix's `smtpd_hard_error_limit` default. A client probing addresses or
+ * repeating refused commands is cut off instead of costing a slot for ever.
+ */
+export const HARD_ERROR_LIMIT = 20;
+
+/**
+ * The slowest a message's data may arrive, in bytes per second (Postfix's
+ * `smtpd_min_data_rate` default): DATA may take `socketTimeout` plus one second per 500 bytes
+ * received. A client trickling a byte now and then, which never trips the idle timeout, is
+ * closed with `421 4.4.2`.
+ */
+export const MIN_DATA_RATE = 500;
 
 /** Socket errors that mean the client went away or its network failed: not our errors. */
 const CLIENT_GONE = new Set(['ECONNRESET', 'EPIPE', 'ETIMEDOUT', 'ECONNABORTED', 'EHOSTUNREACH', 'ENETUNREACH']);
@@ -128,6 +145,10 @@ class MailwardenConnection extends SMTPConnection {
     #sasl: { readonly mechanism: string; step: number } | null = null;
     /** Set when the opening bytes were not SMTP: nothing more is read or answered. */
     #foreign = false;
+    /** Error replies sent so far (HARD_ERROR_LIMIT). */
+    #errors = 0;
+    /** Watches the data rate while DATA is received (MIN_DATA_RATE). */
+    #dataWatch: NodeJS.Timeout | null = null;
     /** True while the pregreet wait runs: what arrives is recorded, not answered. */
     #pregreetWatching = false;
     #pregreetBytes: Buffer | null = null;
@@ -330,6 +351,7 @@ class MailwardenConnection extends SMTPConnection {
     }
 
     #releaseSlot(): void {
+        this.#stopDataWatch();
         if (this.#deadline) clearTimeout(this.#deadline);
         this.#deadline = null;
         this.#slot?.release();
@@ -337,6 +359,50 @@ class MailwardenConnection extends SMTPConnection {
     }
 
     override send(code: number, data?: string | string[] | null, context?: string | false): void {
+        this.#sendReply(code, data, context);
+        if (code >= 400 && code !== 421 && ++this.#errors === HARD_ERROR_LIMIT && !this._closing && !this._closed) {
+            this.#adapter.metrics.sessionsCut.inc({ listener: this.#adapter.listener, reason: 'error_limit' });
+            this.#adapter.log.info(
+                { ...this.#fields(), errors: this.#errors, stage: this.#stage() },
+                'closing: too many errors in this session',
+            );
+            const reply = replyFor('too-many-errors', { id: this.id });
+            this.#sendReply(reply.code, line(reply));
+        }
+    }
+
+    /**
+     * DATA as smtp-server starts it, plus a watch on the rate the message arrives at: the idle
+     * timeout alone never ends a client that sends a byte every few seconds.
+     */
+    override handler_DATA(command: Buffer, callback: () => void): void {
+        super.handler_DATA(command, callback);
+        const parser = this._parser;
+        if (!parser || !parser._dataMode || this.#dataWatch) return;
+        const started = performance.now();
+        this.#dataWatch = setInterval(() => {
+            const current = this._parser;
+            if (!current || !current._dataMode || this._closing || this._closed) return this.#stopDataWatch();
+            const allowedMs = this.#adapter.socketTimeoutMs + (current.dataBytes * 1000) / MIN_DATA_RATE;
+            if (performance.now() - started <= allowedMs) return;
+            this.#stopDataWatch();
+            this.#adapter.metrics.sessionsCut.inc({ listener: this.#adapter.listener, reason: 'data_rate' });
+            this.#adapter.log.info(
+                { ...this.#fields(), bytes: current.dataBytes, ms: Math.round(performance.now() - started) },
+                'closing: message data arrives too slowly',
+            );
+            const reply = replyFor('data-too-slow', { id: this.id, rate: String(MIN_DATA_RATE) });
+            this.#sendReply(reply.code, line(reply));
+        }, 1000);
+        this.#dataWatch.unref();
+    }
+
+    #stopDataWatch(): void {
+        if (this.#dataWatch) clearInterval(this.#dataWatch);
+        this.#dataWatch = null;
+    }
+
+    #sendReply(code: number, data?: string | string[] | null, context?: string | false): void {
         if (Array.isArray(data)) {
             // EHLO (the only multi-line reply); on submission, AUTH only once the session is encrypted
             const lines = this.#adapter.submission && !this.secure ? data.filter((l) => !/^AUTH\b/i.test(l)) : data;

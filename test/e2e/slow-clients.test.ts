@@ -1,8 +1,9 @@
 /**
  * Slow clients (slowloris) at each step of the session, end to end through the real listener:
  * before EHLO, in the middle of a command line, between commands and inside DATA, a client
- * that stops (or trickles one byte at a time before any transaction) is closed within a
- * bounded time with `421 4.4.2`.
+ * that stops (or trickles one byte at a time, its message data included) is closed within a
+ * bounded time with `421 4.4.2`; a session that collects 20 error replies is closed with
+ * `421 4.7.0`.
  */
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
@@ -89,5 +90,87 @@ describe('slow clients', () => {
         assert.ok(ms < 3500, `${ms.toFixed(0)} ms`);
         await up.idle();
         assert.notEqual(up.transactions.at(-1)?.completed, true, 'nothing half-sent was delivered');
+    });
+
+    it('closes a client that trickles its message data slower than 500 bytes a second', async () => {
+        const c = await smtpConnect(mw.port());
+        await c.greeting();
+        assert.equal((await c.cmd('EHLO slow.example')).code, 250);
+        assert.equal((await c.cmd('MAIL FROM:<a@example.org>')).code, 250);
+        assert.equal((await c.cmd('RCPT TO:<b@example.test>')).code, 250);
+        assert.equal((await c.cmd('DATA')).code, 354);
+        const started = performance.now();
+        // a byte every 300 ms never leaves the connection idle for socketTimeout (1 s)
+        trickle(c, 'Subject: slow\r\n\r\nHello, one byte at a time\r\n', 300);
+        const reply = await c.reply(6000);
+        const ms = performance.now() - started;
+        assert.equal(reply.code, 421, reply.raw);
+        assert.match(reply.text, /^4\.4\.2 Message data arrives slower than 500 bytes a second/);
+        await c.waitClosed(2000);
+        // socketTimeout plus a second per 500 bytes, checked every second
+        assert.ok(ms < 5000, `${ms.toFixed(0)} ms`);
+        await up.idle();
+        assert.notEqual(up.transactions.at(-1)?.completed, true, 'nothing half-sent was delivered');
+        const cut = await mw.app.metrics.registry.getSingleMetricAsString('mailwarden_sessions_cut_total');
+        assert.match(cut, /mailwarden_sessions_cut_total\{listener="mx",reason="data_rate"\} 1/);
+    });
+});
+
+describe('a session that collects errors', () => {
+    let up: ScriptedUpstream;
+    let mw: TestApp;
+    before(async () => {
+        up = await startScriptedUpstream({ ehlo: ['XCLIENT NAME ADDR PORT PROTO HELO LOGIN'] });
+        mw = await startApp(
+            [
+                'hostname: mx.example.test',
+                'domains: [example.test]',
+                'listeners: [{ name: mx, host: 127.0.0.1, port: 0, mode: mx }]',
+                `upstream: { url: "smtp://127.0.0.1:${up.port}" }`,
+                'http: false',
+            ].join('\n'),
+        );
+    });
+    after(async () => {
+        await mw.stop();
+        await up.close();
+    });
+
+    it('is closed with 421 4.7.0 at its 20th error reply, as Postfix smtpd_hard_error_limit', async () => {
+        const c = await smtpConnect(mw.port());
+        try {
+            await c.greeting();
+            assert.equal((await c.cmd('EHLO probe.example')).code, 250);
+            assert.equal((await c.cmd('MAIL FROM:<a@example.org>')).code, 250);
+            // relay probing: every recipient outside our domains is refused
+            for (let i = 1; i < 20; i++) {
+                const r = await c.cmd(`RCPT TO:<user${i}@elsewhere.example>`);
+                assert.equal(r.code, 550, `error ${i}: ${r.raw}`);
+            }
+            const twentieth = await c.cmd('RCPT TO:<user20@elsewhere.example>');
+            assert.equal(twentieth.code, 550, twentieth.raw);
+            const cut = await c.reply(2000);
+            assert.equal(cut.code, 421, cut.raw);
+            assert.match(cut.text, /^4\.7\.0 Too many errors in this session/);
+            await c.waitClosed(2000);
+        } finally {
+            c.close();
+        }
+        const cut = await mw.app.metrics.registry.getSingleMetricAsString('mailwarden_sessions_cut_total');
+        assert.match(cut, /mailwarden_sessions_cut_total\{listener="mx",reason="error_limit"\} 1/);
+    });
+
+    it('leaves a session with fewer errors alone', async () => {
+        const c = await smtpConnect(mw.port());
+        try {
+            await c.greeting();
+            assert.equal((await c.cmd('EHLO probe.example')).code, 250);
+            assert.equal((await c.cmd('MAIL FROM:<a@example.org>')).code, 250);
+            for (let i = 1; i < 20; i++) assert.equal((await c.cmd(`RCPT TO:<u${i}@elsewhere.example>`)).code, 550);
+            assert.equal((await c.cmd('RCPT TO:<b@example.test>')).code, 250);
+            assert.equal((await c.cmd('RSET')).code, 250);
+        } finally {
+            c.close();
+        }
     });
 });

@@ -240,6 +240,14 @@ describe('the Grafana dashboard and the alert rules against a real Prometheus', 
             data: 'x',
         });
         assert.equal(relay.rcpt[0]?.code, 550, 'relay refused');
+        // A relay prober: its 20th refused recipient ends the session (421 4.7.0, error_limit).
+        const prober = await smtpConnect(mw.port('mx'));
+        await prober.greeting();
+        await prober.cmd('EHLO prober.example');
+        await prober.cmd('MAIL FROM:<x@other.example>');
+        for (let i = 0; i < 20; i++) await prober.cmd(`RCPT TO:<victim${i}@elsewhere.example>`);
+        assert.equal((await prober.reply(3000)).code, 421, 'the prober is cut off');
+        await prober.waitClosed(3000);
         // A client a block list names is refused at MAIL FROM; a list that refuses the query for
         // another client lists nobody (its answer is an error) and the message is delivered.
         const listed = await sendMail(mw.port('mx'), {
