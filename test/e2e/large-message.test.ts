@@ -87,7 +87,11 @@ it('forwards a 50 MB message with bounded memory and removes its spool file', { 
     t.diagnostic(
         `message ${((header.length + Math.ceil(LINES / 1000) * 1000 * LINE.length) / MB).toFixed(1)} MB, memory peak +${grew.toFixed(1)} MB`,
     );
-    assert.ok(grew < 25, `memory grew by ${grew.toFixed(1)} MB`);
+    // live memory of the whole test process (client, proxy and upstream in one), sampled after
+    // forced collections: 13–33 MB measured on a busy 2-core machine, depending on where the
+    // samples land; a proxy that held the message would grow by 50 MB or more. The resident set
+    // of a real `serve` process is held to 80 MB by large-message-rss.test.ts.
+    assert.ok(grew < 40, `memory grew by ${grew.toFixed(1)} MB`);
     assert.ok(sawSpool, 'the message went through a spool file');
     assert.deepEqual(await readdir(spool), [], 'spool file removed');
 
