@@ -1,15 +1,20 @@
 /**
  * Slow clients (slowloris) at each step of the session, end to end through the real listener:
- * before EHLO, in the middle of a command line, between commands and inside DATA, a client
+ * before EHLO, in the middle of a command line, between commands, inside DATA, during a STARTTLS
+ * handshake and inside an AUTH exchange, a client
  * that stops (or trickles one byte at a time, its message data included) is closed within a
  * bounded time with `421 4.4.2`; a session that collects 20 error replies is closed with
  * `421 4.7.0`.
  */
 import assert from 'node:assert/strict';
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
+import { hash } from '@node-rs/argon2';
 import { startApp, type TestApp } from '../helpers/app.ts';
 import { startScriptedUpstream, type ScriptedUpstream } from '../helpers/scripted-upstream.ts';
 import { smtpConnect, type SmtpClient } from '../helpers/smtp-client.ts';
+import { createTestCertificate, type TestCertificate } from '../helpers/tls-cert.ts';
 
 /** Writes `text` one byte every `everyMs` until the connection closes. */
 function trickle(c: SmtpClient, text: string, everyMs: number): void {
@@ -172,5 +177,58 @@ describe('a session that collects errors', () => {
         } finally {
             c.close();
         }
+    });
+});
+
+describe('slow clients during STARTTLS and AUTH', () => {
+    let up: ScriptedUpstream;
+    let mw: TestApp;
+    let cert: TestCertificate;
+    before(async () => {
+        cert = await createTestCertificate();
+        const users = join(cert.dir, 'users.yaml');
+        writeFileSync(users, `users:\n  - login: alice@example.test\n    password: '${await hash('correct horse')}'\n`);
+        up = await startScriptedUpstream({ ehlo: ['XCLIENT NAME ADDR PORT PROTO HELO LOGIN'] });
+        mw = await startApp(
+            [
+                'hostname: mx.example.test',
+                'domains: [example.test]',
+                `tls: { cert: "${cert.certPath}", key: "${cert.keyPath}" }`,
+                `auth: { users: "${users}" }`,
+                'listeners:',
+                '  - { name: mx, host: 127.0.0.1, port: 0, mode: mx, preTransactionTimeout: 1s, socketTimeout: 1s }',
+                '  - { name: submissions, host: 127.0.0.1, port: 0, mode: submission, tls: implicit, preTransactionTimeout: 1s, socketTimeout: 1s }',
+                `upstream: { url: "smtp://127.0.0.1:${up.port}" }`,
+                'http: false',
+            ].join('\n'),
+        );
+    });
+    after(async () => {
+        await mw.stop();
+        await up.close();
+        cert.cleanup();
+    });
+
+    it('closes a client that asks for STARTTLS and then never starts the handshake', async () => {
+        const started = performance.now();
+        const c = await smtpConnect(mw.port('mx'));
+        await c.greeting();
+        assert.equal((await c.cmd('EHLO slow.example')).code, 250);
+        assert.equal((await c.cmd('STARTTLS')).code, 220);
+        // no ClientHello follows: no reply can be written in the middle of a handshake
+        await c.waitClosed(4000);
+        const ms = performance.now() - started;
+        assert.ok(ms < 3500, `${ms.toFixed(0)} ms`);
+    });
+
+    it('closes a client that stops in the middle of an AUTH exchange', async () => {
+        const started = performance.now();
+        const c = await smtpConnect(mw.port('submissions'), { tls: 'implicit' });
+        await c.greeting();
+        assert.equal((await c.cmd('EHLO slow.example')).code, 250);
+        assert.equal((await c.cmd('AUTH LOGIN')).code, 334);
+        // the user name never comes
+        const ms = await closedWith421(c, 4000, started);
+        assert.ok(ms < 3500, `${ms.toFixed(0)} ms`);
     });
 });
