@@ -1,10 +1,10 @@
 /**
  * Wires one configured listener to smtp-server: TLS (STARTTLS or implicit, with the profile
  * of net/tls-profile.ts), PIPELINING, ENHANCEDSTATUSCODES, the envelope extensions the upstream
- * can honour (SIZE, 8BITMIME, SMTPUTF8, DSN, REQUIRETLS: smtp-server-envelope.ts), client
+ * can honour (SIZE, 8BITMIME, SMTPUTF8, DSN, REQUIRETLS: smtp-server/envelope.ts), client
  * limits (per listener and per client network), the pre-transaction and idle timeouts, PROXY
  * protocol (v1 and v2, read by the adapter) from trusted CIDRs only, AUTH only in submission
- * mode. Every change to smtp-server's own behaviour lives in smtp-server-adapter.ts. Each
+ * mode. Every change to smtp-server's own behaviour lives in smtp-server/adapter.ts. Each
  * callback hands over to the Session and answers only with replies built by reply.ts; it holds
  * no policy.
  */
@@ -20,9 +20,9 @@ import { Session, type SessionDeps } from './session.ts';
 import { ENVELOPE_REFUSALS } from './envelope/gate.ts';
 import { computeOffer } from './envelope/extensions.ts';
 import { relayPolicy } from './envelope/relay.ts';
-import { MailwardenSmtpServer } from './smtp-server-adapter.ts';
-import { checkCommandGateSupport, type CommandGate } from './smtp-server-commands.ts';
-import { assertSmtpServerInternals } from './smtp-server-envelope.ts';
+import { MailwardenSmtpServer } from './smtp-server/adapter.ts';
+import { checkCommandGateSupport, type CommandGate } from './smtp-server/commands.ts';
+import { assertSmtpServerInternals } from './smtp-server/envelope.ts';
 import type { AuthContext, AuthOutcome } from './submission/index.ts';
 import type { GuardVerdict, LoginGuard } from './submission/login-guard.ts';
 import { PREGREET_RESULTS, type PregreetGate } from './pregreet.ts';
@@ -82,7 +82,7 @@ export function createListener(config: Config, listener: ListenerConfig, deps: L
         hideSTARTTLS: !useTls || listener.tls === 'implicit',
         ...tlsFiles,
         ...TLS_PROFILE,
-        // EHLO sets these per session from what the upstream offers (smtp-server-envelope.ts);
+        // EHLO sets these per session from what the upstream offers (smtp-server/envelope.ts);
         // DSN and REQUIRETLS stay hidden unless the upstream can honour them
         size: listener.maxMessageSize,
         hideDSN: true,
@@ -96,7 +96,7 @@ export function createListener(config: Config, listener: ListenerConfig, deps: L
         // advertised; the adapter puts exactly one enhanced code on every reply (RFC 2034)
         hideENHANCEDSTATUSCODES: false,
         logger: smtpServerLogger(log),
-        // PROXY headers are read by the adapter (smtp-server-adapter.ts), from trusted CIDRs only
+        // PROXY headers are read by the adapter (smtp-server/adapter.ts), from trusted CIDRs only
         useProxy: false,
         // submission: AUTH is enforced in onMailFrom, so the refusal comes from our reply table
         authOptional: true,

@@ -24,7 +24,7 @@ export function createLogger(level: string, destination?: NodeJS.WritableStream)
  * ...args): the format is filled in (never a bare `%s`), its `cid` and `host` fields become
  * our `session` and `client`. Only warnings and errors are kept: what smtp-server says at info
  * (connects, closes, STARTTLS) mailwarden logs itself with its own fields, and client
- * disconnects are not errors (smtp-server-adapter.ts logs those once, at info).
+ * disconnects are not errors (smtp-server/adapter.ts logs those once, at info).
  */
 export function smtpServerLogger(log: Logger): Record<string, (...args: unknown[]) => void> {
     const drop = (): void => undefined;

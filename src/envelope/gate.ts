@@ -13,7 +13,7 @@ import type { ListenerConfig } from '../config/types.ts';
 import type { Logger } from '../log.ts';
 import type { Metrics } from '../metrics.ts';
 import { replyFor, toCallbackError, type SmtpReplyError } from '../reply.ts';
-import { envelopeOf, offerOf } from '../smtp-server-envelope.ts';
+import { envelopeOf, offerOf } from '../smtp-server/envelope.ts';
 import type { SmtpReply } from '../types.ts';
 import type { CapabilityTracker } from '../upstream/capabilities.ts';
 import type { MailParams, RcptParams, UnsupportedFeatureError } from '../upstream/types.ts';

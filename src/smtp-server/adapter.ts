@@ -12,7 +12,7 @@
  * - Replies: every reply of every connection, from the very first one (the `421` of a full
  *   listener is sent before any handler runs), passes through send() here. EHLO advertises
  *   ENHANCEDSTATUSCODES and every reply except the greeting and the replies to HELO/EHLO
- *   carries exactly one enhanced code (RFC 2034 section 4), from smtp-server-replies.ts;
+ *   carries exactly one enhanced code (RFC 2034 section 4), from smtp-server/replies.ts;
  *   smtp-server's own codes are switched off so none is ever doubled. On submission, AUTH is
  *   offered only once the session is encrypted (RFC 8314 section 3; RFC 4954 section 4).
  * - Connection slots: `maxClients` per listener and `maxClientsPerNetwork` per client network
@@ -27,8 +27,8 @@
  * - HELO/EHLO: a name that is not valid UTF-8 is refused with `501 5.5.4` (never rewritten).
  * - AUTH on submission: every PLAIN/LOGIN response is checked (base64, PLAIN authzid) before
  *   smtp-server decodes it (submission/sasl-response.ts).
- * - Envelope commands: EHLO offers, and MAIL/RCPT parse, through smtp-server-envelope.ts; on
- *   submission, each command of a logged-in session first passes smtp-server-commands.ts's gate.
+ * - Envelope commands: EHLO offers, and MAIL/RCPT parse, through smtp-server/envelope.ts; on
+ *   submission, each command of a logged-in session first passes smtp-server/commands.ts's gate.
  * - Whether a session's client is still there (clientGone), for a 250 that cannot reach it.
  *
  * Texts come from reply.ts; limits and timeouts from the listener's config. No policy here.
@@ -39,18 +39,18 @@ import type net from 'node:net';
 import type tls from 'node:tls';
 import { SMTPServer, type SMTPServerOptions } from 'smtp-server';
 import { SMTPConnection, type SMTPConnectionOptions, type TLSError } from 'smtp-server/lib/smtp-connection.js';
-import type { Logger } from './log.ts';
-import type { Metrics } from './metrics.ts';
-import { classifyOpening, OPENING_BYTES } from './net/opening-bytes.ts';
-import { readProxyHeader } from './net/proxy-socket.ts';
-import { clientNetwork, createNetworkSlots, type NetworkSlot, type NetworkSlots } from './net/network-slots.ts';
-import { pregreetSample, PREGREET_SAMPLE_BYTES, type PregreetLookup, type PregreetResult } from './pregreet.ts';
-import { replyFor } from './reply.ts';
-import { saslResponseProblem } from './submission/sasl-response.ts';
-import { gateConnectionCommands, type CommandGate } from './smtp-server-commands.ts';
-import { adaptEnvelopeCommands, type EnvelopeHooks } from './smtp-server-envelope.ts';
-import { rewriteBuiltinReply } from './smtp-server-replies.ts';
-import type { SmtpReply } from './types.ts';
+import type { Logger } from '../log.ts';
+import type { Metrics } from '../metrics.ts';
+import { classifyOpening, OPENING_BYTES } from '../net/opening-bytes.ts';
+import { readProxyHeader } from '../net/proxy-socket.ts';
+import { clientNetwork, createNetworkSlots, type NetworkSlot, type NetworkSlots } from '../net/network-slots.ts';
+import { pregreetSample, PREGREET_SAMPLE_BYTES, type PregreetLookup, type PregreetResult } from '../pregreet.ts';
+import { replyFor } from '../reply.ts';
+import { saslResponseProblem } from '../submission/sasl-response.ts';
+import { gateConnectionCommands, type CommandGate } from './commands.ts';
+import { adaptEnvelopeCommands, type EnvelopeHooks } from './envelope.ts';
+import { rewriteBuiltinReply } from './replies.ts';
+import type { SmtpReply } from '../types.ts';
 
 export interface AdapterOptions {
     /** Listener name, for metrics (the logger already carries it). */
@@ -68,7 +68,7 @@ export interface AdapterOptions {
     readonly metrics: Metrics;
     /** Runs before each command of a logged-in session (a changed password ends it); null: none. */
     readonly commandGate?: CommandGate | null;
-    /** What EHLO offers and how MAIL/RCPT are read (smtp-server-envelope.ts); null: smtp-server's own. */
+    /** What EHLO offers and how MAIL/RCPT are read (smtp-server/envelope.ts); null: smtp-server's own. */
     readonly envelope?: EnvelopeHooks | null;
     /** The pregreet test; null or a wait of 0: the greeting goes out as soon as onConnect allows. */
     readonly pregreet?: PregreetHooks | null;

@@ -8,11 +8,11 @@
  * This is the only adaptation of smtp-server's command handling. It relies on internals of the
  * pinned version (3.21.x): `SMTPConnection.prototype._onCommand(command, callback)`,
  * `_nextHandler`, `session.user` and `send()`. checkCommandGateSupport() verifies them at start
- * and test/unit/smtp-server-commands.test.ts fails loudly when an upgrade changes them.
+ * and test/smtp-server/commands.test.ts fails loudly when an upgrade changes them.
  * It decides nothing itself: the gate does.
  */
 import { SMTPConnection } from 'smtp-server/lib/smtp-connection.js';
-import type { SmtpReply } from './types.ts';
+import type { SmtpReply } from '../types.ts';
 
 /** What the gate sees of a session. */
 export interface GatedSession {
@@ -39,7 +39,7 @@ export function checkCommandGateSupport(): void {
     if (typeof proto._onCommand !== 'function' || proto._onCommand.length !== 2 || typeof proto.send !== 'function') {
         throw new Error(
             `smtp-server changed: SMTPConnection.prototype._onCommand(command, callback) is gone; ` +
-                `src/smtp-server-commands.ts was written for smtp-server ${GATED_SMTP_SERVER}`,
+                `src/smtp-server/commands.ts was written for smtp-server ${GATED_SMTP_SERVER}`,
         );
     }
 }

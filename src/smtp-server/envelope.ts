@@ -19,8 +19,8 @@
  */
 import type { SMTPServerAddress, SMTPServerSession } from 'smtp-server';
 import { SMTPConnection } from 'smtp-server/lib/smtp-connection.js';
-import { parseEnvelopeCommand, type EnvelopeParse } from './envelope/command.ts';
-import type { EhloOffer } from './envelope/extensions.ts';
+import { parseEnvelopeCommand, type EnvelopeParse } from '../envelope/command.ts';
+import type { EhloOffer } from '../envelope/extensions.ts';
 
 type Handler = (command: Buffer, callback: () => void) => void;
 
@@ -64,7 +64,7 @@ export function assertSmtpServerInternals(): void {
     );
     if (missing.length > 0) {
         throw new Error(
-            `smtp-server changed: SMTPConnection lacks ${missing.join(', ')}; src/smtp-server-envelope.ts must be adapted`,
+            `smtp-server changed: SMTPConnection lacks ${missing.join(', ')}; src/smtp-server/envelope.ts must be adapted`,
         );
     }
 }

@@ -1,5 +1,5 @@
 /**
- * Pins what src/smtp-server-envelope.ts relies on in smtp-server, against a bare SMTPServer
+ * Pins what src/smtp-server/envelope.ts relies on in smtp-server, against a bare SMTPServer
  * (no app): EHLO lists the extensions from the `hide…` and `size` options read during the
  * call, MAIL and RCPT hand the command line as octets to `_parseAddressCommand` and its result,
  * unchanged, to onMailFrom/onRcptTo, and with no parameters given to it, smtp-server applies
@@ -17,7 +17,7 @@ import {
     envelopeOf,
     offerOf,
     type EnvelopeAdaptableConnection,
-} from '../../src/smtp-server-envelope.ts';
+} from '../../src/smtp-server/envelope.ts';
 import { smtpConnect, type SmtpClient } from '../helpers/smtp-client.ts';
 
 const OFFER: EhloOffer = {

@@ -6,10 +6,10 @@
  * Where the situation is ours to explain, the text comes from the reply table. Replies we built
  * ourselves already start with an enhanced code and pass through untouched, as do `3xx`
  * replies (RFC 3463 has no class 3). The greeting and the replies to HELO/EHLO carry none
- * (RFC 2034 section 4); smtp-server-adapter.ts does not pass those here.
+ * (RFC 2034 section 4); smtp-server/adapter.ts does not pass those here.
  * Pure: text in, text out; nothing here decides policy or touches smtp-server itself.
  */
-import { replyFor, type Situation } from './reply.ts';
+import { replyFor, type Situation } from '../reply.ts';
 
 /** Built-in texts that stand for a situation of our reply table. */
 const SITUATIONS: ReadonlyArray<[number, RegExp, Situation]> = [

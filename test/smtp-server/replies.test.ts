@@ -8,7 +8,7 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import fc from 'fast-check';
-import { rewriteBuiltinReply } from '../../src/smtp-server-replies.ts';
+import { rewriteBuiltinReply } from '../../src/smtp-server/replies.ts';
 
 describe('rewriteBuiltinReply', () => {
     it('codes the successes by what they answer', () => {

@@ -14,7 +14,7 @@ import {
     gateConnectionCommands,
     GATED_SMTP_SERVER,
     type GatedSession,
-} from '../../src/smtp-server-commands.ts';
+} from '../../src/smtp-server/commands.ts';
 import { smtpConnect } from '../helpers/smtp-client.ts';
 
 const b64 = (text: string): string => Buffer.from(text).toString('base64');
@@ -65,7 +65,7 @@ describe('smtp-server command gate', () => {
         };
         assert.ok(
             pkg.version.startsWith(`${GATED_SMTP_SERVER}.`),
-            `smtp-server ${pkg.version} is installed; src/smtp-server-commands.ts wraps internals of ${GATED_SMTP_SERVER}.x: ` +
+            `smtp-server ${pkg.version} is installed; src/smtp-server/commands.ts wraps internals of ${GATED_SMTP_SERVER}.x: ` +
                 're-read SMTPConnection._onCommand and the AUTH handlers, then update GATED_SMTP_SERVER',
         );
         assert.doesNotThrow(() => checkCommandGateSupport());
