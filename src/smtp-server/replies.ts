@@ -97,3 +97,9 @@ export function rewriteBuiltinReply(code: number, text: string, context?: string
     const plain = text.replace(/^Error: /, '');
     return plain ? `${enhanced} ${plain}` : enhanced;
 }
+
+/** Every built-in text this module recognises, for the contract test against the pinned smtp-server. */
+export const BUILTIN_TEXT_PATTERNS: readonly RegExp[] = Object.freeze([
+    ...SITUATIONS.map(([, pattern]) => pattern),
+    ...TEXTS.map(([, pattern]) => pattern),
+]);
