@@ -3,7 +3,7 @@
  * entries. Pure functions returning null or a message; no lookups. Addresses and CIDRs are read
  * by src/net/ip.ts; this file must NOT parse them itself.
  */
-import { domainToASCII } from 'node:url';
+import { toALabel, withoutTrailingDot } from '../net/domain.ts';
 import { isIp, isIpv4, isIpv6 } from '../net/ip.ts';
 
 const LABEL_RE = /^(?!-)[a-z0-9-]{1,63}(?<!-)$/i;
@@ -14,10 +14,8 @@ const LABEL_RE = /^(?!-)[a-z0-9-]{1,63}(?<!-)$/i;
  * in their ASCII (A-label) form. Returns the lower-cased ASCII name, or null when invalid.
  */
 export function normalizeHostname(text: string): string | null {
-    const trimmed = text.endsWith('.') ? text.slice(0, -1) : text;
-    if (trimmed === '' || /\s/.test(trimmed)) return null;
-    const ascii = /^[\x21-\x7e]*$/.test(trimmed) ? trimmed.toLowerCase() : domainToASCII(trimmed);
-    if (ascii === '' || ascii.length > 253) return null;
+    const ascii = toALabel(withoutTrailingDot(text));
+    if (ascii === null || ascii.length > 253) return null;
     if (!ascii.split('.').every((label) => LABEL_RE.test(label))) return null;
     // All-numeric names look like (bad) IP addresses.
     if (/^[\d.]+$/.test(ascii)) return null;

@@ -11,7 +11,8 @@ import type { Facts, FactValue, Stage } from '../types.ts';
 import { elementType, isListType, stageIndex, type FactSpec, type FactType } from './facts.ts';
 import { IpSet, formatIp, parseIp, parseRange, type IpRange } from '../net/ip.ts';
 import type { ListMatcher, ListType } from './lists.ts';
-import { domainOfAddress, foldAddress, foldDomain, parseAddress, parseDomain } from './names.ts';
+import { foldDomain, parseDomain } from '../net/domain.ts';
+import { domainOfAddress, foldAddress, parseAddress } from './names.ts';
 import type { RegexArena } from './regex.ts';
 
 export type OperatorName =
