@@ -43,7 +43,7 @@ import {
     type AuthBackend,
 } from './submission/index.ts';
 import { createLoginGuard } from './submission/login-guard.ts';
-import { createLoginSignalsCheck } from './submission/login-signals.ts';
+import { createLoginSignalsCheck } from './checks/login-signals.ts';
 import type { Decider, Check } from './types.ts';
 import { CapabilityTracker } from './upstream/capabilities.ts';
 import { createUpstream } from './upstream/index.ts';
