@@ -17,7 +17,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { Readable } from 'node:stream';
-import { createMailauthCheck } from '../src/sender-auth/mailauth.ts';
+import { createMailauthCheck } from '../src/checks/mailauth.ts';
 import { defaultAuthentication } from '../src/config/defaults.ts';
 import { createResolver } from '../src/dns/resolver.ts';
 import type { CheckContext } from '../src/types.ts';

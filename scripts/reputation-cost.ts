@@ -12,7 +12,8 @@
 import { createResolver } from '../src/dns/resolver.ts';
 import { createMetrics } from '../src/metrics.ts';
 import type { CheckContext } from '../src/types.ts';
-import { createReputationCheck, ReputationLookup } from '../src/reputation/check.ts';
+import { createReputationCheck } from '../src/checks/reputation.ts';
+import { ReputationLookup } from '../src/reputation/check.ts';
 import { configuredSites } from '../src/reputation/sites.ts';
 import { ZoneHealth } from '../src/reputation/zone-health.ts';
 import { startDnsServer, type Zone } from '../test/helpers/dns-server.ts';

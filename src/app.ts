@@ -23,17 +23,10 @@ import { createListener, type RunningListener } from './listener.ts';
 import { createPregreetGate } from './pregreet.ts';
 import { createLogger, type Logger } from './log.ts';
 import { createMetrics, type Metrics } from './metrics.ts';
-import { createMailauthCheck } from './sender-auth/mailauth.ts';
-import { createIprevCheck } from './checks/iprev.ts';
+import { limitChecks, verificationChecks } from './checks/index.ts';
 import { createResolver, type Resolver } from './dns/resolver.ts';
 import { createReputationService, type ReputationService } from './reputation/service.ts';
-import {
-    createConfiguredStore,
-    createRateLimitCheck,
-    waitForStore,
-    type LimitStore,
-    type RateLimitCheckOptions,
-} from './limits/index.ts';
+import { createConfiguredStore, waitForStore, type LimitStore } from './limits/index.ts';
 import { acceptAll } from './pipeline.ts';
 import { replyFor } from './reply.ts';
 import { RuleError, loadRules, watchRuleSet, withRuleHits, type RuleSet, type RuleWatcher } from './rules/index.ts';
@@ -44,7 +37,6 @@ import {
     type AuthBackend,
 } from './submission/index.ts';
 import { createLoginGuard } from './submission/login-guard.ts';
-import { createLoginSignalsCheck } from './submission/login-signals.ts';
 import type { Decider, Check } from './types.ts';
 import { CapabilityTracker } from './upstream/capabilities.ts';
 import { createUpstream } from './upstream/index.ts';
@@ -123,56 +115,6 @@ interface SmtpConnectionLike {
     session: { id: string };
     send(code: number, text: string): void;
     close(): void;
-}
-
-/** The checks that keep per-session state in the limit store (built once, never replaced). */
-function limitChecks(config: Config, limits?: RateLimitCheckOptions): Check[] {
-    return [
-        ...(limits ? [createRateLimitCheck(limits)] : []),
-        ...(limits && config.auth
-            ? [
-                  createLoginSignalsCheck({
-                      store: limits.store,
-                      windowMs: 60 * 60_000,
-                      now: limits.now ?? Date.now,
-                      guard: config.auth.lockout,
-                  }),
-              ]
-            : []),
-    ];
-}
-
-/**
- * The checks that verify the client and the sender (iprev; SPF, DKIM, DMARC, ARC). They hold
- * no state, so a reload that changes `dns` or `authentication` settings builds new ones.
- */
-export function verificationChecks(
-    config: Config,
-    resolver: Resolver,
-    metrics: Metrics,
-    log?: Pick<Logger, 'debug' | 'warn'>,
-): Check[] {
-    return [
-        createIprevCheck(resolver, config.dns.timeoutMs * 2),
-        createMailauthCheck({
-            hostname: config.hostname,
-            resolver,
-            localDomains: config.domains,
-            settings: config.authentication,
-            metrics,
-            ...(log ? { log } : {}),
-        }),
-    ];
-}
-
-/** The checks of a running proxy, in the order their facts and headers are merged. */
-export function defaultChecks(
-    config: Config,
-    resolver: Resolver,
-    metrics: Metrics,
-    limits?: RateLimitCheckOptions,
-): Check[] {
-    return [...limitChecks(config, limits), ...verificationChecks(config, resolver, metrics, limits?.logger)];
 }
 
 /**

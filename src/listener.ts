@@ -13,7 +13,7 @@ import { createSecureContext } from 'node:tls';
 import type { SMTPServer, SMTPServerOptions, SMTPServerSession } from 'smtp-server';
 import type { Config, ListenerConfig } from './config/types.ts';
 import { smtpServerLogger, type Logger } from './log.ts';
-import { compileCidrs } from './net/cidr.ts';
+import { compileCidrs } from './net/ip.ts';
 import { TLS_PROFILE } from './net/tls-profile.ts';
 import { replyFor, toCallbackError, SmtpReplyError } from './reply.ts';
 import { Session, type SessionDeps } from './session.ts';

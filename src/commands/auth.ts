@@ -16,8 +16,7 @@ import type { RedisLimitStore } from '../limits/redis-store.ts';
 import type { LimitStore } from '../limits/types.ts';
 import type { Logger } from '../log.ts';
 import { createMetrics } from '../metrics.ts';
-import { compileCidrs } from '../net/cidr.ts';
-import { parseIp } from '../net/ip.ts';
+import { compileCidrs, parseIp } from '../net/ip.ts';
 import { createLoginGuard, type GuardCount } from '../submission/login-guard.ts';
 import { VERSION } from '../version.ts';
 

@@ -9,7 +9,7 @@ import { readFile } from 'node:fs/promises';
 import { relative } from 'node:path';
 import { Readable } from 'node:stream';
 import { parseArgs } from 'node:util';
-import { defaultChecks } from '../app.ts';
+import { defaultChecks } from '../checks/index.ts';
 import { ConfigError, loadConfig } from '../config/load.ts';
 import type { Config } from '../config/types.ts';
 import { MessageSpool, prepareSpoolFolder } from '../data/spool.ts';
@@ -137,16 +137,13 @@ export async function explainMessage(
         healthy: s.state.healthy,
         reason: s.state.reason,
     }));
-    const checks = [
-        ...defaultChecks(config, resolver, metrics, {
-            store,
-            declarations: () => ruleSet,
-            metrics,
-            now: Date.now,
-            instanceId: 'explain',
-        }),
+    const checks = defaultChecks(
+        config,
+        resolver,
+        metrics,
+        { store, declarations: () => ruleSet, metrics, now: Date.now, instanceId: 'explain' },
         reputation.check,
-    ];
+    );
     // submission: the login's sender binding, from the same users (or sendAs) file the proxy reads
     const auth =
         listener.mode === 'submission' && input.authUser !== null && config.auth !== null

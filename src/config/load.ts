@@ -20,7 +20,8 @@ import {
     defaultUpstreamStarttls,
 } from './defaults.ts';
 import { ConfigError, ioReason, type Issue } from './issues.ts';
-import { isIpv6, normalizeHost, normalizeHostname, parseCidr, parseDnsServer, parsePort } from './net.ts';
+import { isIpv6, normalizeCidr } from '../net/ip.ts';
+import { normalizeHost, normalizeHostname, parseDnsServer, parsePort } from './net.ts';
 import { SourceReader, type Field } from './reader.ts';
 import { reputationSection } from './reputation.ts';
 import { parseDuration } from './units.ts';
@@ -594,7 +595,7 @@ class ConfigBuilder {
         for (const item of items) {
             const text = r.string(item, 'an IP address or CIDR');
             if (text === null) continue;
-            const parsed = parseCidr(text);
+            const parsed = normalizeCidr(text);
             if ('error' in parsed) r.fail(item, parsed.error);
             else if (out.includes(parsed.cidr)) r.fail(item, `"${text}" is listed twice`);
             else out.push(parsed.cidr);
@@ -956,7 +957,7 @@ class ConfigBuilder {
         for (const item of items) {
             const text = r.string(item, 'an IP address or CIDR');
             if (text === null) continue;
-            const parsed = parseCidr(text);
+            const parsed = normalizeCidr(text);
             if ('error' in parsed) r.fail(item, parsed.error);
             else out.push(parsed.cidr);
         }

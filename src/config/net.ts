@@ -1,18 +1,10 @@
 /**
- * Syntax checks for the network values in the config: IP addresses, host names, CIDRs,
- * ports and DNS server entries. Pure functions returning null or a message; no lookups.
+ * Syntax checks for the network values in the config: host names, hosts, ports and DNS server
+ * entries. Pure functions returning null or a message; no lookups. Addresses and CIDRs are read
+ * by src/net/ip.ts; this file must NOT parse them itself.
  */
-import { domainToASCII } from 'node:url';
-import ipaddr from 'ipaddr.js';
-
-/** A dotted-quad IPv4 address (no `127.1` shorthands) or an IPv6 address without brackets. */
-export function isIp(text: string): boolean {
-    return ipaddr.IPv4.isValidFourPartDecimal(text) || (ipaddr.IPv6.isValid(text) && !text.includes('%'));
-}
-
-export function isIpv6(text: string): boolean {
-    return ipaddr.IPv6.isValid(text) && !text.includes('%');
-}
+import { toALabel, withoutTrailingDot } from '../net/domain.ts';
+import { isIp, isIpv4, isIpv6 } from '../net/ip.ts';
 
 const LABEL_RE = /^(?!-)[a-z0-9-]{1,63}(?<!-)$/i;
 
@@ -22,10 +14,8 @@ const LABEL_RE = /^(?!-)[a-z0-9-]{1,63}(?<!-)$/i;
  * in their ASCII (A-label) form. Returns the lower-cased ASCII name, or null when invalid.
  */
 export function normalizeHostname(text: string): string | null {
-    const trimmed = text.endsWith('.') ? text.slice(0, -1) : text;
-    if (trimmed === '' || /\s/.test(trimmed)) return null;
-    const ascii = /^[\x21-\x7e]*$/.test(trimmed) ? trimmed.toLowerCase() : domainToASCII(trimmed);
-    if (ascii === '' || ascii.length > 253) return null;
+    const ascii = toALabel(withoutTrailingDot(text));
+    if (ascii === null || ascii.length > 253) return null;
     if (!ascii.split('.').every((label) => LABEL_RE.test(label))) return null;
     // All-numeric names look like (bad) IP addresses.
     if (/^[\d.]+$/.test(ascii)) return null;
@@ -36,26 +26,6 @@ export function normalizeHostname(text: string): string | null {
 export function normalizeHost(text: string): string | null {
     if (isIp(text)) return text.toLowerCase();
     return normalizeHostname(text);
-}
-
-/**
- * A CIDR (`10.0.0.0/8`, `2001:db8::/32`) or a single address (stored as `/32` or `/128`).
- * Returns the normalized CIDR or a message.
- */
-export function parseCidr(text: string): { cidr: string } | { error: string } {
-    const slash = text.indexOf('/');
-    const addr = (slash < 0 ? text : text.slice(0, slash)).toLowerCase();
-    const v4 = ipaddr.IPv4.isValidFourPartDecimal(addr);
-    const v6 = !v4 && isIpv6(addr);
-    if (!v4 && !v6) return { error: `"${text}" is not an IP address or CIDR (write e.g. 10.0.0.0/8 or 2001:db8::/32)` };
-    const max = v4 ? 32 : 128;
-    if (slash < 0) return { cidr: `${addr}/${max}` };
-    const lenText = text.slice(slash + 1);
-    const len = /^\d{1,3}$/.test(lenText) ? Number(lenText) : NaN;
-    if (!(len >= 0 && len <= max)) {
-        return { error: `"${text}" has a bad prefix length (0 to ${max} for IPv${v4 ? 4 : 6})` };
-    }
-    return { cidr: `${addr}/${len}` };
 }
 
 /**
@@ -79,7 +49,7 @@ export function parseDnsServer(text: string): { server: string } | { error: stri
             host = text.slice(0, colon);
             portText = text.slice(colon + 1);
         }
-        if (!ipaddr.IPv4.isValidFourPartDecimal(host)) return bad;
+        if (!isIpv4(host)) return bad;
     }
     if (portText === null) return { server: isIpv6(host) ? host.toLowerCase() : host };
     const port = parsePort(portText);

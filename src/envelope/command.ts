@@ -14,7 +14,7 @@
  */
 import { isUtf8 } from 'node:buffer';
 import net from 'node:net';
-import { domainToASCII } from 'node:url';
+import { toALabel } from '../net/domain.ts';
 
 export type CommandKind = 'mail' | 'rcpt';
 
@@ -137,8 +137,8 @@ export function foldEnvelopeDomain(domain: string): { ascii: string } | { error:
     if (Buffer.byteLength(domain) > MAX_DOMAIN_OCTETS) return { error: 'the domain is longer than 255 octets' };
     const labels = domain.split('.');
     if (labels.some((l) => l === '')) return { error: `"${printable(domain)}" has an empty label` };
-    const ascii = NON_ASCII.test(domain) ? domainToASCII(domain) : domain.toLowerCase();
-    // domainToASCII also maps look-alike dots (U+3002 …) to "."; the labels must stay the same
+    const ascii = NON_ASCII.test(domain) ? (toALabel(domain) ?? '') : domain.toLowerCase();
+    // IDNA also maps look-alike dots (U+3002 …) to "."; the labels must stay the same
     if (ascii === '' || ascii.split('.').length !== labels.length) {
         return { error: `"${printable(domain)}" is not a valid domain name` };
     }

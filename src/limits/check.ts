@@ -1,5 +1,5 @@
 /**
- * The `ratelimit` check: at each stage it charges the rate limits counted there, takes the
+ * The work of the `ratelimit` check (declared in src/checks/ratelimit.ts): at each stage it charges the rate limits counted there, takes the
  * concurrency leases of a new connection (renewed while the session lives, released when it
  * ends) and, at RCPT, asks greylisting about the recipient. It reports facts only
  * (`ratelimit.*`, `greylist.*`); the implicit rules of the limits decide. A store failure is
@@ -10,7 +10,6 @@
  */
 import type { Logger } from '../log.ts';
 import type { Metrics } from '../metrics.ts';
-import { STAGES } from '../rules/facts.ts';
 import {
     CONCURRENCY_RETRY_SECONDS,
     GREYLIST_LABEL,
@@ -73,7 +72,8 @@ function errorText(err: unknown): string {
     return err instanceof Error ? err.message : String(err);
 }
 
-export function createRateLimitCheck(options: RateLimitCheckOptions): Check {
+/** The check's `run` and `end`: counting, leases and greylisting over the store. */
+export function createRateLimiter(options: RateLimitCheckOptions): Pick<Check, 'run' | 'end'> {
     const { store, metrics, logger } = options;
     const ttl = options.leaseTtlMs ?? DEFAULT_LEASE_TTL_MS;
     const sessions = new Map<string, SessionLeases>();
@@ -193,11 +193,6 @@ export function createRateLimitCheck(options: RateLimitCheckOptions): Check {
     };
 
     return {
-        name: 'ratelimit',
-        stages: STAGES,
-        timeoutMs: 4 * (options.storeTimeoutMs ?? 250) + 1000,
-        // Store failures are handled per limit (onError) inside; anything else must not stop mail.
-        onError: 'ignore',
         async run(ctx) {
             const set = options.declarations();
             if (set === null || (set.limits.length === 0 && set.greylists.length === 0)) return { facts: {} };

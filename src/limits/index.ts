@@ -9,5 +9,5 @@ export { keyNames, KEY_VERSION, type KeyNames } from './keys.ts';
 export { createMemoryStore, type MemoryLimitStore, type MemoryStoreOptions } from './memory-store.ts';
 export { createRedisStore, type RedisLimitStore, type RedisStoreOptions } from './redis-store.ts';
 export { createConfiguredStore, describeRedis, waitForStore } from './configured.ts';
-export { createRateLimitCheck, type LimitDeclarations, type RateLimitCheckOptions } from './check.ts';
+export { createRateLimiter, type LimitDeclarations, type RateLimitCheckOptions } from './check.ts';
 export { greylistSender, greylistTriplet, ipNetwork, limitKeys } from './limit-keys.ts';

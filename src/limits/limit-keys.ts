@@ -9,7 +9,8 @@ import { createHash } from 'node:crypto';
 import { elementType, isListType } from '../rules/facts.ts';
 import { formatIp, parseIp } from '../net/ip.ts';
 import { GREYLIST_IPV4_PREFIX, GREYLIST_IPV6_PREFIX, type KeyPart, type LimitSpec } from '../rules/limits.ts';
-import { domainOfAddress, foldAddress, foldDomain } from '../rules/names.ts';
+import { foldDomain } from '../net/domain.ts';
+import { domainOfAddress, foldAddress } from '../rules/names.ts';
 import type { Facts, FactValue, Stage } from '../types.ts';
 
 /** Longest value kept readable in a key; longer ones are hashed. */

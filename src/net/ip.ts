@@ -1,9 +1,12 @@
 /**
- * IP addresses and CIDR ranges for rules, lists and limit keys: strict parsing (dotted-quad IPv4, RFC 4291 section
- * 2.2 IPv6 text forms, no zone ids), and IpSet, a lookup structure built once from many
- * ranges: per address family, sorted and merged ranges searched by bisection (O(log n)).
- * IPv4-mapped IPv6 addresses (::ffff:a.b.c.d, RFC 4291 section 2.5.5.2) are treated as the
- * IPv4 address they carry, both in entries and in looked-up values. Pure; no DNS.
+ * The one parser of IP addresses and CIDR ranges, for the config (trusted PROXY senders, lockout
+ * exemptions, listener and DNS server addresses), rules, lists and limit keys: strict parsing
+ * (dotted-quad IPv4, RFC 4291 section 2.2 IPv6 text forms, no zone ids), and IpSet, a lookup
+ * structure built once from many ranges: per address family, sorted and merged ranges searched by
+ * bisection (O(log n)). IPv4-mapped IPv6 addresses (::ffff:a.b.c.d, RFC 4291 section 2.5.5.2) are
+ * treated as the IPv4 address they carry, both in entries and in looked-up values. A range with
+ * host bits set is refused everywhere, with the network it probably means. Pure; no DNS; does NOT
+ * read host names.
  */
 
 /** A parsed address: IPv4 as an unsigned 32-bit number, IPv6 as a 128-bit BigInt. */
@@ -93,6 +96,21 @@ export function parseIp(text: string): IpValue | null {
     return v4 < 0 ? null : { family: 4, value: v4 };
 }
 
+/** True for an IPv4 or IPv6 address in a form parseIp reads. */
+export function isIp(text: string): boolean {
+    return parseIp(text) !== null;
+}
+
+/** True for a dotted-quad IPv4 address. */
+export function isIpv4(text: string): boolean {
+    return !text.includes(':') && parseIp(text) !== null;
+}
+
+/** True for an address written in IPv6 form (IPv4-mapped ones included), which needs brackets beside a port. */
+export function isIpv6(text: string): boolean {
+    return text.includes(':') && parseIp(text) !== null;
+}
+
 /** The canonical text of an address (IPv6 in RFC 5952 form), for messages and equality. */
 export function formatIp(ip: IpValue): string {
     if (ip.family === 4) {
@@ -123,8 +141,10 @@ export function formatIp(ip: IpValue): string {
 }
 
 /**
- * Parses `address` or `address/prefix`. A range with host bits set (`10.0.0.1/8`) is refused,
- * as Postfix cidr tables do, because it usually means a typing mistake.
+ * Parses `address` or `address/prefix`. A range with host bits set (`10.0.0.1/8`) is refused
+ * (Postfix cidr tables refuse it too; its mynetworks only warns): the operator meant either the
+ * host or the network, and guessing would silently widen or narrow a trust or block list. The
+ * message names the network (`write 10.0.0.0/8`).
  */
 export function parseRange(text: string): IpRange | { error: string } {
     const slash = text.indexOf('/');
@@ -139,7 +159,8 @@ export function parseRange(text: string): IpRange | { error: string } {
         const p = text.slice(slash + 1);
         prefix = /^\d{1,3}$/.test(p) ? Number(p) : NaN;
         const limit = mappedV6 ? 128 : max;
-        if (!(prefix >= 0 && prefix <= limit)) return { error: `"${text}" has a bad prefix length (0 to ${limit})` };
+        if (!(prefix >= 0 && prefix <= limit))
+            return { error: `"${text}" has a bad prefix length (0 to ${limit} for IPv${limit === 32 ? 4 : 6})` };
         if (mappedV6) {
             if (prefix < 96) return { error: `"${text}": an IPv4-mapped range needs a prefix of at least 96` };
             prefix -= 96;
@@ -158,6 +179,37 @@ export function parseRange(text: string): IpRange | { error: string } {
     if (lo !== ip.value)
         return { error: `"${text}" has host bits set (write ${formatIp({ family: 6, value: lo })}/${prefix})` };
     return { family: 6, lo, hi: lo | hostMask };
+}
+
+/** The prefix length of a parsed range. */
+function prefixOf(range: IpRange): number {
+    if (range.family === 4) return 32 - Math.log2(range.hi - range.lo + 1);
+    const hostMask = range.hi - range.lo;
+    return 128 - (hostMask === 0n ? 0 : hostMask.toString(2).length);
+}
+
+/** The canonical text of a range: `192.0.2.0/24`, `2001:db8::/32`, `192.0.2.7/32`. */
+export function formatRange(range: IpRange): string {
+    const lo: IpValue = range.family === 4 ? { family: 4, value: range.lo } : { family: 6, value: range.lo };
+    return `${formatIp(lo)}/${prefixOf(range)}`;
+}
+
+/** `address` or `address/prefix` in canonical text (`2001:DB8::7` → `2001:db8::7/128`), or a message. */
+export function normalizeCidr(text: string): { cidr: string } | { error: string } {
+    const range = parseRange(text);
+    return 'error' in range ? range : { cidr: formatRange(range) };
+}
+
+/** A membership test over validated ranges (trusted PROXY senders, lockout exemptions); throws on a bad entry. */
+export function compileCidrs(list: readonly string[]): (ip: string) => boolean {
+    const set = new IpSet(
+        list.map((text) => {
+            const range = parseRange(text);
+            if ('error' in range) throw new Error(range.error);
+            return range;
+        }),
+    );
+    return (ip: string): boolean => set.has(ip);
 }
 
 function lastAtMost<T>(los: ArrayLike<T>, x: T): number {

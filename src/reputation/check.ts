@@ -1,5 +1,6 @@
 /**
- * The `reputation` check: what DNS lists and names say about the client, as facts for rules.
+ * The work of the `reputation` check (declared in src/checks/reputation.ts): what DNS lists and
+ * names say about the client, as facts for rules.
  *
  * - helo stage: the address lists (`dnsbl.*`, `dnswl.*`; RFC 5782 section 2.1), the domain
  *   lists about the HELO name (`rhsbl.helo.*`, section 2.2), the HELO name itself (`helo.*`:
@@ -161,14 +162,11 @@ export function listedZones(facts: Facts): { dnsbl?: readonly string[] } {
     return zones.length > 0 ? { dnsbl: zones } : {};
 }
 
-export function createReputationCheck(lookup: ReputationLookup, timeoutMs: number): Check {
+/** The check's `prefetch` and `run` over one lookup: the answers become facts. */
+export function createReputationProbe(lookup: ReputationLookup): Pick<Check, 'prefetch' | 'run'> {
     const o = lookup.opts;
     const count = (check: string, result: string): void => o.metrics?.heloChecks.inc({ check, result });
     return {
-        name: 'reputation',
-        stages: ['helo', 'mail'],
-        timeoutMs,
-        onError: 'ignore',
         prefetch(client) {
             if (isIP(client.ip) === 0) return;
             // the resolver caches and shares queries in flight, so run() finds these answers

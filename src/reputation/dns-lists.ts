@@ -12,7 +12,7 @@
  * Pure: it must not query DNS, keep state or decide anything (the check asks, rules decide).
  */
 import { isIP } from 'node:net';
-import { domainToASCII } from 'node:url';
+import { toALabel, withoutTrailingDot } from '../net/domain.ts';
 import { normalizeName, reverseName } from '../dns/names.ts';
 
 /** One octet of a filter: the values it allows. */
@@ -36,7 +36,7 @@ export function parseListSite(text: string): ListSite | { error: string } {
     const [, rawZone = '', rawFilter, rawWeight] = m;
     let zone: string;
     try {
-        zone = normalizeName(domainToASCII(rawZone) || rawZone, 'site');
+        zone = normalizeName(toALabel(rawZone) ?? rawZone, 'site');
     } catch {
         return { error: `"${rawZone}" is not a DNS zone name` };
     }
@@ -103,9 +103,9 @@ export function addressQuery(ip: string, zone: string): string | null {
  * zone, or null when it is not a usable domain name (an address literal, too long).
  */
 export function domainQuery(domain: string, zone: string): string | null {
-    const d = domain.trim().replace(/\.$/, '').toLowerCase();
+    const d = withoutTrailingDot(domain.trim()).toLowerCase();
     if (d === '' || d.startsWith('[') || isIP(d) !== 0) return null;
-    const ascii = domainToASCII(d);
+    const ascii = toALabel(d);
     if (!ascii || !ascii.includes('.')) return null;
     try {
         return normalizeName(`${ascii}.${zone}`, 'query');

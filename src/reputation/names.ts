@@ -10,7 +10,7 @@
  * decides nothing.
  */
 import { isIP } from 'node:net';
-import { domainToASCII } from 'node:url';
+import { foldDomain, toALabel, withoutTrailingDot } from '../net/domain.ts';
 import ipaddr from 'ipaddr.js';
 
 export type HeloSyntax = 'domain' | 'address-literal' | 'invalid';
@@ -28,9 +28,9 @@ export function literalAddress(helo: string): string | null {
 
 /** The HELO name as a lower-case A-label domain, or null when it is not one. */
 export function heloDomain(helo: string): string | null {
-    const h = helo.trim().replace(/\.$/, '');
+    const h = withoutTrailingDot(helo.trim());
     if (h === '' || h.length > 253 || isIP(h) !== 0) return null;
-    const ascii = domainToASCII(h).toLowerCase();
+    const ascii = toALabel(h);
     if (!ascii) return null;
     const labels = ascii.split('.');
     if (labels.length < 2 || !labels.every((l) => LABEL.test(l))) return null;
@@ -74,7 +74,7 @@ export function heloFacts(helo: string, clientIp: string, own: OwnIdentity): Hel
     const literal = literalAddress(helo);
     const domain = literal === null ? heloDomain(helo) : null;
     const syntax: HeloSyntax = literal !== null ? 'address-literal' : domain !== null ? 'domain' : 'invalid';
-    const ours = [own.hostname, ...own.domains].map((d) => d.toLowerCase().replace(/\.$/, ''));
+    const ours = [own.hostname, ...own.domains].map(foldDomain);
     const bare = isIP(helo.trim()) !== 0 ? helo.trim() : null;
     const claimsUs =
         (domain !== null && ours.includes(domain)) ||

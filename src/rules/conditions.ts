@@ -1,7 +1,8 @@
 /**
  * Rule conditions: compiled once from the YAML of a rule's `when:` into predicates over facts,
- * with explanations for `mailwarden explain`. The operator set is closed (OPERATORS below, which
- * the generated rules/README.md also lists); a mapping means all of its conditions, `any:`,
+ * with explanations for `mailwarden explain`. The operator set is closed: OPERATORS below holds
+ * one record per operator, its documentation (the generated rules/README.md lists it) beside its
+ * compile function, so an operator cannot be added without both; a mapping means all of its conditions, `any:`,
  * `all:` and `not:` combine them. Compilation reports every problem with its position and
  * never throws for bad input; evaluation is pure and never changes the facts.
  */
@@ -11,7 +12,8 @@ import type { Facts, FactValue, Stage } from '../types.ts';
 import { elementType, isListType, stageIndex, type FactSpec, type FactType } from './facts.ts';
 import { IpSet, formatIp, parseIp, parseRange, type IpRange } from '../net/ip.ts';
 import type { ListMatcher, ListType } from './lists.ts';
-import { domainOfAddress, foldAddress, foldDomain, parseAddress, parseDomain } from './names.ts';
+import { foldDomain, parseDomain } from '../net/domain.ts';
+import { domainOfAddress, foldAddress, parseAddress } from './names.ts';
 import type { RegexArena } from './regex.ts';
 
 export type OperatorName =
@@ -44,11 +46,31 @@ export interface OperatorDoc {
 const TEXT: readonly Elem[] = ['string', 'ip', 'domain', 'address'];
 const ALL: readonly Elem[] = ['string', 'number', 'boolean', 'ip', 'domain', 'address'];
 
-/** The closed operator set, as documented. */
-export const OPERATORS: readonly OperatorDoc[] = Object.freeze(
+/** What an operator's compile function gets: the fact, its element type, the operator's value and where it stands. */
+interface OperatorInput {
+    /** Reads values and reports problems (FILE:LINE:COL through the compile context). */
+    readonly c: Compiler;
+    readonly spec: FactSpec;
+    readonly elem: Elem;
+    readonly op: OperatorName;
+    readonly node: Node | null;
+    /** The operator's offset in the rule file. */
+    readonly at: number;
+    /** The value's offset (the operator's when there is no value). */
+    readonly valueAt: number;
+}
+
+/** One operator: its documentation (rules/README.md is generated from it) and how its value compiles. */
+export interface Operator extends OperatorDoc {
+    compile(input: OperatorInput): Condition | null;
+}
+
+/** The closed operator set: each operator one record, as documented. */
+export const OPERATORS: readonly Operator[] = Object.freeze(
     [
         {
             name: 'eq',
+            compile: compileEquality,
             value: 'a value of the fact’s type',
             types: ALL,
             description:
@@ -57,6 +79,7 @@ export const OPERATORS: readonly OperatorDoc[] = Object.freeze(
         },
         {
             name: 'ne',
+            compile: compileEquality,
             value: 'a value of the fact’s type',
             types: ALL,
             description:
@@ -65,6 +88,7 @@ export const OPERATORS: readonly OperatorDoc[] = Object.freeze(
         },
         {
             name: 'in',
+            compile: compileIn,
             value: 'a list of values',
             types: ALL,
             description: 'Equal to one of the values.',
@@ -72,6 +96,7 @@ export const OPERATORS: readonly OperatorDoc[] = Object.freeze(
         },
         {
             name: 'cidr',
+            compile: compileCidr,
             value: 'a list of addresses or CIDR ranges',
             types: ['ip'],
             description:
@@ -80,6 +105,7 @@ export const OPERATORS: readonly OperatorDoc[] = Object.freeze(
         },
         {
             name: 'domain',
+            compile: compileDomains,
             value: 'a list of domain names',
             types: ['domain', 'address'],
             description: 'The domain (for an address: its domain part) is exactly one of these.',
@@ -87,6 +113,7 @@ export const OPERATORS: readonly OperatorDoc[] = Object.freeze(
         },
         {
             name: 'suffix',
+            compile: compileDomains,
             value: 'a list of domain names',
             types: ['domain', 'address'],
             description: 'The domain (for an address: its domain part) is one of these or a subdomain of one.',
@@ -94,6 +121,7 @@ export const OPERATORS: readonly OperatorDoc[] = Object.freeze(
         },
         {
             name: 'matches',
+            compile: compileMatches,
             value: 'an RE2 regular expression',
             types: TEXT,
             description:
@@ -102,6 +130,7 @@ export const OPERATORS: readonly OperatorDoc[] = Object.freeze(
         },
         {
             name: 'gt',
+            compile: compileComparison,
             value: 'a number',
             types: ['number'],
             description: 'Greater than.',
@@ -109,6 +138,7 @@ export const OPERATORS: readonly OperatorDoc[] = Object.freeze(
         },
         {
             name: 'gte',
+            compile: compileComparison,
             value: 'a number',
             types: ['number'],
             description: 'Greater than or equal.',
@@ -116,6 +146,7 @@ export const OPERATORS: readonly OperatorDoc[] = Object.freeze(
         },
         {
             name: 'lt',
+            compile: compileComparison,
             value: 'a number',
             types: ['number'],
             description: 'Less than.',
@@ -123,6 +154,7 @@ export const OPERATORS: readonly OperatorDoc[] = Object.freeze(
         },
         {
             name: 'lte',
+            compile: compileComparison,
             value: 'a number',
             types: ['number'],
             description: 'Less than or equal.',
@@ -130,6 +162,7 @@ export const OPERATORS: readonly OperatorDoc[] = Object.freeze(
         },
         {
             name: 'exists',
+            compile: compileExists,
             value: '`true` or `false`',
             types: ALL,
             description: 'The fact has a value (is not null); for a list fact: it is not empty.',
@@ -137,13 +170,14 @@ export const OPERATORS: readonly OperatorDoc[] = Object.freeze(
         },
         {
             name: 'list',
+            compile: compileList,
             value: 'the name of a declared list',
             types: TEXT,
             description:
                 'Membership in a list file: `ip` lists for ip facts, `domain` lists for domain and address facts (the address’s domain), `address` lists for address facts, `pattern` lists for any text.',
             example: '`mail.from: { list: block-senders }`',
         },
-    ].map((o) => Object.freeze({ ...o, types: Object.freeze([...o.types]) }) as OperatorDoc),
+    ].map((o) => Object.freeze({ ...o, types: Object.freeze([...o.types]) }) as Operator),
 );
 
 const OPERATOR_NAMES = OPERATORS.map((o) => o.name);
@@ -500,8 +534,8 @@ class Compiler {
 
     operator(spec: FactSpec, op: OperatorName, node: Node | null, at: number): Condition | null {
         const elem = elementType(spec.type);
-        const doc = OPERATORS.find((o) => o.name === op)!;
-        if (!doc.types.includes(elem)) {
+        const operator = OPERATORS.find((o) => o.name === op)!;
+        if (!operator.types.includes(elem)) {
             const fits = OPERATORS.filter((o) => o.types.includes(elem)).map((o) => o.name);
             this.ctx.report(
                 at,
@@ -509,212 +543,7 @@ class Compiler {
             );
             return null;
         }
-        const valueAt = offsetOf(node, at);
-        switch (op) {
-            case 'eq':
-            case 'ne': {
-                const v = this.typedValue(spec, node, at, op === 'eq' && node !== null && !isMap(node) ? '' : op);
-                if (v === undefined) return null;
-                const want = foldFor(elem, v);
-                const shown = elem === 'ip' ? formatIp(parseIp(String(v))!) : String(v);
-                const leaf: Leaf = {
-                    op,
-                    element: (x) => foldFor(elem, x) === want,
-                    says: `is ${shown}`,
-                    negative: `is not ${shown}`,
-                };
-                return leafCondition(
-                    spec,
-                    op === 'ne' ? { ...leaf, says: leaf.negative, negative: leaf.says } : leaf,
-                    true,
-                );
-            }
-            case 'in': {
-                if (node === null || !isSeq(node) || node.items.length === 0) {
-                    this.ctx.report(
-                        valueAt,
-                        `in: expected a non-empty list of values; got ${node !== null && isSeq(node) ? 'an empty list' : this.describe(node)}`,
-                    );
-                    return null;
-                }
-                const values: (string | number | boolean)[] = [];
-                let bad = false;
-                for (const raw of node.items) {
-                    const v = this.typedValue(spec, deref(this.ctx.doc, raw), valueAt, 'in');
-                    if (v === undefined) bad = true;
-                    else values.push(v);
-                }
-                if (bad) return null;
-                const set = new Set(values.map((v) => foldFor(elem, v)));
-                const shown = `[${listOfWords(values)}]`;
-                return leafCondition(
-                    spec,
-                    { op, element: (x) => set.has(foldFor(elem, x)), says: `in ${shown}`, negative: `not in ${shown}` },
-                    true,
-                );
-            }
-            case 'cidr': {
-                const items = this.stringList(node, valueAt, 'cidr');
-                if (items === null) return null;
-                const ranges: IpRange[] = [];
-                let bad = false;
-                for (const { text, at: itemAt } of items) {
-                    const r = parseRange(text);
-                    if ('error' in r) {
-                        this.ctx.report(itemAt, `cidr: ${r.error}`);
-                        bad = true;
-                    } else {
-                        ranges.push(r);
-                    }
-                }
-                if (bad) return null;
-                const set = new IpSet(ranges);
-                const shown = listOfWords(items.map((i) => i.text));
-                return leafCondition(
-                    spec,
-                    {
-                        op,
-                        element: (x) => typeof x === 'string' && set.has(x),
-                        says: `in ${shown}`,
-                        negative: `not in ${shown}`,
-                    },
-                    true,
-                );
-            }
-            case 'domain':
-            case 'suffix': {
-                const items = this.stringList(node, valueAt, op);
-                if (items === null) return null;
-                const set = new Set<string>();
-                let bad = false;
-                for (const { text, at: itemAt } of items) {
-                    const d = parseDomain(text);
-                    if (d === null) {
-                        this.ctx.report(itemAt, `${op}: "${text}" is not a domain name`);
-                        bad = true;
-                    } else {
-                        set.add(d);
-                    }
-                }
-                if (bad) return null;
-                const domainOf = (x: unknown): string | null =>
-                    typeof x !== 'string' ? null : elem === 'address' ? domainOfAddress(x) : foldDomain(x);
-                const shown = listOfWords(items.map((i) => i.text));
-                if (op === 'domain') {
-                    return leafCondition(
-                        spec,
-                        {
-                            op,
-                            element: (x) => {
-                                const d = domainOf(x);
-                                return d !== null && set.has(d);
-                            },
-                            says: `is one of ${shown}`,
-                            negative: `is none of ${shown}`,
-                        },
-                        true,
-                    );
-                }
-                return leafCondition(
-                    spec,
-                    {
-                        op,
-                        element: (x) => {
-                            let d = domainOf(x);
-                            while (d !== null && d !== '') {
-                                if (set.has(d)) return true;
-                                const dot = d.indexOf('.');
-                                d = dot < 0 ? null : d.slice(dot + 1);
-                            }
-                            return false;
-                        },
-                        says: `is or is under ${shown}`,
-                        negative: `is not and is not under ${shown}`,
-                    },
-                    true,
-                );
-            }
-            case 'matches': {
-                const s = this.scalar(node);
-                if (!s.ok || typeof s.value !== 'string') {
-                    this.ctx.report(
-                        valueAt,
-                        `matches: expected a regular expression in quotes; got ${this.describe(node)}`,
-                    );
-                    return null;
-                }
-                if (s.value === '') {
-                    this.ctx.report(valueAt, 'matches: an empty pattern matches everything; use { exists: true }');
-                    return null;
-                }
-                const added = this.ctx.arena.add(s.value);
-                if ('error' in added) {
-                    this.ctx.report(valueAt, `matches: "${s.value}" is not a valid RE2 pattern: ${added.error}`);
-                    return null;
-                }
-                const pattern = added.pattern;
-                return leafCondition(
-                    spec,
-                    {
-                        op,
-                        element: (x) => (typeof x === 'string' ? pattern.test(x) : false),
-                        says: `matches /${s.value}/`,
-                        negative: `does not match /${s.value}/`,
-                    },
-                    true,
-                );
-            }
-            case 'gt':
-            case 'gte':
-            case 'lt':
-            case 'lte': {
-                const s = this.scalar(node);
-                if (!s.ok || typeof s.value !== 'number' || !Number.isFinite(s.value)) {
-                    this.ctx.report(valueAt, `${op}: expected a number; got ${this.describe(node)}`);
-                    return null;
-                }
-                const n = s.value;
-                const sign = { gt: '>', gte: '>=', lt: '<', lte: '<=' }[op];
-                const cmp =
-                    op === 'gt'
-                        ? (x: number) => x > n
-                        : op === 'gte'
-                          ? (x: number) => x >= n
-                          : op === 'lt'
-                            ? (x: number) => x < n
-                            : (x: number) => x <= n;
-                return leafCondition(
-                    spec,
-                    {
-                        op,
-                        element: (x) => typeof x === 'number' && cmp(x),
-                        says: `${sign} ${n}`,
-                        negative: `not ${sign} ${n}`,
-                    },
-                    true,
-                );
-            }
-            case 'exists': {
-                const s = this.scalar(node);
-                if (!s.ok || typeof s.value !== 'boolean') {
-                    this.ctx.report(valueAt, `exists: expected true or false; got ${this.describe(node)}`);
-                    return null;
-                }
-                const want = s.value;
-                return leafCondition(
-                    spec,
-                    {
-                        op,
-                        element: () => true,
-                        says: want ? 'exists' : 'does not exist',
-                        negative: want ? 'does not exist' : 'exists',
-                    },
-                    want,
-                );
-            }
-            case 'list':
-                return this.listOperator(spec, elem, node, valueAt);
-        }
+        return operator.compile({ c: this, spec, elem, op, node, at, valueAt: offsetOf(node, at) });
     }
 
     listOperator(spec: FactSpec, elem: Elem, node: Node | null, at: number): Condition | null {
@@ -759,6 +588,214 @@ class Compiler {
             true,
         );
     }
+}
+
+/** Equal or not equal (`eq`, `ne`; `fact: value` is `eq`). */
+function compileEquality({ c, spec, elem, op, node, at }: OperatorInput): Condition | null {
+    const v = c.typedValue(spec, node, at, op === 'eq' && node !== null && !isMap(node) ? '' : op);
+    if (v === undefined) return null;
+    const want = foldFor(elem, v);
+    const shown = elem === 'ip' ? formatIp(parseIp(String(v))!) : String(v);
+    const leaf: Leaf = {
+        op,
+        element: (x) => foldFor(elem, x) === want,
+        says: `is ${shown}`,
+        negative: `is not ${shown}`,
+    };
+    return leafCondition(spec, op === 'ne' ? { ...leaf, says: leaf.negative, negative: leaf.says } : leaf, true);
+}
+
+/** One of a list of values. */
+function compileIn({ c, spec, elem, op, node, valueAt }: OperatorInput): Condition | null {
+    if (node === null || !isSeq(node) || node.items.length === 0) {
+        c.ctx.report(
+            valueAt,
+            `in: expected a non-empty list of values; got ${node !== null && isSeq(node) ? 'an empty list' : c.describe(node)}`,
+        );
+        return null;
+    }
+    const values: (string | number | boolean)[] = [];
+    let bad = false;
+    for (const raw of node.items) {
+        const v = c.typedValue(spec, deref(c.ctx.doc, raw), valueAt, 'in');
+        if (v === undefined) bad = true;
+        else values.push(v);
+    }
+    if (bad) return null;
+    const set = new Set(values.map((v) => foldFor(elem, v)));
+    const shown = `[${listOfWords(values)}]`;
+    return leafCondition(
+        spec,
+        { op, element: (x) => set.has(foldFor(elem, x)), says: `in ${shown}`, negative: `not in ${shown}` },
+        true,
+    );
+}
+
+/** In one of the CIDR ranges. */
+function compileCidr({ c, spec, op, node, valueAt }: OperatorInput): Condition | null {
+    const items = c.stringList(node, valueAt, 'cidr');
+    if (items === null) return null;
+    const ranges: IpRange[] = [];
+    let bad = false;
+    for (const { text, at: itemAt } of items) {
+        const r = parseRange(text);
+        if ('error' in r) {
+            c.ctx.report(itemAt, `cidr: ${r.error}`);
+            bad = true;
+        } else {
+            ranges.push(r);
+        }
+    }
+    if (bad) return null;
+    const set = new IpSet(ranges);
+    const shown = listOfWords(items.map((i) => i.text));
+    return leafCondition(
+        spec,
+        {
+            op,
+            element: (x) => typeof x === 'string' && set.has(x),
+            says: `in ${shown}`,
+            negative: `not in ${shown}`,
+        },
+        true,
+    );
+}
+
+/** One of the domains (`domain`), or under one (`suffix`). */
+function compileDomains({ c, spec, elem, op, node, valueAt }: OperatorInput): Condition | null {
+    const items = c.stringList(node, valueAt, op);
+    if (items === null) return null;
+    const set = new Set<string>();
+    let bad = false;
+    for (const { text, at: itemAt } of items) {
+        const d = parseDomain(text);
+        if (d === null) {
+            c.ctx.report(itemAt, `${op}: "${text}" is not a domain name`);
+            bad = true;
+        } else {
+            set.add(d);
+        }
+    }
+    if (bad) return null;
+    const domainOf = (x: unknown): string | null =>
+        typeof x !== 'string' ? null : elem === 'address' ? domainOfAddress(x) : foldDomain(x);
+    const shown = listOfWords(items.map((i) => i.text));
+    if (op === 'domain') {
+        return leafCondition(
+            spec,
+            {
+                op,
+                element: (x) => {
+                    const d = domainOf(x);
+                    return d !== null && set.has(d);
+                },
+                says: `is one of ${shown}`,
+                negative: `is none of ${shown}`,
+            },
+            true,
+        );
+    }
+    return leafCondition(
+        spec,
+        {
+            op,
+            element: (x) => {
+                let d = domainOf(x);
+                while (d !== null && d !== '') {
+                    if (set.has(d)) return true;
+                    const dot = d.indexOf('.');
+                    d = dot < 0 ? null : d.slice(dot + 1);
+                }
+                return false;
+            },
+            says: `is or is under ${shown}`,
+            negative: `is not and is not under ${shown}`,
+        },
+        true,
+    );
+}
+
+/** An RE2 pattern. */
+function compileMatches({ c, spec, op, node, valueAt }: OperatorInput): Condition | null {
+    const s = c.scalar(node);
+    if (!s.ok || typeof s.value !== 'string') {
+        c.ctx.report(valueAt, `matches: expected a regular expression in quotes; got ${c.describe(node)}`);
+        return null;
+    }
+    if (s.value === '') {
+        c.ctx.report(valueAt, 'matches: an empty pattern matches everything; use { exists: true }');
+        return null;
+    }
+    const added = c.ctx.arena.add(s.value);
+    if ('error' in added) {
+        c.ctx.report(valueAt, `matches: "${s.value}" is not a valid RE2 pattern: ${added.error}`);
+        return null;
+    }
+    const pattern = added.pattern;
+    return leafCondition(
+        spec,
+        {
+            op,
+            element: (x) => (typeof x === 'string' ? pattern.test(x) : false),
+            says: `matches /${s.value}/`,
+            negative: `does not match /${s.value}/`,
+        },
+        true,
+    );
+}
+
+/** A number comparison (`gt`, `gte`, `lt`, `lte`). */
+function compileComparison({ c, spec, op, node, valueAt }: OperatorInput): Condition | null {
+    const s = c.scalar(node);
+    if (!s.ok || typeof s.value !== 'number' || !Number.isFinite(s.value)) {
+        c.ctx.report(valueAt, `${op}: expected a number; got ${c.describe(node)}`);
+        return null;
+    }
+    const n = s.value;
+    const sign = ({ gt: '>', gte: '>=', lt: '<', lte: '<=' } as Readonly<Record<string, string>>)[op];
+    const cmp =
+        op === 'gt'
+            ? (x: number) => x > n
+            : op === 'gte'
+              ? (x: number) => x >= n
+              : op === 'lt'
+                ? (x: number) => x < n
+                : (x: number) => x <= n;
+    return leafCondition(
+        spec,
+        {
+            op,
+            element: (x) => typeof x === 'number' && cmp(x),
+            says: `${sign} ${n}`,
+            negative: `not ${sign} ${n}`,
+        },
+        true,
+    );
+}
+
+/** Has a value. */
+function compileExists({ c, spec, op, node, valueAt }: OperatorInput): Condition | null {
+    const s = c.scalar(node);
+    if (!s.ok || typeof s.value !== 'boolean') {
+        c.ctx.report(valueAt, `exists: expected true or false; got ${c.describe(node)}`);
+        return null;
+    }
+    const want = s.value;
+    return leafCondition(
+        spec,
+        {
+            op,
+            element: () => true,
+            says: want ? 'exists' : 'does not exist',
+            negative: want ? 'does not exist' : 'exists',
+        },
+        want,
+    );
+}
+
+/** Membership in a declared list file. */
+function compileList({ c, spec, elem, node, valueAt }: OperatorInput): Condition | null {
+    return c.listOperator(spec, elem, node, valueAt);
 }
 
 const TYPE_WORDS: Readonly<Record<FactType, string>> = {

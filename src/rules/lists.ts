@@ -12,7 +12,8 @@
  * about 100 to 150 ms; a 2,000-entry pattern list compiles in about 0.4 s.
  */
 import { IpSet, parseRange, type IpRange } from '../net/ip.ts';
-import { domainOfAddress, foldAddress, foldDomain, parseAddress, parseDomain } from './names.ts';
+import { foldDomain, parseDomain } from '../net/domain.ts';
+import { domainOfAddress, foldAddress, parseAddress } from './names.ts';
 import { RegexArena, type Pattern } from './regex.ts';
 
 export type ListType = 'ip' | 'domain' | 'address' | 'pattern';

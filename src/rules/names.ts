@@ -1,33 +1,10 @@
 /**
- * Domain names and mail addresses as rules compare them: lower-cased, without the trailing
- * dot of a fully qualified name, internationalised names in their ASCII (A-label, RFC 5890)
- * form. Strict checks are for what operators write (lists, rule values); the lenient
- * forms are for fact values, which are compared as given and never rejected. Pure.
+ * Mail addresses as rules compare them: the local part lower-cased, the domain folded by
+ * src/net/domain.ts (which owns domain normalisation; this file must NOT fold names itself).
+ * Strict checks are for what operators write (lists, rule values); the lenient forms are for
+ * fact values, which are compared as given and never rejected. Pure.
  */
-import { domainToASCII } from 'node:url';
-
-/** Letters, digits, hyphens and underscores (`_dmarc`), not starting or ending with a hyphen. */
-const LABEL = /^[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?$/;
-
-/** Lower-cased, trailing dot removed, A-label form when it can be computed. For fact values. */
-export function foldDomain(text: string): string {
-    const t = (text.endsWith('.') ? text.slice(0, -1) : text).toLowerCase();
-    // eslint-disable-next-line no-control-regex
-    if (/^[\x00-\x7f]*$/.test(t)) return t;
-    return domainToASCII(t) || t;
-}
-
-/**
- * A domain name as written by an operator (RFC 1035 section 2.3.1 labels, underscores
- * allowed, up to 253 characters). Returns the folded form, or null when it is not a name.
- */
-export function parseDomain(text: string): string | null {
-    if (text === '' || /\s/.test(text)) return null;
-    const folded = foldDomain(text);
-    if (folded === '' || folded.length > 253) return null;
-    if (!folded.split('.').every((label) => LABEL.test(label))) return null;
-    return folded;
-}
+import { foldDomain, parseDomain } from '../net/domain.ts';
 
 /** The domain part of an address (after the last @), folded; null when there is none. */
 export function domainOfAddress(address: string): string | null {

@@ -1,5 +1,5 @@
 /**
- * The `mailauth` check (data stage): SPF (RFC 7208), DKIM (RFC 6376, RFC 8301, RFC 8463),
+ * The work of the `mailauth` check (declared in src/checks/mailauth.ts): SPF (RFC 7208), DKIM (RFC 6376, RFC 8301, RFC 8463),
  * ARC (RFC 8617) and DMARC (RFC 9989, or RFC 7489 in `rfc7489` mode) for one received message,
  * verified by mailauth over our resolver; the DMARC disposition is decided here
  * (dmarc-policy.ts), with the trusted-ARC override (arc-trust.ts). Reports facts for the rules
@@ -143,7 +143,8 @@ function arcHops(chain: readonly ArcChainEntry[] | undefined): ArcHop[] {
     });
 }
 
-export function createMailauthCheck(opts: MailauthCheckOptions): Check {
+/** The check's `run`: verifies one message at the data stage and reports facts and header fields. */
+export function createMailauthVerifier(opts: MailauthCheckOptions): Check['run'] {
     const settings = opts.settings;
     const mode = settings.dmarc.mode;
     const trustedSealers = new Set(settings.arc.trustedSealers);
@@ -369,11 +370,5 @@ export function createMailauthCheck(opts: MailauthCheckOptions): Check {
         return { facts, headers };
     }
 
-    return {
-        name: 'mailauth',
-        stages: ['data'],
-        timeoutMs: settings.timeoutMs,
-        onError: 'tempfail',
-        run,
-    };
+    return run;
 }

@@ -10,7 +10,8 @@
  * a bad name (it answers null).
  */
 import fs from 'node:fs';
-import { domainToASCII, domainToUnicode } from 'node:url';
+import { domainToUnicode } from 'node:url';
+import { toALabel, withoutTrailingDot } from '../net/domain.ts';
 
 export interface SuffixList {
     /** The public suffix of `domain` (A-labels), or null for a name that is not a domain. */
@@ -28,7 +29,7 @@ interface Rules {
 }
 
 function toAscii(name: string): string {
-    return /^[\x21-\x7e]*$/.test(name) ? name.toLowerCase() : domainToASCII(name);
+    return toALabel(name) ?? '';
 }
 
 /** Parses the list text (one rule per line; `//` comments; the first word of a line counts). */
@@ -47,7 +48,7 @@ export function parseSuffixList(text: string): SuffixList {
 /** A domain as lower-case A-labels, or null when it has an empty label (a leading dot, `a..b`). */
 function normalize(domain: string): { ascii: string; unicode: boolean } | null {
     if (typeof domain !== 'string') return null;
-    const name = domain.trim().replace(/\.$/, '');
+    const name = withoutTrailingDot(domain.trim());
     if (name === '' || name.split('.').some((l) => l === '')) return null;
     const ascii = toAscii(name);
     if (ascii === '') return null;

@@ -13,10 +13,10 @@
 import { createHash, createPrivateKey, sign as cryptoSign, type KeyObject } from 'node:crypto';
 import fs from 'node:fs';
 import { pipeline, Transform, type Readable, type TransformCallback } from 'node:stream';
-import { domainToASCII } from 'node:url';
 import { dkimSign } from 'mailauth';
 import type { DkimAlgorithm } from '../config/types.ts';
 import { parseHeaderSection } from '../headers.ts';
+import { foldDomain } from '../net/domain.ts';
 import type { HeaderField } from '../types.ts';
 
 /** Header fields signed when the configuration names none (each instance present is signed). */
@@ -97,8 +97,7 @@ interface LoadedKey {
 }
 
 function normalizeDomain(domain: string): string {
-    const d = domain.trim().replace(/\.$/, '').toLowerCase();
-    return (/^[\x21-\x7e]*$/.test(d) ? d : domainToASCII(d)) || d;
+    return foldDomain(domain.trim());
 }
 
 /** Reads every key file; throws when one cannot be used. */

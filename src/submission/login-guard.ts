@@ -16,7 +16,7 @@ import { defaultAuthLockout } from '../config/defaults.ts';
 import { ipNetwork } from '../limits/limit-keys.ts';
 import { createMemoryStore } from '../limits/memory-store.ts';
 import type { Counter, LimitStore } from '../limits/types.ts';
-import { compileCidrs } from '../net/cidr.ts';
+import { compileCidrs } from '../net/ip.ts';
 import type { AuthResult } from './auth-types.ts';
 
 export type LoginGuardSettings = AuthLockoutConfig;

@@ -15,7 +15,7 @@
  * Also parses From:/Sender: values (RFC 5322 section 3.4 address lists with display names,
  * quoted strings, comments and groups; RFC 6532 UTF-8). Pure functions; no I/O, no logging.
  */
-import { domainToASCII } from 'node:url';
+import { toALabel, withoutTrailingDot } from '../net/domain.ts';
 
 /** The addresses one login may use. Built by compileSenderPolicy; read by mayUse. */
 export interface SenderPolicy {
@@ -45,12 +45,12 @@ function isDotAtom(text: string): boolean {
 
 /** A domain as a lower-case A-label without a trailing dot, a lower-cased address literal, or null. */
 export function normalizeDomain(domain: string): string | null {
-    const d = domain.trim().replace(/\.$/, '');
+    const d = withoutTrailingDot(domain.trim());
     if (d === '') return null;
     if (/^\[[^\]\s]+\]$/.test(d)) return d.toLowerCase();
     if (!isDotAtom(d)) return null;
-    const ascii = domainToASCII(d);
-    if (ascii === '' || !/^[a-z0-9-]+(\.[a-z0-9-]+)*$/i.test(ascii)) return null;
+    const ascii = toALabel(d);
+    if (ascii === null || !/^[a-z0-9-]+(\.[a-z0-9-]+)*$/i.test(ascii)) return null;
     return ascii.toLowerCase();
 }
 

@@ -8,7 +8,7 @@
 import assert from 'node:assert/strict';
 import { after, describe, it } from 'node:test';
 import { createMemoryStore, createRedisStore, type LimitStore } from '../../src/limits/index.ts';
-import { createRateLimitCheck } from '../../src/limits/check.ts';
+import { createRateLimitCheck } from '../../src/checks/ratelimit.ts';
 import { greylistSender, greylistTriplet, ipNetwork, limitKeys, safePart } from '../../src/limits/limit-keys.ts';
 import { createMetrics } from '../../src/metrics.ts';
 import { loadRules, type RuleSet } from '../../src/rules/index.ts';

@@ -6,7 +6,7 @@
 // the DNS server nothing new).
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
-import { createMailauthCheck } from '../../src/sender-auth/mailauth.ts';
+import { createMailauthCheck } from '../../src/checks/mailauth.ts';
 import type { Resolver } from '../../src/dns/resolver.ts';
 import { createMetrics } from '../../src/metrics.ts';
 import type { Check, CheckResult } from '../../src/types.ts';

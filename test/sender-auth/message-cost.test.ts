@@ -11,7 +11,7 @@ import assert from 'node:assert/strict';
 import { Readable } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { after, before, describe, it } from 'node:test';
-import { createMailauthCheck } from '../../src/sender-auth/mailauth.ts';
+import { createMailauthCheck } from '../../src/checks/mailauth.ts';
 import type { AuthenticationConfig } from '../../src/config/types.ts';
 import type { Resolver } from '../../src/dns/resolver.ts';
 import type { Check, CheckContext, CheckResult } from '../../src/types.ts';

@@ -14,7 +14,7 @@ import { createRedisStore, type RedisLimitStore } from '../../src/limits/redis-s
 import type { LimitStore } from '../../src/limits/types.ts';
 import type { CheckContext } from '../../src/types.ts';
 import { createLoginGuard, type LoginGuard, type LoginGuardSettings } from '../../src/submission/login-guard.ts';
-import { createLoginSignalsCheck } from '../../src/submission/login-signals.ts';
+import { createLoginSignalsCheck } from '../../src/checks/login-signals.ts';
 import { startRedis, type RedisInstance } from '../helpers/redis.ts';
 
 const MIN = 60_000;

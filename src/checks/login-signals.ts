@@ -10,7 +10,7 @@
 import { createHash } from 'node:crypto';
 import type { LimitStore, Window } from '../limits/types.ts';
 import type { Check, CheckResult } from '../types.ts';
-import { createLoginGuard, loginKey, type LoginGuardSettings } from './login-guard.ts';
+import { createLoginGuard, loginKey, type LoginGuardSettings } from '../submission/login-guard.ts';
 
 /** A counter: a bucket so large it never refuses; what is used of it is the count. */
 const BIG = 1_000_000;

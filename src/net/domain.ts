@@ -1,0 +1,46 @@
+/**
+ * The one place domain names are normalised: lower-cased, without the trailing dot of a fully
+ * qualified name, internationalised names (U-labels, RFC 5890/6531) in their ASCII A-label form
+ * through node's IDNA (UTS #46), and the strict reading of a name an operator writes. Callers
+ * add only their own rules on top (the envelope's LDH labels, a HELO's two labels, a list
+ * zone). Pure; no DNS; must NOT read addresses or address literals (src/net/ip.ts does).
+ */
+import { domainToASCII } from 'node:url';
+
+/** The trailing dot of a fully qualified name removed (one dot: `example.com.` → `example.com`). */
+export function withoutTrailingDot(name: string): string {
+    return name.endsWith('.') ? name.slice(0, -1) : name;
+}
+
+/**
+ * A name in lower-case A-labels, or null when it cannot be one: empty, with white space or
+ * control characters, or a U-label IDNA refuses. Printable ASCII names are only lower-cased
+ * (node's IDNA does not check `xn--` labels either); label syntax is the caller's rule.
+ */
+export function toALabel(name: string): string | null {
+    // eslint-disable-next-line no-control-regex
+    if (name === '' || /[\x00-\x20\x7f]/.test(name)) return null;
+    if (/^[\x21-\x7e]*$/.test(name)) return name.toLowerCase();
+    return domainToASCII(name) || null;
+}
+
+/** Lower-cased, trailing dot removed, A-label form when it can be computed. For fact values, never rejected. */
+export function foldDomain(text: string): string {
+    const t = withoutTrailingDot(text);
+    return toALabel(t) ?? t.toLowerCase();
+}
+
+/** Letters, digits, hyphens and underscores (`_dmarc`), not starting or ending with a hyphen. */
+const LABEL = /^[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?$/;
+
+/**
+ * A domain name as written by an operator (RFC 1035 section 2.3.1 labels, underscores
+ * allowed, up to 253 characters). Returns the folded form, or null when it is not a name.
+ */
+export function parseDomain(text: string): string | null {
+    if (text === '' || /\s/.test(text)) return null;
+    const folded = foldDomain(text);
+    if (folded === '' || folded.length > 253) return null;
+    if (!folded.split('.').every((label) => LABEL.test(label))) return null;
+    return folded;
+}

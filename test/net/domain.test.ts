@@ -1,0 +1,52 @@
+/**
+ * The one domain normaliser (src/net/domain.ts): lower case, no trailing dot, U-labels as
+ * A-labels, names with white space or control characters refused; and the config, the rules,
+ * the envelope, the sender binding and the public suffix list read a name the same way through it.
+ */
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import { normalizeHostname } from '../../src/config/net.ts';
+import { foldEnvelopeDomain } from '../../src/envelope/command.ts';
+import { foldDomain, parseDomain, toALabel, withoutTrailingDot } from '../../src/net/domain.ts';
+import { heloDomain } from '../../src/reputation/names.ts';
+import { normalizeDomain } from '../../src/submission/sender-policy.ts';
+
+describe('net/domain', () => {
+    it('lower-cases ASCII names and writes U-labels as A-labels', () => {
+        assert.equal(toALabel('Mail.EXAMPLE.com'), 'mail.example.com');
+        assert.equal(toALabel('BÜCHER.example'), 'xn--bcher-kva.example');
+        assert.equal(toALabel('XN--BCHER-KVA.example'), 'xn--bcher-kva.example');
+    });
+
+    it('refuses what cannot be a name', () => {
+        assert.equal(toALabel(''), null);
+        assert.equal(toALabel('a b.example'), null);
+        assert.equal(toALabel('bü\tcher.example'), null);
+        assert.equal(toALabel('bücher\u0000.example'), null);
+    });
+
+    it('removes one trailing dot', () => {
+        assert.equal(withoutTrailingDot('example.com.'), 'example.com');
+        assert.equal(withoutTrailingDot('example.com'), 'example.com');
+        assert.equal(foldDomain('Example.COM.'), 'example.com');
+        assert.equal(foldDomain('bücher.example.'), 'xn--bcher-kva.example');
+        assert.equal(foldDomain('not a name'), 'not a name');
+    });
+
+    it('reads an operator-written name strictly', () => {
+        assert.equal(parseDomain('_dmarc.Example.com'), '_dmarc.example.com');
+        assert.equal(parseDomain('-bad.example'), null);
+        assert.equal(parseDomain('a..b'), null);
+        assert.equal(parseDomain(`${'a'.repeat(64)}.example`), null);
+    });
+
+    it('gives every reader the same A-label form', () => {
+        const name = 'Bücher.Example';
+        const expected = 'xn--bcher-kva.example';
+        assert.equal(normalizeHostname(`${name}.`), expected);
+        assert.equal(parseDomain(name), expected);
+        assert.deepEqual(foldEnvelopeDomain(name), { ascii: expected });
+        assert.equal(heloDomain(name), expected);
+        assert.equal(normalizeDomain(name), expected);
+    });
+});
