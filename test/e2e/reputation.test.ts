@@ -16,7 +16,7 @@ import { after, before, describe, it } from 'node:test';
 import { startApp, type TestApp } from '../helpers/app.ts';
 import { startDnsServer, type DnsTestServer, type Zone } from '../helpers/dns-server.ts';
 import { startPostfix, type PostfixInstance } from '../helpers/postfix.ts';
-import { sendMail } from '../helpers/smtp-client.ts';
+import { sendMail, smtpConnect } from '../helpers/smtp-client.ts';
 
 const LISTED = '127.0.0.10';
 const ALLOWED = '127.0.0.12';
@@ -250,6 +250,39 @@ describe('reputation lists in front of a real Postfix', () => {
                 localAddress: LISTED,
             });
             assert.equal(r.mail.code, 550, 'the list counts again');
+        });
+    });
+
+    describe('with the pregreet test', () => {
+        let mw: TestApp;
+        before(async () => {
+            mw = await startApp(
+                config(dns, postfix.port, '1h')
+                    .replace('mode: mx }]', 'mode: mx, pregreetWait: 2s }]')
+                    .concat('\npregreet: { ttl: 1h }'),
+            );
+        });
+        after(async () => {
+            await mw?.stop();
+        });
+
+        async function greetedAfter(localAddress: string): Promise<number> {
+            const started = performance.now();
+            const c = await smtpConnect(mw.port(), { localAddress });
+            try {
+                assert.equal((await c.greeting(5000)).code, 220);
+                return performance.now() - started;
+            } finally {
+                c.close();
+            }
+        }
+
+        it('greets a client with allow-list credit at once, while a stranger waits', async () => {
+            const allowed = await greetedAfter(ALLOWED);
+            assert.ok(allowed < 1000, `allow-list credit: greeted after ${allowed.toFixed(0)} ms`);
+            assert.match(await metric(mw, 'pregreet_total'), /mailwarden_pregreet_total\{result="exempt"\} 1/);
+            const stranger = await greetedAfter(CLEAN);
+            assert.ok(stranger >= 1900, `a new client without credit waits: ${stranger.toFixed(0)} ms`);
         });
     });
 });
