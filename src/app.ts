@@ -72,6 +72,12 @@ export interface AppDeps {
      * primary serves it for all) and `mailwarden_workers` left to the primary.
      */
     readonly worker?: boolean;
+    /**
+     * How many processes share the listeners (`workers`): each takes its share of every
+     * listener's `maxClients` and `maxClientsPerNetwork`, so that the instance as a whole holds
+     * the configured numbers (and the Postfix process limit sized for them). Default 1.
+     */
+    readonly workerShare?: number;
 }
 
 export interface App {
@@ -267,6 +273,7 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
     const listeners: RunningListener[] = config.listeners.map((l) =>
         createListener(config, l, {
             config,
+            workerShare: deps.workerShare ?? 1,
             upstream,
             decider: () => decider,
             checks,

@@ -33,6 +33,13 @@ export interface ListenerDeps extends Omit<SessionDeps, 'listener' | 'log' | 're
     readonly loginGuard: LoginGuard | null;
     /** The pregreet test's pass cache and exemptions; null: no listener waits. */
     readonly pregreet: PregreetGate | null;
+    /** How many worker processes share this listener; each serves its share of the client caps. */
+    readonly workerShare: number;
+}
+
+/** One worker's share of a cap the whole instance must hold (at least 1). */
+export function workerShareOf(cap: number, workers: number): number {
+    return Math.max(1, Math.ceil(cap / Math.max(1, workers)));
 }
 
 /** Failed logins in one session after which the connection is closed, when no guard says otherwise. */
@@ -89,7 +96,7 @@ export function createListener(config: Config, listener: ListenerConfig, deps: L
         hideREQUIRETLS: true,
         // the recipient limit is the session's (it counts repeated recipients too): 452 4.5.3
         maxRecipients: 0,
-        maxClients: listener.maxClients,
+        maxClients: workerShareOf(listener.maxClients, deps.workerShare),
         socketTimeout: listener.socketTimeoutMs,
         closeTimeout: config.shutdownTimeoutMs,
         disableReverseLookup: true,
@@ -316,7 +323,7 @@ export function createListener(config: Config, listener: ListenerConfig, deps: L
         submission,
         trustProxy: listener.proxyProtocol ? compileCidrs(listener.proxyProtocol) : () => false,
         proxyEnabled: listener.proxyProtocol !== null,
-        maxClientsPerNetwork: listener.maxClientsPerNetwork,
+        maxClientsPerNetwork: workerShareOf(listener.maxClientsPerNetwork, deps.workerShare),
         preTransactionTimeoutMs: listener.preTransactionTimeoutMs,
         socketTimeoutMs: listener.socketTimeoutMs,
         log,

@@ -84,7 +84,7 @@ async function serve(opts: { configFlag: string | undefined }): Promise<number> 
         app = createApp(config, {
             logger: log,
             ...(path === null ? {} : { configFile: { path, env: process.env, cwd } }),
-            ...(worker ? { worker: true } : {}),
+            ...(worker ? { worker: true, workerShare: count } : {}),
         });
     } catch (err) {
         // invalid rule files, or an invalid users or sendAs file: the lines `check` prints
