@@ -16,7 +16,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { isMap, isScalar, isSeq, LineCounter, parseDocument, type Node } from 'yaml';
 import { ConfigError, formatIssue, loadConfigWithWarnings, type Issue } from '../config/load.ts';
-import type { CheckValidator } from '../config/issues.ts';
+import type { CheckValidator } from '../config/check-validator.ts';
 import type { Config } from '../config/types.ts';
 import { checkRules } from '../rules/index.ts';
 import { submissionFilesCheck } from '../submission/index.ts';

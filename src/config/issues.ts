@@ -1,11 +1,10 @@
 /**
  * The error shape shared by config and rule-file validation: positioned issues rendered as
  * `FILE:LINE:COL: message` (`FILE:LINE:COL: warning: message` for a warning, which refuses
- * nothing), and the ConfigError that carries all of them at once; and the contract of the further
- * validators `mailwarden check` runs on a loaded config.
- * Formatting only; it must not decide what is valid.
+ * nothing), the ConfigError that carries all of them at once, and why a file could not be read.
+ * Formatting only; it must not decide what is valid, and imports no other config module (every
+ * config module may import it).
  */
-import type { Config } from './types.ts';
 
 export interface Issue {
     /** The file as the user named it. */
@@ -57,20 +56,4 @@ export function ioReason(err: unknown): string {
     if (code === 'EACCES' || code === 'EPERM') return 'permission denied';
     if (code === 'EISDIR') return 'is a folder, not a file';
     return err instanceof Error ? err.message : String(err);
-}
-
-/** Something that works but should be fixed: printed as `FILE: warning: message`, exit code unchanged. */
-export interface CheckWarning {
-    readonly file: string;
-    readonly message: string;
-}
-
-/** A further check run on a loaded config (for example: every rule file parses and validates). */
-export interface CheckValidator {
-    /** Short name, for the summary line. */
-    readonly name: string;
-    /** Returns the issues found (an empty array when all is well); those of severity `warning` refuse nothing. */
-    readonly validate: (config: Config) => Promise<readonly Issue[]> | readonly Issue[];
-    /** Returns what deserves a warning only (for example: file permissions). */
-    readonly warn?: (config: Config) => readonly CheckWarning[];
 }

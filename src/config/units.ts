@@ -3,6 +3,9 @@
  * Pure functions: bad input gives null, never an exception; no I/O, no defaults.
  */
 
+/** The longest timer Node.js supports (about 24.8 days): the bound of durations used as timeouts. */
+export const MAX_TIMER_MS = 2_147_483_647;
+
 const DURATION_UNITS: Readonly<Record<string, number>> = {
     ms: 1,
     s: 1000,

@@ -7,7 +7,8 @@
  * write. It reads files only; it never connects to Dovecot and never prints a password or hash.
  */
 import fs from 'node:fs';
-import type { Issue, CheckValidator, CheckWarning } from '../config/issues.ts';
+import type { CheckValidator, CheckWarning } from '../config/check-validator.ts';
+import type { Issue } from '../config/issues.ts';
 import type { Config } from '../config/types.ts';
 import { parseUsersText, type PasswordMode } from './users-file.ts';
 

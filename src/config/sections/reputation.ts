@@ -4,11 +4,22 @@
  * HELO name and the envelope sender domain (`rhsbl`: section 2.2), and how often every list
  * is probed for health (`probeInterval`). Validation only: it must not query DNS.
  */
-import type { Field, SourceReader } from './reader.ts';
-import { MAX_SITES, parseConfiguredSite, type ListKind } from '../reputation/sites.ts';
-import type { ReputationConfig } from './types.ts';
+import { MAX_SITES, parseConfiguredSite, type ListKind } from '../../reputation/sites.ts';
+import type { Field, SourceReader } from '../reader.ts';
 
 export const REPUTATION_KEYS = ['dnsbl', 'dnswl', 'rhsbl', 'probeInterval'] as const;
+
+/** DNS block and allow lists (docs/reputation.md); sites as written, validated here. */
+export interface ReputationConfig {
+    /** Address block lists: `zone[=filter][*weight][ delisting-page]`, positive weights. */
+    readonly dnsbl: readonly string[];
+    /** Address allow lists, negative weights. */
+    readonly dnswl: readonly string[];
+    /** Domain block lists asked for the HELO name and the envelope sender domain. */
+    readonly rhsbl: readonly string[];
+    /** Time between health probes of each list (an unhealthy list is probed sooner). */
+    readonly probeIntervalMs: number;
+}
 
 /** Probes at most every 10 seconds (lists limit query rates) and at least once a day. */
 const MIN_PROBE_MS = 10_000;
