@@ -22,13 +22,13 @@
  * mailauth query the system resolver (every lookup goes through the resolver given), and must
  * never turn a temporary DNS error into a permanent verdict.
  */
-import { authenticate, type DNSResolver } from 'mailauth';
 import type { AuthenticationConfig } from '../config/types.ts';
 import type { Resolver } from '../dns/resolver.ts';
 import { scopedResolver } from '../dns/scoped.ts';
 import type { Logger } from '../log.ts';
 import type { Metrics } from '../metrics.ts';
 import type { FactValue, HeaderField, Check, CheckContext, CheckResult } from '../types.ts';
+import { authenticate } from './authenticate.ts';
 import { evaluateArcTrust, type ArcHop, type ArcTrustOutput } from './arc-trust.ts';
 import { dmarcResInfo, joinAuthResults, receivedSpfValue, withHeaderD } from './auth-results.ts';
 import {
@@ -178,10 +178,7 @@ export function createMailauthVerifier(opts: MailauthCheckOptions): Check['run']
             helo: ctx.client.helo ?? undefined,
             sender: mailFrom,
             mta: opts.hostname,
-            resolver: resolve as DNSResolver,
-            trustReceived: false,
-            disableBimi: true,
-            disableArc: false,
+            resolver: resolve,
             // in rfc7489 mode DMARC is evaluated below, with the Public Suffix List
             disableDmarc: mode === 'rfc7489',
             minBitLength: settings.minRsaBits,
@@ -190,8 +187,7 @@ export function createMailauthVerifier(opts: MailauthCheckOptions): Check['run']
             maxResolveCount: settings.spf.maxLookups,
             // SPF gives temperror before the check as a whole runs out of time
             maxElapsedTime: Math.max(1, Math.floor(settings.timeoutMs * 0.8)),
-            // the SPF limits are passed through to spf() but missing from mailauth's typings
-        } as Parameters<typeof authenticate>[1])) as unknown as AuthResult;
+        })) as unknown as AuthResult;
         signal.throwIfAborted();
 
         const spf = authenticated ? null : res.spf || null;

@@ -1,0 +1,158 @@
+// The contract with mailauth's internals (src/sender-auth/mailauth-internals.ts) for the pinned
+// version: our composition of its parts gives exactly the results of its own `authenticate` (DKIM
+// pass, fail and revoked keys, SPF, ARC, DMARC pass, reject, skip reasons and strict alignment, in
+// lenient and strict mode).
+import assert from 'node:assert/strict';
+import { Readable } from 'node:stream';
+import { after, before, describe, it } from 'node:test';
+import { authenticate as mailauthAuthenticate, type DNSResolver } from 'mailauth';
+import type { Resolver } from '../../src/dns/resolver.ts';
+import { authenticate, type AuthenticateOptions } from '../../src/sender-auth/authenticate.ts';
+import { startDnsServer, type DnsTestServer, type Zone } from '../helpers/dns-server.ts';
+import { basicMessage, message, rsaKey, seal, sign, testResolver, type TestKey } from './helpers.ts';
+
+const HOST = 'mx.test';
+const CLIENT = '192.0.2.10';
+const FORWARDER_IP = '198.51.100.7';
+
+let dns: DnsTestServer;
+let resolver: Resolver;
+let bankKey: TestKey;
+let strictKey: TestKey;
+let forwarderKey: TestKey;
+
+function zone(key: TestKey = bankKey): Zone {
+    return {
+        'bank.example': { TXT: [`v=spf1 ip4:${CLIENT} -all`] },
+        'sel._domainkey.bank.example': { TXT: [key.record] },
+        '_dmarc.bank.example': { TXT: ['v=DMARC1; p=reject'] },
+        'strict.example': { TXT: [`v=spf1 ip4:${CLIENT} -all`] },
+        'sel._domainkey.strict.example': { TXT: [strictKey.record] },
+        'sel._domainkey.sub.strict.example': { TXT: [strictKey.record] },
+        '_dmarc.strict.example': { TXT: ['v=DMARC1; p=reject; adkim=s'] },
+        'revoked._domainkey.bank.example': { TXT: ['v=DKIM1; k=rsa; p='] },
+        'forwarder.example': { TXT: [`v=spf1 ip4:${FORWARDER_IP} -all`] },
+        'arc._domainkey.forwarder.example': { TXT: [forwarderKey.record] },
+    };
+}
+
+before(async () => {
+    bankKey = rsaKey();
+    strictKey = rsaKey();
+    forwarderKey = rsaKey();
+    dns = await startDnsServer(zone());
+    // no cache: both sides of a comparison see the same DNS answers
+    resolver = testResolver(dns.address, false);
+});
+
+after(async () => {
+    resolver.close();
+    await dns.close();
+});
+
+interface Case {
+    readonly name: string;
+    readonly msg: string;
+    readonly ip?: string;
+    readonly sender?: string;
+}
+
+async function cases(): Promise<Case[]> {
+    const bank = await sign(basicMessage('Alice <alice@bank.example>'), 'bank.example', 'sel', bankKey);
+    const tampered = bank.replace('Hello.', 'Hello!');
+    const strict = await sign(basicMessage('s@strict.example'), 'strict.example', 'sel', strictKey);
+    const sub = await sign(basicMessage('s@strict.example'), 'sub.strict.example', 'sel', strictKey);
+    const revoked = await sign(basicMessage('r@bank.example'), 'bank.example', 'revoked', bankKey);
+    const forwarded = await seal(bank, {
+        domain: 'forwarder.example',
+        selector: 'arc',
+        key: forwarderKey,
+        authResults: `${HOST}; dkim=pass header.d=bank.example; spf=pass smtp.mailfrom=bank.example`,
+        cv: 'none',
+    });
+    return [
+        { name: 'DKIM and SPF pass', msg: bank, sender: 'alice@bank.example' },
+        { name: 'a spoof of a p=reject domain', msg: basicMessage('ceo@bank.example'), ip: '203.0.113.9' },
+        { name: 'a body changed after signing', msg: tampered, sender: 'alice@bank.example' },
+        { name: 'strict alignment, a failing aligned signature', msg: strict.replace('Hello.', 'Bye.') },
+        { name: 'strict alignment, a subdomain signature', msg: sub },
+        { name: 'a revoked key', msg: revoked },
+        { name: 'an ARC chain from a forwarder', msg: forwarded, ip: FORWARDER_IP },
+        { name: 'two author domains', msg: basicMessage('a@bank.example, b@strict.example') },
+        { name: 'no From', msg: message({ To: 'x@mx.test', Subject: 'x' }) },
+        { name: 'authenticated (no client address)', msg: bank, ip: '' },
+    ];
+}
+
+function options(c: Case, strict: boolean): AuthenticateOptions {
+    return {
+        ip: c.ip === '' ? undefined : (c.ip ?? CLIENT),
+        helo: 'client.test',
+        sender: c.sender ?? 'sender@bank.example',
+        mta: HOST,
+        resolver: resolver.resolve,
+        disableDmarc: false,
+        minBitLength: 1024,
+        rejectRsaSha1: false,
+        strict,
+        maxResolveCount: 10,
+        maxElapsedTime: 5000,
+    };
+}
+
+/** mailauth's own result, the parts the composition returns. */
+async function reference(c: Case, o: AuthenticateOptions): Promise<unknown> {
+    const res = await mailauthAuthenticate(c.msg, {
+        ip: o.ip,
+        helo: o.helo,
+        sender: o.sender,
+        mta: o.mta,
+        resolver: o.resolver as DNSResolver,
+        trustReceived: false,
+        disableBimi: true,
+        disableArc: false,
+        disableDmarc: o.disableDmarc,
+        minBitLength: o.minBitLength,
+        rejectRsaSha1: o.rejectRsaSha1,
+        strict: o.strict,
+        maxResolveCount: o.maxResolveCount,
+        maxElapsedTime: o.maxElapsedTime,
+    } as Parameters<typeof mailauthAuthenticate>[1]);
+    const dkim = res.dkim as unknown as Record<string, unknown>;
+    const arc = res.arc ? { ...(res.arc as unknown as Record<string, unknown>) } : false;
+    // the Authentication-Results text mailauth builds for sealing; we write our own
+    if (arc) delete arc.authResults;
+    const out: Record<string, unknown> = {
+        dkim: {
+            headerFrom: dkim.headerFrom,
+            fromFields: dkim.fromFields,
+            envelopeFrom: dkim.envelopeFrom,
+            results: dkim.results,
+        },
+        spf: res.spf,
+        arc,
+        dmarc: res.dmarc,
+    };
+    const skip = (res as unknown as { dmarcSkipReason?: string }).dmarcSkipReason;
+    if (skip !== undefined) out.dmarcSkipReason = skip;
+    return out;
+}
+
+/** SPF results carry how long the evaluation took; everything else must be equal. */
+function stable(value: unknown): unknown {
+    return JSON.parse(JSON.stringify(value, (k, v: unknown) => (k === 'elapsed' ? undefined : v)));
+}
+
+describe('mailauth internals: the composition gives what authenticate gives', () => {
+    for (const strict of [false, true]) {
+        it(`every case, ${strict ? 'strict' : 'lenient'} mode, cold and warm key store`, async () => {
+            for (const round of ['cold', 'warm']) {
+                for (const c of await cases()) {
+                    const o = options(c, strict);
+                    const ours = await authenticate(Readable.from([Buffer.from(c.msg)]), o);
+                    assert.deepEqual(stable(ours), stable(await reference(c, o)), `${c.name} (${round})`);
+                }
+            }
+        });
+    }
+});
