@@ -4,7 +4,7 @@
  * uses, so each result is the one `authenticate` gives (the composition is tested against it).
  * What `authenticate` adds and we never read is left out: BIMI, the parsed Received chain, its
  * ready-made header fields and ARC sealing (we write our own Authentication-Results and seal
- * nothing).
+ * nothing). DKIM and ARC keys come from a key store shared across messages (key-reuse.ts).
  *
  * It must not decide anything (mailauth.ts does), and must not use any resolver but the one
  * given.
@@ -14,6 +14,7 @@ import { hostname } from 'node:os';
 import type { Readable } from 'node:stream';
 import type * as Mailauth from 'mailauth';
 import type { DnsResolve } from '../dns/scoped.ts';
+import type { KeyStore } from './key-reuse.ts';
 import {
     arc,
     DkimVerifier,
@@ -39,6 +40,7 @@ export interface AuthenticateOptions {
     readonly strict: boolean;
     readonly maxResolveCount: number;
     readonly maxElapsedTime: number;
+    readonly keys: KeyStore;
 }
 
 /** `authenticate`'s result, the parts we read. */
@@ -69,6 +71,15 @@ export async function authenticate(input: Readable, opts: AuthenticateOptions): 
         minBitLength: opts.minBitLength,
         rejectRsaSha1: opts.rejectRsaSha1,
         strict,
+    });
+    // the per-message key lookups, shared with the ARC validation as mailauth does, backed by the store
+    const keyCache = opts.keys.forMessage(resolver);
+    verifier.keyCache = keyCache;
+    Object.defineProperty(verifier.arc, 'keyCache', {
+        value: keyCache,
+        enumerable: false,
+        configurable: true,
+        writable: true,
     });
     await writeToStream(verifier, input);
     const dkim = {

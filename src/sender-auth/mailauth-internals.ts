@@ -8,7 +8,7 @@
  * - the few functions that DMARC in `rfc7489` mode and the disposition need, so that record
  *   parsing and policy tags (RFC 9989 sections 4.7 and 4.10.1), the domain existence test
  *   (appendix A.4) and the author domain rules (section 5.3.1) stay exactly mailauth's;
- * - the DKIM key record reader (`getPublicKey`) behind the per-message key lookup cache.
+ * - the DKIM key record reader (`getPublicKey`), whose result key-reuse.ts keeps per record.
  *
  * The mailauth version is pinned in package.json; test/sender-auth/mailauth-internals.test.ts
  * holds the shapes relied on here (and the composition against mailauth's own `authenticate`),

@@ -45,6 +45,7 @@ import {
     normalizeDomain,
     type DispositionOutput,
 } from './dmarc-policy.ts';
+import { createKeyStore } from './key-reuse.ts';
 import { organizationalDomain } from './psl.ts';
 import { planVerification, type LimitName, type VerificationPlan } from './verification-copy.ts';
 import { openVerification } from './verification-stream.ts';
@@ -150,6 +151,8 @@ export function createMailauthVerifier(opts: MailauthCheckOptions): Check['run']
     const trustedSealers = new Set(settings.arc.trustedSealers);
     const locals = opts.localDomains.map(normalizeDomain);
     const metrics = opts.metrics;
+    // DKIM and ARC keys are read once per key record, not once per message
+    const keys = createKeyStore();
     const limits = {
         maxSignatures: settings.dkim.maxSignatures,
         maxBodyHashes: settings.dkim.maxBodyHashes,
@@ -187,6 +190,7 @@ export function createMailauthVerifier(opts: MailauthCheckOptions): Check['run']
             maxResolveCount: settings.spf.maxLookups,
             // SPF gives temperror before the check as a whole runs out of time
             maxElapsedTime: Math.max(1, Math.floor(settings.timeoutMs * 0.8)),
+            keys,
         })) as unknown as AuthResult;
         signal.throwIfAborted();
 

@@ -1,13 +1,16 @@
 // The contract with mailauth's internals (src/sender-auth/mailauth-internals.ts) for the pinned
 // version: our composition of its parts gives exactly the results of its own `authenticate` (DKIM
 // pass, fail and revoked keys, SPF, ARC, DMARC pass, reject, skip reasons and strict alignment, in
-// lenient and strict mode).
+// lenient and strict mode, with a cold and a warm key store), and the key store reads a key record
+// once and again only when the record changed, while every message still asks DNS for it.
 import assert from 'node:assert/strict';
 import { Readable } from 'node:stream';
 import { after, before, describe, it } from 'node:test';
 import { authenticate as mailauthAuthenticate, type DNSResolver } from 'mailauth';
 import type { Resolver } from '../../src/dns/resolver.ts';
+import { scopedResolver } from '../../src/dns/scoped.ts';
 import { authenticate, type AuthenticateOptions } from '../../src/sender-auth/authenticate.ts';
+import { createKeyStore, type KeyStore } from '../../src/sender-auth/key-reuse.ts';
 import { startDnsServer, type DnsTestServer, type Zone } from '../helpers/dns-server.ts';
 import { basicMessage, message, rsaKey, seal, sign, testResolver, type TestKey } from './helpers.ts';
 
@@ -18,6 +21,7 @@ const FORWARDER_IP = '198.51.100.7';
 let dns: DnsTestServer;
 let resolver: Resolver;
 let bankKey: TestKey;
+let newBankKey: TestKey;
 let strictKey: TestKey;
 let forwarderKey: TestKey;
 
@@ -38,6 +42,7 @@ function zone(key: TestKey = bankKey): Zone {
 
 before(async () => {
     bankKey = rsaKey();
+    newBankKey = rsaKey();
     strictKey = rsaKey();
     forwarderKey = rsaKey();
     dns = await startDnsServer(zone());
@@ -84,7 +89,7 @@ async function cases(): Promise<Case[]> {
     ];
 }
 
-function options(c: Case, strict: boolean): AuthenticateOptions {
+function options(c: Case, strict: boolean, keys: KeyStore): AuthenticateOptions {
     return {
         ip: c.ip === '' ? undefined : (c.ip ?? CLIENT),
         helo: 'client.test',
@@ -97,6 +102,7 @@ function options(c: Case, strict: boolean): AuthenticateOptions {
         strict,
         maxResolveCount: 10,
         maxElapsedTime: 5000,
+        keys,
     };
 }
 
@@ -146,13 +152,68 @@ function stable(value: unknown): unknown {
 describe('mailauth internals: the composition gives what authenticate gives', () => {
     for (const strict of [false, true]) {
         it(`every case, ${strict ? 'strict' : 'lenient'} mode, cold and warm key store`, async () => {
+            const keys = createKeyStore();
             for (const round of ['cold', 'warm']) {
                 for (const c of await cases()) {
-                    const o = options(c, strict);
+                    const o = options(c, strict, keys);
                     const ours = await authenticate(Readable.from([Buffer.from(c.msg)]), o);
                     assert.deepEqual(stable(ours), stable(await reference(c, o)), `${c.name} (${round})`);
                 }
             }
+            assert.ok(keys.reads > 0);
         });
     }
+});
+
+describe('mailauth internals: DKIM keys are read once per key record', () => {
+    async function verify(msg: string, keys: KeyStore): Promise<{ results: string[]; queries: number }> {
+        const scoped = scopedResolver(resolver.resolve, { maxQueries: 50 });
+        const c: Case = { name: '', msg };
+        const res = await authenticate(Readable.from([Buffer.from(msg)]), {
+            ...options(c, false, keys),
+            resolver: scoped.resolve,
+        });
+        return { results: res.dkim.results.map((r) => r.status.result), queries: scoped.queries };
+    }
+
+    it('the same record is read once, a changed record again, and the old key no longer verifies', async () => {
+        const keys = createKeyStore();
+        const first = await sign(basicMessage('a@bank.example'), 'bank.example', 'sel', bankKey);
+        const second = await sign(basicMessage('b@bank.example'), 'bank.example', 'sel', bankKey);
+        const asked = (): number => dns.queries.filter((q) => q.name === 'sel._domainkey.bank.example').length;
+        const before = asked();
+        assert.deepEqual((await verify(first, keys)).results, ['pass']);
+        assert.deepEqual((await verify(second, keys)).results, ['pass']);
+        assert.equal(keys.reads, 1, 'the second message reused the key read for the first');
+        assert.equal(asked() - before, 2, 'each message still asked DNS for the key record');
+
+        dns.setZone(zone(newBankKey));
+        try {
+            const rotated = await sign(basicMessage('c@bank.example'), 'bank.example', 'sel', newBankKey);
+            assert.deepEqual((await verify(rotated, keys)).results, ['pass']);
+            assert.equal(keys.reads, 2, 'the changed record was read');
+            assert.notDeepEqual((await verify(first, keys)).results, ['pass'], 'the old key was used');
+            assert.equal(keys.reads, 2);
+        } finally {
+            dns.setZone(zone());
+        }
+    });
+
+    it('a refused record is not kept: the same result every time, read every time', async () => {
+        const keys = createKeyStore();
+        const revoked = await sign(basicMessage('r@bank.example'), 'bank.example', 'revoked', bankKey);
+        const a = await verify(revoked, keys);
+        const b = await verify(revoked, keys);
+        assert.deepEqual(a, b);
+        assert.notDeepEqual(a.results, ['pass']);
+        assert.equal(keys.size, 0);
+    });
+
+    it('keeps at most maxEntries records', async () => {
+        const keys = createKeyStore(1);
+        await verify(await sign(basicMessage('a@bank.example'), 'bank.example', 'sel', bankKey), keys);
+        await verify(await sign(basicMessage('s@strict.example'), 'strict.example', 'sel', strictKey), keys);
+        assert.equal(keys.size, 1);
+        assert.equal(keys.reads, 2);
+    });
 });
