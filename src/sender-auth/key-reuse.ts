@@ -11,9 +11,15 @@
  * changed record is a different key; a record that mailauth refuses is not stored and is read
  * again next time, with the same error. Each caller gets its own copy of the result.
  *
+ * mailauth hands the key in PEM to crypto.verify(), which parses it again for every signature
+ * (half the cost of an RSA-2048 verification); the stored key is the parsed key object, which
+ * crypto.verify() takes as it is, and which prints as that same PEM where mailauth reports it
+ * (`publicKey` of a DKIM result).
+ *
  * It must not look anything up outside the message's resolver, must not keep more than
  * `maxEntries` records, and must not change what a lookup returns or throws.
  */
+import { createPublicKey, type KeyObject } from 'node:crypto';
 import { Lru } from '../dns/lru.ts';
 import type { DnsResolve } from '../dns/scoped.ts';
 import {
@@ -34,6 +40,19 @@ export interface KeyStore {
 
 /** Records kept by default: far more than the signers one gateway sees in an hour. */
 export const KEY_STORE_ENTRIES = 2000;
+
+/** The PEM key as a key object that prints as the PEM; the PEM itself if it does not parse. */
+function parsedKey(pem: string): string {
+    let key: KeyObject;
+    try {
+        key = createPublicKey(pem);
+    } catch {
+        return pem;
+    }
+    Object.defineProperty(key, 'toString', { value: () => pem });
+    // mailauth passes it to crypto.verify() and reads it with toString(), nothing else
+    return key as unknown as string;
+}
 
 function copyOf(record: PublicKeyRecord): PublicKeyRecord {
     return { ...record, flags: [...record.flags], warnings: [...record.warnings] };
@@ -68,8 +87,9 @@ export function createKeyStore(maxEntries: number = KEY_STORE_ENTRIES): KeyStore
         if (known) return copyOf(known);
         reads++;
         const record = await getPublicKey(type, name, minBitLength, answered, options);
-        store.set(key, copyOf(record), Infinity);
-        return record;
+        const stored = { ...copyOf(record), publicKey: parsedKey(record.publicKey) };
+        store.set(key, stored, Infinity);
+        return copyOf(stored);
     }
 
     return {

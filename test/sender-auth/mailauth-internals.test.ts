@@ -4,6 +4,7 @@
 // lenient and strict mode, with a cold and a warm key store), and the key store reads a key record
 // once and again only when the record changed, while every message still asks DNS for it.
 import assert from 'node:assert/strict';
+import { generateKeyPairSync } from 'node:crypto';
 import { Readable } from 'node:stream';
 import { after, before, describe, it } from 'node:test';
 import { authenticate as mailauthAuthenticate, type DNSResolver } from 'mailauth';
@@ -24,6 +25,7 @@ let bankKey: TestKey;
 let newBankKey: TestKey;
 let strictKey: TestKey;
 let forwarderKey: TestKey;
+let edRecord: string;
 
 function zone(key: TestKey = bankKey): Zone {
     return {
@@ -35,6 +37,8 @@ function zone(key: TestKey = bankKey): Zone {
         'sel._domainkey.sub.strict.example': { TXT: [strictKey.record] },
         '_dmarc.strict.example': { TXT: ['v=DMARC1; p=reject; adkim=s'] },
         'revoked._domainkey.bank.example': { TXT: ['v=DKIM1; k=rsa; p='] },
+        // an Ed25519 key (RFC 8463) where the signature says rsa-sha256
+        'ed._domainkey.bank.example': { TXT: [edRecord] },
         'forwarder.example': { TXT: [`v=spf1 ip4:${FORWARDER_IP} -all`] },
         'arc._domainkey.forwarder.example': { TXT: [forwarderKey.record] },
     };
@@ -45,6 +49,8 @@ before(async () => {
     newBankKey = rsaKey();
     strictKey = rsaKey();
     forwarderKey = rsaKey();
+    const ed = generateKeyPairSync('ed25519').publicKey.export({ type: 'spki', format: 'der' });
+    edRecord = `v=DKIM1; k=ed25519; p=${ed.subarray(ed.length - 32).toString('base64')}`;
     dns = await startDnsServer(zone());
     // no cache: both sides of a comparison see the same DNS answers
     resolver = testResolver(dns.address, false);
@@ -68,6 +74,7 @@ async function cases(): Promise<Case[]> {
     const strict = await sign(basicMessage('s@strict.example'), 'strict.example', 'sel', strictKey);
     const sub = await sign(basicMessage('s@strict.example'), 'sub.strict.example', 'sel', strictKey);
     const revoked = await sign(basicMessage('r@bank.example'), 'bank.example', 'revoked', bankKey);
+    const wrongKeyType = await sign(basicMessage('e@bank.example'), 'bank.example', 'ed', bankKey);
     const forwarded = await seal(bank, {
         domain: 'forwarder.example',
         selector: 'arc',
@@ -82,6 +89,7 @@ async function cases(): Promise<Case[]> {
         { name: 'strict alignment, a failing aligned signature', msg: strict.replace('Hello.', 'Bye.') },
         { name: 'strict alignment, a subdomain signature', msg: sub },
         { name: 'a revoked key', msg: revoked },
+        { name: 'an rsa-sha256 signature and an Ed25519 key', msg: wrongKeyType },
         { name: 'an ARC chain from a forwarder', msg: forwarded, ip: FORWARDER_IP },
         { name: 'two author domains', msg: basicMessage('a@bank.example, b@strict.example') },
         { name: 'no From', msg: message({ To: 'x@mx.test', Subject: 'x' }) },
