@@ -6,9 +6,34 @@
  * With several workers each process has its own registry and the primary sums them
  * (src/cluster/primary.ts); a gauge that must not be summed says how it is combined.
  */
-import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics, type LabelValues } from 'prom-client';
 
 const P = 'mailwarden_';
+
+/** Label sets whose observer is kept per histogram; a metric with more goes on without keeping more. */
+const OBSERVERS_KEPT = 1000;
+
+/**
+ * prom-client's Histogram.observe(labels, value) makes a new observer for every observation;
+ * here the observer of a label set seen before is kept and used again (what `.labels()` gives,
+ * validated and written to the same series). Label values are bounded, so is what is kept.
+ */
+function keepObservers(histogram: Histogram): void {
+    const observers = new Map<string, Histogram.Internal<string>>();
+    const observe = histogram.observe.bind(histogram) as (labels: LabelValues<string> | number, value?: number) => void;
+    histogram.observe = ((labels: LabelValues<string> | number, value?: number): void => {
+        if (typeof labels !== 'object' || labels === null || typeof value !== 'number') return observe(labels, value);
+        let key = '';
+        for (const name in labels) key += `${name}=${String(labels[name])}\u0000`;
+        let observer = observers.get(key);
+        if (!observer) {
+            if (observers.size >= OBSERVERS_KEPT) return observe(labels, value);
+            observer = histogram.labels(labels);
+            observers.set(key, observer);
+        }
+        observer.observe(value);
+    }) as Histogram['observe'];
+}
 
 export function createMetrics(version: string) {
     const registry = new Registry();
@@ -280,6 +305,7 @@ export function createMetrics(version: string) {
             registers: r,
         }),
     };
+    for (const metric of Object.values(m)) if (metric instanceof Histogram) keepObservers(metric);
     m.buildInfo.set({ version }, 1);
     // series that alerts compute rates over exist from the start, at 0
     for (const result of ['ok', 'error']) m.configReloads.inc({ result }, 0);

@@ -46,9 +46,22 @@ export const acceptAll: Decider = {
 
 class CheckTimeout extends Error {}
 
-/** Why a check's signal aborted and its streams were destroyed. */
+/**
+ * Why a check's signal aborted and its streams were destroyed. It is a signal, not a fault: it
+ * carries no stack trace, which would be captured for every check of every message.
+ */
 export class CheckEnded extends Error {
     override readonly name = 'CheckEnded';
+}
+
+function checkEnded(message: string): CheckEnded {
+    const limit = Error.stackTraceLimit;
+    Error.stackTraceLimit = 0;
+    try {
+        return new CheckEnded(message);
+    } finally {
+        Error.stackTraceLimit = limit;
+    }
 }
 
 /**
@@ -65,7 +78,7 @@ function ownedMessage(message: MessageSource | null, signal: AbortSignal): Messa
                 if (stream.destroyed) return;
                 // a stream nobody reads has no error listener: its destruction must not crash the process
                 stream.on('error', () => undefined);
-                stream.destroy(signal.reason instanceof Error ? signal.reason : new CheckEnded('check ended'));
+                stream.destroy(signal.reason instanceof Error ? signal.reason : checkEnded('check ended'));
             };
             if (signal.aborted) {
                 destroy();
@@ -106,7 +119,7 @@ async function runOne(
     } finally {
         clearTimeout(timer);
         // whatever the outcome, the check's work ends here: no more DNS, its streams destroyed
-        controller.abort(new CheckEnded(ended));
+        controller.abort(checkEnded(ended));
     }
 }
 

@@ -34,6 +34,21 @@ export function dnsError(code: DnsErrorCode, syscall: string, hostname: string):
     return err;
 }
 
+/**
+ * The error for a negative answer (NXDOMAIN, NODATA): the same shape as dnsError(), without a
+ * stack trace. A negative answer is a normal result that SPF, DKIM and DMARC get many times per
+ * message, mostly from the cache; where in the resolver it was settled tells nobody anything.
+ */
+export function negativeAnswer(code: 'ENOTFOUND' | 'ENODATA', syscall: string, hostname: string): DnsError {
+    const limit = Error.stackTraceLimit;
+    Error.stackTraceLimit = 0;
+    try {
+        return dnsError(code, syscall, hostname);
+    } finally {
+        Error.stackTraceLimit = limit;
+    }
+}
+
 /** The error code for a response code other than NOERROR, as c-ares reports it. */
 export function rcodeError(rcode: number): DnsErrorCode {
     switch (rcode) {

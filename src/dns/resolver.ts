@@ -23,7 +23,7 @@ import { setMaxListeners } from 'node:events';
 import { performance } from 'node:perf_hooks';
 import type { Answer, DecodedPacket } from 'dns-packet';
 import type { Metrics } from '../metrics.ts';
-import { dnsError, rcodeError, type DnsErrorCode } from './errors.ts';
+import { dnsError, negativeAnswer, rcodeError, type DnsErrorCode } from './errors.ts';
 import { Lru } from './lru.ts';
 import { isSubdomain, normalizeName, parseServer, reverseName, type ServerAddress } from './names.ts';
 import { systemServers } from './system.ts';
@@ -274,6 +274,7 @@ export function createResolver(opts: ResolverOptions): Resolver {
 
     function settle(o: Outcome | Cached, syscall: string, hostname: string): unknown {
         if (o.kind === 'data') return copy(o.value);
+        if (o.kind === 'negative') throw negativeAnswer(o.code, syscall, hostname);
         throw dnsError(o.code, syscall, hostname);
     }
 

@@ -13,7 +13,7 @@
  *
  * Every DNS query goes through the resolver given; nothing here decides a disposition.
  */
-import { dmarc as mailauthDmarc, type DNSResolver } from 'mailauth';
+import type { DNSResolver } from 'mailauth';
 import {
     alignedRelaxed,
     alignedStrict,
@@ -24,6 +24,7 @@ import {
     type DmarcResult,
 } from './dmarc-policy.ts';
 import {
+    dmarc as mailauthDmarc,
     domainExists,
     getAuthorDomain,
     getPolicyTags,

@@ -22,13 +22,13 @@
  * mailauth query the system resolver (every lookup goes through the resolver given), and must
  * never turn a temporary DNS error into a permanent verdict.
  */
-import { authenticate, type DNSResolver } from 'mailauth';
 import type { AuthenticationConfig } from '../config/types.ts';
 import type { Resolver } from '../dns/resolver.ts';
 import { scopedResolver } from '../dns/scoped.ts';
 import type { Logger } from '../log.ts';
 import type { Metrics } from '../metrics.ts';
 import type { FactValue, HeaderField, Check, CheckContext, CheckResult } from '../types.ts';
+import { authenticate } from './authenticate.ts';
 import { evaluateArcTrust, type ArcHop, type ArcTrustOutput } from './arc-trust.ts';
 import { dmarcResInfo, joinAuthResults, receivedSpfValue, withHeaderD } from './auth-results.ts';
 import {
@@ -45,6 +45,7 @@ import {
     normalizeDomain,
     type DispositionOutput,
 } from './dmarc-policy.ts';
+import { createKeyStore } from './key-reuse.ts';
 import { organizationalDomain } from './psl.ts';
 import { planVerification, type LimitName, type VerificationPlan } from './verification-copy.ts';
 import { openVerification } from './verification-stream.ts';
@@ -150,6 +151,8 @@ export function createMailauthVerifier(opts: MailauthCheckOptions): Check['run']
     const trustedSealers = new Set(settings.arc.trustedSealers);
     const locals = opts.localDomains.map(normalizeDomain);
     const metrics = opts.metrics;
+    // DKIM and ARC keys are read once per key record, not once per message
+    const keys = createKeyStore();
     const limits = {
         maxSignatures: settings.dkim.maxSignatures,
         maxBodyHashes: settings.dkim.maxBodyHashes,
@@ -178,10 +181,7 @@ export function createMailauthVerifier(opts: MailauthCheckOptions): Check['run']
             helo: ctx.client.helo ?? undefined,
             sender: mailFrom,
             mta: opts.hostname,
-            resolver: resolve as DNSResolver,
-            trustReceived: false,
-            disableBimi: true,
-            disableArc: false,
+            resolver: resolve,
             // in rfc7489 mode DMARC is evaluated below, with the Public Suffix List
             disableDmarc: mode === 'rfc7489',
             minBitLength: settings.minRsaBits,
@@ -190,8 +190,8 @@ export function createMailauthVerifier(opts: MailauthCheckOptions): Check['run']
             maxResolveCount: settings.spf.maxLookups,
             // SPF gives temperror before the check as a whole runs out of time
             maxElapsedTime: Math.max(1, Math.floor(settings.timeoutMs * 0.8)),
-            // the SPF limits are passed through to spf() but missing from mailauth's typings
-        } as Parameters<typeof authenticate>[1])) as unknown as AuthResult;
+            keys,
+        })) as unknown as AuthResult;
         signal.throwIfAborted();
 
         const spf = authenticated ? null : res.spf || null;

@@ -76,33 +76,52 @@ interface HeaderRead {
     readonly body: Buffer | null;
 }
 
-/** Reads the header section from `it`; the bytes after the empty line are returned as the body's start. */
+/** The bytes read so far as one buffer: the only chunk itself, or one copy of several. */
+function joined(parts: readonly Buffer[], total: number): Buffer {
+    return parts.length === 1 ? parts[0]! : Buffer.concat(parts, total);
+}
+
+/**
+ * Reads the header section from `it`; the bytes after the empty line are returned as the body's
+ * start. Each chunk is searched where it lies; only the few bytes around a chunk boundary, where
+ * an empty line may be split, are copied to be searched.
+ */
 async function readHeader(it: AsyncIterator<Buffer>): Promise<HeaderRead> {
     const parts: Buffer[] = [];
     let total = 0;
-    // the last bytes read, so that an empty line split across chunks is found (each chunk is copied once)
-    let last = Buffer.alloc(0);
+    // the first two bytes of the message and the last three read so far
+    let start: Buffer = Buffer.alloc(0);
+    let last: Buffer = Buffer.alloc(0);
     for (;;) {
         const next = await it.next();
-        if (next.done) return { header: Buffer.concat(parts, total), body: null };
+        if (next.done) return { header: joined(parts, total), body: null };
         const chunk = next.value;
-        const window = Buffer.concat([last, chunk]);
-        const before = total - last.length;
+        const before = total;
         parts.push(chunk);
         total += chunk.length;
-        if (before === 0 && window.length >= 2 && window[0] === 0x0d && window[1] === LF) {
+        if (start.length < 2) {
+            start = Buffer.concat([start, chunk.subarray(0, 2 - start.length)]);
             // an empty first line: no header fields at all
-            return { header: Buffer.alloc(0), body: Buffer.concat(parts, total).subarray(2) };
+            if (start.length === 2 && start[0] === 0x0d && start[1] === LF) {
+                return { header: Buffer.alloc(0), body: joined(parts, total).subarray(2) };
+            }
         }
-        const at = window.indexOf(END_OF_HEADER);
-        if (at >= 0) {
-            const end = before + at;
-            const all = Buffer.concat(parts, total);
+        // an empty line that starts in the bytes before this chunk comes first, then one inside it
+        let end = -1;
+        if (last.length > 0) {
+            const edge = Buffer.concat([last, chunk.subarray(0, 3)]).indexOf(END_OF_HEADER);
+            if (edge >= 0) end = before - last.length + edge;
+        }
+        if (end < 0) {
+            const inside = chunk.indexOf(END_OF_HEADER);
+            if (inside >= 0) end = before + inside;
+        }
+        if (end >= 0) {
+            const all = joined(parts, total);
             return { header: all.subarray(0, end + 2), body: all.subarray(end + 4) };
         }
         if (total > MAX_HEADER_READ) throw new Error(`header section longer than ${MAX_HEADER_READ} bytes`);
-        last = window.subarray(Math.max(0, window.length - 3));
-        if (total < 2) last = window;
+        last = chunk.length >= 3 ? chunk.subarray(chunk.length - 3) : Buffer.concat([last, chunk]).subarray(-3);
     }
 }
 
@@ -184,7 +203,7 @@ async function* bodyPieces(
     // bytes after the last line break in `pending`
     let tail = 0;
     const take = (n: number): Buffer => {
-        const all = Buffer.concat(pending, pendingBytes);
+        const all = joined(pending, pendingBytes);
         pending = n < all.length ? [all.subarray(n)] : [];
         pendingBytes = all.length - n;
         return all.subarray(0, n);

@@ -34,7 +34,6 @@
  * Texts come from reply.ts; limits and timeouts from the listener's config. No policy here.
  */
 import { isUtf8 } from 'node:buffer';
-import { randomBytes } from 'node:crypto';
 import type net from 'node:net';
 import type tls from 'node:tls';
 import { SMTPServer, type SMTPServerOptions } from 'smtp-server';
@@ -50,6 +49,7 @@ import { saslResponseProblem } from '../submission/sasl-response.ts';
 import { gateConnectionCommands, type CommandGate } from './commands.ts';
 import { adaptEnvelopeCommands, type EnvelopeHooks } from './envelope.ts';
 import { rewriteBuiltinReply } from './replies.ts';
+import { sessionId } from './session-id.ts';
 import type { SmtpReply } from '../types.ts';
 
 export interface AdapterOptions {
@@ -598,13 +598,18 @@ export class MailwardenSmtpServer extends SMTPServer {
 
     /**
      * Trusted peers: the PROXY header is read here, by our parser (smtp-server's reads v1
-     * only). Other peers go to smtp-server, which then reads nothing before the session.
+     * only). Other peers go on at once, as in smtp-server, which then reads nothing before the
+     * session.
      */
     override _handleProxy(socket: net.Socket, callback: Parameters<SMTPServer['_handleProxy']>[1]): void {
-        if (!this._expectsProxyHeader(socket)) return super._handleProxy(socket, callback);
-        const id = BigInt('0x' + randomBytes(10).toString('hex'))
-            .toString(32)
-            .padStart(16, '0');
+        const id = sessionId();
+        if (!this._expectsProxyHeader(socket)) {
+            // as smtp-server does, with a session id made by sessionId()
+            const hosts = this.options.ignoredHosts;
+            const ignore = hosts && hosts.includes(socket.remoteAddress!);
+            setImmediate(() => callback(null, { id, ignore }));
+            return;
+        }
         const peer = plainAddress(socket.remoteAddress);
         const adapter = this.#adapter;
         const refuse = (result: string, reason: string): void => {

@@ -13,9 +13,9 @@
 import { createHash, createPrivateKey, sign as cryptoSign, type KeyObject } from 'node:crypto';
 import fs from 'node:fs';
 import { pipeline, Transform, type Readable, type TransformCallback } from 'node:stream';
-import { dkimSign } from 'mailauth';
 import type { DkimAlgorithm } from '../config/types.ts';
 import { parseHeaderSection } from '../headers.ts';
+import { dkimSign } from '../sender-auth/mailauth-internals.ts';
 import { foldDomain } from '../net/domain.ts';
 import type { HeaderField } from '../types.ts';
 

@@ -222,6 +222,36 @@ describe('DNS resolver', () => {
             await rejectsWith(r.resolve('nodata.example.test', 'MX'), 'ENODATA', { syscall: 'queryMx' });
         });
 
+        it('a negative answer from the cache is the same error as the first one, a new object each time', async () => {
+            const r = make();
+            const shapeOf = async (name: string, type: string): Promise<Error> => {
+                const err = await r.resolve(name, type).then(
+                    () => assert.fail('resolved'),
+                    (e: unknown) => e,
+                );
+                assert.ok(err instanceof Error);
+                return err;
+            };
+            for (const [name, type, code] of [
+                ['nowhere.example.test', 'TXT', 'ENOTFOUND'],
+                ['nodata.example.test', 'MX', 'ENODATA'],
+            ] as const) {
+                const first = await shapeOf(name, type);
+                const cached = await shapeOf(name, type);
+                assert.equal(seen(name), 1, 'the second answer came from the cache');
+                assert.notEqual(cached, first);
+                for (const err of [first, cached]) {
+                    const e = err as Error & { code?: string; syscall?: string; hostname?: string };
+                    assert.equal(e.code, code);
+                    assert.equal(e.syscall, type === 'TXT' ? 'queryTxt' : 'queryMx');
+                    assert.equal(e.hostname, name);
+                    assert.equal(e.message, `${e.syscall} ${code} ${name}`);
+                    assert.equal(e.name, 'Error');
+                    assert.deepEqual(Object.keys(e).sort(), ['code', 'hostname', 'syscall']);
+                }
+            }
+        });
+
         it('SERVFAIL, REFUSED and FORMERR map to ESERVFAIL, EREFUSED and EFORMERR', async () => {
             const r = make({ tries: 1 });
             await rejectsWith(r.resolve('servfail.example.test', 'TXT'), 'ESERVFAIL');

@@ -245,6 +245,36 @@ describe('the verification stream', () => {
         assert.ok(read <= 1, String(read));
     });
 
+    it('finds the end of the header section however the message is cut into chunks (property-based)', async () => {
+        const seed = Number(process.env.FC_SEED ?? Date.now());
+        const bytes = fc.array(fc.constantFrom('\r', '\n', '\r\n', '\r\n\r\n', 'a', ': ', 'From: x'), {
+            maxLength: 20,
+        });
+        await fc.assert(
+            fc.asyncProperty(bytes, fc.array(fc.nat({ max: 40 }), { maxLength: 8 }), async (pieces, cuts) => {
+                const whole = Buffer.from(pieces.join(''), 'latin1');
+                const at = whole.indexOf('\r\n\r\n');
+                const expected =
+                    whole[0] === 0x0d && whole[1] === 0x0a
+                        ? ''
+                        : (at < 0 ? whole : whole.subarray(0, at + 2)).toString('latin1');
+                const offsets = [...new Set([0, ...cuts.map((c) => Math.min(c, whole.length)), whole.length])].sort(
+                    (a, b) => a - b,
+                );
+                const chunks = offsets.slice(1).map((end, i) => whole.subarray(offsets[i], end));
+                let header = '';
+                const v = await openVerification(Readable.from(chunks), (h) => {
+                    header = h.toString('latin1');
+                    return { bodyHashes: 1, relaxedBodyHashes: 0, header: h };
+                });
+                assert.equal(header, expected);
+                // the planned header is the whole header section here: the copy is the message itself
+                assert.equal((await collect(v.stream)).toString('latin1'), whole.toString('latin1'));
+            }),
+            { seed, numRuns: 500, verbose: true },
+        );
+    });
+
     it('a message without body, and one without header fields', async () => {
         const noBody = await openVerification(source(`From: a@b.example\r\n${sig('b.example')}`), (h) =>
             plan(h.toString('latin1')),

@@ -8,7 +8,7 @@ import { Readable } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { describe, it } from 'node:test';
 import type { Check, CheckContext, MessageSource } from '../../src/types.ts';
-import { acceptAll, runStage } from '../../src/pipeline.ts';
+import { acceptAll, CheckEnded, runStage } from '../../src/pipeline.ts';
 
 /** A message that never ends: every chunk read is counted; `closed` tells when its stream was torn down. */
 function endlessMessage(): { source: MessageSource; read: () => number; closed: () => boolean } {
@@ -65,6 +65,9 @@ describe('pipeline: a check that ends stops its work', () => {
         assert.equal(r.decision.action, 'tempfail');
         assert.equal(r.decision.reply?.enhanced, '4.4.3');
         assert.equal((signalSeen as AbortSignal | null)?.aborted, true);
+        const reason: unknown = (signalSeen as AbortSignal | null)?.reason;
+        assert.ok(reason instanceof CheckEnded);
+        assert.equal(reason.message, 'check hasher timed out');
         await sleep(50);
         assert.equal(m.closed(), true, 'the message stream was not destroyed');
         const atVerdict = m.read();
@@ -92,6 +95,9 @@ describe('pipeline: a check that ends stops its work', () => {
         const r = await runStage('data', [lazy], context(m.source), acceptAll);
         assert.equal(r.facts['lazy.done'], true);
         assert.equal((signalSeen as AbortSignal | null)?.aborted, true);
+        const reason: unknown = (signalSeen as AbortSignal | null)?.reason;
+        assert.ok(reason instanceof CheckEnded);
+        assert.equal(reason.message, 'check returned');
         await sleep(50);
         assert.equal(m.closed(), true);
         const after = m.read();

@@ -1,0 +1,121 @@
+/**
+ * DKIM and ARC public keys (RFC 6376 section 3.6.1, RFC 8463, RFC 8617 section 4.1) read once
+ * per key record instead of once per message: mailauth decodes, imports and re-exports the key
+ * of every signature it verifies, which costs more than checking the signature itself. Here the
+ * key record is still looked up for every message, through that message's resolver (so the DNS
+ * budget, the cache TTLs and every DNS error stay exactly as they were); only when the record
+ * text is one already read with the same options is mailauth's reading of it reused.
+ *
+ * mailauth's reading (`getPublicKey`) depends on nothing but the record text and the options
+ * (strict mode, minimum RSA size, hash algorithm), which together are the key of the store. A
+ * changed record is a different key; a record that mailauth refuses is not stored and is read
+ * again next time, with the same error. Each caller gets its own copy of the result.
+ *
+ * mailauth hands the key in PEM to crypto.verify(), which parses it again for every signature
+ * (half the cost of an RSA-2048 verification); the stored key is the parsed key object, which
+ * crypto.verify() takes as it is, and which prints as that same PEM where mailauth reports it
+ * (`publicKey` of a DKIM result).
+ *
+ * It must not look anything up outside the message's resolver, must not keep more than
+ * `maxEntries` records, and must not change what a lookup returns or throws.
+ */
+import { createPublicKey, type KeyObject } from 'node:crypto';
+import { Lru } from '../dns/lru.ts';
+import type { DnsResolve } from '../dns/scoped.ts';
+import {
+    getPublicKey,
+    toALabel,
+    type KeyCache,
+    type KeyLookupOptions,
+    type PublicKeyRecord,
+} from './mailauth-internals.ts';
+
+export interface KeyStore {
+    /** mailauth's per-message key cache over `resolver`, backed by this store. */
+    forMessage(resolver: DnsResolve): KeyCache;
+    /** Key records read (decoded and imported) so far; a reuse does not count. */
+    readonly reads: number;
+    readonly size: number;
+}
+
+/** Records kept by default: far more than the signers one gateway sees in an hour. */
+export const KEY_STORE_ENTRIES = 2000;
+
+/** The PEM key as a key object that prints as the PEM; the PEM itself if it does not parse. */
+function parsedKey(pem: string): string {
+    let key: KeyObject;
+    try {
+        key = createPublicKey(pem);
+    } catch {
+        return pem;
+    }
+    Object.defineProperty(key, 'toString', { value: () => pem });
+    // mailauth passes it to crypto.verify() and reads it with toString(), nothing else
+    return key as unknown as string;
+}
+
+function copyOf(record: PublicKeyRecord): PublicKeyRecord {
+    return { ...record, flags: [...record.flags], warnings: [...record.warnings] };
+}
+
+/** The record text exactly as mailauth joins it: the first TXT record, white space removed. */
+function recordText(list: unknown): string {
+    if (!Array.isArray(list)) return '';
+    const first: unknown = list[0];
+    const parts: unknown[] = Array.isArray(first) ? first : first ? [first] : [];
+    return parts.join('').replace(/\s+/g, '');
+}
+
+export function createKeyStore(maxEntries: number = KEY_STORE_ENTRIES): KeyStore {
+    const store = new Lru<PublicKeyRecord>(maxEntries);
+    let reads = 0;
+
+    async function read(
+        type: string,
+        name: string,
+        minBitLength: number | undefined,
+        resolver: DnsResolve,
+        options: KeyLookupOptions,
+    ): Promise<PublicKeyRecord> {
+        const list = await resolver(toALabel(name), 'TXT');
+        const answered: DnsResolve = () => Promise.resolve(list);
+        const rr = recordText(list);
+        // mailauth throws its own error for an empty record; nothing to keep
+        if (rr === '') return getPublicKey(type, name, minBitLength, answered, options);
+        const key = [!!options.strict, minBitLength || 1024, options.hashAlgo ?? '', rr].join(':');
+        const known = store.get(key, 0);
+        if (known) return copyOf(known);
+        reads++;
+        const record = await getPublicKey(type, name, minBitLength, answered, options);
+        const stored = { ...copyOf(record), publicKey: parsedKey(record.publicKey) };
+        store.set(key, stored, Infinity);
+        return copyOf(stored);
+    }
+
+    return {
+        forMessage(resolver: DnsResolve): KeyCache {
+            // the same question in one message gets the same promise, as mailauth's own cache does
+            const lookups = new Map<string, Promise<PublicKeyRecord>>();
+            return {
+                resolver,
+                get(type, name, minBitLength, options = {}) {
+                    const key = [!!options.strict, minBitLength || '', options.hashAlgo || '', name].join(':');
+                    let lookup = lookups.get(key);
+                    if (!lookup) {
+                        lookup = read(type, name, minBitLength, resolver, options);
+                        // a prefetched lookup may fail before anyone waits for it; every waiter still gets the error
+                        lookup.catch(() => false);
+                        lookups.set(key, lookup);
+                    }
+                    return lookup;
+                },
+            };
+        },
+        get reads() {
+            return reads;
+        },
+        get size() {
+            return store.size;
+        },
+    };
+}
