@@ -195,7 +195,9 @@ class Connection {
             return;
         }
         for (const r of replies) {
-            this.log.debug({ upstream: this.label, reply: `${r.code} ${r.lines.join(' / ')}` }, 'upstream reply');
+            if (this.debugging()) {
+                this.log.debug({ upstream: this.label, reply: `${r.code} ${r.lines.join(' / ')}` }, 'upstream reply');
+            }
             const w = this.waiter;
             if (w) {
                 this.waiter = null;
@@ -205,6 +207,11 @@ class Connection {
             }
         }
     };
+
+    /** Whether debug lines are wanted now (the level can change on reload); builds nothing otherwise. */
+    private debugging(): boolean {
+        return this.log.isLevelEnabled?.('debug') ?? true;
+    }
 
     /** True when reply bytes arrived that nobody asked for yet. */
     get unsolicited(): boolean {
@@ -258,7 +265,7 @@ class Connection {
     async command(line: string, timeoutMs: number): Promise<RawReply> {
         this.assertAlive();
         const verb = line.split(' ', 1)[0] ?? line;
-        this.log.debug({ upstream: this.label, command: line }, 'upstream command');
+        if (this.debugging()) this.log.debug({ upstream: this.label, command: line }, 'upstream command');
         this.socket.write(line + '\r\n');
         return this.readReply(timeoutMs, verb);
     }
