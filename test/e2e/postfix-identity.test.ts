@@ -4,7 +4,9 @@
  * naming them, so Postfix's Received line and log show that client's address and HELO name and
  * never another's. And the Postfix fact that rules out handing a connection to the next client:
  * with the documented `smtpd_authorized_xclient_hosts`, Postfix refuses a second XCLIENT on a
- * connection, as it checks it against the address the first XCLIENT set.
+ * connection, as it checks it against the address the first XCLIENT set. Postfix runs with
+ * smtpd_forbid_unauth_pipelining (the default from Postfix 3.9), under which an EHLO sent behind
+ * XCLIENT before its new 220 ends the session: mailwarden waits for each answer.
  */
 import assert from 'node:assert/strict';
 import { mkdtemp, rm } from 'node:fs/promises';
@@ -45,7 +47,7 @@ describe('each client reaches Postfix as itself', () => {
     let mw: TestApp;
 
     before(async () => {
-        postfix = await startPostfix();
+        postfix = await startPostfix({ mainCf: { smtpd_forbid_unauth_pipelining: 'yes' } });
         dns = await startDnsServer({});
         rulesDir = await mkdtemp(path.join(os.tmpdir(), 'mailwarden-rules-'));
         mw = await startApp(
@@ -102,6 +104,7 @@ describe('each client reaches Postfix as itself', () => {
         // every upstream connection carried one client, passed on by one XCLIENT (Postfix counts
         // the attempts after the slash: `xclient=0/1`, as a successful XCLIENT restarts its counts)
         const log = await postfix.log();
+        assert.doesNotMatch(log, /improper command pipelining/);
         const disconnects = log
             .split('\n')
             .filter((l) => /postfix\/mailwarden\/smtpd\[\d+\]: disconnect from /.test(l));
@@ -161,6 +164,19 @@ describe('each client reaches Postfix as itself', () => {
             const second = await c.cmd('XCLIENT NAME=[UNAVAILABLE] ADDR=192.0.2.11 PORT=2222 PROTO=ESMTP HELO=b.test');
             assert.equal(second.code, 550, second.raw);
             await c.cmd('QUIT');
+        } finally {
+            c.close();
+        }
+    });
+
+    it('Postfix ends the session when EHLO is pipelined behind XCLIENT: the EHLO waits for the new 220', async () => {
+        const c = await smtpConnect(postfix.port);
+        try {
+            assert.equal((await c.greeting()).code, 220);
+            assert.equal((await c.cmd('EHLO mx.test')).code, 250);
+            c.write('XCLIENT NAME=[UNAVAILABLE] ADDR=192.0.2.12 PORT=3333 PROTO=ESMTP HELO=c.test\r\nEHLO c.test\r\n');
+            assert.equal((await c.reply()).code, 554);
+            await c.waitClosed();
         } finally {
             c.close();
         }
