@@ -138,10 +138,11 @@ function machine(): Record<string, unknown> {
 
 const loadavg = (): number[] => os.loadavg().map((x) => Number(x.toFixed(2)));
 
-async function takeSinkIds(sink: Started): Promise<string[]> {
-    const reply = waitForMessage<{ type: 'taken'; ids: string[] }>(sink, 'taken', 10_000);
+/** What the sink received since the last take: Message-IDs, and connections opened to it. */
+async function takeSink(sink: Started): Promise<{ ids: string[]; connections: number }> {
+    const reply = waitForMessage<{ type: 'taken'; ids: string[]; connections: number }>(sink, 'taken', 10_000);
     sink.child!.send({ type: 'take' });
-    return (await reply).ids;
+    return await reply;
 }
 
 /** Opens `count` connections, reads each greeting and answers EHLO, and returns them (still open). */
@@ -413,7 +414,7 @@ async function main(): Promise<number> {
                 if (stopNow()) break;
                 t = performance.now();
                 const r = await run(target, 1, sequence(0, opts.warmup));
-                await takeSinkIds(sink);
+                await takeSink(sink);
                 log(
                     `warm-up ${TARGET_LABEL[target]}: ${r.outcomes.length} messages in ${((performance.now() - t) / 1000).toFixed(1)} s`,
                 );
@@ -435,7 +436,7 @@ async function main(): Promise<number> {
                     }
                     await redisClient.flushall();
                     await redisClient.config('RESETSTAT');
-                    await takeSinkIds(sink);
+                    await takeSink(sink);
                     const filterMonitor = new TreeMonitor(roots[target] ?? []);
                     const sinkMonitor = new TreeMonitor([sink.pid], 250);
                     const redisMonitor = new TreeMonitor([redis.pid], 250);
@@ -450,6 +451,7 @@ async function main(): Promise<number> {
                     const sinkUsage = sinkMonitor.stop();
                     const redisUsage = redisMonitor.stop();
                     const cpu = process.cpuUsage(cpu0);
+                    const atSink = await takeSink(sink);
                     const w = evaluateWindow({
                         round,
                         target,
@@ -457,7 +459,8 @@ async function main(): Promise<number> {
                         planned: planned.length,
                         outcomes: result.outcomes,
                         corpus,
-                        sinkIds: await takeSinkIds(sink),
+                        sinkIds: atSink.ids,
+                        sinkConnections: atSink.connections,
                         wallMs: result.wallMs,
                         connections: result.connections,
                         timedOut: result.timedOut,

@@ -31,6 +31,8 @@ export interface WindowInput {
     corpus: readonly CorpusMessage[];
     /** Message-IDs the sink received during the window. */
     sinkIds: readonly string[];
+    /** Connections opened to the sink during the window (upstream connections, for a filter). */
+    sinkConnections?: number;
     wallMs: number;
     connections: number;
     timedOut: boolean;
@@ -70,6 +72,8 @@ export interface WindowResult {
     filterPeakRssMb: number | null;
     filterMaxHwmMb: number | null;
     sinkCpuMsPerMsg: number;
+    /** Connections opened to the sink per message (null when not counted). */
+    sinkConnectionsPerMsg: number | null;
     redisCpuMsPerMsg: number;
     /** Every command Redis ran, those run inside scripts included. */
     redisCommandsPerMsg: number;
@@ -191,6 +195,7 @@ export function evaluateWindow(w: WindowInput): WindowResult {
         filterPeakRssMb: w.filter ? w.filter.peakRssMb : null,
         filterMaxHwmMb: w.filter ? w.filter.maxHwmMb : null,
         sinkCpuMsPerMsg: per(w.sink.cpuMs),
+        sinkConnectionsPerMsg: w.sinkConnections === undefined ? null : per(w.sinkConnections),
         redisCpuMsPerMsg: per(w.redis.cpuMs),
         redisCommandsPerMsg: per(Object.values(w.redisCommands).reduce((a, b) => a + b, 0)),
         redisScriptsPerMsg: per(
@@ -219,6 +224,7 @@ export interface VariantSummary {
     filterSystemMsPerMsg: Spread;
     filterPeakRssMb: Spread;
     sinkCpuMsPerMsg: Spread;
+    sinkConnectionsPerMsg: Spread;
     redisCpuMsPerMsg: Spread;
     redisCommandsPerMsg: Spread;
     redisScriptsPerMsg: Spread;
@@ -259,6 +265,7 @@ export function summarise(windows: readonly WindowResult[]): VariantSummary[] {
             filterSystemMsPerMsg: spread(nums(list.map((w) => w.filterSystemMsPerMsg))),
             filterPeakRssMb: spread(nums(list.map((w) => w.filterPeakRssMb))),
             sinkCpuMsPerMsg: spread(list.map((w) => w.sinkCpuMsPerMsg)),
+            sinkConnectionsPerMsg: spread(nums(list.map((w) => w.sinkConnectionsPerMsg))),
             redisCpuMsPerMsg: spread(list.map((w) => w.redisCpuMsPerMsg)),
             redisCommandsPerMsg: spread(list.map((w) => w.redisCommandsPerMsg)),
             redisScriptsPerMsg: spread(list.map((w) => w.redisScriptsPerMsg)),
@@ -378,6 +385,7 @@ export const OTHER_CPU_HEADER = [
     'Redis scripts',
     'Redis commands',
     'sink',
+    'sink conns/msg',
     'bench client',
 ] as const;
 
@@ -392,6 +400,7 @@ export function otherCpuRows(summaries: readonly VariantSummary[]): string[][] {
         fmt(s.redisScriptsPerMsg.median, 1),
         fmt(s.redisCommandsPerMsg.median, 1),
         fmt(s.sinkCpuMsPerMsg.median, 2),
+        fmt(s.sinkConnectionsPerMsg.median, 2),
         fmt(s.clientCpuMsPerMsg.median, 2),
     ]);
 }

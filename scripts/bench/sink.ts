@@ -3,9 +3,11 @@
  * command with success as fast as it can (RFC 5321 replies, with enhanced status codes),
  * takes XCLIENT the way Postfix does (a fresh 220 greeting, XCLIENT_README), accepts
  * pipelined commands, and remembers the Message-ID of each message it received, so the bench
- * can tell which messages arrived. Over the IPC channel: it sends `{ type: 'ready', port }`
- * once listening, and answers `{ type: 'take' }` with `{ type: 'taken', ids }`, the
- * Message-IDs received since the last take.
+ * can tell which messages arrived, and counts the connections it was opened, so the bench can
+ * tell how many upstream connections a message cost. Over the IPC channel: it sends
+ * `{ type: 'ready', port }` once listening, and answers `{ type: 'take' }` with
+ * `{ type: 'taken', ids, connections }`, the Message-IDs received and connections accepted
+ * since the last take.
  *
  * It must listen on loopback only, store no message text, and exit when its parent goes away.
  */
@@ -39,13 +41,24 @@ export interface Sink {
     readonly server: net.Server;
     /** The Message-IDs received since the last take, in order of arrival. */
     take(): string[];
+    /** Connections accepted since the last call. */
+    takeConnections(): number;
 }
 
 /** A sink server (not yet listening). */
 export function createSink(): Sink {
     let received: string[] = [];
     let queued = 0;
-    const server = net.createServer((socket) => serve(socket));
+    let connections = 0;
+    const server = net.createServer((socket) => {
+        connections++;
+        serve(socket);
+    });
+    const takeConnections = (): number => {
+        const n = connections;
+        connections = 0;
+        return n;
+    };
     const take = (): string[] => {
         const ids = received;
         received = [];
@@ -148,7 +161,7 @@ export function createSink(): Sink {
         socket.write(`220 ${HOST} ESMTP bench sink\r\n`);
     }
 
-    return { server, take };
+    return { server, take, takeConnections };
 }
 
 if (process.argv[1] === fileURLToPath(import.meta.url)) {
@@ -158,7 +171,8 @@ if (process.argv[1] === fileURLToPath(import.meta.url)) {
         process.send?.({ type: 'ready', port: typeof address === 'object' && address ? address.port : 0 });
     });
     process.on('message', (msg: { type?: string }) => {
-        if (msg.type === 'take') process.send?.({ type: 'taken', ids: sink.take() });
+        if (msg.type === 'take')
+            process.send?.({ type: 'taken', ids: sink.take(), connections: sink.takeConnections() });
     });
     process.on('disconnect', () => process.exit(0));
     process.on('SIGTERM', () => process.exit(0));

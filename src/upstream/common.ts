@@ -13,6 +13,8 @@ export interface UpstreamLogger {
     info(obj: object, msg?: string): void;
     warn(obj: object, msg?: string): void;
     error(obj: object, msg?: string): void;
+    /** As pino's: lets a caller skip building a line that would be dropped. */
+    isLevelEnabled?(level: string): boolean;
 }
 
 export interface UpstreamDeps {

@@ -47,6 +47,12 @@ const MAX_REPLY_LINE = 4096;
 const MAX_REPLY_LINES = 256;
 /** Upper bound for waiting on the answer to QUIT. */
 const QUIT_TIMEOUT_MS = 2000;
+/**
+ * Most message bytes held back (socket corked) before they are written; chunks that come in
+ * the same turn of the event loop leave together, so a message of ordinary size goes out with
+ * its terminator in one write (writev) instead of one write per chunk.
+ */
+const DATA_BATCH_BYTES = 64 * 1024;
 
 const REPLY_LINE = /^([2-5]\d\d)(?:([ -])(.*))?$/;
 const ENHANCED = /^([245])\.(\d{1,3})\.(\d{1,3})(?:\s+|$)/;
@@ -169,10 +175,13 @@ class Connection {
     }
 
     private listen(socket: net.Socket): void {
+        // once the connection has ended (QUIT above all) its closing is no news: no error is built for it
         socket.on('error', (err) => {
+            if (this.failure) return;
             this.fail(new UpstreamError(this.errorKind, `upstream ${this.label}: ${err.message}`, { cause: err }));
         });
         socket.on('close', () => {
+            if (this.failure) return;
             this.fail(new UpstreamError('closed', `upstream ${this.label} closed the connection`));
         });
     }
@@ -186,7 +195,9 @@ class Connection {
             return;
         }
         for (const r of replies) {
-            this.log.debug({ upstream: this.label, reply: `${r.code} ${r.lines.join(' / ')}` }, 'upstream reply');
+            if (this.debugging()) {
+                this.log.debug({ upstream: this.label, reply: `${r.code} ${r.lines.join(' / ')}` }, 'upstream reply');
+            }
             const w = this.waiter;
             if (w) {
                 this.waiter = null;
@@ -196,6 +207,11 @@ class Connection {
             }
         }
     };
+
+    /** Whether debug lines are wanted now (the level can change on reload); builds nothing otherwise. */
+    private debugging(): boolean {
+        return this.log.isLevelEnabled?.('debug') ?? true;
+    }
 
     /** True when reply bytes arrived that nobody asked for yet. */
     get unsolicited(): boolean {
@@ -249,15 +265,37 @@ class Connection {
     async command(line: string, timeoutMs: number): Promise<RawReply> {
         this.assertAlive();
         const verb = line.split(' ', 1)[0] ?? line;
-        this.log.debug({ upstream: this.label, command: line }, 'upstream command');
+        if (this.debugging()) this.log.debug({ upstream: this.label, command: line }, 'upstream command');
         this.socket.write(line + '\r\n');
         return this.readReply(timeoutMs, verb);
     }
 
-    /** Writes message bytes, waiting for the socket to drain when its buffer is full. */
+    /**
+     * Writes message bytes, held back (socket cork) until the end of this turn of the event
+     * loop, a flush(), or DATA_BATCH_BYTES held, whichever comes first; waits while the
+     * socket's buffer is full.
+     */
     async write(chunk: Buffer, timeoutMs: number): Promise<void> {
         this.assertAlive();
-        if (this.socket.write(chunk)) return;
+        const socket = this.socket;
+        if (socket.writableCorked === 0) {
+            socket.cork();
+            setImmediate(() => {
+                while (socket.writableCorked > 0) socket.uncork();
+            });
+        }
+        socket.write(chunk);
+        if (socket.writableLength >= DATA_BATCH_BYTES) await this.flush(timeoutMs);
+    }
+
+    /** Sends what write() held back; waits while the socket's buffer is full. */
+    async flush(timeoutMs: number): Promise<void> {
+        this.assertAlive();
+        while (this.socket.writableCorked > 0) this.socket.uncork();
+        if (this.socket.writableNeedDrain) await this.drained(timeoutMs);
+    }
+
+    private async drained(timeoutMs: number): Promise<void> {
         const timer = setTimeout(() => {
             this.fail(
                 new UpstreamError('timeout', `upstream ${this.label} stopped reading the message for ${timeoutMs} ms`),
@@ -312,9 +350,15 @@ class Connection {
                 // closing anyway
             }
         }
-        this.fail(new UpstreamError('closed', `upstream ${this.label} session closed`));
+        this.fail(SESSION_CLOSED);
     }
 }
+
+/**
+ * The failure of every connection we ended ourselves: built once, as closing is normal and
+ * frequent (an Error captures a stack trace when built).
+ */
+const SESSION_CLOSED = new UpstreamError('closed', 'upstream session closed');
 
 /**
  * The client's HELO name as an EHLO/HELO argument after XCLIENT: control characters
@@ -660,6 +704,7 @@ class SmtpSession implements UpstreamSession {
             let raw: RawReply;
             try {
                 await conn.write(stuffer.end(), this.config.dataTimeoutMs);
+                await conn.flush(this.config.dataTimeoutMs);
                 this.txOpen = false;
                 raw = await conn.readReply(this.config.dataTimeoutMs, 'the end of data');
             } catch (err) {

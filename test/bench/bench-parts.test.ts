@@ -564,6 +564,9 @@ describe('bench sink, pass-through and load client', () => {
         }
         assert.deepEqual(sink.take(), ['one@test', 'two@test']);
         assert.deepEqual(sink.take(), []);
+        // one connection was opened, and counted once
+        assert.equal(sink.takeConnections(), 1);
+        assert.equal(sink.takeConnections(), 0);
     });
 
     it('sends prepared messages directly and through the pass-through, several per connection', async () => {

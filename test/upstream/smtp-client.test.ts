@@ -537,6 +537,31 @@ describe('failures', () => {
         assert.ok(lines.some((l) => l.obj.reply === '221 2.0.0 Bye'));
     });
 
+    it('builds no debug line while the level is above debug, and logs them once it is debug', async (t) => {
+        const up = await scripted(t);
+        let level = 'info';
+        let built = 0;
+        const record = (): void => {
+            built++;
+        };
+        const logger = {
+            debug: record,
+            info: record,
+            warn: record,
+            error: record,
+            isLevelEnabled: (l: string) => l !== 'debug' || level === 'debug',
+        };
+        const upstream = createSmtpUpstream(config(up.port), { hostname: HOSTNAME, logger });
+        const quiet = await upstream.open(client());
+        await send(quiet, 'x\r\n');
+        await quiet.close();
+        assert.equal(built, 0);
+        level = 'debug'; // as a reload of log.level does
+        const loud = await upstream.open(client());
+        await loud.close();
+        assert.ok(built > 0);
+    });
+
     it('close() never throws, also on a dead connection', async (t) => {
         const up = await scripted(t);
         const session = await open(up.port);

@@ -1,0 +1,184 @@
+/**
+ * Each client reaches the real Postfix as itself: clients from different addresses, in turn and
+ * at once, through one mailwarden, each get an upstream connection of their own with one XCLIENT
+ * naming them, so Postfix's Received line and log show that client's address and HELO name and
+ * never another's. And the Postfix fact that rules out handing a connection to the next client:
+ * with the documented `smtpd_authorized_xclient_hosts`, Postfix refuses a second XCLIENT on a
+ * connection, as it checks it against the address the first XCLIENT set. Postfix runs with
+ * smtpd_forbid_unauth_pipelining (the default from Postfix 3.9), under which an EHLO sent behind
+ * XCLIENT before its new 220 ends the session: mailwarden waits for each answer.
+ */
+import assert from 'node:assert/strict';
+import { mkdtemp, rm } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { startApp, type TestApp } from '../helpers/app.ts';
+import { startDnsServer, type DnsTestServer } from '../helpers/dns-server.ts';
+import { startPostfix, type PostfixInstance } from '../helpers/postfix.ts';
+import { sendMail, smtpConnect } from '../helpers/smtp-client.ts';
+
+/** Joins folded header lines. */
+function unfold(message: string): string {
+    return message.replace(/\r?\n[ \t]+/g, ' ');
+}
+
+function message(id: string): string {
+    return (
+        `From: Sender <sender@sender.test>\r\nTo: alice@example.test\r\nSubject: ${id}\r\n` +
+        `Message-ID: <${id}@sender.test>\r\n\r\nHello.\r\n`
+    );
+}
+
+/** Postfix's own Received line (the topmost) of the message with this id. */
+function postfixReceived(messages: readonly string[], id: string): string {
+    const found = messages.find((m) => m.includes(`<${id}@sender.test>`));
+    assert.ok(found, `message ${id} delivered`);
+    const line = unfold(found)
+        .split('\n')
+        .find((l) => l.startsWith('Received: '));
+    return line ?? '';
+}
+
+describe('each client reaches Postfix as itself', () => {
+    let postfix: PostfixInstance;
+    let dns: DnsTestServer;
+    let rulesDir: string;
+    let mw: TestApp;
+
+    before(async () => {
+        postfix = await startPostfix({ mainCf: { smtpd_forbid_unauth_pipelining: 'yes' } });
+        dns = await startDnsServer({});
+        rulesDir = await mkdtemp(path.join(os.tmpdir(), 'mailwarden-rules-'));
+        mw = await startApp(
+            [
+                'hostname: mx.test',
+                'domains: [example.test]',
+                'listeners:',
+                '  - { name: mx, host: 127.0.0.1, port: 0, mode: mx }',
+                `upstream: { url: "smtp://127.0.0.1:${postfix.port}", xclient: true }`,
+                `dns: { servers: ["${dns.address}"], timeout: 1s }`,
+                `rules: ${rulesDir}`,
+                'http: false',
+            ].join('\n'),
+        );
+    });
+    after(async () => {
+        await mw?.stop();
+        await dns?.close();
+        await postfix?.stop();
+        if (rulesDir) await rm(rulesDir, { recursive: true, force: true });
+    });
+
+    it('names each client in its own message, in turn and at once', async () => {
+        const clients = [
+            { id: 'turn-a', addr: '127.0.0.2', helo: 'first-client.example' },
+            { id: 'turn-b', addr: '127.0.0.3', helo: 'second-client.example' },
+        ];
+        const together = [
+            { id: 'once-c', addr: '127.0.0.4', helo: 'third-client.example' },
+            { id: 'once-d', addr: '127.0.0.5', helo: 'fourth-client.example' },
+            { id: 'once-e', addr: '127.0.0.6', helo: 'fifth-client.example' },
+        ];
+        const send = async (c: { id: string; addr: string; helo: string }): Promise<void> => {
+            const result = await sendMail(mw.port(), {
+                from: 'sender@sender.test',
+                to: ['alice@example.test'],
+                data: message(c.id),
+                helo: c.helo,
+                localAddress: c.addr,
+            });
+            assert.equal(result.message?.code, 250, result.message?.raw);
+        };
+        for (const c of clients) await send(c);
+        await Promise.all(together.map(send));
+
+        const all = [...clients, ...together];
+        const messages = await postfix.waitForMessages('alice', all.length);
+        for (const c of all) {
+            const received = postfixReceived(messages, c.id);
+            const helo = c.helo.replace(/\./g, '\\.');
+            const addr = c.addr.replace(/\./g, '\\.');
+            assert.match(received, new RegExp(`^Received: from ${helo} \\(\\S+ \\[${addr}\\]\\) by postfix\\.test `));
+        }
+        // every upstream connection carried one client, passed on by one XCLIENT (Postfix counts
+        // the attempts after the slash: `xclient=0/1`, as a successful XCLIENT restarts its counts)
+        const log = await postfix.log();
+        assert.doesNotMatch(log, /improper command pipelining/);
+        const disconnects = log
+            .split('\n')
+            .filter((l) => /postfix\/mailwarden\/smtpd\[\d+\]: disconnect from /.test(l));
+        assert.ok(disconnects.length >= all.length, log);
+        for (const l of disconnects.filter((d) => / xclient=/.test(d))) assert.match(l, / xclient=(?:1|\d+\/1) /, l);
+        for (const c of all) {
+            assert.equal(
+                disconnects.filter((l) => l.includes(`[${c.addr}]`)).length,
+                1,
+                `one upstream connection for ${c.addr}`,
+            );
+        }
+    });
+
+    it('keeps one client on its connection for several messages', async () => {
+        const before = (await postfix.messages('alice')).length;
+        const c = await smtpConnect(mw.port(), { localAddress: '127.0.0.7' });
+        try {
+            assert.equal((await c.greeting()).code, 220);
+            assert.equal((await c.cmd('EHLO sixth-client.example')).code, 250);
+            for (const id of ['again-1', 'again-2']) {
+                assert.equal((await c.cmd('MAIL FROM:<sender@sender.test>')).code, 250);
+                assert.equal((await c.cmd('RCPT TO:<alice@example.test>')).code, 250);
+                assert.equal((await c.cmd('DATA')).code, 354);
+                c.write(message(id) + '.\r\n');
+                assert.equal((await c.reply()).code, 250);
+            }
+            await c.cmd('QUIT');
+        } finally {
+            c.close();
+        }
+        const messages = await postfix.waitForMessages('alice', before + 2);
+        for (const id of ['again-1', 'again-2']) {
+            assert.match(
+                postfixReceived(messages, id),
+                /^Received: from sixth-client\.example \(\S+ \[127\.0\.0\.7\]\) by postfix\.test /,
+            );
+        }
+        let log = '';
+        for (let i = 0; i < 50 && !/disconnect from \S+\[127\.0\.0\.7\]/.test(log); i++) {
+            await new Promise((r) => setTimeout(r, 100));
+            log = await postfix.log();
+        }
+        assert.match(log, /disconnect from \S+\[127\.0\.0\.7\] .*xclient=(?:1|\d+\/1) mail=2 /);
+    });
+
+    it('Postfix refuses a second XCLIENT on one connection: a connection never serves a second client', async () => {
+        const c = await smtpConnect(postfix.port);
+        try {
+            assert.equal((await c.greeting()).code, 220);
+            assert.equal((await c.cmd('EHLO mx.test')).code, 250);
+            const first = await c.cmd('XCLIENT NAME=[UNAVAILABLE] ADDR=192.0.2.10 PORT=1111 PROTO=ESMTP HELO=a.test');
+            assert.equal(first.code, 220);
+            assert.equal((await c.cmd('EHLO a.test')).code, 250);
+            // outside a transaction, as reuse would send it
+            assert.equal((await c.cmd('RSET')).code, 250);
+            const second = await c.cmd('XCLIENT NAME=[UNAVAILABLE] ADDR=192.0.2.11 PORT=2222 PROTO=ESMTP HELO=b.test');
+            assert.equal(second.code, 550, second.raw);
+            await c.cmd('QUIT');
+        } finally {
+            c.close();
+        }
+    });
+
+    it('Postfix ends the session when EHLO is pipelined behind XCLIENT: the EHLO waits for the new 220', async () => {
+        const c = await smtpConnect(postfix.port);
+        try {
+            assert.equal((await c.greeting()).code, 220);
+            assert.equal((await c.cmd('EHLO mx.test')).code, 250);
+            c.write('XCLIENT NAME=[UNAVAILABLE] ADDR=192.0.2.12 PORT=3333 PROTO=ESMTP HELO=c.test\r\nEHLO c.test\r\n');
+            assert.equal((await c.reply()).code, 554);
+            await c.waitClosed();
+        } finally {
+            c.close();
+        }
+    });
+});
