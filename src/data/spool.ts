@@ -18,6 +18,7 @@ import { chmod, lstat, mkdir, open, readdir, unlink, type FileHandle } from 'nod
 import { createReadStream } from 'node:fs';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
+import { CopyOnChange, crlfLines } from './copy-on-change.ts';
 
 /**
  * Tells this process's spool files from those of an earlier process that had the same PID
@@ -155,16 +156,19 @@ export class MessageSpool {
         };
     }
 
-    /** Converts every line ending to CRLF and tracks bare line endings and the header end. */
+    /**
+     * Converts every line ending to CRLF and tracks bare line endings and the header end. A chunk
+     * that is already canonical comes back as a view of itself (CopyOnChange): nothing is copied.
+     */
     private canonicalize(buf: Buffer, final: boolean): Buffer {
-        const out = Buffer.allocUnsafe(buf.length * 2 + 2);
-        let o = 0;
+        if (this.alreadyCanonical(buf)) return buf;
+        const out = new CopyOnChange(buf, buf.length * 2 + 2);
         const newline = (): void => {
-            out[o++] = CR;
-            out[o++] = LF;
+            out.put(CR);
+            out.put(LF);
             if (this.headerLength === null && this.lineLength === 0) {
                 // an empty line ends the header section; its offset is before this CRLF
-                this.headerLength = this.size + o - 2;
+                this.headerLength = this.size + out.length - 2;
             }
             this.lineLength = 0;
         };
@@ -187,7 +191,7 @@ export class MessageSpool {
                 this.bareLf++;
                 newline();
             } else {
-                out[o++] = b;
+                out.put(b);
                 this.lineLength++;
             }
         }
@@ -196,8 +200,30 @@ export class MessageSpool {
             this.bareCr++;
             newline();
         }
-        this.size += o;
-        return out.subarray(0, o);
+        this.size += out.length;
+        return out.result();
+    }
+
+    /**
+     * The quick path of canonicalize: true (with the counts and the header end updated) when the
+     * chunk is stored as it is: CRLF line endings only, no NUL, no CR pending from the chunk before.
+     */
+    private alreadyCanonical(buf: Buffer): boolean {
+        if (this.prevCr || buf.indexOf(0) !== -1) return false;
+        const lfs = crlfLines(buf);
+        if (lfs === null) return false;
+        if (this.headerLength === null) {
+            // the empty line that ends the header section: CRLF at a line start
+            if (this.lineLength === 0 && lfs[0] === 1) this.headerLength = this.size;
+            else {
+                const end = buf.indexOf('\r\n\r\n', 0, 'latin1');
+                if (end !== -1) this.headerLength = this.size + end + 2;
+            }
+        }
+        const last = lfs.length > 0 ? lfs[lfs.length - 1]! : -1;
+        this.lineLength = last === -1 ? this.lineLength + buf.length : buf.length - last - 1;
+        this.size += buf.length;
+        return true;
     }
 
     private async store(buf: Buffer): Promise<void> {
@@ -208,7 +234,10 @@ export class MessageSpool {
             return;
         }
         if (!this.file && this.memoryBytes + buf.length <= this.opts.memoryLimit) {
-            this.chunks.push(Buffer.from(buf));
+            // kept as it is when it fills at least half of the memory it holds on to (a chunk
+            // read from the client); a smaller view (of a larger buffer) is copied, so memory
+            // held stays within twice the bytes stored
+            this.chunks.push(buf.length * 2 >= buf.buffer.byteLength ? buf : Buffer.from(buf));
             this.memoryBytes += buf.length;
             return;
         }

@@ -135,7 +135,10 @@ export function mailwardenProcess(configFile: string, options: ProcessOptions = 
         c.stderr?.on('data', (chunk: string) => {
             other += chunk;
             stderr += chunk;
-            inspectorUrl = /Debugger listening on (ws:\/\/127\.0\.0\.1:\d+\/\S+)/.exec(stderr)?.[1] ?? inspectorUrl;
+            // the last one: bin/mailwarden.js starts serve again with its V8 flags (execve), and the
+            // inspector of the process before that is gone
+            const urls = [...stderr.matchAll(/Debugger listening on (ws:\/\/127\.0\.0\.1:\d+\/\S+)/g)];
+            inspectorUrl = urls.at(-1)?.[1] ?? inspectorUrl;
         });
     };
 

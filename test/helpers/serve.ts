@@ -32,10 +32,16 @@ function childEnv(): NodeJS.ProcessEnv {
     return env;
 }
 
-export function startServe(configFile: string, cwd?: string): Serve {
-    const child = spawn(process.execPath, [BIN, 'serve', '-c', configFile], {
+/** `extraEnv`: variables added to the child's environment (NODE_OPTIONS, …); `nodeArgs`: Node.js flags before the script. */
+export function startServe(
+    configFile: string,
+    cwd?: string,
+    extraEnv: NodeJS.ProcessEnv = {},
+    nodeArgs: readonly string[] = [],
+): Serve {
+    const child = spawn(process.execPath, [...nodeArgs, BIN, 'serve', '-c', configFile], {
         cwd,
-        env: childEnv(),
+        env: { ...childEnv(), ...extraEnv },
         stdio: ['ignore', 'pipe', 'pipe'],
     });
     const logs: Record<string, unknown>[] = [];
