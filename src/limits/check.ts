@@ -58,6 +58,10 @@ interface SessionLeases {
     readonly leases: Lease[];
     timer: NodeJS.Timeout | null;
     ended: boolean;
+    /** When (check clock) the leases were last taken or renewed. */
+    renewedAt: number;
+    /** The last renewal failed or lost a lease: the next stage tries again. */
+    renewFailed: boolean;
 }
 
 interface Outcome {
@@ -78,6 +82,7 @@ function errorText(err: unknown): string {
 export function createRateLimiter(options: RateLimitCheckOptions): Pick<Check, 'run' | 'end'> {
     const { store, metrics, logger } = options;
     const ttl = options.leaseTtlMs ?? DEFAULT_LEASE_TTL_MS;
+    const renewEvery = Math.max(1000, Math.floor(ttl / 3));
     const sessions = new Map<string, SessionLeases>();
     const holder = (sessionId: string): string => `${options.instanceId}:${sessionId}`;
     const nowMs = (): number => Math.max(0, Math.floor(options.now()));
@@ -97,17 +102,32 @@ export function createRateLimiter(options: RateLimitCheckOptions): Pick<Check, '
             ttlMs: ttl,
         }));
 
-    const logRenewals = (sessionId: string, answers: readonly StageAnswer[]): void => {
+    /** Notes how the renewals made at `at` went (and logs failures). */
+    const renewed = (sessionId: string, state: SessionLeases, answers: readonly StageAnswer[], at: number): void => {
+        let failed = false;
         for (const a of answers) {
             if (!a.ok)
                 logger?.debug({ session: sessionId, err: errorText(a.error) }, 'concurrency lease renewal failed');
+            if (!a.ok || !(a.value as AcquireResult).acquired) failed = true;
         }
+        state.renewFailed = failed;
+        if (!failed) state.renewedAt = at;
     };
+
+    /**
+     * Whether a stage renews the session's leases: when a renewal interval has passed since the
+     * last one (by the check's clock, so a session whose clock jumps renews at once) or the last
+     * one failed. Between those the leases are live for at least two thirds of their TTL.
+     */
+    const renewalDue = (state: SessionLeases, at: number): boolean =>
+        state.leases.length > 0 && (state.renewFailed || at - state.renewedAt >= renewEvery);
 
     /** The timer's renewal: one store call for all the session's leases. */
     const renew = async (sessionId: string, state: SessionLeases): Promise<void> => {
         const ops = renewals(sessionId, state);
-        if (ops.length > 0) logRenewals(sessionId, await store.stage(ops, nowMs()));
+        if (ops.length === 0) return;
+        const at = nowMs();
+        renewed(sessionId, state, await store.stage(ops, at), at);
     };
 
     const release = async (sessionId: string, leases: readonly Lease[]): Promise<void> => {
@@ -127,6 +147,7 @@ export function createRateLimiter(options: RateLimitCheckOptions): Pick<Check, '
     const plan = (
         spec: LimitSpec,
         ctx: CheckContext,
+        at: number,
     ): { outcome: Outcome } | { ops: StageOp[]; decide: (answers: readonly StageAnswer[]) => Outcome } => {
         const keys = limitKeys(spec, ctx.facts, ctx.stage);
         if (keys.length === 0) return { outcome: { spec, state: 'skipped', retryAfterMs: 0 } };
@@ -150,7 +171,7 @@ export function createRateLimiter(options: RateLimitCheckOptions): Pick<Check, '
             }));
             let state = sessions.get(ctx.sessionId);
             if (state === undefined) {
-                state = { leases: [], timer: null, ended: false };
+                state = { leases: [], timer: null, ended: false, renewedAt: at, renewFailed: false };
                 sessions.set(ctx.sessionId, state);
             }
             const owner = state;
@@ -257,12 +278,13 @@ export function createRateLimiter(options: RateLimitCheckOptions): Pick<Check, '
             // Everything this stage asks of the store goes in one batch: one round trip.
             const ops: StageOp[] = [];
             const state = sessions.get(ctx.sessionId);
-            const renewing = ctx.stage !== 'connect' && state ? renewals(ctx.sessionId, state) : [];
+            const renewing =
+                ctx.stage !== 'connect' && state && renewalDue(state, at) ? renewals(ctx.sessionId, state) : [];
             ops.push(...renewing);
             const plans = set.limits
                 .filter((l) => l.stage === ctx.stage && l.when.test(ctx.facts))
                 .map((spec) => {
-                    const p = plan(spec, ctx);
+                    const p = plan(spec, ctx, at);
                     if ('outcome' in p) return { outcome: p.outcome, from: 0, to: 0, decide: null };
                     const from = ops.length;
                     ops.push(...p.ops);
@@ -274,7 +296,7 @@ export function createRateLimiter(options: RateLimitCheckOptions): Pick<Check, '
             const grey = ctx.stage === 'rcpt' && set.greylists.length > 0 ? greylistOp(set.greylists, ctx) : null;
             const greyAt = grey !== null && !refusedHere ? ops.push(grey.op) - 1 : -1;
             const answers = ops.length > 0 ? await store.stage(ops, at) : [];
-            if (state && renewing.length > 0) logRenewals(ctx.sessionId, answers.slice(0, renewing.length));
+            if (state && renewing.length > 0) renewed(ctx.sessionId, state, answers.slice(0, renewing.length), at);
             const outcomes = plans.map((p) => (p.decide ? p.decide(answers.slice(p.from, p.to)) : p.outcome));
 
             const exceeded: string[] = [];
@@ -319,7 +341,7 @@ export function createRateLimiter(options: RateLimitCheckOptions): Pick<Check, '
             }
             const held = sessions.get(ctx.sessionId);
             if (ctx.stage === 'connect' && held && held.leases.length > 0 && held.timer === null && !held.ended) {
-                const timer = setInterval(() => void renew(ctx.sessionId, held), Math.max(1000, Math.floor(ttl / 3)));
+                const timer = setInterval(() => void renew(ctx.sessionId, held), renewEvery);
                 timer.unref();
                 held.timer = timer;
             }
@@ -330,7 +352,7 @@ export function createRateLimiter(options: RateLimitCheckOptions): Pick<Check, '
             if (!state) {
                 // The client may leave while its connect stage is still running: leases taken
                 // after this point are given back at once.
-                sessions.set(sessionId, { leases: [], timer: null, ended: true });
+                sessions.set(sessionId, { leases: [], timer: null, ended: true, renewedAt: 0, renewFailed: false });
                 setTimeout(() => {
                     if (sessions.get(sessionId)?.ended) sessions.delete(sessionId);
                 }, 60_000).unref();

@@ -2,7 +2,8 @@
  * Round trips to Redis per SMTP stage, counted by the server itself (INFO commandstats of a
  * real redis-server): with a concurrency limit, rate limits at every stage (several windows,
  * several limits per stage) and greylisting at RCPT, each stage costs one script call and no
- * other command; the lease is given back with one command when the session ends. The
+ * other command (lease renewals, when due, ride in the stage's call); the lease is given back
+ * with one command when the session ends. The
  * decisions stay those of the limits (the metrics show every limit and the greylisting counted).
  */
 import assert from 'node:assert/strict';
@@ -48,6 +49,7 @@ describe('Redis round trips per SMTP stage', () => {
     let redis: RedisInstance;
     let raw: Redis;
     let mw: TestApp;
+    let clock = Date.UTC(2026, 0, 5, 12, 0, 0);
     before(async () => {
         dir = await mkdtemp(join(tmpdir(), 'mw-limits-trips-'));
         await writeFile(join(dir, '10-limits.yaml'), RULES);
@@ -64,6 +66,7 @@ describe('Redis round trips per SMTP stage', () => {
                 `redis: { url: "${redis.url}", commandTimeout: 2s }`,
                 'http: false',
             ].join('\n'),
+            { now: () => clock },
         );
     });
     after(async () => {
@@ -92,7 +95,10 @@ describe('Redis round trips per SMTP stage', () => {
         await step('EHLO', () => c.cmd('EHLO client.example'), 250);
         // The helo stage runs at the first MAIL FROM after EHLO, just before the mail stage.
         await step('helo+mail', () => c.cmd('MAIL FROM:<a@sender.example>'), 250);
+        // Four minutes later the session's lease is due for renewal: it rides in the RCPT call.
+        clock += 4 * 60_000;
         await step('rcpt', () => c.cmd('RCPT TO:<b@example.test>'), 250);
+        const lease = await raw.zrange('mw:cc:v1:{conns|127.0.0.1}', '0', '-1', 'WITHSCORES');
         await step(
             'data',
             async () => {
@@ -111,7 +117,8 @@ describe('Redis round trips per SMTP stage', () => {
             closing = await commands(raw);
         }
 
-        const expected = { connect: 1, EHLO: 0, 'helo+mail': 2, rcpt: 1, data: 1 };
+        // The helo stage has no limit of its own and no renewal due: no call at all.
+        const expected = { connect: 1, EHLO: 0, 'helo+mail': 1, rcpt: 1, data: 1 };
         for (const [stage, calls] of Object.entries(expected)) {
             assert.deepEqual(
                 perStage[stage],
@@ -120,6 +127,8 @@ describe('Redis round trips per SMTP stage', () => {
             );
         }
         assert.deepEqual(closing, { zrem: 1 }, 'the lease is given back when the session ends');
+        assert.equal(lease.length, 2);
+        assert.equal(Number(lease[1]), clock + 10 * 60_000, 'the RCPT call renewed the lease for 10 minutes');
 
         // Every limit and the greylisting were decided in those calls.
         const decided = (await mw.app.metrics.ratelimitDecisions.get()).values
