@@ -267,7 +267,7 @@ export function createMetrics(version: string) {
         }),
         redisCommandDuration: new Histogram({
             name: `${P}redis_command_duration_seconds`,
-            help: 'Time of shared-store operations against Redis, failures included, by operation (take, charge, reset, acquire, renew, release, greylist, ping)',
+            help: 'Time of shared-store operations against Redis, failures included, by operation (stage: the one call of an SMTP stage; take, charge, reset, acquire, renew, release, greylist, ping)',
             labelNames: ['command'],
             buckets: [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1],
             registers: r,

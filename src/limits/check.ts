@@ -2,7 +2,9 @@
  * The work of the `ratelimit` check (declared in src/checks/ratelimit.ts): at each stage it charges the rate limits counted there, takes the
  * concurrency leases of a new connection (renewed while the session lives, released when it
  * ends) and, at RCPT, asks greylisting about the recipient. It reports facts only
- * (`ratelimit.*`, `greylist.*`); the implicit rules of the limits decide. A store failure is
+ * (`ratelimit.*`, `greylist.*`); the implicit rules of the limits decide. Everything a stage
+ * asks of the store (lease renewals, every limit, greylisting) is one batch (LimitStore.stage):
+ * one round trip to Redis per stage. A store failure is
  * handled per limit (`onError: allow` lets the mail through, `tempfail` reports the id in
  * `ratelimit.error`), so the check itself never fails a stage. Time comes from the injected
  * clock. It must not choose replies, must not read the wall clock for decisions, and must
@@ -19,7 +21,7 @@ import {
 } from '../rules/limits.ts';
 import type { FactValue, Check, CheckContext } from '../types.ts';
 import { greylistTriplet, limitKeys } from './limit-keys.ts';
-import type { GreylistVerdict, LimitStore } from './types.ts';
+import type { AcquireResult, GreylistVerdict, LimitStore, StageAnswer, StageOp, TakeResult } from './types.ts';
 
 /** The declarations in force (they change when rules are reloaded). */
 export interface LimitDeclarations {
@@ -56,6 +58,10 @@ interface SessionLeases {
     readonly leases: Lease[];
     timer: NodeJS.Timeout | null;
     ended: boolean;
+    /** When (check clock) the leases were last taken or renewed. */
+    renewedAt: number;
+    /** The last renewal failed or lost a lease: the next stage tries again. */
+    renewFailed: boolean;
 }
 
 interface Outcome {
@@ -76,24 +82,52 @@ function errorText(err: unknown): string {
 export function createRateLimiter(options: RateLimitCheckOptions): Pick<Check, 'run' | 'end'> {
     const { store, metrics, logger } = options;
     const ttl = options.leaseTtlMs ?? DEFAULT_LEASE_TTL_MS;
+    const renewEvery = Math.max(1000, Math.floor(ttl / 3));
     const sessions = new Map<string, SessionLeases>();
     const holder = (sessionId: string): string => `${options.instanceId}:${sessionId}`;
     const nowMs = (): number => Math.max(0, Math.floor(options.now()));
     const count = (limit: string, result: string): void => metrics.ratelimitDecisions.inc({ limit, result });
 
+    /**
+     * The renewals of a session's leases, as ops of a stage batch. A renewal is an acquire by
+     * the holder: a live lease is extended; a lost one (expired while idle) is taken again when
+     * there is room. A renewal never refuses anything mid-session.
+     */
+    const renewals = (sessionId: string, state: SessionLeases): StageOp[] =>
+        state.leases.map((lease) => ({
+            op: 'acquire',
+            key: lease.key,
+            holder: holder(sessionId),
+            max: lease.max,
+            ttlMs: ttl,
+        }));
+
+    /** Notes how the renewals made at `at` went (and logs failures). */
+    const renewed = (sessionId: string, state: SessionLeases, answers: readonly StageAnswer[], at: number): void => {
+        let failed = false;
+        for (const a of answers) {
+            if (!a.ok)
+                logger?.debug({ session: sessionId, err: errorText(a.error) }, 'concurrency lease renewal failed');
+            if (!a.ok || !(a.value as AcquireResult).acquired) failed = true;
+        }
+        state.renewFailed = failed;
+        if (!failed) state.renewedAt = at;
+    };
+
+    /**
+     * Whether a stage renews the session's leases: when a renewal interval has passed since the
+     * last one (by the check's clock, so a session whose clock jumps renews at once) or the last
+     * one failed. Between those the leases are live for at least two thirds of their TTL.
+     */
+    const renewalDue = (state: SessionLeases, at: number): boolean =>
+        state.leases.length > 0 && (state.renewFailed || at - state.renewedAt >= renewEvery);
+
+    /** The timer's renewal: one store call for all the session's leases. */
     const renew = async (sessionId: string, state: SessionLeases): Promise<void> => {
+        const ops = renewals(sessionId, state);
+        if (ops.length === 0) return;
         const at = nowMs();
-        await Promise.all(
-            state.leases.map(async (lease) => {
-                try {
-                    if (await store.renew(lease.key, holder(sessionId), ttl, at)) return;
-                    // Lost (expired while idle): take it again if there is room; never refuse mid-session.
-                    await store.acquire(lease.key, holder(sessionId), lease.max, ttl, at);
-                } catch (err) {
-                    logger?.debug({ session: sessionId, err: errorText(err) }, 'concurrency lease renewal failed');
-                }
-            }),
-        );
+        renewed(sessionId, state, await store.stage(ops, at), at);
     };
 
     const release = async (sessionId: string, leases: readonly Lease[]): Promise<void> => {
@@ -106,78 +140,120 @@ export function createRateLimiter(options: RateLimitCheckOptions): Pick<Check, '
         );
     };
 
-    /** Charges one limit; never throws. */
-    const evaluate = async (spec: LimitSpec, ctx: CheckContext, at: number): Promise<Outcome> => {
+    /**
+     * What one limit asks of the store at this stage: nothing (skipped, or refused without
+     * asking), or its ops (one per key). `decide` turns the answers to those ops into its outcome.
+     */
+    const plan = (
+        spec: LimitSpec,
+        ctx: CheckContext,
+        at: number,
+    ): { outcome: Outcome } | { ops: StageOp[]; decide: (answers: readonly StageAnswer[]) => Outcome } => {
         const keys = limitKeys(spec, ctx.facts, ctx.stage);
-        if (keys.length === 0) return { spec, state: 'skipped', retryAfterMs: 0 };
-        try {
-            if (spec.concurrency !== null) {
-                let state: SessionLeases | undefined = sessions.get(ctx.sessionId);
-                if (state === undefined) {
-                    state = { leases: [], timer: null, ended: false };
-                    sessions.set(ctx.sessionId, state);
-                }
-                const owner = state;
-                let refused = false;
-                await Promise.all(
-                    keys.map(async (key) => {
-                        const r = await store.acquire(key, holder(ctx.sessionId), spec.concurrency!, ttl, at);
-                        if (!r.acquired) refused = true;
-                        else if (owner.ended) await store.release(key, holder(ctx.sessionId));
-                        else owner.leases.push({ key, max: spec.concurrency! });
-                    }),
-                );
-                return refused
-                    ? { spec, state: 'limited', retryAfterMs: CONCURRENCY_RETRY_SECONDS * 1000 }
-                    : { spec, state: 'allowed', retryAfterMs: 0 };
-            }
-            const windows = spec.windows!;
-            const size = ctx.facts['message.size'];
-            const cost = spec.per === 'byte' ? Math.ceil((typeof size === 'number' ? size : 0) / spec.unit) : 1;
-            if (spec.per === 'byte' && typeof size === 'number' && size > byteCeiling(spec)) {
-                // Never admissible: no wait would help, so it is refused without charging anything.
-                logger?.debug({ limit: spec.id, size }, 'message larger than the byte limit allows at all');
-                return { spec, state: 'limited', retryAfterMs: Math.max(...windows.map((w) => w.periodMs)) };
-            }
-            const results = await Promise.all(keys.map((key) => store.take(key, windows, cost, at)));
-            const refused = results.filter((r) => !r.allowed);
-            if (refused.length === 0) return { spec, state: 'allowed', retryAfterMs: 0 };
-            return { spec, state: 'limited', retryAfterMs: Math.max(...refused.map((r) => r.retryAfterMs)) };
-        } catch (err) {
-            logger?.debug({ limit: spec.id, err: errorText(err) }, 'limit store failed; applying onError');
+        if (keys.length === 0) return { outcome: { spec, state: 'skipped', retryAfterMs: 0 } };
+        const enforced = spec.mode === 'enforce';
+        const gate = { onRefusal: enforced, onFailure: enforced && spec.onError === 'tempfail' };
+        const failure = (answers: readonly StageAnswer[]): Outcome | null => {
+            const failed = answers.find((a) => !a.ok);
+            if (failed === undefined || failed.ok) return null;
+            logger?.debug({ limit: spec.id, err: errorText(failed.error) }, 'limit store failed; applying onError');
             return { spec, state: 'error', retryAfterMs: 0 };
+        };
+        if (spec.concurrency !== null) {
+            const max = spec.concurrency;
+            const ops: StageOp[] = keys.map((key) => ({
+                op: 'acquire',
+                key,
+                holder: holder(ctx.sessionId),
+                max,
+                ttlMs: ttl,
+                gate,
+            }));
+            let state = sessions.get(ctx.sessionId);
+            if (state === undefined) {
+                state = { leases: [], timer: null, ended: false, renewedAt: at, renewFailed: false };
+                sessions.set(ctx.sessionId, state);
+            }
+            const owner = state;
+            return {
+                ops,
+                decide: (answers) => {
+                    let refused = false;
+                    answers.forEach((a, i) => {
+                        if (!a.ok) return;
+                        const key = keys[i]!;
+                        if (!(a.value as AcquireResult).acquired) refused = true;
+                        else if (owner.ended) void release(ctx.sessionId, [{ key, max }]);
+                        else owner.leases.push({ key, max });
+                    });
+                    return (
+                        failure(answers) ??
+                        (refused
+                            ? { spec, state: 'limited', retryAfterMs: CONCURRENCY_RETRY_SECONDS * 1000 }
+                            : { spec, state: 'allowed', retryAfterMs: 0 })
+                    );
+                },
+            };
         }
+        const windows = spec.windows!;
+        const size = ctx.facts['message.size'];
+        const cost = spec.per === 'byte' ? Math.ceil((typeof size === 'number' ? size : 0) / spec.unit) : 1;
+        if (spec.per === 'byte' && typeof size === 'number' && size > byteCeiling(spec)) {
+            // Never admissible: no wait would help, so it is refused without charging anything.
+            logger?.debug({ limit: spec.id, size }, 'message larger than the byte limit allows at all');
+            return { outcome: { spec, state: 'limited', retryAfterMs: Math.max(...windows.map((w) => w.periodMs)) } };
+        }
+        return {
+            ops: keys.map((key) => ({ op: 'take', key, windows, cost, gate })),
+            decide: (answers) => {
+                const fail = failure(answers);
+                if (fail) return fail;
+                const refused = answers.map((a) => (a.ok ? (a.value as TakeResult) : null)).filter((r) => !r!.allowed);
+                if (refused.length === 0) return { spec, state: 'allowed', retryAfterMs: 0 };
+                return { spec, state: 'limited', retryAfterMs: Math.max(...refused.map((r) => r!.retryAfterMs)) };
+            },
+        };
     };
 
-    /** Greylisting of the recipient being checked (rcpt stage); the facts it reports. */
-    const greylist = async (entries: readonly GreylistSpec[], ctx: CheckContext, at: number) => {
+    /**
+     * Greylisting of the recipient being checked (rcpt stage): the entry that applies and its
+     * store op, or null when none applies (no entry, no sender, no recipient, no client IP).
+     */
+    const greylistOp = (entries: readonly GreylistSpec[], ctx: CheckContext) => {
         const entry = entries.find((g) => g.when.test(ctx.facts));
         const sender = ctx.envelope.mailFrom;
         const recipient = ctx.envelope.rcptTo[ctx.envelope.rcptTo.length - 1];
         const clientIp = ctx.facts['client.ip'];
         if (entry === undefined || sender === null || recipient === undefined || typeof clientIp !== 'string') {
-            return { 'greylist.id': null, 'greylist.result': 'skipped', 'greylist.retry_after': null };
+            return null;
         }
         const { triplet, client } = greylistTriplet(entry.id, clientIp, sender, recipient);
+        const op: StageOp = {
+            op: 'greylist',
+            triplet,
+            client,
+            opts: {
+                delayMs: entry.delayMs,
+                retryWindowMs: entry.retryWindowMs,
+                passTtlMs: entry.expireMs,
+                autoAllowAfter: entry.autoAllowAfter,
+            },
+        };
+        return { entry, op };
+    };
+
+    /** The greylisting facts from the store's answer; counts the verdict. */
+    const greylistFacts = (entry: GreylistSpec, answer: StageAnswer): Record<string, FactValue> => {
         let verdict: GreylistVerdict | 'error';
         let retryAfterMs = 0;
-        try {
-            const r = await store.greylist(
-                triplet,
-                client,
-                {
-                    delayMs: entry.delayMs,
-                    retryWindowMs: entry.retryWindowMs,
-                    passTtlMs: entry.expireMs,
-                    autoAllowAfter: entry.autoAllowAfter,
-                },
-                at,
-            );
+        if (answer.ok && 'verdict' in answer.value && answer.value.verdict !== 'skipped') {
+            const r = answer.value;
             verdict = r.verdict;
             retryAfterMs = r.retryAfterMs;
             count(GREYLIST_LABEL, verdict === 'known-client' ? 'known' : verdict);
-        } catch (err) {
-            logger?.debug({ greylist: entry.id, err: errorText(err) }, 'greylisting store failed; applying onError');
+        } else {
+            const err = answer.ok ? 'greylisting skipped by the store' : errorText(answer.error);
+            logger?.debug({ greylist: entry.id, err }, 'greylisting store failed; applying onError');
             verdict = 'error';
             count(
                 GREYLIST_LABEL,
@@ -192,16 +268,36 @@ export function createRateLimiter(options: RateLimitCheckOptions): Pick<Check, '
         };
     };
 
+    const SKIPPED_GREYLIST = { 'greylist.id': null, 'greylist.result': 'skipped', 'greylist.retry_after': null };
+
     return {
         async run(ctx) {
             const set = options.declarations();
             if (set === null || (set.limits.length === 0 && set.greylists.length === 0)) return { facts: {} };
             const at = nowMs();
+            // Everything this stage asks of the store goes in one batch: one round trip.
+            const ops: StageOp[] = [];
             const state = sessions.get(ctx.sessionId);
-            const renewing = ctx.stage !== 'connect' && state ? renew(ctx.sessionId, state) : Promise.resolve();
-            const applicable = set.limits.filter((l) => l.stage === ctx.stage && l.when.test(ctx.facts));
-            const outcomes = await Promise.all(applicable.map((l) => evaluate(l, ctx, at)));
-            await renewing;
+            const renewing =
+                ctx.stage !== 'connect' && state && renewalDue(state, at) ? renewals(ctx.sessionId, state) : [];
+            ops.push(...renewing);
+            const plans = set.limits
+                .filter((l) => l.stage === ctx.stage && l.when.test(ctx.facts))
+                .map((spec) => {
+                    const p = plan(spec, ctx, at);
+                    if ('outcome' in p) return { outcome: p.outcome, from: 0, to: 0, decide: null };
+                    const from = ops.length;
+                    ops.push(...p.ops);
+                    return { outcome: null, from, to: ops.length, decide: p.decide };
+                });
+            // A recipient refused by a limit is not greylisted: its retry starts afresh. The
+            // store skips the greylisting op when an enforced limit of the batch refuses.
+            const refusedHere = plans.some((p) => p.outcome?.state === 'limited' && p.outcome.spec.mode === 'enforce');
+            const grey = ctx.stage === 'rcpt' && set.greylists.length > 0 ? greylistOp(set.greylists, ctx) : null;
+            const greyAt = grey !== null && !refusedHere ? ops.push(grey.op) - 1 : -1;
+            const answers = ops.length > 0 ? await store.stage(ops, at) : [];
+            if (state && renewing.length > 0) renewed(ctx.sessionId, state, answers.slice(0, renewing.length), at);
+            const outcomes = plans.map((p) => (p.decide ? p.decide(answers.slice(p.from, p.to)) : p.outcome));
 
             const exceeded: string[] = [];
             const monitored: string[] = [];
@@ -235,18 +331,17 @@ export function createRateLimiter(options: RateLimitCheckOptions): Pick<Check, '
                 'ratelimit.retry_after': retry === null ? null : seconds(retry),
             };
             if (ctx.stage === 'rcpt' && set.greylists.length > 0) {
-                // A recipient refused by a limit is not greylisted: its retry starts afresh.
                 const refused = exceeded.length > 0 || errors.length > 0;
                 Object.assign(
                     facts,
-                    refused
-                        ? { 'greylist.id': null, 'greylist.result': 'skipped', 'greylist.retry_after': null }
-                        : await greylist(set.greylists, ctx, at),
+                    refused || grey === null || greyAt < 0
+                        ? SKIPPED_GREYLIST
+                        : greylistFacts(grey.entry, answers[greyAt]!),
                 );
             }
             const held = sessions.get(ctx.sessionId);
             if (ctx.stage === 'connect' && held && held.leases.length > 0 && held.timer === null && !held.ended) {
-                const timer = setInterval(() => void renew(ctx.sessionId, held), Math.max(1000, Math.floor(ttl / 3)));
+                const timer = setInterval(() => void renew(ctx.sessionId, held), renewEvery);
                 timer.unref();
                 held.timer = timer;
             }
@@ -257,7 +352,7 @@ export function createRateLimiter(options: RateLimitCheckOptions): Pick<Check, '
             if (!state) {
                 // The client may leave while its connect stage is still running: leases taken
                 // after this point are given back at once.
-                sessions.set(sessionId, { leases: [], timer: null, ended: true });
+                sessions.set(sessionId, { leases: [], timer: null, ended: true, renewedAt: 0, renewFailed: false });
                 setTimeout(() => {
                     if (sessions.get(sessionId)?.ended) sessions.delete(sessionId);
                 }, 60_000).unref();

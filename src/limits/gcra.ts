@@ -1,6 +1,6 @@
 /**
  * The GCRA arithmetic (generic cell rate algorithm, the "virtual scheduling" form) for one or
- * several windows at once, in exact integers. The memory store runs it directly; gcra.lua
+ * several windows at once, in exact integers. The memory store runs it directly; limits.lua
  * is a line-by-line copy for Redis, and both are tested against one table of cases. Must
  * stay pure: no clock (the caller passes `now`), no storage.
  *
@@ -115,7 +115,7 @@ export interface CountersOutcome {
 
 /**
  * Several counters of one window each, charged together or not at all: the step of
- * LimitStore.charge (counters.lua is a line-by-line copy). Unlike gcra(), each counter reports
+ * LimitStore.charge (the `charge` operation of limits.lua is a copy). Unlike gcra(), each counter reports
  * its own verdict, so a caller knows which one refused. A negative cost gives units back
  * (never refused; the bucket never holds more than its limit). Arguments are assumed valid.
  */

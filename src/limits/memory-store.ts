@@ -20,6 +20,8 @@ import {
     type GreylistOptions,
     type GreylistResult,
     type LimitStore,
+    type StageAnswer,
+    type StageOp,
     type TakeResult,
     type Window,
 } from './types.ts';
@@ -200,17 +202,49 @@ export function createMemoryStore(options: MemoryStoreOptions = {}): MemoryLimit
         return { verdict: 'new', retryAfterMs: opts.delayMs };
     };
 
+    const acquire = (key: string, holder: string, max: number, ttlMs: number, now: number): AcquireResult => {
+        checkLease(key, holder, ttlMs, now, max);
+        const { ok, active } = lease('acquire', key, holder, max, ttlMs, now);
+        return { acquired: ok, active };
+    };
+
+    /** A batch in order, greylisting last (as the Redis script does); each op answers on its own. */
+    const stage = (ops: readonly StageOp[], now: number): StageAnswer[] => {
+        const answers: StageAnswer[] = new Array<StageAnswer>(ops.length);
+        let gated = false;
+        const order = [...ops.keys()].sort(
+            (i, j) => Number(ops[i]!.op === 'greylist') - Number(ops[j]!.op === 'greylist'),
+        );
+        for (const i of order) {
+            const op = ops[i]!;
+            try {
+                if (op.op === 'greylist') {
+                    answers[i] = {
+                        ok: true,
+                        value: gated ? { verdict: 'skipped' } : greylist(op.triplet, op.client, op.opts, now),
+                    };
+                    continue;
+                }
+                const value =
+                    op.op === 'take'
+                        ? take(op.key, op.windows, op.cost, now)
+                        : acquire(op.key, op.holder, op.max, op.ttlMs, now);
+                if (op.gate?.onRefusal && !('allowed' in value ? value.allowed : value.acquired)) gated = true;
+                answers[i] = { ok: true, value };
+            } catch (error) {
+                if (op.op !== 'greylist' && op.gate?.onFailure) gated = true;
+                answers[i] = { ok: false, error: error instanceof Error ? error : new Error(String(error)) };
+            }
+        }
+        return answers;
+    };
+
     return {
         kind: 'memory',
         take: (key, windows, cost, nowMs) => settle(() => take(key, windows, cost, nowMs)),
         charge: (group, counters, cost, nowMs) => settle(() => charge(group, counters, cost, nowMs)),
         reset: (group, counters, nowMs) => settle(() => reset(group, counters, nowMs)),
-        acquire: (key, holder, max, ttlMs, nowMs) =>
-            settle((): AcquireResult => {
-                checkLease(key, holder, ttlMs, nowMs, max);
-                const { ok, active } = lease('acquire', key, holder, max, ttlMs, nowMs);
-                return { acquired: ok, active };
-            }),
+        acquire: (key, holder, max, ttlMs, nowMs) => settle(() => acquire(key, holder, max, ttlMs, nowMs)),
         renew: (key, holder, ttlMs, nowMs) =>
             settle(() => {
                 checkLease(key, holder, ttlMs, nowMs);
@@ -226,6 +260,7 @@ export function createMemoryStore(options: MemoryStoreOptions = {}): MemoryLimit
                 }
             }),
         greylist: (triplet, client, opts, nowMs) => settle(() => greylist(triplet, client, opts, nowMs)),
+        stage: (ops, nowMs) => Promise.resolve(stage(ops, nowMs)),
         ping: () => Promise.resolve(true),
         size: () => entries.size,
         close: () =>

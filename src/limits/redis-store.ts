@@ -1,8 +1,10 @@
 /**
  * The shared store in Redis (single server, Sentinel or Cluster), so that every mailwarden
- * instance enforces the same limits. Each decision is one Lua script (gcra.lua, counters.lua,
- * lease.lua, greylist.lua) sent with EVALSHA, falling back to EVAL when the server lost its script
- * cache; each script sets a TTL on every key it writes and takes the time from the caller.
+ * instance enforces the same limits. Every decision is a call of one Lua script (limits.lua) sent
+ * with EVALSHA, falling back to EVAL when the server lost its script cache; the script sets a
+ * TTL on every key it writes and takes the time from the caller. A call carries a list of
+ * operations, so the work of a whole SMTP stage is one round trip (with Redis Cluster, one call
+ * per hash slot, sent together, and greylisting after them).
  *
  * It fails fast instead of queueing: no offline queue, no command retries, a command timeout
  * and an overall deadline per operation, so a dead or hung Redis costs at most
@@ -17,6 +19,7 @@ import { Cluster, Redis, type RedisOptions } from 'ioredis';
 import type { Logger } from '../log.ts';
 import type { Metrics } from '../metrics.ts';
 import { keyNames } from './keys.ts';
+import { hashSlot } from './slot.ts';
 import {
     StoreError,
     checkCharge,
@@ -25,10 +28,17 @@ import {
     checkLease,
     checkRelease,
     checkTake,
+    type AcquireResult,
+    type GreylistOptions,
     type GreylistResult,
     type GreylistVerdict,
     type LimitStore,
+    type StageAnswer,
+    type StageOp,
+    type StageValue,
     type StoreErrorKind,
+    type TakeResult,
+    type Window,
 } from './types.ts';
 
 export interface RedisStoreOptions {
@@ -62,12 +72,7 @@ export interface RedisLimitStore extends LimitStore {
 }
 
 const lua = (name: string): string => readFileSync(new URL(`./${name}`, import.meta.url), 'utf8');
-const SCRIPTS = {
-    mwGcra: lua('gcra.lua'),
-    mwCounters: lua('counters.lua'),
-    mwLease: lua('lease.lua'),
-    mwGreylist: lua('greylist.lua'),
-};
+const SCRIPTS = { mwLimits: lua('limits.lua') };
 
 type ScriptCall = (...args: (string | number)[]) => Promise<unknown>;
 type Scripted = Record<keyof typeof SCRIPTS, ScriptCall>;
@@ -100,6 +105,29 @@ function numbers(reply: unknown, n: number): number[] {
     if (!Array.isArray(reply) || reply.length < n) throw new StoreError('error', 'unexpected reply from Redis script');
     return reply.slice(0, n).map(Number);
 }
+
+/** The answers of a script call: one per operation sent. */
+function answers(reply: unknown, n: number): unknown[] {
+    if (!Array.isArray(reply) || reply.length !== n)
+        throw new StoreError('error', 'unexpected reply from Redis script');
+    return reply;
+}
+
+/** Operations of one script call: their keys (KEYS) and arguments after the time (ARGV[2…]). */
+class Batch {
+    readonly keys: string[] = [];
+    readonly args: (string | number)[] = [];
+    size = 0;
+
+    add(keys: readonly string[], args: readonly (string | number)[]): this {
+        this.keys.push(...keys);
+        this.args.push(...args);
+        this.size++;
+        return this;
+    }
+}
+
+const windowArgs = (windows: readonly Window[]): number[] => windows.flatMap((w) => [w.limit, w.periodMs]);
 
 export function createRedisStore(options: RedisStoreOptions): RedisLimitStore {
     const forms = [options.url, options.cluster, options.sentinels].filter((x) => x !== undefined).length;
@@ -200,48 +228,197 @@ export function createRedisStore(options: RedisStoreOptions): RedisLimitStore {
         }
     };
 
+    const isCluster = redis instanceof Cluster;
+    /** One script call; resolves its answers, one per operation. */
+    const call = async (batch: Batch, now: number): Promise<unknown[]> =>
+        answers(await scripts.mwLimits(batch.keys.length, ...batch.keys, now, ...batch.args), batch.size);
+
+    const addTake = (b: Batch, key: string, windows: readonly Window[], cost: number, gate: boolean): Batch =>
+        b.add(
+            windows.map((w) => names.rate(key, w)),
+            ['take', windows.length, cost, gate ? 1 : 0, ...windowArgs(windows)],
+        );
+    const addLease = (
+        b: Batch,
+        op: 'acquire' | 'renew',
+        key: string,
+        holder: string,
+        max: number,
+        ttl: number,
+        gate: boolean,
+    ) => b.add([names.lease(key)], [op, holder, max, ttl, gate ? 1 : 0]);
+    const addGreylist = (b: Batch, triplet: string, client: string, o: GreylistOptions): Batch =>
+        b.add(
+            [names.triplet(triplet), names.client(client)],
+            ['greylist', o.delayMs, o.retryWindowMs, o.passTtlMs, o.autoAllowAfter],
+        );
+
+    const takeResult = (answer: unknown): TakeResult => {
+        const [allowed, retryAfterMs, remaining] = numbers(answer, 3) as [number, number, number];
+        return { allowed: allowed === 1, retryAfterMs, remaining };
+    };
+    const acquireResult = (answer: unknown): AcquireResult => {
+        const [ok, active] = numbers(answer, 2) as [number, number];
+        return { acquired: ok === 1, active };
+    };
+    const greylistResult = (answer: unknown): GreylistResult | { verdict: 'skipped' } => {
+        if (!Array.isArray(answer) || answer.length < 2) throw new StoreError('error', 'unexpected reply from Redis');
+        const verdict = String(answer[0]);
+        if (verdict === 'skipped') return { verdict };
+        return { verdict: verdict as GreylistVerdict, retryAfterMs: Number(answer[1]) };
+    };
+
+    /**
+     * Greylisting as separate calls, for a Cluster: the triplet and client keys have their own
+     * hash tags, so they may sit in different slots (two calls, three when a triplet passes).
+     */
     const greylistSteps = async (
         triplet: string,
         client: string,
-        o: Parameters<LimitStore['greylist']>[2],
+        o: GreylistOptions,
         now: number,
     ): Promise<GreylistResult> => {
         const ck = names.client(client);
         if (o.autoAllowAfter > 0) {
-            const known = await scripts.mwGreylist(1, ck, 'client-check', now, o.passTtlMs, o.autoAllowAfter);
-            if (Number(known) === 1) return { verdict: 'known-client', retryAfterMs: 0 };
+            const [known] = await call(
+                new Batch().add([ck], ['grey-client-check', o.passTtlMs, o.autoAllowAfter]),
+                now,
+            );
+            if (numbers(known, 1)[0] === 1) return { verdict: 'known-client', retryAfterMs: 0 };
         }
-        const reply = await scripts.mwGreylist(
-            1,
-            names.triplet(triplet),
-            'triplet',
+        const [reply] = await call(
+            new Batch().add([names.triplet(triplet)], ['grey-triplet', o.delayMs, o.retryWindowMs, o.passTtlMs]),
             now,
-            o.delayMs,
-            o.retryWindowMs,
-            o.passTtlMs,
         );
         if (!Array.isArray(reply) || reply.length < 3) throw new StoreError('error', 'unexpected reply from Redis');
         const verdict = String(reply[0]) as GreylistVerdict;
         if (Number(reply[2]) === 1 && o.autoAllowAfter > 0)
-            await scripts.mwGreylist(1, ck, 'client-count', now, o.passTtlMs);
+            await call(new Batch().add([ck], ['grey-client-count', o.passTtlMs]), now);
         return { verdict, retryAfterMs: Number(reply[1]) };
+    };
+
+    const checkOp = (op: StageOp, now: number): void => {
+        if (op.op === 'take') checkTake(op.key, op.windows, op.cost, now);
+        else if (op.op === 'acquire') checkLease(op.key, op.holder, op.ttlMs, now, op.max);
+        else checkGreylist(op.triplet, op.client, op.opts, now);
+    };
+    const addOp = (b: Batch, op: Exclude<StageOp, { op: 'greylist' }>): Batch =>
+        op.op === 'take'
+            ? addTake(b, op.key, op.windows, op.cost, op.gate?.onRefusal === true)
+            : addLease(b, 'acquire', op.key, op.holder, op.max, op.ttlMs, op.gate?.onRefusal === true);
+    const valueOf = (op: StageOp, answer: unknown): StageValue =>
+        op.op === 'take' ? takeResult(answer) : op.op === 'acquire' ? acquireResult(answer) : greylistResult(answer);
+    const refused = (value: StageValue): boolean =>
+        'allowed' in value ? !value.allowed : 'acquired' in value ? !value.acquired : false;
+    const failed = (error: unknown): StageAnswer => ({
+        ok: false,
+        error: error instanceof Error ? error : new Error(String(error)),
+    });
+
+    /** LimitStore.stage: one script call (one per slot in a Cluster); never rejects. */
+    const stage = async (ops: readonly StageOp[], now: number): Promise<StageAnswer[]> => {
+        const out = new Array<StageAnswer>(ops.length);
+        const limits: number[] = [];
+        const greylists: number[] = [];
+        let gated = false;
+        ops.forEach((op, i) => {
+            try {
+                checkOp(op, now);
+                (op.op === 'greylist' ? greylists : limits).push(i);
+            } catch (error) {
+                out[i] = failed(error);
+                if (op.op !== 'greylist' && op.gate?.onFailure) gated = true;
+            }
+        });
+        if (gated) for (const i of greylists.splice(0)) out[i] = { ok: true, value: { verdict: 'skipped' } };
+        if (!isCluster) {
+            const sent = [...limits, ...greylists];
+            if (sent.length === 0) return out;
+            const batch = new Batch();
+            for (const i of limits) addOp(batch, ops[i] as Exclude<StageOp, { op: 'greylist' }>);
+            for (const i of greylists) {
+                const g = ops[i] as Extract<StageOp, { op: 'greylist' }>;
+                addGreylist(batch, g.triplet, g.client, g.opts);
+            }
+            try {
+                const replies = await run('stage', () => call(batch, now));
+                sent.forEach((i, n) => {
+                    try {
+                        out[i] = { ok: true, value: valueOf(ops[i]!, replies[n]) };
+                    } catch (error) {
+                        out[i] = failed(error);
+                    }
+                });
+            } catch (error) {
+                for (const i of sent) out[i] = failed(error);
+            }
+            return out;
+        }
+        // Cluster: one call per slot, all sent together; greylisting after them.
+        const bySlot = new Map<number, number[]>();
+        for (const i of limits) {
+            const op = ops[i] as Exclude<StageOp, { op: 'greylist' }>;
+            const slot = hashSlot(op.op === 'take' ? names.rate(op.key, op.windows[0]!) : names.lease(op.key));
+            const group = bySlot.get(slot);
+            if (group) group.push(i);
+            else bySlot.set(slot, [i]);
+        }
+        await Promise.all(
+            [...bySlot.values()].map(async (group) => {
+                const batch = new Batch();
+                for (const i of group) addOp(batch, ops[i] as Exclude<StageOp, { op: 'greylist' }>);
+                try {
+                    const replies = await run('stage', () => call(batch, now));
+                    group.forEach((i, n) => {
+                        try {
+                            out[i] = { ok: true, value: valueOf(ops[i]!, replies[n]) };
+                        } catch (error) {
+                            out[i] = failed(error);
+                        }
+                    });
+                } catch (error) {
+                    for (const i of group) out[i] = failed(error);
+                }
+            }),
+        );
+        for (const i of limits) {
+            const op = ops[i] as Exclude<StageOp, { op: 'greylist' }>;
+            const a = out[i]!;
+            if (a.ok ? op.gate?.onRefusal && refused(a.value) : op.gate?.onFailure) gated = true;
+        }
+        for (const i of greylists) {
+            const g = ops[i] as Extract<StageOp, { op: 'greylist' }>;
+            if (gated) {
+                out[i] = { ok: true, value: { verdict: 'skipped' } };
+                continue;
+            }
+            try {
+                out[i] = {
+                    ok: true,
+                    value: await run('greylist', () => greylistSteps(g.triplet, g.client, g.opts, now)),
+                };
+            } catch (error) {
+                out[i] = failed(error);
+            }
+        }
+        return out;
     };
 
     return {
         kind: 'redis',
         async take(key, windows, cost, nowMs) {
             checkTake(key, windows, cost, nowMs);
-            const keys = windows.map((w) => names.rate(key, w));
-            const args = windows.flatMap((w) => [w.limit, w.periodMs]);
-            const reply = await run('take', () => scripts.mwGcra(keys.length, ...keys, nowMs, cost, ...args));
-            const [allowed, retryAfterMs, remaining] = numbers(reply, 3) as [number, number, number];
-            return { allowed: allowed === 1, retryAfterMs, remaining };
+            const batch = addTake(new Batch(), key, windows, cost, false);
+            const [reply] = await run('take', () => call(batch, nowMs));
+            return takeResult(reply);
         },
         async charge(group, counters, cost, nowMs) {
             checkCharge(group, counters, cost, nowMs);
-            const keys = counters.map((c) => names.counter(group, c.key, c.window));
-            const args = counters.flatMap((c) => [c.window.limit, c.window.periodMs]);
-            const reply = await run('charge', () => scripts.mwCounters(keys.length, ...keys, nowMs, cost, ...args));
+            const batch = new Batch().add(
+                counters.map((c) => names.counter(group, c.key, c.window)),
+                ['charge', counters.length, cost, ...windowArgs(counters.map((c) => c.window))],
+            );
+            const [reply] = await run('charge', () => call(batch, nowMs));
             const n = numbers(reply, 1 + 3 * counters.length);
             return {
                 allowed: n[0] === 1,
@@ -259,17 +436,14 @@ export function createRedisStore(options: RedisStoreOptions): RedisLimitStore {
         },
         async acquire(key, holder, max, ttlMs, nowMs) {
             checkLease(key, holder, ttlMs, nowMs, max);
-            const reply = await run('acquire', () =>
-                scripts.mwLease(1, names.lease(key), 'acquire', holder, max, ttlMs, nowMs),
-            );
-            const [ok, active] = numbers(reply, 2) as [number, number];
-            return { acquired: ok === 1, active };
+            const batch = addLease(new Batch(), 'acquire', key, holder, max, ttlMs, false);
+            const [reply] = await run('acquire', () => call(batch, nowMs));
+            return acquireResult(reply);
         },
         async renew(key, holder, ttlMs, nowMs) {
             checkLease(key, holder, ttlMs, nowMs);
-            const reply = await run('renew', () =>
-                scripts.mwLease(1, names.lease(key), 'renew', holder, 0, ttlMs, nowMs),
-            );
+            const batch = addLease(new Batch(), 'renew', key, holder, 0, ttlMs, false);
+            const [reply] = await run('renew', () => call(batch, nowMs));
             return numbers(reply, 1)[0] === 1;
         },
         async release(key, holder) {
@@ -278,8 +452,13 @@ export function createRedisStore(options: RedisStoreOptions): RedisLimitStore {
         },
         async greylist(triplet, client, opts, nowMs) {
             checkGreylist(triplet, client, opts, nowMs);
-            return run('greylist', () => greylistSteps(triplet, client, opts, nowMs));
+            if (isCluster) return run('greylist', () => greylistSteps(triplet, client, opts, nowMs));
+            const [reply] = await run('greylist', () => call(addGreylist(new Batch(), triplet, client, opts), nowMs));
+            const r = greylistResult(reply);
+            if (r.verdict === 'skipped') throw new StoreError('error', 'unexpected reply from Redis');
+            return r;
         },
+        stage,
         async ping() {
             try {
                 return (await run('ping', () => redis.ping())) === 'PONG';

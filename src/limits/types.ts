@@ -60,6 +60,49 @@ export interface GreylistResult {
     readonly retryAfterMs: number;
 }
 
+/**
+ * Whether a refusal (or a failure) of a take or acquire of a stage batch stops its greylisting:
+ * a recipient refused by an enforced limit is not greylisted, nor one whose enforced
+ * `onError: tempfail` limit failed.
+ */
+export interface StageGate {
+    readonly onRefusal: boolean;
+    readonly onFailure: boolean;
+}
+
+/** One piece of the work of a stage, done with the others of its batch by LimitStore.stage. */
+export type StageOp =
+    | {
+          readonly op: 'take';
+          readonly key: string;
+          readonly windows: readonly Window[];
+          readonly cost: number;
+          readonly gate?: StageGate;
+      }
+    | {
+          /** Also a renewal: a holder that has a lease renews it (and takes it again, room allowing, when lost). */
+          readonly op: 'acquire';
+          readonly key: string;
+          readonly holder: string;
+          readonly max: number;
+          readonly ttlMs: number;
+          readonly gate?: StageGate;
+      }
+    | {
+          /** Done after every other op of the batch, and skipped ('skipped') when a gate says so. */
+          readonly op: 'greylist';
+          readonly triplet: string;
+          readonly client: string;
+          readonly opts: GreylistOptions;
+      };
+
+export type StageValue = TakeResult | AcquireResult | GreylistResult | { readonly verdict: 'skipped' };
+
+/** The answer to one op of a batch: its result, or why it failed (a StoreError or a RangeError). */
+export type StageAnswer =
+    | { readonly ok: true; readonly value: StageValue }
+    | { readonly ok: false; readonly error: Error };
+
 export interface LimitStore {
     /**
      * GCRA over several windows at once, atomically: either every window admits `cost` and
@@ -88,6 +131,13 @@ export interface LimitStore {
      * built by the caller; `client` (IP or network) is what the auto-allowlist counts.
      */
     greylist(triplet: string, client: string, opts: GreylistOptions, nowMs: number): Promise<GreylistResult>;
+    /**
+     * The work of one SMTP stage in one round trip (one script call; with Redis Cluster one per
+     * slot, sent together): takes and acquires in order, then greylisting unless a gate of a
+     * refused or failed op stops it. Each op has the semantics of its own method; answers come
+     * in the order given, per op, so one failing op does not hide the others. Never rejects.
+     */
+    stage(ops: readonly StageOp[], nowMs: number): Promise<StageAnswer[]>;
     /** True when the store answers (always for memory); for readiness checks. Never rejects. */
     ping(): Promise<boolean>;
     readonly kind: 'redis' | 'memory';

@@ -7,7 +7,7 @@
  */
 import assert from 'node:assert/strict';
 import { after, describe, it } from 'node:test';
-import { createMemoryStore, createRedisStore, type LimitStore } from '../../src/limits/index.ts';
+import { createMemoryStore, createRedisStore, type LimitStore, type StageOp } from '../../src/limits/index.ts';
 import { createRateLimitCheck } from '../../src/checks/ratelimit.ts';
 import { greylistSender, greylistTriplet, ipNetwork, limitKeys, safePart } from '../../src/limits/limit-keys.ts';
 import { createMetrics } from '../../src/metrics.ts';
@@ -208,6 +208,54 @@ greylist:
         assert.deepEqual((await connect('late')).facts['ratelimit.exceeded'], []);
         assert.deepEqual((await connect('f')).facts['ratelimit.exceeded'], [], 'the late lease was given back');
         for (const id of ['d', 'e', 'f']) await check.end!(id);
+    });
+
+    it('asks the store once per stage, renewing leases in that call when a renewal is due', async () => {
+        const store = createMemoryStore();
+        const batches: string[][] = [];
+        const counting: LimitStore = {
+            ...store,
+            stage: (ops: readonly StageOp[], nowMs: number) => {
+                batches.push(ops.map((o) => `${o.op} ${'key' in o ? o.key : o.triplet}`));
+                return store.stage(ops, nowMs);
+            },
+        };
+        let now = clock;
+        const check = createRateLimitCheck({
+            store: counting,
+            declarations: () => set,
+            metrics: createMetrics('test'),
+            now: () => now,
+            instanceId: 'test',
+            leaseTtlMs: 90_000,
+        });
+        const facts = { ...mailFacts, 'client.ip': '192.0.2.44', 'mail.from': 'renew@b.example' };
+        const stage = async (s: Stage, at: number) => {
+            now = clock + at;
+            batches.length = 0;
+            await check.run(ctx(s, facts, 'renewing'), signal);
+            return batches;
+        };
+        assert.deepEqual(await stage('connect', 0), [['acquire conns|192.0.2.44']]);
+        assert.deepEqual(await stage('helo', 1_000), [], 'no limit and no renewal due: no store call');
+        const limits = ['take sender|renew@b.example', 'take watch|renew@b.example', 'take strict|b.example'];
+        assert.deepEqual(await stage('mail', 29_999), [limits]);
+        // A third of the TTL after the last renewal, the next stage renews, in its one call.
+        assert.deepEqual(await stage('mail', 30_000), [['acquire conns|192.0.2.44', ...limits]]);
+        assert.deepEqual(await stage('helo', 59_999), []);
+        assert.deepEqual(await stage('helo', 60_000), [['acquire conns|192.0.2.44']]);
+        // The renewed lease holds a second session off until its TTL after that renewal.
+        const other = async (at: number) => {
+            now = clock + at;
+            const ids = [`x${at}`, `y${at}`];
+            await check.run(ctx('connect', facts, ids[0]), signal);
+            const r = await check.run(ctx('connect', facts, ids[1]), signal);
+            for (const id of ids) await check.end!(id);
+            return r.facts['ratelimit.exceeded'];
+        };
+        assert.deepEqual(await other(149_999), ['conns']);
+        assert.deepEqual(await other(150_000), []);
+        await check.end!('renewing');
     });
 
     it('greylists the recipient being checked', async () => {

@@ -6,7 +6,7 @@
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
 import { it } from 'node:test';
-import type { GreylistOptions, LimitStore } from '../../src/limits/index.ts';
+import type { GreylistOptions, LimitStore, StageOp } from '../../src/limits/index.ts';
 
 /** A fixed, realistic clock origin (2027); stores must not care about the real time. */
 export const T0 = 1_800_000_000_000;
@@ -248,6 +248,60 @@ export function coreContract(store: () => LimitStore): void {
         assert.equal((await s.greylist(`${other}|a|b`, other, off, T0 + GREY.delayMs)).verdict, 'pass');
         assert.equal((await s.greylist(`${other}|c|d`, other, off, T0 + GREY.delayMs)).verdict, 'new');
     });
+
+    it('stage: one batch answers each op as its own method would, greylisting after the limits', async () => {
+        const s = store();
+        const [a, b, lease, client] = [fresh('sa'), fresh('sb'), fresh('sl'), fresh('192.0.2.0/24')];
+        const w = [{ limit: 1, periodMs: MIN }];
+        const gate = { onRefusal: true, onFailure: true };
+        const grey = (n: string): StageOp => ({ op: 'greylist', triplet: `${client}|${n}`, client, opts: GREY });
+        const acquire = (holder: string): StageOp => ({
+            op: 'acquire',
+            key: lease,
+            holder,
+            max: 1,
+            ttlMs: MIN,
+            gate,
+        });
+        assert.deepEqual(
+            await s.stage(
+                [
+                    grey('x'),
+                    { op: 'take', key: a, windows: w, cost: 1, gate },
+                    acquire('h1'),
+                    { op: 'take', key: b, windows: w, cost: 1 },
+                ],
+                T0,
+            ),
+            [
+                { ok: true, value: { verdict: 'new', retryAfterMs: 5 * MIN } },
+                { ok: true, value: { allowed: true, retryAfterMs: 0, remaining: 0 } },
+                { ok: true, value: { acquired: true, active: 1 } },
+                { ok: true, value: { allowed: true, retryAfterMs: 0, remaining: 0 } },
+            ],
+        );
+        // A refusal without a gate (a limit in monitor mode) does not stop greylisting.
+        assert.deepEqual(await s.stage([{ op: 'take', key: b, windows: w, cost: 1 }, grey('y')], T0 + 1), [
+            { ok: true, value: { allowed: false, retryAfterMs: MIN - 1, remaining: 0 } },
+            { ok: true, value: { verdict: 'new', retryAfterMs: 5 * MIN } },
+        ]);
+        // A refused acquire or take with a gate does: the triplet is not even recorded.
+        assert.deepEqual(await s.stage([grey('z'), acquire('h2')], T0 + 2), [
+            { ok: true, value: { verdict: 'skipped' } },
+            { ok: true, value: { acquired: false, active: 1 } },
+        ]);
+        assert.deepEqual((await s.stage([{ op: 'take', key: a, windows: w, cost: 1, gate }, grey('z')], T0 + 3))[1], {
+            ok: true,
+            value: { verdict: 'skipped' },
+        });
+        assert.equal((await s.greylist(`${client}|z`, client, GREY, T0 + 6 * MIN)).verdict, 'new');
+        // An acquire by the holder renews its lease.
+        assert.deepEqual(await s.stage([acquire('h1')], T0 + MIN - 1), [
+            { ok: true, value: { acquired: true, active: 1 } },
+        ]);
+        assert.equal((await s.acquire(lease, 'h3', 1, MIN, T0 + MIN)).acquired, false, 'the renewed lease still holds');
+        assert.deepEqual(await s.stage([], T0), []);
+    });
 }
 
 /** Everything: the core cases plus argument checks. */
@@ -274,6 +328,25 @@ export function storeContract(store: () => LimitStore): void {
         await assert.rejects(s.acquire('k', 'h', 1, 0, T0), RangeError);
         await assert.rejects(s.release('', 'h'), RangeError);
         await assert.rejects(s.greylist('t', 'c', { ...GREY, retryWindowMs: GREY.delayMs }, T0), RangeError);
+    });
+
+    it('stage: a malformed op answers a RangeError on its own; with a failure gate it stops greylisting', async () => {
+        const s = store();
+        const w = [{ limit: 2, periodMs: MIN }];
+        const client = fresh('192.0.2.0/24');
+        const answers = await s.stage(
+            [
+                { op: 'take', key: '', windows: w, cost: 1, gate: { onRefusal: false, onFailure: true } },
+                { op: 'take', key: fresh('ok'), windows: w, cost: 1 },
+                { op: 'greylist', triplet: `${client}|t`, client, opts: GREY },
+            ],
+            T0,
+        );
+        assert.ok(!answers[0]!.ok && answers[0]!.error instanceof RangeError);
+        assert.deepEqual(answers.slice(1), [
+            { ok: true, value: { allowed: true, retryAfterMs: 0, remaining: 1 } },
+            { ok: true, value: { verdict: 'skipped' } },
+        ]);
     });
 
     it('answers ping', async () => {

@@ -1,8 +1,9 @@
 /**
  * One table of GCRA cases run against the TypeScript arithmetic (gcra.ts) and against the
- * Lua copy (gcra.lua) on a real redis-server, so that the two implementations cannot drift
- * apart; the same for the counters step (gcraCounters and counters.lua: several counters
- * charged together, each with its own verdict, refunds included). Also pins the stored format
+ * Lua copy (the `take` operation of limits.lua) on a real redis-server, so that the two
+ * implementations cannot drift apart; the same for the counters step (gcraCounters and the
+ * `charge` operation: several counters charged together, each with its own verdict, refunds
+ * included). Also pins the stored format
  * and the TTL the scripts set. Must not sleep.
  */
 import assert from 'node:assert/strict';
@@ -14,8 +15,7 @@ import type { Window } from '../../src/limits/index.ts';
 import { startRedis, type RedisInstance } from '../helpers/redis.ts';
 import { T0 } from './contract.ts';
 
-const LUA = readFileSync(new URL('../../src/limits/gcra.lua', import.meta.url), 'utf8');
-const COUNTERS_LUA = readFileSync(new URL('../../src/limits/counters.lua', import.meta.url), 'utf8');
+const LUA = readFileSync(new URL('../../src/limits/limits.lua', import.meta.url), 'utf8');
 const DAY = 86_400_000;
 
 interface Case {
@@ -245,13 +245,31 @@ describe('GCRA in Lua on redis-server', () => {
         await redis?.stop();
     });
 
+    /** One operation of limits.lua; its answer. */
+    const evalOp = async (
+        op: 'take' | 'charge',
+        keys: readonly string[],
+        now: number,
+        cost: number,
+        windows: readonly Window[],
+    ): Promise<number[]> => {
+        const head = op === 'take' ? ['take', windows.length, cost, 0] : ['charge', windows.length, cost];
+        const pairs = windows.flatMap((w) => [w.limit, w.periodMs]);
+        const reply = (await client.eval(LUA, keys.length, ...keys, now, ...head, ...pairs)) as unknown[][];
+        assert.equal(reply.length, 1);
+        return reply[0]!.map(Number);
+    };
+    const take = (key: string, now: number, cost: number, limit: number, periodMs: number) =>
+        evalOp('take', [key], now, cost, [{ limit, periodMs }]);
+    const charge = (key: string, now: number, cost: number, limit: number, periodMs: number) =>
+        evalOp('charge', [key], now, cost, [{ limit, periodMs }]);
+
     const evalCase = async (c: Case, tag: string): Promise<[boolean, number, number][]> => {
         const keys = c.windows.map((w) => `t:{${tag}}:${w.limit}:${w.periodMs}`);
         const out: [boolean, number, number][] = [];
         for (const s of c.steps) {
-            const args = [T0 + s.at, s.cost, ...c.windows.flatMap((w) => [w.limit, w.periodMs])];
-            const reply = (await client.eval(LUA, keys.length, ...keys, ...args)) as number[];
-            out.push([reply[0] === 1, Number(reply[1]), Number(reply[2])]);
+            const reply = await evalOp('take', keys, T0 + s.at, s.cost, c.windows);
+            out.push([reply[0] === 1, reply[1]!, reply[2]!]);
         }
         return out;
     };
@@ -266,8 +284,7 @@ describe('GCRA in Lua on redis-server', () => {
         const keys = c.windows.map((w, i) => `c:{${tag}}:${i}:${w.limit}:${w.periodMs}`);
         const out: unknown[] = [];
         for (const s of c.steps) {
-            const args = [T0 + s.at, s.cost, ...c.windows.flatMap((w) => [w.limit, w.periodMs])];
-            const reply = ((await client.eval(COUNTERS_LUA, keys.length, ...keys, ...args)) as number[]).map(Number);
+            const reply = await evalOp('charge', keys, T0 + s.at, s.cost, c.windows);
             out.push([
                 reply[0] === 1,
                 ...c.windows.map((_, i) => [reply[1 + 3 * i] === 1, reply[2 + 3 * i], reply[3 + 3 * i]]),
@@ -287,20 +304,20 @@ describe('GCRA in Lua on redis-server', () => {
 
     it('counters: stores what TypeScript stores, and deletes a counter a refund makes full', async () => {
         const w = [{ limit: 7, periodMs: 60_000 }];
-        await client.eval(COUNTERS_LUA, 1, 'c:{st}', T0, 3, 7, 60_000);
+        await charge('c:{st}', T0, 3, 7, 60_000);
         const ts = gcraCounters([null], w, 3, T0);
         assert.equal(await client.get('c:{st}'), encodeState(ts.writes![0]!.state));
         const pttl = await client.pttl('c:{st}');
         assert.ok(pttl > 25_000 && pttl <= 25_715, `PTTL ${pttl}`);
-        await client.eval(COUNTERS_LUA, 1, 'c:{st}', T0, -3, 7, 60_000);
+        await charge('c:{st}', T0, -3, 7, 60_000);
         assert.equal(await client.exists('c:{st}'), 0);
-        await client.eval(COUNTERS_LUA, 1, 'c:{st}', T0, 0, 7, 60_000);
+        await charge('c:{st}', T0, 0, 7, 60_000);
         assert.equal(await client.exists('c:{st}'), 0, 'a read writes nothing');
     });
 
     it('stores the same state as TypeScript, with a TTL that ends when the bucket is full again', async () => {
         const w = [{ limit: 7, periodMs: 60_000 }];
-        await client.eval(LUA, 1, 't:{ttl}', T0, 3, 7, 60_000);
+        await take('t:{ttl}', T0, 3, 7, 60_000);
         const ts = gcra([null], w, 3, T0);
         assert.equal(await client.get('t:{ttl}'), encodeState(ts.writes![0]!.state));
         assert.equal(ts.writes![0]!.ttlMs, 25_715); // 3 x 8571.43 ms, rounded up
@@ -310,11 +327,11 @@ describe('GCRA in Lua on redis-server', () => {
 
     it('a malformed stored value reads as an empty bucket; a refusal and a cost of 0 write nothing', async () => {
         await client.set('t:{bad}', 'not-a-state');
-        const reply = (await client.eval(LUA, 1, 't:{bad}', T0, 1, 2, 1_000)) as number[];
+        const reply = await take('t:{bad}', T0, 1, 2, 1_000);
         assert.deepEqual(reply, [1, 0, 1]);
-        await client.eval(LUA, 1, 't:{peek}', T0, 0, 2, 1_000);
+        await take('t:{peek}', T0, 0, 2, 1_000);
         assert.equal(await client.exists('t:{peek}'), 0);
-        await client.eval(LUA, 1, 't:{no}', T0, 3, 2, 1_000);
+        await take('t:{no}', T0, 3, 2, 1_000);
         assert.equal(await client.exists('t:{no}'), 0);
     });
 });

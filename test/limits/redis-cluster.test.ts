@@ -9,6 +9,7 @@ import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { Cluster } from 'ioredis';
 import { createRedisStore, keyNames, type RedisLimitStore } from '../../src/limits/index.ts';
+import { hashSlot } from '../../src/limits/slot.ts';
 import {
     startRedis,
     startRedisCluster,
@@ -66,6 +67,22 @@ describe('redis store on a 3-master Redis Cluster', () => {
             for (const tag of tags) assert.equal(tags.filter((t) => t === tag).length, windows.length, tag);
         }
         assert.equal(perMaster.flat().length, keys.length * windows.length);
+    });
+
+    it('computes the hash slot of a key as the Cluster does (the store groups a stage by slot)', async () => {
+        const names = keyNames();
+        const w = { limit: 10, periodMs: 60_000 };
+        const keys = [
+            '123456789',
+            'plain',
+            '{}{tag}',
+            'a{b}c{d}',
+            'é{ü}',
+            ...Array.from({ length: 40 }, (_, i) => names.rate(`sender|user${i}@example.org`, w)),
+            ...Array.from({ length: 40 }, (_, i) => names.lease(`conns|192.0.2.${i}`)),
+        ];
+        const node = raw.nodes('master')[0]!;
+        for (const key of keys) assert.equal(hashSlot(key), Number(await node.cluster('KEYSLOT', key)), key);
     });
 
     it('greylists with triplet and client keys in different slots', async () => {

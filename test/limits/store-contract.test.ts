@@ -6,7 +6,13 @@
  */
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
-import { createMemoryStore, createRedisStore, type LimitStore, type Window } from '../../src/limits/index.ts';
+import {
+    createMemoryStore,
+    createRedisStore,
+    type LimitStore,
+    type StageOp,
+    type Window,
+} from '../../src/limits/index.ts';
 import { startRedis, type RedisInstance } from '../helpers/redis.ts';
 import { storeContract, T0 } from './contract.ts';
 
@@ -118,6 +124,38 @@ describe('memory and redis stores agree on a random workload', () => {
                               : s.release(key, holder),
                     ),
                 );
+            } else if (r < 0.85) {
+                // A stage batch: a few takes and acquires (some gated), then perhaps greylisting.
+                const ops: StageOp[] = [];
+                for (let n = pick([1, 2, 3]); n > 0; n--) {
+                    const gate = pick([undefined, { onRefusal: true, onFailure: true }]);
+                    if (rnd() < 0.6) {
+                        const set = Math.floor(rnd() * windowSets.length);
+                        const key = `k${Math.floor(rnd() * 3)}:${set}`;
+                        ops.push({ op: 'take', key, windows: windowSets[set]!, cost: pick([0, 1, 2, 6]), gate });
+                    } else {
+                        const key = `c${Math.floor(rnd() * 2)}`;
+                        ops.push({
+                            op: 'acquire',
+                            key,
+                            holder: `h${Math.floor(rnd() * 5)}`,
+                            max: 3,
+                            ttlMs: 90_000,
+                            gate,
+                        });
+                    }
+                }
+                if (rnd() < 0.5) {
+                    const client = `ip${Math.floor(rnd() * 3)}`;
+                    const triplet = `${client}|s${Math.floor(rnd() * 3)}|r${Math.floor(rnd() * 2)}`;
+                    ops.push({ op: 'greylist', triplet, client, opts: grey });
+                }
+                op = `stage ${JSON.stringify(ops.map((o) => ('key' in o ? `${o.op} ${o.key}` : o.op)))}`;
+                [a, b] = await Promise.all([local, remote].map((s) => s.stage(ops, now)));
+                for (const x of a as { ok: boolean; value?: { verdict?: string } }[]) {
+                    const v = x.value?.verdict;
+                    if (v) seen[`stage:${v}`] = (seen[`stage:${v}`] ?? 0) + 1;
+                }
             } else {
                 const client = `ip${Math.floor(rnd() * 3)}`;
                 const triplet = `${client}|s${Math.floor(rnd() * 3)}|r${Math.floor(rnd() * 2)}`;
@@ -140,6 +178,9 @@ describe('memory and redis stores agree on a random workload', () => {
             'take:false',
             'charge:true',
             'charge:false',
+            'stage:new',
+            'stage:pass',
+            'stage:skipped',
         ])
             assert.ok((seen[k] ?? 0) > 0, `never saw ${k}: ${JSON.stringify(seen)}`);
     });
