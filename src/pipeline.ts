@@ -144,9 +144,10 @@ export async function runStage(
     const merged: Record<string, FactValue> = { ...facts };
     let failed: CheckOutcome | null = null;
     const headers: HeaderField[] = [];
-    for (const [i, r] of results.entries()) {
+    for (let i = 0; i < results.length; i++) {
+        const r = results[i]!;
         Object.assign(merged, r.result.facts);
-        headers.push(...(r.result.headers ?? []));
+        if (r.result.headers) headers.push(...r.result.headers);
         if (r.outcome.error !== null) {
             merged[`${r.outcome.name}.error`] = r.outcome.error;
             if (active[i]!.onError === 'tempfail' && !failed) failed = r.outcome;
