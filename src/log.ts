@@ -1,22 +1,70 @@
 /**
  * The root logger (pino, JSON lines on stdout) and the adapter smtp-server expects.
- * Secrets never reach a log line: AUTH data and passwords are redacted by path.
+ * Secrets never reach a log line: a `password` or `pass` field, at the top of a line or one
+ * level down, is written as `[redacted]`. The check runs once per line and copies nothing
+ * unless a secret is there (pino's path redaction re-serialised every field of every line).
  */
 import { format } from 'node:util';
 import { pino, type Logger } from 'pino';
 
 export type { Logger };
 
+const CENSOR = '[redacted]';
+const SECRETS = ['password', 'pass'] as const;
+
+function isSecretKey(key: string): boolean {
+    return key === 'password' || key === 'pass';
+}
+
+/** A copy of `value` (its prototype and own fields kept) with every secret field it has censored. */
+function censored(value: object): object {
+    const proto = Object.getPrototypeOf(value) as object | null;
+    let copy: Record<string, unknown>;
+    if (Array.isArray(value)) copy = [...(value as unknown[])] as unknown as Record<string, unknown>;
+    // an error keeps its message and stack (own, not enumerable) for the error serializer
+    else if (value instanceof Error)
+        copy = Object.create(proto, Object.getOwnPropertyDescriptors(value)) as Record<string, unknown>;
+    else copy = Object.assign(Object.create(proto) as Record<string, unknown>, value);
+    for (const key of SECRETS) if (Object.hasOwn(value, key)) copy[key] = CENSOR;
+    return copy;
+}
+
+/**
+ * The fields of one log line with secrets censored: a top-level `password`/`pass`, and a
+ * `password`/`pass` inside any top-level object. Returns `obj` itself when there is none.
+ */
+export function redactSecrets(obj: Record<string, unknown>): Record<string, unknown> {
+    let out: Record<string, unknown> | null = null;
+    for (const key in obj) {
+        if (!Object.hasOwn(obj, key)) continue;
+        const value = obj[key];
+        if (value === null || value === undefined) continue;
+        if (isSecretKey(key)) {
+            if (typeof value !== 'function') (out ??= { ...obj })[key] = CENSOR;
+        } else if (typeof value === 'object' && SECRETS.some((k) => Object.hasOwn(value, k))) {
+            (out ??= { ...obj })[key] = censored(value);
+        }
+    }
+    return out ?? obj;
+}
+
 export function createLogger(level: string, destination?: NodeJS.WritableStream): Logger {
-    return pino(
+    const root = pino(
         {
             level,
             base: { service: 'mailwarden' },
             timestamp: pino.stdTimeFunctions.isoTime,
-            redact: { paths: ['password', '*.password', 'auth.password', 'pass', '*.pass'], censor: '[redacted]' },
+            formatters: { bindings: redactSecrets, log: redactSecrets },
         },
         destination as pino.DestinationStream | undefined,
     );
+    // a child's bindings are serialised once, when it is made: they are censored there (children
+    // are made from their parent's prototype chain, so every descendant uses this method)
+    const proto = Object.getPrototypeOf(root) as Logger;
+    root.child = function (this: Logger, bindings, options) {
+        return proto.child.call(this, redactSecrets(bindings), options);
+    } as Logger['child'];
+    return root;
 }
 
 /**

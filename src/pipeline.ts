@@ -64,6 +64,9 @@ function checkEnded(message: string): CheckEnded {
     }
 }
 
+/** The reason given to the signal of every check that returned: one object, it carries nothing per check. */
+const CHECK_RETURNED = checkEnded('check returned');
+
 /**
  * The message as one check sees it: every stream the check opens is destroyed when the check's
  * signal aborts, which ends any reading or hashing still going on.
@@ -100,26 +103,25 @@ async function runOne(
     const controller = new AbortController();
     const own: CheckContext = { ...ctx, message: ownedMessage(ctx.message, controller.signal) };
     let timer: NodeJS.Timeout | undefined;
-    let ended = 'check returned';
+    let ended: CheckEnded | null = null;
     try {
-        const result = await Promise.race([
-            check.run(own, controller.signal),
-            new Promise<never>((_, reject) => {
-                timer = setTimeout(
-                    () => reject(new CheckTimeout(`timed out after ${check.timeoutMs} ms`)),
-                    check.timeoutMs,
-                );
-            }),
-        ]);
+        // one promise settled by whichever comes first, the check or its timer (no Promise.race)
+        const result = await new Promise<CheckResult>((resolve, reject) => {
+            timer = setTimeout(
+                () => reject(new CheckTimeout(`timed out after ${check.timeoutMs} ms`)),
+                check.timeoutMs,
+            );
+            check.run(own, controller.signal).then(resolve, reject);
+        });
         return { result, outcome: { name: check.name, ms: now() - started, error: null } };
     } catch (err) {
         const message = err instanceof CheckTimeout ? 'timeout' : err instanceof Error ? err.message : String(err);
-        ended = message === 'timeout' ? `check ${check.name} timed out` : `check ${check.name} failed`;
+        ended = checkEnded(message === 'timeout' ? `check ${check.name} timed out` : `check ${check.name} failed`);
         return { result: { facts: {} }, outcome: { name: check.name, ms: now() - started, error: message } };
     } finally {
         clearTimeout(timer);
         // whatever the outcome, the check's work ends here: no more DNS, its streams destroyed
-        controller.abort(checkEnded(ended));
+        controller.abort(ended ?? CHECK_RETURNED);
     }
 }
 
@@ -142,9 +144,10 @@ export async function runStage(
     const merged: Record<string, FactValue> = { ...facts };
     let failed: CheckOutcome | null = null;
     const headers: HeaderField[] = [];
-    for (const [i, r] of results.entries()) {
+    for (let i = 0; i < results.length; i++) {
+        const r = results[i]!;
         Object.assign(merged, r.result.facts);
-        headers.push(...(r.result.headers ?? []));
+        if (r.result.headers) headers.push(...r.result.headers);
         if (r.outcome.error !== null) {
             merged[`${r.outcome.name}.error`] = r.outcome.error;
             if (active[i]!.onError === 'tempfail' && !failed) failed = r.outcome;

@@ -18,7 +18,7 @@
 import { isIP } from 'node:net';
 import type { Metrics } from '../metrics.ts';
 import type { Check, CheckResult } from '../types.ts';
-import type { Facts, FactValue } from '../types.ts';
+import type { Facts } from '../types.ts';
 import { askLists, EMPTY_VERDICT, type ListVerdict, type Resolve } from './lookup.ts';
 import { genericPtr, heloFacts, type OwnIdentity } from './names.ts';
 import type { ConfiguredSite } from './sites.ts';
@@ -144,16 +144,6 @@ async function firstPtr(reverse: ReputationOptions['reverse'], ip: string, timeo
     }
 }
 
-function verdictFacts(prefix: string, v: ListVerdict, full: boolean): Record<string, FactValue> {
-    const facts: Record<string, FactValue> = { [`${prefix}.score`]: v.score, [`${prefix}.listed`]: v.listed };
-    if (full) {
-        facts[`${prefix}.zones`] = v.zones;
-        facts[`${prefix}.delist`] = v.delist;
-        facts[`${prefix}.errors`] = v.errors;
-    }
-    return facts;
-}
-
 /** The zones that listed the client or the sender, for the decision log line ({} when none). */
 export function listedZones(facts: Facts): { dnsbl?: readonly string[] } {
     const zones = [facts['dnsbl.listed'], facts['rhsbl.helo.listed'], facts['rhsbl.sender.listed']].flatMap((v) =>
@@ -178,7 +168,8 @@ export function createReputationProbe(lookup: ReputationLookup): Pick<Check, 'pr
                 const domain = ctx.facts['mail.from.domain'];
                 const v =
                     typeof domain === 'string' && domain !== '' ? await lookup.domain(domain, signal) : EMPTY_VERDICT;
-                return { facts: verdictFacts('rhsbl.sender', v, false) };
+                // fact names written out: an object literal with fixed keys is built without hashing
+                return { facts: { 'rhsbl.sender.score': v.score, 'rhsbl.sender.listed': v.listed } };
             }
             const ip = ctx.client.ip;
             const helo = ctx.client.helo ?? '';
@@ -197,9 +188,15 @@ export function createReputationProbe(lookup: ReputationLookup): Pick<Check, 'pr
             if (h.domain) count('resolves', heloResolves === null ? 'unknown' : heloResolves ? 'pass' : 'fail');
             return {
                 facts: {
-                    ...verdictFacts('dnsbl', address.dnsbl, true),
-                    ...verdictFacts('dnswl', address.dnswl, false),
-                    ...verdictFacts('rhsbl.helo', heloLists, false),
+                    'dnsbl.score': address.dnsbl.score,
+                    'dnsbl.listed': address.dnsbl.listed,
+                    'dnsbl.zones': address.dnsbl.zones,
+                    'dnsbl.delist': address.dnsbl.delist,
+                    'dnsbl.errors': address.dnsbl.errors,
+                    'dnswl.score': address.dnswl.score,
+                    'dnswl.listed': address.dnswl.listed,
+                    'rhsbl.helo.score': heloLists.score,
+                    'rhsbl.helo.listed': heloLists.listed,
                     'helo.syntax': h.syntax,
                     'helo.literal_mismatch': h.literalMismatch,
                     'helo.claims_us': h.claimsUs,

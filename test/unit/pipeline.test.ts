@@ -123,3 +123,49 @@ describe('pipeline: a check that ends stops its work', () => {
         assert.equal(s.destroyed, true);
     });
 });
+
+describe('pipeline: how a check ends', () => {
+    it('a check that throws before returning a promise fails like one that rejects; its signal is aborted', async () => {
+        let signalSeen: AbortSignal | null = null;
+        const thrower: Check = {
+            name: 'thrower',
+            stages: ['rcpt'],
+            timeoutMs: 5000,
+            onError: 'tempfail',
+            run(_ctx, signal) {
+                signalSeen = signal;
+                throw new Error('no resolver');
+            },
+        };
+        const r = await runStage('rcpt', [thrower], context(null), acceptAll);
+        assert.equal(r.checks[0]!.error, 'no resolver');
+        assert.equal(r.facts['thrower.error'], 'no resolver');
+        assert.equal(r.decision.action, 'tempfail');
+        const reason: unknown = (signalSeen as AbortSignal | null)?.reason;
+        assert.ok(reason instanceof CheckEnded);
+        assert.equal(reason.message, 'check thrower failed');
+    });
+
+    it('each check has its own signal: one that fails does not abort the others early', async () => {
+        const seen: { name: string; abortedWhileRunning: boolean }[] = [];
+        const make = (name: string, fail: boolean): Check => ({
+            name,
+            stages: ['rcpt'],
+            timeoutMs: 5000,
+            onError: 'ignore',
+            async run(_ctx, signal) {
+                await sleep(fail ? 1 : 20);
+                seen.push({ name, abortedWhileRunning: signal.aborted });
+                if (fail) throw new Error('bad');
+                return { facts: { [`${name}.ok`]: true } };
+            },
+        });
+        const r = await runStage('rcpt', [make('a', true), make('b', false)], context(null), acceptAll);
+        assert.equal(r.facts['b.ok'], true);
+        assert.equal(r.checks[0]!.error, 'bad');
+        assert.deepEqual(seen, [
+            { name: 'a', abortedWhileRunning: false },
+            { name: 'b', abortedWhileRunning: false },
+        ]);
+    });
+});
