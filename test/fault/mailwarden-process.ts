@@ -127,7 +127,11 @@ export function mailwardenProcess(configFile: string, options: ProcessOptions = 
                     continue;
                 }
                 logs.push({ run, at: Date.now(), line });
-                if (line.msg === 'mailwarden started') for (const w of startWaiters.splice(0)) w();
+                // started: a single process says so once; with workers, the primary says so when
+                // every worker is ready and /metrics answers (a worker's own line comes earlier)
+                const whole =
+                    (line.msg === 'mailwarden started' && line.worker === undefined) || line.msg === 'workers started';
+                if (whole) for (const w of startWaiters.splice(0)) w();
             }
         });
         c.stderr?.setEncoding('utf8');
