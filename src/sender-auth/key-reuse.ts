@@ -16,6 +16,10 @@
  * crypto.verify() takes as it is, and which prints as that same PEM where mailauth reports it
  * (`publicKey` of a DKIM result).
  *
+ * The record text is the sender's (any domain can publish any TXT record, up to a 64 KB TCP
+ * answer): a record longer than `MAX_STORED_RECORD` characters is read as before but not kept,
+ * so the store holds at most `maxEntries` × a few KB whatever senders publish.
+ *
  * It must not look anything up outside the message's resolver, must not keep more than
  * `maxEntries` records, and must not change what a lookup returns or throws.
  */
@@ -40,6 +44,12 @@ export interface KeyStore {
 
 /** Records kept by default: far more than the signers one gateway sees in an hour. */
 export const KEY_STORE_ENTRIES = 2000;
+
+/**
+ * Longest record text kept, in characters: an RSA-4096 key record is about 740, an RSA-8192 one
+ * about 1,420; a longer record (a larger key, or a record padded with notes) is read every time.
+ */
+export const MAX_STORED_RECORD = 2048;
 
 /** The PEM key as a key object that prints as the PEM; the PEM itself if it does not parse. */
 function parsedKey(pem: string): string {
@@ -82,6 +92,11 @@ export function createKeyStore(maxEntries: number = KEY_STORE_ENTRIES): KeyStore
         const rr = recordText(list);
         // mailauth throws its own error for an empty record; nothing to keep
         if (rr === '') return getPublicKey(type, name, minBitLength, answered, options);
+        if (rr.length > MAX_STORED_RECORD) {
+            // longer than any real key record: read, not kept (the sender chooses its length)
+            reads++;
+            return getPublicKey(type, name, minBitLength, answered, options);
+        }
         const key = [!!options.strict, minBitLength || 1024, options.hashAlgo ?? '', rr].join(':');
         const known = store.get(key, 0);
         if (known) return copyOf(known);

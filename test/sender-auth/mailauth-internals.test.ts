@@ -37,6 +37,8 @@ function zone(key: TestKey = bankKey): Zone {
         'sel._domainkey.sub.strict.example': { TXT: [strictKey.record] },
         '_dmarc.strict.example': { TXT: ['v=DMARC1; p=reject; adkim=s'] },
         'revoked._domainkey.bank.example': { TXT: ['v=DKIM1; k=rsa; p='] },
+        // a good key in a record padded with notes (RFC 6376 section 3.6.1, n=) past what is kept
+        'long._domainkey.bank.example': { TXT: [key.record.replace('k=rsa;', `k=rsa; n=${'x'.repeat(3000)};`)] },
         // an Ed25519 key (RFC 8463) where the signature says rsa-sha256
         'ed._domainkey.bank.example': { TXT: [edRecord] },
         'forwarder.example': { TXT: [`v=spf1 ip4:${FORWARDER_IP} -all`] },
@@ -215,6 +217,15 @@ describe('mailauth internals: DKIM keys are read once per key record', () => {
         assert.deepEqual(a, b);
         assert.notDeepEqual(a.results, ['pass']);
         assert.equal(keys.size, 0);
+    });
+
+    it("does not keep a record longer than any real key record (its length is the sender's)", async () => {
+        const keys = createKeyStore();
+        const padded = await sign(basicMessage('l@bank.example'), 'bank.example', 'long', bankKey);
+        assert.deepEqual((await verify(padded, keys)).results, ['pass']);
+        assert.deepEqual((await verify(padded, keys)).results, ['pass']);
+        assert.equal(keys.size, 0);
+        assert.equal(keys.reads, 2, 'read for each message');
     });
 
     it('keeps at most maxEntries records', async () => {
