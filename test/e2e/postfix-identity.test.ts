@@ -9,19 +9,11 @@
  * XCLIENT before its new 220 ends the session: mailwarden waits for each answer.
  */
 import assert from 'node:assert/strict';
-import { mkdtemp, rm } from 'node:fs/promises';
-import os from 'node:os';
-import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { startApp, type TestApp } from '../helpers/app.ts';
-import { startDnsServer, type DnsTestServer } from '../helpers/dns-server.ts';
-import { startPostfix, type PostfixInstance } from '../helpers/postfix.ts';
+import type { TestApp } from '../helpers/app.ts';
+import type { PostfixInstance } from '../helpers/postfix.ts';
+import { startPostfixGateway, unfold, type PostfixGateway } from '../helpers/postfix-gateway.ts';
 import { sendMail, smtpConnect } from '../helpers/smtp-client.ts';
-
-/** Joins folded header lines. */
-function unfold(message: string): string {
-    return message.replace(/\r?\n[ \t]+/g, ' ');
-}
 
 function message(id: string): string {
     return (
@@ -41,33 +33,18 @@ function postfixReceived(messages: readonly string[], id: string): string {
 }
 
 describe('each client reaches Postfix as itself', () => {
+    let gateway: PostfixGateway;
     let postfix: PostfixInstance;
-    let dns: DnsTestServer;
-    let rulesDir: string;
     let mw: TestApp;
 
     before(async () => {
-        postfix = await startPostfix({ mainCf: { smtpd_forbid_unauth_pipelining: 'yes' } });
-        dns = await startDnsServer({});
-        rulesDir = await mkdtemp(path.join(os.tmpdir(), 'mailwarden-rules-'));
-        mw = await startApp(
-            [
-                'hostname: mx.test',
-                'domains: [example.test]',
-                'listeners:',
-                '  - { name: mx, host: 127.0.0.1, port: 0, mode: mx }',
-                `upstream: { url: "smtp://127.0.0.1:${postfix.port}", xclient: true }`,
-                `dns: { servers: ["${dns.address}"], timeout: 1s }`,
-                `rules: ${rulesDir}`,
-                'http: false',
-            ].join('\n'),
-        );
+        gateway = await startPostfixGateway({ mainCf: { smtpd_forbid_unauth_pipelining: 'yes' } }, [
+            '{ name: mx, host: 127.0.0.1, port: 0, mode: mx }',
+        ]);
+        ({ postfix, mw } = gateway);
     });
     after(async () => {
-        await mw?.stop();
-        await dns?.close();
-        await postfix?.stop();
-        if (rulesDir) await rm(rulesDir, { recursive: true, force: true });
+        await gateway?.close();
     });
 
     it('names each client in its own message, in turn and at once', async () => {

@@ -6,13 +6,10 @@
  * and the rules folder is empty, so the outcome depends on the transport alone.
  */
 import assert from 'node:assert/strict';
-import { mkdtemp, rm } from 'node:fs/promises';
-import os from 'node:os';
-import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { startApp, type TestApp } from '../helpers/app.ts';
-import { startDnsServer, type DnsTestServer } from '../helpers/dns-server.ts';
-import { startPostfix, type PostfixInstance } from '../helpers/postfix.ts';
+import type { TestApp } from '../helpers/app.ts';
+import type { PostfixInstance } from '../helpers/postfix.ts';
+import { startPostfixGateway, unfold, type PostfixGateway } from '../helpers/postfix-gateway.ts';
 import { sendMail, smtpConnect } from '../helpers/smtp-client.ts';
 import { formatProxyHeader, V2_SIGNATURE } from '../../src/net/proxy-protocol.ts';
 
@@ -20,42 +17,22 @@ const MESSAGE =
     'From: Sender <sender@sender.test>\r\nTo: alice@example.test\r\nSubject: through the proxy\r\n' +
     'Message-ID: <proxy-1@sender.test>\r\n\r\nHello Alice.\r\n';
 
-/** Joins folded header lines, so patterns need not care where a line was folded. */
-function unfold(message: string): string {
-    return message.replace(/\r?\n[ \t]+/g, ' ');
-}
-
 describe('mailwarden in front of Postfix', () => {
+    let gateway: PostfixGateway;
     let postfix: PostfixInstance;
-    let dns: DnsTestServer;
-    let rulesDir: string;
     let mw: TestApp;
 
     before(async () => {
         // as Debian's Postfix: with IPv4 only, it refuses XCLIENT ADDR=IPV6:… (501 Bad ADDR syntax)
-        postfix = await startPostfix({ mainCf: { inet_protocols: 'all' } });
-        dns = await startDnsServer({});
-        rulesDir = await mkdtemp(path.join(os.tmpdir(), 'mailwarden-rules-'));
-        mw = await startApp(
-            [
-                'hostname: mx.test',
-                'domains: [example.test]',
-                'listeners:',
-                '  - { name: mx, host: 127.0.0.1, port: 0, mode: mx }',
-                '  - { name: behind-lb, host: 127.0.0.1, port: 0, mode: mx, proxyProtocol: [127.0.0.1/32], preTransactionTimeout: 1s }',
-                '  - { name: lb-elsewhere, host: 127.0.0.1, port: 0, mode: mx, proxyProtocol: [10.0.0.0/8] }',
-                `upstream: { url: "smtp://127.0.0.1:${postfix.port}", xclient: true }`,
-                `dns: { servers: ["${dns.address}"], timeout: 1s }`,
-                `rules: ${rulesDir}`,
-                'http: false',
-            ].join('\n'),
-        );
+        gateway = await startPostfixGateway({ mainCf: { inet_protocols: 'all' } }, [
+            '{ name: mx, host: 127.0.0.1, port: 0, mode: mx }',
+            '{ name: behind-lb, host: 127.0.0.1, port: 0, mode: mx, proxyProtocol: [127.0.0.1/32], preTransactionTimeout: 1s }',
+            '{ name: lb-elsewhere, host: 127.0.0.1, port: 0, mode: mx, proxyProtocol: [10.0.0.0/8] }',
+        ]);
+        ({ postfix, mw } = gateway);
     });
     after(async () => {
-        await mw?.stop();
-        await dns?.close();
-        await postfix?.stop();
-        if (rulesDir) await rm(rulesDir, { recursive: true, force: true });
+        await gateway?.close();
     });
 
     it('delivers into the Maildir, with the real client passed to Postfix by XCLIENT', async () => {
