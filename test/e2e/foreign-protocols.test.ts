@@ -8,8 +8,7 @@ import assert from 'node:assert/strict';
 import net from 'node:net';
 import tls from 'node:tls';
 import { after, before, describe, it } from 'node:test';
-import { startApp, type TestApp } from '../helpers/app.ts';
-import { startScriptedUpstream, type ScriptedUpstream } from '../helpers/scripted-upstream.ts';
+import { startScriptedGateway, type ScriptedGateway, type TestApp } from '../helpers/app.ts';
 
 /** Connects, waits for the greeting, sends `bytes`; resolves with what came after the greeting and how long the close took. */
 async function open(port: number, bytes: Buffer | string): Promise<{ after: string; ms: number }> {
@@ -36,23 +35,18 @@ async function open(port: number, bytes: Buffer | string): Promise<{ after: stri
 }
 
 describe('foreign protocols on the SMTP port', () => {
-    let up: ScriptedUpstream;
+    let gateway: ScriptedGateway;
     let mw: TestApp;
     before(async () => {
-        up = await startScriptedUpstream({ ehlo: ['XCLIENT NAME ADDR PORT PROTO HELO LOGIN'] });
-        mw = await startApp(
-            [
-                'hostname: mx.example.test',
-                'domains: [example.test]',
-                'listeners: [{ name: mx, host: 127.0.0.1, port: 0, mode: mx }]',
-                `upstream: { url: "smtp://127.0.0.1:${up.port}" }`,
-                'http: false',
-            ].join('\n'),
-        );
+        gateway = await startScriptedGateway([
+            'hostname: mx.example.test',
+            'domains: [example.test]',
+            'listeners: [{ name: mx, host: 127.0.0.1, port: 0, mode: mx }]',
+        ]);
+        mw = gateway.mw;
     });
     after(async () => {
-        await mw.stop();
-        await up.close();
+        await gateway.close();
     });
 
     const count = async (kind: string): Promise<number> =>
@@ -96,9 +90,9 @@ describe('foreign protocols on the SMTP port', () => {
     });
 
     it('still serves SMTP, and nothing of the above reached the upstream', async () => {
-        const before = up.connections.length;
+        const before = gateway.up.connections.length;
         const r = await open(mw.port(), 'QUIT\r\n');
         assert.match(r.after, /^221 /);
-        assert.equal(up.connections.length, before);
+        assert.equal(gateway.up.connections.length, before);
     });
 });

@@ -11,8 +11,7 @@ import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { hash } from '@node-rs/argon2';
-import { startApp, type TestApp } from '../helpers/app.ts';
-import { startScriptedUpstream, type ScriptedUpstream } from '../helpers/scripted-upstream.ts';
+import { startScriptedGateway, type ScriptedGateway, type TestApp } from '../helpers/app.ts';
 import { smtpConnect, type SmtpClient } from '../helpers/smtp-client.ts';
 import { createTestCertificate, type TestCertificate } from '../helpers/tls-cert.ts';
 
@@ -37,23 +36,18 @@ async function closedWith421(c: SmtpClient, boundMs: number, started: number): P
 }
 
 describe('slow clients', () => {
-    let up: ScriptedUpstream;
+    let gateway: ScriptedGateway;
     let mw: TestApp;
     before(async () => {
-        up = await startScriptedUpstream({ ehlo: ['XCLIENT NAME ADDR PORT PROTO HELO LOGIN'] });
-        mw = await startApp(
-            [
-                'hostname: mx.example.test',
-                'domains: [example.test]',
-                'listeners: [{ name: mx, host: 127.0.0.1, port: 0, mode: mx, preTransactionTimeout: 1s, socketTimeout: 1s }]',
-                `upstream: { url: "smtp://127.0.0.1:${up.port}" }`,
-                'http: false',
-            ].join('\n'),
-        );
+        gateway = await startScriptedGateway([
+            'hostname: mx.example.test',
+            'domains: [example.test]',
+            'listeners: [{ name: mx, host: 127.0.0.1, port: 0, mode: mx, preTransactionTimeout: 1s, socketTimeout: 1s }]',
+        ]);
+        mw = gateway.mw;
     });
     after(async () => {
-        await mw.stop();
-        await up.close();
+        await gateway.close();
     });
 
     it('closes a client that says nothing before EHLO', async () => {
@@ -93,8 +87,8 @@ describe('slow clients', () => {
         const started = performance.now();
         const ms = await closedWith421(c, 4000, started);
         assert.ok(ms < 3500, `${ms.toFixed(0)} ms`);
-        await up.idle();
-        assert.notEqual(up.transactions.at(-1)?.completed, true, 'nothing half-sent was delivered');
+        await gateway.up.idle();
+        assert.notEqual(gateway.up.transactions.at(-1)?.completed, true, 'nothing half-sent was delivered');
     });
 
     it('closes a client that trickles its message data slower than 500 bytes a second', async () => {
@@ -114,31 +108,26 @@ describe('slow clients', () => {
         await c.waitClosed(2000);
         // socketTimeout plus a second per 500 bytes, checked every second
         assert.ok(ms < 5000, `${ms.toFixed(0)} ms`);
-        await up.idle();
-        assert.notEqual(up.transactions.at(-1)?.completed, true, 'nothing half-sent was delivered');
+        await gateway.up.idle();
+        assert.notEqual(gateway.up.transactions.at(-1)?.completed, true, 'nothing half-sent was delivered');
         const cut = await mw.app.metrics.registry.getSingleMetricAsString('mailwarden_sessions_cut_total');
         assert.match(cut, /mailwarden_sessions_cut_total\{listener="mx",reason="data_rate"\} 1/);
     });
 });
 
 describe('a session that collects errors', () => {
-    let up: ScriptedUpstream;
+    let gateway: ScriptedGateway;
     let mw: TestApp;
     before(async () => {
-        up = await startScriptedUpstream({ ehlo: ['XCLIENT NAME ADDR PORT PROTO HELO LOGIN'] });
-        mw = await startApp(
-            [
-                'hostname: mx.example.test',
-                'domains: [example.test]',
-                'listeners: [{ name: mx, host: 127.0.0.1, port: 0, mode: mx }]',
-                `upstream: { url: "smtp://127.0.0.1:${up.port}" }`,
-                'http: false',
-            ].join('\n'),
-        );
+        gateway = await startScriptedGateway([
+            'hostname: mx.example.test',
+            'domains: [example.test]',
+            'listeners: [{ name: mx, host: 127.0.0.1, port: 0, mode: mx }]',
+        ]);
+        mw = gateway.mw;
     });
     after(async () => {
-        await mw.stop();
-        await up.close();
+        await gateway.close();
     });
 
     it('is closed with 421 4.7.0 at its 20th error reply, as Postfix smtpd_hard_error_limit', async () => {
@@ -181,31 +170,26 @@ describe('a session that collects errors', () => {
 });
 
 describe('slow clients during STARTTLS and AUTH', () => {
-    let up: ScriptedUpstream;
+    let gateway: ScriptedGateway;
     let mw: TestApp;
     let cert: TestCertificate;
     before(async () => {
         cert = await createTestCertificate();
         const users = join(cert.dir, 'users.yaml');
         writeFileSync(users, `users:\n  - login: alice@example.test\n    password: '${await hash('correct horse')}'\n`);
-        up = await startScriptedUpstream({ ehlo: ['XCLIENT NAME ADDR PORT PROTO HELO LOGIN'] });
-        mw = await startApp(
-            [
-                'hostname: mx.example.test',
-                'domains: [example.test]',
-                `tls: { cert: "${cert.certPath}", key: "${cert.keyPath}" }`,
-                `auth: { users: "${users}" }`,
-                'listeners:',
-                '  - { name: mx, host: 127.0.0.1, port: 0, mode: mx, preTransactionTimeout: 1s, socketTimeout: 1s }',
-                '  - { name: submissions, host: 127.0.0.1, port: 0, mode: submission, tls: implicit, preTransactionTimeout: 1s, socketTimeout: 1s }',
-                `upstream: { url: "smtp://127.0.0.1:${up.port}" }`,
-                'http: false',
-            ].join('\n'),
-        );
+        gateway = await startScriptedGateway([
+            'hostname: mx.example.test',
+            'domains: [example.test]',
+            `tls: { cert: "${cert.certPath}", key: "${cert.keyPath}" }`,
+            `auth: { users: "${users}" }`,
+            'listeners:',
+            '  - { name: mx, host: 127.0.0.1, port: 0, mode: mx, preTransactionTimeout: 1s, socketTimeout: 1s }',
+            '  - { name: submissions, host: 127.0.0.1, port: 0, mode: submission, tls: implicit, preTransactionTimeout: 1s, socketTimeout: 1s }',
+        ]);
+        mw = gateway.mw;
     });
     after(async () => {
-        await mw.stop();
-        await up.close();
+        await gateway.close();
         cert.cleanup();
     });
 

@@ -16,6 +16,7 @@ import { createApp, type App, type AppDeps } from '../../src/app.ts';
 import { loadConfig } from '../../src/config/load.ts';
 import { createLogger } from '../../src/log.ts';
 import { startDnsServer, type DnsTestServer } from './dns-server.ts';
+import { startScriptedUpstream, type ScriptedUpstream } from './scripted-upstream.ts';
 
 export interface TestApp {
     readonly app: App;
@@ -91,4 +92,34 @@ export async function startApp(yaml: string, deps: Omit<AppDeps, 'logger'> = {})
 /** The decision log lines recorded so far. */
 export function decisions(logs: readonly Record<string, unknown>[]): Record<string, unknown>[] {
     return logs.filter((l) => l.msg === 'decision');
+}
+
+/** An app in front of a scripted upstream that offers XCLIENT, as most listener tests need. */
+export interface ScriptedGateway {
+    readonly up: ScriptedUpstream;
+    readonly mw: TestApp;
+    close(): Promise<void>;
+}
+
+/**
+ * Starts a scripted upstream (offering XCLIENT) and an app forwarding to it: `lines` is the
+ * config without `upstream:` (hostname, domains, listeners, …), `http: false` unless it says.
+ */
+export async function startScriptedGateway(lines: readonly string[]): Promise<ScriptedGateway> {
+    const up = await startScriptedUpstream({ ehlo: ['XCLIENT NAME ADDR PORT PROTO HELO LOGIN'] });
+    try {
+        const http = lines.some((l) => l.startsWith('http:')) ? [] : ['http: false'];
+        const mw = await startApp([...lines, `upstream: { url: "smtp://127.0.0.1:${up.port}" }`, ...http].join('\n'));
+        return {
+            up,
+            mw,
+            close: async () => {
+                await mw.stop();
+                await up.close();
+            },
+        };
+    } catch (err) {
+        await up.close();
+        throw err;
+    }
 }
