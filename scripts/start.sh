@@ -1,7 +1,9 @@
 #!/bin/sh
 # The quick-start command (`npm start`): prepares Node.js 24 and the locked dependencies,
-# then runs `mailwarden serve` with the given arguments. It must not install anything else.
+# writes the JavaScript production runs into dist/ (`npm run build`, under a second), then runs
+# `mailwarden serve` with the given arguments. It must not install anything else.
 set -eu
 . "$(dirname "$0")/env.sh"
 mw_install_deps
+node "$MW_ROOT/scripts/build.js" >/dev/null
 exec node "$MW_ROOT/bin/mailwarden.js" serve "$@"

@@ -1,7 +1,7 @@
 #!/bin/sh
 # The project's test command (`npm test`, and what CI runs): prepares Node.js 24, the
 # Debian test peers (Postfix, Redis, Dovecot, Prometheus, OpenSSL) and the locked npm
-# dependencies, then runs the type check, lint, format check and the whole test suite,
+# dependencies, then runs the type check, lint, format check, the build and the whole test suite,
 # stopping at the first failure. It must not start the system services of those packages,
 # and changes nothing outside the project folder except installing them.
 set -eu
@@ -26,6 +26,9 @@ eslint .
 
 step "format: prettier --check ."
 prettier --check .
+
+step "build: node scripts/build.js (the JavaScript bin/mailwarden.js runs)"
+node scripts/build.js
 
 step "tests: node --test"
 node --test --test-force-exit --test-timeout=120000 'test/**/*.test.ts'

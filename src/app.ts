@@ -41,7 +41,7 @@ import type { Decider, Check } from './types.ts';
 import { CapabilityTracker } from './upstream/capabilities.ts';
 import { createUpstream } from './upstream/index.ts';
 import type { Upstream } from './upstream/types.ts';
-import { VERSION } from './version.ts';
+import { loadedModules, VERSION } from './version.ts';
 
 export interface AppDeps {
     readonly logger?: Logger;
@@ -479,7 +479,12 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
             if (ruleSet) watcher = watchRules();
             started = true;
             log.info(
-                { version: VERSION, upstream: upstream.description, config: config.source ?? 'embedded defaults' },
+                {
+                    version: VERSION,
+                    upstream: upstream.description,
+                    config: config.source ?? 'embedded defaults',
+                    modules: loadedModules(),
+                },
                 'mailwarden started',
             );
         },

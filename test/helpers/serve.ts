@@ -32,14 +32,18 @@ function childEnv(): NodeJS.ProcessEnv {
     return env;
 }
 
-/** `extraEnv`: variables added to the child's environment (NODE_OPTIONS, …); `nodeArgs`: Node.js flags before the script. */
+/**
+ * `extraEnv`: variables added to the child's environment (NODE_OPTIONS, …); `nodeArgs`: Node.js
+ * flags before the script; `bin`: another copy of bin/mailwarden.js (a copy of the project).
+ */
 export function startServe(
     configFile: string,
     cwd?: string,
     extraEnv: NodeJS.ProcessEnv = {},
     nodeArgs: readonly string[] = [],
+    bin: string = BIN,
 ): Serve {
-    const child = spawn(process.execPath, [...nodeArgs, BIN, 'serve', '-c', configFile], {
+    const child = spawn(process.execPath, [...nodeArgs, bin, 'serve', '-c', configFile], {
         cwd,
         env: { ...childEnv(), ...extraEnv },
         stdio: ['ignore', 'pipe', 'pipe'],

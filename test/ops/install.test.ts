@@ -205,6 +205,10 @@ describe('installing with npm on a machine whose Node.js is older than 24', { ti
         };
         try {
             await waitFor(/"msg":"listening"/);
+            // The package carries the build `npm pack` made (scripts/build.js): every module
+            // loads from it, none is stripped at start.
+            await waitFor(/"msg":"mailwarden started"/);
+            assert.match(out, /"modules":\{"compiled":\d+,"stripped":0\}/);
             child.kill('SIGHUP');
             await waitFor(/"msg":"reload requested"/);
             child.kill('SIGTERM');
