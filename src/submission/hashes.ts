@@ -9,8 +9,22 @@
  * plaintext or unknown formats are never accepted as a stored hash.
  */
 import { randomBytes } from 'node:crypto';
-import { hash as argon2Hash, parseOptions as argon2Options, verify as argon2Verify } from '@node-rs/argon2';
+import { createRequire } from 'node:module';
+import type * as Argon2 from '@node-rs/argon2';
 import bcrypt from 'bcryptjs';
+
+/**
+ * @node-rs/argon2 (a native module, about 3 MB per process), loaded the first time an argon2
+ * hash is read or made: a gateway without a users file never loads it.
+ */
+let argon2Module: typeof Argon2 | undefined;
+function argon2(): typeof Argon2 {
+    argon2Module ??= createRequire(import.meta.url)('@node-rs/argon2') as typeof Argon2;
+    return argon2Module;
+}
+const argon2Hash: typeof Argon2.hash = (...args) => argon2().hash(...args);
+const argon2Options: typeof Argon2.parseOptions = (...args) => argon2().parseOptions(...args);
+const argon2Verify: typeof Argon2.verify = (...args) => argon2().verify(...args);
 
 /** Parameters of the argon2id hashes mailwarden writes (OWASP Password Storage Cheat Sheet minimum). */
 export const ARGON2_PARAMS = { memoryCost: 19_456, timeCost: 2, parallelism: 1 } as const;

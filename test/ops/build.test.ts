@@ -30,8 +30,11 @@ function sources(root: string): string[] {
         .sort();
 }
 
-/** Prints at exit whether Node.js's type stripper (amaro) was loaded into the process. */
-const REPORT_STRIPPER = `--import=data:text/javascript,process.on("exit",()=>process.stderr.write("type-stripper-loaded:"+process.moduleLoadList.some((m)=>m.includes("amaro"))+"\\n"))`;
+/**
+ * Prints at exit whether Node.js's type stripper (amaro) and the argon2 password module were
+ * loaded into the process.
+ */
+const REPORT_LOADED = `--import=data:text/javascript,import{createRequire}from"node:module";const c=createRequire("/").cache;process.on("exit",()=>process.stderr.write("type-stripper-loaded:"+process.moduleLoadList.some((m)=>m.includes("amaro"))+" argon2-loaded:"+Object.keys(c).some((k)=>k.includes("@node-rs"))+"\\n"))`;
 
 describe('npm run build and the launcher', () => {
     let dir: string;
@@ -42,14 +45,18 @@ describe('npm run build and the launcher', () => {
         execFileSync(process.execPath, [path.join(project, 'scripts/build.js')], { cwd: project, encoding: 'utf8' });
 
     /** Starts serve from the copy, waits for its start line, stops it; the modules counts and whether the stripper loaded. */
-    const serveOnce = async (): Promise<{ modules: unknown; stripperLoaded: boolean }> => {
-        const serve = startServe(config, dir, {}, [REPORT_STRIPPER], path.join(project, 'bin/mailwarden.js'));
+    const serveOnce = async (): Promise<{ modules: unknown; stripperLoaded: boolean; argon2Loaded: boolean }> => {
+        const serve = startServe(config, dir, {}, [REPORT_LOADED], path.join(project, 'bin/mailwarden.js'));
         try {
             const started = await serve.waitFor((l) => l.msg === 'mailwarden started', { timeoutMs: 60_000 });
             assert.equal(await serve.stop(), 0);
-            const report = /type-stripper-loaded:(true|false)/.exec(serve.stderr());
+            const report = /type-stripper-loaded:(true|false) argon2-loaded:(true|false)/.exec(serve.stderr());
             assert.ok(report, serve.stderr());
-            return { modules: started.modules, stripperLoaded: report[1] === 'true' };
+            return {
+                modules: started.modules,
+                stripperLoaded: report[1] === 'true',
+                argon2Loaded: report[2] === 'true',
+            };
         } finally {
             await serve.stop();
         }
@@ -95,8 +102,9 @@ describe('npm run build and the launcher', () => {
         assert.ok(!fs.existsSync(path.join(project, 'dist.tmp')), 'nothing left of the staging folder');
     });
 
-    it('serves from dist/ without loading the type stripper', async () => {
-        const { modules, stripperLoaded } = await serveOnce();
+    it('serves from dist/ without loading the type stripper, nor argon2 without a users file', async () => {
+        const { modules, stripperLoaded, argon2Loaded } = await serveOnce();
+        assert.equal(argon2Loaded, false);
         const m = modules as { compiled: number; stripped: number };
         assert.ok(m.compiled > 100, JSON.stringify(m));
         assert.equal(m.stripped, 0);
