@@ -148,6 +148,7 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
     const log = deps.logger ?? createLogger(config.log.level);
     const metrics = deps.metrics ?? createMetrics(VERSION);
     const now = deps.now ?? Date.now;
+    // one upstream (and its idle connections) for the app's life: its keys need a restart (config/reload.ts)
     const upstream =
         deps.upstream ??
         createUpstream(config.upstream, {

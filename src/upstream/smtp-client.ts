@@ -6,10 +6,11 @@
  *
  * With XCLIENT the connection carries one client's identity and is closed (QUIT) when that
  * client leaves. Without XCLIENT the upstream sees only us, so a connection that ended cleanly
- * (outside a transaction, its last reply a 2xx to the end of data or to RSET) is kept idle
- * (pool.ts) and handed to the next client after a `250` to RSET (RFC 5321 section 4.1.1.5);
- * nothing of that client's transaction is sent before, so an idle connection that fails then
- * is dropped and another one tried. A connection is never held by two clients at once.
+ * (outside a transaction, its last reply a 2xx to the end of data or to RSET, well within the
+ * upstream's error and junk command limits) is kept idle (pool.ts) and handed to the next
+ * client after a `250` to RSET (RFC 5321 section 4.1.1.5); nothing of that client's
+ * transaction is sent before, so an idle connection that fails then is dropped and another
+ * one tried. A connection is never held by two clients at once.
  *
  * Replies of every class are returned, never thrown; only a broken connection (refused,
  * timed out, closed, garbage, TLS or XCLIENT failure, failing message source) becomes an
@@ -67,6 +68,14 @@ const POOL_MAX_IDLE = 32;
 const POOL_IDLE_TIMEOUT_MS = 5_000;
 /** Clients one upstream connection serves before it is closed. */
 const POOL_MAX_USES = 100;
+/**
+ * Postfix counts error replies (smtpd_soft_error_limit 10: then it sleeps before each reply;
+ * smtpd_hard_error_limit 20: then it hangs up) and RSET, NOOP, VRFY and ETRN
+ * (smtpd_junk_command_limit 100: then each counts as an error) per connection until a message
+ * is delivered. A connection is not kept once it reached half of either since its last delivery.
+ */
+const POOL_MAX_ERRORS = 5;
+const POOL_MAX_RSETS = 50;
 
 const REPLY_LINE = /^([2-5]\d\d)(?:([ -])(.*))?$/;
 const ENHANCED = /^([245])\.(\d{1,3})\.(\d{1,3})(?:\s+|$)/;
@@ -587,6 +596,7 @@ class SmtpClient {
             let reason: string;
             try {
                 const reply = await link.conn.command('RSET', this.config.commandTimeoutMs);
+                link.counted('RSET', reply.code);
                 // more than the one reply would be taken as the answer to the client's MAIL
                 if (reply.code === 250 && !link.conn.unsolicited) {
                     this.onConnection?.('reused');
@@ -650,6 +660,10 @@ class Link implements PoolEntry {
     readonly tls: boolean;
     readonly peer: string;
     private readonly client: SmtpClient;
+    /** Error replies (4xx, 5xx) since the last message the upstream accepted. */
+    errors = 0;
+    /** RSET commands since the last message the upstream accepted. */
+    rsets = 0;
 
     constructor(est: Established, client: SmtpClient) {
         this.conn = est.conn;
@@ -657,6 +671,23 @@ class Link implements PoolEntry {
         this.tls = est.tls;
         this.peer = est.greetingName ? `${client.label} (${est.greetingName})` : client.label;
         this.client = client;
+    }
+
+    /** Counts a command sent and its reply towards the upstream's per-connection limits. */
+    counted(line: string, code: number): void {
+        if (line === 'RSET') this.rsets++;
+        if (code >= 400) this.errors++;
+    }
+
+    /** A message was accepted: the upstream's error and junk counts start again. */
+    delivered(): void {
+        this.errors = 0;
+        this.rsets = 0;
+    }
+
+    /** Near the upstream's error or junk command limits (see POOL_MAX_ERRORS): not to be kept. */
+    get worn(): boolean {
+        return this.errors >= POOL_MAX_ERRORS || this.rsets >= POOL_MAX_RSETS;
     }
 
     /** Alive, and nothing arrived that was not asked for (a 421 before the upstream hangs up, say). */
@@ -736,6 +767,7 @@ class SmtpSession implements UpstreamSession {
     private async cmd(line: string, timeoutMs = this.config.commandTimeoutMs): Promise<UpstreamReply> {
         this.clean = false;
         const reply = toReply(await this.conn.command(line, timeoutMs));
+        this.link.counted(line, reply.code);
         if (reply.code === 421) this.spent = true;
         return reply;
     }
@@ -858,6 +890,8 @@ class SmtpSession implements UpstreamSession {
             const reply = toReply(raw);
             if (reply.code === 421) this.spent = true;
             this.clean = reply.code >= 200 && reply.code < 300;
+            if (this.clean) this.link.delivered();
+            else this.link.counted('', reply.code);
             return reply;
         });
     }
@@ -883,6 +917,7 @@ class SmtpSession implements UpstreamSession {
             !this.txOpen &&
             !this.spent &&
             this.link.usable &&
+            !this.link.worn &&
             this.client.release(this.link, this.uses)
         ) {
             return;

@@ -635,6 +635,51 @@ describe('idle connections (upstream.xclient: false)', () => {
         await upstream.close?.();
     });
 
+    it("are not kept near Postfix's junk command limit: not after 50 RSETs without a delivery", async (t) => {
+        const up = await scripted(t);
+        const upstream = createSmtpUpstream(config(up.port), { hostname: HOSTNAME });
+        for (let i = 0; i < 40; i++) {
+            const session = await upstream.open(client());
+            assert.equal((await session.mailFrom('sender@example.org', {})).code, 250);
+            await session.reset();
+            await session.close();
+        }
+        await upstream.close?.();
+        const rsets = up.connections.map((c) => c.commands.filter((l) => l === 'RSET').length);
+        // each client after the first: RSET when taken, RSET to abandon its transaction; kept
+        // after 49 (client 25), not after 51 (client 26); the 14 clients left on a new one
+        assert.deepEqual(rsets, [51, 27]);
+        assert.ok(up.connections.every((c) => c.commands.at(-1) === 'QUIT'));
+    });
+
+    it("are not kept near Postfix's error limit: at most 5 error replies without a delivery", async (t) => {
+        const up = await scripted(t, {
+            onCommand: (line) => (line.startsWith('RCPT TO:<nobody@') ? '550 5.1.1 no such user' : undefined),
+        });
+        const upstream = createSmtpUpstream(config(up.port), { hostname: HOSTNAME });
+        const deliver = async (refused: number, delivered: boolean): Promise<void> => {
+            const session = await upstream.open(client());
+            assert.equal((await session.mailFrom('sender@example.org', {})).code, 250);
+            for (let i = 0; i < refused; i++) assert.equal((await session.rcptTo('nobody@example.com')).code, 550);
+            if (delivered) {
+                assert.equal((await session.rcptTo('rcpt@example.com')).code, 250);
+                assert.equal((await session.data(Readable.from([Buffer.from('x\r\n')]))).code, 250);
+            } else {
+                await session.reset();
+            }
+            await session.close();
+        };
+        // a delivery starts the count again: 4 errors before each of 3 deliveries keep one connection
+        for (let i = 0; i < 3; i++) await deliver(4, true);
+        assert.equal(up.connections.length, 1);
+        await deliver(4, false);
+        await deliver(1, false);
+        await deliver(0, false);
+        assert.equal(up.connections.length, 2, 'the fifth error since the last delivery ended the first');
+        assert.equal(up.connections[0]?.commands.at(-1), 'QUIT');
+        await upstream.close?.();
+    });
+
     it('do not keep the process alive', async (t) => {
         const up = await scripted(t);
         assert.equal(await exitsWhileIdle(config(up.port), 4000), 0);
