@@ -4,13 +4,16 @@
  * a connection that ended cleanly serves the next client after a `250` to RSET; one the upstream
  * closed, spoke on while idle, or whose RSET failed is dropped and the mail goes out on a new
  * one; a transaction the upstream refused at the end of data leaves its connection closed, a
- * client gone inside DATA (nothing of it sent upstream) does not; shutdown QUITs idle ones.
+ * client gone inside DATA (nothing of it sent upstream) does not; shutdown QUITs idle ones. A
+ * real Postfix takes the messages of clients in turn on one connection, with RSET between them.
  * With XCLIENT every client has a connection of its own, and no RSET is sent.
  */
 import assert from 'node:assert/strict';
 import { describe, it, type TestContext } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { startApp, type TestApp } from '../helpers/app.ts';
+import { startDnsServer } from '../helpers/dns-server.ts';
+import { startPostfix } from '../helpers/postfix.ts';
 import {
     startScriptedUpstream,
     type ScriptedConnection,
@@ -198,6 +201,49 @@ describe('upstream connections with upstream.xclient: false', () => {
         await g.mw.stop();
         assert.equal(verbs(idle).at(-1), 'QUIT');
         await until('the idle connection was closed', () => idle.closed);
+    });
+});
+
+describe('upstream connections with upstream.xclient: false, in front of a real Postfix', () => {
+    it('carry the messages of clients in turn on one connection; Postfix takes RSET between them', async (t) => {
+        const postfix = await startPostfix();
+        t.after(() => postfix.stop());
+        const dns = await startDnsServer({});
+        t.after(() => dns.close());
+        const mw = await startApp(
+            [
+                'hostname: mx.test',
+                'domains: [example.test]',
+                'listeners: [{ name: mx, host: 127.0.0.1, port: 0, mode: mx }]',
+                `upstream: { url: "smtp://127.0.0.1:${postfix.port}", xclient: false }`,
+                `dns: { servers: ["${dns.address}"], timeout: 1s }`,
+                'http: false',
+            ].join('\n'),
+        );
+        t.after(() => mw.stop());
+        for (let i = 1; i <= 3; i++) {
+            const r = await sendMail(mw.port(), {
+                from: 'sender@sender.test',
+                to: ['alice@example.test'],
+                data: `From: sender@sender.test\r\nTo: alice@example.test\r\nSubject: turn ${i}\r\n\r\nHello.\r\n`,
+            });
+            assert.equal(r.message?.code, 250, r.message?.raw);
+            await until(`connection ${i} kept idle`, () => mw.logs.filter((l) => l.msg === IDLE).length >= i);
+        }
+        const messages = await postfix.waitForMessages('alice', 3);
+        assert.deepEqual(
+            messages.map((m) => /^Subject: (.*)$/m.exec(m)?.[1]?.trim()),
+            ['turn 1', 'turn 2', 'turn 3'],
+        );
+        const values = (await mw.app.metrics.upstreamConnections.get()).values;
+        assert.deepEqual(Object.fromEntries(values.map((v) => [String(v.labels.outcome), v.value])), {
+            opened: 1,
+            reused: 2,
+        });
+        // Postfix's log: the three messages came in on the last connection it accepted
+        const log = await postfix.log();
+        const last = log.slice(log.lastIndexOf(': connect from '));
+        assert.equal(last.match(/: client=unknown\[127\.0\.0\.1\]/g)?.length, 3, log);
     });
 });
 
