@@ -4,11 +4,14 @@
  * a connection that ended cleanly serves the next client after a `250` to RSET; one the upstream
  * closed, spoke on while idle, or whose RSET failed is dropped and the mail goes out on a new
  * one; a transaction the upstream refused at the end of data leaves its connection closed, a
- * client gone inside DATA (nothing of it sent upstream) does not; shutdown QUITs idle ones. A
- * real Postfix takes the messages of clients in turn on one connection, with RSET between them.
+ * client gone inside DATA (nothing of it sent upstream) does not; a reload naming another
+ * upstream changes nothing until a restart; shutdown QUITs idle ones. A real Postfix takes the
+ * messages of clients in turn on one connection, with RSET between them.
  * With XCLIENT every client has a connection of its own, and no RSET is sent.
  */
 import assert from 'node:assert/strict';
+import { readFile, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
 import { describe, it, type TestContext } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { startApp, type TestApp } from '../helpers/app.ts';
@@ -189,6 +192,25 @@ describe('upstream connections with upstream.xclient: false', () => {
         assert.equal(g.up.transactions.length, 2);
         assert.equal(g.up.transactions[0]?.data, null, 'DATA never went upstream for the first client');
         assert.equal(g.up.transactions[1]?.completed, true);
+        assert.deepEqual(await g.counts(), { opened: 1, reused: 1 });
+    });
+
+    it('keep going to the upstream in force after a reload that names another (it needs a restart)', async (t) => {
+        const g = await gateway(t);
+        const other = await startScriptedUpstream({ ehlo: ['8BITMIME'] });
+        t.after(() => other.close());
+        assert.equal(await g.send(), 250);
+        await g.idled(1);
+        const file = join(g.mw.dir, 'mailwarden.yaml');
+        await writeFile(file, (await readFile(file, 'utf8')).replace(`:${g.up.port}"`, `:${other.port}"`));
+        g.mw.app.reload();
+        assert.ok(
+            g.mw.logs.some((l) => /needs a restart: upstream\.url/.test(String(l.msg))),
+            'the change is named as needing a restart',
+        );
+        assert.equal(await g.send(), 250);
+        assert.equal(other.connections.length, 0, 'nothing reached the upstream named by the reload');
+        assert.equal(g.used().length, 1);
         assert.deepEqual(await g.counts(), { opened: 1, reused: 1 });
     });
 
