@@ -148,7 +148,14 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
     const log = deps.logger ?? createLogger(config.log.level);
     const metrics = deps.metrics ?? createMetrics(VERSION);
     const now = deps.now ?? Date.now;
-    const upstream = deps.upstream ?? createUpstream(config.upstream, { hostname: config.hostname, logger: log });
+    // one upstream (and its idle connections) for the app's life: its keys need a restart (config/reload.ts)
+    const upstream =
+        deps.upstream ??
+        createUpstream(config.upstream, {
+            hostname: config.hostname,
+            logger: log,
+            onConnection: (outcome) => metrics.upstreamConnections.inc({ outcome }),
+        });
     const capabilities = new CapabilityTracker({ log, listeners: config.listeners });
     /** Asks the upstream what it offers; throws UpstreamError when it does not answer. */
     const probeUpstream = async (): Promise<void> => {
@@ -524,6 +531,8 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
                     server.closeAllConnections();
                 });
             }
+            // every session has ended (or was cut off): the idle upstream connections are closed (QUIT)
+            if (!deps.upstream) await upstream.close?.();
             reputation.stop();
             if (!deps.resolver) resolver.close();
             for (const [old, timer] of retired) {

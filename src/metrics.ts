@@ -173,6 +173,12 @@ export function createMetrics(version: string) {
             labelNames: ['class'],
             registers: r,
         }),
+        upstreamConnections: new Counter({
+            name: `${P}upstream_connections_total`,
+            help: 'Upstream connections given to clients, by outcome: opened (a new connection), reused (an idle one, after RSET; only with upstream.xclient false), discarded (an idle one found closed, speaking out of turn or refusing RSET, and dropped)',
+            labelNames: ['outcome'],
+            registers: r,
+        }),
         envelopeRefusals: new Counter({
             name: `${P}envelope_refusals_total`,
             help: 'MAIL and RCPT commands refused before any rule, by listener and reason (address-syntax, command-syntax, smtputf8, param-invalid, param-not-offered, size, relay, too-many-recipients, upstream-feature)',

@@ -505,10 +505,11 @@ export class Session {
     }
 
     /**
-     * Client went away: QUIT upstream (an open transaction there is discarded). A message being
-     * forwarded is let finish first: once its end was written upstream, only the upstream's answer
-     * tells whether it was delivered, and a 250 the client can no longer hear is counted
-     * (dataReplied) instead of being cut off unseen.
+     * Client went away: the upstream session ends (QUIT, an open transaction there is discarded;
+     * without XCLIENT a connection that ended cleanly is kept for the next client instead). A
+     * message being forwarded is let finish first: once its end was written upstream, only the
+     * upstream's answer tells whether it was delivered, and a 250 the client can no longer hear
+     * is counted (dataReplied) instead of being cut off unseen.
      */
     async close(): Promise<void> {
         if (this.closed) return;

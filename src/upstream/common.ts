@@ -21,7 +21,14 @@ export interface UpstreamDeps {
     /** Our own host name: the EHLO argument towards the upstream, and the Maildir file name suffix. */
     readonly hostname: string;
     readonly logger?: UpstreamLogger;
+    /**
+     * Told of each upstream connection given to a client, new (`opened`) or idle and reused after
+     * RSET (`reused`), and of each idle one found unusable when taken (`discarded`).
+     */
+    readonly onConnection?: (outcome: UpstreamConnectionOutcome) => void;
 }
+
+export type UpstreamConnectionOutcome = 'opened' | 'reused' | 'discarded';
 
 const noop = (): void => {};
 

@@ -4,6 +4,14 @@
  * (RFC 3207) or implicit TLS (RFC 8314), passing the real client on with XCLIENT
  * (Postfix XCLIENT_README), then mirroring MAIL, RCPT and DATA (RFC 5321).
  *
+ * With XCLIENT the connection carries one client's identity and is closed (QUIT) when that
+ * client leaves. Without XCLIENT the upstream sees only us, so a connection that ended cleanly
+ * (outside a transaction, its last reply a 2xx to the end of data or to RSET, well within the
+ * upstream's error and junk command limits) is kept idle (pool.ts) and handed to the next
+ * client after a `250` to RSET (RFC 5321 section 4.1.1.5); nothing of that client's
+ * transaction is sent before, so an idle connection that fails then is dropped and another
+ * one tried. A connection is never held by two clients at once.
+ *
  * Replies of every class are returned, never thrown; only a broken connection (refused,
  * timed out, closed, garbage, TLS or XCLIENT failure, failing message source) becomes an
  * UpstreamError, after which the session is no longer usable. One that breaks after the
@@ -30,6 +38,7 @@ import {
     type UpstreamReply,
     type UpstreamSession,
 } from './types.ts';
+import { IdlePool, type PoolEntry } from './pool.ts';
 import { MAX_XCLIENT_VALUE, xclientCommand } from './xtext.ts';
 
 export type SmtpUpstreamConfig = Extract<UpstreamConfig, { kind: 'smtp' | 'smtps' }>;
@@ -53,6 +62,20 @@ const QUIT_TIMEOUT_MS = 2000;
  * its terminator in one write (writev) instead of one write per chunk.
  */
 const DATA_BATCH_BYTES = 64 * 1024;
+/** Idle upstream connections kept for the next client (without XCLIENT only; see pool.ts). */
+const POOL_MAX_IDLE = 32;
+/** Well under Postfix's smtpd_timeout (300 s by default, 10 s under stress with the default overrides). */
+const POOL_IDLE_TIMEOUT_MS = 5_000;
+/** Clients one upstream connection serves before it is closed. */
+const POOL_MAX_USES = 100;
+/**
+ * Postfix counts error replies (smtpd_soft_error_limit 10: then it sleeps before each reply;
+ * smtpd_hard_error_limit 20: then it hangs up) and RSET, NOOP, VRFY and ETRN
+ * (smtpd_junk_command_limit 100: then each counts as an error) per connection until a message
+ * is delivered. A connection is not kept once it reached half of either since its last delivery.
+ */
+const POOL_MAX_ERRORS = 5;
+const POOL_MAX_RSETS = 50;
 
 const REPLY_LINE = /^([2-5]\d\d)(?:([ -])(.*))?$/;
 const ENHANCED = /^([245])\.(\d{1,3})\.(\d{1,3})(?:\s+|$)/;
@@ -150,6 +173,8 @@ function parseCapabilities(lines: readonly string[]): Capabilities {
  */
 class Connection {
     socket: net.Socket;
+    /** The TCP socket under `socket` once STARTTLS wrapped it (the same socket before). */
+    private readonly tcp: net.Socket;
     failure: UpstreamError | null = null;
     /** What an error event on the socket means at this moment. */
     errorKind: UpstreamFailure = 'connect';
@@ -164,6 +189,7 @@ class Connection {
 
     constructor(socket: net.Socket, log: UpstreamLogger, label: string) {
         this.socket = socket;
+        this.tcp = socket;
         this.log = log;
         this.label = label;
         this.dead = new Promise<never>((_, reject) => {
@@ -216,6 +242,14 @@ class Connection {
     /** True when reply bytes arrived that nobody asked for yet. */
     get unsolicited(): boolean {
         return this.queue.length > 0 || this.parser.pending;
+    }
+
+    /** Lets an idle connection not keep the process alive (false), or a connection in use keep it (true). */
+    keepAlive(on: boolean): void {
+        for (const s of new Set([this.tcp, this.socket])) {
+            if (on) s.ref();
+            else s.unref();
+        }
     }
 
     /** Ends the connection for good (idempotent). */
@@ -388,15 +422,26 @@ interface Established {
 }
 
 class SmtpClient {
-    private readonly config: SmtpUpstreamConfig;
+    readonly config: SmtpUpstreamConfig;
     private readonly hostname: string;
     private readonly log: UpstreamLogger;
     readonly label: string;
+    /** Idle connections for the next client: only without XCLIENT (a connection then carries no client). */
+    private readonly pool: IdlePool<Link> | null;
+    private readonly onConnection: UpstreamDeps['onConnection'];
 
     constructor(config: SmtpUpstreamConfig, deps: UpstreamDeps) {
         this.config = config;
         this.hostname = deps.hostname;
         this.log = deps.logger ?? silentLogger;
+        this.onConnection = deps.onConnection;
+        this.pool = config.xclient
+            ? null
+            : new IdlePool<Link>({
+                  maxIdle: POOL_MAX_IDLE,
+                  idleTimeoutMs: POOL_IDLE_TIMEOUT_MS,
+                  maxUses: POOL_MAX_USES,
+              });
         this.label = `${config.host.includes(':') ? `[${config.host}]` : config.host}:${config.port}`;
     }
 
@@ -528,9 +573,71 @@ class SmtpClient {
         }
     }
 
+    /** A connection for `client`: an idle one where there is one that answers RSET, else a new one. */
     async open(client: ClientIdentity): Promise<UpstreamSession> {
+        if (this.pool) {
+            const reused = await this.reuse(this.pool);
+            if (reused) return reused;
+        }
         const est = await this.establish(client);
-        return new SmtpSession(est, this.config, est.greetingName ? `${this.label} (${est.greetingName})` : this.label);
+        this.onConnection?.('opened');
+        return new SmtpSession(new Link(est, this), 1, this);
+    }
+
+    /**
+     * Takes idle connections until one answers RSET with 250 within the command timeout; each
+     * that does not is dropped. Nothing of the client's transaction has been sent to them.
+     */
+    private async reuse(pool: IdlePool<Link>): Promise<SmtpSession | null> {
+        for (;;) {
+            const taken = pool.take((link) => this.dropped(link, 'closed or spoke while idle'));
+            if (!taken) return null;
+            const { entry: link, uses } = taken;
+            let reason: string;
+            try {
+                const reply = await link.conn.command('RSET', this.config.commandTimeoutMs);
+                link.counted('RSET', reply.code);
+                // more than the one reply would be taken as the answer to the client's MAIL
+                if (reply.code === 250 && !link.conn.unsolicited) {
+                    this.onConnection?.('reused');
+                    return new SmtpSession(link, uses + 1, this);
+                }
+                reason =
+                    reply.code === 250 ? 'more than one reply to RSET' : `RSET answered ${describe(toReply(reply))}`;
+            } catch (err) {
+                reason = errorMessage(err);
+            }
+            void link.discard();
+            this.dropped(link, reason);
+        }
+    }
+
+    private dropped(link: Link, reason: string): void {
+        this.onConnection?.('discarded');
+        if (this.debugging()) this.log.debug({ upstream: link.peer, reason }, 'idle upstream connection discarded');
+    }
+
+    /** Keeps a connection that ended cleanly for the next client; false when there is no pool. */
+    release(link: Link, uses: number): boolean {
+        if (!this.pool) return false;
+        if (this.pool.give(link, uses) && this.debugging()) {
+            this.log.debug({ upstream: link.peer, uses }, 'upstream connection kept idle');
+        }
+        return true;
+    }
+
+    /** Whether debug lines are wanted now (the level can change on reload); builds nothing otherwise. */
+    private debugging(): boolean {
+        return this.log.isLevelEnabled?.('debug') ?? true;
+    }
+
+    quitTimeoutMs(): number {
+        return Math.min(this.config.commandTimeoutMs, QUIT_TIMEOUT_MS);
+    }
+
+    /** Ends the idle connections (QUIT) and keeps none from now on. */
+    async close(): Promise<void> {
+        await this.pool?.close();
     }
 
     async probe(): Promise<UpstreamCapabilities> {
@@ -546,6 +653,57 @@ function toBytes(chunk: unknown): Uint8Array {
     throw new TypeError('message source yielded something other than bytes');
 }
 
+/** One connection to the upstream; without XCLIENT it may serve several clients in turn, never two at once. */
+class Link implements PoolEntry {
+    readonly conn: Connection;
+    readonly caps: Capabilities;
+    readonly tls: boolean;
+    readonly peer: string;
+    private readonly client: SmtpClient;
+    /** Error replies (4xx, 5xx) since the last message the upstream accepted. */
+    errors = 0;
+    /** RSET commands since the last message the upstream accepted. */
+    rsets = 0;
+
+    constructor(est: Established, client: SmtpClient) {
+        this.conn = est.conn;
+        this.caps = est.caps;
+        this.tls = est.tls;
+        this.peer = est.greetingName ? `${client.label} (${est.greetingName})` : client.label;
+        this.client = client;
+    }
+
+    /** Counts a command sent and its reply towards the upstream's per-connection limits. */
+    counted(line: string, code: number): void {
+        if (line === 'RSET') this.rsets++;
+        if (code >= 400) this.errors++;
+    }
+
+    /** A message was accepted: the upstream's error and junk counts start again. */
+    delivered(): void {
+        this.errors = 0;
+        this.rsets = 0;
+    }
+
+    /** Near the upstream's error or junk command limits (see POOL_MAX_ERRORS): not to be kept. */
+    get worn(): boolean {
+        return this.errors >= POOL_MAX_ERRORS || this.rsets >= POOL_MAX_RSETS;
+    }
+
+    /** Alive, and nothing arrived that was not asked for (a 421 before the upstream hangs up, say). */
+    get usable(): boolean {
+        return this.conn.failure === null && !this.conn.unsolicited;
+    }
+
+    idle(on: boolean): void {
+        this.conn.keepAlive(!on);
+    }
+
+    discard(): Promise<void> {
+        return this.conn.quit(this.client.quitTimeoutMs());
+    }
+}
+
 /** Marks an error thrown by the message source, as opposed to the connection. */
 class SourceFailure extends Error {
     constructor(cause: unknown) {
@@ -557,9 +715,19 @@ class SourceFailure extends Error {
 class SmtpSession implements UpstreamSession {
     readonly peer: string;
     readonly capabilities: UpstreamCapabilities;
+    private readonly link: Link;
     private readonly conn: Connection;
     private readonly caps: Capabilities;
     private readonly config: SmtpUpstreamConfig;
+    private readonly client: SmtpClient;
+    /** Clients this connection has served, this one included. */
+    private readonly uses: number;
+    /**
+     * The upstream is outside a transaction and its last reply was a success that leaves nothing
+     * pending: the greeting's EHLO, a 250 to RSET, or a 2xx to the end of data. Only then may the
+     * connection serve another client.
+     */
+    private clean = true;
     private txOpen = false;
     private closed = false;
     /** Set by a 421 reply (RFC 5321 section 3.8) or a reply that arrived out of turn. */
@@ -567,12 +735,15 @@ class SmtpSession implements UpstreamSession {
     private running = 0;
     private chain: Promise<unknown> = Promise.resolve();
 
-    constructor(est: Established, config: SmtpUpstreamConfig, peer: string) {
-        this.conn = est.conn;
-        this.caps = est.caps;
-        this.capabilities = capabilitiesFromEhlo(est.caps, est.tls);
-        this.config = config;
-        this.peer = peer;
+    constructor(link: Link, uses: number, client: SmtpClient) {
+        this.link = link;
+        this.conn = link.conn;
+        this.caps = link.caps;
+        this.capabilities = capabilitiesFromEhlo(link.caps, link.tls);
+        this.config = client.config;
+        this.client = client;
+        this.uses = uses;
+        this.peer = link.peer;
     }
 
     get usable(): boolean {
@@ -594,7 +765,9 @@ class SmtpSession implements UpstreamSession {
     }
 
     private async cmd(line: string, timeoutMs = this.config.commandTimeoutMs): Promise<UpstreamReply> {
+        this.clean = false;
         const reply = toReply(await this.conn.command(line, timeoutMs));
+        this.link.counted(line, reply.code);
         if (reply.code === 421) this.spent = true;
         return reply;
     }
@@ -607,6 +780,7 @@ class SmtpSession implements UpstreamSession {
             throw err;
         }
         this.txOpen = false;
+        this.clean = true;
     }
 
     /** Fails, before anything is sent, a transaction that needs an extension this upstream lacks. */
@@ -715,6 +889,9 @@ class SmtpSession implements UpstreamSession {
             }
             const reply = toReply(raw);
             if (reply.code === 421) this.spent = true;
+            this.clean = reply.code >= 200 && reply.code < 300;
+            if (this.clean) this.link.delivered();
+            else this.link.counted('', reply.code);
             return reply;
         });
     }
@@ -735,7 +912,17 @@ class SmtpSession implements UpstreamSession {
             this.conn.fail(new UpstreamError('closed', `upstream ${this.peer} session closed during an operation`));
             return;
         }
-        await this.conn.quit(Math.min(this.config.commandTimeoutMs, QUIT_TIMEOUT_MS));
+        if (
+            this.clean &&
+            !this.txOpen &&
+            !this.spent &&
+            this.link.usable &&
+            !this.link.worn &&
+            this.client.release(this.link, this.uses)
+        ) {
+            return;
+        }
+        await this.conn.quit(this.client.quitTimeoutMs());
     }
 }
 
@@ -749,5 +936,6 @@ export function createSmtpUpstream(config: SmtpUpstreamConfig, deps: UpstreamDep
         description: `${config.kind}://${client.label}${features ? ` (${features})` : ''}`,
         open: (identity) => client.open(identity),
         probe: () => client.probe(),
+        close: () => client.close(),
     };
 }

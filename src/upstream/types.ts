@@ -84,7 +84,10 @@ export class UnsupportedFeatureError extends UpstreamError {
     }
 }
 
-/** One connection to the upstream, used for the transactions of one client session in turn. */
+/**
+ * One connection to the upstream, used for the transactions of one client session in turn
+ * (without XCLIENT it may afterwards serve another client, never two at once).
+ */
 export interface UpstreamSession {
     /** Sends MAIL FROM (RSET first if a transaction is open). */
     mailFrom(address: string, params: MailParams): Promise<UpstreamReply>;
@@ -99,7 +102,7 @@ export interface UpstreamSession {
     data(message: Readable): Promise<UpstreamReply>;
     /** Abandons the current transaction (RSET). */
     reset(): Promise<void>;
-    /** QUIT and close; never throws. */
+    /** QUIT and close, or keep the connection idle for the next client (see smtp-client.ts); never throws. */
     close(): Promise<void>;
     /** False once the connection is broken; the owner then opens a new session. */
     readonly usable: boolean;
@@ -117,5 +120,7 @@ export interface Upstream {
      * advertised; throws UpstreamError when unusable.
      */
     probe(): Promise<UpstreamCapabilities>;
+    /** Ends the idle connections kept for reuse (shutdown); sessions in use end as they close. */
+    close?(): Promise<void>;
     readonly description: string;
 }

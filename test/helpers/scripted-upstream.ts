@@ -4,7 +4,8 @@
  * EHLO with the given capability lines, XCLIENT answered with a new 220, MAIL/RCPT/DATA
  * accepted); per test, any command or the end of data can get another reply, a delay,
  * no answer at all, or a closed connection, and DATA can be cut off after N bytes.
- * It records every command line, every XCLIENT attribute and the raw DATA bytes. With `tls`
+ * It records every command line, every XCLIENT attribute and the raw DATA bytes; a test may
+ * write to a connection unasked or close it (`connections[i].write()`, `.destroy()`). With `tls`
  * it speaks TLS from the first byte (an `smtps://` upstream). The `ehlo` array is read at
  * every EHLO, so a test may change it to make the upstream's capabilities change.
  * Test code only: it never listens beyond loopback, and `close()` ends every connection.
@@ -78,6 +79,10 @@ export interface ScriptedConnection {
     /** Attributes as sent on the wire (still xtext-encoded). */
     readonly xclientRaw: Array<Record<string, string>>;
     closed: boolean;
+    /** Writes `text` as it is, unasked (a `421` before hanging up, say). */
+    write(text: string): void;
+    /** Closes the connection at once. */
+    destroy(): void;
 }
 
 export interface ScriptedContext {
@@ -186,6 +191,10 @@ export async function startScriptedUpstream(options: ScriptedUpstreamOptions = {
             xclient: [],
             xclientRaw: [],
             closed: false,
+            write: (text) => {
+                if (!socket.destroyed && socket.writable) socket.write(text);
+            },
+            destroy: () => socket.destroy(),
         };
         connections.push(conn);
         let tx: ScriptedTransaction | null = null;

@@ -65,6 +65,7 @@ const ROWS: readonly [string, readonly RegExp[]][] = [
         [
             /^Upstream replies by class$/,
             /^Upstream DATA latency \(p50, p99\)$/,
+            /^Upstream connections per second by outcome$/,
             /^DNS cache hit ratio$/,
             /^DNS lookup latency/,
             /^Redis errors/,

@@ -2,6 +2,8 @@
 // handling, failures (closed, timeout, garbage, failing source), DATA encoding on the wire,
 // STARTTLS and implicit TLS against smtp-server, and reuse of a session.
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { once } from 'node:events';
 import net from 'node:net';
 import { Readable } from 'node:stream';
 import { after, before, describe, it } from 'node:test';
@@ -312,13 +314,16 @@ describe('MAIL, RCPT and replies', () => {
 
     it('runs a second transaction on the same session, with RSET before MAIL when one is open', async (t) => {
         const up = await scripted(t);
-        const session = await open(up.port);
+        const upstream = createSmtpUpstream(config(up.port), { hostname: HOSTNAME });
+        const session = await upstream.open(client());
         assert.equal((await send(session, 'Subject: one\r\n\r\n1\r\n')).code, 250);
         await session.mailFrom('sender@example.org', {});
         await session.rcptTo('rcpt@example.com');
         assert.equal((await send(session, 'Subject: two\r\n\r\n2\r\n')).code, 250);
         await session.reset();
+        // without XCLIENT the connection, reset, is kept for the next client until the upstream closes
         await session.close();
+        await upstream.close?.();
         assert.deepEqual(
             up.commands.map((c) => c.split(/[ :]/)[0]),
             ['EHLO', 'MAIL', 'RCPT', 'DATA', 'MAIL', 'RCPT', 'RSET', 'MAIL', 'RCPT', 'DATA', 'RSET', 'QUIT'],
@@ -530,8 +535,10 @@ describe('failures', () => {
             lines.push({ obj: obj as Record<string, unknown>, msg });
         };
         const logger = { debug: record, info: record, warn: record, error: record };
-        const session = await createSmtpUpstream(config(up.port), { hostname: HOSTNAME, logger }).open(client());
+        const upstream = createSmtpUpstream(config(up.port), { hostname: HOSTNAME, logger });
+        const session = await upstream.open(client());
         await session.close();
+        await upstream.close?.();
         assert.ok(lines.some((l) => l.obj.command === `EHLO ${HOSTNAME}`));
         assert.ok(lines.some((l) => typeof l.obj.reply === 'string' && l.obj.reply.startsWith('220 ')));
         assert.ok(lines.some((l) => l.obj.reply === '221 2.0.0 Bye'));
@@ -569,6 +576,127 @@ describe('failures', () => {
         await session.close();
         await session.close();
         assert.equal(session.usable, false);
+    });
+});
+
+/**
+ * Runs, in a child process, a session that opens `cfg`'s upstream and closes cleanly, so the
+ * connection is kept idle, and nothing else; resolves with the exit code, or null when the
+ * process was still running after `boundMs` (the idle connection kept it alive).
+ */
+async function exitsWhileIdle(cfg: SmtpUpstreamConfig, boundMs: number): Promise<number | null> {
+    const module = new URL('../../src/upstream/smtp-client.ts', import.meta.url).href;
+    const script = [
+        `import { createSmtpUpstream } from ${JSON.stringify(module)};`,
+        `const upstream = createSmtpUpstream(${JSON.stringify(cfg)}, { hostname: 'mx.mailwarden.test' });`,
+        `const session = await upstream.open(${JSON.stringify(client())});`,
+        'await session.close();',
+    ].join('\n');
+    const child = spawn(process.execPath, ['--input-type=module', '-e', script], { stdio: 'inherit' });
+    const timer = setTimeout(() => child.kill(), boundMs);
+    const [code] = (await once(child, 'exit')) as [number | null];
+    clearTimeout(timer);
+    return code;
+}
+
+describe('idle connections (upstream.xclient: false)', () => {
+    it('are taken by one session at a time: a second one opened meanwhile gets a new connection', async (t) => {
+        const up = await scripted(t);
+        const upstream = createSmtpUpstream(config(up.port), { hostname: HOSTNAME });
+        const first = await upstream.open(client());
+        await first.close();
+        const [a, b] = await Promise.all([upstream.open(client()), upstream.open(client())]);
+        assert.equal(up.connections.length, 2);
+        assert.deepEqual(up.connections[0]?.commands, [`EHLO ${HOSTNAME}`, 'RSET']);
+        assert.deepEqual(up.connections[1]?.commands, [`EHLO ${HOSTNAME}`]);
+        assert.equal((await send(a, 'Subject: a\r\n\r\na\r\n')).code, 250);
+        assert.equal((await send(b, 'Subject: b\r\n\r\nb\r\n')).code, 250);
+        assert.deepEqual(up.transactions.map((tx) => tx.connection).sort(), [1, 2]);
+        await Promise.all([a.close(), b.close()]);
+        await upstream.close?.();
+        assert.ok(up.connections.every((c) => c.commands.at(-1) === 'QUIT'));
+    });
+
+    it('are dropped when RSET gets more than one reply: the extra one would answer the next command', async (t) => {
+        const up = await scripted(t, {
+            onCommand: (line) => (line === 'RSET' ? ['250 2.0.0 Ok', '250 2.0.0 Ok'] : undefined),
+        });
+        const outcomes: string[] = [];
+        const upstream = createSmtpUpstream(config(up.port), {
+            hostname: HOSTNAME,
+            onConnection: (o) => outcomes.push(o),
+        });
+        await (await upstream.open(client())).close();
+        const session = await upstream.open(client());
+        assert.deepEqual(outcomes, ['opened', 'discarded', 'opened']);
+        assert.equal((await send(session, 'Subject: x\r\n\r\nx\r\n')).code, 250);
+        assert.equal(up.transactions[0]?.connection, 2);
+        await session.close();
+        await upstream.close?.();
+    });
+
+    it("are not kept near Postfix's junk command limit: not after 50 RSETs without a delivery", async (t) => {
+        const up = await scripted(t);
+        const upstream = createSmtpUpstream(config(up.port), { hostname: HOSTNAME });
+        for (let i = 0; i < 40; i++) {
+            const session = await upstream.open(client());
+            assert.equal((await session.mailFrom('sender@example.org', {})).code, 250);
+            await session.reset();
+            await session.close();
+        }
+        await upstream.close?.();
+        const rsets = up.connections.map((c) => c.commands.filter((l) => l === 'RSET').length);
+        // each client after the first: RSET when taken, RSET to abandon its transaction; kept
+        // after 49 (client 25), not after 51 (client 26); the 14 clients left on a new one
+        assert.deepEqual(rsets, [51, 27]);
+        assert.ok(up.connections.every((c) => c.commands.at(-1) === 'QUIT'));
+    });
+
+    it("are not kept near Postfix's error limit: at most 5 error replies without a delivery", async (t) => {
+        const up = await scripted(t, {
+            onCommand: (line) => (line.startsWith('RCPT TO:<nobody@') ? '550 5.1.1 no such user' : undefined),
+        });
+        const upstream = createSmtpUpstream(config(up.port), { hostname: HOSTNAME });
+        const deliver = async (refused: number, delivered: boolean): Promise<void> => {
+            const session = await upstream.open(client());
+            assert.equal((await session.mailFrom('sender@example.org', {})).code, 250);
+            for (let i = 0; i < refused; i++) assert.equal((await session.rcptTo('nobody@example.com')).code, 550);
+            if (delivered) {
+                assert.equal((await session.rcptTo('rcpt@example.com')).code, 250);
+                assert.equal((await session.data(Readable.from([Buffer.from('x\r\n')]))).code, 250);
+            } else {
+                await session.reset();
+            }
+            await session.close();
+        };
+        // a delivery starts the count again: 4 errors before each of 3 deliveries keep one connection
+        for (let i = 0; i < 3; i++) await deliver(4, true);
+        assert.equal(up.connections.length, 1);
+        await deliver(4, false);
+        await deliver(1, false);
+        await deliver(0, false);
+        assert.equal(up.connections.length, 2, 'the fifth error since the last delivery ended the first');
+        assert.equal(up.connections[0]?.commands.at(-1), 'QUIT');
+        await upstream.close?.();
+    });
+
+    it('do not keep the process alive', async (t) => {
+        const up = await scripted(t);
+        assert.equal(await exitsWhileIdle(config(up.port), 4000), 0);
+        assert.deepEqual(up.commands, [`EHLO ${HOSTNAME}`], 'it ended with the connection idle');
+    });
+
+    it('are not kept with XCLIENT: close() QUITs', async (t) => {
+        const up = await scripted(t, { ehlo: [FULL_XCLIENT] });
+        const upstream = createSmtpUpstream(config(up.port, { xclient: true }), { hostname: HOSTNAME });
+        const session = await upstream.open(client());
+        assert.equal((await send(session, 'Subject: x\r\n\r\nx\r\n')).code, 250);
+        await session.close();
+        assert.equal(up.connections[0]?.commands.at(-1), 'QUIT');
+        const next = await upstream.open(client());
+        assert.equal(up.connections.length, 2);
+        assert.ok(!up.commands.includes('RSET'));
+        await next.close();
     });
 });
 
@@ -651,6 +779,17 @@ describe('TLS', () => {
         assert.equal(up.received[0]?.secure, true);
         assert.equal(up.received[0]?.from, 'sender@example.org');
     });
+
+    for (const [name, over] of [
+        ['after STARTTLS', { starttls: 'required' }],
+        ['over implicit TLS', { kind: 'smtps', secure: true }],
+    ] as const) {
+        it(`an idle connection ${name} does not keep the process alive`, async (t) => {
+            const up = await tlsServer(t, { secure: 'secure' in over });
+            const cfg = config(up.port, 'kind' in over ? { kind: 'smtps' } : { starttls: over.starttls });
+            assert.equal(await exitsWhileIdle(cfg, 4000), 0);
+        });
+    }
 
     it('fails with kind tls when an smtps upstream speaks plain text', async (t) => {
         const up = await scripted(t);

@@ -1,0 +1,289 @@
+/**
+ * Idle upstream connections passed to the next client, end to end through the real listener
+ * and a scripted upstream. With `upstream.xclient: false` the upstream sees only mailwarden, so
+ * a connection that ended cleanly serves the next client after a `250` to RSET; one the upstream
+ * closed, spoke on while idle, or whose RSET failed is dropped and the mail goes out on a new
+ * one; a transaction the upstream refused at the end of data leaves its connection closed, a
+ * client gone inside DATA (nothing of it sent upstream) does not; a reload naming another
+ * upstream changes nothing until a restart; shutdown QUITs idle ones. A real Postfix takes the
+ * messages of clients in turn on one connection, with RSET between them.
+ * With XCLIENT every client has a connection of its own, and no RSET is sent.
+ */
+import assert from 'node:assert/strict';
+import { readFile, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { describe, it, type TestContext } from 'node:test';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { startApp, type TestApp } from '../helpers/app.ts';
+import { startDnsServer } from '../helpers/dns-server.ts';
+import { startPostfix } from '../helpers/postfix.ts';
+import {
+    startScriptedUpstream,
+    type ScriptedConnection,
+    type ScriptedUpstream,
+    type ScriptedUpstreamOptions,
+} from '../helpers/scripted-upstream.ts';
+import { sendMail, smtpConnect } from '../helpers/smtp-client.ts';
+
+const MSG = 'From: a@example.org\r\nTo: b@example.test\r\nSubject: hello\r\n\r\nbody\r\n';
+const IDLE = 'upstream connection kept idle';
+
+async function until(what: string, test: () => boolean, timeoutMs = 5000): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    while (!test()) {
+        if (Date.now() > deadline) throw new Error(`timed out waiting until ${what}`);
+        await sleep(10);
+    }
+}
+
+interface Gateway {
+    up: ScriptedUpstream;
+    mw: TestApp;
+    /** The upstream connections that carried a transaction (the start-up probe does not). */
+    used(): ScriptedConnection[];
+    /** mailwarden_upstream_connections_total by outcome. */
+    counts(): Promise<Record<string, number>>;
+    /** Resolves once `n` connections in all were kept idle. */
+    idled(n: number): Promise<void>;
+    send(): Promise<number | undefined>;
+}
+
+async function gateway(t: TestContext, xclient = false, options: ScriptedUpstreamOptions = {}): Promise<Gateway> {
+    const up = await startScriptedUpstream({
+        ehlo: xclient ? ['XCLIENT NAME ADDR PORT PROTO HELO LOGIN', '8BITMIME'] : ['8BITMIME'],
+        ...options,
+    });
+    const mw = await startApp(
+        [
+            'hostname: mx.example.test',
+            'domains: [example.test]',
+            'listeners: [{ name: mx, host: 127.0.0.1, port: 0, mode: mx }]',
+            `upstream: { url: "smtp://127.0.0.1:${up.port}", xclient: ${xclient}, timeout: 1s }`,
+            'http: false',
+        ].join('\n'),
+    );
+    t.after(async () => {
+        await mw.stop();
+        await up.close();
+    });
+    return {
+        up,
+        mw,
+        used: () => up.connections.filter((c) => c.commands.some((l) => l.startsWith('MAIL '))),
+        async counts() {
+            const values = (await mw.app.metrics.upstreamConnections.get()).values;
+            return Object.fromEntries(values.map((v) => [String(v.labels.outcome), v.value]));
+        },
+        idled: (n) =>
+            until(`${n} upstream connections were kept idle`, () => mw.logs.filter((l) => l.msg === IDLE).length >= n),
+        async send() {
+            const r = await sendMail(mw.port(), { from: 'a@example.org', to: ['b@example.test'], data: MSG });
+            return r.message?.code;
+        },
+    };
+}
+
+const verbs = (c: ScriptedConnection | undefined): string[] => (c?.commands ?? []).map((l) => l.split(/[ :]/)[0]!);
+
+describe('upstream connections with upstream.xclient: false', () => {
+    it('serve the next client after RSET: one connection for two clients', async (t) => {
+        const g = await gateway(t);
+        assert.equal(await g.send(), 250);
+        await g.idled(1);
+        assert.equal(await g.send(), 250);
+        const used = g.used();
+        assert.equal(used.length, 1, 'one upstream connection for both clients');
+        assert.deepEqual(verbs(used[0]), ['EHLO', 'MAIL', 'RCPT', 'DATA', 'RSET', 'MAIL', 'RCPT', 'DATA']);
+        assert.equal(g.up.transactions.length, 2);
+        assert.ok(g.up.transactions.every((tx) => tx.completed && tx.finalReply?.startsWith('250')));
+        assert.deepEqual(await g.counts(), { opened: 1, reused: 1 });
+    });
+
+    for (const [name, spoil] of [
+        ['the upstream closed it', (c: ScriptedConnection) => c.destroy()],
+        [
+            'the upstream said 421 on it',
+            (c: ScriptedConnection) => c.write('421 4.4.2 upstream.test Error: timeout exceeded\r\n'),
+        ],
+    ] as const) {
+        it(`is dropped when ${name} while idle; the next client's mail goes on a new one`, async (t) => {
+            const g = await gateway(t);
+            assert.equal(await g.send(), 250);
+            await g.idled(1);
+            spoil(g.used()[0]!);
+            assert.equal(await g.send(), 250);
+            const used = g.used();
+            assert.equal(used.length, 2);
+            assert.equal(g.up.transactions.length, 2);
+            assert.equal(g.up.transactions[1]?.connection, used[1]?.id);
+            assert.ok(!used[0]!.commands.slice(4).some((l) => l.startsWith('MAIL')), 'nothing more on the old one');
+            assert.deepEqual(await g.counts(), { opened: 2, discarded: 1 });
+            const line = g.mw.logs.find((l) => l.msg === 'idle upstream connection discarded');
+            assert.equal(line?.level, 20, 'logged at debug level');
+        });
+    }
+
+    for (const [name, answer] of [
+        ['refuses RSET with 4xx', '421 4.3.2 going down'],
+        ['refuses RSET with 5xx', '502 5.5.2 Error: command not recognized'],
+        ['does not answer RSET', { silent: true }],
+    ] as const) {
+        it(`drops an idle connection whose upstream ${name}, and delivers on a new one`, async (t) => {
+            let refuse = false;
+            const g = await gateway(t, false, {
+                onCommand: (line) => (line === 'RSET' && refuse ? answer : undefined),
+            });
+            assert.equal(await g.send(), 250);
+            await g.idled(1);
+            refuse = true;
+            assert.equal(await g.send(), 250);
+            const used = g.used();
+            assert.equal(used.length, 2);
+            assert.deepEqual(verbs(used[0]), [
+                'EHLO',
+                'MAIL',
+                'RCPT',
+                'DATA',
+                'RSET',
+                ...(name.includes('not') ? [] : ['QUIT']),
+            ]);
+            assert.deepEqual(verbs(used[1]), ['EHLO', 'MAIL', 'RCPT', 'DATA']);
+            assert.equal(g.up.transactions[1]?.completed, true);
+            assert.deepEqual(await g.counts(), { opened: 2, discarded: 1 });
+        });
+    }
+
+    for (const final of ['451 4.3.0 Error: queue file write error', '554 5.7.1 Error: content rejected']) {
+        it(`closes a connection whose last message was answered ${final.slice(0, 3)} at the end of data`, async (t) => {
+            let first = true;
+            const g = await gateway(t, false, {
+                onData: () => {
+                    if (!first) return undefined;
+                    first = false;
+                    return final;
+                },
+            });
+            assert.equal(await g.send(), Number(final.slice(0, 3)));
+            await until('the first connection was closed', () => g.used()[0]?.closed === true);
+            assert.equal(verbs(g.used()[0]).at(-1), 'QUIT');
+            assert.equal(await g.send(), 250);
+            assert.equal(g.used().length, 2);
+            assert.deepEqual(await g.counts(), { opened: 2 });
+        });
+    }
+
+    it('keeps a connection whose client went away inside DATA: nothing of that message reached the upstream', async (t) => {
+        const g = await gateway(t);
+        const c = await smtpConnect(g.mw.port());
+        await c.greeting();
+        assert.equal((await c.cmd('EHLO client.example')).code, 250);
+        assert.equal((await c.cmd('MAIL FROM:<a@example.org>')).code, 250);
+        assert.equal((await c.cmd('RCPT TO:<b@example.test>')).code, 250);
+        assert.equal((await c.cmd('DATA')).code, 354);
+        c.write('Subject: cut\r\n\r\nhalf a mess');
+        await sleep(50);
+        c.close();
+        await g.idled(1);
+        assert.equal(await g.send(), 250);
+        const used = g.used();
+        assert.equal(used.length, 1);
+        // the abandoned transaction was reset before the connection was kept, and once more when taken
+        assert.deepEqual(verbs(used[0]), ['EHLO', 'MAIL', 'RCPT', 'RSET', 'RSET', 'MAIL', 'RCPT', 'DATA']);
+        assert.equal(g.up.transactions.length, 2);
+        assert.equal(g.up.transactions[0]?.data, null, 'DATA never went upstream for the first client');
+        assert.equal(g.up.transactions[1]?.completed, true);
+        assert.deepEqual(await g.counts(), { opened: 1, reused: 1 });
+    });
+
+    it('keep going to the upstream in force after a reload that names another (it needs a restart)', async (t) => {
+        const g = await gateway(t);
+        const other = await startScriptedUpstream({ ehlo: ['8BITMIME'] });
+        t.after(() => other.close());
+        assert.equal(await g.send(), 250);
+        await g.idled(1);
+        const file = join(g.mw.dir, 'mailwarden.yaml');
+        await writeFile(file, (await readFile(file, 'utf8')).replace(`:${g.up.port}"`, `:${other.port}"`));
+        g.mw.app.reload();
+        assert.ok(
+            g.mw.logs.some((l) => /needs a restart: upstream\.url/.test(String(l.msg))),
+            'the change is named as needing a restart',
+        );
+        assert.equal(await g.send(), 250);
+        assert.equal(other.connections.length, 0, 'nothing reached the upstream named by the reload');
+        assert.equal(g.used().length, 1);
+        assert.deepEqual(await g.counts(), { opened: 1, reused: 1 });
+    });
+
+    it('are closed with QUIT when mailwarden stops', async (t) => {
+        const g = await gateway(t);
+        assert.equal(await g.send(), 250);
+        await g.idled(1);
+        const idle = g.used()[0]!;
+        assert.equal(idle.closed, false);
+        await g.mw.stop();
+        assert.equal(verbs(idle).at(-1), 'QUIT');
+        await until('the idle connection was closed', () => idle.closed);
+    });
+});
+
+describe('upstream connections with upstream.xclient: false, in front of a real Postfix', () => {
+    it('carry the messages of clients in turn on one connection; Postfix takes RSET between them', async (t) => {
+        const postfix = await startPostfix();
+        t.after(() => postfix.stop());
+        const dns = await startDnsServer({});
+        t.after(() => dns.close());
+        const mw = await startApp(
+            [
+                'hostname: mx.test',
+                'domains: [example.test]',
+                'listeners: [{ name: mx, host: 127.0.0.1, port: 0, mode: mx }]',
+                `upstream: { url: "smtp://127.0.0.1:${postfix.port}", xclient: false }`,
+                `dns: { servers: ["${dns.address}"], timeout: 1s }`,
+                'http: false',
+            ].join('\n'),
+        );
+        t.after(() => mw.stop());
+        for (let i = 1; i <= 3; i++) {
+            const r = await sendMail(mw.port(), {
+                from: 'sender@sender.test',
+                to: ['alice@example.test'],
+                data: `From: sender@sender.test\r\nTo: alice@example.test\r\nSubject: turn ${i}\r\n\r\nHello.\r\n`,
+            });
+            assert.equal(r.message?.code, 250, r.message?.raw);
+            await until(`connection ${i} kept idle`, () => mw.logs.filter((l) => l.msg === IDLE).length >= i);
+        }
+        const messages = await postfix.waitForMessages('alice', 3);
+        assert.deepEqual(
+            messages.map((m) => /^Subject: (.*)$/m.exec(m)?.[1]?.trim()),
+            ['turn 1', 'turn 2', 'turn 3'],
+        );
+        const values = (await mw.app.metrics.upstreamConnections.get()).values;
+        assert.deepEqual(Object.fromEntries(values.map((v) => [String(v.labels.outcome), v.value])), {
+            opened: 1,
+            reused: 2,
+        });
+        // Postfix's log: the three messages came in on the last connection it accepted
+        const log = await postfix.log();
+        const last = log.slice(log.lastIndexOf(': connect from '));
+        assert.equal(last.match(/: client=unknown\[127\.0\.0\.1\]/g)?.length, 3, log);
+    });
+});
+
+describe('upstream connections with upstream.xclient: true', () => {
+    it('are one per client, each with its XCLIENT, never reset for another client', async (t) => {
+        const g = await gateway(t, true);
+        assert.equal(await g.send(), 250);
+        await until('the first connection was closed', () => g.used()[0]?.closed === true);
+        assert.equal(await g.send(), 250);
+        await until('the second connection was closed', () => g.used()[1]?.closed === true);
+        const used = g.used();
+        assert.equal(used.length, 2);
+        for (const c of used) {
+            assert.deepEqual(verbs(c), ['EHLO', 'XCLIENT', 'EHLO', 'MAIL', 'RCPT', 'DATA', 'QUIT']);
+            assert.equal(c.xclient.length, 1);
+        }
+        assert.ok(!g.up.commands.includes('RSET'));
+        assert.deepEqual(await g.counts(), { opened: 2 });
+        assert.ok(!g.mw.logs.some((l) => l.msg === IDLE));
+    });
+});
