@@ -606,6 +606,12 @@ class SmtpClient {
                     reply.code === 250 ? 'more than one reply to RSET' : `RSET answered ${describe(toReply(reply))}`;
             } catch (err) {
                 reason = errorMessage(err);
+                if (err instanceof UpstreamError && err.kind === 'timeout') {
+                    // an upstream that does not answer one idle connection is not asked on the others
+                    void link.discard();
+                    this.dropped(link, reason);
+                    return null;
+                }
             }
             void link.discard();
             this.dropped(link, reason);
