@@ -607,9 +607,14 @@ class SmtpClient {
             } catch (err) {
                 reason = errorMessage(err);
                 if (err instanceof UpstreamError && err.kind === 'timeout') {
-                    // an upstream that does not answer one idle connection is not asked on the others
+                    // an upstream that does not answer one idle connection is not asked on the others:
+                    // each would cost this client another timeout; they are closed and a new one opened
                     void link.discard();
                     this.dropped(link, reason);
+                    for (let other = pool.take(); other; other = pool.take()) {
+                        void other.entry.discard();
+                        this.dropped(other.entry, 'another idle connection did not answer RSET');
+                    }
                     return null;
                 }
             }
