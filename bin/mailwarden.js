@@ -155,7 +155,7 @@ function loadOwnModules() {
     let built = {};
     try {
         const manifest = JSON.parse(readFileSync(join(root, 'dist', 'manifest.json'), 'utf8'));
-        if (manifest && manifest.format === 1 && manifest.files) built = manifest.files;
+        if (manifest && manifest.format === 2 && manifest.files) built = manifest.files;
     } catch {
         // no build: every module is stripped as it loads
     }
@@ -182,11 +182,16 @@ function loadOwnModules() {
             const source = readFileSync(file, 'utf8');
             const name = relative(root, file).split(sep).join('/');
             const entry = Object.prototype.hasOwnProperty.call(built, name) ? built[name] : undefined;
-            if (entry && createHash('sha256').update(source).digest('hex') === entry.sha256) {
+            const sha256 = (text) => createHash('sha256').update(text).digest('hex');
+            const out = entry && typeof entry.out === 'string' ? join(root, 'dist', entry.out) : '';
+            if (out.startsWith(join(root, 'dist', sep)) && sha256(source) === entry.sha256) {
                 try {
-                    const compiled = readFileSync(join(root, 'dist', entry.out), 'utf8');
-                    counts.compiled++;
-                    return { format: 'module', source: compiled, shortCircuit: true };
+                    const compiled = readFileSync(out, 'utf8');
+                    // the file as the build wrote it, not one changed or cut short since
+                    if (sha256(compiled) === entry.outSha256) {
+                        counts.compiled++;
+                        return { format: 'module', source: compiled, shortCircuit: true };
+                    }
                 } catch {
                     // unreadable: strip the source instead
                 }

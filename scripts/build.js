@@ -14,13 +14,23 @@
 /* global process, URL, console */
 import { spawnSync } from 'child_process';
 import { createHash } from 'crypto';
-import { accessSync, constants, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'fs';
+import {
+    accessSync,
+    constants,
+    mkdirSync,
+    mkdtempSync,
+    readdirSync,
+    readFileSync,
+    renameSync,
+    rmSync,
+    writeFileSync,
+} from 'fs';
 import * as nodeModule from 'module';
 import { dirname, join, relative, sep } from 'path';
 import { fileURLToPath } from 'url';
 
 const root = fileURLToPath(new URL('..', import.meta.url));
-const FORMAT = 1;
+const FORMAT = 2;
 
 /** Every .ts file under dir, as paths relative to the project root with forward slashes. */
 function sources(dir) {
@@ -68,8 +78,8 @@ function main() {
     const emitWarning = process.emitWarning;
     process.emitWarning = () => {};
     const files = {};
-    const staging = join(root, 'dist.tmp');
-    rmSync(staging, { recursive: true, force: true });
+    // a folder of its own: a second build at the same time writes into another
+    const staging = mkdtempSync(join(root, 'dist.tmp-'));
     try {
         for (const rel of sources(join(root, 'src'))) {
             const source = readFileSync(join(root, rel), 'utf8');
@@ -77,14 +87,34 @@ function main() {
             const code = stripTypeScriptTypes(source, { mode: 'strip' });
             mkdirSync(dirname(join(staging, out)), { recursive: true });
             writeFileSync(join(staging, out), code);
-            files[rel] = { sha256: createHash('sha256').update(source).digest('hex'), out };
+            const sha256 = (text) => createHash('sha256').update(text).digest('hex');
+            files[rel] = { sha256: sha256(source), out, outSha256: sha256(code) };
         }
+    } catch (err) {
+        rmSync(staging, { recursive: true, force: true });
+        throw err;
     } finally {
         process.emitWarning = emitWarning;
     }
     writeFileSync(join(staging, 'manifest.json'), `${JSON.stringify({ format: FORMAT, files }, null, 1)}\n`);
-    rmSync(join(root, 'dist'), { recursive: true, force: true });
-    renameSync(staging, join(root, 'dist'));
+    // dist/ is replaced whole by one rename, never emptied in place: a concurrent build's rename
+    // either comes before ours (ours then replaces it) or after (it replaces ours); both complete
+    const dist = join(root, 'dist');
+    for (let attempt = 0; ; attempt++) {
+        const old = `${staging}.old`;
+        try {
+            renameSync(dist, old);
+        } catch (err) {
+            if (err.code !== 'ENOENT') throw err;
+        }
+        rmSync(old, { recursive: true, force: true });
+        try {
+            renameSync(staging, dist);
+            break;
+        } catch (err) {
+            if ((err.code !== 'ENOTEMPTY' && err.code !== 'EEXIST') || attempt > 10) throw err;
+        }
+    }
     console.log(`build: ${Object.keys(files).length} modules written to dist/`);
 }
 

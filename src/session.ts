@@ -159,7 +159,13 @@ export class Session {
         if (this.upstream && this.upstream.usable && this.upstreamFor === key) return this.upstream;
         if (this.upstream) await this.upstream.close();
         this.upstream = null;
-        this.upstream = await this.deps.upstream.open(identity);
+        const opened = await this.deps.upstream.open(identity);
+        if (this.closed) {
+            // the client left while the connection was opened: close() could not see it
+            await opened.close();
+            throw new UpstreamError('closed', 'client left while the upstream connection was being opened');
+        }
+        this.upstream = opened;
         this.upstreamFor = key;
         // after XCLIENT the upstream greets in the client's words: a HELO client's connection
         // has no extensions, which says nothing about the upstream

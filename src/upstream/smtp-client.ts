@@ -606,6 +606,17 @@ class SmtpClient {
                     reply.code === 250 ? 'more than one reply to RSET' : `RSET answered ${describe(toReply(reply))}`;
             } catch (err) {
                 reason = errorMessage(err);
+                if (err instanceof UpstreamError && err.kind === 'timeout') {
+                    // an upstream that does not answer one idle connection is not asked on the others:
+                    // each would cost this client another timeout; they are closed and a new one opened
+                    void link.discard();
+                    this.dropped(link, reason);
+                    for (let other = pool.take(); other; other = pool.take()) {
+                        void other.entry.discard();
+                        this.dropped(other.entry, 'another idle connection did not answer RSET');
+                    }
+                    return null;
+                }
             }
             void link.discard();
             this.dropped(link, reason);
