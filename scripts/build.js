@@ -1,9 +1,10 @@
 // `npm run build`: writes the JavaScript that production runs into dist/ — every TypeScript file
 // of src/ with its types removed (Node.js's own type stripping, which replaces each annotation
 // with spaces, so every line and column is where it is in src/ and stack traces read the same),
-// and dist/manifest.json, which names each file's source by its SHA-256. bin/mailwarden.js loads
-// a module from dist/ only when its source still has that hash, and strips the types of any
-// other at load time, so a stale or missing dist/ costs memory, never correctness. Running it
+// and dist/manifest.json, which names each file's source and output by their SHA-256.
+// bin/mailwarden.js loads a module from dist/ only when its source and the file written still
+// have those hashes, and strips the types of any other at load time, so a stale, changed or
+// missing dist/ costs memory, never correctness. Running it
 // ahead of time keeps Node.js's type stripper (about 18 MB of WebAssembly and heap) out of the
 // server's process. It must not type-check (tsc does, in npm test) or change src/.
 // Plain JavaScript, like the launcher, so that it runs wherever the launcher does: with a

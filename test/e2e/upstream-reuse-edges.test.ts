@@ -1,6 +1,8 @@
 /**
- * Review findings on upstream connection reuse (upstream.xclient: false): a client that leaves
- * while its upstream connection is being opened, and idle connections that do not answer RSET.
+ * Edges of upstream connections (with and without reuse): a client that leaves while its
+ * upstream connection is being opened leaves no connection (nor a transaction) behind upstream;
+ * when idle connections stop answering RSET, one client waits one command timeout, not one per
+ * idle connection. Every server started is stopped.
  */
 import assert from 'node:assert/strict';
 import { describe, it, type TestContext } from 'node:test';
@@ -52,7 +54,7 @@ async function gateway(
 const send = (mw: TestApp) =>
     sendMail(mw.port(), { from: 'a@example.org', to: ['b@example.test'], data: MSG }).then((r) => r.message?.code);
 
-describe('review: a client gone while its upstream connection is being opened', () => {
+describe('a client gone while its upstream connection is being opened', () => {
     for (const xclient of [false, true]) {
         it(`sends no MAIL for it and leaves no connection open (xclient: ${xclient})`, async (t) => {
             let slow = false;
@@ -91,7 +93,7 @@ describe('review: a client gone while its upstream connection is being opened', 
     }
 });
 
-describe('review: idle connections whose upstream stopped answering', () => {
+describe('idle connections whose upstream stopped answering', () => {
     it('cost one client at most one command timeout before a new connection is tried', async (t) => {
         let silent = false;
         const g = await gateway(t, false, {

@@ -1,6 +1,8 @@
 /**
- * Review findings on scripts/build.js and the launcher: two builds at once must leave a
- * complete dist/ (or fail), and a dist/ file changed after the build must not be run.
+ * What the build must hold to (scripts/build.js and the launcher), in a copy of the project:
+ * two builds at once each leave a complete dist/ (every build has a staging folder of its own
+ * and replaces dist/ in one rename), and a dist/ file changed after the build (a hand edit, a
+ * file cut short) is never run: the launcher strips the source instead.
  */
 import assert from 'node:assert/strict';
 import { execFile, execFileSync } from 'node:child_process';
@@ -14,11 +16,11 @@ import { after, before, describe, it } from 'node:test';
 const run = promisify(execFile);
 const repo = fileURLToPath(new URL('../../', import.meta.url));
 
-describe('review: the build', () => {
+describe('the build: concurrent builds and changed output', () => {
     let dir: string;
     let project: string;
     before(() => {
-        dir = fs.mkdtempSync(path.join(os.tmpdir(), 'mw-build-review-'));
+        dir = fs.mkdtempSync(path.join(os.tmpdir(), 'mw-build-integrity-'));
         project = path.join(dir, 'project');
         fs.mkdirSync(path.join(project, 'scripts'), { recursive: true });
         for (const entry of ['bin', 'src'])
