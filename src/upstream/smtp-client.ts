@@ -169,7 +169,7 @@ function parseCapabilities(lines: readonly string[]): Capabilities {
 
 /**
  * One socket to the upstream and the replies read from it. Any failure is final: the
- * socket is destroyed, `failure` is set, the pending reader and `dead` reject.
+ * socket is destroyed, `failure` is set, the pending reader and every wait of untilDead reject.
  */
 class Connection {
     socket: net.Socket;
@@ -181,9 +181,13 @@ class Connection {
     private readonly parser = new ReplyParser();
     private readonly queue: RawReply[] = [];
     private waiter: { resolve: (r: RawReply) => void; reject: (e: UpstreamError) => void } | null = null;
-    private rejectDead: (e: UpstreamError) => void = () => {};
-    /** Rejects with the failure once the connection breaks; never resolves. */
-    readonly dead: Promise<never>;
+    /**
+     * Waits that end when the connection breaks (see untilDead). A set, emptied as each wait
+     * settles, rather than one promise that never settles: every Promise.race against such a
+     * promise would leave a reaction on it holding the raced value (a chunk of a message) for
+     * as long as the connection lives, and a reused connection lives for many messages.
+     */
+    private readonly deathWaits = new Set<(e: UpstreamError) => void>();
     private readonly log: UpstreamLogger;
     private readonly label: string;
 
@@ -192,10 +196,6 @@ class Connection {
         this.tcp = socket;
         this.log = log;
         this.label = label;
-        this.dead = new Promise<never>((_, reject) => {
-            this.rejectDead = reject;
-        });
-        this.dead.catch(() => {});
         this.listen(socket);
         socket.on('data', this.onData);
     }
@@ -257,7 +257,8 @@ class Connection {
         if (this.failure) return;
         this.failure = err;
         this.socket.destroy();
-        this.rejectDead(err);
+        for (const reject of [...this.deathWaits]) reject(err);
+        this.deathWaits.clear();
         const w = this.waiter;
         this.waiter = null;
         w?.reject(err);
@@ -329,6 +330,29 @@ class Connection {
         if (this.socket.writableNeedDrain) await this.drained(timeoutMs);
     }
 
+    /** Settles as `promise` does, or rejects with the failure once the connection breaks (at once if it has). */
+    untilDead<T>(promise: Promise<T>): Promise<T> {
+        if (this.failure) {
+            promise.catch(() => {});
+            return Promise.reject(this.failure);
+        }
+        return new Promise<T>((resolve, reject) => {
+            this.deathWaits.add(reject);
+            promise.then(
+                (value) => {
+                    this.deathWaits.delete(reject);
+                    resolve(value);
+                },
+                (err: unknown) => {
+                    this.deathWaits.delete(reject);
+                    // passed on as it came (a failing message source's own error)
+                    // eslint-disable-next-line @typescript-eslint/prefer-promise-reject-errors
+                    reject(err);
+                },
+            );
+        });
+    }
+
     private async drained(timeoutMs: number): Promise<void> {
         const timer = setTimeout(() => {
             this.fail(
@@ -336,7 +360,7 @@ class Connection {
             );
         }, timeoutMs);
         try {
-            await Promise.race([event(this.socket, 'drain'), this.dead]);
+            await this.untilDead(event(this.socket, 'drain'));
         } finally {
             clearTimeout(timer);
         }
@@ -348,7 +372,7 @@ class Connection {
             this.fail(new UpstreamError(kind, `upstream ${this.label}: ${what} took longer than ${timeoutMs} ms`));
         }, timeoutMs);
         try {
-            return await Promise.race([promise, this.dead]);
+            return await this.untilDead(promise);
         } finally {
             clearTimeout(timer);
         }
@@ -852,7 +876,7 @@ class SmtpSession implements UpstreamSession {
                 for (;;) {
                     let step: IteratorResult<unknown>;
                     try {
-                        step = await Promise.race([source.next(), conn.dead]);
+                        step = await conn.untilDead(source.next());
                     } catch (err) {
                         if (conn.failure !== null && err === conn.failure) throw err;
                         throw new SourceFailure(err);

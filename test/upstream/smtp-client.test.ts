@@ -6,6 +6,8 @@ import { spawn } from 'node:child_process';
 import { once } from 'node:events';
 import net from 'node:net';
 import { Readable } from 'node:stream';
+import { setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
 import { after, before, describe, it } from 'node:test';
 import { SMTPServer, type SMTPServerOptions } from 'smtp-server';
 import { createSmtpUpstream, type SmtpUpstreamConfig } from '../../src/upstream/smtp-client.ts';
@@ -600,6 +602,36 @@ async function exitsWhileIdle(cfg: SmtpUpstreamConfig, boundMs: number): Promise
 }
 
 describe('idle connections (upstream.xclient: false)', () => {
+    it('keep nothing of the messages they carried before the last one', async (t) => {
+        // The garbage collector, reachable without --expose-gc on the command line.
+        setFlagsFromString('--expose-gc');
+        const gc = runInNewContext('gc') as () => void;
+        const up = await scripted(t);
+        const upstream = createSmtpUpstream(config(up.port), { hostname: HOSTNAME });
+        const chunks: WeakRef<Buffer>[] = [];
+        for (let i = 0; i < 4; i++) {
+            const session = await upstream.open(client());
+            const head = Buffer.from(`Subject: ${i}\r\n\r\n${'x'.repeat(64 * 1024)}\r\n`);
+            const tail = Buffer.from(`${'y'.repeat(1024)}\r\n`);
+            chunks.push(new WeakRef(head), new WeakRef(tail));
+            assert.equal((await send(session, Readable.from([head, tail]))).code, 250);
+            await session.close();
+        }
+        assert.equal(up.connections.length, 1, 'one connection carried the four messages');
+        for (let i = 0; i < 2; i++) {
+            await new Promise((resolve) => setImmediate(resolve));
+            gc();
+        }
+        // The last message may keep a chunk referenced (in the socket's write state) until the
+        // connection's next use or end: one chunk per idle connection at most, never a growing list.
+        assert.deepEqual(
+            chunks.slice(0, 6).map((c) => c.deref() === undefined),
+            [true, true, true, true, true, true],
+            'every chunk of the earlier messages can be collected while the connection is kept',
+        );
+        await upstream.close?.();
+    });
+
     it('are taken by one session at a time: a second one opened meanwhile gets a new connection', async (t) => {
         const up = await scripted(t);
         const upstream = createSmtpUpstream(config(up.port), { hostname: HOSTNAME });
