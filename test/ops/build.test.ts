@@ -3,7 +3,7 @@
  * the project (bin/, src/, rules/, package.json, the build script; node_modules linked), so the
  * checkout's own dist/ is never touched: every module of src/ is written to dist/ with its types
  * stripped and every line and column where the source has it; `serve` then loads each module
- * from dist/ and never loads Node.js's type stripper (about 18 MB per process); a module whose
+ * from dist/ and never loads Node.js's type stripper (about 23 MB per process); a module whose
  * source changed after the build is stripped as it loads and the others still come from dist/;
  * without dist/ every module is stripped and mailwarden runs all the same. Every server started
  * is stopped.
