@@ -26,6 +26,8 @@ export interface UpstreamDeps {
      * RSET (`reused`), and of each idle one found unusable when taken (`discarded`).
      */
     readonly onConnection?: (outcome: UpstreamConnectionOutcome) => void;
+    /** A monotonic clock in milliseconds (performance.now when not given), for the age of kept connections. */
+    readonly now?: () => number;
 }
 
 export type UpstreamConnectionOutcome = 'opened' | 'reused' | 'discarded';

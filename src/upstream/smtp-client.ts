@@ -69,6 +69,12 @@ const POOL_IDLE_TIMEOUT_MS = 5_000;
 /** Clients one upstream connection serves before it is closed. */
 const POOL_MAX_USES = 100;
 /**
+ * A connection older than this is not kept: after `postfix reload` (or a change to its
+ * master.cf service) new clients meet the new settings within a minute, however steady the
+ * traffic that keeps a connection from going idle.
+ */
+const POOL_MAX_AGE_MS = 60_000;
+/**
  * Postfix counts error replies (smtpd_soft_error_limit 10: then it sleeps before each reply;
  * smtpd_hard_error_limit 20: then it hangs up) and RSET, NOOP, VRFY and ETRN
  * (smtpd_junk_command_limit 100: then each counts as an error) per connection until a message
@@ -453,12 +459,14 @@ class SmtpClient {
     /** Idle connections for the next client: only without XCLIENT (a connection then carries no client). */
     private readonly pool: IdlePool<Link> | null;
     private readonly onConnection: UpstreamDeps['onConnection'];
+    readonly now: () => number;
 
     constructor(config: SmtpUpstreamConfig, deps: UpstreamDeps) {
         this.config = config;
         this.hostname = deps.hostname;
         this.log = deps.logger ?? silentLogger;
         this.onConnection = deps.onConnection;
+        this.now = deps.now ?? (() => performance.now());
         this.pool = config.xclient
             ? null
             : new IdlePool<Link>({
@@ -699,8 +707,11 @@ class Link implements PoolEntry {
     errors = 0;
     /** RSET commands since the last message the upstream accepted. */
     rsets = 0;
+    /** When the connection was opened (the client's clock). */
+    private readonly openedAt: number;
 
     constructor(est: Established, client: SmtpClient) {
+        this.openedAt = client.now();
         this.conn = est.conn;
         this.caps = est.caps;
         this.tls = est.tls;
@@ -720,9 +731,13 @@ class Link implements PoolEntry {
         this.rsets = 0;
     }
 
-    /** Near the upstream's error or junk command limits (see POOL_MAX_ERRORS): not to be kept. */
+    /** Near the upstream's error or junk command limits (see POOL_MAX_ERRORS), or older than POOL_MAX_AGE_MS: not to be kept. */
     get worn(): boolean {
-        return this.errors >= POOL_MAX_ERRORS || this.rsets >= POOL_MAX_RSETS;
+        return (
+            this.errors >= POOL_MAX_ERRORS ||
+            this.rsets >= POOL_MAX_RSETS ||
+            this.client.now() - this.openedAt >= POOL_MAX_AGE_MS
+        );
     }
 
     /** Alive, and nothing arrived that was not asked for (a 421 before the upstream hangs up, say). */

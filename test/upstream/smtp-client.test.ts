@@ -632,6 +632,30 @@ describe('idle connections (upstream.xclient: false)', () => {
         await upstream.close?.();
     });
 
+    it('are not kept once a minute old, however often they are used (postfix reload reaches new clients)', async (t) => {
+        const up = await scripted(t);
+        let now = 0;
+        const upstream = createSmtpUpstream(config(up.port), { hostname: HOSTNAME, now: () => now });
+        const deliver = async (): Promise<void> => {
+            const session = await upstream.open(client());
+            assert.equal((await send(session, 'Subject: x\r\n\r\nx\r\n')).code, 250);
+            await session.close();
+        };
+        await deliver(); // opened at 0, kept
+        now = 59_999;
+        await deliver(); // reused, still kept
+        now = 60_000;
+        await deliver(); // reused, then closed: a minute old
+        await deliver(); // a new connection
+        await upstream.close?.();
+        assert.equal(up.connections.length, 2);
+        assert.deepEqual(
+            up.transactions.map((tx) => tx.connection),
+            [1, 1, 1, 2],
+        );
+        assert.equal(up.connections[0]?.commands.at(-1), 'QUIT');
+    });
+
     it('are taken by one session at a time: a second one opened meanwhile gets a new connection', async (t) => {
         const up = await scripted(t);
         const upstream = createSmtpUpstream(config(up.port), { hostname: HOSTNAME });
