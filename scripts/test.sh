@@ -31,4 +31,5 @@ step "build: node scripts/build.js (the JavaScript bin/mailwarden.js runs)"
 node scripts/build.js
 
 step "tests: node --test"
-node --test --test-force-exit --test-timeout=120000 'test/**/*.test.ts'
+# Each test file's results reach the runner whole (test/helpers/blocking-stdio.ts says why).
+node --import "$MW_ROOT/test/helpers/blocking-stdio.ts" --test --test-force-exit --test-timeout=120000 'test/**/*.test.ts'
