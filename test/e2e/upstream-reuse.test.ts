@@ -7,7 +7,10 @@
  * client gone inside DATA (nothing of it sent upstream) does not; a reload naming another
  * upstream changes nothing until a restart; shutdown QUITs idle ones. A real Postfix takes the
  * messages of clients in turn on one connection, with RSET between them.
- * With XCLIENT every client has a connection of its own, and no RSET is sent.
+ * With XCLIENT every client has a connection of its own, and no RSET is sent. With either, a
+ * client that leaves while its upstream connection is being opened leaves no connection (nor a
+ * transaction) behind upstream; when idle connections stop answering RSET, one client waits one
+ * command timeout, not one per idle connection.
  */
 import assert from 'node:assert/strict';
 import { readFile, writeFile } from 'node:fs/promises';
@@ -285,5 +288,68 @@ describe('upstream connections with upstream.xclient: true', () => {
         assert.ok(!g.up.commands.includes('RSET'));
         assert.deepEqual(await g.counts(), { opened: 2 });
         assert.ok(!g.mw.logs.some((l) => l.msg === IDLE));
+    });
+});
+
+describe('a client gone while its upstream connection is being opened', () => {
+    for (const xclient of [false, true]) {
+        it(`sends no MAIL for it and leaves no connection open (xclient: ${xclient})`, async (t) => {
+            let slow = false;
+            const g = await gateway(t, xclient, {
+                // reused connection: RSET slow; new connection: EHLO slow (after the start-up probe)
+                onCommand: (line) =>
+                    slow && (line === 'RSET' || line.startsWith('EHLO') || line.startsWith('XCLIENT'))
+                        ? { delayMs: 300 }
+                        : undefined,
+            });
+            assert.equal(await g.send(), 250);
+            if (!xclient) await until('kept idle', () => g.mw.logs.some((l) => l.msg === IDLE));
+            slow = true;
+            const before = g.up.connections.length;
+            const c = await smtpConnect(g.mw.port());
+            await c.greeting();
+            assert.equal((await c.cmd('EHLO client.example')).code, 250);
+            c.write('MAIL FROM:<a@example.org>\r\n');
+            await sleep(100);
+            c.close();
+            const goneAt = Date.now();
+            await sleep(1500);
+            // the connection that was being opened (or taken) for the client that left
+            const conn = xclient ? g.up.connections[before] : g.up.connections.find((x) => x.commands.includes('RSET'));
+            assert.ok(conn, 'a connection was being opened');
+            assert.ok(
+                !conn.commands.some((l, i) => i > 0 && l.startsWith('MAIL') && conn.commands.indexOf('RSET') < i) &&
+                    !(xclient && conn.commands.some((l) => l.startsWith('MAIL'))),
+                `no MAIL after the client left (${Date.now() - goneAt} ms ago; upstream connection closed: ${conn.closed}): ${conn.commands.join(' | ')}`,
+            );
+            assert.ok(
+                conn.closed || g.mw.logs.filter((l) => l.msg === IDLE).length >= 2,
+                `closed or back in the pool, not held by a session that ended: ${conn.commands.join(' | ')}`,
+            );
+        });
+    }
+});
+
+describe('idle connections whose upstream stopped answering', () => {
+    it('cost one client at most one command timeout before a new connection is tried', async (t) => {
+        let silent = false;
+        const g = await gateway(t, false, {
+            onCommand: (line) => (silent && line === 'RSET' ? { silent: true } : undefined),
+        });
+        // four clients at once leave four idle connections
+        const N = 4;
+        const codes = await Promise.all(Array.from({ length: N }, () => g.send()));
+        assert.deepEqual(codes, Array(N).fill(250));
+        await until(`${N} kept idle`, () => g.mw.logs.filter((l) => l.msg === IDLE).length >= N);
+        silent = true;
+        const rsetsBefore = g.up.commands.filter((l) => l === 'RSET').length;
+        const started = Date.now();
+        assert.equal(await g.send(), 250);
+        const waited = Date.now() - started;
+        const unanswered = g.up.commands.filter((l) => l === 'RSET').length - rsetsBefore;
+        assert.ok(
+            unanswered <= 1,
+            `one client waited for ${unanswered} unanswered RSETs (${waited} ms with a 1 s timeout) before a new connection`,
+        );
     });
 });
