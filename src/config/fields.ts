@@ -1,11 +1,12 @@
 /**
  * Field readers shared by several config sections, over the SourceReader: a section's entries,
- * host names and hosts, paths that must exist, PEM files, a field's line, and the address a
- * section binds. They report problems through the reader; they must not know any section's keys
+ * host names and hosts, lists of addresses or CIDRs, paths that must exist, PEM files, a field's
+ * line, and the address a section binds. They report problems through the reader; they must not know any section's keys
  * or defaults, and must not import a section or config/load.ts.
  */
 import fs from 'node:fs';
 import path from 'node:path';
+import { normalizeCidr } from '../net/ip.ts';
 import { ioReason } from './issues.ts';
 import { normalizeHost, normalizeHostname } from './net.ts';
 import type { Field, SourceReader } from './reader.ts';
@@ -19,6 +20,23 @@ export interface Binding {
     readonly line: number;
     /** Where a clash with a later binding is reported (its port value). */
     readonly at: Field;
+}
+
+/**
+ * The items of a list of addresses or CIDRs, normalised (`192.0.2.7` → `192.0.2.7/32`); one
+ * that does not parse is reported, and with `distinct` so is one listed twice.
+ */
+export function readCidrs(r: SourceReader, items: readonly Field[], distinct: boolean): string[] {
+    const out: string[] = [];
+    for (const item of items) {
+        const text = r.string(item, 'an IP address or CIDR');
+        if (text === null) continue;
+        const parsed = normalizeCidr(text);
+        if ('error' in parsed) r.fail(item, parsed.error);
+        else if (distinct && out.includes(parsed.cidr)) r.fail(item, `"${text}" is listed twice`);
+        else out.push(parsed.cidr);
+    }
+    return out;
 }
 
 /** Entries of a section map, with `key:` (no value) treated as absent. Unknown keys are reported. */

@@ -5,8 +5,7 @@
  * not bind anything. What needs other sections (TLS and auth for submission, address clashes
  * with other listeners and HTTP) is checked in config/load.ts from what this returns.
  */
-import { normalizeCidr } from '../../net/ip.ts';
-import { lineOf, readHost, sectionEntries, type Binding } from '../fields.ts';
+import { lineOf, readCidrs, readHost, sectionEntries, type Binding } from '../fields.ts';
 import type { Field, SourceReader } from '../reader.ts';
 import { MAX_TIMER_MS } from '../units.ts';
 import { MAX_PREGREET_WAIT_MS, PREGREET_DEFAULTS } from './pregreet.ts';
@@ -262,13 +261,5 @@ function proxyProtocol(r: SourceReader, field: Field): readonly string[] | null 
     const items = r.list(field, 'trusted addresses or CIDRs, or true or false');
     if (items === null) return null;
     if (items.length === 0) r.fail(field, 'an empty list lets no client send a PROXY header; write false instead');
-    const out: string[] = [];
-    for (const item of items) {
-        const text = r.string(item, 'an IP address or CIDR');
-        if (text === null) continue;
-        const parsed = normalizeCidr(text);
-        if ('error' in parsed) r.fail(item, parsed.error);
-        else out.push(parsed.cidr);
-    }
-    return out;
+    return readCidrs(r, items, false);
 }

@@ -7,8 +7,7 @@
  */
 import path from 'node:path';
 import { isScalar } from 'yaml';
-import { normalizeCidr } from '../../net/ip.ts';
-import { existingPath, sectionEntries } from '../fields.ts';
+import { existingPath, readCidrs, sectionEntries } from '../fields.ts';
 import { normalizeHost } from '../net.ts';
 import type { Field, SourceReader } from '../reader.ts';
 import { parseDuration } from '../units.ts';
@@ -162,17 +161,7 @@ function failureRate(r: SourceReader, field: Field): CountPerPeriod | null {
 
 /** A list of addresses or CIDRs, normalised (`192.0.2.7` → `192.0.2.7/32`). */
 function cidrList(r: SourceReader, field: Field): string[] {
-    const items = r.list(field, 'addresses or CIDRs such as 192.0.2.0/24') ?? [];
-    const out: string[] = [];
-    for (const item of items) {
-        const text = r.string(item, 'an IP address or CIDR');
-        if (text === null) continue;
-        const parsed = normalizeCidr(text);
-        if ('error' in parsed) r.fail(item, parsed.error);
-        else if (out.includes(parsed.cidr)) r.fail(item, `"${text}" is listed twice`);
-        else out.push(parsed.cidr);
-    }
-    return out;
+    return readCidrs(r, r.list(field, 'addresses or CIDRs such as 192.0.2.0/24') ?? [], true);
 }
 
 /** `unix:PATH` (or an absolute path), or `[inet:]HOST:PORT`. */
