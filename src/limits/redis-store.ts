@@ -331,6 +331,21 @@ export function createRedisStore(options: RedisStoreOptions): RedisLimitStore {
             }
         });
         if (gated) for (const i of greylists.splice(0)) out[i] = { ok: true, value: { verdict: 'skipped' } };
+        /** Sends one script call and answers the ops at `indices` (in the batch's order) from its replies. */
+        const answer = async (batch: Batch, indices: readonly number[]): Promise<void> => {
+            try {
+                const replies = await run('stage', () => call(batch, now));
+                indices.forEach((i, n) => {
+                    try {
+                        out[i] = { ok: true, value: valueOf(ops[i]!, replies[n]) };
+                    } catch (error) {
+                        out[i] = failed(error);
+                    }
+                });
+            } catch (error) {
+                for (const i of indices) out[i] = failed(error);
+            }
+        };
         if (!isCluster) {
             const sent = [...limits, ...greylists];
             if (sent.length === 0) return out;
@@ -340,18 +355,7 @@ export function createRedisStore(options: RedisStoreOptions): RedisLimitStore {
                 const g = ops[i] as Extract<StageOp, { op: 'greylist' }>;
                 addGreylist(batch, g.triplet, g.client, g.opts);
             }
-            try {
-                const replies = await run('stage', () => call(batch, now));
-                sent.forEach((i, n) => {
-                    try {
-                        out[i] = { ok: true, value: valueOf(ops[i]!, replies[n]) };
-                    } catch (error) {
-                        out[i] = failed(error);
-                    }
-                });
-            } catch (error) {
-                for (const i of sent) out[i] = failed(error);
-            }
+            await answer(batch, sent);
             return out;
         }
         // Cluster: one call per slot, all sent together; greylisting after them.
@@ -367,18 +371,7 @@ export function createRedisStore(options: RedisStoreOptions): RedisLimitStore {
             [...bySlot.values()].map(async (group) => {
                 const batch = new Batch();
                 for (const i of group) addOp(batch, ops[i] as Exclude<StageOp, { op: 'greylist' }>);
-                try {
-                    const replies = await run('stage', () => call(batch, now));
-                    group.forEach((i, n) => {
-                        try {
-                            out[i] = { ok: true, value: valueOf(ops[i]!, replies[n]) };
-                        } catch (error) {
-                            out[i] = failed(error);
-                        }
-                    });
-                } catch (error) {
-                    for (const i of group) out[i] = failed(error);
-                }
+                await answer(batch, group);
             }),
         );
         for (const i of limits) {
