@@ -8,7 +8,9 @@
  * - the few functions that DMARC in `rfc7489` mode and the disposition need, so that record
  *   parsing and policy tags (RFC 9989 sections 4.7 and 4.10.1), the domain existence test
  *   (appendix A.4) and the author domain rules (section 5.3.1) stay exactly mailauth's;
- * - the DKIM key record reader (`getPublicKey`), whose result key-reuse.ts keeps per record.
+ * - the DKIM key record reader (`getPublicKey`), whose result key-reuse.ts keeps per record;
+ * - the DKIM verifier with its two scans over every byte replaced by linear ones (header-scan.ts,
+ *   `withLinearScans`): its header scan copied an array per byte of the header section.
  *
  * The mailauth version is pinned in package.json; test/sender-auth/mailauth-internals.test.ts
  * holds the shapes relied on here (and the composition against mailauth's own `authenticate`),
@@ -21,6 +23,7 @@ import { createRequire } from 'node:module';
 import type { Writable } from 'node:stream';
 import type * as Mailauth from 'mailauth';
 import type { DnsResolve } from '../dns/scoped.ts';
+import { bareLineFeeds, headerEnd, newHeaderScan } from './header-scan.ts';
 
 export type { DnsResolve };
 
@@ -175,7 +178,63 @@ const dmarcModule = require('mailauth/lib/dmarc/index.js') as {
 };
 const signModule = require('mailauth/lib/dkim/sign.js') as { dkimSign: typeof Mailauth.dkimSign };
 
-export const DkimVerifier = verifier.DkimVerifier;
+/** The fields and steps of mailauth's message parser (lib/dkim/message-parser.js) the scans below replace. */
+interface MessageParserInternals {
+    state: 'header' | 'body';
+    headerBytes: number;
+    headerChunks: Buffer[];
+    lastByte: number | undefined;
+    emitHeaders(chunk?: Buffer): Promise<void>;
+    nextChunk(chunk: Buffer): Promise<void>;
+}
+
+/**
+ * A subclass of one of mailauth's message parsers (the DKIM verifier, or the parser itself in the
+ * tests) whose two scans over every byte are header-scan.ts's linear ones: same header section,
+ * same body chunks, same bare-<LF> repair, without the array mailauth's header scan copied per byte.
+ */
+// eslint-disable-next-line @typescript-eslint/no-explicit-any -- a mixin's base must take any arguments
+export function withLinearScans<B extends new (...args: any[]) => Writable>(Base: B) {
+    return class extends Base {
+        readonly headerScan = newHeaderScan();
+
+        async processChunk(input: Buffer | undefined): Promise<void> {
+            if (!input || !input.length) return;
+            const parser = this as unknown as MessageParserInternals;
+            let chunk = input;
+            if (parser.state === 'header') {
+                const end = headerEnd(chunk, this.headerScan);
+                parser.headerBytes = this.headerScan.seen;
+                if (end === -1) {
+                    parser.headerChunks.push(chunk);
+                    return;
+                }
+                if (end === chunk.length - 1) {
+                    await parser.emitHeaders(chunk);
+                    return;
+                }
+                await parser.emitHeaders(chunk.subarray(0, end + 1));
+                chunk = chunk.subarray(end + 1);
+            }
+            await parser.nextChunk(chunk);
+        }
+
+        *ensureLinebreaks(input: Buffer): Generator<Buffer> {
+            const parser = this as unknown as MessageParserInternals;
+            const bare = bareLineFeeds(input, parser.lastByte);
+            if (input.length > 0) parser.lastByte = input[input.length - 1];
+            let pos = 0;
+            for (const at of bare) {
+                yield pos === at ? Buffer.from('\r\n') : Buffer.concat([input.subarray(pos, at), Buffer.from('\r\n')]);
+                pos = at + 1;
+            }
+            if (pos === 0) yield input;
+            else if (pos < input.length) yield input.subarray(pos);
+        }
+    };
+}
+
+export const DkimVerifier = withLinearScans(verifier.DkimVerifier);
 export const getPublicKey = tools.getPublicKey;
 export const createKeyCache = tools.createKeyCache;
 export const toALabel = tools.toALabel;
