@@ -40,6 +40,7 @@ import {
     benchConfig,
     checkConfig,
     prepareRules,
+    SERVE_V8_FLAGS,
     unknownOptionalKeys,
     type BenchConfigOptions,
 } from './bench/mailwarden-setup.ts';
@@ -334,53 +335,62 @@ async function main(): Promise<number> {
             roots.passthrough = [pt.pid];
         }
 
-        // ---- mailwarden
-        if (opts.targets.includes('mailwarden')) {
+        // ---- mailwarden, and the same without checks
+        const gateways = opts.targets.filter((x) => x === 'mailwarden' || x === 'no-checks');
+        if (gateways.length > 0) {
             const rulesDir = path.join(work, 'rules');
             const raised = await prepareRules(path.join(ROOT, 'rules'), rulesDir, opts.limitFactor);
-            const configFile = path.join(outDir, 'mailwarden.yaml');
-            const mwPort = await freePort();
-            const httpPort = await freePort();
-            const configOptions: BenchConfigOptions = {
-                port: mwPort,
-                sinkPort,
-                dns: dns.address,
-                redisUrl: redis.url,
-                rulesDir,
-                httpPort,
-                spoolDir: path.join(work, 'spool'),
-                maxClients: Math.max(2000, opts.idle + 4 * opts.concurrency),
-                workers: opts.workers,
+            const configFor = async (target: 'mailwarden' | 'no-checks') => {
+                const configFile = path.join(outDir, `${target}.yaml`);
+                const configOptions: BenchConfigOptions = {
+                    port: await freePort(),
+                    sinkPort,
+                    dns: dns!.address,
+                    redisUrl: redis.url,
+                    rulesDir,
+                    httpPort: await freePort(),
+                    spoolDir: path.join(work, `spool-${target}`),
+                    maxClients: Math.max(2000, opts.idle + 4 * opts.concurrency),
+                    // the no-checks path is one process: createApp without serve's workers
+                    workers: target === 'mailwarden' ? opts.workers : null,
+                };
+                await writeFile(configFile, benchConfig(configOptions));
+                let check = await checkConfig(ROOT, configFile);
+                const unknown = check.ok ? [] : unknownOptionalKeys(check.output);
+                if (unknown.length > 0) {
+                    notes.push(`this checkout does not know the listener key(s) ${unknown.join(', ')}: left out`);
+                    await writeFile(configFile, benchConfig({ ...configOptions, without: unknown }));
+                    check = await checkConfig(ROOT, configFile);
+                }
+                if (!check.ok) throw new Error(`mailwarden check refused the bench config:\n${check.output}`);
+                return { configFile, port: configOptions.port, httpPort: configOptions.httpPort };
             };
-            await writeFile(configFile, benchConfig(configOptions));
-            let check = await checkConfig(ROOT, configFile);
-            const unknown = check.ok ? [] : unknownOptionalKeys(check.output);
-            if (unknown.length > 0) {
-                notes.push(`this checkout does not know the listener key(s) ${unknown.join(', ')}: left out`);
-                await writeFile(configFile, benchConfig({ ...configOptions, without: unknown }));
-                check = await checkConfig(ROOT, configFile);
-            }
-            if (!check.ok) throw new Error(`mailwarden check refused the bench config:\n${check.output}`);
             log(
                 `mailwarden: shipped rules with limits ×${opts.limitFactor} (${raised.join(', ')}), Redis, DNS on ${dns.address}`,
             );
-            const nodeFlags: string[] = [];
-            if (opts.profile) {
-                await mkdir(profDir, { recursive: true });
-                nodeFlags.push('--cpu-prof', `--cpu-prof-dir=${profDir}`);
-                if (opts.heapProfile) nodeFlags.push('--heap-prof', `--heap-prof-dir=${profDir}`);
+            for (const target of gateways) {
+                const { configFile, port, httpPort } = await configFor(target);
+                const nodeFlags: string[] = [];
+                if (opts.profile && target === 'mailwarden') {
+                    await mkdir(profDir, { recursive: true });
+                    nodeFlags.push('--cpu-prof', `--cpu-prof-dir=${profDir}`);
+                    if (opts.heapProfile) nodeFlags.push('--heap-prof', `--heap-prof-dir=${profDir}`);
+                }
+                const args =
+                    target === 'mailwarden'
+                        ? [...nodeFlags, path.join(ROOT, 'bin/mailwarden.js'), 'serve', '-c', configFile]
+                        : [...SERVE_V8_FLAGS, path.join(ROOT, 'scripts/bench/no-checks.ts'), configFile];
+                const logFile = await open(path.join(outDir, `${target}.log`), 'w');
+                const started = await children.spawn(target, node, args, {
+                    cwd: ROOT,
+                    stdio: ['ignore', logFile.fd, logFile.fd],
+                });
+                await logFile.close();
+                await waitForHttp(`http://127.0.0.1:${httpPort}/readyz`, started, 60_000);
+                ports[target] = port;
+                roots[target] = [started.pid];
+                if (target === 'mailwarden') mailwarden = started;
             }
-            const logFile = await open(path.join(outDir, 'mailwarden.log'), 'w');
-            mailwarden = await children.spawn(
-                'mailwarden',
-                node,
-                [...nodeFlags, path.join(ROOT, 'bin/mailwarden.js'), 'serve', '-c', configFile],
-                { cwd: ROOT, stdio: ['ignore', logFile.fd, logFile.fd] },
-            );
-            await logFile.close();
-            await waitForHttp(`http://127.0.0.1:${httpPort}/readyz`, mailwarden, 60_000);
-            ports.mailwarden = mwPort;
-            roots.mailwarden = [mailwarden.pid];
         }
 
         const run = async (target: Target, perConnection: number, sequence: PreparedMessage[]) =>

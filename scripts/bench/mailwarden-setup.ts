@@ -76,6 +76,12 @@ export async function prepareRules(from: string, to: string, factor: number): Pr
     return changed;
 }
 
+/**
+ * The V8 flags bin/mailwarden.js runs `serve` with, for the no-checks path, which is started
+ * without the launcher (test/bench/bench-parts.test.ts holds the two lists together).
+ */
+export const SERVE_V8_FLAGS = ['--max-semi-space-size=4', '--heap-growing-percent=20'] as const;
+
 export interface BenchConfigOptions {
     port: number;
     sinkPort: number;

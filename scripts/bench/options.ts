@@ -15,7 +15,7 @@ export const USAGE = `Usage: npm run bench -- [options]   (or: node scripts/benc
   --rounds R          rounds; each visits every path and mode once, in a rotated order (default 3)
   --per-connection L  messages per connection, a comma-separated list (default 1,10)
   --warmup W          messages per path before the first round, not measured (default 1000)
-  --targets T         paths to measure, from direct,passthrough,mailwarden (default: all three)
+  --targets T         paths to measure, from direct,passthrough,no-checks,mailwarden (default: all four)
   --large-share F     share of messages with a ~100 KB attachment (default 0.05)
   --seed S            corpus seed (default 42)
   --idle N            idle connections opened to measure memory per connection (default 500; 0: skip)

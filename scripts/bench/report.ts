@@ -12,12 +12,13 @@ import type { Outcome } from './load.ts';
 import type { TreeUsage } from './procfs.ts';
 import { fmt, fmtSpread, median, percentile, spread, type Spread } from './stats.ts';
 
-export const TARGETS = ['direct', 'passthrough', 'mailwarden'] as const;
+export const TARGETS = ['direct', 'passthrough', 'no-checks', 'mailwarden'] as const;
 export type Target = (typeof TARGETS)[number];
 
 export const TARGET_LABEL: Record<Target, string> = {
     direct: 'direct to the sink',
     passthrough: 'TCP pass-through',
+    'no-checks': 'mailwarden without checks',
     mailwarden: 'mailwarden',
 };
 
@@ -294,6 +295,8 @@ export interface Ratios {
     p99OverDirectMs: Spread;
     /** mailwarden's CPU ms/msg ÷ the pass-through's. */
     cpuVsPassthrough: Spread;
+    /** mailwarden's CPU ms/msg minus the no-checks path's: what the checks add to the proxy. */
+    checksCpuMs: Spread;
 }
 
 /** mailwarden against the other paths, round by round (the rounds are interleaved, so drift hits both). */
@@ -321,6 +324,13 @@ export function ratios(windows: readonly WindowResult[]): Ratios[] {
                 pairs('passthrough', (m, o) =>
                     m.filterCpuMsPerMsg !== null && o.filterCpuMsPerMsg
                         ? m.filterCpuMsPerMsg / o.filterCpuMsPerMsg
+                        : null,
+                ),
+            ),
+            checksCpuMs: spread(
+                pairs('no-checks', (m, o) =>
+                    m.filterCpuMsPerMsg !== null && o.filterCpuMsPerMsg !== null
+                        ? m.filterCpuMsPerMsg - o.filterCpuMsPerMsg
                         : null,
                 ),
             ),
@@ -364,6 +374,7 @@ export const RATIO_HEADER = [
     'msgs/s vs direct',
     'p99 − direct p99 ms',
     'CPU vs pass-through',
+    'CPU of the checks ms/msg',
 ] as const;
 
 export function ratioRows(list: readonly Ratios[]): string[][] {
@@ -373,6 +384,7 @@ export function ratioRows(list: readonly Ratios[]): string[][] {
         fmtSpread(r.throughputVsDirect, 2),
         fmtSpread(r.p99OverDirectMs, 1),
         fmtSpread(r.cpuVsPassthrough, 1),
+        fmtSpread(r.checksCpuMs, 2),
     ]);
 }
 

@@ -8,6 +8,7 @@
  */
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import type { AddressInfo } from 'node:net';
 import net from 'node:net';
@@ -39,6 +40,7 @@ import {
     prepareRules,
     raiseLimits,
     raiseRate,
+    SERVE_V8_FLAGS,
     unknownOptionalKeys,
 } from '../../scripts/bench/mailwarden-setup.ts';
 import { createPassthrough } from '../../scripts/bench/passthrough.ts';
@@ -504,6 +506,38 @@ describe('bench verification', () => {
         const [r] = ratios(windows);
         assert.deepEqual(r!.throughputVsPassthrough, { median: 0.375, min: 0.25, max: 0.5 });
         assert.ok(Number.isNaN(r!.throughputVsDirect.median));
+        assert.ok(Number.isNaN(r!.checksCpuMs.median), 'no no-checks path, no cost of the checks');
+    });
+
+    it('expects every message through the no-checks path, spoofs too, and prices the checks from it', () => {
+        const accepted = base.outcomes.map((o) => ({ ...o, code: 250 }));
+        const plain = evaluateWindow({
+            ...base,
+            target: 'no-checks',
+            outcomes: accepted,
+            sinkIds: ['m0@test', 'm1@test', 'm2@test'],
+            filter: { ...usage, cpuMs: 12 },
+        });
+        assert.deepEqual([plain.failures, plain.accepted, plain.filterCpuMsPerMsg], [[], 3, 4]);
+        // a spoof refused without checks would be a rule refusing what it should not see
+        const refusing = evaluateWindow({ ...base, target: 'no-checks' });
+        assert.equal(refusing.failureCount, 1);
+        const [r] = ratios([evaluateWindow(base), plain]);
+        assert.deepEqual(r!.checksCpuMs, { median: 6, min: 6, max: 6 });
+        assert.deepEqual(
+            summarise([evaluateWindow(base), plain]).map((v) => v.target),
+            ['no-checks', 'mailwarden'],
+        );
+    });
+
+    it('starts the no-checks path with the V8 flags the launcher gives serve', () => {
+        const launcher = readFileSync(new URL('../../bin/mailwarden.js', import.meta.url), 'utf8');
+        const listed = /const SERVE_V8_FLAGS = \[([^\]]*)\]/.exec(launcher);
+        assert.ok(listed, 'SERVE_V8_FLAGS in bin/mailwarden.js');
+        assert.deepEqual(
+            listed[1]!.split(',').map((f) => f.trim().replace(/^'|'$/g, '')),
+            [...SERVE_V8_FLAGS],
+        );
     });
 });
 
@@ -708,7 +742,7 @@ describe('bench options', () => {
         const o = parseBenchArgs([]);
         assert.deepEqual(
             [o.messages, o.concurrency, o.rounds, o.perConnection, o.warmup, o.targets, o.maxSeconds, o.profile],
-            [2000, 20, 3, [1, 10], 1000, ['direct', 'passthrough', 'mailwarden'], 900, false],
+            [2000, 20, 3, [1, 10], 1000, ['direct', 'passthrough', 'no-checks', 'mailwarden'], 900, false],
         );
         const p = parseBenchArgs(['--heap-profile', '--targets', 'mailwarden', '--per-connection', '5', '--out', 'x']);
         assert.deepEqual(
