@@ -1,0 +1,84 @@
+/**
+ * What sender authentication costs per ordinary message: the `mailauth` check (DKIM, SPF, ARC,
+ * DMARC and our verification copy) run in this process on the benchmark's corpus (the same
+ * seeded, DKIM-signed messages and DNS zone as `npm run bench`), without sockets, SMTP or
+ * Redis, so a change to sender authentication can be compared in CPU per message without the
+ * noise of a whole run. The DNS answers come from the loopback test server and are cached by our
+ * resolver after the first round, as in production.
+ *
+ *   node --max-semi-space-size=4 --heap-growing-percent=20 scripts/check-cost.ts [ROUNDS] [MESSAGES]
+ *
+ * (the V8 flags `serve` runs with). Prints CPU (all threads, so garbage collection included) and
+ * wall time per message for each round over the corpus. Development tool: it is not part of the
+ * running product. Loopback only.
+ */
+import { Readable } from 'node:stream';
+import { createMailauthCheck } from '../src/checks/mailauth.ts';
+import { defaultAuthentication } from '../src/config/defaults.ts';
+import { createResolver } from '../src/dns/resolver.ts';
+import { acceptAll, runStage } from '../src/pipeline.ts';
+import type { CheckContext } from '../src/types.ts';
+import { startDnsServer } from '../test/helpers/dns-server.ts';
+import {
+    CLIENT_HELO,
+    CLIENT_IP,
+    corpusZone,
+    generateCorpus,
+    makeKeys,
+    RCPT_DOMAIN,
+    type CorpusMessage,
+} from './bench/corpus.ts';
+
+const rounds = Number(process.argv[2] ?? 8);
+const count = Number(process.argv[3] ?? 500);
+if (!Number.isSafeInteger(rounds) || rounds < 1 || !Number.isSafeInteger(count) || count < 1) {
+    process.stderr.write('usage: check-cost.ts [ROUNDS] [MESSAGES]\n');
+    process.exit(2);
+}
+
+const keys = makeKeys();
+const corpus = await generateCorpus({ count, seed: 42, largeShare: 0.05, keys });
+const dns = await startDnsServer(corpusZone(keys));
+const resolver = createResolver({ servers: [dns.address], timeoutMs: 1000, tries: 1 });
+const check = createMailauthCheck({
+    hostname: `mx.${RCPT_DOMAIN}`,
+    resolver,
+    localDomains: [RCPT_DOMAIN],
+    settings: defaultAuthentication(),
+});
+const context = (m: CorpusMessage): Omit<CheckContext, 'stage'> => ({
+    sessionId: 'cost',
+    facts: {},
+    client: { ip: CLIENT_IP, port: 40000, ptr: null, helo: CLIENT_HELO, proto: 'ESMTP', login: null },
+    envelope: { mailFrom: m.mailFrom, rcptTo: [m.rcptTo] },
+    message: { stream: () => Readable.from([m.raw]), size: m.raw.length },
+});
+
+try {
+    const perRound: number[] = [];
+    for (let r = 0; r < rounds; r++) {
+        const cpu = process.cpuUsage();
+        const started = performance.now();
+        let failed = 0;
+        for (const m of corpus) {
+            const result = await runStage('data', [check], context(m), acceptAll);
+            if (result.checks[0]?.error) failed++;
+        }
+        const used = process.cpuUsage(cpu);
+        const cpuMs = (used.user + used.system) / 1000 / corpus.length;
+        perRound.push(cpuMs);
+        console.log(
+            `round ${r + 1}: ${cpuMs.toFixed(3)} ms CPU, ${((performance.now() - started) / corpus.length).toFixed(3)} ms wall per message` +
+                (failed > 0 ? `, ${failed} check errors` : ''),
+        );
+    }
+    const warm = perRound.slice(1).sort((a, b) => a - b);
+    if (warm.length > 0) {
+        console.log(
+            `median of rounds 2–${rounds}: ${warm[Math.floor(warm.length / 2)]!.toFixed(3)} ms CPU per message (${corpus.length} messages, ${dns.queries.length} DNS queries in all)`,
+        );
+    }
+} finally {
+    resolver.close();
+    await dns.close();
+}
