@@ -5,7 +5,11 @@
  * (Postfix XCLIENT_README), then mirroring MAIL, RCPT and DATA (RFC 5321).
  *
  * With XCLIENT the connection carries one client's identity and is closed (QUIT) when that
- * client leaves. Without XCLIENT the upstream sees only us, so a connection that ended cleanly
+ * client leaves. On a plain connection (no TLS, no STARTTLS) XCLIENT is sent right after the
+ * greeting, without an EHLO of our own first, once an earlier connection within the last minute
+ * showed which attributes the upstream takes (XCLIENT_README: it may be sent at any time outside
+ * a transaction; Postfix takes it before EHLO); one that is refused so is forgotten, and the
+ * same connection greets with EHLO and tries again as on a first connection. Without XCLIENT the upstream sees only us, so a connection that ended cleanly
  * (outside a transaction, its last reply a 2xx to the end of data or to RSET, well within the
  * upstream's error and junk command limits) is kept idle (pool.ts) and handed to the next
  * client after a `250` to RSET (RFC 5321 section 4.1.1.5); nothing of that client's
@@ -74,6 +78,12 @@ const POOL_MAX_USES = 100;
  * traffic that keeps a connection from going idle.
  */
 const POOL_MAX_AGE_MS = 60_000;
+/**
+ * How long the XCLIENT attributes learnt from one EHLO are used to send XCLIENT before EHLO on
+ * later connections: a change of the upstream's XCLIENT settings reaches new clients within a
+ * minute even when nothing is refused.
+ */
+const XCLIENT_CAPS_MAX_AGE_MS = 60_000;
 /**
  * Postfix counts error replies (smtpd_soft_error_limit 10: then it sleeps before each reply;
  * smtpd_hard_error_limit 20: then it hangs up) and RSET, NOOP, VRFY and ETRN
@@ -460,6 +470,10 @@ class SmtpClient {
     private readonly pool: IdlePool<Link> | null;
     private readonly onConnection: UpstreamDeps['onConnection'];
     readonly now: () => number;
+    /** The XCLIENT attributes the upstream advertised in its last EHLO before a XCLIENT it took, and when. */
+    private xclientLearnt: { advertised: ReadonlySet<string>; at: number } | null = null;
+    /** When the upstream last refused XCLIENT before EHLO: none is sent so for a minute after. */
+    private xclientEarlyRefusedAt: number | null = null;
 
     constructor(config: SmtpUpstreamConfig, deps: UpstreamDeps) {
         this.config = config;
@@ -513,6 +527,22 @@ class SmtpClient {
         throw new UpstreamError('connect', `upstream ${this.label} refused EHLO: ${describe(toReply(ehlo))}`);
     }
 
+    /** The XCLIENT attributes a capability list advertises (upper-case). */
+    private static xclientAttributes(caps: Capabilities): ReadonlySet<string> {
+        return new Set((caps.get('XCLIENT') ?? []).map((a) => a.toUpperCase()));
+    }
+
+    /** Sends XCLIENT with the attributes in `advertised` (ADDR required); returns the reply. */
+    private async sendXclient(conn: Connection, advertised: ReadonlySet<string>, client: ClientIdentity) {
+        if (!advertised.has('ADDR')) {
+            throw new UpstreamError(
+                'xclient',
+                `upstream ${this.label} does not accept the client address with XCLIENT`,
+            );
+        }
+        return conn.command(xclientCommand(client, advertised) ?? '', this.config.commandTimeoutMs);
+    }
+
     /**
      * XCLIENT, then the greeting again in the client's own words. The upstream answers
      * XCLIENT with a fresh 220 greeting and starts the session over; Postfix then takes
@@ -521,24 +551,24 @@ class SmtpClient {
      * and an SMTP client's in HELO. Returns the capabilities to use from then on.
      */
     private async xclient(conn: Connection, caps: Capabilities, client: ClientIdentity): Promise<Capabilities> {
-        const t = this.config.commandTimeoutMs;
-        const advertised = new Set((caps.get('XCLIENT') ?? []).map((a) => a.toUpperCase()));
-        if (!advertised.has('ADDR')) {
-            throw new UpstreamError(
-                'xclient',
-                `upstream ${this.label} does not accept the client address with XCLIENT`,
-            );
-        }
-        const line = xclientCommand(client, advertised) ?? '';
-        const reply = await conn.command(line, t);
+        const advertised = SmtpClient.xclientAttributes(caps);
+        const reply = await this.sendXclient(conn, advertised, client);
         if (reply.code < 200 || reply.code >= 300) {
             throw new UpstreamError('xclient', `upstream ${this.label} refused XCLIENT: ${describe(toReply(reply))}`);
         }
         // Before Postfix 2.3, XCLIENT answered 250 and kept the session as it was.
         if (reply.code !== 220) return caps;
+        const now = this.now();
+        const refused = this.xclientEarlyRefusedAt;
+        if (refused === null || now - refused >= XCLIENT_CAPS_MAX_AGE_MS) this.xclientLearnt = { advertised, at: now };
+        return this.greetAsClient(conn, client);
+    }
+
+    /** EHLO (or HELO for an SMTP client) in the client's name after XCLIENT's new greeting. */
+    private async greetAsClient(conn: Connection, client: ClientIdentity): Promise<Capabilities> {
         const name = greetingName(client.helo, this.hostname);
         const verb = client.proto === 'SMTP' ? 'HELO' : 'EHLO';
-        const hello = await conn.command(`${verb} ${name}`, t);
+        const hello = await conn.command(`${verb} ${name}`, this.config.commandTimeoutMs);
         if (hello.code !== 250) {
             throw new UpstreamError(
                 'xclient',
@@ -546,6 +576,33 @@ class SmtpClient {
             );
         }
         return verb === 'EHLO' ? parseCapabilities(hello.lines) : new Map();
+    }
+
+    /**
+     * XCLIENT right after the greeting with the attributes learnt on an earlier connection, then
+     * the client's greeting. Null when there is nothing recent to go by or the upstream refused
+     * it: what was learnt is forgotten (and nothing is learnt for a minute, so an upstream that
+     * wants EHLO first costs one refused command a minute), and the caller greets and passes the
+     * client as on a first connection (a refused XCLIENT changes nothing; no transaction is open).
+     */
+    private async xclientBeforeHello(conn: Connection, client: ClientIdentity): Promise<Capabilities | null> {
+        const learnt = this.xclientLearnt;
+        if (!learnt) return null;
+        if (this.now() - learnt.at >= XCLIENT_CAPS_MAX_AGE_MS) {
+            this.xclientLearnt = null;
+            return null;
+        }
+        const reply = await this.sendXclient(conn, learnt.advertised, client);
+        if (reply.code < 200 || reply.code >= 300) {
+            this.xclientLearnt = null;
+            this.xclientEarlyRefusedAt = this.now();
+            this.log.info(
+                { upstream: this.label, reply: describe(toReply(reply)) },
+                'upstream did not take XCLIENT before EHLO; greeting it first',
+            );
+            return null;
+        }
+        return this.greetAsClient(conn, client);
     }
 
     /** Connects, greets, upgrades to TLS where configured and passes the client on. */
@@ -561,6 +618,11 @@ class SmtpClient {
                 );
             }
             const greetingName = (greeting.lines[0] ?? '').split(/\s+/, 1)[0] ?? '';
+            // on a plain connection, what an earlier EHLO said about XCLIENT saves this one's EHLO
+            if (config.xclient && client && config.kind === 'smtp' && config.starttls === 'off') {
+                const caps = await this.xclientBeforeHello(conn, client);
+                if (caps) return { conn, caps, tls: false, greetingName };
+            }
             let caps = await this.hello(conn, true);
             let tls = config.kind === 'smtps';
 

@@ -6,7 +6,8 @@
  * with the documented `smtpd_authorized_xclient_hosts`, Postfix refuses a second XCLIENT on a
  * connection, as it checks it against the address the first XCLIENT set. Postfix runs with
  * smtpd_forbid_unauth_pipelining (the default from Postfix 3.9), under which an EHLO sent behind
- * XCLIENT before its new 220 ends the session: mailwarden waits for each answer.
+ * XCLIENT before its new 220 ends the session: mailwarden waits for each answer. After the first
+ * connection, XCLIENT goes right after Postfix's greeting, without an EHLO of mailwarden's own.
  */
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
@@ -94,6 +95,12 @@ describe('each client reaches Postfix as itself', () => {
                 `one upstream connection for ${c.addr}`,
             );
         }
+        // the first connection greeted before XCLIENT (Postfix counts both EHLOs); the later
+        // ones sent XCLIENT right after the greeting, with the attributes the first one learnt
+        const ehlos = (addr: string): string | undefined =>
+            / ehlo=(\d+) /.exec(disconnects.find((l) => l.includes(`[${addr}]`)) ?? '')?.[1];
+        assert.equal(ehlos(all[0]!.addr), '2');
+        for (const c of all.slice(1)) assert.equal(ehlos(c.addr), '1', c.addr);
     });
 
     it('keeps one client on its connection for several messages', async () => {

@@ -146,6 +146,93 @@ describe('XCLIENT', () => {
         await assert.rejects(open(up.port, { xclient: true }), upstreamError('xclient'));
     });
 
+    it('sends XCLIENT before EHLO once a connection within the last minute showed its attributes', async (t) => {
+        const up = await scripted(t, { ehlo: [FULL_XCLIENT, '8BITMIME'] });
+        let clock = 0;
+        const upstream = createSmtpUpstream(config(up.port, { xclient: true }), {
+            hostname: HOSTNAME,
+            now: () => clock,
+        });
+        const first = await upstream.open(client());
+        await first.close();
+        const second = await upstream.open(client({ ip: '192.0.2.11', helo: 'other.example.net' }));
+        assert.equal((await send(second, 'Subject: x\r\n\r\nhi\r\n')).code, 250);
+        await second.close();
+        assert.deepEqual(up.connections[0]?.commands.slice(0, 3), [
+            `EHLO ${HOSTNAME}`,
+            'XCLIENT NAME=mail.example.net ADDR=192.0.2.10 PORT=41000 PROTO=ESMTP HELO=mail.example.net',
+            'EHLO mail.example.net',
+        ]);
+        assert.deepEqual(up.connections[1]?.commands.slice(0, 3), [
+            'XCLIENT NAME=mail.example.net ADDR=192.0.2.11 PORT=41000 PROTO=ESMTP HELO=other.example.net',
+            'EHLO other.example.net',
+            'MAIL FROM:<sender@example.org>',
+        ]);
+        assert.equal(second.capabilities.eightBitMime, true);
+        // a minute on, the attributes are learnt again
+        clock += 60_000;
+        await (await upstream.open(client())).close();
+        assert.equal(up.connections[2]?.commands[0], `EHLO ${HOSTNAME}`);
+        await (await upstream.open(client())).close();
+        assert.match(up.connections[3]?.commands[0] ?? '', /^XCLIENT /);
+    });
+
+    it('greets first and passes the client again on the same connection when XCLIENT before EHLO is refused', async (t) => {
+        let refuseEarly = false;
+        const up = await scripted(t, {
+            ehlo: [FULL_XCLIENT],
+            onCommand: (line, ctx) =>
+                refuseEarly && line.startsWith('XCLIENT') && !ctx.connection.commands.some((c) => c.startsWith('EHLO'))
+                    ? '503 5.5.1 Error: send HELO/EHLO first'
+                    : undefined,
+        });
+        let clock = 0;
+        const upstream = createSmtpUpstream(config(up.port, { xclient: true }), {
+            hostname: HOSTNAME,
+            now: () => clock,
+        });
+        await (await upstream.open(client())).close();
+        refuseEarly = true;
+        const session = await upstream.open(client());
+        assert.equal((await send(session, 'Subject: x\r\n\r\nhi\r\n')).code, 250);
+        await session.close();
+        assert.deepEqual(
+            up.connections[1]?.commands.slice(0, 4).map((c) => c.split(' ')[0]),
+            ['XCLIENT', 'EHLO', 'XCLIENT', 'EHLO'],
+        );
+        assert.equal(up.connections[1]?.commands[1], `EHLO ${HOSTNAME}`);
+        assert.equal(up.connections[1]?.xclient.length, 2);
+        // for a minute every connection greets first, as the first one did; then it is tried again
+        clock += 59_999;
+        await (await upstream.open(client())).close();
+        await (await upstream.open(client())).close();
+        assert.deepEqual(
+            up.connections.slice(2).map((c) => c.commands[0]),
+            [`EHLO ${HOSTNAME}`, `EHLO ${HOSTNAME}`],
+        );
+        clock += 1;
+        await (await upstream.open(client())).close();
+        refuseEarly = false;
+        await (await upstream.open(client())).close();
+        assert.deepEqual(
+            up.connections.slice(4).map((c) => c.commands[0]?.split(' ')[0]),
+            ['EHLO', 'XCLIENT'],
+        );
+    });
+
+    it('always greets first where TLS is in play', async (t) => {
+        const up = await scripted(t, { ehlo: [FULL_XCLIENT, 'STARTTLS'] });
+        const upstream = createSmtpUpstream(config(up.port, { xclient: true, starttls: 'opportunistic' }), {
+            hostname: HOSTNAME,
+        });
+        for (let i = 0; i < 2; i++) {
+            const s = await upstream.open(client()).catch(() => null);
+            await s?.close();
+        }
+        assert.equal(up.connections.length, 2);
+        for (const c of up.connections) assert.equal(c.commands[0], `EHLO ${HOSTNAME}`);
+    });
+
     it('fails with kind xclient when the upstream refuses the greeting after XCLIENT', async (t) => {
         const up = await scripted(t, {
             ehlo: [FULL_XCLIENT],
