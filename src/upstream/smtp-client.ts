@@ -9,7 +9,9 @@
  * greeting, without an EHLO of our own first, once an earlier connection within the last minute
  * showed which attributes the upstream takes (XCLIENT_README: it may be sent at any time outside
  * a transaction; Postfix takes it before EHLO); one that is refused so is forgotten, and the
- * same connection greets with EHLO and tries again as on a first connection. Without XCLIENT the upstream sees only us, so a connection that ended cleanly
+ * same connection greets with EHLO and tries again as on a first connection.
+ *
+ * Without XCLIENT the upstream sees only us, so a connection that ended cleanly
  * (outside a transaction, its last reply a 2xx to the end of data or to RSET, well within the
  * upstream's error and junk command limits) is kept idle (pool.ts) and handed to the next
  * client after a `250` to RSET (RFC 5321 section 4.1.1.5); nothing of that client's
