@@ -538,6 +538,14 @@ async function main(): Promise<number> {
     // ---- report
     const summaries = summarise(windows);
     const ratioList = opts.targets.includes('mailwarden') ? ratios(windows) : [];
+    if (
+        opts.targets.includes('no-checks') &&
+        windows.some((w) => w.target === 'mailwarden' && (w.filterProcesses ?? 1) > 1)
+    ) {
+        notes.push(
+            'mailwarden ran with several workers and the no-checks path in one process: the CPU of the checks is left out (run with --workers 1)',
+        );
+    }
     const failures = windows.flatMap((w) => w.failures);
     const failureCount = windows.reduce((a, w) => a + w.failureCount, 0);
     const lines: string[] = [];

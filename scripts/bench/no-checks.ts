@@ -8,7 +8,7 @@
  *   node --max-semi-space-size=4 --heap-growing-percent=20 scripts/bench/no-checks.ts CONFIG
  *
  * Development tool, run by scripts/bench.ts only: it must not be used to receive real mail (it
- * refuses nothing the checks would). Stops on SIGTERM as `serve` does.
+ * refuses nothing the checks would). Stops on SIGTERM and SIGINT as `serve` does.
  */
 import { createApp } from '../../src/app.ts';
 import { loadConfig } from '../../src/config/load.ts';
@@ -23,9 +23,15 @@ const config = loadConfig(file, process.env, { cwd: process.cwd() });
 const log = createLogger(config.log.level).child({ path: 'no-checks' });
 const app = createApp(config, { logger: log, checks: [] });
 await app.start();
-process.on('SIGTERM', () => {
+// as `serve`: SIGTERM and SIGINT (Ctrl-C reaches the whole process group) drain, then exit
+let stopping = false;
+const stop = (): void => {
+    if (stopping) return;
+    stopping = true;
     app.stop().then(
         () => process.exit(0),
         () => process.exit(1),
     );
-});
+};
+process.on('SIGTERM', stop);
+process.on('SIGINT', stop);

@@ -72,6 +72,8 @@ export interface WindowResult {
     filterSystemMsPerMsg: number | null;
     filterPeakRssMb: number | null;
     filterMaxHwmMb: number | null;
+    /** Most processes in the filter's tree at once (a gateway with workers has several). */
+    filterProcesses: number | null;
     sinkCpuMsPerMsg: number;
     /** Connections opened to the sink per message (null when not counted). */
     sinkConnectionsPerMsg: number | null;
@@ -195,6 +197,7 @@ export function evaluateWindow(w: WindowInput): WindowResult {
         filterSystemMsPerMsg: w.filter ? per(w.filter.systemMs) : null,
         filterPeakRssMb: w.filter ? w.filter.peakRssMb : null,
         filterMaxHwmMb: w.filter ? w.filter.maxHwmMb : null,
+        filterProcesses: w.filter ? w.filter.processes : null,
         sinkCpuMsPerMsg: per(w.sink.cpuMs),
         sinkConnectionsPerMsg: w.sinkConnections === undefined ? null : per(w.sinkConnections),
         redisCpuMsPerMsg: per(w.redis.cpuMs),
@@ -295,7 +298,11 @@ export interface Ratios {
     p99OverDirectMs: Spread;
     /** mailwarden's CPU ms/msg ÷ the pass-through's. */
     cpuVsPassthrough: Spread;
-    /** mailwarden's CPU ms/msg minus the no-checks path's: what the checks add to the proxy. */
+    /**
+     * mailwarden's CPU ms/msg minus the no-checks path's: what the checks add to the proxy. Only
+     * from rounds where mailwarden ran as one process, as the no-checks path always does (workers
+     * add their own cost).
+     */
     checksCpuMs: Spread;
 }
 
@@ -329,7 +336,7 @@ export function ratios(windows: readonly WindowResult[]): Ratios[] {
             ),
             checksCpuMs: spread(
                 pairs('no-checks', (m, o) =>
-                    m.filterCpuMsPerMsg !== null && o.filterCpuMsPerMsg !== null
+                    m.filterCpuMsPerMsg !== null && o.filterCpuMsPerMsg !== null && m.filterProcesses === 1
                         ? m.filterCpuMsPerMsg - o.filterCpuMsPerMsg
                         : null,
                 ),

@@ -8,8 +8,10 @@
  * client leaves. On a plain connection (no TLS, no STARTTLS) XCLIENT is sent right after the
  * greeting, without an EHLO of our own first, once an earlier connection within the last minute
  * showed which attributes the upstream takes (XCLIENT_README: it may be sent at any time outside
- * a transaction; Postfix takes it before EHLO); one that is refused so is forgotten, and the
- * same connection greets with EHLO and tries again as on a first connection.
+ * a transaction; Postfix takes it before EHLO). An upstream that answers it as an unknown or
+ * out-of-sequence command (500–504) gets EHLO and XCLIENT again on the same connection, and EHLO
+ * first for a minute; any other refusal is about the client (or our authorization) and fails as
+ * it would after EHLO.
  *
  * Without XCLIENT the upstream sees only us, so a connection that ended cleanly
  * (outside a transaction, its last reply a 2xx to the end of data or to RSET, well within the
@@ -582,10 +584,16 @@ class SmtpClient {
 
     /**
      * XCLIENT right after the greeting with the attributes learnt on an earlier connection, then
-     * the client's greeting. Null when there is nothing recent to go by or the upstream refused
-     * it: what was learnt is forgotten (and nothing is learnt for a minute, so an upstream that
-     * wants EHLO first costs one refused command a minute), and the caller greets and passes the
-     * client as on a first connection (a refused XCLIENT changes nothing; no transaction is open).
+     * the client's greeting; null when there is nothing recent to go by. The reply decides:
+     * - 2xx: the client is passed on, as after EHLO;
+     * - 500–504 (not known, or not in this state): this upstream wants EHLO first. What was
+     *   learnt is forgotten, nothing is learnt for a minute (an upstream like that costs one
+     *   refused command a minute), and null tells the caller to greet and pass the client as on a
+     *   first connection (a refused XCLIENT changes nothing; no transaction is open);
+     * - anything else is the upstream's answer about this client or about us, as after EHLO
+     *   (Postfix checks the new client at once: `421` too many connections from it, `554` its
+     *   client restrictions; `550` we are not authorized): an XCLIENT failure as on the full
+     *   path, what was learnt kept, except after `550`, where the next connection asks EHLO again.
      */
     private async xclientBeforeHello(conn: Connection, client: ClientIdentity): Promise<Capabilities | null> {
         const learnt = this.xclientLearnt;
@@ -595,7 +603,8 @@ class SmtpClient {
             return null;
         }
         const reply = await this.sendXclient(conn, learnt.advertised, client);
-        if (reply.code < 200 || reply.code >= 300) {
+        if (reply.code >= 200 && reply.code < 300) return this.greetAsClient(conn, client);
+        if (reply.code >= 500 && reply.code <= 504) {
             this.xclientLearnt = null;
             this.xclientEarlyRefusedAt = this.now();
             this.log.info(
@@ -604,7 +613,8 @@ class SmtpClient {
             );
             return null;
         }
-        return this.greetAsClient(conn, client);
+        if (reply.code === 550) this.xclientLearnt = null;
+        throw new UpstreamError('xclient', `upstream ${this.label} refused XCLIENT: ${describe(toReply(reply))}`);
     }
 
     /** Connects, greets, upgrades to TLS where configured and passes the client on. */

@@ -524,6 +524,9 @@ describe('bench verification', () => {
         assert.equal(refusing.failureCount, 1);
         const [r] = ratios([evaluateWindow(base), plain]);
         assert.deepEqual(r!.checksCpuMs, { median: 6, min: 6, max: 6 });
+        // mailwarden with workers against the one process of the no-checks path: not comparable
+        const [workers] = ratios([evaluateWindow({ ...base, filter: { ...usage, processes: 3 } }), plain]);
+        assert.ok(Number.isNaN(workers!.checksCpuMs.median));
         assert.deepEqual(
             summarise([evaluateWindow(base), plain]).map((v) => v.target),
             ['no-checks', 'mailwarden'],

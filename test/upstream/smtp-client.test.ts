@@ -10,6 +10,7 @@ import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import { after, before, describe, it } from 'node:test';
 import { SMTPServer, type SMTPServerOptions } from 'smtp-server';
+import { silentLogger } from '../../src/upstream/common.ts';
 import { createSmtpUpstream, type SmtpUpstreamConfig } from '../../src/upstream/smtp-client.ts';
 import type { ClientIdentity } from '../../src/types.ts';
 import { UpstreamError, type UpstreamSession } from '../../src/upstream/types.ts';
@@ -177,13 +178,13 @@ describe('XCLIENT', () => {
         assert.match(up.connections[3]?.commands[0] ?? '', /^XCLIENT /);
     });
 
-    it('greets first and passes the client again on the same connection when XCLIENT before EHLO is refused', async (t) => {
+    it('greets first and passes the client again on the same connection when XCLIENT before EHLO is out of sequence', async (t) => {
         let refuseEarly = false;
         const up = await scripted(t, {
             ehlo: [FULL_XCLIENT],
             onCommand: (line, ctx) =>
                 refuseEarly && line.startsWith('XCLIENT') && !ctx.connection.commands.some((c) => c.startsWith('EHLO'))
-                    ? '503 5.5.1 Error: send HELO/EHLO first'
+                    ? '503 5.5.1 Bad sequence of commands'
                     : undefined,
         });
         let clock = 0;
@@ -218,6 +219,59 @@ describe('XCLIENT', () => {
             up.connections.slice(4).map((c) => c.commands[0]?.split(' ')[0]),
             ['EHLO', 'XCLIENT'],
         );
+    });
+
+    it('fails a client Postfix refuses at XCLIENT before EHLO as it would after EHLO, and changes nothing for the others', async (t) => {
+        // Postfix checks the new client at once: its connection count, its client restrictions
+        const refusals: Record<string, string> = {
+            '192.0.2.66': '554 5.7.1 <unknown[192.0.2.66]>: Client host rejected: Access denied',
+            '192.0.2.67': '421 4.7.0 Error: too many connections from 192.0.2.67',
+        };
+        const up = await scripted(t, {
+            ehlo: [FULL_XCLIENT],
+            onCommand: (line) => {
+                const addr = /ADDR=(\S+)/.exec(line)?.[1];
+                return line.startsWith('XCLIENT') && addr ? refusals[addr] : undefined;
+            },
+        });
+        const lines: string[] = [];
+        const logger = { ...silentLogger, info: (_o: object, msg: string) => void lines.push(msg) };
+        const upstream = createSmtpUpstream(config(up.port, { xclient: true }), { hostname: HOSTNAME, logger });
+        await (await upstream.open(client())).close();
+        for (const ip of Object.keys(refusals)) {
+            await assert.rejects(upstream.open(client({ ip })), (err: unknown) => {
+                assert.ok(err instanceof UpstreamError && err.kind === 'xclient', String(err));
+                assert.match(err.message, new RegExp(refusals[ip]!.slice(0, 3)));
+                return true;
+            });
+        }
+        await (await upstream.open(client())).close();
+        assert.deepEqual(
+            up.connections.map((c) => c.commands[0]?.split(' ')[0]),
+            ['EHLO', 'XCLIENT', 'XCLIENT', 'XCLIENT'],
+        );
+        // no second try on the refused connections, nothing logged as the upstream's habit
+        for (const c of up.connections.slice(1, 3)) assert.ok(!c.commands.some((l) => l.startsWith('EHLO')));
+        assert.ok(!lines.some((l) => l.includes('before EHLO')), lines.join('; '));
+    });
+
+    it('asks EHLO again on the next connection once the upstream no longer authorizes XCLIENT', async (t) => {
+        let authorized = true;
+        const up = await scripted(t, {
+            ehlo: [FULL_XCLIENT],
+            onCommand: (line) =>
+                !authorized && line.startsWith('XCLIENT') ? '550 5.7.0 Error: insufficient authorization' : undefined,
+        });
+        const upstream = createSmtpUpstream(config(up.port, { xclient: true }), { hostname: HOSTNAME });
+        await (await upstream.open(client())).close();
+        authorized = false;
+        await assert.rejects(upstream.open(client()), upstreamError('xclient'));
+        await assert.rejects(upstream.open(client()), upstreamError('xclient'));
+        assert.deepEqual(
+            up.connections.map((c) => c.commands[0]?.split(' ')[0]),
+            ['EHLO', 'XCLIENT', 'EHLO'],
+        );
+        assert.ok(!up.connections[1]?.commands.some((l) => l.startsWith('EHLO')));
     });
 
     it('always greets first where TLS is in play', async (t) => {
