@@ -474,10 +474,12 @@ class SmtpClient {
     private readonly pool: IdlePool<Link> | null;
     private readonly onConnection: UpstreamDeps['onConnection'];
     readonly now: () => number;
-    /** The XCLIENT attributes the upstream advertised in its last EHLO before a XCLIENT it took, and when. */
-    private xclientLearnt: { advertised: ReadonlySet<string>; at: number } | null = null;
-    /** When the upstream last refused XCLIENT before EHLO: none is sent so for a minute after. */
-    private xclientEarlyRefusedAt: number | null = null;
+    /**
+     * What decides XCLIENT before EHLO, for a minute from `at`: the attributes the upstream
+     * advertised in its last EHLO before a XCLIENT it took, or null when it refused XCLIENT
+     * before EHLO then (none is sent so, and nothing learnt, until the minute is over).
+     */
+    private xclientEarly: { advertised: ReadonlySet<string> | null; at: number } | null = null;
 
     constructor(config: SmtpUpstreamConfig, deps: UpstreamDeps) {
         this.config = config;
@@ -531,11 +533,6 @@ class SmtpClient {
         throw new UpstreamError('connect', `upstream ${this.label} refused EHLO: ${describe(toReply(ehlo))}`);
     }
 
-    /** The XCLIENT attributes a capability list advertises (upper-case). */
-    private static xclientAttributes(caps: Capabilities): ReadonlySet<string> {
-        return new Set((caps.get('XCLIENT') ?? []).map((a) => a.toUpperCase()));
-    }
-
     /** Sends XCLIENT with the attributes in `advertised` (ADDR required); returns the reply. */
     private async sendXclient(conn: Connection, advertised: ReadonlySet<string>, client: ClientIdentity) {
         if (!advertised.has('ADDR')) {
@@ -555,7 +552,7 @@ class SmtpClient {
      * and an SMTP client's in HELO. Returns the capabilities to use from then on.
      */
     private async xclient(conn: Connection, caps: Capabilities, client: ClientIdentity): Promise<Capabilities> {
-        const advertised = SmtpClient.xclientAttributes(caps);
+        const advertised = new Set((caps.get('XCLIENT') ?? []).map((a) => a.toUpperCase()));
         const reply = await this.sendXclient(conn, advertised, client);
         if (reply.code < 200 || reply.code >= 300) {
             throw new UpstreamError('xclient', `upstream ${this.label} refused XCLIENT: ${describe(toReply(reply))}`);
@@ -563,8 +560,11 @@ class SmtpClient {
         // Before Postfix 2.3, XCLIENT answered 250 and kept the session as it was.
         if (reply.code !== 220) return caps;
         const now = this.now();
-        const refused = this.xclientEarlyRefusedAt;
-        if (refused === null || now - refused >= XCLIENT_CAPS_MAX_AGE_MS) this.xclientLearnt = { advertised, at: now };
+        const early = this.xclientEarly;
+        // learnt, unless XCLIENT before EHLO was refused within the last minute
+        if (early === null || early.advertised !== null || now - early.at >= XCLIENT_CAPS_MAX_AGE_MS) {
+            this.xclientEarly = { advertised, at: now };
+        }
         return this.greetAsClient(conn, client);
     }
 
@@ -596,24 +596,19 @@ class SmtpClient {
      *   path, what was learnt kept, except after `550`, where the next connection asks EHLO again.
      */
     private async xclientBeforeHello(conn: Connection, client: ClientIdentity): Promise<Capabilities | null> {
-        const learnt = this.xclientLearnt;
-        if (!learnt) return null;
-        if (this.now() - learnt.at >= XCLIENT_CAPS_MAX_AGE_MS) {
-            this.xclientLearnt = null;
-            return null;
-        }
-        const reply = await this.sendXclient(conn, learnt.advertised, client);
+        const early = this.xclientEarly;
+        if (!early?.advertised || this.now() - early.at >= XCLIENT_CAPS_MAX_AGE_MS) return null;
+        const reply = await this.sendXclient(conn, early.advertised, client);
         if (reply.code >= 200 && reply.code < 300) return this.greetAsClient(conn, client);
         if (reply.code >= 500 && reply.code <= 504) {
-            this.xclientLearnt = null;
-            this.xclientEarlyRefusedAt = this.now();
+            this.xclientEarly = { advertised: null, at: this.now() };
             this.log.info(
                 { upstream: this.label, reply: describe(toReply(reply)) },
                 'upstream did not take XCLIENT before EHLO; greeting it first',
             );
             return null;
         }
-        if (reply.code === 550) this.xclientLearnt = null;
+        if (reply.code === 550) this.xclientEarly = null;
         throw new UpstreamError('xclient', `upstream ${this.label} refused XCLIENT: ${describe(toReply(reply))}`);
     }
 

@@ -11,6 +11,7 @@ import { after, before, describe, it } from 'node:test';
 import { startApp, type TestApp } from '../helpers/app.ts';
 import { startScriptedUpstream, type ScriptedUpstream } from '../helpers/scripted-upstream.ts';
 import { sendMail } from '../helpers/smtp-client.ts';
+import { until } from '../helpers/until.ts';
 
 const MSG = 'From: a@sender.example\r\nSubject: t\r\n\r\nbody\r\n';
 
@@ -24,14 +25,6 @@ function rules(blocked: string): string {
         '    reply: { code: 550, enhanced: 5.7.1, text: "Sender {mail.from} is blocked here" }',
         '',
     ].join('\n');
-}
-
-async function until(what: string, cond: () => boolean, ms = 5000): Promise<void> {
-    const end = Date.now() + ms;
-    while (!cond()) {
-        if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-        await new Promise((r) => setTimeout(r, 25));
-    }
 }
 
 async function reloads(mw: TestApp, result: 'ok' | 'error'): Promise<number> {

@@ -17,7 +17,7 @@ import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, it, type TestContext } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { startApp, type TestApp } from '../helpers/app.ts';
+import { startApp, startScriptedGateway, type TestApp } from '../helpers/app.ts';
 import { startDnsServer } from '../helpers/dns-server.ts';
 import { startPostfix } from '../helpers/postfix.ts';
 import {
@@ -27,17 +27,10 @@ import {
     type ScriptedUpstreamOptions,
 } from '../helpers/scripted-upstream.ts';
 import { sendMail, smtpConnect } from '../helpers/smtp-client.ts';
+import { until } from '../helpers/until.ts';
 
 const MSG = 'From: a@example.org\r\nTo: b@example.test\r\nSubject: hello\r\n\r\nbody\r\n';
 const IDLE = 'upstream connection kept idle';
-
-async function until(what: string, test: () => boolean, timeoutMs = 5000): Promise<void> {
-    const deadline = Date.now() + timeoutMs;
-    while (!test()) {
-        if (Date.now() > deadline) throw new Error(`timed out waiting until ${what}`);
-        await sleep(10);
-    }
-}
 
 interface Gateway {
     up: ScriptedUpstream;
@@ -52,23 +45,23 @@ interface Gateway {
 }
 
 async function gateway(t: TestContext, xclient = false, options: ScriptedUpstreamOptions = {}): Promise<Gateway> {
-    const up = await startScriptedUpstream({
-        ehlo: xclient ? ['XCLIENT NAME ADDR PORT PROTO HELO LOGIN', '8BITMIME'] : ['8BITMIME'],
-        ...options,
-    });
-    const mw = await startApp(
+    const g = await startScriptedGateway(
         [
             'hostname: mx.example.test',
             'domains: [example.test]',
             'listeners: [{ name: mx, host: 127.0.0.1, port: 0, mode: mx }]',
-            `upstream: { url: "smtp://127.0.0.1:${up.port}", xclient: ${xclient}, timeout: 1s }`,
-            'http: false',
-        ].join('\n'),
+        ],
+        {
+            xclient,
+            upstreamKeys: 'timeout: 1s',
+            upstream: {
+                ehlo: xclient ? ['XCLIENT NAME ADDR PORT PROTO HELO LOGIN', '8BITMIME'] : ['8BITMIME'],
+                ...options,
+            },
+        },
     );
-    t.after(async () => {
-        await mw.stop();
-        await up.close();
-    });
+    t.after(() => g.close());
+    const { up, mw } = g;
     return {
         up,
         mw,

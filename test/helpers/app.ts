@@ -16,7 +16,7 @@ import { createApp, type App, type AppDeps } from '../../src/app.ts';
 import { loadConfig } from '../../src/config/load.ts';
 import { createLogger } from '../../src/log.ts';
 import { startDnsServer, type DnsTestServer } from './dns-server.ts';
-import { startScriptedUpstream, type ScriptedUpstream } from './scripted-upstream.ts';
+import { startScriptedUpstream, type ScriptedUpstream, type ScriptedUpstreamOptions } from './scripted-upstream.ts';
 
 export interface TestApp {
     readonly app: App;
@@ -101,15 +101,34 @@ export interface ScriptedGateway {
     close(): Promise<void>;
 }
 
+/** How startScriptedGateway sets up the upstream side. */
+export interface ScriptedGatewayOptions {
+    /** `false`: `upstream.xclient: false` (the scripted upstream's `ehlo` should then not offer it). */
+    readonly xclient?: boolean;
+    /** More keys of the `upstream:` section, as YAML (`timeout: 1s`). */
+    readonly upstreamKeys?: string;
+    /** The scripted upstream's behaviour; its `ehlo` replaces the default XCLIENT offer. */
+    readonly upstream?: ScriptedUpstreamOptions;
+}
+
 /**
- * Starts a scripted upstream (offering XCLIENT) and an app forwarding to it: `lines` is the
- * config without `upstream:` (hostname, domains, listeners, …), `http: false` unless it says.
+ * Starts a scripted upstream (offering XCLIENT unless `options.upstream.ehlo` says otherwise)
+ * and an app forwarding to it: `lines` is the config without `upstream:` (hostname, domains,
+ * listeners, …), `http: false` unless it says.
  */
-export async function startScriptedGateway(lines: readonly string[]): Promise<ScriptedGateway> {
-    const up = await startScriptedUpstream({ ehlo: ['XCLIENT NAME ADDR PORT PROTO HELO LOGIN'] });
+export async function startScriptedGateway(
+    lines: readonly string[],
+    options: ScriptedGatewayOptions = {},
+): Promise<ScriptedGateway> {
+    const up = await startScriptedUpstream({ ehlo: ['XCLIENT NAME ADDR PORT PROTO HELO LOGIN'], ...options.upstream });
     try {
         const http = lines.some((l) => l.startsWith('http:')) ? [] : ['http: false'];
-        const mw = await startApp([...lines, `upstream: { url: "smtp://127.0.0.1:${up.port}" }`, ...http].join('\n'));
+        const keys = [
+            `url: "smtp://127.0.0.1:${up.port}"`,
+            ...(options.xclient === undefined ? [] : [`xclient: ${options.xclient}`]),
+            ...(options.upstreamKeys ? [options.upstreamKeys] : []),
+        ];
+        const mw = await startApp([...lines, `upstream: { ${keys.join(', ')} }`, ...http].join('\n'));
         return {
             up,
             mw,

@@ -7,11 +7,11 @@
  */
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { startApp, type TestApp } from '../helpers/app.ts';
 import { startRedis, type RedisInstance } from '../helpers/redis.ts';
 import { startScriptedUpstream, type ScriptedUpstream } from '../helpers/scripted-upstream.ts';
 import { freePort, smtpConnect } from '../helpers/smtp-client.ts';
+import { until } from '../helpers/until.ts';
 
 /** SPEC, "Metrics": every metric with the labels it names (none for a plain counter or histogram). */
 const SPEC_METRICS: Readonly<Record<string, readonly string[]>> = {
@@ -46,14 +46,6 @@ async function get(
 ): Promise<{ status: number; type: string; body: string }> {
     const res = await fetch(`http://127.0.0.1:${port}${path}`, { method });
     return { status: res.status, type: res.headers.get('content-type') ?? '', body: await res.text() };
-}
-
-async function until(what: string, test: () => Promise<boolean>, timeoutMs = 10_000): Promise<void> {
-    const deadline = Date.now() + timeoutMs;
-    while (!(await test())) {
-        if (Date.now() > deadline) throw new Error(`timed out waiting until ${what}`);
-        await sleep(100);
-    }
 }
 
 describe('the operations HTTP endpoint', () => {
@@ -120,13 +112,18 @@ describe('the operations HTTP endpoint', () => {
     it('is not ready while Redis is down, and ready again when it is back', async () => {
         const port = redis.port;
         await redis.stop();
-        await until('/readyz reports Redis', async () => {
-            const r = await get(http, '/readyz');
-            return r.status === 503 && /redis/i.test(r.body);
-        });
+        await until(
+            '/readyz reports Redis',
+            async () => {
+                const r = await get(http, '/readyz');
+                return r.status === 503 && /redis/i.test(r.body);
+            },
+            10_000,
+            100,
+        );
         assert.equal((await get(http, '/healthz')).status, 200, 'alive meanwhile');
         redis = await startRedis({ port });
-        await until('/readyz is 200 again', async () => (await get(http, '/readyz')).status === 200, 20_000);
+        await until('/readyz is 200 again', async () => (await get(http, '/readyz')).status === 200, 20_000, 100);
     });
 
     it('is not ready while draining on shutdown', async () => {
@@ -139,7 +136,7 @@ describe('the operations HTTP endpoint', () => {
         assert.equal((await c.cmd('DATA')).code, 354);
         c.write('Subject: in flight\r\n\r\nstill');
         const stopping = mw.app.stop();
-        await until('draining', () => Promise.resolve(mw.app.draining));
+        await until('draining', () => mw.app.draining, 10_000, 100);
         const r = await get(http, '/readyz');
         assert.equal(r.status, 503);
         assert.match(r.body, /shutting down/);
