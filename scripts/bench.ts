@@ -279,8 +279,11 @@ async function main(): Promise<number> {
     const idle: Record<string, number | string>[] = [];
     const notes: string[] = [];
     let mailwarden: Started | null = null;
-    const profDir = path.join(outDir, 'profile');
+    /** Each profiled gateway's profiles, in a folder of their own emptied before it starts. */
+    const profDirOf = (target: Target): string => path.join(outDir, 'profile', target);
+    const profDir = profDirOf('mailwarden');
     let cpuSummary: CpuSummary | null = null;
+    let noChecksCpuSummary: CpuSummary | null = null;
     let heapSummary: ReturnType<typeof summariseHeapProfiles> | null = null;
     let corpusInfo: ReturnType<typeof describeCorpus> | null = null;
     /** CPU mailwarden used over its whole life, read just before it is stopped. */
@@ -371,15 +374,19 @@ async function main(): Promise<number> {
             for (const target of gateways) {
                 const { configFile, port, httpPort } = await configFor(target);
                 const nodeFlags: string[] = [];
-                if (opts.profile && target === 'mailwarden') {
-                    await mkdir(profDir, { recursive: true });
-                    nodeFlags.push('--cpu-prof', `--cpu-prof-dir=${profDir}`);
-                    if (opts.heapProfile) nodeFlags.push('--heap-prof', `--heap-prof-dir=${profDir}`);
+                if (opts.profile) {
+                    // a folder reused with --out must not mix an earlier run's profiles into this one's
+                    const dir = profDirOf(target);
+                    await rm(dir, { recursive: true, force: true });
+                    await mkdir(dir, { recursive: true });
+                    nodeFlags.push('--cpu-prof', `--cpu-prof-dir=${dir}`);
+                    if (opts.heapProfile && target === 'mailwarden')
+                        nodeFlags.push('--heap-prof', `--heap-prof-dir=${dir}`);
                 }
                 const args =
                     target === 'mailwarden'
                         ? [...nodeFlags, path.join(ROOT, 'bin/mailwarden.js'), 'serve', '-c', configFile]
-                        : [...SERVE_V8_FLAGS, path.join(ROOT, 'scripts/bench/no-checks.ts'), configFile];
+                        : [...SERVE_V8_FLAGS, ...nodeFlags, path.join(ROOT, 'scripts/bench/no-checks.ts'), configFile];
                 const logFile = await open(path.join(outDir, `${target}.log`), 'w');
                 const started = await children.spawn(target, node, args, {
                     cwd: ROOT,
@@ -516,16 +523,27 @@ async function main(): Promise<number> {
         await rm(work, { recursive: true, force: true });
     }
 
-    // ---- profiles (written by mailwarden as it exits)
+    // ---- profiles (written by each gateway as it exits)
     if (opts.profile) {
-        const files = await readdir(profDir).catch(() => [] as string[]);
-        const cpuFiles = files.filter((f) => f.endsWith('.cpuprofile'));
-        if (cpuFiles.length > 0) {
+        const cpuOf = async (target: Target): Promise<CpuSummary | null> => {
+            const dir = profDirOf(target);
+            const files = (await readdir(dir).catch(() => [] as string[])).filter((f) => f.endsWith('.cpuprofile'));
+            if (files.length === 0) return null;
             const profiles = await Promise.all(
-                cpuFiles.map(async (f) => JSON.parse(await readFile(path.join(profDir, f), 'utf8')) as CpuProfile),
+                files.map(async (f) => JSON.parse(await readFile(path.join(dir, f), 'utf8')) as CpuProfile),
             );
-            cpuSummary = summariseCpuProfiles(profiles, ROOT);
-        } else notes.push('no CPU profile was written (mailwarden did not exit normally)');
+            return summariseCpuProfiles(profiles, ROOT);
+        };
+        if (opts.targets.includes('mailwarden')) {
+            cpuSummary = await cpuOf('mailwarden');
+            if (!cpuSummary) notes.push('no CPU profile was written (mailwarden did not exit normally)');
+        }
+        if (opts.targets.includes('no-checks')) {
+            noChecksCpuSummary = await cpuOf('no-checks');
+            if (!noChecksCpuSummary)
+                notes.push('no CPU profile was written by the no-checks path (it did not exit normally)');
+        }
+        const files = await readdir(profDir).catch(() => [] as string[]);
         const heapFiles = files.filter((f) => f.endsWith('.heapprofile'));
         if (heapFiles.length > 0) {
             const profiles = await Promise.all(
@@ -591,6 +609,10 @@ async function main(): Promise<number> {
             }
         }
     }
+    if (noChecksCpuSummary) {
+        lines.push('', 'The path without checks (the proxy alone), profiled the same way:');
+        lines.push(printProfile(noChecksCpuSummary, opts.top));
+    }
     if (heapSummary) {
         lines.push('', `Heap profile (live at exit, sampled): ${(heapSummary.totalBytes / 1024 ** 2).toFixed(1)} MB`);
         lines.push(
@@ -636,6 +658,13 @@ async function main(): Promise<number> {
         verification: { ok: failureCount === 0 && complete, failureCount, failures },
         profile: cpuSummary
             ? { ...cpuSummary, functions: cpuSummary.functions.slice(0, 200), dir: profDir, mailwardenLifeCpu }
+            : null,
+        noChecksProfile: noChecksCpuSummary
+            ? {
+                  ...noChecksCpuSummary,
+                  functions: noChecksCpuSummary.functions.slice(0, 200),
+                  dir: profDirOf('no-checks'),
+              }
             : null,
         heapProfile: heapSummary ? { ...heapSummary, sites: heapSummary.sites.slice(0, 200) } : null,
     };

@@ -23,7 +23,7 @@ export const USAGE = `Usage: npm run bench -- [options]   (or: node scripts/benc
   --max-seconds S     time bound of the whole run; windows not done by then are skipped (default 900)
   --window-seconds S  time bound of one window (default 300)
   --workers W         mailwarden's workers setting, a number or auto (default: not written, the checkout's default)
-  --profile           run mailwarden with --cpu-prof and print the top costs
+  --profile           run mailwarden and the no-checks path with --cpu-prof and print the top costs
   --heap-profile      run mailwarden with --heap-prof as well and print the top allocation sites
   --top N             functions listed by --profile (default 25)
   --out DIR           where to write results.json and the logs (default: a new folder in the OS temp dir)

@@ -1,6 +1,6 @@
 /**
  * The SMTP client towards the mail server behind the proxy (usually Postfix): one small
- * lock-step connection per client session (no PIPELINING), plain with optional STARTTLS
+ * lock-step connection per client session (pipelined only where said below), plain with optional STARTTLS
  * (RFC 3207) or implicit TLS (RFC 8314), passing the real client on with XCLIENT
  * (Postfix XCLIENT_README), then mirroring MAIL, RCPT and DATA (RFC 5321).
  *
@@ -16,9 +16,12 @@
  * Without XCLIENT the upstream sees only us, so a connection that ended cleanly
  * (outside a transaction, its last reply a 2xx to the end of data or to RSET, well within the
  * upstream's error and junk command limits) is kept idle (pool.ts) and handed to the next
- * client after a `250` to RSET (RFC 5321 section 4.1.1.5); nothing of that client's
- * transaction is sent before, so an idle connection that fails then is dropped and another
- * one tried. A connection is never held by two clients at once.
+ * client, whose transaction goes on it only after a `250` to RSET (RFC 5321 section 4.1.1.5).
+ * Where the upstream offers PIPELINING the RSET goes out in one write with the client's MAIL
+ * (RFC 2920 section 3.1: both may stand anywhere in a group), saving a round trip per message;
+ * otherwise it is sent alone first. An idle connection that fails its RSET is dropped and the
+ * MAIL sent on another one (checked by RSET alone) or on a new one, so the client never sees
+ * it. A connection is never held by two clients at once.
  *
  * Replies of every class are returned, never thrown; only a broken connection (refused,
  * timed out, closed, garbage, TLS or XCLIENT failure, failing message source) becomes an
@@ -314,6 +317,19 @@ class Connection {
                 },
             };
         });
+    }
+
+    /**
+     * Sends command lines in one write, for the caller to read their replies in order with
+     * readReply; only for commands RFC 2920 lets stand in one group, to an upstream that offers
+     * PIPELINING.
+     */
+    writeCommands(lines: readonly string[]): void {
+        this.assertAlive();
+        if (this.debugging()) {
+            for (const line of lines) this.log.debug({ upstream: this.label, command: line }, 'upstream command');
+        }
+        this.socket.write(lines.join('\r\n') + '\r\n');
     }
 
     /** Sends one command line and waits for its reply. */
@@ -674,24 +690,47 @@ class SmtpClient {
         }
     }
 
-    /** A connection for `client`: an idle one where there is one that answers RSET, else a new one. */
+    /**
+     * A connection for `client`: an idle one where there is one (its RSET sent with the client's
+     * MAIL where the upstream offers PIPELINING, else answered first), else a new one.
+     */
     async open(client: ClientIdentity): Promise<UpstreamSession> {
+        const taken = this.pool?.take((link) => this.dropped(link, 'closed or spoke while idle'));
+        if (taken && taken.entry.caps.has('PIPELINING')) {
+            return new SmtpSession(taken.entry, taken.uses + 1, this, client, true);
+        }
+        const { link, uses } = await this.acquire(client, taken ?? null);
+        return new SmtpSession(link, uses, this, client, false);
+    }
+
+    /**
+     * A connection checked for `client`: `first` or another idle one that answers RSET with 250
+     * on its own, else a new one.
+     */
+    async acquire(
+        client: ClientIdentity,
+        first: { entry: Link; uses: number } | null = null,
+    ): Promise<{ link: Link; uses: number }> {
         if (this.pool) {
-            const reused = await this.reuse(this.pool);
+            const reused = await this.reuse(this.pool, first);
             if (reused) return reused;
         }
         const est = await this.establish(client);
         this.onConnection?.('opened');
-        return new SmtpSession(new Link(est, this), 1, this);
+        return { link: new Link(est, this), uses: 1 };
     }
 
     /**
-     * Takes idle connections until one answers RSET with 250 within the command timeout; each
-     * that does not is dropped. Nothing of the client's transaction has been sent to them.
+     * Takes idle connections (`first`, then the pool's) until one answers RSET with 250 within
+     * the command timeout; each that does not is dropped. Nothing of the client's transaction
+     * has been sent to them.
      */
-    private async reuse(pool: IdlePool<Link>): Promise<SmtpSession | null> {
-        for (;;) {
-            const taken = pool.take((link) => this.dropped(link, 'closed or spoke while idle'));
+    private async reuse(
+        pool: IdlePool<Link>,
+        first: { entry: Link; uses: number } | null,
+    ): Promise<{ link: Link; uses: number } | null> {
+        for (let taken = first; ; taken = null) {
+            taken ??= pool.take((link) => this.dropped(link, 'closed or spoke while idle'));
             if (!taken) return null;
             const { entry: link, uses } = taken;
             let reason: string;
@@ -701,27 +740,37 @@ class SmtpClient {
                 // more than the one reply would be taken as the answer to the client's MAIL
                 if (reply.code === 250 && !link.conn.unsolicited) {
                     this.onConnection?.('reused');
-                    return new SmtpSession(link, uses + 1, this);
+                    return { link, uses: uses + 1 };
                 }
                 reason =
                     reply.code === 250 ? 'more than one reply to RSET' : `RSET answered ${describe(toReply(reply))}`;
             } catch (err) {
-                reason = errorMessage(err);
-                if (err instanceof UpstreamError && err.kind === 'timeout') {
-                    // an upstream that does not answer one idle connection is not asked on the others:
-                    // each would cost this client another timeout; they are closed and a new one opened
-                    void link.discard();
-                    this.dropped(link, reason);
-                    for (let other = pool.take(); other; other = pool.take()) {
-                        void other.entry.discard();
-                        this.dropped(other.entry, 'another idle connection did not answer RSET');
-                    }
-                    return null;
-                }
+                if (this.idleFailed(link, err)) return null;
+                continue;
             }
-            void link.discard();
-            this.dropped(link, reason);
+            this.idleFailed(link, reason);
         }
+    }
+
+    /**
+     * Drops an idle connection that failed its RSET (`why`: the reply, or the error). True when it
+     * timed out: an upstream that does not answer one idle connection is not asked on the others,
+     * as each would cost the client another timeout; they are closed too, and a new one is opened.
+     */
+    idleFailed(link: Link, why: unknown): boolean {
+        void link.discard();
+        this.dropped(link, typeof why === 'string' ? why : errorMessage(why));
+        if (!(why instanceof UpstreamError && why.kind === 'timeout') || !this.pool) return false;
+        for (let other = this.pool.take(); other; other = this.pool.take()) {
+            void other.entry.discard();
+            this.dropped(other.entry, 'another idle connection did not answer RSET');
+        }
+        return true;
+    }
+
+    /** An idle connection answered RSET with 250 and now serves a client. */
+    reused(): void {
+        this.onConnection?.('reused');
     }
 
     private dropped(link: Link, reason: string): void {
@@ -832,15 +881,20 @@ class SourceFailure extends Error {
 }
 
 class SmtpSession implements UpstreamSession {
-    readonly peer: string;
-    readonly capabilities: UpstreamCapabilities;
-    private readonly link: Link;
-    private readonly conn: Connection;
-    private readonly caps: Capabilities;
+    peer: string;
+    capabilities: UpstreamCapabilities;
+    /** The connection; replaced only when an idle one fails the RSET sent with the first MAIL. */
+    private link: Link;
+    private conn: Connection;
+    private caps: Capabilities;
     private readonly config: SmtpUpstreamConfig;
     private readonly client: SmtpClient;
+    /** The client this session serves (for a new connection, should the idle one fail). */
+    private readonly identity: ClientIdentity;
     /** Clients this connection has served, this one included. */
-    private readonly uses: number;
+    private uses: number;
+    /** Taken idle and not yet checked: its RSET goes out with the first MAIL (see mailAfterRset). */
+    private rsetPending: boolean;
     /**
      * The upstream is outside a transaction and its last reply was a success that leaves nothing
      * pending: the greeting's EHLO, a 250 to RSET, or a 2xx to the end of data. Only then may the
@@ -854,13 +908,25 @@ class SmtpSession implements UpstreamSession {
     private running = 0;
     private chain: Promise<unknown> = Promise.resolve();
 
-    constructor(link: Link, uses: number, client: SmtpClient) {
+    constructor(link: Link, uses: number, client: SmtpClient, identity: ClientIdentity, rsetPending: boolean) {
         this.link = link;
         this.conn = link.conn;
         this.caps = link.caps;
         this.capabilities = capabilitiesFromEhlo(link.caps, link.tls);
         this.config = client.config;
         this.client = client;
+        this.identity = identity;
+        this.uses = uses;
+        this.peer = link.peer;
+        this.rsetPending = rsetPending;
+    }
+
+    /** Moves the session to another connection (nothing of the transaction is on it yet). */
+    private adopt(link: Link, uses: number): void {
+        this.link = link;
+        this.conn = link.conn;
+        this.caps = link.caps;
+        this.capabilities = capabilitiesFromEhlo(link.caps, link.tls);
         this.uses = uses;
         this.peer = link.peer;
     }
@@ -915,27 +981,74 @@ class SmtpSession implements UpstreamSession {
         this.assertSupported(params, null);
         if (params.envid !== undefined) assertSafeParam(params.envid, 'ENVID');
         return this.run(async () => {
-            if (this.txOpen) await this.rset();
-            let line = `MAIL FROM:<${address}>`;
-            // Parameters only where the upstream advertised the extension (RFC 5321 section 4.1.4).
-            if (
-                params.size !== undefined &&
-                this.caps.has('SIZE') &&
-                Number.isSafeInteger(params.size) &&
-                params.size >= 0
-            ) {
-                line += ` SIZE=${params.size}`; // RFC 1870
+            if (this.rsetPending) {
+                this.rsetPending = false;
+                const reply = await this.mailAfterRset(this.mailLine(address, params));
+                if (reply) return reply;
+                // the idle connection failed its RSET and was dropped: another, checked first, or a new one
+                const { link, uses } = await this.client.acquire(this.identity);
+                this.adopt(link, uses);
+                this.assertSupported(params, null);
             }
-            // BODY=7BIT is the default and may go unsaid; 8BITMIME was checked above (RFC 6152)
-            if (params.body !== undefined && this.caps.has('8BITMIME')) line += ` BODY=${params.body}`;
-            if (params.smtputf8 === true) line += ' SMTPUTF8'; // RFC 6531
-            if (params.ret !== undefined) line += ` RET=${params.ret}`; // RFC 3461 section 4.3
-            if (params.envid !== undefined) line += ` ENVID=${params.envid}`; // RFC 3461 section 4.4
-            if (params.requireTls === true) line += ' REQUIRETLS'; // RFC 8689 section 4
-            const reply = await this.cmd(line);
+            if (this.txOpen) await this.rset();
+            const reply = await this.cmd(this.mailLine(address, params));
             this.txOpen = reply.code >= 200 && reply.code < 300;
             return reply;
         });
+    }
+
+    /**
+     * RSET and the client's MAIL in one write, on a connection taken idle from the pool (RFC 2920
+     * section 3.1: both may stand anywhere in a pipelined group). The RSET checks the connection
+     * as an RSET of its own would; only after its 250 is the second reply taken as the answer to
+     * MAIL. Null when the connection failed the check: it is dropped (with the MAIL it holds,
+     * which starts nothing without RCPT and DATA) and the caller sends MAIL elsewhere.
+     */
+    private async mailAfterRset(line: string): Promise<UpstreamReply | null> {
+        const { link, conn } = this;
+        const timeoutMs = this.config.commandTimeoutMs;
+        this.clean = false;
+        let rset: RawReply;
+        try {
+            conn.writeCommands(['RSET', line]);
+            rset = await conn.readReply(timeoutMs, 'RSET');
+        } catch (err) {
+            this.client.idleFailed(link, err);
+            return null;
+        }
+        link.counted('RSET', rset.code);
+        if (rset.code !== 250) {
+            this.client.idleFailed(link, `RSET answered ${describe(toReply(rset))}`);
+            return null;
+        }
+        this.client.reused();
+        const reply = toReply(await conn.readReply(timeoutMs, 'MAIL'));
+        link.counted(line, reply.code);
+        // a 421, or more replies than the two commands asked for: not for another transaction
+        if (reply.code === 421 || conn.unsolicited) this.spent = true;
+        this.txOpen = reply.code >= 200 && reply.code < 300;
+        return reply;
+    }
+
+    /** The MAIL command for this connection's upstream. */
+    private mailLine(address: string, params: MailParams): string {
+        let line = `MAIL FROM:<${address}>`;
+        // Parameters only where the upstream advertised the extension (RFC 5321 section 4.1.4).
+        if (
+            params.size !== undefined &&
+            this.caps.has('SIZE') &&
+            Number.isSafeInteger(params.size) &&
+            params.size >= 0
+        ) {
+            line += ` SIZE=${params.size}`; // RFC 1870
+        }
+        // BODY=7BIT is the default and may go unsaid; 8BITMIME was checked above (RFC 6152)
+        if (params.body !== undefined && this.caps.has('8BITMIME')) line += ` BODY=${params.body}`;
+        if (params.smtputf8 === true) line += ' SMTPUTF8'; // RFC 6531
+        if (params.ret !== undefined) line += ` RET=${params.ret}`; // RFC 3461 section 4.3
+        if (params.envid !== undefined) line += ` ENVID=${params.envid}`; // RFC 3461 section 4.4
+        if (params.requireTls === true) line += ' REQUIRETLS'; // RFC 8689 section 4
+        return line;
     }
 
     async rcptTo(address: string, params: RcptParams = {}): Promise<UpstreamReply> {

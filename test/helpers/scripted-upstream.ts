@@ -74,6 +74,8 @@ export interface ScriptedTransaction {
 export interface ScriptedConnection {
     readonly id: number;
     readonly commands: string[];
+    /** The bytes of each read from the socket outside DATA (latin1): what arrived together. */
+    readonly reads: string[];
     /** Attributes of each XCLIENT command received, xtext-decoded, names upper case. */
     readonly xclient: Array<Record<string, string>>;
     /** Attributes as sent on the wire (still xtext-encoded). */
@@ -188,6 +190,7 @@ export async function startScriptedUpstream(options: ScriptedUpstreamOptions = {
         const conn: ScriptedConnection = {
             id: connections.length + 1,
             commands: [],
+            reads: [],
             xclient: [],
             xclientRaw: [],
             closed: false,
@@ -426,6 +429,7 @@ export async function startScriptedUpstream(options: ScriptedUpstreamOptions = {
         };
 
         socket.on('data', (chunk: Buffer) => {
+            if (data === null) conn.reads.push(chunk.toString('latin1'));
             input = input.length > 0 ? Buffer.concat([input, chunk]) : chunk;
             void pump();
         });
