@@ -921,8 +921,14 @@ class SmtpSession implements UpstreamSession {
         this.rsetPending = rsetPending;
     }
 
-    /** Moves the session to another connection (nothing of the transaction is on it yet). */
+    /**
+     * Moves the session to another connection of the same upstream, with nothing of the
+     * transaction on it yet; what it advertised is read again for this session's commands (the
+     * caller's capability tracker took the first connection's, which the next open corrects).
+     */
     private adopt(link: Link, uses: number): void {
+        this.clean = true;
+        this.txOpen = false;
         this.link = link;
         this.conn = link.conn;
         this.caps = link.caps;
@@ -985,8 +991,15 @@ class SmtpSession implements UpstreamSession {
                 this.rsetPending = false;
                 const reply = await this.mailAfterRset(this.mailLine(address, params));
                 if (reply) return reply;
-                // the idle connection failed its RSET and was dropped: another, checked first, or a new one
+                // the idle connection failed its RSET and was dropped: another, checked first, or a new
+                // one; none for a client that left meanwhile
+                if (this.closed) throw new UpstreamError('closed', `upstream ${this.peer} session is closed`);
                 const { link, uses } = await this.client.acquire(this.identity);
+                if (this.closed) {
+                    // found after the client left: idle again (it just answered RSET, or greeted) or closed
+                    if (!(link.usable && !link.worn && this.client.release(link, uses))) void link.discard();
+                    throw new UpstreamError('closed', `upstream ${this.peer} session is closed`);
+                }
                 this.adopt(link, uses);
                 this.assertSupported(params, null);
             }
@@ -1001,7 +1014,8 @@ class SmtpSession implements UpstreamSession {
      * RSET and the client's MAIL in one write, on a connection taken idle from the pool (RFC 2920
      * section 3.1: both may stand anywhere in a pipelined group). The RSET checks the connection
      * as an RSET of its own would; only after its 250 is the second reply taken as the answer to
-     * MAIL. Null when the connection failed the check: it is dropped (with the MAIL it holds,
+     * MAIL (a reply the upstream sent unasked just before would shift them by one: RFC 2920 rules
+     * that out, and one left over when MAIL's reply is read marks the connection spent). Null when the connection failed the check: it is dropped (with the MAIL it holds,
      * which starts nothing without RCPT and DATA) and the caller sends MAIL elsewhere.
      */
     private async mailAfterRset(line: string): Promise<UpstreamReply | null> {
@@ -1013,7 +1027,8 @@ class SmtpSession implements UpstreamSession {
             conn.writeCommands(['RSET', line]);
             rset = await conn.readReply(timeoutMs, 'RSET');
         } catch (err) {
-            this.client.idleFailed(link, err);
+            // a session closed by its client ended the connection itself: not the connection's fault
+            if (!this.closed) this.client.idleFailed(link, err);
             return null;
         }
         link.counted('RSET', rset.code);

@@ -117,6 +117,32 @@ for (const pipelining of [false, true]) {
             assert.deepEqual(await g.counts(), { opened: 1, reused: 1 });
         });
 
+        it("pass the upstream's answer to the next client's MAIL on to that client", async (t) => {
+            let refuse = false;
+            const g = await gateway(t, false, {
+                ...offer,
+                onCommand: (line) =>
+                    refuse && line.startsWith('MAIL')
+                        ? '550 5.7.1 <a@example.org>: Sender address rejected'
+                        : undefined,
+            });
+            assert.equal(await g.send(), 250);
+            await g.idled(1);
+            refuse = true;
+            const c = await smtpConnect(g.mw.port());
+            await c.greeting();
+            assert.equal((await c.cmd('EHLO client.example')).code, 250);
+            const mail = await c.cmd('MAIL FROM:<a@example.org>');
+            assert.equal(mail.code, 550, mail.raw);
+            assert.match(mail.raw, /^550 5\.7\.1 The destination mail server refused the sender/);
+            refuse = false;
+            assert.equal((await c.cmd('MAIL FROM:<a@example.org>')).code, 250);
+            assert.equal((await c.cmd('RCPT TO:<b@example.test>')).code, 250);
+            c.close();
+            assert.equal(g.used().length, 1, 'the same connection throughout');
+            assert.deepEqual(await g.counts(), { opened: 1, reused: 1 });
+        });
+
         for (const [name, spoil] of [
             ['the upstream closed it', (c: ScriptedConnection) => c.destroy()],
             [
@@ -289,6 +315,11 @@ describe('upstream connections with upstream.xclient: false, in front of a real 
         t.after(() => postfix.stop());
         const dns = await startDnsServer({});
         t.after(() => dns.close());
+        // Postfix offers PIPELINING, so the RSET before each later client's MAIL goes with it
+        const probe = await smtpConnect(postfix.port);
+        await probe.greeting();
+        assert.match((await probe.cmd('EHLO probe.test')).raw, /^250[- ]PIPELINING\r?$/m);
+        probe.close();
         const mw = await startApp(
             [
                 'hostname: mx.test',
@@ -355,6 +386,7 @@ describe('a client gone while its upstream connection is being opened', () => {
         assert.equal(await g.send(), 250);
         await g.idled(1);
         slow = true;
+        const connections = g.up.connections.length;
         const c = await smtpConnect(g.mw.port());
         await c.greeting();
         assert.equal((await c.cmd('EHLO client.example')).code, 250);
@@ -366,6 +398,10 @@ describe('a client gone while its upstream connection is being opened', () => {
         assert.ok(rsetWithMail(conn), 'RSET and MAIL went out together');
         assert.ok(!verbs(conn).slice(4).includes('RCPT'), 'no transaction went on after the client left');
         assert.equal(g.mw.logs.filter((l) => l.msg === IDLE).length, 1, 'not kept for another client');
+        // and no other connection is taken or opened for the MAIL of a client that left
+        await sleep(500);
+        assert.equal(g.up.connections.length, connections, 'no connection opened after the client left');
+        assert.deepEqual(await g.counts(), { opened: 1 });
     });
     for (const xclient of [false, true]) {
         it(`sends no MAIL for it and leaves no connection open (xclient: ${xclient})`, async (t) => {
