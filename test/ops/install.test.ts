@@ -189,10 +189,13 @@ describe('installing with npm on a machine whose Node.js is older than 24', { ti
                 'http: false',
             ].join('\n'),
         );
+        // a process group of its own: the launcher runs mailwarden as its child, which a kill of
+        // the launcher alone would leave running when the test fails
         const child = spawn(join(prefix, 'bin/mailwarden'), ['serve', '-c', config], {
             env: operatorEnv({}, oldPath),
             cwd: dir,
             stdio: ['ignore', 'pipe', 'pipe'],
+            detached: true,
         });
         let out = '';
         child.stdout.setEncoding('utf8').on('data', (d: string) => (out += d));
@@ -215,7 +218,11 @@ describe('installing with npm on a machine whose Node.js is older than 24', { ti
             assert.equal(await exited, 0, out);
             assert.match(out, /"msg":"stopped"/);
         } finally {
-            if (child.exitCode === null) child.kill('SIGKILL');
+            try {
+                process.kill(-child.pid!, 'SIGKILL');
+            } catch {
+                // the group is gone: everything in it exited
+            }
         }
     });
 
