@@ -376,6 +376,16 @@ describe('upstream connections with upstream.xclient: true', () => {
     });
 });
 
+/** A client that sends MAIL and leaves 100 ms later, before it could have the answer. */
+async function mailThenLeave(port: number): Promise<void> {
+    const c = await smtpConnect(port);
+    await c.greeting();
+    assert.equal((await c.cmd('EHLO client.example')).code, 250);
+    c.write('MAIL FROM:<a@example.org>\r\n');
+    await sleep(100);
+    c.close();
+}
+
 describe('a client gone while its upstream connection is being opened', () => {
     it('closes a taken idle connection whose RSET, sent with the MAIL, was still unanswered (PIPELINING)', async (t) => {
         let slow = false;
@@ -387,12 +397,7 @@ describe('a client gone while its upstream connection is being opened', () => {
         await g.idled(1);
         slow = true;
         const connections = g.up.connections.length;
-        const c = await smtpConnect(g.mw.port());
-        await c.greeting();
-        assert.equal((await c.cmd('EHLO client.example')).code, 250);
-        c.write('MAIL FROM:<a@example.org>\r\n');
-        await sleep(100);
-        c.close();
+        await mailThenLeave(g.mw.port());
         const conn = g.used()[0]!;
         await until('the connection was closed', () => conn.closed, 2000);
         assert.ok(rsetWithMail(conn), 'RSET and MAIL went out together');
@@ -403,6 +408,7 @@ describe('a client gone while its upstream connection is being opened', () => {
         assert.equal(g.up.connections.length, connections, 'no connection opened after the client left');
         assert.deepEqual(await g.counts(), { opened: 1 });
     });
+
     for (const xclient of [false, true]) {
         it(`sends no MAIL for it and leaves no connection open (xclient: ${xclient})`, async (t) => {
             let slow = false;
@@ -417,12 +423,7 @@ describe('a client gone while its upstream connection is being opened', () => {
             if (!xclient) await until('kept idle', () => g.mw.logs.some((l) => l.msg === IDLE));
             slow = true;
             const before = g.up.connections.length;
-            const c = await smtpConnect(g.mw.port());
-            await c.greeting();
-            assert.equal((await c.cmd('EHLO client.example')).code, 250);
-            c.write('MAIL FROM:<a@example.org>\r\n');
-            await sleep(100);
-            c.close();
+            await mailThenLeave(g.mw.port());
             const goneAt = Date.now();
             await sleep(1500);
             // the connection that was being opened (or taken) for the client that left
