@@ -1015,8 +1015,9 @@ class SmtpSession implements UpstreamSession {
      * section 3.1: both may stand anywhere in a pipelined group). The RSET checks the connection
      * as an RSET of its own would; only after its 250 is the second reply taken as the answer to
      * MAIL (a reply the upstream sent unasked just before would shift them by one: RFC 2920 rules
-     * that out, and one left over when MAIL's reply is read marks the connection spent). Null when the connection failed the check: it is dropped (with the MAIL it holds,
-     * which starts nothing without RCPT and DATA) and the caller sends MAIL elsewhere.
+     * that out, and one left over when MAIL's reply is read marks the connection spent). Null
+     * when the connection failed the check: it is dropped (with the MAIL it holds, which starts
+     * nothing without RCPT and DATA) and the caller sends MAIL elsewhere.
      */
     private async mailAfterRset(line: string): Promise<UpstreamReply | null> {
         const { link, conn } = this;
