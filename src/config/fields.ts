@@ -1,8 +1,8 @@
 /**
  * Field readers shared by several config sections, over the SourceReader: a section's entries,
  * host names and hosts, lists of addresses or CIDRs, paths that must exist, PEM files, a field's
- * line, and the address a section binds. They report problems through the reader; they must not know any section's keys
- * or defaults, and must not import a section or config/load.ts.
+ * line, and the address a section binds. They report problems through the reader; they must not
+ * know any section's keys or defaults, and must not import a section or config/load.ts.
  */
 import fs from 'node:fs';
 import path from 'node:path';

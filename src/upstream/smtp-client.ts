@@ -1,8 +1,8 @@
 /**
  * The SMTP client towards the mail server behind the proxy (usually Postfix): one small
- * lock-step connection per client session (pipelined only where said below), plain with optional STARTTLS
- * (RFC 3207) or implicit TLS (RFC 8314), passing the real client on with XCLIENT
- * (Postfix XCLIENT_README), then mirroring MAIL, RCPT and DATA (RFC 5321).
+ * lock-step connection per client session (pipelined only where said below), plain with
+ * optional STARTTLS (RFC 3207) or implicit TLS (RFC 8314), passing the real client on with
+ * XCLIENT (Postfix XCLIENT_README), then mirroring MAIL, RCPT and DATA (RFC 5321).
  *
  * With XCLIENT the connection carries one client's identity and is closed (QUIT) when that
  * client leaves. On a plain connection (no TLS, no STARTTLS) XCLIENT is sent right after the
@@ -707,10 +707,7 @@ class SmtpClient {
      * A connection checked for `client`: `first` or another idle one that answers RSET with 250
      * on its own, else a new one.
      */
-    async acquire(
-        client: ClientIdentity,
-        first: { entry: Link; uses: number } | null = null,
-    ): Promise<{ link: Link; uses: number }> {
+    async acquire(client: ClientIdentity, first: Taken | null = null): Promise<{ link: Link; uses: number }> {
         if (this.pool) {
             const reused = await this.reuse(this.pool, first);
             if (reused) return reused;
@@ -725,10 +722,7 @@ class SmtpClient {
      * the command timeout; each that does not is dropped. Nothing of the client's transaction
      * has been sent to them.
      */
-    private async reuse(
-        pool: IdlePool<Link>,
-        first: { entry: Link; uses: number } | null,
-    ): Promise<{ link: Link; uses: number } | null> {
+    private async reuse(pool: IdlePool<Link>, first: Taken | null): Promise<{ link: Link; uses: number } | null> {
         for (let taken = first; ; taken = null) {
             taken ??= pool.take((link) => this.dropped(link, 'closed or spoke while idle'));
             if (!taken) return null;
@@ -739,7 +733,7 @@ class SmtpClient {
                 link.counted('RSET', reply.code);
                 // more than the one reply would be taken as the answer to the client's MAIL
                 if (reply.code === 250 && !link.conn.unsolicited) {
-                    this.onConnection?.('reused');
+                    this.reused();
                     return { link, uses: uses + 1 };
                 }
                 reason =
@@ -813,6 +807,9 @@ function toBytes(chunk: unknown): Uint8Array {
     if (typeof chunk === 'string') return Buffer.from(chunk, 'utf8');
     throw new TypeError('message source yielded something other than bytes');
 }
+
+/** An idle connection taken from the pool, with the number of clients it served. */
+type Taken = { readonly entry: Link; readonly uses: number };
 
 /** One connection to the upstream; without XCLIENT it may serve several clients in turn, never two at once. */
 class Link implements PoolEntry {
@@ -941,11 +938,16 @@ class SmtpSession implements UpstreamSession {
         return !this.closed && !this.spent && this.conn.failure === null;
     }
 
+    /** What an operation on this session meets once the session is closed. */
+    private closedError(): UpstreamError {
+        return new UpstreamError('closed', `upstream ${this.peer} session is closed`);
+    }
+
     /** Runs operations one at a time, in call order (lock-step). */
     private run<T>(op: () => Promise<T>): Promise<T> {
         this.running++;
         const result = this.chain.then(() => {
-            if (this.closed) throw new UpstreamError('closed', `upstream ${this.peer} session is closed`);
+            if (this.closed) throw this.closedError();
             return op();
         });
         const done = (): void => {
@@ -993,12 +995,12 @@ class SmtpSession implements UpstreamSession {
                 if (reply) return reply;
                 // the idle connection failed its RSET and was dropped: another, checked first, or a new
                 // one; none for a client that left meanwhile
-                if (this.closed) throw new UpstreamError('closed', `upstream ${this.peer} session is closed`);
+                if (this.closed) throw this.closedError();
                 const { link, uses } = await this.client.acquire(this.identity);
                 if (this.closed) {
                     // found after the client left: idle again (it just answered RSET, or greeted) or closed
                     if (!(link.usable && !link.worn && this.client.release(link, uses))) void link.discard();
-                    throw new UpstreamError('closed', `upstream ${this.peer} session is closed`);
+                    throw this.closedError();
                 }
                 this.adopt(link, uses);
                 this.assertSupported(params, null);
