@@ -260,7 +260,7 @@ const CATALOGUE: readonly FactSpec[] = [
         'header.from.mismatch',
         'boolean',
         'data',
-        'The session read a different From domain than the DMARC parser did: a sign of a message crafted to show one domain and authenticate another',
+        "The session's RFC 5322 reading of From named a different domain than the DMARC parser's, or only one of them found a domain (at most one mailbox each): a From crafted to show one domain and have another judged",
     ),
     fact(
         'local.sender',

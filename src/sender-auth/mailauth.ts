@@ -27,6 +27,7 @@ import type { Resolver } from '../dns/resolver.ts';
 import { scopedResolver } from '../dns/scoped.ts';
 import type { Logger } from '../log.ts';
 import type { Metrics } from '../metrics.ts';
+import { foldDomain } from '../net/domain.ts';
 import type { FactValue, HeaderField, Check, CheckContext, CheckResult } from '../types.ts';
 import { authenticate } from './authenticate.ts';
 import { evaluateArcTrust, type ArcHop, type ArcTrustOutput } from './arc-trust.ts';
@@ -291,7 +292,14 @@ export function createMailauthVerifier(opts: MailauthCheckOptions): Check['run']
             dmarc.dkimAligned !== null ||
             (author !== null && rec === null && passingDomains.some((d) => aligned(d, 'dkim')));
 
-        const sessionDomain = sessionAuthor;
+        // The session's own RFC 5322 reading of From (message-facts.ts) against DMARC's (mailauth's
+        // address parser). A From written so that the two differ (CFWS inside the domain, RFC 5322
+        // section 4.4; an unclosed quote or angle bracket) shows readers one domain and has another
+        // judged, or none: flagged for the rules whenever both read at most one mailbox.
+        const sessionRead = 'header.from.domain' in ctx.facts;
+        const sessionDomain = typeof sessionAuthor === 'string' ? foldDomain(sessionAuthor) : null;
+        const fromMismatch =
+            sessionRead && fromCount <= 1 && (author === null ? null : foldDomain(author)) !== sessionDomain;
         const mailFromDomain = domainOf(mailFrom);
         const limited: LimitName[] = [...plan.limits];
         if (verification.stats.cut !== null) limited.push(verification.stats.cut);
@@ -315,9 +323,11 @@ export function createMailauthVerifier(opts: MailauthCheckOptions): Check['run']
             'arc.trusted': trust.trusted,
             'arc.sealer': trust.sealer,
             'header.from.count': fromCount,
-            'header.from.mismatch':
-                author !== null && typeof sessionDomain === 'string' && normalizeDomain(sessionDomain) !== author,
-            'local.sender': isLocal(mailFromDomain, locals) || authorDomains.some((d) => isLocal(d, locals)),
+            'header.from.mismatch': fromMismatch,
+            'local.sender':
+                isLocal(mailFromDomain, locals) ||
+                isLocal(sessionDomain, locals) ||
+                authorDomains.some((d) => isLocal(d, locals)),
             'auth.temperror': decision.temperror,
             'auth.limits': limited,
             'auth.dns_queries': dns.queries,

@@ -4,7 +4,8 @@
  * a p=reject domain is refused with 550 5.7.1 and never reaches the upstream; aligned,
  * DKIM-signed mail arrives with dkim=pass and dmarc=pass; a p=quarantine failure is
  * quarantined; a DNS timeout gives 451 and the mail stays with the client; a forged
- * Authentication-Results with our authserv-id is removed; DNS answers are cached by TTL.
+ * Authentication-Results with our authserv-id is removed; DNS answers are cached by TTL; a
+ * From written so that the DMARC parser and an RFC 5322 reader see different domains is refused.
  */
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
@@ -69,6 +70,53 @@ describe('sender authentication through the proxy', () => {
         assert.equal(r.message?.code, 550, r.message?.raw);
         assert.match(r.message.text, /^5\.7\.1 .*bank\.example.*DMARC/);
         assert.equal(up.transactions.filter((t) => t.completed).length, before);
+    });
+
+    it('refuses a From that the DMARC parser reads as another domain than an RFC 5322 reader does', async () => {
+        // each of these shows a reader bank.example (or example.test, ours), and mailauth's
+        // parser another domain or none, so the p=reject policy would never have been applied
+        const spellings = [
+            'CEO <ceo@bank .example>',
+            'ceo@bank (comment).example',
+            'ceo@bank. example',
+            'ceo@bank\t.example',
+            'CEO <ceo@bank\r\n .example>',
+            'ceo@bank.example>',
+            '"CEO <ceo@bank.example>',
+            'Boss <boss@example .test>',
+        ];
+        for (const from of spellings) {
+            const before = up.transactions.filter((t) => t.completed).length;
+            const r = await sendMail(mw.port(), {
+                from: 'a@other.example',
+                to: ['bob@example.test'],
+                data: msg(from, 'ambiguous'),
+            });
+            assert.equal(r.message?.code, 550, `${JSON.stringify(from)}: ${r.message?.raw}`);
+            assert.match(r.message.text, /^5\.7\.1 .*different domains/, JSON.stringify(from));
+            assert.equal(up.transactions.filter((t) => t.completed).length, before);
+        }
+    });
+
+    it('delivers the ordinary spellings of a From address as before', async () => {
+        const spellings = [
+            'plain@plain.example',
+            'John Doe <john@plain.example>',
+            '"Doe, John" <john@plain.example>',
+            'john@plain.example (John Doe)',
+            '=?utf-8?q?J=C3=B6rg?= <j@plain.example>',
+            '<John@PLAIN.Example>',
+            '"a@bank.example" <x@plain.example>',
+            'Folded\r\n <folded@plain.example>',
+        ];
+        for (const from of spellings) {
+            const r = await sendMail(mw.port(), {
+                from: 'a@other.example',
+                to: ['bob@example.test'],
+                data: msg(from, 'ordinary'),
+            });
+            assert.equal(r.message?.code, 250, `${JSON.stringify(from)}: ${r.message?.raw}`);
+        }
     });
 
     it('delivers aligned DKIM-signed mail with dkim=pass and dmarc=pass', async () => {

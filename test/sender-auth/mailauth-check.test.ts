@@ -279,6 +279,35 @@ describe('mailauth check', () => {
         assert.equal(same.facts['header.from.mismatch'], false);
     });
 
+    it('header.from.mismatch: a domain only one reader found, not U-labels against A-labels, not several mailboxes', async () => {
+        // the session found bank.example, DMARC's parser no author domain at all (an open bracket)
+        const open = await run(check(), basicMessage('x@bank.example>'), {
+            facts: { 'header.from.domain': 'bank.example', 'header.from.count': 1 },
+        });
+        assert.equal(open.facts['dmarc.result'], 'permerror');
+        assert.equal(open.facts['header.from.mismatch'], true);
+        // the same domain in U-label and A-label form is one domain
+        const idn = await run(check(), basicMessage('x@b\u00fccher.example'), {
+            facts: { 'header.from.domain': 'xn--bcher-kva.example', 'header.from.count': 1 },
+        });
+        assert.equal(idn.facts['header.from.mismatch'], false);
+        // several mailboxes are the several-author rule's business
+        const two = await run(check(), basicMessage('x@shop.example, y@bank.example'), {
+            facts: { 'header.from.domain': 'shop.example', 'header.from.count': 2 },
+        });
+        assert.equal(two.facts['header.from.mismatch'], false);
+        // without the session's reading (no session fact) nothing is compared
+        assert.equal((await run(check(), basicMessage('x@shop.example>'))).facts['header.from.mismatch'], false);
+    });
+
+    it("local.sender: our domain as the session read From counts even where DMARC's parser read another", async () => {
+        const r = await run(check({}, ['bank.example']), basicMessage('x@bank .example'), {
+            mailFrom: 'a@other.test',
+            facts: { 'header.from.domain': 'bank.example', 'header.from.count': 1 },
+        });
+        assert.equal(r.facts['local.sender'], true);
+    });
+
     describe('ARC', () => {
         /** The bank signs, the forwarder authenticates it, rewrites the subject and seals; we receive it from the forwarder. */
         async function forwarded(sealer: string, selector: string, key: TestKey): Promise<string> {
