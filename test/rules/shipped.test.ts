@@ -5,6 +5,7 @@
  */
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import { describe, it } from 'node:test';
 import { main as readmeMain } from '../../scripts/gen-rules-readme.ts';
@@ -80,6 +81,39 @@ describe('shipped rules', () => {
             );
         assert.deepEqual(validateRulesForCheck(PACKAGE_RULES_DIR, false), []);
         assert.deepEqual(validateRulesForCheck(PACKAGE_RULES_DIR, true), [], 'cases run with softReject off');
+    });
+
+    it('stop a refusal when its rule is put in monitor mode, as the runbook advises: no other rule takes it over', () => {
+        const shipped = loadRules(PACKAGE_RULES_DIR, { softReject: false }).ruleSet!;
+        const refusing = shipped.cases.filter((c) => c.expect.action === 'reject' && typeof c.expect.rule === 'string');
+        assert.ok(refusing.length >= 8, `${refusing.length} refusing cases`);
+        const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'mw-monitor-'));
+        try {
+            for (const c of refusing) {
+                const id = c.expect.rule as string;
+                // the rule file as an operator edits it: `mode: monitor` added under the rule's id
+                fs.rmSync(dir, { recursive: true, force: true });
+                fs.cpSync(PACKAGE_RULES_DIR, dir, { recursive: true });
+                const file = path.join(dir, path.basename(c.file));
+                const text = fs.readFileSync(file, 'utf8');
+                const at = `  - id: ${id}\n`;
+                assert.ok(text.includes(at), `${id} in ${c.file}`);
+                fs.writeFileSync(file, text.replace(at, `${at}    mode: monitor\n`));
+                const loaded = loadRules(dir, { softReject: false });
+                assert.deepEqual(
+                    loaded.issues.filter((i) => i.severity !== 'warning'),
+                    [],
+                );
+                const ev = loaded.ruleSet!.evaluate(c.stage, c.facts, { softReject: false, trace: false });
+                assert.notEqual(
+                    ev.decision.action,
+                    'reject',
+                    `${id} in monitor mode: "${c.name}" is still refused by ${ev.terminal}`,
+                );
+            }
+        } finally {
+            fs.rmSync(dir, { recursive: true, force: true });
+        }
     });
 
     it('say what happened, why and what to do in every reply', () => {
