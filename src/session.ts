@@ -130,15 +130,25 @@ export class Session {
         this.flow.connected(result);
     }
 
-    private async decideStage(stage: Stage, facts: Facts): Promise<StageResult> {
+    /** `sender`: the MAIL FROM address being answered, for the log line of a refusal before the mail stage. */
+    private async decideStage(stage: Stage, facts: Facts, sender?: string): Promise<StageResult> {
         const context = this.flow.context(facts, this.identity());
         const result = await runStage(stage, this.deps.checks, context, this.deps.decider(), this.deps.now);
         this.observeChecks(result.checks);
         const refusal = this.flow.refusal(stage, result.decision);
         if (refusal) {
+            // the fields of a `decision` line that are known at this stage, so a refusal before
+            // DATA can be found and replayed (`explain`) the same way
+            const identity = this.identity();
+            const from = result.facts['mail.from'] ?? sender;
+            const rcptCount = result.facts['rcpt.count'];
             this.log.info(
                 {
                     stage,
+                    helo: identity.helo,
+                    ...(typeof from === 'string' ? { from } : {}),
+                    ...(typeof rcptCount === 'number' ? { rcptCount } : {}),
+                    ...(identity.login !== null ? { authUser: identity.login } : {}),
                     action: result.decision.action,
                     rules: result.decision.rules,
                     reason: result.decision.reason,
@@ -199,7 +209,7 @@ export class Session {
         const helo = this.identity().helo;
         if (this.heloEvaluated !== helo) {
             // smtp-server has no EHLO hook: helo rules run at the first MAIL after each EHLO/HELO
-            const heloResult = await this.decideStage('helo', this.flow.heloStageFacts(this.client()));
+            const heloResult = await this.decideStage('helo', this.flow.heloStageFacts(this.client()), mailbox.address);
             this.heloEvaluated = helo;
             // the iprev check reports at the helo stage; its name is the client's from then on
             this.ptr = this.flow.heloDone(heloResult);
@@ -363,7 +373,12 @@ export class Session {
                 throw this.refuse(verdict.refusal);
             }
             const head = this.ourHeaders(verdict, tx, result.headers);
-            const signature = await this.dkimSignature(head, kept, spool, summary, result.facts['header.from.domain']);
+            // the key is chosen by the author as our own parser read it (the one the login binding
+            // checked), never by the DMARC parser's reading; a From the two read differently is not signed
+            const ambiguous = result.facts['header.from.mismatch'] === true;
+            const signature = ambiguous
+                ? null
+                : await this.dkimSignature(head, kept, spool, summary, facts['header.from.domain']);
             if (signature) record.dkimSigned = true;
             const message = this.composeMessage(signature ? [signature, ...head] : head, kept, spool, summary);
             const up = this.upstream;

@@ -102,6 +102,10 @@ describe('reputation lists in front of a real Postfix', () => {
             const refused = mw.logs.find((l) => l.msg === 'refused' && l.stage === 'helo');
             assert.deepEqual(refused?.dnsbl, ['bl.test=127.0.0.2'], 'the log line names the listing zone');
             assert.deepEqual(refused?.rules, ['dnsbl-reject']);
+            // what the runbook replays with `explain`: the client, HELO name and sender
+            assert.equal(refused?.client, '127.0.0.10');
+            assert.equal(typeof refused?.helo, 'string');
+            assert.equal(refused?.from, 'a@sender.example');
             assert.match(await metric(mw, 'dnsbl_hits_total'), /mailwarden_dnsbl_hits_total\{zone="bl.test"\} [1-9]/);
             assert.match(await metric(mw, 'dnsbl_zone_healthy'), /mailwarden_dnsbl_zone_healthy\{zone="bl.test"\} 1/);
         });

@@ -49,7 +49,8 @@ describe('submission listener', () => {
                 'domains: [example.test]',
                 `tls: { cert: "${cert.certPath}", key: "${cert.keyPath}" }`,
                 `auth: { users: "${users}" }`,
-                `dkim: { sign: [ { domain: example.test, selector: mw, key: "${keyFile}" } ] }`,
+                // a second domain with a key here, which alice may not send as
+                `dkim: { sign: [ { domain: example.test, selector: mw, key: "${keyFile}" }, { domain: victim.test, selector: mw, key: "${keyFile}" } ] }`,
                 'listeners:',
                 '  - { name: submission, host: 127.0.0.1, port: 0, mode: submission }',
                 '  - { name: submissions, host: 127.0.0.1, port: 0, mode: submission, tls: implicit }',
@@ -226,6 +227,30 @@ describe('submission listener', () => {
             assert.ok(r.text.endsWith(`(id ${String(decision.session)})`), `${what}: the session id`);
             assert.equal(decision.dkimSigned, undefined, `${what}: nothing was signed`);
             assert.equal(up.transactions.filter((t) => t.data !== null).length, before, `${what}: nothing upstream`);
+        }
+    });
+
+    it("refuses a From that the DMARC parser reads as another domain: never signed with that domain's key", async () => {
+        // our parser reads alice@example.test (the rest is a comment), mailauth's reads ceo@victim.test
+        const spellings = [
+            'alice@example.test (x\\) <ceo@victim.test>)',
+            'alice@example.test (x (y) <ceo@victim.test>)',
+        ];
+        for (const from of spellings) {
+            const before = up.transactions.filter((t) => t.data !== null).length;
+            const c = await loggedIn();
+            assert.equal((await c.cmd('MAIL FROM:<alice@example.test>')).code, 250);
+            assert.equal((await c.cmd('RCPT TO:<bob@example.net>')).code, 250);
+            await c.cmd('DATA');
+            c.write(`From: ${from}\r\nSubject: comment\r\n\r\nbody\r\n.\r\n`);
+            const r = await c.reply();
+            c.close();
+            assert.equal(r.code, 550, `${from}: ${r.raw}`);
+            assert.match(r.text, /^5\.7\.1 .*different domains/);
+            const decision = mw.logs.filter((l) => l.msg === 'decision').at(-1)!;
+            assert.deepEqual(decision.rules, ['dmarc-ambiguous-author'], from);
+            assert.equal(decision.dkimSigned, undefined, `${from}: nothing was signed`);
+            assert.equal(up.transactions.filter((t) => t.data !== null).length, before, `${from}: nothing upstream`);
         }
     });
 

@@ -111,6 +111,27 @@ describe('jq over the journal', () => {
         for (const jq of jqCommands) assert.match(jq, /^jq -[a-z]*R[a-z]* 'fromjson\?( \||')/, jq);
     });
 
+    it('samples refusals before DATA too (a `refused` line), as a block list makes them', async () => {
+        const refusedOnly = JSON.stringify({
+            level: 30,
+            msg: 'refused',
+            stage: 'helo',
+            action: 'reject',
+            rules: ['dnsbl-reject'],
+            client: '192.0.2.1',
+            helo: 'mail.example',
+            from: 'a@b',
+        });
+        const samplers = jqCommands.filter((jq) => jq.includes('.action=="reject"'));
+        assert.ok(samplers.length >= 1, jqCommands.join('\n'));
+        for (const jq of samplers) {
+            const r = await runShell(jq, { env: process.env, cwd: tmpdir(), input: `${refusedOnly}\n` });
+            assert.equal(r.code, 0, `${jq}: ${r.err}`);
+            assert.match(r.out, /dnsbl-reject/, `${jq} finds the refusal`);
+            assert.match(r.out, /mail\.example/, `${jq} shows the HELO name to replay it with`);
+        }
+    });
+
     it('runs each of them over a journal with systemd lines in it', async () => {
         for (const jq of jqCommands) {
             const r = await runShell(jq, { env: process.env, cwd: tmpdir(), input: journal });
