@@ -428,14 +428,18 @@ class MailwardenConnection extends SMTPConnection {
      */
     #checkSaslResponse(command: Buffer, callback?: () => void): void {
         if (this.#adapter.submission && command) {
-            const text = command.toString('latin1').trim();
+            // read exactly as smtp-server reads it (UTF-8; the command name ends at the first space,
+            // the arguments are split on any white space, Unicode's included), so no spelling is
+            // checked here as one thing and acted on there as another
+            const text = command.toString('utf8');
             let response: string | null = null;
             if (this._nextHandler && this.#sasl) {
-                response = text;
+                response = text.trim();
             } else if (!this._nextHandler) {
-                const m = /^AUTH\s+(\S+)(?:\s+(\S+))?$/i.exec(text);
-                this.#sasl = m ? { mechanism: m[1]!.toUpperCase(), step: 0 } : null;
-                response = m?.[2] ?? null;
+                const args = text.split(' ', 1)[0]!.toUpperCase() === 'AUTH' ? text.trim().split(/\s+/) : null;
+                this.#sasl = args ? { mechanism: (args[1] ?? '').toUpperCase(), step: 0 } : null;
+                // more than one argument after the mechanism is no base64 response either
+                response = args && args.length > 2 ? args.slice(2).join(' ') : null;
             }
             const sasl = this.#sasl;
             if (sasl && (sasl.mechanism === 'PLAIN' || sasl.mechanism === 'LOGIN')) {

@@ -310,4 +310,26 @@ describe('regressions found by the AUTH fuzzer', () => {
             c.close();
         }
     });
+
+    // a white space smtp-server splits the command on (it reads it as UTF-8, JavaScript's \s)
+    // but a Latin-1 reading does not: the checks above were skipped and the foreign authzid logged in
+    it('checks the initial response whatever white space stands before it', async () => {
+        const foreign = b64(`bob@example.test\0${LOGIN}\0${PASSWORD}`);
+        const token = b64(`\0${LOGIN}\0${PASSWORD}`);
+        for (const space of ['\u2003', '\u00a0', '\u3000', '\t', '  ', '\u2003\t']) {
+            const c = await connect();
+            try {
+                const r = await c.cmd(`AUTH PLAIN${space}${foreign}`);
+                assert.equal(r.code, 535, `${JSON.stringify(space)}: ${r.raw}`);
+                assert.match(r.text, /^5\.7\.8 /);
+                const garbage = await c.cmd(`AUTH PLAIN${space}${token.slice(0, 3)}!$${token.slice(3)}`);
+                assert.equal(garbage.code, 501, `${JSON.stringify(space)}: ${garbage.raw}`);
+                const extra = await c.cmd(`AUTH PLAIN${space}${token}${space}more`);
+                assert.notEqual(extra.code, 235, `${JSON.stringify(space)}: a second argument: ${extra.raw}`);
+                assert.equal((await c.cmd(`MAIL FROM:<${LOGIN}>`)).code, 530, 'not logged in');
+            } finally {
+                c.close();
+            }
+        }
+    });
 });
