@@ -188,7 +188,8 @@ export function createListener(config: Config, listener: ListenerConfig, deps: L
                     return cb(toCallbackError(replyFor('auth-unavailable', { id: smtp.id })));
                 }
                 const f = failed();
-                record('invalid', { reason: outcome.reason, sessionFailures: f.count, ...via, ...exempt });
+                const account = outcome.user !== undefined ? { account: outcome.user } : {};
+                record('invalid', { reason: outcome.reason, ...account, sessionFailures: f.count, ...via, ...exempt });
                 cb(toCallbackError(replyFor(f.last ? 'auth-failures-disconnect' : 'auth-invalid', { id: smtp.id })));
             };
             if (!backend || (auth.method !== 'PLAIN' && auth.method !== 'LOGIN')) {
@@ -212,7 +213,19 @@ export function createListener(config: Config, listener: ListenerConfig, deps: L
                     log.error({ session: smtp.id, err }, 'auth backend failed');
                     outcome = { result: 'unavailable', reason: 'backend error' };
                 }
-                if (guard && verdict?.allowed) await guard.settle(verdict.ticket, outcome.result, deps.now());
+                if (guard && verdict?.allowed) {
+                    await guard.settle(verdict.ticket, outcome.result, deps.now());
+                    // The login service's own name for the account (Dovecot's auth_username_format,
+                    // realms) when it differs from what the client wrote: that name is counted too, so
+                    // other spellings of one account share its limit, and once it is locked no
+                    // spelling logs in, whatever the password.
+                    const account = outcome.user;
+                    if (account && account.toLowerCase() !== login.toLowerCase() && outcome.result !== 'unavailable') {
+                        const second = await guard.reserve(ip, account, deps.now(), { loginOnly: true });
+                        if (!second.allowed) return finish({ result: 'invalid' }, second);
+                        await guard.settle(second.ticket, outcome.result, deps.now());
+                    }
+                }
                 finish(outcome, verdict);
             };
             attempt().catch((err: unknown) => {

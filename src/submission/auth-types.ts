@@ -20,7 +20,10 @@ export interface AuthContext {
 
 export interface AuthOutcome {
     readonly result: AuthResult;
-    /** On 'ok': the canonical user name (as the users file writes it, or as Dovecot reports it). */
+    /**
+     * The canonical user name (as the users file writes it, or as Dovecot reports it): on 'ok',
+     * and on 'invalid' when the backend names the account it checked (Dovecot's `user=` on FAIL).
+     */
     readonly user?: string;
     /** Why it is not 'ok', for logs (never contains the password). */
     readonly reason?: string;

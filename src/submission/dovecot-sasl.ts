@@ -5,7 +5,7 @@
  *
  *   C: VERSION 1 2 / CPID <pid>          S: VERSION 1 2, MECH …, SPID, CUID, COOKIE, DONE
  *   C: AUTH <id> PLAIN service=smtp nologin lip=… rip=… secured resp=<base64 \0login\0password>
- *   S: OK <id> user=…   |   FAIL <id> [temp] [reason=…] …
+ *   S: OK <id> user=…   |   FAIL <id> [user=…] [temp] [reason=…] …
  *
  * Fields are TAB-separated; values use Dovecot's \x01 escaping. PLAIN is RFC 4616. One connection
  * is kept and shared by all requests (each has its own id); it is re-opened after a failure.
@@ -184,9 +184,12 @@ class Connection {
         } else if (cmd === 'FAIL') {
             const reason = params.get('reason') ?? params.get('code');
             const temp = params.has('temp') || params.get('code') === 'temp_fail';
+            // the account as Dovecot named it (after auth_username_format, realms): failures count there too
+            const user = params.get('user');
             outcome = {
                 result: temp ? 'unavailable' : 'invalid',
                 reason: reason ?? (temp ? 'temporary failure' : 'failed'),
+                ...(user && !temp ? { user } : {}),
             };
         } else {
             // CONT: PLAIN with an initial response needs no continuation; abandon the connection

@@ -89,8 +89,17 @@ export interface LoginGuardOptions {
 
 export interface LoginGuard {
     readonly settings: LoginGuardSettings;
-    /** Before checking credentials: reserves one failure for the IP and the login, or refuses. */
-    reserve(ip: string, login: string, nowMs: number): Promise<GuardVerdict>;
+    /**
+     * Before checking credentials: reserves one failure for the IP and the login, or refuses.
+     * `loginOnly`: for the login alone (the IP was charged already), as when the login service
+     * names the account otherwise than the client wrote it (reserved after the check, settled at once).
+     */
+    reserve(
+        ip: string,
+        login: string,
+        nowMs: number,
+        options?: { readonly loginOnly?: boolean },
+    ): Promise<GuardVerdict>;
     /** After checking: gives the reservation back unless the result is 'invalid'. Never rejects. */
     settle(ticket: GuardTicket, result: AuthResult, nowMs: number): Promise<void>;
     /** Failures counted now for a login in the shared store; null when logins are not counted. */
@@ -122,8 +131,10 @@ export function createLoginGuard(opts: LoginGuardOptions): LoginGuard {
 
     return {
         settings,
-        async reserve(ip, login, nowMs) {
-            const counters = [ipCounter(ip), loginCounter(login)].filter((c): c is Counter => c !== null);
+        async reserve(ip, login, nowMs, options) {
+            const counters = [options?.loginOnly ? null : ipCounter(ip), loginCounter(login)].filter(
+                (c): c is Counter => c !== null,
+            );
             if (exempt(ip) || counters.length === 0) {
                 return { allowed: true, ticket: { store: null, counters: [] }, exempt: exempt(ip), store: null };
             }

@@ -457,4 +457,60 @@ describe('submission with Dovecot checking passwords', () => {
         await up.idle();
         assert.equal(up.connections.at(-1)!.xclient[0]!.LOGIN, 'dave@example.test');
     });
+
+    // Dovecot reads `carol@anything` as the account carol (auth_username_format = %Ln): each
+    // spelling used to have a failure counter of its own, so one account could be guessed without end
+    it('counts failures under the account Dovecot names, whatever spelling the client wrote', async (t) => {
+        const dovecot = await startDovecot({
+            users: [{ login: 'carol', password: 'carol secret' }],
+            extraConfig: 'auth_username_format = %Ln',
+        });
+        const cert = await createTestCertificate();
+        const up = await startScriptedUpstream({ ehlo: ['XCLIENT NAME ADDR PORT PROTO HELO LOGIN'] });
+        const mw = await startApp(
+            [
+                'hostname: mx.example.test',
+                'domains: [example.test]',
+                `tls: { cert: "${cert.certPath}", key: "${cert.keyPath}" }`,
+                `auth: { dovecot: "127.0.0.1:${dovecot.port}", lockout: { perIp: false, perLogin: 3/1h, perSession: 100 } }`,
+                'listeners: [{ name: submissions, host: 127.0.0.1, port: 0, mode: submission, tls: implicit }]',
+                `upstream: { url: "smtp://127.0.0.1:${up.port}" }`,
+                'http: false',
+            ].join('\n'),
+        );
+        t.after(async () => {
+            await mw.stop();
+            await up.close();
+            await dovecot.stop();
+            cert.cleanup();
+        });
+        // each attempt from an address of its own: Dovecot delays repeated failures from one address
+        let next = 1;
+        const attempt = async (login: string, password: string): Promise<number> => {
+            const c = await smtpConnect(mw.port(), {
+                tls: 'implicit',
+                ca: cert.cert,
+                servername: 'localhost',
+                localAddress: `127.0.77.${next++}`,
+            });
+            try {
+                await c.greeting();
+                await c.cmd('EHLO laptop.example');
+                return (await c.cmd(`AUTH PLAIN ${plain(login, password)}`)).code;
+            } finally {
+                c.close();
+            }
+        };
+        const replies: number[] = [];
+        for (let i = 0; i < 5; i++) replies.push(await attempt(`carol@v${i}.example`, 'guess'));
+        assert.deepEqual(replies, [535, 535, 535, 454, 454], 'three guesses at the account, then locked');
+        assert.equal(await attempt('carol@other.example', 'carol secret'), 454, 'the right password, another spelling');
+        const locked = mw.logs.filter((l) => l.msg === 'auth' && l.result === 'locked');
+        assert.ok(locked.every((l) => l.lockout === 'login'));
+        const invalid = mw.logs.filter((l) => l.msg === 'auth' && l.result === 'invalid');
+        assert.deepEqual(
+            invalid.map((l) => l.account),
+            ['carol', 'carol', 'carol'],
+        );
+    });
 });

@@ -93,7 +93,11 @@ function canConnect(port: number): Promise<boolean> {
     });
 }
 
-export async function startDovecot(options: { users: readonly DovecotUser[] }): Promise<DovecotInstance> {
+/** `extraConfig`: lines added to dovecot.conf's top level (such as `auth_username_format = %Ln`). */
+export async function startDovecot(options: {
+    users: readonly DovecotUser[];
+    extraConfig?: string;
+}): Promise<DovecotInstance> {
     const dir = await mkdtemp(path.join(os.tmpdir(), 'mailwarden-dovecot-'));
     // the auth processes run as the dovecot user and must reach the passwd file
     await chmod(dir, 0o755);
@@ -118,6 +122,7 @@ default_login_user = dovenull
 default_internal_user = dovecot
 auth_mechanisms = plain login
 auth_failure_delay = 0
+${options.extraConfig ?? ''}
 passdb {
   driver = passwd-file
   args = ${dir}/passwd
