@@ -23,6 +23,7 @@ export type Situation =
     | 'too-many-network-connections'
     | 'no-transaction-timeout'
     | 'too-many-errors'
+    | 'pipelining-violation'
     | 'data-too-slow'
     | 'auth-required'
     | 'auth-tls-required'
@@ -227,6 +228,13 @@ const TABLE: Readonly<Record<Situation, ReplyTemplate>> = {
         code: 421,
         enhanced: '4.7.0',
         text: () => 'Too many errors in this session; closing the connection',
+    },
+    // RFC 2920 section 3.1; Postfix's smtpd_forbid_unauth_pipelining answers 554 5.5.0 and hangs up
+    'pipelining-violation': {
+        code: 554,
+        enhanced: '5.5.0',
+        text: () =>
+            'Protocol error: the message or more commands were sent before the reply to DATA, which must be awaited; closing the connection',
     },
     // Postfix's smtpd_min_data_rate: DATA may take socketTimeout plus a second per `rate` bytes
     'data-too-slow': {

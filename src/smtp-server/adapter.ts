@@ -38,6 +38,7 @@ import type net from 'node:net';
 import type tls from 'node:tls';
 import { SMTPServer, type SMTPServerOptions } from 'smtp-server';
 import { SMTPConnection, type SMTPConnectionOptions, type TLSError } from 'smtp-server/lib/smtp-connection.js';
+import type { SMTPStream } from 'smtp-server/lib/smtp-stream.js';
 import type { Logger } from '../log.ts';
 import type { Metrics } from '../metrics.ts';
 import { classifyOpening, OPENING_BYTES } from '../net/opening-bytes.ts';
@@ -103,6 +104,15 @@ export const HARD_ERROR_LIMIT = 20;
  */
 export const MIN_DATA_RATE = 500;
 
+/**
+ * NOOP, RSET, VRFY and ETRN a session may send before each further one counts as an error reply
+ * (towards HARD_ERROR_LIMIT): Postfix's `smtpd_junk_command_limit` default. Reset when a message
+ * is accepted. A client cannot hold a slot, and through it an upstream connection, for ever by
+ * sending one of them every few minutes.
+ */
+export const JUNK_COMMAND_LIMIT = 100;
+const JUNK_COMMANDS = new Set(['NOOP', 'RSET', 'VRFY', 'ETRN']);
+
 /** Socket errors that mean the client went away or its network failed: not our errors. */
 const CLIENT_GONE = new Set(['ECONNRESET', 'EPIPE', 'ETIMEDOUT', 'ECONNABORTED', 'EHOSTUNREACH', 'ENETUNREACH']);
 
@@ -147,6 +157,16 @@ class MailwardenConnection extends SMTPConnection {
     #foreign = false;
     /** Error replies sent so far (HARD_ERROR_LIMIT). */
     #errors = 0;
+    /** NOOP, RSET, VRFY and ETRN since the last accepted message (JUNK_COMMAND_LIMIT). */
+    #junk = 0;
+    /** The reply about to be sent answers a junk command over the limit: it counts as an error. */
+    #junkOver = false;
+    /**
+     * The chunk the parser reads command lines from, and where its next unread line starts;
+     * `outer`: the length of the chunk the socket delivered it in (the parser reads the rest of
+     * a chunk after the end of data as a chunk of its own).
+     */
+    #input: { readonly chunk: Buffer; pos: number; readonly outer: number } | null = null;
     /** Watches the data rate while DATA is received (MIN_DATA_RATE). */
     #dataWatch: NodeJS.Timeout | null = null;
     /** True while the pregreet wait runs: what arrives is recorded, not answered. */
@@ -327,7 +347,54 @@ class MailwardenConnection extends SMTPConnection {
             callback?.();
             return;
         }
+        const input = this.#input;
+        if (input && command) {
+            // the line just read ends at the next line feed of the chunk
+            const nl = input.chunk.indexOf(0x0a, input.pos);
+            input.pos = nl < 0 ? input.chunk.length : nl + 1;
+        }
+        if (command && !this._nextHandler) {
+            const verb = command.toString('latin1', 0, 5).split(' ', 1)[0]!.toUpperCase();
+            if (JUNK_COMMANDS.has(verb) && ++this.#junk > JUNK_COMMAND_LIMIT) this.#junkOver = true;
+        }
         this.#checkSaslResponse(command, callback);
+    }
+
+    /**
+     * smtp-server's parser, watched: which chunk it reads and how far (see #input), so that
+     * what a client sent after a command that must end a pipelined group can be told.
+     */
+    override _createParser(): SMTPStream {
+        const parser = super._createParser();
+        const write = parser._write.bind(parser);
+        let outer: number | null = null;
+        parser._write = (chunk, encoding, next) => {
+            let done = next;
+            if (outer === null) {
+                // a chunk from the socket (not the rest of one, given back after the end of data)
+                outer = chunk.length;
+                done = (err) => {
+                    outer = null;
+                    next(err);
+                };
+            }
+            this.#input = { chunk, pos: 0, outer };
+            write(chunk, encoding, done);
+        };
+        return parser;
+    }
+
+    /**
+     * True when the client sent more after the command just read, before its reply: the rest of
+     * the chunk the command came in, or chunks queued behind it.
+     */
+    #inputAfterCommand(): boolean {
+        const input = this.#input;
+        const parser = this._parser;
+        if (input && input.pos < input.chunk.length) return true;
+        // the parser's buffer holds the chunk being read and whatever came after it
+        if (parser && input && parser.writableLength > input.outer) return true;
+        return this._socket.readableLength > 0;
     }
 
     #armDeadline(ms: number): void {
@@ -360,7 +427,11 @@ class MailwardenConnection extends SMTPConnection {
 
     override send(code: number, data?: string | string[] | null, context?: string | false): void {
         this.#sendReply(code, data, context);
-        if (code >= 400 && code !== 421 && ++this.#errors === HARD_ERROR_LIMIT && !this._closing && !this._closed) {
+        if (context === 'DATA_OK') this.#junk = 0;
+        const junk = this.#junkOver;
+        this.#junkOver = false;
+        const error = (code >= 400 && code !== 421) || (junk && code < 400);
+        if (error && ++this.#errors === HARD_ERROR_LIMIT && !this._closing && !this._closed) {
             this.#adapter.metrics.sessionsCut.inc({ listener: this.#adapter.listener, reason: 'error_limit' });
             this.#adapter.log.info(
                 { ...this.#fields(), errors: this.#errors, stage: this.#stage() },
@@ -376,6 +447,22 @@ class MailwardenConnection extends SMTPConnection {
      * timeout alone never ends a client that sends a byte every few seconds.
      */
     override handler_DATA(command: Buffer, callback: () => void): void {
+        // RFC 2920 section 3.1: DATA ends a pipelined group; a client that sent more before the
+        // answer to it (the message, or commands) is out of step: its message could be read as
+        // commands if DATA is refused. Answered and closed, as Postfix does
+        // (smtpd_forbid_unauth_pipelining, the default from Postfix 3.9).
+        if (this.#inputAfterCommand()) {
+            this.#adapter.metrics.sessionsCut.inc({ listener: this.#adapter.listener, reason: 'pipelining' });
+            this.#adapter.log.info(
+                { ...this.#fields(), stage: this.#stage(), command: 'DATA' },
+                'closing: input sent before the reply to DATA',
+            );
+            const reply = replyFor('pipelining-violation', { id: this.id });
+            this.#sendReply(reply.code, line(reply));
+            this.close();
+            callback();
+            return;
+        }
         super.handler_DATA(command, callback);
         const parser = this._parser;
         if (!parser || !parser._dataMode || this.#dataWatch) return;

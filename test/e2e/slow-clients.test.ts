@@ -4,7 +4,7 @@
  * handshake and inside an AUTH exchange, a client
  * that stops (or trickles one byte at a time, its message data included) is closed within a
  * bounded time with `421 4.4.2`; a session that collects 20 error replies is closed with
- * `421 4.7.0`.
+ * `421 4.7.0`, NOOP, RSET, VRFY and ETRN past the 100th of a session counting as errors.
  */
 import assert from 'node:assert/strict';
 import { writeFileSync } from 'node:fs';
@@ -166,6 +166,35 @@ describe('a session that collects errors', () => {
         } finally {
             c.close();
         }
+    });
+
+    // Postfix's smtpd_junk_command_limit: past 100 NOOP, RSET, VRFY or ETRN each counts as an
+    // error; a message accepted starts the count again. A client sending NOOP now and then held
+    // its slot and an upstream connection for ever.
+    it('counts each NOOP, RSET, VRFY or ETRN past the 100th as an error, until a message is accepted', async () => {
+        const c = await smtpConnect(mw.port());
+        try {
+            await c.greeting();
+            assert.equal((await c.cmd('EHLO idler.example')).code, 250);
+            assert.equal((await c.cmd('MAIL FROM:<a@example.org>')).code, 250);
+            for (let i = 1; i <= 100; i++) assert.equal((await c.cmd(i % 2 ? 'NOOP' : 'RSET')).code, 250, `junk ${i}`);
+            // a message accepted: the count starts again
+            assert.equal((await c.cmd('MAIL FROM:<a@example.org>')).code, 250);
+            assert.equal((await c.cmd('RCPT TO:<b@example.test>')).code, 250);
+            assert.equal((await c.cmd('DATA')).code, 354);
+            assert.equal((await c.cmd('Subject: x\r\n\r\nbody\r\n.')).code, 250);
+            for (let i = 1; i <= 100; i++) assert.equal((await c.cmd('NOOP')).code, 250, `junk ${i} again`);
+            for (let i = 1; i < 20; i++) assert.equal((await c.cmd('NOOP')).code, 250, `counted as error ${i}`);
+            assert.equal((await c.cmd('NOOP')).code, 250);
+            const cut = await c.reply(2000);
+            assert.equal(cut.code, 421, cut.raw);
+            assert.match(cut.text, /^4\.7\.0 Too many errors in this session/);
+            await c.waitClosed(2000);
+        } finally {
+            c.close();
+        }
+        const cut = await mw.app.metrics.registry.getSingleMetricAsString('mailwarden_sessions_cut_total');
+        assert.match(cut, /mailwarden_sessions_cut_total\{listener="mx",reason="error_limit"\} 2/);
     });
 });
 

@@ -50,7 +50,11 @@ describe('SMTP smuggling corpus', () => {
     let up: ScriptedUpstream;
     let mw: TestApp;
     before(async () => {
-        up = await startScriptedUpstream({ ehlo: ['XCLIENT NAME ADDR PORT PROTO HELO LOGIN', 'SIZE 1000000'] });
+        up = await startScriptedUpstream({
+            ehlo: ['XCLIENT NAME ADDR PORT PROTO HELO LOGIN', 'SIZE 1000000'],
+            // a recipient the upstream answers slowly: what the client sends meanwhile waits in our buffers
+            onCommand: (line) => (line === 'RCPT TO:<slow@example.test>' ? { delayMs: 300 } : undefined),
+        });
         mw = await startApp(
             [
                 'hostname: mx.example.test',
@@ -109,18 +113,21 @@ describe('SMTP smuggling corpus', () => {
     });
 
     it('control: pipelined transactions after a valid end of data are two separate messages', async () => {
+        // RFC 2920 section 3.1: message content may open a group, DATA must close one
         const before = up.transactions.length;
         const c = await smtpConnect(mw.port('strict'));
         await c.greeting();
         await c.cmd('EHLO client.example');
-        c.write(
-            'MAIL FROM:<one@sender.example>\r\nRCPT TO:<bob@example.test>\r\nDATA\r\n' +
-                'Subject: one\r\n\r\nfirst\r\n.\r\n' +
-                'MAIL FROM:<two@sender.example>\r\nRCPT TO:<bob@example.test>\r\nDATA\r\n' +
-                'Subject: two\r\n\r\nsecond\r\n.\r\n',
-        );
+        c.write('MAIL FROM:<one@sender.example>\r\nRCPT TO:<bob@example.test>\r\nDATA\r\n');
         const codes: number[] = [];
-        for (let i = 0; i < 8; i++) codes.push((await c.reply()).code);
+        for (let i = 0; i < 3; i++) codes.push((await c.reply()).code);
+        c.write(
+            'Subject: one\r\n\r\nfirst\r\n.\r\n' +
+                'MAIL FROM:<two@sender.example>\r\nRCPT TO:<bob@example.test>\r\nDATA\r\n',
+        );
+        for (let i = 0; i < 4; i++) codes.push((await c.reply()).code);
+        c.write('Subject: two\r\n\r\nsecond\r\n.\r\n');
+        codes.push((await c.reply()).code);
         c.close();
         assert.deepEqual(codes, [250, 250, 354, 250, 250, 250, 354, 250]);
         const txs = up.transactions.slice(before);
@@ -131,5 +138,53 @@ describe('SMTP smuggling corpus', () => {
                 ['two@sender.example', true],
             ],
         );
+    });
+
+    // The message sent with DATA, before its 354: were DATA refused (no valid recipient), the
+    // message's lines would run as commands, a second transaction among them
+    it('answers 554 5.5.0 and closes when the message or commands come before the reply to DATA', async () => {
+        const sends = [
+            // everything in one write, DATA refused for want of a recipient
+            [
+                'MAIL FROM:<a@sender.example>\r\nRCPT TO:<u@other.example>\r\nDATA\r\n' +
+                    'RSET\r\nMAIL FROM:<b@sender.example>\r\nRCPT TO:<bob@example.test>\r\nDATA\r\n' +
+                    'Subject: injected\r\n\r\nhi\r\n.\r\nQUIT\r\n',
+            ],
+            // a valid transaction with its message in the same write as DATA
+            ['MAIL FROM:<a@sender.example>\r\nRCPT TO:<bob@example.test>\r\nDATA\r\nSubject: early\r\n\r\nhi\r\n.\r\n'],
+            // the message in a write of its own, queued while the recipient was being checked
+            [
+                'MAIL FROM:<a@sender.example>\r\nRCPT TO:<slow@example.test>\r\nDATA\r\n',
+                'Subject: early\r\n\r\nhi\r\n.\r\n',
+            ],
+        ];
+        for (const writes of sends) {
+            const before = up.transactions.filter((t) => t.completed).length;
+            const c = await smtpConnect(mw.port('strict'));
+            try {
+                await c.greeting();
+                await c.cmd('EHLO client.example');
+                for (const w of writes) {
+                    c.write(w);
+                    await new Promise((resolve) => setTimeout(resolve, 100));
+                }
+                const replies = [];
+                for (;;) {
+                    const r = await c.reply();
+                    replies.push(r);
+                    if (r.code === 554 || r.code === 354 || replies.length > 8) break;
+                }
+                const last = replies.at(-1)!;
+                assert.equal(last.code, 554, replies.map((r) => r.raw).join(''));
+                assert.match(last.text, /^5\.5\.0 Protocol error: .*before the reply to DATA/);
+                await c.waitClosed(5000);
+            } finally {
+                c.close();
+            }
+            assert.equal(up.transactions.filter((t) => t.completed).length, before, 'nothing reached the upstream');
+            assert.ok(!up.commands.includes('MAIL FROM:<b@sender.example>'), 'no injected transaction');
+        }
+        const cut = mw.logs.filter((l) => l.msg === 'closing: input sent before the reply to DATA');
+        assert.equal(cut.length, sends.length);
     });
 });
