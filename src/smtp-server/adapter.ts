@@ -340,18 +340,18 @@ class MailwardenConnection extends SMTPConnection {
     }
 
     override _onCommand(command: Buffer, callback?: () => void): void {
+        const input = this.#input;
+        if (input && command) {
+            // the line just read ends at the next line feed of the chunk
+            const nl = input.chunk.indexOf(0x0a, input.pos);
+            input.pos = nl < 0 ? input.chunk.length : nl + 1;
+        }
         // the opening bytes were refused: the socket is being destroyed, nothing is answered
         if (this.#foreign) return;
         // talking before the greeting: recorded by the pregreet test, the rules decide
         if (this.#pregreetWatching) {
             callback?.();
             return;
-        }
-        const input = this.#input;
-        if (input && command) {
-            // the line just read ends at the next line feed of the chunk
-            const nl = input.chunk.indexOf(0x0a, input.pos);
-            input.pos = nl < 0 ? input.chunk.length : nl + 1;
         }
         if (command && !this._nextHandler) {
             const verb = command.toString('latin1', 0, 5).split(' ', 1)[0]!.toUpperCase();
