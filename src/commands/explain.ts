@@ -75,7 +75,7 @@ export interface ExplainReport {
 
 const USAGE =
     'usage: mailwarden explain [-c FILE] --client-ip IP [--helo NAME] --mail-from ADDR --rcpt ADDR [--rcpt ADDR…] ' +
-    '[--listener NAME] [--auth-user USER] [--json] MESSAGE.eml';
+    '[--listener NAME] [--auth-user USER] [--raw] [--json] MESSAGE.eml';
 
 /** `explain --help`: the usage line and what each option means. */
 export const EXPLAIN_HELP = `${USAGE}
@@ -93,6 +93,9 @@ Options:
   --rcpt ADDR         envelope recipient (required; repeat it for several)
   --listener NAME     listener the message arrives on (default: the first one)
   --auth-user USER    SMTP AUTH login, as on a submission listener
+  --raw               take the file byte for byte; without it, a file with no CR at all (as
+                      postcat and most saved .eml files write them) is read with CRLF line
+                      ends, as the message crossed SMTP, and a note says so
   --json              print the report as JSON
   -h, --help          show this text
 `;
@@ -326,6 +329,11 @@ export function renderReport(report: ExplainReport): string {
     return `${lines.join('\n')}\n`;
 }
 
+/** A file with line feeds and not a single carriage return: text saved with Unix line ends. */
+function isUnixText(message: Buffer): boolean {
+    return message.includes(0x0a) && !message.includes(0x0d);
+}
+
 export async function runExplain(argv: readonly string[], io: ExplainIo): Promise<number> {
     let parsed;
     try {
@@ -340,6 +348,7 @@ export async function runExplain(argv: readonly string[], io: ExplainIo): Promis
                 rcpt: { type: 'string', multiple: true },
                 listener: { type: 'string' },
                 'auth-user': { type: 'string' },
+                raw: { type: 'boolean' },
                 json: { type: 'boolean' },
                 help: { type: 'boolean', short: 'h' },
             },
@@ -376,6 +385,14 @@ export async function runExplain(argv: readonly string[], io: ExplainIo): Promis
     } catch (err) {
         io.err(`mailwarden explain: cannot read ${file}: ${err instanceof Error ? err.message : String(err)}\n`);
         return 1;
+    }
+    if (!v.raw && isUnixText(message)) {
+        // a message saved on a Unix system (postcat, an .eml file) lost its CRs, which it had on
+        // the wire (RFC 5321 section 2.3.8): read byte for byte it would be refused for bare LFs
+        message = Buffer.from(message.toString('latin1').replace(/\n/g, '\r\n'), 'latin1');
+        io.err(
+            `mailwarden explain: note: ${file} has no CR at all; read with CRLF line ends, as it crossed SMTP (--raw: byte for byte)\n`,
+        );
     }
     const report = await explainMessage(config, ruleSet, {
         clientIp: v['client-ip'],

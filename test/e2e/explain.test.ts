@@ -111,6 +111,26 @@ describe('mailwarden explain', () => {
         assert.match(stdout, /^ {2}X-Mailwarden-Verdict: accept;/m);
     });
 
+    it('reads a file saved with Unix line ends (postcat) as it crossed SMTP, and says so; --raw takes it as is', async () => {
+        const unix = join(dir, 'unix.eml');
+        await writeFile(
+            unix,
+            'From: CEO <ceo@bank.example>\nTo: bob@example.test\nSubject: wire money\n\nPlease pay.\n',
+        );
+        const read = await explain(unix, 'ceo@bank.example');
+        assert.match(read.stderr, /note: .*unix\.eml has no CR at all; read with CRLF line ends/);
+        assert.match(read.stdout, /^decision: reject; rules: dmarc-reject/m, 'the verdict the message got on the wire');
+        const raw = await explain(unix, 'ceo@bank.example', '--raw');
+        assert.equal(raw.stderr, '');
+        assert.match(raw.stdout, /^reply: 550 5\.5\.2 /m, 'byte for byte: the bare LFs are refused');
+        // one CR anywhere: the file is taken as it is
+        const mixed = join(dir, 'mixed.eml');
+        await writeFile(mixed, 'From: CEO <ceo@bank.example>\r\nTo: bob@example.test\nSubject: x\n\nPay.\n');
+        const m = await explain(mixed, 'ceo@bank.example');
+        assert.equal(m.stderr, '');
+        assert.match(m.stdout, /^reply: 550 5\.5\.2 /m);
+    });
+
     it('prints JSON for scripts', async () => {
         const { stdout } = await explain(spoofed, 'ceo@bank.example', '--json');
         const report = JSON.parse(stdout) as {
