@@ -370,6 +370,13 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
      */
     const reloadConfig = (file: NonNullable<typeof configFile>): { changed: string[]; restart: string[] } => {
         const next = loadConfig(file.path, file.env, file.cwd === undefined ? {} : { cwd: file.cwd });
+        if (ruleSet && next.rules !== current.rules) {
+            // a new rules folder is part of the configuration: one that does not load refuses the
+            // whole reload (as serve and check refuse it), instead of naming it among the changes
+            // while the previous rules stay in force
+            const r = loadRules(next.rules, { softReject: next.softReject });
+            if (r.ruleSet === null) throw new RuleError(r.issues);
+        }
         const changes = diffConfig(current, next);
         const before = current;
         current = configAfterReload(current, next, changes);

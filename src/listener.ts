@@ -11,6 +11,7 @@
 import { readFileSync } from 'node:fs';
 import { createSecureContext } from 'node:tls';
 import type { SMTPServer, SMTPServerOptions, SMTPServerSession } from 'smtp-server';
+import { tlsPairProblem } from './config/sections/tls.ts';
 import type { Config, ListenerConfig } from './config/types.ts';
 import { smtpServerLogger, type Logger } from './log.ts';
 import { compileCidrs } from './net/ip.ts';
@@ -381,8 +382,19 @@ export function createListener(config: Config, listener: ListenerConfig, deps: L
             }),
         reloadTls: () => {
             if (!useTls || !config.tls) return;
-            const pair = { key: readFileSync(config.tls.key), cert: readFileSync(config.tls.cert) };
-            createSecureContext(pair); // throws on a bad or mismatched pair before anything changes
+            const { key, cert } = config.tls;
+            const read = (path: string): Buffer => {
+                try {
+                    return readFileSync(path);
+                } catch (err) {
+                    throw new Error(`tls: cannot read ${path}: ${(err as NodeJS.ErrnoException).code ?? String(err)}`);
+                }
+            };
+            const pair = { key: read(key), cert: read(cert) };
+            // the words of `check`, naming the files, before anything changes
+            const problem = tlsPairProblem({ path: cert, content: pair.cert }, { path: key, content: pair.key });
+            if (problem) throw new Error(`tls.${problem.field}: ${problem.message}`);
+            createSecureContext(pair);
             server.updateSecureContext(pair);
         },
         stopAccepting: () =>

@@ -144,6 +144,13 @@ describe('TLS', () => {
             // and by the certificate reload; both keep what is in force
             assert.equal(errorsNow, errors + 2);
             assert.equal(await fingerprint(), after);
+            // the certificate reload says which files do not belong together, in check's words
+            const failed = mw.logs.filter((l) => l.reload === 'tls' && String(l.msg).startsWith('reload failed'));
+            assert.match(
+                String(failed.at(-1)?.issues),
+                /tls\.key: .*key\.pem is not the private key of the certificate in .*cert\.pem/,
+                JSON.stringify(failed.at(-1)),
+            );
             other.cleanup();
         } finally {
             renewed.cleanup();

@@ -4,7 +4,7 @@
  * reload) while the server keeps serving, and SIGHUP's reload path behaves the same.
  */
 import assert from 'node:assert/strict';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -97,5 +97,28 @@ describe('rule reload', () => {
         assert.ok((await reloads(mw, 'ok')) >= ok + 1);
         const r = await sendMail(mw.port(), { from: 'other@sender.example', to: ['b@example.test'], data: MSG });
         assert.equal(r.mail.code, 550);
+    });
+
+    it('refuses a configuration whose new rules folder does not load, and names no change', async () => {
+        const broken = join(dir, 'broken');
+        await mkdir(broken);
+        await writeFile(
+            join(broken, '10.yaml'),
+            'rules:\n  - id: x\n    when: { no.such.fact: 1 }\n    action: reject\n',
+        );
+        const file = join(mw.dir, 'mailwarden.yaml');
+        const text = await readFile(file, 'utf8');
+        await writeFile(file, text.replace(`rules: "${dir}"`, `rules: "${broken}"`));
+        const from = mw.logs.length;
+        mw.app.reload();
+        const lines = mw.logs.slice(from);
+        const config = lines.find((l) => l.reload === 'config');
+        assert.equal(config?.msg, 'reload failed; the running configuration stays in force', JSON.stringify(config));
+        assert.match(JSON.stringify(config?.issues), /10\.yaml:3:\d+: .*no\.such\.fact/);
+        assert.ok(!lines.some((l) => l.msg === 'reloaded' && (l.changed as string[] | undefined)?.includes('rules')));
+        assert.equal(mw.app.config.rules, dir, 'the rules folder in force is the old one');
+        const r = await sendMail(mw.port(), { from: 'other@sender.example', to: ['b@example.test'], data: MSG });
+        assert.equal(r.mail.code, 550, 'and so are its rules');
+        await writeFile(file, text);
     });
 });

@@ -25,23 +25,39 @@ export function tlsSection(r: SourceReader, field: Field, baseDir: string): TlsC
     const cert = certField ? pemFile(r, certField, baseDir) : null;
     const key = keyField ? pemFile(r, keyField, baseDir) : null;
     if (!cert || !key || !certField || !keyField) return null;
+    const problem = tlsPairProblem(cert, key);
+    if (problem) {
+        r.fail(problem.field === 'cert' ? certField : keyField, problem.message);
+        return null;
+    }
+    return { cert: cert.path, key: key.path };
+}
+
+/**
+ * What is wrong with a certificate and key read from their files, naming the files: the same
+ * words at start, in `check` and on reload. Null when they can be used together.
+ */
+export function tlsPairProblem(
+    cert: { readonly path: string; readonly content: string | Buffer },
+    key: { readonly path: string; readonly content: string | Buffer },
+): { readonly field: 'cert' | 'key'; readonly message: string } | null {
     let x509: X509Certificate;
     try {
         x509 = new X509Certificate(cert.content);
     } catch {
-        r.fail(certField, `${cert.path} does not hold a readable certificate`);
-        return null;
+        return { field: 'cert', message: `${cert.path} does not hold a readable certificate` };
     }
     let privateKey;
     try {
         privateKey = createPrivateKey(key.content);
     } catch {
-        r.fail(keyField, `${key.path} does not hold a readable private key (encrypted keys are not supported)`);
-        return null;
+        return {
+            field: 'key',
+            message: `${key.path} does not hold a readable private key (encrypted keys are not supported)`,
+        };
     }
     if (!x509.checkPrivateKey(privateKey)) {
-        r.fail(keyField, `${key.path} is not the private key of the certificate in ${cert.path}`);
-        return null;
+        return { field: 'key', message: `${key.path} is not the private key of the certificate in ${cert.path}` };
     }
-    return { cert: cert.path, key: key.path };
+    return null;
 }
