@@ -496,6 +496,16 @@ class MailwardenConnection extends SMTPConnection {
             super.send(code, lines, false);
             return;
         }
+        if (this.#plain && code === 501 && typeof data === 'string') {
+            // smtp-server's own refusals of a HELO/EHLO argument, in the table's words (without the
+            // enhanced code, as every reply to HELO/EHLO here: RFC 2034 section 3 exempts them)
+            const reason = /bad hostname/i.test(data)
+                ? 'the host name is not valid'
+                : `${/HELO/.test(data) ? 'HELO' : 'EHLO'} takes exactly one host name`;
+            const reply = replyFor('command-syntax', { id: this.id, reason });
+            super.send(reply.code, reply.text, false);
+            return;
+        }
         if (this.#plain || (code >= 300 && code < 400)) {
             super.send(code, data, false);
             return;

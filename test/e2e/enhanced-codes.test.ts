@@ -64,7 +64,12 @@ describe('enhanced status codes on an mx listener', () => {
             const helo = await c.cmd('HELO client.example');
             assert.equal(helo.code, 250);
             assertNoCode(helo, 'HELO');
-            assertNoCode(await c.cmd('EHLO'), 'a syntax error in EHLO');
+            const syntax = await c.cmd('EHLO');
+            assertNoCode(syntax, 'a syntax error in EHLO');
+            // the text of the reply table, not smtp-server's own
+            assert.equal(syntax.raw, '501 Syntax error: EHLO takes exactly one host name\r\n');
+            assert.equal((await c.cmd('HELO')).raw, '501 Syntax error: HELO takes exactly one host name\r\n');
+            assert.equal((await c.cmd('EHLO a b')).raw, '501 Syntax error: EHLO takes exactly one host name\r\n');
             const dialog: [string, string][] = [
                 ['EHLO client.example', ''],
                 ['NOOP', '250 2.0.0 OK'],
