@@ -31,6 +31,8 @@ const TEXTS: ReadonlyArray<[number, RegExp, string, string]> = [
         'Too many commands without logging in; closing the connection',
     ],
     [421, /^HTTP requests not allowed/, '4.7.0', 'This is an SMTP server, not a web server'],
+    // a line longer than smtp-server's 16 KB (RFC 5321 section 4.5.3.1.4 allows 512 octets); X.5.2: syntax
+    [421, /^(?:Error: )?Command line too long/, '4.5.2', 'Command line too long; closing the connection'],
     [
         252,
         /^Try to send something/,

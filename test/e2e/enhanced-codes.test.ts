@@ -103,6 +103,19 @@ describe('enhanced status codes on an mx listener', () => {
         }
     });
 
+    it('closes on an overlong command line with 421 4.5.2, in our words', async () => {
+        const c = await smtpConnect(mw.port(), { localAddress: '127.2.0.3' });
+        try {
+            await c.greeting();
+            c.write(`NOOP ${'x'.repeat(20_000)}\r\n`);
+            const r = await c.reply();
+            assert.equal(r.raw, '421 4.5.2 Command line too long; closing the connection\r\n');
+            await c.waitClosed(2000);
+        } finally {
+            c.close();
+        }
+    });
+
     it('holds for any sequence of commands (property)', async (t) => {
         const seed = Number(process.env.MW_FC_SEED ?? Date.now() % 2 ** 31);
         t.diagnostic(`fast-check seed ${seed} (rerun with MW_FC_SEED=${seed})`);

@@ -22,6 +22,7 @@ const pinned = (
 const installed = (require('smtp-server/package.json') as { version: string }).version;
 const connectionSource = readFileSync(require.resolve('smtp-server/lib/smtp-connection.js'), 'utf8');
 const serverSource = readFileSync(require.resolve('smtp-server/lib/smtp-server.js'), 'utf8');
+const streamSource = readFileSync(require.resolve('smtp-server/lib/smtp-stream.js'), 'utf8');
 
 /** What src/smtp-server/adapter.ts, envelope.ts and commands.ts override or call on a connection. */
 const CONNECTION_MEMBERS = [
@@ -98,7 +99,7 @@ describe('the smtp-server the adaptations were written for', () => {
 
     it('still writes every built-in text that replies.ts rewrites', () => {
         // string literals, read line by line so that an apostrophe in a comment cannot pair across lines
-        const literals = `${connectionSource}\n${serverSource}`
+        const literals = `${connectionSource}\n${serverSource}\n${streamSource}`
             .split('\n')
             .flatMap((l) => [...l.matchAll(/'([^'\\]*(?:\\.[^'\\]*)*)'/g)].map((m) => m[1]!.trim()));
         for (const pattern of BUILTIN_TEXT_PATTERNS) {
