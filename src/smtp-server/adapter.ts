@@ -354,7 +354,8 @@ class MailwardenConnection extends SMTPConnection {
             return;
         }
         if (command && !this._nextHandler) {
-            const verb = command.toString('latin1', 0, 5).split(' ', 1)[0]!.toUpperCase();
+            // the command name as smtp-server reads it (UTF-8, upper-cased: `Rſet` is RSET there)
+            const verb = command.toString().split(' ', 1)[0]!.toUpperCase();
             if (JUNK_COMMANDS.has(verb) && ++this.#junk > JUNK_COMMAND_LIMIT) this.#junkOver = true;
         }
         this.#checkSaslResponse(command, callback);

@@ -172,6 +172,11 @@ describe('a session that collects errors', () => {
     // error; a message accepted starts the count again. A client sending NOOP now and then held
     // its slot and an upstream connection for ever.
     it('counts each NOOP, RSET, VRFY or ETRN past the 100th as an error, until a message is accepted', async () => {
+        const errorLimitCuts = async (): Promise<number> =>
+            (await mw.app.metrics.sessionsCut.get()).values.find(
+                (v) => v.labels.listener === 'mx' && v.labels.reason === 'error_limit',
+            )?.value ?? 0;
+        const cutsBefore = await errorLimitCuts();
         const c = await smtpConnect(mw.port());
         try {
             await c.greeting();
@@ -183,8 +188,11 @@ describe('a session that collects errors', () => {
             assert.equal((await c.cmd('RCPT TO:<b@example.test>')).code, 250);
             assert.equal((await c.cmd('DATA')).code, 354);
             assert.equal((await c.cmd('Subject: x\r\n\r\nbody\r\n.')).code, 250);
-            for (let i = 1; i <= 100; i++) assert.equal((await c.cmd('NOOP')).code, 250, `junk ${i} again`);
-            for (let i = 1; i < 20; i++) assert.equal((await c.cmd('NOOP')).code, 250, `counted as error ${i}`);
+            // `Rſet` (U+017F) is RSET to smtp-server, which upper-cases the UTF-8 name: counted as one
+            for (let i = 1; i <= 100; i++) {
+                assert.equal((await c.cmd(i % 2 ? 'NOOP' : 'R\u017fET')).code, 250, `junk ${i} again`);
+            }
+            for (let i = 1; i < 20; i++) assert.equal((await c.cmd('R\u017fET')).code, 250, `counted as error ${i}`);
             assert.equal((await c.cmd('NOOP')).code, 250);
             const cut = await c.reply(2000);
             assert.equal(cut.code, 421, cut.raw);
@@ -193,8 +201,7 @@ describe('a session that collects errors', () => {
         } finally {
             c.close();
         }
-        const cut = await mw.app.metrics.registry.getSingleMetricAsString('mailwarden_sessions_cut_total');
-        assert.match(cut, /mailwarden_sessions_cut_total\{listener="mx",reason="error_limit"\} 2/);
+        assert.equal(await errorLimitCuts(), cutsBefore + 1);
     });
 });
 
