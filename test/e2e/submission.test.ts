@@ -10,7 +10,7 @@ import assert from 'node:assert/strict';
 import { generateKeyPairSync } from 'node:crypto';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { after, before, describe, it } from 'node:test';
+import { after, before, describe, it, type TestContext } from 'node:test';
 import { hash } from '@node-rs/argon2';
 import { authenticate } from 'mailauth';
 import { createResolver } from '../../src/dns/resolver.ts';
@@ -420,17 +420,23 @@ describe('password guessing on submission', () => {
 });
 
 describe('submission with Dovecot checking passwords', () => {
-    it('logs in with the right password, refuses the wrong one with 535, over real TLS', async (t) => {
-        const dovecot = await startDovecot({ users: [{ login: 'dave@example.test', password: 'dovecot secret' }] });
+    /** A real Dovecot, a submission listener (STARTTLS unless `tls: implicit`) checking passwords with it, an upstream. */
+    async function dovecotGateway(
+        t: TestContext,
+        dovecotOptions: Parameters<typeof startDovecot>[0],
+        options: { readonly lockout?: string; readonly tls?: 'implicit' } = {},
+    ): Promise<{ mw: TestApp; up: ScriptedUpstream; cert: TestCertificate }> {
+        const dovecot = await startDovecot(dovecotOptions);
         const cert = await createTestCertificate();
         const up = await startScriptedUpstream({ ehlo: ['XCLIENT NAME ADDR PORT PROTO HELO LOGIN'] });
+        const lockout = options.lockout ? `, lockout: ${options.lockout}` : '';
         const mw = await startApp(
             [
                 'hostname: mx.example.test',
                 'domains: [example.test]',
                 `tls: { cert: "${cert.certPath}", key: "${cert.keyPath}" }`,
-                `auth: { dovecot: "127.0.0.1:${dovecot.port}" }`,
-                'listeners: [{ name: submission, host: 127.0.0.1, port: 0, mode: submission }]',
+                `auth: { dovecot: "127.0.0.1:${dovecot.port}"${lockout} }`,
+                `listeners: [{ name: submission, host: 127.0.0.1, port: 0, mode: submission${options.tls ? ', tls: implicit' : ''} }]`,
                 `upstream: { url: "smtp://127.0.0.1:${up.port}" }`,
                 'http: false',
             ].join('\n'),
@@ -440,6 +446,13 @@ describe('submission with Dovecot checking passwords', () => {
             await up.close();
             await dovecot.stop();
             cert.cleanup();
+        });
+        return { mw, up, cert };
+    }
+
+    it('logs in with the right password, refuses the wrong one with 535, over real TLS', async (t) => {
+        const { mw, up, cert } = await dovecotGateway(t, {
+            users: [{ login: 'dave@example.test', password: 'dovecot secret' }],
         });
         const c = await smtpConnect(mw.port());
         await c.greeting();
@@ -461,29 +474,11 @@ describe('submission with Dovecot checking passwords', () => {
     // Dovecot reads `carol@anything` as the account carol (auth_username_format = %Ln): each
     // spelling used to have a failure counter of its own, so one account could be guessed without end
     it('counts failures under the account Dovecot names, whatever spelling the client wrote', async (t) => {
-        const dovecot = await startDovecot({
-            users: [{ login: 'carol', password: 'carol secret' }],
-            extraConfig: 'auth_username_format = %Ln',
-        });
-        const cert = await createTestCertificate();
-        const up = await startScriptedUpstream({ ehlo: ['XCLIENT NAME ADDR PORT PROTO HELO LOGIN'] });
-        const mw = await startApp(
-            [
-                'hostname: mx.example.test',
-                'domains: [example.test]',
-                `tls: { cert: "${cert.certPath}", key: "${cert.keyPath}" }`,
-                `auth: { dovecot: "127.0.0.1:${dovecot.port}", lockout: { perIp: false, perLogin: 3/1h, perSession: 100 } }`,
-                'listeners: [{ name: submissions, host: 127.0.0.1, port: 0, mode: submission, tls: implicit }]',
-                `upstream: { url: "smtp://127.0.0.1:${up.port}" }`,
-                'http: false',
-            ].join('\n'),
+        const { mw, cert } = await dovecotGateway(
+            t,
+            { users: [{ login: 'carol', password: 'carol secret' }], extraConfig: 'auth_username_format = %Ln' },
+            { lockout: '{ perIp: false, perLogin: 3/1h, perSession: 100 }', tls: 'implicit' },
         );
-        t.after(async () => {
-            await mw.stop();
-            await up.close();
-            await dovecot.stop();
-            cert.cleanup();
-        });
         // each attempt from an address of its own: Dovecot delays repeated failures from one address
         let next = 1;
         const attempt = async (login: string, password: string): Promise<number> => {
