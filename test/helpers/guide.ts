@@ -69,18 +69,30 @@ export interface RunResult {
     readonly err: string;
 }
 
-/** Runs a script with `sh -e` (a failing command fails the script, as it would stop a careful operator). */
+/**
+ * Runs a script with `sh -e` (a failing command fails the script, as it would stop a careful
+ * operator), in a process group of its own: past `timeoutMs` (default 100 s, under the runner's
+ * 120 s per test, so the test fails with the script's output rather than timing out) the whole
+ * group is killed, the commands the script started (npm, …) included.
+ */
 export function runShell(
     script: string,
     options: { env: NodeJS.ProcessEnv; cwd: string; input?: string; timeoutMs?: number },
 ): Promise<RunResult> {
     return new Promise((resolve) => {
-        const child = spawn('sh', ['-e', '-c', script], { env: options.env, cwd: options.cwd });
+        const child = spawn('sh', ['-e', '-c', script], { env: options.env, cwd: options.cwd, detached: true });
         let out = '';
         let err = '';
         child.stdout.setEncoding('utf8').on('data', (d: string) => (out += d));
         child.stderr.setEncoding('utf8').on('data', (d: string) => (err += d));
-        const timer = setTimeout(() => child.kill('SIGKILL'), options.timeoutMs ?? 120_000);
+        const timer = setTimeout(() => {
+            err += `\n(killed after ${options.timeoutMs ?? 100_000} ms)\n`;
+            try {
+                process.kill(-child.pid!, 'SIGKILL');
+            } catch {
+                child.kill('SIGKILL');
+            }
+        }, options.timeoutMs ?? 100_000);
         child.on('close', (code) => {
             clearTimeout(timer);
             resolve({ code: code ?? 1, out, err });

@@ -143,7 +143,7 @@ describe('installing with npm on a machine whose Node.js is older than 24', { ti
         const r = await runShell(substitute(install!, { [`./mailwarden-${pkg.version}.tgz`]: tarball }), {
             env: operatorEnv({ npm_config_prefix: prefix }, oldPath),
             cwd: dir,
-            timeoutMs: 600_000,
+            timeoutMs: 100_000,
         });
         assert.equal(r.code, 0, `${r.out}\n${r.err}`);
         assert.match(r.out, new RegExp(`^mailwarden ${pkg.version}$`, 'm'));
@@ -306,7 +306,7 @@ describe('installing with npm on a machine whose Node.js is older than 24', { ti
                 const r = await runShell(substitute(block, table), {
                     env: operatorEnv({ npm_config_prefix: prefix }, `${shims}:${oldPath}`),
                     cwd: dir,
-                    timeoutMs: 600_000,
+                    timeoutMs: 100_000,
                 });
                 out += r.out;
                 err += r.err;
