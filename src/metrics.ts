@@ -61,7 +61,7 @@ export function createMetrics(version: string) {
         }),
         sessionsCut: new Counter({
             name: `${P}sessions_cut_total`,
-            help: 'Sessions closed for their conduct (421, or 554 for pipelining), by listener and reason (error_limit: 20 error replies, as Postfix smtpd_hard_error_limit; data_rate: message data slower than 500 bytes a second after socketTimeout, as Postfix smtpd_min_data_rate; pipelining: the message or commands sent before the reply to DATA, 554 5.5.0, as Postfix smtpd_forbid_unauth_pipelining)',
+            help: 'Sessions closed for their conduct (421, or 554 for pipelining), by listener and reason (error_limit: 20 error replies, as Postfix smtpd_hard_error_limit; data_rate: message data slower than 500 bytes a second after socketTimeout, as Postfix smtpd_min_data_rate; pipelining: more sent before the reply to EHLO, HELO, DATA, VRFY, EXPN or NOOP, 554 5.5.0, as Postfix smtpd_forbid_unauth_pipelining)',
             labelNames: ['listener', 'reason'],
             registers: r,
         }),

@@ -103,6 +103,8 @@ export interface ReplyDetail {
     readonly senderProblem?: HeaderSenderProblem;
     /** How many fields of the kind there are, for `header-sender-invalid`. */
     readonly count?: number;
+    /** The SMTP command a reply is about, for `pipelining-violation`. */
+    readonly command?: string;
     /** What is wrong, in a few words (syntax refusals). */
     readonly reason?: string;
     /** An ESMTP parameter keyword, for `param-not-offered`. */
@@ -229,12 +231,12 @@ const TABLE: Readonly<Record<Situation, ReplyTemplate>> = {
         enhanced: '4.7.0',
         text: () => 'Too many errors in this session; closing the connection',
     },
-    // RFC 2920 section 3.1; Postfix's smtpd_forbid_unauth_pipelining answers 554 5.5.0 and hangs up
+    // RFC 2920 section 3.1 (a command that ends a group); Postfix's smtpd_forbid_unauth_pipelining answers 554 5.5.0 and hangs up
     'pipelining-violation': {
         code: 554,
         enhanced: '5.5.0',
-        text: () =>
-            'Protocol error: the message or more commands were sent before the reply to DATA, which must be awaited; closing the connection',
+        text: (d) =>
+            `Protocol error: more was sent before the reply to ${d.command ?? 'the last command'}, which must be awaited; closing the connection`,
     },
     // Postfix's smtpd_min_data_rate: DATA may take socketTimeout plus a second per `rate` bytes
     'data-too-slow': {

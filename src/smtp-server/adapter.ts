@@ -112,6 +112,8 @@ export const MIN_DATA_RATE = 500;
  */
 export const JUNK_COMMAND_LIMIT = 100;
 const JUNK_COMMANDS = new Set(['NOOP', 'RSET', 'VRFY', 'ETRN']);
+/** Commands that may only end a pipelined group (RFC 2920 section 3.1; QUIT ends the session anyway). */
+const GROUP_ENDING = new Set(['EHLO', 'HELO', 'DATA', 'VRFY', 'EXPN', 'NOOP']);
 
 /** Socket errors that mean the client went away or its network failed: not our errors. */
 const CLIENT_GONE = new Set(['ECONNRESET', 'EPIPE', 'ETIMEDOUT', 'ECONNABORTED', 'EHOSTUNREACH', 'ENETUNREACH']);
@@ -356,9 +358,29 @@ class MailwardenConnection extends SMTPConnection {
         if (command && !this._nextHandler) {
             // the command name as smtp-server reads it (UTF-8, upper-cased: `Rſet` is RSET there)
             const verb = command.toString().split(' ', 1)[0]!.toUpperCase();
+            if (GROUP_ENDING.has(verb) && this.#inputAfterCommand()) return this.#refusePipelining(verb, callback);
             if (JUNK_COMMANDS.has(verb) && ++this.#junk > JUNK_COMMAND_LIMIT) this.#junkOver = true;
         }
         this.#checkSaslResponse(command, callback);
+    }
+
+    /**
+     * RFC 2920 section 3.1: EHLO, HELO, DATA, VRFY, EXPN and NOOP end a pipelined group. A client
+     * that sent more before the answer to one of them is out of step (after DATA its message
+     * would be read as commands were DATA refused; sending on without the answer to EHLO is what
+     * spam software does): answered `554 5.5.0` and closed, as Postfix does
+     * (smtpd_forbid_unauth_pipelining, the default from Postfix 3.9).
+     */
+    #refusePipelining(command: string, callback?: () => void): void {
+        this.#adapter.metrics.sessionsCut.inc({ listener: this.#adapter.listener, reason: 'pipelining' });
+        this.#adapter.log.info(
+            { ...this.#fields(), stage: this.#stage(), command },
+            'closing: input sent before the reply to a command that ends a pipelined group',
+        );
+        const reply = replyFor('pipelining-violation', { id: this.id, command });
+        this.#sendReply(reply.code, line(reply));
+        this.close();
+        callback?.();
     }
 
     /**
@@ -448,22 +470,6 @@ class MailwardenConnection extends SMTPConnection {
      * timeout alone never ends a client that sends a byte every few seconds.
      */
     override handler_DATA(command: Buffer, callback: () => void): void {
-        // RFC 2920 section 3.1: DATA ends a pipelined group; a client that sent more before the
-        // answer to it (the message, or commands) is out of step: its message could be read as
-        // commands if DATA is refused. Answered and closed, as Postfix does
-        // (smtpd_forbid_unauth_pipelining, the default from Postfix 3.9).
-        if (this.#inputAfterCommand()) {
-            this.#adapter.metrics.sessionsCut.inc({ listener: this.#adapter.listener, reason: 'pipelining' });
-            this.#adapter.log.info(
-                { ...this.#fields(), stage: this.#stage(), command: 'DATA' },
-                'closing: input sent before the reply to DATA',
-            );
-            const reply = replyFor('pipelining-violation', { id: this.id });
-            this.#sendReply(reply.code, line(reply));
-            this.close();
-            callback();
-            return;
-        }
         super.handler_DATA(command, callback);
         const parser = this._parser;
         if (!parser || !parser._dataMode || this.#dataWatch) return;

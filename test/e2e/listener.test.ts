@@ -104,7 +104,10 @@ describe('TLS', () => {
                 check();
             });
         await until(/^220 /m);
-        secure.write('EHLO client.example\r\nMAIL FROM:<a@example.org>\r\n');
+        // lock-step: EHLO ends a pipelined group (RFC 2920 section 3.1)
+        secure.write('EHLO client.example\r\n');
+        await until(/^250 /m);
+        secure.write('MAIL FROM:<a@example.org>\r\n');
         await until(/^250 [\d.]* ?.*\r\n[\s\S]*^250 /m);
         secure.destroy();
         await up.idle();

@@ -184,7 +184,52 @@ describe('SMTP smuggling corpus', () => {
             assert.equal(up.transactions.filter((t) => t.completed).length, before, 'nothing reached the upstream');
             assert.ok(!up.commands.includes('MAIL FROM:<b@sender.example>'), 'no injected transaction');
         }
-        const cut = mw.logs.filter((l) => l.msg === 'closing: input sent before the reply to DATA');
-        assert.equal(cut.length, sends.length);
+        const cut = mw.logs.filter(
+            (l) => l.msg === 'closing: input sent before the reply to a command that ends a pipelined group',
+        );
+        assert.deepEqual(
+            cut.map((l) => l.command),
+            sends.map(() => 'DATA'),
+        );
+    });
+
+    // RFC 2920 section 3.1, as real Postfix answers with smtpd_forbid_unauth_pipelining = yes
+    // (the default from 3.9): EHLO, HELO, VRFY and NOOP end a group too; MAIL, RCPT and RSET need not
+    it('answers 554 5.5.0 to more sent before the reply to EHLO, HELO, VRFY or NOOP; RSET may be followed', async () => {
+        const refused: [string, string][] = [
+            ['EHLO client.example\r\nMAIL FROM:<a@sender.example>\r\n', 'EHLO'],
+            ['HELO client.example\r\nMAIL FROM:<a@sender.example>\r\n', 'HELO'],
+            ['NOOP\r\nMAIL FROM:<a@sender.example>\r\n', 'NOOP'],
+            ['VRFY bob\r\nNOOP\r\n', 'VRFY'],
+        ];
+        for (const [write, command] of refused) {
+            const c = await smtpConnect(mw.port('strict'));
+            try {
+                await c.greeting();
+                if (!write.startsWith('EHLO') && !write.startsWith('HELO')) await c.cmd('EHLO client.example');
+                c.write(write);
+                const r = await c.reply();
+                assert.equal(r.code, 554, `${JSON.stringify(write)}: ${r.raw}`);
+                assert.match(
+                    r.text,
+                    new RegExp(`^5\\.5\\.0 Protocol error: more was sent before the reply to ${command},`),
+                );
+                await c.waitClosed(5000);
+            } finally {
+                c.close();
+            }
+        }
+        // a group of MAIL, RCPT and RSET ended by NOOP is in step
+        const c = await smtpConnect(mw.port('strict'));
+        try {
+            await c.greeting();
+            await c.cmd('EHLO client.example');
+            c.write('MAIL FROM:<a@sender.example>\r\nRCPT TO:<bob@example.test>\r\nRSET\r\nNOOP\r\n');
+            const codes: number[] = [];
+            for (let i = 0; i < 4; i++) codes.push((await c.reply()).code);
+            assert.deepEqual(codes, [250, 250, 250, 250]);
+        } finally {
+            c.close();
+        }
     });
 });
