@@ -47,9 +47,9 @@ import { clientNetwork, createNetworkSlots, type NetworkSlot, type NetworkSlots 
 import { pregreetSample, PREGREET_SAMPLE_BYTES, type PregreetLookup, type PregreetResult } from '../pregreet.ts';
 import { replyFor } from '../reply.ts';
 import { saslResponseProblem } from '../submission/sasl-response.ts';
-import { gateConnectionCommands, type CommandGate } from './commands.ts';
+import { commandName, gateConnectionCommands, type CommandGate } from './commands.ts';
 import { adaptEnvelopeCommands, type EnvelopeHooks } from './envelope.ts';
-import { rewriteBuiltinReply } from './replies.ts';
+import { rewriteBuiltinReply, rewriteHelloReply } from './replies.ts';
 import { sessionId } from './session-id.ts';
 import type { SmtpReply } from '../types.ts';
 
@@ -356,8 +356,7 @@ class MailwardenConnection extends SMTPConnection {
             return;
         }
         if (command && !this._nextHandler) {
-            // the command name as smtp-server reads it (UTF-8, upper-cased: `Rſet` is RSET there)
-            const verb = command.toString().split(' ', 1)[0]!.toUpperCase();
+            const verb = commandName(command);
             if (GROUP_ENDING.has(verb) && this.#inputAfterCommand()) return this.#refusePipelining(verb, callback);
             if (JUNK_COMMANDS.has(verb) && ++this.#junk > JUNK_COMMAND_LIMIT) this.#junkOver = true;
         }
@@ -503,17 +502,12 @@ class MailwardenConnection extends SMTPConnection {
             super.send(code, lines, false);
             return;
         }
-        if (this.#plain && code === 501 && typeof data === 'string') {
-            // smtp-server's own refusals of a HELO/EHLO argument, in the table's words (without the
-            // enhanced code, as every reply to HELO/EHLO here: RFC 2034 section 3 exempts them)
-            const reason = /bad hostname/i.test(data)
-                ? 'the host name is not valid'
-                : `${/HELO/.test(data) ? 'HELO' : 'EHLO'} takes exactly one host name`;
-            const reply = replyFor('command-syntax', { id: this.id, reason });
-            super.send(reply.code, reply.text, false);
+        if (this.#plain) {
+            // the greeting and the replies to HELO/EHLO: no enhanced code (RFC 2034 section 3)
+            super.send(code, typeof data === 'string' ? rewriteHelloReply(code, data) : data, false);
             return;
         }
-        if (this.#plain || (code >= 300 && code < 400)) {
+        if (code >= 300 && code < 400) {
             super.send(code, data, false);
             return;
         }
@@ -540,7 +534,7 @@ class MailwardenConnection extends SMTPConnection {
             if (this._nextHandler && this.#sasl) {
                 response = text.trim();
             } else if (!this._nextHandler) {
-                const args = text.split(' ', 1)[0]!.toUpperCase() === 'AUTH' ? text.trim().split(/\s+/) : null;
+                const args = commandName(command) === 'AUTH' ? text.trim().split(/\s+/) : null;
                 this.#sasl = args ? { mechanism: (args[1] ?? '').toUpperCase(), step: 0 } : null;
                 // more than one argument after the mechanism is no base64 response either
                 response = args && args.length > 2 ? args.slice(2).join(' ') : null;

@@ -30,6 +30,17 @@ interface GateableConnection {
     send(code: number, data?: string | string[], context?: unknown): void;
 }
 
+/**
+ * A command's name exactly as smtp-server reads it (the UTF-8 text up to the first space,
+ * upper-cased: `Rſet` is RSET there). Only the name is decoded: a space byte is never part of
+ * another UTF-8 character, so cutting the bytes first gives the same name.
+ */
+export function commandName(command: Buffer | null | undefined): string {
+    if (!command) return '';
+    const space = command.indexOf(0x20);
+    return command.toString('utf8', 0, space < 0 ? command.length : space).toUpperCase();
+}
+
 /** The smtp-server version these internals were read from. */
 export const GATED_SMTP_SERVER = '3.21';
 
@@ -51,8 +62,7 @@ export function gateConnectionCommands(connection: unknown, gate: CommandGate): 
     conn._onCommand = function (this: GateableConnection, command: Buffer, callback?: () => void): void {
         // continuation lines of AUTH (and anything before a login) go to smtp-server untouched
         if (this.session.user && !this._nextHandler) {
-            const line = (command || '').toString();
-            const name = line.split(' ')[0]!.toUpperCase();
+            const name = commandName(command);
             if (name !== 'QUIT') {
                 const reply = gate(this.session, name);
                 if (reply) {

@@ -6,7 +6,8 @@
  * Where the situation is ours to explain, the text comes from the reply table. Replies we built
  * ourselves already start with an enhanced code and pass through untouched, as do `3xx`
  * replies (RFC 3463 has no class 3). The greeting and the replies to HELO/EHLO carry none
- * (RFC 2034 section 4); smtp-server/adapter.ts does not pass those here.
+ * (RFC 2034 section 4): rewriteHelloReply only gives smtp-server's refusals of a HELO/EHLO
+ * argument the table's text.
  * Pure: text in, text out; nothing here decides policy or touches smtp-server itself.
  */
 import { replyFor, type Situation } from '../reply.ts';
@@ -39,6 +40,13 @@ const TEXTS: ReadonlyArray<[number, RegExp, string, string]> = [
         '2.0.0',
         'Addresses are not verified here; send the message and each recipient is answered at RCPT TO',
     ],
+];
+
+/** Built-in refusals of a HELO/EHLO argument, and the reason the table's `command-syntax` gives. */
+const HELLO_TEXTS: ReadonlyArray<[RegExp, string]> = [
+    [/^Error: syntax: /, 'EHLO takes exactly one host name'],
+    [/^Error: Syntax: HELO/, 'HELO takes exactly one host name'],
+    [/^Error: Bad hostname syntax/, 'the host name is not valid'],
 ];
 
 /** smtp-server's reply contexts that name the situation more precisely than the reply code. */
@@ -100,8 +108,21 @@ export function rewriteBuiltinReply(code: number, text: string, context?: string
     return plain ? `${enhanced} ${plain}` : enhanced;
 }
 
+/**
+ * A reply to HELO/EHLO (or the greeting), which carries no enhanced code (RFC 2034 section 3):
+ * smtp-server's own refusals of the argument get the reply table's text; anything else passes.
+ */
+export function rewriteHelloReply(code: number, text: string): string {
+    if (code !== 501) return text;
+    for (const [re, reason] of HELLO_TEXTS) {
+        if (re.test(text)) return replyFor('command-syntax', { id: '', reason }).text;
+    }
+    return text;
+}
+
 /** Every built-in text this module recognises, for the contract test against the pinned smtp-server. */
 export const BUILTIN_TEXT_PATTERNS: readonly RegExp[] = Object.freeze([
     ...SITUATIONS.map(([, pattern]) => pattern),
     ...TEXTS.map(([, pattern]) => pattern),
+    ...HELLO_TEXTS.map(([pattern]) => pattern),
 ]);
