@@ -43,6 +43,19 @@ export class Connection {
     errorKind: UpstreamFailure = 'connect';
     private readonly parser = new ReplyParser();
     private readonly queue: RawReply[] = [];
+    /**
+     * Replies owed to us: the greeting, then one per command written. A reply beyond them is out
+     * of step (a second answer to one command, a stray 250 behind a 354): taken as the answer to
+     * the next command it would make the client hear what the upstream never said, so it ends
+     * the connection (RFC 5321 section 4.2: one reply per command, in order).
+     */
+    private owed = 1;
+    /**
+     * While the message's text is being sent nothing is owed; a refusal the upstream sends
+     * then, before the end of data, is kept as its answer to the end of data (some servers
+     * refuse early and hang up); anything else is out of step.
+     */
+    private sendingText = false;
     private waiter: { resolve: (r: RawReply) => void; reject: (e: UpstreamError) => void } | null = null;
     /**
      * Waits that end when the connection breaks (see untilDead). A set, emptied as each wait
@@ -86,6 +99,20 @@ export class Connection {
         for (const r of replies) {
             if (this.debugging()) {
                 this.log.debug({ upstream: this.label, reply: `${r.code} ${r.lines.join(' / ')}` }, 'upstream reply');
+            }
+            if (this.owed > 0) {
+                this.owed--;
+            } else if (this.sendingText && r.code >= 400 && this.queue.length === 0) {
+                // an early refusal: it answers the end of data, which is then owed no more
+                this.sendingText = false;
+            } else {
+                this.fail(
+                    new UpstreamError(
+                        'protocol',
+                        `upstream ${this.label} sent a reply nobody asked for: ${r.code} ${r.lines[0] ?? ''}`,
+                    ),
+                );
+                return;
             }
             const w = this.waiter;
             if (w) {
@@ -169,7 +196,30 @@ export class Connection {
         if (this.debugging()) {
             for (const line of lines) this.log.debug({ upstream: this.label, command: line }, 'upstream command');
         }
+        this.owed += lines.length;
         this.socket.write(lines.join('\r\n') + '\r\n');
+    }
+
+    /**
+     * DATA is about to be written: once its 354 is read, the message's text follows and no
+     * reply is owed until its end (noText() if DATA is refused).
+     */
+    textBegins(): void {
+        this.sendingText = true;
+    }
+
+    /** DATA was not answered 354: no text follows. */
+    noText(): void {
+        this.sendingText = false;
+    }
+
+    /**
+     * The end of data is about to be written: its reply is owed, unless an early refusal
+     * already answered it.
+     */
+    textEnds(): void {
+        if (this.sendingText) this.owed++;
+        this.sendingText = false;
     }
 
     /** Sends one command line and waits for its reply. */
@@ -177,6 +227,7 @@ export class Connection {
         this.assertAlive();
         const verb = line.split(' ', 1)[0] ?? line;
         if (this.debugging()) this.log.debug({ upstream: this.label, command: line }, 'upstream command');
+        this.owed++;
         this.socket.write(line + '\r\n');
         return this.readReply(timeoutMs, verb);
     }

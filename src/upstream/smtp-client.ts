@@ -362,7 +362,7 @@ class SmtpClient {
                 const reply = await link.conn.command('RSET', this.config.commandTimeoutMs);
                 link.counted('RSET', reply.code);
                 // more than the one reply would be taken as the answer to the client's MAIL
-                if (reply.code === 250 && !link.conn.unsolicited) {
+                if (reply.code === 250 && link.conn.failure === null && !link.conn.unsolicited) {
                     this.reused();
                     return { link, uses: uses + 1 };
                 }
@@ -590,6 +590,8 @@ class SmtpSession implements UpstreamSession {
     private async cmd(line: string, timeoutMs = this.config.commandTimeoutMs): Promise<UpstreamReply> {
         this.clean = false;
         const reply = toReply(await this.conn.command(line, timeoutMs));
+        // a second reply came with this one: the connection ended, and the reply cannot be trusted
+        if (this.conn.failure) throw this.conn.failure;
         this.link.counted(line, reply.code);
         if (reply.code === 421) this.spent = true;
         return reply;
@@ -712,9 +714,23 @@ class SmtpSession implements UpstreamSession {
 
     data(message: Readable): Promise<UpstreamReply> {
         return this.run(async () => {
-            const go = await this.cmd('DATA');
-            if (go.code !== 354) return go;
             const { conn } = this;
+            conn.textBegins();
+            const go = await this.cmd('DATA');
+            if (go.code !== 354) {
+                conn.noText();
+                // RFC 5321 section 4.3.2: DATA is answered 354 or refused; a success here would
+                // tell the client its message was accepted before a byte of it was sent
+                if (go.code < 400) {
+                    const err = new UpstreamError(
+                        'protocol',
+                        `upstream ${this.peer} answered DATA with ${describe(go)} instead of 354`,
+                    );
+                    conn.fail(err);
+                    throw err;
+                }
+                return go;
+            }
             const stuffer = new DotStuffer();
             const source = message[Symbol.asyncIterator]() as AsyncIterator<unknown>;
             try {
@@ -757,6 +773,7 @@ class SmtpSession implements UpstreamSession {
             const endCanArrive = conn.failure === null;
             let raw: RawReply;
             try {
+                conn.textEnds();
                 await conn.write(stuffer.end(), this.config.dataTimeoutMs);
                 await conn.flush(this.config.dataTimeoutMs);
                 this.txOpen = false;

@@ -16,6 +16,7 @@ import type { ClientIdentity } from '../../src/types.ts';
 import { UpstreamError, type UpstreamSession } from '../../src/upstream/types.ts';
 import { startScriptedUpstream, unstuff, type ScriptedUpstreamOptions } from '../helpers/scripted-upstream.ts';
 import { createTestCertificate, type TestCertificate } from '../helpers/tls-cert.ts';
+import { until } from '../helpers/until.ts';
 
 const HOSTNAME = 'mx.mailwarden.test';
 const FULL_XCLIENT = 'XCLIENT NAME ADDR PORT PROTO HELO LOGIN';
@@ -617,6 +618,63 @@ describe('failures', () => {
             assert.ok(err instanceof UpstreamError && err.kind === 'timeout', String(err));
             assert.equal(err.endOfDataSent, false);
             return true;
+        });
+    });
+
+    describe('a reply out of step never becomes a success: kind protocol, nothing taken for delivered', () => {
+        const cases: Record<string, ScriptedUpstreamOptions> = {
+            'DATA answered 250 instead of 354': {
+                onCommand: (line) => (line === 'DATA' ? '250 2.0.0 Ok' : undefined),
+            },
+            'DATA answered with a code neither 354 nor a refusal': {
+                onCommand: (line) => (line === 'DATA' ? '334 go on' : undefined),
+            },
+            'MAIL answered twice': {
+                onCommand: (line) => (line.startsWith('MAIL') ? ['250 2.1.0 Ok', '250 2.1.0 Ok'] : undefined),
+            },
+            'RCPT answered twice': {
+                onCommand: (line) => (line.startsWith('RCPT') ? ['250 2.1.5 Ok', '250 2.1.5 Ok'] : undefined),
+            },
+            'a 250 right behind the 354': {
+                onCommand: (line) => (line === 'DATA' ? ['354 go ahead', '250 2.0.0 early'] : undefined),
+                onData: () => '554 5.7.1 refused after all',
+            },
+        };
+        for (const [name, options] of Object.entries(cases)) {
+            it(name, async (t) => {
+                const up = await scripted(t, options);
+                const session = await open(up.port);
+                const outcome = (async () => {
+                    await session.mailFrom('sender@example.org', {});
+                    await session.rcptTo('rcpt@example.com');
+                    return session.data(Readable.from([Buffer.from('Subject: x\r\n\r\nbody\r\n')]));
+                })();
+                await assert.rejects(outcome, upstreamError('protocol'));
+                assert.equal(session.usable, false);
+                await session.close();
+            });
+        }
+
+        it('an early refusal during the text is still the answer to the end of data', async (t) => {
+            const up = await scripted(t, {
+                onCommand: (line) => (line === 'DATA' ? ['354 go ahead', '552 5.3.4 too big for us'] : undefined),
+            });
+            const session = await open(up.port);
+            assert.deepEqual(await send(session, 'Subject: x\r\n\r\nbody\r\n'), {
+                code: 552,
+                enhanced: '5.3.4',
+                text: 'too big for us',
+            });
+            assert.equal(session.usable, false);
+            await session.close();
+        });
+
+        it('an idle connection that speaks unasked is dropped at once', async (t) => {
+            const up = await scripted(t);
+            const session = await open(up.port);
+            up.connections[0]!.write('250 2.0.0 nobody asked\r\n');
+            await until('the connection is dropped', () => !session.usable);
+            await session.close();
         });
     });
 
