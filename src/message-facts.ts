@@ -13,12 +13,26 @@ import type { Decision, FactValue, HeaderField } from './types.ts';
 /** The domain of an address, folded as the rules compare it (lower case, A-labels); null when there is none. */
 export const domainOf = domainOfAddress;
 
-/** The first address of a From field value (RFC 5322 section 3.4), and how many there are. */
+/**
+ * The first address of a From field value (RFC 5322 section 3.4), and how many there are: the
+ * addresses in angle brackets if there are any, else the words with an `@` inside. Read in
+ * linear time whatever the value holds (it is the fallback for values the RFC 5322 parser
+ * refused, so the sender chooses them): split on delimiters, never a pattern that backtracks.
+ */
 export function firstAddress(value: string): { address: string | null; count: number } {
-    const angle = [...value.matchAll(/<([^<>\s]*@[^<>\s]+)>/g)].map((m) => m[1]!);
+    const angle: string[] = [];
+    for (const m of value.matchAll(/<([^<>\s]*)>/g)) {
+        if (hasInnerAt(m[1]!, 0)) angle.push(m[1]!);
+    }
     if (angle.length > 0) return { address: angle[0]!, count: angle.length };
-    const bare = [...value.matchAll(/[^\s<>,;:"()]+@[^\s<>,;:"()]+/g)].map((m) => m[0]);
+    const bare = value.split(/[\s<>,;:"()]+/).filter((word) => hasInnerAt(word, 1));
     return { address: bare[0] ?? null, count: bare.length };
+}
+
+/** Whether `word` has an `@` with at least `before` characters before it and one after it. */
+function hasInnerAt(word: string, before: number): boolean {
+    const at = word.indexOf('@', before);
+    return at >= 0 && at < word.length - 1;
 }
 
 /**
