@@ -32,7 +32,22 @@ export interface RawField {
 }
 
 /** Why a header section does not parse. */
-export type HeaderProblem = 'leading-whitespace' | 'no-colon' | 'invalid-name' | 'empty-line' | 'invalid-character';
+export type HeaderProblem =
+    | 'leading-whitespace'
+    | 'no-colon'
+    | 'invalid-name'
+    | 'empty-line'
+    | 'invalid-character'
+    | 'field-too-long';
+
+/**
+ * Longest header field we take, its continuation lines and CRLFs included. Postfix keeps at most
+ * `header_size_limit` (102,400 bytes by default) of a field and discards the rest, so a longer
+ * field would reach readers cut where our checks read it whole: a From whose address lies past
+ * the cut is judged by one and shown by the other. Ours is below Postfix's, with room for the
+ * line ends it does not count.
+ */
+export const MAX_HEADER_FIELD = 100_000;
 
 export type ParsedHeaderSection =
     | { readonly ok: true; readonly fields: readonly RawField[] }
@@ -78,6 +93,7 @@ export function parseHeaderSection(section: Buffer): ParsedHeaderSection {
         if (current) fields.push({ name: current.name, line: current.line, raw: section.subarray(current.start, end) });
         current = null;
     };
+    const tooLong = (end: number): boolean => current !== null && end - current.start > MAX_HEADER_FIELD;
     while (start < section.length) {
         lineNo++;
         const crlf = section.indexOf('\r\n', start);
@@ -95,11 +111,13 @@ export function parseHeaderSection(section: Buffer): ParsedHeaderSection {
         } else {
             const parsed = fieldLine(line);
             if ('problem' in parsed) return { ok: false, line: lineNo, problem: parsed.problem };
+            if (tooLong(start)) return { ok: false, line: current!.line, problem: 'field-too-long' };
             flush(start);
             current = { name: parsed.name, line: lineNo, start };
         }
         start = crlf === -1 ? section.length : crlf + 2;
     }
+    if (tooLong(section.length)) return { ok: false, line: current!.line, problem: 'field-too-long' };
     flush(section.length);
     return { ok: true, fields };
 }

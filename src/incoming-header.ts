@@ -2,7 +2,8 @@
  * The header-section step at the end of DATA, shared by the live session and `mailwarden
  * explain` so that both give the same answer for the same bytes:
  *   1. parse the section strictly, as Postfix and DKIM verifiers read it (headers.ts); a section
- *      that does not parse is refused with `550 5.6.0` naming the line, on every listener;
+ *      that does not parse is refused with `550 5.6.0` naming the line, on every listener, and
+ *      a field longer than Postfix keeps whole with `552 5.3.4`;
  *   2. remove incoming X-Mailwarden-* fields and Authentication-Results fields with our
  *      authserv-id (RFC 8601 section 5), whatever their spelling;
  *   3. on submission, bind the author fields to the login before anything is signed: exactly one
@@ -10,7 +11,7 @@
  * Replies come from the reply table. It must not log, count metrics or touch the upstream; the
  * caller does, with the `problem` it returns.
  */
-import { fieldValue, filterIncomingFields, parseHeaderSection, type RawField } from './headers.ts';
+import { fieldValue, filterIncomingFields, MAX_HEADER_FIELD, parseHeaderSection, type RawField } from './headers.ts';
 import { replyFor, type HeaderSenderProblem } from './reply.ts';
 import { checkHeaderSenders, type SenderPolicy } from './submission/index.ts';
 import type { SmtpReply } from './types.ts';
@@ -41,11 +42,20 @@ export function headerStep(input: HeaderStepInput): HeaderStepResult {
     const id = input.sessionId;
     const parsed = parseHeaderSection(input.section);
     if (!parsed.ok) {
+        const { line, problem } = parsed;
+        if (problem === 'field-too-long') {
+            return {
+                ok: false,
+                reply: replyFor('header-field-too-big', { id, line, limit: MAX_HEADER_FIELD }),
+                reason: `header field at line ${line} longer than ${MAX_HEADER_FIELD} bytes`,
+                problem,
+            };
+        }
         return {
             ok: false,
-            reply: replyFor('header-malformed', { id, line: parsed.line, headerProblem: parsed.problem }),
-            reason: `header section does not parse: line ${parsed.line}: ${parsed.problem}`,
-            problem: parsed.problem,
+            reply: replyFor('header-malformed', { id, line, headerProblem: problem }),
+            reason: `header section does not parse: line ${line}: ${problem}`,
+            problem,
         };
     }
     const { kept, removed } = filterIncomingFields(parsed.fields, input.authservId);

@@ -31,6 +31,7 @@ export type Situation =
     | 'auth-response-invalid'
     | 'auth-unavailable'
     | 'header-too-big'
+    | 'header-field-too-big'
     | 'sender-not-owned'
     | 'header-malformed'
     | 'header-sender-invalid'
@@ -96,9 +97,9 @@ export interface ReplyDetail {
     /** Sender address and login, for `sender-not-owned`. */
     readonly address?: string;
     readonly login?: string;
-    /** Line number in the message and what is wrong with it, for `header-malformed`. */
+    /** Line number in the message and what is wrong with it, for `header-malformed` (the line only, for `header-field-too-big`). */
     readonly line?: number;
-    readonly headerProblem?: HeaderProblem;
+    readonly headerProblem?: Exclude<HeaderProblem, 'field-too-long'>;
     /** What is wrong with the author fields, for `header-sender-invalid`. */
     readonly senderProblem?: HeaderSenderProblem;
     /** How many fields of the kind there are, for `header-sender-invalid`. */
@@ -141,7 +142,7 @@ export type HeaderSenderProblem =
     | 'unreadable-sender';
 
 /** What is wrong with a header line, as a clause after "line N of the header section". */
-const HEADER_PROBLEM_TEXT: Readonly<Record<HeaderProblem, string>> = {
+const HEADER_PROBLEM_TEXT: Readonly<Record<Exclude<HeaderProblem, 'field-too-long'>, string>> = {
     'leading-whitespace': 'starts with white space, but there is no header field above it to continue',
     'no-colon': 'has no colon, so it is neither a header field nor the empty line that ends the header section',
     'invalid-name': 'has a field name with characters a field name may not contain',
@@ -184,6 +185,12 @@ const TABLE: Readonly<Record<Situation, ReplyTemplate>> = {
         code: 552,
         enhanced: '5.3.4',
         text: (d) => `Message header section too big: at most ${d.limit ?? 0} bytes are accepted (id ${d.id})`,
+    },
+    'header-field-too-big': {
+        code: 552,
+        enhanced: '5.3.4',
+        text: (d) =>
+            `Message refused: the header field starting at line ${d.line ?? 0} is longer than ${d.limit ?? 0} bytes, more than the mail system here keeps whole; shorten it (id ${d.id})`,
     },
     'bare-newline': {
         code: 550,

@@ -184,4 +184,51 @@ describe('header forgeries in front of a real Postfix', () => {
         }
         assert.equal((await postfix.messages('alice')).length, before, 'Postfix got nothing');
     });
+    it('Postfix cuts a field longer than header_size_limit; mailwarden refuses it whole', async () => {
+        const long = `From: ceo@bank.example (${'x'.repeat(110_000)}) <a@evil.example>\r\n`;
+        const rest = 'Subject: cut\r\nMessage-ID: <cut-1@evil.example>\r\n\r\nPay now.\r\n';
+        const bobBefore = (await postfix.messages('bob')).length;
+        const direct = await sendMail(postfix.port, {
+            from: 'a@evil.example',
+            to: ['bob@example.test'],
+            data: long + rest,
+        });
+        assert.equal(direct.message?.code, 250, direct.message?.raw);
+        const bob = await postfix.waitForMessages('bob', bobBefore + 1);
+        const cut = bob.find((m) => m.includes('<cut-1@evil.example>'));
+        assert.ok(cut);
+        const from = headerLines(cut).find((l) => l.startsWith('From:')) ?? '';
+        assert.match(from, /^From: ceo@bank\.example \(x+$/, 'readers see ceo@bank.example, the address is cut off');
+
+        const before = (await postfix.messages('alice')).length;
+        const r = await sendMail(mw.port('mx'), {
+            from: 'a@evil.example',
+            to: ['alice@example.test'],
+            data: long + rest.replace('cut-1', 'cut-2'),
+        });
+        assert.equal(r.message?.code, 552, r.message?.raw);
+        assert.match(
+            r.message.text,
+            /^5\.3\.4 Message refused: the header field starting at line 1 is longer than 100000 bytes/,
+        );
+        assert.equal((await postfix.messages('alice')).length, before, 'Postfix got nothing');
+    });
+
+    it('Postfix leaves the addresses of the header fields as mailwarden judged them (no rewriting for 127.0.0.1)', async () => {
+        const words = Array.from({ length: 10_300 }, () => 'a').join(' ');
+        const from = `From: Sender ${words} <sender@sender.test>`;
+        const before = (await postfix.messages('alice')).length;
+        const r = await sendMail(mw.port('mx'), {
+            from: 'sender@sender.test',
+            to: ['alice@example.test'],
+            data: `${from}\r\nCc: ceo\r\nSubject: as judged\r\nMessage-ID: <judged-1@sender.test>\r\n\r\nhi\r\n`,
+        });
+        assert.equal(r.message?.code, 250, r.message?.raw);
+        const alice = await postfix.waitForMessages('alice', before + 1);
+        const message = alice.find((m) => m.includes('<judged-1@sender.test>'));
+        assert.ok(message);
+        const lines = headerLines(message);
+        assert.ok(lines.includes('Cc: ceo'), lines.filter((l) => l.startsWith('Cc')).join('\n'));
+        assert.ok(lines.includes(from), 'the From field unchanged');
+    });
 });

@@ -170,12 +170,25 @@ describe('header section parser: field names as Postfix reads them', () => {
         ['a bare LF', 'Subject: x\nFrom: a@example.org\r\n', 1, 'invalid-character'],
         ['a bare CR', 'Subject: x\rFrom: a@example.org\r\n', 1, 'invalid-character'],
         ['a NUL in a value', 'Subject: x\u0000y\r\n', 1, 'invalid-character'],
+        [
+            'a field folded past 100,000 bytes',
+            `Subject: x\r\nFrom: a@example.org${'\r\n (comment)'.repeat(8500)}\r\nTo: b@example.org\r\n`,
+            2,
+            'field-too-long',
+        ],
+        ['a last field over 100,000 bytes', `Subject: x\r\nX-Long: ${'y'.repeat(100_000)}`, 2, 'field-too-long'],
     ];
     for (const [what, text, line, problem] of refused) {
         it(`refuses ${what} (line ${line}: ${problem})`, () => {
             assert.deepEqual(parseHeaderSection(Buffer.from(text, 'latin1')), { ok: false, line, problem });
         });
     }
+
+    it('takes a field of exactly 100,000 bytes, CRLF included', () => {
+        const field = `X-Long: ${'y'.repeat(100_000 - 10)}\r\n`;
+        assert.equal(field.length, 100_000);
+        assert.equal(fieldsOf(`${field}Subject: x\r\n`).length, 2);
+    });
 
     it('reads the empty section and a last line without CRLF', () => {
         assert.deepEqual(parseHeaderSection(Buffer.alloc(0)), { ok: true, fields: [] });
