@@ -88,7 +88,7 @@ function fact(name: string, type: FactType, stage: Stage, description: string, v
 function reportedBy(name: string): string | undefined {
     if (name === 'client.ptr' || name.startsWith('iprev.')) return 'iprev';
     if (/^(spf|dkim|dmarc|arc)\./.test(name)) return 'mailauth';
-    if (name === 'local.sender' || name === 'header.from.mismatch') return 'mailauth';
+    if (name === 'local.sender' || name === 'local.sender.proof' || name === 'header.from.mismatch') return 'mailauth';
     if (name === 'auth.temperror' || name === 'auth.limits' || name === 'auth.dns_queries') return 'mailauth';
     if (name.startsWith('ratelimit.') || name.startsWith('greylist.')) return 'ratelimit';
     if (name.startsWith('auth.login.')) return 'login_signals';
@@ -267,6 +267,13 @@ const CATALOGUE: readonly FactSpec[] = [
         'boolean',
         'data',
         'The envelope sender domain or a From domain is one of the local domains (config domains) or below one',
+    ),
+    fact(
+        'local.sender.proof',
+        'string',
+        'data',
+        'What proves a local.sender message came from the domain it claims: pass (an SPF pass for a local domain, or a passing DKIM signature of a local domain or aligned with the From domain), temperror (neither, but an SPF check of a local domain or a DKIM signature failed temporarily), none; null when local.sender is false. An SPF pass for some other envelope domain proves nothing about a local From',
+        ['pass', 'temperror', 'none'],
     ),
     fact('message.size', 'number', 'data', 'Size of the message in bytes'),
     fact(

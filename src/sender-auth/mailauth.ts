@@ -305,6 +305,21 @@ export function createMailauthVerifier(opts: MailauthCheckOptions): Check['run']
         if (verification.stats.cut !== null) limited.push(verification.stats.cut);
         if (dns.exhausted) limited.push('dns_queries');
         const authorDomains = headerFrom.map(domainOf).filter((d): d is string => d !== null);
+        const localSender =
+            isLocal(mailFromDomain, locals) ||
+            isLocal(sessionDomain, locals) ||
+            authorDomains.some((d) => isLocal(d, locals));
+        // Own-domain protection: only an SPF pass for one of our domains proves a local sender,
+        // not one for whatever envelope domain the client chose beside a local From; a
+        // temporary error that might have proved it defers instead of refusing (or passing).
+        const spfLocal = isLocal(spfDomain ?? mailFromDomain, locals);
+        const localProof: FactValue = !localSender
+            ? null
+            : (spfRes === 'pass' && spfLocal) || dkimAligned || passingDomains.some((d) => isLocal(d, locals))
+              ? 'pass'
+              : (spfRes === 'temperror' && spfLocal) || signatures.some((r) => r.status.result === 'temperror')
+                ? 'temperror'
+                : 'none';
         const facts: Record<string, FactValue> = {
             'spf.result': spfRes,
             'spf.domain': spfDomain,
@@ -324,10 +339,8 @@ export function createMailauthVerifier(opts: MailauthCheckOptions): Check['run']
             'arc.sealer': trust.sealer,
             'header.from.count': fromCount,
             'header.from.mismatch': fromMismatch,
-            'local.sender':
-                isLocal(mailFromDomain, locals) ||
-                isLocal(sessionDomain, locals) ||
-                authorDomains.some((d) => isLocal(d, locals)),
+            'local.sender': localSender,
+            'local.sender.proof': localProof,
             'auth.temperror': decision.temperror,
             'auth.limits': limited,
             'auth.dns_queries': dns.queries,

@@ -5,7 +5,10 @@
  * DKIM-signed mail arrives with dkim=pass and dmarc=pass; a p=quarantine failure is
  * quarantined; a DNS timeout gives 451 and the mail stays with the client; a forged
  * Authentication-Results with our authserv-id is removed; DNS answers are cached by TTL; a
- * From written so that the DMARC parser and an RFC 5322 reader see different domains is refused.
+ * From written so that the DMARC parser and an RFC 5322 reader see different domains is refused;
+ * a From in our own domain needs an SPF pass for our domain or a DKIM signature (an SPF pass or
+ * error for the envelope domain the client chose does not count; an SPF error of ours defers);
+ * a From without an address with a domain is refused.
  */
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
@@ -28,6 +31,10 @@ function zone(): Record<string, object> {
         'sel._domainkey.news.example': { TXT: [key.record], ttl: 300 },
         'slow.example': { TXT: ['v=spf1 -all'] },
         '_dmarc.slow.example': { TIMEOUT: true },
+        // the attacker's own zones, beside a From in our domain (example.test, no DMARC record)
+        'attacker.example': { TXT: ['v=spf1 +all'] },
+        'broken.example': { TIMEOUT: true },
+        'example.test': { TIMEOUT: true },
     };
 }
 
@@ -192,5 +199,47 @@ describe('sender authentication through the proxy', () => {
             perRecord.set(k, (perRecord.get(k) ?? 0) + 1);
         }
         for (const [k, n] of perRecord) assert.equal(n, 1, `${k} asked ${n} times`);
+    });
+    describe('a From in our own domain (example.test) must be proved', () => {
+        const send = (mailFrom: string, from: string, subject: string) =>
+            sendMail(mw.port(), { from: mailFrom, to: ['bob@example.test'], data: msg(from, subject) });
+
+        it('an SPF pass for the envelope domain the client chose proves nothing: 550', async () => {
+            const before = up.transactions.filter((t) => t.completed).length;
+            const r = await send('ceo@attacker.example', 'CEO <ceo@example.test>', 'own-spf-other');
+            assert.equal(r.message?.code, 550, r.message?.raw);
+            assert.match(
+                r.message.text,
+                /^5\.7\.1 Message refused: it claims to come from a domain this server is responsible for/,
+            );
+            assert.equal(up.transactions.filter((t) => t.completed).length, before);
+        });
+
+        it('an SPF error of the envelope domain the client chose does not let it through: 550', async () => {
+            const r = await send('ceo@broken.example', 'CEO <ceo@example.test>', 'own-spf-broken');
+            assert.equal(r.message?.code, 550, r.message?.raw);
+            assert.match(r.message.text, /^5\.7\.1 Message refused: it claims to come from a domain this server/);
+        });
+
+        it('an SPF error of our own domain defers it: 451 4.7.5', async () => {
+            const r = await send('ceo@example.test', 'CEO <ceo@example.test>', 'own-spf-temperror');
+            assert.equal(r.message?.code, 451, r.message?.raw);
+            assert.match(r.message.text, /^4\.7\.5 Message deferred: it claims to come from a domain this server/);
+        });
+    });
+
+    it('refuses a From without an address with a domain: 550, nothing upstream', async () => {
+        const before = up.transactions.filter((t) => t.completed).length;
+        // (`CEO <ceo>` is read by DMARC's parser as the domain "ceo": the ambiguous-author rule's case)
+        for (const from of ['ceo', '']) {
+            const r = await sendMail(mw.port(), {
+                from: 'a@shop.example',
+                to: ['bob@example.test'],
+                data: msg(from, 'no-author'),
+            });
+            assert.equal(r.message?.code, 550, `${JSON.stringify(from)}: ${r.message?.raw}`);
+            assert.match(r.message.text, /^5\.7\.1 Message refused: its From field holds no address with a domain/);
+        }
+        assert.equal(up.transactions.filter((t) => t.completed).length, before);
     });
 });

@@ -267,6 +267,27 @@ describe('mailauth check', () => {
         );
     });
 
+    it('local.sender.proof: only an SPF pass for our domain or a DKIM signature proves a local sender', async () => {
+        const c = check({}, ['bank.example']);
+        const proof = async (from: string, mailFrom: string, ip = CLIENT): Promise<unknown> =>
+            (await run(c, basicMessage(from), { mailFrom, ip })).facts['local.sender.proof'];
+        // SPF passes for bank.example (ours) from CLIENT
+        assert.equal(await proof('x@bank.example', 'a@bank.example'), 'pass');
+        // an SPF pass for another envelope domain says nothing about a From in ours
+        assert.equal(await proof('x@bank.example', 'a@forwarder.example', FORWARDER_IP), 'none');
+        // an SPF error of another envelope domain neither
+        assert.equal(await proof('x@bank.example', 'a@flaky.example'), 'none');
+        // ours, from an address our SPF does not list
+        assert.equal(await proof('x@bank.example', 'a@bank.example', '203.0.113.9'), 'none');
+        // not a local sender at all
+        assert.equal(await proof('x@shop.example', 'a@shop.example'), null);
+        // an SPF error of our own domain might have proved it
+        const flaky = await run(check({}, ['flaky.example']), basicMessage('x@flaky.example'), {
+            mailFrom: 'a@flaky.example',
+        });
+        assert.equal(flaky.facts['local.sender.proof'], 'temperror');
+    });
+
     it('header.from.domain follows the author domain DMARC evaluated; a different session parse is flagged', async () => {
         const r = await run(check(), basicMessage('"a@bank.example" <x@shop.example>'), {
             facts: { 'header.from.domain': 'bank.example', 'header.from.count': 1 },
