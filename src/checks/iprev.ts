@@ -3,7 +3,10 @@
  * is forward-confirmed (the PTR name resolves back to the client address, RFC 8601
  * section 3, "iprev"; Postfix calls this the "verified" client name). Reports `client.ptr`
  * (the confirmed name or null) and `iprev.result` (pass | fail | temperror | permerror).
- * A DNS failure never refuses anything by itself: it is reported, and rules decide.
+ * A DNS failure never refuses anything by itself: it is reported, and rules decide. Only an
+ * answer about the name (NXDOMAIN, NODATA, a name that cannot be asked) counts against the
+ * client; every other resolver error (SERVFAIL, FORMERR, NOTIMP, a bad answer, a timeout) is a
+ * temperror, never a fail.
  * The lookups start when the client connects (prefetch) but the facts are reported at the helo
  * stage, so a slow or dead resolver never delays the greeting.
  */
@@ -11,10 +14,11 @@ import { isIP } from 'node:net';
 import type { Resolver } from '../dns/resolver.ts';
 import type { Check, CheckResult } from '../types.ts';
 
-const TEMPORARY = new Set(['ETIMEOUT', 'ESERVFAIL', 'ECONNREFUSED', 'EREFUSED', 'ECANCELLED']);
+/** Errors that say something about the name itself; any other error says nothing about it. */
+const ABOUT_THE_NAME = new Set(['ENOTFOUND', 'ENODATA', 'EBADNAME']);
 
 function temporary(err: unknown): boolean {
-    return TEMPORARY.has((err as { code?: string } | null)?.code ?? '');
+    return !ABOUT_THE_NAME.has((err as { code?: string } | null)?.code ?? '');
 }
 
 /** At most this many PTR names are forward-checked (RFC 8601 section 3: a bounded number). */

@@ -8,6 +8,7 @@ import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { createIprevCheck } from '../../src/checks/iprev.ts';
 import { createResolver, type Resolver } from '../../src/dns/resolver.ts';
+import { dnsError, type DnsErrorCode } from '../../src/dns/errors.ts';
 import type { CheckContext } from '../../src/types.ts';
 import { startApp } from '../helpers/app.ts';
 import { startDnsServer, type DnsTestServer } from '../helpers/dns-server.ts';
@@ -59,6 +60,45 @@ describe('iprev check', () => {
     it('reports no PTR as fail and a DNS failure as temperror', async () => {
         assert.deepEqual(await run('192.0.2.3'), { 'client.ptr': null, 'iprev.result': 'fail' });
         assert.deepEqual(await run('192.0.2.4'), { 'client.ptr': null, 'iprev.result': 'temperror' });
+    });
+
+    it('reports FORMERR from the server as temperror, not fail', async () => {
+        dns.setZone({ '5.2.0.192.in-addr.arpa': { FORMERR: true } });
+        assert.deepEqual(await run('192.0.2.5'), { 'client.ptr': null, 'iprev.result': 'temperror' });
+    });
+
+    it('reports every resolver error but NXDOMAIN, NODATA and a bad name as temperror', async () => {
+        const failing = (stage: 'reverse' | 'forward', code: DnsErrorCode): Resolver => ({
+            resolve: (name: string) =>
+                stage === 'forward' ? Promise.reject(dnsError(code, 'queryA', name)) : Promise.resolve([]),
+            reverse: (ip: string) =>
+                stage === 'reverse'
+                    ? Promise.reject(dnsError(code, 'getHostByAddr', ip))
+                    : Promise.resolve(['mail.example.test']),
+            stats: () => ({ entries: 0, hits: 0, misses: 0 }),
+            close: () => undefined,
+        });
+        const expected: [DnsErrorCode, string][] = [
+            ['EBADRESP', 'temperror'],
+            ['EFORMERR', 'temperror'],
+            ['ENOTIMP', 'temperror'],
+            ['ESERVFAIL', 'temperror'],
+            ['ETIMEOUT', 'temperror'],
+            ['ENOTFOUND', 'fail'],
+            ['ENODATA', 'fail'],
+            ['EBADNAME', 'fail'],
+        ];
+        for (const stage of ['reverse', 'forward'] as const) {
+            for (const [code, result] of expected) {
+                const facts = (
+                    await createIprevCheck(failing(stage, code), 2000).run(
+                        ctx('192.0.2.9'),
+                        new AbortController().signal,
+                    )
+                ).facts;
+                assert.deepEqual(facts, { 'client.ptr': null, 'iprev.result': result }, `${stage} ${code}`);
+            }
+        }
     });
 
     it('passes the confirmed name upstream as XCLIENT NAME', async (t) => {
