@@ -4,8 +4,10 @@
  * fresh socket, so a fresh kernel-chosen random source port, and a fresh random 16-bit ID;
  * a datagram is accepted only when it comes from the server's address and port and echoes
  * the ID and the question (RFC 5452 sections 4.1 and 9.1); anything else is dropped and
- * waited past. These functions never retry, never switch servers and never cache: that
- * is the resolver's job.
+ * waited past. An answer that passes those checks but whose records do not parse, or whose
+ * record data is not exactly RDLENGTH octets long (RFC 1035 section 4.1.3), ends the
+ * exchange with EBADRESP: it is never read as some other set of records. These functions
+ * never retry, never switch servers and never cache: that is the resolver's job.
  */
 import dgram from 'node:dgram';
 import net from 'node:net';
@@ -64,12 +66,76 @@ function matches(p: DecodedPacket, id: number, q: Question): boolean {
     return question.name.toLowerCase() === q.name && question.type === q.type && question.class === 'IN';
 }
 
-function decode(buf: Buffer): DecodedPacket | null {
+/** dns-packet's per-part codecs (not in its type definitions): each sets `decode.bytes` to what it read. */
+interface PartCodec<T> {
+    decode: ((buf: Buffer, offset: number) => T) & { bytes: number };
+}
+const wire = dnsPacket as unknown as {
+    name: PartCodec<string>;
+    question: PartCodec<NonNullable<DecodedPacket['questions']>[number]>;
+    answer: PartCodec<NonNullable<DecodedPacket['answers']>[number]>;
+};
+
+const HEADER_SIZE = 12;
+
+/** A packet read up to the end of its question section: enough to match it against the query. */
+interface Head {
+    readonly packet: DecodedPacket;
+    /** Where the answer section starts. */
+    readonly offset: number;
+}
+
+/** The header and the questions, or null when they cannot be read. */
+function decodeHead(buf: Buffer): Head | null {
+    if (buf.length < HEADER_SIZE) return null;
     try {
-        return dnsPacket.decode(buf);
+        // the header alone: counts zeroed, so dns-packet reads no section
+        const header = Buffer.from(buf.subarray(0, HEADER_SIZE));
+        header.fill(0, 4, HEADER_SIZE);
+        const packet = dnsPacket.decode(header);
+        const questions: NonNullable<DecodedPacket['questions']> = [];
+        let offset = HEADER_SIZE;
+        for (let i = buf.readUInt16BE(4); i > 0; i--) {
+            questions.push(wire.question.decode(buf, offset));
+            offset += wire.question.decode.bytes;
+        }
+        if (offset > buf.length) return null;
+        return { packet: { ...packet, questions, answers: [], authorities: [], additionals: [] }, offset };
     } catch {
         return null;
     }
+}
+
+/**
+ * The answer, authority and additional sections after `head`, or null when a record does not
+ * parse or its data is not exactly its RDLENGTH octets, inside the packet. dns-packet reads
+ * each type's data by its own size (4 octets for A, whatever RDLENGTH says), so without this
+ * an A record with RDLENGTH 20 would carry a second address and one with RDLENGTH 0 at the end
+ * would be read past the packet.
+ */
+function decodeRecords(buf: Buffer, head: Head): DecodedPacket | null {
+    const counts = [buf.readUInt16BE(6), buf.readUInt16BE(8), buf.readUInt16BE(10)];
+    const sections: NonNullable<DecodedPacket['answers']>[] = [[], [], []];
+    let offset = head.offset;
+    try {
+        for (const [s, count] of counts.entries()) {
+            for (let i = 0; i < count; i++) {
+                wire.name.decode(buf, offset);
+                const fixed = offset + wire.name.decode.bytes; // TYPE, CLASS, TTL, RDLENGTH: 10 octets
+                if (fixed + 10 > buf.length) return null;
+                const end = fixed + 10 + buf.readUInt16BE(fixed + 8);
+                if (end > buf.length) return null;
+                const record = wire.answer.decode(buf, offset);
+                if (offset + wire.answer.decode.bytes !== end) return null;
+                sections[s]?.push(record);
+                offset = end;
+            }
+        }
+    } catch {
+        return null;
+    }
+    const [answers, authorities, additionals] = sections;
+    return { ...head.packet, answers, authorities, additionals };
 }
 
 function abortError(): ExchangeError {
@@ -123,8 +189,13 @@ export function udpExchange(
         socket.on('error', () => finish(new ExchangeError('ECONNREFUSED')));
         socket.on('message', (msg, rinfo) => {
             if (rinfo.address !== server.host || rinfo.port !== server.port) return;
-            const packet = decode(msg);
-            if (packet && matches(packet, id, q)) finish(null, packet);
+            const head = decodeHead(msg);
+            if (!head || !matches(head.packet, id, q)) return;
+            // Source, port, ID and question all match, as for an answer we would accept: a
+            // spoofer able to send this could as well send a well-formed forgery.
+            const packet = decodeRecords(msg, head);
+            if (packet) finish(null, packet);
+            else finish(new ExchangeError('EBADRESP'));
         });
         socket.connect(server.port, server.host, () => {
             if (sent) return;
@@ -163,8 +234,10 @@ export function tcpExchange(
             if (received.length < 2) return;
             const size = received.readUInt16BE(0);
             if (received.length < 2 + size) return;
-            const packet = decode(received.subarray(2, 2 + size));
-            if (packet && matches(packet, id, q)) finish(null, packet);
+            const message = received.subarray(2, 2 + size);
+            const head = decodeHead(message);
+            const packet = head && matches(head.packet, id, q) ? decodeRecords(message, head) : null;
+            if (packet) finish(null, packet);
             else finish(new ExchangeError('EBADRESP'));
         });
         return () => socket.destroy();
