@@ -224,17 +224,22 @@ export function tcpExchange(
         frame.writeUInt16BE(query.length, 0);
         query.copy(frame, 2);
         const socket = net.connect({ host: server.host, port: server.port });
-        let received = Buffer.alloc(0);
+        // Segments are kept as they come and joined once, when the whole answer is in: joining on
+        // every segment would copy a 64 KB answer sent one octet at a time about 2 GB over.
+        const chunks: Buffer[] = [];
+        let received = 0;
         socket.setNoDelay(true);
         socket.on('connect', () => socket.write(frame));
         socket.on('error', () => finish(new ExchangeError('ECONNREFUSED')));
         socket.on('close', () => finish(new ExchangeError('EBADRESP')));
         socket.on('data', (chunk: Buffer) => {
-            received = Buffer.concat([received, chunk]);
-            if (received.length < 2) return;
-            const size = received.readUInt16BE(0);
-            if (received.length < 2 + size) return;
-            const message = received.subarray(2, 2 + size);
+            chunks.push(chunk);
+            received += chunk.length;
+            if (received < 2) return;
+            const first = chunks[0] as Buffer;
+            const size = ((first[0] ?? 0) << 8) | ((first.length > 1 ? first[1] : chunks[1]?.[0]) ?? 0);
+            if (received < 2 + size) return;
+            const message = Buffer.concat(chunks, received).subarray(2, 2 + size);
             const head = decodeHead(message);
             const packet = head && matches(head.packet, id, q) ? decodeRecords(message, head) : null;
             if (packet) finish(null, packet);

@@ -166,4 +166,61 @@ describe('DNS transport', () => {
             }
         });
     });
+
+    describe('TCP framing (RFC 1035 section 4.2.2)', () => {
+        it('an answer sent in 16-octet segments is joined once, not once per segment', async (t) => {
+            const chunk = 16;
+            const sockets = new Set<net.Socket>();
+            let frameSize = 0;
+            const server = net.createServer((socket) => {
+                sockets.add(socket);
+                socket.setNoDelay(true);
+                socket.on('error', () => undefined);
+                socket.once('data', (data) => {
+                    const q = dnsPacket.decode(data.subarray(2));
+                    const name = q.questions?.[0]?.name ?? '';
+                    const frame = dnsPacket.streamEncode({
+                        type: 'response',
+                        id: q.id ?? 0,
+                        flags: dnsPacket.RECURSION_DESIRED,
+                        questions: q.questions ?? [],
+                        answers: [
+                            { type: 'TXT', name, ttl: 60, data: Array.from({ length: 32 }, () => 't'.repeat(255)) },
+                        ],
+                    });
+                    frameSize = frame.length;
+                    void (async () => {
+                        for (let at = 0; at < frame.length && !socket.destroyed; at += chunk) {
+                            socket.write(frame.subarray(at, at + chunk));
+                            await new Promise((resolve) => setTimeout(resolve, 1));
+                        }
+                    })();
+                });
+            });
+            await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+            t.after(async () => {
+                for (const s of sockets) s.destroy();
+                await new Promise<void>((resolve) => server.close(() => resolve()));
+            });
+            // every octet Buffer.concat copies while the answer comes in
+            let copied = 0;
+            const concat = Buffer.concat.bind(Buffer);
+            t.mock.method(Buffer, 'concat', (list: readonly Uint8Array[], length?: number) => {
+                copied += length ?? list.reduce((n, b) => n + b.length, 0);
+                return concat(list, length);
+            });
+            const port = (server.address() as net.AddressInfo).port;
+            const packet = await tcpExchange(
+                { host: '127.0.0.1', port, family: 4 },
+                { name: 'big.example.test', type: 'TXT' },
+                opts(),
+            );
+            t.mock.restoreAll();
+            const txt = packet.answers?.[0];
+            assert.equal(txt?.type === 'TXT' && Array.isArray(txt.data) ? txt.data.length : 0, 32);
+            assert.ok(frameSize > 8000, `frame of ${frameSize} octets`);
+            // one join of the whole frame; a join per segment copies ~frameSize² / (2 × 16) octets
+            assert.ok(copied <= 2 * frameSize, `${copied} octets copied for a frame of ${frameSize}`);
+        });
+    });
 });
