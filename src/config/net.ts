@@ -4,7 +4,7 @@
  * by src/net/ip.ts; this file must NOT parse them itself.
  */
 import { toALabel, withoutTrailingDot } from '../net/domain.ts';
-import { isIp, isIpv4, isIpv6 } from '../net/ip.ts';
+import { formatIp, isIp, isIpv4, isIpv6, parseIp } from '../net/ip.ts';
 
 const LABEL_RE = /^(?!-)[a-z0-9-]{1,63}(?<!-)$/i;
 
@@ -30,7 +30,9 @@ export function normalizeHost(text: string): string | null {
 
 /**
  * A DNS server: `IP`, `IPv4:PORT`, `[IPv6]:PORT` or a bare IPv6 address. Returns the form
- * node:dns `setServers` accepts, or a message.
+ * node:dns `setServers` accepts, with the address in its canonical text (RFC 5952 for IPv6,
+ * an IPv4-mapped address as IPv4): answers are matched by the address the kernel reports, and
+ * `[0:0:0:0:0:0:0:1]` would never equal `::1`. Or a message.
  */
 export function parseDnsServer(text: string): { server: string } | { error: string } {
     const bad = {
@@ -51,10 +53,13 @@ export function parseDnsServer(text: string): { server: string } | { error: stri
         }
         if (!isIpv4(host)) return bad;
     }
-    if (portText === null) return { server: isIpv6(host) ? host.toLowerCase() : host };
+    const ip = parseIp(host);
+    if (ip === null) return bad;
+    const canonical = formatIp(ip);
+    if (portText === null) return { server: canonical };
     const port = parsePort(portText);
     if (port === null || port === 0) return { error: `"${text}" has a bad port (1 to 65535)` };
-    return { server: isIpv6(host) ? `[${host.toLowerCase()}]:${port}` : `${host}:${port}` };
+    return { server: ip.family === 6 ? `[${canonical}]:${port}` : `${canonical}:${port}` };
 }
 
 /** A decimal port number 0–65535, or null. */

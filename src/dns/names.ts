@@ -6,6 +6,7 @@
  */
 import net from 'node:net';
 import ipaddr from 'ipaddr.js';
+import { formatIp, parseIp } from '../net/ip.ts';
 import { dnsError } from './errors.ts';
 
 /** RFC 1035 section 2.3.4: labels of 63 octets or fewer, names of 255 octets on the wire (253 as text). */
@@ -62,8 +63,10 @@ export interface ServerAddress {
 
 /**
  * Parses a server entry: `IPv4`, `IPv4:PORT`, `IPv6`, `[IPv6]` or `[IPv6]:PORT` (port 53
- * when absent). Only IP addresses: a resolver cannot look up its own servers. Throws on
- * anything else.
+ * when absent). Only IP addresses: a resolver cannot look up its own servers. The host is
+ * the address's canonical text (RFC 5952 for IPv6; an IPv4-mapped address becomes IPv4),
+ * the form the kernel reports an answer's source in, so `[0:0:0:0:0:0:0:1]` and `[::0001]`
+ * match answers from `::1`. Throws on anything else.
  */
 export function parseServer(text: string): ServerAddress {
     let host = text.trim();
@@ -84,7 +87,10 @@ export function parseServer(text: string): ServerAddress {
     if (family === 0 || (family === 4 && bracket) || port < 1 || port > 65535) {
         throw new Error(`"${text}" is not a DNS server address (IP, IPv4:PORT or [IPv6]:PORT)`);
     }
-    return { host: family === 6 ? host.toLowerCase() : host, port, family: family === 6 ? 6 : 4 };
+    // an address parseIp does not read (a scoped IPv6 address, fe80::1%eth0) is kept as written
+    const ip = parseIp(host);
+    if (ip === null) return { host: family === 6 ? host.toLowerCase() : host, port, family: family === 6 ? 6 : 4 };
+    return { host: formatIp(ip), port, family: ip.family };
 }
 
 /** `host:port` or `[host]:port`, for messages. */

@@ -564,6 +564,11 @@ describe('validation', () => {
             issuesOf('redis: { url: "redis://:pw@h/x" }\n')[0] ?? '',
             /"redis:\/\/:\*\*\*@h\/x" has a bad database/,
         );
+        assert.deepEqual(
+            loadText('dns: { servers: ["[0:0:0:0:0:0:0:1]:53", "[::0001]:5353", "0::1", "[::FFFF:127.0.0.1]:53"] }\n')
+                .config.dns.servers,
+            ['[::1]:53', '[::1]:5353', '::1', '127.0.0.1:53'],
+        );
         assert.deepEqual(issuesOf('dns: { servers: [ns.example.com, "[::1]:99999"] }\n'), [
             '1:18: dns.servers[0]: "ns.example.com" is not a DNS server address (write an IP address, IP:PORT, or [IPv6]:PORT)',
             '1:34: dns.servers[1]: "[::1]:99999" has a bad port (1 to 65535)',

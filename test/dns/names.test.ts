@@ -64,6 +64,14 @@ describe('parseServer', () => {
         assert.deepEqual(parseServer('[2001:DB8::53]:5300'), { host: '2001:db8::53', port: 5300, family: 6 });
     });
 
+    it('writes the address in its canonical form, the form answers come from', () => {
+        for (const text of ['[0:0:0:0:0:0:0:1]:53', '[::0001]:53', '0:0:0:0:0:0:0:1', '[0000::1]']) {
+            assert.deepEqual(parseServer(text), { host: '::1', port: 53, family: 6 }, text);
+        }
+        assert.deepEqual(parseServer('[2001:DB8:0:0:0:0:0:53]:5300'), { host: '2001:db8::53', port: 5300, family: 6 });
+        assert.deepEqual(parseServer('[::ffff:127.0.0.1]:5353'), { host: '127.0.0.1', port: 5353, family: 4 });
+    });
+
     it('rejects names and bad ports', () => {
         for (const bad of ['dns.example.com', 'localhost:53', '127.0.0.1:0', '127.0.0.1:70000', '[127.0.0.1]:53', '']) {
             assert.throws(() => parseServer(bad), /not a DNS server address/, bad);

@@ -388,6 +388,32 @@ describe('DNS resolver', () => {
             ]);
         });
 
+        it('takes answers from an IPv6 server written in a non-canonical form', async () => {
+            const s = dgram.createSocket('udp6');
+            s.on('message', (msg, peer) => {
+                const q = dnsPacket.decode(msg);
+                const name = q.questions?.[0]?.name ?? '';
+                const reply = dnsPacket.encode({
+                    type: 'response',
+                    id: q.id ?? 0,
+                    flags: dnsPacket.RECURSION_DESIRED,
+                    questions: q.questions ?? [],
+                    answers: [{ type: 'A', name, ttl: 60, data: '192.0.2.81' }],
+                });
+                s.send(reply, peer.port, peer.address);
+            });
+            await new Promise<void>((resolve) => s.bind(0, '::1', resolve));
+            try {
+                const port = s.address().port;
+                for (const server of [`[0:0:0:0:0:0:0:1]:${port}`, `[::0001]:${port}`, `[0000::1]:${port}`]) {
+                    const r = make({ servers: [server], tries: 1, cache: { maxEntries: 0 } });
+                    assert.deepEqual(await r.resolve('v6.example.test', 'A'), ['192.0.2.81'], server);
+                }
+            } finally {
+                await new Promise<void>((resolve) => s.close(() => resolve()));
+            }
+        });
+
         it('accepts only an answer with its own ID and question, and randomises ID and source port (RFC 5452)', async () => {
             const s = dgram.createSocket('udp4');
             const ports: number[] = [];
