@@ -75,7 +75,7 @@ describe('iprev check', () => {
                 stage === 'reverse'
                     ? Promise.reject(dnsError(code, 'getHostByAddr', ip))
                     : Promise.resolve(['mail.example.test']),
-            stats: () => ({ entries: 0, hits: 0, misses: 0 }),
+            stats: () => ({ entries: 0, hits: 0, misses: 0, bytes: 0 }),
             close: () => undefined,
         });
         const expected: [DnsErrorCode, string][] = [

@@ -123,6 +123,35 @@ describe('Lru', () => {
         assert.equal(lru.size, 1);
     });
 
+    it('keeps the sum of sizes under the byte bound and refuses a value over 1/64 of it', () => {
+        const lru = new Lru<string>(100, 6400);
+        for (let i = 0; i < 80; i++) lru.set(`k${i}`, 'v', 1000, 100);
+        assert.equal(lru.size, 64);
+        assert.equal(lru.bytes, 6400);
+        assert.equal(lru.has('k15'), false);
+        assert.equal(lru.has('k16'), true);
+        lru.set('k79', 'w', 1000, 50); // a new value under a key already held replaces its size
+        assert.equal(lru.bytes, 6350);
+        lru.set('k79', 'x', 1000, 101); // over 6400 / 64: not kept, and the old value goes
+        assert.equal(lru.has('k79'), false);
+        assert.equal(lru.bytes, 6300);
+        assert.equal(lru.get('k16', 1000), undefined); // expired on read
+        assert.equal(lru.bytes, 6200);
+        lru.clear();
+        assert.equal(lru.bytes, 0);
+    });
+
+    it('sweep() drops expired entries, a few per call, going round all of them', () => {
+        const lru = new Lru<number>(100, 1e6);
+        for (let i = 0; i < 30; i++) lru.set(`k${i}`, i, i % 2 === 0 ? 10 : 1000, 10);
+        lru.sweep(10, 8);
+        assert.equal(lru.size, 26);
+        for (let round = 0; round < 4; round++) lru.sweep(10, 8);
+        assert.equal(lru.size, 15);
+        assert.equal(lru.bytes, 150);
+        assert.equal(lru.has('k1'), true);
+    });
+
     it('keeps nothing with a bound of 0', () => {
         const lru = new Lru<number>(0);
         lru.set('a', 1, 100);

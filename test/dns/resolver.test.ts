@@ -461,7 +461,7 @@ describe('DNS resolver', () => {
             clock += 1;
             await r.resolve('ttl.example.test', 'TXT');
             assert.equal(seen('ttl.example.test'), 2);
-            assert.deepEqual(r.stats(), { entries: 1, hits: 5, misses: 2 });
+            assert.deepEqual({ ...r.stats(), bytes: 0 }, { entries: 1, hits: 5, misses: 2, bytes: 0 });
         });
 
         it('a CNAME chain is cached for the smallest TTL along it', async () => {
@@ -619,6 +619,62 @@ describe('DNS resolver', () => {
             assert.equal(seen('a.test'), 1);
             await r.resolve('b.test', 'A');
             assert.equal(seen('b.test'), 2);
+        });
+
+        it('is bounded by bytes too: large answers push out the oldest ones long before the entry bound', async () => {
+            const zone: Zone = {};
+            const addresses = Array.from({ length: 20 }, (_, i) => `198.51.100.${i + 1}`);
+            for (let i = 0; i < 200; i++) zone[`big${i}.test`] = { A: addresses };
+            server.setZone(zone);
+            const maxBytes = 128 * 1024;
+            const r = make({ cache: { maxBytes } });
+            for (let i = 0; i < 200; i++) assert.deepEqual(await r.resolve(`big${i}.test`, 'A'), addresses);
+            const { entries, bytes } = r.stats();
+            assert.ok(bytes <= maxBytes, `${bytes} bytes cached, bound ${maxBytes}`);
+            assert.ok(entries > 50 && entries < 200, `${entries} entries`);
+            // each answer is counted for at least what its strings and array hold
+            assert.ok(bytes / entries > 20 * (32 + 12), `${bytes / entries} bytes per entry`);
+            await r.resolve('big199.test', 'A');
+            assert.equal(seen('big199.test'), 1);
+            await r.resolve('big0.test', 'A');
+            assert.equal(seen('big0.test'), 2);
+        });
+
+        it('does not cache an answer larger than 1/64 of the byte bound', async () => {
+            server.setZone({
+                'wide.test': { A: Array.from({ length: 40 }, (_, i) => `198.51.100.${i + 1}`) },
+                'narrow.test': { A: ['198.51.100.1'] },
+            });
+            const r = make({ cache: { maxBytes: 64 * 1024 } }); // 1 KiB per answer at most
+            for (let i = 0; i < 3; i++) {
+                assert.equal(((await r.resolve('wide.test', 'A')) as string[]).length, 40);
+                await r.resolve('narrow.test', 'A');
+            }
+            assert.equal(seen('wide.test'), 3);
+            assert.equal(seen('narrow.test'), 1);
+            assert.equal(r.stats().entries, 1);
+        });
+
+        it('drops expired entries as new answers are stored, not only when they are read again', async () => {
+            const zone: Zone = {};
+            for (let i = 10; i < 50; i++) zone[`n${i}.test`] = { A: ['192.0.2.1'], ttl: 60 };
+            server.setZone(zone);
+            const r = make();
+            for (let i = 10; i < 30; i++) await r.resolve(`n${i}.test`, 'A');
+            assert.equal(r.stats().entries, 20);
+            const early = r.stats().bytes;
+            clock += 61_000; // all twenty have expired; none is asked again
+            for (let i = 30; i < 50; i++) await r.resolve(`n${i}.test`, 'A');
+            assert.equal(r.stats().entries, 20);
+            assert.equal(r.stats().bytes, early);
+        });
+
+        it('keeps 10 names of a PTR answer, as many as any caller reads', async () => {
+            const names = Array.from({ length: 30 }, (_, i) => `host${i}.example.test`);
+            server.setZone({ '7.2.0.192.in-addr.arpa': { PTR: names } });
+            const r = make();
+            assert.deepEqual(await r.reverse('192.0.2.7'), names.slice(0, 10));
+            assert.deepEqual(await r.resolve('7.2.0.192.in-addr.arpa', 'PTR'), names.slice(0, 10));
         });
 
         it('a cached or shared failure never becomes an unhandled rejection', async () => {
