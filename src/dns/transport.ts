@@ -71,12 +71,28 @@ interface PartCodec<T> {
     decode: ((buf: Buffer, offset: number) => T) & { bytes: number };
 }
 const wire = dnsPacket as unknown as {
-    name: PartCodec<string>;
     question: PartCodec<NonNullable<DecodedPacket['questions']>[number]>;
     answer: PartCodec<NonNullable<DecodedPacket['answers']>[number]>;
 };
 
 const HEADER_SIZE = 12;
+
+/**
+ * Where the name at `offset` ends in the packet (after its zero octet or its compression
+ * pointer), without reading the labels; -1 when it runs past the packet or uses a label type
+ * other than length and pointer. The name itself is read, and checked, by the record decoder.
+ */
+function nameEnd(buf: Buffer, offset: number): number {
+    let at = offset;
+    while (at < buf.length) {
+        const len = buf[at] ?? 0;
+        if (len === 0) return at + 1;
+        if ((len & 0xc0) === 0xc0) return at + 2;
+        if ((len & 0xc0) !== 0) return -1;
+        at += 1 + len;
+    }
+    return -1;
+}
 
 /** A packet read up to the end of its question section: enough to match it against the query. */
 interface Head {
@@ -120,9 +136,8 @@ function decodeRecords(buf: Buffer, head: Head): DecodedPacket | null {
     try {
         for (const [s, count] of counts.entries()) {
             for (let i = 0; i < count; i++) {
-                wire.name.decode(buf, offset);
-                const fixed = offset + wire.name.decode.bytes; // TYPE, CLASS, TTL, RDLENGTH: 10 octets
-                if (fixed + 10 > buf.length) return null;
+                const fixed = nameEnd(buf, offset); // then TYPE, CLASS, TTL, RDLENGTH: 10 octets
+                if (fixed < 0 || fixed + 10 > buf.length) return null;
                 const end = fixed + 10 + buf.readUInt16BE(fixed + 8);
                 if (end > buf.length) return null;
                 const record = wire.answer.decode(buf, offset);
