@@ -271,6 +271,12 @@ export function createMetrics(version: string) {
             help: 'Redis errors: store operations that failed or timed out, and connection errors',
             registers: r,
         }),
+        redisLateReplies: new Counter({
+            name: `${P}redis_late_replies_total`,
+            help: 'Store operations Redis answered after their timeout (the limit had already applied its onError), by what was done about their effect: undone (the charges of the call refunded, the leases it granted released), unchanged (the call had charged and granted nothing), kept (calls that are not undone: greylisting, renew, release, reads), failed (the undo failed)',
+            labelNames: ['result'],
+            registers: r,
+        }),
         redisCommandDuration: new Histogram({
             name: `${P}redis_command_duration_seconds`,
             help: 'Time of shared-store operations against Redis, failures included, by operation (stage: the one call of an SMTP stage; take, charge, reset, acquire, renew, release, greylist, ping)',

@@ -180,6 +180,8 @@ export function createRateLimiter(options: RateLimitCheckOptions): Pick<Check, '
                 decide: (answers) => {
                     let refused = false;
                     answers.forEach((a, i) => {
+                        // A failed acquire holds nothing: a lease Redis grants after the
+                        // timeout is released by the store when its late reply comes.
                         if (!a.ok) return;
                         const key = keys[i]!;
                         if (!(a.value as AcquireResult).acquired) refused = true;

@@ -13,7 +13,10 @@ import type { LimitStore } from './types.ts';
 
 export function createConfiguredStore(
     redis: RedisConfig | null,
-    deps: { metrics: Pick<Metrics, 'redisErrors' | 'redisCommandDuration'>; logger: Pick<Logger, 'warn' | 'info'> },
+    deps: {
+        metrics: Pick<Metrics, 'redisErrors' | 'redisCommandDuration' | 'redisLateReplies'>;
+        logger: Pick<Logger, 'warn' | 'info'> & Partial<Pick<Logger, 'debug'>>;
+    },
 ): LimitStore {
     if (redis === null) return createMemoryStore();
     return createRedisStore({

@@ -16,7 +16,11 @@
 --   'acquire' | 'renew', holder, max (acquire only), ttl (ms), gate
 --       KEYS: the lease set (sorted set of holders scored by expiry). Expired leases go first.
 --       A holder that has a lease renews it; acquire also grants one while fewer than max
---       are live.  Answer { ok (1|0), active }
+--       are live.  Answer { ok (1|0), active, granted (1 when the holder had no live lease
+--       and got one now, 0 otherwise) }
+--   'release', holder
+--       KEYS: the lease set. Removes the holder's lease, if any (undoes a grant whose reply
+--       came too late).  Answer { removed (1|0) }
 --   'greylist', delayMs, retryWindowMs, passTtlMs, autoAllowAfter
 --       KEYS: the triplet record, the client record. Skipped when an earlier operation of the
 --       call with gate 1 was refused.  Answer { verdict, retryAfterMs } ('skipped', 0 when skipped)
@@ -157,19 +161,21 @@ local function lease(key, op, holder, max, ttl)
     redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
     local held = redis.call('ZSCORE', key, holder)
     local ok = 0
+    local granted = 0
     if held then
         redis.call('ZADD', key, now + ttl, holder)
         ok = 1
     elseif op == 'acquire' and redis.call('ZCARD', key) < max then
         redis.call('ZADD', key, now + ttl, holder)
         ok = 1
+        granted = 1
     end
     local active = redis.call('ZCARD', key)
     if active > 0 then
         local last = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
         redis.call('PEXPIRE', key, math.max(1, tonumber(last[2]) - now))
     end
-    return { ok, active }
+    return { ok, active, granted }
 end
 
 -- Greylisting decides from the times stored in the values, never from a key's TTL: the TTL
@@ -291,6 +297,11 @@ while a <= #ARGV do
         if gate == 1 and answer[1] == 0 then
             gated = true
         end
+    elseif op == 'release' then
+        local key = nextKey()
+        local holder = ARGV[a]
+        a = a + 1
+        answer = { redis.call('ZREM', key, holder) }
     elseif op == 'greylist' then
         local tripletKey = nextKey()
         local clientKey = nextKey()

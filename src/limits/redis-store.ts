@@ -6,11 +6,14 @@
  * operations, so the work of a whole SMTP stage is one round trip (with Redis Cluster, one call
  * per hash slot, sent together, and greylisting after them).
  *
- * It fails fast instead of queueing: no offline queue, no command retries, a command timeout
- * and an overall deadline per operation, so a dead or hung Redis costs at most
- * `commandTimeoutMs` and surfaces as a StoreError the caller turns into allow or tempfail.
- * The client reconnects by itself; recovery needs no restart. It must not log secrets (URLs
- * are never logged), must not read the server clock in scripts, and must never let an
+ * It fails fast instead of queueing: no offline queue, no command retries and a deadline per
+ * operation, so a dead or hung Redis costs at most `commandTimeoutMs` and surfaces as a
+ * StoreError the caller turns into allow or tempfail. A timed-out script call still runs when
+ * Redis gets to it: its late reply is awaited and what it did is undone (charges refunded,
+ * leases it granted released), so the caller's onError verdict is the whole effect of the
+ * decision; greylisting records are not undone, and nothing is when the connection is lost
+ * first. The client reconnects by itself; recovery needs no restart. It must not log secrets
+ * (URLs are never logged), must not read the server clock in scripts, and must never let an
  * ioredis error event go unhandled.
  */
 import { readFileSync } from 'node:fs';
@@ -59,8 +62,9 @@ export interface RedisStoreOptions {
     connectTimeoutMs?: number;
     /** First part of every key name (default 'mw'). */
     prefix?: string;
-    metrics?: Pick<Metrics, 'redisErrors' | 'redisCommandDuration'>;
-    logger?: Pick<Logger, 'warn' | 'info'>;
+    metrics?: Pick<Metrics, 'redisErrors' | 'redisCommandDuration' | 'redisLateReplies'>;
+    /** `debug` (optional) hears what became of replies that came after the timeout. */
+    logger?: Pick<Logger, 'warn' | 'info'> & Partial<Pick<Logger, 'debug'>>;
     /** At most one error log line per this interval (default 10 000 ms); the rest are counted. */
     errorLogIntervalMs?: number;
 }
@@ -113,17 +117,42 @@ function answers(reply: unknown, n: number): unknown[] {
     return reply;
 }
 
+/** The keys and arguments of one script operation. */
+type ScriptOp = readonly [keys: readonly string[], args: readonly (string | number)[]];
+/** From an operation's reply, the operation that undoes what it did, or null when it changed nothing. */
+type Reverse = (reply: unknown) => ScriptOp | null;
+
+/**
+ * What became of a call whose reply came after the deadline: 'undone' (its charges refunded,
+ * the leases it granted released), 'unchanged' (it had charged and granted nothing: refused,
+ * or only renewing), 'kept' (calls that are not undone: greylisting, renew, release, reads),
+ * 'failed' (the undo failed).
+ */
+type LateResult = 'undone' | 'unchanged' | 'kept' | 'failed';
+
 /** Operations of one script call: their keys (KEYS) and arguments after the time (ARGV[2…]). */
 class Batch {
     readonly keys: string[] = [];
     readonly args: (string | number)[] = [];
+    readonly reverses: (Reverse | null)[] = [];
     size = 0;
 
-    add(keys: readonly string[], args: readonly (string | number)[]): this {
+    add(keys: readonly string[], args: readonly (string | number)[], reverse?: Reverse): this {
         this.keys.push(...keys);
         this.args.push(...args);
+        this.reverses.push(reverse ?? null);
         this.size++;
         return this;
+    }
+
+    /** The operations that undo what this batch did, from its replies (empty when there is nothing to undo). */
+    undo(replies: readonly unknown[]): Batch {
+        const out = new Batch();
+        this.reverses.forEach((reverse, i) => {
+            const op = reverse?.(replies[i]);
+            if (op) out.add(...op);
+        });
+        return out;
     }
 }
 
@@ -141,7 +170,8 @@ export function createRedisStore(options: RedisStoreOptions): RedisLimitStore {
     const common: RedisOptions = {
         enableOfflineQueue: false,
         maxRetriesPerRequest: 0,
-        commandTimeout: timeoutMs,
+        // No ioredis commandTimeout: it would drop a late reply, which must be read to undo
+        // what the timed-out call did. The store's own deadline (run) bounds every wait.
         connectTimeout: options.connectTimeoutMs ?? 1_000,
         // How long close() waits for a dead socket to close (ioredis' 2 s would hold up exit).
         disconnectTimeout: timeoutMs,
@@ -204,20 +234,54 @@ export function createRedisStore(options: RedisStoreOptions): RedisLimitStore {
         failing = false;
     });
 
+    /**
+     * What a call did that came back after its deadline: the caller has applied its onError
+     * verdict, so whatever the call did is undone (best effort; the undo has no deadline of its
+     * own but fails when the connection does). Counted by outcome, logged at debug.
+     */
+    const lateReply = <T>(command: string, value: T, undo: ((value: T) => Promise<number>) | undefined): void => {
+        const counted = (result: LateResult, fields: Record<string, unknown> = {}): void => {
+            metrics?.redisLateReplies.inc({ result });
+            logger?.debug?.({ command, result, ...fields }, 'Redis answered after the timeout');
+        };
+        if (undo === undefined) return counted('kept');
+        undo(value).then(
+            (undone) => counted(undone > 0 ? 'undone' : 'unchanged', { undone }),
+            (error: unknown) => counted('failed', { error: classifyRedisError(error).message }),
+        );
+    };
+
     let closed = false;
-    /** Runs one store operation under the deadline, with timing, error counting and typing. */
-    const run = async <T>(command: string, fn: () => Promise<T>): Promise<T> => {
+    /**
+     * Runs one store operation under the deadline, with timing, error counting and typing. When
+     * the deadline passes first, `undo` is given the operation's late result, if one comes; it
+     * reverses what the operation did and resolves how many things it reversed.
+     */
+    const run = async <T>(command: string, fn: () => Promise<T>, undo?: (value: T) => Promise<number>): Promise<T> => {
         if (closed) throw new StoreError('unavailable', 'the Redis store is closed');
         const start = performance.now();
         let timer: NodeJS.Timeout | undefined;
+        let late = false;
         const deadline = new Promise<never>((_, reject) => {
-            timer = setTimeout(
-                () => reject(new StoreError('timeout', `Redis did not answer ${command} within ${timeoutMs} ms`)),
-                timeoutMs,
-            );
+            timer = setTimeout(() => {
+                late = true;
+                reject(new StoreError('timeout', `Redis did not answer ${command} within ${timeoutMs} ms`));
+            }, timeoutMs);
         });
+        let work: Promise<T>;
         try {
-            return await Promise.race([fn(), deadline]);
+            work = fn();
+        } catch (error) {
+            work = Promise.reject(error instanceof Error ? error : new Error(String(error)));
+        }
+        work.then(
+            (value) => {
+                if (late) lateReply(command, value, undo);
+            },
+            () => undefined,
+        );
+        try {
+            return await Promise.race([work, deadline]);
         } catch (error) {
             const err = classifyRedisError(error);
             report(err, 'operation');
@@ -232,12 +296,33 @@ export function createRedisStore(options: RedisStoreOptions): RedisLimitStore {
     /** One script call; resolves its answers, one per operation. */
     const call = async (batch: Batch, now: number): Promise<unknown[]> =>
         answers(await scripts.mwLimits(batch.keys.length, ...batch.keys, now, ...batch.args), batch.size);
+    /**
+     * The undo of a script call, for run: from the call's late replies, one call that refunds
+     * what it charged and releases the leases it granted, at the time of the call it undoes (so
+     * a refund is exactly the charge taken back). Resolves how many operations it undid.
+     */
+    const undoCall =
+        (batch: Batch, now: number) =>
+        async (replies: unknown[]): Promise<number> => {
+            const undo = batch.undo(replies);
+            if (undo.size > 0) await call(undo, now);
+            return undo.size;
+        };
 
-    const addTake = (b: Batch, key: string, windows: readonly Window[], cost: number, gate: boolean): Batch =>
-        b.add(
-            windows.map((w) => names.rate(key, w)),
+    /** A charge of `cost` on GCRA states given back: the same keys charged -cost (never refused). */
+    const refund =
+        (keys: readonly string[], windows: readonly Window[], cost: number): Reverse =>
+        (reply) =>
+            numbers(reply, 1)[0] === 1 ? [keys, ['charge', keys.length, -cost, ...windowArgs(windows)]] : null;
+
+    const addTake = (b: Batch, key: string, windows: readonly Window[], cost: number, gate: boolean): Batch => {
+        const keys = windows.map((w) => names.rate(key, w));
+        return b.add(
+            keys,
             ['take', windows.length, cost, gate ? 1 : 0, ...windowArgs(windows)],
+            cost > 0 ? refund(keys, windows, cost) : undefined,
         );
+    };
     const addLease = (
         b: Batch,
         op: 'acquire' | 'renew',
@@ -246,7 +331,12 @@ export function createRedisStore(options: RedisStoreOptions): RedisLimitStore {
         max: number,
         ttl: number,
         gate: boolean,
-    ) => b.add([names.lease(key)], [op, holder, max, ttl, gate ? 1 : 0]);
+    ) => {
+        const keys = [names.lease(key)];
+        // Only a lease the call granted is released: a renewal leaves the lease the holder had.
+        const release: Reverse = (reply) => (numbers(reply, 3)[2] === 1 ? [keys, ['release', holder]] : null);
+        return b.add(keys, [op, holder, max, ttl, gate ? 1 : 0], op === 'acquire' ? release : undefined);
+    };
     const addGreylist = (b: Batch, triplet: string, client: string, o: GreylistOptions): Batch =>
         b.add(
             [names.triplet(triplet), names.client(client)],
@@ -334,7 +424,7 @@ export function createRedisStore(options: RedisStoreOptions): RedisLimitStore {
         /** Sends one script call and answers the ops at `indices` (in the batch's order) from its replies. */
         const answer = async (batch: Batch, indices: readonly number[]): Promise<void> => {
             try {
-                const replies = await run('stage', () => call(batch, now));
+                const replies = await run('stage', () => call(batch, now), undoCall(batch, now));
                 indices.forEach((i, n) => {
                     try {
                         out[i] = { ok: true, value: valueOf(ops[i]!, replies[n]) };
@@ -402,16 +492,20 @@ export function createRedisStore(options: RedisStoreOptions): RedisLimitStore {
         async take(key, windows, cost, nowMs) {
             checkTake(key, windows, cost, nowMs);
             const batch = addTake(new Batch(), key, windows, cost, false);
-            const [reply] = await run('take', () => call(batch, nowMs));
+            const [reply] = await run('take', () => call(batch, nowMs), undoCall(batch, nowMs));
             return takeResult(reply);
         },
         async charge(group, counters, cost, nowMs) {
             checkCharge(group, counters, cost, nowMs);
+            const keys = counters.map((c) => names.counter(group, c.key, c.window));
+            const windows = counters.map((c) => c.window);
+            // A refund (negative cost) that comes late is kept: it only gives units back.
             const batch = new Batch().add(
-                counters.map((c) => names.counter(group, c.key, c.window)),
-                ['charge', counters.length, cost, ...windowArgs(counters.map((c) => c.window))],
+                keys,
+                ['charge', counters.length, cost, ...windowArgs(windows)],
+                cost > 0 ? refund(keys, windows, cost) : undefined,
             );
-            const [reply] = await run('charge', () => call(batch, nowMs));
+            const [reply] = await run('charge', () => call(batch, nowMs), undoCall(batch, nowMs));
             const n = numbers(reply, 1 + 3 * counters.length);
             return {
                 allowed: n[0] === 1,
@@ -430,7 +524,7 @@ export function createRedisStore(options: RedisStoreOptions): RedisLimitStore {
         async acquire(key, holder, max, ttlMs, nowMs) {
             checkLease(key, holder, ttlMs, nowMs, max);
             const batch = addLease(new Batch(), 'acquire', key, holder, max, ttlMs, false);
-            const [reply] = await run('acquire', () => call(batch, nowMs));
+            const [reply] = await run('acquire', () => call(batch, nowMs), undoCall(batch, nowMs));
             return acquireResult(reply);
         },
         async renew(key, holder, ttlMs, nowMs) {

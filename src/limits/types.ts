@@ -151,7 +151,12 @@ export interface LimitStore {
  */
 export type StoreErrorKind = 'timeout' | 'unavailable' | 'error';
 
-/** Every failure of the shared store; the caller applies its `onError` (allow | tempfail). */
+/**
+ * Every failure of the shared store; the caller applies its `onError` (allow | tempfail), and
+ * that verdict is the whole effect: when Redis runs a timed-out call after all, the Redis store
+ * takes back what it did (refunds its charges, releases leases it granted; greylisting records
+ * stay), best effort, unless the connection is lost first.
+ */
 export class StoreError extends Error {
     readonly kind: StoreErrorKind;
 

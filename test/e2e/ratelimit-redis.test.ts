@@ -4,7 +4,9 @@
  * key Redis holds has a TTL. Then Redis is killed mid-test: a limit with `onError: allow`
  * lets mail through (and `redis_errors_total` rises), one with `onError: tempfail` answers
  * 451 4.7.1, `/readyz` reports it; when Redis is back on the same port the limits apply
- * again without restarting either instance.
+ * again without restarting either instance. And when Redis answers only after the command
+ * timeout, the limit's onError verdict is all that happens: what the late calls did (a lease
+ * taken, a rate charged) is taken back.
  */
 import assert from 'node:assert/strict';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
@@ -17,6 +19,7 @@ import { startApp, type TestApp } from '../helpers/app.ts';
 import { startRedis, type RedisInstance } from '../helpers/redis.ts';
 import { startScriptedUpstream, type ScriptedUpstream } from '../helpers/scripted-upstream.ts';
 import { sendMail, smtpConnect, type SmtpClient } from '../helpers/smtp-client.ts';
+import { until } from '../helpers/until.ts';
 
 const MSG = 'From: a@sender.example\r\nTo: b@example.test\r\nSubject: t\r\n\r\nbody\r\n';
 
@@ -215,5 +218,104 @@ describe('rate limits in Redis shared by two instances', () => {
         }
         assert.deepEqual(codes, [250, 250, 250, 250, 250, 450]);
         assert.equal(await readyz(a), 200);
+    });
+});
+
+describe('rate limits when Redis answers after the command timeout', () => {
+    const LATE_RULES = `limits:
+  - { id: late-rate, key: mail.from, rate: 2/1h, onError: tempfail, when: { mail.from.domain: { domain: [late.example] } } }
+  - { id: late-conn, key: client.ip, concurrency: 2 }
+`;
+    let dir: string;
+    let up: ScriptedUpstream;
+    let redis: RedisInstance;
+    let mw: TestApp;
+    let admin: Redis;
+    before(async () => {
+        dir = await mkdtemp(join(tmpdir(), 'mw-limits-late-'));
+        await writeFile(join(dir, '10-limits.yaml'), LATE_RULES);
+        up = await startScriptedUpstream({ ehlo: ['XCLIENT NAME ADDR PORT PROTO HELO LOGIN'] });
+        redis = await startRedis({ settings: { 'enable-debug-command': 'yes' } });
+        admin = new Redis(redis.url);
+        mw = await startApp(
+            [
+                'hostname: mx.example.test',
+                'domains: [example.test]',
+                'listeners: [{ name: mx, host: 127.0.0.1, port: 0, mode: mx }]',
+                `upstream: { url: "smtp://127.0.0.1:${up.port}" }`,
+                `rules: "${dir}"`,
+                `redis: { url: "${redis.url}", commandTimeout: 200ms, connectTimeout: 500ms }`,
+                'http: false',
+            ].join('\n'),
+        );
+    });
+    after(async () => {
+        admin?.disconnect();
+        await mw?.stop();
+        await up?.close();
+        await redis?.stop();
+        await rm(dir, { recursive: true, force: true });
+    });
+
+    /** Runs `step` while Redis sleeps for `seconds` (DEBUG SLEEP), and waits for it to wake up. */
+    const whileRedisSleeps = async <T>(seconds: number, step: () => Promise<T>): Promise<T> => {
+        const sleeping = admin.debug('SLEEP', String(seconds));
+        await sleep(20);
+        try {
+            return await step();
+        } finally {
+            await sleeping;
+        }
+    };
+    const keys = async (pattern: string) => (await admin.keys(pattern)).length;
+
+    it('a lease granted after the timeout is given back: connections let in by onError do not fill the limit', async () => {
+        for (let i = 0; i < 3; i++) {
+            const code = await whileRedisSleeps(0.5, async () => {
+                const c = await smtpConnect(mw.port());
+                const greeting = await c.greeting();
+                c.close();
+                return greeting.code;
+            });
+            assert.equal(code, 220, 'onError: allow lets the connection in');
+        }
+        await until('the leases granted late are released', async () => (await keys('mw:cc:*')) === 0);
+        // Both slots of the limit are free: two connections at once are let in.
+        const held = [await smtpConnect(mw.port()), await smtpConnect(mw.port())];
+        try {
+            for (const c of held) assert.equal((await c.greeting()).code, 220);
+        } finally {
+            for (const c of held) c.close();
+        }
+        await until('the sessions ended gave their leases back', async () => (await keys('mw:cc:*')) === 0);
+    });
+
+    it('a take charged after the timeout is refunded: a sender told 451 by onError is not charged', async () => {
+        // From an address of its own, so that no lease of the case before counts here.
+        const localAddress = '127.0.2.1';
+        for (let i = 0; i < 3; i++) {
+            const c = await smtpConnect(mw.port(), { localAddress });
+            try {
+                await c.greeting();
+                await c.cmd('EHLO client.example');
+                const mail = await whileRedisSleeps(0.4, () => c.cmd('MAIL FROM:<slow@late.example>'));
+                assert.equal(mail.code, 451, 'onError: tempfail');
+            } finally {
+                c.close();
+            }
+        }
+        await until('the late takes are refunded', async () => (await keys('mw:rl:*')) === 0);
+        // The limit (2 an hour) is whole: two messages pass, the third is limited.
+        const codes: number[] = [];
+        for (let i = 0; i < 3; i++) {
+            const r = await sendMail(mw.port(), {
+                from: 'slow@late.example',
+                to: ['b@example.test'],
+                data: MSG,
+                localAddress,
+            });
+            codes.push(r.message?.code ?? r.mail.code);
+        }
+        assert.deepEqual(codes, [250, 250, 450]);
     });
 });

@@ -1,7 +1,8 @@
 /**
  * The Redis store against a real redis-server: key layout and TTLs, one limit shared by two
  * instances, exactness under parallel load, the script cache being flushed, and the failure
- * modes an operator meets (server killed, restarted, hung, absent). Every server a case
+ * modes an operator meets (server killed, restarted, hung, absent), and a call that timed out
+ * leaving no effect once its late reply comes. Every server a case
  * starts is stopped by that case; a paused server is always resumed.
  */
 import assert from 'node:assert/strict';
@@ -12,6 +13,7 @@ import { createRedisStore, StoreError, type RedisLimitStore } from '../../src/li
 import { createMetrics, type Metrics } from '../../src/metrics.ts';
 import { freePort } from '../helpers/smtp-client.ts';
 import { startRedis, type RedisInstance } from '../helpers/redis.ts';
+import { until } from '../helpers/until.ts';
 import { fresh, GREY, T0 } from './contract.ts';
 
 const TIMEOUT = 200;
@@ -273,9 +275,84 @@ describe('redis store: failures', () => {
             } finally {
                 process.kill(redis.pid, 'SIGCONT');
             }
-            // The late replies are matched to their (already failed) commands and dropped.
-            assert.deepEqual(await store.take(key, MINUTE, 1, T0), { allowed: true, retryAfterMs: 0, remaining: 7 });
+            // The late take is given back once Redis answers it: only the first take counts.
+            await until(
+                'the late take is refunded',
+                async () => (await store.take(key, MINUTE, 0, T0)).remaining === 9,
+            );
+            assert.deepEqual(await store.take(key, MINUTE, 1, T0), { allowed: true, retryAfterMs: 0, remaining: 8 });
         } finally {
+            await store.close();
+            await redis.stop();
+        }
+    });
+
+    it('Redis hung past the timeout: what the late calls did is undone (charges refunded, granted leases released), renewals kept', async () => {
+        const redis = await startRedis();
+        const metrics = createMetrics('test');
+        const debug: unknown[] = [];
+        const store = createRedisStore({
+            url: redis.url,
+            commandTimeoutMs: TIMEOUT,
+            metrics,
+            logger: { warn: () => undefined, info: () => undefined, debug: (obj: unknown) => debug.push(obj) },
+        });
+        const raw = new Redis(redis.url);
+        try {
+            await store.waitUntilReady(5_000);
+            const rate = fresh('late-take');
+            const staged = fresh('late-stage');
+            const leases = fresh('late-lease');
+            const stagedLeases = fresh('late-stage-lease');
+            const counters = [{ key: fresh('late-charge'), window: MINUTE[0]! }];
+            assert.equal((await store.take(rate, MINUTE, 1, T0)).allowed, true);
+            assert.equal((await store.acquire(leases, 'held', 3, 60_000, T0)).acquired, true);
+
+            process.kill(redis.pid, 'SIGSTOP');
+            let results;
+            try {
+                results = await Promise.all([
+                    timed(store.take(rate, MINUTE, 2, T0)),
+                    timed(store.acquire(leases, 'late', 3, 60_000, T0)),
+                    timed(store.acquire(leases, 'held', 3, 60_000, T0 + 1)),
+                    timed(store.charge('late', counters, 3, T0)),
+                    timed(
+                        store.stage(
+                            [
+                                { op: 'take', key: staged, windows: MINUTE, cost: 1 },
+                                { op: 'acquire', key: stagedLeases, holder: 'staged', max: 1, ttlMs: 60_000 },
+                            ],
+                            T0,
+                        ),
+                    ),
+                ]);
+            } finally {
+                process.kill(redis.pid, 'SIGCONT');
+            }
+            for (const r of results.slice(0, 4)) {
+                assert.ok(r.error instanceof StoreError && r.error.kind === 'timeout', String(r.error));
+            }
+            const stage = results[4].value!;
+            assert.ok(stage.every((a) => !a.ok && a.error instanceof StoreError && a.error.kind === 'timeout'));
+
+            // Redis runs the calls once it resumes; their effects are then taken back.
+            await until('the late calls are undone', async () => {
+                const holders = await raw.zrange(`mw:cc:v1:{${leases}}`, '0', '-1');
+                const staging = await raw.exists(`mw:rl:v1:{${staged}}:10:60000`, `mw:cc:v1:{${stagedLeases}}`);
+                const charged = await raw.exists(`mw:gc:v1:{late}:${counters[0]!.key}:10:60000`);
+                const left = (await store.take(rate, MINUTE, 0, T0)).remaining;
+                return holders.join() === 'held' && staging === 0 && charged === 0 && left === 9;
+            });
+            // The renewal by the holder that had the lease is not undone.
+            assert.equal(Number(await raw.zscore(`mw:cc:v1:{${leases}}`, 'held')), T0 + 1 + 60_000);
+            const late = async (result: string) =>
+                (await metrics.redisLateReplies.get()).values.find((v) => v.labels.result === result)?.value ?? 0;
+            assert.equal(await late('undone'), 4);
+            assert.equal(await late('unchanged'), 1);
+            assert.equal(await late('failed'), 0);
+            assert.equal(debug.length, 5);
+        } finally {
+            raw.disconnect();
             await store.close();
             await redis.stop();
         }
