@@ -3,8 +3,9 @@
  * The world (logger, clock, upstream, decider, checks) is injected here; nothing below reads
  * the environment or the real clock directly. start() learns what the upstream offers (one
  * probe, bounded in time), opens the listeners and the HTTP endpoint; stop() drains: no new
- * connections, `421 4.3.2` to sessions that are not in the middle of a message, messages in
- * flight finish within the shutdown timeout.
+ * connections, `421 4.3.2` to sessions with no transaction open, transactions in flight (from
+ * an accepted MAIL to the reply to their DATA) finish within the shutdown timeout and get the
+ * `421` when they end.
  * reload() (SIGHUP) re-reads the config file and applies the settings that can change live
  * (src/config/reload.ts says which), naming the others in a "needs a restart" log line, then
  * re-reads rules, lists, users and certificates.
@@ -118,7 +119,8 @@ export interface App {
 const STARTUP_PROBE_MS = 5000;
 
 interface SmtpConnectionLike {
-    session: { id: string };
+    /** smtp-server's session: `envelope.mailFrom` is set from an accepted MAIL until the transaction ends. */
+    session: { id: string; envelope?: { mailFrom?: unknown } };
     send(code: number, text: string): void;
     close(): void;
 }
@@ -521,9 +523,13 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
                     const conns = (l.server as unknown as { connections: Set<SmtpConnectionLike> }).connections;
                     for (const conn of conns) {
                         open++;
-                        const session = l.sessions.get(conn.session.id);
-                        if (expired) conn.close();
-                        else if (!session?.inData) conn.send(bye.code, `${bye.enhanced} ${bye.text}`);
+                        const inData = l.sessions.get(conn.session.id)?.inData === true;
+                        // A transaction in flight (MAIL accepted, DATA not yet answered) goes on:
+                        // its RCPTs and DATA are served, and it hears the 421 once it has ended
+                        // (DATA answered, RSET), or when the shutdown timeout has passed.
+                        const inTransaction = inData || Boolean(conn.session.envelope?.mailFrom);
+                        if (expired && inData) conn.close();
+                        else if (expired || !inTransaction) conn.send(bye.code, `${bye.enhanced} ${bye.text}`);
                     }
                 }
                 if (open === 0 || gone) break;

@@ -72,7 +72,8 @@ export class Session {
     /**
      * True from the DATA command until its reply was handed to the client (dataReplied):
      * shutdown lets such a session finish instead of answering `421`, so a message the
-     * upstream accepted always gets our `250`.
+     * upstream accepted always gets our `250` (as it lets any transaction begun before it,
+     * from the accepted MAIL on, finish).
      */
     inData = false;
     /** Settles when the reply to the current DATA was handed over (dataReplied). */
@@ -240,8 +241,9 @@ export class Session {
     }
 
     async onRcptTo(address: SMTPServerAddress): Promise<void> {
-        if (this.deps.isDraining()) throw this.refuse(replyFor('shutting-down', { id: this.id }));
         const tx = this.tx;
+        // A transaction begun before the shutdown may finish: its recipients are still served.
+        if (!tx && this.deps.isDraining()) throw this.refuse(replyFor('shutting-down', { id: this.id }));
         if (!tx) throw this.refuse(replyFor('internal-error', { id: this.id }));
         const { mailbox: recipient, params: rcptParams } = this.envelope.rcpt(
             address,

@@ -1,7 +1,8 @@
 /**
  * Listener behaviour end to end: STARTTLS and implicit TLS with a generated certificate
  * (TLS 1.2 or newer only), PROXY protocol (v1 and v2) read only from trusted CIDRs, the HTTP
- * endpoints, and the drain on shutdown (421 4.3.2 to idle sessions, messages in flight finish).
+ * endpoints, and the drain on shutdown (421 4.3.2 to idle sessions, transactions in flight
+ * finish, from the accepted MAIL to the reply to their DATA, within the shutdown timeout).
  */
 import assert from 'node:assert/strict';
 import { copyFileSync } from 'node:fs';
@@ -319,6 +320,87 @@ describe('shutdown', () => {
         assert.equal(up.transactions.at(-1)!.completed, true);
         await stopping;
         await assert.rejects(smtpConnect(port), /ECONNREFUSED/);
+    });
+
+    it('lets a transaction begun before the shutdown finish (more RCPT, DATA), then answers 421 4.3.2', async (t) => {
+        const up = await startScriptedUpstream({ ehlo: EHLO });
+        const mw = await startApp(
+            [
+                'hostname: mx.example.test',
+                'domains: [example.test]',
+                'listeners: [{ name: mx, host: 127.0.0.1, port: 0, mode: mx }]',
+                `upstream: { url: "smtp://127.0.0.1:${up.port}" }`,
+                'http: false',
+                'shutdownTimeout: 10s',
+            ].join('\n'),
+        );
+        t.after(async () => {
+            await mw.stop();
+            await up.close();
+        });
+        const port = mw.port();
+        const idle = await smtpConnect(port);
+        await idle.greeting();
+        await idle.cmd('EHLO idle.example');
+        const sending = await smtpConnect(port);
+        await sending.greeting();
+        await sending.cmd('EHLO sending.example');
+        assert.equal((await sending.cmd('MAIL FROM:<a@example.org>')).code, 250);
+        assert.equal((await sending.cmd('RCPT TO:<b@example.test>')).code, 250);
+        const resetting = await smtpConnect(port);
+        await resetting.greeting();
+        await resetting.cmd('EHLO resetting.example');
+        assert.equal((await resetting.cmd('MAIL FROM:<c@example.org>')).code, 250);
+
+        const stopping = mw.stop();
+        // The idle session hears the 421 at once: the drain has begun.
+        assert.equal((await idle.reply()).code, 421);
+        // The open transactions go on.
+        assert.equal((await sending.cmd('RCPT TO:<c@example.test>')).code, 250);
+        assert.equal((await sending.cmd('DATA')).code, 354);
+        const done = await sending.cmd(MSG + '.');
+        assert.equal(done.code, 250, done.raw);
+        const sent = up.transactions.find((tx) => tx.mail === 'a@example.org')!;
+        assert.equal(sent.completed, true);
+        assert.deepEqual(sent.rcpts, ['b@example.test', 'c@example.test']);
+        // Once its transaction has ended, the session is told 421 without asking.
+        const bye = await sending.reply();
+        assert.equal(bye.code, 421);
+        assert.match(bye.text, /^4\.3\.2 Service shutting down/);
+        // RSET ends a transaction too: 250 for it, then the 421.
+        assert.equal((await resetting.cmd('RSET')).code, 250);
+        assert.equal((await resetting.reply()).code, 421);
+        await stopping;
+    });
+
+    it('answers 421 4.3.2 to a transaction still open when the shutdown timeout has passed', async (t) => {
+        const up = await startScriptedUpstream({ ehlo: EHLO });
+        const mw = await startApp(
+            [
+                'hostname: mx.example.test',
+                'domains: [example.test]',
+                'listeners: [{ name: mx, host: 127.0.0.1, port: 0, mode: mx }]',
+                `upstream: { url: "smtp://127.0.0.1:${up.port}" }`,
+                'http: false',
+                'shutdownTimeout: 500ms',
+            ].join('\n'),
+        );
+        t.after(async () => {
+            await mw.stop();
+            await up.close();
+        });
+        const c = await smtpConnect(mw.port());
+        await c.greeting();
+        await c.cmd('EHLO slow.example');
+        assert.equal((await c.cmd('MAIL FROM:<a@example.org>')).code, 250);
+        assert.equal((await c.cmd('RCPT TO:<b@example.test>')).code, 250);
+        const stopping = mw.stop();
+        // The client says nothing more: the drain waits for it only as long as the timeout.
+        const bye = await c.reply(10_000);
+        assert.equal(bye.code, 421);
+        assert.match(bye.text, /^4\.3\.2 /);
+        await stopping;
+        assert.ok(up.transactions.every((tx) => !tx.completed));
     });
 
     it('gives 250 to a message the upstream accepted just as the shutdown began', async (t) => {
