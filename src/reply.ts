@@ -46,6 +46,7 @@ export type Situation =
     | 'param-invalid'
     | 'param-not-offered'
     | 'relay-denied'
+    | 'relay-routing-denied'
     | 'too-many-recipients'
     | 'upstream-feature-missing'
     | 'check-failed'
@@ -110,7 +111,10 @@ export interface ReplyDetail {
     readonly reason?: string;
     /** An ESMTP parameter keyword, for `param-not-offered`. */
     readonly param?: string;
-    /** A recipient domain (A-label form), for `relay-denied`. */
+    /**
+     * A recipient domain (A-label form), for `relay-denied`; for `relay-routing-denied`, the
+     * domain its local part routes to, when that is a domain name.
+     */
     readonly domain?: string;
     /** An SMTP service extension (`DSN`, `SMTPUTF8`, …), for `upstream-feature-missing`. */
     readonly feature?: string;
@@ -359,6 +363,13 @@ const TABLE: Readonly<Record<Situation, ReplyTemplate>> = {
         enhanced: '5.7.1',
         text: (d) =>
             `Relaying denied: this server accepts mail only for its own domains, and ${d.domain ?? 'that domain'} is not one of them; send the message to the recipient domain's own mail server`,
+    },
+    // Postfix's allow_untrusted_routing = no: user%site, site!user, "user@site" in the local part
+    'relay-routing-denied': {
+        code: 550,
+        enhanced: '5.7.1',
+        text: (d) =>
+            `Relaying denied: the recipient's local part routes the message on to ${d.domain ? d.domain : 'another destination'} (with %, ! or @), which this server does not relay; send the message to the final recipient's own mail server`,
     },
     'too-many-recipients': {
         code: 452,

@@ -219,11 +219,19 @@ export async function explainMessage(
         for (const to of input.rcpts) {
             // relay control comes before the rcpt rules, as in the live session
             const parsed = parseEnvelopeCommand('rcpt', Buffer.from(`RCPT TO:<${to}>`, 'utf8'));
-            if (parsed.ok && relay.verdict(parsed.mailbox, input.authUser !== null) === 'refused') {
+            const decision = parsed.ok ? relay.decide(parsed.mailbox, input.authUser !== null) : null;
+            if (parsed.ok && decision?.verdict === 'refused') {
                 const domain = parsed.mailbox.asciiDomain ?? '';
                 return refused('rcpt', tx, {
                     reason: `relaying denied: ${domain} is not in domains or relayDomains`,
                     reply: flow.withId(replyFor('relay-denied', { id: sessionId, domain })),
+                });
+            }
+            if (decision?.verdict === 'routed') {
+                const domain = decision.routedDomain ?? '';
+                return refused('rcpt', tx, {
+                    reason: `relaying denied: the local part routes the message on to ${domain || 'a destination that is not a domain name'} (sender-specified routing)`,
+                    reply: flow.withId(replyFor('relay-routing-denied', { id: sessionId, domain })),
                 });
             }
             const rcpt = await run('rcpt', flow.rcptStageFacts(tx, to));

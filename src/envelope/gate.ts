@@ -3,8 +3,9 @@
  * file and before the upstream is asked: the address must parse (command.ts), a non-ASCII
  * address needs SMTPUTF8 on MAIL (RFC 6531 section 3.4), every parameter must belong to an
  * extension this session was offered and be well-formed (extensions.ts), a transaction takes
- * at most `maxRecipients` recipients, and an mx listener accepts only recipients of our domains
- * unless the client logged in (relay.ts). Each refusal is counted
+ * at most `maxRecipients` recipients, and an mx listener accepts only recipients of our domains,
+ * whose local parts route nowhere else (Postfix's allow_untrusted_routing = no), unless the
+ * client logged in (relay.ts). Each refusal is counted
  * (`mailwarden_envelope_refusals_total{listener,reason}`), logged, and answered from reply.ts.
  * It must not talk to the upstream or run rules.
  */
@@ -98,14 +99,22 @@ export class EnvelopeGate {
                 limit,
             });
         }
-        if (this.deps.relay.verdict(recipient, authenticated) === 'refused') {
-            const reply = replyFor('relay-denied', { id: this.id, domain: recipient.asciiDomain ?? '' });
+        const relay = this.deps.relay.decide(recipient, authenticated);
+        if (relay.verdict === 'refused' || relay.verdict === 'routed') {
+            const domain = recipient.asciiDomain ?? '';
+            // sender-specified routing is counted and logged as the relay attempt it is
+            const routed = relay.verdict === 'routed' ? { routedDomain: relay.routedDomain ?? null } : {};
+            const reply =
+                relay.verdict === 'routed'
+                    ? replyFor('relay-routing-denied', { id: this.id, domain: relay.routedDomain ?? '' })
+                    : replyFor('relay-denied', { id: this.id, domain });
             throw this.refused(
                 'rcpt',
                 'relay',
                 { ...reply, text: `${reply.text} (id ${this.id})` },
                 {
                     rcptDomain: recipient.asciiDomain,
+                    ...routed,
                 },
             );
         }

@@ -1,6 +1,7 @@
 /**
  * The envelope end to end, through a real app into a scripted upstream that records exactly
- * what reaches it: relay control on mx listeners (domains, relayDomains, the Maildir defaults),
+ * what reaches it: relay control on mx listeners (domains, relayDomains, sender-specified routing
+ * in local parts, the Maildir defaults),
  * strict MAIL and RCPT parsing (invalid UTF-8, SMTPUTF8 for non-ASCII addresses, quoted local
  * parts, A-labels kept), ESMTP parameters (only what was offered, DSN and REQUIRETLS passed on
  * exactly, 555 for the rest), SIZE as the smaller of ours and the upstream's, the recipient limit
@@ -88,6 +89,54 @@ describe('envelope: relay control on mx listeners', () => {
         assert.equal(await refusals(mw, 'relay'), before + 1);
         const line = mw.logs.find((l) => l.refused === 'relay');
         assert.equal(line?.rcptDomain, 'elsewhere.example');
+    });
+
+    it('refuses a local part routing on to a foreign domain (%, !, quoted @) like a relay attempt, nothing upstream', async () => {
+        const before = await refusals(mw, 'relay');
+        const logged = mw.logs.length;
+        const { c } = await client(mw.port());
+        assert.equal((await c.cmd('MAIL FROM:<spam@spammer.example>')).code, 250);
+        const routed = [
+            'victim%evil.example@example.test',
+            'evil.example!victim@example.test',
+            '"victim@evil.example"@example.test',
+            '"victim%evil.example"@example.test',
+            'victim%evil.example%example.test@example.test',
+            'victim%example.test@partner.example',
+        ];
+        for (const rcpt of routed) {
+            const r = await c.cmd(`RCPT TO:<${rcpt}>`);
+            assert.equal(r.code, 550, `${rcpt}: ${r.raw}`);
+            assert.match(
+                r.text,
+                /^5\.7\.1 Relaying denied: the recipient's local part routes the message on to /,
+                rcpt,
+            );
+            assert.match(r.text, /\(id \w+\)$/, rcpt);
+        }
+        const first = await c.cmd('RCPT TO:<victim%evil.example@example.test>');
+        assert.match(first.text, /routes the message on to evil\.example \(with %, ! or @\)/);
+        // routed on to one of our domains: Postfix delivers it here, so it is accepted and passed on
+        assert.equal((await c.cmd('RCPT TO:<bob%example.test@example.test>')).code, 250);
+        assert.equal((await c.cmd('DATA')).code, 354);
+        c.write(`${MSG}.\r\n`);
+        assert.equal((await c.reply()).code, 250);
+        c.close();
+        await up.idle();
+        const tx = up.transactions.at(-1)!;
+        assert.equal(tx.mail, 'spam@spammer.example');
+        assert.deepEqual(tx.rcpts, ['bob%example.test@example.test']);
+        assert.deepEqual(
+            up.commands.filter((l) => /evil\.example|victim/i.test(l)),
+            [],
+            'no routed recipient reaches the upstream',
+        );
+        assert.equal(await refusals(mw, 'relay'), before + routed.length + 1);
+        const lines = mw.logs.slice(logged).filter((l) => l.refused === 'relay');
+        assert.equal(lines.length, routed.length + 1);
+        assert.equal(lines[0]?.rcptDomain, 'example.test');
+        assert.equal(lines[0]?.routedDomain, 'evil.example');
+        assert.equal(lines[0]?.reply, 550);
     });
 
     it('matches domains exactly and relayDomains as written (.name: every subdomain), Postmaster always', async () => {
@@ -646,7 +695,18 @@ describe('mailwarden explain: relay control', () => {
             assert.equal(refused.reply.code, 550);
             assert.equal(refused.reply.enhanced, '5.7.1');
             assert.match(refused.reply.text, /^Relaying denied: .*elsewhere\.example/);
-            const fine = await explainMessage(config, rules, { ...input, rcpts: ['bob@example.test'] });
+            const routed = await explainMessage(config, rules, {
+                ...input,
+                rcpts: ['bob@example.test', 'x%elsewhere.example@example.test'],
+            });
+            assert.equal(routed.stoppedAt, 'rcpt');
+            assert.equal(routed.reply.code, 550);
+            assert.equal(routed.reply.enhanced, '5.7.1');
+            assert.match(routed.reply.text, /^Relaying denied: .*routes the message on to elsewhere\.example/);
+            const fine = await explainMessage(config, rules, {
+                ...input,
+                rcpts: ['bob@example.test', 'bob%example.test@example.test'],
+            });
             assert.notEqual(fine.stoppedAt, 'rcpt');
         } finally {
             await rm(dir, { recursive: true, force: true });

@@ -30,6 +30,7 @@ describe('docs/flow.md: MAIL and RCPT refusals', () => {
             'message-too-big',
             'too-many-recipients',
             'relay-denied',
+            'relay-routing-denied',
             'upstream-feature-missing',
         ];
         for (const s of situations) {

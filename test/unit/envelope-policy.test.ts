@@ -1,7 +1,7 @@
 /**
  * The envelope decisions without a network: what EHLO offers for a listener and an upstream
  * (src/envelope/extensions.ts), the check of MAIL and RCPT parameters against that offer, and
- * relay control (src/envelope/relay.ts).
+ * relay control (src/envelope/relay.ts), sender-specified routing in local parts included.
  */
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
@@ -202,6 +202,74 @@ describe('relay control', () => {
             'a@[192.0.2.1]': 'refused',
         });
         assert.equal(policy.verdict(mailbox('a@elsewhere.example'), true), 'authenticated');
+    });
+
+    it('on mx: a local part routing on (%, !, a quoted @) is refused unless every hop is ours (allow_untrusted_routing = no)', () => {
+        const policy = relayPolicy(config, MX);
+        const cases: Record<string, string> = {
+            // each spelling of sender-specified routing through one of our domains to a foreign one
+            'victim%evil.example@example.com': 'routed',
+            'evil.example!victim@example.com': 'routed',
+            '"victim@evil.example"@example.com': 'routed',
+            '"victim%evil.example"@example.com': 'routed',
+            '"evil.example!victim"@example.com': 'routed',
+            'victim%EVIL.example@EXAMPLE.com': 'routed',
+            // routed on to one of our domains or to relayDomains: Postfix delivers or relays it there
+            'bob%example.com@example.com': 'local',
+            'bob%bücher.example@example.com': 'local',
+            'example.com!bob@example.com': 'local',
+            '"bob@example.com"@example.com': 'local',
+            'bob%partner.example@example.com': 'relay',
+            'bob%x.sub.example@example.com': 'relay',
+            '"bob@partner.example"@example.com': 'relay',
+            // several hops: each one is followed (the last @, else the first !, else the last %)
+            'victim%evil.example%example.com@example.com': 'routed',
+            'example.com!evil.example!victim@example.com': 'routed',
+            '"victim%evil.example@example.com"@example.com': 'routed',
+            'bob%example.com%example.com@example.com': 'local',
+            // routing left in an address for a relay domain (Postfix: RESOLVE_FLAG_ROUTED)
+            'victim%evil.example@partner.example': 'routed',
+            'bob%example.com@partner.example': 'routed',
+            // a hop that is no domain name: empty, an address literal, a bad label
+            'victim%@example.com': 'routed',
+            '"victim%[192.0.2.1]"@example.com': 'routed',
+            '!victim@example.com': 'routed',
+            'victim%-evil-@example.com': 'routed',
+            '"victim@evil.example%example.com"@example.com': 'routed',
+            // no routing at all
+            'a.b+tag@example.com': 'local',
+            // a foreign domain stays a plain relay refusal, whatever the local part holds
+            'victim%example.com@elsewhere.example': 'refused',
+        };
+        const verdicts = Object.fromEntries(Object.keys(cases).map((a) => [a, policy.verdict(mailbox(a), false)]));
+        assert.deepEqual(verdicts, cases);
+        assert.deepEqual(policy.decide(mailbox('victim%EVIL.example@example.com'), false), {
+            verdict: 'routed',
+            routedDomain: 'evil.example',
+        });
+        assert.deepEqual(policy.decide(mailbox('"victim@evil.example"@example.com'), false), {
+            verdict: 'routed',
+            routedDomain: 'evil.example',
+        });
+        assert.deepEqual(policy.decide(mailbox('"victim%[192.0.2.1]"@example.com'), false), {
+            verdict: 'routed',
+            routedDomain: null,
+        });
+    });
+
+    it('a logged-in client, a submission listener and the open Maildir defaults may route', () => {
+        for (const a of [
+            'victim%evil.example@example.com',
+            'evil.example!victim@example.com',
+            '"victim@evil.example"@example.com',
+        ]) {
+            assert.equal(relayPolicy(config, MX).verdict(mailbox(a), true), 'authenticated', a);
+            assert.equal(relayPolicy(config, SUBMISSION).verdict(mailbox(a), true), 'authenticated', a);
+            assert.equal(relayPolicy(config, SUBMISSION).verdict(mailbox(a), false), 'open', a);
+            const maildir: UpstreamConfig = { kind: 'maildir', url: 'maildir:./m', path: '/tmp/m' };
+            const open = relayPolicy({ domains: [], relayDomains: [], upstream: maildir }, MX);
+            assert.equal(open.verdict(mailbox(a.replace('example.com', 'example.org')), false), 'open', a);
+        }
     });
 
     it('submission listeners and the Maildir defaults without domains accept every recipient', () => {
