@@ -47,7 +47,7 @@ export type HashInfo =
     | { readonly kind: null; readonly problem: string };
 
 const ARGON2_RE =
-    /^\$argon2(id|i|d)\$(?:v=(?:16|19)\$)?m=\d+,t=\d+,p=\d+(?:,[a-z]+=[^$]*)*\$[A-Za-z0-9+/]+\$[A-Za-z0-9+/]+$/;
+    /^\$argon2(id|i|d)\$(?:v=(?:16|19)\$)?m=\d+,t=\d+,p=\d+(?:,[a-z]+=[^$,]*)*\$[A-Za-z0-9+/]+\$[A-Za-z0-9+/]+$/;
 // bcrypt: $2a$/$2b$/$2y$, two-digit cost, 22 characters of salt and 31 of digest (bcrypt's base64 alphabet)
 const BCRYPT_RE = /^\$2[aby]\$(\d{2})\$[./A-Za-z0-9]{53}$/;
 const NOT_A_HASH =

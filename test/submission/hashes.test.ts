@@ -2,6 +2,7 @@
 // recognised or refused (plaintext, other schemes, absurd costs), the dummy hash's cost, and
 // the verification semaphore.
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
 import { describe, it } from 'node:test';
 import bcrypt from 'bcryptjs';
 import {
@@ -60,6 +61,27 @@ describe('password hashes', () => {
         assert.match((inspectHash('secret') as { problem: string }).problem, /plaintext passwords are refused/);
         assert.equal(inspectHash('$argon2id$v=19$m=19456,t=2,p=1$short').kind, null);
         assert.equal(inspectHash('$2b$10$tooshort').kind, null);
+    });
+
+    it('recognises a hash in time linear in its length (no backtracking over parameters)', () => {
+        // Run apart: an exponential pattern would block this process's event loop, and no timeout could stop it.
+        const code = `
+            import { inspectHash } from ${JSON.stringify(new URL('../../src/submission/hashes.ts', import.meta.url).href)};
+            const start = Date.now();
+            const r = inspectHash('$argon2id$v=19$m=65536,t=3,p=4' + ',a='.repeat(30) + '$');
+            const extra = inspectHash('$argon2id$v=19$m=65536,t=3,p=4,data=abc$c2FsdHNhbHQ$aGFzaGhhc2g');
+            console.log(JSON.stringify({ kind: r.kind, extra: extra.kind, ms: Date.now() - start }));
+        `;
+        const child = spawnSync(process.execPath, ['--input-type=module', '-e', code], {
+            encoding: 'utf8',
+            timeout: 5000,
+        });
+        assert.equal(child.signal, null, 'still matching after 5 s');
+        assert.equal(child.status, 0, child.stderr);
+        const out = JSON.parse(child.stdout) as { kind: string | null; extra: string | null; ms: number };
+        assert.equal(out.kind, null);
+        assert.equal(out.extra, 'argon2');
+        assert.ok(out.ms < 1000, `${out.ms} ms`);
     });
 
     it('refuses costs a login must not have', () => {
