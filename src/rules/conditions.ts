@@ -4,9 +4,12 @@
  * one record per operator, its documentation (the generated rules/README.md lists it) beside its
  * compile function, so an operator cannot be added without both; a mapping means all of its conditions, `any:`,
  * `all:` and `not:` combine them. Compilation reports every problem with its position and
- * never throws for bad input; evaluation is pure and never changes the facts.
+ * never throws for bad input; its work is linear in the `when:` as written, because YAML
+ * aliases are refused there (each use would be compiled again), as are empty condition maps
+ * (they would match everything) and numbers for text facts (YAML reads 0x10 as 16).
+ * Evaluation is pure and never changes the facts.
  */
-import { isAlias, isMap, isScalar, isSeq, type Document, type Node } from 'yaml';
+import { isAlias, isMap, isScalar, isSeq, visit, type Alias, type Document, type Node } from 'yaml';
 import { didYouMean } from '../config/suggest.ts';
 import type { Facts, FactValue, Stage } from '../types.ts';
 import { elementType, isListType, stageIndex, type FactSpec, type FactType } from './facts.ts';
@@ -350,6 +353,10 @@ class Compiler {
             );
             return null;
         }
+        if (node.items.length === 0) {
+            this.ctx.report(at, `${where}: an empty map of conditions would always hold; write its conditions`);
+            return null;
+        }
         const parts: Condition[] = [];
         let bad = false;
         for (const pair of node.items) {
@@ -480,6 +487,17 @@ class Compiler {
             default: {
                 if (typeof v === 'boolean') {
                     this.ctx.report(at, `${what}: expected text; got ${got} (quote it to compare with the word)`);
+                    return undefined;
+                }
+                if (typeof v === 'number') {
+                    // YAML reads 0x10 as 16 and 1e3 as 1000: comparing the number's text would surprise.
+                    const written =
+                        node !== null && isScalar(node) && typeof node.source === 'string' ? node.source : got;
+                    const reads = written === got ? '' : ` (YAML reads ${written} as a number)`;
+                    this.ctx.report(
+                        at,
+                        `${what}: expected text; got the number ${got}${reads}: quote it ("${written}")`,
+                    );
                     return undefined;
                 }
                 const text = String(v);
@@ -860,15 +878,52 @@ function notOf(inner: Condition): Condition {
 }
 
 /**
- * Compiles a rule's `when:` (absent: always matches). Returns null when it had problems,
- * which are reported through the context.
+ * Reports the first YAML alias (`*name`) in `node` (keys included) at its position, with how
+ * many there are; true when there is one. The walk does not follow aliases, so it costs one
+ * visit per node written.
  */
-export function compileWhen(raw: unknown, fallback: number, ctx: CompileContext): Condition | null {
+export function refuseAliases(
+    node: Node | null,
+    report: (offset: number, message: string) => void,
+    where: string,
+    instead: string,
+): boolean {
+    if (node === null) return false;
+    const aliases: Alias[] = [];
+    visit(node, {
+        Alias(_key, alias) {
+            aliases.push(alias);
+        },
+    });
+    const first = aliases[0];
+    if (first === undefined) return false;
+    const more = aliases.length > 1 ? ` (${aliases.length} in all)` : '';
+    report(
+        first.range?.[0] ?? node.range?.[0] ?? 0,
+        `${where}: YAML aliases such as *${first.source} are not accepted here${more}, because each use would be expanded again; ${instead}`,
+    );
+    return true;
+}
+
+/**
+ * Compiles a rule's `when:`. `raw` undefined means no `when:` key: always matches. A `when:`
+ * written but empty (nothing, null, `{}`) is an error, as is a YAML alias anywhere inside it
+ * (each use would be compiled again: nested aliases cost exponential time). Returns null when
+ * it had problems, which are reported through the context.
+ */
+export function compileWhen(raw: Node | null | undefined, fallback: number, ctx: CompileContext): Condition | null {
     if (raw === undefined) return ALWAYS;
-    const node = deref(ctx.doc, raw);
-    if (node === null || (isScalar(node) && node.value === null)) return ALWAYS;
-    if (isMap(node) && node.items.length === 0) return ALWAYS;
-    return new Compiler(ctx).compile(node, fallback, 'when');
+    if (refuseAliases(raw, (offset, message) => ctx.report(offset, message), 'when', 'write the conditions out'))
+        return null;
+    const at = offsetOf(raw, fallback);
+    if (raw === null || (isScalar(raw) && raw.value === null) || (isMap(raw) && raw.items.length === 0)) {
+        ctx.report(
+            at,
+            'when: is empty, so it would match everything; write its conditions, or leave when: out for a rule that always applies',
+        );
+        return null;
+    }
+    return new Compiler(ctx).compile(raw, fallback, 'when');
 }
 
 /**
@@ -881,8 +936,10 @@ export function caseFactValue(spec: FactSpec, value: unknown): { value: FactValu
     const one = (v: unknown): string | number | boolean | { error: string } => {
         if (elem === 'number') return typeof v === 'number' ? v : { error: `${spec.name} is a number` };
         if (elem === 'boolean') return typeof v === 'boolean' ? v : { error: `${spec.name} is true or false` };
-        if (typeof v !== 'string' && typeof v !== 'number') return { error: `${spec.name} is ${typeWord(elem)}` };
-        const text = String(v);
+        if (typeof v === 'number')
+            return { error: `${spec.name} is ${typeWord(elem)}; got the number ${v}: quote the value as written` };
+        if (typeof v !== 'string') return { error: `${spec.name} is ${typeWord(elem)}` };
+        const text = v;
         // Domains and addresses are taken as given: checks report what clients sent, odd or hostile.
         if (elem === 'ip' && parseIp(text) === null) return { error: `"${text}" is not an IP address` };
         if (spec.values && !spec.values.includes(text.toLowerCase())) {

@@ -50,7 +50,7 @@ const LIMIT_KEY_DOCS: Readonly<Record<(typeof LIMIT_KEYS)[number], string>> = {
     per: 'no | What one unit of the rate is, and so when it is counted (default `message`); see the table below.',
     concurrency: `one of rate, concurrency | At most this many simultaneous connections per key (counted at connect; refused with \`421 4.7.0\`, retry after ${CONCURRENCY_RETRY_SECONDS} s).`,
     ipv6Prefix: `no | Prefix length IPv6 clients are counted by when the key has \`client.ip\` (default ${DEFAULT_IPV6_PREFIX}).`,
-    when: 'no | Conditions, as in rules: the limit counts only what they match. Left out: everything.',
+    when: 'no | Conditions, as in rules: the limit counts only what they match. Left out: everything (written but empty is an error).',
     mode: 'no | `enforce` (default) or `monitor`: counted and reported (`ratelimit.monitor`, a monitor hit of the implicit rule), never refused.',
     onError:
         'no | What a store failure (Redis down or slow) does to the mail: `allow` (default: fail open, logged and counted) or `tempfail` (a 4xx asking to retry).',
@@ -66,7 +66,7 @@ const PER_DOCS: Readonly<Record<LimitPer, string>> = {
 const GREYLIST_KEY_DOCS: Readonly<Record<(typeof GREYLIST_KEYS)[number], string>> = {
     id: 'Kebab-case, unique together with the rule ids (the implicit rule’s id). Required.',
     description: 'Free text for people.',
-    when: 'Conditions (facts known at RCPT): only matching recipients are greylisted. Left out: all.',
+    when: 'Conditions (facts known at RCPT): only matching recipients are greylisted. Left out: all (written but empty is an error).',
     delay: `How long a new triplet is refused (default ${formatDuration(GREYLIST_DEFAULTS.delayMs)}).`,
     retryWindow: `A retry passes only between \`delay\` and this long after the first try; later it starts over (default ${formatDuration(GREYLIST_DEFAULTS.retryWindowMs)}).`,
     expire: `How long a passed triplet, and a client's pass count, are kept after their last use (default ${formatDuration(GREYLIST_DEFAULTS.expireMs)}).`,
@@ -252,7 +252,7 @@ cases:
 | \`id\` | yes | Name used in logs, metrics (\`rule_hits_total{rule}\`), the \`X-Mailwarden-Verdict\` header and \`explain\`. Kebab-case; unique across all files. |
 | \`description\` | no | Free text for people. |
 | \`stage\` | no | When the rule runs: ${STAGES.map((s) => `\`${s}\``).join(', ')} (default \`data\`). A rule may only read facts known at its stage. |
-| \`when\` | no | Conditions, all of which must hold. Left out: the rule always matches. |
+| \`when\` | no | Conditions, all of which must hold. Left out: the rule always matches. Written but empty (\`when:\` with its conditions commented out, \`when: {}\`) is an error, not "always". |
 | \`action\` | yes | ${ACTIONS.map((a) => `\`${a}\``).join(', ')}. |
 | \`reply\` | no | \`{ code, enhanced, text }\` for \`reject\` (5xx code) and \`tempfail\` (4xx code) rules only. Left out: the default reply (\`550 5.7.1\` or \`451 4.7.1\` with a generic text and the session id). |
 | \`score\` | no | \`tag\` rules only: a number (may be negative, default 0) added to the fact \`score\`. |
@@ -299,6 +299,14 @@ ${operators.join('\n')}
 - Values are checked when the rules load: a domain must be a domain name, an IP an address, a value
   of an enumerated fact (such as \`spf.result\`) one of its values, and an operator must fit the fact's
   type (\`gt\` only on numbers, \`cidr\` only on IP addresses).
+- Values of text facts (text, domains, addresses, IP addresses) are written as text: a plain value
+  that YAML reads as a number (\`0x10\`, \`1e3\`, \`12\`) is refused; quote it (\`"0x10"\`). The same
+  holds for the facts of [cases](#cases).
+- A map of conditions may not be empty (\`{}\` would always hold), inside \`any:\`, \`all:\` and \`not:\`
+  too.
+- YAML aliases (\`*name\`) are refused inside \`when:\` and inside a case's \`facts:\` (the first is
+  reported at its position): every use of an alias would be compiled again, so nested aliases could
+  cost exponential time. Write the conditions out; anchors and aliases elsewhere in a file are fine.
 - Regular expressions use [RE2 syntax](https://github.com/google/re2/wiki/Syntax) and always ignore
   case. RE2 matches in time linear in the input, so no pattern can stall the proxy; it refuses
   backreferences (\`\\1\`) and lookaround (\`(?=\`, \`(?<=\`) when the rules load.

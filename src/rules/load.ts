@@ -6,8 +6,10 @@
  * all of them in one go and a reload that fails keeps the previous rules. The result is
  * deeply frozen. `loadRules` is the one verdict `serve`, reload and `check` share: problems
  * refuse the folder; `cases:` examples that do not hold are warnings and refuse nothing.
- * Reads files only: it must not open sockets or start timers, and evaluates nothing but the
- * files' own cases.
+ * It never throws: an unexpected exception refuses the file (or folder) it happened in as a
+ * positioned issue. YAML aliases are refused inside `when:` and a case's `facts:`, so loading
+ * costs time linear in what is written. Reads files only: it must not open sockets or start
+ * timers, and evaluates nothing but the files' own cases.
  */
 import fs from 'node:fs';
 import path from 'node:path';
@@ -17,7 +19,14 @@ import { SourceReader, type Field } from '../config/reader.ts';
 import { didYouMean } from '../config/suggest.ts';
 import type { Action, FactValue, SmtpReply, Stage } from '../types.ts';
 import { caseIssue, runCases } from './cases.ts';
-import { caseFactValue, compileWhen, type CompileContext, type Condition, type DeclaredList } from './conditions.ts';
+import {
+    caseFactValue,
+    compileWhen,
+    refuseAliases,
+    type CompileContext,
+    type Condition,
+    type DeclaredList,
+} from './conditions.ts';
 import { FACTS, STAGES, catalogueIndex, stageIndex, type FactSpec } from './facts.ts';
 import {
     greylistRule,
@@ -190,10 +199,10 @@ class Loader {
             return this.result();
         }
         for (const name of names) this.parse(name);
-        for (const f of this.files) this.declareLists(f);
-        for (const f of this.files) this.readLimits(f);
-        for (const f of this.files) this.readRules(f);
-        for (const f of this.files) this.readCases(f);
+        for (const f of this.files) this.guard(f, () => this.declareLists(f));
+        for (const f of this.files) this.guard(f, () => this.readLimits(f));
+        for (const f of this.files) this.guard(f, () => this.readRules(f));
+        for (const f of this.files) this.guard(f, () => this.readCases(f));
         for (const ref of this.idRefs) {
             if (!this.ruleIds.has(ref.id)) {
                 this.report(
@@ -205,6 +214,23 @@ class Loader {
         }
         for (const f of this.files) this.issues.push(...f.reader.issues);
         return this.result();
+    }
+
+    /**
+     * Runs one step over a file. Bad input is reported, never thrown; should a step throw all
+     * the same, the file is refused with that message instead of the load ending in a crash.
+     */
+    guard(f: ParsedFile, step: () => void): void {
+        try {
+            step();
+        } catch (err) {
+            this.issues.push({
+                file: f.file,
+                line: 1,
+                col: 1,
+                message: `cannot load this file: ${describeError(err)}`,
+            });
+        }
     }
 
     result(): LoadResult {
@@ -446,7 +472,7 @@ class Loader {
             stage === null
                 ? null
                 : compileWhen(
-                      whenField?.node ?? undefined,
+                      whenField === undefined ? undefined : whenField.node,
                       whenField?.offset ?? item.offset,
                       this.compileContext(f, stage),
                   );
@@ -548,7 +574,7 @@ class Loader {
             line: (offset) => this.position(f, offset).line,
             claimId: (item, idField, example) => this.claimId(f, item, idField, example),
             compileWhen: (field, fallback, stage, factProblem): Condition | null =>
-                compileWhen(field?.node ?? undefined, field?.offset ?? fallback, {
+                compileWhen(field === undefined ? undefined : field.node, field?.offset ?? fallback, {
                     ...this.compileContext(f, stage),
                     factProblem,
                 }),
@@ -690,6 +716,9 @@ class Loader {
     }
 
     caseFacts(f: ParsedFile, field: Field, stage: Stage | null, out: Record<string, FactValue>): void {
+        // An alias would be expanded again at each use (and the YAML library throws past 100 of them).
+        const report = (offset: number, message: string): void => this.report(f, offset, message);
+        if (refuseAliases(field.node, report, 'facts', 'write the values out')) return;
         const node = deref(f, field.node);
         if (node === null || !isMap(node)) {
             f.reader.fail(field, `expected a map of fact names to values; got ${f.reader.describe(field)}`);
@@ -717,7 +746,13 @@ class Loader {
                 continue;
             }
             const valueNode = deref(f, pair.value);
-            const js: unknown = valueNode === null ? null : valueNode.toJS(f.reader.doc);
+            let js: unknown;
+            try {
+                js = valueNode === null ? null : valueNode.toJS(f.reader.doc);
+            } catch (err) {
+                this.report(f, valueNode?.range?.[0] ?? keyAt, `facts.${name}: ${describeError(err)}`);
+                continue;
+            }
             const r = caseFactValue(spec, js);
             if ('error' in r) this.report(f, valueNode?.range?.[0] ?? keyAt, `facts.${name}: ${r.error}`);
             else out[name] = r.value;
@@ -825,9 +860,18 @@ class Loader {
  * same folders and report the same lines.
  */
 export function loadRules(dir: string, opts: LoadOptions): LoadResult {
-    const r = new Loader(dir, opts).run();
-    if (r.ruleSet === null) return r;
-    return { ...r, warnings: sortIssues(runCases(r.ruleSet).failed.map(caseIssue)) };
+    let loader: Loader | null = null;
+    try {
+        loader = new Loader(dir, opts);
+        const r = loader.run();
+        if (r.ruleSet === null) return r;
+        return { ...r, warnings: sortIssues(runCases(r.ruleSet).failed.map(caseIssue)) };
+    } catch (err) {
+        // Not thrown for bad input (see Loader.guard); should it happen, the folder is refused, nothing crashes.
+        const issue: Issue = { file: dir, line: 1, col: 1, message: `cannot load the rules: ${describeError(err)}` };
+        const watchDirs = loader ? [...loader.watchDirs] : [path.resolve(dir), path.resolve(dir, 'lists')];
+        return { ruleSet: null, issues: [issue], warnings: [], watchDirs: Object.freeze(watchDirs) };
+    }
 }
 
 /**

@@ -5,7 +5,7 @@
  * Folders are watched rather than files because editors and deploy tools replace files by
  * renaming a new copy over the old one. The caller decides what to do: on error it keeps the
  * rules it has. It never applies anything itself and never throws from a watcher callback
- * except what the caller's onChange throws.
+ * except what the caller's onChange throws: a load that throws is handed over as a failed one.
  */
 import fs from 'node:fs';
 import path from 'node:path';
@@ -69,9 +69,17 @@ export function watchRuleSet(dir: string, opts: WatchOptions): RuleWatcher {
     function reload(): void {
         timer = null;
         if (closed) return;
-        const r = loadRules(dir, opts);
-        watchDirs(r.watchDirs);
-        opts.onChange(r.ruleSet ? { ok: r.ruleSet, warnings: r.warnings } : { error: new RuleError(r.issues) });
+        let result: WatchResult;
+        try {
+            const r = loadRules(dir, opts);
+            watchDirs(r.watchDirs);
+            result = r.ruleSet ? { ok: r.ruleSet, warnings: r.warnings } : { error: new RuleError(r.issues) };
+        } catch (err) {
+            // loadRules reports rather than throws; should it throw all the same, this is one more failed reload.
+            const message = `cannot load the rules: ${err instanceof Error ? err.message : String(err)}`;
+            result = { error: new RuleError([{ file: dir, line: 1, col: 1, message }]) };
+        }
+        opts.onChange(result);
     }
 
     watchDirs(opts.current?.watchDirs ?? loadRules(dir, opts).watchDirs);

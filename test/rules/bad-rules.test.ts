@@ -5,11 +5,15 @@
  * only problem is a case that does not hold gets warnings (`FILE:LINE:COL: warning: …`).
  */
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
-import { describe, it } from 'node:test';
+import { after, describe, it } from 'node:test';
 import { RuleError, checkRules, loadRuleSet } from '../../src/rules/index.ts';
-import { FIXTURES, relativeIssues } from './helpers.ts';
+import { FACTS } from '../../src/rules/facts.ts';
+import { FIXTURES, cleanup, folderWith, relativeIssues } from './helpers.ts';
+
+after(cleanup);
 
 const CORPUS = path.join(FIXTURES, 'rules-errors');
 const cases = fs
@@ -41,6 +45,54 @@ describe('bad rules corpus', () => {
             }
         });
     }
+
+    it('refuses nested YAML aliases in when: at once, at the first alias (no exponential expansion)', () => {
+        // any: [*aN-1, *aN-1] twenty-two deep stands for 4 million conditions. Loaded apart: a
+        // load that expands it blocks its event loop, and only killing the process stops it.
+        const lines = ['rules:', '  - id: bomb', '    stage: helo', '    action: tag', '    when:', '      any:'];
+        lines.push('        - &a0 { helo: nothing.example }');
+        for (let i = 1; i <= 22; i++) lines.push(`        - &a${i} { any: [*a${i - 1}, *a${i - 1}] }`);
+        const dir = folderWith({ '10-bomb.yaml': lines.join('\n') + '\n' });
+        const code = `
+            import { checkRules } from ${JSON.stringify(new URL('../../src/rules/index.ts', import.meta.url).href)};
+            console.log(JSON.stringify(checkRules(${JSON.stringify(dir)}, { softReject: false })));
+        `;
+        const child = spawnSync(process.execPath, ['--input-type=module', '-e', code], {
+            encoding: 'utf8',
+            timeout: 10_000,
+        });
+        assert.equal(child.signal, null, 'still loading after 10 s');
+        assert.equal(child.status, 0, child.stderr);
+        const issues = JSON.parse(child.stdout) as { line: number; col: number; message: string }[];
+        assert.deepEqual(
+            issues.map((i) => `${i.line}:${i.col}: ${i.message}`),
+            [
+                '8:23: when: YAML aliases such as *a0 are not accepted here (44 in all), because each use would be expanded again; write the conditions out',
+            ],
+        );
+    });
+
+    it('refuses a file whose loading throws, at FILE:1:1, instead of throwing', () => {
+        // A fact catalogue that throws when a rule reads it stands for any unexpected exception.
+        const boom = {
+            name: 'x.boom',
+            type: 'string',
+            stage: 'connect',
+            description: 'throws when read',
+            get values(): readonly string[] {
+                throw new Error('boom');
+            },
+        } as const;
+        const dir = folderWith({
+            '10-ok.yaml': 'rules:\n  - { id: fine, stage: connect, action: tag }\n',
+            '20-boom.yaml': 'rules:\n  - { id: boom, stage: connect, action: tag, when: { x.boom: y } }\n',
+        });
+        const knownFacts = [...FACTS, boom];
+        assert.deepEqual(relativeIssues(checkRules(dir, { softReject: false, knownFacts }), dir), [
+            '20-boom.yaml:1:1: cannot load this file: boom',
+        ]);
+        assert.throws(() => loadRuleSet(dir, { softReject: false, knownFacts }), RuleError);
+    });
 
     it('reports a missing rules folder', () => {
         const dir = path.join(CORPUS, 'no-such-folder');

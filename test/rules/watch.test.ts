@@ -137,6 +137,32 @@ describe('watchRuleSet', () => {
         assert.equal(rec.received, before);
     });
 
+    it('reports a file the YAML library cannot expand (aliases past its limit) as a failed reload, and goes on', async () => {
+        const dir = folderWith({ '10-nets.yaml': RULES('reject'), 'lists/nets.txt': '192.0.2.0/24\n' });
+        const rec = recorder();
+        const watcher = watchRuleSet(dir, { softReject: false, debounceMs: 50, onChange: rec.onChange });
+        try {
+            const aliases = Array.from({ length: 101 }, () => '*r').join(', ');
+            fs.writeFileSync(
+                path.join(dir, '99-aliases.yaml'),
+                'rules:\n  - { id: many-rcpts, stage: rcpt, when: { rcpt.count: { gt: 100 } }, action: tempfail }\n' +
+                    'cases:\n  - name: more than 100 recipients are deferred\n    stage: rcpt\n' +
+                    `    facts: { rcpt.count: 102, rcpt.to: [&r user@example.org, ${aliases}] }\n` +
+                    '    expect: { action: tempfail, rule: many-rcpts }\n',
+            );
+            const broken = await rec.until(failed);
+            assert.ok('error' in broken);
+            assert.deepEqual(
+                broken.error.issues.map((i) => `${path.basename(i.file)}:${i.line}:${i.col}`),
+                ['99-aliases.yaml:6:62'],
+            );
+            fs.rmSync(path.join(dir, '99-aliases.yaml'));
+            ok(await rec.until(decides('192.0.2.1', 'reject')));
+        } finally {
+            watcher.close();
+        }
+    });
+
     it('starts watching a lists folder created after the watcher', async () => {
         const dir = folderWith({ '10-rules.yaml': 'rules: []\n' });
         const rec = recorder();
