@@ -222,26 +222,35 @@ export class MessageFlow {
         return tx;
     }
 
-    /** Facts for the rcpt stage of recipient `to`. */
+    /**
+     * Facts for the rcpt stage of recipient `to`: the rcpt stage decides this recipient alone,
+     * as Postfix's recipient restrictions do, so `rcpt.address` is `to` and `rcpt.to` holds only
+     * `to`. The recipients accepted before are not in them: a rule that accepts one recipient
+     * cannot accept a later one, and each RCPT costs the same whatever came before it.
+     * `rcpt.count` counts the accepted recipients and this one.
+     */
     rcptStageFacts(tx: Transaction, to: string): Facts {
-        const rcpts = [...tx.rcpts, to];
         return {
             ...tx.facts,
-            'rcpt.to': rcpts,
-            'rcpt.count': rcpts.length,
+            'rcpt.to': [to],
+            'rcpt.address': to,
+            'rcpt.count': tx.rcpts.length + 1,
             'rcpt.domain': domainOf(to),
             score: tx.score,
         };
     }
 
     /**
-     * The rcpt stage and the upstream accepted recipient `to`. Its stage's facts (rcpt.domain,
-     * greylist.*, ratelimit.*, …) carry on to the next recipient and to the data stage: a later
-     * recipient's value replaces an earlier one's; a refused recipient leaves nothing.
+     * The rcpt stage and the upstream accepted recipient `to`. Its stage's facts (rcpt.address,
+     * rcpt.domain, greylist.*, ratelimit.*, …) carry on to the next recipient and to the data
+     * stage: a later recipient's value replaces an earlier one's; a refused recipient leaves
+     * nothing. From here on (the data stage) `rcpt.to` is every accepted recipient, in order.
      */
     recipientAccepted(tx: Transaction, to: string, result: StageResult): void {
         tx.rcpts.push(to);
-        tx.facts = { ...result.facts, 'rcpt.to': [...tx.rcpts], 'rcpt.count': tx.rcpts.length };
+        // The list itself, not a copy: copying it at every RCPT would cost a transaction the
+        // square of its recipients. It only grows, and only the data stage reads it.
+        tx.facts = { ...result.facts, 'rcpt.to': tx.rcpts, 'rcpt.count': tx.rcpts.length };
         MessageFlow.keep(tx, result.decision);
         for (const r of result.decision.rules) tx.rulesSeen.add(r);
     }

@@ -77,7 +77,10 @@ export interface CheckContext {
     readonly facts: Facts;
     /** The client as seen by the listener. */
     readonly client: ClientIdentity;
-    /** Envelope sender (empty string for the null reverse-path) and recipients so far. */
+    /**
+     * Envelope sender (empty string for the null reverse-path) and recipients: at the rcpt stage
+     * the one being decided, at the data stage every accepted one.
+     */
     readonly envelope: { readonly mailFrom: string | null; readonly rcptTo: readonly string[] };
     /** The message, at the data stage only. */
     readonly message: MessageSource | null;

@@ -72,8 +72,13 @@ function partValues(part: KeyPart, facts: Facts, stage: Stage): string[] {
         values = Array.isArray(rcpts)
             ? (rcpts as readonly string[]).map((a) => domainOfAddress(a) ?? '').filter((d) => d !== '')
             : [];
+    } else if (part.fact === 'rcpt.address' && stage === 'data') {
+        // After RCPT every recipient of the message, as rcpt.to.
+        const rcpts = facts['rcpt.to'];
+        values = Array.isArray(rcpts) ? (rcpts as readonly string[]) : [];
     } else if (Array.isArray(raw)) {
-        // At the rcpt stage a recipient key counts the recipient being checked (the last one).
+        // At the rcpt stage a recipient key counts the recipient being checked (the last one;
+        // the rcpt stage's rcpt.to holds only it).
         values = part.fact === 'rcpt.to' && stage === 'rcpt' ? raw.slice(-1) : raw;
     } else if (raw === null || raw === undefined || raw === '') {
         values = [];

@@ -130,8 +130,8 @@ ${pers.join('\n')}
   around a minute boundary. Several rates are decided together: a message refused by one of them
   uses up none of the others. A byte rate larger than exact arithmetic allows is counted in KB.
 - **Keys**: \`client.ip\` counts one IPv4 address, or one IPv6 /${DEFAULT_IPV6_PREFIX}; \`client.ip/24\` an IPv4
-  network (IPv6 still per \`ipv6Prefix\`). \`rcpt.to\` and \`rcpt.domain\` count the recipient being
-  checked (at RCPT) or every recipient of the message (\`per: byte\`). \`global\` is one counter for
+  network (IPv6 still per \`ipv6Prefix\`). \`rcpt.address\`, \`rcpt.to\` and \`rcpt.domain\` count the
+  recipient being checked (at RCPT) or every recipient of the message (\`per: byte\`). \`global\` is one counter for
   all traffic. Any other fact known at the counting stage may be used. Values are normalised
   (addresses and domains lower-cased, IP addresses cut to the prefix) and long or unusual values are
   hashed, so a client cannot make huge keys. The limit id is part of every key.
@@ -267,6 +267,14 @@ then in order within the file. The stages follow the SMTP dialogue: \`connect\` 
 received). Facts accumulate: a data-stage rule can read \`client.ip\`. An allow-list rule that must
 protect a message from data-stage rejects therefore has to be a data-stage rule too.
 
+The \`rcpt\` stage decides each recipient alone, as Postfix's \`smtpd_recipient_restrictions\` do:
+\`rcpt.address\` is the recipient of this RCPT TO, \`rcpt.domain\` its domain, and \`rcpt.to\` holds only
+that recipient, never the ones accepted before it. A rule that accepts \`postmaster@example.org\`
+therefore accepts that recipient and no other of the same message, and a list condition costs one
+lookup per RCPT. \`rcpt.count\` counts the recipients accepted before plus this one. At the \`data\`
+stage \`rcpt.to\` is every accepted recipient, in order, while \`rcpt.address\` and \`rcpt.domain\` are
+the last accepted recipient's: a data-stage rule about "any recipient" reads \`rcpt.to\`.
+
 ### Actions
 
 | action | effect |
@@ -294,8 +302,8 @@ A fact's value is either a plain value (equality) or a map with exactly one oper
 ${operators.join('\n')}
 
 - A fact that is missing (null) satisfies only \`exists: false\` and \`ne\`.
-- **List facts** (types ending in \`[]\`, such as \`rcpt.to\`): an operator holds when it holds for **any
-  element**; \`ne\` holds when no element is equal; \`exists\` means "not empty".
+- **List facts** (types ending in \`[]\`, such as \`rcpt.to\` at the data stage): an operator holds when it
+  holds for **any element**; \`ne\` holds when no element is equal; \`exists\` means "not empty".
 - Values are checked when the rules load: a domain must be a domain name, an IP an address, a value
   of an enumerated fact (such as \`spf.result\`) one of its values, and an operator must fit the fact's
   type (\`gt\` only on numbers, \`cidr\` only on IP addresses).

@@ -234,7 +234,13 @@ const CATALOGUE: readonly FactSpec[] = [
         'rcpt.to',
         'address[]',
         'rcpt',
-        'Recipients of the transaction so far (at the rcpt stage: including the one being checked)',
+        'Recipients. At the rcpt stage only the recipient being checked (one element: each RCPT is decided alone, and a rule that accepts one recipient accepts no other); at the data stage every accepted recipient of the message, in order',
+    ),
+    fact(
+        'rcpt.address',
+        'address',
+        'rcpt',
+        'The recipient being checked (rcpt stage), as given in RCPT TO; at the data stage, the last accepted recipient (rcpt.to holds them all)',
     ),
     fact(
         'rcpt.domain',
@@ -242,7 +248,12 @@ const CATALOGUE: readonly FactSpec[] = [
         'rcpt',
         'Domain of the recipient being checked (rcpt stage); at the data stage, of the last accepted recipient',
     ),
-    fact('rcpt.count', 'number', 'rcpt', 'Number of recipients so far'),
+    fact(
+        'rcpt.count',
+        'number',
+        'rcpt',
+        'Number of recipients so far (at the rcpt stage: those accepted before, plus the one being checked)',
+    ),
     fact('header.from', 'address', 'data', 'Address in the From header field (the author, RFC 5322 section 3.6.2)'),
     fact(
         'header.from.domain',

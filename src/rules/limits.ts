@@ -209,6 +209,7 @@ function whose(key: readonly KeyPart[]): string {
             case 'mail.from.domain':
                 return 'from this sender domain';
             case 'rcpt.to':
+            case 'rcpt.address':
                 return 'to this recipient';
             case 'rcpt.domain':
                 return 'to this recipient domain';

@@ -57,6 +57,8 @@ describe('limit keys', () => {
   - { id: login-ip, key: [auth.user, client.ip], rate: 5/1m }
   - { id: rcpt, key: rcpt.to, rate: 5/1m, per: recipient }
   - { id: rcpt-bytes, key: rcpt.domain, rate: 5MB/1h, per: byte }
+  - { id: address, key: rcpt.address, rate: 5/1m, per: recipient }
+  - { id: address-bytes, key: rcpt.address, rate: 5MB/1h, per: byte }
   - { id: helo, key: helo, rate: 5/1m }
   - { id: all, key: global, rate: 5/1m }
 `);
@@ -93,6 +95,15 @@ describe('limit keys', () => {
         assert.deepEqual(limitKeys(spec('rcpt-bytes'), facts, 'data'), [
             'rcpt-bytes|x.example',
             'rcpt-bytes|y.example',
+        ]);
+        // rcpt.address is the recipient being checked; at DATA it counts every recipient, as rcpt.to
+        assert.deepEqual(limitKeys(spec('address'), { 'rcpt.address': 'B@Y.example' }, 'rcpt'), [
+            'address|b@y.example',
+        ]);
+        assert.deepEqual(limitKeys(spec('address-bytes'), { ...facts, 'rcpt.address': 'c@x.example' }, 'data'), [
+            'address-bytes|a@x.example',
+            'address-bytes|b@y.example',
+            'address-bytes|c@x.example',
         ]);
     });
 
