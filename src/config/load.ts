@@ -9,7 +9,7 @@
  */
 import fs from 'node:fs';
 import path from 'node:path';
-import { isIpv6 } from '../net/ip.ts';
+import { formatIp, isIpv6, parseIp } from '../net/ip.ts';
 import { defaultConfig, PACKAGE_RULES_DIR } from './defaults.ts';
 import { existingPath, readHostname, type Binding } from './fields.ts';
 import { ConfigError, ioReason, type Issue } from './issues.ts';
@@ -61,7 +61,6 @@ const TOP_KEYS = [
     'workers',
     'log',
 ] as const;
-const WILDCARDS = new Set(['0.0.0.0', '::']);
 
 /**
  * Which config file to use (SPEC "Config file lookup"): `-c FILE`, else `$MAILWARDEN_CONFIG`,
@@ -239,9 +238,39 @@ function checkListenerNeeds(
 }
 
 /**
+ * What listening on `host` may bind, as far as it can be told without DNS: every address
+ * (`::`, dual-stack in Node.js), every IPv4 address (`0.0.0.0`), or a list of addresses in
+ * canonical form (an IPv4-mapped IPv6 address is its IPv4 address; `localhost` is 127.0.0.1 or
+ * ::1, whichever the system resolver gives first). Another host name stands for itself.
+ */
+function bindTargets(host: string): 'any' | 'any4' | readonly string[] {
+    const ip = parseIp(host);
+    if (ip !== null) {
+        const canonical = formatIp(ip);
+        if (canonical === '::') return 'any';
+        if (canonical === '0.0.0.0') return 'any4';
+        return [canonical];
+    }
+    if (host.toLowerCase() === 'localhost') return ['127.0.0.1', '::1'];
+    return [host.toLowerCase()];
+}
+
+/** True when listening on both hosts (on one port) may clash. */
+function hostsOverlap(a: string, b: string): boolean {
+    const ta = bindTargets(a);
+    const tb = bindTargets(b);
+    if (ta === 'any' || tb === 'any') return true;
+    if (ta === 'any4' || tb === 'any4') {
+        const other = ta === 'any4' ? tb : ta;
+        return other === 'any4' || other.some((h) => !isIpv6(h));
+    }
+    return ta.some((h) => tb.includes(h));
+}
+
+/**
  * Reports a second use of an address and port by listeners and HTTP, in that order (wildcards
- * overlap with every address of the port), and, when `http` is left out, a listener on the
- * address HTTP takes by default.
+ * overlap with every address of the port, `localhost` with 127.0.0.1 and ::1, `::ffff:127.0.0.1`
+ * with 127.0.0.1), and, when `http` is left out, a listener on the address HTTP takes by default.
  */
 function checkBindings(
     r: SourceReader,
@@ -252,29 +281,24 @@ function checkBindings(
     const bound: Binding[] = [];
     for (const b of [...listeners.map((l) => l.binding), http.binding]) {
         if (b === null) continue;
-        const clash = bound.find(
-            (o) =>
-                o.port === b.port &&
-                (o.host === b.host ||
-                    o.host === '::' ||
-                    b.host === '::' ||
-                    (o.host === '0.0.0.0' && !isIpv6(b.host)) ||
-                    (b.host === '0.0.0.0' && !isIpv6(o.host))),
-        );
+        const clash = bound.find((o) => o.port === b.port && hostsOverlap(o.host, b.host));
         if (clash) {
             const addr = (h: string): string => (isIpv6(h) ? `[${h}]` : h);
             const same = clash.host === b.host;
             const what = same
                 ? `${addr(b.host)}:${b.port}`
                 : `${addr(b.host)}:${b.port} overlaps ${addr(clash.host)}:${clash.port}, which`;
-            r.fail(b.at, `${what} is already used by ${clash.owner} (line ${clash.line})`);
+            const named = [b.host, clash.host].some((h) => h.toLowerCase() === 'localhost')
+                ? ' (localhost is 127.0.0.1 or ::1)'
+                : '';
+            r.fail(b.at, `${what} is already used by ${clash.owner} (line ${clash.line})${named}`);
         }
         bound.push(b);
     }
     const defaultHttp = http.config;
     if (!httpByDefault || defaultHttp === null) return;
     for (const b of bound) {
-        if (b.port === defaultHttp.port && (b.host === defaultHttp.host || WILDCARDS.has(b.host))) {
+        if (b.port === defaultHttp.port && hostsOverlap(b.host, defaultHttp.host)) {
             r.fail(
                 b.at,
                 `${b.host}:${b.port} is also where HTTP (metrics, health) listens by default; move one of them (http: { port: … })`,

@@ -531,6 +531,49 @@ describe('validation', () => {
         );
     });
 
+    it('finds a clash between localhost, its addresses and IPv4-mapped forms without DNS', () => {
+        assert.deepEqual(
+            issuesOf(
+                'listeners:\n  - { name: a, host: localhost, port: 25254 }\n  - { name: b, host: 127.0.0.1, port: 25254 }\n',
+            ),
+            [
+                '3:39: listeners[1].port: 127.0.0.1:25254 overlaps localhost:25254, which is already used by listener "a" (line 2) (localhost is 127.0.0.1 or ::1)',
+            ],
+        );
+        assert.deepEqual(
+            issuesOf('listeners:\n  - { name: a, host: "::1", port: 25 }\nhttp: { host: localhost, port: 25 }\n'),
+            [
+                '3:32: http.port: localhost:25 overlaps [::1]:25, which is already used by listener "a" (line 2) (localhost is 127.0.0.1 or ::1)',
+            ],
+        );
+        assert.deepEqual(
+            issuesOf(
+                'listeners:\n  - { name: a, host: 127.0.0.1, port: 25 }\n  - { name: b, host: "::ffff:127.0.0.1", port: 25 }\n',
+            ),
+            [
+                '3:48: listeners[1].port: [::ffff:127.0.0.1]:25 overlaps 127.0.0.1:25, which is already used by listener "a" (line 2)',
+            ],
+        );
+        assert.deepEqual(
+            issuesOf(
+                'listeners:\n  - { name: a, host: "0:0:0:0:0:0:0:1", port: 25 }\n  - { name: b, host: "::1", port: 25 }\n',
+            ),
+            [
+                '3:35: listeners[1].port: [::1]:25 overlaps [0:0:0:0:0:0:0:1]:25, which is already used by listener "a" (line 2)',
+            ],
+        );
+        // a wildcard still covers localhost; distinct loopback addresses still do not clash
+        assert.equal(
+            issuesOf(
+                'listeners:\n  - { name: a, host: 0.0.0.0, port: 25 }\n  - { name: b, host: localhost, port: 25 }\n',
+            ).length,
+            1,
+        );
+        loadText(
+            'listeners:\n  - { name: a, host: localhost, port: 25 }\n  - { name: b, host: 127.0.0.2, port: 25 }\n',
+        );
+    });
+
     it('turns HTTP off with false', () => {
         assert.equal(loadText('http: false\n').config.http, null);
     });
