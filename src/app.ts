@@ -388,6 +388,90 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
         return { changed: changedKeys(changes.filter((c) => c.reload === 'live')), restart };
     };
 
+    /** Opens everything start() opens, in order; start() closes it all again when this throws. */
+    const startAll = async (): Promise<void> => {
+        const spool = await prepareSpoolFolder(config.spool.dir);
+        if (spool.removed > 0) {
+            log.warn(
+                { spoolDir: config.spool.dir, removed: spool.removed },
+                'removed spool files left by a process that ended without cleaning up (a crash); no client was told they were accepted',
+            );
+        }
+        await waitForStore(limitStore, config.redis, 2 * (config.redis?.connectTimeoutMs ?? 0), log);
+        if (config.upstream.kind !== 'maildir' && !config.upstream.xclient) {
+            log.warn(
+                { upstream: upstream.description },
+                'upstream.xclient is false: the upstream sees mailwarden, not the real client, so its client restrictions judge mailwarden and permit_mynetworks would let any client relay; mailwarden refuses relaying on mx listeners itself',
+            );
+        }
+        // what EHLO offers (SIZE, DSN, …) follows the upstream; an upstream that is down now
+        // is asked again by each readiness probe and each connection
+        let timer: NodeJS.Timeout | undefined;
+        await Promise.race([
+            probeUpstream().catch((err: unknown) =>
+                log.warn(
+                    { upstream: upstream.description, err: err instanceof Error ? err.message : String(err) },
+                    'upstream not answering at start; its capabilities will be learnt at the first connection',
+                ),
+            ),
+            new Promise<void>((resolve) => {
+                timer = setTimeout(resolve, STARTUP_PROBE_MS);
+            }),
+        ]);
+        clearTimeout(timer);
+        // the lists are trusted only once a probe passed: probe them before the first client
+        await reputation.start(2 * config.dns.timeoutMs);
+        for (const l of listeners) await l.listen();
+        if (!deps.worker) metrics.workers.set(1);
+        if (config.http && !deps.worker) {
+            const server = createHttpServer({ metrics, readiness });
+            http = server;
+            await new Promise<void>((resolve, reject) => {
+                server.once('error', reject);
+                server.listen(config.http!.port, config.http!.host, () => {
+                    server.removeListener('error', reject);
+                    httpPort = (server.address() as AddressInfo).port;
+                    resolve();
+                });
+            });
+            log.info({ host: config.http.host, port: httpPort }, 'http endpoint listening');
+        }
+        if (ruleSet) watcher = watchRules();
+        started = true;
+        log.info(
+            {
+                version: VERSION,
+                upstream: upstream.description,
+                config: config.source ?? 'embedded defaults',
+                modules: loadedModules(),
+            },
+            'mailwarden started',
+        );
+    };
+    const closeHttp = async (): Promise<void> => {
+        if (!http) return;
+        const server = http;
+        http = null;
+        if (!server.listening) return;
+        await new Promise<void>((resolve) => {
+            server.close(() => resolve());
+            server.closeAllConnections();
+        });
+    };
+    /** Closes the upstream connections, lookups, timers, the store and file watchers (after the sessions). */
+    const releaseAll = async (): Promise<void> => {
+        if (!deps.upstream) await upstream.close?.();
+        reputation.stop();
+        if (!deps.resolver) resolver.close();
+        for (const [old, timer] of retired) {
+            clearTimeout(timer);
+            old.close();
+        }
+        retired.clear();
+        if (!deps.limitStore) await limitStore.close();
+        submission?.close();
+    };
+
     const app: App = {
         get config() {
             return current;
@@ -446,63 +530,25 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
             if (reloaders.length === 0 && !configFile) log.info('reload: nothing reloadable is configured');
         },
         async start() {
-            const spool = await prepareSpoolFolder(config.spool.dir);
-            if (spool.removed > 0) {
-                log.warn(
-                    { spoolDir: config.spool.dir, removed: spool.removed },
-                    'removed spool files left by a process that ended without cleaning up (a crash); no client was told they were accepted',
+            try {
+                await startAll();
+            } catch (err) {
+                // a start that failed half-way (a port taken, the upstream probe, the store) closes
+                // what it opened, so the caller can end the process: nothing is left serving
+                draining = true;
+                watcher?.close();
+                watcher = null;
+                await Promise.all(listeners.map((l) => l.stopAccepting()));
+                for (const l of listeners) {
+                    const conns = (l.server as unknown as { connections: Set<SmtpConnectionLike> }).connections;
+                    for (const conn of conns) conn.close();
+                }
+                await closeHttp();
+                await releaseAll().catch((e: unknown) =>
+                    log.warn({ err: e instanceof Error ? e.message : String(e) }, 'closing after a failed start'),
                 );
+                throw err;
             }
-            await waitForStore(limitStore, config.redis, 2 * (config.redis?.connectTimeoutMs ?? 0), log);
-            if (config.upstream.kind !== 'maildir' && !config.upstream.xclient) {
-                log.warn(
-                    { upstream: upstream.description },
-                    'upstream.xclient is false: the upstream sees mailwarden, not the real client, so its client restrictions judge mailwarden and permit_mynetworks would let any client relay; mailwarden refuses relaying on mx listeners itself',
-                );
-            }
-            // what EHLO offers (SIZE, DSN, …) follows the upstream; an upstream that is down now
-            // is asked again by each readiness probe and each connection
-            let timer: NodeJS.Timeout | undefined;
-            await Promise.race([
-                probeUpstream().catch((err: unknown) =>
-                    log.warn(
-                        { upstream: upstream.description, err: err instanceof Error ? err.message : String(err) },
-                        'upstream not answering at start; its capabilities will be learnt at the first connection',
-                    ),
-                ),
-                new Promise<void>((resolve) => {
-                    timer = setTimeout(resolve, STARTUP_PROBE_MS);
-                }),
-            ]);
-            clearTimeout(timer);
-            // the lists are trusted only once a probe passed: probe them before the first client
-            await reputation.start(2 * config.dns.timeoutMs);
-            for (const l of listeners) await l.listen();
-            if (!deps.worker) metrics.workers.set(1);
-            if (config.http && !deps.worker) {
-                const server = createHttpServer({ metrics, readiness });
-                http = server;
-                await new Promise<void>((resolve, reject) => {
-                    server.once('error', reject);
-                    server.listen(config.http!.port, config.http!.host, () => {
-                        server.removeListener('error', reject);
-                        httpPort = (server.address() as AddressInfo).port;
-                        resolve();
-                    });
-                });
-                log.info({ host: config.http.host, port: httpPort }, 'http endpoint listening');
-            }
-            if (ruleSet) watcher = watchRules();
-            started = true;
-            log.info(
-                {
-                    version: VERSION,
-                    upstream: upstream.description,
-                    config: config.source ?? 'embedded defaults',
-                    modules: loadedModules(),
-                },
-                'mailwarden started',
-            );
         },
         async stop(options = {}) {
             if (draining) return;
@@ -537,24 +583,9 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
             }
             clearTimeout(timer);
             clearTimeout(giveUp);
-            if (http) {
-                const server = http;
-                await new Promise<void>((resolve) => {
-                    server.close(() => resolve());
-                    server.closeAllConnections();
-                });
-            }
+            await closeHttp();
             // every session has ended (or was cut off): the idle upstream connections are closed (QUIT)
-            if (!deps.upstream) await upstream.close?.();
-            reputation.stop();
-            if (!deps.resolver) resolver.close();
-            for (const [old, timer] of retired) {
-                clearTimeout(timer);
-                old.close();
-            }
-            retired.clear();
-            if (!deps.limitStore) await limitStore.close();
-            submission?.close();
+            await releaseAll();
             log.info('stopped');
         },
     };

@@ -11,7 +11,11 @@
  * With `workers` above 1 this process becomes the primary (src/cluster/primary.ts) and forks
  * workers that run this same command; each worker builds the app without the HTTP endpoint and
  * handles its signals as a single process does.
- * Returns -1 while serving (the process lives on), 1 when the configuration is invalid.
+ * A start that fails (a port already taken, say) closes whatever it had opened and the process
+ * exits 1 at once, saying why on stderr: it must never keep serving half-started (some listeners
+ * up, no HTTP endpoint, no signal handlers). A worker that cannot start ends the same way, and its
+ * primary then stops the others and exits 1 too.
+ * Returns -1 while serving (the process lives on); any other status ends the process.
  */
 import cluster from 'node:cluster';
 import { runPrimary, workerCount } from '../cluster/primary.ts';
@@ -24,9 +28,9 @@ import { VERSION } from '../version.ts';
 export const RESTART_EXIT_CODE = 75;
 
 export async function runServe(opts: { configFlag: string | undefined }): Promise<number> {
-    if (!cluster.isWorker) return serve(opts);
-    // A worker that cannot start ends now: its IPC channel to the primary would keep it alive,
-    // and the primary waits for it to be ready or to end.
+    // Anything but serving ends the process now, explicitly: a worker's IPC channel to its
+    // primary, or a handle a failed start left, would otherwise keep it alive (and the primary
+    // waits for a worker to be ready or to end).
     try {
         const code = await serve(opts);
         if (code !== -1) process.exit(code);
@@ -95,7 +99,15 @@ async function serve(opts: { configFlag: string | undefined }): Promise<number> 
         }
         throw err;
     }
-    await app.start();
+    try {
+        await app.start();
+    } catch (err) {
+        // start() has closed what it opened; nothing may go on serving half-started
+        const why = err instanceof Error ? err.message : String(err);
+        log.error({ err: why }, 'start failed; exiting');
+        process.stderr.write(`mailwarden: start failed: ${why}\n`);
+        return 1;
+    }
     let stopping = false;
     const shutdown = (signal: string, restart = false): void => {
         if (stopping) return;

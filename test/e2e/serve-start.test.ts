@@ -1,0 +1,200 @@
+/**
+ * A start that fails ends the process: `serve` whose HTTP port or second listener port another
+ * process holds exits 1 promptly, saying why on stderr, instead of serving SMTP half-started (no
+ * /metrics, no signal handlers); with `workers: 2` the primary exits 1 too, whether its own HTTP
+ * port or a worker's listener cannot be bound. Through the app: a start() that fails closes the
+ * listeners it had already opened.
+ */
+import assert from 'node:assert/strict';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import net from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { createApp } from '../../src/app.ts';
+import { loadConfig } from '../../src/config/load.ts';
+import { createLogger } from '../../src/log.ts';
+import { startDnsServer, type DnsTestServer } from '../helpers/dns-server.ts';
+import { startRedis, type RedisInstance } from '../helpers/redis.ts';
+import { startServe } from '../helpers/serve.ts';
+
+/** A loopback port another server holds for the length of the test. */
+async function holdPort(): Promise<{ port: number; close: () => Promise<void> }> {
+    const server = net.createServer((s) => s.destroy());
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    const port = (server.address() as net.AddressInfo).port;
+    return { port, close: () => new Promise<void>((resolve) => server.close(() => resolve())) };
+}
+
+/** Resolves with true when something accepts a connection on the port, false when refused. */
+function accepting(port: number): Promise<boolean> {
+    return new Promise((resolve) => {
+        const s = net.connect(port, '127.0.0.1');
+        s.once('connect', () => {
+            s.destroy();
+            resolve(true);
+        });
+        s.once('error', () => resolve(false));
+    });
+}
+
+/** Runs `serve` with this config; resolves with its exit code, its stderr and its log lines. */
+async function serveUntilExit(
+    dir: string,
+    lines: string[],
+    timeoutMs: number,
+): Promise<{ code: number | null | 'still running'; stderr: string; logs: Record<string, unknown>[] }> {
+    const file = join(dir, `mailwarden-${Math.random().toString(36).slice(2)}.yaml`);
+    await writeFile(file, [...lines, ''].join('\n'));
+    const serve = startServe(file, dir);
+    let timer: NodeJS.Timeout | undefined;
+    const code = await Promise.race([
+        serve.exited,
+        new Promise<'still running'>((resolve) => {
+            timer = setTimeout(() => resolve('still running'), timeoutMs);
+        }),
+    ]);
+    clearTimeout(timer);
+    if (code === 'still running') await serve.stop(2000);
+    return { code, stderr: serve.stderr(), logs: serve.logs };
+}
+
+describe('a start that fails', () => {
+    let dir: string;
+    let dns: DnsTestServer;
+    before(async () => {
+        dir = await mkdtemp(join(tmpdir(), 'mw-start-'));
+        dns = await startDnsServer({});
+    });
+    after(async () => {
+        await dns.close();
+        await rm(dir, { recursive: true, force: true });
+    });
+    const base = (): string[] => [
+        'hostname: mx.example.test',
+        `dns: { servers: ["${dns.address}"], timeout: 500ms }`,
+        'pregreet: { wait: 0s }',
+    ];
+
+    it('ends serve with status 1 when the HTTP port is taken, after the listeners were up', async () => {
+        const held = await holdPort();
+        try {
+            const r = await serveUntilExit(
+                dir,
+                [
+                    ...base(),
+                    'listeners: [{ name: mx, host: 127.0.0.1, port: 0, mode: mx }]',
+                    `http: { host: 127.0.0.1, port: ${held.port} }`,
+                ],
+                15_000,
+            );
+            assert.equal(r.code, 1, `exit status; stderr: ${r.stderr}`);
+            assert.match(r.stderr, /start failed: listen EADDRINUSE/);
+            assert.ok(r.logs.some((l) => l.msg === 'listening'));
+            assert.ok(!r.logs.some((l) => l.msg === 'mailwarden started'));
+        } finally {
+            await held.close();
+        }
+    });
+
+    it('ends serve with status 1 when a second listener cannot bind its port', async () => {
+        const held = await holdPort();
+        try {
+            const r = await serveUntilExit(
+                dir,
+                [
+                    ...base(),
+                    'listeners:',
+                    '  - { name: mx, host: 127.0.0.1, port: 0, mode: mx }',
+                    `  - { name: mx2, host: 127.0.0.1, port: ${held.port}, mode: mx }`,
+                    'http: false',
+                ],
+                15_000,
+            );
+            assert.equal(r.code, 1, `exit status; stderr: ${r.stderr}`);
+            assert.match(r.stderr, /start failed: listen EADDRINUSE/);
+        } finally {
+            await held.close();
+        }
+    });
+
+    it('closes the listeners start() had opened', async () => {
+        const held = await holdPort();
+        const file = join(dir, 'app.yaml');
+        await writeFile(
+            file,
+            [
+                ...base(),
+                'listeners: [{ name: mx, host: 127.0.0.1, port: 0, mode: mx }]',
+                `http: { host: 127.0.0.1, port: ${held.port} }`,
+                '',
+            ].join('\n'),
+        );
+        const app = createApp(loadConfig(file, {}), { logger: createLogger('silent') });
+        try {
+            await assert.rejects(app.start(), /EADDRINUSE/);
+            const port = app.listeners[0]!.port;
+            assert.notEqual(port, 0, 'the listener was bound before the HTTP endpoint failed');
+            assert.equal(await accepting(port), false, 'the listener is closed again');
+        } finally {
+            await app.stop().catch(() => undefined);
+            await held.close();
+        }
+    });
+
+    describe('with workers: 2', () => {
+        let redis: RedisInstance;
+        before(async () => {
+            redis = await startRedis();
+        });
+        after(async () => {
+            await redis.stop();
+        });
+
+        it('ends the primary with status 1 when its HTTP port is taken', async () => {
+            const held = await holdPort();
+            try {
+                const r = await serveUntilExit(
+                    dir,
+                    [
+                        ...base(),
+                        'listeners: [{ name: mx, host: 127.0.0.1, port: 0, mode: mx }]',
+                        `redis: { url: "${redis.url}" }`,
+                        `http: { host: 127.0.0.1, port: ${held.port} }`,
+                        'workers: 2',
+                        'shutdownTimeout: 2s',
+                    ],
+                    60_000,
+                );
+                assert.equal(r.code, 1, `exit status; stderr: ${r.stderr}`);
+                assert.ok(r.logs.some((l) => l.msg === 'start failed; stopping the workers'));
+            } finally {
+                await held.close();
+            }
+        });
+
+        it('ends the primary with status 1 when a worker cannot bind a listener', async () => {
+            const held = await holdPort();
+            try {
+                const r = await serveUntilExit(
+                    dir,
+                    [
+                        ...base(),
+                        'listeners:',
+                        '  - { name: mx, host: 127.0.0.1, port: 0, mode: mx }',
+                        `  - { name: mx2, host: 127.0.0.1, port: ${held.port}, mode: mx }`,
+                        `redis: { url: "${redis.url}" }`,
+                        'http: false',
+                        'workers: 2',
+                        'shutdownTimeout: 2s',
+                    ],
+                    60_000,
+                );
+                assert.equal(r.code, 1, `exit status; stderr: ${r.stderr}`);
+                assert.match(r.stderr, /start failed: (listen|bind) EADDRINUSE/);
+            } finally {
+                await held.close();
+            }
+        });
+    });
+});
