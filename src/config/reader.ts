@@ -7,6 +7,7 @@
 import { isAlias, isMap, isScalar, isSeq, LineCounter, parseDocument, visit, type Document, type Node } from 'yaml';
 import { expandEnv } from './env.ts';
 import type { Issue } from './issues.ts';
+import { redactUserinfo } from './redact.ts';
 import { didYouMean } from './suggest.ts';
 import { parseDuration, parseSize, formatDuration } from './units.ts';
 
@@ -148,7 +149,8 @@ export class SourceReader {
         if (isScalar(node)) {
             const v = node.value;
             if (v === null) return 'nothing';
-            if (typeof v === 'string') return `"${v}"`;
+            // a URL's user and password are never repeated (`expected a map; got "redis://***@host"`)
+            if (typeof v === 'string') return `"${redactUserinfo(v)}"`;
             if (typeof v === 'number' || typeof v === 'boolean' || typeof v === 'bigint') return String(v);
         }
         return 'an unsupported value';
@@ -260,6 +262,30 @@ export class SourceReader {
             return null;
         }
         return v.trim();
+    }
+
+    /**
+     * A password or other secret: a string, as string() reads it, but a wrong value is described by
+     * its kind only (`got a number`), never repeated in the message.
+     */
+    secret(field: Field, what = 'a string'): string | null {
+        const v = this.scalar(field);
+        if (typeof v === 'string') return this.string(field, what);
+        const node = this.deref(field);
+        const kind =
+            node === null || v === null
+                ? 'nothing'
+                : isMap(node)
+                  ? 'a map'
+                  : isSeq(node)
+                    ? 'a list'
+                    : typeof v === 'number' || typeof v === 'bigint'
+                      ? 'a number (not shown; quote it to make it a string)'
+                      : typeof v === 'boolean'
+                        ? 'true or false (not shown; quote it to make it a string)'
+                        : 'an unsupported value';
+        this.fail(field, `expected ${what}; got ${kind}`);
+        return null;
     }
 
     /** An integer between min and max. A `${VAR}` value is read as a number. */

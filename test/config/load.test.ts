@@ -290,6 +290,34 @@ describe('upstream', () => {
         );
     });
 
+    it('never repeats a user name or password in its messages', () => {
+        const cases: [string, RegExp][] = [
+            ['upstream: { url: "smtp://user:S3cretUp@127.0.0.1:25" }\n', /"smtp:\/\/\*\*\*@127\.0\.0\.1:25" has parts/],
+            [
+                'upstream: { url: "smtp://user:S3cretUp@127.0.0.1:bad" }\n',
+                /"smtp:\/\/\*\*\*@127\.0\.0\.1:bad" is not a valid URL/,
+            ],
+            ['upstream: { url: "smtp://u:S3cret@Up@h:70000" }\n', /"smtp:\/\/\*\*\*@h:70000" has a bad port/],
+            ['upstream: { url: "lmtp://u:S3cretUp@h" }\n', /unsupported upstream "lmtp:\/\/\*\*\*@h"/],
+            ['upstream: "smtp://u:S3cretUp@h"\n', /expected a map .*got "smtp:\/\/\*\*\*@h"/],
+            ['redis: { url: "redis://:S3cret@Up@h/x" }\n', /"redis:\/\/\*\*\*@h\/x" has a bad database/],
+            [
+                'redis: { cluster: ["127.0.0.1:6379"], password: 98765432 }\n',
+                /^1:49: redis\.password: expected a password .*; got a number \(not shown; quote it to make it a string\)$/,
+            ],
+            [
+                'redis: { cluster: ["127.0.0.1:6379"], password: [S3cretUp] }\n',
+                /redis\.password: expected a password .*; got a list$/,
+            ],
+        ];
+        for (const [yaml, expected] of cases) {
+            const issues = issuesOf(yaml);
+            assert.equal(issues.length, 1, yaml);
+            assert.match(issues[0]!, expected, yaml);
+            assert.doesNotMatch(issues[0]!, /S3cret|Up@|98765432/, yaml);
+        }
+    });
+
     it('rejects URLs with paths, users or bad ports', () => {
         assert.match(issuesOf('upstream: { url: "smtp://u:p@h/x" }\n')[0] ?? '', /^1:18: upstream.url: .*cannot use/);
         assert.match(issuesOf('upstream: { url: "smtp://h:70000" }\n')[0] ?? '', /bad port/);
@@ -605,7 +633,7 @@ describe('validation', () => {
         );
         assert.match(
             issuesOf('redis: { url: "redis://:pw@h/x" }\n')[0] ?? '',
-            /"redis:\/\/:\*\*\*@h\/x" has a bad database/,
+            /"redis:\/\/\*\*\*@h\/x" has a bad database/,
         );
         assert.deepEqual(
             loadText('dns: { servers: ["[0:0:0:0:0:0:0:1]:53", "[::0001]:5353", "0::1", "[::FFFF:127.0.0.1]:53"] }\n')

@@ -8,6 +8,7 @@ import { isIpv6 } from '../../net/ip.ts';
 import { sectionEntries } from '../fields.ts';
 import { normalizeHost, parsePort } from '../net.ts';
 import type { Field, SourceReader } from '../reader.ts';
+import { redactUserinfo } from '../redact.ts';
 
 export const REDIS_KEYS = [
     'url',
@@ -67,7 +68,7 @@ export function redisSection(r: SourceReader, field: Field): RedisConfig | null 
     const passwordField = entries.get('password');
     const username = usernameField ? r.string(usernameField, 'a user name') : null;
     const password = passwordField
-        ? r.string(passwordField, 'a password (write ${VAR} to keep it out of the file)')
+        ? r.secret(passwordField, 'a password (write ${VAR} to keep it out of the file)')
         : null;
     const common = {
         ...(username !== null ? { username } : {}),
@@ -116,12 +117,12 @@ function redisUrl(r: SourceReader, urlField: Field): string | null {
         parsed = null;
     }
     if (parsed === null || (parsed.protocol !== 'redis:' && parsed.protocol !== 'rediss:') || parsed.hostname === '') {
-        r.fail(urlField, `unsupported Redis URL "${redactUrl(url)}": ${form}`);
+        r.fail(urlField, `unsupported Redis URL "${redactUserinfo(url)}": ${form}`);
         return null;
     }
     const db = parsed.pathname.replace(/^\//, '');
     if (db !== '' && !/^\d+$/.test(db)) {
-        r.fail(urlField, `"${redactUrl(url)}" has a bad database number "${db}"`);
+        r.fail(urlField, `"${redactUserinfo(url)}" has a bad database number "${db}"`);
         return null;
     }
     return url;
@@ -163,9 +164,4 @@ function hostPorts(r: SourceReader, field: Field, what: string): { host: string;
         out.push({ host, port });
     }
     return bad ? null : out;
-}
-
-/** A URL with its password hidden, for messages. */
-function redactUrl(url: string): string {
-    return url.replace(/^([a-z][a-z0-9+.-]*:\/\/[^/@:]*:)[^/@]*@/i, '$1***@');
 }

@@ -8,6 +8,7 @@ import path from 'node:path';
 import { sectionEntries } from '../fields.ts';
 import { normalizeHost } from '../net.ts';
 import type { Field, SourceReader } from '../reader.ts';
+import { redactUserinfo } from '../redact.ts';
 import { MAX_TIMER_MS } from '../units.ts';
 
 export const UPSTREAM_KEYS = [
@@ -119,7 +120,10 @@ function readUpstream(
     if (scheme === 'maildir') {
         const dir = url.slice('maildir:'.length);
         if (dir.trim() === '') {
-            r.fail(urlField, `"${url}" names no folder; write maildir:PATH, e.g. maildir:${DEFAULT_MAILDIR}`);
+            r.fail(
+                urlField,
+                `"${redactUserinfo(url)}" names no folder; write maildir:PATH, e.g. maildir:${DEFAULT_MAILDIR}`,
+            );
             return null;
         }
         for (const key of SMTP_ONLY_KEYS) {
@@ -129,7 +133,7 @@ function readUpstream(
         return { kind: 'maildir', url, path: path.resolve(baseDir, dir) };
     }
     if (scheme !== 'smtp' && scheme !== 'smtps') {
-        r.fail(urlField, `unsupported upstream "${url}": ${accepted}`);
+        r.fail(urlField, `unsupported upstream "${redactUserinfo(url)}": ${accepted}`);
         return null;
     }
     const target = smtpTarget(r, urlField, url, scheme);
@@ -184,24 +188,24 @@ function smtpTarget(
         parsed = new URL(url);
     } catch {
         const bad = /:(\d+)\/?$/.test(url) ? 'has a bad port (1 to 65535)' : 'is not a valid URL';
-        r.fail(field, `"${url}" ${bad}; ${form}`);
+        r.fail(field, `"${redactUserinfo(url)}" ${bad}; ${form}`);
         return null;
     }
     const extra = parsed.username || parsed.password || (parsed.pathname !== '' && parsed.pathname !== '/');
     if (extra || parsed.search || parsed.hash) {
-        r.fail(field, `"${url}" has parts an SMTP upstream cannot use (user, path or query); ${form}`);
+        r.fail(field, `"${redactUserinfo(url)}" has parts an SMTP upstream cannot use (user, path or query); ${form}`);
         return null;
     }
     const rawHost = parsed.hostname.replace(/^\[(.*)\]$/, '$1');
     const host = rawHost === '' ? null : normalizeHost(rawHost);
     if (host === null) {
-        r.fail(field, `"${url}" has no valid host; ${form}`);
+        r.fail(field, `"${redactUserinfo(url)}" has no valid host; ${form}`);
         return null;
     }
     const defaultPort = scheme === 'smtp' ? UPSTREAM_DEFAULTS.smtpPort : UPSTREAM_DEFAULTS.smtpsPort;
     const port = parsed.port === '' ? defaultPort : Number(parsed.port);
     if (port === 0) {
-        r.fail(field, `"${url}" has a bad port (1 to 65535); ${form}`);
+        r.fail(field, `"${redactUserinfo(url)}" has a bad port (1 to 65535); ${form}`);
         return null;
     }
     return { host, port };
