@@ -17,6 +17,7 @@ import path from 'node:path';
 import { isMap, isScalar, isSeq, LineCounter, parseDocument, type Node } from 'yaml';
 import { ConfigError, formatIssue, loadConfigWithWarnings, type Issue } from '../config/load.ts';
 import type { CheckValidator } from '../config/check-validator.ts';
+import { escapeUnprintable } from '../config/issues.ts';
 import type { Config } from '../config/types.ts';
 import { checkRules } from '../rules/index.ts';
 import { submissionFilesCheck } from '../submission/index.ts';
@@ -107,7 +108,7 @@ export async function runCheck(opts: CheckOptions): Promise<number> {
     }
     for (const validator of opts.validators ?? checkValidators) {
         issues.push(...(await validator.validate(config)));
-        for (const w of validator.warn?.(config) ?? []) opts.err(`${w.file}: warning: ${w.message}`);
+        for (const w of validator.warn?.(config) ?? []) opts.err(escapeUnprintable(`${w.file}: warning: ${w.message}`));
     }
     const errors = issues.filter((i) => i.severity !== 'warning');
     const warned: Issue[] = [

@@ -2,7 +2,8 @@
  * The error shape shared by config and rule-file validation: positioned issues rendered as
  * `FILE:LINE:COL: message` (`FILE:LINE:COL: warning: message` for a warning, which refuses
  * nothing), the ConfigError that carries all of them at once, and why a file could not be read.
- * Formatting only; it must not decide what is valid, and imports no other config module (every
+ * The rendering escapes unprintable characters and cuts very long quoted values, so no file can
+ * write escape sequences to the terminal through a message. Formatting only; it must not decide what is valid, and imports no other config module (every
  * config module may import it).
  */
 
@@ -18,9 +19,46 @@ export interface Issue {
     readonly severity?: 'warning';
 }
 
+/**
+ * Characters a terminal would act on or hide instead of showing: control characters (C0, DEL,
+ * C1: escape sequences, line breaks), format characters (bidirectional overrides, zero-width
+ * ones), line and paragraph separators and lone surrogates.
+ */
+const UNPRINTABLE = /[\p{Cc}\p{Cf}\p{Zl}\p{Zp}\p{Cs}]/gu;
+const ESCAPES: Readonly<Record<string, string>> = { '\t': '\\t', '\n': '\\n', '\r': '\\r' };
+
+/** The text with every unprintable character written as an escape (`\x1b`, `\n`, `\u{202e}`). */
+export function escapeUnprintable(text: string): string {
+    return text.replace(UNPRINTABLE, (c) => {
+        const known = ESCAPES[c];
+        if (known !== undefined) return known;
+        const code = c.codePointAt(0) ?? 0;
+        return code < 0x100 ? `\\x${code.toString(16).padStart(2, '0')}` : `\\u{${code.toString(16)}}`;
+    });
+}
+
+/** A quoted value in a message longer than this many characters is cut to QUOTED_KEEP of them. */
+const QUOTED_MAX = 120;
+const QUOTED_KEEP = 100;
+
+/** Cuts every very long `"…"` value in a message: its start, `…`, and how long it was. */
+function shortenQuoted(message: string): string {
+    return message.replace(/"([^"]*)"/g, (whole, inner: string) => {
+        const chars = [...inner];
+        if (chars.length <= QUOTED_MAX) return whole;
+        return `"${chars.slice(0, QUOTED_KEEP).join('')}…" (${chars.length} characters)`;
+    });
+}
+
+/**
+ * One issue as the line `check` and `serve` print: `FILE:LINE:COL: message`. File names and
+ * messages quote what the files say; unprintable characters in them are escaped and very long
+ * quoted values cut here, once for every message.
+ */
 export function formatIssue(issue: Issue): string {
     const label = issue.severity === 'warning' ? 'warning: ' : '';
-    return `${issue.file}:${issue.line}:${issue.col}: ${label}${issue.message}`;
+    const file = escapeUnprintable(issue.file);
+    return `${file}:${issue.line}:${issue.col}: ${label}${escapeUnprintable(shortenQuoted(issue.message))}`;
 }
 
 /** Orders issues by file, then position, so output is stable. */

@@ -720,6 +720,38 @@ describe('runCheck', () => {
         ]);
     });
 
+    it('escapes unprintable characters from the config, rule and list files and cuts long quoted values', async () => {
+        const long = `x_${'y'.repeat(298)}`;
+        const dir = folderWith({
+            'mw.yaml': 'hostname: "mx\\e[31m.example"\nrules: ./rules\n',
+            'rules/10.yaml': [
+                'lists:',
+                '  feed-domains: { type: domain, file: lists/feed.txt }',
+                'rules:',
+                '  - { id: feed-block, stage: mail, when: { mail.from.domain: { list: feed-domains } }, action: reject }',
+                '',
+            ].join('\n'),
+            'rules/lists/feed.txt': `good.example\n\u001b]0;pwned-title\u0007\u001b[2J\u001b[31mevil.example\nbad\u202eexample.\u0085x\n${long}\n`,
+        });
+        const run = async (config: string): Promise<string[]> => {
+            const err: string[] = [];
+            await runCheck({ configPath: config, cwd: dir, env: {}, out: () => {}, err: (l) => err.push(l) });
+            return err;
+        };
+        const configLines = await run('mw.yaml');
+        assert.equal(configLines.length, 1);
+        assert.match(configLines[0]!, /^mw\.yaml:1:11: hostname: "mx\\x1b\[31m\.example" is not a valid host name$/);
+        fs.writeFileSync(path.join(dir, 'mw.yaml'), 'hostname: mx.example\nrules: ./rules\n');
+        const listLines = await run('mw.yaml');
+        const feed = path.join(dir, 'rules', 'lists', 'feed.txt');
+        assert.deepEqual(listLines, [
+            `${feed}:2:1: "\\x1b]0;pwned-title\\x07\\x1b[2J\\x1b[31mevil.example" is not a domain name`,
+            `${feed}:3:1: "bad\\u{202e}example.\\x85x" is not a domain name`,
+            `${feed}:4:1: "x_${'y'.repeat(98)}…" (300 characters) is not a domain name`,
+        ]);
+        for (const line of [...configLines, ...listLines]) assert.doesNotMatch(line, /[\p{Cc}\u202e]/u);
+    });
+
     it('runs further validators on a loaded config and reports their issues', async () => {
         const err: string[] = [];
         const seen: string[] = [];
