@@ -24,6 +24,7 @@ import { relayPolicy } from './envelope/relay.ts';
 import { MailwardenSmtpServer } from './smtp-server/adapter.ts';
 import { checkCommandGateSupport, type CommandGate } from './smtp-server/commands.ts';
 import { assertSmtpServerInternals } from './smtp-server/envelope.ts';
+import { DISABLED_COMMANDS } from './smtp-server/replies.ts';
 import type { AuthContext, AuthOutcome } from './submission/index.ts';
 import type { GuardVerdict, LoginGuard } from './submission/login-guard.ts';
 import { PREGREET_RESULTS, type PregreetGate } from './pregreet.ts';
@@ -110,7 +111,8 @@ export function createListener(config: Config, listener: ListenerConfig, deps: L
         authOptional: true,
         // STARTTLS only where TLS is configured: smtp-server would otherwise upgrade with its
         // built-in certificate, whose private key is public
-        disabledCommands: [...(submission ? [] : ['AUTH']), ...(useTls ? [] : ['STARTTLS'])],
+        // and never the commands whose built-in answers no client is to see (smtp-server/replies.ts)
+        disabledCommands: [...DISABLED_COMMANDS, ...(submission ? [] : ['AUTH']), ...(useTls ? [] : ['STARTTLS'])],
         authMethods: ['PLAIN', 'LOGIN'],
         allowInsecureAuth: false,
 

@@ -56,7 +56,18 @@ export type Situation =
     | 'connection-limit-failed'
     | 'limit-message-too-big'
     | 'greylisted'
-    | 'greylist-failed';
+    | 'greylist-failed'
+    | 'command-unknown'
+    | 'bad-sequence'
+    | 'help'
+    | 'reset'
+    | 'ok'
+    | 'goodbye'
+    | 'sender-accepted'
+    | 'recipient-accepted'
+    | 'starttls-ready'
+    | 'auth-succeeded'
+    | 'auth-cancelled';
 
 /** What a limit counts, for the limit situations. */
 export type LimitKind = 'concurrency' | 'connection' | 'recipient' | 'byte' | 'message';
@@ -411,6 +422,65 @@ const TABLE: Readonly<Record<Situation, ReplyTemplate>> = {
         enhanced: '4.7.1',
         text: (d) =>
             `Greylisted: please try again in ${d.retry ?? ''} seconds (RFC 6647). This server delays mail from senders it has not seen before; your server will retry by itself.`,
+    },
+    // the session's own commands, answered by smtp-server and given these texts (smtp-server/replies.ts)
+    // an unknown command, or one this server does not offer (XCLIENT, XFORWARD, sendmail's WIZ, SHELL, KILL)
+    'command-unknown': {
+        code: 500,
+        enhanced: '5.5.2',
+        text: () => 'Command not recognized',
+    },
+    // RFC 5321 section 4.1.4: commands out of order
+    'bad-sequence': {
+        code: 503,
+        enhanced: '5.5.1',
+        text: (d) => `Bad sequence of commands: ${d.reason ?? 'not now'}`,
+    },
+    help: {
+        code: 214,
+        enhanced: '2.0.0',
+        text: () => 'This is an SMTP server (RFC 5321); ask the postmaster of this domain for help',
+    },
+    reset: {
+        code: 250,
+        enhanced: '2.0.0',
+        text: () => 'Reset: no mail transaction is open',
+    },
+    ok: {
+        code: 250,
+        enhanced: '2.0.0',
+        text: () => 'OK',
+    },
+    goodbye: {
+        code: 221,
+        enhanced: '2.0.0',
+        text: () => 'Goodbye; closing the connection',
+    },
+    'sender-accepted': {
+        code: 250,
+        enhanced: '2.1.0',
+        text: () => 'Sender accepted',
+    },
+    'recipient-accepted': {
+        code: 250,
+        enhanced: '2.1.5',
+        text: () => 'Recipient accepted',
+    },
+    'auth-succeeded': {
+        code: 235,
+        enhanced: '2.7.0',
+        text: () => 'Authentication succeeded',
+    },
+    // RFC 4954 section 4: a client that cancels the exchange with "*"
+    'auth-cancelled': {
+        code: 501,
+        enhanced: '5.7.0',
+        text: () => 'Authentication cancelled',
+    },
+    'starttls-ready': {
+        code: 220,
+        enhanced: '2.0.0',
+        text: () => 'Ready to start TLS',
     },
     'greylist-failed': {
         code: 451,

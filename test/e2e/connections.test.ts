@@ -127,7 +127,7 @@ describe('connection slots', () => {
         const third = await greet(mw.port(), '127.0.40.3');
         held.push(second.client, third.client);
         assert.deepEqual([first.reply.code, second.reply.code, third.reply.code], [220, 220, 421]);
-        assert.equal((await first.client.cmd('QUIT')).raw, '221 2.0.0 Bye\r\n');
+        assert.equal((await first.client.cmd('QUIT')).raw, '221 2.0.0 Goodbye; closing the connection\r\n');
         first.client.close();
         await waitForActive(mw, 1);
         const fourth = await greet(mw.port(), '127.0.40.4');
@@ -237,7 +237,7 @@ describe('pre-transaction timeout', () => {
         await c.cmd('EHLO busy.example');
         assert.equal((await c.cmd('MAIL FROM:<a@example.org>')).code, 250);
         await new Promise((r) => setTimeout(r, 1500));
-        assert.equal((await c.cmd('RSET')).raw, '250 2.0.0 Flushed\r\n');
+        assert.equal((await c.cmd('RSET')).raw, '250 2.0.0 Reset: no mail transaction is open\r\n');
         await new Promise((r) => setTimeout(r, 700));
         assert.equal((await c.cmd('NOOP')).code, 250);
         c.close();

@@ -12,11 +12,12 @@ import { rewriteBuiltinReply } from '../../src/smtp-server/replies.ts';
 
 describe('rewriteBuiltinReply', () => {
     it('codes the successes by what they answer', () => {
-        assert.equal(rewriteBuiltinReply(250, 'Accepted', 'MAIL_FROM_OK'), '2.1.0 Accepted');
-        assert.equal(rewriteBuiltinReply(250, 'Accepted', 'RCPT_TO_OK'), '2.1.5 Accepted');
+        assert.equal(rewriteBuiltinReply(250, 'Accepted', 'MAIL_FROM_OK'), '2.1.0 Sender accepted');
+        assert.equal(rewriteBuiltinReply(250, 'Accepted', 'RCPT_TO_OK'), '2.1.5 Recipient accepted');
         assert.equal(rewriteBuiltinReply(250, 'OK'), '2.0.0 OK');
-        assert.equal(rewriteBuiltinReply(221, 'Bye'), '2.0.0 Bye');
-        assert.equal(rewriteBuiltinReply(235, 'Authentication successful'), '2.7.0 Authentication successful');
+        assert.equal(rewriteBuiltinReply(250, 'Flushed'), '2.0.0 Reset: no mail transaction is open');
+        assert.equal(rewriteBuiltinReply(221, 'Bye'), '2.0.0 Goodbye; closing the connection');
+        assert.equal(rewriteBuiltinReply(235, 'Authentication successful'), '2.7.0 Authentication succeeded');
         assert.equal(rewriteBuiltinReply(220, 'Ready to start TLS'), '2.0.0 Ready to start TLS');
     });
 
@@ -29,8 +30,11 @@ describe('rewriteBuiltinReply', () => {
             rewriteBuiltinReply(501, 'Error: Bad recipient address syntax', 'MAILBOX_SYNTAX_ERROR'),
             '5.1.3 Bad recipient address syntax',
         );
-        assert.equal(rewriteBuiltinReply(500, 'Error: command not recognized', 'FOO'), '5.5.2 command not recognized');
-        assert.equal(rewriteBuiltinReply(503, 'Error: need MAIL command'), '5.5.1 need MAIL command');
+        assert.equal(rewriteBuiltinReply(500, 'Error: command not recognized', 'FOO'), '5.5.2 Command not recognized');
+        assert.equal(
+            rewriteBuiltinReply(503, 'Error: need MAIL command'),
+            '5.5.1 Bad sequence of commands: send MAIL FROM first',
+        );
     });
 
     it('takes the reply table text for its situations', () => {
