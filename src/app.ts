@@ -157,6 +157,7 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
             hostname: config.hostname,
             logger: log,
             onConnection: (outcome) => metrics.upstreamConnections.inc({ outcome }),
+            onKeepAlive: () => metrics.upstreamKeepAlives.inc(),
         });
     const capabilities = new CapabilityTracker({ log, listeners: config.listeners });
     /** Asks the upstream what it offers; throws UpstreamError when it does not answer. */

@@ -179,6 +179,11 @@ export function createMetrics(version: string) {
             labelNames: ['outcome'],
             registers: r,
         }),
+        upstreamKeepAlives: new Counter({
+            name: `${P}upstream_keepalives_total`,
+            help: "NOOP commands sent to the upstream to keep a connection alive while its transaction waits for the client's message and the checks (upstream.keepAlive)",
+            registers: r,
+        }),
         envelopeRefusals: new Counter({
             name: `${P}envelope_refusals_total`,
             help: 'MAIL and RCPT commands refused before any rule, by listener and reason (address-syntax, command-syntax, smtputf8, param-invalid, param-not-offered, size, relay, too-many-recipients, upstream-feature)',

@@ -74,6 +74,7 @@ export const SETTINGS: Readonly<Record<string, Setting>> = Object.freeze({
     'upstream.connectTimeoutMs': restart('upstream.connectTimeout'),
     'upstream.commandTimeoutMs': restart('upstream.timeout'),
     'upstream.dataTimeoutMs': restart('upstream.dataTimeout'),
+    'upstream.keepAliveMs': restart('upstream.keepAlive'),
     // A new resolver and new verification checks are built; lookups in flight finish on the old one.
     'dns.servers': live(),
     'dns.timeoutMs': live('dns.timeout'),

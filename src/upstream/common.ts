@@ -26,6 +26,14 @@ export interface UpstreamDeps {
      * RSET (`reused`), and of each idle one found unusable when taken (`discarded`).
      */
     readonly onConnection?: (outcome: UpstreamConnectionOutcome) => void;
+    /** Told of each NOOP sent to keep a connection alive while its transaction waits (smtp-client.ts). */
+    readonly onKeepAlive?: () => void;
+    /**
+     * The silence after which a connection that had two junk commands since its last delivery
+     * may get a keepalive NOOP (15 s, longer than Postfix's smtpd_timeout under stress; see
+     * smtp-client.ts); tests shorten it.
+     */
+    readonly stressProbeMs?: number;
     /** A monotonic clock in milliseconds (performance.now when not given), for the age of kept connections. */
     readonly now?: () => number;
 }

@@ -23,6 +23,23 @@
  * MAIL sent on another one (checked by RSET alone) or on a new one, so the client never sees
  * it. A connection is never held by two clients at once.
  *
+ * While a transaction is open and no command is in flight (the client's message arriving, the
+ * checks running) the upstream hears nothing, and Postfix drops a client silent for smtpd_timeout
+ * (300 s, but 10 s under stress). So such a connection gets a NOOP once it was idle for the
+ * configured interval (`upstream.keepAlive`), and another after each further interval, in
+ * lock-step like any command: a command the session must send meanwhile (DATA, RSET, QUIT) goes
+ * after the NOOP's reply. NOOP is a junk command to Postfix, and under stress its junk command
+ * limit and hard error limit drop to 1: after the third junk command (EHLO, HELO, RSET, NOOP)
+ * since the connection opened or its last delivery, the next command is answered `421 … too
+ * many errors` and the connection ends. So once a connection had two (EHLO, XCLIENT and EHLO
+ * again make two already), the next NOOP waits for a silence longer than a stressed Postfix's
+ * smtpd_timeout (10 s): a stressed upstream has hung up by then, as it would have without the
+ * NOOP, and one that answers is not under stress and gets NOOPs at the interval again, up to
+ * KEEPALIVE_MAX_NOOPS per transaction and short of its normal junk command limit; after that
+ * the connection waits unkept. A NOOP answered other than 250, or not
+ * answered, ends the connection as any upstream failure does. An idle connection kept for the
+ * next client gets none.
+ *
  * Replies of every class are returned, never thrown; only a broken connection (refused,
  * timed out, closed, garbage, TLS or XCLIENT failure, failing message source) becomes an
  * UpstreamError, after which the session is no longer usable. One that breaks after the
@@ -82,7 +99,23 @@ const XCLIENT_CAPS_MAX_AGE_MS = 60_000;
  * is delivered. A connection is not kept once it reached half of either since its last delivery.
  */
 const POOL_MAX_ERRORS = 5;
-const POOL_MAX_RSETS = 50;
+const POOL_MAX_JUNK = 50;
+/** Keepalive NOOPs sent at most per transaction: half of smtpd_junk_command_limit. */
+const KEEPALIVE_MAX_NOOPS = 50;
+/**
+ * Junk commands (EHLO and HELO among them) since the connection opened or its last delivery
+ * that a Postfix under stress takes without counting an error (smtpd_junk_command_limit
+ * `${stress?{1}:{100}}`: an error from the third on; smtpd_hard_error_limit `${stress?{1}:{20}}`:
+ * the command after it is answered `421 … too many errors` and the connection ends).
+ */
+const STRESS_FREE_JUNK = 2;
+/** Silence before a NOOP beyond STRESS_FREE_JUNK: longer than smtpd_timeout under stress (10 s). */
+const STRESS_PROBE_MS = 15_000;
+/**
+ * No keepalive NOOP once this many junk commands (EHLO, HELO, RSET, NOOP) went since the
+ * connection opened or its last delivery: up to 100 Postfix counts no error for them.
+ */
+const KEEPALIVE_MAX_JUNK = 90;
 
 /**
  * The client's HELO name as an EHLO/HELO argument after XCLIENT: control characters
@@ -119,6 +152,9 @@ class SmtpClient {
     /** Idle connections for the next client: only without XCLIENT (a connection then carries no client). */
     private readonly pool: IdlePool<Link> | null;
     private readonly onConnection: UpstreamDeps['onConnection'];
+    private readonly onKeepAlive: UpstreamDeps['onKeepAlive'];
+    /** See STRESS_PROBE_MS. */
+    readonly stressProbeMs: number;
     readonly now: () => number;
     /**
      * What decides XCLIENT before EHLO, for a minute from `at`: the attributes the upstream
@@ -132,6 +168,8 @@ class SmtpClient {
         this.hostname = deps.hostname;
         this.log = deps.logger ?? silentLogger;
         this.onConnection = deps.onConnection;
+        this.onKeepAlive = deps.onKeepAlive;
+        this.stressProbeMs = deps.stressProbeMs ?? STRESS_PROBE_MS;
         this.now = deps.now ?? (() => performance.now());
         this.pool = config.xclient
             ? null
@@ -169,10 +207,10 @@ class SmtpClient {
     /** EHLO, or HELO when the upstream refuses EHLO with 5xx (RFC 5321 section 4.1.1.1). */
     private async hello(conn: Connection, allowHelo: boolean): Promise<Capabilities> {
         const t = this.config.commandTimeoutMs;
-        const ehlo = await conn.command(`EHLO ${this.hostname}`, t);
+        const ehlo = await greet(conn, `EHLO ${this.hostname}`, t);
         if (ehlo.code === 250) return parseCapabilities(ehlo.lines);
         if (allowHelo && ehlo.code >= 500) {
-            const helo = await conn.command(`HELO ${this.hostname}`, t);
+            const helo = await greet(conn, `HELO ${this.hostname}`, t);
             if (helo.code === 250) return new Map();
             throw new UpstreamError('connect', `upstream ${this.label} refused HELO: ${describe(toReply(helo))}`);
         }
@@ -218,7 +256,7 @@ class SmtpClient {
     private async greetAsClient(conn: Connection, client: ClientIdentity): Promise<Capabilities> {
         const name = greetingName(client.helo, this.hostname);
         const verb = client.proto === 'SMTP' ? 'HELO' : 'EHLO';
-        const hello = await conn.command(`${verb} ${name}`, this.config.commandTimeoutMs);
+        const hello = await greet(conn, `${verb} ${name}`, this.config.commandTimeoutMs);
         if (hello.code !== 250) {
             throw new UpstreamError(
                 'xclient',
@@ -411,6 +449,19 @@ class SmtpClient {
         return true;
     }
 
+    /** A keepalive NOOP is about to be sent. */
+    keptAlive(): void {
+        this.onKeepAlive?.();
+    }
+
+    /** A keepalive NOOP failed: the connection is gone, and the client will hear so at its end of data. */
+    keepAliveFailed(peer: string, err: unknown): void {
+        this.log.warn(
+            { upstream: peer, err: errorMessage(err) },
+            'upstream connection lost while its transaction waited for the message',
+        );
+    }
+
     /** Whether debug lines are wanted now (the level can change on reload); builds nothing otherwise. */
     private debugging(): boolean {
         return this.log.isLevelEnabled?.('debug') ?? true;
@@ -432,6 +483,18 @@ class SmtpClient {
     }
 }
 
+/**
+ * EHLO and HELO sent on each connection: Postfix counts them as junk commands too (see
+ * STRESS_FREE_JUNK), until a message is delivered.
+ */
+const greetings = new WeakMap<Connection, number>();
+
+/** Sends EHLO or HELO, counted in `greetings`. */
+function greet(conn: Connection, line: string, timeoutMs: number): Promise<RawReply> {
+    greetings.set(conn, (greetings.get(conn) ?? 0) + 1);
+    return conn.command(line, timeoutMs);
+}
+
 function toBytes(chunk: unknown): Uint8Array {
     if (chunk instanceof Uint8Array) return chunk;
     if (typeof chunk === 'string') return Buffer.from(chunk, 'utf8');
@@ -450,8 +513,15 @@ class Link implements PoolEntry {
     private readonly client: SmtpClient;
     /** Error replies (4xx, 5xx) since the last message the upstream accepted. */
     errors = 0;
-    /** RSET commands since the last message the upstream accepted. */
-    rsets = 0;
+    /** RSET and NOOP commands since the last message the upstream accepted (Postfix's junk commands). */
+    junk = 0;
+    /** EHLO and HELO since the connection opened or the last message the upstream accepted: junk to Postfix too. */
+    greetings: number;
+    /**
+     * The upstream answered a NOOP after a silence a stressed Postfix would not have waited out:
+     * its junk command limit is the normal one (see STRESS_FREE_JUNK).
+     */
+    unstressed = false;
     /** When the connection was opened (the client's clock). */
     private readonly openedAt: number;
 
@@ -461,26 +531,28 @@ class Link implements PoolEntry {
         this.caps = est.caps;
         this.tls = est.tls;
         this.peer = est.greetingName ? `${client.label} (${est.greetingName})` : client.label;
+        this.greetings = greetings.get(est.conn) ?? 0;
         this.client = client;
     }
 
     /** Counts a command sent and its reply towards the upstream's per-connection limits. */
     counted(line: string, code: number): void {
-        if (line === 'RSET') this.rsets++;
+        if (line === 'RSET' || line === 'NOOP') this.junk++;
         if (code >= 400) this.errors++;
     }
 
     /** A message was accepted: the upstream's error and junk counts start again. */
     delivered(): void {
         this.errors = 0;
-        this.rsets = 0;
+        this.junk = 0;
+        this.greetings = 0;
     }
 
     /** Near the upstream's error or junk command limits (see POOL_MAX_ERRORS), or older than POOL_MAX_AGE_MS: not to be kept. */
     get worn(): boolean {
         return (
             this.errors >= POOL_MAX_ERRORS ||
-            this.rsets >= POOL_MAX_RSETS ||
+            this.junk >= POOL_MAX_JUNK ||
             this.client.now() - this.openedAt >= POOL_MAX_AGE_MS
         );
     }
@@ -534,6 +606,14 @@ class SmtpSession implements UpstreamSession {
     private spent = false;
     private running = 0;
     private chain: Promise<unknown> = Promise.resolve();
+    /** The next keepalive NOOP, while one is due (see the top of this file). */
+    private keepAliveTimer: NodeJS.Timeout | null = null;
+    /** Keepalive NOOPs sent in the current transaction. */
+    private noops = 0;
+    /** The keepalive timer waits out STRESS_PROBE_MS (see the top of this file). */
+    private probing = false;
+    /** A keepalive NOOP is queued or waiting for its reply (set and cleared synchronously with it). */
+    private noopInFlight = false;
 
     constructor(link: Link, uses: number, client: SmtpClient, identity: ClientIdentity, rsetPending: boolean) {
         this.link = link;
@@ -554,6 +634,7 @@ class SmtpSession implements UpstreamSession {
      * caller's capability tracker took the first connection's, which the next open corrects).
      */
     private adopt(link: Link, uses: number): void {
+        this.stopKeepAlive();
         this.clean = true;
         this.txOpen = false;
         this.link = link;
@@ -573,18 +654,83 @@ class SmtpSession implements UpstreamSession {
         return new UpstreamError('closed', `upstream ${this.peer} session is closed`);
     }
 
-    /** Runs operations one at a time, in call order (lock-step). */
+    /**
+     * Runs operations one at a time, in call order (lock-step). Once none is left, the keepalive
+     * is armed again (it sends nothing outside a transaction).
+     */
     private run<T>(op: () => Promise<T>): Promise<T> {
         this.running++;
+        this.stopKeepAlive();
         const result = this.chain.then(() => {
             if (this.closed) throw this.closedError();
             return op();
         });
         const done = (): void => {
             this.running--;
+            if (this.running === 0) this.armKeepAlive();
         };
         this.chain = result.then(done, done);
         return result;
+    }
+
+    /** Whether a keepalive NOOP may go out now or later in this transaction. */
+    private keepAliveWanted(): boolean {
+        return (
+            this.config.keepAliveMs !== null &&
+            this.txOpen &&
+            this.usable &&
+            this.noops < KEEPALIVE_MAX_NOOPS &&
+            this.link.junk + this.link.greetings < KEEPALIVE_MAX_JUNK
+        );
+    }
+
+    private armKeepAlive(): void {
+        this.stopKeepAlive();
+        const interval = this.config.keepAliveMs;
+        if (interval === null || !this.keepAliveWanted()) return;
+        const probeMs = this.client.stressProbeMs;
+        const junk = this.link.junk + this.link.greetings;
+        this.probing = junk >= STRESS_FREE_JUNK && !this.link.unstressed && probeMs > interval;
+        const timer = setTimeout(() => this.keepAlive(), this.probing ? probeMs : interval);
+        // the connection itself keeps the process alive while it is in use
+        timer.unref();
+        this.keepAliveTimer = timer;
+    }
+
+    private stopKeepAlive(): void {
+        if (this.keepAliveTimer === null) return;
+        clearTimeout(this.keepAliveTimer);
+        this.keepAliveTimer = null;
+    }
+
+    /** Sends a NOOP, when the transaction is still open and nothing else went out meanwhile. */
+    private keepAlive(): void {
+        this.keepAliveTimer = null;
+        if (this.running > 0 || !this.keepAliveWanted()) return;
+        this.noops++;
+        this.noopInFlight = true;
+        const probe = this.probing;
+        this.client.keptAlive();
+        this.run(async () => {
+            try {
+                const reply = await this.cmd('NOOP');
+                if (reply.code !== 250) {
+                    const err = new UpstreamError(
+                        reply.code === 421 ? 'closed' : 'protocol',
+                        `upstream ${this.peer} answered NOOP with ${describe(reply)}`,
+                    );
+                    this.conn.fail(err);
+                    throw err;
+                }
+                if (probe) this.link.unstressed = true;
+            } finally {
+                this.noopInFlight = false;
+            }
+        }).catch((err: unknown) => {
+            this.noopInFlight = false;
+            // a session closed meanwhile ended the connection itself: nothing to report
+            if (!this.closed) this.client.keepAliveFailed(this.peer, err);
+        });
     }
 
     private async cmd(line: string, timeoutMs = this.config.commandTimeoutMs): Promise<UpstreamReply> {
@@ -638,6 +784,7 @@ class SmtpSession implements UpstreamSession {
                 this.assertSupported(params, null);
             }
             if (this.txOpen) await this.rset();
+            this.noops = 0;
             const reply = await this.cmd(this.mailLine(address, params));
             this.txOpen = reply.code >= 200 && reply.code < 300;
             return reply;
@@ -672,6 +819,7 @@ class SmtpSession implements UpstreamSession {
             return null;
         }
         this.client.reused();
+        this.noops = 0;
         const reply = toReply(await conn.readReply(timeoutMs, 'MAIL'));
         link.counted(line, reply.code);
         // a 421, or more replies than the two commands asked for: not for another transaction
@@ -804,6 +952,9 @@ class SmtpSession implements UpstreamSession {
     async close(): Promise<void> {
         if (this.closed) return;
         this.closed = true;
+        this.stopKeepAlive();
+        // a keepalive NOOP and nothing else in flight: QUIT goes after its reply
+        if (this.running === 1 && this.noopInFlight) await this.chain;
         if (this.running > 0) {
             // An operation is in flight (perhaps mid-DATA): QUIT now would land inside it.
             this.conn.fail(new UpstreamError('closed', `upstream ${this.peer} session closed during an operation`));

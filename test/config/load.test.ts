@@ -133,6 +133,7 @@ upstream:
   connectTimeout: 3s
   timeout: 30s
   dataTimeout: 5m
+  keepAlive: 2s
 dns: { servers: ["127.0.0.1", "127.0.0.1:5353", "[::1]:53", "::1"], timeout: 2s }
 redis: { url: "rediss://:secret@redis.example.net:6380/2" }
 ${AUTH}
@@ -182,6 +183,7 @@ log: { level: debug }
             connectTimeoutMs: 3000,
             commandTimeoutMs: 30_000,
             dataTimeoutMs: 300_000,
+            keepAliveMs: 2000,
         });
         assert.deepEqual(config.dns, { servers: ['127.0.0.1', '127.0.0.1:5353', '[::1]:53', '::1'], timeoutMs: 2000 });
         assert.deepEqual(config.redis, {
@@ -249,6 +251,7 @@ describe('upstream', () => {
             connectTimeoutMs: 10_000,
             commandTimeoutMs: 60_000,
             dataTimeoutMs: 100_000,
+            keepAliveMs: 5000,
         });
         assert.equal((upstream('smtp://localhost:10026') as { starttls: string }).starttls, 'off');
         assert.equal((upstream('smtp://[::1]:10026') as { host: string }).host, '::1');
@@ -278,6 +281,22 @@ describe('upstream', () => {
         const u = loadText('upstream: { url: "smtp://127.0.0.1:10026", starttls: required }\ndomains: [example.com]\n')
             .config.upstream;
         assert.equal(u.kind === 'smtp' && u.starttls, 'required');
+    });
+
+    it('the upstream keepalive is a duration, or false for none', () => {
+        const keepAlive = (value: string): unknown => {
+            const u = loadText(
+                `upstream: { url: "smtp://127.0.0.1:10026", keepAlive: ${value} }\ndomains: [example.com]\n`,
+            ).config.upstream;
+            return u.kind === 'smtp' && u.keepAliveMs;
+        };
+        assert.equal(keepAlive('500ms'), 500);
+        assert.equal(keepAlive('false'), null);
+        assert.equal(keepAlive('true'), 5000);
+        assert.match(
+            issuesOf('upstream: { url: "smtp://127.0.0.1", keepAlive: soon }\ndomains: [example.com]\n')[0] ?? '',
+            /upstream.keepAlive/,
+        );
     });
 
     it('rejects smtp-only keys on maildir and STARTTLS on smtps', () => {

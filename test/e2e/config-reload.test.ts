@@ -118,6 +118,7 @@ function fullConfig(variant: Variant, f: Record<string, string>, dns: string, up
                       connectTimeout: '5s',
                       timeout: '30s',
                       dataTimeout: '5m',
+                      keepAlive: '5s',
                   },
         dns: { servers: [dns], timeout: '2s' },
         redis:
@@ -291,6 +292,8 @@ describe('config reload on SIGHUP', () => {
         { variant: 'A', set: { 'upstream.connectTimeout': '6s' } },
         { variant: 'A', set: { 'upstream.timeout': '31s' } },
         { variant: 'A', set: { 'upstream.dataTimeout': '6m' } },
+        { variant: 'A', set: { 'upstream.keepAlive': '4s' } },
+        { variant: 'A', set: { 'upstream.keepAlive': false } },
         {
             variant: 'A',
             set: { 'dns.servers': ['__dnsB'] },

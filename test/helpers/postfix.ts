@@ -73,8 +73,17 @@ const MASTER_CF_ENTRY = readFileSync(new URL('master.cf', SNIPPETS), 'utf8')
  * The documented master.cf entry of the loopback smtpd that mailwarden forwards to
  * (`smtp://127.0.0.1:10026`), with its port and chroot column set for a test instance.
  */
-export function postfixUpstreamMasterCf(port = 10026, chroot: 'y' | 'n' = 'y'): string {
-    const [first = '', ...options] = MASTER_CF_ENTRY.split('\n');
+export function postfixUpstreamMasterCf(
+    port = 10026,
+    chroot: 'y' | 'n' = 'y',
+    overrides: Readonly<Record<string, string | null>> = {},
+): string {
+    const [first = '', ...documented] = MASTER_CF_ENTRY.split('\n');
+    const options = documented.filter((o) => {
+        const name = /^\s+-o (\w+)=/.exec(o)?.[1];
+        return name === undefined || !(name in overrides);
+    });
+    for (const [name, value] of Object.entries(overrides)) if (value !== null) options.push(`  -o ${name}=${value}`);
     const fields = first.trim().split(/\s+/);
     if (fields[0] !== '127.0.0.1:10026' || fields[1] !== 'inet' || fields[7] !== 'smtpd' || fields.length !== 8) {
         throw new Error(`docs/postfix/master.cf: unexpected service line: ${first}`);
@@ -93,6 +102,11 @@ export interface PostfixOptions {
     users?: readonly string[];
     /** Extra or overriding main.cf settings. */
     mainCf?: Readonly<Record<string, string>>;
+    /**
+     * `-o` settings of the documented loopback service to replace (a value) or drop (null, so
+     * main.cf's value applies), as in a deployment whose entry differs from the documented one.
+     */
+    serviceOptions?: Readonly<Record<string, string | null>>;
 }
 
 export interface PostfixInstance {
@@ -304,7 +318,10 @@ export async function startPostfix(options: PostfixOptions = {}): Promise<Postfi
             .map(([k, v]) => `${k} = ${v}\n`)
             .join(''),
     );
-    await writeFile(path.join(configDir, 'master.cf'), `${postfixUpstreamMasterCf(port, 'n')}\n${MASTER_CF_SERVICES}`);
+    await writeFile(
+        path.join(configDir, 'master.cf'),
+        `${postfixUpstreamMasterCf(port, 'n', options.serviceOptions)}\n${MASTER_CF_SERVICES}`,
+    );
     await writeFile(path.join(configDir, POSTFIX_HEADER_CHECKS_FILE), POSTFIX_HEADER_CHECKS);
     // Postfix re-reads a table file until it is older than a second (it might still be being
     // edited); dating the new files back saves that wait in every Postfix command.

@@ -6,7 +6,9 @@
  * no answer at all, or a closed connection, and DATA can be cut off after N bytes.
  * It records every command line, every XCLIENT attribute and the raw DATA bytes; a test may
  * write to a connection unasked or close it (`connections[i].write()`, `.destroy()`). With `tls`
- * it speaks TLS from the first byte (an `smtps://` upstream). The `ehlo` array is read at
+ * it speaks TLS from the first byte (an `smtps://` upstream). With `idleTimeoutMs` a connection
+ * that sends nothing for that long gets `421 4.4.2 … timeout exceeded` and is closed, as Postfix
+ * does after smtpd_timeout. The `ehlo` array is read at
  * every EHLO, so a test may change it to make the upstream's capabilities change.
  * Test code only: it never listens beyond loopback, and `close()` ends every connection.
  *
@@ -101,6 +103,8 @@ export interface ScriptedUpstreamOptions {
     readonly greeting?: ScriptedAction;
     /** EHLO capability lines after the first line, without the code (`'SIZE 1000000'`). */
     readonly ehlo?: readonly string[];
+    /** A connection silent this long (outside DATA or in it) gets a 421 and is closed (Postfix's smtpd_timeout). */
+    readonly idleTimeoutMs?: number;
     /** Certificate and key: TLS from the first byte (implicit TLS, RFC 8314). */
     readonly tls?: { readonly key: string | Buffer; readonly cert: string | Buffer };
     /**
@@ -220,6 +224,12 @@ export async function startScriptedUpstream(options: ScriptedUpstreamOptions = {
         });
 
         const ctx = (): ScriptedContext => ({ connection: conn, transaction: tx, upstream });
+
+        if (options.idleTimeoutMs !== undefined) {
+            socket.setTimeout(options.idleTimeoutMs, () => {
+                if (!socket.destroyed && socket.writable) socket.end(`421 4.4.2 ${name} Error: timeout exceeded\r\n`);
+            });
+        }
 
         const send = (reply: ScriptedReply): void => {
             const lines = typeof reply === 'string' ? [reply] : reply;

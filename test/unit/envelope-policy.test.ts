@@ -164,6 +164,7 @@ describe('relay control', () => {
         connectTimeoutMs: 1,
         commandTimeoutMs: 1,
         dataTimeoutMs: 1,
+        keepAliveMs: 1,
     };
     const config = {
         domains: ['example.com', 'xn--bcher-kva.example'],

@@ -1,16 +1,18 @@
 // Tests for the SMTP client towards the upstream: XCLIENT, parameter passthrough, reply
 // handling, failures (closed, timeout, garbage, failing source), DATA encoding on the wire,
-// STARTTLS and implicit TLS against smtp-server, and reuse of a session.
+// STARTTLS and implicit TLS against smtp-server, reuse of a session, and the NOOPs that keep a
+// transaction alive while it waits for the message.
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
 import net from 'node:net';
 import { Readable } from 'node:stream';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import { after, before, describe, it } from 'node:test';
 import { SMTPServer, type SMTPServerOptions } from 'smtp-server';
-import { silentLogger } from '../../src/upstream/common.ts';
+import { silentLogger, type UpstreamDeps } from '../../src/upstream/common.ts';
 import { createSmtpUpstream, type SmtpUpstreamConfig } from '../../src/upstream/smtp-client.ts';
 import type { ClientIdentity } from '../../src/types.ts';
 import { UpstreamError, type UpstreamSession } from '../../src/upstream/types.ts';
@@ -33,6 +35,7 @@ function config(port: number, over: Partial<SmtpUpstreamConfig> = {}): SmtpUpstr
         connectTimeoutMs: 2000,
         commandTimeoutMs: 2000,
         dataTimeoutMs: 2000,
+        keepAliveMs: 5000,
         ...over,
     };
 }
@@ -952,6 +955,212 @@ describe('idle connections (upstream.xclient: false)', () => {
         assert.equal(up.connections.length, 2);
         assert.ok(!up.commands.includes('RSET'));
         await next.close();
+    });
+});
+
+describe('keepalive while a transaction waits for the message (upstream.keepAlive)', () => {
+    const MESSAGE = 'Subject: k\r\n\r\nkept\r\n';
+    const noops = (commands: readonly string[]): number => commands.filter((l) => l === 'NOOP').length;
+    const source = (): Readable => Readable.from([Buffer.from(MESSAGE)]);
+
+    /** A session with `keepAliveMs`, a third NOOP after `stressProbeMs` of silence. */
+    async function kept(port: number, over: Partial<SmtpUpstreamConfig>, deps: Partial<UpstreamDeps> = {}) {
+        const upstream = createSmtpUpstream(config(port, over), { hostname: HOSTNAME, ...deps });
+        return { upstream, session: await upstream.open(client()) };
+    }
+
+    async function envelope(session: UpstreamSession): Promise<void> {
+        assert.equal((await session.mailFrom('sender@example.org', {})).code, 250);
+        assert.equal((await session.rcptTo('rcpt@example.com')).code, 250);
+    }
+
+    /**
+     * Postfix under stress: its junk command limit and hard error limit are 1, so the command after
+     * the third junk command (EHLO, HELO, RSET, NOOP) since the connection opened or the last
+     * delivery is answered 421 and the connection ends.
+     */
+    function stressed(): Pick<ScriptedUpstreamOptions, 'onCommand' | 'onData'> {
+        let junk = 0;
+        return {
+            onCommand: (line) => {
+                if (junk > 2) return { reply: '421 4.7.0 upstream.test Error: too many errors', close: true };
+                if (/^(EHLO|HELO|RSET|NOOP)\b/.test(line)) junk++;
+                return undefined;
+            },
+            onData: () => {
+                junk = 0;
+                return undefined;
+            },
+        };
+    }
+
+    it('outlasts an upstream that drops a client silent for less than the wait (smtpd_timeout)', async (t) => {
+        const up = await scripted(t, { idleTimeoutMs: 800 });
+        const { session } = await kept(up.port, { keepAliveMs: 200 }, { stressProbeMs: 500 });
+        await envelope(session);
+        await sleep(1800);
+        const reply = await session.data(source());
+        assert.equal(reply.code, 250, `${reply.code} ${reply.text}`);
+        assert.equal(up.transactions[0]?.completed, true);
+        const commands = up.connections[0]?.commands ?? [];
+        assert.ok(noops(commands) >= 4, commands.join(', '));
+        assert.deepEqual(commands.slice(0, 3), [
+            `EHLO ${HOSTNAME}`,
+            'MAIL FROM:<sender@example.org>',
+            'RCPT TO:<rcpt@example.com>',
+        ]);
+        assert.deepEqual(commands.slice(3 + noops(commands)), ['DATA']);
+        await session.close();
+    });
+
+    it('without it (false), the same wait loses the connection: the message is not sent', async (t) => {
+        const up = await scripted(t, { idleTimeoutMs: 500 });
+        const { session } = await kept(up.port, { keepAliveMs: null });
+        await envelope(session);
+        await sleep(800);
+        assert.equal(session.usable, false);
+        await assert.rejects(session.data(source()), upstreamError('closed'));
+        assert.equal(up.transactions[0]?.completed, false);
+        assert.equal(noops(up.commands), 0);
+        await session.close();
+    });
+
+    it('a third junk command waits out the smtpd_timeout of a Postfix under stress, which it would end', async (t) => {
+        // under stress: smtpd_timeout 400 ms here (10 s in Postfix), junk and hard error limits 1
+        const up = await scripted(t, { idleTimeoutMs: 400, ...stressed() });
+        const { session } = await kept(up.port, { keepAliveMs: 150 }, { stressProbeMs: 600 });
+        await envelope(session);
+        await sleep(450); // EHLO, a NOOP at 150 ms; another at 300 ms would make DATA fail
+        const reply = await session.data(source());
+        assert.equal(reply.code, 250, `${reply.code} ${reply.text}`);
+        assert.equal(noops(up.commands), 1);
+        // a delivery starts the count again: two NOOPs, then 400 ms of silence end the connection
+        await envelope(session);
+        await until('the connection ended', () => !session.usable);
+        assert.equal(noops(up.commands), 3);
+        assert.match(up.connections[0]?.commands.at(-1) ?? '', /^NOOP$/);
+        await session.close();
+    });
+
+    it('an upstream that answers after that silence is not under stress: NOOPs at the interval again', async (t) => {
+        const up = await scripted(t, { idleTimeoutMs: 1000 });
+        const { session } = await kept(up.port, { keepAliveMs: 100 }, { stressProbeMs: 500 });
+        await envelope(session);
+        await until('5 NOOPs went out', () => noops(up.commands) >= 5);
+        const reply = await session.data(source());
+        assert.equal(reply.code, 250, `${reply.code} ${reply.text}`);
+        await session.close();
+    });
+
+    it('DATA waits for the reply to a NOOP in flight, which is not taken for its own', async (t) => {
+        let dataBeforeNoopReply: boolean | null = null;
+        const up = await scripted(t, {
+            async onCommand(line, ctx) {
+                if (line !== 'NOOP') return undefined;
+                await sleep(300);
+                dataBeforeNoopReply = ctx.connection.reads.some((r) => r.includes('DATA'));
+                return '250 2.0.0 Ok';
+            },
+        });
+        const { session } = await kept(up.port, { keepAliveMs: 100 });
+        await envelope(session);
+        await sleep(200); // the NOOP went out at 100 ms; its reply comes at 400 ms
+        const reply = await session.data(source());
+        assert.equal(reply.code, 250, `${reply.code} ${reply.text}`);
+        assert.equal(dataBeforeNoopReply, false, 'DATA went out only after the NOOP was answered');
+        assert.deepEqual(up.connections[0]?.commands.slice(3), ['NOOP', 'DATA']);
+        assert.equal(up.transactions[0]?.completed, true);
+        assert.equal(session.usable, true);
+        await session.close();
+    });
+
+    it('sends at most 50 NOOPs per transaction (Postfix counts them as junk commands)', async (t) => {
+        const up = await scripted(t);
+        const { session } = await kept(up.port, { keepAliveMs: 2 }, { stressProbeMs: 20 });
+        await envelope(session);
+        await until('50 NOOPs went out', () => noops(up.commands) >= 50);
+        await sleep(200);
+        assert.equal(noops(up.commands), 50);
+        assert.equal((await session.data(source())).code, 250);
+        // a delivery starts the count again, for the next transaction
+        await envelope(session);
+        await until('NOOPs went out in the second transaction', () => noops(up.commands) >= 60);
+        assert.equal((await session.data(source())).code, 250);
+        await session.close();
+    });
+
+    it('stops short of the junk command limit across transactions that deliver nothing', async (t) => {
+        const up = await scripted(t, { onData: () => '550 5.7.1 refused' });
+        const { session } = await kept(up.port, { keepAliveMs: 2 }, { stressProbeMs: 20 });
+        // 50 in the first transaction, 39 in the second, then none: with the EHLO, 90 junk commands
+        for (const total of [50, 89, 89]) {
+            await envelope(session);
+            await until(`${total} NOOPs went out`, () => noops(up.commands) >= total);
+            await sleep(100);
+            assert.equal((await session.data(source())).code, 550);
+        }
+        assert.equal(noops(up.commands), 89);
+        await session.close();
+    });
+
+    it('a NOOP answered 421 ends the connection: DATA is never sent', async (t) => {
+        const up = await scripted(t, {
+            onCommand: (line) =>
+                line === 'NOOP' ? { reply: '421 4.4.2 upstream.test Error: timeout exceeded', close: true } : undefined,
+        });
+        const logged: string[] = [];
+        const logger = { ...silentLogger, warn: (_o: object, msg?: string) => void logged.push(msg ?? '') };
+        const { session } = await kept(up.port, { keepAliveMs: 50 }, { logger });
+        await envelope(session);
+        await until('the connection ended', () => !session.usable);
+        await assert.rejects(session.data(source()), upstreamError('closed'));
+        assert.deepEqual(up.commands.slice(-1), ['NOOP']);
+        assert.equal(noops(up.commands), 1);
+        assert.deepEqual(logged, ['upstream connection lost while its transaction waited for the message']);
+        await session.close();
+    });
+
+    it('a NOOP not answered in time ends the connection', async (t) => {
+        const up = await scripted(t, { onCommand: (line) => (line === 'NOOP' ? { silent: true } : undefined) });
+        const { session } = await kept(up.port, { keepAliveMs: 50, commandTimeoutMs: 200 });
+        await envelope(session);
+        await until('the connection ended', () => !session.usable);
+        await assert.rejects(session.data(source()), upstreamError('closed'));
+        assert.ok(!up.commands.includes('DATA'));
+        await session.close();
+    });
+
+    it('nothing outside a transaction, nor on a connection kept idle for the next client', async (t) => {
+        let counted = 0;
+        const up = await scripted(t);
+        const { upstream, session } = await kept(up.port, { keepAliveMs: 20 }, { onKeepAlive: () => counted++ });
+        await sleep(100);
+        await envelope(session);
+        assert.equal(session.usable, true);
+        await session.reset();
+        await sleep(100);
+        assert.equal((await send(session, MESSAGE)).code, 250);
+        await sleep(100);
+        await session.close();
+        await sleep(100);
+        assert.equal(noops(up.commands), 0, up.commands.join(', '));
+        assert.equal(counted, 0);
+        assert.equal(up.connections[0]?.closed, false, 'kept idle');
+        await upstream.close?.();
+    });
+
+    it('close() during a NOOP QUITs after its reply', async (t) => {
+        const up = await scripted(t, {
+            onCommand: (line) => (line === 'NOOP' ? { reply: '250 2.0.0 Ok', delayMs: 200 } : undefined),
+        });
+        let counted = 0;
+        const { session } = await kept(up.port, { keepAliveMs: 50 }, { onKeepAlive: () => counted++ });
+        await envelope(session);
+        await sleep(120);
+        await session.close();
+        assert.deepEqual(up.connections[0]?.commands.slice(3), ['NOOP', 'QUIT']);
+        assert.equal(counted, 1);
+        await up.idle();
     });
 });
 

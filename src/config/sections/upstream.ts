@@ -1,6 +1,6 @@
 /**
  * The `upstream:` section: where accepted mail goes. An SMTP upstream (`smtp://`, `smtps://`:
- * XCLIENT, STARTTLS, certificate check, timeouts) or a maildir folder (`maildir:`, for trials).
+ * XCLIENT, STARTTLS, certificate check, timeouts, keepalive) or a maildir folder (`maildir:`, for trials).
  * Validation only: it must not connect or create folders. Relay control and the XCLIENT warning,
  * which depend on the listeners and domains too, are checked in config/load.ts.
  */
@@ -19,8 +19,17 @@ export const UPSTREAM_KEYS = [
     'connectTimeout',
     'timeout',
     'dataTimeout',
+    'keepAlive',
 ] as const;
-const SMTP_ONLY_KEYS = ['xclient', 'starttls', 'tlsVerify', 'connectTimeout', 'timeout', 'dataTimeout'] as const;
+const SMTP_ONLY_KEYS = [
+    'xclient',
+    'starttls',
+    'tlsVerify',
+    'connectTimeout',
+    'timeout',
+    'dataTimeout',
+    'keepAlive',
+] as const;
 
 export type UpstreamConfig =
     | {
@@ -36,6 +45,11 @@ export type UpstreamConfig =
           readonly connectTimeoutMs: number;
           readonly commandTimeoutMs: number;
           readonly dataTimeoutMs: number;
+          /**
+           * Idle time after which a connection with a transaction open and no command in flight
+           * (while the client's message arrives and is checked) gets a NOOP; null: never.
+           */
+          readonly keepAliveMs: number | null;
       }
     | {
           readonly kind: 'maildir';
@@ -63,6 +77,12 @@ export const UPSTREAM_DEFAULTS = {
      * other side: Postfix's own before-queue proxy gives up after 100 s (smtpd_proxy_timeout).
      */
     dataTimeoutMs: 100_000,
+    /**
+     * Postfix drops a client silent for smtpd_timeout: 300 s, but 10 s while it is under stress
+     * (`${stress?{10}:{300}}s`); the upstream's transaction waits while the client uploads its
+     * message and the checks run, so it hears a NOOP well within the shorter one.
+     */
+    keepAliveMs: 5_000,
 } as const;
 
 /** True for names and addresses that stay on this host (127.0.0.0/8, ::1, localhost). */
@@ -161,6 +181,15 @@ function readUpstream(
     const connectTimeoutMs = opt('connectTimeout', (f) => r.duration(f, 1, MAX_TIMER_MS), d.connectTimeoutMs);
     const commandTimeoutMs = opt('timeout', (f) => r.duration(f, 1, MAX_TIMER_MS), d.commandTimeoutMs);
     const dataTimeoutMs = opt('dataTimeout', (f) => r.duration(f, 1, MAX_TIMER_MS), d.dataTimeoutMs);
+    const keepAliveField = entries.get('keepAlive');
+    let keepAliveMs: number | null = d.keepAliveMs;
+    if (keepAliveField) {
+        if (r.isBoolean(keepAliveField)) {
+            if (r.boolean(keepAliveField) === false) keepAliveMs = null;
+        } else {
+            keepAliveMs = r.duration(keepAliveField, 1, MAX_TIMER_MS) ?? keepAliveMs;
+        }
+    }
     if (target === null) return null;
     return {
         kind: scheme,
@@ -173,6 +202,7 @@ function readUpstream(
         connectTimeoutMs,
         commandTimeoutMs,
         dataTimeoutMs,
+        keepAliveMs,
     };
 }
 
