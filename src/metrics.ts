@@ -327,6 +327,7 @@ export function createMetrics(version: string) {
     // series that alerts compute rates over exist from the start, at 0
     for (const result of ['ok', 'error']) m.configReloads.inc({ result }, 0);
     for (const reason of ['signal', 'error', 'exit']) m.workerRestarts.inc({ reason }, 0);
+    for (const result of ['undone', 'unchanged', 'kept', 'failed']) m.redisLateReplies.inc({ result }, 0);
     return m;
 }
 

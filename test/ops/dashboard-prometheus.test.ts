@@ -357,7 +357,8 @@ describe('the Grafana dashboard and the alert rules against a real Prometheus', 
                 `  - { name: mx, host: 127.0.0.1, port: 0, mode: mx, maxClientsPerNetwork: ${NETWORK_SHARE}, preTransactionTimeout: 2s }`,
                 '  - { name: submissions, host: 127.0.0.1, port: 0, mode: submission, tls: implicit }',
                 '  - { name: mx-pregreet, host: 127.0.0.1, port: 0, mode: mx, pregreetWait: 300ms }',
-                `upstream: { url: "smtp://127.0.0.1:${up.port}" }`,
+                // NOOPs after 100 ms of silence, so that the slow upload below gets some
+                `upstream: { url: "smtp://127.0.0.1:${up.port}", keepAlive: 100ms }`,
                 `dns: { servers: ["${dns.address}"], timeout: 300ms }`,
                 `redis: { url: "${redis.url}" }`,
                 `rules: "${rulesDir}"`,
@@ -430,6 +431,20 @@ describe('the Grafana dashboard and the alert rules against a real Prometheus', 
         mw.app.reload();
         assert.equal((await session.cmd('NOOP')).code, 421, 'the old password no longer holds');
         session.close();
+
+        // A client that pauses inside its message: the upstream transaction waits, kept alive with NOOP.
+        const slow = await smtpConnect(mw.port('mx'));
+        await slow.greeting();
+        await slow.cmd('EHLO client.example');
+        await slow.cmd('MAIL FROM:<bounce@other.example>');
+        await slow.cmd('RCPT TO:<bob@example.test>');
+        assert.equal((await slow.cmd('DATA')).code, 354);
+        const text = await sign(msg('News <letters@news.example>', 'slow upload'), 'news.example', 'sel', key);
+        slow.write(text.slice(0, 40));
+        await sleep(400);
+        slow.write(`${text.slice(40)}.\r\n`);
+        assert.equal((await slow.reply()).code, 250, 'slow upload');
+        slow.close();
 
         // Redis paused: operations fail or time out while a message comes in.
         process.kill(redis.pid, 'SIGSTOP');
