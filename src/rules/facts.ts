@@ -283,7 +283,7 @@ const CATALOGUE: readonly FactSpec[] = [
         'local.sender.proof',
         'string',
         'data',
-        'What proves a local.sender message came from the domain it claims: pass (an SPF pass for a local domain, or a passing DKIM signature of a local domain or aligned with the From domain), temperror (neither, but an SPF check of a local domain or a DKIM signature failed temporarily), none; null when local.sender is false. An SPF pass for some other envelope domain proves nothing about a local From',
+        'What proves a local.sender message came from the domain it claims: pass (an SPF pass for a local domain, a passing DKIM signature of a local domain or aligned with the From domain, or a trusted ARC sealer vouching for the author), temperror (none of these, but the SPF check of a local domain, or a DKIM signature of a local domain or one that could align with a local From, failed temporarily), none; null when local.sender is false. An SPF pass or error for some other envelope domain, or a DKIM error of some other domain, proves nothing about a local From',
         ['pass', 'temperror', 'none'],
     ),
     fact('message.size', 'number', 'data', 'Size of the message in bytes'),

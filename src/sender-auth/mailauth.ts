@@ -310,14 +310,26 @@ export function createMailauthVerifier(opts: MailauthCheckOptions): Check['run']
             isLocal(sessionDomain, locals) ||
             authorDomains.some((d) => isLocal(d, locals));
         // Own-domain protection: only an SPF pass for one of our domains proves a local sender,
-        // not one for whatever envelope domain the client chose beside a local From; a
-        // temporary error that might have proved it defers instead of refusing (or passing).
+        // not one for whatever envelope domain the client chose beside a local From; an aligned
+        // or local DKIM signature does, and so does a trusted ARC sealer vouching for the author
+        // (a list or forwarder that broke our signature). A temporary error that might have
+        // proved it (our SPF; a signature of ours or one that could align with our author)
+        // defers instead of refusing or passing; one of some other domain proves nothing.
         const spfLocal = isLocal(spfDomain ?? mailFromDomain, locals);
+        const authorLocal = author !== null && isLocal(foldDomain(author), locals);
+        const couldProve = (d: string): boolean =>
+            isLocal(d, locals) || (authorLocal && mayAlign(d, dmarc.adkimStrict));
         const localProof: FactValue = !localSender
             ? null
-            : (spfRes === 'pass' && spfLocal) || dkimAligned || passingDomains.some((d) => isLocal(d, locals))
+            : (spfRes === 'pass' && spfLocal) ||
+                dkimAligned ||
+                trust.vouching !== null ||
+                passingDomains.some((d) => isLocal(d, locals))
               ? 'pass'
-              : (spfRes === 'temperror' && spfLocal) || signatures.some((r) => r.status.result === 'temperror')
+              : (spfRes === 'temperror' && spfLocal) ||
+                  signatures.some(
+                      (r) => r.status.result === 'temperror' && couldProve(normalizeDomain(r.signingDomain!)),
+                  )
                 ? 'temperror'
                 : 'none';
         const facts: Record<string, FactValue> = {

@@ -54,6 +54,8 @@ function baseZone(): Zone {
         'arc._domainkey.sealer.example': { TXT: [otherSealerKey.record] },
         'sender.test': { TXT: ['v=spf1 -all'] },
         'mail.bank.example': { A: ['192.0.2.2'] },
+        'evil.example': { TXT: ['v=spf1 -all'] },
+        'sel._domainkey.evil.example': { TIMEOUT: true },
     };
 }
 
@@ -286,6 +288,35 @@ describe('mailauth check', () => {
             mailFrom: 'a@flaky.example',
         });
         assert.equal(flaky.facts['local.sender.proof'], 'temperror');
+    });
+
+    it('local.sender.proof: a trusted ARC sealer vouching for our author proves it (a list broke our signature)', async () => {
+        const original = await sign(basicMessage('colleague@bank.example'), 'bank.example', 'sel', bankKey);
+        const listed = original.replace('Subject: Test message', 'Subject: [list] Test message');
+        const msg = await seal(listed, {
+            domain: 'forwarder.example',
+            selector: 'arc',
+            key: forwarderKey,
+            cv: 'none',
+            authResults:
+                'forwarder.example; dkim=pass header.d=bank.example header.s=sel; spf=pass smtp.mailfrom=colleague@bank.example; dmarc=pass header.from=bank.example',
+        });
+        const options = { ip: FORWARDER_IP, mailFrom: 'list-bounces@forwarder.example' };
+        const trusted = { arc: { trustedSealers: ['forwarder.example'], maxSets: 10 } };
+        const r = await run(check(trusted, ['bank.example']), msg, options);
+        assert.equal(r.facts['dkim.result'], 'fail');
+        assert.equal(r.facts['arc.trusted'], true);
+        assert.equal(r.facts['local.sender.proof'], 'pass');
+        // without the sealer trusted, nothing proves it
+        const untrusted = await run(check({}, ['bank.example']), msg, options);
+        assert.equal(untrusted.facts['local.sender.proof'], 'none');
+    });
+
+    it('local.sender.proof: a DKIM error of some other domain proves nothing, so it does not defer', async () => {
+        const msg = await sign(basicMessage('ceo@bank.example'), 'evil.example', 'sel', rsaKey());
+        const r = await run(check({}, ['bank.example']), msg, { ip: '203.0.113.66', mailFrom: 'x@evil.example' });
+        assert.equal(r.facts['dkim.result'], 'temperror');
+        assert.equal(r.facts['local.sender.proof'], 'none');
     });
 
     it('header.from.domain follows the author domain DMARC evaluated; a different session parse is flagged', async () => {
