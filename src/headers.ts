@@ -41,13 +41,18 @@ export type HeaderProblem =
     | 'field-too-long';
 
 /**
- * Longest header field we take, its continuation lines and CRLFs included. Postfix keeps at most
+ * Longest author field (From, Sender, Reply-To and their Resent- forms, RFC 5322 sections 3.6.2
+ * and 3.6.6) we take, its continuation lines and CRLFs included. Postfix keeps at most
  * `header_size_limit` (102,400 bytes by default) of a field and discards the rest, so a longer
- * field would reach readers cut where our checks read it whole: a From whose address lies past
- * the cut is judged by one and shown by the other. Ours is below Postfix's, with room for the
- * line ends it does not count.
+ * author field would reach readers cut where our checks read it whole: a From whose address lies
+ * past the cut is judged by one and shown by the other. Ours is below Postfix's, with room for
+ * the line ends it does not count. Other fields (a To of thousands of names, a long References)
+ * are left to Postfix's cut: nothing is judged on what it drops.
  */
 export const MAX_HEADER_FIELD = 100_000;
+
+/** The fields MAX_HEADER_FIELD applies to, lower case. */
+const AUTHOR_FIELDS: ReadonlySet<string> = new Set(['from', 'sender', 'reply-to', 'resent-from', 'resent-sender']);
 
 export type ParsedHeaderSection =
     | { readonly ok: true; readonly fields: readonly RawField[] }
@@ -93,7 +98,8 @@ export function parseHeaderSection(section: Buffer): ParsedHeaderSection {
         if (current) fields.push({ name: current.name, line: current.line, raw: section.subarray(current.start, end) });
         current = null;
     };
-    const tooLong = (end: number): boolean => current !== null && end - current.start > MAX_HEADER_FIELD;
+    const tooLong = (end: number): boolean =>
+        current !== null && end - current.start > MAX_HEADER_FIELD && AUTHOR_FIELDS.has(current.name.toLowerCase());
     while (start < section.length) {
         lineNo++;
         const crlf = section.indexOf('\r\n', start);

@@ -205,7 +205,7 @@ const TABLE: Readonly<Record<Situation, ReplyTemplate>> = {
         code: 552,
         enhanced: '5.3.4',
         text: (d) =>
-            `Message refused: the header field starting at line ${d.line ?? 0} is longer than ${d.limit ?? 0} bytes, more than the mail system here keeps whole; shorten it (id ${d.id})`,
+            `Message refused: the author field (From, Sender or Reply-To) starting at line ${d.line ?? 0} is longer than ${d.limit ?? 0} bytes, more than the mail system here keeps whole; shorten it (id ${d.id})`,
     },
     'bare-newline': {
         code: 550,

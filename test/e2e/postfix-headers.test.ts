@@ -209,7 +209,7 @@ describe('header forgeries in front of a real Postfix', () => {
         assert.equal(r.message?.code, 552, r.message?.raw);
         assert.match(
             r.message.text,
-            /^5\.3\.4 Message refused: the header field starting at line 1 is longer than 100000 bytes/,
+            /^5\.3\.4 Message refused: the author field \(From, Sender or Reply-To\) starting at line 1 is longer than 100000 bytes/,
         );
         assert.equal((await postfix.messages('alice')).length, before, 'Postfix got nothing');
     });

@@ -176,7 +176,8 @@ describe('header section parser: field names as Postfix reads them', () => {
             2,
             'field-too-long',
         ],
-        ['a last field over 100,000 bytes', `Subject: x\r\nX-Long: ${'y'.repeat(100_000)}`, 2, 'field-too-long'],
+        ['a last Reply-To over 100,000 bytes', `Subject: x\r\nReply-To: ${'y'.repeat(100_000)}`, 2, 'field-too-long'],
+        ['a Sender over 100,000 bytes', `sEnDeR: ${'y'.repeat(100_000)}\r\nSubject: x\r\n`, 1, 'field-too-long'],
     ];
     for (const [what, text, line, problem] of refused) {
         it(`refuses ${what} (line ${line}: ${problem})`, () => {
@@ -184,10 +185,14 @@ describe('header section parser: field names as Postfix reads them', () => {
         });
     }
 
-    it('takes a field of exactly 100,000 bytes, CRLF included', () => {
-        const field = `X-Long: ${'y'.repeat(100_000 - 10)}\r\n`;
+    it('takes a From of exactly 100,000 bytes, CRLF included, and longer fields other than the author fields', () => {
+        const field = `From: ${'y'.repeat(100_000 - 8)}\r\n`;
         assert.equal(field.length, 100_000);
         assert.equal(fieldsOf(`${field}Subject: x\r\n`).length, 2);
+        // a To of thousands of names, a long References: Postfix's cut judges nothing
+        const to = `To: ${Array.from({ length: 9000 }, (_, i) => `n${i}@example.org`).join(',\r\n ')}\r\n`;
+        assert.ok(to.length > 150_000);
+        assert.equal(fieldsOf(`${to}X-Long: ${'y'.repeat(200_000)}\r\nSubject: x\r\n`).length, 3);
     });
 
     it('reads the empty section and a last line without CRLF', () => {
