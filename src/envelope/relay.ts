@@ -29,7 +29,7 @@ export interface RelayDecision {
     readonly verdict: RelayVerdict;
     /**
      * For `routed`: the hop the refusal is about, in folded A-label form, or null when that
-     * hop is not a domain name at all (an empty or malformed one, an address literal).
+     * hop is not a domain name at all (a malformed one, an address literal; an empty hop is skipped).
      */
     readonly routedDomain?: string | null;
 }
@@ -97,6 +97,11 @@ export function relayPolicy(
         let where = start;
         let hop = nextRoutingHop(recipient.local);
         while (hop) {
+            if (hop.domain === '') {
+                // an empty hop routes nowhere (`"100%"`, `"!bob"`): Postfix drops it, as here
+                hop = nextRoutingHop(hop.rest);
+                continue;
+            }
             const folded = foldEnvelopeDomain(hop.domain);
             const domain = 'ascii' in folded ? folded.ascii : null;
             // routing left in an address for a relay destination: Postfix's RESOLVE_FLAG_ROUTED

@@ -231,10 +231,14 @@ describe('relay control', () => {
             // routing left in an address for a relay domain (Postfix: RESOLVE_FLAG_ROUTED)
             'victim%evil.example@partner.example': 'routed',
             'bob%example.com@partner.example': 'routed',
-            // a hop that is no domain name: empty, an address literal, a bad label
-            'victim%@example.com': 'routed',
+            // an empty hop routes nowhere: Postfix drops it and delivers here
+            'victim%@example.com': 'local',
+            '"100%"@example.com': 'local',
+            '!victim@example.com': 'local',
+            '"!bob"@example.com': 'local',
+            'victim%%evil.example@example.com': 'routed',
+            // a hop that is no domain name: an address literal, a bad label
             '"victim%[192.0.2.1]"@example.com': 'routed',
-            '!victim@example.com': 'routed',
             'victim%-evil-@example.com': 'routed',
             '"victim@evil.example%example.com"@example.com': 'routed',
             // no routing at all
