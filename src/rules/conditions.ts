@@ -490,15 +490,19 @@ class Compiler {
                     return undefined;
                 }
                 if (typeof v === 'number') {
-                    // YAML reads 0x10 as 16 and 1e3 as 1000: comparing the number's text would surprise.
+                    // YAML reads 0x10 as 16 and 1e3 as 1000: comparing the number's text would
+                    // surprise. A number written as it reads (a numeric login, 1001) is its text.
                     const written =
-                        node !== null && isScalar(node) && typeof node.source === 'string' ? node.source : got;
-                    const reads = written === got ? '' : ` (YAML reads ${written} as a number)`;
-                    this.ctx.report(
-                        at,
-                        `${what}: expected text; got the number ${got}${reads}: quote it ("${written}")`,
-                    );
-                    return undefined;
+                        node !== null && isScalar(node) && typeof node.source === 'string' ? node.source : null;
+                    if (written === null || written !== String(v)) {
+                        const shown = written ?? got;
+                        const reads = shown === got ? '' : ` (YAML reads ${shown} as a number)`;
+                        this.ctx.report(
+                            at,
+                            `${what}: expected text; got the number ${got}${reads}: quote it ("${shown}")`,
+                        );
+                        return undefined;
+                    }
                 }
                 const text = String(v);
                 if (elem === 'ip' && parseIp(text) === null) {

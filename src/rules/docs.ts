@@ -308,8 +308,9 @@ ${operators.join('\n')}
   of an enumerated fact (such as \`spf.result\`) one of its values, and an operator must fit the fact's
   type (\`gt\` only on numbers, \`cidr\` only on IP addresses).
 - Values of text facts (text, domains, addresses, IP addresses) are written as text: a plain value
-  that YAML reads as a number (\`0x10\`, \`1e3\`, \`12\`) is refused; quote it (\`"0x10"\`). The same
-  holds for the facts of [cases](#cases).
+  that YAML reads as another number (\`0x10\`, \`1e3\`, \`012\`) is refused; quote it (\`"0x10"\`). A
+  number written as it reads (\`1001\`) is taken as that text. In the facts of [cases](#cases)
+  every number for a text fact is refused.
 - A map of conditions may not be empty (\`{}\` would always hold), inside \`any:\`, \`all:\` and \`not:\`
   too.
 - YAML aliases (\`*name\`) are refused inside \`when:\` and inside a case's \`facts:\` (the first is
