@@ -3,9 +3,12 @@
  * `FILE:LINE:COL: message` (`FILE:LINE:COL: warning: message` for a warning, which refuses
  * nothing), the ConfigError that carries all of them at once, and why a file could not be read.
  * The rendering escapes unprintable characters and cuts very long quoted values, so no file can
- * write escape sequences to the terminal through a message. Formatting only; it must not decide what is valid, and imports no other config module (every
- * config module may import it).
+ * write escape sequences to the terminal through a message, and no quoted value carrying
+ * credentials (`user:secret@host`) is shown. Formatting only; it must not decide what is valid,
+ * and imports no config module but redact.ts, which imports nothing (every config module may
+ * import it).
  */
+import { redactUserinfo } from './redact.ts';
 
 export interface Issue {
     /** The file as the user named it. */
@@ -43,9 +46,11 @@ const QUOTED_KEEP = 100;
 
 /** Cuts every very long `"…"` value in a message: its start, `…`, and how long it was. */
 function shortenQuoted(message: string): string {
-    return message.replace(/"([^"]*)"/g, (whole, inner: string) => {
+    return message.replace(/"([^"]*)"/g, (whole, written: string) => {
+        // a quoted value that carries credentials (user:secret@host) never reaches the output
+        const inner = redactUserinfo(written);
         const chars = [...inner];
-        if (chars.length <= QUOTED_MAX) return whole;
+        if (chars.length <= QUOTED_MAX) return inner === written ? whole : `"${inner}"`;
         return `"${chars.slice(0, QUOTED_KEEP).join('')}…" (${chars.length} characters)`;
     });
 }

@@ -7,7 +7,13 @@
 /** `scheme://` followed by everything up to the last `@`: the user information, however it is written. */
 const USERINFO = /^([a-z][a-z0-9+.-]*:\/\/)[\s\S]*@/i;
 
-/** The text with the user information of a URL (a user name, a password or both) shown as `***`. */
+/**
+ * The text with the user information of a URL (a user name, a password or both) shown as `***`;
+ * also without a `scheme://` (`user:secret@host`, `smtp:user:secret@host`): whatever stands
+ * before the last `@` once a `:` is in it.
+ */
 export function redactUserinfo(text: string): string {
-    return text.replace(USERINFO, '$1***@');
+    if (USERINFO.test(text)) return text.replace(USERINFO, '$1***@');
+    const at = text.lastIndexOf('@');
+    return at > 0 && text.slice(0, at).includes(':') ? `***${text.slice(at)}` : text;
 }

@@ -321,6 +321,16 @@ describe('upstream', () => {
             ['upstream: "smtp://u:S3cretUp@h"\n', /expected a map .*got "smtp:\/\/\*\*\*@h"/],
             ['redis: { url: "redis://:S3cret@Up@h/x" }\n', /"redis:\/\/\*\*\*@h\/x" has a bad database/],
             [
+                'redis: { cluster: ["redis://:S3cretUp@10.0.0.1:6379"] }\n',
+                /redis\.cluster\[0\]: "redis:\/\/\*\*\*@10\.0\.0\.1:6379" is not HOST:PORT/,
+            ],
+            [
+                'redis: { sentinels: ["default:S3cretUp@10.0.0.1:26379"], name: m }\n',
+                /"\*\*\*@10\.0\.0\.1:26379" is not HOST:PORT/,
+            ],
+            ['redis: { url: "default:S3cretUp@127.0.0.1:6379" }\n', /"\*\*\*@127\.0\.0\.1:6379"/],
+            ['upstream: { url: "smtp:relay:S3cretUp@h" }\n', /"smtp:\/\/\*\*\*@h"|"\*\*\*@h"/],
+            [
                 'redis: { cluster: ["127.0.0.1:6379"], password: 98765432 }\n',
                 /^1:49: redis\.password: expected a password .*; got a number \(not shown; quote it to make it a string\)$/,
             ],

@@ -156,7 +156,7 @@ function hostPorts(r: SourceReader, field: Field, what: string): { host: string;
         if (host === null || port === null || port === 0) {
             r.fail(
                 item,
-                `"${text}" is not HOST:PORT (e.g. 10.0.0.5:6379, redis-1.example.net:7000 or [2001:db8::5]:6379)`,
+                `"${redactUserinfo(text)}" is not HOST:PORT (e.g. 10.0.0.5:6379, redis-1.example.net:7000 or [2001:db8::5]:6379)`,
             );
             bad = true;
             continue;
