@@ -410,7 +410,7 @@ Every load (\`serve\`, each reload, \`mailwarden check\`) runs the cases, and on
 reported as a **warning**:
 
 \`\`\`
-rules/40-own-domain.yaml:42:5: warning: case "a message from outside claiming our domain without SPF or DKIM is refused" does not hold: expected action reject, rule own-domain-spoof; got action accept, rule none; rule own-domain-spoof is in monitor mode; this case expects its enforce outcome — update the case (expect what happens without the rule, and add monitor: [own-domain-spoof]) or set the rule back to mode: enforce
+rules/40-own-domain.yaml:43:5: warning: case "a message from outside claiming our domain without SPF or DKIM is refused" does not hold: expected action reject, rule own-domain-spoof; got action accept, rule none; rule own-domain-spoof is in monitor mode; this case expects its enforce outcome — update the case (expect what happens without the rule, and add monitor: [own-domain-spoof]) or set the rule back to mode: enforce
 \`\`\`
 
 - \`mailwarden check\` prints warnings after any errors and still exits 0 (\`ok: FILE (N warnings; …)\`);
