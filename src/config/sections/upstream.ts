@@ -11,16 +11,6 @@ import type { Field, SourceReader } from '../reader.ts';
 import { redactUserinfo } from '../redact.ts';
 import { MAX_TIMER_MS } from '../units.ts';
 
-export const UPSTREAM_KEYS = [
-    'url',
-    'xclient',
-    'starttls',
-    'tlsVerify',
-    'connectTimeout',
-    'timeout',
-    'dataTimeout',
-    'keepAlive',
-] as const;
 const SMTP_ONLY_KEYS = [
     'xclient',
     'starttls',
@@ -30,6 +20,7 @@ const SMTP_ONLY_KEYS = [
     'dataTimeout',
     'keepAlive',
 ] as const;
+export const UPSTREAM_KEYS = ['url', ...SMTP_ONLY_KEYS] as const;
 
 export type UpstreamConfig =
     | {
