@@ -317,6 +317,12 @@ const CATALOGUE: readonly FactSpec[] = [
     ),
     fact('dkim.count', 'number', 'data', 'Number of DKIM signatures verified'),
     fact(
+        'dkim.unsigned_bytes',
+        'number',
+        'data',
+        'Body bytes after the signed length (l=, RFC 6376 section 3.5) of a passing DKIM signature, the most over the passing signatures: text anyone could have added to a signed message; 0 when every passing signature covers the whole body',
+    ),
+    fact(
         'dkim.skipped',
         'number',
         'data',

@@ -204,6 +204,13 @@ export function createMailauthVerifier(opts: MailauthCheckOptions): Check['run']
         // signed, but nothing could be verified within the limits: a local policy refusal (RFC 8601 section 2.7.1)
         const dkimRes =
             signatures.length === 0 && dkimSkipped > 0 ? 'policy' : bestDkim(signatures.map((r) => r.status.result));
+        // the most body bytes after the signed length (l=, RFC 6376 section 3.5) of a passing signature
+        const unsignedBytes = signatures
+            .filter((r) => r.status.result === 'pass')
+            .reduce((most, r) => {
+                const under = (r.status as { underSized?: unknown }).underSized;
+                return typeof under === 'number' && under > most ? under : most;
+            }, 0);
         const passingDomains = [
             ...new Set(
                 signatures.filter((r) => r.status.result === 'pass').map((r) => normalizeDomain(r.signingDomain!)),
@@ -340,6 +347,7 @@ export function createMailauthVerifier(opts: MailauthCheckOptions): Check['run']
             'dkim.aligned': dkimAligned,
             'dkim.count': signatures.length,
             'dkim.skipped': dkimSkipped,
+            'dkim.unsigned_bytes': unsignedBytes,
             'dmarc.result': dmarc.result,
             'dmarc.policy': decision.policy,
             'dmarc.disposition': decision.disposition,

@@ -126,6 +126,30 @@ describe('sender authentication through the proxy', () => {
         }
     });
 
+    it("tags a signed message with text appended after the signature's l= (and not the message as signed)", async () => {
+        const original = msg('News <letters@news.example>', 'partly signed');
+        const body = original.slice(original.indexOf('\r\n\r\n') + 4);
+        const signed = await sign(original, 'news.example', 'sel', key, { maxBodyLength: Buffer.byteLength(body) });
+        const appended = `${signed}URGENT: pay invoice 4711 to the account below today.\r\n`;
+        const verdicts: string[] = [];
+        for (const data of [signed, appended]) {
+            const r = await sendMail(mw.port(), { from: 'bounce@other.example', to: ['bob@example.test'], data });
+            assert.equal(r.message?.code, 250, r.message?.raw);
+            const forwarded = unstuff(up.transactions.at(-1)!.data!)
+                .toString('latin1')
+                .replace(/\r\n[ \t]+/g, ' ');
+            assert.match(forwarded, /dkim=pass/);
+            verdicts.push(/^X-Mailwarden-Verdict: (\w+); rules=([^;]*);/m.exec(forwarded)?.slice(1, 3).join(' ') ?? '');
+            if (data === appended) {
+                assert.match(
+                    forwarded,
+                    /^X-Mailwarden-Reason: DKIM signature covers the body only in part: \d+ bytes after its l= are unsigned/m,
+                );
+            }
+        }
+        assert.deepEqual(verdicts, ['accept ', 'tag dkim-partial-body']);
+    });
+
     it('delivers aligned DKIM-signed mail with dkim=pass and dmarc=pass', async () => {
         const signed = await sign(msg('News <letters@news.example>', 'signed'), 'news.example', 'sel', key);
         const r = await sendMail(mw.port(), { from: 'bounce@other.example', to: ['bob@example.test'], data: signed });

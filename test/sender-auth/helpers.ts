@@ -43,9 +43,15 @@ export function basicMessage(from: string, extra: [string, string][] = []): stri
     ]);
 }
 
-export async function sign(msg: string, domain: string, selector: string, key: TestKey): Promise<string> {
+export async function sign(
+    msg: string,
+    domain: string,
+    selector: string,
+    key: TestKey,
+    options: { maxBodyLength?: number } = {},
+): Promise<string> {
     const out = await dkimSign(msg, {
-        signatureData: [{ signingDomain: domain, selector, privateKey: key.privateKey }],
+        signatureData: [{ signingDomain: domain, selector, privateKey: key.privateKey, ...options }],
     } as Parameters<typeof dkimSign>[1]);
     if (out.errors.length > 0) throw new Error(`signing failed: ${JSON.stringify(out.errors)}`);
     return out.signatures + msg;
