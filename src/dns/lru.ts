@@ -16,7 +16,7 @@ interface Slot<V> {
 }
 
 /** The largest value kept is this fraction of the byte bound, so one value cannot push out most others. */
-export const ENTRY_SHARE = 64;
+const ENTRY_SHARE = 64;
 
 export class Lru<V> {
     readonly #max: number;

@@ -228,7 +228,7 @@ function copy<T>(value: T): T {
  * each (2 beyond Latin-1). Measured: 4,000 addresses of an A answer hold about 175 KB (44 per
  * address, estimated 50); a 64 KB TXT answer about 73 KB (estimated 74 KB).
  */
-export function estimateBytes(value: unknown): number {
+function estimateBytes(value: unknown): number {
     if (typeof value === 'string') {
         return 32 + (/[\u0100-\uffff]/.test(value) ? 2 * value.length : value.length);
     }

@@ -243,6 +243,8 @@ export function tcpExchange(
         // every segment would copy a 64 KB answer sent one octet at a time about 2 GB over.
         const chunks: Buffer[] = [];
         let received = 0;
+        /** The answer's length from its two-octet prefix, once both octets are in. */
+        let size = -1;
         socket.setNoDelay(true);
         socket.on('connect', () => socket.write(frame));
         socket.on('error', () => finish(new ExchangeError('ECONNREFUSED')));
@@ -250,9 +252,10 @@ export function tcpExchange(
         socket.on('data', (chunk: Buffer) => {
             chunks.push(chunk);
             received += chunk.length;
-            if (received < 2) return;
-            const first = chunks[0] as Buffer;
-            const size = ((first[0] ?? 0) << 8) | ((first.length > 1 ? first[1] : chunks[1]?.[0]) ?? 0);
+            if (size < 0) {
+                if (received < 2) return;
+                size = (chunks.length === 1 ? chunk : Buffer.concat(chunks, received)).readUInt16BE(0);
+            }
             if (received < 2 + size) return;
             const message = Buffer.concat(chunks, received).subarray(2, 2 + size);
             const head = decodeHead(message);

@@ -261,25 +261,22 @@ export function createRedisStore(options: RedisStoreOptions): RedisLimitStore {
         if (closed) throw new StoreError('unavailable', 'the Redis store is closed');
         const start = performance.now();
         let timer: NodeJS.Timeout | undefined;
-        let late = false;
+        let work: Promise<T>;
         const deadline = new Promise<never>((_, reject) => {
             timer = setTimeout(() => {
-                late = true;
+                // only a call still running when its deadline passes waits for its late result
+                work.then(
+                    (value) => lateReply(command, value, undo),
+                    () => undefined,
+                );
                 reject(new StoreError('timeout', `Redis did not answer ${command} within ${timeoutMs} ms`));
             }, timeoutMs);
         });
-        let work: Promise<T>;
         try {
             work = fn();
         } catch (error) {
             work = Promise.reject(error instanceof Error ? error : new Error(String(error)));
         }
-        work.then(
-            (value) => {
-                if (late) lateReply(command, value, undo);
-            },
-            () => undefined,
-        );
         try {
             return await Promise.race([work, deadline]);
         } catch (error) {
@@ -309,11 +306,18 @@ export function createRedisStore(options: RedisStoreOptions): RedisLimitStore {
             return undo.size;
         };
 
+    /** The script operation that charges `cost` on `keys`, one per window. */
+    const chargeOp = (keys: readonly string[], windows: readonly Window[], cost: number): (string | number)[] => [
+        'charge',
+        keys.length,
+        cost,
+        ...windowArgs(windows),
+    ];
     /** A charge of `cost` on GCRA states given back: the same keys charged -cost (never refused). */
     const refund =
         (keys: readonly string[], windows: readonly Window[], cost: number): Reverse =>
         (reply) =>
-            numbers(reply, 1)[0] === 1 ? [keys, ['charge', keys.length, -cost, ...windowArgs(windows)]] : null;
+            numbers(reply, 1)[0] === 1 ? [keys, chargeOp(keys, windows, -cost)] : null;
 
     const addTake = (b: Batch, key: string, windows: readonly Window[], cost: number, gate: boolean): Batch => {
         const keys = windows.map((w) => names.rate(key, w));
@@ -502,7 +506,7 @@ export function createRedisStore(options: RedisStoreOptions): RedisLimitStore {
             // A refund (negative cost) that comes late is kept: it only gives units back.
             const batch = new Batch().add(
                 keys,
-                ['charge', counters.length, cost, ...windowArgs(windows)],
+                chargeOp(keys, windows, cost),
                 cost > 0 ? refund(keys, windows, cost) : undefined,
             );
             const [reply] = await run('charge', () => call(batch, nowMs), undoCall(batch, nowMs));

@@ -110,7 +110,7 @@ export const MIN_DATA_RATE = 500;
  * is accepted. A client cannot hold a slot, and through it an upstream connection, for ever by
  * sending one of them every few minutes.
  */
-export const JUNK_COMMAND_LIMIT = 100;
+const JUNK_COMMAND_LIMIT = 100;
 const JUNK_COMMANDS = new Set(['NOOP', 'RSET', 'VRFY', 'ETRN']);
 /** Commands that may only end a pipelined group (RFC 2920 section 3.1; QUIT ends the session anyway). */
 const GROUP_ENDING = new Set(['EHLO', 'HELO', 'DATA', 'VRFY', 'EXPN', 'NOOP']);

@@ -165,6 +165,19 @@ const DEFAULT_ENHANCED: Readonly<Record<number, string>> = {
 
 const HAS_ENHANCED = /^[245]\.\d{1,3}\.\d{1,3}(?: |$)/;
 
+/** The table's text for a situation (with the fixed reason of SITUATIONS), rendered once: it never changes. */
+const rendered = new Map<string, string>();
+function tableText(situation: Situation, reason?: string): string {
+    const key = reason === undefined ? situation : `${situation}\n${reason}`;
+    let text = rendered.get(key);
+    if (text === undefined) {
+        const r = replyFor(situation, { id: '', ...(reason === undefined ? {} : { reason }) });
+        text = `${r.enhanced} ${r.text}`;
+        rendered.set(key, text);
+    }
+    return text;
+}
+
 /**
  * Rewrites one single-line reply text for `code` (`context` is smtp-server's hint, such as
  * `MAIL_FROM_OK`); returns the text to send, starting with its enhanced code.
@@ -172,15 +185,9 @@ const HAS_ENHANCED = /^[245]\.\d{1,3}\.\d{1,3}(?: |$)/;
 export function rewriteBuiltinReply(code: number, text: string, context?: string): string {
     if ((code >= 300 && code < 400) || HAS_ENHANCED.test(text)) return text;
     const accepted = code === 250 && context !== undefined && ACCEPTED_TEXT.test(text) ? ACCEPTED[context] : undefined;
-    if (accepted) {
-        const r = replyFor(accepted, { id: '' });
-        return `${r.enhanced} ${r.text}`;
-    }
+    if (accepted) return tableText(accepted);
     for (const [c, re, situation, reason] of SITUATIONS) {
-        if (c === code && re.test(text)) {
-            const r = replyFor(situation, { id: '', ...(reason === undefined ? {} : { reason }) });
-            return `${r.enhanced} ${r.text}`;
-        }
+        if (c === code && re.test(text)) return tableText(situation, reason);
     }
     for (const [c, re, enhanced, plain] of TEXTS) {
         if (c === code && re.test(text)) return `${enhanced} ${plain}`;

@@ -400,7 +400,7 @@ class SmtpClient {
                 const reply = await link.conn.command('RSET', this.config.commandTimeoutMs);
                 link.counted('RSET', reply.code);
                 // more than the one reply would be taken as the answer to the client's MAIL
-                if (reply.code === 250 && link.conn.failure === null && !link.conn.unsolicited) {
+                if (reply.code === 250 && link.usable) {
                     this.reused();
                     return { link, uses: uses + 1 };
                 }
@@ -539,6 +539,11 @@ class Link implements PoolEntry {
     counted(line: string, code: number): void {
         if (line === 'RSET' || line === 'NOOP') this.junk++;
         if (code >= 400) this.errors++;
+    }
+
+    /** Postfix's junk commands (EHLO, HELO, RSET, NOOP) since the connection opened or its last delivery. */
+    get junkSinceDelivery(): number {
+        return this.junk + this.greetings;
     }
 
     /** A message was accepted: the upstream's error and junk counts start again. */
@@ -680,7 +685,7 @@ class SmtpSession implements UpstreamSession {
             this.txOpen &&
             this.usable &&
             this.noops < KEEPALIVE_MAX_NOOPS &&
-            this.link.junk + this.link.greetings < KEEPALIVE_MAX_JUNK
+            this.link.junkSinceDelivery < KEEPALIVE_MAX_JUNK
         );
     }
 
@@ -689,8 +694,7 @@ class SmtpSession implements UpstreamSession {
         const interval = this.config.keepAliveMs;
         if (interval === null || !this.keepAliveWanted()) return;
         const probeMs = this.client.stressProbeMs;
-        const junk = this.link.junk + this.link.greetings;
-        this.probing = junk >= STRESS_FREE_JUNK && !this.link.unstressed && probeMs > interval;
+        this.probing = this.link.junkSinceDelivery >= STRESS_FREE_JUNK && !this.link.unstressed && probeMs > interval;
         const timer = setTimeout(() => this.keepAlive(), this.probing ? probeMs : interval);
         // the connection itself keeps the process alive while it is in use
         timer.unref();

@@ -8,6 +8,7 @@ import { describe, it } from 'node:test';
 import dnsPacket, { type DecodedPacket } from 'dns-packet';
 import { tcpExchange, udpExchange, type Question } from '../../src/dns/transport.ts';
 import type { ServerAddress } from '../../src/dns/names.ts';
+import { OPT_RECORD } from '../helpers/dns-server.ts';
 
 type Craft = (query: DecodedPacket) => Buffer;
 
@@ -110,21 +111,7 @@ describe('DNS transport', () => {
                     record(A, 4, Buffer.from([192, 0, 2, 2])),
                 ]);
                 const out = answerWith(q, body, 2);
-                const opt = dnsPacket.encode({
-                    type: 'response',
-                    additionals: [
-                        {
-                            type: 'OPT',
-                            name: '.',
-                            udpPayloadSize: 1232,
-                            extendedRcode: 0,
-                            ednsVersion: 0,
-                            flags: 0,
-                            flag_do: false,
-                            options: [],
-                        },
-                    ],
-                });
+                const opt = dnsPacket.encode({ type: 'response', additionals: [OPT_RECORD] });
                 const withOpt = Buffer.concat([out, opt.subarray(12)]);
                 withOpt.writeUInt16BE(1, 10);
                 return withOpt;

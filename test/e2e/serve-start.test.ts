@@ -26,6 +26,16 @@ async function holdPort(): Promise<{ port: number; close: () => Promise<void> }>
     return { port, close: () => new Promise<void>((resolve) => server.close(() => resolve())) };
 }
 
+/** Runs `fn` while another listener holds a loopback port, and frees the port afterwards. */
+async function withHeldPort(fn: (port: number) => Promise<void>): Promise<void> {
+    const held = await holdPort();
+    try {
+        await fn(held.port);
+    } finally {
+        await held.close();
+    }
+}
+
 /** Resolves with true when something accepts a connection on the port, false when refused. */
 function accepting(port: number): Promise<boolean> {
     return new Promise((resolve) => {
@@ -77,14 +87,13 @@ describe('a start that fails', () => {
     ];
 
     it('ends serve with status 1 when the HTTP port is taken, after the listeners were up', async () => {
-        const held = await holdPort();
-        try {
+        await withHeldPort(async (port) => {
             const r = await serveUntilExit(
                 dir,
                 [
                     ...base(),
                     'listeners: [{ name: mx, host: 127.0.0.1, port: 0, mode: mx }]',
-                    `http: { host: 127.0.0.1, port: ${held.port} }`,
+                    `http: { host: 127.0.0.1, port: ${port} }`,
                 ],
                 15_000,
             );
@@ -92,30 +101,25 @@ describe('a start that fails', () => {
             assert.match(r.stderr, /start failed: listen EADDRINUSE/);
             assert.ok(r.logs.some((l) => l.msg === 'listening'));
             assert.ok(!r.logs.some((l) => l.msg === 'mailwarden started'));
-        } finally {
-            await held.close();
-        }
+        });
     });
 
     it('ends serve with status 1 when a second listener cannot bind its port', async () => {
-        const held = await holdPort();
-        try {
+        await withHeldPort(async (port) => {
             const r = await serveUntilExit(
                 dir,
                 [
                     ...base(),
                     'listeners:',
                     '  - { name: mx, host: 127.0.0.1, port: 0, mode: mx }',
-                    `  - { name: mx2, host: 127.0.0.1, port: ${held.port}, mode: mx }`,
+                    `  - { name: mx2, host: 127.0.0.1, port: ${port}, mode: mx }`,
                     'http: false',
                 ],
                 15_000,
             );
             assert.equal(r.code, 1, `exit status; stderr: ${r.stderr}`);
             assert.match(r.stderr, /start failed: listen EADDRINUSE/);
-        } finally {
-            await held.close();
-        }
+        });
     });
 
     it('closes the listeners start() had opened', async () => {
@@ -152,15 +156,14 @@ describe('a start that fails', () => {
         });
 
         it('ends the primary with status 1 when its HTTP port is taken', async () => {
-            const held = await holdPort();
-            try {
+            await withHeldPort(async (port) => {
                 const r = await serveUntilExit(
                     dir,
                     [
                         ...base(),
                         'listeners: [{ name: mx, host: 127.0.0.1, port: 0, mode: mx }]',
                         `redis: { url: "${redis.url}" }`,
-                        `http: { host: 127.0.0.1, port: ${held.port} }`,
+                        `http: { host: 127.0.0.1, port: ${port} }`,
                         'workers: 2',
                         'shutdownTimeout: 2s',
                     ],
@@ -168,21 +171,18 @@ describe('a start that fails', () => {
                 );
                 assert.equal(r.code, 1, `exit status; stderr: ${r.stderr}`);
                 assert.ok(r.logs.some((l) => l.msg === 'start failed; stopping the workers'));
-            } finally {
-                await held.close();
-            }
+            });
         });
 
         it('ends the primary with status 1 when a worker cannot bind a listener', async () => {
-            const held = await holdPort();
-            try {
+            await withHeldPort(async (port) => {
                 const r = await serveUntilExit(
                     dir,
                     [
                         ...base(),
                         'listeners:',
                         '  - { name: mx, host: 127.0.0.1, port: 0, mode: mx }',
-                        `  - { name: mx2, host: 127.0.0.1, port: ${held.port}, mode: mx }`,
+                        `  - { name: mx2, host: 127.0.0.1, port: ${port}, mode: mx }`,
                         `redis: { url: "${redis.url}" }`,
                         'http: false',
                         'workers: 2',
@@ -192,9 +192,7 @@ describe('a start that fails', () => {
                 );
                 assert.equal(r.code, 1, `exit status; stderr: ${r.stderr}`);
                 assert.match(r.stderr, /start failed: (listen|bind) EADDRINUSE/);
-            } finally {
-                await held.close();
-            }
+            });
         });
     });
 });

@@ -87,6 +87,18 @@ export interface DnsTestServer {
     close(): Promise<void>;
 }
 
+/** The EDNS OPT record (RFC 6891) the server answers with: a 1232-byte UDP payload, no options. */
+export const OPT_RECORD: Answer = {
+    type: 'OPT',
+    name: '.',
+    udpPayloadSize: 1232,
+    extendedRcode: 0,
+    ednsVersion: 0,
+    flags: 0,
+    flag_do: false,
+    options: [],
+};
+
 export const DEFAULT_SOA: Required<SoaSpec> = {
     name: '.',
     mname: 'ns.test',
@@ -204,21 +216,7 @@ function answer(z: Compiled, query: DecodedPacket, transport: 'udp' | 'tcp', log
             questions: query.questions ?? [],
             answers,
             authorities,
-            additionals:
-                opt && withOpt
-                    ? [
-                          {
-                              type: 'OPT',
-                              name: '.',
-                              udpPayloadSize: 1232,
-                              extendedRcode: 0,
-                              ednsVersion: 0,
-                              flags: 0,
-                              flag_do: false,
-                              options: [],
-                          },
-                      ]
-                    : [],
+            additionals: opt && withOpt ? [OPT_RECORD] : [],
         };
         let buf = dnsPacket.encode(packet);
         const limit = opt && 'udpPayloadSize' in opt ? Math.max(UDP_LIMIT, opt.udpPayloadSize) : UDP_LIMIT;
