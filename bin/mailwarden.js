@@ -27,6 +27,8 @@ const root = fileURLToPath(new URL('..', import.meta.url));
 const [major, minor] = process.versions.node.split('.').map(Number);
 const NEEDED = 24;
 const SIGNALS = ['SIGTERM', 'SIGINT', 'SIGHUP', 'SIGQUIT', 'SIGUSR2'];
+/** The signals `serve` would otherwise die of while it starts (holdEarlySignals). */
+const HELD_SIGNALS = ['SIGHUP', 'SIGUSR2'];
 /**
  * V8 flags `serve` runs with (docs/configuration.md, "Node.js memory settings"): a young
  * generation of at most 2 × 4 MB instead of V8's default (up to 2 × 64 MB on a large host), and
@@ -228,8 +230,31 @@ function restartWithFlags() {
     }
 }
 
+/**
+ * Holds SIGHUP and SIGUSR2 while `serve` loads and starts: without a handler either one ends
+ * Node.js at once, so a log rotation's reload (`kill -HUP`) that came during a start (a slow
+ * Redis or upstream can make it last seconds) would stop the gateway. serve takes them over once
+ * its own handlers are in place and acts on each one then (src/commands/early-signals.ts).
+ * SIGTERM and SIGINT are left alone: a stop during the start still stops at once.
+ */
+function holdEarlySignals() {
+    if (commandName(process.argv.slice(2)) !== 'serve') return;
+    const held = [];
+    const hold = (signal) => {
+        if (!held.includes(signal)) held.push(signal);
+    };
+    for (const signal of HELD_SIGNALS) process.on(signal, hold);
+    globalThis[Symbol.for('mailwarden.earlySignals')] = {
+        release() {
+            for (const signal of HELD_SIGNALS) process.removeListener(signal, hold);
+            return held.splice(0);
+        },
+    };
+}
+
 function runHere() {
     restartWithFlags();
+    holdEarlySignals();
     loadOwnModules();
     import(pathToFileURL(join(root, 'src', 'cli.ts')).href).catch((err) => {
         process.stderr.write(`mailwarden: ${err && err.stack ? err.stack : String(err)}\n`);

@@ -6,7 +6,8 @@
  * (a supervisor's own restart sends SIGTERM, indistinguishable from a stop, so "restarting"
  * is said only when the operator asks for it); SIGHUP re-reads the config file (live settings
  * applied, the others named in a "needs a restart" warning), rules, lists, users and
- * certificates. It refuses exactly what `mailwarden check` refuses, with the same
+ * certificates; a SIGHUP or SIGUSR2 that came while it started is acted on once it has started
+ * (the launcher holds them, src/commands/early-signals.ts). It refuses exactly what `mailwarden check` refuses, with the same
  * `FILE:LINE:COL` lines.
  * With `workers` above 1 this process becomes the primary (src/cluster/primary.ts) and forks
  * workers that run this same command; each worker builds the app without the HTTP endpoint and
@@ -23,6 +24,7 @@ import { ConfigError, loadConfig, resolveConfigPath } from '../config/load.ts';
 import { createLogger } from '../log.ts';
 import { createMetrics } from '../metrics.ts';
 import { VERSION } from '../version.ts';
+import { takeOverEarlySignals } from './early-signals.ts';
 
 /** Exit status after a SIGUSR2 drain: EX_TEMPFAIL (sysexits.h), "try again", so a supervisor starts it again. */
 export const RESTART_EXIT_CODE = 75;
@@ -58,7 +60,7 @@ async function serve(opts: { configFlag: string | undefined }): Promise<number> 
     const worker = cluster.isWorker ? cluster.worker : undefined;
     if (!worker && count > 1) {
         const log = createLogger(config.log.level).child({ role: 'primary' });
-        return runPrimary({
+        const running = runPrimary({
             config,
             count,
             log,
@@ -73,6 +75,9 @@ async function serve(opts: { configFlag: string | undefined }): Promise<number> 
             },
             exit: (code) => process.exit(code),
         });
+        // runPrimary installed its signal handlers before its first wait
+        takeOverEarlySignals((signals) => log.info({ signals }, 'signals received during start-up'));
+        return running;
     }
     // loaded here, not above: the primary of several workers never runs the gateway itself,
     // and leaving the checks, rules and mailauth out keeps it smaller (about 108 MB of RSS instead of
@@ -128,6 +133,7 @@ async function serve(opts: { configFlag: string | undefined }): Promise<number> 
         log.info({ signal: 'SIGHUP' }, 'reload requested');
         app.reload();
     });
+    takeOverEarlySignals((signals) => log.info({ signals }, 'signals received during start-up'));
     // a worker drains like a stop when its primary is gone: nobody would stop or replace it
     if (worker) serveAsWorker(app, () => shutdown('primary gone'));
     return -1;
