@@ -1,12 +1,14 @@
 /**
  * What the proxy knows about a received message and what it adds when forwarding it,
  * shared by the live session and `mailwarden explain` so both give the same answer:
- * the message facts (size, From, bare line endings) and the header fields to prepend.
+ * the message facts (size, From and what its display name shows, bare line endings) and the
+ * header fields to prepend.
  * Pure functions; no I/O.
  */
 import type { SpoolSummary } from './data/spool.ts';
 import { fieldValue, receivedField, verdictField, type RawField, type ReceivedInfo } from './headers.ts';
 import { domainOfAddress } from './rules/names.ts';
+import { shownDomain } from './shown-address.ts';
 import { parseAddresses } from './submission/sender-policy.ts';
 import type { Decision, FactValue, HeaderField } from './types.ts';
 
@@ -64,12 +66,15 @@ export function authorOf(fields: readonly RawField[]): { address: string | null;
 /** Facts about the message itself, from its kept header fields and the spool summary. */
 export function messageFacts(fields: readonly RawField[], summary: SpoolSummary): Record<string, FactValue> {
     const author = authorOf(fields);
+    const authorDomain = author.address ? domainOf(author.address) : null;
+    const from = fields.find((f) => f.name.toLowerCase() === 'from');
     return {
         'message.size': summary.size,
         'message.bare_newlines': summary.bareLf + summary.bareCr + summary.nul,
         'header.from': author.address,
-        'header.from.domain': author.address ? domainOf(author.address) : null,
+        'header.from.domain': authorDomain,
         'header.from.count': author.count,
+        'header.from.name_domain': from ? shownDomain(fieldValue(from), authorDomain) : null,
     };
 }
 

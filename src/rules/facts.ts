@@ -268,6 +268,12 @@ const CATALOGUE: readonly FactSpec[] = [
         'Mailboxes in the From field(s), all fields counted (more than one is a spoofing tool)',
     ),
     fact(
+        'header.from.name_domain',
+        'domain',
+        'data',
+        "Domain of an address the From field shows besides the author's, in its display name or a comment (RFC 2047 encoded-words decoded), whose organizational domain is not the author's: `\"ceo@bank.example\" <a@evil.example>` gives bank.example; null when it shows none",
+    ),
+    fact(
         'header.from.mismatch',
         'boolean',
         'data',

@@ -150,6 +150,31 @@ describe('sender authentication through the proxy', () => {
         assert.deepEqual(verdicts, ['accept ', 'tag dkim-partial-body']);
     });
 
+    it("tags a message that passes DMARC for its own domain but shows another's address in the From name", async () => {
+        const verdicts: string[] = [];
+        for (const from of ['News <letters@news.example>', '"ceo@bank.example" <letters@news.example>']) {
+            const signed = await sign(msg(from, 'display name'), 'news.example', 'sel', key);
+            const r = await sendMail(mw.port(), {
+                from: 'bounce@other.example',
+                to: ['bob@example.test'],
+                data: signed,
+            });
+            assert.equal(r.message?.code, 250, r.message?.raw);
+            const forwarded = unstuff(up.transactions.at(-1)!.data!)
+                .toString('latin1')
+                .replace(/\r\n[ \t]+/g, ' ');
+            assert.match(forwarded, /dmarc=pass/);
+            verdicts.push(/^X-Mailwarden-Verdict: (\w+); rules=([^;]*);/m.exec(forwarded)?.slice(1, 3).join(' ') ?? '');
+            if (from.startsWith('"')) {
+                assert.match(
+                    forwarded,
+                    /^X-Mailwarden-Reason: From shows an address at bank\.example in its name, but the message is from news\.example\r$/m,
+                );
+            }
+        }
+        assert.deepEqual(verdicts, ['accept ', 'tag display-name-spoof']);
+    });
+
     it('delivers aligned DKIM-signed mail with dkim=pass and dmarc=pass', async () => {
         const signed = await sign(msg('News <letters@news.example>', 'signed'), 'news.example', 'sel', key);
         const r = await sendMail(mw.port(), { from: 'bounce@other.example', to: ['bob@example.test'], data: signed });

@@ -1,0 +1,135 @@
+/**
+ * What a From field shows a reader besides its own address (shownDomain): an address in the
+ * display name or a comment, plain, quoted or in RFC 2047 encoded-words, of another organization
+ * than the author's. The sender chooses the value (up to the 100,000-byte author field limit), so
+ * reading it must cost time linear in its length: values of the worst shapes are read at once,
+ * and a property (fast-check, fixed seed; replay another with MW_FUZZ_SEED=<n>) checks that any
+ * value is read without throwing and that a domain reported is one the value shows.
+ */
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import fc from 'fast-check';
+import { messageFacts } from '../../src/message-facts.ts';
+import { decodeEncodedWords, shownDomain } from '../../src/shown-address.ts';
+import { parseHeaderSection } from '../../src/headers.ts';
+
+const SEED = Number(process.env.MW_FUZZ_SEED ?? 20261207);
+
+describe('shownDomain', () => {
+    it('finds an address of another organization in the display name or a comment', () => {
+        assert.equal(shownDomain('"ceo@bank.example" <a@evil.example>', 'evil.example'), 'bank.example');
+        assert.equal(shownDomain('ceo@bank.example <a@evil.example>', 'evil.example'), 'bank.example');
+        assert.equal(shownDomain('a@evil.example (ceo@bank.example)', 'evil.example'), 'bank.example');
+        assert.equal(shownDomain('"Bank <ceo@Bank.Example.>" <a@evil.example>', 'evil.example'), 'bank.example');
+        assert.equal(shownDomain("'service@paypal.com' via Support <a@evil.example>", 'evil.example'), 'paypal.com');
+    });
+    it('decodes encoded-words in the name first, as a mail program shows them', () => {
+        // "ceo@bank.example" in base64 and in Q
+        assert.equal(
+            shownDomain('=?utf-8?B?Y2VvQGJhbmsuZXhhbXBsZQ==?= <a@evil.example>', 'evil.example'),
+            'bank.example',
+        );
+        assert.equal(
+            shownDomain('=?ISO-8859-1?Q?ceo=40bank=2Eexample?= <a@evil.example>', 'evil.example'),
+            'bank.example',
+        );
+        assert.equal(decodeEncodedWords('=?utf-8?q?J=C3=B6rg?= =?utf-8?q?_M?='), 'Jörg M');
+        assert.equal(decodeEncodedWords('=?x-unknown?q?abc?='), '=?x-unknown?q?abc?=');
+    });
+    it('gives the domain in A-labels', () => {
+        assert.equal(shownDomain('"ceo@bänk.example" <a@evil.example>', 'evil.example'), 'xn--bnk-qla.example');
+    });
+    it('reports nothing for a plain name, the same organization or no address shown', () => {
+        assert.equal(shownDomain('The CEO <ceo@bank.example>', 'bank.example'), null);
+        assert.equal(shownDomain('ceo@bank.example', 'bank.example'), null);
+        assert.equal(shownDomain('"service@paypal.com" <service@mail.paypal.com>', 'mail.paypal.com'), null);
+        assert.equal(shownDomain('"Alice @ home" <alice@example.org>', 'example.org'), null);
+        assert.equal(shownDomain('"me@localhost" <alice@example.org>', 'example.org'), null);
+        assert.equal(shownDomain('', 'example.org'), null);
+    });
+    it('reports any shown address when the From has no address with a domain', () => {
+        assert.equal(shownDomain('"ceo@bank.example" <undisclosed>', null), 'bank.example');
+    });
+    it('reads the worst shapes of a 100,000-byte value at once', () => {
+        const shapes = [
+            '@'.repeat(100_000),
+            'a@'.repeat(50_000),
+            `a@${'b.'.repeat(49_999)}`,
+            '=?'.repeat(50_000),
+            `=?utf-8?q?${'='.repeat(99_980)}`,
+            `?=${' '.repeat(99_990)}`,
+            `${'x@same.example '.repeat(6_000)}`,
+            `"${'a@b'.repeat(33_000)}" <a@evil.example>`,
+        ];
+        for (const value of shapes) {
+            const started = performance.now();
+            shownDomain(value, 'same.example');
+            const ms = performance.now() - started;
+            assert.ok(ms < 1000, `${JSON.stringify(value.slice(0, 20))}…: ${ms.toFixed(0)} ms`);
+        }
+    });
+    it('never throws, and a domain it reports is written in the value (property)', () => {
+        const piece = fc.constantFrom(
+            '@',
+            '.',
+            '"',
+            '<',
+            '>',
+            '(',
+            ')',
+            ' ',
+            '=?',
+            '?=',
+            '?b?',
+            '?q?',
+            'utf-8',
+            'a',
+            'bank',
+            'example',
+            'x-y',
+            'é',
+        );
+        fc.assert(
+            fc.property(fc.array(piece, { maxLength: 40 }), (parts) => {
+                const value = parts.join('');
+                const got = shownDomain(value, 'evil.example');
+                if (got !== null) {
+                    assert.ok(!got.endsWith('evil.example'));
+                    const shown = decodeEncodedWords(value).toLowerCase();
+                    const first = got.split('.')[0]!;
+                    assert.ok(shown.includes(first) || got.startsWith('xn--'), `${got} from ${value}`);
+                }
+            }),
+            { seed: SEED, numRuns: 3000 },
+        );
+    });
+});
+
+describe('the fact header.from.name_domain', () => {
+    const summary = {
+        receivedBytes: 0,
+        size: 0,
+        bareLf: 0,
+        bareCr: 0,
+        nul: 0,
+        tooBig: false,
+        headerLength: 0,
+        spilled: false,
+    };
+    const facts = (text: string) => {
+        const parsed = parseHeaderSection(Buffer.from(text, 'utf8'));
+        assert.ok(parsed.ok);
+        return messageFacts(parsed.fields, summary);
+    };
+    it('reads the first From field, folded or not', () => {
+        const got = facts('From: "ceo@bank.example"\r\n <a@evil.example>\r\nSubject: x\r\n');
+        assert.equal(got['header.from.domain'], 'evil.example');
+        assert.equal(got['header.from.name_domain'], 'bank.example');
+        assert.equal(
+            facts('From: "ceo@bänk.example" <a@evil.example>\r\n')['header.from.name_domain'],
+            'xn--bnk-qla.example',
+        );
+        assert.equal(facts('From: Bank <ceo@bank.example>\r\n')['header.from.name_domain'], null);
+        assert.equal(facts('Subject: x\r\n')['header.from.name_domain'], null);
+    });
+});
