@@ -271,7 +271,7 @@ const CATALOGUE: readonly FactSpec[] = [
         'header.from.name_domain',
         'domain',
         'data',
-        "Domain of an address the From field shows besides the author's, in its display name or a comment (RFC 2047 encoded-words decoded), whose organizational domain is not the author's: `\"ceo@bank.example\" <a@evil.example>` gives bank.example; null when it shows none",
+        'Domain of an address the From field shows besides the author\'s, in its display name or a comment (RFC 2047 encoded-words decoded), whose organizational domain is not the author\'s: `"ceo@bank.example" <a@evil.example>` gives bank.example; null when it shows none',
     ),
     fact(
         'header.from.mismatch',
