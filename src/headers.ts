@@ -20,6 +20,7 @@
 import { domainToASCII } from 'node:url';
 import net from 'node:net';
 import type { Action, HeaderField } from './types.ts';
+import { decodeEncodedWords } from './encoded-words.ts';
 
 /** One field of the incoming header section, kept byte for byte. */
 export interface RawField {
@@ -205,10 +206,18 @@ function withoutComments(value: string): string {
 /**
  * Every way a reader may take the authserv-id of an Authentication-Results value: the RFC 8601
  * reading, and the readings of looser parsers (comments dropped and quotes ignored, or no
- * comment syntax at all). A field is ours when any of them is our id.
+ * comment syntax at all), each also after RFC 2047 encoded-words are decoded (a parser that
+ * decodes every field reads `=?us-ascii?Q?mx.example.com?=` as mx.example.com). A field is ours
+ * when any of them is our id.
  */
 export function authservIdReadings(value: string): string[] {
     const readings = new Set<string>();
+    const decoded = decodeEncodedWords(value);
+    for (const spelling of decoded === value ? [value] : [value, decoded]) readAuthservIds(spelling, readings);
+    return [...readings];
+}
+
+function readAuthservIds(value: string, readings: Set<string>): void {
     const strict = authservIdOf(value);
     if (strict !== null) readings.add(strict);
     for (const text of [withoutComments(value), value]) {
@@ -219,7 +228,6 @@ export function authservIdReadings(value: string): string[] {
             .split(/\s+/)[0];
         if (word) readings.add(word);
     }
-    return [...readings];
 }
 
 /** A host name as authserv-ids compare (RFC 8601 section 2.5): ASCII case folded, A-labels, no trailing dot. */

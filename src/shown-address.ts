@@ -3,50 +3,49 @@
  * the display name or in a comment, `"ceo@bank.example" <a@evil.example>` or
  * `a@evil.example (ceo@bank.example)`. Mail programs show the name and hide the address, so the
  * reader sees bank.example while SPF, DKIM and DMARC judge evil.example, which passes them all.
- * Encoded-words (RFC 2047) in the name are decoded first, as a mail program would show them.
+ * Encoded-words (RFC 2047) in the name are decoded first and the text is read as it is shown
+ * (lookalike `@` and dots folded, invisible characters dropped), as a mail program would show it.
  * Reports a domain only when its organizational domain differs from the author's: the name
  * `"service@paypal.com" <service@mail.paypal.com>` is the same organization.
- * Hostile input: linear in the value's length (no pattern that backtracks), at most
- * MAX_CANDIDATES names looked up in the suffix list. Pure; it decides nothing.
+ * Hostile input: linear in the value's length (no pattern that backtracks, each candidate cut to
+ * the longest domain), at most MAX_DOMAINS names looked up in the suffix list. Pure; it decides
+ * nothing.
  */
+import { decodeEncodedWords } from './encoded-words.ts';
 import { parseDomain } from './net/domain.ts';
 import { organizationalDomain } from './sender-auth/psl.ts';
 
-/** Address-like words of one field looked up at most (a display name is a few words). */
-const MAX_CANDIDATES = 20;
-
-/** `=?charset?B|Q?text?=` (RFC 2047 section 2); the classes exclude `?`, so matching is linear. */
-const ENCODED_WORD = /=\?([^?\s]{1,75})\?([bBqQ])\?([^?\s]*)\?=/g;
-
-/** Decodes the encoded-words of a text; one that cannot be decoded stays as it is written. */
-export function decodeEncodedWords(text: string): string {
-    if (!text.includes('=?')) return text;
-    // white space between two adjacent encoded-words is not shown (RFC 2047 section 6.2)
-    return text
-        .replace(/(\?=)[ \t\r\n]+(?==\?)/g, '$1')
-        .replace(ENCODED_WORD, (word, charset: string, enc: string, data: string) => {
-            try {
-                const bytes =
-                    enc === 'b' || enc === 'B'
-                        ? Buffer.from(data, 'base64')
-                        : Buffer.from(
-                              data
-                                  .replace(/_/g, ' ')
-                                  .replace(/=([0-9a-fA-F]{2})/g, (_m, hex: string) =>
-                                      String.fromCharCode(parseInt(hex, 16)),
-                                  ),
-                              'latin1',
-                          );
-                // RFC 2231 section 5: a language after `*`
-                return new TextDecoder(charset.split('*')[0]).decode(bytes);
-            } catch {
-                return word; // an unknown charset
-            }
-        });
-}
+/** Longest domain name written without its root dot (RFC 1035 section 2.3.4). */
+const MAX_DOMAIN = 253;
+/**
+ * Distinct domains of one field looked up in the suffix list at most (a display name shows one or
+ * two); a field that shows more is reported with the first domain past the bound, never passed,
+ * so decoys of the author's own organization cannot hide the one that is not.
+ */
+const MAX_DOMAINS = 50;
 
 /** Domain-like start of the text after an `@`: labels of letters, digits, hyphens, at least one dot. */
 const DOMAIN_START = /^[\p{L}\p{N}_-]+(?:\.[\p{L}\p{N}_-]+)+/u;
+
+/**
+ * The text as a reader sees it: compatibility forms folded (NFKC: a fullwidth or small `@` is an
+ * `@`, a fullwidth dot a dot), characters that are not displayed (zero-width spaces and joiners,
+ * the soft hyphen, the byte order mark) removed, ideographic full stops taken as dots (IDNA
+ * reads them so, RFC 3490 section 3.1).
+ */
+function asShown(text: string): string {
+    return text
+        .normalize('NFKC')
+        .replace(/\p{Default_Ignorable_Code_Point}/gu, '')
+        .replace(/[\u3002\uff61]/g, '.');
+}
+
+/** The text without the hyphens and underscores it ends with (a loop: `[-_]+$` is quadratic on a long run). */
+function withoutTrailingHyphens(text: string): string {
+    let end = text.length;
+    while (end > 0 && (text[end - 1] === '-' || text[end - 1] === '_')) end--;
+    return text.slice(0, end);
+}
 
 /**
  * The domain of the first address the From field value shows besides the author's address
@@ -54,22 +53,28 @@ const DOMAIN_START = /^[\p{L}\p{N}_-]+(?:\.[\p{L}\p{N}_-]+)+/u;
  * folded domain of the From address (null when it has none: then any shown domain counts).
  */
 export function shownDomain(value: string, author: string | null): string | null {
-    if (!value.includes('@') && !value.includes('=?')) return null;
     // what the reader is shown, names decoded; the author's own address is of the author's
     // organization and passes below (angle brackets are not removed first: a quoted name may hold
     // `<ceo@bank.example>` itself)
-    const shown = decodeEncodedWords(value);
+    const shown = asShown(decodeEncodedWords(value));
+    if (!shown.includes('@')) return null;
     const authorOrg = author === null ? null : organizationalDomain(author);
-    let looked = 0;
+    const orgs = new Map<string, string>();
     for (const word of shown.split(/[\s<>,;:"'()[\]]+/)) {
         const at = word.lastIndexOf('@');
         if (at <= 0 || at === word.length - 1) continue;
-        const written = DOMAIN_START.exec(word.slice(at + 1))?.[0];
+        const written = DOMAIN_START.exec(word.slice(at + 1, at + 2 + MAX_DOMAIN))?.[0];
         if (written === undefined) continue;
-        const domain = parseDomain(written.replace(/[-_]+$/, ''));
+        const domain = parseDomain(withoutTrailingHyphens(written));
         if (domain === null) continue;
-        if (authorOrg === null || organizationalDomain(domain) !== authorOrg) return domain;
-        if (++looked >= MAX_CANDIDATES) return null;
+        if (authorOrg === null) return domain;
+        let org = orgs.get(domain);
+        if (org === undefined) {
+            if (orgs.size >= MAX_DOMAINS) return domain;
+            org = organizationalDomain(domain);
+            orgs.set(domain, org);
+        }
+        if (org !== authorOrg) return domain;
     }
     return null;
 }

@@ -234,6 +234,9 @@ describe('forged own fields in every spelling', () => {
         ' mx.example.com',
         ' mx.example.com; none',
         ' mx\u3002example\u3002com; dmarc=pass',
+        ' =?us-ascii?Q?mx.example.com?=; dmarc=pass',
+        ' =?utf-8?B?bXguZXhhbXBsZS5jb20=?=; dmarc=pass',
+        ' =?x-unknown?q?MX.example.com?= ; dmarc=pass',
     ];
     for (const value of ours) {
         for (const colon of [':', ' :', '\t:', ' \t :']) {
@@ -253,6 +256,7 @@ describe('forged own fields in every spelling', () => {
         ' sub.mx.example.com; dmarc=pass',
         ' "other.example"; dkim=pass header.d=mx.example.com',
         ' other.example; spf=pass smtp.helo=mx.example.com',
+        ' =?us-ascii?Q?other.example?=; dmarc=pass',
     ]) {
         it(`keeps the A-R of another server: ${JSON.stringify(value)}`, () => {
             assert.deepEqual(keptNames(`Authentication-Results :${value}\r\n`), ['Authentication-Results']);
