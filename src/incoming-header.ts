@@ -7,12 +7,14 @@
  *   2. remove incoming X-Mailwarden-* fields and Authentication-Results fields with our
  *      authserv-id (RFC 8601 section 5), whatever their spelling;
  *   3. on submission, bind the author fields to the login before anything is signed: exactly one
- *      From, at most one Sender, every mailbox owned (`553 5.7.1`).
+ *      From, at most one Sender, every mailbox owned and read as the same mailboxes by the parser
+ *      DMARC and receivers use (`553 5.7.1`).
  * Replies come from the reply table. It must not log, count metrics or touch the upstream; the
  * caller does, with the `problem` it returns.
  */
 import { fieldValue, filterIncomingFields, MAX_HEADER_FIELD, parseHeaderSection, type RawField } from './headers.ts';
 import { replyFor, type HeaderSenderProblem } from './reply.ts';
+import { mailauthAddresses } from './sender-auth/mailauth-internals.ts';
 import { checkHeaderSenders, type SenderPolicy } from './submission/index.ts';
 import type { SmtpReply } from './types.ts';
 
@@ -63,7 +65,12 @@ export function headerStep(input: HeaderStepInput): HeaderStepResult {
     const { login, policy } = input.binding;
     const values = (name: string): string[] =>
         kept.filter((f) => f.name.toLowerCase() === name).map((f) => fieldValue(f));
-    const result = checkHeaderSenders(login, { from: values('from'), sender: values('sender') }, policy);
+    const result = checkHeaderSenders(
+        login,
+        { from: values('from'), sender: values('sender') },
+        policy,
+        mailauthAddresses,
+    );
     if (result.ok) return { ok: true, kept, removed };
     if (result.reason === 'not-owned') {
         return {

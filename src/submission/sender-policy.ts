@@ -161,16 +161,37 @@ export type HeaderSenderResult =
     | { readonly ok: false; readonly reason: 'not-owned'; readonly field: 'From' | 'Sender'; readonly address: string };
 
 /**
+ * An address as two parsers must agree on it: lower case, quotes and quoted-pair backslashes left
+ * out, and an obs-route (`@relay.example:`, which mailauth's parser keeps in the address) dropped.
+ */
+function mailboxKey(address: string): string {
+    return address
+        .replace(/^@[^:]*:/, '')
+        .replace(/["\\]/g, '')
+        .toLowerCase();
+}
+
+/** True when the two readings name the same mailboxes, as many times each. */
+function sameMailboxes(ours: readonly string[], theirs: readonly string[]): boolean {
+    if (ours.length !== theirs.length) return false;
+    const a = ours.map(mailboxKey).sort();
+    const b = theirs.map(mailboxKey).sort();
+    return a.every((key, i) => key === b[i]);
+}
+
+/**
  * Checks the author fields: exactly one From field and at most one Sender field (RFC 5322
  * section 3.6: readers that see several pick different ones), every mailbox of the From field
  * usable by the login, and the Sender mailbox too when there is one (section 3.6.2). Stricter
  * than "From or Sender" on purpose: recipients see From. A From without any mailbox, and fields
- * that do not parse, fail.
+ * that do not parse, fail; so does a field `otherReading` (the parser DMARC and receivers use)
+ * reads as other mailboxes than ours.
  */
 export function checkHeaderSenders(
     login: string,
     fields: { readonly from: readonly string[]; readonly sender: readonly string[] },
     policy: SenderPolicy,
+    otherReading?: (value: string) => readonly string[],
 ): HeaderSenderResult {
     if (fields.from.length > 1) return { ok: false, reason: 'several', field: 'From', count: fields.from.length };
     if (fields.sender.length > 1) {
@@ -184,6 +205,10 @@ export function checkHeaderSenders(
         for (const value of values) {
             const list = parseAddresses(value);
             if (list === null) return { ok: false, reason: 'malformed', field };
+            // a value another parser reads as other mailboxes would let the login check approve
+            // one author while receivers see another: it cannot be read, for our purpose
+            if (otherReading && !sameMailboxes(list, otherReading(value)))
+                return { ok: false, reason: 'malformed', field };
             if (field === 'From') fromCount += list.length;
             for (const address of list) {
                 if (!mayUse(login, address, policy)) return { ok: false, reason: 'not-owned', field, address };
@@ -326,7 +351,9 @@ class AddressParser {
         for (; this.pos < end; this.pos++) {
             const tok = this.peek();
             // '@' is not allowed in a phrase, but "alice@example.com <bob@example.net>" is common
-            // enough; the display name never decides anything here
+            // enough; the display name never decides anything here. A domain literal is no word:
+            // "[x, bob@example.net] <alice@example.com>" hides an address from this reading only
+            if (tok?.t === 'literal') return false;
             if (tok?.t === 'special' && tok.v !== '.' && tok.v !== '@') return false;
         }
         return true;
@@ -357,16 +384,48 @@ class AddressParser {
     /** '<' [obs-route] addr-spec '>'. */
     private angleAddr(): string | null {
         this.pos++; // '<'
-        if (this.isSpecial(this.peek(), '@')) {
-            // obs-route: "@a,@b:" before the address (RFC 5322 section 4.4)
-            while (this.pos < this.tokens.length && !this.isSpecial(this.peek(), ':')) this.pos++;
-            if (!this.isSpecial(this.peek(), ':')) return null;
-            this.pos++;
-        }
+        if (this.isSpecial(this.peek(), '@') && !this.obsRoute()) return null;
         const spec = this.addrSpec();
         if (spec === null || !this.isSpecial(this.peek(), '>')) return null;
         this.pos++;
         return spec;
+    }
+
+    /**
+     * obs-route before the address (RFC 5322 section 4.4): `"@" domain *("," ["@" domain]) ":"`,
+     * skipped; anything else inside it (an address, `<`, `>`) makes the value unreadable.
+     */
+    private obsRoute(): boolean {
+        for (;;) {
+            if (this.isSpecial(this.peek(), '@')) {
+                this.pos++;
+                if (!this.domain()) return false;
+            }
+            if (this.isSpecial(this.peek(), ':')) {
+                this.pos++;
+                return true;
+            }
+            if (!this.isSpecial(this.peek(), ',')) return false;
+            this.pos++;
+        }
+    }
+
+    /** A domain: a domain literal, or atoms separated by dots (obs-domain). */
+    private domain(): string | null {
+        const first = this.peek();
+        if (first?.t === 'literal') {
+            this.pos++;
+            return first.v;
+        }
+        const labels: string[] = [];
+        for (;;) {
+            const tok = this.peek();
+            if (tok?.t !== 'atom') return null;
+            labels.push(tok.v);
+            this.pos++;
+            if (!this.isSpecial(this.peek(), '.')) return labels.join('.');
+            this.pos++;
+        }
     }
 
     /** local-part "@" domain; the local part re-quoted when it is not a dot-atom. */
@@ -384,23 +443,8 @@ class AddressParser {
         }
         if (!this.isSpecial(this.peek(), '@')) return null;
         this.pos++;
-        const first = this.peek();
-        let domain: string;
-        if (first?.t === 'literal') {
-            domain = first.v;
-            this.pos++;
-        } else {
-            const labels: string[] = [];
-            for (;;) {
-                const tok = this.peek();
-                if (tok?.t !== 'atom') return null;
-                labels.push(tok.v);
-                this.pos++;
-                if (!this.isSpecial(this.peek(), '.')) break;
-                this.pos++;
-            }
-            domain = labels.join('.');
-        }
+        const domain = this.domain();
+        if (domain === null) return null;
         let local = words.join('.');
         if (quoted && !isDotAtom(local)) local = `"${local.replace(/(["\\])/g, '\\$1')}"`;
         return `${local}@${domain}`;

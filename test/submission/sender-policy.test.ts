@@ -10,6 +10,7 @@ import {
     parseAddresses,
     parseSendAsEntry,
 } from '../../src/submission/sender-policy.ts';
+import { mailauthAddresses } from '../../src/sender-auth/mailauth-internals.ts';
 
 describe('mayUse', () => {
     const alice = compileSenderPolicy('alice@example.com', [
@@ -136,6 +137,13 @@ describe('parseAddresses (RFC 5322 section 3.4)', () => {
         ['a@b@c', null],
         ['Team: a@example.com', null],
         ['Outer: Inner: a@example.com;;', null],
+        ['<@a.example,@b.example:alice@example.com>', ['alice@example.com']],
+        ['<@a.example,,@[192.0.2.1]:alice@example.com>', ['alice@example.com']],
+        ['<@a.example, bob@example.net>, <:alice@example.com>', null],
+        ['<@a.example>, <:alice@example.com>', null],
+        ['<@:alice@example.com>', null],
+        ['[x, bob@example.net, y] <alice@example.com>', null],
+        ['Alice [x] <alice@example.com>', null],
     ];
     for (const [value, expected] of cases) {
         it(`${JSON.stringify(value)} → ${JSON.stringify(expected)}`, () => {
@@ -189,6 +197,34 @@ describe('checkHeaderSenders', () => {
             field: 'Sender',
             count: 2,
         });
+    });
+
+    it('refuses a field the other parser reads as other mailboxes', () => {
+        const checked = (from: string, sender: string[] = []) =>
+            checkHeaderSenders('alice@example.com', { from: [from], sender }, policy, mailauthAddresses);
+        for (const from of [
+            'alice@example.com (x\\) <boss@example.com>)',
+            'alice@example.com (x (y) <boss@example.com>)',
+        ]) {
+            assert.deepEqual(mailauthAddresses(from).length > 0, true);
+            assert.deepEqual(checked(from), { ok: false, reason: 'malformed', field: 'From' }, from);
+        }
+        assert.deepEqual(checked('alice@example.com', ['alice@example.com (x\\) <boss@example.com>)']), {
+            ok: false,
+            reason: 'malformed',
+            field: 'Sender',
+        });
+        for (const from of [
+            'Alice <alice@example.com>',
+            '"Smith, Alice" <ALICE@example.com>',
+            '=?utf-8?q?Al=C3=AFce?= <alice@example.com>',
+            'alice@example.com (Alice)',
+            '"john doe"@example.org',
+            'Team: alice@example.com, a@example.org;',
+            '<@relay.example:alice@example.com>',
+        ]) {
+            assert.deepEqual(checked(from), { ok: true }, from);
+        }
     });
 
     it('fails closed on missing or malformed fields', () => {
