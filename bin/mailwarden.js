@@ -15,11 +15,12 @@
 // so `npm start`, the systemd unit, the container and the cluster workers (which inherit the
 // primary's flags) all run with them. Setting one in NODE_OPTIONS or on the node command line
 // overrides it.
-/* global process, URL */
+/* global process, URL, setTimeout */
 import { spawn } from 'child_process';
 import { createHash } from 'crypto';
 import { accessSync, constants, existsSync, readFileSync } from 'fs';
 import * as nodeModule from 'module';
+import { constants as osConstants } from 'os';
 import { dirname, join, relative, sep } from 'path';
 import { fileURLToPath, pathToFileURL } from 'url';
 
@@ -114,19 +115,40 @@ function explainAndExit() {
     process.exit(1);
 }
 
+/** True when process `pid` has a handler for `signal` (its bit in SigCgt, /proc/PID/status); true where that cannot be read. */
+function catches(pid, signal) {
+    try {
+        const mask = /^SigCgt:\s*([0-9a-f]+)$/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+        if (!mask) return true;
+        return ((BigInt(`0x${mask[1]}`) >> BigInt(osConstants.signals[signal] - 1)) & 1n) === 1n;
+    } catch {
+        return true;
+    }
+}
+
 /** Runs this same command with the given Node.js and mirrors its end. */
 function delegate(runtime) {
     const child = spawn(runtime, [...missingFlags(), fileURLToPath(import.meta.url), ...process.argv.slice(2)], {
         stdio: 'inherit',
     });
-    const forward = (signal) => {
+    const serving = commandName(process.argv.slice(2)) === 'serve';
+    const forward = (signal, tries = 3000) => {
+        if (child.exitCode !== null || child.signalCode !== null) return;
+        // a SIGHUP or SIGUSR2 for serve waits (up to 30 s) until the child holds it: before, it
+        // would end the child, which holds them only once its Node.js has started
+        if (serving && HELD_SIGNALS.includes(signal) && tries > 0 && !catches(child.pid, signal)) {
+            setTimeout(() => forward(signal, tries - 1), 10);
+            return;
+        }
         try {
             child.kill(signal);
         } catch {
             // already gone
         }
     };
-    for (const signal of SIGNALS) process.on(signal, forward);
+    for (const signal of SIGNALS) process.on(signal, (s) => forward(s));
+    // this process's own holding ends here: the child reads the files as they are now
+    globalThis[Symbol.for('mailwarden.earlySignals')]?.release();
     child.on('error', (err) => {
         process.stderr.write(`mailwarden: cannot run Node.js ${NEEDED} (${runtime}): ${err.message}\n`);
         process.exit(1);
@@ -233,9 +255,13 @@ function restartWithFlags() {
 /**
  * Holds SIGHUP and SIGUSR2 while `serve` loads and starts: without a handler either one ends
  * Node.js at once, so a log rotation's reload (`kill -HUP`) that came during a start (a slow
- * Redis or upstream can make it last seconds) would stop the gateway. serve takes them over once
- * its own handlers are in place and acts on each one then (src/commands/early-signals.ts).
- * SIGTERM and SIGINT are left alone: a stop during the start still stops at once.
+ * Redis or upstream can make it last seconds) would stop the gateway. Called first, before this
+ * launcher does anything that takes time (after its restart with V8 flags, which would drop the
+ * handler); what comes earlier still (while Node.js itself starts, twice when
+ * the launcher restarts with its V8 flags: up to a quarter of a second) ends the process, which
+ * the shipped systemd unit restarts (RestartForceExitStatus). serve takes them over once its own
+ * handlers are in place and acts on each one then (src/commands/early-signals.ts). SIGTERM and
+ * SIGINT are left alone: a stop during the start still stops at once.
  */
 function holdEarlySignals() {
     if (commandName(process.argv.slice(2)) !== 'serve') return;
@@ -253,8 +279,6 @@ function holdEarlySignals() {
 }
 
 function runHere() {
-    restartWithFlags();
-    holdEarlySignals();
     loadOwnModules();
     import(pathToFileURL(join(root, 'src', 'cli.ts')).href).catch((err) => {
         process.stderr.write(`mailwarden: ${err && err.stack ? err.stack : String(err)}\n`);
@@ -263,10 +287,18 @@ function runHere() {
 }
 
 function main() {
-    if (major >= NEEDED) return runHere();
-    const runtime = bundledRuntime();
-    if (runtime) return delegate(runtime);
-    if (runsHere()) return runHere();
+    const here = major >= NEEDED;
+    const runtime = here ? null : bundledRuntime();
+    if (runtime) {
+        holdEarlySignals();
+        return delegate(runtime);
+    }
+    if (here || runsHere()) {
+        // the restart with V8 flags first: a handler installed before it would not survive it
+        restartWithFlags();
+        holdEarlySignals();
+        return runHere();
+    }
     return explainAndExit();
 }
 

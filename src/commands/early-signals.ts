@@ -1,6 +1,6 @@
 /**
  * The signals that came while `serve` was loading and starting. bin/mailwarden.js holds SIGHUP and
- * SIGUSR2 from its first moment (without a handler, either would end Node.js: a log rotation's
+ * SIGUSR2 from its first moment (once Node.js has started) (without a handler, either would end Node.js: a log rotation's
  * `kill -HUP` during a slow start stopped the gateway); once serve's own handlers are in place it
  * takes them over here and each is acted on as if it came then (a SIGHUP reloads, so an edit
  * made while the process started is read too). It must be called only after those handlers are

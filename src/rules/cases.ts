@@ -31,7 +31,16 @@ export interface CaseFailure {
      * Set when the case would hold with these rules in the other mode: they are now in `mode`
      * and the case was written for the other one (typically a rule switched to monitor mode).
      */
-    readonly modeSwitch?: { readonly rules: readonly string[]; readonly mode: RuleMode };
+    readonly modeSwitch?: {
+        readonly rules: readonly string[];
+        readonly mode: RuleMode;
+        /**
+         * Rules in enforce mode that the case does not expect in monitor mode (no `monitor:` names
+         * them): the case holds without them, so they match facts the case was not written for (a
+         * list entry or a rule edited since), not rules switched back from monitor mode.
+         */
+        readonly unexpected?: boolean;
+    };
 }
 
 export interface CaseResults {
@@ -111,7 +120,10 @@ function modeSwitch(
     const tries = ids.length > 1 ? [...ids.map((id) => [id]), ids] : [ids];
     for (const t of tries) {
         const rules = stage.map((r) => (t.includes(r.id) ? inMode(ruleSet, r, to) : r));
-        if (compare(c.expect, evaluateRules(rules, c.facts, softReject, false)).ok) return { rules: t, mode: from };
+        if (compare(c.expect, evaluateRules(rules, c.facts, softReject, false)).ok) {
+            const named = from === 'monitor' || t.every((id) => c.expect.monitor?.includes(id) === true);
+            return { rules: t, mode: from, ...(named ? {} : { unexpected: true }) };
+        }
     }
     return null;
 }
@@ -162,6 +174,13 @@ export function runCases(
 function modeHint(s: NonNullable<CaseFailure['modeSwitch']>): string {
     const ids = s.rules.join(', ');
     const one = s.rules.length === 1;
+    if (s.unexpected) {
+        return (
+            `the case holds without ${one ? 'rule' : 'rules'} ${ids}, which now ${one ? 'matches' : 'match'} its facts ` +
+            `(a list entry or a rule edited since?) — update the case to expect ${one ? 'it' : 'them'}, ` +
+            `or change ${one ? 'the rule or the list it reads' : 'the rules or the lists they read'}`
+        );
+    }
     const rule = `${one ? 'rule' : 'rules'} ${ids} ${one ? 'is' : 'are'} in ${s.mode} mode`;
     if (s.mode === 'monitor') {
         return (

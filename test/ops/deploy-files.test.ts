@@ -402,7 +402,12 @@ describe('systemd unit', () => {
 
     it('starts mailwarden again after a drain for a restart (SIGUSR2), counting it as a success', () => {
         assert.deepEqual(keys('SuccessExitStatus'), [String(RESTART_EXIT_CODE)]);
-        assert.deepEqual(keys('RestartForceExitStatus'), [String(RESTART_EXIT_CODE)]);
+        assert.deepEqual(keys('RestartForceExitStatus'), [`${RESTART_EXIT_CODE} SIGHUP`]);
+    });
+
+    it('starts mailwarden again when a reload came before it could hold SIGHUP (systemd takes that death as clean)', () => {
+        assert.ok(keys('RestartForceExitStatus')[0]!.split(' ').includes('SIGHUP'));
+        assert.deepEqual(keys('Restart'), ['on-failure']);
     });
 
     it('passes systemd-analyze verify where systemd is installed', async (t) => {

@@ -226,6 +226,64 @@ describe('installing with npm on a machine whose Node.js is older than 24', { ti
         }
     });
 
+    it('holds a SIGHUP sent as soon as it started, while its Node.js 24 child still starts', async () => {
+        const config = join(dir, 'serve-early.yaml');
+        writeFileSync(
+            config,
+            [
+                'listeners:',
+                '  - { name: mx, host: 127.0.0.1, port: 0, mode: mx }',
+                `upstream: { url: "maildir:${join(dir, 'maildir')}" }`,
+                'http: false',
+            ].join('\n'),
+        );
+        const child = spawn(join(prefix, 'bin/mailwarden'), ['serve', '-c', config], {
+            env: operatorEnv({}, oldPath),
+            cwd: dir,
+            stdio: ['ignore', 'pipe', 'pipe'],
+            detached: true,
+        });
+        let out = '';
+        child.stdout.setEncoding('utf8').on('data', (d: string) => (out += d));
+        child.stderr.setEncoding('utf8').on('data', (d: string) => (out += d));
+        const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
+        const waitFor = async (pattern: RegExp): Promise<void> => {
+            const deadline = Date.now() + 60_000;
+            while (
+                !pattern.test(out) &&
+                Date.now() < deadline &&
+                child.exitCode === null &&
+                child.signalCode === null
+            ) {
+                await new Promise((r) => setTimeout(r, 20));
+            }
+            assert.match(out, pattern, `exit ${child.exitCode} ${child.signalCode}`);
+        };
+        try {
+            // the launcher (on the old Node.js) catches SIGHUP from its first statement on
+            const deadline = Date.now() + 10_000;
+            for (;;) {
+                const status = readFileSync(`/proc/${child.pid}/status`, 'utf8');
+                const mask = /^SigCgt:\s*([0-9a-f]+)$/m.exec(status)?.[1] ?? '0';
+                if ((BigInt(`0x${mask}`) & 1n) === 1n) break;
+                assert.ok(Date.now() < deadline, 'the launcher never caught SIGHUP');
+                await new Promise((r) => setTimeout(r, 2));
+            }
+            child.kill('SIGHUP');
+            await waitFor(/"msg":"listening"/);
+            await waitFor(/"msg":"(reload requested|signals received during start-up)"/);
+            assert.equal(child.exitCode, null, out);
+            child.kill('SIGTERM');
+            assert.equal(await exited, 0, out);
+        } finally {
+            try {
+                process.kill(-child.pid!, 'SIGKILL');
+            } catch {
+                // the group is gone: everything in it exited
+            }
+        }
+    });
+
     it('listens on 25, 587 and 465 as the unit runs it: an unprivileged user with CAP_NET_BIND_SERVICE only', async () => {
         // The unit's User= and AmbientCapabilities=, in a private network namespace (unshare) so
         // that the real port numbers are free; the capability must reach the Node.js 24 child.

@@ -80,6 +80,28 @@ describe('cases that do not hold', () => {
         assert.ok(r.warnings.every((w) => w.severity === 'warning'));
     });
 
+    it('say a rule now matches facts the case was not written for, when no monitor: names it', () => {
+        const r = load(
+            [
+                'rules:',
+                '  - { id: block-networks, stage: connect, when: { client.ip: { in: [198.51.100.7] } }, action: reject }',
+                'cases:',
+                '  - name: a client that talks first is refused',
+                '    stage: connect',
+                '    facts: { client.ip: 198.51.100.7 }',
+                '    expect: { action: accept, rule: null }',
+                '',
+            ].join('\n'),
+        );
+        const failed = runCases(r.ruleSet!).failed;
+        assert.deepEqual(failed[0]?.modeSwitch, { rules: ['block-networks'], mode: 'enforce', unexpected: true });
+        assert.match(
+            r.warnings[0]!.message,
+            /; the case holds without rule block-networks, which now matches its facts \(a list entry or a rule edited since\?\) — update the case to expect it, or change the rule or the list it reads$/,
+        );
+        assert.doesNotMatch(r.warnings[0]!.message, /monitor/);
+    });
+
     it('give no mode hint when no switch explains the failure', () => {
         const r = load(
             [
