@@ -38,6 +38,7 @@ import {
     type AuthBackend,
 } from './submission/index.ts';
 import { createLoginGuard } from './submission/login-guard.ts';
+import { sharedResult } from './shared-result.ts';
 import type { Decider, Check } from './types.ts';
 import { CapabilityTracker } from './upstream/capabilities.ts';
 import { createUpstream } from './upstream/index.ts';
@@ -117,6 +118,8 @@ export interface App {
 
 /** Longest wait at start for the upstream's EHLO before the listeners open (it goes on in the background). */
 const STARTUP_PROBE_MS = 5000;
+/** How long a readiness answer (an upstream session opened, Redis pinged) is given again to later /readyz requests. */
+const READINESS_TTL_MS = 2000;
 
 interface SmtpConnectionLike {
     /** smtp-server's session: `envelope.mailFrom` is set from an accepted MAIL until the transaction ends. */
@@ -299,15 +302,23 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
         }),
     );
 
+    /** The dependencies asked for readiness: one probe at a time, its answer kept READINESS_TTL_MS. */
+    const dependencies = sharedResult(
+        async (): Promise<string | null> => {
+            try {
+                await probeUpstream();
+            } catch (err) {
+                return `upstream ${upstream.description}: ${err instanceof Error ? err.message : String(err)}`;
+            }
+            if (config.redis && !(await limitStore.ping())) return 'redis: not answering';
+            return null;
+        },
+        READINESS_TTL_MS,
+        now,
+    );
     const readiness = async (): Promise<string | null> => {
         if (!started || draining) return draining ? 'shutting down' : 'starting';
-        try {
-            await probeUpstream();
-        } catch (err) {
-            return `upstream ${upstream.description}: ${err instanceof Error ? err.message : String(err)}`;
-        }
-        if (config.redis && !(await limitStore.ping())) return 'redis: not answering';
-        return null;
+        return dependencies();
     };
 
     if (ruleSet) {

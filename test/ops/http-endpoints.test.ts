@@ -109,6 +109,14 @@ describe('the operations HTTP endpoint', () => {
         assert.equal(r.body, 'ready\n');
     });
 
+    it('answers a burst of /readyz requests with one upstream session, not one per request', async () => {
+        await new Promise((r) => setTimeout(r, 2100)); // past the last answer kept
+        const before = up.connections.length;
+        const answers = await Promise.all(Array.from({ length: 50 }, () => get(http, '/readyz')));
+        assert.ok(answers.every((r) => r.status === 200));
+        assert.equal(up.connections.length - before, 1);
+    });
+
     it('is not ready while Redis is down, and ready again when it is back', async () => {
         const port = redis.port;
         await redis.stop();
