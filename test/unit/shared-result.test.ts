@@ -37,10 +37,9 @@ describe('sharedResult', () => {
     it('does not keep a run that rejected', async () => {
         let runs = 0;
         const ask = sharedResult(
-            async () => {
+            () => {
                 runs++;
-                if (runs === 1) throw new Error('boom');
-                return 'ok';
+                return runs === 1 ? Promise.reject(new Error('boom')) : Promise.resolve('ok');
             },
             1000,
             () => 0,
