@@ -276,7 +276,13 @@ describe('HTTP endpoints', () => {
         assert.doesNotMatch(metrics, /127\.0\.0\.1|example\.org/, 'no address becomes a label value');
         assert.equal((await fetch(`${base}/nope`)).status, 404);
         await up.close();
-        const notReady = await fetch(`${base}/readyz`);
+        // the last answer is given again for 2 s: the upstream's end shows within that
+        let notReady = await fetch(`${base}/readyz`);
+        const deadline = Date.now() + 5_000;
+        while (notReady.status === 200 && Date.now() < deadline) {
+            await new Promise((r) => setTimeout(r, 100));
+            notReady = await fetch(`${base}/readyz`);
+        }
         assert.equal(notReady.status, 503);
         assert.match(await notReady.text(), /not ready: upstream/);
     });
