@@ -314,7 +314,8 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
             return null;
         },
         READINESS_TTL_MS,
-        now,
+        // a timer's clock, like every timeout: not the decision clock, which tests may hold still
+        () => performance.now(),
     );
     const readiness = async (): Promise<string | null> => {
         if (!started || draining) return draining ? 'shutting down' : 'starting';
