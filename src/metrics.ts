@@ -278,7 +278,7 @@ export function createMetrics(version: string) {
         }),
         redisLateReplies: new Counter({
             name: `${P}redis_late_replies_total`,
-            help: 'Store operations Redis answered after their timeout (the limit had already applied its onError), by what was done about their effect: undone (the charges of the call refunded, the leases it granted released), unchanged (the call had charged and granted nothing), kept (calls that are not undone: greylisting, renew, release, reads), failed (the undo failed)',
+            help: 'Store operations Redis answered after their timeout (the limit had already applied its onError), by what was done about their effect: undone (the charges of the call refunded, the leases it granted released), unchanged (the call had charged and granted nothing), kept (calls that are not undone: greylisting, renew, release, reads), failed (the undo failed), lost (no answer came: the connection was lost or dropped while the call waited, nothing undone)',
             labelNames: ['result'],
             registers: r,
         }),
@@ -327,7 +327,7 @@ export function createMetrics(version: string) {
     // series that alerts compute rates over exist from the start, at 0
     for (const result of ['ok', 'error']) m.configReloads.inc({ result }, 0);
     for (const reason of ['signal', 'error', 'exit']) m.workerRestarts.inc({ reason }, 0);
-    for (const result of ['undone', 'unchanged', 'kept', 'failed']) m.redisLateReplies.inc({ result }, 0);
+    for (const result of ['undone', 'unchanged', 'kept', 'failed', 'lost']) m.redisLateReplies.inc({ result }, 0);
     return m;
 }
 

@@ -128,7 +128,19 @@ type Reverse = (reply: unknown) => ScriptOp | null;
  * or only renewing), 'kept' (calls that are not undone: greylisting, renew, release, reads),
  * 'failed' (the undo failed).
  */
-type LateResult = 'undone' | 'unchanged' | 'kept' | 'failed';
+type LateResult = 'undone' | 'unchanged' | 'kept' | 'failed' | 'lost';
+
+/**
+ * Calls past their deadline whose result is still awaited, at most: each holds its command and
+ * its closures (about 7 KB). A Redis that is paused or behind a black hole keeps the TCP
+ * connection up and answers nothing, so without a bound every decision would add one for as
+ * long as it lasts. Past this many, or once the oldest has waited STUCK_AFTER_MS, the
+ * connection is dropped: the calls waiting on it end (`lost`, nothing undone) and the client
+ * connects again.
+ */
+const MAX_LATE_CALLS = 1000;
+/** How long the oldest late call may wait before the connection is taken as stuck (at least; 10 command timeouts when longer). */
+const STUCK_AFTER_MS = 30_000;
 
 /** Operations of one script call: their keys (KEYS) and arguments after the time (ARGV[2…]). */
 class Batch {
@@ -251,6 +263,44 @@ export function createRedisStore(options: RedisStoreOptions): RedisLimitStore {
         );
     };
 
+    /** Calls past their deadline still waiting for Redis: their start times, oldest first. */
+    const late = new Map<symbol, number>();
+    const stuckAfterMs = Math.max(STUCK_AFTER_MS, 10 * timeoutMs);
+    let lastDrop = -Infinity;
+    /** Drops the connection when too many calls wait on it, or one waited too long (see MAX_LATE_CALLS). */
+    const dropIfStuck = (now: number): void => {
+        const oldest = late.values().next().value;
+        const stuck = late.size > MAX_LATE_CALLS || (oldest !== undefined && now - oldest > stuckAfterMs);
+        if (!stuck || now - lastDrop < stuckAfterMs) return;
+        lastDrop = now;
+        logger?.warn(
+            { waiting: late.size },
+            'Redis answers nothing: dropping the connection so the calls waiting on it end (their effects are not undone)',
+        );
+        redis.disconnect(true);
+    };
+    /** Waits for the result of a call whose deadline passed, then deals with what it did. */
+    const awaitLate = <T>(
+        command: string,
+        start: number,
+        work: Promise<T>,
+        undo?: (value: T) => Promise<number>,
+    ): void => {
+        const token = Symbol(command);
+        late.set(token, start);
+        work.then(
+            (value) => {
+                late.delete(token);
+                lateReply(command, value, undo);
+            },
+            () => {
+                late.delete(token);
+                metrics?.redisLateReplies.inc({ result: 'lost' });
+            },
+        );
+        dropIfStuck(performance.now());
+    };
+
     let closed = false;
     /**
      * Runs one store operation under the deadline, with timing, error counting and typing. When
@@ -265,10 +315,7 @@ export function createRedisStore(options: RedisStoreOptions): RedisLimitStore {
         const deadline = new Promise<never>((_, reject) => {
             timer = setTimeout(() => {
                 // only a call still running when its deadline passes waits for its late result
-                work.then(
-                    (value) => lateReply(command, value, undo),
-                    () => undefined,
-                );
+                awaitLate(command, start, work, undo);
                 reject(new StoreError('timeout', `Redis did not answer ${command} within ${timeoutMs} ms`));
             }, timeoutMs);
         });

@@ -358,6 +358,42 @@ describe('redis store: failures', () => {
         }
     });
 
+    it('Redis hung while calls keep coming: past 1,000 waiting for a late answer the connection is dropped, they end as lost, and it recovers', async () => {
+        const redis = await startRedis();
+        const metrics = createMetrics('test');
+        const lines: LogLine[] = [];
+        const store = createRedisStore({ url: redis.url, commandTimeoutMs: 50, metrics, logger: fakeLogger(lines) });
+        const late = async (result: string) =>
+            (await metrics.redisLateReplies.get()).values.find((v) => v.labels.result === result)?.value ?? 0;
+        try {
+            await store.waitUntilReady(5_000);
+            const key = fresh('stuck');
+            process.kill(redis.pid, 'SIGSTOP');
+            try {
+                const results = await Promise.all(
+                    Array.from({ length: 1_200 }, (_, i) => timed(store.take(`${key}-${i}`, MINUTE, 1, T0))),
+                );
+                assert.ok(results.every((r) => r.error instanceof StoreError));
+                await until('the waiting calls end', async () => (await late('lost')) > 1_000, 5_000, 20);
+                const dropped = lines.filter((l) => l.msg.startsWith('Redis answers nothing'));
+                assert.equal(dropped.length, 1, JSON.stringify(lines.map((l) => l.msg)));
+                assert.ok((dropped[0]!.obj as { waiting: number }).waiting > 1_000);
+            } finally {
+                process.kill(redis.pid, 'SIGCONT');
+            }
+            await until('the store answers again', async () => {
+                try {
+                    return (await store.take(key, MINUTE, 1, T0)).allowed;
+                } catch {
+                    return false;
+                }
+            });
+        } finally {
+            await store.close();
+            await redis.stop();
+        }
+    });
+
     it('no Redis at start: operations fail fast as unavailable, waitUntilReady gives up, close works', async () => {
         const port = await freePort();
         const store = createRedisStore({ url: `redis://127.0.0.1:${port}`, commandTimeoutMs: TIMEOUT });
