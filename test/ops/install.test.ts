@@ -178,8 +178,13 @@ describe('installing with npm on a machine whose Node.js is older than 24', { ti
         assert.equal(c.code, 0, `${c.out}${c.err}`);
     });
 
-    it('passes SIGHUP and SIGTERM on to mailwarden and exits as it does', async () => {
-        const config = join(dir, 'serve.yaml');
+    /**
+     * `serve` through the installed command (the launcher on the old Node.js, mailwarden in its
+     * Node.js 24 child), in a process group of its own: a kill of the launcher alone would leave
+     * the child running when a test fails. `end()` kills whatever of the group is left.
+     */
+    const serveInstalled = (name: string) => {
+        const config = join(dir, `${name}.yaml`);
         writeFileSync(
             config,
             [
@@ -189,8 +194,6 @@ describe('installing with npm on a machine whose Node.js is older than 24', { ti
                 'http: false',
             ].join('\n'),
         );
-        // a process group of its own: the launcher runs mailwarden as its child, which a kill of
-        // the launcher alone would leave running when the test fails
         const child = spawn(join(prefix, 'bin/mailwarden'), ['serve', '-c', config], {
             env: operatorEnv({}, oldPath),
             cwd: dir,
@@ -201,86 +204,66 @@ describe('installing with npm on a machine whose Node.js is older than 24', { ti
         child.stdout.setEncoding('utf8').on('data', (d: string) => (out += d));
         child.stderr.setEncoding('utf8').on('data', (d: string) => (out += d));
         const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
-        const waitFor = async (pattern: RegExp): Promise<void> => {
-            const deadline = Date.now() + 60_000;
-            while (!pattern.test(out) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
-            assert.match(out, pattern);
+        const ended = (): boolean => child.exitCode !== null || child.signalCode !== null;
+        return {
+            child,
+            exited,
+            out: () => out,
+            waitFor: async (pattern: RegExp): Promise<void> => {
+                const deadline = Date.now() + 60_000;
+                while (!pattern.test(out) && Date.now() < deadline && !ended()) {
+                    await new Promise((r) => setTimeout(r, 20));
+                }
+                assert.match(out, pattern, `exit ${child.exitCode} ${child.signalCode}`);
+            },
+            end: (): void => {
+                try {
+                    process.kill(-child.pid!, 'SIGKILL');
+                } catch {
+                    // the group is gone: everything in it exited
+                }
+            },
         };
+    };
+
+    it('passes SIGHUP and SIGTERM on to mailwarden and exits as it does', async () => {
+        const serve = serveInstalled('serve');
         try {
-            await waitFor(/"msg":"listening"/);
+            await serve.waitFor(/"msg":"listening"/);
             // The package carries the build `npm pack` made (scripts/build.js): every module
             // loads from it, none is stripped at start.
-            await waitFor(/"msg":"mailwarden started"/);
-            assert.match(out, /"modules":\{"compiled":\d+,"stripped":0\}/);
-            child.kill('SIGHUP');
-            await waitFor(/"msg":"reload requested"/);
-            child.kill('SIGTERM');
-            assert.equal(await exited, 0, out);
-            assert.match(out, /"msg":"stopped"/);
+            await serve.waitFor(/"msg":"mailwarden started"/);
+            assert.match(serve.out(), /"modules":\{"compiled":\d+,"stripped":0\}/);
+            serve.child.kill('SIGHUP');
+            await serve.waitFor(/"msg":"reload requested"/);
+            serve.child.kill('SIGTERM');
+            assert.equal(await serve.exited, 0, serve.out());
+            assert.match(serve.out(), /"msg":"stopped"/);
         } finally {
-            try {
-                process.kill(-child.pid!, 'SIGKILL');
-            } catch {
-                // the group is gone: everything in it exited
-            }
+            serve.end();
         }
     });
 
     it('holds a SIGHUP sent as soon as it started, while its Node.js 24 child still starts', async () => {
-        const config = join(dir, 'serve-early.yaml');
-        writeFileSync(
-            config,
-            [
-                'listeners:',
-                '  - { name: mx, host: 127.0.0.1, port: 0, mode: mx }',
-                `upstream: { url: "maildir:${join(dir, 'maildir')}" }`,
-                'http: false',
-            ].join('\n'),
-        );
-        const child = spawn(join(prefix, 'bin/mailwarden'), ['serve', '-c', config], {
-            env: operatorEnv({}, oldPath),
-            cwd: dir,
-            stdio: ['ignore', 'pipe', 'pipe'],
-            detached: true,
-        });
-        let out = '';
-        child.stdout.setEncoding('utf8').on('data', (d: string) => (out += d));
-        child.stderr.setEncoding('utf8').on('data', (d: string) => (out += d));
-        const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
-        const waitFor = async (pattern: RegExp): Promise<void> => {
-            const deadline = Date.now() + 60_000;
-            while (
-                !pattern.test(out) &&
-                Date.now() < deadline &&
-                child.exitCode === null &&
-                child.signalCode === null
-            ) {
-                await new Promise((r) => setTimeout(r, 20));
-            }
-            assert.match(out, pattern, `exit ${child.exitCode} ${child.signalCode}`);
-        };
+        const serve = serveInstalled('serve-early');
         try {
             // the launcher (on the old Node.js) catches SIGHUP from its first statement on
             const deadline = Date.now() + 10_000;
             for (;;) {
-                const status = readFileSync(`/proc/${child.pid}/status`, 'utf8');
+                const status = readFileSync(`/proc/${serve.child.pid}/status`, 'utf8');
                 const mask = /^SigCgt:\s*([0-9a-f]+)$/m.exec(status)?.[1] ?? '0';
                 if ((BigInt(`0x${mask}`) & 1n) === 1n) break;
                 assert.ok(Date.now() < deadline, 'the launcher never caught SIGHUP');
                 await new Promise((r) => setTimeout(r, 2));
             }
-            child.kill('SIGHUP');
-            await waitFor(/"msg":"listening"/);
-            await waitFor(/"msg":"(reload requested|signals received during start-up)"/);
-            assert.equal(child.exitCode, null, out);
-            child.kill('SIGTERM');
-            assert.equal(await exited, 0, out);
+            serve.child.kill('SIGHUP');
+            await serve.waitFor(/"msg":"listening"/);
+            await serve.waitFor(/"msg":"(reload requested|signals received during start-up)"/);
+            assert.equal(serve.child.exitCode, null, serve.out());
+            serve.child.kill('SIGTERM');
+            assert.equal(await serve.exited, 0, serve.out());
         } finally {
-            try {
-                process.kill(-child.pid!, 'SIGKILL');
-            } catch {
-                // the group is gone: everything in it exited
-            }
+            serve.end();
         }
     });
 

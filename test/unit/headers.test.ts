@@ -290,4 +290,15 @@ describe('message facts read the author as RFC 5322 and the parser do', () => {
     it('falls back to a loose reading for a From that does not parse', () => {
         assert.equal(facts('From: Alice <alice@example.org\r\n')['header.from'], 'alice@example.org');
     });
+    it('reads what the first From field shows besides its address (header.from.name_domain), folded or not', () => {
+        const got = facts('From: "ceo@bank.example"\r\n <a@evil.example>\r\nSubject: x\r\n');
+        assert.equal(got['header.from.domain'], 'evil.example');
+        assert.equal(got['header.from.name_domain'], 'bank.example');
+        assert.equal(
+            facts('From: "ceo@bänk.example" <a@evil.example>\r\n')['header.from.name_domain'],
+            'xn--bnk-qla.example',
+        );
+        assert.equal(facts('From: Bank <ceo@bank.example>\r\n')['header.from.name_domain'], null);
+        assert.equal(facts('Subject: x\r\n')['header.from.name_domain'], null);
+    });
 });

@@ -9,10 +9,8 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import fc from 'fast-check';
-import { messageFacts } from '../../src/message-facts.ts';
 import { decodeEncodedWords, decodeUtf7 } from '../../src/encoded-words.ts';
 import { shownDomain } from '../../src/shown-address.ts';
-import { parseHeaderSection } from '../../src/headers.ts';
 
 const SEED = Number(process.env.MW_FUZZ_SEED ?? 20261207);
 
@@ -146,34 +144,5 @@ describe('shownDomain', () => {
             }),
             { seed: SEED, numRuns: 3000 },
         );
-    });
-});
-
-describe('the fact header.from.name_domain', () => {
-    const summary = {
-        receivedBytes: 0,
-        size: 0,
-        bareLf: 0,
-        bareCr: 0,
-        nul: 0,
-        tooBig: false,
-        headerLength: 0,
-        spilled: false,
-    };
-    const facts = (text: string) => {
-        const parsed = parseHeaderSection(Buffer.from(text, 'utf8'));
-        assert.ok(parsed.ok);
-        return messageFacts(parsed.fields, summary);
-    };
-    it('reads the first From field, folded or not', () => {
-        const got = facts('From: "ceo@bank.example"\r\n <a@evil.example>\r\nSubject: x\r\n');
-        assert.equal(got['header.from.domain'], 'evil.example');
-        assert.equal(got['header.from.name_domain'], 'bank.example');
-        assert.equal(
-            facts('From: "ceo@bänk.example" <a@evil.example>\r\n')['header.from.name_domain'],
-            'xn--bnk-qla.example',
-        );
-        assert.equal(facts('From: Bank <ceo@bank.example>\r\n')['header.from.name_domain'], null);
-        assert.equal(facts('Subject: x\r\n')['header.from.name_domain'], null);
     });
 });
