@@ -184,6 +184,12 @@ export function createMetrics(version: string) {
             help: "NOOP commands sent to the upstream to keep a connection alive while its transaction waits for the client's message and the checks (upstream.keepAlive)",
             registers: r,
         }),
+        upstreamReplays: new Counter({
+            name: `${P}upstream_replays_total`,
+            help: 'Transactions whose upstream connection was lost before DATA and whose envelope (MAIL and the accepted RCPTs) was sent again on a new connection, by result: ok (all taken again, the message went on) or failed (the new connection failed or refused one; the client got 451 4.4.1)',
+            labelNames: ['result'],
+            registers: r,
+        }),
         envelopeRefusals: new Counter({
             name: `${P}envelope_refusals_total`,
             help: 'MAIL and RCPT commands refused before any rule, by listener and reason (address-syntax, command-syntax, smtputf8, param-invalid, param-not-offered, size, relay, too-many-recipients, upstream-feature)',
@@ -328,6 +334,7 @@ export function createMetrics(version: string) {
     for (const result of ['ok', 'error']) m.configReloads.inc({ result }, 0);
     for (const reason of ['signal', 'error', 'exit']) m.workerRestarts.inc({ reason }, 0);
     for (const result of ['undone', 'unchanged', 'kept', 'failed', 'lost']) m.redisLateReplies.inc({ result }, 0);
+    for (const result of ['ok', 'failed']) m.upstreamReplays.inc({ result }, 0);
     return m;
 }
 

@@ -4,7 +4,8 @@
  * relays the upstream's per-recipient answers; it spools DATA, runs the data-stage checks,
  * asks the decider, and forwards the message only after the verdict. The client hears
  * `250` for DATA only after the upstream said `250`; every failure of our own, or of the
- * upstream, is a 4xx and the mail stays with the client (SPEC, "The transaction").
+ * upstream, is a 4xx and the mail stays with the client (SPEC, "The transaction"). A transaction
+ * whose upstream connection died before DATA is begun again once on a new one (upstreamForData).
  * Before any rule, MAIL and RCPT pass the envelope rules (envelope/gate.ts: syntax,
  * SMTPUTF8, offered parameters, the recipient limit, relay control).
  * It must not choose reply texts itself (reply.ts does) nor decide policy (the decider does).
@@ -27,6 +28,7 @@ import type { DkimSigner, SenderPolicy, AuthBackend } from './submission/index.t
 import { MAX_HEADER_SECTION, MessageFlow, type FinalVerdict, type Transaction } from './transaction.ts';
 import type { Decider, Facts, FactValue, HeaderField, SmtpReply, Stage, Check, ClientIdentity } from './types.ts';
 import type { CapabilityTracker } from './upstream/capabilities.ts';
+import { replayEnvelope, type AcceptedEnvelope, type ReplayOutcome } from './upstream/replay.ts';
 import {
     UnsupportedFeatureError,
     UpstreamError,
@@ -67,6 +69,8 @@ export class Session {
     private upstream: UpstreamSession | null = null;
     private upstreamFor: string | null = null;
     private tx: Transaction | null = null;
+    /** What the upstream accepted of the current transaction, to replay should its connection die before DATA. */
+    private accepted: AcceptedEnvelope | null = null;
     /** Forward-confirmed reverse name from the connect stage, or null. */
     private ptr: string | null = null;
     /**
@@ -206,6 +210,7 @@ export class Session {
     async onMailFrom(address: SMTPServerAddress): Promise<void> {
         if (this.deps.isDraining()) throw this.refuse(replyFor('shutting-down', { id: this.id }));
         this.tx = null;
+        this.accepted = null;
         const { mailbox, params, sizeLimit } = this.envelope.mail(address);
         const helo = this.identity().helo;
         if (this.heloEvaluated !== helo) {
@@ -238,6 +243,7 @@ export class Session {
             throw this.refuse(this.flow.withId(relayedReply('mail', reply)));
         }
         this.tx = this.flow.begin(result, { mailFrom: from, smtputf8: params.smtputf8 === true, sizeLimit });
+        this.accepted = { mail: { address: from, params }, rcpts: [] };
     }
 
     async onRcptTo(address: SMTPServerAddress): Promise<void> {
@@ -269,6 +275,7 @@ export class Session {
             throw this.refuse(this.flow.withId(relayedReply('rcpt', reply)));
         }
         this.flow.recipientAccepted(tx, to, result);
+        this.accepted?.rcpts.push({ address: to, params: rcptParams });
     }
 
     /**
@@ -278,7 +285,9 @@ export class Session {
     async onData(stream: SMTPServerDataStream): Promise<string> {
         const started = this.deps.now();
         const tx = this.tx;
+        const accepted = this.accepted;
         this.tx = null;
+        this.accepted = null;
         this.inData = true;
         this.dataSettled = new Promise((resolve) => (this.settleData = resolve));
         const spool = new MessageSpool({
@@ -383,11 +392,11 @@ export class Session {
                 : await this.dkimSignature(head, kept, spool, summary, facts['header.from.domain']);
             if (signature) record.dkimSigned = true;
             const message = this.composeMessage(signature ? [signature, ...head] : head, kept, spool, summary);
-            const up = this.upstream;
             let reply: UpstreamReply;
-            const upstreamStarted = this.deps.now();
+            let upstreamStarted = this.deps.now();
             try {
-                if (!up || !up.usable) throw new UpstreamError('closed', 'upstream connection lost before DATA');
+                const up = await this.upstreamForData(accepted, record);
+                upstreamStarted = this.deps.now();
                 reply = await up.data(message);
             } catch (err) {
                 action = 'tempfail';
@@ -426,6 +435,49 @@ export class Session {
             this.deps.metrics.messages.inc({ listener: this.deps.listener.name, action });
             this.log.info({ ...record, action, ms: Math.round(seconds * 1000) }, 'decision');
         }
+    }
+
+    /**
+     * The upstream session to send DATA on: the transaction's own, or, when its connection died
+     * before DATA (the upstream's idle timeout outlasted the keepalive NOOPs, a restarted or
+     * stressed upstream), a new one opened as at MAIL (XCLIENT, EHLO) with the accepted envelope
+     * replayed on it (upstream/replay.ts). No byte of the message went out on the dead one, so
+     * the upstream holds nothing of it. Called once per message, so at most one replay; the
+     * connect and command timeouts bound it. When the new connection does not take the same
+     * MAIL and every RCPT with a 2xx, its transaction is abandoned and the client hears
+     * `451 4.4.1` as before: never a `250` for a recipient the upstream did not take again.
+     */
+    private async upstreamForData(
+        accepted: AcceptedEnvelope | null,
+        record: Record<string, unknown>,
+    ): Promise<UpstreamSession> {
+        const lost = this.upstream;
+        if (lost && lost.usable) return lost;
+        if (!accepted) throw new UpstreamError('closed', 'upstream connection lost before DATA');
+        this.log.warn(
+            { upstream: lost?.peer, rcptCount: accepted.rcpts.length },
+            'upstream connection lost before DATA; replaying the envelope on a new connection',
+        );
+        let outcome: ReplayOutcome;
+        let failure: UpstreamError | null = null;
+        try {
+            const fresh = await this.upstreamSession();
+            outcome = await replayEnvelope(fresh, accepted, (reply) => this.countReply(reply));
+        } catch (err) {
+            if (!(err instanceof UpstreamError)) throw err;
+            failure = err;
+            outcome = { ok: false, reason: err.message };
+        }
+        record.upstreamReplayed = outcome.ok;
+        this.deps.metrics.upstreamReplays.inc({ result: outcome.ok ? 'ok' : 'failed' });
+        if (outcome.ok && this.upstream) return this.upstream;
+        await this.abandonUpstream();
+        const why = outcome.ok ? 'the new connection was lost' : outcome.reason;
+        // an extension the new connection lacks is our failure here, not a refusal of the client's envelope
+        const kind = failure && !(failure instanceof UnsupportedFeatureError) ? failure.kind : 'closed';
+        throw new UpstreamError(kind, `upstream connection lost before DATA, and the replay failed: ${why}`, {
+            cause: failure ?? undefined,
+        });
     }
 
     /**

@@ -37,8 +37,9 @@
  * NOOP, and one that answers is not under stress and gets NOOPs at the interval again, up to
  * KEEPALIVE_MAX_NOOPS per transaction and short of its normal junk command limit; after that
  * the connection waits unkept. A NOOP answered other than 250, or not
- * answered, ends the connection as any upstream failure does. An idle connection kept for the
- * next client gets none.
+ * answered, ends the connection as any upstream failure does. A transaction whose connection
+ * ended so is not lost: the session begins it again on a new one before DATA (upstream/replay.ts).
+ * An idle connection kept for the next client gets none.
  *
  * Replies of every class are returned, never thrown; only a broken connection (refused,
  * timed out, closed, garbage, TLS or XCLIENT failure, failing message source) becomes an
@@ -454,7 +455,10 @@ class SmtpClient {
         this.onKeepAlive?.();
     }
 
-    /** A keepalive NOOP failed: the connection is gone, and the client will hear so at its end of data. */
+    /**
+     * A keepalive NOOP failed: the connection is gone; at the client's end of data the session
+     * begins the transaction again on a new one (session.ts, upstream/replay.ts).
+     */
     keepAliveFailed(peer: string, err: unknown): void {
         this.log.warn(
             { upstream: peer, err: errorMessage(err) },

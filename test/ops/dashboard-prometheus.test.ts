@@ -7,7 +7,7 @@
  * that does not parse, a PROXY header from an untrusted peer, clients through the pregreet test
  * (waiting, known, talking first), an HTTP request on the SMTP port, an upstream 4xx and an upstream
  * failure, a client gone before the upstream's slow 250, a relay attempt, AUTH successes and failures against a real users file,
- * a login locked out, a session ended by a password change, a failed login while Redis is
+ * a login locked out, a session ended by a password change, an upstream connection lost before DATA (replayed), a failed login while Redis is
  * paused, good and bad rule reloads, a client a DNS block list names and a DNS list refusing
  * a query. Then every expression of the dashboard (panel
  * targets, the annotation, the instance variable) is evaluated the way Grafana sends it, through
@@ -445,6 +445,23 @@ describe('the Grafana dashboard and the alert rules against a real Prometheus', 
         slow.write(`${text.slice(40)}.\r\n`);
         assert.equal((await slow.reply()).code, 250, 'slow upload');
         slow.close();
+
+        // A client whose upstream connection is lost while it uploads: its envelope is replayed on a new one.
+        const lost = await smtpConnect(mw.port('mx'));
+        await lost.greeting();
+        await lost.cmd('EHLO client.example');
+        await lost.cmd('MAIL FROM:<bounce@other.example>');
+        await lost.cmd('RCPT TO:<bob@example.test>');
+        assert.equal((await lost.cmd('DATA')).code, 354);
+        const lostText = await sign(msg('News <letters@news.example>', 'upstream lost'), 'news.example', 'sel', key);
+        lost.write(lostText.slice(0, 40));
+        const waiting = up.connections.find((k) => !k.closed && k.commands.at(-1) === 'RCPT TO:<bob@example.test>');
+        assert.ok(waiting, "the lost client's upstream connection waits for its message");
+        waiting.destroy();
+        await sleep(200);
+        lost.write(`${lostText.slice(40)}.\r\n`);
+        assert.equal((await lost.reply()).code, 250, 'envelope replayed');
+        lost.close();
 
         // Redis paused: operations fail or time out while a message comes in.
         process.kill(redis.pid, 'SIGSTOP');
