@@ -14,7 +14,7 @@
  *     reaches the upstream; otherwise it is accepted (or refused by a shipped rule with 550
  *     5.7.1, several From senders, nothing forwarded), our fields are on top, exactly once, and
  *     no other X-Mailwarden-* field nor any A-R field whose authserv-id a loose reader takes
- *     for ours follows them; every other field the client wrote arrives, in order;
+ *     for ours (encoded-words decoded) follows them; every other field the client wrote arrives, in order;
  *   - submission (logged in as alice): a message is accepted only with exactly one From field
  *     holding alice's address, at most one Sender, and a section that parses; it then reaches
  *     the upstream with exactly one From (Postfix's reading) and a DKIM signature; any other
@@ -155,9 +155,12 @@ function postfixView(message: string): Field[] {
     return out;
 }
 
-/** A loose downstream reader's authserv-id: comments, quotes and backslashes gone, first word, no root dot. */
+/**
+ * A loose downstream reader's authserv-id: Q encoded-words decoded (as readers that decode every
+ * field do), comments, quotes and backslashes gone, first word, no root dot.
+ */
 function looseAuthservId(v: string): string {
-    let s = v.replace(/\r\n/g, '');
+    let s = v.replace(/\r\n/g, '').replace(/=\?[^?\s]+\?q\?([^?\s]*)\?=/gi, '$1');
     for (let prev = ''; prev !== s; ) {
         prev = s;
         s = s.replace(/\([^()]*\)/g, ' ');
