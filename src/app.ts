@@ -5,7 +5,8 @@
  * probe, bounded in time), opens the listeners and the HTTP endpoint; stop() drains: no new
  * connections, `421 4.3.2` to sessions with no transaction open, transactions in flight (from
  * an accepted MAIL to the reply to their DATA) finish within the shutdown timeout and get the
- * `421` when they end.
+ * `421` when they end; a message whose end of data went upstream then still gets its answer,
+ * for up to upstream.dataTimeout more (src/drain.ts).
  * reload() (SIGHUP) re-reads the config file and applies the settings that can change live
  * (src/config/reload.ts says which), naming the others in a "needs a restart" log line, then
  * re-reads rules, lists, users and certificates.
@@ -19,6 +20,7 @@ import { loadConfig } from './config/load.ts';
 import { changedKeys, configAfterReload, diffConfig } from './config/reload.ts';
 import type { Config } from './config/types.ts';
 import { prepareSpoolFolder } from './data/spool.ts';
+import { answerWaitMs, MessageWork } from './drain.ts';
 import { createHttpServer } from './http.ts';
 import { createListener, type RunningListener } from './listener.ts';
 import { createPregreetGate } from './pregreet.ts';
@@ -38,8 +40,9 @@ import {
     type AuthBackend,
 } from './submission/index.ts';
 import { createLoginGuard } from './submission/login-guard.ts';
+import type { Session } from './session.ts';
 import { sharedResult } from './shared-result.ts';
-import type { Decider, Check } from './types.ts';
+import type { Decider, Check, SmtpReply } from './types.ts';
 import { CapabilityTracker } from './upstream/capabilities.ts';
 import { createUpstream } from './upstream/index.ts';
 import type { Upstream } from './upstream/types.ts';
@@ -92,9 +95,10 @@ export interface App {
     readonly httpPort: number | null;
     start(): Promise<void>;
     /**
-     * Drains and stops; resolves when every session has ended. Sessions are told `421 4.3.2`
-     * "Service shutting down", or "Service restarting" when `restart` says the operator
-     * asked for a restart (mailwarden is then back within seconds).
+     * Drains and stops; resolves when every session has ended and every message in hand has
+     * its decision line (at most shutdownTimeout + upstream.dataTimeout + 1 s). Sessions are
+     * told `421 4.3.2` "Service shutting down", or "Service restarting" when `restart` says the
+     * operator asked for a restart (mailwarden is then back within seconds).
      */
     stop(options?: { readonly restart?: boolean }): Promise<void>;
     /** Replaces the decider (rule reload); sessions pick it up at their next stage. */
@@ -115,6 +119,9 @@ export interface App {
      */
     dnswlCredit(ip: string): Promise<boolean>;
 }
+
+/** After the drain cut the last messages short, how long their sessions get to log them and end. */
+const CUT_GRACE_MS = 1000;
 
 /** Longest wait at start for the upstream's EHLO before the listeners open (it goes on in the background). */
 const STARTUP_PROBE_MS = 5000;
@@ -225,6 +232,8 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
     ];
     let draining = false;
     let started = false;
+    /** Every message from its DATA to its decision line, its client connected or not (src/drain.ts). */
+    const messages = new Set<MessageWork>();
     let http: Server | null = null;
     let httpPort: number | null = null;
     const reloaders: { name: string; fn: () => void }[] = [];
@@ -294,6 +303,7 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
             log,
             now,
             isDraining: () => draining,
+            messages,
             auth,
             signer,
             capabilities,
@@ -485,6 +495,67 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
         submission?.close();
     };
 
+    /**
+     * The client connections still open, each with whether its message awaits the upstream's
+     * answer to its end of data.
+     */
+    const openConnections = (): { conn: SmtpConnectionLike; session: Session | undefined }[] =>
+        listeners.flatMap((l) =>
+            [...(l.server as unknown as { connections: Set<SmtpConnectionLike> }).connections].map((conn) => ({
+                conn,
+                session: l.sessions.get(conn.session.id),
+            })),
+        );
+
+    /**
+     * One pass of the drain over the open connections. A transaction in flight (MAIL accepted,
+     * DATA not yet answered) goes on: its RCPTs and DATA are served, and it hears the 421 once it
+     * has ended (DATA answered, RSET), or when the shutdown timeout has passed; then a message
+     * still on its way is closed, one whose end of data went upstream waits for the answer.
+     */
+    const sweep = (expired: boolean, bye: SmtpReply): number => {
+        const awaiting = new Set([...messages].filter((m) => m.awaitingAnswer).map((m) => m.sessionId));
+        const open = openConnections();
+        for (const { conn, session } of open) {
+            const inData = session?.inData === true;
+            const inTransaction = inData || Boolean(conn.session.envelope?.mailFrom);
+            if (expired && inData) {
+                if (!awaiting.has(conn.session.id)) conn.close();
+            } else if (expired || !inTransaction) conn.send(bye.code, `${bye.enhanced} ${bye.text}`);
+        }
+        return open.length;
+    };
+
+    /**
+     * Drains the sessions: until nothing is open and no message is in hand, for `timeoutMs`; then
+     * messages not yet sent in full are abandoned (the upstream never gets their end of data),
+     * and those whose end of data went upstream are waited for up to upstream.dataTimeout more,
+     * so that their outcome is known, logged and told to their client. Past that bound, they are
+     * cut short and logged as possible duplicates (reason shutdown).
+     */
+    const drain = async (timeoutMs: number, bye: SmtpReply): Promise<void> => {
+        const boundMs = timeoutMs + answerWaitMs(current);
+        let phase: 'drain' | 'answers' | 'cut' = 'drain';
+        let gone = false;
+        const timers = [
+            setTimeout(() => {
+                phase = 'answers';
+                for (const m of messages) m.abandon();
+            }, timeoutMs),
+            setTimeout(() => {
+                phase = 'cut';
+                for (const m of messages) m.cut();
+            }, boundMs),
+            setTimeout(() => (gone = true), boundMs + CUT_GRACE_MS),
+        ];
+        for (;;) {
+            const open = sweep(phase !== 'drain', bye);
+            if ((open === 0 && messages.size === 0) || gone) break;
+            await new Promise((r) => setTimeout(r, 50));
+        }
+        for (const t of timers) clearTimeout(t);
+    };
+
     const app: App = {
         get config() {
             return current;
@@ -571,31 +642,7 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
             log.info({ timeoutMs: shutdownTimeoutMs, restart }, 'shutting down: draining sessions');
             watcher?.close();
             await Promise.all(listeners.map((l) => l.stopAccepting()));
-            let expired = false;
-            let gone = false;
-            const timer = setTimeout(() => (expired = true), shutdownTimeoutMs);
-            const giveUp = setTimeout(() => (gone = true), shutdownTimeoutMs + 1000);
-            const bye = replyFor(restart ? 'restarting' : 'shutting-down', { id: '' });
-            for (;;) {
-                let open = 0;
-                for (const l of listeners) {
-                    const conns = (l.server as unknown as { connections: Set<SmtpConnectionLike> }).connections;
-                    for (const conn of conns) {
-                        open++;
-                        const inData = l.sessions.get(conn.session.id)?.inData === true;
-                        // A transaction in flight (MAIL accepted, DATA not yet answered) goes on:
-                        // its RCPTs and DATA are served, and it hears the 421 once it has ended
-                        // (DATA answered, RSET), or when the shutdown timeout has passed.
-                        const inTransaction = inData || Boolean(conn.session.envelope?.mailFrom);
-                        if (expired && inData) conn.close();
-                        else if (expired || !inTransaction) conn.send(bye.code, `${bye.enhanced} ${bye.text}`);
-                    }
-                }
-                if (open === 0 || gone) break;
-                await new Promise((r) => setTimeout(r, 50));
-            }
-            clearTimeout(timer);
-            clearTimeout(giveUp);
+            await drain(shutdownTimeoutMs, replyFor(restart ? 'restarting' : 'shutting-down', { id: '' }));
             await closeHttp();
             // every session has ended (or was cut off): the idle upstream connections are closed (QUIT)
             await releaseAll();

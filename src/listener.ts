@@ -14,6 +14,7 @@ import type { SMTPServer, SMTPServerOptions, SMTPServerSession } from 'smtp-serv
 import { tlsPairProblem } from './config/sections/tls.ts';
 import type { Config, ListenerConfig } from './config/types.ts';
 import { smtpServerLogger, type Logger } from './log.ts';
+import { UNCONFIRMED_REASONS } from './metrics.ts';
 import { compileCidrs } from './net/ip.ts';
 import { TLS_PROFILE } from './net/tls-profile.ts';
 import { replyFor, toCallbackError, SmtpReplyError } from './reply.ts';
@@ -326,6 +327,8 @@ export function createListener(config: Config, listener: ListenerConfig, deps: L
     }
     if (listener.pregreetWaitMs > 0) for (const result of PREGREET_RESULTS) deps.metrics.pregreet.inc({ result }, 0);
     for (const kind of ['http', 'tls']) deps.metrics.foreignProtocol.inc({ listener: listener.name, kind }, 0);
+    for (const reason of UNCONFIRMED_REASONS)
+        deps.metrics.acceptedUnconfirmed.inc({ listener: listener.name, reason }, 0);
     for (const result of ['proxy', 'local', 'invalid', 'timeout', 'closed', 'untrusted']) {
         if (listener.proxyProtocol !== null || result === 'untrusted') {
             deps.metrics.proxyHeaders.inc({ listener: listener.name, result }, 0);

@@ -10,6 +10,10 @@ import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics, type LabelV
 
 const P = 'mailwarden_';
 
+/** Why a message may have been accepted upstream without the client hearing so (accepted_unconfirmed_total). */
+export const UNCONFIRMED_REASONS = ['client-gone', 'no-upstream-answer', 'shutdown'] as const;
+export type UnconfirmedReason = (typeof UNCONFIRMED_REASONS)[number];
+
 /** Label sets whose observer is kept per histogram; a metric with more goes on without keeping more. */
 const OBSERVERS_KEPT = 1000;
 
@@ -204,7 +208,7 @@ export function createMetrics(version: string) {
         }),
         acceptedUnconfirmed: new Counter({
             name: `${P}accepted_unconfirmed_total`,
-            help: 'Messages the upstream may have accepted without the client hearing so, which it may send again (a possible duplicate), by listener and reason: client-gone (the 250 could not reach the client, which went away first) or no-upstream-answer (the end of the message reached the upstream but its answer never came; the client got 451 4.4.1)',
+            help: 'Messages the upstream may have accepted without the client hearing so, which it may send again (a possible duplicate), by listener and reason: client-gone (the 250 could not reach the client, which went away first), no-upstream-answer (the end of the message reached the upstream but its answer never came; the client got 451 4.4.1) or shutdown (a stop waited upstream.dataTimeout after shutdownTimeout for the answer, in vain)',
             labelNames: ['listener', 'reason'],
             registers: r,
         }),

@@ -14,12 +14,13 @@ import { Readable } from 'node:stream';
 import type { SMTPServerAddress, SMTPServerDataStream, SMTPServerSession } from 'smtp-server';
 import type { Config, ListenerConfig } from './config/types.ts';
 import { MessageSpool, type SpoolSummary } from './data/spool.ts';
+import { MessageWork } from './drain.ts';
 import { EnvelopeGate } from './envelope/gate.ts';
 import type { RelayPolicy } from './envelope/relay.ts';
 import { fieldValue, formatField, headerSafe, isOwnFieldName, type RawField } from './headers.ts';
 import { headerStep } from './incoming-header.ts';
 import type { Logger } from './log.ts';
-import type { Metrics } from './metrics.ts';
+import type { Metrics, UnconfirmedReason } from './metrics.ts';
 import { runStage, type CheckOutcome, type StageResult } from './pipeline.ts';
 import { listedZones } from './reputation/check.ts';
 import { relayedReply, replyFor, toCallbackError, type SmtpReplyError } from './reply.ts';
@@ -56,7 +57,18 @@ export interface SessionDeps {
     readonly capabilities: CapabilityTracker;
     /** Which recipients this listener accepts without a login. */
     readonly relay: RelayPolicy;
+    /** The messages in hand in every session, for the shutdown drain (src/drain.ts). */
+    readonly messages: Set<MessageWork>;
 }
+
+/** The log line of each possible duplicate, by its reason (the metric's label). */
+const DUPLICATE_RISK: Record<UnconfirmedReason, string> = {
+    'client-gone': 'the upstream accepted the message but the client had gone before our 250; it may send it again',
+    'no-upstream-answer':
+        'the end of the message reached the upstream but its answer did not; it may have accepted the message, which the client, told to try again, may send twice',
+    shutdown:
+        'shutting down: the end of the message reached the upstream but its answer did not come in time; it may have accepted the message, which the client may send twice',
+};
 
 export class Session {
     readonly id: string;
@@ -284,6 +296,7 @@ export class Session {
      */
     async onData(stream: SMTPServerDataStream): Promise<string> {
         const started = this.deps.now();
+        const work = new MessageWork(this.deps.messages, this.id);
         const tx = this.tx;
         const accepted = this.accepted;
         this.tx = null;
@@ -391,7 +404,10 @@ export class Session {
                 ? null
                 : await this.dkimSignature(head, kept, spool, summary, facts['header.from.domain']);
             if (signature) record.dkimSigned = true;
-            const message = this.composeMessage(signature ? [signature, ...head] : head, kept, spool, summary);
+            const message = work.forwarding(
+                this.composeMessage(signature ? [signature, ...head] : head, kept, spool, summary),
+                () => void this.upstream?.close(),
+            );
             let reply: UpstreamReply;
             let upstreamStarted = this.deps.now();
             try {
@@ -400,9 +416,14 @@ export class Session {
                 reply = await up.data(message);
             } catch (err) {
                 action = 'tempfail';
-                record.reason = `upstream: ${err instanceof Error ? err.message : String(err)}`;
+                record.reason = work.stopped ?? `upstream: ${err instanceof Error ? err.message : String(err)}`;
                 // the client is told to try again, though the upstream may have the message
-                if (err instanceof UpstreamError && err.endOfDataSent) this.possibleDuplicate('no-upstream-answer');
+                if (err instanceof UpstreamError && err.endOfDataSent) {
+                    record.duplicateRisk = true;
+                    this.possibleDuplicate(work.stopped ? 'shutdown' : 'no-upstream-answer');
+                }
+                // stopped by the drain, not an upstream failure
+                if (work.stopped) throw this.refuse(replyFor('upstream-unavailable', { id: this.id }));
                 throw this.upstreamFailed(err, 'data');
             } finally {
                 this.deps.metrics.upstreamDuration.observe((this.deps.now() - upstreamStarted) / 1000);
@@ -434,6 +455,7 @@ export class Session {
             this.deps.metrics.messageProcessing.observe(seconds);
             this.deps.metrics.messages.inc({ listener: this.deps.listener.name, action });
             this.log.info({ ...record, action, ms: Math.round(seconds * 1000) }, 'decision');
+            work.done();
         }
     }
 
@@ -494,14 +516,9 @@ export class Session {
      * The upstream may have accepted the message while the client never heard so: the client
      * keeps it and may send it again (the duplicate window of docs/flow.md). Counted and logged.
      */
-    private possibleDuplicate(reason: 'client-gone' | 'no-upstream-answer'): void {
+    private possibleDuplicate(reason: UnconfirmedReason): void {
         this.deps.metrics.acceptedUnconfirmed.inc({ listener: this.deps.listener.name, reason });
-        this.log.warn(
-            { duplicateRisk: true, reason, messageId: this.messageId ?? undefined },
-            reason === 'client-gone'
-                ? 'the upstream accepted the message but the client had gone before our 250; it may send it again'
-                : 'the end of the message reached the upstream but its answer did not; it may have accepted the message, which the client, told to try again, may send twice',
-        );
+        this.log.warn({ duplicateRisk: true, reason, messageId: this.messageId ?? undefined }, DUPLICATE_RISK[reason]);
     }
 
     private observeChecks(checks: readonly CheckOutcome[]): void {

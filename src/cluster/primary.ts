@@ -14,6 +14,7 @@ import type { AddressInfo } from 'node:net';
 import { availableParallelism } from 'node:os';
 import { AggregatorRegistry } from 'prom-client';
 import type { Config } from '../config/types.ts';
+import { answerWaitMs } from '../drain.ts';
 import { createHttpServer } from '../http.ts';
 import type { Logger } from '../log.ts';
 import type { Metrics } from '../metrics.ts';
@@ -30,7 +31,10 @@ const ASK_TIMEOUT_MS = 5000;
 /** A worker that lived less than this before ending is started again after a growing pause. */
 const SHORT_LIFE_MS = 10_000;
 const MAX_RESTART_DELAY_MS = 30_000;
-/** Margin after shutdownTimeout (the workers' own bound) before the primary kills what is left. */
+/**
+ * Margin after the workers' own bound (shutdownTimeout, then upstream.dataTimeout for the answers
+ * to ends of data already sent: src/drain.ts) before the primary kills what is left.
+ */
 const DRAIN_MARGIN_MS = 5000;
 
 export interface PrimaryOptions {
@@ -197,6 +201,7 @@ export async function runPrimary(o: PrimaryOptions): Promise<number> {
         restartTimers.clear();
         log.info({ signal, restart, workers: slots.size }, 'signal received; draining every worker');
         for (const slot of slots.values()) slot.worker.process.kill(restart ? 'SIGUSR2' : 'SIGTERM');
+        const killAfterMs = config.shutdownTimeoutMs + answerWaitMs(config) + DRAIN_MARGIN_MS;
         const killer = setTimeout(() => {
             for (const slot of slots.values()) {
                 log.error(
@@ -206,7 +211,7 @@ export async function runPrimary(o: PrimaryOptions): Promise<number> {
                 failed = true;
                 slot.worker.process.kill('SIGKILL');
             }
-        }, config.shutdownTimeoutMs + DRAIN_MARGIN_MS);
+        }, killAfterMs);
         killer.unref();
         if (slots.size === 0) allGone();
         void gone.then(async () => {
