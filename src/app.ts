@@ -554,6 +554,15 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
             await new Promise((r) => setTimeout(r, 50));
         }
         for (const t of timers) clearTimeout(t);
+        // its session did not log it within the bound (a check still running): say so here
+        for (const m of messages) {
+            log.warn(
+                { session: m.sessionId, duplicateRisk: m.awaitingAnswer, reason: m.stopped },
+                m.awaitingAnswer
+                    ? 'stopped with a message whose end of data went upstream unanswered: it may arrive twice'
+                    : 'stopped with a message still being received or checked: its client was not answered and will send it again',
+            );
+        }
     };
 
     const app: App = {

@@ -43,6 +43,10 @@ export class MessageWork {
      * same turn of the event loop, before any timer (the drain's) can run.
      */
     forwarding(source: Readable, stop: () => void): Readable {
+        // the upstream reads the source only once DATA was answered 354 (or not at all, when the
+        // message is refused first): until then an abandon's error would have no listener and be
+        // thrown. Whoever reads it still sees the error.
+        source.on('error', () => undefined);
         this.source = source;
         this.stopUpstream = stop;
         source.once('end', () => (this.endSent = true));

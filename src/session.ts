@@ -411,6 +411,8 @@ export class Session {
             let reply: UpstreamReply;
             let upstreamStarted = this.deps.now();
             try {
+                // abandoned by a shutdown while it was checked: no connection is opened for it
+                if (work.stopped) throw new UpstreamError('closed', work.stopped);
                 const up = await this.upstreamForData(accepted, record);
                 upstreamStarted = this.deps.now();
                 reply = await up.data(message);

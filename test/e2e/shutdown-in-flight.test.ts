@@ -11,6 +11,7 @@ import assert from 'node:assert/strict';
 import { once } from 'node:events';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { describe, it } from 'node:test';
+import type { Check } from '../../src/types.ts';
 import { NO_CAPABILITIES } from '../../src/upstream/capabilities.ts';
 import { UpstreamError, type Upstream, type UpstreamReply } from '../../src/upstream/types.ts';
 import { decisions, startApp, type TestApp } from '../helpers/app.ts';
@@ -207,5 +208,111 @@ describe('shutdown with a message still on its way upstream', () => {
         assert.match(String(decision.reason), /^shutting down/);
         assert.equal(decision.duplicateRisk, undefined);
         assert.equal(await unconfirmed(mw, 'shutdown'), '0');
+    });
+});
+
+describe('shutdown while a message waits before its forwarding starts', () => {
+    /** Runs `fn` with uncaught exceptions collected instead of ending the test process. */
+    async function collectingUncaught(fn: () => Promise<void>): Promise<string[]> {
+        const uncaught: string[] = [];
+        const previous = process.listeners('uncaughtException');
+        process.removeAllListeners('uncaughtException');
+        const collect = (err: Error): void => void uncaught.push(String(err));
+        process.on('uncaughtException', collect);
+        try {
+            await fn();
+            await sleep(200);
+        } finally {
+            process.removeListener('uncaughtException', collect);
+            for (const l of previous) process.on('uncaughtException', l);
+        }
+        return uncaught;
+    }
+
+    it('abandons a message whose upstream has not yet answered DATA with 354, without an uncaught error', async (t) => {
+        const up = await startScriptedUpstream({
+            ehlo: EHLO,
+            onCommand: (line) => (/^DATA/i.test(line) ? { delayMs: 1500 } : undefined),
+        });
+        const mw = await startApp(config(`smtp://127.0.0.1:${up.port}`, '10s'));
+        t.after(async () => {
+            await mw.stop();
+            await up.close();
+        });
+        const uncaught = await collectingUncaught(async () => {
+            const c = await sendUpToTheDot(mw);
+            const reply = c.reply(10_000).catch(() => null);
+            await stopSoonAfter(mw);
+            assert.notEqual((await reply)?.code, 250);
+        });
+        assert.deepEqual(uncaught, []);
+        const [decision] = decisions(mw.logs);
+        assert.equal(decision?.action, 'tempfail');
+        assert.equal(decision.duplicateRisk, undefined);
+        assert.ok(
+            up.transactions.every((tx) => !tx.completed),
+            'nothing completed upstream',
+        );
+    });
+
+    it('abandons a message whose checks end after shutdownTimeout, without opening anything upstream for it', async (t) => {
+        const up = await startScriptedUpstream({ ehlo: EHLO });
+        const slow: Check = {
+            name: 'slow_check',
+            stages: ['data'],
+            timeoutMs: 8000,
+            onError: 'ignore',
+            run: async () => {
+                await sleep(1500);
+                return { facts: {} };
+            },
+        };
+        const mw = await startApp(config(`smtp://127.0.0.1:${up.port}`, '10s'), { checks: [slow] });
+        t.after(async () => {
+            await mw.stop();
+            await up.close();
+        });
+        const uncaught = await collectingUncaught(async () => {
+            const c = await sendUpToTheDot(mw);
+            const reply = c.reply(10_000).catch(() => null);
+            await stopSoonAfter(mw);
+            assert.notEqual((await reply)?.code, 250);
+        });
+        assert.deepEqual(uncaught, []);
+        const [decision] = decisions(mw.logs);
+        assert.equal(decision?.action, 'tempfail');
+        assert.match(String(decision.reason), /^shutting down/);
+        assert.ok(
+            up.transactions.every((tx) => tx.data === null),
+            'no DATA upstream',
+        );
+    });
+
+    it('says so when a message is still being checked when the stop ends', async (t) => {
+        const up = await startScriptedUpstream({ ehlo: EHLO });
+        const slower: Check = {
+            name: 'slower_check',
+            stages: ['data'],
+            timeoutMs: 8000,
+            onError: 'ignore',
+            run: async () => {
+                await sleep(5000);
+                return { facts: {} };
+            },
+        };
+        const mw = await startApp(config(`smtp://127.0.0.1:${up.port}`, '1s'), { checks: [slower] });
+        t.after(async () => {
+            await mw.stop();
+            await up.close();
+        });
+        const c = await sendUpToTheDot(mw);
+        const reply = c.reply(10_000).catch(() => null);
+        await stopSoonAfter(mw);
+        const warned = mw.logs.find((l) =>
+            String(l.msg).startsWith('stopped with a message still being received or checked'),
+        );
+        assert.ok(warned, JSON.stringify(mw.logs.map((l) => l.msg)));
+        assert.equal(warned.duplicateRisk, false);
+        assert.notEqual((await reply)?.code, 250);
     });
 });
