@@ -73,7 +73,8 @@ export class MessageWork {
 
     /** After the end of data: stops waiting for the answer (the message may have been accepted). */
     cut(): void {
-        this.stoppedBecause = 'shutting down: the upstream had not answered the end of the message';
+        // a message abandoned before its end of data keeps that reason
+        if (this.endSent) this.stoppedBecause = 'shutting down: the upstream had not answered the end of the message';
         this.stopUpstream?.();
     }
 

@@ -81,6 +81,8 @@ export class Session {
     private upstream: UpstreamSession | null = null;
     private upstreamFor: string | null = null;
     private tx: Transaction | null = null;
+    /** A stop cut the message in hand: an upstream connection that opens after it is closed at once. */
+    private upstreamStopped = false;
     /** What the upstream accepted of the current transaction, to replay should its connection die before DATA. */
     private accepted: AcceptedEnvelope | null = null;
     /** Forward-confirmed reverse name from the connect stage, or null. */
@@ -187,10 +189,11 @@ export class Session {
         if (this.upstream) await this.upstream.close();
         this.upstream = null;
         const opened = await this.deps.upstream.open(identity);
-        if (this.closed) {
-            // the client left while the connection was opened: close() could not see it
+        if (this.closed || this.upstreamStopped) {
+            // the client left, or a stop cut the message, while the connection was opened: close()
+            // could not see it
             await opened.close();
-            throw new UpstreamError('closed', 'client left while the upstream connection was being opened');
+            throw new UpstreamError('closed', 'the session ended while the upstream connection was being opened');
         }
         this.upstream = opened;
         this.upstreamFor = key;
@@ -406,7 +409,11 @@ export class Session {
             if (signature) record.dkimSigned = true;
             const message = work.forwarding(
                 this.composeMessage(signature ? [signature, ...head] : head, kept, spool, summary),
-                () => void this.upstream?.close(),
+                () => {
+                    // an upstream connection still being opened (a replay) is closed once it opens
+                    this.upstreamStopped = true;
+                    void this.upstream?.close();
+                },
             );
             let reply: UpstreamReply;
             let upstreamStarted = this.deps.now();

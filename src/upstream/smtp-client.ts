@@ -957,12 +957,34 @@ class SmtpSession implements UpstreamSession {
         });
     }
 
+    /** True when the operation in flight settles within `ms`. */
+    private async settlesWithin(ms: number): Promise<boolean> {
+        let timer: NodeJS.Timeout | undefined;
+        const settled = await Promise.race([
+            this.chain.then(
+                () => true,
+                () => true,
+            ),
+            new Promise<false>((resolve) => {
+                timer = setTimeout(() => resolve(false), ms);
+            }),
+        ]);
+        clearTimeout(timer);
+        return settled;
+    }
+
     async close(): Promise<void> {
         if (this.closed) return;
         this.closed = true;
         this.stopKeepAlive();
-        // a keepalive NOOP and nothing else in flight: QUIT goes after its reply
-        if (this.running === 1 && this.noopInFlight) await this.chain;
+        // a keepalive NOOP and nothing else in flight: QUIT goes after its reply, if it comes
+        // within the QUIT bound (not the NOOP's own command timeout: a stop must not wait a minute)
+        if (this.running === 1 && this.noopInFlight && !(await this.settlesWithin(this.client.quitTimeoutMs()))) {
+            this.conn.fail(
+                new UpstreamError('closed', `upstream ${this.peer} did not answer NOOP before the session closed`),
+            );
+            return;
+        }
         if (this.running > 0) {
             // An operation is in flight (perhaps mid-DATA): QUIT now would land inside it.
             this.conn.fail(new UpstreamError('closed', `upstream ${this.peer} session closed during an operation`));

@@ -172,3 +172,43 @@ describe('upstream keepalive while the client uploads', () => {
         });
     }
 });
+
+describe('upstream keepalive and a stop', () => {
+    it('closes a connection whose keepalive NOOP is unanswered within the QUIT bound, not its command timeout', async () => {
+        const up = await startScriptedUpstream({
+            ehlo: ['XCLIENT NAME ADDR PORT PROTO HELO LOGIN', 'SIZE 100000'],
+            onCommand: (line) => (line === 'NOOP' ? { silent: true } : undefined),
+        });
+        const mw = await startApp(
+            [
+                `hostname: ${HOSTNAME}`,
+                'domains: [example.test]',
+                'listeners: [{ name: mx, host: 127.0.0.1, port: 0, mode: mx }]',
+                `upstream: { url: "smtp://127.0.0.1:${up.port}", keepAlive: 300ms, timeout: 20s, xclient: false }`,
+                'http: false',
+                'shutdownTimeout: 500ms',
+            ].join('\n'),
+        );
+        const c = await smtpConnect(mw.port(), { timeoutMs: 30_000 });
+        try {
+            await c.greeting();
+            await c.cmd('EHLO k.example');
+            assert.equal((await c.cmd('MAIL FROM:<s@sender.test>')).code, 250);
+            assert.equal((await c.cmd('RCPT TO:<a@example.test>')).code, 250);
+            await sleep(800); // a NOOP is outstanding now
+            assert.ok(up.commands.includes('NOOP'));
+            const stopped = Date.now();
+            await mw.app.stop();
+            const deadline = stopped + 5_000;
+            while (!up.connections.every((k) => k.closed) && Date.now() < deadline) await sleep(50);
+            assert.ok(
+                up.connections.every((k) => k.closed),
+                'the upstream connection was still open 5 s after the stop',
+            );
+        } finally {
+            c.close();
+            await mw.stop();
+            await up.close();
+        }
+    });
+});
