@@ -13,14 +13,14 @@ interface Held {
 }
 
 const KEY = Symbol.for('mailwarden.earlySignals');
-const HELD: ReadonlySet<string> = new Set(['SIGHUP', 'SIGUSR2']);
 
 /** Removes the launcher's holding handlers and delivers what they held to the handlers now installed. */
 export function takeOverEarlySignals(onHeld: (signals: readonly NodeJS.Signals[]) => void = () => {}): void {
     const slot = (globalThis as Record<symbol, unknown>)[KEY] as Held | undefined;
     if (!slot) return;
     delete (globalThis as Record<symbol, unknown>)[KEY];
-    const signals = slot.release().filter((s): s is NodeJS.Signals => HELD.has(s));
+    // the launcher holds only SIGHUP and SIGUSR2 (HELD_SIGNALS in bin/mailwarden.js)
+    const signals = slot.release() as NodeJS.Signals[];
     if (signals.length === 0) return;
     onHeld(signals);
     for (const signal of signals) process.emit(signal, signal);

@@ -289,8 +289,13 @@ describe('HTTP endpoints', () => {
 });
 
 describe('shutdown', () => {
-    it('answers 421 4.3.2 to idle sessions, lets a message in flight finish, and stops accepting', async (t) => {
-        const up = await startScriptedUpstream({ ehlo: EHLO, onData: () => ({ delayMs: 400 }) });
+    /** A gateway in front of a scripted upstream with this shutdownTimeout, both ended after the test. */
+    async function gateway(
+        t: { after(fn: () => Promise<void>): void },
+        shutdownTimeout: string,
+        upstreamOptions: Parameters<typeof startScriptedUpstream>[0] = { ehlo: EHLO },
+    ) {
+        const up = await startScriptedUpstream(upstreamOptions);
         const mw = await startApp(
             [
                 'hostname: mx.example.test',
@@ -298,20 +303,29 @@ describe('shutdown', () => {
                 'listeners: [{ name: mx, host: 127.0.0.1, port: 0, mode: mx }]',
                 `upstream: { url: "smtp://127.0.0.1:${up.port}" }`,
                 'http: false',
-                'shutdownTimeout: 5s',
+                `shutdownTimeout: ${shutdownTimeout}`,
             ].join('\n'),
         );
         t.after(async () => {
             await mw.stop();
             await up.close();
         });
+        return { up, mw };
+    }
+
+    /** A client connected and greeted with EHLO `name`. */
+    async function greeted(port: number, name: string) {
+        const c = await smtpConnect(port);
+        await c.greeting();
+        await c.cmd(`EHLO ${name}`);
+        return c;
+    }
+
+    it('answers 421 4.3.2 to idle sessions, lets a message in flight finish, and stops accepting', async (t) => {
+        const { up, mw } = await gateway(t, '5s', { ehlo: EHLO, onData: () => ({ delayMs: 400 }) });
         const port = mw.port();
-        const idle = await smtpConnect(port);
-        await idle.greeting();
-        await idle.cmd('EHLO idle.example');
-        const busy = await smtpConnect(port);
-        await busy.greeting();
-        await busy.cmd('EHLO busy.example');
+        const idle = await greeted(port, 'idle.example');
+        const busy = await greeted(port, 'busy.example');
         await busy.cmd('MAIL FROM:<a@example.org>');
         await busy.cmd('RCPT TO:<b@example.test>');
         await busy.cmd('DATA');
@@ -329,33 +343,13 @@ describe('shutdown', () => {
     });
 
     it('lets a transaction begun before the shutdown finish (more RCPT, DATA), then answers 421 4.3.2', async (t) => {
-        const up = await startScriptedUpstream({ ehlo: EHLO });
-        const mw = await startApp(
-            [
-                'hostname: mx.example.test',
-                'domains: [example.test]',
-                'listeners: [{ name: mx, host: 127.0.0.1, port: 0, mode: mx }]',
-                `upstream: { url: "smtp://127.0.0.1:${up.port}" }`,
-                'http: false',
-                'shutdownTimeout: 10s',
-            ].join('\n'),
-        );
-        t.after(async () => {
-            await mw.stop();
-            await up.close();
-        });
+        const { up, mw } = await gateway(t, '10s');
         const port = mw.port();
-        const idle = await smtpConnect(port);
-        await idle.greeting();
-        await idle.cmd('EHLO idle.example');
-        const sending = await smtpConnect(port);
-        await sending.greeting();
-        await sending.cmd('EHLO sending.example');
+        const idle = await greeted(port, 'idle.example');
+        const sending = await greeted(port, 'sending.example');
         assert.equal((await sending.cmd('MAIL FROM:<a@example.org>')).code, 250);
         assert.equal((await sending.cmd('RCPT TO:<b@example.test>')).code, 250);
-        const resetting = await smtpConnect(port);
-        await resetting.greeting();
-        await resetting.cmd('EHLO resetting.example');
+        const resetting = await greeted(port, 'resetting.example');
         assert.equal((await resetting.cmd('MAIL FROM:<c@example.org>')).code, 250);
 
         const stopping = mw.stop();
@@ -380,24 +374,8 @@ describe('shutdown', () => {
     });
 
     it('answers 421 4.3.2 to a transaction still open when the shutdown timeout has passed', async (t) => {
-        const up = await startScriptedUpstream({ ehlo: EHLO });
-        const mw = await startApp(
-            [
-                'hostname: mx.example.test',
-                'domains: [example.test]',
-                'listeners: [{ name: mx, host: 127.0.0.1, port: 0, mode: mx }]',
-                `upstream: { url: "smtp://127.0.0.1:${up.port}" }`,
-                'http: false',
-                'shutdownTimeout: 500ms',
-            ].join('\n'),
-        );
-        t.after(async () => {
-            await mw.stop();
-            await up.close();
-        });
-        const c = await smtpConnect(mw.port());
-        await c.greeting();
-        await c.cmd('EHLO slow.example');
+        const { up, mw } = await gateway(t, '500ms');
+        const c = await greeted(mw.port(), 'slow.example');
         assert.equal((await c.cmd('MAIL FROM:<a@example.org>')).code, 250);
         assert.equal((await c.cmd('RCPT TO:<b@example.test>')).code, 250);
         const stopping = mw.stop();

@@ -16,7 +16,7 @@ import { NO_CAPABILITIES } from '../../src/upstream/capabilities.ts';
 import { UpstreamError, type Upstream, type UpstreamReply } from '../../src/upstream/types.ts';
 import { decisions, startApp, type TestApp } from '../helpers/app.ts';
 import { startScriptedUpstream, type ScriptedUpstreamOptions } from '../helpers/scripted-upstream.ts';
-import { smtpConnect, type SmtpClient } from '../helpers/smtp-client.ts';
+import { smtpConnect, type SmtpClient, type SmtpReply } from '../helpers/smtp-client.ts';
 
 const ID = '<in-flight-1@example.org>';
 const MSG = `From: a@example.org\r\nSubject: t\r\nMessage-ID: ${ID}\r\n\r\nbody\r\n`;
@@ -229,21 +229,49 @@ describe('shutdown while a message waits before its forwarding starts', () => {
         return uncaught;
     }
 
-    it('abandons a message whose upstream has not yet answered DATA with 354, without an uncaught error', async (t) => {
-        const up = await startScriptedUpstream({
-            ehlo: EHLO,
-            onCommand: (line) => (/^DATA/i.test(line) ? { delayMs: 1500 } : undefined),
+    /** A data-stage check that takes `ms`. */
+    const slowCheck = (ms: number): Check => ({
+        name: 'slow_check',
+        stages: ['data'],
+        timeoutMs: 8000,
+        onError: 'ignore',
+        run: async () => {
+            await sleep(ms);
+            return { facts: {} };
+        },
+    });
+
+    /** A gateway in front of a scripted upstream, both ended after the test. */
+    async function gateway(
+        t: { after(fn: () => Promise<void>): void },
+        dataTimeout: string,
+        options: { upstream?: Parameters<typeof startScriptedUpstream>[0]; checks?: Check[] } = {},
+    ) {
+        const up = await startScriptedUpstream(options.upstream ?? { ehlo: EHLO });
+        const mw = await startApp(config(`smtp://127.0.0.1:${up.port}`, dataTimeout), {
+            ...(options.checks ? { checks: options.checks } : {}),
         });
-        const mw = await startApp(config(`smtp://127.0.0.1:${up.port}`, '10s'));
         t.after(async () => {
             await mw.stop();
             await up.close();
         });
+        return { up, mw };
+    }
+
+    /** Sends a message up to its dot, stops the app soon after, and returns the client's reply (null: closed). */
+    async function stopDuringIt(mw: TestApp): Promise<SmtpReply | null> {
+        const c = await sendUpToTheDot(mw);
+        const reply = c.reply(10_000).catch(() => null);
+        await stopSoonAfter(mw);
+        return reply;
+    }
+
+    it('abandons a message whose upstream has not yet answered DATA with 354, without an uncaught error', async (t) => {
+        const { up, mw } = await gateway(t, '10s', {
+            upstream: { ehlo: EHLO, onCommand: (line) => (/^DATA/i.test(line) ? { delayMs: 1500 } : undefined) },
+        });
         const uncaught = await collectingUncaught(async () => {
-            const c = await sendUpToTheDot(mw);
-            const reply = c.reply(10_000).catch(() => null);
-            await stopSoonAfter(mw);
-            assert.notEqual((await reply)?.code, 250);
+            assert.notEqual((await stopDuringIt(mw))?.code, 250);
         });
         assert.deepEqual(uncaught, []);
         const [decision] = decisions(mw.logs);
@@ -256,27 +284,9 @@ describe('shutdown while a message waits before its forwarding starts', () => {
     });
 
     it('abandons a message whose checks end after shutdownTimeout, without opening anything upstream for it', async (t) => {
-        const up = await startScriptedUpstream({ ehlo: EHLO });
-        const slow: Check = {
-            name: 'slow_check',
-            stages: ['data'],
-            timeoutMs: 8000,
-            onError: 'ignore',
-            run: async () => {
-                await sleep(1500);
-                return { facts: {} };
-            },
-        };
-        const mw = await startApp(config(`smtp://127.0.0.1:${up.port}`, '10s'), { checks: [slow] });
-        t.after(async () => {
-            await mw.stop();
-            await up.close();
-        });
+        const { up, mw } = await gateway(t, '10s', { checks: [slowCheck(1500)] });
         const uncaught = await collectingUncaught(async () => {
-            const c = await sendUpToTheDot(mw);
-            const reply = c.reply(10_000).catch(() => null);
-            await stopSoonAfter(mw);
-            assert.notEqual((await reply)?.code, 250);
+            assert.notEqual((await stopDuringIt(mw))?.code, 250);
         });
         assert.deepEqual(uncaught, []);
         const [decision] = decisions(mw.logs);
@@ -289,30 +299,13 @@ describe('shutdown while a message waits before its forwarding starts', () => {
     });
 
     it('says so when a message is still being checked when the stop ends', async (t) => {
-        const up = await startScriptedUpstream({ ehlo: EHLO });
-        const slower: Check = {
-            name: 'slower_check',
-            stages: ['data'],
-            timeoutMs: 8000,
-            onError: 'ignore',
-            run: async () => {
-                await sleep(5000);
-                return { facts: {} };
-            },
-        };
-        const mw = await startApp(config(`smtp://127.0.0.1:${up.port}`, '1s'), { checks: [slower] });
-        t.after(async () => {
-            await mw.stop();
-            await up.close();
-        });
-        const c = await sendUpToTheDot(mw);
-        const reply = c.reply(10_000).catch(() => null);
-        await stopSoonAfter(mw);
+        const { mw } = await gateway(t, '1s', { checks: [slowCheck(5000)] });
+        const reply = await stopDuringIt(mw);
         const warned = mw.logs.find((l) =>
             String(l.msg).startsWith('stopped with a message still being received or checked'),
         );
         assert.ok(warned, JSON.stringify(mw.logs.map((l) => l.msg)));
         assert.equal(warned.duplicateRisk, false);
-        assert.notEqual((await reply)?.code, 250);
+        assert.notEqual(reply?.code, 250);
     });
 });
