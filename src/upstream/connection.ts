@@ -56,6 +56,8 @@ export class Connection {
      * refuse early and hang up); anything else is out of step.
      */
     private sendingText = false;
+    /** An early refusal answered the message while its text was being sent (see sendingText). */
+    refusedEarly = false;
     private waiter: { resolve: (r: RawReply) => void; reject: (e: UpstreamError) => void } | null = null;
     /**
      * Waits that end when the connection breaks (see untilDead). A set, emptied as each wait
@@ -105,6 +107,7 @@ export class Connection {
             } else if (this.sendingText && r.code >= 400 && this.queue.length === 0) {
                 // an early refusal: it answers the end of data, which is then owed no more
                 this.sendingText = false;
+                this.refusedEarly = true;
             } else {
                 this.fail(
                     new UpstreamError(
@@ -206,6 +209,7 @@ export class Connection {
      */
     textBegins(): void {
         this.sendingText = true;
+        this.refusedEarly = false;
     }
 
     /** DATA was not answered 354: no text follows. */

@@ -20,7 +20,7 @@ export interface RawReply {
 const MAX_REPLY_LINE = 4096;
 /** Most lines in one multi-line reply. */
 const MAX_REPLY_LINES = 256;
-const REPLY_LINE = /^([2-5]\d\d)(?:([ -])(.*))?$/;
+const REPLY_LINE = /^([2-5]\d\d)(?:([ -])([\s\S]*))?$/;
 const ENHANCED = /^([245])\.(\d{1,3})\.(\d{1,3})(?:\s+|$)/;
 
 /** Splits the byte stream from the upstream into replies (RFC 5321 section 4.2.1). */

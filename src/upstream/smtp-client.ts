@@ -899,6 +899,11 @@ class SmtpSession implements UpstreamSession {
                         throw new SourceFailure(err);
                     }
                     if (step.done) break;
+                    // an early refusal answered the message: the rest of its text is not sent
+                    if (conn.refusedEarly) {
+                        void source.return?.().catch(() => {});
+                        break;
+                    }
                     let bytes: Uint8Array;
                     try {
                         bytes = toBytes(step.value);
@@ -921,6 +926,16 @@ class SmtpSession implements UpstreamSession {
                 }
                 void source.return?.().catch(() => {});
                 throw err;
+            }
+            // An early refusal answered the message before its end: the terminator is withheld and
+            // the connection dropped, so the upstream cannot take the message after all.
+            if (conn.refusedEarly) {
+                this.txOpen = false;
+                this.spent = true;
+                const early = toReply(await conn.readReply(this.config.dataTimeoutMs, 'the end of data'));
+                conn.fail(new UpstreamError('closed', `upstream ${this.peer} refused the message before its end`));
+                this.link.counted('', early.code);
+                return early;
             }
             // A reply that came before the terminator is out of turn: take it as the final
             // answer, but do not trust the connection for another transaction.

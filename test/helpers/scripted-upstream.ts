@@ -347,7 +347,9 @@ export async function startScriptedUpstream(options: ScriptedUpstreamOptions = {
                             ? '354 End data with <CR><LF>.<CR><LF>'
                             : '554 5.5.1 Error: no valid recipients';
                     after = (sent) => {
-                        if (tx && isSuccess(sent, 354)) {
+                        // a 354 followed by more lines (an early refusal, which some upstreams
+                        // send before reading the text on): the text is still read and answered
+                        if (tx && sent !== null && (typeof sent === 'string' ? sent : sent[0])?.startsWith('354')) {
                             tx.data = Buffer.alloc(0);
                             data = [];
                             dataLength = 0;

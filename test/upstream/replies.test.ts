@@ -57,6 +57,15 @@ describe('upstream replies', () => {
         ]);
     });
 
+    it('reads a bare CR or a Unicode line separator inside the text as text, as Postfix does', () => {
+        // Postfix's client looks only at the code and the character after it; a final 250 read
+        // as garbage after the end of data would be a 451 and a new copy on every retry
+        for (const inner of ['\r', '\u2028', '\u2029']) {
+            const wire = Buffer.from(`250 2.0.0 Ok${inner}queued as A1\r\n`, 'utf8');
+            assert.deepEqual(new ReplyParser().feed(wire), [{ code: 250, lines: [`2.0.0 Ok${inner}queued as A1`] }]);
+        }
+    });
+
     it('refuses lines that are not replies', () => {
         for (const line of ['hello', '199 too low', '600 too high', '25 short', '250x text', ' 250 text', '2500 x']) {
             protocolError(() => new ReplyParser().feed(bytes(`${line}\r\n`)), /malformed upstream reply line/);

@@ -670,6 +670,34 @@ describe('failures', () => {
             });
             assert.equal(session.usable, false);
             await session.close();
+            // the end-of-data marker was withheld: the upstream (which reads the text on after its
+            // early reply) cannot take the message after all
+            await until('the upstream connection ends', () => up.connections[0]?.closed === true);
+            assert.equal(up.transactions[0]?.completed, false);
+        });
+
+        it('an early refusal stops the text: the rest of a large message is not sent', async (t) => {
+            const up = await scripted(t, {
+                onCommand: (line) => (line === 'DATA' ? ['354 go ahead', '451 4.3.0 not now'] : undefined),
+            });
+            const session = await open(up.port);
+            const chunk = Buffer.alloc(64 * 1024, 'a');
+            let pulled = 0;
+            async function* big() {
+                yield Buffer.from('Subject: x\r\n\r\n');
+                // paced, so the early refusal arrives while the text is still being sent
+                for (let i = 0; i < 200; i++) {
+                    pulled++;
+                    await sleep(2);
+                    yield chunk;
+                }
+            }
+            const reply = await send(session, Readable.from(big()));
+            assert.equal(reply.code, 451);
+            assert.ok(pulled < 200, `the whole message was read (${pulled} chunks)`);
+            await until('the upstream saw the connection end', () => up.connections[0]?.closed === true);
+            assert.equal(up.transactions[0]?.completed, false);
+            await session.close();
         });
 
         it('an idle connection that speaks unasked is dropped at once', async (t) => {
