@@ -21,6 +21,7 @@ import { domainToASCII } from 'node:url';
 import net from 'node:net';
 import type { Action, HeaderField } from './types.ts';
 import { decodeEncodedWords } from './encoded-words.ts';
+import { withoutTrailingDots } from './net/domain.ts';
 
 /** One field of the incoming header section, kept byte for byte. */
 export interface RawField {
@@ -232,7 +233,7 @@ function readAuthservIds(value: string, readings: Set<string>): void {
 
 /** A host name as authserv-ids compare (RFC 8601 section 2.5): ASCII case folded, A-labels, no trailing dot. */
 function hostKey(id: string): string {
-    const trimmed = id.trim().replace(/\.+$/, '');
+    const trimmed = withoutTrailingDots(id.trim());
     // eslint-disable-next-line no-control-regex
     const ascii = /[^\x00-\x7f]/.test(trimmed) ? domainToASCII(trimmed) || trimmed : trimmed;
     return ascii.replace(/[A-Z]/g, (c) => c.toLowerCase());

@@ -6,7 +6,9 @@
  * the ID and the question (RFC 5452 sections 4.1 and 9.1); anything else is dropped and
  * waited past. An answer that passes those checks but whose records do not parse, or whose
  * record data is not exactly RDLENGTH octets long (RFC 1035 section 4.1.3), ends the
- * exchange with EBADRESP: it is never read as some other set of records. These functions
+ * exchange with EBADRESP: it is never read as some other set of records (nor is a name that
+ * follows more than MAX_NAME_POINTERS compression pointers: dns-packet's name reader, which every
+ * record decoder calls, is wrapped here to refuse one). These functions
  * never retry, never switch servers and never cache: that is the resolver's job.
  */
 import dgram from 'node:dgram';
@@ -76,6 +78,52 @@ const wire = dnsPacket as unknown as {
 };
 
 const HEADER_SIZE = 12;
+
+/**
+ * Most compression pointers followed in one name. A name has at most 127 labels, and a
+ * compressor points once to a suffix already written; dns-packet follows any chain of backward
+ * pointers, and a 64 KB answer of pointers to pointers made it follow 33 million (180 ms of CPU).
+ */
+export const MAX_NAME_POINTERS = 128;
+
+/**
+ * The pointers a name at `offset` follows, counted up to MAX_NAME_POINTERS + 1. The walk stops
+ * where dns-packet's own reading fails (a name over 255 octets, a label type it does not know,
+ * the end of the packet), so it costs at most a name's worth of steps.
+ */
+export function namePointers(buf: Buffer, offset: number): number {
+    let at = offset;
+    let pointers = 0;
+    let octets = 0;
+    while (at < buf.length) {
+        const len = buf[at] ?? 0;
+        if (len === 0) return pointers;
+        if ((len & 0xc0) === 0xc0) {
+            if (++pointers > MAX_NAME_POINTERS || at + 1 >= buf.length) return pointers;
+            at = buf.readUInt16BE(at) - 0xc000;
+        } else if ((len & 0xc0) === 0 && (octets += len + 1) <= 255) {
+            at += 1 + len;
+        } else {
+            return pointers;
+        }
+    }
+    return pointers;
+}
+
+// dns-packet reads every name, of the records and inside their data, through this one function:
+// a name that follows too many pointers is refused before it is read
+const nameCodec = (dnsPacket as unknown as { name: { decode: NameDecode } }).name;
+type NameDecode = ((buf: Buffer, offset?: number, opts?: object) => string) & { bytes: number };
+const decodeName = nameCodec.decode;
+const boundedDecodeName = ((buf: Buffer, offset = 0, opts?: object): string => {
+    if (namePointers(buf, offset) > MAX_NAME_POINTERS) {
+        throw new Error('Cannot decode name (too many compression pointers)');
+    }
+    // the decoder records what it read in `name.decode.bytes`, which is this function now
+    return decodeName(buf, offset, opts);
+}) as NameDecode;
+boundedDecodeName.bytes = 0;
+nameCodec.decode = boundedDecodeName;
 
 /**
  * Where the name at `offset` ends in the packet (after its zero octet or its compression

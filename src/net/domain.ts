@@ -13,6 +13,17 @@ export function withoutTrailingDot(name: string): string {
 }
 
 /**
+ * Every trailing dot removed (`a.example..` → `a.example`), in linear time: the regular
+ * expression `/\.+$/` retries at each dot of a run inside the name, quadratic in a run that an
+ * attacker can make 100,000 dots long.
+ */
+export function withoutTrailingDots(name: string): string {
+    let end = name.length;
+    while (end > 0 && name.charCodeAt(end - 1) === 0x2e) end--;
+    return end === name.length ? name : name.slice(0, end);
+}
+
+/**
  * A name in lower-case A-labels, or null when it cannot be one: empty, with white space or
  * control characters, or a U-label IDNA refuses. Printable ASCII names are only lower-cased
  * (node's IDNA does not check `xn--` labels either); label syntax is the caller's rule.

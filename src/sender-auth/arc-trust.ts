@@ -12,6 +12,7 @@
  *
  * Pure apart from reading the chain mailauth parsed; it must not look anything up.
  */
+import { withoutTrailingDots } from '../net/domain.ts';
 
 /** One ARC set as read from the message, oldest first in a chain. */
 export interface ArcHop {
@@ -128,7 +129,7 @@ export function parseAuthResults(value: string): ResInfo[] {
 function domainOfIdentity(v: string | undefined): string | null {
     if (!v) return null;
     const at = v.lastIndexOf('@');
-    const d = (at >= 0 ? v.slice(at + 1) : v).trim().toLowerCase().replace(/\.+$/, '');
+    const d = withoutTrailingDots((at >= 0 ? v.slice(at + 1) : v).trim().toLowerCase());
     return d === '' ? null : d;
 }
 

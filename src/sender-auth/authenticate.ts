@@ -25,6 +25,7 @@ import {
     spf,
     writeToStream,
 } from './mailauth-internals.ts';
+import { guardSpfRecords } from './spf-bounds.ts';
 
 export interface AuthenticateOptions {
     /** The client's address; without it no SPF query is made. */
@@ -99,7 +100,8 @@ export async function authenticate(input: Readable, opts: AuthenticateOptions): 
         mta,
         maxResolveCount: opts.maxResolveCount,
         maxElapsedTime: opts.maxElapsedTime,
-        resolver,
+        // oversized SPF records are a permerror before mailauth's syntax checks read them
+        resolver: guardSpfRecords(resolver),
         strict,
     } as Parameters<typeof spf>[0])) as Mailauth.SPFResult | false;
 

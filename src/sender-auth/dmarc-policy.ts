@@ -21,6 +21,7 @@
  * It must not treat a temporary error as a permanent failure, and must not reject anything
  * DMARC did not fail.
  */
+import { withoutTrailingDots } from '../net/domain.ts';
 
 export type DmarcPolicy = 'none' | 'quarantine' | 'reject';
 export type DmarcDisposition = DmarcPolicy | 'tempfail';
@@ -206,5 +207,5 @@ export function couldAlign(
 
 /** Lower-case, without the root dot; what identifiers are compared as. */
 export function normalizeDomain(d: string): string {
-    return d.trim().toLowerCase().replace(/\.+$/, '');
+    return withoutTrailingDots(d.trim().toLowerCase());
 }

@@ -24,6 +24,7 @@ import type { Writable } from 'node:stream';
 import type * as Mailauth from 'mailauth';
 import type { DnsResolve } from '../dns/scoped.ts';
 import { bareLineFeeds, headerEnd, newHeaderScan } from './header-scan.ts';
+import { boundedExpansion } from './spf-bounds.ts';
 
 export type { DnsResolve };
 
@@ -162,6 +163,20 @@ export interface EvaluateDmarcOutput {
     readonly dkimAligned?: Set<string>;
     readonly reason?: string;
 }
+
+// mailauth's SPF code reads its macro expander when it is loaded: the bounded one (spf-bounds.ts)
+// is put in its place first, and the SPF modules are loaded fresh after it (a copy loaded
+// earlier, by a test that compares with mailauth's own functions, keeps the unbounded one)
+for (const name of ['mailauth/lib/spf/spf-verify.js', 'mailauth/lib/spf/index.js']) {
+    delete require.cache[require.resolve(name)];
+}
+const macroPath = require.resolve('mailauth/lib/spf/macro.js');
+const macroExpand = require(macroPath) as Parameters<typeof boundedExpansion>[0];
+const macroModule = require.cache[macroPath];
+if (macroModule === undefined || typeof macroExpand !== 'function') {
+    throw new Error("mailauth's SPF macro expander is not where mailwarden expects it");
+}
+macroModule.exports = boundedExpansion(macroExpand);
 
 const tools = require('mailauth/lib/tools.js') as ToolsModule;
 const verifier = require('mailauth/lib/dkim/dkim-verifier.js') as DkimVerifierModule;

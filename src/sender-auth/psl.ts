@@ -45,13 +45,20 @@ export function parseSuffixList(text: string): SuffixList {
     return createSuffixList(rules);
 }
 
-/** A domain as lower-case A-labels, or null when it has an empty label (a leading dot, `a..b`). */
+/** Longest domain name (RFC 1035 section 2.3.4, without the root dot). */
+const MAX_NAME = 253;
+
+/**
+ * A domain as lower-case A-labels, or null when it has an empty label (a leading dot, `a..b`)
+ * or is longer than a domain name can be: the suffix walk below joins the labels once per label,
+ * quadratic in an attacker's From of 30,000 labels.
+ */
 function normalize(domain: string): { ascii: string; unicode: boolean } | null {
     if (typeof domain !== 'string') return null;
     const name = withoutTrailingDot(domain.trim());
-    if (name === '' || name.split('.').some((l) => l === '')) return null;
+    if (name === '' || name.length > MAX_NAME || name.split('.').some((l) => l === '')) return null;
     const ascii = toAscii(name);
-    if (ascii === '') return null;
+    if (ascii === '' || ascii.length > MAX_NAME) return null;
     return { ascii, unicode: !/^[\x21-\x7e]*$/.test(name) };
 }
 

@@ -20,6 +20,13 @@
  * - A kept field of more than MAX_FIELD_LINES lines is unfolded (its line breaks removed). The
  *   relaxed canonicalization (RFC 6376 section 3.4.2) and address parsing read it the same; it
  *   keeps mailauth's header parser, which is quadratic in folded lines, linear.
+ * - mailauth trims tag-specs and strips trailing dots from domains with regular expressions that
+ *   are quadratic in a run of white space or dots inside the text (a DKIM-Signature with 100,000
+ *   spaces in one tag blocked the process for 6 s, where no timeout can stop it). A DKIM-Signature
+ *   or ARC field with a run of more than MAX_RUN white-space characters or dots is not verified
+ *   (limit `header_runs`; for ARC, the chain is not); no signer writes one. In the From field such
+ *   a run of dots is cut to MAX_RUN dots in the copy: a domain with an empty label stays one (the
+ *   DMARC result is the same), and only a signature over a From no real sender writes can break.
  *
  * Fields are split exactly as mailauth splits them (a line that does not open a field belongs
  * to the one above), so each kept field reaches mailauth whole and unchanged. The message that
@@ -27,6 +34,7 @@
  */
 import { normalizeDomain } from './dmarc-policy.ts';
 import { organizationalDomain } from './psl.ts';
+import { trimWsp } from '../trim.ts';
 
 export interface VerificationLimits {
     /** DKIM-Signature fields evaluated per message. */
@@ -45,6 +53,7 @@ export const LIMIT_NAMES = [
     'dkim_body_hashes',
     'dkim_signed_fields',
     'arc_sets',
+    'header_runs',
     'body_line_length',
     'body_rewrites',
     'dns_queries',
@@ -73,6 +82,35 @@ export interface VerificationPlan {
 
 /** A kept field with more lines than this is unfolded in the copy. */
 export const MAX_FIELD_LINES = 100;
+
+/** Longest run of white space (SP, HTAB, CR, LF) or of dots in a field mailauth parses. */
+export const MAX_RUN = 64;
+
+/** True when `text` has more than MAX_RUN white-space characters, or dots, in a row. */
+export function hasLongRun(text: string): boolean {
+    let spaces = 0;
+    let dots = 0;
+    for (let i = 0; i < text.length; i++) {
+        const c = text.charCodeAt(i);
+        if (c === 0x20 || c === 0x09 || c === 0x0d || c === 0x0a) {
+            dots = 0;
+            if (++spaces > MAX_RUN) return true;
+        } else if (c === 0x2e) {
+            spaces = 0;
+            if (++dots > MAX_RUN) return true;
+        } else {
+            spaces = 0;
+            dots = 0;
+        }
+    }
+    return false;
+}
+
+/** `text` with every run of more than MAX_RUN dots cut to MAX_RUN dots. */
+function cutDotRuns(text: string): string {
+    if (!hasLongRun(text)) return text;
+    return text.replace(/\.{65,}/g, '.'.repeat(MAX_RUN));
+}
 
 /** A field as mailauth's header parser splits it: `key` lower-case, `text` in latin1 without its final CRLF. */
 export interface SplitField {
@@ -104,7 +142,7 @@ function keyOf(text: string): string {
     let name = colon < 0 ? text : text.slice(0, colon);
     if (/[\r\n]/.test(name)) name = name.replace(/\r?\n/g, '');
     const last = name.charCodeAt(name.length - 1);
-    if (name.charCodeAt(0) <= 0x20 || last <= 0x20) name = name.replace(/^[ \t]+|[ \t]+$/g, '');
+    if (name.charCodeAt(0) <= 0x20 || last <= 0x20) name = trimWsp(name);
     return lowerAscii(name);
 }
 
@@ -175,7 +213,7 @@ export function parseTags(value: string, strict: boolean): Map<string, string> {
     for (const spec of value.split(';')) {
         const eq = spec.indexOf('=');
         if (eq < 0) continue;
-        const name = spec.slice(0, eq).replace(/^[ \t\r\n]+|[ \t\r\n]+$/g, '');
+        const name = trimWsp(spec.slice(0, eq), true);
         tags.set(
             strict ? name : name.toLowerCase(),
             spec
@@ -214,7 +252,7 @@ function signedNames(h: string | undefined): string[] {
     return h
         .replace(/\s+/g, '')
         .split(':')
-        .map((k) => lowerAscii(k.replace(/^[ \t]+|[ \t]+$/g, '')))
+        .map((k) => lowerAscii(trimWsp(k)))
         .filter((k) => k !== '');
 }
 
@@ -236,6 +274,8 @@ interface Signature {
     readonly bodyHashes: readonly string[];
     readonly aligned: boolean;
     readonly usable: boolean;
+    /** The field has a run of white space or dots mailauth's parser would be quadratic in (hasLongRun). */
+    readonly longRun: boolean;
 }
 
 const ARC_KEYS = new Set(['arc-seal', 'arc-message-signature', 'arc-authentication-results']);
@@ -288,6 +328,7 @@ function describe(f: SplitField, at: number, strict: boolean, authorOrg: string 
         bodyHashes,
         aligned,
         usable,
+        longRun: hasLongRun(f.text),
     };
 }
 
@@ -302,9 +343,10 @@ function arcInstance(f: SplitField, strict: boolean): number | null {
     return Number.isInteger(n) && n >= 1 ? n : null;
 }
 
-/** Unfolds a field that has too many lines; mailauth reads it in linear time then. */
+/** Unfolds a field that has too many lines (mailauth reads it in linear time then); cuts a From's runs of dots. */
 function copyOf(f: SplitField): string {
-    return f.lines > MAX_FIELD_LINES ? f.text.replace(/\r?\n/g, '') : f.text;
+    const text = f.lines > MAX_FIELD_LINES ? f.text.replace(/\r?\n/g, '') : f.text;
+    return f.key === 'from' ? cutDotRuns(text) : text;
 }
 
 /**
@@ -349,6 +391,9 @@ export function planVerification(
     if (instances.size > limits.maxArcSets || arcAt.length > 3 * limits.maxArcSets) {
         arcVerified = false;
         hit.add('arc_sets');
+    } else if (arcAt.some((at) => hasLongRun(fields[at]!.text))) {
+        arcVerified = false;
+        hit.add('header_runs');
     }
 
     // DKIM: chosen one by one; a choice is taken with the bottom-most signatures it covers, within every limit
@@ -371,6 +416,7 @@ export function planVerification(
         if (countsAsDkim) members.add(s.at);
         const memberHashes = new Set(hashes);
         if (countsAsDkim && s.bodyHash !== null) memberHashes.add(s.bodyHash);
+        if (s.longRun) return 'header_runs';
         if (s.signedCount > limits.maxSignedFields) return 'dkim_signed_fields';
         let reach = Math.max(covered, s.signed.get('dkim-signature') ?? 0);
         for (let grown = true; grown; ) {
@@ -378,6 +424,7 @@ export function planVerification(
             for (const at of dkimAt.slice(Math.max(0, dkimAt.length - reach))) {
                 if (members.has(at)) continue;
                 const m = signature(at);
+                if (m.longRun) return 'header_runs';
                 if (m.signedCount > limits.maxSignedFields) return 'dkim_signed_fields';
                 members.add(at);
                 if (m.bodyHash !== null) memberHashes.add(m.bodyHash);

@@ -18,6 +18,7 @@ import { parseHeaderSection } from '../headers.ts';
 import { dkimSign } from '../sender-auth/mailauth-internals.ts';
 import { foldDomain } from '../net/domain.ts';
 import type { HeaderField } from '../types.ts';
+import { trimWspEnd } from '../trim.ts';
 
 /** Header fields signed when the configuration names none (each instance present is signed). */
 export const DEFAULT_SIGNED_HEADERS: readonly string[] = [
@@ -251,10 +252,7 @@ function headerFields(section: Buffer): { name: string; raw: string }[] {
 /** Relaxed header canonicalization (RFC 6376 section 3.4.2), without the final CRLF. */
 export function relaxedHeader(raw: string): string {
     const colon = raw.indexOf(':');
-    const name = raw
-        .slice(0, colon)
-        .replace(/[ \t]+$/, '')
-        .toLowerCase();
+    const name = trimWspEnd(raw.slice(0, colon)).toLowerCase();
     const value = raw
         .slice(colon + 1)
         .replace(/\r?\n/g, '')

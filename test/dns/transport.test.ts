@@ -6,7 +6,7 @@ import dgram from 'node:dgram';
 import net from 'node:net';
 import { describe, it } from 'node:test';
 import dnsPacket, { type DecodedPacket } from 'dns-packet';
-import { tcpExchange, udpExchange, type Question } from '../../src/dns/transport.ts';
+import { namePointers, tcpExchange, udpExchange, type Question } from '../../src/dns/transport.ts';
 import type { ServerAddress } from '../../src/dns/names.ts';
 import { OPT_RECORD } from '../helpers/dns-server.ts';
 
@@ -103,6 +103,44 @@ describe('DNS transport', () => {
                 }
             });
         }
+
+        it('a name that follows a chain of compression pointers (RFC 1035 section 4.1.4) is EBADRESP', async () => {
+            // one record of an unknown type whose data is a chain of pointers, each to the one
+            // before, then an A record named by the chain's last pointer: 2,000 hops for one name
+            const chain: Craft = (q) => {
+                const head = answerWith(q, Buffer.alloc(0), 0);
+                const start = head.length + 12 + 1;
+                const hops = 2000;
+                const data = Buffer.alloc(1 + 2 * hops);
+                for (let i = 0; i < hops; i++)
+                    data.writeUInt16BE(0xc000 | (i === 0 ? start - 1 : start + 2 * (i - 1)), 1 + 2 * i);
+                const named = Buffer.alloc(12);
+                named.writeUInt16BE(0xc000 | (start + 2 * (hops - 1)), 0);
+                named.writeUInt16BE(A, 2);
+                named.writeUInt16BE(1, 4);
+                named.writeUInt32BE(300, 6);
+                named.writeUInt16BE(4, 10);
+                return answerWith(
+                    q,
+                    Buffer.concat([record(65280, data.length, data), named, Buffer.from([192, 0, 2, 1])]),
+                    2,
+                );
+            };
+            const s = await rawServer(chain);
+            try {
+                await rejectsWith(tcpExchange(s.tcp, Q, opts()), 'EBADRESP');
+            } finally {
+                await s.close();
+            }
+            // a name as a compressor writes it (labels, then a pointer to a suffix written before): one pointer
+            const packet = Buffer.concat([
+                Buffer.alloc(12),
+                Buffer.from('\x07example\x04test\x00', 'latin1'),
+                Buffer.from('\x01a\xc0\x0c', 'latin1'),
+            ]);
+            assert.equal(namePointers(packet, 12), 0);
+            assert.equal(namePointers(packet, 26), 1);
+        });
 
         it('a well-formed answer with several records and an OPT record is read as sent', async () => {
             const s = await rawServer((q) => {
