@@ -47,6 +47,7 @@ export type Situation =
     | 'param-not-offered'
     | 'relay-denied'
     | 'relay-routing-denied'
+    | 'sender-routing-refused'
     | 'too-many-recipients'
     | 'upstream-feature-missing'
     | 'check-failed'
@@ -381,6 +382,13 @@ const TABLE: Readonly<Record<Situation, ReplyTemplate>> = {
         enhanced: '5.7.1',
         text: (d) =>
             `Relaying denied: the recipient's local part routes the message on to ${d.domain ? d.domain : 'another destination'} (with %, ! or @), which this server does not relay; send the message to the final recipient's own mail server`,
+    },
+    // a local part routing within our own domains: the mailbox is not the address rules read
+    'sender-routing-refused': {
+        code: 550,
+        enhanced: '5.7.1',
+        text: () =>
+            `Sender-specified routing is not accepted: the recipient's local part routes the message on (with %, ! or a quoted @); write the final recipient's address as it is`,
     },
     'too-many-recipients': {
         code: 452,

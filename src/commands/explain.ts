@@ -234,6 +234,12 @@ export async function explainMessage(
                     reply: flow.withId(replyFor('relay-routing-denied', { id: sessionId, domain })),
                 });
             }
+            if (decision?.verdict === 'routing') {
+                return refused('rcpt', tx, {
+                    reason: 'sender-specified routing in the local part (it stays within our domains)',
+                    reply: flow.withId(replyFor('sender-routing-refused', { id: sessionId })),
+                });
+            }
             const rcpt = await run('rcpt', flow.rcptStageFacts(tx, to));
             if ((stopped = stop('rcpt', rcpt.decision, flow.refusal('rcpt', rcpt.decision)))) return stopped;
             flow.recipientAccepted(tx, to, rcpt);

@@ -4,8 +4,8 @@
  * address needs SMTPUTF8 on MAIL (RFC 6531 section 3.4), every parameter must belong to an
  * extension this session was offered and be well-formed (extensions.ts), a transaction takes
  * at most `maxRecipients` recipients, and an mx listener accepts only recipients of our domains,
- * whose local parts route nowhere else (Postfix's allow_untrusted_routing = no), unless the
- * client logged in (relay.ts). Each refusal is counted
+ * whose local parts route nowhere (Postfix's allow_untrusted_routing = no, and no routing
+ * within our domains either), unless the client logged in (relay.ts). Each refusal is counted
  * (`mailwarden_envelope_refusals_total{listener,reason}`), logged, and answered from reply.ts.
  * It must not talk to the upstream or run rules.
  */
@@ -100,14 +100,16 @@ export class EnvelopeGate {
             });
         }
         const relay = this.deps.relay.decide(recipient, authenticated);
-        if (relay.verdict === 'refused' || relay.verdict === 'routed') {
+        if (relay.verdict === 'refused' || relay.verdict === 'routed' || relay.verdict === 'routing') {
             const domain = recipient.asciiDomain ?? '';
             // sender-specified routing is counted and logged as the relay attempt it is
-            const routed = relay.verdict === 'routed' ? { routedDomain: relay.routedDomain ?? null } : {};
+            const routed = relay.verdict !== 'refused' ? { routedDomain: relay.routedDomain ?? null } : {};
             const reply =
                 relay.verdict === 'routed'
                     ? replyFor('relay-routing-denied', { id: this.id, domain: relay.routedDomain ?? '' })
-                    : replyFor('relay-denied', { id: this.id, domain });
+                    : relay.verdict === 'routing'
+                      ? replyFor('sender-routing-refused', { id: this.id })
+                      : replyFor('relay-denied', { id: this.id, domain });
             throw this.refused(
                 'rcpt',
                 'relay',

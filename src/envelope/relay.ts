@@ -15,21 +15,28 @@
  * before the first `!`, else the part after the last `%`). As Postfix with
  * `allow_untrusted_routing = no`, a client that did not authenticate is refused when a hop is
  * none of `domains` and `relayDomains`, or when routing remains in an address for a
- * `relayDomains` destination. The address itself is never rewritten here.
+ * `relayDomains` destination (`routed`). A route that stays within `domains` and `relayDomains`
+ * is refused too (`routing`): the mailbox Postfix delivers to is not the address rules and
+ * limits read, and no sender on the internet needs it. The address itself is never rewritten here.
  * This is defence in depth: the upstream's own relay restrictions stay in force.
  * Pure functions; no I/O; it must not decide anything but which recipients may be relayed.
  */
 import type { Config, ListenerConfig } from '../config/types.ts';
 import { foldEnvelopeDomain, type Mailbox } from './command.ts';
 
-/** `routed`: refused like `refused`, for sender-specified routing in the local part. */
-export type RelayVerdict = 'local' | 'relay' | 'authenticated' | 'open' | 'refused' | 'routed';
+/**
+ * `routed`: refused like `refused`, for sender-specified routing in the local part to a
+ * destination we do not relay to; `routing`: refused, for routing that stays within `domains`
+ * and `relayDomains`.
+ */
+export type RelayVerdict = 'local' | 'relay' | 'authenticated' | 'open' | 'refused' | 'routed' | 'routing';
 
 export interface RelayDecision {
     readonly verdict: RelayVerdict;
     /**
      * For `routed`: the hop the refusal is about, in folded A-label form, or null when that
-     * hop is not a domain name at all (a malformed one, an address literal; an empty hop is skipped).
+     * hop is not a domain name at all (a malformed one, an address literal; an empty hop is
+     * skipped). For `routing`: the first hop, folded.
      */
     readonly routedDomain?: string | null;
 }
@@ -38,8 +45,8 @@ export interface RelayPolicy {
     /**
      * Why the recipient is accepted (`local`: one of `domains` or the domainless Postmaster;
      * `relay`: matches `relayDomains`; `authenticated`: a logged-in client; `open`: the
-     * listener accepts every recipient), or `refused` (a domain we do not relay to) or `routed`
-     * (a local part routing on to one).
+     * listener accepts every recipient), or `refused` (a domain we do not relay to), `routed`
+     * (a local part routing on to one) or `routing` (a local part routing within ours).
      */
     verdict(recipient: Mailbox, authenticated: boolean): RelayVerdict;
     /** The verdict with, for `routed`, the domain the local part routes to. */
@@ -95,6 +102,7 @@ export function relayPolicy(
      */
     const route = (recipient: Mailbox, start: 'local' | 'relay'): RelayDecision => {
         let where = start;
+        let first: string | null = null;
         let hop = nextRoutingHop(recipient.local);
         while (hop) {
             if (hop.domain === '') {
@@ -109,9 +117,10 @@ export function relayPolicy(
             if (local.has(domain)) where = 'local';
             else if (isRelay(domain, false)) where = 'relay';
             else return { verdict: 'routed', routedDomain: domain };
+            first ??= domain;
             hop = nextRoutingHop(hop.rest);
         }
-        return { verdict: where };
+        return first === null ? { verdict: where } : { verdict: 'routing', routedDomain: first };
     };
 
     const decide = (recipient: Mailbox, authenticated: boolean): RelayDecision => {
@@ -120,7 +129,9 @@ export function relayPolicy(
         if (local.has(recipient.asciiDomain)) decision = route(recipient, 'local');
         else if (isRelay(recipient.asciiDomain, recipient.literal)) decision = route(recipient, 'relay');
         else decision = { verdict: 'refused' };
-        if (decision.verdict !== 'refused' && decision.verdict !== 'routed') return decision;
+        if (decision.verdict !== 'refused' && decision.verdict !== 'routed' && decision.verdict !== 'routing') {
+            return decision;
+        }
         if (authenticated) return { verdict: 'authenticated' };
         return open ? { verdict: 'open' } : decision;
     };

@@ -116,8 +116,19 @@ describe('envelope: relay control on mx listeners', () => {
         }
         const first = await c.cmd('RCPT TO:<victim%evil.example@example.test>');
         assert.match(first.text, /routes the message on to evil\.example \(with %, ! or @\)/);
-        // routed on to one of our domains: Postfix delivers it here, so it is accepted and passed on
-        assert.equal((await c.cmd('RCPT TO:<bob%example.test@example.test>')).code, 250);
+        // routed on to one of our domains: refused too (Postfix would deliver it to a mailbox the
+        // rules did not read), with its own reply
+        const within = [
+            'bob%example.test@example.test',
+            'example.test!bob@example.test',
+            '"bob@example.test"@example.test',
+        ];
+        for (const rcpt of within) {
+            const r = await c.cmd(`RCPT TO:<${rcpt}>`);
+            assert.equal(r.code, 550, `${rcpt}: ${r.raw}`);
+            assert.match(r.text, /^5\.7\.1 Sender-specified routing is not accepted: .*\(id \w+\)$/, rcpt);
+        }
+        assert.equal((await c.cmd('RCPT TO:<bob@example.test>')).code, 250);
         assert.equal((await c.cmd('DATA')).code, 354);
         c.write(`${MSG}.\r\n`);
         assert.equal((await c.reply()).code, 250);
@@ -125,15 +136,16 @@ describe('envelope: relay control on mx listeners', () => {
         await up.idle();
         const tx = up.transactions.at(-1)!;
         assert.equal(tx.mail, 'spam@spammer.example');
-        assert.deepEqual(tx.rcpts, ['bob%example.test@example.test']);
+        assert.deepEqual(tx.rcpts, ['bob@example.test']);
         assert.deepEqual(
             up.commands.filter((l) => /evil\.example|victim/i.test(l)),
             [],
             'no routed recipient reaches the upstream',
         );
-        assert.equal(await refusals(mw, 'relay'), before + routed.length + 1);
+        assert.equal(await refusals(mw, 'relay'), before + routed.length + 1 + within.length);
         const lines = mw.logs.slice(logged).filter((l) => l.refused === 'relay');
-        assert.equal(lines.length, routed.length + 1);
+        assert.equal(lines.length, routed.length + 1 + within.length);
+        assert.equal(lines.at(-1)?.routedDomain, 'example.test');
         assert.equal(lines[0]?.rcptDomain, 'example.test');
         assert.equal(lines[0]?.routedDomain, 'evil.example');
         assert.equal(lines[0]?.reply, 550);
@@ -703,9 +715,17 @@ describe('mailwarden explain: relay control', () => {
             assert.equal(routed.reply.code, 550);
             assert.equal(routed.reply.enhanced, '5.7.1');
             assert.match(routed.reply.text, /^Relaying denied: .*routes the message on to elsewhere\.example/);
-            const fine = await explainMessage(config, rules, {
+            const within = await explainMessage(config, rules, {
                 ...input,
                 rcpts: ['bob@example.test', 'bob%example.test@example.test'],
+            });
+            assert.equal(within.stoppedAt, 'rcpt');
+            assert.equal(within.reply.code, 550);
+            assert.equal(within.reply.enhanced, '5.7.1');
+            assert.match(within.reply.text, /^Sender-specified routing is not accepted/);
+            const fine = await explainMessage(config, rules, {
+                ...input,
+                rcpts: ['bob@example.test', 'alice@example.test'],
             });
             assert.notEqual(fine.stoppedAt, 'rcpt');
         } finally {

@@ -31,6 +31,7 @@ describe('docs/flow.md: MAIL and RCPT refusals', () => {
             'too-many-recipients',
             'relay-denied',
             'relay-routing-denied',
+            'sender-routing-refused',
             'upstream-feature-missing',
         ];
         for (const s of situations) {

@@ -205,7 +205,7 @@ describe('relay control', () => {
         assert.equal(policy.verdict(mailbox('a@elsewhere.example'), true), 'authenticated');
     });
 
-    it('on mx: a local part routing on (%, !, a quoted @) is refused unless every hop is ours (allow_untrusted_routing = no)', () => {
+    it('on mx: a local part routing on (%, !, a quoted @) is refused, to a foreign domain (routed) or within ours (routing)', () => {
         const policy = relayPolicy(config, MX);
         const cases: Record<string, string> = {
             // each spelling of sender-specified routing through one of our domains to a foreign one
@@ -215,19 +215,20 @@ describe('relay control', () => {
             '"victim%evil.example"@example.com': 'routed',
             '"evil.example!victim"@example.com': 'routed',
             'victim%EVIL.example@EXAMPLE.com': 'routed',
-            // routed on to one of our domains or to relayDomains: Postfix delivers or relays it there
-            'bob%example.com@example.com': 'local',
-            'bob%bücher.example@example.com': 'local',
-            'example.com!bob@example.com': 'local',
-            '"bob@example.com"@example.com': 'local',
-            'bob%partner.example@example.com': 'relay',
-            'bob%x.sub.example@example.com': 'relay',
-            '"bob@partner.example"@example.com': 'relay',
+            // routed on to one of our domains or to relayDomains: Postfix delivers or relays it
+            // there, to a mailbox the rules and limits did not read; refused all the same
+            'bob%example.com@example.com': 'routing',
+            'bob%bücher.example@example.com': 'routing',
+            'example.com!bob@example.com': 'routing',
+            '"bob@example.com"@example.com': 'routing',
+            'bob%partner.example@example.com': 'routing',
+            'bob%x.sub.example@example.com': 'routing',
+            '"bob@partner.example"@example.com': 'routing',
             // several hops: each one is followed (the last @, else the first !, else the last %)
             'victim%evil.example%example.com@example.com': 'routed',
             'example.com!evil.example!victim@example.com': 'routed',
             '"victim%evil.example@example.com"@example.com': 'routed',
-            'bob%example.com%example.com@example.com': 'local',
+            'bob%example.com%example.com@example.com': 'routing',
             // routing left in an address for a relay domain (Postfix: RESOLVE_FLAG_ROUTED)
             'victim%evil.example@partner.example': 'routed',
             'bob%example.com@partner.example': 'routed',
@@ -260,6 +261,10 @@ describe('relay control', () => {
             verdict: 'routed',
             routedDomain: null,
         });
+        assert.deepEqual(policy.decide(mailbox('bob%bücher.example@example.com'), false), {
+            verdict: 'routing',
+            routedDomain: 'xn--bcher-kva.example',
+        });
     });
 
     it('a logged-in client, a submission listener and the open Maildir defaults may route', () => {
@@ -267,6 +272,8 @@ describe('relay control', () => {
             'victim%evil.example@example.com',
             'evil.example!victim@example.com',
             '"victim@evil.example"@example.com',
+            'bob%example.com@example.com',
+            '"bob@example.com"@example.com',
         ]) {
             assert.equal(relayPolicy(config, MX).verdict(mailbox(a), true), 'authenticated', a);
             assert.equal(relayPolicy(config, SUBMISSION).verdict(mailbox(a), true), 'authenticated', a);
