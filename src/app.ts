@@ -32,7 +32,15 @@ import { createReputationService, type ReputationService } from './reputation/se
 import { createConfiguredStore, waitForStore, type LimitStore } from './limits/index.ts';
 import { acceptAll } from './pipeline.ts';
 import { replyFor } from './reply.ts';
-import { RuleError, loadRules, watchRuleSet, withRuleHits, type RuleSet, type RuleWatcher } from './rules/index.ts';
+import {
+    RuleError,
+    loadRules,
+    ruleOptions,
+    watchRuleSet,
+    withRuleHits,
+    type RuleSet,
+    type RuleWatcher,
+} from './rules/index.ts';
 import {
     createDkimSignerFromConfig,
     createSubmissionAuth,
@@ -188,7 +196,7 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
     };
     /** Loads the rules folder of the config in force; throws RuleError when it has problems. */
     const loadCurrentRules = (): RuleSet => {
-        const r = loadRules(current.rules, { softReject: current.softReject });
+        const r = loadRules(current.rules, ruleOptions(current));
         if (r.ruleSet === null) throw new RuleError(r.issues);
         warnCases(current.rules, r.warnings);
         return r.ruleSet;
@@ -343,7 +351,7 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
     /** Watches the rules folder of the config in force; a change reloads the rules. */
     const watchRules = (): RuleWatcher =>
         watchRuleSet(current.rules, {
-            softReject: current.softReject,
+            ...ruleOptions(current),
             ...(ruleSet && ruleSet.dir === current.rules ? { current: ruleSet } : {}),
             onChange: (r) => {
                 if ('ok' in r) {
@@ -399,7 +407,7 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
             // a new rules folder is part of the configuration: one that does not load refuses the
             // whole reload (as serve and check refuse it), instead of naming it among the changes
             // while the previous rules stay in force
-            const r = loadRules(next.rules, { softReject: next.softReject });
+            const r = loadRules(next.rules, ruleOptions(next));
             if (r.ruleSet === null) throw new RuleError(r.issues);
         }
         const changes = diffConfig(current, next);

@@ -19,13 +19,13 @@ import { ConfigError, formatIssue, loadConfigWithWarnings, type Issue } from '..
 import type { CheckValidator } from '../config/check-validator.ts';
 import { escapeUnprintable } from '../config/issues.ts';
 import type { Config } from '../config/types.ts';
-import { checkRules } from '../rules/index.ts';
+import { checkRules, ruleOptions } from '../rules/index.ts';
 import { submissionFilesCheck } from '../submission/index.ts';
 
 /** Validators run by `mailwarden check` after the config loaded cleanly, in order. */
 export const checkValidators: CheckValidator[] = [
     // every rule file and list parses and validates (errors); every `cases:` example gives its expected decision (warnings)
-    { name: 'rules', validate: (config) => checkRules(config.rules, { softReject: config.softReject }) },
+    { name: 'rules', validate: (config) => checkRules(config.rules, ruleOptions(config)) },
     // the submission users (or sendAs) file parses, and holds only password hashes
     submissionFilesCheck,
 ];

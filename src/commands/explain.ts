@@ -24,7 +24,7 @@ import { createMetrics } from '../metrics.ts';
 import { runStage, type CheckOutcome, type StageResult } from '../pipeline.ts';
 import { formatReply, replyFor } from '../reply.ts';
 import { createReputationService } from '../reputation/service.ts';
-import { RuleError, loadRuleSet, type RuleSet, type TraceEntry } from '../rules/index.ts';
+import { RuleError, loadRuleSet, ruleOptions, type RuleSet, type TraceEntry } from '../rules/index.ts';
 import { createSubmissionAuth } from '../submission/index.ts';
 import {
     MAX_HEADER_SECTION,
@@ -385,7 +385,7 @@ export async function runExplain(argv: readonly string[], io: ExplainIo): Promis
     let ruleSet: RuleSet;
     try {
         config = loadConfig(io.resolveConfigPath(v.config), io.env);
-        ruleSet = loadRuleSet(config.rules, { softReject: config.softReject });
+        ruleSet = loadRuleSet(config.rules, ruleOptions(config));
     } catch (err) {
         if (err instanceof ConfigError || err instanceof RuleError) {
             io.err(`${err.message}\n`);

@@ -1,6 +1,7 @@
 /**
  * The counter keys of limits and the triplets of greylisting, built from facts: values are
- * normalised (addresses and domains lower-cased, IP addresses cut to their network prefix)
+ * normalised (addresses and domains lower-cased, an address's subaddress folded out of limit
+ * keys as the key part says, IP addresses cut to their network prefix)
  * and a value that is long or holds unusual characters is replaced by a hash, so a hostile
  * client cannot make huge keys or break the key format. The limit id is part of every key.
  * Pure: no clock, no randomness, no store.
@@ -10,7 +11,7 @@ import { elementType, isListType } from '../rules/facts.ts';
 import { formatIp, parseIp } from '../net/ip.ts';
 import { GREYLIST_IPV4_PREFIX, GREYLIST_IPV6_PREFIX, type KeyPart, type LimitSpec } from '../rules/limits.ts';
 import { foldDomain } from '../net/domain.ts';
-import { domainOfAddress, foldAddress } from '../rules/names.ts';
+import { baseAddress, domainOfAddress, foldAddress } from '../rules/names.ts';
 import type { Facts, FactValue, Stage } from '../types.ts';
 
 /** Longest value kept readable in a key; longer ones are hashed. */
@@ -44,11 +45,12 @@ export function ipNetwork(address: string, v4: number, v6: number): string | nul
     return v6 >= 128 ? formatIp(ip) : `${formatIp({ family: 6, value: net })}/${v6}`;
 }
 
-function normalise(type: string, value: string | number | boolean): string {
+function normalise(type: string, value: string | number | boolean, delimiter: string): string {
     if (typeof value !== 'string') return String(value);
     switch (type) {
         case 'address':
-            return foldAddress(value);
+            // `alice+1@d` and `alice+2@d` are one mailbox: one counter (Postfix's recipient_delimiter)
+            return baseAddress(value, delimiter);
         case 'domain':
             return foldDomain(value);
         default:
@@ -89,7 +91,7 @@ function partValues(part: KeyPart, facts: Facts, stage: Stage): string[] {
     const out = new Set<string>();
     for (const v of values) {
         if (v === '') continue;
-        out.add(safePart(normalise(type, v)));
+        out.add(safePart(normalise(type, v, part.delimiter ?? '')));
     }
     return [...out];
 }

@@ -16,7 +16,7 @@ import { elementType, isListType, stageIndex, type FactSpec, type FactType } fro
 import { IpSet, formatIp, parseIp, parseRange, type IpRange } from '../net/ip.ts';
 import type { ListMatcher, ListType } from './lists.ts';
 import { foldDomain, parseDomain } from '../net/domain.ts';
-import { domainOfAddress, foldAddress, parseAddress } from './names.ts';
+import { baseAddress, domainOfAddress, foldAddress, parseAddress } from './names.ts';
 import type { RegexArena } from './regex.ts';
 
 export type OperatorName =
@@ -77,7 +77,7 @@ export const OPERATORS: readonly Operator[] = Object.freeze(
             value: 'a value of the fact’s type',
             types: ALL,
             description:
-                'Equal. Text compares case-insensitively, domains also ignore a trailing dot, IP addresses compare by value. Writing `fact: value` means the same.',
+                'Equal. Text compares case-insensitively, domains also ignore a trailing dot, IP addresses compare by value. An address with a subaddress is also equal to its base address (`alice+tag@example.com` to `alice@example.com`, delimiter `auth.recipientDelimiter`, default `+`), as Postfix looks up `user+ext@domain`, then `user@domain`; a value with a subaddress matches only that subaddress. Writing `fact: value` means the same.',
             example: '`dmarc.result: fail` or `dmarc.result: { eq: fail }`',
         },
         {
@@ -94,7 +94,7 @@ export const OPERATORS: readonly Operator[] = Object.freeze(
             compile: compileIn,
             value: 'a list of values',
             types: ALL,
-            description: 'Equal to one of the values.',
+            description: 'Equal to one of the values (as `eq`: an address also by its base address).',
             example: '`dmarc.policy: { in: [quarantine, reject] }`',
         },
         {
@@ -177,7 +177,7 @@ export const OPERATORS: readonly Operator[] = Object.freeze(
             value: 'the name of a declared list',
             types: TEXT,
             description:
-                'Membership in a list file: `ip` lists for ip facts, `domain` lists for domain and address facts (the address’s domain), `address` lists for address facts, `pattern` lists for any text.',
+                'Membership in a list file: `ip` lists for ip facts, `domain` lists for domain and address facts (the address’s domain), `address` lists for address facts (as `eq`: an address also by its base address, `alice+tag@` by an `alice@` entry), `pattern` lists for any text.',
             example: '`mail.from: { list: block-senders }`',
         },
     ].map((o) => Object.freeze({ ...o, types: Object.freeze([...o.types]) }) as Operator),
@@ -207,6 +207,11 @@ export interface CompileContext {
     readonly stage: Stage;
     readonly lists: ReadonlyMap<string, DeclaredList>;
     readonly arena: RegexArena;
+    /**
+     * Characters that start a subaddress (`auth.recipientDelimiter`; '' or left out: none).
+     * `in`, `eq` and address lists match an address fact by its base address too.
+     */
+    readonly recipientDelimiter?: string;
     /**
      * Why a known fact cannot be read here, or null when it can. Left out: a fact may be read
      * from its stage on. Rate limits use it to refuse facts their own stage's checks report.
@@ -264,6 +269,17 @@ function foldFor(type: Elem, v: unknown): string | number | boolean | null {
         case 'string':
             return typeof v === 'string' || typeof v === 'number' ? String(v).toLowerCase() : null;
     }
+}
+
+/**
+ * The forms an address fact's value is looked up by, as Postfix's access maps look up
+ * `user+ext@domain`, then `user@domain`: the folded address, and its base address when it has
+ * a subaddress.
+ */
+function addressForms(v: string, delimiters: string): string[] {
+    const folded = foldAddress(v);
+    const base = baseAddress(folded, delimiters);
+    return base === folded ? [folded] : [folded, base];
 }
 
 interface Leaf {
@@ -596,12 +612,14 @@ class Compiler {
             return null;
         }
         const matcher = declared.matcher;
+        const delimiters = this.ctx.recipientDelimiter ?? '';
         const element = (x: unknown): boolean => {
             if (matcher === null || typeof x !== 'string') return false;
             if (declared.type === 'domain' && elem === 'address') {
                 const d = domainOfAddress(x);
                 return d !== null && matcher.has(d);
             }
+            if (elem === 'address') return addressForms(x, delimiters).some((a) => matcher.has(a));
             return matcher.has(x);
         };
         return leafCondition(
@@ -618,9 +636,13 @@ function compileEquality({ c, spec, elem, op, node, at }: OperatorInput): Condit
     if (v === undefined) return null;
     const want = foldFor(elem, v);
     const shown = elem === 'ip' ? formatIp(parseIp(String(v))!) : String(v);
+    const delimiters = c.ctx.recipientDelimiter ?? '';
     const leaf: Leaf = {
         op,
-        element: (x) => foldFor(elem, x) === want,
+        element:
+            elem === 'address'
+                ? (x) => typeof x === 'string' && addressForms(x, delimiters).includes(want as string)
+                : (x) => foldFor(elem, x) === want,
         says: `is ${shown}`,
         negative: `is not ${shown}`,
     };
@@ -646,11 +668,12 @@ function compileIn({ c, spec, elem, op, node, valueAt }: OperatorInput): Conditi
     if (bad) return null;
     const set = new Set(values.map((v) => foldFor(elem, v)));
     const shown = `[${listOfWords(values)}]`;
-    return leafCondition(
-        spec,
-        { op, element: (x) => set.has(foldFor(elem, x)), says: `in ${shown}`, negative: `not in ${shown}` },
-        true,
-    );
+    const delimiters = c.ctx.recipientDelimiter ?? '';
+    const element =
+        elem === 'address'
+            ? (x: unknown) => typeof x === 'string' && addressForms(x, delimiters).some((a) => set.has(a))
+            : (x: unknown) => set.has(foldFor(elem, x));
+    return leafCondition(spec, { op, element, says: `in ${shown}`, negative: `not in ${shown}` }, true);
 }
 
 /** In one of the CIDR ranges. */

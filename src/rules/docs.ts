@@ -134,7 +134,10 @@ ${pers.join('\n')}
   recipient being checked (at RCPT) or every recipient of the message (\`per: byte\`). \`global\` is one counter for
   all traffic. Any other fact known at the counting stage may be used. Values are normalised
   (addresses and domains lower-cased, IP addresses cut to the prefix) and long or unusual values are
-  hashed, so a client cannot make huge keys. The limit id is part of every key.
+  hashed, so a client cannot make huge keys. An address is counted without its subaddress
+  (\`alice+1@example.com\` and \`alice+2@example.com\` are \`alice@example.com\`, as Postfix delivers
+  them), with the delimiter \`auth.recipientDelimiter\` (default \`+\`; a local part that starts with it
+  has no subaddress). The limit id is part of every key.
 - A limit does not apply when one of its key facts is missing: no login (\`auth.user\`), the null
   sender (\`mail.from\`, \`mail.from.domain\`).
 - A key or \`when\` may read facts known at the counting stage, except the facts checks report at

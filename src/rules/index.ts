@@ -12,6 +12,7 @@ export {
     checkRules,
     loadRuleSet,
     loadRules,
+    ruleOptions,
     validateRulesForCheck,
     type LoadOptions,
     type LoadResult,

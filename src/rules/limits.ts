@@ -88,7 +88,13 @@ export const GREYLIST_DEFAULTS = Object.freeze({
 export type KeyPart =
     | { readonly kind: 'global' }
     | { readonly kind: 'ip'; readonly fact: string; readonly v4: number; readonly v6: number }
-    | { readonly kind: 'fact'; readonly fact: string; readonly type: FactType };
+    | {
+          readonly kind: 'fact';
+          readonly fact: string;
+          readonly type: FactType;
+          /** For address facts: the characters that start a subaddress, folded out of the key. */
+          readonly delimiter?: string;
+      };
 
 /** A validated `limits:` entry. */
 export interface LimitSpec {
@@ -138,6 +144,8 @@ export interface DeclarationContext {
     readonly reader: SourceReader;
     readonly file: string;
     readonly facts: ReadonlyMap<string, FactSpec>;
+    /** Characters that start a subaddress ('' for none): address key parts count the base address. */
+    readonly recipientDelimiter: string;
     line(offset: number): number;
     /** Reads and registers an entry id (kebab-case, unique with rule ids); null when reported. */
     claimId(item: Field, idField: Field | undefined, example: string): string | null;
@@ -459,7 +467,13 @@ function readKey(
             bad = true;
             continue;
         }
-        parts.push({ kind: 'fact', fact: name, type: spec.type });
+        const address = spec.type === 'address' || spec.type === 'address[]';
+        parts.push({
+            kind: 'fact',
+            fact: name,
+            type: spec.type,
+            ...(address ? { delimiter: ctx.recipientDelimiter } : {}),
+        });
     }
     if (bad) return null;
     return { parts, text: items.map((i) => i.text).join(' + ') };

@@ -16,6 +16,7 @@ import path from 'node:path';
 import { isAlias, isMap, isScalar, type Node } from 'yaml';
 import { formatIssue, IssuesError, sortIssues, type Issue } from '../config/issues.ts';
 import { SourceReader, type Field } from '../config/reader.ts';
+import { DEFAULT_RECIPIENT_DELIMITER } from '../config/sections/submission-auth.ts';
 import { didYouMean } from '../config/suggest.ts';
 import type { Action, FactValue, SmtpReply, Stage } from '../types.ts';
 import { caseIssue, runCases } from './cases.ts';
@@ -85,6 +86,11 @@ export interface LoadOptions {
     readonly softReject: boolean;
     /** The facts rules may read (default: the catalogue in facts.ts). */
     readonly knownFacts?: readonly FactSpec[];
+    /**
+     * Characters that start a subaddress (config `auth.recipientDelimiter`, default `+`; ''
+     * for none): address facts match lists by their base address too, and limit keys count it.
+     */
+    readonly recipientDelimiter?: string;
 }
 
 interface ParsedFile {
@@ -571,6 +577,7 @@ class Loader {
             reader: f.reader,
             file: f.file,
             facts: this.facts,
+            recipientDelimiter: this.opts.recipientDelimiter ?? DEFAULT_RECIPIENT_DELIMITER,
             line: (offset) => this.position(f, offset).line,
             claimId: (item, idField, example) => this.claimId(f, item, idField, example),
             compileWhen: (field, fallback, stage, factProblem): Condition | null =>
@@ -603,6 +610,7 @@ class Loader {
             stage,
             lists: this.lists,
             arena: this.arena,
+            recipientDelimiter: this.opts.recipientDelimiter ?? DEFAULT_RECIPIENT_DELIMITER,
         };
     }
 
@@ -851,6 +859,17 @@ class Loader {
         if (f.reader.issues.length > before || action === null) return null;
         return out;
     }
+}
+
+/** The load options a configuration gives: `softReject`, and `auth.recipientDelimiter` (default `+`). */
+export function ruleOptions(config: {
+    readonly softReject: boolean;
+    readonly auth: { readonly recipientDelimiter: string } | null;
+}): LoadOptions {
+    return {
+        softReject: config.softReject,
+        recipientDelimiter: config.auth?.recipientDelimiter ?? DEFAULT_RECIPIENT_DELIMITER,
+    };
 }
 
 /**

@@ -2,7 +2,10 @@
  * Mail addresses as rules compare them: the local part lower-cased, the domain folded by
  * src/net/domain.ts (which owns domain normalisation; this file must NOT fold names itself).
  * Strict checks are for what operators write (lists, rule values); the lenient forms are for
- * fact values, which are compared as given and never rejected. Pure.
+ * fact values, which are compared as given and never rejected. With a recipient delimiter
+ * (Postfix's recipient_delimiter, `+` by default) `alice+tag@d` also has the base address
+ * `alice@d` (RFC 5233 subaddressing), as Postfix's lookups try `user+ext@domain`, then
+ * `user@domain`. Pure.
  */
 import { foldDomain, parseDomain } from '../net/domain.ts';
 
@@ -18,6 +21,28 @@ export function foldAddress(address: string): string {
     const at = address.lastIndexOf('@');
     if (at < 0) return address.toLowerCase();
     return `${address.slice(0, at).toLowerCase()}@${foldDomain(address.slice(at + 1))}`;
+}
+
+/**
+ * The local part without its subaddress (`alice+tag` → `alice`), or null when it has none: the
+ * part before the first of the `delimiters` characters; a local part starting with one
+ * (`+news`) has no subaddress. '' turns subaddressing off.
+ */
+export function baseLocalPart(local: string, delimiters: string): string | null {
+    if (delimiters === '') return null;
+    for (let i = 1; i < local.length; i++) {
+        if (delimiters.includes(local[i] ?? '')) return local.slice(0, i);
+    }
+    return null;
+}
+
+/** An address folded (foldAddress) without its subaddress; the folded address when it has none. */
+export function baseAddress(address: string, delimiters: string): string {
+    const folded = foldAddress(address);
+    const at = folded.lastIndexOf('@');
+    if (at < 0) return folded;
+    const base = baseLocalPart(folded.slice(0, at), delimiters);
+    return base === null ? folded : `${base}${folded.slice(at)}`;
 }
 
 /**

@@ -16,6 +16,7 @@
  * quoted strings, comments and groups; RFC 6532 UTF-8). Pure functions; no I/O, no logging.
  */
 import { toALabel, withoutTrailingDot } from '../net/domain.ts';
+import { baseLocalPart } from '../rules/names.ts';
 
 /** The addresses one login may use. Built by compileSenderPolicy; read by mayUse. */
 export interface SenderPolicy {
@@ -125,15 +126,6 @@ export function compileSenderPolicy(
         else if (entry?.kind === 'domain') domains.add(entry.domain);
     }
     return { login, addresses, domains, recipientDelimiter: opts.recipientDelimiter ?? DEFAULT_RECIPIENT_DELIMITER };
-}
-
-/** The local part without its subaddress (`alice+tag` → `alice`), or null when it has none. */
-function baseLocalPart(local: string, delimiters: string): string | null {
-    if (delimiters === '') return null;
-    for (let i = 1; i < local.length; i++) {
-        if (delimiters.includes(local[i] ?? '')) return local.slice(0, i);
-    }
-    return null;
 }
 
 /**

@@ -2,7 +2,9 @@
  * Recipient spellings in front of a real Postfix that delivers them to one mailbox: sender-specified
  * routing through one of our domains (`bob%example.test@front.test`, `example.test!bob@front.test`,
  * `"bob@example.test"@front.test`, front.test a Postfix mydestination domain) is refused on the mx
- * listener, so a rule on `rcpt.to` cannot be passed by it and nothing reaches bob's Maildir.
+ * listener, so a rule on `rcpt.to` cannot be passed by it and nothing reaches bob's Maildir; a
+ * subaddress (`bob+x@`, `alice+1@`, Postfix's recipient_delimiter `+`) is matched by the rule and
+ * counted by a per-recipient limit as the mailbox it is delivered to.
  * DNS stays on loopback; nothing leaves the machine.
  */
 import assert from 'node:assert/strict';
@@ -22,6 +24,8 @@ const RULES = `rules:
     stage: rcpt
     when: { listener.mode: mx, rcpt.to: { in: [bob@example.test] } }
     action: reject
+limits:
+  - { id: per-mailbox, key: rcpt.to, rate: 2/1h, per: recipient }
 `;
 
 describe('recipient spellings in front of Postfix', () => {
@@ -95,5 +99,19 @@ describe('recipient spellings in front of Postfix', () => {
         await sleep(2000);
         assert.deepEqual(await postfix.messages('bob'), [], "nothing reaches bob's Maildir");
         assert.equal((await postfix.messages('alice')).length, 1);
+    });
+
+    it('a subaddress is the mailbox: the rule on bob matches bob+x, and alice+1, alice+2 share her limit', async () => {
+        const bob = await send('bob+x@example.test', 'bob subaddress');
+        assert.equal(bob.rcpt, 550, `bob+x: ${bob.text}`);
+        // alice had one message above; the limit allows two an hour whatever the subaddress
+        const first = await send('alice+1@example.test', 'alice+1');
+        assert.deepEqual([first.rcpt, first.data], [250, 250]);
+        const second = await send('alice+2@example.test', 'alice+2');
+        assert.equal(second.rcpt, 450, `alice+2: ${second.text}`);
+        assert.match(second.text, /^4\.7\.1 /);
+        await sleep(2000);
+        assert.deepEqual(await postfix.messages('bob'), [], "nothing reaches bob's Maildir");
+        assert.equal((await postfix.messages('alice')).length, 2);
     });
 });

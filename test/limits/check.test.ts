@@ -107,6 +107,35 @@ describe('limit keys', () => {
         ]);
     });
 
+    it('count an address with a subaddress as its base address, with the configured delimiter', () => {
+        assert.deepEqual(limitKeys(spec('sender'), { 'mail.from': 'News+1@Example.ORG' }, 'mail'), [
+            'sender|news@example.org',
+        ]);
+        assert.deepEqual(limitKeys(spec('rcpt'), { 'rcpt.to': ['alice+2@x.example'] }, 'rcpt'), [
+            'rcpt|alice@x.example',
+        ]);
+        assert.deepEqual(limitKeys(spec('address'), { 'rcpt.address': 'alice+a+b@x.example' }, 'rcpt'), [
+            'address|alice@x.example',
+        ]);
+        assert.deepEqual(
+            limitKeys(spec('address-bytes'), { 'rcpt.to': ['alice+1@x.example', 'alice@x.example'] }, 'data'),
+            ['address-bytes|alice@x.example'],
+            'one counter for the mailbox',
+        );
+        // a local part that starts with the delimiter has no subaddress
+        assert.deepEqual(limitKeys(spec('sender'), { 'mail.from': '+news@example.org' }, 'mail'), [
+            'sender|+news@example.org',
+        ]);
+        const other = (delimiter: string) =>
+            loadRules(folderWith({ '10.yaml': 'limits:\n  - { id: s, key: mail.from, rate: 5/1m }\n' }), {
+                softReject: false,
+                recipientDelimiter: delimiter,
+            }).ruleSet!.limits[0]!;
+        assert.deepEqual(limitKeys(other(''), { 'mail.from': 'a+b@x.example' }, 'mail'), ['s|a+b@x.example']);
+        assert.deepEqual(limitKeys(other('-+'), { 'mail.from': 'a-b@x.example' }, 'mail'), ['s|a@x.example']);
+        assert.deepEqual(limitKeys(other('-'), { 'mail.from': 'a+b@x.example' }, 'mail'), ['s|a+b@x.example']);
+    });
+
     it('hash values that are long or could break the key format', () => {
         const long = limitKeys(spec('helo'), { helo: 'a'.repeat(10_000) }, 'mail');
         assert.equal(long.length, 1);

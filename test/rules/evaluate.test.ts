@@ -145,6 +145,44 @@ describe('evaluate', () => {
     });
 });
 
+describe('subaddresses', () => {
+    const SUB = `lists:
+  vips: { type: address, file: lists/vips.txt }
+rules:
+  - { id: by-in, stage: rcpt, when: { rcpt.to: { in: [bob@example.test] } }, action: reject }
+  - { id: by-eq, stage: mail, when: { mail.from: spam@example.net }, action: reject }
+  - { id: by-list, stage: rcpt, when: { rcpt.to: { list: vips } }, action: tag }
+`;
+    const set = (delimiter?: string) =>
+        loadRuleSet(folderWith({ '10.yaml': SUB, 'lists/vips.txt': 'carol@example.test\ndan+x@example.test\n' }), {
+            softReject: false,
+            ...(delimiter === undefined ? {} : { recipientDelimiter: delimiter }),
+        });
+    const rcpt = (s: RuleSet, to: string) => s.evaluate('rcpt', { 'rcpt.to': [to] }).matchedRules[0]?.id ?? null;
+    const mail = (s: RuleSet, from: string) => s.evaluate('mail', { 'mail.from': from }).matchedRules[0]?.id ?? null;
+
+    it('in, eq and address lists match an address by its base address too, as Postfix looks up user+ext@domain then user@domain', () => {
+        const s = set();
+        assert.equal(rcpt(s, 'bob@example.test'), 'by-in');
+        assert.equal(rcpt(s, 'Bob+anything@EXAMPLE.test'), 'by-in');
+        assert.equal(rcpt(s, 'bob+@example.test'), 'by-in');
+        assert.equal(rcpt(s, '+bob@example.test'), null, 'a leading delimiter is no subaddress');
+        assert.equal(rcpt(s, 'bobby@example.test'), null);
+        assert.equal(mail(s, 'spam+1@example.net'), 'by-eq');
+        assert.equal(rcpt(s, 'carol+2@example.test'), 'by-list');
+        // an entry with a subaddress matches that subaddress only
+        assert.equal(rcpt(s, 'dan+x@example.test'), 'by-list');
+        assert.equal(rcpt(s, 'dan@example.test'), null);
+        assert.equal(rcpt(s, 'dan+y@example.test'), null);
+    });
+
+    it('follows the configured delimiter, and none when it is empty', () => {
+        assert.equal(rcpt(set('-'), 'bob-x@example.test'), 'by-in');
+        assert.equal(rcpt(set('-'), 'bob+x@example.test'), null);
+        assert.equal(rcpt(set(''), 'bob+x@example.test'), null);
+    });
+});
+
 describe('templates', () => {
     it('parses placeholders and escaped braces', () => {
         const t = parseTemplate('a {x.y} {{literal}} b');

@@ -44,7 +44,7 @@ describe('limits in rule files', () => {
         assert.equal(s.stage, 'mail');
         assert.equal(s.per, 'message');
         assert.deepEqual(s.windows, [{ limit: 100, periodMs: 3_600_000 }]);
-        assert.deepEqual(s.key, [{ kind: 'fact', fact: 'mail.from', type: 'address' }]);
+        assert.deepEqual(s.key, [{ kind: 'fact', fact: 'mail.from', type: 'address', delimiter: '+' }]);
         const ip = byId.get('ip-rcpts')!;
         assert.equal(ip.stage, 'rcpt');
         assert.deepEqual(ip.key, [{ kind: 'ip', fact: 'client.ip', v4: 24, v6: 48 }]);
