@@ -366,4 +366,63 @@ describe('the shipped limits', () => {
             await up.close();
         }
     });
+
+    it('hold one client network to 3000 recipients an hour, bounces (the null sender) included', async () => {
+        const up = await startScriptedUpstream({ ehlo: ['XCLIENT NAME ADDR PORT PROTO HELO LOGIN'] });
+        const dns = await startDnsServer({});
+        const mw = await startApp(
+            [
+                'hostname: mx.example.test',
+                'domains: [example.test]',
+                'listeners: [{ name: mx, host: 127.0.0.1, port: 0, mode: mx }]',
+                `upstream: { url: "smtp://127.0.0.1:${up.port}" }`,
+                `dns: { servers: ["${dns.address}"], timeout: 1s }`,
+                'http: false',
+            ].join('\n'),
+        );
+        try {
+            /** Recipients accepted in transactions of up to 1000 (maxRecipients) until one is refused. */
+            const accepted = async (localAddress: string, from: string, want: number) => {
+                const c = await smtpConnect(mw.port(), { localAddress });
+                try {
+                    assert.equal((await c.greeting()).code, 220);
+                    await c.cmd('EHLO bulk.example');
+                    let n = 0;
+                    let refused: { code: number; text: string } | null = null;
+                    while (n < want && refused === null) {
+                        assert.equal((await c.cmd(`MAIL FROM:<${from}>`)).code, 250);
+                        for (let j = 0; j < 1000 && n < want; j++) {
+                            const r = await c.cmd(`RCPT TO:<u${localAddress}.${n}@example.test>`);
+                            if (r.code !== 250) {
+                                refused = r;
+                                break;
+                            }
+                            n++;
+                        }
+                        await c.cmd('RSET');
+                    }
+                    return { n, refused };
+                } finally {
+                    c.close();
+                }
+            };
+            // two addresses of one /24, bounces only: no sender address to count them by
+            assert.deepEqual(await accepted('127.0.0.77', '', 2000), { n: 2000, refused: null });
+            const second = await accepted('127.0.0.78', '', 2000);
+            // 3000 at once, then one every 1.2 seconds as the window refills while the test runs
+            assert.ok(second.n >= 1000 && second.n <= 1005, `${second.n} accepted from the second address`);
+            assert.equal(second.refused?.code, 450);
+            assert.match(second.refused.text, /^4\.7\.1 .*\(limit mx-network-recipients\)/);
+            const named = await accepted('127.0.0.79', 'news@bulk.example', 1);
+            assert.match(
+                named.refused?.text ?? '',
+                /\(limit mx-network-recipients\)/,
+                'a sender address does not help',
+            );
+        } finally {
+            await mw.stop();
+            await dns.close();
+            await up.close();
+        }
+    });
 });
