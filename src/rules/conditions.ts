@@ -128,7 +128,7 @@ export const OPERATORS: readonly Operator[] = Object.freeze(
             value: 'an RE2 regular expression',
             types: TEXT,
             description:
-                'The pattern matches anywhere in the value, ignoring case (anchor with `^` and `$`). RE2 syntax: matching time is linear in the input; backreferences and lookaround are refused.',
+                'The pattern matches anywhere in the value, ignoring case (anchor with `^` and `$`). An address or domain with non-ASCII characters is tested as written and in its A-label form, so `@xn--bcher-kva\\.example$` matches `a@bücher.example` (as `in` and `domain` compare folded names). RE2 syntax: matching time is linear in the input; backreferences and lookaround are refused.',
             example: '`helo: { matches: "^\\\\[?[0-9.]+\\\\]?$" }`',
         },
         {
@@ -177,7 +177,7 @@ export const OPERATORS: readonly Operator[] = Object.freeze(
             value: 'the name of a declared list',
             types: TEXT,
             description:
-                'Membership in a list file: `ip` lists for ip facts, `domain` lists for domain and address facts (the address’s domain), `address` lists for address facts (as `eq`: an address also by its base address, `alice+tag@` by an `alice@` entry), `pattern` lists for any text.',
+                'Membership in a list file: `ip` lists for ip facts, `domain` lists for domain and address facts (the address’s domain), `address` lists for address facts (as `eq`: an address also by its base address, `alice+tag@` by an `alice@` entry), `pattern` lists for any text (as `matches`: an address or domain also in its A-label form).',
             example: '`mail.from: { list: block-senders }`',
         },
     ].map((o) => Object.freeze({ ...o, types: Object.freeze([...o.types]) }) as Operator),
@@ -280,6 +280,18 @@ function addressForms(v: string, delimiters: string): string[] {
     const folded = foldAddress(v);
     const base = baseAddress(folded, delimiters);
     return base === folded ? [folded] : [folded, base];
+}
+
+/**
+ * The text forms a pattern is tested against: the value as written and, for an address or a
+ * domain holding non-ASCII characters, its folded A-label form (`a@bücher.example` is also
+ * `a@xn--bcher-kva.example`), so a pattern written either way matches, as `in` and `domain` do.
+ */
+function patternForms(elem: Elem, v: string): string[] {
+    // eslint-disable-next-line no-control-regex
+    if ((elem !== 'address' && elem !== 'domain') || /^[\x00-\x7f]*$/.test(v)) return [v];
+    const folded = elem === 'address' ? foldAddress(v) : foldDomain(v);
+    return folded === v ? [v] : [v, folded];
 }
 
 interface Leaf {
@@ -619,6 +631,7 @@ class Compiler {
                 const d = domainOfAddress(x);
                 return d !== null && matcher.has(d);
             }
+            if (declared.type === 'pattern') return patternForms(elem, x).some((f) => matcher.has(f));
             if (elem === 'address') return addressForms(x, delimiters).some((a) => matcher.has(a));
             return matcher.has(x);
         };
@@ -761,7 +774,7 @@ function compileDomains({ c, spec, elem, op, node, valueAt }: OperatorInput): Co
 }
 
 /** An RE2 pattern. */
-function compileMatches({ c, spec, op, node, valueAt }: OperatorInput): Condition | null {
+function compileMatches({ c, spec, elem, op, node, valueAt }: OperatorInput): Condition | null {
     const s = c.scalar(node);
     if (!s.ok || typeof s.value !== 'string') {
         c.ctx.report(valueAt, `matches: expected a regular expression in quotes; got ${c.describe(node)}`);
@@ -781,7 +794,7 @@ function compileMatches({ c, spec, op, node, valueAt }: OperatorInput): Conditio
         spec,
         {
             op,
-            element: (x) => (typeof x === 'string' ? pattern.test(x) : false),
+            element: (x) => (typeof x === 'string' ? patternForms(elem, x).some((f) => pattern.test(f)) : false),
             says: `matches /${s.value}/`,
             negative: `does not match /${s.value}/`,
         },

@@ -183,6 +183,32 @@ rules:
     });
 });
 
+describe('matches and internationalised names', () => {
+    const IDN = `lists:
+  idn-patterns: { type: pattern, file: lists/p.txt }
+rules:
+  - { id: by-pattern, stage: mail, when: { mail.from: { matches: '@xn--bcher-kva\\.example$' } }, action: reject }
+  - { id: by-domain-pattern, stage: mail, when: { client.ptr: { matches: '^mx\\.xn--mller-kva\\.example$' } }, action: reject }
+  - { id: by-pattern-list, stage: mail, when: { mail.from.domain: { list: idn-patterns } }, action: reject }
+  - { id: written, stage: mail, when: { mail.from: { matches: '@bücher\\.test$' } }, action: reject }
+`;
+    const s = loadRuleSet(folderWith({ '10.yaml': IDN, 'lists/p.txt': '^xn--caf-dma\\.example$\n' }), {
+        softReject: false,
+    });
+    const hit = (facts: Facts) => s.evaluate('mail', facts).matchedRules[0]?.id ?? null;
+
+    it('tests an address or domain in its A-label form too, as in and domain compare it', () => {
+        for (const from of ['a@xn--bcher-kva.example', 'a@bücher.example', 'A@BÜCHER.example']) {
+            assert.equal(hit({ 'mail.from': from }), 'by-pattern', from);
+        }
+        assert.equal(hit({ 'mail.from': 'a@bucher.example' }), null);
+        assert.equal(hit({ 'client.ptr': 'mx.müller.example' }), 'by-domain-pattern');
+        assert.equal(hit({ 'mail.from.domain': 'café.example' }), 'by-pattern-list');
+        // the form as written still matches a pattern written with the U-label
+        assert.equal(hit({ 'mail.from': 'a@bücher.test' }), 'written');
+    });
+});
+
 describe('templates', () => {
     it('parses placeholders and escaped braces', () => {
         const t = parseTemplate('a {x.y} {{literal}} b');
