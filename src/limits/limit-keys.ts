@@ -10,8 +10,7 @@ import { createHash } from 'node:crypto';
 import { elementType, isListType } from '../rules/facts.ts';
 import { formatIp, parseIp } from '../net/ip.ts';
 import { GREYLIST_IPV4_PREFIX, GREYLIST_IPV6_PREFIX, type KeyPart, type LimitSpec } from '../rules/limits.ts';
-import { foldDomain } from '../net/domain.ts';
-import { baseAddress, domainOfAddress, foldAddress } from '../rules/names.ts';
+import { baseAddress, domainOfAddress, foldAddress, foldMailDomain } from '../rules/names.ts';
 import type { Facts, FactValue, Stage } from '../types.ts';
 
 /** Longest value kept readable in a key; longer ones are hashed. */
@@ -52,7 +51,7 @@ function normalise(type: string, value: string | number | boolean, delimiter: st
             // `alice+1@d` and `alice+2@d` are one mailbox: one counter (Postfix's recipient_delimiter)
             return baseAddress(value, delimiter);
         case 'domain':
-            return foldDomain(value);
+            return foldMailDomain(value);
         default:
             return value.toLowerCase();
     }

@@ -141,6 +141,26 @@ export function formatIp(ip: IpValue): string {
 }
 
 /**
+ * A mail domain's address literal (`[192.0.2.1]`, `[IPv6:2001:db8::1]`, RFC 5321 section 4.1.3)
+ * in one form for keys and comparisons: `[192.0.2.1]`, or `[ipv6:…]` with the address in RFC 5952
+ * form; an IPv4-mapped IPv6 literal is written as IPv4 (`[IPv6:::ffff:192.0.2.1]` is
+ * `[192.0.2.1]`). null when `text` is no address literal.
+ */
+export function canonicalAddressLiteral(text: string): string | null {
+    if (!(text.length > 2 && text.startsWith('[') && text.endsWith(']'))) return null;
+    const inner = text.slice(1, -1);
+    let ip: IpValue | null = null;
+    if (/^ipv6:/i.test(inner)) {
+        const v6 = inner.slice(5);
+        ip = v6.includes(':') ? parseIp(v6) : null;
+    } else if (!inner.includes(':')) {
+        ip = parseIp(inner);
+    }
+    if (ip === null) return null;
+    return ip.family === 4 ? `[${formatIp(ip)}]` : `[ipv6:${formatIp(ip)}]`;
+}
+
+/**
  * Parses `address` or `address/prefix`. A range with host bits set (`10.0.0.1/8`) is refused
  * (Postfix cidr tables refuse it too; its mynetworks only warns): the operator meant either the
  * host or the network, and guessing would silently widen or narrow a trust or block list. The

@@ -16,7 +16,7 @@ import { elementType, isListType, stageIndex, type FactSpec, type FactType } fro
 import { IpSet, formatIp, parseIp, parseRange, type IpRange } from '../net/ip.ts';
 import type { ListMatcher, ListType } from './lists.ts';
 import { foldDomain, parseDomain } from '../net/domain.ts';
-import { baseAddress, domainOfAddress, foldAddress, parseAddress } from './names.ts';
+import { baseAddress, domainOfAddress, foldAddress, foldMailDomain, parseAddress } from './names.ts';
 import type { RegexArena } from './regex.ts';
 
 export type OperatorName =
@@ -263,7 +263,7 @@ function foldFor(type: Elem, v: unknown): string | number | boolean | null {
             return ip === null ? v.toLowerCase() : `${ip.family}:${ip.value}`;
         }
         case 'domain':
-            return typeof v === 'string' ? foldDomain(v) : null;
+            return typeof v === 'string' ? foldMailDomain(v) : null;
         case 'address':
             return typeof v === 'string' ? foldAddress(v) : null;
         case 'string':

@@ -1,6 +1,8 @@
 /**
  * Mail addresses as rules compare them: the local part lower-cased, the domain folded by
- * src/net/domain.ts (which owns domain normalisation; this file must NOT fold names itself).
+ * src/net/domain.ts (which owns domain normalisation; this file must NOT fold names itself), an
+ * address literal put in one form by src/net/ip.ts (`[IPv6:2001:DB8:0::1]` is
+ * `[ipv6:2001:db8::1]`, `[IPv6:::ffff:192.0.2.1]` is `[192.0.2.1]`).
  * Strict checks are for what operators write (lists, rule values); the lenient forms are for
  * fact values, which are compared as given and never rejected. With a recipient delimiter
  * (Postfix's recipient_delimiter, `+` by default) `alice+tag@d` also has the base address
@@ -8,19 +10,25 @@
  * `user@domain`. Pure.
  */
 import { foldDomain, parseDomain } from '../net/domain.ts';
+import { canonicalAddressLiteral } from '../net/ip.ts';
+
+/** The domain of an address folded: a name in A-label form, an address literal in its one form. */
+export function foldMailDomain(domain: string): string {
+    return canonicalAddressLiteral(domain) ?? foldDomain(domain);
+}
 
 /** The domain part of an address (after the last @), folded; null when there is none. */
 export function domainOfAddress(address: string): string | null {
     const at = address.lastIndexOf('@');
     if (at < 0 || at === address.length - 1) return null;
-    return foldDomain(address.slice(at + 1));
+    return foldMailDomain(address.slice(at + 1));
 }
 
-/** An address folded for comparison: lower-cased, domain in A-label form. */
+/** An address folded for comparison: lower-cased, domain in A-label form (or a literal's one form). */
 export function foldAddress(address: string): string {
     const at = address.lastIndexOf('@');
     if (at < 0) return address.toLowerCase();
-    return `${address.slice(0, at).toLowerCase()}@${foldDomain(address.slice(at + 1))}`;
+    return `${address.slice(0, at).toLowerCase()}@${foldMailDomain(address.slice(at + 1))}`;
 }
 
 /**

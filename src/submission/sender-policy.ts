@@ -16,6 +16,7 @@
  * quoted strings, comments and groups; RFC 6532 UTF-8). Pure functions; no I/O, no logging.
  */
 import { toALabel, withoutTrailingDot } from '../net/domain.ts';
+import { canonicalAddressLiteral } from '../net/ip.ts';
 import { baseLocalPart } from '../rules/names.ts';
 
 /** The addresses one login may use. Built by compileSenderPolicy; read by mayUse. */
@@ -44,11 +45,14 @@ function isDotAtom(text: string): boolean {
     return text.split('.').every((part) => ATEXT.test(part));
 }
 
-/** A domain as a lower-case A-label without a trailing dot, a lower-cased address literal, or null. */
+/**
+ * A domain as a lower-case A-label without a trailing dot, an address literal in its one form
+ * (src/net/ip.ts: `[IPv6:2001:DB8::1]` is `[ipv6:2001:db8::1]`, IPv4-mapped as IPv4), or null.
+ */
 export function normalizeDomain(domain: string): string | null {
     const d = withoutTrailingDot(domain.trim());
     if (d === '') return null;
-    if (/^\[[^\]\s]+\]$/.test(d)) return d.toLowerCase();
+    if (/^\[[^\]\s]+\]$/.test(d)) return canonicalAddressLiteral(d) ?? d.toLowerCase();
     if (!isDotAtom(d)) return null;
     const ascii = toALabel(d);
     if (ascii === null || !/^[a-z0-9-]+(\.[a-z0-9-]+)*$/i.test(ascii)) return null;

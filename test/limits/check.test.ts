@@ -136,6 +136,24 @@ describe('limit keys', () => {
         assert.deepEqual(limitKeys(other('-'), { 'mail.from': 'a+b@x.example' }, 'mail'), ['s|a+b@x.example']);
     });
 
+    it('write an address literal in one form: IPv6 per RFC 5952, IPv4-mapped IPv6 as IPv4', () => {
+        const key = (from: string) => limitKeys(spec('sender'), { 'mail.from': from }, 'mail');
+        for (const from of [
+            'a@[IPv6:2001:db8::1]',
+            'a@[IPv6:2001:DB8:0:0::1]',
+            'a@[IPv6:2001:db8:0:0:0:0:0:1]',
+            'a@[ipv6:2001:db8::0:1]',
+        ]) {
+            assert.deepEqual(key(from), ['sender|a@[ipv6:2001:db8::1]'], from);
+        }
+        for (const from of ['b@[192.0.2.1]', 'b@[IPv6:::ffff:192.0.2.1]', 'b@[IPv6:::ffff:c000:201]']) {
+            assert.deepEqual(key(from), ['sender|b@[192.0.2.1]'], from);
+        }
+        assert.deepEqual(limitKeys(spec('rcpt-bytes'), { 'rcpt.to': ['x@[IPv6:::FFFF:192.0.2.1]'] }, 'data'), [
+            'rcpt-bytes|[192.0.2.1]',
+        ]);
+    });
+
     it('hash values that are long or could break the key format', () => {
         const long = limitKeys(spec('helo'), { helo: 'a'.repeat(10_000) }, 'mail');
         assert.equal(long.length, 1);

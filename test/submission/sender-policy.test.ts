@@ -102,6 +102,17 @@ describe('parseSendAsEntry and normalizeAddress', () => {
         assert.equal(normalizeAddress('"a\\"b"@example.com'), 'a"b@example.com');
         assert.equal(normalizeAddress('a..b@example.com'), null);
     });
+
+    it('writes an address literal in one form, IPv4-mapped IPv6 as IPv4', () => {
+        for (const a of ['a@[IPv6:2001:db8::1]', 'a@[IPv6:2001:DB8:0:0::1]', 'a@[ipv6:2001:db8:0:0:0:0:0:1]']) {
+            assert.equal(normalizeAddress(a), 'a@[ipv6:2001:db8::1]', a);
+        }
+        for (const a of ['b@[192.0.2.1]', 'b@[IPv6:::ffff:192.0.2.1]', 'b@[IPv6:::FFFF:c000:201]']) {
+            assert.equal(normalizeAddress(a), 'b@[192.0.2.1]', a);
+        }
+        const policy = compileSenderPolicy('b', ['b@[IPv6:::ffff:192.0.2.1]']);
+        assert.equal(mayUse('b', 'b@[192.0.2.1]', policy), true);
+    });
 });
 
 describe('parseAddresses (RFC 5322 section 3.4)', () => {
