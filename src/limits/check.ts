@@ -6,7 +6,9 @@
  * asks of the store (lease renewals, every limit, greylisting) is one batch (LimitStore.stage):
  * one round trip to Redis per stage. A store failure is
  * handled per limit (`onError: allow` lets the mail through, `tempfail` reports the id in
- * `ratelimit.error`), so the check itself never fails a stage. Time comes from the injected
+ * `ratelimit.error`), so the check itself never fails a stage; a concurrency lease whose acquire
+ * failed is taken at the session's next renewal, so a session let in while the store was down is
+ * counted once it is back. Time comes from the injected
  * clock. It must not choose replies, must not read the wall clock for decisions, and must
  * never put an address, IP or domain into a metric label.
  */
@@ -180,10 +182,18 @@ export function createRateLimiter(options: RateLimitCheckOptions): Pick<Check, '
                 decide: (answers) => {
                     let refused = false;
                     answers.forEach((a, i) => {
-                        // A failed acquire holds nothing: a lease Redis grants after the
-                        // timeout is released by the store when its late reply comes.
-                        if (!a.ok) return;
                         const key = keys[i]!;
+                        if (!a.ok) {
+                            // A failed acquire holds nothing (a lease Redis grants after the
+                            // timeout is released by the store when its late reply comes), but
+                            // the session is still there: it is recorded as a lost lease, which
+                            // the next renewal takes when there is room (never refusing it).
+                            if (!owner.ended) {
+                                owner.leases.push({ key, max });
+                                owner.renewFailed = true;
+                            }
+                            return;
+                        }
                         if (!(a.value as AcquireResult).acquired) refused = true;
                         else if (owner.ended) void release(ctx.sessionId, [{ key, max }]);
                         else owner.leases.push({ key, max });
