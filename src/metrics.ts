@@ -95,7 +95,7 @@ export function createMetrics(version: string) {
         }),
         messages: new Counter({
             name: `${P}messages_total`,
-            help: 'Messages decided, by listener and final action (accept, tag, quarantine, tempfail, reject)',
+            help: 'Decisions, by listener and action (accept, tag, quarantine, tempfail, reject); one increment is one decision: a message at its end of data (its final action), or a connection, MAIL FROM or RCPT TO refused by the rules before DATA (each refused recipient counts once)',
             labelNames: ['listener', 'action'],
             registers: r,
         }),

@@ -1,0 +1,79 @@
+/**
+ * What the logs let an operator on call answer ("why was this refused, where is it?"), end to
+ * end through the real listener and a scripted upstream: the decision line names its stage and
+ * the upstream's queue id; every refusal before DATA names what it refused (the recipient, the
+ * sender, the HELO name) with the accepted recipient count; an upstream that cannot be reached
+ * at MAIL leaves a `refused` line; monitor-mode rules of every stage show on the line of the
+ * transaction; and what one increment of `mailwarden_messages_total` is.
+ */
+import assert from 'node:assert/strict';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { startScriptedGateway, type ScriptedGateway } from '../helpers/app.ts';
+import { sendMail } from '../helpers/smtp-client.ts';
+
+const MSG =
+    'From: a@sender.example\r\nTo: b@example.org\r\nSubject: t\r\nMessage-ID: <m1@sender.example>\r\n\r\nbody\r\n';
+
+const RULES = `limits:
+  - { id: rcpt-cap, key: mail.from, rate: 2/1h, per: recipient, when: { mail.from.domain: { domain: [capped.example] } } }
+
+greylist:
+  - { id: grey, when: { rcpt.domain: { domain: [grey.example] } }, delay: 5m, retryWindow: 4h, expire: 36d }
+
+rules:
+  - id: closed-domain
+    stage: rcpt
+    when: { rcpt.domain: { domain: [closed.example] } }
+    action: reject
+    reply: { code: 550, enhanced: 5.7.1, text: "closed.example takes no mail from outside" }
+`;
+
+describe('operator logs', () => {
+    let dir: string;
+    let g: ScriptedGateway;
+
+    before(async () => {
+        dir = await mkdtemp(join(tmpdir(), 'mw-operator-logs-'));
+        await writeFile(join(dir, '10-rules.yaml'), RULES);
+        g = await startScriptedGateway([
+            'hostname: mx.example.test',
+            'domains: [example.org, closed.example, grey.example]',
+            'listeners: [{ name: mx, host: 127.0.0.1, port: 0, mode: mx }]',
+            `rules: "${dir}"`,
+        ]);
+    });
+    after(async () => {
+        await g.close();
+        await rm(dir, { recursive: true, force: true });
+    });
+
+    it('counts one decision in messages_total per recipient refused before DATA, and says so', async () => {
+        const counted = async (action: string) =>
+            (await g.mw.app.metrics.messages.get()).values.find(
+                (v) => v.labels.listener === 'mx' && v.labels.action === action,
+            )?.value ?? 0;
+        const [rejects, accepts] = [await counted('reject'), await counted('accept')];
+        const r = await sendMail(g.mw.port(), {
+            from: 'a@sender.example',
+            to: ['x@closed.example', 'b@example.org', 'y@closed.example'],
+            data: MSG,
+        });
+        assert.deepEqual(
+            r.rcpt.map((x) => x.code),
+            [550, 250, 550],
+        );
+        assert.equal(r.message?.code, 250);
+        assert.equal((await counted('reject')) - rejects, 2, 'one per refused recipient');
+        assert.equal((await counted('accept')) - accepts, 1, 'one for the message');
+        const help = (await g.mw.app.metrics.registry.metrics())
+            .split('\n')
+            .find((l) => l.startsWith('# HELP mailwarden_messages_total '));
+        assert.ok(help);
+        assert.match(help, /one increment is one decision/);
+        assert.match(help, /a message at its end of data/);
+        assert.match(help, /a connection, MAIL FROM or RCPT TO refused by the rules before DATA/);
+    });
+});
