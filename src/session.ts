@@ -445,6 +445,8 @@ export class Session {
                 throw this.refuse(this.flow.withId(relayedReply('data', reply)));
             }
             const queueId = /queued as ([A-Za-z0-9._-]+)/i.exec(reply.text)?.[1] ?? null;
+            // to follow the message into Postfix's logs (postqueue, postcat) without parsing `upstream`
+            if (queueId !== null) record.queueId = queueId;
             const ok = replyFor('accepted', { id: this.id, queueId });
             return `${ok.enhanced} ${ok.text}`;
         } catch (err) {

@@ -11,7 +11,7 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { startScriptedGateway, type ScriptedGateway } from '../helpers/app.ts';
+import { startScriptedGateway, type ScriptedGateway, type TestApp } from '../helpers/app.ts';
 import { sendMail } from '../helpers/smtp-client.ts';
 
 const MSG =
@@ -31,6 +31,11 @@ rules:
     reply: { code: 550, enhanced: 5.7.1, text: "closed.example takes no mail from outside" }
 `;
 
+/** The log lines with this message text, written after `from` lines. */
+function linesOf(mw: TestApp, msg: string, from = 0): Record<string, unknown>[] {
+    return mw.logs.slice(from).filter((l) => l.msg === msg);
+}
+
 describe('operator logs', () => {
     let dir: string;
     let g: ScriptedGateway;
@@ -48,6 +53,19 @@ describe('operator logs', () => {
     after(async () => {
         await g.close();
         await rm(dir, { recursive: true, force: true });
+    });
+
+    it("the decision line names the upstream's queue id and the message's Message-ID", async () => {
+        const from = g.mw.logs.length;
+        const r = await sendMail(g.mw.port(), { from: 'a@sender.example', to: ['b@example.org'], data: MSG });
+        assert.equal(r.message?.code, 250, r.message?.raw);
+        const [d] = linesOf(g.mw, 'decision', from);
+        assert.ok(d, 'a decision line');
+        const queued = /queued as (SCRIPTED\d+)/.exec(String(d.upstream));
+        assert.ok(queued, String(d.upstream));
+        assert.equal(d.queueId, queued[1]);
+        assert.equal(d.messageId, '<m1@sender.example>');
+        assert.equal(d.session, /\(id ([^)\s]+)\)/.exec(r.message.text)?.[1], 'the id in the reply names the session');
     });
 
     it('counts one decision in messages_total per recipient refused before DATA, and says so', async () => {
