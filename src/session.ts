@@ -313,6 +313,8 @@ export class Session {
             maxHeaderSize: MAX_HEADER_SECTION,
         });
         const record: Record<string, unknown> = {
+            // as on the `refused` lines of the earlier stages, so one query reads both
+            stage: 'data',
             from: tx?.mailFrom,
             rcptCount: tx?.rcpts.length ?? 0,
             helo: this.identity().helo,

@@ -11,6 +11,7 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
+import { readRepo, runShell, shellBlocks, substitute } from '../helpers/guide.ts';
 import { startScriptedGateway, type ScriptedGateway, type TestApp } from '../helpers/app.ts';
 import { sendMail } from '../helpers/smtp-client.ts';
 
@@ -66,6 +67,42 @@ describe('operator logs', () => {
         assert.equal(d.queueId, queued[1]);
         assert.equal(d.messageId, '<m1@sender.example>');
         assert.equal(d.session, /\(id ([^)\s]+)\)/.exec(r.message.text)?.[1], 'the id in the reply names the session');
+    });
+
+    it('the decision line names its stage; the runbook finds a message in the log by session, Message-ID, queue id and sender', async () => {
+        const from = g.mw.logs.length;
+        const data = MSG.replace('<m1@sender.example>', '<find-me@sender.example>');
+        const r = await sendMail(g.mw.port(), { from: 'a@sender.example', to: ['b@example.org'], data });
+        assert.equal(r.message?.code, 250, r.message?.raw);
+        const [d] = linesOf(g.mw, 'decision', from);
+        assert.ok(d, 'a decision line');
+        assert.equal(d.stage, 'data');
+        assert.equal(typeof d.queueId, 'string');
+
+        // the commands of the runbook's "Find a message", over the real log lines (and a systemd line)
+        const commands = shellBlocks(readRepo('docs/runbook.md'), 'Find a message')
+            .flatMap((b) => b.split('\n'))
+            .filter((l) => /^journalctl -u mailwarden .*\| jq /.test(l))
+            .map((l) => /\bjq -\w+ '[^']*'/.exec(l)?.[0] ?? l);
+        assert.equal(commands.length, 4, commands.join('\n'));
+        const journal = ['Started mailwarden.service - mailwarden.', ...g.mw.lines, ''].join('\n');
+        for (const command of commands) {
+            const jq = substitute(command, {
+                '7m3kq0v2hd9s1c4e': String(d.session),
+                '<20261207.1234@sender.example>': '<find-me@sender.example>',
+                '4Xb2Lk0v1Jz3': String(d.queueId),
+            });
+            const out = await runShell(jq, { env: process.env, cwd: tmpdir(), input: journal });
+            assert.equal(out.code, 0, `${jq}: ${out.err}`);
+            const found = out.out
+                .split('\n')
+                .filter((l) => l !== '')
+                .map((l) => JSON.parse(l) as Record<string, unknown>);
+            assert.ok(
+                found.some((f) => f.session === d.session && f.stage === 'data' && f.action === 'accept'),
+                `${jq} finds the decision line:\n${out.out}`,
+            );
+        }
     });
 
     it('counts one decision in messages_total per recipient refused before DATA, and says so', async () => {
