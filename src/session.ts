@@ -181,6 +181,44 @@ export class Session {
         return result;
     }
 
+    /**
+     * The `refused` line of a refusal before DATA, with the fields of a `decision` line known at
+     * its stage (and the reply the client got), so it is found and replayed (`explain`) the same
+     * way. `rcptCount` counts the recipients accepted so far, never the refused one.
+     */
+    private logRefused(
+        stage: Stage,
+        what: {
+            readonly from?: FactValue;
+            readonly rcpt?: string;
+            readonly rcptCount?: number;
+            readonly action: string;
+            readonly rules: readonly string[];
+            readonly reason: string;
+            readonly reply: SmtpReply;
+            readonly more?: Record<string, unknown>;
+        },
+    ): void {
+        const identity = this.identity();
+        this.log.info(
+            {
+                stage,
+                helo: identity.helo,
+                ...(typeof what.from === 'string' ? { from: what.from } : {}),
+                ...(what.rcpt !== undefined ? { rcpt: what.rcpt } : {}),
+                ...(what.rcptCount !== undefined ? { rcptCount: what.rcptCount } : {}),
+                ...(identity.login !== null ? { authUser: identity.login } : {}),
+                action: what.action,
+                rules: what.rules,
+                reason: what.reason,
+                reply: what.reply.code,
+                enhanced: what.reply.enhanced,
+                ...what.more,
+            },
+            'refused',
+        );
+    }
+
     /** Opens (or reuses) the upstream session for the current client identity. */
     private async upstreamSession(): Promise<UpstreamSession> {
         const identity = this.identity();
@@ -203,7 +241,15 @@ export class Session {
         return this.upstream;
     }
 
-    private upstreamFailed(err: unknown, step: 'mail' | 'rcpt' | 'data'): SmtpReplyError {
+    /**
+     * `refused`: what was being answered before DATA (the sender at MAIL), for the `refused`
+     * line that says the client was told to try again; at DATA the decision line says it.
+     */
+    private upstreamFailed(
+        err: unknown,
+        step: 'mail' | 'rcpt' | 'data',
+        refused?: { readonly from: string },
+    ): SmtpReplyError {
         if (err instanceof UnsupportedFeatureError) {
             // we offered it when the client said EHLO, and the upstream no longer does; nothing
             // was sent, so it is counted as an envelope refusal, not as an upstream failure
@@ -212,7 +258,17 @@ export class Session {
         if (err instanceof UpstreamError) {
             this.deps.metrics.upstreamReplies.inc({ class: err.kind });
             this.log.warn({ step, upstreamError: err.kind, err: err.message }, 'upstream failed');
-            return this.refuse(replyFor('upstream-unavailable', { id: this.id }));
+            const reply = replyFor('upstream-unavailable', { id: this.id });
+            if (refused && step !== 'data') {
+                this.logRefused(step, {
+                    ...refused,
+                    action: 'tempfail',
+                    rules: [],
+                    reason: `upstream unavailable: ${err.kind}`,
+                    reply,
+                });
+            }
+            return this.refuse(reply);
         }
         this.log.error({ step, err }, 'internal error');
         return this.refuse(replyFor('internal-error', { id: this.id }));
@@ -247,7 +303,7 @@ export class Session {
             const up = await this.upstreamSession();
             reply = await up.mailFrom(from, params);
         } catch (err) {
-            throw this.upstreamFailed(err, 'mail');
+            throw this.upstreamFailed(err, 'mail', { from });
         }
         this.countReply(reply);
         if (reply.code >= 300) {

@@ -12,8 +12,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { readRepo, runShell, shellBlocks, substitute } from '../helpers/guide.ts';
-import { startScriptedGateway, type ScriptedGateway, type TestApp } from '../helpers/app.ts';
-import { sendMail } from '../helpers/smtp-client.ts';
+import { startApp, startScriptedGateway, type ScriptedGateway, type TestApp } from '../helpers/app.ts';
+import { freePort, sendMail, smtpConnect } from '../helpers/smtp-client.ts';
 
 const MSG =
     'From: a@sender.example\r\nTo: b@example.org\r\nSubject: t\r\nMessage-ID: <m1@sender.example>\r\n\r\nbody\r\n';
@@ -130,5 +130,40 @@ describe('operator logs', () => {
         assert.match(help, /one increment is one decision/);
         assert.match(help, /a message at its end of data/);
         assert.match(help, /a connection, MAIL FROM or RCPT TO refused by the rules before DATA/);
+    });
+});
+
+describe('operator logs: the upstream down at MAIL', () => {
+    it('leaves a refused line (stage mail, the sender, tempfail, upstream unavailable)', async (t) => {
+        const closed = await freePort();
+        const mw = await startApp(
+            [
+                'hostname: mx.example.test',
+                'domains: [example.org]',
+                'listeners: [{ name: mx, host: 127.0.0.1, port: 0, mode: mx }]',
+                `upstream: { url: "smtp://127.0.0.1:${closed}", timeout: 2s }`,
+                'http: false',
+            ].join('\n'),
+        );
+        t.after(() => mw.stop());
+        const c = await smtpConnect(mw.port());
+        t.after(() => c.close());
+        assert.equal((await c.greeting()).code, 220);
+        assert.equal((await c.cmd('EHLO client.example')).code, 250);
+        const mail = await c.cmd('MAIL FROM:<a@sender.example>');
+        assert.equal(mail.code, 451, mail.raw);
+        assert.match(mail.text, /^4\.4\.1 .*\(id ([^)\s]+)\)/);
+        const session = /\(id ([^)\s]+)\)/.exec(mail.text)![1];
+        const [refused] = linesOf(mw, 'refused');
+        assert.ok(refused, JSON.stringify(mw.logs.map((l) => l.msg)));
+        assert.equal(refused.session, session);
+        assert.equal(refused.stage, 'mail');
+        assert.equal(refused.from, 'a@sender.example');
+        assert.equal(refused.helo, 'client.example');
+        assert.equal(refused.action, 'tempfail');
+        assert.deepEqual(refused.rules, []);
+        assert.equal(refused.reason, 'upstream unavailable: connect');
+        assert.equal(refused.reply, 451);
+        assert.equal(refused.enhanced, '4.4.1');
     });
 });
