@@ -106,7 +106,14 @@ export class Session {
         this.smtp = smtp;
         this.id = smtp.id;
         this.log = deps.log.child({ session: smtp.id, listener: deps.listener.name, client: smtp.remoteAddress });
-        this.envelope = new EnvelopeGate({ ...deps, log: this.log }, smtp);
+        this.envelope = new EnvelopeGate(
+            {
+                ...deps,
+                log: this.log,
+                transaction: () => (this.tx ? { from: this.tx.mailFrom, accepted: this.tx.rcpts.length } : null),
+            },
+            smtp,
+        );
         this.flow = new MessageFlow(smtp.id, deps.listener, earlyFacts);
     }
 
@@ -149,32 +156,36 @@ export class Session {
         this.flow.connected(result);
     }
 
-    /** `sender`: the MAIL FROM address being answered, for the log line of a refusal before the mail stage. */
-    private async decideStage(stage: Stage, facts: Facts, sender?: string): Promise<StageResult> {
+    /**
+     * `sender`: the MAIL FROM address being answered, for the log line of a refusal before the
+     * mail stage; `recipient`: at the rcpt stage, the recipient being decided and how many were
+     * accepted before it.
+     */
+    private async decideStage(
+        stage: Stage,
+        facts: Facts,
+        sender?: string,
+        recipient?: { readonly rcpt: string; readonly accepted: number },
+    ): Promise<StageResult> {
         const context = this.flow.context(facts, this.identity());
         const result = await runStage(stage, this.deps.checks, context, this.deps.decider(), this.deps.now);
         this.observeChecks(result.checks);
         const refusal = this.flow.refusal(stage, result.decision);
         if (refusal) {
-            // the fields of a `decision` line that are known at this stage, so a refusal before
-            // DATA can be found and replayed (`explain`) the same way
-            const identity = this.identity();
-            const from = result.facts['mail.from'] ?? sender;
             const rcptCount = result.facts['rcpt.count'];
-            this.log.info(
-                {
-                    stage,
-                    helo: identity.helo,
-                    ...(typeof from === 'string' ? { from } : {}),
-                    ...(typeof rcptCount === 'number' ? { rcptCount } : {}),
-                    ...(identity.login !== null ? { authUser: identity.login } : {}),
-                    action: result.decision.action,
-                    rules: result.decision.rules,
-                    reason: result.decision.reason,
-                    ...listedZones(result.facts),
-                },
-                'refused',
-            );
+            this.logRefused(stage, {
+                from: result.facts['mail.from'] ?? sender,
+                ...(recipient
+                    ? { rcpt: recipient.rcpt, rcptCount: recipient.accepted }
+                    : typeof rcptCount === 'number'
+                      ? { rcptCount }
+                      : {}),
+                action: result.decision.action,
+                rules: result.decision.rules,
+                reason: result.decision.reason,
+                reply: refusal,
+                more: listedZones(result.facts),
+            });
             this.deps.metrics.messages.inc({ listener: this.deps.listener.name, action: result.decision.action });
             throw this.refuse(refusal);
         }
@@ -248,12 +259,13 @@ export class Session {
     private upstreamFailed(
         err: unknown,
         step: 'mail' | 'rcpt' | 'data',
-        refused?: { readonly from: string },
+        refused?: { readonly from: string; readonly rcpt?: string; readonly rcptCount?: number },
     ): SmtpReplyError {
         if (err instanceof UnsupportedFeatureError) {
             // we offered it when the client said EHLO, and the upstream no longer does; nothing
             // was sent, so it is counted as an envelope refusal, not as an upstream failure
-            return this.envelope.featureMissing(step === 'data' ? 'mail' : step, err);
+            const address = step === 'rcpt' ? refused?.rcpt : refused?.from;
+            return this.envelope.featureMissing(step === 'data' ? 'mail' : step, err, address);
         }
         if (err instanceof UpstreamError) {
             this.deps.metrics.upstreamReplies.inc({ class: err.kind });
@@ -272,6 +284,21 @@ export class Session {
         }
         this.log.error({ step, err }, 'internal error');
         return this.refuse(replyFor('internal-error', { id: this.id }));
+    }
+
+    /** The fields of a `refused` line on the line of a refusal the upstream made and we relay. */
+    private upstreamRefusalFields(stage: Stage, reply: UpstreamReply): Record<string, unknown> {
+        const identity = this.identity();
+        return {
+            stage,
+            helo: identity.helo,
+            ...(identity.login !== null ? { authUser: identity.login } : {}),
+            action: reply.code >= 500 ? 'reject' : 'tempfail',
+            rules: [],
+            reason: `upstream refused the ${stage === 'mail' ? 'sender' : 'recipient'}`,
+            reply: reply.code,
+            ...(reply.enhanced ? { enhanced: reply.enhanced } : {}),
+        };
     }
 
     private countReply(reply: UpstreamReply): void {
@@ -308,7 +335,12 @@ export class Session {
         this.countReply(reply);
         if (reply.code >= 300) {
             this.log.info(
-                { step: 'mail', upstream: `${reply.code} ${reply.enhanced ?? ''} ${reply.text}` },
+                {
+                    step: 'mail',
+                    ...this.upstreamRefusalFields('mail', reply),
+                    from,
+                    upstream: `${reply.code} ${reply.enhanced ?? ''} ${reply.text}`,
+                },
                 'upstream refused sender',
             );
             throw this.refuse(this.flow.withId(relayedReply('mail', reply)));
@@ -328,19 +360,30 @@ export class Session {
             this.identity().login !== null,
         );
         const to = recipient.address;
-        const result = await this.decideStage('rcpt', this.flow.rcptStageFacts(tx, to));
+        const accepted = tx.rcpts.length;
+        const result = await this.decideStage('rcpt', this.flow.rcptStageFacts(tx, to), undefined, {
+            rcpt: to,
+            accepted,
+        });
         let reply: UpstreamReply;
         try {
             const up = this.upstream;
             if (!up || !up.usable) throw new UpstreamError('closed', 'upstream connection lost before RCPT');
             reply = await up.rcptTo(to, rcptParams);
         } catch (err) {
-            throw this.upstreamFailed(err, 'rcpt');
+            throw this.upstreamFailed(err, 'rcpt', { from: tx.mailFrom, rcpt: to, rcptCount: accepted });
         }
         this.countReply(reply);
         if (reply.code >= 300) {
             this.log.info(
-                { step: 'rcpt', rcpt: to, upstream: `${reply.code} ${reply.enhanced ?? ''} ${reply.text}` },
+                {
+                    step: 'rcpt',
+                    ...this.upstreamRefusalFields('rcpt', reply),
+                    from: tx.mailFrom,
+                    rcpt: to,
+                    rcptCount: accepted,
+                    upstream: `${reply.code} ${reply.enhanced ?? ''} ${reply.text}`,
+                },
                 'upstream refused recipient',
             );
             throw this.refuse(this.flow.withId(relayedReply('rcpt', reply)));

@@ -42,7 +42,12 @@ export interface EnvelopeGateDeps {
     readonly capabilities: CapabilityTracker;
     readonly metrics: Metrics;
     readonly log: Logger;
+    /** The sender and the recipients accepted so far of the transaction in progress, for the log line. */
+    readonly transaction?: () => { readonly from: string; readonly accepted: number } | null;
 }
+
+/** The longest address a refusal's log line repeats (a client may send anything). */
+const LOGGED_ADDRESS = 256;
 
 /** A MAIL command that passed: the sender and what the transaction may do. */
 export interface AcceptedMail {
@@ -68,9 +73,15 @@ export class EnvelopeGate {
         const parsed = this.parsed('mail', address);
         const offer = this.offer();
         const checked = checkMailParams(parsed.params, offer);
-        if ('refused' in checked) throw this.paramRefusal('mail', checked.refused, offer);
+        if ('refused' in checked) throw this.paramRefusal('mail', checked.refused, offer, address);
         if (parsed.mailbox.nonAscii && checked.ok.smtputf8 !== true) {
-            throw this.refused('mail', 'smtputf8', replyFor('smtputf8-required', { id: this.id, which: 'sender' }));
+            throw this.refused(
+                'mail',
+                'smtputf8',
+                replyFor('smtputf8-required', { id: this.id, which: 'sender' }),
+                {},
+                parsed.mailbox.address,
+            );
         }
         return { mailbox: parsed.mailbox, params: checked.ok, sizeLimit: offer.sizeLimit };
     }
@@ -87,17 +98,27 @@ export class EnvelopeGate {
         const parsed = this.parsed('rcpt', address);
         const offer = this.offer();
         const checked = checkRcptParams(parsed.params, offer, tx.smtputf8);
-        if ('refused' in checked) throw this.paramRefusal('rcpt', checked.refused, offer);
+        if ('refused' in checked) throw this.paramRefusal('rcpt', checked.refused, offer, address);
         const recipient = parsed.mailbox;
         if (recipient.nonAscii && !tx.smtputf8) {
-            throw this.refused('rcpt', 'smtputf8', replyFor('smtputf8-required', { id: this.id, which: 'recipient' }));
+            throw this.refused(
+                'rcpt',
+                'smtputf8',
+                replyFor('smtputf8-required', { id: this.id, which: 'recipient' }),
+                {},
+                recipient.address,
+            );
         }
         // Postfix's smtpd_recipient_limit: accepted recipients of this transaction, null sender or not
         const limit = this.deps.listener.maxRecipients;
         if (tx.accepted >= limit) {
-            throw this.refused('rcpt', 'too-many-recipients', replyFor('too-many-recipients', { id: this.id, limit }), {
-                limit,
-            });
+            throw this.refused(
+                'rcpt',
+                'too-many-recipients',
+                replyFor('too-many-recipients', { id: this.id, limit }),
+                { limit },
+                recipient.address,
+            );
         }
         const relay = this.deps.relay.decide(recipient, authenticated);
         if (relay.verdict === 'refused' || relay.verdict === 'routed' || relay.verdict === 'routing') {
@@ -118,15 +139,19 @@ export class EnvelopeGate {
                     rcptDomain: recipient.asciiDomain,
                     ...routed,
                 },
+                recipient.address,
             );
         }
         return { mailbox: recipient, params: checked.ok };
     }
 
-    /** The refusal when the upstream no longer offers an extension this session was offered. */
-    featureMissing(step: 'mail' | 'rcpt', err: UnsupportedFeatureError): SmtpReplyError {
+    /**
+     * The refusal when the upstream no longer offers an extension this session was offered;
+     * `address`: the sender (MAIL) or recipient (RCPT) of the command, for the log line.
+     */
+    featureMissing(step: 'mail' | 'rcpt', err: UnsupportedFeatureError, address?: string): SmtpReplyError {
         const reply = replyFor('upstream-feature-missing', { id: this.id, feature: err.feature });
-        return this.refused(step, 'upstream-feature', reply, { feature: err.feature });
+        return this.refused(step, 'upstream-feature', reply, { feature: err.feature }, address);
     }
 
     /** What this session was offered at its latest EHLO (or HELO). */
@@ -148,41 +173,94 @@ export class EnvelopeGate {
         const { id } = this;
         const reason = parse.reason;
         if (parse.part === 'command') {
-            throw this.refused(step, 'command-syntax', replyFor('command-syntax', { id, reason }));
+            throw this.refused(step, 'command-syntax', replyFor('command-syntax', { id, reason }), {}, address.address);
         }
         if (parse.part === 'parameter') {
-            throw this.refused(step, 'param-invalid', replyFor('param-invalid', { id, reason }));
+            throw this.refused(step, 'param-invalid', replyFor('param-invalid', { id, reason }), {}, address.address);
         }
         const situation = step === 'mail' ? 'sender-syntax' : 'recipient-syntax';
-        throw this.refused(step, 'address-syntax', replyFor(situation, { id, reason }), { why: reason });
+        throw this.refused(
+            step,
+            'address-syntax',
+            replyFor(situation, { id, reason }),
+            { why: reason },
+            address.address,
+        );
     }
 
-    private paramRefusal(step: 'mail' | 'rcpt', refused: ParamRefusal, offer: EhloOffer): SmtpReplyError {
+    private paramRefusal(
+        step: 'mail' | 'rcpt',
+        refused: ParamRefusal,
+        offer: EhloOffer,
+        address: SMTPServerAddress,
+    ): SmtpReplyError {
         const { id } = this;
         const param = refused.keyword;
         switch (refused.situation) {
             case 'message-too-big':
-                return this.refused(step, 'size', replyFor('message-too-big', { id, limit: offer.sizeLimit }), {
-                    limit: offer.sizeLimit,
-                });
+                return this.refused(
+                    step,
+                    'size',
+                    replyFor('message-too-big', { id, limit: offer.sizeLimit }),
+                    { limit: offer.sizeLimit },
+                    address.address,
+                );
             case 'param-invalid': {
                 const reason = `${param} ${refused.why ?? 'is malformed'}`;
-                return this.refused(step, 'param-invalid', replyFor('param-invalid', { id, reason }), { param });
+                return this.refused(
+                    step,
+                    'param-invalid',
+                    replyFor('param-invalid', { id, reason }),
+                    { param },
+                    address.address,
+                );
             }
             case 'param-not-offered':
-                return this.refused(step, 'param-not-offered', replyFor('param-not-offered', { id, param }), { param });
+                return this.refused(
+                    step,
+                    'param-not-offered',
+                    replyFor('param-not-offered', { id, param }),
+                    { param },
+                    address.address,
+                );
         }
     }
 
-    /** Counts, logs and builds one refusal. */
+    /**
+     * Counts, logs and builds one refusal. The line carries what a `refused` line of the rules
+     * carries (stage, HELO name, sender, the refused recipient, the recipients accepted so far,
+     * action, reply), so one query finds both; `address`: the address of the refused command as
+     * the client sent it (cut to LOGGED_ADDRESS characters), absent when not known.
+     */
     private refused(
         step: 'mail' | 'rcpt',
         reason: EnvelopeRefusal,
         reply: SmtpReply,
         details: Record<string, unknown> = {},
+        address?: string,
     ): SmtpReplyError {
         this.deps.metrics.envelopeRefusals.inc({ listener: this.deps.listener.name, reason });
-        this.deps.log.info({ step, refused: reason, reply: reply.code, ...details }, 'envelope refused');
+        const tx = this.deps.transaction?.() ?? null;
+        const given = typeof address === 'string' ? address.slice(0, LOGGED_ADDRESS) : undefined;
+        const from = step === 'mail' ? given : tx?.from;
+        this.deps.log.info(
+            {
+                step,
+                stage: step,
+                helo: this.smtp.hostNameAppearsAs || null,
+                ...(from !== undefined ? { from } : {}),
+                ...(step === 'rcpt' && given !== undefined ? { rcpt: given } : {}),
+                ...(step === 'rcpt' && tx ? { rcptCount: tx.accepted } : {}),
+                action: reply.code >= 500 ? 'reject' : 'tempfail',
+                rules: [],
+                reason: `envelope: ${reason}`,
+                refused: reason,
+                reply: reply.code,
+                enhanced: reply.enhanced,
+                ...details,
+            },
+            'envelope refused',
+        );
         return toCallbackError(reply);
     }
 }

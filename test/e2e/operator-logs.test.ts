@@ -44,12 +44,22 @@ describe('operator logs', () => {
     before(async () => {
         dir = await mkdtemp(join(tmpdir(), 'mw-operator-logs-'));
         await writeFile(join(dir, '10-rules.yaml'), RULES);
-        g = await startScriptedGateway([
-            'hostname: mx.example.test',
-            'domains: [example.org, closed.example, grey.example]',
-            'listeners: [{ name: mx, host: 127.0.0.1, port: 0, mode: mx }]',
-            `rules: "${dir}"`,
-        ]);
+        g = await startScriptedGateway(
+            [
+                'hostname: mx.example.test',
+                'domains: [example.org, closed.example, grey.example]',
+                'listeners: [{ name: mx, host: 127.0.0.1, port: 0, mode: mx }]',
+                `rules: "${dir}"`,
+            ],
+            {
+                upstream: {
+                    onCommand: (line) =>
+                        line.startsWith('RCPT TO:<nobody@')
+                            ? '550 5.1.1 <nobody@example.org>: Recipient address rejected: User unknown'
+                            : undefined,
+                },
+            },
+        );
     });
     after(async () => {
         await g.close();
@@ -102,6 +112,124 @@ describe('operator logs', () => {
                 found.some((f) => f.session === d.session && f.stage === 'data' && f.action === 'accept'),
                 `${jq} finds the decision line:\n${out.out}`,
             );
+        }
+    });
+
+    it('names the refused recipient, the recipients accepted before it, the sender and the HELO name on every RCPT refusal', async (t) => {
+        const from = g.mw.logs.length;
+        const c = await smtpConnect(g.mw.port());
+        t.after(() => c.close());
+        assert.equal((await c.greeting()).code, 220);
+        assert.equal((await c.cmd('EHLO client.example')).code, 250);
+        const rcpts = async (sender: string, to: readonly string[]) => {
+            assert.equal((await c.cmd('RSET')).code, 250);
+            assert.equal((await c.cmd(`MAIL FROM:<${sender}>`)).code, 250);
+            const codes: number[] = [];
+            for (const r of to) codes.push((await c.cmd(`RCPT TO:<${r}>`)).code);
+            return codes;
+        };
+        // greylisted, after one accepted recipient
+        assert.deepEqual(await rcpts('a@sender.example', ['b@example.org', 'c@grey.example']), [250, 450]);
+        // over the recipient rate limit: the third of the transaction
+        assert.deepEqual(
+            await rcpts('x@capped.example', ['r1@example.org', 'r2@example.org', 'r3@example.org']),
+            [250, 250, 450],
+        );
+        // refused by a rule, by relay control and by the upstream
+        assert.deepEqual(
+            await rcpts('a@sender.example', [
+                'b@example.org',
+                'ceo@closed.example',
+                'out@elsewhere.example',
+                'nobody@example.org',
+            ]),
+            [250, 550, 550, 550],
+        );
+        assert.equal((await c.cmd('QUIT')).code, 221);
+        const session = linesOf(g.mw, 'refused', from)[0]?.session;
+        assert.equal(typeof session, 'string');
+        const core = { session, client: '127.0.0.1', helo: 'client.example', stage: 'rcpt' };
+        const pick = (l: Record<string, unknown>, keys: readonly string[]) =>
+            Object.fromEntries(keys.filter((k) => k in l).map((k) => [k, l[k]]));
+        const keys = [
+            'session',
+            'client',
+            'helo',
+            'stage',
+            'from',
+            'rcpt',
+            'rcptCount',
+            'action',
+            'rules',
+            'reply',
+            'enhanced',
+        ];
+        const refused = linesOf(g.mw, 'refused', from).map((l) => pick(l, keys));
+        assert.deepEqual(refused, [
+            {
+                ...core,
+                from: 'a@sender.example',
+                rcpt: 'c@grey.example',
+                rcptCount: 1,
+                action: 'tempfail',
+                rules: ['grey'],
+                reply: 450,
+                enhanced: '4.7.1',
+            },
+            {
+                ...core,
+                from: 'x@capped.example',
+                rcpt: 'r3@example.org',
+                rcptCount: 2,
+                action: 'tempfail',
+                rules: ['rcpt-cap'],
+                reply: 450,
+                enhanced: '4.7.1',
+            },
+            {
+                ...core,
+                from: 'a@sender.example',
+                rcpt: 'ceo@closed.example',
+                rcptCount: 1,
+                action: 'reject',
+                rules: ['closed-domain'],
+                reply: 550,
+                enhanced: '5.7.1',
+            },
+        ]);
+        for (const l of linesOf(g.mw, 'refused', from)) assert.equal(typeof l.reason, 'string');
+        const relay = linesOf(g.mw, 'envelope refused', from).map((l) => pick(l, [...keys, 'refused', 'rcptDomain']));
+        assert.deepEqual(relay, [
+            {
+                ...core,
+                from: 'a@sender.example',
+                rcpt: 'out@elsewhere.example',
+                rcptCount: 1,
+                action: 'reject',
+                rules: [],
+                reply: 550,
+                enhanced: '5.7.1',
+                refused: 'relay',
+                rcptDomain: 'elsewhere.example',
+            },
+        ]);
+        const upstream = linesOf(g.mw, 'upstream refused recipient', from).map((l) => pick(l, keys));
+        assert.deepEqual(upstream, [
+            {
+                ...core,
+                from: 'a@sender.example',
+                rcpt: 'nobody@example.org',
+                rcptCount: 1,
+                action: 'reject',
+                rules: [],
+                reply: 550,
+                enhanced: '5.1.1',
+            },
+        ]);
+        // recipients and senders are in the logs, never in a metric label
+        const exposition = await g.mw.app.metrics.registry.metrics();
+        for (const address of ['grey.example', 'capped.example', 'closed.example', 'elsewhere.example', 'nobody@']) {
+            assert.ok(!exposition.includes(address), address);
         }
     });
 
