@@ -143,7 +143,7 @@ export function createMetrics(version: string) {
         }),
         ratelimitDecisions: new Counter({
             name: `${P}ratelimit_decisions_total`,
-            help: 'Rate limit evaluations, by limit and result',
+            help: 'Rate limit evaluations, by limit and result; greylisting as limit="greylist" (result new and early: deferred; monitor_new and monitor_early: mode monitor, would have been deferred, nothing was)',
             labelNames: ['limit', 'result'],
             registers: r,
         }),
@@ -339,6 +339,8 @@ export function createMetrics(version: string) {
     for (const reason of ['signal', 'error', 'exit']) m.workerRestarts.inc({ reason }, 0);
     for (const result of ['undone', 'unchanged', 'kept', 'failed', 'lost']) m.redisLateReplies.inc({ result }, 0);
     for (const result of ['ok', 'failed']) m.upstreamReplays.inc({ result }, 0);
+    // greylisting in mode: monitor (limits/check.ts): a first attempt or early retry it would have deferred
+    for (const result of ['monitor_new', 'monitor_early']) m.ratelimitDecisions.inc({ limit: 'greylist', result }, 0);
     return m;
 }
 

@@ -262,7 +262,9 @@ export function createRateLimiter(options: RateLimitCheckOptions): Pick<Check, '
             const r = answer.value;
             verdict = r.verdict;
             retryAfterMs = r.retryAfterMs;
-            count(GREYLIST_LABEL, verdict === 'known-client' ? 'known' : verdict);
+            // in monitor mode nothing is deferred: what would have been is counted apart
+            const wouldDefer = entry.mode === 'monitor' && (verdict === 'new' || verdict === 'early');
+            count(GREYLIST_LABEL, verdict === 'known-client' ? 'known' : wouldDefer ? `monitor_${verdict}` : verdict);
         } else {
             const err = answer.ok ? 'greylisting skipped by the store' : errorText(answer.error);
             logger?.debug({ greylist: entry.id, err }, 'greylisting store failed; applying onError');

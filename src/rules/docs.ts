@@ -166,7 +166,8 @@ ${greylistKeys.join('\n')}
 
 The refusal is \`450 4.7.1 Greylisted: please try again in N seconds (RFC 6647)…\`; a retry that comes
 too early is told the remaining wait. Results are counted as
-\`ratelimit_decisions_total{limit="greylist",result}\` (\`new\`, \`early\`, \`pass\`, \`known\`).
+\`ratelimit_decisions_total{limit="greylist",result}\` (\`new\`, \`early\`, \`pass\`, \`known\`; an entry in
+\`mode: monitor\` delays nothing, and counts \`monitor_new\` and \`monitor_early\` instead of \`new\` and \`early\`).
 
 ### Facts and cases
 

@@ -23,6 +23,7 @@ const RULES = `limits:
 
 greylist:
   - { id: grey, when: { rcpt.domain: { domain: [grey.example] } }, delay: 5m, retryWindow: 4h, expire: 36d }
+  - { id: grey-watch, when: { rcpt.domain: { domain: [watch.example] } }, delay: 5m, retryWindow: 4h, expire: 36d, mode: monitor }
 
 rules:
   - id: closed-domain
@@ -47,7 +48,7 @@ describe('operator logs', () => {
         g = await startScriptedGateway(
             [
                 'hostname: mx.example.test',
-                'domains: [example.org, closed.example, grey.example]',
+                'domains: [example.org, closed.example, grey.example, watch.example]',
                 'listeners: [{ name: mx, host: 127.0.0.1, port: 0, mode: mx }]',
                 `rules: "${dir}"`,
             ],
@@ -113,6 +114,23 @@ describe('operator logs', () => {
                 `${jq} finds the decision line:\n${out.out}`,
             );
         }
+    });
+
+    it('counts greylisting in monitor mode apart from what was deferred (monitor_new, monitor_early)', async () => {
+        const greylist = async (result: string) =>
+            (await g.mw.app.metrics.ratelimitDecisions.get()).values.find(
+                (v) => v.labels.limit === 'greylist' && v.labels.result === result,
+            )?.value;
+        assert.equal(await greylist('monitor_new'), 0, 'present from the start');
+        assert.equal(await greylist('monitor_early'), 0, 'present from the start');
+        const newBefore = (await greylist('new')) ?? 0;
+        const first = await sendMail(g.mw.port(), { from: 'a@sender.example', to: ['w@watch.example'], data: MSG });
+        assert.equal(first.rcpt[0]!.code, 250, 'nothing deferred');
+        const retry = await sendMail(g.mw.port(), { from: 'a@sender.example', to: ['w@watch.example'], data: MSG });
+        assert.equal(retry.rcpt[0]!.code, 250, 'nothing deferred');
+        assert.equal(await greylist('monitor_new'), 1);
+        assert.equal(await greylist('monitor_early'), 1);
+        assert.equal((await greylist('new')) ?? 0, newBefore, 'new counts only what was deferred');
     });
 
     it('names the refused recipient, the recipients accepted before it, the sender and the HELO name on every RCPT refusal', async (t) => {

@@ -142,7 +142,7 @@ describe('Redis round trips per SMTP stage', () => {
                 'conn-rate allowed',
                 'conns allowed',
                 'domain-rate allowed',
-                'greylist new',
+                'greylist monitor_new',
                 'rcpt-domain-rate allowed',
                 'rcpt-rate allowed',
                 'sender-rate allowed',
