@@ -70,6 +70,14 @@ const DUPLICATE_RISK: Record<UnconfirmedReason, string> = {
         'shutting down: the end of the message reached the upstream but its answer did not come in time; it may have accepted the message, which the client may send twice',
 };
 
+/**
+ * The `monitor` field of a `decision` or `refused` line: the `mode: monitor` rules that matched in
+ * the transaction (or connection) so far, whatever the stage; left out when none did.
+ */
+function monitorField(ids: readonly string[]): { monitor?: readonly string[] } {
+    return ids.length > 0 ? { monitor: ids } : {};
+}
+
 export class Session {
     readonly id: string;
     private readonly deps: SessionDeps;
@@ -184,7 +192,7 @@ export class Session {
                 rules: result.decision.rules,
                 reason: result.decision.reason,
                 reply: refusal,
-                more: listedZones(result.facts),
+                more: { ...listedZones(result.facts), ...monitorField(this.flow.monitored(this.tx, result.decision)) },
             });
             this.deps.metrics.messages.inc({ listener: this.deps.listener.name, action: result.decision.action });
             throw this.refuse(refusal);
@@ -259,7 +267,13 @@ export class Session {
     private upstreamFailed(
         err: unknown,
         step: 'mail' | 'rcpt' | 'data',
-        refused?: { readonly from: string; readonly rcpt?: string; readonly rcptCount?: number },
+        refused?: {
+            readonly from: string;
+            readonly rcpt?: string;
+            readonly rcptCount?: number;
+            /** The `mode: monitor` rules that matched so far, this command's stage included. */
+            readonly monitor: readonly string[];
+        },
     ): SmtpReplyError {
         if (err instanceof UnsupportedFeatureError) {
             // we offered it when the client said EHLO, and the upstream no longer does; nothing
@@ -272,12 +286,14 @@ export class Session {
             this.log.warn({ step, upstreamError: err.kind, err: err.message }, 'upstream failed');
             const reply = replyFor('upstream-unavailable', { id: this.id });
             if (refused && step !== 'data') {
+                const { monitor, ...what } = refused;
                 this.logRefused(step, {
-                    ...refused,
+                    ...what,
                     action: 'tempfail',
                     rules: [],
                     reason: `upstream unavailable: ${err.kind}`,
                     reply,
+                    more: monitorField(monitor),
                 });
             }
             return this.refuse(reply);
@@ -330,7 +346,7 @@ export class Session {
             const up = await this.upstreamSession();
             reply = await up.mailFrom(from, params);
         } catch (err) {
-            throw this.upstreamFailed(err, 'mail', { from });
+            throw this.upstreamFailed(err, 'mail', { from, monitor: this.flow.monitored(null, result.decision) });
         }
         this.countReply(reply);
         if (reply.code >= 300) {
@@ -371,7 +387,12 @@ export class Session {
             if (!up || !up.usable) throw new UpstreamError('closed', 'upstream connection lost before RCPT');
             reply = await up.rcptTo(to, rcptParams);
         } catch (err) {
-            throw this.upstreamFailed(err, 'rcpt', { from: tx.mailFrom, rcpt: to, rcptCount: accepted });
+            throw this.upstreamFailed(err, 'rcpt', {
+                from: tx.mailFrom,
+                rcpt: to,
+                rcptCount: accepted,
+                monitor: this.flow.monitored(tx, result.decision),
+            });
         }
         this.countReply(reply);
         if (reply.code >= 300) {
@@ -419,6 +440,7 @@ export class Session {
             helo: this.identity().helo,
             authUser: this.identity().login,
             ...(tx ? listedZones(tx.facts) : {}),
+            ...(tx ? monitorField(this.flow.monitored(tx)) : {}),
         };
         let action = 'tempfail';
         this.messageId = null;
@@ -491,6 +513,7 @@ export class Session {
             const { decision } = verdict;
             action = decision.action;
             record.rules = verdict.rules;
+            Object.assign(record, monitorField(verdict.monitor));
             record.score = decision.score;
             record.reason = decision.reason;
             record.checks = Object.fromEntries(

@@ -62,6 +62,8 @@ export interface Transaction extends Carry {
     facts: Facts;
     /** Every rule that contributed so far, across stages. */
     readonly rulesSeen: Set<string>;
+    /** Every `mode: monitor` rule that matched so far, across stages (accepted recipients only at RCPT). */
+    readonly monitorSeen: Set<string>;
 }
 
 /** A refusal decided before the rules (protocol or binding), with the reason for the log line. */
@@ -75,6 +77,8 @@ export interface FinalVerdict {
     readonly decision: Decision;
     /** Every rule that contributed, across stages. */
     readonly rules: readonly string[];
+    /** Every `mode: monitor` rule that matched, across stages. */
+    readonly monitor: readonly string[];
     readonly refusal: SmtpReply | null;
 }
 
@@ -85,7 +89,13 @@ export class MessageFlow {
     private connectFacts: Facts = {};
     private heloFacts: Facts = {};
     /** What the connect and helo stages leave for every transaction of the connection. */
-    private readonly conn: Carry & { readonly rules: string[] } = { score: 0, headers: [], rules: [], tagged: false };
+    private readonly conn: Carry & { readonly rules: string[]; readonly monitor: Set<string> } = {
+        score: 0,
+        headers: [],
+        rules: [],
+        tagged: false,
+        monitor: new Set(),
+    };
 
     /** Facts the listener learnt before the session (the pregreet test), for every stage. */
     private readonly earlyFacts: Facts;
@@ -157,6 +167,7 @@ export class MessageFlow {
     connected(result: StageResult): void {
         MessageFlow.keep(this.conn, result.decision);
         this.conn.rules.push(...result.decision.rules);
+        for (const r of result.decision.monitor ?? []) this.conn.monitor.add(r);
         this.connectFacts = result.facts;
     }
 
@@ -172,6 +183,7 @@ export class MessageFlow {
     heloDone(result: StageResult): string | null {
         MessageFlow.keep(this.conn, result.decision);
         this.conn.rules.push(...result.decision.rules);
+        for (const r of result.decision.monitor ?? []) this.conn.monitor.add(r);
         this.heloFacts = result.facts;
         const ptr = result.facts['client.ptr'];
         return typeof ptr === 'string' ? ptr : null;
@@ -214,6 +226,7 @@ export class MessageFlow {
             rcpts: [],
             facts: result.facts,
             rulesSeen: new Set([...this.conn.rules, ...result.decision.rules]),
+            monitorSeen: new Set([...this.conn.monitor, ...(result.decision.monitor ?? [])]),
             score: this.conn.score,
             headers: [...this.conn.headers],
             tagged: this.conn.tagged,
@@ -253,6 +266,16 @@ export class MessageFlow {
         tx.facts = { ...result.facts, 'rcpt.to': tx.rcpts, 'rcpt.count': tx.rcpts.length };
         MessageFlow.keep(tx, result.decision);
         for (const r of result.decision.rules) tx.rulesSeen.add(r);
+        for (const r of result.decision.monitor ?? []) tx.monitorSeen.add(r);
+    }
+
+    /**
+     * The `mode: monitor` rules that matched so far (of the transaction `tx`, else of the
+     * connection), and those of `decision`, each once, in the order they first matched: for
+     * the log line of a refusal, which changed nothing they would have done.
+     */
+    monitored(tx: Transaction | null, decision?: Decision): string[] {
+        return [...new Set([...(tx ? tx.monitorSeen : this.conn.monitor), ...(decision?.monitor ?? [])])];
     }
 
     /** Refusals that come from the protocol, before any policy: size, line endings, header size. */
@@ -298,7 +321,12 @@ export class MessageFlow {
     finish(tx: Transaction, result: StageResult): FinalVerdict {
         const decision: Decision =
             result.decision.action === 'accept' && tx.tagged ? { ...result.decision, action: 'tag' } : result.decision;
-        return { decision, rules: [...tx.rulesSeen, ...decision.rules], refusal: this.refusal('data', decision) };
+        return {
+            decision,
+            rules: [...tx.rulesSeen, ...decision.rules],
+            monitor: this.monitored(tx, decision),
+            refusal: this.refusal('data', decision),
+        };
     }
 
     /** A decision for a refusal made before the rules (for logs and explain). */

@@ -42,6 +42,8 @@ export interface Decision {
     readonly reply?: SmtpReply;
     /** Extra headers added by the decision (tags). */
     readonly headers: readonly HeaderField[];
+    /** Ids of the `mode: monitor` rules that matched (they changed nothing); absent when none did. */
+    readonly monitor?: readonly string[];
 }
 
 /** Turns the facts known at a stage into a decision. Pure and synchronous. */

@@ -376,8 +376,11 @@ literal braces. Fact names are checked when the rules load.
 
 - The fact \`score\` starts at 0 and grows as tag rules match, so a later rule can test
   \`score: { gte: 10 }\`.
-- \`mode: monitor\` rules are evaluated, counted (\`rule_hits_total{mode="monitor"}\`) and logged as
-  "would <action>", and change nothing: no score, no headers, no reply, evaluation goes on. Use it to
+- \`mode: monitor\` rules are evaluated, counted (\`rule_hits_total{mode="monitor"}\`) and logged, and
+  change nothing: no score, no headers, no reply, evaluation goes on. The ids of those that matched
+  at any stage (connect, helo, mail, rcpt, data) are in the \`monitor\` field of the transaction's
+  \`decision\` log line, or of its \`refused\` line when a stage refused it; those of the data stage
+  are also in its \`reason\` as "would <action>" (\`monitor: would tag (display-name-spoof)\`). Use it to
   try a new rule on real traffic before enforcing it, or to stop a rule from refusing mail at once
   (save the file: it is reloaded within a second). The rule's \`cases:\` that expect it enforced then
   become warnings that name it (see [Cases](#cases)); nothing is refused because of them.

@@ -206,6 +206,7 @@ export function evaluateRules(
         reason: reasons.join('; '),
         ...(reply ? { reply } : {}),
         headers,
+        ...(monitored.length > 0 ? { monitor: monitored.map((m) => m.id) } : {}),
     };
     return { decision, trace, matchedRules, terminal: terminal?.id ?? null };
 }

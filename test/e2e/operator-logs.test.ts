@@ -31,6 +31,11 @@ rules:
     when: { rcpt.domain: { domain: [closed.example] } }
     action: reject
     reply: { code: 550, enhanced: 5.7.1, text: "closed.example takes no mail from outside" }
+  - { id: watch-connect, stage: connect, mode: monitor, when: { client.ip: 127.0.0.9 }, action: reject }
+  - { id: watch-helo, stage: helo, mode: monitor, when: { helo: watched.example }, action: tempfail }
+  - { id: watch-mail, stage: mail, mode: monitor, when: { mail.from.domain: { domain: [watched.example] } }, action: reject }
+  - { id: watch-rcpt, stage: rcpt, mode: monitor, when: { rcpt.domain: { domain: [watch.example] } }, action: reject }
+  - { id: watch-data, stage: data, mode: monitor, when: { mail.from.domain: { domain: [watched.example] } }, action: tag }
 `;
 
 /** The log lines with this message text, written after `from` lines. */
@@ -276,6 +281,46 @@ describe('operator logs', () => {
         assert.match(help, /one increment is one decision/);
         assert.match(help, /a message at its end of data/);
         assert.match(help, /a connection, MAIL FROM or RCPT TO refused by the rules before DATA/);
+    });
+    it('names the monitor-mode rules of every stage on the decision line, and on a refused line', async (t) => {
+        const from = g.mw.logs.length;
+        const c = await smtpConnect(g.mw.port(), { localAddress: '127.0.0.9' });
+        t.after(() => c.close());
+        assert.equal((await c.greeting()).code, 220);
+        assert.equal((await c.cmd('EHLO watched.example')).code, 250);
+        assert.equal((await c.cmd('MAIL FROM:<x@watched.example>')).code, 250);
+        assert.equal((await c.cmd('RCPT TO:<b@example.org>')).code, 250);
+        assert.equal((await c.cmd('RCPT TO:<w2@watch.example>')).code, 250, 'monitor rules refuse nothing');
+        assert.equal((await c.cmd('DATA')).code, 354);
+        assert.equal((await c.cmd(`${MSG}.`)).code, 250);
+        // a refusal: the rules of the stages before it that matched in monitor mode
+        assert.equal((await c.cmd('MAIL FROM:<x@watched.example>')).code, 250);
+        assert.equal((await c.cmd('RCPT TO:<ceo@closed.example>')).code, 550);
+        assert.equal((await c.cmd('QUIT')).code, 221);
+        const [d] = linesOf(g.mw, 'decision', from);
+        assert.ok(d, 'a decision line');
+        assert.deepEqual(d.monitor, [
+            'watch-connect',
+            'watch-helo',
+            'watch-mail',
+            'grey-watch',
+            'watch-rcpt',
+            'watch-data',
+        ]);
+        assert.match(
+            String(d.reason),
+            /monitor: would tag \(watch-data\)/,
+            'the data stage says it in the reason as before',
+        );
+        assert.equal(d.action, 'accept', 'nothing changed');
+        const [r] = linesOf(g.mw, 'refused', from);
+        assert.ok(r, 'a refused line');
+        assert.deepEqual(r.rules, ['closed-domain']);
+        assert.deepEqual(r.monitor, ['watch-connect', 'watch-helo', 'watch-mail']);
+        // a transaction that matched none has no monitor field
+        const plain = g.mw.logs.length;
+        await sendMail(g.mw.port(), { from: 'a@sender.example', to: ['b@example.org'], data: MSG });
+        assert.ok(!('monitor' in linesOf(g.mw, 'decision', plain)[0]!));
     });
 });
 

@@ -85,6 +85,7 @@ describe('evaluate', () => {
             reason: 'rule dmarc-reject (reject); tagged by spf-tag (score 5); monitor: would reject (watch-helo)',
             reply: { code: 550, enhanced: '5.7.1', text: 'DMARC failed for example.net' },
             headers: [{ name: 'X-Reason', value: 'spf fail' }],
+            monitor: ['watch-helo'],
         });
     });
 
