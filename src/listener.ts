@@ -17,7 +17,7 @@ import { smtpServerLogger, type Logger } from './log.ts';
 import { UNCONFIRMED_REASONS } from './metrics.ts';
 import { compileCidrs } from './net/ip.ts';
 import { TLS_PROFILE } from './net/tls-profile.ts';
-import { replyFor, toCallbackError, SmtpReplyError } from './reply.ts';
+import { asGreeting, replyFor, toCallbackError, SmtpReplyError } from './reply.ts';
 import { Session, type SessionDeps } from './session.ts';
 import { ENVELOPE_REFUSALS } from './envelope/gate.ts';
 import { computeOffer } from './envelope/extensions.ts';
@@ -128,7 +128,9 @@ export function createListener(config: Config, listener: ListenerConfig, deps: L
             deps.metrics.sessionsActive.inc({ listener: listener.name });
             session.onConnect().then(
                 () => cb(),
-                (err: unknown) => cb(internalError(log, smtp.id, err)),
+                // the refusal is the greeting: only 554 or 421 (RFC 5321 section 4.3.2)
+                (err: unknown) =>
+                    cb(toCallbackError(asGreeting(internalError(log, smtp.id, err).reply, { id: smtp.id }))),
             );
         },
 

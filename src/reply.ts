@@ -13,6 +13,7 @@ export type Situation =
     | 'accepted'
     | 'policy-reject'
     | 'policy-tempfail'
+    | 'connect-tempfail'
     | 'message-too-big'
     | 'bare-newline'
     | 'upstream-unavailable'
@@ -89,6 +90,14 @@ function limitText(d: ReplyDetail): string {
             ? `Please close other connections and try again in ${d.retry ?? ''} seconds`
             : `Please try again in ${d.retry ?? ''} seconds`;
     return `${LIMIT_WHAT[kind]} ${d.whose ?? ''}. ${advice} (limit ${d.limitId ?? ''}).`;
+}
+
+/** Why a connection is deferred, without the id (the reply adds it) and with when to come back. */
+function connectReason(reason: string | undefined): string {
+    const why = (reason ?? 'Your server cannot be served at the moment').replace(/\s*\(id [^)]*\)\s*$/, '');
+    return /try again/i.test(why)
+        ? why.replace(/[.;\s]+$/, '')
+        : `${why.replace(/[.;\s]+$/, '')}. Please try again later`;
 }
 
 const LIMIT_FAILED_TEXT = (d: ReplyDetail): string =>
@@ -190,6 +199,13 @@ const TABLE: Readonly<Record<Situation, ReplyTemplate>> = {
         code: 451,
         enhanced: '4.7.1',
         text: (d) => `Message deferred by the receiving domain's policy; please try again later (id ${d.id})`,
+    },
+    // RFC 5321 sections 3.1 and 4.3.2: the greeting is 220, 554 or 421 (and a 421 closes the
+    // connection); a deferral at connect says why in the words of the decision (`reason`)
+    'connect-tempfail': {
+        code: 421,
+        enhanced: '4.7.0',
+        text: (d) => `${connectReason(d.reason)}; closing the connection (id ${d.id})`,
     },
     'message-too-big': {
         code: 552,
@@ -515,14 +531,44 @@ const ACTION_SITUATION: Readonly<Partial<Record<Action, Situation>>> = {
 
 /**
  * The reply for a decision that refuses the message (reject or tempfail), or null when
- * the decision forwards it (accept, tag, quarantine). At the connect stage a `550` is sent as
- * `554` (RFC 5321 section 3.1: a server refusing the connection answers 554).
+ * the decision forwards it (accept, tag, quarantine). At the connect stage the reply is the
+ * greeting (asGreeting).
  */
 export function replyForDecision(decision: Decision, detail: ReplyDetail, stage?: Stage): SmtpReply | null {
     const situation = ACTION_SITUATION[decision.action];
     if (!situation) return null;
     const reply = decision.reply ?? replyFor(situation, detail);
-    return stage === 'connect' && reply.code === 550 ? { ...reply, code: 554 } : reply;
+    return stage === 'connect' ? asGreeting(reply, detail) : reply;
+}
+
+/**
+ * A refusal sent instead of the greeting. RFC 5321 sections 3.1 and 4.3.2 allow only 554 (the
+ * connection is refused) and 421 (service not available, closing) there: any 5xx is sent as
+ * `554` with its enhanced code, any other 4xx (a rule's tempfail, a failed check, softReject,
+ * our own failure) as `connect-tempfail` (`421 4.7.0`) saying why in the reply's own words.
+ */
+export function asGreeting(reply: SmtpReply, detail: ReplyDetail): SmtpReply {
+    if (reply.code >= 500) return reply.code === 554 ? reply : { ...reply, code: 554 };
+    if (reply.code === 421) return reply;
+    return replyFor('connect-tempfail', { ...detail, reason: reply.text });
+}
+
+/**
+ * A rule's 5xx reply turned into its 4xx equivalent (config `softReject`, like Postfix's
+ * soft_bounce): the class digit of the code and of the enhanced code drop by one, and a text that
+ * opens by saying the message, sender or recipient was refused or rejected ("Message refused: …")
+ * says it was deferred instead, since a 4xx asks the client to try again. Other replies are kept.
+ */
+export function softenReply(reply: SmtpReply): SmtpReply {
+    if (reply.code < 500 || reply.code > 599) return reply;
+    return { code: reply.code - 100, enhanced: `4${reply.enhanced.slice(1)}`, text: deferredText(reply.text) };
+}
+
+const REFUSED_OPENING = /^((?:[A-Z][a-z]*)(?: [a-z]+){0,2}) (?:refused|rejected)\b/;
+
+function deferredText(text: string): string {
+    const opening = REFUSED_OPENING.exec(text);
+    return opening ? `${opening[1]} deferred${text.slice(opening[0].length)}` : text;
 }
 
 /** Renders a reply as one SMTP reply line without the trailing CRLF. */

@@ -385,7 +385,8 @@ literal braces. Fact names are checked when the rules load.
   (save the file: it is reloaded within a second). The rule's \`cases:\` that expect it enforced then
   become warnings that name it (see [Cases](#cases)); nothing is refused because of them.
 - The config switch \`softReject: true\` (like Postfix \`soft_bounce\`) turns every \`reject\` decision into
-  a \`tempfail\` whose reply is the 4xx equivalent (\`550 5.7.1\` → \`450 4.7.1\`): senders retry, so
+  a \`tempfail\` whose reply is the 4xx equivalent (\`550 5.7.1\` → \`450 4.7.1\`, "Message refused" →
+  "Message deferred"; at connect \`421 4.7.0\`, the only deferral a greeting may be): senders retry, so
   mistakes in new rules can be fixed without losing mail.
 
 ${limitsSection()}

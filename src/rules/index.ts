@@ -17,8 +17,8 @@ export {
     type LoadOptions,
     type LoadResult,
 } from './load.ts';
+export { softenReply } from '../reply.ts';
 export {
-    softenReply,
     withRuleHits,
     type CaseExpectation,
     type EvaluateOptions,

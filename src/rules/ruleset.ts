@@ -10,6 +10,7 @@
 import type { Action, Decider, Decision, Facts, HeaderField, SmtpReply, Stage } from '../types.ts';
 import type { GreylistSpec, LimitSpec } from './limits.ts';
 import type { ListType } from './lists.ts';
+import { softenReply } from '../reply.ts';
 import { MAX_HEADER_VALUE, MAX_REPLY_TEXT, renderTemplate } from './template.ts';
 import type { Rule, RuleMode } from './rule.ts';
 
@@ -104,12 +105,6 @@ export interface RuleSet extends Decider {
     decide(stage: Stage, facts: Facts): Decision;
     /** Evaluates with a per-rule trace and the list of matched rules. */
     evaluate(stage: Stage, facts: Facts, options?: EvaluateOptions): Evaluation;
-}
-
-/** The 4xx equivalent of a 5xx reply (550 → 450, 5.7.1 → 4.7.1); other replies unchanged. */
-export function softenReply(reply: SmtpReply): SmtpReply {
-    if (reply.code < 500 || reply.code > 599) return reply;
-    return { code: reply.code - 100, enhanced: `4${reply.enhanced.slice(1)}`, text: reply.text };
 }
 
 function isTerminal(action: Action): boolean {

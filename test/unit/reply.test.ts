@@ -6,10 +6,12 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import {
+    asGreeting,
     formatReply,
     relayedReply,
     replyFor,
     replyForDecision,
+    softenReply,
     toCallbackError,
     type Situation,
 } from '../../src/reply.ts';
@@ -18,6 +20,7 @@ const situations: Situation[] = [
     'accepted',
     'policy-reject',
     'policy-tempfail',
+    'connect-tempfail',
     'message-too-big',
     'header-too-big',
     'bare-newline',
@@ -103,6 +106,54 @@ describe('reply table', () => {
         assert.equal(replyForDecision({ ...base, action: 'quarantine' }, { id: 'x' }), null);
         assert.equal(replyForDecision({ ...base, action: 'reject' }, { id: 'x' })?.code, 550);
         assert.equal(replyForDecision({ ...base, action: 'tempfail' }, { id: 'x' })?.code, 451);
+    });
+    it('sends a refusal at connect as 554 or 421 only (RFC 5321 section 4.3.2)', () => {
+        const base = { rules: [], score: 0, reason: '', headers: [] };
+        const tempfail = replyForDecision({ ...base, action: 'tempfail' }, { id: 'x' }, 'connect');
+        assert.deepEqual([tempfail?.code, tempfail?.enhanced], [421, '4.7.0']);
+        assert.match(tempfail?.text ?? '', /try again later; closing the connection \(id x\)$/);
+        const failedCheck = replyForDecision(
+            { ...base, action: 'tempfail', reply: replyFor('check-failed', { id: 'x' }) },
+            { id: 'x' },
+            'connect',
+        );
+        assert.deepEqual([failedCheck?.code, failedCheck?.enhanced], [421, '4.7.0']);
+        const softened = replyForDecision(
+            { ...base, action: 'tempfail', reply: { code: 454, enhanced: '4.5.1', text: 'Protocol error: too soon.' } },
+            { id: 'x' },
+            'connect',
+        );
+        assert.equal(
+            softened && formatReply(softened),
+            '421 4.7.0 Protocol error: too soon. Please try again later; closing the connection (id x)',
+        );
+        const reject = replyForDecision(
+            { ...base, action: 'reject', reply: { code: 553, enhanced: '5.7.1', text: 'no' } },
+            { id: 'x' },
+            'connect',
+        );
+        assert.deepEqual([reject?.code, reject?.enhanced], [554, '5.7.1']);
+        // our own failure at connect (the listener's internal error) and a limit's 421 as they are
+        const internal = asGreeting(replyFor('internal-error', { id: 'x' }), { id: 'x' });
+        assert.deepEqual([internal.code, internal.enhanced], [421, '4.7.0']);
+        assert.equal((internal.text.match(/\(id x\)/g) ?? []).length, 1, internal.text);
+        const limit = replyFor('connection-limit-exceeded', { id: 'x', limitId: 'l', retry: '60' });
+        assert.deepEqual(asGreeting(limit, { id: 'x' }), limit);
+        // the same decisions at later stages keep their codes
+        assert.equal(replyForDecision({ ...base, action: 'tempfail' }, { id: 'x' }, 'mail')?.code, 451);
+    });
+    it('softens a 5xx into its 4xx equivalent without saying it was refused', () => {
+        const s = softenReply({ code: 550, enhanced: '5.7.1', text: 'Message refused: it failed DMARC' });
+        assert.deepEqual(s, { code: 450, enhanced: '4.7.1', text: 'Message deferred: it failed DMARC' });
+        assert.equal(
+            softenReply({ code: 553, enhanced: '5.7.1', text: 'Sender refused: x' }).text,
+            'Sender deferred: x',
+        );
+        assert.equal(
+            softenReply({ code: 554, enhanced: '5.7.1', text: 'Connection refused: y' }).text,
+            'Connection deferred: y',
+        );
+        assert.equal(softenReply({ code: 550, enhanced: '5.7.1', text: 'Spam here' }).text, 'Spam here');
     });
     it('builds callback errors with responseCode and no control characters', () => {
         const e = toCallbackError({ code: 550, enhanced: '5.7.1', text: 'bad\r\nthing' });
