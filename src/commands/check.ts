@@ -106,9 +106,14 @@ export async function runCheck(opts: CheckOptions): Promise<number> {
         const text = fs.readFileSync(path.resolve(opts.cwd ?? process.cwd(), opts.configPath), 'utf8');
         issues.push(...placeholderWarnings(opts.configPath, text, config));
     }
+    // warnings such as file permissions: printed at once, and counted with the others
+    let validatorWarnings = 0;
     for (const validator of opts.validators ?? checkValidators) {
         issues.push(...(await validator.validate(config)));
-        for (const w of validator.warn?.(config) ?? []) opts.err(escapeUnprintable(`${w.file}: warning: ${w.message}`));
+        for (const w of validator.warn?.(config) ?? []) {
+            opts.err(escapeUnprintable(`${w.file}: warning: ${w.message}`));
+            validatorWarnings++;
+        }
     }
     const errors = issues.filter((i) => i.severity !== 'warning');
     const warned: Issue[] = [
@@ -118,11 +123,12 @@ export async function runCheck(opts: CheckOptions): Promise<number> {
     for (const issue of [...errors, ...warned]) opts.err(formatIssue(issue));
     if (errors.length > 0) return 1;
     const source = opts.configPath ?? 'embedded defaults';
-    if (warned.length === 0) {
+    const warningCount = warned.length + validatorWarnings;
+    if (warningCount === 0) {
         opts.out(`ok: ${source}`);
         return 0;
     }
-    const counted = `${warned.length} warning${warned.length === 1 ? '' : 's'}`;
+    const counted = `${warningCount} warning${warningCount === 1 ? '' : 's'}`;
     if (opts.strict) {
         opts.err(`${source}: ${counted}, and --strict refuses warnings (serve and reload would accept these files)`);
         return 1;

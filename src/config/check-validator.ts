@@ -6,7 +6,7 @@
 import type { Issue } from './issues.ts';
 import type { Config } from './types.ts';
 
-/** Something that works but should be fixed: printed as `FILE: warning: message`, exit code unchanged. */
+/** Something that works but should be fixed: printed as `FILE: warning: message`, counted with the other warnings (exit 1 only with `--strict`). */
 export interface CheckWarning {
     readonly file: string;
     readonly message: string;

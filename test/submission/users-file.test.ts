@@ -439,11 +439,11 @@ describe('mailwarden check: submission files', () => {
         assert.deepEqual(await submissionFilesCheck.validate(configWith(null)), []);
     });
 
-    it('warns (exit code 0) about a users file other users can read, or anyone but its owner can write', async () => {
+    it('warns (exit code 0, 1 with --strict) about a users file other users can read, or anyone but its owner can write', async () => {
         const file = writeUsers(usersYaml());
         const configFile = path.join(dir, `perm-${++counter}.yaml`);
         fs.writeFileSync(configFile, `auth: { users: "${file}" }\n`);
-        const run = async (mode: number): Promise<{ code: number; out: string[]; err: string[] }> => {
+        const run = async (mode: number, strict = false): Promise<{ code: number; out: string[]; err: string[] }> => {
             fs.chmodSync(file, mode);
             const out: string[] = [];
             const err: string[] = [];
@@ -452,17 +452,27 @@ describe('mailwarden check: submission files', () => {
                 env: {},
                 out: (l) => out.push(l),
                 err: (l) => err.push(l),
+                strict,
             });
             return { code, out, err };
         };
         const fix = `Fix: chmod 600 ${file} (or 640 with a group only mailwarden is in)`;
+        const readable = `${file}: warning: readable by every user of this machine, and the password hashes in it can be cracked offline (mode 0644). ${fix}`;
         assert.deepEqual(await run(0o644), {
             code: 0,
-            out: [`ok: ${configFile}`],
+            out: [`ok: ${configFile} (1 warning; serve and reload accept these files as they are)`],
+            err: [readable],
+        });
+        // --strict counts them like every other warning, and exits 1
+        assert.deepEqual(await run(0o644, true), {
+            code: 1,
+            out: [],
             err: [
-                `${file}: warning: readable by every user of this machine, and the password hashes in it can be cracked offline (mode 0644). ${fix}`,
+                readable,
+                `${configFile}: 1 warning, and --strict refuses warnings (serve and reload would accept these files)`,
             ],
         });
+        assert.deepEqual(await run(0o600, true), { code: 0, out: [`ok: ${configFile}`], err: [] });
         assert.deepEqual((await run(0o660)).err, [
             `${file}: warning: writable by its group (mode 0660); a writer could add a login or replace a hash. ${fix}`,
         ]);
