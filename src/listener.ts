@@ -13,8 +13,9 @@ import { createSecureContext } from 'node:tls';
 import type { SMTPServer, SMTPServerOptions, SMTPServerSession } from 'smtp-server';
 import { tlsPairProblem } from './config/sections/tls.ts';
 import type { Config, ListenerConfig } from './config/types.ts';
+import type { SmtpReply } from './types.ts';
 import { smtpServerLogger, type Logger } from './log.ts';
-import { UNCONFIRMED_REASONS } from './metrics.ts';
+import { CHECK_FAILURES, SENDER_BINDING_WHERE, UNCONFIRMED_REASONS } from './metrics.ts';
 import { compileCidrs } from './net/ip.ts';
 import { TLS_PROFILE } from './net/tls-profile.ts';
 import { asGreeting, replyFor, toCallbackError, SmtpReplyError } from './reply.ts';
@@ -63,10 +64,24 @@ export interface RunningListener {
     reloadTls(): void;
 }
 
-function internalError(log: Logger, id: string, err: unknown): SmtpReplyError {
-    if (err instanceof SmtpReplyError) return err;
+/**
+ * The reply error for whatever a session callback failed with; `counted` is called when it is an
+ * internal error (thrown as one by the session, or not a reply at all).
+ */
+function internalError(log: Logger, id: string, err: unknown, counted: () => void): SmtpReplyError {
+    if (err instanceof SmtpReplyError) {
+        if (isInternalError(err.reply)) counted();
+        return err;
+    }
     log.error({ session: id, err }, 'unexpected error in SMTP callback');
+    counted();
     return toCallbackError(replyFor('internal-error', { id }));
+}
+
+const INTERNAL = replyFor('internal-error', { id: '' });
+
+function isInternalError(reply: SmtpReply): boolean {
+    return reply.code === INTERNAL.code && reply.enhanced === INTERNAL.enhanced;
 }
 
 export function createListener(config: Config, listener: ListenerConfig, deps: ListenerDeps): RunningListener {
@@ -76,6 +91,9 @@ export function createListener(config: Config, listener: ListenerConfig, deps: L
     /** What each logged-in session logged in with, to end it when the password changes. */
     const loggedIn = new Map<string, { login: string; credential: string; mechanism: string }>();
     const log = deps.log.child({ listener: listener.name });
+    /** A session callback's failure as its reply error, counting our own. */
+    const callbackError = (id: string, err: unknown): SmtpReplyError =>
+        internalError(log, id, err, () => deps.metrics.internalErrors.inc({ listener: listener.name }));
     assertSmtpServerInternals();
     // every reason exists from the start, so the first refusal shows in rate()
     for (const reason of ENVELOPE_REFUSALS) deps.metrics.envelopeRefusals.inc({ listener: listener.name, reason }, 0);
@@ -129,8 +147,7 @@ export function createListener(config: Config, listener: ListenerConfig, deps: L
             session.onConnect().then(
                 () => cb(),
                 // the refusal is the greeting: only 554 or 421 (RFC 5321 section 4.3.2)
-                (err: unknown) =>
-                    cb(toCallbackError(asGreeting(internalError(log, smtp.id, err).reply, { id: smtp.id }))),
+                (err: unknown) => cb(toCallbackError(asGreeting(callbackError(smtp.id, err).reply, { id: smtp.id }))),
             );
         },
 
@@ -243,19 +260,19 @@ export function createListener(config: Config, listener: ListenerConfig, deps: L
         onMailFrom(address, smtp, cb) {
             if (submission && !smtp.user) return cb(toCallbackError(replyFor('auth-required', { id: smtp.id })));
             const session = sessions.get(smtp.id);
-            if (!session) return cb(internalError(log, smtp.id, new Error('no session')));
+            if (!session) return cb(callbackError(smtp.id, new Error('no session')));
             session.onMailFrom(address).then(
                 () => cb(),
-                (err: unknown) => cb(internalError(log, smtp.id, err)),
+                (err: unknown) => cb(callbackError(smtp.id, err)),
             );
         },
 
         onRcptTo(address, smtp, cb) {
             const session = sessions.get(smtp.id);
-            if (!session) return cb(internalError(log, smtp.id, new Error('no session')));
+            if (!session) return cb(callbackError(smtp.id, new Error('no session')));
             session.onRcptTo(address).then(
                 () => cb(),
-                (err: unknown) => cb(internalError(log, smtp.id, err)),
+                (err: unknown) => cb(callbackError(smtp.id, err)),
             );
         },
 
@@ -263,7 +280,7 @@ export function createListener(config: Config, listener: ListenerConfig, deps: L
             const session = sessions.get(smtp.id);
             if (!session) {
                 stream.resume();
-                return cb(internalError(log, smtp.id, new Error('no session')));
+                return cb(callbackError(smtp.id, new Error('no session')));
             }
             session.onData(stream).then(
                 (text) => {
@@ -272,7 +289,7 @@ export function createListener(config: Config, listener: ListenerConfig, deps: L
                     session.dataReplied({ accepted: true, clientGone });
                 },
                 (err: unknown) => {
-                    cb(internalError(log, smtp.id, err));
+                    cb(callbackError(smtp.id, err));
                     session.dataReplied({ accepted: false, clientGone: false });
                 },
             );
@@ -329,6 +346,15 @@ export function createListener(config: Config, listener: ListenerConfig, deps: L
     }
     if (listener.pregreetWaitMs > 0) for (const result of PREGREET_RESULTS) deps.metrics.pregreet.inc({ result }, 0);
     for (const kind of ['http', 'tls']) deps.metrics.foreignProtocol.inc({ listener: listener.name, kind }, 0);
+    deps.metrics.internalErrors.inc({ listener: listener.name }, 0);
+    for (const check of deps.checks) {
+        for (const result of CHECK_FAILURES) deps.metrics.checkFailures.inc({ check: check.name, result }, 0);
+    }
+    if (listener.mode === 'submission') {
+        for (const where of SENDER_BINDING_WHERE) {
+            deps.metrics.senderBindingRefusals.inc({ listener: listener.name, where }, 0);
+        }
+    }
     for (const reason of UNCONFIRMED_REASONS)
         deps.metrics.acceptedUnconfirmed.inc({ listener: listener.name, reason }, 0);
     for (const result of ['proxy', 'local', 'invalid', 'timeout', 'closed', 'untrusted']) {

@@ -10,6 +10,12 @@ import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics, type LabelV
 
 const P = 'mailwarden_';
 
+/** How a check failed (check_failures_total). */
+export const CHECK_FAILURES = ['timeout', 'error'] as const;
+
+/** Where a submission sender was found not to be the login's (sender_binding_refusals_total). */
+export const SENDER_BINDING_WHERE = ['envelope', 'header'] as const;
+
 /** Why a message may have been accepted upstream without the client hearing so (accepted_unconfirmed_total). */
 export const UNCONFIRMED_REASONS = ['client-gone', 'no-upstream-answer', 'shutdown'] as const;
 export type UnconfirmedReason = (typeof UNCONFIRMED_REASONS)[number];
@@ -168,6 +174,24 @@ export function createMetrics(version: string) {
         smtpAuthRevoked: new Counter({
             name: `${P}smtp_auth_revoked_total`,
             help: "Authenticated sessions ended at their next command because the login's password changed or the login was removed",
+            labelNames: ['listener'],
+            registers: r,
+        }),
+        senderBindingRefusals: new Counter({
+            name: `${P}sender_binding_refusals_total`,
+            help: 'Submission messages refused (553 5.7.1) because the sender is not an address the login may send as, by listener and where (envelope: MAIL FROM; header: From or Sender). A rise for one login is the sign of a stolen password: the login is in the log line',
+            labelNames: ['listener', 'where'],
+            registers: r,
+        }),
+        checkFailures: new Counter({
+            name: `${P}check_failures_total`,
+            help: "Checks that could not complete, by check and result (timeout: not done within the check's timeout; error: it failed). With onError tempfail the client got 451 4.4.3; otherwise the stage went on with the fact <check>.error",
+            labelNames: ['check', 'result'],
+            registers: r,
+        }),
+        internalErrors: new Counter({
+            name: `${P}internal_errors_total`,
+            help: 'Unexpected errors of our own in a session (the client got 451 4.3.0, or 421 4.7.0 instead of the greeting), by listener; the log line "unexpected error in SMTP callback" or "internal error" has the details',
             labelNames: ['listener'],
             registers: r,
         }),

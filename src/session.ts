@@ -338,6 +338,7 @@ export class Session {
         const notOwned = this.flow.senderRefusal(this.senderBinding(), from);
         if (notOwned) {
             this.log.info({ login: this.submissionLogin(), from }, 'sender not owned by login');
+            this.deps.metrics.senderBindingRefusals.inc({ listener: this.deps.listener.name, where: 'envelope' });
             throw this.refuse(notOwned.reply);
         }
         const result = await this.decideStage('mail', this.flow.mailStageFacts(this.client(), from));
@@ -478,6 +479,9 @@ export class Session {
                 record.reason = header.reason;
                 record.headerProblem = header.problem;
                 this.deps.metrics.headerRefusals.inc({ listener: this.deps.listener.name, problem: header.problem });
+                if (header.problem === 'not-owned') {
+                    this.deps.metrics.senderBindingRefusals.inc({ listener: this.deps.listener.name, where: 'header' });
+                }
                 await this.abandonUpstream();
                 throw this.refuse(this.flow.headerRefusal(header.reply));
             }
@@ -657,7 +661,15 @@ export class Session {
     }
 
     private observeChecks(checks: readonly CheckOutcome[]): void {
-        for (const c of checks) this.deps.metrics.checkDuration.observe({ check: c.name }, c.ms / 1000);
+        for (const c of checks) {
+            this.deps.metrics.checkDuration.observe({ check: c.name }, c.ms / 1000);
+            if (c.error !== null) {
+                this.deps.metrics.checkFailures.inc({
+                    check: c.name,
+                    result: c.error === 'timeout' ? 'timeout' : 'error',
+                });
+            }
+        }
     }
 
     /** The SASL login of this session on a submission listener, or null. */
