@@ -102,7 +102,7 @@ describe('alert rules', () => {
         }
     });
 
-    it('cover what the operator must hear about: upstream, DNS, Redis, rejects, AUTH', () => {
+    it('cover what the operator must hear about: upstream, DNS, Redis, rejects, deferrals, AUTH, a pending restart, failing checks, internal errors', () => {
         const all = rules.map((r) => `${r.alert} ${r.expr}`).join('\n');
         for (const metric of [
             'mailwarden_upstream_replies_total',
@@ -110,6 +110,10 @@ describe('alert rules', () => {
             'mailwarden_redis_errors_total',
             'mailwarden_messages_total{action="reject"}',
             'mailwarden_smtp_auth_total{result="invalid"}',
+            'mailwarden_messages_total{action="tempfail"}',
+            'mailwarden_config_restart_pending',
+            'mailwarden_check_failures_total',
+            'mailwarden_internal_errors_total',
         ]) {
             assert.ok(all.includes(metric), `an alert reads ${metric}`);
         }

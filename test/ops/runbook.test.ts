@@ -110,6 +110,20 @@ describe('jq over the journal', () => {
         JSON.stringify({ level: 30, msg: 'reloaded', reload: 'config', changed: ['softReject'] }),
         JSON.stringify({ level: 30, msg: 'envelope refused', refused: 'relay', rcptDomain: 'example.org' }),
         JSON.stringify({ level: 40, msg: 'DNS list disabled', zone: 'zen.example', reason: 'refused' }),
+        JSON.stringify({
+            level: 30,
+            msg: 'refused',
+            stage: 'rcpt',
+            action: 'tempfail',
+            reason: 'rule greylist:grey (tempfail)',
+        }),
+        JSON.stringify({
+            level: 30,
+            msg: 'decision',
+            action: 'tempfail',
+            reason: 'check mailauth failed: timeout',
+            checks: { ratelimit: 2, mailauth: { ms: 15000, error: 'timeout' } },
+        }),
         'Stopping mailwarden.service - mailwarden anti-abuse SMTP proxy in front of Postfix...',
         '',
     ].join('\n');
