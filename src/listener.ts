@@ -8,6 +8,7 @@
  * callback hands over to the Session and answers only with replies built by reply.ts; it holds
  * no policy.
  */
+import { X509Certificate } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { createSecureContext } from 'node:tls';
 import type { SMTPServer, SMTPServerOptions, SMTPServerSession } from 'smtp-server';
@@ -78,6 +79,16 @@ function internalError(log: Logger, id: string, err: unknown, counted: () => voi
     return toCallbackError(replyFor('internal-error', { id }));
 }
 
+/** The notAfter of the (first) certificate of a PEM file, in seconds since the epoch; 0 when unreadable. */
+function certificateExpiry(pem: Buffer): number {
+    try {
+        const seconds = Date.parse(new X509Certificate(pem).validTo) / 1000;
+        return Number.isFinite(seconds) ? seconds : 0;
+    } catch {
+        return 0;
+    }
+}
+
 const INTERNAL = replyFor('internal-error', { id: '' });
 
 function isInternalError(reply: SmtpReply): boolean {
@@ -102,6 +113,7 @@ export function createListener(config: Config, listener: ListenerConfig, deps: L
     const useTls = listener.tls !== 'none' && config.tls !== null;
     const tlsFiles =
         useTls && config.tls ? { key: readFileSync(config.tls.key), cert: readFileSync(config.tls.cert) } : {};
+    if (tlsFiles.cert) deps.metrics.tlsCertificateExpiry.set(certificateExpiry(tlsFiles.cert));
 
     const options: SMTPServerOptions = {
         name: config.hostname,
@@ -429,6 +441,7 @@ export function createListener(config: Config, listener: ListenerConfig, deps: L
             if (problem) throw new Error(`tls.${problem.field}: ${problem.message}`);
             createSecureContext(pair);
             server.updateSecureContext(pair);
+            deps.metrics.tlsCertificateExpiry.set(certificateExpiry(pair.cert));
         },
         stopAccepting: () =>
             new Promise<void>((resolve) => {

@@ -329,6 +329,13 @@ export function createMetrics(version: string) {
             labelNames: ['result'],
             registers: r,
         }),
+        tlsCertificateExpiry: new Gauge({
+            name: `${P}tls_certificate_expiry_timestamp_seconds`,
+            help: 'When the TLS certificate the listeners serve (tls.cert) expires (its notAfter), in seconds since the Unix epoch; read at start and at each certificate reload. 0 while no listener serves TLS',
+            // with several workers: the soonest, should one still serve an older certificate
+            aggregator: 'min',
+            registers: r,
+        }),
         configRestartPending: new Gauge({
             name: `${P}config_restart_pending`,
             // with several workers: the most any of them has pending

@@ -1,10 +1,11 @@
 /**
  * Listener behaviour end to end: STARTTLS and implicit TLS with a generated certificate
  * (TLS 1.2 or newer only), PROXY protocol (v1 and v2) read only from trusted CIDRs, the HTTP
- * endpoints, and the drain on shutdown (421 4.3.2 to idle sessions, transactions in flight
+ * endpoints, the certificate's expiry gauge (at start and at a reload), and the drain on shutdown (421 4.3.2 to idle sessions, transactions in flight
  * finish, from the accepted MAIL to the reply to their DATA, within the shutdown timeout).
  */
 import assert from 'node:assert/strict';
+import { X509Certificate } from 'node:crypto';
 import { copyFileSync } from 'node:fs';
 import net from 'node:net';
 import tls from 'node:tls';
@@ -126,14 +127,22 @@ describe('TLS', () => {
             socket.destroy();
             return fp;
         };
+        const expiry = async (): Promise<number | undefined> =>
+            (await mw.app.metrics.tlsCertificateExpiry.get()).values[0]?.value;
+        const notAfter = (pem: string): number => Date.parse(new X509Certificate(pem).validTo) / 1000;
         const before = await fingerprint();
-        const renewed = await createTestCertificate();
+        // the gauge of the certificate served, set at start
+        assert.equal(await expiry(), notAfter(cert.cert));
+        const renewed = await createTestCertificate({ days: 90 });
         try {
             copyFileSync(renewed.certPath, cert.certPath);
             copyFileSync(renewed.keyPath, cert.keyPath);
             mw.app.reload();
             const after = await fingerprint();
             assert.notEqual(after, before);
+            // and at the reload that put the renewed one in force
+            assert.equal(await expiry(), notAfter(renewed.cert));
+            assert.ok(notAfter(renewed.cert) - Date.now() / 1000 > 89 * 86400);
             // a certificate without its key: refused, the renewed pair stays in use
             const other = await createTestCertificate();
             copyFileSync(other.certPath, cert.certPath);
@@ -148,6 +157,7 @@ describe('TLS', () => {
             // and by the certificate reload; both keep what is in force
             assert.equal(errorsNow, errors + 2);
             assert.equal(await fingerprint(), after);
+            assert.equal(await expiry(), notAfter(renewed.cert), 'a refused pair leaves the gauge as it was');
             // the certificate reload says which files do not belong together, in check's words
             const failed = mw.logs.filter((l) => l.reload === 'tls' && String(l.msg).startsWith('reload failed'));
             assert.match(

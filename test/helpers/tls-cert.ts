@@ -37,6 +37,8 @@ export interface TestCertificateOptions {
     readonly altNames?: readonly string[];
     /** Key type; default `ec` (P-256). `rsa` (2048 bits) makes static-RSA cipher suites possible at all. */
     readonly keyType?: 'ec' | 'rsa';
+    /** Days the certificate is valid from now; default 2. */
+    readonly days?: number;
 }
 
 /** Creates the certificate; throws with a clear message when `openssl` is missing. */
@@ -60,7 +62,7 @@ export async function createTestCertificate(options: TestCertificateOptions = {}
             ...(options.keyType === 'rsa' ? ['rsa:2048'] : ['ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1']),
             '-nodes',
             '-days',
-            '2',
+            String(options.days ?? 2),
             '-subj',
             `/CN=${commonName}`,
             '-addext',

@@ -102,7 +102,7 @@ describe('alert rules', () => {
         }
     });
 
-    it('cover what the operator must hear about: upstream, DNS, Redis, rejects, deferrals, AUTH, a pending restart, failing checks, internal errors', () => {
+    it('cover what the operator must hear about: upstream, DNS, Redis, rejects, deferrals, AUTH, a pending restart, failing checks, internal errors, an expiring certificate', () => {
         const all = rules.map((r) => `${r.alert} ${r.expr}`).join('\n');
         for (const metric of [
             'mailwarden_upstream_replies_total',
@@ -114,6 +114,7 @@ describe('alert rules', () => {
             'mailwarden_config_restart_pending',
             'mailwarden_check_failures_total',
             'mailwarden_internal_errors_total',
+            'mailwarden_tls_certificate_expiry_timestamp_seconds',
         ]) {
             assert.ok(all.includes(metric), `an alert reads ${metric}`);
         }
