@@ -60,13 +60,19 @@ export class ReputationLookup {
         this.opts = opts;
     }
 
-    async address(ip: string, signal?: AbortSignal): Promise<AddressVerdict> {
+    /**
+     * `counted`: false for the lookups that only warm the cache or answer another question (the
+     * prefetch at connect, the allow-list credit of the pregreet test), so that a client's
+     * listing is counted once, by the check, not once per time it was asked.
+     */
+    async address(ip: string, signal?: AbortSignal, counted = true): Promise<AddressVerdict> {
         const o = this.opts;
         const common = {
             resolve: o.resolve,
             health: o.health,
             timeoutMs: o.dnsTimeoutMs,
             ...(o.metrics ? { metrics: o.metrics } : {}),
+            counted,
             ...(signal ? { signal } : {}),
         };
         if (isIP(ip) === 0) return { dnsbl: EMPTY_VERDICT, dnswl: EMPTY_VERDICT };
@@ -95,7 +101,7 @@ export class ReputationLookup {
     async dnswlCredit(ip: string): Promise<boolean> {
         if (this.opts.lists.dnswl.length === 0) return false;
         try {
-            return (await this.address(ip)).dnswl.score < 0;
+            return (await this.address(ip, undefined, false)).dnswl.score < 0;
         } catch {
             return false;
         }
@@ -160,7 +166,7 @@ export function createReputationProbe(lookup: ReputationLookup): Pick<Check, 'pr
         prefetch(client) {
             if (isIP(client.ip) === 0) return;
             // the resolver caches and shares queries in flight, so run() finds these answers
-            lookup.address(client.ip).catch(() => undefined);
+            lookup.address(client.ip, undefined, false).catch(() => undefined);
             o.reverse(client.ip).catch(() => undefined);
         },
         async run(ctx, signal): Promise<CheckResult> {

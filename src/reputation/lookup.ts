@@ -52,6 +52,13 @@ export interface ListLookupOptions {
     /** Longest wait for one list's answer; a later answer is an error (`timeout`). */
     readonly timeoutMs: number;
     readonly metrics?: ListMetrics;
+    /**
+     * False for a lookup that only warms the cache or answers another question (the prefetch at
+     * connect, the allow-list credit): its listings and errors are not counted, since the check
+     * asks again and counts them; only an answer that disables the list is, as the check then
+     * skips the list and never sees it. Default true.
+     */
+    readonly counted?: boolean;
     /** When aborted, no new query is sent (the answers in flight are still used). */
     readonly signal?: AbortSignal;
 }
@@ -90,6 +97,7 @@ export async function askLists(
     opts: ListLookupOptions,
 ): Promise<ListVerdict> {
     if (sites.length === 0) return EMPTY_VERDICT;
+    const counted = opts.counted ?? true;
     const skipped: string[] = [];
     const asked: { cs: ConfiguredSite; name: string }[] = [];
     for (const cs of sites) {
@@ -114,13 +122,18 @@ export async function askLists(
             listed.push(...answer.codes.map((c) => `${zone}=${c}`));
             zones.push(zone);
             if (cs.delist) delist.push(cs.delist);
-            opts.metrics?.dnsblHits.inc({ zone });
+            if (counted) opts.metrics?.dnsblHits.inc({ zone });
         } else if (answer.kind === 'error') {
             const errorKind: ListErrorKind | 'timeout' = timedOut ? 'timeout' : answer.error;
             errors.push(`${zone}: ${timedOut ? 'timeout' : answer.detail}`);
-            opts.metrics?.dnsblErrors.inc({ zone, kind: errorKind });
             // the list itself says it cannot be trusted: stop asking it until a probe passes
-            if (answer.error === 'refused' || answer.error === 'bogus') distrust(opts, cs.site, kind, answer.detail);
+            const distrusts = answer.error === 'refused' || answer.error === 'bogus';
+            // an answer that disables the list is counted by whichever lookup got it (the check then
+            // skips the list); any other error only by a counted lookup
+            if (distrusts ? opts.health.healthy(cs.site, kind) : counted) {
+                opts.metrics?.dnsblErrors.inc({ zone, kind: errorKind });
+            }
+            if (distrusts) distrust(opts, cs.site, kind, answer.detail);
         }
     }
     return {

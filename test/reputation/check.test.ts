@@ -136,6 +136,19 @@ describe('reputation check', () => {
         assert.equal(await value(metrics, 'dnsbl_hits_total', { zone: 'bl2.test' }), 1);
     });
 
+    it('counts a listing once per client: not the prefetch at connect, nor the allow-list credit', async () => {
+        const check = createReputationCheck(lookup, 2000);
+        const hits = (): Promise<number | undefined> => value(metrics, 'dnsbl_hits_total', { zone: 'bl2.test' });
+        const before = (await hits()) ?? 0;
+        const c = ctx('helo', '192.0.2.10', 'mail.good.example');
+        check.prefetch?.(c.client);
+        assert.equal(await lookup.dnswlCredit('192.0.2.10'), false);
+        await check.run(c, new AbortController().signal);
+        // the prefetch is not waited for by anyone: give it time to finish (and be counted, if it were)
+        await new Promise((r) => setTimeout(r, 300));
+        assert.equal(await hits(), before + 1);
+    });
+
     it('reports a client no list names with score 0', async () => {
         const f = await run(ctx('helo', '198.51.100.1', 'mail.good.example'));
         assert.equal(f['dnsbl.score'], 0);
@@ -168,6 +181,23 @@ describe('reputation check', () => {
         );
         await health.probeDue();
         assert.equal(health.healthy(site, 'address'), true, 'its probe passes again');
+    });
+
+    it('counts each error answer once: a refusal the prefetch met (the check then skips the list), another error by the check', async () => {
+        const check = createReputationCheck(lookup, 2000);
+        const errors = (zone: string, kind: string): Promise<number | undefined> =>
+            value(metrics, 'dnsbl_errors_total', { zone, kind });
+        const refusedBefore = (await errors('refusing.test', 'refused')) ?? 0;
+        const unexpectedBefore = (await errors('bl.test', 'unexpected')) ?? 0;
+        for (const ip of ['192.0.2.13', '192.0.2.11']) {
+            const c = ctx('helo', ip, null);
+            check.prefetch?.(c.client);
+            await new Promise((r) => setTimeout(r, 300));
+            await check.run(c, new AbortController().signal);
+        }
+        assert.equal(await errors('refusing.test', 'refused'), refusedBefore + 1);
+        assert.equal(await errors('bl.test', 'unexpected'), unexpectedBefore + 1);
+        await health.probeDue();
     });
 
     it('gives allow-list credit as a negative dnswl.score, and answers the pregreet exemption', async () => {
