@@ -15,7 +15,7 @@ import { createReputationCheck } from '../checks/reputation.ts';
 import { ReputationLookup, type ReputationLists } from './check.ts';
 import type { Resolve } from './lookup.ts';
 import { configuredSites } from './sites.ts';
-import { ZoneHealth, type ZoneKind } from './zone-health.ts';
+import { NOT_PROBED, ZoneHealth, type ZoneKind } from './zone-health.ts';
 
 /** The kinds of `dnsbl_errors_total` (lookup.ts). */
 const ERROR_KINDS = ['refused', 'bogus', 'unexpected', 'dns', 'timeout'] as const;
@@ -70,10 +70,17 @@ export function createReputationService(config: Config, deps: ReputationServiceD
         now: deps.now,
         intervalMs: rep.probeIntervalMs,
         retryMs: Math.min(MAX_RETRY_MS, rep.probeIntervalMs),
-        onChange: (site, kind, state) => {
+        onChange: (site, kind, state, previous) => {
             setGauge(site.zone);
-            if (state.healthy) deps.log.info({ zone: site.zone, kind }, 'DNS list healthy again: asked from now on');
-            else {
+            if (state.healthy) {
+                // "again" only for a list that was disabled, not for one's first probe (at start, or added by a reload)
+                deps.log.info(
+                    { zone: site.zone, kind },
+                    previous.reason === NOT_PROBED
+                        ? 'DNS list healthy: asked from now on'
+                        : 'DNS list healthy again: asked from now on',
+                );
+            } else {
                 deps.log.warn(
                     { zone: site.zone, kind, reason: state.reason },
                     'DNS list disabled: its answers cannot be trusted, so it counts for nothing until a probe passes',

@@ -15,6 +15,9 @@ import { classifyAnswer, isNotFound, probeQueries, type ListSite } from './dns-l
 
 export type ZoneKind = 'address' | 'domain';
 
+/** The reason of a list's state before its first probe. */
+export const NOT_PROBED = 'not probed yet';
+
 export interface ZoneState {
     readonly healthy: boolean;
     /** Why the list is unhealthy (or `ok`). */
@@ -31,7 +34,8 @@ export interface ZoneHealthOptions {
     readonly intervalMs: number;
     /** Time between probes of an unhealthy list (sooner, to bring it back quickly). */
     readonly retryMs: number;
-    readonly onChange?: (site: ListSite, kind: ZoneKind, state: ZoneState) => void;
+    /** `previous`: the state before, `NOT_PROBED` for a list's first probe. */
+    readonly onChange?: (site: ListSite, kind: ZoneKind, state: ZoneState, previous: ZoneState) => void;
 }
 
 interface Tracked {
@@ -53,7 +57,7 @@ export class ZoneHealth {
             this.zones.set(key(site, kind), {
                 site,
                 kind,
-                state: { healthy: false, reason: 'not probed yet', at: opts.now() },
+                state: { healthy: false, reason: NOT_PROBED, at: opts.now() },
                 next: 0,
                 probing: null,
             });
@@ -141,8 +145,9 @@ export class ZoneHealth {
 
     private set(t: Tracked, state: ZoneState): void {
         const changed = state.healthy !== t.state.healthy || (!state.healthy && state.reason !== t.state.reason);
+        const previous = t.state;
         t.state = state;
-        if (changed) this.opts.onChange?.(t.site, t.kind, state);
+        if (changed) this.opts.onChange?.(t.site, t.kind, state, previous);
     }
 }
 
