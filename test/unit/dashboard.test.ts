@@ -181,6 +181,15 @@ describe('grafana dashboard', () => {
         }
     });
 
+    it('reads `up` of the scrape job the deployment guide and the alerts name (mailwarden) only', () => {
+        const ups = exprs.flatMap(({ panel, expr }) =>
+            [...expr.matchAll(METRIC)].filter((m) => m[1] === 'up').map((m) => ({ panel, m })),
+        );
+        assert.ok(ups.length > 0, 'a panel shows whether the instances are up');
+        // other jobs (node_exporter, Postfix's exporter) scrape the same host and have an `up` too
+        for (const { panel, m } of ups) assert.match(m[2]!, /(^|,)job="mailwarden"(,|$)/, `${panel}: ${m[0]}`);
+    });
+
     it('queries only metrics that exist, with labels they have', () => {
         for (const { panel, expr } of exprs) {
             for (const m of expr.matchAll(METRIC)) {
