@@ -17,13 +17,13 @@ Commands:
                       and run the rules' cases (one that does not hold is a warning;
                       --strict exits 1 on warnings, for CI)
   explain [-c FILE] --client-ip IP [--helo NAME] --mail-from ADDR --rcpt ADDR [--rcpt ADDR…]
-          [--listener NAME] [--auth-user USER] [--json] MESSAGE.eml
+          [--listener NAME] [--auth-user USER] [--raw] [--json] MESSAGE.eml
                       run every check and rule on a message without sending it, and show why
-  users add|passwd|remove|list [--file FILE] [--send-as ADDR…] [LOGIN]
+  users add|passwd|remove|list [-c FILE | --file FILE] [--send-as ADDR…] [LOGIN]
                       manage the submission users file (passwords stored as argon2id only)
   dkim keygen --domain D --selector S [--type rsa|ed25519] [--bits N] [--out FILE]
                       make a DKIM signing key and print the DNS record to publish
-  auth status|unlock [--ip ADDRESS] [--login LOGIN]
+  auth status|unlock [-c FILE] [--ip ADDRESS] [--login LOGIN]
                       show or clear the failed-login counts of the login lockout
   help                show this text
 
