@@ -25,7 +25,7 @@ import {
     spf,
     writeToStream,
 } from './mailauth-internals.ts';
-import { guardSpfRecords } from './spf-bounds.ts';
+import { guardSpfRecords } from './mailauth-bounds.ts';
 
 export interface AuthenticateOptions {
     /** The client's address; without it no SPF query is made. */

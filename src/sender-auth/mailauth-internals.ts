@@ -24,7 +24,7 @@ import type { Writable } from 'node:stream';
 import type * as Mailauth from 'mailauth';
 import type { DnsResolve } from '../dns/scoped.ts';
 import { bareLineFeeds, headerEnd, newHeaderScan } from './header-scan.ts';
-import { boundedExpansion } from './spf-bounds.ts';
+import { boundedAddressParser, boundedExpansion, boundedToASCII } from './mailauth-bounds.ts';
 
 export type { DnsResolve };
 
@@ -164,19 +164,42 @@ export interface EvaluateDmarcOutput {
     readonly reason?: string;
 }
 
-// mailauth's SPF code reads its macro expander when it is loaded: the bounded one (spf-bounds.ts)
-// is put in its place first, and the SPF modules are loaded fresh after it (a copy loaded
-// earlier, by a test that compares with mailauth's own functions, keeps the unbounded one)
-for (const name of ['mailauth/lib/spf/spf-verify.js', 'mailauth/lib/spf/index.js']) {
-    delete require.cache[require.resolve(name)];
+/**
+ * Puts `wrap(exports)` in place of the module at `path` for every module loaded after this. The
+ * modules that read it when they load are loaded fresh after it (`dependents`): a copy loaded
+ * earlier, by a test that compares with mailauth's own functions, keeps the unbounded one.
+ */
+function replaceModule(path: string, dependents: readonly string[], wrap: (original: unknown) => unknown): void {
+    for (const name of dependents) delete require.cache[require.resolve(name)];
+    const original: unknown = require(path);
+    const cached = require.cache[path];
+    if (cached === undefined || typeof original !== 'function') {
+        throw new Error(`mailauth's module ${path} is not what mailwarden bounds`);
+    }
+    cached.exports = wrap(original);
 }
-const macroPath = require.resolve('mailauth/lib/spf/macro.js');
-const macroExpand = require(macroPath) as Parameters<typeof boundedExpansion>[0];
-const macroModule = require.cache[macroPath];
-if (macroModule === undefined || typeof macroExpand !== 'function') {
-    throw new Error("mailauth's SPF macro expander is not where mailwarden expects it");
-}
-macroModule.exports = boundedExpansion(macroExpand);
+
+// the bounds of mailauth-bounds.ts: SPF macro expansion, IDNA labels, nested groups in addresses
+replaceModule(
+    require.resolve('mailauth/lib/spf/macro.js'),
+    ['mailauth/lib/spf/spf-verify.js', 'mailauth/lib/spf/index.js'],
+    (expand) => boundedExpansion(expand as Parameters<typeof boundedExpansion>[0]),
+);
+const verifierRequire = createRequire(require.resolve('mailauth/lib/dkim/dkim-verifier.js'));
+replaceModule(
+    verifierRequire.resolve('nodemailer/lib/addressparser'),
+    ['mailauth/lib/dkim/dkim-verifier.js'],
+    (parse) => {
+        const bounded = boundedAddressParser(parse as Parameters<typeof boundedAddressParser>[0]);
+        return Object.assign(bounded, { default: bounded });
+    },
+);
+// mailauth's tools.js calls punycode.toASCII through the module object: replaced on it
+const punycode = createRequire(require.resolve('mailauth/lib/tools.js'))('punycode.js') as {
+    toASCII: (input: string) => string;
+};
+if (typeof punycode.toASCII !== 'function') throw new Error("punycode.js's toASCII is not where mailwarden expects it");
+punycode.toASCII = boundedToASCII(punycode.toASCII);
 
 const tools = require('mailauth/lib/tools.js') as ToolsModule;
 const verifier = require('mailauth/lib/dkim/dkim-verifier.js') as DkimVerifierModule;
@@ -197,10 +220,8 @@ interface ParsedAddress {
     readonly address?: string;
     readonly group?: readonly ParsedAddress[];
 }
-/** The address parser mailauth's DKIM verifier reads From with (its own copy of nodemailer's). */
-const addressparser = createRequire(require.resolve('mailauth/lib/dkim/dkim-verifier.js'))(
-    'nodemailer/lib/addressparser',
-) as (value: string) => ParsedAddress[];
+/** The address parser mailauth's DKIM verifier reads From with (its own copy of nodemailer's, bounded above). */
+const addressparser = verifierRequire('nodemailer/lib/addressparser') as (value: string) => ParsedAddress[];
 
 /**
  * The mailboxes of a From (or Sender) field value as mailauth reads them for DMARC: its address

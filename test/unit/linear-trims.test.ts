@@ -1,7 +1,7 @@
 /**
  * The linear trims that replace quadratic regular expressions on values a client writes
  * (src/trim.ts, withoutTrailingDots in src/net/domain.ts) and the RFC 7208 section 7.3 cut of SPF
- * macro expansions (src/sender-auth/spf-bounds.ts): property-based, each gives exactly what the
+ * macro expansions (src/sender-auth/mailauth-bounds.ts): property-based, each gives exactly what the
  * regular expression it replaces gave (or, for the cut, what section 7.3 asks), on any text of the
  * characters that matter; and each stays linear on the shapes that made the regular expressions
  * quadratic (100,000 spaces or dots inside the text).
@@ -10,7 +10,13 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import fc from 'fast-check';
 import { withoutTrailingDots } from '../../src/net/domain.ts';
-import { cutExpansion } from '../../src/sender-auth/spf-bounds.ts';
+import {
+    boundedAddressParser,
+    boundedToASCII,
+    cutExpansion,
+    MAX_ADDRESS_COLONS,
+    UNREADABLE_ADDRESSES,
+} from '../../src/sender-auth/mailauth-bounds.ts';
 import { trimWsp, trimWspEnd } from '../../src/trim.ts';
 import { fuzzSettings } from '../helpers/fuzz.ts';
 
@@ -72,5 +78,35 @@ describe('the cut of an SPF macro expansion (RFC 7208 section 7.3)', () => {
         assert.equal(cutExpansion(`${'x'.repeat(250)}.b.example`), 'b.example');
         assert.equal(cutExpansion('y'.repeat(300)), 'y'.repeat(253));
         assert.equal(cutExpansion(`a.${'y'.repeat(300)}`), 'y'.repeat(253));
+    });
+});
+
+describe('the IDNA and address bounds put into mailauth', () => {
+    it('punycode: a label of more than 63 code points is refused before encoding, shorter ones encode as before', () => {
+        const encode = (s: string): string => `encoded:${s}`;
+        const bounded = boundedToASCII(encode);
+        assert.equal(bounded('bücher.example'), 'encoded:bücher.example');
+        assert.equal(bounded(`a@${'ü'.repeat(63)}.example`), `encoded:a@${'ü'.repeat(63)}.example`);
+        // 63 astral characters are 126 code units, still one DNS label's worth of code points
+        assert.equal(bounded(`${'\u{20000}'.repeat(63)}.example`), `encoded:${'\u{20000}'.repeat(63)}.example`);
+        assert.throws(() => bounded(`${'ü'.repeat(64)}.example`), RangeError);
+        assert.throws(() => bounded(`x.${'ü'.repeat(64)}\u3002example`), RangeError);
+    });
+
+    it('addresses: a value with more colons than groups allow reads as two .invalid mailboxes, others as before', () => {
+        const calls: string[] = [];
+        const parse = (v: string) => {
+            calls.push(v);
+            return [{ name: '', address: v }];
+        };
+        const bounded = boundedAddressParser(parse);
+        const group = `team: a@example.org, b@example.org;`;
+        assert.deepEqual(bounded(group), [{ name: '', address: group }]);
+        const colons = 'a:'.repeat(MAX_ADDRESS_COLONS);
+        assert.deepEqual(bounded(colons), [{ name: '', address: colons }]);
+        assert.deepEqual(bounded(`${colons}a:`), UNREADABLE_ADDRESSES);
+        assert.equal(calls.length, 2);
+        // the answer is a copy: a caller that changes it changes nothing for the next
+        assert.notEqual(bounded(`${colons}a:`)[0], UNREADABLE_ADDRESSES[0]);
     });
 });

@@ -1,0 +1,127 @@
+/**
+ * Bounds on what mailauth's synchronous parsing can cost, whatever a message or the sending
+ * domain's DNS holds. mailauth tests values with regular expressions and encoders whose time
+ * grows with the square of their length, on the main thread, where no check timeout can stop
+ * them (one value blocked every connection of the process for seconds to minutes). Each bound
+ * keeps the result of every value a real sender writes:
+ *
+ * - SPF (RFC 7208): `boundedExpansion` cuts a macro expansion longer than a domain name as
+ *   section 7.3 cuts a target name (labels removed from the left until at most 253 characters
+ *   remain; a single longer label is cut to its last 253 characters, which leaves it as invalid
+ *   as before, a label having at most 63); `guardSpfRecords` makes a TXT answer holding an SPF
+ *   record (`v=spf1`) longer than MAX_SPF_RECORD characters a permanent error of that record;
+ * - IDNA: `boundedToASCII` refuses a label of more than 63 code points before punycode encodes
+ *   it (quadratic in the label: 3 s for 33,000 distinct characters); mailauth catches the error
+ *   and keeps the label, which no DNS name can hold;
+ * - addresses: `boundedAddressParser` reads a value with more than MAX_ADDRESS_COLONS colons (a
+ *   nest of groups, which RFC 5322 does not allow and mailauth's parser re-reads up to 50 times)
+ *   as two mailboxes of the reserved `.invalid` domain (RFC 2606): a From that cannot be read
+ *   counts as several mailboxes (DMARC fails closed), and on submission it cannot match the login.
+ *
+ * It must not change the result of any value within the bounds, and must not see DKIM or DMARC
+ * lookups (only the resolver handed to the SPF evaluation is wrapped).
+ */
+import type { DnsResolve } from '../dns/scoped.ts';
+
+/** Longest domain name (RFC 1035 section 2.3.4, without the root dot). */
+const MAX_NAME = 253;
+
+/**
+ * Longest SPF record evaluated. RFC 7208 section 3.4 asks publishers to stay within 450 octets
+ * (one UDP answer); real records with long ip4/ip6 lists reach 2 KB. Longer is a permerror.
+ */
+export const MAX_SPF_RECORD = 4096;
+
+/** An expansion cut to at most MAX_NAME characters (RFC 7208 section 7.3). */
+export function cutExpansion(value: string): string {
+    if (value.length <= MAX_NAME) return value;
+    let start = 0;
+    while (value.length - start > MAX_NAME) {
+        const dot = value.indexOf('.', start);
+        if (dot < 0) return value.slice(value.length - MAX_NAME);
+        start = dot + 1;
+    }
+    return value.slice(start);
+}
+
+type Expander = (input: unknown, values: unknown) => string;
+
+/** mailauth's macro expander with its result cut to a domain name's length. */
+export function boundedExpansion(expand: Expander): Expander {
+    return (input, values) => cutExpansion(expand(input, values));
+}
+
+/** The error mailauth's SPF evaluation turns into a permerror of the record. */
+function permError(text: string): Error {
+    return Object.assign(new Error('SPF failure'), { spfResult: { error: 'permerror', text } });
+}
+
+/** A record mailauth would read as SPF: `v=spf1` after any leading white space (its lenient mode trims). */
+function isSpfRecord(joined: string): boolean {
+    const t = joined.trimStart();
+    return t.slice(0, 6).toLowerCase() === 'v=spf1' && (t.length === 6 || /\s/.test(t.charAt(6)));
+}
+
+/** The resolver for one SPF evaluation: oversized SPF records answer as a permerror. */
+export function guardSpfRecords(resolve: DnsResolve): DnsResolve {
+    return async (name, rrtype) => {
+        const answer: unknown = await resolve(name, rrtype);
+        if (rrtype !== 'TXT' || !Array.isArray(answer)) return answer;
+        const rows: readonly unknown[] = answer;
+        for (const row of rows) {
+            const joined = Array.isArray(row) ? row.map(String).join('') : String(row);
+            if (isSpfRecord(joined) && joined.length > MAX_SPF_RECORD) {
+                throw permError(
+                    `the SPF record of ${name} is ${joined.length} characters long, more than ${MAX_SPF_RECORD}`,
+                );
+            }
+        }
+        return rows;
+    };
+}
+
+/** Longest DNS label (RFC 1035 section 2.3.4). */
+const MAX_LABEL = 63;
+
+/** Labels as punycode.js splits a domain (RFC 3490 section 3.1 label separators). */
+const LABEL_SEPARATORS = /[.\u3002\uff0e\uff61]/;
+
+/** punycode.js's toASCII refusing a label longer than a DNS label can be, before encoding it. */
+export function boundedToASCII(toASCII: (input: string) => string): (input: string) => string {
+    return (input) => {
+        const domain = input.slice(input.lastIndexOf('@') + 1);
+        for (const label of domain.split(LABEL_SEPARATORS)) {
+            if (label.length > MAX_LABEL && [...label].length > MAX_LABEL) {
+                throw new RangeError(`a label of more than ${MAX_LABEL} characters is not a DNS label`);
+            }
+        }
+        return toASCII(input);
+    };
+}
+
+/** Most colons in an address list mailauth's parser reads as it is (a group is one: `name: a, b;`). */
+export const MAX_ADDRESS_COLONS = 16;
+
+interface ParsedMailbox {
+    readonly name: string;
+    readonly address?: string;
+    readonly group?: readonly ParsedMailbox[];
+}
+type AddressParser = (value: string, opts?: object) => ParsedMailbox[];
+
+/** What a value that cannot be read is read as: two mailboxes of distinct `.invalid` domains. */
+export const UNREADABLE_ADDRESSES: readonly ParsedMailbox[] = Object.freeze([
+    Object.freeze({ name: '', address: 'unreadable@unreadable.invalid' }),
+    Object.freeze({ name: '', address: 'unreadable@other.unreadable.invalid' }),
+]);
+
+/** mailauth's address parser, reading a nest of groups as UNREADABLE_ADDRESSES instead of 50 times over. */
+export function boundedAddressParser(parse: AddressParser): AddressParser {
+    return (value, opts) => {
+        let colons = 0;
+        for (let at = value.indexOf(':'); at >= 0; at = value.indexOf(':', at + 1)) {
+            if (++colons > MAX_ADDRESS_COLONS) return UNREADABLE_ADDRESSES.map((m) => ({ ...m }));
+        }
+        return parse(value, opts);
+    };
+}
