@@ -36,7 +36,7 @@ export interface RelayDecision {
     /**
      * For `routed`: the hop the refusal is about, in folded A-label form, or null when that
      * hop is not a domain name at all (a malformed one, an address literal; an empty hop is
-     * skipped). For `routing`: the first hop, folded.
+     * skipped). For `routing`: the first hop, folded, or null when every hop was empty.
      */
     readonly routedDomain?: string | null;
 }
@@ -103,10 +103,13 @@ export function relayPolicy(
     const route = (recipient: Mailbox, start: 'local' | 'relay'): RelayDecision => {
         let where = start;
         let first: string | null = null;
+        let emptyHop = false;
         let hop = nextRoutingHop(recipient.local);
         while (hop) {
             if (hop.domain === '') {
-                // an empty hop routes nowhere (`"100%"`, `"!bob"`): Postfix drops it, as here
+                // an empty hop routes nowhere (`"100%"`, `"!bob"`): Postfix drops it and delivers
+                // to what is left, a mailbox other than the one written, so it is routing too
+                emptyHop = true;
                 hop = nextRoutingHop(hop.rest);
                 continue;
             }
@@ -120,7 +123,8 @@ export function relayPolicy(
             first ??= domain;
             hop = nextRoutingHop(hop.rest);
         }
-        return first === null ? { verdict: where } : { verdict: 'routing', routedDomain: first };
+        if (first !== null) return { verdict: 'routing', routedDomain: first };
+        return emptyHop ? { verdict: 'routing', routedDomain: null } : { verdict: where };
     };
 
     const decide = (recipient: Mailbox, authenticated: boolean): RelayDecision => {

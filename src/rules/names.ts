@@ -10,6 +10,7 @@
  * `user@domain`. Pure.
  */
 import { foldDomain, parseDomain } from '../net/domain.ts';
+import { quoteLocalPart } from '../envelope/command.ts';
 import { canonicalAddressLiteral } from '../net/ip.ts';
 
 /** The domain of an address folded: a name in A-label form, an address literal in its one form. */
@@ -44,13 +45,23 @@ export function baseLocalPart(local: string, delimiters: string): string | null 
     return null;
 }
 
-/** An address folded (foldAddress) without its subaddress; the folded address when it has none. */
+/** A local part without its quotes and quoted-pair backslashes (RFC 5321 section 4.1.2); others as they are. */
+function dequote(local: string): string {
+    if (local.length < 2 || !local.startsWith('"') || !local.endsWith('"')) return local;
+    return local.slice(1, -1).replace(/\\(.)/g, '$1');
+}
+
+/**
+ * An address folded (foldAddress) without its subaddress; the folded address when it has none.
+ * A quoted local part is read without its quotes (`"ceo+ x"@d` is a subaddress of `ceo@d`, as
+ * Postfix reads it), and the base written in canonical form again.
+ */
 export function baseAddress(address: string, delimiters: string): string {
     const folded = foldAddress(address);
     const at = folded.lastIndexOf('@');
     if (at < 0) return folded;
-    const base = baseLocalPart(folded.slice(0, at), delimiters);
-    return base === null ? folded : `${base}${folded.slice(at)}`;
+    const base = baseLocalPart(dequote(folded.slice(0, at)), delimiters);
+    return base === null ? folded : `${quoteLocalPart(base)}${folded.slice(at)}`;
 }
 
 /**

@@ -5,7 +5,10 @@
  *
  * Decision order (docs/authentication.md, "The DMARC decision"):
  *   1. an authenticated submission client is our own user: `none` (override `local`);
- *   2. several From mailboxes with `rejectMultipleFrom`: `reject` (RFC 9989 section 11.5);
+ *   2. a From field that cannot be read (mailauth-bounds.ts: a nest of groups, a value over the
+ *      author field limit): `reject`, whatever `rejectMultipleFrom` says (the reader may be
+ *      shown one author while no author domain is evaluated); several From mailboxes with
+ *      `rejectMultipleFrom`: `reject` (RFC 9989 section 11.5);
  *   3. `pass`, `none`, `permerror`: `none`;
  *   4. `temperror`: `none` when an identical-domain pass makes DMARC pass whatever the record
  *      says, or when every possible policy is `none`; `tempfail` otherwise (never `reject`);
@@ -62,6 +65,8 @@ export interface DispositionInput {
     readonly alignedTemperror: boolean;
     /** Mailboxes in the From field(s). */
     readonly fromCount: number;
+    /** A From field mailauth could not read within its bounds (mailauth-bounds.ts). */
+    readonly fromUnreadable?: boolean;
     readonly rejectMultipleFrom: boolean;
     /** A trusted ARC sealer vouches for the author domain (arc-trust.ts). */
     readonly arcTrusted: boolean;
@@ -145,6 +150,7 @@ export function decideDisposition(i: DispositionInput): DispositionOutput {
             i.result === 'pass' || i.result === 'none' ? null : 'local',
         );
     }
+    if (i.fromUnreadable) return out('reject', 'a From field that cannot be read');
     if (i.rejectMultipleFrom && i.fromCount > 1) return out('reject', 'several From mailboxes');
 
     switch (i.result) {

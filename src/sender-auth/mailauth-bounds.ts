@@ -13,10 +13,11 @@
  * - IDNA: `boundedToASCII` refuses a label of more than 63 code points before punycode encodes
  *   it (quadratic in the label: 3 s for 33,000 distinct characters); mailauth catches the error
  *   and keeps the label, which no DNS name can hold;
- * - addresses: `boundedAddressParser` reads a value with more than MAX_ADDRESS_COLONS colons (a
- *   nest of groups, which RFC 5322 does not allow and mailauth's parser re-reads up to 50 times)
- *   as two mailboxes of the reserved `.invalid` domain (RFC 2606): a From that cannot be read
- *   counts as several mailboxes (DMARC fails closed), and on submission it cannot match the login.
+ * - addresses: `boundedAddressParser` reads a value with more than MAX_ADDRESS_COLONS group colons
+ *   (a nest of groups, which RFC 5322 does not allow and mailauth's parser re-reads up to 50
+ *   times) or longer than an author field may be as two mailboxes of the reserved `.invalid`
+ *   domain (RFC 2606): a From that cannot be read is refused by the DMARC disposition
+ *   (dmarc-policy.ts), and on submission it cannot match the login.
  *
  * It must not change the result of any value within the bounds, and must not see DKIM or DMARC
  * lookups (only the resolver handed to the SPF evaluation is wrapped).
@@ -99,8 +100,11 @@ export function boundedToASCII(toASCII: (input: string) => string): (input: stri
     };
 }
 
-/** Most colons in an address list mailauth's parser reads as it is (a group is one: `name: a, b;`). */
+/** Most colons, outside quoted strings and comments, in an address list mailauth's parser reads (a group is one). */
 export const MAX_ADDRESS_COLONS = 16;
+
+/** Longest address list mailauth's parser reads: the session refuses longer author fields (headers.ts). */
+export const MAX_ADDRESS_VALUE = 100_000;
 
 interface ParsedMailbox {
     readonly name: string;
@@ -115,12 +119,42 @@ export const UNREADABLE_ADDRESSES: readonly ParsedMailbox[] = Object.freeze([
     Object.freeze({ name: '', address: 'unreadable@other.unreadable.invalid' }),
 ]);
 
-/** mailauth's address parser, reading a nest of groups as UNREADABLE_ADDRESSES instead of 50 times over. */
+/** True for the mailboxes a value that cannot be read is read as (DMARC refuses the message). */
+export function isUnreadableAddress(address: string): boolean {
+    return UNREADABLE_ADDRESSES.some((m) => m.address === address);
+}
+
+/**
+ * The colons mailauth's parser (nodemailer's addressparser) can read as group openers: those
+ * outside quoted strings (where a backslash escapes the next character), comments (which end at
+ * the first `)`: it does not nest them) and domain literals, read as its tokenizer reads them.
+ */
+function groupColons(value: string, most: number): number {
+    let colons = 0;
+    let expecting = ''; // the character that ends the open quoted string or comment
+    let literal = false;
+    for (let i = 0; i < value.length; i++) {
+        const c = value[i];
+        if (expecting === '"') {
+            if (c === '\\') i++;
+            else if (c === '"') expecting = '';
+        } else if (expecting === ')') {
+            if (c === ')') expecting = '';
+        } else if (literal) {
+            if (c === ']' || c === ',' || c === ';') literal = false;
+        } else if (c === '"') expecting = '"';
+        else if (c === '(') expecting = ')';
+        else if (c === '[') literal = true;
+        else if (c === ':' && ++colons > most) return colons;
+    }
+    return colons;
+}
+
+/** mailauth's address parser, reading a nest of groups, or a value over the author field limit, as UNREADABLE_ADDRESSES. */
 export function boundedAddressParser(parse: AddressParser): AddressParser {
     return (value, opts) => {
-        let colons = 0;
-        for (let at = value.indexOf(':'); at >= 0; at = value.indexOf(':', at + 1)) {
-            if (++colons > MAX_ADDRESS_COLONS) return UNREADABLE_ADDRESSES.map((m) => ({ ...m }));
+        if (value.length > MAX_ADDRESS_VALUE || groupColons(value, MAX_ADDRESS_COLONS) > MAX_ADDRESS_COLONS) {
+            return UNREADABLE_ADDRESSES.map((m) => ({ ...m }));
         }
         return parse(value, opts);
     };

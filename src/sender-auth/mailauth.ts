@@ -47,6 +47,7 @@ import {
     type DispositionOutput,
 } from './dmarc-policy.ts';
 import { createKeyStore } from './key-reuse.ts';
+import { isUnreadableAddress } from './mailauth-bounds.ts';
 import { organizationalDomain } from './psl.ts';
 import { planVerification, type LimitName, type VerificationPlan } from './verification-copy.ts';
 import { openVerification } from './verification-stream.ts';
@@ -291,6 +292,7 @@ export function createMailauthVerifier(opts: MailauthCheckOptions): Check['run']
             alignedTemperror,
             fromCount,
             rejectMultipleFrom: settings.dmarc.rejectMultipleFrom,
+            fromUnreadable: headerFrom.some(isUnreadableAddress),
             arcTrusted: dmarc.result === 'fail' && trust.vouching !== null,
             authenticated: ctx.client.login !== null,
         });

@@ -122,6 +122,14 @@ describe('limit keys', () => {
             ['address-bytes|alice@x.example'],
             'one counter for the mailbox',
         );
+        // a quoted local part is read without its quotes; its base in canonical form again
+        assert.deepEqual(limitKeys(spec('rcpt'), { 'rcpt.to': ['"ceo+ x"@x.example'] }, 'rcpt'), [
+            'rcpt|ceo@x.example',
+        ]);
+        assert.deepEqual(
+            limitKeys(spec('rcpt'), { 'rcpt.to': ['"a b+c"@x.example'] }, 'rcpt'),
+            limitKeys(spec('rcpt'), { 'rcpt.to': ['"a b"@x.example'] }, 'rcpt'),
+        );
         // a local part that starts with the delimiter has no subaddress
         assert.deepEqual(limitKeys(spec('sender'), { 'mail.from': '+news@example.org' }, 'mail'), [
             'sender|+news@example.org',

@@ -175,6 +175,10 @@ rules:
         assert.equal(rcpt(s, 'dan+x@example.test'), 'by-list');
         assert.equal(rcpt(s, 'dan@example.test'), null);
         assert.equal(rcpt(s, 'dan+y@example.test'), null);
+        // a quoted local part is read without its quotes, as Postfix reads it
+        assert.equal(rcpt(s, '"bob+ x"@example.test'), 'by-in');
+        assert.equal(rcpt(s, '"bob+(x)"@example.test'), 'by-in');
+        assert.equal(mail(s, '"spam+ a"@example.net'), 'by-eq');
     });
 
     it('follows the configured delimiter, and none when it is empty', () => {

@@ -420,6 +420,20 @@ describe('values mailauth tests with quadratic regular expressions are bounded b
         const r = await quickly(check(tight), ctx(message));
         assert.equal(r.error, null);
         assert.equal(r.facts['dmarc.disposition'], 'reject');
+        // refused whatever rejectMultipleFrom says: the reader may be shown one author
+        const lenient = { ...tight, dmarc: { ...settings().dmarc, rejectMultipleFrom: false } };
+        const one = await quickly(check(lenient), ctx(`From: ${'a:'.repeat(20)}x@bank.example\r\n\r\nHi\r\n`));
+        assert.equal(one.facts['dmarc.disposition'], 'reject');
+    });
+
+    it('colons in a quoted display name or a comment are no nest of groups: read as usual', async () => {
+        const colons = Array.from({ length: 18 }, (_, i) => i).join(':');
+        for (const from of [`"Alert ${colons}" <a@bank.example>`, `a@bank.example (${colons})`]) {
+            const r = await quickly(check(tight), ctx(basicMessage(from)));
+            assert.equal(r.facts['dmarc.result'], 'fail', from);
+        }
+        const none = await quickly(check(tight), ctx(basicMessage(`"Alert ${colons}" <a@nodmarc.example>`)));
+        assert.equal(none.facts['dmarc.disposition'], 'none');
     });
 
     it('a From of 30,000 labels in rfc7489 mode: decided at once', async () => {

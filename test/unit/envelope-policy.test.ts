@@ -232,11 +232,14 @@ describe('relay control', () => {
             // routing left in an address for a relay domain (Postfix: RESOLVE_FLAG_ROUTED)
             'victim%evil.example@partner.example': 'routed',
             'bob%example.com@partner.example': 'routed',
-            // an empty hop routes nowhere: Postfix drops it and delivers here
-            'victim%@example.com': 'local',
-            '"100%"@example.com': 'local',
-            '!victim@example.com': 'local',
-            '"!bob"@example.com': 'local',
+            // an empty hop: Postfix drops it and delivers to what is left (`victim`), a mailbox
+            // other than the one rules and limits read; routing all the same
+            'victim%@example.com': 'routing',
+            'victim%%@example.com': 'routing',
+            '"100%"@example.com': 'routing',
+            '!victim@example.com': 'routing',
+            '"!bob"@example.com': 'routing',
+            '"bob@"@example.com': 'routing',
             'victim%%evil.example@example.com': 'routed',
             // a hop that is no domain name: an address literal, a bad label
             '"victim%[192.0.2.1]"@example.com': 'routed',

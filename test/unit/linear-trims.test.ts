@@ -106,6 +106,16 @@ describe('the IDNA and address bounds put into mailauth', () => {
         assert.deepEqual(bounded(colons), [{ name: '', address: colons }]);
         assert.deepEqual(bounded(`${colons}a:`), UNREADABLE_ADDRESSES);
         assert.equal(calls.length, 2);
+        calls.length = 0;
+        // colons in quoted strings, comments and domain literals open no group, as the parser reads them
+        const many = 'a:'.repeat(MAX_ADDRESS_COLONS + 1);
+        assert.equal(bounded(`"${many}" <x@example.org>`).length, 1);
+        assert.equal(bounded(`x@example.org (${many})`).length, 1);
+        assert.equal(bounded(`x@[IPv6:${many}]`).length, 1);
+        // the parser ends a comment at its first ")": a nested one hides nothing
+        assert.deepEqual(bounded(`((x) ${many})`), UNREADABLE_ADDRESSES);
+        // a value longer than an author field may be
+        assert.deepEqual(bounded(`x@example.org, ${'y'.repeat(100_000)}`), UNREADABLE_ADDRESSES);
         // the answer is a copy: a caller that changes it changes nothing for the next
         assert.notEqual(bounded(`${colons}a:`)[0], UNREADABLE_ADDRESSES[0]);
     });
