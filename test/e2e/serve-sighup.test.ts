@@ -81,7 +81,7 @@ describe('serve: softReject on SIGHUP', () => {
 
         const soft = await send();
         assert.equal(soft.message?.code, 450, JSON.stringify(soft.message));
-        assert.match(soft.message.text, /^4\.7\.1 Message refused: it claims to be from bank\.example/);
+        assert.match(soft.message.text, /^4\.7\.1 Message deferred: it claims to be from bank\.example/);
         assert.ok(
             up.transactions.every((t) => !t.completed),
             'no message reached the upstream',
