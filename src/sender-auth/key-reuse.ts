@@ -33,6 +33,7 @@ import {
     type KeyLookupOptions,
     type PublicKeyRecord,
 } from './mailauth-internals.ts';
+import { negativeAnswer } from '../dns/errors.ts';
 
 export interface KeyStore {
     /** mailauth's per-message key cache over `resolver`, backed by this store. */
@@ -78,6 +79,21 @@ function recordText(list: unknown): string {
 
 export function createKeyStore(maxEntries: number = KEY_STORE_ENTRIES): KeyStore {
     const store = new Lru<PublicKeyRecord>(maxEntries);
+
+    /**
+     * The key record's TXT answer. A name that cannot be a DNS name (a label over 63 octets,
+     * EBADNAME) has no record, as NXDOMAIN says (RFC 6376 section 6.1.2: no key, a permanent
+     * failure): mailauth reads any other error as temporary, and a spoofer signing with such a
+     * `d=` under the author's domain would turn every DMARC rejection into a retry.
+     */
+    async function keyRecords(resolver: DnsResolve, name: string): Promise<unknown> {
+        try {
+            return await resolver(name, 'TXT');
+        } catch (err) {
+            if ((err as { code?: unknown }).code === 'EBADNAME') throw negativeAnswer('ENOTFOUND', 'queryTxt', name);
+            throw err;
+        }
+    }
     let reads = 0;
 
     async function read(
@@ -87,7 +103,7 @@ export function createKeyStore(maxEntries: number = KEY_STORE_ENTRIES): KeyStore
         resolver: DnsResolve,
         options: KeyLookupOptions,
     ): Promise<PublicKeyRecord> {
-        const list = await resolver(toALabel(name), 'TXT');
+        const list = await keyRecords(resolver, toALabel(name));
         const answered: DnsResolve = () => Promise.resolve(list);
         const rr = recordText(list);
         // mailauth throws its own error for an empty record; nothing to keep

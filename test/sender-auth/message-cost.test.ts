@@ -436,6 +436,17 @@ describe('values mailauth tests with quadratic regular expressions are bounded b
         assert.equal(none.facts['dmarc.disposition'], 'none');
     });
 
+    it('a signature whose d= cannot be a DNS name (a 64-character label) has no key: a spoof is still refused', async () => {
+        const body = canonicalBody(10);
+        const d = `${'x'.repeat(64)}.bank.example`;
+        const field = signatureFlood({ count: 1, body, distinctLengths: false, domain: () => d, signed: 'from' });
+        const r = await quickly(check(tight), ctx(field + plainFields('a@bank.example') + '\r\n' + body.toString()));
+        // no temporary error the spoofer could turn every rejection into a retry with
+        assert.notEqual(r.facts['dkim.result'], 'temperror');
+        assert.notEqual(r.facts['dkim.result'], 'pass');
+        assert.equal(r.facts['dmarc.disposition'], 'reject');
+    });
+
     it('a From of 30,000 labels in rfc7489 mode: decided at once', async () => {
         const labels = Array.from({ length: 30_000 }, () => 'a').join('.');
         const r = await quickly(
