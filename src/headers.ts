@@ -21,7 +21,7 @@ import { domainToASCII } from 'node:url';
 import net from 'node:net';
 import type { Action, HeaderField } from './types.ts';
 import { decodeEncodedWords } from './encoded-words.ts';
-import { withoutTrailingDots } from './net/domain.ts';
+import { MAX_DOMAIN_NAME, withoutTrailingDots } from './net/domain.ts';
 
 /** One field of the incoming header section, kept byte for byte. */
 export interface RawField {
@@ -263,7 +263,7 @@ export function isOwnFieldName(name: string): boolean {
  */
 function unreadableHost(id: string): boolean {
     // eslint-disable-next-line no-control-regex
-    return id.length > 253 && /[^\x00-\x7f]/.test(id);
+    return id.length > MAX_DOMAIN_NAME && /[^\x00-\x7f]/.test(id);
 }
 
 /** True for fields that must not pass: our own headers and A-R fields claiming our authserv-id. */

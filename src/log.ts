@@ -92,3 +92,38 @@ export function smtpServerLogger(log: Logger): Record<string, (...args: unknown[
         };
     return { trace: drop, debug: drop, info: drop, warn: fwd('warn'), error: fwd('error'), fatal: fwd('error') };
 }
+
+/** What a line about a refusal before DATA says (session.ts, envelope/gate.ts). */
+export interface RefusalLine {
+    readonly stage: string;
+    readonly helo: string | null;
+    readonly from?: unknown;
+    readonly rcpt?: string;
+    /** Recipients accepted before this one. */
+    readonly rcptCount?: number;
+    readonly authUser?: string | null;
+    readonly action: string;
+    readonly rules: readonly string[];
+    readonly reason: string;
+    readonly reply: { readonly code: number; readonly enhanced: string | null };
+}
+
+/**
+ * The fields every refusal line carries in the same names and order, whoever refused (the
+ * rules, the envelope checks, the upstream), so one query reads them all (docs/runbook.md).
+ */
+export function refusalLineFields(r: RefusalLine): Record<string, unknown> {
+    return {
+        stage: r.stage,
+        helo: r.helo,
+        ...(typeof r.from === 'string' ? { from: r.from } : {}),
+        ...(r.rcpt !== undefined ? { rcpt: r.rcpt } : {}),
+        ...(r.rcptCount !== undefined ? { rcptCount: r.rcptCount } : {}),
+        ...(r.authUser ? { authUser: r.authUser } : {}),
+        action: r.action,
+        rules: r.rules,
+        reason: r.reason,
+        reply: r.reply.code,
+        ...(r.reply.enhanced ? { enhanced: r.reply.enhanced } : {}),
+    };
+}

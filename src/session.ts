@@ -19,7 +19,7 @@ import { EnvelopeGate } from './envelope/gate.ts';
 import type { RelayPolicy } from './envelope/relay.ts';
 import { fieldValue, formatField, headerSafe, isOwnFieldName, type RawField } from './headers.ts';
 import { headerStep } from './incoming-header.ts';
-import type { Logger } from './log.ts';
+import { refusalLineFields, type Logger, type RefusalLine } from './log.ts';
 import type { Metrics, UnconfirmedReason } from './metrics.ts';
 import { runStage, type CheckOutcome, type StageResult } from './pipeline.ts';
 import { listedZones } from './reputation/check.ts';
@@ -76,6 +76,11 @@ const DUPLICATE_RISK: Record<UnconfirmedReason, string> = {
  */
 function monitorField(ids: readonly string[]): { monitor?: readonly string[] } {
     return ids.length > 0 ? { monitor: ids } : {};
+}
+
+/** What a refusal line says besides the session's identity. */
+interface RefusalWhat extends Omit<RefusalLine, 'stage' | 'helo' | 'authUser'> {
+    readonly more?: Record<string, unknown>;
 }
 
 export class Session {
@@ -205,37 +210,18 @@ export class Session {
      * its stage (and the reply the client got), so it is found and replayed (`explain`) the same
      * way. `rcptCount` counts the recipients accepted so far, never the refused one.
      */
-    private logRefused(
-        stage: Stage,
-        what: {
-            readonly from?: FactValue;
-            readonly rcpt?: string;
-            readonly rcptCount?: number;
-            readonly action: string;
-            readonly rules: readonly string[];
-            readonly reason: string;
-            readonly reply: SmtpReply;
-            readonly more?: Record<string, unknown>;
-        },
-    ): void {
+    private logRefused(stage: Stage, what: RefusalWhat): void {
+        this.log.info(this.refusalFields(stage, what), 'refused');
+    }
+
+    /** The fields of a refusal line: ours (`refused`) and the upstream's we relay share them. */
+    private refusalFields(stage: Stage, what: RefusalWhat): Record<string, unknown> {
+        const { more, ...line } = what;
         const identity = this.identity();
-        this.log.info(
-            {
-                stage,
-                helo: identity.helo,
-                ...(typeof what.from === 'string' ? { from: what.from } : {}),
-                ...(what.rcpt !== undefined ? { rcpt: what.rcpt } : {}),
-                ...(what.rcptCount !== undefined ? { rcptCount: what.rcptCount } : {}),
-                ...(identity.login !== null ? { authUser: identity.login } : {}),
-                action: what.action,
-                rules: what.rules,
-                reason: what.reason,
-                reply: what.reply.code,
-                enhanced: what.reply.enhanced,
-                ...what.more,
-            },
-            'refused',
-        );
+        return {
+            ...refusalLineFields({ ...line, stage, helo: identity.helo, authUser: identity.login }),
+            ...more,
+        };
     }
 
     /** Opens (or reuses) the upstream session for the current client identity. */
@@ -302,19 +288,26 @@ export class Session {
         return this.refuse(replyFor('internal-error', { id: this.id }));
     }
 
-    /** The fields of a `refused` line on the line of a refusal the upstream made and we relay. */
-    private upstreamRefusalFields(stage: Stage, reply: UpstreamReply): Record<string, unknown> {
-        const identity = this.identity();
-        return {
-            stage,
-            helo: identity.helo,
-            ...(identity.login !== null ? { authUser: identity.login } : {}),
-            action: reply.code >= 500 ? 'reject' : 'tempfail',
-            rules: [],
-            reason: `upstream refused the ${stage === 'mail' ? 'sender' : 'recipient'}`,
-            reply: reply.code,
-            ...(reply.enhanced ? { enhanced: reply.enhanced } : {}),
-        };
+    /** The line of a refusal the upstream made at MAIL or RCPT, which the client gets relayed. */
+    private logUpstreamRefusal(
+        stage: 'mail' | 'rcpt',
+        reply: UpstreamReply,
+        who: Pick<RefusalWhat, 'from' | 'rcpt' | 'rcptCount'>,
+    ): void {
+        this.log.info(
+            {
+                step: stage,
+                ...this.refusalFields(stage, {
+                    ...who,
+                    action: reply.code >= 500 ? 'reject' : 'tempfail',
+                    rules: [],
+                    reason: `upstream refused the ${stage === 'mail' ? 'sender' : 'recipient'}`,
+                    reply,
+                }),
+                upstream: `${reply.code} ${reply.enhanced ?? ''} ${reply.text}`,
+            },
+            stage === 'mail' ? 'upstream refused sender' : 'upstream refused recipient',
+        );
     }
 
     private countReply(reply: UpstreamReply): void {
@@ -351,15 +344,7 @@ export class Session {
         }
         this.countReply(reply);
         if (reply.code >= 300) {
-            this.log.info(
-                {
-                    step: 'mail',
-                    ...this.upstreamRefusalFields('mail', reply),
-                    from,
-                    upstream: `${reply.code} ${reply.enhanced ?? ''} ${reply.text}`,
-                },
-                'upstream refused sender',
-            );
+            this.logUpstreamRefusal('mail', reply, { from });
             throw this.refuse(this.flow.withId(relayedReply('mail', reply)));
         }
         this.tx = this.flow.begin(result, { mailFrom: from, smtputf8: params.smtputf8 === true, sizeLimit });
@@ -397,17 +382,7 @@ export class Session {
         }
         this.countReply(reply);
         if (reply.code >= 300) {
-            this.log.info(
-                {
-                    step: 'rcpt',
-                    ...this.upstreamRefusalFields('rcpt', reply),
-                    from: tx.mailFrom,
-                    rcpt: to,
-                    rcptCount: accepted,
-                    upstream: `${reply.code} ${reply.enhanced ?? ''} ${reply.text}`,
-                },
-                'upstream refused recipient',
-            );
+            this.logUpstreamRefusal('rcpt', reply, { from: tx.mailFrom, rcpt: to, rcptCount: accepted });
             throw this.refuse(this.flow.withId(relayedReply('rcpt', reply)));
         }
         this.flow.recipientAccepted(tx, to, result);

@@ -11,7 +11,7 @@
  */
 import type { SMTPServerAddress, SMTPServerSession } from 'smtp-server';
 import type { ListenerConfig } from '../config/types.ts';
-import type { Logger } from '../log.ts';
+import { refusalLineFields, type Logger } from '../log.ts';
 import type { Metrics } from '../metrics.ts';
 import { replyFor, toCallbackError, type SmtpReplyError } from '../reply.ts';
 import { envelopeOf, offerOf } from '../smtp-server/envelope.ts';
@@ -246,17 +246,18 @@ export class EnvelopeGate {
         this.deps.log.info(
             {
                 step,
-                stage: step,
-                helo: this.smtp.hostNameAppearsAs || null,
-                ...(from !== undefined ? { from } : {}),
-                ...(step === 'rcpt' && given !== undefined ? { rcpt: given } : {}),
-                ...(step === 'rcpt' && tx ? { rcptCount: tx.accepted } : {}),
-                action: reply.code >= 500 ? 'reject' : 'tempfail',
-                rules: [],
-                reason: `envelope: ${reason}`,
+                ...refusalLineFields({
+                    stage: step,
+                    helo: this.smtp.hostNameAppearsAs || null,
+                    from,
+                    ...(step === 'rcpt' && given !== undefined ? { rcpt: given } : {}),
+                    ...(step === 'rcpt' && tx ? { rcptCount: tx.accepted } : {}),
+                    action: reply.code >= 500 ? 'reject' : 'tempfail',
+                    rules: [],
+                    reason: `envelope: ${reason}`,
+                    reply,
+                }),
                 refused: reason,
-                reply: reply.code,
-                enhanced: reply.enhanced,
                 ...details,
             },
             'envelope refused',

@@ -7,6 +7,12 @@
  */
 import { domainToASCII } from 'node:url';
 
+/** Longest domain name in characters, without the root dot (RFC 1035 section 2.3.4). */
+export const MAX_DOMAIN_NAME = 253;
+
+/** Longest label of a domain name (RFC 1035 section 2.3.4). */
+export const MAX_DOMAIN_LABEL = 63;
+
 /** The trailing dot of a fully qualified name removed (one dot: `example.com.` → `example.com`). */
 export function withoutTrailingDot(name: string): string {
     return name.endsWith('.') ? name.slice(0, -1) : name;

@@ -16,7 +16,7 @@ import { elementType, isListType, stageIndex, type FactSpec, type FactType } fro
 import { IpSet, formatIp, parseIp, parseRange, type IpRange } from '../net/ip.ts';
 import type { ListMatcher, ListType } from './lists.ts';
 import { foldDomain, parseDomain } from '../net/domain.ts';
-import { baseAddress, domainOfAddress, foldAddress, foldMailDomain, parseAddress } from './names.ts';
+import { baseOfFolded, domainOfAddress, foldAddress, foldMailDomain, parseAddress } from './names.ts';
 import type { RegexArena } from './regex.ts';
 
 export type OperatorName =
@@ -278,7 +278,7 @@ function foldFor(type: Elem, v: unknown): string | number | boolean | null {
  */
 function addressForms(v: string, delimiters: string): string[] {
     const folded = foldAddress(v);
-    const base = baseAddress(folded, delimiters);
+    const base = baseOfFolded(folded, delimiters);
     return base === folded ? [folded] : [folded, base];
 }
 

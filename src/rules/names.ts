@@ -57,7 +57,11 @@ function dequote(local: string): string {
  * Postfix reads it), and the base written in canonical form again.
  */
 export function baseAddress(address: string, delimiters: string): string {
-    const folded = foldAddress(address);
+    return baseOfFolded(foldAddress(address), delimiters);
+}
+
+/** baseAddress of an address foldAddress already folded. */
+export function baseOfFolded(folded: string, delimiters: string): string {
     const at = folded.lastIndexOf('@');
     if (at < 0) return folded;
     const base = baseLocalPart(dequote(folded.slice(0, at)), delimiters);

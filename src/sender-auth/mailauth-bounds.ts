@@ -23,9 +23,8 @@
  * lookups (only the resolver handed to the SPF evaluation is wrapped).
  */
 import type { DnsResolve } from '../dns/scoped.ts';
-
-/** Longest domain name (RFC 1035 section 2.3.4, without the root dot). */
-const MAX_NAME = 253;
+import { MAX_HEADER_FIELD } from '../headers.ts';
+import { MAX_DOMAIN_LABEL, MAX_DOMAIN_NAME } from '../net/domain.ts';
 
 /**
  * Longest SPF record evaluated. RFC 7208 section 3.4 asks publishers to stay within 450 octets
@@ -33,13 +32,13 @@ const MAX_NAME = 253;
  */
 export const MAX_SPF_RECORD = 4096;
 
-/** An expansion cut to at most MAX_NAME characters (RFC 7208 section 7.3). */
+/** An expansion cut to at most MAX_DOMAIN_NAME characters (RFC 7208 section 7.3). */
 export function cutExpansion(value: string): string {
-    if (value.length <= MAX_NAME) return value;
+    if (value.length <= MAX_DOMAIN_NAME) return value;
     let start = 0;
-    while (value.length - start > MAX_NAME) {
+    while (value.length - start > MAX_DOMAIN_NAME) {
         const dot = value.indexOf('.', start);
-        if (dot < 0) return value.slice(value.length - MAX_NAME);
+        if (dot < 0) return value.slice(value.length - MAX_DOMAIN_NAME);
         start = dot + 1;
     }
     return value.slice(start);
@@ -81,9 +80,6 @@ export function guardSpfRecords(resolve: DnsResolve): DnsResolve {
     };
 }
 
-/** Longest DNS label (RFC 1035 section 2.3.4). */
-const MAX_LABEL = 63;
-
 /** Labels as punycode.js splits a domain (RFC 3490 section 3.1 label separators). */
 const LABEL_SEPARATORS = /[.\u3002\uff0e\uff61]/;
 
@@ -92,8 +88,8 @@ export function boundedToASCII(toASCII: (input: string) => string): (input: stri
     return (input) => {
         const domain = input.slice(input.lastIndexOf('@') + 1);
         for (const label of domain.split(LABEL_SEPARATORS)) {
-            if (label.length > MAX_LABEL && [...label].length > MAX_LABEL) {
-                throw new RangeError(`a label of more than ${MAX_LABEL} characters is not a DNS label`);
+            if (label.length > MAX_DOMAIN_LABEL && [...label].length > MAX_DOMAIN_LABEL) {
+                throw new RangeError(`a label of more than ${MAX_DOMAIN_LABEL} characters is not a DNS label`);
             }
         }
         return toASCII(input);
@@ -103,8 +99,8 @@ export function boundedToASCII(toASCII: (input: string) => string): (input: stri
 /** Most colons, outside quoted strings and comments, in an address list mailauth's parser reads (a group is one). */
 export const MAX_ADDRESS_COLONS = 16;
 
-/** Longest address list mailauth's parser reads: the session refuses longer author fields (headers.ts). */
-export const MAX_ADDRESS_VALUE = 100_000;
+/** Longest address list mailauth's parser reads: the session refuses longer author fields. */
+export const MAX_ADDRESS_VALUE = MAX_HEADER_FIELD;
 
 interface ParsedMailbox {
     readonly name: string;

@@ -11,7 +11,7 @@
  */
 import fs from 'node:fs';
 import { domainToUnicode } from 'node:url';
-import { toALabel, withoutTrailingDot } from '../net/domain.ts';
+import { MAX_DOMAIN_NAME, toALabel, withoutTrailingDot } from '../net/domain.ts';
 
 export interface SuffixList {
     /** The public suffix of `domain` (A-labels), or null for a name that is not a domain. */
@@ -45,9 +45,6 @@ export function parseSuffixList(text: string): SuffixList {
     return createSuffixList(rules);
 }
 
-/** Longest domain name (RFC 1035 section 2.3.4, without the root dot). */
-const MAX_NAME = 253;
-
 /**
  * A domain as lower-case A-labels, or null when it has an empty label (a leading dot, `a..b`)
  * or is longer than a domain name can be: the suffix walk below joins the labels once per label,
@@ -56,9 +53,9 @@ const MAX_NAME = 253;
 function normalize(domain: string): { ascii: string; unicode: boolean } | null {
     if (typeof domain !== 'string') return null;
     const name = withoutTrailingDot(domain.trim());
-    if (name === '' || name.length > MAX_NAME || name.split('.').some((l) => l === '')) return null;
+    if (name === '' || name.length > MAX_DOMAIN_NAME || name.split('.').some((l) => l === '')) return null;
     const ascii = toAscii(name);
-    if (ascii === '' || ascii.length > MAX_NAME) return null;
+    if (ascii === '' || ascii.length > MAX_DOMAIN_NAME) return null;
     return { ascii, unicode: !/^[\x21-\x7e]*$/.test(name) };
 }
 

@@ -37,6 +37,7 @@
  */
 import { normalizeDomain } from './dmarc-policy.ts';
 import { organizationalDomain } from './psl.ts';
+import { MAX_DOMAIN_NAME } from '../net/domain.ts';
 import { trimWsp } from '../trim.ts';
 
 export interface VerificationLimits {
@@ -109,10 +110,11 @@ export function hasLongRun(text: string): boolean {
     return false;
 }
 
+const LONG_DOT_RUN = new RegExp(`\\.{${MAX_RUN + 1},}`, 'g');
+
 /** `text` with every run of more than MAX_RUN dots cut to MAX_RUN dots. */
 function cutDotRuns(text: string): string {
-    if (!hasLongRun(text)) return text;
-    return text.replace(/\.{65,}/g, '.'.repeat(MAX_RUN));
+    return hasLongRun(text) ? text.replace(LONG_DOT_RUN, '.'.repeat(MAX_RUN)) : text;
 }
 
 /** A field as mailauth's header parser splits it: `key` lower-case, `text` in latin1 without its final CRLF. */
@@ -322,7 +324,8 @@ function describe(f: SplitField, at: number, strict: boolean, authorOrg: string 
     if (fallback) bodyHashes.push(`relaxed${key.slice(key.indexOf(':'))}`);
     const d = normalizeDomain(tags.get('d') ?? '');
     // a name longer than DNS allows (RFC 1035 section 2.3.4) aligns with nothing
-    const aligned = authorOrg !== null && d !== '' && d.length <= 253 && organizationalDomain(d) === authorOrg;
+    const aligned =
+        authorOrg !== null && d !== '' && d.length <= MAX_DOMAIN_NAME && organizationalDomain(d) === authorOrg;
     return {
         at,
         signed: counts(names),
@@ -377,7 +380,7 @@ export function planVerification(
 
     const given = opts.authorDomain === null ? null : normalizeDomain(opts.authorDomain) || null;
     const author = given ?? (fromAt.length === 1 ? domainIn(fieldValue(fields[fromAt[0]!]!)) : null);
-    const authorOrg = author === null || author.length > 253 ? null : organizationalDomain(author);
+    const authorOrg = author === null || author.length > MAX_DOMAIN_NAME ? null : organizationalDomain(author);
 
     // ARC: every set is verified or none is; the newest ARC-Message-Signature is a signature too
     const instances = new Set<number>();
