@@ -27,6 +27,7 @@ import { createPregreetGate } from './pregreet.ts';
 import { createLogger, type Logger } from './log.ts';
 import { createMetrics, type Metrics } from './metrics.ts';
 import { limitChecks, verificationChecks } from './checks/index.ts';
+import { createVerifyThread } from './sender-auth/verify-thread.ts';
 import { createResolver, type Resolver } from './dns/resolver.ts';
 import { createReputationService, type ReputationService } from './reputation/service.ts';
 import { createConfiguredStore, waitForStore, type LimitStore } from './limits/index.ts';
@@ -215,7 +216,9 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
     /** Resolvers replaced by a reload, closed once the lookups they may still serve are over. */
     const retired = new Map<Resolver, NodeJS.Timeout>();
     const limitStore = deps.limitStore ?? createConfiguredStore(config.redis, { metrics, logger: log });
-    let verification: Check[] = deps.checks ? [] : verificationChecks(config, resolver, metrics, log);
+    // sender authentication runs in a thread a timeout can stop (authentication.thread); started at the first message
+    const verifyThread = createVerifyThread({ log, metrics });
+    let verification: Check[] = deps.checks ? [] : verificationChecks(config, resolver, metrics, log, verifyThread);
     const newReputation = (c: Config): ReputationService =>
         createReputationService(c, {
             resolve: (name, rrtype) => resolver.resolve(name, rrtype),
@@ -380,7 +383,7 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
             resolver = newResolver(after);
         }
         if (!deps.checks && (dnsChanged || !isDeepStrictEqual(before.authentication, after.authentication))) {
-            verification = verificationChecks(after, resolver, metrics, log);
+            verification = verificationChecks(after, resolver, metrics, log, verifyThread);
         }
         if (!isDeepStrictEqual(before.reputation, after.reputation) || dnsChanged) {
             const old = reputation;
@@ -501,6 +504,7 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
         retired.clear();
         if (!deps.limitStore) await limitStore.close();
         submission?.close();
+        await verifyThread.close();
     };
 
     /**

@@ -14,7 +14,7 @@
  */
 import { fieldValue, filterIncomingFields, MAX_HEADER_FIELD, parseHeaderSection, type RawField } from './headers.ts';
 import { replyFor, type HeaderSenderProblem } from './reply.ts';
-import { mailauthAddresses } from './sender-auth/mailauth-internals.ts';
+import { mailauthAddresses } from './sender-auth/mailauth-addresses.ts';
 import { checkHeaderSenders, type SenderPolicy } from './submission/index.ts';
 import type { SmtpReply } from './types.ts';
 

@@ -189,6 +189,12 @@ export function createMetrics(version: string) {
             labelNames: ['check', 'result'],
             registers: r,
         }),
+        authThreadRestarts: new Counter({
+            name: `${P}auth_thread_restarts_total`,
+            help: 'The sender-authentication thread stopped and a new one started: stalled (it did not answer within a second after a check that timed out, so it was terminated: a message that costs more CPU than the timeout allows), failed (it crashed or ran out of its memory limit); the checks it held ended with their failure verdict or were run again',
+            labelNames: ['reason'],
+            registers: r,
+        }),
         internalErrors: new Counter({
             name: `${P}internal_errors_total`,
             help: 'Unexpected errors of our own in a session (the client got 451 4.3.0, or 421 4.7.0 instead of the greeting), by listener; the log line "unexpected error in SMTP callback" or "internal error" has the details',
@@ -370,6 +376,7 @@ export function createMetrics(version: string) {
     for (const reason of ['signal', 'error', 'exit']) m.workerRestarts.inc({ reason }, 0);
     for (const result of ['undone', 'unchanged', 'kept', 'failed', 'lost']) m.redisLateReplies.inc({ result }, 0);
     for (const result of ['ok', 'failed']) m.upstreamReplays.inc({ result }, 0);
+    for (const reason of ['stalled', 'failed']) m.authThreadRestarts.inc({ reason }, 0);
     // greylisting in mode: monitor (limits/check.ts): a first attempt or early retry it would have deferred
     for (const result of ['monitor_new', 'monitor_early']) m.ratelimitDecisions.inc({ limit: 'greylist', result }, 0);
     return m;

@@ -13,6 +13,7 @@ import type { Check } from '../types.ts';
 import { createIprevCheck } from './iprev.ts';
 import { createLoginSignalsCheck } from './login-signals.ts';
 import { createMailauthCheck } from './mailauth.ts';
+import type { VerifyThread } from '../sender-auth/verify-thread.ts';
 import { createRateLimitCheck } from './ratelimit.ts';
 
 /** The checks that keep per-session state in the limit store (built once, never replaced). */
@@ -41,6 +42,7 @@ export function verificationChecks(
     resolver: Resolver,
     metrics: Metrics,
     log?: Pick<Logger, 'debug' | 'warn'>,
+    thread?: VerifyThread | null,
 ): Check[] {
     return [
         createIprevCheck(resolver, config.dns.timeoutMs * 2),
@@ -51,6 +53,7 @@ export function verificationChecks(
             settings: config.authentication,
             metrics,
             ...(log ? { log } : {}),
+            ...(thread ? { thread } : {}),
         }),
     ];
 }

@@ -122,6 +122,7 @@ export const SETTINGS: Readonly<Record<string, Setting>> = Object.freeze({
     'dkim.headers': restart(),
     // The verification check is rebuilt with the new settings for the next message.
     'authentication.timeoutMs': live('authentication.timeout'),
+    'authentication.thread': live(),
     'authentication.minRsaBits': live(),
     'authentication.strict': live(),
     'authentication.spf.maxLookups': live(),

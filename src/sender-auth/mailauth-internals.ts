@@ -216,25 +216,7 @@ const dmarcModule = require('mailauth/lib/dmarc/index.js') as {
 };
 const signModule = require('mailauth/lib/dkim/sign.js') as { dkimSign: typeof Mailauth.dkimSign };
 
-interface ParsedAddress {
-    readonly address?: string;
-    readonly group?: readonly ParsedAddress[];
-}
-/** The address parser mailauth's DKIM verifier reads From with (its own copy of nodemailer's, bounded above). */
-const addressparser = verifierRequire('nodemailer/lib/addressparser') as (value: string) => ParsedAddress[];
-
-/**
- * The mailboxes of a From (or Sender) field value as mailauth reads them for DMARC: its address
- * parser on the trimmed value, group members included, as lib/dkim/dkim-verifier.js collects
- * the author addresses. Receivers that run mailauth or nodemailer read them the same way.
- */
-export function mailauthAddresses(value: string): string[] {
-    const out: string[] = [];
-    for (const entry of addressparser(value.trim())) {
-        for (const mailbox of entry.group ?? [entry]) if (mailbox.address) out.push(mailbox.address);
-    }
-    return out;
-}
+export { mailauthAddresses } from './mailauth-addresses.ts';
 
 /** The fields and steps of mailauth's message parser (lib/dkim/message-parser.js) the scans below replace. */
 interface MessageParserInternals {

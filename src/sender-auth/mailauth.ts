@@ -22,23 +22,17 @@
  * mailauth query the system resolver (every lookup goes through the resolver given), and must
  * never turn a temporary DNS error into a permanent verdict.
  */
+import type { Readable } from 'node:stream';
 import type { AuthenticationConfig } from '../config/types.ts';
 import type { Resolver } from '../dns/resolver.ts';
-import { scopedResolver } from '../dns/scoped.ts';
+import { scopedResolver, type DnsResolve, type ScopedResolver } from '../dns/scoped.ts';
 import type { Logger } from '../log.ts';
 import type { Metrics } from '../metrics.ts';
 import { foldDomain } from '../net/domain.ts';
 import type { FactValue, HeaderField, Check, CheckContext, CheckResult } from '../types.ts';
-import { authenticate } from './authenticate.ts';
 import { evaluateArcTrust, type ArcHop, type ArcTrustOutput } from './arc-trust.ts';
 import { dmarcResInfo, joinAuthResults, receivedSpfValue, withHeaderD } from './auth-results.ts';
-import {
-    authorExistence,
-    evaluateRfc7489,
-    fromMailauth,
-    type DmarcEvaluation,
-    type MailauthDmarcResponse,
-} from './dmarc-evaluate.ts';
+import { bestDkim, dkimOutcome, dkimResult, spfOutcome, type ArcChainEntry } from './auth-output.ts';
 import {
     alignedRelaxed,
     couldAlign,
@@ -46,11 +40,12 @@ import {
     normalizeDomain,
     type DispositionOutput,
 } from './dmarc-policy.ts';
-import { createKeyStore } from './key-reuse.ts';
 import { isUnreadableAddress } from './mailauth-bounds.ts';
 import { organizationalDomain } from './psl.ts';
 import { planVerification, type LimitName, type VerificationPlan } from './verification-copy.ts';
-import { openVerification } from './verification-stream.ts';
+import { openVerification, type Verification } from './verification-stream.ts';
+import { ThreadRestarted, type VerifyThread } from './verify-thread.ts';
+import type { VerifiedMessage, VerifyOptions } from './verify-message.ts';
 
 export interface MailauthCheckOptions {
     /** The authserv-id of Authentication-Results and the host named in SPF comments. */
@@ -63,61 +58,8 @@ export interface MailauthCheckOptions {
     readonly metrics?: Pick<Metrics, 'authChecks' | 'dmarcOverrides' | 'authLimits' | 'dkimSkipped' | 'authDnsQueries'>;
     /** Where a message that ran into a per-message limit is logged. */
     readonly log?: Pick<Logger, 'warn'>;
-}
-
-export const SPF_RESULTS = ['pass', 'fail', 'softfail', 'neutral', 'none', 'temperror', 'permerror'] as const;
-export type SpfResult = (typeof SPF_RESULTS)[number];
-
-/** DKIM results from best to worst: a temporary error may still turn into a pass on retry. */
-export const DKIM_ORDER = ['pass', 'temperror', 'fail', 'policy', 'neutral', 'permerror', 'none'] as const;
-export type DkimResult = (typeof DKIM_ORDER)[number];
-
-/** The part of mailauth's result this check reads (its typings are looser than its output). */
-interface DkimRow {
-    readonly signingDomain?: string;
-    readonly status: { readonly result: string; readonly aligned?: string | false };
-    readonly info?: string;
-}
-interface ArcChainEntry {
-    readonly i?: number;
-    readonly 'arc-seal'?: { readonly parsed?: { readonly d?: { readonly value?: unknown } } };
-    readonly 'arc-authentication-results'?: { readonly original?: Buffer | string };
-}
-interface AuthResult {
-    readonly dkim: { readonly headerFrom?: string[]; readonly fromFields?: number; readonly results?: DkimRow[] };
-    readonly spf:
-        | false
-        | {
-              readonly domain?: string;
-              readonly status: { readonly result: string };
-              readonly header?: string;
-              readonly info?: string;
-          };
-    readonly dmarc: false | MailauthDmarcResponse;
-    readonly dmarcSkipReason?: string;
-    readonly arc:
-        | false
-        | {
-              readonly status: { readonly result: string };
-              readonly i?: number | false;
-              readonly info?: string;
-              readonly chain?: ArcChainEntry[];
-          };
-}
-
-function spfResult(r: string | undefined): SpfResult {
-    return (SPF_RESULTS as readonly string[]).includes(r ?? '') ? (r as SpfResult) : 'permerror';
-}
-
-function dkimResult(r: string): DkimResult {
-    return (DKIM_ORDER as readonly string[]).includes(r) ? (r as DkimResult) : 'permerror';
-}
-
-/** The best of several DKIM results (DKIM_ORDER); `none` without signatures. */
-export function bestDkim(results: readonly string[]): DkimResult {
-    let best: DkimResult = 'none';
-    for (const r of results.map(dkimResult)) if (DKIM_ORDER.indexOf(r) < DKIM_ORDER.indexOf(best)) best = r;
-    return best;
+    /** The thread that verifies when `settings.thread` is on (built once per app); without it, verified here. */
+    readonly thread?: VerifyThread | null;
 }
 
 function domainOf(address: string | null | undefined): string | null {
@@ -153,8 +95,16 @@ export function createMailauthVerifier(opts: MailauthCheckOptions): Check['run']
     const trustedSealers = new Set(settings.arc.trustedSealers);
     const locals = opts.localDomains.map(normalizeDomain);
     const metrics = opts.metrics;
-    // DKIM and ARC keys are read once per key record, not once per message
-    const keys = createKeyStore();
+    // without the thread: mailauth is loaded on first use, and DKIM and ARC keys are read once per key record
+    let here: Promise<(input: Readable, o: VerifyOptions, resolve: DnsResolve) => Promise<VerifiedMessage>> | null =
+        null;
+    const verifyHere = async (input: Readable, o: VerifyOptions, resolve: DnsResolve): Promise<VerifiedMessage> => {
+        here ??= Promise.all([import('./verify-message.ts'), import('./key-reuse.ts')]).then(([m, k]) => {
+            const keys = k.createKeyStore();
+            return (i, v, r) => m.verifyMessage(i, v, r, keys);
+        });
+        return (await here)(input, o, resolve);
+    };
     const limits = {
         maxSignatures: settings.dkim.maxSignatures,
         maxBodyHashes: settings.dkim.maxBodyHashes,
@@ -162,45 +112,68 @@ export function createMailauthVerifier(opts: MailauthCheckOptions): Check['run']
         maxArcSets: settings.arc.maxSets,
     };
 
-    async function run(ctx: CheckContext, signal: AbortSignal): Promise<CheckResult> {
-        if (!ctx.message) return { facts: {} };
-        const dns = scopedResolver(opts.resolver.resolve, { maxQueries: settings.maxDnsQueries, signal });
-        const resolve = dns.resolve;
-        const mailFrom = ctx.envelope.mailFrom ?? '';
-        const authenticated = ctx.client.login !== null;
+    /**
+     * Plans the message's verification copy and has it verified (verify-message.ts): in the
+     * verification thread when there is one (verify-thread.ts), else here. A verification lost
+     * because the thread was stopped for another message that held it is run once more, from the
+     * start (one lost in a crash is not: it may have caused it).
+     */
+    async function verify(
+        ctx: CheckContext,
+        signal: AbortSignal,
+    ): Promise<{ dns: ScopedResolver; verification: Verification<VerificationPlan>; verified: VerifiedMessage }> {
         const sessionAuthor = ctx.facts['header.from.domain'];
-        const verification = await openVerification(ctx.message.stream(), (header) =>
-            planVerification(header, {
-                limits,
-                authorDomain: typeof sessionAuthor === 'string' ? sessionAuthor : null,
-                strict: settings.strict,
-            }),
-        );
-        const plan: VerificationPlan = verification.plan;
-        const res = (await authenticate(verification.stream, {
+        const authenticated = ctx.client.login !== null;
+        const options: VerifyOptions = {
             // SPF is not evaluated for our own users: without a client address mailauth makes no SPF query
             ip: authenticated ? undefined : ctx.client.ip,
             helo: ctx.client.helo ?? undefined,
-            sender: mailFrom,
+            sender: ctx.envelope.mailFrom ?? '',
             mta: opts.hostname,
-            resolver: resolve,
-            // in rfc7489 mode DMARC is evaluated below, with the Public Suffix List
-            disableDmarc: mode === 'rfc7489',
+            dmarcMode: mode,
+            authenticated,
             minBitLength: settings.minRsaBits,
             rejectRsaSha1: settings.dkim.rejectRsaSha1,
             strict: settings.strict,
             maxResolveCount: settings.spf.maxLookups,
             // SPF gives temperror before the check as a whole runs out of time
             maxElapsedTime: Math.max(1, Math.floor(settings.timeoutMs * 0.8)),
-            keys,
-        })) as unknown as AuthResult;
+        };
+        const thread = settings.thread ? (opts.thread ?? null) : null;
+        for (let attempt = 1; ; attempt++) {
+            const dns = scopedResolver(opts.resolver.resolve, { maxQueries: settings.maxDnsQueries, signal });
+            const verification = await openVerification(ctx.message!.stream(), (header) =>
+                planVerification(header, {
+                    limits,
+                    authorDomain: typeof sessionAuthor === 'string' ? sessionAuthor : null,
+                    strict: settings.strict,
+                }),
+            );
+            try {
+                const verified = thread
+                    ? await thread.verify(verification.stream, options, dns.resolve, signal, ctx.sessionId)
+                    : await verifyHere(verification.stream, options, dns.resolve);
+                return { dns, verification, verified };
+            } catch (err) {
+                verification.stream.destroy();
+                if (!(err instanceof ThreadRestarted) || !err.rerun || attempt > 1 || signal.aborted) throw err;
+            }
+        }
+    }
+
+    async function run(ctx: CheckContext, signal: AbortSignal): Promise<CheckResult> {
+        if (!ctx.message) return { facts: {} };
+        const { dns, verification, verified } = await verify(ctx, signal);
+        const { res, dmarc, authorExists } = verified;
+        const plan: VerificationPlan = verification.plan;
+        const authenticated = ctx.client.login !== null;
+        const mailFrom = ctx.envelope.mailFrom ?? '';
+        const sessionAuthor = ctx.facts['header.from.domain'];
         signal.throwIfAborted();
 
-        const spf = authenticated ? null : res.spf || null;
-        const spfRes = authenticated ? 'none' : spfResult(spf?.status.result);
-        const spfDomain = spf?.domain ? normalizeDomain(spf.domain) : null;
+        const { spf, spfRes, spfDomain } = spfOutcome(res, authenticated);
         const dkimRows = res.dkim.results ?? [];
-        const signatures = dkimRows.filter((r) => r.signingDomain !== undefined);
+        const { signatures, passingDomains } = dkimOutcome(res);
         const dkimSkipped = plan.dkimFound - plan.dkimEvaluated;
         // signed, but nothing could be verified within the limits: a local policy refusal (RFC 8601 section 2.7.1)
         const dkimRes =
@@ -212,27 +185,8 @@ export function createMailauthVerifier(opts: MailauthCheckOptions): Check['run']
                 const under = (r.status as { underSized?: unknown }).underSized;
                 return typeof under === 'number' && under > most ? under : most;
             }, 0);
-        const passingDomains = [
-            ...new Set(
-                signatures.filter((r) => r.status.result === 'pass').map((r) => normalizeDomain(r.signingDomain!)),
-            ),
-        ];
         const headerFrom = res.dkim.headerFrom ?? [];
         const fromFields = res.dkim.fromFields ?? 0;
-
-        const dmarc: DmarcEvaluation =
-            mode === 'rfc7489'
-                ? await evaluateRfc7489(
-                      {
-                          headerFrom,
-                          fromFields,
-                          spfDomains: spfRes === 'pass' && spfDomain ? [spfDomain] : [],
-                          dkimDomains: passingDomains,
-                      },
-                      resolve,
-                      { strict: settings.strict },
-                  )
-                : fromMailauth(res.dmarc, res.dmarcSkipReason);
         const author = dmarc.authorDomain;
 
         // alignment of an identifier with the author domain, per adkim / aspf of the applied record
@@ -246,8 +200,6 @@ export function createMailauthVerifier(opts: MailauthCheckOptions): Check['run']
                 : couldAlign(d, author, dmarc.orgDomain, false);
         };
 
-        // np applies only to a non-existent author subdomain (RFC 9989 section 4.10.1, appendix A.4)
-        const authorExists = await authorExistence(dmarc, resolve);
         const rec = dmarc.record;
 
         // a chain over the limits is not verified and fails, as RFC 8617 section 5.1.1 fails one of more than 50 sets

@@ -9,16 +9,25 @@
  * often than it occurs. The key is chosen by the author (From) domain: its own key, else the key
  * of the closest parent domain (which still aligns under DMARC's relaxed mode, RFC 7489
  * section 3.1.1). Keys are read once, at creation; nothing here logs or sends anything.
+ * mailauth is loaded when a signer is made, not before: a gateway that signs nothing does not
+ * carry it on its main thread (verification runs in its own thread, src/sender-auth/verify-thread.ts).
  */
 import { createHash, createPrivateKey, sign as cryptoSign, type KeyObject } from 'node:crypto';
 import fs from 'node:fs';
 import { pipeline, Transform, type Readable, type TransformCallback } from 'node:stream';
 import type { DkimAlgorithm } from '../config/types.ts';
 import { parseHeaderSection } from '../headers.ts';
-import { dkimSign } from '../sender-auth/mailauth-internals.ts';
 import { foldDomain } from '../net/domain.ts';
 import type { HeaderField } from '../types.ts';
 import { trimWspEnd } from '../trim.ts';
+
+type DkimSign = (typeof import('../sender-auth/mailauth-internals.ts'))['dkimSign'];
+let signing: Promise<DkimSign> | null = null;
+/** mailauth's dkimSign, loaded once, on the first use. */
+function loadDkimSign(): Promise<DkimSign> {
+    signing ??= import('../sender-auth/mailauth-internals.ts').then((m) => m.dkimSign);
+    return signing;
+}
 
 /** Header fields signed when the configuration names none (each instance present is signed). */
 export const DEFAULT_SIGNED_HEADERS: readonly string[] = [
@@ -104,6 +113,8 @@ function normalizeDomain(domain: string): string {
 /** Reads every key file; throws when one cannot be used. */
 export function createDkimSigner(config: DkimSignerConfig): DkimSigner {
     const now = config.now ?? Date.now;
+    // loaded now, so that the first message does not wait for it (a failure shows at that message)
+    loadDkimSign().catch(() => undefined);
     const keys = new Map<string, LoadedKey>();
     for (const d of config.domains) {
         const pem = fs.readFileSync(d.keyFile);
@@ -144,6 +155,7 @@ export function createDkimSigner(config: DkimSignerConfig): DkimSigner {
                 if (!Buffer.isBuffer(message)) message.resume();
                 return null;
             }
+            const dkimSign = await loadDkimSign();
             let head: () => Buffer;
             let input: Buffer | Readable;
             if (Buffer.isBuffer(message)) {

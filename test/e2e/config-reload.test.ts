@@ -350,6 +350,7 @@ describe('config reload on SIGHUP', () => {
         { variant: 'A', set: { 'dkim.sign': [{ domain: 'example.test', selector: 's1', key: '__dkimRsa' }] } },
         { variant: 'A', set: { 'dkim.headers': ['From', 'Subject', 'Date'] } },
         { variant: 'A', set: { 'authentication.timeout': '11s' } },
+        { variant: 'A', set: { 'authentication.thread': false } },
         { variant: 'A', set: { 'authentication.minRsaBits': 2048 } },
         { variant: 'A', set: { 'authentication.strict': true } },
         { variant: 'A', set: { 'authentication.spf': { maxLookups: 5 } } },

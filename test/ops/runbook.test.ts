@@ -124,6 +124,13 @@ describe('jq over the journal', () => {
             reason: 'check mailauth failed: timeout',
             checks: { ratelimit: 2, mailauth: { ms: 15000, error: 'timeout' } },
         }),
+        JSON.stringify({
+            level: 40,
+            msg: 'sender authentication thread stopped: still busy after its check ended; a new one starts with the next message',
+            session: '5c1n8r2kq7d0m3va',
+            graceMs: 1000,
+            verifications: 2,
+        }),
         'Stopping mailwarden.service - mailwarden anti-abuse SMTP proxy in front of Postfix...',
         '',
     ].join('\n');

@@ -24,6 +24,7 @@ after(() => {
 describe('authentication config', () => {
     const defaults = {
         timeoutMs: 15_000,
+        thread: true,
         minRsaBits: 1024,
         strict: false,
         maxDnsQueries: 100,
@@ -44,6 +45,7 @@ describe('authentication config', () => {
             [
                 'authentication:',
                 '  timeout: 20s',
+                '  thread: false',
                 '  minRsaBits: 2048',
                 '  strict: true',
                 '  maxDnsQueries: 40',
@@ -56,6 +58,7 @@ describe('authentication config', () => {
         );
         assert.deepEqual(c.authentication, {
             timeoutMs: 20_000,
+            thread: false,
             minRsaBits: 2048,
             strict: true,
             maxDnsQueries: 40,

@@ -9,6 +9,7 @@ import { after, before, describe, it } from 'node:test';
 import { createMailauthCheck } from '../../src/checks/mailauth.ts';
 import type { Resolver } from '../../src/dns/resolver.ts';
 import { createMetrics } from '../../src/metrics.ts';
+import { createVerifyThread } from '../../src/sender-auth/verify-thread.ts';
 import type { Check, CheckResult } from '../../src/types.ts';
 import { startDnsServer, type DnsTestServer, type Zone } from '../helpers/dns-server.ts';
 import {
@@ -59,12 +60,16 @@ function baseZone(): Zone {
     };
 }
 
+// verified in the thread, as in production (authentication.thread); test/sender-auth/verify-thread.test.ts holds it to the main thread's results
+const thread = createVerifyThread();
+
 function check(over: Partial<AuthenticationConfig> = {}, localDomains: string[] = ['mx.test']): Check {
     return createMailauthCheck({
         hostname: HOST,
         resolver,
         localDomains,
         settings: settings(over),
+        thread,
     });
 }
 
@@ -88,6 +93,7 @@ before(async () => {
 });
 
 after(async () => {
+    await thread.close();
     resolver.close();
     await dns.close();
 });
@@ -382,6 +388,7 @@ describe('mailauth check', () => {
                 localDomains: [],
                 settings: settings({ arc: { trustedSealers: ['forwarder.example'], maxSets: 10 } }),
                 metrics,
+                thread,
             });
             const msg = await forwarded('forwarder.example', 'arc', forwarderKey);
             const r = await run(c, msg, { ip: FORWARDER_IP, mailFrom: 'list-bounces@forwarder.example' });
@@ -450,7 +457,13 @@ describe('mailauth check', () => {
         const own = await startDnsServer(baseZone());
         const cached = testResolver(own.address);
         try {
-            const c = createMailauthCheck({ hostname: HOST, resolver: cached, localDomains: [], settings: settings() });
+            const c = createMailauthCheck({
+                hostname: HOST,
+                resolver: cached,
+                localDomains: [],
+                settings: settings(),
+                thread,
+            });
             const msg = async () => sign(basicMessage('alerts@bank.example'), 'bank.example', 'sel', bankKey);
             await c.run(context(await msg(), { mailFrom: 'a@bank.example' }), new AbortController().signal);
             const first = own.queries.length;

@@ -10,7 +10,7 @@ import {
     parseAddresses,
     parseSendAsEntry,
 } from '../../src/submission/sender-policy.ts';
-import { mailauthAddresses } from '../../src/sender-auth/mailauth-internals.ts';
+import { mailauthAddresses } from '../../src/sender-auth/mailauth-addresses.ts';
 
 describe('mayUse', () => {
     const alice = compileSenderPolicy('alice@example.com', [

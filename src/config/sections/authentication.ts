@@ -11,6 +11,7 @@ import { MAX_TIMER_MS } from '../units.ts';
 
 export const AUTHENTICATION_KEYS = [
     'timeout',
+    'thread',
     'minRsaBits',
     'strict',
     'maxDnsQueries',
@@ -32,6 +33,11 @@ export type DmarcMode = 'rfc9989' | 'rfc7489';
 export interface AuthenticationConfig {
     /** Time allowed for all of a message's SPF, DKIM, DMARC and ARC work together. */
     readonly timeoutMs: number;
+    /**
+     * Verify in a thread of its own, which a timeout can stop even in the middle of synchronous
+     * work (src/sender-auth/verify-thread.ts); off, verification runs on the main thread.
+     */
+    readonly thread: boolean;
     /** Shortest RSA key accepted for DKIM and ARC signatures (RFC 8301 section 3.2). */
     readonly minRsaBits: number;
     /** Follow the RFCs to the letter instead of mailauth's lenient defaults. */
@@ -76,6 +82,7 @@ export interface AuthenticationConfig {
 export function defaultAuthentication(): AuthenticationConfig {
     return {
         timeoutMs: 15_000,
+        thread: true,
         minRsaBits: 1024,
         strict: false,
         maxDnsQueries: 100,
@@ -91,6 +98,7 @@ export function authenticationSection(r: SourceReader, field: Field): Authentica
     const d = defaultAuthentication();
     const entries = sectionEntries(r, field, AUTHENTICATION_KEYS);
     const timeoutField = entries.get('timeout');
+    const threadField = entries.get('thread');
     const bitsField = entries.get('minRsaBits');
     const strictField = entries.get('strict');
     const maxDnsQueries = entries.get('maxDnsQueries');
@@ -113,6 +121,7 @@ export function authenticationSection(r: SourceReader, field: Field): Authentica
     const sealers = arcEntries.get('trustedSealers');
     return {
         timeoutMs: (timeoutField && r.duration(timeoutField, 100, MAX_TIMER_MS)) ?? d.timeoutMs,
+        thread: (threadField && r.boolean(threadField)) ?? d.thread,
         // RFC 8301 section 3.2: verifiers must accept 1024 to 4096 bits; smaller keys only by choice
         minRsaBits: (bitsField && r.integer(bitsField, 512, 4096, 'a key size in bits')) ?? d.minRsaBits,
         strict: (strictField && r.boolean(strictField)) ?? d.strict,

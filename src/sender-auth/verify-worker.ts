@@ -1,0 +1,107 @@
+/**
+ * The body of the verification thread (started by verify-thread.ts): runs verifyMessage
+ * (verify-message.ts: mailauth's SPF, DKIM, ARC and DMARC) for each job the main thread sends,
+ * over the verification copy it receives in pieces and a resolver whose every query is answered
+ * by the main thread (the message's own budget, cache and timeout: dns/scoped.ts). The DKIM and
+ * ARC key store lives here, shared by the thread's jobs.
+ *
+ * Several jobs run at once, interleaved at their DNS waits. A `cancel` destroys the job's input
+ * and fails its pending queries, and is answered at once, so that the main thread can tell a
+ * thread that stopped the work from one stuck in synchronous code (which it then terminates).
+ *
+ * It must not decide anything (mailauth.ts does, on the main thread), must not query DNS
+ * itself, and must not keep anything of a job after it ended.
+ */
+import { PassThrough } from 'node:stream';
+import { parentPort } from 'node:worker_threads';
+import { dnsError } from '../dns/errors.ts';
+import { createKeyStore } from './key-reuse.ts';
+import { verifyMessage, type VerifyOptions } from './verify-message.ts';
+import { fromWireError, plainData, toWireError, type FromThread, type ToThread } from './verify-wire.ts';
+
+interface Job {
+    readonly input: PassThrough;
+    readonly queries: Map<number, { resolve(value: unknown): void; reject(err: Error): void }>;
+    nextQuery: number;
+    cancelled: boolean;
+}
+
+const port = parentPort;
+if (!port) throw new Error('verify-worker.ts runs as a worker thread only');
+const keys = createKeyStore();
+const jobs = new Map<number, Job>();
+
+function post(message: FromThread): void {
+    port!.postMessage(message);
+}
+
+function start(id: number, opts: VerifyOptions): void {
+    const job: Job = { input: new PassThrough(), queries: new Map(), nextQuery: 1, cancelled: false };
+    jobs.set(id, job);
+    // a destroyed input (cancel) fails the verification through the pipe; nothing else listens
+    job.input.on('error', () => undefined);
+    const resolver = (name: string, rrtype: string): Promise<unknown> => {
+        if (job.cancelled) {
+            return Promise.reject(dnsError('ECANCELLED', `query${String(rrtype).toUpperCase()}`, String(name)));
+        }
+        const q = job.nextQuery++;
+        return new Promise((resolve, reject) => {
+            job.queries.set(q, { resolve, reject });
+            post({ t: 'dns', job: id, q, name: String(name), rrtype: String(rrtype) });
+        });
+    };
+    verifyMessage(job.input, opts, resolver, keys).then(
+        (result) => {
+            jobs.delete(id);
+            if (!job.cancelled) post({ t: 'done', job: id, result: plainData(result) as typeof result });
+        },
+        (err: unknown) => {
+            jobs.delete(id);
+            if (!job.cancelled) post({ t: 'failed', job: id, error: toWireError(err) });
+        },
+    );
+}
+
+function cancel(id: number): void {
+    const job = jobs.get(id);
+    post({ t: 'cancelled', job: id });
+    if (!job) return;
+    job.cancelled = true;
+    job.input.destroy(new Error('verification cancelled: the check ended'));
+    for (const [q, pending] of job.queries) {
+        job.queries.delete(q);
+        pending.reject(dnsError('ECANCELLED', 'query', 'cancelled'));
+    }
+}
+
+port.on('message', (m: ToThread) => {
+    switch (m.t) {
+        case 'start':
+            start(m.job, m.opts);
+            return;
+        case 'piece': {
+            const job = jobs.get(m.job);
+            if (!job || job.cancelled) return;
+            const bytes = Buffer.from(m.bytes.buffer, m.bytes.byteOffset, m.bytes.byteLength);
+            // taken once the verifier's side of the pipe accepted it: at most a few pieces wait here
+            job.input.write(bytes, () => post({ t: 'taken', job: m.job }));
+            return;
+        }
+        case 'end':
+            jobs.get(m.job)?.input.end();
+            return;
+        case 'cancel':
+            cancel(m.job);
+            return;
+        case 'answer': {
+            const pending = jobs.get(m.job)?.queries;
+            const waiter = pending?.get(m.q);
+            if (!waiter) return;
+            pending!.delete(m.q);
+            if (m.error) waiter.reject(fromWireError(m.error));
+            else waiter.resolve(m.value);
+            return;
+        }
+    }
+});
+post({ t: 'ready' });
