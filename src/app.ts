@@ -27,7 +27,7 @@ import { createPregreetGate } from './pregreet.ts';
 import { createLogger, type Logger } from './log.ts';
 import { createMetrics, type Metrics } from './metrics.ts';
 import { limitChecks, verificationChecks } from './checks/index.ts';
-import { createVerifyThread } from './sender-auth/verify-thread.ts';
+import { createVerifyThread, type VerifyThread } from './sender-auth/verify-thread.ts';
 import { createResolver, type Resolver } from './dns/resolver.ts';
 import { createReputationService, type ReputationService } from './reputation/service.ts';
 import { createConfiguredStore, waitForStore, type LimitStore } from './limits/index.ts';
@@ -68,6 +68,12 @@ export interface AppDeps {
     readonly signer?: DkimSigner | null;
     readonly metrics?: Metrics;
     readonly resolver?: Resolver;
+    /**
+     * The sender-authentication thread (authentication.thread); built when left out, started at
+     * the first message and stopped with the app. One given is not stopped (tests give one that
+     * misbehaves on purpose).
+     */
+    readonly verifyThread?: VerifyThread;
     /** The store of rate limits and greylisting; built from `redis:` (or in memory) when left out. */
     readonly limitStore?: LimitStore;
     /**
@@ -217,7 +223,7 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
     const retired = new Map<Resolver, NodeJS.Timeout>();
     const limitStore = deps.limitStore ?? createConfiguredStore(config.redis, { metrics, logger: log });
     // sender authentication runs in a thread a timeout can stop (authentication.thread); started at the first message
-    const verifyThread = createVerifyThread({ log, metrics });
+    const verifyThread = deps.verifyThread ?? createVerifyThread({ log, metrics });
     let verification: Check[] = deps.checks ? [] : verificationChecks(config, resolver, metrics, log, verifyThread);
     const newReputation = (c: Config): ReputationService =>
         createReputationService(c, {
@@ -504,7 +510,7 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
         retired.clear();
         if (!deps.limitStore) await limitStore.close();
         submission?.close();
-        await verifyThread.close();
+        if (!deps.verifyThread) await verifyThread.close();
     };
 
     /**

@@ -191,7 +191,7 @@ export function createMetrics(version: string) {
         }),
         authThreadRestarts: new Counter({
             name: `${P}auth_thread_restarts_total`,
-            help: 'The sender-authentication thread stopped and a new one started: stalled (it did not answer within a second after a check that timed out, so it was terminated: a message that costs more CPU than the timeout allows), failed (it crashed or ran out of its memory limit); the checks it held ended with their failure verdict or were run again',
+            help: 'The sender-authentication thread stopped and a new one started: stalled (a verification held it in synchronous work: no answer to a ping for 2 s, or to the cancel of a check that ended, so it was terminated; that message got 451 4.4.3), failed (it crashed or ran out of its memory limit); the checks it held ended with their failure verdict or were run again',
             labelNames: ['reason'],
             registers: r,
         }),

@@ -3,15 +3,23 @@
  * thread, so that a check's timeout stops the work and not only the wait for it. A timer cannot
  * interrupt synchronous code: a message that sends one of mailauth's parsers into seconds of
  * work (mailauth-bounds.ts bounds those found) would hold every connection of the process until
- * it finished. In a thread it holds only that thread, and when a check ends (timeout or failure)
- * while its thread does not answer the cancel within STALL_GRACE_MS, the thread is terminated
- * and a new one started for the next message (`mailwarden_auth_thread_restarts_total`).
+ * it finished. In a thread it holds only that thread, which is terminated and replaced
+ * (`mailwarden_auth_thread_restarts_total`) as soon as it is seen stuck:
+ *
+ * - it does not answer a ping within STALL_MS (pinged every PING_MS while it has work; no
+ *   verification step of a bounded message takes a tenth of that), or
+ * - a check ended (its timeout) and the thread does not answer the cancel within STALL_GRACE_MS.
+ *
+ * The thread writes the job it is working for into shared memory before each step, so the
+ * verification that held it is known: it ends with ThreadRestarted (`rerun` false) and the
+ * check's failure verdict (451); the others it held end with ThreadRestarted (`rerun` true) and
+ * the check runs them once more in the new thread. A thread that crashes or reaches its heap
+ * limit ends all its verifications (`rerun` false: any of them may have caused it).
  *
  * The main thread keeps everything else: it reads and plans the verification copy
  * (verification-copy.ts, verification-stream.ts) and sends its pieces, a few at a time; it
  * answers each DNS query of the thread through the message's own resolver (budget, cache,
- * timeout: dns/scoped.ts); it decides (mailauth.ts). Other verifications in the terminated thread
- * end with `ThreadRestarted`, which the check runs again once in the new thread.
+ * timeout: dns/scoped.ts); it decides (mailauth.ts).
  *
  * It must not decide anything, must not keep a job after it ended, and must never leave a
  * verification without an answer: every job settles (result, error, or ThreadRestarted).
@@ -26,6 +34,10 @@ import { fromWireError, toWireError, type FromThread, type ToThread } from './ve
 
 /** Time a thread has to answer a cancel before it counts as stuck in synchronous work. */
 export const STALL_GRACE_MS = 1000;
+/** Time a thread with work has to answer a ping before it counts as stuck. */
+export const STALL_MS = 2000;
+/** How often a thread with work is pinged. */
+export const PING_MS = 250;
 /** Pieces of a message sent to the thread and not yet taken in, at most. */
 export const PIECES_IN_FLIGHT = 4;
 /** The thread's heap limit: a verification holds at most a 4 MiB header section and its parse. */
@@ -33,9 +45,9 @@ export const THREAD_HEAP_MB = 192;
 
 /**
  * A verification lost with its thread. `rerun` is true when the thread was stopped for another
- * verification that held it (that one is known and ended, so this one may run again); false
- * when the thread crashed or ran out of memory, which any of its verifications may have caused,
- * and running them again could crash the next thread the same way.
+ * verification that held it (that one is known, so this one may run again); false for the one
+ * that held it, and when the thread crashed or ran out of memory, which any of its verifications
+ * may have caused (running them again could crash the next thread the same way).
  */
 export class ThreadRestarted extends Error {
     readonly rerun: boolean;
@@ -51,6 +63,8 @@ export interface VerifyThreadOptions {
     readonly metrics?: Pick<Metrics, 'authThreadRestarts'>;
     /** Overrides STALL_GRACE_MS (tests). */
     readonly graceMs?: number;
+    /** Overrides STALL_MS (tests). */
+    readonly stallMs?: number;
     /** The thread's entry module; verify-thread-entry.js unless a test gives one that misbehaves on purpose. */
     readonly entry?: URL;
 }
@@ -83,79 +97,149 @@ interface Job {
     settle(err: Error | null, result?: VerifiedMessage): void;
 }
 
+/** One thread and what the main thread knows of it. */
+interface Thread {
+    readonly w: Worker;
+    readonly jobs: Map<number, Job>;
+    /** The job the thread last started a step for (shared memory the thread writes). */
+    readonly current: Int32Array;
+    /** It loaded its modules and reads messages: stalls count from then. */
+    ready: boolean;
+    readonly whenReady: (() => void)[];
+    /** When it was last heard from (performance.now()). */
+    heard: number;
+    /** Jobs whose cancel it answered, until the grace check reads them. */
+    readonly cancelled: Set<number>;
+    pinger: NodeJS.Timeout | null;
+}
+
 const ENTRY = new URL('./verify-thread-entry.js', import.meta.url);
 const OWN_MODULES = new URL('../../bin/own-modules.js', import.meta.url).href;
 
 export function createVerifyThread(opts: VerifyThreadOptions = {}): VerifyThread {
     const graceMs = opts.graceMs ?? STALL_GRACE_MS;
-    let worker: Worker | null = null;
+    const stallMs = opts.stallMs ?? STALL_MS;
+    let thread: Thread | null = null;
     let nextJob = 1;
     let closed = false;
-    const jobs = new Map<number, Job>();
-    /** Threads that loaded their modules and read messages; for the others, a stall counts from then. */
-    const ready = new WeakMap<Worker, boolean>();
-    const readyWaiters = new WeakMap<Worker, (() => void)[]>();
 
-    /** Ends every job the thread `w` had, and forgets `w`. */
-    function lose(w: Worker, why: string, rerun = false): void {
-        if (worker !== w) return;
-        worker = null;
-        ready.delete(w);
-        const lost = [...jobs.values()];
-        jobs.clear();
-        for (const job of lost) job.settle(new ThreadRestarted(why, rerun));
+    /** Ends every job `t` had and forgets it; the one in `culprit` is not run again. */
+    function lose(t: Thread, why: string, rerun: boolean, culprit: number | null = null): void {
+        if (thread !== t) return;
+        thread = null;
+        if (t.pinger) clearInterval(t.pinger);
+        const lost = [...t.jobs];
+        t.jobs.clear();
+        for (const [id, job] of lost) job.settle(new ThreadRestarted(why, rerun && id !== culprit));
     }
 
-    function spawn(): Worker {
+    /** Terminates `t`, stuck in synchronous work, and logs which verifications it held. */
+    function stopStuck(t: Thread, why: string, cancelled: Job | null): void {
+        if (thread !== t) return;
+        const culprit = Atomics.load(t.current, 0);
+        const held = t.jobs.get(culprit) ?? cancelled;
+        opts.metrics?.authThreadRestarts.inc({ reason: 'stalled' });
+        opts.log?.warn(
+            {
+                session: held?.session ?? null,
+                sessions: [
+                    ...new Set([
+                        ...(cancelled ? [cancelled.session] : []),
+                        ...[...t.jobs.values()].map((j) => j.session),
+                    ]),
+                ],
+                why,
+                verifications: t.jobs.size,
+            },
+            'sender authentication thread stopped: a verification held it in synchronous work; a new one starts with the next message',
+        );
+        lose(t, `stopped: a verification held it (${why})`, true, culprit);
+        void t.w.terminate();
+    }
+
+    function spawn(): Thread {
         // the launcher's module hooks (bin/own-modules.js) are needed in the thread too when the main thread has them
         const ownModules = (globalThis as Record<symbol, unknown>)[Symbol.for('mailwarden.modules')] !== undefined;
+        const current = new Int32Array(new SharedArrayBuffer(4));
         const w = new Worker(opts.entry ?? ENTRY, {
-            workerData: ownModules ? { ownModules: OWN_MODULES } : {},
+            workerData: { current: current.buffer, ...(ownModules ? { ownModules: OWN_MODULES } : {}) },
             resourceLimits: { maxOldGenerationSizeMb: THREAD_HEAP_MB },
             stdout: false,
             stderr: false,
         });
+        const t: Thread = {
+            w,
+            jobs: new Map(),
+            current,
+            ready: false,
+            whenReady: [],
+            heard: 0,
+            cancelled: new Set(),
+            pinger: null,
+        };
         // the thread never keeps the process alive: a stop closes it, and an idle one has no work
         w.unref();
-        w.on('message', (m: FromThread) => onMessage(w, m));
+        w.on('message', (m: FromThread) => onMessage(t, m));
         w.on('error', (err: Error) => {
-            if (worker !== w) return;
+            if (thread !== t) return;
             opts.metrics?.authThreadRestarts.inc({ reason: 'failed' });
             opts.log?.error({ err }, 'sender authentication thread failed; a new one starts with the next message');
-            lose(w, `failed: ${err.message}`);
+            lose(t, `failed: ${err.message}`, false);
         });
         w.on('exit', (code) => {
-            if (worker !== w) return;
+            if (thread !== t) return;
             opts.metrics?.authThreadRestarts.inc({ reason: 'failed' });
             opts.log?.error({ code }, 'sender authentication thread exited; a new one starts with the next message');
-            lose(w, `exited with code ${code}`);
+            lose(t, `exited with code ${code}`, false);
         });
-        return w;
+        return t;
     }
 
-    function send(w: Worker, message: ToThread, transfer?: ArrayBuffer[]): void {
-        if (worker === w) w.postMessage(message, transfer);
+    /** Pings `t` while it has work; one that stays silent for stallMs is stuck. */
+    function watch(t: Thread): void {
+        if (t.pinger || !t.ready) return;
+        t.heard = performance.now();
+        t.pinger = setInterval(() => {
+            if (thread !== t || t.jobs.size === 0) {
+                clearInterval(t.pinger!);
+                t.pinger = null;
+                return;
+            }
+            if (performance.now() - t.heard > stallMs) stopStuck(t, `no answer for ${stallMs} ms`, null);
+            else send(t, { t: 'ping' });
+        }, PING_MS);
+        t.pinger.unref();
     }
 
-    function onMessage(w: Worker, m: FromThread): void {
-        if (worker !== w) return;
+    function send(t: Thread, message: ToThread, transfer?: ArrayBuffer[]): void {
+        if (thread === t) t.w.postMessage(message, transfer);
+    }
+
+    function onMessage(t: Thread, m: FromThread): void {
+        if (thread !== t) return;
+        t.heard = performance.now();
+        if (m.t === 'pong') return;
         if (m.t === 'ready') {
-            ready.set(w, true);
-            for (const wake of readyWaiters.get(w) ?? []) wake();
-            readyWaiters.delete(w);
+            t.ready = true;
+            for (const wake of t.whenReady.splice(0)) wake();
+            if (t.jobs.size > 0) watch(t);
             return;
         }
-        const job = jobs.get(m.job);
+        if (m.t === 'cancelled') {
+            t.cancelled.add(m.job);
+            return;
+        }
+        const job = t.jobs.get(m.job);
         if (!job) return;
         switch (m.t) {
             case 'dns':
                 job.resolver(m.name, m.rrtype).then(
                     (value) => {
-                        if (jobs.get(m.job) === job) send(w, { t: 'answer', job: m.job, q: m.q, value });
+                        if (t.jobs.get(m.job) === job) send(t, { t: 'answer', job: m.job, q: m.q, value });
                     },
                     (err: unknown) => {
-                        if (jobs.get(m.job) === job) {
-                            send(w, { t: 'answer', job: m.job, q: m.q, error: toWireError(err) });
+                        if (t.jobs.get(m.job) === job) {
+                            send(t, { t: 'answer', job: m.job, q: m.q, error: toWireError(err) });
                         }
                     },
                 );
@@ -165,21 +249,19 @@ export function createVerifyThread(opts: VerifyThreadOptions = {}): VerifyThread
                 job.wake?.();
                 return;
             case 'done':
-                jobs.delete(m.job);
+                t.jobs.delete(m.job);
                 job.settle(null, m.result);
                 return;
             case 'failed':
-                jobs.delete(m.job);
+                t.jobs.delete(m.job);
                 job.settle(fromWireError(m.error));
-                return;
-            case 'cancelled':
                 return;
         }
     }
 
     /** Sends the pieces of `input` as the thread takes them in, then the end. */
-    async function feed(w: Worker, id: number, job: Job): Promise<void> {
-        const live = (): boolean => worker === w && jobs.get(id) === job;
+    async function feed(t: Thread, id: number, job: Job): Promise<void> {
+        const live = (): boolean => thread === t && t.jobs.get(id) === job;
         for await (const piece of job.input as AsyncIterable<Buffer>) {
             while (job.credits === 0 && live()) await new Promise<void>((resolve) => (job.wake = resolve));
             job.wake = null;
@@ -187,50 +269,38 @@ export function createVerifyThread(opts: VerifyThreadOptions = {}): VerifyThread
             job.credits--;
             // a copy of exactly these bytes, moved to the thread: a clone of a view would copy its whole buffer
             const bytes = new Uint8Array(piece);
-            send(w, { t: 'piece', job: id, bytes }, [bytes.buffer]);
+            send(t, { t: 'piece', job: id, bytes }, [bytes.buffer]);
         }
-        if (live()) send(w, { t: 'end', job: id });
+        if (live()) send(t, { t: 'end', job: id });
     }
 
     /** The check ended before the verification: stop it, and the thread if it does not answer. */
-    function cancel(w: Worker, id: number, job: Job): void {
-        if (jobs.get(id) !== job) return;
-        jobs.delete(id);
-        send(w, { t: 'cancel', job: id });
-        if (worker !== w) return;
-        let answered = false;
-        const onAnswer = (m: FromThread): void => {
-            if (m.t === 'cancelled' && m.job === id) answered = true;
-        };
-        w.on('message', onAnswer);
-        const watch = (): void => {
+    function cancel(t: Thread, id: number, job: Job): void {
+        if (t.jobs.get(id) !== job) return;
+        t.jobs.delete(id);
+        send(t, { t: 'cancel', job: id });
+        if (thread !== t) return;
+        const check = (): void => {
             const timer = setTimeout(() => {
-                w.off('message', onAnswer);
-                if (answered || worker !== w) return;
-                opts.metrics?.authThreadRestarts.inc({ reason: 'stalled' });
-                opts.log?.warn(
-                    { session: job.session, graceMs, verifications: jobs.size },
-                    'sender authentication thread stopped: still busy after its check ended; a new one starts with the next message',
-                );
-                lose(w, 'stopped: another verification held it past its check', true);
-                void w.terminate();
+                if (t.cancelled.delete(id) || thread !== t) return;
+                stopStuck(t, `no answer to a cancel for ${graceMs} ms`, job);
             }, graceMs);
             timer.unref();
         };
         // a thread still loading its modules is not stuck: the grace counts from when it is up
-        if (ready.get(w)) watch();
-        else readyWaiters.set(w, [...(readyWaiters.get(w) ?? []), watch]);
+        if (t.ready) check();
+        else t.whenReady.push(check);
     }
 
     return {
         verify(input, wireOpts, resolver, signal, session) {
             if (closed) return Promise.reject(new ThreadRestarted('closed'));
             if (signal.aborted) return Promise.reject(signal.reason as Error);
-            const w = worker ?? (worker = spawn());
+            const t = thread ?? (thread = spawn());
             const id = nextJob++;
             return new Promise<VerifiedMessage>((resolve, reject) => {
                 const onAbort = (): void => {
-                    cancel(w, id, job);
+                    cancel(t, id, job);
                     job.settle(signal.reason instanceof Error ? signal.reason : new Error('verification ended'));
                 };
                 let settled = false;
@@ -250,25 +320,26 @@ export function createVerifyThread(opts: VerifyThreadOptions = {}): VerifyThread
                         else resolve(result!);
                     },
                 };
-                jobs.set(id, job);
+                t.jobs.set(id, job);
                 signal.addEventListener('abort', onAbort, { once: true });
-                send(w, { t: 'start', job: id, opts: wireOpts });
-                feed(w, id, job).catch((err: unknown) => {
+                send(t, { t: 'start', job: id, opts: wireOpts });
+                watch(t);
+                feed(t, id, job).catch((err: unknown) => {
                     // the copy could not be read (the message stream failed): the verification fails with it
-                    cancel(w, id, job);
+                    cancel(t, id, job);
                     job.settle(err instanceof Error ? err : new Error(String(err)));
                 });
             });
         },
         get active() {
-            return jobs.size;
+            return thread?.jobs.size ?? 0;
         },
         async close() {
             closed = true;
-            const w = worker;
-            if (!w) return;
-            lose(w, 'closed');
-            await w.terminate();
+            const t = thread;
+            if (!t) return;
+            lose(t, 'closed', false);
+            await t.w.terminate();
         },
     };
 }

@@ -24,6 +24,8 @@ export type ToThread =
     | { readonly t: 'end'; readonly job: number }
     /** The check ended: stop the work, answer `cancelled`. */
     | { readonly t: 'cancel'; readonly job: number }
+    /** Answer `pong` (the thread's event loop runs). */
+    | { readonly t: 'ping' }
     /** The answer to a `dns` request. */
     | {
           readonly t: 'answer';
@@ -37,6 +39,7 @@ export type ToThread =
 export type FromThread =
     /** The thread loaded its modules and reads messages. */
     | { readonly t: 'ready' }
+    | { readonly t: 'pong' }
     /** A DNS query of the job, to be answered through the message's own resolver. */
     | { readonly t: 'dns'; readonly job: number; readonly q: number; readonly name: string; readonly rrtype: string }
     /** One piece was taken in: the main thread may send another. */

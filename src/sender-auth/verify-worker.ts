@@ -6,14 +6,16 @@
  * ARC key store lives here, shared by the thread's jobs.
  *
  * Several jobs run at once, interleaved at their DNS waits. A `cancel` destroys the job's input
- * and fails its pending queries, and is answered at once, so that the main thread can tell a
- * thread that stopped the work from one stuck in synchronous code (which it then terminates).
+ * and fails its pending queries, and is answered at once, as is a `ping`, so that the main thread
+ * can tell a thread that works from one stuck in synchronous code (which it then terminates).
+ * Before each message's work, the job it is for is written to shared memory: when the thread is
+ * stuck, the main thread reads there which verification held it.
  *
  * It must not decide anything (mailauth.ts does, on the main thread), must not query DNS
  * itself, and must not keep anything of a job after it ended.
  */
 import { PassThrough } from 'node:stream';
-import { parentPort } from 'node:worker_threads';
+import { parentPort, workerData } from 'node:worker_threads';
 import { dnsError } from '../dns/errors.ts';
 import { createKeyStore } from './key-reuse.ts';
 import { verifyMessage, type VerifyOptions } from './verify-message.ts';
@@ -28,6 +30,8 @@ interface Job {
 
 const port = parentPort;
 if (!port) throw new Error('verify-worker.ts runs as a worker thread only');
+/** Where the job this thread last started a step for is written, for the main thread to read when it is stuck. */
+const current = new Int32Array((workerData as { current: SharedArrayBuffer }).current);
 const keys = createKeyStore();
 const jobs = new Map<number, Job>();
 
@@ -75,7 +79,12 @@ function cancel(id: number): void {
 }
 
 port.on('message', (m: ToThread) => {
+    // the work a message starts (and the promise callbacks it resolves) runs before the next message is read
+    if (m.t !== 'ping') Atomics.store(current, 0, m.job);
     switch (m.t) {
+        case 'ping':
+            post({ t: 'pong' });
+            return;
         case 'start':
             start(m.job, m.opts);
             return;

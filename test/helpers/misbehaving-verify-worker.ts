@@ -1,10 +1,12 @@
-// A sender-authentication thread that misbehaves on request, for test/sender-auth/verify-thread.test.ts.
-// Before the real thread body (src/sender-auth/verify-worker.ts) reads a new job, an envelope
-// sender `spin-<ms>@…` holds the thread in synchronous work for that long, as a message that
-// sent one of mailauth's parsers into a quadratic loop would; `exit@…` ends the thread, as a
-// crash or an exhausted heap would. Any other job runs as in production.
+// A sender-authentication thread that misbehaves on request, for test/sender-auth/verify-thread.test.ts
+// and test/e2e/auth-thread-stall.test.ts. The real thread body (src/sender-auth/verify-worker.ts)
+// reads every job; then, for a job whose envelope sender is `spin-<ms>@…`, the thread is held in
+// synchronous work for that long, as a message that sent one of mailauth's parsers into a
+// quadratic loop would hold it; `exit@…` ends the thread, as a crash or an exhausted heap would.
+// Any other job runs as in production.
 import { parentPort } from 'node:worker_threads';
 
+await import('../../src/sender-auth/verify-worker.ts');
 parentPort!.on('message', (m: { t: string; opts?: { sender?: unknown } }) => {
     if (m.t !== 'start') return;
     const sender = typeof m.opts?.sender === 'string' ? m.opts.sender : '';
@@ -17,4 +19,3 @@ parentPort!.on('message', (m: { t: string; opts?: { sender?: unknown } }) => {
     }
     if (sender.startsWith('exit@')) process.exit(7);
 });
-await import('../../src/sender-auth/verify-worker.ts');

@@ -126,9 +126,10 @@ describe('jq over the journal', () => {
         }),
         JSON.stringify({
             level: 40,
-            msg: 'sender authentication thread stopped: still busy after its check ended; a new one starts with the next message',
+            msg: 'sender authentication thread stopped: a verification held it in synchronous work; a new one starts with the next message',
             session: '5c1n8r2kq7d0m3va',
-            graceMs: 1000,
+            sessions: ['5c1n8r2kq7d0m3va', '0hd3k2m9s1qv7c4e'],
+            why: 'no answer for 2000 ms',
             verifications: 2,
         }),
         'Stopping mailwarden.service - mailwarden anti-abuse SMTP proxy in front of Postfix...',

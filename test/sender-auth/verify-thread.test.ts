@@ -219,7 +219,30 @@ describe('sender authentication in its own thread', () => {
             assert.deepEqual(await restarts(metrics), { stalled: 1, failed: 0 });
             assert.equal(warnings.length, 1);
             assert.equal(warnings[0]!.fields.session, 'test');
-            assert.match(warnings[0]!.msg, /still busy after its check ended/);
+            assert.match(warnings[0]!.msg, /held it in synchronous work/);
+            assert.match(String(warnings[0]!.fields.why), /no answer to a cancel/);
+            assert.equal(thread.active, 0);
+        } finally {
+            await thread.close();
+        }
+    });
+
+    it('a thread silent for stallMs is stopped before any check ends; the verification that held it is not run again', async () => {
+        const metrics = createMetrics('test');
+        const thread = createVerifyThread({ entry: MISBEHAVING, stallMs: 300, metrics });
+        try {
+            const c = check(thread, {}, metrics);
+            const signed = await sign(basicMessage('alerts@bank.example'), 'bank.example', 'sel', bankKey);
+            assert.equal((await run(c, signed, { mailFrom: 'a@bank.example' })).facts['dkim.result'], 'pass');
+            const started = performance.now();
+            const innocent = run(c, signed, { mailFrom: 'a@bank.example' });
+            // no timeout at all: only the thread's silence can end it
+            const stuck = run(c, basicMessage('ceo@bank.example'), { mailFrom: 'spin-5000@bank.example' });
+            await assert.rejects(stuck, (err: unknown) => err instanceof ThreadRestarted && !err.rerun);
+            const ended = performance.now() - started;
+            assert.equal((await innocent).facts['dmarc.result'], 'pass');
+            assert.ok(ended < 2000, `the stuck verification ended after ${Math.round(ended)} ms`);
+            assert.deepEqual(await restarts(metrics), { stalled: 1, failed: 0 });
             assert.equal(thread.active, 0);
         } finally {
             await thread.close();
