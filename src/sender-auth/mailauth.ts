@@ -140,8 +140,9 @@ export function createMailauthVerifier(opts: MailauthCheckOptions): Check['run']
             maxElapsedTime: Math.max(1, Math.floor(settings.timeoutMs * 0.8)),
         };
         const thread = settings.thread ? (opts.thread ?? null) : null;
+        // one DNS budget for the message, a second run included
+        const dns = scopedResolver(opts.resolver.resolve, { maxQueries: settings.maxDnsQueries, signal });
         for (let attempt = 1; ; attempt++) {
-            const dns = scopedResolver(opts.resolver.resolve, { maxQueries: settings.maxDnsQueries, signal });
             const verification = await openVerification(ctx.message!.stream(), (header) =>
                 planVerification(header, {
                     limits,

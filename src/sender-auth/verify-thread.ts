@@ -40,6 +40,11 @@ export const STALL_MS = 2000;
 export const PING_MS = 250;
 /** Pieces of a message sent to the thread and not yet taken in, at most. */
 export const PIECES_IN_FLIGHT = 4;
+/**
+ * Bytes of a message sent and not yet taken in, at most, unless a single piece is larger (a body
+ * line up to 1 MiB goes whole): a few of the usual 16 KiB pieces.
+ */
+export const BYTES_IN_FLIGHT = 64 * 1024;
 /** The thread's heap limit: a verification holds at most a 4 MiB header section and its parse. */
 export const THREAD_HEAP_MB = 192;
 
@@ -92,7 +97,9 @@ interface Job {
     readonly session: string;
     readonly resolver: DnsResolve;
     readonly input: Readable;
-    credits: number;
+    /** Sizes of the pieces sent and not yet taken in, oldest first. */
+    readonly inFlight: number[];
+    inFlightBytes: number;
     wake: (() => void) | null;
     settle(err: Error | null, result?: VerifiedMessage): void;
 }
@@ -245,7 +252,7 @@ export function createVerifyThread(opts: VerifyThreadOptions = {}): VerifyThread
                 );
                 return;
             case 'taken':
-                job.credits++;
+                job.inFlightBytes -= job.inFlight.shift() ?? 0;
                 job.wake?.();
                 return;
             case 'done':
@@ -262,11 +269,15 @@ export function createVerifyThread(opts: VerifyThreadOptions = {}): VerifyThread
     /** Sends the pieces of `input` as the thread takes them in, then the end. */
     async function feed(t: Thread, id: number, job: Job): Promise<void> {
         const live = (): boolean => thread === t && t.jobs.get(id) === job;
+        const full = (size: number): boolean =>
+            job.inFlight.length >= PIECES_IN_FLIGHT ||
+            (job.inFlight.length > 0 && job.inFlightBytes + size > BYTES_IN_FLIGHT);
         for await (const piece of job.input as AsyncIterable<Buffer>) {
-            while (job.credits === 0 && live()) await new Promise<void>((resolve) => (job.wake = resolve));
+            while (full(piece.length) && live()) await new Promise<void>((resolve) => (job.wake = resolve));
             job.wake = null;
             if (!live()) return;
-            job.credits--;
+            job.inFlight.push(piece.length);
+            job.inFlightBytes += piece.length;
             // a copy of exactly these bytes, moved to the thread: a clone of a view would copy its whole buffer
             const bytes = new Uint8Array(piece);
             send(t, { t: 'piece', job: id, bytes }, [bytes.buffer]);
@@ -308,7 +319,8 @@ export function createVerifyThread(opts: VerifyThreadOptions = {}): VerifyThread
                     session,
                     resolver,
                     input,
-                    credits: PIECES_IN_FLIGHT,
+                    inFlight: [],
+                    inFlightBytes: 0,
                     wake: null,
                     settle(err, result) {
                         if (settled) return;

@@ -46,7 +46,7 @@ export type FromThread =
     | { readonly t: 'taken'; readonly job: number }
     | { readonly t: 'done'; readonly job: number; readonly result: VerifiedMessage }
     | { readonly t: 'failed'; readonly job: number; readonly error: WireError }
-    /** A `cancel` was read: the thread's event loop is running. */
+    /** The job of a `cancel` has ended (or was not there). */
     | { readonly t: 'cancelled'; readonly job: number };
 
 /** The error as it crosses the thread boundary. */

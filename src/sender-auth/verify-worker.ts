@@ -6,8 +6,9 @@
  * ARC key store lives here, shared by the thread's jobs.
  *
  * Several jobs run at once, interleaved at their DNS waits. A `cancel` destroys the job's input
- * and fails its pending queries, and is answered at once, as is a `ping`, so that the main thread
- * can tell a thread that works from one stuck in synchronous code (which it then terminates).
+ * and fails its pending queries, and is answered once the job's work has ended; a `ping` is
+ * answered at once. So the main thread can tell a thread that works from one stuck in
+ * synchronous code (which it then terminates).
  * Before each message's work, the job it is for is written to shared memory: when the thread is
  * stuck, the main thread reads there which verification held it.
  *
@@ -57,19 +58,24 @@ function start(id: number, opts: VerifyOptions): void {
     verifyMessage(job.input, opts, resolver, keys).then(
         (result) => {
             jobs.delete(id);
-            if (!job.cancelled) post({ t: 'done', job: id, result: plainData(result) as typeof result });
+            if (job.cancelled) post({ t: 'cancelled', job: id });
+            else post({ t: 'done', job: id, result: plainData(result) as typeof result });
         },
         (err: unknown) => {
             jobs.delete(id);
-            if (!job.cancelled) post({ t: 'failed', job: id, error: toWireError(err) });
+            if (job.cancelled) post({ t: 'cancelled', job: id });
+            else post({ t: 'failed', job: id, error: toWireError(err) });
         },
     );
 }
 
+/** Stops a job; `cancelled` is answered once its verification has ended (at once when there is none). */
 function cancel(id: number): void {
     const job = jobs.get(id);
-    post({ t: 'cancelled', job: id });
-    if (!job) return;
+    if (!job) {
+        post({ t: 'cancelled', job: id });
+        return;
+    }
     job.cancelled = true;
     job.input.destroy(new Error('verification cancelled: the check ended'));
     for (const [q, pending] of job.queries) {

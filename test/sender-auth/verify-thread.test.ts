@@ -21,6 +21,7 @@ import { startDnsServer, type DnsTestServer } from '../helpers/dns-server.ts';
 import {
     basicMessage,
     context,
+    message,
     rsaKey,
     seal,
     settings,
@@ -111,6 +112,21 @@ describe('sender authentication in its own thread', () => {
         const thread = createVerifyThread();
         try {
             const signed = await sign(basicMessage('alerts@bank.example'), 'bank.example', 'sel', bankKey);
+            // many pieces, and one line far longer than a piece, through the flow control
+            const largeBody = `${'a line of the body\r\n'.repeat(60_000)}${'x'.repeat(300_000)}\r\nend\r\n`;
+            const large = await sign(
+                message(
+                    [
+                        ['From', 'alerts@bank.example'],
+                        ['To', 'bob@mx.test'],
+                        ['Subject', 'large'],
+                    ],
+                    largeBody,
+                ),
+                'bank.example',
+                'sel',
+                bankKey,
+            );
             const forwarded = await seal(
                 await sign(
                     basicMessage('alerts@bank.example', [['Subject', 'changed later']]),
@@ -128,6 +144,7 @@ describe('sender authentication in its own thread', () => {
             );
             const cases: { name: string; msg: string; o?: ContextOptions; over?: Partial<AuthenticationConfig> }[] = [
                 { name: 'aligned signature', msg: signed, o: { mailFrom: 'a@bank.example' } },
+                { name: 'a 1.5 MB body', msg: large, o: { mailFrom: 'a@bank.example' } },
                 {
                     name: 'spoof',
                     msg: basicMessage('ceo@bank.example'),
@@ -163,9 +180,10 @@ describe('sender authentication in its own thread', () => {
                 assert.deepEqual(inThread, here, c.name);
             }
             // the cases were verified for real: not every verdict is the same
-            const spoof = await run(check(thread), cases[1]!.msg, cases[1]!.o);
+            const spoof = await run(check(thread), cases[2]!.msg, cases[2]!.o);
             assert.equal(spoof.facts['dmarc.disposition'], 'reject');
-            const arc = await run(check(thread), forwarded, cases[5]!.o);
+            const arc = await run(check(thread), forwarded, cases[6]!.o);
+            assert.equal((await run(check(thread), large, cases[1]!.o)).facts['dkim.result'], 'pass');
             assert.equal(arc.facts['arc.trusted'], true);
         } finally {
             await thread.close();
