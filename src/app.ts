@@ -74,6 +74,12 @@ export interface AppDeps {
      * misbehaves on purpose).
      */
     readonly verifyThread?: VerifyThread;
+    /**
+     * Start the sender-authentication thread with the app (serve): memory and descriptors are
+     * steady from the start, the first message does not wait for it, and a thread that cannot
+     * start fails the start. Otherwise it starts at the first message (tests, explain).
+     */
+    readonly warmVerifyThread?: boolean;
     /** The store of rate limits and greylisting; built from `redis:` (or in memory) when left out. */
     readonly limitStore?: LimitStore;
     /**
@@ -438,6 +444,7 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
             );
         }
         await waitForStore(limitStore, config.redis, 2 * (config.redis?.connectTimeoutMs ?? 0), log);
+        if (deps.warmVerifyThread && !deps.checks && current.authentication.thread) await verifyThread.warm();
         if (config.upstream.kind !== 'maildir' && !config.upstream.xclient) {
             log.warn(
                 { upstream: upstream.description },

@@ -95,6 +95,7 @@ async function serve(opts: { configFlag: string | undefined }): Promise<number> 
             logger: log,
             ...(path === null ? {} : { configFile: { path, env: process.env, cwd } }),
             ...(worker ? { worker: true, workerShare: count } : {}),
+            warmVerifyThread: true,
         });
     } catch (err) {
         // invalid rule files, or an invalid users or sendAs file: the lines `check` prints

@@ -89,6 +89,11 @@ export interface VerifyThread {
     ): Promise<VerifiedMessage>;
     /** Verifications in progress (tests, metrics). */
     readonly active: number;
+    /**
+     * Starts the thread now rather than at the first message, and resolves once it is up (its
+     * modules loaded); rejects when it cannot start (a broken install), within `timeoutMs`.
+     */
+    warm(timeoutMs?: number): Promise<void>;
     /** Stops the thread; verifications in progress end with ThreadRestarted. */
     close(): Promise<void>;
 }
@@ -345,6 +350,31 @@ export function createVerifyThread(opts: VerifyThreadOptions = {}): VerifyThread
         },
         get active() {
             return thread?.jobs.size ?? 0;
+        },
+        warm(timeoutMs = 30_000) {
+            if (closed) return Promise.reject(new ThreadRestarted('closed'));
+            const t = thread ?? (thread = spawn());
+            if (t.ready) return Promise.resolve();
+            return new Promise<void>((resolve, reject) => {
+                const fail = (why: string): void => {
+                    clearTimeout(timer);
+                    t.w.off('error', onError);
+                    t.w.off('exit', onExit);
+                    reject(new Error(`sender authentication thread did not start: ${why}`));
+                };
+                const onError = (err: Error): void => fail(err.message);
+                const onExit = (code: number): void => fail(`exited with code ${code}`);
+                const timer = setTimeout(() => fail(`not up after ${timeoutMs} ms`), timeoutMs);
+                timer.unref();
+                t.w.once('error', onError);
+                t.w.once('exit', onExit);
+                t.whenReady.push(() => {
+                    clearTimeout(timer);
+                    t.w.off('error', onError);
+                    t.w.off('exit', onExit);
+                    resolve();
+                });
+            });
         },
         async close() {
             closed = true;

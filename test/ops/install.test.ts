@@ -301,7 +301,7 @@ describe('installing with npm on a machine whose Node.js is older than 24', { ti
         const bare = join(dir, 'bare');
         mkdirSync(join(bare, 'bin'), { recursive: true });
         const installed = join(prefix, 'lib/node_modules/mailwarden');
-        copyFileSync(join(installed, 'bin/mailwarden.js'), join(bare, 'bin/mailwarden.js'));
+        cpSync(join(installed, 'bin'), join(bare, 'bin'), { recursive: true });
         copyFileSync(join(installed, 'package.json'), join(bare, 'package.json'));
         cpSync(join(installed, 'src'), join(bare, 'src'), { recursive: true });
         const r = await runFile(OLD_NODE, [join(bare, 'bin/mailwarden.js'), '--version'], {

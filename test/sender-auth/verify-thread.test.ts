@@ -310,6 +310,29 @@ describe('sender authentication in its own thread', () => {
         }
     });
 
+    it('warm() starts the thread before any message; a thread that cannot start makes it fail', async () => {
+        const thread = createVerifyThread();
+        try {
+            await thread.warm();
+            // up: the first message waits for no module loading
+            const signed = await sign(basicMessage('alerts@bank.example'), 'bank.example', 'sel', bankKey);
+            assert.equal(
+                (await run(check(thread), signed, { mailFrom: 'a@bank.example' })).facts['dkim.result'],
+                'pass',
+            );
+            // a thread that is up resolves at once
+            await thread.warm();
+        } finally {
+            await thread.close();
+        }
+        const broken = createVerifyThread({ entry: new URL('../helpers/no-such-verify-worker.ts', import.meta.url) });
+        try {
+            await assert.rejects(broken.warm(10_000), /sender authentication thread did not start/);
+        } finally {
+            await broken.close();
+        }
+    });
+
     it('a closed thread refuses new verifications', async () => {
         const thread = createVerifyThread();
         await thread.close();
