@@ -394,6 +394,20 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
             retired.set(old, timer);
             resolver = newResolver(after);
         }
+        if (!deps.checks && before.authentication.thread !== after.authentication.thread) {
+            // switched off: the thread ends once its verifications are done; on: serve starts it now
+            if (!after.authentication.thread) verifyThread.rest();
+            else if (deps.warmVerifyThread) {
+                verifyThread
+                    .warm()
+                    .catch((err: unknown) =>
+                        log.error(
+                            { err },
+                            'sender authentication thread did not start; it is tried again at the next message',
+                        ),
+                    );
+            }
+        }
         if (!deps.checks && (dnsChanged || !isDeepStrictEqual(before.authentication, after.authentication))) {
             verification = verificationChecks(after, resolver, metrics, log, verifyThread);
         }

@@ -94,6 +94,13 @@ export interface VerifyThread {
      * modules loaded); rejects when it cannot start (a broken install), within `timeoutMs`.
      */
     warm(timeoutMs?: number): Promise<void>;
+    /**
+     * Ends the thread once it has no verification left (authentication.thread switched off by a
+     * reload), so that it holds no memory; a later verification starts a new one.
+     */
+    rest(): void;
+    /** A thread is up or starting. */
+    readonly running: boolean;
     /** Stops the thread; verifications in progress end with ThreadRestarted. */
     close(): Promise<void>;
 }
@@ -123,6 +130,8 @@ interface Thread {
     /** Jobs whose cancel it answered, until the grace check reads them. */
     readonly cancelled: Set<number>;
     pinger: NodeJS.Timeout | null;
+    /** To end once it has no work (rest()). */
+    resting: boolean;
 }
 
 const ENTRY = new URL('./verify-thread-entry.js', import.meta.url);
@@ -188,6 +197,7 @@ export function createVerifyThread(opts: VerifyThreadOptions = {}): VerifyThread
             heard: 0,
             cancelled: new Set(),
             pinger: null,
+            resting: false,
         };
         // the thread never keeps the process alive: a stop closes it, and an idle one has no work
         w.unref();
@@ -221,6 +231,14 @@ export function createVerifyThread(opts: VerifyThreadOptions = {}): VerifyThread
             else send(t, { t: 'ping' });
         }, PING_MS);
         t.pinger.unref();
+    }
+
+    /** Ends a resting thread that has no work left. */
+    function endIfResting(t: Thread): void {
+        if (!t.resting || t.jobs.size > 0 || thread !== t) return;
+        thread = null;
+        if (t.pinger) clearInterval(t.pinger);
+        void t.w.terminate();
     }
 
     function send(t: Thread, message: ToThread, transfer?: ArrayBuffer[]): void {
@@ -263,10 +281,12 @@ export function createVerifyThread(opts: VerifyThreadOptions = {}): VerifyThread
             case 'done':
                 t.jobs.delete(m.job);
                 job.settle(null, m.result);
+                endIfResting(t);
                 return;
             case 'failed':
                 t.jobs.delete(m.job);
                 job.settle(fromWireError(m.error));
+                endIfResting(t);
                 return;
         }
     }
@@ -295,6 +315,7 @@ export function createVerifyThread(opts: VerifyThreadOptions = {}): VerifyThread
         if (t.jobs.get(id) !== job) return;
         t.jobs.delete(id);
         send(t, { t: 'cancel', job: id });
+        endIfResting(t);
         if (thread !== t) return;
         const check = (): void => {
             const timer = setTimeout(() => {
@@ -351,9 +372,18 @@ export function createVerifyThread(opts: VerifyThreadOptions = {}): VerifyThread
         get active() {
             return thread?.jobs.size ?? 0;
         },
+        get running() {
+            return thread !== null;
+        },
+        rest() {
+            if (!thread) return;
+            thread.resting = true;
+            endIfResting(thread);
+        },
         warm(timeoutMs = 30_000) {
             if (closed) return Promise.reject(new ThreadRestarted('closed'));
             const t = thread ?? (thread = spawn());
+            t.resting = false;
             if (t.ready) return Promise.resolve();
             return new Promise<void>((resolve, reject) => {
                 const fail = (why: string): void => {

@@ -333,6 +333,29 @@ describe('sender authentication in its own thread', () => {
         }
     });
 
+    it('rest() ends the thread once its verifications are done; the next one starts a new thread', async () => {
+        const thread = createVerifyThread();
+        try {
+            await thread.warm();
+            assert.equal(thread.running, true);
+            thread.rest();
+            assert.equal(thread.running, false);
+            const c = check(thread);
+            const signed = await sign(basicMessage('alerts@bank.example'), 'bank.example', 'sel', bankKey);
+            const first = run(c, signed, { mailFrom: 'a@bank.example' });
+            while (thread.active === 0) await new Promise((resolve) => setTimeout(resolve, 1));
+            // asked to rest while a verification runs: it finishes it first
+            thread.rest();
+            assert.equal(thread.running, true);
+            assert.equal((await first).facts['dmarc.result'], 'pass');
+            assert.equal(thread.running, false);
+            assert.equal((await run(c, signed, { mailFrom: 'a@bank.example' })).facts['dmarc.result'], 'pass');
+            assert.equal(thread.running, true);
+        } finally {
+            await thread.close();
+        }
+    });
+
     it('a closed thread refuses new verifications', async () => {
         const thread = createVerifyThread();
         await thread.close();
