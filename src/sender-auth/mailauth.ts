@@ -139,6 +139,7 @@ export function createMailauthVerifier(opts: MailauthCheckOptions): Check['run']
             // SPF gives temperror before the check as a whole runs out of time
             maxElapsedTime: Math.max(1, Math.floor(settings.timeoutMs * 0.8)),
         };
+        const startedAt = performance.now();
         const thread = settings.thread ? (opts.thread ?? null) : null;
         // one DNS budget for the message, a second run included
         const dns = scopedResolver(opts.resolver.resolve, { maxQueries: settings.maxDnsQueries, signal });
@@ -151,9 +152,13 @@ export function createMailauthVerifier(opts: MailauthCheckOptions): Check['run']
                 }),
             );
             try {
+                // a second run has what is left of the check's time
+                const left = settings.timeoutMs - (performance.now() - startedAt);
+                const run =
+                    attempt === 1 ? options : { ...options, maxElapsedTime: Math.max(1, Math.floor(left * 0.8)) };
                 const verified = thread
-                    ? await thread.verify(verification.stream, options, dns.resolve, signal, ctx.sessionId)
-                    : await verifyHere(verification.stream, options, dns.resolve);
+                    ? await thread.verify(verification.stream, run, dns.resolve, signal, ctx.sessionId)
+                    : await verifyHere(verification.stream, run, dns.resolve);
                 return { dns, verification, verified };
             } catch (err) {
                 verification.stream.destroy();

@@ -125,8 +125,10 @@ interface Thread {
     /** It loaded its modules and reads messages: stalls count from then. */
     ready: boolean;
     readonly whenReady: (() => void)[];
-    /** When it was last heard from (performance.now()). */
-    heard: number;
+    /** When the oldest ping not yet answered was sent (performance.now()), or null. */
+    pingedAt: number | null;
+    /** When the pinger last ran: a late run means the main thread itself was held. */
+    ticked: number;
     /** Jobs whose cancel it answered, until the grace check reads them. */
     readonly cancelled: Set<number>;
     pinger: NodeJS.Timeout | null;
@@ -194,7 +196,8 @@ export function createVerifyThread(opts: VerifyThreadOptions = {}): VerifyThread
             current,
             ready: false,
             whenReady: [],
-            heard: 0,
+            pingedAt: null,
+            ticked: 0,
             cancelled: new Set(),
             pinger: null,
             resting: false,
@@ -217,18 +220,36 @@ export function createVerifyThread(opts: VerifyThreadOptions = {}): VerifyThread
         return t;
     }
 
-    /** Pings `t` while it has work; one that stays silent for stallMs is stuck. */
+    /**
+     * Pings `t` while it has work; one that leaves a ping unanswered for stallMs is stuck. Only
+     * the thread's silence counts: when the main thread itself was held (the pinger ran late),
+     * the answers may be waiting unread, so the ping is sent again; and the verdict is taken
+     * after the event loop has read the messages that arrived meanwhile (setImmediate runs after
+     * the poll phase).
+     */
     function watch(t: Thread): void {
         if (t.pinger || !t.ready) return;
-        t.heard = performance.now();
+        t.pingedAt = null;
+        t.ticked = performance.now();
         t.pinger = setInterval(() => {
             if (thread !== t || t.jobs.size === 0) {
                 clearInterval(t.pinger!);
                 t.pinger = null;
                 return;
             }
-            if (performance.now() - t.heard > stallMs) stopStuck(t, `no answer for ${stallMs} ms`, null);
-            else send(t, { t: 'ping' });
+            const now = performance.now();
+            const late = now - t.ticked > 2 * PING_MS;
+            t.ticked = now;
+            if (late || t.pingedAt === null) {
+                t.pingedAt = now;
+                send(t, { t: 'ping' });
+            } else if (now - t.pingedAt > stallMs) {
+                setImmediate(() => {
+                    if (thread === t && t.pingedAt !== null && performance.now() - t.pingedAt > stallMs) {
+                        stopStuck(t, `no answer to a ping for ${stallMs} ms`, null);
+                    }
+                });
+            }
         }, PING_MS);
         t.pinger.unref();
     }
@@ -247,8 +268,10 @@ export function createVerifyThread(opts: VerifyThreadOptions = {}): VerifyThread
 
     function onMessage(t: Thread, m: FromThread): void {
         if (thread !== t) return;
-        t.heard = performance.now();
-        if (m.t === 'pong') return;
+        if (m.t === 'pong') {
+            t.pingedAt = null;
+            return;
+        }
         if (m.t === 'ready') {
             t.ready = true;
             for (const wake of t.whenReady.splice(0)) wake();

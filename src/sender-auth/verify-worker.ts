@@ -33,6 +33,28 @@ const port = parentPort;
 if (!port) throw new Error('verify-worker.ts runs as a worker thread only');
 /** Where the job this thread last started a step for is written, for the main thread to read when it is stuck. */
 const current = new Int32Array((workerData as { current: SharedArrayBuffer }).current);
+
+/**
+ * Timer callbacks run for the job that scheduled them (mailauth's SPF time limit is one): the
+ * job's id is written back before each runs, as it is before each message's work. Promise and
+ * nextTick callbacks need nothing: they run before the next message is read.
+ */
+function forTheJob<F extends (...args: never[]) => unknown>(schedule: F): F {
+    const wrapped = function (this: unknown, callback: unknown, ...rest: unknown[]): unknown {
+        if (typeof callback !== 'function') return Reflect.apply(schedule, this, [callback, ...rest]) as unknown;
+        const job = Atomics.load(current, 0);
+        const run = (...args: unknown[]): unknown => {
+            Atomics.store(current, 0, job);
+            return Reflect.apply(callback, undefined, args);
+        };
+        return Reflect.apply(schedule, this, [run, ...rest]) as unknown;
+    };
+    // util.promisify.custom and the like stay as they were
+    Object.defineProperties(wrapped, Object.getOwnPropertyDescriptors(schedule));
+    return wrapped as unknown as F;
+}
+globalThis.setTimeout = forTheJob(globalThis.setTimeout);
+globalThis.setImmediate = forTheJob(globalThis.setImmediate);
 const keys = createKeyStore();
 const jobs = new Map<number, Job>();
 

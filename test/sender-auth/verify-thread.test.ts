@@ -267,6 +267,71 @@ describe('sender authentication in its own thread', () => {
         }
     });
 
+    it('work in a timer is charged to the job that set the timer, not to the one whose message came last', async () => {
+        const metrics = createMetrics('test');
+        const thread = createVerifyThread({ entry: MISBEHAVING, stallMs: 300, metrics });
+        try {
+            // every answer takes 400 ms: both verifications are still in the thread when the timer fires
+            const slow = {
+                resolve: async (name: string, rrtype: string) => {
+                    await new Promise((resolve) => setTimeout(resolve, 400));
+                    return resolver.resolve(name, rrtype);
+                },
+            };
+            const c = createMailauthCheck({
+                hostname: HOST,
+                resolver: slow,
+                localDomains: [],
+                settings: settings(),
+                thread,
+            });
+            await thread.warm();
+            const hostile = run(c, basicMessage('ceo@bank.example'), { mailFrom: 'timer-spin-3000@bank.example' });
+            while (thread.active === 0) await new Promise((resolve) => setTimeout(resolve, 1));
+            const signed = await sign(basicMessage('alerts@bank.example'), 'bank.example', 'sel', bankKey);
+            const innocent = run(c, signed, { mailFrom: 'a@bank.example' });
+            await assert.rejects(hostile, (err: unknown) => err instanceof ThreadRestarted && !err.rerun);
+            assert.equal((await innocent).facts['dmarc.result'], 'pass');
+            assert.deepEqual(await restarts(metrics), { stalled: 1, failed: 0 });
+        } finally {
+            await thread.close();
+        }
+    });
+
+    it('the main thread held for longer than stallMs is not taken for a stuck thread', async () => {
+        const metrics = createMetrics('test');
+        const thread = createVerifyThread({ stallMs: 300, metrics });
+        try {
+            // DNS that never answers: the verification waits in the thread for as long as the test wants
+            const silent = { resolve: () => new Promise<unknown>(() => undefined) };
+            const c = createMailauthCheck({
+                hostname: HOST,
+                resolver: silent,
+                localDomains: [],
+                settings: settings(),
+                thread,
+            });
+            await thread.warm();
+            const ended = new AbortController();
+            const waiting = run(c, basicMessage('a@bank.example'), { mailFrom: 'a@bank.example' }, ended.signal);
+            while (thread.active === 0) await new Promise((resolve) => setTimeout(resolve, 1));
+            await new Promise((resolve) => setTimeout(resolve, 300));
+            // the main thread busy for a second: the thread's answers to the pings wait unread
+            const end = performance.now() + 1000;
+            while (performance.now() < end) {
+                // busy
+            }
+            await new Promise((resolve) => setTimeout(resolve, 600));
+            assert.equal(thread.active, 1, 'the verification is still there');
+            ended.abort(new Error('check mailauth timed out'));
+            await assert.rejects(waiting, /timed out/);
+            await new Promise((resolve) => setTimeout(resolve, 1200));
+            assert.deepEqual(await restarts(metrics), { stalled: 0, failed: 0 });
+        } finally {
+            await thread.close();
+        }
+    });
+
     it('a verification whose check ends while the thread is free is cancelled without a restart', async () => {
         const metrics = createMetrics('test');
         const thread = createVerifyThread({ graceMs: 100, metrics });
