@@ -11,7 +11,9 @@
  * fed in whole lines with pauses for the event loop (verification-stream.ts), through a resolver
  * that counts the message's queries against `maxDnsQueries` and refuses new ones once the check
  * ended (dns/scoped.ts). When the pipeline gives up on the check, the message stream is
- * destroyed, which stops the hashing.
+ * destroyed, which stops the hashing. mailauth runs in the verification thread
+ * (verify-thread.ts, `authentication.thread`), which is terminated when synchronous work holds
+ * it; the decision stays here, on the main thread.
  *
  * For an authenticated submission client SPF is not evaluated (the client is our own user, and
  * SPF says nothing about it): `spf.result` is `none`, and neither `Received-SPF` nor an spf
