@@ -123,9 +123,9 @@ export function createMailauthVerifier(opts: MailauthCheckOptions): Check['run']
     async function verify(
         ctx: CheckContext,
         signal: AbortSignal,
+        authenticated: boolean,
+        sessionAuthor: FactValue | undefined,
     ): Promise<{ dns: ScopedResolver; verification: Verification<VerificationPlan>; verified: VerifiedMessage }> {
-        const sessionAuthor = ctx.facts['header.from.domain'];
-        const authenticated = ctx.client.login !== null;
         const options: VerifyOptions = {
             // SPF is not evaluated for our own users: without a client address mailauth makes no SPF query
             ip: authenticated ? undefined : ctx.client.ip,
@@ -171,12 +171,12 @@ export function createMailauthVerifier(opts: MailauthCheckOptions): Check['run']
 
     async function run(ctx: CheckContext, signal: AbortSignal): Promise<CheckResult> {
         if (!ctx.message) return { facts: {} };
-        const { dns, verification, verified } = await verify(ctx, signal);
-        const { res, dmarc, authorExists } = verified;
-        const plan: VerificationPlan = verification.plan;
         const authenticated = ctx.client.login !== null;
         const mailFrom = ctx.envelope.mailFrom ?? '';
         const sessionAuthor = ctx.facts['header.from.domain'];
+        const { dns, verification, verified } = await verify(ctx, signal, authenticated, sessionAuthor);
+        const { res, dmarc, authorExists } = verified;
+        const plan: VerificationPlan = verification.plan;
         signal.throwIfAborted();
 
         const { spf, spfRes, spfDomain } = spfOutcome(res, authenticated);

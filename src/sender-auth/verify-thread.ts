@@ -146,11 +146,16 @@ export function createVerifyThread(opts: VerifyThreadOptions = {}): VerifyThread
     let nextJob = 1;
     let closed = false;
 
+    /** Makes `t` no longer the thread: nothing more is sent to it or read from it. */
+    function forget(t: Thread): void {
+        thread = null;
+        if (t.pinger) clearInterval(t.pinger);
+    }
+
     /** Ends every job `t` had and forgets it; the one in `culprit` is not run again. */
     function lose(t: Thread, why: string, rerun: boolean, culprit: number | null = null): void {
         if (thread !== t) return;
-        thread = null;
-        if (t.pinger) clearInterval(t.pinger);
+        forget(t);
         const lost = [...t.jobs];
         t.jobs.clear();
         for (const [id, job] of lost) job.settle(new ThreadRestarted(why, rerun && id !== culprit));
@@ -257,8 +262,7 @@ export function createVerifyThread(opts: VerifyThreadOptions = {}): VerifyThread
     /** Ends a resting thread that has no work left. */
     function endIfResting(t: Thread): void {
         if (!t.resting || t.jobs.size > 0 || thread !== t) return;
-        thread = null;
-        if (t.pinger) clearInterval(t.pinger);
+        forget(t);
         void t.w.terminate();
     }
 

@@ -77,17 +77,14 @@ function start(id: number, opts: VerifyOptions): void {
             post({ t: 'dns', job: id, q, name: String(name), rrtype: String(rrtype) });
         });
     };
+    // a cancelled job's result is not wanted: only that it ended
+    const ended = (answer: () => FromThread): void => {
+        jobs.delete(id);
+        post(job.cancelled ? { t: 'cancelled', job: id } : answer());
+    };
     verifyMessage(job.input, opts, resolver, keys).then(
-        (result) => {
-            jobs.delete(id);
-            if (job.cancelled) post({ t: 'cancelled', job: id });
-            else post({ t: 'done', job: id, result: plainData(result) as typeof result });
-        },
-        (err: unknown) => {
-            jobs.delete(id);
-            if (job.cancelled) post({ t: 'cancelled', job: id });
-            else post({ t: 'failed', job: id, error: toWireError(err) });
-        },
+        (result) => ended(() => ({ t: 'done', job: id, result: plainData(result) as typeof result })),
+        (err: unknown) => ended(() => ({ t: 'failed', job: id, error: toWireError(err) })),
     );
 }
 
