@@ -6,10 +6,12 @@
  * noise of a whole run. The DNS answers come from the loopback test server and are cached by our
  * resolver after the first round, as in production.
  *
- *   node --max-semi-space-size=4 --heap-growing-percent=20 scripts/check-cost.ts [ROUNDS] [MESSAGES]
+ *   node --max-semi-space-size=4 --heap-growing-percent=20 scripts/check-cost.ts [--thread] [ROUNDS] [MESSAGES]
  *
- * (the V8 flags `serve` runs with). Prints CPU (all threads, so garbage collection included) and
- * wall time per message for each round over the corpus, and exits 1 when a check failed or a
+ * (the V8 flags `serve` runs with). `--thread` verifies in the verification thread as `serve`
+ * does (verify-thread.ts); without it, on this thread. Prints CPU (all threads, so garbage
+ * collection included), the CPU of this thread alone, and wall time per message for each round
+ * over the corpus, and exits 1 when a check failed or a
  * message got another DMARC verdict than its class expects (a faster check that verifies less
  * must not pass for a cheaper one). Development tool: it is not part of the
  * running product. Loopback only.
@@ -19,6 +21,7 @@ import { createMailauthCheck } from '../src/checks/mailauth.ts';
 import { defaultAuthentication } from '../src/config/defaults.ts';
 import { createResolver } from '../src/dns/resolver.ts';
 import { acceptAll, runStage } from '../src/pipeline.ts';
+import { createVerifyThread } from '../src/sender-auth/verify-thread.ts';
 import type { CheckContext } from '../src/types.ts';
 import { startDnsServer } from '../test/helpers/dns-server.ts';
 import {
@@ -31,10 +34,13 @@ import {
     type CorpusMessage,
 } from './bench/corpus.ts';
 
-const rounds = Number(process.argv[2] ?? 8);
-const count = Number(process.argv[3] ?? 500);
+const args = process.argv.slice(2);
+const inThread = args[0] === '--thread';
+if (inThread) args.shift();
+const rounds = Number(args[0] ?? 8);
+const count = Number(args[1] ?? 500);
 if (!Number.isSafeInteger(rounds) || rounds < 1 || !Number.isSafeInteger(count) || count < 1) {
-    process.stderr.write('usage: check-cost.ts [ROUNDS] [MESSAGES]\n');
+    process.stderr.write('usage: check-cost.ts [--thread] [ROUNDS] [MESSAGES]\n');
     process.exit(2);
 }
 
@@ -42,9 +48,12 @@ const keys = makeKeys();
 const corpus = await generateCorpus({ count, seed: 42, largeShare: 0.05, keys });
 const dns = await startDnsServer(corpusZone(keys));
 const resolver = createResolver({ servers: [dns.address], timeoutMs: 1000, tries: 1 });
+const thread = inThread ? createVerifyThread() : undefined;
+await thread?.warm();
 const check = createMailauthCheck({
     hostname: `mx.${RCPT_DOMAIN}`,
     resolver,
+    ...(thread ? { thread } : {}),
     localDomains: [RCPT_DOMAIN],
     settings: defaultAuthentication(),
 });
@@ -58,8 +67,10 @@ const context = (m: CorpusMessage): Omit<CheckContext, 'stage'> => ({
 
 try {
     const perRound: number[] = [];
+    const here: number[] = [];
     for (let r = 0; r < rounds; r++) {
         const cpu = process.cpuUsage();
+        const own = process.threadCpuUsage();
         const started = performance.now();
         let failed = 0;
         let wrong = 0;
@@ -71,21 +82,26 @@ try {
         }
         if (failed + wrong > 0) process.exitCode = 1;
         const used = process.cpuUsage(cpu);
+        const usedHere = process.threadCpuUsage(own);
         const cpuMs = (used.user + used.system) / 1000 / corpus.length;
+        const hereMs = (usedHere.user + usedHere.system) / 1000 / corpus.length;
         perRound.push(cpuMs);
+        here.push(hereMs);
         console.log(
-            `round ${r + 1}: ${cpuMs.toFixed(3)} ms CPU, ${((performance.now() - started) / corpus.length).toFixed(3)} ms wall per message` +
+            `round ${r + 1}: ${cpuMs.toFixed(3)} ms CPU (${hereMs.toFixed(3)} on this thread), ${((performance.now() - started) / corpus.length).toFixed(3)} ms wall per message` +
                 (failed > 0 ? `, ${failed} CHECK ERRORS` : '') +
                 (wrong > 0 ? `, ${wrong} WRONG DMARC VERDICTS` : ''),
         );
     }
-    const warm = perRound.slice(1).sort((a, b) => a - b);
-    if (warm.length > 0) {
+    const median = (values: number[]): number =>
+        values.slice(1).sort((a, b) => a - b)[Math.floor((values.length - 1) / 2)]!;
+    if (perRound.length > 1) {
         console.log(
-            `median of rounds 2–${rounds}: ${warm[Math.floor(warm.length / 2)]!.toFixed(3)} ms CPU per message (${corpus.length} messages, ${dns.queries.length} DNS queries in all)`,
+            `median of rounds 2–${rounds}: ${median(perRound).toFixed(3)} ms CPU per message, ${median(here).toFixed(3)} on this thread (${corpus.length} messages, ${dns.queries.length} DNS queries in all)`,
         );
     }
 } finally {
+    await thread?.close();
     resolver.close();
     await dns.close();
 }

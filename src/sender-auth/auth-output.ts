@@ -1,7 +1,10 @@
 /**
  * mailauth's result as the `mailauth` check reads it (src/sender-auth/mailauth.ts) and the first
  * readings of it shared with verify-message.ts: the SPF result and domain, the DKIM results in
- * order, the passing signing domains. Pure; it must not decide anything or load mailauth.
+ * order, the passing signing domains; and `authOutput`, which keeps of a result exactly the parts
+ * the check reads, as plain data (what crosses from the verification thread, and what the check
+ * gets on the main thread too, so both read the same). Pure; it must not decide anything or load
+ * mailauth.
  */
 import { normalizeDomain } from './dmarc-policy.ts';
 import type { MailauthDmarcResponse } from './dmarc-evaluate.ts';
@@ -16,7 +19,12 @@ export type DkimResult = (typeof DKIM_ORDER)[number];
 /** The part of mailauth's result this check reads (its typings are looser than its output). */
 export interface DkimRow {
     readonly signingDomain?: string;
-    readonly status: { readonly result: string; readonly aligned?: string | false };
+    readonly status: {
+        readonly result: string;
+        readonly aligned?: string | false;
+        /** Body bytes after the signed length (l=, RFC 6376 section 3.5). */
+        readonly underSized?: number;
+    };
     readonly info?: string;
 }
 export interface ArcChainEntry {
@@ -24,7 +32,8 @@ export interface ArcChainEntry {
     readonly 'arc-seal'?: { readonly parsed?: { readonly d?: { readonly value?: unknown } } };
     readonly 'arc-authentication-results'?: { readonly original?: Buffer | string };
 }
-export interface AuthResult {
+/** What the check reads of mailauth's result (`authOutput` keeps exactly this). */
+export interface AuthOutput {
     readonly dkim: { readonly headerFrom?: string[]; readonly fromFields?: number; readonly results?: DkimRow[] };
     readonly spf:
         | false
@@ -34,16 +43,70 @@ export interface AuthResult {
               readonly header?: string;
               readonly info?: string;
           };
-    readonly dmarc: false | MailauthDmarcResponse;
-    readonly dmarcSkipReason?: string;
     readonly arc:
         | false
         | {
               readonly status: { readonly result: string };
-              readonly i?: number | false;
               readonly info?: string;
-              readonly chain?: ArcChainEntry[];
+              /** Non-enumerable in mailauth: the validated chain. */
+              readonly chain?: ArcChainEntry[] | false;
           };
+}
+/** mailauth's result as verify-message.ts reads it: what the check reads, and DMARC. */
+export interface AuthResult extends AuthOutput {
+    readonly dmarc: false | MailauthDmarcResponse;
+    readonly dmarcSkipReason?: string;
+}
+
+/** The text of a field mailauth gives as a Buffer or a string. */
+function text(value: unknown): string | undefined {
+    if (typeof value === 'string') return value;
+    return Buffer.isBuffer(value) ? value.toString('utf8') : undefined;
+}
+const str = (value: unknown): string | undefined => (typeof value === 'string' ? value : undefined);
+const num = (value: unknown): number | undefined => (typeof value === 'number' ? value : undefined);
+
+/**
+ * The parts of mailauth's result the check reads, copied as plain data: strings, numbers,
+ * booleans, arrays and objects of them, a few hundred bytes (mailauth's whole result, with each
+ * signature's canonicalized header, key and signed header fields, is about ten times that and
+ * ten times the objects, which a structured clone would copy for nothing). A value of another
+ * type than the check reads is left out, as the check would ignore it.
+ */
+export function authOutput(res: AuthOutput): AuthOutput {
+    const { dkim, spf, arc } = res;
+    return {
+        dkim: {
+            headerFrom: Array.isArray(dkim.headerFrom) ? dkim.headerFrom.map(String) : undefined,
+            fromFields: num(dkim.fromFields),
+            results: dkim.results?.map((r) => ({
+                signingDomain: str(r.signingDomain),
+                status: {
+                    result: String(r.status.result),
+                    aligned: typeof r.status.aligned === 'string' ? r.status.aligned : undefined,
+                    underSized: num(r.status.underSized),
+                },
+                info: str(r.info),
+            })),
+        },
+        spf: spf && {
+            domain: str(spf.domain),
+            status: { result: String(spf.status.result) },
+            header: str(spf.header),
+            info: str(spf.info),
+        },
+        arc: arc && {
+            status: { result: String(arc.status.result) },
+            info: str(arc.info),
+            chain: Array.isArray(arc.chain)
+                ? arc.chain.map((e) => ({
+                      i: num(e.i),
+                      'arc-seal': { parsed: { d: { value: str(e['arc-seal']?.parsed?.d?.value) } } },
+                      'arc-authentication-results': { original: text(e['arc-authentication-results']?.original) },
+                  }))
+                : undefined,
+        },
+    };
 }
 
 export function spfResult(r: string | undefined): SpfResult {
@@ -63,9 +126,9 @@ export function bestDkim(results: readonly string[]): DkimResult {
 
 /** The SPF part: mailauth's row, its result and its domain; not evaluated (`none`) for a logged-in client. */
 export function spfOutcome(
-    res: AuthResult,
+    res: AuthOutput,
     authenticated: boolean,
-): { spf: Exclude<AuthResult['spf'], false> | null; spfRes: SpfResult; spfDomain: string | null } {
+): { spf: Exclude<AuthOutput['spf'], false> | null; spfRes: SpfResult; spfDomain: string | null } {
     const spf = authenticated ? null : res.spf || null;
     const spfRes = authenticated ? 'none' : spfResult(spf?.status.result);
     const spfDomain = spf?.domain ? normalizeDomain(spf.domain) : null;
@@ -73,7 +136,7 @@ export function spfOutcome(
 }
 
 /** The DKIM rows that are signatures, and the domains of the passing ones (normalized, once each). */
-export function dkimOutcome(res: AuthResult): { signatures: DkimRow[]; passingDomains: string[] } {
+export function dkimOutcome(res: AuthOutput): { signatures: DkimRow[]; passingDomains: string[] } {
     const signatures = (res.dkim.results ?? []).filter((r) => r.signingDomain !== undefined);
     const passingDomains = [
         ...new Set(signatures.filter((r) => r.status.result === 'pass').map((r) => normalizeDomain(r.signingDomain!))),

@@ -77,8 +77,8 @@ function isLocal(domain: string | null, locals: readonly string[]): boolean {
 }
 
 /** The ARC sets of a validated chain, oldest first. */
-function arcHops(chain: readonly ArcChainEntry[] | undefined): ArcHop[] {
-    return (chain ?? []).map((e, k) => {
+function arcHops(chain: readonly ArcChainEntry[] | false | undefined): ArcHop[] {
+    return (chain || []).map((e, k) => {
         const d = e['arc-seal']?.parsed?.d?.value;
         const original = e['arc-authentication-results']?.original;
         const text = original === undefined ? '' : Buffer.isBuffer(original) ? original.toString('utf8') : original;
@@ -190,8 +190,8 @@ export function createMailauthVerifier(opts: MailauthCheckOptions): Check['run']
         const unsignedBytes = signatures
             .filter((r) => r.status.result === 'pass')
             .reduce((most, r) => {
-                const under = (r.status as { underSized?: unknown }).underSized;
-                return typeof under === 'number' && under > most ? under : most;
+                const under = r.status.underSized;
+                return under !== undefined && under > most ? under : most;
             }, 0);
         const headerFrom = res.dkim.headerFrom ?? [];
         const fromFields = res.dkim.fromFields ?? 0;

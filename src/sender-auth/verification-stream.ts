@@ -243,13 +243,16 @@ export async function openVerification<T extends FeedPlan>(
     const stats: FeedStats = { bodyBytes: 0, cut: null };
     async function* generate(): AsyncGenerator<Buffer> {
         try {
-            // the header section in pieces too: mailauth reads it byte by byte until the empty line
-            for (let off = 0; off < planned.header.length; off += BODY_PIECE) {
-                yield planned.header.subarray(off, off + BODY_PIECE);
-                await nextTurn();
+            // the header section in pieces too: mailauth reads it byte by byte until the empty line;
+            // the empty line that ends it goes with its last piece (one piece less to pass on)
+            const header = planned.header;
+            for (let off = 0; off < header.length; off += BODY_PIECE) {
+                if (off > 0) await nextTurn();
+                const piece = header.subarray(off, off + BODY_PIECE);
+                yield off + BODY_PIECE >= header.length && read.body !== null ? Buffer.concat([piece, CRLF]) : piece;
             }
             if (read.body === null) return;
-            yield CRLF;
+            if (header.length === 0) yield CRLF;
             // nothing hashes the body (no signature to verify): mailauth does not need it
             if (planned.bodyHashes > 0) yield* bodyPieces(read.body, it, stats, planned.relaxedBodyHashes);
         } finally {

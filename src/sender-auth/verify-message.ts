@@ -3,8 +3,9 @@
  * (SPF, DKIM, ARC, and DMARC in rfc9989 mode), the DMARC evaluation of rfc7489 mode (Public
  * Suffix List), and whether the author domain exists where `np` needs it (RFC 9989 appendix
  * A.4). It runs in the verification thread (verify-worker.ts), or on the main thread when
- * `authentication.thread` is off; what it returns is plain data either way, so mailauth's modules
- * are loaded only where it runs.
+ * `authentication.thread` is off; what it returns is plain data either way (the parts of
+ * mailauth's result the check reads, auth-output.ts), so mailauth's modules are loaded only where
+ * it runs and the check reads the same in both places.
  *
  * It must not decide anything (mailauth.ts does, from what this returns) and must not use any
  * resolver but the one given.
@@ -12,7 +13,7 @@
 import type { Readable } from 'node:stream';
 import type { DnsResolve } from '../dns/scoped.ts';
 import { authenticate, type AuthenticateOptions } from './authenticate.ts';
-import { dkimOutcome, spfOutcome, type AuthResult } from './auth-output.ts';
+import { authOutput, dkimOutcome, spfOutcome, type AuthOutput, type AuthResult } from './auth-output.ts';
 import {
     authorExistence,
     evaluateRfc7489,
@@ -30,8 +31,8 @@ export interface VerifyOptions extends Omit<AuthenticateOptions, 'resolver' | 'k
 }
 
 export interface VerifiedMessage {
-    /** mailauth's result, the parts the check reads. */
-    readonly res: AuthResult;
+    /** mailauth's result, the parts the check reads (authOutput). */
+    readonly res: AuthOutput;
     readonly dmarc: DmarcEvaluation;
     /** authorExistence(): whether the author domain exists, null when not needed or unknown. */
     readonly authorExists: boolean | null;
@@ -67,5 +68,5 @@ export async function verifyMessage(
     } else {
         dmarc = fromMailauth(res.dmarc, res.dmarcSkipReason);
     }
-    return { res, dmarc, authorExists: await authorExistence(dmarc, resolver) };
+    return { res: authOutput(res), dmarc, authorExists: await authorExistence(dmarc, resolver) };
 }

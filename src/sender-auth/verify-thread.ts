@@ -109,8 +109,8 @@ interface Job {
     readonly session: string;
     readonly resolver: DnsResolve;
     readonly input: Readable;
-    /** Sizes of the pieces sent and not yet taken in, oldest first. */
-    readonly inFlight: number[];
+    /** The pieces sent and not yet taken in (number, size), oldest first. */
+    readonly inFlight: { readonly n: number; readonly size: number }[];
     inFlightBytes: number;
     wake: (() => void) | null;
     settle(err: Error | null, result?: VerifiedMessage): void;
@@ -302,7 +302,8 @@ export function createVerifyThread(opts: VerifyThreadOptions = {}): VerifyThread
                 );
                 return;
             case 'taken':
-                job.inFlightBytes -= job.inFlight.shift() ?? 0;
+                while (job.inFlight.length > 0 && job.inFlight[0]!.n <= m.n)
+                    job.inFlightBytes -= job.inFlight.shift()!.size;
                 job.wake?.();
                 return;
             case 'done':
@@ -318,23 +319,48 @@ export function createVerifyThread(opts: VerifyThreadOptions = {}): VerifyThread
         }
     }
 
-    /** Sends the pieces of `input` as the thread takes them in, then the end. */
-    async function feed(t: Thread, id: number, job: Job): Promise<void> {
+    /**
+     * Sends `start` with the first piece of `input`, then the others as the thread takes them in;
+     * one piece is read ahead, so that the last says it is the last. A piece asks to be
+     * acknowledged only when the one after it will not fit in flight (PIECES_IN_FLIGHT,
+     * BYTES_IN_FLIGHT): an ordinary message crosses in two messages and none comes back.
+     */
+    async function feed(t: Thread, id: number, job: Job, opts: VerifyOptions): Promise<void> {
         const live = (): boolean => thread === t && t.jobs.get(id) === job;
         const full = (size: number): boolean =>
             job.inFlight.length >= PIECES_IN_FLIGHT ||
             (job.inFlight.length > 0 && job.inFlightBytes + size > BYTES_IN_FLIGHT);
-        for await (const piece of job.input as AsyncIterable<Buffer>) {
-            while (full(piece.length) && live()) await new Promise<void>((resolve) => (job.wake = resolve));
+        let started = false;
+        let sent = 0;
+        /** Sends `piece` once there is room; `next` is the size of the piece after it (null: none). */
+        const put = async (piece: Buffer | null, next: number | null): Promise<boolean> => {
+            const size = piece?.length ?? 0;
+            while (full(size) && live()) await new Promise<void>((resolve) => (job.wake = resolve));
             job.wake = null;
-            if (!live()) return;
-            job.inFlight.push(piece.length);
-            job.inFlightBytes += piece.length;
-            // a copy of exactly these bytes, moved to the thread: a clone of a view would copy its whole buffer
-            const bytes = new Uint8Array(piece);
-            send(t, { t: 'piece', job: id, bytes }, [bytes.buffer]);
+            if (!live()) return false;
+            let bytes: Uint8Array | null = null;
+            let ack: number | null = null;
+            if (piece !== null) {
+                const n = ++sent;
+                job.inFlight.push({ n, size });
+                job.inFlightBytes += size;
+                if (next !== null && full(next)) ack = n;
+                // a copy of exactly these bytes, moved to the thread: a clone of a view would copy its whole buffer
+                bytes = new Uint8Array(piece);
+            }
+            const last = next === null;
+            const transfer = bytes ? [bytes.buffer as ArrayBuffer] : undefined;
+            if (started) send(t, { t: 'piece', job: id, bytes, last, ack }, transfer);
+            else send(t, { t: 'start', job: id, opts, bytes, last, ack }, transfer);
+            started = true;
+            return true;
+        };
+        let held: Buffer | null = null;
+        for await (const piece of job.input as AsyncIterable<Buffer>) {
+            if (held !== null && !(await put(held, piece.length))) return;
+            held = piece;
         }
-        if (live()) send(t, { t: 'end', job: id });
+        await put(held, null);
     }
 
     /** The check ended before the verification: stop it, and the thread if it does not answer. */
@@ -387,9 +413,8 @@ export function createVerifyThread(opts: VerifyThreadOptions = {}): VerifyThread
                 };
                 t.jobs.set(id, job);
                 signal.addEventListener('abort', onAbort, { once: true });
-                send(t, { t: 'start', job: id, opts: wireOpts });
                 watch(t);
-                feed(t, id, job).catch((err: unknown) => {
+                feed(t, id, job, wireOpts).catch((err: unknown) => {
                     // the copy could not be read (the message stream failed): the verification fails with it
                     cancel(t, id, job);
                     job.settle(err instanceof Error ? err : new Error(String(err)));

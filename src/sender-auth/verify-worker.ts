@@ -20,7 +20,7 @@ import { parentPort, workerData } from 'node:worker_threads';
 import { dnsError } from '../dns/errors.ts';
 import { createKeyStore } from './key-reuse.ts';
 import { verifyMessage, type VerifyOptions } from './verify-message.ts';
-import { fromWireError, plainData, toWireError, type FromThread, type ToThread } from './verify-wire.ts';
+import { fromWireError, toWireError, type FromThread, type Piece, type ToThread } from './verify-wire.ts';
 
 interface Job {
     readonly input: PassThrough;
@@ -83,9 +83,23 @@ function start(id: number, opts: VerifyOptions): void {
         post(job.cancelled ? { t: 'cancelled', job: id } : answer());
     };
     verifyMessage(job.input, opts, resolver, keys).then(
-        (result) => ended(() => ({ t: 'done', job: id, result: plainData(result) as typeof result })),
+        // plain data already: the parts of mailauth's result the check reads (auth-output.ts)
+        (result) => ended(() => ({ t: 'done', job: id, result })),
         (err: unknown) => ended(() => ({ t: 'failed', job: id, error: toWireError(err) })),
     );
+}
+
+/** Passes a piece on to the job's verification. */
+function take(m: Piece): void {
+    const job = jobs.get(m.job);
+    if (!job || job.cancelled) return;
+    if (m.bytes !== null) {
+        const bytes = Buffer.from(m.bytes.buffer, m.bytes.byteOffset, m.bytes.byteLength);
+        const n = m.ack;
+        // taken once the verifier's side of the pipe accepted it: at most a few pieces wait here
+        job.input.write(bytes, n === null ? undefined : () => post({ t: 'taken', job: m.job, n }));
+    }
+    if (m.last) job.input.end();
 }
 
 /** Stops a job; `cancelled` is answered once its verification has ended (at once when there is none). */
@@ -112,17 +126,10 @@ port.on('message', (m: ToThread) => {
             return;
         case 'start':
             start(m.job, m.opts);
+            take(m);
             return;
-        case 'piece': {
-            const job = jobs.get(m.job);
-            if (!job || job.cancelled) return;
-            const bytes = Buffer.from(m.bytes.buffer, m.bytes.byteOffset, m.bytes.byteLength);
-            // taken once the verifier's side of the pipe accepted it: at most a few pieces wait here
-            job.input.write(bytes, () => post({ t: 'taken', job: m.job }));
-            return;
-        }
-        case 'end':
-            jobs.get(m.job)?.input.end();
+        case 'piece':
+            take(m);
             return;
         case 'cancel':
             cancel(m.job);

@@ -15,6 +15,7 @@ import { startDnsServer, type DnsTestServer, type Zone } from '../helpers/dns-se
 import {
     basicMessage,
     context,
+    message,
     rsaKey,
     seal,
     settings,
@@ -131,6 +132,17 @@ describe('mailauth check', () => {
         assert.match(ar, /dkim=none/);
         assert.match(ar, /arc=none/);
         assert.match(header(r, 'Received-SPF'), /^fail \(mx\.test: .*client-ip=192\.0\.2\.10;/);
+    });
+
+    it('a passing signature over part of the body (l=): the bytes after it are reported', async () => {
+        const body = 'Only the first ten bytes are signed.\r\n';
+        const msg = message({ From: 'alerts@bank.example', To: 'user@mx.test', Subject: 'Partly signed' }, body);
+        const signed = await sign(msg, 'bank.example', 'sel', bankKey, { maxBodyLength: 10 });
+        const appended = 'Appended by anyone.\r\n';
+        const r = await run(check(), `${signed}${appended}`, { mailFrom: 'bounce@sender.test' });
+        assert.equal(r.facts['dkim.result'], 'pass');
+        assert.equal(r.facts['dmarc.result'], 'pass');
+        assert.equal(r.facts['dkim.unsigned_bytes'], body.length + appended.length - 10);
     });
 
     it('an aligned DKIM signature: dkim pass, aligned, dmarc pass', async () => {

@@ -9,13 +9,20 @@
 // check reads.
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
+import { Worker } from 'node:worker_threads';
 import { createMailauthCheck } from '../../src/checks/mailauth.ts';
 import type { AuthenticationConfig } from '../../src/config/types.ts';
 import type { Resolver } from '../../src/dns/resolver.ts';
 import type { Logger } from '../../src/log.ts';
 import { createMetrics, type Metrics } from '../../src/metrics.ts';
-import { createVerifyThread, ThreadRestarted, type VerifyThread } from '../../src/sender-auth/verify-thread.ts';
-import { plainData } from '../../src/sender-auth/verify-wire.ts';
+import {
+    BYTES_IN_FLIGHT,
+    createVerifyThread,
+    PIECES_IN_FLIGHT,
+    ThreadRestarted,
+    type VerifyThread,
+} from '../../src/sender-auth/verify-thread.ts';
+import { authOutput, type AuthResult } from '../../src/sender-auth/auth-output.ts';
 import type { Check, CheckResult } from '../../src/types.ts';
 import { startDnsServer, type DnsTestServer } from '../helpers/dns-server.ts';
 import {
@@ -186,6 +193,66 @@ describe('sender authentication in its own thread', () => {
             assert.equal((await run(check(thread), large, cases[1]!.o)).facts['dkim.result'], 'pass');
             assert.equal(arc.facts['arc.trusted'], true);
         } finally {
+            await thread.close();
+        }
+    });
+
+    it('an ordinary message crosses in two messages with nothing sent back for them; a large one keeps the flow control', async () => {
+        type Out = { t: string; job?: number; bytes?: Uint8Array | null; ack?: number | null; last?: boolean };
+        const log: ({ dir: 'out'; m: Out } | { dir: 'in'; m: { t: string; job?: number; n?: number } })[] = [];
+        // every message the main thread sends to a thread, and every one it gets
+        const proto = Worker.prototype as unknown as Record<'postMessage' | 'emit', (...args: unknown[]) => unknown>;
+        const post = proto.postMessage;
+        const emit = proto.emit;
+        proto.postMessage = function (this: Worker, ...args: unknown[]) {
+            log.push({ dir: 'out', m: args[0] as Out });
+            return post.apply(this, args);
+        };
+        proto.emit = function (this: Worker, ...args: unknown[]) {
+            if (args[0] === 'message') log.push({ dir: 'in', m: args[1] as { t: string } });
+            return emit.apply(this, args);
+        };
+        const thread = createVerifyThread();
+        try {
+            await thread.warm();
+            const signed = await sign(basicMessage('alerts@bank.example'), 'bank.example', 'sel', bankKey);
+            log.length = 0;
+            const r = await run(check(thread), signed, { mailFrom: 'a@bank.example' });
+            assert.equal(r.facts['dmarc.result'], 'pass');
+            const out = log.filter((e) => e.dir === 'out' && e.m.t !== 'answer' && e.m.t !== 'ping').map((e) => e.m.t);
+            assert.deepEqual(out, ['start', 'piece']);
+            const back = log.filter((e) => e.dir === 'in' && e.m.t !== 'dns' && e.m.t !== 'pong').map((e) => e.m.t);
+            assert.deepEqual(back, ['done']);
+
+            const large = await sign(
+                message({ From: 'alerts@bank.example', To: 'bob@mx.test' }, 'a line of the body\r\n'.repeat(60_000)),
+                'bank.example',
+                'sel',
+                bankKey,
+            );
+            log.length = 0;
+            const l = await run(check(thread), large, { mailFrom: 'a@bank.example' });
+            assert.equal(l.facts['dkim.result'], 'pass');
+            // what the main thread knows to be in flight, at each piece it sends
+            const inFlight: { n: number; size: number }[] = [];
+            let sent = 0;
+            let acks = 0;
+            for (const e of log) {
+                if (e.dir === 'in' && e.m.t === 'taken') {
+                    acks++;
+                    while (inFlight.length > 0 && inFlight[0]!.n <= e.m.n!) inFlight.shift();
+                } else if (e.dir === 'out' && (e.m.t === 'start' || e.m.t === 'piece') && e.m.bytes) {
+                    inFlight.push({ n: ++sent, size: e.m.bytes.byteLength });
+                    assert.ok(inFlight.length <= PIECES_IN_FLIGHT, `${inFlight.length} pieces in flight`);
+                    const bytes = inFlight.reduce((sum, p) => sum + p.size, 0);
+                    assert.ok(inFlight.length === 1 || bytes <= BYTES_IN_FLIGHT, `${bytes} bytes in flight`);
+                }
+            }
+            assert.ok(sent > 20, `${sent} pieces`);
+            assert.ok(acks > 0 && acks < sent, `${acks} acknowledgements for ${sent} pieces`);
+        } finally {
+            proto.postMessage = post;
+            proto.emit = emit;
             await thread.close();
         }
     });
@@ -431,47 +498,108 @@ describe('sender authentication in its own thread', () => {
     });
 });
 
-describe('plainData', () => {
-    it('copies what the check reads: enumerable data, the hidden DMARC record and ARC chain, Buffers as text', () => {
-        const dmarc: Record<string, unknown> = { status: { result: 'fail' }, rr: 'v=DMARC1; p=reject' };
-        Object.defineProperty(dmarc, 'record', { value: { p: 'reject', rr: 'v=DMARC1; p=reject' }, enumerable: false });
-        Object.defineProperty(dmarc, 'orgRecord', { value: { p: 'none' }, enumerable: false });
-        const arc: Record<string, unknown> = { status: { result: 'pass' } };
+describe('authOutput', () => {
+    it('keeps what the check reads, as plain data: the hidden ARC chain, Buffers as text, l= bytes; nothing else', () => {
+        const arc: Record<string, unknown> = { status: { result: 'pass', comment: 'x' }, i: 1, info: 'arc=pass' };
         Object.defineProperty(arc, 'chain', {
             value: [
-                { i: 1, 'arc-authentication-results': { original: Buffer.from('ARC-Authentication-Results: i=1; x') } },
+                {
+                    i: 1,
+                    'arc-seal': { parsed: { d: { value: 'forwarder.example' }, b: { value: 'sig' } } },
+                    'arc-authentication-results': { original: Buffer.from('ARC-Authentication-Results: i=1; x') },
+                    'arc-message-signature': { original: Buffer.from('ARC-Message-Signature: i=1; y') },
+                },
             ],
             enumerable: false,
         });
-        const out = plainData({
-            dmarc,
-            arc,
-            fn: () => 1,
-            sym: Symbol('s'),
-            err: Object.assign(new Error('boom'), { code: 'ENOTFOUND' }),
-        });
-        assert.deepEqual(out, {
-            dmarc: {
-                status: { result: 'fail' },
-                rr: 'v=DMARC1; p=reject',
-                record: { p: 'reject', rr: 'v=DMARC1; p=reject' },
+        const raw = {
+            dkim: {
+                headerFrom: ['a@bank.example'],
+                fromFields: 1,
+                envelopeFrom: 'a@bank.example',
+                results: [
+                    {
+                        signingDomain: 'bank.example',
+                        selector: 'sel',
+                        signingHeaders: {
+                            keys: 'From',
+                            headers: ['From: a@bank.example'],
+                            canonicalizedHeader: Buffer.from('from:a'),
+                        },
+                        publicKey: '-----BEGIN PUBLIC KEY-----',
+                        status: {
+                            result: 'pass',
+                            aligned: 'bank.example',
+                            underSized: 21,
+                            header: { i: '@bank.example' },
+                        },
+                        info: 'dkim=pass header.i=@bank.example',
+                    },
+                ],
             },
+            spf: {
+                domain: 'bank.example',
+                rr: 'v=spf1 -all',
+                status: { result: 'pass', comment: 'c' },
+                header: 'Received-SPF: pass',
+                info: 'spf=pass',
+                lookups: { count: 1 },
+            },
+            arc,
+            dmarc: { status: { result: 'pass' }, rr: 'v=DMARC1; p=reject' },
+        };
+        const out = authOutput(raw as unknown as AuthResult);
+        assert.deepEqual(out, {
+            dkim: {
+                headerFrom: ['a@bank.example'],
+                fromFields: 1,
+                results: [
+                    {
+                        signingDomain: 'bank.example',
+                        status: { result: 'pass', aligned: 'bank.example', underSized: 21 },
+                        info: 'dkim=pass header.i=@bank.example',
+                    },
+                ],
+            },
+            spf: { domain: 'bank.example', status: { result: 'pass' }, header: 'Received-SPF: pass', info: 'spf=pass' },
             arc: {
                 status: { result: 'pass' },
-                chain: [{ i: 1, 'arc-authentication-results': { original: 'ARC-Authentication-Results: i=1; x' } }],
+                info: 'arc=pass',
+                chain: [
+                    {
+                        i: 1,
+                        'arc-seal': { parsed: { d: { value: 'forwarder.example' } } },
+                        'arc-authentication-results': { original: 'ARC-Authentication-Results: i=1; x' },
+                    },
+                ],
             },
-            err: { message: 'boom', code: 'ENOTFOUND' },
         });
         // survives a structured clone unchanged
         assert.deepEqual(structuredClone(out), out);
-    });
-
-    it('stops at a depth bound (a cycle cannot make it loop)', () => {
-        const loop: Record<string, unknown> = { a: 1 };
-        loop.self = loop;
-        let depth = 0;
-        for (let node = plainData(loop) as Record<string, unknown> | undefined; node; node = node.self as typeof node)
-            depth++;
-        assert.equal(depth, 16);
+        // values of other types than the check reads are left out, not passed on
+        const odd = authOutput({
+            dkim: {
+                headerFrom: undefined,
+                fromFields: '1',
+                results: [{ status: { result: 'pass', underSized: '9' } }],
+            },
+            spf: false,
+            arc: { status: { result: 'none' }, chain: false },
+        } as unknown as AuthResult);
+        assert.deepEqual(odd, {
+            dkim: {
+                headerFrom: undefined,
+                fromFields: undefined,
+                results: [
+                    {
+                        signingDomain: undefined,
+                        status: { result: 'pass', aligned: undefined, underSized: undefined },
+                        info: undefined,
+                    },
+                ],
+            },
+            spf: false,
+            arc: { status: { result: 'none' }, info: undefined, chain: undefined },
+        });
     });
 });
