@@ -3,8 +3,14 @@
  * GET /healthz (the process is alive), GET /readyz (200 only when the listeners are up and
  * the upstream answers). Read-only; it never changes state and never exposes message data.
  */
-import { createServer, type Server } from 'node:http';
+import type { Server } from 'node:http';
+import { createRequire } from 'node:module';
 import type { Registry } from 'prom-client';
+
+// node:http through require: an ES import reads every export of node:http, which makes Node.js
+// load its bundled HTTP client (undici, for the WebSocket classes) on the main thread, about
+// 13 MB of RSS (src/smtp-server/library.ts)
+const { createServer } = createRequire(import.meta.url)('node:http') as typeof import('node:http');
 
 export interface HttpDeps {
     /** The app's registry, or (several workers) one that answers with every worker's metrics combined. */

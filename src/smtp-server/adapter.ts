@@ -36,9 +36,10 @@
 import { isUtf8 } from 'node:buffer';
 import type net from 'node:net';
 import type tls from 'node:tls';
-import { SMTPServer, type SMTPServerOptions } from 'smtp-server';
-import { SMTPConnection, type SMTPConnectionOptions, type TLSError } from 'smtp-server/lib/smtp-connection.js';
+import type { SMTPServerOptions } from 'smtp-server';
+import type { SMTPConnectionOptions, TLSError } from 'smtp-server/lib/smtp-connection.js';
 import type { SMTPStream } from 'smtp-server/lib/smtp-stream.js';
+import { SMTPConnection, SMTPServer } from './library.ts';
 import type { Logger } from '../log.ts';
 import type { Metrics } from '../metrics.ts';
 import { classifyOpening, OPENING_BYTES } from '../net/opening-bytes.ts';

@@ -11,7 +11,7 @@
  * and test/smtp-server/commands.test.ts fails loudly when an upgrade changes them.
  * It decides nothing itself: the gate does.
  */
-import { SMTPConnection } from 'smtp-server/lib/smtp-connection.js';
+import { SMTPConnection } from './library.ts';
 import type { SmtpReply } from '../types.ts';
 
 /** What the gate sees of a session. */

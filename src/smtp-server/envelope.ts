@@ -18,7 +18,7 @@
  * Nothing here decides policy or chooses reply texts.
  */
 import type { SMTPServerAddress, SMTPServerSession } from 'smtp-server';
-import { SMTPConnection } from 'smtp-server/lib/smtp-connection.js';
+import { SMTPConnection } from './library.ts';
 import { parseEnvelopeCommand, type EnvelopeParse } from '../envelope/command.ts';
 import type { EhloOffer } from '../envelope/extensions.ts';
 

@@ -31,10 +31,11 @@ function sources(root: string): string[] {
 }
 
 /**
- * Prints at exit whether Node.js's type stripper (amaro) and the argon2 password module were
- * loaded into the process.
+ * Prints at exit whether Node.js's type stripper (amaro), the argon2 password module and
+ * Node.js's bundled HTTP client (undici, about 13 MB: src/smtp-server/library.ts) were loaded
+ * into the process's main thread.
  */
-const REPORT_LOADED = `--import=data:text/javascript,import{createRequire}from"node:module";const c=createRequire("/").cache;process.on("exit",()=>process.stderr.write("type-stripper-loaded:"+process.moduleLoadList.some((m)=>m.includes("amaro"))+" argon2-loaded:"+Object.keys(c).some((k)=>k.includes("@node-rs"))+"\\n"))`;
+const REPORT_LOADED = `--import=data:text/javascript,import{createRequire}from"node:module";const c=createRequire("/").cache;process.on("exit",()=>process.stderr.write("type-stripper-loaded:"+process.moduleLoadList.some((m)=>m.includes("amaro"))+" argon2-loaded:"+Object.keys(c).some((k)=>k.includes("@node-rs"))+" undici-loaded:"+process.moduleLoadList.some((m)=>m.includes("undici"))+"\\n"))`;
 
 describe('npm run build and the launcher', () => {
     let dir: string;
@@ -45,17 +46,26 @@ describe('npm run build and the launcher', () => {
         execFileSync(process.execPath, [path.join(project, 'scripts/build.js')], { cwd: project, encoding: 'utf8' });
 
     /** Starts serve from the copy, waits for its start line, stops it; the modules counts and whether the stripper loaded. */
-    const serveOnce = async (): Promise<{ modules: unknown; stripperLoaded: boolean; argon2Loaded: boolean }> => {
+    const serveOnce = async (): Promise<{
+        modules: unknown;
+        stripperLoaded: boolean;
+        argon2Loaded: boolean;
+        undiciLoaded: boolean;
+    }> => {
         const serve = startServe(config, dir, {}, [REPORT_LOADED], path.join(project, 'bin/mailwarden.js'));
         try {
             const started = await serve.waitFor((l) => l.msg === 'mailwarden started', { timeoutMs: 60_000 });
             assert.equal(await serve.stop(), 0);
-            const report = /type-stripper-loaded:(true|false) argon2-loaded:(true|false)/.exec(serve.stderr());
+            const report =
+                /type-stripper-loaded:(true|false) argon2-loaded:(true|false) undici-loaded:(true|false)/.exec(
+                    serve.stderr(),
+                );
             assert.ok(report, serve.stderr());
             return {
                 modules: started.modules,
                 stripperLoaded: report[1] === 'true',
                 argon2Loaded: report[2] === 'true',
+                undiciLoaded: report[3] === 'true',
             };
         } finally {
             await serve.stop();
@@ -77,7 +87,8 @@ describe('npm run build and the launcher', () => {
             [
                 'listeners: [{ name: mx, host: 127.0.0.1, port: 0, mode: mx }]',
                 `upstream: { url: "maildir:${path.join(dir, 'maildir')}" }`,
-                'http: false',
+                // the operations endpoint on, as by default: it must not bring an HTTP client with it
+                'http: { host: 127.0.0.1, port: 0 }',
                 '',
             ].join('\n'),
         );
@@ -102,9 +113,10 @@ describe('npm run build and the launcher', () => {
         assert.ok(!fs.readdirSync(project).some((f) => f.startsWith('dist.tmp')), 'nothing left of the staging folder');
     });
 
-    it('serves from dist/ without loading the type stripper, nor argon2 without a users file', async () => {
-        const { modules, stripperLoaded, argon2Loaded } = await serveOnce();
+    it('serves from dist/ without loading the type stripper, nor argon2 without a users file, nor an HTTP client', async () => {
+        const { modules, stripperLoaded, argon2Loaded, undiciLoaded } = await serveOnce();
         assert.equal(argon2Loaded, false);
+        assert.equal(undiciLoaded, false);
         const m = modules as { compiled: number; stripped: number };
         assert.ok(m.compiled > 100, JSON.stringify(m));
         assert.equal(m.stripped, 0);

@@ -9,8 +9,7 @@ import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { describe, it } from 'node:test';
-import { SMTPServer } from 'smtp-server';
-import { SMTPConnection } from 'smtp-server/lib/smtp-connection.js';
+import { SMTPConnection, SMTPServer } from '../../src/smtp-server/library.ts';
 import { BUILTIN_TEXT_PATTERNS, DISABLED_COMMANDS, DISABLED_TEXTS } from '../../src/smtp-server/replies.ts';
 
 const require = createRequire(import.meta.url);

@@ -8,7 +8,8 @@
 import assert from 'node:assert/strict';
 import type { Socket } from 'node:net';
 import { after, before, describe, it } from 'node:test';
-import { SMTPServer, type SMTPServerAddress, type SMTPServerSession } from 'smtp-server';
+import type { SMTPServerAddress, SMTPServerSession } from 'smtp-server';
+import { SMTPServer } from '../../src/smtp-server/library.ts';
 import type { EnvelopeParse } from '../../src/envelope/command.ts';
 import type { EhloOffer } from '../../src/envelope/extensions.ts';
 import {
