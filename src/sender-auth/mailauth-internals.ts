@@ -216,8 +216,6 @@ const dmarcModule = require('mailauth/lib/dmarc/index.js') as {
 };
 const signModule = require('mailauth/lib/dkim/sign.js') as { dkimSign: typeof Mailauth.dkimSign };
 
-export { mailauthAddresses } from './mailauth-addresses.ts';
-
 /** The fields and steps of mailauth's message parser (lib/dkim/message-parser.js) the scans below replace. */
 interface MessageParserInternals {
     state: 'header' | 'body';

@@ -9,7 +9,14 @@ import { dkimSign, sealMessage } from 'mailauth';
 import { defaultAuthentication } from '../../src/config/defaults.ts';
 import type { AuthenticationConfig } from '../../src/config/types.ts';
 import { createResolver, type Resolver } from '../../src/dns/resolver.ts';
-import type { Facts, CheckContext } from '../../src/types.ts';
+import type { Check, CheckContext, CheckResult, Facts } from '../../src/types.ts';
+
+/** The receiving host (authserv-id) of the tests. */
+export const HOST = 'mx.test';
+/** The client's address when a test names none (context()). */
+export const CLIENT = '192.0.2.10';
+/** The address of the ARC-sealing forwarder of the tests. */
+export const FORWARDER_IP = '198.51.100.7';
 
 export interface TestKey {
     readonly privateKey: string;
@@ -87,7 +94,7 @@ export function context(msg: string, o: ContextOptions = {}): CheckContext {
         sessionId: 'test',
         facts: o.facts ?? {},
         client: {
-            ip: o.ip ?? '192.0.2.10',
+            ip: o.ip ?? CLIENT,
             port: 40000,
             ptr: null,
             helo: o.helo === undefined ? 'client.test' : o.helo,
@@ -97,6 +104,16 @@ export function context(msg: string, o: ContextOptions = {}): CheckContext {
         envelope: { mailFrom: o.mailFrom === undefined ? 'sender@test' : o.mailFrom, rcptTo: ['user@mx.test'] },
         message: { stream: () => Readable.from([buf]), size: buf.length },
     };
+}
+
+/** Runs a check on one message (context()). */
+export function runCheck(
+    c: Check,
+    msg: string,
+    o: ContextOptions = {},
+    signal = new AbortController().signal,
+): Promise<CheckResult> {
+    return c.run(context(msg, o), signal);
 }
 
 /** A resolver for the loopback test server: short timeout, one try, caching as in production. */

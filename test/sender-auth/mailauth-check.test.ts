@@ -14,21 +14,20 @@ import type { Check, CheckResult } from '../../src/types.ts';
 import { startDnsServer, type DnsTestServer, type Zone } from '../helpers/dns-server.ts';
 import {
     basicMessage,
+    CLIENT,
     context,
+    FORWARDER_IP,
+    HOST,
+    runCheck as run,
     message,
     rsaKey,
     seal,
     settings,
     sign,
     testResolver,
-    type ContextOptions,
     type TestKey,
 } from './helpers.ts';
 import type { AuthenticationConfig } from '../../src/config/types.ts';
-
-const HOST = 'mx.test';
-const CLIENT = '192.0.2.10';
-const FORWARDER_IP = '198.51.100.7';
 
 let dns: DnsTestServer;
 let resolver: Resolver;
@@ -72,10 +71,6 @@ function check(over: Partial<AuthenticationConfig> = {}, localDomains: string[] 
         settings: settings(over),
         thread,
     });
-}
-
-async function run(c: Check, msg: string, o: ContextOptions = {}): Promise<CheckResult> {
-    return c.run(context(msg, o), new AbortController().signal);
 }
 
 function header(r: CheckResult, name: string): string {

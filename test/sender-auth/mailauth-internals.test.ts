@@ -13,11 +13,18 @@ import { scopedResolver } from '../../src/dns/scoped.ts';
 import { authenticate, type AuthenticateOptions } from '../../src/sender-auth/authenticate.ts';
 import { createKeyStore, type KeyStore } from '../../src/sender-auth/key-reuse.ts';
 import { startDnsServer, type DnsTestServer, type Zone } from '../helpers/dns-server.ts';
-import { basicMessage, message, rsaKey, seal, sign, testResolver, type TestKey } from './helpers.ts';
-
-const HOST = 'mx.test';
-const CLIENT = '192.0.2.10';
-const FORWARDER_IP = '198.51.100.7';
+import {
+    basicMessage,
+    CLIENT,
+    FORWARDER_IP,
+    HOST,
+    message,
+    rsaKey,
+    seal,
+    sign,
+    testResolver,
+    type TestKey,
+} from './helpers.ts';
 
 let dns: DnsTestServer;
 let resolver: Resolver;

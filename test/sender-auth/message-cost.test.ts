@@ -25,9 +25,7 @@ import {
     plainFields,
     signatureFlood,
 } from '../helpers/hostile-mail.ts';
-import { basicMessage, context, rsaKey, seal, settings, sign, testResolver, type TestKey } from './helpers.ts';
-
-const CLIENT = '192.0.2.10';
+import { basicMessage, CLIENT, context, rsaKey, seal, settings, sign, testResolver, type TestKey } from './helpers.ts';
 
 let dns: DnsTestServer;
 let resolver: Resolver;

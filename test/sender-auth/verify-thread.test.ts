@@ -23,11 +23,14 @@ import {
     type VerifyThread,
 } from '../../src/sender-auth/verify-thread.ts';
 import { authOutput, type AuthResult } from '../../src/sender-auth/auth-output.ts';
-import type { Check, CheckResult } from '../../src/types.ts';
+import type { Check } from '../../src/types.ts';
 import { startDnsServer, type DnsTestServer } from '../helpers/dns-server.ts';
 import {
     basicMessage,
-    context,
+    CLIENT,
+    FORWARDER_IP,
+    HOST,
+    runCheck as run,
     message,
     rsaKey,
     seal,
@@ -38,9 +41,6 @@ import {
     type TestKey,
 } from './helpers.ts';
 
-const HOST = 'mx.test';
-const CLIENT = '192.0.2.10';
-const FORWARDER_IP = '198.51.100.7';
 const MISBEHAVING = new URL('../helpers/misbehaving-verify-worker.ts', import.meta.url);
 
 let dns: DnsTestServer;
@@ -80,15 +80,6 @@ function check(thread: VerifyThread | null, over: Partial<AuthenticationConfig> 
         thread,
         ...(metrics ? { metrics } : {}),
     });
-}
-
-function run(
-    c: Check,
-    msg: string,
-    o: ContextOptions = {},
-    signal = new AbortController().signal,
-): Promise<CheckResult> {
-    return c.run(context(msg, o), signal);
 }
 
 async function restarts(metrics: Metrics): Promise<Record<string, number>> {
