@@ -8,7 +8,9 @@
 // leaves one unanswered; mailauth's results cross as plain data with the hidden properties the
 // check reads.
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
 import { after, before, describe, it } from 'node:test';
+import { fileURLToPath } from 'node:url';
 import { Worker } from 'node:worker_threads';
 import { createMailauthCheck } from '../../src/checks/mailauth.ts';
 import type { AuthenticationConfig } from '../../src/config/types.ts';
@@ -42,6 +44,7 @@ import {
 } from './helpers.ts';
 
 const MISBEHAVING = new URL('../helpers/misbehaving-verify-worker.ts', import.meta.url);
+const YOUNG_PROBE = new URL('../helpers/young-generation-probe.ts', import.meta.url);
 
 let dns: DnsTestServer;
 let resolver: Resolver;
@@ -486,6 +489,23 @@ describe('sender authentication in its own thread', () => {
             run(check(thread), basicMessage('a@bank.example')),
             (err: unknown) => err instanceof ThreadRestarted,
         );
+    });
+
+    it('the thread has a young generation of its own, smaller than the one serve gives the main thread', () => {
+        // in a process started as bin/mailwarden.js starts serve: a --max-semi-space-size given
+        // to Node.js would otherwise be the thread's too (2 × 4 MB)
+        const probe = spawnSync(
+            process.execPath,
+            ['--max-semi-space-size=4', '--heap-growing-percent=20', fileURLToPath(YOUNG_PROBE)],
+            { encoding: 'utf8', timeout: 60_000 },
+        );
+        assert.equal(probe.status, 0, probe.stderr);
+        const size = (name: string): number => Number(new RegExp(`^${name} (\\d+)$`, 'm').exec(probe.stdout)?.[1]);
+        // the main thread's grows to its 2 × 4 MB; the thread's stays under half of that (V8
+        // makes each of its semi-spaces a third of THREAD_YOUNG_MB, at least 1 MB; what it reports
+        // may exceed the two by a page)
+        assert.ok(size('main') >= 2 * 4 * 1024, probe.stdout);
+        assert.ok(size('young') > 0 && size('young') < size('main') / 2, probe.stdout);
     });
 });
 
