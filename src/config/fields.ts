@@ -6,7 +6,7 @@
  */
 import fs from 'node:fs';
 import path from 'node:path';
-import { normalizeCidr } from '../net/ip.ts';
+import { isIp, normalizeCidr } from '../net/ip.ts';
 import { ioReason } from './issues.ts';
 import { normalizeHost, normalizeHostname } from './net.ts';
 import type { Field, SourceReader } from './reader.ts';
@@ -55,16 +55,23 @@ export function readHostname(r: SourceReader, field: Field): string | null {
     return name;
 }
 
-/** An IP address or host name to listen on. */
-export function readHost(r: SourceReader, field: Field): string | null {
-    const text = r.string(field, 'an IP address or host name');
+/**
+ * An address to listen on: an IP address or `localhost` (lower-cased). Another host name is
+ * refused: Node.js would look it up only when `serve` binds, so a name that does not resolve
+ * (or resolves elsewhere) would pass `check` and a reload, and stop the next start.
+ */
+export function readListenHost(r: SourceReader, field: Field): string | null {
+    const text = r.string(field, 'an IP address or localhost');
     if (text === null) return null;
-    const host = normalizeHost(text);
-    if (host === null) {
-        const hint = /^\[.*\]$/.test(text) ? ' (write IPv6 addresses without brackets)' : '';
-        r.fail(field, `"${text}" is not an IP address or host name${hint}`);
-    }
-    return host;
+    if (text.toLowerCase() === 'localhost') return 'localhost';
+    if (isIp(text)) return text.toLowerCase();
+    const hint = /^\[.*\]$/.test(text)
+        ? ' (write IPv6 addresses without brackets)'
+        : normalizeHost(text) !== null
+          ? `: serve would look a host name up only when it starts listening, so check cannot vouch for it; write the address instead ("0.0.0.0" for every IPv4 address, "::" for every address)`
+          : '';
+    r.fail(field, `"${text}" is not an IP address or localhost${hint}`);
+    return null;
 }
 
 /** The 1-based line a field's value starts on. */

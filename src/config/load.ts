@@ -238,10 +238,10 @@ function checkListenerNeeds(
 }
 
 /**
- * What listening on `host` may bind, as far as it can be told without DNS: every address
- * (`::`, dual-stack in Node.js), every IPv4 address (`0.0.0.0`), or a list of addresses in
- * canonical form (an IPv4-mapped IPv6 address is its IPv4 address; `localhost` is 127.0.0.1 or
- * ::1, whichever the system resolver gives first). Another host name stands for itself.
+ * What listening on `host` (an IP address or `localhost`: readListenHost) may bind: every
+ * address (`::`, dual-stack in Node.js), every IPv4 address (`0.0.0.0`), or a list of addresses
+ * in canonical form (an IPv4-mapped IPv6 address is its IPv4 address; `localhost` is 127.0.0.1
+ * or ::1, whichever the system resolver gives first).
  */
 function bindTargets(host: string): 'any' | 'any4' | readonly string[] {
     const ip = parseIp(host);
@@ -251,8 +251,7 @@ function bindTargets(host: string): 'any' | 'any4' | readonly string[] {
         if (canonical === '0.0.0.0') return 'any4';
         return [canonical];
     }
-    if (host.toLowerCase() === 'localhost') return ['127.0.0.1', '::1'];
-    return [host.toLowerCase()];
+    return ['127.0.0.1', '::1'];
 }
 
 /** True when listening on both hosts (on one port) may clash. */

@@ -3,7 +3,7 @@
  * off. Validation only: it must not bind; clashes with listeners are checked in config/load.ts
  * from the binding this returns.
  */
-import { lineOf, readHost, sectionEntries, type Binding } from '../fields.ts';
+import { lineOf, readListenHost, sectionEntries, type Binding } from '../fields.ts';
 import type { Field, SourceReader } from '../reader.ts';
 
 export const HTTP_KEYS = ['host', 'port'] as const;
@@ -36,7 +36,7 @@ export function httpSection(r: SourceReader, field: Field): HttpEntry {
     const entries = sectionEntries(r, field, HTTP_KEYS);
     const hostField = entries.get('host');
     const portField = entries.get('port');
-    const host = hostField ? readHost(r, hostField) : d.host;
+    const host = hostField ? readListenHost(r, hostField) : d.host;
     const port = portField ? r.integer(portField, 0, 65535, 'a port number') : d.port;
     const binding =
         host !== null && port !== null && port !== 0

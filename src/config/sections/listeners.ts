@@ -5,7 +5,7 @@
  * not bind anything. What needs other sections (TLS and auth for submission, address clashes
  * with other listeners and HTTP) is checked in config/load.ts from what this returns.
  */
-import { lineOf, readCidrs, readHost, sectionEntries, type Binding } from '../fields.ts';
+import { lineOf, readCidrs, readListenHost, sectionEntries, type Binding } from '../fields.ts';
 import type { Field, SourceReader } from '../reader.ts';
 import { MAX_TIMER_MS } from '../units.ts';
 import { MAX_PREGREET_WAIT_MS, PREGREET_DEFAULTS } from './pregreet.ts';
@@ -179,7 +179,7 @@ export function listenersSection(
             if (earlier !== undefined) r.fail(nameField, `listener name "${name}" is already used (line ${earlier})`);
             else names.set(name, lineOf(r, nameField));
         }
-        const host = hostField ? readHost(r, hostField) : null;
+        const host = hostField ? readListenHost(r, hostField) : null;
         const port = portField ? r.integer(portField, 0, 65535, 'a port number') : null;
         const modeField = entries.get('mode');
         const mode: ListenerMode = (modeField && r.oneOf(modeField, ['mx', 'submission'] as const)) ?? 'mx';
