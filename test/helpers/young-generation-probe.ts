@@ -3,18 +3,10 @@
 // young-generation-verify-worker.ts, which prints the size the thread's young generation grows
 // to (`young <KB>`), then puts this thread's own heap under the same churn and prints the size
 // its young generation grows to (`main <KB>`).
-import { getHeapSpaceStatistics } from 'node:v8';
 import { createVerifyThread } from '../../src/sender-auth/verify-thread.ts';
+import { youngGenerationUnderChurn } from './young-generation.ts';
 
 const thread = createVerifyThread({ entry: new URL('./young-generation-verify-worker.ts', import.meta.url) });
 await thread.warm();
-const young = (): number => getHeapSpaceStatistics().find((s) => s.space_name === 'new_space')?.space_size ?? -1;
-const kept: object[] = [];
-let most = young();
-for (let i = 0; i < 400_000; i++) {
-    kept.push({ i, text: `garbage ${i}` });
-    if (kept.length > 5_000) kept.shift();
-    if (i % 1_000 === 0) most = Math.max(most, young());
-}
-process.stdout.write(`main ${Math.max(most, young()) >> 10}\n`);
+process.stdout.write(`main ${youngGenerationUnderChurn()}\n`);
 await thread.close();
