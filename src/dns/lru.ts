@@ -55,6 +55,12 @@ export class Lru<V> {
         return slot.value;
     }
 
+    /** When the entry expires, while it is present and `now` is before that; its recency stays as it is. */
+    expiresAt(key: string, now: number): number | undefined {
+        const slot = this.#map.get(key);
+        return slot && now < slot.expiresAt ? slot.expiresAt : undefined;
+    }
+
     /**
      * Keeps `value` until `expiresAt`, counted as `bytes`; then drops the least recently used
      * entries until both bounds hold. A value over 1/64 of the byte bound is not kept (and

@@ -26,6 +26,7 @@ import { setMaxListeners } from 'node:events';
 import { performance } from 'node:perf_hooks';
 import type { Answer, DecodedPacket } from 'dns-packet';
 import type { Metrics } from '../metrics.ts';
+import { copyAnswer, estimateAnswerBytes } from './answers.ts';
 import { dnsError, negativeAnswer, rcodeError, type DnsErrorCode } from './errors.ts';
 import { Lru } from './lru.ts';
 import { isSubdomain, normalizeName, parseServer, reverseName, type ServerAddress } from './names.ts';
@@ -42,6 +43,16 @@ export interface Resolver {
     reverse(this: void, ip: string): Promise<string[]>;
     stats(): { entries: number; hits: number; misses: number; bytes: number };
     close(): void;
+    /**
+     * For a copy of the cached answers kept elsewhere (the verification thread's,
+     * sender-auth/verify-worker.ts): when the cached answer to this question (data, NXDOMAIN or
+     * NODATA) stops being served, in this resolver's clock, or null when none is cached.
+     */
+    expiresAt?(this: void, name: string, rrtype: string): number | null;
+    /** This resolver's clock (milliseconds), the one expiresAt() is in. */
+    now?(this: void): number;
+    /** Counts `n` questions of `rrtype` answered from such a copy, as hits of this cache. */
+    countHits?(this: void, rrtype: string, n: number): void;
 }
 
 export interface CacheOptions {
@@ -215,36 +226,6 @@ export function interpret(p: DecodedPacket, qname: string, type: Rrtype): Outcom
     return { kind: 'negative', code, ttlMs: ttl * 1000 };
 }
 
-/** A private copy of a cached value, so a caller that sorts or edits its answer cannot change the cache. */
-function copy<T>(value: T): T {
-    if (Array.isArray(value)) return value.map(copy) as T;
-    if (value !== null && typeof value === 'object') return { ...value };
-    return value;
-}
-
-/**
- * A generous estimate of the V8 heap a cached value holds, in bytes: 32 per object, array or
- * string header, 8 per array slot, 16 per object property, a string's characters at 1 byte
- * each (2 beyond Latin-1). Measured: 4,000 addresses of an A answer hold about 175 KB (44 per
- * address, estimated 50); a 64 KB TXT answer about 73 KB (estimated 74 KB).
- */
-function estimateBytes(value: unknown): number {
-    if (typeof value === 'string') {
-        return 32 + (/[\u0100-\uffff]/.test(value) ? 2 * value.length : value.length);
-    }
-    if (Array.isArray(value)) {
-        let n = 32 + 8 * value.length;
-        for (const item of value) n += estimateBytes(item);
-        return n;
-    }
-    if (value !== null && typeof value === 'object') {
-        let n = 32;
-        for (const item of Object.values(value)) n += 16 + estimateBytes(item);
-        return n;
-    }
-    return 8;
-}
-
 /** The cache's own cost per entry beyond the value: the key, the slot and the map entry. */
 const ENTRY_OVERHEAD = 96;
 
@@ -313,7 +294,7 @@ export function createResolver(opts: ResolverOptions): Resolver {
         const t = now();
         const overhead = ENTRY_OVERHEAD + key.length;
         if (o.kind === 'data') {
-            const bytes = overhead + estimateBytes(o.value);
+            const bytes = overhead + estimateAnswerBytes(o.value);
             cache.set(key, { kind: 'data', value: o.value }, t + clamp(o.ttlMs, minTtlMs, maxTtlMs), bytes);
         } else if (o.kind === 'negative' && o.ttlMs !== null) {
             const ttl = clamp(o.ttlMs, minTtlMs, maxNegativeTtlMs);
@@ -323,7 +304,7 @@ export function createResolver(opts: ResolverOptions): Resolver {
     }
 
     function settle(o: Outcome | Cached, syscall: string, hostname: string): unknown {
-        if (o.kind === 'data') return copy(o.value);
+        if (o.kind === 'data') return copyAnswer(o.value);
         if (o.kind === 'negative') throw negativeAnswer(o.code, syscall, hostname);
         throw dnsError(o.code, syscall, hostname);
     }
@@ -398,6 +379,24 @@ export function createResolver(opts: ResolverOptions): Resolver {
         },
         stats() {
             return { entries: cache.size, hits, misses, bytes: cache.bytes };
+        },
+        expiresAt(name: string, rrtype: string): number | null {
+            const type = typeof rrtype === 'string' ? rrtype.toUpperCase() : '';
+            if (!isRrtype(type) || closed) return null;
+            let qname: string;
+            try {
+                qname = normalizeName(name, SYSCALLS[type], name);
+            } catch {
+                return null;
+            }
+            return cache.expiresAt(`${type} ${qname}`, now()) ?? null;
+        },
+        now: () => now(),
+        countHits(rrtype: string, n: number): void {
+            const type = typeof rrtype === 'string' ? rrtype.toUpperCase() : '';
+            if (!isRrtype(type) || !(n > 0)) return;
+            hits += n;
+            metrics?.dnsQueries.inc({ type, result: 'hit' }, n);
         },
         close() {
             closed = true;

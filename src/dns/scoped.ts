@@ -26,6 +26,12 @@ export interface ScopedResolver {
     readonly queries: number;
     /** True once a query was refused because the budget was spent. */
     readonly exhausted: boolean;
+    /**
+     * Counts `n` queries asked of this budget and answered elsewhere (the verification thread
+     * answers from its copy of the cache, and refuses past the same budget itself: see
+     * budgetRefusal), and whether one was refused there.
+     */
+    tally(n: number, exhausted: boolean): void;
 }
 
 export interface ScopedOptions {
@@ -33,6 +39,11 @@ export interface ScopedOptions {
     readonly maxQueries: number;
     /** Once aborted, every new query is refused. */
     readonly signal?: AbortSignal;
+}
+
+/** The refusal of a query past a budget of `max` queries for the message, as scopedResolver gives it. */
+export function budgetRefusal(max: number, rrtype: string, name: string): DnsError {
+    return refusal(rrtype, name, `DNS query budget of ${max} per message spent`);
 }
 
 function refusal(rrtype: string, name: string, why: string): DnsError {
@@ -51,7 +62,7 @@ export function scopedResolver(resolve: DnsResolve, opts: ScopedOptions): Scoped
             if (signal?.aborted) return Promise.reject(refusal(rrtype, name, 'DNS query after the check ended'));
             if (queries >= max) {
                 exhausted = true;
-                return Promise.reject(refusal(rrtype, name, `DNS query budget of ${max} per message spent`));
+                return Promise.reject(budgetRefusal(max, rrtype, name));
             }
             queries++;
             return resolve(name, rrtype);
@@ -61,6 +72,10 @@ export function scopedResolver(resolve: DnsResolve, opts: ScopedOptions): Scoped
         },
         get exhausted() {
             return exhausted;
+        },
+        tally(n: number, refused: boolean): void {
+            if (n > 0) queries += n;
+            if (refused) exhausted = true;
         },
     };
 }

@@ -52,7 +52,8 @@ import type { VerifiedMessage, VerifyOptions } from './verify-message.ts';
 export interface MailauthCheckOptions {
     /** The authserv-id of Authentication-Results and the host named in SPF comments. */
     readonly hostname: string;
-    readonly resolver: Pick<Resolver, 'resolve'>;
+    /** With its cache's clock, expiries and hit count, the verification thread keeps a copy of the answers (verify-thread.ts). */
+    readonly resolver: Pick<Resolver, 'resolve' | 'expiresAt' | 'now' | 'countHits'>;
     /** The operator's own domains (`domains:`), for `local.sender`. */
     readonly localDomains: readonly string[];
     readonly settings: AuthenticationConfig;
@@ -107,6 +108,10 @@ export function createMailauthVerifier(opts: MailauthCheckOptions): Check['run']
         });
         return (await here)(input, o, resolve);
     };
+    // the shared resolver's cache, which the verification thread keeps a copy of (when it can tell expiries)
+    const r = opts.resolver;
+    const sharedCache =
+        r.expiresAt && r.now && r.countHits ? { expiresAt: r.expiresAt, now: r.now, countHits: r.countHits } : null;
     const limits = {
         maxSignatures: settings.dkim.maxSignatures,
         maxBodyHashes: settings.dkim.maxBodyHashes,
@@ -159,7 +164,12 @@ export function createMailauthVerifier(opts: MailauthCheckOptions): Check['run']
                 const run =
                     attempt === 1 ? options : { ...options, maxElapsedTime: Math.max(1, Math.floor(left * 0.8)) };
                 const verified = thread
-                    ? await thread.verify(verification.stream, run, dns.resolve, signal, ctx.sessionId)
+                    ? await thread.verify(verification.stream, run, dns.resolve, signal, ctx.sessionId, {
+                          max: settings.maxDnsQueries,
+                          used: dns.queries,
+                          cache: sharedCache,
+                          tally: (n, exhausted) => dns.tally(n, exhausted),
+                      })
                     : await verifyHere(verification.stream, run, dns.resolve);
                 return { dns, verification, verified };
             } catch (err) {

@@ -29,9 +29,17 @@ import { setFlagsFromString } from 'node:v8';
 import { Worker } from 'node:worker_threads';
 import type { Logger } from '../log.ts';
 import type { Metrics } from '../metrics.ts';
+import type { Resolver } from '../dns/resolver.ts';
 import type { DnsResolve } from '../dns/scoped.ts';
 import type { VerifiedMessage, VerifyOptions } from './verify-message.ts';
-import { fromWireError, toWireError, type FromThread, type ToThread } from './verify-wire.ts';
+import {
+    fromWireError,
+    toWireError,
+    type DnsTally,
+    type DnsTerms,
+    type FromThread,
+    type ToThread,
+} from './verify-wire.ts';
 
 /** Time a thread has to answer a cancel before it counts as stuck in synchronous work. */
 export const STALL_GRACE_MS = 1000;
@@ -81,6 +89,23 @@ export interface VerifyThreadOptions {
     readonly entry?: URL;
 }
 
+/**
+ * The message's DNS budget and the cache behind its resolver, for the thread's copy of the
+ * answers: the thread answers a question again from its copy while the main thread's cache
+ * would (until the expiry the answer came with), counts it against the same budget and refuses
+ * past it as dns/scoped.ts does; what it answered that way comes back to `tally` when the
+ * verification ends, and to the cache's hit count.
+ */
+export interface ThreadDns {
+    /** The budget: `max` queries for the message, `used` of them before this verification. */
+    readonly max: number;
+    readonly used: number;
+    /** The shared resolver the answers come from (its clock and expiries), or null: no copy. */
+    readonly cache: Pick<Required<Resolver>, 'expiresAt' | 'now' | 'countHits'> | null;
+    /** Questions answered from the copy, and whether the thread refused one past the budget. */
+    tally(n: number, exhausted: boolean): void;
+}
+
 export interface VerifyThread {
     /**
      * Verifies the copy read from `input` in the thread; DNS queries go to `resolver`. When
@@ -93,6 +118,7 @@ export interface VerifyThread {
         resolver: DnsResolve,
         signal: AbortSignal,
         session: string,
+        dns?: ThreadDns,
     ): Promise<VerifiedMessage>;
     /** Verifications in progress (tests, metrics). */
     readonly active: number;
@@ -115,6 +141,7 @@ export interface VerifyThread {
 interface Job {
     readonly session: string;
     readonly resolver: DnsResolve;
+    readonly dns: ThreadDns | null;
     readonly input: Readable;
     /** The pieces sent and not yet taken in (number, size), oldest first. */
     readonly inFlight: { readonly n: number; readonly size: number }[];
@@ -145,6 +172,30 @@ interface Thread {
 
 const ENTRY = new URL('./verify-thread-entry.js', import.meta.url);
 const OWN_MODULES = new URL('../../bin/own-modules.js', import.meta.url).href;
+
+/** Which cache the thread's copy comes from: a number per shared resolver, new when a reload replaced it. */
+const cacheIds = new WeakMap<object, number>();
+let lastCacheId = 0;
+
+/** The DNS terms a job starts with: the budget, and the cache the thread may answer from. */
+function dnsTerms(dns: ThreadDns | null): DnsTerms {
+    if (!dns) return { max: Number.MAX_SAFE_INTEGER, used: 0, cache: null };
+    const cache = dns.cache;
+    if (!cache) return { max: dns.max, used: dns.used, cache: null };
+    let id = cacheIds.get(cache);
+    if (id === undefined) cacheIds.set(cache, (id = ++lastCacheId));
+    return { max: dns.max, used: dns.used, cache: { id, now: cache.now() } };
+}
+
+/** What the thread answered from its copy goes to the message's budget and to the cache's hit count. */
+function tally(job: Job, counted: DnsTally): void {
+    let n = 0;
+    for (const [type, hits] of Object.entries(counted.hits)) {
+        n += hits;
+        job.dns?.cache?.countHits(type, hits);
+    }
+    job.dns?.tally(n, counted.exhausted);
+}
 
 export function createVerifyThread(opts: VerifyThreadOptions = {}): VerifyThread {
     const graceMs = opts.graceMs ?? STALL_GRACE_MS;
@@ -300,18 +351,24 @@ export function createVerifyThread(opts: VerifyThreadOptions = {}): VerifyThread
         const job = t.jobs.get(m.job);
         if (!job) return;
         switch (m.t) {
-            case 'dns':
+            case 'dns': {
+                // the answer goes with the time the shared cache keeps it, for the thread's copy
+                const kept = (): { expiresAt?: number } => {
+                    const at = job.dns?.cache?.expiresAt(m.name, m.rrtype) ?? null;
+                    return at === null ? {} : { expiresAt: at };
+                };
                 job.resolver(m.name, m.rrtype).then(
                     (value) => {
-                        if (t.jobs.get(m.job) === job) send(t, { t: 'answer', job: m.job, q: m.q, value });
+                        if (t.jobs.get(m.job) === job) send(t, { t: 'answer', job: m.job, q: m.q, value, ...kept() });
                     },
                     (err: unknown) => {
                         if (t.jobs.get(m.job) === job) {
-                            send(t, { t: 'answer', job: m.job, q: m.q, error: toWireError(err) });
+                            send(t, { t: 'answer', job: m.job, q: m.q, error: toWireError(err), ...kept() });
                         }
                     },
                 );
                 return;
+            }
             case 'taken':
                 while (job.inFlight.length > 0 && job.inFlight[0]!.n <= m.n)
                     job.inFlightBytes -= job.inFlight.shift()!.size;
@@ -319,11 +376,13 @@ export function createVerifyThread(opts: VerifyThreadOptions = {}): VerifyThread
                 return;
             case 'done':
                 t.jobs.delete(m.job);
+                tally(job, m.dns);
                 job.settle(null, m.result);
                 endIfResting(t);
                 return;
             case 'failed':
                 t.jobs.delete(m.job);
+                tally(job, m.dns);
                 job.settle(fromWireError(m.error));
                 endIfResting(t);
                 return;
@@ -362,7 +421,7 @@ export function createVerifyThread(opts: VerifyThreadOptions = {}): VerifyThread
             const last = next === null;
             const transfer = bytes ? [bytes.buffer as ArrayBuffer] : undefined;
             if (started) send(t, { t: 'piece', job: id, bytes, last, ack }, transfer);
-            else send(t, { t: 'start', job: id, opts, bytes, last, ack }, transfer);
+            else send(t, { t: 'start', job: id, opts, dns: dnsTerms(job.dns), bytes, last, ack }, transfer);
             started = true;
             return true;
         };
@@ -394,7 +453,7 @@ export function createVerifyThread(opts: VerifyThreadOptions = {}): VerifyThread
     }
 
     return {
-        verify(input, wireOpts, resolver, signal, session) {
+        verify(input, wireOpts, resolver, signal, session, dns) {
             if (closed) return Promise.reject(new ThreadRestarted('closed'));
             if (signal.aborted) return Promise.reject(signal.reason as Error);
             const t = thread ?? (thread = spawn());
@@ -408,6 +467,7 @@ export function createVerifyThread(opts: VerifyThreadOptions = {}): VerifyThread
                 const job: Job = {
                     session,
                     resolver,
+                    dns: dns ?? null,
                     input,
                     inFlight: [],
                     inFlightBytes: 0,

@@ -8,7 +8,9 @@
  * Each message is a wake-up of the other thread and a copy, so an ordinary message crosses in
  * few: `start` carries the options and the first piece of the verification copy, the last piece
  * says it is the last, and the thread says a piece was taken in only when the main thread asked
- * (when it will wait for room before sending more).
+ * (when it will wait for room before sending more). DNS answers come with the time the main
+ * thread's cache keeps them, and the thread answers the same question from its copy until then,
+ * counting it against the message's budget as the main thread would (DnsTerms, DnsTally).
  *
  * It must not verify or decide anything, and must not load mailauth.
  */
@@ -31,10 +33,29 @@ export interface Piece {
     readonly ack: number | null;
 }
 
+/** What the thread needs to answer a job's DNS questions from its copy of the cache. */
+export interface DnsTerms {
+    /** The message's DNS budget (authentication.maxDnsQueries), and the part used before this job. */
+    readonly max: number;
+    readonly used: number;
+    /**
+     * Which cache the answers come from (a new number when the main thread's resolver was
+     * replaced: the thread drops its copy), with the main thread's cache clock when the job
+     * starts; null: answer nothing from the copy.
+     */
+    readonly cache: { readonly id: number; readonly now: number } | null;
+}
+
+/** A job's DNS questions answered from the thread's copy, by type, and whether one was refused past the budget. */
+export interface DnsTally {
+    readonly hits: Readonly<Record<string, number>>;
+    readonly exhausted: boolean;
+}
+
 /** Main thread to verification thread. */
 export type ToThread =
     /** A new verification and the first piece of its copy (null for an empty copy). */
-    | ({ readonly t: 'start'; readonly opts: VerifyOptions } & Piece)
+    | ({ readonly t: 'start'; readonly opts: VerifyOptions; readonly dns: DnsTerms } & Piece)
     /** The next piece of the verification copy. */
     | ({ readonly t: 'piece' } & Piece)
     /** The check ended: stop the work, answer `cancelled`. */
@@ -48,6 +69,8 @@ export type ToThread =
           readonly q: number;
           readonly value?: unknown;
           readonly error?: WireError;
+          /** Until when (the main thread's cache clock) the main thread's cache keeps this answer; absent: it does not. */
+          readonly expiresAt?: number;
       };
 
 /** Verification thread to main thread. */
@@ -59,8 +82,8 @@ export type FromThread =
     | { readonly t: 'dns'; readonly job: number; readonly q: number; readonly name: string; readonly rrtype: string }
     /** The piece numbered `n` and those before it were taken in: the main thread may send more. */
     | { readonly t: 'taken'; readonly job: number; readonly n: number }
-    | { readonly t: 'done'; readonly job: number; readonly result: VerifiedMessage }
-    | { readonly t: 'failed'; readonly job: number; readonly error: WireError }
+    | { readonly t: 'done'; readonly job: number; readonly result: VerifiedMessage; readonly dns: DnsTally }
+    | { readonly t: 'failed'; readonly job: number; readonly error: WireError; readonly dns: DnsTally }
     /** The job of a `cancel` has ended (or was not there). */
     | { readonly t: 'cancelled'; readonly job: number };
 

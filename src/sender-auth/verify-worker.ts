@@ -1,9 +1,14 @@
 /**
  * The body of the verification thread (started by verify-thread.ts): runs verifyMessage
  * (verify-message.ts: mailauth's SPF, DKIM, ARC and DMARC) for each job the main thread sends,
- * over the verification copy it receives in pieces and a resolver whose every query is answered
+ * over the verification copy it receives in pieces and a resolver whose queries are answered
  * by the main thread (the message's own budget, cache and timeout: dns/scoped.ts). The DKIM and
- * ARC key store lives here, shared by the thread's jobs.
+ * ARC key store lives here, shared by the thread's jobs, and so does a copy of the DNS answers
+ * the main thread gave: an answer comes with the time the main thread's cache keeps it, and until
+ * then (in the main thread's cache clock, which each job brings) the same question is answered
+ * here without asking, counted against the message's budget as the main thread counts it, and
+ * refused past that budget with the main thread's refusal; what was answered here goes back with
+ * the job's result (DnsTally).
  *
  * Several jobs run at once, interleaved at their DNS waits. A `cancel` destroys the job's input
  * and fails its pending queries, and is answered once the job's work has ended; a `ping` is
@@ -13,20 +18,65 @@
  * stuck, the main thread reads there which verification held it.
  *
  * It must not decide anything (mailauth.ts does, on the main thread), must not query DNS
- * itself, and must not keep anything of a job after it ended.
+ * itself, and must not keep anything of a job after it ended beyond the key store and the copy
+ * of the answers (bounded, and dropped when the main thread's resolver is replaced).
  */
+import { performance } from 'node:perf_hooks';
 import { PassThrough } from 'node:stream';
 import { parentPort, workerData } from 'node:worker_threads';
+import { copyAnswer, estimateAnswerBytes } from '../dns/answers.ts';
 import { dnsError } from '../dns/errors.ts';
+import { Lru } from '../dns/lru.ts';
+import { budgetRefusal } from '../dns/scoped.ts';
 import { createKeyStore } from './key-reuse.ts';
 import { verifyMessage, type VerifyOptions } from './verify-message.ts';
-import { fromWireError, toWireError, type FromThread, type Piece, type ToThread } from './verify-wire.ts';
+import {
+    fromWireError,
+    toWireError,
+    type DnsTerms,
+    type FromThread,
+    type Piece,
+    type ToThread,
+    type WireError,
+} from './verify-wire.ts';
 
 interface Job {
     readonly input: PassThrough;
-    readonly queries: Map<number, { resolve(value: unknown): void; reject(err: Error): void }>;
+    readonly queries: Map<number, { resolve(value: unknown): void; reject(err: Error): void; readonly key: string }>;
     nextQuery: number;
     cancelled: boolean;
+    readonly dns: DnsTerms;
+    /** performance.now() when the job started: the main thread's cache clock moves on from dns.cache.now with it. */
+    readonly startedAt: number;
+    /** Questions asked (answered here or not), those answered here by type, and whether one was refused. */
+    asked: number;
+    readonly hits: Record<string, number>;
+    exhausted: boolean;
+}
+
+/** An answer as the main thread gave it: a value, or a negative answer's error. */
+interface Copied {
+    readonly value?: unknown;
+    readonly error?: WireError;
+}
+
+/** The copy's bounds: answers kept at most, and their estimated bytes (an answer over 1/64 of it is not kept). */
+const COPY_ENTRIES = 2_000;
+const COPY_BYTES = 4 * 1024 * 1024;
+/** Per entry beyond the answer: the key, the slot and the map entry. */
+const COPY_OVERHEAD = 96;
+let copied = new Lru<Copied>(COPY_ENTRIES, COPY_BYTES);
+/** The main thread's cache the copy is of (DnsTerms.cache.id). */
+let copiedFrom: number | null = null;
+
+/** The main thread's cache clock, as far as this job can tell. */
+function cacheNow(job: Job): number {
+    return (job.dns.cache?.now ?? 0) + (performance.now() - job.startedAt);
+}
+
+/** True when the job may read and fill the copy: it came with the cache the copy is of. */
+function usesCopy(job: Job): boolean {
+    return job.dns.cache !== null && job.dns.cache.id === copiedFrom;
 }
 
 const port = parentPort;
@@ -62,18 +112,46 @@ function post(message: FromThread): void {
     port!.postMessage(message);
 }
 
-function start(id: number, opts: VerifyOptions): void {
-    const job: Job = { input: new PassThrough(), queries: new Map(), nextQuery: 1, cancelled: false };
+function start(id: number, opts: VerifyOptions, dns: DnsTerms): void {
+    const job: Job = {
+        input: new PassThrough(),
+        queries: new Map(),
+        nextQuery: 1,
+        cancelled: false,
+        dns,
+        startedAt: performance.now(),
+        asked: 0,
+        hits: {},
+        exhausted: false,
+    };
     jobs.set(id, job);
+    // answers of a replaced resolver are not kept
+    if (dns.cache !== null && dns.cache.id !== copiedFrom) {
+        copied = new Lru<Copied>(COPY_ENTRIES, COPY_BYTES);
+        copiedFrom = dns.cache.id;
+    }
     // a destroyed input (cancel) fails the verification through the pipe; nothing else listens
     job.input.on('error', () => undefined);
     const resolver = (name: string, rrtype: string): Promise<unknown> => {
         if (job.cancelled) {
             return Promise.reject(dnsError('ECANCELLED', `query${String(rrtype).toUpperCase()}`, String(name)));
         }
+        // every question counts, answered here or not (dns/scoped.ts)
+        if (dns.used + job.asked >= dns.max) {
+            job.exhausted = true;
+            return Promise.reject(budgetRefusal(dns.max, rrtype, name));
+        }
+        job.asked++;
+        const type = String(rrtype).toUpperCase();
+        const key = `${type} ${String(name)}`;
+        const kept = usesCopy(job) ? copied.get(key, cacheNow(job)) : undefined;
+        if (kept) {
+            job.hits[type] = (job.hits[type] ?? 0) + 1;
+            return kept.error ? Promise.reject(fromWireError(kept.error)) : Promise.resolve(copyAnswer(kept.value));
+        }
         const q = job.nextQuery++;
         return new Promise((resolve, reject) => {
-            job.queries.set(q, { resolve, reject });
+            job.queries.set(q, { resolve, reject, key });
             post({ t: 'dns', job: id, q, name: String(name), rrtype: String(rrtype) });
         });
     };
@@ -84,8 +162,14 @@ function start(id: number, opts: VerifyOptions): void {
     };
     verifyMessage(job.input, opts, resolver, keys).then(
         // plain data already: the parts of mailauth's result the check reads (auth-output.ts)
-        (result) => ended(() => ({ t: 'done', job: id, result })),
-        (err: unknown) => ended(() => ({ t: 'failed', job: id, error: toWireError(err) })),
+        (result) => ended(() => ({ t: 'done', job: id, result, dns: { hits: job.hits, exhausted: job.exhausted } })),
+        (err: unknown) =>
+            ended(() => ({
+                t: 'failed',
+                job: id,
+                error: toWireError(err),
+                dns: { hits: job.hits, exhausted: job.exhausted },
+            })),
     );
 }
 
@@ -125,7 +209,7 @@ port.on('message', (m: ToThread) => {
             post({ t: 'pong' });
             return;
         case 'start':
-            start(m.job, m.opts);
+            start(m.job, m.opts, m.dns);
             take(m);
             return;
         case 'piece':
@@ -135,12 +219,21 @@ port.on('message', (m: ToThread) => {
             cancel(m.job);
             return;
         case 'answer': {
-            const pending = jobs.get(m.job)?.queries;
-            const waiter = pending?.get(m.q);
-            if (!waiter) return;
-            pending!.delete(m.q);
+            const job = jobs.get(m.job);
+            const waiter = job?.queries.get(m.q);
+            if (!job || !waiter) return;
+            job.queries.delete(m.q);
+            // kept while the main thread's cache keeps it; each caller gets a copy of its own
+            const until = m.expiresAt;
+            const keep = until !== undefined && usesCopy(job);
+            if (keep) {
+                const answer: Copied = m.error ? { error: m.error } : { value: m.value };
+                const bytes = COPY_OVERHEAD + waiter.key.length + estimateAnswerBytes(m.error ?? m.value);
+                copied.set(waiter.key, answer, until, bytes);
+                copied.sweep(cacheNow(job), 2);
+            }
             if (m.error) waiter.reject(fromWireError(m.error));
-            else waiter.resolve(m.value);
+            else waiter.resolve(keep ? copyAnswer(m.value) : m.value);
             return;
         }
     }

@@ -123,6 +123,20 @@ describe('Lru', () => {
         assert.equal(lru.size, 1);
     });
 
+    it('tells when an entry expires while it is fresh, without changing which entry goes first', () => {
+        const lru = new Lru<number>(2);
+        lru.set('a', 1, 100);
+        lru.set('b', 2, 50);
+        assert.equal(lru.expiresAt('a', 0), 100);
+        assert.equal(lru.expiresAt('b', 49), 50);
+        assert.equal(lru.expiresAt('b', 50), undefined);
+        assert.equal(lru.expiresAt('c', 0), undefined);
+        // reading the expiry of 'a' did not make it the most recent: it still goes first
+        lru.set('c', 3, 100);
+        assert.equal(lru.has('a'), false);
+        assert.equal(lru.has('b'), true);
+    });
+
     it('keeps the sum of sizes under the byte bound and refuses a value over 1/64 of it', () => {
         const lru = new Lru<string>(100, 6400);
         for (let i = 0; i < 80; i++) lru.set(`k${i}`, 'v', 1000, 100);

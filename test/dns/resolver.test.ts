@@ -699,6 +699,32 @@ describe('DNS resolver', () => {
     });
 
     describe('metrics', () => {
+        it('tells when a cached answer expires, in its clock, and counts hits served from a copy elsewhere', async () => {
+            server.setZone({ 'ttl.example.test': { TXT: ['hello'], ttl: 60 } });
+            const metrics = createMetrics('test');
+            const r = make({ metrics, tries: 1 });
+            assert.equal(r.expiresAt!('ttl.example.test', 'TXT'), null, 'nothing cached yet');
+            await r.resolve('ttl.example.test', 'TXT');
+            assert.equal(r.now!(), clock);
+            // the spelling the cache normalises to is the same question
+            assert.equal(r.expiresAt!('TTL.example.test.', 'txt'), clock + 60_000);
+            assert.equal(r.expiresAt!('ttl.example.test', 'A'), null, 'another type');
+            assert.equal(r.expiresAt!('bad..name', 'TXT'), null);
+            assert.equal(r.expiresAt!('ttl.example.test', 'NOPE'), null);
+            // a negative answer: min(SOA TTL, MINIMUM) of the default SOA, 300 s
+            await rejectsWith(r.resolve('nowhere.example.test', 'TXT'), 'ENOTFOUND');
+            assert.equal(r.expiresAt!('nowhere.example.test', 'TXT'), clock + 300_000);
+            clock += 60_000;
+            assert.equal(r.expiresAt!('ttl.example.test', 'TXT'), null, 'expired');
+            const before = r.stats().hits;
+            r.countHits!('txt', 3);
+            r.countHits!('TXT', 0);
+            r.countHits!('NOPE', 5);
+            assert.equal(r.stats().hits, before + 3);
+            const text = await metrics.registry.metrics();
+            assert.match(text, /mailwarden_dns_queries_total\{type="TXT",result="hit"\} 3/);
+        });
+
         it('counts hits, misses and errors by type and times network lookups', async () => {
             const metrics = createMetrics('test');
             const r = make({ metrics, tries: 1 });

@@ -14,7 +14,7 @@ import { fileURLToPath } from 'node:url';
 import { Worker } from 'node:worker_threads';
 import { createMailauthCheck } from '../../src/checks/mailauth.ts';
 import type { AuthenticationConfig } from '../../src/config/types.ts';
-import type { Resolver } from '../../src/dns/resolver.ts';
+import { createResolver, type Resolver } from '../../src/dns/resolver.ts';
 import type { Logger } from '../../src/log.ts';
 import { createMetrics, type Metrics } from '../../src/metrics.ts';
 import {
@@ -506,6 +506,131 @@ describe('sender authentication in its own thread', () => {
         // may exceed the two by a page)
         assert.ok(size('main') >= 2 * 4 * 1024, probe.stdout);
         assert.ok(size('young') > 0 && size('young') < size('main') / 2, probe.stdout);
+    });
+});
+
+describe("the thread's copy of the DNS answers", () => {
+    /** The DNS questions the thread sends to the main thread while `work` runs. */
+    async function asked(work: () => Promise<void>): Promise<string[]> {
+        const questions: string[] = [];
+        const proto = Worker.prototype as unknown as Record<'emit', (...args: unknown[]) => unknown>;
+        const emit = proto.emit;
+        proto.emit = function (this: Worker, ...args: unknown[]) {
+            const m = args[1] as { t?: string; name?: string; rrtype?: string };
+            if (args[0] === 'message' && m.t === 'dns') questions.push(`${m.rrtype} ${m.name}`);
+            return emit.apply(this, args);
+        };
+        try {
+            await work();
+        } finally {
+            proto.emit = emit;
+        }
+        return questions;
+    }
+
+    const verifier = (
+        thread: VerifyThread | null,
+        shared: Resolver,
+        over: Partial<AuthenticationConfig> = {},
+        metrics?: Metrics,
+    ): Check =>
+        createMailauthCheck({
+            hostname: HOST,
+            resolver: shared,
+            localDomains: ['mx.test'],
+            settings: settings(over),
+            thread,
+            ...(metrics ? { metrics } : {}),
+        });
+
+    /** The facts a check derives from what mailauth got, DNS answers included. */
+    const FACTS = ['spf.result', 'dkim.result', 'dmarc.result', 'dmarc.policy', 'auth.dns_queries', 'auth.limits'];
+    const picked = (facts: Record<string, unknown>): Record<string, unknown> =>
+        Object.fromEntries(FACTS.map((f) => [f, facts[f]]));
+
+    it('answers a question again while the shared cache keeps the answer (in its clock), counted as there; not after, nor from a replaced resolver', async () => {
+        let clock = 1_000_000;
+        const metrics = createMetrics('test');
+        const shared = createResolver({ servers: [dns.address], timeoutMs: 250, tries: 1, now: () => clock, metrics });
+        const thread = createVerifyThread();
+        const txtHits = async (): Promise<number> =>
+            (await metrics.dnsQueries.get()).values.find((v) => v.labels.type === 'TXT' && v.labels.result === 'hit')
+                ?.value ?? 0;
+        try {
+            const signed = await sign(basicMessage('alerts@bank.example'), 'bank.example', 'sel', bankKey);
+            const c = verifier(thread, shared);
+            const send = (mailFrom: string) => run(c, signed, { mailFrom });
+            let first: Record<string, unknown> = {};
+            const cold = await asked(async () => void (first = (await send('a@bank.example')).facts));
+            assert.ok(cold.includes('TXT bank.example') && cold.includes('TXT _dmarc.bank.example'), cold.join());
+            assert.equal(first['dmarc.result'], 'pass');
+            const hitsBefore = shared.stats().hits;
+            const txtBefore = await txtHits();
+            let second: Record<string, unknown> = {};
+            const warm = await asked(async () => void (second = (await send('a@bank.example')).facts));
+            assert.deepEqual(warm, [], 'every question answered in the thread');
+            assert.deepEqual(picked(second), picked(first));
+            // counted as the main thread would have: the message's budget and the cache's hits
+            assert.equal(second['auth.dns_queries'], cold.length);
+            assert.equal(shared.stats().hits - hitsBefore, cold.length);
+            assert.equal((await txtHits()) - txtBefore, cold.filter((q) => q.startsWith('TXT ')).length);
+
+            // a negative answer (NXDOMAIN: no SPF record) is kept too
+            const none = await asked(async () => void (await send('a@nowhere.example')));
+            assert.ok(none.includes('TXT nowhere.example'), none.join());
+            let again: Record<string, unknown> = {};
+            const noneWarm = await asked(async () => void (again = (await send('a@nowhere.example')).facts));
+            assert.ok(!noneWarm.includes('TXT nowhere.example'), noneWarm.join());
+            assert.equal(again['spf.result'], 'none');
+
+            // past the shared cache's expiry (300 s records) the thread asks again
+            clock += 301_000;
+            const expired = await asked(async () => void (await send('a@bank.example')));
+            assert.ok(expired.includes('TXT bank.example'), expired.join());
+
+            // a replaced resolver (a reload that changed dns): its cache, not the old copy
+            const replaced = createResolver({ servers: [dns.address], timeoutMs: 250, tries: 1, now: () => clock });
+            try {
+                const fresh = await asked(
+                    async () => void (await run(verifier(thread, replaced), signed, { mailFrom: 'a@bank.example' })),
+                );
+                assert.deepEqual(fresh.sort(), cold.slice().sort());
+            } finally {
+                replaced.close();
+            }
+        } finally {
+            await thread.close();
+            shared.close();
+        }
+    });
+
+    it('the DNS budget holds as on the main thread: cold or warm, the same queries counted and the same refusal', async () => {
+        const shared = testResolver(dns.address);
+        const thread = createVerifyThread();
+        try {
+            const signed = await sign(basicMessage('alerts@bank.example'), 'bank.example', 'sel', bankKey);
+            const budget = { maxDnsQueries: 2 };
+            const here = picked(
+                (await run(verifier(null, shared, budget), signed, { mailFrom: 'a@bank.example' })).facts,
+            );
+            assert.equal(here['auth.dns_queries'], 2);
+            assert.ok((here['auth.limits'] as string[]).includes('dns_queries'), String(here['auth.limits']));
+            const c = verifier(thread, shared, budget);
+            for (const round of ['cold', 'warm', 'warm again']) {
+                const facts = picked((await run(c, signed, { mailFrom: 'a@bank.example' })).facts);
+                assert.deepEqual(facts, here, round);
+            }
+            // and a budget the message fits in
+            const full = picked((await run(verifier(null, shared), signed, { mailFrom: 'a@bank.example' })).facts);
+            const inThread = picked(
+                (await run(verifier(thread, shared), signed, { mailFrom: 'a@bank.example' })).facts,
+            );
+            assert.deepEqual(inThread, full);
+            assert.deepEqual(full['auth.limits'], []);
+        } finally {
+            await thread.close();
+            shared.close();
+        }
     });
 });
 
