@@ -184,7 +184,11 @@ function dnsTerms(dns: ThreadDns | null): DnsTerms {
     if (!cache) return { max: dns.max, used: dns.used, cache: null };
     let id = cacheIds.get(cache);
     if (id === undefined) cacheIds.set(cache, (id = ++lastCacheId));
-    return { max: dns.max, used: dns.used, cache: { id, now: cache.now() } };
+    return {
+        max: dns.max,
+        used: dns.used,
+        cache: { id, now: cache.now(), sentAt: performance.timeOrigin + performance.now() },
+    };
 }
 
 /** What the thread answered from its copy goes to the message's budget and to the cache's hit count. */
@@ -352,8 +356,11 @@ export function createVerifyThread(opts: VerifyThreadOptions = {}): VerifyThread
         if (!job) return;
         switch (m.t) {
             case 'dns': {
-                // the answer goes with the time the shared cache keeps it, for the thread's copy
-                const kept = (): { expiresAt?: number } => {
+                // an answer (a value, NXDOMAIN or NODATA) goes with the time the shared cache keeps
+                // it, for the thread's copy; no other error is kept there
+                const kept = (err?: unknown): { expiresAt?: number } => {
+                    const code = (err as { code?: unknown } | undefined)?.code;
+                    if (err !== undefined && code !== 'ENOTFOUND' && code !== 'ENODATA') return {};
                     const at = job.dns?.cache?.expiresAt(m.name, m.rrtype) ?? null;
                     return at === null ? {} : { expiresAt: at };
                 };
@@ -363,7 +370,7 @@ export function createVerifyThread(opts: VerifyThreadOptions = {}): VerifyThread
                     },
                     (err: unknown) => {
                         if (t.jobs.get(m.job) === job) {
-                            send(t, { t: 'answer', job: m.job, q: m.q, error: toWireError(err), ...kept() });
+                            send(t, { t: 'answer', job: m.job, q: m.q, error: toWireError(err), ...kept(err) });
                         }
                     },
                 );

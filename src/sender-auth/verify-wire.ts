@@ -43,7 +43,12 @@ export interface DnsTerms {
      * replaced: the thread drops its copy), with the main thread's cache clock when the job
      * starts; null: answer nothing from the copy.
      */
-    readonly cache: { readonly id: number; readonly now: number } | null;
+    readonly cache: {
+        readonly id: number;
+        readonly now: number;
+        /** When `now` was read: performance.timeOrigin + performance.now() of the main thread. */
+        readonly sentAt: number;
+    } | null;
 }
 
 /** A job's DNS questions answered from the thread's copy, by type, and whether one was refused past the budget. */

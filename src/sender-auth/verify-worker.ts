@@ -27,6 +27,7 @@ import { parentPort, workerData } from 'node:worker_threads';
 import { copyAnswer, estimateAnswerBytes } from '../dns/answers.ts';
 import { dnsError } from '../dns/errors.ts';
 import { Lru } from '../dns/lru.ts';
+import { normalizeName } from '../dns/names.ts';
 import { budgetRefusal } from '../dns/scoped.ts';
 import { createKeyStore } from './key-reuse.ts';
 import { verifyMessage, type VerifyOptions } from './verify-message.ts';
@@ -42,7 +43,10 @@ import {
 
 interface Job {
     readonly input: PassThrough;
-    readonly queries: Map<number, { resolve(value: unknown): void; reject(err: Error): void; readonly key: string }>;
+    readonly queries: Map<
+        number,
+        { resolve(value: unknown): void; reject(err: Error): void; readonly key: string | null }
+    >;
     nextQuery: number;
     cancelled: boolean;
     readonly dns: DnsTerms;
@@ -72,6 +76,20 @@ let copiedFrom: number | null = null;
 /** The main thread's cache clock, as far as this job can tell. */
 function cacheNow(job: Job): number {
     return (job.dns.cache?.now ?? 0) + (performance.now() - job.startedAt);
+}
+
+/** The copy's key of a question: the name as the main thread's cache normalises it; null: not kept. */
+function copyKey(name: string, type: string): string | null {
+    try {
+        return `${type} ${normalizeName(name, 'query')}`;
+    } catch {
+        return null; // the main thread answers it (with EBADNAME)
+    }
+}
+
+/** Negative answers are kept (the main thread's cache keeps them); any other error is not. */
+function keepable(error: WireError | undefined): boolean {
+    return error === undefined || error.code === 'ENOTFOUND' || error.code === 'ENODATA';
 }
 
 /** True when the job may read and fill the copy: it came with the cache the copy is of. */
@@ -119,7 +137,9 @@ function start(id: number, opts: VerifyOptions, dns: DnsTerms): void {
         nextQuery: 1,
         cancelled: false,
         dns,
-        startedAt: performance.now(),
+        // when the main thread read its cache clock, in this thread's performance clock (the
+        // two share timeOrigin + now()): the time `start` waited to be read is not lost
+        startedAt: dns.cache ? dns.cache.sentAt - performance.timeOrigin : performance.now(),
         asked: 0,
         hits: {},
         exhausted: false,
@@ -143,8 +163,8 @@ function start(id: number, opts: VerifyOptions, dns: DnsTerms): void {
         }
         job.asked++;
         const type = String(rrtype).toUpperCase();
-        const key = `${type} ${String(name)}`;
-        const kept = usesCopy(job) ? copied.get(key, cacheNow(job)) : undefined;
+        const key = copyKey(name, type);
+        const kept = key !== null && usesCopy(job) ? copied.get(key, cacheNow(job)) : undefined;
         if (kept) {
             job.hits[type] = (job.hits[type] ?? 0) + 1;
             return kept.error ? Promise.reject(fromWireError(kept.error)) : Promise.resolve(copyAnswer(kept.value));
@@ -225,11 +245,12 @@ port.on('message', (m: ToThread) => {
             job.queries.delete(m.q);
             // kept while the main thread's cache keeps it; each caller gets a copy of its own
             const until = m.expiresAt;
-            const keep = until !== undefined && usesCopy(job);
+            const key = waiter.key;
+            const keep = until !== undefined && key !== null && keepable(m.error) && usesCopy(job);
             if (keep) {
                 const answer: Copied = m.error ? { error: m.error } : { value: m.value };
-                const bytes = COPY_OVERHEAD + waiter.key.length + estimateAnswerBytes(m.error ?? m.value);
-                copied.set(waiter.key, answer, until, bytes);
+                const bytes = COPY_OVERHEAD + key.length + estimateAnswerBytes(m.error ?? m.value);
+                copied.set(key, answer, until, bytes);
                 copied.sweep(cacheNow(job), 2);
             }
             if (m.error) waiter.reject(fromWireError(m.error));

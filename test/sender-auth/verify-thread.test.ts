@@ -62,6 +62,7 @@ before(async () => {
         'shop.example': { TXT: ['v=spf1 -all'] },
         '_dmarc.shop.example': { TXT: ['v=DMARC1; p=quarantine'] },
         'slow.example': { TXT: ['v=spf1 -all'] },
+        'broken.example': { SERVFAIL: true },
         '_dmarc.slow.example': { TIMEOUT: true },
         'forwarder.example': { TXT: [`v=spf1 ip4:${FORWARDER_IP} -all`] },
         'arc._domainkey.forwarder.example': { TXT: [forwarderKey.record] },
@@ -582,6 +583,14 @@ describe("the thread's copy of the DNS answers", () => {
             const noneWarm = await asked(async () => void (again = (await send('a@nowhere.example')).facts));
             assert.ok(!noneWarm.includes('TXT nowhere.example'), noneWarm.join());
             assert.equal(again['spf.result'], 'none');
+
+            // a SERVFAIL is not kept, here as in the shared cache: asked each time, a temperror each time
+            for (let i = 0; i < 2; i++) {
+                let failed: Record<string, unknown> = {};
+                const broken = await asked(async () => void (failed = (await send('a@broken.example')).facts));
+                assert.ok(broken.includes('TXT broken.example'), broken.join());
+                assert.equal(failed['spf.result'], 'temperror');
+            }
 
             // past the shared cache's expiry (300 s records) the thread asks again
             clock += 301_000;
