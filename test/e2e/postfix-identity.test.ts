@@ -15,6 +15,7 @@ import type { TestApp } from '../helpers/app.ts';
 import type { PostfixInstance } from '../helpers/postfix.ts';
 import { startPostfixGateway, unfold, type PostfixGateway } from '../helpers/postfix-gateway.ts';
 import { sendMail, smtpConnect } from '../helpers/smtp-client.ts';
+import { until } from '../helpers/until.ts';
 
 function message(id: string): string {
     return (
@@ -81,6 +82,15 @@ describe('each client reaches Postfix as itself', () => {
         }
         // every upstream connection carried one client, passed on by one XCLIENT (Postfix counts
         // the attempts after the slash: `xclient=0/1`, as a successful XCLIENT restarts its counts)
+        // Postfix logs a session's disconnect after it queued the message: wait for every client's
+        const disconnected = (text: string, addr: string): boolean =>
+            new RegExp(
+                `postfix/mailwarden/smtpd\\[\\d+\\]: disconnect from \\S+\\[${addr.replace(/\./g, '\\.')}\\]`,
+            ).test(text);
+        await until('Postfix logged every client disconnecting', async () => {
+            const text = await postfix.log();
+            return all.every((c) => disconnected(text, c.addr));
+        });
         const log = await postfix.log();
         assert.doesNotMatch(log, /improper command pipelining/);
         const disconnects = log
