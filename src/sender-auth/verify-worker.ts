@@ -87,11 +87,6 @@ function copyKey(name: string, type: string): string | null {
     }
 }
 
-/** Negative answers are kept (the main thread's cache keeps them); any other error is not. */
-function keepable(error: WireError | undefined): boolean {
-    return error === undefined || error.code === 'ENOTFOUND' || error.code === 'ENODATA';
-}
-
 /** True when the job may read and fill the copy: it came with the cache the copy is of. */
 function usesCopy(job: Job): boolean {
     return job.dns.cache !== null && job.dns.cache.id === copiedFrom;
@@ -243,10 +238,11 @@ port.on('message', (m: ToThread) => {
             const waiter = job?.queries.get(m.q);
             if (!job || !waiter) return;
             job.queries.delete(m.q);
-            // kept while the main thread's cache keeps it; each caller gets a copy of its own
+            // kept while the main thread's cache keeps it (it sends an expiry only with a value,
+            // NXDOMAIN or NODATA it holds); each caller gets a copy of its own
             const until = m.expiresAt;
             const key = waiter.key;
-            const keep = until !== undefined && key !== null && keepable(m.error) && usesCopy(job);
+            const keep = until !== undefined && key !== null && usesCopy(job);
             if (keep) {
                 const answer: Copied = m.error ? { error: m.error } : { value: m.value };
                 const bytes = COPY_OVERHEAD + key.length + estimateAnswerBytes(m.error ?? m.value);
