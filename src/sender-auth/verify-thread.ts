@@ -33,9 +33,11 @@ import type { Resolver } from '../dns/resolver.ts';
 import type { DnsResolve } from '../dns/scoped.ts';
 import type { VerifiedMessage, VerifyOptions } from './verify-message.ts';
 import {
+    COPY_TYPES,
+    dnsCounts,
+    EXHAUSTED_SLOT,
     fromWireError,
     toWireError,
-    type DnsTally,
     type DnsTerms,
     type FromThread,
     type ToThread,
@@ -93,8 +95,9 @@ export interface VerifyThreadOptions {
  * The message's DNS budget and the cache behind its resolver, for the thread's copy of the
  * answers: the thread answers a question again from its copy while the main thread's cache
  * would (until the expiry the answer came with), counts it against the same budget and refuses
- * past it as dns/scoped.ts does; what it answered that way comes back to `tally` when the
- * verification ends, and to the cache's hit count.
+ * past it as dns/scoped.ts does; what it answered that way goes to `tally` and to the cache's hit
+ * count when the verification ends, however it ends (a verification lost with its thread and run
+ * again starts with them counted).
  */
 export interface ThreadDns {
     /** The budget: `max` queries for the message, `used` of them before this verification. */
@@ -142,6 +145,8 @@ interface Job {
     readonly session: string;
     readonly resolver: DnsResolve;
     readonly dns: ThreadDns | null;
+    /** What the thread answered from its copy for this job (dnsCounts), written as it answers. */
+    readonly counts: Int32Array;
     readonly input: Readable;
     /** The pieces sent and not yet taken in (number, size), oldest first. */
     readonly inFlight: { readonly n: number; readonly size: number }[];
@@ -177,28 +182,36 @@ const OWN_MODULES = new URL('../../bin/own-modules.js', import.meta.url).href;
 const cacheIds = new WeakMap<object, number>();
 let lastCacheId = 0;
 
-/** The DNS terms a job starts with: the budget, and the cache the thread may answer from. */
-function dnsTerms(dns: ThreadDns | null): DnsTerms {
-    if (!dns) return { max: Number.MAX_SAFE_INTEGER, used: 0, cache: null };
+/** The DNS terms a job starts with: the budget, the cache the thread may answer from, where it counts. */
+function dnsTerms(job: Job): DnsTerms {
+    const { dns } = job;
+    const counts = job.counts.buffer as SharedArrayBuffer;
+    if (!dns) return { max: Number.MAX_SAFE_INTEGER, used: 0, cache: null, counts };
     const cache = dns.cache;
-    if (!cache) return { max: dns.max, used: dns.used, cache: null };
+    if (!cache) return { max: dns.max, used: dns.used, cache: null, counts };
     let id = cacheIds.get(cache);
     if (id === undefined) cacheIds.set(cache, (id = ++lastCacheId));
     return {
         max: dns.max,
         used: dns.used,
         cache: { id, now: cache.now(), sentAt: performance.timeOrigin + performance.now() },
+        counts,
     };
 }
 
-/** What the thread answered from its copy goes to the message's budget and to the cache's hit count. */
-function tally(job: Job, counted: DnsTally): void {
+/**
+ * What the thread answered from its copy goes to the message's budget and to the cache's hit
+ * count; once, when the job ends, whether the thread reported the end or was lost with it.
+ */
+function tally(job: Job): void {
     let n = 0;
-    for (const [type, hits] of Object.entries(counted.hits)) {
+    for (let i = 0; i < COPY_TYPES.length; i++) {
+        const hits = Atomics.load(job.counts, i);
+        if (hits <= 0) continue;
         n += hits;
-        job.dns?.cache?.countHits(type, hits);
+        job.dns?.cache?.countHits(COPY_TYPES[i]!, hits);
     }
-    job.dns?.tally(n, counted.exhausted);
+    job.dns?.tally(n, Atomics.load(job.counts, EXHAUSTED_SLOT) !== 0);
 }
 
 export function createVerifyThread(opts: VerifyThreadOptions = {}): VerifyThread {
@@ -383,13 +396,11 @@ export function createVerifyThread(opts: VerifyThreadOptions = {}): VerifyThread
                 return;
             case 'done':
                 t.jobs.delete(m.job);
-                tally(job, m.dns);
                 job.settle(null, m.result);
                 endIfResting(t);
                 return;
             case 'failed':
                 t.jobs.delete(m.job);
-                tally(job, m.dns);
                 job.settle(fromWireError(m.error));
                 endIfResting(t);
                 return;
@@ -428,7 +439,7 @@ export function createVerifyThread(opts: VerifyThreadOptions = {}): VerifyThread
             const last = next === null;
             const transfer = bytes ? [bytes.buffer as ArrayBuffer] : undefined;
             if (started) send(t, { t: 'piece', job: id, bytes, last, ack }, transfer);
-            else send(t, { t: 'start', job: id, opts, dns: dnsTerms(job.dns), bytes, last, ack }, transfer);
+            else send(t, { t: 'start', job: id, opts, dns: dnsTerms(job), bytes, last, ack }, transfer);
             started = true;
             return true;
         };
@@ -475,6 +486,7 @@ export function createVerifyThread(opts: VerifyThreadOptions = {}): VerifyThread
                     session,
                     resolver,
                     dns: dns ?? null,
+                    counts: dnsCounts(),
                     input,
                     inFlight: [],
                     inFlightBytes: 0,
@@ -482,6 +494,7 @@ export function createVerifyThread(opts: VerifyThreadOptions = {}): VerifyThread
                     settle(err, result) {
                         if (settled) return;
                         settled = true;
+                        tally(job);
                         signal.removeEventListener('abort', onAbort);
                         job.wake?.();
                         if (!input.destroyed) input.destroy();

@@ -10,7 +10,7 @@
  * says it is the last, and the thread says a piece was taken in only when the main thread asked
  * (when it will wait for room before sending more). DNS answers come with the time the main
  * thread's cache keeps them, and the thread answers the same question from its copy until then,
- * counting it against the message's budget as the main thread would (DnsTerms, DnsTally).
+ * counting it against the message's budget as the main thread would (DnsTerms, dnsCounts).
  *
  * It must not verify or decide anything, and must not load mailauth.
  */
@@ -49,12 +49,23 @@ export interface DnsTerms {
         /** When `now` was read: performance.timeOrigin + performance.now() of the main thread. */
         readonly sentAt: number;
     } | null;
+    /** Where the thread counts what it answered from the copy (dnsCounts). */
+    readonly counts: SharedArrayBuffer;
 }
 
-/** A job's DNS questions answered from the thread's copy, by type, and whether one was refused past the budget. */
-export interface DnsTally {
-    readonly hits: Readonly<Record<string, number>>;
-    readonly exhausted: boolean;
+/** The record types the thread counts its copy's answers by, in the order of their dnsCounts slots. */
+export const COPY_TYPES = ['A', 'AAAA', 'CNAME', 'MX', 'NS', 'PTR', 'SOA', 'TXT'] as const;
+/** The DnsCounts slot set when the thread refused a question past the budget. */
+export const EXHAUSTED_SLOT = COPY_TYPES.length;
+
+/**
+ * A job's DNS questions answered from the thread's copy, one Int32 slot per COPY_TYPES entry,
+ * and EXHAUSTED_SLOT: shared memory the thread writes as it answers (Atomics), so the main thread
+ * reads them when the job ends, also when the thread was lost with the job, which then runs again
+ * with them counted.
+ */
+export function dnsCounts(): Int32Array {
+    return new Int32Array(new SharedArrayBuffer(4 * (EXHAUSTED_SLOT + 1)));
 }
 
 /** Main thread to verification thread. */
@@ -87,8 +98,8 @@ export type FromThread =
     | { readonly t: 'dns'; readonly job: number; readonly q: number; readonly name: string; readonly rrtype: string }
     /** The piece numbered `n` and those before it were taken in: the main thread may send more. */
     | { readonly t: 'taken'; readonly job: number; readonly n: number }
-    | { readonly t: 'done'; readonly job: number; readonly result: VerifiedMessage; readonly dns: DnsTally }
-    | { readonly t: 'failed'; readonly job: number; readonly error: WireError; readonly dns: DnsTally }
+    | { readonly t: 'done'; readonly job: number; readonly result: VerifiedMessage }
+    | { readonly t: 'failed'; readonly job: number; readonly error: WireError }
     /** The job of a `cancel` has ended (or was not there). */
     | { readonly t: 'cancelled'; readonly job: number };
 

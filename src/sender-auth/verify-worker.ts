@@ -7,8 +7,8 @@
  * the main thread gave: an answer comes with the time the main thread's cache keeps it, and until
  * then (in the main thread's cache clock, which each job brings) the same question is answered
  * here without asking, counted against the message's budget as the main thread counts it, and
- * refused past that budget with the main thread's refusal; what was answered here goes back with
- * the job's result (DnsTally).
+ * refused past that budget with the main thread's refusal; what was answered here is counted, as
+ * it is answered, in memory the main thread reads (dnsCounts).
  *
  * Several jobs run at once, interleaved at their DNS waits. A `cancel` destroys the job's input
  * and fails its pending queries, and is answered once the job's work has ended; a `ping` is
@@ -34,6 +34,8 @@ import { verifyMessage, type VerifyOptions } from './verify-message.ts';
 import {
     fromWireError,
     toWireError,
+    COPY_TYPES,
+    EXHAUSTED_SLOT,
     type DnsTerms,
     type FromThread,
     type Piece,
@@ -52,10 +54,10 @@ interface Job {
     readonly dns: DnsTerms;
     /** performance.now() when the job started: the main thread's cache clock moves on from dns.cache.now with it. */
     readonly startedAt: number;
-    /** Questions asked (answered here or not), those answered here by type, and whether one was refused. */
+    /** Questions asked (answered here or not). */
     asked: number;
-    readonly hits: Record<string, number>;
-    exhausted: boolean;
+    /** Those answered here by type, and whether one was refused (dns.counts). */
+    readonly counts: Int32Array;
 }
 
 /** An answer as the main thread gave it: a value, or a negative answer's error. */
@@ -136,8 +138,7 @@ function start(id: number, opts: VerifyOptions, dns: DnsTerms): void {
         // two share timeOrigin + now()): the time `start` waited to be read is not lost
         startedAt: dns.cache ? dns.cache.sentAt - performance.timeOrigin : performance.now(),
         asked: 0,
-        hits: {},
-        exhausted: false,
+        counts: new Int32Array(dns.counts),
     };
     jobs.set(id, job);
     // answers of a replaced resolver are not kept
@@ -153,15 +154,16 @@ function start(id: number, opts: VerifyOptions, dns: DnsTerms): void {
         }
         // every question counts, answered here or not (dns/scoped.ts)
         if (dns.used + job.asked >= dns.max) {
-            job.exhausted = true;
+            Atomics.store(job.counts, EXHAUSTED_SLOT, 1);
             return Promise.reject(budgetRefusal(dns.max, rrtype, name));
         }
         job.asked++;
         const type = String(rrtype).toUpperCase();
-        const key = copyKey(name, type);
+        const slot = COPY_TYPES.indexOf(type as (typeof COPY_TYPES)[number]);
+        const key = slot < 0 ? null : copyKey(name, type);
         const kept = key !== null && usesCopy(job) ? copied.get(key, cacheNow(job)) : undefined;
         if (kept) {
-            job.hits[type] = (job.hits[type] ?? 0) + 1;
+            Atomics.add(job.counts, slot, 1);
             return kept.error ? Promise.reject(fromWireError(kept.error)) : Promise.resolve(copyAnswer(kept.value));
         }
         const q = job.nextQuery++;
@@ -177,14 +179,8 @@ function start(id: number, opts: VerifyOptions, dns: DnsTerms): void {
     };
     verifyMessage(job.input, opts, resolver, keys).then(
         // plain data already: the parts of mailauth's result the check reads (auth-output.ts)
-        (result) => ended(() => ({ t: 'done', job: id, result, dns: { hits: job.hits, exhausted: job.exhausted } })),
-        (err: unknown) =>
-            ended(() => ({
-                t: 'failed',
-                job: id,
-                error: toWireError(err),
-                dns: { hits: job.hits, exhausted: job.exhausted },
-            })),
+        (result) => ended(() => ({ t: 'done', job: id, result })),
+        (err: unknown) => ended(() => ({ t: 'failed', job: id, error: toWireError(err) })),
     );
 }
 

@@ -613,6 +613,37 @@ describe("the thread's copy of the DNS answers", () => {
         }
     });
 
+    it('a verification lost with its thread and run again starts with what the copy answered in its first run counted', async () => {
+        // a second's timeout: the DMARC question of _dmarc.slow.example is still waiting when the thread is stopped
+        const shared = createResolver({ servers: [dns.address], timeoutMs: 1000, tries: 1 });
+        const metrics = createMetrics('test');
+        const thread = createVerifyThread({ entry: MISBEHAVING, stallMs: 300, metrics });
+        try {
+            const c = verifier(thread, shared);
+            const signed = await sign(basicMessage('alerts@bank.example'), 'bank.example', 'sel', bankKey);
+            await run(c, signed, { mailFrom: 'a@bank.example' });
+            // signed by bank.example (its key and SPF record in the copy now), from slow.example
+            const lost = await sign(basicMessage('x@slow.example'), 'bank.example', 'sel', bankKey);
+            let facts: Record<string, unknown> = {};
+            const questions = await asked(async () => {
+                const verified = run(c, lost, { mailFrom: 'a@bank.example' });
+                // holds the thread 300 ms after it started, for another job: the first is run again
+                const holder = run(c, basicMessage('ceo@shop.example'), { mailFrom: 'timer-spin-5000@shop.example' });
+                facts = (await verified).facts;
+                await holder.catch(() => undefined);
+            });
+            assert.deepEqual(await restarts(metrics), { stalled: 1, failed: 0 });
+            const crossed = questions.filter((q) => !q.endsWith(' shop.example') && !q.endsWith('.shop.example'));
+            assert.ok(crossed.filter((q) => q === 'TXT _dmarc.slow.example').length === 2, crossed.join());
+            // the first run: the key and the SPF record from the copy, then _dmarc.slow.example
+            // asked of the main thread; the second run (a new thread, an empty copy) asked it all
+            assert.equal(facts['auth.dns_queries'], crossed.length + 2);
+        } finally {
+            await thread.close();
+            shared.close();
+        }
+    });
+
     it('the DNS budget holds as on the main thread: cold or warm, the same queries counted and the same refusal', async () => {
         const shared = testResolver(dns.address);
         const thread = createVerifyThread();
