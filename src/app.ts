@@ -30,7 +30,7 @@ import { limitChecks, verificationChecks } from './checks/index.ts';
 import { createVerifyThread, type VerifyThread } from './sender-auth/verify-thread.ts';
 import { createResolver, type Resolver } from './dns/resolver.ts';
 import { createReputationService, type ReputationService } from './reputation/service.ts';
-import { createConfiguredStore, waitForStore, type LimitStore } from './limits/index.ts';
+import { createConfiguredStore, createMemoryStore, waitForStore, type LimitStore } from './limits/index.ts';
 import { acceptAll } from './pipeline.ts';
 import { replyFor } from './reply.ts';
 import {
@@ -301,7 +301,12 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
 
     // one guard for every listener: a client's failures count the same on 587 and 465
     const loginGuard = auth
-        ? createLoginGuard({ store: limitStore, ...(config.auth ? { settings: config.auth.lockout } : {}) })
+        ? createLoginGuard({
+              // without Redis a store of its own: counters a client on port 25 makes at will
+              // (one per sender address) must not push a login's failures out of the bounded one
+              store: limitStore.kind === 'memory' ? createMemoryStore() : limitStore,
+              ...(config.auth ? { settings: config.auth.lockout } : {}),
+          })
         : null;
     const pregreet = config.listeners.some((l) => l.pregreetWaitMs > 0)
         ? createPregreetGate({

@@ -1,9 +1,14 @@
 /**
  * The in-process store, used when no Redis is configured: the same GCRA math (gcra.ts), the
  * same lease and greylisting rules as the Lua scripts, decided from the caller's `nowMs`
- * only. Bounded: at most `maxKeys` entries, least recently used dropped first, and expired
- * entries swept a few at a time on every call. Must not read the wall clock, start timers
- * or share state between instances (each mailwarden process has its own counts).
+ * only. Bounded, kind by kind: rate counters and greylisting records at most `maxKeys` each,
+ * known-client records and leases at most a quarter of that; when a kind is full an expired
+ * entry goes first, else the least recently used. A kind a client can fill at will (a
+ * greylisting record per recipient, a counter per sender address) never pushes out another
+ * kind, and a live lease is never dropped: with every lease live the store refuses a new one
+ * (the limit's onError decides), as Redis without eviction does. Expired entries are swept a
+ * few at a time on every call. Must not read the wall clock, start timers or share state
+ * between instances (each mailwarden process has its own counts).
  */
 import { gcra, gcraCounters, type GcraState } from './gcra.ts';
 import { keyNames } from './keys.ts';
@@ -22,6 +27,7 @@ import {
     type LimitStore,
     type StageAnswer,
     type StageOp,
+    StoreError,
     type TakeResult,
     type Window,
 } from './types.ts';
@@ -39,13 +45,16 @@ interface Entry {
 }
 
 export interface MemoryStoreOptions {
-    /** Entries kept at most (default 100 000); the least recently used is dropped first. */
+    /**
+     * Rate counters and greylisting records kept at most, each (default 100 000); known-client
+     * records and leases a quarter of it each.
+     */
     maxKeys?: number;
 }
 
 export interface MemoryLimitStore extends LimitStore {
     readonly kind: 'memory';
-    /** Entries currently held (expired ones may linger until swept). */
+    /** Entries currently held, of every kind (expired ones may linger until swept). */
     size(): number;
 }
 
@@ -61,39 +70,74 @@ function settle<T>(fn: () => T): Promise<T> {
 /** Expired entries examined at the old end of the LRU order on each call. */
 const SWEEP_PER_CALL = 4;
 
+type Kind = Value['type'];
+
 export function createMemoryStore(options: MemoryStoreOptions = {}): MemoryLimitStore {
     const maxKeys = options.maxKeys ?? 100_000;
     if (!Number.isSafeInteger(maxKeys) || maxKeys < 1) throw new RangeError('maxKeys must be a positive integer');
     const names = keyNames('mw');
-    const entries = new Map<string, Entry>();
+    /** One map per kind, each in least recently used order, with its own bound. */
+    const pools: Record<Kind, Map<string, Entry>> = {
+        rate: new Map(),
+        triplet: new Map(),
+        client: new Map(),
+        lease: new Map(),
+    };
+    const bounds: Record<Kind, number> = {
+        rate: maxKeys,
+        triplet: maxKeys,
+        client: Math.max(1, Math.floor(maxKeys / 4)),
+        lease: Math.max(1, Math.floor(maxKeys / 4)),
+    };
+    const kinds = Object.keys(pools) as Kind[];
 
-    /** Drops a few expired entries from the least recently used end. */
+    /** Drops a few expired entries from the least recently used end of each kind. */
     const sweep = (now: number): void => {
-        let n = 0;
-        for (const [k, e] of entries) {
-            if (n++ >= SWEEP_PER_CALL || e.expiresAt >= now) break;
-            entries.delete(k);
+        for (const kind of kinds) {
+            let n = 0;
+            for (const [k, e] of pools[kind]) {
+                if (n++ >= SWEEP_PER_CALL || e.expiresAt >= now) break;
+                pools[kind].delete(k);
+            }
         }
     };
 
-    /** The live value under `k` (refreshing its LRU position), or undefined. */
-    const read = (k: string, now: number): Value | undefined => {
-        const e = entries.get(k);
+    /** The live value of `kind` under `k` (refreshing its LRU position), or undefined. */
+    const read = (kind: Kind, k: string, now: number): Value | undefined => {
+        const pool = pools[kind];
+        const e = pool.get(k);
         if (!e) return undefined;
-        entries.delete(k);
+        pool.delete(k);
         if (e.expiresAt < now) return undefined;
-        entries.set(k, e);
+        pool.set(k, e);
         return e.value;
     };
 
-    const write = (k: string, value: Value, expiresAt: number): void => {
-        entries.delete(k);
-        entries.set(k, { value, expiresAt });
-        while (entries.size > maxKeys) {
-            const oldest = entries.keys().next();
-            if (oldest.done) break;
-            entries.delete(oldest.value);
+    /**
+     * Makes room for one more entry in a full pool: an expired one among the oldest goes, else
+     * the oldest; a live lease is never dropped (the write fails instead).
+     */
+    const makeRoom = (kind: Kind, now: number): void => {
+        const pool = pools[kind];
+        let n = 0;
+        for (const [k, e] of pool) {
+            if (n++ >= SWEEP_PER_CALL) break;
+            if (e.expiresAt < now) {
+                pool.delete(k);
+                return;
+            }
         }
+        if (kind === 'lease') {
+            throw new StoreError('error', `memory store full: ${pool.size} concurrency leases held, none expired`);
+        }
+        const oldest = pool.keys().next();
+        if (!oldest.done) pool.delete(oldest.value);
+    };
+
+    const write = (k: string, value: Value, expiresAt: number, now: number): void => {
+        const pool = pools[value.type];
+        if (!pool.delete(k) && pool.size >= bounds[value.type]) makeRoom(value.type, now);
+        pool.set(k, { value, expiresAt });
     };
 
     const take = (key: string, windows: readonly Window[], cost: number, now: number): TakeResult => {
@@ -101,11 +145,11 @@ export function createMemoryStore(options: MemoryStoreOptions = {}): MemoryLimit
         sweep(now);
         const ks = windows.map((w) => names.rate(key, w));
         const states = ks.map((k) => {
-            const v = read(k, now);
+            const v = read('rate', k, now);
             return v?.type === 'rate' ? v.state : null;
         });
         const { result, writes } = gcra(states, windows, cost, now);
-        writes?.forEach((w, i) => write(ks[i]!, { type: 'rate', state: w.state }, now + w.ttlMs));
+        writes?.forEach((w, i) => write(ks[i]!, { type: 'rate', state: w.state }, now + w.ttlMs, now));
         return result;
     };
 
@@ -114,7 +158,7 @@ export function createMemoryStore(options: MemoryStoreOptions = {}): MemoryLimit
         sweep(now);
         const ks = counters.map((c) => names.counter(group, c.key, c.window));
         const states = ks.map((k) => {
-            const v = read(k, now);
+            const v = read('rate', k, now);
             return v?.type === 'rate' ? v.state : null;
         });
         const out = gcraCounters(
@@ -124,8 +168,8 @@ export function createMemoryStore(options: MemoryStoreOptions = {}): MemoryLimit
             now,
         );
         out.writes?.forEach((w, i) => {
-            if (w === null) entries.delete(ks[i]!);
-            else write(ks[i]!, { type: 'rate', state: w.state }, now + w.ttlMs);
+            if (w === null) pools.rate.delete(ks[i]!);
+            else write(ks[i]!, { type: 'rate', state: w.state }, now + w.ttlMs, now);
         });
         return { allowed: out.allowed, counters: out.results };
     };
@@ -135,8 +179,8 @@ export function createMemoryStore(options: MemoryStoreOptions = {}): MemoryLimit
         let held = 0;
         for (const c of counters) {
             const k = names.counter(group, c.key, c.window);
-            if (read(k, now) !== undefined) held++;
-            entries.delete(k);
+            if (read('rate', k, now) !== undefined) held++;
+            pools.rate.delete(k);
         }
         return held;
     };
@@ -144,7 +188,7 @@ export function createMemoryStore(options: MemoryStoreOptions = {}): MemoryLimit
     const lease = (op: 'acquire' | 'renew', key: string, holder: string, max: number, ttlMs: number, now: number) => {
         sweep(now);
         const k = names.lease(key);
-        const v = read(k, now);
+        const v = read('lease', k, now);
         const holders = v?.type === 'lease' ? v.holders : new Map<string, number>();
         let last = 0;
         for (const [h, until] of holders) {
@@ -159,8 +203,8 @@ export function createMemoryStore(options: MemoryStoreOptions = {}): MemoryLimit
             last = 0;
             for (const until of holders.values()) if (until > last) last = until;
         }
-        if (holders.size > 0) write(k, { type: 'lease', holders }, last);
-        else entries.delete(k);
+        if (holders.size > 0) write(k, { type: 'lease', holders }, last, now);
+        else pools.lease.delete(k);
         return { ok, active: holders.size };
     };
 
@@ -169,36 +213,36 @@ export function createMemoryStore(options: MemoryStoreOptions = {}): MemoryLimit
         sweep(now);
         const ck = names.client(client);
         if (opts.autoAllowAfter > 0) {
-            const c = read(ck, now);
+            const c = read('client', ck, now);
             if (c?.type === 'client' && c.until > now && c.count >= opts.autoAllowAfter) {
                 const until = now + opts.passTtlMs;
-                write(ck, { type: 'client', count: c.count, until }, until);
+                write(ck, { type: 'client', count: c.count, until }, until, now);
                 return { verdict: 'known-client', retryAfterMs: 0 };
             }
         }
         const tk = names.triplet(triplet);
-        const t = read(tk, now);
+        const t = read('triplet', tk, now);
         const passUntil = now + opts.passTtlMs;
         if (t?.type === 'triplet') {
             if (t.kind === 'p' && t.time > now) {
-                write(tk, { type: 'triplet', kind: 'p', time: passUntil }, passUntil);
+                write(tk, { type: 'triplet', kind: 'p', time: passUntil }, passUntil, now);
                 return { verdict: 'pass', retryAfterMs: 0 };
             }
             if (t.kind === 'g') {
                 const elapsed = now - t.time;
                 if (elapsed < opts.delayMs) return { verdict: 'early', retryAfterMs: opts.delayMs - elapsed };
                 if (elapsed <= opts.retryWindowMs) {
-                    write(tk, { type: 'triplet', kind: 'p', time: passUntil }, passUntil);
+                    write(tk, { type: 'triplet', kind: 'p', time: passUntil }, passUntil, now);
                     if (opts.autoAllowAfter > 0) {
-                        const c = read(ck, now);
+                        const c = read('client', ck, now);
                         const count = c?.type === 'client' && c.until > now ? c.count + 1 : 1;
-                        write(ck, { type: 'client', count, until: passUntil }, passUntil);
+                        write(ck, { type: 'client', count, until: passUntil }, passUntil, now);
                     }
                     return { verdict: 'pass', retryAfterMs: 0 };
                 }
             }
         }
-        write(tk, { type: 'triplet', kind: 'g', time: now }, now + opts.retryWindowMs + 1);
+        write(tk, { type: 'triplet', kind: 'g', time: now }, now + opts.retryWindowMs + 1, now);
         return { verdict: 'new', retryAfterMs: opts.delayMs };
     };
 
@@ -253,19 +297,19 @@ export function createMemoryStore(options: MemoryStoreOptions = {}): MemoryLimit
         release: (key, holder) =>
             settle(() => {
                 checkRelease(key, holder);
-                const e = entries.get(names.lease(key));
+                const e = pools.lease.get(names.lease(key));
                 if (e?.value.type === 'lease') {
                     e.value.holders.delete(holder);
-                    if (e.value.holders.size === 0) entries.delete(names.lease(key));
+                    if (e.value.holders.size === 0) pools.lease.delete(names.lease(key));
                 }
             }),
         greylist: (triplet, client, opts, nowMs) => settle(() => greylist(triplet, client, opts, nowMs)),
         stage: (ops, nowMs) => Promise.resolve(stage(ops, nowMs)),
         ping: () => Promise.resolve(true),
-        size: () => entries.size,
+        size: () => kinds.reduce((n, kind) => n + pools[kind].size, 0),
         close: () =>
             settle(() => {
-                entries.clear();
+                for (const kind of kinds) pools[kind].clear();
             }),
     };
 }

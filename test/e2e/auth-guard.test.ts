@@ -17,6 +17,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { defaultAuthLockout } from '../../src/config/defaults.ts';
+import { createMemoryStore, type LimitStore } from '../../src/limits/index.ts';
 import { hashPassword } from '../../src/submission/hashes.ts';
 import { acceptAll } from '../../src/pipeline.ts';
 import { startApp, type TestApp } from '../helpers/app.ts';
@@ -61,7 +62,7 @@ function writeUsers(entries: Record<string, string>): void {
     writeFileSync(users, `users:\n${body}`, { mode: 0o600 });
 }
 
-async function start(extra: string[] = [], now?: () => number): Promise<TestApp> {
+async function start(extra: string[] = [], now?: () => number, store?: LimitStore): Promise<TestApp> {
     const app = await startApp(
         [
             'hostname: mx.example.test',
@@ -75,7 +76,7 @@ async function start(extra: string[] = [], now?: () => number): Promise<TestApp>
             'http: false',
         ].join('\n'),
         // no rule-declared limits: only the login protection is under test
-        { decider: acceptAll, ...(now ? { now } : {}) },
+        { decider: acceptAll, ...(now ? { now } : {}), ...(store ? { limitStore: store } : {}) },
     );
     apps.push(app);
     return app;
@@ -132,6 +133,23 @@ describe('parallel password guessing is bounded', () => {
         const codes = await parallel(mw, 10, (i) => (i === 3 ? 'right password' : `guess ${i}`));
         assert.equal(checked(mw) - before, 1, `replies: ${codes.join(' ')}`);
         assert.equal(codes.filter((c) => c === 454).length, 9, codes.join(' '));
+    });
+
+    it('memory store: a lockout outlives counters made at will elsewhere (each in a store of its own)', async () => {
+        // the limits' store, small: a client on port 25 makes a counter per sender address at will
+        const limits = createMemoryStore({ maxKeys: 16 });
+        const mw = await start(['  lockout: { perIp: 3/1h }'], undefined, limits);
+        await fail(mw, 3);
+        let c = await session(mw);
+        assert.equal((await c.cmd(`AUTH PLAIN ${plain('alice@example.test', 'right password')}`)).code, 454);
+        c.close();
+        for (let i = 0; i < 200; i++)
+            await limits.take(`sender:${i}@spam.example`, [{ limit: 10, periodMs: 3_600_000 }], 1, Date.now());
+        c = await session(mw);
+        const after = await c.cmd(`AUTH PLAIN ${plain('alice@example.test', 'right password')}`);
+        assert.equal(after.code, 454, `still locked: ${after.raw}`);
+        c.close();
+        await limits.close();
     });
 
     describe('with Redis', () => {

@@ -1,7 +1,9 @@
 /**
  * What only the memory store has to show: it stays within maxKeys (least recently used
- * dropped first) and sweeps expired entries as calls come in, without timers or the wall
- * clock. The shared behaviour is in store-contract.test.ts.
+ * dropped first) kind by kind, so records a client makes at will (greylisting, counters per
+ * sender) never push out a limit's counters or a live lease, and a live lease is never
+ * dropped; and it sweeps expired entries as calls come in, without timers or the wall clock.
+ * The shared behaviour is in store-contract.test.ts.
  */
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
@@ -39,6 +41,44 @@ describe('memory store: bounds', () => {
         assert.equal(store.size(), 0); // a read of 'busy' writes nothing
         await store.take('busy', W, 1, later);
         assert.equal(store.size(), 1);
+    });
+
+    it('greylisting records made at will push out neither counters nor leases', async () => {
+        const store = createMemoryStore({ maxKeys: 40 });
+        await store.take('client-net', W, 3, T0);
+        assert.equal((await store.acquire('client-ip', 'a', 1, 600_000, T0)).acquired, true);
+        // one record per recipient, far more than the bound
+        for (let i = 0; i < 500; i++) await store.greylist(`t${i}`, `c${i % 7}`, GREY, T0 + 1);
+        assert.equal((await store.take('client-net', W, 1, T0 + 2)).allowed, false, 'the counter was forgotten');
+        assert.equal(
+            (await store.acquire('client-ip', 'b', 1, 600_000, T0 + 2)).acquired,
+            false,
+            'the lease was dropped',
+        );
+        assert.ok(store.size() <= 40 + 40 + 10 + 10, String(store.size()));
+    });
+
+    it('never drops a live lease: when every lease is live a new one fails (onError decides), an expired one makes room', async () => {
+        const store = createMemoryStore({ maxKeys: 40 }); // 10 leases
+        for (let i = 0; i < 10; i++) assert.equal((await store.acquire(`ip${i}`, 'h', 1, 1_000, T0)).acquired, true);
+        await assert.rejects(store.acquire('ip10', 'h', 1, 1_000, T0), (err: Error) => err.name === 'StoreError');
+        // each of the ten still holds its slot
+        for (let i = 0; i < 10; i++) assert.equal((await store.acquire(`ip${i}`, 'x', 1, 1_000, T0)).acquired, false);
+        // a lease that ran out makes room
+        assert.equal((await store.acquire('ip10', 'h', 1, 1_000, T0 + 1_001)).acquired, true);
+        for (let i = 11; i < 20; i++) {
+            assert.equal((await store.acquire(`ip${i}`, 'h', 1, 1_000, T0 + 1_001)).acquired, true);
+        }
+        // full of live leases again: in a batch the failure is that op's answer alone
+        const answers = await store.stage(
+            [
+                { op: 'acquire', key: 'ip20', holder: 'h', max: 1, ttlMs: 1_000 },
+                { op: 'take', key: 'other', windows: W, cost: 1 },
+            ],
+            T0 + 1_001,
+        );
+        assert.equal(answers[0]!.ok, false);
+        assert.equal(answers[1]!.ok, true);
     });
 
     it('refuses a bad maxKeys', () => {
