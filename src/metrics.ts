@@ -45,6 +45,13 @@ function keepObservers(histogram: Histogram): void {
     }) as Histogram['observe'];
 }
 
+/**
+ * Metrics only a worker measures (the primary of several workers serves no listener): the
+ * primary leaves its own, never set, out of the sum, where a 0 would be taken for a value
+ * (the soonest certificate expiry would read 0, and its alert never fire).
+ */
+export const WORKER_ONLY_METRICS: ReadonlySet<string> = new Set([`${P}tls_certificate_expiry_timestamp_seconds`]);
+
 export function createMetrics(version: string) {
     const registry = new Registry();
     collectDefaultMetrics({ register: registry });

@@ -17,7 +17,7 @@ import type { Config } from '../config/types.ts';
 import { answerWaitMs } from '../drain.ts';
 import { createHttpServer } from '../http.ts';
 import type { Logger } from '../log.ts';
-import type { Metrics } from '../metrics.ts';
+import { WORKER_ONLY_METRICS, type Metrics } from '../metrics.ts';
 import { isAnswer, type Answer, type WorkerMetrics } from './protocol.ts';
 
 /** The processes `workers` asks for: `auto` is one per core with Redis, one with the in-memory store. */
@@ -257,7 +257,8 @@ export async function runPrimary(o: PrimaryOptions): Promise<number> {
             metrics: async (): Promise<string> => {
                 const ready = [...slots.values()].filter((s) => s.ready);
                 const answers = await Promise.all(ready.map((s) => ask(s, 'metrics')));
-                const parts: WorkerMetrics[] = [await metrics.registry.getMetricsAsJSON()];
+                const own = await metrics.registry.getMetricsAsJSON();
+                const parts: WorkerMetrics[] = [own.filter((m) => !WORKER_ONLY_METRICS.has(m.name))];
                 for (const a of answers) if (a && a.mailwarden === 'metrics') parts.push(a.metrics);
                 return AggregatorRegistry.aggregate(parts).metrics();
             },

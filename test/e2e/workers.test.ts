@@ -1,12 +1,14 @@
 /**
  * `workers: 2`: the real `mailwarden serve` forks two worker processes that share the SMTP port
  * (real Redis, a scripted upstream, the loopback DNS server). Both serve sessions; /metrics on
- * the primary sums both workers; SIGHUP reaches both (softReject applies on each); a worker
+ * the primary sums both workers (and gives the certificate's expiry the workers serve, not the
+ * primary's 0); SIGHUP reaches both (softReject applies on each); a worker
  * killed with SIGKILL is replaced (logged, counted) while a session on the other worker goes on;
  * SIGTERM drains both: a message the upstream accepted while the drain starts gets its 250 on
  * each worker, then every session hears 421 4.3.2 and the primary exits 0.
  */
 import assert from 'node:assert/strict';
+import { X509Certificate } from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -17,6 +19,7 @@ import { startRedis, type RedisInstance } from '../helpers/redis.ts';
 import { startScriptedUpstream, type ScriptedUpstream } from '../helpers/scripted-upstream.ts';
 import { startServe, type Serve } from '../helpers/serve.ts';
 import { freePort, smtpConnect, type SmtpClient } from '../helpers/smtp-client.ts';
+import { createTestCertificate, type TestCertificate } from '../helpers/tls-cert.ts';
 
 const START_MS = 90_000;
 
@@ -29,6 +32,7 @@ describe('serve with workers: 2', () => {
     let dns: DnsTestServer;
     let up: ScriptedUpstream;
     let redis: RedisInstance;
+    let cert: TestCertificate;
     let serve: Serve;
     let file: string;
     let port: number;
@@ -44,6 +48,7 @@ describe('serve with workers: 2', () => {
             `dns: { servers: ["${dns.address}"], timeout: 1s }`,
             `redis: { url: "${redis.url}" }`,
             `http: { host: 127.0.0.1, port: ${httpPort} }`,
+            `tls: { cert: "${cert.certPath}", key: "${cert.keyPath}" }`,
             'workers: 2',
             'shutdownTimeout: 10s',
             ...extra,
@@ -98,6 +103,7 @@ describe('serve with workers: 2', () => {
             '_dmarc.bank.example': { TXT: ['v=DMARC1; p=reject'] },
         });
         redis = await startRedis();
+        cert = await createTestCertificate();
         up = await startScriptedUpstream({
             ehlo: ['XCLIENT NAME ADDR PORT PROTO HELO LOGIN'],
             onData: (tx) => {
@@ -118,6 +124,7 @@ describe('serve with workers: 2', () => {
         await up.close();
         await redis.stop();
         await dns.close();
+        cert.cleanup();
         fs.rmSync(dir, { recursive: true, force: true });
     });
 
@@ -138,6 +145,9 @@ describe('serve with workers: 2', () => {
         assert.equal(value(text, 'mailwarden_build_info{version="0.1.0"}'), 1);
         assert.equal(value(text, 'mailwarden_messages_total{listener="mx",action="accept"}'), accepted);
         assert.equal(text.match(/^# HELP mailwarden_messages_total /gm)?.length, 1, 'one family, not one per worker');
+        // the certificate the workers serve; the primary serves none and does not count as 0
+        const notAfter = Date.parse(new X509Certificate(cert.cert).validTo) / 1000;
+        assert.equal(value(text, 'mailwarden_tls_certificate_expiry_timestamp_seconds'), notAfter);
     });
 
     it('passes SIGHUP to both workers: softReject applies on each', async () => {
