@@ -657,6 +657,9 @@ class MailwardenConnection extends SMTPConnection {
 
     override _onClose(): void {
         this.#releaseSlot();
+        // here, not by a listener on the socket: STARTTLS (smtp-server's upgrade) removes every
+        // listener of the plain socket it replaces
+        (this._server as MailwardenSmtpServer).forget(this.id);
         super._onClose();
     }
 }
@@ -683,6 +686,16 @@ export class MailwardenSmtpServer extends SMTPServer {
     clientGone(id: string): boolean {
         const socket = this.#byId.get(id)?._socket;
         return !socket || socket.destroyed || !socket.writable;
+    }
+
+    /** Connections known by session id: open ones only (tests and diagnostics). */
+    get knownConnections(): number {
+        return this.#byId.size;
+    }
+
+    /** A connection closed: its session id is forgotten (MailwardenConnection._onClose). */
+    forget(id: string): void {
+        this.#byId.delete(id);
     }
 
     /** What the pregreet test found for this session (null: not tested). */
@@ -817,7 +830,6 @@ export class MailwardenSmtpServer extends SMTPServer {
         }
         const id = connection.id;
         this.#byId.set(id, connection);
-        socket.once('close', () => this.#byId.delete(id));
         this.connections.add(connection);
         connection.on('error', (err: Error) => this._onError(err));
         connection.on('connect', (data: Parameters<SMTPServer['_onClientConnect']>[0]) => this._onClientConnect(data));
