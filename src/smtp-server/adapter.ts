@@ -106,13 +106,15 @@ export const HARD_ERROR_LIMIT = 20;
 export const MIN_DATA_RATE = 500;
 
 /**
- * NOOP, RSET, VRFY and ETRN a session may send before each further one counts as an error reply
- * (towards HARD_ERROR_LIMIT): Postfix's `smtpd_junk_command_limit` default. Reset when a message
- * is accepted. A client cannot hold a slot, and through it an upstream connection, for ever by
- * sending one of them every few minutes.
+ * EHLO, HELO, NOOP, RSET, VRFY, ETRN and HELP a session may send before each further one counts
+ * as an error reply (towards HARD_ERROR_LIMIT): Postfix's `smtpd_junk_command_limit` default,
+ * over the commands Postfix counts (its EHLO and HELO among them; HELP, which Postfix does not
+ * have, is an error there). Reset when a message is accepted. A client cannot hold a slot, and
+ * through it an upstream connection, for ever by sending one of them every few minutes, nor
+ * have its HELO name checked and a new upstream connection opened without end.
  */
 const JUNK_COMMAND_LIMIT = 100;
-const JUNK_COMMANDS = new Set(['NOOP', 'RSET', 'VRFY', 'ETRN']);
+const JUNK_COMMANDS = new Set(['EHLO', 'HELO', 'NOOP', 'RSET', 'VRFY', 'ETRN', 'HELP']);
 /** Commands that may only end a pipelined group (RFC 2920 section 3.1; QUIT ends the session anyway). */
 const GROUP_ENDING = new Set(['EHLO', 'HELO', 'DATA', 'VRFY', 'EXPN', 'NOOP']);
 
@@ -160,7 +162,7 @@ class MailwardenConnection extends SMTPConnection {
     #foreign = false;
     /** Error replies sent so far (HARD_ERROR_LIMIT). */
     #errors = 0;
-    /** NOOP, RSET, VRFY and ETRN since the last accepted message (JUNK_COMMAND_LIMIT). */
+    /** JUNK_COMMANDS since the last accepted message (JUNK_COMMAND_LIMIT). */
     #junk = 0;
     /** The reply about to be sent answers a junk command over the limit: it counts as an error. */
     #junkOver = false;
