@@ -6,7 +6,8 @@
  *   `From :` IS a From field, as Postfix's is_header() and DKIM relaxed canonicalisation read
  *   it), or a continuation line (starting with WSP) of the field above. A section that starts
  *   with WSP, a line without a colon, a name with other characters (space inside, 8-bit,
- *   control), an empty line, a NUL or a bare CR/LF do not parse: readers disagree on what such
+ *   control) or with its colon past the 998th byte, an empty line, a NUL or a bare CR/LF do not
+ *   parse: readers disagree on what such
  *   bytes mean (Postfix ends the header section there; mailauth glues the line to the field
  *   above), so the whole section is refused rather than guessed at.
  * - Filtering: incoming copies of every X-Mailwarden-* field and Authentication-Results fields
@@ -67,6 +68,14 @@ const SP = 0x20;
 const TAB = 0x09;
 const COLON = 0x3a;
 
+/**
+ * Where a field line's colon may be at the latest: within the 998 bytes of a line RFC 5322
+ * section 2.1.1 allows. Postfix decides whether a line is a header field from its first
+ * `line_length_limit` bytes (2,048) only: a line whose colon comes later ends the header section
+ * there for Postfix (the fields below it become body), while we would read on.
+ */
+const MAX_NAME_BYTES = 998;
+
 /** ftext of RFC 5322 section 3.6.8: printable US-ASCII except the colon. */
 function isFtext(b: number): boolean {
     return b >= 0x21 && b <= 0x7e && b !== COLON;
@@ -82,7 +91,9 @@ function fieldLine(line: Buffer): { name: string } | { problem: HeaderProblem } 
     while (i < line.length && isFtext(line[i]!)) i++;
     const nameEnd = i;
     while (i < line.length && (line[i] === SP || line[i] === TAB)) i++;
-    if (nameEnd > 0 && i < line.length && line[i] === COLON) return { name: line.toString('latin1', 0, nameEnd) };
+    if (nameEnd > 0 && i < line.length && line[i] === COLON && i < MAX_NAME_BYTES) {
+        return { name: line.toString('latin1', 0, nameEnd) };
+    }
     return { problem: line.includes(COLON) ? 'invalid-name' : 'no-colon' };
 }
 

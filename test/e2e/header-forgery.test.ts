@@ -107,6 +107,8 @@ describe('forged and malformed header sections on mx', () => {
         ['a name with an 8-bit byte', `Subject: x\r\nX-Mailwarden-Verdict\u00a0: accept\r\n${BODY}`, 2, 'invalid-name'],
         ['a name with white space inside', `X Mailwarden-Verdict: accept\r\n${BODY}`, 1, 'invalid-name'],
         ['a fold between name and colon', `Subject: x\r\nFrom\r\n : ceo@bank.example\r\n\r\nbody\r\n`, 2, 'no-colon'],
+        // Postfix would end the section at line 2 and deliver the Subject as body
+        ['a name of 2,100 bytes', `X-Early: x\r\nX-${'a'.repeat(2_100)}: v\r\n${BODY}`, 2, 'invalid-name'],
     ];
     for (const [what, data, line, problem] of malformed) {
         it(`refuses a header section with ${what}: 550 5.6.0 naming line ${line}, nothing upstream`, async () => {

@@ -166,6 +166,14 @@ describe('header section parser: field names as Postfix reads them', () => {
         ['a name with UTF-8', 'Subject: x\r\nFr\u00c3\u00b6m: a@example.org\r\n', 2, 'invalid-name'],
         ['a name with a control character', 'X-Mail\u0001warden-Verdict: accept\r\n', 1, 'invalid-name'],
         ['a name with DEL', 'From\u007f: a@example.org\r\n', 1, 'invalid-name'],
+        // Postfix reads a line as a field from its first 2,048 bytes: past them, its section ends
+        [
+            'a name of 2,100 bytes',
+            `From: a@example.org\r\nX-${'a'.repeat(2_100)}: v\r\nSubject: x\r\n`,
+            2,
+            'invalid-name',
+        ],
+        ['a colon past the 998th byte', `X-${'a'.repeat(994)}  : v\r\n`, 1, 'invalid-name'],
         ['an empty line inside', 'Subject: x\r\n\r\nFrom: a@example.org\r\n', 2, 'empty-line'],
         ['a bare LF', 'Subject: x\nFrom: a@example.org\r\n', 1, 'invalid-character'],
         ['a bare CR', 'Subject: x\rFrom: a@example.org\r\n', 1, 'invalid-character'],
@@ -179,6 +187,11 @@ describe('header section parser: field names as Postfix reads them', () => {
         ['a last Reply-To over 100,000 bytes', `Subject: x\r\nReply-To: ${'y'.repeat(100_000)}`, 2, 'field-too-long'],
         ['a Sender over 100,000 bytes', `sEnDeR: ${'y'.repeat(100_000)}\r\nSubject: x\r\n`, 1, 'field-too-long'],
     ];
+    it('takes a name whose colon is the 998th byte of its line', () => {
+        const parsed = parseHeaderSection(Buffer.from(`X-${'a'.repeat(994)} : v\r\n`, 'latin1'));
+        assert.ok(parsed.ok);
+        assert.equal(parsed.fields[0]!.name.length, 996);
+    });
     for (const [what, text, line, problem] of refused) {
         it(`refuses ${what} (line ${line}: ${problem})`, () => {
             assert.deepEqual(parseHeaderSection(Buffer.from(text, 'latin1')), { ok: false, line, problem });
