@@ -76,6 +76,15 @@ const XTEXT = /^(?:[!-*,-<>-~]|\+[0-9A-Fa-f]{2})*$/;
 /** `addr-type ";" xtext` (RFC 3461 section 4.2), addr-type an atom. */
 const ORCPT = /^([A-Za-z0-9!#$%&'*+\-/=?^_`{|}~]+);(.+)$/;
 
+/**
+ * An xtext value with `<` and `>` written as the `+3C` and `+3E` they decode the same as (RFC 3461
+ * section 4): no angle bracket goes upstream outside a path (upstream/common.ts refuses one in a
+ * parameter, where a reader could take it for the start or end of a path).
+ */
+function withoutAngles(value: string): string {
+    return value.replace(/</g, '+3C').replace(/>/g, '+3E');
+}
+
 function xtextLength(value: string): number {
     return value.replace(/\+[0-9A-Fa-f]{2}/g, 'x').length;
 }
@@ -131,7 +140,7 @@ export function checkMailParams(params: readonly EnvelopeParam[], offer: EhloOff
                 // RFC 3461 section 4.4: xtext, at most 100 characters once decoded
                 if (value === null || !XTEXT.test(value)) return invalid(keyword, 'must be xtext (RFC 3461)');
                 if (xtextLength(value) > 100) return invalid(keyword, 'is longer than 100 characters');
-                out.envid = value;
+                out.envid = withoutAngles(value);
                 break;
             case 'AUTH':
                 // RFC 4954 section 5: AUTH=<> or an xtext mailbox. The login itself goes upstream
@@ -179,7 +188,7 @@ export function checkRcptParams(
                 const text = m?.[2] ?? '';
                 const xtextOk = XTEXT.test(text) || (smtputf8 && p.nonAscii && !/\+(?![0-9A-Fa-f]{2})/.test(text));
                 if (!m || !xtextOk) return invalid(keyword, 'must be addr-type;xtext (RFC 3461)');
-                out.orcpt = value!;
+                out.orcpt = `${m[1]};${withoutAngles(text)}`;
                 break;
             }
             default:

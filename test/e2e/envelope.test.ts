@@ -438,6 +438,23 @@ describe('envelope: ESMTP parameters', () => {
         ]);
     });
 
+    it('passes a < or > of an ENVID or ORCPT value on as the +3C or +3E it decodes the same as', async () => {
+        const { c } = await client(mw.port());
+        const mail = await c.cmd('MAIL FROM:<a@example.org> ENVID=a<b>');
+        assert.equal(mail.code, 250, mail.raw);
+        const rcpt = await c.cmd('RCPT TO:<b@example.test> ORCPT=rfc822;b>x<@example.test');
+        assert.equal(rcpt.code, 250, rcpt.raw);
+        assert.equal((await c.cmd('DATA')).code, 354);
+        c.write(`${MSG}.\r\n`);
+        assert.equal((await c.reply()).code, 250);
+        c.close();
+        await up.idle();
+        assert.deepEqual(up.transactions.at(-1)!.params, ['ENVID=a+3Cb+3E']);
+        assert.deepEqual(sent(up, 'RCPT TO:<').slice(-1), [
+            'RCPT TO:<b@example.test> ORCPT=rfc822;b+3Ex+3C@example.test',
+        ]);
+    });
+
     it('refuses malformed parameter values with 501 5.5.4', async () => {
         const { c } = await client(mw.port());
         for (const params of [
