@@ -13,7 +13,7 @@ import { defaultChecks } from '../checks/index.ts';
 import { ConfigError, loadConfig } from '../config/load.ts';
 import type { Config } from '../config/types.ts';
 import { MessageSpool, prepareSpoolFolder } from '../data/spool.ts';
-import { parseEnvelopeCommand } from '../envelope/command.ts';
+import { parseEnvelopeCommand, type EnvelopeParse } from '../envelope/command.ts';
 import { relayPolicy } from '../envelope/relay.ts';
 import { createResolver } from '../dns/resolver.ts';
 import { createMemoryStore } from '../limits/memory-store.ts';
@@ -21,6 +21,7 @@ import { formatField } from '../headers.ts';
 import { headerStep } from '../incoming-header.ts';
 import { messageFacts } from '../message-facts.ts';
 import { createMetrics } from '../metrics.ts';
+import { isIp, plainAddress } from '../net/ip.ts';
 import { runStage, type CheckOutcome, type StageResult } from '../pipeline.ts';
 import { formatReply, replyFor } from '../reply.ts';
 import { createReputationService } from '../reputation/service.ts';
@@ -197,6 +198,23 @@ export async function explainMessage(
             reply ? { version: VERSION, stages, decision, reply, headers: [], stoppedAt: stage, lists } : null;
         const refused = (stage: Stage, tx: Transaction | null, r: ProtocolRefusal): ExplainReport =>
             stop(stage, MessageFlow.refusedBeforeRules(flow.score(tx), r.reason), r.reply)!;
+        /** What the live session answers a MAIL or RCPT whose address or parameters do not parse (envelope/gate.ts). */
+        const syntaxRefusal = (
+            step: 'mail' | 'rcpt',
+            parse: Extract<EnvelopeParse, { ok: false }>,
+        ): ProtocolRefusal => {
+            const { reason } = parse;
+            const [refusal, situation] =
+                parse.part === 'command'
+                    ? (['command-syntax', 'command-syntax'] as const)
+                    : parse.part === 'parameter'
+                      ? (['param-invalid', 'param-invalid'] as const)
+                      : (['address-syntax', step === 'mail' ? 'sender-syntax' : 'recipient-syntax'] as const);
+            return {
+                reason: `envelope: ${refusal}`,
+                reply: replyFor(situation, { id: sessionId, reason }),
+            };
+        };
 
         const connect = await run('connect', flow.connectStageFacts(client()));
         let stopped = stop('connect', connect.decision, flow.refusal('connect', connect.decision));
@@ -206,12 +224,16 @@ export async function explainMessage(
         if ((stopped = stop('helo', helo.decision, flow.refusal('helo', helo.decision)))) return stopped;
         // the reverse name is known from the helo stage on (the iprev check runs there)
         identity = { ...identity, ptr: flow.heloDone(helo) };
-        const notOwned = flow.senderRefusal(binding, input.mailFrom);
+        // the addresses as the live session reads them: parsed strictly, then in canonical form
+        const sender = parseEnvelopeCommand('mail', Buffer.from(`MAIL FROM:<${input.mailFrom}>`, 'utf8'));
+        if (!sender.ok) return refused('mail', null, syntaxRefusal('mail', sender));
+        const mailFrom = sender.mailbox.address;
+        const notOwned = flow.senderRefusal(binding, mailFrom);
         if (notOwned) return refused('mail', null, notOwned);
-        const mail = await run('mail', flow.mailStageFacts(client(), input.mailFrom));
+        const mail = await run('mail', flow.mailStageFacts(client(), mailFrom));
         if ((stopped = stop('mail', mail.decision, flow.refusal('mail', mail.decision)))) return stopped;
         const tx = flow.begin(mail, {
-            mailFrom: input.mailFrom,
+            mailFrom,
             smtputf8: false,
             sizeLimit: listener.maxMessageSize,
         });
@@ -219,30 +241,32 @@ export async function explainMessage(
         for (const to of input.rcpts) {
             // relay control comes before the rcpt rules, as in the live session
             const parsed = parseEnvelopeCommand('rcpt', Buffer.from(`RCPT TO:<${to}>`, 'utf8'));
-            const decision = parsed.ok ? relay.decide(parsed.mailbox, input.authUser !== null) : null;
-            if (parsed.ok && decision?.verdict === 'refused') {
+            if (!parsed.ok) return refused('rcpt', tx, syntaxRefusal('rcpt', parsed));
+            const decision = relay.decide(parsed.mailbox, input.authUser !== null);
+            if (decision.verdict === 'refused') {
                 const domain = parsed.mailbox.asciiDomain ?? '';
                 return refused('rcpt', tx, {
                     reason: `relaying denied: ${domain} is not in domains or relayDomains`,
                     reply: flow.withId(replyFor('relay-denied', { id: sessionId, domain })),
                 });
             }
-            if (decision?.verdict === 'routed') {
+            if (decision.verdict === 'routed') {
                 const domain = decision.routedDomain ?? '';
                 return refused('rcpt', tx, {
                     reason: `relaying denied: the local part routes the message on to ${domain || 'a destination that is not a domain name'} (sender-specified routing)`,
                     reply: flow.withId(replyFor('relay-routing-denied', { id: sessionId, domain })),
                 });
             }
-            if (decision?.verdict === 'routing') {
+            if (decision.verdict === 'routing') {
                 return refused('rcpt', tx, {
                     reason: 'sender-specified routing in the local part (it stays within our domains)',
                     reply: flow.withId(replyFor('sender-routing-refused', { id: sessionId })),
                 });
             }
-            const rcpt = await run('rcpt', flow.rcptStageFacts(tx, to));
+            const recipient = parsed.mailbox.address;
+            const rcpt = await run('rcpt', flow.rcptStageFacts(tx, recipient));
             if ((stopped = stop('rcpt', rcpt.decision, flow.refusal('rcpt', rcpt.decision)))) return stopped;
-            flow.recipientAccepted(tx, to, rcpt);
+            flow.recipientAccepted(tx, recipient, rcpt);
         }
 
         const summary = await spool.ingest(Readable.from([input.message]));
@@ -408,8 +432,14 @@ export async function runExplain(argv: readonly string[], io: ExplainIo): Promis
             `mailwarden explain: note: ${file} has no CR at all; read with CRLF line ends, as it crossed SMTP (--raw: byte for byte)\n`,
         );
     }
+    // as the live session sees it: an IPv4 client of a dual-stack socket by its IPv4 address
+    const clientIp = plainAddress(v['client-ip']);
+    if (!isIp(clientIp)) {
+        io.err(`mailwarden explain: --client-ip ${v['client-ip']} is not an IP address\n${USAGE}\n`);
+        return 2;
+    }
     const report = await explainMessage(config, ruleSet, {
-        clientIp: v['client-ip'],
+        clientIp,
         helo: v.helo ?? null,
         mailFrom: v['mail-from'],
         rcpts: v.rcpt,

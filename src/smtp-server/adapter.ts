@@ -42,6 +42,7 @@ import type { SMTPStream } from 'smtp-server/lib/smtp-stream.js';
 import { SMTPConnection, SMTPServer } from './library.ts';
 import type { Logger } from '../log.ts';
 import type { Metrics } from '../metrics.ts';
+import { plainAddress } from '../net/ip.ts';
 import { classifyOpening, OPENING_BYTES } from '../net/opening-bytes.ts';
 import { readProxyHeader } from '../net/proxy-socket.ts';
 import { clientNetwork, createNetworkSlots, type NetworkSlot, type NetworkSlots } from '../net/network-slots.ts';
@@ -138,10 +139,6 @@ function clientEvent(err: SocketError): string {
 
 function line(reply: SmtpReply): string {
     return `${reply.enhanced} ${reply.text}`;
-}
-
-function plainAddress(ip: string | undefined): string {
-    return (ip ?? '').replace(/^::ffff:/i, '');
 }
 
 /** Why a connection is refused before its session starts. */

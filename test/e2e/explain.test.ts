@@ -156,6 +156,31 @@ describe('mailwarden explain', () => {
         }
     });
 
+    it('reads --client-ip as the session does: an IPv4-mapped address as IPv4; not an address: exit 2', async () => {
+        const args = (ip: string): string[] => [
+            BIN,
+            'explain',
+            '-c',
+            config,
+            '--client-ip',
+            ip,
+            '--mail-from',
+            'ceo@bank.example',
+            '--rcpt',
+            'bob@example.test',
+            '--json',
+            spoofed,
+        ];
+        const ipOf = (stdout: string): unknown =>
+            (JSON.parse(stdout) as { stages: { facts: Record<string, unknown> }[] }).stages[0]!.facts['client.ip'];
+        assert.equal(ipOf((await run(process.execPath, args('::FFFF:198.51.100.7'))).stdout), '198.51.100.7');
+        await assert.rejects(run(process.execPath, args('mail.example')), (err: { code: number; stderr: string }) => {
+            assert.equal(err.code, 2);
+            assert.match(err.stderr, /--client-ip mail\.example is not an IP address/);
+            return true;
+        });
+    });
+
     it('says how to use it when arguments are missing', async () => {
         await assert.rejects(
             run(process.execPath, [BIN, 'explain', '-c', config]),

@@ -140,6 +140,28 @@ const CASES: readonly Case[] = [
         expect: { step: 'mail', code: 550, action: 'reject' },
     },
     {
+        // the session reads the sender in its canonical form: the rule on blocked.example applies
+        name: 'a quoted sender is its canonical address to the mail rules',
+        from: '"x"@blocked.example',
+        to: ['bob@example.test'],
+        data: msg('x@blocked.example'),
+        expect: { step: 'mail', code: 550, action: 'reject' },
+    },
+    {
+        name: 'a sender that does not parse is refused with 553 5.1.7',
+        from: 'a@good.example.',
+        to: ['bob@example.test'],
+        data: msg('a@good.example'),
+        expect: { step: 'mail', code: 553, action: 'reject' },
+    },
+    {
+        name: 'a recipient that does not parse is refused with 553 5.1.3',
+        from: 'a@good.example',
+        to: ['bob@example..test'],
+        data: msg('a@good.example'),
+        expect: { step: 'rcpt', code: 553, action: 'reject' },
+    },
+    {
         name: 'a mail rule defers',
         from: 'x@later.example',
         to: ['bob@example.test'],
