@@ -9,6 +9,7 @@
  * (they would match everything) and numbers for text facts (YAML reads 0x10 as 16).
  * Evaluation is pure and never changes the facts.
  */
+import { domainToUnicode } from 'node:url';
 import { isAlias, isMap, isScalar, isSeq, visit, type Alias, type Document, type Node } from 'yaml';
 import { didYouMean } from '../config/suggest.ts';
 import type { Facts, FactValue, Stage } from '../types.ts';
@@ -128,7 +129,7 @@ export const OPERATORS: readonly Operator[] = Object.freeze(
             value: 'an RE2 regular expression',
             types: TEXT,
             description:
-                'The pattern matches anywhere in the value, ignoring case (anchor with `^` and `$`). An address or domain with non-ASCII characters is tested as written and in its A-label form, so `@xn--bcher-kva\\.example$` matches `a@bücher.example` (as `in` and `domain` compare folded names). RE2 syntax: matching time is linear in the input; backreferences and lookaround are refused.',
+                'The pattern matches anywhere in the value, ignoring case (anchor with `^` and `$`). An address or domain is tested as written and in its other spelling (with non-ASCII characters also in its A-label form, with A-labels also in its U-label form), so `@xn--bcher-kva\\.example$` matches `a@bücher.example` and `@bücher\\.example$` matches `a@xn--bcher-kva.example` (as `in` and `domain` compare folded names). RE2 syntax: matching time is linear in the input; backreferences and lookaround are refused.',
             example: '`helo: { matches: "^\\\\[?[0-9.]+\\\\]?$" }`',
         },
         {
@@ -177,7 +178,7 @@ export const OPERATORS: readonly Operator[] = Object.freeze(
             value: 'the name of a declared list',
             types: TEXT,
             description:
-                'Membership in a list file: `ip` lists for ip facts, `domain` lists for domain and address facts (the address’s domain), `address` lists for address facts (as `eq`: an address also by its base address, `alice+tag@` by an `alice@` entry), `pattern` lists for any text (as `matches`: an address or domain also in its A-label form).',
+                'Membership in a list file: `ip` lists for ip facts, `domain` lists for domain and address facts (the address’s domain), `address` lists for address facts (as `eq`: an address also by its base address, `alice+tag@` by an `alice@` entry), `pattern` lists for any text (as `matches`: an address or domain also in its other spelling, A-labels or U-labels).',
             example: '`mail.from: { list: block-senders }`',
         },
     ].map((o) => Object.freeze({ ...o, types: Object.freeze([...o.types]) }) as Operator),
@@ -284,14 +285,24 @@ function addressForms(v: string, delimiters: string): string[] {
 
 /**
  * The text forms a pattern is tested against: the value as written and, for an address or a
- * domain holding non-ASCII characters, its folded A-label form (`a@bücher.example` is also
- * `a@xn--bcher-kva.example`), so a pattern written either way matches, as `in` and `domain` do.
+ * domain, its other spelling: holding non-ASCII characters, its folded A-label form
+ * (`a@bücher.example` is also `a@xn--bcher-kva.example`); holding A-labels, its U-label form
+ * (`a@XN--BCHER-KVA.example` is also `a@bücher.example`). So a pattern written either way
+ * matches a value sent either way, as `in` and `domain` do.
  */
 function patternForms(elem: Elem, v: string): string[] {
+    if (elem !== 'address' && elem !== 'domain') return [v];
     // eslint-disable-next-line no-control-regex
-    if ((elem !== 'address' && elem !== 'domain') || /^[\x00-\x7f]*$/.test(v)) return [v];
-    const folded = elem === 'address' ? foldAddress(v) : foldDomain(v);
-    return folded === v ? [v] : [v, folded];
+    if (!/^[\x00-\x7f]*$/.test(v)) {
+        const folded = elem === 'address' ? foldAddress(v) : foldDomain(v);
+        return folded === v ? [v] : [v, folded];
+    }
+    if (!/(?:^|[.@])xn--/i.test(v)) return [v];
+    const at = elem === 'address' ? v.lastIndexOf('@') : -1;
+    const unicode = domainToUnicode(v.slice(at + 1));
+    // eslint-disable-next-line no-control-regex
+    if (unicode === '' || /^[\x00-\x7f]*$/.test(unicode)) return [v];
+    return [v, `${v.slice(0, at + 1)}${unicode}`];
 }
 
 interface Leaf {

@@ -196,10 +196,17 @@ rules:
   - { id: by-domain-pattern, stage: mail, when: { client.ptr: { matches: '^mx\\.xn--mller-kva\\.example$' } }, action: reject }
   - { id: by-pattern-list, stage: mail, when: { mail.from.domain: { list: idn-patterns } }, action: reject }
   - { id: written, stage: mail, when: { mail.from: { matches: '@bücher\\.test$' } }, action: reject }
+  - { id: written-domain, stage: mail, when: { mail.from.domain: { matches: '^straße\\.test$' } }, action: reject }
+  - { id: by-u-list, stage: mail, when: { mail.from.domain: { list: u-patterns } }, action: reject }
 `;
-    const s = loadRuleSet(folderWith({ '10.yaml': IDN, 'lists/p.txt': '^xn--caf-dma\\.example$\n' }), {
-        softReject: false,
-    });
+    const s = loadRuleSet(
+        folderWith({
+            '10.yaml': IDN.replace('lists:\n', 'lists:\n  u-patterns: { type: pattern, file: lists/u.txt }\n'),
+            'lists/p.txt': '^xn--caf-dma\\.example$\n',
+            'lists/u.txt': '^münchen\\.test$\n',
+        }),
+        { softReject: false },
+    );
     const hit = (facts: Facts) => s.evaluate('mail', facts).matchedRules[0]?.id ?? null;
 
     it('tests an address or domain in its A-label form too, as in and domain compare it', () => {
@@ -211,6 +218,16 @@ rules:
         assert.equal(hit({ 'mail.from.domain': 'café.example' }), 'by-pattern-list');
         // the form as written still matches a pattern written with the U-label
         assert.equal(hit({ 'mail.from': 'a@bücher.test' }), 'written');
+    });
+
+    it('tests an address or domain sent in A-labels in its U-label form too, as a pattern may be written', () => {
+        for (const from of ['a@xn--bcher-kva.test', 'a@XN--BCHER-KVA.test']) {
+            assert.equal(hit({ 'mail.from': from }), 'written', from);
+        }
+        assert.equal(hit({ 'mail.from.domain': 'xn--strae-oqa.test' }), 'written-domain');
+        assert.equal(hit({ 'mail.from.domain': 'xn--mnchen-3ya.test' }), 'by-u-list');
+        // an A-label that does not decode is only its own spelling
+        assert.equal(hit({ 'mail.from': 'a@xn--zz.test' }), null);
     });
 });
 
