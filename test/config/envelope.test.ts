@@ -117,3 +117,20 @@ describe('upstream.xclient: false', () => {
         assert.deepEqual(out, ['ok: config.yaml (1 warning; serve and reload accept these files as they are)']);
     });
 });
+
+describe('proxyProtocol: true', () => {
+    const yaml =
+        'domains: [example.org]\nlisteners:\n  - name: mx\n    host: 0.0.0.0\n    port: 25\n    mode: mx\n    proxyProtocol: true\n';
+
+    it('loads, with a warning at the key: any peer could name any client address', () => {
+        const dir = folderWith({ 'mailwarden.yaml': yaml });
+        const { config, warnings } = loadConfigWithWarnings(path.join(dir, 'mailwarden.yaml'), {});
+        assert.deepEqual(config.listeners[0]?.proxyProtocol, ['0.0.0.0/0', '::/0']);
+        assert.equal(warnings.length, 1);
+        assert.equal(warnings[0]?.line, 7);
+        assert.equal(warnings[0]?.col, 5);
+        assert.match(warnings[0]?.message ?? '', /proxyProtocol: true: every peer may open with a PROXY header/);
+        const listed = folderWith({ 'mailwarden.yaml': yaml.replace('true', '[10.0.0.5]') });
+        assert.deepEqual(loadConfigWithWarnings(path.join(listed, 'mailwarden.yaml'), {}).warnings, []);
+    });
+});

@@ -256,7 +256,12 @@ function proxyProtocol(r: SourceReader, field: Field): readonly string[] | null 
             r.fail(field, `expected true, false or a list of trusted addresses or CIDRs; got ${r.describe(field)}`);
             return null;
         }
-        return r.boolean(field) ? ['0.0.0.0/0', '::/0'] : null;
+        if (!r.boolean(field)) return null;
+        r.warn(
+            field,
+            'true: every peer may open with a PROXY header and name any client address, so anyone who reaches this port can pass for an address that SPF authorises, that a rule or list allows, or that the upstream trusts (mynetworks), and leave the per-client limits and the login lockout; list the addresses of your load balancers instead ([10.0.0.5, 10.0.0.6])',
+        );
+        return ['0.0.0.0/0', '::/0'];
     }
     const items = r.list(field, 'trusted addresses or CIDRs, or true or false');
     if (items === null) return null;
