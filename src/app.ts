@@ -564,7 +564,12 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
             const inData = session?.inData === true;
             const inTransaction = inData || Boolean(conn.session.envelope?.mailFrom);
             if (expired && inData) {
-                if (!awaiting.has(conn.session.id)) conn.close();
+                // a message still being received (its end of data not upstream): the client is
+                // told 421 and will send it again; one whose answer is awaited waits for it
+                if (!awaiting.has(conn.session.id)) {
+                    conn.send(bye.code, `${bye.enhanced} ${bye.text}`);
+                    conn.close();
+                }
             } else if (expired || !inTransaction) conn.send(bye.code, `${bye.enhanced} ${bye.text}`);
         }
         return open.length;

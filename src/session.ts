@@ -425,7 +425,11 @@ export class Session {
             try {
                 summary = await spool.ingest(stream as AsyncIterable<Buffer>);
             } catch (err) {
-                record.reason = `message not received in full: ${err instanceof Error ? err.message : String(err)}`;
+                // the drain stopped it (shutdownTimeout passed), not the client
+                record.reason =
+                    work.stopped !== null
+                        ? 'shutting down: the message was not received in full within shutdownTimeout'
+                        : `message not received in full: ${err instanceof Error ? err.message : String(err)}`;
                 await this.abandonUpstream();
                 throw this.refuse(replyFor('internal-error', { id: this.id }));
             }

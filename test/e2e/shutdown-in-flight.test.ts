@@ -211,6 +211,34 @@ describe('shutdown with a message still on its way upstream', () => {
     });
 });
 
+describe('shutdown while a client is still sending its message', () => {
+    it('tells the client 421 4.3.2 at shutdownTimeout and logs the shutdown as the reason', async (t) => {
+        const { mw } = await scripted(t, undefined, '2s');
+        const c = await smtpConnect(mw.port());
+        await c.greeting();
+        await c.cmd('EHLO trickle.example');
+        assert.equal((await c.cmd('MAIL FROM:<a@example.org>')).code, 250);
+        assert.equal((await c.cmd('RCPT TO:<b@example.test>')).code, 250);
+        assert.equal((await c.cmd('DATA')).code, 354);
+        c.write('From: a@example.org\r\nSubject: slow\r\n\r\n');
+        // a line every 200 ms, past the 1 s shutdownTimeout
+        const trickle = setInterval(() => {
+            if (!c.closed) c.write('more\r\n');
+        }, 200);
+        t.after(() => clearInterval(trickle));
+        const reply = c.reply(10_000);
+        const started = Date.now();
+        await mw.app.stop();
+        clearInterval(trickle);
+        const bye = await reply;
+        assert.equal(`${bye.code} ${bye.text.split(' ')[0]}`, '421 4.3.2', bye.raw);
+        assert.ok(Date.now() - started < 3000);
+        const [decision] = decisions(mw.logs);
+        assert.equal(decision?.action, 'tempfail');
+        assert.match(String(decision.reason), /^shutting down: the message was not received in full/);
+    });
+});
+
 describe('shutdown while a message waits before its forwarding starts', () => {
     /** Runs `fn` with uncaught exceptions collected instead of ending the test process. */
     async function collectingUncaught(fn: () => Promise<void>): Promise<string[]> {
