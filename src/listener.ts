@@ -47,6 +47,17 @@ export function workerShareOf(cap: number, workers: number): number {
     return Math.max(1, Math.ceil(cap / Math.max(1, workers)));
 }
 
+/**
+ * A worker's part of `maxClientsPerNetwork`: twice its even share, at most the cap. The
+ * connections of one network do not spread evenly over the workers (the kernel or the primary
+ * hands each to the next worker, whatever network it comes from), so an even share refused a
+ * network far below the cap; twice it refuses rarely, and the instance holds at most about
+ * twice the cap from one network.
+ */
+export function networkShareOf(cap: number, workers: number): number {
+    return Math.min(cap, workerShareOf(2 * cap, workers));
+}
+
 /** Failed logins in one session after which the connection is closed, when no guard says otherwise. */
 const DEFAULT_FAILURES_PER_SESSION = 3;
 
@@ -382,7 +393,7 @@ export function createListener(config: Config, listener: ListenerConfig, deps: L
         submission,
         trustProxy: listener.proxyProtocol ? compileCidrs(listener.proxyProtocol) : () => false,
         proxyEnabled: listener.proxyProtocol !== null,
-        maxClientsPerNetwork: workerShareOf(listener.maxClientsPerNetwork, deps.workerShare),
+        maxClientsPerNetwork: networkShareOf(listener.maxClientsPerNetwork, deps.workerShare),
         preTransactionTimeoutMs: listener.preTransactionTimeoutMs,
         socketTimeoutMs: listener.socketTimeoutMs,
         log,

@@ -1,11 +1,13 @@
 /**
- * With several workers, each serves its share of a listener's client caps, so that the
- * instance as a whole holds `maxClients` and `maxClientsPerNetwork` as configured (and the
- * Postfix process limit sized for them in docs/deploy-postfix.md).
+ * With several workers, each serves its share of a listener's `maxClients`, so that the instance
+ * as a whole holds it as configured (and the Postfix process limit sized for it in
+ * docs/deploy-postfix.md); of `maxClientsPerNetwork` each allows twice its even share, so that a
+ * network's connections, which do not spread evenly over the workers, are rarely refused below
+ * the cap.
  */
 import assert from 'node:assert/strict';
 import { it } from 'node:test';
-import { workerShareOf } from '../../src/listener.ts';
+import { networkShareOf, workerShareOf } from '../../src/listener.ts';
 
 it('splits a cap among workers, rounding up, never below 1', () => {
     assert.equal(workerShareOf(100, 1), 100);
@@ -22,4 +24,28 @@ it('splits a cap among workers, rounding up, never below 1', () => {
             assert.ok(share >= 1);
         }
     }
+});
+
+it('gives each worker twice its even share of a network cap, at most the cap', () => {
+    assert.equal(networkShareOf(50, 1), 50);
+    assert.equal(networkShareOf(50, 2), 50);
+    assert.equal(networkShareOf(50, 8), 13);
+    assert.equal(networkShareOf(4, 2), 4);
+    assert.equal(networkShareOf(1, 8), 1);
+    // a network's cap connections handed to workers at random: the even share (7 of 50 over 8
+    // workers) refused one of them nearly every time, twice the share seldom
+    let seed = 7;
+    const random = (): number => (seed = (seed * 1_103_515_245 + 12_345) % 2 ** 31) / 2 ** 31;
+    const refusedSome = (perWorker: number, cap: number, workers: number): number => {
+        let runs = 0;
+        for (let trial = 0; trial < 2_000; trial++) {
+            const load = new Array<number>(workers).fill(0);
+            for (let i = 0; i < cap; i++) load[Math.floor(random() * workers)]!++;
+            if (load.some((n) => n > perWorker)) runs++;
+        }
+        return runs / 2_000;
+    };
+    assert.ok(refusedSome(workerShareOf(50, 8), 50, 8) > 0.9);
+    assert.ok(refusedSome(networkShareOf(50, 8), 50, 8) < 0.05);
+    assert.ok(refusedSome(networkShareOf(25, 4), 25, 4) < 0.05);
 });
