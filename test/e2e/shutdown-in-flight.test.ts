@@ -33,14 +33,20 @@ function config(upstream: string, dataTimeout = '2s'): string {
     ].join('\n');
 }
 
-/** Sends one message up to its final dot, without waiting for the reply. */
-async function sendUpToTheDot(mw: TestApp, message = MSG): Promise<SmtpClient> {
+/** A session up to the 354 of its DATA. */
+async function untilData(mw: TestApp): Promise<SmtpClient> {
     const c = await smtpConnect(mw.port());
     await c.greeting();
     await c.cmd('EHLO in-flight.example');
     assert.equal((await c.cmd('MAIL FROM:<a@example.org>')).code, 250);
     assert.equal((await c.cmd('RCPT TO:<b@example.test>')).code, 250);
     assert.equal((await c.cmd('DATA')).code, 354);
+    return c;
+}
+
+/** Sends one message up to its final dot, without waiting for the reply. */
+async function sendUpToTheDot(mw: TestApp, message = MSG): Promise<SmtpClient> {
+    const c = await untilData(mw);
     c.write(message + '.\r\n');
     return c;
 }
@@ -214,12 +220,7 @@ describe('shutdown with a message still on its way upstream', () => {
 describe('shutdown while a client is still sending its message', () => {
     it('tells the client 421 4.3.2 at shutdownTimeout and logs the shutdown as the reason', async (t) => {
         const { mw } = await scripted(t, undefined, '2s');
-        const c = await smtpConnect(mw.port());
-        await c.greeting();
-        await c.cmd('EHLO trickle.example');
-        assert.equal((await c.cmd('MAIL FROM:<a@example.org>')).code, 250);
-        assert.equal((await c.cmd('RCPT TO:<b@example.test>')).code, 250);
-        assert.equal((await c.cmd('DATA')).code, 354);
+        const c = await untilData(mw);
         c.write('From: a@example.org\r\nSubject: slow\r\n\r\n');
         // a line every 200 ms, past the 1 s shutdownTimeout
         const trickle = setInterval(() => {
