@@ -65,8 +65,29 @@ export const DEFAULT_SIGNED_HEADERS: readonly string[] = [
     'Autocrypt',
 ];
 
-/** Fields listed in h= one extra time (RFC 6376 section 8.15). */
-const OVERSIGNED = new Set(['from']);
+/**
+ * Fields listed in h= one time more than they occur (RFC 6376 sections 5.4.2 and 8.15), so that
+ * one added later breaks the signature instead of riding on it: a reader shows the first
+ * instance, a verifier checks the last. These even when the message has none (one added later,
+ * a Reply-To to the attacker or a new Subject, would be shown as the author's).
+ */
+const OVERSIGNED_ALWAYS = new Set(['from', 'reply-to', 'subject', 'to', 'cc']);
+/**
+ * These only when the message has them: a second instance is what could mislead; a first one
+ * is what forwarders and mailing lists legitimately add (a list's Sender, a gateway's MIME
+ * fields), which must not break the signature.
+ */
+const OVERSIGNED_PRESENT = new Set([
+    'sender',
+    'date',
+    'message-id',
+    'mime-version',
+    'content-type',
+    'content-transfer-encoding',
+    'in-reply-to',
+    'references',
+    'autocrypt',
+]);
 
 /** The header section is read from a stream up to this size; a longer one is not signed. */
 const MAX_HEADER_BYTES = 1024 * 1024;
@@ -281,8 +302,10 @@ function signatureField(section: Buffer, names: readonly string[], k: LoadedKey,
     // h=: each instance present once, oversigned fields once more (RFC 6376 section 5.4.2)
     const h: string[] = [];
     for (const name of names) {
-        const count = byName.get(name.toLowerCase())?.length ?? 0;
-        const times = count + (OVERSIGNED.has(name.toLowerCase()) && count > 0 ? 1 : 0);
+        const lower = name.toLowerCase();
+        const count = byName.get(lower)?.length ?? 0;
+        const over = OVERSIGNED_ALWAYS.has(lower) || (count > 0 && OVERSIGNED_PRESENT.has(lower));
+        const times = count + (over ? 1 : 0);
         for (let i = 0; i < times; i++) h.push(name);
     }
     if (!byName.has('from')) throw new Error('DKIM signing failed: the message has no From field');

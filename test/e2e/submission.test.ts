@@ -322,7 +322,7 @@ describe('submission listener', () => {
         c.close();
         await up.idle();
         const data = unstuff(up.transactions.at(-1)!.data!);
-        assert.match(data.toString('latin1'), /^DKIM-Signature: [^]*h=From:From:Subject:To;/);
+        assert.match(data.toString('latin1'), /^DKIM-Signature: [^]*h=From:From:Reply-To:Subject:Subject:To:To:Cc;/);
         const resolver = createResolver({ servers: [dns.address], timeoutMs: 1000 });
         try {
             const res = await authenticate(data, {

@@ -176,12 +176,17 @@ describe('mailwarden dkim keygen', () => {
 });
 
 describe('DKIM signing', () => {
-    it('signs with RSA so that mailauth verifies it (relaxed/relaxed, From oversigned)', async () => {
+    it('signs with RSA so that mailauth verifies it (relaxed/relaxed, the fields a reader is shown oversigned)', async () => {
         const field = await rsaSigner.sign(Buffer.from(MESSAGE), 'example.com');
         assert.ok(field);
         assert.equal(field.name, 'DKIM-Signature');
         assert.match(field.value, /^v=1; a=rsa-sha256; c=relaxed\/relaxed; d=example\.com; s=rsa1; t=\d+; /);
-        assert.match(field.value, /; h=From:From:Subject:Date:Message-ID:To:MIME-Version:Content-Type; bh=/);
+        // From, Reply-To, Subject, To and Cc one more time than they occur, Date, Message-ID and
+        // the MIME fields too when present (RFC 6376 section 8.15)
+        assert.match(
+            field.value,
+            /; h=From:From:Reply-To:Subject:Subject:Date:Date:Message-ID:Message-ID:To:To:Cc:MIME-Version:MIME-Version:Content-Type:Content-Type; bh=/,
+        );
         assert.ok(!field.value.includes('X-Not-Signed'));
         const results = await verify(Buffer.concat([Buffer.from(formatField(field)), Buffer.from(MESSAGE)]));
         assert.deepEqual(
@@ -244,13 +249,40 @@ describe('DKIM signing', () => {
         );
     });
 
+    it('a field put on top of the signed message breaks the signature: a Reply-To, a second Subject, a Cc, Date or Content-Type', async () => {
+        const field = await rsaSigner.sign(Buffer.from(MESSAGE), 'example.com');
+        const signature = Buffer.from(formatField(field!));
+        for (const added of [
+            'Reply-To: treasury@evil.example\r\n',
+            'Subject: URGENT: wire the money today\r\n',
+            'Cc: someone@evil.example\r\n',
+            'Date: Tue, 2 Jan 2024 10:00:00 +0000\r\n',
+            'Content-Type: text/html\r\n',
+        ]) {
+            const altered = Buffer.concat([signature, Buffer.from(added), Buffer.from(MESSAGE)]);
+            assert.deepEqual(
+                (await verify(altered)).map((r) => r.result),
+                ['fail'],
+                added,
+            );
+        }
+        // as signed, it passes
+        assert.deepEqual(
+            (await verify(Buffer.concat([signature, Buffer.from(MESSAGE)]))).map((r) => r.result),
+            ['pass'],
+        );
+    });
+
     it('signs every instance of a repeated field, bottom-up', async () => {
         const message = MESSAGE.replace(
             'To: Bob <bob@example.net>',
             'To: Bob <bob@example.net>\r\nTo: Carol <carol@example.net>',
         );
         const field = await rsaSigner.sign(Buffer.from(message), 'example.com');
-        assert.match(field?.value ?? '', /h=From:From:Subject:Date:Message-ID:To:To:/);
+        assert.match(
+            field?.value ?? '',
+            /h=From:From:Reply-To:Subject:Subject:Date:Date:Message-ID:Message-ID:To:To:To:/,
+        );
         assert.deepEqual(
             (await verify(Buffer.concat([Buffer.from(formatField(field!)), Buffer.from(message)]))).map(
                 (r) => r.result,
@@ -265,7 +297,7 @@ describe('DKIM signing', () => {
             headers: ['Subject', 'X-Not-Signed'],
         });
         const field = await signer.sign(Buffer.from(MESSAGE), 'example.com');
-        assert.match(field?.value ?? '', /h=From:From:Subject:X-Not-Signed;/);
+        assert.match(field?.value ?? '', /h=From:From:Subject:Subject:X-Not-Signed;/);
         assert.deepEqual(
             (await verify(Buffer.concat([Buffer.from(formatField(field!)), Buffer.from(MESSAGE)]))).map(
                 (r) => r.result,
