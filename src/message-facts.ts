@@ -63,6 +63,41 @@ export function authorOf(fields: readonly RawField[]): { address: string | null;
     return { address, count };
 }
 
+/**
+ * The fields a message may hold at most once, besides From: RFC 5322 section 3.6 (its table of
+ * fields) and RFC 2045 (one MIME-Version, and one of each Content- field per entity).
+ */
+const AT_MOST_ONCE: ReadonlyMap<string, string> = new Map(
+    [
+        'Date',
+        'Sender',
+        'Reply-To',
+        'To',
+        'Cc',
+        'Bcc',
+        'Message-ID',
+        'In-Reply-To',
+        'References',
+        'Subject',
+        'MIME-Version',
+        'Content-Type',
+        'Content-Transfer-Encoding',
+    ].map((name) => [name.toLowerCase(), name]),
+);
+
+/** The AT_MOST_ONCE fields that appear more than once, by their usual spelling, in the order they first repeat. */
+export function duplicateFields(fields: readonly RawField[]): string[] {
+    const seen = new Set<string>();
+    const twice = new Set<string>();
+    for (const f of fields) {
+        const name = AT_MOST_ONCE.get(f.name.toLowerCase());
+        if (name === undefined) continue;
+        if (seen.has(name)) twice.add(name);
+        else seen.add(name);
+    }
+    return [...twice];
+}
+
 /** Facts about the message itself, from its kept header fields and the spool summary. */
 export function messageFacts(fields: readonly RawField[], summary: SpoolSummary): Record<string, FactValue> {
     const author = authorOf(fields);
@@ -74,6 +109,7 @@ export function messageFacts(fields: readonly RawField[], summary: SpoolSummary)
         'header.from': author.address,
         'header.from.domain': authorDomain,
         'header.from.count': author.count,
+        'header.duplicates': duplicateFields(fields),
         'header.from.name_domain': from ? shownDomain(fieldValue(from), authorDomain) : null,
     };
 }

@@ -268,6 +268,12 @@ const CATALOGUE: readonly FactSpec[] = [
         'Mailboxes in the From field(s), all fields counted (more than one is a spoofing tool)',
     ),
     fact(
+        'header.duplicates',
+        'string[]',
+        'data',
+        'Header fields that may appear at most once (RFC 5322 section 3.6: Date, Sender, Reply-To, To, Cc, Bcc, Message-ID, In-Reply-To, References, Subject; RFC 2045: MIME-Version, Content-Type, Content-Transfer-Encoding) and appear more than once, by their usual spelling (`Subject`, `Message-ID`; compared without regard to case); From is counted by header.from.count. A reader shows the first, a DKIM signature covers the last: a field put above a signed message shows text no signature vouches for',
+    ),
+    fact(
         'header.from.name_domain',
         'domain',
         'data',

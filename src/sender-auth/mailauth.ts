@@ -274,11 +274,16 @@ export function createMailauthVerifier(opts: MailauthCheckOptions): Check['run']
         // The session's own RFC 5322 reading of From (message-facts.ts) against DMARC's (mailauth's
         // address parser). A From written so that the two differ (CFWS inside the domain, RFC 5322
         // section 4.4; an unclosed quote or angle bracket) shows readers one domain and has another
-        // judged, or none: flagged for the rules whenever both read at most one mailbox.
+        // judged, or none: flagged for the rules whenever both read at most one mailbox. So is one
+        // mailbox in which DMARC finds several domains (`ceo@bank.example@evil.example@`): readers
+        // are shown a domain that was never checked.
         const sessionRead = 'header.from.domain' in ctx.facts;
         const sessionDomain = typeof sessionAuthor === 'string' ? foldDomain(sessionAuthor) : null;
+        const severalDomainsInOne = dmarc.result === 'permerror' && dmarc.skipReason === 'multiple-author-domains';
         const fromMismatch =
-            sessionRead && fromCount <= 1 && (author === null ? null : foldDomain(author)) !== sessionDomain;
+            sessionRead &&
+            fromCount <= 1 &&
+            (severalDomainsInOne || (author === null ? null : foldDomain(author)) !== sessionDomain);
         const mailFromDomain = domainOf(mailFrom);
         const limited: LimitName[] = [...plan.limits];
         if (verification.stats.cut !== null) limited.push(verification.stats.cut);

@@ -91,6 +91,9 @@ describe('sender authentication through the proxy', () => {
             'ceo@bank.example>',
             '"CEO <ceo@bank.example>',
             'Boss <boss@example .test>',
+            // one mailbox to the session, several domains to DMARC (a permerror, never judged)
+            'CEO <ceo@bank.example@other.example@>',
+            'Boss <boss@example.test@x@>',
         ];
         for (const from of spellings) {
             const before = up.transactions.filter((t) => t.completed).length;
@@ -173,6 +176,25 @@ describe('sender authentication through the proxy', () => {
             }
         }
         assert.deepEqual(verdicts, ['accept ', 'tag display-name-spoof']);
+    });
+
+    it('refuses a signed message with a Subject or Reply-To put on top (RFC 5322 allows one): 550 5.6.0', async () => {
+        // the signature covers the bottom instance and passes; a reader would show the top one
+        const signed = await sign(msg('News <letters@news.example>', 'weekly news'), 'news.example', 'sel', key);
+        for (const added of [
+            'Subject: URGENT: confirm the wire transfer today\r\n',
+            'Reply-To: a@evil.example\r\nReply-To: b@evil.example\r\n',
+        ]) {
+            const before = up.transactions.filter((t) => t.completed).length;
+            const r = await sendMail(mw.port(), {
+                from: 'bounce@other.example',
+                to: ['bob@example.test'],
+                data: added + signed,
+            });
+            assert.equal(r.message?.code, 550, r.message?.raw);
+            assert.match(r.message.text, /^5\.6\.0 Message refused: it has more than one (Subject|Reply-To) field/);
+            assert.equal(up.transactions.filter((t) => t.completed).length, before, 'nothing upstream');
+        }
     });
 
     it('delivers aligned DKIM-signed mail with dkim=pass and dmarc=pass', async () => {

@@ -351,6 +351,12 @@ describe('mailauth check', () => {
         });
         assert.equal(open.facts['dmarc.result'], 'permerror');
         assert.equal(open.facts['header.from.mismatch'], true);
+        // one mailbox to the session, several author domains to DMARC: a permerror no policy judges
+        const atAt = await run(check(), basicMessage('CEO <ceo@bank.example@shop.example@>'), {
+            facts: { 'header.from.domain': null, 'header.from.count': 1 },
+        });
+        assert.equal(atAt.facts['dmarc.reason'], 'multiple-author-domains');
+        assert.equal(atAt.facts['header.from.mismatch'], true);
         // the same domain in U-label and A-label form is one domain
         const idn = await run(check(), basicMessage('x@b\u00fccher.example'), {
             facts: { 'header.from.domain': 'xn--bcher-kva.example', 'header.from.count': 1 },
