@@ -188,6 +188,7 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
             hostname: config.hostname,
             logger: log,
             onConnection: (outcome) => metrics.upstreamConnections.inc({ outcome }),
+            onTlsFallback: () => metrics.upstreamTlsFallbacks.inc(),
             onKeepAlive: () => metrics.upstreamKeepAlives.inc(),
         });
     const capabilities = new CapabilityTracker({ log, listeners: config.listeners });

@@ -220,6 +220,11 @@ export function createMetrics(version: string) {
             labelNames: ['outcome'],
             registers: r,
         }),
+        upstreamTlsFallbacks: new Counter({
+            name: `${P}upstream_tls_fallbacks_total`,
+            help: 'TLS handshakes with the upstream after STARTTLS that failed with upstream.starttls opportunistic, after which mail went without TLS (for 10 minutes, then TLS is tried again)',
+            registers: r,
+        }),
         upstreamKeepAlives: new Counter({
             name: `${P}upstream_keepalives_total`,
             help: "NOOP commands sent to the upstream to keep a connection alive while its transaction waits for the client's message and the checks (upstream.keepAlive)",

@@ -29,6 +29,11 @@ export interface UpstreamDeps {
     /** Told of each NOOP sent to keep a connection alive while its transaction waits (smtp-client.ts). */
     readonly onKeepAlive?: () => void;
     /**
+     * Told of each TLS handshake after STARTTLS that failed with `starttls: opportunistic`, after
+     * which the mail goes without TLS (smtp-client.ts).
+     */
+    readonly onTlsFallback?: () => void;
+    /**
      * The silence after which a connection that had two junk commands since its last delivery
      * may get a keepalive NOOP (15 s, longer than Postfix's smtpd_timeout under stress; see
      * smtp-client.ts); tests shorten it.

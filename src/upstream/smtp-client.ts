@@ -93,6 +93,13 @@ const POOL_MAX_AGE_MS = 60_000;
  * minute even when nothing is refused.
  */
 const XCLIENT_CAPS_MAX_AGE_MS = 60_000;
+
+/**
+ * With `starttls: opportunistic`, how long connections go without TLS after a failed handshake
+ * before TLS is tried again (Postfix keeps no such memory and tries, fails and reconnects for
+ * every message; one failure in ten minutes is enough to notice a repaired upstream).
+ */
+const TLS_RETRY_MS = 10 * 60_000;
 /**
  * Postfix counts error replies (smtpd_soft_error_limit 10: then it sleeps before each reply;
  * smtpd_hard_error_limit 20: then it hangs up) and RSET, NOOP, VRFY and ETRN
@@ -163,6 +170,13 @@ class SmtpClient {
      * before EHLO then (none is sent so, and nothing learnt, until the minute is over).
      */
     private xclientEarly: { advertised: ReadonlySet<string> | null; at: number } | null = null;
+    /**
+     * With `starttls: opportunistic`, when TLS is next tried after a failed handshake (this
+     * clock): until then connections go without TLS, as Postfix's `smtp_tls_security_level = may`
+     * delivers in plain text after a failed handshake rather than deferring every message.
+     */
+    private plainUntil = -Infinity;
+    private readonly onTlsFallback: UpstreamDeps['onTlsFallback'];
 
     constructor(config: SmtpUpstreamConfig, deps: UpstreamDeps) {
         this.config = config;
@@ -170,6 +184,7 @@ class SmtpClient {
         this.log = deps.logger ?? silentLogger;
         this.onConnection = deps.onConnection;
         this.onKeepAlive = deps.onKeepAlive;
+        this.onTlsFallback = deps.onTlsFallback;
         this.stressProbeMs = deps.stressProbeMs ?? STRESS_PROBE_MS;
         this.now = deps.now ?? (() => performance.now());
         this.pool = config.xclient
@@ -297,6 +312,25 @@ class SmtpClient {
         throw new UpstreamError('xclient', `upstream ${this.label} refused XCLIENT: ${describe(toReply(reply))}`);
     }
 
+    /**
+     * After a failed TLS handshake: true when the mail may go without TLS instead (`starttls:
+     * opportunistic` without `tlsVerify`, and a handshake that failed or timed out, not a
+     * connection that broke otherwise); TLS is then left out for TLS_RETRY_MS, and it is logged
+     * and counted.
+     */
+    private fallsBackToPlain(err: unknown): boolean {
+        const { config } = this;
+        if (config.kind !== 'smtp' || config.starttls !== 'opportunistic' || config.tlsVerify) return false;
+        if (!(err instanceof UpstreamError) || (err.kind !== 'tls' && err.kind !== 'timeout')) return false;
+        this.plainUntil = this.now() + TLS_RETRY_MS;
+        this.onTlsFallback?.();
+        this.log.warn(
+            { upstream: this.label, err: err.message, retryInSeconds: TLS_RETRY_MS / 1000 },
+            'TLS handshake with the upstream failed; delivering without TLS (starttls: opportunistic) until TLS is tried again',
+        );
+        return true;
+    }
+
     /** Connects, greets, upgrades to TLS where configured and passes the client on. */
     async establish(client: ClientIdentity | null): Promise<Established> {
         const { config } = this;
@@ -310,19 +344,27 @@ class SmtpClient {
                 );
             }
             const greetingName = (greeting.lines[0] ?? '').split(/\s+/, 1)[0] ?? '';
+            // opportunistic, after a failed handshake: plain until TLS is tried again
+            const skipTls = config.starttls === 'opportunistic' && this.now() < this.plainUntil;
             // on a plain connection, what an earlier EHLO said about XCLIENT saves this one's EHLO
-            if (config.xclient && client && config.kind === 'smtp' && config.starttls === 'off') {
+            if (config.xclient && client && config.kind === 'smtp' && (config.starttls === 'off' || skipTls)) {
                 const caps = await this.xclientBeforeHello(conn, client);
                 if (caps) return { conn, caps, tls: false, greetingName };
             }
             let caps = await this.hello(conn, true);
             let tls = config.kind === 'smtps';
 
-            if (config.kind === 'smtp' && config.starttls !== 'off') {
+            if (config.kind === 'smtp' && config.starttls !== 'off' && !skipTls) {
                 if (caps.has('STARTTLS')) {
                     const reply = await conn.command('STARTTLS', config.commandTimeoutMs);
                     if (reply.code === 220) {
-                        await conn.startTls(tlsOptions(config), config.connectTimeoutMs);
+                        try {
+                            await conn.startTls(tlsOptions(config), config.connectTimeoutMs);
+                        } catch (err) {
+                            if (!this.fallsBackToPlain(err)) throw err;
+                            conn.fail(err as UpstreamError);
+                            return await this.establish(client);
+                        }
                         tls = true;
                         caps = await this.hello(conn, false);
                     } else if (config.starttls === 'required') {

@@ -328,12 +328,23 @@ describe('the Grafana dashboard and the alert rules against a real Prometheus', 
         for (let i = 0; i < 4; i++) await submission('victim@example.test', `guess ${i}`, false);
     }
 
+    /** The upstream's STARTTLS is answered 220 and then fails (see its onCommand). */
+    let tlsBroken = false;
+
     before(async () => {
         cert = await createTestCertificate();
         dns = await startDnsServer(zone);
         redis = await startRedis();
         up = await startScriptedUpstream({
-            ehlo: ['XCLIENT NAME ADDR PORT PROTO HELO LOGIN', 'SIZE 1000000'],
+            // STARTTLS offered; refused until the traffic starts, then answered 220 and followed by
+            // plain text: that handshake fails and mail goes without TLS (starttls: opportunistic)
+            ehlo: ['XCLIENT NAME ADDR PORT PROTO HELO LOGIN', 'SIZE 1000000', 'STARTTLS'],
+            onCommand: (line) =>
+                line !== 'STARTTLS'
+                    ? undefined
+                    : tlsBroken
+                      ? '220 2.0.0 Ready to start TLS'
+                      : '454 4.7.0 TLS not available due to local problem',
             onData(tx) {
                 const data = tx.data?.toString('latin1') ?? '';
                 if (/^Subject: defer me/m.test(data)) return '451 4.3.0 try again later';
@@ -374,7 +385,7 @@ describe('the Grafana dashboard and the alert rules against a real Prometheus', 
                 '  - { name: submissions, host: 127.0.0.1, port: 0, mode: submission, tls: implicit }',
                 '  - { name: mx-pregreet, host: 127.0.0.1, port: 0, mode: mx, pregreetWait: 300ms }',
                 // NOOPs after 100 ms of silence, so that the slow upload below gets some
-                `upstream: { url: "smtp://127.0.0.1:${up.port}", keepAlive: 100ms }`,
+                `upstream: { url: "smtp://127.0.0.1:${up.port}", keepAlive: 100ms, starttls: opportunistic }`,
                 `dns: { servers: ["${dns.address}"], timeout: 300ms }`,
                 `redis: { url: "${redis.url}" }`,
                 `rules: "${rulesDir}"`,
@@ -408,6 +419,7 @@ describe('the Grafana dashboard and the alert rules against a real Prometheus', 
 
         // Traffic in two rounds, a few scrapes apart, so every counter has grown while scraped.
         trafficStart = Date.now() / 1000;
+        tlsBroken = true;
         const idle: SmtpClient = await smtpConnect(mw.port('mx'));
         await idle.greeting();
         // a transaction started: the pre-transaction timeout leaves it open

@@ -1258,6 +1258,43 @@ describe('TLS', () => {
         assert.equal(up.received[0]?.secure, false);
     });
 
+    it('opportunistic: a failed TLS handshake sends the mail without TLS, counted, and TLS is tried again 10 minutes later', async (t) => {
+        // answers STARTTLS with 220, then goes on in plain text: the handshake fails
+        const up = await scripted(t, {
+            ehlo: [FULL_XCLIENT, 'STARTTLS'],
+            onCommand: (line) => (line === 'STARTTLS' ? '220 2.0.0 Ready to start TLS' : undefined),
+        });
+        let clock = 1_000;
+        let fallbacks = 0;
+        // XCLIENT: a connection of its own for each client, none kept idle
+        const upstream = createSmtpUpstream(config(up.port, { starttls: 'opportunistic', xclient: true }), {
+            hostname: HOSTNAME,
+            now: () => clock,
+            onTlsFallback: () => fallbacks++,
+        });
+        const deliver = async (): Promise<void> => {
+            const session = await upstream.open(client());
+            assert.equal((await send(session, 'Subject: plain\r\n\r\nbody\r\n')).code, 250);
+            await session.close();
+        };
+        const startTlsTried = (): number => up.connections.filter((c) => c.commands.includes('STARTTLS')).length;
+        await deliver();
+        assert.equal(fallbacks, 1);
+        assert.equal(startTlsTried(), 1, 'the failed connection; the mail went on a new one, without STARTTLS');
+        await deliver();
+        assert.equal(startTlsTried(), 1, 'not tried again within 10 minutes');
+        clock += 10 * 60_000;
+        await deliver();
+        assert.equal(startTlsTried(), 2, 'tried again after 10 minutes');
+        assert.equal(fallbacks, 2);
+        // required, or a verified certificate: no mail without TLS
+        await assert.rejects(open(up.port, { starttls: 'required', xclient: true }), upstreamError('tls'));
+        await assert.rejects(
+            open(up.port, { starttls: 'opportunistic', tlsVerify: true, xclient: true }),
+            upstreamError('tls'),
+        );
+    });
+
     it('fails with kind tls when the certificate is verified and self-signed', async (t) => {
         const up = await tlsServer(t, {});
         await assert.rejects(open(up.port, { starttls: 'required', tlsVerify: true }), upstreamError('tls'));
