@@ -28,16 +28,24 @@ const MAX_DOMAINS = 50;
 const DOMAIN_START = /^[\p{L}\p{N}_-]+(?:\.[\p{L}\p{N}_-]+)+/u;
 
 /**
+ * Characters a reader takes for the dot of a domain that NFKC leaves as they are: the ideographic
+ * full stops (IDNA reads them as dots, RFC 3490 section 3.1), and letters and punctuation drawn as
+ * a dot on the line or in its middle (Unicode's confusables of U+002E: the Lisu tone letter MYA TI,
+ * the middle dot, the hyphenation point, the katakana middle dot, the Arabic full stop, the Syriac
+ * full stops).
+ */
+const DOT_LOOKALIKES = /[\u3002\uff61\ua4f8\u00b7\u2027\u30fb\u06d4\u0701\u0702]/g;
+
+/**
  * The text as a reader sees it: compatibility forms folded (NFKC: a fullwidth or small `@` is an
  * `@`, a fullwidth dot a dot), characters that are not displayed (zero-width spaces and joiners,
- * the soft hyphen, the byte order mark) removed, ideographic full stops taken as dots (IDNA
- * reads them so, RFC 3490 section 3.1).
+ * the soft hyphen, the byte order mark) removed, lookalike dots taken as dots.
  */
 function asShown(text: string): string {
     return text
         .normalize('NFKC')
         .replace(/\p{Default_Ignorable_Code_Point}/gu, '')
-        .replace(/[\u3002\uff61]/g, '.');
+        .replace(DOT_LOOKALIKES, '.');
 }
 
 /** The text without the hyphens and underscores it ends with (a loop: `[-_]+$` is quadratic on a long run). */

@@ -47,6 +47,12 @@ describe('shownDomain', () => {
             'ceo@bank\u3002example',
             'ceo@bank\uff61example',
             '\ufeffceo@bank.example',
+            // drawn as a dot, but letters or punctuation that NFKC keeps
+            'ceo@bank\ua4f8example',
+            'ceo@bank\u00b7example',
+            'ceo@bank\u2027example',
+            'ceo@bank\u30fbexample',
+            'ceo@bank\u06d4example',
         ]) {
             assert.equal(
                 shownDomain(`"${name}" <a@evil.example>`, 'evil.example'),
