@@ -128,6 +128,14 @@ export function createMemoryStore(options: MemoryStoreOptions = {}): MemoryLimit
             }
         }
         if (kind === 'lease') {
+            // before refusing, every lease is looked at (at most a quarter of maxKeys, and only
+            // while they are all taken): one that expired behind live ones makes room too
+            for (const [k, e] of pool) {
+                if (e.expiresAt < now) {
+                    pool.delete(k);
+                    return;
+                }
+            }
             throw new StoreError('error', `memory store full: ${pool.size} concurrency leases held, none expired`);
         }
         const oldest = pool.keys().next();

@@ -64,15 +64,26 @@ describe('memory store: bounds', () => {
         await assert.rejects(store.acquire('ip10', 'h', 1, 1_000, T0), (err: Error) => err.name === 'StoreError');
         // each of the ten still holds its slot
         for (let i = 0; i < 10; i++) assert.equal((await store.acquire(`ip${i}`, 'x', 1, 1_000, T0)).acquired, false);
-        // a lease that ran out makes room
-        assert.equal((await store.acquire('ip10', 'h', 1, 1_000, T0 + 1_001)).acquired, true);
-        for (let i = 11; i < 20; i++) {
+        // a lease that ran out makes room, even behind live ones: ip0..ip8 renewed for longer
+        for (let i = 0; i < 9; i++) assert.equal(await store.renew(`ip${i}`, 'h', 5_000, T0 + 500), true);
+        // ip9 (to expire at T0 + 1000) read last: the newest, behind nine live leases
+        assert.equal((await store.acquire('ip9', 'x', 1, 1_000, T0 + 600)).acquired, false);
+        await assert.rejects(store.acquire('ip10', 'h', 1, 1_000, T0 + 900), (err: Error) => err.name === 'StoreError');
+        assert.equal((await store.acquire('ip10', 'h', 1, 1_000, T0 + 1_001)).acquired, true, 'ip9 had expired');
+        await assert.rejects(
+            store.acquire('ip11', 'h', 1, 1_000, T0 + 1_001),
+            (err: Error) => err.name === 'StoreError',
+        );
+        // then every lease is given back
+        for (let i = 0; i < 9; i++) await store.release(`ip${i}`, 'h');
+        await store.release('ip10', 'h');
+        for (let i = 11; i < 21; i++) {
             assert.equal((await store.acquire(`ip${i}`, 'h', 1, 1_000, T0 + 1_001)).acquired, true);
         }
         // full of live leases again: in a batch the failure is that op's answer alone
         const answers = await store.stage(
             [
-                { op: 'acquire', key: 'ip20', holder: 'h', max: 1, ttlMs: 1_000 },
+                { op: 'acquire', key: 'ip21', holder: 'h', max: 1, ttlMs: 1_000 },
                 { op: 'take', key: 'other', windows: W, cost: 1 },
             ],
             T0 + 1_001,
