@@ -629,6 +629,9 @@ const WHAT: Readonly<Record<RelayStep, string>> = {
 
 /** Our reply for an upstream 4xx/5xx at MAIL, RCPT or the end of DATA. */
 export function relayedReply(step: RelayStep, reply: UpstreamReply): SmtpReply {
+    // 530 (Postfix: "Must issue a STARTTLS command first", "Authentication required") is about
+    // the gateway's own connection to the upstream, never the client's message: a 4xx, ours to fix
+    if (reply.code === 530) return relayedReply(step, { ...reply, code: 451, enhanced: '4.7.0' });
     const klass = reply.code >= 500 ? 5 : 4;
     const code = reply.code >= 400 && reply.code < 600 ? reply.code : 451;
     const enhanced = reply.enhanced && Number(reply.enhanced[0]) === klass ? reply.enhanced : `${klass}.0.0`;

@@ -314,14 +314,16 @@ class SmtpClient {
 
     /**
      * After a failed TLS handshake: true when the mail may go without TLS instead (`starttls:
-     * opportunistic` without `tlsVerify`, and a handshake that failed or timed out, not a
-     * connection that broke otherwise); TLS is then left out for TLS_RETRY_MS, and it is logged
-     * and counted.
+     * opportunistic` without `tlsVerify`, and a handshake the TLS layer refused: no shared
+     * protocol, a broken certificate or key, plain text after the 220; not a handshake that timed
+     * out, which an upstream under load may answer the next time); TLS is then left out for
+     * TLS_RETRY_MS, and it is logged and counted. An upstream that insists on TLS answers the
+     * plain connection 530, which reaches the client as a 4xx (reply.ts).
      */
     private fallsBackToPlain(err: unknown): boolean {
         const { config } = this;
         if (config.kind !== 'smtp' || config.starttls !== 'opportunistic' || config.tlsVerify) return false;
-        if (!(err instanceof UpstreamError) || (err.kind !== 'tls' && err.kind !== 'timeout')) return false;
+        if (!(err instanceof UpstreamError) || err.kind !== 'tls') return false;
         this.plainUntil = this.now() + TLS_RETRY_MS;
         this.onTlsFallback?.();
         this.log.warn(

@@ -170,4 +170,11 @@ describe('reply table', () => {
         const odd = relayedReply('mail', { code: 250, enhanced: '2.0.0', text: '' });
         assert.equal(odd.code, 451);
     });
+    it("relays an upstream 530 (STARTTLS or authentication required of the gateway's own connection) as a 4xx", () => {
+        for (const step of ['mail', 'rcpt', 'data'] as const) {
+            const r = relayedReply(step, { code: 530, enhanced: '5.7.0', text: 'Must issue a STARTTLS command first' });
+            assert.deepEqual([r.code, r.enhanced], [451, '4.7.0'], step);
+            assert.match(r.text, /try again later/);
+        }
+    });
 });

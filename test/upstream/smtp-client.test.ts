@@ -1289,10 +1289,48 @@ describe('TLS', () => {
         assert.equal(fallbacks, 2);
         // required, or a verified certificate: no mail without TLS
         await assert.rejects(open(up.port, { starttls: 'required', xclient: true }), upstreamError('tls'));
+        assert.equal(fallbacks, 2);
         await assert.rejects(
             open(up.port, { starttls: 'opportunistic', tlsVerify: true, xclient: true }),
             upstreamError('tls'),
         );
+    });
+
+    it('opportunistic: a TLS handshake that times out is not a reason to go without TLS', async (t) => {
+        // greets, offers STARTTLS, answers it 220, then says nothing: the handshake times out
+        const sockets: net.Socket[] = [];
+        const server = net.createServer((socket) => {
+            sockets.push(socket);
+            let starttls = false;
+            socket.write('220 silent.test ESMTP\r\n');
+            socket.on('data', (chunk: Buffer) => {
+                if (starttls) return;
+                for (const line of chunk.toString('latin1').split('\r\n').filter(Boolean)) {
+                    if (/^EHLO /i.test(line))
+                        socket.write(`250-silent.test\r\n250-${FULL_XCLIENT}\r\n250 STARTTLS\r\n`);
+                    else if (line === 'STARTTLS') {
+                        starttls = true;
+                        socket.write('220 2.0.0 Ready to start TLS\r\n');
+                    }
+                }
+            });
+        });
+        await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+        t.after(
+            () =>
+                new Promise<void>((resolve) => {
+                    for (const s of sockets) s.destroy();
+                    server.close(() => resolve());
+                }),
+        );
+        let fallbacks = 0;
+        const port = (server.address() as net.AddressInfo).port;
+        const upstream = createSmtpUpstream(
+            config(port, { starttls: 'opportunistic', xclient: true, connectTimeoutMs: 300 }),
+            { hostname: HOSTNAME, onTlsFallback: () => fallbacks++ },
+        );
+        await assert.rejects(upstream.open(client()), upstreamError('timeout'));
+        assert.equal(fallbacks, 0);
     });
 
     it('fails with kind tls when the certificate is verified and self-signed', async (t) => {
