@@ -195,6 +195,15 @@ describe('sender authentication through the proxy', () => {
             assert.match(r.message.text, /^5\.6\.0 Message refused: it has more than one (Subject|Reply-To) field/);
             assert.equal(up.transactions.filter((t) => t.completed).length, before, 'nothing upstream');
         }
+        // a second MIME-Version, as web form mail libraries write one, is delivered
+        const twice = await sign(
+            msg('News <letters@news.example>', 'form', 'MIME-Version: 1.0\r\nMIME-Version: 1.0\r\n'),
+            'news.example',
+            'sel',
+            key,
+        );
+        const r = await sendMail(mw.port(), { from: 'bounce@other.example', to: ['bob@example.test'], data: twice });
+        assert.equal(r.message?.code, 250, r.message?.raw);
     });
 
     it('delivers aligned DKIM-signed mail with dkim=pass and dmarc=pass', async () => {
