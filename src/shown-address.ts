@@ -30,11 +30,12 @@ const DOMAIN_START = /^[\p{L}\p{N}_-]+(?:\.[\p{L}\p{N}_-]+)+/u;
 /**
  * Characters a reader takes for the dot of a domain that NFKC leaves as they are: the ideographic
  * full stops (IDNA reads them as dots, RFC 3490 section 3.1), and letters and punctuation drawn as
- * a dot on the line or in its middle (Unicode's confusables of U+002E: the Lisu tone letter MYA TI,
- * the middle dot, the hyphenation point, the katakana middle dot, the Arabic full stop, the Syriac
- * full stops).
+ * a dot on the line (Unicode's confusables of U+002E: the Lisu tone letter MYA TI, the
+ * hyphenation point, the Arabic full stop, the Syriac full stops). Not the middle dots (U+00B7,
+ * U+30FB): IDNA allows them inside Catalan and Japanese labels (RFC 5892 appendix A.3, A.7), so a
+ * real domain's would be cut in two.
  */
-const DOT_LOOKALIKES = /[\u3002\uff61\ua4f8\u00b7\u2027\u30fb\u06d4\u0701\u0702]/g;
+const DOT_LOOKALIKES = /[\u3002\uff61\ua4f8\u2027\u06d4\u0701\u0702]/g;
 
 /**
  * The text as a reader sees it: compatibility forms folded (NFKC: a fullwidth or small `@` is an

@@ -1,9 +1,10 @@
 /**
  * Outbound DKIM signing of authenticated submissions (RFC 6376; Ed25519 per RFC 8463;
  * key sizes per RFC 8301): relaxed/relaxed canonicalization, the usual header list (From, To,
- * Cc, Subject, Date, Message-ID, MIME and list fields …), and From signed one time more than it
- * occurs ("oversigning", RFC 6376 section 8.15) so that a From field added later breaks the
- * signature instead of passing it on.
+ * Cc, Subject, Date, Message-ID, MIME and list fields …), and the fields a reader is shown signed
+ * one time more than they occur ("oversigning", RFC 6376 section 8.15: OVERSIGNED_ALWAYS and
+ * OVERSIGNED_PRESENT) so that such a field added later breaks the signature instead of passing
+ * it on.
  * mailauth's dkimSign computes the body hash (and validates the key, d= and s=); the
  * DKIM-Signature field itself is built here, because mailauth cannot list a field in h= more
  * often than it occurs. The key is chosen by the author (From) domain: its own key, else the key
