@@ -14,6 +14,7 @@ import { ConfigError, loadConfig } from '../config/load.ts';
 import type { Config } from '../config/types.ts';
 import { MessageSpool, prepareSpoolFolder } from '../data/spool.ts';
 import { parseEnvelopeCommand, type EnvelopeParse } from '../envelope/command.ts';
+import { syntaxRefusal } from '../envelope/gate.ts';
 import { relayPolicy } from '../envelope/relay.ts';
 import { createResolver } from '../dns/resolver.ts';
 import { createMemoryStore } from '../limits/memory-store.ts';
@@ -198,22 +199,13 @@ export async function explainMessage(
             reply ? { version: VERSION, stages, decision, reply, headers: [], stoppedAt: stage, lists } : null;
         const refused = (stage: Stage, tx: Transaction | null, r: ProtocolRefusal): ExplainReport =>
             stop(stage, MessageFlow.refusedBeforeRules(flow.score(tx), r.reason), r.reply)!;
-        /** What the live session answers a MAIL or RCPT whose address or parameters do not parse (envelope/gate.ts). */
-        const syntaxRefusal = (
+        /** What the live session answers a MAIL or RCPT that does not parse, and why (envelope/gate.ts). */
+        const syntaxRefused = (
             step: 'mail' | 'rcpt',
             parse: Extract<EnvelopeParse, { ok: false }>,
         ): ProtocolRefusal => {
-            const { reason } = parse;
-            const [refusal, situation] =
-                parse.part === 'command'
-                    ? (['command-syntax', 'command-syntax'] as const)
-                    : parse.part === 'parameter'
-                      ? (['param-invalid', 'param-invalid'] as const)
-                      : (['address-syntax', step === 'mail' ? 'sender-syntax' : 'recipient-syntax'] as const);
-            return {
-                reason: `envelope: ${refusal}`,
-                reply: replyFor(situation, { id: sessionId, reason }),
-            };
+            const { refusal, reply } = syntaxRefusal(step, parse, sessionId);
+            return { reason: `envelope: ${refusal}`, reply };
         };
 
         const connect = await run('connect', flow.connectStageFacts(client()));
@@ -226,7 +218,7 @@ export async function explainMessage(
         identity = { ...identity, ptr: flow.heloDone(helo) };
         // the addresses as the live session reads them: parsed strictly, then in canonical form
         const sender = parseEnvelopeCommand('mail', Buffer.from(`MAIL FROM:<${input.mailFrom}>`, 'utf8'));
-        if (!sender.ok) return refused('mail', null, syntaxRefusal('mail', sender));
+        if (!sender.ok) return refused('mail', null, syntaxRefused('mail', sender));
         const mailFrom = sender.mailbox.address;
         const notOwned = flow.senderRefusal(binding, mailFrom);
         if (notOwned) return refused('mail', null, notOwned);
@@ -241,7 +233,7 @@ export async function explainMessage(
         for (const to of input.rcpts) {
             // relay control comes before the rcpt rules, as in the live session
             const parsed = parseEnvelopeCommand('rcpt', Buffer.from(`RCPT TO:<${to}>`, 'utf8'));
-            if (!parsed.ok) return refused('rcpt', tx, syntaxRefusal('rcpt', parsed));
+            if (!parsed.ok) return refused('rcpt', tx, syntaxRefused('rcpt', parsed));
             const decision = relay.decide(parsed.mailbox, input.authUser !== null);
             if (decision.verdict === 'refused') {
                 const domain = parsed.mailbox.asciiDomain ?? '';

@@ -9,6 +9,14 @@ import ipaddr from 'ipaddr.js';
 import { formatIp, parseIp } from '../net/ip.ts';
 import { dnsError } from './errors.ts';
 
+/** The record types the resolver answers (and the verification thread's copy of its answers keeps). */
+export const RRTYPES = ['A', 'AAAA', 'CNAME', 'MX', 'NS', 'PTR', 'SOA', 'TXT'] as const;
+export type Rrtype = (typeof RRTYPES)[number];
+
+export function isRrtype(t: string): t is Rrtype {
+    return (RRTYPES as readonly string[]).includes(t);
+}
+
 /** RFC 1035 section 2.3.4: labels of 63 octets or fewer, names of 255 octets on the wire (253 as text). */
 const MAX_LABEL = 63;
 const MAX_NAME = 253;

@@ -29,7 +29,15 @@ import type { Metrics } from '../metrics.ts';
 import { copyAnswer, estimateAnswerBytes } from './answers.ts';
 import { dnsError, negativeAnswer, rcodeError, type DnsErrorCode } from './errors.ts';
 import { Lru } from './lru.ts';
-import { isSubdomain, normalizeName, parseServer, reverseName, type ServerAddress } from './names.ts';
+import {
+    isRrtype,
+    isSubdomain,
+    normalizeName,
+    parseServer,
+    reverseName,
+    type Rrtype,
+    type ServerAddress,
+} from './names.ts';
 import { systemServers } from './system.ts';
 import { ExchangeError, tcpExchange, udpExchange, type Question } from './transport.ts';
 
@@ -93,8 +101,8 @@ export const RESOLVER_DEFAULTS = {
     maxNegativeTtlMs: 900_000,
 } as const;
 
-/** Supported record types and the syscall name node:dns puts in its errors. */
-const SYSCALLS = {
+/** The syscall name node:dns puts in its errors, for each supported record type. */
+const SYSCALLS: Readonly<Record<Rrtype, string>> = {
     A: 'queryA',
     AAAA: 'queryAaaa',
     CNAME: 'queryCname',
@@ -103,12 +111,7 @@ const SYSCALLS = {
     PTR: 'queryPtr',
     SOA: 'querySoa',
     TXT: 'queryTxt',
-} as const;
-type Rrtype = keyof typeof SYSCALLS;
-
-function isRrtype(t: string): t is Rrtype {
-    return Object.hasOwn(SYSCALLS, t);
-}
+};
 
 /** A CNAME chain longer than this is treated as a loop. */
 const MAX_CNAME_HOPS = 16;

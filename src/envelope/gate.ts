@@ -57,6 +57,24 @@ export interface AcceptedMail {
     readonly sizeLimit: number;
 }
 
+/**
+ * What a MAIL or RCPT whose command, address or parameter does not parse is answered, and the
+ * refusal it is logged and counted as (the live session here, and `mailwarden explain`).
+ */
+export function syntaxRefusal(
+    step: 'mail' | 'rcpt',
+    parse: Extract<EnvelopeParse, { ok: false }>,
+    id: string,
+): { readonly refusal: EnvelopeRefusal; readonly reply: SmtpReply } {
+    const { reason } = parse;
+    if (parse.part === 'command')
+        return { refusal: 'command-syntax', reply: replyFor('command-syntax', { id, reason }) };
+    if (parse.part === 'parameter')
+        return { refusal: 'param-invalid', reply: replyFor('param-invalid', { id, reason }) };
+    const situation = step === 'mail' ? 'sender-syntax' : 'recipient-syntax';
+    return { refusal: 'address-syntax', reply: replyFor(situation, { id, reason }) };
+}
+
 export class EnvelopeGate {
     private readonly deps: EnvelopeGateDeps;
     private readonly smtp: SMTPServerSession;
@@ -170,20 +188,12 @@ export class EnvelopeGate {
         const parse = envelopeOf(address);
         if (!parse) throw toCallbackError(replyFor('internal-error', { id: this.id }));
         if (parse.ok) return parse;
-        const { id } = this;
-        const reason = parse.reason;
-        if (parse.part === 'command') {
-            throw this.refused(step, 'command-syntax', replyFor('command-syntax', { id, reason }), {}, address.address);
-        }
-        if (parse.part === 'parameter') {
-            throw this.refused(step, 'param-invalid', replyFor('param-invalid', { id, reason }), {}, address.address);
-        }
-        const situation = step === 'mail' ? 'sender-syntax' : 'recipient-syntax';
+        const { refusal, reply } = syntaxRefusal(step, parse, this.id);
         throw this.refused(
             step,
-            'address-syntax',
-            replyFor(situation, { id, reason }),
-            { why: reason },
+            refusal,
+            reply,
+            refusal === 'address-syntax' ? { why: parse.reason } : {},
             address.address,
         );
     }

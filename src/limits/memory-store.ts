@@ -115,27 +115,22 @@ export function createMemoryStore(options: MemoryStoreOptions = {}): MemoryLimit
 
     /**
      * Makes room for one more entry in a full pool: an expired one among the oldest goes, else
-     * the oldest; a live lease is never dropped (the write fails instead).
+     * the oldest. A live lease is never dropped: every lease is looked at (at most a quarter of
+     * maxKeys, and only while they are all taken) for one that expired behind live ones, and
+     * without one the write fails.
      */
     const makeRoom = (kind: Kind, now: number): void => {
         const pool = pools[kind];
+        const looked = kind === 'lease' ? pool.size : SWEEP_PER_CALL;
         let n = 0;
         for (const [k, e] of pool) {
-            if (n++ >= SWEEP_PER_CALL) break;
+            if (n++ >= looked) break;
             if (e.expiresAt < now) {
                 pool.delete(k);
                 return;
             }
         }
         if (kind === 'lease') {
-            // before refusing, every lease is looked at (at most a quarter of maxKeys, and only
-            // while they are all taken): one that expired behind live ones makes room too
-            for (const [k, e] of pool) {
-                if (e.expiresAt < now) {
-                    pool.delete(k);
-                    return;
-                }
-            }
             throw new StoreError('error', `memory store full: ${pool.size} concurrency leases held, none expired`);
         }
         const oldest = pool.keys().next();

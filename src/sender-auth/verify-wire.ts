@@ -14,6 +14,7 @@
  *
  * It must not verify or decide anything, and must not load mailauth.
  */
+import { RRTYPES } from '../dns/names.ts';
 import type { VerifiedMessage, VerifyOptions } from './verify-message.ts';
 
 /** An error as it crosses: its message and, for DNS errors, the node:dns code. */
@@ -53,8 +54,8 @@ export interface DnsTerms {
     readonly counts: SharedArrayBuffer;
 }
 
-/** The record types the thread counts its copy's answers by, in the order of their dnsCounts slots. */
-export const COPY_TYPES = ['A', 'AAAA', 'CNAME', 'MX', 'NS', 'PTR', 'SOA', 'TXT'] as const;
+/** The record types the thread counts its copy's answers by (the resolver's), in the order of their dnsCounts slots. */
+export const COPY_TYPES = RRTYPES;
 /** The DnsCounts slot set when the thread refused a question past the budget. */
 export const EXHAUSTED_SLOT = COPY_TYPES.length;
 
