@@ -242,11 +242,16 @@ function readAuthservIds(value: string, readings: Set<string>): void {
     }
 }
 
-/** A host name as authserv-ids compare (RFC 8601 section 2.5): ASCII case folded, A-labels, no trailing dot. */
+/**
+ * A host name as authserv-ids compare (RFC 8601 section 2.5): ASCII case folded, A-labels, no
+ * trailing dot. The dots are dropped after the A-label conversion too: it maps the IDNA full
+ * stops (U+3002, U+FF0E, U+FF61) to "." and drops a soft hyphen, so `mx.example.com。` names
+ * our host to any reader that applies IDNA (UTS #46 section 4).
+ */
 function hostKey(id: string): string {
     const trimmed = withoutTrailingDots(id.trim());
     // eslint-disable-next-line no-control-regex
-    const ascii = /[^\x00-\x7f]/.test(trimmed) ? domainToASCII(trimmed) || trimmed : trimmed;
+    const ascii = /[^\x00-\x7f]/.test(trimmed) ? withoutTrailingDots(domainToASCII(trimmed)) || trimmed : trimmed;
     return ascii.replace(/[A-Z]/g, (c) => c.toLowerCase());
 }
 

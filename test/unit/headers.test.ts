@@ -72,6 +72,8 @@ describe('headers', () => {
         assert.ok(sameAuthservId('MX.Example.COM.', 'mx.example.com'));
         assert.ok(sameAuthservId('mx.example.com', 'mx.example.com.'));
         assert.ok(sameAuthservId('mx\u3002example\u3002com', 'mx.example.com'));
+        assert.ok(sameAuthservId('mx.example.com\u3002', 'mx.example.com'));
+        assert.ok(sameAuthservId('mx.example.com\uff0e\uff0e', 'mx.example.com'));
         assert.ok(!sameAuthservId('mx.example.com.evil', 'mx.example.com'));
         assert.ok(!sameAuthservId('sub.mx.example.com', 'mx.example.com'));
     });
@@ -283,6 +285,13 @@ describe('forged own fields in every spelling', () => {
         ' =?us-ascii?Q?mx.example.com?=; dmarc=pass',
         ' =?utf-8?B?bXguZXhhbXBsZS5jb20=?=; dmarc=pass',
         ' =?x-unknown?q?MX.example.com?= ; dmarc=pass',
+        // the root dot written as an IDNA full stop, which the A-label conversion turns into "."
+        ' mx.example.com\u3002; dmarc=pass',
+        ' mx.example.com\uff0e; dmarc=pass',
+        ' mx.example.com\uff61; dmarc=pass',
+        ' "mx.example.com\u3002"; dmarc=pass',
+        ' mx.example.com.\u00ad; dmarc=pass',
+        ' =?utf-8?q?mx.example.com=E3=80=82?=; dmarc=pass',
     ];
     for (const value of ours) {
         for (const colon of [':', ' :', '\t:', ' \t :']) {
