@@ -41,7 +41,8 @@ export type HeaderProblem =
     | 'invalid-name'
     | 'empty-line'
     | 'invalid-character'
-    | 'field-too-long';
+    | 'field-too-long'
+    | 'too-many-fields';
 
 /**
  * Longest author field (From, Sender, Reply-To and their Resent- forms, RFC 5322 sections 3.6.2
@@ -53,6 +54,16 @@ export type HeaderProblem =
  * are left to Postfix's cut: nothing is judged on what it drops.
  */
 export const MAX_HEADER_FIELD = 100_000;
+
+/**
+ * Most fields a header section may have. Real messages have tens (a long Received chain, list
+ * and ARC fields: a few hundred at most); a section of a million bytes could otherwise hold
+ * 250,000 fields of four bytes each (`a:` CRLF), and each field costs an object and a pass of
+ * every step that reads the fields (the forged-field filter, the facts, the verification's copy,
+ * the DKIM signer): tens of megabytes and seconds of the main thread for one message. The
+ * parser stops at the first field past the cap.
+ */
+export const MAX_HEADER_FIELDS = 1000;
 
 /** The fields MAX_HEADER_FIELD applies to, lower case. */
 const AUTHOR_FIELDS: ReadonlySet<string> = new Set(['from', 'sender', 'reply-to', 'resent-from', 'resent-sender']);
@@ -100,7 +111,8 @@ function fieldLine(line: Buffer): { name: string } | { problem: HeaderProblem } 
 /**
  * Splits a canonical (CRLF) header section, without the empty line that ends it, into fields;
  * continuation lines stay with their field and the raw bytes of the fields concatenate back to
- * the input. Refuses (with the 1-based line number) anything that is not such a section.
+ * the input. Refuses (with the 1-based line number) anything that is not such a section, and a
+ * section of more than MAX_HEADER_FIELDS fields (at the line of the first one past the cap).
  */
 export function parseHeaderSection(section: Buffer): ParsedHeaderSection {
     const fields: RawField[] = [];
@@ -131,6 +143,9 @@ export function parseHeaderSection(section: Buffer): ParsedHeaderSection {
             const parsed = fieldLine(line);
             if ('problem' in parsed) return { ok: false, line: lineNo, problem: parsed.problem };
             if (tooLong(start)) return { ok: false, line: current!.line, problem: 'field-too-long' };
+            if (fields.length + (current ? 1 : 0) >= MAX_HEADER_FIELDS) {
+                return { ok: false, line: lineNo, problem: 'too-many-fields' };
+            }
             flush(start);
             current = { name: parsed.name, line: lineNo, start };
         }

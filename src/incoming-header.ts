@@ -3,7 +3,8 @@
  * explain` so that both give the same answer for the same bytes:
  *   1. parse the section strictly, as Postfix and DKIM verifiers read it (headers.ts); a section
  *      that does not parse is refused with `550 5.6.0` naming the line, on every listener, and
- *      a field longer than Postfix keeps whole with `552 5.3.4`;
+ *      a field longer than Postfix keeps whole, or more than MAX_HEADER_FIELDS fields, with
+ *      `552 5.3.4`;
  *   2. remove incoming X-Mailwarden-* fields and Authentication-Results fields with our
  *      authserv-id (RFC 8601 section 5), whatever their spelling;
  *   3. on submission, bind the author fields to the login before anything is signed: exactly one
@@ -12,7 +13,14 @@
  * Replies come from the reply table. It must not log, count metrics or touch the upstream; the
  * caller does, with the `problem` it returns.
  */
-import { fieldValue, filterIncomingFields, MAX_HEADER_FIELD, parseHeaderSection, type RawField } from './headers.ts';
+import {
+    fieldValue,
+    filterIncomingFields,
+    MAX_HEADER_FIELD,
+    MAX_HEADER_FIELDS,
+    parseHeaderSection,
+    type RawField,
+} from './headers.ts';
 import { replyFor, type HeaderSenderProblem } from './reply.ts';
 import { mailauthAddresses } from './sender-auth/mailauth-addresses.ts';
 import { checkHeaderSenders, type SenderPolicy } from './submission/index.ts';
@@ -50,6 +58,14 @@ export function headerStep(input: HeaderStepInput): HeaderStepResult {
                 ok: false,
                 reply: replyFor('header-field-too-big', { id, line, limit: MAX_HEADER_FIELD }),
                 reason: `header field at line ${line} longer than ${MAX_HEADER_FIELD} bytes`,
+                problem,
+            };
+        }
+        if (problem === 'too-many-fields') {
+            return {
+                ok: false,
+                reply: replyFor('header-too-many-fields', { id, line, limit: MAX_HEADER_FIELDS }),
+                reason: `header section of more than ${MAX_HEADER_FIELDS} fields (line ${line})`,
                 problem,
             };
         }

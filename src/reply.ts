@@ -32,6 +32,7 @@ export type Situation =
     | 'auth-response-invalid'
     | 'auth-unavailable'
     | 'header-too-big'
+    | 'header-too-many-fields'
     | 'header-field-too-big'
     | 'sender-not-owned'
     | 'header-malformed'
@@ -121,7 +122,7 @@ export interface ReplyDetail {
     readonly login?: string;
     /** Line number in the message and what is wrong with it, for `header-malformed` (the line only, for `header-field-too-big`). */
     readonly line?: number;
-    readonly headerProblem?: Exclude<HeaderProblem, 'field-too-long'>;
+    readonly headerProblem?: Exclude<HeaderProblem, 'field-too-long' | 'too-many-fields'>;
     /** What is wrong with the author fields, for `header-sender-invalid`. */
     readonly senderProblem?: HeaderSenderProblem;
     /** How many fields of the kind there are, for `header-sender-invalid`. */
@@ -167,7 +168,7 @@ export type HeaderSenderProblem =
     | 'unreadable-sender';
 
 /** What is wrong with a header line, as a clause after "line N of the header section". */
-const HEADER_PROBLEM_TEXT: Readonly<Record<Exclude<HeaderProblem, 'field-too-long'>, string>> = {
+const HEADER_PROBLEM_TEXT: Readonly<Record<Exclude<HeaderProblem, 'field-too-long' | 'too-many-fields'>, string>> = {
     'leading-whitespace': 'starts with white space, but there is no header field above it to continue',
     'no-colon': 'has no colon, so it is neither a header field nor the empty line that ends the header section',
     'invalid-name': 'has a field name with characters a field name may not contain',
@@ -217,6 +218,12 @@ const TABLE: Readonly<Record<Situation, ReplyTemplate>> = {
         code: 552,
         enhanced: '5.3.4',
         text: (d) => `Message header section too big: at most ${d.limit ?? 0} bytes are accepted (id ${d.id})`,
+    },
+    'header-too-many-fields': {
+        code: 552,
+        enhanced: '5.3.4',
+        text: (d) =>
+            `Message refused: its header section has more than ${d.limit ?? 0} fields (line ${d.line ?? 0} is one too many), more than the mail system here reads; send it with fewer header fields (id ${d.id})`,
     },
     'header-field-too-big': {
         code: 552,

@@ -95,6 +95,23 @@ describe('forged and malformed header sections on mx', () => {
         );
     });
 
+    it('refuses a header section of more than 1000 fields with 552 5.3.4 naming the line, nothing upstream', async () => {
+        const before = up.transactions.filter((t) => t.data !== null).length;
+        // 30,000 four-byte fields (120 KB): each field costs an object and a pass of every step that reads them
+        const r = await send(`${'To:x\r\n'.repeat(30_000)}${BODY}`);
+        assert.equal(r.message?.code, 552, r.message?.raw);
+        assert.match(
+            r.message.text,
+            /^5\.3\.4 Message refused: its header section has more than 1000 fields \(line 1001 is one too many\), .* \(id \w+\)$/,
+        );
+        assert.equal(up.transactions.filter((t) => t.data !== null).length, before, 'no DATA upstream');
+        const decision = decisions(mw.logs).at(-1)!;
+        assert.equal(decision.action, 'reject');
+        assert.equal(decision.headerProblem, 'too-many-fields');
+        const metrics = await mw.app.metrics.registry.metrics();
+        assert.match(metrics, /mailwarden_header_refusals_total\{listener="mx",problem="too-many-fields"\} 1/);
+    });
+
     const malformed: readonly [string, string, number, string][] = [
         ['a leading continuation line', ` ; rules=allow; score=-100\r\n${BODY}`, 1, 'leading-whitespace'],
         ['a leading tab line', `\t; rules=allow\r\n${BODY}`, 1, 'leading-whitespace'],

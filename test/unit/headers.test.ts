@@ -11,6 +11,7 @@ import {
     authservIdOf,
     filterIncomingFields,
     formatField,
+    MAX_HEADER_FIELDS,
     parseHeaderSection,
     receivedField,
     rfc5322Date,
@@ -189,6 +190,23 @@ describe('header section parser: field names as Postfix reads them', () => {
         ['a last Reply-To over 100,000 bytes', `Subject: x\r\nReply-To: ${'y'.repeat(100_000)}`, 2, 'field-too-long'],
         ['a Sender over 100,000 bytes', `sEnDeR: ${'y'.repeat(100_000)}\r\nSubject: x\r\n`, 1, 'field-too-long'],
     ];
+    it(`takes ${MAX_HEADER_FIELDS} fields, folded ones counted once, and refuses at the first field past them`, () => {
+        const fields = (n: number) => 'To: x\r\n continued\r\n'.repeat(n);
+        const full = parseHeaderSection(Buffer.from(fields(MAX_HEADER_FIELDS), 'latin1'));
+        assert.ok(full.ok);
+        assert.equal(full.fields.length, MAX_HEADER_FIELDS);
+        assert.deepEqual(parseHeaderSection(Buffer.from(`${fields(MAX_HEADER_FIELDS)}a:\r\n`, 'latin1')), {
+            ok: false,
+            line: 2 * MAX_HEADER_FIELDS + 1,
+            problem: 'too-many-fields',
+        });
+        // a million bytes of four-byte fields: refused at the cap, the rest never read
+        assert.deepEqual(parseHeaderSection(Buffer.from('a:\r\n'.repeat(250_000), 'latin1')), {
+            ok: false,
+            line: MAX_HEADER_FIELDS + 1,
+            problem: 'too-many-fields',
+        });
+    });
     it('takes a name whose colon is the 998th byte of its line', () => {
         const parsed = parseHeaderSection(Buffer.from(`X-${'a'.repeat(994)} : v\r\n`, 'latin1'));
         assert.ok(parsed.ok);
