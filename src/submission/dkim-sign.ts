@@ -298,7 +298,11 @@ export function relaxedHeader(raw: string): string {
 function signatureField(section: Buffer, names: readonly string[], k: LoadedKey, t: number, bh: string): HeaderField {
     const fields = headerFields(section);
     const byName = new Map<string, { name: string; raw: string }[]>();
-    for (const f of fields) byName.set(f.name, [...(byName.get(f.name) ?? []), f]);
+    for (const f of fields) {
+        const same = byName.get(f.name);
+        if (same) same.push(f);
+        else byName.set(f.name, [f]);
+    }
 
     // h=: each instance present once, oversigned fields once more (RFC 6376 section 5.4.2)
     const h: string[] = [];

@@ -235,6 +235,14 @@ describe('submission listener', () => {
                 /^550 5\.6\.0 Message refused: line 1 of the header section starts with white space/,
                 'leading-whitespace',
             ],
+            [
+                // the DKIM signer indexed fields by name, copying the list for each field: with
+                // 30,000 To fields it held the event loop for 27 s
+                'more than 1000 header fields',
+                'From: alice@example.test\r\n' + 'To:x\r\n'.repeat(30_000),
+                /^552 5\.3\.4 Message refused: its header section has more than 1000 fields \(line 1001 is one too many\)/,
+                'too-many-fields',
+            ],
         ];
         for (const [what, head, reply, problem] of cases) {
             const before = up.transactions.filter((t) => t.data !== null).length;
