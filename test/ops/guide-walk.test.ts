@@ -390,11 +390,15 @@ describe('a new operator follows docs/deploy-postfix.md on a stock Debian Postfi
         assert.ok(!existsSync(join(dir, 'etc/mailwarden/rules/rules')), 'the rules are not copied into themselves');
     });
 
-    it('step 2: shows header_checks before replacing it, then adds the main.cf lines (twice: no change)', async () => {
+    it('step 2: shows the header_checks settings before replacing them, then adds the main.cf lines (twice: no change)', async () => {
         const [show, apply] = shellBlocks(guide, 'Step 2: Postfix main.cf');
-        assert.equal(show!.trim(), 'postconf header_checks');
+        assert.equal(show!.trim(), 'postconf header_checks mime_header_checks nested_header_checks');
         const before = await step(show!);
-        assert.equal(before.out, 'header_checks =\n', "Debian's value, shown first");
+        assert.equal(
+            before.out,
+            'header_checks =\nmime_header_checks = $header_checks\nnested_header_checks = $header_checks\n',
+            "Debian's values, shown first",
+        );
         for (let i = 0; i < 2; i++) {
             const r = await step(apply!);
             assert.equal(r.code, 0, r.err);

@@ -43,6 +43,7 @@ describe('the documented Postfix configuration behind mailwarden', () => {
         dns = await startDnsServer({
             'shop.example': { TXT: ['v=spf1 ip4:192.0.2.20 -all'] },
             '_dmarc.shop.example': { TXT: ['v=DMARC1; p=quarantine'] },
+            'news.example': { TXT: ['v=spf1 ip4:127.0.0.0/8 -all'] },
         });
         const users = join(cert.dir, 'users.yaml');
         writeFileSync(
@@ -143,6 +144,33 @@ describe('the documented Postfix configuration behind mailwarden', () => {
         );
         const delivered = await postfix.messages('alice');
         assert.ok(!delivered.some((m) => m.includes('Subject: quarantined offer')), 'not delivered to the mailbox');
+    });
+
+    it('holds nothing for an X-Mailwarden-Quarantine line inside a MIME part or an attached message', async () => {
+        const before = (await postfix.held()).length;
+        const data =
+            'From: letters@news.example\r\nTo: alice@example.test\r\nSubject: forged part\r\n' +
+            'Date: Sun, 29 Nov 2026 01:00:00 +0000\r\nMessage-ID: <forgedpart@deploy.test>\r\n' +
+            'MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary="b"\r\n\r\n' +
+            '--b\r\nContent-Type: text/plain\r\nX-Mailwarden-Quarantine: forged in a part\r\n\r\nhello\r\n' +
+            '--b\r\nContent-Type: message/rfc822\r\n\r\n' +
+            'X-Mailwarden-Quarantine: forged in an attached message\r\nSubject: inner\r\n\r\ninner\r\n' +
+            '--b--\r\n';
+        const r = await sendMail(mw.port('mx'), { from: 'letters@news.example', to: ['alice@example.test'], data });
+        assert.equal(r.message?.code, 250, r.message?.raw);
+        const deadline = Date.now() + 10_000;
+        let delivered: string[] = [];
+        while (Date.now() < deadline) {
+            delivered = await postfix.messages('alice');
+            if (delivered.some((m) => m.includes('Subject: forged part'))) break;
+            await sleep(50);
+        }
+        assert.ok(
+            delivered.some((m) => m.includes('Subject: forged part')),
+            'delivered to the mailbox',
+        );
+        assert.equal((await postfix.held()).length, before, 'nothing more on hold');
+        assert.doesNotMatch(await postfix.log(), /hold: header X-Mailwarden-Quarantine: forged/);
     });
 
     it("lists, releases and expires quarantined mail with the guide's commands", async () => {
