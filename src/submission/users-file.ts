@@ -12,8 +12,9 @@
  * (its folder, so editors' atomic replaces are seen) and reloaded after a short debounce; an
  * invalid new version is reported and the previous set stays in force.
  * Verification (RFC 4954 AUTH, checked here) costs CPU on purpose, so it runs under a small
- * semaphore; an unknown login is verified against a dummy hash of the same cost, so the time
- * taken does not tell which logins exist. A login is handed a fingerprint of its hash, so a
+ * semaphore; an unknown login is verified against a dummy hash of the same cost, and every answer
+ * waits (without holding a slot) until the slowest cost in the file would have taken, so the time
+ * taken tells neither which logins exist nor which of them have a cheaper hash. A login is handed a fingerprint of its hash, so a
  * session can learn at its next command that the password changed (or the login went away) in a
  * reload. Passwords and hashes never reach logs or messages.
  */
@@ -342,6 +343,31 @@ export function createUsersFileBackend(file: string, opts: UsersFileBackendOptio
     // the dummy hash follows the cost most users' hashes have
     let dummyKey: string | null = null;
     let dummy: Promise<string> | null = null;
+    /**
+     * How long checking a hash of each cost takes, in ms: first the time making a hash of that
+     * cost took (at load, in the background), then a decaying maximum of the checks measured.
+     * Every check is answered no sooner than the slowest cost in the file takes, so that in a
+     * file of mixed costs (bcrypt users next to argon2id ones, as after a migration) the time an
+     * answer takes tells neither which logins exist nor which cost a login's hash has.
+     */
+    const durations = new Map<string, number>();
+    let costs: ReadonlyMap<string, HashInfo> = new Map();
+    const observe = (key: string, ms: number): void => {
+        const before = durations.get(key) ?? 0;
+        durations.set(key, ms >= before ? ms : before - (before - ms) * 0.1);
+    };
+    const slowest = (): number => {
+        let ms = 0;
+        for (const key of costs.keys()) ms = Math.max(ms, durations.get(key) ?? 0);
+        return ms;
+    };
+    const timedHash = async (info: HashInfo | null, key: string): Promise<string> => {
+        const started = performance.now();
+        const hash = await makeDummyHash(info);
+        observe(key, performance.now() - started);
+        return hash;
+    };
+    let calibrating = Promise.resolve();
     const refreshDummy = (): void => {
         const counts = new Map<string, { n: number; info: HashInfo }>();
         for (const u of table.users) {
@@ -354,33 +380,62 @@ export function createUsersFileBackend(file: string, opts: UsersFileBackendOptio
         let best: { n: number; info: HashInfo } | null = null;
         for (const c of counts.values()) if (best === null || c.n > best.n) best = c;
         const key = best ? costKey(best.info) : 'default';
-        if (key === dummyKey && dummy) return;
-        dummyKey = key;
-        const made = makeDummyHash(best?.info ?? null);
-        made.catch(() => {});
-        dummy = made;
+        costs = new Map([...counts].map(([k, c]) => [k, c.info]));
+        if (key !== dummyKey || !dummy) {
+            dummyKey = key;
+            const made = timedHash(best?.info ?? null, key ?? 'default');
+            made.catch(() => {});
+            dummy = made;
+        }
+        // one hash of each other cost, one after the other, for its time
+        for (const [k, info] of costs) {
+            if (durations.has(k) || k === key) continue;
+            calibrating = calibrating.then(() =>
+                timedHash(info, k).then(
+                    () => undefined,
+                    () => undefined,
+                ),
+            );
+        }
     };
     table.onSwap = refreshDummy;
     refreshDummy();
+
+    const check = async (login: string, password: string): Promise<{ outcome: AuthOutcome; started: number }> => {
+        const started = performance.now();
+        const user = table.get(login);
+        const info = user?.hashInfo ?? null;
+        const key = info ? costKey(info) : dummyKey;
+        let match: boolean;
+        try {
+            // an unknown login costs the same hash work as a known one
+            const hash = user?.hash ?? (await (dummy ?? makeDummyHash(null)));
+            const checking = performance.now();
+            match = await verifier(hash, password);
+            if (key !== null) observe(key, performance.now() - checking);
+        } catch {
+            return { outcome: { result: 'unavailable', reason: 'the password hash could not be checked' }, started };
+        }
+        if (user?.hash && match) {
+            return { outcome: { result: 'ok', user: user.login, credential: fingerprint(user.hash) }, started };
+        }
+        return { outcome: { result: 'invalid', reason: user ? 'wrong password' : 'unknown login' }, started };
+    };
 
     const authenticate = async (login: string, password: string): Promise<AuthOutcome> => {
         if (login === '' || login.length > MAX_LOGIN || password.length > MAX_PASSWORD) {
             return { result: 'invalid', reason: 'malformed credentials' };
         }
-        const busy: AuthOutcome = { result: 'unavailable', reason: 'too many authentications at once' };
-        return semaphore.run(async (): Promise<AuthOutcome> => {
-            const user = table.get(login);
-            let match: boolean;
-            try {
-                // an unknown login costs the same hash work as a known one
-                const hash = user?.hash ?? (await (dummy ?? makeDummyHash(null)));
-                match = await verifier(hash, password);
-            } catch {
-                return { result: 'unavailable', reason: 'the password hash could not be checked' };
-            }
-            if (user?.hash && match) return { result: 'ok', user: user.login, credential: fingerprint(user.hash) };
-            return { result: 'invalid', reason: user ? 'wrong password' : 'unknown login' };
-        }, busy);
+        const busy = {
+            outcome: { result: 'unavailable', reason: 'too many authentications at once' },
+            started: -1,
+        } as const;
+        const { outcome, started } = await semaphore.run(() => check(login, password), busy);
+        if (started < 0) return outcome;
+        // the slot is free again: the wait up to the slowest cost costs no CPU
+        const wait = started + slowest() - performance.now();
+        if (wait > 1) await new Promise((resolve) => setTimeout(resolve, wait).unref());
+        return outcome;
     };
 
     return {

@@ -231,6 +231,33 @@ describe('users file backend', () => {
         }
     });
 
+    it('answers no sooner than the slowest cost in the file takes: known, unknown, cheap or costly alike', async () => {
+        // bcrypt next to argon2id, as after a migration; the checks take 150 ms and 5 ms
+        const slow = bcrypt.hashSync('slow-pw', 4);
+        const file = writeUsers(
+            `users:\n  - { login: fast, password: "${aliceHash}" }\n  - { login: fast2, password: "${aliceHash}" }\n  - { login: slow, password: "${slow}" }\n`,
+        );
+        const backend = createUsersFileBackend(file, {
+            watch: false,
+            verifier: (hash) =>
+                new Promise((resolve) => setTimeout(() => resolve(false), hash.startsWith('$2') ? 150 : 5)),
+        });
+        const timed = async (login: string): Promise<number> => {
+            const started = performance.now();
+            assert.equal(await backend.verify(login, 'wrong'), 'invalid');
+            return performance.now() - started;
+        };
+        try {
+            assert.ok((await timed('slow')) >= 145);
+            for (const login of ['fast', 'nobody', 'fast2', 'Nobody-else']) {
+                const ms = await timed(login);
+                assert.ok(ms >= 140, `${login}: ${ms.toFixed(1)} ms, sooner than the bcrypt user's answer`);
+            }
+        } finally {
+            backend.close();
+        }
+    });
+
     it('bounds concurrent verifications and refuses beyond the queue', async () => {
         let running = 0;
         let peak = 0;
