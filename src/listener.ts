@@ -11,6 +11,7 @@
 import { X509Certificate } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { createSecureContext } from 'node:tls';
+import { setTimeout as sleep } from 'node:timers/promises';
 import type { SMTPServer, SMTPServerOptions, SMTPServerSession } from 'smtp-server';
 import { tlsPairProblem } from './config/sections/tls.ts';
 import type { Config, ListenerConfig } from './config/types.ts';
@@ -110,6 +111,13 @@ export function createListener(config: Config, listener: ListenerConfig, deps: L
     const sessions = new Map<string, Session>();
     /** Failed AUTH attempts per session, for the disconnect at the guard's perSession. */
     const failedAuth = new Map<string, number>();
+    /**
+     * How long the login service takes to answer a wrong password (a decaying maximum, in ms):
+     * Dovecot holds a failure for `auth_failure_delay` (2 s), a success not at all. A right
+     * password refused after the check, because the account it names turned out to be locked,
+     * is answered no sooner than that, so the answer's time does not tell the password was right.
+     */
+    let failureAnswerMs = 0;
     /** What each logged-in session logged in with, to end it when the password changes. */
     const loggedIn = new Map<string, { login: string; credential: string; mechanism: string }>();
     const log = deps.log.child({ listener: listener.name });
@@ -253,22 +261,36 @@ export function createListener(config: Config, listener: ListenerConfig, deps: L
                 const verdict = guard ? await guard.reserve(ip, login, deps.now()) : null;
                 if (verdict && !verdict.allowed) return finish({ result: 'invalid' }, verdict);
                 let outcome: AuthOutcome;
+                const asked = performance.now();
                 try {
                     outcome = await backend.authenticate(login, auth.password ?? '', context);
                 } catch (err) {
                     log.error({ session: smtp.id, err }, 'auth backend failed');
                     outcome = { result: 'unavailable', reason: 'backend error' };
                 }
+                if (outcome.result === 'invalid') {
+                    const ms = performance.now() - asked;
+                    failureAnswerMs = ms >= failureAnswerMs ? ms : failureAnswerMs - (failureAnswerMs - ms) * 0.1;
+                }
                 if (guard && verdict?.allowed) {
                     await guard.settle(verdict.ticket, outcome.result, deps.now());
                     // The login service's own name for the account (Dovecot's auth_username_format,
-                    // realms) when it differs from what the client wrote: that name is counted too, so
+                    // realms) when it differs from what was counted: that name is counted too, so
                     // other spellings of one account share its limit, and once it is locked no
-                    // spelling logs in, whatever the password.
+                    // spelling logs in, whatever the password (`loginKey: localPart` counts the
+                    // account before the check, which parallel attempts under new spellings need).
                     const account = outcome.user;
-                    if (account && account.toLowerCase() !== login.toLowerCase() && outcome.result !== 'unavailable') {
+                    if (
+                        account &&
+                        guard.counted(account) !== guard.counted(login) &&
+                        outcome.result !== 'unavailable'
+                    ) {
                         const second = await guard.reserve(ip, account, deps.now(), { loginOnly: true });
-                        if (!second.allowed) return finish({ result: 'invalid' }, second);
+                        if (!second.allowed) {
+                            const wait = asked + failureAnswerMs - performance.now();
+                            if (outcome.result === 'ok' && wait > 1) await sleep(wait);
+                            return finish({ result: 'invalid' }, second);
+                        }
                         await guard.settle(second.ticket, outcome.result, deps.now());
                     }
                 }

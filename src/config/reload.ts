@@ -104,6 +104,7 @@ export const SETTINGS: Readonly<Record<string, Setting>> = Object.freeze({
     'auth.lockout.perLogin.periodMs': restart('auth.lockout.perLogin'),
     'auth.lockout.perSession': restart(),
     'auth.lockout.exempt': restart(),
+    'auth.lockout.loginKey': restart('auth.lockout.perLogin'),
     // The rules are loaded from the new folder and the watcher follows it.
     rules: live(),
     // Asked at every decision.

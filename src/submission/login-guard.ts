@@ -77,6 +77,18 @@ export function loginKey(login: string): string {
     return createHash('sha256').update(login.toLowerCase()).digest('base64url').slice(0, 22);
 }
 
+/**
+ * A login as `perLogin` counts it: lower-cased, and with `loginKey: localPart` its part before
+ * the first `@` (Dovecot's `%n`), so that every spelling of one account is counted on the account
+ * before any password is checked.
+ */
+export function countedLogin(login: string, key: LoginGuardSettings['loginKey']): string {
+    const lower = login.toLowerCase();
+    if (key !== 'localPart') return lower;
+    const at = lower.indexOf('@');
+    return at < 0 ? lower : lower.slice(0, at);
+}
+
 export interface LoginGuardOptions {
     /** The shared store (Redis, or memory when there is none). */
     readonly store: LimitStore;
@@ -100,6 +112,8 @@ export interface LoginGuard {
         nowMs: number,
         options?: { readonly loginOnly?: boolean },
     ): Promise<GuardVerdict>;
+    /** The login as `perLogin` counts it (countedLogin with the settings' loginKey). */
+    counted(login: string): string;
     /** After checking: gives the reservation back unless the result is 'invalid'. Never rejects. */
     settle(ticket: GuardTicket, result: AuthResult, nowMs: number): Promise<void>;
     /** Failures counted now for a login in the shared store; null when logins are not counted. */
@@ -118,19 +132,21 @@ export function createLoginGuard(opts: LoginGuardOptions): LoginGuard {
 
     const ipCounter = (ip: string): Counter | null =>
         settings.perIp && { key: `ip:${ipSubject(ip)}`, window: settings.perIp };
+    const counted = (login: string): string => countedLogin(login, settings.loginKey);
     const loginCounter = (login: string): Counter | null =>
-        settings.perLogin && { key: `login:${loginKey(login)}`, window: settings.perLogin };
+        settings.perLogin && { key: `login:${loginKey(counted(login))}`, window: settings.perLogin };
     const targets = (t: { ip?: string; login?: string }): { scope: GuardScope; subject: string; c: Counter }[] => {
         const out: { scope: GuardScope; subject: string; c: Counter }[] = [];
         const i = t.ip === undefined ? null : ipCounter(t.ip);
         const l = t.login === undefined ? null : loginCounter(t.login);
         if (i && t.ip !== undefined) out.push({ scope: 'ip', subject: ipSubject(t.ip), c: i });
-        if (l && t.login !== undefined) out.push({ scope: 'login', subject: t.login.toLowerCase(), c: l });
+        if (l && t.login !== undefined) out.push({ scope: 'login', subject: counted(t.login), c: l });
         return out;
     };
 
     return {
         settings,
+        counted,
         async reserve(ip, login, nowMs, options) {
             const counters = [options?.loginOnly ? null : ipCounter(ip), loginCounter(login)].filter(
                 (c): c is Counter => c !== null,

@@ -324,6 +324,7 @@ describe('config reload on SIGHUP', () => {
         { variant: 'A', set: { 'auth.lockout.perLogin': '30/2h' } },
         { variant: 'A', set: { 'auth.lockout.perSession': 5 } },
         { variant: 'A', set: { 'auth.lockout.exempt': ['198.51.100.0/24'] } },
+        { variant: 'A', set: { 'auth.lockout.loginKey': 'localPart' } },
         { variant: 'B', set: { 'auth.dovecot': 'unix:/nonexistent/other' } },
         { variant: 'B', set: { 'auth.sendAs': '__sendAs2' } },
         { variant: 'C', set: { 'auth.dovecot': '127.0.0.2:12345' } },

@@ -7,6 +7,7 @@
  * the upstream as XCLIENT LOGIN; outgoing mail is DKIM-signed and the signature verifies.
  */
 import assert from 'node:assert/strict';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { generateKeyPairSync } from 'node:crypto';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -532,7 +533,17 @@ describe('submission with Dovecot checking passwords', () => {
         const replies: number[] = [];
         for (let i = 0; i < 5; i++) replies.push(await attempt(`carol@v${i}.example`, 'guess'));
         assert.deepEqual(replies, [535, 535, 535, 454, 454], 'three guesses at the account, then locked');
+        // a wrong password is refused after Dovecot's auth_failure_delay; the right one, under a
+        // new spelling of the locked account, is refused no sooner (it used to take 3 ms against
+        // 2 s: the time told that the password was right)
+        let started = performance.now();
+        assert.equal(await attempt('carol@w1.example', 'guess'), 454);
+        const wrongMs = performance.now() - started;
+        started = performance.now();
         assert.equal(await attempt('carol@other.example', 'carol secret'), 454, 'the right password, another spelling');
+        const rightMs = performance.now() - started;
+        assert.ok(wrongMs > 200, `Dovecot delays a failure (${wrongMs.toFixed(0)} ms)`);
+        assert.ok(rightMs >= wrongMs * 0.8, `right ${rightMs.toFixed(0)} ms, wrong ${wrongMs.toFixed(0)} ms`);
         const locked = mw.logs.filter((l) => l.msg === 'auth' && l.result === 'locked');
         assert.ok(locked.every((l) => l.lockout === 'login'));
         const invalid = mw.logs.filter((l) => l.msg === 'auth' && l.result === 'invalid');
@@ -540,5 +551,49 @@ describe('submission with Dovecot checking passwords', () => {
             invalid.map((l) => l.account),
             ['carol', 'carol', 'carol'],
         );
+    });
+
+    // Guesses sent at once under new spellings are all checked before Dovecot names the account
+    // (it holds each failure for auth_failure_delay): counted as written, the right password among
+    // them got 235. `loginKey: localPart` counts the account (%Ln) before any password is checked.
+    it('with loginKey localPart, counts parallel guesses under new spellings on the account before checking', async (t) => {
+        const { mw, cert } = await dovecotGateway(
+            t,
+            { users: [{ login: 'carol', password: 'carol secret' }], extraConfig: 'auth_username_format = %Ln' },
+            { lockout: '{ perIp: false, perLogin: 3/1h, perSession: 100, loginKey: localPart }', tls: 'implicit' },
+        );
+        let next = 1;
+        const attempt = async (login: string, password: string): Promise<number> => {
+            const c = await smtpConnect(mw.port(), {
+                tls: 'implicit',
+                ca: cert.cert,
+                servername: 'localhost',
+                localAddress: `127.0.78.${next++}`,
+            });
+            try {
+                await c.greeting();
+                await c.cmd('EHLO laptop.example');
+                return (await c.cmd(`AUTH PLAIN ${plain(login, password)}`)).code;
+            } finally {
+                c.close();
+            }
+        };
+        let answered = 0;
+        const guesses = Array.from({ length: 8 }, (_, i) =>
+            attempt(`Carol@g${i}.example`, 'guess').finally(() => answered++),
+        );
+        // the guesses are in: three are held by Dovecot's failure delay, the rest refused unchecked
+        const deadline = Date.now() + 5_000;
+        while (answered < 5 && Date.now() < deadline) await sleep(10);
+        assert.equal(answered, 5, 'five guesses refused without a check');
+        const right = await attempt('carol@right.example', 'carol secret');
+        assert.equal(answered, 5, 'the right password was tried while Dovecot still held three failures');
+        const replies = await Promise.all(guesses);
+        assert.equal(right, 454, 'the right password finds the account locked');
+        assert.equal(replies.filter((c) => c === 535).length, 3, 'three passwords checked');
+        assert.equal(replies.filter((c) => c === 454).length, 5, 'the rest refused unchecked');
+        const locked = mw.logs.filter((l) => l.msg === 'auth' && l.result === 'locked');
+        assert.equal(locked.length, 6);
+        assert.ok(locked.every((l) => l.lockout === 'login'));
     });
 });

@@ -68,6 +68,7 @@ describe('mailwarden auth', () => {
                 perLogin: { limit: 5, periodMs: 3_600_000 },
                 perSession: 3,
                 exempt: [],
+                loginKey: 'login',
             },
         });
     });

@@ -122,6 +122,7 @@ describe('auth config', () => {
                 '    perLogin: false',
                 '    perSession: 2',
                 '    exempt: [192.0.2.0/24, "2001:DB8::7", 198.51.100.9]',
+                '    loginKey: localPart',
                 '',
             ].join('\n'),
         );
@@ -130,6 +131,7 @@ describe('auth config', () => {
             perLogin: null,
             perSession: 2,
             exempt: ['192.0.2.0/24', '2001:db8::7/128', '198.51.100.9/32'],
+            loginKey: 'localPart',
         });
         assert.deepEqual(
             load('auth: { dovecot: "127.0.0.1:1", lockout: { perLogin: 3/h } }\n').config.auth?.lockout,
@@ -141,6 +143,7 @@ describe('auth config', () => {
             perLogin: { limit: 20, periodMs: 3_600_000 },
             perSession: 3,
             exempt: [],
+            loginKey: 'login',
         });
     });
 
@@ -156,6 +159,7 @@ describe('auth config', () => {
                     '    perSession: 0',
                     '    exempt: [10.0.0.0/33, 10.1.0.0/16, 10.1.0.0/16]',
                     '    perUser: 3/1h',
+                    '    loginKey: domain',
                     '',
                 ].join('\n'),
             ),
@@ -166,6 +170,7 @@ describe('auth config', () => {
                 '7:14: auth.lockout.exempt[0]: "10.0.0.0/33" has a bad prefix length (0 to 32 for IPv4)',
                 '7:40: auth.lockout.exempt[2]: "10.1.0.0/16" is listed twice',
                 '8:5: unknown key "perUser" in auth.lockout',
+                '9:15: auth.lockout.loginKey: expected one of login, localPart; got "domain"',
             ],
         );
         assert.deepEqual(issues('auth: { dovecot: "127.0.0.1:1", lockout: { perIp: true, perLogin: 3/2y } }\n'), [

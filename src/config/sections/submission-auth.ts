@@ -13,7 +13,10 @@ import type { Field, SourceReader } from '../reader.ts';
 import { parseDuration } from '../units.ts';
 
 export const AUTH_KEYS = ['users', 'dovecot', 'sendAs', 'recipientDelimiter', 'lockout'] as const;
-export const LOCKOUT_KEYS = ['perIp', 'perLogin', 'perSession', 'exempt'] as const;
+export const LOCKOUT_KEYS = ['perIp', 'perLogin', 'perSession', 'exempt', 'loginKey'] as const;
+/** How a login is counted: as written (lower-cased), or its part before the first `@` (Dovecot's `%Ln`). */
+export const LOGIN_KEYS = ['login', 'localPart'] as const;
+export type LoginKey = (typeof LOGIN_KEYS)[number];
 
 /** Where Dovecot's auth service listens: a unix socket, or TCP (an `inet_listener` of `service auth`). */
 export type DovecotAuthAddress =
@@ -36,6 +39,12 @@ export interface AuthLockoutConfig {
     readonly perSession: number;
     /** Client networks (CIDRs) never counted and never locked out. */
     readonly exempt: readonly string[];
+    /**
+     * What `perLogin` counts a login as, before its password is checked: `login` (as written,
+     * lower-cased) or `localPart` (the part before the first `@`, as Dovecot's
+     * `auth_username_format = %Ln` names the account).
+     */
+    readonly loginKey: LoginKey;
 }
 
 /** SMTP AUTH on submission listeners (src/submission). Exactly one of `users` and `dovecot` is set. */
@@ -68,6 +77,7 @@ export function defaultAuthLockout(): AuthLockoutConfig {
         perLogin: { limit: 20, periodMs: 60 * 60_000 },
         perSession: 3,
         exempt: [],
+        loginKey: 'login',
     };
 }
 
@@ -122,11 +132,13 @@ function readLockout(r: SourceReader, field: Field): AuthLockoutConfig {
     const perLogin = entries.get('perLogin');
     const perSession = entries.get('perSession');
     const exempt = entries.get('exempt');
+    const loginKey = entries.get('loginKey');
     return {
         perIp: perIp ? failureRate(r, perIp) : d.perIp,
         perLogin: perLogin ? failureRate(r, perLogin) : d.perLogin,
         perSession: (perSession && r.integer(perSession, 1, 100, 'a number of failed logins')) ?? d.perSession,
         exempt: exempt ? cidrList(r, exempt) : d.exempt,
+        loginKey: (loginKey && r.oneOf(loginKey, LOGIN_KEYS)) ?? d.loginKey,
     };
 }
 
