@@ -603,6 +603,11 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
             if ((open === 0 && messages.size === 0) || gone) break;
             await new Promise((r) => setTimeout(r, 50));
         }
+        // every session gives its concurrency leases back (a store call) before the store is
+        // closed, also one whose client has not yet closed its side after the 421: a lease left
+        // behind would count against its client for the lease's whole TTL after the restart
+        const ending = Promise.all(listeners.map((l) => l.endSessions()));
+        await Promise.race([ending, new Promise((r) => timers.push(setTimeout(r, CUT_GRACE_MS)))]);
         for (const t of timers) clearTimeout(t);
         // its session did not log it within the bound (a check still running): say so here
         for (const m of messages) {

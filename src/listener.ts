@@ -71,6 +71,13 @@ export interface RunningListener {
     /** Stops accepting new connections. */
     stopAccepting(): Promise<void>;
     /**
+     * Ends every session still open (at the end of a drain: smtp-server forgets a connection when
+     * it sends its 421, but the session ends only when the client has closed its side) and
+     * settles when every session has ended: its checks' `end` (the concurrency leases given back
+     * to the store) and its upstream connection closed.
+     */
+    endSessions(): Promise<void>;
+    /**
      * Re-reads the certificate and key (after a renewal); new connections use them, open ones
      * keep theirs. Throws, keeping the old pair, when the files do not make a valid pair.
      */
@@ -111,6 +118,22 @@ export function createListener(config: Config, listener: ListenerConfig, deps: L
     const sessions = new Map<string, Session>();
     /** Failed AUTH attempts per session, for the disconnect at the guard's perSession. */
     const failedAuth = new Map<string, number>();
+    /** Sessions that are ending (RunningListener.endSessions). */
+    const ended = new Set<Promise<void>>();
+    /** A session ends once: its checks end (leases given back) and its upstream connection closes. */
+    const endSession = (id: string): void => {
+        const session = sessions.get(id);
+        if (!session) return;
+        sessions.delete(id);
+        failedAuth.delete(id);
+        loggedIn.delete(id);
+        deps.metrics.sessionsActive.dec({ listener: listener.name });
+        const ending = session
+            .close()
+            .catch((err: unknown) => log.warn({ session: id, err }, 'closing the upstream failed'));
+        ended.add(ending);
+        void ending.finally(() => ended.delete(ending));
+    };
     /**
      * How long the login service takes to answer a wrong password (a decaying maximum, in ms):
      * Dovecot holds a failure for `auth_failure_delay` (2 s), a success not at all. A right
@@ -341,13 +364,7 @@ export function createListener(config: Config, listener: ListenerConfig, deps: L
         },
 
         onClose(smtp) {
-            const session = sessions.get(smtp.id);
-            if (!session) return;
-            sessions.delete(smtp.id);
-            failedAuth.delete(smtp.id);
-            loggedIn.delete(smtp.id);
-            deps.metrics.sessionsActive.dec({ listener: listener.name });
-            session.close().catch((err: unknown) => log.warn({ session: smtp.id, err }, 'closing the upstream failed'));
+            endSession(smtp.id);
         },
     };
 
@@ -482,6 +499,10 @@ export function createListener(config: Config, listener: ListenerConfig, deps: L
                 if (server.server.listening) server.server.close();
                 resolve();
             }),
+        endSessions: async () => {
+            for (const id of [...sessions.keys()]) endSession(id);
+            while (ended.size > 0) await Promise.all([...ended]);
+        },
     };
     return running;
 }
