@@ -215,13 +215,28 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
         warnCases(current.rules, r.warnings);
         return r.ruleSet;
     };
+    /** What a rule set in force holds, logged at start and at each reload of the rules. */
+    const logRules = (rs: RuleSet): void =>
+        log.info(
+            {
+                folder: rs.dir,
+                files: rs.files.length,
+                rules: rs.rules.length,
+                limits: rs.limits.length,
+                greylists: rs.greylists.length,
+                lists: rs.lists.length,
+            },
+            'rules in force',
+        );
     // Rule files are validated before anything listens: an invalid set stops the start (RuleError).
     let ruleSet: RuleSet | null = deps.decider ? null : loadCurrentRules();
+    if (ruleSet) logRules(ruleSet);
     let decider = deps.decider ?? (ruleSet ? countHits(ruleSet) : acceptAll);
     let watcher: RuleWatcher | null = null;
     const applyRules = (rs: RuleSet): void => {
         ruleSet = rs;
         decider = countHits(rs);
+        logRules(rs);
     };
     const newResolver = (c: Config): Resolver =>
         createResolver({ servers: c.dns.servers, timeoutMs: c.dns.timeoutMs, metrics, now });

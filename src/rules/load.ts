@@ -204,6 +204,17 @@ class Loader {
             });
             return this.result();
         }
+        if (names.length === 0) {
+            // an empty folder (a deploy that copied nothing, a stray rm) would accept every message
+            this.issues.push({
+                file: this.dir,
+                line: 1,
+                col: 1,
+                message:
+                    'the rules folder holds no rule files (*.yaml): every message would be accepted unchecked; copy the shipped rules into it, or write a file with "rules: []" to run without rules on purpose',
+            });
+            return this.result();
+        }
         for (const name of names) this.parse(name);
         for (const f of this.files) this.guard(f, () => this.declareLists(f));
         for (const f of this.files) this.guard(f, () => this.readLimits(f));

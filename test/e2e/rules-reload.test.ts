@@ -121,4 +121,27 @@ describe('rule reload', () => {
         assert.equal(r.mail.code, 550, 'and so are its rules');
         await writeFile(file, text);
     });
+
+    it('refuses a configuration whose new rules folder holds no rule files: the rules in force stay', async () => {
+        const empty = join(dir, 'empty');
+        await mkdir(empty);
+        const file = join(mw.dir, 'mailwarden.yaml');
+        const text = await readFile(file, 'utf8');
+        await writeFile(file, text.replace(`rules: "${dir}"`, `rules: "${empty}"`));
+        const from = mw.logs.length;
+        mw.app.reload();
+        const config = mw.logs.slice(from).find((l) => l.reload === 'config');
+        assert.equal(config?.msg, 'reload failed; the running configuration stays in force', JSON.stringify(config));
+        assert.match(JSON.stringify(config?.issues), /empty:1:1: the rules folder holds no rule files/);
+        const r = await sendMail(mw.port(), { from: 'other@sender.example', to: ['b@example.test'], data: MSG });
+        assert.equal(r.mail.code, 550, 'the rules in force still refuse');
+        await writeFile(file, text);
+        // what is in force is logged at each load of the rules
+        mw.app.reload();
+        const inForce = mw.logs.filter((l) => l.msg === 'rules in force').at(-1)!;
+        assert.deepEqual(
+            [inForce.folder, inForce.files, inForce.rules, inForce.limits, inForce.greylists, inForce.lists],
+            [dir, 1, 1, 0, 0, 0],
+        );
+    });
 });

@@ -145,6 +145,8 @@ describe('AUTH exchange fuzzing on a submission listener', () => {
         });
         const rules = join(cert.dir, 'rules');
         mkdirSync(rules);
+        // no rules on purpose: an empty folder is refused
+        writeFileSync(join(rules, '00-none.yaml'), 'rules: []\n');
         mw = await startApp(
             [
                 'hostname: mx.example.test',

@@ -348,6 +348,8 @@ describe('header section fuzzing through a submission listener', () => {
         // no rule files: the shipped per-login rate limits are not what is fuzzed here
         const rules = join(cert.dir, 'rules');
         mkdirSync(rules);
+        // no rules on purpose: an empty folder is refused
+        writeFileSync(join(rules, '00-none.yaml'), 'rules: []\n');
         mw = await startApp(
             [
                 `rules: "${rules}"`,

@@ -101,4 +101,18 @@ describe('bad rules corpus', () => {
             [`${dir}:1:1: cannot read the rules folder: no such file or folder`],
         );
     });
+
+    it('refuses a rules folder without rule files (it would accept every message), not one that asks for no rules', () => {
+        const empty = folderWith({ 'README.txt': 'not a rule file\n' });
+        assert.deepEqual(
+            checkRules(empty, { softReject: false }).map((i) => `${i.file}:${i.line}:${i.col}: ${i.message}`),
+            [
+                `${empty}:1:1: the rules folder holds no rule files (*.yaml): every message would be accepted unchecked; copy the shipped rules into it, or write a file with "rules: []" to run without rules on purpose`,
+            ],
+        );
+        assert.throws(() => loadRuleSet(empty, { softReject: false }), RuleError);
+        const none = folderWith({ '00-none.yaml': 'rules: []\n' });
+        assert.deepEqual(checkRules(none, { softReject: false }), []);
+        assert.equal(loadRuleSet(none, { softReject: false }).rules.length, 0);
+    });
 });
