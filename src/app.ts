@@ -250,6 +250,7 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
     const newReputation = (c: Config): ReputationService =>
         createReputationService(c, {
             resolve: (name, rrtype) => resolver.resolve(name, rrtype),
+            resolveFresh: (name, rrtype) => (resolver.resolveFresh ?? resolver.resolve)(name, rrtype),
             reverse: (ip) => resolver.reverse(ip),
             metrics,
             log,

@@ -47,6 +47,11 @@ export interface Resolver {
      * Does not use `this`: pass `resolver.resolve` on its own.
      */
     resolve(this: void, name: string, rrtype: string): Promise<unknown>;
+    /**
+     * As resolve(), asking the servers even when the answer is cached (and caching what they
+     * say): for the health probes of DNS lists, which must see a list as it answers now.
+     */
+    resolveFresh?(this: void, name: string, rrtype: string): Promise<unknown>;
     /** Reverse lookup (PTR) of an IP address. Does not use `this`. */
     reverse(this: void, ip: string): Promise<string[]>;
     stats(): { entries: number; hits: number; misses: number; bytes: number };
@@ -316,8 +321,17 @@ export function createResolver(opts: ResolverOptions): Resolver {
         metrics?.dnsQueries.inc({ type, result });
     }
 
-    /** `display` is what errors name: the name asked, or the address for reverse(). */
-    function lookup(hostname: string, type: Rrtype, syscall: string, display = hostname): Promise<unknown> {
+    /**
+     * `display` is what errors name: the name asked, or the address for reverse(). `fresh`: the
+     * cache is not read (an exchange already in flight is shared), its answer is stored.
+     */
+    function lookup(
+        hostname: string,
+        type: Rrtype,
+        syscall: string,
+        display = hostname,
+        fresh = false,
+    ): Promise<unknown> {
         let qname: string;
         try {
             qname = normalizeName(hostname, syscall, display);
@@ -327,7 +341,7 @@ export function createResolver(opts: ResolverOptions): Resolver {
         }
         if (closed) return Promise.reject(dnsError('ECANCELLED', syscall, display));
         const key = `${type} ${qname}`;
-        const cached = cache.get(key, now());
+        const cached = fresh ? undefined : cache.get(key, now());
         if (cached) {
             hits++;
             count(type, 'hit');
@@ -362,19 +376,22 @@ export function createResolver(opts: ResolverOptions): Resolver {
         });
     }
 
+    const resolveType = (name: string, rrtype: string, fresh: boolean): Promise<unknown> => {
+        // like node:dns, a missing type means A
+        const type = rrtype === undefined ? 'A' : typeof rrtype === 'string' ? rrtype.toUpperCase() : '';
+        if (!isRrtype(type)) {
+            const err = new TypeError(`DNS record type "${String(rrtype)}" is not supported`) as TypeError & {
+                code: string;
+            };
+            err.code = 'ERR_INVALID_ARG_VALUE';
+            return Promise.reject(err);
+        }
+        return lookup(name, type, SYSCALLS[type], name, fresh);
+    };
+
     return {
-        resolve(name: string, rrtype: string): Promise<unknown> {
-            // like node:dns, a missing type means A
-            const type = rrtype === undefined ? 'A' : typeof rrtype === 'string' ? rrtype.toUpperCase() : '';
-            if (!isRrtype(type)) {
-                const err = new TypeError(`DNS record type "${String(rrtype)}" is not supported`) as TypeError & {
-                    code: string;
-                };
-                err.code = 'ERR_INVALID_ARG_VALUE';
-                return Promise.reject(err);
-            }
-            return lookup(name, type, SYSCALLS[type]);
-        },
+        resolve: (name: string, rrtype: string): Promise<unknown> => resolveType(name, rrtype, false),
+        resolveFresh: (name: string, rrtype: string): Promise<unknown> => resolveType(name, rrtype, true),
         reverse(ip: string): Promise<string[]> {
             const name = typeof ip === 'string' ? reverseName(ip) : null;
             if (name === null) return Promise.reject(dnsError('EINVAL', 'getHostByAddr', String(ip)));

@@ -25,6 +25,8 @@ const MAX_RETRY_MS = 60_000;
 
 export interface ReputationServiceDeps {
     readonly resolve: Resolve;
+    /** For the lists' health probes: asks the servers, not the cache (default: resolve). */
+    readonly resolveFresh?: Resolve;
     readonly reverse: (ip: string) => Promise<string[]>;
     readonly metrics: Pick<Metrics, 'dnsblHits' | 'dnsblErrors' | 'heloChecks' | 'dnsblZoneHealthy'>;
     readonly log: Pick<Logger, 'warn' | 'info'>;
@@ -66,7 +68,9 @@ export function createReputationService(config: Config, deps: ReputationServiceD
         gauge.set({ zone }, states.every((s) => s.state.healthy) ? 1 : 0);
     };
     const health: ZoneHealth = new ZoneHealth(tracked, {
-        resolve: (name, rrtype) => deps.resolve(name, rrtype),
+        // a probe answered from the cache would trust a list that began listing everyone for as
+        // long as the cached "not listed" lasts (up to the negative-answer cap, 15 minutes)
+        resolve: (name, rrtype) => (deps.resolveFresh ?? deps.resolve)(name, rrtype),
         now: deps.now,
         intervalMs: rep.probeIntervalMs,
         retryMs: Math.min(MAX_RETRY_MS, rep.probeIntervalMs),

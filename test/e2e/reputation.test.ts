@@ -260,6 +260,40 @@ describe('reputation lists in front of a real Postfix', () => {
         });
     });
 
+    describe('with a list that starts listing everyone while trusted', () => {
+        // negative answers cached for 300 s (SOA minimum): the probe's "not listed" is in the cache
+        const cached = (zone: Zone): Zone => {
+            const { soa: _soa, ...rest } = zone;
+            return rest;
+        };
+        let mw: TestApp;
+        before(async () => {
+            dns.setZone(cached(SANE));
+            mw = await startApp(config(dns, postfix.port, '10s'));
+        });
+        after(async () => {
+            await mw?.stop();
+            dns.setZone(SANE);
+        });
+
+        it('disables it at the next probe: the probe asks the server, not the cache', async () => {
+            assert.match(await metric(mw, 'dnsbl_zone_healthy'), /mailwarden_dnsbl_zone_healthy\{zone="bl.test"\} 1/);
+            dns.setZone(cached(HOSTILE));
+            const deadline = Date.now() + 25_000;
+            while (!/zone="bl.test"\} 0/.test(await metric(mw, 'dnsbl_zone_healthy'))) {
+                assert.ok(Date.now() < deadline, 'the list is disabled within 25 s (one probe interval and a bit)');
+                await sleep(250);
+            }
+            const r = await sendMail(mw.port(), {
+                from: 'a@sender.example',
+                to: ['alice@example.test'],
+                data: message('listed by a hostile list'),
+                localAddress: CLEAN,
+            });
+            assert.equal(r.message?.code, 250, 'nobody is refused because of it');
+        });
+    });
+
     describe('with the pregreet test', () => {
         let mw: TestApp;
         before(async () => {
