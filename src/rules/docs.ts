@@ -43,7 +43,7 @@ const ACTION_DOCS: Readonly<Record<(typeof ACTIONS)[number], string>> = {
 };
 
 const LIMIT_KEY_DOCS: Readonly<Record<(typeof LIMIT_KEYS)[number], string>> = {
-    id: 'yes | Kebab-case, unique together with the rule ids: it is the id of the limit’s implicit rule (logs, `rule_hits_total{rule}`, `ratelimit_decisions_total{limit}`, `explain`, `cases:`).',
+    id: 'yes | Kebab-case, unique together with the rule ids: it is the id of the limit’s implicit rule (logs, `mailwarden_rule_hits_total{rule}`, `mailwarden_ratelimit_decisions_total{limit}`, `explain`, `cases:`).',
     description: 'no | Free text for people.',
     key: 'yes | What is counted: a fact name, `client.ip/N`, `global`, or a list of facts counted together (`[auth.user, client.ip]`). See below.',
     rate: 'one of rate, concurrency | `COUNT/PERIOD` (`100/1h`, `20/1m`, `5/s`), or a list of them, all enforced together (`[20/1m, 300/1h]`). For `per: byte` the count is a size (`200MB/1h`).',
@@ -148,7 +148,7 @@ ${pers.join('\n')}
   a byte limit whose smallest window is smaller than the message says so. A store failure with
   \`onError: tempfail\` answers \`451 4.7.1\` (\`421 4.7.0\` at connect): a temporary problem applying a
   sending limit.
-- Each counted limit adds to \`ratelimit_decisions_total{limit,result}\` with result \`allowed\`,
+- Each counted limit adds to \`mailwarden_ratelimit_decisions_total{limit,result}\` with result \`allowed\`,
   \`limited\`, \`monitor_limited\`, \`error_allowed\` or \`error_tempfail\`.
 
 ### Greylisting
@@ -166,7 +166,7 @@ ${greylistKeys.join('\n')}
 
 The refusal is \`450 4.7.1 Greylisted: please try again in N seconds (RFC 6647)…\`; a retry that comes
 too early is told the remaining wait. Results are counted as
-\`ratelimit_decisions_total{limit="greylist",result}\` (\`new\`, \`early\`, \`pass\`, \`known\`; an entry in
+\`mailwarden_ratelimit_decisions_total{limit="greylist",result}\` (\`new\`, \`early\`, \`pass\`, \`known\`; an entry in
 \`mode: monitor\` delays nothing, and counts \`monitor_new\` and \`monitor_early\` instead of \`new\` and \`early\`).
 
 ### Facts and cases
@@ -253,7 +253,7 @@ cases:
 
 | key | required | meaning |
 | --- | --- | --- |
-| \`id\` | yes | Name used in logs, metrics (\`rule_hits_total{rule}\`), the \`X-Mailwarden-Verdict\` header and \`explain\`. Kebab-case; unique across all files. |
+| \`id\` | yes | Name used in logs, metrics (\`mailwarden_rule_hits_total{rule}\`), the \`X-Mailwarden-Verdict\` header and \`explain\`. Kebab-case; unique across all files. |
 | \`description\` | no | Free text for people. |
 | \`stage\` | no | When the rule runs: ${STAGES.map((s) => `\`${s}\``).join(', ')} (default \`data\`). A rule may only read facts known at its stage. |
 | \`when\` | no | Conditions, all of which must hold. Left out: the rule always matches. Written but empty (\`when:\` with its conditions commented out, \`when: {}\`) is an error, not "always". |
@@ -376,7 +376,7 @@ literal braces. Fact names are checked when the rules load.
 
 - The fact \`score\` starts at 0 and grows as tag rules match, so a later rule can test
   \`score: { gte: 10 }\`.
-- \`mode: monitor\` rules are evaluated, counted (\`rule_hits_total{mode="monitor"}\`) and logged, and
+- \`mode: monitor\` rules are evaluated, counted (\`mailwarden_rule_hits_total{mode="monitor"}\`) and logged, and
   change nothing: no score, no headers, no reply, evaluation goes on. The ids of those that matched
   at any stage (connect, helo, mail, rcpt, data) are in the \`monitor\` field of the transaction's
   \`decision\` log line, or of its \`refused\` line when a stage refused it; those of the data stage

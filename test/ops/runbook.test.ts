@@ -216,10 +216,20 @@ describe('the runbook replays and unlocks with complete commands', () => {
 });
 
 describe('the runbook on refusals softReject does not soften', () => {
-    it('says softReject does not cover relay refusals, and what to do instead', () => {
+    it('names every refusal softReject leaves permanent (relay, size, line ends, header section, sender binding), and what to do instead', () => {
         const reload = section(runbook, 'Reloading (SIGHUP)');
         assert.match(reload, /softReject/);
-        assert.match(reload, /does not cover relay refusals/);
+        assert.match(reload, /covers only what rules decide/);
+        for (const reply of [
+            '550 5.7.1 Relaying denied',
+            '552 5.3.4',
+            '550 5.5.2',
+            'bareNewline: normalize',
+            '550 5.6.0',
+            '553 5.7.1',
+        ]) {
+            assert.ok(reload.includes(reply), reply);
+        }
         const relay = section(runbook, 'MailwardenRelayRefusalsRising');
         assert.match(relay, /postconf mydestination virtual_mailbox_domains/);
         assert.match(relay, /postmap -s/);
