@@ -14,6 +14,7 @@ import { hostname } from 'node:os';
 import type { Readable } from 'node:stream';
 import type * as Mailauth from 'mailauth';
 import type { DnsResolve } from '../dns/scoped.ts';
+import { isAddressLiteral, isTraceHostname } from '../net/trace-names.ts';
 import type { KeyStore } from './key-reuse.ts';
 import {
     arc,
@@ -90,7 +91,12 @@ export async function authenticate(input: Readable, opts: AuthenticateOptions): 
         results: verifier.results as Mailauth.DKIMResult[],
     };
 
-    let helo = opts.helo;
+    // A HELO name that is neither a host name nor an address literal names no SPF identity
+    // (RFC 7208 section 2.3) and is written into our Authentication-Results (smtp.helo) and
+    // Received-SPF (helo=): `x;client-ip=192.0.2.9;dkim=pass` would read there as results to a
+    // parser that splits at `;`. The client's address stands in, as for a missing HELO.
+    let helo =
+        opts.helo !== undefined && (isTraceHostname(opts.helo) || isAddressLiteral(opts.helo)) ? opts.helo : undefined;
     if (!helo && opts.ip) helo = opts.ip;
     if (helo && isIP(helo)) helo = `[${helo}]`;
     const spfResult = (await spf({

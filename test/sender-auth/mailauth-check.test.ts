@@ -129,6 +129,29 @@ describe('mailauth check', () => {
         assert.match(header(r, 'Received-SPF'), /^fail \(mx\.test: .*client-ip=192\.0\.2\.10;/);
     });
 
+    it('a HELO name that is neither a host name nor an address literal is not written into our fields', async () => {
+        const forged = 'x;client-ip=192.0.2.9;dkim=pass';
+        const r = await run(check(), basicMessage('Bank <alerts@bank.example>'), {
+            mailFrom: 'x@sender.test',
+            helo: forged,
+        });
+        const ar = header(r, 'Authentication-Results');
+        const spf = header(r, 'Received-SPF');
+        for (const text of [ar, spf]) {
+            assert.ok(!text.includes('client-ip=192.0.2.9'), text);
+            assert.ok(!text.includes(';dkim=pass'), text);
+        }
+        // the client's address stands in, as for a client that gave no HELO
+        assert.match(ar, /smtp\.helo=\[?192\.0\.2\.10\]?|smtp\.helo="\[192\.0\.2\.10\]"/);
+        assert.equal(r.facts['spf.result'], 'fail', 'the MAIL FROM identity is judged as before');
+        // a host name is written as given
+        const named = await run(check(), basicMessage('Bank <alerts@bank.example>'), {
+            mailFrom: 'x@sender.test',
+            helo: 'mail.sender.test',
+        });
+        assert.match(header(named, 'Authentication-Results'), /smtp\.helo=mail\.sender\.test/);
+    });
+
     it('a passing signature over part of the body (l=): the bytes after it are reported', async () => {
         const body = 'Only the first ten bytes are signed.\r\n';
         const msg = message({ From: 'alerts@bank.example', To: 'user@mx.test', Subject: 'Partly signed' }, body);
