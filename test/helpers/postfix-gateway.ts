@@ -5,7 +5,7 @@
  * of the listener list; the upstream is the Postfix instance with XCLIENT.
  * It must not start anything it does not stop in close().
  */
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { startApp, type TestApp } from './app.ts';
@@ -41,6 +41,8 @@ export async function startPostfixGateway(
         postfix = await startPostfix(postfixOptions);
         dns = await startDnsServer({});
         rulesDir = await mkdtemp(path.join(os.tmpdir(), 'mailwarden-rules-'));
+        // no rules on purpose (an empty folder is refused)
+        await writeFile(path.join(rulesDir, '00-none.yaml'), 'rules: []\n');
         mw = await startApp(
             [
                 'hostname: mx.test',
