@@ -114,9 +114,10 @@ function fieldLine(line: Buffer): { name: string } | { problem: HeaderProblem } 
  * Splits a canonical (CRLF) header section, without the empty line that ends it, into fields;
  * continuation lines stay with their field and the raw bytes of the fields concatenate back to
  * the input. Refuses (with the 1-based line number) anything that is not such a section, and a
- * section of more than MAX_HEADER_FIELDS fields (at the line of the first one past the cap).
+ * section of more than `maxFields` fields (at the line of the first one past the cap; the cap on
+ * what a client sends by default, none for a section holding our own fields too).
  */
-export function parseHeaderSection(section: Buffer): ParsedHeaderSection {
+export function parseHeaderSection(section: Buffer, maxFields = MAX_HEADER_FIELDS): ParsedHeaderSection {
     const fields: RawField[] = [];
     let start = 0;
     let lineNo = 0;
@@ -145,7 +146,7 @@ export function parseHeaderSection(section: Buffer): ParsedHeaderSection {
             const parsed = fieldLine(line);
             if ('problem' in parsed) return { ok: false, line: lineNo, problem: parsed.problem };
             if (tooLong(start)) return { ok: false, line: current!.line, problem: 'field-too-long' };
-            if (fields.length + (current ? 1 : 0) >= MAX_HEADER_FIELDS) {
+            if (fields.length + (current ? 1 : 0) >= maxFields) {
                 return { ok: false, line: lineNo, problem: 'too-many-fields' };
             }
             flush(start);

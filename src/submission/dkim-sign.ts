@@ -271,7 +271,8 @@ class HeadCapture extends Transform {
  * and every verifier will read. A section that does not parse is not signed.
  */
 function headerFields(section: Buffer): { name: string; raw: string }[] {
-    const parsed = parseHeaderSection(section);
+    // the session capped the client's fields; ours come on top of them
+    const parsed = parseHeaderSection(section, Infinity);
     if (!parsed.ok) {
         throw new Error(
             `DKIM signing failed: line ${parsed.line} of the header section does not parse (${parsed.problem})`,

@@ -321,6 +321,20 @@ describe('submission listener', () => {
         }
     });
 
+    it('signs a message of exactly 1,000 header fields, ours added on top', async () => {
+        const c = await loggedIn();
+        assert.equal((await c.cmd('MAIL FROM:<alice@example.test>')).code, 250);
+        assert.equal((await c.cmd('RCPT TO:<bob@example.net>')).code, 250);
+        await c.cmd('DATA');
+        const tos = Array.from({ length: 999 }, (_, i) => `To: r${i}@example.net\r\n`).join('');
+        c.write(`From: Alice <alice@example.test>\r\n${tos}\r\nHello.\r\n.\r\n`);
+        const r = await c.reply();
+        c.close();
+        assert.equal(r.code, 250, r.raw);
+        await up.idle();
+        assert.match(unstuff(up.transactions.at(-1)!.data!).toString('latin1'), /^DKIM-Signature: /);
+    });
+
     it('signs a From written in the obsolete syntax so that it verifies (relaxed canonicalisation reads it as From)', async () => {
         const c = await loggedIn();
         assert.equal((await c.cmd('MAIL FROM:<alice@example.test>')).code, 250);

@@ -292,11 +292,12 @@ describe('DKIM signing', () => {
     });
 
     it('signs a section of as many fields as the session takes, every instance of a repeated one', async () => {
-        const tos = Array.from({ length: 990 }, (_, i) => `To: r${i}@example.net`).join('\r\n');
+        // the 1,000 fields the session takes from a client, and our own fields on top of them
+        const tos = Array.from({ length: 1003 }, (_, i) => `To: r${i}@example.net`).join('\r\n');
         const message = MESSAGE.replace('To: Bob <bob@example.net>', tos);
         const field = await rsaSigner.sign(Buffer.from(message), 'example.com');
         const h = /;h=([^;]+);/.exec(field?.value.replace(/\s+/g, '') ?? '')?.[1]?.split(':') ?? [];
-        assert.equal(h.filter((n) => n === 'To').length, 991, 'each To once, and once more');
+        assert.equal(h.filter((n) => n === 'To').length, 1004, 'each To once, and once more');
         assert.deepEqual(
             (await verify(Buffer.concat([Buffer.from(formatField(field!)), Buffer.from(message)]))).map(
                 (r) => r.result,
