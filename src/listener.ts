@@ -11,7 +11,6 @@
 import { X509Certificate } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { createSecureContext } from 'node:tls';
-import { setTimeout as sleep } from 'node:timers/promises';
 import type { SMTPServer, SMTPServerOptions, SMTPServerSession } from 'smtp-server';
 import { tlsPairProblem } from './config/sections/tls.ts';
 import type { Config, ListenerConfig } from './config/types.ts';
@@ -29,6 +28,7 @@ import { MailwardenSmtpServer } from './smtp-server/adapter.ts';
 import { checkCommandGateSupport, type CommandGate } from './smtp-server/commands.ts';
 import { assertSmtpServerInternals } from './smtp-server/envelope.ts';
 import { DISABLED_COMMANDS } from './smtp-server/replies.ts';
+import { AnswerPace, waitUntil } from './submission/answer-pace.ts';
 import type { AuthContext, AuthOutcome } from './submission/index.ts';
 import type { GuardVerdict, LoginGuard } from './submission/login-guard.ts';
 import { PREGREET_RESULTS, type PregreetGate } from './pregreet.ts';
@@ -135,12 +135,13 @@ export function createListener(config: Config, listener: ListenerConfig, deps: L
         void ending.finally(() => ended.delete(ending));
     };
     /**
-     * How long the login service takes to answer a wrong password (a decaying maximum, in ms):
-     * Dovecot holds a failure for `auth_failure_delay` (2 s), a success not at all. A right
-     * password refused after the check, because the account it names turned out to be locked,
-     * is answered no sooner than that, so the answer's time does not tell the password was right.
+     * How long the login service takes to answer a wrong password (AnswerPace: the median of the
+     * last answers, Dovecot's default `auth_failure_delay` of 2 s until one was seen, at most
+     * 5 s): Dovecot holds a failure, a success not at all. A right password refused after the
+     * check, because the account it names turned out to be locked, is answered no sooner, so
+     * the answer's time does not tell that the password was right.
      */
-    let failureAnswerMs = 0;
+    const failureAnswer = new AnswerPace(2000, 5000);
     /** What each logged-in session logged in with, to end it when the password changes. */
     const loggedIn = new Map<string, { login: string; credential: string; mechanism: string }>();
     const log = deps.log.child({ listener: listener.name });
@@ -291,10 +292,7 @@ export function createListener(config: Config, listener: ListenerConfig, deps: L
                     log.error({ session: smtp.id, err }, 'auth backend failed');
                     outcome = { result: 'unavailable', reason: 'backend error' };
                 }
-                if (outcome.result === 'invalid') {
-                    const ms = performance.now() - asked;
-                    failureAnswerMs = ms >= failureAnswerMs ? ms : failureAnswerMs - (failureAnswerMs - ms) * 0.1;
-                }
+                if (outcome.result === 'invalid') failureAnswer.record(performance.now() - asked);
                 if (guard && verdict?.allowed) {
                     await guard.settle(verdict.ticket, outcome.result, deps.now());
                     // The login service's own name for the account (Dovecot's auth_username_format,
@@ -310,8 +308,7 @@ export function createListener(config: Config, listener: ListenerConfig, deps: L
                     ) {
                         const second = await guard.reserve(ip, account, deps.now(), { loginOnly: true });
                         if (!second.allowed) {
-                            const wait = asked + failureAnswerMs - performance.now();
-                            if (outcome.result === 'ok' && wait > 1) await sleep(wait);
+                            if (outcome.result === 'ok') await waitUntil(asked + failureAnswer.ms);
                             return finish({ result: 'invalid' }, second);
                         }
                         await guard.settle(second.ticket, outcome.result, deps.now());

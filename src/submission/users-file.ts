@@ -27,6 +27,7 @@ import { ConfigError, ioReason, type Issue } from '../config/issues.ts';
 import { SourceReader, type Field } from '../config/reader.ts';
 import { costKey, inspectHash, makeDummyHash, Semaphore, verifyPassword, type HashInfo } from './hashes.ts';
 import { compileSenderPolicy, parseSendAsEntry, type SenderPolicy } from './sender-policy.ts';
+import { AnswerPace, waitUntil } from './answer-pace.ts';
 
 /** One user as read from a file. */
 export interface UserRecord {
@@ -324,6 +325,12 @@ export interface UsersFileBackend extends AuthBackend {
     close(): void;
 }
 
+/**
+ * Longest an answer is held to hide the cost of a hash: about what the costliest hash an
+ * operator would keep takes (bcrypt at cost 14, argon2id with a large memory cost).
+ */
+const PAD_CAP_MS = 2000;
+
 /** Longest login and password considered; longer ones are refused without hashing. */
 const MAX_LOGIN = 256;
 const MAX_PASSWORD = 1024;
@@ -341,24 +348,26 @@ export function createUsersFileBackend(file: string, opts: UsersFileBackendOptio
     const delimiter = opts.recipientDelimiter;
 
     // the dummy hash follows the cost most users' hashes have
-    let dummyKey: string | null = null;
+    let dummyKey = 'default';
     let dummy: Promise<string> | null = null;
     /**
-     * How long checking a hash of each cost takes, in ms: first the time making a hash of that
-     * cost took (at load, in the background), then a decaying maximum of the checks measured.
-     * Every check is answered no sooner than the slowest cost in the file takes, so that in a
-     * file of mixed costs (bcrypt users next to argon2id ones, as after a migration) the time an
-     * answer takes tells neither which logins exist nor which cost a login's hash has.
+     * How long checking a hash of each cost takes: first the time making hashes of that cost
+     * took (three, at load, in the background; the dummy is one of them), then the checks
+     * measured (AnswerPace: a median, at most PAD_CAP_MS). Every check is answered no sooner
+     * than the slowest cost in the file takes, so that in a file of mixed costs (bcrypt users
+     * next to argon2id ones, as after a migration) the time an answer takes tells neither which
+     * logins exist nor which cost a login's hash has.
      */
-    const durations = new Map<string, number>();
+    const paces = new Map<string, AnswerPace>();
     let costs: ReadonlyMap<string, HashInfo> = new Map();
     const observe = (key: string, ms: number): void => {
-        const before = durations.get(key) ?? 0;
-        durations.set(key, ms >= before ? ms : before - (before - ms) * 0.1);
+        let pace = paces.get(key);
+        if (!pace) paces.set(key, (pace = new AnswerPace(0, PAD_CAP_MS)));
+        pace.record(ms);
     };
     const slowest = (): number => {
         let ms = 0;
-        for (const key of costs.keys()) ms = Math.max(ms, durations.get(key) ?? 0);
+        for (const key of costs.keys()) ms = Math.max(ms, paces.get(key)?.ms ?? 0);
         return ms;
     };
     const timedHash = async (info: HashInfo | null, key: string): Promise<string> => {
@@ -379,23 +388,25 @@ export function createUsersFileBackend(file: string, opts: UsersFileBackendOptio
         }
         let best: { n: number; info: HashInfo } | null = null;
         for (const c of counts.values()) if (best === null || c.n > best.n) best = c;
-        const key = best ? costKey(best.info) : 'default';
+        const key = (best && costKey(best.info)) ?? 'default';
         costs = new Map([...counts].map(([k, c]) => [k, c.info]));
         if (key !== dummyKey || !dummy) {
             dummyKey = key;
-            const made = timedHash(best?.info ?? null, key ?? 'default');
+            const made = timedHash(best?.info ?? null, key);
             made.catch(() => {});
             dummy = made;
         }
-        // one hash of each other cost, one after the other, for its time
+        // more hashes of each cost not timed yet, one after the other
         for (const [k, info] of costs) {
-            if (durations.has(k) || k === key) continue;
-            calibrating = calibrating.then(() =>
-                timedHash(info, k).then(
-                    () => undefined,
-                    () => undefined,
-                ),
-            );
+            if (paces.get(k)?.measured && k !== key) continue;
+            for (let n = k === key ? 2 : 3; n > 0; n--) {
+                calibrating = calibrating.then(() =>
+                    timedHash(info, k).then(
+                        () => undefined,
+                        () => undefined,
+                    ),
+                );
+            }
         }
     };
     table.onSwap = refreshDummy;
@@ -433,8 +444,7 @@ export function createUsersFileBackend(file: string, opts: UsersFileBackendOptio
         const { outcome, started } = await semaphore.run(() => check(login, password), busy);
         if (started < 0) return outcome;
         // the slot is free again: the wait up to the slowest cost costs no CPU
-        const wait = started + slowest() - performance.now();
-        if (wait > 1) await new Promise((resolve) => setTimeout(resolve, wait).unref());
+        await waitUntil(started + slowest());
         return outcome;
     };
 

@@ -147,6 +147,20 @@ describe('auth config', () => {
         });
     });
 
+    it('refuses loginKey localPart with a users file, where alice@a.example and alice@b.example are two users', () => {
+        const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'mw-lk-'));
+        try {
+            const users = path.join(dir, 'users.yaml');
+            fs.writeFileSync(users, 'users: []\n');
+            assert.deepEqual(issues(`auth:\n  users: "${users}"\n  lockout:\n    loginKey: localPart\n`), [
+                '4:5: auth.lockout.loginKey: localPart applies only with auth.dovecot (auth_username_format = %Ln); in a users file alice@a.example and alice@b.example are two users, and localPart would lock one out for the failures of the other',
+            ]);
+            assert.deepEqual(issues(`auth:\n  users: "${users}"\n  lockout: { loginKey: login }\n`), []);
+        } finally {
+            fs.rmSync(dir, { recursive: true, force: true });
+        }
+    });
+
     it('refuses a malformed lockout with FILE:LINE:COL positions', () => {
         assert.deepEqual(
             issues(

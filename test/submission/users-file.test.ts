@@ -237,10 +237,15 @@ describe('users file backend', () => {
         const file = writeUsers(
             `users:\n  - { login: fast, password: "${aliceHash}" }\n  - { login: fast2, password: "${aliceHash}" }\n  - { login: slow, password: "${slow}" }\n`,
         );
+        // the bcrypt check stalls once (1.5 s), as under a moment of load
+        let stall = true;
         const backend = createUsersFileBackend(file, {
             watch: false,
-            verifier: (hash) =>
-                new Promise((resolve) => setTimeout(() => resolve(false), hash.startsWith('$2') ? 150 : 5)),
+            verifier: (hash) => {
+                const ms = hash.startsWith('$2') ? (stall ? 1500 : 150) : 5;
+                stall = false;
+                return new Promise((resolve) => setTimeout(() => resolve(false), ms));
+            },
         });
         const timed = async (login: string): Promise<number> => {
             const started = performance.now();
@@ -248,10 +253,12 @@ describe('users file backend', () => {
             return performance.now() - started;
         };
         try {
-            assert.ok((await timed('slow')) >= 145);
+            // the fake checks take longer than making the (real, cheap) hashes timed at load
+            for (let i = 0; i < 6; i++) assert.ok((await timed('slow')) >= 145);
             for (const login of ['fast', 'nobody', 'fast2', 'Nobody-else']) {
                 const ms = await timed(login);
                 assert.ok(ms >= 140, `${login}: ${ms.toFixed(1)} ms, sooner than the bcrypt user's answer`);
+                assert.ok(ms < 1000, `${login}: ${ms.toFixed(1)} ms, held to the one stalled check`);
             }
         } finally {
             backend.close();

@@ -92,7 +92,10 @@ export function submissionAuthSection(r: SourceReader, field: Field, baseDir: st
     const recipientDelimiter =
         (delimiterField && readRecipientDelimiter(r, delimiterField)) ?? DEFAULT_RECIPIENT_DELIMITER;
     const lockoutField = entries.get('lockout');
-    const lockout = lockoutField ? readLockout(r, lockoutField) : defaultAuthLockout();
+    let loginKeyOffset: number | undefined;
+    const lockout = lockoutField
+        ? readLockout(r, lockoutField, (offset) => (loginKeyOffset = offset))
+        : defaultAuthLockout();
     if (users && dovecot) {
         r.report(
             dovecot.keyOffset,
@@ -105,6 +108,12 @@ export function submissionAuthSection(r: SourceReader, field: Field, baseDir: st
             r.report(
                 sendAs.keyOffset,
                 "auth.sendAs: applies only with auth.dovecot; with auth.users each user's sendAs is in the users file",
+            );
+        }
+        if (lockout.loginKey === 'localPart') {
+            r.report(
+                loginKeyOffset ?? field.keyOffset,
+                'auth.lockout.loginKey: localPart applies only with auth.dovecot (auth_username_format = %Ln); in a users file alice@a.example and alice@b.example are two users, and localPart would lock one out for the failures of the other',
             );
         }
         const file = existingPath(r, users, 'file', baseDir);
@@ -124,7 +133,7 @@ export function submissionAuthSection(r: SourceReader, field: Field, baseDir: st
 }
 
 /** `auth.lockout:` — failed-login limits per client IP, per login and per connection; exempt networks. */
-function readLockout(r: SourceReader, field: Field): AuthLockoutConfig {
+function readLockout(r: SourceReader, field: Field, loginKeyAt: (offset: number) => void): AuthLockoutConfig {
     const d = defaultAuthLockout();
     const entries = sectionEntries(r, field, LOCKOUT_KEYS);
     if (!r.isMap(field)) return d;
@@ -133,6 +142,7 @@ function readLockout(r: SourceReader, field: Field): AuthLockoutConfig {
     const perSession = entries.get('perSession');
     const exempt = entries.get('exempt');
     const loginKey = entries.get('loginKey');
+    if (loginKey) loginKeyAt(loginKey.keyOffset);
     return {
         perIp: perIp ? failureRate(r, perIp) : d.perIp,
         perLogin: perLogin ? failureRate(r, perLogin) : d.perLogin,
