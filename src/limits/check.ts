@@ -86,6 +86,8 @@ export function createRateLimiter(options: RateLimitCheckOptions): Pick<Check, '
     const ttl = options.leaseTtlMs ?? DEFAULT_LEASE_TTL_MS;
     const renewEvery = Math.max(1000, Math.floor(ttl / 3));
     const sessions = new Map<string, SessionLeases>();
+    /** The store call of each session's stage in progress (end() waits for it). */
+    const inflight = new Map<string, Promise<readonly StageAnswer[]>>();
     const holder = (sessionId: string): string => `${options.instanceId}:${sessionId}`;
     const nowMs = (): number => Math.max(0, Math.floor(options.now()));
     const count = (limit: string, result: string): void => metrics.ratelimitDecisions.inc({ limit, result });
@@ -309,7 +311,18 @@ export function createRateLimiter(options: RateLimitCheckOptions): Pick<Check, '
             const refusedHere = plans.some((p) => p.outcome?.state === 'limited' && p.outcome.spec.mode === 'enforce');
             const grey = ctx.stage === 'rcpt' && set.greylists.length > 0 ? greylistOp(set.greylists, ctx) : null;
             const greyAt = grey !== null && !refusedHere ? ops.push(grey.op) - 1 : -1;
-            const answers = ops.length > 0 ? await store.stage(ops, at) : [];
+            let answers: readonly StageAnswer[] = [];
+            if (ops.length > 0) {
+                // end() waits for it: a lease granted while the session ends is given back before
+                // end() resolves (a stop closes the store right after)
+                const asking = store.stage(ops, at);
+                inflight.set(ctx.sessionId, asking);
+                try {
+                    answers = await asking;
+                } finally {
+                    if (inflight.get(ctx.sessionId) === asking) inflight.delete(ctx.sessionId);
+                }
+            }
             if (state && renewing.length > 0) renewed(ctx.sessionId, state, answers.slice(0, renewing.length), at);
             const outcomes = plans.map((p) => (p.decide ? p.decide(answers.slice(p.from, p.to)) : p.outcome));
 
@@ -362,6 +375,8 @@ export function createRateLimiter(options: RateLimitCheckOptions): Pick<Check, '
             return { facts };
         },
         async end(sessionId) {
+            // a stage still asking the store (bounded by the store's timeout) decides first
+            await inflight.get(sessionId)?.catch(() => undefined);
             const state = sessions.get(sessionId);
             if (!state) {
                 // The client may leave while its connect stage is still running: leases taken

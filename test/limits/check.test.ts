@@ -277,6 +277,31 @@ greylist:
         for (const id of ['d', 'e', 'f']) await check.end!(id);
     });
 
+    it('gives back, before end() resolves, a lease granted while the session ends (a stop closes the store next)', async () => {
+        const memory = createMemoryStore();
+        let closed = false;
+        const releases: string[] = [];
+        const store: LimitStore = {
+            ...memory,
+            stage: async (ops: readonly StageOp[], at: number) => {
+                await new Promise((r) => setTimeout(r, 50));
+                return memory.stage(ops, at);
+            },
+            release: async (key: string, holder: string) => {
+                releases.push(closed ? 'after the store closed' : 'before');
+                return memory.release(key, holder);
+            },
+        };
+        const { check } = make(store);
+        const connecting = check.run(ctx('connect', { 'client.ip': '192.0.2.77' }, 'ending'), signal);
+        await new Promise((r) => setTimeout(r, 5));
+        await check.end!('ending');
+        closed = true;
+        await connecting;
+        await new Promise((r) => setTimeout(r, 20));
+        assert.deepEqual(releases, ['before']);
+    });
+
     it('asks the store once per stage, renewing leases in that call when a renewal is due', async () => {
         const store = createMemoryStore();
         const batches: string[][] = [];
