@@ -12,7 +12,7 @@ import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { startApp, type TestApp } from '../helpers/app.ts';
-import { runRedisCli, startRedis, type RedisInstance } from '../helpers/redis.ts';
+import { concurrencyLeases, startRedis, type RedisInstance } from '../helpers/redis.ts';
 import { startScriptedUpstream, type ScriptedUpstream } from '../helpers/scripted-upstream.ts';
 import { smtpConnect, type SmtpClient } from '../helpers/smtp-client.ts';
 
@@ -61,11 +61,7 @@ describe('concurrency leases while Redis hangs', () => {
         const r = redis!;
         const port = mw!.port();
         const held: SmtpClient[] = [];
-        const leases = async (): Promise<number> => {
-            const keys = (await runRedisCli(['-p', String(r.port), '--scan', '--pattern', '*:cc:*'])).trim();
-            if (keys === '') return 0;
-            return Number((await runRedisCli(['-p', String(r.port), 'ZCARD', keys.split('\n')[0]!])).trim());
-        };
+        const leases = (): Promise<number> => concurrencyLeases(r);
         try {
             process.kill(r.pid, 'SIGSTOP');
             try {

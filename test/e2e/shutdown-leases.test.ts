@@ -13,7 +13,7 @@ import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { startApp, type TestApp } from '../helpers/app.ts';
-import { runRedisCli, startRedis, type RedisInstance } from '../helpers/redis.ts';
+import { concurrencyLeases, startRedis, type RedisInstance } from '../helpers/redis.ts';
 import { startScriptedUpstream, type ScriptedUpstream } from '../helpers/scripted-upstream.ts';
 
 const RULES = `limits:
@@ -85,11 +85,7 @@ describe('leases at a stop', () => {
     });
 
     it('gives back the leases of clients that close 200 ms after the 421', async () => {
-        const leases = async (): Promise<number> => {
-            const keys = (await runRedisCli(['-p', String(redis.port), '--scan', '--pattern', '*:cc:*'])).trim();
-            if (keys === '') return 0;
-            return Number((await runRedisCli(['-p', String(redis.port), 'ZCARD', keys.split('\n')[0]!])).trim());
-        };
+        const leases = (): Promise<number> => concurrencyLeases(redis);
         const clients = await Promise.all(Array.from({ length: 4 }, () => slowCloser(mw.port())));
         for (const c of clients) {
             assert.match(await c.next(), /^220 /);

@@ -498,6 +498,33 @@ describe('submission with Dovecot checking passwords', () => {
         return { mw, up, cert };
     }
 
+    /**
+     * AUTH PLAIN over implicit TLS, one connection per attempt, each from an address of its own
+     * in `net` (Dovecot delays repeated failures from one address); resolves the reply code.
+     */
+    function attempts(
+        mw: TestApp,
+        cert: TestCertificate,
+        net: string,
+    ): (login: string, password: string) => Promise<number> {
+        let next = 1;
+        return async (login, password) => {
+            const c = await smtpConnect(mw.port(), {
+                tls: 'implicit',
+                ca: cert.cert,
+                servername: 'localhost',
+                localAddress: `${net}.${next++}`,
+            });
+            try {
+                await c.greeting();
+                await c.cmd('EHLO laptop.example');
+                return (await c.cmd(`AUTH PLAIN ${plain(login, password)}`)).code;
+            } finally {
+                c.close();
+            }
+        };
+    }
+
     it('logs in with the right password, refuses the wrong one with 535, over real TLS', async (t) => {
         const { mw, up, cert } = await dovecotGateway(t, {
             users: [{ login: 'dave@example.test', password: 'dovecot secret' }],
@@ -527,23 +554,7 @@ describe('submission with Dovecot checking passwords', () => {
             { users: [{ login: 'carol', password: 'carol secret' }], extraConfig: 'auth_username_format = %Ln' },
             { lockout: '{ perIp: false, perLogin: 3/1h, perSession: 100 }', tls: 'implicit' },
         );
-        // each attempt from an address of its own: Dovecot delays repeated failures from one address
-        let next = 1;
-        const attempt = async (login: string, password: string): Promise<number> => {
-            const c = await smtpConnect(mw.port(), {
-                tls: 'implicit',
-                ca: cert.cert,
-                servername: 'localhost',
-                localAddress: `127.0.77.${next++}`,
-            });
-            try {
-                await c.greeting();
-                await c.cmd('EHLO laptop.example');
-                return (await c.cmd(`AUTH PLAIN ${plain(login, password)}`)).code;
-            } finally {
-                c.close();
-            }
-        };
+        const attempt = attempts(mw, cert, '127.0.77');
         const replies: number[] = [];
         for (let i = 0; i < 5; i++) replies.push(await attempt(`carol@v${i}.example`, 'guess'));
         assert.deepEqual(replies, [535, 535, 535, 454, 454], 'three guesses at the account, then locked');
@@ -576,22 +587,7 @@ describe('submission with Dovecot checking passwords', () => {
             { users: [{ login: 'carol', password: 'carol secret' }], extraConfig: 'auth_username_format = %Ln' },
             { lockout: '{ perIp: false, perLogin: 3/1h, perSession: 100, loginKey: localPart }', tls: 'implicit' },
         );
-        let next = 1;
-        const attempt = async (login: string, password: string): Promise<number> => {
-            const c = await smtpConnect(mw.port(), {
-                tls: 'implicit',
-                ca: cert.cert,
-                servername: 'localhost',
-                localAddress: `127.0.78.${next++}`,
-            });
-            try {
-                await c.greeting();
-                await c.cmd('EHLO laptop.example');
-                return (await c.cmd(`AUTH PLAIN ${plain(login, password)}`)).code;
-            } finally {
-                c.close();
-            }
-        };
+        const attempt = attempts(mw, cert, '127.0.78');
         let answered = 0;
         const guesses = Array.from({ length: 8 }, (_, i) =>
             attempt(`Carol@g${i}.example`, 'guess').finally(() => answered++),

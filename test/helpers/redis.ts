@@ -127,6 +127,13 @@ export function runRedisCli(args: readonly string[], timeoutMs = 30_000): Promis
     });
 }
 
+/** The concurrency leases held in `redis` now: the members of the first `*:cc:*` key (0 without one). */
+export async function concurrencyLeases(redis: Pick<RedisInstance, 'port'>): Promise<number> {
+    const keys = (await runRedisCli(['-p', String(redis.port), '--scan', '--pattern', '*:cc:*'])).trim();
+    if (keys === '') return 0;
+    return Number((await runRedisCli(['-p', String(redis.port), 'ZCARD', keys.split('\n')[0]!])).trim());
+}
+
 /** `count` distinct free loopback ports. */
 async function freePorts(count: number): Promise<number[]> {
     const ports = new Set<number>();
