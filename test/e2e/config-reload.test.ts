@@ -136,7 +136,7 @@ function fullConfig(variant: Variant, f: Record<string, string>, dns: string, up
                   }
                 : variant === 'B'
                   ? { dovecot: 'unix:/nonexistent/auth-client', sendAs: f.sendAs }
-                  : { dovecot: '127.0.0.1:12345' },
+                  : { dovecot: '127.0.0.1:12345', lockout: { loginKey: 'login' } },
         rules: f.rules,
         softReject: false,
         http: { host: '127.0.0.1', port: 0 },
@@ -324,7 +324,7 @@ describe('config reload on SIGHUP', () => {
         { variant: 'A', set: { 'auth.lockout.perLogin': '30/2h' } },
         { variant: 'A', set: { 'auth.lockout.perSession': 5 } },
         { variant: 'A', set: { 'auth.lockout.exempt': ['198.51.100.0/24'] } },
-        { variant: 'A', set: { 'auth.lockout.loginKey': 'localPart' } },
+        { variant: 'C', set: { 'auth.lockout.loginKey': 'localPart' } },
         { variant: 'B', set: { 'auth.dovecot': 'unix:/nonexistent/other' } },
         { variant: 'B', set: { 'auth.sendAs': '__sendAs2' } },
         { variant: 'C', set: { 'auth.dovecot': '127.0.0.2:12345' } },
