@@ -41,10 +41,48 @@ export function toALabel(name: string): string | null {
     return domainToASCII(name) || null;
 }
 
-/** Lower-cased, trailing dot removed, A-label form when it can be computed. For fact values, never rejected. */
+/** The dots IDNA maps to "." (UTS #46): ideographic, fullwidth and halfwidth full stops. */
+const IDNA_DOTS = /[\u3002\uff0e\uff61]/g;
+
+/**
+ * Lower-cased, trailing dot removed, A-label form when it can be computed. For fact values,
+ * never rejected. When IDNA refuses the whole name (one label it cannot convert, such as
+ * `xn--zz` or `a|b`), each label is converted on its own, as mailauth's DMARC reads a domain:
+ * `xn--zz.évil.com` is `xn--zz.xn--vil-9la.com`, under `évil.com` for every list and rule.
+ */
 export function foldDomain(text: string): string {
     const t = withoutTrailingDot(text);
-    return toALabel(t) ?? t.toLowerCase();
+    const whole = toALabel(t);
+    if (whole !== null) return whole;
+    // eslint-disable-next-line no-control-regex
+    if (/^[\x00-\x7f]*$/.test(t)) return t.toLowerCase();
+    return t
+        .replace(IDNA_DOTS, '.')
+        .split('.')
+        .map((label) => toALabel(label) ?? label.toLowerCase())
+        .join('.');
+}
+
+/**
+ * True when `test` holds for the folded `domain` or one of its parent domains, asked from the
+ * longest down. Only names of at most MAX_DOMAIN_NAME characters are asked: no list entry or
+ * rule value is longer, and asking each parent of a 16,000-character name would hash thousands
+ * of long strings (a cost that grows with the square of the name's length).
+ */
+export function someDomainOrParent(domain: string, test: (name: string) => boolean): boolean {
+    let d = domain;
+    if (d.length > MAX_DOMAIN_NAME) {
+        // the first parent short enough starts after a dot within the last MAX_DOMAIN_NAME + 1 characters
+        const dot = d.indexOf('.', d.length - MAX_DOMAIN_NAME - 1);
+        if (dot < 0) return false;
+        d = d.slice(dot + 1);
+    }
+    for (;;) {
+        if (d !== '' && test(d)) return true;
+        const dot = d.indexOf('.');
+        if (dot < 0) return false;
+        d = d.slice(dot + 1);
+    }
 }
 
 /** Letters, digits, hyphens and underscores (`_dmarc`), not starting or ending with a hyphen. */

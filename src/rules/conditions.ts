@@ -16,7 +16,7 @@ import type { Facts, FactValue, Stage } from '../types.ts';
 import { elementType, isListType, stageIndex, type FactSpec, type FactType } from './facts.ts';
 import { IpSet, formatIp, parseIp, parseRange, type IpRange } from '../net/ip.ts';
 import type { ListMatcher, ListType } from './lists.ts';
-import { foldDomain, parseDomain } from '../net/domain.ts';
+import { foldDomain, parseDomain, someDomainOrParent } from '../net/domain.ts';
 import { baseOfFolded, domainOfAddress, foldAddress, foldMailDomain, parseAddress } from './names.ts';
 import type { RegexArena } from './regex.ts';
 
@@ -769,13 +769,8 @@ function compileDomains({ c, spec, elem, op, node, valueAt }: OperatorInput): Co
         {
             op,
             element: (x) => {
-                let d = domainOf(x);
-                while (d !== null && d !== '') {
-                    if (set.has(d)) return true;
-                    const dot = d.indexOf('.');
-                    d = dot < 0 ? null : d.slice(dot + 1);
-                }
-                return false;
+                const d = domainOf(x);
+                return d !== null && someDomainOrParent(d, (name) => set.has(name));
             },
             says: `is or is under ${shown}`,
             negative: `is not and is not under ${shown}`,

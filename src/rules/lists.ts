@@ -12,7 +12,7 @@
  * about 100 to 150 ms; a 2,000-entry pattern list compiles in about 0.4 s.
  */
 import { IpSet, parseRange, type IpRange } from '../net/ip.ts';
-import { foldDomain, parseDomain } from '../net/domain.ts';
+import { foldDomain, parseDomain, someDomainOrParent } from '../net/domain.ts';
 import { domainOfAddress, foldAddress, parseAddress } from './names.ts';
 import { RegexArena, type Pattern } from './regex.ts';
 
@@ -105,15 +105,9 @@ function ipList(lines: readonly Line[], problems: Problems): ListMatcher {
     return { type: 'ip', size: ranges.length, has: (value) => set.has(value) };
 }
 
-/** True when `domain` or one of its parent domains is in `set` (one probe per label). */
+/** True when `domain` or one of its parent domains is in `set` (one probe per label of a name that could be there). */
 export function hasDomainOrParent(set: ReadonlySet<string>, domain: string): boolean {
-    let d = foldDomain(domain);
-    for (;;) {
-        if (set.has(d)) return true;
-        const dot = d.indexOf('.');
-        if (dot < 0) return false;
-        d = d.slice(dot + 1);
-    }
+    return someDomainOrParent(foldDomain(domain), (d) => set.has(d));
 }
 
 function domainList(lines: readonly Line[], problems: Problems): ListMatcher {

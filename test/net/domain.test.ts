@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { normalizeHostname } from '../../src/config/net.ts';
 import { foldEnvelopeDomain } from '../../src/envelope/command.ts';
-import { foldDomain, parseDomain, toALabel, withoutTrailingDot } from '../../src/net/domain.ts';
+import { foldDomain, parseDomain, someDomainOrParent, toALabel, withoutTrailingDot } from '../../src/net/domain.ts';
 import { heloDomain } from '../../src/reputation/names.ts';
 import { normalizeDomain } from '../../src/submission/sender-policy.ts';
 
@@ -31,6 +31,31 @@ describe('net/domain', () => {
         assert.equal(foldDomain('Example.COM.'), 'example.com');
         assert.equal(foldDomain('bücher.example.'), 'xn--bcher-kva.example');
         assert.equal(foldDomain('not a name'), 'not a name');
+    });
+
+    it('converts label by label when IDNA refuses the whole name, as DMARC reads it', () => {
+        assert.equal(foldDomain('xn--zz.évil.com'), 'xn--zz.xn--vil-9la.com');
+        assert.equal(foldDomain('x|y.Évil.com'), 'x|y.xn--vil-9la.com');
+        assert.equal(foldDomain('a%b.évil\u3002com'), 'a%b.xn--vil-9la.com');
+        assert.equal(foldDomain('x|y.example.com'), 'x|y.example.com', 'ASCII names are only lower-cased');
+    });
+
+    it('asks a long name only for the parents a list entry could be (at most 253 characters)', () => {
+        const asked: string[] = [];
+        const has = (d: string): boolean => {
+            asked.push(d);
+            return d === 'bank.example';
+        };
+        const long = `${'a.'.repeat(8000)}bank.example`;
+        assert.equal(someDomainOrParent(long, has), true);
+        assert.ok(asked.length <= 128, `${asked.length} names asked`);
+        assert.ok(asked.every((d) => d.length <= 253));
+        asked.length = 0;
+        assert.equal(someDomainOrParent(`${'a.'.repeat(8000)}x`, has), false);
+        assert.ok(asked.length <= 128);
+        assert.equal(someDomainOrParent('a'.repeat(300), has), false, 'no dot within reach: nothing to ask');
+        assert.equal(someDomainOrParent('mail.bank.example', has), true);
+        assert.equal(someDomainOrParent('bank.example.evil', has), false);
     });
 
     it('reads an operator-written name strictly', () => {

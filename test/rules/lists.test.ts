@@ -103,6 +103,15 @@ describe('100k-entry lists', () => {
         assert.equal(list.has(''), false);
     });
 
+    it('domain: an IDN entry covers a subdomain whose other labels IDNA refuses, and a very long one', () => {
+        const list = buildList('domain', 'évil.example\nbank.example\n').matcher;
+        assert.equal(list.has('mail.évil.example'), true);
+        assert.equal(list.has('xn--zz.évil.example'), true, 'read as xn--zz.xn--vil-9la.example');
+        assert.equal(list.has('x|y.ÉVIL.example'), true);
+        assert.equal(list.has(`${'a.'.repeat(8000)}bank.example`), true);
+        assert.equal(list.has(`${'a.'.repeat(8000)}other.example`), false);
+    });
+
     it('address: exact addresses and @domain entries', (t) => {
         const addresses: string[] = [];
         const lines: string[] = [];
