@@ -796,6 +796,14 @@ function compileMatches({ c, spec, elem, op, node, valueAt }: OperatorInput): Co
         return null;
     }
     const pattern = added.pattern;
+    if (pattern.test('')) {
+        // `@partner\.example$|` or `(x)?$`: an allow rule with it would accept every sender
+        c.ctx.report(
+            valueAt,
+            `matches: "${s.value}" matches the empty string, so it matches every value (an empty alternative, or everything optional); use { exists: true } if that is meant`,
+        );
+        return null;
+    }
     return leafCondition(
         spec,
         {

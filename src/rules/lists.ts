@@ -218,6 +218,19 @@ function patternList(lines: readonly Line[], problems: Problems): ListMatcher {
     for (let k = 0; k < good.length; k += PATTERNS_PER_PROGRAM) {
         const chunk = good.slice(k, k + PATTERNS_PER_PROGRAM);
         const added = arena.add(chunk.map((l) => `(?:${l.text})`).join('|'));
+        if ('pattern' in added && added.pattern.test('')) {
+            // an entry that matches the empty string matches every value: name it
+            for (const l of chunk) {
+                const one = arena.add(`(?:${l.text})`);
+                if ('pattern' in one && one.pattern.test('')) {
+                    problems.add(
+                        l.line,
+                        `"${l.text}" matches the empty string, so it matches every value (an empty alternative, or everything optional)`,
+                    );
+                }
+            }
+            continue;
+        }
         if ('pattern' in added) {
             programs.push(added.pattern);
             continue;

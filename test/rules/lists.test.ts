@@ -232,6 +232,17 @@ describe('pattern lists', () => {
         assert.equal(built.matcher.has('b'), false);
     });
 
+    it('refuse an entry that matches the empty string (it would match every value), naming it', () => {
+        const built = buildList('pattern', '^spam@x\\.example$\n@partner\\.example$|\nok\n');
+        assert.deepEqual(built.problems, [
+            {
+                line: 2,
+                message:
+                    '"@partner\\.example$|" matches the empty string, so it matches every value (an empty alternative, or everything optional)',
+            },
+        ]);
+    });
+
     it('report at most 20 bad entries, then how many more', () => {
         const built = buildList('ip', Array.from({ length: 30 }, (_, i) => `bad${i}`).join('\n'));
         assert.equal(built.problems.length, 21);

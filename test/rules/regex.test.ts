@@ -48,6 +48,18 @@ describe('RE2 patterns', () => {
         assert.equal(describeRe2Error('missing )'), 'missing )');
     });
 
+    it('refuses a pattern that matches the empty string: an allow rule with it would accept every sender', () => {
+        for (const pattern of ['@partner\\.example$|', '(@partner\\.example)?$', 'x*', '^|y']) {
+            const dir = folderWith({ '10.yaml': rulesWith(pattern) });
+            const r = loadRules(dir, { softReject: false });
+            assert.equal(r.ruleSet, null, pattern);
+            const shown = pattern.replace(/\\\\/g, '\\');
+            assert.deepEqual(relativeIssues(r.issues, dir), [
+                `10.yaml:4:30: matches: "${shown}" matches the empty string, so it matches every value (an empty alternative, or everything optional); use { exists: true } if that is meant`,
+            ]);
+        }
+    });
+
     it('ignores case, including outside ASCII, and finds matches anywhere unless anchored', () => {
         const arena = new RegexArena();
         const p = arena.add('stra(ss|ß)e');
