@@ -34,7 +34,7 @@ function factRow(f: FactSpec): string {
 }
 
 const ACTION_DOCS: Readonly<Record<(typeof ACTIONS)[number], string>> = {
-    accept: 'Ends evaluation: the message (or command) goes on, with no tag. Put allow-list rules early so they stop later rejects.',
+    accept: 'Ends evaluation of its stage: the message (or command) goes on, with no tag from this stage (a tag of an earlier stage stays). Put allow-list rules early, at every stage, so they stop later tags and rejects.',
     tag: 'Does not end evaluation: adds the rule’s `score` and `headers`, then the next rules run. A message that only matched tag rules is forwarded with `X-Spam-Flag: YES`.',
     quarantine:
         'Ends evaluation: the message is forwarded with `X-Mailwarden-Quarantine: <id>`, which the after-filter Postfix holds (`header_checks`). Data stage only.',

@@ -117,6 +117,38 @@ describe('shipped rules', () => {
         }
     });
 
+    it('tag nothing from a client in allow-networks, at any stage, whatever the lists and reputation say', () => {
+        const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'mw-allow-'));
+        try {
+            fs.cpSync(PACKAGE_RULES_DIR, dir, { recursive: true });
+            fs.writeFileSync(path.join(dir, 'lists', 'allow-networks.txt'), '192.0.2.0/24\n');
+            const set = loadRules(dir, { softReject: false }).ruleSet!;
+            const bad = {
+                listener: 'mx',
+                'listener.mode': 'mx',
+                'client.ip': '192.0.2.9',
+                helo: 'relay.partner.example',
+                'dnsbl.score': 2,
+                'dnsbl.zones': ['bl.example'],
+                'rhsbl.helo.score': 1,
+                'rhsbl.sender.score': 1,
+                'iprev.result': 'fail',
+                'client.ptr.generic': true,
+                'mail.from': 'news@partner.example',
+                'mail.from.domain': 'partner.example',
+            };
+            for (const stage of ['helo', 'mail'] as const) {
+                const d = set.decide(stage, bad);
+                assert.equal(d.action, 'accept', `${stage}: ${d.rules.join(',')}`);
+                assert.deepEqual(d.headers, [], stage);
+            }
+            // the same client outside the allow list is tagged at HELO (the rules above are live)
+            assert.equal(set.decide('helo', { ...bad, 'client.ip': '198.51.100.9' }).action, 'tag');
+        } finally {
+            fs.rmSync(dir, { recursive: true, force: true });
+        }
+    });
+
     it('say what happened, why and what to do in every reply', () => {
         const set = loadRules(PACKAGE_RULES_DIR, { softReject: false }).ruleSet!;
         for (const rule of set.rules) {
