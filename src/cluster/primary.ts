@@ -13,6 +13,7 @@ import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { availableParallelism } from 'node:os';
 import { AggregatorRegistry } from 'prom-client';
+import { configAfterReload, diffConfig } from '../config/reload.ts';
 import type { Config } from '../config/types.ts';
 import { answerWaitMs } from '../drain.ts';
 import { createHttpServer } from '../http.ts';
@@ -52,6 +53,10 @@ interface Slot {
     readonly worker: Worker;
     readonly startedAt: number;
     ready: boolean;
+    /** A SIGHUP came while the worker was starting: it is passed on once the worker is ready. */
+    reloadPending: boolean;
+    /** The worker's last answer to a metrics question, counted while it does not answer and after it ended. */
+    lastMetrics: WorkerMetrics | null;
 }
 
 type Pending = (answer: Answer | null) => void;
@@ -94,6 +99,11 @@ export async function runPrimary(o: PrimaryOptions): Promise<number> {
                 { worker: worker.id, pid: worker.process.pid, ready: readyCount(), workers: count },
                 'worker ready',
             );
+            if (slot.reloadPending && !stopping) {
+                // it read the files before the SIGHUP that came while it started
+                slot.reloadPending = false;
+                worker.process.kill('SIGHUP');
+            }
             return;
         }
         const answer = pending.get(m.id);
@@ -126,7 +136,7 @@ export async function runPrimary(o: PrimaryOptions): Promise<number> {
 
     const fork = (): Slot => {
         const worker = cluster.fork();
-        const slot: Slot = { worker, startedAt: Date.now(), ready: false };
+        const slot: Slot = { worker, startedAt: Date.now(), ready: false, reloadPending: false, lastMetrics: null };
         slots.set(worker.id, slot);
         return slot;
     };
@@ -173,6 +183,7 @@ export async function runPrimary(o: PrimaryOptions): Promise<number> {
         const slot = slots.get(worker.id);
         slots.delete(worker.id);
         updateGauge();
+        if (slot?.lastMetrics) retire(slot.lastMetrics);
         // answers this worker owed will not come: their waits time out on their own
         if (stopping) {
             const expected = code === 0 || code === 75 || code === null;
@@ -232,10 +243,17 @@ export async function runPrimary(o: PrimaryOptions): Promise<number> {
     process.on('SIGUSR2', () => stop('SIGUSR2'));
     process.on('SIGHUP', () => {
         if (stopping) return;
-        config = o.reloadConfig() ?? config;
-        // a worker still starting reads the files as they are now; a SIGHUP before its handler would end it
+        const next = o.reloadConfig();
+        // as the workers do: live keys from the file, keys that need a restart as they started
+        // (the drain bound reads upstream.dataTimeout and shutdownTimeout)
+        if (next) config = configAfterReload(config, next, diffConfig(config, next));
+        // a worker still starting gets it once it is ready (a SIGHUP before its handler would end it)
         const ready = [...slots.values()].filter((s) => s.ready);
-        log.info({ signal: 'SIGHUP', workers: ready.length }, 'reload requested; passed to every worker');
+        for (const slot of slots.values()) if (!slot.ready) slot.reloadPending = true;
+        log.info(
+            { signal: 'SIGHUP', workers: ready.length, starting: slots.size - ready.length },
+            'reload requested; passed to every worker',
+        );
         for (const slot of ready) slot.worker.process.kill('SIGHUP');
     });
 
@@ -251,16 +269,39 @@ export async function runPrimary(o: PrimaryOptions): Promise<number> {
         }
         return null;
     };
+    /**
+     * The counters and histograms of workers that ended, as last read, summed: added to every
+     * later scrape, so a sum never goes back when a worker ends (Prometheus would read the drop
+     * as a reset and count the survivors' whole totals again). Gauges of an ended worker go.
+     */
+    let retired: WorkerMetrics[] = [];
+    const retire = (last: WorkerMetrics): void => {
+        retired.push(last.filter((m) => ['counter', 'histogram'].includes(String(m.type))));
+    };
+    const scrape = async (): Promise<string> => {
+        const ready = [...slots.values()].filter((s) => s.ready);
+        const answers = await Promise.all(ready.map((s) => ask(s, 'metrics')));
+        const own = await metrics.registry.getMetricsAsJSON();
+        const parts: WorkerMetrics[] = [own.filter((m) => !WORKER_ONLY_METRICS.has(m.name))];
+        ready.forEach((slot, i) => {
+            const a = answers[i];
+            // a worker that does not answer in time counts with what it said last
+            if (a && a.mailwarden === 'metrics') slot.lastMetrics = a.metrics;
+            if (slot.lastMetrics) parts.push(slot.lastMetrics);
+        });
+        // kept as one sum, however many workers ended
+        if (retired.length > 1) retired = [await AggregatorRegistry.aggregate(retired).getMetricsAsJSON()];
+        parts.push(...retired);
+        return AggregatorRegistry.aggregate(parts).metrics();
+    };
+    /** Scrapes asked for while one is under way share its answer (each asks every worker). */
+    let scraping: Promise<string> | null = null;
     const aggregated = {
         registry: {
             contentType: metrics.registry.contentType,
-            metrics: async (): Promise<string> => {
-                const ready = [...slots.values()].filter((s) => s.ready);
-                const answers = await Promise.all(ready.map((s) => ask(s, 'metrics')));
-                const own = await metrics.registry.getMetricsAsJSON();
-                const parts: WorkerMetrics[] = [own.filter((m) => !WORKER_ONLY_METRICS.has(m.name))];
-                for (const a of answers) if (a && a.mailwarden === 'metrics') parts.push(a.metrics);
-                return AggregatorRegistry.aggregate(parts).metrics();
+            metrics: (): Promise<string> => {
+                scraping ??= scrape().finally(() => (scraping = null));
+                return scraping;
             },
         },
     };

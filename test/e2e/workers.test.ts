@@ -174,6 +174,8 @@ describe('serve with workers: 2', () => {
         const sessions = await sessionOnEachWorker('kill');
         const [victim, survivor] = [...sessions.keys()] as [number, number];
         const pid = serve.logs.find((l) => l.msg === 'worker ready' && l.worker === victim)!.pid as number;
+        const accepted = 'mailwarden_messages_total{listener="mx",action="accept"}';
+        const before = value(await metrics(), accepted);
         const mark = serve.logs.length;
         process.kill(pid, 'SIGKILL');
         const ended = await serve.waitFor((l) => String(l.msg).startsWith('worker ended unexpectedly'), {
@@ -188,12 +190,21 @@ describe('serve with workers: 2', () => {
         assert.equal(r.code, 250, r.raw);
         assert.equal((await c.cmd('QUIT')).code, 221);
         c.close();
+        // a SIGHUP while the replacement starts reaches it once it is ready (it was never sent)
+        await serve.waitFor((l) => l.msg === 'starting a worker in place of the one that ended', {
+            from: mark,
+            timeoutMs: START_MS,
+        });
+        serve.signal('SIGHUP');
         const replaced = await serve.waitFor((l) => l.msg === 'worker ready' && l.worker === 3, {
             from: mark,
             timeoutMs: START_MS,
         });
         assert.notEqual(replaced.pid, pid);
+        await serve.waitFor((l) => l.msg === 'reloaded' && l.reload === 'config' && l.worker === 3, { from: mark });
         const text = await metrics();
+        // the ended worker's counts stay in the sums: a counter never goes back
+        assert.ok(value(text, accepted) >= before + 1, `${accepted}: ${value(text, accepted)} after ${before}`);
         assert.equal(value(text, 'mailwarden_worker_restarts_total{reason="signal"}'), 1);
         assert.equal(value(text, 'mailwarden_workers'), 2);
         const ready = await fetch(`http://127.0.0.1:${httpPort}/readyz`);
