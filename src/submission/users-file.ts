@@ -12,11 +12,12 @@
  * (its folder, so editors' atomic replaces are seen) and reloaded after a short debounce; an
  * invalid new version is reported and the previous set stays in force.
  * Verification (RFC 4954 AUTH, checked here) costs CPU on purpose, so it runs under a small
- * semaphore; an unknown login is verified against a dummy hash of the same cost, and every answer
- * waits (without holding a slot) until the slowest cost in the file would have taken, so the time
- * taken tells neither which logins exist nor which of them have a cheaper hash. A login is handed a fingerprint of its hash, so a
- * session can learn at its next command that the password changed (or the login went away) in a
- * reload. Passwords and hashes never reach logs or messages.
+ * semaphore; an unknown login is verified against a dummy hash of the same cost, and every
+ * answer waits (without holding a slot) until the slowest cost in the file would have taken, so
+ * the time taken tells neither which logins exist nor which of them have a cheaper hash. A login
+ * is handed a fingerprint of its hash, so a session can learn at its next command that the
+ * password changed (or the login went away) in a reload. Passwords and hashes never reach logs
+ * or messages.
  */
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
@@ -398,7 +399,7 @@ export function createUsersFileBackend(file: string, opts: UsersFileBackendOptio
         }
         // more hashes of each cost not timed yet, one after the other
         for (const [k, info] of costs) {
-            if (paces.get(k)?.measured && k !== key) continue;
+            if (paces.get(k)?.measured) continue;
             for (let n = k === key ? 2 : 3; n > 0; n--) {
                 calibrating = calibrating.then(() =>
                     timedHash(info, k).then(
