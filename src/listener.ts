@@ -135,8 +135,8 @@ export function createListener(config: Config, listener: ListenerConfig, deps: L
         void ending.finally(() => ended.delete(ending));
     };
     /**
-     * How long the login service takes to answer a wrong password (AnswerPace: the median of the
-     * last answers, Dovecot's default `auth_failure_delay` of 2 s until one was seen, at most
+     * How long the login service takes to answer a wrong password (AnswerPace: an upper value of
+     * its last answers, Dovecot's default `auth_failure_delay` of 2 s until one was seen, at most
      * 5 s): Dovecot holds a failure, a success not at all. A right password refused after the
      * check, because the account it names turned out to be locked, is answered no sooner, so
      * the answer's time does not tell that the password was right.
@@ -292,7 +292,10 @@ export function createListener(config: Config, listener: ListenerConfig, deps: L
                     log.error({ session: smtp.id, err }, 'auth backend failed');
                     outcome = { result: 'unavailable', reason: 'backend error' };
                 }
-                if (outcome.result === 'invalid') failureAnswer.record(performance.now() - asked);
+                // only answers the login service gave: instant refusals of ours would drag the pace down
+                if (outcome.result === 'invalid' && outcome.unchecked !== true) {
+                    failureAnswer.record(performance.now() - asked);
+                }
                 if (guard && verdict?.allowed) {
                     await guard.settle(verdict.ticket, outcome.result, deps.now());
                     // The login service's own name for the account (Dovecot's auth_username_format,

@@ -32,6 +32,11 @@ export interface AuthOutcome {
      * fingerprint of the stored credential, to compare later with credentialState(). Never the hash.
      */
     readonly credential?: string;
+    /**
+     * On 'invalid': refused before the login service was asked (credentials that cannot be
+     * right, such as a NUL or an oversized value), so the answer took none of its time.
+     */
+    readonly unchecked?: boolean;
 }
 
 /** Whether the credential a session logged in with still holds. */

@@ -271,9 +271,9 @@ export function createDovecotClient(opts: DovecotClientOptions): DovecotClient {
             if (closed) return { result: 'unavailable', reason: 'client closed' };
             // PLAIN cannot carry NUL (RFC 4616 section 2); such credentials cannot be right
             if (login === '' || login.includes('\0') || password.includes('\0'))
-                return { result: 'invalid', reason: 'malformed credentials' };
+                return { result: 'invalid', reason: 'malformed credentials', unchecked: true };
             if (Buffer.byteLength(login) + Buffer.byteLength(password) > 4096)
-                return { result: 'invalid', reason: 'credentials too long' };
+                return { result: 'invalid', reason: 'credentials too long', unchecked: true };
             if (inFlight >= maxPending) return { result: 'unavailable', reason: 'too many authentications in flight' };
             const resp = Buffer.from(`\0${login}\0${password}`, 'utf8').toString('base64');
             const fields = [`service=${tabEscape(service)}`, 'nologin'];
