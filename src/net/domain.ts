@@ -45,22 +45,33 @@ export function toALabel(name: string): string | null {
 const IDNA_DOTS = /[\u3002\uff0e\uff61]/g;
 
 /**
- * Lower-cased, trailing dot removed, A-label form when it can be computed. For fact values,
- * never rejected. When IDNA refuses the whole name (one label it cannot convert, such as
+ * Lower-cased, trailing dots removed (before and after the A-label conversion, which maps the
+ * IDNA full stops to "."), A-label form when it can be computed. For fact values, never rejected. When IDNA refuses the whole name (one label it cannot convert, such as
  * `xn--zz` or `a|b`), each label is converted on its own, as mailauth's DMARC reads a domain:
  * `xn--zz.évil.com` is `xn--zz.xn--vil-9la.com`, under `évil.com` for every list and rule.
  */
 export function foldDomain(text: string): string {
-    const t = withoutTrailingDot(text);
+    const t = withoutTrailingDots(text.replace(IDNA_DOTS, '.'));
     const whole = toALabel(t);
-    if (whole !== null) return whole;
+    if (whole !== null) return withoutTrailingDots(whole);
     // eslint-disable-next-line no-control-regex
     if (/^[\x00-\x7f]*$/.test(t)) return t.toLowerCase();
-    return t
-        .replace(IDNA_DOTS, '.')
-        .split('.')
-        .map((label) => toALabel(label) ?? label.toLowerCase())
-        .join('.');
+    // Only the labels a name of MAX_DOMAIN_NAME characters could end with are converted (an
+    // A-label is never shorter than its U-label): the rest of a longer name cannot match any
+    // entry, and converting each of its labels would cost an IDNA call per label.
+    // A label over 63 characters is never a host name's: it is only lower-cased.
+    const long = t.length > MAX_DOMAIN_NAME;
+    const cut = long ? t.indexOf('.', t.length - MAX_DOMAIN_NAME - 1) : -1;
+    if (long && cut < 0) return t.toLowerCase();
+    const head = cut < 0 ? '' : `${t.slice(0, cut).toLowerCase()}.`;
+    const tail = cut < 0 ? t : t.slice(cut + 1);
+    return (
+        head +
+        tail
+            .split('.')
+            .map((label) => (label.length <= 63 ? toALabel(label) : null) ?? label.toLowerCase())
+            .join('.')
+    );
 }
 
 /**

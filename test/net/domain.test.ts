@@ -38,6 +38,13 @@ describe('net/domain', () => {
         assert.equal(foldDomain('x|y.Évil.com'), 'x|y.xn--vil-9la.com');
         assert.equal(foldDomain('a%b.évil\u3002com'), 'a%b.xn--vil-9la.com');
         assert.equal(foldDomain('x|y.example.com'), 'x|y.example.com', 'ASCII names are only lower-cased');
+        // every trailing dot, also one written as an IDNA full stop, as mailauth reads the author domain
+        assert.equal(foldDomain('Evil.com...'), 'evil.com');
+        assert.equal(foldDomain('évil.com\u3002\u3002'), 'xn--vil-9la.com');
+        // a long name: only the labels a name of 253 characters could end with are converted
+        const long = foldDomain(`${'é.'.repeat(33_000)}Évil.com`);
+        assert.ok(long.endsWith('.xn--vil-9la.com'));
+        assert.ok(long.startsWith('é.é.'));
     });
 
     it('asks a long name only for the parents a list entry could be (at most 253 characters)', () => {
