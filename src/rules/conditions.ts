@@ -18,7 +18,7 @@ import { IpSet, formatIp, parseIp, parseRange, type IpRange } from '../net/ip.ts
 import type { ListMatcher, ListType } from './lists.ts';
 import { foldDomain, parseDomain, someDomainOrParent } from '../net/domain.ts';
 import { baseOfFolded, domainOfAddress, foldAddress, foldMailDomain, parseAddress } from './names.ts';
-import type { RegexArena } from './regex.ts';
+import { matchesEverything, type RegexArena } from './regex.ts';
 
 export type OperatorName =
     | 'eq'
@@ -796,11 +796,11 @@ function compileMatches({ c, spec, elem, op, node, valueAt }: OperatorInput): Co
         return null;
     }
     const pattern = added.pattern;
-    if (pattern.test('')) {
+    if (matchesEverything(pattern)) {
         // `@partner\.example$|` or `(x)?$`: an allow rule with it would accept every sender
         c.ctx.report(
             valueAt,
-            `matches: "${s.value}" matches the empty string, so it matches every value (an empty alternative, or everything optional); use { exists: true } if that is meant`,
+            `matches: "${s.value}" matches every value (an empty alternative, or everything optional); use { exists: true } if that is meant`,
         );
         return null;
     }

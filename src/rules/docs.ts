@@ -34,7 +34,7 @@ function factRow(f: FactSpec): string {
 }
 
 const ACTION_DOCS: Readonly<Record<(typeof ACTIONS)[number], string>> = {
-    accept: 'Ends evaluation of its stage: the message (or command) goes on, with no tag from this stage (a tag of an earlier stage stays). Put allow-list rules early, at every stage, so they stop later tags and rejects.',
+    accept: 'Ends evaluation of its stage: the message (or command) goes on, and the later rules of the stage are not evaluated. Tags already made stay (by earlier rules of this stage, and of earlier stages). Put allow-list rules first, at every stage, so they stop later tags and rejects.',
     tag: 'Does not end evaluation: adds the rule’s `score` and `headers`, then the next rules run. A message that only matched tag rules is forwarded with `X-Spam-Flag: YES`.',
     quarantine:
         'Ends evaluation: the message is forwarded with `X-Mailwarden-Quarantine: <id>`, which the after-filter Postfix holds (`header_checks`). Data stage only.',

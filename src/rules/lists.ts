@@ -14,7 +14,7 @@
 import { IpSet, parseRange, type IpRange } from '../net/ip.ts';
 import { foldDomain, parseDomain, someDomainOrParent } from '../net/domain.ts';
 import { domainOfAddress, foldAddress, parseAddress } from './names.ts';
-import { RegexArena, type Pattern } from './regex.ts';
+import { matchesEverything, RegexArena, type Pattern } from './regex.ts';
 
 export type ListType = 'ip' | 'domain' | 'address' | 'pattern';
 export const LIST_TYPES: readonly ListType[] = Object.freeze(['ip', 'domain', 'address', 'pattern']);
@@ -218,14 +218,14 @@ function patternList(lines: readonly Line[], problems: Problems): ListMatcher {
     for (let k = 0; k < good.length; k += PATTERNS_PER_PROGRAM) {
         const chunk = good.slice(k, k + PATTERNS_PER_PROGRAM);
         const added = arena.add(chunk.map((l) => `(?:${l.text})`).join('|'));
-        if ('pattern' in added && added.pattern.test('')) {
-            // an entry that matches the empty string matches every value: name it
+        if ('pattern' in added && matchesEverything(added.pattern)) {
+            // an entry that matches every value makes the whole list do so: name it
             for (const l of chunk) {
                 const one = arena.add(`(?:${l.text})`);
-                if ('pattern' in one && one.pattern.test('')) {
+                if ('pattern' in one && matchesEverything(one.pattern)) {
                     problems.add(
                         l.line,
-                        `"${l.text}" matches the empty string, so it matches every value (an empty alternative, or everything optional)`,
+                        `"${l.text}" matches every value (an empty alternative, or everything optional)`,
                     );
                 }
             }

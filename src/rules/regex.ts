@@ -208,3 +208,15 @@ export class RegexArena {
         }
     }
 }
+
+/** Values unlike each other, one of each kind a fact holds: a pattern that matches them all matches every value. */
+const EVERYTHING_PROBES = ['', 'x', 'Mail.example.COM', '\u0001q@z.example', '192.0.2.1'];
+
+/**
+ * True when `pattern` matches every value (an empty alternative, as in `@partner\.example$|`,
+ * or everything optional, as in `(x)?$`): an allow rule with it would accept every sender.
+ * `^$`, which matches only the empty value, is not such a pattern.
+ */
+export function matchesEverything(pattern: Pattern): boolean {
+    return EVERYTHING_PROBES.every((v) => pattern.test(v));
+}

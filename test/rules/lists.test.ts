@@ -232,15 +232,18 @@ describe('pattern lists', () => {
         assert.equal(built.matcher.has('b'), false);
     });
 
-    it('refuse an entry that matches the empty string (it would match every value), naming it', () => {
-        const built = buildList('pattern', '^spam@x\\.example$\n@partner\\.example$|\nok\n');
+    it('refuse an entry that matches every value, naming it, and keep one that matches the empty value only', () => {
+        const built = buildList('pattern', '^spam@x\\.example$\n@partner\\.example$|\n^$\n');
         assert.deepEqual(built.problems, [
             {
                 line: 2,
-                message:
-                    '"@partner\\.example$|" matches the empty string, so it matches every value (an empty alternative, or everything optional)',
+                message: '"@partner\\.example$|" matches every value (an empty alternative, or everything optional)',
             },
         ]);
+        const fine = buildList('pattern', '^spam@x\\.example$\n^$\n');
+        assert.deepEqual(fine.problems, []);
+        assert.equal(fine.matcher.has(''), true);
+        assert.equal(fine.matcher.has('ham@x.example'), false);
     });
 
     it('report at most 20 bad entries, then how many more', () => {

@@ -48,15 +48,20 @@ describe('RE2 patterns', () => {
         assert.equal(describeRe2Error('missing )'), 'missing )');
     });
 
-    it('refuses a pattern that matches the empty string: an allow rule with it would accept every sender', () => {
+    it('refuses a pattern that matches every value (an allow rule with it would accept every sender), not ^$', () => {
         for (const pattern of ['@partner\\.example$|', '(@partner\\.example)?$', 'x*', '^|y']) {
             const dir = folderWith({ '10.yaml': rulesWith(pattern) });
             const r = loadRules(dir, { softReject: false });
             assert.equal(r.ruleSet, null, pattern);
             const shown = pattern.replace(/\\\\/g, '\\');
             assert.deepEqual(relativeIssues(r.issues, dir), [
-                `10.yaml:4:30: matches: "${shown}" matches the empty string, so it matches every value (an empty alternative, or everything optional); use { exists: true } if that is meant`,
+                `10.yaml:4:30: matches: "${shown}" matches every value (an empty alternative, or everything optional); use { exists: true } if that is meant`,
             ]);
+        }
+        // patterns that match the empty value, and only some others, are what they say
+        for (const pattern of ['^$', '^(postmaster@.*)?$', '^(localhost)?$']) {
+            const r = loadRules(folderWith({ '10.yaml': rulesWith(pattern) }), { softReject: false });
+            assert.deepEqual(r.issues, [], pattern);
         }
     });
 
