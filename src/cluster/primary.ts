@@ -163,11 +163,17 @@ export async function runPrimary(o: PrimaryOptions): Promise<number> {
             slot.worker.once('exit', onExit);
         });
 
+    /** The workers' own drain bound under `c`: shutdownTimeout, then the wait for answers to ends of data. */
+    const drainBound = (c: Config): number => c.shutdownTimeoutMs + answerWaitMs(c);
+    /** The longest drain bound of a replacement worker, which reads the file as it is when it starts. */
+    let replacementBoundMs = 0;
     const replace = (): void => {
         const delay = shortLives === 0 ? 0 : Math.min(MAX_RESTART_DELAY_MS, 500 * 2 ** shortLives);
         const timer = setTimeout(() => {
             restartTimers.delete(timer);
             if (stopping) return;
+            const onDisk = o.reloadConfig();
+            if (onDisk) replacementBoundMs = Math.max(replacementBoundMs, drainBound(onDisk));
             const slot = fork();
             log.info(
                 { worker: slot.worker.id, pid: slot.worker.process.pid },
@@ -212,7 +218,7 @@ export async function runPrimary(o: PrimaryOptions): Promise<number> {
         restartTimers.clear();
         log.info({ signal, restart, workers: slots.size }, 'signal received; draining every worker');
         for (const slot of slots.values()) slot.worker.process.kill(restart ? 'SIGUSR2' : 'SIGTERM');
-        const killAfterMs = config.shutdownTimeoutMs + answerWaitMs(config) + DRAIN_MARGIN_MS;
+        const killAfterMs = Math.max(drainBound(config), replacementBoundMs) + DRAIN_MARGIN_MS;
         const killer = setTimeout(() => {
             for (const slot of slots.values()) {
                 log.error(
@@ -284,6 +290,8 @@ export async function runPrimary(o: PrimaryOptions): Promise<number> {
         const own = await metrics.registry.getMetricsAsJSON();
         const parts: WorkerMetrics[] = [own.filter((m) => !WORKER_ONLY_METRICS.has(m.name))];
         ready.forEach((slot, i) => {
+            // a worker that ended while this scrape waited is in `retired` already
+            if (slots.get(slot.worker.id) !== slot) return;
             const a = answers[i];
             // a worker that does not answer in time counts with what it said last
             if (a && a.mailwarden === 'metrics') slot.lastMetrics = a.metrics;
