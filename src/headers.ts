@@ -24,8 +24,6 @@ import { decodeEncodedWords } from './encoded-words.ts';
 import { MAX_DOMAIN_NAME, withoutTrailingDots } from './net/domain.ts';
 import { isAddressLiteral, isTraceHostname } from './net/trace-names.ts';
 
-export { isAddressLiteral, isTraceHostname };
-
 /** One field of the incoming header section, kept byte for byte. */
 export interface RawField {
     /** Field name as every reader takes it: the characters before the colon, without the WSP of the obsolete syntax. */

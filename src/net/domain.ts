@@ -45,10 +45,26 @@ export function toALabel(name: string): string | null {
 const IDNA_DOTS = /[\u3002\uff0e\uff61]/g;
 
 /**
+ * Where the longest suffix of `name` that a name of at most MAX_DOMAIN_NAME characters could be
+ * starts: 0 for a name that short, else just after the first dot within its last
+ * MAX_DOMAIN_NAME + 1 characters; -1 when there is no such dot. No list entry or rule value is
+ * longer, so the rest of a longer name can never match one.
+ */
+function reachableStart(name: string): number {
+    if (name.length <= MAX_DOMAIN_NAME) return 0;
+    const dot = name.indexOf('.', name.length - MAX_DOMAIN_NAME - 1);
+    return dot < 0 ? -1 : dot + 1;
+}
+
+/**
  * Lower-cased, trailing dots removed (before and after the A-label conversion, which maps the
- * IDNA full stops to "."), A-label form when it can be computed. For fact values, never rejected. When IDNA refuses the whole name (one label it cannot convert, such as
- * `xn--zz` or `a|b`), each label is converted on its own, as mailauth's DMARC reads a domain:
- * `xn--zz.évil.com` is `xn--zz.xn--vil-9la.com`, under `évil.com` for every list and rule.
+ * IDNA full stops to "."), A-label form when it can be computed. For fact values, never
+ * rejected. When IDNA refuses the whole name (one label it cannot convert, such as `xn--zz` or
+ * `a|b`), each label is converted on its own, as mailauth's DMARC reads a domain:
+ * `xn--zz.évil.com` is `xn--zz.xn--vil-9la.com`, under `évil.com` for every list and rule. Only
+ * the labels of the reachable suffix are converted then (an A-label is never shorter than its
+ * U-label), and only labels of at most 63 characters: converting each label of a long name would
+ * cost an IDNA call per label.
  */
 export function foldDomain(text: string): string {
     const t = withoutTrailingDots(text.replace(IDNA_DOTS, '.'));
@@ -56,38 +72,25 @@ export function foldDomain(text: string): string {
     if (whole !== null) return withoutTrailingDots(whole);
     // eslint-disable-next-line no-control-regex
     if (/^[\x00-\x7f]*$/.test(t)) return t.toLowerCase();
-    // Only the labels a name of MAX_DOMAIN_NAME characters could end with are converted (an
-    // A-label is never shorter than its U-label): the rest of a longer name cannot match any
-    // entry, and converting each of its labels would cost an IDNA call per label.
-    // A label over 63 characters is never a host name's: it is only lower-cased.
-    const long = t.length > MAX_DOMAIN_NAME;
-    const cut = long ? t.indexOf('.', t.length - MAX_DOMAIN_NAME - 1) : -1;
-    if (long && cut < 0) return t.toLowerCase();
-    const head = cut < 0 ? '' : `${t.slice(0, cut).toLowerCase()}.`;
-    const tail = cut < 0 ? t : t.slice(cut + 1);
-    return (
-        head +
-        tail
-            .split('.')
-            .map((label) => (label.length <= 63 ? toALabel(label) : null) ?? label.toLowerCase())
-            .join('.')
-    );
+    const start = reachableStart(t);
+    if (start < 0) return t.toLowerCase();
+    const labels = t
+        .slice(start)
+        .split('.')
+        .map((label) => (label.length <= 63 ? toALabel(label) : null) ?? label.toLowerCase());
+    return t.slice(0, start).toLowerCase() + labels.join('.');
 }
 
 /**
  * True when `test` holds for the folded `domain` or one of its parent domains, asked from the
- * longest down. Only names of at most MAX_DOMAIN_NAME characters are asked: no list entry or
- * rule value is longer, and asking each parent of a 16,000-character name would hash thousands
- * of long strings (a cost that grows with the square of the name's length).
+ * longest down. Only names of at most MAX_DOMAIN_NAME characters are asked (reachableStart):
+ * asking each parent of a 16,000-character name would hash thousands of long strings (a cost
+ * that grows with the square of the name's length).
  */
 export function someDomainOrParent(domain: string, test: (name: string) => boolean): boolean {
-    let d = domain;
-    if (d.length > MAX_DOMAIN_NAME) {
-        // the first parent short enough starts after a dot within the last MAX_DOMAIN_NAME + 1 characters
-        const dot = d.indexOf('.', d.length - MAX_DOMAIN_NAME - 1);
-        if (dot < 0) return false;
-        d = d.slice(dot + 1);
-    }
+    const start = reachableStart(domain);
+    if (start < 0) return false;
+    let d = domain.slice(start);
     for (;;) {
         if (d !== '' && test(d)) return true;
         const dot = d.indexOf('.');

@@ -96,7 +96,6 @@ export function parseIp(text: string): IpValue | null {
     return v4 < 0 ? null : { family: 4, value: v4 };
 }
 
-/** True for an IPv4 or IPv6 address in a form parseIp reads. */
 /**
  * A client address as the sessions use it: an IPv4-mapped IPv6 address (`::ffff:192.0.2.1`,
  * what a dual-stack socket reports for an IPv4 client) as its IPv4 address.
@@ -105,6 +104,7 @@ export function plainAddress(ip: string | undefined): string {
     return (ip ?? '').replace(/^::ffff:(?=\d{1,3}(?:\.\d{1,3}){3}$)/i, '');
 }
 
+/** True for an IPv4 or IPv6 address in a form parseIp reads. */
 export function isIp(text: string): boolean {
     return parseIp(text) !== null;
 }

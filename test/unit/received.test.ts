@@ -5,7 +5,8 @@
  */
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { formatField, isAddressLiteral, isTraceHostname, receivedField, type ReceivedInfo } from '../../src/headers.ts';
+import { formatField, receivedField, type ReceivedInfo } from '../../src/headers.ts';
+import { isAddressLiteral, isTraceHostname } from '../../src/net/trace-names.ts';
 
 const BASE: ReceivedInfo = {
     helo: 'client.example',
