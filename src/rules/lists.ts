@@ -219,7 +219,9 @@ function patternList(lines: readonly Line[], problems: Problems): ListMatcher {
         const chunk = good.slice(k, k + PATTERNS_PER_PROGRAM);
         const added = arena.add(chunk.map((l) => `(?:${l.text})`).join('|'));
         if ('pattern' in added && matchesEverything(added.pattern)) {
-            // an entry that matches every value makes the whole list do so: name it
+            // an entry that matches every value makes the whole list do so: name it (entries
+            // that only together match every value are what the operator wrote: kept)
+            let found = false;
             for (const l of chunk) {
                 const one = arena.add(`(?:${l.text})`);
                 if ('pattern' in one && matchesEverything(one.pattern)) {
@@ -227,9 +229,10 @@ function patternList(lines: readonly Line[], problems: Problems): ListMatcher {
                         l.line,
                         `"${l.text}" matches every value (an empty alternative, or everything optional)`,
                     );
+                    found = true;
                 }
             }
-            continue;
+            if (found) continue;
         }
         if ('pattern' in added) {
             programs.push(added.pattern);

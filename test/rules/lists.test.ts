@@ -246,6 +246,14 @@ describe('pattern lists', () => {
         assert.equal(fine.matcher.has('ham@x.example'), false);
     });
 
+    it('keep entries that together, not one by one, match every value', () => {
+        // ^$ matches the empty value, . every other one: each is what the operator wrote
+        const built = buildList('pattern', '^$\n.\n');
+        assert.deepEqual(built.problems, []);
+        assert.equal(built.matcher.has(''), true);
+        assert.equal(built.matcher.has('anyone@example.org'), true);
+    });
+
     it('report at most 20 bad entries, then how many more', () => {
         const built = buildList('ip', Array.from({ length: 30 }, (_, i) => `bad${i}`).join('\n'));
         assert.equal(built.problems.length, 21);
