@@ -231,7 +231,11 @@ function whose(key: readonly KeyPart[]): string {
                 return `for this ${p.fact}`;
         }
     };
-    return key.map(one).join(' and ');
+    // A network after another part says where that part is counted: "from this sender address
+    // on your network (/24)"; other parts are joined with "and".
+    const where = (p: KeyPart & { kind: 'ip' }): string =>
+        p.v4 >= 32 ? 'at your IP address' : `on your network (/${p.v4})`;
+    return key.map((p, i) => (i === 0 ? one(p) : p.kind === 'ip' ? where(p) : `and ${one(p)}`)).join(' ');
 }
 
 function template(text: string): Template {

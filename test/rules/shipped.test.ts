@@ -54,7 +54,7 @@ describe('shipped rules', () => {
             [
                 'client-concurrency connect client.ip concurrency 10 enforce',
                 'client-connection-rate connect client.ip/24 100/1m, 1000/1h enforce',
-                'mx-sender-recipients rcpt mail.from 300/1h, 2000/1d enforce',
+                'mx-sender-recipients rcpt mail.from + client.ip/24 300/1h, 2000/1d enforce',
                 'mx-network-recipients rcpt client.ip/24 3000/1h enforce',
                 'login-messages mail auth.user 100/1h, 500/1d enforce',
                 'login-recipients rcpt auth.user 300/1h, 1000/1d enforce',
