@@ -1,10 +1,11 @@
 /**
  * The work of the `ratelimit` check (declared in src/checks/ratelimit.ts): at each stage it charges the rate limits counted there, takes the
  * concurrency leases of a new connection (renewed while the session lives, released when it
- * ends) and, at RCPT, asks greylisting about the recipient. It reports facts only
- * (`ratelimit.*`, `greylist.*`); the implicit rules of the limits decide. Everything a stage
- * asks of the store (lease renewals, every limit, greylisting) is one batch (LimitStore.stage):
- * one round trip to Redis per stage. A store failure is
+ * ends) and, at RCPT, asks greylisting about the recipient; at DATA it credits the client with
+ * the greylisting passes whose recipients the upstream accepted (a second call, only then). It
+ * reports facts only (`ratelimit.*`, `greylist.*`); the implicit rules of the limits decide.
+ * Everything a stage asks of the store (lease renewals, every limit, greylisting) is one batch
+ * (LimitStore.stage): one round trip to Redis per stage. A store failure is
  * handled per limit (`onError: allow` lets the mail through, `tempfail` reports the id in
  * `ratelimit.error`), so the check itself never fails a stage; a concurrency lease whose acquire
  * failed is taken at the session's next renewal, so a session let in while the store was down is
@@ -80,6 +81,9 @@ function errorText(err: unknown): string {
     return err instanceof Error ? err.message : String(err);
 }
 
+/** Greylisting passes a session keeps for credit (a client needs `autoAllowAfter`, a handful). */
+const MAX_UNCREDITED = 100;
+
 /** The check's `run` and `end`: counting, leases and greylisting over the store. */
 export function createRateLimiter(options: RateLimitCheckOptions): Pick<Check, 'run' | 'end'> {
     const { store, metrics, logger } = options;
@@ -88,6 +92,13 @@ export function createRateLimiter(options: RateLimitCheckOptions): Pick<Check, '
     const sessions = new Map<string, SessionLeases>();
     /** The store call of each session's stage in progress (end() waits for it). */
     const inflight = new Map<string, Promise<readonly StageAnswer[]>>();
+    /**
+     * Greylisting passes of each session not yet counted for their client: a pass counts
+     * towards `autoAllowAfter` only once its recipient, accepted by the upstream, is in a
+     * message the client sent in full (the data stage). Counted at RCPT, recipients the
+     * upstream refuses (invented ones) earned a whole network a place on the auto-allowlist.
+     */
+    const uncredited = new Map<string, { recipient: string; client: string; passTtlMs: number }[]>();
     const holder = (sessionId: string): string => `${options.instanceId}:${sessionId}`;
     const nowMs = (): number => Math.max(0, Math.floor(options.now()));
     const count = (limit: string, result: string): void => metrics.ratelimitDecisions.inc({ limit, result });
@@ -253,7 +264,35 @@ export function createRateLimiter(options: RateLimitCheckOptions): Pick<Check, '
                 autoAllowAfter: entry.autoAllowAfter,
             },
         };
-        return { entry, op };
+        return { entry, op, recipient, client };
+    };
+
+    /** Notes a pass that ended a triplet's delay, for credit at the data stage. */
+    const notePass = (sessionId: string, grey: NonNullable<ReturnType<typeof greylistOp>>, answer: StageAnswer) => {
+        if (!answer.ok || !('passedNow' in answer.value) || grey.entry.autoAllowAfter === 0) return;
+        const pass = { recipient: grey.recipient, client: grey.client, passTtlMs: grey.entry.expireMs };
+        const list = uncredited.get(sessionId);
+        if (!list) uncredited.set(sessionId, [pass]);
+        else if (list.length < MAX_UNCREDITED) list.push(pass);
+    };
+
+    /** Counts the session's passes whose recipient is in this message; errors only logged. */
+    const credit = async (ctx: CheckContext): Promise<void> => {
+        const list = uncredited.get(ctx.sessionId);
+        if (!list) return;
+        const due = list.filter((p) => ctx.envelope.rcptTo.includes(p.recipient));
+        if (due.length === 0) return;
+        const rest = list.filter((p) => !due.includes(p));
+        if (rest.length > 0) uncredited.set(ctx.sessionId, rest);
+        else uncredited.delete(ctx.sessionId);
+        const at = nowMs();
+        await Promise.all(
+            due.map((p) =>
+                store.greylistCredit(p.client, p.passTtlMs, at).catch((err: unknown) => {
+                    logger?.debug({ session: ctx.sessionId, err: errorText(err) }, 'greylisting credit failed');
+                }),
+            ),
+        );
     };
 
     /** The greylisting facts from the store's answer; counts the verdict. */
@@ -289,6 +328,7 @@ export function createRateLimiter(options: RateLimitCheckOptions): Pick<Check, '
     return {
         async run(ctx) {
             const set = options.declarations();
+            if (ctx.stage === 'data') await credit(ctx);
             if (set === null || (set.limits.length === 0 && set.greylists.length === 0)) return { facts: {} };
             const at = nowMs();
             // Everything this stage asks of the store goes in one batch: one round trip.
@@ -365,6 +405,7 @@ export function createRateLimiter(options: RateLimitCheckOptions): Pick<Check, '
                         ? SKIPPED_GREYLIST
                         : greylistFacts(grey.entry, answers[greyAt]!),
                 );
+                if (!refused && grey !== null && greyAt >= 0) notePass(ctx.sessionId, grey, answers[greyAt]!);
             }
             const held = sessions.get(ctx.sessionId);
             if (ctx.stage === 'connect' && held && held.leases.length > 0 && held.timer === null && !held.ended) {
@@ -377,6 +418,7 @@ export function createRateLimiter(options: RateLimitCheckOptions): Pick<Check, '
         async end(sessionId) {
             // a stage still asking the store (bounded by the store's timeout) decides first
             await inflight.get(sessionId)?.catch(() => undefined);
+            uncredited.delete(sessionId);
             const state = sessions.get(sessionId);
             if (!state) {
                 // The client may leave while its connect stage is still running: leases taken

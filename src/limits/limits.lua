@@ -23,11 +23,15 @@
 --       came too late).  Answer { removed (1|0) }
 --   'greylist', delayMs, retryWindowMs, passTtlMs, autoAllowAfter
 --       KEYS: the triplet record, the client record. Skipped when an earlier operation of the
---       call with gate 1 was refused.  Answer { verdict, retryAfterMs } ('skipped', 0 when skipped)
+--       call with gate 1 was refused. A pass is not counted for the client's auto-allowing
+--       (the caller credits it with 'grey-client-count' once the recipient proved real).
+--       Answer { verdict, retryAfterMs, passedNow (1 on the pass that ends the delay) }
+--       ('skipped', 0, 0 when skipped)
 --   'grey-client-check', passTtlMs, autoAllowAfter | 'grey-client-count', passTtlMs |
 --   'grey-triplet', delayMs, retryWindowMs, passTtlMs
 --       One greylisting record each (KEYS: that record), for a Redis Cluster where the
---       triplet and client keys live in different slots.  Answers as greylist_* below.
+--       triplet and client keys live in different slots; 'grey-client-count' is also the
+--       credit of a pass.  Answers as greylist_* below.
 -- Returns  the list of answers, one per operation.
 
 local now = tonumber(ARGV[1])
@@ -235,15 +239,13 @@ local function greylistTriplet(key, delay, window, passTtl)
     return { 'new', delay, 0 }
 end
 
+-- { verdict, retryAfterMs, passedNow }. A pass is not counted towards the client's
+-- auto-allowing here: the caller credits it ('grey-client-count') once the recipient proved real.
 local function greylist(tripletKey, clientKey, delay, window, passTtl, autoAllow)
     if autoAllow > 0 and greylistClientCheck(clientKey, passTtl, autoAllow) == 1 then
-        return { 'known-client', 0 }
+        return { 'known-client', 0, 0 }
     end
-    local t = greylistTriplet(tripletKey, delay, window, passTtl)
-    if t[3] == 1 and autoAllow > 0 then
-        greylistClientCount(clientKey, passTtl)
-    end
-    return { t[1], t[2] }
+    return greylistTriplet(tripletKey, delay, window, passTtl)
 end
 
 local out = {}
@@ -310,7 +312,7 @@ while a <= #ARGV do
         local passTtl = nextNumber()
         local autoAllow = nextNumber()
         if gated then
-            answer = { 'skipped', 0 }
+            answer = { 'skipped', 0, 0 }
         else
             answer = greylist(tripletKey, clientKey, delay, window, passTtl, autoAllow)
         end

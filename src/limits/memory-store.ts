@@ -16,6 +16,7 @@ import {
     checkCharge,
     checkCounters,
     checkGreylist,
+    checkGreylistCredit,
     checkLease,
     checkRelease,
     checkTake,
@@ -236,17 +237,21 @@ export function createMemoryStore(options: MemoryStoreOptions = {}): MemoryLimit
                 if (elapsed < opts.delayMs) return { verdict: 'early', retryAfterMs: opts.delayMs - elapsed };
                 if (elapsed <= opts.retryWindowMs) {
                     write(tk, { type: 'triplet', kind: 'p', time: passUntil }, passUntil, now);
-                    if (opts.autoAllowAfter > 0) {
-                        const c = read('client', ck, now);
-                        const count = c?.type === 'client' && c.until > now ? c.count + 1 : 1;
-                        write(ck, { type: 'client', count, until: passUntil }, passUntil, now);
-                    }
-                    return { verdict: 'pass', retryAfterMs: 0 };
+                    return { verdict: 'pass', retryAfterMs: 0, passedNow: true };
                 }
             }
         }
         write(tk, { type: 'triplet', kind: 'g', time: now }, now + opts.retryWindowMs + 1, now);
         return { verdict: 'new', retryAfterMs: opts.delayMs };
+    };
+
+    const greylistCredit = (client: string, passTtlMs: number, now: number): void => {
+        checkGreylistCredit(client, passTtlMs, now);
+        sweep(now);
+        const ck = names.client(client);
+        const c = read('client', ck, now);
+        const count = c?.type === 'client' && c.until > now ? c.count + 1 : 1;
+        write(ck, { type: 'client', count, until: now + passTtlMs }, now + passTtlMs, now);
     };
 
     const acquire = (key: string, holder: string, max: number, ttlMs: number, now: number): AcquireResult => {
@@ -307,6 +312,7 @@ export function createMemoryStore(options: MemoryStoreOptions = {}): MemoryLimit
                 }
             }),
         greylist: (triplet, client, opts, nowMs) => settle(() => greylist(triplet, client, opts, nowMs)),
+        greylistCredit: (client, passTtlMs, nowMs) => settle(() => greylistCredit(client, passTtlMs, nowMs)),
         stage: (ops, nowMs) => Promise.resolve(stage(ops, nowMs)),
         ping: () => Promise.resolve(true),
         size: () => kinds.reduce((n, kind) => n + pools[kind].size, 0),

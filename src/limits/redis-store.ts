@@ -28,6 +28,7 @@ import {
     checkCharge,
     checkCounters,
     checkGreylist,
+    checkGreylistCredit,
     checkLease,
     checkRelease,
     checkTake,
@@ -403,15 +404,16 @@ export function createRedisStore(options: RedisStoreOptions): RedisLimitStore {
         return { acquired: ok === 1, active };
     };
     const greylistResult = (answer: unknown): GreylistResult | { verdict: 'skipped' } => {
-        if (!Array.isArray(answer) || answer.length < 2) throw new StoreError('error', 'unexpected reply from Redis');
+        if (!Array.isArray(answer) || answer.length < 3) throw new StoreError('error', 'unexpected reply from Redis');
         const verdict = String(answer[0]);
         if (verdict === 'skipped') return { verdict };
-        return { verdict: verdict as GreylistVerdict, retryAfterMs: Number(answer[1]) };
+        const result = { verdict: verdict as GreylistVerdict, retryAfterMs: Number(answer[1]) };
+        return Number(answer[2]) === 1 ? { ...result, passedNow: true } : result;
     };
 
     /**
      * Greylisting as separate calls, for a Cluster: the triplet and client keys have their own
-     * hash tags, so they may sit in different slots (two calls, three when a triplet passes).
+     * hash tags, so they may sit in different slots (two calls).
      */
     const greylistSteps = async (
         triplet: string,
@@ -431,11 +433,7 @@ export function createRedisStore(options: RedisStoreOptions): RedisLimitStore {
             new Batch().add([names.triplet(triplet)], ['grey-triplet', o.delayMs, o.retryWindowMs, o.passTtlMs]),
             now,
         );
-        if (!Array.isArray(reply) || reply.length < 3) throw new StoreError('error', 'unexpected reply from Redis');
-        const verdict = String(reply[0]) as GreylistVerdict;
-        if (Number(reply[2]) === 1 && o.autoAllowAfter > 0)
-            await call(new Batch().add([ck], ['grey-client-count', o.passTtlMs]), now);
-        return { verdict, retryAfterMs: Number(reply[1]) };
+        return greylistResult(reply) as GreylistResult;
     };
 
     const checkOp = (op: StageOp, now: number): void => {
@@ -595,6 +593,12 @@ export function createRedisStore(options: RedisStoreOptions): RedisLimitStore {
             const r = greylistResult(reply);
             if (r.verdict === 'skipped') throw new StoreError('error', 'unexpected reply from Redis');
             return r;
+        },
+        async greylistCredit(client, passTtlMs, nowMs) {
+            checkGreylistCredit(client, passTtlMs, nowMs);
+            await run('greylist', () =>
+                call(new Batch().add([names.client(client)], ['grey-client-count', passTtlMs]), nowMs),
+            );
         },
         stage,
         async ping() {

@@ -58,6 +58,12 @@ export interface GreylistResult {
     readonly verdict: GreylistVerdict;
     /** For 'new' and 'early': how long until a retry would pass. 0 otherwise. */
     readonly retryAfterMs: number;
+    /**
+     * Set on the 'pass' that ends the triplet's delay: the pass `greylistCredit` may count for
+     * the client. Greylisting itself never counts passes (a recipient the upstream then refuses
+     * must not earn the client's network a place on the auto-allowlist).
+     */
+    readonly passedNow?: true;
 }
 
 /**
@@ -131,6 +137,11 @@ export interface LimitStore {
      * built by the caller; `client` (IP or network) is what the auto-allowlist counts.
      */
     greylist(triplet: string, client: string, opts: GreylistOptions, nowMs: number): Promise<GreylistResult>;
+    /**
+     * Counts one pass of `client` towards `autoAllowAfter` (the record lives `passTtlMs` from
+     * now): the caller credits a `passedNow` pass once its recipient proved real.
+     */
+    greylistCredit(client: string, passTtlMs: number, nowMs: number): Promise<void>;
     /**
      * The work of one SMTP stage in one round trip (one script call; with Redis Cluster one per
      * slot, sent together): takes and acquires in order, then greylisting unless a gate of a
@@ -251,4 +262,10 @@ export function checkGreylist(triplet: string, client: string, opts: GreylistOpt
     checkInt('retryWindowMs', opts.retryWindowMs, opts.delayMs + 1, MAX_PERIOD_MS);
     checkInt('passTtlMs', opts.passTtlMs, 1, MAX_PERIOD_MS);
     checkInt('autoAllowAfter', opts.autoAllowAfter, 0);
+}
+
+export function checkGreylistCredit(client: string, passTtlMs: number, nowMs: number): void {
+    checkKey('client', client);
+    checkInt('nowMs', nowMs, 0);
+    checkInt('passTtlMs', passTtlMs, 1, MAX_PERIOD_MS);
 }

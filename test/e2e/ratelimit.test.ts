@@ -72,7 +72,10 @@ describe('rate limits end to end (memory store)', () => {
     before(async () => {
         dir = await mkdtemp(join(tmpdir(), 'mw-limits-'));
         await writeFile(join(dir, '10-limits.yaml'), RULES);
-        up = await startScriptedUpstream({ ehlo: ['XCLIENT NAME ADDR PORT PROTO HELO LOGIN'] });
+        up = await startScriptedUpstream({
+            ehlo: ['XCLIENT NAME ADDR PORT PROTO HELO LOGIN'],
+            onCommand: (line) => (/^RCPT TO:<nobody/i.test(line) ? '550 5.1.1 no such user' : undefined),
+        });
         mw = await startApp(
             [
                 'hostname: mx.example.test',
@@ -280,6 +283,34 @@ describe('rate limits end to end (memory store)', () => {
         assert.equal(await to('bob@grey.example'), 250, 'second pass: the client is now known');
         assert.equal(await to('carol@grey.example'), 250, 'a third triplet is not delayed');
         assert.equal(await metric(mw, 'ratelimitDecisions', { limit: 'greylist', result: 'known' }), 1);
+    });
+
+    it('counts a pass for the network only once its recipient, accepted upstream, is in a message sent in full', async () => {
+        // from another /24: invented recipients wait out the delay, then the upstream refuses them
+        const rcpts = async (from: string, to: readonly string[]): Promise<number[]> => {
+            const c = await smtpConnect(mw.port(), { localAddress: '127.0.12.1' });
+            await c.greeting();
+            await c.cmd('EHLO bot.example');
+            assert.equal((await c.cmd(`MAIL FROM:<${from}>`)).code, 250);
+            const codes: number[] = [];
+            for (const r of to) codes.push((await c.cmd(`RCPT TO:<${r}>`)).code);
+            if (codes.includes(250)) {
+                assert.equal((await c.cmd('DATA')).code, 354);
+                assert.equal((await c.cmd(`${MSG}.`)).code, 250);
+            }
+            await c.cmd('QUIT').catch(() => undefined);
+            c.close();
+            return codes;
+        };
+        const invented = ['nobody1@grey.example', 'nobody2@grey.example', 'nobody3@grey.example'];
+        assert.deepEqual(await rcpts('bot@far.example', invented), [450, 450, 450]);
+        clock += 6 * 60_000;
+        assert.deepEqual(await rcpts('bot@far.example', invented), [550, 550, 550], 'passed, then refused upstream');
+        assert.deepEqual(await rcpts('other@far.example', ['dave@grey.example']), [450], 'the network is not known');
+        // a real recipient that passes, in a message sent in full, counts
+        clock += 6 * 60_000;
+        assert.deepEqual(await rcpts('other@far.example', ['dave@grey.example']), [250]);
+        assert.deepEqual(await rcpts('bot@far.example', ['erin@grey.example']), [450], 'one credited pass of two');
     });
 });
 

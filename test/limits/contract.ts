@@ -193,7 +193,11 @@ export function coreContract(store: () => LimitStore): void {
             verdict: 'early',
             retryAfterMs: 4 * MIN,
         });
-        assert.deepEqual(await s.greylist(triplet, client, GREY, T0 + 5 * MIN), { verdict: 'pass', retryAfterMs: 0 });
+        assert.deepEqual(await s.greylist(triplet, client, GREY, T0 + 5 * MIN), {
+            verdict: 'pass',
+            retryAfterMs: 0,
+            passedNow: true,
+        });
         const later = T0 + 10 * 24 * HOUR;
         assert.deepEqual(await s.greylist(triplet, client, GREY, later), { verdict: 'pass', retryAfterMs: 0 });
         // Each pass extends the record; after passTtl without mail the triplet starts over.
@@ -220,7 +224,7 @@ export function coreContract(store: () => LimitStore): void {
         assert.equal((await s.greylist(t2, client, GREY, T0 + GREY.retryWindowMs)).verdict, 'pass');
     });
 
-    it('greylisting: after autoAllowAfter passes the client is known, until passTtl passes without mail', async () => {
+    it('greylisting: after autoAllowAfter credited passes the client is known, until passTtl passes without mail', async () => {
         const s = store();
         const client = fresh('203.0.113.9');
         let t = T0;
@@ -228,9 +232,18 @@ export function coreContract(store: () => LimitStore): void {
             const triplet = `${client}|s${i}@example.org|r@example.net`;
             // 'new' here also shows that the repeated passes below were not counted.
             assert.equal((await s.greylist(triplet, client, GREY, t)).verdict, 'new');
-            assert.equal((await s.greylist(triplet, client, GREY, t + GREY.delayMs)).verdict, 'pass');
+            // the pass that ends the delay says so; the caller credits it
+            assert.deepEqual(await s.greylist(triplet, client, GREY, t + GREY.delayMs), {
+                verdict: 'pass',
+                retryAfterMs: 0,
+                passedNow: true,
+            });
+            await s.greylistCredit(client, GREY.passTtlMs, t + GREY.delayMs);
             if (i < GREY.autoAllowAfter)
-                assert.equal((await s.greylist(triplet, client, GREY, t + GREY.delayMs + 1)).verdict, 'pass');
+                assert.deepEqual(await s.greylist(triplet, client, GREY, t + GREY.delayMs + 1), {
+                    verdict: 'pass',
+                    retryAfterMs: 0,
+                });
             t += GREY.delayMs + HOUR;
         }
         const unseen = `${client}|never@example.org|r@example.net`;
@@ -247,6 +260,19 @@ export function coreContract(store: () => LimitStore): void {
         assert.equal((await s.greylist(`${other}|a|b`, other, off, T0)).verdict, 'new');
         assert.equal((await s.greylist(`${other}|a|b`, other, off, T0 + GREY.delayMs)).verdict, 'pass');
         assert.equal((await s.greylist(`${other}|c|d`, other, off, T0 + GREY.delayMs)).verdict, 'new');
+    });
+
+    it('greylisting: passes never credited never make the client known (its recipients may be refused)', async () => {
+        const s = store();
+        const client = fresh('203.0.113.11');
+        let t = T0;
+        for (let i = 1; i <= GREY.autoAllowAfter + 2; i++) {
+            const triplet = `${client}|s@example.org|nobody${i}@example.net`;
+            assert.equal((await s.greylist(triplet, client, GREY, t)).verdict, 'new');
+            assert.equal((await s.greylist(triplet, client, GREY, t + GREY.delayMs)).verdict, 'pass');
+            t += GREY.delayMs + 1;
+        }
+        assert.equal((await s.greylist(`${client}|s@example.org|alice@example.net`, client, GREY, t)).verdict, 'new');
     });
 
     it('stage: one batch answers each op as its own method would, greylisting after the limits', async () => {

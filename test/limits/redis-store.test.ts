@@ -90,6 +90,7 @@ describe('redis store: keys, sharing, exactness', () => {
             const triplet = `192.0.2.0/24|s${i}@example.org|r@example.net`;
             await a.greylist(triplet, '192.0.2.0/24', GREY, T0);
             await a.greylist(triplet, '192.0.2.0/24', GREY, T0 + GREY.delayMs);
+            await a.greylistCredit('192.0.2.0/24', GREY.passTtlMs, T0 + GREY.delayMs);
         }
         assert.equal(
             (await a.greylist('192.0.2.0/24|x|y', '192.0.2.0/24', GREY, T0 + GREY.delayMs)).verdict,

@@ -161,6 +161,9 @@ describe('memory and redis stores agree on a random workload', () => {
                 const triplet = `${client}|s${Math.floor(rnd() * 3)}|r${Math.floor(rnd() * 2)}`;
                 op = `greylist ${triplet}`;
                 [a, b] = await Promise.all([local, remote].map((s) => s.greylist(triplet, client, grey, now)));
+                // the caller credits the pass that ended the delay (the session does at DATA)
+                if ((a as { passedNow?: true }).passedNow)
+                    await Promise.all([local, remote].map((s) => s.greylistCredit(client, grey.passTtlMs, now)));
             }
             const verdict = (a as { verdict?: string } | undefined)?.verdict;
             if (verdict) seen[verdict] = (seen[verdict] ?? 0) + 1;
