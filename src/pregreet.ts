@@ -2,8 +2,8 @@
  * The pregreet test's memory and exemptions (postscreen's greet test, its pass cache and
  * greet_ttl): whether a connecting client must wait for the greeting, and remembering a client
  * that waited without talking so that it is greeted at once for `pregreet.ttl`. Passes live in
- * the shared store of the limits (Redis or memory) as a one-per-ttl counter per client address,
- * so every instance behind one Redis knows them.
+ * the shared store of the limits (Redis or memory) as a one-per-ttl counter per client address
+ * (an IPv6 client per /64), so every instance behind one Redis knows them.
  *
  * Exempt (greeted at once, not tested): a client a connect-stage rule accepts (the shipped
  * allow-networks list), and a client the injected `exempt` hook names (a DNSWL check).
@@ -14,6 +14,8 @@
  * `client.pregreet` fact); the listener's adapter runs the wait itself.
  */
 import type { ListenerConfig } from './config/types.ts';
+import { PASS_KEY_PREFIX } from './limits/keys.ts';
+import { ipNetwork } from './limits/limit-keys.ts';
 import type { LimitStore } from './limits/types.ts';
 import type { Logger } from './log.ts';
 import type { Decider } from './types.ts';
@@ -69,7 +71,8 @@ function allowedByRules(decider: Decider, ip: string, listener: ListenerConfig):
 
 export function createPregreetGate(options: PregreetGateOptions): PregreetGate {
     const window = [{ limit: 1, periodMs: options.ttlMs }];
-    const key = (ip: string): string => `pregreet-pass:${ip}`;
+    // an IPv6 client per /64 (a host picks addresses in its /64 at will), IPv4 per address
+    const key = (ip: string): string => `${PASS_KEY_PREFIX}${ipNetwork(ip, 32, 64) ?? ip}`;
     return {
         async lookup(ip, listener) {
             try {

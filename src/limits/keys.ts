@@ -9,6 +9,13 @@ import type { Window } from './types.ts';
 
 export const KEY_VERSION = 'v1';
 
+/**
+ * The rate keys of the pregreet pass cache (one per client address, an IPv6 client per /64):
+ * the memory store keeps them apart from the limits' counters, so a client that can pick new
+ * addresses at will cannot push the counters out with them.
+ */
+export const PASS_KEY_PREFIX = 'pregreet-pass:';
+
 export interface KeyNames {
     /** The GCRA state of one window of one limit key. The limit is part of the name: changing it starts afresh. */
     rate(key: string, window: Window): string;

@@ -2,16 +2,18 @@
  * The in-process store, used when no Redis is configured: the same GCRA math (gcra.ts), the
  * same lease and greylisting rules as the Lua scripts, decided from the caller's `nowMs`
  * only. Bounded, kind by kind: rate counters and greylisting records at most `maxKeys` each,
- * known-client records and leases at most a quarter of that; when a kind is full an expired
- * entry goes first, else the least recently used. A kind a client can fill at will (a
- * greylisting record per recipient, a counter per sender address) never pushes out another
- * kind, and a live lease is never dropped: with every lease live the store refuses a new one
+ * pregreet passes, known-client records and leases at most a quarter of that; when a kind is
+ * full an expired entry goes first, else the least recently used. A kind a client can fill at
+ * will (a greylisting record per recipient, a pregreet pass per IPv6 /64) never pushes out
+ * another kind; the limits' counters share one kind, so with more than `maxKeys` of them live
+ * (counters per sender address from many networks) the least recently used go first (Redis,
+ * without eviction, keeps them all). A live lease is never dropped: with every lease live the store refuses a new one
  * (the limit's onError decides), as Redis without eviction does. Expired entries are swept a
  * few at a time on every call. Must not read the wall clock, start timers or share state
  * between instances (each mailwarden process has its own counts).
  */
 import { gcra, gcraCounters, type GcraState } from './gcra.ts';
-import { keyNames } from './keys.ts';
+import { keyNames, PASS_KEY_PREFIX } from './keys.ts';
 import {
     checkCharge,
     checkCounters,
@@ -47,8 +49,8 @@ interface Entry {
 
 export interface MemoryStoreOptions {
     /**
-     * Rate counters and greylisting records kept at most, each (default 100 000); known-client
-     * records and leases a quarter of it each.
+     * Rate counters and greylisting records kept at most, each (default 100 000); pregreet
+     * passes, known-client records and leases a quarter of it each.
      */
     maxKeys?: number;
 }
@@ -71,7 +73,11 @@ function settle<T>(fn: () => T): Promise<T> {
 /** Expired entries examined at the old end of the LRU order on each call. */
 const SWEEP_PER_CALL = 4;
 
-type Kind = Value['type'];
+/** The pools: one per kind of value, and the pregreet passes (rate values) apart. */
+type Kind = Value['type'] | 'pass';
+
+/** The pool of a rate key: the pregreet passes have their own. */
+const rateKind = (key: string): 'rate' | 'pass' => (key.startsWith(PASS_KEY_PREFIX) ? 'pass' : 'rate');
 
 export function createMemoryStore(options: MemoryStoreOptions = {}): MemoryLimitStore {
     const maxKeys = options.maxKeys ?? 100_000;
@@ -80,12 +86,14 @@ export function createMemoryStore(options: MemoryStoreOptions = {}): MemoryLimit
     /** One map per kind, each in least recently used order, with its own bound. */
     const pools: Record<Kind, Map<string, Entry>> = {
         rate: new Map(),
+        pass: new Map(),
         triplet: new Map(),
         client: new Map(),
         lease: new Map(),
     };
     const bounds: Record<Kind, number> = {
         rate: maxKeys,
+        pass: Math.max(1, Math.floor(maxKeys / 4)),
         triplet: maxKeys,
         client: Math.max(1, Math.floor(maxKeys / 4)),
         lease: Math.max(1, Math.floor(maxKeys / 4)),
@@ -138,9 +146,9 @@ export function createMemoryStore(options: MemoryStoreOptions = {}): MemoryLimit
         if (!oldest.done) pool.delete(oldest.value);
     };
 
-    const write = (k: string, value: Value, expiresAt: number, now: number): void => {
-        const pool = pools[value.type];
-        if (!pool.delete(k) && pool.size >= bounds[value.type]) makeRoom(value.type, now);
+    const write = (k: string, value: Value, expiresAt: number, now: number, kind: Kind = value.type): void => {
+        const pool = pools[kind];
+        if (!pool.delete(k) && pool.size >= bounds[kind]) makeRoom(kind, now);
         pool.set(k, { value, expiresAt });
     };
 
@@ -148,12 +156,13 @@ export function createMemoryStore(options: MemoryStoreOptions = {}): MemoryLimit
         checkTake(key, windows, cost, now);
         sweep(now);
         const ks = windows.map((w) => names.rate(key, w));
+        const kind = rateKind(key);
         const states = ks.map((k) => {
-            const v = read('rate', k, now);
+            const v = read(kind, k, now);
             return v?.type === 'rate' ? v.state : null;
         });
         const { result, writes } = gcra(states, windows, cost, now);
-        writes?.forEach((w, i) => write(ks[i]!, { type: 'rate', state: w.state }, now + w.ttlMs, now));
+        writes?.forEach((w, i) => write(ks[i]!, { type: 'rate', state: w.state }, now + w.ttlMs, now, kind));
         return result;
     };
 

@@ -8,6 +8,7 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { createMemoryStore } from '../../src/limits/index.ts';
+import { PASS_KEY_PREFIX } from '../../src/limits/keys.ts';
 import { GREY, T0 } from './contract.ts';
 
 const W = [{ limit: 3, periodMs: 60_000 }];
@@ -56,6 +57,18 @@ describe('memory store: bounds', () => {
             'the lease was dropped',
         );
         assert.ok(store.size() <= 40 + 40 + 10 + 10, String(store.size()));
+    });
+
+    it('pregreet passes remembered at will (a new address each) do not push out the counters', async () => {
+        const store = createMemoryStore({ maxKeys: 40 }); // 10 passes
+        await store.take('client-net', W, 3, T0);
+        const pass = [{ limit: 1, periodMs: 86_400_000 }];
+        for (let i = 0; i < 500; i++)
+            await store.take(`${PASS_KEY_PREFIX}2001:db8:${i.toString(16)}::/64`, pass, 1, T0 + 1);
+        assert.equal((await store.take('client-net', W, 1, T0 + 2)).allowed, false, 'the counter was forgotten');
+        assert.ok(store.size() <= 1 + 10, String(store.size()));
+        // the newest passes are kept
+        assert.equal((await store.take(`${PASS_KEY_PREFIX}2001:db8:1f3::/64`, pass, 0, T0 + 3)).remaining, 0);
     });
 
     it('never drops a live lease: when every lease is live a new one fails (onError decides), an expired one makes room', async () => {
