@@ -305,7 +305,7 @@ export function createMetrics(version: string) {
         }),
         dnsblErrors: new Counter({
             name: `${P}dnsbl_errors_total`,
-            help: 'DNS list answers that were errors and not listings, by zone and kind (refused: the list refused the query, e.g. Spamhaus 127.255.255.x; bogus: not in 127.0.0.0/8; unexpected: outside the filter; dns: lookup failed; timeout)',
+            help: 'DNS list answers that were errors and not listings, by zone and kind (refused: the list refused the query, e.g. Spamhaus 127.255.255.x; bogus: not in 127.0.0.0/8; unexpected: outside the filter; dns: lookup failed; timeout; too_long: even the registrable domain is too long to ask under the zone)',
             labelNames: ['zone', 'kind'],
             registers: r,
         }),

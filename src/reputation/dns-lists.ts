@@ -9,11 +9,13 @@
  * (query typo, public resolver, too many queries), answers outside 127.0.0.0/8 (an expired
  * list whose domain now resolves everything), answers outside the filter, and DNS failures.
  *
- * Pure: it must not query DNS, keep state or decide anything (the check asks, rules decide).
+ * Pure: it must not query DNS, keep state or decide anything (the check asks, rules decide); the
+ * only data it reads is the shipped Public Suffix List (psl.ts), to find a registrable domain.
  */
 import { isIP } from 'node:net';
-import { toALabel, withoutTrailingDot } from '../net/domain.ts';
+import { MAX_DOMAIN_NAME, toALabel, withoutTrailingDot } from '../net/domain.ts';
 import { normalizeName, reverseName } from '../dns/names.ts';
+import { publicSuffixList } from '../sender-auth/psl.ts';
 
 /** One octet of a filter: the values it allows. */
 type OctetSet = readonly (readonly [number, number])[];
@@ -98,17 +100,35 @@ export function addressQuery(ip: string, zone: string): string | null {
     return `${reverse.replace(/\.(in-addr|ip6)\.arpa$/, '')}.${zone}`;
 }
 
+/** domainQuery's answer when even the registrable domain is too long to ask under the zone. */
+export const TOO_LONG: unique symbol = Symbol('too long');
+
 /**
  * The name asked for a domain (RHSBL, RFC 5782 section 2.2): the domain as an A-label under the
- * zone, or null when it is not a usable domain name (an address literal, too long).
+ * zone, or null when it is not a usable domain name (an address literal, a single label).
+ *
+ * When `<domain>.<zone>` would be longer than a name can be (253 characters, RFC 1035 section
+ * 2.3.4), the labels left of the registrable domain (Public Suffix List) are dropped and the
+ * registrable domain is asked: domain lists list registrable domains (Spamhaus DBL), and the
+ * labels below it are the sender's own choice, so a long wildcard subdomain must not hide a
+ * listed domain (a longer parent that still fits would be as much the sender's choice). Never
+ * above the registrable domain: TOO_LONG when even that does not fit under the zone, or when
+ * the name has none (a public suffix, a name longer than 253 characters).
  */
-export function domainQuery(domain: string, zone: string): string | null {
+export function domainQuery(domain: string, zone: string): string | null | typeof TOO_LONG {
     const d = withoutTrailingDot(domain.trim()).toLowerCase();
     if (d === '' || d.startsWith('[') || isIP(d) !== 0) return null;
     const ascii = toALabel(d);
     if (!ascii || !ascii.includes('.')) return null;
+    let name = ascii;
+    if (ascii.length + 1 + zone.length > MAX_DOMAIN_NAME) {
+        // null for a name longer than any domain name: its registrable domain is not known
+        const registrable = publicSuffixList().registrableDomain(ascii);
+        if (registrable === null || registrable.length + 1 + zone.length > MAX_DOMAIN_NAME) return TOO_LONG;
+        name = registrable;
+    }
     try {
-        return normalizeName(`${ascii}.${zone}`, 'query');
+        return normalizeName(`${name}.${zone}`, 'query');
     } catch {
         return null;
     }

@@ -3,14 +3,16 @@
  * in parallel, through the project's caching resolver, each answer bounded by `timeoutMs`.
  * A list is asked only while its health probes say it can be trusted (zone-health.ts); an
  * answer that shows it cannot (a refusal code, an answer outside 127.0.0.0/8) distrusts it at
- * once and counts as an error, never as a listing. Counts hits and errors per zone (the zone
- * names come from the config, so the labels are bounded).
+ * once and counts as an error, never as a listing. A domain whose registrable domain cannot be
+ * asked under a list's zone (too long, dns-lists.ts domainQuery) is an error of that list, not
+ * "not listed". Counts hits and errors per zone (the zone names come from the config, so the
+ * labels are bounded).
  *
  * It reports what the lists said and must not decide anything: rules read the sums as facts.
  * It holds no per-client state; repeated questions are answered by the resolver's cache.
  */
 import type { Metrics } from '../metrics.ts';
-import { addressQuery, classifyAnswer, domainQuery, type ListErrorKind, type ListSite } from './dns-lists.ts';
+import { addressQuery, classifyAnswer, domainQuery, TOO_LONG, type ListErrorKind, type ListSite } from './dns-lists.ts';
 import type { ConfiguredSite } from './sites.ts';
 import type { ZoneHealth, ZoneKind } from './zone-health.ts';
 
@@ -100,18 +102,24 @@ export async function askLists(
     const counted = opts.counted ?? true;
     const skipped: string[] = [];
     const asked: { cs: ConfiguredSite; name: string }[] = [];
+    const errors: string[] = [];
     for (const cs of sites) {
         const name = kind === 'address' ? addressQuery(subject, cs.site.zone) : domainQuery(subject, cs.site.zone);
         if (name === null) return EMPTY_VERDICT;
-        if (!opts.health.healthy(cs.site, kind)) skipped.push(cs.site.zone);
-        else if (!opts.signal?.aborted) asked.push({ cs, name });
+        if (!opts.health.healthy(cs.site, kind)) {
+            skipped.push(cs.site.zone);
+        } else if (name === TOO_LONG) {
+            errors.push(`${cs.site.zone}: the registrable domain is too long to ask under the zone`);
+            if (counted) opts.metrics?.dnsblErrors.inc({ zone: cs.site.zone, kind: 'too_long' });
+        } else if (!opts.signal?.aborted) {
+            asked.push({ cs, name });
+        }
     }
     const outcomes = await Promise.all(asked.map((a) => ask(opts.resolve, a.name, opts.timeoutMs)));
     let score = 0;
     const listed: string[] = [];
     const zones: string[] = [];
     const delist: string[] = [];
-    const errors: string[] = [];
     for (const [i, { cs }] of asked.entries()) {
         const outcome = outcomes[i]!;
         const zone = cs.site.zone;

@@ -1,9 +1,10 @@
 /**
  * The reputation check against a real DNS server on loopback serving list zones: listed and
  * not listed, return-code filters, weights summed, IPv6 nibble queries, domain lists on the
- * HELO name and the sender domain, refusal codes counted as errors (never listings) that
- * disable the list, a list that answers everything disabled by its probe and enabled again
- * once it behaves, the HELO facts and the generic reverse name, and the DNSWL credit answer.
+ * HELO name and the sender domain (the registrable domain of a name too long for a zone),
+ * refusal codes counted as errors (never listings) that disable the list, a list that answers
+ * everything disabled by its probe and enabled again once it behaves, the HELO facts and the
+ * generic reverse name, and the DNSWL credit answer.
  */
 import assert from 'node:assert/strict';
 import { after, before, beforeEach, describe, it } from 'node:test';
@@ -226,6 +227,47 @@ describe('reputation check', () => {
         assert.deepEqual(mail, { 'rhsbl.sender.score': 3, 'rhsbl.sender.listed': ['dbl.test=127.0.1.2'] });
         const clean = await run(ctx('mail', '198.51.100.1', 'x', { 'mail.from.domain': 'mail.good.example' }));
         assert.equal(clean['rhsbl.sender.score'], 0);
+    });
+
+    it('asks a domain list about the registrable domain of a name too long for its zone, and counts an error when even that does not fit', async () => {
+        // a key zone, as Spamhaus's Data Query Service has, and a zone that leaves room for little
+        const dqs = 'dqs0123456789abcdefghijklm.dbl.test';
+        const narrow = `${'z'.repeat(63)}.${'y'.repeat(63)}.${'x'.repeat(63)}.test`;
+        dns.setZone({
+            ...BASE,
+            ...healthyDomainList(dqs),
+            ...healthyDomainList(narrow),
+            [`spam.example.${dqs}`]: { A: ['127.0.1.2'] },
+        });
+        const rhsbl = configuredSites([`${dqs}=127.0.1.[2..99]*3`, `${narrow}*2`], 'rhsbl');
+        const zoneHealth = new ZoneHealth(
+            rhsbl.map((s) => ({ site: s.site, kind: 'domain' as const })),
+            { resolve: resolver.resolve, now: Date.now, intervalMs: 0, retryMs: 0 },
+        );
+        await zoneHealth.probeDue();
+        const long = new ReputationLookup({ ...lookup.opts, lists: { ...lists, rhsbl }, health: zoneHealth });
+        const check = createReputationCheck(long, 2000);
+        const runLong = async (c: CheckContext): Promise<Record<string, unknown>> =>
+            (await check.run(c, new AbortController().signal)).facts;
+
+        // a wildcard subdomain of a listed domain, 239 characters: too long to ask under either zone
+        const sub = `${'a'.repeat(34)}.${'b'.repeat(63)}.${'c'.repeat(63)}.${'d'.repeat(63)}.spam.example`;
+        assert.equal(sub.length, 239);
+        const before = dns.queries.length;
+        const mail = await runLong(ctx('mail', '198.51.100.1', 'x', { 'mail.from.domain': sub }));
+        assert.deepEqual(mail, { 'rhsbl.sender.score': 3, 'rhsbl.sender.listed': [`${dqs}=127.0.1.2`] });
+        const helo = await runLong(ctx('helo', '198.51.100.1', sub));
+        assert.equal(helo['rhsbl.helo.score'], 3);
+        const asked = dns.queries.slice(before).map((q) => q.name);
+        assert.ok(asked.includes(`spam.example.${dqs}`), asked.join(' '));
+        assert.ok(asked.includes(`spam.example.${narrow}`), asked.join(' '));
+
+        // a registrable domain too long for the narrow zone: an error of that list, not "not listed"
+        const v = await long.domain(`www.${'s'.repeat(63)}.example`);
+        assert.equal(v.score, 0);
+        assert.deepEqual(v.errors, [`${narrow}: the registrable domain is too long to ask under the zone`]);
+        assert.equal(v.queries, 1, 'the other list is asked');
+        assert.equal(await value(metrics, 'dnsbl_errors_total', { zone: narrow, kind: 'too_long' }), 1);
     });
 
     it('reports the HELO facts and a generic reverse name', async () => {

@@ -11,6 +11,7 @@ import {
     domainQuery,
     parseListSite,
     probeQueries,
+    TOO_LONG,
     type ListSite,
 } from '../../src/reputation/dns-lists.ts';
 import { ZoneHealth, type ZoneState } from '../../src/reputation/zone-health.ts';
@@ -72,10 +73,22 @@ describe('query names', () => {
         assert.equal(domainQuery('[192.0.2.1]', 'dbl.test'), null);
         assert.equal(domainQuery('192.0.2.1', 'dbl.test'), null);
         assert.equal(domainQuery('localhost', 'dbl.test'), null);
-        assert.equal(
-            domainQuery(`${'a'.repeat(63)}.${'b'.repeat(63)}.${'c'.repeat(63)}.${'d'.repeat(63)}`, 'dbl.test'),
-            null,
-        );
+    });
+
+    it('asks the registrable domain when the name is too long under the zone, and never a name above it', () => {
+        const labels = `${'a'.repeat(34)}.${'b'.repeat(63)}.${'c'.repeat(63)}.${'d'.repeat(63)}`;
+        // 239 characters: room under dbl.test, none under dbl.spamhaus.org
+        assert.equal(`${labels}.spam.example`.length, 239);
+        assert.equal(domainQuery(`${labels}.spam.example`, 'dbl.test'), `${labels}.spam.example.dbl.test`);
+        assert.equal(domainQuery(`${labels}.spam.example`, 'dbl.spamhaus.org'), 'spam.example.dbl.spamhaus.org');
+        // the registrable domain of a name under co.uk has three labels
+        assert.equal(domainQuery(`${labels}.spam.co.uk`, 'dbl.spamhaus.org'), 'spam.co.uk.dbl.spamhaus.org');
+        // a registrable domain too long for the zone, a name longer than any domain name
+        const zone = `${'z'.repeat(63)}.${'y'.repeat(63)}.${'x'.repeat(63)}.test`;
+        assert.equal(domainQuery(`www.${'s'.repeat(63)}.example`, zone), TOO_LONG);
+        const overlong = `${labels}.${'e'.repeat(20)}.example`;
+        assert.equal(overlong.length, 255);
+        assert.equal(domainQuery(overlong, 'dbl.test'), TOO_LONG);
     });
 });
 
