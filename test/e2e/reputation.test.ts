@@ -4,15 +4,18 @@
  * 127.0.0.0/8 other than 127.0.0.1 and 127.0.0.2 (the test entries every list must and must not
  * list): a listed client is refused at MAIL FROM with a reply naming the list and its delisting
  * page, an allow-listed one is not, a clean one is delivered, a sender domain on a domain list
- * is tagged; the decision log names the listing zones. A list that lists everything is disabled
- * by its probe at start, so nobody is refused because of it, and is enabled again once its
- * answers are sane.
+ * is tagged; the decision log names the listing zones. With the shipped greylisting entry
+ * enforced, a client whose generic reverse name resolves back is greylisted, one with a
+ * non-generic name is not. A list that lists everything is disabled by its probe at start, so
+ * nobody is refused because of it, and is enabled again once its answers are sane.
  */
 import assert from 'node:assert/strict';
-import { writeFile } from 'node:fs/promises';
+import { cp, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { after, before, describe, it } from 'node:test';
+import { PACKAGE_RULES_DIR } from '../../src/config/defaults.ts';
 import { startApp, type TestApp } from '../helpers/app.ts';
 import { startDnsServer, type DnsTestServer, type Zone } from '../helpers/dns-server.ts';
 import { startPostfix, type PostfixInstance } from '../helpers/postfix.ts';
@@ -21,6 +24,9 @@ import { sendMail, smtpConnect } from '../helpers/smtp-client.ts';
 const LISTED = '127.0.0.10';
 const ALLOWED = '127.0.0.12';
 const CLEAN = '127.0.0.20';
+/** Forward-confirmed reverse names: a generic one, as a home connection has, and a mail server's. */
+const GENERIC = '127.0.9.9';
+const NAMED = '127.0.9.10';
 
 /** Sane lists: bl.test lists LISTED and ALLOWED, wl.test vouches for ALLOWED, dbl.test lists spam.example. */
 const SANE: Zone = {
@@ -173,6 +179,59 @@ describe('reputation lists in front of a real Postfix', () => {
             assert.match(
                 await metric(mw, 'rule_hits_total'),
                 /rule="fcrdns-fail-tag",action="tag",mode="monitor"\} [1-9]/,
+            );
+        });
+    });
+
+    describe('with the shipped greylisting entry enforced', () => {
+        let mw: TestApp;
+        let rules: string;
+        before(async () => {
+            dns.setZone({
+                ...SANE,
+                '9.9.0.127.in-addr.arpa': { PTR: ['127-0-9-9.dyn.isp.example.'], ttl: 1 },
+                '127-0-9-9.dyn.isp.example': { A: [GENERIC], ttl: 1 },
+                '10.9.0.127.in-addr.arpa': { PTR: ['mail.sender.example.'], ttl: 1 },
+                'mail.sender.example': { A: [NAMED], ttl: 1 },
+            });
+            // the rule file as an operator enforces it: the entry's `mode: monitor` line removed
+            rules = join(await mkdtemp(join(tmpdir(), 'mw-greylist-')), 'rules');
+            await cp(PACKAGE_RULES_DIR, rules, { recursive: true });
+            const file = join(rules, '50-limits.yaml');
+            const text = await readFile(file, 'utf8');
+            const enforced = text.replace(/(\n {2}- id: greylist-unverified\n(?: {4}.*\n)*?) {4}mode: monitor\n/, '$1');
+            assert.notEqual(enforced, text, 'the mode line of greylist-unverified');
+            await writeFile(file, enforced);
+            mw = await startApp(`${config(dns, postfix.port, '5m')}\nrules: "${rules}"`);
+        });
+        after(async () => {
+            await mw?.stop();
+            await rm(join(rules, '..'), { recursive: true, force: true });
+            dns.setZone(SANE);
+        });
+
+        it('greylists a client whose generic reverse name resolves back, and not one with a mail server name', async () => {
+            const generic = await sendMail(mw.port(), {
+                from: 'a@sender.example',
+                to: ['alice@example.test'],
+                data: message('generic'),
+                localAddress: GENERIC,
+            });
+            assert.equal(generic.mail.code, 250, generic.mail.raw);
+            assert.equal(generic.rcpt[0]?.code, 450, generic.rcpt[0]?.raw);
+            assert.match(generic.rcpt[0]?.text ?? '', /^4\.7\.1 Greylisted/);
+            const named = await sendMail(mw.port(), {
+                from: 'a@sender.example',
+                to: ['alice@example.test'],
+                data: message('named'),
+                localAddress: NAMED,
+            });
+            assert.equal(named.rcpt[0]?.code, 250, named.rcpt[0]?.raw);
+            assert.equal(named.message?.code, 250, JSON.stringify(named));
+            assert.match(
+                await metric(mw, 'ratelimit_decisions_total'),
+                /limit="greylist",result="new"\} 1$/m,
+                'one triplet greylisted',
             );
         });
     });
