@@ -2,7 +2,8 @@
  * One connection to the upstream SMTP server: the socket (plain, or TLS from the start or after
  * STARTTLS, RFC 3207), commands written to it and the replies read from it in order, with a
  * timeout on every wait. A timeout or any socket failure ends the connection for good; waits
- * pending on it reject.
+ * pending on it reject. Garbage from the upstream ends it too, after the replies it sent in full
+ * before the garbage were handed over.
  *
  * It must not know about sessions, clients or the pool: what to send, and when a connection is
  * worth keeping, is smtp-client.ts's business.
@@ -91,13 +92,15 @@ export class Connection {
     }
 
     private readonly onData = (chunk: Buffer): void => {
-        let replies: RawReply[];
+        const replies: RawReply[] = [];
+        let garbage: UpstreamError | null = null;
         try {
-            replies = this.parser.feed(chunk);
+            this.parser.feed(chunk, replies);
         } catch (err) {
-            this.fail(err instanceof UpstreamError ? err : new UpstreamError('protocol', errorMessage(err)));
-            return;
+            garbage = err instanceof UpstreamError ? err : new UpstreamError('protocol', errorMessage(err));
         }
+        // the replies read in full before garbage are handed out first (a 250 to the end of data
+        // is the upstream's word that it took the message); then the connection fails
         for (const r of replies) {
             if (this.debugging()) {
                 this.log.debug({ upstream: this.label, reply: `${r.code} ${r.lines.join(' / ')}` }, 'upstream reply');
@@ -125,6 +128,7 @@ export class Connection {
                 this.queue.push(r);
             }
         }
+        if (garbage) this.fail(garbage);
     };
 
     /** Whether debug lines are wanted now (the level can change on reload); builds nothing otherwise. */

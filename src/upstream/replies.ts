@@ -5,8 +5,9 @@
  * keywords of an EHLO reply (RFC 5321 section 4.1.1.1).
  *
  * Bounded: a reply line longer than MAX_REPLY_LINE or a reply of more than MAX_REPLY_LINES
- * lines is a protocol failure, as is any line that is not a reply. It must not write to the
- * socket or keep state beyond one unfinished reply.
+ * lines is a protocol failure, as is any line that is not a reply; the replies read in full
+ * before it are still handed out. It must not write to the socket or keep state beyond one
+ * unfinished reply.
  */
 import { UpstreamError, type UpstreamReply } from './types.ts';
 
@@ -34,10 +35,15 @@ export class ReplyParser {
         return this.buf.length > 0 || this.lines.length > 0;
     }
 
-    /** Returns the replies completed by `chunk`; throws UpstreamError('protocol') on garbage. */
-    feed(chunk: Buffer): RawReply[] {
+    /**
+     * Adds to `out` (and returns it) the replies completed by `chunk`. Throws
+     * UpstreamError('protocol') on garbage, with the replies completed before the bad line
+     * already in `out`: a reply read in full stays read, whatever follows it in the same read
+     * (a 250 to the end of data is the upstream's word that it took the message). After a
+     * throw the parser is fed no more.
+     */
+    feed(chunk: Buffer, out: RawReply[] = []): RawReply[] {
         const buf = this.buf.length > 0 ? Buffer.concat([this.buf, chunk]) : chunk;
-        const out: RawReply[] = [];
         let start = 0;
         for (;;) {
             const nl = buf.indexOf(0x0a, start);

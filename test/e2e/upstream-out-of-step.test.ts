@@ -2,11 +2,13 @@
  * An upstream whose replies get out of step with the commands sent (a 250 to DATA instead of
  * 354, two replies to one command, a 250 right behind the 354), end to end through the real
  * listener: the client never hears 250 for a message the upstream did not take; it hears the
- * 451 of an upstream protocol failure, and the upstream has no complete transaction.
+ * 451 of an upstream protocol failure, and the upstream has no complete transaction. A 250 to
+ * the end of data that arrives together with garbage is still the upstream's answer: the client
+ * hears 250 for the message the upstream took.
  */
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { startScriptedGateway } from '../helpers/app.ts';
+import { decisions, startScriptedGateway } from '../helpers/app.ts';
 import type { ScriptedUpstreamOptions } from '../helpers/scripted-upstream.ts';
 import { sendMail } from '../helpers/smtp-client.ts';
 
@@ -46,4 +48,22 @@ describe('an upstream out of step', () => {
             }
         });
     }
+});
+
+describe('an upstream 250 to the end of data with garbage behind it in the same read', () => {
+    it('is relayed: the client hears 250 and the decision says accept', async () => {
+        const g = await startScriptedGateway(LINES, {
+            upstream: { onData: () => ['250 2.0.0 Ok: queued as Q1', 'oops'] },
+        });
+        try {
+            const r = await sendMail(g.mw.port(), { from: 'a@example.org', to: ['b@example.test'], data: MSG });
+            assert.equal(r.message?.code, 250, r.message?.raw);
+            assert.equal(g.up.transactions.filter((t) => t.completed).length, 1);
+            const [decision] = decisions(g.mw.logs);
+            assert.equal(decision?.action, 'accept');
+            assert.equal(decision.queueId, 'Q1');
+        } finally {
+            await g.close();
+        }
+    });
 });

@@ -86,6 +86,32 @@ describe('upstream replies', () => {
         assert.equal(new ReplyParser().feed(bytes('250-x\r\n'.repeat(255) + '250 x\r\n'))[0]?.lines.length, 256);
     });
 
+    it('hands out the replies read in full before garbage in the same read, then fails', () => {
+        const queued = '250 2.0.0 Ok: queued as Q1\r\n';
+        const tails: [string, RegExp][] = [
+            ['oops\r\n', /malformed upstream reply line/],
+            [`250 ${'x'.repeat(5000)}\r\n`, /line too long/],
+            ['x'.repeat(5000), /line too long/],
+            ['250-one\r\n550 two\r\n', /mixes reply codes/],
+            ['250-x\r\n'.repeat(300), /too many lines/],
+        ];
+        for (const [tail, message] of tails) {
+            const out: { code: number; lines: readonly string[] }[] = [];
+            protocolError(() => new ReplyParser().feed(bytes(queued + tail), out), message);
+            assert.deepEqual(
+                out,
+                [{ code: 250, lines: ['2.0.0 Ok: queued as Q1'] }],
+                JSON.stringify(tail.slice(0, 20)),
+            );
+            // the same bytes in two reads: the reply, then the failure
+            const parser = new ReplyParser();
+            assert.deepEqual(parser.feed(bytes(queued)), out);
+            protocolError(() => parser.feed(bytes(tail)), message);
+        }
+        const out: { code: number; lines: readonly string[] }[] = [];
+        assert.equal(new ReplyParser().feed(bytes('250 a\r\n'), out), out, 'the replies go into the array given');
+    });
+
     it('splits the enhanced status code off every line when its class matches the reply', () => {
         const reply = toReply({ code: 550, lines: ['5.7.1 first line', '5.7.1 second line'] });
         assert.deepEqual(reply, { code: 550, enhanced: '5.7.1', text: 'first line second line' });

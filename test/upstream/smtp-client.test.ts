@@ -709,6 +709,25 @@ describe('failures', () => {
         });
     });
 
+    const garbageLines: [string, string][] = [
+        ['a malformed line', 'oops'],
+        ['an over-long line', `250 ${'x'.repeat(5000)}`],
+    ];
+    for (const [name, garbage] of garbageLines) {
+        it(`a 250 to the end of data read together with ${name} is still the answer; the connection is dropped`, async (t) => {
+            // one write: the reply and the garbage arrive in one read
+            const up = await scripted(t, { onData: () => ['250 2.0.0 Ok: queued as Q1', garbage] });
+            const session = await open(up.port);
+            assert.deepEqual(await send(session, 'Subject: x\r\n\r\nbody\r\n'), {
+                code: 250,
+                enhanced: '2.0.0',
+                text: 'Ok: queued as Q1',
+            });
+            await until('the connection is dropped', () => !session.usable);
+            await session.close();
+        });
+    }
+
     it('gives kind timeout when there is no greeting', async (t) => {
         const up = await scripted(t, { greeting: { silent: true } });
         await assert.rejects(open(up.port, { commandTimeoutMs: 300 }), upstreamError('timeout'));
