@@ -3,9 +3,10 @@
  * MAIL and RCPT parameters a client sends against that offer.
  *
  * Only what can be honoured end to end is offered: SIZE as the smaller of the listener's
- * limit and the upstream's (RFC 1870); 8BITMIME (RFC 6152), SMTPUTF8 (RFC 6531) and DSN
- * (RFC 3461) when the upstream offers them; REQUIRETLS (RFC 8689) only on an encrypted
- * session and when the upstream offers it over TLS; AUTH (RFC 4954) on submission listeners.
+ * limit and the upstream's less ADDED_FIELDS_ROOM, the room for the header fields added on the
+ * way (RFC 1870); 8BITMIME (RFC 6152), SMTPUTF8 (RFC 6531) and DSN (RFC 3461) when the upstream
+ * offers them; REQUIRETLS (RFC 8689) only on an encrypted session and when the upstream offers
+ * it over TLS; AUTH (RFC 4954) on submission listeners.
  * A client that says HELO gets no extension at all (RFC 5321 section 4.1.1.1).
  * A parameter of an extension not offered in this session is refused with 555 (RFC 5321
  * section 4.1.1.11), a malformed value with 501: nothing a client asks for is dropped.
@@ -32,6 +33,44 @@ export interface EhloOffer {
 }
 
 /**
+ * What the upstream counts against its SIZE (RFC 1870) beyond the client's message: the fields
+ * mailwarden prepends and the upstream's own trace field. At the default per-message limits
+ * (authentication.dkim.maxSignatures: 5) they stay under about 23 KB:
+ * - Received, about 1.3 KB at most: HELO and reverse names and the host name of at most 253
+ *   octets each, the recipient's path of at most 256 (envelope/command.ts), the TLS cipher;
+ * - Authentication-Results, about 15 KB at most: the authserv-id (the host name), and for each
+ *   DKIM signature verified a result whose properties mailauth cuts at 900 octets each
+ *   (header.d, header.i, header.s, header.a, header.b: at most about 2.8 KB), then spf, arc and
+ *   dmarc, each with names of at most 253 octets or a path of at most 256;
+ * - Received-SPF, about 1.2 KB at most (the same names and path);
+ * - X-Mailwarden-Verdict, X-Spam-Flag, X-Mailwarden-Quarantine and the fields rules add (each
+ *   value at most MAX_HEADER_VALUE, 400 octets): a few KB with the shipped rules;
+ * - on submission, a DKIM-Signature of about 1 KB (RSA 4096's b= is 684 octets, h= names the
+ *   usual fields once each);
+ * - the upstream's own Received (Postfix: about 1 KB, with the client's names from XCLIENT),
+ *   which Postfix counts against its message_size_limit as well.
+ * 32 KiB covers that with room to spare and costs 0.3% of Postfix's default limit (10,240,000).
+ * Not covered: Postfix also counts each recipient's envelope records against its limit, as it
+ * does for any client; a message whose fields exceed the room (the DKIM results of a raised
+ * maxSignatures, a rule set adding many fields, a submitted message with hundreds of fields
+ * that h= names) may still get the upstream's 552.
+ */
+export const ADDED_FIELDS_ROOM = 32 * 1024;
+
+/**
+ * The largest message a client may send: the listener's limit, and when the upstream announced
+ * its SIZE, that SIZE less ADDED_FIELDS_ROOM, so that a message within what we offer stays
+ * within the upstream's limit with our fields on top. An upstream limit not much larger than
+ * the room keeps half of itself for the message, so the result is never below half the
+ * upstream's SIZE (never 0, which would announce no limit at all, RFC 1870 section 4).
+ */
+export function messageSizeLimit(maxMessageSize: number, upstreamSize: number | null): number {
+    if (upstreamSize === null) return maxMessageSize;
+    const room = Math.min(ADDED_FIELDS_ROOM, Math.floor(upstreamSize / 2));
+    return Math.min(maxMessageSize, upstreamSize - room);
+}
+
+/**
  * The offer for a session. `upstream` null: nothing learnt yet, so only what every usual
  * upstream (Postfix) takes is offered, and nothing whose loss would go unnoticed (DSN, REQUIRETLS).
  */
@@ -40,8 +79,7 @@ export function computeOffer(
     upstream: UpstreamCapabilities | null,
     session: { readonly secure: boolean; readonly extended: boolean },
 ): EhloOffer {
-    const sizeLimit =
-        upstream?.size != null ? Math.min(listener.maxMessageSize, upstream.size) : listener.maxMessageSize;
+    const sizeLimit = messageSizeLimit(listener.maxMessageSize, upstream?.size ?? null);
     const ext = session.extended;
     return {
         extended: ext,

@@ -7,6 +7,7 @@
  * the upstream takes smaller messages than a listener would announce.
  * It must not open connections itself, nor decide what a client may send (envelope/ does).
  */
+import { messageSizeLimit } from '../envelope/extensions.ts';
 import type { UpstreamLogger } from './common.ts';
 import type { MailParams, RcptParams, UpstreamCapabilities } from './types.ts';
 
@@ -110,8 +111,13 @@ export class CapabilityTracker {
         for (const l of this.listenerSizes) {
             if (l.maxMessageSize > upstreamSize) {
                 this.log.warn(
-                    { listener: l.name, maxMessageSize: l.maxMessageSize, upstreamSize, advertised: upstreamSize },
-                    'the upstream accepts smaller messages than this listener allows; SIZE is announced as the upstream limit (lower maxMessageSize to match)',
+                    {
+                        listener: l.name,
+                        maxMessageSize: l.maxMessageSize,
+                        upstreamSize,
+                        advertised: messageSizeLimit(l.maxMessageSize, upstreamSize),
+                    },
+                    'the upstream accepts smaller messages than this listener allows; SIZE is announced as the upstream limit less the room for the header fields added on the way (lower maxMessageSize to match)',
                 );
             }
         }

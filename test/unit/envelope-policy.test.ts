@@ -35,18 +35,37 @@ function mailbox(address: string): Mailbox {
 }
 
 describe('what EHLO offers', () => {
-    it('SIZE is the smaller of the listener limit and the upstream limit', () => {
+    it('SIZE is the smaller of the listener limit and the upstream limit less the room for our fields', () => {
         const plain = { secure: false, extended: true };
-        assert.equal(computeOffer(MX, POSTFIX, plain).sizeLimit, 10_240_000);
+        // 32 KiB under Postfix's limit: a message of that size still fits with our fields on top
+        assert.equal(computeOffer(MX, POSTFIX, plain).sizeLimit, 10_240_000 - 32_768);
+        // a listener limit equal to the upstream's (the documented set-up) gives the same
+        assert.equal(computeOffer({ ...MX, maxMessageSize: 10_240_000 }, POSTFIX, plain).sizeLimit, 10_207_232);
+        assert.equal(computeOffer({ ...MX, maxMessageSize: 10_220_000 }, POSTFIX, plain).sizeLimit, 10_207_232);
         assert.equal(computeOffer({ ...MX, maxMessageSize: 1000 }, POSTFIX, plain).sizeLimit, 1000);
         assert.equal(computeOffer(MX, { ...POSTFIX, size: null }, plain).sizeLimit, 50_000_000);
         assert.equal(computeOffer(MX, null, plain).sizeLimit, 50_000_000);
     });
 
+    it('SIZE under a small upstream limit keeps half of it, never nothing', () => {
+        const plain = { secure: false, extended: true };
+        const under = (size: number): number => computeOffer(MX, { ...POSTFIX, size }, plain).sizeLimit;
+        assert.equal(under(65_536), 32_768);
+        assert.equal(under(65_537), 32_769);
+        assert.equal(under(40_000), 20_000);
+        assert.equal(under(20_000), 10_000);
+        assert.equal(under(3), 2);
+        assert.equal(under(1), 1);
+        for (let size = 1; size < 200_000; size += 997) {
+            const limit = under(size);
+            assert.ok(limit >= size / 2 && limit <= size && limit >= 1, `${size}: ${limit}`);
+        }
+    });
+
     it('DSN and SMTPUTF8 follow the upstream; REQUIRETLS needs TLS on both sides; AUTH only on submission', () => {
         assert.deepEqual(computeOffer(MX, POSTFIX, { secure: false, extended: true }), {
             extended: true,
-            sizeLimit: 10_240_000,
+            sizeLimit: 10_207_232,
             eightBitMime: true,
             smtputf8: true,
             dsn: true,
@@ -72,7 +91,7 @@ describe('what EHLO offers', () => {
             [helo.extended, helo.eightBitMime, helo.smtputf8, helo.dsn, helo.requireTls, helo.auth],
             [false, false, false, false, false, false],
         );
-        assert.equal(helo.sizeLimit, 10_240_000, 'the limit still applies');
+        assert.equal(helo.sizeLimit, 10_207_232, 'the limit still applies');
     });
 });
 
@@ -129,8 +148,8 @@ describe('MAIL and RCPT parameters against the offer', () => {
             assert.equal(invalid(line), 'param-invalid', line);
         }
         assert.equal(invalid(`ENVID=${'+41'.repeat(100)}`), undefined, '100 characters once decoded');
-        assert.equal(invalid('SIZE=10240001'), 'message-too-big');
-        assert.equal(invalid('SIZE=10240000'), undefined);
+        assert.equal(invalid('SIZE=10207233'), 'message-too-big');
+        assert.equal(invalid('SIZE=10207232'), undefined);
         const rcpt = (line: string, smtputf8 = false): string | undefined => {
             const p = parseEnvelopeCommand('rcpt', Buffer.from(`RCPT TO:<b@x.example> ${line}`));
             assert.ok(p.ok, line);
