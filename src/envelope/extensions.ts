@@ -14,8 +14,7 @@
  */
 import type { ListenerConfig } from '../config/types.ts';
 import type { Situation } from '../reply.ts';
-import type { UpstreamCapabilities } from '../upstream/capabilities.ts';
-import type { MailParams, RcptParams } from '../upstream/types.ts';
+import type { MailParams, RcptParams, UpstreamCapabilities } from '../upstream/types.ts';
 import type { EnvelopeParam } from './command.ts';
 
 /** What one EHLO (or HELO) reply offered to the client. */
