@@ -55,7 +55,8 @@ export class ReplyParser {
             start = nl + 1;
         }
         this.buf = buf.subarray(start);
-        if (this.buf.length > MAX_REPLY_LINE) throw new UpstreamError('protocol', 'upstream reply line too long');
+        // an unfinished line may hold the CR of a line of the longest length
+        if (this.buf.length > MAX_REPLY_LINE + 1) throw new UpstreamError('protocol', 'upstream reply line too long');
         return out;
     }
 

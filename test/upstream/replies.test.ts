@@ -84,6 +84,12 @@ describe('upstream replies', () => {
         protocolError(() => parser.feed(bytes('x'.repeat(200))), /line too long/);
         protocolError(() => new ReplyParser().feed(bytes('250-x\r\n'.repeat(300) + '250 x\r\n')), /too many lines/);
         assert.equal(new ReplyParser().feed(bytes('250-x\r\n'.repeat(255) + '250 x\r\n'))[0]?.lines.length, 256);
+        // a line of the longest length reads the same whole or with its CR, then its LF, apart
+        const longest = `250 ${'x'.repeat(4092)}`;
+        assert.equal(new ReplyParser().feed(bytes(`${longest}\r\n`)).length, 1);
+        const split = new ReplyParser();
+        assert.equal(split.feed(bytes(`${longest}\r`)).length, 0);
+        assert.equal(split.feed(bytes('\n')).length, 1);
     });
 
     it('hands out the replies read in full before garbage in the same read, then fails', () => {
