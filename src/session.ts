@@ -6,8 +6,6 @@
  * `250` for DATA only after the upstream said `250`; every failure of our own, or of the
  * upstream, is a 4xx and the mail stays with the client (SPEC, "The transaction"). A transaction
  * whose upstream connection died before DATA is begun again once on a new one (upstreamForData).
- * A message whose client hung up before it went upstream is not sent (ClientLeftError): the
- * client will send it again.
  * Before any rule, MAIL and RCPT pass the envelope rules (envelope/gate.ts: syntax,
  * SMTPUTF8, offered parameters, the recipient limit, relay control).
  * It must not choose reply texts itself (reply.ts does) nor decide policy (the decider does).
@@ -71,19 +69,6 @@ const DUPLICATE_RISK: Record<UnconfirmedReason, string> = {
     shutdown:
         'shutting down: the end of the message reached the upstream but its answer did not come in time; it may have accepted the message, which the client may send twice',
 };
-
-/**
- * The client hung up after its end of data, before the message went upstream: it never heard a
- * reply, so it keeps the message and sends it again. Sent now, it would be delivered twice; it is
- * not sent at all (the upstream transaction is reset), and its decision line is a tempfail. From
- * the upstream DATA command on, the message goes on (the duplicate window of docs/flow.md).
- */
-class ClientLeftError extends Error {
-    constructor() {
-        super('client gone before the message was sent upstream: not sent (the client keeps it)');
-        this.name = 'ClientLeftError';
-    }
-}
 
 /**
  * The `monitor` field of a `decision` or `refused` line: the `mode: monitor` rules that matched in
@@ -542,19 +527,11 @@ export class Session {
             try {
                 // abandoned by a shutdown while it was checked: no connection is opened for it
                 if (work.stopped) throw new UpstreamError('closed', work.stopped);
-                if (this.closed) throw new ClientLeftError();
                 const up = await this.upstreamForData(accepted, record);
-                // a replay takes round trips: the client may have left meanwhile
-                if (this.closed) throw new ClientLeftError();
                 upstreamStarted = this.deps.now();
                 reply = await up.data(message);
             } catch (err) {
                 action = 'tempfail';
-                if (err instanceof ClientLeftError) {
-                    record.reason = err.message;
-                    await this.abandonUpstream();
-                    throw this.refuse(replyFor('upstream-unavailable', { id: this.id }));
-                }
                 record.reason = work.stopped ?? `upstream: ${err instanceof Error ? err.message : String(err)}`;
                 // the client is told to try again, though the upstream may have the message
                 if (err instanceof UpstreamError && err.endOfDataSent) {
@@ -748,10 +725,9 @@ export class Session {
     /**
      * Client went away: the upstream session ends (QUIT, an open transaction there is discarded;
      * without XCLIENT a connection that ended cleanly is kept for the next client instead). A
-     * message not yet sent upstream is then not sent (onData sees `closed`); one being forwarded
-     * is let finish first: once its end was written upstream, only the upstream's answer tells
-     * whether it was delivered, and a 250 the client can no longer hear is counted (dataReplied)
-     * instead of being cut off unseen.
+     * message being forwarded is let finish first: once its end was written upstream, only the
+     * upstream's answer tells whether it was delivered, and a 250 the client can no longer hear
+     * is counted (dataReplied) instead of being cut off unseen.
      */
     async close(): Promise<void> {
         if (this.closed) return;
