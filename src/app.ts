@@ -172,6 +172,7 @@ function delegate(current: () => Check): Check {
         run: (ctx, signal) => current().run(ctx, signal),
         ...(first.prefetch ? { prefetch: (client) => current().prefetch?.(client) } : {}),
         ...(first.end ? { end: (id: string) => current().end?.(id) ?? Promise.resolve() } : {}),
+        ...(first.delivered ? { delivered: (id, rcpts) => current().delivered?.(id, rcpts) } : {}),
     };
 }
 

@@ -554,6 +554,7 @@ export class Session {
             const queueId = /queued as ([A-Za-z0-9._-]+)/i.exec(reply.text)?.[1] ?? null;
             // to follow the message into Postfix's logs (postqueue, postcat) without parsing `upstream`
             if (queueId !== null) record.queueId = queueId;
+            for (const c of this.deps.checks) c.delivered?.(this.id, tx.rcpts);
             const ok = replyFor('accepted', { id: this.id, queueId });
             return `${ok.enhanced} ${ok.text}`;
         } catch (err) {

@@ -114,4 +114,9 @@ export interface Check {
     prefetch?(client: ClientIdentity): void;
     /** Called once when the SMTP session ends, to release per-connection state; must not throw. */
     end?(sessionId: string): Promise<void>;
+    /**
+     * Called when the upstream accepted a message of the session (its 250 to the end of data),
+     * with the recipients it accepted; must not throw or wait (work it starts runs on its own).
+     */
+    delivered?(sessionId: string, recipients: readonly string[]): void;
 }

@@ -1,8 +1,8 @@
 /**
  * The work of the `ratelimit` check (declared in src/checks/ratelimit.ts): at each stage it charges the rate limits counted there, takes the
  * concurrency leases of a new connection (renewed while the session lives, released when it
- * ends) and, at RCPT, asks greylisting about the recipient; at DATA it credits the client with
- * the greylisting passes whose recipients the upstream accepted (a second call, only then). It
+ * ends) and, at RCPT, asks greylisting about the recipient; once the upstream accepted a
+ * message whose recipient passed greylisting, it credits the client with one pass. It
  * reports facts only (`ratelimit.*`, `greylist.*`); the implicit rules of the limits decide.
  * Everything a stage asks of the store (lease renewals, every limit, greylisting) is one batch
  * (LimitStore.stage): one round trip to Redis per stage. A store failure is
@@ -85,7 +85,7 @@ function errorText(err: unknown): string {
 const MAX_UNCREDITED = 100;
 
 /** The check's `run` and `end`: counting, leases and greylisting over the store. */
-export function createRateLimiter(options: RateLimitCheckOptions): Pick<Check, 'run' | 'end'> {
+export function createRateLimiter(options: RateLimitCheckOptions): Pick<Check, 'run' | 'end' | 'delivered'> {
     const { store, metrics, logger } = options;
     const ttl = options.leaseTtlMs ?? DEFAULT_LEASE_TTL_MS;
     const renewEvery = Math.max(1000, Math.floor(ttl / 3));
@@ -93,10 +93,11 @@ export function createRateLimiter(options: RateLimitCheckOptions): Pick<Check, '
     /** The store call of each session's stage in progress (end() waits for it). */
     const inflight = new Map<string, Promise<readonly StageAnswer[]>>();
     /**
-     * Greylisting passes of each session not yet counted for their client: a pass counts
-     * towards `autoAllowAfter` only once its recipient, accepted by the upstream, is in a
-     * message the client sent in full (the data stage). Counted at RCPT, recipients the
-     * upstream refuses (invented ones) earned a whole network a place on the auto-allowlist.
+     * Greylisting passes of each session's transaction (cleared at MAIL), not yet counted for
+     * their client: a message the upstream accepted (its 250 to the end of data) counts one
+     * pass towards `autoAllowAfter`, when a recipient it was accepted for passed the delay in
+     * its transaction. Counted at RCPT, recipients the upstream refuses (invented ones), or a
+     * message that is then refused, earned a whole network a place on the auto-allowlist.
      */
     const uncredited = new Map<string, { recipient: string; client: string; passTtlMs: number }[]>();
     const holder = (sessionId: string): string => `${options.instanceId}:${sessionId}`;
@@ -276,23 +277,16 @@ export function createRateLimiter(options: RateLimitCheckOptions): Pick<Check, '
         else if (list.length < MAX_UNCREDITED) list.push(pass);
     };
 
-    /** Counts the session's passes whose recipient is in this message; errors only logged. */
-    const credit = async (ctx: CheckContext): Promise<void> => {
-        const list = uncredited.get(ctx.sessionId);
+    /** One pass for a message the upstream accepted, if a recipient of it passed; errors only logged. */
+    const delivered = (sessionId: string, recipients: readonly string[]): void => {
+        const list = uncredited.get(sessionId);
         if (!list) return;
-        const due = list.filter((p) => ctx.envelope.rcptTo.includes(p.recipient));
-        if (due.length === 0) return;
-        const rest = list.filter((p) => !due.includes(p));
-        if (rest.length > 0) uncredited.set(ctx.sessionId, rest);
-        else uncredited.delete(ctx.sessionId);
-        const at = nowMs();
-        await Promise.all(
-            due.map((p) =>
-                store.greylistCredit(p.client, p.passTtlMs, at).catch((err: unknown) => {
-                    logger?.debug({ session: ctx.sessionId, err: errorText(err) }, 'greylisting credit failed');
-                }),
-            ),
-        );
+        uncredited.delete(sessionId);
+        const pass = list.find((p) => recipients.includes(p.recipient));
+        if (!pass) return;
+        store.greylistCredit(pass.client, pass.passTtlMs, nowMs()).catch((err: unknown) => {
+            logger?.debug({ session: sessionId, err: errorText(err) }, 'greylisting credit failed');
+        });
     };
 
     /** The greylisting facts from the store's answer; counts the verdict. */
@@ -328,7 +322,8 @@ export function createRateLimiter(options: RateLimitCheckOptions): Pick<Check, '
     return {
         async run(ctx) {
             const set = options.declarations();
-            if (ctx.stage === 'data') await credit(ctx);
+            // a new transaction: the passes of an earlier one (abandoned, refused) count for nothing
+            if (ctx.stage === 'mail') uncredited.delete(ctx.sessionId);
             if (set === null || (set.limits.length === 0 && set.greylists.length === 0)) return { facts: {} };
             const at = nowMs();
             // Everything this stage asks of the store goes in one batch: one round trip.
@@ -415,6 +410,7 @@ export function createRateLimiter(options: RateLimitCheckOptions): Pick<Check, '
             }
             return { facts };
         },
+        delivered,
         async end(sessionId) {
             // a stage still asking the store (bounded by the store's timeout) decides first
             await inflight.get(sessionId)?.catch(() => undefined);

@@ -70,7 +70,7 @@ const GREYLIST_KEY_DOCS: Readonly<Record<(typeof GREYLIST_KEYS)[number], string>
     delay: `How long a new triplet is refused (default ${formatDuration(GREYLIST_DEFAULTS.delayMs)}).`,
     retryWindow: `A retry passes only between \`delay\` and this long after the first try; later it starts over (default ${formatDuration(GREYLIST_DEFAULTS.retryWindowMs)}).`,
     expire: `How long a passed triplet, and a client's pass count, are kept after their last use (default ${formatDuration(GREYLIST_DEFAULTS.expireMs)}).`,
-    autoAllowAfter: `After this many passed triplets (each counted once the upstream accepted its recipient and the message was sent in full) a client network is no longer greylisted while it keeps sending (default ${GREYLIST_DEFAULTS.autoAllowAfter}; 0: never).`,
+    autoAllowAfter: `After this many messages the upstream accepted, each to a recipient that passed the delay, a client network is no longer greylisted while it keeps sending (default ${GREYLIST_DEFAULTS.autoAllowAfter}; 0: never).`,
     mode: '`enforce` (default) or `monitor`: triplets are recorded and counted, nothing is delayed.',
     onError: '`allow` (default) or `tempfail`, as for limits.',
 };

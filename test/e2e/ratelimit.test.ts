@@ -75,6 +75,7 @@ describe('rate limits end to end (memory store)', () => {
         up = await startScriptedUpstream({
             ehlo: ['XCLIENT NAME ADDR PORT PROTO HELO LOGIN'],
             onCommand: (line) => (/^RCPT TO:<nobody/i.test(line) ? '550 5.1.1 no such user' : undefined),
+            onData: (tx) => (tx.mail.startsWith('refused@') ? '554 5.7.1 refused' : undefined),
         });
         mw = await startApp(
             [
@@ -285,32 +286,54 @@ describe('rate limits end to end (memory store)', () => {
         assert.equal(await metric(mw, 'ratelimitDecisions', { limit: 'greylist', result: 'known' }), 1);
     });
 
-    it('counts a pass for the network only once its recipient, accepted upstream, is in a message sent in full', async () => {
-        // from another /24: invented recipients wait out the delay, then the upstream refuses them
-        const rcpts = async (from: string, to: readonly string[]): Promise<number[]> => {
+    it('counts a pass for the network only for a message the upstream accepted, one per message', async () => {
+        // from another /24; the upstream refuses invented recipients, and the message of refused@
+        const session = async (steps: readonly { from: string; to: readonly string[] }[]): Promise<number[]> => {
             const c = await smtpConnect(mw.port(), { localAddress: '127.0.12.1' });
             await c.greeting();
             await c.cmd('EHLO bot.example');
-            assert.equal((await c.cmd(`MAIL FROM:<${from}>`)).code, 250);
             const codes: number[] = [];
-            for (const r of to) codes.push((await c.cmd(`RCPT TO:<${r}>`)).code);
-            if (codes.includes(250)) {
+            for (const [i, step] of steps.entries()) {
+                if (i > 0) await c.cmd('RSET');
+                assert.equal((await c.cmd(`MAIL FROM:<${step.from}>`)).code, 250);
+                for (const r of step.to) codes.push((await c.cmd(`RCPT TO:<${r}>`)).code);
+            }
+            if (codes.at(-1) === 250) {
                 assert.equal((await c.cmd('DATA')).code, 354);
-                assert.equal((await c.cmd(`${MSG}.`)).code, 250);
+                codes.push((await c.cmd(`${MSG}.`)).code);
             }
             await c.cmd('QUIT').catch(() => undefined);
             c.close();
             return codes;
         };
         const invented = ['nobody1@grey.example', 'nobody2@grey.example', 'nobody3@grey.example'];
-        assert.deepEqual(await rcpts('bot@far.example', invented), [450, 450, 450]);
+        // the RSET game: passes of abandoned transactions, then a message the upstream refuses
+        const game = ['bot1', 'bot2', 'refused'].map((b) => ({
+            from: `${b}@far.example`,
+            to: ['postmaster@grey.example'],
+        }));
+        assert.deepEqual(
+            await session([{ from: 'bot@far.example', to: invented }, ...game]),
+            [450, 450, 450, 450, 450, 450],
+        );
         clock += 6 * 60_000;
-        assert.deepEqual(await rcpts('bot@far.example', invented), [550, 550, 550], 'passed, then refused upstream');
-        assert.deepEqual(await rcpts('other@far.example', ['dave@grey.example']), [450], 'the network is not known');
-        // a real recipient that passes, in a message sent in full, counts
+        assert.deepEqual(
+            await session([{ from: 'bot@far.example', to: invented }]),
+            [550, 550, 550],
+            'passed, refused upstream',
+        );
+        assert.deepEqual(await session(game), [250, 250, 250, 554], 'passed, message refused upstream');
+        assert.deepEqual(await session([{ from: 'other@far.example', to: ['dave@grey.example'] }]), [450], 'not known');
+        // a message the upstream accepts, to two recipients that passed: one pass
+        const two = { from: 'pair@far.example', to: ['dave@grey.example', 'erin@grey.example'] };
+        assert.deepEqual(await session([two]), [450, 450]);
         clock += 6 * 60_000;
-        assert.deepEqual(await rcpts('other@far.example', ['dave@grey.example']), [250]);
-        assert.deepEqual(await rcpts('bot@far.example', ['erin@grey.example']), [450], 'one credited pass of two');
+        assert.deepEqual(await session([two]), [250, 250, 250]);
+        assert.deepEqual(
+            await session([{ from: 'other@far.example', to: ['fay@grey.example'] }]),
+            [450],
+            'one pass of two',
+        );
     });
 });
 
