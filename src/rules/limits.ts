@@ -231,11 +231,16 @@ function whose(key: readonly KeyPart[]): string {
                 return `for this ${p.fact}`;
         }
     };
-    // A network after another part says where that part is counted: "from this sender address
-    // on your network (/24)"; other parts are joined with "and".
+    // A network right after a sending identity says where that identity is counted: "from this
+    // sender address on your network (/24)"; other parts are joined with "and".
+    const sender = (p: KeyPart | undefined): boolean =>
+        p?.kind === 'fact' &&
+        ['mail.from', 'mail.from.domain', 'helo', 'auth.user', 'header.from', 'header.from.domain'].includes(p.fact);
     const where = (p: KeyPart & { kind: 'ip' }): string =>
         p.v4 >= 32 ? 'at your IP address' : `on your network (/${p.v4})`;
-    return key.map((p, i) => (i === 0 ? one(p) : p.kind === 'ip' ? where(p) : `and ${one(p)}`)).join(' ');
+    return key
+        .map((p, i) => (i === 0 ? one(p) : p.kind === 'ip' && sender(key[i - 1]) ? where(p) : `and ${one(p)}`))
+        .join(' ');
 }
 
 function template(text: string): Template {

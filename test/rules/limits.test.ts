@@ -160,6 +160,23 @@ describe('limits in rule files', () => {
         assert.equal(errored.decision.action, 'accept', 'a monitor limit never refuses, errors included');
     });
 
+    it('say where a sending identity is counted, and join other key parts with "and"', () => {
+        const set = load({
+            '10-limits.yaml': `limits:
+  - { id: s-net, key: [mail.from, client.ip/24], rate: 1/1h, per: recipient }
+  - { id: login-ip, key: [auth.user, client.ip], rate: 1/1h, per: recipient }
+  - { id: domain-net, key: [rcpt.domain, client.ip/24], rate: 1/1h, per: recipient }
+  - { id: net-ip, key: [client.ip/24, client.ip], rate: 1/1h, per: recipient }
+`,
+        });
+        const text = (id: string): string =>
+            set.evaluate('rcpt', { 'ratelimit.exceeded': [id], 'ratelimit.retry_after': 1 }).decision.reply!.text;
+        assert.match(text('s-net'), /too many recipients from this sender address on your network \(\/24\)\./);
+        assert.match(text('login-ip'), /too many recipients for your login at your IP address\./);
+        assert.match(text('domain-net'), /to this recipient domain and from your network \(\/24\)\./);
+        assert.match(text('net-ip'), /from your network \(\/24\) and from your IP address\./);
+    });
+
     it('say so when one message is larger than a byte limit allows at all', () => {
         const set = load({ '10-limits.yaml': LIMITS });
         const facts: Facts = { 'ratelimit.exceeded': ['huge-senders'], 'message.size': 3 * 1024 * 1024 };
