@@ -78,7 +78,12 @@ export function computeOffer(
     upstream: UpstreamCapabilities | null,
     session: { readonly secure: boolean; readonly extended: boolean },
 ): EhloOffer {
-    const sizeLimit = messageSizeLimit(listener.maxMessageSize, upstream?.size ?? null);
+    // nothing learnt yet (the first session after a start, an upstream down): its limit is taken
+    // to be the listener's, as the documented set-up makes them, and the room kept all the same
+    const sizeLimit = messageSizeLimit(
+        listener.maxMessageSize,
+        upstream === null ? listener.maxMessageSize : upstream.size,
+    );
     const ext = session.extended;
     return {
         extended: ext,
