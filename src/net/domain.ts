@@ -50,7 +50,7 @@ const IDNA_DOTS = /[\u3002\uff0e\uff61]/g;
  * MAX_DOMAIN_NAME + 1 characters; -1 when there is no such dot. No list entry or rule value is
  * longer, so the rest of a longer name can never match one.
  */
-function reachableStart(name: string): number {
+export function reachableStart(name: string): number {
     if (name.length <= MAX_DOMAIN_NAME) return 0;
     const dot = name.indexOf('.', name.length - MAX_DOMAIN_NAME - 1);
     return dot < 0 ? -1 : dot + 1;

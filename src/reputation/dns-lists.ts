@@ -13,7 +13,7 @@
  * only data it reads is the shipped Public Suffix List (psl.ts), to find a registrable domain.
  */
 import { isIP } from 'node:net';
-import { MAX_DOMAIN_NAME, toALabel, withoutTrailingDot } from '../net/domain.ts';
+import { MAX_DOMAIN_NAME, reachableStart, toALabel, withoutTrailingDot } from '../net/domain.ts';
 import { normalizeName, reverseName } from '../dns/names.ts';
 import { publicSuffixList } from '../sender-auth/psl.ts';
 
@@ -113,7 +113,7 @@ export const TOO_LONG: unique symbol = Symbol('too long');
  * labels below it are the sender's own choice, so a long wildcard subdomain must not hide a
  * listed domain (a longer parent that still fits would be as much the sender's choice). Never
  * above the registrable domain: TOO_LONG when even that does not fit under the zone, or when
- * the name has none (a public suffix, a name longer than 253 characters).
+ * the name has none (a public suffix).
  */
 export function domainQuery(domain: string, zone: string): string | null | typeof TOO_LONG {
     const d = withoutTrailingDot(domain.trim()).toLowerCase();
@@ -122,8 +122,10 @@ export function domainQuery(domain: string, zone: string): string | null | typeo
     if (!ascii || !ascii.includes('.')) return null;
     let name = ascii;
     if (ascii.length + 1 + zone.length > MAX_DOMAIN_NAME) {
-        // null for a name longer than any domain name: its registrable domain is not known
-        const registrable = publicSuffixList().registrableDomain(ascii);
+        // a name longer than any domain name (the envelope takes 255 octets) is cut to the suffix
+        // a name can be first: its registrable domain is within it
+        const start = reachableStart(ascii);
+        const registrable = start < 0 ? null : publicSuffixList().registrableDomain(ascii.slice(start));
         if (registrable === null || registrable.length + 1 + zone.length > MAX_DOMAIN_NAME) return TOO_LONG;
         name = registrable;
     }
