@@ -9,9 +9,10 @@
  * Every message costs a bounded amount of CPU and DNS: mailauth verifies a copy of the message
  * that carries only the signatures chosen within the per-message limits (verification-copy.ts),
  * fed in whole lines with pauses for the event loop (verification-stream.ts), through a resolver
- * that counts the message's queries against `maxDnsQueries` and refuses new ones once the check
- * ended (dns/scoped.ts). When the pipeline gives up on the check, the message stream is
- * destroyed, which stops the hashing. mailauth runs in the verification thread
+ * that counts the message's queries against `maxDnsQueries` and the bytes of its answers against
+ * MESSAGE_ANSWER_BYTES, and refuses new ones once the check ended (dns/scoped.ts). When the
+ * pipeline gives up on the check, the message stream is destroyed, which stops the hashing.
+ * mailauth runs in the verification thread
  * (verify-thread.ts, `authentication.thread`), which is terminated when synchronous work holds
  * it; the decision stays here, on the main thread.
  *
@@ -27,7 +28,7 @@
 import type { Readable } from 'node:stream';
 import type { AuthenticationConfig } from '../config/types.ts';
 import type { Resolver } from '../dns/resolver.ts';
-import { scopedResolver, type DnsResolve, type ScopedResolver } from '../dns/scoped.ts';
+import { MESSAGE_ANSWER_BYTES, scopedResolver, type DnsResolve, type ScopedResolver } from '../dns/scoped.ts';
 import type { Logger } from '../log.ts';
 import type { Metrics } from '../metrics.ts';
 import { foldDomain } from '../net/domain.ts';
@@ -149,7 +150,11 @@ export function createMailauthVerifier(opts: MailauthCheckOptions): Check['run']
         const startedAt = performance.now();
         const thread = settings.thread ? (opts.thread ?? null) : null;
         // one DNS budget for the message, a second run included
-        const dns = scopedResolver(opts.resolver.resolve, { maxQueries: settings.maxDnsQueries, signal });
+        const dns = scopedResolver(opts.resolver.resolve, {
+            maxQueries: settings.maxDnsQueries,
+            maxBytes: MESSAGE_ANSWER_BYTES,
+            signal,
+        });
         for (let attempt = 1; ; attempt++) {
             const verification = await openVerification(ctx.message!.stream(), (header) =>
                 planVerification(header, {
@@ -164,11 +169,13 @@ export function createMailauthVerifier(opts: MailauthCheckOptions): Check['run']
                 const run =
                     attempt === 1 ? options : { ...options, maxElapsedTime: Math.max(1, Math.floor(left * 0.8)) };
                 const verified = thread
-                    ? await thread.verify(verification.stream, run, dns.resolve, signal, ctx.sessionId, {
+                    ? await thread.verify(verification.stream, run, dns.resolveAdmitted, signal, ctx.sessionId, {
                           max: settings.maxDnsQueries,
                           used: dns.queries,
+                          maxBytes: MESSAGE_ANSWER_BYTES,
+                          usedBytes: dns.bytes,
                           cache: sharedCache,
-                          tally: (n, exhausted) => dns.tally(n, exhausted),
+                          tally: (t) => dns.tally(t),
                       })
                     : await verifyHere(verification.stream, run, dns.resolve);
                 return { dns, verification, verified };
@@ -288,6 +295,7 @@ export function createMailauthVerifier(opts: MailauthCheckOptions): Check['run']
         const limited: LimitName[] = [...plan.limits];
         if (verification.stats.cut !== null) limited.push(verification.stats.cut);
         if (dns.exhausted) limited.push('dns_queries');
+        if (dns.bytesExhausted) limited.push('dns_bytes');
         const authorDomains = headerFrom.map(domainOf).filter((d): d is string => d !== null);
         const localSender =
             isLocal(mailFromDomain, locals) ||

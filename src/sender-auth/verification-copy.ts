@@ -61,6 +61,7 @@ export const LIMIT_NAMES = [
     'body_line_length',
     'body_rewrites',
     'dns_queries',
+    'dns_bytes',
 ] as const;
 export type LimitName = (typeof LIMIT_NAMES)[number];
 

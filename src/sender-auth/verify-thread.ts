@@ -30,9 +30,11 @@ import { Worker } from 'node:worker_threads';
 import type { Logger } from '../log.ts';
 import type { Metrics } from '../metrics.ts';
 import type { Resolver } from '../dns/resolver.ts';
-import type { DnsResolve } from '../dns/scoped.ts';
+import { isBytesRefusal, type DnsResolve, type Tally } from '../dns/scoped.ts';
 import type { VerifiedMessage, VerifyOptions } from './verify-message.ts';
 import {
+    BYTES_EXHAUSTED_SLOT,
+    BYTES_SLOT,
     COPY_TYPES,
     dnsCounts,
     EXHAUSTED_SLOT,
@@ -58,6 +60,22 @@ export const PIECES_IN_FLIGHT = 4;
 export const BYTES_IN_FLIGHT = 64 * 1024;
 /** The thread's heap limit: a verification holds at most a 4 MiB header section and its parse. */
 export const THREAD_HEAP_MB = 192;
+/**
+ * The DNS answers the thread's verifications hold together. Each message's answers are held to
+ * its own byte budget (1 MiB, dns/scoped.ts MESSAGE_ANSWER_BYTES), but the thread takes every
+ * message in verification at once: 200 messages that each held nearly their full budget (an SPF
+ * record of `a` terms whose names answer 4,000 addresses, then a name the sender's server
+ * answers slowly) took its heap to 179 MB; with 300 it answered no ping for 2 s and was stopped,
+ * and every verification with it. So what the jobs in progress hold together is held to `total`,
+ * and the part of it beyond the first `share` bytes of each job to `beyondShares`; a job's
+ * answer that would pass either is refused as one past its own budget (temperror, never a
+ * pass). An ordinary message's answers come to a few KB: they stay within its share, which
+ * messages that hold more cannot take (`total` - `beyondShares` is left for the shares: a
+ * thousand messages' at once). A bound on the jobs the thread takes at once would instead hold
+ * every message back behind a few that wait on a DNS server that does not answer, holding
+ * nothing.
+ */
+export const ANSWER_BYTES = { share: 32 * 1024, beyondShares: 64 * 1024 * 1024, total: 96 * 1024 * 1024 } as const;
 /**
  * The thread's young generation in MB (V8 makes each of its two semi-spaces a third of it, at
  * least 1 MB): a verification's garbage is a few hundred KB, collected at little cost, so the
@@ -89,24 +107,30 @@ export interface VerifyThreadOptions {
     readonly stallMs?: number;
     /** The thread's entry module; verify-thread-entry.js unless a test gives one that misbehaves on purpose. */
     readonly entry?: URL;
+    /** Overrides ANSWER_BYTES (tests). */
+    readonly answerBytes?: { readonly share: number; readonly beyondShares: number; readonly total: number };
 }
 
 /**
- * The message's DNS budget and the cache behind its resolver, for the thread's copy of the
+ * The message's DNS budgets and the cache behind its resolver, for the thread's copy of the
  * answers: the thread answers a question again from its copy while the main thread's cache
- * would (until the expiry the answer came with), counts it against the same budget and refuses
- * past it as dns/scoped.ts does; what it answered that way goes to `tally` and to the cache's hit
- * count when the verification ends, however it ends (a verification lost with its thread and run
- * again starts with them counted).
+ * would (until the expiry the answer came with), counts it against the same budgets and refuses
+ * past them as dns/scoped.ts does (the bytes of the answers the main thread gives it count there
+ * too); what it answered that way goes to `tally` and to the cache's hit count when the
+ * verification ends, however it ends (a verification lost with its thread and run again starts
+ * with them counted).
  */
 export interface ThreadDns {
     /** The budget: `max` queries for the message, `used` of them before this verification. */
     readonly max: number;
     readonly used: number;
+    /** The byte budget of the answers: `maxBytes` for the message, `usedBytes` before this verification. */
+    readonly maxBytes: number;
+    readonly usedBytes: number;
     /** The shared resolver the answers come from (its clock and expiries), or null: no copy. */
     readonly cache: Pick<Required<Resolver>, 'expiresAt' | 'now' | 'countHits'> | null;
-    /** Questions answered from the copy, and whether the thread refused one past the budget. */
-    tally(n: number, exhausted: boolean): void;
+    /** Questions answered from the copy, the bytes spent as the thread counted them, what it refused. */
+    tally(t: Tally): void;
 }
 
 export interface VerifyThread {
@@ -186,14 +210,23 @@ let lastCacheId = 0;
 function dnsTerms(job: Job): DnsTerms {
     const { dns } = job;
     const counts = job.counts.buffer as SharedArrayBuffer;
-    if (!dns) return { max: Number.MAX_SAFE_INTEGER, used: 0, cache: null, counts };
+    if (!dns) {
+        return {
+            max: Number.MAX_SAFE_INTEGER,
+            used: 0,
+            maxBytes: Number.MAX_SAFE_INTEGER,
+            usedBytes: 0,
+            cache: null,
+            counts,
+        };
+    }
+    const budget = { max: dns.max, used: dns.used, maxBytes: dns.maxBytes, usedBytes: dns.usedBytes };
     const cache = dns.cache;
-    if (!cache) return { max: dns.max, used: dns.used, cache: null, counts };
+    if (!cache) return { ...budget, cache: null, counts };
     let id = cacheIds.get(cache);
     if (id === undefined) cacheIds.set(cache, (id = ++lastCacheId));
     return {
-        max: dns.max,
-        used: dns.used,
+        ...budget,
         cache: { id, now: cache.now(), sentAt: performance.timeOrigin + performance.now() },
         counts,
     };
@@ -211,7 +244,12 @@ function tally(job: Job): void {
         n += hits;
         job.dns?.cache?.countHits(COPY_TYPES[i]!, hits);
     }
-    job.dns?.tally(n, Atomics.load(job.counts, EXHAUSTED_SLOT) !== 0);
+    job.dns?.tally({
+        queries: n,
+        bytes: Atomics.load(job.counts, BYTES_SLOT),
+        exhausted: Atomics.load(job.counts, EXHAUSTED_SLOT) !== 0,
+        bytesExhausted: Atomics.load(job.counts, BYTES_EXHAUSTED_SLOT) !== 0,
+    });
 }
 
 export function createVerifyThread(opts: VerifyThreadOptions = {}): VerifyThread {
@@ -269,7 +307,11 @@ export function createVerifyThread(opts: VerifyThreadOptions = {}): VerifyThread
         // the thread's heap is made (a setting of 0 is V8's "not given")
         setFlagsFromString('--max-semi-space-size=0');
         const w = new Worker(opts.entry ?? ENTRY, {
-            workerData: { current: current.buffer, ...(ownModules ? { ownModules: OWN_MODULES } : {}) },
+            workerData: {
+                current: current.buffer,
+                answerBytes: opts.answerBytes ?? ANSWER_BYTES,
+                ...(ownModules ? { ownModules: OWN_MODULES } : {}),
+            },
             resourceLimits: { maxOldGenerationSizeMb: THREAD_HEAP_MB, maxYoungGenerationSizeMb: THREAD_YOUNG_MB },
             stdout: false,
             stderr: false,
@@ -382,9 +424,10 @@ export function createVerifyThread(opts: VerifyThreadOptions = {}): VerifyThread
                         if (t.jobs.get(m.job) === job) send(t, { t: 'answer', job: m.job, q: m.q, value, ...kept() });
                     },
                     (err: unknown) => {
-                        if (t.jobs.get(m.job) === job) {
-                            send(t, { t: 'answer', job: m.job, q: m.q, error: toWireError(err), ...kept(err) });
-                        }
+                        if (t.jobs.get(m.job) !== job) return;
+                        const error = toWireError(err);
+                        const spent = isBytesRefusal(err) ? { bytesSpent: true as const } : {};
+                        send(t, { t: 'answer', job: m.job, q: m.q, error, ...spent, ...kept(err) });
                     },
                 );
                 return;

@@ -10,7 +10,8 @@
  * says it is the last, and the thread says a piece was taken in only when the main thread asked
  * (when it will wait for room before sending more). DNS answers come with the time the main
  * thread's cache keeps them, and the thread answers the same question from its copy until then,
- * counting it against the message's budget as the main thread would (DnsTerms, dnsCounts).
+ * counting it against the message's budgets (queries, answer bytes) as the main thread would
+ * (DnsTerms, dnsCounts).
  *
  * It must not verify or decide anything, and must not load mailauth.
  */
@@ -40,6 +41,12 @@ export interface DnsTerms {
     readonly max: number;
     readonly used: number;
     /**
+     * The message's budget of answer bytes (estimateAnswerBytes, dns/scoped.ts), and the part
+     * spent before this job.
+     */
+    readonly maxBytes: number;
+    readonly usedBytes: number;
+    /**
      * Which cache the answers come from (a new number when the main thread's resolver was
      * replaced: the thread drops its copy), with the main thread's cache clock when the job
      * starts; null: answer nothing from the copy.
@@ -56,17 +63,25 @@ export interface DnsTerms {
 
 /** The record types the thread counts its copy's answers by (the resolver's), in the order of their dnsCounts slots. */
 export const COPY_TYPES = RRTYPES;
-/** The DnsCounts slot set when the thread refused a question past the budget. */
+/** The DnsCounts slot set when the thread refused a question past the query budget. */
 export const EXHAUSTED_SLOT = COPY_TYPES.length;
+/** The DnsCounts slot set when the thread refused a question or an answer past the byte budget. */
+export const BYTES_EXHAUSTED_SLOT = EXHAUSTED_SLOT + 1;
+/**
+ * The DnsCounts slot of the byte budget spent as the thread counts it: `usedBytes` and every
+ * answer it gave the job, from its copy or from the main thread (or the whole budget once it
+ * refused past it).
+ */
+export const BYTES_SLOT = EXHAUSTED_SLOT + 2;
 
 /**
  * A job's DNS questions answered from the thread's copy, one Int32 slot per COPY_TYPES entry,
- * and EXHAUSTED_SLOT: shared memory the thread writes as it answers (Atomics), so the main thread
- * reads them when the job ends, also when the thread was lost with the job, which then runs again
- * with them counted.
+ * EXHAUSTED_SLOT, BYTES_EXHAUSTED_SLOT and BYTES_SLOT: shared memory the thread writes as it
+ * answers (Atomics), so the main thread reads them when the job ends, also when the thread was
+ * lost with the job, which then runs again with them counted.
  */
 export function dnsCounts(): Int32Array {
-    return new Int32Array(new SharedArrayBuffer(4 * (EXHAUSTED_SLOT + 1)));
+    return new Int32Array(new SharedArrayBuffer(4 * (BYTES_SLOT + 1)));
 }
 
 /** Main thread to verification thread. */
@@ -86,6 +101,8 @@ export type ToThread =
           readonly q: number;
           readonly value?: unknown;
           readonly error?: WireError;
+          /** The error is the main thread's refusal past the message's byte budget (spent there). */
+          readonly bytesSpent?: true;
           /** Until when (the main thread's cache clock) the main thread's cache keeps this answer; absent: it does not. */
           readonly expiresAt?: number;
       };

@@ -8,7 +8,10 @@
  * then (in the main thread's cache clock, which each job brings) the same question is answered
  * here without asking, counted against the message's budget as the main thread counts it, and
  * refused past that budget with the main thread's refusal; what was answered here is counted, as
- * it is answered, in memory the main thread reads (dnsCounts).
+ * it is answered, in memory the main thread reads (dnsCounts). The bytes of every answer a job
+ * gets, from the copy or from the main thread, count against the message's byte budget here as
+ * they do there (dns/scoped.ts): the answer that would pass it is refused, and so is every later
+ * question, so no job holds more than that budget of answers in this thread's heap.
  *
  * Several jobs run at once, interleaved at their DNS waits. A `cancel` destroys the job's input
  * and fails its pending queries, and is answered once the job's work has ended; a `ping` is
@@ -25,15 +28,17 @@ import { performance } from 'node:perf_hooks';
 import { PassThrough } from 'node:stream';
 import { parentPort, workerData } from 'node:worker_threads';
 import { copyAnswer, estimateAnswerBytes } from '../dns/answers.ts';
-import { dnsError } from '../dns/errors.ts';
+import { dnsError, type DnsError } from '../dns/errors.ts';
 import { Lru } from '../dns/lru.ts';
 import { normalizeName } from '../dns/names.ts';
-import { budgetRefusal } from '../dns/scoped.ts';
+import { budgetRefusal, bytesRefusal } from '../dns/scoped.ts';
 import { createKeyStore } from './key-reuse.ts';
 import { verifyMessage, type VerifyOptions } from './verify-message.ts';
 import {
     fromWireError,
     toWireError,
+    BYTES_EXHAUSTED_SLOT,
+    BYTES_SLOT,
     COPY_TYPES,
     EXHAUSTED_SLOT,
     type DnsTerms,
@@ -47,7 +52,13 @@ interface Job {
     readonly input: PassThrough;
     readonly queries: Map<
         number,
-        { resolve(value: unknown): void; reject(err: Error): void; readonly key: string | null }
+        {
+            resolve(value: unknown): void;
+            reject(err: Error): void;
+            readonly key: string | null;
+            readonly name: string;
+            readonly rrtype: string;
+        }
     >;
     nextQuery: number;
     cancelled: boolean;
@@ -56,13 +67,19 @@ interface Job {
     readonly startedAt: number;
     /** Questions asked (answered here or not). */
     asked: number;
-    /** Those answered here by type, and whether one was refused (dns.counts). */
+    /** The byte budget spent: dns.usedBytes and the answers given since (all of it once one was refused). */
+    bytes: number;
+    /** Bytes of the answers given to this job, and the part of them beyond its share (BOUNDS). */
+    got: number;
+    beyond: number;
+    /** Those answered here by type, whether one was refused, the bytes spent (dns.counts). */
     readonly counts: Int32Array;
 }
 
-/** An answer as the main thread gave it: a value, or a negative answer's error. */
+/** An answer as the main thread gave it: a value and its estimated bytes, or a negative answer's error. */
 interface Copied {
     readonly value?: unknown;
+    readonly bytes: number;
     readonly error?: WireError;
 }
 
@@ -92,6 +109,46 @@ function copyKey(name: string, type: string): string | null {
 /** True when the job may read and fill the copy: it came with the cache the copy is of. */
 function usesCopy(job: Job): boolean {
     return job.dns.cache !== null && job.dns.cache.id === copiedFrom;
+}
+
+/**
+ * The answers the jobs in progress hold together, and the part of them beyond each job's first
+ * `share` bytes, are held to `total` and `beyondShares` (verify-thread.ts says why:
+ * ANSWER_BYTES); past either, a job's answer is refused as one past its own budget is.
+ */
+const BOUNDS = (workerData as { answerBytes: { share: number; beyondShares: number; total: number } }).answerBytes;
+/** What the jobs in progress hold, and the part of it beyond their shares. */
+let held = 0;
+let beyond = 0;
+
+/**
+ * Counts an answer of `size` bytes against the job's byte budget and the thread's bounds: null
+ * when it fits; else the refusal, and the job's budget is spent (every later question refused as
+ * dns/scoped.ts refuses them).
+ */
+function spend(job: Job, size: number, rrtype: string, name: string): DnsError | null {
+    let refused: DnsError | null = null;
+    const draw = Math.max(0, job.got + size - BOUNDS.share) - job.beyond;
+    const over =
+        held + size > BOUNDS.total ? BOUNDS.total : beyond + draw > BOUNDS.beyondShares ? BOUNDS.beyondShares : 0;
+    if (job.bytes + size > job.dns.maxBytes) refused = bytesRefusal(job.dns.maxBytes, rrtype, name);
+    else if (over > 0) {
+        const type = rrtype.toUpperCase();
+        refused = dnsError('ECANCELLED', `query${type}`, name);
+        refused.message = `DNS answers of the messages being verified over ${over} bytes: ${type} ${name}`;
+    }
+    if (refused) {
+        job.bytes = Math.max(job.bytes, job.dns.maxBytes);
+        Atomics.store(job.counts, BYTES_EXHAUSTED_SLOT, 1);
+    } else {
+        job.bytes += size;
+        job.got += size;
+        held += size;
+        job.beyond += Math.max(0, draw);
+        beyond += Math.max(0, draw);
+    }
+    Atomics.store(job.counts, BYTES_SLOT, Math.min(job.bytes, 0x7fffffff));
+    return refused;
 }
 
 const port = parentPort;
@@ -134,6 +191,9 @@ function start(id: number, opts: VerifyOptions, dns: DnsTerms): void {
         nextQuery: 1,
         cancelled: false,
         dns,
+        bytes: dns.usedBytes,
+        got: 0,
+        beyond: 0,
         // when the main thread read its cache clock, in this thread's performance clock (the
         // two share timeOrigin + now()): the time `start` waited to be read is not lost
         startedAt: dns.cache ? dns.cache.sentAt - performance.timeOrigin : performance.now(),
@@ -157,6 +217,10 @@ function start(id: number, opts: VerifyOptions, dns: DnsTerms): void {
             Atomics.store(job.counts, EXHAUSTED_SLOT, 1);
             return Promise.reject(budgetRefusal(dns.max, rrtype, name));
         }
+        if (job.bytes >= dns.maxBytes) {
+            Atomics.store(job.counts, BYTES_EXHAUSTED_SLOT, 1);
+            return Promise.reject(bytesRefusal(dns.maxBytes, rrtype, name));
+        }
         job.asked++;
         const type = String(rrtype).toUpperCase();
         const slot = COPY_TYPES.indexOf(type as (typeof COPY_TYPES)[number]);
@@ -164,17 +228,27 @@ function start(id: number, opts: VerifyOptions, dns: DnsTerms): void {
         const kept = key !== null && usesCopy(job) ? copied.get(key, cacheNow(job)) : undefined;
         if (kept) {
             Atomics.add(job.counts, slot, 1);
-            return kept.error ? Promise.reject(fromWireError(kept.error)) : Promise.resolve(copyAnswer(kept.value));
+            if (kept.error) return Promise.reject(fromWireError(kept.error));
+            // counted when it is given, as the main thread counts an answer from its cache: a
+            // question asked meanwhile (mailauth asks A and AAAA together) is asked, and counts
+            return Promise.resolve().then(() => {
+                const refused = spend(job, kept.bytes, type, String(name));
+                if (refused) throw refused;
+                return copyAnswer(kept.value);
+            });
         }
         const q = job.nextQuery++;
         return new Promise((resolve, reject) => {
-            job.queries.set(q, { resolve, reject, key });
+            job.queries.set(q, { resolve, reject, key, name: String(name), rrtype: String(rrtype) });
             post({ t: 'dns', job: id, q, name: String(name), rrtype: String(rrtype) });
         });
     };
     // a cancelled job's result is not wanted: only that it ended
     const ended = (answer: () => FromThread): void => {
         jobs.delete(id);
+        held -= job.got;
+        beyond -= job.beyond;
+        job.got = job.beyond = 0;
         post(job.cancelled ? { t: 'cancelled', job: id } : answer());
     };
     verifyMessage(job.input, opts, resolver, keys).then(
@@ -239,13 +313,30 @@ port.on('message', (m: ToThread) => {
             const until = m.expiresAt;
             const key = waiter.key;
             const keep = until !== undefined && key !== null && usesCopy(job);
+            if (m.error) {
+                // the main thread refused an answer past the byte budget: this job's count is never
+                // below the main thread's (which lacks the copy's answers), so it is spent here too
+                if (m.bytesSpent) {
+                    job.bytes = Math.max(job.bytes, job.dns.maxBytes);
+                    Atomics.store(job.counts, BYTES_EXHAUSTED_SLOT, 1);
+                    Atomics.store(job.counts, BYTES_SLOT, Math.min(job.bytes, 0x7fffffff));
+                }
+                if (keep) {
+                    const bytes = COPY_OVERHEAD + key.length + estimateAnswerBytes(m.error);
+                    copied.set(key, { error: m.error, bytes: 0 }, until, bytes);
+                    copied.sweep(cacheNow(job), 2);
+                }
+                waiter.reject(fromWireError(m.error));
+                return;
+            }
+            const size = estimateAnswerBytes(m.value);
             if (keep) {
-                const answer: Copied = m.error ? { error: m.error } : { value: m.value };
-                const bytes = COPY_OVERHEAD + key.length + estimateAnswerBytes(m.error ?? m.value);
-                copied.set(key, answer, until, bytes);
+                copied.set(key, { value: m.value, bytes: size }, until, COPY_OVERHEAD + key.length + size);
                 copied.sweep(cacheNow(job), 2);
             }
-            if (m.error) waiter.reject(fromWireError(m.error));
+            // the main thread counted it within the budget too, but not this job's answers from the copy
+            const refused = spend(job, size, waiter.rrtype, waiter.name);
+            if (refused) waiter.reject(refused);
             else waiter.resolve(keep ? copyAnswer(m.value) : m.value);
             return;
         }

@@ -13,7 +13,9 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { after, before, describe, it } from 'node:test';
 import { createMailauthCheck } from '../../src/checks/mailauth.ts';
 import type { AuthenticationConfig } from '../../src/config/types.ts';
+import { estimateAnswerBytes } from '../../src/dns/answers.ts';
 import type { Resolver } from '../../src/dns/resolver.ts';
+import { MESSAGE_ANSWER_BYTES } from '../../src/dns/scoped.ts';
 import type { Check, CheckContext, CheckResult } from '../../src/types.ts';
 import { acceptAll, runStage } from '../../src/pipeline.ts';
 import { startDnsServer, type DnsTestServer, type Zone } from '../helpers/dns-server.ts';
@@ -29,6 +31,8 @@ import { basicMessage, CLIENT, context, rsaKey, seal, settings, sign, testResolv
 
 let dns: DnsTestServer;
 let resolver: Resolver;
+/** The A answer of each name under bytes.example. */
+const bigAnswer = Array.from({ length: 1500 }, (_, k) => `198.51.${k >> 8}.${k & 255}`);
 let bankKey: TestKey;
 let forwarderKey: TestKey;
 let listKey: TestKey;
@@ -52,6 +56,16 @@ function zone(): Zone {
         for (let k = 0; k < 10; k++)
             zone[`h${k}.m${i}.budget.example`] = { A: ['198.51.100.1'], AAAA: ['2001:db8::1'] };
     }
+    // mx terms of 10 hosts that answer 1,500 addresses each (about 76 KB estimated): the 20 hosts
+    // of two pass the 1 MiB byte budget of a message before the ip4 term matches, one does not
+    for (let i = 0; i < 2; i++) {
+        zone[`m${i}.bytes.example`] = {
+            MX: Array.from({ length: 10 }, (_, k) => ({ exchange: `h${k}.m${i}.bytes.example`, priority: k })),
+        };
+        for (let k = 0; k < 10; k++) zone[`h${k}.m${i}.bytes.example`] = { A: bigAnswer };
+    }
+    zone['bytes.example'] = { TXT: [`v=spf1 mx:m0.bytes.example mx:m1.bytes.example ip4:${CLIENT} -all`] };
+    zone['fits.bytes.example'] = { TXT: [`v=spf1 mx:m0.bytes.example ip4:${CLIENT} -all`] };
     // SPF records whose terms mailauth's syntax tests would backtrack over (see the last describe)
     zone['macros.redos.example'] = { TXT: [`v=spf1 redirect=x.${'%{l}'.repeat(1000)}!`] };
     zone['long.redos.example'] = { TXT: [`v=spf1 ${'ip4:198.51.100.1 '.repeat(300)}-all`] };
@@ -211,6 +225,44 @@ describe('the per-message DNS budget', () => {
         const roomy = await decide(check({ maxDnsQueries: 200 }), ctx(message, { mailFrom: 'a@budget.example' }));
         assert.equal(roomy.facts['spf.result'], 'pass');
         assert.deepEqual(roomy.facts['auth.limits'], []);
+    });
+
+    it('answers that come to more than the byte budget: temperror, never pass; the answer past it refused, nothing asked after it', async () => {
+        const message = plainFields('a@bytes.example') + '\r\nHello.\r\n';
+        const cached = testResolver(dns.address, true);
+        try {
+            // the query budget is not what stops it
+            const c = check({ maxDnsQueries: 200 }, cached);
+            const cold = await decide(c, ctx(message, { mailFrom: 'a@bytes.example' }));
+            const warm = await decide(c, ctx(message, { mailFrom: 'a@bytes.example' }));
+            for (const r of [cold, warm]) {
+                assert.equal(r.error, null);
+                assert.equal(r.facts['spf.result'], 'temperror');
+                assert.deepEqual(r.facts['auth.limits'], ['dns_bytes']);
+                assert.match(
+                    r.headers,
+                    /spf=temperror .*DNS answer budget of 1048576 bytes per message spent: A h\d\.m1\.bytes\.example/,
+                );
+            }
+            assert.equal(warm.facts['auth.dns_queries'], cold.facts['auth.dns_queries']);
+            // the SPF record's, the MX answer's and as many hosts' as fit within 1 MiB were given;
+            // the next host was asked and its answer refused; no host after it was asked
+            const given =
+                estimateAnswerBytes([[(zone()['bytes.example'] as { TXT: string[] }).TXT[0]!]]) +
+                2 * estimateAnswerBytes(await cached.resolve('m0.bytes.example', 'MX'));
+            const fit = Math.floor((MESSAGE_ANSWER_BYTES - given) / estimateAnswerBytes(bigAnswer));
+            const hosts = [...new Set(cold.queries.filter((q) => q.startsWith('A h')))];
+            assert.equal(hosts.length, fit + 1, hosts.join());
+            assert.equal(hosts.at(-1), `A h${fit - 10}.m1.bytes.example`);
+            assert.deepEqual(warm.queries, [], 'all from the cache');
+
+            // the same answers, fewer of them: within the budget, and the ip4 term passes
+            const fits = await decide(c, ctx(message, { mailFrom: 'a@fits.bytes.example' }));
+            assert.equal(fits.facts['spf.result'], 'pass');
+            assert.deepEqual(fits.facts['auth.limits'], []);
+        } finally {
+            cached.close();
+        }
     });
 
     it('answers from the cache count too: a warm cache gives the same temperror', async () => {

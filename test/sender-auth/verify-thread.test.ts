@@ -10,6 +10,7 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { after, before, describe, it } from 'node:test';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import { Worker } from 'node:worker_threads';
 import { createMailauthCheck } from '../../src/checks/mailauth.ts';
@@ -25,8 +26,8 @@ import {
     type VerifyThread,
 } from '../../src/sender-auth/verify-thread.ts';
 import { authOutput, type AuthResult } from '../../src/sender-auth/auth-output.ts';
-import type { Check } from '../../src/types.ts';
-import { startDnsServer, type DnsTestServer } from '../helpers/dns-server.ts';
+import type { Check, CheckResult } from '../../src/types.ts';
+import { startDnsServer, type DnsTestServer, type ZoneEntry } from '../helpers/dns-server.ts';
 import {
     basicMessage,
     CLIENT,
@@ -66,9 +67,35 @@ before(async () => {
         '_dmarc.slow.example': { TIMEOUT: true },
         'forwarder.example': { TXT: [`v=spf1 ip4:${FORWARDER_IP} -all`] },
         'arc._domainkey.forwarder.example': { TXT: [forwarderKey.record] },
+        ...bigAnswers(),
     });
     resolver = testResolver(dns.address);
 });
+
+/**
+ * Names under big.example whose answers are large, for the byte budgets: each of the 10 hosts
+ * of m0 and m1 answers 1,100 addresses (about 57 KB estimated, small enough for the thread's
+ * copy); bytes.example's SPF record names the hosts of both (more than a message's 1 MiB)
+ * before its ip4 term, fits.big.example's those of m0; two.big.example's names two hosts before
+ * its ip4 term, hold.big.example's the same two, then a name that does not answer.
+ */
+function bigAnswers(): Record<string, ZoneEntry> {
+    const zone: Record<string, ZoneEntry> = {
+        'bytes.big.example': { TXT: [`v=spf1 mx:m0.big.example mx:m1.big.example ip4:${CLIENT} -all`] },
+        'fits.big.example': { TXT: [`v=spf1 mx:m0.big.example ip4:${CLIENT} -all`] },
+        'two.big.example': { TXT: [`v=spf1 a:h0.m0.big.example a:h1.m0.big.example ip4:${CLIENT} -all`] },
+        'hold.big.example': { TXT: ['v=spf1 a:h0.m0.big.example a:h1.m0.big.example include:never.big.example -all'] },
+        'never.big.example': { TIMEOUT: true },
+    };
+    const addresses = Array.from({ length: 1100 }, (_, k) => `198.51.${k >> 8}.${k & 255}`);
+    for (let i = 0; i < 2; i++) {
+        zone[`m${i}.big.example`] = {
+            MX: Array.from({ length: 10 }, (_, k) => ({ exchange: `h${k}.m${i}.big.example`, priority: k })),
+        };
+        for (let k = 0; k < 10; k++) zone[`h${k}.m${i}.big.example`] = { A: addresses };
+    }
+    return zone;
+}
 
 after(async () => {
     resolver.close();
@@ -672,6 +699,82 @@ describe("the thread's copy of the DNS answers", () => {
             shared.close();
         }
     });
+});
+
+describe("the byte budgets of the thread's DNS answers", () => {
+    const verifier = (thread: VerifyThread | null, shared: Resolver): Check =>
+        createMailauthCheck({ hostname: HOST, resolver: shared, localDomains: [], settings: settings(), thread });
+    const FACTS = ['spf.result', 'dmarc.result', 'auth.dns_queries', 'auth.limits'];
+    const picked = (r: CheckResult): Record<string, unknown> => ({
+        ...Object.fromEntries(FACTS.map((f) => [f, r.facts[f]])),
+        refused: /DNS answer budget of \d+ bytes per message spent: A [^)]*/.exec(
+            r.headers?.find((h) => h.name === 'Received-SPF')?.value ?? '',
+        )?.[0],
+    });
+
+    it("a message's answers are held to its byte budget as on the main thread: cold, or answered from the thread's copy", async () => {
+        const shared = testResolver(dns.address);
+        const thread = createVerifyThread();
+        try {
+            const msg = basicMessage('a@bytes.big.example');
+            const here = picked(await run(verifier(null, shared), msg, { mailFrom: 'a@bytes.big.example' }));
+            assert.equal(here['spf.result'], 'temperror');
+            assert.deepEqual(here['auth.limits'], ['dns_bytes']);
+            assert.match(String(here.refused), /A h\d\.m1\.big\.example$/);
+            const c = verifier(thread, shared);
+            for (const round of ['cold', 'warm', 'warm again']) {
+                const facts = picked(await run(c, msg, { mailFrom: 'a@bytes.big.example' }));
+                assert.deepEqual(facts, here, round);
+            }
+            const fits = picked(await run(c, msg, { mailFrom: 'a@fits.big.example' }));
+            assert.equal(fits['spf.result'], 'pass');
+            assert.deepEqual(fits['auth.limits'], []);
+        } finally {
+            await thread.close();
+            shared.close();
+        }
+    });
+
+    // each bound alone: what the messages hold beyond a small share each, and what they hold in all
+    for (const bounds of [
+        { share: 8 * 1024, beyondShares: 140_000, total: 400_000 },
+        { share: 200_000, beyondShares: 400_000, total: 140_000 },
+    ]) {
+        const bound = Math.min(bounds.beyondShares, bounds.total);
+        it(`what the thread's verifications hold together is bounded (${JSON.stringify(bounds)}): past it an answer is refused`, async () => {
+            // the include of hold.big.example waits a second for its DNS timeout, holding two hosts' answers
+            const shared = createResolver({ servers: [dns.address], timeoutMs: 1000, tries: 1 });
+            const thread = createVerifyThread({ answerBytes: bounds });
+            try {
+                const c = verifier(thread, shared);
+                const before = dns.queries.length;
+                const holding = run(c, basicMessage('a@hold.big.example'), { mailFrom: 'a@hold.big.example' });
+                while (!dns.queries.slice(before).some((q) => q.name === 'never.big.example')) await sleep(10);
+                // while it holds two hosts' answers (about 112 KB): a small message passes, one that
+                // needs the same again is refused; alone, after it, that one passes
+                const small = await run(c, basicMessage('alerts@bank.example'), { mailFrom: 'a@bank.example' });
+                assert.equal(small.facts['spf.result'], 'pass');
+                assert.deepEqual(small.facts['auth.limits'], []);
+                const big = await run(c, basicMessage('a@two.big.example'), { mailFrom: 'a@two.big.example' });
+                assert.equal(big.facts['spf.result'], 'temperror');
+                assert.deepEqual(big.facts['auth.limits'], ['dns_bytes']);
+                assert.match(
+                    big.headers?.find((h) => h.name === 'Received-SPF')?.value ?? '',
+                    new RegExp(
+                        `DNS answers of the messages being verified over ${bound} bytes: A h[01]\\.m0\\.big\\.example`,
+                    ),
+                );
+                const held = await holding;
+                assert.equal(held.facts['spf.result'], 'temperror');
+                assert.deepEqual(held.facts['auth.limits'], []);
+                const again = await run(c, basicMessage('a@two.big.example'), { mailFrom: 'a@two.big.example' });
+                assert.equal(again.facts['spf.result'], 'pass');
+            } finally {
+                await thread.close();
+                shared.close();
+            }
+        });
+    }
 });
 
 describe('authOutput', () => {
