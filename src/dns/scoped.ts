@@ -18,6 +18,12 @@
  * treat as a temporary DNS error (temperror), never as "no record": a spent budget can delay
  * or fail a message but never make it pass.
  *
+ * Part of both budgets can be kept for DMARC (`dmarcReserve`): `resolve` refuses once only that
+ * part is left, `resolveDmarc` may spend it. SPF runs before DMARC and a sender's SPF record can
+ * ask for more than the whole budget: without the reserve it would leave DMARC nothing, and a
+ * message spoofing a `p=reject` domain would get a temporary error instead of its rejection.
+ * The whole budget stays the bound.
+ *
  * It must not cache, retry or change answers; the shared resolver does all of that. Queries
  * already in flight when a budget runs out or the signal aborts finish in the shared
  * resolver (others may be waiting for the same answer); their results are still delivered,
@@ -52,15 +58,21 @@ export interface Tally {
 }
 
 export interface ScopedResolver {
-    /** The resolver to hand to the check's DNS users, same contract as `Resolver.resolve`. */
-    readonly resolve: DnsResolve;
     /**
-     * As `resolve`, for the queries of the verification thread, which counts its queries and
-     * answers against the same budgets before it asks here: it may have asked a query before it
-     * got an answer that spent the byte budget here, and that query counts and is asked as it
-     * would have been without the thread (its answer is still refused past the byte budget).
+     * The resolver to hand to the check's DNS users, same contract as `Resolver.resolve`:
+     * within the budgets less the DMARC reserve.
      */
-    readonly resolveAdmitted: DnsResolve;
+    readonly resolve: DnsResolve;
+    /** As `resolve`, for DMARC: within the whole budgets. */
+    readonly resolveDmarc: DnsResolve;
+    /**
+     * As `resolve` (or `resolveDmarc`), for the queries of the verification thread, which counts
+     * its queries and answers against the same budgets before it asks here: it may have asked a
+     * query before it got an answer that spent the byte budget here, and that query counts and is
+     * asked as it would have been without the thread (its answer is still refused past the byte
+     * budget).
+     */
+    resolveAdmitted(this: void, name: string, rrtype: string, dmarc: boolean): Promise<unknown>;
     /** Queries asked so far, the refused ones not included. */
     readonly queries: number;
     /** Estimated bytes of the answers delivered so far; the budget once an answer was refused past it. */
@@ -82,18 +94,31 @@ export interface ScopedOptions {
     readonly maxQueries: number;
     /** Estimated bytes of answers allowed (estimateAnswerBytes); none by default. */
     readonly maxBytes?: number;
+    /** The part of each budget only `resolveDmarc` may spend; none by default. */
+    readonly dmarcReserve?: DmarcReserve;
     /** Once aborted, every new query is refused. */
     readonly signal?: AbortSignal;
 }
 
-/** The refusal of a query past a budget of `max` queries for the message, as scopedResolver gives it. */
-export function budgetRefusal(max: number, rrtype: string, name: string): DnsError {
-    return refusal(rrtype, name, `DNS query budget of ${max} per message spent`);
+/** The part of a message's budgets kept for DMARC. */
+export interface DmarcReserve {
+    readonly queries: number;
+    readonly bytes: number;
 }
 
-/** The refusal of a query, or of its answer, past a budget of `max` bytes of answers for the message. */
-export function bytesRefusal(max: number, rrtype: string, name: string): DnsError {
-    const err = refusal(rrtype, name, `DNS answer budget of ${max} bytes per message spent`);
+/**
+ * The refusal of a query past a budget of `max` queries for the message, as scopedResolver gives
+ * it; `kept`: the last ones are kept for DMARC, and this query may not spend them.
+ */
+export function budgetRefusal(max: number, rrtype: string, name: string, kept = 0): DnsError {
+    const reserve = kept > 0 ? `, the last ${kept} kept for DMARC` : '';
+    return refusal(rrtype, name, `DNS query budget of ${max} per message spent${reserve}`);
+}
+
+/** The refusal of a query, or of its answer, past a budget of `max` bytes of answers for the message (`kept`: as above). */
+export function bytesRefusal(max: number, rrtype: string, name: string, kept = 0): DnsError {
+    const reserve = kept > 0 ? `, the last ${kept} kept for DMARC` : '';
+    const err = refusal(rrtype, name, `DNS answer budget of ${max} bytes per message spent${reserve}`);
     byteRefusals.add(err);
     return err;
 }
@@ -119,30 +144,35 @@ export function scopedResolver(resolve: DnsResolve, opts: ScopedOptions): Scoped
     const signal = opts.signal;
     const max = opts.maxQueries;
     const maxBytes = opts.maxBytes ?? Infinity;
-    const spendBytes = (rrtype: string, name: string): DnsError => {
+    const kept = { queries: opts.dmarcReserve?.queries ?? 0, bytes: opts.dmarcReserve?.bytes ?? 0 };
+    /** The answer past the byte budget (less the reserve unless `dmarc`) spends it. */
+    const spendBytes = (rrtype: string, name: string, dmarc: boolean): DnsError => {
         bytesExhausted = true;
-        bytes = Math.max(bytes, maxBytes);
-        return bytesRefusal(maxBytes, rrtype, name);
+        bytes = Math.max(bytes, dmarc ? maxBytes : maxBytes - kept.bytes);
+        return bytesRefusal(maxBytes, rrtype, name, dmarc ? 0 : kept.bytes);
     };
-    const ask = (name: string, rrtype: string, admitted: boolean): Promise<unknown> => {
+    const ask = (name: string, rrtype: string, dmarc: boolean, admitted: boolean): Promise<unknown> => {
         if (signal?.aborted) return Promise.reject(refusal(rrtype, name, 'DNS query after the check ended'));
-        if (queries >= max) {
+        if (queries >= (dmarc ? max : max - kept.queries)) {
             exhausted = true;
-            return Promise.reject(budgetRefusal(max, rrtype, name));
+            return Promise.reject(budgetRefusal(max, rrtype, name, dmarc ? 0 : kept.queries));
         }
-        if (bytes >= maxBytes && !admitted) return Promise.reject(spendBytes(rrtype, name));
+        const byteLimit = dmarc ? maxBytes : maxBytes - kept.bytes;
+        if (bytes >= byteLimit && !admitted) return Promise.reject(spendBytes(rrtype, name, dmarc));
         queries++;
         if (maxBytes === Infinity) return resolve(name, rrtype);
         return resolve(name, rrtype).then((value) => {
             const size = estimateAnswerBytes(value);
-            if (bytes + size > maxBytes) throw spendBytes(rrtype, name);
+            if (bytes + size > byteLimit) throw spendBytes(rrtype, name, dmarc);
             bytes += size;
             return value;
         });
     };
     return {
-        resolve: (name: string, rrtype: string): Promise<unknown> => ask(name, rrtype, false),
-        resolveAdmitted: (name: string, rrtype: string): Promise<unknown> => ask(name, rrtype, true),
+        resolve: (name: string, rrtype: string): Promise<unknown> => ask(name, rrtype, false, false),
+        resolveDmarc: (name: string, rrtype: string): Promise<unknown> => ask(name, rrtype, true, false),
+        resolveAdmitted: (name: string, rrtype: string, dmarc: boolean): Promise<unknown> =>
+            ask(name, rrtype, dmarc, true),
         get queries() {
             return queries;
         },

@@ -6,7 +6,7 @@
  * ready-made header fields and ARC sealing (we write our own Authentication-Results and seal
  * nothing). DKIM and ARC keys come from a key store shared across messages (key-reuse.ts).
  *
- * It must not decide anything (mailauth.ts does), and must not use any resolver but the one
+ * It must not decide anything (mailauth.ts does), and must not use any resolver but the ones
  * given.
  */
 import { isIP } from 'node:net';
@@ -36,6 +36,8 @@ export interface AuthenticateOptions {
     /** The authserv-id, also the host named in SPF comments. */
     readonly mta: string;
     readonly resolver: DnsResolve;
+    /** DMARC's resolver (one that may spend the part of the DNS budget kept for DMARC); `resolver` without it. */
+    readonly dmarcResolver?: DnsResolve;
     readonly disableDmarc: boolean;
     readonly minBitLength: number;
     readonly rejectRsaSha1: boolean;
@@ -137,7 +139,7 @@ export async function authenticate(input: Readable, opts: AuthenticateOptions): 
                     };
                 }),
             arcResult,
-            resolver,
+            resolver: opts.dmarcResolver ?? resolver,
             strict,
         });
         dmarcSkipReason = evaluated.reason;

@@ -10,9 +10,9 @@
  * that carries only the signatures chosen within the per-message limits (verification-copy.ts),
  * fed in whole lines with pauses for the event loop (verification-stream.ts), through a resolver
  * that counts the message's queries against `maxDnsQueries` and the bytes of its answers against
- * MESSAGE_ANSWER_BYTES, and refuses new ones once the check ended (dns/scoped.ts). When the
- * pipeline gives up on the check, the message stream is destroyed, which stops the hashing.
- * mailauth runs in the verification thread
+ * MESSAGE_ANSWER_BYTES (a part of each kept for DMARC, DMARC_RESERVE), and refuses new ones
+ * once the check ended (dns/scoped.ts). When the pipeline gives up on the check, the message
+ * stream is destroyed, which stops the hashing. mailauth runs in the verification thread
  * (verify-thread.ts, `authentication.thread`), which is terminated when synchronous work holds
  * it; the decision stays here, on the main thread.
  *
@@ -28,7 +28,7 @@
 import type { Readable } from 'node:stream';
 import type { AuthenticationConfig } from '../config/types.ts';
 import type { Resolver } from '../dns/resolver.ts';
-import { MESSAGE_ANSWER_BYTES, scopedResolver, type DnsResolve, type ScopedResolver } from '../dns/scoped.ts';
+import { MESSAGE_ANSWER_BYTES, scopedResolver, type DmarcReserve, type ScopedResolver } from '../dns/scoped.ts';
 import type { Logger } from '../log.ts';
 import type { Metrics } from '../metrics.ts';
 import { foldDomain } from '../net/domain.ts';
@@ -48,7 +48,7 @@ import { organizationalDomain } from './psl.ts';
 import { planVerification, type LimitName, type VerificationPlan } from './verification-copy.ts';
 import { openVerification, type Verification } from './verification-stream.ts';
 import { ThreadRestarted, type VerifyThread } from './verify-thread.ts';
-import type { VerifiedMessage, VerifyOptions } from './verify-message.ts';
+import type { MessageDns, VerifiedMessage, VerifyOptions } from './verify-message.ts';
 
 export interface MailauthCheckOptions {
     /** The authserv-id of Authentication-Results and the host named in SPF comments. */
@@ -65,6 +65,17 @@ export interface MailauthCheckOptions {
     /** The thread that verifies when `settings.thread` is on (built once per app); without it, verified here. */
     readonly thread?: VerifyThread | null;
 }
+
+/**
+ * The part of a message's DNS budgets kept for DMARC (at most half of each): SPF runs before it
+ * and may ask for more than the whole budget (five `mx` terms in non-strict mode ask for about
+ * 105 queries), which would turn the rejection a spoofed `p=reject` domain asks for into a
+ * temporary error. DMARC policy discovery asks at most 8 names (RFC 9989 section 4.10's tree
+ * walk), then whether the author domain exists, twice (mailauth's `np` check, then
+ * authorExistence) with 2 queries each (A, CNAME); its answers are a few hundred bytes each.
+ * Identifier alignment (more tree walks) draws on what is left of the budget as a whole.
+ */
+export const DMARC_RESERVE: DmarcReserve = { queries: 12, bytes: 16 * 1024 };
 
 function domainOf(address: string | null | undefined): string | null {
     if (!address) return null;
@@ -100,14 +111,13 @@ export function createMailauthVerifier(opts: MailauthCheckOptions): Check['run']
     const locals = opts.localDomains.map(normalizeDomain);
     const metrics = opts.metrics;
     // without the thread: mailauth is loaded on first use, and DKIM and ARC keys are read once per key record
-    let here: Promise<(input: Readable, o: VerifyOptions, resolve: DnsResolve) => Promise<VerifiedMessage>> | null =
-        null;
-    const verifyHere = async (input: Readable, o: VerifyOptions, resolve: DnsResolve): Promise<VerifiedMessage> => {
+    let here: Promise<(input: Readable, o: VerifyOptions, dns: MessageDns) => Promise<VerifiedMessage>> | null = null;
+    const verifyHere = async (input: Readable, o: VerifyOptions, dns: MessageDns): Promise<VerifiedMessage> => {
         here ??= Promise.all([import('./verify-message.ts'), import('./key-reuse.ts')]).then(([m, k]) => {
             const keys = k.createKeyStore();
-            return (i, v, r) => m.verifyMessage(i, v, r, keys);
+            return (i, v, d) => m.verifyMessage(i, v, d, keys);
         });
-        return (await here)(input, o, resolve);
+        return (await here)(input, o, dns);
     };
     // the shared resolver's cache, which the verification thread keeps a copy of (when it can tell expiries)
     const r = opts.resolver;
@@ -149,10 +159,15 @@ export function createMailauthVerifier(opts: MailauthCheckOptions): Check['run']
         };
         const startedAt = performance.now();
         const thread = settings.thread ? (opts.thread ?? null) : null;
-        // one DNS budget for the message, a second run included
+        // one DNS budget for the message, a second run included, with a part of it kept for DMARC
+        const dmarcReserve: DmarcReserve = {
+            queries: Math.min(DMARC_RESERVE.queries, Math.floor(settings.maxDnsQueries / 2)),
+            bytes: Math.min(DMARC_RESERVE.bytes, Math.floor(MESSAGE_ANSWER_BYTES / 2)),
+        };
         const dns = scopedResolver(opts.resolver.resolve, {
             maxQueries: settings.maxDnsQueries,
             maxBytes: MESSAGE_ANSWER_BYTES,
+            dmarcReserve,
             signal,
         });
         for (let attempt = 1; ; attempt++) {
@@ -174,10 +189,11 @@ export function createMailauthVerifier(opts: MailauthCheckOptions): Check['run']
                           used: dns.queries,
                           maxBytes: MESSAGE_ANSWER_BYTES,
                           usedBytes: dns.bytes,
+                          dmarcReserve,
                           cache: sharedCache,
                           tally: (t) => dns.tally(t),
                       })
-                    : await verifyHere(verification.stream, run, dns.resolve);
+                    : await verifyHere(verification.stream, run, { resolve: dns.resolve, dmarc: dns.resolveDmarc });
                 return { dns, verification, verified };
             } catch (err) {
                 verification.stream.destroy();

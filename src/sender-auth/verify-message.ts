@@ -7,8 +7,12 @@
  * mailauth's result the check reads, auth-output.ts), so mailauth's modules are loaded only where
  * it runs and the check reads the same in both places.
  *
+ * DMARC's queries (its policy discovery, and the author domain's existence) go to `dns.dmarc`,
+ * which may spend the part of the message's DNS budget kept for DMARC; SPF, DKIM and ARC's to
+ * `dns.resolve`, which may not (dns/scoped.ts): a sender's SPF record cannot leave DMARC nothing.
+ *
  * It must not decide anything (mailauth.ts does, from what this returns) and must not use any
- * resolver but the one given.
+ * resolver but the ones given.
  */
 import type { Readable } from 'node:stream';
 import type { DnsResolve } from '../dns/scoped.ts';
@@ -24,10 +28,17 @@ import {
 import type { KeyStore } from './key-reuse.ts';
 
 /** What one verification is told: mailauth's options (but the resolver and key store), the DMARC mode, the login. */
-export interface VerifyOptions extends Omit<AuthenticateOptions, 'resolver' | 'keys' | 'disableDmarc'> {
+export interface VerifyOptions
+    extends Omit<AuthenticateOptions, 'resolver' | 'dmarcResolver' | 'keys' | 'disableDmarc'> {
     readonly dmarcMode: DmarcMode;
     /** The client logged in: SPF was not evaluated (no `ip`), and counts as `none`. */
     readonly authenticated: boolean;
+}
+
+/** The message's resolvers: DMARC's, and everything else's (dns/scoped.ts). */
+export interface MessageDns {
+    readonly resolve: DnsResolve;
+    readonly dmarc: DnsResolve;
 }
 
 export interface VerifiedMessage {
@@ -41,7 +52,7 @@ export interface VerifiedMessage {
 export async function verifyMessage(
     input: Readable,
     opts: VerifyOptions,
-    resolver: DnsResolve,
+    dns: MessageDns,
     keys: KeyStore,
 ): Promise<VerifiedMessage> {
     const { dmarcMode, authenticated, ...rest } = opts;
@@ -49,7 +60,8 @@ export async function verifyMessage(
         ...rest,
         // in rfc7489 mode DMARC is evaluated below, with the Public Suffix List
         disableDmarc: dmarcMode === 'rfc7489',
-        resolver,
+        resolver: dns.resolve,
+        dmarcResolver: dns.dmarc,
         keys,
     })) as unknown as AuthResult;
     let dmarc: DmarcEvaluation;
@@ -62,11 +74,11 @@ export async function verifyMessage(
                 spfDomains: spfRes === 'pass' && spfDomain ? [spfDomain] : [],
                 dkimDomains: dkimOutcome(res).passingDomains,
             },
-            resolver,
+            dns.dmarc,
             { strict: opts.strict },
         );
     } else {
         dmarc = fromMailauth(res.dmarc, res.dmarcSkipReason);
     }
-    return { res: authOutput(res), dmarc, authorExists: await authorExistence(dmarc, resolver) };
+    return { res: authOutput(res), dmarc, authorExists: await authorExistence(dmarc, dns.dmarc) };
 }

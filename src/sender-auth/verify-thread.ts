@@ -30,7 +30,7 @@ import { Worker } from 'node:worker_threads';
 import type { Logger } from '../log.ts';
 import type { Metrics } from '../metrics.ts';
 import type { Resolver } from '../dns/resolver.ts';
-import { isBytesRefusal, type DnsResolve, type Tally } from '../dns/scoped.ts';
+import { isBytesRefusal, type DmarcReserve, type Tally } from '../dns/scoped.ts';
 import type { VerifiedMessage, VerifyOptions } from './verify-message.ts';
 import {
     BYTES_EXHAUSTED_SLOT,
@@ -61,19 +61,19 @@ export const BYTES_IN_FLIGHT = 64 * 1024;
 /** The thread's heap limit: a verification holds at most a 4 MiB header section and its parse. */
 export const THREAD_HEAP_MB = 192;
 /**
- * The DNS answers the thread's verifications hold together. Each message's answers are held to
- * its own byte budget (1 MiB, dns/scoped.ts MESSAGE_ANSWER_BYTES), but the thread takes every
- * message in verification at once: 200 messages that each held nearly their full budget (an SPF
- * record of `a` terms whose names answer 4,000 addresses, then a name the sender's server
- * answers slowly) took its heap to 179 MB; with 300 it answered no ping for 2 s and was stopped,
- * and every verification with it. So what the jobs in progress hold together is held to `total`,
- * and the part of it beyond the first `share` bytes of each job to `beyondShares`; a job's
- * answer that would pass either is refused as one past its own budget (temperror, never a
- * pass). An ordinary message's answers come to a few KB: they stay within its share, which
- * messages that hold more cannot take (`total` - `beyondShares` is left for the shares: a
- * thousand messages' at once). A bound on the jobs the thread takes at once would instead hold
- * every message back behind a few that wait on a DNS server that does not answer, holding
- * nothing.
+ * The DNS answers the thread's verifications hold together. Each message's answers are held to its
+ * own byte budget (1 MiB, dns/scoped.ts MESSAGE_ANSWER_BYTES), but the thread takes every message
+ * in verification at once: 200 messages that each held nearly their full budget (an SPF record of
+ * `a` terms whose names answer 4,000 addresses, then a name the sender's server answers slowly)
+ * took its heap to 179 MB; with 300 it answered no ping for 2 s and was stopped, and every
+ * verification with it. So what the jobs in progress hold together is held to `total`, and the
+ * part of it beyond the first `share` bytes of each job (and DMARC's reserve, dns/scoped.ts) to
+ * `beyondShares`; a job's answer that would pass either is refused as one past its own budget
+ * (temperror, never a pass). An ordinary message's answers come to a few KB: they stay within its
+ * share, which messages that hold more cannot take (`total` - `beyondShares` is left for the
+ * shares: a thousand messages' at once). A bound on the jobs the thread takes at once would
+ * instead hold every message back behind a few that wait on a DNS server that does not answer,
+ * holding nothing.
  */
 export const ANSWER_BYTES = { share: 32 * 1024, beyondShares: 64 * 1024 * 1024, total: 96 * 1024 * 1024 } as const;
 /**
@@ -111,6 +111,9 @@ export interface VerifyThreadOptions {
     readonly answerBytes?: { readonly share: number; readonly beyondShares: number; readonly total: number };
 }
 
+/** Answers a DNS query of the thread; `dmarc`: DMARC's (dns/scoped.ts ScopedResolver.resolveAdmitted). */
+export type ThreadResolve = (name: string, rrtype: string, dmarc: boolean) => Promise<unknown>;
+
 /**
  * The message's DNS budgets and the cache behind its resolver, for the thread's copy of the
  * answers: the thread answers a question again from its copy while the main thread's cache
@@ -127,6 +130,8 @@ export interface ThreadDns {
     /** The byte budget of the answers: `maxBytes` for the message, `usedBytes` before this verification. */
     readonly maxBytes: number;
     readonly usedBytes: number;
+    /** The part of both budgets only DMARC's queries may spend. */
+    readonly dmarcReserve: DmarcReserve;
     /** The shared resolver the answers come from (its clock and expiries), or null: no copy. */
     readonly cache: Pick<Required<Resolver>, 'expiresAt' | 'now' | 'countHits'> | null;
     /** Questions answered from the copy, the bytes spent as the thread counted them, what it refused. */
@@ -135,14 +140,15 @@ export interface ThreadDns {
 
 export interface VerifyThread {
     /**
-     * Verifies the copy read from `input` in the thread; DNS queries go to `resolver`. When
+     * Verifies the copy read from `input` in the thread; DNS queries go to `resolver` (`dmarc`:
+     * one of DMARC's, which may spend the part of the budget kept for it). When
      * `signal` aborts, the thread is told to stop (and terminated if it does not answer) and the
      * promise rejects with the signal's reason.
      */
     verify(
         input: Readable,
         opts: VerifyOptions,
-        resolver: DnsResolve,
+        resolver: ThreadResolve,
         signal: AbortSignal,
         session: string,
         dns?: ThreadDns,
@@ -167,7 +173,7 @@ export interface VerifyThread {
 
 interface Job {
     readonly session: string;
-    readonly resolver: DnsResolve;
+    readonly resolver: ThreadResolve;
     readonly dns: ThreadDns | null;
     /** What the thread answered from its copy for this job (dnsCounts), written as it answers. */
     readonly counts: Int32Array;
@@ -216,11 +222,18 @@ function dnsTerms(job: Job): DnsTerms {
             used: 0,
             maxBytes: Number.MAX_SAFE_INTEGER,
             usedBytes: 0,
+            dmarcReserve: { queries: 0, bytes: 0 },
             cache: null,
             counts,
         };
     }
-    const budget = { max: dns.max, used: dns.used, maxBytes: dns.maxBytes, usedBytes: dns.usedBytes };
+    const budget = {
+        max: dns.max,
+        used: dns.used,
+        maxBytes: dns.maxBytes,
+        usedBytes: dns.usedBytes,
+        dmarcReserve: dns.dmarcReserve,
+    };
     const cache = dns.cache;
     if (!cache) return { ...budget, cache: null, counts };
     let id = cacheIds.get(cache);
@@ -419,7 +432,7 @@ export function createVerifyThread(opts: VerifyThreadOptions = {}): VerifyThread
                     const at = job.dns?.cache?.expiresAt(m.name, m.rrtype) ?? null;
                     return at === null ? {} : { expiresAt: at };
                 };
-                job.resolver(m.name, m.rrtype).then(
+                job.resolver(m.name, m.rrtype, m.dmarc === true).then(
                     (value) => {
                         if (t.jobs.get(m.job) === job) send(t, { t: 'answer', job: m.job, q: m.q, value, ...kept() });
                     },

@@ -16,6 +16,7 @@
  * It must not verify or decide anything, and must not load mailauth.
  */
 import { RRTYPES } from '../dns/names.ts';
+import type { DmarcReserve } from '../dns/scoped.ts';
 import type { VerifiedMessage, VerifyOptions } from './verify-message.ts';
 
 /** An error as it crosses: its message and, for DNS errors, the node:dns code. */
@@ -46,6 +47,8 @@ export interface DnsTerms {
      */
     readonly maxBytes: number;
     readonly usedBytes: number;
+    /** The part of both budgets only DMARC's queries may spend. */
+    readonly dmarcReserve: DmarcReserve;
     /**
      * Which cache the answers come from (a new number when the main thread's resolver was
      * replaced: the thread drops its copy), with the main thread's cache clock when the job
@@ -112,8 +115,15 @@ export type FromThread =
     /** The thread loaded its modules and reads messages. */
     | { readonly t: 'ready' }
     | { readonly t: 'pong' }
-    /** A DNS query of the job, to be answered through the message's own resolver. */
-    | { readonly t: 'dns'; readonly job: number; readonly q: number; readonly name: string; readonly rrtype: string }
+    /** A DNS query of the job, to be answered through the message's own resolver (`dmarc`: DMARC's, dns/scoped.ts). */
+    | {
+          readonly t: 'dns';
+          readonly job: number;
+          readonly q: number;
+          readonly name: string;
+          readonly rrtype: string;
+          readonly dmarc?: true;
+      }
     /** The piece numbered `n` and those before it were taken in: the main thread may send more. */
     | { readonly t: 'taken'; readonly job: number; readonly n: number }
     | { readonly t: 'done'; readonly job: number; readonly result: VerifiedMessage }

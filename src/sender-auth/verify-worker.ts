@@ -58,6 +58,7 @@ interface Job {
             readonly key: string | null;
             readonly name: string;
             readonly rrtype: string;
+            readonly dmarc: boolean;
         }
     >;
     nextQuery: number;
@@ -69,8 +70,12 @@ interface Job {
     asked: number;
     /** The byte budget spent: dns.usedBytes and the answers given since (all of it once one was refused). */
     bytes: number;
-    /** Bytes of the answers given to this job, and the part of them beyond its share (BOUNDS). */
+    /**
+     * Bytes of the answers given to this job, DMARC's apart, and the part of them beyond its
+     * share (BOUNDS: the share, and for DMARC's the reserve, dns/scoped.ts).
+     */
     got: number;
+    gotDmarc: number;
     beyond: number;
     /** Those answered here by type, whether one was refused, the bytes spent (dns.counts). */
     readonly counts: Int32Array;
@@ -121,34 +126,55 @@ const BOUNDS = (workerData as { answerBytes: { share: number; beyondShares: numb
 let held = 0;
 let beyond = 0;
 
+/** The job's budgets for a question (`dmarc`: one of DMARC's, which may spend the reserve), as dns/scoped.ts has them. */
+function limits(job: Job, dmarc: boolean): { queries: number; bytes: number; keptQueries: number; keptBytes: number } {
+    const kept = dmarc ? { queries: 0, bytes: 0 } : job.dns.dmarcReserve;
+    return {
+        queries: job.dns.max - kept.queries,
+        bytes: job.dns.maxBytes - kept.bytes,
+        keptQueries: kept.queries,
+        keptBytes: kept.bytes,
+    };
+}
+
+/** The job's byte budget is spent (for a question of `dmarc`'s kind): every later one is refused. */
+function spent(job: Job, dmarc: boolean): void {
+    job.bytes = Math.max(job.bytes, limits(job, dmarc).bytes);
+    Atomics.store(job.counts, BYTES_EXHAUSTED_SLOT, 1);
+    Atomics.store(job.counts, BYTES_SLOT, Math.min(job.bytes, 0x7fffffff));
+}
+
 /**
  * Counts an answer of `size` bytes against the job's byte budget and the thread's bounds: null
  * when it fits; else the refusal, and the job's budget is spent (every later question refused as
- * dns/scoped.ts refuses them).
+ * dns/scoped.ts refuses them). DMARC's answers, up to the reserve, are within the job's share.
  */
-function spend(job: Job, size: number, rrtype: string, name: string): DnsError | null {
-    let refused: DnsError | null = null;
-    const draw = Math.max(0, job.got + size - BOUNDS.share) - job.beyond;
+function spend(job: Job, size: number, rrtype: string, name: string, dmarc: boolean): DnsError | null {
+    const limit = limits(job, dmarc);
+    const got = job.got + (dmarc ? 0 : size);
+    const gotDmarc = job.gotDmarc + (dmarc ? size : 0);
+    const draw = Math.max(0, got - BOUNDS.share) + Math.max(0, gotDmarc - job.dns.dmarcReserve.bytes) - job.beyond;
     const over =
         held + size > BOUNDS.total ? BOUNDS.total : beyond + draw > BOUNDS.beyondShares ? BOUNDS.beyondShares : 0;
-    if (job.bytes + size > job.dns.maxBytes) refused = bytesRefusal(job.dns.maxBytes, rrtype, name);
+    let refused: DnsError | null = null;
+    if (job.bytes + size > limit.bytes) refused = bytesRefusal(job.dns.maxBytes, rrtype, name, limit.keptBytes);
     else if (over > 0) {
         const type = rrtype.toUpperCase();
         refused = dnsError('ECANCELLED', `query${type}`, name);
         refused.message = `DNS answers of the messages being verified over ${over} bytes: ${type} ${name}`;
     }
     if (refused) {
-        job.bytes = Math.max(job.bytes, job.dns.maxBytes);
-        Atomics.store(job.counts, BYTES_EXHAUSTED_SLOT, 1);
-    } else {
-        job.bytes += size;
-        job.got += size;
-        held += size;
-        job.beyond += Math.max(0, draw);
-        beyond += Math.max(0, draw);
+        spent(job, dmarc);
+        return refused;
     }
+    job.bytes += size;
+    job.got = got;
+    job.gotDmarc = gotDmarc;
+    held += size;
+    job.beyond += draw;
+    beyond += draw;
     Atomics.store(job.counts, BYTES_SLOT, Math.min(job.bytes, 0x7fffffff));
-    return refused;
+    return null;
 }
 
 const port = parentPort;
@@ -193,6 +219,7 @@ function start(id: number, opts: VerifyOptions, dns: DnsTerms): void {
         dns,
         bytes: dns.usedBytes,
         got: 0,
+        gotDmarc: 0,
         beyond: 0,
         // when the main thread read its cache clock, in this thread's performance clock (the
         // two share timeOrigin + now()): the time `start` waited to be read is not lost
@@ -208,18 +235,19 @@ function start(id: number, opts: VerifyOptions, dns: DnsTerms): void {
     }
     // a destroyed input (cancel) fails the verification through the pipe; nothing else listens
     job.input.on('error', () => undefined);
-    const resolver = (name: string, rrtype: string): Promise<unknown> => {
+    const ask = (name: string, rrtype: string, dmarc: boolean): Promise<unknown> => {
         if (job.cancelled) {
             return Promise.reject(dnsError('ECANCELLED', `query${String(rrtype).toUpperCase()}`, String(name)));
         }
         // every question counts, answered here or not (dns/scoped.ts)
-        if (dns.used + job.asked >= dns.max) {
+        const limit = limits(job, dmarc);
+        if (dns.used + job.asked >= limit.queries) {
             Atomics.store(job.counts, EXHAUSTED_SLOT, 1);
-            return Promise.reject(budgetRefusal(dns.max, rrtype, name));
+            return Promise.reject(budgetRefusal(dns.max, rrtype, name, limit.keptQueries));
         }
-        if (job.bytes >= dns.maxBytes) {
-            Atomics.store(job.counts, BYTES_EXHAUSTED_SLOT, 1);
-            return Promise.reject(bytesRefusal(dns.maxBytes, rrtype, name));
+        if (job.bytes >= limit.bytes) {
+            spent(job, dmarc);
+            return Promise.reject(bytesRefusal(dns.maxBytes, rrtype, name, limit.keptBytes));
         }
         job.asked++;
         const type = String(rrtype).toUpperCase();
@@ -232,26 +260,31 @@ function start(id: number, opts: VerifyOptions, dns: DnsTerms): void {
             // counted when it is given, as the main thread counts an answer from its cache: a
             // question asked meanwhile (mailauth asks A and AAAA together) is asked, and counts
             return Promise.resolve().then(() => {
-                const refused = spend(job, kept.bytes, type, String(name));
+                const refused = spend(job, kept.bytes, type, String(name), dmarc);
                 if (refused) throw refused;
                 return copyAnswer(kept.value);
             });
         }
         const q = job.nextQuery++;
         return new Promise((resolve, reject) => {
-            job.queries.set(q, { resolve, reject, key, name: String(name), rrtype: String(rrtype) });
-            post({ t: 'dns', job: id, q, name: String(name), rrtype: String(rrtype) });
+            job.queries.set(q, { resolve, reject, key, name: String(name), rrtype: String(rrtype), dmarc });
+            post({ t: 'dns', job: id, q, name: String(name), rrtype: String(rrtype), ...(dmarc ? { dmarc } : {}) });
         });
     };
     // a cancelled job's result is not wanted: only that it ended
     const ended = (answer: () => FromThread): void => {
         jobs.delete(id);
-        held -= job.got;
+        held -= job.got + job.gotDmarc;
         beyond -= job.beyond;
-        job.got = job.beyond = 0;
+        job.got = job.gotDmarc = job.beyond = 0;
         post(job.cancelled ? { t: 'cancelled', job: id } : answer());
     };
-    verifyMessage(job.input, opts, resolver, keys).then(
+    // DMARC's questions may spend the part of the budget kept for them, the others may not
+    const resolvers = {
+        resolve: (n: string, t: string) => ask(n, t, false),
+        dmarc: (n: string, t: string) => ask(n, t, true),
+    };
+    verifyMessage(job.input, opts, resolvers, keys).then(
         // plain data already: the parts of mailauth's result the check reads (auth-output.ts)
         (result) => ended(() => ({ t: 'done', job: id, result })),
         (err: unknown) => ended(() => ({ t: 'failed', job: id, error: toWireError(err) })),
@@ -316,11 +349,7 @@ port.on('message', (m: ToThread) => {
             if (m.error) {
                 // the main thread refused an answer past the byte budget: this job's count is never
                 // below the main thread's (which lacks the copy's answers), so it is spent here too
-                if (m.bytesSpent) {
-                    job.bytes = Math.max(job.bytes, job.dns.maxBytes);
-                    Atomics.store(job.counts, BYTES_EXHAUSTED_SLOT, 1);
-                    Atomics.store(job.counts, BYTES_SLOT, Math.min(job.bytes, 0x7fffffff));
-                }
+                if (m.bytesSpent) spent(job, waiter.dmarc);
                 if (keep) {
                     const bytes = COPY_OVERHEAD + key.length + estimateAnswerBytes(m.error);
                     copied.set(key, { error: m.error, bytes: 0 }, until, bytes);
@@ -335,7 +364,7 @@ port.on('message', (m: ToThread) => {
                 copied.sweep(cacheNow(job), 2);
             }
             // the main thread counted it within the budget too, but not this job's answers from the copy
-            const refused = spend(job, size, waiter.rrtype, waiter.name);
+            const refused = spend(job, size, waiter.rrtype, waiter.name, waiter.dmarc);
             if (refused) waiter.reject(refused);
             else waiter.resolve(keep ? copyAnswer(m.value) : m.value);
             return;

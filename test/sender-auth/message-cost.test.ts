@@ -16,6 +16,8 @@ import type { AuthenticationConfig } from '../../src/config/types.ts';
 import { estimateAnswerBytes } from '../../src/dns/answers.ts';
 import type { Resolver } from '../../src/dns/resolver.ts';
 import { MESSAGE_ANSWER_BYTES } from '../../src/dns/scoped.ts';
+import { DMARC_RESERVE } from '../../src/sender-auth/mailauth.ts';
+import { createVerifyThread } from '../../src/sender-auth/verify-thread.ts';
 import type { Check, CheckContext, CheckResult } from '../../src/types.ts';
 import { acceptAll, runStage } from '../../src/pipeline.ts';
 import { startDnsServer, type DnsTestServer, type Zone } from '../helpers/dns-server.ts';
@@ -219,9 +221,13 @@ describe('the per-message DNS budget', () => {
         const r = await decide(check(), ctx(message, { mailFrom: 'a@budget.example' }));
         assert.equal(r.facts['spf.result'], 'temperror');
         assert.ok((r.facts['auth.limits'] as string[]).includes('dns_queries'));
-        assert.equal(r.facts['auth.dns_queries'], 100);
+        // SPF stopped where only DMARC's part was left; DMARC asked for _dmarc.budget.example and _dmarc.example
+        assert.equal(r.facts['auth.dns_queries'], 100 - DMARC_RESERVE.queries + 2);
         assert.ok(r.queries.length <= 100, String(r.queries.length));
-        assert.match(r.headers, /spf=temperror .*DNS query budget of 100 per message spent/);
+        assert.match(
+            r.headers,
+            /spf=temperror .*DNS query budget of 100 per message spent, the last 12 kept for DMARC:/,
+        );
         const roomy = await decide(check({ maxDnsQueries: 200 }), ctx(message, { mailFrom: 'a@budget.example' }));
         assert.equal(roomy.facts['spf.result'], 'pass');
         assert.deepEqual(roomy.facts['auth.limits'], []);
@@ -241,16 +247,18 @@ describe('the per-message DNS budget', () => {
                 assert.deepEqual(r.facts['auth.limits'], ['dns_bytes']);
                 assert.match(
                     r.headers,
-                    /spf=temperror .*DNS answer budget of 1048576 bytes per message spent: A h\d\.m1\.bytes\.example/,
+                    /spf=temperror .*DNS answer budget of 1048576 bytes per message spent, the last 16384 kept for DMARC: A h\d\.m1\.bytes\.example/,
                 );
             }
             assert.equal(warm.facts['auth.dns_queries'], cold.facts['auth.dns_queries']);
-            // the SPF record's, the MX answer's and as many hosts' as fit within 1 MiB were given;
-            // the next host was asked and its answer refused; no host after it was asked
+            // the SPF record's, the MX answer's and as many hosts' as fit within 1 MiB (less DMARC's
+            // part) were given; the next host was asked and its answer refused; none after it was
             const given =
                 estimateAnswerBytes([[(zone()['bytes.example'] as { TXT: string[] }).TXT[0]!]]) +
                 2 * estimateAnswerBytes(await cached.resolve('m0.bytes.example', 'MX'));
-            const fit = Math.floor((MESSAGE_ANSWER_BYTES - given) / estimateAnswerBytes(bigAnswer));
+            const fit = Math.floor(
+                (MESSAGE_ANSWER_BYTES - DMARC_RESERVE.bytes - given) / estimateAnswerBytes(bigAnswer),
+            );
             const hosts = [...new Set(cold.queries.filter((q) => q.startsWith('A h')))];
             assert.equal(hosts.length, fit + 1, hosts.join());
             assert.equal(hosts.at(-1), `A h${fit - 10}.m1.bytes.example`);
@@ -265,6 +273,39 @@ describe('the per-message DNS budget', () => {
         }
     });
 
+    it("SPF cannot spend DMARC's part of the budgets: a spoofed p=reject author domain is rejected while SPF is temperror", async () => {
+        const message = plainFields('ceo@bank.example') + '\r\nWire the money.\r\n';
+        const thread = createVerifyThread();
+        try {
+            for (const t of [null, thread]) {
+                const c = createMailauthCheck({
+                    hostname: 'mx.test',
+                    resolver,
+                    localDomains: [],
+                    settings: settings(),
+                    thread: t,
+                });
+                // envelope domains whose SPF records ask for more queries, and more bytes, than the budgets
+                for (const [mailFrom, limit] of [
+                    ['a@budget.example', 'dns_queries'],
+                    ['a@bytes.example', 'dns_bytes'],
+                ] as const) {
+                    const r = await decide(c, ctx(message, { mailFrom }));
+                    const label = `${mailFrom}${t ? ' in the thread' : ''}`;
+                    assert.equal(r.error, null, label);
+                    assert.equal(r.facts['spf.result'], 'temperror', label);
+                    assert.deepEqual(r.facts['auth.limits'], [limit], label);
+                    assert.equal(r.facts['dmarc.result'], 'fail', label);
+                    assert.equal(r.facts['dmarc.disposition'], 'reject', label);
+                    assert.equal(r.facts['auth.temperror'], false, label);
+                    assert.match(r.headers, /dmarc=fail \(p=REJECT/, label);
+                }
+            }
+        } finally {
+            await thread.close();
+        }
+    });
+
     it('answers from the cache count too: a warm cache gives the same temperror', async () => {
         const cached = testResolver(dns.address, true);
         try {
@@ -274,7 +315,7 @@ describe('the per-message DNS budget', () => {
             const warm = await decide(c, ctx(message, { mailFrom: 'a@budget.example' }));
             assert.equal(cold.facts['spf.result'], 'temperror');
             assert.equal(warm.facts['spf.result'], 'temperror');
-            assert.equal(warm.facts['auth.dns_queries'], 100);
+            assert.equal(warm.facts['auth.dns_queries'], 100 - DMARC_RESERVE.queries + 2);
             assert.ok(warm.queries.length < cold.queries.length);
         } finally {
             cached.close();

@@ -707,7 +707,7 @@ describe("the byte budgets of the thread's DNS answers", () => {
     const FACTS = ['spf.result', 'dmarc.result', 'auth.dns_queries', 'auth.limits'];
     const picked = (r: CheckResult): Record<string, unknown> => ({
         ...Object.fromEntries(FACTS.map((f) => [f, r.facts[f]])),
-        refused: /DNS answer budget of \d+ bytes per message spent: A [^)]*/.exec(
+        refused: /DNS answer budget of \d+ bytes per message spent[^:]*: A [^)]*/.exec(
             r.headers?.find((h) => h.name === 'Received-SPF')?.value ?? '',
         )?.[0],
     });
