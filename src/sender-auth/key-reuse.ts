@@ -20,8 +20,17 @@
  * answer): a record longer than `MAX_STORED_RECORD` characters is read as before but not kept,
  * so the store holds at most `maxEntries` × a few KB whatever senders publish.
  *
+ * The key is the sender's too: mailauth checks an RSA key's modulus (minBitLength) but not its
+ * public exponent, and OpenSSL takes an exponent as large as the modulus for moduli up to 3,072
+ * bits, which makes every verification with the key about ten times the work (signers use
+ * 65537). An RSA key whose exponent is over MAX_RSA_EXPONENT is refused as mailauth refuses a key it
+ * cannot use (EINVALIDVAL: the DKIM signature is `neutral`, "invalid public key"; an ARC chain
+ * with it fails), and that refusal is kept like a key, so the next message with the record does
+ * not read it again.
+ *
  * It must not look anything up outside the message's resolver, must not keep more than
- * `maxEntries` records, and must not change what a lookup returns or throws.
+ * `maxEntries` records, and must not change what a lookup returns or throws but for the refusal
+ * of such a key.
  */
 import { createPublicKey, type KeyObject } from 'node:crypto';
 import { Lru } from '../dns/lru.ts';
@@ -52,6 +61,9 @@ export const KEY_STORE_ENTRIES = 2000;
  */
 export const MAX_STORED_RECORD = 2048;
 
+/** Largest RSA public exponent of a usable key: 2^32 (RFC 8017 allows any odd e below the modulus; keys use 65537). */
+export const MAX_RSA_EXPONENT = 2n ** 32n;
+
 /** The PEM key as a key object that prints as the PEM; the PEM itself if it does not parse. */
 function parsedKey(pem: string): string {
     let key: KeyObject;
@@ -63,6 +75,36 @@ function parsedKey(pem: string): string {
     Object.defineProperty(key, 'toString', { value: () => pem });
     // mailauth passes it to crypto.verify() and reads it with toString(), nothing else
     return key as unknown as string;
+}
+
+/** What is kept of a record refused here: enough to throw the same error again. */
+interface Refused {
+    readonly refused: { readonly message: string; readonly code: string; readonly rr: string };
+}
+
+/** The refusal as mailauth's key errors are made (tools.js keyError); a new object each time, the ARC validator adds to it. */
+function refusal(r: Refused['refused']): Error {
+    return Object.assign(new Error(r.message), { code: r.code, rr: r.rr });
+}
+
+/**
+ * mailauth's reading of a key record (getPublicKey) with the key parsed once (as parsedKey()
+ * gives it; `keep`: as the PEM mailauth gives), or the refusal of an RSA key whose public
+ * exponent is over MAX_RSA_EXPONENT.
+ */
+async function readKey(
+    read: () => Promise<PublicKeyRecord>,
+    keep: 'parsed' | 'pem',
+): Promise<PublicKeyRecord | Refused> {
+    const record = await read();
+    const key = parsedKey(record.publicKey) as unknown;
+    const details = typeof key === 'string' ? null : (key as KeyObject).asymmetricKeyDetails;
+    const exponent = details?.publicExponent;
+    if (typeof exponent === 'bigint' && exponent > MAX_RSA_EXPONENT) {
+        const bits = exponent.toString(2).length;
+        return { refused: { message: `RSA public exponent of ${bits} bits`, code: 'EINVALIDVAL', rr: record.rr } };
+    }
+    return keep === 'parsed' ? { ...copyOf(record), publicKey: key as string } : record;
 }
 
 function copyOf(record: PublicKeyRecord): PublicKeyRecord {
@@ -78,7 +120,7 @@ function recordText(list: unknown): string {
 }
 
 export function createKeyStore(maxEntries: number = KEY_STORE_ENTRIES): KeyStore {
-    const store = new Lru<PublicKeyRecord>(maxEntries);
+    const store = new Lru<PublicKeyRecord | Refused>(maxEntries);
 
     /**
      * The key record's TXT answer. A name that cannot be a DNS name (a label over 63 octets,
@@ -106,21 +148,25 @@ export function createKeyStore(maxEntries: number = KEY_STORE_ENTRIES): KeyStore
         const list = await keyRecords(resolver, toALabel(name));
         const answered: DnsResolve = () => Promise.resolve(list);
         const rr = recordText(list);
+        const getKey = (): Promise<PublicKeyRecord> => getPublicKey(type, name, minBitLength, answered, options);
         // mailauth throws its own error for an empty record; nothing to keep
-        if (rr === '') return getPublicKey(type, name, minBitLength, answered, options);
+        if (rr === '') return getKey();
         if (rr.length > MAX_STORED_RECORD) {
             // longer than any real key record: read, not kept (the sender chooses its length)
             reads++;
-            return getPublicKey(type, name, minBitLength, answered, options);
+            const read = await readKey(getKey, 'pem');
+            if ('refused' in read) throw refusal(read.refused);
+            return read;
         }
         const key = [!!options.strict, minBitLength || 1024, options.hashAlgo ?? '', rr].join(':');
-        const known = store.get(key, 0);
-        if (known) return copyOf(known);
-        reads++;
-        const record = await getPublicKey(type, name, minBitLength, answered, options);
-        const stored = { ...copyOf(record), publicKey: parsedKey(record.publicKey) };
-        store.set(key, stored, Infinity);
-        return copyOf(stored);
+        let known = store.get(key, 0);
+        if (!known) {
+            reads++;
+            known = await readKey(getKey, 'parsed');
+            store.set(key, known, Infinity);
+        }
+        if ('refused' in known) throw refusal(known.refused);
+        return copyOf(known);
     }
 
     return {

@@ -2,16 +2,17 @@
 // version: our composition of its parts gives exactly the results of its own `authenticate` (DKIM
 // pass, fail and revoked keys, SPF, ARC, DMARC pass, reject, skip reasons and strict alignment, in
 // lenient and strict mode, with a cold and a warm key store), and the key store reads a key record
-// once and again only when the record changed, while every message still asks DNS for it.
+// once and again only when the record changed, while every message still asks DNS for it, and
+// refuses (and keeps refused) an RSA key whose public exponent is over 2^32.
 import assert from 'node:assert/strict';
-import { generateKeyPairSync } from 'node:crypto';
+import { createPublicKey, generateKeyPairSync } from 'node:crypto';
 import { Readable } from 'node:stream';
 import { after, before, describe, it } from 'node:test';
 import { authenticate as mailauthAuthenticate, type DNSResolver } from 'mailauth';
 import type { Resolver } from '../../src/dns/resolver.ts';
 import { scopedResolver } from '../../src/dns/scoped.ts';
 import { authenticate, type AuthenticateOptions } from '../../src/sender-auth/authenticate.ts';
-import { createKeyStore, type KeyStore } from '../../src/sender-auth/key-reuse.ts';
+import { createKeyStore, MAX_RSA_EXPONENT, type KeyStore } from '../../src/sender-auth/key-reuse.ts';
 import { startDnsServer, type DnsTestServer, type Zone } from '../helpers/dns-server.ts';
 import {
     basicMessage,
@@ -33,6 +34,28 @@ let newBankKey: TestKey;
 let strictKey: TestKey;
 let forwarderKey: TestKey;
 let edRecord: string;
+/** A key whose public exponent is 2^32 - 1, the largest accepted. */
+let topKey: TestKey;
+
+/**
+ * A key record with the modulus of `key` and the public exponent `e` (OpenSSL makes no such key
+ * pair; its public half is imported from a JWK).
+ */
+function withExponent(key: TestKey, e: bigint | 'huge'): string {
+    const jwk = createPublicKey(key.privateKey).export({ format: 'jwk' });
+    let exponent: Buffer;
+    if (e === 'huge') {
+        // just below the modulus, odd: as large as OpenSSL verifies with (moduli of up to 3,072 bits)
+        exponent = Buffer.from(jwk.n!, 'base64url');
+        exponent[0]! &= 0x3f;
+        exponent[exponent.length - 1]! |= 1;
+    } else {
+        const hex = e.toString(16);
+        exponent = Buffer.from(hex.length % 2 === 0 ? hex : `0${hex}`, 'hex');
+    }
+    const pub = createPublicKey({ key: { kty: 'RSA', n: jwk.n!, e: exponent.toString('base64url') }, format: 'jwk' });
+    return `v=DKIM1; k=rsa; p=${pub.export({ type: 'spki', format: 'der' }).toString('base64')}`;
+}
 
 function zone(key: TestKey = bankKey): Zone {
     return {
@@ -50,6 +73,14 @@ function zone(key: TestKey = bankKey): Zone {
         'ed._domainkey.bank.example': { TXT: [edRecord] },
         'forwarder.example': { TXT: [`v=spf1 ip4:${FORWARDER_IP} -all`] },
         'arc._domainkey.forwarder.example': { TXT: [forwarderKey.record] },
+        // the bank's and the forwarder's moduli with public exponents over 2^32; a key at 2^32 - 1
+        'huge._domainkey.bank.example': { TXT: [withExponent(key, 'huge')] },
+        'hugelong._domainkey.bank.example': {
+            TXT: [withExponent(key, 'huge').replace('k=rsa;', `k=rsa; n=${'x'.repeat(3000)};`)],
+        },
+        'over._domainkey.bank.example': { TXT: [withExponent(key, MAX_RSA_EXPONENT + 1n)] },
+        'top._domainkey.bank.example': { TXT: [topKey.record] },
+        'huge._domainkey.forwarder.example': { TXT: [withExponent(forwarderKey, 'huge')] },
     };
 }
 
@@ -58,6 +89,11 @@ before(async () => {
     newBankKey = rsaKey();
     strictKey = rsaKey();
     forwarderKey = rsaKey();
+    const top = generateKeyPairSync('rsa', { modulusLength: 2048, publicExponent: 0xffffffff });
+    topKey = {
+        privateKey: top.privateKey.export({ type: 'pkcs8', format: 'pem' }).toString(),
+        record: `v=DKIM1; k=rsa; p=${top.publicKey.export({ type: 'spki', format: 'der' }).toString('base64')}`,
+    };
     const ed = generateKeyPairSync('ed25519').publicKey.export({ type: 'spki', format: 'der' });
     edRecord = `v=DKIM1; k=ed25519; p=${ed.subarray(ed.length - 32).toString('base64')}`;
     dns = await startDnsServer(zone());
@@ -233,6 +269,64 @@ describe('mailauth internals: DKIM keys are read once per key record', () => {
         assert.deepEqual((await verify(padded, keys)).results, ['pass']);
         assert.equal(keys.size, 0);
         assert.equal(keys.reads, 2, 'read for each message');
+    });
+
+    it('refuses an RSA key whose public exponent is over 2^32 as a key it cannot use (DKIM neutral, ARC fail), and keeps the refusal', async () => {
+        for (const strict of [false, true]) {
+            const keys = createKeyStore();
+            for (const selector of ['huge', 'over']) {
+                // signed with the bank's key; the record has its modulus and another exponent
+                const msg = await sign(basicMessage('a@bank.example'), 'bank.example', selector, bankKey);
+                for (const round of ['read', 'kept']) {
+                    const res = await authenticate(
+                        Readable.from([Buffer.from(msg)]),
+                        options({ name: '', msg }, strict, keys),
+                    );
+                    const row = res.dkim.results[0]!;
+                    assert.equal(row.status.result, 'neutral', `${selector} ${round}`);
+                    assert.equal(row.status.comment, 'invalid public key', `${selector} ${round}`);
+                }
+                // mailauth alone verifies with it: a failing signature, and the work of a huge exponent
+                const own = (await reference({ name: '', msg }, options({ name: '', msg }, strict, keys))) as {
+                    dkim: { results: { status: { result: string } }[] };
+                };
+                assert.equal(own.dkim.results[0]!.status.result, 'fail');
+            }
+            assert.equal(keys.reads, 2, 'each record read once, its refusal kept');
+            assert.equal(keys.size, 2);
+            // a record too long to keep: refused each time it is read
+            const long = await sign(basicMessage('a@bank.example'), 'bank.example', 'hugelong', bankKey);
+            for (let i = 0; i < 2; i++) {
+                const res = await authenticate(
+                    Readable.from([Buffer.from(long)]),
+                    options({ name: '', msg: long }, strict, keys),
+                );
+                assert.equal(res.dkim.results[0]!.status.result, 'neutral');
+            }
+            assert.equal(keys.reads, 4);
+
+            // the largest exponent accepted: verified, and passing
+            const top = await sign(basicMessage('t@bank.example'), 'bank.example', 'top', topKey);
+            const passed = await authenticate(
+                Readable.from([Buffer.from(top)]),
+                options({ name: '', msg: top }, strict, keys),
+            );
+            assert.equal(passed.dkim.results[0]!.status.result, 'pass');
+
+            // an ARC chain sealed with such a key fails
+            const forwarded = await seal(await sign(basicMessage('a@bank.example'), 'bank.example', 'sel', bankKey), {
+                domain: 'forwarder.example',
+                selector: 'huge',
+                key: forwarderKey,
+                authResults: `${HOST}; dkim=pass header.d=bank.example`,
+                cv: 'none',
+            });
+            const c: Case = { name: '', msg: forwarded, ip: FORWARDER_IP };
+            const arc = (await authenticate(Readable.from([Buffer.from(forwarded)]), options(c, strict, keys))).arc;
+            assert.ok(arc);
+            assert.equal(arc.status.result, 'fail');
+            assert.match(String(arc.status.comment), /invalid public key for huge\._domainkey\.forwarder\.example/);
+        }
     });
 
     it('keeps at most maxEntries records', async () => {
