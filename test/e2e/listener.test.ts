@@ -14,10 +14,11 @@ import type { App } from '../../src/app.ts';
 import { NO_CAPABILITIES } from '../../src/upstream/capabilities.ts';
 import type { Upstream } from '../../src/upstream/types.ts';
 import { formatProxyHeader } from '../../src/net/proxy-protocol.ts';
-import { startApp, type TestApp } from '../helpers/app.ts';
+import { startApp, startScriptedGateway, type TestApp } from '../helpers/app.ts';
 import { startScriptedUpstream, unstuff, type ScriptedUpstream } from '../helpers/scripted-upstream.ts';
 import { sendMail, smtpConnect, type SmtpClient } from '../helpers/smtp-client.ts';
 import { createTestCertificate, type TestCertificate } from '../helpers/tls-cert.ts';
+import { until } from '../helpers/until.ts';
 
 const MSG = 'From: a@example.org\r\nSubject: t\r\n\r\nbody\r\n';
 const EHLO = ['XCLIENT NAME ADDR PORT PROTO HELO LOGIN', 'SIZE 1000000'];
@@ -484,7 +485,6 @@ describe('a client that hangs up after sending the message', () => {
 
 describe('a client that pipelines the end of data and QUIT, then hangs up', () => {
     it('has its message forwarded all the same, as Postfix queues it (it will not send it again)', async (t) => {
-        const up = await startScriptedUpstream({ ehlo: EHLO });
         // the checks take longer than the client stays
         const slow = {
             name: 'slow',
@@ -493,20 +493,16 @@ describe('a client that pipelines the end of data and QUIT, then hangs up', () =
             onError: 'ignore' as const,
             run: () => new Promise<{ facts: Record<string, never> }>((r) => setTimeout(() => r({ facts: {} }), 300)),
         };
-        const mw = await startApp(
+        const g = await startScriptedGateway(
             [
                 'hostname: mx.example.test',
                 'domains: [example.test]',
                 'listeners: [{ name: mx, host: 127.0.0.1, port: 0, mode: mx }]',
-                `upstream: { url: "smtp://127.0.0.1:${up.port}" }`,
-                'http: false',
-            ].join('\n'),
-            { checks: [slow] },
+            ],
+            { upstream: { ehlo: EHLO }, deps: { checks: [slow] } },
         );
-        t.after(async () => {
-            await mw.stop();
-            await up.close();
-        });
+        t.after(() => g.close());
+        const { up, mw } = g;
         const c = await smtpConnect(mw.port());
         await c.greeting();
         await c.cmd('EHLO printer.example');
@@ -515,9 +511,7 @@ describe('a client that pipelines the end of data and QUIT, then hangs up', () =
         assert.equal((await c.cmd('DATA')).code, 354);
         c.write(MSG + '.\r\nQUIT\r\n');
         c.close();
-        for (let i = 0; i < 100 && !mw.logs.some((l) => l.msg === 'decision'); i++) {
-            await new Promise((r) => setTimeout(r, 20));
-        }
+        await until('a decision', () => mw.logs.some((l) => l.msg === 'decision'));
         assert.equal(mw.logs.find((l) => l.msg === 'decision')?.action, 'accept');
         assert.equal(up.transactions.filter((tx) => tx.completed).length, 1, 'delivered once');
     });

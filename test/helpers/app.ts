@@ -109,6 +109,8 @@ export interface ScriptedGatewayOptions {
     readonly upstreamKeys?: string;
     /** The scripted upstream's behaviour; its `ehlo` replaces the default XCLIENT offer. */
     readonly upstream?: ScriptedUpstreamOptions;
+    /** What the app is given besides its config (checks, a clock), as startApp takes it. */
+    readonly deps?: Omit<AppDeps, 'logger'>;
 }
 
 /**
@@ -128,7 +130,7 @@ export async function startScriptedGateway(
             ...(options.xclient === undefined ? [] : [`xclient: ${options.xclient}`]),
             ...(options.upstreamKeys ? [options.upstreamKeys] : []),
         ];
-        const mw = await startApp([...lines, `upstream: { ${keys.join(', ')} }`, ...http].join('\n'));
+        const mw = await startApp([...lines, `upstream: { ${keys.join(', ')} }`, ...http].join('\n'), options.deps);
         return {
             up,
             mw,
