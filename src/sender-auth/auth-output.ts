@@ -6,6 +6,7 @@
  * gets on the main thread too, so both read the same). Pure; it must not decide anything or load
  * mailauth.
  */
+import { arcResInfo, receivedSpfValue, spfResInfo } from './auth-results.ts';
 import { normalizeDomain } from './dmarc-policy.ts';
 import type { MailauthDmarcResponse } from './dmarc-evaluate.ts';
 
@@ -40,13 +41,16 @@ export interface AuthOutput {
         | {
               readonly domain?: string;
               readonly status: { readonly result: string };
+              /** The Received-SPF value, written by `receivedSpfValue` (not mailauth's line). */
               readonly header?: string;
+              /** The spf resinfo, written by `spfResInfo`. */
               readonly info?: string;
           };
     readonly arc:
         | false
         | {
               readonly status: { readonly result: string };
+              /** The arc resinfo, written by `arcResInfo`. */
               readonly info?: string;
               /** Non-enumerable in mailauth: the validated chain. */
               readonly chain?: ArcChainEntry[] | false;
@@ -65,6 +69,35 @@ function text(value: unknown): string | undefined {
 }
 const str = (value: unknown): string | undefined => (typeof value === 'string' ? value : undefined);
 const num = (value: unknown): number | undefined => (typeof value === 'number' ? value : undefined);
+
+/** The parts of mailauth's SPF and ARC results our texts are written from (beyond its typings). */
+interface RawSpf {
+    readonly domain?: unknown;
+    readonly status: { readonly result: unknown; readonly comment?: unknown };
+    readonly 'envelope-from'?: unknown;
+    readonly 'client-ip'?: unknown;
+    readonly helo?: unknown;
+}
+interface RawArcStatus {
+    readonly comment?: unknown;
+    readonly smtp?: { readonly 'remote-ip'?: unknown };
+}
+
+function spfOutput(spf: RawSpf): Exclude<AuthOutput['spf'], false> {
+    const parts = {
+        result: String(spf.status.result),
+        comment: str(spf.status.comment),
+        envelopeFrom: str(spf['envelope-from']),
+        clientIp: str(spf['client-ip']),
+        helo: str(spf.helo),
+    };
+    return {
+        domain: str(spf.domain),
+        status: { result: parts.result },
+        header: receivedSpfValue(parts),
+        info: spfResInfo(parts),
+    };
+}
 
 /**
  * The parts of mailauth's result the check reads, copied as plain data: strings, numbers,
@@ -89,15 +122,19 @@ export function authOutput(res: AuthOutput): AuthOutput {
                 info: str(r.info),
             })),
         },
-        spf: spf && {
-            domain: str(spf.domain),
-            status: { result: String(spf.status.result) },
-            header: str(spf.header),
-            info: str(spf.info),
-        },
+        spf: spf && spfOutput(spf),
         arc: arc && {
             status: { result: String(arc.status.result) },
-            info: str(arc.info),
+            // mailauth writes no arc resinfo for `none` in its lenient mode; the check writes `arc=none` then
+            info:
+                arc.info === undefined
+                    ? undefined
+                    : arcResInfo({
+                          result: String(arc.status.result),
+                          comment: str((arc.status as RawArcStatus).comment),
+                          instance: num((arc as { i?: unknown }).i),
+                          remoteIp: str((arc.status as RawArcStatus).smtp?.['remote-ip']),
+                      }),
             chain: Array.isArray(arc.chain)
                 ? arc.chain.map((e) => ({
                       i: num(e.i),

@@ -8,6 +8,15 @@
  * recorded in the comment as `dis=NONE override=arc sealer=<d=> i=<n>`, as receivers commonly
  * write it (there is no registered property for an override).
  *
+ * The spf and arc resinfos and the Received-SPF value are written here from mailauth's parts,
+ * not taken as mailauth formats them: what reaches them is the client's (a MAIL FROM local
+ * part may be a quoted string holding `;` and `dmarc=pass`), the sender domain's (an SPF
+ * record's error text) or a sealer's (the results an ARC set claims), and a reader that splits
+ * the field on `;` or matches `dmarc=` anywhere would take such text for a result. So a comment
+ * keeps only letters, digits and `. , : @ _ / + - [ ]`; an address is written whole only when its
+ * local part is a dot-atom (RFC 5322 section 3.2.3), else as its domain (RFC 8601 section 2.7.2
+ * allows the domain alone); an ARC pass says only its instance, not what the sealer claims.
+ *
  * Values are returned unfolded, on one line; the field writer folds them. Pure string work.
  */
 import type { ArcTrustOutput } from './arc-trust.ts';
@@ -19,6 +28,102 @@ const TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
 
 function value(v: string): string {
     return TOKEN.test(v) ? v : `"${v.replace(/[\\"]/g, '\\$&')}"`;
+}
+
+/** RFC 5322 section 3.2.3 dot-atom-text (ASCII). */
+const DOT_ATOM = /^[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~]+(?:\.[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~]+)*$/;
+/** A domain as a resinfo may carry it bare: LDH labels, or U-labels (letters and digits of any script). */
+const DOMAIN =
+    /^[\p{L}\p{N}](?:[\p{L}\p{N}\p{M}-]*[\p{L}\p{N}\p{M}])?(?:\.[\p{L}\p{N}](?:[\p{L}\p{N}\p{M}-]*[\p{L}\p{N}\p{M}])?)*\.?$/u;
+/** A HELO name as our fields may carry it: a domain or an address literal (RFC 5321 section 4.1.3). */
+const DOMAIN_OR_LITERAL = /^(?:\[[A-Za-z0-9.:]+\]|[\p{L}\p{N}.-]+)$/u;
+/** A comment's length at most (mailauth's own texts are under 150 characters). */
+const MAX_COMMENT = 200;
+
+/** Comment text that may hold a third party's words, reduced to what no reader can take for a result. */
+function safeComment(text: string): string {
+    return text
+        .replace(/[^\p{L}\p{N} .,:@_/+\-[\]]/gu, ' ')
+        .replace(/ +/g, ' ')
+        .trim()
+        .slice(0, MAX_COMMENT)
+        .trim();
+}
+
+/** An envelope address as an RFC 8601 pvalue: whole when its local part is a dot-atom, else its domain. */
+function mailbox(address: string): string | null {
+    const at = address.lastIndexOf('@');
+    const local = at < 0 ? '' : address.slice(0, at);
+    const domain = address.slice(at + 1);
+    if (!DOMAIN.test(domain)) return null;
+    return DOT_ATOM.test(local) ? `${local}@${domain}` : domain;
+}
+
+/** An RFC 8601 result keyword, whatever mailauth returned. */
+function keyword(result: string): string {
+    return result.replace(/[^A-Za-z0-9-]/g, '') || 'none';
+}
+
+/** What the spf resinfo and Received-SPF are written from (copied from mailauth's SPF result). */
+export interface SpfParts {
+    readonly result: string;
+    readonly comment?: string;
+    readonly envelopeFrom?: string;
+    readonly clientIp?: string;
+    readonly helo?: string;
+}
+
+/** The comment of an SPF result, with the envelope address as `mailbox` writes it. */
+function spfComment(spf: SpfParts): string {
+    let text = spf.comment ?? '';
+    if (spf.envelopeFrom) text = text.split(spf.envelopeFrom).join(mailbox(spf.envelopeFrom) ?? '');
+    return safeComment(text);
+}
+
+/** `spf=<result> (<comment>) smtp.mailfrom=<address> smtp.helo=<name>` (RFC 8601 section 2.7.2). */
+export function spfResInfo(spf: SpfParts): string {
+    const parts = [`spf=${keyword(spf.result)}`];
+    const comment = spfComment(spf);
+    if (comment !== '') parts.push(`(${comment})`);
+    const from = spf.envelopeFrom ? mailbox(spf.envelopeFrom) : null;
+    // bare: `[local-part "@"] domain-name` is a pvalue of its own (RFC 8601 section 2.2)
+    if (from !== null) parts.push(`smtp.mailfrom=${from}`);
+    if (spf.helo && DOMAIN_OR_LITERAL.test(spf.helo)) parts.push(`smtp.helo=${value(spf.helo)}`);
+    return parts.join(' ');
+}
+
+/** The Received-SPF value (RFC 7208 section 9.1): `<result> (<comment>) client-ip=…; envelope-from=…; helo=…;`. */
+export function receivedSpfValue(spf: SpfParts): string {
+    const pairs: string[] = [];
+    if (spf.clientIp && /^[0-9A-Fa-f.:]+$/.test(spf.clientIp)) pairs.push(`client-ip=${spf.clientIp};`);
+    const from = spf.envelopeFrom;
+    if (from && mailbox(from) === from) pairs.push(`envelope-from=${DOT_ATOM.test(from) ? from : `"${from}"`};`);
+    if (spf.helo && DOMAIN_OR_LITERAL.test(spf.helo))
+        pairs.push(`helo=${DOT_ATOM.test(spf.helo) ? spf.helo : `"${spf.helo}"`};`);
+    const comment = spfComment(spf);
+    return [keyword(spf.result), ...(comment !== '' ? [`(${comment})`] : []), ...pairs].join(' ');
+}
+
+/** What the arc resinfo is written from (copied from mailauth's ARC result). */
+export interface ArcParts {
+    readonly result: string;
+    readonly comment?: string;
+    readonly instance?: number;
+    readonly remoteIp?: string;
+}
+
+/**
+ * `arc=<result> (<comment>) [smtp.remote-ip=…]` (RFC 8617 section 6): a pass names its instance
+ * only; the results the sealer claims are in its own ARC-Authentication-Results, not in ours.
+ */
+export function arcResInfo(arc: ArcParts): string {
+    const result = keyword(arc.result);
+    const comment =
+        result === 'pass' ? (arc.instance !== undefined ? `i=${arc.instance}` : '') : safeComment(arc.comment ?? '');
+    const parts = [`arc=${result}`];
+    if (comment !== '') parts.push(`(${comment})`);
+    if (arc.remoteIp && /^[0-9A-Fa-f.:]+$/.test(arc.remoteIp)) parts.push(`smtp.remote-ip=${arc.remoteIp}`);
+    return parts.join(' ');
 }
 
 function unfold(text: string): string {
@@ -66,9 +171,4 @@ export function withHeaderD(info: string, signingDomain: string | undefined): st
 export function joinAuthResults(authservId: string, resinfos: readonly string[]): string {
     const parts = resinfos.map(unfold).filter((p) => p !== '');
     return parts.length === 0 ? `${authservId}; none` : `${authservId}; ${parts.join('; ')}`;
-}
-
-/** The value of mailauth's ready-made `Received-SPF:` line. */
-export function receivedSpfValue(header: string): string {
-    return unfold(header.replace(/^Received-SPF:/i, ''));
 }

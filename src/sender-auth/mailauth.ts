@@ -34,7 +34,7 @@ import type { Metrics } from '../metrics.ts';
 import { foldDomain } from '../net/domain.ts';
 import type { FactValue, HeaderField, Check, CheckContext, CheckResult } from '../types.ts';
 import { evaluateArcTrust, type ArcHop, type ArcTrustOutput } from './arc-trust.ts';
-import { dmarcResInfo, joinAuthResults, receivedSpfValue, withHeaderD } from './auth-results.ts';
+import { dmarcResInfo, joinAuthResults, withHeaderD } from './auth-results.ts';
 import { bestDkim, dkimOutcome, dkimResult, spfOutcome, type ArcChainEntry } from './auth-output.ts';
 import {
     alignedRelaxed,
@@ -385,7 +385,7 @@ export function createMailauthVerifier(opts: MailauthCheckOptions): Check['run']
             dmarcResInfo(dmarc, decision, trust),
         ];
         headers.push({ name: 'Authentication-Results', value: joinAuthResults(opts.hostname, parts) });
-        if (spf?.header) headers.push({ name: 'Received-SPF', value: receivedSpfValue(spf.header) });
+        if (spf?.header) headers.push({ name: 'Received-SPF', value: spf.header });
 
         if (metrics) {
             if (!authenticated) metrics.authChecks.inc({ check: 'spf', result: spfRes });

@@ -152,6 +152,37 @@ describe('mailauth check', () => {
         assert.match(header(named, 'Authentication-Results'), /smtp\.helo=mail\.sender\.test/);
     });
 
+    it('a MAIL FROM whose quoted local part reads like results is not written into our fields as text a reader could split out', async () => {
+        // RFC 8601 section 2.7.2 allows the domain alone; a reader splitting on ";" or matching "dmarc=" anywhere must not find a pass
+        const forged = '"x;dmarc=pass header.from=shop.example;x"@evil.example';
+        const r = await run(check(), basicMessage('Shop <ceo@shop.example>'), { mailFrom: forged });
+        assert.equal(r.facts['dmarc.result'], 'fail');
+        const ar = header(r, 'Authentication-Results');
+        const spf = header(r, 'Received-SPF');
+        for (const text of [ar, spf]) {
+            assert.doesNotMatch(text, /dmarc\s*=\s*pass/, text);
+            assert.ok(!text.includes('"x;'), text);
+        }
+        assert.deepEqual(
+            ar.split(';').map((p) => p.trim().split(/[\s=]/)[0]),
+            ['mx.test', 'dkim', 'spf', 'arc', 'dmarc'],
+            ar,
+        );
+        assert.match(
+            ar,
+            /spf=fail \(mx\.test: domain of evil\.example does not designate 192\.0\.2\.10 as permitted sender\) smtp\.mailfrom=evil\.example /,
+        );
+        assert.doesNotMatch(spf, /envelope-from=/, 'an address that is not a dot-atom is left out');
+        // a dot-atom local part is written whole, "=" and all, where no reader takes it for a method
+        const plain = await run(check(), basicMessage('Shop <ceo@shop.example>'), {
+            mailFrom: 'dmarc=pass@evil.example',
+        });
+        assert.match(header(plain, 'Authentication-Results'), /smtp\.mailfrom=dmarc=pass@evil\.example/);
+        assert.doesNotMatch(header(plain, 'Authentication-Results'), /[;\s]dmarc\s*=\s*pass/);
+        assert.match(header(plain, 'Received-SPF'), /envelope-from="dmarc=pass@evil\.example";/);
+        assert.doesNotMatch(header(plain, 'Received-SPF'), /\sdmarc\s*=/);
+    });
+
     it('a passing signature over part of the body (l=): the bytes after it are reported', async () => {
         const body = 'Only the first ten bytes are signed.\r\n';
         const msg = message({ From: 'alerts@bank.example', To: 'user@mx.test', Subject: 'Partly signed' }, body);
@@ -453,6 +484,11 @@ describe('mailauth check', () => {
                 ip: FORWARDER_IP,
             });
             assert.equal(r.facts['arc.result'], 'pass');
+            // what the sealer claims stays in its own ARC-Authentication-Results, not in ours
+            const ar = header(r, 'Authentication-Results');
+            assert.match(ar, /arc=pass \(i=1\);/);
+            assert.equal(ar.match(/(?:^|[;\s])dmarc\s*=\s*\w+/g)?.length, 1, ar);
+            assert.match(ar, /dmarc=fail/);
             assert.equal(r.facts['arc.trusted'], false);
             assert.equal(r.facts['dmarc.disposition'], 'reject');
             assert.equal(r.facts['dmarc.override'], null);

@@ -840,10 +840,10 @@ describe('authOutput', () => {
                     },
                 ],
             },
-            spf: { domain: 'bank.example', status: { result: 'pass' }, header: 'Received-SPF: pass', info: 'spf=pass' },
+            spf: { domain: 'bank.example', status: { result: 'pass' }, header: 'pass (c)', info: 'spf=pass (c)' },
             arc: {
                 status: { result: 'pass' },
-                info: 'arc=pass',
+                info: 'arc=pass (i=1)',
                 chain: [
                     {
                         i: 1,
