@@ -245,16 +245,32 @@ export function authservIdReadings(value: string): string[] {
     return [...readings];
 }
 
+/**
+ * A word for the loosest readers: letters, digits, combining marks, "." and "-"; anything else
+ * separates words. Python's split() and strip() take U+0085 and U+001C-U+001F for white space, Go's
+ * TrimSpace U+0085, a reader of Latin-1 the bytes 0x85 and 0xA0 (U+FFFD here), and others strip
+ * quotes and brackets; JavaScript's \s takes neither U+0085 nor U+001C-U+001F.
+ */
+const HOST_WORD = /[\p{L}\p{N}\p{M}.-]+/gu;
+/** How many words before the first ";" a loose reading takes ("by mx.example.com;" is the second). */
+const LOOSE_WORDS = 2;
+
 function readAuthservIds(value: string, readings: Set<string>): void {
     const strict = authservIdOf(value);
     if (strict !== null) readings.add(strict);
     for (const text of [withoutComments(value), value]) {
-        const beforeSemicolon = text.split(';')[0] ?? '';
+        const beforeSemicolon = text.split(';', 1)[0] ?? '';
         const word = beforeSemicolon
             .replace(/["\\()]/g, ' ')
             .trim()
             .split(/\s+/)[0];
         if (word) readings.add(word);
+        HOST_WORD.lastIndex = 0;
+        for (let taken = 0; taken < LOOSE_WORDS; taken++) {
+            const loose = HOST_WORD.exec(beforeSemicolon);
+            if (loose === null) break;
+            readings.add(loose[0]);
+        }
     }
 }
 

@@ -310,6 +310,21 @@ describe('forged own fields in every spelling', () => {
         ' "mx.example.com\u3002"; dmarc=pass',
         ' mx.example.com.\u00ad; dmarc=pass',
         ' =?utf-8?q?mx.example.com=E3=80=82?=; dmarc=pass',
+        // padding that JavaScript's \s does not take for white space and other readers do
+        // (Python's str.split and strip: U+0085 and U+001C-U+001F; Go's TrimSpace: U+0085)
+        ' \u0085mx.example.com; dmarc=pass',
+        ' mx.example.com\u0085; dmarc=pass',
+        ' \x1cmx.example.com; dmarc=pass',
+        ' \x1fmx.example.com\x1f; dmarc=pass',
+        ' \u200emx.example.com; dmarc=pass',
+        ' \u00a0mx.example.com\u00a0; dmarc=pass',
+        // brackets and quotes a reader strips
+        " 'mx.example.com'; dmarc=pass",
+        ' \u2039mx.example.com>; dmarc=pass',
+        ' [mx.example.com]; dmarc=pass',
+        ' <mx.example.com>; dmarc=pass',
+        // the id as the second word of a loose reading
+        ' by mx.example.com; dmarc=pass',
     ];
     for (const value of ours) {
         for (const colon of [':', ' :', '\t:', ' \t :']) {
@@ -321,6 +336,20 @@ describe('forged own fields in every spelling', () => {
             });
         }
     }
+
+    it('removes an A-R whose id is padded with raw bytes that are not UTF-8 (0x85, 0xA0: white space in Latin-1)', () => {
+        for (const byte of [0x85, 0xa0]) {
+            const text = Buffer.concat([
+                Buffer.from('Authentication-Results: '),
+                Buffer.from([byte]),
+                Buffer.from('mx.example.com; dmarc=pass\r\nFrom: a@example.org\r\n'),
+            ]);
+            assert.deepEqual(
+                filterIncomingFields(fieldsOf(text), OUR_ID).kept.map((f) => f.name),
+                ['From'],
+            );
+        }
+    });
 
     for (const value of [
         ' other.example; dmarc=pass',
