@@ -323,7 +323,7 @@ describe('proxy: size and line endings', () => {
         const r = await sendMail(env.mw.port('lenient'), {
             from: 'a@example.org',
             to: ['b@example.test'],
-            data: 'Subject: x\r\n\r\nline one\nline two\rline three\r\n',
+            data: 'From: a@example.org\r\nSubject: x\r\n\r\nline one\nline two\rline three\r\n',
         });
         assert.equal(r.message?.code, 250);
         const data = env.up.transactions.at(-1)!.data!.toString('latin1');
