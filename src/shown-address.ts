@@ -4,7 +4,8 @@
  * `a@evil.example (ceo@bank.example)`. Mail programs show the name and hide the address, so the
  * reader sees bank.example while SPF, DKIM and DMARC judge evil.example, which passes them all.
  * Encoded-words (RFC 2047) in the name are decoded first and the text is read as it is shown
- * (lookalike `@` and dots folded, invisible characters dropped), as a mail program would show it.
+ * (lookalike `@` and dots folded, invisible characters dropped, the run after a right-to-left
+ * override reversed), as a mail program would show it.
  * Reports a domain only when its organizational domain differs from the author's: the name
  * `"service@paypal.com" <service@mail.paypal.com>` is the same organization.
  * Hostile input: linear in the value's length (no pattern that backtracks, each candidate cut to
@@ -35,7 +36,20 @@ const DOMAIN_START = /^[\p{L}\p{N}_-]+(?:\.[\p{L}\p{N}_-]+)+/u;
  * U+30FB): IDNA allows them inside Catalan and Japanese labels (RFC 5892 appendix A.3, A.7), so a
  * real domain's would be cut in two.
  */
-const DOT_LOOKALIKES = /[\u3002\uff61\ua4f8\u2027\u06d4\u0701\u0702]/g;
+const DOT_LOOKALIKES = /[\u3002\uff61\ua4f8\u2027\u06d4\u0701\u0702\u0660\u06f0\ua60e\u{10a50}]/gu;
+
+/**
+ * A right-to-left override (U+202E) and the text it reverses on the screen: up to its pop
+ * (U+202C), the end of an isolate (U+2069) or the line (Unicode's bidirectional algorithm, UAX #9
+ * section 2.2: strong left-to-right letters are shown right to left too). Nested overrides and
+ * embeddings are not followed: one reversal is what a spoof needs.
+ */
+const RIGHT_TO_LEFT_OVERRIDE = /\u202e([^\u202c\u2069\r\n]*)/gu;
+
+/** The text as it is shown where a right-to-left override reverses its rest; the text itself without one. */
+function withOverridesApplied(text: string): string {
+    return text.replace(RIGHT_TO_LEFT_OVERRIDE, (_, run: string) => [...run].reverse().join(''));
+}
 
 /**
  * The text as a reader sees it: compatibility forms folded (NFKC: a fullwidth or small `@` is an
@@ -65,7 +79,17 @@ export function shownDomain(value: string, author: string | null): string | null
     // what the reader is shown, names decoded; the author's own address is of the author's
     // organization and passes below (angle brackets are not removed first: a quoted name may hold
     // `<ceo@bank.example>` itself)
-    const shown = asShown(decodeEncodedWords(value));
+    const decoded = decodeEncodedWords(value);
+    // a reader that applies a right-to-left override shows its run reversed, one that does not
+    // shows it as written: both are read
+    if (decoded.includes('\u202e')) {
+        return domainShownIn(asShown(withOverridesApplied(decoded)), author) ?? domainShownIn(asShown(decoded), author);
+    }
+    return domainShownIn(asShown(decoded), author);
+}
+
+/** shownDomain of text already as it is shown. */
+function domainShownIn(shown: string, author: string | null): string | null {
     if (!shown.includes('@')) return null;
     const authorOrg = author === null ? null : organizationalDomain(author);
     const orgs = new Map<string, string>();

@@ -51,6 +51,15 @@ describe('shownDomain', () => {
             'ceo@bank\ua4f8example',
             'ceo@bank\u2027example',
             'ceo@bank\u06d4example',
+            // zeros of Arabic-Indic digits, the Vai and Kharoshthi full stops
+            'ceo@bank\u0660example',
+            'ceo@bank\u06f0example',
+            'ceo@bank\ua60eexample',
+            'ceo@bank\u{10a50}example',
+            // a right-to-left override shows the text after it reversed, up to its end (U+202C)
+            '\u202eelpmaxe.knab@oec',
+            'CEO \u202eelpmaxe.knab@oec\u202c',
+            '\u202eelpmaxe.knab@oec\u202c Office',
         ]) {
             assert.equal(
                 shownDomain(`"${name}" <a@evil.example>`, 'evil.example'),
@@ -113,6 +122,9 @@ describe('shownDomain', () => {
             `"x@a.${'b.'.repeat(49_000)}" <a@evil.example>`,
             '\u200b'.repeat(100_000),
             '\uff20'.repeat(100_000),
+            '\u202e'.repeat(100_000),
+            '\u202e\u202c'.repeat(50_000),
+            `\u202e${'x@same.example '.repeat(6_000)}`,
         ];
         for (const value of shapes) {
             const started = performance.now();
