@@ -34,9 +34,10 @@ const SHORT_LIFE_MS = 10_000;
 const MAX_RESTART_DELAY_MS = 30_000;
 /**
  * Margin after the workers' own bound (shutdownTimeout, then upstream.dataTimeout for the answers
- * to ends of data already sent: src/drain.ts) before the primary kills what is left.
+ * to ends of data already sent: src/drain.ts) before the primary kills what is left (or a worker
+ * whose primary is gone ends itself: src/cluster/worker.ts).
  */
-const DRAIN_MARGIN_MS = 5000;
+export const DRAIN_MARGIN_MS = 5000;
 
 export interface PrimaryOptions {
     readonly config: Config;

@@ -6,13 +6,17 @@
  * killed with SIGKILL is replaced (logged, counted) while a session on the other worker goes on;
  * SIGTERM drains both: a message the upstream accepted while the drain starts gets its 250 on
  * each worker, then every session hears 421 4.3.2 and the primary exits 0.
+ * A primary killed with SIGKILL leaves its workers draining as on SIGTERM: the message whose
+ * answer the upstream holds gets its 250 (or, past the drain's bound, a logged duplicateRisk),
+ * the port is free at once for a new start, and the workers exit by themselves.
  */
 import assert from 'node:assert/strict';
 import { X509Certificate } from 'node:crypto';
 import fs from 'node:fs';
+import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
-import { after, before, describe, it } from 'node:test';
+import { after, before, describe, it, type TestContext } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { startDnsServer, type DnsTestServer } from '../helpers/dns-server.ts';
 import { startRedis, type RedisInstance } from '../helpers/redis.ts';
@@ -20,6 +24,7 @@ import { startScriptedUpstream, type ScriptedUpstream } from '../helpers/scripte
 import { startServe, type Serve } from '../helpers/serve.ts';
 import { freePort, smtpConnect, type SmtpClient } from '../helpers/smtp-client.ts';
 import { createTestCertificate, type TestCertificate } from '../helpers/tls-cert.ts';
+import { until } from '../helpers/until.ts';
 
 const START_MS = 90_000;
 
@@ -239,6 +244,157 @@ describe('serve with workers: 2', () => {
         assert.equal(await serve.exited, 0);
         const stopped = serve.logs.slice(mark).filter((l) => l.msg === 'worker stopped');
         assert.equal(stopped.length, 2);
+    });
+});
+
+describe('serve with workers: 2 whose primary is killed', () => {
+    let dir: string;
+    let dns: DnsTestServer;
+    let up: ScriptedUpstream;
+    let redis: RedisInstance;
+    let configs = 0;
+    /** Well past the workers' own bound in these configs (shutdownTimeout 1 s + dataTimeout 2 s + 5 s). */
+    const GONE_MS = 20_000;
+
+    before(async () => {
+        dir = fs.mkdtempSync(path.join(os.tmpdir(), 'mw-workers-orphan-'));
+        dns = await startDnsServer({ 'sender.example': { TXT: ['v=spf1 ip4:127.0.0.0/8 -all'] } });
+        redis = await startRedis();
+        up = await startScriptedUpstream({
+            ehlo: ['XCLIENT NAME ADDR PORT PROTO HELO LOGIN'],
+            onData: (tx) => {
+                const subject = /^Subject: (.*)$/m.exec(tx.data?.toString('latin1') ?? '')?.[1]?.trim();
+                if (subject === 'held') return { reply: '250 2.0.0 Ok: queued as HELD', delayMs: 1500 };
+                if (subject === 'unanswered') return { silent: true };
+                return undefined;
+            },
+        });
+    });
+    after(async () => {
+        await up.close();
+        await redis.stop();
+        await dns.close();
+        fs.rmSync(dir, { recursive: true, force: true });
+    });
+
+    /** Starts serve with two workers; kills whatever is left of it once the test has ended. */
+    const start = async (t: TestContext) => {
+        const file = path.join(dir, `mailwarden-${++configs}.yaml`);
+        fs.writeFileSync(
+            file,
+            [
+                'hostname: mx.example.test',
+                'domains: [example.test]',
+                'listeners: [{ name: mx, host: 127.0.0.1, port: 0, mode: mx }]',
+                `upstream: { url: "smtp://127.0.0.1:${up.port}", dataTimeout: 2s }`,
+                `dns: { servers: ["${dns.address}"], timeout: 1s }`,
+                `redis: { url: "${redis.url}" }`,
+                'http: false',
+                'workers: 2',
+                'shutdownTimeout: 1s',
+                '',
+            ].join('\n'),
+        );
+        const serve = startServe(file, dir);
+        // every process that writes to its stdout (the primary and the workers it forked) has ended
+        let gone = false;
+        serve.child.once('close', () => (gone = true));
+        await serve.waitFor((l) => l.msg === 'workers started', { timeoutMs: START_MS });
+        const port = (await serve.waitFor((l) => l.msg === 'listening')).port as number;
+        const pids = serve.logs.filter((l) => l.msg === 'worker ready').map((l) => l.pid as number);
+        assert.equal(pids.length, 2);
+        t.after(() => {
+            serve.signal('SIGKILL');
+            if (gone) return;
+            for (const pid of pids) {
+                try {
+                    process.kill(pid, 'SIGKILL');
+                } catch {
+                    // already ended
+                }
+            }
+        });
+        return { serve, port, pids, workersGone: () => gone };
+    };
+    /**
+     * One message whose end of data the upstream has (and holds its answer to), then the primary
+     * killed; returns the client and the pending reply to its end of data.
+     */
+    const sendThenKillPrimary = async (s: Awaited<ReturnType<typeof start>>, subject: string) => {
+        const c = await smtpConnect(s.port);
+        await c.greeting();
+        await c.cmd('EHLO client.example');
+        assert.equal((await c.cmd('MAIL FROM:<bob@sender.example>')).code, 250);
+        assert.equal((await c.cmd('RCPT TO:<staff@example.test>')).code, 250);
+        assert.equal((await c.cmd('DATA')).code, 354);
+        c.write(`${message(subject)}.\r\n`);
+        const reply = c.reply(GONE_MS);
+        const arrived = (): boolean =>
+            up.transactions.some((x) => x.completed && x.data?.toString('latin1').includes(`Subject: ${subject}\r\n`));
+        await until('the upstream has the whole message', arrived, 10_000);
+        const mark = s.serve.logs.length;
+        process.kill(s.serve.child.pid!, 'SIGKILL');
+        assert.equal(await s.serve.exited, null);
+        return { c, reply, mark };
+    };
+    /** Both workers said the primary was gone, drained and logged `stopped`, then exited by themselves. */
+    const workersDrainedAndGone = async (
+        s: Awaited<ReturnType<typeof start>>,
+        from: number,
+    ): Promise<Record<string, unknown>[]> => {
+        await until('both workers have exited', s.workersGone, GONE_MS);
+        const lines = s.serve.logs.slice(from);
+        for (const pid of s.pids) {
+            const gone = lines.find((l) => l.pid === pid && String(l.msg).startsWith('primary gone'));
+            assert.ok(gone, `worker ${pid} logged that the primary was gone`);
+            assert.equal(gone.level, 40);
+            assert.ok(
+                lines.some((l) => l.pid === pid && l.msg === 'stopped'),
+                `worker ${pid} drained`,
+            );
+        }
+        return lines;
+    };
+
+    it('drains: the message whose answer the upstream holds gets its 250 and 421, then the workers exit', async (t) => {
+        const s = await start(t);
+        const { c, reply, mark } = await sendThenKillPrimary(s, 'held');
+        // the port is free at once for mailwarden started again: no worker holds a listening socket
+        const probe = net.createServer();
+        await new Promise<void>((resolve, reject) => {
+            probe.once('error', reject);
+            probe.listen(s.port, '127.0.0.1', () => resolve());
+        });
+        await new Promise<void>((resolve) => probe.close(() => resolve()));
+        const r = await reply;
+        assert.equal(r.code, 250, r.raw);
+        assert.match(r.text, /as HELD/);
+        const bye = await c.reply(GONE_MS);
+        assert.equal(bye.code, 421, bye.raw);
+        assert.match(bye.text, /^4\.3\.2 /);
+        c.close();
+        const lines = await workersDrainedAndGone(s, mark);
+        const decision = lines.find((l) => l.msg === 'decision');
+        assert.equal(decision?.action, 'accept');
+        assert.match(String(decision.upstream), /as HELD/);
+        assert.ok(!lines.some((l) => l.duplicateRisk === true));
+        // the upstream saw its session end as usual
+        const held = up.transactions.find((x) => x.data?.toString('latin1').includes('Subject: held\r\n'));
+        assert.equal(up.connections.find((x) => x.id === held?.connection)?.commands.at(-1), 'QUIT');
+    });
+
+    it('logs an end of data the upstream never answers as a possible duplicate, then the workers exit', async (t) => {
+        const s = await start(t);
+        const { c, reply, mark } = await sendThenKillPrimary(s, 'unanswered');
+        const r = await reply;
+        assert.equal(r.code, 451, r.raw);
+        c.close();
+        const lines = await workersDrainedAndGone(s, mark);
+        const decision = lines.find((l) => l.msg === 'decision');
+        assert.equal(decision?.duplicateRisk, true);
+        const warning = lines.find((l) => l.msg !== 'decision' && l.duplicateRisk === true);
+        // the upstream's own wait (dataTimeout from the end of data) ends within the drain's bound
+        assert.equal(warning?.reason, 'no-upstream-answer');
     });
 });
 
