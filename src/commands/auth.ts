@@ -1,7 +1,7 @@
 /**
  * `mailwarden auth status|unlock [--ip ADDRESS] [--login LOGIN] [-c FILE]`: shows or clears the
  * failed-login counts of the login lockout (auth.lockout) for a client address (an IPv6 address
- * counts for its /64) and/or a login, in the shared store the configuration names (`redis:`),
+ * counts for its /48) and/or a login, in the shared store the configuration names (`redis:`),
  * so an operator can let a locked-out user in at once. Counts kept in the memory of a running
  * mailwarden (no `redis:` section, or the fallback while Redis was away) cannot be reached from
  * outside: it says so and what to do instead. It reads and clears counters only; it never sees
@@ -35,7 +35,7 @@ export const AUTH_USAGE = `Usage: mailwarden auth <status|unlock> [--ip ADDRESS]
   unlock    forget them: the address or login may log in again at once
 
 Options:
-  --ip ADDRESS         a client address (an IPv6 address stands for its /64)
+  --ip ADDRESS         a client address (an IPv6 address stands for its /48)
   --login LOGIN        a login, as clients send it (case does not matter)
   -c, --config FILE    the configuration (its redis: and auth.lockout: sections)
 

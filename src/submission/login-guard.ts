@@ -1,8 +1,9 @@
 /**
  * Password-guessing protection for SMTP AUTH (RFC 4954 section 4; RFC 6409 submission). Before
- * a password is checked, one failure is reserved for the client IP (IPv6: its /64) and for the
- * login, both in one atomic step of the limit store (Redis when configured, so every instance
- * counts together). Over either limit, nothing is checked: the attempt is refused, whatever the
+ * a password is checked, one failure is reserved for the client IP (IPv6: its /48, the smallest
+ * block an attacker gets separately, as Dovecot's auth penalty counts) and for the login, both
+ * in one atomic step of the limit store (Redis when configured, so every instance counts
+ * together). Over either limit, nothing is checked: the attempt is refused, whatever the
  * password. After the check the reservation is given back unless the credentials were wrong,
  * so only failures count and parallel attempts can never check more passwords than the limit
  * leaves. When the shared store does not answer, a per-process memory store takes over, so
@@ -67,9 +68,15 @@ export interface GuardCount {
     readonly locked: boolean;
 }
 
-/** What the client and login are counted as: the IP (IPv6: its /64), or the lower-cased login. */
+/**
+ * IPv6 clients are counted per /48: the longest prefix routed on the internet, so the usual
+ * allocation of one site. Per /64, the holder of one /48 would get 65,536 failure budgets.
+ */
+export const GUARD_IPV6_PREFIX = 48;
+
+/** What the client and login are counted as: the IP (IPv6: its /48), or the lower-cased login. */
 export function ipSubject(ip: string): string {
-    return ipNetwork(ip, 32, 64) ?? ip.toLowerCase();
+    return ipNetwork(ip, 32, GUARD_IPV6_PREFIX) ?? ip.toLowerCase();
 }
 
 /** Login names are attacker-chosen: hash them so keys stay short and printable. */

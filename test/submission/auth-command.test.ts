@@ -1,6 +1,6 @@
 /**
  * `mailwarden auth status|unlock` against a real redis-server: it reads the counts the login
- * lockout keeps for an address (IPv6: its /64) and a login under the configured limits, and
+ * lockout keeps for an address (IPv6: its /48) and a login under the configured limits, and
  * clears them so the next attempt is checked again; without Redis it explains why it cannot
  * reach the counts; usage errors exit 2, an unreachable Redis exits 1 and changes nothing.
  */
@@ -83,7 +83,7 @@ describe('mailwarden auth', () => {
         assert.deepEqual(await run(['status', '--ip', '2001:db8:7::99', '--login', 'carol@example.test']), {
             code: 0,
             out: [
-                'ip 2001:db8:7::/64: 3 of 3/15m failed logins counted; locked: no login is checked until one drains (one every 5m)',
+                'ip 2001:db8:7::/48: 3 of 3/15m failed logins counted; locked: no login is checked until one drains (one every 5m)',
                 'login carol@example.test: 3 of 5/1h failed logins counted; not locked',
             ],
             err: [],
@@ -94,7 +94,7 @@ describe('mailwarden auth', () => {
         assert.equal((await guard.reserve('2001:db8:7::5', 'x', T0)).allowed, false);
         const r = await run(['unlock', '--ip', '2001:db8:7::5']);
         assert.equal(r.code, 0, r.err.join('\n'));
-        assert.equal(r.out[0], 'ip 2001:db8:7::/64: unlocked (3 failed logins forgotten)');
+        assert.equal(r.out[0], 'ip 2001:db8:7::/48: unlocked (3 failed logins forgotten)');
         assert.equal((await guard.reserve('2001:db8:7::5', 'x', T0)).allowed, true);
     });
 

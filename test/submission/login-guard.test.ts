@@ -3,7 +3,7 @@
  * real redis-server: a failure is reserved before any password is checked, so N attempts in
  * parallel after k failures get at most limit − k checks; a success or our own failure gives
  * the reservation back; over the limit even the right password is never checked; IPv6 clients
- * count per /64; exempt networks count nothing; with Redis stopped a per-process fallback keeps
+ * count per /48, so failures spread over its 65,536 /64s are bounded like one address; exempt networks count nothing; with Redis stopped a per-process fallback keeps
  * guessing bounded; operators can read and clear the counts. Time is injected, nothing sleeps.
  */
 import assert from 'node:assert/strict';
@@ -83,6 +83,20 @@ function guardCases(makeStore: () => LimitStore): void {
         assert.equal(await attempt(guard, ip, 'alice@example.test', T0, true, checked), 'locked');
         assert.equal(checked.n, before);
     });
+
+    it('failures spread over many /64s of one IPv6 /48 are bounded like one address', async () => {
+        const guard = createLoginGuard({ store: makeStore(), settings: settings() });
+        const checked = { n: 0 };
+        const results = await Promise.all(
+            Array.from({ length: 200 }, (_, i) =>
+                attempt(guard, `2001:db8:4848:${(i * 300).toString(16)}::1`, `g${i}@example.test`, T0, false, checked),
+            ),
+        );
+        assert.equal(checked.n, 10, `200 /64s of one /48: ${results.filter((r) => r !== 'locked').length} checked`);
+        const v = await guard.reserve('2001:db8:4848:ffff:1::9', 'h@example.test', T0);
+        assert.equal(!v.allowed && v.scope, 'ip', 'another /64 of the same /48');
+        assert.equal((await guard.reserve('2001:db8:4849::1', 'h@example.test', T0)).allowed, true, 'other /48');
+    });
 }
 
 describe('login guard (memory store)', () => {
@@ -105,18 +119,18 @@ describe('login guard (memory store)', () => {
         assert.equal((await guard.reserve('192.0.2.1', 'x@example.test', T0 + 5 * MIN)).allowed, true);
     });
 
-    it('counts IPv6 clients per /64 and IPv4-mapped addresses as IPv4', async () => {
+    it('counts IPv6 clients per /48 and IPv4-mapped addresses as IPv4', async () => {
         const guard = createLoginGuard({
             store: createMemoryStore(),
             settings: settings({ perIp: { limit: 2, periodMs: MIN } }),
         });
-        for (const ip of ['2001:db8:1:2::1', '2001:DB8:1:2:ffff::9']) {
+        for (const ip of ['2001:db8:1:2::1', '2001:DB8:1:ffff:ffff::9']) {
             const v = await guard.reserve(ip, 'a', T0);
             assert.ok(v.allowed);
             await guard.settle(v.ticket, 'invalid', T0);
         }
-        assert.equal((await guard.reserve('2001:db8:1:2::3', 'c', T0)).allowed, false, 'same /64');
-        assert.equal((await guard.reserve('2001:db8:1:3::1', 'c', T0)).allowed, true, 'other /64');
+        assert.equal((await guard.reserve('2001:db8:1:3::3', 'c', T0)).allowed, false, 'same /48');
+        assert.equal((await guard.reserve('2001:db8:2::1', 'c', T0)).allowed, true, 'other /48');
         for (let i = 0; i < 2; i++) {
             const v = await guard.reserve('::ffff:192.0.2.7', 'a', T0);
             assert.ok(v.allowed);
@@ -187,7 +201,7 @@ describe('login guard (memory store)', () => {
         assert.deepEqual(await guard.status({ ip: '2001:db8:5::77', login: 'bob@example.test' }, T0), [
             {
                 scope: 'ip',
-                subject: '2001:db8:5::/64',
+                subject: '2001:db8:5::/48',
                 failures: 10,
                 limit: 10,
                 periodMs: 15 * MIN,

@@ -31,7 +31,7 @@ export interface CountPerPeriod {
 
 /** Password-guessing protection of SMTP AUTH (src/submission/login-guard.ts). */
 export interface AuthLockoutConfig {
-    /** Failed logins allowed per client IP (IPv6: per /64); null: not limited. */
+    /** Failed logins allowed per client IP (IPv6: per /48); null: not limited. */
     readonly perIp: CountPerPeriod | null;
     /** Failed logins allowed per login name, from all addresses together; null: not limited. */
     readonly perLogin: CountPerPeriod | null;
