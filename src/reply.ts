@@ -16,6 +16,7 @@ export type Situation =
     | 'connect-tempfail'
     | 'message-too-big'
     | 'bare-newline'
+    | 'message-line-too-long'
     | 'upstream-unavailable'
     | 'internal-error'
     | 'shutting-down'
@@ -236,6 +237,14 @@ const TABLE: Readonly<Record<Situation, ReplyTemplate>> = {
         enhanced: '5.5.2',
         text: (d) =>
             `Message refused: it contains a bare LF or bare CR line ending or a NUL byte, which SMTP forbids (RFC 5321 section 2.3.8); the sending software must use CRLF line endings (id ${d.id})`,
+    },
+    // RFC 5322 section 2.1.1: a line is at most 998 characters; a relay folds a longer one
+    // (Postfix's smtp_line_length_limit), which breaks the DKIM signature made over it
+    'message-line-too-long': {
+        code: 550,
+        enhanced: '5.6.0',
+        text: (d) =>
+            `Message refused: it has a line longer than ${d.limit ?? 998} characters, which Internet mail forbids (RFC 5322 section 2.1.1) and which would be broken on the way; the sending software must encode long lines (quoted-printable or base64) (id ${d.id})`,
     },
     'upstream-unavailable': {
         code: 451,

@@ -2,7 +2,7 @@
  * One message's way through the stages, without any I/O: which facts each stage sees, what an
  * earlier stage leaves for a later one (score, tag header fields, matched rules, facts), the
  * refusals that come from the protocol before any rule (message size, bare line endings, header
- * size, the submission sender binding), the reply that refuses a stage (RFC 5321 section 3.1:
+ * size, on submission a line over 998 characters, the submission sender binding), the reply that refuses a stage (RFC 5321 section 3.1:
  * `554` at connect), and the final action (a tag of an earlier stage turns a data-stage accept
  * into a tag). The live session (session.ts) and `mailwarden explain` both drive this module, so
  * explain tells what serve does; docs/flow.md, "Facts from stage to stage", describes the carry.
@@ -28,6 +28,13 @@ import type {
 
 /** Largest header section we parse in memory (Postfix's header_size_limit is 100 KB). */
 export const MAX_HEADER_SECTION = 1024 * 1024;
+
+/**
+ * The longest line a submitted message may have, CRLF excluded (RFC 5322 section 2.1.1). The
+ * relay folds a longer one (Postfix's smtp_line_length_limit is 998), which breaks the DKIM
+ * signature made over it. An mx listener delivers locally, where nothing folds: not checked there.
+ */
+export const MAX_SUBMITTED_LINE = 998;
 
 /** The listener settings the flow depends on. */
 export interface FlowListener {
@@ -278,7 +285,10 @@ export class MessageFlow {
         return [...new Set([...(tx ? tx.monitorSeen : this.conn.monitor), ...(decision?.monitor ?? [])])];
     }
 
-    /** Refusals that come from the protocol, before any policy: size, line endings, header size. */
+    /**
+     * Refusals that come from the protocol, before any policy: size, line endings, header size,
+     * and on submission a line over MAX_SUBMITTED_LINE.
+     */
     protocolRefusal(summary: SpoolSummary, sizeLimit: number): ProtocolRefusal | null {
         const id = this.id;
         if (summary.tooBig) {
@@ -297,6 +307,12 @@ export class MessageFlow {
             return {
                 reply: replyFor('header-too-big', { id, limit: MAX_HEADER_SECTION }),
                 reason: 'header section too big',
+            };
+        }
+        if (this.listener.mode === 'submission' && summary.longestLine > MAX_SUBMITTED_LINE) {
+            return {
+                reply: replyFor('message-line-too-long', { id, limit: MAX_SUBMITTED_LINE }),
+                reason: `a line of ${summary.longestLine} bytes, over ${MAX_SUBMITTED_LINE} (RFC 5322 section 2.1.1)`,
             };
         }
         return null;

@@ -7,7 +7,8 @@
  *   spool file (mode 0600) that `dispose()` removes in every outcome.
  * - Size: past `maxSize` bytes nothing more is stored, but the stream is still drained so
  *   the SMTP dialogue stays in sync.
- * - Records where the header section ends (the first empty line, RFC 5322 section 2.1).
+ * - Records where the header section ends (the first empty line, RFC 5322 section 2.1), and the
+ *   length of the longest line (RFC 5322 section 2.1.1: at most 998 characters), as a number.
  * - The spool folder is mailwarden's own (mode 0700); at start, files left there by a process
  *   that ended without removing them (a crash, SIGKILL) are deleted: they hold message text
  *   that no client was ever told was accepted, so nothing is lost by removing them.
@@ -99,6 +100,8 @@ export interface SpoolSummary {
     readonly tooBig: boolean;
     /** Header section length in bytes, up to and excluding the empty line; -1 when it exceeded maxHeaderSize. */
     readonly headerLength: number;
+    /** Bytes of the longest line of the canonical message, its CRLF excluded. */
+    readonly longestLine: number;
     /** True when the message went to a spool file. */
     readonly spilled: boolean;
 }
@@ -117,8 +120,10 @@ export class MessageSpool {
     private nul = 0;
     private prevCr = false;
     private tooBig = false;
-    /** Header scanning: bytes of canonical output seen so far in the current line. */
+    /** Bytes of canonical output seen so far in the current line (its CRLF excluded). */
     private lineLength = 0;
+    /** The longest line ended so far. */
+    private longestLine = 0;
     private headerLength: number | null = null;
     private disposed = false;
 
@@ -152,13 +157,16 @@ export class MessageSpool {
             nul: this.nul,
             tooBig: this.tooBig,
             headerLength,
+            // the last line may end without CRLF
+            longestLine: Math.max(this.longestLine, this.lineLength),
             spilled: this.file !== null,
         };
     }
 
     /**
-     * Converts every line ending to CRLF and tracks bare line endings and the header end. A chunk
-     * that is already canonical comes back as a view of itself (CopyOnChange): nothing is copied.
+     * Converts every line ending to CRLF and tracks bare line endings, the header end and the
+     * longest line. A chunk that is already canonical comes back as a view of itself
+     * (CopyOnChange): nothing is copied.
      */
     private canonicalize(buf: Buffer, final: boolean): Buffer {
         if (this.alreadyCanonical(buf)) return buf;
@@ -170,6 +178,7 @@ export class MessageSpool {
                 // an empty line ends the header section; its offset is before this CRLF
                 this.headerLength = this.size + out.length - 2;
             }
+            if (this.lineLength > this.longestLine) this.longestLine = this.lineLength;
             this.lineLength = 0;
         };
         for (let i = 0; i < buf.length; i++) {
@@ -205,8 +214,9 @@ export class MessageSpool {
     }
 
     /**
-     * The quick path of canonicalize: true (with the counts and the header end updated) when the
-     * chunk is stored as it is: CRLF line endings only, no NUL, no CR pending from the chunk before.
+     * The quick path of canonicalize: true (with the counts, the header end and the longest line
+     * updated) when the chunk is stored as it is: CRLF line endings only, no NUL, no CR pending
+     * from the chunk before.
      */
     private alreadyCanonical(buf: Buffer): boolean {
         if (this.prevCr || buf.indexOf(0) !== -1) return false;
@@ -219,6 +229,14 @@ export class MessageSpool {
                 const end = buf.indexOf('\r\n\r\n', 0, 'latin1');
                 if (end !== -1) this.headerLength = this.size + end + 2;
             }
+        }
+        // each LF ends a line: its length runs from the previous LF (or the line begun before
+        // this chunk) to its CR
+        let start = -this.lineLength;
+        for (let i = 0; i < lfs.length; i++) {
+            const end = lfs[i]!;
+            if (end - 1 - start > this.longestLine) this.longestLine = end - 1 - start;
+            start = end + 1;
         }
         const last = lfs.length > 0 ? lfs[lfs.length - 1]! : -1;
         this.lineLength = last === -1 ? this.lineLength + buf.length : buf.length - last - 1;

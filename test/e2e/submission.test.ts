@@ -4,7 +4,9 @@
  * credentials 535 5.7.8, a login service that cannot answer 454 4.7.0 (never 535); the
  * sender-binding matrix (envelope and header From/Sender: own address, own domain wildcard,
  * subaddress, someone else's, the null sender) answers 553 5.7.1; a successful login reaches
- * the upstream as XCLIENT LOGIN; outgoing mail is DKIM-signed and the signature verifies.
+ * the upstream as XCLIENT LOGIN; outgoing mail is DKIM-signed and the signature verifies; a
+ * message with a line over 998 characters (RFC 5322 section 2.1.1), which the relay would fold
+ * after it was signed, is refused with 550 5.6.0 and never forwarded, on submission only.
  */
 import assert from 'node:assert/strict';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -55,6 +57,7 @@ describe('submission listener', () => {
                 'listeners:',
                 '  - { name: submission, host: 127.0.0.1, port: 0, mode: submission }',
                 '  - { name: submissions, host: 127.0.0.1, port: 0, mode: submission, tls: implicit }',
+                '  - { name: mx, host: 127.0.0.1, port: 0, mode: mx }',
                 `upstream: { url: "smtp://127.0.0.1:${up.port}" }`,
                 `dns: { servers: ["${dns.address}"], timeout: 1s }`,
                 'http: false',
@@ -361,6 +364,60 @@ describe('submission listener', () => {
         } finally {
             resolver.close();
         }
+    });
+
+    it('refuses a line over 998 characters before signing or forwarding it; 998 pass, and mx does not check', async () => {
+        const head = 'From: Alice <alice@example.test>\r\nTo: bob@example.net\r\n';
+        const cases: [string, string, number][] = [
+            ['a body line of 999', `${head}Subject: long\r\n\r\n${'a'.repeat(999)}\r\nend\r\n`, 550],
+            ['a body line of 1,500', `${head}Subject: long\r\n\r\n${'b'.repeat(1500)}\r\n`, 550],
+            ['a Subject line of 1,200', `${head}Subject: ${'s'.repeat(1191)}\r\n\r\nshort\r\n`, 550],
+            ['a last line of 999 without CRLF', `${head}Subject: long\r\n\r\n${'c'.repeat(999)}`, 550],
+            ['a body line of 998', `${head}Subject: long\r\n\r\n${'d'.repeat(998)}\r\nend\r\n`, 250],
+            ['a Subject line of 998', `${head}Subject: ${'t'.repeat(989)}\r\n\r\nshort\r\n`, 250],
+        ];
+        for (const [what, message, code] of cases) {
+            const before = up.transactions.filter((t) => t.data !== null).length;
+            const c = await loggedIn();
+            assert.equal((await c.cmd('MAIL FROM:<alice@example.test>')).code, 250);
+            assert.equal((await c.cmd('RCPT TO:<bob@example.net>')).code, 250);
+            await c.cmd('DATA');
+            c.write(`${message}\r\n.\r\n`);
+            const r = await c.reply();
+            c.close();
+            assert.equal(r.code, code, `${what}: ${r.raw}`);
+            const decision = mw.logs.filter((l) => l.msg === 'decision').at(-1)!;
+            if (code === 550) {
+                assert.match(
+                    r.text,
+                    /^5\.6\.0 Message refused: it has a line longer than 998 characters.* \(id \w+\)$/,
+                );
+                assert.match(String(decision.reason), /^a line of \d+ bytes, over 998/, what);
+                assert.equal(decision.action, 'reject', what);
+                assert.equal(decision.dkimSigned, undefined, `${what}: nothing was signed`);
+                assert.equal(
+                    up.transactions.filter((t) => t.data !== null).length,
+                    before,
+                    `${what}: nothing upstream`,
+                );
+            } else {
+                await up.idle();
+                const data = unstuff(up.transactions.at(-1)!.data!).toString('latin1');
+                assert.match(data, /^DKIM-Signature: /, what);
+                assert.ok(data.includes(message.slice(head.length)), `${what}: forwarded as it was`);
+            }
+        }
+        // mail an mx listener takes is not signed here and is delivered locally: not checked
+        const mx = await smtpConnect(mw.port('mx'));
+        await mx.greeting();
+        await mx.cmd('EHLO mail.example.net');
+        assert.equal((await mx.cmd('MAIL FROM:<bob@example.net>')).code, 250);
+        assert.equal((await mx.cmd('RCPT TO:<alice@example.test>')).code, 250);
+        await mx.cmd('DATA');
+        mx.write(`From: bob@example.net\r\nSubject: long\r\n\r\n${'e'.repeat(1500)}\r\n.\r\n`);
+        const r = await mx.reply();
+        mx.close();
+        assert.equal(r.code, 250, r.raw);
     });
 
     it('gives smtp-server replies enhanced codes too', async () => {

@@ -3,7 +3,8 @@
  * already canonical (CRLF only, no NUL; for dot-stuffing also no line starting with a dot) is
  * stored and forwarded as the very buffer the client's bytes arrived in. And whatever path a
  * chunk takes, the bytes are those of a plain reference written from RFC 5321 sections 2.3.8 and
- * 4.5.2, for any split of any message into chunks (fast-check, seed from test/helpers/fuzz.ts).
+ * 4.5.2, for any split of any message into chunks (fast-check, seed from test/helpers/fuzz.ts),
+ * and so is the longest line the spool reports (RFC 5322 section 2.1.1).
  */
 import assert from 'node:assert/strict';
 import { tmpdir } from 'node:os';
@@ -51,6 +52,7 @@ function referenceCanonical(text: string): {
     bareCr: number;
     nul: number;
     headerLength: number;
+    longestLine: number;
 } {
     let bareLf = 0;
     let bareCr = 0;
@@ -63,7 +65,8 @@ function referenceCanonical(text: string): {
     const nul = withCrlf.length - body.length;
     const end = body.startsWith('\r\n') ? 0 : body.indexOf('\r\n\r\n');
     const headerLength = end === -1 ? body.length : end === 0 ? 0 : end + 2;
-    return { body, bareLf, bareCr, nul, headerLength };
+    const longestLine = Math.max(0, ...body.split('\r\n').map((l) => l.length));
+    return { body, bareLf, bareCr, nul, headerLength, longestLine };
 }
 
 /** DATA as written upstream: CRLF line endings, a dot before every line starting with one, the terminator. */
@@ -148,6 +151,7 @@ describe('copies of message bytes', () => {
                 assert.equal(summary.bareCr, ref.bareCr);
                 assert.equal(summary.nul, ref.nul);
                 assert.equal(summary.headerLength, ref.headerLength);
+                assert.equal(summary.longestLine, ref.longestLine);
             }),
             fuzzSettings(t, 2000),
         );

@@ -1,6 +1,7 @@
 /**
  * Line-ending handling of received messages (spool) and of forwarded ones (dot-stuffing):
- * bare LF/CR counted and normalised, header end found, memory bounded, spool files removed.
+ * bare LF/CR counted and normalised, header end and longest line found, memory bounded, spool
+ * files removed.
  */
 import assert from 'node:assert/strict';
 import { chmod, mkdir, mkdtemp, readdir, rm, stat, writeFile } from 'node:fs/promises';
@@ -75,6 +76,21 @@ describe('MessageSpool', () => {
     it('treats a message without an empty line as all header', async () => {
         const { summary } = await spoolOf(['From: a@b\r\n']);
         assert.equal(summary.headerLength, summary.size);
+    });
+    it('reports the longest line, CRLF excluded, however the chunks cut it and whatever their line endings', async () => {
+        const long = 'a'.repeat(999);
+        const cases: [string, string[], number][] = [
+            ['one CRLF chunk', [`S: x\r\n\r\n${long}\r\nshort\r\n`], 999],
+            ['998 exactly', [`S: x\r\n\r\n${'b'.repeat(998)}\r\n`], 998],
+            ['a line across CRLF chunks', ['S: x\r\n\r\naaa', 'a'.repeat(500), `${'a'.repeat(496)}\r\nok\r\n`], 999],
+            ['a CRLF split across chunks', [`S: x\r\n\r\n${long}\r`, '\nok\r\n'], 999],
+            ['bare LF endings (the copying path)', [`S: x\n\n${long}\nok\n`], 999],
+            ['a NUL byte, which is not stored', [`S: x\r\n\r\n${long}\0\r\n`], 999],
+            ['a last line without CRLF', ['S: x\r\n\r\nok\r\n', long], 999],
+        ];
+        for (const [what, chunks, longest] of cases) {
+            assert.equal((await spoolOf(chunks)).summary.longestLine, longest, what);
+        }
     });
     it('flags oversized messages but drains them', async () => {
         const { summary } = await spoolOf(['x'.repeat(100), 'y'.repeat(100)], { maxSize: 150 });

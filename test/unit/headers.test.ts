@@ -375,6 +375,7 @@ describe('message facts read the author as RFC 5322 and the parser do', () => {
         nul: 0,
         tooBig: false,
         headerLength: 0,
+        longestLine: 0,
         spilled: false,
     };
     const facts = (text: string) => messageFacts(fieldsOf(text), summary);
