@@ -8,7 +8,8 @@
  *   2. remove incoming X-Mailwarden-* fields and Authentication-Results fields with our
  *      authserv-id (RFC 8601 section 5), whatever their spelling;
  *   3. on submission, bind the author fields to the login before anything is signed: exactly one
- *      From, at most one Sender, every mailbox owned and read as the same mailboxes by the parser
+ *      From, at most one Sender, every mailbox of those and of any Resent-From and Resent-Sender
+ *      (signed with the login's domain too) owned and read as the same mailboxes by the parser
  *      DMARC and receivers use (`553 5.7.1`).
  * Replies come from the reply table. It must not log, count metrics or touch the upstream; the
  * caller does, with the `problem` it returns.
@@ -23,7 +24,7 @@ import {
 } from './headers.ts';
 import { replyFor, type HeaderSenderProblem } from './reply.ts';
 import { mailauthAddresses } from './sender-auth/mailauth-addresses.ts';
-import { checkHeaderSenders, type SenderPolicy } from './submission/index.ts';
+import { checkHeaderSenders, type AuthorField, type SenderPolicy } from './submission/index.ts';
 import type { SmtpReply } from './types.ts';
 
 export interface HeaderStepInput {
@@ -46,6 +47,14 @@ export type HeaderStepResult =
           /** Metric label: a header problem or an author-field problem. */
           readonly problem: string;
       };
+
+/** The problem of an author field that cannot be read. */
+const UNREADABLE: Readonly<Record<AuthorField, HeaderSenderProblem>> = {
+    From: 'unreadable-from',
+    Sender: 'unreadable-sender',
+    'Resent-From': 'unreadable-resent-from',
+    'Resent-Sender': 'unreadable-resent-sender',
+};
 
 /** Runs the three steps; the first refusal wins. */
 export function headerStep(input: HeaderStepInput): HeaderStepResult {
@@ -83,7 +92,12 @@ export function headerStep(input: HeaderStepInput): HeaderStepResult {
         kept.filter((f) => f.name.toLowerCase() === name).map((f) => fieldValue(f));
     const result = checkHeaderSenders(
         login,
-        { from: values('from'), sender: values('sender') },
+        {
+            from: values('from'),
+            sender: values('sender'),
+            resentFrom: values('resent-from'),
+            resentSender: values('resent-sender'),
+        },
         policy,
         mailauthAddresses,
     );
@@ -103,9 +117,7 @@ export function headerStep(input: HeaderStepInput): HeaderStepResult {
                 : 'several-sender'
             : result.reason === 'no-from'
               ? 'no-from'
-              : result.field === 'From'
-                ? 'unreadable-from'
-                : 'unreadable-sender';
+              : UNREADABLE[result.field];
     return {
         ok: false,
         reply: replyFor('header-sender-invalid', {

@@ -166,7 +166,9 @@ export type HeaderSenderProblem =
     | 'several-sender'
     | 'no-from'
     | 'unreadable-from'
-    | 'unreadable-sender';
+    | 'unreadable-sender'
+    | 'unreadable-resent-from'
+    | 'unreadable-resent-sender';
 
 /** What is wrong with a header line, as a clause after "line N of the header section". */
 const HEADER_PROBLEM_TEXT: Readonly<Record<Exclude<HeaderProblem, 'field-too-long' | 'too-many-fields'>, string>> = {
@@ -183,6 +185,8 @@ const SENDER_PROBLEM_TEXT: Readonly<Record<HeaderSenderProblem, (d: ReplyDetail)
     'no-from': () => 'the message has no From field with an address',
     'unreadable-from': () => 'its From field cannot be read as a list of addresses',
     'unreadable-sender': () => 'its Sender field cannot be read as an address',
+    'unreadable-resent-from': () => 'a Resent-From field cannot be read as a list of addresses',
+    'unreadable-resent-sender': () => 'a Resent-Sender field cannot be read as an address',
 };
 
 const TABLE: Readonly<Record<Situation, ReplyTemplate>> = {

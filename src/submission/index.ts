@@ -17,6 +17,7 @@ export {
     checkHeaderSenders,
     mayUse,
     parseAddresses,
+    type AuthorField,
     type HeaderSenderResult,
     type SenderPolicy,
 } from './sender-policy.ts';

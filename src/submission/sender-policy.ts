@@ -1,7 +1,7 @@
 /**
  * Sender binding on submission: which addresses an authenticated login may use, as the
  * envelope sender (MAIL FROM, RFC 5321 section 4.1.1.2) and in the From:/Sender: header fields
- * (RFC 5322 section 3.6.2), with the semantics of Postfix's smtpd_sender_login_maps and
+ * (RFC 5322 section 3.6.2) and their Resent- forms (section 3.6.6), with the semantics of Postfix's smtpd_sender_login_maps and
  * reject_sender_login_mismatch:
  *   - `user@domain` entries match that address; `@domain` entries match every address at
  *     exactly that domain (not its subdomains);
@@ -12,7 +12,7 @@
  *   - with a recipient delimiter (Postfix `recipient_delimiter`, default `+`), `alice+tag@d` is
  *     allowed when `alice@d` is (RFC 5233 subaddressing);
  *   - the null sender `<>` is never allowed on submission: bounces come from the MTA.
- * Also parses From:/Sender: values (RFC 5322 section 3.4 address lists with display names,
+ * Also parses From:/Sender: (and Resent-From:/Resent-Sender:) values (RFC 5322 section 3.4 address lists with display names,
  * quoted strings, comments and groups; RFC 6532 UTF-8). Pure functions; no I/O, no logging.
  */
 import { toALabel, withoutTrailingDot } from '../net/domain.ts';
@@ -149,12 +149,16 @@ export function mayUse(login: string, address: string, policy: SenderPolicy): bo
     return base !== null && policy.addresses.has(`${base}@${domain}`);
 }
 
-/** Outcome of checking the From:/Sender: fields of a message against a login. */
+/** The author fields bound to the login. */
+export type AuthorField = 'From' | 'Sender' | 'Resent-From' | 'Resent-Sender';
+
+/** Outcome of checking the From:/Sender: (and Resent-) fields of a message against a login. */
 export type HeaderSenderResult =
     | { readonly ok: true }
-    | { readonly ok: false; readonly reason: 'no-from' | 'malformed'; readonly field: 'From' | 'Sender' }
+    | { readonly ok: false; readonly reason: 'no-from'; readonly field: 'From' }
+    | { readonly ok: false; readonly reason: 'malformed'; readonly field: AuthorField }
     | { readonly ok: false; readonly reason: 'several'; readonly field: 'From' | 'Sender'; readonly count: number }
-    | { readonly ok: false; readonly reason: 'not-owned'; readonly field: 'From' | 'Sender'; readonly address: string };
+    | { readonly ok: false; readonly reason: 'not-owned'; readonly field: AuthorField; readonly address: string };
 
 /**
  * An address as two parsers must agree on it: lower case, quotes and quoted-pair backslashes left
@@ -179,13 +183,20 @@ function sameMailboxes(ours: readonly string[], theirs: readonly string[]): bool
  * Checks the author fields: exactly one From field and at most one Sender field (RFC 5322
  * section 3.6: readers that see several pick different ones), every mailbox of the From field
  * usable by the login, and the Sender mailbox too when there is one (section 3.6.2). Stricter
- * than "From or Sender" on purpose: recipients see From. A From without any mailbox, and fields
- * that do not parse, fail; so does a field `otherReading` (the parser DMARC and receivers use)
- * reads as other mailboxes than ours.
+ * than "From or Sender" on purpose: recipients see From. Every mailbox of every Resent-From and
+ * Resent-Sender field (section 3.6.6; a message resent several times has a block for each) must
+ * be usable too: they are signed with the login's domain, and a redirect by the login puts its
+ * own address there. A From without any mailbox, and fields that do not parse, fail; so does a
+ * field `otherReading` (the parser DMARC and receivers use) reads as other mailboxes than ours.
  */
 export function checkHeaderSenders(
     login: string,
-    fields: { readonly from: readonly string[]; readonly sender: readonly string[] },
+    fields: {
+        readonly from: readonly string[];
+        readonly sender: readonly string[];
+        readonly resentFrom?: readonly string[];
+        readonly resentSender?: readonly string[];
+    },
     policy: SenderPolicy,
     otherReading?: (value: string) => readonly string[],
 ): HeaderSenderResult {
@@ -197,6 +208,8 @@ export function checkHeaderSenders(
     for (const [field, values] of [
         ['From', fields.from],
         ['Sender', fields.sender],
+        ['Resent-From', fields.resentFrom ?? []],
+        ['Resent-Sender', fields.resentSender ?? []],
     ] as const) {
         for (const value of values) {
             const list = parseAddresses(value);

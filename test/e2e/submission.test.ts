@@ -2,8 +2,8 @@
  * Submission listeners end to end with real TLS and the real users file: AUTH is neither
  * offered nor accepted before STARTTLS (538 5.7.11), MAIL before AUTH gets 530 5.7.0, wrong
  * credentials 535 5.7.8, a login service that cannot answer 454 4.7.0 (never 535); the
- * sender-binding matrix (envelope and header From/Sender: own address, own domain wildcard,
- * subaddress, someone else's, the null sender) answers 553 5.7.1; a successful login reaches
+ * sender-binding matrix (envelope and header From/Sender and Resent-From/Resent-Sender: own
+ * address, own domain wildcard, subaddress, someone else's, the null sender) answers 553 5.7.1; a successful login reaches
  * the upstream as XCLIENT LOGIN; outgoing mail is DKIM-signed and the signature verifies; a
  * message with a line over 998 characters (RFC 5322 section 2.1.1), which the relay would fold
  * after it was signed, is refused with 550 5.6.0 and never forwarded, on submission only.
@@ -171,6 +171,55 @@ describe('submission listener', () => {
         }
     });
 
+    it('binds Resent-From and Resent-Sender, which are signed, like From: a foreign one is refused, her own passes', async () => {
+        const from = 'From: Alice <alice@example.test>\r\nTo: bob@example.net\r\n';
+        const cases: [string, string, string | null][] = [
+            ['a foreign Resent-From', `${from}Resent-From: CEO <ceo@example.test>\r\n`, 'ceo@example.test'],
+            ['a foreign Resent-Sender', `${from}Resent-Sender: ceo@victim.test\r\n`, 'ceo@victim.test'],
+            [
+                'a foreign address in a second Resent-From',
+                `${from}Resent-From: alice@example.test\r\nResent-From: alice@example.test, ceo@example.test\r\n`,
+                'ceo@example.test',
+            ],
+            [
+                'her own redirect',
+                `${from}Resent-From: Alice <alice@example.test>\r\nResent-Sender: anyone@alice.example\r\nResent-To: carol@example.net\r\n`,
+                null,
+            ],
+        ];
+        for (const [what, head, foreign] of cases) {
+            const before = up.transactions.filter((t) => t.data !== null).length;
+            const c = await loggedIn();
+            assert.equal((await c.cmd('MAIL FROM:<alice@example.test>')).code, 250);
+            assert.equal((await c.cmd('RCPT TO:<carol@example.net>')).code, 250);
+            await c.cmd('DATA');
+            c.write(`${head}Subject: resent\r\n\r\nbody\r\n.\r\n`);
+            const r = await c.reply();
+            c.close();
+            const decision = mw.logs.filter((l) => l.msg === 'decision').at(-1)!;
+            if (foreign !== null) {
+                assert.equal(r.code, 553, `${what}: ${r.raw}`);
+                assert.match(
+                    r.text,
+                    /^5\.7\.1 Sender address rejected: .* is not an address the login alice@example\.test/,
+                );
+                assert.ok(r.text.includes(foreign), `${what}: names ${foreign}`);
+                assert.equal(decision.headerProblem, 'not-owned', what);
+                assert.equal(decision.dkimSigned, undefined, `${what}: nothing was signed`);
+                assert.equal(
+                    up.transactions.filter((t) => t.data !== null).length,
+                    before,
+                    `${what}: nothing upstream`,
+                );
+            } else {
+                assert.equal(r.code, 250, `${what}: ${r.raw}`);
+                await up.idle();
+                const data = unstuff(up.transactions.at(-1)!.data!).toString('latin1');
+                assert.match(data, /^DKIM-Signature: [^]*h=[^;]*Resent-From:Resent-Sender/, what);
+            }
+        }
+    });
+
     it('refuses forged From spellings and malformed header sections before signing, with the session id', async () => {
         const cases: [string, string, RegExp, string][] = [
             [
@@ -232,6 +281,18 @@ describe('submission listener', () => {
                 'From: alice@example.test (x\\) <bob@example.test>)\r\n',
                 /^553 5\.7\.1 Sender address rejected: its From field cannot be read/,
                 'unreadable-from',
+            ],
+            [
+                'a Resent-From that does not parse',
+                'From: alice@example.test\r\nResent-From: <ceo@victim.test\r\n',
+                /^553 5\.7\.1 Sender address rejected: a Resent-From field cannot be read/,
+                'unreadable-resent-from',
+            ],
+            [
+                'a Resent-Sender the DMARC parser reads as another mailbox',
+                'From: alice@example.test\r\nResent-Sender: alice@example.test (x\\) <ceo@victim.test>)\r\n',
+                /^553 5\.7\.1 Sender address rejected: a Resent-Sender field cannot be read/,
+                'unreadable-resent-sender',
             ],
             [
                 'a leading continuation line',

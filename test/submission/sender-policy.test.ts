@@ -1,5 +1,6 @@
 // Sender binding: the mayUse matrix (exact addresses, @domain, case, IDN, quoting, subaddresses,
-// the null sender), header From:/Sender: parsing (RFC 5322 section 3.4) and checkHeaderSenders.
+// the null sender), header From:/Sender: parsing (RFC 5322 section 3.4) and checkHeaderSenders
+// (Resent-From:/Resent-Sender: included).
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import {
@@ -186,6 +187,42 @@ describe('checkHeaderSenders', () => {
             reason: 'not-owned',
             field: 'Sender',
             address: 'bob@example.com',
+        });
+    });
+
+    it('binds every Resent-From and Resent-Sender mailbox too, of every resent block', () => {
+        const resent = (resentFrom: string[], resentSender: string[] = []) =>
+            checkHeaderSenders(
+                'alice@example.com',
+                { from: ['alice@example.com'], sender: [], resentFrom, resentSender },
+                policy,
+                mailauthAddresses,
+            );
+        assert.deepEqual(resent(['Alice <alice@example.com>'], ['a@example.org']), { ok: true });
+        assert.deepEqual(resent(['alice@example.com', 'alice+x@example.com, team@example.org']), { ok: true });
+        assert.deepEqual(resent(['CEO <ceo@example.com>']), {
+            ok: false,
+            reason: 'not-owned',
+            field: 'Resent-From',
+            address: 'ceo@example.com',
+        });
+        assert.deepEqual(resent(['alice@example.com', 'alice@example.com, ceo@example.com']), {
+            ok: false,
+            reason: 'not-owned',
+            field: 'Resent-From',
+            address: 'ceo@example.com',
+        });
+        assert.deepEqual(resent(['alice@example.com'], ['bob@example.com']), {
+            ok: false,
+            reason: 'not-owned',
+            field: 'Resent-Sender',
+            address: 'bob@example.com',
+        });
+        assert.deepEqual(resent(['<alice@example.com']), { ok: false, reason: 'malformed', field: 'Resent-From' });
+        assert.deepEqual(resent([], ['alice@example.com (x\\) <boss@example.com>)']), {
+            ok: false,
+            reason: 'malformed',
+            field: 'Resent-Sender',
         });
     });
 
