@@ -2,10 +2,11 @@
  * One message's way through the stages, without any I/O: which facts each stage sees, what an
  * earlier stage leaves for a later one (score, tag header fields, matched rules, facts), the
  * refusals that come from the protocol before any rule (message size, bare line endings, header
- * size, on submission a line over 998 characters, the submission sender binding), the reply that refuses a stage (RFC 5321 section 3.1:
- * `554` at connect), and the final action (a tag of an earlier stage turns a data-stage accept
- * into a tag). The live session (session.ts) and `mailwarden explain` both drive this module, so
- * explain tells what serve does; docs/flow.md, "Facts from stage to stage", describes the carry.
+ * size, on submission a line over 998 characters, the submission sender binding), the reply that
+ * refuses a stage (RFC 5321 section 3.1: `554` at connect), and the final action (a tag of an
+ * earlier stage turns a data-stage accept into a tag). The live session (session.ts) and
+ * `mailwarden explain` both drive this module, so explain tells what serve does; docs/flow.md,
+ * "Facts from stage to stage", describes the carry.
  * It must not run checks, talk to a client or the upstream, read the clock, log or count: the
  * caller does the I/O and hands the stage results in.
  */
