@@ -204,11 +204,16 @@ function rateLabel(limit: number, periodMs: number, bytes: boolean): string {
     return `${bytes ? formatSize(limit) : String(limit)}/${formatDuration(periodMs)}`;
 }
 
+/** The prefix lengths a network part counts by: the text is fixed at load, for clients of either family. */
+function prefixes(p: KeyPart & { kind: 'ip' }): string {
+    return `/${p.v4} or IPv6 /${p.v6}`;
+}
+
 /** The phrase a refusal uses for whose traffic a key counts. */
 function whose(key: readonly KeyPart[]): string {
     const one = (p: KeyPart): string => {
         if (p.kind === 'global') return 'for this server in total';
-        if (p.kind === 'ip') return p.v4 >= 32 ? 'from your IP address' : `from your network (/${p.v4})`;
+        if (p.kind === 'ip') return p.v4 >= 32 ? 'from your IP address' : `from your network (${prefixes(p)})`;
         switch (p.fact) {
             case 'auth.user':
                 return 'for your login';
@@ -232,12 +237,12 @@ function whose(key: readonly KeyPart[]): string {
         }
     };
     // A network right after a sending identity says where that identity is counted: "from this
-    // sender address on your network (/24)"; other parts are joined with "and".
+    // sender address on your network (/24 or IPv6 /64)"; other parts are joined with "and".
     const sender = (p: KeyPart | undefined): boolean =>
         p?.kind === 'fact' &&
         ['mail.from', 'mail.from.domain', 'helo', 'auth.user', 'header.from', 'header.from.domain'].includes(p.fact);
     const where = (p: KeyPart & { kind: 'ip' }): string =>
-        p.v4 >= 32 ? 'at your IP address' : `on your network (/${p.v4})`;
+        p.v4 >= 32 ? 'at your IP address' : `on your network (${prefixes(p)})`;
     return key
         .map((p, i) => (i === 0 ? one(p) : p.kind === 'ip' && sender(key[i - 1]) ? where(p) : `and ${one(p)}`))
         .join(' ');

@@ -173,7 +173,7 @@ describe('rate limits end to end (memory store)', () => {
         assert.equal(greeting.code, 421);
         assert.match(
             greeting.text,
-            /^4\.7\.0 Rate limit reached: too many connections from your network \(\/24\)\. Please try again in 900 seconds \(limit conn-rate\)\./,
+            /^4\.7\.0 Rate limit reached: too many connections from your network \(\/24 or IPv6 \/64\)\. Please try again in 900 seconds \(limit conn-rate\)\./,
         );
         await c.waitClosed(5000);
     });

@@ -119,7 +119,8 @@ describe('limits in rule files', () => {
         const rcpt = set.evaluate('rcpt', { 'ratelimit.exceeded': ['ip-rcpts'], 'ratelimit.retry_after': 1 });
         assert.match(
             rcpt.decision.reply!.text,
-            /^Rate limit reached: too many recipients from your network \(\/24\)\./,
+            // the IPv6 prefix is the limit's own (ipv6Prefix: 48)
+            /^Rate limit reached: too many recipients from your network \(\/24 or IPv6 \/48\)\./,
         );
     });
 
@@ -171,10 +172,13 @@ describe('limits in rule files', () => {
         });
         const text = (id: string): string =>
             set.evaluate('rcpt', { 'ratelimit.exceeded': [id], 'ratelimit.retry_after': 1 }).decision.reply!.text;
-        assert.match(text('s-net'), /too many recipients from this sender address on your network \(\/24\)\./);
+        assert.match(
+            text('s-net'),
+            /too many recipients from this sender address on your network \(\/24 or IPv6 \/64\)\./,
+        );
         assert.match(text('login-ip'), /too many recipients for your login at your IP address\./);
-        assert.match(text('domain-net'), /to this recipient domain and from your network \(\/24\)\./);
-        assert.match(text('net-ip'), /from your network \(\/24\) and from your IP address\./);
+        assert.match(text('domain-net'), /to this recipient domain and from your network \(\/24 or IPv6 \/64\)\./);
+        assert.match(text('net-ip'), /from your network \(\/24 or IPv6 \/64\) and from your IP address\./);
     });
 
     it('say so when one message is larger than a byte limit allows at all', () => {
