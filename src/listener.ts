@@ -424,7 +424,12 @@ export function createListener(config: Config, listener: ListenerConfig, deps: L
             deps.metrics.proxyHeaders.inc({ listener: listener.name, result }, 0);
         }
     }
-    for (const timeout of ['pre_transaction', 'idle', ...(listener.tls === 'implicit' ? ['handshake'] : [])]) {
+    for (const timeout of [
+        'pre_transaction',
+        'envelope',
+        'idle',
+        ...(listener.tls === 'implicit' ? ['handshake'] : []),
+    ]) {
         deps.metrics.connectionTimeouts.inc({ listener: listener.name, timeout }, 0);
     }
     const server = new MailwardenSmtpServer(options, {

@@ -84,7 +84,7 @@ export function createMetrics(version: string) {
         }),
         connectionTimeouts: new Counter({
             name: `${P}connection_timeouts_total`,
-            help: 'Connections closed by a timeout, by listener and timeout (pre_transaction: no MAIL FROM within preTransactionTimeout; idle: socketTimeout between commands; handshake: implicit TLS handshake not done in time)',
+            help: 'Connections closed by a timeout, by listener and timeout (pre_transaction: no MAIL FROM within preTransactionTimeout; envelope: no DATA within socketTimeout of MAIL FROM; idle: socketTimeout between commands; handshake: implicit TLS handshake not done in time)',
             labelNames: ['listener', 'timeout'],
             registers: r,
         }),

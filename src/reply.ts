@@ -24,6 +24,7 @@ export type Situation =
     | 'too-many-connections'
     | 'too-many-network-connections'
     | 'no-transaction-timeout'
+    | 'envelope-timeout'
     | 'too-many-errors'
     | 'pipelining-violation'
     | 'data-too-slow'
@@ -145,7 +146,7 @@ export interface ReplyDetail {
     readonly which?: 'sender' | 'recipient';
     /** The client's network, for `too-many-network-connections`. */
     readonly network?: string;
-    /** Seconds of a timeout, for `no-transaction-timeout`. */
+    /** Seconds of a timeout, for `no-transaction-timeout` and `envelope-timeout`. */
     readonly seconds?: number;
     /** The limit's id, what it counts and whose mail it counts, for the limit situations. */
     readonly limitId?: string;
@@ -188,6 +189,12 @@ const SENDER_PROBLEM_TEXT: Readonly<Record<HeaderSenderProblem, (d: ReplyDetail)
     'unreadable-resent-from': () => 'a Resent-From field cannot be read as a list of addresses',
     'unreadable-resent-sender': () => 'a Resent-Sender field cannot be read as an address',
 };
+
+/** A duration as people write it: whole minutes in minutes, anything else in seconds. */
+function duration(seconds: number): string {
+    if (seconds >= 60 && seconds % 60 === 0) return `${seconds / 60} minute${seconds === 60 ? '' : 's'}`;
+    return `${seconds} second${seconds === 1 ? '' : 's'}`;
+}
 
 const TABLE: Readonly<Record<Situation, ReplyTemplate>> = {
     accepted: {
@@ -308,6 +315,12 @@ const TABLE: Readonly<Record<Situation, ReplyTemplate>> = {
         enhanced: '4.4.2',
         text: (d) =>
             `No mail transaction started within ${d.seconds ?? 0} second${d.seconds === 1 ? '' : 's'}; closing the connection`,
+    },
+    // socketTimeout from the first MAIL FROM (since the start or the last DATA) to DATA
+    'envelope-timeout': {
+        code: 421,
+        enhanced: '4.4.2',
+        text: (d) => `No message sent within ${duration(d.seconds ?? 0)} of MAIL FROM; closing the connection`,
     },
     'auth-required': {
         code: 530,

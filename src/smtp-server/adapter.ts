@@ -22,6 +22,11 @@
  * - A pre-transaction deadline (postscreen-like): a session that has not had a MAIL FROM
  *   accepted within `preTransactionTimeout` is closed with `421 4.4.2`; a PROXY header or an
  *   implicit TLS handshake gets the same time (smtp-server would wait `socketTimeout`).
+ * - An envelope deadline: from the first MAIL FROM accepted since the session started or since
+ *   its last accepted DATA, the client must have DATA accepted within `socketTimeout` (RSET and
+ *   a new MAIL do not restart it); then `421 4.4.2`. The idle timeout alone would let a client
+ *   hold its slot, and the upstream session behind it, for ever by sending a RCPT every few
+ *   minutes. smtp-server has no BDAT (RFC 3030), so DATA is the only way to a message.
  * - Logging: a client that resets or drops the connection is logged once, at info, with the
  *   session id, address, port and where the session was; real errors once, at error.
  * - HELO/EHLO: a name that is not valid UTF-8 is refused with `501 5.5.4` (never rewritten).
@@ -112,7 +117,9 @@ export const MIN_DATA_RATE = 500;
  * over the commands Postfix counts (its EHLO and HELO among them; HELP, which Postfix does not
  * have, is an error there). Reset when a message is accepted. A client cannot hold a slot, and
  * through it an upstream connection, for ever by sending one of them every few minutes, nor
- * have its HELO name checked and a new upstream connection opened without end.
+ * have its HELO name checked and a new upstream connection opened without end. A RCPT naming a
+ * recipient already accepted in the transaction counts too (Postfix does not need this; it
+ * stops a client repeating one address): it adds nothing, smtp-server just answers 250 again.
  */
 const JUNK_COMMAND_LIMIT = 100;
 const JUNK_COMMANDS = new Set(['EHLO', 'HELO', 'NOOP', 'RSET', 'VRFY', 'ETRN', 'HELP']);
@@ -152,6 +159,10 @@ class MailwardenConnection extends SMTPConnection {
     #plain = false;
     #transactionStarted = false;
     #deadline: NodeJS.Timeout | null = null;
+    /** Runs from the first MAIL FROM accepted since the start or the last DATA, until DATA (see the file comment). */
+    #envelopeDeadline: NodeJS.Timeout | null = null;
+    /** Recipients of the transaction before the RCPT being answered: a repeated one adds none. */
+    #recipientsBefore = 0;
     #failureLogged = false;
     /** The SASL exchange under way on submission: its mechanism and how many responses were checked. */
     #sasl: { readonly mechanism: string; step: number } | null = null;
@@ -439,8 +450,39 @@ class MailwardenConnection extends SMTPConnection {
         this.send(reply.code, line(reply));
     }
 
+    #armEnvelopeDeadline(ms: number): void {
+        this.#envelopeDeadline = setTimeout(() => this.#envelopeDeadlinePassed(), ms);
+        this.#envelopeDeadline.unref();
+    }
+
+    #stopEnvelopeDeadline(): void {
+        if (this.#envelopeDeadline) clearTimeout(this.#envelopeDeadline);
+        this.#envelopeDeadline = null;
+    }
+
+    #envelopeDeadlinePassed(): void {
+        this.#envelopeDeadline = null;
+        if (this._closing || this._closed) return;
+        // a command is being answered (a slow check, the upstream): its outcome decides
+        if (this._handlerPending) return this.#armEnvelopeDeadline(1000);
+        const seconds = Math.round(this.#adapter.socketTimeoutMs / 1000);
+        this.#adapter.metrics.connectionTimeouts.inc({ listener: this.#adapter.listener, timeout: 'envelope' });
+        this.#adapter.log.info(
+            {
+                ...this.#fields(),
+                stage: this.#stage(),
+                seconds,
+                recipients: this.session.envelope?.rcptTo.length ?? 0,
+            },
+            'closing: no message sent in time after MAIL FROM',
+        );
+        const reply = replyFor('envelope-timeout', { id: this.id, seconds });
+        this.send(reply.code, line(reply));
+    }
+
     #releaseSlot(): void {
         this.#stopDataWatch();
+        this.#stopEnvelopeDeadline();
         if (this.#deadline) clearTimeout(this.#deadline);
         this.#deadline = null;
         this.#slot?.release();
@@ -448,6 +490,13 @@ class MailwardenConnection extends SMTPConnection {
     }
 
     override send(code: number, data?: string | string[] | null, context?: string | false): void {
+        if (
+            context === 'RCPT_TO_OK' &&
+            this.session.envelope.rcptTo.length === this.#recipientsBefore &&
+            ++this.#junk > JUNK_COMMAND_LIMIT
+        ) {
+            this.#junkOver = true;
+        }
         this.#sendReply(code, data, context);
         if (context === 'DATA_OK') this.#junk = 0;
         const junk = this.#junkOver;
@@ -464,11 +513,20 @@ class MailwardenConnection extends SMTPConnection {
         }
     }
 
+    /** RCPT as smtp-server runs it; the count before it tells a repeated recipient (send()). */
+    override handler_RCPT(command: Buffer, callback: () => void): void {
+        this.#recipientsBefore = this.session.envelope.rcptTo.length;
+        super.handler_RCPT(command, callback);
+    }
+
     /**
      * DATA as smtp-server starts it, plus a watch on the rate the message arrives at: the idle
-     * timeout alone never ends a client that sends a byte every few seconds.
+     * timeout alone never ends a client that sends a byte every few seconds. DATA with a
+     * recipient is accepted (smtp-server refuses it only without one): the envelope deadline
+     * ends there, and the data rate rule takes over.
      */
     override handler_DATA(command: Buffer, callback: () => void): void {
+        if (this.session.envelope.rcptTo.length > 0) this.#stopEnvelopeDeadline();
         super.handler_DATA(command, callback);
         const parser = this._parser;
         if (!parser || !parser._dataMode || this.#dataWatch) return;
@@ -511,7 +569,10 @@ class MailwardenConnection extends SMTPConnection {
             super.send(code, data, false);
             return;
         }
-        if (code === 250 && context === 'MAIL_FROM_OK') this.#transactionStarted = true;
+        if (code === 250 && context === 'MAIL_FROM_OK') {
+            this.#transactionStarted = true;
+            if (!this.#envelopeDeadline) this.#armEnvelopeDeadline(this.#adapter.socketTimeoutMs);
+        }
         super.send(
             code,
             rewriteBuiltinReply(code, data ?? '', typeof context === 'string' ? context : undefined),

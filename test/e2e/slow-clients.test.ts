@@ -3,9 +3,11 @@
  * before EHLO, in the middle of a command line, between commands, inside DATA, during a STARTTLS
  * handshake and inside an AUTH exchange, a client
  * that stops (or trickles one byte at a time, its message data included) is closed within a
- * bounded time with `421 4.4.2`; a session that collects 20 error replies is closed with
- * `421 4.7.0`, EHLO, HELO, NOOP, RSET, VRFY, ETRN and HELP past the 100th of a session counting as
- * errors.
+ * bounded time with `421 4.4.2`; a client that never reaches DATA, sending a RCPT now and then
+ * (RSET and a new MAIL among them), is closed with `421 4.4.2` once `socketTimeout` has passed
+ * since its MAIL FROM, while one sending message after message is not; a session that collects
+ * 20 error replies is closed with `421 4.7.0`, EHLO, HELO, NOOP, RSET, VRFY, ETRN, HELP and a RCPT
+ * repeating an accepted recipient past the 100th of a session counting as errors.
  */
 import assert from 'node:assert/strict';
 import { writeFileSync } from 'node:fs';
@@ -13,7 +15,7 @@ import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { hash } from '@node-rs/argon2';
 import { startScriptedGateway, type ScriptedGateway, type TestApp } from '../helpers/app.ts';
-import { smtpConnect, type SmtpClient } from '../helpers/smtp-client.ts';
+import { smtpConnect, type SmtpClient, type SmtpReply } from '../helpers/smtp-client.ts';
 import { createTestCertificate, type TestCertificate } from '../helpers/tls-cert.ts';
 
 /** Writes `text` one byte every `everyMs` until the connection closes. */
@@ -116,6 +118,118 @@ describe('slow clients', () => {
     });
 });
 
+const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
+
+/** The client's connection-timeout count on the mx listener, for `timeout`. */
+async function timeouts(mw: TestApp, timeout: string): Promise<number> {
+    return (
+        (await mw.app.metrics.connectionTimeouts.get()).values.find(
+            (v) => v.labels.listener === 'mx' && v.labels.timeout === timeout,
+        )?.value ?? 0
+    );
+}
+
+// socketTimeout bounds the envelope: from the first MAIL FROM (since the start or the last DATA)
+// the client must reach DATA within it. A client sending a RCPT just inside every socketTimeout
+// never went idle and never erred, and held its slot (and an upstream session) for ever: 20 of
+// them held every slot of a listener.
+describe('a client that never reaches DATA', () => {
+    let gateway: ScriptedGateway;
+    let mw: TestApp;
+    before(async () => {
+        gateway = await startScriptedGateway([
+            'hostname: mx.example.test',
+            'domains: [example.test]',
+            'listeners: [{ name: mx, host: 127.0.0.1, port: 0, mode: mx, preTransactionTimeout: 30s, socketTimeout: 2s }]',
+        ]);
+        mw = gateway.mw;
+    });
+    after(async () => {
+        await gateway.close();
+    });
+
+    /** Sends `step` (its commands in turn) every second until a 421 comes, at most `rounds` times. */
+    async function untilCut(
+        c: SmtpClient,
+        step: (round: number) => readonly string[],
+        rounds: number,
+    ): Promise<{ reply: SmtpReply; round: number }> {
+        for (let round = 1; round <= rounds; round++) {
+            await sleep(1000);
+            for (const command of step(round)) {
+                // the 421 may have come while the client waited: it is the next reply read
+                const r = await c.cmd(command, 5000);
+                if (r.code === 421) return { reply: r, round };
+                assert.equal(r.code, 250, `${command}: ${r.raw}`);
+            }
+        }
+        assert.fail(`still served after ${rounds} rounds`);
+    }
+
+    it('closes a client trickling RCPTs once socketTimeout has passed since its MAIL FROM', async () => {
+        const before = await timeouts(mw, 'envelope');
+        const c = await smtpConnect(mw.port());
+        try {
+            await c.greeting();
+            assert.equal((await c.cmd('EHLO trickle.example')).code, 250);
+            assert.equal((await c.cmd('MAIL FROM:<>')).code, 250);
+            // a RCPT a second never leaves the session idle for socketTimeout (2 s)
+            const { reply } = await untilCut(c, (i) => [`RCPT TO:<user${i}@example.test>`], 6);
+            assert.match(reply.text, /^4\.4\.2 No message sent within 2 seconds of MAIL FROM; closing the connection$/);
+            await c.waitClosed(2000);
+        } finally {
+            c.close();
+        }
+        assert.equal(await timeouts(mw, 'envelope'), before + 1);
+        const line = mw.logs.find((l) => l.msg === 'closing: no message sent in time after MAIL FROM');
+        assert.equal(line?.stage, 'transaction');
+        assert.equal(line?.seconds, 2);
+        await gateway.up.idle();
+        assert.notEqual(gateway.up.transactions.at(-1)?.completed, true, 'nothing was delivered');
+    });
+
+    it('does not start the time again at RSET and a new MAIL FROM', async () => {
+        const c = await smtpConnect(mw.port());
+        try {
+            await c.greeting();
+            assert.equal((await c.cmd('EHLO trickle.example')).code, 250);
+            assert.equal((await c.cmd('MAIL FROM:<>')).code, 250);
+            // a new MAIL FROM every second: were the time counted from the latest, this would go on for ever
+            const { reply } = await untilCut(
+                c,
+                (i) => [`RCPT TO:<user${i}@example.test>`, 'RSET', 'MAIL FROM:<a@example.org>'],
+                6,
+            );
+            assert.match(reply.text, /^4\.4\.2 No message sent within 2 seconds of MAIL FROM/);
+            await c.waitClosed(2000);
+        } finally {
+            c.close();
+        }
+    });
+
+    it('leaves a client alone that sends message after message, each in time', async () => {
+        const before = await timeouts(mw, 'envelope');
+        const c = await smtpConnect(mw.port());
+        try {
+            await c.greeting();
+            assert.equal((await c.cmd('EHLO busy.example')).code, 250);
+            // three messages over more than twice socketTimeout: the time runs from each MAIL FROM after a DATA
+            for (let i = 1; i <= 3; i++) {
+                assert.equal((await c.cmd('MAIL FROM:<a@example.org>')).code, 250);
+                assert.equal((await c.cmd(`RCPT TO:<b${i}@example.test>`)).code, 250);
+                await sleep(1200);
+                assert.equal((await c.cmd(`RCPT TO:<c${i}@example.test>`)).code, 250);
+                assert.equal((await c.cmd('DATA')).code, 354);
+                assert.equal((await c.cmd(`From: <a@example.org>\r\nSubject: ${i}\r\n\r\nbody\r\n.`)).code, 250);
+            }
+            assert.equal((await c.cmd('QUIT')).code, 221);
+        } finally {
+            c.close();
+        }
+        assert.equal(await timeouts(mw, 'envelope'), before);
+    });
+});
+
 /** The 421 4.7.0 of the error limit, then the connection closed. */
 async function assertCutForErrors(c: SmtpClient): Promise<void> {
     const cut = await c.reply(2000);
@@ -212,6 +326,31 @@ describe('a session that collects errors', () => {
             c.close();
         }
         assert.equal(await errorLimitCuts(), cutsBefore + 1);
+    });
+
+    // a RCPT naming a recipient already accepted adds nothing: a client repeating one address
+    // held its slot as a NOOP did
+    it('counts a RCPT repeating a recipient of the transaction as a junk command', async () => {
+        const c = await smtpConnect(mw.port());
+        try {
+            await c.greeting();
+            assert.equal((await c.cmd('EHLO repeat.example')).code, 250);
+            assert.equal((await c.cmd('MAIL FROM:<a@example.org>')).code, 250);
+            assert.equal((await c.cmd('RCPT TO:<b@example.test>')).code, 250);
+            // the EHLO was the first junk command; a new recipient is none
+            for (let i = 2; i <= 100; i++) {
+                const rcpt = i === 50 ? 'other@example.test' : i % 2 ? 'b@example.test' : 'B@example.test';
+                assert.equal((await c.cmd(`RCPT TO:<${rcpt}>`)).code, 250, `rcpt ${i}`);
+            }
+            assert.equal((await c.cmd('RCPT TO:<other@example.test>')).code, 250);
+            for (let i = 1; i < 20; i++) {
+                assert.equal((await c.cmd('RCPT TO:<b@example.test>')).code, 250, `counted as error ${i}`);
+            }
+            assert.equal((await c.cmd('RCPT TO:<b@example.test>')).code, 250);
+            await assertCutForErrors(c);
+        } finally {
+            c.close();
+        }
     });
 });
 

@@ -42,6 +42,7 @@ const situations: Situation[] = [
     'too-many-connections',
     'too-many-network-connections',
     'no-transaction-timeout',
+    'envelope-timeout',
 ];
 
 describe('reply table', () => {
@@ -70,6 +71,15 @@ describe('reply table', () => {
         assert.equal(codes['too-many-connections'], '421 4.7.0');
         assert.equal(codes['too-many-network-connections'], '421 4.7.0');
         assert.equal(codes['no-transaction-timeout'], '421 4.4.2');
+        assert.equal(codes['envelope-timeout'], '421 4.4.2');
+    });
+    it('writes the envelope deadline from the setting, in minutes when it is whole minutes', () => {
+        const text = (seconds: number): string => replyFor('envelope-timeout', { id: 'x', seconds }).text;
+        assert.equal(text(300), 'No message sent within 5 minutes of MAIL FROM; closing the connection');
+        assert.match(text(60), /within 1 minute of/);
+        assert.match(text(90), /within 90 seconds of/);
+        assert.match(text(2), /within 2 seconds of/);
+        assert.match(text(1), /within 1 second of/);
     });
     it('says "shutting down" on a stop and "restarting" only on a restart', () => {
         assert.match(replyFor('shutting-down', { id: 'x' }).text, /^Service shutting down;/);
