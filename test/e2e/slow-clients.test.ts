@@ -309,7 +309,7 @@ describe('a session that collects errors', () => {
             assert.equal((await c.cmd('MAIL FROM:<a@example.org>')).code, 250);
             assert.equal((await c.cmd('RCPT TO:<b@example.test>')).code, 250);
             assert.equal((await c.cmd('DATA')).code, 354);
-            assert.equal((await c.cmd('Subject: x\r\n\r\nbody\r\n.')).code, 250);
+            assert.equal((await c.cmd('From: <a@example.org>\r\nSubject: x\r\n\r\nbody\r\n.')).code, 250);
             // `Rſet` (U+017F) is RSET to smtp-server, which upper-cases the UTF-8 name: counted as one
             const junk = ['NOOP', 'R\u017fET', 'EHLO idler.example', 'HELP', 'HELO idler.example'];
             for (let i = 1; i <= 100; i++) {
