@@ -20,8 +20,10 @@
  *   an implicit-TLS listener, so a network cannot fill the handshake queue either); a refused
  *   client gets `421 4.7.0` (an implicit-TLS client that cannot be answered is disconnected).
  * - A pre-transaction deadline (postscreen-like): a session that has not had a MAIL FROM
- *   accepted within `preTransactionTimeout` is closed with `421 4.4.2`; a PROXY header or an
- *   implicit TLS handshake gets the same time (smtp-server would wait `socketTimeout`).
+ *   accepted within `preTransactionTimeout` of its start, or of the end of its last message, is
+ *   closed with `421 4.4.2` (a sender that reuses a connection sends its next MAIL at once;
+ *   Postfix's cache keeps one idle for 2 s); a PROXY header or an implicit TLS handshake gets
+ *   the same time (smtp-server would wait `socketTimeout`).
  * - An envelope deadline: from the first MAIL FROM accepted since the session started or since
  *   its last accepted DATA, the client must have DATA accepted within `socketTimeout` (RSET and
  *   a new MAIL do not restart it); then `421 4.4.2`. The idle timeout alone would let a client
@@ -158,6 +160,10 @@ class MailwardenConnection extends SMTPConnection {
     /** True while smtp-server sends the greeting or answers HELO/EHLO: those carry no enhanced code. */
     #plain = false;
     #transactionStarted = false;
+    /** No MAIL FROM accepted since the session started or its last message ended: the pre-transaction deadline applies. */
+    #awaitingMail = true;
+    /** smtp-server's count of messages ended (its `_transactionCounter`) when last looked at. */
+    #messagesEnded = 0;
     #deadline: NodeJS.Timeout | null = null;
     /** Runs from the first MAIL FROM accepted since the start or the last DATA, until DATA (see the file comment). */
     #envelopeDeadline: NodeJS.Timeout | null = null;
@@ -437,7 +443,7 @@ class MailwardenConnection extends SMTPConnection {
 
     #deadlinePassed(): void {
         this.#deadline = null;
-        if (this._closing || this._closed || this.#transactionStarted) return;
+        if (this._closing || this._closed || !this.#awaitingMail) return;
         // a command is being answered (a slow check, the login service): its outcome decides
         if (this._handlerPending) return this.#armDeadline(1000);
         const seconds = Math.round(this.#adapter.preTransactionTimeoutMs / 1000);
@@ -513,6 +519,20 @@ class MailwardenConnection extends SMTPConnection {
         }
     }
 
+    /**
+     * smtp-server resets the session after each message's last reply (and at RSET, EHLO, HELO);
+     * its message count tells which: after a message, the next MAIL FROM has
+     * `preTransactionTimeout` again, so a client cannot sit between messages on junk commands.
+     */
+    override _resetSession(): void {
+        super._resetSession();
+        if (this._transactionCounter === this.#messagesEnded) return;
+        this.#messagesEnded = this._transactionCounter;
+        this.#awaitingMail = true;
+        if (!this.#deadline && !this._closing && !this._closed)
+            this.#armDeadline(this.#adapter.preTransactionTimeoutMs);
+    }
+
     /** RCPT as smtp-server runs it; the count before it tells a repeated recipient (send()). */
     override handler_RCPT(command: Buffer, callback: () => void): void {
         this.#recipientsBefore = this.session.envelope.rcptTo.length;
@@ -571,6 +591,9 @@ class MailwardenConnection extends SMTPConnection {
         }
         if (code === 250 && context === 'MAIL_FROM_OK') {
             this.#transactionStarted = true;
+            this.#awaitingMail = false;
+            if (this.#deadline) clearTimeout(this.#deadline);
+            this.#deadline = null;
             if (!this.#envelopeDeadline) this.#armEnvelopeDeadline(this.#adapter.socketTimeoutMs);
         }
         super.send(

@@ -230,6 +230,73 @@ describe('a client that never reaches DATA', () => {
     });
 });
 
+describe('a client that sits between messages', () => {
+    let gateway: ScriptedGateway;
+    let mw: TestApp;
+    before(async () => {
+        gateway = await startScriptedGateway([
+            'hostname: mx.example.test',
+            'domains: [example.test]',
+            'listeners: [{ name: mx, host: 127.0.0.1, port: 0, mode: mx, preTransactionTimeout: 2s, socketTimeout: 30s }]',
+        ]);
+        mw = gateway.mw;
+    });
+    after(async () => {
+        await gateway.close();
+    });
+
+    async function oneMessage(c: SmtpClient, n: number): Promise<void> {
+        assert.equal((await c.cmd('MAIL FROM:<a@example.org>')).code, 250);
+        assert.equal((await c.cmd(`RCPT TO:<b${n}@example.test>`)).code, 250);
+        assert.equal((await c.cmd('DATA')).code, 354);
+        assert.equal((await c.cmd(`From: <a@example.org>\r\nSubject: ${n}\r\n\r\nbody\r\n.`)).code, 250);
+    }
+
+    it('closes a client that sends NOOPs after its message instead of a new MAIL FROM', async () => {
+        const before = await timeouts(mw, 'pre_transaction');
+        const c = await smtpConnect(mw.port());
+        try {
+            await c.greeting();
+            assert.equal((await c.cmd('EHLO idle.example')).code, 250);
+            await oneMessage(c, 1);
+            // a NOOP a second never leaves the session idle for socketTimeout (30 s)
+            let cut: SmtpReply | null = null;
+            for (let round = 1; round <= 6 && cut === null; round++) {
+                await sleep(1000);
+                const r = await c.cmd('NOOP', 5000);
+                if (r.code === 421) cut = r;
+                else assert.equal(r.code, 250, r.raw);
+            }
+            assert.ok(cut, 'still served after 6 NOOPs');
+            assert.match(cut.text, /^4\.4\.2 No mail transaction started within 2 seconds; closing the connection$/);
+            await c.waitClosed(2000);
+        } finally {
+            c.close();
+        }
+        assert.equal(await timeouts(mw, 'pre_transaction'), before + 1);
+        const line = mw.logs.findLast((l) => l.msg === 'closing: no mail transaction started in time');
+        assert.equal(line?.stage, 'between transactions');
+    });
+
+    it('leaves a client alone that sends its next MAIL FROM in time, after a deadline from its start has passed', async () => {
+        const before = await timeouts(mw, 'pre_transaction');
+        const c = await smtpConnect(mw.port());
+        try {
+            await c.greeting();
+            assert.equal((await c.cmd('EHLO busy.example')).code, 250);
+            // each message starts within 2 s of the one before; together past the first deadline
+            for (let i = 1; i <= 3; i++) {
+                await sleep(900);
+                await oneMessage(c, i);
+            }
+            assert.equal((await c.cmd('QUIT')).code, 221);
+        } finally {
+            c.close();
+        }
+        assert.equal(await timeouts(mw, 'pre_transaction'), before);
+    });
+});
+
 /** The 421 4.7.0 of the error limit, then the connection closed. */
 async function assertCutForErrors(c: SmtpClient): Promise<void> {
     const cut = await c.reply(2000);
