@@ -10,6 +10,8 @@
  * instance of the engine, every compiled program is freed explicitly, and an instance that
  * aborts (for example when the DFA caches of many patterns fill the heap under unusual input)
  * is replaced by a fresh one into which the patterns are compiled again, transparently.
+ * Nothing but its arena may hold an instance: a dropped one (an old rule set after a reload,
+ * an aborted instance) must be garbage-collected with its heap.
  * It must not be used for anything but matching: no captures, no replacement.
  */
 import { createRequire } from 'node:module';
@@ -34,9 +36,13 @@ export const ENGINE_HEAP_BYTES = 16 * 1024 * 1024;
 
 /**
  * A new, independent instance of the engine (its own heap). The package's loader is
- * evaluated again by loading it outside the module cache. Its diagnostics (it prints
- * the reason when it aborts) are captured instead of going to the console; our callers
- * report failures themselves.
+ * evaluated again by loading it outside the module cache, through a require function made
+ * for this call only: Node lists every module a require loads in the `children` of the
+ * module that required it, so a long-lived require function would keep every instance (and
+ * its 16 MB heap) reachable forever; this one, and with it the instance, is garbage once
+ * the arena drops the engine (a rule set replaced by a reload, an instance that aborted).
+ * Its diagnostics (it prints the reason when it aborts) are captured instead of going to
+ * the console; our callers report failures themselves.
  */
 function newEngine(): Engine {
     const cache = require.cache;
@@ -45,7 +51,7 @@ function newEngine(): Engine {
     const { log, warn } = console;
     console.log = console.warn = () => undefined;
     try {
-        return require(GLUE) as Engine;
+        return createRequire(import.meta.url)(GLUE) as Engine;
     } finally {
         console.log = log;
         console.warn = warn;

@@ -1,13 +1,14 @@
 /**
  * Regular expressions in rules run on RE2: matching time is linear in the input whatever the
  * pattern (no catastrophic backtracking), backtracking-only features are refused at load,
- * compiled programs are freed, and an engine instance that runs out of its fixed heap is
- * replaced without wrong answers.
+ * compiled programs and the engine instances of a dropped rule set are freed, and an engine
+ * instance that runs out of its fixed heap is replaced without wrong answers.
  */
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
 import { after, describe, it } from 'node:test';
 import { loadRules, loadRuleSet } from '../../src/rules/index.ts';
-import { RegexArena, describeRe2Error } from '../../src/rules/regex.ts';
+import { ENGINE_HEAP_BYTES, RegexArena, describeRe2Error } from '../../src/rules/regex.ts';
 import { cleanup, folderWith, relativeIssues, seeded } from './helpers.ts';
 
 after(cleanup);
@@ -83,6 +84,42 @@ describe('RE2 patterns', () => {
             assert.equal(arena.check(`^[a-z0-9._%+-]+@(?:mail|smtp)\\.example${i}\\.(?:com|net|org)$`), null);
         }
         assert.equal(arena.resets, 0);
+    });
+
+    it('frees the engine instances of a dropped rule set: 100 loads of a pattern list and a matches: (200 instances of 16 MB)', (t) => {
+        // Each load makes two instances (one per pattern list, one for matches:), as a reload
+        // does; the previous set is dropped. Their heaps are WebAssembly memory, counted in
+        // process.memoryUsage().external. Run apart, to measure with --expose-gc.
+        const dir = folderWith({
+            'lists/p.txt': '^spam@x\\.example$\nbulk[0-9]+\\.example\n',
+            '10.yaml': [
+                'lists:',
+                '  p: { type: pattern, file: lists/p.txt }',
+                'rules:',
+                '  - { id: l, stage: mail, when: { mail.from: { list: p } }, action: reject }',
+                "  - { id: m, stage: helo, when: { helo: { matches: '^bad\\.' } }, action: reject }",
+            ].join('\n'),
+        });
+        const code = `
+            import { loadRuleSet } from ${JSON.stringify(new URL('../../src/rules/index.ts', import.meta.url).href)};
+            const external = () => { gc(); gc(); return process.memoryUsage().external; };
+            let set = loadRuleSet(${JSON.stringify(dir)}, { softReject: false });
+            const before = external();
+            for (let i = 0; i < 100; i++) {
+                set = loadRuleSet(${JSON.stringify(dir)}, { softReject: false });
+                if (set.decide('mail', { 'mail.from': 'spam@x.example' }).action !== 'reject') throw new Error('list');
+                if (set.decide('helo', { helo: 'bad.example' }).action !== 'reject') throw new Error('matches');
+            }
+            console.log(external() - before);
+        `;
+        const child = spawnSync(process.execPath, ['--expose-gc', '--input-type=module', '-e', code], {
+            encoding: 'utf8',
+        });
+        assert.equal(child.status, 0, child.stderr);
+        const grown = Number(child.stdout.trim());
+        t.diagnostic(`external memory after 100 rule loads: ${(grown / 2 ** 20).toFixed(0)} MB more`);
+        // kept, they would be 3,200 MB; the live set holds 32 MB
+        assert.ok(grown < 20 * ENGINE_HEAP_BYTES, `${(grown / 2 ** 20).toFixed(0)} MB more after 100 loads`);
     });
 
     it('survives patterns whose automata fill the engine heap, with right answers', (t) => {
