@@ -1,10 +1,23 @@
 /**
  * Reads a parsed YAML document into typed values while collecting positioned issues:
  * maps with a closed key set, lists, strings, numbers, booleans, enums, durations, sizes,
- * and `${VAR}` expansion of every string value. Generic: it must not know the config's keys
- * or defaults, and it never throws on bad input.
+ * and `${VAR}` expansion of every string value. Maps and lists nested more than
+ * MAX_YAML_NESTING deep are refused before the document is built. Generic: it must not know
+ * the config's keys or defaults, and it never throws on bad input.
  */
-import { isAlias, isMap, isScalar, isSeq, LineCounter, parseDocument, visit, type Document, type Node } from 'yaml';
+import {
+    isAlias,
+    isMap,
+    isScalar,
+    isSeq,
+    LineCounter,
+    parseDocument,
+    Parser,
+    visit,
+    type CST,
+    type Document,
+    type Node,
+} from 'yaml';
 import { expandEnv } from './env.ts';
 import type { Issue } from './issues.ts';
 import { redactUserinfo } from './redact.ts';
@@ -23,6 +36,41 @@ export interface Field {
     readonly keyOffset: number;
 }
 
+/**
+ * Maps and lists may be nested at most this deep. The YAML library builds a document by
+ * recursion, so the depth it manages before running out of stack depends on how warmed up the
+ * process is (measured: 1,000 levels refused by a fresh process, accepted by a reload later);
+ * files nested deeper are refused before the document is built, so that `check`, start and
+ * reload accept exactly the same files. Hand-written files need far fewer levels.
+ */
+export const MAX_YAML_NESTING = 64;
+
+/**
+ * Source offset of the first map or list nested more than MAX_YAML_NESTING deep (the top
+ * level is 1), or -1; feeds `lines` with the text's lines. Walks the syntax tree with an
+ * explicit stack: no recursion, whatever the depth.
+ */
+function tooDeeplyNested(text: string, lines: LineCounter): number {
+    const pending: [CST.Token | null | undefined, number][] = [];
+    for (const top of new Parser(lines.addNewLine).parse(text)) {
+        pending.push([top, 0]);
+        while (pending.length > 0) {
+            const [token, depth] = pending.pop()!;
+            if (!token) continue;
+            if (token.type === 'document') pending.push([token.value, depth]);
+            else if (token.type === 'block-map' || token.type === 'block-seq' || token.type === 'flow-collection') {
+                if (depth >= MAX_YAML_NESTING) return token.offset;
+                // pushed last to first, so that the first too-deep collection in the file is found first
+                for (let i = token.items.length - 1; i >= 0; i--) {
+                    const item: CST.CollectionItem = token.items[i]!;
+                    pending.push([item.value, depth + 1], [item.key, depth + 1]);
+                }
+            }
+        }
+    }
+    return -1;
+}
+
 export class SourceReader {
     readonly file: string;
     readonly text: string;
@@ -39,7 +87,17 @@ export class SourceReader {
         this.file = file;
         this.text = text;
         this.lines = new LineCounter();
-        this.doc = parseDocument(text, { lineCounter: this.lines, prettyErrors: false, uniqueKeys: true });
+        // this first pass also gives the line counter its lines
+        const deep = tooDeeplyNested(text, this.lines);
+        if (deep >= 0) {
+            this.doc = parseDocument('');
+            this.report(
+                deep,
+                `maps and lists nested more than ${MAX_YAML_NESTING} levels deep; write it with fewer levels`,
+            );
+            return;
+        }
+        this.doc = parseDocument(text, { prettyErrors: false, uniqueKeys: true });
         const lines = new Set<number>();
         for (const e of [...this.doc.errors, ...this.doc.warnings]) {
             // Once the parser has given up, every later token is "unexpected": report the cause only.

@@ -320,6 +320,10 @@ ${operators.join('\n')}
 - YAML aliases (\`*name\`) are refused inside \`when:\` and inside a case's \`facts:\` (the first is
   reported at its position): every use of an alias would be compiled again, so nested aliases could
   cost exponential time. Write the conditions out; anchors and aliases elsewhere in a file are fine.
+- Maps and lists may be nested at most 64 levels deep in a rule file. A \`when:\` is at level 4, so
+  it holds about 60 \`not:\` or 30 \`any:\`/\`all:\` inside each other. A file nested deeper is refused
+  at the first map or list past that level, the same way by \`mailwarden check\`, at start and on
+  reload.
 - Regular expressions use [RE2 syntax](https://github.com/google/re2/wiki/Syntax) and always ignore
   case. RE2 matches in time linear in the input, so no pattern can stall the proxy; it refuses
   backreferences (\`\\1\`) and lookaround (\`(?=\`, \`(?<=\`) when the rules load.

@@ -10,6 +10,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { after, describe, it } from 'node:test';
 import { RuleError, checkRules, loadRuleSet } from '../../src/rules/index.ts';
+import { MAX_YAML_NESTING } from '../../src/config/reader.ts';
 import { FACTS } from '../../src/rules/facts.ts';
 import { FIXTURES, cleanup, folderWith, relativeIssues } from './helpers.ts';
 
@@ -70,6 +71,44 @@ describe('bad rules corpus', () => {
                 '8:23: when: YAML aliases such as *a0 are not accepted here (44 in all), because each use would be expanded again; write the conditions out',
             ],
         );
+    });
+
+    it('refuses maps and lists nested past 64 levels alike in check and load, before the YAML parser can run out of stack', () => {
+        // The parser builds documents by recursion: how deep it gets depends on how warmed up
+        // the process is (1,000 levels were refused cold and accepted by a later reload).
+        const block = (n: number): string => {
+            const lines = ['rules:', '  - id: deep', '    stage: helo', '    action: tag', '    when:'];
+            for (let i = 0; i < n; i++) lines.push(`${' '.repeat(6 + 2 * i)}not:`);
+            lines.push(`${' '.repeat(6 + 2 * n)}helo: deep.example`);
+            return lines.join('\n') + '\n';
+        };
+        const flow = (n: number): string =>
+            `rules:\n  - { id: deep, stage: helo, action: tag, when: ${'{ not: '.repeat(n)}{ helo: x }${' }'.repeat(n)} }\n`;
+        // the map at level 65 (a when: is at level 4): in block style the one under the 61st not:
+        const tooDeep = (at: string): string[] => [
+            `10.yaml:${at}: maps and lists nested more than ${MAX_YAML_NESTING} levels deep; write it with fewer levels`,
+        ];
+        for (const [text, expected] of [
+            [block(61), tooDeep('67:129')],
+            [block(1_000), tooDeep('67:129')],
+            [flow(61), tooDeep(`2:${49 + 7 * 61}`)],
+            [flow(1_000), tooDeep(`2:${49 + 7 * 61}`)],
+        ] as const) {
+            const dir = folderWith({ '10.yaml': text });
+            assert.deepEqual(relativeIssues(checkRules(dir, { softReject: false }), dir), expected);
+            let thrown: unknown = null;
+            try {
+                loadRuleSet(dir, { softReject: false });
+            } catch (err) {
+                thrown = err;
+            }
+            assert.ok(thrown instanceof RuleError, 'loaded');
+            assert.deepEqual(relativeIssues(thrown.issues, dir), expected);
+        }
+        // 60 levels of not: (an even number) load and hold where the innermost condition holds
+        const set = loadRuleSet(folderWith({ '10.yaml': block(60) }), { softReject: false });
+        assert.equal(set.decide('helo', { helo: 'deep.example' }).action, 'tag');
+        assert.equal(set.decide('helo', { helo: 'other.example' }).action, 'accept');
     });
 
     it('refuses a file whose loading throws, at FILE:1:1, instead of throwing', () => {
