@@ -19,7 +19,7 @@ import { formatIssue, type Issue } from './config/issues.ts';
 import { loadConfig } from './config/load.ts';
 import { changedKeys, configAfterReload, diffConfig } from './config/reload.ts';
 import type { Config } from './config/types.ts';
-import { prepareSpoolFolder } from './data/spool.ts';
+import { prepareSpoolFolder, SpoolMemory } from './data/spool.ts';
 import { answerWaitMs, MessageWork } from './drain.ts';
 import { createHttpServer } from './http.ts';
 import { createListener, type RunningListener } from './listener.ts';
@@ -104,6 +104,11 @@ export interface AppDeps {
      * the configured numbers (and the Postfix process limit sized for them). Default 1.
      */
     readonly workerShare?: number;
+    /**
+     * The memory the messages in flight share (src/data/spool.ts); a SpoolMemory of
+     * SPOOL_MEMORY_BUDGET when left out (tests give a smaller one, and read what it holds).
+     */
+    readonly spoolMemory?: SpoolMemory;
 }
 
 export interface App {
@@ -275,6 +280,8 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
     let started = false;
     /** Every message from its DATA to its decision line, its client connected or not (src/drain.ts). */
     const messages = new Set<MessageWork>();
+    /** What all messages in flight keep in memory together, whatever their listener. */
+    const spoolMemory = deps.spoolMemory ?? new SpoolMemory();
     let http: Server | null = null;
     let httpPort: number | null = null;
     const reloaders: { name: string; fn: () => void }[] = [];
@@ -350,6 +357,7 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
             now,
             isDraining: () => draining,
             messages,
+            spoolMemory,
             auth,
             signer,
             capabilities,

@@ -266,6 +266,12 @@ export function createMetrics(version: string) {
             buckets: [1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 52428800],
             registers: r,
         }),
+        spoolFiles: new Counter({
+            name: `${P}spool_files_total`,
+            help: 'Messages written to a spool file, by listener and reason (size: larger than spool.memoryLimit; memory: the messages in flight of the process already held 64 MiB in memory together, so this one went to its file early)',
+            labelNames: ['listener', 'reason'],
+            registers: r,
+        }),
         bareNewlines: new Counter({
             name: `${P}bare_newline_messages_total`,
             help: 'Messages that contained a bare LF or bare CR, by listener and what was done (reject, normalize)',

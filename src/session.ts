@@ -13,7 +13,7 @@
 import { Readable } from 'node:stream';
 import type { SMTPServerAddress, SMTPServerDataStream, SMTPServerSession } from 'smtp-server';
 import type { Config, ListenerConfig } from './config/types.ts';
-import { MessageSpool, type SpoolSummary } from './data/spool.ts';
+import { MessageSpool, type SpoolMemory, type SpoolSummary } from './data/spool.ts';
 import { MessageWork } from './drain.ts';
 import { EnvelopeGate } from './envelope/gate.ts';
 import type { RelayPolicy } from './envelope/relay.ts';
@@ -59,6 +59,8 @@ export interface SessionDeps {
     readonly relay: RelayPolicy;
     /** The messages in hand in every session, for the shutdown drain (src/drain.ts). */
     readonly messages: Set<MessageWork>;
+    /** The memory the spools of every session of the process share (src/data/spool.ts). */
+    readonly spoolMemory: SpoolMemory;
 }
 
 /** The log line of each possible duplicate, by its reason (the metric's label). */
@@ -404,6 +406,7 @@ export class Session {
         this.dataSettled = new Promise((resolve) => (this.settleData = resolve));
         const spool = new MessageSpool({
             memoryLimit: this.deps.config.spool.memoryLimit,
+            memory: this.deps.spoolMemory,
             dir: this.deps.config.spool.dir,
             maxSize: tx?.sizeLimit ?? this.deps.listener.maxMessageSize,
             maxHeaderSize: MAX_HEADER_SECTION,
@@ -569,6 +572,8 @@ export class Session {
             throw this.refuse(replyFor('internal-error', { id: this.id }));
         } finally {
             // inData stays set until the listener has written the reply (dataReplied)
+            const spilled = spool.spillReason;
+            if (spilled) this.deps.metrics.spoolFiles.inc({ listener: this.deps.listener.name, reason: spilled });
             await spool.dispose();
             const seconds = (this.deps.now() - started) / 1000;
             this.deps.metrics.messageProcessing.observe(seconds);

@@ -12,7 +12,7 @@ import { parseArgs } from 'node:util';
 import { defaultChecks } from '../checks/index.ts';
 import { ConfigError, loadConfig } from '../config/load.ts';
 import type { Config } from '../config/types.ts';
-import { MessageSpool, prepareSpoolFolder } from '../data/spool.ts';
+import { MessageSpool, SpoolMemory, prepareSpoolFolder } from '../data/spool.ts';
 import { parseEnvelopeCommand, type EnvelopeParse } from '../envelope/command.ts';
 import { syntaxRefusal } from '../envelope/gate.ts';
 import { relayPolicy } from '../envelope/relay.ts';
@@ -180,6 +180,7 @@ export async function explainMessage(
     const client = (): FlowClient => ({ identity, tls: listener.tls === 'implicit' });
     const spool = new MessageSpool({
         memoryLimit: config.spool.memoryLimit,
+        memory: new SpoolMemory(),
         dir: config.spool.dir,
         maxSize: listener.maxMessageSize,
         maxHeaderSize: MAX_HEADER_SECTION,

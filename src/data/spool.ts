@@ -3,8 +3,11 @@
  * - Line endings: counts bare LF and bare CR (RFC 5321 section 2.3.8 forbids them) and
  *   stores every line ending as CRLF, so the stored copy is canonical whatever the policy.
  *   NUL bytes are counted and dropped (RFC 5322 section 3.5).
- * - Memory stays bounded: up to `memoryLimit` bytes are kept in memory, the rest goes to a
- *   spool file (mode 0600) that `dispose()` removes in every outcome.
+ * - Memory stays bounded: up to `memoryLimit` bytes are kept in memory, and the spools of a
+ *   process together keep at most their SpoolMemory's limit (SPOOL_MEMORY_BUDGET, 64 MiB): a
+ *   message that would go past either is spilled, what it held in memory written to a spool
+ *   file (mode 0600) and given back, and every later byte written there. `dispose()` gives the
+ *   memory back and removes the file in every outcome.
  * - Size: past `maxSize` bytes nothing more is stored, but the stream is still drained so
  *   the SMTP dialogue stays in sync.
  * - Records where the header section ends (the first empty line, RFC 5322 section 2.1), and the
@@ -77,9 +80,51 @@ export async function prepareSpoolFolder(
 const CR = 0x0d;
 const LF = 0x0a;
 
+/**
+ * The bytes of message text all spools of a process keep in memory together (64 MiB): with
+ * 2,000 clients each holding a message just under `memoryLimit` (1 MB) it would otherwise be
+ * 2 GB, held for as long as the data-rate limit lets a client stall (about 38 minutes for 1 MB).
+ */
+export const SPOOL_MEMORY_BUDGET = 64 * 1024 * 1024;
+
+/**
+ * The memory the spools of a process share: bytes stored, not the buffers under them (at most
+ * twice as large, see store()). A spool takes from it before it keeps a chunk in memory and
+ * gives back what it held when it spills or is disposed. One per process (createApp makes it).
+ */
+export class SpoolMemory {
+    readonly limit: number;
+    private bytes = 0;
+
+    constructor(limit: number = SPOOL_MEMORY_BUDGET) {
+        this.limit = limit;
+    }
+
+    /** Bytes the spools hold in memory now. */
+    get held(): number {
+        return this.bytes;
+    }
+
+    /** Counts `n` more bytes as held; false (nothing counted) when that would pass the limit. */
+    take(n: number): boolean {
+        if (this.bytes + n > this.limit) return false;
+        this.bytes += n;
+        return true;
+    }
+
+    give(n: number): void {
+        this.bytes -= n;
+    }
+}
+
+/** Why a spool went to a file: its message passed `memoryLimit`, or the process's SpoolMemory was used up. */
+export type SpillReason = 'size' | 'memory';
+
 export interface SpoolOptions {
     /** Bytes kept in memory before spilling to a file. */
     readonly memoryLimit: number;
+    /** What the spools of the process keep in memory together; the spool spills when it is used up. */
+    readonly memory: SpoolMemory;
     /** Folder for spool files (prepared by prepareSpoolFolder). */
     readonly dir: string;
     /** Largest message accepted, in bytes (after line-ending normalisation). */
@@ -126,6 +171,7 @@ export class MessageSpool {
     private longestLine = 0;
     private headerLength: number | null = null;
     private disposed = false;
+    private spilledFor: SpillReason | null = null;
 
     constructor(opts: SpoolOptions) {
         this.opts = opts;
@@ -144,6 +190,11 @@ export class MessageSpool {
         await this.store(this.canonicalize(Buffer.alloc(0), true));
         if (this.file) await this.file.sync();
         return this.summary();
+    }
+
+    /** Why the message went to a spool file; null while it is all in memory. */
+    get spillReason(): SpillReason | null {
+        return this.spilledFor;
     }
 
     summary(): SpoolSummary {
@@ -251,24 +302,38 @@ export class MessageSpool {
             this.tooBig = true;
             return;
         }
-        if (!this.file && this.memoryBytes + buf.length <= this.opts.memoryLimit) {
-            // kept as it is when it fills at least half of the memory it holds on to (a chunk
-            // read from the client); a smaller view (of a larger buffer) is copied, so memory
-            // held stays within twice the bytes stored
-            this.chunks.push(buf.length * 2 >= buf.buffer.byteLength ? buf : Buffer.from(buf));
-            this.memoryBytes += buf.length;
-            return;
+        if (!this.file) {
+            const fits = this.memoryBytes + buf.length <= this.opts.memoryLimit;
+            if (fits && this.opts.memory.take(buf.length)) {
+                // kept as it is when it fills at least half of the memory it holds on to (a chunk
+                // read from the client); a smaller view (of a larger buffer) is copied, so memory
+                // held stays within twice the bytes stored
+                this.chunks.push(buf.length * 2 >= buf.buffer.byteLength ? buf : Buffer.from(buf));
+                this.memoryBytes += buf.length;
+                return;
+            }
+            await this.spill(fits ? 'memory' : 'size');
         }
-        if (!this.file) await this.openFile();
         await this.file!.write(buf);
         this.fileBytes += buf.length;
     }
 
-    private async openFile(): Promise<void> {
+    /** Opens the spool file, moves what is held in memory to it and gives that memory back. */
+    private async spill(reason: SpillReason): Promise<void> {
         const name = `mailwarden-${process.pid}-${INSTANCE}-${randomBytes(8).toString('hex')}.eml`;
         const path = join(this.opts.dir, name);
         this.file = await open(path, 'wx+', 0o600);
         this.filePath = path;
+        this.spilledFor = reason;
+        if (this.chunks.length > 0) await this.file.writev(this.chunks);
+        this.fileBytes = this.memoryBytes;
+        this.releaseMemory();
+    }
+
+    private releaseMemory(): void {
+        this.opts.memory.give(this.memoryBytes);
+        this.memoryBytes = 0;
+        this.chunks.length = 0;
     }
 
     /** The stored bytes from `start` (inclusive) to `end` (exclusive, default: the end). */
@@ -304,11 +369,11 @@ export class MessageSpool {
         return Buffer.concat(parts);
     }
 
-    /** Frees memory and removes the spool file. Safe to call more than once. */
+    /** Frees memory (given back to the SpoolMemory) and removes the spool file. Safe to call more than once. */
     async dispose(): Promise<void> {
         if (this.disposed) return;
         this.disposed = true;
-        this.chunks.length = 0;
+        this.releaseMemory();
         const file = this.file;
         const path = this.filePath;
         this.file = null;

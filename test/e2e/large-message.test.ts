@@ -2,7 +2,9 @@
  * A 50 MB message passes through the proxy with bounded memory: the listener keeps at most
  * `spool.memoryLimit` bytes of a message in memory and spools the rest to a private file,
  * which is removed afterwards. The peak of heap plus external memory is sampled during the
- * transfer and must stay far below the message size.
+ * transfer and must stay far below the message size. Messages in flight together keep at most
+ * the process's spool memory (a small one given here): the others go to files, every message
+ * reaches the upstream intact, and the memory is all given back, also by a client gone mid-message.
  */
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
@@ -13,8 +15,11 @@ import { join } from 'node:path';
 import { it } from 'node:test';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
+import { SpoolMemory } from '../../src/data/spool.ts';
 import { startApp } from '../helpers/app.ts';
-import { smtpConnect } from '../helpers/smtp-client.ts';
+import { startScriptedUpstream, unstuff, type ScriptedTransaction } from '../helpers/scripted-upstream.ts';
+import { sendMail, smtpConnect } from '../helpers/smtp-client.ts';
+import { until } from '../helpers/until.ts';
 
 const MB = 1024 * 1024;
 const LINE = Buffer.from(`${'0123456789abcdefghijklmnopqrstuvwxyz'.repeat(2)}\r\n`); // 74 bytes
@@ -122,4 +127,90 @@ it('forwards a 50 MB message with bounded memory and removes its spool file', { 
         } else stored.update(Buffer.from(text.replace(/\n/g, '\r\n'), 'latin1'));
     }
     assert.equal(stored.digest('hex'), sent.digest('hex'));
+});
+
+it('keeps the messages in flight within the spool memory of the process, the others in files', async (t) => {
+    const N = 8;
+    const memory = new SpoolMemory(200_000);
+    /** Message i: 60,000 bytes, just under memoryLimit (64 KiB), of its own text. */
+    const messages = Array.from({ length: N }, (_, i) => {
+        const head = `From: a@example.org\r\nSubject: message ${i}\r\n\r\n`;
+        const line = `${i} ${'abcdefghijklmnopqrstuvwxyz'.repeat(3)}\r\n`;
+        return head + line.repeat(Math.floor((60_000 - head.length) / line.length));
+    });
+    const size = messages[0]!.length;
+    assert.ok(messages.every((m) => m.length === size));
+    // the upstream answers no end of data before all N have reached it: all N spools are held
+    let arrived = 0;
+    let inFlight: { held: number; files: number } | null = null;
+    let release!: () => void;
+    const allThere = new Promise<void>((resolve) => (release = resolve));
+    const dir = await mkdtemp(join(tmpdir(), 'mw-spool-memory-'));
+    const spool = join(dir, 'spool');
+    const up = await startScriptedUpstream({
+        ehlo: ['XCLIENT NAME ADDR PORT PROTO HELO LOGIN', 'SIZE 1000000'],
+        async onData(_tx: ScriptedTransaction) {
+            if (++arrived === N) {
+                inFlight = { held: memory.held, files: (await readdir(spool)).length };
+                release();
+            }
+            await allThere;
+            return undefined;
+        },
+    });
+    const mw = await startApp(
+        [
+            'hostname: mx.example.test',
+            'domains: [example.test]',
+            'listeners: [{ name: mx, host: 127.0.0.1, port: 0, mode: mx }]',
+            `upstream: { url: "smtp://127.0.0.1:${up.port}" }`,
+            `spool: { dir: "${spool}", memoryLimit: 64KB }`,
+            'http: false',
+        ].join('\n'),
+        { spoolMemory: memory },
+    );
+    t.after(async () => {
+        await mw.stop();
+        await up.close();
+        await rm(dir, { recursive: true, force: true });
+    });
+
+    const results = await Promise.all(
+        messages.map((data, i) =>
+            sendMail(mw.port(), { from: 'a@example.org', to: [`b${i}@example.test`], data, timeoutMs: 30_000 }),
+        ),
+    );
+    for (const r of results) assert.equal(r.message?.code, 250, r.message?.raw);
+    assert.ok(inFlight, 'all messages were in flight at once');
+    const { held, files } = inFlight as { held: number; files: number };
+    t.diagnostic(`${N} messages in flight: ${held} bytes in memory, ${files} in spool files`);
+    assert.ok(held <= memory.limit, `${held} bytes held in memory`);
+    assert.ok(files >= N - Math.floor(memory.limit / size), `${files} messages in spool files`);
+    assert.equal(held, (N - files) * size, 'the messages not in files are held whole');
+    const counted = (await mw.app.metrics.spoolFiles.get()).values.find(
+        (v) => v.labels.listener === 'mx' && v.labels.reason === 'memory',
+    );
+    assert.equal(counted?.value, files);
+    for (let i = 0; i < N; i++) {
+        const tx = up.transactions.find((x) => x.rcpts.includes(`b${i}@example.test`));
+        assert.ok(tx?.data, `message ${i} upstream`);
+        assert.ok(unstuff(tx.data).toString('latin1').endsWith(messages[i]!), `message ${i} intact`);
+    }
+    assert.equal(memory.held, 0);
+    assert.deepEqual(await readdir(spool), []);
+
+    // a client gone mid-message gives its memory back too
+    const c = await smtpConnect(mw.port());
+    await c.greeting();
+    await c.cmd('EHLO client.example');
+    await c.cmd('MAIL FROM:<a@example.org>');
+    await c.cmd('RCPT TO:<b@example.test>');
+    assert.equal((await c.cmd('DATA')).code, 354);
+    c.write(messages[0]!.slice(0, 30_000));
+    await until('the partial message is held', () => memory.held > 0);
+    c.socket.destroy();
+    await until('the session logged its decision', () =>
+        mw.logs.some((l) => l.msg === 'decision' && /not received in full/.test(String(l.reason))),
+    );
+    assert.equal(memory.held, 0);
 });

@@ -14,12 +14,13 @@ import { describe, it } from 'node:test';
 import fc from 'fast-check';
 import { crlfLines } from '../../src/data/copy-on-change.ts';
 import { DotStuffer } from '../../src/data/dot-stuff.ts';
-import { MessageSpool } from '../../src/data/spool.ts';
+import { MessageSpool, SpoolMemory } from '../../src/data/spool.ts';
 import { fuzzSettings } from '../helpers/fuzz.ts';
 
 function newSpool(): MessageSpool {
     return new MessageSpool({
         memoryLimit: 1 << 20,
+        memory: new SpoolMemory(),
         dir: join(tmpdir(), 'mw-spool-unused'),
         maxSize: 1 << 20,
         maxHeaderSize: 1 << 16,

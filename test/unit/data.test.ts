@@ -1,6 +1,7 @@
 /**
  * Line-ending handling of received messages (spool) and of forwarded ones (dot-stuffing):
- * bare LF/CR counted and normalised, header end and longest line found, memory bounded, spool
+ * bare LF/CR counted and normalised, header end and longest line found, memory bounded (per
+ * message and for all the spools of a process together, given back in every outcome), spool
  * files removed.
  */
 import assert from 'node:assert/strict';
@@ -10,7 +11,7 @@ import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { describe, it } from 'node:test';
 import { DotStuffer } from '../../src/data/dot-stuff.ts';
-import { MessageSpool, prepareSpoolFolder } from '../../src/data/spool.ts';
+import { MessageSpool, SpoolMemory, prepareSpoolFolder, type SpoolSummary } from '../../src/data/spool.ts';
 
 function stuff(...chunks: string[]): string {
     const d = new DotStuffer();
@@ -22,6 +23,7 @@ function stuff(...chunks: string[]): string {
 async function spoolOf(chunks: string[], opts: Partial<ConstructorParameters<typeof MessageSpool>[0]> = {}) {
     const spool = new MessageSpool({
         memoryLimit: 1 << 20,
+        memory: new SpoolMemory(),
         dir: join(tmpdir(), 'mw-spool-unused'),
         maxSize: 1 << 20,
         maxHeaderSize: 1 << 16,
@@ -104,7 +106,13 @@ describe('MessageSpool', () => {
     it('spills to a file past the memory limit and removes it on dispose', async () => {
         const dir = await mkdtemp(join(tmpdir(), 'mw-spool-'));
         try {
-            const spool = new MessageSpool({ memoryLimit: 1000, dir, maxSize: 1 << 20, maxHeaderSize: 1 << 16 });
+            const spool = new MessageSpool({
+                memoryLimit: 1000,
+                memory: new SpoolMemory(),
+                dir,
+                maxSize: 1 << 20,
+                maxHeaderSize: 1 << 16,
+            });
             const chunks = Array.from({ length: 50 }, (_, i) => Buffer.from(`line ${i} ${'z'.repeat(90)}\r\n`));
             const summary = await spool.ingest(Readable.from(chunks));
             assert.equal(summary.spilled, true);
@@ -122,7 +130,13 @@ describe('MessageSpool', () => {
     it('rejects when the stream fails and leaves nothing behind after dispose', async () => {
         const dir = await mkdtemp(join(tmpdir(), 'mw-spool-'));
         try {
-            const spool = new MessageSpool({ memoryLimit: 10, dir, maxSize: 1 << 20, maxHeaderSize: 1 << 16 });
+            const spool = new MessageSpool({
+                memoryLimit: 10,
+                memory: new SpoolMemory(),
+                dir,
+                maxSize: 1 << 20,
+                maxHeaderSize: 1 << 16,
+            });
             const failing = new Readable({
                 read() {
                     this.push(Buffer.from('0123456789abcdef'));
@@ -131,6 +145,143 @@ describe('MessageSpool', () => {
             });
             await assert.rejects(spool.ingest(failing), /client went away/);
             await spool.dispose();
+            assert.deepEqual(await readdir(dir), []);
+        } finally {
+            await rm(dir, { recursive: true, force: true });
+        }
+    });
+});
+
+describe('MessageSpool memory shared by the process', () => {
+    const LIMIT = 100_000;
+    /** A canonical message of `size` bytes, different for every `tag`, cut into 8,190-byte chunks. */
+    function message(tag: number, size: number): Buffer[] {
+        const head = `Subject: message ${tag}\r\n\r\n`;
+        const line = `${String(tag).padStart(4, '0')} ${'abcdefghijklmnopqrstuvwxyz'.repeat(3)}\r\n`; // 80 bytes
+        const fill = size - head.length;
+        const text = head + line.repeat(Math.floor(fill / line.length)) + 'z'.repeat(fill % line.length);
+        const all = Buffer.from(text, 'latin1');
+        const chunks: Buffer[] = [];
+        for (let at = 0; at < all.length; at += 8190) chunks.push(all.subarray(at, at + 8190));
+        return chunks;
+    }
+    function spoolIn(dir: string, memory: SpoolMemory, maxSize = 1 << 20): MessageSpool {
+        return new MessageSpool({ memoryLimit: LIMIT, memory, dir, maxSize, maxHeaderSize: 1 << 16 });
+    }
+
+    /**
+     * Checks what 12 spools, each given a message just under memoryLimit and none disposed (clients
+     * that stall before their end of data), hold: at most the limit in memory together, the rest in
+     * files, every message intact; returns how many stayed in memory.
+     */
+    async function twelve(dir: string, memory: SpoolMemory, atOnce: boolean): Promise<number> {
+        const size = LIMIT - 10;
+        const messages = Array.from({ length: 12 }, (_, i) => message(i, size));
+        const spools = messages.map(() => spoolIn(dir, memory));
+        const summaries: SpoolSummary[] = [];
+        if (atOnce) {
+            // their chunks interleaved, as the sessions of one process receive them
+            summaries.push(...(await Promise.all(spools.map((s, i) => s.ingest(Readable.from(messages[i]!))))));
+        } else {
+            for (let i = 0; i < spools.length; i++)
+                summaries.push(await spools[i]!.ingest(Readable.from(messages[i]!)));
+        }
+        const inMemory = summaries.filter((s) => !s.spilled);
+        assert.ok(inMemory.length <= Math.floor(memory.limit / size), `${inMemory.length} kept in memory`);
+        assert.equal(
+            memory.held,
+            inMemory.reduce((n, s) => n + s.size, 0),
+        );
+        assert.ok(memory.held <= memory.limit);
+        const spilled = spools.filter((s) => s.spillReason !== null);
+        assert.equal(spilled.length, 12 - inMemory.length);
+        for (const s of spilled) assert.equal(s.spillReason, 'memory');
+        assert.equal((await readdir(dir)).length, spilled.length, 'one file for each spilled message');
+        for (let i = 0; i < spools.length; i++) {
+            assert.equal(summaries[i]!.size, size);
+            assert.deepEqual(await spools[i]!.readBuffer(0, size), Buffer.concat(messages[i]!), `message ${i}`);
+        }
+        await Promise.all(spools.map((s) => s.dispose()));
+        assert.equal(memory.held, 0);
+        assert.deepEqual(await readdir(dir), []);
+        return inMemory.length;
+    }
+
+    it('keeps no more than its limit in memory together; the rest goes to files, every message intact', async () => {
+        const dir = await mkdtemp(join(tmpdir(), 'mw-spool-'));
+        try {
+            const memory = new SpoolMemory(3.5 * LIMIT);
+            // one after the other: as many as fit stay in memory
+            assert.equal(await twelve(dir, memory, false), 3);
+            // all at once: spills that overlap each hold their memory until it is written, so
+            // fewer may stay in memory, never more
+            await twelve(dir, memory, true);
+            // what was given back is there for the next message
+            const next = spoolIn(dir, memory);
+            assert.equal((await next.ingest(Readable.from(message(12, LIMIT - 10)))).spilled, false);
+            assert.equal(memory.held, LIMIT - 10);
+            await next.dispose();
+            assert.equal(memory.held, 0);
+        } finally {
+            await rm(dir, { recursive: true, force: true });
+        }
+    });
+
+    it('gives back what a message held in memory when it spills past memoryLimit, and reads back whole', async () => {
+        const dir = await mkdtemp(join(tmpdir(), 'mw-spool-'));
+        try {
+            const memory = new SpoolMemory();
+            const chunks = message(1, 2.5 * LIMIT);
+            const spool = spoolIn(dir, memory);
+            const summary = await spool.ingest(Readable.from(chunks));
+            assert.equal(summary.spilled, true);
+            assert.equal(spool.spillReason, 'size');
+            assert.equal(memory.held, 0);
+            assert.deepEqual(await spool.readBuffer(0, summary.size), Buffer.concat(chunks));
+            assert.deepEqual(
+                await spool.readBuffer(LIMIT - 5, LIMIT + 5),
+                Buffer.concat(chunks).subarray(LIMIT - 5, LIMIT + 5),
+            );
+            await spool.dispose();
+        } finally {
+            await rm(dir, { recursive: true, force: true });
+        }
+    });
+
+    it('gives the memory back in every outcome: too big, the client gone, a spool file that cannot be made', async () => {
+        const dir = await mkdtemp(join(tmpdir(), 'mw-spool-'));
+        try {
+            const memory = new SpoolMemory(LIMIT);
+            const tooBig = spoolIn(dir, memory, 50_000);
+            assert.equal((await tooBig.ingest(Readable.from(message(1, 60_000)))).tooBig, true);
+            assert.ok(memory.held > 0);
+            await tooBig.dispose();
+            assert.equal(memory.held, 0);
+
+            const chunks = message(2, 60_000);
+            const gone = spoolIn(dir, memory);
+            const failing = new Readable({
+                read() {
+                    const next = chunks.shift()!;
+                    this.push(next);
+                    if (chunks.length < 4) this.destroy(new Error('client went away'));
+                },
+            });
+            await assert.rejects(gone.ingest(failing), /client went away/);
+            assert.ok(memory.held > 0);
+            await gone.dispose();
+            assert.equal(memory.held, 0);
+
+            // the budget is used up by one message, so the next must spill, to a folder that is gone
+            const holder = spoolIn(dir, memory);
+            await holder.ingest(Readable.from(message(3, LIMIT - 10)));
+            const noFile = spoolIn(join(dir, 'missing'), memory);
+            await assert.rejects(noFile.ingest(Readable.from(message(4, 30_000))), { code: 'ENOENT' });
+            await noFile.dispose();
+            assert.equal(memory.held, LIMIT - 10);
+            await holder.dispose();
+            await holder.dispose();
+            assert.equal(memory.held, 0);
             assert.deepEqual(await readdir(dir), []);
         } finally {
             await rm(dir, { recursive: true, force: true });
@@ -184,7 +335,13 @@ describe('spool folder', () => {
     it('keeps the files of this process', async () => {
         const dir = await mkdtemp(join(tmpdir(), 'mw-spool-'));
         try {
-            const spool = new MessageSpool({ memoryLimit: 10, dir, maxSize: 1 << 20, maxHeaderSize: 1 << 16 });
+            const spool = new MessageSpool({
+                memoryLimit: 10,
+                memory: new SpoolMemory(),
+                dir,
+                maxSize: 1 << 20,
+                maxHeaderSize: 1 << 16,
+            });
             await spool.ingest(Readable.from([Buffer.from('Subject: x\r\n\r\n' + 'y'.repeat(100))]));
             assert.equal((await prepareSpoolFolder(dir, () => false)).removed, 0);
             assert.equal((await readdir(dir)).length, 1);
