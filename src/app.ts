@@ -8,8 +8,9 @@
  * `421` when they end; a message whose end of data went upstream then still gets its answer,
  * for up to upstream.dataTimeout more (src/drain.ts).
  * reload() (SIGHUP) re-reads the config file and applies the settings that can change live
- * (src/config/reload.ts says which), naming the others in a "needs a restart" log line, then
- * re-reads rules, lists, users and certificates.
+ * (src/config/reload.ts says which), naming the others in a "needs a restart" log line; with
+ * `dns.servers` not set it reads resolv.conf again too (a new resolver when its servers changed),
+ * then re-reads rules, lists, users and certificates.
  */
 import { randomUUID } from 'node:crypto';
 import type { Server } from 'node:http';
@@ -29,6 +30,7 @@ import { createMetrics, type Metrics } from './metrics.ts';
 import { limitChecks, verificationChecks } from './checks/index.ts';
 import { createVerifyThread, type VerifyThread } from './sender-auth/verify-thread.ts';
 import { createResolver, type Resolver } from './dns/resolver.ts';
+import { RESOLV_CONF, systemServers } from './dns/system.ts';
 import { createReputationService, type ReputationService } from './reputation/service.ts';
 import { createConfiguredStore, createMemoryStore, waitForStore, type LimitStore } from './limits/index.ts';
 import { acceptAll } from './pipeline.ts';
@@ -68,6 +70,11 @@ export interface AppDeps {
     readonly signer?: DkimSigner | null;
     readonly metrics?: Metrics;
     readonly resolver?: Resolver;
+    /**
+     * The file the DNS servers are read from while `dns.servers` is not set, at start and at
+     * each reload (/etc/resolv.conf when left out; tests name a file of their own).
+     */
+    readonly resolvConf?: string;
     /**
      * The sender-authentication thread (authentication.thread); built when left out, started at
      * the first message and stopped with the app. One given is not stopped (tests give one that
@@ -244,8 +251,13 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
         decider = countHits(rs);
         logRules(rs);
     };
-    const newResolver = (c: Config): Resolver =>
-        createResolver({ servers: c.dns.servers, timeoutMs: c.dns.timeoutMs, metrics, now });
+    const resolvConf = deps.resolvConf ?? RESOLV_CONF;
+    /** The servers read from resolv.conf that the resolver in force asks; null while `dns.servers` is set. */
+    let systemDns: string[] | null = null;
+    const newResolver = (c: Config): Resolver => {
+        systemDns = c.dns.servers === null ? systemServers(resolvConf) : null;
+        return createResolver({ servers: c.dns.servers ?? systemDns, timeoutMs: c.dns.timeoutMs, metrics, now });
+    };
     let resolver = deps.resolver ?? newResolver(config);
     /** Resolvers replaced by a reload, closed once the lookups they may still serve are over. */
     const retired = new Map<Resolver, NodeJS.Timeout>();
@@ -408,11 +420,20 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
             },
         });
 
-    /** Puts the live settings that differ between `before` and the config in force to work. */
-    const applyLive = (before: Config): void => {
+    /**
+     * Puts the live settings that differ between `before` and the config in force to work.
+     * Returns what changed beside the config keys: resolv.conf, when it names other servers.
+     */
+    const applyLive = (before: Config): string[] => {
         const after = current;
         if (after.log.level !== before.log.level) log.level = after.log.level;
-        const dnsChanged = !isDeepStrictEqual(before.dns, after.dns);
+        // without dns.servers the servers are resolv.conf's: an edit to it is taken at a reload too
+        const systemChanged =
+            !deps.resolver &&
+            before.dns.servers === null &&
+            after.dns.servers === null &&
+            !isDeepStrictEqual(systemServers(resolvConf), systemDns);
+        const dnsChanged = systemChanged || !isDeepStrictEqual(before.dns, after.dns);
         if (dnsChanged && !deps.resolver) {
             // lookups in flight finish on the old resolver: close it once every check using it has timed out
             const old = resolver;
@@ -455,6 +476,7 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
             watcher.close();
             watcher = watchRules();
         }
+        return systemChanged ? [resolvConf] : [];
     };
 
     /**
@@ -473,10 +495,10 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
         const changes = diffConfig(current, next);
         const before = current;
         current = configAfterReload(current, next, changes);
-        applyLive(before);
+        const other = applyLive(before);
         const restart = changedKeys(changes.filter((c) => c.reload === 'restart'));
         metrics.configRestartPending.set(restart.length);
-        return { changed: changedKeys(changes.filter((c) => c.reload === 'live')), restart };
+        return { changed: [...changedKeys(changes.filter((c) => c.reload === 'live')), ...other], restart };
     };
 
     /** Opens everything start() opens, in order; start() closes it all again when this throws. */

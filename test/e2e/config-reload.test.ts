@@ -24,6 +24,7 @@ import { createMemoryStore } from '../../src/limits/index.ts';
 import { startApp, type TestApp } from '../helpers/app.ts';
 import { startDnsServer, type DnsTestServer } from '../helpers/dns-server.ts';
 import { startScriptedUpstream, type ScriptedUpstream } from '../helpers/scripted-upstream.ts';
+import { until } from '../helpers/until.ts';
 import { sendMail, smtpConnect } from '../helpers/smtp-client.ts';
 
 const FIXTURES = path.join(import.meta.dirname, '..', 'config', 'fixtures', 'tls');
@@ -531,5 +532,73 @@ describe('config reload on SIGHUP', () => {
         assert.equal(mw.app.config, running, 'the running config stays');
         fs.writeFileSync(file, stringify(docs.A));
         mw.app.reload();
+    });
+});
+
+describe('resolv.conf on SIGHUP, without dns.servers', () => {
+    /** A DNS server on port 53 of a loopback address of its own (resolv.conf names no port). */
+    const onPort53 = async (): Promise<DnsTestServer> => {
+        for (let attempt = 0; ; attempt++) {
+            const host = `127.53.${1 + Math.floor(Math.random() * 254)}.${1 + Math.floor(Math.random() * 254)}`;
+            try {
+                return await startDnsServer({}, { host, port: 53 });
+            } catch (err) {
+                if (attempt >= 10) throw err;
+            }
+        }
+    };
+    /** Connects and hangs up: the client's reverse lookup starts at the connection. */
+    const connectOnce = async (port: number): Promise<void> => {
+        const c = await smtpConnect(port);
+        await c.greeting();
+        c.close();
+    };
+
+    it('reads resolv.conf again, asks the servers it names now, and names it in `changed`', async () => {
+        const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'mw-resolv-conf-'));
+        const resolvConf = path.join(dir, 'resolv.conf');
+        const first = await onPort53();
+        const second = await onPort53();
+        const up = await startScriptedUpstream({ ehlo: ['XCLIENT NAME ADDR PORT PROTO HELO LOGIN'] });
+        fs.writeFileSync(resolvConf, `nameserver ${first.address.replace(/:53$/, '')}\n`);
+        const mw = await startApp(
+            [
+                'hostname: mx.example.test',
+                'domains: [example.test]',
+                'listeners: [{ name: mx, host: 127.0.0.1, port: 0, mode: mx }]',
+                `upstream: { url: "smtp://127.0.0.1:${up.port}" }`,
+                'http: false',
+                'dns: { timeout: 1s }',
+            ].join('\n'),
+            { limitStore: createMemoryStore(), resolvConf },
+        );
+        try {
+            await connectOnce(mw.port());
+            await until('the server resolv.conf names is asked', () => first.queries.length > 0);
+
+            // the operator fixes resolv.conf and reloads
+            fs.writeFileSync(resolvConf, `# fixed\nnameserver ${second.address.replace(/:53$/, '')}\n`);
+            let mark = mw.logs.length;
+            mw.app.reload();
+            const reloaded = mw.logs.slice(mark).find((l) => l.msg === 'reloaded' && l.reload === 'config');
+            assert.deepEqual(reloaded?.changed, [resolvConf], JSON.stringify(mw.logs.slice(mark)));
+            const askedFirst = first.queries.length;
+            await connectOnce(mw.port());
+            await until('the server resolv.conf names now is asked', () => second.queries.length > 0);
+            assert.equal(first.queries.length, askedFirst, 'the old server is not asked any more');
+
+            // the same servers again: nothing changed, no new resolver (its cache is kept)
+            fs.writeFileSync(resolvConf, `nameserver ${second.address.replace(/:53$/, '')}\n`);
+            mark = mw.logs.length;
+            mw.app.reload();
+            const again = mw.logs.slice(mark).find((l) => l.msg === 'reloaded' && l.reload === 'config');
+            assert.deepEqual(again?.changed, []);
+        } finally {
+            await mw.stop();
+            await up.close();
+            await first.close();
+            await second.close();
+            fs.rmSync(dir, { recursive: true, force: true });
+        }
     });
 });

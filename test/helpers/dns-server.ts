@@ -1,10 +1,12 @@
 /**
  * An authoritative DNS server for tests, on 127.0.0.1 (UDP and TCP on the same random port),
- * answering from an in-memory zone with real packets (dns-packet). It never forwards or
+ * or on a loopback address and port a test names (port 53, for a resolv.conf, which has no
+ * port: tests run as root), answering from an in-memory zone with real packets (dns-packet). It never forwards or
  * recurses and never listens beyond loopback. Every test that starts one closes it.
  *
  * API:
  *   const dns = await startDnsServer(zone);
+ *   const dns = await startDnsServer(zone, { host: '127.53.0.1', port: 53 });
  *   dns.port, dns.address            // `127.0.0.1:<port>`, the form `dns.servers` takes
  *   dns.queries                      // every question seen: { name, type, transport: 'udp' | 'tcp' }
  *   dns.setZone(zone)                // swap the zone (one scenario at a time); `queries` is kept
@@ -269,12 +271,13 @@ function decode(msg: Buffer): DecodedPacket | null {
     }
 }
 
-async function bindPair(): Promise<{ udp: dgram.Socket; tcp: net.Server; port: number }> {
+async function bindPair(host: string, wanted: number): Promise<{ udp: dgram.Socket; tcp: net.Server; port: number }> {
+    if (!/^127\./.test(host)) throw new Error(`not a loopback address: ${host}`);
     for (let attempt = 0; ; attempt++) {
         const udp = dgram.createSocket('udp4');
         await new Promise<void>((resolve, reject) => {
             udp.once('error', reject);
-            udp.bind(0, '127.0.0.1', () => {
+            udp.bind(wanted, host, () => {
                 udp.off('error', reject);
                 resolve();
             });
@@ -284,7 +287,7 @@ async function bindPair(): Promise<{ udp: dgram.Socket; tcp: net.Server; port: n
         try {
             await new Promise<void>((resolve, reject) => {
                 tcp.once('error', reject);
-                tcp.listen(port, '127.0.0.1', () => {
+                tcp.listen(port, host, () => {
                     tcp.off('error', reject);
                     resolve();
                 });
@@ -292,15 +295,18 @@ async function bindPair(): Promise<{ udp: dgram.Socket; tcp: net.Server; port: n
             return { udp, tcp, port };
         } catch (err) {
             udp.close();
-            if (attempt >= 20) throw err;
+            if (wanted !== 0 || attempt >= 20) throw err;
         }
     }
 }
 
-export async function startDnsServer(zone: Zone): Promise<DnsTestServer> {
+export async function startDnsServer(
+    zone: Zone,
+    at: { readonly host: string; readonly port: number } = { host: '127.0.0.1', port: 0 },
+): Promise<DnsTestServer> {
     let compiled = compile(zone);
     const queries: DnsQuery[] = [];
-    const { udp, tcp, port } = await bindPair();
+    const { udp, tcp, port } = await bindPair(at.host, at.port);
     const sockets = new Set<net.Socket>();
 
     udp.on('message', (msg, peer) => {
@@ -335,7 +341,7 @@ export async function startDnsServer(zone: Zone): Promise<DnsTestServer> {
 
     return {
         port,
-        address: `127.0.0.1:${port}`,
+        address: `${at.host}:${port}`,
         queries,
         setZone(next: Zone) {
             compiled = compile(next);
