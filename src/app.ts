@@ -297,6 +297,8 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
     let http: Server | null = null;
     let httpPort: number | null = null;
     const reloaders: { name: string; fn: () => void }[] = [];
+    /** The inputs (config, rules, users, tls) whose last reload failed: an invalid version is on disk. */
+    const invalid = new Set<string>();
     /** The one place a reload (by signal or file change) is counted and logged. */
     const recordReload = (
         name: string,
@@ -305,6 +307,9 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
         details: Record<string, unknown> = {},
     ): void => {
         metrics.configReloads.inc({ result: error ? 'error' : 'ok' });
+        if (error) invalid.add(name);
+        else invalid.delete(name);
+        metrics.configInvalid.set(invalid.size > 0 ? 1 : 0);
         if (!error) {
             log.info({ reload: name, how, ...details }, 'reloaded');
             return;

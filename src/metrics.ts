@@ -367,6 +367,13 @@ export function createMetrics(version: string) {
             help: 'Config keys changed in the file since the start that take effect only after a restart (0: the running config is the file)',
             registers: r,
         }),
+        configInvalid: new Gauge({
+            name: `${P}config_invalid`,
+            // with several workers: 1 as soon as one of them holds an invalid file
+            aggregator: 'max',
+            help: 'Whether an input that reloads holds an invalid version on disk: 1 while the last reload of the config file, the rules and lists, the users (or sendAs) file or the certificate failed and no later reload of it succeeded (the previous version runs; the next start refuses the file), 0 otherwise',
+            registers: r,
+        }),
         buildInfo: new Gauge({
             name: `${P}build_info`,
             help: 'Always 1; the version label names the running release',

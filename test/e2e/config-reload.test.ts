@@ -226,6 +226,11 @@ async function mailFrom(port: number, sender: string): Promise<string> {
     }
 }
 
+/** mailwarden_config_invalid of a running app. */
+async function invalidGauge(mw: TestApp): Promise<number | undefined> {
+    return (await mw.app.metrics.configInvalid.get()).values[0]?.value;
+}
+
 interface Edit {
     readonly variant: Variant;
     readonly set: Readonly<Record<string, unknown>>;
@@ -500,12 +505,15 @@ describe('config reload on SIGHUP', () => {
             const config = lines.find((l) => l.msg === 'reloaded' && l.reload === 'config');
             assert.deepEqual(config?.changed, ['softReject']);
             assert.equal(await mailFrom(mw.port('mx'), 'blocked@example.net'), '451 4.7.1');
+            // the config file reloaded, but the broken rule file is still on disk
+            assert.equal(await invalidGauge(mw), 1, 'config_invalid while the rule file is broken');
         } finally {
             fs.rmSync(broken);
             fs.writeFileSync(file, stringify(docs.A));
             mw.app.reload();
         }
         assert.equal(await mailFrom(mw.port('mx'), 'blocked@example.net'), '550 5.7.1');
+        assert.equal(await invalidGauge(mw), 0, 'config_invalid once the rule file is fixed');
     });
 
     it('keeps everything when the file is invalid, with the lines mailwarden check prints', async () => {
@@ -530,8 +538,14 @@ describe('config reload on SIGHUP', () => {
         assert.deepEqual(failed.issues, printed, 'the same FILE:LINE:COL lines as mailwarden check');
         assert.ok((await errors()) >= before + 1, 'counted in config_reloads_total{result="error"}');
         assert.equal(mw.app.config, running, 'the running config stays');
+        // the invalid file stays on disk: config_invalid says so until a reload succeeds, however
+        // long ago the failure was counted and whatever else reloads fine meanwhile
+        assert.equal(await invalidGauge(mw), 1, 'config_invalid after the failed reload');
+        mw.app.reload();
+        assert.equal(await invalidGauge(mw), 1, 'config_invalid after a second failed reload');
         fs.writeFileSync(file, stringify(docs.A));
         mw.app.reload();
+        assert.equal(await invalidGauge(mw), 0, 'config_invalid once a reload succeeded');
     });
 });
 

@@ -102,7 +102,7 @@ describe('alert rules', () => {
         }
     });
 
-    it('cover what the operator must hear about: upstream, DNS, Redis, rejects, deferrals, AUTH, a pending restart, failing checks, internal errors, an expiring certificate', () => {
+    it('cover what the operator must hear about: upstream, DNS, Redis, rejects, deferrals, AUTH, a pending restart, an invalid file on disk, failing checks, internal errors, an expiring certificate', () => {
         const all = rules.map((r) => `${r.alert} ${r.expr}`).join('\n');
         for (const metric of [
             'mailwarden_upstream_replies_total',
@@ -112,6 +112,7 @@ describe('alert rules', () => {
             'mailwarden_smtp_auth_total{result="invalid"}',
             'mailwarden_messages_total{action="tempfail"}',
             'mailwarden_config_restart_pending',
+            'mailwarden_config_invalid',
             'mailwarden_check_failures_total',
             'mailwarden_internal_errors_total',
             'mailwarden_tls_certificate_expiry_timestamp_seconds',
