@@ -210,8 +210,8 @@ export function createMetrics(version: string) {
         }),
         upstreamReplies: new Counter({
             name: `${P}upstream_replies_total`,
-            help: 'Replies from the upstream MTA by class (2xx, 4xx, 5xx) or failure (timeout, closed, connect, protocol, xclient, tls, io)',
-            labelNames: ['class'],
+            help: 'Replies from the upstream MTA by class (2xx, 4xx, 5xx) or failure (timeout, closed, connect, protocol, xclient, tls, io), and by stage: mail (MAIL FROM), rcpt (each RCPT TO), data (the end of the message: one per message sent)',
+            labelNames: ['class', 'stage'],
             registers: r,
         }),
         upstreamConnections: new Counter({

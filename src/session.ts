@@ -270,7 +270,7 @@ export class Session {
             return this.envelope.featureMissing(step === 'data' ? 'mail' : step, err, address);
         }
         if (err instanceof UpstreamError) {
-            this.deps.metrics.upstreamReplies.inc({ class: err.kind });
+            this.deps.metrics.upstreamReplies.inc({ class: err.kind, stage: step });
             this.log.warn({ step, upstreamError: err.kind, err: err.message }, 'upstream failed');
             const reply = replyFor('upstream-unavailable', { id: this.id });
             if (refused && step !== 'data') {
@@ -312,8 +312,8 @@ export class Session {
         );
     }
 
-    private countReply(reply: UpstreamReply): void {
-        this.deps.metrics.upstreamReplies.inc({ class: `${Math.floor(reply.code / 100)}xx` });
+    private countReply(reply: UpstreamReply, stage: 'mail' | 'rcpt' | 'data'): void {
+        this.deps.metrics.upstreamReplies.inc({ class: `${Math.floor(reply.code / 100)}xx`, stage });
     }
 
     async onMailFrom(address: SMTPServerAddress): Promise<void> {
@@ -344,7 +344,7 @@ export class Session {
         } catch (err) {
             throw this.upstreamFailed(err, 'mail', { from, monitor: this.flow.monitored(null, result.decision) });
         }
-        this.countReply(reply);
+        this.countReply(reply, 'mail');
         if (reply.code >= 300) {
             this.logUpstreamRefusal('mail', reply, { from });
             throw this.refuse(this.flow.withId(relayedReply('mail', reply)));
@@ -382,7 +382,7 @@ export class Session {
                 monitor: this.flow.monitored(tx, result.decision),
             });
         }
-        this.countReply(reply);
+        this.countReply(reply, 'rcpt');
         if (reply.code >= 300) {
             this.logUpstreamRefusal('rcpt', reply, { from: tx.mailFrom, rcpt: to, rcptCount: accepted });
             throw this.refuse(this.flow.withId(relayedReply('rcpt', reply)));
@@ -547,7 +547,7 @@ export class Session {
             } finally {
                 this.deps.metrics.upstreamDuration.observe((this.deps.now() - upstreamStarted) / 1000);
             }
-            this.countReply(reply);
+            this.countReply(reply, 'data');
             record.upstream = `${reply.code} ${reply.enhanced ?? ''} ${reply.text}`.replace(/\s+/g, ' ');
             if (reply.code >= 300) {
                 action = reply.code >= 500 ? 'reject' : 'tempfail';
@@ -608,7 +608,7 @@ export class Session {
         let failure: UpstreamError | null = null;
         try {
             const fresh = await this.upstreamSession();
-            outcome = await replayEnvelope(fresh, accepted, (reply) => this.countReply(reply));
+            outcome = await replayEnvelope(fresh, accepted, (reply, stage) => this.countReply(reply, stage));
         } catch (err) {
             if (!(err instanceof UpstreamError)) throw err;
             failure = err;

@@ -31,21 +31,21 @@ function refused(command: string, reply: UpstreamReply): ReplayOutcome {
 /**
  * Sends MAIL and every RCPT of `envelope` on `up`, in lock-step, stopping at the first reply
  * that is not a 2xx: the message may go on only where every one was taken again, as the
- * client was told at the time. `onReply` sees each reply (for counting). Throws the
+ * client was told at the time. `onReply` sees each reply and its stage (for counting). Throws the
  * UpstreamError of a connection that fails meanwhile.
  */
 export async function replayEnvelope(
     up: UpstreamSession,
     envelope: AcceptedEnvelope,
-    onReply: (reply: UpstreamReply) => void,
+    onReply: (reply: UpstreamReply, stage: 'mail' | 'rcpt') => void,
 ): Promise<ReplayOutcome> {
     if (envelope.rcpts.length === 0) return { ok: false, reason: 'no accepted recipient to replay' };
     const mail = await up.mailFrom(envelope.mail.address, envelope.mail.params);
-    onReply(mail);
+    onReply(mail, 'mail');
     if (!isSuccess(mail)) return refused(`MAIL FROM:<${envelope.mail.address}>`, mail);
     for (const rcpt of envelope.rcpts) {
         const reply = await up.rcptTo(rcpt.address, rcpt.params);
-        onReply(reply);
+        onReply(reply, 'rcpt');
         if (!isSuccess(reply)) return refused(`RCPT TO:<${rcpt.address}>`, reply);
     }
     return { ok: true };

@@ -277,7 +277,7 @@ describe('HTTP endpoints', () => {
         for (const name of [
             'mailwarden_connections_total{listener="mx"} 1',
             'mailwarden_messages_total{listener="mx",action="accept"} 1',
-            'mailwarden_upstream_replies_total{class="2xx"}',
+            'mailwarden_upstream_replies_total{class="2xx",stage="data"}',
             'mailwarden_build_info{version=',
             'mailwarden_message_size_bytes_bucket',
             'process_resident_memory_bytes',

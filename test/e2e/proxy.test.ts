@@ -224,6 +224,24 @@ describe('proxy: upstream answers and failures', () => {
         });
     }
 
+    it("counts the upstream's replies by stage: a milter deferring every message is one 4xx a message, whatever its recipients", async (t) => {
+        const env = await setup({ onData: () => '451 4.7.1 Service unavailable - try again later' });
+        t.after(() => env.done());
+        const to = ['a@example.test', 'b@example.test', 'c@example.test'];
+        for (let i = 0; i < 2; i++) {
+            const r = await sendMail(env.mw.port(), { from: 'a@example.org', to, data: MSG });
+            assert.equal(r.message?.code, 451);
+        }
+        const counted = (await env.mw.app.metrics.upstreamReplies.get()).values.map(
+            (v) => `${v.labels.stage} ${v.labels.class} ${v.value}`,
+        );
+        assert.deepEqual(counted.sort(), ['data 4xx 2', 'mail 2xx 2', 'rcpt 2xx 6']);
+        // every reply deferred is one in 5 of the replies, but every message
+        const d = decisions(env.mw.logs).at(-1)!;
+        assert.equal(d.action, 'tempfail');
+        assert.equal(d.reason, 'upstream refused the message');
+    });
+
     it('answers 451 4.4.1 when the upstream closes mid-DATA, and the upstream never saw a complete message', async (t) => {
         const env = await setup({
             onCommand: (line) => (line === 'DATA' ? { reply: '354 go ahead', closeAfterDataBytes: 50 } : undefined),

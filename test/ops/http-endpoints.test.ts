@@ -22,7 +22,7 @@ const SPEC_METRICS: Readonly<Record<string, readonly string[]>> = {
     mailwarden_rule_hits_total: ['rule', 'action', 'mode'],
     mailwarden_ratelimit_decisions_total: ['limit', 'result'],
     mailwarden_smtp_auth_total: ['listener', 'result'],
-    mailwarden_upstream_replies_total: ['class'],
+    mailwarden_upstream_replies_total: ['class', 'stage'],
     mailwarden_upstream_duration_seconds: [],
     mailwarden_message_processing_seconds: [],
     mailwarden_message_size_bytes: [],
