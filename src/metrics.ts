@@ -52,6 +52,13 @@ function keepObservers(histogram: Histogram): void {
  */
 export const WORKER_ONLY_METRICS: ReadonlySet<string> = new Set([`${P}tls_certificate_expiry_timestamp_seconds`]);
 
+/**
+ * Metrics of the process systemd started, which with several workers is the primary: its start
+ * time, which the alert on restarts watches (prom-client leaves it out of a sum, and a worker
+ * replaced is counted by worker_restarts_total). The primary gives its own and no worker's.
+ */
+export const PRIMARY_ONLY_METRICS: ReadonlySet<string> = new Set(['process_start_time_seconds']);
+
 export function createMetrics(version: string) {
     const registry = new Registry();
     collectDefaultMetrics({ register: registry });

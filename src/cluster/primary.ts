@@ -2,7 +2,8 @@
  * The primary of several processes (`workers` > 1, node:cluster): forks the workers, which run
  * the listeners on shared ports (the primary accepts and hands each connection to the next
  * worker), serves the HTTP endpoint for all of them (/metrics: every worker's metrics summed,
- * with the primary's own; /readyz: ready when every worker is), passes SIGHUP, SIGTERM, SIGINT
+ * with the primary's own, and the primary's start time as the process's; /readyz: ready when
+ * every worker is), passes SIGHUP, SIGTERM, SIGINT
  * and SIGUSR2 on to every worker and exits when they have drained. A worker that ends
  * unexpectedly is logged, counted (mailwarden_worker_restarts_total) and replaced; the others
  * and their sessions are not touched. The primary holds no session, runs no check and never
@@ -18,7 +19,7 @@ import type { Config } from '../config/types.ts';
 import { answerWaitMs } from '../drain.ts';
 import { createHttpServer } from '../http.ts';
 import type { Logger } from '../log.ts';
-import { WORKER_ONLY_METRICS, type Metrics } from '../metrics.ts';
+import { PRIMARY_ONLY_METRICS, WORKER_ONLY_METRICS, type Metrics } from '../metrics.ts';
 import { isAnswer, type Answer, type WorkerMetrics } from './protocol.ts';
 
 /** The processes `workers` asks for: `auto` is one per core with Redis, one with the in-memory store. */
@@ -289,13 +290,20 @@ export async function runPrimary(o: PrimaryOptions): Promise<number> {
         const ready = [...slots.values()].filter((s) => s.ready);
         const answers = await Promise.all(ready.map((s) => ask(s, 'metrics')));
         const own = await metrics.registry.getMetricsAsJSON();
-        const parts: WorkerMetrics[] = [own.filter((m) => !WORKER_ONLY_METRICS.has(m.name))];
+        const parts: WorkerMetrics[] = [
+            own
+                .filter((m) => !WORKER_ONLY_METRICS.has(m.name))
+                // the primary's alone (no worker gives one): kept, where prom-client would leave it out
+                .map((m) => (PRIMARY_ONLY_METRICS.has(m.name) ? { ...m, aggregator: 'first' as const } : m)),
+        ];
         ready.forEach((slot, i) => {
             // a worker that ended while this scrape waited is in `retired` already
             if (slots.get(slot.worker.id) !== slot) return;
             const a = answers[i];
             // a worker that does not answer in time counts with what it said last
-            if (a && a.mailwarden === 'metrics') slot.lastMetrics = a.metrics;
+            if (a && a.mailwarden === 'metrics') {
+                slot.lastMetrics = a.metrics.filter((m) => !PRIMARY_ONLY_METRICS.has(m.name));
+            }
             if (slot.lastMetrics) parts.push(slot.lastMetrics);
         });
         // kept as one sum, however many workers ended

@@ -2,7 +2,7 @@
  * `workers: 2`: the real `mailwarden serve` forks two worker processes that share the SMTP port
  * (real Redis, a scripted upstream, the loopback DNS server). Both serve sessions; /metrics on
  * the primary sums both workers (and gives the certificate's expiry the workers serve, not the
- * primary's 0); SIGHUP reaches both (softReject applies on each); a worker
+ * primary's 0, and the primary's start time, not a worker's); SIGHUP reaches both (softReject applies on each); a worker
  * killed with SIGKILL is replaced (logged, counted) while a session on the other worker goes on;
  * SIGTERM drains both: a message the upstream accepted while the drain starts gets its 250 on
  * each worker, then every session hears 421 4.3.2 and the primary exits 0.
@@ -42,6 +42,8 @@ describe('serve with workers: 2', () => {
     let file: string;
     let port: number;
     let httpPort: number;
+    /** process_start_time_seconds as /metrics gave it first. */
+    let primaryStart = NaN;
     /** Subjects whose end of data the upstream answers only after this long. */
     const slow = new Map<string, number>();
     const config = (extra: string[]): string =>
@@ -153,6 +155,10 @@ describe('serve with workers: 2', () => {
         // the certificate the workers serve; the primary serves none and does not count as 0
         const notAfter = Date.parse(new X509Certificate(cert.cert).validTo) / 1000;
         assert.equal(value(text, 'mailwarden_tls_certificate_expiry_timestamp_seconds'), notAfter);
+        // the start time of the process systemd started (the primary), once, for the restart alert
+        primaryStart = value(text, 'process_start_time_seconds');
+        assert.ok(primaryStart > 0, `process_start_time_seconds: ${primaryStart}`);
+        assert.equal(text.match(/^process_start_time_seconds /gm)?.length, 1);
     });
 
     it('passes SIGHUP to both workers: softReject applies on each', async () => {
@@ -212,6 +218,8 @@ describe('serve with workers: 2', () => {
         assert.ok(value(text, accepted) >= before + 1, `${accepted}: ${value(text, accepted)} after ${before}`);
         assert.equal(value(text, 'mailwarden_worker_restarts_total{reason="signal"}'), 1);
         assert.equal(value(text, 'mailwarden_workers'), 2);
+        // a worker replaced is not a restart of mailwarden: the start time stays the primary's
+        assert.equal(value(text, 'process_start_time_seconds'), primaryStart);
         const ready = await fetch(`http://127.0.0.1:${httpPort}/readyz`);
         assert.equal(ready.status, 200, await ready.text());
     });

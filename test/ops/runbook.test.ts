@@ -107,6 +107,17 @@ describe('jq over the journal', () => {
         }),
         JSON.stringify({ level: 50, msg: 'upstream failed' }),
         JSON.stringify({
+            level: 50,
+            msg: 'worker ended unexpectedly; its sessions are lost, the other workers go on; starting another',
+            worker: 2,
+            pid: 4242,
+            code: null,
+            signal: 'SIGKILL',
+            reason: 'signal',
+            livedMs: 3600000,
+            workers: 4,
+        }),
+        JSON.stringify({
             level: 30,
             msg: 'upstream refused recipient',
             step: 'rcpt',
