@@ -43,9 +43,13 @@ export interface ListenerDeps extends Omit<SessionDeps, 'listener' | 'log' | 're
     readonly workerShare: number;
 }
 
-/** One worker's share of a cap the whole instance must hold (at least 1). */
+/**
+ * One worker's share of a cap the whole instance must hold: rounded down, so that the shares
+ * add up to the cap at most (maxClients 4 over 3 workers: 1 each, where 2 each let 6 in); at
+ * least 1, so with fewer slots than workers the instance holds one per worker.
+ */
 export function workerShareOf(cap: number, workers: number): number {
-    return Math.max(1, Math.ceil(cap / Math.max(1, workers)));
+    return Math.max(1, Math.floor(cap / Math.max(1, workers)));
 }
 
 /**
@@ -56,7 +60,7 @@ export function workerShareOf(cap: number, workers: number): number {
  * twice the cap from one network.
  */
 export function networkShareOf(cap: number, workers: number): number {
-    return Math.min(cap, workerShareOf(2 * cap, workers));
+    return Math.min(cap, Math.max(1, Math.ceil((2 * cap) / Math.max(1, workers))));
 }
 
 /** Failed logins in one session after which the connection is closed, when no guard says otherwise. */

@@ -1,6 +1,6 @@
 /**
- * With several workers, each serves its share of a listener's `maxClients`, so that the instance
- * as a whole holds it as configured (and the Postfix process limit sized for it in
+ * With several workers, each serves its share of a listener's `maxClients`, rounded down, so
+ * that the instance as a whole holds at most what is configured (and the Postfix process limit sized for it in
  * docs/deploy-postfix.md); of `maxClientsPerNetwork` each allows twice its even share, so that a
  * network's connections, which do not spread evenly over the workers, are rarely refused below
  * the cap.
@@ -9,18 +9,22 @@ import assert from 'node:assert/strict';
 import { it } from 'node:test';
 import { networkShareOf, workerShareOf } from '../../src/listener.ts';
 
-it('splits a cap among workers, rounding up, never below 1', () => {
+it('splits a cap among workers, rounding down, never below 1', () => {
     assert.equal(workerShareOf(100, 1), 100);
     assert.equal(workerShareOf(100, 2), 50);
-    assert.equal(workerShareOf(100, 3), 34);
-    assert.equal(workerShareOf(50, 4), 13);
+    assert.equal(workerShareOf(100, 3), 33);
+    assert.equal(workerShareOf(50, 4), 12);
+    // 2 each (rounded up) let 6 sessions into an instance capped at 4
+    assert.equal(workerShareOf(4, 3), 1);
     assert.equal(workerShareOf(1, 8), 1);
     assert.equal(workerShareOf(10, 0), 10);
     for (const workers of [1, 2, 3, 4, 7, 16]) {
-        for (const cap of [1, 5, 50, 100, 2000]) {
+        for (const cap of [1, 4, 5, 50, 100, 2000]) {
             const share = workerShareOf(cap, workers);
-            // the instance holds at most the cap plus the rounding of each worker's share
-            assert.ok(share * workers < cap + workers, `${cap} over ${workers}: ${share} each`);
+            // the instance holds at most the cap (one per worker when the cap is below their number)
+            assert.ok(share * workers <= Math.max(cap, workers), `${cap} over ${workers}: ${share} each`);
+            // and loses less than one slot per worker to the rounding
+            assert.ok(cap < workers || share * workers > cap - workers, `${cap} over ${workers}: ${share} each`);
             assert.ok(share >= 1);
         }
     }
