@@ -260,12 +260,17 @@ describe('a new operator follows docs/deploy-postfix.md on a stock Debian Postfi
                 'exec /usr/bin/install "$@"',
             ].join('\n'),
             mailwarden: `exec "${LAUNCHER}" "$@"`,
+            // the listeners of the namespace Postfix and mailwarden run in
+            ss: 'exec nsenter --net="$NETNS" -- /usr/bin/ss "$@"',
             systemctl: [
                 'echo "systemctl $*" >>"$CALLS"',
                 'case "$*" in',
                 '"start mailwarden" | "enable --now mailwarden")',
                 `    nsenter --net="$NETNS" -- env MAILWARDEN_CONFIG="$MW_CONFIG" "${LAUNCHER}" serve >>"$MW_LOG" 2>&1 </dev/null &`,
                 '    echo $! >"$MW_PID" ;;',
+                // as systemd: the stop job begins (SIGTERM) and systemctl returns at once
+                '"stop --no-block mailwarden")',
+                '    if [ -s "$MW_PID" ]; then kill -TERM "$(cat "$MW_PID")" 2>/dev/null || true; fi ;;',
                 '"stop mailwarden" | "disable --now mailwarden")',
                 '    if [ -s "$MW_PID" ]; then',
                 '        pid=$(cat "$MW_PID"); kill -TERM "$pid" 2>/dev/null || true; i=0',
@@ -549,12 +554,19 @@ describe('a new operator follows docs/deploy-postfix.md on a stock Debian Postfi
 
     it('rolling back gives port 25 to Postfix again, without its commented postscreen', async () => {
         const [rollback, removal] = shellBlocks(guide, 'Rolling back');
-        // Postfix checks the restored services while mailwarden still holds the ports; then the
-        // ports change hands in one line.
-        assert.match(rollback!, /^cat .*\npostfix check\nsystemctl disable --now mailwarden && postfix reload\n$/);
+        // Postfix checks the restored services while mailwarden still holds the ports; then
+        // mailwarden closes its listeners, Postfix takes the ports as soon as they are free, and
+        // only then does the drain's wait begin.
+        assert.match(
+            rollback!,
+            /^cat .*\npostfix check\nsystemctl disable mailwarden\nsystemctl stop --no-block mailwarden\nwhile ss .*; done; postfix reload\nsystemctl stop mailwarden\n$/,
+        );
         const r = await step(rollback!);
         assert.equal(r.code, 0, `${r.out}${r.err}`);
-        assert.match(readFileSync(paths.calls, 'utf8'), /^systemctl disable --now mailwarden$/m);
+        assert.match(
+            readFileSync(paths.calls, 'utf8'),
+            /^systemctl disable mailwarden\nsystemctl stop --no-block mailwarden\nsystemctl stop mailwarden$/m,
+        );
         assert.equal(mailwardenPid(), null, 'mailwarden was stopped');
         const inet = services(await postconf('-M')).filter((s) => s.includes('/inet'));
         assert.deepEqual(inet, ['127.0.0.1:10026/inet smtpd', 'smtp/inet smtpd'], 'one smtp service: smtpd');
