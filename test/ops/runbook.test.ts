@@ -15,6 +15,8 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { after, before, describe, it } from 'node:test';
 import { parse } from 'yaml';
+import { runCheck } from '../../src/commands/check.ts';
+import { loadRules } from '../../src/rules/index.ts';
 import { hashPassword } from '../../src/submission/hashes.ts';
 import { allShellBlocks, GUIDE_FILE, readRepo, runShell, section, shellBlocks, substitute } from '../helpers/guide.ts';
 
@@ -122,7 +124,8 @@ describe('jq over the journal', () => {
             msg: 'upstream refused recipient',
             step: 'rcpt',
             stage: 'rcpt',
-            from: 'a@sender.example',
+            // a bounce (the null sender)
+            from: '',
             rcpt: 'bob@example.com',
             action: 'tempfail',
             rules: [],
@@ -324,5 +327,78 @@ describe("the guide's step 6", () => {
             assert.ok(!ours(from.split('@')[1]!), `${line}: the sender is not of our domains`);
         }
         assert.match(section(guide, 'Step 6: check that it works'), /swaks's default sender/);
+    });
+});
+
+describe("the runbook's rule file against backscatter", () => {
+    let dir: string;
+    before(() => {
+        dir = mkdtempSync(join(tmpdir(), 'mailwarden-backscatter-'));
+        const etc = join(dir, 'etc/mailwarden');
+        mkdirSync(join(dir, 'var/lib/mailwarden/spool'), { recursive: true });
+        mkdirSync(etc, { recursive: true });
+        cpSync(join(repo, 'rules'), join(etc, 'rules'), { recursive: true });
+        cpSync(join(repo, 'test/config/fixtures/tls/cert.pem'), join(etc, 'tls.crt'));
+        cpSync(join(repo, 'test/config/fixtures/tls/key.pem'), join(etc, 'tls.key'));
+        writeFileSync(join(etc, 'users.yaml'), 'users: []\n');
+        writeFileSync(
+            join(etc, 'mailwarden.yaml'),
+            substitute(readRepo('deploy/mailwarden.yaml'), {
+                '/etc/mailwarden': etc,
+                '/var/lib/mailwarden': join(dir, 'var/lib/mailwarden'),
+            }),
+        );
+        const text = section(runbook, 'Backscatter or a spam wave');
+        const yaml = [...text.matchAll(/^```yaml\n([\s\S]*?)^```$/gm)].map((m) => m[1]!);
+        assert.equal(yaml.length, 1, 'one rule file');
+        const file = /saved as\s+`\/etc\/mailwarden\/rules\/([\w.-]+\.yaml)`/.exec(text)?.[1];
+        assert.ok(file, 'the section names the file to save it as');
+        writeFileSync(join(etc, 'rules', file), yaml[0]!);
+        assert.match(text, /`\/etc\/mailwarden\/rules\/lists\/no-bounces\.txt`/);
+        writeFileSync(join(etc, 'rules/lists/no-bounces.txt'), 'noreply@example.com\n');
+    });
+    after(() => rmSync(dir, { recursive: true, force: true }));
+
+    it('passes mailwarden check beside the shipped rules and the deployed configuration', async () => {
+        const printed: string[] = [];
+        const code = await runCheck({
+            configPath: join(dir, 'etc/mailwarden/mailwarden.yaml'),
+            env: {},
+            out: (l) => printed.push(l),
+            err: (l) => printed.push(l),
+        });
+        assert.equal(code, 0, printed.join('\n'));
+        // the example configuration's own warnings (hostname, domains) aside, nothing about the rules
+        assert.doesNotMatch(printed.join('\n'), /rules\/.*warning/);
+    });
+
+    it('refuses a bounce to an address of the list, defers bounces past the limit, and lets the rest through', () => {
+        const loaded = loadRules(join(dir, 'etc/mailwarden/rules'), { softReject: false });
+        assert.deepEqual(loaded.issues, []);
+        const set = loaded.ruleSet!;
+        const limit = set.limits.find((l) => l.id === 'bounces-per-recipient');
+        assert.equal(`${limit?.stage} ${limit?.keyText} ${limit?.rateText}`, 'rcpt rcpt.address 20/1h, 100/1d');
+        const rcpt = (from: string, to: string, more: Record<string, unknown> = {}) =>
+            set.decide('rcpt', {
+                listener: 'mx',
+                'listener.mode': 'mx',
+                'client.ip': '203.0.113.7',
+                'mail.from': from,
+                'mail.from.domain': from === '' ? null : from.split('@')[1]!,
+                'rcpt.address': to,
+                'rcpt.domain': to.split('@')[1]!,
+                'rcpt.to': [to],
+                'rcpt.count': 1,
+                ...more,
+            });
+        const bounce = rcpt('', 'noreply@example.com');
+        assert.equal(bounce.action, 'reject');
+        assert.deepEqual(bounce.rules, ['bounce-to-no-bounce-address']);
+        assert.match(bounce.reply?.text ?? '', /^Bounce refused: noreply@example\.com sends no mail/);
+        assert.equal(rcpt('', 'alice@example.com').action, 'accept');
+        assert.equal(rcpt('news@sender.example', 'noreply@example.com').action, 'accept');
+        const over = rcpt('', 'alice@example.com', { 'ratelimit.exceeded': ['bounces-per-recipient'] });
+        assert.equal(over.action, 'tempfail');
+        assert.deepEqual(over.rules, ['bounces-per-recipient']);
     });
 });
