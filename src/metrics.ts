@@ -4,7 +4,8 @@
  * words from closed sets. No IP, address, domain or message id of a client or a message ever
  * becomes a label value; the one domain label is `zone`, a DNS list named in the config.
  * With several workers each process has its own registry and the primary sums them
- * (src/cluster/primary.ts); a gauge that must not be summed says how it is combined.
+ * (src/cluster/primary.ts); a gauge that must not be summed says how it is combined, and the
+ * sets below say it for prom-client's default metrics that the primary combines otherwise.
  */
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics, type LabelValues } from 'prom-client';
 
@@ -58,6 +59,19 @@ export const WORKER_ONLY_METRICS: ReadonlySet<string> = new Set([`${P}tls_certif
  * replaced is counted by worker_restarts_total). The primary gives its own and no worker's.
  */
 export const PRIMARY_ONLY_METRICS: ReadonlySet<string> = new Set(['process_start_time_seconds']);
+
+/**
+ * prom-client's event-loop lag of each process, which its own aggregation averages over the
+ * processes: one worker stuck in synchronous work, whose clients all wait, would read as a
+ * fraction of its lag. The primary gives the worst process's instead (`max`).
+ */
+export const WORST_PROCESS_METRICS: ReadonlySet<string> = new Set([
+    'nodejs_eventloop_lag_seconds',
+    'nodejs_eventloop_lag_mean_seconds',
+    'nodejs_eventloop_lag_p50_seconds',
+    'nodejs_eventloop_lag_p90_seconds',
+    'nodejs_eventloop_lag_p99_seconds',
+]);
 
 export function createMetrics(version: string) {
     const registry = new Registry();

@@ -2,9 +2,9 @@
  * The primary of several processes (`workers` > 1, node:cluster): forks the workers, which run
  * the listeners on shared ports (the primary accepts and hands each connection to the next
  * worker), serves the HTTP endpoint for all of them (/metrics: every worker's metrics summed,
- * with the primary's own, and the primary's start time as the process's; /readyz: ready when
- * every worker is), passes SIGHUP, SIGTERM, SIGINT
- * and SIGUSR2 on to every worker and exits when they have drained. A worker that ends
+ * with the primary's own, the primary's start time as the process's and the event-loop lag of
+ * the slowest process; /readyz: ready when every worker is), passes SIGHUP, SIGTERM, SIGINT and
+ * SIGUSR2 on to every worker and exits when they have drained. A worker that ends
  * unexpectedly is logged, counted (mailwarden_worker_restarts_total) and replaced; the others
  * and their sessions are not touched. The primary holds no session, runs no check and never
  * reads a message: everything SMTP happens in the workers.
@@ -19,7 +19,7 @@ import type { Config } from '../config/types.ts';
 import { answerWaitMs } from '../drain.ts';
 import { createHttpServer } from '../http.ts';
 import type { Logger } from '../log.ts';
-import { PRIMARY_ONLY_METRICS, WORKER_ONLY_METRICS, type Metrics } from '../metrics.ts';
+import { PRIMARY_ONLY_METRICS, WORKER_ONLY_METRICS, WORST_PROCESS_METRICS, type Metrics } from '../metrics.ts';
 import { isAnswer, type Answer, type WorkerMetrics } from './protocol.ts';
 
 /** The processes `workers` asks for: `auto` is one per core with Redis, one with the in-memory store. */
@@ -277,6 +277,9 @@ export async function runPrimary(o: PrimaryOptions): Promise<number> {
         }
         return null;
     };
+    /** A metric of one process that the sum takes from the worst process instead (metrics.ts). */
+    const worstOf = <M extends WorkerMetrics[number]>(m: M): M =>
+        WORST_PROCESS_METRICS.has(m.name) ? { ...m, aggregator: 'max' } : m;
     /**
      * The counters and histograms of workers that ended, as last read, summed: added to every
      * later scrape, so a sum never goes back when a worker ends (Prometheus would read the drop
@@ -294,7 +297,7 @@ export async function runPrimary(o: PrimaryOptions): Promise<number> {
             own
                 .filter((m) => !WORKER_ONLY_METRICS.has(m.name))
                 // the primary's alone (no worker gives one): kept, where prom-client would leave it out
-                .map((m) => (PRIMARY_ONLY_METRICS.has(m.name) ? { ...m, aggregator: 'first' as const } : m)),
+                .map((m) => (PRIMARY_ONLY_METRICS.has(m.name) ? { ...m, aggregator: 'first' as const } : worstOf(m))),
         ];
         ready.forEach((slot, i) => {
             // a worker that ended while this scrape waited is in `retired` already
@@ -302,7 +305,7 @@ export async function runPrimary(o: PrimaryOptions): Promise<number> {
             const a = answers[i];
             // a worker that does not answer in time counts with what it said last
             if (a && a.mailwarden === 'metrics') {
-                slot.lastMetrics = a.metrics.filter((m) => !PRIMARY_ONLY_METRICS.has(m.name));
+                slot.lastMetrics = a.metrics.filter((m) => !PRIMARY_ONLY_METRICS.has(m.name)).map(worstOf);
             }
             if (slot.lastMetrics) parts.push(slot.lastMetrics);
         });

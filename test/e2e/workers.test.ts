@@ -2,7 +2,8 @@
  * `workers: 2`: the real `mailwarden serve` forks two worker processes that share the SMTP port
  * (real Redis, a scripted upstream, the loopback DNS server). Both serve sessions; /metrics on
  * the primary sums both workers (and gives the certificate's expiry the workers serve, not the
- * primary's 0, and the primary's start time, not a worker's); SIGHUP reaches both (softReject applies on each); a worker
+ * primary's 0, the primary's start time, not a worker's, and the slowest process's event-loop
+ * lag, not their average); SIGHUP reaches both (softReject applies on each); a worker
  * killed with SIGKILL is replaced (logged, counted) while a session on the other worker goes on;
  * SIGTERM drains both: a message the upstream accepted while the drain starts gets its 250 on
  * each worker, then every session hears 421 4.3.2 and the primary exits 0.
@@ -178,6 +179,24 @@ describe('serve with workers: 2', () => {
             const r = await spoof(c);
             assert.equal(r.code, 450, r.raw);
             c.close();
+        }
+    });
+
+    it('gives the event-loop lag of the slowest process, not the average that hides one stuck worker', async () => {
+        const pid = serve.logs.find((l) => l.msg === 'worker ready' && l.worker === 1)!.pid as number;
+        // every process's lag histogram starts again from this scrape
+        await metrics();
+        // worker 1's event loop does not turn for 1.5 s, as in a long synchronous task
+        process.kill(pid, 'SIGSTOP');
+        try {
+            await sleep(1_500);
+        } finally {
+            process.kill(pid, 'SIGCONT');
+        }
+        const text = await metrics();
+        // the average over the primary and two workers would be about a third of it
+        for (const series of ['nodejs_eventloop_lag_p99_seconds', 'nodejs_eventloop_lag_max_seconds']) {
+            assert.ok(value(text, series) >= 1, `${series}: ${value(text, series)}`);
         }
     });
 
