@@ -121,7 +121,7 @@ describe('iprev check', () => {
         const r = await sendMail(mw.port(), {
             from: 'a@example.org',
             to: ['b@example.test'],
-            data: 'Subject: x\r\n\r\nx\r\n',
+            data: 'From: a@example.org\r\nSubject: x\r\n\r\nx\r\n',
         });
         assert.equal(r.message?.code, 250);
         assert.equal(up.connections.at(-1)!.xclient[0]!.NAME, 'localhost.test');

@@ -103,7 +103,7 @@ describe('enhanced status codes on an mx listener', () => {
                 assert.ok(r.raw.startsWith(expected), `${command}: ${r.raw}`);
                 if (r.code < 300 || r.code >= 400) assertOneCode(r, command);
             }
-            c.write('Subject: t\r\n\r\nbody\r\n.\r\n');
+            c.write('From: a@example.org\r\nSubject: t\r\n\r\nbody\r\n.\r\n');
             const accepted = await c.reply();
             assert.match(accepted.raw, /^250 2\.0\.0 Message accepted for delivery /);
             assertOneCode(accepted, 'end of data');
@@ -172,7 +172,7 @@ describe('enhanced status codes on an mx listener', () => {
                             throw err;
                         }
                         if (r.code === 354) {
-                            c.write('Subject: p\r\n\r\nproperty\r\n.\r\n');
+                            c.write('From: a@example.org\r\nSubject: p\r\n\r\nproperty\r\n.\r\n');
                             r = await c.reply();
                         }
                         if (/^(EHLO|HELO)\b/i.test(cmd)) assertNoCode(r, cmd);
