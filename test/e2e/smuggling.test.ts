@@ -122,11 +122,11 @@ describe('SMTP smuggling corpus', () => {
         const codes: number[] = [];
         for (let i = 0; i < 3; i++) codes.push((await c.reply()).code);
         c.write(
-            'Subject: one\r\n\r\nfirst\r\n.\r\n' +
+            'From: one@sender.example\r\nSubject: one\r\n\r\nfirst\r\n.\r\n' +
                 'MAIL FROM:<two@sender.example>\r\nRCPT TO:<bob@example.test>\r\nDATA\r\n',
         );
         for (let i = 0; i < 4; i++) codes.push((await c.reply()).code);
-        c.write('Subject: two\r\n\r\nsecond\r\n.\r\n');
+        c.write('From: two@sender.example\r\nSubject: two\r\n\r\nsecond\r\n.\r\n');
         codes.push((await c.reply()).code);
         c.close();
         assert.deepEqual(codes, [250, 250, 354, 250, 250, 250, 354, 250]);

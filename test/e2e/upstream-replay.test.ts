@@ -150,7 +150,7 @@ describe('the upstream transaction replayed at DATA', () => {
         try {
             await envelope(c, ['a@example.test']);
             assert.equal((await c.cmd('DATA')).code, 354);
-            c.write('Subject: gone\r\n\r\n');
+            c.write('From: sender@sender.test\r\nSubject: gone\r\n\r\n');
             await up.close();
             c.write('text\r\n.\r\n');
             const reply = await c.reply();
