@@ -20,15 +20,16 @@
  *   an implicit-TLS listener, so a network cannot fill the handshake queue either); a refused
  *   client gets `421 4.7.0` (an implicit-TLS client that cannot be answered is disconnected).
  * - A pre-transaction deadline (postscreen-like): a session that has not had a MAIL FROM
- *   accepted within `preTransactionTimeout` of its start, or of the end of its last message, is
- *   closed with `421 4.4.2` (a sender that reuses a connection sends its next MAIL at once;
- *   Postfix's cache keeps one idle for 2 s); a PROXY header or an implicit TLS handshake gets
- *   the same time (smtp-server would wait `socketTimeout`).
+ *   accepted within `preTransactionTimeout` of its start, or (on mx) of the end of its last
+ *   message, is closed with `421 4.4.2` (a sender that reuses a connection sends its next MAIL
+ *   at once; Postfix's cache keeps one idle for 2 s); a PROXY header or an implicit TLS
+ *   handshake gets the same time (smtp-server would wait `socketTimeout`).
  * - An envelope deadline: from the first MAIL FROM accepted since the session started or since
- *   its last accepted DATA, the client must have DATA accepted within `socketTimeout` (RSET and
- *   a new MAIL do not restart it); then `421 4.4.2`. The idle timeout alone would let a client
- *   hold its slot, and the upstream session behind it, for ever by sending a RCPT every few
- *   minutes. smtp-server has no BDAT (RFC 3030), so DATA is the only way to a message.
+ *   its last accepted DATA, the client must have DATA accepted within `socketTimeout` of its own
+ *   time (the time our answers take pushes it back; RSET and a new MAIL do not restart it); then
+ *   `421 4.4.2`. The idle timeout alone would let a client hold its slot, and the upstream
+ *   session behind it, for ever by sending a RCPT every few minutes. smtp-server has no BDAT
+ *   (RFC 3030), so DATA is the only way to a message.
  * - Logging: a client that resets or drops the connection is logged once, at info, with the
  *   session id, address, port and where the session was; real errors once, at error.
  * - HELO/EHLO: a name that is not valid UTF-8 is refused with `501 5.5.4` (never rewritten).
@@ -167,6 +168,10 @@ class MailwardenConnection extends SMTPConnection {
     #deadline: NodeJS.Timeout | null = null;
     /** Runs from the first MAIL FROM accepted since the start or the last DATA, until DATA (see the file comment). */
     #envelopeDeadline: NodeJS.Timeout | null = null;
+    /** When the command being answered was taken up (performance.now()), while the envelope deadline runs. */
+    #answering: number | null = null;
+    /** Time spent answering commands (checks, the upstream) since the envelope deadline was armed or last pushed back. */
+    #answeredMs = 0;
     /** Recipients of the transaction before the RCPT being answered: a repeated one adds none. */
     #recipientsBefore = 0;
     #failureLogged = false;
@@ -359,6 +364,8 @@ class MailwardenConnection extends SMTPConnection {
     }
 
     override _onCommand(command: Buffer, callback?: () => void): void {
+        // smtp-server takes up the next command only once the one before is answered
+        if (this.#envelopeDeadline && command) this.#answering = performance.now();
         const input = this.#input;
         if (input && command) {
             // the line just read ends at the next line feed of the chunk
@@ -471,6 +478,13 @@ class MailwardenConnection extends SMTPConnection {
         if (this._closing || this._closed) return;
         // a command is being answered (a slow check, the upstream): its outcome decides
         if (this._handlerPending) return this.#armEnvelopeDeadline(1000);
+        // the deadline counts the client's time, not ours: the time our answers took (a slow
+        // upstream, the checks) pushes it back (RFC 5321 section 4.5.3.2 bounds each wait for a reply)
+        const owed = Math.round(this.#answeredMs);
+        if (owed >= 1) {
+            this.#answeredMs = 0;
+            return this.#armEnvelopeDeadline(owed);
+        }
         const seconds = Math.round(this.#adapter.socketTimeoutMs / 1000);
         this.#adapter.metrics.connectionTimeouts.inc({ listener: this.#adapter.listener, timeout: 'envelope' });
         this.#adapter.log.info(
@@ -496,6 +510,10 @@ class MailwardenConnection extends SMTPConnection {
     }
 
     override send(code: number, data?: string | string[] | null, context?: string | false): void {
+        if (this.#answering !== null) {
+            this.#answeredMs += performance.now() - this.#answering;
+            this.#answering = null;
+        }
         if (
             context === 'RCPT_TO_OK' &&
             this.session.envelope.rcptTo.length === this.#recipientsBefore &&
@@ -522,11 +540,14 @@ class MailwardenConnection extends SMTPConnection {
     /**
      * smtp-server resets the session after each message's last reply (and at RSET, EHLO, HELO);
      * its message count tells which: after a message, the next MAIL FROM has
-     * `preTransactionTimeout` again, so a client cannot sit between messages on junk commands.
+     * `preTransactionTimeout` again on mx listeners, so a client cannot sit between messages on
+     * junk commands.
      */
     override _resetSession(): void {
         super._resetSession();
-        if (this._transactionCounter === this.#messagesEnded) return;
+        // on submission the client has logged in (and its logins are counted): a mail program may
+        // keep its connection between two messages for as long as socketTimeout
+        if (this._transactionCounter === this.#messagesEnded || this.#adapter.submission) return;
         this.#messagesEnded = this._transactionCounter;
         this.#awaitingMail = true;
         if (!this.#deadline && !this._closing && !this._closed)
@@ -594,7 +615,10 @@ class MailwardenConnection extends SMTPConnection {
             this.#awaitingMail = false;
             if (this.#deadline) clearTimeout(this.#deadline);
             this.#deadline = null;
-            if (!this.#envelopeDeadline) this.#armEnvelopeDeadline(this.#adapter.socketTimeoutMs);
+            if (!this.#envelopeDeadline) {
+                this.#answeredMs = 0;
+                this.#armEnvelopeDeadline(this.#adapter.socketTimeoutMs);
+            }
         }
         super.send(
             code,

@@ -230,6 +230,47 @@ describe('a client that never reaches DATA', () => {
     });
 });
 
+describe('a client behind which the upstream is slow', () => {
+    let gateway: ScriptedGateway;
+    let mw: TestApp;
+    before(async () => {
+        gateway = await startScriptedGateway(
+            [
+                'hostname: mx.example.test',
+                'domains: [example.test]',
+                'listeners: [{ name: mx, host: 127.0.0.1, port: 0, mode: mx, preTransactionTimeout: 30s, socketTimeout: 2s }]',
+            ],
+            // Postfix asking a verification or policy service for each recipient
+            { upstream: { onCommand: (line) => (line.startsWith('RCPT ') ? { delayMs: 400 } : undefined) } },
+        );
+        mw = gateway.mw;
+    });
+    after(async () => {
+        await gateway.close();
+    });
+
+    it('is not cut at the envelope deadline for the time our answers take: only its own counts', async () => {
+        const before = await timeouts(mw, 'envelope');
+        const c = await smtpConnect(mw.port(), { timeoutMs: 15_000 });
+        try {
+            await c.greeting();
+            assert.equal((await c.cmd('EHLO prompt.example')).code, 250);
+            assert.equal((await c.cmd('MAIL FROM:<a@example.org>')).code, 250);
+            // 10 recipients: 4 s of upstream answers, 1.5 s of the client's own time (a round trip each)
+            for (let i = 1; i <= 10; i++) {
+                await sleep(150);
+                const r = await c.cmd(`RCPT TO:<r${i}@example.test>`, 5000);
+                assert.equal(r.code, 250, `RCPT ${i}: ${r.raw}`);
+            }
+            assert.equal((await c.cmd('DATA', 5000)).code, 354);
+            assert.equal((await c.cmd('From: <a@example.org>\r\nSubject: many\r\n\r\nbody\r\n.', 5000)).code, 250);
+        } finally {
+            c.close();
+        }
+        assert.equal(await timeouts(mw, 'envelope'), before);
+    });
+});
+
 describe('a client that sits between messages', () => {
     let gateway: ScriptedGateway;
     let mw: TestApp;
@@ -437,6 +478,7 @@ describe('slow clients during STARTTLS and AUTH', () => {
             'listeners:',
             '  - { name: mx, host: 127.0.0.1, port: 0, mode: mx, preTransactionTimeout: 1s, socketTimeout: 1s }',
             '  - { name: submissions, host: 127.0.0.1, port: 0, mode: submission, tls: implicit, preTransactionTimeout: 1s, socketTimeout: 1s }',
+            '  - { name: patient, host: 127.0.0.1, port: 0, mode: submission, tls: implicit, preTransactionTimeout: 1s, socketTimeout: 5s }',
         ]);
         mw = gateway.mw;
     });
@@ -455,6 +497,28 @@ describe('slow clients during STARTTLS and AUTH', () => {
         await c.waitClosed(4000);
         const ms = performance.now() - started;
         assert.ok(ms < 3500, `${ms.toFixed(0)} ms`);
+    });
+
+    it('lets a logged-in mail program pause between two messages for longer than preTransactionTimeout', async () => {
+        const c = await smtpConnect(mw.port('patient'), { tls: 'implicit' });
+        try {
+            await c.greeting();
+            assert.equal((await c.cmd('EHLO laptop.example')).code, 250);
+            const plain = Buffer.from('\0alice@example.test\0correct horse').toString('base64');
+            assert.equal((await c.cmd(`AUTH PLAIN ${plain}`)).code, 235);
+            for (let i = 1; i <= 2; i++) {
+                assert.equal((await c.cmd('MAIL FROM:<alice@example.test>')).code, 250);
+                assert.equal((await c.cmd('RCPT TO:<bob@example.org>')).code, 250);
+                assert.equal((await c.cmd('DATA')).code, 354);
+                const r = await c.cmd(`From: <alice@example.test>\r\nSubject: ${i}\r\n\r\nbody\r\n.`);
+                assert.equal(r.code, 250, r.raw);
+                // the user writes the next one: twice preTransactionTimeout, within socketTimeout
+                if (i === 1) await sleep(2000);
+            }
+            assert.equal((await c.cmd('QUIT')).code, 221);
+        } finally {
+            c.close();
+        }
     });
 
     it('closes a client that stops in the middle of an AUTH exchange', async () => {
