@@ -209,11 +209,17 @@ function prefixes(p: KeyPart & { kind: 'ip' }): string {
     return `/${p.v4} or IPv6 /${p.v6}`;
 }
 
+/** For an address key, the IPv6 network it counts by when that is not one address: " (or IPv6 /64)". */
+function v6Network(p: KeyPart & { kind: 'ip' }): string {
+    return p.v6 >= 128 ? '' : ` (or IPv6 /${p.v6})`;
+}
+
 /** The phrase a refusal uses for whose traffic a key counts. */
 function whose(key: readonly KeyPart[]): string {
     const one = (p: KeyPart): string => {
         if (p.kind === 'global') return 'for this server in total';
-        if (p.kind === 'ip') return p.v4 >= 32 ? 'from your IP address' : `from your network (${prefixes(p)})`;
+        if (p.kind === 'ip')
+            return p.v4 >= 32 ? `from your IP address${v6Network(p)}` : `from your network (${prefixes(p)})`;
         switch (p.fact) {
             case 'auth.user':
                 return 'for your login';
@@ -242,7 +248,7 @@ function whose(key: readonly KeyPart[]): string {
         p?.kind === 'fact' &&
         ['mail.from', 'mail.from.domain', 'helo', 'auth.user', 'header.from', 'header.from.domain'].includes(p.fact);
     const where = (p: KeyPart & { kind: 'ip' }): string =>
-        p.v4 >= 32 ? 'at your IP address' : `on your network (${prefixes(p)})`;
+        p.v4 >= 32 ? `at your IP address${v6Network(p)}` : `on your network (${prefixes(p)})`;
     return key
         .map((p, i) => (i === 0 ? one(p) : p.kind === 'ip' && sender(key[i - 1]) ? where(p) : `and ${one(p)}`))
         .join(' ');

@@ -192,7 +192,7 @@ describe('rate limits end to end (memory store)', () => {
         assert.equal(refused.code, 421);
         assert.match(
             refused.text,
-            /^4\.7\.0 Too many simultaneous connections from your IP address\. Please close other connections and try again in 60 seconds \(limit conn-max\)\./,
+            /^4\.7\.0 Too many simultaneous connections from your IP address \(or IPv6 \/64\)\. Please close other connections and try again in 60 seconds \(limit conn-max\)\./,
         );
         await third.waitClosed(5000);
         // The held sessions keep working (their leases are renewed at each stage).

@@ -130,7 +130,7 @@ describe('limits in rule files', () => {
         assert.deepEqual(conc.decision.reply, {
             code: 421,
             enhanced: '4.7.0',
-            text: 'Too many simultaneous connections from your IP address. Please close other connections and try again in 60 seconds (limit ip-conns).',
+            text: 'Too many simultaneous connections from your IP address (or IPv6 /64). Please close other connections and try again in 60 seconds (limit ip-conns).',
         });
         const rate = set.evaluate('connect', { 'ratelimit.exceeded': ['everyone'], 'ratelimit.retry_after': 1 });
         assert.match(rate.decision.reply!.text, /^Rate limit reached: too many connections for this server in total\./);
@@ -176,9 +176,12 @@ describe('limits in rule files', () => {
             text('s-net'),
             /too many recipients from this sender address on your network \(\/24 or IPv6 \/64\)\./,
         );
-        assert.match(text('login-ip'), /too many recipients for your login at your IP address\./);
+        assert.match(text('login-ip'), /too many recipients for your login at your IP address \(or IPv6 \/64\)\./);
         assert.match(text('domain-net'), /to this recipient domain and from your network \(\/24 or IPv6 \/64\)\./);
-        assert.match(text('net-ip'), /from your network \(\/24 or IPv6 \/64\) and from your IP address\./);
+        assert.match(
+            text('net-ip'),
+            /from your network \(\/24 or IPv6 \/64\) and from your IP address \(or IPv6 \/64\)\./,
+        );
     });
 
     it('say so when one message is larger than a byte limit allows at all', () => {
