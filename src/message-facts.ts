@@ -1,14 +1,14 @@
 /**
  * What the proxy knows about a received message and what it adds when forwarding it,
  * shared by the live session and `mailwarden explain` so both give the same answer:
- * the message facts (size, From and what its display name shows, bare line endings) and the
- * header fields to prepend.
+ * the message facts (size, From and what its display name shows, or may show reordered by
+ * right-to-left controls, bare line endings) and the header fields to prepend.
  * Pure functions; no I/O.
  */
 import type { SpoolSummary } from './data/spool.ts';
 import { fieldValue, receivedField, verdictField, type RawField, type ReceivedInfo } from './headers.ts';
 import { domainOfAddress } from './rules/names.ts';
-import { shownDomain } from './shown-address.ts';
+import { bidiAddressShown, shownDomain } from './shown-address.ts';
 import { parseAddresses } from './submission/sender-policy.ts';
 import type { Decision, FactValue, HeaderField } from './types.ts';
 
@@ -103,6 +103,7 @@ export function messageFacts(fields: readonly RawField[], summary: SpoolSummary)
     const author = authorOf(fields);
     const authorDomain = author.address ? domainOf(author.address) : null;
     const from = fields.find((f) => f.name.toLowerCase() === 'from');
+    const fromValue = from ? fieldValue(from) : null;
     return {
         'message.size': summary.size,
         'message.bare_newlines': summary.bareLf + summary.bareCr + summary.nul,
@@ -110,7 +111,8 @@ export function messageFacts(fields: readonly RawField[], summary: SpoolSummary)
         'header.from.domain': authorDomain,
         'header.from.count': author.count,
         'header.duplicates': duplicateFields(fields),
-        'header.from.name_domain': from ? shownDomain(fieldValue(from), authorDomain) : null,
+        'header.from.name_domain': fromValue === null ? null : shownDomain(fromValue, authorDomain),
+        'header.from.name_bidi': fromValue === null ? false : bidiAddressShown(fromValue),
     };
 }
 

@@ -8,6 +8,10 @@
  * override reversed), as a mail program would show it.
  * Reports a domain only when its organizational domain differs from the author's: the name
  * `"service@paypal.com" <service@mail.paypal.com>` is the same organization.
+ * The reversal is no bidirectional algorithm (UAX #9): isolates, embeddings and marks reorder an
+ * address in ways it does not follow (`"\u2067example\u200f.\u200fbank\u200f@\u200fceo\u2069"` is
+ * shown as ceo@bank.example), so a value with a bidirectional control or mark and a second `@` is
+ * reported on its own (bidiAddressShown), whatever order it shows.
  * Hostile input: linear in the value's length (no pattern that backtracks, each candidate cut to
  * the longest domain), at most MAX_DOMAINS names looked up in the suffix list. Pure; it decides
  * nothing.
@@ -63,6 +67,13 @@ function asShown(text: string): string {
         .replace(DOT_LOOKALIKES, '.');
 }
 
+/**
+ * The characters that change the order in which the text around them is shown (UAX #9 section
+ * 2): the marks LRM, RLM and ALM, the embeddings and overrides with their pop (U+202A to U+202E)
+ * and the isolates with theirs (U+2066 to U+2069).
+ */
+const BIDI_CONTROL = /[\u200e\u200f\u061c\u202a-\u202e\u2066-\u2069]/u;
+
 /** The text without the hyphens and underscores it ends with (a loop: `[-_]+$` is quadratic on a long run). */
 function withoutTrailingHyphens(text: string): string {
     let end = text.length;
@@ -110,4 +121,18 @@ function domainShownIn(shown: string, author: string | null): string | null {
         if (org !== authorOrg) return domain;
     }
     return null;
+}
+
+/**
+ * The From field value (encoded-words decoded) holds a bidirectional control or mark and shows at
+ * least two `@` signs, lookalikes folded (NFKC: the fullwidth and small `@`, U+FF20 and U+FE6B):
+ * the author's address and one written in the name or a comment in an order the controls
+ * rearrange on the screen. A right-to-left name with marks and no second address is not one.
+ */
+export function bidiAddressShown(value: string): boolean {
+    const decoded = decodeEncodedWords(value);
+    if (!BIDI_CONTROL.test(decoded)) return false;
+    const shown = decoded.normalize('NFKC');
+    const first = shown.indexOf('@');
+    return first !== -1 && shown.indexOf('@', first + 1) !== -1;
 }

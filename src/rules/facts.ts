@@ -280,6 +280,12 @@ const CATALOGUE: readonly FactSpec[] = [
         'Domain of an address the From field shows besides the author\'s, in its display name or a comment (RFC 2047 encoded-words decoded), whose organizational domain is not the author\'s: `"ceo@bank.example" <a@evil.example>` gives bank.example; null when it shows none',
     ),
     fact(
+        'header.from.name_bidi',
+        'boolean',
+        'data',
+        "The first From field (RFC 2047 encoded-words decoded) holds a bidirectional control or mark (U+200E, U+200F, U+061C, U+202A to U+202E, U+2066 to U+2069) and at least two `@` signs, fullwidth and small `@` counted (NFKC): an address in the name or a comment whose order the controls rearrange on the screen, so a reader may see `ceo@bank.example` where header.from.name_domain finds none. A right-to-left name with marks and only the author's address is not one",
+    ),
+    fact(
         'header.from.mismatch',
         'boolean',
         'data',

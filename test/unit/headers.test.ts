@@ -404,4 +404,15 @@ describe('message facts read the author as RFC 5322 and the parser do', () => {
         assert.equal(facts('From: Bank <ceo@bank.example>\r\n')['header.from.name_domain'], null);
         assert.equal(facts('Subject: x\r\n')['header.from.name_domain'], null);
     });
+    it('reports an address in the first From name written with right-to-left controls (header.from.name_bidi)', () => {
+        const got = facts('From: "\u2067example\u200f.\u200fbank\u200f@\u200fceo\u2069" <a@evil.example>\r\n');
+        assert.equal(got['header.from.name_domain'], null);
+        assert.equal(got['header.from.name_bidi'], true);
+        assert.equal(
+            facts('From: =?utf-8?Q?=E2=80=8F=D7=93=D7=A0=D7=94?= <dana@example.co.il>\r\n')['header.from.name_bidi'],
+            false,
+        );
+        assert.equal(facts('From: "ceo@bank.example" <a@evil.example>\r\n')['header.from.name_bidi'], false);
+        assert.equal(facts('Subject: x\r\n')['header.from.name_bidi'], false);
+    });
 });

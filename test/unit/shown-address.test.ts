@@ -4,13 +4,15 @@
  * than the author's. The sender chooses the value (up to the 100,000-byte author field limit), so
  * reading it must cost time linear in its length: values of the worst shapes are read at once,
  * and a property (fast-check, fixed seed; replay another with MW_FUZZ_SEED=<n>) checks that any
- * value is read without throwing and that a domain reported is one the value shows.
+ * value is read without throwing and that a domain reported is one the value shows. A value with
+ * right-to-left controls or marks and an address besides the author's (bidiAddressShown) is
+ * reported whatever order a reader's bidirectional algorithm shows it in.
  */
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import fc from 'fast-check';
 import { decodeEncodedWords, decodeUtf7 } from '../../src/encoded-words.ts';
-import { shownDomain } from '../../src/shown-address.ts';
+import { bidiAddressShown, shownDomain } from '../../src/shown-address.ts';
 
 const SEED = Number(process.env.MW_FUZZ_SEED ?? 20261207);
 
@@ -125,12 +127,21 @@ describe('shownDomain', () => {
             '\u202e'.repeat(100_000),
             '\u202e\u202c'.repeat(50_000),
             `\u202e${'x@same.example '.repeat(6_000)}`,
+            // bidirectional marks and controls with @ signs, plain, lookalike or encoded
+            '\u200f'.repeat(100_000),
+            '\u200f@'.repeat(50_000),
+            `\u2067${'\uff20'.repeat(99_999)}`,
+            `\u202b${'\ufe6b\u200f'.repeat(49_999)}`,
+            `${'a'.repeat(99_990)}\u061c@x@y`,
+            `\u2066${'=?utf-8?q?=E2=80=8F@?= '.repeat(4_000)}`,
         ];
         for (const value of shapes) {
-            const started = performance.now();
-            shownDomain(value, 'same.example');
-            const ms = performance.now() - started;
-            assert.ok(ms < 250, `${JSON.stringify(value.slice(0, 20))}…: ${ms.toFixed(0)} ms`);
+            for (const read of [() => shownDomain(value, 'same.example'), () => bidiAddressShown(value)]) {
+                const started = performance.now();
+                read();
+                const ms = performance.now() - started;
+                assert.ok(ms < 250, `${JSON.stringify(value.slice(0, 20))}…: ${ms.toFixed(0)} ms`);
+            }
         }
     });
     it('never throws, and a domain it reports is written in the value (property)', () => {
@@ -167,5 +178,60 @@ describe('shownDomain', () => {
             }),
             { seed: SEED, numRuns: 3000 },
         );
+    });
+});
+
+describe('bidiAddressShown', () => {
+    // each is shown as ceo@bank.example by the bidirectional algorithm (UAX #9), in an order
+    // shownDomain does not read
+    const bypasses = [
+        // a right-to-left isolate with right-to-left marks around the dot and the @
+        '\u2067example\u200f.\u200fbank\u200f@\u200fceo\u2069',
+        // the same with a right-to-left embedding and its pop
+        '\u202bexample\u200f.\u200fbank\u200f@\u200fceo\u202c',
+        // an override with an empty isolate inside, which cuts the run shownDomain reverses
+        '\u202eelpmaxe\u2066\u2069.knab@oec',
+        // the same with an empty left-to-right embedding
+        '\u202eelpmaxe\u202a\u202c.knab@oec',
+    ];
+    it('reports an address written with right-to-left controls in the name', () => {
+        for (const name of bypasses) {
+            assert.equal(bidiAddressShown(`"${name}" <a@evil.example>`), true, JSON.stringify(name));
+            assert.equal(bidiAddressShown(`a@evil.example (${name})`), true, JSON.stringify(name));
+        }
+        // an override alone (shownDomain reads it too), a lookalike @, an Arabic letter mark
+        assert.equal(bidiAddressShown('"\u202eelpmaxe.knab@oec" <a@evil.example>'), true);
+        assert.equal(bidiAddressShown('"\u2067example.bank\uff20ceo\u2069" <a@evil.example>'), true);
+        assert.equal(bidiAddressShown('"\u2067example.bank\ufe6bceo\u2069" <a@evil.example>'), true);
+        assert.equal(bidiAddressShown('"example.bank@ceo\u061c" <a@evil.example>'), true);
+    });
+    it('decodes encoded-words first, as shownDomain does', () => {
+        // U+2067 example U+200F . U+200F bank U+200F @ U+200F ceo U+2069 in Q
+        const q = '=?utf-8?Q?=E2=81=A7example=E2=80=8F=2E=E2=80=8Fbank=E2=80=8F=40=E2=80=8Fceo=E2=81=A9?=';
+        assert.equal(bidiAddressShown(`${q} <a@evil.example>`), true);
+        assert.equal(
+            bidiAddressShown(`=?utf-8?B?${Buffer.from(bypasses[0]!).toString('base64')}?= <a@evil.example>`),
+            true,
+        );
+    });
+    it("leaves right-to-left names with only the author's address, and addresses without controls", () => {
+        // Arabic and Hebrew names with marks, embeddings and isolates
+        assert.equal(
+            bidiAddressShown('"\u200f\u0645\u062d\u0645\u062f \u0623\u062d\u0645\u062f\u200f" <m@example.org>'),
+            false,
+        );
+        assert.equal(
+            bidiAddressShown('=?utf-8?Q?=E2=80=8F=D7=93=D7=A0=D7=94_=D7=9B=D7=94=D7=9F?= <dana@example.co.il>'),
+            false,
+        );
+        assert.equal(
+            bidiAddressShown('\u202b\u05d3\u05e0\u05d4 \u05db\u05d4\u05df (IT)\u202c <dana@example.co.il>'),
+            false,
+        );
+        assert.equal(bidiAddressShown('\u2067\u0633\u0627\u0631\u0629\u2069 \u200e<sara@example.org>\u200e'), false);
+        // a second address without any control is shownDomain's, not this one's
+        assert.equal(bidiAddressShown('"ceo@bank.example" <a@evil.example>'), false);
+        assert.equal(bidiAddressShown('The CEO <ceo@bank.example>'), false);
+        assert.equal(bidiAddressShown(''), false);
     });
 });
