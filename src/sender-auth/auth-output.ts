@@ -6,7 +6,7 @@
  * gets on the main thread too, so both read the same). Pure; it must not decide anything or load
  * mailauth.
  */
-import { arcResInfo, receivedSpfValue, spfResInfo } from './auth-results.ts';
+import { arcResInfo, dkimResInfo, receivedSpfValue, spfResInfo } from './auth-results.ts';
 import { normalizeDomain } from './dmarc-policy.ts';
 import type { MailauthDmarcResponse } from './dmarc-evaluate.ts';
 
@@ -26,6 +26,7 @@ export interface DkimRow {
         /** Body bytes after the signed length (l=, RFC 6376 section 3.5). */
         readonly underSized?: number;
     };
+    /** The dkim resinfo, written by `dkimResInfo`. */
     readonly info?: string;
 }
 export interface ArcChainEntry {
@@ -78,6 +79,10 @@ interface RawSpf {
     readonly 'client-ip'?: unknown;
     readonly helo?: unknown;
 }
+interface RawDkimStatus {
+    readonly comment?: unknown;
+    readonly header?: { readonly i?: unknown; readonly s?: unknown; readonly a?: unknown; readonly b?: unknown };
+}
 interface RawArcStatus {
     readonly comment?: unknown;
     readonly smtp?: { readonly 'remote-ip'?: unknown };
@@ -119,7 +124,16 @@ export function authOutput(res: AuthOutput): AuthOutput {
                     aligned: typeof r.status.aligned === 'string' ? r.status.aligned : undefined,
                     underSized: num(r.status.underSized),
                 },
-                info: str(r.info),
+                info: dkimResInfo({
+                    result: String(r.status.result),
+                    comment: str((r.status as RawDkimStatus).comment),
+                    underSized: num(r.status.underSized),
+                    d: str(r.signingDomain),
+                    i: str((r.status as RawDkimStatus).header?.i),
+                    s: str((r.status as RawDkimStatus).header?.s),
+                    a: str((r.status as RawDkimStatus).header?.a),
+                    b: str((r.status as RawDkimStatus).header?.b),
+                }),
             })),
         },
         spf: spf && spfOutput(spf),

@@ -1,21 +1,22 @@
 /**
  * Text of the header fields the `mailauth` check adds: `Authentication-Results` (RFC 8601)
- * and `Received-SPF` (RFC 7208 section 9.1). mailauth's resinfo text is used for spf, dkim and
- * arc (with `header.d` added to dkim, RFC 8601 section 2.7.1); the dmarc resinfo is ours,
- * because the disposition is ours: `dmarc=<result> (p=… [sp=… np=… t=Y] dis=… [override=…])
- * policy.dmarc=<policy after t=> header.from=<author domain>`. `policy.dmarc` is the property
- * RFC 9989 section 9.1 registers (the evaluated policy of the domain); a local override is
- * recorded in the comment as `dis=NONE override=arc sealer=<d=> i=<n>`, as receivers commonly
- * write it (there is no registered property for an override).
+ * and `Received-SPF` (RFC 7208 section 9.1). The dmarc resinfo is ours because the disposition
+ * is ours: `dmarc=<result> (p=… [sp=… np=… t=Y] dis=… [override=…]) policy.dmarc=<policy after
+ * t=> header.from=<author domain>`. `policy.dmarc` is the property RFC 9989 section 9.1 registers
+ * (the evaluated policy of the domain); a local override is recorded in the comment as
+ * `dis=NONE override=arc sealer=<d=> i=<n>`, as receivers commonly write it (there is no
+ * registered property for an override).
  *
- * The spf and arc resinfos and the Received-SPF value are written here from mailauth's parts,
- * not taken as mailauth formats them: what reaches them is the client's (a MAIL FROM local
- * part may be a quoted string holding `;` and `dmarc=pass`), the sender domain's (an SPF
- * record's error text) or a sealer's (the results an ARC set claims), and a reader that splits
- * the field on `;` or matches `dmarc=` anywhere would take such text for a result. So a comment
- * keeps only letters, digits and `. , : @ _ / + - [ ]`; an address is written whole only when its
- * local part is a dot-atom (RFC 5322 section 3.2.3), else as its domain (RFC 8601 section 2.7.2
- * allows the domain alone); an ARC pass says only its instance, not what the sealer claims.
+ * The dkim, spf and arc resinfos and the Received-SPF value are written here from mailauth's
+ * parts, not taken as mailauth formats them: what reaches them is the client's (a MAIL FROM
+ * local part may be a quoted string holding `;` and `dmarc=pass`), the sender domain's (an SPF
+ * record's error text), a signer's (a DKIM selector) or a sealer's (the results an ARC set
+ * claims), and a reader that splits the field on `;` or matches `dmarc=pass` anywhere would take
+ * such text for a result. So a comment keeps only letters, digits and `. , : @ _ / + - [ ]`; an
+ * address is written whole only when its local part is plain (letters, digits, `. _ + -`), else
+ * as its domain (RFC 8601 section 2.7.2 allows the domain alone); a DKIM tag only in the shape
+ * its syntax allows (header.d is always written, RFC 8601 section 2.7.1); an ARC pass says only
+ * its instance, not what the sealer claims.
  *
  * Values are returned unfolded, on one line; the field writer folds them. Pure string work.
  */
@@ -32,6 +33,12 @@ function value(v: string): string {
 
 /** RFC 5322 section 3.2.3 dot-atom-text (ASCII). */
 const DOT_ATOM = /^[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~]+(?:\.[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~]+)*$/;
+/**
+ * A local part written whole into our fields: a dot-atom of letters, digits, `_`, `+` and `-`
+ * only. Other atext (`=`, `?`, `/`…) is valid, but `dmarc=pass@evil.example` would put
+ * `dmarc=pass` into the field for a reader that looks for the text.
+ */
+const PLAIN_LOCAL = /^[A-Za-z0-9_+-]+(?:\.[A-Za-z0-9_+-]+)*$/;
 /** A domain as a resinfo may carry it bare: LDH labels, or U-labels (letters and digits of any script). */
 const DOMAIN =
     /^[\p{L}\p{N}](?:[\p{L}\p{N}\p{M}-]*[\p{L}\p{N}\p{M}])?(?:\.[\p{L}\p{N}](?:[\p{L}\p{N}\p{M}-]*[\p{L}\p{N}\p{M}])?)*\.?$/u;
@@ -50,13 +57,13 @@ function safeComment(text: string): string {
         .trim();
 }
 
-/** An envelope address as an RFC 8601 pvalue: whole when its local part is a dot-atom, else its domain. */
+/** An address as an RFC 8601 pvalue: whole when its local part is plain (PLAIN_LOCAL), else its domain. */
 function mailbox(address: string): string | null {
     const at = address.lastIndexOf('@');
     const local = at < 0 ? '' : address.slice(0, at);
     const domain = address.slice(at + 1);
     if (!DOMAIN.test(domain)) return null;
-    return DOT_ATOM.test(local) ? `${local}@${domain}` : domain;
+    return PLAIN_LOCAL.test(local) ? `${local}@${domain}` : domain;
 }
 
 /** An RFC 8601 result keyword, whatever mailauth returned. */
@@ -157,14 +164,46 @@ export function dmarcResInfo(d: DmarcEvaluation, decision: DispositionOutput, tr
     return parts.join(' ');
 }
 
-/** mailauth's dkim resinfo with `header.d` added when missing (lenient mode writes only header.i). */
-export function withHeaderD(info: string, signingDomain: string | undefined): string {
-    const text = unfold(info);
-    if (!signingDomain || /\bheader\.d=/.test(text)) return text;
-    return text.replace(
-        /^(dkim=\S+(?:\s*\((?:[^()\\]|\\.)*\))?)/,
-        (head) => `${head} header.d=${value(signingDomain.toLowerCase())}`,
-    );
+/** What the dkim resinfo is written from (copied from mailauth's result for one signature). */
+export interface DkimParts {
+    readonly result: string;
+    readonly comment?: string;
+    /** Body bytes after the signed length (l=). */
+    readonly underSized?: number;
+    readonly d?: string;
+    readonly i?: string;
+    readonly s?: string;
+    readonly a?: string;
+    readonly b?: string;
+}
+
+const SELECTOR = /^[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*$/;
+const ALGORITHM = /^[A-Za-z0-9-]+$/;
+const SIGNATURE_START = /^[A-Za-z0-9+/]{1,8}$/;
+
+/**
+ * `dkim=<result> (<comment>) header.d=… header.i=… header.s=… header.a=… header.b=…` (RFC 8601
+ * section 2.7.1; header.b as RFC 6008 section 4 has it, the first 8 characters). The tags are
+ * the signer's: each is written only in the shape its syntax allows (RFC 6376 section 3.5), so
+ * a selector `x dmarc=pass` is left out rather than quoted into our field.
+ */
+export function dkimResInfo(dkim: DkimParts): string {
+    const parts = [`dkim=${keyword(dkim.result)}`];
+    const comments = [
+        ...(dkim.underSized ? [`undersized signature: ${dkim.underSized} bytes unsigned`] : []),
+        ...(dkim.comment ? [dkim.comment] : []),
+    ];
+    const comment = safeComment(comments.join(', '));
+    if (comment !== '') parts.push(`(${comment})`);
+    const d = dkim.d?.toLowerCase();
+    if (d && DOMAIN.test(d)) parts.push(`header.d=${d}`);
+    const i = dkim.i?.startsWith('@') ? dkim.i.slice(1) : dkim.i;
+    const identity = i ? mailbox(i) : null;
+    if (identity !== null) parts.push(`header.i=${identity.includes('@') ? identity : `@${identity}`}`);
+    if (dkim.s && SELECTOR.test(dkim.s)) parts.push(`header.s=${dkim.s}`);
+    if (dkim.a && ALGORITHM.test(dkim.a)) parts.push(`header.a=${dkim.a}`);
+    if (dkim.b && SIGNATURE_START.test(dkim.b)) parts.push(`header.b=${dkim.b}`);
+    return parts.join(' ');
 }
 
 /** The whole Authentication-Results value: authserv-id, then one resinfo per method. */

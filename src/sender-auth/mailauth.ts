@@ -34,7 +34,7 @@ import type { Metrics } from '../metrics.ts';
 import { foldDomain } from '../net/domain.ts';
 import type { FactValue, HeaderField, Check, CheckContext, CheckResult } from '../types.ts';
 import { evaluateArcTrust, type ArcHop, type ArcTrustOutput } from './arc-trust.ts';
-import { dmarcResInfo, joinAuthResults, withHeaderD } from './auth-results.ts';
+import { dmarcResInfo, joinAuthResults } from './auth-results.ts';
 import { bestDkim, dkimOutcome, dkimResult, spfOutcome, type ArcChainEntry } from './auth-output.ts';
 import {
     alignedRelaxed,
@@ -371,7 +371,7 @@ export function createMailauthVerifier(opts: MailauthCheckOptions): Check['run']
         const headers: HeaderField[] = [];
         const dkimParts =
             signatures.length > 0
-                ? signatures.map((r) => withHeaderD(r.info ?? `dkim=${dkimResult(r.status.result)}`, r.signingDomain))
+                ? signatures.map((r) => r.info ?? `dkim=${dkimResult(r.status.result)}`)
                 : dkimSkipped > 0
                   ? [`dkim=policy (${dkimSkipped} signatures not verified: over the per-message limits)`]
                   : dkimRows.slice(0, 1).map((r) => r.info ?? `dkim=${dkimResult(r.status.result)}`);

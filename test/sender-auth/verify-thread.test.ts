@@ -836,7 +836,7 @@ describe('authOutput', () => {
                     {
                         signingDomain: 'bank.example',
                         status: { result: 'pass', aligned: 'bank.example', underSized: 21 },
-                        info: 'dkim=pass header.i=@bank.example',
+                        info: 'dkim=pass (undersized signature: 21 bytes unsigned) header.d=bank.example header.i=@bank.example',
                     },
                 ],
             },
@@ -873,7 +873,8 @@ describe('authOutput', () => {
                     {
                         signingDomain: undefined,
                         status: { result: 'pass', aligned: undefined, underSized: undefined },
-                        info: undefined,
+                        // written from the parts there are
+                        info: 'dkim=pass',
                     },
                 ],
             },
