@@ -10,7 +10,9 @@
  *   3. on submission, bind the author fields to the login before anything is signed: exactly one
  *      From, at most one Sender, every mailbox of those and of any Resent-From and Resent-Sender
  *      (signed with the login's domain too) owned and read as the same mailboxes by the parser
- *      DMARC and receivers use (`553 5.7.1`).
+ *      DMARC and receivers use (`553 5.7.1`). The Resent-From and Resent-Sender fields together
+ *      may take MAX_HEADER_FIELD bytes, as one From may; past that none of them is parsed and
+ *      the message is refused as having an unreadable one (`553 5.7.1`).
  * Replies come from the reply table. It must not log, count metrics or touch the upstream; the
  * caller does, with the `problem` it returns.
  */
@@ -56,6 +58,26 @@ const UNREADABLE: Readonly<Record<AuthorField, HeaderSenderProblem>> = {
     'Resent-Sender': 'unreadable-resent-sender',
 };
 
+/**
+ * The fields of RFC 5322 section 3.6.6 that are bound to the login, lower case. A message resent
+ * several times has a block for each resending, so there may be several of them; each is
+ * parsed twice (ours and the DMARC parser), so their bytes together are bounded as one author
+ * field's are: a header section of nothing but Resent-From fields would otherwise hold the main
+ * thread for hundreds of milliseconds per message.
+ */
+const RESENT_AUTHOR_FIELDS: ReadonlySet<string> = new Set(['resent-from', 'resent-sender']);
+
+/** The first Resent-From or Resent-Sender field past MAX_HEADER_FIELD bytes of them together, or null. */
+function resentPastBound(fields: readonly RawField[]): RawField | null {
+    let bytes = 0;
+    for (const f of fields) {
+        if (!RESENT_AUTHOR_FIELDS.has(f.name.toLowerCase())) continue;
+        bytes += f.raw.length;
+        if (bytes > MAX_HEADER_FIELD) return f;
+    }
+    return null;
+}
+
 /** Runs the three steps; the first refusal wins. */
 export function headerStep(input: HeaderStepInput): HeaderStepResult {
     const id = input.sessionId;
@@ -88,6 +110,20 @@ export function headerStep(input: HeaderStepInput): HeaderStepResult {
     const { kept, removed } = filterIncomingFields(parsed.fields, input.authservId);
     if (input.binding === null) return { ok: true, kept, removed };
     const { login, policy } = input.binding;
+    // before any Resent field is parsed. Below the bound every one is still bound, not only the
+    // topmost block: a signature naming Resent-From once covers the bottom-most one (RFC 6376
+    // section 5.4.2)
+    const pastBound = resentPastBound(kept);
+    if (pastBound !== null) {
+        const field: AuthorField = pastBound.name.toLowerCase() === 'resent-from' ? 'Resent-From' : 'Resent-Sender';
+        const problem = UNREADABLE[field];
+        return {
+            ok: false,
+            reply: replyFor('header-sender-invalid', { id, login, senderProblem: problem }),
+            reason: `header ${field} at line ${pastBound.line}: Resent-From and Resent-Sender fields longer than ${MAX_HEADER_FIELD} bytes together`,
+            problem,
+        };
+    }
     const values = (name: string): string[] =>
         kept.filter((f) => f.name.toLowerCase() === name).map((f) => fieldValue(f));
     const result = checkHeaderSenders(

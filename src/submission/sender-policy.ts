@@ -188,6 +188,8 @@ function sameMailboxes(ours: readonly string[], theirs: readonly string[]): bool
  * be usable too: they are signed with the login's domain, and a redirect by the login puts its
  * own address there. A From without any mailbox, and fields that do not parse, fail; so does a
  * field `otherReading` (the parser DMARC and receivers use) reads as other mailboxes than ours.
+ * Every value is parsed twice; the caller bounds their bytes (incoming-header.ts: the Resent
+ * fields together, as one From).
  */
 export function checkHeaderSenders(
     login: string,

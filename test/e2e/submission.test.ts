@@ -220,6 +220,97 @@ describe('submission listener', () => {
         }
     });
 
+    it('bounds the Resent-From and Resent-Sender fields together to 100,000 bytes, refused before any is parsed; every one below the bound is bound', async () => {
+        const from = 'From: Alice <alice@example.test>\r\nTo: bob@example.net\r\n';
+        // a field of her own address 401 times, folded into 40 lines: about 8 KB
+        const own = (name: string): string =>
+            `${name}:${Array.from({ length: 40 }, () => ' alice@example.test,'.repeat(10)).join('\r\n')} alice@example.test\r\n`;
+        const fields = (n: number, name = 'Resent-From'): string => own(name).repeat(n);
+        const bytes = (head: string): number =>
+            head
+                .split(/(?=^Resent-|^From:|^To:)/m)
+                .filter((f) => /^Resent-(From|Sender):/.test(f))
+                .reduce((sum, f) => sum + Buffer.byteLength(f), 0);
+        // the reply, the problem, and the address named by a not-owned refusal; null: it passes
+        const cases: [string, string, RegExp | null, string | null, string | null][] = [
+            [
+                'her own Resent-From fields past the bound',
+                `${from}${fields(13)}`,
+                /^553 5\.7\.1 Sender address rejected: a Resent-From field cannot be read/,
+                'unreadable-resent-from',
+                null,
+            ],
+            [
+                'her own Resent-From and Resent-Sender fields, past the bound together only',
+                `${from}${fields(7)}${fields(6, 'Resent-Sender')}`,
+                /^553 5\.7\.1 Sender address rejected: a Resent-Sender field cannot be read/,
+                'unreadable-resent-sender',
+                null,
+            ],
+            [
+                'a foreign Resent-From past the bound, which is not read',
+                `${from}${fields(13)}Resent-From: CEO <ceo@example.test>\r\n`,
+                /^553 5\.7\.1 Sender address rejected: a Resent-From field cannot be read/,
+                'unreadable-resent-from',
+                null,
+            ],
+            [
+                'a foreign Resent-From at the bottom, below the bound',
+                `${from}${fields(11)}Resent-From: CEO <ceo@example.test>\r\n`,
+                /^553 5\.7\.1 Sender address rejected: ceo@example\.test is not an address the login alice@example\.test/,
+                'not-owned',
+                'ceo@example.test',
+            ],
+            ['her own Resent-From fields just below the bound', `${from}${fields(12)}`, null, null, null],
+            [
+                'a few resent blocks of her own',
+                from + 'Resent-From: Alice <alice@example.test>\r\nResent-Sender: alice@alice.example\r\n'.repeat(3),
+                null,
+                null,
+                null,
+            ],
+        ];
+        for (const [what, head, refusal, problem, address] of cases) {
+            const over = bytes(head) > 100_000;
+            assert.equal(over, problem?.startsWith('unreadable-') === true, `${what}: ${bytes(head)} bytes`);
+            const before = up.transactions.filter((t) => t.data !== null).length;
+            const c = await loggedIn();
+            assert.equal((await c.cmd('MAIL FROM:<alice@example.test>')).code, 250);
+            assert.equal((await c.cmd('RCPT TO:<carol@example.net>')).code, 250);
+            await c.cmd('DATA');
+            c.write(`${head}Subject: resent\r\n\r\nbody\r\n.\r\n`);
+            const r = await c.reply();
+            c.close();
+            const decision = mw.logs.filter((l) => l.msg === 'decision').at(-1)!;
+            if (refusal !== null) {
+                assert.match(`${r.code} ${r.text}`, refusal, what);
+                assert.match(r.text, /\(id [^)]+\)$/, what);
+                assert.equal(decision.headerProblem, problem, what);
+                if (over) {
+                    assert.match(
+                        String(decision.reason),
+                        /^header Resent-(From|Sender) at line \d+: Resent-From and Resent-Sender fields longer than 100000 bytes together$/,
+                        what,
+                    );
+                    assert.ok(!r.text.includes('ceo@'), `${what}: the field past the bound was not read`);
+                } else {
+                    assert.ok(r.text.includes(address!), `${what}: names ${address}`);
+                }
+                assert.equal(decision.dkimSigned, undefined, `${what}: nothing was signed`);
+                assert.equal(
+                    up.transactions.filter((t) => t.data !== null).length,
+                    before,
+                    `${what}: nothing upstream`,
+                );
+            } else {
+                assert.equal(r.code, 250, `${what}: ${r.raw}`);
+                await up.idle();
+                const data = unstuff(up.transactions.at(-1)!.data!).toString('latin1');
+                assert.match(data, /^DKIM-Signature: [^]*h=[^;]*Resent-From/, what);
+            }
+        }
+    });
+
     it('refuses forged From spellings and malformed header sections before signing, with the session id', async () => {
         const cases: [string, string, RegExp, string][] = [
             [
