@@ -112,7 +112,7 @@ export function messageFacts(fields: readonly RawField[], summary: SpoolSummary)
         'header.from.count': author.count,
         'header.duplicates': duplicateFields(fields),
         'header.from.name_domain': fromValue === null ? null : shownDomain(fromValue, authorDomain),
-        'header.from.name_bidi': fromValue === null ? false : bidiAddressShown(fromValue),
+        'header.from.name_bidi': fromValue === null ? false : bidiAddressShown(fromValue, authorDomain),
     };
 }
 

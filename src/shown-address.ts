@@ -127,12 +127,32 @@ function domainShownIn(shown: string, author: string | null): string | null {
  * The From field value (encoded-words decoded) holds a bidirectional control or mark and shows at
  * least two `@` signs, lookalikes folded (NFKC: the fullwidth and small `@`, U+FF20 and U+FE6B):
  * the author's address and one written in the name or a comment in an order the controls
- * rearrange on the screen. A right-to-left name with marks and no second address is not one.
+ * rearrange on the screen. Not when every address it holds, read as written, is of the author's
+ * organization (a right-to-left name that repeats its own address), nor for a right-to-left name
+ * with marks and no second address. `author` is the folded domain of the From address.
  */
-export function bidiAddressShown(value: string): boolean {
+export function bidiAddressShown(value: string, author: string | null): boolean {
     const decoded = decodeEncodedWords(value);
     if (!BIDI_CONTROL.test(decoded)) return false;
-    const shown = decoded.normalize('NFKC');
-    const first = shown.indexOf('@');
-    return first !== -1 && shown.indexOf('@', first + 1) !== -1;
+    const folded = decoded.normalize('NFKC');
+    const first = folded.indexOf('@');
+    if (first === -1 || folded.indexOf('@', first + 1) === -1) return false;
+    return !onlyAuthorAddresses(asShown(decoded), author);
+}
+
+/** True when every word with an `@` in the text is an address of the author's organization. */
+function onlyAuthorAddresses(shown: string, author: string | null): boolean {
+    if (author === null) return false;
+    const authorOrg = organizationalDomain(author);
+    let looked = 0;
+    for (const word of shown.split(/[\s<>,;:"'()[\]]+/)) {
+        const at = word.lastIndexOf('@');
+        if (at === -1) continue;
+        if (at === 0 || at === word.length - 1) return false;
+        const written = DOMAIN_START.exec(word.slice(at + 1, at + 2 + MAX_DOMAIN))?.[0];
+        const domain = written === undefined ? null : parseDomain(withoutTrailingHyphens(written));
+        if (domain === null || ++looked > MAX_DOMAINS) return false;
+        if (organizationalDomain(domain) !== authorOrg) return false;
+    }
+    return true;
 }

@@ -283,7 +283,7 @@ const CATALOGUE: readonly FactSpec[] = [
         'header.from.name_bidi',
         'boolean',
         'data',
-        "The first From field (RFC 2047 encoded-words decoded) holds a bidirectional control or mark (U+200E, U+200F, U+061C, U+202A to U+202E, U+2066 to U+2069) and at least two `@` signs, fullwidth and small `@` counted (NFKC): an address in the name or a comment whose order the controls rearrange on the screen, so a reader may see `ceo@bank.example` where header.from.name_domain finds none. A right-to-left name with marks and only the author's address is not one",
+        "The first From field (RFC 2047 encoded-words decoded) holds a bidirectional control or mark (U+200E, U+200F, U+061C, U+202A to U+202E, U+2066 to U+2069) and at least two `@` signs, fullwidth and small `@` counted (NFKC): an address in the name or a comment whose order the controls rearrange on the screen, so a reader may see `ceo@bank.example` where header.from.name_domain finds none. Not when every address it holds, read as written, is of the author's organization (a right-to-left name that repeats its own address), nor for a right-to-left name with marks and only the author's address",
     ),
     fact(
         'header.from.mismatch',

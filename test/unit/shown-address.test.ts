@@ -136,7 +136,10 @@ describe('shownDomain', () => {
             `\u2066${'=?utf-8?q?=E2=80=8F@?= '.repeat(4_000)}`,
         ];
         for (const value of shapes) {
-            for (const read of [() => shownDomain(value, 'same.example'), () => bidiAddressShown(value)]) {
+            for (const read of [
+                () => shownDomain(value, 'same.example'),
+                () => bidiAddressShown(value, 'same.example'),
+            ]) {
                 const started = performance.now();
                 read();
                 const ms = performance.now() - started;
@@ -196,42 +199,66 @@ describe('bidiAddressShown', () => {
     ];
     it('reports an address written with right-to-left controls in the name', () => {
         for (const name of bypasses) {
-            assert.equal(bidiAddressShown(`"${name}" <a@evil.example>`), true, JSON.stringify(name));
-            assert.equal(bidiAddressShown(`a@evil.example (${name})`), true, JSON.stringify(name));
+            assert.equal(bidiAddressShown(`"${name}" <a@evil.example>`, 'evil.example'), true, JSON.stringify(name));
+            assert.equal(bidiAddressShown(`a@evil.example (${name})`, 'evil.example'), true, JSON.stringify(name));
         }
         // an override alone (shownDomain reads it too), a lookalike @, an Arabic letter mark
-        assert.equal(bidiAddressShown('"\u202eelpmaxe.knab@oec" <a@evil.example>'), true);
-        assert.equal(bidiAddressShown('"\u2067example.bank\uff20ceo\u2069" <a@evil.example>'), true);
-        assert.equal(bidiAddressShown('"\u2067example.bank\ufe6bceo\u2069" <a@evil.example>'), true);
-        assert.equal(bidiAddressShown('"example.bank@ceo\u061c" <a@evil.example>'), true);
+        assert.equal(bidiAddressShown('"\u202eelpmaxe.knab@oec" <a@evil.example>', 'evil.example'), true);
+        assert.equal(bidiAddressShown('"\u2067example.bank\uff20ceo\u2069" <a@evil.example>', 'evil.example'), true);
+        assert.equal(bidiAddressShown('"\u2067example.bank\ufe6bceo\u2069" <a@evil.example>', 'evil.example'), true);
+        assert.equal(bidiAddressShown('"example.bank@ceo\u061c" <a@evil.example>', 'evil.example'), true);
     });
     it('decodes encoded-words first, as shownDomain does', () => {
         // U+2067 example U+200F . U+200F bank U+200F @ U+200F ceo U+2069 in Q
         const q = '=?utf-8?Q?=E2=81=A7example=E2=80=8F=2E=E2=80=8Fbank=E2=80=8F=40=E2=80=8Fceo=E2=81=A9?=';
-        assert.equal(bidiAddressShown(`${q} <a@evil.example>`), true);
+        assert.equal(bidiAddressShown(`${q} <a@evil.example>`, 'evil.example'), true);
         assert.equal(
-            bidiAddressShown(`=?utf-8?B?${Buffer.from(bypasses[0]!).toString('base64')}?= <a@evil.example>`),
+            bidiAddressShown(
+                `=?utf-8?B?${Buffer.from(bypasses[0]!).toString('base64')}?= <a@evil.example>`,
+                'evil.example',
+            ),
             true,
         );
     });
     it("leaves right-to-left names with only the author's address, and addresses without controls", () => {
         // Arabic and Hebrew names with marks, embeddings and isolates
         assert.equal(
-            bidiAddressShown('"\u200f\u0645\u062d\u0645\u062f \u0623\u062d\u0645\u062f\u200f" <m@example.org>'),
+            bidiAddressShown(
+                '"\u200f\u0645\u062d\u0645\u062f \u0623\u062d\u0645\u062f\u200f" <m@example.org>',
+                'example.org',
+            ),
             false,
         );
         assert.equal(
-            bidiAddressShown('=?utf-8?Q?=E2=80=8F=D7=93=D7=A0=D7=94_=D7=9B=D7=94=D7=9F?= <dana@example.co.il>'),
+            bidiAddressShown(
+                '=?utf-8?Q?=E2=80=8F=D7=93=D7=A0=D7=94_=D7=9B=D7=94=D7=9F?= <dana@example.co.il>',
+                'example.co.il',
+            ),
             false,
         );
         assert.equal(
-            bidiAddressShown('\u202b\u05d3\u05e0\u05d4 \u05db\u05d4\u05df (IT)\u202c <dana@example.co.il>'),
+            bidiAddressShown(
+                '\u202b\u05d3\u05e0\u05d4 \u05db\u05d4\u05df (IT)\u202c <dana@example.co.il>',
+                'example.co.il',
+            ),
             false,
         );
-        assert.equal(bidiAddressShown('\u2067\u0633\u0627\u0631\u0629\u2069 \u200e<sara@example.org>\u200e'), false);
+        assert.equal(
+            bidiAddressShown('\u2067\u0633\u0627\u0631\u0629\u2069 \u200e<sara@example.org>\u200e', 'example.org'),
+            false,
+        );
         // a second address without any control is shownDomain's, not this one's
-        assert.equal(bidiAddressShown('"ceo@bank.example" <a@evil.example>'), false);
-        assert.equal(bidiAddressShown('The CEO <ceo@bank.example>'), false);
-        assert.equal(bidiAddressShown(''), false);
+        assert.equal(bidiAddressShown('"ceo@bank.example" <a@evil.example>', 'evil.example'), false);
+        assert.equal(bidiAddressShown('The CEO <ceo@bank.example>', 'bank.example'), false);
+        assert.equal(bidiAddressShown('', null), false);
+    });
+    it("leaves a right-to-left name that repeats the author's own address, in the name or a comment", () => {
+        const hebrew = '\u200f\u05d3\u05e0\u05d9 \u05db\u05d4\u05df\u200f';
+        assert.equal(bidiAddressShown(`"${hebrew}" <dani@company.co.il> (dani@company.co.il)`, 'company.co.il'), false);
+        assert.equal(bidiAddressShown(`"${hebrew} dani@company.co.il" <dani@company.co.il>`, 'company.co.il'), false);
+        assert.equal(bidiAddressShown('"\u200eahmad@corp.example\u200e" <ahmad@corp.example>', 'corp.example'), false);
+        // the same organization's other domain passes too; another organization's does not
+        assert.equal(bidiAddressShown('"\u200fsales@mail.corp.example\u200f" <a@corp.example>', 'corp.example'), false);
+        assert.equal(bidiAddressShown('"\u200fsales@corp.example\u200f" <a@evil.example>', 'evil.example'), true);
     });
 });
