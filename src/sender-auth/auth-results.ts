@@ -12,14 +12,16 @@
  * local part may be a quoted string holding `;` and `dmarc=pass`), the sender domain's (an SPF
  * record's error text), a signer's (a DKIM selector) or a sealer's (the results an ARC set
  * claims), and a reader that splits the field on `;` or matches `dmarc=pass` anywhere would take
- * such text for a result. So a comment keeps only letters, digits and `. , : @ _ / + - [ ]`; an
- * address is written whole only when its local part is plain (letters, digits, `. _ + -`), else
- * as its domain (RFC 8601 section 2.7.2 allows the domain alone); a DKIM tag only in the shape
- * its syntax allows (header.d is always written, RFC 8601 section 2.7.1); an ARC pass says only
- * its instance, not what the sealer claims.
+ * such text for a result. So a comment keeps only ASCII letters, digits and `. , : @ _ / + - [ ]`;
+ * a domain is written as an LDH name in A-labels, or left out; an address whole only when its
+ * local part is plain (letters, digits, `. _ + -`), else as its domain (RFC 8601 section 2.7.2
+ * allows the domain alone); a DKIM tag only in the shape its syntax allows; an ARC pass says
+ * only its instance, not what the sealer claims. What is written is ASCII, as readers of RFC
+ * 8601 expect.
  *
  * Values are returned unfolded, on one line; the field writer folds them. Pure string work.
  */
+import { domainToASCII } from 'node:url';
 import type { ArcTrustOutput } from './arc-trust.ts';
 import type { DmarcEvaluation } from './dmarc-evaluate.ts';
 import { isTesting, type DispositionOutput } from './dmarc-policy.ts';
@@ -39,18 +41,32 @@ const DOT_ATOM = /^[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~]+(?:\.[A-Za-z0-9!#$%&'*+\-/=?^
  * `dmarc=pass` into the field for a reader that looks for the text.
  */
 const PLAIN_LOCAL = /^[A-Za-z0-9_+-]+(?:\.[A-Za-z0-9_+-]+)*$/;
-/** A domain as a resinfo may carry it bare: LDH labels, or U-labels (letters and digits of any script). */
-const DOMAIN =
-    /^[\p{L}\p{N}](?:[\p{L}\p{N}\p{M}-]*[\p{L}\p{N}\p{M}])?(?:\.[\p{L}\p{N}](?:[\p{L}\p{N}\p{M}-]*[\p{L}\p{N}\p{M}])?)*\.?$/u;
-/** A HELO name as our fields may carry it: a domain or an address literal (RFC 5321 section 4.1.3). */
-const DOMAIN_OR_LITERAL = /^(?:\[[A-Za-z0-9.:]+\]|[\p{L}\p{N}.-]+)$/u;
+/** An LDH host name (RFC 1123 section 2.1) in lower case: how our fields carry a domain. */
+const LDH_DOMAIN = /^[a-z0-9](?:[a-z0-9_-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9_-]*[a-z0-9])?)*\.?$/;
+/** An address literal as a HELO name may be (RFC 5321 section 4.1.3). */
+const ADDRESS_LITERAL = /^\[[A-Za-z0-9.:]+\]$/;
+
+/**
+ * A domain as our fields write it: an LDH name, U-labels as A-labels (RFC 5890; readers of RFC
+ * 8601 take ASCII), or null when it is neither (`dmarc=pass.example`, `[dmarc=pass]`: left out).
+ */
+function asciiDomain(domain: string): string | null {
+    // eslint-disable-next-line no-control-regex
+    const ascii = /^[\x00-\x7f]*$/.test(domain) ? domain.toLowerCase() : domainToASCII(domain);
+    return ascii.length <= 254 && LDH_DOMAIN.test(ascii) ? ascii : null;
+}
+
+/** A HELO name as our fields may carry it: an LDH domain or an address literal. */
+function heloName(helo: string): string | null {
+    return ADDRESS_LITERAL.test(helo) ? helo : asciiDomain(helo);
+}
 /** A comment's length at most (mailauth's own texts are under 150 characters). */
 const MAX_COMMENT = 200;
 
 /** Comment text that may hold a third party's words, reduced to what no reader can take for a result. */
 function safeComment(text: string): string {
     return text
-        .replace(/[^\p{L}\p{N} .,:@_/+\-[\]]/gu, ' ')
+        .replace(/[^A-Za-z0-9 .,:@_/+\-[\]]/g, ' ')
         .replace(/ +/g, ' ')
         .trim()
         .slice(0, MAX_COMMENT)
@@ -61,8 +77,8 @@ function safeComment(text: string): string {
 function mailbox(address: string): string | null {
     const at = address.lastIndexOf('@');
     const local = at < 0 ? '' : address.slice(0, at);
-    const domain = address.slice(at + 1);
-    if (!DOMAIN.test(domain)) return null;
+    const domain = asciiDomain(address.slice(at + 1));
+    if (domain === null) return null;
     return PLAIN_LOCAL.test(local) ? `${local}@${domain}` : domain;
 }
 
@@ -95,7 +111,8 @@ export function spfResInfo(spf: SpfParts): string {
     const from = spf.envelopeFrom ? mailbox(spf.envelopeFrom) : null;
     // bare: `[local-part "@"] domain-name` is a pvalue of its own (RFC 8601 section 2.2)
     if (from !== null) parts.push(`smtp.mailfrom=${from}`);
-    if (spf.helo && DOMAIN_OR_LITERAL.test(spf.helo)) parts.push(`smtp.helo=${value(spf.helo)}`);
+    const helo = spf.helo ? heloName(spf.helo) : null;
+    if (helo !== null) parts.push(`smtp.helo=${value(helo)}`);
     return parts.join(' ');
 }
 
@@ -103,10 +120,11 @@ export function spfResInfo(spf: SpfParts): string {
 export function receivedSpfValue(spf: SpfParts): string {
     const pairs: string[] = [];
     if (spf.clientIp && /^[0-9A-Fa-f.:]+$/.test(spf.clientIp)) pairs.push(`client-ip=${spf.clientIp};`);
-    const from = spf.envelopeFrom;
-    if (from && mailbox(from) === from) pairs.push(`envelope-from=${DOT_ATOM.test(from) ? from : `"${from}"`};`);
-    if (spf.helo && DOMAIN_OR_LITERAL.test(spf.helo))
-        pairs.push(`helo=${DOT_ATOM.test(spf.helo) ? spf.helo : `"${spf.helo}"`};`);
+    // the address only when mailbox() writes it whole: an address is not a dot-atom, so it is quoted
+    const from = spf.envelopeFrom ? mailbox(spf.envelopeFrom) : null;
+    if (from?.includes('@')) pairs.push(`envelope-from="${from}";`);
+    const helo = spf.helo ? heloName(spf.helo) : null;
+    if (helo !== null) pairs.push(`helo=${DOT_ATOM.test(helo) ? helo : `"${helo}"`};`);
     const comment = spfComment(spf);
     return [keyword(spf.result), ...(comment !== '' ? [`(${comment})`] : []), ...pairs].join(' ');
 }
@@ -160,7 +178,9 @@ export function dmarcResInfo(d: DmarcEvaluation, decision: DispositionOutput, tr
     if ((d.result === 'pass' || d.result === 'fail') && decision.effective !== null) {
         parts.push(`policy.dmarc=${decision.effective}`);
     }
-    if (d.headerFrom !== null) parts.push(`header.from=${value(d.headerFrom)}`);
+    // the author domain is the sender's text: `dmarc=pass.example` is a valid dot-atom
+    const author = d.headerFrom === null ? null : asciiDomain(d.headerFrom);
+    if (author !== null) parts.push(`header.from=${author}`);
     return parts.join(' ');
 }
 
@@ -195,8 +215,8 @@ export function dkimResInfo(dkim: DkimParts): string {
     ];
     const comment = safeComment(comments.join(', '));
     if (comment !== '') parts.push(`(${comment})`);
-    const d = dkim.d?.toLowerCase();
-    if (d && DOMAIN.test(d)) parts.push(`header.d=${d}`);
+    const d = dkim.d ? asciiDomain(dkim.d) : null;
+    if (d !== null) parts.push(`header.d=${d}`);
     const i = dkim.i?.startsWith('@') ? dkim.i.slice(1) : dkim.i;
     const identity = i ? mailbox(i) : null;
     if (identity !== null) parts.push(`header.i=${identity.includes('@') ? identity : `@${identity}`}`);

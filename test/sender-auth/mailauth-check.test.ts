@@ -190,6 +190,22 @@ describe('mailauth check', () => {
         assert.match(header(ordinary, 'Received-SPF'), /envelope-from="first\.last\+tag@evil\.example";/);
     });
 
+    it('writes every domain in our field as an LDH name in A-labels, or leaves it out', async () => {
+        // a From domain that is a valid dot-atom but no host name: DMARC has no record for it
+        const odd = await run(check(), basicMessage('Evil <a@dmarc=pass.evil.example>'), {
+            mailFrom: 'a@evil.example',
+        });
+        assert.doesNotMatch(header(odd, 'Authentication-Results'), /dmarc=pass/);
+        assert.doesNotMatch(header(odd, 'Authentication-Results'), /header\.from=/);
+        // a U-label domain is written as its A-label: the field stays ASCII
+        const idn = await run(check(), basicMessage('Jörg <j@bücher.example>'), { mailFrom: 'j@bücher.example' });
+        const ar = header(idn, 'Authentication-Results');
+        assert.match(ar, /smtp\.mailfrom=j@xn--bcher-kva\.example /);
+        assert.match(ar, /header\.from=xn--bcher-kva\.example/);
+        assert.match(ar, /^[\x20-\x7e]*$/, ar);
+        assert.match(header(idn, 'Received-SPF'), /envelope-from="j@xn--bcher-kva\.example";/);
+    });
+
     it("a DKIM signature's tags are written into our field only in the shape their syntax allows", async () => {
         const msg =
             'DKIM-Signature: v=1; a=rsa-sha256; c=relaxed/relaxed; d=evil.example; s=x dmarc=pass;\r\n' +
