@@ -26,8 +26,8 @@
  *   handshake gets the same time (smtp-server would wait `socketTimeout`).
  * - An envelope deadline: from the first MAIL FROM accepted since the session started or since
  *   its last accepted DATA, the client must have DATA accepted within `socketTimeout` of its own
- *   time (the time our answers take pushes it back; RSET and a new MAIL do not restart it); then
- *   `421 4.4.2`. The idle timeout alone would let a client hold its slot, and the upstream
+ *   time (the time our answers take pushes it back, by at most another `socketTimeout`; RSET and
+ *   a new MAIL do not restart it); then `421 4.4.2`. The idle timeout alone would let a client hold its slot, and the upstream
  *   session behind it, for ever by sending a RCPT every few minutes. smtp-server has no BDAT
  *   (RFC 3030), so DATA is the only way to a message.
  * - Logging: a client that resets or drops the connection is logged once, at info, with the
@@ -172,6 +172,10 @@ class MailwardenConnection extends SMTPConnection {
     #answering: number | null = null;
     /** Time spent answering commands (checks, the upstream) since the envelope deadline was armed or last pushed back. */
     #answeredMs = 0;
+    /** How far the envelope deadline has been pushed back in all (at most socketTimeout). */
+    #pushedBackMs = 0;
+    /** The envelope deadline passed while a command was being answered: looked at again when it is. */
+    #envelopeDue = false;
     /** Recipients of the transaction before the RCPT being answered: a repeated one adds none. */
     #recipientsBefore = 0;
     #failureLogged = false;
@@ -471,18 +475,27 @@ class MailwardenConnection extends SMTPConnection {
     #stopEnvelopeDeadline(): void {
         if (this.#envelopeDeadline) clearTimeout(this.#envelopeDeadline);
         this.#envelopeDeadline = null;
+        this.#envelopeDue = false;
     }
 
-    #envelopeDeadlinePassed(): void {
+    /** `afterAnswer`: called again as the answer to the command that was pending is sent. */
+    #envelopeDeadlinePassed(afterAnswer = false): void {
         this.#envelopeDeadline = null;
         if (this._closing || this._closed) return;
-        // a command is being answered (a slow check, the upstream): its outcome decides
-        if (this._handlerPending) return this.#armEnvelopeDeadline(1000);
+        // a command is being answered (a slow check, the upstream): its outcome decides, and the
+        // deadline is looked at again as its answer goes out (send())
+        if (!afterAnswer && this._handlerPending) {
+            this.#envelopeDue = true;
+            return;
+        }
         // the deadline counts the client's time, not ours: the time our answers took (a slow
         // upstream, the checks) pushes it back (RFC 5321 section 4.5.3.2 bounds each wait for a reply)
-        const owed = Math.round(this.#answeredMs);
+        // at most one more socketTimeout in all: answers the client can make slow (checks of names it
+        // chose, a Postfix asking about its recipients) must not buy it the slot for ever
+        const owed = Math.min(Math.round(this.#answeredMs), this.#adapter.socketTimeoutMs - this.#pushedBackMs);
+        this.#answeredMs = 0;
         if (owed >= 1) {
-            this.#answeredMs = 0;
+            this.#pushedBackMs += owed;
             return this.#armEnvelopeDeadline(owed);
         }
         const seconds = Math.round(this.#adapter.socketTimeoutMs / 1000);
@@ -522,6 +535,10 @@ class MailwardenConnection extends SMTPConnection {
             this.#junkOver = true;
         }
         this.#sendReply(code, data, context);
+        if (this.#envelopeDue) {
+            this.#envelopeDue = false;
+            this.#envelopeDeadlinePassed(true);
+        }
         if (context === 'DATA_OK') this.#junk = 0;
         const junk = this.#junkOver;
         this.#junkOver = false;
@@ -617,6 +634,7 @@ class MailwardenConnection extends SMTPConnection {
             this.#deadline = null;
             if (!this.#envelopeDeadline) {
                 this.#answeredMs = 0;
+                this.#pushedBackMs = 0;
                 this.#armEnvelopeDeadline(this.#adapter.socketTimeoutMs);
             }
         }

@@ -256,9 +256,10 @@ describe('a client behind which the upstream is slow', () => {
             await c.greeting();
             assert.equal((await c.cmd('EHLO prompt.example')).code, 250);
             assert.equal((await c.cmd('MAIL FROM:<a@example.org>')).code, 250);
-            // 10 recipients: 4 s of upstream answers, 1.5 s of the client's own time (a round trip each)
-            for (let i = 1; i <= 10; i++) {
-                await sleep(150);
+            // 4 recipients: 1.6 s of upstream answers, 1.4 s of the client's own time (a round trip
+            // each), 3 s in all against a socketTimeout of 2 s
+            for (let i = 1; i <= 4; i++) {
+                await sleep(350);
                 const r = await c.cmd(`RCPT TO:<r${i}@example.test>`, 5000);
                 assert.equal(r.code, 250, `RCPT ${i}: ${r.raw}`);
             }
@@ -268,6 +269,28 @@ describe('a client behind which the upstream is slow', () => {
             c.close();
         }
         assert.equal(await timeouts(mw, 'envelope'), before);
+    });
+
+    it('is cut once our answers have pushed the deadline back by another socketTimeout', async () => {
+        const before = await timeouts(mw, 'envelope');
+        const c = await smtpConnect(mw.port(), { timeoutMs: 15_000 });
+        try {
+            await c.greeting();
+            assert.equal((await c.cmd('EHLO eager.example')).code, 250);
+            assert.equal((await c.cmd('MAIL FROM:<a@example.org>')).code, 250);
+            // no time of its own: each RCPT goes as soon as the slow answer to the one before came
+            let cut: SmtpReply | null = null;
+            for (let i = 1; i <= 25 && cut === null; i++) {
+                const r = await c.cmd(`RCPT TO:<r${i}@example.test>`, 5000);
+                if (r.code === 421) cut = r;
+                else assert.equal(r.code, 250, `RCPT ${i}: ${r.raw}`);
+            }
+            assert.ok(cut, 'still served after 25 slow recipients (10 s)');
+            assert.match(cut.text, /^4\.4\.2 No message sent within 2 seconds of MAIL FROM/);
+        } finally {
+            c.close();
+        }
+        assert.equal(await timeouts(mw, 'envelope'), before + 1);
     });
 });
 
