@@ -224,6 +224,14 @@ describe('the Grafana dashboard and the alert rules against a real Prometheus', 
         const signed = (subject: string): Promise<string> =>
             sign(msg('News <letters@news.example>', subject), 'news.example', 'sel', key);
         assert.equal(await mx('bounce@other.example', await signed('accepted')), 250, 'accepted');
+        const lines = `${'x'.repeat(70)}\r\n`.repeat(400);
+        const large = await sign(
+            msg('News <letters@news.example>', 'large').replace('Hello.\r\n', lines),
+            'news.example',
+            'sel',
+            key,
+        );
+        assert.equal(await mx('bounce@other.example', large), 250, 'a message larger than spool.memoryLimit');
         assert.equal(await mx('ceo@bank.example', msg('CEO <ceo@bank.example>', 'spoof')), 550, 'DMARC reject');
         assert.equal(await mx('boss@example.test', msg('Boss <boss@example.test>', 'own')), 550, 'own-domain spoof');
         assert.equal(await mx('sales@shop.example', msg('sales@shop.example', 'quarantined')), 250, 'quarantine');
@@ -392,6 +400,8 @@ describe('the Grafana dashboard and the alert rules against a real Prometheus', 
                 `redis: { url: "${redis.url}" }`,
                 `rules: "${rulesDir}"`,
                 'authentication: { timeout: 5s }',
+                // small, so that the large message of each round goes to a spool file
+                'spool: { memoryLimit: 16KB }',
                 "reputation: { dnsbl: ['bl.test=127.0.0.[2..11]*3', 'refusing.test*3'], probeInterval: 10s }",
                 'http: { host: 127.0.0.1, port: 0 }',
             ].join('\n'),
