@@ -8,7 +8,7 @@
 import type { SpoolSummary } from './data/spool.ts';
 import { fieldValue, receivedField, verdictField, type RawField, type ReceivedInfo } from './headers.ts';
 import { domainOfAddress } from './rules/names.ts';
-import { bidiAddressShown, shownDomain } from './shown-address.ts';
+import { fromNameFacts } from './shown-address.ts';
 import { parseAddresses } from './submission/sender-policy.ts';
 import type { Decision, FactValue, HeaderField } from './types.ts';
 
@@ -103,7 +103,7 @@ export function messageFacts(fields: readonly RawField[], summary: SpoolSummary)
     const author = authorOf(fields);
     const authorDomain = author.address ? domainOf(author.address) : null;
     const from = fields.find((f) => f.name.toLowerCase() === 'from');
-    const fromValue = from ? fieldValue(from) : null;
+    const name = from ? fromNameFacts(fieldValue(from), authorDomain) : null;
     return {
         'message.size': summary.size,
         'message.bare_newlines': summary.bareLf + summary.bareCr + summary.nul,
@@ -111,8 +111,8 @@ export function messageFacts(fields: readonly RawField[], summary: SpoolSummary)
         'header.from.domain': authorDomain,
         'header.from.count': author.count,
         'header.duplicates': duplicateFields(fields),
-        'header.from.name_domain': fromValue === null ? null : shownDomain(fromValue, authorDomain),
-        'header.from.name_bidi': fromValue === null ? false : bidiAddressShown(fromValue, authorDomain),
+        'header.from.name_domain': name?.nameDomain ?? null,
+        'header.from.name_bidi': name?.nameBidi ?? false,
     };
 }
 

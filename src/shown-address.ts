@@ -87,16 +87,30 @@ function withoutTrailingHyphens(text: string): string {
  * folded domain of the From address (null when it has none: then any shown domain counts).
  */
 export function shownDomain(value: string, author: string | null): string | null {
-    // what the reader is shown, names decoded; the author's own address is of the author's
-    // organization and passes below (angle brackets are not removed first: a quoted name may hold
-    // `<ceo@bank.example>` itself)
     const decoded = decodeEncodedWords(value);
-    // a reader that applies a right-to-left override shows its run reversed, one that does not
-    // shows it as written: both are read
+    return shownDomainOf(decoded, asShown(decoded), author);
+}
+
+/**
+ * header.from.name_domain and header.from.name_bidi of a From field value: the value decoded and
+ * read as shown once for both (a 100,000-byte value of encoded-words costs milliseconds each).
+ */
+export function fromNameFacts(value: string, author: string | null): { nameDomain: string | null; nameBidi: boolean } {
+    const decoded = decodeEncodedWords(value);
+    const shown = asShown(decoded);
+    return { nameDomain: shownDomainOf(decoded, shown, author), nameBidi: bidiIn(decoded, shown, author) };
+}
+
+/** shownDomain of the decoded value, `shown` being asShown of it. */
+function shownDomainOf(decoded: string, shown: string, author: string | null): string | null {
+    // the author's own address is of the author's organization and passes below (angle brackets
+    // are not removed first: a quoted name may hold `<ceo@bank.example>` itself); a reader that
+    // applies a right-to-left override shows its run reversed, one that does not shows it as
+    // written: both are read
     if (decoded.includes('\u202e')) {
-        return domainShownIn(asShown(withOverridesApplied(decoded)), author) ?? domainShownIn(asShown(decoded), author);
+        return domainShownIn(asShown(withOverridesApplied(decoded)), author) ?? domainShownIn(shown, author);
     }
-    return domainShownIn(asShown(decoded), author);
+    return domainShownIn(shown, author);
 }
 
 /** shownDomain of text already as it is shown. */
@@ -133,11 +147,15 @@ function domainShownIn(shown: string, author: string | null): string | null {
  */
 export function bidiAddressShown(value: string, author: string | null): boolean {
     const decoded = decodeEncodedWords(value);
+    return bidiIn(decoded, asShown(decoded), author);
+}
+
+/** bidiAddressShown of the decoded value, `shown` being asShown of it (NFKC folded: `@` counted there). */
+function bidiIn(decoded: string, shown: string, author: string | null): boolean {
     if (!BIDI_CONTROL.test(decoded)) return false;
-    const folded = decoded.normalize('NFKC');
-    const first = folded.indexOf('@');
-    if (first === -1 || folded.indexOf('@', first + 1) === -1) return false;
-    return !onlyAuthorAddresses(asShown(decoded), author);
+    const first = shown.indexOf('@');
+    if (first === -1 || shown.indexOf('@', first + 1) === -1) return false;
+    return !onlyAuthorAddresses(shown, author);
 }
 
 /** True when every word with an `@` in the text is an address of the author's organization. */

@@ -27,9 +27,9 @@
  * - An envelope deadline: from the first MAIL FROM accepted since the session started or since
  *   its last accepted DATA, the client must have DATA accepted within `socketTimeout` of its own
  *   time (the time our answers take pushes it back, by at most another `socketTimeout`; RSET and
- *   a new MAIL do not restart it); then `421 4.4.2`. The idle timeout alone would let a client hold its slot, and the upstream
- *   session behind it, for ever by sending a RCPT every few minutes. smtp-server has no BDAT
- *   (RFC 3030), so DATA is the only way to a message.
+ *   a new MAIL do not restart it); then `421 4.4.2`. The idle timeout alone would let a client
+ *   hold its slot, and the upstream session behind it, for ever by sending a RCPT every few
+ *   minutes. smtp-server has no BDAT (RFC 3030), so DATA is the only way to a message.
  * - Logging: a client that resets or drops the connection is logged once, at info, with the
  *   session id, address, port and where the session was; real errors once, at error.
  * - HELO/EHLO: a name that is not valid UTF-8 is refused with `501 5.5.4` (never rewritten).
@@ -489,9 +489,10 @@ class MailwardenConnection extends SMTPConnection {
             return;
         }
         // the deadline counts the client's time, not ours: the time our answers took (a slow
-        // upstream, the checks) pushes it back (RFC 5321 section 4.5.3.2 bounds each wait for a reply)
-        // at most one more socketTimeout in all: answers the client can make slow (checks of names it
-        // chose, a Postfix asking about its recipients) must not buy it the slot for ever
+        // upstream, the checks) pushes it back (RFC 5321 section 4.5.3.2 bounds each wait for a
+        // reply), by at most one more socketTimeout in all: answers the client can make slow
+        // (checks of names it chose, a Postfix asking about its recipients) must not buy it the
+        // slot for ever
         const owed = Math.min(Math.round(this.#answeredMs), this.#adapter.socketTimeoutMs - this.#pushedBackMs);
         this.#answeredMs = 0;
         if (owed >= 1) {

@@ -1,8 +1,8 @@
 /**
  * Sender binding on submission: which addresses an authenticated login may use, as the
  * envelope sender (MAIL FROM, RFC 5321 section 4.1.1.2) and in the From:/Sender: header fields
- * (RFC 5322 section 3.6.2) and their Resent- forms (section 3.6.6), with the semantics of Postfix's smtpd_sender_login_maps and
- * reject_sender_login_mismatch:
+ * (RFC 5322 section 3.6.2) and their Resent- forms (section 3.6.6), with the semantics of
+ * Postfix's smtpd_sender_login_maps and reject_sender_login_mismatch:
  *   - `user@domain` entries match that address; `@domain` entries match every address at
  *     exactly that domain (not its subdomains);
  *   - domains compare case-insensitively, internationalised names by their A-label (RFC 5890);
@@ -12,8 +12,9 @@
  *   - with a recipient delimiter (Postfix `recipient_delimiter`, default `+`), `alice+tag@d` is
  *     allowed when `alice@d` is (RFC 5233 subaddressing);
  *   - the null sender `<>` is never allowed on submission: bounces come from the MTA.
- * Also parses From:/Sender: (and Resent-From:/Resent-Sender:) values (RFC 5322 section 3.4 address lists with display names,
- * quoted strings, comments and groups; RFC 6532 UTF-8). Pure functions; no I/O, no logging.
+ * Also parses From:/Sender: (and Resent-From:/Resent-Sender:) values (RFC 5322 section 3.4
+ * address lists with display names, quoted strings, comments and groups; RFC 6532 UTF-8). Pure
+ * functions; no I/O, no logging.
  */
 import { toALabel, withoutTrailingDot } from '../net/domain.ts';
 import { canonicalAddressLiteral } from '../net/ip.ts';
