@@ -16,6 +16,7 @@
  * must not pass for a cheaper one). Development tool: it is not part of the
  * running product. Loopback only.
  */
+import { readFileSync } from 'node:fs';
 import { Readable } from 'node:stream';
 import { createMailauthCheck } from '../src/checks/mailauth.ts';
 import { defaultAuthentication } from '../src/config/defaults.ts';
@@ -100,6 +101,9 @@ try {
             `median of rounds 2–${rounds}: ${median(perRound).toFixed(3)} ms CPU per message, ${median(here).toFixed(3)} on this thread (${corpus.length} messages, ${dns.queries.length} DNS queries in all)`,
         );
     }
+    const status = readFileSync('/proc/self/status', 'utf8');
+    const mb = (field: string): string => (Number(/(\d+) kB/.exec(status.split(`${field}:`)[1] ?? '')?.[1]) / 1024).toFixed(1);
+    console.log(`resident set: ${mb('VmHWM')} MB at the peak, ${mb('VmRSS')} MB at the end`);
 } finally {
     await thread?.close();
     resolver.close();
