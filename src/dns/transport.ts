@@ -260,7 +260,10 @@ export function udpExchange(
             if (packet) finish(null, packet);
             else finish(new ExchangeError('EBADRESP'));
         });
-        socket.connect(server.port, server.host, () => {
+        // A connect that fails (no route, an unscoped link-local address, no IPv6 on the host)
+        // comes to this callback, not to 'error': the server is out of reach, like a refused one.
+        socket.connect(server.port, server.host, (err?: Error) => {
+            if (err) return finish(new ExchangeError('ECONNREFUSED'));
             if (sent) return;
             sent = true;
             socket.send(query, (err) => {

@@ -343,6 +343,17 @@ describe('DNS resolver', () => {
             }
         });
 
+        it('uses the next server when the first one cannot be connected to', async () => {
+            // Linux refuses a UDP connect to a link-local address without a zone (EINVAL) and to
+            // the broadcast address (EACCES); a host without IPv6 refuses the first one's socket
+            const r = make({ servers: ['[fe80::1]:53', '255.255.255.255:53', server.address], tries: 1 });
+            assert.deepEqual(await r.resolve('example.test', 'A'), ['192.0.2.1', '192.0.2.2']);
+            assert.equal(seen('example.test', 'A'), 1);
+            // alone it is a refused server, told at once
+            const alone = make({ servers: ['255.255.255.255:53'], tries: 1 });
+            await rejectsWith(alone.resolve('example.test', 'A'), 'ECONNREFUSED');
+        });
+
         it('repeats a truncated UDP answer over TCP and returns the full answer (RFC 7766)', async () => {
             // Six 255-byte strings: about 1.6 KB, over the EDNS(0) UDP size of 1232.
             const big = Array.from({ length: 6 }, (_, i) => `${i}`.repeat(255));

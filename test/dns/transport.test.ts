@@ -1,6 +1,7 @@
 // Tests for one DNS exchange (src/dns/transport.ts) against hand-made answers from raw sockets on
 // loopback: records whose data is not exactly RDLENGTH octets are EBADRESP over UDP and TCP, never
-// read as other records; a TCP answer sent in many small segments is read in linear work.
+// read as other records; a TCP answer sent in many small segments is read in linear work; a server
+// the system will not connect to is ECONNREFUSED over UDP and TCP.
 import assert from 'node:assert/strict';
 import dgram from 'node:dgram';
 import net from 'node:net';
@@ -246,6 +247,16 @@ describe('DNS transport', () => {
             assert.ok(frameSize > 8000, `frame of ${frameSize} octets`);
             // one join of the whole frame; a join per segment copies ~frameSize² / (2 × 16) octets
             assert.ok(copied <= 2 * frameSize, `${copied} octets copied for a frame of ${frameSize}`);
+        });
+    });
+
+    describe('a server out of reach', () => {
+        it('a connect the kernel refuses is ECONNREFUSED over UDP and TCP, not a crash', async () => {
+            // the limited broadcast address: Linux refuses a UDP socket without SO_BROADCAST
+            // (EACCES) and any TCP connection (ENETUNREACH) at once
+            const unreachable: ServerAddress = { host: '255.255.255.255', port: 53, family: 4 };
+            await rejectsWith(udpExchange(unreachable, Q, opts()), 'ECONNREFUSED');
+            await rejectsWith(tcpExchange(unreachable, Q, opts()), 'ECONNREFUSED');
         });
     });
 });
