@@ -74,7 +74,9 @@ export interface ServerAddress {
  * when absent). Only IP addresses: a resolver cannot look up its own servers. The host is
  * the address's canonical text (RFC 5952 for IPv6; an IPv4-mapped address becomes IPv4),
  * the form the kernel reports an answer's source in, so `[0:0:0:0:0:0:0:1]` and `[::0001]`
- * match answers from `::1`. Throws on anything else.
+ * match answers from `::1`. A link-local address keeps its zone as written after the
+ * canonical address (`FE80:0::1%eth0` is `fe80::1%eth0`); any other address loses it, as
+ * its answers come without one. Throws on anything else.
  */
 export function parseServer(text: string): ServerAddress {
     let host = text.trim();
@@ -95,9 +97,15 @@ export function parseServer(text: string): ServerAddress {
     if (family === 0 || (family === 4 && bracket) || port < 1 || port > 65535) {
         throw new Error(`"${text}" is not a DNS server address (IP, IPv4:PORT or [IPv6]:PORT)`);
     }
-    // an address parseIp does not read (a scoped IPv6 address, fe80::1%eth0) is kept as written
-    const ip = parseIp(host);
+    const percent = host.indexOf('%');
+    const ip = parseIp(percent < 0 ? host : host.slice(0, percent));
+    // an address parseIp does not read is kept as written
     if (ip === null) return { host: family === 6 ? host.toLowerCase() : host, port, family: family === 6 ? 6 : 4 };
+    // the zone (an interface name, as written) stays only on a link-local address (fe80::/10):
+    // the only one the kernel reports an answer's source with a zone, fe80::1%eth0
+    if (percent >= 0 && ip.family === 6 && ip.value >> 118n === 0x3fan) {
+        return { host: `${formatIp(ip)}${host.slice(percent)}`, port, family: 6 };
+    }
     return { host: formatIp(ip), port, family: ip.family };
 }
 

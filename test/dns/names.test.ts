@@ -72,6 +72,17 @@ describe('parseServer', () => {
         assert.deepEqual(parseServer('[::ffff:127.0.0.1]:5353'), { host: '127.0.0.1', port: 5353, family: 4 });
     });
 
+    it('keeps the zone of a link-local address, as written, after the canonical address', () => {
+        // the kernel reports an answer from a link-local server as fe80::…%interface
+        for (const text of ['[FE80:0:0:0:0:0:0:1%eth0]:53', '[fe80::0001%eth0]', 'fe80:0::1%eth0']) {
+            assert.deepEqual(parseServer(text), { host: 'fe80::1%eth0', port: 53, family: 6 }, text);
+        }
+        assert.deepEqual(parseServer('[FEBF::53%Br-LAN]:5353'), { host: 'febf::53%Br-LAN', port: 5353, family: 6 });
+        // any other address's answers come without a zone: the address alone
+        assert.deepEqual(parseServer('[0:0::1%lo]:53'), { host: '::1', port: 53, family: 6 });
+        assert.deepEqual(parseServer('[FEC0::1%eth0]:53'), { host: 'fec0::1', port: 53, family: 6 });
+    });
+
     it('rejects names and bad ports', () => {
         for (const bad of ['dns.example.com', 'localhost:53', '127.0.0.1:0', '127.0.0.1:70000', '[127.0.0.1]:53', '']) {
             assert.throws(() => parseServer(bad), /not a DNS server address/, bad);
