@@ -1,6 +1,7 @@
 /**
  * Finds the system's DNS servers when the config names none: the `nameserver` lines of
- * /etc/resolv.conf (resolv.conf(5)), else the servers node:dns was initialised with
+ * /etc/resolv.conf read as glibc reads them (resolv.conf(5): the first word after `nameserver`,
+ * at most MAXNS servers), else the servers node:dns was initialised with
  * (`dns.getServers()` only reads configuration and sends nothing), else 127.0.0.1.
  * Search lists, `ndots` and `options` are ignored: the product only looks up fully
  * qualified names. Must not send any query.
@@ -11,15 +12,22 @@ import net from 'node:net';
 
 export const RESOLV_CONF = '/etc/resolv.conf';
 
-/** The `nameserver` addresses of a resolv.conf text, in order, as server entries. */
+/** The most servers glibc takes from resolv.conf (MAXNS in resolv.h); later `nameserver` lines are ignored. */
+export const MAXNS = 3;
+
+/**
+ * The `nameserver` addresses of a resolv.conf text, in order, as server entries: the first word
+ * after `nameserver` (the rest of the line is ignored) and the first MAXNS valid ones, as glibc.
+ */
 export function parseResolvConf(text: string): string[] {
     const servers: string[] = [];
     for (const raw of text.split('\n')) {
         const line = raw.replace(/[#;].*$/, '').trim();
-        const m = /^nameserver\s+(\S+)$/.exec(line);
+        const m = /^nameserver\s+(\S+)/.exec(line);
         if (!m?.[1]) continue;
         const addr = m[1];
         if (net.isIP(addr) !== 0) servers.push(net.isIPv6(addr) ? `[${addr}]:53` : addr);
+        if (servers.length === MAXNS) break;
     }
     return servers;
 }

@@ -104,6 +104,26 @@ describe('system resolvers', () => {
         assert.deepEqual(parseResolvConf(text), ['10.0.0.53', '[2001:db8::53]:53']);
     });
 
+    it('reads the first word after nameserver and ignores the rest of the line, as glibc', () => {
+        assert.deepEqual(parseResolvConf('nameserver 10.0.0.2 extra\nnameserver\t10.0.0.3\tmore words\n'), [
+            '10.0.0.2',
+            '10.0.0.3',
+        ]);
+    });
+
+    it('takes at most three servers, as glibc', () => {
+        // MAXNS (resolv.conf(5)): six servers that do not answer would cost 6 × timeout × tries
+        const six = [1, 2, 3, 4, 5, 6].map((n) => `nameserver 10.0.0.${n}`);
+        assert.deepEqual(parseResolvConf(six.join('\n')), ['10.0.0.1', '10.0.0.2', '10.0.0.3']);
+        // a line glibc cannot read does not count
+        const withBad = ['nameserver bogus', 'nameserver 10.0.0.1', 'nameserver ::1', 'nameserver 10.0.0.3'];
+        assert.deepEqual(parseResolvConf([...withBad, 'nameserver 10.0.0.4'].join('\n')), [
+            '10.0.0.1',
+            '[::1]:53',
+            '10.0.0.3',
+        ]);
+    });
+
     it('falls back to node:dns servers when resolv.conf is missing or empty', () => {
         const dir = mkdtempSync(join(tmpdir(), 'mailwarden-resolv-'));
         try {
