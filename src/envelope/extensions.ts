@@ -10,6 +10,8 @@
  * A client that says HELO gets no extension at all (RFC 5321 section 4.1.1.1).
  * A parameter of an extension not offered in this session is refused with 555 (RFC 5321
  * section 4.1.1.11), a malformed value with 501: nothing a client asks for is dropped.
+ * Values go upstream as written, but for the characters of ENVID and ORCPT an upstream's command
+ * reader could take for syntax, written as the escapes they decode the same as (forUpstream).
  * Pure functions; the reply texts come from reply.ts.
  */
 import type { ListenerConfig } from '../config/types.ts';
@@ -117,14 +119,33 @@ const invalid = (keyword: string, why: string): { refused: ParamRefusal } => ({
 const XTEXT = /^(?:[!-*,-<>-~]|\+[0-9A-Fa-f]{2})*$/;
 /** `addr-type ";" xtext` (RFC 3461 section 4.2), addr-type an atom. */
 const ORCPT = /^([A-Za-z0-9!#$%&'*+\-/=?^_`{|}~]+);(.+)$/;
+/** The longest ORCPT value taken, as the client wrote it (RFC 3461 section 4.2). */
+const ORCPT_MAX = 500;
 
 /**
- * An xtext value with `<` and `>` written as the `+3C` and `+3E` they decode the same as (RFC 3461
- * section 4): no angle bracket goes upstream outside a path (upstream/common.ts refuses one in a
- * parameter, where a reader could take it for the start or end of a path).
+ * What an upstream's command reader could take for more than a character of the value: an angle
+ * bracket for the start or end of a path (upstream/common.ts refuses one in a parameter), a `"`
+ * for the start of a quoted string and a `\` for an escape, either of which joins the parameters
+ * after it to this one (Postfix's smtpd_token.c reads MAIL and RCPT lines so).
  */
-function withoutAngles(value: string): string {
-    return value.replace(/</g, '+3C').replace(/>/g, '+3E');
+const READ_AS_SYNTAX = /[<>"\\]/g;
+/** The same in a `utf-8` address (RFC 6533 section 3), where `\` starts an `\x{HEX}` escape. */
+const READ_AS_SYNTAX_UTF8 = /[<>"]|\\(?!x\{[0-9A-Fa-f]+\})/g;
+
+/** An xtext character written as the `+XX` it decodes the same as (RFC 3461 section 4). */
+const asXtextHex = (c: string): string => `+${c.charCodeAt(0).toString(16).toUpperCase()}`;
+/** A character of a `utf-8` address written as its `\x{XX}` (RFC 6533 section 3). */
+const asUtf8Hex = (c: string): string => `\\x{${c.charCodeAt(0).toString(16).toUpperCase()}}`;
+
+/**
+ * An xtext value (ENVID, ORCPT) as it goes upstream: `<`, `>`, `"` and `\` as the `+3C`, `+3E`,
+ * `+22` and `+5C` they decode the same as (RFC 3461 section 4), so that the value is read as one
+ * parameter, whatever follows it on the line. `utf8Address`: the ORCPT of addr-type `utf-8`, whose
+ * escape is `\x{XX}` (RFC 6533 section 3; Postfix decodes no `+XX` there), an escape already in
+ * it kept.
+ */
+function forUpstream(value: string, utf8Address = false): string {
+    return utf8Address ? value.replace(READ_AS_SYNTAX_UTF8, asUtf8Hex) : value.replace(READ_AS_SYNTAX, asXtextHex);
 }
 
 function xtextLength(value: string): number {
@@ -182,7 +203,7 @@ export function checkMailParams(params: readonly EnvelopeParam[], offer: EhloOff
                 // RFC 3461 section 4.4: xtext, at most 100 characters once decoded
                 if (value === null || !XTEXT.test(value)) return invalid(keyword, 'must be xtext (RFC 3461)');
                 if (xtextLength(value) > 100) return invalid(keyword, 'is longer than 100 characters');
-                out.envid = withoutAngles(value);
+                out.envid = forUpstream(value);
                 break;
             case 'AUTH':
                 // RFC 4954 section 5: AUTH=<> or an xtext mailbox. The login itself goes upstream
@@ -230,7 +251,10 @@ export function checkRcptParams(
                 const text = m?.[2] ?? '';
                 const xtextOk = XTEXT.test(text) || (smtputf8 && p.nonAscii && !/\+(?![0-9A-Fa-f]{2})/.test(text));
                 if (!m || !xtextOk) return invalid(keyword, 'must be addr-type;xtext (RFC 3461)');
-                out.orcpt = `${m[1]};${withoutAngles(text)}`;
+                // RFC 3461 section 4.2: the entire parameter may be up to 500 characters
+                if (m[0].length > ORCPT_MAX) return invalid(keyword, `is longer than ${ORCPT_MAX} characters`);
+                const type = m[1] ?? '';
+                out.orcpt = `${type};${forUpstream(text, type.toLowerCase() === 'utf-8')}`;
                 break;
             }
             default:

@@ -896,8 +896,9 @@ class SmtpSession implements UpstreamSession {
         if (params.body !== undefined && this.caps.has('8BITMIME')) line += ` BODY=${params.body}`;
         if (params.smtputf8 === true) line += ' SMTPUTF8'; // RFC 6531
         if (params.ret !== undefined) line += ` RET=${params.ret}`; // RFC 3461 section 4.3
-        if (params.envid !== undefined) line += ` ENVID=${params.envid}`; // RFC 3461 section 4.4
         if (params.requireTls === true) line += ' REQUIRETLS'; // RFC 8689 section 4
+        // last: nothing follows the one value a client writes as it likes (RFC 3461 section 4.4)
+        if (params.envid !== undefined) line += ` ENVID=${params.envid}`;
         return line;
     }
 

@@ -28,6 +28,12 @@ function params(line: string): EnvelopeParam[] {
     return [...p.params];
 }
 
+function rcptParams(line: string): EnvelopeParam[] {
+    const p = parseEnvelopeCommand('rcpt', Buffer.from(`RCPT TO:<b@x.example> ${line}`));
+    assert.ok(p.ok, line);
+    return [...p.params];
+}
+
 function mailbox(address: string): Mailbox {
     const p = parseEnvelopeCommand('rcpt', Buffer.from(`RCPT TO:<${address}>`));
     assert.ok(p.ok, address);
@@ -169,6 +175,34 @@ describe('MAIL and RCPT parameters against the offer', () => {
         // RFC 6533: UTF-8 in ORCPT only in an SMTPUTF8 transaction
         assert.equal(rcpt('ORCPT=utf-8;jörg@x.example'), 'param-invalid');
         assert.equal(rcpt('ORCPT=utf-8;jörg@x.example', true), undefined);
+        // RFC 3461 section 4.2: the entire ORCPT parameter may be up to 500 characters
+        const local = (n: number): string => `rfc822;${'a'.repeat(n - 'rfc822;@x.example'.length)}@x.example`;
+        assert.equal(rcpt(`ORCPT=${local(500)}`), undefined, '500 characters');
+        assert.deepEqual(checkRcptParams(rcptParams(`ORCPT=${local(501)}`), offer, false), {
+            refused: { situation: 'param-invalid', keyword: 'ORCPT', why: 'is longer than 500 characters' },
+        });
+    });
+
+    it('writes a quote, backslash or angle bracket of ENVID and ORCPT as its escape, and keeps what it decodes to', () => {
+        // Postfix's command reader (smtpd_token.c) takes `"` for the start of a quoted string and
+        // `\` for an escape: either would join REQUIRETLS or the next parameter to this value
+        const envid = (value: string): unknown => {
+            const r = checkMailParams(params(`ENVID=${value}`), offer);
+            return 'ok' in r ? r.ok.envid : r.refused;
+        };
+        assert.equal(envid('a"'), 'a+22');
+        assert.equal(envid('a\\'), 'a+5C');
+        assert.equal(envid('"<x\\y>"'), '+22+3Cx+5Cy+3E+22');
+        assert.equal(envid('x+2By'), 'x+2By', 'an escape already there is kept');
+        const orcpt = (value: string, smtputf8 = false): unknown => {
+            const r = checkRcptParams(rcptParams(`ORCPT=${value}`), offer, smtputf8);
+            return 'ok' in r ? r.ok.orcpt : r.refused;
+        };
+        assert.equal(orcpt('rfc822;"a\\b"@x.example'), 'rfc822;+22a+5Cb+22@x.example');
+        // RFC 6533 section 3: a utf-8 address escapes as \x{XX}, which Postfix decodes there (+XX it does not)
+        assert.equal(orcpt('utf-8;"a\\x{20}b"@x.example'), 'utf-8;\\x{22}a\\x{20}b\\x{22}@x.example');
+        assert.equal(orcpt('UTF-8;<j\\x{F6}rg@x.example>'), 'UTF-8;\\x{3C}j\\x{F6}rg@x.example\\x{3E}');
+        assert.equal(orcpt('utf-8;"jörg\\"@x.example', true), 'utf-8;\\x{22}jörg\\x{5C}\\x{22}@x.example');
     });
 });
 

@@ -1366,6 +1366,20 @@ describe('TLS', () => {
         assert.equal(up.received[0]?.from, 'sender@example.org');
     });
 
+    it('sends ENVID last on the MAIL line, after REQUIRETLS', async (t) => {
+        // the one value a client writes as it likes: whatever it holds, no parameter follows it
+        // for an upstream's command reader to join to it (Postfix's smtpd_token.c)
+        const up = await scripted(t, { tls: { key: cert.key, cert: cert.cert }, ehlo: ['DSN', 'REQUIRETLS'] });
+        const session = await open(up.port, { kind: 'smtps', url: `smtps://127.0.0.1:${up.port}` });
+        const params = { ret: 'FULL', envid: 'QQ+22id', requireTls: true } as const;
+        assert.equal((await session.mailFrom('sender@example.org', params)).code, 250);
+        await session.close();
+        assert.deepEqual(
+            up.commands.filter((c) => c.startsWith('MAIL')),
+            ['MAIL FROM:<sender@example.org> RET=FULL REQUIRETLS ENVID=QQ+22id'],
+        );
+    });
+
     for (const [name, over] of [
         ['after STARTTLS', { starttls: 'required' }],
         ['over implicit TLS', { kind: 'smtps', secure: true }],
