@@ -10,7 +10,8 @@
  * reload() (SIGHUP) re-reads the config file and applies the settings that can change live
  * (src/config/reload.ts says which), naming the others in a "needs a restart" log line; with
  * `dns.servers` not set it reads resolv.conf again too (a new resolver when its servers changed),
- * then re-reads rules, lists, users and certificates.
+ * then re-reads rules, lists, users and certificates (the rules' file watcher then follows the
+ * folders those paths name now).
  */
 import { randomUUID } from 'node:crypto';
 import type { Server } from 'node:http';
@@ -221,9 +222,12 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
             'rule cases do not hold; the rules are in force (mailwarden check shows the same)',
         );
     };
+    let watcher: RuleWatcher | null = null;
     /** Loads the rules folder of the config in force; throws RuleError when it has problems. */
     const loadCurrentRules = (): RuleSet => {
         const r = loadRules(current.rules, ruleOptions(current));
+        // a SIGHUP after a folder or a link was swapped: the watcher follows the files just read
+        watcher?.follow(r.watchDirs);
         if (r.ruleSet === null) throw new RuleError(r.issues);
         warnCases(current.rules, r.warnings);
         return r.ruleSet;
@@ -245,7 +249,6 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
     let ruleSet: RuleSet | null = deps.decider ? null : loadCurrentRules();
     if (ruleSet) logRules(ruleSet);
     let decider = deps.decider ?? (ruleSet ? countHits(ruleSet) : acceptAll);
-    let watcher: RuleWatcher | null = null;
     const applyRules = (rs: RuleSet): void => {
         ruleSet = rs;
         decider = countHits(rs);

@@ -212,6 +212,11 @@ operator can run unchanged, and this reference.
 - Rules are reloaded on \`SIGHUP\` and when a file in the folder, in \`lists/\` or in the folder of a
   declared list file changes. When the new files have a problem, the previous rules stay in force and
   the problem is logged.
+- Swapped folders and symlinks are followed: a rules folder renamed into place (\`mv rules.new rules\`)
+  or a link to it pointed at another release (\`ln -sfn releases/v2 rules\`) is reloaded and watched
+  from then on, and a list file that is a symlink is watched in its own folder and in its target's, so
+  a feed renaming its new copy there is seen too. \`SIGHUP\` always reads the files the paths name
+  now, and the watching follows them.
 
 ## A rule file
 

@@ -130,6 +130,15 @@ function deref(file: ParsedFile, node: unknown): Node | null {
     return node as Node;
 }
 
+/** Where a path really is (symlinks resolved), or null when it is not there. */
+function realPath(file: string): string | null {
+    try {
+        return fs.realpathSync(file);
+    } catch {
+        return null;
+    }
+}
+
 function describeError(err: unknown): string {
     const code = (err as { code?: string } | null)?.code;
     if (code === 'ENOENT') return 'no such file or folder';
@@ -355,6 +364,9 @@ class Loader {
             }
             const listFile = path.isAbsolute(listPath) ? listPath : path.join(this.dir, listPath);
             this.watchDirs.add(path.dirname(path.resolve(listFile)));
+            // a list file that is a symlink: the folder of its target too, where a feed renames its new copy
+            const real = realPath(listFile);
+            if (real !== null) this.watchDirs.add(path.dirname(real));
             const loaded = this.loadList(f, fileField, type, listFile);
             this.lists.set(name, {
                 name,

@@ -3,9 +3,13 @@
  * every declared list file, and after a burst of changes settles (debounce) loads and
  * validates everything again, handing the caller either the new rule set or every problem.
  * Folders are watched rather than files because editors and deploy tools replace files by
- * renaming a new copy over the old one. The caller decides what to do: on error it keeps the
- * rules it has. It never applies anything itself and never throws from a watcher callback
- * except what the caller's onChange throws: a load that throws is handed over as a failed one.
+ * renaming a new copy over the old one; each at its real path, and the rules folder's name in
+ * its parent too, so a folder swapped by rename or a symlink pointed elsewhere is followed: after
+ * each load (its own, or the caller's through follow()) a watcher left on a folder that is no
+ * longer the one its path names is opened again on the new one, and unneeded ones are closed.
+ * The caller decides what to do: on error it keeps the rules it has. It never applies anything
+ * itself and never throws from a watcher callback except what the caller's onChange throws: a
+ * load that throws is handed over as a failed one.
  */
 import fs from 'node:fs';
 import path from 'node:path';
@@ -26,12 +30,15 @@ export interface WatchOptions extends LoadOptions {
 }
 
 export interface RuleWatcher {
+    /** After a load made elsewhere (SIGHUP): watches its folders (`watchDirs`) as a reload does. */
+    follow(dirs: readonly string[]): void;
     close(): void;
 }
 
 export function watchRuleSet(dir: string, opts: WatchOptions): RuleWatcher {
     const debounceMs = opts.debounceMs ?? 200;
-    const watchers = new Map<string, fs.FSWatcher>();
+    /** By real path (and, for the parent, the name watched in it); `id` is the inode watched. */
+    const watchers = new Map<string, { readonly watcher: fs.FSWatcher; readonly id: string }>();
     let timer: NodeJS.Timeout | null = null;
     let closed = false;
 
@@ -41,27 +48,46 @@ export function watchRuleSet(dir: string, opts: WatchOptions): RuleWatcher {
         timer = setTimeout(reload, debounceMs);
     };
 
+    /**
+     * Watches `dirs` and the rules folder, each at its real path, and the folder's entry in its
+     * parent (a folder renamed away and another renamed in, or a link pointed elsewhere). A
+     * watcher stays on the inode it was opened on: one whose path now resolves to another
+     * folder (device and inode) is opened again there, one no longer wanted is closed.
+     */
     const watchDirs = (dirs: readonly string[]): void => {
-        const wanted = new Set(dirs.map((d) => path.resolve(d)));
-        wanted.add(path.resolve(dir));
-        for (const [d, w] of watchers) {
-            if (!wanted.has(d)) {
-                w.close();
-                watchers.delete(d);
-            }
-        }
-        for (const d of wanted) {
-            if (watchers.has(d)) continue;
+        const root = path.resolve(dir);
+        const wanted = new Map<string, { real: string; id: string; name: string | null }>();
+        const want = (d: string, name: string | null): void => {
             try {
-                const w = fs.watch(d, { persistent: false }, schedule);
-                w.on('error', () => {
-                    w.close();
-                    watchers.delete(d);
-                    schedule();
-                });
-                watchers.set(d, w);
+                const real = fs.realpathSync(d);
+                const st = fs.statSync(real);
+                wanted.set(name === null ? real : `${real}\0${name}`, { real, id: `${st.dev}:${st.ino}`, name });
             } catch {
                 // Not there (yet): its parent's watcher sees it appear, and the reload adds it.
+            }
+        };
+        for (const d of [root, ...dirs]) want(d, null);
+        want(path.dirname(root), path.basename(root));
+        for (const [key, a] of watchers) {
+            if (wanted.get(key)?.id !== a.id) {
+                a.watcher.close();
+                watchers.delete(key);
+            }
+        }
+        for (const [key, t] of wanted) {
+            if (watchers.has(key)) continue;
+            try {
+                const watcher = fs.watch(t.real, { persistent: false }, (_event, name) => {
+                    if (t.name === null || name === null || name === t.name) schedule();
+                });
+                watcher.on('error', () => {
+                    watcher.close();
+                    if (watchers.get(key)?.watcher === watcher) watchers.delete(key);
+                    schedule();
+                });
+                watchers.set(key, { watcher, id: t.id });
+            } catch {
+                // Gone between the look and the watch: the next reload looks again.
             }
         }
     };
@@ -85,11 +111,14 @@ export function watchRuleSet(dir: string, opts: WatchOptions): RuleWatcher {
     watchDirs(opts.current?.watchDirs ?? loadRules(dir, opts).watchDirs);
 
     return {
+        follow(dirs: readonly string[]): void {
+            if (!closed) watchDirs(dirs);
+        },
         close(): void {
             closed = true;
             if (timer) clearTimeout(timer);
             timer = null;
-            for (const w of watchers.values()) w.close();
+            for (const a of watchers.values()) a.watcher.close();
             watchers.clear();
         },
     };

@@ -1,12 +1,15 @@
 /**
  * Rule files under a running proxy: an edited file takes effect for the next message
  * without a restart, a broken edit keeps the previous rules in force (counted as a failed
- * reload) while the server keeps serving, and SIGHUP's reload path behaves the same.
+ * reload) while the server keeps serving, and SIGHUP's reload path behaves the same. Through
+ * symlinks (a rules folder link pointed at another release, a list file linked into a feed
+ * folder) the files the links name now are the ones read and watched.
  */
 import assert from 'node:assert/strict';
+import { appendFileSync, renameSync, symlinkSync, writeFileSync } from 'node:fs';
 import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { startApp, type TestApp } from '../helpers/app.ts';
 import { startScriptedUpstream, type ScriptedUpstream } from '../helpers/scripted-upstream.ts';
@@ -143,5 +146,104 @@ describe('rule reload', () => {
             [inForce.folder, inForce.files, inForce.rules, inForce.limits, inForce.greylists, inForce.lists],
             [dir, 1, 1, 0, 0, 0],
         );
+    });
+});
+
+describe('rule reload through symlinks', () => {
+    // rules -> releases/v1, later releases/v2; v2's lists/feed.txt -> feed/current/feed.txt,
+    // feed/current -> f1, later f2 (as a deploy tool and a list feed switch them)
+    const LISTS = [
+        'lists:',
+        '  block-senders: { type: address, file: lists/block-senders.txt }',
+        '  feed: { type: address, file: lists/feed.txt }',
+        'rules:',
+        '  - { id: block, stage: mail, when: { mail.from: { list: block-senders } }, action: reject }',
+        '  - { id: feed, stage: mail, when: { mail.from: { list: feed } }, action: tempfail }',
+        '',
+    ].join('\n');
+    let base: string;
+    let up: ScriptedUpstream;
+    let mw: TestApp;
+    const from = async (sender: string): Promise<number> =>
+        (await sendMail(mw.port(), { from: sender, to: ['b@example.test'], data: MSG })).mail.code;
+    /** Waits for a reload by a file change logged after `since` (a log index). */
+    const fileChange = (since: number): Promise<void> =>
+        until('a reload by a file change', () =>
+            mw.logs.slice(since).some((l) => l.msg === 'reloaded' && l.reload === 'rules' && l.how === 'file change'),
+        );
+    /** Points the link `at` to `target`, swapped in by rename as `ln -sfn` does. */
+    const relink = (target: string, at: string): void => {
+        symlinkSync(target, `${at}.new`);
+        renameSync(`${at}.new`, at);
+    };
+    /** Replaces a file by renaming a new copy over it, as the docs advise for list files. */
+    const replace = (file: string, text: string): void => {
+        writeFileSync(`${file}.tmp`, text);
+        renameSync(`${file}.tmp`, file);
+    };
+    before(async () => {
+        base = await mkdtemp(join(tmpdir(), 'mw-rules-links-'));
+        for (const [file, text] of [
+            ['releases/v1/10-lists.yaml', LISTS],
+            ['releases/v1/lists/block-senders.txt', 'spam1@bad.example\n'],
+            ['releases/v1/lists/feed.txt', 'nobody@nowhere.example\n'],
+            ['releases/v2/10-lists.yaml', LISTS],
+            ['releases/v2/lists/block-senders.txt', 'spam2@bad.example\n'],
+            ['feed/f1/feed.txt', 'nobody@nowhere.example\n'],
+            ['feed/f2/feed.txt', 'feed2@bad.example\n'],
+        ]) {
+            await mkdir(dirname(join(base, file!)), { recursive: true });
+            await writeFile(join(base, file!), text!);
+        }
+        symlinkSync(join(base, 'feed', 'current', 'feed.txt'), join(base, 'releases/v2/lists/feed.txt'));
+        symlinkSync('f1', join(base, 'feed', 'current'));
+        symlinkSync('releases/v1', join(base, 'rules'));
+        up = await startScriptedUpstream({ ehlo: ['XCLIENT NAME ADDR PORT PROTO HELO LOGIN'] });
+        mw = await startApp(
+            [
+                'hostname: mx.example.test',
+                'domains: [example.test]',
+                'listeners: [{ name: mx, host: 127.0.0.1, port: 0, mode: mx }]',
+                `upstream: { url: "smtp://127.0.0.1:${up.port}" }`,
+                `rules: "${join(base, 'rules')}"`,
+                'http: false',
+            ].join('\n'),
+        );
+    });
+    after(async () => {
+        await mw.stop();
+        await up.close();
+        await rm(base, { recursive: true, force: true });
+    });
+
+    it('reads the release a swapped folder link names on SIGHUP, and follows edits there', async () => {
+        assert.equal(await from('spam1@bad.example'), 550);
+        relink('releases/v2', join(base, 'rules'));
+        mw.app.reload();
+        assert.equal(await from('spam2@bad.example'), 550, 'SIGHUP reads the files the link now names');
+        assert.equal(await from('spam1@bad.example'), 250);
+        const since = mw.logs.length;
+        appendFileSync(join(base, 'rules', 'lists', 'block-senders.txt'), 'spam3@bad.example\n');
+        await fileChange(since);
+        assert.equal(await from('spam3@bad.example'), 550);
+    });
+
+    it('follows a list file behind a symlink whose target is replaced by rename', async () => {
+        assert.equal(await from('feed1@bad.example'), 250);
+        const since = mw.logs.length;
+        replace(join(base, 'feed', 'current', 'feed.txt'), 'feed1@bad.example\n');
+        await fileChange(since);
+        assert.equal(await from('feed1@bad.example'), 451);
+    });
+
+    it('watches the list target a SIGHUP found after its folder link was swapped', async () => {
+        relink('f2', join(base, 'feed', 'current'));
+        mw.app.reload();
+        assert.equal(await from('feed2@bad.example'), 451);
+        assert.equal(await from('feed1@bad.example'), 250);
+        const since = mw.logs.length;
+        replace(join(base, 'feed', 'current', 'feed.txt'), 'feed2@bad.example\nfeed3@bad.example\n');
+        await fileChange(since);
+        assert.equal(await from('feed3@bad.example'), 451);
     });
 });

@@ -1,14 +1,15 @@
 /**
  * Live reload: a change to a rule file or a list file (written in place or renamed over the
- * old one, as editors and deploy tools do) produces a new rule set; a broken change produces
- * the error, so the caller can keep the rules it has; close() stops everything.
+ * old one, as editors and deploy tools do) produces a new rule set, also after the folder was
+ * swapped by rename and through a symlinked list file; a broken change produces the error, so
+ * the caller can keep the rules it has; close() stops everything.
  */
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
 import { after, describe, it } from 'node:test';
 import { loadRuleSet, watchRuleSet, type RuleSet, type WatchResult } from '../../src/rules/index.ts';
-import { cleanup, folderWith } from './helpers.ts';
+import { cleanup, folderWith, tempDir } from './helpers.ts';
 
 after(cleanup);
 
@@ -72,6 +73,25 @@ function replaceFile(file: string, content: string): void {
     const tmp = `${file}.tmp-${process.pid}`;
     fs.writeFileSync(tmp, content);
     fs.renameSync(tmp, file);
+}
+
+/** Folders and files this process watches (inotify watches over all its inotify descriptors). */
+function inotifyWatches(): number {
+    let n = 0;
+    for (const fd of fs.readdirSync('/proc/self/fd')) {
+        let target: string;
+        try {
+            target = fs.readlinkSync(`/proc/self/fd/${fd}`);
+        } catch {
+            continue;
+        }
+        if (target !== 'anon_inode:inotify') continue;
+        n += fs
+            .readFileSync(`/proc/self/fdinfo/${fd}`, 'utf8')
+            .split('\n')
+            .filter((l) => l.startsWith('inotify wd:')).length;
+    }
+    return n;
 }
 
 function ok(r: WatchResult): RuleSet {
@@ -158,6 +178,52 @@ describe('watchRuleSet', () => {
             );
             fs.rmSync(path.join(dir, '99-aliases.yaml'));
             ok(await rec.until(decides('192.0.2.1', 'reject')));
+        } finally {
+            watcher.close();
+        }
+    });
+
+    it('follows a rules folder swapped by rename, again and again, without piling up watchers', async () => {
+        const parent = tempDir();
+        const dir = path.join(parent, 'rules');
+        folderWith({ '10-nets.yaml': RULES('reject'), 'lists/nets.txt': '192.0.2.0/24\n' }, dir);
+        const rec = recorder();
+        const watcher = watchRuleSet(dir, { softReject: false, debounceMs: 50, onChange: rec.onChange });
+        let first = 0;
+        try {
+            for (let i = 1; i <= 20; i++) {
+                // a deploy: the new folder is renamed into place, the old one kept aside
+                const next = folderWith(
+                    { '10-nets.yaml': RULES('reject'), 'lists/nets.txt': `10.0.${i}.0/24\n` },
+                    path.join(parent, 'rules.new'),
+                );
+                fs.renameSync(dir, path.join(parent, `rules.old-${i}`));
+                fs.renameSync(next, dir);
+                ok(await rec.until(decides(`10.0.${i}.1`, 'reject')));
+                // then an edit in the folder now in place
+                fs.appendFileSync(path.join(dir, 'lists', 'nets.txt'), `10.1.${i}.0/24\n`);
+                ok(await rec.until(decides(`10.1.${i}.1`, 'reject')));
+                if (i === 1) first = inotifyWatches();
+            }
+            // the folders renamed aside are no longer watched: as many watches as after the first swap
+            assert.ok(first > 0);
+            assert.equal(inotifyWatches(), first);
+        } finally {
+            watcher.close();
+        }
+    });
+
+    it('follows a list file that is a symlink when its target is replaced by rename', async () => {
+        const feed = folderWith({ 'nets.txt': '192.0.2.0/24\n' });
+        const dir = folderWith({ '10-nets.yaml': RULES('reject') });
+        fs.mkdirSync(path.join(dir, 'lists'));
+        fs.symlinkSync(path.join(feed, 'nets.txt'), path.join(dir, 'lists', 'nets.txt'));
+        const rec = recorder();
+        const watcher = watchRuleSet(dir, { softReject: false, debounceMs: 50, onChange: rec.onChange });
+        try {
+            replaceFile(path.join(feed, 'nets.txt'), '203.0.113.0/24\n');
+            const set = ok(await rec.until(decides('203.0.113.1', 'reject')));
+            assert.equal(set.decide('connect', { 'client.ip': '192.0.2.1' }).action, 'accept');
         } finally {
             watcher.close();
         }
