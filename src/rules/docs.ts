@@ -204,6 +204,10 @@ operator can run unchanged, and this reference.
 
 - Rule files are YAML files (\`*.yaml\`, \`*.yml\`) in one folder, loaded in file-name order
   (\`10-allow-block.yaml\` before \`20-dmarc.yaml\`). Files whose name starts with a dot are ignored.
+  A folder without rule files, a rule file that declares nothing (empty, or only comments: an
+  emptied file would drop its rules unseen; write \`rules: []\` to keep a file without rules on
+  purpose) and a \`*.yaml\` name that cannot be read (a symbolic link whose target moved) are errors,
+  not skipped.
 - List files (allow and block lists) usually live in the \`lists/\` sub-folder.
 - \`mailwarden check\` validates every file and runs every \`cases:\` example; problems are printed as
   \`FILE:LINE:COL: message\`, all at once. \`serve\`, a reload and \`check\` accept exactly the same

@@ -6,6 +6,9 @@
  * all of them in one go and a reload that fails keeps the previous rules. The result is
  * deeply frozen. `loadRules` is the one verdict `serve`, reload and `check` share: problems
  * refuse the folder; `cases:` examples that do not hold are warnings and refuse nothing.
+ * Nothing is dropped unseen: a folder without rule files, a rule file that declares nothing
+ * (empty, or only comments) and a `*.yaml` name that cannot be read (a broken symbolic link)
+ * are problems, not skipped.
  * It never throws: an unexpected exception refuses the file (or folder) it happened in as a
  * positioned issue. YAML aliases are refused inside `when:` and a case's `facts:`, so loading
  * costs time linear in what is written. Reads files only: it must not open sockets or start
@@ -148,6 +151,18 @@ function describeError(err: unknown): string {
     return err instanceof Error ? err.message : String(err);
 }
 
+/** Why a rule file's name leads nowhere: the error, and for a symbolic link where it points. */
+function unreachable(file: string, err: unknown): string {
+    try {
+        if (fs.lstatSync(file).isSymbolicLink()) {
+            return `${describeError(err)} (a symbolic link to ${fs.readlinkSync(file)})`;
+        }
+    } catch {
+        // not even the name can be looked at: the error says why
+    }
+    return describeError(err);
+}
+
 /** Everything a load produced: the rule set, or the issues; and what to watch either way. */
 export interface LoadResult {
     readonly ruleSet: RuleSet | null;
@@ -191,18 +206,11 @@ class Loader {
     }
 
     run(): LoadResult {
-        let names: string[];
+        let entries: string[];
         try {
-            names = fs
+            entries = fs
                 .readdirSync(this.dir)
                 .filter((n) => /\.ya?ml$/.test(n) && !n.startsWith('.'))
-                .filter((n) => {
-                    try {
-                        return fs.statSync(path.join(this.dir, n)).isFile();
-                    } catch {
-                        return false;
-                    }
-                })
                 .sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
         } catch (err) {
             this.issues.push({
@@ -213,7 +221,18 @@ class Loader {
             });
             return this.result();
         }
-        if (names.length === 0) {
+        const names: string[] = [];
+        for (const name of entries) {
+            const file = path.join(this.dir, name);
+            try {
+                if (fs.statSync(file).isFile()) names.push(name);
+            } catch (err) {
+                // a rule file that cannot be reached (a symbolic link whose target moved) is
+                // refused like one that cannot be read: skipping it would drop its rules unseen
+                this.issues.push({ file, line: 1, col: 1, message: `cannot read the file: ${unreachable(file, err)}` });
+            }
+        }
+        if (names.length === 0 && this.issues.length === 0) {
             // an empty folder (a deploy that copied nothing, a stray rm) would accept every message
             this.issues.push({
                 file: this.dir,
@@ -301,6 +320,11 @@ class Loader {
         }
         const root = reader.root();
         if (reader.isEmpty(root)) {
+            // an emptied file (a truncated copy, a stray `: > file`) would drop its rules unseen
+            reader.report(
+                0,
+                'the rule file declares nothing (it is empty, or holds only comments): its rules would stop applying unseen; write "rules: []" to keep a file without rules on purpose',
+            );
             this.files.push(parsed);
             return;
         }

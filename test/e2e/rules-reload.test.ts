@@ -147,6 +147,27 @@ describe('rule reload', () => {
             [dir, 1, 1, 0, 0, 0],
         );
     });
+
+    it('refuses an emptied rule file on SIGHUP: its rules stay in force', async () => {
+        const ruleFile = join(dir, '10-block.yaml');
+        const text = await readFile(ruleFile, 'utf8');
+        const errors = await reloads(mw, 'error');
+        await writeFile(ruleFile, '');
+        try {
+            const from = mw.logs.length;
+            mw.app.reload();
+            const failed = mw.logs
+                .slice(from)
+                .find((l) => l.msg === 'reload failed; the previous rules stay in force' && l.how === 'signal');
+            assert.ok(failed, JSON.stringify(mw.logs.slice(from)));
+            assert.match(JSON.stringify(failed.issues), /10-block\.yaml:1:1: the rule file declares nothing/);
+            assert.ok((await reloads(mw, 'error')) >= errors + 1);
+            const r = await sendMail(mw.port(), { from: 'other@sender.example', to: ['b@example.test'], data: MSG });
+            assert.equal(r.mail.code, 550, 'the rule of the emptied file still refuses');
+        } finally {
+            await writeFile(ruleFile, text);
+        }
+    });
 });
 
 describe('rule reload through symlinks', () => {

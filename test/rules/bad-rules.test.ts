@@ -154,4 +154,56 @@ describe('bad rules corpus', () => {
         assert.deepEqual(checkRules(none, { softReject: false }), []);
         assert.equal(loadRuleSet(none, { softReject: false }).rules.length, 0);
     });
+
+    it('refuses a rule file that declares nothing (emptied, or only comments) at FILE:1:1, not one that asks for no rules', () => {
+        // `: > 20-dmarc.yaml` next to other files: the folder still loads, without that file's rules
+        const message =
+            'the rule file declares nothing (it is empty, or holds only comments): its rules would stop applying unseen; write "rules: []" to keep a file without rules on purpose';
+        for (const text of ['', '\n  \n', '# rules:\n#   - id: dmarc-reject\n', '---\n# nothing\n', '~\n']) {
+            const dir = folderWith({
+                '10-ok.yaml': 'rules:\n  - { id: fine, stage: connect, action: tag }\n',
+                '20-emptied.yaml': text,
+            });
+            const expected = [`20-emptied.yaml:1:1: ${message}`];
+            assert.deepEqual(
+                relativeIssues(checkRules(dir, { softReject: false }), dir),
+                expected,
+                JSON.stringify(text),
+            );
+            assert.throws(() => loadRuleSet(dir, { softReject: false }), RuleError);
+        }
+        for (const text of ['rules: []\n', '# kept for later\nrules: []\n', '{}\n']) {
+            const dir = folderWith({
+                '10-ok.yaml': 'rules:\n  - { id: fine, stage: connect, action: tag }\n',
+                '20.yaml': text,
+            });
+            assert.deepEqual(checkRules(dir, { softReject: false }), [], JSON.stringify(text));
+            assert.equal(loadRuleSet(dir, { softReject: false }).rules.length, 1);
+        }
+    });
+
+    it('refuses a rule file name that cannot be read (a symbolic link whose target moved) instead of skipping it', () => {
+        const dir = folderWith({
+            '10-ok.yaml': 'rules:\n  - { id: fine, stage: connect, action: tag }\n',
+            'moved/25-extra.yaml': 'rules:\n  - { id: extra, stage: connect, action: reject }\n',
+        });
+        fs.symlinkSync(path.join(dir, 'moved', 'gone.yaml'), path.join(dir, '25-extra.yaml'));
+        assert.deepEqual(relativeIssues(checkRules(dir, { softReject: false }), dir), [
+            `25-extra.yaml:1:1: cannot read the file: no such file or folder (a symbolic link to moved/gone.yaml)`,
+        ]);
+        assert.throws(() => loadRuleSet(dir, { softReject: false }), RuleError);
+        // the only name there: still that problem, not "the folder holds no rule files"
+        const alone = folderWith({});
+        fs.symlinkSync(path.join(alone, 'gone.yaml'), path.join(alone, '10.yaml'));
+        assert.deepEqual(relativeIssues(checkRules(alone, { softReject: false }), alone), [
+            `10.yaml:1:1: cannot read the file: no such file or folder (a symbolic link to gone.yaml)`,
+        ]);
+        // a link to a rule file that is there is read as that file
+        fs.symlinkSync(path.join(dir, 'moved', '25-extra.yaml'), path.join(alone, '20.yaml'));
+        fs.rmSync(path.join(alone, '10.yaml'));
+        assert.deepEqual(
+            loadRuleSet(alone, { softReject: false }).rules.map((r) => r.id),
+            ['extra'],
+        );
+    });
 });
