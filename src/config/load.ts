@@ -85,7 +85,8 @@ export interface LoadOptions {
 }
 
 /**
- * Loads and validates a config file, or returns the embedded defaults for `null`.
+ * Loads and validates a config file, or returns the embedded defaults for `null`. A file that
+ * holds no settings (empty, or only comments) is an error, not the defaults: `{}` asks for them.
  * Returns a deep-frozen Config; throws ConfigError listing every problem found.
  * Issue positions name the file exactly as `configPath` was given.
  */
@@ -143,7 +144,16 @@ export function deepFreeze<T>(value: T): T {
 function buildConfig(r: SourceReader, baseDir: string, source: string): Config {
     const defaults = defaultConfig(baseDir, source);
     const root = r.root();
-    const top = r.isEmpty(root) ? new Map<string, Field>() : r.map(root, TOP_KEYS, LISTENER_ONLY_KEYS);
+    if (r.isEmpty(root)) {
+        // an emptied file (a truncated copy, a stray `: > file`) would reset every setting
+        // unseen: the rules, softReject, dns.servers, … would all go back to their defaults
+        r.report(
+            0,
+            'the config file holds no settings (it is empty, or only comments): every key would take its default (the shipped rules among them); write "{}" to run on the defaults with this file, or give no config file at all (no -c, no MAILWARDEN_CONFIG, no ./mailwarden.yaml) for the embedded defaults',
+        );
+        return defaults;
+    }
+    const top = r.map(root, TOP_KEYS, LISTENER_ONLY_KEYS);
     if (top === null) return defaults;
     const get = (key: string): Field | undefined => (r.isEmpty(top.get(key)) ? undefined : top.get(key));
 

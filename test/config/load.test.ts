@@ -64,8 +64,8 @@ describe('embedded defaults', () => {
         assert.deepEqual(config.log, { level: 'info' });
     });
 
-    it('apply to an empty config file, relative to the file and not the working folder', () => {
-        const { config, dir, file } = loadText('# nothing here\n');
+    it('apply to a config file written {}, relative to the file and not the working folder', () => {
+        const { config, dir, file } = loadText('# every key at its default\n{}\n');
         assert.equal(config.source, file);
         assert.deepEqual(config.upstream, {
             kind: 'maildir',
@@ -73,6 +73,16 @@ describe('embedded defaults', () => {
             path: path.join(dir, 'data', 'maildir'),
         });
         assert.equal(config.listeners.length, 1);
+    });
+
+    it('are not what an emptied file gives: a file with no settings is refused at FILE:1:1', () => {
+        // `: > mailwarden.yaml` and a reload would otherwise switch to the shipped rules and
+        // reset softReject and dns.servers without a word
+        const message =
+            'the config file holds no settings (it is empty, or only comments): every key would take its default (the shipped rules among them); write "{}" to run on the defaults with this file, or give no config file at all (no -c, no MAILWARDEN_CONFIG, no ./mailwarden.yaml) for the embedded defaults';
+        for (const text of ['', '\n  \n', '# nothing here\n', '---\n# softReject: true\n', '~\n']) {
+            assert.deepEqual(issuesOf(text), [`1:1: ${message}`], JSON.stringify(text));
+        }
     });
 
     it('keys written without a value take their defaults', () => {
@@ -730,6 +740,31 @@ describe('runCheck', () => {
         const out: string[] = [];
         assert.equal(await runCheck({ configPath: null, env: {}, out: (l) => out.push(l), err: () => {} }), 0);
         assert.deepEqual(out, ['ok: embedded defaults']);
+    });
+
+    it('refuses an emptied config file, and runs on the defaults with {}', async () => {
+        const dir = folderWith({ 'empty.yaml': '', 'defaults.yaml': '{}\n' });
+        const run = async (configPath: string): Promise<[number, string[], string[]]> => {
+            const out: string[] = [];
+            const err: string[] = [];
+            const code = await runCheck({
+                configPath,
+                cwd: dir,
+                env: {},
+                out: (l) => out.push(l),
+                err: (l) => err.push(l),
+            });
+            return [code, out, err];
+        };
+        const [code, out, err] = await run('empty.yaml');
+        assert.equal(code, 1);
+        assert.deepEqual(out, []);
+        assert.equal(err.length, 1);
+        assert.match(
+            err[0]!,
+            /^empty\.yaml:1:1: the config file holds no settings \(it is empty, or only comments\): /,
+        );
+        assert.deepEqual(await run('defaults.yaml'), [0, ['ok: defaults.yaml'], []]);
     });
 
     it('prints each issue as FILE:LINE:COL and returns 1', async () => {

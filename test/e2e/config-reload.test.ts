@@ -547,6 +547,40 @@ describe('config reload on SIGHUP', () => {
         mw.app.reload();
         assert.equal(await invalidGauge(mw), 0, 'config_invalid once a reload succeeded');
     });
+
+    it('refuses an emptied file: the running settings and rules stay, with the line mailwarden check prints', async () => {
+        // `: > mailwarden.yaml` would otherwise switch to the shipped rules and reset softReject and dns.servers
+        const mw = apps.A;
+        const file = path.join(mw.dir, 'mailwarden.yaml');
+        const running = mw.app.config;
+        fs.writeFileSync(file, '');
+        try {
+            const printed: string[] = [];
+            assert.equal(await runCheck({ configPath: file, env: {}, out: () => {}, err: (l) => printed.push(l) }), 1);
+            assert.deepEqual(printed, [
+                `${file}:1:1: the config file holds no settings (it is empty, or only comments): every key would take its default (the shipped rules among them); write "{}" to run on the defaults with this file, or give no config file at all (no -c, no MAILWARDEN_CONFIG, no ./mailwarden.yaml) for the embedded defaults`,
+            ]);
+            const mark = mw.logs.length;
+            mw.app.reload();
+            const lines = mw.logs.slice(mark);
+            const failed = lines.find((l) => l.msg === 'reload failed; the running configuration stays in force');
+            assert.ok(failed, JSON.stringify(lines));
+            assert.deepEqual(failed.issues, printed);
+            assert.ok(!lines.some((l) => l.msg === 'reloaded' && l.reload === 'config'));
+            assert.equal(mw.app.config, running, 'the running config stays');
+            assert.equal(mw.app.config.rules, f.rules);
+            assert.equal(await invalidGauge(mw), 1, 'config_invalid while the file is empty');
+            assert.equal(
+                await mailFrom(mw.port('mx'), 'blocked@example.net'),
+                '550 5.7.1',
+                'the rules in force still refuse',
+            );
+        } finally {
+            fs.writeFileSync(file, stringify(docs.A));
+            mw.app.reload();
+        }
+        assert.equal(await invalidGauge(mw), 0, 'config_invalid once the file is written back');
+    });
 });
 
 describe('resolv.conf on SIGHUP, without dns.servers', () => {
