@@ -492,7 +492,10 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
      * running config); applies the live settings and returns the changed keys by kind.
      */
     const reloadConfig = (file: NonNullable<typeof configFile>): { changed: string[]; restart: string[] } => {
-        const next = loadConfig(file.path, file.env, file.cwd === undefined ? {} : { cwd: file.cwd });
+        const next = loadConfig(file.path, file.env, {
+            forServe: true,
+            ...(file.cwd === undefined ? {} : { cwd: file.cwd }),
+        });
         if (ruleSet && next.rules !== current.rules) {
             // a new rules folder is part of the configuration: one that does not load refuses the
             // whole reload (as serve and check refuse it), instead of naming it among the changes

@@ -9,6 +9,8 @@
  * the shipped example's placeholders (mx.example.com, example.com): with them, mail for the real
  * domains is refused as relaying (`550 5.7.1`, which `softReject` does not soften). Only a
  * warning, as test and example set-ups use those names on purpose.
+ * What depends on the user the process runs as (the owner of `spool.dir`) is judged for the user
+ * this check runs as, as `serve` judges it for its own: run it as the user `serve` runs as.
  * It only reads and reports: it must not start listeners or connect anywhere (so what the
  * upstream offers, such as its SIZE, is checked by `serve` at start, not here).
  */
@@ -91,10 +93,11 @@ export async function runCheck(opts: CheckOptions): Promise<number> {
     let config: Config;
     let warnings: readonly Issue[];
     try {
+        // judged as serve runs it, for the user this check runs as (the owner of spool.dir)
         ({ config, warnings } = loadConfigWithWarnings(
             opts.configPath,
             opts.env,
-            opts.cwd === undefined ? {} : { cwd: opts.cwd },
+            opts.cwd === undefined ? { forServe: true } : { cwd: opts.cwd, forServe: true },
         ));
     } catch (e) {
         if (!(e instanceof ConfigError)) throw e;

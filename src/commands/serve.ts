@@ -48,7 +48,7 @@ async function serve(opts: { configFlag: string | undefined }): Promise<number> 
     const path = resolveConfigPath({ flag: opts.configFlag, env: process.env, cwd });
     let config;
     try {
-        config = loadConfig(path, process.env, { cwd });
+        config = loadConfig(path, process.env, { cwd, forServe: true });
     } catch (err) {
         if (err instanceof ConfigError) {
             process.stderr.write(`${err.message}\n`);
@@ -68,7 +68,7 @@ async function serve(opts: { configFlag: string | undefined }): Promise<number> 
             reloadConfig: () => {
                 if (path === null) return null;
                 try {
-                    return loadConfig(path, process.env, { cwd });
+                    return loadConfig(path, process.env, { cwd, forServe: true });
                 } catch {
                     return null; // each worker logs why
                 }

@@ -82,6 +82,13 @@ export function resolveConfigPath(opts: {
 export interface LoadOptions {
     /** Folder that a relative config path (and, without a config file, relative defaults) resolve against. */
     readonly cwd?: string;
+    /**
+     * Judge the file as `serve` runs it, for the user this process runs as: `serve` (start and
+     * reload) and `check` set it. It adds what depends on that user: a `spool.dir` another user
+     * owns is refused (serve's start would refuse it). Commands that only read the config
+     * (`users`, `auth`) leave it out, so an operator can run them as root.
+     */
+    readonly forServe?: boolean;
 }
 
 /**
@@ -123,7 +130,8 @@ export function loadConfigWithWarnings(
     const reader = new SourceReader(configPath, text);
     if (reader.failed) throw new ConfigError(reader.issues);
     reader.expandEnvironment(env);
-    const config = buildConfig(reader, path.dirname(absolute), absolute);
+    const owner = options.forServe === true ? process.getuid?.() : undefined;
+    const config = buildConfig(reader, path.dirname(absolute), absolute, owner);
     if (reader.failed) throw new ConfigError(reader.issues);
     return { config: deepFreeze(config), warnings: Object.freeze([...reader.warnings]) };
 }
@@ -139,9 +147,10 @@ export function deepFreeze<T>(value: T): T {
 
 /**
  * Validates the sections of one parsed file, each by its section file, then the checks that
- * span sections; issues go to the reader. Relative paths resolve against `baseDir`.
+ * span sections; issues go to the reader. Relative paths resolve against `baseDir`. With
+ * `owner`, `spool.dir` must belong to that user (LoadOptions.forServe).
  */
-function buildConfig(r: SourceReader, baseDir: string, source: string): Config {
+function buildConfig(r: SourceReader, baseDir: string, source: string, owner: number | undefined): Config {
     const defaults = defaultConfig(baseDir, source);
     const root = r.root();
     if (r.isEmpty(root)) {
@@ -210,7 +219,7 @@ function buildConfig(r: SourceReader, baseDir: string, source: string): Config {
         rules: (rulesField && existingPath(r, rulesField, 'folder', baseDir)) ?? PACKAGE_RULES_DIR,
         softReject: (softRejectField && r.boolean(softRejectField)) ?? false,
         http: http.config,
-        spool: spoolField ? spoolSection(r, spoolField, baseDir) : defaults.spool,
+        spool: spoolField ? spoolSection(r, spoolField, baseDir, owner) : defaults.spool,
         dkim: dkimField ? dkimSection(r, dkimField, baseDir) : null,
         authentication: authenticationField ? authenticationSection(r, authenticationField) : defaults.authentication,
         reputation: reputationField ? reputationSection(r, reputationField) : defaults.reputation,

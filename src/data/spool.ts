@@ -22,6 +22,7 @@ import { chmod, lstat, mkdir, open, readdir, unlink, type FileHandle } from 'nod
 import { createReadStream } from 'node:fs';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
+import { spoolFolderProblem } from '../config/sections/spool.ts';
 import { CopyOnChange, crlfLines } from './copy-on-change.ts';
 
 /**
@@ -45,7 +46,7 @@ function processAlive(pid: number): boolean {
 
 /**
  * Creates the spool folder when missing (mode 0700), refuses one that is not a folder or that
- * another user owns, takes group and other permissions away, and removes the spool files of
+ * another user owns (spoolFolderProblem, the test `check` makes), takes group and other permissions away, and removes the spool files of
  * processes that no longer run. Returns how many such files were removed.
  */
 export async function prepareSpoolFolder(
@@ -54,11 +55,9 @@ export async function prepareSpoolFolder(
 ): Promise<{ removed: number }> {
     await mkdir(dir, { recursive: true, mode: 0o700 });
     const st = await lstat(dir);
-    if (!st.isDirectory()) throw new Error(`spool folder ${dir} is not a folder`);
-    const uid = process.getuid?.();
-    if (uid !== undefined && st.uid !== uid) {
-        throw new Error(`spool folder ${dir} belongs to another user (uid ${st.uid}); it would hold message text`);
-    }
+    // the same test `check` makes of spool.dir, so that check refuses what this refuses
+    const problem = spoolFolderProblem(st, process.getuid?.());
+    if (problem !== null) throw new Error(`spool folder ${dir} ${problem}`);
     if ((st.mode & 0o077) !== 0) await chmod(dir, 0o700);
     let removed = 0;
     for (const name of await readdir(dir)) {

@@ -7,6 +7,7 @@ import { after, describe, it } from 'node:test';
 import { runCheck } from '../../src/commands/check.ts';
 import { workerCount } from '../../src/cluster/primary.ts';
 import { PACKAGE_RULES_DIR, defaultAuthLockout, defaultSpoolDir } from '../../src/config/defaults.ts';
+import { prepareSpoolFolder } from '../../src/data/spool.ts';
 import { ConfigError, loadConfig, resolveConfigPath, type Issue } from '../../src/config/load.ts';
 import { CERT, KEY, OTHER_KEY, PEM_FILES, cleanup, folderWith, issuesOf, loadText, tempDir } from './helpers.ts';
 
@@ -654,6 +655,54 @@ describe('validation', () => {
         // the same file that `check` accepts before the first start is what serve starts with
         const { config } = loadText('spool: { dir: ./not-yet/spool }\n');
         assert.match(config.spool.dir, /not-yet\/spool$/);
+    });
+
+    it("refuses a spool.dir serve would refuse (another user's folder, a symbolic link), at spool.dir, for the user it runs as", async () => {
+        const uid = process.getuid!();
+        const dir = folderWith({ 'link-target/.keep': '' });
+        // as root: a folder given to nobody (65534); as another user: the root folder
+        let target = '/';
+        if (uid === 0) {
+            target = path.join(dir, 'theirs');
+            fs.mkdirSync(target);
+            fs.chownSync(target, 65534, 65534);
+        }
+        const owner = fs.statSync(target).uid;
+        assert.notEqual(owner, uid, 'a folder of another user');
+        const file = path.join(dir, 'mw.yaml');
+        fs.writeFileSync(file, `spool: { dir: "${target}" }\n`);
+        const expected =
+            `mw.yaml:1:15: spool.dir: ${target} belongs to uid ${owner}, not to uid ${uid} that this process runs as; ` +
+            'the spool folder holds message text, so mailwarden uses only one of the user it runs as: give the folder ' +
+            'to the user serve runs as, and run check as that user too (for example runuser -u mailwarden -- mailwarden check)';
+        const err: string[] = [];
+        const check = { configPath: 'mw.yaml', cwd: dir, env: {}, out: () => {}, err: (l: string) => err.push(l) };
+        assert.equal(await runCheck(check), 1);
+        assert.deepEqual(err, [expected]);
+        // serve (start and reload) loads it the same way, and its start refuses that folder with the same test
+        assert.throws(
+            () => loadConfig('mw.yaml', {}, { cwd: dir, forServe: true }),
+            (e: unknown) => e instanceof ConfigError && e.message === expected,
+        );
+        await assert.rejects(
+            prepareSpoolFolder(target),
+            /belongs to uid \d+, not to uid \d+ that this process runs as/,
+        );
+        // commands that only read the config (users, auth) are run as root on the service user's config
+        assert.equal(loadConfig('mw.yaml', {}, { cwd: dir }).spool.dir, target);
+
+        // a symbolic link to a folder: serve's start does not follow it, and neither does the loader
+        const link = path.join(dir, 'spool-link');
+        fs.symlinkSync(path.join(dir, 'link-target'), link);
+        assert.deepEqual(issuesOf(`spool: { dir: "${link}" }\n`), [
+            `1:15: spool.dir: ${link} is a symbolic link, not a folder: name the folder itself`,
+        ]);
+        await assert.rejects(prepareSpoolFolder(link), /is a symbolic link, not a folder/);
+        // the folder itself, the running user's: accepted by both
+        const own = path.join(dir, 'link-target');
+        fs.writeFileSync(file, `spool: { dir: "${own}" }\n`);
+        assert.equal(loadConfig(file, {}, { forServe: true }).spool.dir, own);
+        await prepareSpoolFolder(own);
     });
 
     it('checks hostnames and domains', () => {

@@ -6,7 +6,7 @@
  * listeners it had already opened.
  */
 import assert from 'node:assert/strict';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { chown, mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -16,7 +16,7 @@ import { loadConfig } from '../../src/config/load.ts';
 import { createLogger } from '../../src/log.ts';
 import { startDnsServer, type DnsTestServer } from '../helpers/dns-server.ts';
 import { startRedis, type RedisInstance } from '../helpers/redis.ts';
-import { startServe } from '../helpers/serve.ts';
+import { runCommand, startServe } from '../helpers/serve.ts';
 
 /** A loopback port another server holds for the length of the test. */
 async function holdPort(): Promise<{ port: number; close: () => Promise<void> }> {
@@ -120,6 +120,32 @@ describe('a start that fails', () => {
             assert.equal(r.code, 1, `exit status; stderr: ${r.stderr}`);
             assert.match(r.stderr, /start failed: listen EADDRINUSE/);
         });
+    });
+
+    it("refuses another user's spool folder before starting, with the FILE:LINE:COL line check prints", async () => {
+        // as root: a folder given to nobody (65534); as another user: the root folder
+        let spool = '/';
+        if (process.getuid!() === 0) {
+            spool = join(dir, 'spool-of-nobody');
+            await mkdir(spool);
+            await chown(spool, 65534, 65534);
+        }
+        const lines = [
+            ...base(),
+            'listeners: [{ name: mx, host: 127.0.0.1, port: 0, mode: mx }]',
+            'http: false',
+            `spool: { dir: "${spool}" }`,
+        ];
+        const r = await serveUntilExit(dir, lines, 15_000);
+        assert.equal(r.code, 1, `exit status; stderr: ${r.stderr}`);
+        assert.ok(!r.logs.some((l) => l.msg === 'listening'), 'nothing was started');
+        const file = join(dir, 'check.yaml');
+        await writeFile(file, [...lines, ''].join('\n'));
+        const check = await runCommand(['check', '-c', file], dir);
+        assert.equal(check.code, 1);
+        const line = /^.*:6:15: spool\.dir: .* belongs to uid \d+, not to uid \d+ that this process runs as; .*$/m;
+        assert.match(check.stderr, line);
+        assert.equal(r.stderr.replace(/^.*?:6:15: /, ''), check.stderr.replace(/^.*?:6:15: /, ''));
     });
 
     it('closes the listeners start() had opened', async () => {

@@ -42,7 +42,7 @@ export async function startApp(yaml: string, deps: Omit<AppDeps, 'logger'> = {})
     // wait pregreet.wait (6 s) for its greeting.
     if (!/^pregreet:/m.test(yaml)) yaml = `${yaml}\npregreet: { wait: 0s }\n`;
     await writeFile(file, yaml);
-    const config = loadConfig(file, {});
+    const config = loadConfig(file, {}, { forServe: true });
     const logs: Record<string, unknown>[] = [];
     const lines: string[] = [];
     const sink = new Writable({
