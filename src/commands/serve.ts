@@ -8,7 +8,8 @@
  * applied, the others named in a "needs a restart" warning), rules, lists, users and
  * certificates; a SIGHUP or SIGUSR2 that came while it started is acted on once it has started
  * (the launcher holds them, src/commands/early-signals.ts). It refuses exactly what `mailwarden check` refuses, with the same
- * `FILE:LINE:COL` lines.
+ * `FILE:LINE:COL` lines, and logs the config's warnings at start (once: by the primary when
+ * there are workers), each with the line `check` prints for it.
  * With `workers` above 1 this process becomes the primary (src/cluster/primary.ts) and forks
  * workers that run this same command; each worker builds the app without the HTTP endpoint and
  * handles its signals as a single process does.
@@ -20,8 +21,15 @@
  */
 import cluster from 'node:cluster';
 import { runPrimary, workerCount } from '../cluster/primary.ts';
-import { ConfigError, loadConfig, resolveConfigPath } from '../config/load.ts';
-import { createLogger } from '../log.ts';
+import {
+    ConfigError,
+    formatIssue,
+    loadConfig,
+    loadConfigWithWarnings,
+    resolveConfigPath,
+    type Issue,
+} from '../config/load.ts';
+import { createLogger, type Logger } from '../log.ts';
 import { createMetrics } from '../metrics.ts';
 import { VERSION } from '../version.ts';
 import { takeOverEarlySignals } from './early-signals.ts';
@@ -47,8 +55,9 @@ async function serve(opts: { configFlag: string | undefined }): Promise<number> 
     const cwd = process.cwd();
     const path = resolveConfigPath({ flag: opts.configFlag, env: process.env, cwd });
     let config;
+    let warnings: readonly Issue[];
     try {
-        config = loadConfig(path, process.env, { cwd, forServe: true });
+        ({ config, warnings } = loadConfigWithWarnings(path, process.env, { cwd, forServe: true }));
     } catch (err) {
         if (err instanceof ConfigError) {
             process.stderr.write(`${err.message}\n`);
@@ -60,6 +69,7 @@ async function serve(opts: { configFlag: string | undefined }): Promise<number> 
     const worker = cluster.isWorker ? cluster.worker : undefined;
     if (!worker && count > 1) {
         const log = createLogger(config.log.level).child({ role: 'primary' });
+        logConfigWarnings(log, warnings);
         const running = runPrimary({
             config,
             count,
@@ -89,6 +99,8 @@ async function serve(opts: { configFlag: string | undefined }): Promise<number> 
     ]);
     const root = createLogger(config.log.level);
     const log = worker ? root.child({ worker: worker.id, pid: process.pid }) : root;
+    // a worker reads the file its primary read and logged the warnings of
+    if (!worker) logConfigWarnings(log, warnings);
     let app;
     try {
         app = createApp(config, {
@@ -138,4 +150,17 @@ async function serve(opts: { configFlag: string | undefined }): Promise<number> 
     // a worker drains like a stop when its primary is gone: nobody would stop or replace it
     if (worker) serveAsWorker(app, () => shutdown('primary gone'));
     return -1;
+}
+
+/**
+ * The config's warnings (settings that are valid but risky, such as `proxyProtocol: true`), one
+ * line each at start, with the `FILE:LINE:COL: warning: …` line `mailwarden check` prints.
+ */
+function logConfigWarnings(log: Logger, warnings: readonly Issue[]): void {
+    for (const w of warnings) {
+        log.warn(
+            { warning: formatIssue({ ...w, severity: 'warning' }) },
+            'config warning: the setting is in force (mailwarden check shows the same)',
+        );
+    }
 }

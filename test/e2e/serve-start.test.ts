@@ -3,7 +3,8 @@
  * process holds exits 1 promptly, saying why on stderr, instead of serving SMTP half-started (no
  * /metrics, no signal handlers); with `workers: 2` the primary exits 1 too, whether its own HTTP
  * port or a worker's listener cannot be bound. Through the app: a start() that fails closes the
- * listeners it had already opened.
+ * listeners it had already opened. A start that works logs the config's warnings, with the lines
+ * `check` prints for them (once, from the primary, with workers).
  */
 import assert from 'node:assert/strict';
 import { chown, mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
@@ -172,6 +173,35 @@ describe('a start that fails', () => {
         }
     });
 
+    it('logs each config warning at start, with the line check prints, and starts', async () => {
+        const lines = [
+            ...base(),
+            'listeners: [{ name: mx, host: 127.0.0.1, port: 0, mode: mx, proxyProtocol: true }]',
+            'http: false',
+            'shutdownTimeout: 1s',
+        ];
+        const file = join(dir, 'warned.yaml');
+        await writeFile(file, [...lines, ''].join('\n'));
+        const check = await runCommand(['check', '-c', file], dir);
+        assert.equal(check.code, 0, check.stderr);
+        const printed = check.stderr.trimEnd().split('\n');
+        assert.equal(printed.length, 1, check.stderr);
+        assert.match(printed[0]!, /^.*warned\.yaml:4:\d+: warning: listeners\[0\]\.proxyProtocol: true: every peer/);
+        const serve = startServe(file, dir);
+        try {
+            await serve.waitFor((l) => l.msg === 'mailwarden started');
+            const logged = serve.logs.filter((l) => String(l.msg).startsWith('config warning'));
+            assert.deepEqual(
+                logged.map((l) => l.warning),
+                printed,
+                'serve logs what check prints',
+            );
+            assert.equal(logged[0]?.level, 40, 'a warning');
+        } finally {
+            assert.equal(await serve.stop(), 0);
+        }
+    });
+
     describe('with workers: 2', () => {
         let redis: RedisInstance;
         before(async () => {
@@ -179,6 +209,32 @@ describe('a start that fails', () => {
         });
         after(async () => {
             await redis.stop();
+        });
+
+        it('logs each config warning once, from the primary', async () => {
+            const file = join(dir, 'warned-workers.yaml');
+            const lines = [
+                ...base(),
+                'listeners: [{ name: mx, host: 127.0.0.1, port: 0, mode: mx, proxyProtocol: true }]',
+                `redis: { url: "${redis.url}" }`,
+                'http: false',
+                'workers: 2',
+                'shutdownTimeout: 2s',
+            ];
+            await writeFile(file, [...lines, ''].join('\n'));
+            const serve = startServe(file, dir);
+            try {
+                await serve.waitFor((l) => l.msg === 'workers started', { timeoutMs: 60_000 });
+                const logged = serve.logs.filter((l) => String(l.msg).startsWith('config warning'));
+                assert.equal(logged.length, 1, JSON.stringify(logged));
+                assert.equal(logged[0]?.role, 'primary');
+                assert.match(
+                    String(logged[0]?.warning),
+                    /warned-workers\.yaml:4:\d+: warning: listeners\[0\]\.proxyProtocol: true/,
+                );
+            } finally {
+                assert.equal(await serve.stop(), 0);
+            }
         });
 
         it('ends the primary with status 1 when its HTTP port is taken', async () => {
