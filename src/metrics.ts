@@ -313,7 +313,7 @@ export function createMetrics(version: string) {
         }),
         dnsQueries: new Counter({
             name: `${P}dns_queries_total`,
-            help: 'DNS lookups by record type and result (hit, miss, error)',
+            help: 'DNS lookups by record type and result (hit, miss, error; busy: failed at once, the resolver had as many lookups on the network as it sends at once)',
             labelNames: ['type', 'result'],
             registers: r,
         }),

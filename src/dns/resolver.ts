@@ -17,6 +17,12 @@
  * REFUSED, timeouts and connection errors are never cached (RFC 2308 section 7 allows it;
  * we prefer to ask again). Identical lookups in flight share one exchange.
  *
+ * At most `maxInFlight` lookups are on the network at once (each holds one socket at a time):
+ * past it a lookup that the cache and the lookups in flight cannot answer fails at once with
+ * ECANCELLED, which every caller reads as a temporary error, and is counted as `busy`. Clients
+ * choose the names we look up (their reverse zone, their HELO name, their SPF record), and a
+ * name whose servers never answer holds its socket for timeout × servers × tries.
+ *
  * It must not validate DNSSEC (run a validating resolver such as unbound as `dns.servers`),
  * must not follow referrals (it is a stub, RD set), must not touch node:dns's global state,
  * and must not cache promises (only settled values, so no cached rejection can ever be
@@ -93,12 +99,20 @@ export interface ResolverOptions {
     tries?: number;
     cache?: CacheOptions;
     metrics?: Pick<Metrics, 'dnsQueries' | 'dnsQueryDuration'>;
+    /** Lookups on the network at once; past it a lookup fails at once (ECANCELLED, counted as `busy`). */
+    maxInFlight?: number;
     /** Clock for cache expiry, in milliseconds. */
     now?: () => number;
 }
 
 export const RESOLVER_DEFAULTS = {
     tries: 2,
+    /**
+     * As unbound's num-queries-per-thread: far above what a busy gateway has waiting on a local
+     * resolver (rate × latency, a few hundred while remote servers time out), far below the
+     * process's open files (65,536 in the shipped unit).
+     */
+    maxInFlight: 1024,
     maxEntries: 10_000,
     maxBytes: 32 * 1024 * 1024,
     minTtlMs: 5_000,
@@ -247,6 +261,7 @@ export function createResolver(opts: ResolverOptions): Resolver {
     const timeoutMs = opts.timeoutMs;
     if (!(Number.isFinite(timeoutMs) && timeoutMs > 0)) throw new Error(`bad DNS timeout ${timeoutMs}`);
     const tries = Math.max(1, Math.floor(opts.tries ?? RESOLVER_DEFAULTS.tries));
+    const maxInFlight = Math.max(1, Math.floor(opts.maxInFlight ?? RESOLVER_DEFAULTS.maxInFlight));
     const maxEntries = opts.cache?.maxEntries ?? RESOLVER_DEFAULTS.maxEntries;
     const maxBytes = opts.cache?.maxBytes ?? RESOLVER_DEFAULTS.maxBytes;
     const minTtlMs = opts.cache?.minTtlMs ?? RESOLVER_DEFAULTS.minTtlMs;
@@ -317,7 +332,7 @@ export function createResolver(opts: ResolverOptions): Resolver {
         throw dnsError(o.code, syscall, hostname);
     }
 
-    function count(type: Rrtype, result: 'hit' | 'miss' | 'error'): void {
+    function count(type: Rrtype, result: 'hit' | 'miss' | 'error' | 'busy'): void {
         metrics?.dnsQueries.inc({ type, result });
     }
 
@@ -358,6 +373,12 @@ export function createResolver(opts: ResolverOptions): Resolver {
                 }
                 return settle(o, syscall, display);
             });
+        }
+        if (inflight.size >= maxInFlight) {
+            count(type, 'busy');
+            const err = dnsError('ECANCELLED', syscall, display);
+            err.message = `${syscall} ECANCELLED ${display}: ${maxInFlight} DNS lookups in flight, the most at once`;
+            return Promise.reject(err);
         }
         misses++;
         const started = performance.now();

@@ -84,6 +84,8 @@ describe('iprev check', () => {
             ['ENOTIMP', 'temperror'],
             ['ESERVFAIL', 'temperror'],
             ['ETIMEOUT', 'temperror'],
+            // the resolver's refusal with too many lookups in flight, a closed resolver
+            ['ECANCELLED', 'temperror'],
             ['ENOTFOUND', 'fail'],
             ['ENODATA', 'fail'],
             ['EBADNAME', 'fail'],

@@ -310,6 +310,56 @@ describe('DNS resolver', () => {
             await rejectsWith(pending, 'ECANCELLED');
             await rejectsWith(r.resolve('example.test', 'A'), 'ECANCELLED');
         });
+
+        it('past maxInFlight lookups on the network, a new one fails at once with ECANCELLED, counted as busy', async () => {
+            const names = ['s1', 's2', 's3', 's4'].map((n) => `${n}.silent.test`);
+            server.setZone({ ...BASE_ZONE, ...Object.fromEntries(names.map((n) => [n, { TIMEOUT: true }])) });
+            const metrics = createMetrics('test');
+            const r = make({ metrics, maxInFlight: 3, tries: 1, timeoutMs: 1000 });
+            await r.resolve('example.test', 'A'); // cached
+            const held = names.slice(0, 3).map((n) => r.resolve(n, 'A'));
+            // a lookup already in flight is shared, the cache still answers
+            const shared = r.resolve(names[0]!, 'A');
+            const settled = held.map(() => false);
+            for (const [i, p] of held.entries()) p.catch(() => (settled[i] = true));
+            shared.catch(() => undefined);
+            assert.deepEqual(await r.resolve('example.test', 'A'), ['192.0.2.1', '192.0.2.2']);
+            await rejectsWith(r.resolve(names[3]!, 'A'), 'ECANCELLED', { syscall: 'queryA', hostname: names[3] });
+            await rejectsWith(r.reverse('192.0.2.1'), 'ECANCELLED', { syscall: 'getHostByAddr' });
+            assert.deepEqual(settled, [false, false, false], 'refused while the three were still waiting');
+            assert.equal(seen(names[3]!), 0, 'nothing sent for it');
+            assert.equal(seen('1.2.0.192.in-addr.arpa'), 0);
+            const counter = await metrics.dnsQueries.get();
+            const value = (type: string, result: string) =>
+                counter.values.find((v) => v.labels.type === type && v.labels.result === result)?.value ?? 0;
+            assert.equal(value('A', 'busy'), 1);
+            assert.equal(value('PTR', 'busy'), 1);
+            // once they have timed out, lookups go to the network again
+            const ended = await Promise.allSettled([...held, shared]);
+            assert.deepEqual(
+                ended.map((e) => e.status === 'rejected' && (e.reason as { code?: unknown }).code),
+                ['ETIMEOUT', 'ETIMEOUT', 'ETIMEOUT', 'ETIMEOUT'],
+            );
+            await rejectsWith(r.resolve(names[3]!, 'A'), 'ETIMEOUT');
+            assert.equal(seen(names[3]!), 1);
+        });
+
+        it('sends at most 1,024 lookups at once by default', async () => {
+            const silent = await silentServer();
+            const r = make({ servers: [silent.address], timeoutMs: 5000 });
+            try {
+                const held = Promise.allSettled(
+                    Array.from({ length: 1024 }, (_, i) => r.resolve(`n${i}.silent.test`, 'A')),
+                );
+                await rejectsWith(r.resolve('n1024.silent.test', 'A'), 'ECANCELLED');
+                r.close();
+                const codes = (await held).map((e) => e.status === 'rejected' && (e.reason as { code?: unknown }).code);
+                assert.deepEqual(new Set(codes), new Set(['ECANCELLED']));
+            } finally {
+                r.close();
+                await silent.close();
+            }
+        });
     });
 
     describe('servers and transport', () => {
