@@ -73,8 +73,8 @@ const ip = (i: number): string => `198.51.${Math.floor(i / 250)}.${i % 250}`;
 
 /** One connection as the session makes it: prefetch at connect, then the helo and mail stages. */
 async function connection(i: number): Promise<void> {
-    check.prefetch?.(ctx('helo', ip(i)).client);
     const signal = new AbortController().signal;
+    check.prefetch?.(ctx('helo', ip(i)).client, signal);
     await check.run(ctx('helo', ip(i)), signal);
     await check.run(ctx('mail', ip(i)), signal);
 }

@@ -183,7 +183,7 @@ function delegate(current: () => Check): Check {
             return current().timeoutMs;
         },
         run: (ctx, signal) => current().run(ctx, signal),
-        ...(first.prefetch ? { prefetch: (client) => current().prefetch?.(client) } : {}),
+        ...(first.prefetch ? { prefetch: (client, signal) => current().prefetch?.(client, signal) } : {}),
         ...(first.end ? { end: (id: string) => current().end?.(id) ?? Promise.resolve() } : {}),
         ...(first.delivered ? { delivered: (id, rcpts) => current().delivered?.(id, rcpts) } : {}),
     };
@@ -272,7 +272,7 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
         createReputationService(c, {
             resolve: (name, rrtype) => resolver.resolve(name, rrtype),
             resolveFresh: (name, rrtype) => (resolver.resolveFresh ?? resolver.resolve)(name, rrtype),
-            reverse: (ip) => resolver.reverse(ip),
+            reverse: (ip, signal) => resolver.reverse(ip, signal),
             metrics,
             log,
             now,

@@ -113,6 +113,8 @@ export class Session {
     private dataSettled: Promise<void> = Promise.resolve();
     private settleData: () => void = () => undefined;
     private closed = false;
+    /** Aborts when the session ends: the lookups started at connect (prefetch) are given up. */
+    private readonly ended = new AbortController();
     /** The Message-ID of the message in the current (or last) DATA, for the duplicate-risk warning. */
     private messageId: string | null = null;
 
@@ -160,15 +162,17 @@ export class Session {
 
     /**
      * Connect stage: runs once when the client connects. Throws a reply error to refuse.
-     * Lookups of later stages (the reverse name) start here without being waited for, so the
-     * greeting never waits on DNS.
+     * Lookups of later stages (the reverse name) start once the stage did not refuse the client,
+     * without being waited for, so the greeting never waits on DNS; they are given up when the
+     * session ends. A refused client (a connection limit, a rule) costs no DNS lookup.
      */
     async onConnect(): Promise<void> {
         if (this.deps.isDraining()) throw this.refuse(replyFor('shutting-down', { id: this.id }));
-        const client = this.identity();
-        for (const c of this.deps.checks) c.prefetch?.(client);
         const result = await this.decideStage('connect', this.flow.connectStageFacts(this.client()));
         this.flow.connected(result);
+        if (this.closed) return;
+        const client = this.identity();
+        for (const c of this.deps.checks) c.prefetch?.(client, this.ended.signal);
     }
 
     /**
@@ -738,6 +742,7 @@ export class Session {
     async close(): Promise<void> {
         if (this.closed) return;
         this.closed = true;
+        this.ended.abort();
         if (this.inData) await this.dataSettled;
         const up = this.upstream;
         this.upstream = null;

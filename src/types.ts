@@ -107,11 +107,13 @@ export interface Check {
      */
     run(ctx: CheckContext, signal: AbortSignal): Promise<CheckResult>;
     /**
-     * Called when the client connects, before the greeting: starts lookups the check will need
-     * at its own (later) stage, so they are under way or cached by then. It must not wait,
-     * throw, or report anything; `run` still does all the work that decides.
+     * Called when the client connects and the connect stage did not refuse it, before the
+     * greeting: starts lookups the check will need at its own (later) stage, so they are under
+     * way or cached by then. It must not wait, throw, or report anything; `run` still does all
+     * the work that decides. `signal` aborts when the session ends: what was started for it is
+     * given up (pass it to the resolver) and nothing more is started.
      */
-    prefetch?(client: ClientIdentity): void;
+    prefetch?(client: ClientIdentity, signal: AbortSignal): void;
     /** Called once when the SMTP session ends, to release per-connection state; must not throw. */
     end?(sessionId: string): Promise<void>;
     /**

@@ -7,8 +7,11 @@
  * answer about the name (NXDOMAIN, NODATA, a name that cannot be asked) counts against the
  * client; every other resolver error (SERVFAIL, FORMERR, NOTIMP, a bad answer, a timeout) is a
  * temperror, never a fail.
- * The lookups start when the client connects (prefetch) but the facts are reported at the helo
- * stage, so a slow or dead resolver never delays the greeting.
+ * The lookups start when the client connects (prefetch, once the connect stage did not refuse
+ * it) but the facts are reported at the helo stage, so a slow or dead resolver never delays the
+ * greeting. The client chooses the PTR names and whether their servers answer: the prefetch's
+ * lookups are given up when the session ends, and the forward lookups of a session that ended
+ * are never started.
  */
 import { isIP } from 'node:net';
 import type { Resolver } from '../dns/resolver.ts';
@@ -32,14 +35,16 @@ export function createIprevCheck(resolver: Resolver, timeoutMs: number): Check {
         stages: ['helo'],
         timeoutMs,
         onError: 'ignore',
-        prefetch(client) {
+        prefetch(client, signal) {
             const family = isIP(client.ip);
             if (family === 0) return;
-            // the resolver caches and shares queries in flight, so run() finds these answers
-            resolver.reverse(client.ip).then(
+            // the resolver caches and shares queries in flight, so run() finds these answers; with
+            // the session's signal they are given up when it ends (unless run() waits for them)
+            resolver.reverse(client.ip, signal).then(
                 (names) => {
+                    if (signal.aborted) return;
                     for (const name of names.slice(0, MAX_NAMES)) {
-                        resolver.resolve(name, family === 6 ? 'AAAA' : 'A').catch(() => undefined);
+                        resolver.resolve(name, family === 6 ? 'AAAA' : 'A', signal).catch(() => undefined);
                     }
                 },
                 () => undefined,

@@ -23,6 +23,12 @@
  * choose the names we look up (their reverse zone, their HELO name, their SPF record), and a
  * name whose servers never answer holds its socket for timeout × servers × tries.
  *
+ * A caller may pass a signal (the session's, for the lookups started when a client connects):
+ * once every caller waiting for a lookup in flight passed one and each has aborted, its
+ * exchange is given up (sockets closed, ECANCELLED to them all, nothing cached), and a lookup
+ * asked with a signal already aborted is not started. A caller without a signal keeps the
+ * lookup to its end.
+ *
  * It must not validate DNSSEC (run a validating resolver such as unbound as `dns.servers`),
  * must not follow referrals (it is a stub, RD set), must not touch node:dns's global state,
  * and must not cache promises (only settled values, so no cached rejection can ever be
@@ -50,16 +56,19 @@ import { ExchangeError, tcpExchange, udpExchange, type Question } from './transp
 export interface Resolver {
     /**
      * mailauth's resolver contract, same shapes as node:dns promises resolve(name, rrtype).
-     * Does not use `this`: pass `resolver.resolve` on its own.
+     * Does not use `this`: pass `resolver.resolve` on its own. `signal`: once it aborts, this
+     * caller no longer needs the answer; when no caller does, the exchange is given up
+     * (ECANCELLED). A third argument that is not an AbortSignal (mailauth passes options
+     * there) is ignored.
      */
-    resolve(this: void, name: string, rrtype: string): Promise<unknown>;
+    resolve(this: void, name: string, rrtype: string, signal?: AbortSignal): Promise<unknown>;
     /**
      * As resolve(), asking the servers even when the answer is cached (and caching what they
      * say): for the health probes of DNS lists, which must see a list as it answers now.
      */
     resolveFresh?(this: void, name: string, rrtype: string): Promise<unknown>;
-    /** Reverse lookup (PTR) of an IP address. Does not use `this`. */
-    reverse(this: void, ip: string): Promise<string[]>;
+    /** Reverse lookup (PTR) of an IP address. Does not use `this`. `signal`: as for resolve(). */
+    reverse(this: void, ip: string, signal?: AbortSignal): Promise<string[]>;
     stats(): { entries: number; hits: number; misses: number; bytes: number };
     close(): void;
     /**
@@ -150,6 +159,19 @@ type Outcome =
     | { kind: 'error'; code: DnsErrorCode };
 
 type Cached = { kind: 'data'; value: unknown } | { kind: 'negative'; code: 'ENOTFOUND' | 'ENODATA' };
+
+/**
+ * A lookup in flight started by a caller with a signal: its exchanges listen to `controller`,
+ * which aborts when the last of the callers' signals aborts. A caller without a signal sets
+ * `waiting` to Infinity: the lookup then runs to its end.
+ */
+interface Cancellable {
+    readonly controller: AbortController;
+    /** Callers whose signal has not aborted yet. */
+    waiting: number;
+    readonly signals: AbortSignal[];
+    readonly onAbort: () => void;
+}
 
 /**
  * When every attempt failed, the error reported is the most telling one seen: a server's
@@ -279,29 +301,35 @@ export function createResolver(opts: ResolverOptions): Resolver {
     let hits = 0;
     let misses = 0;
 
-    const exchangeOpts = (edns: boolean) => ({ timeoutMs, edns, signal: controller.signal });
+    /** The lookups in flight that their callers may call off, by cache key (see Cancellable). */
+    const cancellable = new Map<string, Cancellable>();
+
+    const exchangeOpts = (edns: boolean, signal: AbortSignal) => ({ timeoutMs, edns, signal });
 
     /** One server: UDP with EDNS(0); without it after a FORMERR (RFC 6891 section 7); TCP after TC. */
-    async function ask(server: ServerAddress, q: Question): Promise<DecodedPacket> {
+    async function ask(server: ServerAddress, q: Question, signal: AbortSignal): Promise<DecodedPacket> {
         let edns = true;
-        let packet = await udpExchange(server, q, exchangeOpts(edns));
+        let packet = await udpExchange(server, q, exchangeOpts(edns, signal));
         if (((packet.flags ?? 0) & 0xf) === 1 && !(packet.additionals ?? []).some((a) => a.type === 'OPT')) {
             edns = false;
-            packet = await udpExchange(server, q, exchangeOpts(edns));
+            packet = await udpExchange(server, q, exchangeOpts(edns, signal));
         }
-        if (packet.flag_tc) packet = await tcpExchange(server, q, exchangeOpts(edns));
+        if (packet.flag_tc) packet = await tcpExchange(server, q, exchangeOpts(edns, signal));
         return packet;
     }
 
-    /** Every server in order, `tries` rounds; the first NOERROR or NXDOMAIN answer wins. */
-    async function network(qname: string, type: Rrtype): Promise<Outcome> {
+    /**
+     * Every server in order, `tries` rounds; the first NOERROR or NXDOMAIN answer wins. `signal`
+     * aborts the exchange in progress and starts no other.
+     */
+    async function network(qname: string, type: Rrtype, signal: AbortSignal): Promise<Outcome> {
         const q: Question = { name: qname, type };
         let worst: DnsErrorCode | null = null;
         for (let round = 0; round < tries; round++) {
             for (const server of servers) {
                 let outcome: Outcome;
                 try {
-                    outcome = interpret(await ask(server, q), qname, type);
+                    outcome = interpret(await ask(server, q, signal), qname, type);
                 } catch (err) {
                     outcome = { kind: 'error', code: err instanceof ExchangeError ? err.code : 'EBADRESP' };
                 }
@@ -336,6 +364,38 @@ export function createResolver(opts: ResolverOptions): Resolver {
         metrics?.dnsQueries.inc({ type, result });
     }
 
+    /** A lookup in flight that the callers with a signal may call off, counting `signal` as one. */
+    function cancellableFor(signal: AbortSignal): Cancellable {
+        const c: Cancellable = {
+            controller: new AbortController(),
+            waiting: 0,
+            signals: [],
+            onAbort: () => {
+                if (--c.waiting === 0) c.controller.abort();
+            },
+        };
+        follow(c, signal);
+        return c;
+    }
+
+    /** Another caller of the lookup: with a signal, one more to wait for; without, it runs to its end. */
+    function follow(c: Cancellable, signal: AbortSignal | undefined): void {
+        if (c.waiting === Infinity) return;
+        if (signal === undefined) {
+            c.waiting = Infinity;
+            release(c);
+        } else if (!c.signals.includes(signal)) {
+            c.waiting++;
+            c.signals.push(signal);
+            signal.addEventListener('abort', c.onAbort, { once: true });
+        }
+    }
+
+    function release(c: Cancellable): void {
+        for (const s of c.signals) s.removeEventListener('abort', c.onAbort);
+        c.signals.length = 0;
+    }
+
     /**
      * `display` is what errors name: the name asked, or the address for reverse(). `fresh`: the
      * cache is not read (an exchange already in flight is shared), its answer is stored.
@@ -344,8 +404,9 @@ export function createResolver(opts: ResolverOptions): Resolver {
         hostname: string,
         type: Rrtype,
         syscall: string,
-        display = hostname,
-        fresh = false,
+        display: string,
+        fresh: boolean,
+        signal: AbortSignal | undefined,
     ): Promise<unknown> {
         let qname: string;
         try {
@@ -354,7 +415,7 @@ export function createResolver(opts: ResolverOptions): Resolver {
             count(type, 'error');
             return Promise.reject(err instanceof Error ? err : new Error(String(err)));
         }
-        if (closed) return Promise.reject(dnsError('ECANCELLED', syscall, display));
+        if (closed || signal?.aborted) return Promise.reject(dnsError('ECANCELLED', syscall, display));
         const key = `${type} ${qname}`;
         const cached = fresh ? undefined : cache.get(key, now());
         if (cached) {
@@ -364,6 +425,8 @@ export function createResolver(opts: ResolverOptions): Resolver {
         }
         const shared = inflight.get(key);
         if (shared) {
+            const c = cancellable.get(key);
+            if (c) follow(c, signal);
             // Served by another caller's exchange: a hit unless that exchange failed.
             return shared.then((o) => {
                 if (o.kind === 'error') count(type, 'error');
@@ -382,10 +445,16 @@ export function createResolver(opts: ResolverOptions): Resolver {
         }
         misses++;
         const started = performance.now();
-        const flight = network(qname, type)
+        const c = signal ? cancellableFor(signal) : null;
+        if (c) cancellable.set(key, c);
+        const flight = network(qname, type, c ? c.controller.signal : controller.signal)
             .catch((): Outcome => ({ kind: 'error', code: 'EBADRESP' }))
             .then((o) => {
                 inflight.delete(key);
+                if (c) {
+                    release(c);
+                    if (cancellable.get(key) === c) cancellable.delete(key);
+                }
                 metrics?.dnsQueryDuration.observe({ type }, (performance.now() - started) / 1000);
                 if (!closed) store(key, o);
                 return o;
@@ -397,7 +466,7 @@ export function createResolver(opts: ResolverOptions): Resolver {
         });
     }
 
-    const resolveType = (name: string, rrtype: string, fresh: boolean): Promise<unknown> => {
+    const resolveType = (name: string, rrtype: string, fresh: boolean, signal?: AbortSignal): Promise<unknown> => {
         // like node:dns, a missing type means A
         const type = rrtype === undefined ? 'A' : typeof rrtype === 'string' ? rrtype.toUpperCase() : '';
         if (!isRrtype(type)) {
@@ -407,16 +476,18 @@ export function createResolver(opts: ResolverOptions): Resolver {
             err.code = 'ERR_INVALID_ARG_VALUE';
             return Promise.reject(err);
         }
-        return lookup(name, type, SYSCALLS[type], name, fresh);
+        return lookup(name, type, SYSCALLS[type], name, fresh, signal instanceof AbortSignal ? signal : undefined);
     };
 
     return {
-        resolve: (name: string, rrtype: string): Promise<unknown> => resolveType(name, rrtype, false),
+        resolve: (name: string, rrtype: string, signal?: AbortSignal): Promise<unknown> =>
+            resolveType(name, rrtype, false, signal),
         resolveFresh: (name: string, rrtype: string): Promise<unknown> => resolveType(name, rrtype, true),
-        reverse(ip: string): Promise<string[]> {
+        reverse(ip: string, signal?: AbortSignal): Promise<string[]> {
             const name = typeof ip === 'string' ? reverseName(ip) : null;
             if (name === null) return Promise.reject(dnsError('EINVAL', 'getHostByAddr', String(ip)));
-            return lookup(name, 'PTR', 'getHostByAddr', ip) as Promise<string[]>;
+            const s = signal instanceof AbortSignal ? signal : undefined;
+            return lookup(name, 'PTR', 'getHostByAddr', ip, false, s) as Promise<string[]>;
         },
         stats() {
             return { entries: cache.size, hits, misses, bytes: cache.bytes };
@@ -442,6 +513,11 @@ export function createResolver(opts: ResolverOptions): Resolver {
         close() {
             closed = true;
             controller.abort();
+            for (const c of cancellable.values()) {
+                release(c);
+                c.controller.abort();
+            }
+            cancellable.clear();
             cache.clear();
             inflight.clear();
         },

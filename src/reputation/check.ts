@@ -8,12 +8,13 @@
  *   naming itself as us, a name that does not resolve) and `client.ptr.generic`.
  * - mail stage: the domain lists about the envelope sender domain (`rhsbl.sender.*`).
  *
- * The address lists and the reverse name are asked when the client connects (prefetch), so
- * the greeting never waits for DNS and the answers are in the resolver's cache by the time the
- * facts are reported. Every lookup goes through the caching resolver and is bounded by the DNS
- * timeout; the check as a whole has a timeout and the declared failure verdict `ignore`: a
- * dead resolver or list leaves the facts out (rules then treat the client as not listed), it
- * never refuses mail by itself. It decides nothing and sends no reply.
+ * The address lists and the reverse name are asked when the client connects (prefetch, once the
+ * connect stage let it in; the reverse lookup, in a zone the client may run, is given up when the
+ * session ends), so the greeting never waits for DNS and the answers are in the resolver's cache
+ * by the time the facts are reported. Every lookup goes through the caching resolver and is
+ * bounded by the DNS timeout; the check as a whole has a timeout and the declared failure verdict
+ * `ignore`: a dead resolver or list leaves the facts out (rules then treat the client as not
+ * listed), it never refuses mail by itself. It decides nothing and sends no reply.
  */
 import { isIP } from 'node:net';
 import type { Metrics } from '../metrics.ts';
@@ -32,7 +33,8 @@ export interface ReputationLists {
 
 export interface ReputationOptions {
     readonly resolve: Resolve;
-    readonly reverse: (ip: string) => Promise<string[]>;
+    /** `signal`: as for Resolver.reverse (given up once every caller's signal aborted). */
+    readonly reverse: (ip: string, signal?: AbortSignal) => Promise<string[]>;
     readonly lists: ReputationLists;
     readonly health: Pick<ZoneHealth, 'healthy' | 'distrust'>;
     /** Longest wait for one DNS answer (the resolver's timeout). */
@@ -163,11 +165,12 @@ export function createReputationProbe(lookup: ReputationLookup): Pick<Check, 'pr
     const o = lookup.opts;
     const count = (check: string, result: string): void => o.metrics?.heloChecks.inc({ check, result });
     return {
-        prefetch(client) {
+        prefetch(client, signal) {
             if (isIP(client.ip) === 0) return;
-            // the resolver caches and shares queries in flight, so run() finds these answers
+            // the resolver caches and shares queries in flight, so run() finds these answers; the
+            // reverse lookup (in a zone the client may run) is given up when the session ends
             lookup.address(client.ip, undefined, false).catch(() => undefined);
-            o.reverse(client.ip).catch(() => undefined);
+            o.reverse(client.ip, signal).catch(() => undefined);
         },
         async run(ctx, signal): Promise<CheckResult> {
             if (ctx.stage === 'mail') {

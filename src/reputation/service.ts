@@ -27,7 +27,8 @@ export interface ReputationServiceDeps {
     readonly resolve: Resolve;
     /** For the lists' health probes: asks the servers, not the cache (default: resolve). */
     readonly resolveFresh?: Resolve;
-    readonly reverse: (ip: string) => Promise<string[]>;
+    /** `signal`: as for Resolver.reverse (given up once every caller's signal aborted). */
+    readonly reverse: (ip: string, signal?: AbortSignal) => Promise<string[]>;
     readonly metrics: Pick<Metrics, 'dnsblHits' | 'dnsblErrors' | 'heloChecks' | 'dnsblZoneHealthy'>;
     readonly log: Pick<Logger, 'warn' | 'info'>;
     readonly now: () => number;

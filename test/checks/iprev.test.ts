@@ -1,19 +1,37 @@
 /**
  * The iprev check against a real DNS server on loopback: a forward-confirmed PTR gives
  * `client.ptr`; a PTR that does not resolve back, no PTR, or a DNS failure give null with
- * the matching `iprev.result`. Also end to end: the confirmed name reaches the upstream as
- * XCLIENT NAME.
+ * the matching `iprev.result`. The lookups started at connect (prefetch) are given up when the
+ * session ends, and none start for a client refused at connect. Also end to end: the confirmed
+ * name reaches the upstream as XCLIENT NAME.
  */
 import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { createIprevCheck } from '../../src/checks/iprev.ts';
 import { createResolver, type Resolver } from '../../src/dns/resolver.ts';
+import { createMetrics, type Metrics } from '../../src/metrics.ts';
 import { dnsError, type DnsErrorCode } from '../../src/dns/errors.ts';
 import type { CheckContext } from '../../src/types.ts';
 import { startApp } from '../helpers/app.ts';
 import { startDnsServer, type DnsTestServer } from '../helpers/dns-server.ts';
 import { startScriptedUpstream } from '../helpers/scripted-upstream.ts';
-import { sendMail } from '../helpers/smtp-client.ts';
+import { sendMail, smtpConnect } from '../helpers/smtp-client.ts';
+import { until } from '../helpers/until.ts';
+
+/** PTR names whose addresses never answer, as a client that runs its reverse zone can have. */
+function neverAnswering(domain: string): { names: string[]; zone: Record<string, { TIMEOUT: true }> } {
+    const names = Array.from({ length: 10 }, (_, i) => `h${i}.${domain}`);
+    return { names, zone: Object.fromEntries(names.map((n) => [n, { TIMEOUT: true as const }])) };
+}
+
+/** Lookups of `type` counted with `result` (dns_queries_total). */
+async function counted(metrics: Metrics, type: string, result: string): Promise<number> {
+    const c = await metrics.dnsQueries.get();
+    return c.values.find((v) => v.labels.type === type && v.labels.result === result)?.value ?? 0;
+}
 
 function ctx(ip: string): CheckContext {
     return {
@@ -101,6 +119,93 @@ describe('iprev check', () => {
                 assert.deepEqual(facts, { 'client.ptr': null, 'iprev.result': result }, `${stage} ${code}`);
             }
         }
+    });
+
+    it('gives up the lookups started at connect when the session ends, and starts no forward lookup after', async () => {
+        const { names, zone } = neverAnswering('gone.example');
+        dns.setZone({ '20.2.0.192.in-addr.arpa': { PTR: names }, '21.2.0.192.in-addr.arpa': { PTR: names }, ...zone });
+        const metrics = createMetrics('test');
+        const slow = createResolver({ servers: [dns.address], timeoutMs: 30_000, tries: 2, metrics });
+        try {
+            const check = createIprevCheck(slow, 2000);
+            const session = new AbortController();
+            const client = ctx('192.0.2.20').client;
+            const sent = (type: string) => dns.queries.filter((q) => q.type === type).length;
+            const before = sent('A');
+            check.prefetch?.(client, session.signal);
+            await until('the five forward lookups were sent', () => sent('A') === before + 5);
+            session.abort();
+            await new Promise((resolve) => setImmediate(resolve));
+            // given up at once, not after 30 s × 2 tries
+            assert.equal(await counted(metrics, 'A', 'error'), 5);
+            // a session that ended before its PTR answer came: the PTR lookup is given up, or, when
+            // another caller waits for it too (the check's run), no forward lookup starts after it
+            const misses = slow.stats().misses;
+            const gone = new AbortController();
+            check.prefetch?.(ctx('192.0.2.21').client, gone.signal);
+            gone.abort();
+            await until('its PTR lookup was given up', async () => (await counted(metrics, 'PTR', 'error')) === 1);
+            const late = new AbortController();
+            check.prefetch?.(ctx('192.0.2.21').client, late.signal);
+            const run = slow.reverse('192.0.2.21');
+            late.abort();
+            assert.deepEqual(await run, names);
+            assert.equal(slow.stats().misses, misses + 2, 'the two PTR lookups alone');
+        } finally {
+            slow.close();
+        }
+    });
+
+    it('starts no lookup for a client refused at connect; those of a client that leaves are given up', async (t) => {
+        const refused = neverAnswering('refused.example');
+        const leaving = neverAnswering('leaving.example');
+        dns.setZone({
+            '2.0.5.127.in-addr.arpa': { PTR: refused.names },
+            '3.0.5.127.in-addr.arpa': { PTR: leaving.names },
+            ...refused.zone,
+            ...leaving.zone,
+        });
+        const rules = mkdtempSync(join(tmpdir(), 'mw-iprev-rules-'));
+        writeFileSync(
+            join(rules, 'connect.yaml'),
+            'rules:\n  - id: refuse-at-connect\n    stage: connect\n    when: { client.ip: 127.5.0.2 }\n    action: reject\n',
+        );
+        const up = await startScriptedUpstream({ ehlo: ['XCLIENT NAME ADDR PORT PROTO HELO LOGIN'] });
+        const mw = await startApp(
+            [
+                'hostname: mx.example.test',
+                'domains: [example.test]',
+                'listeners: [{ name: mx, host: 127.0.0.1, port: 0, mode: mx }]',
+                `upstream: { url: "smtp://127.0.0.1:${up.port}" }`,
+                `rules: "${rules}"`,
+                // a lookup that is not given up takes 30 s × 2 tries
+                `dns: { servers: ["${dns.address}"], timeout: 30s }`,
+                'http: false',
+            ].join('\n'),
+        );
+        t.after(async () => {
+            await mw.stop();
+            await up.close();
+            rmSync(rules, { recursive: true, force: true });
+        });
+        const asked = (name: string) => dns.queries.filter((q) => q.name === name).length;
+        const refusedClient = await smtpConnect(mw.port(), { localAddress: '127.5.0.2' });
+        assert.equal((await refusedClient.greeting()).code, 554);
+        refusedClient.close();
+        const c = await smtpConnect(mw.port(), { localAddress: '127.5.0.3' });
+        assert.equal((await c.greeting()).code, 220);
+        await until('the forward lookups of the client let in were sent', () =>
+            leaving.names.slice(0, 5).every((n) => asked(n) === 1),
+        );
+        // the refused client connected first: its PTR query would have been sent by now
+        assert.equal(asked('2.0.5.127.in-addr.arpa'), 0);
+        assert.equal(asked('3.0.5.127.in-addr.arpa'), 1);
+        const before = await counted(mw.app.metrics, 'A', 'error');
+        c.close();
+        await until('the client that left has its five forward lookups given up', async () => {
+            return (await counted(mw.app.metrics, 'A', 'error')) === before + 5;
+        });
+        assert.ok(refused.names.every((n) => asked(n) === 0));
     });
 
     it('passes the confirmed name upstream as XCLIENT NAME', async (t) => {

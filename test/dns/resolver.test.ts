@@ -11,6 +11,7 @@ import { authenticate, type DNSResolver } from 'mailauth';
 import { createMetrics } from '../../src/metrics.ts';
 import { createResolver, smtpServerResolver, type Resolver, type ResolverOptions } from '../../src/dns/resolver.ts';
 import { startDnsServer, type DnsTestServer, type Zone } from '../helpers/dns-server.ts';
+import { until } from '../helpers/until.ts';
 
 const TIMEOUT = 200;
 
@@ -342,6 +343,56 @@ describe('DNS resolver', () => {
             );
             await rejectsWith(r.resolve(names[3]!, 'A'), 'ETIMEOUT');
             assert.equal(seen(names[3]!), 1);
+        });
+
+        it('gives up a lookup once every caller that passed a signal has aborted, and starts none for an aborted one', async () => {
+            const metrics = createMetrics('test');
+            const r = make({ metrics, tries: 2, timeoutMs: 5_000 });
+            const codeOf = (p: Promise<unknown>) =>
+                p.then(
+                    () => 'answered',
+                    (e: { code?: string }) => e.code,
+                );
+            // one caller: given up when its signal aborts, and not cached
+            const one = new AbortController();
+            const alone = codeOf(r.resolve('silent.example.test', 'A', one.signal));
+            await until('the query was sent', () => seen('silent.example.test', 'A') === 1);
+            one.abort();
+            assert.equal(await alone, 'ECANCELLED');
+            // two callers with signals: given up when the second aborts, not before
+            const a = new AbortController();
+            const b = new AbortController();
+            let firstEnded = false;
+            const first = codeOf(r.resolve('silent.example.test', 'TXT', a.signal)).finally(() => (firstEnded = true));
+            const second = codeOf(r.resolve('silent.example.test', 'TXT', b.signal));
+            await until('the query was sent', () => seen('silent.example.test', 'TXT') === 1);
+            a.abort();
+            await new Promise((resolve) => setImmediate(resolve));
+            assert.equal(firstEnded, false, 'still looked up for the second caller');
+            b.abort();
+            assert.deepEqual(await Promise.all([first, second]), ['ECANCELLED', 'ECANCELLED']);
+            // a caller without a signal keeps it to its end
+            const c = new AbortController();
+            const held = codeOf(r.reverse('192.0.2.99', c.signal));
+            const kept = codeOf(r.reverse('192.0.2.99'));
+            c.abort();
+            assert.deepEqual(await Promise.all([held, kept]), ['ENOTFOUND', 'ENOTFOUND']);
+            // a caller whose signal has aborted gets ECANCELLED at once, and nothing is sent
+            const before = server.queries.length;
+            await rejectsWith(r.resolve('example.test', 'MX', one.signal), 'ECANCELLED', { syscall: 'queryMx' });
+            await rejectsWith(r.reverse('192.0.2.1', one.signal), 'ECANCELLED', { syscall: 'getHostByAddr' });
+            assert.equal(server.queries.length, before);
+            assert.equal(
+                seen('silent.example.test', 'A'),
+                1,
+                'one try of the first lookup, given up before the second',
+            );
+            assert.equal(r.stats().entries, 1, 'only the NXDOMAIN answer is cached');
+            const counter = await metrics.dnsQueries.get();
+            const value = (type: string, result: string) =>
+                counter.values.find((v) => v.labels.type === type && v.labels.result === result)?.value ?? 0;
+            assert.equal(value('A', 'error'), 1);
+            assert.equal(value('TXT', 'error'), 2);
         });
 
         it('sends at most 1,024 lookups at once by default', async () => {

@@ -142,7 +142,7 @@ describe('reputation check', () => {
         const hits = (): Promise<number | undefined> => value(metrics, 'dnsbl_hits_total', { zone: 'bl2.test' });
         const before = (await hits()) ?? 0;
         const c = ctx('helo', '192.0.2.10', 'mail.good.example');
-        check.prefetch?.(c.client);
+        check.prefetch?.(c.client, new AbortController().signal);
         assert.equal(await lookup.dnswlCredit('192.0.2.10'), false);
         await check.run(c, new AbortController().signal);
         // the prefetch is not waited for by anyone: give it time to finish (and be counted, if it were)
@@ -192,7 +192,7 @@ describe('reputation check', () => {
         const unexpectedBefore = (await errors('bl.test', 'unexpected')) ?? 0;
         for (const ip of ['192.0.2.13', '192.0.2.11']) {
             const c = ctx('helo', ip, null);
-            check.prefetch?.(c.client);
+            check.prefetch?.(c.client, new AbortController().signal);
             await new Promise((r) => setTimeout(r, 300));
             await check.run(c, new AbortController().signal);
         }
