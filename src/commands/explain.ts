@@ -3,16 +3,22 @@
  * prints the facts, each rule considered (matched or not, and why), the decision, the SMTP
  * reply the client would get and the header fields that would be added (SPEC, "Commands").
  * It uses the same checks, rules, relay control and header code as the live proxy, with the
- * configured DNS; it never connects to the upstream and changes no state.
+ * configured DNS; it never connects to the upstream and changes no state. A message larger than
+ * `spool.memoryLimit` goes to a spool file as in the live proxy, but in a temporary folder of its
+ * own (mode 0700), removed when it ends, a signal included: it never creates, cleans or writes
+ * to the service's `spool.dir`, whose files belong to the running proxy (and often to its user).
+ * Operator errors (an unknown listener, no temporary folder) are one line on stderr, exit 1.
  */
-import { readFile } from 'node:fs/promises';
-import { relative } from 'node:path';
+import { rmSync } from 'node:fs';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join, relative } from 'node:path';
 import { Readable } from 'node:stream';
 import { parseArgs } from 'node:util';
 import { defaultChecks } from '../checks/index.ts';
 import { ConfigError, loadConfig } from '../config/load.ts';
 import type { Config } from '../config/types.ts';
-import { MessageSpool, SpoolMemory, prepareSpoolFolder } from '../data/spool.ts';
+import { MessageSpool, SpoolMemory } from '../data/spool.ts';
 import { parseEnvelopeCommand, type EnvelopeParse } from '../envelope/command.ts';
 import { syntaxRefusal } from '../envelope/gate.ts';
 import { relayPolicy } from '../envelope/relay.ts';
@@ -75,6 +81,28 @@ export interface ExplainReport {
     readonly lists: readonly { zone: string; kind: string; healthy: boolean; reason: string }[];
 }
 
+/** A problem the operator can fix (a listener name, the temporary folder): said in one line, without a stack. */
+export class ExplainError extends Error {}
+
+/** The private spool folders of explanations under way, for `runExplain` to remove if a signal ends it. */
+const privateSpools = new Set<string>();
+
+/** The signals that end the command; each removes the private spool folders first. */
+const ENDING_SIGNALS: readonly NodeJS.Signals[] = ['SIGINT', 'SIGTERM', 'SIGHUP'];
+
+/** A new, empty spool folder of explain's own under the OS temporary folder (mkdtemp: mode 0700). */
+async function privateSpoolFolder(): Promise<string> {
+    try {
+        const dir = await mkdtemp(join(tmpdir(), 'mailwarden-explain-'));
+        privateSpools.add(dir);
+        return dir;
+    } catch (err) {
+        throw new ExplainError(
+            `cannot make a temporary spool folder in ${tmpdir()} (set TMPDIR to a writable folder): ${err instanceof Error ? err.message : String(err)}`,
+        );
+    }
+}
+
 const USAGE =
     'usage: mailwarden explain [-c FILE] --client-ip IP [--helo NAME] --mail-from ADDR --rcpt ADDR [--rcpt ADDR…] ' +
     '[--listener NAME] [--auth-user USER] [--raw] [--json] MESSAGE.eml';
@@ -102,24 +130,44 @@ Options:
   -h, --help          show this text
 `;
 
-/** Runs the pipeline on one message; exported for tests. */
-export async function explainMessage(
+/** What explain is told about the transaction (the command line's options). */
+export interface ExplainInput {
+    readonly clientIp: string;
+    readonly helo: string | null;
+    readonly mailFrom: string;
+    readonly rcpts: readonly string[];
+    readonly listener: string | null;
+    readonly authUser: string | null;
+    readonly message: Buffer;
+}
+
+/**
+ * Runs the pipeline on one message; exported for tests. A message bigger than the memory limit
+ * is read through a spool file, as serve does, but in a folder of explain's own, removed at the
+ * end whatever happens: the service's spool folder and its files are never touched.
+ */
+export async function explainMessage(config: Config, ruleSet: RuleSet, input: ExplainInput): Promise<ExplainReport> {
+    const spoolDir = await privateSpoolFolder();
+    try {
+        return await explainWith(spoolDir, config, ruleSet, input);
+    } finally {
+        await rm(spoolDir, { recursive: true, force: true });
+        privateSpools.delete(spoolDir);
+    }
+}
+
+async function explainWith(
+    spoolDir: string,
     config: Config,
     ruleSet: RuleSet,
-    input: {
-        clientIp: string;
-        helo: string | null;
-        mailFrom: string;
-        rcpts: readonly string[];
-        listener: string | null;
-        authUser: string | null;
-        message: Buffer;
-    },
+    input: ExplainInput,
 ): Promise<ExplainReport> {
     const listener = input.listener ? config.listeners.find((l) => l.name === input.listener) : config.listeners[0];
-    if (!listener) throw new Error(`no listener named ${input.listener ?? ''} in the configuration`);
-    // a message bigger than the memory limit is read through the spool folder, as serve does
-    await prepareSpoolFolder(config.spool.dir);
+    if (!listener) {
+        throw new ExplainError(
+            `no listener named ${input.listener ?? ''} in the configuration (${config.listeners.map((l) => l.name).join(', ')})`,
+        );
+    }
     const resolver = createResolver({ servers: config.dns.servers, timeoutMs: config.dns.timeoutMs });
     const metrics = createMetrics(VERSION);
     // limits are evaluated against a fresh in-memory store: explain shows what a first message
@@ -181,7 +229,7 @@ export async function explainMessage(
     const spool = new MessageSpool({
         memoryLimit: config.spool.memoryLimit,
         memory: new SpoolMemory(),
-        dir: config.spool.dir,
+        dir: spoolDir,
         maxSize: listener.maxMessageSize,
         maxHeaderSize: MAX_HEADER_SECTION,
     });
@@ -431,15 +479,32 @@ export async function runExplain(argv: readonly string[], io: ExplainIo): Promis
         io.err(`mailwarden explain: --client-ip ${v['client-ip']} is not an IP address\n${USAGE}\n`);
         return 2;
     }
-    const report = await explainMessage(config, ruleSet, {
-        clientIp,
-        helo: v.helo ?? null,
-        mailFrom: v['mail-from'],
-        rcpts: v.rcpt,
-        listener: v.listener ?? null,
-        authUser: v['auth-user'] ?? null,
-        message,
-    });
+    // a signal that ends the command (Ctrl-C during a slow DNS lookup) removes the private spool
+    // folder first, since it may hold the message's text, then ends it as the signal would
+    const onSignal = (signal: NodeJS.Signals): void => {
+        for (const dir of privateSpools) rmSync(dir, { recursive: true, force: true });
+        for (const s of ENDING_SIGNALS) process.removeListener(s, onSignal);
+        process.kill(process.pid, signal);
+    };
+    for (const s of ENDING_SIGNALS) process.on(s, onSignal);
+    let report: ExplainReport;
+    try {
+        report = await explainMessage(config, ruleSet, {
+            clientIp,
+            helo: v.helo ?? null,
+            mailFrom: v['mail-from'],
+            rcpts: v.rcpt,
+            listener: v.listener ?? null,
+            authUser: v['auth-user'] ?? null,
+            message,
+        });
+    } catch (err) {
+        if (!(err instanceof ExplainError)) throw err;
+        io.err(`mailwarden explain: ${err.message}\n`);
+        return 1;
+    } finally {
+        for (const s of ENDING_SIGNALS) process.removeListener(s, onSignal);
+    }
     io.out(v.json ? `${JSON.stringify(report, null, 2)}\n` : renderReport(report));
     return 0;
 }

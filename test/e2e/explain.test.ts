@@ -3,16 +3,20 @@
  * server on loopback: a spoofed message from a p=reject domain shows the failing facts, the
  * matching rule with its reasons, the 550 reply and no headers; a clean, DKIM-signed one
  * shows dkim=pass, the accept decision and the headers that would be added. Also --json.
+ * The service's spool folder is never created, cleaned or changed: explain spools to a
+ * temporary folder of its own, removed at the end and when a signal ends it.
  */
 import assert from 'node:assert/strict';
-import { execFile } from 'node:child_process';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { execFile, spawn } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { chmod, mkdir, mkdtemp, readFile, readdir, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { after, before, describe, it } from 'node:test';
 import { rsaKey, sign } from '../sender-auth/helpers.ts';
 import { startDnsServer, type DnsTestServer } from '../helpers/dns-server.ts';
+import { until } from '../helpers/until.ts';
 
 const run = promisify(execFile);
 const BIN = new URL('../../bin/mailwarden.js', import.meta.url).pathname;
@@ -31,6 +35,8 @@ describe('mailwarden explain', () => {
             'news.example': { TXT: ['v=spf1 -all'] },
             '_dmarc.news.example': { TXT: ['v=DMARC1; p=reject'] },
             'sel._domainkey.news.example': { TXT: [key.record] },
+            // the reverse lookup of this client never answers: explain waits at the helo stage
+            '99.100.51.198.in-addr.arpa': { TIMEOUT: true },
         });
         dir = await mkdtemp(join(tmpdir(), 'mw-explain-'));
         config = join(dir, 'mailwarden.yaml');
@@ -179,6 +185,120 @@ describe('mailwarden explain', () => {
             assert.match(err.stderr, /--client-ip mail\.example is not an IP address/);
             return true;
         });
+    });
+
+    it("never creates, cleans or changes the service's spool folder; spools in a private folder removed at the end", async () => {
+        const spoolDir = join(dir, 'service-spool');
+        await mkdir(spoolDir, { mode: 0o755 });
+        await chmod(spoolDir, 0o755);
+        // named as a spool file of a process that no longer runs: serve would remove it at start
+        const held = join(spoolDir, 'mailwarden-99999999-0123abcd-0123456789abcdef.eml');
+        await writeFile(held, 'kept by the service\r\n');
+        const missing = join(dir, 'not-yet', 'spool');
+        const tmp = join(dir, 'tmp');
+        await mkdir(tmp);
+        for (const folder of [spoolDir, missing]) {
+            const file = join(dir, 'spool-config.yaml');
+            // a memory limit of 100 bytes: the signed message goes to a spool file
+            await writeFile(
+                file,
+                [
+                    'hostname: mx.example.test',
+                    'listeners: [{ name: mx, host: 127.0.0.1, port: 2525, mode: mx }]',
+                    `dns: { servers: ["${dns.address}"], timeout: 500ms }`,
+                    `spool: { dir: "${folder}", memoryLimit: 100 }`,
+                    'http: false',
+                    '',
+                ].join('\n'),
+            );
+            const { stdout } = await run(
+                process.execPath,
+                [
+                    BIN,
+                    'explain',
+                    '-c',
+                    file,
+                    '--client-ip',
+                    '198.51.100.7',
+                    '--mail-from',
+                    'bounce@other.example',
+                ].concat(['--rcpt', 'bob@example.test', clean]),
+                { env: { ...process.env, TMPDIR: tmp } },
+            );
+            assert.match(stdout, /dkim\.result = "pass"/, 'the spooled message was read whole');
+            assert.match(stdout, /^reply: 250 2\.0\.0 /m);
+            assert.deepEqual(await readdir(tmp), [], 'the private spool folder is removed');
+        }
+        assert.equal(await readFile(held, 'utf8'), 'kept by the service\r\n');
+        assert.deepEqual(await readdir(spoolDir), ['mailwarden-99999999-0123abcd-0123456789abcdef.eml']);
+        assert.equal((await stat(spoolDir)).mode & 0o777, 0o755, 'its mode is left alone');
+        assert.equal(existsSync(join(dir, 'not-yet')), false, 'a missing spool folder is not created');
+        // no temporary folder to be had: one line that says so, no stack trace
+        await assert.rejects(
+            run(
+                process.execPath,
+                [BIN, 'explain', '-c', config, '--client-ip', '198.51.100.7'].concat([
+                    '--mail-from',
+                    'bounce@other.example',
+                    '--rcpt',
+                    'bob@example.test',
+                    clean,
+                ]),
+                { env: { ...process.env, TMPDIR: join(dir, 'no-such-folder') } },
+            ),
+            (err: { code: number; stderr: string }) => {
+                assert.equal(err.code, 1);
+                assert.match(
+                    err.stderr,
+                    /^mailwarden explain: cannot make a temporary spool folder in .*no-such-folder/,
+                );
+                assert.equal(err.stderr.trimEnd().split('\n').length, 1, err.stderr);
+                return true;
+            },
+        );
+    });
+
+    it('removes its private spool folder when a signal ends it during a lookup', async () => {
+        const tmp = join(dir, 'tmp-signal');
+        await mkdir(tmp);
+        const slow = join(dir, 'slow-dns.yaml');
+        await writeFile(
+            slow,
+            [
+                'hostname: mx.example.test',
+                'listeners: [{ name: mx, host: 127.0.0.1, port: 2525, mode: mx }]',
+                `dns: { servers: ["${dns.address}"], timeout: 60s }`,
+                'http: false',
+                '',
+            ].join('\n'),
+        );
+        const child = spawn(
+            process.execPath,
+            [BIN, 'explain', '-c', slow, '--client-ip', '198.51.100.99', '--mail-from', 'bounce@other.example'].concat([
+                '--rcpt',
+                'bob@example.test',
+                clean,
+            ]),
+            { env: { ...process.env, TMPDIR: tmp }, stdio: 'ignore' },
+        );
+        const ended = new Promise<NodeJS.Signals | null>((resolve) =>
+            child.on('exit', (_code, signal) => resolve(signal)),
+        );
+        await until('explain made its private spool folder', async () => (await readdir(tmp)).length === 1, 20_000);
+        child.kill('SIGINT');
+        assert.equal(await ended, 'SIGINT', 'it ends as the signal would');
+        assert.deepEqual(await readdir(tmp), []);
+    });
+
+    it('names the listeners when --listener names none of them, in one line without a stack trace', async () => {
+        await assert.rejects(
+            explain(spoofed, 'ceo@bank.example', '--listener', 'nope'),
+            (err: { code: number; stderr: string }) => {
+                assert.equal(err.code, 1);
+                assert.equal(err.stderr, 'mailwarden explain: no listener named nope in the configuration (mx)\n');
+                return true;
+            },
+        );
     });
 
     it('says how to use it when arguments are missing', async () => {
