@@ -17,7 +17,7 @@ Commands:
                       and run the rules' cases (one that does not hold is a warning;
                       --strict exits 1 on warnings, for CI)
   explain [-c FILE] --client-ip IP [--helo NAME] --mail-from ADDR --rcpt ADDR [--rcpt ADDR…]
-          [--listener NAME] [--auth-user USER] [--raw] [--json] MESSAGE.eml
+          [--listener NAME] [--auth-user USER] [--tls | --no-tls] [--raw] [--json] MESSAGE.eml
                       run every check and rule on a message without sending it, and show why
   users add|passwd|remove|list [-c FILE | --file FILE] [--send-as ADDR…] [LOGIN]
                       manage the submission users file (passwords stored as argon2id only)

@@ -8,6 +8,11 @@
  * own (mode 0700), removed when it ends, a signal included: it never creates, cleans or writes
  * to the service's `spool.dir`, whose files belong to the running proxy (and often to its user).
  * Operator errors (an unknown listener, no temporary folder) are one line on stderr, exit 1.
+ * The session is encrypted (the `tls` fact, ESMTPS in Received) as `--tls`/`--no-tls` say, else
+ * as serve's would be: always on an implicit-TLS listener, on a submission listener and with a
+ * login (serve offers AUTH only over TLS), not on an mx listener; a state serve never reaches
+ * (a login in clear text, no TLS on an implicit-TLS listener, TLS where none is offered) is a
+ * usage error, exit 2.
  */
 import { rmSync } from 'node:fs';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
@@ -17,7 +22,7 @@ import { Readable } from 'node:stream';
 import { parseArgs } from 'node:util';
 import { defaultChecks } from '../checks/index.ts';
 import { ConfigError, loadConfig } from '../config/load.ts';
-import type { Config } from '../config/types.ts';
+import type { Config, ListenerConfig } from '../config/types.ts';
 import { MessageSpool, SpoolMemory } from '../data/spool.ts';
 import { parseEnvelopeCommand, type EnvelopeParse } from '../envelope/command.ts';
 import { syntaxRefusal } from '../envelope/gate.ts';
@@ -81,8 +86,18 @@ export interface ExplainReport {
     readonly lists: readonly { zone: string; kind: string; healthy: boolean; reason: string }[];
 }
 
-/** A problem the operator can fix (a listener name, the temporary folder): said in one line, without a stack. */
-export class ExplainError extends Error {}
+/**
+ * A problem the operator can fix (a listener name, the temporary folder, options that describe a
+ * session serve never has): said in one line, without a stack; exit 1, or 2 for the options.
+ */
+export class ExplainError extends Error {
+    readonly exitCode: 1 | 2;
+
+    constructor(message: string, exitCode: 1 | 2 = 1) {
+        super(message);
+        this.exitCode = exitCode;
+    }
+}
 
 /** The private spool folders of explanations under way, for `runExplain` to remove if a signal ends it. */
 const privateSpools = new Set<string>();
@@ -105,7 +120,7 @@ async function privateSpoolFolder(): Promise<string> {
 
 const USAGE =
     'usage: mailwarden explain [-c FILE] --client-ip IP [--helo NAME] --mail-from ADDR --rcpt ADDR [--rcpt ADDR…] ' +
-    '[--listener NAME] [--auth-user USER] [--raw] [--json] MESSAGE.eml';
+    '[--listener NAME] [--auth-user USER] [--tls | --no-tls] [--raw] [--json] MESSAGE.eml';
 
 /** `explain --help`: the usage line and what each option means. */
 export const EXPLAIN_HELP = `${USAGE}
@@ -123,6 +138,10 @@ Options:
   --rcpt ADDR         envelope recipient (required; repeat it for several)
   --listener NAME     listener the message arrives on (default: the first one)
   --auth-user USER    SMTP AUTH login, as on a submission listener
+  --tls, --no-tls     whether the session is encrypted (STARTTLS or implicit TLS): the tls
+                      fact and ESMTPS in Received. Default: yes on a submission or implicit-TLS
+                      listener and with --auth-user (serve takes a login only over TLS), no on
+                      an mx listener with STARTTLS or none
   --raw               take the file byte for byte; without it, a file with no CR at all (as
                       postcat and most saved .eml files write them) is read with CRLF line
                       ends, as the message crossed SMTP, and a note says so
@@ -138,7 +157,26 @@ export interface ExplainInput {
     readonly rcpts: readonly string[];
     readonly listener: string | null;
     readonly authUser: string | null;
+    /** Whether the session is encrypted; left out: as serve's session would be (sessionTls). */
+    readonly tls?: boolean;
     readonly message: Buffer;
+}
+
+/**
+ * Whether the explained session is encrypted: `asked` (--tls, --no-tls) when serve can have
+ * such a session, else an ExplainError (exit 2); by default as serve's would be.
+ */
+export function sessionTls(listener: ListenerConfig, authUser: string | null, asked: boolean | undefined): boolean {
+    if (asked === false && listener.tls === 'implicit') {
+        throw new ExplainError(`--no-tls: listener ${listener.name} uses implicit TLS, every session is encrypted`, 2);
+    }
+    if (asked === false && authUser !== null) {
+        throw new ExplainError('--no-tls with --auth-user: serve takes a login only over TLS', 2);
+    }
+    if (asked === true && listener.tls === 'none') {
+        throw new ExplainError(`--tls: listener ${listener.name} offers no TLS (tls: none)`, 2);
+    }
+    return asked ?? (listener.tls === 'implicit' || listener.mode === 'submission' || authUser !== null);
 }
 
 /**
@@ -168,6 +206,7 @@ async function explainWith(
             `no listener named ${input.listener ?? ''} in the configuration (${config.listeners.map((l) => l.name).join(', ')})`,
         );
     }
+    const tls = sessionTls(listener, input.authUser, input.tls);
     const resolver = createResolver({ servers: config.dns.servers, timeoutMs: config.dns.timeoutMs });
     const metrics = createMetrics(VERSION);
     // limits are evaluated against a fresh in-memory store: explain shows what a first message
@@ -225,7 +264,7 @@ async function explainWith(
         proto: 'ESMTP',
         login: input.authUser,
     };
-    const client = (): FlowClient => ({ identity, tls: listener.tls === 'implicit' });
+    const client = (): FlowClient => ({ identity, tls });
     const spool = new MessageSpool({
         memoryLimit: config.spool.memoryLimit,
         memory: new SpoolMemory(),
@@ -332,7 +371,8 @@ async function explainWith(
             ip: input.clientIp,
             ptr: identity.ptr,
             hostname: config.hostname,
-            protocol: input.authUser ? 'ESMTPA' : 'ESMTP',
+            // RFC 3848, as the live session names it: S for TLS, A for a login
+            protocol: `ESMTP${tls ? 'S' : ''}${input.authUser ? 'A' : ''}`,
             id: sessionId,
             tlsCipher: null,
             date: new Date(),
@@ -427,6 +467,8 @@ export async function runExplain(argv: readonly string[], io: ExplainIo): Promis
                 rcpt: { type: 'string', multiple: true },
                 listener: { type: 'string' },
                 'auth-user': { type: 'string' },
+                tls: { type: 'boolean' },
+                'no-tls': { type: 'boolean' },
                 raw: { type: 'boolean' },
                 json: { type: 'boolean' },
                 help: { type: 'boolean', short: 'h' },
@@ -444,6 +486,10 @@ export async function runExplain(argv: readonly string[], io: ExplainIo): Promis
     const file = parsed.positionals[0];
     if (!v['client-ip'] || v['mail-from'] === undefined || !v.rcpt?.length || !file) {
         io.err(`${USAGE}\n`);
+        return 2;
+    }
+    if (v.tls && v['no-tls']) {
+        io.err(`mailwarden explain: --tls and --no-tls together\n${USAGE}\n`);
         return 2;
     }
     let config: Config;
@@ -496,12 +542,13 @@ export async function runExplain(argv: readonly string[], io: ExplainIo): Promis
             rcpts: v.rcpt,
             listener: v.listener ?? null,
             authUser: v['auth-user'] ?? null,
+            ...(v.tls ? { tls: true } : v['no-tls'] ? { tls: false } : {}),
             message,
         });
     } catch (err) {
         if (!(err instanceof ExplainError)) throw err;
         io.err(`mailwarden explain: ${err.message}\n`);
-        return 1;
+        return err.exitCode;
     } finally {
         for (const s of ENDING_SIGNALS) process.removeListener(s, onSignal);
     }

@@ -4,7 +4,8 @@
  * matching rule with its reasons, the 550 reply and no headers; a clean, DKIM-signed one
  * shows dkim=pass, the accept decision and the headers that would be added. Also --json.
  * The service's spool folder is never created, cleaned or changed: explain spools to a
- * temporary folder of its own, removed at the end and when a signal ends it.
+ * temporary folder of its own, removed at the end and when a signal ends it. The session is
+ * encrypted (the tls fact) as serve's would be, or as --tls / --no-tls say.
  */
 import assert from 'node:assert/strict';
 import { execFile, spawn } from 'node:child_process';
@@ -14,8 +15,10 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { after, before, describe, it } from 'node:test';
+import { hash } from '@node-rs/argon2';
 import { rsaKey, sign } from '../sender-auth/helpers.ts';
 import { startDnsServer, type DnsTestServer } from '../helpers/dns-server.ts';
+import { createTestCertificate } from '../helpers/tls-cert.ts';
 import { until } from '../helpers/until.ts';
 
 const run = promisify(execFile);
@@ -158,6 +161,7 @@ describe('mailwarden explain', () => {
             const { stdout, stderr } = await run(process.execPath, [BIN, 'explain', flag]);
             assert.match(stdout, /^usage: mailwarden explain \[-c FILE\] --client-ip IP /);
             assert.match(stdout, /^ {2}--rcpt ADDR {9}envelope recipient/m);
+            assert.match(stdout, /^ {2}--tls, --no-tls {5}whether the session is encrypted/m);
             assert.equal(stderr, '');
         }
     });
@@ -299,6 +303,119 @@ describe('mailwarden explain', () => {
                 return true;
             },
         );
+    });
+
+    it('takes the session as encrypted where serve would (submission, a login, implicit TLS), else as --tls or --no-tls say', async () => {
+        const cert = await createTestCertificate();
+        try {
+            const users = join(dir, 'users.yaml');
+            await writeFile(
+                users,
+                `users:\n  - login: alice@example.test\n    password: '${await hash('alice secret')}'\n    sendAs: [alice@example.test]\n`,
+            );
+            const rules = join(dir, 'tls-rules');
+            await mkdir(rules);
+            await writeFile(
+                join(rules, '10-tls.yaml'),
+                'rules:\n  - { id: cleartext, stage: mail, when: { listener.mode: mx, tls: false }, action: tag, score: 1 }\n',
+            );
+            const file = join(dir, 'tls.yaml');
+            await writeFile(
+                file,
+                [
+                    'hostname: mx.example.test',
+                    'domains: [example.test]',
+                    `tls: { cert: "${cert.certPath}", key: "${cert.keyPath}" }`,
+                    `auth: { users: "${users}" }`,
+                    'listeners:',
+                    '  - { name: mx, host: 127.0.0.1, port: 2525, mode: mx }',
+                    '  - { name: plain, host: 127.0.0.1, port: 2526, mode: mx, tls: none }',
+                    '  - { name: smtps, host: 127.0.0.1, port: 2465, mode: mx, tls: implicit }',
+                    '  - { name: submission, host: 127.0.0.1, port: 2587, mode: submission }',
+                    `rules: "${rules}"`,
+                    `dns: { servers: ["${dns.address}"], timeout: 500ms }`,
+                    'http: false',
+                    '',
+                ].join('\n'),
+            );
+            const alice = join(dir, 'alice.eml');
+            await writeFile(
+                alice,
+                'From: Alice <alice@example.test>\r\nTo: carol@elsewhere.example\r\nSubject: hi\r\nDate: Sun, 29 Nov 2026 01:00:00 +0000\r\nMessage-ID: <a1@example.test>\r\n\r\nHello.\r\n',
+            );
+            const mx = ['--mail-from', 'bounce@other.example', '--rcpt', 'bob@example.test', clean];
+            const submission = ['--listener', 'submission', '--mail-from', 'alice@example.test'].concat([
+                '--rcpt',
+                'carol@elsewhere.example',
+                alice,
+            ]);
+            const args = (extra: string[]): string[] =>
+                [
+                    BIN,
+                    'explain',
+                    '-c',
+                    file,
+                    '--client-ip',
+                    '198.51.100.7',
+                    '--helo',
+                    'mail.sender.example',
+                    '--json',
+                ].concat(extra);
+            const session = async (...extra: string[]) => {
+                const report = JSON.parse((await run(process.execPath, args(extra))).stdout) as {
+                    stages: { facts: Record<string, unknown> }[];
+                    decision: { action: string };
+                    headers: { name: string; value: string }[];
+                };
+                const received = report.headers.find((h) => h.name === 'Received')?.value ?? '';
+                return {
+                    tls: report.stages.map((st) => st.facts['tls']),
+                    action: report.decision.action,
+                    protocol: / with (E?SMTP\w*) /.exec(received)?.[1],
+                };
+            };
+            const plainText = { tls: [false, false, false, false, false], action: 'tag', protocol: 'ESMTP' };
+            const encrypted = { tls: [true, true, true, true, true], action: 'accept', protocol: 'ESMTPS' };
+            // port 25: a client that did not use STARTTLS, unless --tls says it did
+            assert.deepEqual(await session(...mx), plainText);
+            assert.deepEqual(await session('--no-tls', ...mx), plainText);
+            assert.deepEqual(await session('--tls', ...mx), encrypted);
+            assert.deepEqual(await session('--listener', 'plain', ...mx), plainText);
+            assert.deepEqual(await session('--listener', 'smtps', ...mx), encrypted);
+            // submission: a client that has not logged in yet has used STARTTLS to log in at all
+            assert.equal((await session('--listener', 'submission', ...mx)).tls[0], true);
+            // a login is only taken over TLS
+            assert.deepEqual(await session('--auth-user', 'alice@example.test', ...submission), {
+                ...encrypted,
+                protocol: 'ESMTPSA',
+            });
+            assert.deepEqual(await session('--auth-user', 'alice@example.test', '--tls', ...submission), {
+                ...encrypted,
+                protocol: 'ESMTPSA',
+            });
+            // what serve never has: a usage error in one line, exit 2
+            for (const [extra, message] of [
+                [
+                    ['--no-tls', '--auth-user', 'alice@example.test', ...submission],
+                    /--no-tls with --auth-user: serve takes a login only over TLS/,
+                ],
+                [['--no-tls', '--listener', 'smtps', ...mx], /--no-tls: listener smtps uses implicit TLS/],
+                [['--tls', '--listener', 'plain', ...mx], /--tls: listener plain offers no TLS \(tls: none\)/],
+                [['--tls', '--no-tls', ...mx], /--tls and --no-tls together/],
+            ] as const) {
+                await assert.rejects(
+                    run(process.execPath, args([...extra])),
+                    (err: { code: number; stderr: string }) => {
+                        assert.equal(err.code, 2, err.stderr);
+                        assert.match(err.stderr, new RegExp(`^mailwarden explain: ${message.source}`));
+                        assert.doesNotMatch(err.stderr, /^\s+at /m);
+                        return true;
+                    },
+                );
+            }
+        } finally {
+            cert.cleanup();
+        }
     });
 
     it('says how to use it when arguments are missing', async () => {

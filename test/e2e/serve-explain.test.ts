@@ -6,7 +6,8 @@
  * Received aside) must be the same. The cases cover refusals at every stage (connect, helo, mail,
  * relay, rcpt, the protocol refusals of the data stage, data rules, submission sender binding),
  * tags carried to the end, monitor rules and limits, rate limits, greylisting, a quarantine, a
- * DMARC reject, and the rcpt-stage facts (rcpt.domain, greylist.*) that data-stage rules read.
+ * DMARC reject, the rcpt-stage facts (rcpt.domain, greylist.*) that data-stage rules read, and
+ * the tls fact of a session in clear text and of one that used STARTTLS (explain --tls).
  */
 import assert from 'node:assert/strict';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
@@ -35,6 +36,7 @@ greylist:
 rules:
   - { id: connect-block, stage: connect, when: { listener: blocked }, action: reject }
   - { id: helo-block, stage: helo, when: { helo: bad.example }, action: reject }
+  - { id: helo-cleartext, stage: helo, when: { helo: cleartext.example, tls: false }, action: reject }
   - id: helo-tag
     stage: helo
     when: { helo: odd.example }
@@ -94,6 +96,8 @@ interface Case {
     readonly data: string;
     /** Log in as alice on the submission listener. */
     readonly login?: boolean;
+    /** Use STARTTLS after EHLO (and EHLO again), as `explain --tls` says. */
+    readonly starttls?: boolean;
     /** What the live session must answer, so the comparison is never between two empty results. */
     readonly expect: { readonly step: Step; readonly code: number; readonly action: string };
 }
@@ -123,6 +127,23 @@ const CASES: readonly Case[] = [
         to: ['bob@example.test'],
         data: msg('a@good.example'),
         expect: { step: 'mail', code: 550, action: 'reject' },
+    },
+    {
+        name: 'a rule on tls: false refuses a session in clear text',
+        helo: 'cleartext.example',
+        from: 'a@good.example',
+        to: ['bob@example.test'],
+        data: msg('a@good.example'),
+        expect: { step: 'mail', code: 550, action: 'reject' },
+    },
+    {
+        name: 'the same rule lets a STARTTLS session on mx through',
+        helo: 'cleartext.example',
+        starttls: true,
+        from: 'a@good.example',
+        to: ['bob@example.test'],
+        data: msg('a@good.example'),
+        expect: { step: 'data', code: 250, action: 'accept' },
     },
     {
         name: 'a helo tag carries to the end: accept becomes tag',
@@ -413,6 +434,10 @@ describe('serve and explain take the same decisions', () => {
             const greeting = await client.greeting();
             if (greeting.code !== 220) return stop('connect', greeting);
             assert.equal((await client.cmd(`EHLO ${c.helo ?? 'client.example'}`)).code, 250);
+            if (c.starttls) {
+                assert.equal((await client.starttls({ ca: cert.cert, servername: 'localhost' })).code, 220);
+                assert.equal((await client.cmd(`EHLO ${c.helo ?? 'client.example'}`)).code, 250);
+            }
             if (c.login) {
                 const auth = await client.cmd(
                     `AUTH PLAIN ${Buffer.from('\0alice@example.test\0alice secret').toString('base64')}`,
@@ -453,6 +478,7 @@ describe('serve and explain take the same decisions', () => {
             rcpts: c.to,
             listener: c.listener ?? 'mx',
             authUser: c.login ? 'alice@example.test' : null,
+            ...(c.starttls ? { tls: true } : {}),
             message: Buffer.from(c.data, 'utf8'),
         });
         const step: Step = report.stoppedAt === 'helo' ? 'mail' : report.stoppedAt;
