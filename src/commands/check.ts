@@ -42,7 +42,8 @@ export const PLACEHOLDER_DOMAIN = 'example.com';
  */
 export function placeholderWarnings(file: string, text: string, config: Config): Issue[] {
     const lines = new LineCounter();
-    const doc = parseDocument(text, { lineCounter: lines });
+    // columns as an editor shows them, without a byte-order mark (as SourceReader counts them)
+    const doc = parseDocument(text.startsWith('\uFEFF') ? text.slice(1) : text, { lineCounter: lines });
     const at = (node: unknown, message: string): Issue => {
         const offset = (node as Node | null)?.range?.[0] ?? 0;
         const { line, col } = lines.linePos(offset);

@@ -4,12 +4,16 @@
  * and `${VAR}` expansion of every string value. Maps and lists nested more than
  * MAX_YAML_NESTING deep are refused before the document is built. Generic: it must not know
  * the config's keys or defaults, and it never throws on bad input.
+ * Positions are the operator's: a value reached through a YAML alias (`*name`) is reported where
+ * the alias is written, with "(from &name at line N)", not inside its anchor; a byte-order mark
+ * (U+FEFF) is left out of the text, so columns on line 1 are those an editor shows.
  */
 import {
     isAlias,
     isMap,
     isScalar,
     isSeq,
+    isNode,
     LineCounter,
     parseDocument,
     Parser,
@@ -34,6 +38,11 @@ export interface Field {
     readonly offset: number;
     /** Source offset of the key, when the field is a map entry. */
     readonly keyOffset: number;
+    /**
+     * Set when the value is part of one reached through a YAML alias: the alias's offset, where
+     * everything inside it is reported (`offset` and `keyOffset` are that offset too).
+     */
+    readonly aliasAt?: number;
 }
 
 /**
@@ -82,9 +91,14 @@ export class SourceReader {
     private readonly expanded = new WeakSet<Node>();
     /** Values whose `${…}` could not be expanded: already reported, so not judged again. */
     private readonly broken = new WeakSet<Node>();
+    /** "(from &name at line N)" by the offset of each alias: said of whatever is reported there. */
+    private readonly aliasNotes = new Map<number, string>();
 
     constructor(file: string, text: string) {
         this.file = file;
+        // a byte-order mark is no part of the YAML (YAML 1.2 section 5.2) and an editor shows none:
+        // without it, offsets and columns are those of what the operator sees
+        if (text.startsWith('\uFEFF')) text = text.slice(1);
         this.text = text;
         this.lines = new LineCounter();
         // this first pass also gives the line counter its lines
@@ -107,6 +121,30 @@ export class SourceReader {
             lines.add(line);
             this.report(e.pos[0], `YAML syntax: ${e.message}${this.syntaxHint(e.pos[0])}`);
         }
+        this.noteAliases();
+    }
+
+    /**
+     * Records, for each alias, the line of the anchor it stands for. The anchors are taken in
+     * document order, so an alias names the last anchor of its name before it, as YAML says.
+     */
+    private noteAliases(): void {
+        if (!this.text.includes('*')) return;
+        const anchors = new Map<string, Node>();
+        visit(this.doc, (_key, node) => {
+            if (isAlias(node)) {
+                const target = anchors.get(node.source);
+                const at = node.range?.[0];
+                if (target === undefined || at === undefined) return;
+                // the anchor is written before its node (`&name {`, `&name\n  key:`)
+                const start = target.range?.[0] ?? 0;
+                const anchorAt = this.text.lastIndexOf(`&${node.source}`, start);
+                const { line } = this.lines.linePos(anchorAt >= 0 ? anchorAt : start);
+                this.aliasNotes.set(at, ` (from &${node.source} at line ${line})`);
+            } else if (isNode(node) && node.anchor) {
+                anchors.set(node.anchor, node);
+            }
+        });
     }
 
     /** Explains the two syntax errors config files meet most. */
@@ -125,13 +163,35 @@ export class SourceReader {
 
     report(offset: number, message: string): void {
         const { line, col } = this.lines.linePos(Math.max(0, Math.min(offset, this.text.length)));
-        this.issues.push({ file: this.file, line, col, message });
+        this.issues.push({ file: this.file, line, col, message: `${message}${this.aliasNotes.get(offset) ?? ''}` });
     }
 
     /** Records a warning at the field's key (the config stays valid). */
     warn(field: Field, message: string): void {
         const { line, col } = this.lines.linePos(Math.max(0, Math.min(field.keyOffset, this.text.length)));
-        this.warnings.push({ file: this.file, line, col, message: `${field.path}: ${message}` });
+        const note = this.aliasNotes.get(field.keyOffset) ?? '';
+        this.warnings.push({ file: this.file, line, col, message: `${field.path}: ${message}${note}` });
+    }
+
+    /** The offset of the alias `field`'s value was reached through (its own or an enclosing one), if any. */
+    aliasAt(field: Field): number | undefined {
+        return field.aliasAt ?? (field.node !== null && isAlias(field.node) ? field.offset : undefined);
+    }
+
+    /** Where to report on a part of `field`'s value written at `offset`: there, or at the alias it came through. */
+    offsetIn(field: Field, offset: number): number {
+        return this.aliasAt(field) ?? offset;
+    }
+
+    /**
+     * A part of `field`'s value (a map entry, a list item) as a field, at `offset` and `keyOffset`
+     * where it is written; when the value came through an alias, at the alias.
+     */
+    part(field: Field, path: string, node: Node | null, offset: number, keyOffset: number): Field {
+        const via = this.aliasAt(field);
+        return via === undefined
+            ? { path, node, offset, keyOffset }
+            : { path, node, offset: via, keyOffset: via, aliasAt: via };
     }
 
     fail(field: Field, message: string): void {
@@ -244,7 +304,7 @@ export class SourceReader {
         const out = new Map<string, Field>();
         for (const pair of node.items) {
             const keyNode = pair.key as Node | null;
-            const keyOffset = keyNode?.range?.[0] ?? node.range?.[0] ?? 0;
+            const keyOffset = this.offsetIn(field, keyNode?.range?.[0] ?? node.range?.[0] ?? 0);
             const keyValue = keyNode !== null && isScalar(keyNode) ? keyNode.value : undefined;
             if (typeof keyValue !== 'string') {
                 this.report(keyOffset, `${field.path ? `${field.path}: ` : ''}keys must be plain words`);
@@ -262,7 +322,7 @@ export class SourceReader {
             }
             const valueNode = (pair.value as Node | null) ?? null;
             const path = field.path ? `${field.path}.${keyValue}` : keyValue;
-            out.set(keyValue, { path, node: valueNode, offset: valueNode?.range?.[0] ?? keyOffset, keyOffset });
+            out.set(keyValue, this.part(field, path, valueNode, valueNode?.range?.[0] ?? keyOffset, keyOffset));
         }
         return out;
     }
@@ -277,7 +337,7 @@ export class SourceReader {
         return node.items.map((item, i) => {
             const n = (item as Node | null) ?? null;
             const offset = n?.range?.[0] ?? node.range?.[0] ?? 0;
-            return { path: `${field.path}[${i}]`, node: n, offset, keyOffset: offset };
+            return this.part(field, `${field.path}[${i}]`, n, offset, offset);
         });
     }
 

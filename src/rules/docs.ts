@@ -328,7 +328,9 @@ ${operators.join('\n')}
   too.
 - YAML aliases (\`*name\`) are refused inside \`when:\` and inside a case's \`facts:\` (the first is
   reported at its position): every use of an alias would be compiled again, so nested aliases could
-  cost exponential time. Write the conditions out; anchors and aliases elsewhere in a file are fine.
+  cost exponential time. Write the conditions out; anchors and aliases elsewhere in a file are fine,
+  and a problem in a value reached through an alias is reported where the alias is written, with
+  \`(from &name at line N)\`.
 - Maps and lists may be nested at most 64 levels deep in a rule file. A \`when:\` is at level 4, so
   it holds about 60 \`not:\` or 30 \`any:\`/\`all:\` inside each other. A file nested deeper is refused
   at the first map or list past that level, the same way by \`mailwarden check\`, at start and on

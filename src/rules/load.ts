@@ -313,7 +313,8 @@ class Loader {
             return;
         }
         const reader = new SourceReader(file, text);
-        const parsed: ParsedFile = { file, reader, keys: null, lineStarts: lineStarts(text) };
+        // the reader's text: without a byte-order mark, as its offsets count
+        const parsed: ParsedFile = { file, reader, keys: null, lineStarts: lineStarts(reader.text) };
         if (reader.failed) {
             this.files.push(parsed);
             return;
@@ -342,7 +343,7 @@ class Loader {
         }
         for (const pair of node.items) {
             const keyNode = deref(f, pair.key);
-            const keyAt = keyNode?.range?.[0] ?? field.offset;
+            const keyAt = f.reader.offsetIn(field, keyNode?.range?.[0] ?? field.offset);
             const name = keyNode !== null && isScalar(keyNode) ? keyNode.value : undefined;
             if (typeof name !== 'string' || !KEBAB.test(name)) {
                 this.report(
@@ -352,13 +353,9 @@ class Loader {
                 );
                 continue;
             }
-            const valueNode = deref(f, pair.value);
-            const decl: Field = {
-                path: `lists.${name}`,
-                node: valueNode,
-                offset: valueNode?.range?.[0] ?? keyAt,
-                keyOffset: keyAt,
-            };
+            // the value as written (an alias is followed by map(), which then reports at the alias)
+            const valueNode = (pair.value as Node | null) ?? null;
+            const decl = f.reader.part(field, `lists.${name}`, valueNode, valueNode?.range?.[0] ?? keyAt, keyAt);
             const keys = f.reader.map(decl, LIST_KEYS);
             if (keys === null) continue;
             const typeField = keys.get('type');
@@ -424,9 +421,11 @@ class Loader {
         const source = typeof raw === 'number' ? String(raw) : f.reader.string(field, what);
         if (source === null) return null;
         const start = this.textStart(f, field);
+        // a place in the text, or the alias it came through
+        const at = (index: number): number => f.reader.offsetIn(field, start + index);
         const parsed = parseTemplate(source);
         if ('error' in parsed) {
-            this.report(f, start + parsed.offset, `${field.path}: ${parsed.error}`);
+            this.report(f, at(parsed.offset), `${field.path}: ${parsed.error}`);
             return null;
         }
         let ok = true;
@@ -451,14 +450,14 @@ class Loader {
             if (spec === undefined) {
                 this.report(
                     f,
-                    start + p.offset,
+                    at(p.offset),
                     `${field.path}: unknown fact "${p.fact}"${didYouMean(p.fact, [...this.facts.keys()])}`,
                 );
                 ok = false;
             } else if (stageIndex(spec.stage) > stageIndex(stage)) {
                 this.report(
                     f,
-                    start + p.offset,
+                    at(p.offset),
                     `${field.path}: fact "${p.fact}" is not known until the ${spec.stage} stage, and this rule runs at the ${stage} stage`,
                 );
                 ok = false;
@@ -527,7 +526,7 @@ class Loader {
                 : compileWhen(
                       whenField === undefined ? undefined : whenField.node,
                       whenField?.offset ?? item.offset,
-                      this.compileContext(f, stage),
+                      this.compileContext(f, stage, whenField ?? item),
                   );
 
         let score = 0;
@@ -629,7 +628,7 @@ class Loader {
             claimId: (item, idField, example) => this.claimId(f, item, idField, example),
             compileWhen: (field, fallback, stage, factProblem): Condition | null =>
                 compileWhen(field === undefined ? undefined : field.node, field?.offset ?? fallback, {
-                    ...this.compileContext(f, stage),
+                    ...this.compileContext(f, stage, field),
                     factProblem,
                 }),
         };
@@ -649,10 +648,11 @@ class Loader {
         }
     }
 
-    compileContext(f: ParsedFile, stage: Stage): CompileContext {
+    /** What compileWhen needs; `within`: the field of the condition, whose alias (if any) takes its reports. */
+    compileContext(f: ParsedFile, stage: Stage, within?: Field): CompileContext {
         return {
             doc: f.reader.doc,
-            report: (offset, message) => this.report(f, offset, message),
+            report: (offset, message) => this.report(f, within ? f.reader.offsetIn(within, offset) : offset, message),
             facts: this.facts,
             stage,
             lists: this.lists,
@@ -710,7 +710,7 @@ class Loader {
         }
         for (const pair of node.items) {
             const keyNode = deref(f, pair.key);
-            const keyAt = keyNode?.range?.[0] ?? field.offset;
+            const keyAt = f.reader.offsetIn(field, keyNode?.range?.[0] ?? field.offset);
             const name = keyNode !== null && isScalar(keyNode) ? keyNode.value : undefined;
             if (typeof name !== 'string' || !HEADER_NAME.test(name) || name.length > 76) {
                 this.report(
@@ -729,13 +729,14 @@ class Loader {
                 );
                 continue;
             }
-            const valueNode = deref(f, pair.value);
-            const valueField: Field = {
-                path: `headers.${name}`,
-                node: valueNode,
-                offset: valueNode?.range?.[0] ?? keyAt,
-                keyOffset: keyAt,
-            };
+            const valueNode = (pair.value as Node | null) ?? null;
+            const valueField = f.reader.part(
+                field,
+                `headers.${name}`,
+                valueNode,
+                valueNode?.range?.[0] ?? keyAt,
+                keyAt,
+            );
             const value = this.template(f, valueField, stage, MAX_HEADER_VALUE, 'a header value');
             if (value !== null) out.push({ name, value });
         }
@@ -866,7 +867,7 @@ class Loader {
                     if (typeof name !== 'string' || (typeof value !== 'string' && typeof value !== 'number')) {
                         this.report(
                             f,
-                            k?.range?.[0] ?? headersField.offset,
+                            f.reader.offsetIn(headersField, k?.range?.[0] ?? headersField.offset),
                             'headers: expected header names mapped to text',
                         );
                         continue;

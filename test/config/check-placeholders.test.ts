@@ -38,6 +38,11 @@ describe('check: the example placeholders in hostname and domains', () => {
         assert.deepEqual(r.out, ['ok: mw.yaml (2 warnings; serve and reload accept these files as they are)']);
     });
 
+    it('counts columns after a byte-order mark, as an editor shows them', async () => {
+        const r = await check('\uFEFFhostname: mx.example.com\ndomains: [example.org]\n');
+        assert.match(r.err[0]!, /^mw\.yaml:1:11: warning: hostname: /);
+    });
+
     it('finds a placeholder in a block list too, and --strict refuses it', async () => {
         const r = await check('hostname: mail.example.org\ndomains:\n  - example.org\n  - Example.COM\n', true);
         assert.equal(r.code, 1);

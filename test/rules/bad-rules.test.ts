@@ -68,7 +68,7 @@ describe('bad rules corpus', () => {
         assert.deepEqual(
             issues.map((i) => `${i.line}:${i.col}: ${i.message}`),
             [
-                '8:23: when: YAML aliases such as *a0 are not accepted here (44 in all), because each use would be expanded again; write the conditions out',
+                '8:23: when: YAML aliases such as *a0 are not accepted here (44 in all), because each use would be expanded again; write the conditions out (from &a0 at line 7)',
             ],
         );
     });
