@@ -100,8 +100,10 @@ export class Session {
     private upstreamStopped = false;
     /** What the upstream accepted of the current transaction, to replay should its connection die before DATA. */
     private accepted: AcceptedEnvelope | null = null;
-    /** Forward-confirmed reverse name from the connect stage, or null. */
+    /** The client's names from the helo stage (the iprev check): the forward-confirmed one, or null. */
     private ptr: string | null = null;
+    /** And the reverse lookup behind it, passed upstream with XCLIENT; undefined before the helo stage. */
+    private reverse: ClientIdentity['reverse'];
     /**
      * True from the DATA command until its reply was handed to the client (dataReplied):
      * shutdown lets such a session finish instead of answering `421`, so a message the
@@ -146,6 +148,7 @@ export class Session {
             ip: this.smtp.remoteAddress.replace(/^::ffff:/i, ''),
             port: this.smtp.remotePort,
             ptr: this.ptr,
+            reverse: this.reverse,
             helo,
             proto: this.smtp.openingCommand === 'EHLO' ? 'ESMTP' : 'SMTP',
             login,
@@ -330,8 +333,8 @@ export class Session {
             // smtp-server has no EHLO hook: helo rules run at the first MAIL after each EHLO/HELO
             const heloResult = await this.decideStage('helo', this.flow.heloStageFacts(this.client()), mailbox.address);
             this.heloEvaluated = helo;
-            // the iprev check reports at the helo stage; its name is the client's from then on
-            this.ptr = this.flow.heloDone(heloResult);
+            // the iprev check reports at the helo stage; its names are the client's from then on
+            ({ ptr: this.ptr, reverse: this.reverse } = this.flow.heloDone(heloResult));
         }
         const from = mailbox.address;
         const notOwned = this.flow.senderRefusal(this.senderBinding(), from);

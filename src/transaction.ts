@@ -186,15 +186,14 @@ export class MessageFlow {
 
     /**
      * The helo stage let the client go on: its facts and tags stay for the connection. Returns the
-     * client's reverse name (the iprev check reports it at this stage), or null.
+     * client's names as the iprev check reported them at this stage (see clientNames).
      */
-    heloDone(result: StageResult): string | null {
+    heloDone(result: StageResult): Pick<ClientIdentity, 'ptr' | 'reverse'> {
         MessageFlow.keep(this.conn, result.decision);
         this.conn.rules.push(...result.decision.rules);
         for (const r of result.decision.monitor ?? []) this.conn.monitor.add(r);
         this.heloFacts = result.facts;
-        const ptr = result.facts['client.ptr'];
-        return typeof ptr === 'string' ? ptr : null;
+        return clientNames(result);
     }
 
     /**
@@ -372,4 +371,19 @@ export class MessageFlow {
             received: { ...received, recipient: tx.rcpts.length === 1 ? tx.rcpts[0]! : null },
         });
     }
+}
+
+/**
+ * The client's names after a helo stage, from what the iprev check reported: the confirmed name
+ * (`client.ptr`) and the reverse lookup behind it (`iprev.ptr`). Without an iprev check only the
+ * confirmed name is known. The upstream hears them with XCLIENT NAME and REVERSE_NAME
+ * (upstream/xtext.ts).
+ */
+function clientNames(result: StageResult): Pick<ClientIdentity, 'ptr' | 'reverse'> {
+    const facts = result.facts;
+    const ptr = typeof facts['client.ptr'] === 'string' ? facts['client.ptr'] : null;
+    const iprev = result.checks.find((c) => c.name === 'iprev');
+    if (iprev === undefined) return { ptr };
+    const name = facts['iprev.ptr'];
+    return { ptr, reverse: { name: typeof name === 'string' ? name : ptr } };
 }

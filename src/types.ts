@@ -57,6 +57,12 @@ export interface ClientIdentity {
     readonly port: number;
     /** Verified reverse name, or null when unknown. */
     readonly ptr: string | null;
+    /**
+     * The reverse lookup behind `ptr`, as the iprev check left it (absent before it ran): the
+     * client's reverse name, confirmed or not (Postfix's "reverse client name"), or null when it
+     * has none.
+     */
+    readonly reverse?: { readonly name: string | null };
     /** HELO/EHLO argument, or null before one was given. */
     readonly helo: string | null;
     readonly proto: 'SMTP' | 'ESMTP';

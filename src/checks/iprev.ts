@@ -2,7 +2,9 @@
  * The `iprev` check (RFC 8601 section 3): the client's reverse name, accepted only when it
  * is forward-confirmed (the PTR name resolves back to the client address, RFC 8601
  * section 3, "iprev"; Postfix calls this the "verified" client name). Reports `client.ptr`
- * (the confirmed name or null) and `iprev.result` (pass | fail | temperror | permerror).
+ * (the confirmed name or null), `iprev.ptr` (the reverse name confirmed or not: the confirmed
+ * one, else the first PTR name; Postfix's "reverse client name", passed upstream as XCLIENT
+ * REVERSE_NAME) and `iprev.result` (pass | fail | temperror | permerror).
  * A DNS failure never refuses anything by itself: it is reported, and rules decide. Only an
  * answer about the name (NXDOMAIN, NODATA, a name that cannot be asked) counts against the
  * client; every other resolver error (SERVFAIL, FORMERR, NOTIMP, a bad answer, a timeout) is a
@@ -53,12 +55,13 @@ export function createIprevCheck(resolver: Resolver, timeoutMs: number): Check {
         async run(ctx, signal): Promise<CheckResult> {
             const ip = ctx.client.ip;
             const family = isIP(ip);
-            if (family === 0) return { facts: { 'client.ptr': null, 'iprev.result': 'permerror' } };
+            if (family === 0) return { facts: { 'client.ptr': null, 'iprev.ptr': null, 'iprev.result': 'permerror' } };
             let names: string[];
             try {
                 names = (await resolver.reverse(ip)).slice(0, MAX_NAMES);
             } catch (err) {
-                return { facts: { 'client.ptr': null, 'iprev.result': temporary(err) ? 'temperror' : 'fail' } };
+                const result = temporary(err) ? 'temperror' : 'fail';
+                return { facts: { 'client.ptr': null, 'iprev.ptr': null, 'iprev.result': result } };
             }
             let sawTemporary = false;
             for (const name of names) {
@@ -67,17 +70,24 @@ export function createIprevCheck(resolver: Resolver, timeoutMs: number): Check {
                 try {
                     const addrs = (await resolver.resolve(name, family === 6 ? 'AAAA' : 'A')) as string[];
                     if (addrs.some((a) => sameAddress(a, ip))) {
-                        return {
-                            facts: { 'client.ptr': name.toLowerCase().replace(/\.$/, ''), 'iprev.result': 'pass' },
-                        };
+                        const confirmed = hostName(name);
+                        return { facts: { 'client.ptr': confirmed, 'iprev.ptr': confirmed, 'iprev.result': 'pass' } };
                     }
                 } catch (err) {
                     if (temporary(err)) sawTemporary = true;
                 }
             }
-            return { facts: { 'client.ptr': null, 'iprev.result': sawTemporary ? 'temperror' : 'fail' } };
+            const first = names[0] === undefined ? null : hostName(names[0]);
+            return {
+                facts: { 'client.ptr': null, 'iprev.ptr': first, 'iprev.result': sawTemporary ? 'temperror' : 'fail' },
+            };
         },
     };
+}
+
+/** A name of a PTR record as the facts give it: lower case, without the root's dot. */
+function hostName(name: string): string {
+    return name.toLowerCase().replace(/\.$/, '');
 }
 
 function sameAddress(a: string, b: string): boolean {

@@ -303,7 +303,7 @@ async function explainWith(
         const helo = await run('helo', flow.heloStageFacts(client()));
         if ((stopped = stop('helo', helo.decision, flow.refusal('helo', helo.decision)))) return stopped;
         // the reverse name is known from the helo stage on (the iprev check runs there)
-        identity = { ...identity, ptr: flow.heloDone(helo) };
+        identity = { ...identity, ...flow.heloDone(helo) };
         // the addresses as the live session reads them: parsed strictly, then in canonical form
         const sender = parseEnvelopeCommand('mail', Buffer.from(`MAIL FROM:<${input.mailFrom}>`, 'utf8'));
         if (!sender.ok) return refused('mail', null, syntaxRefused('mail', sender));

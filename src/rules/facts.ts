@@ -107,6 +107,12 @@ const CATALOGUE: readonly FactSpec[] = [
         'helo',
         'Forward-confirmed reverse DNS name of the client; null when there is none (RFC 8601 iprev)',
     ),
+    fact(
+        'iprev.ptr',
+        'domain',
+        'helo',
+        "The client's reverse DNS name, confirmed or not: the confirmed one, else the first PTR name; null when there is none or the lookup failed (Postfix's reverse client name, passed on as XCLIENT REVERSE_NAME)",
+    ),
     fact('iprev.result', 'string', 'helo', 'Result of the reverse DNS check', AUTH_RESULTS.iprev),
     fact(
         'client.ptr.generic',

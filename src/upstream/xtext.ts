@@ -72,8 +72,10 @@ export function xclientAddr(ip: string): string {
 const LABEL = /^[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?$/;
 
 /**
- * The NAME value: the verified reverse name, or `[UNAVAILABLE]` when there is none or
- * when it is not a host name Postfix accepts (it answers 501 to the whole command then).
+ * The NAME or REVERSE_NAME value: the name, or `[UNAVAILABLE]` when there is none or when it
+ * is not a host name Postfix accepts (it answers 501 to the whole command then; Postfix takes
+ * such a name from its own lookup for none at all). A valid name is letters, digits, `-`, `_`
+ * and dots, which xtext leaves as they are (RFC 3461 section 4).
  */
 export function xclientName(ptr: string | null): string {
     const name = (ptr ?? '').replace(/\.$/, '');
@@ -107,17 +109,27 @@ function line(attrs: readonly Attribute[]): string {
  * The XCLIENT command that passes `client` on, using only the attributes the upstream
  * advertised (`advertised` holds upper-case names); null when none applies.
  *
+ * NAME is the forward-confirmed name and REVERSE_NAME the reverse name, confirmed or not
+ * (client.reverse). Postfix copies NAME into the reverse name only when NAME is a name;
+ * without REVERSE_NAME its reverse name stays the one of the TCP peer (us), which then
+ * passes reject_unknown_reverse_client_hostname and check_reverse_client_hostname_access for
+ * every client.
+ *
  * Always one command. Postfix (smtpd xclient_cmd) resets HELO, PROTO and LOGIN that the
  * latest XCLIENT did not carry, and once NAME and ADDR are the real client's it checks
  * any further XCLIENT against smtpd_authorized_xclient_hosts with them and refuses it, so
- * no split into several commands keeps every attribute. To stay within 512 octets, HELO
- * and then NAME fall back to `[UNAVAILABLE]` (the EHLO that follows carries the HELO name
- * anyway). A LOGIN that cannot be sent as is fails with UpstreamError('xclient'): passing
- * the client on without its login would turn a submission into anonymous mail.
+ * no split into several commands keeps every attribute. To stay within 512 octets, HELO,
+ * then NAME, then REVERSE_NAME fall back to `[UNAVAILABLE]` (the EHLO that follows carries
+ * the HELO name anyway). A LOGIN that cannot be sent as is fails with UpstreamError('xclient'):
+ * passing the client on without its login would turn a submission into anonymous mail.
  */
 export function xclientCommand(client: ClientIdentity, advertised: ReadonlySet<string>): string | null {
     const attrs: Attribute[] = [];
     if (advertised.has('NAME')) attrs.push(['NAME', xclientName(client.ptr)]);
+    // after NAME: Postfix takes the last word on the reverse name
+    if (advertised.has('REVERSE_NAME')) {
+        attrs.push(['REVERSE_NAME', xclientName(client.reverse ? client.reverse.name : client.ptr)]);
+    }
     if (advertised.has('ADDR')) attrs.push(['ADDR', xclientAddr(client.ip)]);
     if (advertised.has('PORT')) attrs.push(['PORT', xclientPort(client.port)]);
     if (advertised.has('PROTO')) attrs.push(['PROTO', client.proto]);
@@ -130,7 +142,7 @@ export function xclientCommand(client: ClientIdentity, advertised: ReadonlySet<s
         attrs.push(['LOGIN', login]);
     }
     if (attrs.length === 0) return null;
-    for (const fallback of ['HELO', 'NAME']) {
+    for (const fallback of ['HELO', 'NAME', 'REVERSE_NAME']) {
         if (line(attrs).length <= MAX_COMMAND_LENGTH) break;
         const attr = attrs.find(([n]) => n === fallback);
         if (attr) attr[1] = XCLIENT_UNAVAILABLE;

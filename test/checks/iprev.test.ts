@@ -1,9 +1,10 @@
 /**
  * The iprev check against a real DNS server on loopback: a forward-confirmed PTR gives
  * `client.ptr`; a PTR that does not resolve back, no PTR, or a DNS failure give null with
- * the matching `iprev.result`. The lookups started at connect (prefetch) are given up when the
- * session ends, and none start for a client refused at connect. Also end to end: the confirmed
- * name reaches the upstream as XCLIENT NAME.
+ * the matching `iprev.result`, and `iprev.ptr` is the reverse name confirmed or not. The
+ * lookups started at connect (prefetch) are given up when the session ends, and none start for
+ * a client refused at connect. Also end to end: the confirmed name reaches the upstream as
+ * XCLIENT NAME, the reverse name as REVERSE_NAME.
  */
 import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
@@ -67,22 +68,42 @@ describe('iprev check', () => {
     const run = async (ip: string) => (await check().run(ctx(ip), new AbortController().signal)).facts;
 
     it('confirms a PTR that resolves back to the client', async () => {
-        assert.deepEqual(await run('192.0.2.1'), { 'client.ptr': 'mail.good.example', 'iprev.result': 'pass' });
+        assert.deepEqual(await run('192.0.2.1'), {
+            'client.ptr': 'mail.good.example',
+            'iprev.ptr': 'mail.good.example',
+            'iprev.result': 'pass',
+        });
     });
     it('confirms IPv6 too', async () => {
-        assert.deepEqual(await run('2001:db8::1'), { 'client.ptr': 'v6.good.example', 'iprev.result': 'pass' });
+        assert.deepEqual(await run('2001:db8::1'), {
+            'client.ptr': 'v6.good.example',
+            'iprev.ptr': 'v6.good.example',
+            'iprev.result': 'pass',
+        });
     });
-    it('rejects a PTR that points elsewhere', async () => {
-        assert.deepEqual(await run('192.0.2.2'), { 'client.ptr': null, 'iprev.result': 'fail' });
+    it('rejects a PTR that points elsewhere, reporting it as the unconfirmed reverse name', async () => {
+        assert.deepEqual(await run('192.0.2.2'), {
+            'client.ptr': null,
+            'iprev.ptr': 'liar.example',
+            'iprev.result': 'fail',
+        });
     });
     it('reports no PTR as fail and a DNS failure as temperror', async () => {
-        assert.deepEqual(await run('192.0.2.3'), { 'client.ptr': null, 'iprev.result': 'fail' });
-        assert.deepEqual(await run('192.0.2.4'), { 'client.ptr': null, 'iprev.result': 'temperror' });
+        assert.deepEqual(await run('192.0.2.3'), { 'client.ptr': null, 'iprev.ptr': null, 'iprev.result': 'fail' });
+        assert.deepEqual(await run('192.0.2.4'), {
+            'client.ptr': null,
+            'iprev.ptr': null,
+            'iprev.result': 'temperror',
+        });
     });
 
     it('reports FORMERR from the server as temperror, not fail', async () => {
         dns.setZone({ '5.2.0.192.in-addr.arpa': { FORMERR: true } });
-        assert.deepEqual(await run('192.0.2.5'), { 'client.ptr': null, 'iprev.result': 'temperror' });
+        assert.deepEqual(await run('192.0.2.5'), {
+            'client.ptr': null,
+            'iprev.ptr': null,
+            'iprev.result': 'temperror',
+        });
     });
 
     it('reports every resolver error but NXDOMAIN, NODATA and a bad name as temperror', async () => {
@@ -116,7 +137,13 @@ describe('iprev check', () => {
                         new AbortController().signal,
                     )
                 ).facts;
-                assert.deepEqual(facts, { 'client.ptr': null, 'iprev.result': result }, `${stage} ${code}`);
+                // a failed address lookup still leaves the PTR name as the reverse name
+                const ptr = stage === 'forward' ? 'mail.example.test' : null;
+                assert.deepEqual(
+                    facts,
+                    { 'client.ptr': null, 'iprev.ptr': ptr, 'iprev.result': result },
+                    `${stage} ${code}`,
+                );
             }
         }
     });
@@ -234,5 +261,46 @@ describe('iprev check', () => {
         assert.equal(up.connections.at(-1)!.xclient[0]!.NAME, 'localhost.test');
         const data = up.transactions.at(-1)!.data!.toString('latin1');
         assert.match(data, /^Received: from client\.example \(localhost\.test \[127\.0\.0\.1\]\)/);
+    });
+
+    it('passes the reverse name upstream as XCLIENT REVERSE_NAME', async (t) => {
+        dns.setZone({
+            '1.0.0.127.in-addr.arpa': { PTR: ['localhost.test.'] },
+            'localhost.test': { A: ['127.0.0.1'] },
+            '2.0.0.127.in-addr.arpa': { PTR: ['2-0-0-127.dyn.isp.example.'] },
+        });
+        const up = await startScriptedUpstream({ ehlo: ['XCLIENT NAME ADDR PORT PROTO HELO REVERSE_NAME LOGIN'] });
+        const mw = await startApp(
+            [
+                'hostname: mx.example.test',
+                'domains: [example.test]',
+                'listeners: [{ name: mx, host: 127.0.0.1, port: 0, mode: mx }]',
+                `upstream: { url: "smtp://127.0.0.1:${up.port}" }`,
+                `dns: { servers: ["${dns.address}"], timeout: 1s }`,
+                'http: false',
+            ].join('\n'),
+        );
+        t.after(async () => {
+            await mw.stop();
+            await up.close();
+        });
+        const names = async (localAddress: string): Promise<string> => {
+            const r = await sendMail(mw.port(), {
+                from: 'a@example.org',
+                to: ['b@example.test'],
+                data: 'From: a@example.org\r\nSubject: x\r\n\r\nx\r\n',
+                localAddress,
+            });
+            assert.equal(r.message?.code, 250, localAddress);
+            const xclient = up.connections.at(-1)!.xclient[0]!;
+            assert.equal(xclient.ADDR, localAddress);
+            return `NAME=${xclient.NAME} REVERSE_NAME=${xclient.REVERSE_NAME}`;
+        };
+        // forward-confirmed
+        assert.equal(await names('127.0.0.1'), 'NAME=localhost.test REVERSE_NAME=localhost.test');
+        // a PTR name that does not resolve back: not verified, yet it is the reverse name
+        assert.equal(await names('127.0.0.2'), 'NAME=[UNAVAILABLE] REVERSE_NAME=2-0-0-127.dyn.isp.example');
+        // no PTR at all (NXDOMAIN): unknown
+        assert.equal(await names('127.0.0.3'), 'NAME=[UNAVAILABLE] REVERSE_NAME=[UNAVAILABLE]');
     });
 });

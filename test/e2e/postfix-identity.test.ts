@@ -8,6 +8,9 @@
  * smtpd_forbid_unauth_pipelining (the default from Postfix 3.9), under which an EHLO sent behind
  * XCLIENT before its new 220 ends the session: mailwarden waits for each answer. After the first
  * connection, XCLIENT goes right after Postfix's greeting, without an EHLO of mailwarden's own.
+ * Postfix's client-name restrictions judge the client's names as mailwarden's DNS found them:
+ * a missing or unconfirmed reverse name is refused as Postfix refuses it (never judged as the
+ * name of mailwarden's own address).
  */
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
@@ -174,5 +177,85 @@ describe('each client reaches Postfix as itself', () => {
         } finally {
             c.close();
         }
+    });
+});
+
+describe("Postfix's client-name restrictions judge the client's names", () => {
+    let gateway: PostfixGateway;
+    let postfix: PostfixInstance;
+    let mw: TestApp;
+
+    before(async () => {
+        gateway = await startPostfixGateway(
+            {
+                mainCf: {
+                    // Postfix's default, off in the test instance: Postfix looks up the name of
+                    // its peer (mailwarden, 127.0.0.1 is localhost), which XCLIENT must replace
+                    smtpd_peername_lookup: 'yes',
+                    smtpd_client_restrictions: [
+                        'check_reverse_client_hostname_access inline:{{dyn.isp.example=REJECT dynamic reverse name}}',
+                        'reject_unknown_reverse_client_hostname',
+                        'reject_unknown_client_hostname',
+                    ].join(', '),
+                    // 550 rather than the default 450: a name known not to exist is refused for good
+                    unknown_client_reject_code: '550',
+                },
+            },
+            ['{ name: mx, host: 127.0.0.1, port: 0, mode: mx }'],
+            {
+                '2.0.0.127.in-addr.arpa': { PTR: ['mail2.good.example.'] },
+                'mail2.good.example': { A: ['127.0.0.2'] },
+                // 127.0.0.3 has no PTR record (NXDOMAIN)
+                '4.0.0.127.in-addr.arpa': { PTR: ['4-0-0-127.dyn.isp.example.'] },
+            },
+        );
+        ({ postfix, mw } = gateway);
+    });
+    after(async () => {
+        await gateway?.close();
+    });
+
+    /** What the client hears for its recipient, and Postfix's log line refusing it, if any. */
+    const send = async (addr: string): Promise<{ rcpt: string; refused: string | undefined }> => {
+        const result = await sendMail(mw.port(), {
+            from: 'sender@sender.test',
+            to: ['alice@example.test'],
+            data: message(`names-${addr}`),
+            helo: 'client.example',
+            localAddress: addr,
+        });
+        const rcpt = result.rcpt[0]!;
+        const refusal = async (): Promise<string | undefined> =>
+            (await postfix.log()).split('\n').find((l) => l.includes(`NOQUEUE: reject: RCPT from unknown[${addr}]`));
+        // Postfix's log lines are written after the reply, by another process
+        if (rcpt.code !== 250)
+            await until(`Postfix logged refusing ${addr}`, async () => (await refusal()) !== undefined);
+        return { rcpt: `${rcpt.code} ${rcpt.text.split(' ')[0]}`, refused: await refusal() };
+    };
+
+    it('lets a forward-confirmed client through', async () => {
+        const { rcpt, refused } = await send('127.0.0.2');
+        assert.equal(rcpt, '250 2.1.5');
+        assert.equal(refused, undefined);
+        const messages = await postfix.waitForMessages('alice', 1);
+        assert.match(
+            postfixReceived(messages, 'names-127.0.0.2'),
+            /^Received: from client\.example \(mail2\.good\.example \[127\.0\.0\.2\]\)/,
+        );
+    });
+
+    it('refuses a client without a reverse name as reject_unknown_reverse_client_hostname does', async () => {
+        const { rcpt, refused } = await send('127.0.0.3');
+        assert.equal(rcpt, '550 5.7.1');
+        assert.match(
+            refused ?? '',
+            /: 550 5\.7\.1 Client host rejected: cannot find your reverse hostname, \[127\.0\.0\.3\]/,
+        );
+    });
+
+    it('looks the unconfirmed reverse name up in check_reverse_client_hostname_access', async () => {
+        const { rcpt, refused } = await send('127.0.0.4');
+        assert.equal(rcpt, '554 5.7.1');
+        assert.match(refused ?? '', /: 554 5\.7\.1 <4-0-0-127\.dyn\.isp\.example>: .*dynamic reverse name/);
     });
 });

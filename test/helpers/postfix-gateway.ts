@@ -1,15 +1,15 @@
 /**
  * mailwarden in front of a real Postfix with nothing else deciding: a loopback DNS server that
- * answers every name with NXDOMAIN and an empty rules folder, so what a test sees depends on the
- * transport alone (XCLIENT, PROXY headers, what Postfix writes). `listeners` are the YAML lines
- * of the listener list; the upstream is the Postfix instance with XCLIENT.
+ * answers every name with NXDOMAIN (or as `zone` says) and an empty rules folder, so what a test
+ * sees depends on the transport alone (XCLIENT, PROXY headers, what Postfix writes). `listeners`
+ * are the YAML lines of the listener list; the upstream is the Postfix instance with XCLIENT.
  * It must not start anything it does not stop in close().
  */
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { startApp, type TestApp } from './app.ts';
-import { startDnsServer, type DnsTestServer } from './dns-server.ts';
+import { startDnsServer, type DnsTestServer, type Zone } from './dns-server.ts';
 import { startPostfix, type PostfixInstance, type PostfixOptions } from './postfix.ts';
 
 export interface PostfixGateway {
@@ -26,6 +26,7 @@ export function unfold(message: string): string {
 export async function startPostfixGateway(
     postfixOptions: PostfixOptions,
     listeners: readonly string[],
+    zone: Zone = {},
 ): Promise<PostfixGateway> {
     let postfix: PostfixInstance | undefined;
     let dns: DnsTestServer | undefined;
@@ -39,7 +40,7 @@ export async function startPostfixGateway(
     };
     try {
         postfix = await startPostfix(postfixOptions);
-        dns = await startDnsServer({});
+        dns = await startDnsServer(zone);
         rulesDir = await mkdtemp(path.join(os.tmpdir(), 'mailwarden-rules-'));
         // no rules on purpose (an empty folder is refused)
         await writeFile(path.join(rulesDir, '00-none.yaml'), 'rules: []\n');

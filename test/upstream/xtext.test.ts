@@ -1,5 +1,6 @@
 // Unit tests for XCLIENT value formatting: xtext (RFC 3461 section 4), the ADDR form,
-// [UNAVAILABLE], and the one command line within 512 octets.
+// [UNAVAILABLE], NAME and REVERSE_NAME for each outcome of the reverse lookup, and the one
+// command line within 512 octets.
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import type { ClientIdentity } from '../../src/types.ts';
@@ -93,6 +94,62 @@ describe('XCLIENT values', () => {
         assert.match(squeezed, /NAME=\[UNAVAILABLE\]/);
         assert.match(squeezed, /ADDR=192\.0\.2\.10 PORT=41000 PROTO=ESMTP/);
         assert.ok(squeezed.endsWith(`LOGIN=${login}`));
+    });
+
+    it('passes the reverse name, confirmed or not, as REVERSE_NAME where advertised', () => {
+        const names = new Set(['NAME', 'ADDR', 'REVERSE_NAME']);
+        const sent = (over: Partial<ClientIdentity>, advertised: ReadonlySet<string> = names): string =>
+            xclientCommand(identity(over), advertised) ?? '';
+        // forward-confirmed: both names are the confirmed one
+        assert.equal(
+            sent({ reverse: { name: 'mail.example.net' } }),
+            'XCLIENT NAME=mail.example.net REVERSE_NAME=mail.example.net ADDR=192.0.2.10',
+        );
+        // a PTR name that does not resolve back: not verified, but the reverse name all the same
+        assert.equal(
+            sent({ ptr: null, reverse: { name: '10-2-0-192.dyn.isp.example' } }),
+            'XCLIENT NAME=[UNAVAILABLE] REVERSE_NAME=10-2-0-192.dyn.isp.example ADDR=192.0.2.10',
+        );
+        // no PTR (NXDOMAIN), or a PTR name that is not a host name: both unknown
+        assert.equal(
+            sent({ ptr: null, reverse: { name: null } }),
+            'XCLIENT NAME=[UNAVAILABLE] REVERSE_NAME=[UNAVAILABLE] ADDR=192.0.2.10',
+        );
+        assert.equal(
+            sent({ ptr: null, reverse: { name: 'bad name.example' } }),
+            'XCLIENT NAME=[UNAVAILABLE] REVERSE_NAME=[UNAVAILABLE] ADDR=192.0.2.10',
+        );
+        // an upstream that does not advertise REVERSE_NAME hears NAME alone
+        assert.equal(
+            sent({ ptr: null, reverse: { name: 'x.dyn.isp.example' } }, new Set(['NAME', 'ADDR'])),
+            'XCLIENT NAME=[UNAVAILABLE] ADDR=192.0.2.10',
+        );
+        // before any reverse lookup (no iprev check), the reverse name is the confirmed one, if any
+        assert.equal(sent({}), 'XCLIENT NAME=mail.example.net REVERSE_NAME=mail.example.net ADDR=192.0.2.10');
+        assert.equal(sent({ ptr: null }), 'XCLIENT NAME=[UNAVAILABLE] REVERSE_NAME=[UNAVAILABLE] ADDR=192.0.2.10');
+    });
+
+    it('keeps REVERSE_NAME within 512 octets too, giving way after HELO and NAME', () => {
+        const all = new Set([...ALL, 'REVERSE_NAME']);
+        const longName = `${'r'.repeat(60)}.`.repeat(3) + 'example';
+        const helo = 'h'.repeat(200);
+        const login = 'l'.repeat(200);
+        const unconfirmed = { ptr: null, reverse: { name: longName }, helo, login };
+        const squeezed = xclientCommand(identity(unconfirmed), all) ?? '';
+        assert.ok(squeezed.length <= MAX_COMMAND_LENGTH, `${squeezed.length} octets`);
+        // HELO gave way, and that was enough: the reverse name is kept
+        assert.match(squeezed, / NAME=\[UNAVAILABLE\] REVERSE_NAME=r{60}\./);
+        assert.match(squeezed, /HELO=\[UNAVAILABLE\]/);
+        const confirmed = { ptr: longName, reverse: { name: longName }, helo, login };
+        const both = xclientCommand(identity(confirmed), all) ?? '';
+        assert.ok(both.length <= MAX_COMMAND_LENGTH, `${both.length} octets`);
+        assert.match(both, / NAME=\[UNAVAILABLE\] REVERSE_NAME=r{60}\./);
+        assert.ok(both.endsWith(`LOGIN=${login}`));
+        // and the reverse name as well when even that is not enough
+        const longest = 'l'.repeat(MAX_XCLIENT_VALUE);
+        const last = xclientCommand(identity({ ...unconfirmed, login: longest }), all) ?? '';
+        assert.ok(last.length <= MAX_COMMAND_LENGTH, `${last.length} octets`);
+        assert.match(last, / NAME=\[UNAVAILABLE\] REVERSE_NAME=\[UNAVAILABLE\] /);
     });
 
     it('refuses a LOGIN too long to pass on', () => {
