@@ -375,9 +375,9 @@ export class MessageFlow {
 
 /**
  * The client's names after a helo stage, from what the iprev check reported: the confirmed name
- * (`client.ptr`) and the reverse lookup behind it (`iprev.ptr`). Without an iprev check only the
- * confirmed name is known. The upstream hears them with XCLIENT NAME and REVERSE_NAME
- * (upstream/xtext.ts).
+ * (`client.ptr`) and the reverse lookup behind it (`iprev.ptr`; temporary when the check said
+ * temperror, or timed out or failed this time). Without an iprev check only the confirmed name
+ * is known. The upstream hears them with XCLIENT NAME and REVERSE_NAME (upstream/xtext.ts).
  */
 function clientNames(result: StageResult): Pick<ClientIdentity, 'ptr' | 'reverse'> {
     const facts = result.facts;
@@ -385,5 +385,11 @@ function clientNames(result: StageResult): Pick<ClientIdentity, 'ptr' | 'reverse
     const iprev = result.checks.find((c) => c.name === 'iprev');
     if (iprev === undefined) return { ptr };
     const name = facts['iprev.ptr'];
-    return { ptr, reverse: { name: typeof name === 'string' ? name : ptr } };
+    return {
+        ptr,
+        reverse: {
+            name: typeof name === 'string' ? name : ptr,
+            temporary: iprev.error !== null || facts['iprev.result'] === 'temperror',
+        },
+    };
 }

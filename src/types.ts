@@ -60,9 +60,11 @@ export interface ClientIdentity {
     /**
      * The reverse lookup behind `ptr`, as the iprev check left it (absent before it ran): the
      * client's reverse name, confirmed or not (Postfix's "reverse client name"), or null when it
-     * has none.
+     * has none; and `temporary`, true when the lookup failed for now (a DNS error that says
+     * nothing about the name, or the check timed out), so that a name it did not find is not
+     * known to be missing.
      */
-    readonly reverse?: { readonly name: string | null };
+    readonly reverse?: { readonly name: string | null; readonly temporary: boolean };
     /** HELO/EHLO argument, or null before one was given. */
     readonly helo: string | null;
     readonly proto: 'SMTP' | 'ESMTP';

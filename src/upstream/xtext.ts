@@ -1,7 +1,8 @@
 /**
  * Formatting of XCLIENT attributes (Postfix XCLIENT_README): values are xtext
- * (RFC 3461 section 4), IPv6 client addresses carry the `IPV6:` prefix, unknown names
- * are `[UNAVAILABLE]`, and all attributes go in one command line of at most 512 octets
+ * (RFC 3461 section 4), IPv6 client addresses carry the `IPV6:` prefix, names are
+ * `[UNAVAILABLE]` when known not to exist and `[TEMPUNAVAIL]` when a DNS failure left them
+ * unknown for now, and all attributes go in one command line of at most 512 octets
  * including CRLF (RFC 5321 section 4.5.3.1.4).
  * Pure functions: no I/O, and no decision about whether XCLIENT is used at all.
  */
@@ -12,6 +13,9 @@ import { UpstreamError } from './types.ts';
 
 /** The value Postfix expects when an attribute is not known. */
 export const XCLIENT_UNAVAILABLE = '[UNAVAILABLE]';
+
+/** The value Postfix expects when a name is not known for now (its lookup failed temporarily). */
+export const XCLIENT_TEMPUNAVAIL = '[TEMPUNAVAIL]';
 
 /** Longest command line without its CRLF (RFC 5321 section 4.5.3.1.4: 512 octets with it). */
 export const MAX_COMMAND_LENGTH = 510;
@@ -72,13 +76,15 @@ export function xclientAddr(ip: string): string {
 const LABEL = /^[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?$/;
 
 /**
- * The NAME or REVERSE_NAME value: the name, or `[UNAVAILABLE]` when there is none or when it
- * is not a host name Postfix accepts (it answers 501 to the whole command then; Postfix takes
- * such a name from its own lookup for none at all). A valid name is letters, digits, `-`, `_`
- * and dots, which xtext leaves as they are (RFC 3461 section 4).
+ * The NAME or REVERSE_NAME value: the name, or when there is none `[TEMPUNAVAIL]` if its
+ * lookup failed for now and `[UNAVAILABLE]` otherwise; a name that is not a host name Postfix
+ * accepts (it answers 501 to the whole command then) is `[UNAVAILABLE]`, as Postfix takes such a
+ * name from its own lookup for none at all. A valid name is letters, digits, `-`, `_` and
+ * dots, which xtext leaves as they are (RFC 3461 section 4).
  */
-export function xclientName(ptr: string | null): string {
-    const name = (ptr ?? '').replace(/\.$/, '');
+export function xclientName(ptr: string | null, temporary = false): string {
+    if (ptr === null) return temporary ? XCLIENT_TEMPUNAVAIL : XCLIENT_UNAVAILABLE;
+    const name = ptr.replace(/\.$/, '');
     const labels = name.split('.');
     const valid =
         name.length > 0 &&
@@ -113,7 +119,9 @@ function line(attrs: readonly Attribute[]): string {
  * (client.reverse). Postfix copies NAME into the reverse name only when NAME is a name;
  * without REVERSE_NAME its reverse name stays the one of the TCP peer (us), which then
  * passes reject_unknown_reverse_client_hostname and check_reverse_client_hostname_access for
- * every client.
+ * every client. A name whose lookup failed for now goes as `[TEMPUNAVAIL]`, which Postfix's
+ * reject_unknown_* answer with 4xx as for a client of its own, whereas `[UNAVAILABLE]` gets
+ * unknown_client_reject_code (550 at many sites).
  *
  * Always one command. Postfix (smtpd xclient_cmd) resets HELO, PROTO and LOGIN that the
  * latest XCLIENT did not carry, and once NAME and ADDR are the real client's it checks
@@ -125,10 +133,12 @@ function line(attrs: readonly Attribute[]): string {
  */
 export function xclientCommand(client: ClientIdentity, advertised: ReadonlySet<string>): string | null {
     const attrs: Attribute[] = [];
-    if (advertised.has('NAME')) attrs.push(['NAME', xclientName(client.ptr)]);
+    const reverse = client.reverse;
+    const temporary = reverse?.temporary === true;
+    if (advertised.has('NAME')) attrs.push(['NAME', xclientName(client.ptr, temporary)]);
     // after NAME: Postfix takes the last word on the reverse name
     if (advertised.has('REVERSE_NAME')) {
-        attrs.push(['REVERSE_NAME', xclientName(client.reverse ? client.reverse.name : client.ptr)]);
+        attrs.push(['REVERSE_NAME', xclientName(reverse ? reverse.name : client.ptr, temporary)]);
     }
     if (advertised.has('ADDR')) attrs.push(['ADDR', xclientAddr(client.ip)]);
     if (advertised.has('PORT')) attrs.push(['PORT', xclientPort(client.port)]);
@@ -145,7 +155,8 @@ export function xclientCommand(client: ClientIdentity, advertised: ReadonlySet<s
     for (const fallback of ['HELO', 'NAME', 'REVERSE_NAME']) {
         if (line(attrs).length <= MAX_COMMAND_LENGTH) break;
         const attr = attrs.find(([n]) => n === fallback);
-        if (attr) attr[1] = XCLIENT_UNAVAILABLE;
+        // a `[TEMPUNAVAIL]` is short, and says more than `[UNAVAILABLE]`
+        if (attr && attr[1] !== XCLIENT_TEMPUNAVAIL) attr[1] = XCLIENT_UNAVAILABLE;
     }
     return line(attrs);
 }

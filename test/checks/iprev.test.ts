@@ -15,7 +15,10 @@ import { createIprevCheck } from '../../src/checks/iprev.ts';
 import { createResolver, type Resolver } from '../../src/dns/resolver.ts';
 import { createMetrics, type Metrics } from '../../src/metrics.ts';
 import { dnsError, type DnsErrorCode } from '../../src/dns/errors.ts';
+import { acceptAll, runStage } from '../../src/pipeline.ts';
+import { MessageFlow } from '../../src/transaction.ts';
 import type { CheckContext } from '../../src/types.ts';
+import { xclientCommand } from '../../src/upstream/xtext.ts';
 import { startApp } from '../helpers/app.ts';
 import { startDnsServer, type DnsTestServer } from '../helpers/dns-server.ts';
 import { startScriptedUpstream } from '../helpers/scripted-upstream.ts';
@@ -148,6 +151,39 @@ describe('iprev check', () => {
         }
     });
 
+    it('leaves both names unknown for now when the check times out, as XCLIENT says', async () => {
+        dns.setZone({ '7.2.0.192.in-addr.arpa': { TIMEOUT: true } });
+        // the resolver waits longer for the answer that never comes than the check may take
+        const slow = createResolver({ servers: [dns.address], timeoutMs: 5000, tries: 1 });
+        try {
+            const flow = new MessageFlow('test', { name: 'mx', mode: 'mx', bareNewline: 'reject' });
+            const client = {
+                ip: '192.0.2.7',
+                port: 1,
+                ptr: null,
+                helo: 'c.test',
+                proto: 'ESMTP',
+                login: null,
+            } as const;
+            const facts = flow.heloStageFacts({ identity: client, tls: false });
+            const result = await runStage(
+                'helo',
+                [createIprevCheck(slow, 100)],
+                flow.context(facts, client),
+                acceptAll,
+            );
+            assert.equal(result.checks[0]?.error, 'timeout');
+            const names = flow.heloDone(result);
+            assert.deepEqual(names, { ptr: null, reverse: { name: null, temporary: true } });
+            assert.equal(
+                xclientCommand({ ...client, ...names }, new Set(['NAME', 'REVERSE_NAME', 'ADDR'])),
+                'XCLIENT NAME=[TEMPUNAVAIL] REVERSE_NAME=[TEMPUNAVAIL] ADDR=192.0.2.7',
+            );
+        } finally {
+            slow.close();
+        }
+    });
+
     it('gives up the lookups started at connect when the session ends, and starts no forward lookup after', async () => {
         const { names, zone } = neverAnswering('gone.example');
         dns.setZone({ '20.2.0.192.in-addr.arpa': { PTR: names }, '21.2.0.192.in-addr.arpa': { PTR: names }, ...zone });
@@ -263,11 +299,15 @@ describe('iprev check', () => {
         assert.match(data, /^Received: from client\.example \(localhost\.test \[127\.0\.0\.1\]\)/);
     });
 
-    it('passes the reverse name upstream as XCLIENT REVERSE_NAME', async (t) => {
+    it('passes the reverse name upstream as XCLIENT REVERSE_NAME, and a DNS failure as [TEMPUNAVAIL]', async (t) => {
         dns.setZone({
             '1.0.0.127.in-addr.arpa': { PTR: ['localhost.test.'] },
             'localhost.test': { A: ['127.0.0.1'] },
             '2.0.0.127.in-addr.arpa': { PTR: ['2-0-0-127.dyn.isp.example.'] },
+            '4.0.0.127.in-addr.arpa': { SERVFAIL: true },
+            '5.0.0.127.in-addr.arpa': { TIMEOUT: true },
+            '6.0.0.127.in-addr.arpa': { PTR: ['mail6.slow.example.'] },
+            'mail6.slow.example': { SERVFAIL: true },
         });
         const up = await startScriptedUpstream({ ehlo: ['XCLIENT NAME ADDR PORT PROTO HELO REVERSE_NAME LOGIN'] });
         const mw = await startApp(
@@ -300,7 +340,12 @@ describe('iprev check', () => {
         assert.equal(await names('127.0.0.1'), 'NAME=localhost.test REVERSE_NAME=localhost.test');
         // a PTR name that does not resolve back: not verified, yet it is the reverse name
         assert.equal(await names('127.0.0.2'), 'NAME=[UNAVAILABLE] REVERSE_NAME=2-0-0-127.dyn.isp.example');
-        // no PTR at all (NXDOMAIN): unknown
+        // no PTR at all (NXDOMAIN): unknown for good
         assert.equal(await names('127.0.0.3'), 'NAME=[UNAVAILABLE] REVERSE_NAME=[UNAVAILABLE]');
+        // the PTR lookup failed (SERVFAIL) or never got an answer: unknown for now
+        assert.equal(await names('127.0.0.4'), 'NAME=[TEMPUNAVAIL] REVERSE_NAME=[TEMPUNAVAIL]');
+        assert.equal(await names('127.0.0.5'), 'NAME=[TEMPUNAVAIL] REVERSE_NAME=[TEMPUNAVAIL]');
+        // the PTR name is known, its address lookup failed: only the verified name is unknown for now
+        assert.equal(await names('127.0.0.6'), 'NAME=[TEMPUNAVAIL] REVERSE_NAME=mail6.slow.example');
     });
 });

@@ -10,7 +10,7 @@
  * connection, XCLIENT goes right after Postfix's greeting, without an EHLO of mailwarden's own.
  * Postfix's client-name restrictions judge the client's names as mailwarden's DNS found them:
  * a missing or unconfirmed reverse name is refused as Postfix refuses it (never judged as the
- * name of mailwarden's own address).
+ * name of mailwarden's own address), and a DNS failure at mailwarden gets Postfix's 4xx.
  */
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
@@ -197,7 +197,8 @@ describe("Postfix's client-name restrictions judge the client's names", () => {
                         'reject_unknown_reverse_client_hostname',
                         'reject_unknown_client_hostname',
                     ].join(', '),
-                    // 550 rather than the default 450: a name known not to exist is refused for good
+                    // 550 rather than the default 450: a name unknown for good and one unknown
+                    // for now get different answers
                     unknown_client_reject_code: '550',
                 },
             },
@@ -207,6 +208,9 @@ describe("Postfix's client-name restrictions judge the client's names", () => {
                 'mail2.good.example': { A: ['127.0.0.2'] },
                 // 127.0.0.3 has no PTR record (NXDOMAIN)
                 '4.0.0.127.in-addr.arpa': { PTR: ['4-0-0-127.dyn.isp.example.'] },
+                '5.0.0.127.in-addr.arpa': { SERVFAIL: true },
+                '6.0.0.127.in-addr.arpa': { PTR: ['mail6.slow.example.'] },
+                'mail6.slow.example': { SERVFAIL: true },
             },
         );
         ({ postfix, mw } = gateway);
@@ -257,5 +261,20 @@ describe("Postfix's client-name restrictions judge the client's names", () => {
         const { rcpt, refused } = await send('127.0.0.4');
         assert.equal(rcpt, '554 5.7.1');
         assert.match(refused ?? '', /: 554 5\.7\.1 <4-0-0-127\.dyn\.isp\.example>: .*dynamic reverse name/);
+    });
+
+    it('answers 4xx when the PTR lookup failed at mailwarden (SERVFAIL)', async () => {
+        const { rcpt, refused } = await send('127.0.0.5');
+        assert.equal(rcpt, '450 4.7.1');
+        assert.match(
+            refused ?? '',
+            /: 450 4\.7\.1 Client host rejected: cannot find your reverse hostname, \[127\.0\.0\.5\]/,
+        );
+    });
+
+    it('answers 4xx when the address lookup of the PTR name failed at mailwarden (SERVFAIL)', async () => {
+        const { rcpt, refused } = await send('127.0.0.6');
+        assert.equal(rcpt, '450 4.7.25');
+        assert.match(refused ?? '', /: 450 4\.7\.25 Client host rejected: cannot find your hostname, \[127\.0\.0\.6\]/);
     });
 });

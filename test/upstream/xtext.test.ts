@@ -1,6 +1,6 @@
 // Unit tests for XCLIENT value formatting: xtext (RFC 3461 section 4), the ADDR form,
-// [UNAVAILABLE], NAME and REVERSE_NAME for each outcome of the reverse lookup, and the one
-// command line within 512 octets.
+// [UNAVAILABLE] and [TEMPUNAVAIL], NAME and REVERSE_NAME for each outcome of the reverse
+// lookup, and the one command line within 512 octets.
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import type { ClientIdentity } from '../../src/types.ts';
@@ -102,26 +102,26 @@ describe('XCLIENT values', () => {
             xclientCommand(identity(over), advertised) ?? '';
         // forward-confirmed: both names are the confirmed one
         assert.equal(
-            sent({ reverse: { name: 'mail.example.net' } }),
+            sent({ reverse: { name: 'mail.example.net', temporary: false } }),
             'XCLIENT NAME=mail.example.net REVERSE_NAME=mail.example.net ADDR=192.0.2.10',
         );
         // a PTR name that does not resolve back: not verified, but the reverse name all the same
         assert.equal(
-            sent({ ptr: null, reverse: { name: '10-2-0-192.dyn.isp.example' } }),
+            sent({ ptr: null, reverse: { name: '10-2-0-192.dyn.isp.example', temporary: false } }),
             'XCLIENT NAME=[UNAVAILABLE] REVERSE_NAME=10-2-0-192.dyn.isp.example ADDR=192.0.2.10',
         );
         // no PTR (NXDOMAIN), or a PTR name that is not a host name: both unknown
         assert.equal(
-            sent({ ptr: null, reverse: { name: null } }),
+            sent({ ptr: null, reverse: { name: null, temporary: false } }),
             'XCLIENT NAME=[UNAVAILABLE] REVERSE_NAME=[UNAVAILABLE] ADDR=192.0.2.10',
         );
         assert.equal(
-            sent({ ptr: null, reverse: { name: 'bad name.example' } }),
+            sent({ ptr: null, reverse: { name: 'bad name.example', temporary: false } }),
             'XCLIENT NAME=[UNAVAILABLE] REVERSE_NAME=[UNAVAILABLE] ADDR=192.0.2.10',
         );
         // an upstream that does not advertise REVERSE_NAME hears NAME alone
         assert.equal(
-            sent({ ptr: null, reverse: { name: 'x.dyn.isp.example' } }, new Set(['NAME', 'ADDR'])),
+            sent({ ptr: null, reverse: { name: 'x.dyn.isp.example', temporary: false } }, new Set(['NAME', 'ADDR'])),
             'XCLIENT NAME=[UNAVAILABLE] ADDR=192.0.2.10',
         );
         // before any reverse lookup (no iprev check), the reverse name is the confirmed one, if any
@@ -134,13 +134,13 @@ describe('XCLIENT values', () => {
         const longName = `${'r'.repeat(60)}.`.repeat(3) + 'example';
         const helo = 'h'.repeat(200);
         const login = 'l'.repeat(200);
-        const unconfirmed = { ptr: null, reverse: { name: longName }, helo, login };
+        const unconfirmed = { ptr: null, reverse: { name: longName, temporary: false }, helo, login };
         const squeezed = xclientCommand(identity(unconfirmed), all) ?? '';
         assert.ok(squeezed.length <= MAX_COMMAND_LENGTH, `${squeezed.length} octets`);
         // HELO gave way, and that was enough: the reverse name is kept
         assert.match(squeezed, / NAME=\[UNAVAILABLE\] REVERSE_NAME=r{60}\./);
         assert.match(squeezed, /HELO=\[UNAVAILABLE\]/);
-        const confirmed = { ptr: longName, reverse: { name: longName }, helo, login };
+        const confirmed = { ptr: longName, reverse: { name: longName, temporary: false }, helo, login };
         const both = xclientCommand(identity(confirmed), all) ?? '';
         assert.ok(both.length <= MAX_COMMAND_LENGTH, `${both.length} octets`);
         assert.match(both, / NAME=\[UNAVAILABLE\] REVERSE_NAME=r{60}\./);
@@ -150,6 +150,43 @@ describe('XCLIENT values', () => {
         const last = xclientCommand(identity({ ...unconfirmed, login: longest }), all) ?? '';
         assert.ok(last.length <= MAX_COMMAND_LENGTH, `${last.length} octets`);
         assert.match(last, / NAME=\[UNAVAILABLE\] REVERSE_NAME=\[UNAVAILABLE\] /);
+    });
+
+    it('passes a name whose lookup failed for now as [TEMPUNAVAIL]', () => {
+        const names = new Set(['NAME', 'ADDR', 'REVERSE_NAME']);
+        const sent = (over: Partial<ClientIdentity>, advertised: ReadonlySet<string> = names): string =>
+            xclientCommand(identity(over), advertised) ?? '';
+        // the PTR lookup failed (SERVFAIL, timeout): both unknown for now
+        assert.equal(
+            sent({ ptr: null, reverse: { name: null, temporary: true } }),
+            'XCLIENT NAME=[TEMPUNAVAIL] REVERSE_NAME=[TEMPUNAVAIL] ADDR=192.0.2.10',
+        );
+        // the PTR name is known but its address lookup failed: the verified name is unknown for now
+        assert.equal(
+            sent({ ptr: null, reverse: { name: 'mail.example.net', temporary: true } }),
+            'XCLIENT NAME=[TEMPUNAVAIL] REVERSE_NAME=mail.example.net ADDR=192.0.2.10',
+        );
+        // an upstream that does not advertise REVERSE_NAME hears NAME alone
+        assert.equal(
+            sent({ ptr: null, reverse: { name: 'x.dyn.isp.example', temporary: true } }, new Set(['NAME', 'ADDR'])),
+            'XCLIENT NAME=[TEMPUNAVAIL] ADDR=192.0.2.10',
+        );
+        // an answer about the name stays [UNAVAILABLE]
+        assert.equal(
+            sent({ ptr: null, reverse: { name: null, temporary: false } }),
+            'XCLIENT NAME=[UNAVAILABLE] REVERSE_NAME=[UNAVAILABLE] ADDR=192.0.2.10',
+        );
+        assert.equal(xclientName(null, true), '[TEMPUNAVAIL]');
+        // a short [TEMPUNAVAIL] never gives way to [UNAVAILABLE] for the 512 octets
+        const longName = `${'r'.repeat(60)}.`.repeat(3) + 'example';
+        const long = { ptr: null, reverse: { name: longName, temporary: true }, helo: 'h'.repeat(200) };
+        const squeezed =
+            xclientCommand(
+                identity({ ...long, login: 'l'.repeat(MAX_XCLIENT_VALUE) }),
+                new Set([...ALL, 'REVERSE_NAME']),
+            ) ?? '';
+        assert.ok(squeezed.length <= MAX_COMMAND_LENGTH, `${squeezed.length} octets`);
+        assert.match(squeezed, / NAME=\[TEMPUNAVAIL\] REVERSE_NAME=\[UNAVAILABLE\] /);
     });
 
     it('refuses a LOGIN too long to pass on', () => {
