@@ -1,7 +1,8 @@
 /**
  * The work of the `ratelimit` check (declared in src/checks/ratelimit.ts): at each stage it charges the rate limits counted there, takes the
  * concurrency leases of a new connection (renewed while the session lives, released when it
- * ends) and, at RCPT, asks greylisting about the recipient; once the upstream accepted a
+ * ends) and, at RCPT, asks greylisting about the recipient (the records of new triplets
+ * capped per client network, IPv4 /24 and IPv6 /48, in the same call); once the upstream accepted a
  * message whose recipient passed greylisting, it credits the client with one pass. It
  * reports facts only (`ratelimit.*`, `greylist.*`); the implicit rules of the limits decide.
  * Everything a stage asks of the store (lease renewals, every limit, greylisting) is one batch
@@ -18,6 +19,7 @@ import type { Metrics } from '../metrics.ts';
 import {
     CONCURRENCY_RETRY_SECONDS,
     GREYLIST_LABEL,
+    GREYLIST_NEW_PER_NETWORK,
     byteCeiling,
     type GreylistSpec,
     type LimitSpec,
@@ -253,7 +255,7 @@ export function createRateLimiter(options: RateLimitCheckOptions): Pick<Check, '
         if (entry === undefined || sender === null || recipient === undefined || typeof clientIp !== 'string') {
             return null;
         }
-        const { triplet, client } = greylistTriplet(entry.id, clientIp, sender, recipient);
+        const { triplet, client, network } = greylistTriplet(entry.id, clientIp, sender, recipient);
         const op: StageOp = {
             op: 'greylist',
             triplet,
@@ -263,6 +265,7 @@ export function createRateLimiter(options: RateLimitCheckOptions): Pick<Check, '
                 retryWindowMs: entry.retryWindowMs,
                 passTtlMs: entry.expireMs,
                 autoAllowAfter: entry.autoAllowAfter,
+                cap: { key: network, window: GREYLIST_NEW_PER_NETWORK },
             },
         };
         return { entry, op, recipient, client };
@@ -298,7 +301,8 @@ export function createRateLimiter(options: RateLimitCheckOptions): Pick<Check, '
             verdict = r.verdict;
             retryAfterMs = r.retryAfterMs;
             // in monitor mode nothing is deferred: what would have been is counted apart
-            const wouldDefer = entry.mode === 'monitor' && (verdict === 'new' || verdict === 'early');
+            const wouldDefer =
+                entry.mode === 'monitor' && (verdict === 'new' || verdict === 'early' || verdict === 'capped');
             count(GREYLIST_LABEL, verdict === 'known-client' ? 'known' : wouldDefer ? `monitor_${verdict}` : verdict);
         } else {
             const err = answer.ok ? 'greylisting skipped by the store' : errorText(answer.error);
@@ -309,7 +313,7 @@ export function createRateLimiter(options: RateLimitCheckOptions): Pick<Check, '
                 entry.onError === 'tempfail' && entry.mode === 'enforce' ? 'error_tempfail' : 'error_allowed',
             );
         }
-        const waiting = verdict === 'new' || verdict === 'early';
+        const waiting = verdict === 'new' || verdict === 'early' || verdict === 'capped';
         return {
             'greylist.id': entry.id,
             'greylist.result': verdict,

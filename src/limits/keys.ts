@@ -30,6 +30,8 @@ export interface KeyNames {
     triplet(triplet: string): string;
     /** One client's greylisting pass count (auto-allowlist). */
     client(client: string): string;
+    /** The GCRA state of the cap on new greylisting records of one network (GreylistOptions.cap). */
+    greyNetwork(key: string, window: Window): string;
 }
 
 export function keyNames(prefix = 'mw'): KeyNames {
@@ -40,5 +42,6 @@ export function keyNames(prefix = 'mw'): KeyNames {
         lease: (key) => `${prefix}:cc:${v}:{${key}}`,
         triplet: (triplet) => `${prefix}:glt:${v}:{${triplet}}`,
         client: (client) => `${prefix}:glc:${v}:{${client}}`,
+        greyNetwork: (key, w) => `${prefix}:gln:${v}:{${key}}:${w.limit}:${w.periodMs}`,
     };
 }

@@ -9,7 +9,13 @@
 import { createHash } from 'node:crypto';
 import { elementType, isListType } from '../rules/facts.ts';
 import { formatIp, parseIp } from '../net/ip.ts';
-import { GREYLIST_IPV4_PREFIX, GREYLIST_IPV6_PREFIX, type KeyPart, type LimitSpec } from '../rules/limits.ts';
+import {
+    GREYLIST_IPV4_PREFIX,
+    GREYLIST_IPV6_PREFIX,
+    GREYLIST_NETWORK_IPV6_PREFIX,
+    type KeyPart,
+    type LimitSpec,
+} from '../rules/limits.ts';
 import { baseAddress, domainOfAddress, foldAddress, foldMailDomain } from '../rules/names.ts';
 import type { Facts, FactValue, Stage } from '../types.ts';
 
@@ -133,14 +139,23 @@ export function greylistSender(address: string): string {
     return `${local}${domain}`;
 }
 
-/** The greylisting triplet (client network, sender, recipient) of an entry, and the client it counts. */
+/**
+ * The greylisting triplet (client network, sender, recipient) of an entry, the client it
+ * counts, and the larger network whose new records are capped together (IPv4 /24, IPv6 /48:
+ * one holder of a /48 has 65,536 /64s).
+ */
 export function greylistTriplet(
     id: string,
     clientIp: string,
     sender: string,
     recipient: string,
-): { triplet: string; client: string } {
+): { triplet: string; client: string; network: string } {
     const net = ipNetwork(clientIp, GREYLIST_IPV4_PREFIX, GREYLIST_IPV6_PREFIX) ?? safePart(clientIp.toLowerCase());
+    const wide = ipNetwork(clientIp, GREYLIST_IPV4_PREFIX, GREYLIST_NETWORK_IPV6_PREFIX) ?? net;
     const client = `${id}|${net}`;
-    return { triplet: `${client}|${safePart(greylistSender(sender))}|${safePart(foldAddress(recipient))}`, client };
+    return {
+        triplet: `${client}|${safePart(greylistSender(sender))}|${safePart(foldAddress(recipient))}`,
+        client,
+        network: `${id}|${wide}`,
+    };
 }

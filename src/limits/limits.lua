@@ -21,17 +21,22 @@
 --   'release', holder
 --       KEYS: the lease set. Removes the holder's lease, if any (undoes a grant whose reply
 --       came too late).  Answer { removed (1|0) }
---   'greylist', delayMs, retryWindowMs, passTtlMs, autoAllowAfter
---       KEYS: the triplet record, the client record. Skipped when an earlier operation of the
+--   'greylist', delayMs, retryWindowMs, passTtlMs, autoAllowAfter, capLimit, capPeriod
+--       KEYS: the triplet record, the client record, and when capLimit > 0 the GCRA state of
+--       the cap on new records of the client's network: a new triplet is recorded only when
+--       that cap admits it (charged in the same step), else it is answered 'capped' with the
+--       cap's wait and nothing is written. Skipped when an earlier operation of the
 --       call with gate 1 was refused. A pass is not counted for the client's auto-allowing
 --       (the caller credits it with 'grey-client-count' once the recipient proved real).
 --       Answer { verdict, retryAfterMs, passedNow (1 on the pass that ends the delay) }
 --       ('skipped', 0, 0 when skipped)
 --   'grey-client-check', passTtlMs, autoAllowAfter | 'grey-client-count', passTtlMs |
---   'grey-triplet', delayMs, retryWindowMs, passTtlMs
+--   'grey-triplet', delayMs, retryWindowMs, passTtlMs | 'grey-forget', firstSeen
 --       One greylisting record each (KEYS: that record), for a Redis Cluster where the
---       triplet and client keys live in different slots; 'grey-client-count' is also the
---       credit of a pass.  Answers as greylist_* below.
+--       triplet, client and cap keys live in different slots; 'grey-client-count' is also the
+--       credit of a pass. There the cap is a 'take' of its own after a 'new', and a triplet
+--       the cap refused is removed again with 'grey-forget' (only the record written then,
+--       'g:<firstSeen>'; answer { removed }).  Answers as greylist_* below.
 -- Returns  the list of answers, one per operation.
 
 local now = tonumber(ARGV[1])
@@ -214,8 +219,9 @@ end
 
 -- Triplet record "g:<first seen>" or "p:<pass until>". { verdict, retryAfterMs, passedNow }:
 -- 'pass' (live passed record, extended), 'pass' with passedNow 1 (first seen delay to
--- retryWindow ago), 'early' (first seen less than delay ago, unchanged), 'new' (first seen = now).
-local function greylistTriplet(key, delay, window, passTtl)
+-- retryWindow ago), 'early' (first seen less than delay ago, unchanged), 'new' (first seen = now),
+-- 'capped' (it would be new, but the cap on its network's new records refused: not written).
+local function greylistTriplet(key, delay, window, passTtl, capKey, capLimit, capPeriod)
     local v = redis.call('GET', key)
     if v then
         local kind, t = string.match(v, '^([gp]):(%-?%d+)$')
@@ -234,6 +240,12 @@ local function greylistTriplet(key, delay, window, passTtl)
             end
         end
     end
+    if capLimit > 0 then
+        local capped = take({ capKey }, 1, { capLimit }, { capPeriod })
+        if capped[1] == 0 then
+            return { 'capped', capped[2], 0 }
+        end
+    end
     -- The TTL is one ms past the last time a retry counts, so the record outlives its use.
     redis.call('SET', key, 'g:' .. string.format('%.0f', now), 'PX', window + 1)
     return { 'new', delay, 0 }
@@ -241,11 +253,11 @@ end
 
 -- { verdict, retryAfterMs, passedNow }. A pass is not counted towards the client's
 -- auto-allowing here: the caller credits it ('grey-client-count') once the recipient proved real.
-local function greylist(tripletKey, clientKey, delay, window, passTtl, autoAllow)
+local function greylist(tripletKey, clientKey, delay, window, passTtl, autoAllow, capKey, capLimit, capPeriod)
     if autoAllow > 0 and greylistClientCheck(clientKey, passTtl, autoAllow) == 1 then
         return { 'known-client', 0, 0 }
     end
-    return greylistTriplet(tripletKey, delay, window, passTtl)
+    return greylistTriplet(tripletKey, delay, window, passTtl, capKey, capLimit, capPeriod)
 end
 
 local out = {}
@@ -311,10 +323,16 @@ while a <= #ARGV do
         local window = nextNumber()
         local passTtl = nextNumber()
         local autoAllow = nextNumber()
+        local capLimit = nextNumber()
+        local capPeriod = nextNumber()
+        local capKey = nil
+        if capLimit > 0 then
+            capKey = nextKey()
+        end
         if gated then
             answer = { 'skipped', 0, 0 }
         else
-            answer = greylist(tripletKey, clientKey, delay, window, passTtl, autoAllow)
+            answer = greylist(tripletKey, clientKey, delay, window, passTtl, autoAllow, capKey, capLimit, capPeriod)
         end
     elseif op == 'grey-client-check' then
         local key = nextKey()
@@ -329,7 +347,15 @@ while a <= #ARGV do
         local delay = nextNumber()
         local window = nextNumber()
         local passTtl = nextNumber()
-        answer = greylistTriplet(key, delay, window, passTtl)
+        answer = greylistTriplet(key, delay, window, passTtl, nil, 0, 0)
+    elseif op == 'grey-forget' then
+        local key = nextKey()
+        local written = 'g:' .. string.format('%.0f', nextNumber())
+        local removed = 0
+        if redis.call('GET', key) == written then
+            removed = redis.call('DEL', key)
+        end
+        answer = { removed }
     else
         return redis.error_reply('unknown operation ' .. tostring(op))
     end

@@ -2,8 +2,9 @@
  * The in-process store, used when no Redis is configured: the same GCRA math (gcra.ts), the
  * same lease and greylisting rules as the Lua scripts, decided from the caller's `nowMs`
  * only. Bounded, kind by kind: rate counters and greylisting records at most `maxKeys` each,
- * pregreet passes, known-client records and leases at most a quarter of that; when a kind is
- * full an expired entry goes first, else the least recently used. A kind a client can fill at
+ * pregreet passes, known-client records, the caps on new greylisting records per network and
+ * leases at most a quarter of that; when a kind is full an expired entry goes first, else the
+ * least recently used. A kind a client can fill at
  * will (a greylisting record per recipient, a pregreet pass per IPv6 /64) never pushes out
  * another kind; the limits' counters share one kind, so with more than `maxKeys` of them live
  * (counters per sender address from many networks) the least recently used go first (Redis,
@@ -50,7 +51,7 @@ interface Entry {
 export interface MemoryStoreOptions {
     /**
      * Rate counters and greylisting records kept at most, each (default 100 000); pregreet
-     * passes, known-client records and leases a quarter of it each.
+     * passes, known-client records, greylisting caps per network and leases a quarter of it each.
      */
     maxKeys?: number;
 }
@@ -73,8 +74,11 @@ function settle<T>(fn: () => T): Promise<T> {
 /** Expired entries examined at the old end of the LRU order on each call. */
 const SWEEP_PER_CALL = 4;
 
-/** The pools: one per kind of value, and the pregreet passes (rate values) apart. */
-type Kind = Value['type'] | 'pass';
+/**
+ * The pools: one per kind of value, the pregreet passes (rate values) apart, and the caps on
+ * new greylisting records (rate values, one per client network) apart.
+ */
+type Kind = Value['type'] | 'pass' | 'network';
 
 /** The pool of a rate key: the pregreet passes have their own. */
 const rateKind = (key: string): 'rate' | 'pass' => (key.startsWith(PASS_KEY_PREFIX) ? 'pass' : 'rate');
@@ -90,6 +94,7 @@ export function createMemoryStore(options: MemoryStoreOptions = {}): MemoryLimit
         triplet: new Map(),
         client: new Map(),
         lease: new Map(),
+        network: new Map(),
     };
     const bounds: Record<Kind, number> = {
         rate: maxKeys,
@@ -97,6 +102,7 @@ export function createMemoryStore(options: MemoryStoreOptions = {}): MemoryLimit
         triplet: maxKeys,
         client: Math.max(1, Math.floor(maxKeys / 4)),
         lease: Math.max(1, Math.floor(maxKeys / 4)),
+        network: Math.max(1, Math.floor(maxKeys / 4)),
     };
     const kinds = Object.keys(pools) as Kind[];
 
@@ -249,6 +255,15 @@ export function createMemoryStore(options: MemoryStoreOptions = {}): MemoryLimit
                     return { verdict: 'pass', retryAfterMs: 0, passedNow: true };
                 }
             }
+        }
+        if (opts.cap !== undefined) {
+            // the cap on the network's new records, charged with the write (limits.lua does the same)
+            const nk = names.greyNetwork(opts.cap.key, opts.cap.window);
+            const v = read('network', nk, now);
+            const { result, writes } = gcra([v?.type === 'rate' ? v.state : null], [opts.cap.window], 1, now);
+            if (!result.allowed) return { verdict: 'capped', retryAfterMs: result.retryAfterMs };
+            const w = writes![0]!;
+            write(nk, { type: 'rate', state: w.state }, now + w.ttlMs, now, 'network');
         }
         write(tk, { type: 'triplet', kind: 'g', time: now }, now + opts.retryWindowMs + 1, now);
         return { verdict: 'new', retryAfterMs: opts.delayMs };

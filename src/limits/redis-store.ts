@@ -391,8 +391,18 @@ export function createRedisStore(options: RedisStoreOptions): RedisLimitStore {
     };
     const addGreylist = (b: Batch, triplet: string, client: string, o: GreylistOptions): Batch =>
         b.add(
-            [names.triplet(triplet), names.client(client)],
-            ['greylist', o.delayMs, o.retryWindowMs, o.passTtlMs, o.autoAllowAfter],
+            o.cap
+                ? [names.triplet(triplet), names.client(client), names.greyNetwork(o.cap.key, o.cap.window)]
+                : [names.triplet(triplet), names.client(client)],
+            [
+                'greylist',
+                o.delayMs,
+                o.retryWindowMs,
+                o.passTtlMs,
+                o.autoAllowAfter,
+                o.cap?.window.limit ?? 0,
+                o.cap?.window.periodMs ?? 0,
+            ],
         );
 
     const takeResult = (answer: unknown): TakeResult => {
@@ -412,8 +422,10 @@ export function createRedisStore(options: RedisStoreOptions): RedisLimitStore {
     };
 
     /**
-     * Greylisting as separate calls, for a Cluster: the triplet and client keys have their own
-     * hash tags, so they may sit in different slots (two calls).
+     * Greylisting as separate calls, for a Cluster: the triplet, client and cap keys have their
+     * own hash tags, so they may sit in different slots. A new triplet is charged to its
+     * network's cap after it was written, and removed again when the cap refuses: not atomic,
+     * but every record past the cap is gone once its call ends.
      */
     const greylistSteps = async (
         triplet: string,
@@ -429,11 +441,22 @@ export function createRedisStore(options: RedisStoreOptions): RedisLimitStore {
             );
             if (numbers(known, 1)[0] === 1) return { verdict: 'known-client', retryAfterMs: 0 };
         }
+        const tk = names.triplet(triplet);
         const [reply] = await call(
-            new Batch().add([names.triplet(triplet)], ['grey-triplet', o.delayMs, o.retryWindowMs, o.passTtlMs]),
+            new Batch().add([tk], ['grey-triplet', o.delayMs, o.retryWindowMs, o.passTtlMs]),
             now,
         );
-        return greylistResult(reply) as GreylistResult;
+        const result = greylistResult(reply) as GreylistResult;
+        if (result.verdict !== 'new' || o.cap === undefined) return result;
+        const { key, window } = o.cap;
+        const [charged] = await call(
+            new Batch().add([names.greyNetwork(key, window)], ['take', 1, 1, 0, ...windowArgs([window])]),
+            now,
+        );
+        const cap = takeResult(charged);
+        if (cap.allowed) return result;
+        await call(new Batch().add([tk], ['grey-forget', now]), now);
+        return { verdict: 'capped', retryAfterMs: cap.retryAfterMs };
     };
 
     const checkOp = (op: StageOp, now: number): void => {

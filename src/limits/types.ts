@@ -50,13 +50,33 @@ export interface GreylistOptions {
     readonly passTtlMs: number;
     /** Passes (triplets that passed the delay) after which the client is known; 0: never. */
     readonly autoAllowAfter: number;
+    /**
+     * The records of new triplets a network may make: each record written is charged to
+     * `key` (the client's larger network), at most `window.limit` per `window.periodMs`
+     * (GCRA), in the same atomic step as the write. Past it a new triplet is not recorded
+     * ('capped'). Without it, records are not counted.
+     */
+    readonly cap?: GreylistCap;
 }
 
-export type GreylistVerdict = 'new' | 'early' | 'pass' | 'known-client';
+/** The cap on new greylisting records of one network (GreylistOptions.cap). */
+export interface GreylistCap {
+    readonly key: string;
+    readonly window: Window;
+}
+
+/**
+ * 'capped': a new triplet that was not recorded, as its network made as many records as its
+ * cap allows; a retry cannot pass until one is made.
+ */
+export type GreylistVerdict = 'new' | 'early' | 'pass' | 'known-client' | 'capped';
 
 export interface GreylistResult {
     readonly verdict: GreylistVerdict;
-    /** For 'new' and 'early': how long until a retry would pass. 0 otherwise. */
+    /**
+     * For 'new' and 'early': how long until a retry would pass; for 'capped': until the
+     * network may make a record again. 0 otherwise.
+     */
     readonly retryAfterMs: number;
     /**
      * Set on the 'pass' that ends the triplet's delay: the pass `greylistCredit` may count for
@@ -262,6 +282,13 @@ export function checkGreylist(triplet: string, client: string, opts: GreylistOpt
     checkInt('retryWindowMs', opts.retryWindowMs, opts.delayMs + 1, MAX_PERIOD_MS);
     checkInt('passTtlMs', opts.passTtlMs, 1, MAX_PERIOD_MS);
     checkInt('autoAllowAfter', opts.autoAllowAfter, 0);
+    if (opts.cap !== undefined) {
+        checkKey('cap key', opts.cap.key);
+        checkInt('cap limit', opts.cap.window.limit, 1);
+        checkInt('cap periodMs', opts.cap.window.periodMs, 1, MAX_PERIOD_MS);
+        if (opts.cap.window.limit * opts.cap.window.periodMs > MAX_PRODUCT)
+            fail(`limit x periodMs must not exceed 2^52`);
+    }
 }
 
 export function checkGreylistCredit(client: string, passTtlMs: number, nowMs: number): void {

@@ -64,6 +64,15 @@ export const DEFAULT_IPV6_PREFIX = 64;
 /** Greylisting groups clients by network, as postgrey does: IPv4 /24, IPv6 /64. */
 export const GREYLIST_IPV4_PREFIX = 24;
 export const GREYLIST_IPV6_PREFIX = 64;
+/**
+ * New greylisting records (triplets first seen, each kept up to `retryWindow`) one network
+ * may make, counted per IPv4 /24 and per IPv6 /48 (an allocation: its holder has 65,536 /64s
+ * to write from): at most 1000 an hour. What one network can make the store hold is then
+ * bounded (48,000 waiting records with a 2-day retryWindow) whatever its recipient rate; a
+ * new triplet past it is not recorded ('capped') and is deferred as a new one is.
+ */
+export const GREYLIST_NETWORK_IPV6_PREFIX = 48;
+export const GREYLIST_NEW_PER_NETWORK: Window = Object.freeze({ limit: 1000, periodMs: 60 * 60_000 });
 /** What a client refused by a concurrency limit is told to wait. */
 export const CONCURRENCY_RETRY_SECONDS = 60;
 
@@ -359,10 +368,12 @@ export function limitRule(spec: LimitSpec): Rule {
     };
 }
 
-/** The rule a greylisting entry stands for: tempfail a new or early triplet. */
+/** The rule a greylisting entry stands for: tempfail a new, early or capped (new, not recorded) triplet. */
 export function greylistRule(spec: GreylistSpec): Rule {
     const refused =
-        spec.mode === 'enforce' && spec.onError === 'tempfail' ? ['new', 'early', 'error'] : ['new', 'early'];
+        spec.mode === 'enforce' && spec.onError === 'tempfail'
+            ? ['new', 'early', 'capped', 'error']
+            : ['new', 'early', 'capped'];
     const failed = ruleReply('greylist-failed', { id: '' });
     return {
         id: spec.id,

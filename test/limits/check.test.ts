@@ -15,6 +15,7 @@ import { loadRules, type RuleSet } from '../../src/rules/index.ts';
 import type { Facts, Stage, CheckContext } from '../../src/types.ts';
 import { cleanup, folderWith } from '../rules/helpers.ts';
 import { freePort } from '../helpers/smtp-client.ts';
+import { startRedis } from '../helpers/redis.ts';
 
 after(cleanup);
 
@@ -183,8 +184,11 @@ describe('limit keys', () => {
         assert.deepEqual(greylistTriplet('grey', '198.51.100.77', 'a@b.example', 'Ann@Grey.Example'), {
             triplet: 'grey|198.51.100.0/24|a@b.example|ann@grey.example',
             client: 'grey|198.51.100.0/24',
+            network: 'grey|198.51.100.0/24',
         });
         assert.equal(greylistTriplet('grey', '2001:db8:5:6::1', '', 'x@y.example').client, 'grey|2001:db8:5:6::/64');
+        // new records are capped per IPv6 /48: the holder of one has 65,536 /64s
+        assert.equal(greylistTriplet('grey', '2001:db8:5:6::1', '', 'x@y.example').network, 'grey|2001:db8:5::/48');
     });
 });
 
@@ -411,4 +415,77 @@ greylist:
             await store.close();
         }
     });
+});
+
+describe('ratelimit check: new greylisting records per client network', () => {
+    const set = rules(`greylist:
+  - { id: grey, when: { rcpt.domain: { domain: [grey.example] } }, delay: 5m, retryWindow: 4h }
+  - { id: watch, when: { rcpt.domain: { domain: [watch.example] } }, delay: 5m, retryWindow: 4h, mode: monitor }
+`);
+    const clock = 1_000_000_000;
+
+    for (const kind of ['memory', 'redis'] as const) {
+        it(`${kind} store: 1000 an hour per IPv6 /48, whatever its /64s; past that deferred as new, not recorded`, async () => {
+            const redis = kind === 'redis' ? await startRedis() : null;
+            const store = redis ? createRedisStore({ url: redis.url, commandTimeoutMs: 2_000 }) : createMemoryStore();
+            try {
+                if (redis) await (store as ReturnType<typeof createRedisStore>).waitUntilReady(5_000);
+                const metrics = createMetrics('test');
+                let now = clock;
+                const check = createRateLimitCheck({
+                    store,
+                    declarations: () => set,
+                    metrics,
+                    now: () => now,
+                    instanceId: 'test',
+                    storeTimeoutMs: 2_000,
+                });
+                const rcpt = async (ip: string, to: string): Promise<Facts> => {
+                    const facts = { 'client.ip': ip, 'mail.from': 'a@b.example', 'rcpt.to': [to] };
+                    const f = { ...facts, 'rcpt.domain': to.slice(to.indexOf('@') + 1) };
+                    const r = await check.run(ctx('rcpt', f), signal);
+                    return { ...f, ...r.facts };
+                };
+                const hosts = (n: number) => `2001:db8:5:${n.toString(16)}::1`;
+                for (const domain of ['grey.example', 'watch.example']) {
+                    // a new /64 of the /48 for every recipient: the /64 counts of the limits do not see them together
+                    for (let i = 0; i < 1000; i++)
+                        assert.equal((await rcpt(hosts(i), `u${i}@${domain}`))['greylist.result'], 'new', `${i}`);
+                }
+                const capped = await rcpt(hosts(5000), 'late@grey.example');
+                assert.equal(capped['greylist.result'], 'capped');
+                assert.equal(capped['greylist.retry_after'], 4, 'one more record every 3.6 s');
+                const decision = set.decide('rcpt', capped);
+                assert.deepEqual(
+                    [decision.action, decision.rules.at(-1), decision.reply?.code],
+                    ['tempfail', 'grey', 450],
+                );
+                assert.match(decision.reply!.text, /Greylisted: please try again in 4 seconds/);
+                // mode: monitor counts it apart and defers nothing
+                const watched = await rcpt(hosts(5000), 'late@watch.example');
+                assert.equal(watched['greylist.result'], 'capped');
+                assert.equal(set.decide('rcpt', watched).action, 'accept');
+                // not recorded: a retry after the delay is new, not a pass (the cap has room again by then)
+                now += 5 * 60_000;
+                assert.equal((await rcpt(hosts(5000), 'late@grey.example'))['greylist.result'], 'new');
+                assert.equal((await rcpt(hosts(0), 'u0@grey.example'))['greylist.result'], 'pass');
+                // another /48 has a cap of its own
+                now = clock;
+                assert.equal((await rcpt('2001:db8:6::1', 'x@grey.example'))['greylist.result'], 'new');
+                const counted = (await metrics.ratelimitDecisions.get()).values
+                    .filter((v) => v.value > 0)
+                    .map((v) => `${v.labels.result} ${v.value}`);
+                assert.deepEqual(counted.sort(), [
+                    'capped 1',
+                    'monitor_capped 1',
+                    'monitor_new 1000',
+                    'new 1002',
+                    'pass 1',
+                ]);
+            } finally {
+                await store.close();
+                await redis?.stop();
+            }
+        });
+    }
 });

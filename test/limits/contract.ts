@@ -275,6 +275,39 @@ export function coreContract(store: () => LimitStore): void {
         assert.equal((await s.greylist(`${client}|s@example.org|alice@example.net`, client, GREY, t)).verdict, 'new');
     });
 
+    it('greylisting: a network makes at most its cap of new records; past it a new triplet is not recorded', async () => {
+        const s = store();
+        const client = fresh('2001:db8:1:2::/64');
+        const cap = { key: fresh('2001:db8:1::/48'), window: { limit: 3, periodMs: HOUR } };
+        const opts = { ...GREY, cap };
+        const triplet = (n: number) => `${client}|s@example.org|r${n}@example.net`;
+        for (let n = 1; n <= 3; n++)
+            assert.deepEqual(await s.greylist(triplet(n), client, opts, T0), { verdict: 'new', retryAfterMs: 5 * MIN });
+        // The fourth is refused with the cap's wait (one record per 20 minutes), and not recorded.
+        assert.deepEqual(await s.greylist(triplet(4), client, opts, T0), { verdict: 'capped', retryAfterMs: 20 * MIN });
+        assert.deepEqual(await s.greylist(triplet(4), client, opts, T0 + 5 * MIN), {
+            verdict: 'capped',
+            retryAfterMs: 15 * MIN,
+        });
+        // Recorded triplets go on as before (an early retry or a pass costs nothing)...
+        assert.equal((await s.greylist(triplet(1), client, opts, T0 + MIN)).verdict, 'early');
+        assert.equal((await s.greylist(triplet(1), client, opts, T0 + 5 * MIN)).verdict, 'pass');
+        // ...another network has a cap of its own...
+        const other = { ...GREY, cap: { key: fresh('2001:db8:2::/48'), window: cap.window } };
+        assert.equal((await s.greylist(`${client}|s@example.org|x@example.net`, client, other, T0)).verdict, 'new');
+        // ...and once the cap has room the fourth is recorded: it is new then, not a retry that passes.
+        assert.deepEqual(await s.greylist(triplet(4), client, opts, T0 + 20 * MIN), {
+            verdict: 'new',
+            retryAfterMs: 5 * MIN,
+        });
+        assert.equal((await s.greylist(triplet(5), client, opts, T0 + 20 * MIN)).verdict, 'capped');
+        assert.equal((await s.greylist(triplet(4), client, opts, T0 + 25 * MIN)).verdict, 'pass');
+        // The same through a stage batch (the RCPT stage's one call).
+        assert.deepEqual(await s.stage([{ op: 'greylist', triplet: triplet(6), client, opts }], T0 + 25 * MIN), [
+            { ok: true, value: { verdict: 'capped', retryAfterMs: 15 * MIN } },
+        ]);
+    });
+
     it('stage: one batch answers each op as its own method would, greylisting after the limits', async () => {
         const s = store();
         const [a, b, lease, client] = [fresh('sa'), fresh('sb'), fresh('sl'), fresh('192.0.2.0/24')];

@@ -86,9 +86,10 @@ describe('redis store: keys, sharing, exactness', () => {
         await a.release('conn:192.0.2.1', 'h2');
         await a.acquire('conn:192.0.2.2', 'solo', 1, 30_000, T0);
         await a.release('conn:192.0.2.2', 'solo'); // last lease gone: key gone
+        const cap = { key: '192.0.2.0/24', window: { limit: 100, periodMs: 3_600_000 } };
         for (let i = 0; i < 3; i++) {
             const triplet = `192.0.2.0/24|s${i}@example.org|r@example.net`;
-            await a.greylist(triplet, '192.0.2.0/24', GREY, T0);
+            await a.greylist(triplet, '192.0.2.0/24', { ...GREY, cap }, T0);
             await a.greylist(triplet, '192.0.2.0/24', GREY, T0 + GREY.delayMs);
             await a.greylistCredit('192.0.2.0/24', GREY.passTtlMs, T0 + GREY.delayMs);
         }
@@ -105,10 +106,11 @@ describe('redis store: keys, sharing, exactness', () => {
             keys.push(...batch);
         } while (cursor !== '0');
         const kinds = new Set(keys.map((k) => k.split(':')[1]));
-        assert.deepEqual([...kinds].sort(), ['cc', 'glc', 'glt', 'rl']);
-        assert.equal(keys.length, 7 * 2 + 1 + 3 + 1, keys.join('\n'));
+        assert.deepEqual([...kinds].sort(), ['cc', 'glc', 'gln', 'glt', 'rl']);
+        assert.equal(keys.length, 7 * 2 + 1 + 3 + 1 + 1, keys.join('\n'));
+        assert.ok(keys.includes('mw:gln:v1:{192.0.2.0/24}:100:3600000'), 'the cap on new records of the network');
         for (const key of keys) {
-            assert.match(key, /^mw:(rl|cc|glt|glc):v1:\{[^{}]+\}(:\d+:\d+)?$/);
+            assert.match(key, /^mw:(rl|cc|glt|glc|gln):v1:\{[^{}]+\}(:\d+:\d+)?$/);
             if (key.startsWith('mw:rl:')) assert.match(key, /:(10:60000|100:3600000)$/);
             const pttl = await raw.pttl(key);
             assert.ok(pttl > 0, `${key} has PTTL ${pttl}`);
@@ -173,6 +175,23 @@ describe('redis store: keys, sharing, exactness', () => {
         );
         assert.equal(results.filter((r) => r.acquired).length, 5);
         assert.ok(results.every((r) => r.active === 5 || r.acquired));
+    });
+
+    it('40 new triplets of one network in parallel (20 per instance) against a cap of 10: exactly 10 recorded', async () => {
+        const net = fresh('2001:db8:7::/48');
+        const cap = { key: net, window: { limit: 10, periodMs: 3_600_000 } };
+        const results = await Promise.all(
+            Array.from({ length: 40 }, (_, i) => {
+                const client = `grey|2001:db8:7:${i}::/64`;
+                const op = { op: 'greylist' as const, triplet: `${client}|s@x|r${i}@y-${net}`, client };
+                return (i % 2 ? a : b).stage([{ ...op, opts: { ...GREY, cap } }], T0);
+            }),
+        );
+        const verdicts = results.map(([r]) => (r!.ok && 'verdict' in r!.value ? r!.value.verdict : 'failed'));
+        assert.equal(verdicts.filter((v) => v === 'new').length, 10, verdicts.join(' '));
+        assert.equal(verdicts.filter((v) => v === 'capped').length, 30, verdicts.join(' '));
+        const records = await raw.keys(`mw:glt:v1:{*y-${net}}`);
+        assert.equal(records.length, 10, records.join('\n'));
     });
 
     it('keeps working after SCRIPT FLUSH (EVALSHA falls back to EVAL)', async () => {

@@ -9,6 +9,7 @@ import { after, before, describe, it } from 'node:test';
 import {
     createMemoryStore,
     createRedisStore,
+    type GreylistOptions,
     type LimitStore,
     type StageOp,
     type Window,
@@ -82,7 +83,14 @@ describe('memory and redis stores agree on a random workload', () => {
                 { limit: 50, periodMs: 86_400_000 },
             ],
         ];
-        const grey = { delayMs: 300_000, retryWindowMs: 1_800_000, passTtlMs: 3_600_000, autoAllowAfter: 2 };
+        const plain: GreylistOptions = {
+            delayMs: 300_000,
+            retryWindowMs: 1_800_000,
+            passTtlMs: 3_600_000,
+            autoAllowAfter: 2,
+        };
+        // half the greylisting capped per network: 3 new records per 40 minutes for all its clients
+        const capped = { ...plain, cap: { key: 'net', window: { limit: 3, periodMs: 2_400_000 } } };
         const rnd = prng(20_260_101);
         const pick = <T>(xs: readonly T[]): T => xs[Math.floor(rnd() * xs.length)]!;
         let now = T0;
@@ -148,7 +156,7 @@ describe('memory and redis stores agree on a random workload', () => {
                 if (rnd() < 0.5) {
                     const client = `ip${Math.floor(rnd() * 3)}`;
                     const triplet = `${client}|s${Math.floor(rnd() * 3)}|r${Math.floor(rnd() * 2)}`;
-                    ops.push({ op: 'greylist', triplet, client, opts: grey });
+                    ops.push({ op: 'greylist', triplet, client, opts: pick([plain, capped]) });
                 }
                 op = `stage ${JSON.stringify(ops.map((o) => ('key' in o ? `${o.op} ${o.key}` : o.op)))}`;
                 [a, b] = await Promise.all([local, remote].map((s) => s.stage(ops, now)));
@@ -159,7 +167,8 @@ describe('memory and redis stores agree on a random workload', () => {
             } else {
                 const client = `ip${Math.floor(rnd() * 3)}`;
                 const triplet = `${client}|s${Math.floor(rnd() * 3)}|r${Math.floor(rnd() * 2)}`;
-                op = `greylist ${triplet}`;
+                const grey = pick([plain, capped]);
+                op = `greylist ${triplet}${grey.cap ? ' capped' : ''}`;
                 [a, b] = await Promise.all([local, remote].map((s) => s.greylist(triplet, client, grey, now)));
                 // the caller credits the pass that ended the delay (the session does at DATA)
                 if ((a as { passedNow?: true }).passedNow)
@@ -177,6 +186,7 @@ describe('memory and redis stores agree on a random workload', () => {
             'early',
             'pass',
             'known-client',
+            'capped',
             'take:true',
             'take:false',
             'charge:true',
