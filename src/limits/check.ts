@@ -3,7 +3,9 @@
  * concurrency leases of a new connection (renewed while the session lives, released when it
  * ends) and, at RCPT, asks greylisting about the recipient (the records of new triplets
  * capped per client network, IPv4 /24 and IPv6 /48, in the same call); once the upstream accepted a
- * message whose recipient passed greylisting, it credits the client with one pass. It
+ * message whose recipient passed greylisting, it credits the client with one pass, and for an
+ * entry in monitor mode keeps the records of the message's new triplets (provisional until
+ * then: that mode defers nothing, so only delivered mail is worth a record). It
  * reports facts only (`ratelimit.*`, `greylist.*`); the implicit rules of the limits decide.
  * Everything a stage asks of the store (lease renewals, every limit, greylisting) is one batch
  * (LimitStore.stage): one round trip to Redis per stage. A store failure is
@@ -26,7 +28,15 @@ import {
 } from '../rules/limits.ts';
 import type { FactValue, Check, CheckContext } from '../types.ts';
 import { greylistTriplet, limitKeys } from './limit-keys.ts';
-import type { AcquireResult, GreylistVerdict, LimitStore, StageAnswer, StageOp, TakeResult } from './types.ts';
+import type {
+    AcquireResult,
+    GreylistKeep,
+    GreylistVerdict,
+    LimitStore,
+    StageAnswer,
+    StageOp,
+    TakeResult,
+} from './types.ts';
 
 /** The declarations in force (they change when rules are reloaded). */
 export interface LimitDeclarations {
@@ -85,6 +95,8 @@ function errorText(err: unknown): string {
 
 /** Greylisting passes a session keeps for credit (a client needs `autoAllowAfter`, a handful). */
 const MAX_UNCREDITED = 100;
+/** Provisional records (monitor mode) a transaction keeps for its message, at most: one per recipient. */
+const MAX_UNKEPT = 1000;
 
 /** The check's `run` and `end`: counting, leases and greylisting over the store. */
 export function createRateLimiter(options: RateLimitCheckOptions): Pick<Check, 'run' | 'end' | 'delivered'> {
@@ -102,6 +114,15 @@ export function createRateLimiter(options: RateLimitCheckOptions): Pick<Check, '
      * message that is then refused, earned a whole network a place on the auto-allowlist.
      */
     const uncredited = new Map<string, { recipient: string; client: string; passTtlMs: number }[]>();
+    /**
+     * The records of new triplets of each session's transaction (cleared at MAIL) that an entry
+     * in monitor mode wrote provisionally: nothing was deferred, so no retry will come, and a
+     * record is worth keeping for the retry window only when the upstream accepts the message
+     * for its recipient (so the next message of the triplet is counted as enforcing would
+     * count it: as a pass once the delay is over). Records of recipients the upstream refuses,
+     * of messages refused and of transactions abandoned lapse after the entry's delay.
+     */
+    const unkept = new Map<string, { recipient: string; record: GreylistKeep }[]>();
     const holder = (sessionId: string): string => `${options.instanceId}:${sessionId}`;
     const nowMs = (): number => Math.max(0, Math.floor(options.now()));
     const count = (limit: string, result: string): void => metrics.ratelimitDecisions.inc({ limit, result });
@@ -266,9 +287,10 @@ export function createRateLimiter(options: RateLimitCheckOptions): Pick<Check, '
                 passTtlMs: entry.expireMs,
                 autoAllowAfter: entry.autoAllowAfter,
                 cap: { key: network, window: GREYLIST_NEW_PER_NETWORK },
+                ...(entry.mode === 'monitor' ? { provisionalMs: entry.delayMs } : {}),
             },
         };
-        return { entry, op, recipient, client };
+        return { entry, op, recipient, client, triplet };
     };
 
     /** Notes a pass that ended a triplet's delay, for credit at the data stage. */
@@ -280,15 +302,42 @@ export function createRateLimiter(options: RateLimitCheckOptions): Pick<Check, '
         else if (list.length < MAX_UNCREDITED) list.push(pass);
     };
 
-    /** One pass for a message the upstream accepted, if a recipient of it passed; errors only logged. */
+    /** Notes a provisional record (a new triplet of an entry in monitor mode), to keep if its message is delivered. */
+    const noteNew = (
+        sessionId: string,
+        grey: NonNullable<ReturnType<typeof greylistOp>>,
+        answer: StageAnswer,
+        at: number,
+    ) => {
+        if (grey.entry.mode !== 'monitor' || !answer.ok || !('verdict' in answer.value)) return;
+        if (answer.value.verdict !== 'new') return;
+        const record = { triplet: grey.triplet, firstSeenMs: at, retryWindowMs: grey.entry.retryWindowMs };
+        const list = unkept.get(sessionId);
+        if (!list) unkept.set(sessionId, [{ recipient: grey.recipient, record }]);
+        else if (list.length < MAX_UNKEPT) list.push({ recipient: grey.recipient, record });
+    };
+
+    /**
+     * For a message the upstream accepted: one pass if a recipient of it passed, and the
+     * provisional records of its recipients kept; errors only logged.
+     */
     const delivered = (sessionId: string, recipients: readonly string[]): void => {
         const list = uncredited.get(sessionId);
-        if (!list) return;
+        const fresh = unkept.get(sessionId);
         uncredited.delete(sessionId);
-        const pass = list.find((p) => recipients.includes(p.recipient));
-        if (!pass) return;
-        store.greylistCredit(pass.client, pass.passTtlMs, nowMs()).catch((err: unknown) => {
-            logger?.debug({ session: sessionId, err: errorText(err) }, 'greylisting credit failed');
+        unkept.delete(sessionId);
+        const pass = list?.find((p) => recipients.includes(p.recipient));
+        if (pass) {
+            store.greylistCredit(pass.client, pass.passTtlMs, nowMs()).catch((err: unknown) => {
+                logger?.debug({ session: sessionId, err: errorText(err) }, 'greylisting credit failed');
+            });
+        }
+        if (!fresh) return;
+        const accepted = new Set(recipients);
+        const keep = fresh.filter((n) => accepted.has(n.recipient)).map((n) => n.record);
+        if (keep.length === 0) return;
+        store.greylistKeep(keep, nowMs()).catch((err: unknown) => {
+            logger?.debug({ session: sessionId, err: errorText(err) }, 'keeping greylisting records failed');
         });
     };
 
@@ -327,7 +376,10 @@ export function createRateLimiter(options: RateLimitCheckOptions): Pick<Check, '
         async run(ctx) {
             const set = options.declarations();
             // a new transaction: the passes of an earlier one (abandoned, refused) count for nothing
-            if (ctx.stage === 'mail') uncredited.delete(ctx.sessionId);
+            if (ctx.stage === 'mail') {
+                uncredited.delete(ctx.sessionId);
+                unkept.delete(ctx.sessionId);
+            }
             if (set === null || (set.limits.length === 0 && set.greylists.length === 0)) return { facts: {} };
             const at = nowMs();
             // Everything this stage asks of the store goes in one batch: one round trip.
@@ -404,7 +456,10 @@ export function createRateLimiter(options: RateLimitCheckOptions): Pick<Check, '
                         ? SKIPPED_GREYLIST
                         : greylistFacts(grey.entry, answers[greyAt]!),
                 );
-                if (!refused && grey !== null && greyAt >= 0) notePass(ctx.sessionId, grey, answers[greyAt]!);
+                if (!refused && grey !== null && greyAt >= 0) {
+                    notePass(ctx.sessionId, grey, answers[greyAt]!);
+                    noteNew(ctx.sessionId, grey, answers[greyAt]!, at);
+                }
             }
             const held = sessions.get(ctx.sessionId);
             if (ctx.stage === 'connect' && held && held.leases.length > 0 && held.timer === null && !held.ended) {
@@ -419,6 +474,7 @@ export function createRateLimiter(options: RateLimitCheckOptions): Pick<Check, '
             // a stage still asking the store (bounded by the store's timeout) decides first
             await inflight.get(sessionId)?.catch(() => undefined);
             uncredited.delete(sessionId);
+            unkept.delete(sessionId);
             const state = sessions.get(sessionId);
             if (!state) {
                 // The client may leave while its connect stage is still running: leases taken

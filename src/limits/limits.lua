@@ -21,22 +21,28 @@
 --   'release', holder
 --       KEYS: the lease set. Removes the holder's lease, if any (undoes a grant whose reply
 --       came too late).  Answer { removed (1|0) }
---   'greylist', delayMs, retryWindowMs, passTtlMs, autoAllowAfter, capLimit, capPeriod
+--   'greylist', delayMs, retryWindowMs, passTtlMs, autoAllowAfter, provisionalMs, capLimit, capPeriod
 --       KEYS: the triplet record, the client record, and when capLimit > 0 the GCRA state of
 --       the cap on new records of the client's network: a new triplet is recorded only when
 --       that cap admits it (charged in the same step), else it is answered 'capped' with the
---       cap's wait and nothing is written. Skipped when an earlier operation of the
+--       cap's wait and nothing is written. With provisionalMs > 0 a new triplet's record is
+--       provisional: it counts for provisionalMs only, unless 'grey-keep' keeps it first.
+--       Skipped when an earlier operation of the
 --       call with gate 1 was refused. A pass is not counted for the client's auto-allowing
 --       (the caller credits it with 'grey-client-count' once the recipient proved real).
 --       Answer { verdict, retryAfterMs, passedNow (1 on the pass that ends the delay) }
 --       ('skipped', 0, 0 when skipped)
 --   'grey-client-check', passTtlMs, autoAllowAfter | 'grey-client-count', passTtlMs |
---   'grey-triplet', delayMs, retryWindowMs, passTtlMs | 'grey-forget', firstSeen
+--   'grey-triplet', delayMs, retryWindowMs, passTtlMs, provisionalMs | 'grey-forget', firstSeen
 --       One greylisting record each (KEYS: that record), for a Redis Cluster where the
 --       triplet, client and cap keys live in different slots; 'grey-client-count' is also the
 --       credit of a pass. There the cap is a 'take' of its own after a 'new', and a triplet
 --       the cap refused is removed again with 'grey-forget' (only the record written then,
---       'g:<firstSeen>'; answer { removed }).  Answers as greylist_* below.
+--       'g:<firstSeen>[:<until>]'; answer { removed }).  Answers as greylist_* below.
+--   'grey-keep', firstSeen, retryWindowMs
+--       KEYS: a triplet record. A provisional record first seen then (or none: it ran out)
+--       becomes the waiting record 'g:<firstSeen>', until retryWindow after firstSeen; any
+--       other record is left alone.  Answer { kept (1|0) }
 -- Returns  the list of answers, one per operation.
 
 local now = tonumber(ARGV[1])
@@ -217,14 +223,18 @@ local function greylistClientCount(key, passTtl)
     return count
 end
 
--- Triplet record "g:<first seen>" or "p:<pass until>". { verdict, retryAfterMs, passedNow }:
+-- Triplet record "g:<first seen>", "g:<first seen>:<until>" (provisional: it counts before
+-- <until> only) or "p:<pass until>". { verdict, retryAfterMs, passedNow }:
 -- 'pass' (live passed record, extended), 'pass' with passedNow 1 (first seen delay to
 -- retryWindow ago), 'early' (first seen less than delay ago, unchanged), 'new' (first seen = now),
 -- 'capped' (it would be new, but the cap on its network's new records refused: not written).
-local function greylistTriplet(key, delay, window, passTtl, capKey, capLimit, capPeriod)
+local function greylistTriplet(key, delay, window, passTtl, provisional, capKey, capLimit, capPeriod)
     local v = redis.call('GET', key)
     if v then
-        local kind, t = string.match(v, '^([gp]):(%-?%d+)$')
+        local kind, t, u = string.match(v, '^([gp]):(%-?%d+):?(%-?%d*)$')
+        if kind == 'g' and u ~= '' and tonumber(u) <= now then
+            kind = nil
+        end
         if kind == 'p' and tonumber(t) > now then
             redis.call('SET', key, 'p:' .. string.format('%.0f', now + passTtl), 'PX', passTtl)
             return { 'pass', 0, 0 }
@@ -246,18 +256,37 @@ local function greylistTriplet(key, delay, window, passTtl, capKey, capLimit, ca
             return { 'capped', capped[2], 0 }
         end
     end
-    -- The TTL is one ms past the last time a retry counts, so the record outlives its use.
-    redis.call('SET', key, 'g:' .. string.format('%.0f', now), 'PX', window + 1)
+    if provisional > 0 then
+        redis.call('SET', key, string.format('g:%.0f:%.0f', now, now + provisional), 'PX', provisional)
+    else
+        -- The TTL is one ms past the last time a retry counts, so the record outlives its use.
+        redis.call('SET', key, 'g:' .. string.format('%.0f', now), 'PX', window + 1)
+    end
     return { 'new', delay, 0 }
+end
+
+-- A provisional record first seen at firstSeen (or none) becomes a waiting one; 1 when written.
+local function greylistKeep(key, firstSeen, window)
+    local waiting = 'g:' .. string.format('%.0f', firstSeen)
+    local v = redis.call('GET', key)
+    if v and string.sub(v, 1, #waiting + 1) ~= waiting .. ':' then
+        return 0
+    end
+    local ttl = firstSeen + window + 1 - now
+    if ttl <= 0 then
+        return 0
+    end
+    redis.call('SET', key, waiting, 'PX', ttl)
+    return 1
 end
 
 -- { verdict, retryAfterMs, passedNow }. A pass is not counted towards the client's
 -- auto-allowing here: the caller credits it ('grey-client-count') once the recipient proved real.
-local function greylist(tripletKey, clientKey, delay, window, passTtl, autoAllow, capKey, capLimit, capPeriod)
+local function greylist(tripletKey, clientKey, delay, window, passTtl, autoAllow, provisional, capKey, capLimit, capPeriod)
     if autoAllow > 0 and greylistClientCheck(clientKey, passTtl, autoAllow) == 1 then
         return { 'known-client', 0, 0 }
     end
-    return greylistTriplet(tripletKey, delay, window, passTtl, capKey, capLimit, capPeriod)
+    return greylistTriplet(tripletKey, delay, window, passTtl, provisional, capKey, capLimit, capPeriod)
 end
 
 local out = {}
@@ -323,6 +352,7 @@ while a <= #ARGV do
         local window = nextNumber()
         local passTtl = nextNumber()
         local autoAllow = nextNumber()
+        local provisional = nextNumber()
         local capLimit = nextNumber()
         local capPeriod = nextNumber()
         local capKey = nil
@@ -332,7 +362,18 @@ while a <= #ARGV do
         if gated then
             answer = { 'skipped', 0, 0 }
         else
-            answer = greylist(tripletKey, clientKey, delay, window, passTtl, autoAllow, capKey, capLimit, capPeriod)
+            answer = greylist(
+                tripletKey,
+                clientKey,
+                delay,
+                window,
+                passTtl,
+                autoAllow,
+                provisional,
+                capKey,
+                capLimit,
+                capPeriod
+            )
         end
     elseif op == 'grey-client-check' then
         local key = nextKey()
@@ -347,15 +388,21 @@ while a <= #ARGV do
         local delay = nextNumber()
         local window = nextNumber()
         local passTtl = nextNumber()
-        answer = greylistTriplet(key, delay, window, passTtl, nil, 0, 0)
+        local provisional = nextNumber()
+        answer = greylistTriplet(key, delay, window, passTtl, provisional, nil, 0, 0)
     elseif op == 'grey-forget' then
         local key = nextKey()
         local written = 'g:' .. string.format('%.0f', nextNumber())
+        local v = redis.call('GET', key)
         local removed = 0
-        if redis.call('GET', key) == written then
+        if v == written or (v and string.sub(v, 1, #written + 1) == written .. ':') then
             removed = redis.call('DEL', key)
         end
         answer = { removed }
+    elseif op == 'grey-keep' then
+        local key = nextKey()
+        local firstSeen = nextNumber()
+        answer = { greylistKeep(key, firstSeen, nextNumber()) }
     else
         return redis.error_reply('unknown operation ' .. tostring(op))
     end

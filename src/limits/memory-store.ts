@@ -20,12 +20,14 @@ import {
     checkCounters,
     checkGreylist,
     checkGreylistCredit,
+    checkGreylistKeep,
     checkLease,
     checkRelease,
     checkTake,
     type AcquireResult,
     type ChargeResult,
     type Counter,
+    type GreylistKeep,
     type GreylistOptions,
     type GreylistResult,
     type LimitStore,
@@ -39,7 +41,8 @@ import {
 type Value =
     | { readonly type: 'rate'; readonly state: GcraState }
     | { readonly type: 'lease'; readonly holders: Map<string, number> }
-    | { readonly type: 'triplet'; readonly kind: 'g' | 'p'; readonly time: number }
+    /** A waiting record ('g', first seen; provisional while `until` is set: it counts before then) or a passed one ('p', until). */
+    | { readonly type: 'triplet'; readonly kind: 'g' | 'p'; readonly time: number; readonly until?: number }
     | { readonly type: 'client'; readonly count: number; readonly until: number };
 
 interface Entry {
@@ -242,7 +245,8 @@ export function createMemoryStore(options: MemoryStoreOptions = {}): MemoryLimit
         const tk = names.triplet(triplet);
         const t = read('triplet', tk, now);
         const passUntil = now + opts.passTtlMs;
-        if (t?.type === 'triplet') {
+        // a provisional record counts before its `until` only
+        if (t?.type === 'triplet' && !(t.until !== undefined && t.until <= now)) {
             if (t.kind === 'p' && t.time > now) {
                 write(tk, { type: 'triplet', kind: 'p', time: passUntil }, passUntil, now);
                 return { verdict: 'pass', retryAfterMs: 0 };
@@ -265,8 +269,28 @@ export function createMemoryStore(options: MemoryStoreOptions = {}): MemoryLimit
             const w = writes![0]!;
             write(nk, { type: 'rate', state: w.state }, now + w.ttlMs, now, 'network');
         }
-        write(tk, { type: 'triplet', kind: 'g', time: now }, now + opts.retryWindowMs + 1, now);
+        if (opts.provisionalMs !== undefined) {
+            const until = now + opts.provisionalMs;
+            write(tk, { type: 'triplet', kind: 'g', time: now, until }, until, now);
+        } else {
+            write(tk, { type: 'triplet', kind: 'g', time: now }, now + opts.retryWindowMs + 1, now);
+        }
         return { verdict: 'new', retryAfterMs: opts.delayMs };
+    };
+
+    /** As limits.lua's 'grey-keep': a provisional record first seen then (or none) becomes a waiting one. */
+    const greylistKeep = (records: readonly GreylistKeep[], now: number): void => {
+        checkGreylistKeep(records, now);
+        sweep(now);
+        for (const r of records) {
+            const tk = names.triplet(r.triplet);
+            const t = read('triplet', tk, now);
+            if (t !== undefined && !(t.type === 'triplet' && t.time === r.firstSeenMs && t.until !== undefined))
+                continue;
+            const expiresAt = r.firstSeenMs + r.retryWindowMs + 1;
+            if (expiresAt <= now) continue;
+            write(tk, { type: 'triplet', kind: 'g', time: r.firstSeenMs }, expiresAt, now);
+        }
     };
 
     const greylistCredit = (client: string, passTtlMs: number, now: number): void => {
@@ -337,6 +361,7 @@ export function createMemoryStore(options: MemoryStoreOptions = {}): MemoryLimit
             }),
         greylist: (triplet, client, opts, nowMs) => settle(() => greylist(triplet, client, opts, nowMs)),
         greylistCredit: (client, passTtlMs, nowMs) => settle(() => greylistCredit(client, passTtlMs, nowMs)),
+        greylistKeep: (records, nowMs) => settle(() => greylistKeep(records, nowMs)),
         stage: (ops, nowMs) => Promise.resolve(stage(ops, nowMs)),
         ping: () => Promise.resolve(true),
         size: () => kinds.reduce((n, kind) => n + pools[kind].size, 0),

@@ -29,10 +29,12 @@ import {
     checkCounters,
     checkGreylist,
     checkGreylistCredit,
+    checkGreylistKeep,
     checkLease,
     checkRelease,
     checkTake,
     type AcquireResult,
+    type GreylistKeep,
     type GreylistOptions,
     type GreylistResult,
     type GreylistVerdict,
@@ -400,6 +402,7 @@ export function createRedisStore(options: RedisStoreOptions): RedisLimitStore {
                 o.retryWindowMs,
                 o.passTtlMs,
                 o.autoAllowAfter,
+                o.provisionalMs ?? 0,
                 o.cap?.window.limit ?? 0,
                 o.cap?.window.periodMs ?? 0,
             ],
@@ -443,7 +446,7 @@ export function createRedisStore(options: RedisStoreOptions): RedisLimitStore {
         }
         const tk = names.triplet(triplet);
         const [reply] = await call(
-            new Batch().add([tk], ['grey-triplet', o.delayMs, o.retryWindowMs, o.passTtlMs]),
+            new Batch().add([tk], ['grey-triplet', o.delayMs, o.retryWindowMs, o.passTtlMs, o.provisionalMs ?? 0]),
             now,
         );
         const result = greylistResult(reply) as GreylistResult;
@@ -616,6 +619,19 @@ export function createRedisStore(options: RedisStoreOptions): RedisLimitStore {
             const r = greylistResult(reply);
             if (r.verdict === 'skipped') throw new StoreError('error', 'unexpected reply from Redis');
             return r;
+        },
+        async greylistKeep(records, nowMs) {
+            checkGreylistKeep(records, nowMs);
+            if (records.length === 0) return;
+            const add = (b: Batch, r: GreylistKeep): Batch =>
+                b.add([names.triplet(r.triplet)], ['grey-keep', r.firstSeenMs, r.retryWindowMs]);
+            if (!isCluster) {
+                const batch = records.reduce(add, new Batch());
+                await run('greylist', () => call(batch, nowMs));
+                return;
+            }
+            // Cluster: each triplet has a slot of its own; one call each, sent together
+            await Promise.all(records.map((r) => run('greylist', () => call(add(new Batch(), r), nowMs))));
         },
         async greylistCredit(client, passTtlMs, nowMs) {
             checkGreylistCredit(client, passTtlMs, nowMs);

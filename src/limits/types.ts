@@ -57,6 +57,21 @@ export interface GreylistOptions {
      * ('capped'). Without it, records are not counted.
      */
     readonly cap?: GreylistCap;
+    /**
+     * When set, the record of a new triplet is provisional: it counts only until this long
+     * after the triplet was first seen, unless `greylistKeep` makes it a waiting record (for
+     * `retryWindowMs`) first. For an entry in monitor mode, which defers nothing, so no retry
+     * follows: only the records of mail the upstream accepted are worth keeping.
+     */
+    readonly provisionalMs?: number;
+}
+
+/** A provisional greylisting record to keep (LimitStore.greylistKeep): its triplet, as the 'new' verdict left it. */
+export interface GreylistKeep {
+    readonly triplet: string;
+    /** The time of the 'new' verdict that wrote the record. */
+    readonly firstSeenMs: number;
+    readonly retryWindowMs: number;
 }
 
 /** The cap on new greylisting records of one network (GreylistOptions.cap). */
@@ -162,6 +177,14 @@ export interface LimitStore {
      * now): the caller credits a `passedNow` pass once its recipient proved real.
      */
     greylistCredit(client: string, passTtlMs: number, nowMs: number): Promise<void>;
+    /**
+     * Makes provisional records (GreylistOptions.provisionalMs) waiting records that count until
+     * `retryWindowMs` after they were first seen, as a new triplet's record in enforce mode does;
+     * one whose provisional time ran out is written again. A record that changed since (passed,
+     * or first seen at another time) is left as it is. The caller keeps the records of a message
+     * the upstream accepted.
+     */
+    greylistKeep(records: readonly GreylistKeep[], nowMs: number): Promise<void>;
     /**
      * The work of one SMTP stage in one round trip (one script call; with Redis Cluster one per
      * slot, sent together): takes and acquires in order, then greylisting unless a gate of a
@@ -282,12 +305,26 @@ export function checkGreylist(triplet: string, client: string, opts: GreylistOpt
     checkInt('retryWindowMs', opts.retryWindowMs, opts.delayMs + 1, MAX_PERIOD_MS);
     checkInt('passTtlMs', opts.passTtlMs, 1, MAX_PERIOD_MS);
     checkInt('autoAllowAfter', opts.autoAllowAfter, 0);
+    if (opts.provisionalMs !== undefined) checkInt('provisionalMs', opts.provisionalMs, 1, opts.retryWindowMs);
     if (opts.cap !== undefined) {
         checkKey('cap key', opts.cap.key);
         checkInt('cap limit', opts.cap.window.limit, 1);
         checkInt('cap periodMs', opts.cap.window.periodMs, 1, MAX_PERIOD_MS);
         if (opts.cap.window.limit * opts.cap.window.periodMs > MAX_PRODUCT)
             fail(`limit x periodMs must not exceed 2^52`);
+    }
+}
+
+/** Records kept by one call at most (the recipients of one message the check keeps). */
+const MAX_KEEP = 1000;
+
+export function checkGreylistKeep(records: readonly GreylistKeep[], nowMs: number): void {
+    checkInt('nowMs', nowMs, 0);
+    if (records.length > MAX_KEEP) fail(`at most ${MAX_KEEP} records are kept at once`);
+    for (const r of records) {
+        checkKey('triplet', r.triplet);
+        checkInt('firstSeenMs', r.firstSeenMs, 0, nowMs);
+        checkInt('retryWindowMs', r.retryWindowMs, 1, MAX_PERIOD_MS);
     }
 }
 

@@ -73,7 +73,7 @@ const GREYLIST_KEY_DOCS: Readonly<Record<(typeof GREYLIST_KEYS)[number], string>
     retryWindow: `A retry passes only between \`delay\` and this long after the first try; later it starts over (default ${formatDuration(GREYLIST_DEFAULTS.retryWindowMs)}).`,
     expire: `How long a passed triplet, and a client's pass count, are kept after their last use (default ${formatDuration(GREYLIST_DEFAULTS.expireMs)}).`,
     autoAllowAfter: `After this many messages the upstream accepted, each to a recipient that passed the delay, a client network is no longer greylisted while it keeps sending (default ${GREYLIST_DEFAULTS.autoAllowAfter}; 0: never).`,
-    mode: '`enforce` (default) or `monitor`: triplets are recorded and counted, nothing is delayed.',
+    mode: '`enforce` (default) or `monitor`: triplets are recorded and counted, nothing is delayed; a first try is recorded for `retryWindow` only when the upstream accepts the message for its recipient, else for `delay`.',
     onError: '`allow` (default) or `tempfail`, as for limits.',
 };
 

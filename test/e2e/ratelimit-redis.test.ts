@@ -320,3 +320,78 @@ describe('rate limits when Redis answers after the command timeout', () => {
         assert.deepEqual(codes, [250, 250, 450]);
     });
 });
+
+describe('greylisting in monitor mode, in Redis: a record lives the retry window only for mail the upstream took', () => {
+    let dir: string;
+    let up: ScriptedUpstream;
+    let redis: RedisInstance;
+    let raw: Redis;
+    let mw: TestApp;
+    let clock = Date.UTC(2026, 0, 5, 12, 0, 0);
+    before(async () => {
+        dir = await mkdtemp(join(tmpdir(), 'mw-limits-monitor-'));
+        await writeFile(
+            join(dir, '10-limits.yaml'),
+            `greylist:
+  - { id: watch, when: { rcpt.domain: { domain: [watch.example] } }, delay: 5m, retryWindow: 2d, mode: monitor }
+`,
+        );
+        up = await startScriptedUpstream({
+            ehlo: ['XCLIENT NAME ADDR PORT PROTO HELO LOGIN'],
+            onCommand: (line) => (/^RCPT TO:<nobody/i.test(line) ? '550 5.1.1 no such user' : undefined),
+        });
+        redis = await startRedis();
+        raw = new Redis(redis.url, { maxRetriesPerRequest: 1 });
+        mw = await startApp(
+            [
+                'hostname: mx.example.test',
+                'domains: [watch.example]',
+                'listeners: [{ name: mx, host: 127.0.0.1, port: 0, mode: mx }]',
+                `upstream: { url: "smtp://127.0.0.1:${up.port}" }`,
+                `rules: "${dir}"`,
+                `redis: { url: "${redis.url}", commandTimeout: 2s }`,
+                'http: false',
+            ].join('\n'),
+            { now: () => clock },
+        );
+    });
+    after(async () => {
+        await mw?.stop();
+        raw?.disconnect();
+        await up?.close();
+        await redis?.stop();
+        await rm(dir, { recursive: true, force: true });
+    });
+
+    it('recipients Postfix refuses leave records for the delay (5 minutes), not for 2 days; the next message counts as enforcing would', async () => {
+        const to = ['ann@watch.example', ...Array.from({ length: 5 }, (_, i) => `nobody${i}@watch.example`)];
+        const first = await sendMail(mw.port(), { from: 'news@far.example', to, data: MSG });
+        assert.deepEqual(
+            first.rcpt.map((r) => r.code),
+            [250, 550, 550, 550, 550, 550],
+        );
+        assert.equal(first.message?.code, 250);
+        const record = (rcpt: string) => `mw:glt:v1:{watch|127.0.0.0/24|news@far.example|${rcpt}}`;
+        const day = 24 * 3_600_000;
+        await until('the delivered recipient’s record is kept', async () => (await raw.pttl(record(to[0]!))) > day);
+        assert.ok((await raw.pttl(record(to[0]!))) <= 2 * day + 1);
+        for (const rcpt of to.slice(1)) {
+            const ttl = await raw.pttl(record(rcpt));
+            assert.ok(ttl > 0 && ttl <= 300_000, `${rcpt}: PTTL ${ttl}`);
+        }
+        // after the delay the delivered triplet passes; the refused ones are first tries again
+        clock += 5 * 60_000;
+        const before = await greyCount(mw);
+        const second = await sendMail(mw.port(), { from: 'news@far.example', to: to.slice(0, 2), data: MSG });
+        assert.equal(second.message?.code, 250);
+        const after = await greyCount(mw);
+        assert.equal(after.pass - before.pass, 1);
+        assert.equal(after.monitor_new - before.monitor_new, 1);
+    });
+});
+
+async function greyCount(mw: TestApp): Promise<{ pass: number; monitor_new: number }> {
+    const values = (await mw.app.metrics.ratelimitDecisions.get()).values.filter((v) => v.labels.limit === 'greylist');
+    const of = (result: string) => values.find((v) => v.labels.result === result)?.value ?? 0;
+    return { pass: of('pass'), monitor_new: of('monitor_new') };
+}

@@ -6,16 +6,18 @@
  * listens). The clock is the only thing injected.
  */
 import assert from 'node:assert/strict';
+import { Redis } from 'ioredis';
 import { after, describe, it } from 'node:test';
 import { createMemoryStore, createRedisStore, type LimitStore, type StageOp } from '../../src/limits/index.ts';
 import { createRateLimitCheck } from '../../src/checks/ratelimit.ts';
 import { greylistSender, greylistTriplet, ipNetwork, limitKeys, safePart } from '../../src/limits/limit-keys.ts';
 import { createMetrics } from '../../src/metrics.ts';
 import { loadRules, type RuleSet } from '../../src/rules/index.ts';
-import type { Facts, Stage, CheckContext } from '../../src/types.ts';
+import type { Facts, FactValue, Stage, CheckContext } from '../../src/types.ts';
 import { cleanup, folderWith } from '../rules/helpers.ts';
 import { freePort } from '../helpers/smtp-client.ts';
 import { startRedis } from '../helpers/redis.ts';
+import { until } from '../helpers/until.ts';
 
 after(cleanup);
 
@@ -483,6 +485,73 @@ describe('ratelimit check: new greylisting records per client network', () => {
                     'pass 1',
                 ]);
             } finally {
+                await store.close();
+                await redis?.stop();
+            }
+        });
+    }
+});
+
+describe('ratelimit check: greylisting records in monitor mode', () => {
+    const set = rules(`greylist:
+  - { id: watch, when: { rcpt.domain: { domain: [watch.example] } }, delay: 5m, retryWindow: 4h, mode: monitor }
+`);
+    const clock = 1_000_000_000;
+
+    for (const kind of ['memory', 'redis'] as const) {
+        it(`${kind} store: kept for the retry window only for a message the upstream accepted; otherwise for the delay`, async () => {
+            const redis = kind === 'redis' ? await startRedis() : null;
+            const store = redis ? createRedisStore({ url: redis.url, commandTimeoutMs: 2_000 }) : createMemoryStore();
+            const raw = redis ? new Redis(redis.url) : null;
+            try {
+                if (redis) await (store as ReturnType<typeof createRedisStore>).waitUntilReady(5_000);
+                let now = clock;
+                const check = createRateLimitCheck({
+                    store,
+                    declarations: () => set,
+                    metrics: createMetrics('test'),
+                    now: () => now,
+                    instanceId: 'test',
+                    storeTimeoutMs: 2_000,
+                });
+                const mail = { 'client.ip': '192.0.2.1', 'mail.from': 'a@b.example' };
+                const rcpt = async (session: string, to: string): Promise<FactValue> => {
+                    const facts = { ...mail, 'rcpt.to': [to], 'rcpt.domain': 'watch.example' };
+                    return (await check.run(ctx('rcpt', facts, session), signal)).facts['greylist.result']!;
+                };
+                /** Milliseconds the triplet's record has to live in Redis (the memory store keeps no real TTL). */
+                const ttl = async (to: string) => raw!.pttl(`mw:glt:v1:{watch|192.0.2.0/24|a@b.example|${to}}`);
+                // one message: the upstream accepts it for ann and bob, refuses nobody
+                await check.run(ctx('mail', mail, 'm1'), signal);
+                for (const to of ['ann@watch.example', 'nobody@watch.example', 'bob@watch.example'])
+                    assert.equal(await rcpt('m1', to), 'new');
+                if (raw)
+                    for (const to of ['ann', 'nobody', 'bob']) assert.ok((await ttl(`${to}@watch.example`)) <= 300_000);
+                // a transaction abandoned (a new MAIL) keeps nothing
+                await check.run(ctx('mail', mail, 'm2'), signal);
+                assert.equal(await rcpt('m2', 'carl@watch.example'), 'new');
+                await check.run(ctx('mail', mail, 'm2'), signal);
+                check.delivered!('m2', ['carl@watch.example']);
+                now += 60_000;
+                check.delivered!('m1', ['ann@watch.example', 'bob@watch.example']);
+                if (raw) {
+                    // the memory store keeps them at once; Redis when the call (sent, not awaited) arrives
+                    await until('the records are kept', async () => (await ttl('bob@watch.example')) > 300_000);
+                    const kept = await ttl('ann@watch.example');
+                    assert.ok(
+                        kept > 4 * 3_600_000 - 120_000 && kept <= 4 * 3_600_000 + 1,
+                        `kept for the retry window: ${kept}`,
+                    );
+                    assert.ok((await ttl('nobody@watch.example')) <= 300_000);
+                }
+                // after the delay, the next message of a kept triplet counts as a pass (what enforcing would do)
+                now = clock + 5 * 60_000;
+                assert.equal(await rcpt('m3', 'ann@watch.example'), 'pass');
+                assert.equal(await rcpt('m3', 'bob@watch.example'), 'pass');
+                assert.equal(await rcpt('m3', 'nobody@watch.example'), 'new');
+                assert.equal(await rcpt('m3', 'carl@watch.example'), 'new');
+            } finally {
+                raw?.disconnect();
                 await store.close();
                 await redis?.stop();
             }

@@ -308,6 +308,53 @@ export function coreContract(store: () => LimitStore): void {
         ]);
     });
 
+    it('greylisting: a provisional record counts for provisionalMs only, unless kept; keeping leaves other records alone', async () => {
+        const s = store();
+        const client = fresh('192.0.2.0/24');
+        const opts = { ...GREY, provisionalMs: GREY.delayMs };
+        const triplet = (n: string) => `${client}|s@example.org|${n}@example.net`;
+        // not kept: early while it lasts, then new again (no pass)
+        assert.deepEqual(await s.greylist(triplet('a'), client, opts, T0), { verdict: 'new', retryAfterMs: 5 * MIN });
+        assert.deepEqual(await s.greylist(triplet('a'), client, opts, T0 + 4 * MIN), {
+            verdict: 'early',
+            retryAfterMs: MIN,
+        });
+        assert.equal((await s.greylist(triplet('a'), client, opts, T0 + 5 * MIN)).verdict, 'new');
+        // kept before it lapsed: a waiting record like enforce mode's, passing after the delay
+        assert.equal((await s.greylist(triplet('b'), client, opts, T0)).verdict, 'new');
+        await s.greylistKeep([{ triplet: triplet('b'), firstSeenMs: T0, retryWindowMs: GREY.retryWindowMs }], T0 + MIN);
+        assert.deepEqual(await s.greylist(triplet('b'), client, opts, T0 + 5 * MIN), {
+            verdict: 'pass',
+            retryAfterMs: 0,
+            passedNow: true,
+        });
+        // kept after it lapsed (a long transaction): written again, from its first sighting
+        assert.equal((await s.greylist(triplet('c'), client, opts, T0)).verdict, 'new');
+        await s.greylistKeep(
+            [{ triplet: triplet('c'), firstSeenMs: T0, retryWindowMs: GREY.retryWindowMs }],
+            T0 + 6 * MIN,
+        );
+        assert.equal((await s.greylist(triplet('c'), client, opts, T0 + 7 * MIN)).verdict, 'pass');
+        // ...until its retry window is over, like any waiting record
+        assert.equal((await s.greylist(triplet('d'), client, opts, T0)).verdict, 'new');
+        await s.greylistKeep([{ triplet: triplet('d'), firstSeenMs: T0, retryWindowMs: GREY.retryWindowMs }], T0);
+        assert.equal((await s.greylist(triplet('d'), client, opts, T0 + GREY.retryWindowMs + 1)).verdict, 'new');
+        // a passed record, or one first seen at another time, is left as it is
+        await s.greylistKeep(
+            [
+                { triplet: triplet('b'), firstSeenMs: T0, retryWindowMs: GREY.retryWindowMs },
+                { triplet: triplet('a'), firstSeenMs: T0, retryWindowMs: GREY.retryWindowMs },
+            ],
+            T0 + 6 * MIN,
+        );
+        assert.deepEqual(await s.greylist(triplet('b'), client, opts, T0 + 7 * MIN), {
+            verdict: 'pass',
+            retryAfterMs: 0,
+        });
+        assert.equal((await s.greylist(triplet('a'), client, opts, T0 + 9 * MIN)).verdict, 'early');
+        assert.equal((await s.greylist(triplet('a'), client, opts, T0 + 10 * MIN)).verdict, 'new');
+    });
+
     it('stage: one batch answers each op as its own method would, greylisting after the limits', async () => {
         const s = store();
         const [a, b, lease, client] = [fresh('sa'), fresh('sb'), fresh('sl'), fresh('192.0.2.0/24')];

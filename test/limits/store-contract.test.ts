@@ -91,6 +91,8 @@ describe('memory and redis stores agree on a random workload', () => {
         };
         // half the greylisting capped per network: 3 new records per 40 minutes for all its clients
         const capped = { ...plain, cap: { key: 'net', window: { limit: 3, periodMs: 2_400_000 } } };
+        // and some provisional (monitor mode), half of those kept as a delivered message's are
+        const provisional = { ...plain, provisionalMs: plain.delayMs };
         const rnd = prng(20_260_101);
         const pick = <T>(xs: readonly T[]): T => xs[Math.floor(rnd() * xs.length)]!;
         let now = T0;
@@ -156,7 +158,7 @@ describe('memory and redis stores agree on a random workload', () => {
                 if (rnd() < 0.5) {
                     const client = `ip${Math.floor(rnd() * 3)}`;
                     const triplet = `${client}|s${Math.floor(rnd() * 3)}|r${Math.floor(rnd() * 2)}`;
-                    ops.push({ op: 'greylist', triplet, client, opts: pick([plain, capped]) });
+                    ops.push({ op: 'greylist', triplet, client, opts: pick([plain, capped, provisional]) });
                 }
                 op = `stage ${JSON.stringify(ops.map((o) => ('key' in o ? `${o.op} ${o.key}` : o.op)))}`;
                 [a, b] = await Promise.all([local, remote].map((s) => s.stage(ops, now)));
@@ -167,9 +169,15 @@ describe('memory and redis stores agree on a random workload', () => {
             } else {
                 const client = `ip${Math.floor(rnd() * 3)}`;
                 const triplet = `${client}|s${Math.floor(rnd() * 3)}|r${Math.floor(rnd() * 2)}`;
-                const grey = pick([plain, capped]);
-                op = `greylist ${triplet}${grey.cap ? ' capped' : ''}`;
+                const grey = pick([plain, plain, capped, provisional]);
+                op = `greylist ${triplet}${grey.cap ? ' capped' : ''}${grey.provisionalMs ? ' provisional' : ''}`;
                 [a, b] = await Promise.all([local, remote].map((s) => s.greylist(triplet, client, grey, now)));
+                if ((a as { verdict: string }).verdict === 'new' && grey.provisionalMs && i % 2 === 0) {
+                    const kept = [{ triplet, firstSeenMs: now, retryWindowMs: grey.retryWindowMs }];
+                    const later = now + [0, 1_000, 400_000][i % 3]!;
+                    await Promise.all([local, remote].map((s) => s.greylistKeep(kept, later)));
+                    seen.kept = (seen.kept ?? 0) + 1;
+                }
                 // the caller credits the pass that ended the delay (the session does at DATA)
                 if ((a as { passedNow?: true }).passedNow)
                     await Promise.all([local, remote].map((s) => s.greylistCredit(client, grey.passTtlMs, now)));
@@ -187,6 +195,7 @@ describe('memory and redis stores agree on a random workload', () => {
             'pass',
             'known-client',
             'capped',
+            'kept',
             'take:true',
             'take:false',
             'charge:true',
