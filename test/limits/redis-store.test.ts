@@ -8,7 +8,9 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { readFileSync } from 'node:fs';
 import { Redis } from 'ioredis';
+import { parse } from 'yaml';
 import { createRedisStore, StoreError, type RedisLimitStore } from '../../src/limits/index.ts';
 import { createMetrics, type Metrics } from '../../src/metrics.ts';
 import { freePort } from '../helpers/smtp-client.ts';
@@ -214,6 +216,66 @@ describe('redis store: keys, sharing, exactness', () => {
 });
 
 describe('redis store: failures', () => {
+    it('full at maxmemory, with the policy docker-compose.yml ships: a flood of greylisting records evicts old keys, and the limits in use go on deciding exactly', async () => {
+        const compose = parse(readFileSync(new URL('../../docker-compose.yml', import.meta.url), 'utf8')) as {
+            services: { redis: { command: string[] } };
+        };
+        const command = compose.services.redis.command;
+        const setting = (name: string): string | undefined => {
+            const at = command.indexOf(`--${name}`);
+            return at < 0 ? undefined : command[at + 1];
+        };
+        assert.ok(setting('maxmemory'), 'docker-compose.yml gives Redis a memory limit');
+        const policy = setting('maxmemory-policy');
+        // The shipped policy under a memory limit small enough to fill in a test.
+        const redis = await startRedis({
+            settings: { maxmemory: '4mb', ...(policy !== undefined ? { 'maxmemory-policy': policy } : {}) },
+        });
+        const store = createRedisStore({ url: redis.url, commandTimeoutMs: 2_000 });
+        const raw = new Redis(redis.url, { maxRetriesPerRequest: 0 });
+        try {
+            await store.waitUntilReady(5_000);
+            const evicted = async () => Number(/evicted_keys:(\d+)/.exec(await raw.info('stats'))![1]);
+            let n = 0;
+            /** `count` new triplets, each from a /24 of its own (every one under its cap): what a botnet writes. */
+            const flood = (count: number) =>
+                Promise.all(
+                    Array.from({ length: count }, () => {
+                        const i = n++;
+                        const client = `grey|10.${(i >> 16) & 255}.${(i >> 8) & 255}.${i & 255}`;
+                        const cap = { key: client, window: { limit: 1000, periodMs: 3_600_000 } };
+                        return store.greylist(
+                            `${client}|s${i}@spam.example|r${i}@example.test`,
+                            client,
+                            { ...GREY, cap },
+                            T0,
+                        );
+                    }),
+                );
+            // Fill it until Redis evicts; a Redis that refuses writes instead fails the flood.
+            while ((await evicted()) === 0 && n < 200_000) await flood(500);
+            assert.ok((await evicted()) > 0, `full after ${n} records`);
+            // What is there now is older than what the limits touch from here on (Redis's LRU clock: 1 s).
+            await sleep(2_100);
+            const limit = fresh('sender');
+            const lease = fresh('conns');
+            let admitted = 0;
+            let leases = 0;
+            for (let round = 0; round < 8; round++) {
+                if ((await store.take(limit, [{ limit: 5, periodMs: 3_600_000 }], 1, T0)).allowed) admitted++;
+                if ((await store.acquire(lease, `h${round}`, 3, 600_000, T0)).acquired) leases++;
+                await flood(1_000);
+            }
+            assert.equal(admitted, 5, 'a limit of 5: exactly 5 admitted while Redis evicts');
+            assert.equal(leases, 3, 'a concurrency of 3: exactly 3 leases');
+            assert.equal(await raw.zcard(`mw:cc:v1:{${lease}}`), 3);
+        } finally {
+            raw.disconnect();
+            await store.close();
+            await redis.stop();
+        }
+    });
+
     it('Redis killed: fails within the timeout, counts and logs once, recovers on restart without a new store', async () => {
         let redis = await startRedis();
         const metrics = createMetrics('test');

@@ -267,6 +267,7 @@ interface ComposeService {
     depends_on?: Record<string, { condition: string }> | string[];
     stop_grace_period?: string;
     entrypoint?: string[];
+    command?: string[];
 }
 interface Compose {
     services: Record<string, ComposeService>;
@@ -279,6 +280,19 @@ describe('docker-compose.yml', () => {
 
     it('has Postfix, mailwarden, Redis, Prometheus and Grafana', () => {
         for (const name of ['postfix', 'mailwarden', 'redis', 'prometheus', 'grafana']) assert.ok(s[name], name);
+    });
+
+    it('gives Redis a memory limit and the allkeys-lru policy, as the guide tells a Debian Redis', () => {
+        const command = s.redis!.command ?? [];
+        const setting = (name: string) => command[command.indexOf(`--${name}`) + 1];
+        assert.ok(command.includes('--maxmemory'), command.join(' '));
+        assert.equal(setting('maxmemory-policy'), 'allkeys-lru');
+        // the guide's Redis step (a Debian redis-server has no memory limit)
+        const step = /printf '%s\\n' 'maxmemory (\S+)' 'maxmemory-policy (\S+)' >> \/etc\/redis\/redis\.conf/.exec(
+            guide,
+        );
+        assert.ok(step, 'the guide sets maxmemory and maxmemory-policy in /etc/redis/redis.conf');
+        assert.deepEqual([step[1], step[2]], [setting('maxmemory'), setting('maxmemory-policy')]);
     });
 
     it('runs mailwarden in Postfix network namespace, as on one host, after its dependencies', () => {
