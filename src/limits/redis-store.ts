@@ -7,8 +7,10 @@
  * per hash slot, sent together, and greylisting after them).
  *
  * It fails fast instead of queueing: no offline queue, no command retries and a deadline per
- * operation, so a dead or hung Redis costs at most `commandTimeoutMs` and surfaces as a
- * StoreError the caller turns into allow or tempfail. A timed-out script call still runs when
+ * operation, so a dead or hung Redis costs at most `commandTimeoutMs` (and one turn of the event
+ * loop) and surfaces as a StoreError the caller turns into allow or tempfail. The deadline must
+ * not count our own stalls: a reply that arrived while our event loop was blocked is read
+ * before the deadline is called. A timed-out script call still runs when
  * Redis gets to it: its late reply is awaited and what it did is undone (charges refunded,
  * leases it granted released), so the caller's onError verdict is the whole effect of the
  * decision; greylisting records are not undone, and nothing is when the connection is lost
@@ -314,12 +316,19 @@ export function createRedisStore(options: RedisStoreOptions): RedisLimitStore {
         if (closed) throw new StoreError('unavailable', 'the Redis store is closed');
         const start = performance.now();
         let timer: NodeJS.Timeout | undefined;
+        let expiry: NodeJS.Immediate | undefined;
         let work: Promise<T>;
         const deadline = new Promise<never>((_, reject) => {
             timer = setTimeout(() => {
-                // only a call still running when its deadline passes waits for its late result
-                awaitLate(command, start, work, undo);
-                reject(new StoreError('timeout', `Redis did not answer ${command} within ${timeoutMs} ms`));
+                // The timer runs on our own time: after our event loop was blocked (another
+                // session's work), timers run before the I/O phase reads a reply that has been
+                // waiting in the socket. So pending I/O is read first (an immediate runs after
+                // it): a reply read then settles the race and cancels this in `finally`. Only a
+                // call still unanswered expires, one loop turn later; it waits for its late result.
+                expiry = setImmediate(() => {
+                    awaitLate(command, start, work, undo);
+                    reject(new StoreError('timeout', `Redis did not answer ${command} within ${timeoutMs} ms`));
+                });
             }, timeoutMs);
         });
         try {
@@ -335,6 +344,7 @@ export function createRedisStore(options: RedisStoreOptions): RedisLimitStore {
             throw err;
         } finally {
             clearTimeout(timer);
+            clearImmediate(expiry);
             metrics?.redisCommandDuration.observe({ command }, (performance.now() - start) / 1000);
         }
     };

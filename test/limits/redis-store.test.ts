@@ -1,7 +1,8 @@
 /**
  * The Redis store against a real redis-server: key layout and TTLs, one limit shared by two
  * instances, exactness under parallel load, the script cache being flushed, and the failure
- * modes an operator meets (server killed, restarted, hung, absent), and a call that timed out
+ * modes an operator meets (server killed, restarted, hung, absent, our own event loop stalled
+ * past the deadline), and a call that timed out
  * leaving no effect once its late reply comes. Every server a case
  * starts is stopped by that case; a paused server is always resumed.
  */
@@ -11,7 +12,13 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { readFileSync } from 'node:fs';
 import { Redis } from 'ioredis';
 import { parse } from 'yaml';
-import { createRedisStore, StoreError, type RedisLimitStore } from '../../src/limits/index.ts';
+import {
+    createRedisStore,
+    StoreError,
+    type RedisLimitStore,
+    type StageOp,
+    type TakeResult,
+} from '../../src/limits/index.ts';
 import { createMetrics, type Metrics } from '../../src/metrics.ts';
 import { freePort } from '../helpers/smtp-client.ts';
 import { startRedis, type RedisInstance } from '../helpers/redis.ts';
@@ -364,6 +371,50 @@ describe('redis store: failures', () => {
             );
             assert.deepEqual(await store.take(key, MINUTE, 1, T0), { allowed: true, retryAfterMs: 0, remaining: 8 });
         } finally {
+            await store.close();
+            await redis.stop();
+        }
+    });
+
+    it('our own event loop blocked past the deadline is no Redis timeout: a reply that came is read; a Redis that does not answer still times out', async () => {
+        const redis = await startRedis({ settings: { 'enable-debug-command': 'yes' } });
+        const metrics = createMetrics('test');
+        const store = createRedisStore({ url: redis.url, commandTimeoutMs: TIMEOUT, metrics });
+        const admin = new Redis(redis.url);
+        /** Keeps this thread busy (as another session's work would) for three command timeouts. */
+        const block = (): void => {
+            const end = performance.now() + 3 * TIMEOUT;
+            while (performance.now() < end);
+        };
+        try {
+            await store.waitUntilReady(5_000);
+            const ops: StageOp[] = [
+                { op: 'take', key: fresh('stall'), windows: [{ limit: 1, periodMs: 3_600_000 }], cost: 1 },
+            ];
+            assert.equal(((await store.stage(ops, T0))[0] as { value: TakeResult }).value.allowed, true);
+
+            // The call is written at once and Redis answers it while this thread is busy.
+            const asking = store.stage(ops, T0);
+            block();
+            const answer = (await asking)[0]!;
+            assert.ok(
+                answer.ok,
+                `a reply waiting in the socket was taken for a timeout: ${String(!answer.ok && answer.error)}`,
+            );
+            assert.equal((answer.value as TakeResult).allowed, false, 'the limit is enforced');
+            assert.equal(await counter(metrics.redisErrors), 0);
+
+            // Redis asleep as well: no reply is there when the deadline is called, so it times out.
+            const sleeping = admin.debug('SLEEP', '2');
+            await until('Redis is asleep', async () => !(await store.ping()));
+            const unanswered = store.stage(ops, T0);
+            block();
+            const late = (await unanswered)[0]!;
+            assert.ok(!late.ok && late.error instanceof StoreError, 'a Redis that does not answer times out');
+            assert.equal(late.error.kind, 'timeout');
+            await sleeping;
+        } finally {
+            admin.disconnect();
             await store.close();
             await redis.stop();
         }
