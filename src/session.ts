@@ -22,6 +22,7 @@ import { headerStep } from './incoming-header.ts';
 import { refusalLineFields, type Logger, type RefusalLine } from './log.ts';
 import type { Metrics, UnconfirmedReason } from './metrics.ts';
 import { runStage, type CheckOutcome, type StageResult } from './pipeline.ts';
+import { limitErrors } from './limits/check.ts';
 import { listedZones } from './reputation/check.ts';
 import { relayedReply, replyFor, toCallbackError, type SmtpReplyError } from './reply.ts';
 import { messageFacts } from './message-facts.ts';
@@ -206,7 +207,11 @@ export class Session {
                 rules: result.decision.rules,
                 reason: result.decision.reason,
                 reply: refusal,
-                more: { ...listedZones(result.facts), ...monitorField(this.flow.monitored(this.tx, result.decision)) },
+                more: {
+                    ...listedZones(result.facts),
+                    ...limitErrors(result.facts),
+                    ...monitorField(this.flow.monitored(this.tx, result.decision)),
+                },
             });
             this.deps.metrics.messages.inc({ listener: this.deps.listener.name, action: result.decision.action });
             throw this.refuse(refusal);
@@ -506,7 +511,7 @@ export class Session {
             const { decision } = verdict;
             action = decision.action;
             record.rules = verdict.rules;
-            Object.assign(record, monitorField(verdict.monitor));
+            Object.assign(record, monitorField(verdict.monitor), limitErrors(result.facts));
             record.score = decision.score;
             record.reason = decision.reason;
             record.checks = Object.fromEntries(

@@ -9,8 +9,10 @@
  * reports facts only (`ratelimit.*`, `greylist.*`); the implicit rules of the limits decide.
  * Everything a stage asks of the store (lease renewals, every limit, greylisting) is one batch
  * (LimitStore.stage): one round trip to Redis per stage. A store failure is
- * handled per limit (`onError: allow` lets the mail through, `tempfail` reports the id in
- * `ratelimit.error`), so the check itself never fails a stage; a concurrency lease whose acquire
+ * handled per limit (`onError: allow` lets the mail through and reports the id in
+ * `ratelimit.error_allowed`, which keeps the ids of the earlier stages it is given, so the
+ * decision line names every limit that failed open for the message; `tempfail` reports the id
+ * in `ratelimit.error`), so the check itself never fails a stage; a concurrency lease whose acquire
  * failed is taken at the session's next renewal, so a session let in while the store was down is
  * counted once it is back. Time comes from the injected
  * clock. It must not choose replies, must not read the wall clock for decisions, and must
@@ -26,7 +28,7 @@ import {
     type GreylistSpec,
     type LimitSpec,
 } from '../rules/limits.ts';
-import type { FactValue, Check, CheckContext } from '../types.ts';
+import type { FactValue, Facts, Check, CheckContext } from '../types.ts';
 import { greylistTriplet, limitKeys } from './limit-keys.ts';
 import type {
     AcquireResult,
@@ -91,6 +93,23 @@ function seconds(ms: number): number {
 
 function errorText(err: unknown): string {
     return err instanceof Error ? err.message : String(err);
+}
+
+const NONE: readonly string[] = Object.freeze([]);
+const NO_LIMIT_ERRORS: { limitErrors?: readonly string[] } = Object.freeze({});
+
+/**
+ * The `limitErrors` field of a `decision` or `refused` line: the limits whose store failed, those
+ * that refused at this stage (`ratelimit.error`) and those that let the mail through at this or
+ * an earlier stage (`ratelimit.error_allowed`); left out when none did.
+ */
+export function limitErrors(facts: Facts): { limitErrors?: readonly string[] } {
+    const refused = facts['ratelimit.error'];
+    const allowed = facts['ratelimit.error_allowed'];
+    const r = Array.isArray(refused) ? (refused as readonly string[]) : NONE;
+    const a = Array.isArray(allowed) ? (allowed as readonly string[]) : NONE;
+    if (r.length + a.length === 0) return NO_LIMIT_ERRORS;
+    return { limitErrors: r.length === 0 ? a : a.length === 0 ? r : [...r, ...a] };
 }
 
 /** Greylisting passes a session keeps for credit (a client needs `autoAllowAfter`, a handful). */
@@ -420,6 +439,9 @@ export function createRateLimiter(options: RateLimitCheckOptions): Pick<Check, '
             const exceeded: string[] = [];
             const monitored: string[] = [];
             const errors: string[] = [];
+            // the limits that failed open at the earlier stages (the flow carries facts) and here
+            const carried = ctx.facts['ratelimit.error_allowed'];
+            let failedOpen = Array.isArray(carried) ? (carried as readonly string[]) : NONE;
             let retryEnforced = 0;
             let retryMonitored = 0;
             for (const o of outcomes) {
@@ -438,6 +460,7 @@ export function createRateLimiter(options: RateLimitCheckOptions): Pick<Check, '
                     const tempfail = spec.onError === 'tempfail' && spec.mode === 'enforce';
                     result = tempfail ? 'error_tempfail' : 'error_allowed';
                     if (tempfail) errors.push(spec.id);
+                    else if (!failedOpen.includes(spec.id)) failedOpen = [...failedOpen, spec.id];
                 }
                 if (result !== null) count(spec.id, result);
             }
@@ -446,6 +469,7 @@ export function createRateLimiter(options: RateLimitCheckOptions): Pick<Check, '
                 'ratelimit.exceeded': exceeded,
                 'ratelimit.monitor': monitored,
                 'ratelimit.error': errors,
+                'ratelimit.error_allowed': failedOpen,
                 'ratelimit.retry_after': retry === null ? null : seconds(retry),
             };
             if (ctx.stage === 'rcpt' && set.greylists.length > 0) {

@@ -55,7 +55,7 @@ const LIMIT_KEY_DOCS: Readonly<Record<(typeof LIMIT_KEYS)[number], string>> = {
     when: 'no | Conditions, as in rules: the limit counts only what they match. Left out: everything (written but empty is an error).',
     mode: 'no | `enforce` (default) or `monitor`: counted and reported (`ratelimit.monitor`, a monitor hit of the implicit rule), never refused.',
     onError:
-        'no | What a store failure (Redis down or slow) does to the mail: `allow` (default: fail open, logged and counted) or `tempfail` (a 4xx asking to retry).',
+        'no | What a store failure (Redis down or slow) does to the mail: `allow` (default: fail open, counted, and named in `ratelimit.error_allowed` and the log) or `tempfail` (a 4xx asking to retry).',
 };
 
 const PER_DOCS: Readonly<Record<LimitPer, string>> = {
@@ -178,7 +178,7 @@ of \`new\`, \`early\` and \`capped\`).
 ### Facts and cases
 
 The \`ratelimit\` check reports \`ratelimit.exceeded\`, \`ratelimit.monitor\`, \`ratelimit.error\`,
-\`ratelimit.retry_after\` at every stage, and \`greylist.id\`, \`greylist.result\`, \`greylist.retry_after\`
+\`ratelimit.error_allowed\`, \`ratelimit.retry_after\` at every stage, and \`greylist.id\`, \`greylist.result\`, \`greylist.retry_after\`
 at RCPT. Cases test the implicit rules through them:
 
 \`\`\`yaml

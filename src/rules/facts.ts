@@ -439,6 +439,12 @@ const CATALOGUE: readonly FactSpec[] = [
         'Ids of the limits whose shared store failed at this stage and whose onError is tempfail',
     ),
     fact(
+        'ratelimit.error_allowed',
+        'string[]',
+        'connect',
+        'Ids of the limits whose shared store failed and let the mail through uncounted (onError: allow, or mode: monitor), at this stage or an earlier one of the connection and transaction (a refused recipient leaves nothing); the decision log line lists them as limitErrors',
+    ),
+    fact(
         'greylist.id',
         'string',
         'rcpt',

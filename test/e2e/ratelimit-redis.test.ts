@@ -2,8 +2,8 @@
  * Rate limits and greylisting in a real redis-server shared by two proxy instances: one limit
  * holds across both, concurrency leases and greylisting triplets are seen by both, and every
  * key Redis holds has a TTL. Then Redis is killed mid-test: a limit with `onError: allow`
- * lets mail through (and `redis_errors_total` rises), one with `onError: tempfail` answers
- * 451 4.7.1, `/readyz` reports it; when Redis is back on the same port the limits apply
+ * lets mail through (and `redis_errors_total` rises, the decision line names it), one with
+ * `onError: tempfail` answers 451 4.7.1, `/readyz` reports it; when Redis is back on the same port the limits apply
  * again without restarting either instance. And when Redis answers only after the command
  * timeout, the limit's onError verdict is all that happens: what the late calls did (a lease
  * taken, a rate charged) is taken back.
@@ -15,7 +15,7 @@ import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Redis } from 'ioredis';
-import { startApp, type TestApp } from '../helpers/app.ts';
+import { decisions, startApp, type TestApp } from '../helpers/app.ts';
 import { startRedis, type RedisInstance } from '../helpers/redis.ts';
 import { startScriptedUpstream, type ScriptedUpstream } from '../helpers/scripted-upstream.ts';
 import { sendMail, smtpConnect, type SmtpClient } from '../helpers/smtp-client.ts';
@@ -178,6 +178,9 @@ describe('rate limits in Redis shared by two instances', () => {
         const open = await send(a, 'alice@shared.example');
         assert.equal(open.message?.code, 250, 'fails open');
         assert.ok((await counter(a, 'redisErrors')) > errorsBefore, 'redis_errors_total rises');
+        // The message's decision line names the limits that let it through uncounted.
+        const passed = decisions(a.logs).filter((l) => l.from === 'alice@shared.example');
+        assert.deepEqual(passed.at(-1)?.limitErrors, ['conn-max', 'shared-rate'], JSON.stringify(passed.at(-1)));
         assert.ok((await counter(a, 'ratelimitDecisions', { limit: 'shared-rate', result: 'error_allowed' })) >= 1);
         // onError: tempfail: the sender is asked to retry, never refused for good.
         const strict = await send(a, 'bob@strict.example');
@@ -187,6 +190,9 @@ describe('rate limits in Redis shared by two instances', () => {
             /^4\.7\.1 Temporary problem applying a sending limit; nothing is wrong with your mail\..*\(limit strict-rate\)/,
         );
         assert.equal(await counter(a, 'ratelimitDecisions', { limit: 'strict-rate', result: 'error_tempfail' }), 1);
+        // Its refused line tells the failure from the limit being exceeded.
+        const refused = a.logs.filter((l) => l.msg === 'refused' && l.from === 'bob@strict.example');
+        assert.deepEqual(refused.at(-1)?.limitErrors, ['strict-rate', 'conn-max'], JSON.stringify(refused.at(-1)));
         // Greylisting fails open too (its onError is allow).
         const grey = await send(b, 'other@far.example', 'bob@grey.example');
         assert.equal(grey.rcpt[0]!.code, 250);

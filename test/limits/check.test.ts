@@ -224,18 +224,21 @@ greylist:
             'ratelimit.exceeded': [],
             'ratelimit.monitor': [],
             'ratelimit.error': [],
+            'ratelimit.error_allowed': [],
             'ratelimit.retry_after': null,
         });
         assert.deepEqual(await run(), {
             'ratelimit.exceeded': [],
             'ratelimit.monitor': ['watch'],
             'ratelimit.error': [],
+            'ratelimit.error_allowed': [],
             'ratelimit.retry_after': 3600,
         });
         assert.deepEqual(await run(), {
             'ratelimit.exceeded': ['sender'],
             'ratelimit.monitor': ['watch'],
             'ratelimit.error': [],
+            'ratelimit.error_allowed': [],
             'ratelimit.retry_after': 1800,
         });
         const helo = await check.run(ctx('helo', mailFacts), signal);
@@ -391,10 +394,16 @@ greylist:
                 'ratelimit.exceeded': [],
                 'ratelimit.monitor': [],
                 'ratelimit.error': ['strict'],
+                'ratelimit.error_allowed': ['sender', 'watch'],
                 'ratelimit.retry_after': null,
             });
             const connect = await check.run(ctx('connect', { 'client.ip': '192.0.2.1' }), signal);
             assert.deepEqual(connect.facts['ratelimit.error'], [], 'onError allow: the connection goes on');
+            assert.deepEqual(connect.facts['ratelimit.error_allowed'], ['conns']);
+            // The ids of the earlier stages (carried in the facts) are kept, each once.
+            const carried = { ...mailFacts, 'ratelimit.error_allowed': ['conns', 'sender'] };
+            const later = await check.run(ctx('mail', carried), signal);
+            assert.deepEqual(later.facts['ratelimit.error_allowed'], ['conns', 'sender', 'watch']);
             const rcpt = await check.run(
                 ctx('rcpt', { ...mailFacts, 'rcpt.to': ['ann@grey.example'], 'rcpt.domain': 'grey.example' }),
                 signal,
