@@ -14,7 +14,8 @@
  * decision line names every limit that failed open for the message; `tempfail` reports the id
  * in `ratelimit.error`), so the check itself never fails a stage; a concurrency lease whose acquire
  * failed is taken at the session's next renewal, so a session let in while the store was down is
- * counted once it is back. Time comes from the injected
+ * counted once it is back; when the store's connection is ready again (Redis restarted, perhaps
+ * empty), every open session renews its leases at once. Time comes from the injected
  * clock. It must not choose replies, must not read the wall clock for decisions, and must
  * never put an address, IP or domain into a metric label.
  */
@@ -187,6 +188,25 @@ export function createRateLimiter(options: RateLimitCheckOptions): Pick<Check, '
         const at = nowMs();
         renewed(sessionId, state, await store.stage(ops, at), at);
     };
+
+    /** Sessions whose leases are being taken again since the store was ready again (one call each). */
+    const retaking = new Set<SessionLeases>();
+    /**
+     * The store's connection is ready (again, after Redis restarted, perhaps empty): the leases
+     * held may be gone, and a session would take its own again only at its next renewal, up to a
+     * third of the TTL later, while new sessions are let in in their place. So every session
+     * holding leases renews them now: one store call per session, never two at once; when it
+     * fails, the session's next stage or its timer tries again.
+     */
+    const retakeAll = (): void => {
+        for (const [sessionId, state] of sessions) {
+            if (state.ended || state.leases.length === 0 || retaking.has(state)) continue;
+            state.renewFailed = true;
+            retaking.add(state);
+            void renew(sessionId, state).finally(() => retaking.delete(state));
+        }
+    };
+    store.onReady?.(retakeAll);
 
     const release = async (sessionId: string, leases: readonly Lease[]): Promise<void> => {
         await Promise.all(

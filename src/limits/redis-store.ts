@@ -14,9 +14,10 @@
  * Redis gets to it: its late reply is awaited and what it did is undone (charges refunded,
  * leases it granted released), so the caller's onError verdict is the whole effect of the
  * decision; greylisting records are not undone, and nothing is when the connection is lost
- * first. The client reconnects by itself; recovery needs no restart. It must not log secrets
- * (URLs are never logged), must not read the server clock in scripts, and must never let an
- * ioredis error event go unhandled.
+ * first. The client reconnects by itself; recovery needs no restart. Each time the connection
+ * is ready (again) it tells the onReady listeners, as a restarted Redis may have lost every key.
+ * It must not log secrets (URLs are never logged), must not read the server clock in scripts,
+ * and must never let an ioredis error event go unhandled.
  */
 import { readFileSync } from 'node:fs';
 import { performance } from 'node:perf_hooks';
@@ -246,9 +247,21 @@ export function createRedisStore(options: RedisStoreOptions): RedisLimitStore {
         report(err instanceof Error ? err : new Error(String(err)), 'connection');
     redis.on('error', onConnectionError);
     if (redis instanceof Cluster) redis.on('node error', onConnectionError);
+    /** LimitStore.onReady: told each time the connection is ready, the leases held may be gone. */
+    const readyListeners: (() => void)[] = [];
     redis.on('ready', () => {
         if (failing) logger?.info({ suppressed }, 'Redis connection ready again');
         failing = false;
+        for (const listener of readyListeners) {
+            try {
+                listener();
+            } catch (err) {
+                logger?.warn(
+                    { error: err instanceof Error ? err.message : String(err) },
+                    'Redis ready listener failed',
+                );
+            }
+        }
     });
 
     /**
@@ -656,6 +669,9 @@ export function createRedisStore(options: RedisStoreOptions): RedisLimitStore {
             } catch {
                 return false;
             }
+        },
+        onReady(listener) {
+            readyListeners.push(listener);
         },
         waitUntilReady(waitMs) {
             if (redis.status === 'ready') return Promise.resolve();

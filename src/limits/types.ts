@@ -194,6 +194,12 @@ export interface LimitStore {
     stage(ops: readonly StageOp[], nowMs: number): Promise<StageAnswer[]>;
     /** True when the store answers (always for memory); for readiness checks. Never rejects. */
     ping(): Promise<boolean>;
+    /**
+     * Calls `listener` each time the store's connection becomes ready: at the start and after
+     * every loss (Redis restarted, perhaps empty, or the network back). What the store held may
+     * be gone, so the caller takes its concurrency leases again. The memory store has none.
+     */
+    onReady?(listener: () => void): void;
     readonly kind: 'redis' | 'memory';
     close(): Promise<void>;
 }

@@ -3,10 +3,11 @@
  * holds across both, concurrency leases and greylisting triplets are seen by both, and every
  * key Redis holds has a TTL. Then Redis is killed mid-test: a limit with `onError: allow`
  * lets mail through (and `redis_errors_total` rises, the decision line names it), one with
- * `onError: tempfail` answers 451 4.7.1, `/readyz` reports it; when Redis is back on the same port the limits apply
- * again without restarting either instance. And when Redis answers only after the command
- * timeout, the limit's onError verdict is all that happens: what the late calls did (a lease
- * taken, a rate charged) is taken back.
+ * `onError: tempfail` answers 451 4.7.1, `/readyz` reports it; when Redis is back on the same
+ * port the limits apply again without restarting either instance. Redis restarted empty under
+ * open sessions: they take their leases again at once. And when Redis answers only after the
+ * command timeout, the limit's onError verdict is all that happens: what the late calls did (a
+ * lease taken, a rate charged) is taken back.
  */
 import assert from 'node:assert/strict';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
@@ -15,6 +16,7 @@ import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Redis } from 'ioredis';
+import { keyNames } from '../../src/limits/index.ts';
 import { decisions, startApp, type TestApp } from '../helpers/app.ts';
 import { startRedis, type RedisInstance } from '../helpers/redis.ts';
 import { startScriptedUpstream, type ScriptedUpstream } from '../helpers/scripted-upstream.ts';
@@ -225,6 +227,41 @@ describe('rate limits in Redis shared by two instances', () => {
         }
         assert.deepEqual(codes, [250, 250, 250, 250, 250, 450]);
         assert.equal(await readyz(a), 200);
+    });
+
+    it('Redis restarted empty: the open sessions on both instances take their leases again at once, so the limit still holds', async () => {
+        const address = '127.0.0.31';
+        const leaseKey = keyNames().lease(`conn-max|${address}`);
+        const held: SmtpClient[] = [];
+        const open = async (mw: TestApp) => {
+            const c = await smtpConnect(mw.port(), { localAddress: address });
+            held.push(c);
+            return (await c.greeting()).code;
+        };
+        const raw = new Redis(redis.url);
+        try {
+            assert.deepEqual([await open(a), await open(b)], [220, 220]);
+            assert.equal(await raw.zcard(leaseKey), 2);
+            raw.disconnect();
+            const port = redis.port;
+            await redis.stop();
+            redis = await startRedis({ port });
+            // Their next renewal is minutes away: each instance renews its sessions' leases as
+            // soon as its connection is ready again.
+            const fresh = new Redis(redis.url);
+            try {
+                await until(
+                    'the open sessions hold their leases again',
+                    async () => (await fresh.zcard(leaseKey)) === 2,
+                );
+            } finally {
+                fresh.disconnect();
+            }
+            assert.deepEqual([await open(a), await open(b)], [421, 421], 'two sessions are open: the limit is 2');
+        } finally {
+            raw.disconnect();
+            for (const c of held) c.close();
+        }
     });
 });
 

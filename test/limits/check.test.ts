@@ -1,7 +1,8 @@
 /**
  * The `ratelimit` check on its own, with real stores: the keys it builds from facts
  * (normalised, prefixed, hashed when hostile), the greylisting triplet, the facts it reports
- * at each stage, concurrency leases given back when a session ends, and each limit's
+ * at each stage, concurrency leases given back when a session ends (and taken again when the
+ * store is ready after losing them), and each limit's
  * onError applied when the store fails (a Redis store pointed at a port where nothing
  * listens). The clock is the only thing injected.
  */
@@ -357,6 +358,36 @@ greylist:
         assert.deepEqual(await other(149_999), ['conns']);
         assert.deepEqual(await other(150_000), []);
         await check.end!('renewing');
+    });
+
+    it('takes every open session’s leases again when the store is ready again (Redis restarted empty): one call per session', async () => {
+        let backend = createMemoryStore();
+        let ready: (() => void) | undefined;
+        const calls: string[][] = [];
+        const store: LimitStore = {
+            ...backend,
+            stage: (ops: readonly StageOp[], nowMs: number) => {
+                calls.push(ops.map((o) => `${o.op} ${'key' in o ? o.key : o.triplet}`));
+                return backend.stage(ops, nowMs);
+            },
+            release: (key: string, holder: string) => backend.release(key, holder),
+            onReady: (listener: () => void) => {
+                ready = listener;
+            },
+        };
+        const { check } = make(store);
+        const connect = (id: string) => check.run(ctx('connect', { 'client.ip': '192.0.2.60' }, id), signal);
+        assert.deepEqual((await connect('a')).facts['ratelimit.exceeded'], []);
+        assert.deepEqual((await connect('b')).facts['ratelimit.exceeded'], []);
+        assert.ok(ready, 'the check listens for the store being ready');
+        backend = createMemoryStore(); // every lease is gone
+        calls.length = 0;
+        ready();
+        ready(); // ready twice before the renewals answered: still one call per session
+        await new Promise((resolve) => setImmediate(resolve));
+        assert.deepEqual(calls, [['acquire conns|192.0.2.60'], ['acquire conns|192.0.2.60']]);
+        assert.deepEqual((await connect('c')).facts['ratelimit.exceeded'], ['conns'], 'both sessions count again');
+        for (const id of ['a', 'b', 'c']) await check.end!(id);
     });
 
     it('greylists the recipient being checked', async () => {
