@@ -10,7 +10,9 @@
  * domains is refused as relaying (`550 5.7.1`, which `softReject` does not soften). Only a
  * warning, as test and example set-ups use those names on purpose.
  * What depends on the user the process runs as (the owner of `spool.dir`) is judged for the user
- * this check runs as, as `serve` judges it for its own: run it as the user `serve` runs as.
+ * this check runs as, as `serve` judges it for its own; run as root, which cannot know the user
+ * `serve` will run as, it does not judge the owner (operators run it as root, before a restart).
+ * Run it as the user `serve` runs as for the complete check.
  * It only reads and reports: it must not start listeners or connect anywhere (so what the
  * upstream offers, such as its SIZE, is checked by `serve` at start, not here).
  */
@@ -94,11 +96,12 @@ export async function runCheck(opts: CheckOptions): Promise<number> {
     let config: Config;
     let warnings: readonly Issue[];
     try {
-        // judged as serve runs it, for the user this check runs as (the owner of spool.dir)
+        // judged as serve runs it, for the user this check runs as (the owner of spool.dir; not
+        // judged as root)
         ({ config, warnings } = loadConfigWithWarnings(
             opts.configPath,
             opts.env,
-            opts.cwd === undefined ? { forServe: true } : { cwd: opts.cwd, forServe: true },
+            opts.cwd === undefined ? { forServe: true, check: true } : { cwd: opts.cwd, forServe: true, check: true },
         ));
     } catch (e) {
         if (!(e instanceof ConfigError)) throw e;

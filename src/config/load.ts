@@ -89,6 +89,14 @@ export interface LoadOptions {
      * (`users`, `auth`) leave it out, so an operator can run them as root.
      */
     readonly forServe?: boolean;
+    /**
+     * With `forServe`, judged as `check` judges: run as root (uid 0) it cannot know which user
+     * `serve` will run as, so it does not judge the owner of `spool.dir` (a folder that is not a
+     * folder, or a symbolic link, is still refused). Run as another user, it judges for that user.
+     */
+    readonly check?: boolean;
+    /** The user id the process runs as (default: process.getuid(); tests set it). */
+    readonly uid?: number;
 }
 
 /**
@@ -130,10 +138,19 @@ export function loadConfigWithWarnings(
     const reader = new SourceReader(configPath, text);
     if (reader.failed) throw new ConfigError(reader.issues);
     reader.expandEnvironment(env);
-    const owner = options.forServe === true ? process.getuid?.() : undefined;
+    const owner = options.forServe === true ? spoolOwner(options) : undefined;
     const config = buildConfig(reader, path.dirname(absolute), absolute, owner);
     if (reader.failed) throw new ConfigError(reader.issues);
     return { config: deepFreeze(config), warnings: Object.freeze([...reader.warnings]) };
+}
+
+/**
+ * The user `spool.dir` must belong to, for a file judged as serve runs it: the user this process
+ * runs as, or none for `check` run as root (serve usually runs as a service user it cannot know).
+ */
+function spoolOwner(options: LoadOptions): number | undefined {
+    const uid = options.uid ?? process.getuid?.();
+    return options.check === true && uid === 0 ? undefined : uid;
 }
 
 /** Freezes an object graph so that no part of the config can change after loading. */

@@ -677,8 +677,9 @@ describe('validation', () => {
             'to the user serve runs as, and run check as that user too (for example runuser -u mailwarden -- mailwarden check)';
         const err: string[] = [];
         const check = { configPath: 'mw.yaml', cwd: dir, env: {}, out: () => {}, err: (l: string) => err.push(l) };
-        assert.equal(await runCheck(check), 1);
-        assert.deepEqual(err, [expected]);
+        // check run as root does not judge the owner (it cannot know the user serve runs as)
+        assert.equal(await runCheck(check), uid === 0 ? 0 : 1);
+        assert.deepEqual(err, uid === 0 ? [] : [expected]);
         // serve (start and reload) loads it the same way, and its start refuses that folder with the same test
         assert.throws(
             () => loadConfig('mw.yaml', {}, { cwd: dir, forServe: true }),
@@ -703,6 +704,45 @@ describe('validation', () => {
         fs.writeFileSync(file, `spool: { dir: "${own}" }\n`);
         assert.equal(loadConfig(file, {}, { forServe: true }).spool.dir, own);
         await prepareSpoolFolder(own);
+    });
+
+    it('check run as root does not judge the owner of spool.dir, serve run as root does; a symbolic link is refused by both', () => {
+        const dir = folderWith({ 'link-target/.keep': '', 'a-file': '' });
+        // a folder of a user other than root, as the service user's is
+        const target = path.join(dir, 'service-user');
+        fs.mkdirSync(target);
+        if (process.getuid!() === 0) fs.chownSync(target, 65534, 65534);
+        const owner = fs.statSync(target).uid;
+        assert.notEqual(owner, 0);
+        const file = path.join(dir, 'mw.yaml');
+        const load = (spool: string, options: { check?: boolean; uid: number }) => {
+            fs.writeFileSync(file, `spool: { dir: "${spool}" }\n`);
+            return loadConfig(file, {}, { forServe: true, ...options }).spool.dir;
+        };
+        assert.equal(load(target, { check: true, uid: 0 }), target);
+        assert.throws(
+            () => load(target, { uid: 0 }),
+            (e: unknown) =>
+                e instanceof ConfigError &&
+                e.message.includes(`belongs to uid ${owner}, not to uid 0 that this process runs as`),
+        );
+        // check run as another user judges for that user
+        assert.throws(
+            () => load(target, { check: true, uid: owner + 1 }),
+            (e: unknown) => e instanceof ConfigError && e.message.includes(`not to uid ${owner + 1} that`),
+        );
+        assert.equal(load(target, { check: true, uid: owner }), target);
+        // what is not a folder is refused by check as root too
+        const link = path.join(dir, 'spool-link');
+        fs.symlinkSync(path.join(dir, 'link-target'), link);
+        assert.throws(
+            () => load(link, { check: true, uid: 0 }),
+            (e: unknown) => e instanceof ConfigError && e.message.includes('is a symbolic link, not a folder'),
+        );
+        assert.throws(
+            () => load(path.join(dir, 'a-file'), { check: true, uid: 0 }),
+            (e: unknown) => e instanceof ConfigError && e.message.includes('is not a folder'),
+        );
     });
 
     it('checks hostnames and domains', () => {

@@ -53,8 +53,9 @@ export function spoolSection(r: SourceReader, field: Field, baseDir: string, own
  * What makes an existing path (its lstat: a symbolic link is not followed) unfit as the spool
  * folder of a process running as `uid`, or null: it is not a folder, or (with `uid`) another
  * user owns it, and the folder holds message text. The owner is judged against the user this
- * process runs as, the only one known here: `check` run as root judges for root, which the
- * message says. serve's start (prepareSpoolFolder) and the loading of `spool.dir` both ask this.
+ * process runs as, the only one known here; `check` run as root passes no `uid` (it cannot know
+ * the user serve will run as), so only the kind of the path is judged. serve's start
+ * (prepareSpoolFolder) and the loading of `spool.dir` both ask this.
  */
 export function spoolFolderProblem(
     st: Pick<fs.Stats, 'isDirectory' | 'isSymbolicLink' | 'uid'>,
