@@ -1,10 +1,12 @@
 /**
  * Syntax checks for the network values in the config: host names, hosts, ports and DNS server
  * entries. Pure functions returning null or a message; no lookups. Addresses and CIDRs are read
- * by src/net/ip.ts; this file must NOT parse them itself.
+ * by src/net/ip.ts, DNS server entries by the resolver's parser (src/dns/names.ts); this file
+ * must NOT parse them itself.
  */
 import { toALabel, withoutTrailingDot } from '../net/domain.ts';
-import { formatIp, isIp, isIpv4, isIpv6, parseIp } from '../net/ip.ts';
+import { formatServer, parseServer, type ServerAddress } from '../dns/names.ts';
+import { isIp, isIpv4 } from '../net/ip.ts';
 
 const LABEL_RE = /^(?!-)[a-z0-9-]{1,63}(?<!-)$/i;
 
@@ -29,37 +31,35 @@ export function normalizeHost(text: string): string | null {
 }
 
 /**
- * A DNS server: `IP`, `IPv4:PORT`, `[IPv6]:PORT` or a bare IPv6 address. Returns the form
- * node:dns `setServers` accepts, with the address in its canonical text (RFC 5952 for IPv6,
- * an IPv4-mapped address as IPv4): answers are matched by the address the kernel reports, and
- * `[0:0:0:0:0:0:0:1]` would never equal `::1`. Or a message.
+ * A DNS server: `IP`, `IPv4:PORT`, `[IPv6]`, `[IPv6]:PORT` or a bare IPv6 address, a link-local
+ * IPv6 address with its zone (`fe80::53%eth0`). The address is read by the resolver's own parser
+ * (parseServer in src/dns/names.ts), so the config accepts exactly the servers the resolver
+ * uses: its canonical text (RFC 5952 for IPv6, an IPv4-mapped address as IPv4; answers are
+ * matched by the address the kernel reports, and `[0:0:0:0:0:0:0:1]` would never equal `::1`),
+ * the zone kept on a link-local address only. Returns `[IPv6]:PORT` or `IPv4:PORT` when a port or
+ * brackets were written, else the bare address (both forms node:dns `setServers` accepts too).
+ * Or a message.
  */
 export function parseDnsServer(text: string): { server: string } | { error: string } {
     const bad = {
         error: `"${text}" is not a DNS server address (write an IP address, IP:PORT, or [IPv6]:PORT)`,
     };
-    let host = text;
-    let portText: string | null = null;
     const bracket = /^\[([^\]]+)\](?::(.*))?$/.exec(text);
-    if (bracket) {
-        host = bracket[1] ?? '';
-        portText = bracket[2] ?? null;
-        if (!isIpv6(host)) return bad;
-    } else if (!isIpv6(text)) {
-        const colon = text.lastIndexOf(':');
-        if (colon >= 0) {
-            host = text.slice(0, colon);
-            portText = text.slice(colon + 1);
-        }
-        if (!isIpv4(host)) return bad;
+    const colon = text.lastIndexOf(':');
+    const portText = bracket
+        ? (bracket[2] ?? null)
+        : colon >= 0 && isIpv4(text.slice(0, colon))
+          ? text.slice(colon + 1)
+          : null;
+    if (portText !== null && !parsePort(portText)) return { error: `"${text}" has a bad port (1 to 65535)` };
+    if (text !== text.trim()) return bad;
+    let server: ServerAddress;
+    try {
+        server = parseServer(text);
+    } catch {
+        return bad;
     }
-    const ip = parseIp(host);
-    if (ip === null) return bad;
-    const canonical = formatIp(ip);
-    if (portText === null) return { server: canonical };
-    const port = parsePort(portText);
-    if (port === null || port === 0) return { error: `"${text}" has a bad port (1 to 65535)` };
-    return { server: ip.family === 6 ? `[${canonical}]:${port}` : `${canonical}:${port}` };
+    return { server: bracket || portText !== null ? formatServer(server) : server.host };
 }
 
 /** A decimal port number 0–65535, or null. */

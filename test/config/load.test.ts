@@ -772,6 +772,17 @@ describe('validation', () => {
             '1:18: dns.servers[0]: "ns.example.com" is not a DNS server address (write an IP address, IP:PORT, or [IPv6]:PORT)',
             '1:34: dns.servers[1]: "[::1]:99999" has a bad port (1 to 65535)',
         ]);
+        // a link-local server keeps its zone, as the resolver reads it; any other address loses it
+        assert.deepEqual(
+            loadText('dns: { servers: ["[FE80:0::53%eth0]", "fe80::53%eth0", "[::1%lo]:53", "[fe80::1%2]:5353"] }\n')
+                .config.dns.servers,
+            ['[fe80::53%eth0]:53', 'fe80::53%eth0', '[::1]:53', '[fe80::1%2]:5353'],
+        );
+        assert.deepEqual(issuesOf('dns: { servers: ["[127.0.0.1]:53", "127.0.0.1:0", "fe80::53%"] }\n'), [
+            '1:18: dns.servers[0]: "[127.0.0.1]:53" is not a DNS server address (write an IP address, IP:PORT, or [IPv6]:PORT)',
+            '1:36: dns.servers[1]: "127.0.0.1:0" has a bad port (1 to 65535)',
+            '1:51: dns.servers[2]: "fe80::53%" is not a DNS server address (write an IP address, IP:PORT, or [IPv6]:PORT)',
+        ]);
     });
 
     it('reads workers as a number of processes or auto, and refuses several without redis', () => {
