@@ -11,7 +11,8 @@
  * A parameter of an extension not offered in this session is refused with 555 (RFC 5321
  * section 4.1.1.11), a malformed value with 501: nothing a client asks for is dropped.
  * Values go upstream as written, but for the characters of ENVID and ORCPT an upstream's command
- * reader could take for syntax, written as the escapes they decode the same as (forUpstream).
+ * reader could take for syntax, written as the escapes they decode the same as (forUpstream); an
+ * ORCPT whose escaped form exceeds RFC 3461's 500 characters is refused, as the upstream would.
  * Pure functions; the reply texts come from reply.ts.
  */
 import type { ListenerConfig } from '../config/types.ts';
@@ -119,7 +120,7 @@ const invalid = (keyword: string, why: string): { refused: ParamRefusal } => ({
 const XTEXT = /^(?:[!-*,-<>-~]|\+[0-9A-Fa-f]{2})*$/;
 /** `addr-type ";" xtext` (RFC 3461 section 4.2), addr-type an atom. */
 const ORCPT = /^([A-Za-z0-9!#$%&'*+\-/=?^_`{|}~]+);(.+)$/;
-/** The longest ORCPT value taken, as the client wrote it (RFC 3461 section 4.2). */
+/** The longest ORCPT value taken, as written and as sent upstream with its escapes (RFC 3461 section 4.2). */
 const ORCPT_MAX = 500;
 
 /**
@@ -251,10 +252,18 @@ export function checkRcptParams(
                 const text = m?.[2] ?? '';
                 const xtextOk = XTEXT.test(text) || (smtputf8 && p.nonAscii && !/\+(?![0-9A-Fa-f]{2})/.test(text));
                 if (!m || !xtextOk) return invalid(keyword, 'must be addr-type;xtext (RFC 3461)');
-                // RFC 3461 section 4.2: the entire parameter may be up to 500 characters
+                // RFC 3461 section 4.2: the entire parameter may be up to 500 characters, as it is
+                // sent: the escapes written for the upstream count (a `\` is 5 or 6 characters)
                 if (m[0].length > ORCPT_MAX) return invalid(keyword, `is longer than ${ORCPT_MAX} characters`);
                 const type = m[1] ?? '';
-                out.orcpt = `${type};${forUpstream(text, type.toLowerCase() === 'utf-8')}`;
+                const sent = `${type};${forUpstream(text, type.toLowerCase() === 'utf-8')}`;
+                if (sent.length > ORCPT_MAX) {
+                    return invalid(
+                        keyword,
+                        `is longer than ${ORCPT_MAX} characters with its quotes, backslashes and angle brackets escaped`,
+                    );
+                }
+                out.orcpt = sent;
                 break;
             }
             default:

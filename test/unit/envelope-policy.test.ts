@@ -181,6 +181,28 @@ describe('MAIL and RCPT parameters against the offer', () => {
         assert.deepEqual(checkRcptParams(rcptParams(`ORCPT=${local(501)}`), offer, false), {
             refused: { situation: 'param-invalid', keyword: 'ORCPT', why: 'is longer than 500 characters' },
         });
+        // the bound holds for the value as sent upstream, its escapes included: 500 backslashes
+        // would go as 2,970 characters, a line Postfix refuses
+        const escapedTooLong = {
+            refused: {
+                situation: 'param-invalid',
+                keyword: 'ORCPT',
+                why: 'is longer than 500 characters with its quotes, backslashes and angle brackets escaped',
+            },
+        };
+        const utf8Backslashes = `utf-8;${'\\'.repeat(494)}`;
+        assert.equal(utf8Backslashes.length, 500);
+        assert.deepEqual(checkRcptParams(rcptParams(`ORCPT=${utf8Backslashes}`), offer, true), escapedTooLong);
+        assert.deepEqual(
+            checkRcptParams(rcptParams(`ORCPT=rfc822;${'\\'.repeat(200)}@x`), offer, false),
+            escapedTooLong,
+        );
+        // at the bound once escaped: taken, and sent as exactly 500 characters
+        const atBound = `rfc822;${'\\'.repeat(50)}${'a'.repeat(500 - 7 - 150)}`;
+        const r = checkRcptParams(rcptParams(`ORCPT=${atBound}`), offer, false);
+        assert.ok('ok' in r);
+        assert.equal(r.ok.orcpt?.length, 500);
+        assert.equal(rcpt(`ORCPT=${atBound}a`), 'param-invalid');
     });
 
     it('writes a quote, backslash or angle bracket of ENVID and ORCPT as its escape, and keeps what it decodes to', () => {
