@@ -225,8 +225,11 @@ operator can run unchanged, and this reference.
 - Swapped folders and symlinks are followed: a rules folder renamed into place (\`mv rules.new rules\`)
   or a link to it pointed at another release (\`ln -sfn releases/v2 rules\`) is reloaded and watched
   from then on, and a list file that is a symlink is watched in its own folder and in its target's, so
-  a feed renaming its new copy there is seen too. \`SIGHUP\` always reads the files the paths name
-  now, and the watching follows them.
+  a feed renaming its new copy there is seen too. A link higher up (\`rules: current/rules\` with
+  \`current -> releases/v2\`) and a link pointed at a release not there yet are followed too: every
+  2 seconds the real path of the rules folder and of each watched folder is looked at again, and a
+  change (or the missing release appearing) reloads the rules. \`SIGHUP\` always reads the files the
+  paths name now, and the watching follows them.
 
 ## A rule file
 

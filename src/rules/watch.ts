@@ -7,6 +7,11 @@
  * its parent too, so a folder swapped by rename or a symlink pointed elsewhere is followed: after
  * each load (its own, or the caller's through follow()) a watcher left on a folder that is no
  * longer the one its path names is opened again on the new one, and unneeded ones are closed.
+ * A link higher up than the folder's parent (`rules: current/rules` with `current ->
+ * releases/vN`) changes nothing any of those watchers sees, nor does a missing target
+ * appearing: so every POLL_MS (an unref'd timer, a realpath and a stat per folder) the real
+ * path and inode of the rules folder and of every watched folder are looked at again, and a
+ * change (a missing one appearing included) reloads as a watcher would.
  * The caller decides what to do: on error it keeps the rules it has. It never applies anything
  * itself and never throws from a watcher callback except what the caller's onChange throws: a
  * load that throws is handed over as a failed one.
@@ -20,6 +25,9 @@ import type { RuleSet } from './ruleset.ts';
 /** The new rule set with its warnings (cases that do not hold), or every problem. */
 export type WatchResult = { readonly ok: RuleSet; readonly warnings: readonly Issue[] } | { readonly error: RuleError };
 
+/** How often the folders' real paths are looked at again (a few system calls per folder). */
+const POLL_MS = 2000;
+
 export interface WatchOptions extends LoadOptions {
     /** Called after each reload caused by a change. */
     onChange(result: WatchResult): void;
@@ -27,6 +35,8 @@ export interface WatchOptions extends LoadOptions {
     readonly debounceMs?: number;
     /** The rule set currently in use, whose folders are watched from the start (saves a load). */
     readonly current?: RuleSet;
+    /** Time between two looks at the folders' real paths (default POLL_MS; tests shorten it). */
+    readonly pollMs?: number;
 }
 
 export interface RuleWatcher {
@@ -41,6 +51,8 @@ export function watchRuleSet(dir: string, opts: WatchOptions): RuleWatcher {
     const watchers = new Map<string, { readonly watcher: fs.FSWatcher; readonly id: string }>();
     let timer: NodeJS.Timeout | null = null;
     let closed = false;
+    /** The folders last watched, each with where its path led then (seen()). */
+    let looked = new Map<string, string>();
 
     const schedule = (): void => {
         if (closed) return;
@@ -56,6 +68,7 @@ export function watchRuleSet(dir: string, opts: WatchOptions): RuleWatcher {
      */
     const watchDirs = (dirs: readonly string[]): void => {
         const root = path.resolve(dir);
+        looked = new Map([root, ...dirs].map((d) => [d, seen(d)]));
         const wanted = new Map<string, { real: string; id: string; name: string | null }>();
         const want = (d: string, name: string | null): void => {
             try {
@@ -92,6 +105,12 @@ export function watchRuleSet(dir: string, opts: WatchOptions): RuleWatcher {
         }
     };
 
+    // a folder whose path now leads elsewhere (a link above it swapped, a missing target there)
+    const poll = setInterval(() => {
+        if (timer === null && [...looked].some(([d, was]) => seen(d) !== was)) schedule();
+    }, opts.pollMs ?? POLL_MS);
+    poll.unref();
+
     function reload(): void {
         timer = null;
         if (closed) return;
@@ -116,10 +135,22 @@ export function watchRuleSet(dir: string, opts: WatchOptions): RuleWatcher {
         },
         close(): void {
             closed = true;
+            clearInterval(poll);
             if (timer) clearTimeout(timer);
             timer = null;
             for (const a of watchers.values()) a.watcher.close();
             watchers.clear();
         },
     };
+}
+
+/** Where a folder's path leads now: its real path and inode, or '' when it leads nowhere. */
+function seen(d: string): string {
+    try {
+        const real = fs.realpathSync(d);
+        const st = fs.statSync(real);
+        return `${real}\0${st.dev}:${st.ino}`;
+    } catch {
+        return '';
+    }
 }

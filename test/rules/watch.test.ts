@@ -229,6 +229,58 @@ describe('watchRuleSet', () => {
         }
     });
 
+    it('follows a release link above the rules folder (current -> releases/vN) swapped to another release', async () => {
+        const base = tempDir();
+        folderWith(
+            { '10-nets.yaml': RULES('reject'), 'lists/nets.txt': '192.0.2.0/24\n' },
+            path.join(base, 'releases/v1/rules'),
+        );
+        folderWith(
+            { '10-nets.yaml': RULES('reject'), 'lists/nets.txt': '198.51.100.0/24\n' },
+            path.join(base, 'releases/v2/rules'),
+        );
+        fs.symlinkSync('releases/v1', path.join(base, 'current'));
+        const dir = path.join(base, 'current', 'rules');
+        const rec = recorder();
+        const watcher = watchRuleSet(dir, { softReject: false, debounceMs: 50, pollMs: 100, onChange: rec.onChange });
+        try {
+            // a deploy: the link is pointed at the new release by renaming a new link over it
+            fs.symlinkSync('releases/v2', path.join(base, 'current.new'));
+            fs.renameSync(path.join(base, 'current.new'), path.join(base, 'current'));
+            const set = ok(await rec.until(decides('198.51.100.1', 'reject')));
+            assert.equal(set.decide('connect', { 'client.ip': '192.0.2.1' }).action, 'accept');
+            // then an edit in the release now in place
+            fs.appendFileSync(path.join(base, 'releases/v2/rules/lists/nets.txt'), '203.0.113.0/24\n');
+            ok(await rec.until(decides('203.0.113.1', 'reject')));
+        } finally {
+            watcher.close();
+        }
+    });
+
+    it('reloads when the missing target of a rules link appears', async () => {
+        const base = tempDir();
+        folderWith({ '10-nets.yaml': RULES('reject'), 'lists/nets.txt': '192.0.2.0/24\n' }, path.join(base, 'v1'));
+        fs.symlinkSync('v1', path.join(base, 'rules'));
+        const dir = path.join(base, 'rules');
+        const rec = recorder();
+        const watcher = watchRuleSet(dir, { softReject: false, debounceMs: 50, pollMs: 100, onChange: rec.onChange });
+        try {
+            // the link pointed at a release not there yet: the reload fails, the caller keeps its rules
+            fs.symlinkSync('v2', path.join(base, 'rules.new'));
+            fs.renameSync(path.join(base, 'rules.new'), dir);
+            await rec.until(failed);
+            // the release arrives: reloaded without a SIGHUP
+            folderWith(
+                { '10-nets.yaml': RULES('reject'), 'lists/nets.txt': '198.51.100.0/24\n' },
+                path.join(base, 'v2.tmp'),
+            );
+            fs.renameSync(path.join(base, 'v2.tmp'), path.join(base, 'v2'));
+            ok(await rec.until(decides('198.51.100.1', 'reject')));
+        } finally {
+            watcher.close();
+        }
+    });
+
     it('starts watching a lists folder created after the watcher', async () => {
         const dir = folderWith({ '10-rules.yaml': 'rules: []\n' });
         const rec = recorder();
