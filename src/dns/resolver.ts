@@ -25,8 +25,9 @@
  *
  * A caller may pass a signal (the session's, for the lookups started when a client connects):
  * once every caller waiting for a lookup in flight passed one and each has aborted, its
- * exchange is given up (sockets closed, ECANCELLED to them all, nothing cached), and a lookup
- * asked with a signal already aborted is not started. A caller without a signal keeps the
+ * exchange is given up (sockets closed, ECANCELLED to them all, nothing cached) and no longer
+ * shared (a caller asking from then on starts a lookup of its own), and a lookup asked with a
+ * signal already aborted is not started. A caller without a signal keeps the
  * lookup to its end.
  *
  * It must not validate DNSSEC (run a validating resolver such as unbound as `dns.servers`),
@@ -365,13 +366,19 @@ export function createResolver(opts: ResolverOptions): Resolver {
     }
 
     /** A lookup in flight that the callers with a signal may call off, counting `signal` as one. */
-    function cancellableFor(signal: AbortSignal): Cancellable {
+    function cancellableFor(signal: AbortSignal, key: string): Cancellable {
         const c: Cancellable = {
             controller: new AbortController(),
             waiting: 0,
             signals: [],
             onAbort: () => {
-                if (--c.waiting === 0) c.controller.abort();
+                if (--c.waiting !== 0) return;
+                c.controller.abort();
+                // at once, not when the exchange has wound down: a caller joining now starts afresh
+                if (cancellable.get(key) === c) {
+                    cancellable.delete(key);
+                    inflight.delete(key);
+                }
             },
         };
         follow(c, signal);
@@ -445,12 +452,12 @@ export function createResolver(opts: ResolverOptions): Resolver {
         }
         misses++;
         const started = performance.now();
-        const c = signal ? cancellableFor(signal) : null;
+        const c = signal ? cancellableFor(signal, key) : null;
         if (c) cancellable.set(key, c);
         const flight = network(qname, type, c ? c.controller.signal : controller.signal)
             .catch((): Outcome => ({ kind: 'error', code: 'EBADRESP' }))
             .then((o) => {
-                inflight.delete(key);
+                if (inflight.get(key) === flight) inflight.delete(key);
                 if (c) {
                     release(c);
                     if (cancellable.get(key) === c) cancellable.delete(key);

@@ -395,6 +395,16 @@ describe('DNS resolver', () => {
             assert.equal(value('TXT', 'error'), 2);
         });
 
+        it('a lookup its last caller gave up is no longer shared: a caller joining in the same tick starts another', async () => {
+            const r = make();
+            const gone = new AbortController();
+            const given = r.resolve('example.test', 'A', gone.signal);
+            gone.abort();
+            const joined = r.resolve('example.test', 'A');
+            await rejectsWith(given, 'ECANCELLED');
+            assert.deepEqual(await joined, ['192.0.2.1', '192.0.2.2']);
+        });
+
         it('sends at most 1,024 lookups at once by default', async () => {
             const silent = await silentServer();
             const r = make({ servers: [silent.address], timeoutMs: 5000 });
