@@ -17,7 +17,8 @@
  * REFUSED, timeouts and connection errors are never cached (RFC 2308 section 7 allows it;
  * we prefer to ask again). Identical lookups in flight share one exchange.
  *
- * At most `maxInFlight` lookups are on the network at once (each holds one socket at a time):
+ * At most `maxInFlight` lookups are on the network at once (each holds one socket at a time;
+ * by default a quarter of the process's open-file limit, read once when the resolver is created):
  * past it a lookup that the cache and the lookups in flight cannot answer fails at once with
  * ECANCELLED, which every caller reads as a temporary error, and is counted as `busy`. Clients
  * choose the names we look up (their reverse zone, their HELO name, their SPF record), and a
@@ -36,6 +37,7 @@
  * reported as unhandled).
  */
 import { setMaxListeners } from 'node:events';
+import { readFileSync } from 'node:fs';
 import { performance } from 'node:perf_hooks';
 import type { Answer, DecodedPacket } from 'dns-packet';
 import type { Metrics } from '../metrics.ts';
@@ -109,7 +111,10 @@ export interface ResolverOptions {
     tries?: number;
     cache?: CacheOptions;
     metrics?: Pick<Metrics, 'dnsQueries' | 'dnsQueryDuration'>;
-    /** Lookups on the network at once; past it a lookup fails at once (ECANCELLED, counted as `busy`). */
+    /**
+     * Lookups on the network at once; past it a lookup fails at once (ECANCELLED, counted as
+     * `busy`). Default: lookupCap() of the process's open-file limit, read when the resolver is created.
+     */
     maxInFlight?: number;
     /** Clock for cache expiry, in milliseconds. */
     now?: () => number;
@@ -117,18 +122,41 @@ export interface ResolverOptions {
 
 export const RESOLVER_DEFAULTS = {
     tries: 2,
-    /**
-     * As unbound's num-queries-per-thread: far above what a busy gateway has waiting on a local
-     * resolver (rate × latency, a few hundred while remote servers time out), far below the
-     * process's open files (65,536 in the shipped unit).
-     */
-    maxInFlight: 1024,
+    /** Lookups on the network at once when the open-file limit cannot be read (not Linux, no /proc). */
+    maxInFlight: 4096,
     maxEntries: 10_000,
     maxBytes: 32 * 1024 * 1024,
     minTtlMs: 5_000,
     maxTtlMs: 3_600_000,
     maxNegativeTtlMs: 900_000,
 } as const;
+
+/** The smallest cap on lookups in flight, whatever the open-file limit. */
+const MIN_IN_FLIGHT = 256;
+
+/**
+ * The cap on lookups in flight for a process whose /proc/self/limits reads `limits` (null:
+ * unreadable): a quarter of the soft `Max open files`, at least MIN_IN_FLIGHT, so that DNS
+ * sockets cannot take the descriptors the SMTP and upstream connections need, yet the cap only
+ * stops what would exhaust them (16,384 with the shipped unit's 65,536). An unlimited or
+ * unreadable limit gives RESOLVER_DEFAULTS.maxInFlight.
+ */
+export function lookupCap(limits: string | null): number {
+    const soft = limits?.match(/^Max open files[ \t]+(\d+)[ \t]/m)?.[1];
+    const n = soft === undefined ? NaN : Number(soft);
+    if (!Number.isSafeInteger(n) || n <= 0) return RESOLVER_DEFAULTS.maxInFlight;
+    return Math.max(MIN_IN_FLIGHT, Math.floor(n / 4));
+}
+
+/** The process's /proc/self/limits, or null where there is none (not Linux) or it cannot be read. */
+function ownLimits(): string | null {
+    if (process.platform !== 'linux') return null;
+    try {
+        return readFileSync('/proc/self/limits', 'utf8');
+    } catch {
+        return null;
+    }
+}
 
 /** The syscall name node:dns puts in its errors, for each supported record type. */
 const SYSCALLS: Readonly<Record<Rrtype, string>> = {
@@ -284,7 +312,7 @@ export function createResolver(opts: ResolverOptions): Resolver {
     const timeoutMs = opts.timeoutMs;
     if (!(Number.isFinite(timeoutMs) && timeoutMs > 0)) throw new Error(`bad DNS timeout ${timeoutMs}`);
     const tries = Math.max(1, Math.floor(opts.tries ?? RESOLVER_DEFAULTS.tries));
-    const maxInFlight = Math.max(1, Math.floor(opts.maxInFlight ?? RESOLVER_DEFAULTS.maxInFlight));
+    const maxInFlight = Math.max(1, Math.floor(opts.maxInFlight ?? lookupCap(ownLimits())));
     const maxEntries = opts.cache?.maxEntries ?? RESOLVER_DEFAULTS.maxEntries;
     const maxBytes = opts.cache?.maxBytes ?? RESOLVER_DEFAULTS.maxBytes;
     const minTtlMs = opts.cache?.minTtlMs ?? RESOLVER_DEFAULTS.minTtlMs;

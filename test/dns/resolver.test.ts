@@ -4,12 +4,20 @@
 // in-flight coalescing, the LRU bound, metrics, and mailauth running SPF through it.
 import assert from 'node:assert/strict';
 import dgram from 'node:dgram';
+import { spawn } from 'node:child_process';
 import dns from 'node:dns';
+import { once } from 'node:events';
 import { after, before, beforeEach, describe, it } from 'node:test';
 import dnsPacket from 'dns-packet';
 import { authenticate, type DNSResolver } from 'mailauth';
 import { createMetrics } from '../../src/metrics.ts';
-import { createResolver, smtpServerResolver, type Resolver, type ResolverOptions } from '../../src/dns/resolver.ts';
+import {
+    createResolver,
+    lookupCap,
+    smtpServerResolver,
+    type Resolver,
+    type ResolverOptions,
+} from '../../src/dns/resolver.ts';
 import { startDnsServer, type DnsTestServer, type Zone } from '../helpers/dns-server.ts';
 import { until } from '../helpers/until.ts';
 
@@ -405,19 +413,48 @@ describe('DNS resolver', () => {
             assert.deepEqual(await joined, ['192.0.2.1', '192.0.2.2']);
         });
 
-        it('sends at most 1,024 lookups at once by default', async () => {
+        it('caps lookups in flight at a quarter of the soft open-file limit, at least 256', () => {
+            const limits = (soft: string, hard: string) =>
+                'Limit                     Soft Limit           Hard Limit           Units     \n' +
+                'Max cpu time              unlimited            unlimited            seconds   \n' +
+                `Max open files            ${soft.padEnd(20)} ${hard.padEnd(20)} files     \n` +
+                'Max locked memory         8388608              8388608              bytes     \n';
+            assert.equal(lookupCap(limits('65536', '65536')), 16_384);
+            assert.equal(lookupCap(limits('20000', '1048576')), 5000, 'the soft limit');
+            assert.equal(lookupCap(limits('1024', '524288')), 256, 'at least 256');
+            assert.equal(lookupCap(limits('unlimited', 'unlimited')), 4096);
+            assert.equal(
+                lookupCap('Max cpu time              unlimited            unlimited            seconds\n'),
+                4096,
+            );
+            assert.equal(lookupCap(null), 4096, 'not Linux, or unreadable');
+        });
+
+        it('by default sends at most a quarter of the open-file limit of lookups at once', async () => {
             const silent = await silentServer();
-            const r = make({ servers: [silent.address], timeoutMs: 5000 });
+            // a process limited to 1,200 files (Node raises a soft limit to the hard one): 300 lookups, the 301st refused without a packet
+            const script = `
+                import { createResolver } from ${JSON.stringify(new URL('../../src/dns/resolver.ts', import.meta.url).href)};
+                const r = createResolver({ servers: [${JSON.stringify(silent.address)}], timeoutMs: 5000, tries: 1 });
+                const held = Array.from({ length: 300 }, (_, i) => r.resolve('n' + i + '.silent.test', 'A').catch((e) => e.code));
+                const refused = await r.resolve('n300.silent.test', 'A').catch((e) => e.code);
+                r.close();
+                console.log(JSON.stringify({ refused, held: [...new Set(await Promise.all(held))] }));
+            `;
             try {
-                const held = Promise.allSettled(
-                    Array.from({ length: 1024 }, (_, i) => r.resolve(`n${i}.silent.test`, 'A')),
+                const child = spawn(
+                    'sh',
+                    ['-c', 'ulimit -n 1200 && exec "$0" --input-type=module -e "$1"', process.execPath, script],
+                    {
+                        stdio: ['ignore', 'pipe', 'inherit'],
+                    },
                 );
-                await rejectsWith(r.resolve('n1024.silent.test', 'A'), 'ECANCELLED');
-                r.close();
-                const codes = (await held).map((e) => e.status === 'rejected' && (e.reason as { code?: unknown }).code);
-                assert.deepEqual(new Set(codes), new Set(['ECANCELLED']));
+                let out = '';
+                child.stdout.on('data', (d: Buffer) => (out += d.toString()));
+                const [code] = (await once(child, 'exit')) as [number | null];
+                assert.equal(code, 0);
+                assert.deepEqual(JSON.parse(out), { refused: 'ECANCELLED', held: ['ECANCELLED'] });
             } finally {
-                r.close();
                 await silent.close();
             }
         });
