@@ -18,10 +18,11 @@
  * we prefer to ask again). Identical lookups in flight share one exchange.
  *
  * At most `maxInFlight` lookups are on the network at once (each holds one socket at a time;
- * by default a quarter of the process's open-file limit, read once when the resolver is created):
- * past it a lookup that the cache and the lookups in flight cannot answer fails at once with
- * ECANCELLED, which every caller reads as a temporary error, and is counted as `busy`. Clients
- * choose the names we look up (their reverse zone, their HELO name, their SPF record), and a
+ * by default a quarter of the process's open-file limit, read once when the resolver is
+ * created): past it a lookup that the cache and the lookups in flight cannot answer fails at
+ * once with ECANCELLED, which every caller reads as a temporary error, and is counted as
+ * `busy`. Only the lookups of resolveFresh() (the health probes of DNS lists, a few per list
+ * and interval) pass over the cap. Clients choose the names we look up (their reverse zone, their HELO name, their SPF record), and a
  * name whose servers never answer holds its socket for timeout × servers × tries.
  *
  * A caller may pass a signal (the session's, for the lookups started when a client connects):
@@ -67,7 +68,8 @@ export interface Resolver {
     resolve(this: void, name: string, rrtype: string, signal?: AbortSignal): Promise<unknown>;
     /**
      * As resolve(), asking the servers even when the answer is cached (and caching what they
-     * say): for the health probes of DNS lists, which must see a list as it answers now.
+     * say): for the health probes of DNS lists, which must see a list as it answers now. Never
+     * refused for the lookups in flight being at their cap (ResolverOptions.maxInFlight).
      */
     resolveFresh?(this: void, name: string, rrtype: string): Promise<unknown>;
     /** Reverse lookup (PTR) of an IP address. Does not use `this`. `signal`: as for resolve(). */
@@ -472,7 +474,9 @@ export function createResolver(opts: ResolverOptions): Resolver {
                 return settle(o, syscall, display);
             });
         }
-        if (inflight.size >= maxInFlight) {
+        // the health probes of DNS lists (fresh, a few per list and interval) are never refused:
+        // refused, they would take a list that answers out of use until a later probe
+        if (!fresh && inflight.size >= maxInFlight) {
             count(type, 'busy');
             const err = dnsError('ECANCELLED', syscall, display);
             err.message = `${syscall} ECANCELLED ${display}: ${maxInFlight} DNS lookups in flight, the most at once`;

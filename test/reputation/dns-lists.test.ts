@@ -5,6 +5,7 @@
  */
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
+import { createResolver } from '../../src/dns/resolver.ts';
 import {
     addressQuery,
     classifyAnswer,
@@ -15,6 +16,7 @@ import {
     type ListSite,
 } from '../../src/reputation/dns-lists.ts';
 import { ZoneHealth, type ZoneState } from '../../src/reputation/zone-health.ts';
+import { startDnsServer } from '../helpers/dns-server.ts';
 
 function site(text: string): ListSite {
     const s = parseListSite(text);
@@ -205,6 +207,28 @@ describe('zone health', () => {
         now = 60_000;
         await h.probeDue();
         assert.equal(h.healthy(dbl, 'domain'), true);
+    });
+
+    it('a probe through the resolver is not refused when its lookups in flight are at their cap', async () => {
+        const server = await startDnsServer({ [q.listed]: { A: ['127.0.0.2'] }, 'held.test': { TIMEOUT: true } });
+        const r = createResolver({ servers: [server.address], timeoutMs: 5_000, tries: 1, maxInFlight: 1 });
+        try {
+            const held = r.resolve('held.test', 'A').catch((e: { code?: string }) => e.code);
+            await assert.rejects(r.resolve('other.test', 'A'), { code: 'ECANCELLED' }, 'the cap is reached');
+            const h = new ZoneHealth([{ site: zen, kind: 'address' }], {
+                resolve: r.resolveFresh!,
+                now: () => 0,
+                intervalMs: 300_000,
+                retryMs: 60_000,
+            });
+            await h.probeDue();
+            assert.deepEqual(h.states()[0]!.state, { healthy: true, reason: 'ok', at: 0 });
+            r.close();
+            assert.equal(await held, 'ECANCELLED');
+        } finally {
+            r.close();
+            await server.close();
+        }
     });
 
     it('distrusts a list at once when a live answer is a refusal, until a probe passes', async () => {
