@@ -259,7 +259,13 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
     let systemDns: string[] | null = null;
     const newResolver = (c: Config): Resolver => {
         systemDns = c.dns.servers === null ? systemServers(resolvConf) : null;
-        return createResolver({ servers: c.dns.servers ?? systemDns, timeoutMs: c.dns.timeoutMs, metrics, now });
+        return createResolver({
+            servers: c.dns.servers ?? systemDns,
+            timeoutMs: c.dns.timeoutMs,
+            metrics,
+            logger: log,
+            now,
+        });
     };
     let resolver = deps.resolver ?? newResolver(config);
     /** Resolvers replaced by a reload, closed once the lookups they may still serve are over. */

@@ -21,7 +21,8 @@
  * by default a quarter of the process's open-file limit, read once when the resolver is
  * created): past it a lookup that the cache and the lookups in flight cannot answer fails at
  * once with ECANCELLED, which every caller reads as a temporary error, and is counted as
- * `busy`. Only the lookups of resolveFresh() (the health probes of DNS lists, a few per list
+ * `busy`, and logged (one warning per 10 s at most, with the count since the previous one).
+ * Only the lookups of resolveFresh() (the health probes of DNS lists, a few per list
  * and interval) pass over the cap. Clients choose the names we look up (their reverse zone, their HELO name, their SPF record), and a
  * name whose servers never answer holds its socket for timeout × servers × tries.
  *
@@ -41,6 +42,7 @@ import { setMaxListeners } from 'node:events';
 import { readFileSync } from 'node:fs';
 import { performance } from 'node:perf_hooks';
 import type { Answer, DecodedPacket } from 'dns-packet';
+import type { Logger } from '../log.ts';
 import type { Metrics } from '../metrics.ts';
 import { copyAnswer, estimateAnswerBytes } from './answers.ts';
 import { dnsError, negativeAnswer, rcodeError, type DnsErrorCode } from './errors.ts';
@@ -113,6 +115,8 @@ export interface ResolverOptions {
     tries?: number;
     cache?: CacheOptions;
     metrics?: Pick<Metrics, 'dnsQueries' | 'dnsQueryDuration'>;
+    /** Where the warning about lookups refused at the cap goes (at most one per BUSY_LOG_EVERY_MS). */
+    logger?: Pick<Logger, 'warn'>;
     /**
      * Lookups on the network at once; past it a lookup fails at once (ECANCELLED, counted as
      * `busy`). Default: lookupCap() of the process's open-file limit, read when the resolver is created.
@@ -132,6 +136,9 @@ export const RESOLVER_DEFAULTS = {
     maxTtlMs: 3_600_000,
     maxNegativeTtlMs: 900_000,
 } as const;
+
+/** At most one warning about lookups refused at the cap per this interval (ms, the resolver's clock). */
+const BUSY_LOG_EVERY_MS = 10_000;
 
 /** The smallest cap on lookups in flight, whatever the open-file limit. */
 const MIN_IN_FLIGHT = 256;
@@ -322,6 +329,10 @@ export function createResolver(opts: ResolverOptions): Resolver {
     const maxNegativeTtlMs = opts.cache?.maxNegativeTtlMs ?? RESOLVER_DEFAULTS.maxNegativeTtlMs;
     const now = opts.now ?? Date.now;
     const metrics = opts.metrics;
+    const logger = opts.logger;
+    /** Lookups refused at the cap since the last warning, and when that warning was written. */
+    let busyRefused = 0;
+    let busyLoggedAt = -Infinity;
 
     const cache = new Lru<Cached>(maxEntries, maxBytes);
     const inflight = new Map<string, Promise<Outcome>>();
@@ -478,6 +489,16 @@ export function createResolver(opts: ResolverOptions): Resolver {
         // refused, they would take a list that answers out of use until a later probe
         if (!fresh && inflight.size >= maxInFlight) {
             count(type, 'busy');
+            busyRefused++;
+            const t = now();
+            if (t - busyLoggedAt >= BUSY_LOG_EVERY_MS) {
+                busyLoggedAt = t;
+                logger?.warn(
+                    { refused: busyRefused, maxInFlight },
+                    'DNS lookups refused: the most allowed are in flight (names whose servers do not answer, or a resolver that stopped answering)',
+                );
+                busyRefused = 0;
+            }
             const err = dnsError('ECANCELLED', syscall, display);
             err.message = `${syscall} ECANCELLED ${display}: ${maxInFlight} DNS lookups in flight, the most at once`;
             return Promise.reject(err);

@@ -353,6 +353,40 @@ describe('DNS resolver', () => {
             assert.equal(seen(names[3]!), 1);
         });
 
+        it('warns of lookups refused at the cap at most once per 10 s, with the count since the last warning', async () => {
+            const warnings: { fields: Record<string, unknown>; msg: string }[] = [];
+            const logger = { warn: (fields: Record<string, unknown>, msg: string) => warnings.push({ fields, msg }) };
+            const r = make({
+                logger: logger as unknown as ResolverOptions['logger'],
+                maxInFlight: 1,
+                tries: 1,
+                timeoutMs: 5_000,
+            });
+            const held = r.resolve('silent.example.test', 'A').catch(() => undefined);
+            const refuse = (n: string) => rejectsWith(r.resolve(`${n}.example.test`, 'A'), 'ECANCELLED');
+            await refuse('r1');
+            assert.deepEqual(
+                warnings.map((w) => w.fields),
+                [{ refused: 1, maxInFlight: 1 }],
+            );
+            assert.match(warnings[0]!.msg, /^DNS lookups refused/);
+            await refuse('r2');
+            clock += 9_999;
+            await refuse('r3');
+            assert.equal(warnings.length, 1, 'one warning in 10 s');
+            clock += 1;
+            await refuse('r4');
+            assert.deepEqual(
+                warnings.map((w) => w.fields),
+                [
+                    { refused: 1, maxInFlight: 1 },
+                    { refused: 3, maxInFlight: 1 },
+                ],
+            );
+            r.close();
+            await held;
+        });
+
         it('gives up a lookup once every caller that passed a signal has aborted, and starts none for an aborted one', async () => {
             const metrics = createMetrics('test');
             const r = make({ metrics, tries: 2, timeoutMs: 5_000 });
