@@ -276,7 +276,7 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
     let verification: Check[] = deps.checks ? [] : verificationChecks(config, resolver, metrics, log, verifyThread);
     const newReputation = (c: Config): ReputationService =>
         createReputationService(c, {
-            resolve: (name, rrtype) => resolver.resolve(name, rrtype),
+            resolve: (name, rrtype, signal) => resolver.resolve(name, rrtype, signal),
             resolveFresh: (name, rrtype) => (resolver.resolveFresh ?? resolver.resolve)(name, rrtype),
             reverse: (ip, signal) => resolver.reverse(ip, signal),
             metrics,

@@ -12,7 +12,10 @@
  * connect stage let it in; the reverse lookup, in a zone the client may run, is given up when the
  * session ends), so the greeting never waits for DNS and the answers are in the resolver's cache
  * by the time the facts are reported. Every lookup goes through the caching resolver and is
- * bounded by the DNS timeout; the check as a whole has a timeout and the declared failure verdict
+ * bounded by the DNS timeout; the lookups a stage starts (the HELO name's A and AAAA, the lists')
+ * are given up when the check ends (its signal), unless a caller without a signal (the prefetch)
+ * shares them, so a client that names a domain whose servers never answer and leaves holds no
+ * socket past its check. The check as a whole has a timeout and the declared failure verdict
  * `ignore`: a dead resolver or list leaves the facts out (rules then treat the client as not
  * listed), it never refuses mail by itself. It decides nothing and sends no reply.
  */
@@ -111,12 +114,17 @@ export class ReputationLookup {
 }
 
 /** Whether a name resolves (A or AAAA): true, false (NXDOMAIN or no address), null (no answer). */
-async function resolves(resolve: Resolve, name: string, timeoutMs: number): Promise<boolean | null> {
+async function resolves(
+    resolve: Resolve,
+    name: string,
+    timeoutMs: number,
+    signal: AbortSignal,
+): Promise<boolean | null> {
     const one = async (type: 'A' | 'AAAA'): Promise<boolean | null> => {
         let timer: NodeJS.Timeout | undefined;
         try {
             const r = await Promise.race([
-                resolve(name, type),
+                resolve(name, type, signal),
                 new Promise<never>((_, reject) => {
                     timer = setTimeout(() => reject(new Error('timeout')), timeoutMs);
                 }),
@@ -187,7 +195,7 @@ export function createReputationProbe(lookup: ReputationLookup): Pick<Check, 'pr
                 lookup.address(ip, signal),
                 h.domain ? lookup.domain(h.domain, signal) : Promise.resolve(EMPTY_VERDICT),
                 h.domain && !signal.aborted
-                    ? resolves(o.resolve, h.domain, o.dnsTimeoutMs)
+                    ? resolves(o.resolve, h.domain, o.dnsTimeoutMs, signal)
                     : Promise.resolve<boolean | null>(null),
                 firstPtr(o.reverse, ip, o.dnsTimeoutMs),
             ]);

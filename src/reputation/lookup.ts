@@ -16,7 +16,8 @@ import { addressQuery, classifyAnswer, domainQuery, TOO_LONG, type ListErrorKind
 import type { ConfiguredSite } from './sites.ts';
 import type { ZoneHealth, ZoneKind } from './zone-health.ts';
 
-export type Resolve = (name: string, rrtype: string) => Promise<unknown>;
+/** `signal`: as for Resolver.resolve (the lookup is given up once every caller's signal aborted). */
+export type Resolve = (name: string, rrtype: string, signal?: AbortSignal) => Promise<unknown>;
 
 /** What the lists of one kind said about one address or domain. */
 export interface ListVerdict {
@@ -61,7 +62,10 @@ export interface ListLookupOptions {
      * skips the list and never sees it. Default true.
      */
     readonly counted?: boolean;
-    /** When aborted, no new query is sent (the answers in flight are still used). */
+    /**
+     * When aborted, no new query is sent, and the queries sent are given up unless another
+     * caller without a signal waits for them too.
+     */
     readonly signal?: AbortSignal;
 }
 
@@ -71,11 +75,11 @@ class ListTimeout extends Error {
     readonly code = 'ETIMEOUT';
 }
 
-async function ask(resolve: Resolve, name: string, timeoutMs: number): Promise<Outcome> {
+async function ask(resolve: Resolve, name: string, timeoutMs: number, signal?: AbortSignal): Promise<Outcome> {
     let timer: NodeJS.Timeout | undefined;
     try {
         const answers = await Promise.race([
-            resolve(name, 'A'),
+            resolve(name, 'A', signal),
             new Promise<never>((_, reject) => {
                 timer = setTimeout(() => reject(new ListTimeout(`no answer within ${timeoutMs} ms`)), timeoutMs);
             }),
@@ -115,7 +119,7 @@ export async function askLists(
             asked.push({ cs, name });
         }
     }
-    const outcomes = await Promise.all(asked.map((a) => ask(opts.resolve, a.name, opts.timeoutMs)));
+    const outcomes = await Promise.all(asked.map((a) => ask(opts.resolve, a.name, opts.timeoutMs, opts.signal)));
     let score = 0;
     const listed: string[] = [];
     const zones: string[] = [];

@@ -17,6 +17,7 @@ import { configuredSites } from '../../src/reputation/sites.ts';
 import { ZoneHealth } from '../../src/reputation/zone-health.ts';
 import type { Stage } from '../../src/types.ts';
 import { startDnsServer, type DnsTestServer, type Zone } from '../helpers/dns-server.ts';
+import { until } from '../helpers/until.ts';
 
 /** The RFC 5782 test entries of a healthy address list and of a healthy domain list. */
 function healthyAddressList(zone: string): Zone {
@@ -332,6 +333,33 @@ describe('reputation check', () => {
         assert.equal(f['dnsbl.score'], 2);
         assert.deepEqual(f['dnsbl.errors'], ['bl2.test: timeout']);
         assert.equal(await value(metrics, 'dnsbl_errors_total', { zone: 'bl2.test', kind: 'timeout' }), 1);
+    });
+
+    it('gives up the HELO name lookups when the check ends', async () => {
+        dns.setZone({ ...BASE, 'h1.silent.test': { TIMEOUT: true } });
+        // one try of 5 s: the lookup outlives the check, which waits 500 ms for it
+        const slow = createResolver({ servers: [dns.address], timeoutMs: 5_000, tries: 1 });
+        try {
+            const own = new ReputationLookup({ ...lookup.opts, resolve: slow.resolve, reverse: slow.reverse });
+            const controller = new AbortController();
+            const f = (
+                await createReputationCheck(own, 2000).run(
+                    ctx('helo', '192.0.2.10', 'h1.silent.test'),
+                    controller.signal,
+                )
+            ).facts;
+            assert.equal(f['helo.resolves'], null);
+            controller.abort(); // as the pipeline does when a check returns
+            const sent = () => dns.queries.filter((q) => q.name === 'h1.silent.test' && q.type === 'A').length;
+            assert.equal(sent(), 1);
+            // given up and no longer shared: asking again sends a new query
+            const again = slow.resolve('h1.silent.test', 'A').catch(() => undefined);
+            await until('a new query was sent', () => sent() === 2);
+            slow.close();
+            await again;
+        } finally {
+            slow.close();
+        }
     });
 
     it('starts no query once the check was given up on', async () => {
