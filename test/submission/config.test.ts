@@ -229,7 +229,7 @@ describe('dkim config', () => {
             ],
             headers: ['From', 'Subject', 'To'],
         });
-        assert.equal(load('# nothing\n').config.dkim, null);
+        assert.equal(load('{}\n').config.dkim, null);
     });
 
     it('needs a non-empty sign list', () => {
