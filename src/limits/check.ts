@@ -2,7 +2,8 @@
  * The work of the `ratelimit` check (declared in src/checks/ratelimit.ts): at each stage it charges the rate limits counted there, takes the
  * concurrency leases of a new connection (renewed while the session lives, released when it
  * ends) and, at RCPT, asks greylisting about the recipient (the records of new triplets
- * capped per client network, IPv4 /24 and IPv6 /48, in the same call); once the upstream accepted a
+ * capped per client network, IPv4 /24 and IPv6 /48, in the same call; a triplet past the cap is
+ * not recorded and not deferred); once the upstream accepted a
  * message whose recipient passed greylisting, it credits the client with one pass, and for an
  * entry in monitor mode keeps the records of the message's new triplets (provisional until
  * then: that mode defers nothing, so only delivered mail is worth a record). It
@@ -389,8 +390,7 @@ export function createRateLimiter(options: RateLimitCheckOptions): Pick<Check, '
             verdict = r.verdict;
             retryAfterMs = r.retryAfterMs;
             // in monitor mode nothing is deferred: what would have been is counted apart
-            const wouldDefer =
-                entry.mode === 'monitor' && (verdict === 'new' || verdict === 'early' || verdict === 'capped');
+            const wouldDefer = entry.mode === 'monitor' && (verdict === 'new' || verdict === 'early');
             count(GREYLIST_LABEL, verdict === 'known-client' ? 'known' : wouldDefer ? `monitor_${verdict}` : verdict);
         } else {
             const err = answer.ok ? 'greylisting skipped by the store' : errorText(answer.error);
@@ -401,7 +401,7 @@ export function createRateLimiter(options: RateLimitCheckOptions): Pick<Check, '
                 entry.onError === 'tempfail' && entry.mode === 'enforce' ? 'error_tempfail' : 'error_allowed',
             );
         }
-        const waiting = verdict === 'new' || verdict === 'early' || verdict === 'capped';
+        const waiting = verdict === 'new' || verdict === 'early';
         return {
             'greylist.id': entry.id,
             'greylist.result': verdict,

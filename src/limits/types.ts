@@ -82,7 +82,7 @@ export interface GreylistCap {
 
 /**
  * 'capped': a new triplet that was not recorded, as its network made as many records as its
- * cap allows; a retry cannot pass until one is made.
+ * cap allows; a retry cannot pass until one is made (the check lets it through).
  */
 export type GreylistVerdict = 'new' | 'early' | 'pass' | 'known-client' | 'capped';
 

@@ -169,11 +169,12 @@ ${greylistKeys.join('\n')}
 The refusal is \`450 4.7.1 Greylisted: please try again in N seconds (RFC 6647)…\`; a retry that comes
 too early is told the remaining wait. One client network (IPv4 /${GREYLIST_IPV4_PREFIX}, IPv6 /${GREYLIST_NETWORK_IPV6_PREFIX}) records at most
 ${GREYLIST_NEW_PER_NETWORK.limit} new triplets an hour per entry, so no client can fill the store with them: past that a new
-triplet is not recorded (\`greylist.result\` \`capped\`) and is refused as a new one is, told when the
-network may record one again. Results are counted as
+triplet is not recorded (\`greylist.result\` \`capped\`) and is let through: its retry could never pass, and
+greylisting delays only clients that do not retry, so deferring what cannot be recorded would gain nothing
+and could block a neighbour on the same network for good. Results are counted as
 \`mailwarden_ratelimit_decisions_total{limit="greylist",result}\` (\`new\`, \`early\`, \`pass\`, \`known\`, \`capped\`; an
-entry in \`mode: monitor\` delays nothing, and counts \`monitor_new\`, \`monitor_early\` and \`monitor_capped\` instead
-of \`new\`, \`early\` and \`capped\`).
+entry in \`mode: monitor\` delays nothing, and counts \`monitor_new\` and \`monitor_early\` instead
+of \`new\` and \`early\`).
 
 ### Facts and cases
 

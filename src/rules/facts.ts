@@ -454,14 +454,14 @@ const CATALOGUE: readonly FactSpec[] = [
         'greylist.result',
         'string',
         'rcpt',
-        'Greylisting of this recipient: new (first try, refused), early (retried too soon, refused), pass (retried after the delay), known-client (the client retried correctly often enough), capped (first try from a network that made as many new records as it may this hour: not recorded, refused), skipped (no entry applied), error (the store failed)',
+        'Greylisting of this recipient: new (first try, refused), early (retried too soon, refused), pass (retried after the delay), known-client (the client retried correctly often enough), capped (first try from a network that made as many new records as it may this hour: not recorded, let through), skipped (no entry applied), error (the store failed)',
         ['new', 'early', 'pass', 'known-client', 'capped', 'skipped', 'error'],
     ),
     fact(
         'greylist.retry_after',
         'number',
         'rcpt',
-        'For new and early: seconds, rounded up, until a retry passes; for capped: until the network may make a new record; null otherwise',
+        'For new and early: seconds, rounded up, until a retry passes; null otherwise',
     ),
 ];
 

@@ -69,7 +69,7 @@ export const GREYLIST_IPV6_PREFIX = 64;
  * may make, counted per IPv4 /24 and per IPv6 /48 (an allocation: its holder has 65,536 /64s
  * to write from): at most 1000 an hour. What one network can make the store hold is then
  * bounded (48,000 waiting records with a 2-day retryWindow) whatever its recipient rate; a
- * new triplet past it is not recorded ('capped') and is deferred as a new one is.
+ * new triplet past it is not recorded ('capped') and is let through (its retry could not pass).
  */
 export const GREYLIST_NETWORK_IPV6_PREFIX = 48;
 export const GREYLIST_NEW_PER_NETWORK: Window = Object.freeze({ limit: 1000, periodMs: 60 * 60_000 });
@@ -368,12 +368,14 @@ export function limitRule(spec: LimitSpec): Rule {
     };
 }
 
-/** The rule a greylisting entry stands for: tempfail a new, early or capped (new, not recorded) triplet. */
+/**
+ * The rule a greylisting entry stands for: tempfail a new or early triplet. A capped one (new,
+ * not recorded) is let through: its retry could never pass, and any MTA that retries gets past
+ * greylisting anyway, so deferring it gains nothing and could block a neighbour for good.
+ */
 export function greylistRule(spec: GreylistSpec): Rule {
     const refused =
-        spec.mode === 'enforce' && spec.onError === 'tempfail'
-            ? ['new', 'early', 'capped', 'error']
-            : ['new', 'early', 'capped'];
+        spec.mode === 'enforce' && spec.onError === 'tempfail' ? ['new', 'early', 'error'] : ['new', 'early'];
     const failed = ruleReply('greylist-failed', { id: '' });
     return {
         id: spec.id,
