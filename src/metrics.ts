@@ -177,7 +177,7 @@ export function createMetrics(version: string) {
         }),
         ratelimitDecisions: new Counter({
             name: `${P}ratelimit_decisions_total`,
-            help: 'Rate limit evaluations, by limit and result; greylisting as limit="greylist" (result new and early: deferred; capped, a new triplet its network may not record now: let through unrecorded; monitor_new and monitor_early: mode monitor, would have been deferred, nothing was)',
+            help: 'Rate limit evaluations, by limit and result; greylisting as limit="greylist" (result new and early: deferred; capped, a new triplet its network may not record now, and capped_global, one the entry may not record now from any network: let through unrecorded; monitor_new and monitor_early: mode monitor, would have been deferred, nothing was)',
             labelNames: ['limit', 'result'],
             registers: r,
         }),

@@ -3,7 +3,7 @@
  * concurrency leases of a new connection (renewed while the session lives, released when it
  * ends) and, at RCPT, asks greylisting about the recipient (the records of new triplets
  * capped per client network, IPv4 /24 and IPv6 /48, in the same call; a triplet past the cap is
- * not recorded and not deferred); once the upstream accepted a
+ * not recorded and not deferred, as is one past the entry's cap on all new records); once the upstream accepted a
  * message whose recipient passed greylisting, it credits the client with one pass, and for an
  * entry in monitor mode keeps the records of the message's new triplets (provisional until
  * then: that mode defers nothing, so only delivered mail is worth a record). It
@@ -25,6 +25,7 @@ import type { Metrics } from '../metrics.ts';
 import {
     CONCURRENCY_RETRY_SECONDS,
     GREYLIST_LABEL,
+    GREYLIST_NEW_PER_ENTRY,
     GREYLIST_NEW_PER_NETWORK,
     byteCeiling,
     type GreylistSpec,
@@ -327,6 +328,7 @@ export function createRateLimiter(options: RateLimitCheckOptions): Pick<Check, '
                 passTtlMs: entry.expireMs,
                 autoAllowAfter: entry.autoAllowAfter,
                 cap: { key: network, window: GREYLIST_NEW_PER_NETWORK },
+                capAll: { key: `${entry.id}|all`, window: GREYLIST_NEW_PER_ENTRY },
                 ...(entry.mode === 'monitor' ? { provisionalMs: entry.delayMs } : {}),
             },
         };

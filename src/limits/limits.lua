@@ -21,11 +21,14 @@
 --   'release', holder
 --       KEYS: the lease set. Removes the holder's lease, if any (undoes a grant whose reply
 --       came too late).  Answer { removed (1|0) }
---   'greylist', delayMs, retryWindowMs, passTtlMs, autoAllowAfter, provisionalMs, capLimit, capPeriod
+--   'greylist', delayMs, retryWindowMs, passTtlMs, autoAllowAfter, provisionalMs, capLimit, capPeriod, allLimit, allPeriod
 --       KEYS: the triplet record, the client record, and when capLimit > 0 the GCRA state of
 --       the cap on new records of the client's network: a new triplet is recorded only when
 --       that cap admits it (charged in the same step), else it is answered 'capped' with the
---       cap's wait and nothing is written. With provisionalMs > 0 a new triplet's record is
+--       cap's wait and nothing is written. When allLimit > 0 the next key is the GCRA state of
+--       the entry's cap on all its new records, charged together with the network's (neither
+--       when one refuses); when it alone refuses the answer is 'capped_global', nothing
+--       written. With provisionalMs > 0 a new triplet's record is
 --       provisional: it counts for provisionalMs only, unless 'grey-keep' keeps it first.
 --       Skipped when an earlier operation of the
 --       call with gate 1 was refused. A pass is not counted for the client's auto-allowing
@@ -227,8 +230,10 @@ end
 -- <until> only) or "p:<pass until>". { verdict, retryAfterMs, passedNow }:
 -- 'pass' (live passed record, extended), 'pass' with passedNow 1 (first seen delay to
 -- retryWindow ago), 'early' (first seen less than delay ago, unchanged), 'new' (first seen = now),
--- 'capped' (it would be new, but the cap on its network's new records refused: not written).
-local function greylistTriplet(key, delay, window, passTtl, provisional, capKey, capLimit, capPeriod)
+-- 'capped' (it would be new, but the cap on its network's new records refused: not written),
+-- 'capped_global' (the network's cap had room, the entry's cap on all new records did not:
+-- not written). Both caps are charged together, and neither when one refuses.
+local function greylistTriplet(key, delay, window, passTtl, provisional, capKey, capLimit, capPeriod, allKey, allLimit, allPeriod)
     local v = redis.call('GET', key)
     if v then
         local kind, t, u = string.match(v, '^([gp]):(%-?%d+):?(%-?%d*)$')
@@ -250,10 +255,24 @@ local function greylistTriplet(key, delay, window, passTtl, provisional, capKey,
             end
         end
     end
+    local capKeys, capLimits, capPeriods = {}, {}, {}
     if capLimit > 0 then
-        local capped = take({ capKey }, 1, { capLimit }, { capPeriod })
+        capKeys[1], capLimits[1], capPeriods[1] = capKey, capLimit, capPeriod
+    end
+    if allLimit > 0 then
+        local n = #capKeys + 1
+        capKeys[n], capLimits[n], capPeriods[n] = allKey, allLimit, allPeriod
+    end
+    if #capKeys > 0 then
+        local capped = take(capKeys, 1, capLimits, capPeriods)
         if capped[1] == 0 then
-            return { 'capped', capped[2], 0 }
+            if capLimit > 0 then
+                local refused, wait = step(capKey, capLimit, capPeriod, 1)
+                if refused then
+                    return { 'capped', wait, 0 }
+                end
+            end
+            return { 'capped_global', capped[2], 0 }
         end
     end
     if provisional > 0 then
@@ -282,11 +301,11 @@ end
 
 -- { verdict, retryAfterMs, passedNow }. A pass is not counted towards the client's
 -- auto-allowing here: the caller credits it ('grey-client-count') once the recipient proved real.
-local function greylist(tripletKey, clientKey, delay, window, passTtl, autoAllow, provisional, capKey, capLimit, capPeriod)
+local function greylist(tripletKey, clientKey, delay, window, passTtl, autoAllow, provisional, c)
     if autoAllow > 0 and greylistClientCheck(clientKey, passTtl, autoAllow) == 1 then
         return { 'known-client', 0, 0 }
     end
-    return greylistTriplet(tripletKey, delay, window, passTtl, provisional, capKey, capLimit, capPeriod)
+    return greylistTriplet(tripletKey, delay, window, passTtl, provisional, c.key, c.limit, c.period, c.allKey, c.allLimit, c.allPeriod)
 end
 
 local out = {}
@@ -355,9 +374,14 @@ while a <= #ARGV do
         local provisional = nextNumber()
         local capLimit = nextNumber()
         local capPeriod = nextNumber()
-        local capKey = nil
+        local allLimit = nextNumber()
+        local allPeriod = nextNumber()
+        local capKey, allKey = nil, nil
         if capLimit > 0 then
             capKey = nextKey()
+        end
+        if allLimit > 0 then
+            allKey = nextKey()
         end
         if gated then
             answer = { 'skipped', 0, 0 }
@@ -370,9 +394,7 @@ while a <= #ARGV do
                 passTtl,
                 autoAllow,
                 provisional,
-                capKey,
-                capLimit,
-                capPeriod
+                { key = capKey, limit = capLimit, period = capPeriod, allKey = allKey, allLimit = allLimit, allPeriod = allPeriod }
             )
         end
     elseif op == 'grey-client-check' then
@@ -389,7 +411,7 @@ while a <= #ARGV do
         local window = nextNumber()
         local passTtl = nextNumber()
         local provisional = nextNumber()
-        answer = greylistTriplet(key, delay, window, passTtl, provisional, nil, 0, 0)
+        answer = greylistTriplet(key, delay, window, passTtl, provisional, nil, 0, 0, nil, 0, 0)
     elseif op == 'grey-forget' then
         local key = nextKey()
         local written = 'g:' .. string.format('%.0f', nextNumber())

@@ -2,7 +2,7 @@
  * The in-process store, used when no Redis is configured: the same GCRA math (gcra.ts), the
  * same lease and greylisting rules as the Lua scripts, decided from the caller's `nowMs`
  * only. Bounded, kind by kind: rate counters and greylisting records at most `maxKeys` each,
- * pregreet passes, known-client records, the caps on new greylisting records per network and
+ * pregreet passes, known-client records, the caps on new greylisting records (per network, per entry) and
  * leases at most a quarter of that; when a kind is full an expired entry goes first, else the
  * least recently used. A kind a client can fill at
  * will (a greylisting record per recipient, a pregreet pass per IPv6 /64) never pushes out
@@ -260,14 +260,25 @@ export function createMemoryStore(options: MemoryStoreOptions = {}): MemoryLimit
                 }
             }
         }
-        if (opts.cap !== undefined) {
-            // the cap on the network's new records, charged with the write (limits.lua does the same)
-            const nk = names.greyNetwork(opts.cap.key, opts.cap.window);
-            const v = read('network', nk, now);
-            const { result, writes } = gcra([v?.type === 'rate' ? v.state : null], [opts.cap.window], 1, now);
-            if (!result.allowed) return { verdict: 'capped', retryAfterMs: result.retryAfterMs };
-            const w = writes![0]!;
-            write(nk, { type: 'rate', state: w.state }, now + w.ttlMs, now, 'network');
+        if (opts.cap !== undefined || opts.capAll !== undefined) {
+            // the caps on new records (the network's, the entry's), charged together with the
+            // write, neither when one refuses (limits.lua does the same)
+            const caps = opts.cap && opts.capAll ? [opts.cap, opts.capAll] : [(opts.cap ?? opts.capAll)!];
+            const keys = caps.map((c) => names.greyNetwork(c.key, c.window));
+            const states = keys.map((k) => {
+                const v = read('network', k, now);
+                return v?.type === 'rate' ? v.state : null;
+            });
+            const windows = caps.map((c) => c.window);
+            const { result, writes } = gcra(states, windows, 1, now);
+            if (!result.allowed) {
+                if (opts.cap !== undefined) {
+                    const own = gcra([states[0]!], [windows[0]!], 1, now).result;
+                    if (!own.allowed) return { verdict: 'capped', retryAfterMs: own.retryAfterMs };
+                }
+                return { verdict: 'capped_global', retryAfterMs: result.retryAfterMs };
+            }
+            writes!.forEach((w, i) => write(keys[i]!, { type: 'rate', state: w.state }, now + w.ttlMs, now, 'network'));
         }
         if (opts.provisionalMs !== undefined) {
             const until = now + opts.provisionalMs;

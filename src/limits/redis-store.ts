@@ -416,9 +416,12 @@ export function createRedisStore(options: RedisStoreOptions): RedisLimitStore {
     };
     const addGreylist = (b: Batch, triplet: string, client: string, o: GreylistOptions): Batch =>
         b.add(
-            o.cap
-                ? [names.triplet(triplet), names.client(client), names.greyNetwork(o.cap.key, o.cap.window)]
-                : [names.triplet(triplet), names.client(client)],
+            [
+                names.triplet(triplet),
+                names.client(client),
+                ...(o.cap ? [names.greyNetwork(o.cap.key, o.cap.window)] : []),
+                ...(o.capAll ? [names.greyNetwork(o.capAll.key, o.capAll.window)] : []),
+            ],
             [
                 'greylist',
                 o.delayMs,
@@ -428,6 +431,8 @@ export function createRedisStore(options: RedisStoreOptions): RedisLimitStore {
                 o.provisionalMs ?? 0,
                 o.cap?.window.limit ?? 0,
                 o.cap?.window.periodMs ?? 0,
+                o.capAll?.window.limit ?? 0,
+                o.capAll?.window.periodMs ?? 0,
             ],
         );
 
@@ -450,8 +455,9 @@ export function createRedisStore(options: RedisStoreOptions): RedisLimitStore {
     /**
      * Greylisting as separate calls, for a Cluster: the triplet, client and cap keys have their
      * own hash tags, so they may sit in different slots. A new triplet is charged to its
-     * network's cap after it was written, and removed again when the cap refuses: not atomic,
-     * but every record past the cap is gone once its call ends.
+     * network's cap, then to the entry's cap on all new records, after it was written, and
+     * removed again when a cap refuses (the network's charge stays when the entry's cap
+     * refuses): not atomic, but every record past a cap is gone once its call ends.
      */
     const greylistSteps = async (
         triplet: string,
@@ -473,16 +479,25 @@ export function createRedisStore(options: RedisStoreOptions): RedisLimitStore {
             now,
         );
         const result = greylistResult(reply) as GreylistResult;
-        if (result.verdict !== 'new' || o.cap === undefined) return result;
-        const { key, window } = o.cap;
-        const [charged] = await call(
-            new Batch().add([names.greyNetwork(key, window)], ['take', 1, 1, 0, ...windowArgs([window])]),
-            now,
-        );
-        const cap = takeResult(charged);
-        if (cap.allowed) return result;
-        await call(new Batch().add([tk], ['grey-forget', now]), now);
-        return { verdict: 'capped', retryAfterMs: cap.retryAfterMs };
+        if (result.verdict !== 'new') return result;
+        for (const [cap, verdict] of [
+            [o.cap, 'capped'],
+            [o.capAll, 'capped_global'],
+        ] as const) {
+            if (cap === undefined) continue;
+            const [charged] = await call(
+                new Batch().add(
+                    [names.greyNetwork(cap.key, cap.window)],
+                    ['take', 1, 1, 0, ...windowArgs([cap.window])],
+                ),
+                now,
+            );
+            const taken = takeResult(charged);
+            if (taken.allowed) continue;
+            await call(new Batch().add([tk], ['grey-forget', now]), now);
+            return { verdict, retryAfterMs: taken.retryAfterMs };
+        }
+        return result;
     };
 
     const checkOp = (op: StageOp, now: number): void => {

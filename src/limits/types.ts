@@ -58,6 +58,12 @@ export interface GreylistOptions {
      */
     readonly cap?: GreylistCap;
     /**
+     * The records of new triplets all networks together may make (the entry's whole share of
+     * the store): charged with `cap` in the same step, neither when one refuses. Past it a new
+     * triplet is not recorded ('capped_global').
+     */
+    readonly capAll?: GreylistCap;
+    /**
      * When set, the record of a new triplet is provisional: it counts only until this long
      * after the triplet was first seen, unless `greylistKeep` makes it a waiting record (for
      * `retryWindowMs`) first. For an entry in monitor mode, which defers nothing, so no retry
@@ -83,8 +89,9 @@ export interface GreylistCap {
 /**
  * 'capped': a new triplet that was not recorded, as its network made as many records as its
  * cap allows; a retry cannot pass until one is made (the check lets it through).
+ * 'capped_global': the same, as all networks together made as many as `capAll` allows.
  */
-export type GreylistVerdict = 'new' | 'early' | 'pass' | 'known-client' | 'capped';
+export type GreylistVerdict = 'new' | 'early' | 'pass' | 'known-client' | 'capped' | 'capped_global';
 
 export interface GreylistResult {
     readonly verdict: GreylistVerdict;
@@ -312,12 +319,12 @@ export function checkGreylist(triplet: string, client: string, opts: GreylistOpt
     checkInt('passTtlMs', opts.passTtlMs, 1, MAX_PERIOD_MS);
     checkInt('autoAllowAfter', opts.autoAllowAfter, 0);
     if (opts.provisionalMs !== undefined) checkInt('provisionalMs', opts.provisionalMs, 1, opts.retryWindowMs);
-    if (opts.cap !== undefined) {
-        checkKey('cap key', opts.cap.key);
-        checkInt('cap limit', opts.cap.window.limit, 1);
-        checkInt('cap periodMs', opts.cap.window.periodMs, 1, MAX_PERIOD_MS);
-        if (opts.cap.window.limit * opts.cap.window.periodMs > MAX_PRODUCT)
-            fail(`limit x periodMs must not exceed 2^52`);
+    for (const cap of [opts.cap, opts.capAll]) {
+        if (cap === undefined) continue;
+        checkKey('cap key', cap.key);
+        checkInt('cap limit', cap.window.limit, 1);
+        checkInt('cap periodMs', cap.window.periodMs, 1, MAX_PERIOD_MS);
+        if (cap.window.limit * cap.window.periodMs > MAX_PRODUCT) fail(`limit x periodMs must not exceed 2^52`);
     }
 }
 

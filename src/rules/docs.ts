@@ -15,6 +15,7 @@ import {
     GREYLIST_IPV6_PREFIX,
     GREYLIST_KEYS,
     GREYLIST_NETWORK_IPV6_PREFIX,
+    GREYLIST_NEW_PER_ENTRY,
     GREYLIST_NEW_PER_NETWORK,
     LIMIT_KEYS,
     LIMIT_PERS,
@@ -171,8 +172,10 @@ too early is told the remaining wait. One client network (IPv4 /${GREYLIST_IPV4_
 ${GREYLIST_NEW_PER_NETWORK.limit} new triplets an hour per entry, so no client can fill the store with them: past that a new
 triplet is not recorded (\`greylist.result\` \`capped\`) and is let through: its retry could never pass, and
 greylisting delays only clients that do not retry, so deferring what cannot be recorded would gain nothing
-and could block a neighbour on the same network for good. Results are counted as
-\`mailwarden_ratelimit_decisions_total{limit="greylist",result}\` (\`new\`, \`early\`, \`pass\`, \`known\`, \`capped\`; an
+and could block a neighbour on the same network for good. All networks together record at most
+${GREYLIST_NEW_PER_ENTRY.limit.toLocaleString('en')} new triplets an hour per entry, so what greylisting makes the store hold is bounded
+whatever the number of networks; past that a new triplet is let through unrecorded too (\`capped_global\`). Results are counted as
+\`mailwarden_ratelimit_decisions_total{limit="greylist",result}\` (\`new\`, \`early\`, \`pass\`, \`known\`, \`capped\`, \`capped_global\`; an
 entry in \`mode: monitor\` delays nothing, and counts \`monitor_new\` and \`monitor_early\` instead
 of \`new\` and \`early\`).
 

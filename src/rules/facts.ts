@@ -454,8 +454,8 @@ const CATALOGUE: readonly FactSpec[] = [
         'greylist.result',
         'string',
         'rcpt',
-        'Greylisting of this recipient: new (first try, refused), early (retried too soon, refused), pass (retried after the delay), known-client (the client retried correctly often enough), capped (first try from a network that made as many new records as it may this hour: not recorded, let through), skipped (no entry applied), error (the store failed)',
-        ['new', 'early', 'pass', 'known-client', 'capped', 'skipped', 'error'],
+        'Greylisting of this recipient: new (first try, refused), early (retried too soon, refused), pass (retried after the delay), known-client (the client retried correctly often enough), capped (first try from a network that made as many new records as it may this hour: not recorded, let through), capped_global (the same, as all networks together made as many as the entry may this hour), skipped (no entry applied), error (the store failed)',
+        ['new', 'early', 'pass', 'known-client', 'capped', 'capped_global', 'skipped', 'error'],
     ),
     fact(
         'greylist.retry_after',

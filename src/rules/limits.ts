@@ -73,6 +73,14 @@ export const GREYLIST_IPV6_PREFIX = 64;
  */
 export const GREYLIST_NETWORK_IPV6_PREFIX = 48;
 export const GREYLIST_NEW_PER_NETWORK: Window = Object.freeze({ limit: 1000, periodMs: 60 * 60_000 });
+/**
+ * New greylisting records all networks together may make, per entry: at most 10,000 an hour,
+ * so what greylisting can make the store hold is bounded whatever the number of networks
+ * (about 254 bytes a record, kept `retryWindow`: with 2 days at most 10,000 + 48 x 10,000 =
+ * 490,000 waiting records, about 124 MB, under the shipped `maxmemory 256mb`). A new triplet
+ * past it is not recorded ('capped_global') and is let through as a capped one is.
+ */
+export const GREYLIST_NEW_PER_ENTRY: Window = Object.freeze({ limit: 10_000, periodMs: 60 * 60_000 });
 /** What a client refused by a concurrency limit is told to wait. */
 export const CONCURRENCY_RETRY_SECONDS = 60;
 

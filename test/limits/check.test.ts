@@ -523,6 +523,42 @@ describe('ratelimit check: new greylisting records per client network', () => {
     }
 });
 
+describe('ratelimit check: new greylisting records of an entry, all networks together', () => {
+    const set = rules(`greylist:
+  - { id: grey, when: { rcpt.domain: { domain: [grey.example] } }, delay: 5m, retryWindow: 2d }
+`);
+    it('memory store: 10,000 an hour from any number of networks; past that let through, not recorded', async () => {
+        const store = createMemoryStore();
+        const metrics = createMetrics('test');
+        const check = createRateLimitCheck({
+            store,
+            declarations: () => set,
+            metrics,
+            now: () => 1_000_000_000,
+            instanceId: 'test',
+            storeTimeoutMs: 2_000,
+        });
+        const rcpt = async (ip: string, to: string): Promise<Facts> => {
+            const f = { 'client.ip': ip, 'mail.from': 'a@b.example', 'rcpt.to': [to], 'rcpt.domain': 'grey.example' };
+            return { ...f, ...(await check.run(ctx('rcpt', f), signal)).facts };
+        };
+        // 20 /24s, 500 new triplets each: each network well under its own cap of 1000
+        for (let i = 0; i < 10_000; i++) {
+            const r = await rcpt(`198.51.${Math.floor(i / 500)}.1`, `u${i}@grey.example`);
+            assert.equal(r['greylist.result'], 'new', `${i}`);
+        }
+        const late = await rcpt('203.0.113.9', 'late@grey.example');
+        assert.equal(late['greylist.result'], 'capped_global');
+        assert.equal(late['greylist.retry_after'], null);
+        assert.equal(set.decide('rcpt', late).action, 'accept');
+        const counted = (await metrics.ratelimitDecisions.get()).values
+            .filter((v) => v.value > 0)
+            .map((v) => `${v.labels.result} ${v.value}`);
+        assert.deepEqual(counted.sort(), ['capped_global 1', 'new 10000']);
+        await store.close();
+    });
+});
+
 describe('ratelimit check: greylisting records in monitor mode', () => {
     const set = rules(`greylist:
   - { id: watch, when: { rcpt.domain: { domain: [watch.example] } }, delay: 5m, retryWindow: 4h, mode: monitor }

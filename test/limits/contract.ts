@@ -355,6 +355,35 @@ export function coreContract(store: () => LimitStore): void {
         assert.equal((await s.greylist(triplet('a'), client, opts, T0 + 10 * MIN)).verdict, 'new');
     });
 
+    it('greylisting: all networks together make at most the entry cap of new records; past it none is recorded', async () => {
+        const s = store();
+        const all = { key: fresh('grey|all'), window: { limit: 4, periodMs: HOUR } };
+        const net = (n: number) => ({ key: fresh(`2001:db8:${n}::/48`), window: { limit: 3, periodMs: HOUR } });
+        const [a, b, c, d] = [net(1), net(2), net(3), net(4)];
+        const grey = (cap: typeof a, r: string, t: number) =>
+            s.greylist(`${cap.key}|s@example.org|${r}@example.net`, cap.key, { ...GREY, cap, capAll: all }, t);
+        for (let n = 1; n <= 3; n++) assert.equal((await grey(a, `r${n}`, T0)).verdict, 'new');
+        // the network's own cap is told first
+        assert.equal((await grey(a, 'r4', T0)).verdict, 'capped');
+        assert.equal((await grey(b, 'r1', T0)).verdict, 'new');
+        // four records in all: every network is refused now, with the entry cap's wait (15 minutes a record)
+        assert.deepEqual(await grey(b, 'r2', T0), { verdict: 'capped_global', retryAfterMs: 15 * MIN });
+        assert.deepEqual(await grey(c, 'r1', T0), { verdict: 'capped_global', retryAfterMs: 15 * MIN });
+        // not recorded: after the delay it is not a pass
+        assert.equal((await grey(c, 'r1', T0 + 5 * MIN)).verdict, 'capped_global');
+        // recorded triplets go on as before
+        assert.equal((await grey(b, 'r1', T0 + 5 * MIN)).verdict, 'pass');
+        // once the entry cap has room, a new record is made again
+        assert.equal((await grey(c, 'r1', T0 + 15 * MIN)).verdict, 'new');
+        assert.deepEqual(
+            await s.stage(
+                [{ op: 'greylist', triplet: `${d.key}|x|y`, client: d.key, opts: { ...GREY, cap: d, capAll: all } }],
+                T0 + 15 * MIN,
+            ),
+            [{ ok: true, value: { verdict: 'capped_global', retryAfterMs: 15 * MIN } }],
+        );
+    });
+
     it('stage: one batch answers each op as its own method would, greylisting after the limits', async () => {
         const s = store();
         const [a, b, lease, client] = [fresh('sa'), fresh('sb'), fresh('sl'), fresh('192.0.2.0/24')];
