@@ -7,8 +7,8 @@
  * least recently used. A kind a client can fill at
  * will (a greylisting record per recipient, a pregreet pass per IPv6 /64) never pushes out
  * another kind; the limits' counters share one kind, so with more than `maxKeys` of them live
- * (counters per sender address from many networks) the least recently used go first (as Redis
- * with allkeys-lru does at its maxmemory). A live lease is never dropped: with every lease live
+ * (counters per sender address from many networks) the least recently used go first (a process's
+ * memory has no onError to fall back on; Redis, with noeviction, refuses the write instead). A live lease is never dropped: with every lease live
  * the store refuses a new one (the limit's onError decides). Expired entries are swept a
  * few at a time on every call. Must not read the wall clock, start timers or share state
  * between instances (each mailwarden process has its own counts).

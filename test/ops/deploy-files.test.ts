@@ -282,11 +282,11 @@ describe('docker-compose.yml', () => {
         for (const name of ['postfix', 'mailwarden', 'redis', 'prometheus', 'grafana']) assert.ok(s[name], name);
     });
 
-    it('gives Redis a memory limit and the allkeys-lru policy, as the guide tells a Debian Redis', () => {
+    it('gives Redis a memory limit and the noeviction policy, as the guide tells a Debian Redis', () => {
         const command = s.redis!.command ?? [];
         const setting = (name: string) => command[command.indexOf(`--${name}`) + 1];
         assert.ok(command.includes('--maxmemory'), command.join(' '));
-        assert.equal(setting('maxmemory-policy'), 'allkeys-lru');
+        assert.equal(setting('maxmemory-policy'), 'noeviction');
         // the guide's Redis step (a Debian redis-server has no memory limit)
         const step = /printf '%s\\n' 'maxmemory (\S+)' 'maxmemory-policy (\S+)' >> \/etc\/redis\/redis\.conf/.exec(
             guide,
