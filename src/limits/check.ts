@@ -505,6 +505,13 @@ export function createRateLimiter(options: RateLimitCheckOptions): Pick<Check, '
                 if (!refused && grey !== null && greyAt >= 0) {
                     notePass(ctx.sessionId, grey, answers[greyAt]!);
                     noteNew(ctx.sessionId, grey, answers[greyAt]!, at);
+                    // a greylisting entry whose store failed and that lets the mail through is named
+                    // with the limits that did (the decision line's limitErrors)
+                    const { entry } = grey;
+                    const tempfail = entry.onError === 'tempfail' && entry.mode === 'enforce';
+                    if (facts['greylist.result'] === 'error' && !tempfail && !failedOpen.includes(entry.id)) {
+                        facts['ratelimit.error_allowed'] = [...failedOpen, entry.id];
+                    }
                 }
             }
             const held = sessions.get(ctx.sessionId);

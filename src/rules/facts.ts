@@ -442,7 +442,7 @@ const CATALOGUE: readonly FactSpec[] = [
         'ratelimit.error_allowed',
         'string[]',
         'connect',
-        'Ids of the limits whose shared store failed and let the mail through uncounted (onError: allow, or mode: monitor), at this stage or an earlier one of the connection and transaction (a refused recipient leaves nothing); the decision log line lists them as limitErrors',
+        'Ids of the limits (and the greylisting entry) whose shared store failed and let the mail through uncounted (onError: allow, or mode: monitor), at this stage or an earlier one of the connection and transaction (a refused recipient leaves nothing); the decision log line lists them as limitErrors',
     ),
     fact(
         'greylist.id',

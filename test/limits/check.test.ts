@@ -440,6 +440,8 @@ greylist:
                 signal,
             );
             assert.equal(rcpt.facts['greylist.result'], 'error');
+            // the greylisting entry let the mail through too: named with the limits that did
+            assert.ok((rcpt.facts['ratelimit.error_allowed'] as string[]).includes('grey'));
             const values = (await metrics.ratelimitDecisions.get()).values
                 .filter((v) => v.value > 0)
                 .map((v) => `${v.labels.limit} ${v.labels.result}`);
