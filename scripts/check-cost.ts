@@ -102,7 +102,8 @@ try {
         );
     }
     const status = readFileSync('/proc/self/status', 'utf8');
-    const mb = (field: string): string => (Number(/(\d+) kB/.exec(status.split(`${field}:`)[1] ?? '')?.[1]) / 1024).toFixed(1);
+    const mb = (field: string): string =>
+        (Number(/(\d+) kB/.exec(status.split(`${field}:`)[1] ?? '')?.[1]) / 1024).toFixed(1);
     console.log(`resident set: ${mb('VmHWM')} MB at the peak, ${mb('VmRSS')} MB at the end`);
 } finally {
     await thread?.close();
