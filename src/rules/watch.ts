@@ -68,18 +68,14 @@ export function watchRuleSet(dir: string, opts: WatchOptions): RuleWatcher {
      */
     const watchDirs = (dirs: readonly string[]): void => {
         const root = path.resolve(dir);
-        looked = new Map([root, ...dirs].map((d) => [d, seen(d)]));
         const wanted = new Map<string, { real: string; id: string; name: string | null }>();
-        const want = (d: string, name: string | null): void => {
-            try {
-                const real = fs.realpathSync(d);
-                const st = fs.statSync(real);
-                wanted.set(name === null ? real : `${real}\0${name}`, { real, id: `${st.dev}:${st.ino}`, name });
-            } catch {
-                // Not there (yet): its parent's watcher sees it appear, and the reload adds it.
-            }
+        const want = (d: string, name: string | null): Place | null => {
+            const place = locate(d);
+            // Not there (yet): its parent's watcher sees it appear, and the reload adds it.
+            if (place) wanted.set(name === null ? place.real : `${place.real}\0${name}`, { ...place, name });
+            return place;
         };
-        for (const d of [root, ...dirs]) want(d, null);
+        looked = new Map([root, ...dirs].map((d) => [d, placeKey(want(d, null))]));
         want(path.dirname(root), path.basename(root));
         for (const [key, a] of watchers) {
             if (wanted.get(key)?.id !== a.id) {
@@ -144,13 +140,29 @@ export function watchRuleSet(dir: string, opts: WatchOptions): RuleWatcher {
     };
 }
 
-/** Where a folder's path leads now: its real path and inode, or '' when it leads nowhere. */
-function seen(d: string): string {
+/** Where a folder's path leads: its real path and the folder there (`device:inode`). */
+interface Place {
+    readonly real: string;
+    readonly id: string;
+}
+
+/** Where a folder's path leads now, or null when it leads nowhere. */
+function locate(d: string): Place | null {
     try {
         const real = fs.realpathSync(d);
         const st = fs.statSync(real);
-        return `${real}\0${st.dev}:${st.ino}`;
+        return { real, id: `${st.dev}:${st.ino}` };
     } catch {
-        return '';
+        return null;
     }
+}
+
+/** A place as one comparable string ('' for nowhere). */
+function placeKey(place: Place | null): string {
+    return place === null ? '' : `${place.real}\0${place.id}`;
+}
+
+/** Where a folder's path leads now, as placeKey() writes it. */
+function seen(d: string): string {
+    return placeKey(locate(d));
 }
