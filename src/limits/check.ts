@@ -115,6 +115,11 @@ export function limitErrors(facts: Facts): { limitErrors?: readonly string[] } {
     return { limitErrors: r.length === 0 ? a : a.length === 0 ? r : [...r, ...a] };
 }
 
+/** Whether a store failure refuses (onError: tempfail, enforced) rather than lets the mail through. */
+function failsClosed(spec: { readonly onError: string; readonly mode: string }): boolean {
+    return spec.onError === 'tempfail' && spec.mode === 'enforce';
+}
+
 /** Greylisting passes a session keeps for credit (a client needs `autoAllowAfter`, a handful). */
 const MAX_UNCREDITED = 100;
 /** Provisional records (monitor mode) a transaction keeps for its message, at most: one per recipient. */
@@ -398,10 +403,7 @@ export function createRateLimiter(options: RateLimitCheckOptions): Pick<Check, '
             const err = answer.ok ? 'greylisting skipped by the store' : errorText(answer.error);
             logger?.debug({ greylist: entry.id, err }, 'greylisting store failed; applying onError');
             verdict = 'error';
-            count(
-                GREYLIST_LABEL,
-                entry.onError === 'tempfail' && entry.mode === 'enforce' ? 'error_tempfail' : 'error_allowed',
-            );
+            count(GREYLIST_LABEL, failsClosed(entry) ? 'error_tempfail' : 'error_allowed');
         }
         const waiting = verdict === 'new' || verdict === 'early';
         return {
@@ -479,7 +481,7 @@ export function createRateLimiter(options: RateLimitCheckOptions): Pick<Check, '
                     monitored.push(spec.id);
                     retryMonitored = Math.max(retryMonitored, o.retryAfterMs);
                 } else if (o.state === 'error') {
-                    const tempfail = spec.onError === 'tempfail' && spec.mode === 'enforce';
+                    const tempfail = failsClosed(spec);
                     result = tempfail ? 'error_tempfail' : 'error_allowed';
                     if (tempfail) errors.push(spec.id);
                     else if (!failedOpen.includes(spec.id)) failedOpen = [...failedOpen, spec.id];
@@ -508,8 +510,7 @@ export function createRateLimiter(options: RateLimitCheckOptions): Pick<Check, '
                     // a greylisting entry whose store failed and that lets the mail through is named
                     // with the limits that did (the decision line's limitErrors)
                     const { entry } = grey;
-                    const tempfail = entry.onError === 'tempfail' && entry.mode === 'enforce';
-                    if (facts['greylist.result'] === 'error' && !tempfail && !failedOpen.includes(entry.id)) {
+                    if (facts['greylist.result'] === 'error' && !failsClosed(entry) && !failedOpen.includes(entry.id)) {
                         facts['ratelimit.error_allowed'] = [...failedOpen, entry.id];
                     }
                 }
