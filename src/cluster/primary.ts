@@ -6,8 +6,12 @@
  * the slowest process; /readyz: ready when every worker is), passes SIGHUP, SIGTERM, SIGINT and
  * SIGUSR2 on to every worker and exits when they have drained. A worker that ends
  * unexpectedly is logged, counted (mailwarden_worker_restarts_total) and replaced; the others
- * and their sessions are not touched. The primary holds no session, runs no check and never
- * reads a message: everything SMTP happens in the workers.
+ * and their sessions are not touched. The replacement reads the config file as it is on disk:
+ * when it does not validate, the primary logs its FILE:LINE:COL lines (at error) and sets
+ * mailwarden_config_invalid, since that worker will refuse it and end (with every worker ended
+ * so, nothing serves while the primary itself still answers /metrics: mailwarden_workers is 0).
+ * The primary holds no session, runs no check and never reads a message: everything SMTP
+ * happens in the workers.
  */
 import cluster, { type Worker } from 'node:cluster';
 import type { Server } from 'node:http';
@@ -45,7 +49,10 @@ export interface PrimaryOptions {
     readonly count: number;
     readonly log: Logger;
     readonly metrics: Metrics;
-    /** Re-reads the config file (SIGHUP), for the drain bound; null when there is no file or it is invalid. */
+    /**
+     * Re-reads the config file (SIGHUP, a worker to replace), for the drain bound; null when there
+     * is no file; throws (a ConfigError: its message is the FILE:LINE:COL lines) when it is invalid.
+     */
     readonly reloadConfig: () => Config | null;
     /** Ends the process with this status (process.exit in serve). */
     readonly exit: (code: number) => void;
@@ -167,6 +174,21 @@ export async function runPrimary(o: PrimaryOptions): Promise<number> {
 
     /** The workers' own drain bound under `c`: shutdownTimeout, then the wait for answers to ends of data. */
     const drainBound = (c: Config): number => c.shutdownTimeoutMs + answerWaitMs(c);
+    /**
+     * The config file as it is on disk, or its issues (the FILE:LINE:COL lines) when it does not
+     * validate. mailwarden_config_invalid follows each read (the workers' own reloads set theirs;
+     * the sum takes the highest).
+     */
+    const readFile = (): { config: Config | null; issues: string[] | null } => {
+        let result: { config: Config | null; issues: string[] | null };
+        try {
+            result = { config: o.reloadConfig(), issues: null };
+        } catch (err) {
+            result = { config: null, issues: (err instanceof Error ? err.message : String(err)).split('\n') };
+        }
+        metrics.configInvalid.set(result.issues ? 1 : 0);
+        return result;
+    };
     /** The longest drain bound of a replacement worker, which reads the file as it is when it starts. */
     let replacementBoundMs = 0;
     const replace = (): void => {
@@ -174,8 +196,16 @@ export async function runPrimary(o: PrimaryOptions): Promise<number> {
         const timer = setTimeout(() => {
             restartTimers.delete(timer);
             if (stopping) return;
-            const onDisk = o.reloadConfig();
-            if (onDisk) replacementBoundMs = Math.max(replacementBoundMs, drainBound(onDisk));
+            const onDisk = readFile();
+            if (onDisk.config) replacementBoundMs = Math.max(replacementBoundMs, drainBound(onDisk.config));
+            if (onDisk.issues) {
+                // the new worker reads this file and exits at once: say why here, where it is
+                // structured, and go on trying (with the growing pause) until the file is fixed
+                log.error(
+                    { file: config.source, issues: onDisk.issues, ready: readyCount(), workers: count },
+                    'the config file on disk is invalid: the worker started in place of the one that ended refuses it and exits; fix the file',
+                );
+            }
             const slot = fork();
             log.info(
                 { worker: slot.worker.id, pid: slot.worker.process.pid },
@@ -251,7 +281,8 @@ export async function runPrimary(o: PrimaryOptions): Promise<number> {
     process.on('SIGUSR2', () => stop('SIGUSR2'));
     process.on('SIGHUP', () => {
         if (stopping) return;
-        const next = o.reloadConfig();
+        // an invalid file: each worker logs why (reload failed)
+        const next = readFile().config;
         // as the workers do: live keys from the file, keys that need a restart as they started
         // (the drain bound reads upstream.dataTimeout and shutdownTimeout)
         if (next) config = configAfterReload(config, next, diffConfig(config, next));

@@ -75,14 +75,7 @@ async function serve(opts: { configFlag: string | undefined }): Promise<number> 
             count,
             log,
             metrics: createMetrics(VERSION),
-            reloadConfig: () => {
-                if (path === null) return null;
-                try {
-                    return loadConfig(path, process.env, { cwd, forServe: true });
-                } catch {
-                    return null; // each worker logs why
-                }
-            },
+            reloadConfig: () => (path === null ? null : loadConfig(path, process.env, { cwd, forServe: true })),
             exit: (code) => process.exit(code),
         });
         // runPrimary installed its signal handlers before its first wait

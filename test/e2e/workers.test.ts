@@ -10,6 +10,9 @@
  * A primary killed with SIGKILL leaves its workers draining as on SIGTERM: the message whose
  * answer the upstream holds gets its 250 (or, past the drain's bound, a logged duplicateRisk),
  * the port is free at once for a new start, and the workers exit by themselves.
+ * Workers that end while the config file on disk does not validate: the primary logs the
+ * file's FILE:LINE:COL lines and sets mailwarden_config_invalid (mailwarden_workers says none
+ * serves), and the first worker started after the file is fixed serves again.
  */
 import assert from 'node:assert/strict';
 import { X509Certificate } from 'node:crypto';
@@ -422,6 +425,98 @@ describe('serve with workers: 2 whose primary is killed', () => {
         const warning = lines.find((l) => l.msg !== 'decision' && l.duplicateRisk === true);
         // the upstream's own wait (dataTimeout from the end of data) ends within the drain's bound
         assert.equal(warning?.reason, 'no-upstream-answer');
+    });
+});
+
+describe('serve with workers: 2 whose workers end', () => {
+    let dir: string;
+    let dns: DnsTestServer;
+    let up: ScriptedUpstream;
+    let redis: RedisInstance;
+    let configs = 0;
+
+    before(async () => {
+        dir = fs.mkdtempSync(path.join(os.tmpdir(), 'mw-workers-end-'));
+        dns = await startDnsServer({ 'sender.example': { TXT: ['v=spf1 ip4:127.0.0.0/8 -all'] } });
+        redis = await startRedis();
+        up = await startScriptedUpstream({ ehlo: ['XCLIENT NAME ADDR PORT PROTO HELO LOGIN'] });
+    });
+    after(async () => {
+        await up.close();
+        await redis.stop();
+        await dns.close();
+        fs.rmSync(dir, { recursive: true, force: true });
+    });
+
+    /** Starts serve with two workers and the HTTP endpoint; stops it once the test has ended. */
+    const start = async (t: TestContext) => {
+        const file = path.join(dir, `mailwarden-${++configs}.yaml`);
+        const httpPort = await freePort();
+        // a port of its own: one 0 would become another port once every worker had ended
+        const port = await freePort();
+        const lines = [
+            'hostname: mx.example.test',
+            'domains: [example.test]',
+            `listeners: [{ name: mx, host: 127.0.0.1, port: ${port}, mode: mx }]`,
+            `upstream: { url: "smtp://127.0.0.1:${up.port}", dataTimeout: 2s }`,
+            `dns: { servers: ["${dns.address}"], timeout: 1s }`,
+            `redis: { url: "${redis.url}" }`,
+            `http: { host: 127.0.0.1, port: ${httpPort} }`,
+            'workers: 2',
+            'shutdownTimeout: 1s',
+            '',
+        ];
+        fs.writeFileSync(file, lines.join('\n'));
+        const serve = startServe(file, dir);
+        t.after(() => serve.stop(30_000));
+        await serve.waitFor((l) => l.msg === 'workers started', { timeoutMs: START_MS });
+        const pids = new Map(
+            serve.logs.filter((l) => l.msg === 'worker ready').map((l) => [l.worker as number, l.pid as number]),
+        );
+        assert.equal(pids.size, 2);
+        const metrics = async (): Promise<string> => {
+            const res = await fetch(`http://127.0.0.1:${httpPort}/metrics`);
+            assert.equal(res.status, 200);
+            return res.text();
+        };
+        const value = async (series: string): Promise<number> => {
+            const line = (await metrics()).split('\n').find((l) => l.startsWith(`${series} `));
+            return line === undefined ? NaN : Number(line.slice(series.length + 1));
+        };
+        return { serve, file, lines, port, pids, value };
+    };
+
+    it('says why when a worker to replace would read an invalid config file, and sets mailwarden_config_invalid', async (t) => {
+        const s = await start(t);
+        const good = s.lines.join('\n');
+        // an edit never reloaded; then the OOM killer ends both workers
+        fs.writeFileSync(s.file, `${good}bogusKey: 1\n`);
+        const mark = s.serve.logs.length;
+        for (const pid of s.pids.values()) process.kill(pid, 'SIGKILL');
+        const invalid = await s.serve.waitFor((l) => String(l.msg).startsWith('the config file on disk is invalid'), {
+            from: mark,
+            timeoutMs: 20_000,
+        });
+        assert.equal(invalid.level, 50);
+        assert.equal(invalid.role, 'primary');
+        // the line `mailwarden check` prints for it, as a failed reload logs it
+        assert.deepEqual(invalid.issues, [`${s.file}:${s.lines.length}:1: unknown key "bogusKey"`]);
+        assert.equal(invalid.ready, 0);
+        assert.equal(await s.value('mailwarden_config_invalid'), 1);
+        assert.equal(await s.value('mailwarden_workers'), 0);
+        // once the file is fixed, the next worker started takes it: no restart needed
+        fs.writeFileSync(s.file, good);
+        await until(
+            'two workers are ready again',
+            () => s.serve.logs.slice(mark).filter((l) => l.msg === 'worker ready').length === 2,
+            60_000,
+            100,
+        );
+        assert.equal(await s.value('mailwarden_workers'), 2);
+        assert.equal(await s.value('mailwarden_config_invalid'), 0);
+        const c = await smtpConnect(s.port);
+        assert.equal((await c.greeting()).code, 220);
+        c.close();
     });
 });
 

@@ -102,7 +102,7 @@ describe('alert rules', () => {
         }
     });
 
-    it('cover what the operator must hear about: upstream, DNS, Redis, rejects, deferrals, AUTH, a pending restart, an invalid file on disk, failing checks, internal errors, an expiring certificate', () => {
+    it('cover what the operator must hear about: upstream, DNS, Redis, rejects, deferrals, AUTH, a pending restart, an invalid file on disk, failing checks, internal errors, an expiring certificate, no worker serving', () => {
         const all = rules.map((r) => `${r.alert} ${r.expr}`).join('\n');
         for (const metric of [
             'mailwarden_upstream_replies_total',
@@ -116,6 +116,8 @@ describe('alert rules', () => {
             'mailwarden_check_failures_total',
             'mailwarden_internal_errors_total',
             'mailwarden_tls_certificate_expiry_timestamp_seconds',
+            // the primary of several workers is scraped (MailwardenDown stays quiet) while none serves
+            'mailwarden_workers',
         ]) {
             assert.ok(all.includes(metric), `an alert reads ${metric}`);
         }
