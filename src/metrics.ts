@@ -410,7 +410,7 @@ export function createMetrics(version: string) {
         }),
         workerRestarts: new Counter({
             name: `${P}worker_restarts_total`,
-            help: 'Worker processes that ended unexpectedly and were replaced, by reason (signal: killed by a signal; error: exited with a non-zero status; exit: exited with status 0)',
+            help: 'Worker processes that ended unexpectedly, by reason (signal: killed by a signal; error: exited with a non-zero status; exit: exited with status 0): replaced, or, during a stop, not replaced and their sessions lost (the primary then exits 1)',
             labelNames: ['reason'],
             registers: r,
         }),

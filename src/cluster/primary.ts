@@ -4,7 +4,9 @@
  * worker), serves the HTTP endpoint for all of them (/metrics: every worker's metrics summed,
  * with the primary's own, the primary's start time as the process's and the event-loop lag of
  * the slowest process; /readyz: ready when every worker is), passes SIGHUP, SIGTERM, SIGINT and
- * SIGUSR2 on to every worker and exits when they have drained. A worker that ends
+ * SIGUSR2 on to every worker and exits when they have drained: 1 when a worker ended otherwise
+ * than as asked (killed after the drain's bound, or by anyone else, a crash: its sessions are
+ * lost, and that is logged at error and counted), else 0 (75 after SIGUSR2). A worker that ends
  * unexpectedly is logged, counted (mailwarden_worker_restarts_total) and replaced; the others
  * and their sessions are not touched. The replacement reads the config file as it is on disk:
  * when it does not validate, the primary logs its FILE:LINE:COL lines (at error) and sets
@@ -66,6 +68,8 @@ interface Slot {
     reloadPending: boolean;
     /** The worker's last answer to a metrics question, counted while it does not answer and after it ended. */
     lastMetrics: WorkerMetrics | null;
+    /** The signal the primary sent it to stop (drain, or kill after the drain's bound). */
+    stopSignal: NodeJS.Signals | null;
 }
 
 type Pending = (answer: Answer | null) => void;
@@ -145,7 +149,14 @@ export async function runPrimary(o: PrimaryOptions): Promise<number> {
 
     const fork = (): Slot => {
         const worker = cluster.fork();
-        const slot: Slot = { worker, startedAt: Date.now(), ready: false, reloadPending: false, lastMetrics: null };
+        const slot: Slot = {
+            worker,
+            startedAt: Date.now(),
+            ready: false,
+            reloadPending: false,
+            lastMetrics: null,
+            stopSignal: null,
+        };
         slots.set(worker.id, slot);
         return slot;
     };
@@ -224,9 +235,25 @@ export async function runPrimary(o: PrimaryOptions): Promise<number> {
         if (slot?.lastMetrics) retire(slot.lastMetrics);
         // answers this worker owed will not come: their waits time out on their own
         if (stopping) {
-            const expected = code === 0 || code === 75 || code === null;
-            if (!expected) failed = true;
-            log.info({ worker: worker.id, pid: worker.process.pid, code, signal, left: slots.size }, 'worker stopped');
+            // only an end the primary asked for: the status of the drain it asked for, or the
+            // signal it sent (to a worker killed after the drain's bound, logged already);
+            // anything else (the OOM killer, a crash) cut that worker's sessions short
+            const asked = code === (stopping.restart ? 75 : 0) || (signal !== null && signal === slot?.stopSignal);
+            if (!asked) failed = true;
+            // a start that failed has said so already
+            if (asked || !serving) {
+                log.info(
+                    { worker: worker.id, pid: worker.process.pid, code, signal, left: slots.size },
+                    'worker stopped',
+                );
+            } else {
+                const reason = endReason(code, signal);
+                metrics.workerRestarts.inc({ reason });
+                log.error(
+                    { worker: worker.id, pid: worker.process.pid, code, signal, reason, left: slots.size },
+                    'worker ended during the drain; its sessions are lost (a message whose end of data the upstream had may arrive twice, unlogged) and its spool files stay until the next start',
+                );
+            }
             if (slots.size === 0) allGone();
             return;
         }
@@ -242,6 +269,10 @@ export async function runPrimary(o: PrimaryOptions): Promise<number> {
         replace();
     });
 
+    const stopWith = (slot: Slot, signal: NodeJS.Signals): void => {
+        slot.stopSignal = signal;
+        slot.worker.process.kill(signal);
+    };
     const stop = (signal: NodeJS.Signals): void => {
         if (stopping) return;
         const restart = signal === 'SIGUSR2';
@@ -249,7 +280,7 @@ export async function runPrimary(o: PrimaryOptions): Promise<number> {
         for (const t of restartTimers) clearTimeout(t);
         restartTimers.clear();
         log.info({ signal, restart, workers: slots.size }, 'signal received; draining every worker');
-        for (const slot of slots.values()) slot.worker.process.kill(restart ? 'SIGUSR2' : 'SIGTERM');
+        for (const slot of slots.values()) stopWith(slot, restart ? 'SIGUSR2' : 'SIGTERM');
         const killAfterMs = Math.max(drainBound(config), replacementBoundMs) + DRAIN_MARGIN_MS;
         const killer = setTimeout(() => {
             for (const slot of slots.values()) {
@@ -258,7 +289,7 @@ export async function runPrimary(o: PrimaryOptions): Promise<number> {
                     'worker did not end after the drain; killing it',
                 );
                 failed = true;
-                slot.worker.process.kill('SIGKILL');
+                stopWith(slot, 'SIGKILL');
             }
         }, killAfterMs);
         killer.unref();
@@ -379,7 +410,7 @@ export async function runPrimary(o: PrimaryOptions): Promise<number> {
         if (stopping) return -1;
         log.error({ err: err instanceof Error ? err.message : String(err) }, 'start failed; stopping the workers');
         stopping = { restart: false };
-        for (const slot of slots.values()) slot.worker.process.kill('SIGTERM');
+        for (const slot of slots.values()) stopWith(slot, 'SIGTERM');
         if (slots.size > 0) await gone;
         http?.close();
         return 1;

@@ -12,7 +12,9 @@
  * the port is free at once for a new start, and the workers exit by themselves.
  * Workers that end while the config file on disk does not validate: the primary logs the
  * file's FILE:LINE:COL lines and sets mailwarden_config_invalid (mailwarden_workers says none
- * serves), and the first worker started after the file is fixed serves again.
+ * serves), and the first worker started after the file is fixed serves again. A worker killed
+ * while a SIGTERM drains is logged at error and counted, and the primary exits 1, while the other
+ * worker's message still gets its 250.
  */
 import assert from 'node:assert/strict';
 import { X509Certificate } from 'node:crypto';
@@ -26,7 +28,7 @@ import { startDnsServer, type DnsTestServer } from '../helpers/dns-server.ts';
 import { startRedis, type RedisInstance } from '../helpers/redis.ts';
 import { startScriptedUpstream, type ScriptedUpstream } from '../helpers/scripted-upstream.ts';
 import { startServe, type Serve } from '../helpers/serve.ts';
-import { freePort, smtpConnect, type SmtpClient } from '../helpers/smtp-client.ts';
+import { freePort, smtpConnect, type SmtpClient, type SmtpReply } from '../helpers/smtp-client.ts';
 import { createTestCertificate, type TestCertificate } from '../helpers/tls-cert.ts';
 import { until } from '../helpers/until.ts';
 
@@ -434,12 +436,22 @@ describe('serve with workers: 2 whose workers end', () => {
     let up: ScriptedUpstream;
     let redis: RedisInstance;
     let configs = 0;
+    /** The upstream answers an end of data of subject `held` once this is called. */
+    let release: () => void = () => undefined;
+    let held = Promise.resolve();
 
     before(async () => {
         dir = fs.mkdtempSync(path.join(os.tmpdir(), 'mw-workers-end-'));
         dns = await startDnsServer({ 'sender.example': { TXT: ['v=spf1 ip4:127.0.0.0/8 -all'] } });
         redis = await startRedis();
-        up = await startScriptedUpstream({ ehlo: ['XCLIENT NAME ADDR PORT PROTO HELO LOGIN'] });
+        up = await startScriptedUpstream({
+            ehlo: ['XCLIENT NAME ADDR PORT PROTO HELO LOGIN'],
+            onData: async (tx) => {
+                if (!tx.data?.toString('latin1').includes('Subject: held\r\n')) return undefined;
+                await held;
+                return '250 2.0.0 Ok: queued as HELD';
+            },
+        });
     });
     after(async () => {
         await up.close();
@@ -458,7 +470,8 @@ describe('serve with workers: 2 whose workers end', () => {
             'hostname: mx.example.test',
             'domains: [example.test]',
             `listeners: [{ name: mx, host: 127.0.0.1, port: ${port}, mode: mx }]`,
-            `upstream: { url: "smtp://127.0.0.1:${up.port}", dataTimeout: 2s }`,
+            // a drain waits this long for an answer the upstream holds
+            `upstream: { url: "smtp://127.0.0.1:${up.port}", dataTimeout: 30s }`,
             `dns: { servers: ["${dns.address}"], timeout: 1s }`,
             `redis: { url: "${redis.url}" }`,
             `http: { host: 127.0.0.1, port: ${httpPort} }`,
@@ -468,7 +481,10 @@ describe('serve with workers: 2 whose workers end', () => {
         ];
         fs.writeFileSync(file, lines.join('\n'));
         const serve = startServe(file, dir);
-        t.after(() => serve.stop(30_000));
+        t.after(() => {
+            release();
+            return serve.stop(60_000);
+        });
         await serve.waitFor((l) => l.msg === 'workers started', { timeoutMs: START_MS });
         const pids = new Map(
             serve.logs.filter((l) => l.msg === 'worker ready').map((l) => [l.worker as number, l.pid as number]),
@@ -517,6 +533,74 @@ describe('serve with workers: 2 whose workers end', () => {
         const c = await smtpConnect(s.port);
         assert.equal((await c.greeting()).code, 220);
         c.close();
+    });
+
+    it('counts a worker killed during the drain as an error: its sessions lost, logged and counted, and exit 1', async (t) => {
+        const s = await start(t);
+        held = new Promise((resolve) => (release = resolve));
+        /** A session on each worker whose end of data the upstream holds the answer to. */
+        const sessions = new Map<number, { c: SmtpClient; reply: Promise<SmtpReply | Error> }>();
+        const spare: SmtpClient[] = [];
+        const send = async (c: SmtpClient, subject: string): Promise<void> => {
+            assert.equal((await c.cmd('MAIL FROM:<bob@sender.example>')).code, 250);
+            assert.equal((await c.cmd('RCPT TO:<staff@example.test>')).code, 250);
+            assert.equal((await c.cmd('DATA')).code, 354);
+            c.write(`${message(subject)}.\r\n`);
+        };
+        for (let i = 0; i < 12 && sessions.size < 2; i++) {
+            const c = await smtpConnect(s.port);
+            await c.greeting();
+            await c.cmd('EHLO client.example');
+            // the worker that serves it: the one that logged the session its first message names
+            await send(c, `first ${i}`);
+            const first = await c.reply(20_000);
+            assert.equal(first.code, 250, first.raw);
+            const id = /\(id ([^)]+)\)/.exec(first.text)?.[1];
+            const line = await s.serve.waitFor((l) => l.session === id && typeof l.worker === 'number');
+            const worker = line.worker as number;
+            if (sessions.has(worker)) {
+                spare.push(c);
+                continue;
+            }
+            await send(c, 'held');
+            // the victim's connection closes without one
+            const reply = c
+                .reply(60_000)
+                .catch((err: unknown) => (err instanceof Error ? err : new Error(String(err))));
+            sessions.set(worker, { c, reply });
+        }
+        for (const c of spare) c.close();
+        assert.equal(sessions.size, 2, 'connections reached both workers');
+        const arrived = (): boolean =>
+            up.transactions.filter((x) => x.completed && x.data?.toString('latin1').includes('Subject: held\r\n'))
+                .length === 2;
+        await until('the upstream has both messages', arrived, 10_000);
+        const mark = s.serve.logs.length;
+        s.serve.signal('SIGTERM');
+        await s.serve.waitFor((l) => l.msg === 'signal received; draining every worker', { from: mark });
+        // the OOM killer, say, ends one worker while it drains
+        const [victim, survivor] = [...sessions.keys()] as [number, number];
+        process.kill(s.pids.get(victim)!, 'SIGKILL');
+        const lost = await s.serve.waitFor((l) => String(l.msg).startsWith('worker ended during the drain'), {
+            from: mark,
+        });
+        assert.equal(lost.level, 50);
+        assert.equal(lost.worker, victim);
+        assert.equal(lost.signal, 'SIGKILL');
+        assert.equal(lost.reason, 'signal');
+        // the other worker still drains, its message held: the endpoint answers meanwhile
+        assert.equal(await s.value('mailwarden_worker_restarts_total{reason="signal"}'), 1);
+        assert.ok((await sessions.get(victim)!.reply) instanceof Error, "the victim's client got no reply");
+        release();
+        const r = await sessions.get(survivor)!.reply;
+        if (r instanceof Error) throw r;
+        assert.equal(r.code, 250, r.raw);
+        assert.equal(await s.serve.exited, 1);
+        const stopped = s.serve.logs.slice(mark).filter((l) => l.msg === 'worker stopped');
+        assert.deepEqual(
+            stopped.map((l) => l.worker),
+            [survivor],
+        );
     });
 });
 
