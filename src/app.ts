@@ -130,7 +130,9 @@ export interface App {
     start(): Promise<void>;
     /**
      * Drains and stops; resolves when every session has ended and every message in hand has
-     * its decision line (at most shutdownTimeout + upstream.dataTimeout + 1 s). Sessions are
+     * its decision line (at most shutdownTimeout + upstream.dataTimeout + 2 s: CUT_GRACE_MS for
+     * the sessions cut short, then as much for the leases) and the idle upstream connections and
+     * Redis are closed (their QUIT: at most 2 s, then redis.commandTimeout). Sessions are
      * told `421 4.3.2` "Service shutting down", or "Service restarting" when `restart` says the
      * operator asked for a restart (mailwarden is then back within seconds).
      */

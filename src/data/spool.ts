@@ -14,7 +14,11 @@
  *   length of the longest line (RFC 5322 section 2.1.1: at most 998 characters), as a number.
  * - The spool folder is mailwarden's own (mode 0700); at start, files left there by a process
  *   that ended without removing them (a crash, SIGKILL) are deleted: they hold message text
- *   that no client was ever told was accepted, so nothing is lost by removing them.
+ *   that no client was ever told was accepted, so nothing is lost by removing them. Whether
+ *   that process still runs is judged by its PID (kill(pid, 0); Node.js has no file lock), so a
+ *   folder must not be shared between hosts, containers or PID namespaces (one folder per
+ *   instance, which its workers share): from another namespace a live process looks gone and
+ *   its files in use would be deleted.
  * It never decides what happens to the message; the session does.
  */
 import { randomBytes } from 'node:crypto';
@@ -34,7 +38,7 @@ const INSTANCE = randomBytes(4).toString('hex');
 /** `mailwarden-<pid>-<instance>-<random>.eml` */
 const SPOOL_FILE = /^mailwarden-(\d+)-([0-9a-f]{8})-[0-9a-f]{16}\.eml$/;
 
-/** True when a process with this PID runs (another instance sharing the folder keeps its files). */
+/** True when a process with this PID runs in this PID namespace (a worker of this instance keeps its files). */
 function processAlive(pid: number): boolean {
     try {
         process.kill(pid, 0);
