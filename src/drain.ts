@@ -20,6 +20,16 @@ export function answerWaitMs(config: Pick<Config, 'upstream'>): number {
     return config.upstream.kind === 'maildir' ? 0 : config.upstream.dataTimeoutMs;
 }
 
+/**
+ * The longest a process's stop may take under `config`: shutdownTimeout, the wait for answers
+ * (above), then the Redis QUIT (up to redis.commandTimeout); the fixed graces of App.stop (two of
+ * a second, the upstream QUIT of at most two) are in the callers' margin. The primary kills a
+ * worker, and a worker whose primary is gone ends itself, only past this bound plus that margin.
+ */
+export function stopBoundMs(config: Pick<Config, 'shutdownTimeoutMs' | 'upstream' | 'redis'>): number {
+    return config.shutdownTimeoutMs + answerWaitMs(config) + (config.redis?.commandTimeoutMs ?? 0);
+}
+
 /** One message from its DATA command to its decision line. */
 export class MessageWork {
     private readonly registry: Set<MessageWork>;

@@ -22,7 +22,7 @@ import { availableParallelism } from 'node:os';
 import { AggregatorRegistry } from 'prom-client';
 import { configAfterReload, diffConfig } from '../config/reload.ts';
 import type { Config } from '../config/types.ts';
-import { answerWaitMs } from '../drain.ts';
+import { stopBoundMs } from '../drain.ts';
 import { createHttpServer } from '../http.ts';
 import type { Logger } from '../log.ts';
 import { PRIMARY_ONLY_METRICS, WORKER_ONLY_METRICS, WORST_PROCESS_METRICS, type Metrics } from '../metrics.ts';
@@ -41,8 +41,9 @@ const SHORT_LIFE_MS = 10_000;
 const MAX_RESTART_DELAY_MS = 30_000;
 /**
  * Margin after the workers' own bound (shutdownTimeout, then upstream.dataTimeout for the answers
- * to ends of data already sent: src/drain.ts) before the primary kills what is left (or a worker
- * whose primary is gone ends itself: src/cluster/worker.ts).
+ * to ends of data already sent, then the Redis QUIT: stopBoundMs in src/drain.ts) before the
+ * primary kills what is left (or a worker whose primary is gone ends itself:
+ * src/cluster/worker.ts); it covers App.stop's fixed graces (two of 1 s, an upstream QUIT of 2 s).
  */
 export const DRAIN_MARGIN_MS = 5000;
 
@@ -183,8 +184,8 @@ export async function runPrimary(o: PrimaryOptions): Promise<number> {
             slot.worker.once('exit', onExit);
         });
 
-    /** The workers' own drain bound under `c`: shutdownTimeout, then the wait for answers to ends of data. */
-    const drainBound = (c: Config): number => c.shutdownTimeoutMs + answerWaitMs(c);
+    /** The workers' own stop bound under `c` (src/drain.ts). */
+    const drainBound = (c: Config): number => stopBoundMs(c);
     /**
      * The config file as it is on disk, or its issues (the FILE:LINE:COL lines) when it does not
      * validate. mailwarden_config_invalid follows each read (the workers' own reloads set theirs;

@@ -8,7 +8,7 @@
  */
 import cluster from 'node:cluster';
 import type { App } from '../app.ts';
-import { answerWaitMs } from '../drain.ts';
+import { stopBoundMs } from '../drain.ts';
 import { DRAIN_MARGIN_MS } from './primary.ts';
 import { isQuestion, type Answer } from './protocol.ts';
 
@@ -45,7 +45,7 @@ export function serveAsWorker(app: App, onPrimaryGone: () => void): void {
 }
 
 function primaryGone(app: App, drain: () => void): void {
-    const boundMs = app.config.shutdownTimeoutMs + answerWaitMs(app.config) + DRAIN_MARGIN_MS;
+    const boundMs = stopBoundMs(app.config) + DRAIN_MARGIN_MS;
     app.log.warn(
         { alreadyDraining: app.draining, exitWithinMs: boundMs },
         'primary gone: no new connections; the sessions in progress finish as on SIGTERM, then this worker exits',
