@@ -14,7 +14,6 @@ import { createSecureContext } from 'node:tls';
 import type { SMTPServer, SMTPServerOptions, SMTPServerSession } from 'smtp-server';
 import { tlsPairProblem } from './config/sections/tls.ts';
 import type { Config, ListenerConfig } from './config/types.ts';
-import type { SmtpReply } from './types.ts';
 import { smtpServerLogger, type Logger } from './log.ts';
 import { CHECK_FAILURES, SENDER_BINDING_WHERE, UNCONFIRMED_REASONS } from './metrics.ts';
 import { compileCidrs } from './net/ip.ts';
@@ -90,16 +89,17 @@ export interface RunningListener {
 
 /**
  * The reply error for whatever a session callback failed with; `counted` is called when it is an
- * internal error (thrown as one by the session, or not a reply at all).
+ * internal error (marked as one where it was raised, or not a reply at all). A reply that only
+ * looks like one (Postfix's own 451 4.3.0 relayed) is not counted.
  */
 function internalError(log: Logger, id: string, err: unknown, counted: () => void): SmtpReplyError {
     if (err instanceof SmtpReplyError) {
-        if (isInternalError(err.reply)) counted();
+        if (err.internal) counted();
         return err;
     }
     log.error({ session: id, err }, 'unexpected error in SMTP callback');
     counted();
-    return toCallbackError(replyFor('internal-error', { id }));
+    return toCallbackError(replyFor('internal-error', { id }), true);
 }
 
 /** The notAfter of the (first) certificate of a PEM file, in seconds since the epoch; 0 when unreadable. */
@@ -110,12 +110,6 @@ function certificateExpiry(pem: Buffer): number {
     } catch {
         return 0;
     }
-}
-
-const INTERNAL = replyFor('internal-error', { id: '' });
-
-function isInternalError(reply: SmtpReply): boolean {
-    return reply.code === INTERNAL.code && reply.enhanced === INTERNAL.enhanced;
 }
 
 export function createListener(config: Config, listener: ListenerConfig, deps: ListenerDeps): RunningListener {
@@ -413,6 +407,7 @@ export function createListener(config: Config, listener: ListenerConfig, deps: L
     if (listener.pregreetWaitMs > 0) for (const result of PREGREET_RESULTS) deps.metrics.pregreet.inc({ result }, 0);
     for (const kind of ['http', 'tls']) deps.metrics.foreignProtocol.inc({ listener: listener.name, kind }, 0);
     deps.metrics.internalErrors.inc({ listener: listener.name }, 0);
+    deps.metrics.spoolWriteErrors.inc({ listener: listener.name }, 0);
     for (const check of deps.checks) {
         for (const result of CHECK_FAILURES) deps.metrics.checkFailures.inc({ check: check.name, result }, 0);
     }

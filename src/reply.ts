@@ -613,17 +613,27 @@ export function formatReply(reply: SmtpReply): string {
 export class SmtpReplyError extends Error {
     readonly responseCode: number;
     readonly reply: SmtpReply;
-    constructor(reply: SmtpReply) {
+    /**
+     * True when the reply answers a fault of mailwarden's own (a bug), marked where it is raised
+     * and counted in `internal_errors_total`; never for what a client, the upstream or the
+     * host did, whatever the reply code.
+     */
+    readonly internal: boolean;
+    constructor(reply: SmtpReply, internal: boolean) {
         super(`${reply.enhanced} ${sanitizeReplyText(reply.text)}`);
         this.name = 'SmtpReplyError';
         this.responseCode = reply.code;
         this.reply = reply;
+        this.internal = internal;
     }
 }
 
-/** The only way to build an error for an smtp-server callback. */
-export function toCallbackError(reply: SmtpReply): SmtpReplyError {
-    return new SmtpReplyError(reply);
+/**
+ * The only way to build an error for an smtp-server callback; `internal` marks a fault of our
+ * own (SmtpReplyError.internal).
+ */
+export function toCallbackError(reply: SmtpReply, internal = false): SmtpReplyError {
+    return new SmtpReplyError(reply, internal);
 }
 
 /** Reply text must be one line of printable characters (RFC 5321 section 4.2). */

@@ -13,7 +13,7 @@
 import { Readable } from 'node:stream';
 import type { SMTPServerAddress, SMTPServerDataStream, SMTPServerSession } from 'smtp-server';
 import type { Config, ListenerConfig } from './config/types.ts';
-import { MessageSpool, type SpoolMemory, type SpoolSummary } from './data/spool.ts';
+import { MessageSpool, SpoolWriteError, type SpoolMemory, type SpoolSummary } from './data/spool.ts';
 import { MessageWork } from './drain.ts';
 import { EnvelopeGate } from './envelope/gate.ts';
 import type { RelayPolicy } from './envelope/relay.ts';
@@ -137,8 +137,9 @@ export class Session {
         this.flow = new MessageFlow(smtp.id, deps.listener, earlyFacts);
     }
 
-    private refuse(reply: SmtpReply): SmtpReplyError {
-        return toCallbackError(reply);
+    /** `internal`: the reply answers a fault of our own (counted in internal_errors_total). */
+    private refuse(reply: SmtpReply, internal = false): SmtpReplyError {
+        return toCallbackError(reply, internal);
     }
 
     identity(): ClientIdentity {
@@ -299,7 +300,7 @@ export class Session {
             return this.refuse(reply);
         }
         this.log.error({ step, err }, 'internal error');
-        return this.refuse(replyFor('internal-error', { id: this.id }));
+        return this.refuse(replyFor('internal-error', { id: this.id }), true);
     }
 
     /** The line of a refusal the upstream made at MAIL or RCPT, which the client gets relayed. */
@@ -369,7 +370,7 @@ export class Session {
         const tx = this.tx;
         // A transaction begun before the shutdown may finish: its recipients are still served.
         if (!tx && this.deps.isDraining()) throw this.refuse(replyFor('shutting-down', { id: this.id }));
-        if (!tx) throw this.refuse(replyFor('internal-error', { id: this.id }));
+        if (!tx) throw this.refuse(replyFor('internal-error', { id: this.id }), true);
         const { mailbox: recipient, params: rcptParams } = this.envelope.rcpt(
             address,
             { smtputf8: tx.smtputf8, accepted: tx.rcpts.length },
@@ -445,12 +446,19 @@ export class Session {
                     work.stopped !== null
                         ? 'shutting down: the message was not received in full within shutdownTimeout'
                         : `message not received in full: ${err instanceof Error ? err.message : String(err)}`;
+                if (err instanceof SpoolWriteError && work.stopped === null) {
+                    // the host's disk, not a bug of ours nor the client: told at error level and counted
+                    this.deps.metrics.spoolWriteErrors.inc({ listener: this.deps.listener.name });
+                    this.log.error({ spoolPath: err.path, errno: err.code, err: err.message }, 'spool write failed');
+                }
                 await this.abandonUpstream();
+                // not an internal error: a client that left gets no reply (this one goes nowhere), a
+                // shutdown or a spool that cannot be written is not a bug
                 throw this.refuse(replyFor('internal-error', { id: this.id }));
             }
             record.size = summary.size;
             this.deps.metrics.messageSize.observe(summary.size);
-            if (!tx) throw this.refuse(replyFor('internal-error', { id: this.id }));
+            if (!tx) throw this.refuse(replyFor('internal-error', { id: this.id }), true);
             if (!summary.tooBig && MessageFlow.hasBareNewline(summary)) {
                 const policy = this.deps.listener.bareNewline;
                 this.deps.metrics.bareNewlines.inc({ listener: this.deps.listener.name, policy });
@@ -581,7 +589,7 @@ export class Session {
             action = 'tempfail';
             record.reason = 'internal error';
             await this.abandonUpstream();
-            throw this.refuse(replyFor('internal-error', { id: this.id }));
+            throw this.refuse(replyFor('internal-error', { id: this.id }), true);
         } finally {
             // inData stays set until the listener has written the reply (dataReplied)
             const spilled = spool.spillReason;

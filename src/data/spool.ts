@@ -19,6 +19,8 @@
  *   folder must not be shared between hosts, containers or PID namespaces (one folder per
  *   instance, which its workers share): from another namespace a live process looks gone and
  *   its files in use would be deleted.
+ * - A failure to write the spool file (ENOSPC, EIO, EROFS...) rejects as a SpoolWriteError
+ *   naming the file and the errno, told apart from the DATA stream failing (the client left).
  * It never decides what happens to the message; the session does.
  */
 import { randomBytes } from 'node:crypto';
@@ -154,6 +156,21 @@ export interface SpoolSummary {
     readonly spilled: boolean;
 }
 
+/** Writing the spool file failed: the host's fault (a full or broken disk), not the client's. */
+export class SpoolWriteError extends Error {
+    /** The spool file, or the spool folder when the file could not be created. */
+    readonly path: string;
+    /** The errno name (`ENOSPC`, `EIO`, `EROFS`...), `unknown` when there is none. */
+    readonly code: string;
+    constructor(path: string, cause: unknown) {
+        const code = (cause as NodeJS.ErrnoException | null)?.code ?? 'unknown';
+        super(`spool write failed: ${cause instanceof Error ? cause.message : String(cause)}`, { cause });
+        this.name = 'SpoolWriteError';
+        this.path = path;
+        this.code = code;
+    }
+}
+
 export class MessageSpool {
     private readonly opts: SpoolOptions;
     private readonly chunks: Buffer[] = [];
@@ -182,16 +199,25 @@ export class MessageSpool {
 
     /**
      * Reads the DATA stream to its end. Rejects when the stream fails (for example the
-     * client disconnected); the caller must then drop the message and call dispose().
+     * client disconnected), or with a SpoolWriteError when the spool file cannot be written;
+     * the caller must then drop the message and call dispose().
      */
     async ingest(stream: AsyncIterable<Buffer | string>): Promise<SpoolSummary> {
         for await (const chunk of stream) {
             const buf = typeof chunk === 'string' ? Buffer.from(chunk, 'binary') : chunk;
             this.received += buf.length;
-            await this.store(this.canonicalize(buf, false));
+            try {
+                await this.store(this.canonicalize(buf, false));
+            } catch (err) {
+                throw new SpoolWriteError(this.filePath ?? this.opts.dir, err);
+            }
         }
-        await this.store(this.canonicalize(Buffer.alloc(0), true));
-        if (this.file) await this.file.sync();
+        try {
+            await this.store(this.canonicalize(Buffer.alloc(0), true));
+            if (this.file) await this.file.sync();
+        } catch (err) {
+            throw new SpoolWriteError(this.filePath ?? this.opts.dir, err);
+        }
         return this.summary();
     }
 

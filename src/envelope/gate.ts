@@ -186,7 +186,7 @@ export class EnvelopeGate {
     /** The parse behind `address`, or the refusal of a command that did not parse. */
     private parsed(step: 'mail' | 'rcpt', address: SMTPServerAddress): Extract<EnvelopeParse, { ok: true }> {
         const parse = envelopeOf(address);
-        if (!parse) throw toCallbackError(replyFor('internal-error', { id: this.id }));
+        if (!parse) throw toCallbackError(replyFor('internal-error', { id: this.id }), true);
         if (parse.ok) return parse;
         const { refusal, reply } = syntaxRefusal(step, parse, this.id);
         throw this.refused(

@@ -7,17 +7,20 @@
  * and is answered `421 4.7.0` instead of the greeting. Every series exists at 0 from the start.
  */
 import assert from 'node:assert/strict';
-import { writeFileSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { hashPassword } from '../../src/submission/hashes.ts';
 import { acceptAll } from '../../src/pipeline.ts';
 import type { Check, Decider } from '../../src/types.ts';
-import { startApp, type TestApp } from '../helpers/app.ts';
+import { decisions, startApp, type TestApp } from '../helpers/app.ts';
 import { startDnsServer, type DnsTestServer } from '../helpers/dns-server.ts';
 import { startScriptedUpstream, type ScriptedUpstream } from '../helpers/scripted-upstream.ts';
 import { sendMail, smtpConnect } from '../helpers/smtp-client.ts';
 import { createTestCertificate, type TestCertificate } from '../helpers/tls-cert.ts';
+import { until } from '../helpers/until.ts';
 
 const plain = (user: string, pass: string): string => Buffer.from(`\0${user}\0${pass}`).toString('base64');
 
@@ -187,5 +190,89 @@ describe('check failures and internal errors', () => {
         }
         assert.equal(await value(mw, 'mailwarden_internal_errors_total', { listener: 'mx' }), 1);
         assert.ok(mw.logs.some((l) => l.msg === 'unexpected error in SMTP callback'));
+    });
+});
+
+describe('what is not an internal error', () => {
+    let up: ScriptedUpstream;
+    let mw: TestApp;
+    let disk: string;
+    const body = `From: a@sender.example\r\nTo: b@example.test\r\nSubject: x\r\n\r\n${`${'x'.repeat(76)}\r\n`.repeat(2000)}`;
+
+    before(async () => {
+        // a spool folder on a 64 KiB tmpfs: a message of 156 KB fills it (ENOSPC)
+        disk = mkdtempSync(join(tmpdir(), 'mw-spool-disk-'));
+        execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=64k,mode=0700', 'tmpfs', disk]);
+        up = await startScriptedUpstream({
+            ehlo: ['XCLIENT NAME ADDR PORT PROTO HELO LOGIN', 'SIZE 10000000'],
+            onCommand: (line) =>
+                /^RCPT TO:<lookup@example\.test>/i.test(line)
+                    ? '451 4.3.0 <lookup@example.test>: Temporary lookup failure'
+                    : undefined,
+        });
+        mw = await startApp(
+            [
+                'hostname: mx.example.test',
+                'domains: [example.test]',
+                'listeners: [{ name: mx, host: 127.0.0.1, port: 0, mode: mx }]',
+                `upstream: { url: "smtp://127.0.0.1:${up.port}" }`,
+                `spool: { dir: "${join(disk, 'spool')}", memoryLimit: 1KB }`,
+                'http: false',
+            ].join('\n'),
+        );
+    });
+    after(async () => {
+        await mw?.stop();
+        await up?.close();
+        if (disk) {
+            execFileSync('umount', [disk]);
+            rmSync(disk, { recursive: true, force: true });
+        }
+    });
+
+    const internal = () => value(mw, 'mailwarden_internal_errors_total', { listener: 'mx' });
+    const errorLines = () => mw.logs.filter((l) => (l.level as number) >= 50);
+
+    it("relays the upstream's own 451 4.3.0 without counting it", async () => {
+        const r = await sendMail(mw.port(), { from: 'a@sender.example', to: ['lookup@example.test'], data: 'x' });
+        assert.equal(r.rcpt[0]?.code, 451, r.rcpt[0]?.raw);
+        assert.match(r.rcpt[0].text, /^4\.3\.0 /);
+        assert.equal(await internal(), 0);
+    });
+
+    it('does not count a client that left in the middle of DATA', async () => {
+        const c = await smtpConnect(mw.port());
+        try {
+            await c.greeting();
+            await c.cmd('EHLO client.example');
+            await c.cmd('MAIL FROM:<a@sender.example>');
+            await c.cmd('RCPT TO:<b@example.test>');
+            assert.equal((await c.cmd('DATA')).code, 354);
+            c.write('Subject: x\r\n\r\npartial');
+        } finally {
+            c.close();
+        }
+        await until('the decision line of the session is written', () =>
+            decisions(mw.logs).some((d) => String(d.reason).startsWith('message not received in full')),
+        );
+        assert.equal(await internal(), 0);
+        assert.deepEqual(errorLines(), []);
+    });
+
+    it('logs a spool write failure at error level with the file and errno, and counts it apart', async () => {
+        assert.equal(await value(mw, 'mailwarden_spool_write_errors_total', { listener: 'mx' }), 0);
+        const r = await sendMail(mw.port(), { from: 'a@sender.example', to: ['b@example.test'], data: body });
+        assert.equal(r.message?.code, 451, r.message?.raw);
+        assert.match(r.message.text, /^4\.3\.0 /);
+        assert.equal(await value(mw, 'mailwarden_spool_write_errors_total', { listener: 'mx' }), 1);
+        assert.equal(await internal(), 0);
+        const [line, ...more] = errorLines();
+        assert.deepEqual(more, []);
+        assert.equal(line?.msg, 'spool write failed');
+        assert.equal(line?.errno, 'ENOSPC');
+        assert.match(
+            String(line?.spoolPath),
+            new RegExp(`^${join(disk, 'spool')}/mailwarden-\\d+-[0-9a-f]{8}-[0-9a-f]{16}\\.eml$`),
+        );
     });
 });

@@ -135,6 +135,13 @@ describe('jq over the journal', () => {
             upstream: '450 4.7.1 <bob@example.com>: Recipient address rejected: try again later',
         }),
         JSON.stringify({ level: 30, msg: 'auth', result: 'invalid', client: '192.0.2.1', login: 'a' }),
+        JSON.stringify({
+            level: 50,
+            msg: 'spool write failed',
+            spoolPath: '/var/lib/mailwarden/spool/mailwarden-812-0a1b2c3d-0011223344556677.eml',
+            errno: 'ENOSPC',
+            err: 'spool write failed: ENOSPC: no space left on device, write',
+        }),
         JSON.stringify({ level: 30, msg: 'reloaded', reload: 'config', changed: ['softReject'] }),
         JSON.stringify({ level: 30, msg: 'envelope refused', refused: 'relay', rcptDomain: 'example.org' }),
         JSON.stringify({ level: 40, msg: 'DNS list disabled', zone: 'zen.example', reason: 'refused' }),
