@@ -129,6 +129,12 @@ const JUNK_COMMANDS = new Set(['EHLO', 'HELO', 'NOOP', 'RSET', 'VRFY', 'ETRN', '
 /** Commands that may only end a pipelined group (RFC 2920 section 3.1; QUIT ends the session anyway). */
 const GROUP_ENDING = new Set(['EHLO', 'HELO', 'DATA', 'VRFY', 'EXPN', 'NOOP']);
 
+/**
+ * The most a socket read gives at once (libuv's 64 KiB buffer): a chunk this long may be followed
+ * by more of the same read, handed over as chunks of their own.
+ */
+const FULL_READ = 64 * 1024;
+
 /** Socket errors that mean the client went away or its network failed: not our errors. */
 const CLIENT_GONE = new Set(['ECONNRESET', 'EPIPE', 'ETIMEDOUT', 'ECONNABORTED', 'EHOSTUNREACH', 'ENETUNREACH']);
 
@@ -385,17 +391,35 @@ class MailwardenConnection extends SMTPConnection {
         }
         if (command && !this._nextHandler) {
             const verb = commandName(command);
-            if (GROUP_ENDING.has(verb) && this.#inputAfterCommand()) return this.#refusePipelining(verb, callback);
+            if (GROUP_ENDING.has(verb)) {
+                if (this.#inputAfterCommand()) return this.#refusePipelining(verb, callback);
+                // the rest of the same read may reach the parser only after this command: over TLS
+                // each record is a chunk of its own, and a read that filled its buffer is followed
+                // by the next one; once the read is over, all of it is in
+                if (this.secure || (this.#input?.outer ?? 0) >= FULL_READ) {
+                    setImmediate(() => this.#groupEnded(command, verb, callback));
+                    return;
+                }
+            }
             if (JUNK_COMMANDS.has(verb) && ++this.#junk > JUNK_COMMAND_LIMIT) this.#junkOver = true;
         }
         this.#checkSaslResponse(command, callback);
     }
 
+    /** A command that ends a pipelined group, looked at again once the rest of its read reached the parser. */
+    #groupEnded(command: Buffer, verb: string, callback?: () => void): void {
+        if (this._closing || this._closed) return callback?.();
+        if (this.#inputAfterCommand()) return this.#refusePipelining(verb, callback);
+        if (JUNK_COMMANDS.has(verb) && ++this.#junk > JUNK_COMMAND_LIMIT) this.#junkOver = true;
+        this.#checkSaslResponse(command, callback);
+    }
+
     /**
      * RFC 2920 section 3.1: EHLO, HELO, DATA, VRFY, EXPN and NOOP end a pipelined group. A client
-     * that sent more before the answer to one of them is out of step (after DATA its message
-     * would be read as commands were DATA refused; sending on without the answer to EHLO is what
-     * spam software does): answered `554 5.5.0` and closed, as Postfix does
+     * that sent more before the answer to one of them (in the same read, a later TLS record of it
+     * included, or queued behind it) is out of step (after DATA its message would be read as
+     * commands were DATA refused; sending on without the answer to EHLO is what spam software
+     * does): answered `554 5.5.0` and closed, as Postfix does
      * (smtpd_forbid_unauth_pipelining, the default from Postfix 3.9).
      */
     #refusePipelining(command: string, callback?: () => void): void {

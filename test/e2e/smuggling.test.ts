@@ -6,11 +6,16 @@
  * In no case does a second message reach the upstream.
  */
 import assert from 'node:assert/strict';
+import { once } from 'node:events';
 import { readFileSync } from 'node:fs';
+import net from 'node:net';
+import { Duplex } from 'node:stream';
 import { after, before, describe, it } from 'node:test';
+import tls from 'node:tls';
 import { startApp, type TestApp } from '../helpers/app.ts';
 import { startScriptedUpstream, type ScriptedUpstream } from '../helpers/scripted-upstream.ts';
 import { smtpConnect } from '../helpers/smtp-client.ts';
+import { createTestCertificate, type TestCertificate } from '../helpers/tls-cert.ts';
 
 interface Sequence {
     id: string;
@@ -44,6 +49,16 @@ async function attempt(port: number, sequence: string): Promise<{ code: number; 
     } finally {
         c.close();
     }
+}
+
+/** HELP lines (each answered at once) and then `last`, ending exactly 64 KiB (one full socket read) in. */
+function endingAtFullRead(last: string): string {
+    let text = '';
+    for (let left = 64 * 1024 - last.length; left > 0; left -= 16_000) {
+        text += `HELP ${'x'.repeat(Math.min(left, 16_000) - 7)}\r\n`;
+    }
+    assert.equal(text.length + last.length, 64 * 1024);
+    return text + last;
 }
 
 describe('SMTP smuggling corpus', () => {
@@ -157,6 +172,12 @@ describe('SMTP smuggling corpus', () => {
                 'MAIL FROM:<a@sender.example>\r\nRCPT TO:<slow@example.test>\r\nDATA\r\n',
                 'Subject: early\r\n\r\nhi\r\n.\r\n',
             ],
+            // DATA at the very end of a 64 KiB read, after lines answered at once: the rest of the
+            // write comes in the next read of the socket, a chunk of its own
+            [
+                'MAIL FROM:<a@sender.example>\r\nRCPT TO:<bob@example.test>\r\n',
+                endingAtFullRead('DATA\r\n') + 'From: a@sender.example\r\nSubject: early\r\n\r\nhi\r\n.\r\n',
+            ],
         ];
         for (const writes of sends) {
             const before = up.transactions.filter((t) => t.completed).length;
@@ -232,4 +253,176 @@ describe('SMTP smuggling corpus', () => {
             c.close();
         }
     });
+});
+
+/**
+ * A TLS client on a stream of its own: what TLS writes can be held back, so that records made by
+ * separate writes leave in one TCP write and reach the server in one read (as a client that
+ * writes DATA and its message one after the other does when its TCP stack sends them together).
+ */
+async function heldTlsClient(port: number, mode: 'starttls' | 'implicit') {
+    const tcp = net.connect(port, '127.0.0.1');
+    tcp.setNoDelay(true);
+    await once(tcp, 'connect');
+    let text = '';
+    let closed = false;
+    let wake: (() => void) | null = null;
+    const received = (chunk: Buffer): void => {
+        text += chunk.toString('latin1');
+        wake?.();
+    };
+    tcp.on('close', () => {
+        closed = true;
+        wake?.();
+    });
+    /** The next complete reply (all its lines), or null when the connection closed first. */
+    const reply = async (): Promise<{ code: number; raw: string } | null> => {
+        for (;;) {
+            const end = /^\d{3} .*\r\n/m.exec(text);
+            if (end) {
+                const raw = text.slice(0, end.index + end[0].length);
+                text = text.slice(raw.length);
+                return { code: Number(raw.slice(end.index, end.index + 3)), raw };
+            }
+            if (closed) return null;
+            await new Promise<void>((resolve) => (wake = resolve));
+            wake = null;
+        }
+    };
+    if (mode === 'starttls') {
+        tcp.on('data', received);
+        assert.equal((await reply())?.code, 220);
+        tcp.write('EHLO client.example\r\n');
+        assert.equal((await reply())?.code, 250);
+        tcp.write('STARTTLS\r\n');
+        assert.equal((await reply())?.code, 220);
+        tcp.off('data', received);
+    }
+    let held: Buffer[] | null = null;
+    const wire = new Duplex({
+        read() {},
+        write(chunk: Buffer, _encoding, next) {
+            if (held) held.push(chunk);
+            else tcp.write(chunk);
+            next();
+        },
+    });
+    tcp.on('data', (chunk: Buffer) => wire.push(chunk));
+    const secure = tls.connect({ socket: wire, rejectUnauthorized: false });
+    await once(secure, 'secureConnect');
+    secure.on('data', received);
+    const write = (part: string) => new Promise<void>((resolve) => secure.write(part, () => resolve()));
+    return {
+        reply,
+        async cmd(line: string) {
+            await write(`${line}\r\n`);
+            return reply();
+        },
+        /** Each part in a TLS record of its own, all the records in one TCP write. */
+        async together(...parts: string[]): Promise<void> {
+            held = [];
+            for (const part of parts) await write(part);
+            await new Promise((resolve) => setImmediate(resolve));
+            const bytes = Buffer.concat(held);
+            held = null;
+            let records = 0;
+            for (let at = 0; at + 5 <= bytes.length; at += 5 + bytes.readUInt16BE(at + 3)) records++;
+            assert.equal(records, parts.length, 'one TLS record per part');
+            tcp.write(bytes);
+        },
+        async closedByServer(): Promise<void> {
+            while (!closed) await new Promise<void>((resolve) => (wake = resolve));
+        },
+        close: () => tcp.destroy(),
+    };
+}
+
+// TLS hands each record of a TCP read to the parser as a chunk of its own: what came in the
+// records after DATA or EHLO was sent before the reply all the same (RFC 2920 section 3.1)
+describe('pipelining out of step over TLS', () => {
+    let cert: TestCertificate;
+    let up: ScriptedUpstream;
+    let mw: TestApp;
+    before(async () => {
+        cert = await createTestCertificate();
+        up = await startScriptedUpstream({ ehlo: ['XCLIENT NAME ADDR PORT PROTO HELO LOGIN', 'SIZE 1000000'] });
+        mw = await startApp(
+            [
+                'hostname: mx.example.test',
+                'domains: [example.test]',
+                `tls: { cert: "${cert.certPath}", key: "${cert.keyPath}" }`,
+                'listeners:',
+                '  - { name: starttls, host: 127.0.0.1, port: 0, mode: mx }',
+                '  - { name: implicit, host: 127.0.0.1, port: 0, mode: mx, tls: implicit }',
+                `upstream: { url: "smtp://127.0.0.1:${up.port}" }`,
+                'http: false',
+            ].join('\n'),
+        );
+    });
+    after(async () => {
+        await mw.stop();
+        await up.close();
+        cert.cleanup();
+    });
+
+    for (const listener of ['starttls', 'implicit'] as const) {
+        it(`${listener}: 554 5.5.0 for a record sent after DATA or EHLO in the same TCP write`, async () => {
+            const cases: { setup: string[]; parts: string[]; command: string }[] = [
+                // DATA refused for want of a recipient: the next record would run as commands
+                {
+                    setup: ['EHLO client.example', 'MAIL FROM:<a@sender.example>', 'RCPT TO:<u@other.example>'],
+                    parts: [
+                        'DATA\r\n',
+                        'RSET\r\nMAIL FROM:<b@sender.example>\r\nRCPT TO:<bob@example.test>\r\nDATA\r\n',
+                    ],
+                    command: 'DATA',
+                },
+                // DATA accepted: the message before its 354
+                {
+                    setup: ['EHLO client.example', 'MAIL FROM:<a@sender.example>', 'RCPT TO:<bob@example.test>'],
+                    parts: ['DATA\r\n', 'From: a@sender.example\r\nSubject: early\r\n\r\nhi\r\n.\r\n'],
+                    command: 'DATA',
+                },
+                { setup: [], parts: ['EHLO client.example\r\n', 'MAIL FROM:<b@sender.example>\r\n'], command: 'EHLO' },
+            ];
+            for (const { setup, parts, command } of cases) {
+                const completed = up.transactions.filter((t) => t.completed).length;
+                const c = await heldTlsClient(mw.port(listener), listener);
+                try {
+                    if (listener === 'implicit') assert.equal((await c.reply())?.code, 220);
+                    for (const line of setup) assert.ok(((await c.cmd(line))?.code ?? 0) < 600);
+                    await c.together(...parts);
+                    const r = await c.reply();
+                    assert.equal(r?.code, 554, `${command}: ${r?.raw}`);
+                    assert.match(
+                        r.raw,
+                        new RegExp(`^554 5\\.5\\.0 Protocol error: more was sent before the reply to ${command},`),
+                    );
+                    await c.closedByServer();
+                } finally {
+                    c.close();
+                }
+                assert.equal(up.transactions.filter((t) => t.completed).length, completed, 'nothing delivered');
+                assert.ok(!up.commands.includes('MAIL FROM:<b@sender.example>'), 'no command after the record');
+            }
+        });
+
+        it(`${listener}: a client that awaits each reply sends its message as before`, async () => {
+            const completed = up.transactions.filter((t) => t.completed).length;
+            const c = await heldTlsClient(mw.port(listener), listener);
+            try {
+                if (listener === 'implicit') assert.equal((await c.reply())?.code, 220);
+                assert.equal((await c.cmd('EHLO client.example'))?.code, 250);
+                assert.equal((await c.cmd('MAIL FROM:<a@sender.example>'))?.code, 250);
+                assert.equal((await c.cmd('RCPT TO:<bob@example.test>'))?.code, 250);
+                assert.equal((await c.cmd('DATA'))?.code, 354);
+                await c.together('From: a@sender.example\r\nSubject: in step\r\n\r\nhi\r\n', '.\r\nNOOP\r\n');
+                assert.equal((await c.reply())?.code, 250);
+                assert.equal((await c.reply())?.code, 250);
+            } finally {
+                c.close();
+            }
+            assert.equal(up.transactions.filter((t) => t.completed).length, completed + 1);
+        });
+    }
 });
