@@ -274,7 +274,8 @@ class MailwardenConnection extends SMTPConnection {
 
     /**
      * The pregreet test (postscreen's greet test): a client neither exempt nor remembered waits
-     * `pregreetWait` for the greeting; anything it sends meanwhile is recorded and not answered.
+     * `pregreetWait` for the greeting; anything it sends meanwhile is recorded, and neither
+     * answered nor run (an unfinished last line included).
      */
     async #greetWhenReady(): Promise<void> {
         const hooks = this.#adapter.pregreet;
@@ -303,6 +304,9 @@ class MailwardenConnection extends SMTPConnection {
         this.#pregreetWatching = false;
         if (this._closing || this._closed) return;
         const talked = this.#pregreetBytes !== null;
+        // its whole lines were read and dropped; an unfinished last one would be joined to the first
+        // bytes after the greeting and run: it goes too (postscreen discards what came before)
+        if (talked && this._parser) this._parser._remainder = '';
         const result: PregreetResult = skip
             ? early
             : talked

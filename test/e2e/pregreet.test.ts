@@ -4,16 +4,18 @@
  * rule (and its words are recorded), a patient one waits `pregreetWait` once and is then
  * greeted at once (latency measured and printed), allow-listed and hook-exempt clients are
  * never made to wait, a paused Redis makes a client wait as a new one without blocking the
- * greeting, and a listener without a wait greets at once.
+ * greeting, and a listener without a wait greets at once. With the rule in monitor mode, nothing a
+ * client sent before the greeting is run after it.
  */
 import assert from 'node:assert/strict';
-import { cpSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { startApp, type TestApp } from '../helpers/app.ts';
 import { startPostfix, type PostfixInstance } from '../helpers/postfix.ts';
 import { startRedis, type RedisInstance } from '../helpers/redis.ts';
+import { startScriptedUpstream, type ScriptedUpstream } from '../helpers/scripted-upstream.ts';
 import { smtpConnect } from '../helpers/smtp-client.ts';
 
 const WAIT_MS = 1000;
@@ -164,5 +166,62 @@ describe('pregreet test', () => {
         const line = mw.logs.findLast((l) => l.msg === 'pregreet: the client talked before the greeting');
         assert.equal(line?.sent, 'EHL');
         c.close();
+    });
+});
+
+// With the shipped rule in monitor mode a client that talked goes on after the greeting: nothing it
+// sent before is run, an unfinished last line neither (postscreen discards it all)
+describe('pregreet test with its rule in monitor mode', () => {
+    let up: ScriptedUpstream;
+    let rulesDir: string;
+    let mw: TestApp;
+
+    before(async () => {
+        up = await startScriptedUpstream({ ehlo: ['XCLIENT NAME ADDR PORT PROTO HELO LOGIN', 'SIZE 1000000'] });
+        rulesDir = mkdtempSync(join(tmpdir(), 'mailwarden-pregreet-monitor-'));
+        writeFileSync(
+            join(rulesDir, '15-pregreet.yaml'),
+            readFileSync(new URL('../../rules/15-pregreet.yaml', import.meta.url), 'utf8')
+                .replace('    stage: connect\n', '    stage: connect\n    mode: monitor\n')
+                .replace(/\ncases:[\s\S]*$/, '\n'),
+        );
+        mw = await startApp(
+            [
+                'hostname: mx.test',
+                'domains: [example.test]',
+                'listeners:',
+                `  - { name: mx, host: 127.0.0.1, port: 0, mode: mx, pregreetWait: ${WAIT_MS}ms }`,
+                `upstream: { url: "smtp://127.0.0.1:${up.port}", xclient: true }`,
+                `rules: "${rulesDir}"`,
+                'http: false',
+            ].join('\n'),
+        );
+    });
+    after(async () => {
+        await mw?.stop();
+        await up?.close();
+        if (rulesDir) rmSync(rulesDir, { recursive: true, force: true });
+    });
+
+    it('runs nothing sent before the greeting, an unfinished last line included', async () => {
+        const c = await smtpConnect(mw.port('mx'), { localAddress: '127.0.8.1' });
+        try {
+            c.write('EHLO early.example\r\nMAIL FROM:<early@sender.example>\r\nMAIL FROM:<unfinished@sender.exa');
+            assert.equal((await c.greeting(WAIT_MS + 2000)).code, 220);
+            // the first line the session reads is the first sent after the greeting
+            const ehlo = await c.cmd('EHLO client.example');
+            assert.equal(ehlo.code, 250, ehlo.raw);
+            assert.equal((await c.cmd('MAIL FROM:<late@sender.example>')).code, 250);
+            assert.equal((await c.cmd('RCPT TO:<alice@example.test>')).code, 250);
+        } finally {
+            c.close();
+        }
+        const line = mw.logs.find((l) => l.msg === 'pregreet: the client talked before the greeting');
+        assert.equal(line?.pregreet, 'fail');
+        assert.ok(up.commands.includes('MAIL FROM:<late@sender.example>'));
+        assert.deepEqual(
+            up.commands.filter((l) => /early|unfinished/.test(l)),
+            [],
+        );
     });
 });

@@ -86,6 +86,11 @@ describe('the smtp-server the adaptations were written for', () => {
             'the data rate watch reads SMTPStream _dataMode and dataBytes',
         );
         assert.match(serverSource, /this\._pendingSockets\b/, 'SMTPServer no longer keeps _pendingSockets');
+        assert.match(
+            streamSource,
+            /this\._remainder = pos < data\.length \? data\.slice\(pos\)/,
+            'the pregreet wait empties SMTPStream _remainder, the unfinished line it keeps',
+        );
     });
 
     it('still waits a fixed 100 ms before the greeting in init(), the pause the pregreet test replaces', () => {
