@@ -33,6 +33,8 @@
  * - Logging: a client that resets or drops the connection is logged once, at info, with the
  *   session id, address, port and where the session was; real errors once, at error.
  * - HELO/EHLO: a name that is not valid UTF-8 is refused with `501 5.5.4` (never rewritten).
+ * - Command lines end with CRLF (RFC 5321 section 2.3.8): what is left of one when the client
+ *   closes its side is dropped; smtp-server would run it.
  * - AUTH on submission: every PLAIN/LOGIN response is checked (base64, PLAIN authzid) before
  *   smtp-server decodes it (submission/sasl-response.ts).
  * - Envelope commands: EHLO offers, and MAIL/RCPT parse, through smtp-server/envelope.ts; on
@@ -440,10 +442,15 @@ class MailwardenConnection extends SMTPConnection {
 
     /**
      * smtp-server's parser, watched: which chunk it reads and how far (see #input), so that
-     * what a client sent after a command that must end a pipelined group can be told.
+     * what a client sent after a command that must end a pipelined group can be told. A command
+     * line ends with CRLF (RFC 5321 section 2.3.8): what is left of one when the client closes its
+     * side is dropped, where smtp-server would run it.
      */
     override _createParser(): SMTPStream {
         const parser = super._createParser();
+        parser._flushData = () => {
+            parser._remainder = '';
+        };
         const write = parser._write.bind(parser);
         let outer: number | null = null;
         parser._write = (chunk, encoding, next) => {

@@ -2,6 +2,7 @@
 // connection is forgotten whether it stayed plain or moved to TLS with STARTTLS (smtp-server's
 // upgrade removes every listener of the plain socket, so a forget tied to that socket's close
 // event never ran and each STARTTLS session stayed in memory), and its network slot is given back.
+// A command line the client never ended with CRLF is not run when it closes its side.
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -14,11 +15,23 @@ import { createTestCertificate, type TestCertificate } from '../helpers/tls-cert
 let cert: TestCertificate;
 let server: MailwardenSmtpServer;
 let port: number;
+/** The reverse paths of the MAIL FROM commands the server ran. */
+const mailFrom: string[] = [];
 
 before(async () => {
     cert = await createTestCertificate();
     server = new MailwardenSmtpServer(
-        { key: cert.key, cert: cert.cert, authOptional: true, disabledCommands: ['AUTH'], logger: false },
+        {
+            key: cert.key,
+            cert: cert.cert,
+            authOptional: true,
+            disabledCommands: ['AUTH'],
+            logger: false,
+            onMailFrom(address, _session, callback) {
+                if (address) mailFrom.push(address.address);
+                callback();
+            },
+        },
         {
             listener: 'mx',
             submission: false,
@@ -64,5 +77,21 @@ describe('open connections by session id', () => {
             await known(0);
         }
         assert.equal(server.networkConnections('127.0.0.1'), 0);
+    });
+});
+
+describe('the end of input', () => {
+    it('runs no command line left without its CRLF when the client closes its side (RFC 5321 section 2.3.8)', async () => {
+        const c = await smtpConnect(port);
+        await c.greeting();
+        assert.equal((await c.cmd('EHLO client.example')).code, 250);
+        assert.equal((await c.cmd('MAIL FROM:<ended@sender.example>')).code, 250);
+        assert.equal((await c.cmd('RSET')).code, 250);
+        c.write('MAIL FROM:<unended@sender.example>');
+        c.socket.end();
+        await c.waitClosed();
+        // the server ran whatever it would at the end of input before its connection closed
+        await known(0);
+        assert.deepEqual(mailFrom, ['ended@sender.example']);
     });
 });

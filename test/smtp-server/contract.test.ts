@@ -91,6 +91,11 @@ describe('the smtp-server the adaptations were written for', () => {
             /this\._remainder = pos < data\.length \? data\.slice\(pos\)/,
             'the pregreet wait empties SMTPStream _remainder, the unfinished line it keeps',
         );
+        assert.match(
+            streamSource,
+            /this\.on\('finish', \(\) => this\._flushData\(\)\)/,
+            'the end of input calls SMTPStream _flushData, which the adapter makes drop the unended line',
+        );
     });
 
     it('still waits a fixed 100 ms before the greeting in init(), the pause the pregreet test replaces', () => {
