@@ -226,6 +226,15 @@ export function dkimResInfo(dkim: DkimParts): string {
     return parts.join(' ');
 }
 
+/**
+ * A resinfo written above (dkimResInfo, arcResInfo) with another result and comment: `head` is
+ * the new `method=result (comment)`, the properties after it are kept. Their comments hold no
+ * parenthesis (safeComment), so the old one ends at the first `)`.
+ */
+export function restated(resinfo: string, head: string): string {
+    return head + resinfo.replace(/^[a-z]+=[A-Za-z0-9-]*(?: \([^()]*\))?/, '');
+}
+
 /** The whole Authentication-Results value: authserv-id, then one resinfo per method. */
 export function joinAuthResults(authservId: string, resinfos: readonly string[]): string {
     const parts = resinfos.map(unfold).filter((p) => p !== '');

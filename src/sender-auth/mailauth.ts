@@ -16,6 +16,12 @@
  * (verify-thread.ts, `authentication.thread`), which is terminated when synchronous work holds
  * it; the decision stays here, on the main thread.
  *
+ * When the verified body was cut short (a line over 1 MiB, too many lines to rewrite:
+ * verification-stream.ts), mailauth hashed only the bytes before the cut, and a signature over a
+ * body that goes on after them still matched. So then no body hash that reached the cut passes:
+ * such a DKIM signature is `policy`, a passing ARC chain fails, and DMARC is decided without them
+ * (withoutCutPasses); a signature whose l= ends before the cut still passes.
+ *
  * For an authenticated submission client SPF is not evaluated (the client is our own user, and
  * SPF says nothing about it): `spf.result` is `none`, and neither `Received-SPF` nor an spf
  * clause of Authentication-Results is written.
@@ -34,8 +40,8 @@ import type { Metrics } from '../metrics.ts';
 import { foldDomain } from '../net/domain.ts';
 import type { FactValue, HeaderField, Check, CheckContext, CheckResult } from '../types.ts';
 import { evaluateArcTrust, type ArcHop, type ArcTrustOutput } from './arc-trust.ts';
-import { dmarcResInfo, joinAuthResults } from './auth-results.ts';
-import { bestDkim, dkimOutcome, dkimResult, spfOutcome, type ArcChainEntry } from './auth-output.ts';
+import { arcResInfo, dkimResInfo, dmarcResInfo, joinAuthResults, restated } from './auth-results.ts';
+import { bestDkim, dkimOutcome, dkimResult, spfOutcome, type ArcChainEntry, type DkimRow } from './auth-output.ts';
 import {
     alignedRelaxed,
     couldAlign,
@@ -46,7 +52,13 @@ import {
 import { isUnreadableAddress } from './mailauth-bounds.ts';
 import { organizationalDomain } from './psl.ts';
 import { planVerification, type LimitName, type VerificationPlan } from './verification-copy.ts';
-import { openVerification, type Verification } from './verification-stream.ts';
+import {
+    MAX_BODY_LINE,
+    MAX_RELAXED_REWRITES,
+    openVerification,
+    type FeedStats,
+    type Verification,
+} from './verification-stream.ts';
 import { ThreadRestarted, type VerifyThread } from './verify-thread.ts';
 import type { MessageDns, VerifiedMessage, VerifyOptions } from './verify-message.ts';
 
@@ -101,6 +113,63 @@ function arcHops(chain: readonly ArcChainEntry[] | false | undefined): ArcHop[] 
             results: text.replace(/^[^:]*:/, ''),
         };
     });
+}
+
+type Cut = NonNullable<FeedStats['cut']>;
+
+/** Why a result that hashed the body is not taken, by the reason the verified body was cut. */
+const CUT_COMMENT: Readonly<Record<Cut, string>> = {
+    body_line_length: `body not verified past a line longer than ${MAX_BODY_LINE / (1024 * 1024)} MiB`,
+    body_rewrites: `body not verified past ${MAX_RELAXED_REWRITES} relaxed line rewrites`,
+};
+
+/**
+ * mailauth's results for a message whose verified body was cut short: mailauth hashed only the
+ * `verified` body bytes before the cut, not the `rest`, so a body hash that reached the cut
+ * matched a body that goes on after it (a signed message replayed with text after a 1 MiB line).
+ * A DKIM signature whose l= (RFC 6376 section 3.5) ends before the cut, which mailauth tells by
+ * body bytes after it, keeps its pass: the body verified is, line by line, the start of the
+ * message's, so the bytes it signs are the message's (unless the body verified is empty: simple
+ * canonicalization reads that as a CRLF, which the message's body need not start with); `rest`
+ * is added to the bytes after l=. Every other passing DKIM signature is `policy` (not verified
+ * within the per-message limits, as a skipped one), a passing ARC chain fails (its newest
+ * ARC-Message-Signature hashes the body), and a DMARC pass that rested on a signature no longer
+ * passing, without an aligned SPF pass, is a fail: whether another passing signature aligns may
+ * take a DNS tree walk, and a fail is the safe side.
+ */
+function withoutCutPasses(
+    verified: VerifiedMessage,
+    cut: Cut,
+    verifiedBytes: number,
+    rest: number,
+): Pick<VerifiedMessage, 'res' | 'dmarc'> {
+    const comment = CUT_COMMENT[cut];
+    const { res, dmarc } = verified;
+    const results = res.dkim.results?.map((r): DkimRow => {
+        if (r.signingDomain === undefined || r.status.result !== 'pass') return r;
+        const under = r.status.underSized ?? 0;
+        if (under > 0 && verifiedBytes > 0) {
+            const underSized = under + rest;
+            const info = restated(r.info ?? '', dkimResInfo({ result: 'pass', underSized }));
+            return { ...r, status: { ...r.status, underSized }, info };
+        }
+        const info = restated(r.info ?? '', dkimResInfo({ result: 'policy', comment }));
+        return { signingDomain: r.signingDomain, status: { result: 'policy' }, info };
+    });
+    const arc =
+        res.arc && res.arc.status.result === 'pass'
+            ? {
+                  status: { result: 'fail' },
+                  info: restated(res.arc.info ?? '', arcResInfo({ result: 'fail', comment })),
+              }
+            : res.arc;
+    const out = { ...res, dkim: { ...res.dkim, results }, arc };
+    const passing = dkimOutcome(out).passingDomains;
+    const held =
+        dmarc.result !== 'pass' ||
+        dmarc.spfAligned !== null ||
+        (dmarc.dkimAligned !== null && passing.includes(normalizeDomain(dmarc.dkimAligned)));
+    return { res: out, dmarc: held ? dmarc : { ...dmarc, result: 'fail', dkimAligned: null } };
 }
 
 /** The check's `run`: verifies one message at the data stage and reports facts and header fields. */
@@ -208,7 +277,12 @@ export function createMailauthVerifier(opts: MailauthCheckOptions): Check['run']
         const mailFrom = ctx.envelope.mailFrom ?? '';
         const sessionAuthor = ctx.facts['header.from.domain'];
         const { dns, verification, verified } = await verify(ctx, signal, authenticated, sessionAuthor);
-        const { res, dmarc, authorExists } = verified;
+        const { bodyBytes, bodyStart, cut } = verification.stats;
+        const { res, dmarc } =
+            cut === null
+                ? verified
+                : withoutCutPasses(verified, cut, bodyBytes, Math.max(0, ctx.message.size - bodyStart - bodyBytes));
+        const { authorExists } = verified;
         const plan: VerificationPlan = verification.plan;
         signal.throwIfAborted();
 

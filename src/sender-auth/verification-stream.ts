@@ -9,8 +9,10 @@
  *   mailauth's relaxed body canonicalization copies and rescans a partial line with every new
  *   piece, which is quadratic in the length of a line split across pieces; whole lines keep it
  *   linear. A line longer than MAX_BODY_LINE (RFC 5322 section 2.1.1 allows 998 characters)
- *   ends what is verified: the body is cut before it, so signatures over it cannot pass, and
- *   the cut is reported (`cut`).
+ *   ends what is verified: the body is cut before it and the cut is reported (`cut`). mailauth
+ *   then hashes only the bytes before the cut, and a signature over a body that goes on after
+ *   them still matches: whoever reads its results must not take a body hash that reached the
+ *   cut as proof (mailauth.ts does not).
  * - mailauth's relaxed canonicalization costs about a microsecond for every line it has to
  *   rewrite (trailing whitespace, a TAB, two spaces in a row), for every relaxed body hash:
  *   tens of seconds for 50 MB of such lines. The lines it will rewrite are counted here (a
@@ -50,6 +52,8 @@ export interface FeedStats {
     bodyBytes: number;
     /** Why the verified body was cut short, or null. */
     cut: 'body_line_length' | 'body_rewrites' | null;
+    /** Where the body starts in the message (after the empty line that ends the header section). */
+    bodyStart: number;
 }
 
 /** What the feed needs from the plan. */
@@ -240,7 +244,7 @@ export async function openVerification<T extends FeedPlan>(
     const it = source[Symbol.asyncIterator]() as AsyncIterator<Buffer>;
     const read = await readHeader(it);
     const planned = plan(read.header);
-    const stats: FeedStats = { bodyBytes: 0, cut: null };
+    const stats: FeedStats = { bodyBytes: 0, cut: null, bodyStart: read.header.length + 2 };
     async function* generate(): AsyncGenerator<Buffer> {
         try {
             // the header section in pieces too: mailauth reads it byte by byte until the empty line;

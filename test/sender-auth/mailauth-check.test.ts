@@ -1,7 +1,8 @@
 // The `mailauth` check end to end against the loopback test DNS server: SPF, DKIM (signed here
 // with generated keys published in the zone), DMARC dispositions (reject, quarantine, t=y, np,
 // several From mailboxes, temporary DNS errors), ARC sealed by a trusted or an untrusted
-// forwarder, the rfc7489 mode, the header fields produced (no SPF verdict for authenticated
+// forwarder, a body cut short at a line over 1 MiB (no body hash that reached the cut passes),
+// the rfc7489 mode, the header fields produced (no SPF verdict for authenticated
 // submission), metrics, and the resolver cache (a second message from the same domain asks
 // the DNS server nothing new).
 import assert from 'node:assert/strict';
@@ -228,6 +229,38 @@ describe('mailauth check', () => {
         assert.equal(r.facts['dkim.result'], 'pass');
         assert.equal(r.facts['dmarc.result'], 'pass');
         assert.equal(r.facts['dkim.unsigned_bytes'], body.length + appended.length - 10);
+    });
+
+    it('text after a body line longer than 1 MiB: a signature over the whole body does not pass on the part verified', async () => {
+        const signed = await sign(basicMessage('alerts@bank.example'), 'bank.example', 'sel', bankKey);
+        const appended = `${'x'.repeat(1024 * 1024 + 1)}\r\nPay to account XX00 today.\r\n`;
+        const r = await run(check(), `${signed}${appended}`, { mailFrom: 'bounce@sender.test' });
+        assert.deepEqual(r.facts['auth.limits'], ['body_line_length']);
+        assert.equal(r.facts['dkim.result'], 'policy');
+        assert.deepEqual(r.facts['dkim.domains'], []);
+        assert.equal(r.facts['dkim.aligned'], false);
+        assert.equal(r.facts['dmarc.result'], 'fail');
+        assert.equal(r.facts['dmarc.disposition'], 'reject');
+        const ar = header(r, 'Authentication-Results');
+        assert.match(ar, /dkim=policy \(body not verified past a line longer than 1 MiB\) header\.d=bank\.example/);
+        assert.match(ar, /dmarc=fail \(p=REJECT/);
+    });
+
+    it('text after a body line longer than 1 MiB: a signature whose l= ends before it passes, the bytes after l= counted to the end', async () => {
+        const body = 'Only the first ten bytes are signed.\r\n';
+        const msg = message({ From: 'alerts@bank.example', To: 'user@mx.test', Subject: 'Partly signed' }, body);
+        const signed = await sign(msg, 'bank.example', 'sel', bankKey, { maxBodyLength: 10 });
+        const appended = `${'x'.repeat(1024 * 1024 + 1)}\r\nAppended by anyone.\r\n`;
+        const r = await run(check(), `${signed}${appended}`, { mailFrom: 'bounce@sender.test' });
+        assert.deepEqual(r.facts['auth.limits'], ['body_line_length']);
+        assert.equal(r.facts['dkim.result'], 'pass');
+        assert.equal(r.facts['dmarc.result'], 'pass');
+        const unsigned = body.length + appended.length - 10;
+        assert.equal(r.facts['dkim.unsigned_bytes'], unsigned);
+        assert.match(
+            header(r, 'Authentication-Results'),
+            new RegExp(`dkim=pass \\(undersized signature: ${unsigned} bytes unsigned\\) header\\.d=bank\\.example`),
+        );
     });
 
     it('an aligned DKIM signature: dkim pass, aligned, dmarc pass', async () => {
@@ -512,6 +545,25 @@ describe('mailauth check', () => {
             assert.match(text, /mailwarden_dmarc_overrides_total\{reason="arc"\} 1/);
             assert.match(text, /mailwarden_auth_checks_total\{check="arc",result="pass"\} 1/);
             assert.match(text, /mailwarden_auth_checks_total\{check="dmarc",result="fail"\} 1/);
+        });
+
+        it('text after a body line longer than 1 MiB: the chain does not validate, so it overrides nothing', async () => {
+            const msg = await forwarded('forwarder.example', 'arc', forwarderKey);
+            const appended = `${'x'.repeat(1024 * 1024 + 1)}\r\nPay to account XX00 today.\r\n`;
+            const c = check({ arc: { trustedSealers: ['forwarder.example'], maxSets: 10 } });
+            const r = await run(c, `${msg}${appended}`, {
+                ip: FORWARDER_IP,
+                mailFrom: 'list-bounces@forwarder.example',
+            });
+            assert.deepEqual(r.facts['auth.limits'], ['body_line_length']);
+            assert.equal(r.facts['arc.result'], 'fail');
+            assert.equal(r.facts['arc.trusted'], false);
+            assert.equal(r.facts['dmarc.result'], 'fail');
+            assert.equal(r.facts['dmarc.override'], null);
+            assert.equal(r.facts['dmarc.disposition'], 'reject');
+            const ar = header(r, 'Authentication-Results');
+            assert.match(ar, /arc=fail \(body not verified past a line longer than 1 MiB\)/);
+            assert.match(ar, /dmarc=fail \(p=REJECT sp=QUARANTINE np=REJECT dis=REJECT\)/);
         });
 
         it('the same chain from a sealer that is not trusted proves nothing', async () => {
