@@ -147,7 +147,7 @@ export function createMetrics(version: string) {
         }),
         authLimits: new Counter({
             name: `${P}auth_limits_total`,
-            help: 'Messages whose sender authentication ran into a per-message limit, by limit (dkim_signatures, dkim_body_hashes, dkim_signed_fields, arc_sets, header_runs, body_line_length, body_rewrites, dns_queries, dns_bytes)',
+            help: 'Messages whose sender authentication ran into a per-message limit, by limit (dkim_signatures, dkim_body_hashes, dkim_signed_fields, arc_sets, header_runs, header_folds, body_line_length, body_rewrites, dns_queries, dns_bytes)',
             labelNames: ['limit'],
             registers: r,
         }),

@@ -400,7 +400,7 @@ const CATALOGUE: readonly FactSpec[] = [
         'auth.limits',
         'string[]',
         'data',
-        'Per-message verification limits the message ran into: dkim_signatures, dkim_body_hashes, dkim_signed_fields, arc_sets, header_runs, body_line_length, body_rewrites, dns_queries, dns_bytes (empty for normal mail)',
+        'Per-message verification limits the message ran into: dkim_signatures, dkim_body_hashes, dkim_signed_fields, arc_sets, header_runs, header_folds, body_line_length, body_rewrites, dns_queries, dns_bytes (empty for normal mail)',
     ),
     fact(
         'auth.dns_queries',

@@ -20,9 +20,14 @@
  *   fields, only the first and the bottom-most are kept (mailauth parses each as an address
  *   list; a signature listing `from` ten times made it parse ten 100 KB fields), so a signature
  *   over three or more From fields fails, in a message DMARC already refuses for several.
- * - A kept field of more than MAX_FIELD_LINES lines is unfolded (its line breaks removed). The
- *   relaxed canonicalization (RFC 6376 section 3.4.2) and address parsing read it the same; it
- *   keeps mailauth's header parser, which is quadratic in folded lines, linear.
+ * - A kept field of more than MAX_FIELD_LINES lines is unfolded (its line breaks removed) when
+ *   every kept signature that hashes it uses relaxed header canonicalization (RFC 6376 section
+ *   3.4.2; an ARC-Seal always does, RFC 8617 section 4.1.3), which reads it the same, as does
+ *   address parsing: mailauth's header parser, quadratic in folded lines, stays linear. Simple
+ *   canonicalization (RFC 6376 section 3.4.1) hashes the folds as they are, so a field a simple
+ *   signature hashes is kept folded, up to MAX_FOLDED_LINES lines of such fields together; a
+ *   signature that would need more is not verified (limit `header_folds`; for the newest
+ *   ARC-Message-Signature, the chain is not).
  * - mailauth trims tag-specs and strips trailing dots from domains with regular expressions that
  *   are quadratic in a run of white space or dots inside the text (a DKIM-Signature with 100,000
  *   spaces in one tag blocked the process for 6 s, where no timeout can stop it). A DKIM-Signature
@@ -58,6 +63,7 @@ export const LIMIT_NAMES = [
     'dkim_signed_fields',
     'arc_sets',
     'header_runs',
+    'header_folds',
     'body_line_length',
     'body_rewrites',
     'dns_queries',
@@ -85,8 +91,14 @@ export interface VerificationPlan {
     readonly limits: readonly LimitName[];
 }
 
-/** A kept field with more lines than this is unfolded in the copy. */
+/** A kept field with more lines than this is unfolded in the copy (unless a simple signature hashes it). */
 export const MAX_FIELD_LINES = 100;
+/**
+ * Lines of fields of more than MAX_FIELD_LINES lines kept folded for simple signatures, together.
+ * mailauth's header parser costs about the square of a field's lines: 1,000 lines take it a few
+ * milliseconds, 20,000 about 3 s, a 1 MiB field of one-character lines (260,000) far longer.
+ */
+export const MAX_FOLDED_LINES = 1000;
 
 /** Longest run of white space (SP, HTAB, CR, LF) or of dots in a field mailauth parses. */
 export const MAX_RUN = 64;
@@ -280,6 +292,8 @@ interface Signature {
     readonly bodyHashes: readonly string[];
     readonly aligned: boolean;
     readonly usable: boolean;
+    /** Its header canonicalization is relaxed (c=); simple hashes the folds of a field as they are. */
+    readonly relaxedHeader: boolean;
     /** The field has a run of white space or dots mailauth's parser would be quadratic in (hasLongRun). */
     readonly longRun: boolean;
 }
@@ -293,7 +307,12 @@ const BODY_CANONS = new Set(['simple', 'relaxed']);
  * canonicalization, d=, s=, and From among the signed fields), and whether the signature could
  * pass (`usable`: also b= and bh=).
  */
-function bodyHashKey(tags: ReadonlyMap<string, string>): { key: string; hashed: boolean; usable: boolean } {
+function bodyHashKey(tags: ReadonlyMap<string, string>): {
+    key: string;
+    hashed: boolean;
+    usable: boolean;
+    header: string;
+} {
     const c = tags.get('c') ?? '';
     const header = (c.split('/')[0] ?? '').toLowerCase().trim() || 'simple';
     const body = (c.split('/')[1] ?? '').toLowerCase().trim() || 'simple';
@@ -311,14 +330,19 @@ function bodyHashKey(tags: ReadonlyMap<string, string>): { key: string; hashed: 
         !!tags.get('d') &&
         !!tags.get('s') &&
         signedNames(tags.get('h')).includes('from');
-    return { key: `${body}:${hash}:${length}`, hashed, usable: hashed && !!tags.get('b') && !!tags.get('bh') };
+    return {
+        key: `${body}:${hash}:${length}`,
+        hashed,
+        usable: hashed && !!tags.get('b') && !!tags.get('bh'),
+        header,
+    };
 }
 
 /** `authorOrg`: the organizational domain of the author domain, or null. */
 function describe(f: SplitField, at: number, strict: boolean, authorOrg: string | null): Signature {
     const tags = parseTags(fieldValue(f), strict);
     const names = signedNames(tags.get('h'));
-    const { key, hashed, usable } = bodyHashKey(tags);
+    const { key, hashed, usable, header } = bodyHashKey(tags);
     // mailauth's lenient mode also tries relaxed for an ARC-Message-Signature without c= (dkim-verifier.js)
     const fallback = f.key === 'arc-message-signature' && !strict && tags.get('c') === undefined;
     const bodyHashes = f.key === 'arc-message-signature' || hashed ? [key] : [];
@@ -335,6 +359,8 @@ function describe(f: SplitField, at: number, strict: boolean, authorOrg: string 
         bodyHashes,
         aligned,
         usable,
+        // an ARC-Message-Signature without c= is tried as simple, then relaxed (lenient mode): folds are kept
+        relaxedHeader: header === 'relaxed',
         longRun: hasLongRun(f.text),
     };
 }
@@ -350,9 +376,12 @@ function arcInstance(f: SplitField, strict: boolean): number | null {
     return Number.isInteger(n) && n >= 1 ? n : null;
 }
 
-/** Unfolds a field that has too many lines (mailauth reads it in linear time then); cuts a From's runs of dots. */
-function copyOf(f: SplitField): string {
-    const text = f.lines > MAX_FIELD_LINES ? f.text.replace(/\r?\n/g, '') : f.text;
+/**
+ * Unfolds a field that has too many lines (mailauth reads it in linear time then) unless it is
+ * to stay `folded` (a simple signature hashes it); cuts a From's runs of dots.
+ */
+function copyOf(f: SplitField, folded: boolean): string {
+    const text = f.lines > MAX_FIELD_LINES && !folded ? f.text.replace(/\r?\n/g, '') : f.text;
     return f.key === 'from' ? cutDotRuns(text) : text;
 }
 
@@ -372,11 +401,28 @@ export function planVerification(
     const dkimAt: number[] = [];
     const arcAt: number[] = [];
     const fromAt: number[] = [];
+    let anyLong = false;
     for (let i = 0; i < fields.length; i++) {
         const key = fields[i]!.key;
         if (key === 'dkim-signature') dkimAt.push(i);
         else if (ARC_KEYS.has(key)) arcAt.push(i);
         else if (key === 'from') fromAt.push(i);
+        if (fields[i]!.lines > MAX_FIELD_LINES) anyLong = true;
+    }
+    // fields of more than MAX_FIELD_LINES lines, by name, with their place among the fields of that
+    // name from the bottom (1: the bottom-most), which is how a signature selects them
+    const long = new Map<string, { at: number; rank: number }[]>();
+    if (anyLong) {
+        const ranks = new Map<string, number>();
+        for (let i = fields.length - 1; i >= 0; i--) {
+            const f = fields[i]!;
+            const rank = (ranks.get(f.key) ?? 0) + 1;
+            ranks.set(f.key, rank);
+            if (f.lines <= MAX_FIELD_LINES) continue;
+            const list = long.get(f.key);
+            if (list) list.push({ at: i, rank });
+            else long.set(f.key, [{ at: i, rank }]);
+        }
     }
 
     const given = opts.authorDomain === null ? null : normalizeDomain(opts.authorDomain) || null;
@@ -416,6 +462,16 @@ export function planVerification(
     const kept = new Set<number>();
     const hashes = new Set<string>();
     let covered = 0;
+    // the fields kept folded: of more than MAX_FIELD_LINES lines, hashed by a simple signature
+    let folded = new Set<number>();
+
+    /** Adds to `into` the fields `s` hashes that must stay folded (none under relaxed header canonicalization). */
+    const keepFolded = (s: Signature, into: Set<number>): void => {
+        if (s.relaxedHeader) return;
+        // its own field is hashed too (RFC 6376 section 3.7)
+        if (fields[s.at]!.lines > MAX_FIELD_LINES) into.add(s.at);
+        for (const [name, n] of s.signed) for (const l of long.get(name) ?? []) if (l.rank <= n) into.add(l.at);
+    };
 
     /** Takes `s` (and what it covers) if every limit still holds; returns the limit that refused it. */
     const admit = (s: Signature, countsAsDkim: boolean): LimitName | null => {
@@ -425,6 +481,7 @@ export function planVerification(
         if (countsAsDkim && s.bodyHash !== null) memberHashes.add(s.bodyHash);
         if (s.longRun) return 'header_runs';
         if (s.signedCount > limits.maxSignedFields) return 'dkim_signed_fields';
+        const taken: Signature[] = [s];
         let reach = Math.max(covered, s.signed.get('dkim-signature') ?? 0);
         for (let grown = true; grown; ) {
             grown = false;
@@ -434,6 +491,7 @@ export function planVerification(
                 if (m.longRun) return 'header_runs';
                 if (m.signedCount > limits.maxSignedFields) return 'dkim_signed_fields';
                 members.add(at);
+                taken.push(m);
                 if (m.bodyHash !== null) memberHashes.add(m.bodyHash);
                 const more = m.signed.get('dkim-signature') ?? 0;
                 if (more > reach) {
@@ -444,6 +502,14 @@ export function planVerification(
         }
         if (members.size > limits.maxSignatures) return 'dkim_signatures';
         if (memberHashes.size > limits.maxBodyHashes) return 'dkim_body_hashes';
+        if (anyLong) {
+            const stay = new Set(folded);
+            for (const m of taken) keepFolded(m, stay);
+            let lines = 0;
+            for (const at of stay) lines += fields[at]!.lines;
+            if (lines > MAX_FOLDED_LINES) return 'header_folds';
+            folded = stay;
+        }
         for (const at of members) kept.add(at);
         for (const h of memberHashes) hashes.add(h);
         covered = reach;
@@ -494,7 +560,7 @@ export function planVerification(
     if (fromAt.length > 0) keep[fromAt[0]!] = 1;
 
     const parts: string[] = [];
-    for (let i = 0; i < fields.length; i++) if (keep[i]) parts.push(`${copyOf(fields[i]!)}\r\n`);
+    for (let i = 0; i < fields.length; i++) if (keep[i]) parts.push(`${copyOf(fields[i]!, folded.has(i))}\r\n`);
     const computed = new Set(keptSignatures.flatMap((s) => s.bodyHashes));
     return {
         header: Buffer.from(parts.join(''), 'latin1'),

@@ -36,6 +36,8 @@ export interface FloodOptions {
     readonly distinctLengths?: boolean;
     /** h= of every signature; default `from:to:subject`. */
     readonly signed?: string;
+    /** c= of every signature; default `relaxed/relaxed` (the body hashes are relaxed ones either way). */
+    readonly canonicalization?: string;
 }
 
 /** `count` DKIM-Signature fields, each with a correct bh= for its l=, and a b= no key verifies. */
@@ -51,7 +53,7 @@ export function signatureFlood(o: FloodOptions): string {
         const bh = l === undefined ? full : bodyHash(o.body, l);
         const length = l === undefined ? '' : ` l=${l};`;
         fields.push(
-            `DKIM-Signature: v=1; a=rsa-sha256; c=relaxed/relaxed; d=${d}; s=${s};${length} h=${o.signed ?? 'from:to:subject'}; bh=${bh}; b=${b}\r\n`,
+            `DKIM-Signature: v=1; a=rsa-sha256; c=${o.canonicalization ?? 'relaxed/relaxed'}; d=${d}; s=${s};${length} h=${o.signed ?? 'from:to:subject'}; bh=${bh}; b=${b}\r\n`,
         );
     }
     return fields.join('');

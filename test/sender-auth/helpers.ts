@@ -55,7 +55,7 @@ export async function sign(
     domain: string,
     selector: string,
     key: TestKey,
-    options: { maxBodyLength?: number } = {},
+    options: { maxBodyLength?: number; canonicalization?: string } = {},
 ): Promise<string> {
     const out = await dkimSign(msg, {
         signatureData: [{ signingDomain: domain, selector, privateKey: key.privateKey, ...options }],

@@ -263,6 +263,19 @@ describe('mailauth check', () => {
         );
     });
 
+    it('a signed field of more than 100 lines passes under simple header canonicalization too', async () => {
+        const references = Array.from({ length: 101 }, (_, k) => `<${k}@lists.bank.example>`).join('\r\n ');
+        const msg = basicMessage('alerts@bank.example', [['References', references]]);
+        for (const canonicalization of ['simple/simple', 'simple/relaxed', 'relaxed/relaxed']) {
+            const signed = await sign(msg, 'bank.example', 'sel', bankKey, { canonicalization });
+            assert.match(signed, new RegExp(`c=${canonicalization};[^]*h=[^;]*references`, 'i'));
+            const r = await run(check(), signed, { mailFrom: 'bounce@sender.test' });
+            assert.equal(r.facts['dkim.result'], 'pass', canonicalization);
+            assert.equal(r.facts['dmarc.result'], 'pass', canonicalization);
+            assert.deepEqual(r.facts['auth.limits'], [], canonicalization);
+        }
+    });
+
     it('an aligned DKIM signature: dkim pass, aligned, dmarc pass', async () => {
         const msg = await sign(basicMessage('alerts@bank.example'), 'bank.example', 'sel', bankKey);
         const r = await run(check(), msg, { mailFrom: 'bounce@sender.test' });

@@ -338,6 +338,27 @@ describe('shapes that make the verifier quadratic are decided well within the ti
         assert.equal(r.facts['dkim.count'], 2);
     });
 
+    it('a field folded into 250,000 lines under a simple signature: the signature is not verified (header_folds)', async () => {
+        const body = canonicalBody(1000);
+        const message =
+            foldedField('References', 250_000, '<a@bank.example>') +
+            signatureFlood({
+                count: 1,
+                body,
+                signed: 'from:references',
+                distinctLengths: false,
+                canonicalization: 'simple/relaxed',
+            }) +
+            plainFields('a@bank.example') +
+            '\r\n' +
+            body.toString();
+        const r = await decide(check(quick), ctx(message));
+        assert.equal(r.error, null);
+        assert.equal(r.facts['dkim.result'], 'policy');
+        assert.equal(r.facts['dkim.skipped'], 1);
+        assert.deepEqual(r.facts['auth.limits'], ['header_folds']);
+    });
+
     it('50,000 From fields', async () => {
         const r = await decide(check(quick), ctx(fromFlood(50_000) + '\r\nHello.\r\n'));
         assert.equal(r.error, null);

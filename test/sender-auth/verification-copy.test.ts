@@ -189,6 +189,47 @@ describe('planVerification', () => {
         assert.ok(text.includes(small));
     });
 
+    it('keeps a field of more than 100 lines folded where a simple signature hashes it, up to 1,000 such lines', () => {
+        const refs = (lines: number) => `References: <a@x.example>${'\r\n <b@x.example>'.repeat(lines - 1)}\r\n`;
+        const unfolded = (lines: number) => `References: <a@x.example>${' <b@x.example>'.repeat(lines - 1)}\r\n`;
+        const simple = (d: string) => sig(d, '', 'from:references').replace('c=relaxed/', 'c=simple/');
+        const relaxed = (d: string) => sig(d, '', 'from:references');
+        const from = 'From: a@x.example\r\n';
+        // simple header canonicalization hashes the folds: the field stays as it is, with a relaxed signature too
+        for (const sigs of [simple('x.example'), simple('x.example') + relaxed('y.example')]) {
+            const p = plan(refs(1000) + sigs + from);
+            assert.ok(p.header.toString('latin1').startsWith(refs(1000)));
+            assert.deepEqual(p.limits, []);
+        }
+        // relaxed alone: unfolded
+        assert.ok(
+            plan(refs(1000) + relaxed('y.example') + from)
+                .header.toString('latin1')
+                .startsWith(unfolded(1000)),
+        );
+        // 1,001 lines: the simple signature is not verified; the relaxed one is, over the field unfolded
+        const over = plan(refs(1001) + simple('x.example') + relaxed('y.example') + from);
+        assert.deepEqual(over.limits, ['header_folds']);
+        assert.deepEqual(keptDomains(over.header), ['y.example']);
+        assert.ok(over.header.toString('latin1').startsWith(unfolded(1001)));
+        // the lines count together: two fields of 600 lines are too many for one signature over both
+        const two = plan(
+            refs(600) +
+                refs(600) +
+                simple('x.example').replace('h=from:references', 'h=from:references:references') +
+                from,
+        );
+        assert.deepEqual(two.limits, ['header_folds']);
+        assert.equal(two.dkimEvaluated, 0);
+        // the newest ARC-Message-Signature too: over the limit, the chain is not verified
+        const subject = (lines: number) => `Subject: a${'\r\n b'.repeat(lines - 1)}\r\n`;
+        const arc = (lines: number) => plan(arcFlood(1, { canonicalization: 'simple/simple' }) + subject(lines) + from);
+        assert.equal(arc(1000).arcVerified, true);
+        assert.ok(arc(1000).header.toString('latin1').includes(subject(1000)));
+        assert.equal(arc(1001).arcVerified, false);
+        assert.deepEqual(arc(1001).limits, ['header_folds']);
+    });
+
     it('an ARC chain over maxArcSets is left out and reported', () => {
         const p = plan(arcFlood(11) + 'From: a@x.example\r\n');
         assert.equal(p.arcSets, 11);
