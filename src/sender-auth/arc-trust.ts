@@ -7,7 +7,10 @@
  *     sealers the operator trusts (`authentication.arc.trustedSealers`), so that nobody
  *     untrusted handled the message after that hop authenticated it;
  *   - that hop's ARC-Authentication-Results show, for the author domain, `dmarc=pass`, or a
- *     `dkim=pass` aligned with it, or an `spf=pass` aligned with it.
+ *     `dkim=pass` aligned with it, or an `spf=pass` aligned with it. SPF's identity there is
+ *     MAIL FROM (`smtp.mailfrom`); the HELO name (`smtp.helo`) only when the results show no
+ *     MAIL FROM, as for the null sender (RFC 7489 section 4.1, RFC 7208 section 2.4): a
+ *     `spf=pass` for a HELO name beside another MAIL FROM vouches for nothing.
  * The newest hop that qualifies is chosen.
  *
  * Pure apart from reading the chain mailauth parsed; it must not look anything up.
@@ -133,6 +136,12 @@ function domainOfIdentity(v: string | undefined): string | null {
     return d === '' ? null : d;
 }
 
+/** An smtp.mailfrom that names a sender (not `<>`, the null sender, nor empty). */
+function mailFromShown(r: ResInfo): boolean {
+    const v = r.props.get('smtp.mailfrom');
+    return v !== undefined && v !== '<>' && domainOfIdentity(v) !== null;
+}
+
 /** Which method of a hop's results vouches for the author domain, or null. */
 export function vouchingMethod(
     results: readonly ResInfo[],
@@ -143,6 +152,8 @@ export function vouchingMethod(
         if (r.result !== 'pass') continue;
         if (r.method === 'dmarc' && domainOfIdentity(r.props.get('header.from')) === authorDomain) return 'dmarc';
     }
+    // the HELO name is SPF's identity for DMARC only with the null sender (RFC 7489 section 4.1)
+    const nullSender = !results.some((r) => r.method === 'spf' && mailFromShown(r));
     for (const r of results) {
         if (r.result !== 'pass') continue;
         if (r.method === 'dkim') {
@@ -150,7 +161,11 @@ export function vouchingMethod(
             if (d !== null && aligned(d, 'dkim')) return 'dkim';
         }
         if (r.method === 'spf') {
-            const d = domainOfIdentity(r.props.get('smtp.mailfrom')) ?? domainOfIdentity(r.props.get('smtp.helo'));
+            const d = mailFromShown(r)
+                ? domainOfIdentity(r.props.get('smtp.mailfrom'))
+                : nullSender
+                  ? domainOfIdentity(r.props.get('smtp.helo'))
+                  : null;
             if (d !== null && aligned(d, 'spf')) return 'spf';
         }
     }

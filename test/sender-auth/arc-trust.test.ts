@@ -65,6 +65,17 @@ describe('evaluateArcTrust', () => {
         assert.equal(other.vouching, null);
     });
 
+    it('an spf=pass for the HELO name vouches only when the results show no MAIL FROM (the null sender)', () => {
+        const spf = (results: string) => evaluateArcTrust({ ...base, hops: [hop(1, 'google.com', results)] }).vouching;
+        // DMARC's SPF identity is MAIL FROM; the HELO name only stands in for the null sender
+        assert.equal(spf('g; spf=pass smtp.helo=bank.example; spf=none smtp.mailfrom=x@attacker.example'), null);
+        assert.equal(spf('g; spf=none smtp.mailfrom=attacker.example; spf=pass smtp.helo=mail.bank.example'), null);
+        assert.equal(spf('g; spf=pass smtp.mailfrom=x@attacker.example smtp.helo=bank.example'), null);
+        assert.equal(spf('g; spf=pass smtp.helo=bank.example')?.method, 'spf');
+        assert.equal(spf('g; spf=pass smtp.mailfrom=<> smtp.helo=bank.example')?.method, 'spf');
+        assert.equal(spf('g; spf=pass smtp.helo=attacker.example'), null);
+    });
+
     it('an older trusted hop vouches when every newer hop is trusted too', () => {
         const t = evaluateArcTrust({
             ...base,
