@@ -2,7 +2,8 @@
  * createApp(config, deps): the whole proxy as an object the tests and `serve` build alike.
  * The world (logger, clock, upstream, decider, checks) is injected here; nothing below reads
  * the environment or the real clock directly. start() learns what the upstream offers (one
- * probe, bounded in time), opens the listeners and the HTTP endpoint; stop() drains: no new
+ * probe, bounded in time), opens the listeners and the HTTP endpoint, and from then on runs the
+ * readiness probe every 15 s (mailwarden_dependency_up) until stop(); stop() drains: no new
  * connections, `421 4.3.2` to sessions with no transaction open, transactions in flight (from
  * an accepted MAIL to the reply to their DATA) finish within the shutdown timeout and get the
  * `421` when they end; a message whose end of data went upstream then still gets its answer,
@@ -117,6 +118,8 @@ export interface AppDeps {
      * SPOOL_MEMORY_BUDGET when left out (tests give a smaller one, and read what it holds).
      */
     readonly spoolMemory?: SpoolMemory;
+    /** How often the readiness probe runs without being asked (DEPENDENCY_PROBE_MS when left out; tests give less). */
+    readonly dependencyProbeMs?: number;
 }
 
 export interface App {
@@ -163,6 +166,13 @@ const CUT_GRACE_MS = 1000;
 const STARTUP_PROBE_MS = 5000;
 /** How long a readiness answer (an upstream session opened, Redis pinged) is given again to later /readyz requests. */
 const READINESS_TTL_MS = 2000;
+/**
+ * How often each process runs the readiness probe by itself, so that mailwarden_dependency_up
+ * follows the dependencies without traffic or /readyz requests: one upstream session (a Postfix
+ * smtpd for a greeting, EHLO and QUIT) and one Redis PING per process every 15 s, not one per
+ * scrape (with several workers a scrape asks every worker).
+ */
+const DEPENDENCY_PROBE_MS = 15_000;
 
 interface SmtpConnectionLike {
     /** smtp-server's session: `envelope.mailFrom` is set from an accepted MAIL until the transaction ends. */
@@ -306,6 +316,8 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
     /** What all messages in flight keep in memory together, whatever their listener. */
     const spoolMemory = deps.spoolMemory ?? new SpoolMemory();
     let http: Server | null = null;
+    /** Runs the readiness probe every DEPENDENCY_PROBE_MS from the start to the stop. */
+    let probeTimer: NodeJS.Timeout | null = null;
     let httpPort: number | null = null;
     const reloaders: { name: string; fn: () => void }[] = [];
     /** The inputs (config, rules, users, tls) whose last reload failed: an invalid version is on disk. */
@@ -394,16 +406,26 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
         }),
     );
 
-    /** The dependencies asked for readiness: one probe at a time, its answer kept READINESS_TTL_MS. */
+    /**
+     * The dependencies asked for readiness: one probe at a time, its answer kept READINESS_TTL_MS.
+     * Each is asked (Redis also when the upstream failed) and its answer set in
+     * mailwarden_dependency_up.
+     */
     const dependencies = sharedResult(
         async (): Promise<string | null> => {
+            let reason: string | null = null;
             try {
                 await probeUpstream();
             } catch (err) {
-                return `upstream ${upstream.description}: ${err instanceof Error ? err.message : String(err)}`;
+                reason = `upstream ${upstream.description}: ${err instanceof Error ? err.message : String(err)}`;
             }
-            if (config.redis && !(await limitStore.ping())) return 'redis: not answering';
-            return null;
+            metrics.dependencyUp.set({ dependency: 'upstream' }, reason === null ? 1 : 0);
+            if (config.redis) {
+                const redisUp = await limitStore.ping();
+                metrics.dependencyUp.set({ dependency: 'redis' }, redisUp ? 1 : 0);
+                if (!redisUp) reason ??= 'redis: not answering';
+            }
+            return reason;
         },
         READINESS_TTL_MS,
         // a timer's clock, like every timeout: not the decision clock, which tests may hold still
@@ -541,11 +563,15 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
         // is asked again by each readiness probe and each connection
         let timer: NodeJS.Timeout | undefined;
         await Promise.race([
-            probeUpstream().catch((err: unknown) =>
-                log.warn(
-                    { upstream: upstream.description, err: err instanceof Error ? err.message : String(err) },
-                    'upstream not answering at start; its capabilities will be learnt at the first connection',
-                ),
+            probeUpstream().then(
+                () => metrics.dependencyUp.set({ dependency: 'upstream' }, 1),
+                (err: unknown) => {
+                    metrics.dependencyUp.set({ dependency: 'upstream' }, 0);
+                    log.warn(
+                        { upstream: upstream.description, err: err instanceof Error ? err.message : String(err) },
+                        'upstream not answering at start; its capabilities will be learnt at the first connection',
+                    );
+                },
             ),
             new Promise<void>((resolve) => {
                 timer = setTimeout(resolve, STARTUP_PROBE_MS);
@@ -571,6 +597,14 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
         }
         if (ruleSet) watcher = watchRules();
         started = true;
+        // the probe /readyz runs, also without traffic: a dead Postfix on a quiet host shows in the
+        // gauge, where the rate of failed upstream commands has nothing to divide (the start's
+        // probe gave the upstream's first value)
+        probeTimer = setInterval(
+            () => void dependencies().catch(() => undefined),
+            deps.dependencyProbeMs ?? DEPENDENCY_PROBE_MS,
+        );
+        probeTimer.unref();
         log.info(
             {
                 version: VERSION,
@@ -767,6 +801,8 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
         async stop(options = {}) {
             if (draining) return;
             draining = true;
+            if (probeTimer) clearInterval(probeTimer);
+            probeTimer = null;
             const shutdownTimeoutMs = current.shutdownTimeoutMs;
             const restart = options.restart === true;
             log.info({ timeoutMs: shutdownTimeoutMs, restart }, 'shutting down: draining sessions');

@@ -350,6 +350,14 @@ export function createMetrics(version: string) {
             aggregator: 'min',
             registers: r,
         }),
+        dependencyUp: new Gauge({
+            name: `${P}dependency_up`,
+            help: 'Whether a dependency answered the last readiness probe (the one /readyz runs, every 15 s without traffic): 1 yes, 0 no, by dependency (upstream: an SMTP session opened, greeted and EHLO answered, or the maildir folder written; redis: PING answered, only with redis: set)',
+            labelNames: ['dependency'],
+            // with several workers: 0 as soon as one worker's probe failed
+            aggregator: 'min',
+            registers: r,
+        }),
         heloChecks: new Counter({
             name: `${P}helo_checks_total`,
             help: 'HELO name checks, by check (syntax, literal, claims_us, resolves) and result (pass, fail, unknown)',

@@ -5,7 +5,8 @@
  * SIGHUP does under `serve`. Unless the config names DNS servers,
  * a loopback test DNS server with an empty zone (every name NXDOMAIN) is started and used,
  * so no lookup ever leaves the machine. Unless the config has a `pregreet:` section, the pregreet
- * wait is 0 (tests of it set it). `stop()` drains the app, stops that server and
+ * wait is 0 (tests of it set it), and the readiness probe runs by itself once an hour, not every
+ * 15 s (tests of it set dependencyProbeMs). `stop()` drains the app, stops that server and
  * removes the folder. It must not replace any part of the product with a fake unless a test passes one in.
  */
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
@@ -58,6 +59,9 @@ export async function startApp(yaml: string, deps: Omit<AppDeps, 'logger'> = {})
     // as `serve` does: reload() (SIGHUP) reads this file again, with the same environment
     const app = createApp(config, {
         configFile: { path: file, env: {} },
+        // the periodic readiness probe only where a test asks for it: a probe's upstream session
+        // landing in the middle of a test would change the upstream connections it counts
+        dependencyProbeMs: 3_600_000,
         ...deps,
         logger: createLogger('debug', sink),
     });

@@ -179,3 +179,47 @@ describe('/readyz with an upstream that does not answer', () => {
         assert.equal((await get(mw.app.httpPort!, '/healthz')).status, 200);
     });
 });
+
+describe('mailwarden_dependency_up without traffic', () => {
+    let redis: RedisInstance;
+    let up: ScriptedUpstream;
+    let mw: TestApp;
+
+    before(async () => {
+        redis = await startRedis();
+        up = await startScriptedUpstream({ ehlo: ['XCLIENT NAME ADDR PORT PROTO HELO LOGIN'] });
+        mw = await startApp(
+            [
+                'domains: [example.test]',
+                'listeners: [{ name: mx, host: 127.0.0.1, port: 0, mode: mx }]',
+                `upstream: { url: "smtp://127.0.0.1:${up.port}", connectTimeout: 1s }`,
+                `redis: { url: "${redis.url}" }`,
+                'http: { host: 127.0.0.1, port: 0 }',
+            ].join('\n'),
+            // the probe's period, shortened from 15 s; no client connects and /readyz is never asked
+            { dependencyProbeMs: 200 },
+        );
+    });
+    after(async () => {
+        await mw?.stop();
+        await up?.close();
+        await redis?.stop();
+    });
+
+    /** The gauge's value for one dependency in a scrape of /metrics, or null without its series. */
+    const gauge = async (dependency: string): Promise<number | null> => {
+        const body = (await get(mw.app.httpPort!, '/metrics')).body;
+        const m = new RegExp(`^mailwarden_dependency_up\\{dependency="${dependency}"\\} (\\d+)$`, 'm').exec(body);
+        return m ? Number(m[1]) : null;
+    };
+
+    it('follows the upstream and Redis by the periodic readiness probe, Redis asked also while the upstream is down', async () => {
+        await until('both up', async () => (await gauge('upstream')) === 1 && (await gauge('redis')) === 1, 10_000, 50);
+        await up.close();
+        await until('the upstream reads 0', async () => (await gauge('upstream')) === 0, 10_000, 50);
+        assert.equal(await gauge('redis'), 1, 'Redis still answers');
+        await redis.stop();
+        await until('Redis reads 0', async () => (await gauge('redis')) === 0, 10_000, 50);
+        assert.equal(await gauge('upstream'), 0);
+    });
+});
