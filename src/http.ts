@@ -1,7 +1,7 @@
 /**
  * The operations HTTP endpoint (SPEC, "HTTP"): GET /metrics (Prometheus text format),
  * GET /healthz (the process is alive), GET /readyz (200 only when the listeners are up and
- * the upstream answers). Read-only; it never changes state and never exposes message data.
+ * the upstream and Redis answer the app's probe; not DNS, not the spool). Read-only; it never changes state and never exposes message data.
  */
 import type { Server } from 'node:http';
 import { createRequire } from 'node:module';

@@ -409,3 +409,41 @@ describe("the runbook's rule file against backscatter", () => {
         assert.deepEqual(over.rules, ['bounces-per-recipient']);
     });
 });
+
+describe('the dashboard panels the runbook names', () => {
+    const panels = (
+        JSON.parse(readRepo('grafana/dashboard.json')) as {
+            panels: { title: string; targets?: { expr: string }[] }[];
+        }
+    ).panels;
+    /** The runbook's paragraphs and list items, each as one line. */
+    const blocks = runbook
+        .split(/\n(?=\s*(?:\d+\.|-) )|\n\n/)
+        .map((b) => b.replace(/\s+/g, ' '))
+        .filter((b) => /"[^"]+" (?:and "[^"]+" )?panels?\b/.test(b));
+
+    it('show the result of rate-limit decisions (error_allowed, error_tempfail) the text next to them speaks of', () => {
+        assert.ok(blocks.some((b) => /error_\w+/.test(b)));
+        for (const block of blocks) {
+            const named = [...block.matchAll(/"([^"]+)"/g)]
+                .map((m) => m[1]!)
+                .filter((t) => panels.some((p) => p.title === t));
+            const results = [...block.matchAll(/result="?(error_\w+)/g), ...block.matchAll(/`(error_\w+)`/g)].map(
+                (m) => m[1]!,
+            );
+            for (const result of results) {
+                const shows = named.every((t) => {
+                    const exprs = panels.find((p) => p.title === t)!.targets!.map((x) => x.expr);
+                    return exprs.some((e) => {
+                        const filter = /result=~?"([^"]+)"/.exec(e)?.[1];
+                        return filter === undefined || new RegExp(`^(?:${filter})$`).test(result);
+                    });
+                });
+                assert.ok(
+                    named.length > 0 && shows,
+                    `the panels named beside ${result} show it: ${block.slice(0, 120)}`,
+                );
+            }
+        }
+    });
+});
