@@ -22,6 +22,9 @@
  * created): past it a lookup that the cache and the lookups in flight cannot answer fails at
  * once with ECANCELLED, which every caller reads as a temporary error, and is counted as
  * `busy`, and logged (one warning per 10 s at most, with the count since the previous one).
+ * A lookup no server answered (each timed out or refused the connection) is logged the same
+ * way once no server has answered anything for 10 s: a resolver that stopped answering is
+ * named in the log, a single slow name is not.
  * Only the lookups of resolveFresh() (the health probes of DNS lists, a few per list
  * and interval) pass over the cap. Clients choose the names we look up (their reverse zone, their HELO name, their SPF record), and a
  * name whose servers never answer holds its socket for timeout × servers × tries.
@@ -51,6 +54,7 @@ import {
     isRrtype,
     isSubdomain,
     normalizeName,
+    formatServer,
     parseServer,
     reverseName,
     type Rrtype,
@@ -139,6 +143,12 @@ export const RESOLVER_DEFAULTS = {
 
 /** At most one warning about lookups refused at the cap per this interval (ms, the resolver's clock). */
 const BUSY_LOG_EVERY_MS = 10_000;
+/**
+ * A lookup that timed out or was refused by every server is warned of (at most once per
+ * BUSY_LOG_EVERY_MS) once no server has answered anything for this long: one name whose own
+ * servers are slow does not, a resolver that stopped answering does.
+ */
+const SILENT_AFTER_MS = 10_000;
 
 /** The smallest cap on lookups in flight, whatever the open-file limit. */
 const MIN_IN_FLIGHT = 256;
@@ -333,6 +343,11 @@ export function createResolver(opts: ResolverOptions): Resolver {
     /** Lookups refused at the cap since the last warning, and when that warning was written. */
     let busyRefused = 0;
     let busyLoggedAt = -Infinity;
+    /** When a server last answered (any answer, NXDOMAIN included); lookups failed since the last warning. */
+    let answeredAt = now();
+    let unanswered = 0;
+    let silentLoggedAt = -Infinity;
+    const serverNames = servers.map(formatServer);
 
     const cache = new Lru<Cached>(maxEntries, maxBytes);
     const inflight = new Map<string, Promise<Outcome>>();
@@ -400,6 +415,19 @@ export function createResolver(opts: ResolverOptions): Resolver {
         if (o.kind === 'data') return copyAnswer(o.value);
         if (o.kind === 'negative') throw negativeAnswer(o.code, syscall, hostname);
         throw dnsError(o.code, syscall, hostname);
+    }
+
+    /** A lookup no server answered (timeout or refused by each): warned of once the servers are silent. */
+    function noteUnanswered(): void {
+        unanswered++;
+        const t = now();
+        if (t - answeredAt < SILENT_AFTER_MS || t - silentLoggedAt < BUSY_LOG_EVERY_MS) return;
+        silentLoggedAt = t;
+        logger?.warn(
+            { failed: unanswered, silentForMs: t - answeredAt, servers: serverNames },
+            'DNS servers not answering: lookups fail as temporary errors (checks that need them answer 451)',
+        );
+        unanswered = 0;
     }
 
     function count(type: Rrtype, result: 'hit' | 'miss' | 'error' | 'busy'): void {
@@ -516,6 +544,9 @@ export function createResolver(opts: ResolverOptions): Resolver {
                     if (cancellable.get(key) === c) cancellable.delete(key);
                 }
                 metrics?.dnsQueryDuration.observe({ type }, (performance.now() - started) / 1000);
+                if (o.kind !== 'error' || (o.code !== 'ETIMEOUT' && o.code !== 'ECONNREFUSED')) {
+                    if (o.kind !== 'error' || o.code !== 'ECANCELLED') answeredAt = now();
+                } else noteUnanswered();
                 if (!closed) store(key, o);
                 return o;
             });

@@ -387,6 +387,41 @@ describe('DNS resolver', () => {
             await held;
         });
 
+        it('warns of lookups no server answered once no server has answered for 10 s, at most once per 10 s', async () => {
+            const warnings: { fields: Record<string, unknown>; msg: string }[] = [];
+            const logger = { warn: (fields: Record<string, unknown>, msg: string) => warnings.push({ fields, msg }) };
+            const names = ['a', 'b', 'c', 'd', 'e', 'f'].map((n) => `${n}.silent.test`);
+            server.setZone({ ...BASE_ZONE, ...Object.fromEntries(names.map((n) => [n, { TIMEOUT: true }])) });
+            const r = make({ logger: logger as unknown as ResolverOptions['logger'], tries: 1, timeoutMs: 50 });
+            const silent = (n: string) => rejectsWith(r.resolve(`${n}.silent.test`, 'A'), 'ETIMEOUT');
+            await r.resolve('example.test', 'A');
+            // one slow name while the server answers others: no warning
+            clock += 5_000;
+            await silent('a');
+            assert.equal(warnings.length, 0);
+            // nothing answered for 10 s: the next failure is warned of, with the count
+            clock += 5_000;
+            await silent('b');
+            assert.equal(warnings.length, 1);
+            assert.match(warnings[0]!.msg, /^DNS servers not answering/);
+            assert.deepEqual(warnings[0]!.fields, { failed: 2, silentForMs: 10_000, servers: [server.address] });
+            // at most one per 10 s
+            await silent('c');
+            clock += 9_999;
+            await silent('d');
+            assert.equal(warnings.length, 1);
+            clock += 1;
+            await silent('e');
+            assert.equal(warnings.length, 2);
+            assert.equal(warnings[1]!.fields.failed, 3);
+            // an answer (NXDOMAIN counts) ends the silence
+            await rejectsWith(r.resolve('nx.example.test', 'A'), 'ENOTFOUND');
+            clock += 9_999;
+            await silent('f');
+            assert.equal(warnings.length, 2, 'an answer came less than 10 s before');
+            r.close();
+        });
+
         it('gives up a lookup once every caller that passed a signal has aborted, and starts none for an aborted one', async () => {
             const metrics = createMetrics('test');
             const r = make({ metrics, tries: 2, timeoutMs: 5_000 });
