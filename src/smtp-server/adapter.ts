@@ -205,7 +205,7 @@ class MailwardenConnection extends SMTPConnection {
     #input: { readonly chunk: Buffer; pos: number; readonly outer: number } | null = null;
     /** Watches the data rate while DATA is received (MIN_DATA_RATE). */
     #dataWatch: NodeJS.Timeout | null = null;
-    /** True while the pregreet wait runs: what arrives is recorded, not answered. */
+    /** True while the pregreet wait runs: what arrives is recorded, and dropped before the parser. */
     #pregreetWatching = false;
     #pregreetBytes: Buffer | null = null;
     #pregreetOutcome: PregreetOutcome | null = null;
@@ -306,9 +306,6 @@ class MailwardenConnection extends SMTPConnection {
         this.#pregreetWatching = false;
         if (this._closing || this._closed) return;
         const talked = this.#pregreetBytes !== null;
-        // its whole lines were read and dropped; an unfinished last one would be joined to the first
-        // bytes after the greeting and run: it goes too (postscreen discards what came before)
-        if (talked && this._parser) this._parser._remainder = '';
         const result: PregreetResult = skip
             ? early
             : talked
@@ -390,11 +387,6 @@ class MailwardenConnection extends SMTPConnection {
         }
         // the opening bytes were refused: the socket is being destroyed, nothing is answered
         if (this.#foreign) return;
-        // talking before the greeting: recorded by the pregreet test, the rules decide
-        if (this.#pregreetWatching) {
-            callback?.();
-            return;
-        }
         if (command && !this._nextHandler) {
             const verb = commandName(command);
             if (GROUP_ENDING.has(verb)) {
@@ -442,7 +434,8 @@ class MailwardenConnection extends SMTPConnection {
 
     /**
      * smtp-server's parser, watched: which chunk it reads and how far (see #input), so that
-     * what a client sent after a command that must end a pipelined group can be told. A command
+     * what a client sent after a command that must end a pipelined group can be told. During the
+     * pregreet wait it is fed nothing: what the client sends then is dropped whole. A command
      * line ends with CRLF (RFC 5321 section 2.3.8): what is left of one when the client closes its
      * side is dropped, where smtp-server would run it.
      */
@@ -454,6 +447,10 @@ class MailwardenConnection extends SMTPConnection {
         const write = parser._write.bind(parser);
         let outer: number | null = null;
         parser._write = (chunk, encoding, next) => {
+            // talking before the greeting: recorded by the pregreet test (the rules decide), never
+            // read as commands, an unfinished last line included (postscreen discards it all); what
+            // the socket had read when the wait ended is all dropped, however much it was
+            if (this.#pregreetWatching) return next();
             let done = next;
             if (outer === null) {
                 // a chunk from the socket (not the rest of one, given back after the end of data)

@@ -5,11 +5,13 @@
  * greeted at once (latency measured and printed), allow-listed and hook-exempt clients are
  * never made to wait, a paused Redis makes a client wait as a new one without blocking the
  * greeting, and a listener without a wait greets at once. With the rule in monitor mode, nothing a
- * client sent before the greeting is run after it.
+ * client sent before the greeting is run after it, however much of it the parser had still to read.
  */
 import assert from 'node:assert/strict';
+import diagnostics from 'node:diagnostics_channel';
 import { cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
+import type net from 'node:net';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { startApp, type TestApp } from '../helpers/app.ts';
@@ -17,6 +19,7 @@ import { startPostfix, type PostfixInstance } from '../helpers/postfix.ts';
 import { startRedis, type RedisInstance } from '../helpers/redis.ts';
 import { startScriptedUpstream, type ScriptedUpstream } from '../helpers/scripted-upstream.ts';
 import { smtpConnect } from '../helpers/smtp-client.ts';
+import { until } from '../helpers/until.ts';
 
 const WAIT_MS = 1000;
 const MESSAGE = 'From: <sender@sender.test>\r\nTo: <alice@example.test>\r\nSubject: patient\r\n\r\nHello.\r\n';
@@ -221,6 +224,54 @@ describe('pregreet test with its rule in monitor mode', () => {
         assert.ok(up.commands.includes('MAIL FROM:<late@sender.example>'));
         assert.deepEqual(
             up.commands.filter((l) => /early|unfinished/.test(l)),
+            [],
+        );
+    });
+
+    it('runs nothing sent before the greeting when the wait ends while the parser is still reading it', async () => {
+        // the server side of each accepted connection, to hold its event loop at a chosen point
+        const accepted: net.Socket[] = [];
+        const onAccepted = (message: unknown): void => {
+            accepted.push((message as { socket: net.Socket }).socket);
+        };
+        diagnostics.subscribe('net.server.socket', onAccepted);
+        const c = await smtpConnect(mw.port('mx'), { localAddress: '127.0.8.2' });
+        try {
+            const port = c.socket.localPort;
+            let server: net.Socket | undefined;
+            // the session is set up once the socket feeds smtp-server's parser
+            await until('the session reads its socket', () => {
+                server = accepted.find((s) => s.remoteAddress === '127.0.8.2' && s.remotePort === port);
+                return (server?.listenerCount('data') ?? 0) > 0;
+            });
+            // far more lines than the parser reads in a turn of the event loop (it pauses every 100)
+            const early = 'RSET\r\n'.repeat(5000) + 'MAIL FROM:<unfinished@sender.exa';
+            let read = 0;
+            let held = false;
+            server!.on('data', (chunk: Buffer) => {
+                read += chunk.length;
+                // once all of it has been read, the loop is held past the end of the wait: the wait
+                // ends while the parser still has most of these lines before it
+                if (read !== early.length) return;
+                held = true;
+                Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, WAIT_MS);
+            });
+            c.write(early);
+            assert.equal((await c.greeting(WAIT_MS + 2000)).code, 220);
+            assert.ok(held, 'all of it was read before the greeting');
+            // the first reply after the greeting is to the first line sent after it
+            const ehlo = await c.cmd('EHLO client.example');
+            assert.equal(ehlo.code, 250, ehlo.raw);
+            assert.match(ehlo.lines[0] ?? '', /^mx\.test\b/, ehlo.raw);
+            assert.equal((await c.cmd('MAIL FROM:<later@sender.example>')).code, 250);
+            assert.equal((await c.cmd('RCPT TO:<alice@example.test>')).code, 250);
+        } finally {
+            diagnostics.unsubscribe('net.server.socket', onAccepted);
+            c.close();
+        }
+        assert.ok(up.commands.includes('MAIL FROM:<later@sender.example>'));
+        assert.deepEqual(
+            up.commands.filter((l) => /unfinished/.test(l)),
             [],
         );
     });
