@@ -8,9 +8,12 @@
  *     untrusted handled the message after that hop authenticated it;
  *   - that hop's ARC-Authentication-Results show, for the author domain, `dmarc=pass`, or a
  *     `dkim=pass` aligned with it, or an `spf=pass` aligned with it. SPF's identity there is
- *     MAIL FROM (`smtp.mailfrom`); the HELO name (`smtp.helo`) only when the results show no
- *     MAIL FROM, as for the null sender (RFC 7489 section 4.1, RFC 7208 section 2.4): a
- *     `spf=pass` for a HELO name beside another MAIL FROM vouches for nothing.
+ *     MAIL FROM (`smtp.mailfrom`); the HELO name (`smtp.helo`) only when the results show the
+ *     null sender explicitly (`smtp.mailfrom=<>` or `postmaster@` the HELO name, RFC 7208
+ *     section 2.4), since DMARC takes the HELO name only then (RFC 7489 section 4.1) and a
+ *     verifier may record the HELO result alone for a non-null MAIL FROM (RFC 7208 section
+ *     2.3): a `spf=pass` for a HELO name with MAIL FROM absent, empty or another address
+ *     vouches for nothing.
  * The newest hop that qualifies is chosen.
  *
  * Pure apart from reading the chain mailauth parsed; it must not look anything up.
@@ -142,6 +145,27 @@ function mailFromShown(r: ResInfo): boolean {
     return v !== undefined && v !== '<>' && domainOfIdentity(v) !== null;
 }
 
+/**
+ * Whether the SPF results show the null sender explicitly for this HELO domain: at least one
+ * smtp.mailfrom, each `<>` or `postmaster@` the HELO domain (RFC 7208 section 2.4). An absent or
+ * empty smtp.mailfrom says nothing: the verifier may have recorded only the HELO check.
+ */
+function nullSenderShown(results: readonly ResInfo[], helo: string): boolean {
+    let shown = false;
+    for (const r of results) {
+        if (r.method !== 'spf') continue;
+        const v = r.props.get('smtp.mailfrom');
+        if (v === undefined) continue;
+        const t = v.trim();
+        const at = t.lastIndexOf('@');
+        const isNull =
+            t === '<>' || (at > 0 && t.slice(0, at).toLowerCase() === 'postmaster' && domainOfIdentity(t) === helo);
+        if (!isNull) return false;
+        shown = true;
+    }
+    return shown;
+}
+
 /** Which method of a hop's results vouches for the author domain, or null. */
 export function vouchingMethod(
     results: readonly ResInfo[],
@@ -152,8 +176,6 @@ export function vouchingMethod(
         if (r.result !== 'pass') continue;
         if (r.method === 'dmarc' && domainOfIdentity(r.props.get('header.from')) === authorDomain) return 'dmarc';
     }
-    // the HELO name is SPF's identity for DMARC only with the null sender (RFC 7489 section 4.1)
-    const nullSender = !results.some((r) => r.method === 'spf' && mailFromShown(r));
     for (const r of results) {
         if (r.result !== 'pass') continue;
         if (r.method === 'dkim') {
@@ -161,11 +183,12 @@ export function vouchingMethod(
             if (d !== null && aligned(d, 'dkim')) return 'dkim';
         }
         if (r.method === 'spf') {
-            const d = mailFromShown(r)
-                ? domainOfIdentity(r.props.get('smtp.mailfrom'))
-                : nullSender
-                  ? domainOfIdentity(r.props.get('smtp.helo'))
-                  : null;
+            // the HELO name is SPF's identity for DMARC only with the null sender (RFC 7489 section 4.1)
+            let d = mailFromShown(r) ? domainOfIdentity(r.props.get('smtp.mailfrom')) : null;
+            if (d === null) {
+                const helo = domainOfIdentity(r.props.get('smtp.helo'));
+                if (helo !== null && nullSenderShown(results, helo)) d = helo;
+            }
             if (d !== null && aligned(d, 'spf')) return 'spf';
         }
     }

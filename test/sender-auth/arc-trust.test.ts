@@ -65,14 +65,28 @@ describe('evaluateArcTrust', () => {
         assert.equal(other.vouching, null);
     });
 
-    it('an spf=pass for the HELO name vouches only when the results show no MAIL FROM (the null sender)', () => {
+    it('an spf=pass for the HELO name vouches only when the results show the null sender', () => {
         const spf = (results: string) => evaluateArcTrust({ ...base, hops: [hop(1, 'google.com', results)] }).vouching;
         // DMARC's SPF identity is MAIL FROM; the HELO name only stands in for the null sender
         assert.equal(spf('g; spf=pass smtp.helo=bank.example; spf=none smtp.mailfrom=x@attacker.example'), null);
         assert.equal(spf('g; spf=none smtp.mailfrom=attacker.example; spf=pass smtp.helo=mail.bank.example'), null);
         assert.equal(spf('g; spf=pass smtp.mailfrom=x@attacker.example smtp.helo=bank.example'), null);
-        assert.equal(spf('g; spf=pass smtp.helo=bank.example')?.method, 'spf');
+        // a verifier may record only the HELO check for a non-null MAIL FROM (RFC 7208 section 2.3)
+        assert.equal(spf('g; spf=pass smtp.helo=bank.example'), null);
+        assert.equal(spf('g; spf=pass (domain of x@attacker.example: helo checked) smtp.helo=bank.example'), null);
+        assert.equal(spf('g; spf=pass smtp.mailfrom="" smtp.helo=bank.example'), null);
+        assert.equal(
+            spf('g; spf=pass smtp.mailfrom=<> smtp.helo=bank.example; spf=none smtp.mailfrom=x@attacker.example'),
+            null,
+        );
+        assert.equal(spf('g; spf=pass smtp.mailfrom=postmaster@other.example smtp.helo=bank.example'), null);
         assert.equal(spf('g; spf=pass smtp.mailfrom=<> smtp.helo=bank.example')?.method, 'spf');
+        assert.equal(spf('g; spf=pass smtp.mailfrom="<>" smtp.helo=bank.example')?.method, 'spf');
+        assert.equal(spf('g; spf=pass smtp.helo=bank.example; spf=none smtp.mailfrom=<>')?.method, 'spf');
+        assert.equal(
+            spf('g; spf=pass smtp.helo=bank.example; spf=none smtp.mailfrom=Postmaster@Bank.example')?.method,
+            'spf',
+        );
         assert.equal(spf('g; spf=pass smtp.helo=attacker.example'), null);
     });
 
