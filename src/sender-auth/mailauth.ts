@@ -135,7 +135,9 @@ const CUT_COMMENT: Readonly<Record<Cut, string>> = {
  * within the per-message limits, as a skipped one), a passing ARC chain fails (its newest
  * ARC-Message-Signature hashes the body), and a DMARC pass that rested on a signature no longer
  * passing, without an aligned SPF pass, is a fail: whether another passing signature aligns may
- * take a DNS tree walk, and a fail is the safe side.
+ * take a DNS tree walk, and a fail is the safe side. A pass held by an aligned SPF pass keeps its
+ * aligned signature only if that one still passes (else none is named: `dkim.aligned` means a
+ * passing one).
  */
 function withoutCutPasses(
     verified: VerifiedMessage,
@@ -165,11 +167,11 @@ function withoutCutPasses(
             : res.arc;
     const out = { ...res, dkim: { ...res.dkim, results }, arc };
     const passing = dkimOutcome(out).passingDomains;
-    const held =
-        dmarc.result !== 'pass' ||
-        dmarc.spfAligned !== null ||
-        (dmarc.dkimAligned !== null && passing.includes(normalizeDomain(dmarc.dkimAligned)));
-    return { res: out, dmarc: held ? dmarc : { ...dmarc, result: 'fail', dkimAligned: null } };
+    const dkimHeld = dmarc.dkimAligned !== null && passing.includes(normalizeDomain(dmarc.dkimAligned));
+    if (dmarc.result === 'pass' && dmarc.spfAligned === null && !dkimHeld)
+        return { res: out, dmarc: { ...dmarc, result: 'fail', dkimAligned: null } };
+    // a pass held by aligned SPF no longer names a signature that does not pass (dkim.aligned)
+    return { res: out, dmarc: dmarc.dkimAligned === null || dkimHeld ? dmarc : { ...dmarc, dkimAligned: null } };
 }
 
 /** The check's `run`: verifies one message at the data stage and reports facts and header fields. */

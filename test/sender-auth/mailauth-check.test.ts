@@ -246,6 +246,19 @@ describe('mailauth check', () => {
         assert.match(ar, /dmarc=fail \(p=REJECT/);
     });
 
+    it('text after a body line longer than 1 MiB with aligned SPF: dmarc passes, but the signature cut short is not aligned', async () => {
+        const signed = await sign(basicMessage('alerts@bank.example'), 'bank.example', 'sel', bankKey);
+        const appended = `${'x'.repeat(1024 * 1024 + 1)}\r\nPay to account XX00 today.\r\n`;
+        const r = await run(check(), `${signed}${appended}`, { mailFrom: 'bounce@bank.example' });
+        assert.deepEqual(r.facts['auth.limits'], ['body_line_length']);
+        assert.equal(r.facts['spf.result'], 'pass');
+        assert.equal(r.facts['dkim.result'], 'policy');
+        assert.deepEqual(r.facts['dkim.domains'], []);
+        assert.equal(r.facts['dkim.aligned'], false);
+        assert.equal(r.facts['dmarc.result'], 'pass');
+        assert.equal(r.facts['dmarc.disposition'], 'none');
+    });
+
     it('text after a body line longer than 1 MiB: a signature whose l= ends before it passes, the bytes after l= counted to the end', async () => {
         const body = 'Only the first ten bytes are signed.\r\n';
         const msg = message({ From: 'alerts@bank.example', To: 'user@mx.test', Subject: 'Partly signed' }, body);
