@@ -25,6 +25,8 @@ export interface DkimRow {
         readonly aligned?: string | false;
         /** Body bytes after the signed length (l=, RFC 6376 section 3.5). */
         readonly underSized?: number;
+        /** The body hash did not match (mailauth's `neutral`, or `fail` in its strict mode). */
+        readonly bodyHashFailed?: true;
     };
     /** The dkim resinfo, written by `dkimResInfo`. */
     readonly info?: string;
@@ -79,6 +81,8 @@ interface RawSpf {
     readonly 'client-ip'?: unknown;
     readonly helo?: unknown;
 }
+/** mailauth's comment on a DKIM signature whose body hash did not match. */
+const BODY_HASH_FAILED = 'body hash did not verify';
 interface RawDkimStatus {
     readonly comment?: unknown;
     readonly header?: { readonly i?: unknown; readonly s?: unknown; readonly a?: unknown; readonly b?: unknown };
@@ -123,6 +127,10 @@ export function authOutput(res: AuthOutput): AuthOutput {
                     result: String(r.status.result),
                     aligned: typeof r.status.aligned === 'string' ? r.status.aligned : undefined,
                     underSized: num(r.status.underSized),
+                    bodyHashFailed:
+                        (r.status as RawDkimStatus).comment === BODY_HASH_FAILED && r.status.result !== 'pass'
+                            ? true
+                            : undefined,
                 },
                 info: dkimResInfo({
                     result: String(r.status.result),

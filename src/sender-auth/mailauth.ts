@@ -20,7 +20,9 @@
  * verification-stream.ts), mailauth hashed only the bytes before the cut, and a signature over a
  * body that goes on after them still matched. So then no body hash that reached the cut passes:
  * such a DKIM signature is `policy`, a passing ARC chain fails, and DMARC is decided without them
- * (withoutCutPasses); a signature whose l= ends before the cut still passes.
+ * (withoutCutPasses); a signature whose l= ends before the cut still passes. A body hash that
+ * reached the cut and did not match is `policy` too, not `neutral` (the body altered): the body
+ * was not read to its end.
  *
  * For an authenticated submission client SPF is not evaluated (the client is our own user, and
  * SPF says nothing about it): `spf.result` is `none`, and neither `Received-SPF` nor an spf
@@ -135,7 +137,9 @@ const CUT_COMMENT: Readonly<Record<Cut, string>> = {
  * within the per-message limits, as a skipped one), a passing ARC chain fails (its newest
  * ARC-Message-Signature hashes the body), and a DMARC pass that rested on a signature no longer
  * passing, without an aligned SPF pass, is a fail: whether another passing signature aligns may
- * take a DNS tree walk, and a fail is the safe side. A pass held by an aligned SPF pass keeps its
+ * take a DNS tree walk, and a fail is the safe side. A signature whose body hash reached the cut
+ * and did not match is `policy` as well: the hash of the part before the cut says nothing of the
+ * whole body's. A pass held by an aligned SPF pass keeps its
  * aligned signature only if that one still passes (else none is named: `dkim.aligned` means a
  * passing one).
  */
@@ -148,9 +152,13 @@ function withoutCutPasses(
     const comment = CUT_COMMENT[cut];
     const { res, dmarc } = verified;
     const results = res.dkim.results?.map((r): DkimRow => {
-        if (r.signingDomain === undefined || r.status.result !== 'pass') return r;
+        if (r.signingDomain === undefined) return r;
+        const pass = r.status.result === 'pass';
+        if (!pass && r.status.bodyHashFailed !== true) return r;
         const under = r.status.underSized ?? 0;
         if (under > 0 && verifiedBytes > 0) {
+            // its l= ends before the cut: a mismatch there is the message's own
+            if (!pass) return r;
             const underSized = under + rest;
             const info = restated(r.info ?? '', dkimResInfo({ result: 'pass', underSized }));
             return { ...r, status: { ...r.status, underSized }, info };

@@ -259,6 +259,32 @@ describe('mailauth check', () => {
         assert.equal(r.facts['dmarc.disposition'], 'none');
     });
 
+    it('a body line longer than 1 MiB inside the signed body: the body hash that reached the cut is policy, not neutral', async () => {
+        const long = `${'x'.repeat(1024 * 1024 + 1)}\r\nThe end of the signed body.\r\n`;
+        const msg = message({ From: 'alerts@bank.example', To: 'user@mx.test', Subject: 'Long line' }, long);
+        const signed = await sign(msg, 'bank.example', 'sel', bankKey);
+        const r = await run(check(), signed, { mailFrom: 'bounce@sender.test' });
+        assert.deepEqual(r.facts['auth.limits'], ['body_line_length']);
+        assert.equal(r.facts['dkim.result'], 'policy');
+        assert.equal(r.facts['dmarc.result'], 'fail');
+        const ar = header(r, 'Authentication-Results');
+        assert.match(ar, /dkim=policy \(body not verified past a line longer than 1 MiB\) header\.d=bank\.example/);
+        assert.doesNotMatch(ar, /body hash did not verify/);
+    });
+
+    it('a body altered before a line longer than 1 MiB, under a signature whose l= ends before the cut: still neutral', async () => {
+        const body = 'Only the first ten bytes are signed.\r\n';
+        const msg = message({ From: 'alerts@bank.example', To: 'user@mx.test', Subject: 'Partly signed' }, body);
+        const signed = await sign(msg, 'bank.example', 'sel', bankKey, { maxBodyLength: 10 });
+        const altered = signed.replace('Only the first', 'Not the first');
+        const r = await run(check(), `${altered}${'x'.repeat(1024 * 1024 + 1)}\r\n`, {
+            mailFrom: 'bounce@sender.test',
+        });
+        assert.deepEqual(r.facts['auth.limits'], ['body_line_length']);
+        assert.equal(r.facts['dkim.result'], 'neutral');
+        assert.match(header(r, 'Authentication-Results'), /dkim=neutral \(.*body hash did not verify\)/);
+    });
+
     it('text after a body line longer than 1 MiB: a signature whose l= ends before it passes, the bytes after l= counted to the end', async () => {
         const body = 'Only the first ten bytes are signed.\r\n';
         const msg = message({ From: 'alerts@bank.example', To: 'user@mx.test', Subject: 'Partly signed' }, body);

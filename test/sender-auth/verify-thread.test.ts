@@ -835,7 +835,7 @@ describe('authOutput', () => {
                 results: [
                     {
                         signingDomain: 'bank.example',
-                        status: { result: 'pass', aligned: 'bank.example', underSized: 21 },
+                        status: { result: 'pass', aligned: 'bank.example', underSized: 21, bodyHashFailed: undefined },
                         info: 'dkim=pass (undersized signature: 21 bytes unsigned) header.d=bank.example header.i=@bank.example',
                     },
                 ],
@@ -872,7 +872,12 @@ describe('authOutput', () => {
                 results: [
                     {
                         signingDomain: undefined,
-                        status: { result: 'pass', aligned: undefined, underSized: undefined },
+                        status: {
+                            result: 'pass',
+                            aligned: undefined,
+                            underSized: undefined,
+                            bodyHashFailed: undefined,
+                        },
                         // written from the parts there are
                         info: 'dkim=pass',
                     },
