@@ -407,7 +407,7 @@ export function createListener(config: Config, listener: ListenerConfig, deps: L
     if (listener.pregreetWaitMs > 0) for (const result of PREGREET_RESULTS) deps.metrics.pregreet.inc({ result }, 0);
     for (const kind of ['http', 'tls']) deps.metrics.foreignProtocol.inc({ listener: listener.name, kind }, 0);
     deps.metrics.internalErrors.inc({ listener: listener.name }, 0);
-    deps.metrics.spoolWriteErrors.inc({ listener: listener.name }, 0);
+    for (const op of ['write', 'read']) deps.metrics.spoolIoErrors.inc({ listener: listener.name, op }, 0);
     for (const check of deps.checks) {
         for (const result of CHECK_FAILURES) deps.metrics.checkFailures.inc({ check: check.name, result }, 0);
     }

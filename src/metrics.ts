@@ -225,14 +225,14 @@ export function createMetrics(version: string) {
         }),
         internalErrors: new Counter({
             name: `${P}internal_errors_total`,
-            help: 'Unexpected errors of our own (a bug) in a session (the client got 451 4.3.0, or 421 4.7.0 instead of the greeting), by listener; the log line "unexpected error in SMTP callback" or "internal error" has the details. A client that left, an upstream reply relayed and a spool write failure are not counted',
+            help: 'Unexpected errors of our own (a bug) in a session (the client got 451 4.3.0, or 421 4.7.0 instead of the greeting), by listener; the log line "unexpected error in SMTP callback" or "internal error" has the details. A client that left, an upstream reply relayed and a spool file that could not be written or read are not counted',
             labelNames: ['listener'],
             registers: r,
         }),
-        spoolWriteErrors: new Counter({
-            name: `${P}spool_write_errors_total`,
-            help: 'Messages whose spool file could not be written (ENOSPC, EIO, EROFS...: the disk of spool.dir), by listener; the client got 451 4.3.0. The error line "spool write failed" names the file and the errno',
-            labelNames: ['listener'],
+        spoolIoErrors: new Counter({
+            name: `${P}spool_io_errors_total`,
+            help: 'Messages whose spool file could not be written (op="write": ENOSPC, EIO, EROFS...) or read back (op="read": EIO, the file removed) on the disk of spool.dir, by listener and op; the client got 451 4.3.0. The error line "spool write failed" or "spool read failed" names the file and the errno',
+            labelNames: ['listener', 'op'],
             registers: r,
         }),
         upstreamReplies: new Counter({

@@ -13,7 +13,7 @@
 import { Readable } from 'node:stream';
 import type { SMTPServerAddress, SMTPServerDataStream, SMTPServerSession } from 'smtp-server';
 import type { Config, ListenerConfig } from './config/types.ts';
-import { MessageSpool, SpoolWriteError, type SpoolMemory, type SpoolSummary } from './data/spool.ts';
+import { MessageSpool, SpoolIoError, type SpoolMemory, type SpoolSummary } from './data/spool.ts';
 import { MessageWork } from './drain.ts';
 import { EnvelopeGate } from './envelope/gate.ts';
 import type { RelayPolicy } from './envelope/relay.ts';
@@ -303,6 +303,12 @@ export class Session {
         return this.refuse(replyFor('internal-error', { id: this.id }), true);
     }
 
+    /** The spool file could not be written or read back: the host's disk, not a bug of ours nor the client; told at error level and counted. */
+    private spoolFailed(err: SpoolIoError): void {
+        this.deps.metrics.spoolIoErrors.inc({ listener: this.deps.listener.name, op: err.op });
+        this.log.error({ spoolPath: err.path, errno: err.code, err: err.message }, `spool ${err.op} failed`);
+    }
+
     /** The line of a refusal the upstream made at MAIL or RCPT, which the client gets relayed. */
     private logUpstreamRefusal(
         stage: 'mail' | 'rcpt',
@@ -446,11 +452,7 @@ export class Session {
                     work.stopped !== null
                         ? 'shutting down: the message was not received in full within shutdownTimeout'
                         : `message not received in full: ${err instanceof Error ? err.message : String(err)}`;
-                if (err instanceof SpoolWriteError && work.stopped === null) {
-                    // the host's disk, not a bug of ours nor the client: told at error level and counted
-                    this.deps.metrics.spoolWriteErrors.inc({ listener: this.deps.listener.name });
-                    this.log.error({ spoolPath: err.path, errno: err.code, err: err.message }, 'spool write failed');
-                }
+                if (err instanceof SpoolIoError && work.stopped === null) this.spoolFailed(err);
                 await this.abandonUpstream();
                 // not an internal error: a client that left gets no reply (this one goes nowhere), a
                 // shutdown or a spool that cannot be written is not a bug
@@ -563,6 +565,15 @@ export class Session {
                 }
                 // stopped by the drain, not an upstream failure
                 if (work.stopped) throw this.refuse(replyFor('upstream-unavailable', { id: this.id }));
+                // the spool file could not be read back (a failing disk, the file removed): the
+                // upstream connection was dropped without the end of data, and the upstream did not fail
+                const spoolErr =
+                    err instanceof SpoolIoError
+                        ? err
+                        : err instanceof UpstreamError && err.cause instanceof SpoolIoError
+                          ? err.cause
+                          : null;
+                if (spoolErr) throw spoolErr;
                 throw this.upstreamFailed(err, 'data');
             } finally {
                 this.deps.metrics.upstreamDuration.observe((this.deps.now() - upstreamStarted) / 1000);
@@ -585,8 +596,15 @@ export class Session {
                 record.reply = (err as SmtpReplyError).responseCode;
                 throw err;
             }
-            this.log.error({ err }, 'internal error while processing a message');
             action = 'tempfail';
+            if (err instanceof SpoolIoError) {
+                // the spool file could not be read back (a failing disk, the file removed): not a bug
+                this.spoolFailed(err);
+                record.reason = err.message;
+                await this.abandonUpstream();
+                throw this.refuse(replyFor('internal-error', { id: this.id }));
+            }
+            this.log.error({ err }, 'internal error while processing a message');
             record.reason = 'internal error';
             await this.abandonUpstream();
             throw this.refuse(replyFor('internal-error', { id: this.id }), true);

@@ -19,8 +19,10 @@
  *   folder must not be shared between hosts, containers or PID namespaces (one folder per
  *   instance, which its workers share): from another namespace a live process looks gone and
  *   its files in use would be deleted.
- * - A failure to write the spool file (ENOSPC, EIO, EROFS...) rejects as a SpoolWriteError
- *   naming the file and the errno, told apart from the DATA stream failing (the client left).
+ * - A failure to write the spool file (ENOSPC, EIO, EROFS...) rejects as a SpoolIoError (op
+ *   `write`) naming the file and the errno, told apart from the DATA stream failing (the client
+ *   left); a failure to read it back (EIO, the file removed) fails the stream `read()` returns
+ *   with a SpoolIoError (op `read`), told apart from a fault of whoever consumes the stream.
  * It never decides what happens to the message; the session does.
  */
 import { randomBytes } from 'node:crypto';
@@ -156,16 +158,21 @@ export interface SpoolSummary {
     readonly spilled: boolean;
 }
 
-/** Writing the spool file failed: the host's fault (a full or broken disk), not the client's. */
-export class SpoolWriteError extends Error {
+/**
+ * Writing the spool file, or reading it back, failed: the host's fault (a full or broken disk,
+ * a file removed under spool.dir), not the client's nor the upstream's.
+ */
+export class SpoolIoError extends Error {
+    readonly op: 'write' | 'read';
     /** The spool file, or the spool folder when the file could not be created. */
     readonly path: string;
-    /** The errno name (`ENOSPC`, `EIO`, `EROFS`...), `unknown` when there is none. */
+    /** The errno name (`ENOSPC`, `EIO`, `EROFS`, `ENOENT`...), `unknown` when there is none. */
     readonly code: string;
-    constructor(path: string, cause: unknown) {
+    constructor(op: 'write' | 'read', path: string, cause: unknown) {
         const code = (cause as NodeJS.ErrnoException | null)?.code ?? 'unknown';
-        super(`spool write failed: ${cause instanceof Error ? cause.message : String(cause)}`, { cause });
-        this.name = 'SpoolWriteError';
+        super(`spool ${op} failed: ${cause instanceof Error ? cause.message : String(cause)}`, { cause });
+        this.name = 'SpoolIoError';
+        this.op = op;
         this.path = path;
         this.code = code;
     }
@@ -199,7 +206,7 @@ export class MessageSpool {
 
     /**
      * Reads the DATA stream to its end. Rejects when the stream fails (for example the
-     * client disconnected), or with a SpoolWriteError when the spool file cannot be written;
+     * client disconnected), or with a SpoolIoError (op `write`) when the spool file cannot be written;
      * the caller must then drop the message and call dispose().
      */
     async ingest(stream: AsyncIterable<Buffer | string>): Promise<SpoolSummary> {
@@ -209,14 +216,14 @@ export class MessageSpool {
             try {
                 await this.store(this.canonicalize(buf, false));
             } catch (err) {
-                throw new SpoolWriteError(this.filePath ?? this.opts.dir, err);
+                throw new SpoolIoError('write', this.filePath ?? this.opts.dir, err);
             }
         }
         try {
             await this.store(this.canonicalize(Buffer.alloc(0), true));
             if (this.file) await this.file.sync();
         } catch (err) {
-            throw new SpoolWriteError(this.filePath ?? this.opts.dir, err);
+            throw new SpoolIoError('write', this.filePath ?? this.opts.dir, err);
         }
         return this.summary();
     }
@@ -365,7 +372,10 @@ export class MessageSpool {
         this.chunks.length = 0;
     }
 
-    /** The stored bytes from `start` (inclusive) to `end` (exclusive, default: the end). */
+    /**
+     * The stored bytes from `start` (inclusive) to `end` (exclusive, default: the end). The stream
+     * fails with a SpoolIoError (op `read`) when the spool file cannot be read back.
+     */
     read(start = 0, end = this.memoryBytes + this.fileBytes): Readable {
         if (this.disposed) throw new Error('spool already disposed');
         const memory = this.chunks;
@@ -384,7 +394,23 @@ export class MessageSpool {
                 const fStart = Math.max(0, start - memoryBytes);
                 const fEnd = end - memoryBytes - 1;
                 if (fEnd >= fStart) {
-                    for await (const c of createReadStream(filePath, { start: fStart, end: fEnd })) yield c as Buffer;
+                    const file = createReadStream(filePath, { start: fStart, end: fEnd });
+                    const it = file[Symbol.asyncIterator]();
+                    try {
+                        for (;;) {
+                            let step: IteratorResult<unknown>;
+                            // only the file's own failures: not an error thrown in at the yield
+                            try {
+                                step = await it.next();
+                            } catch (err) {
+                                throw new SpoolIoError('read', filePath, err);
+                            }
+                            if (step.done) break;
+                            yield step.value as Buffer;
+                        }
+                    } finally {
+                        file.destroy();
+                    }
                 }
             }
         }

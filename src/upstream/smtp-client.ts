@@ -42,8 +42,9 @@
  * An idle connection kept for the next client gets none.
  *
  * Replies of every class are returned, never thrown; only a broken connection (refused,
- * timed out, closed, garbage, TLS or XCLIENT failure, failing message source) becomes an
- * UpstreamError, after which the session is no longer usable. One that breaks after the
+ * timed out, closed, garbage, TLS or XCLIENT failure) becomes an UpstreamError, after which the
+ * session is no longer usable. A failing message source ends the connection too, but its own
+ * error is thrown as it is (a spool that cannot be read is not an upstream failure). One that breaks after the
  * end-of-data marker went out is marked `endOfDataSent`: the upstream may have the message.
  * It must not decide policy, retry, queue, or ever write the end-of-data terminator for
  * a message whose source did not end cleanly.
@@ -962,12 +963,10 @@ class SmtpSession implements UpstreamSession {
                 this.txOpen = false;
                 if (err instanceof SourceFailure) {
                     // Drop the connection without the terminator: the upstream must not
-                    // take the part it received as a complete message.
-                    const error = new UpstreamError('io', `message source failed: ${errorMessage(err.cause)}`, {
-                        cause: err.cause,
-                    });
-                    conn.fail(error);
-                    throw error;
+                    // take the part it received as a complete message. The source's own error
+                    // goes to the caller as it is: the upstream did not fail.
+                    conn.fail(new UpstreamError('closed', `message source failed: ${errorMessage(err.cause)}`));
+                    throw err.cause;
                 }
                 void source.return?.().catch(() => {});
                 throw err;

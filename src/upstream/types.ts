@@ -97,7 +97,7 @@ export interface UpstreamSession {
      * (CRLF line endings, dots not stuffed); the session dot-stuffs it and writes the
      * terminator only after the whole source was read without error. If the source fails,
      * the connection is dropped without a terminator, so the upstream never takes a partial
-     * message as complete.
+     * message as complete, and the SMTP client rejects with the source's own error.
      */
     data(message: Readable): Promise<UpstreamReply>;
     /** Abandons the current transaction (RSET). */

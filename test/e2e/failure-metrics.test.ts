@@ -8,7 +8,7 @@
  */
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readdirSync, rmSync, unlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -198,6 +198,18 @@ describe('what is not an internal error', () => {
     let mw: TestApp;
     let disk: string;
     const body = `From: a@sender.example\r\nTo: b@example.test\r\nSubject: x\r\n\r\n${`${'x'.repeat(76)}\r\n`.repeat(2000)}`;
+    /** While set, a data-stage check removes the spool files, so the message cannot be read back (ENOENT). */
+    let removeSpool = false;
+    const remover: Check = {
+        name: 'remover',
+        stages: ['data'],
+        timeoutMs: 5000,
+        onError: 'ignore',
+        run: () => {
+            if (removeSpool) for (const f of readdirSync(join(disk, 'spool'))) unlinkSync(join(disk, 'spool', f));
+            return Promise.resolve({ facts: {} });
+        },
+    };
 
     before(async () => {
         // a spool folder on a 64 KiB tmpfs: a message of 156 KB fills it (ENOSPC)
@@ -219,6 +231,7 @@ describe('what is not an internal error', () => {
                 `spool: { dir: "${join(disk, 'spool')}", memoryLimit: 1KB }`,
                 'http: false',
             ].join('\n'),
+            { checks: [remover] },
         );
     });
     after(async () => {
@@ -260,11 +273,11 @@ describe('what is not an internal error', () => {
     });
 
     it('logs a spool write failure at error level with the file and errno, and counts it apart', async () => {
-        assert.equal(await value(mw, 'mailwarden_spool_write_errors_total', { listener: 'mx' }), 0);
+        assert.equal(await value(mw, 'mailwarden_spool_io_errors_total', { listener: 'mx', op: 'write' }), 0);
         const r = await sendMail(mw.port(), { from: 'a@sender.example', to: ['b@example.test'], data: body });
         assert.equal(r.message?.code, 451, r.message?.raw);
         assert.match(r.message.text, /^4\.3\.0 /);
-        assert.equal(await value(mw, 'mailwarden_spool_write_errors_total', { listener: 'mx' }), 1);
+        assert.equal(await value(mw, 'mailwarden_spool_io_errors_total', { listener: 'mx', op: 'write' }), 1);
         assert.equal(await internal(), 0);
         const [line, ...more] = errorLines();
         assert.deepEqual(more, []);
@@ -274,5 +287,36 @@ describe('what is not an internal error', () => {
             String(line?.spoolPath),
             new RegExp(`^${join(disk, 'spool')}/mailwarden-\\d+-[0-9a-f]{8}-[0-9a-f]{16}\\.eml$`),
         );
+    });
+
+    it('answers a spool file that cannot be read back 451 4.3.0, counted as a spool error, not an upstream failure', async () => {
+        const spoolErrors = (op: string) => value(mw, 'mailwarden_spool_io_errors_total', { listener: 'mx', op });
+        const upstreamIo = async () =>
+            (await value(mw, 'mailwarden_upstream_replies_total', { class: 'io', stage: 'data' })) ?? 0;
+        mw.logs.length = 0;
+        removeSpool = true;
+        try {
+            // 16 KB: spilled past the 1 KB memory limit, and fits the disk
+            const small = `From: a@sender.example\r\nTo: b@example.test\r\nSubject: x\r\n\r\n${`${'x'.repeat(76)}\r\n`.repeat(200)}`;
+            const r = await sendMail(mw.port(), { from: 'a@sender.example', to: ['b@example.test'], data: small });
+            assert.equal(r.message?.code, 451, r.message?.raw);
+            assert.match(r.message.text, /^4\.3\.0 /);
+        } finally {
+            removeSpool = false;
+        }
+        assert.equal(await internal(), 0);
+        assert.equal(await upstreamIo(), 0);
+        assert.equal(await spoolErrors('read'), 1);
+        assert.ok(!mw.logs.some((l) => l.msg === 'upstream failed'));
+        const [line, ...more] = errorLines();
+        assert.deepEqual(more, []);
+        assert.equal(line?.msg, 'spool read failed');
+        assert.equal(line?.errno, 'ENOENT');
+        assert.match(
+            String(line?.spoolPath),
+            new RegExp(`^${join(disk, 'spool')}/mailwarden-\\d+-[0-9a-f]{8}-[0-9a-f]{16}\\.eml$`),
+        );
+        // the upstream never got the end of data
+        assert.equal(up.transactions.at(-1)?.completed, false);
     });
 });

@@ -112,7 +112,7 @@ const ONE_PROCESS_CANNOT_SHOW = ['mailwarden_worker_restarts_total'];
  * Failures no traffic can cause on purpose, because the product is built so that it does not
  * happen: a check that runs out of its time or fails (each product check bounds its own lookups),
  * an internal error, a sender-authentication thread stuck or crashed (every known costly input
- * is bounded before mailauth reads it), and a spool file that cannot be written (a fault of the
+ * is bounded before mailauth reads it), and a spool file that cannot be written or read (a fault of the
  * host's disk). Their panel queries must parse and run; that they count is proved with checks and
  * a decider of a test's own and a spool folder on a full tmpfs in test/e2e/failure-metrics.test.ts,
  * and with a thread that misbehaves on purpose in test/sender-auth/verify-thread.test.ts.
@@ -120,7 +120,7 @@ const ONE_PROCESS_CANNOT_SHOW = ['mailwarden_worker_restarts_total'];
 const NO_TRAFFIC_CAUSES = [
     'mailwarden_check_failures_total',
     'mailwarden_internal_errors_total',
-    'mailwarden_spool_write_errors_total',
+    'mailwarden_spool_io_errors_total',
     'mailwarden_auth_thread_restarts_total',
 ];
 

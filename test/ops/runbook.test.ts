@@ -142,6 +142,13 @@ describe('jq over the journal', () => {
             errno: 'ENOSPC',
             err: 'spool write failed: ENOSPC: no space left on device, write',
         }),
+        JSON.stringify({
+            level: 50,
+            msg: 'spool read failed',
+            spoolPath: '/var/lib/mailwarden/spool/mailwarden-812-0a1b2c3d-8899aabbccddeeff.eml',
+            errno: 'EIO',
+            err: 'spool read failed: EIO: i/o error, read',
+        }),
         JSON.stringify({ level: 30, msg: 'reloaded', reload: 'config', changed: ['softReject'] }),
         JSON.stringify({ level: 30, msg: 'envelope refused', refused: 'relay', rcptDomain: 'example.org' }),
         JSON.stringify({ level: 40, msg: 'DNS list disabled', zone: 'zen.example', reason: 'refused' }),

@@ -538,15 +538,17 @@ describe('DATA on the wire', () => {
         assert.ok(!tx.data.includes('\r\n.\r\n'));
     });
 
-    it('never sends the terminator when the message source fails', async (t) => {
+    it("never sends the terminator when the message source fails, and rejects with the source's own error", async (t) => {
         const up = await scripted(t);
         const session = await open(up.port);
+        const vanished = new Error('spool file vanished');
         async function* failing() {
             yield Buffer.from('Subject: partial\r\n\r\nfirst part\r\n.\r\n');
             await new Promise((resolve) => setTimeout(resolve, 20));
-            throw new Error('spool file vanished');
+            throw vanished;
         }
-        await assert.rejects(send(session, Readable.from(failing())), upstreamError('io'));
+        // not an upstream failure: the caller tells the source's fault apart
+        await assert.rejects(send(session, Readable.from(failing())), (err) => err === vanished);
         assert.equal(session.usable, false);
         await session.close();
         await up.idle();
