@@ -6,9 +6,11 @@
  * the slowest process; /readyz: ready when every worker is), passes SIGHUP, SIGTERM, SIGINT and
  * SIGUSR2 on to every worker and exits when they have drained: 1 when a worker ended otherwise
  * than as asked (killed after the drain's bound, or by anyone else, a crash: its sessions are
- * lost, and that is logged at error and counted), else 0 (75 after SIGUSR2). A worker that ends
- * unexpectedly is logged, counted (mailwarden_worker_restarts_total) and replaced; the others
- * and their sessions are not touched. The replacement reads the config file as it is on disk:
+ * lost, and that is logged at error and counted), else 0 (75 after SIGUSR2); a worker not yet
+ * ready had no session, and the signal the primary received (Ctrl-C reaches the whole process
+ * group) counts as asked. A worker that ends unexpectedly is logged, counted
+ * (mailwarden_worker_restarts_total) and replaced; the others and their sessions are not
+ * touched. The replacement reads the config file as it is on disk:
  * when it does not validate, the primary logs its FILE:LINE:COL lines (at error) and sets
  * mailwarden_config_invalid, since that worker will refuse it and end (with every worker ended
  * so, nothing serves while the primary itself still answers /metrics: mailwarden_workers is 0).
@@ -46,6 +48,14 @@ const MAX_RESTART_DELAY_MS = 30_000;
  * src/cluster/worker.ts); it covers App.stop's fixed graces (two of 1 s, an upstream QUIT of 2 s).
  */
 export const DRAIN_MARGIN_MS = 5000;
+/**
+ * A signal sent to the whole process group (Ctrl-C in a terminal; a service manager's stop, as
+ * systemd's default KillMode=control-group) ends a worker still starting, which holds no handler
+ * yet, and that end can reach the primary before the primary's own copy of the signal: such an
+ * end is judged this much later, once the primary's copy started the drain.
+ */
+const GROUP_SIGNAL_GRACE_MS = 100;
+const byGroupSignal = (signal: string | null): boolean => signal === 'SIGINT' || signal === 'SIGTERM';
 
 export interface PrimaryOptions {
     readonly config: Config;
@@ -93,7 +103,8 @@ export async function runPrimary(o: PrimaryOptions): Promise<number> {
     const pending = new Map<number, Pending>();
     let nextQuestion = 1;
     let serving = false;
-    let stopping: { restart: boolean } | null = null;
+    /** The drain under way: `signal` is the one the primary received (null: a failed start). */
+    let stopping: { restart: boolean; signal: NodeJS.Signals | null } | null = null;
     let failed = false;
     let shortLives = 0;
     const restartTimers = new Set<NodeJS.Timeout>();
@@ -174,7 +185,11 @@ export async function runPrimary(o: PrimaryOptions): Promise<number> {
             };
             const onExit = (code: number | null, signal: string | null): void => {
                 done();
-                reject(new Error(signal ? `worker ended by ${signal}` : `worker exited with status ${code}`));
+                const fail = (): void =>
+                    reject(new Error(signal ? `worker ended by ${signal}` : `worker exited with status ${code}`));
+                // a stop, not a failed start, when it is the primary's signal too
+                if (!stopping && byGroupSignal(signal)) setTimeout(fail, GROUP_SIGNAL_GRACE_MS);
+                else fail();
             };
             const done = (): void => {
                 slot.worker.off('message', onMessage);
@@ -231,15 +246,28 @@ export async function runPrimary(o: PrimaryOptions): Promise<number> {
     const gone = new Promise<void>((resolve) => (allGone = resolve));
     cluster.on('exit', (worker, code, signal) => {
         const slot = slots.get(worker.id);
+        // judged once the primary's own copy of a group signal had its effect (a drain); the slot
+        // stays meanwhile, so that drain waits for it
+        if (!stopping && slot && !slot.ready && byGroupSignal(signal)) {
+            setTimeout(() => workerEnded(worker, code, signal), GROUP_SIGNAL_GRACE_MS);
+        } else workerEnded(worker, code, signal);
+    });
+    const workerEnded = (worker: Worker, code: number, signal: string | null): void => {
+        const slot = slots.get(worker.id);
         slots.delete(worker.id);
         updateGauge();
         if (slot?.lastMetrics) retire(slot.lastMetrics);
         // answers this worker owed will not come: their waits time out on their own
         if (stopping) {
             // only an end the primary asked for: the status of the drain it asked for, or the
-            // signal it sent (to a worker killed after the drain's bound, logged already);
-            // anything else (the OOM killer, a crash) cut that worker's sessions short
-            const asked = code === (stopping.restart ? 75 : 0) || (signal !== null && signal === slot?.stopSignal);
+            // signal it sent (to a worker killed after the drain's bound, logged already) or
+            // received itself (sent to the whole process group, as Ctrl-C does: it ends a worker
+            // still starting, which holds no handler yet); a worker not yet ready had no session
+            // to lose; anything else (the OOM killer, a crash) cut that worker's sessions short
+            const asked =
+                (slot !== undefined && !slot.ready) ||
+                code === (stopping.restart ? 75 : 0) ||
+                (signal !== null && (signal === slot?.stopSignal || signal === stopping.signal));
             if (!asked) failed = true;
             // a start that failed has said so already
             if (asked || !serving) {
@@ -268,7 +296,7 @@ export async function runPrimary(o: PrimaryOptions): Promise<number> {
             'worker ended unexpectedly; its sessions are lost, the other workers go on; starting another',
         );
         replace();
-    });
+    };
 
     const stopWith = (slot: Slot, signal: NodeJS.Signals): void => {
         slot.stopSignal = signal;
@@ -277,7 +305,7 @@ export async function runPrimary(o: PrimaryOptions): Promise<number> {
     const stop = (signal: NodeJS.Signals): void => {
         if (stopping) return;
         const restart = signal === 'SIGUSR2';
-        stopping = { restart };
+        stopping = { restart, signal };
         for (const t of restartTimers) clearTimeout(t);
         restartTimers.clear();
         log.info({ signal, restart, workers: slots.size }, 'signal received; draining every worker');
@@ -410,7 +438,7 @@ export async function runPrimary(o: PrimaryOptions): Promise<number> {
     } catch (err) {
         if (stopping) return -1;
         log.error({ err: err instanceof Error ? err.message : String(err) }, 'start failed; stopping the workers');
-        stopping = { restart: false };
+        stopping = { restart: false, signal: null };
         for (const slot of slots.values()) stopWith(slot, 'SIGTERM');
         if (slots.size > 0) await gone;
         http?.close();

@@ -14,7 +14,8 @@
  * file's FILE:LINE:COL lines and sets mailwarden_config_invalid (mailwarden_workers says none
  * serves), and the first worker started after the file is fixed serves again. A worker killed
  * while a SIGTERM drains is logged at error and counted, and the primary exits 1, while the other
- * worker's message still gets its 250.
+ * worker's message still gets its 250; a SIGINT to the whole process group (Ctrl-C) that ends a
+ * worker still starting loses nothing: the primary exits 0.
  */
 import assert from 'node:assert/strict';
 import { X509Certificate } from 'node:crypto';
@@ -460,8 +461,11 @@ describe('serve with workers: 2 whose workers end', () => {
         fs.rmSync(dir, { recursive: true, force: true });
     });
 
-    /** Starts serve with two workers and the HTTP endpoint; stops it once the test has ended. */
-    const start = async (t: TestContext) => {
+    /**
+     * Starts serve with two workers and the HTTP endpoint (in a process group of its own with
+     * `ownGroup`); stops it once the test has ended.
+     */
+    const start = async (t: TestContext, ownGroup = false) => {
         const file = path.join(dir, `mailwarden-${++configs}.yaml`);
         const httpPort = await freePort();
         // a port of its own: one 0 would become another port once every worker had ended
@@ -480,7 +484,7 @@ describe('serve with workers: 2 whose workers end', () => {
             '',
         ];
         fs.writeFileSync(file, lines.join('\n'));
-        const serve = startServe(file, dir);
+        const serve = startServe(file, dir, {}, [], undefined, ownGroup);
         t.after(() => {
             release();
             return serve.stop(60_000);
@@ -533,6 +537,27 @@ describe('serve with workers: 2 whose workers end', () => {
         const c = await smtpConnect(s.port);
         assert.equal((await c.greeting()).code, 220);
         c.close();
+    });
+
+    it('takes Ctrl-C (SIGINT to the whole process group) while a worker starts as asked: nothing lost, exit 0', async (t) => {
+        const s = await start(t, true);
+        const mark = s.serve.logs.length;
+        process.kill(s.pids.get(1)!, 'SIGKILL');
+        const starting = await s.serve.waitFor((l) => l.msg === 'starting a worker in place of the one that ended', {
+            from: mark,
+            timeoutMs: 20_000,
+        });
+        // the terminal signals every process of the foreground group: the primary, the worker that
+        // serves (it drains) and the one still starting, which holds no handler yet and ends
+        process.kill(-s.serve.child.pid!, 'SIGINT');
+        assert.equal(await s.serve.exited, 0);
+        const lines = s.serve.logs.slice(mark);
+        const replacement = lines.find((l) => l.worker === starting.worker && l.msg === 'worker stopped');
+        assert.equal(replacement?.signal, 'SIGINT', 'the replacement ended by the SIGINT before it was ready');
+        assert.equal(replacement.level, 30);
+        // at error only the kill that made the replacement needed: no session said lost
+        const errors = lines.filter((l) => (l.level as number) >= 50).map((l) => String(l.msg).split(';')[0]);
+        assert.deepEqual(errors, ['worker ended unexpectedly']);
     });
 
     it('counts a worker killed during the drain as an error: its sessions lost, logged and counted, and exit 1', async (t) => {

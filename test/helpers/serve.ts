@@ -34,7 +34,9 @@ function childEnv(): NodeJS.ProcessEnv {
 
 /**
  * `extraEnv`: variables added to the child's environment (NODE_OPTIONS, …); `nodeArgs`: Node.js
- * flags before the script; `bin`: another copy of bin/mailwarden.js (a copy of the project).
+ * flags before the script; `bin`: another copy of bin/mailwarden.js (a copy of the project);
+ * `ownGroup`: the child leads a process group of its own (and its workers are in it), as a
+ * command started in a terminal, so a test can signal the whole group as Ctrl-C does.
  */
 export function startServe(
     configFile: string,
@@ -42,11 +44,13 @@ export function startServe(
     extraEnv: NodeJS.ProcessEnv = {},
     nodeArgs: readonly string[] = [],
     bin: string = BIN,
+    ownGroup = false,
 ): Serve {
     const child = spawn(process.execPath, [...nodeArgs, bin, 'serve', '-c', configFile], {
         cwd,
         env: { ...childEnv(), ...extraEnv },
         stdio: ['ignore', 'pipe', 'pipe'],
+        detached: ownGroup,
     });
     const logs: Record<string, unknown>[] = [];
     let stderr = '';
