@@ -406,7 +406,7 @@ export function createMetrics(version: string) {
             name: `${P}config_invalid`,
             // with several workers: 1 as soon as one of them holds an invalid file
             aggregator: 'max',
-            help: 'Whether an input that reloads holds an invalid version on disk: 1 while the last reload of the config file, the rules and lists, the users (or sendAs) file or the certificate failed and no later reload of it succeeded (the previous version runs; the next start refuses the file), or, with several workers, while the config file the primary last read (to replace a worker that ended, or on a reload) is invalid (a worker started in its place refuses it); 0 otherwise',
+            help: 'Whether an input that reloads holds an invalid version on disk: 1 while the last reload of the config file, the rules and lists, the users (or sendAs) file or the certificate failed and no later reload of it succeeded (the previous version runs; the next start refuses the file), or, with several workers, while the config file the primary last read (to replace a worker that ended, or on a reload) is invalid and no worker started since became ready (a worker started in its place refuses the file if it is still invalid then); 0 otherwise',
             registers: r,
         }),
         buildInfo: new Gauge({

@@ -12,8 +12,10 @@
  * (mailwarden_worker_restarts_total) and replaced; the others and their sessions are not
  * touched. The replacement reads the config file as it is on disk:
  * when it does not validate, the primary logs its FILE:LINE:COL lines (at error) and sets
- * mailwarden_config_invalid, since that worker will refuse it and end (with every worker ended
- * so, nothing serves while the primary itself still answers /metrics: mailwarden_workers is 0).
+ * mailwarden_config_invalid, since that worker will refuse it and end if it is still invalid
+ * when it starts (with every worker ended so, nothing serves while the primary itself still
+ * answers /metrics: mailwarden_workers is 0); a replacement that becomes ready validated the
+ * file, and the gauge goes back to 0.
  * The primary holds no session, runs no check and never reads a message: everything SMTP
  * happens in the workers.
  */
@@ -81,6 +83,8 @@ interface Slot {
     lastMetrics: WorkerMetrics | null;
     /** The signal the primary sent it to stop (drain, or kill after the drain's bound). */
     stopSignal: NodeJS.Signals | null;
+    /** How many times the primary had read the config file when it forked this worker. */
+    readsAtFork: number;
 }
 
 type Pending = (answer: Answer | null) => void;
@@ -109,6 +113,8 @@ export async function runPrimary(o: PrimaryOptions): Promise<number> {
     let shortLives = 0;
     const restartTimers = new Set<NodeJS.Timeout>();
     let http: Server | null = null;
+    /** How many times the primary read the config file (readFile). */
+    let fileReads = 0;
 
     const readyCount = (): number => [...slots.values()].filter((s) => s.ready).length;
     const updateGauge = (): void => metrics.workers.set(readyCount());
@@ -120,6 +126,9 @@ export async function runPrimary(o: PrimaryOptions): Promise<number> {
             if (!slot || slot.ready) return;
             slot.ready = true;
             updateGauge();
+            // it validated the file as it read it when it started: what the primary read last
+            // (unless it read the file again since, a reload) was fixed before that
+            if (slot.readsAtFork === fileReads) metrics.configInvalid.set(0);
             log.info(
                 { worker: worker.id, pid: worker.process.pid, ready: readyCount(), workers: count },
                 'worker ready',
@@ -168,6 +177,7 @@ export async function runPrimary(o: PrimaryOptions): Promise<number> {
             reloadPending: false,
             lastMetrics: null,
             stopSignal: null,
+            readsAtFork: fileReads,
         };
         slots.set(worker.id, slot);
         return slot;
@@ -203,10 +213,12 @@ export async function runPrimary(o: PrimaryOptions): Promise<number> {
     const drainBound = (c: Config): number => stopBoundMs(c);
     /**
      * The config file as it is on disk, or its issues (the FILE:LINE:COL lines) when it does not
-     * validate. mailwarden_config_invalid follows each read (the workers' own reloads set theirs;
-     * the sum takes the highest).
+     * validate. mailwarden_config_invalid follows each read, and goes back to 0 when a worker
+     * forked after the last read is ready, having validated the file itself (the workers' own
+     * reloads set theirs; the sum takes the highest).
      */
     const readFile = (): { config: Config | null; issues: string[] | null } => {
+        fileReads++;
         let result: { config: Config | null; issues: string[] | null };
         try {
             result = { config: o.reloadConfig(), issues: null };
@@ -230,7 +242,7 @@ export async function runPrimary(o: PrimaryOptions): Promise<number> {
                 // structured, and go on trying (with the growing pause) until the file is fixed
                 log.error(
                     { file: config.source, issues: onDisk.issues, ready: readyCount(), workers: count },
-                    'the config file on disk is invalid: the worker started in place of the one that ended refuses it and exits; fix the file',
+                    'the config file on disk is invalid: the worker started in place of the one that ended will refuse it if it is still invalid when it starts; fix the file',
                 );
             }
             const slot = fork();

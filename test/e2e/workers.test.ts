@@ -12,7 +12,8 @@
  * the port is free at once for a new start, and the workers exit by themselves.
  * Workers that end while the config file on disk does not validate: the primary logs the
  * file's FILE:LINE:COL lines and sets mailwarden_config_invalid (mailwarden_workers says none
- * serves), and the first worker started after the file is fixed serves again. A worker killed
+ * serves), and the first worker started after the file is fixed serves again (and sets it back
+ * to 0, even when the fix came after the primary read the file). A worker killed
  * while a SIGTERM drains is logged at error and counted, and the primary exits 1, while the other
  * worker's message still gets its 250; a SIGINT to the whole process group (Ctrl-C) that ends a
  * worker still starting loses nothing: the primary exits 0.
@@ -537,6 +538,27 @@ describe('serve with workers: 2 whose workers end', () => {
         const c = await smtpConnect(s.port);
         assert.equal((await c.greeting()).code, 220);
         c.close();
+    });
+
+    it('sets mailwarden_config_invalid back to 0 when the file is fixed before the worker started in place reads it', async (t) => {
+        const s = await start(t);
+        const good = s.lines.join('\n');
+        fs.writeFileSync(s.file, `${good}bogusKey: 1\n`);
+        const mark = s.serve.logs.length;
+        process.kill(s.pids.get(1)!, 'SIGKILL');
+        const invalid = await s.serve.waitFor((l) => String(l.msg).startsWith('the config file on disk is invalid'), {
+            from: mark,
+            timeoutMs: 20_000,
+        });
+        assert.match(String(invalid.msg), /will refuse it if it is still invalid when it starts/);
+        // the operator's fix lands while the new worker is still starting: it reads the fixed file
+        fs.writeFileSync(s.file, good);
+        await s.serve.waitFor((l) => l.msg === 'worker ready', { from: mark, timeoutMs: START_MS });
+        const ended = s.serve.logs.slice(mark).filter((l) => String(l.msg).startsWith('worker ended unexpectedly'));
+        assert.equal(ended.length, 1, 'the worker started after the line took the file');
+        assert.equal(await s.value('mailwarden_workers'), 2);
+        // no reload was needed to clear it: MailwardenConfigReloadFailed stops firing
+        assert.equal(await s.value('mailwarden_config_invalid'), 0);
     });
 
     it('takes Ctrl-C (SIGINT to the whole process group) while a worker starts as asked: nothing lost, exit 0', async (t) => {
