@@ -2,7 +2,8 @@
  * The deployment files stay true to each other and to the guide: docs/deploy-postfix.md shows
  * every file it includes exactly as it is on disk (so the Postfix lines the tests run are the
  * documented ones) and links only to files that exist; the example configurations validate and
- * point at the Postfix service of docs/postfix/master.cf; the docker-compose file wires Postfix,
+ * point at the Postfix service of docs/postfix/master.cf, and the unit's and compose's stop
+ * timeouts outlast the longest stop they allow; the docker-compose file wires Postfix,
  * mailwarden, Redis, Prometheus and Grafana with the files of this repository; the Dockerfile is
  * a multi-stage Node.js 24 slim image running as non-root under an init with a /healthz
  * HEALTHCHECK; the systemd unit binds low ports by capability only; the compose Postfix set-up
@@ -27,10 +28,12 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { after, before, describe, it } from 'node:test';
 import { parse } from 'yaml';
+import { DRAIN_MARGIN_MS } from '../../src/cluster/primary.ts';
 import { RESTART_EXIT_CODE } from '../../src/commands/serve.ts';
 import { DEFAULTS } from '../../src/config/defaults.ts';
 import { loadConfig } from '../../src/config/load.ts';
 import type { Config } from '../../src/config/types.ts';
+import { stopBoundMs } from '../../src/drain.ts';
 import { section } from '../helpers/guide.ts';
 import { parseMainCf, postfixUpstreamMasterCf } from '../helpers/postfix.ts';
 
@@ -38,6 +41,12 @@ const root = new URL('../../', import.meta.url);
 const rootDir = fileURLToPath(root);
 const read = (file: string): string => readFileSync(new URL(file, root), 'utf8');
 const guide = read('docs/deploy-postfix.md');
+/**
+ * Whether a supervisor's stop timeout (`140s`) outlasts the longest stop under `config`: the
+ * primary of several workers kills one still draining only after its bound and the margin.
+ */
+const outlastsStop = (timeout: string, config: Config): boolean =>
+    /^\d+s$/.test(timeout) && Number.parseInt(timeout, 10) * 1000 > stopBoundMs(config) + DRAIN_MARGIN_MS;
 
 function run(
     command: string,
@@ -198,6 +207,8 @@ describe('example configurations', () => {
         assert.ok(config.upstream.kind === 'smtp' && config.upstream.xclient);
         assert.deepEqual(config.http, { host: '127.0.0.1', port: 9465 });
         assert.ok(config.redis, 'shared rate limits');
+        const stopTimeout = /^TimeoutStopSec=(.*)$/m.exec(read('deploy/systemd/mailwarden.service'))![1]!;
+        assert.ok(outlastsStop(stopTimeout, config), `TimeoutStopSec=${stopTimeout} outlasts the stop`);
         // Step 1 creates the spool folder the configuration names, before the first check; the
         // unit keeps it.
         assert.match(read('deploy/systemd/mailwarden.service'), /^StateDirectory=mailwarden mailwarden\/spool$/m);
@@ -254,6 +265,8 @@ describe('example configurations', () => {
         assert.deepEqual(published.map(([outside]) => outside).sort(), [25, 465, 587]);
         assert.equal(new URL(config.redis!.url!).hostname, 'redis');
         assert.ok(compose.services.redis, 'a redis service');
+        const grace = compose.services.mailwarden!.stop_grace_period ?? '';
+        assert.ok(outlastsStop(grace, config), `stop_grace_period ${grace} outlasts the stop`);
     });
 });
 
