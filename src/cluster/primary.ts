@@ -209,8 +209,6 @@ export async function runPrimary(o: PrimaryOptions): Promise<number> {
             slot.worker.once('exit', onExit);
         });
 
-    /** The workers' own stop bound under `c` (src/drain.ts). */
-    const drainBound = (c: Config): number => stopBoundMs(c);
     /**
      * The config file as it is on disk, or its issues (the FILE:LINE:COL lines) when it does not
      * validate. mailwarden_config_invalid follows each read, and goes back to 0 when a worker
@@ -236,7 +234,7 @@ export async function runPrimary(o: PrimaryOptions): Promise<number> {
             restartTimers.delete(timer);
             if (stopping) return;
             const onDisk = readFile();
-            if (onDisk.config) replacementBoundMs = Math.max(replacementBoundMs, drainBound(onDisk.config));
+            if (onDisk.config) replacementBoundMs = Math.max(replacementBoundMs, stopBoundMs(onDisk.config));
             if (onDisk.issues) {
                 // the new worker reads this file and exits at once: say why here, where it is
                 // structured, and go on trying (with the growing pause) until the file is fixed
@@ -322,7 +320,7 @@ export async function runPrimary(o: PrimaryOptions): Promise<number> {
         restartTimers.clear();
         log.info({ signal, restart, workers: slots.size }, 'signal received; draining every worker');
         for (const slot of slots.values()) stopWith(slot, restart ? 'SIGUSR2' : 'SIGTERM');
-        const killAfterMs = Math.max(drainBound(config), replacementBoundMs) + DRAIN_MARGIN_MS;
+        const killAfterMs = Math.max(stopBoundMs(config), replacementBoundMs) + DRAIN_MARGIN_MS;
         const killer = setTimeout(() => {
             for (const slot of slots.values()) {
                 log.error(

@@ -213,19 +213,20 @@ export class MessageSpool {
         for await (const chunk of stream) {
             const buf = typeof chunk === 'string' ? Buffer.from(chunk, 'binary') : chunk;
             this.received += buf.length;
-            try {
-                await this.store(this.canonicalize(buf, false));
-            } catch (err) {
-                throw new SpoolIoError('write', this.filePath ?? this.opts.dir, err);
-            }
+            await this.write(this.canonicalize(buf, false), false);
         }
+        await this.write(this.canonicalize(Buffer.alloc(0), true), true);
+        return this.summary();
+    }
+
+    /** Stores `buf` (and syncs the file after the `last` one); a failure rejects as a SpoolIoError. */
+    private async write(buf: Buffer, last: boolean): Promise<void> {
         try {
-            await this.store(this.canonicalize(Buffer.alloc(0), true));
-            if (this.file) await this.file.sync();
+            await this.store(buf);
+            if (last && this.file) await this.file.sync();
         } catch (err) {
             throw new SpoolIoError('write', this.filePath ?? this.opts.dir, err);
         }
-        return this.summary();
     }
 
     /** Why the message went to a spool file; null while it is all in memory. */

@@ -544,9 +544,8 @@ export function createResolver(opts: ResolverOptions): Resolver {
                     if (cancellable.get(key) === c) cancellable.delete(key);
                 }
                 metrics?.dnsQueryDuration.observe({ type }, (performance.now() - started) / 1000);
-                if (o.kind !== 'error' || (o.code !== 'ETIMEOUT' && o.code !== 'ECONNREFUSED')) {
-                    if (o.kind !== 'error' || o.code !== 'ECANCELLED') answeredAt = now();
-                } else noteUnanswered();
+                if (o.kind === 'error' && (o.code === 'ETIMEOUT' || o.code === 'ECONNREFUSED')) noteUnanswered();
+                else if (o.kind !== 'error' || o.code !== 'ECANCELLED') answeredAt = now();
                 if (!closed) store(key, o);
                 return o;
             });
